@@ -1,0 +1,437 @@
+//! The control protocol between `weftd` and its clients (`weft-cni`, the `weft` CLI).
+//!
+//! One JSON request and one JSON response per connection on a Unix stream socket.
+//! The client writes the request and shuts down its write half; the daemon answers
+//! and closes. Every message carries [`PROTOCOL_VERSION`]; the daemon refuses a
+//! version it does not speak with [`ErrorKind::BadVersion`].
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The default path of the daemon's control socket.
+pub const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
+
+/// Largest request or response accepted on the socket, in bytes.
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// A request as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    /// Protocol version of the sender.
+    pub version: u32,
+    /// What is asked.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// What a client asks of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "snake_case")]
+pub enum Request {
+    /// Create the pod's interface in its netns, give it an address, program the switch.
+    Attach(AttachRequest),
+    /// Undo an attach. Succeeds when parts (or all) of it are already gone.
+    Detach(DetachRequest),
+    /// Daemon health and identity.
+    Status,
+    /// Attached ports with their counters.
+    Ports,
+    /// Configured peer nodes with their counters.
+    Peers,
+    /// The forwarding table.
+    Routes,
+}
+
+/// Parameters of [`Request::Attach`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// The container (sandbox) id, as CNI_CONTAINERID.
+    pub container_id: String,
+    /// Path of the pod's network namespace, as CNI_NETNS.
+    pub netns: String,
+    /// Interface name inside the pod, as CNI_IFNAME.
+    pub ifname: String,
+    /// A specific address to give the pod, if the runtime asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_ip: Option<Ipv4Addr>,
+}
+
+/// Parameters of [`Request::Detach`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetachRequest {
+    /// The container (sandbox) id.
+    pub container_id: String,
+    /// Interface name inside the pod.
+    pub ifname: String,
+    /// Path of the pod's netns, if the runtime still has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// The request succeeded.
+    Ok(Reply),
+    /// The request failed.
+    Error(ErrorReply),
+}
+
+/// A failure, with a machine-readable kind and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What class of failure this is.
+    pub kind: ErrorKind,
+    /// What failed and on what.
+    pub message: String,
+}
+
+/// Classes of failure a client may act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request could not be decoded.
+    BadRequest,
+    /// The client speaks a protocol version the daemon does not.
+    BadVersion,
+    /// The request names something invalid (a netns that does not exist, a bad address).
+    InvalidArgument,
+    /// The address pool has no free address.
+    Exhausted,
+    /// The daemon is not ready or is shutting down; try again later.
+    Unavailable,
+    /// Anything else.
+    Internal,
+}
+
+/// The payload of a successful response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// The result of an attach.
+    Attached(Attachment),
+    /// A detach completed (whether or not anything was left to undo).
+    Detached {
+        /// The address that was released, if one was held.
+        released_ip: Option<Ipv4Addr>,
+    },
+    /// The daemon's status.
+    Status(Status),
+    /// The attached ports.
+    Ports {
+        /// One entry per port, the host port first.
+        ports: Vec<PortInfo>,
+    },
+    /// The peer nodes.
+    Peers {
+        /// One entry per configured peer.
+        peers: Vec<PeerInfo>,
+    },
+    /// The forwarding table.
+    Routes {
+        /// One entry per route, longest prefix first.
+        routes: Vec<RouteInfo>,
+    },
+}
+
+/// What an attach created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Interface name inside the pod.
+    pub interface: String,
+    /// The interface's MAC address.
+    pub mac: String,
+    /// The netns path the interface lives in.
+    pub sandbox: String,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+    /// Prefix length of the node subnet the address belongs to.
+    pub prefix_len: u8,
+    /// The pod's default gateway.
+    pub gateway: Ipv4Addr,
+    /// The interface MTU.
+    pub mtu: u32,
+}
+
+/// Daemon identity and health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// This node's name.
+    pub node: String,
+    /// The daemon's version.
+    pub version: String,
+    /// Tunnel mode: "vxlan" or "sleeve".
+    pub mode: String,
+    /// This node's pod subnet.
+    pub pod_subnet: String,
+    /// The cluster CIDR.
+    pub cluster_cidr: String,
+    /// The gateway address of the node subnet.
+    pub gateway: Ipv4Addr,
+    /// Underlay address and port of the tunnel sockets.
+    pub underlay: SocketAddr,
+    /// Number of worker threads.
+    pub workers: usize,
+    /// Pod MTU.
+    pub mtu: u32,
+    /// Number of attached pods.
+    pub pods: usize,
+    /// Number of configured peers.
+    pub peers: usize,
+    /// Whether the daemon accepts attach requests.
+    pub ready: bool,
+}
+
+/// Packet and byte counters, with drops by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Dropped frames by reason (only non-zero reasons are listed).
+    pub drops: Vec<(String, u64)>,
+}
+
+/// A port and its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortInfo {
+    /// "host" or "pod".
+    pub kind: String,
+    /// Interface name (weft0, or the pod's interface).
+    pub name: String,
+    /// The container id, for pod ports.
+    pub container_id: Option<String>,
+    /// The netns path, for pod ports.
+    pub netns: Option<String>,
+    /// The port's address.
+    pub ip: Option<Ipv4Addr>,
+    /// The port's MAC address.
+    pub mac: String,
+    /// Traffic counters.
+    pub counters: Counters,
+}
+
+/// A peer node and its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Node name.
+    pub name: String,
+    /// Underlay address.
+    pub underlay: Ipv4Addr,
+    /// The node's pod subnet.
+    pub pod_subnet: String,
+    /// The node's VTEP MAC.
+    pub vtep_mac: String,
+    /// Traffic counters.
+    pub counters: Counters,
+}
+
+/// One forwarding-table entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// Destination prefix.
+    pub prefix: String,
+    /// Where it goes: "pod <name>", "host", "peer <node>", "unreachable".
+    pub next_hop: String,
+}
+
+/// A failure of the client side of the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached (no daemon, wrong path, permissions).
+    #[error("cannot connect to weftd at {path}: {source}")]
+    Connect {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The exchange failed or timed out after connecting.
+    #[error("talking to weftd at {path}: {source}")]
+    Io {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The daemon's answer was not a valid response.
+    #[error("weftd at {path} sent an undecodable response: {source}")]
+    Decode {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        source: serde_json::Error,
+    },
+    /// The daemon answered with a protocol version this client does not speak.
+    #[error("weftd at {path} speaks protocol version {got}, this client speaks {PROTOCOL_VERSION}")]
+    Version {
+        /// Socket path.
+        path: String,
+        /// The daemon's version.
+        got: u32,
+    },
+}
+
+impl ClientError {
+    /// Whether the failure means the daemon is not there or not answering (worth a retry later).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } => true,
+            ClientError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A response as sent on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseEnvelope {
+    /// Protocol version of the daemon.
+    pub version: u32,
+    /// The answer.
+    #[serde(flatten)]
+    pub response: Response,
+}
+
+/// Sends one request to the daemon at `socket` and waits for its answer, at most
+/// `timeout` for the whole exchange (connect, write and read each bounded).
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let path = socket.display().to_string();
+    let io = |source| ClientError::Io { path: path.clone(), source };
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let deadline = std::time::Instant::now() + timeout;
+    let remaining = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    stream.set_write_timeout(Some(remaining())).map_err(io)?;
+    let body = serde_json::to_vec(&RequestEnvelope {
+        version: PROTOCOL_VERSION,
+        request: request.clone(),
+    })
+    .expect("requests always serialize");
+    stream.write_all(&body).map_err(io)?;
+    stream.shutdown(std::net::Shutdown::Write).map_err(io)?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        stream.set_read_timeout(Some(remaining())).map_err(io)?;
+        let n = stream.read(&mut chunk).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        if answer.len() + n > MAX_MESSAGE {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("response larger than {MAX_MESSAGE} bytes"),
+            )));
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        if std::time::Instant::now() >= deadline {
+            return Err(io(std::io::ErrorKind::TimedOut.into()));
+        }
+    }
+    let envelope: ResponseEnvelope = serde_json::from_slice(&answer).map_err(|source| {
+        ClientError::Decode {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    if envelope.version != PROTOCOL_VERSION {
+        return Err(ClientError::Version {
+            path,
+            got: envelope.version,
+        });
+    }
+    Ok(envelope.response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_request_wire_form() {
+        let req = RequestEnvelope {
+            version: 1,
+            request: Request::Attach(AttachRequest {
+                container_id: "abc".into(),
+                netns: "/run/netns/x".into(),
+                ifname: "eth0".into(),
+                requested_ip: Some(Ipv4Addr::new(10, 244, 1, 7)),
+            }),
+        };
+        let json = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "version": 1, "verb": "attach", "container_id": "abc",
+                "netns": "/run/netns/x", "ifname": "eth0", "requested_ip": "10.244.1.7"
+            })
+        );
+        let back: RequestEnvelope = serde_json::from_value(json).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn unit_verbs_and_errors_round_trip() {
+        for request in [Request::Status, Request::Ports, Request::Peers, Request::Routes] {
+            let env = RequestEnvelope { version: 1, request };
+            let text = serde_json::to_string(&env).unwrap();
+            assert_eq!(serde_json::from_str::<RequestEnvelope>(&text).unwrap(), env);
+        }
+        let err = ResponseEnvelope {
+            version: 1,
+            response: Response::Error(ErrorReply {
+                kind: ErrorKind::Exhausted,
+                message: "no free address in 10.244.1.0/30".into(),
+            }),
+        };
+        let text = serde_json::to_string(&err).unwrap();
+        assert!(text.contains("\"result\":\"error\""), "{text}");
+        assert_eq!(serde_json::from_str::<ResponseEnvelope>(&text).unwrap(), err);
+    }
+
+    #[test]
+    fn unknown_verb_is_an_error() {
+        let bad = r#"{"version":1,"verb":"explode"}"#;
+        assert!(serde_json::from_str::<RequestEnvelope>(bad).is_err());
+    }
+
+    #[test]
+    fn call_to_missing_socket_is_unreachable() {
+        let err = call(
+            Path::new("/nonexistent/weft.sock"),
+            &Request::Status,
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert!(err.is_unreachable(), "{err}");
+        assert!(err.to_string().contains("/nonexistent/weft.sock"));
+    }
+}
