@@ -1,4 +1,26 @@
-//! weft-perf: the benchmarking harness, and the network-namespace fixtures that weft's
-//! integration tests build on.
+//! weft-perf: the benchmarking harness, and the network-namespace fixtures (hosts, pods,
+//! an underlay, kernel baselines) that weft's integration tests build on.
+//!
+//! Two hosts running flannel-style kernel VXLAN, one pod on each (needs root):
+//!
+//! ```no_run
+//! use weft_perf::topo::{kernel_vxlan, Underlay};
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let underlay = Underlay::new("demo", 2)?; // namespaces wdemow-<pid>-<n>, wdemoh0-…
+//! kernel_vxlan::mesh(&underlay)?; // flannel.1, cni0, routes/neigh/fdb to every other host
+//! let (h0, h1) = (underlay.host(0), underlay.host(1));
+//! let a = underlay.pod(0, "a")?;
+//! let b = underlay.pod(1, "b")?;
+//! kernel_vxlan::attach_pod(h0, &a, h0.pod_ip(2))?;
+//! kernel_vxlan::attach_pod(h1, &b, h1.pod_ip(2))?;
+//! a.ns.ping(h1.pod_ip(2), 2)?;
+//! let server = b.ns.spawn(&["sleep", "1000"])?; // stopped (TERM, then KILL) on drop
+//! # drop(server);
+//! # Ok(())
+//! # }
+//! // Dropping `underlay`, `a` and `b` deletes every namespace and link.
+//! ```
 
 pub mod netns;
+pub mod topo;
