@@ -1,0 +1,384 @@
+//! The pool: allocation, release and queries over the store.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use redb::backends::InMemoryBackend;
+use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTableMetadata};
+
+use crate::span::Span;
+use crate::store::{
+    self, check, store_err, AllocCol, KeyCol, Tables, BY_IP, BY_KEY, M_CURSOR, M_SCHEMA,
+    SCHEMA_VERSION,
+};
+use crate::{Allocation, Error, Key, MAX_META_LEN};
+
+/// The page cache redb may use. The database holds at most a few hundred allocations on a real
+/// node, so redb's 1 GiB default would only ever be a ceiling, but a small one states intent.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// What the in-memory pool calls its database in messages.
+const IN_MEMORY: &str = "<in-memory>";
+
+/// The pod addresses of one node's subnet, allocated durably.
+///
+/// Every mutation is one redb write transaction, committed with immediate durability before the
+/// call returns, so a crash at any moment leaves either the old state or the new one. Write
+/// transactions are serialized by redb, so the pool can be shared between threads (it is `Send
+/// + Sync`; wrap it in an `Arc`) and concurrent allocations never collide. Only one process may
+/// have the database file open at a time; a second [`Pool::open`] of the same file fails.
+///
+/// Addresses are handed out round-robin, as CNI host-local does: a persisted cursor remembers the
+/// last address allocated without a request, and the next search starts after it and wraps, so a
+/// released address is not reused until the rest of the subnet has been gone through.
+///
+/// If a commit fails with [`Error::Store`], redb may refuse further writes until the database is
+/// reopened: drop the pool and open it again.
+#[derive(Debug)]
+pub struct Pool {
+    db: Database,
+    span: Span,
+    location: PathBuf,
+}
+
+/// Read-only views of the allocation tables, in one read transaction.
+type ReadTables = (ReadOnlyTable<KeyCol, AllocCol>, ReadOnlyTable<u32, KeyCol>);
+
+impl Pool {
+    /// Opens, or creates, the database file at `path` for the pod subnet `subnet`.
+    ///
+    /// Creates the parent directory when missing. The subnet must have a prefix length from
+    /// [`crate::MIN_PREFIX_LEN`] to [`crate::MAX_PREFIX_LEN`] and no host bits set. When the
+    /// database already records another subnet, the new one is adopted only if no address is
+    /// allocated; otherwise the open fails with [`Error::SubnetMismatch`]. The whole file is
+    /// checked on open: redb's page checksums and this crate's invariants (see
+    /// [`Pool::verify`]), so a damaged file is reported, never trusted.
+    pub fn open(path: &Path, subnet: Ipv4Net) -> Result<Pool, Error> {
+        let span = Span::new(subnet)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.to_path_buf(),
+                op: "create the database directory",
+                source,
+            })?;
+        }
+        let db = builder()
+            .create(path)
+            .map_err(store_err(path, "open the database"))?;
+        Pool::init(db, span, path.to_path_buf())
+    }
+
+    /// Creates an empty pool held in memory only, for tests.
+    pub fn in_memory(subnet: Ipv4Net) -> Result<Pool, Error> {
+        let span = Span::new(subnet)?;
+        let location = PathBuf::from(IN_MEMORY);
+        let db = builder()
+            .create_with_backend(InMemoryBackend::new())
+            .map_err(store_err(&location, "create the database"))?;
+        Pool::init(db, span, location)
+    }
+
+    fn init(db: Database, span: Span, location: PathBuf) -> Result<Pool, Error> {
+        let pool = Pool { db, span, location };
+        pool.write(|t| pool.prepare(t))?;
+        Ok(pool)
+    }
+
+    /// Initializes a new database, or checks (and later: migrates) an existing one.
+    fn prepare(&self, t: &mut Tables<'_>) -> Result<(), Error> {
+        match t.meta(M_SCHEMA)? {
+            None => {
+                let len = |r: Result<u64, redb::StorageError>| {
+                    r.map_err(store_err(&self.location, "read table sizes"))
+                };
+                if len(t.by_key.len())? + len(t.by_ip.len())? + len(t.meta.len())? > 0 {
+                    return Err(t.corrupt("tables hold data but no schema version".into()));
+                }
+                t.set_meta(M_SCHEMA, SCHEMA_VERSION)?;
+                return t.set_subnet(self.span.net());
+            }
+            Some(found) if found > SCHEMA_VERSION => {
+                return Err(Error::UnsupportedSchema {
+                    db: self.location.clone(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                })
+            }
+            Some(0) => return Err(t.corrupt("schema version 0".into())),
+            // Version 1 is current; migrations from older versions will go here.
+            Some(_) => {}
+        }
+        let stored = t
+            .subnet()?
+            .ok_or_else(|| t.corrupt("meta records no subnet".into()))?;
+        let stored_span = Span::new(stored).map_err(|e| t.corrupt(format!("meta: {e}")))?;
+        let live = check(&self.location, &t.by_key, &t.by_ip, &stored_span)?;
+        if stored != self.span.net() {
+            if live > 0 {
+                return Err(Error::SubnetMismatch {
+                    db: self.location.clone(),
+                    stored,
+                    requested: self.span.net(),
+                    live,
+                });
+            }
+            t.set_subnet(self.span.net())?;
+            t.clear_meta(M_CURSOR)?;
+        }
+        Ok(())
+    }
+
+    /// The pod subnet.
+    pub fn subnet(&self) -> Ipv4Net {
+        self.span.net()
+    }
+
+    /// The pods' default gateway: the subnet's first address, never allocated.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.span.gateway()
+    }
+
+    /// How many addresses the subnet can hand out (all but network, gateway and broadcast).
+    pub fn capacity(&self) -> u32 {
+        self.span.capacity()
+    }
+
+    /// Gives `key` an address, or returns the one it already holds.
+    ///
+    /// Idempotent: when `key` already holds an address, that allocation is returned unchanged
+    /// (its stored `meta` included; use [`Pool::update_meta`] to change it), unless `requested`
+    /// names another address, which is [`Error::KeyHoldsOther`]. A `requested` address is given
+    /// if it is in the subnet ([`Error::OutOfRange`]), not reserved ([`Error::Reserved`]) and
+    /// free ([`Error::AlreadyAllocated`]); it does not move the round-robin cursor. Without one,
+    /// the first free address after the cursor is given, wrapping around, and the cursor moves
+    /// to it; [`Error::Exhausted`] when none is free.
+    pub fn allocate(
+        &self,
+        key: &Key,
+        requested: Option<Ipv4Addr>,
+        meta: &[u8],
+    ) -> Result<Allocation, Error> {
+        key.validate()?;
+        check_meta(key, meta)?;
+        if let Some(ip) = requested {
+            self.span.check_usable(ip)?;
+        }
+        self.write(|t| {
+            if let Some((held, stored_meta)) = t.lookup(key)? {
+                let held = Ipv4Addr::from(held);
+                return match requested {
+                    Some(r) if r != held => Err(Error::KeyHoldsOther {
+                        key: key.clone(),
+                        existing: held,
+                        requested: r,
+                    }),
+                    _ => Ok(self.allocation(key.clone(), held, stored_meta)),
+                };
+            }
+            let ip = match requested {
+                Some(ip) => {
+                    if let Some(owner) = t.owner(u32::from(ip))? {
+                        return Err(Error::AlreadyAllocated { ip, owner });
+                    }
+                    u32::from(ip)
+                }
+                None => {
+                    let cursor = t.cursor()?;
+                    let ip = store::next_free(&t.by_ip, &self.span, cursor)
+                        .map_err(store_err(&self.location, "search a free address"))?
+                        .ok_or(Error::Exhausted {
+                            subnet: self.span.net(),
+                            capacity: self.span.capacity(),
+                        })?;
+                    t.set_meta(M_CURSOR, u64::from(ip))?;
+                    ip
+                }
+            };
+            t.insert(key, ip, meta)?;
+            Ok(self.allocation(key.clone(), Ipv4Addr::from(ip), meta.to_vec()))
+        })
+    }
+
+    /// Frees `key`'s address and returns what it held; `Ok(None)` when it held none.
+    pub fn release(&self, key: &Key) -> Result<Option<Allocation>, Error> {
+        self.write(|t| {
+            Ok(t.remove(key)?
+                .map(|(ip, meta)| self.allocation(key.clone(), Ipv4Addr::from(ip), meta)))
+        })
+    }
+
+    /// Frees `ip`, whoever holds it, and returns what it held; `Ok(None)` when it was free.
+    pub fn release_ip(&self, ip: Ipv4Addr) -> Result<Option<Allocation>, Error> {
+        self.write(|t| {
+            let Some(key) = t.owner(u32::from(ip))? else {
+                return Ok(None);
+            };
+            let (held, meta) = t.remove(&key)?.ok_or_else(|| {
+                t.corrupt(format!(
+                    "by_ip gives {ip} to {key}, which by_key does not know"
+                ))
+            })?;
+            if held != u32::from(ip) {
+                return Err(t.corrupt(format!(
+                    "by_ip gives {ip} to {key}, but by_key says it holds {}",
+                    Ipv4Addr::from(held)
+                )));
+            }
+            Ok(Some(self.allocation(key, ip, meta)))
+        })
+    }
+
+    /// Replaces the metadata stored with `key`'s allocation and returns the allocation;
+    /// [`Error::NotFound`] when `key` holds no address.
+    pub fn update_meta(&self, key: &Key, meta: &[u8]) -> Result<Allocation, Error> {
+        check_meta(key, meta)?;
+        self.write(|t| {
+            let (ip, old) = t
+                .lookup(key)?
+                .ok_or_else(|| Error::NotFound { key: key.clone() })?;
+            if old != meta {
+                t.insert(key, ip, meta)?;
+            }
+            Ok(self.allocation(key.clone(), Ipv4Addr::from(ip), meta.to_vec()))
+        })
+    }
+
+    /// Releases, in one transaction, every allocation whose key `keep` rejects, and returns them
+    /// (for CNI GC: `keep` says whether the attachment is still valid).
+    pub fn retain(&self, keep: impl Fn(&Key) -> bool) -> Result<Vec<Allocation>, Error> {
+        self.write(|t| {
+            let all = store::all(&t.by_key).map_err(store_err(&self.location, "read by_key"))?;
+            let mut released = Vec::new();
+            for (key, ip, meta) in all {
+                if keep(&key) {
+                    continue;
+                }
+                t.remove(&key)?;
+                released.push(self.allocation(key, Ipv4Addr::from(ip), meta));
+            }
+            Ok(released)
+        })
+    }
+
+    /// Returns `key`'s allocation, if it holds one.
+    pub fn get(&self, key: &Key) -> Result<Option<Allocation>, Error> {
+        let (by_key, _) = self.read()?;
+        let found = store::lookup(&by_key, key).map_err(self.err("read by_key"))?;
+        Ok(found.map(|(ip, meta)| self.allocation(key.clone(), Ipv4Addr::from(ip), meta)))
+    }
+
+    /// Returns the allocation holding `ip`, if any.
+    pub fn get_by_ip(&self, ip: Ipv4Addr) -> Result<Option<Allocation>, Error> {
+        let (by_key, by_ip) = self.read()?;
+        let Some(key) = store::owner(&by_ip, u32::from(ip)).map_err(self.err("read by_ip"))? else {
+            return Ok(None);
+        };
+        match store::lookup(&by_key, &key).map_err(self.err("read by_key"))? {
+            Some((held, meta)) if held == u32::from(ip) => Ok(Some(self.allocation(key, ip, meta))),
+            _ => Err(Error::Corrupt {
+                db: self.location.clone(),
+                detail: format!("by_ip gives {ip} to {key}, but by_key disagrees"),
+            }),
+        }
+    }
+
+    /// Returns every allocation, ordered by key.
+    pub fn list(&self) -> Result<Vec<Allocation>, Error> {
+        let (by_key, _) = self.read()?;
+        let all = store::all(&by_key).map_err(self.err("read by_key"))?;
+        Ok(all
+            .into_iter()
+            .map(|(key, ip, meta)| self.allocation(key, Ipv4Addr::from(ip), meta))
+            .collect())
+    }
+
+    /// The last address handed out by the round-robin search (the next search starts after it).
+    pub fn last_allocated(&self) -> Result<Option<Ipv4Addr>, Error> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(self.err("begin a read transaction"))?;
+        let meta = txn
+            .open_table(store::META)
+            .map_err(self.err("open table meta"))?;
+        let cursor = redb::ReadableTable::get(&meta, M_CURSOR)
+            .map_err(self.err("read meta"))?
+            .and_then(|g| u32::try_from(g.value()).ok());
+        Ok(cursor.map(Ipv4Addr::from))
+    }
+
+    /// Checks the database's invariants: `by_key` and `by_ip` describe the same one-to-one
+    /// mapping, and every allocated address is a usable address of the subnet. Returns the
+    /// number of allocations, or [`Error::Corrupt`] naming the first violation.
+    pub fn verify(&self) -> Result<u64, Error> {
+        let (by_key, by_ip) = self.read()?;
+        check(&self.location, &by_key, &by_ip, &self.span)
+    }
+
+    fn allocation(&self, key: Key, ip: Ipv4Addr, meta: Vec<u8>) -> Allocation {
+        Allocation {
+            key,
+            ip,
+            prefix_len: self.span.net().prefix_len(),
+            gateway: self.span.gateway(),
+            meta,
+        }
+    }
+
+    fn err<E: Into<redb::Error>>(&self, op: &'static str) -> impl FnOnce(E) -> Error + '_ {
+        store_err(&self.location, op)
+    }
+
+    /// Opens the allocation tables in a new read transaction (a consistent snapshot).
+    fn read(&self) -> Result<ReadTables, Error> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(self.err("begin a read transaction"))?;
+        Ok((
+            txn.open_table(BY_KEY)
+                .map_err(self.err("open table by_key"))?,
+            txn.open_table(BY_IP)
+                .map_err(self.err("open table by_ip"))?,
+        ))
+    }
+
+    /// Runs `f` in one write transaction: committed if `f` changed something and succeeded,
+    /// rolled back otherwise.
+    fn write<T>(&self, f: impl FnOnce(&mut Tables<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(self.err("begin a write transaction"))?;
+        let (out, dirty) = {
+            let mut tables = Tables::open(&txn, &self.location)?;
+            let out = f(&mut tables)?;
+            (out, tables.dirty)
+        };
+        if dirty {
+            txn.commit().map_err(self.err("commit"))?;
+        } else {
+            txn.abort().map_err(self.err("roll back"))?;
+        }
+        Ok(out)
+    }
+}
+
+fn builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(CACHE_BYTES);
+    b.set_check_integrity_on_open(true);
+    b
+}
+
+fn check_meta(key: &Key, meta: &[u8]) -> Result<(), Error> {
+    if meta.len() > MAX_META_LEN {
+        return Err(Error::MetaTooLarge {
+            key: key.clone(),
+            len: meta.len(),
+            max: MAX_META_LEN,
+        });
+    }
+    Ok(())
+}
