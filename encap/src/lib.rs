@@ -1,1 +1,42 @@
-//! weft wire formats.
+//! weft wire formats: VXLAN, the sleeve framing and internet checksums.
+//!
+//! Everything here is a pure function over byte slices: no I/O, no clocks and
+//! no allocation in any parse or emit path, so the formats can be unit tested,
+//! property tested and fuzzed in isolation.
+//!
+//! The formats follow the layout of smoltcp's `wire` module: each header has a
+//! zero-copy view, `Packet<T: AsRef<[u8]>>`, whose byte ranges live in a private
+//! `field` module, with getters available on any buffer and setters on mutable
+//! ones; next to it a plain `Repr` struct is parsed from and emitted into that
+//! view. Each module documents its own panic rules; they all have this shape:
+//!
+//! - once `Packet::new_checked` (or `check_len`) has succeeded, no accessor of
+//!   that packet panics;
+//! - `Repr::parse` and the module's free `parse` function never panic, whatever
+//!   the input;
+//! - `Repr::emit` never panics when the packet's buffer is at least
+//!   `Repr::buffer_len()` bytes long.
+//!
+//! Functions that can panic say so in a `# Panics` section.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod checksum;
+pub mod sleeve;
+pub mod vxlan;
+
+/// Length of an Ethernet II header: destination MAC, source MAC, ethertype.
+pub const ETHERNET_HEADER_LEN: usize = 14;
+/// Length of an IPv4 header without options.
+pub const IPV4_HEADER_LEN: usize = 20;
+/// Length of a UDP header.
+pub const UDP_HEADER_LEN: usize = 8;
+
+/// Byte ranges shared by the per-format `field` modules.
+mod field {
+    /// A fixed-size field: its byte range within the header.
+    pub type Field = core::ops::Range<usize>;
+    /// A field that runs to the end of the buffer.
+    pub type Rest = core::ops::RangeFrom<usize>;
+}
