@@ -1,0 +1,58 @@
+//! weftd: the weft node daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use weft_switch::config::Options;
+use weft_switch::daemon::{self, Daemon};
+
+/// weft's per-node userspace switch.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML config file; its keys are the flag names below (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    options: Options,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("weftd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = match &cli.config {
+        Some(path) => Options::from_file(path)?,
+        None => Options::default(),
+    };
+    let settings = cli.options.or(file).resolve()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(16)
+        .thread_name("weft-control")
+        .enable_all()
+        .build()?;
+    // Bind the socket first: a second daemon must fail before it touches weft0.
+    let listener = rt.block_on(async { daemon::bind_socket(&settings.socket) })?;
+    let socket = settings.socket.clone();
+    let d = match Daemon::start(settings) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(e.into());
+        }
+    };
+    rt.block_on(daemon::run(d, listener))?;
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! Per-port and per-peer traffic counters.
+//!
+//! Counters are allocated once, when a port or peer appears, with one cache-line
+//! padded slot per worker. A worker only ever writes its own slot, so the hot path
+//! does a relaxed load and store, never a contended read-modify-write; readers sum the
+//! slots.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crossbeam::utils::CachePadded;
+
+/// Why a frame was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Too short or inconsistent to parse (Ethernet, ARP, IPv4).
+    Malformed,
+    /// An IPv4 header whose checksum is wrong.
+    BadChecksum,
+    /// A tunnel datagram that is not valid VXLAN or sleeve.
+    BadEncap,
+    /// A VXLAN datagram with another VNI.
+    WrongVni,
+    /// A tunnel datagram from an address that is not a configured peer.
+    UnknownPeer,
+    /// A sleeve datagram whose sender id does not match the peer it came from.
+    WrongSender,
+    /// A pod sent from an address that is not its own.
+    Spoofed,
+    /// An ethertype or IP feature the switch does not forward (IPv6 for now).
+    Unsupported,
+    /// Broadcast or multicast IPv4, which a routed network does not flood.
+    Multicast,
+    /// No route to the destination (an ICMP unreachable was sent).
+    NoRoute,
+    /// TTL ran out (an ICMP time exceeded was sent).
+    TtlExceeded,
+    /// Larger than the egress MTU (an ICMP fragmentation-needed was sent if DF was set).
+    TooBig,
+    /// Arrived from a tunnel but routes to another peer: the switch does not relay.
+    NoRelay,
+    /// The egress port's queue was full.
+    TxFull,
+    /// The egress port or socket failed.
+    TxError,
+    /// A frame that had to change thread found the ring or buffer pool full.
+    RingFull,
+    /// An ARP packet the switch does not answer.
+    ArpIgnored,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 17] = [
+        DropReason::Malformed,
+        DropReason::BadChecksum,
+        DropReason::BadEncap,
+        DropReason::WrongVni,
+        DropReason::UnknownPeer,
+        DropReason::WrongSender,
+        DropReason::Spoofed,
+        DropReason::Unsupported,
+        DropReason::Multicast,
+        DropReason::NoRoute,
+        DropReason::TtlExceeded,
+        DropReason::TooBig,
+        DropReason::NoRelay,
+        DropReason::TxFull,
+        DropReason::TxError,
+        DropReason::RingFull,
+        DropReason::ArpIgnored,
+    ];
+
+    /// The number of reasons.
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The reason's name as the CLI and metrics show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::BadChecksum => "bad_checksum",
+            DropReason::BadEncap => "bad_encap",
+            DropReason::WrongVni => "wrong_vni",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::WrongSender => "wrong_sender",
+            DropReason::Spoofed => "spoofed",
+            DropReason::Unsupported => "unsupported",
+            DropReason::Multicast => "multicast",
+            DropReason::NoRoute => "no_route",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::TooBig => "too_big",
+            DropReason::NoRelay => "no_relay",
+            DropReason::TxFull => "tx_full",
+            DropReason::TxError => "tx_error",
+            DropReason::RingFull => "ring_full",
+            DropReason::ArpIgnored => "arp_ignored",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    drops: [AtomicU64; DropReason::COUNT],
+}
+
+/// Counters of one port, peer or tunnel, one slot per worker.
+#[derive(Debug)]
+pub struct Counters {
+    slots: Box<[CachePadded<Slot>]>,
+}
+
+/// Adds `n` to a counter that only this thread writes.
+#[inline]
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl Counters {
+    /// Counters for `workers` writers (at least one slot; the control plane writes slot 0
+    /// only when no worker does, e.g. in tests).
+    pub fn new(workers: usize) -> Counters {
+        Counters {
+            slots: (0..workers.max(1))
+                .map(|_| CachePadded::new(Slot::default()))
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn slot(&self, worker: usize) -> &Slot {
+        // A worker index past the end can only come from a bug in wiring; fold it in
+        // rather than panic on the hot path.
+        &self.slots[worker % self.slots.len()]
+    }
+
+    /// Counts one received frame of `bytes` bytes.
+    #[inline]
+    pub fn rx(&self, worker: usize, bytes: usize) {
+        let s = self.slot(worker);
+        bump(&s.rx_packets, 1);
+        bump(&s.rx_bytes, bytes as u64);
+    }
+
+    /// Counts one sent frame of `bytes` bytes.
+    #[inline]
+    pub fn tx(&self, worker: usize, bytes: usize) {
+        let s = self.slot(worker);
+        bump(&s.tx_packets, 1);
+        bump(&s.tx_bytes, bytes as u64);
+    }
+
+    /// Counts one dropped frame.
+    #[inline]
+    pub fn discard(&self, worker: usize, reason: DropReason) {
+        bump(&self.slot(worker).drops[reason as usize], 1);
+    }
+
+    /// Sums the slots.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut out = Snapshot::default();
+        for s in self.slots.iter() {
+            out.rx_packets += s.rx_packets.load(Relaxed);
+            out.rx_bytes += s.rx_bytes.load(Relaxed);
+            out.tx_packets += s.tx_packets.load(Relaxed);
+            out.tx_bytes += s.tx_bytes.load(Relaxed);
+            for (total, d) in out.drops.iter_mut().zip(s.drops.iter()) {
+                *total += d.load(Relaxed);
+            }
+        }
+        out
+    }
+}
+
+/// Summed counter values at one moment.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Drops, indexed by `DropReason as usize`.
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl Snapshot {
+    /// The count of drops for one reason.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// The counters in the control protocol's form.
+    pub fn to_proto(&self) -> weft_cni::proto::Counters {
+        weft_cni::proto::Counters {
+            rx_packets: self.rx_packets,
+            rx_bytes: self.rx_bytes,
+            tx_packets: self.tx_packets,
+            tx_bytes: self.tx_bytes,
+            drops: DropReason::ALL
+                .iter()
+                .filter(|r| self.dropped(**r) > 0)
+                .map(|r| (r.name().to_owned(), self.dropped(*r)))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_sum() {
+        let c = Counters::new(3);
+        c.rx(0, 100);
+        c.rx(2, 50);
+        c.tx(1, 7);
+        c.discard(2, DropReason::NoRoute);
+        c.discard(0, DropReason::NoRoute);
+        let s = c.snapshot();
+        assert_eq!(
+            (s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes),
+            (2, 150, 1, 7)
+        );
+        assert_eq!(s.dropped(DropReason::NoRoute), 2);
+        assert_eq!(s.to_proto().drops, vec![("no_route".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn reasons_are_indexed_in_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}

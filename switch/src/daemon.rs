@@ -1,0 +1,777 @@
+//! The control plane: owns the ports, peers and address pool, builds forwarding
+//! snapshots, and serves the control socket. It runs on a small tokio runtime and
+//! never on the workers; blocking steps (entering a netns, waiting for workers) run
+//! on tokio's blocking pool.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use weft_cni::proto::{
+    self, AttachRequest, Attachment, DetachRequest, ErrorKind, ErrorReply, Reply, Request,
+    RequestEnvelope, Response, ResponseEnvelope, PROTOCOL_VERSION,
+};
+use weft_ipam::{Key, Pool};
+
+use crate::config::{read_peers, NodeEntry, Settings};
+use crate::counters::Counters;
+use crate::mac::MacAddr;
+use crate::netlink::{self, LinkSpec, NetlinkError, RouteSpec};
+use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TablesError};
+use crate::tap::{self, TapError, TapQueue};
+use crate::worker::{self, Command, Shared, WorkerHandle};
+
+/// How long the control plane waits for workers to take or drop a queue.
+const WORKER_ACK: Duration = Duration::from_secs(5);
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the peers file is checked for changes.
+const PEERS_POLL: Duration = Duration::from_secs(1);
+
+/// Why the daemon could not start or an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Bad settings or peers file.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A TAP device could not be created.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// Netlink or netns failure.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// The forwarding tables could not be built.
+    #[error(transparent)]
+    Tables(#[from] TablesError),
+    /// The address pool failed.
+    #[error("address pool: {0}")]
+    Ipam(#[from] weft_ipam::Error),
+    /// Other I/O.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A request that cannot be served as asked.
+    #[error("{0}")]
+    Invalid(String),
+    /// A worker did not answer.
+    #[error("worker {0} did not acknowledge within {WORKER_ACK:?}")]
+    WorkerStuck(usize),
+}
+
+impl DaemonError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            DaemonError::Invalid(_) | DaemonError::Tap(TapError::BadName(_)) => {
+                ErrorKind::InvalidArgument
+            }
+            DaemonError::Netlink(NetlinkError::OpenNetns { .. } | NetlinkError::Setns { .. }) => {
+                ErrorKind::InvalidArgument
+            }
+            DaemonError::Ipam(weft_ipam::Error::Exhausted { .. }) => ErrorKind::Exhausted,
+            DaemonError::Ipam(
+                weft_ipam::Error::OutOfRange { .. }
+                | weft_ipam::Error::Reserved { .. }
+                | weft_ipam::Error::AlreadyAllocated { .. }
+                | weft_ipam::Error::KeyHoldsOther { .. }
+                | weft_ipam::Error::InvalidKey { .. },
+            ) => ErrorKind::InvalidArgument,
+            DaemonError::WorkerStuck(_) => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+struct Pod {
+    key: Key,
+    entry: PortEntry,
+}
+
+struct State {
+    host: PortEntry,
+    pods: Vec<Pod>,
+    peers: Vec<PeerEntry>,
+    /// Next generation of each slot ever used; slots in `free` can be reused.
+    generations: Vec<u32>,
+    free: Vec<u32>,
+}
+
+/// A running weftd.
+pub struct Daemon {
+    settings: Settings,
+    node: Arc<NodeConfig>,
+    tables: Arc<ArcSwap<Tables>>,
+    tunnel: Arc<Counters>,
+    shared: Arc<Shared>,
+    workers: Mutex<Vec<WorkerHandle>>,
+    state: Mutex<State>,
+    pool: Pool,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("node", &self.node.name)
+            .finish()
+    }
+}
+
+fn peer_entries(settings: &Settings, nodes: &[NodeEntry], old: &[PeerEntry]) -> Vec<PeerEntry> {
+    nodes
+        .iter()
+        .filter(|n| n.name != settings.node_name)
+        .map(|n| {
+            let addr = SocketAddrV4::new(n.underlay_ip, settings.port);
+            // Keep the counters of a peer that did not change.
+            let counters = old
+                .iter()
+                .find(|p| p.name == n.name && p.addr == addr)
+                .map_or_else(
+                    || Arc::new(Counters::new(settings.workers)),
+                    |p| p.counters.clone(),
+                );
+            PeerEntry {
+                name: n.name.clone(),
+                addr,
+                subnet: n.pod_subnet,
+                vtep_mac: n.vtep_mac,
+                counters,
+            }
+        })
+        .collect()
+}
+
+impl Daemon {
+    /// Creates the host port and the workers and loads the peers.
+    pub fn start(settings: Settings) -> Result<Arc<Daemon>, DaemonError> {
+        let nodes = match &settings.peers {
+            Some(p) => read_peers(p)?,
+            None => Vec::new(),
+        };
+        let me = nodes.iter().find(|n| n.name == settings.node_name);
+        if let Some(me) = me {
+            if me.underlay_ip != settings.underlay_ip || me.pod_subnet != settings.pod_subnet {
+                return Err(DaemonError::Invalid(format!(
+                    "the peers file lists node {} with underlay {} and subnet {}, but this daemon has {} and {}",
+                    me.name, me.underlay_ip, me.pod_subnet, settings.underlay_ip, settings.pod_subnet
+                )));
+            }
+        }
+        let router_mac = settings
+            .vtep_mac
+            .or(me.map(|m| m.vtep_mac))
+            .unwrap_or_else(|| MacAddr::from_name(&settings.node_name));
+        let gateway = settings.gateway();
+        let node = Arc::new(NodeConfig {
+            name: settings.node_name.clone(),
+            router_mac,
+            subnet: settings.pod_subnet,
+            gateway,
+            cluster: settings.cluster_cidr,
+            mode: settings.mode,
+            vni: settings.vni,
+            pod_mtu: settings.pod_mtu(),
+            max_datagram: settings.underlay_mtu as usize - 28,
+        });
+        let pool = Pool::in_memory(settings.pod_subnet)?;
+        let tunnel = Arc::new(Counters::new(settings.workers));
+
+        // The host port, in the daemon's own namespace.
+        let host_queues = tap::open(&settings.host_port, settings.port_queues)?;
+        netlink::configure(&LinkSpec {
+            name: settings.host_port.clone(),
+            mac: MacAddr::for_ip(gateway),
+            mtu: settings.pod_mtu(),
+            addr: gateway,
+            prefix_len: 32,
+            routes: vec![RouteSpec::OnLink {
+                dst: settings.cluster_cidr,
+                src: gateway,
+            }],
+        })?;
+        let host = PortEntry {
+            id: PortId {
+                slot: 0,
+                generation: 0,
+            },
+            kind: PortKind::Host,
+            name: settings.host_port.clone(),
+            mac: MacAddr::for_ip(gateway),
+            ip: gateway,
+            container_id: None,
+            netns: None,
+            queues: settings.port_queues as u16,
+            counters: Arc::new(Counters::new(settings.workers)),
+        };
+        let peers = peer_entries(&settings, &nodes, &[]);
+        let tables = Arc::new(ArcSwap::from_pointee(Tables::build(
+            node.clone(),
+            host.clone(),
+            [],
+            peers.clone(),
+            tunnel.clone(),
+        )?));
+        let sockets = worker::tunnel_sockets(
+            SocketAddrV4::new(settings.underlay_ip, settings.port),
+            settings.workers,
+        )
+        .map_err(io_err(format!(
+            "binding the tunnel port {}:{}",
+            settings.underlay_ip, settings.port
+        )))?;
+        let (shared, workers) =
+            worker::spawn(tables.clone(), sockets).map_err(io_err("starting the workers"))?;
+        let daemon = Arc::new(Daemon {
+            settings,
+            node,
+            tables,
+            tunnel,
+            shared,
+            workers: Mutex::new(workers),
+            state: Mutex::new(State {
+                host,
+                pods: Vec::new(),
+                peers,
+                generations: vec![1],
+                free: Vec::new(),
+            }),
+            pool,
+        });
+        daemon.hand_queues(
+            PortId {
+                slot: 0,
+                generation: 0,
+            },
+            host_queues,
+        )?;
+        Ok(daemon)
+    }
+
+    /// The settings the daemon runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Gives queue `q` of a port to worker `q` and waits until each took it.
+    fn hand_queues(&self, id: PortId, queues: Vec<TapQueue>) -> Result<(), DaemonError> {
+        let workers = self.workers.lock();
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let n = queues.len();
+        for (w, queue) in queues.into_iter().enumerate() {
+            workers[w].send(Command::AddQueue {
+                id,
+                queue,
+                done: tx.clone(),
+            });
+        }
+        for w in 0..n {
+            rx.recv_timeout(WORKER_ACK)
+                .map_err(|_| DaemonError::WorkerStuck(w))?;
+        }
+        Ok(())
+    }
+
+    /// Makes every worker close its queue of a port and waits until they did.
+    fn close_queues(&self, id: PortId) -> Result<(), DaemonError> {
+        let workers = self.workers.lock();
+        let (tx, rx) = crossbeam::channel::unbounded();
+        for w in workers.iter() {
+            w.send(Command::RemovePort {
+                id,
+                done: tx.clone(),
+            });
+        }
+        for w in 0..workers.len() {
+            rx.recv_timeout(WORKER_ACK)
+                .map_err(|_| DaemonError::WorkerStuck(w))?;
+        }
+        Ok(())
+    }
+
+    /// Builds and publishes a snapshot of `state`.
+    fn publish(&self, state: &State) -> Result<(), DaemonError> {
+        let tables = Tables::build(
+            self.node.clone(),
+            state.host.clone(),
+            state.pods.iter().map(|p| p.entry.clone()),
+            state.peers.clone(),
+            self.tunnel.clone(),
+        )?;
+        self.tables.store(Arc::new(tables));
+        Ok(())
+    }
+
+    fn attachment(&self, entry: &PortEntry) -> Attachment {
+        Attachment {
+            interface: entry.name.clone(),
+            mac: entry.mac.to_string(),
+            sandbox: entry.netns.clone().unwrap_or_default(),
+            ip: entry.ip,
+            prefix_len: self.settings.pod_subnet.prefix_len(),
+            gateway: self.node.gateway,
+            mtu: self.node.pod_mtu,
+        }
+    }
+
+    /// Attaches a pod: address, interface in its netns, queues, routes.
+    pub fn attach(&self, req: &AttachRequest) -> Result<Attachment, DaemonError> {
+        if !tap::valid_ifname(&req.ifname) {
+            return Err(DaemonError::Invalid(format!(
+                "{:?} is not a valid interface name",
+                req.ifname
+            )));
+        }
+        if req.container_id.is_empty() {
+            return Err(DaemonError::Invalid("the container id is empty".into()));
+        }
+        let key = Key::new(&req.container_id, &req.ifname);
+        // One attach or detach at a time: they are rare next to packets, and ordering
+        // them keeps slots, snapshots and the pool consistent.
+        let mut state = self.state.lock();
+        if let Some(pod) = state.pods.iter().find(|p| p.key == key) {
+            if pod.entry.netns.as_deref() != Some(req.netns.as_str()) {
+                return Err(DaemonError::Invalid(format!(
+                    "container {} interface {} is already attached in {}",
+                    req.container_id,
+                    req.ifname,
+                    pod.entry.netns.as_deref().unwrap_or("?")
+                )));
+            }
+            return Ok(self.attachment(&pod.entry));
+        }
+        let alloc = self
+            .pool
+            .allocate(&key, req.requested_ip, req.netns.as_bytes())?;
+        match self.attach_with(&mut state, key.clone(), req, alloc.ip) {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                if let Err(re) = self.pool.release(&key) {
+                    log::error!("releasing {} after a failed attach: {re}", alloc.ip);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn attach_with(
+        &self,
+        state: &mut State,
+        key: Key,
+        req: &AttachRequest,
+        ip: Ipv4Addr,
+    ) -> Result<Attachment, DaemonError> {
+        let mac = MacAddr::for_ip(ip);
+        let spec = LinkSpec {
+            name: req.ifname.clone(),
+            mac,
+            mtu: self.node.pod_mtu,
+            addr: ip,
+            prefix_len: self.settings.pod_subnet.prefix_len(),
+            routes: vec![RouteSpec::DefaultVia(self.node.gateway)],
+        };
+        let queues = self.settings.port_queues;
+        let netns = PathBuf::from(&req.netns);
+        let queues = netlink::in_netns(&netns, || -> Result<Vec<TapQueue>, DaemonError> {
+            if netlink::link_exists(&spec.name)? {
+                return Err(DaemonError::Invalid(format!(
+                    "an interface named {} already exists in {}",
+                    spec.name,
+                    netns.display()
+                )));
+            }
+            let queues = tap::open(&spec.name, queues)?;
+            // On failure the queues drop here, and with them the device.
+            netlink::configure(&spec)?;
+            Ok(queues)
+        })?;
+        let slot = state.free.pop().unwrap_or_else(|| {
+            state.generations.push(0);
+            (state.generations.len() - 1) as u32
+        });
+        let id = PortId {
+            slot,
+            generation: state.generations[slot as usize],
+        };
+        state.generations[slot as usize] = state.generations[slot as usize].wrapping_add(1);
+        let n = queues.len() as u16;
+        if let Err(e) = self.hand_queues(id, queues) {
+            let _ = self.close_queues(id);
+            state.free.push(slot);
+            return Err(e);
+        }
+        let entry = PortEntry {
+            id,
+            kind: PortKind::Pod,
+            name: req.ifname.clone(),
+            mac,
+            ip,
+            container_id: Some(req.container_id.clone()),
+            netns: Some(req.netns.clone()),
+            queues: n,
+            counters: Arc::new(Counters::new(self.settings.workers)),
+        };
+        state.pods.push(Pod {
+            key,
+            entry: entry.clone(),
+        });
+        if let Err(e) = self.publish(state) {
+            state.pods.pop();
+            let _ = self.close_queues(id);
+            state.free.push(slot);
+            return Err(e);
+        }
+        log::info!(
+            "attached {} {} in {} as {ip}",
+            req.container_id,
+            req.ifname,
+            req.netns
+        );
+        Ok(self.attachment(&entry))
+    }
+
+    /// Detaches a pod. Succeeds when it, or any part of it, is already gone; always
+    /// releases the address.
+    pub fn detach(&self, req: &DetachRequest) -> Result<Option<Ipv4Addr>, DaemonError> {
+        let key = Key::new(&req.container_id, &req.ifname);
+        let mut state = self.state.lock();
+        if let Some(i) = state.pods.iter().position(|p| p.key == key) {
+            let pod = state.pods.swap_remove(i);
+            // Unroute first, then close the queues: once every worker dropped its queue
+            // the (non-persistent) TAP device is gone from the pod.
+            self.publish(&state)?;
+            self.close_queues(pod.entry.id)?;
+            state.free.push(pod.entry.id.slot);
+            log::info!("detached {} {}", req.container_id, req.ifname);
+        }
+        Ok(self.pool.release(&key)?.map(|a| a.ip))
+    }
+
+    /// Rereads the peers file and applies it. Returns whether anything changed.
+    pub fn reload_peers(&self) -> Result<bool, DaemonError> {
+        let Some(path) = &self.settings.peers else {
+            return Ok(false);
+        };
+        let nodes = read_peers(path)?;
+        let mut state = self.state.lock();
+        let peers = peer_entries(&self.settings, &nodes, &state.peers);
+        let same = peers.len() == state.peers.len()
+            && peers.iter().zip(&state.peers).all(|(a, b)| {
+                a.name == b.name
+                    && a.addr == b.addr
+                    && a.subnet == b.subnet
+                    && a.vtep_mac == b.vtep_mac
+            });
+        if same {
+            return Ok(false);
+        }
+        let old = std::mem::replace(&mut state.peers, peers);
+        if let Err(e) = self.publish(&state) {
+            state.peers = old;
+            return Err(e);
+        }
+        log::info!(
+            "peers reloaded: {}",
+            state
+                .peers
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(true)
+    }
+
+    fn status(&self) -> proto::Status {
+        let state = self.state.lock();
+        proto::Status {
+            node: self.node.name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            mode: self.node.mode.to_string(),
+            pod_subnet: self.node.subnet.to_string(),
+            cluster_cidr: self.node.cluster.to_string(),
+            gateway: self.node.gateway,
+            underlay: std::net::SocketAddr::V4(SocketAddrV4::new(
+                self.settings.underlay_ip,
+                self.settings.port,
+            )),
+            workers: self.settings.workers,
+            mtu: self.node.pod_mtu,
+            pods: state.pods.len(),
+            peers: state.peers.len(),
+            ready: true,
+        }
+    }
+
+    fn ports(&self) -> Vec<proto::PortInfo> {
+        let tables = self.tables.load();
+        tables
+            .ports
+            .iter()
+            .map(|p| proto::PortInfo {
+                kind: match p.kind {
+                    PortKind::Host => "host".into(),
+                    PortKind::Pod => "pod".into(),
+                },
+                name: p.name.clone(),
+                container_id: p.container_id.clone(),
+                netns: p.netns.clone(),
+                ip: Some(p.ip),
+                mac: p.mac.to_string(),
+                counters: p.counters.snapshot().to_proto(),
+            })
+            .collect()
+    }
+
+    fn peers(&self) -> Vec<proto::PeerInfo> {
+        let tables = self.tables.load();
+        let mut out: Vec<_> = tables
+            .peers
+            .iter()
+            .map(|p| proto::PeerInfo {
+                name: p.name.clone(),
+                underlay: *p.addr.ip(),
+                pod_subnet: p.subnet.to_string(),
+                vtep_mac: p.vtep_mac.to_string(),
+                counters: p.counters.snapshot().to_proto(),
+            })
+            .collect();
+        out.push(proto::PeerInfo {
+            name: "(unknown senders)".into(),
+            underlay: Ipv4Addr::UNSPECIFIED,
+            pod_subnet: String::new(),
+            vtep_mac: String::new(),
+            counters: tables.tunnel.snapshot().to_proto(),
+        });
+        out
+    }
+
+    fn routes(&self) -> Vec<proto::RouteInfo> {
+        let tables = self.tables.load();
+        tables
+            .fib
+            .routes()
+            .into_iter()
+            .map(|(net, hop)| proto::RouteInfo {
+                prefix: net.to_string(),
+                next_hop: tables.describe(hop),
+            })
+            .collect()
+    }
+
+    /// Serves one decoded request.
+    pub fn handle(&self, request: Request) -> Response {
+        let result = match request {
+            Request::Attach(req) => self.attach(&req).map(Reply::Attached),
+            Request::Detach(req) => self
+                .detach(&req)
+                .map(|released_ip| Reply::Detached { released_ip }),
+            Request::Status => Ok(Reply::Status(self.status())),
+            Request::Ports => Ok(Reply::Ports {
+                ports: self.ports(),
+            }),
+            Request::Peers => Ok(Reply::Peers {
+                peers: self.peers(),
+            }),
+            Request::Routes => Ok(Reply::Routes {
+                routes: self.routes(),
+            }),
+        };
+        match result {
+            Ok(reply) => Response::Ok(reply),
+            Err(e) => {
+                log::warn!("request failed: {e}");
+                Response::Error(ErrorReply {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Stops the workers; their queues close, and with them every TAP device the
+    /// daemon created (the host port included).
+    pub fn shutdown(&self) {
+        let mut workers = self.workers.lock();
+        worker::stop(&self.shared, &mut workers);
+    }
+}
+
+/// Decodes one request from the wire.
+pub fn decode(bytes: &[u8]) -> Result<Request, ErrorReply> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| ErrorReply {
+        kind: ErrorKind::BadRequest,
+        message: format!("request is not JSON: {e}"),
+    })?;
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => return Err(ErrorReply {
+            kind: ErrorKind::BadVersion,
+            message: format!(
+                "protocol version {v} is not spoken here; this daemon speaks {PROTOCOL_VERSION}"
+            ),
+        }),
+        None => {
+            return Err(ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: "request has no protocol version".into(),
+            })
+        }
+    }
+    serde_json::from_value::<RequestEnvelope>(value)
+        .map(|e| e.request)
+        .map_err(|e| ErrorReply {
+            kind: ErrorKind::BadRequest,
+            message: format!("bad request: {e}"),
+        })
+}
+
+async fn serve_conn(daemon: Arc<Daemon>, mut stream: UnixStream) {
+    let mut body = Vec::new();
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(true);
+            }
+            if body.len() + n > proto::MAX_MESSAGE {
+                return Ok(false);
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let response = match read {
+        Ok(Ok(true)) => match decode(&body) {
+            Ok(request) => {
+                let d = daemon.clone();
+                tokio::task::spawn_blocking(move || d.handle(request))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Response::Error(ErrorReply {
+                            kind: ErrorKind::Internal,
+                            message: "the request handler panicked".into(),
+                        })
+                    })
+            }
+            Err(e) => Response::Error(e),
+        },
+        Ok(Ok(false)) => Response::Error(ErrorReply {
+            kind: ErrorKind::BadRequest,
+            message: format!("request larger than {} bytes", proto::MAX_MESSAGE),
+        }),
+        Ok(Err(e)) => {
+            log::debug!("control connection: {e}");
+            return;
+        }
+        Err(_) => Response::Error(ErrorReply {
+            kind: ErrorKind::BadRequest,
+            message: format!("no complete request within {REQUEST_TIMEOUT:?}"),
+        }),
+    };
+    let out = serde_json::to_vec(&ResponseEnvelope {
+        version: PROTOCOL_VERSION,
+        response,
+    })
+    .expect("responses always serialize");
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Binds the control socket, refusing to take over one a live daemon answers on.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(DaemonError::Invalid(format!(
+                "another weftd is serving {}",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)
+            .map_err(io_err(format!("removing stale socket {}", path.display())))?;
+    }
+    let listener =
+        UnixListener::bind(path).map_err(io_err(format!("binding {}", path.display())))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(io_err(format!("setting permissions of {}", path.display())))?;
+    Ok(listener)
+}
+
+/// Serves the control socket and watches the peers file until SIGTERM or SIGINT,
+/// then shuts down: workers stop, the host port goes, the socket is removed.
+pub async fn run(daemon: Arc<Daemon>, listener: UnixListener) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?;
+    let peers_task = tokio::spawn(watch_peers(daemon.clone()));
+    let socket = daemon.settings.socket.clone();
+    log::info!(
+        "weftd {} serving {} ({} mode, {} workers)",
+        daemon.node.name,
+        socket.display(),
+        daemon.node.mode,
+        daemon.settings.workers
+    );
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => { tokio::spawn(serve_conn(daemon.clone(), stream)); }
+                Err(e) => log::warn!("accepting on {}: {e}", socket.display()),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    log::info!("shutting down");
+    peers_task.abort();
+    drop(listener);
+    let _ = std::fs::remove_file(&socket);
+    let d = daemon.clone();
+    tokio::task::spawn_blocking(move || d.shutdown())
+        .await
+        .map_err(|_| DaemonError::Invalid("shutdown panicked".into()))?;
+    Ok(())
+}
+
+async fn watch_peers(daemon: Arc<Daemon>) {
+    let Some(path) = daemon.settings.peers.clone() else {
+        return;
+    };
+    // The file is small: compare its bytes, which catches rewrites within one mtime
+    // tick and atomic renames alike.
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        tokio::time::sleep(PEERS_POLL).await;
+        let now = tokio::fs::read(&path).await.ok();
+        if now == last {
+            continue;
+        }
+        last = now;
+        let d = daemon.clone();
+        match tokio::task::spawn_blocking(move || d.reload_peers()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::error!(
+                "peers file {}: {e}; keeping the previous peers",
+                path.display()
+            ),
+            Err(_) => log::error!("reloading peers panicked"),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Interface, address and route set-up by rtnetlink, and running work inside another
+//! network namespace.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use crate::mac::MacAddr;
+
+/// Errors while entering a namespace or talking rtnetlink.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The netns path could not be opened (the pod is gone or the path is wrong).
+    #[error("opening network namespace {path}: {source}")]
+    OpenNetns {
+        /// The path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// setns(2) refused the file (it is not a network namespace).
+    #[error("entering network namespace {path}: {source}")]
+    Setns {
+        /// The path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The rtnetlink socket or its runtime could not be created.
+    #[error("opening rtnetlink: {0}")]
+    Socket(std::io::Error),
+    /// An interface was not found.
+    #[error("interface {0} not found")]
+    NoSuchLink(String),
+    /// The kernel refused a request.
+    #[error("{what} on {link}: {source}")]
+    Request {
+        /// What was being done.
+        what: &'static str,
+        /// The interface.
+        link: String,
+        /// The kernel's answer.
+        source: rtnetlink::Error,
+    },
+    /// The namespace thread panicked.
+    #[error("the thread working in network namespace {0} panicked")]
+    Panicked(String),
+}
+
+/// Runs `f` on a fresh thread that has entered the network namespace at `netns`.
+///
+/// A thread that changed namespace is never returned to any pool: it ends with `f`.
+pub fn in_netns<T: Send, E: From<NetlinkError> + Send>(
+    netns: &Path,
+    f: impl FnOnce() -> Result<T, E> + Send,
+) -> Result<T, E> {
+    let path = netns.display().to_string();
+    let file = File::open(netns).map_err(|source| NetlinkError::OpenNetns {
+        path: path.clone(),
+        source,
+    })?;
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("weft-netns".into())
+            .spawn_scoped(s, || {
+                // SAFETY: `file` is an open fd for the duration of the call; setns only
+                // changes the calling thread's network namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                if rc != 0 {
+                    return Err(E::from(NetlinkError::Setns {
+                        path: path.clone(),
+                        source: std::io::Error::last_os_error(),
+                    }));
+                }
+                f()
+            })
+            .map_err(|e| E::from(NetlinkError::Socket(e)))?;
+        worker
+            .join()
+            .unwrap_or_else(|_| Err(E::from(NetlinkError::Panicked(path.clone()))))
+    })
+}
+
+/// A route to install on an interface.
+#[derive(Debug, Clone, Copy)]
+pub enum RouteSpec {
+    /// The default route through `gateway` (reached on the interface).
+    DefaultVia(Ipv4Addr),
+    /// `dst` directly on the link, with `src` as the preferred source address.
+    OnLink {
+        /// Destination prefix.
+        dst: Ipv4Net,
+        /// Preferred source.
+        src: Ipv4Addr,
+    },
+}
+
+/// What an interface should look like.
+#[derive(Debug, Clone)]
+pub struct LinkSpec {
+    /// Interface name.
+    pub name: String,
+    /// Its MAC address.
+    pub mac: MacAddr,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its address and prefix length.
+    pub addr: Ipv4Addr,
+    /// Prefix length of `addr`.
+    pub prefix_len: u8,
+    /// Routes through it.
+    pub routes: Vec<RouteSpec>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, NetlinkError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(NetlinkError::Socket)
+}
+
+/// Runs `f` with an rtnetlink handle bound to the calling thread's namespace.
+fn with_handle<T>(
+    f: impl AsyncFnOnce(Handle) -> Result<T, NetlinkError>,
+) -> Result<T, NetlinkError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        let task = tokio::spawn(conn);
+        let out = f(handle).await;
+        task.abort();
+        out
+    })
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(Some(link.header.index)),
+        Ok(None) => Ok(None),
+        // The kernel answers ENODEV for a name filter that matches nothing.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(source) => Err(NetlinkError::Request {
+            what: "looking up",
+            link: name.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Sets MAC, MTU, address and routes of an existing interface and brings it up, in the
+/// calling thread's namespace. Existing addresses and routes are replaced, so the call
+/// can be repeated.
+pub fn configure(spec: &LinkSpec) -> Result<(), NetlinkError> {
+    with_handle(async |handle| {
+        let err = |what| {
+            let link = spec.name.clone();
+            move |source| NetlinkError::Request { what, link, source }
+        };
+        let index = link_index(&handle, &spec.name)
+            .await?
+            .ok_or_else(|| NetlinkError::NoSuchLink(spec.name.clone()))?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(spec.mac.octets().to_vec())
+                    .mtu(spec.mtu)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(err("setting MAC and MTU"))?;
+        handle
+            .address()
+            .add(index, IpAddr::V4(spec.addr), spec.prefix_len)
+            .replace()
+            .execute()
+            .await
+            .map_err(err("adding the address"))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(err("bringing the link up"))?;
+        for route in &spec.routes {
+            let msg = match *route {
+                RouteSpec::DefaultVia(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(gw)
+                    .output_interface(index)
+                    .build(),
+                RouteSpec::OnLink { dst, src } => RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(dst.network(), dst.prefix_len())
+                    .output_interface(index)
+                    .pref_source(src)
+                    .scope(RouteScope::Link)
+                    .build(),
+            };
+            handle
+                .route()
+                .add(msg)
+                .replace()
+                .execute()
+                .await
+                .map_err(err("adding a route"))?;
+        }
+        Ok(())
+    })
+}
+
+/// Deletes the interface `name` in the calling thread's namespace. `Ok(false)` if it
+/// did not exist.
+pub fn delete_link(name: &str) -> Result<bool, NetlinkError> {
+    with_handle(async |handle| {
+        let Some(index) = link_index(&handle, name).await? else {
+            return Ok(false);
+        };
+        match handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(false),
+            Err(source) => Err(NetlinkError::Request {
+                what: "deleting",
+                link: name.to_owned(),
+                source,
+            }),
+        }
+    })
+}
+
+/// Whether the interface `name` exists in the calling thread's namespace.
+pub fn link_exists(name: &str) -> Result<bool, NetlinkError> {
+    with_handle(async |handle| Ok(link_index(&handle, name).await?.is_some()))
+}

@@ -1,0 +1,279 @@
+//! The forwarding snapshot: everything a worker reads per packet.
+//!
+//! The control plane builds a new [`Tables`] whenever a port or peer comes or goes and
+//! swaps it in atomically; workers load the current one once per batch. Nothing in
+//! here is mutated after it is built, except the counters, which are atomics.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use weft_encap::vxlan::Vni;
+
+use crate::counters::Counters;
+use crate::fib::{Fib, NextHop};
+use crate::mac::MacAddr;
+
+/// How frames to peer nodes are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelMode {
+    /// VXLAN (RFC 7348), interoperable with the Linux kernel's VXLAN device.
+    Vxlan,
+    /// weft's own UDP framing, several frames per datagram.
+    Sleeve,
+}
+
+/// Bytes the tunnels take from the underlay MTU: outer IPv4 20 + UDP 8 + VXLAN 8 +
+/// inner Ethernet 14. Sleeve needs 44 of them; pods get the same MTU in both modes.
+pub const TUNNEL_OVERHEAD: u32 = 50;
+
+impl fmt::Display for TunnelMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TunnelMode::Vxlan => "vxlan",
+            TunnelMode::Sleeve => "sleeve",
+        })
+    }
+}
+
+/// This node's identity and addressing, fixed for the daemon's lifetime.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The node's name.
+    pub name: String,
+    /// The MAC the switch answers ARP with and sends tunnel frames from (the VTEP MAC).
+    pub router_mac: MacAddr,
+    /// The node's pod subnet.
+    pub subnet: Ipv4Net,
+    /// The gateway address of the pod subnet, held by the host port.
+    pub gateway: Ipv4Addr,
+    /// The whole cluster's pod range.
+    pub cluster: Ipv4Net,
+    /// Tunnel framing.
+    pub mode: TunnelMode,
+    /// VXLAN network identifier.
+    pub vni: Vni,
+    /// The MTU of pod interfaces (and of the host port).
+    pub pod_mtu: u32,
+    /// The largest UDP payload the underlay carries without fragmentation.
+    pub max_datagram: usize,
+}
+
+/// A port's identity: a slot that workers index by, and a generation that tells a
+/// reused slot from its previous owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortId {
+    /// Dense slot number.
+    pub slot: u32,
+    /// Incremented each time the slot is reused.
+    pub generation: u32,
+}
+
+/// What a port connects to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    /// The node itself (`weft0`).
+    Host,
+    /// A pod's interface.
+    Pod,
+}
+
+/// A port as the datapath sees it.
+#[derive(Debug, Clone)]
+pub struct PortEntry {
+    /// Its identity.
+    pub id: PortId,
+    /// Host or pod.
+    pub kind: PortKind,
+    /// The interface name (in its own netns).
+    pub name: String,
+    /// The MAC of the interface: frames to the port are sent to it.
+    pub mac: MacAddr,
+    /// The pod's address (the gateway, for the host port).
+    pub ip: Ipv4Addr,
+    /// The container id, for pods.
+    pub container_id: Option<String>,
+    /// The netns path, for pods.
+    pub netns: Option<String>,
+    /// How many queues the port has; queue `q` belongs to worker `q`.
+    pub queues: u16,
+    /// Traffic counters.
+    pub counters: Arc<Counters>,
+}
+
+/// A peer node as the datapath sees it.
+#[derive(Debug, Clone)]
+pub struct PeerEntry {
+    /// Node name.
+    pub name: String,
+    /// Underlay address and tunnel port.
+    pub addr: SocketAddrV4,
+    /// The node's pod subnet.
+    pub subnet: Ipv4Net,
+    /// Its VTEP MAC (also its sleeve sender id).
+    pub vtep_mac: MacAddr,
+    /// Traffic counters.
+    pub counters: Arc<Counters>,
+}
+
+/// Problems that make a set of ports and peers impossible to route.
+#[derive(Debug, thiserror::Error)]
+pub enum TablesError {
+    /// A peer's subnet overlaps this node's or another peer's.
+    #[error("pod subnet {subnet} of peer {peer} overlaps {other}")]
+    Overlap {
+        /// The peer.
+        peer: String,
+        /// Its subnet.
+        subnet: Ipv4Net,
+        /// What it overlaps.
+        other: String,
+    },
+    /// A peer's subnet is outside the cluster CIDR.
+    #[error("pod subnet {subnet} of peer {peer} is outside the cluster CIDR {cluster}")]
+    OutsideCluster {
+        /// The peer.
+        peer: String,
+        /// Its subnet.
+        subnet: Ipv4Net,
+        /// The cluster CIDR.
+        cluster: Ipv4Net,
+    },
+    /// Two peers share an underlay address.
+    #[error("peers {a} and {b} share the underlay address {addr}")]
+    DuplicateUnderlay {
+        /// One peer.
+        a: String,
+        /// The other.
+        b: String,
+        /// The address.
+        addr: Ipv4Addr,
+    },
+}
+
+/// One immutable forwarding snapshot.
+#[derive(Debug)]
+pub struct Tables {
+    /// This node.
+    pub node: Arc<NodeConfig>,
+    /// Ports; index 0 is the host port.
+    pub ports: Vec<PortEntry>,
+    /// Peer nodes.
+    pub peers: Vec<PeerEntry>,
+    /// The routing table.
+    pub fib: Fib,
+    /// Counters for tunnel datagrams that belong to no known peer.
+    pub tunnel: Arc<Counters>,
+    by_slot: Vec<Option<(u32, u32)>>,
+    peer_by_ip: HashMap<Ipv4Addr, usize>,
+}
+
+impl Tables {
+    /// Builds a snapshot: `host` first, then `pods`, and the routes they imply.
+    pub fn build(
+        node: Arc<NodeConfig>,
+        host: PortEntry,
+        pods: impl IntoIterator<Item = PortEntry>,
+        peers: Vec<PeerEntry>,
+        tunnel: Arc<Counters>,
+    ) -> Result<Tables, TablesError> {
+        let mut ports = vec![host];
+        ports.extend(pods);
+        let mut routes = vec![
+            ("0.0.0.0/0".parse().expect("valid"), NextHop::Host),
+            (node.cluster, NextHop::Unreachable),
+            (node.subnet, NextHop::Unreachable),
+            (Ipv4Net::from(node.gateway), NextHop::Host),
+        ];
+        let mut peer_by_ip = HashMap::new();
+        for (j, p) in peers.iter().enumerate() {
+            if p.subnet.contains(&node.subnet) || node.subnet.contains(&p.subnet) {
+                return Err(TablesError::Overlap {
+                    peer: p.name.clone(),
+                    subnet: p.subnet,
+                    other: format!("this node's subnet {}", node.subnet),
+                });
+            }
+            if !node.cluster.contains(&p.subnet) {
+                return Err(TablesError::OutsideCluster {
+                    peer: p.name.clone(),
+                    subnet: p.subnet,
+                    cluster: node.cluster,
+                });
+            }
+            for q in &peers[..j] {
+                if p.subnet.contains(&q.subnet) || q.subnet.contains(&p.subnet) {
+                    return Err(TablesError::Overlap {
+                        peer: p.name.clone(),
+                        subnet: p.subnet,
+                        other: format!("peer {}'s subnet {}", q.name, q.subnet),
+                    });
+                }
+            }
+            let underlay = *p.addr.ip();
+            if let Some(prev) = peer_by_ip.insert(underlay, j) {
+                return Err(TablesError::DuplicateUnderlay {
+                    a: peers[prev].name.clone(),
+                    b: p.name.clone(),
+                    addr: underlay,
+                });
+            }
+            routes.push((p.subnet, NextHop::Peer(j)));
+            // The peer node itself is reached through the tunnel, so replies to a pod
+            // come back the way the request went and the host sees no asymmetric route.
+            routes.push((Ipv4Net::from(underlay), NextHop::Peer(j)));
+        }
+        let mut by_slot: Vec<Option<(u32, u32)>> = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let slot = port.id.slot as usize;
+            if by_slot.len() <= slot {
+                by_slot.resize(slot + 1, None);
+            }
+            by_slot[slot] = Some((port.id.generation, i as u32));
+            if port.kind == PortKind::Pod {
+                routes.push((Ipv4Net::from(port.ip), NextHop::Local(i)));
+            }
+        }
+        Ok(Tables {
+            node,
+            ports,
+            peers,
+            fib: Fib::new(routes),
+            tunnel,
+            by_slot,
+            peer_by_ip,
+        })
+    }
+
+    /// The index in `ports` of the port with this id, if it is in this snapshot.
+    #[inline]
+    pub fn port_index(&self, id: PortId) -> Option<usize> {
+        match self.by_slot.get(id.slot as usize) {
+            Some(Some((generation, i))) if *generation == id.generation => Some(*i as usize),
+            _ => None,
+        }
+    }
+
+    /// The index in `peers` of the peer with this underlay address.
+    #[inline]
+    pub fn peer_by_ip(&self, ip: Ipv4Addr) -> Option<usize> {
+        self.peer_by_ip.get(&ip).copied()
+    }
+
+    /// A route's next hop, described for people.
+    pub fn describe(&self, hop: NextHop) -> String {
+        match hop {
+            NextHop::Local(i) => format!(
+                "pod {} ({})",
+                self.ports[i].container_id.as_deref().unwrap_or("?"),
+                self.ports[i].name
+            ),
+            NextHop::Host => "host".into(),
+            NextHop::Peer(j) => format!("peer {}", self.peers[j].name),
+            NextHop::Unreachable => "unreachable".into(),
+        }
+    }
+}

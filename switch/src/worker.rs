@@ -1,0 +1,507 @@
+//! Worker threads: each owns a tunnel socket, one queue of every port, an epoll set
+//! and its scratch buffers, and runs the [`Datapath`] over what they deliver.
+//!
+//! Most frames never change thread: every port has a queue per worker and the kernel
+//! keeps a flow on one queue. When a worker must send to a port it holds no queue of
+//! (a port opened with fewer queues than there are workers), the frame is copied into
+//! a pooled buffer and handed to the port's owning worker through a bounded lock-free
+//! ring; the batch ends with one eventfd wake-up per target worker.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use crossbeam::channel::{Receiver, Sender};
+use crossbeam::queue::ArrayQueue;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::counters::DropReason;
+use crate::datapath::{Datapath, Sink, TxError, HEADROOM};
+use crate::tables::{PeerEntry, PortEntry, PortId, Tables};
+use crate::tap::TapQueue;
+
+const WAKER: Token = Token(0);
+const SOCKET: Token = Token(1);
+const PORT_BASE: usize = 2;
+/// Frames or datagrams taken from one fd before the worker looks at the others.
+const BUDGET: usize = 64;
+/// Size of a receive buffer: headroom plus the largest datagram or frame.
+const BUF_LEN: usize = HEADROOM + 65_536;
+/// Frames one worker can have waiting in its handoff ring.
+const RING_LEN: usize = 1024;
+/// Size of a handoff buffer: an Ethernet frame at the largest pod MTU.
+const HANDOFF_LEN: usize = 9216 + 14;
+
+/// A message from the control plane to a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Start serving this queue of a port; answer on `done` once registered.
+    AddQueue {
+        /// The port.
+        id: PortId,
+        /// The queue this worker will own.
+        queue: TapQueue,
+        /// Acknowledgement.
+        done: Sender<()>,
+    },
+    /// Close this worker's queue of a port; answer on `done` once closed.
+    RemovePort {
+        /// The port.
+        id: PortId,
+        /// Acknowledgement.
+        done: Sender<()>,
+    },
+}
+
+/// A frame handed from one worker to another.
+struct Handoff {
+    port: PortId,
+    len: usize,
+    buf: Box<[u8]>,
+}
+
+/// What every worker shares: the rings, the wakers and the buffer pool.
+pub struct Shared {
+    /// The forwarding snapshot.
+    pub tables: Arc<ArcSwap<Tables>>,
+    inboxes: Vec<ArrayQueue<Handoff>>,
+    wakers: Vec<Arc<Waker>>,
+    pool: ArrayQueue<Box<[u8]>>,
+    stop: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("workers", &self.wakers.len())
+            .finish()
+    }
+}
+
+/// The control plane's handle on one worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    /// Commands to the worker.
+    pub commands: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl WorkerHandle {
+    /// Sends a command and wakes the worker.
+    pub fn send(&self, cmd: Command) {
+        // The receiver lives as long as the worker; a send to a stopped worker is moot.
+        let _ = self.commands.send(cmd);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Starts `sockets.len()` workers, one per tunnel socket.
+pub fn spawn(
+    tables: Arc<ArcSwap<Tables>>,
+    sockets: Vec<UdpSocket>,
+) -> io::Result<(Arc<Shared>, Vec<WorkerHandle>)> {
+    let n = sockets.len();
+    let mut polls = Vec::with_capacity(n);
+    let mut wakers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let poll = Poll::new()?;
+        wakers.push(Arc::new(Waker::new(poll.registry(), WAKER)?));
+        polls.push(poll);
+    }
+    let pool = ArrayQueue::new(RING_LEN * n.max(1));
+    for _ in 0..pool.capacity() {
+        let _ = pool.push(vec![0u8; HANDOFF_LEN].into_boxed_slice());
+    }
+    let shared = Arc::new(Shared {
+        tables,
+        inboxes: (0..n).map(|_| ArrayQueue::new(RING_LEN)).collect(),
+        wakers: wakers.clone(),
+        pool,
+        stop: AtomicBool::new(false),
+    });
+    let mut handles = Vec::with_capacity(n);
+    for (index, (poll, socket)) in polls.into_iter().zip(sockets).enumerate() {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("weft-worker-{index}"))
+            .spawn(move || Worker::new(index, poll, socket, rx, shared)?.run())?;
+        handles.push(WorkerHandle {
+            commands: tx,
+            waker: wakers[index].clone(),
+            thread: Some(thread),
+        });
+    }
+    Ok((shared, handles))
+}
+
+/// Stops every worker and waits for them. Queues they own are closed.
+pub fn stop(shared: &Shared, handles: &mut [WorkerHandle]) {
+    shared.stop.store(true, Ordering::Release);
+    for h in handles.iter() {
+        let _ = h.waker.wake();
+    }
+    for h in handles.iter_mut() {
+        if let Some(t) = h.thread.take() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::error!("worker stopped with an error: {e}"),
+                Err(_) => log::error!("worker panicked"),
+            }
+        }
+    }
+}
+
+struct QueueSlot {
+    generation: u32,
+    queue: TapQueue,
+}
+
+struct Worker {
+    index: usize,
+    poll: Poll,
+    socket: UdpSocket,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+    queues: Vec<Option<QueueSlot>>,
+    dp: Datapath,
+    buf: Box<[u8]>,
+}
+
+/// The I/O side of the datapath for one worker.
+struct IoSink<'a> {
+    index: usize,
+    queues: &'a [Option<QueueSlot>],
+    socket: &'a UdpSocket,
+    shared: &'a Shared,
+    /// Bit i set: worker i was handed frames in this batch and needs a wake-up.
+    wake: u64,
+}
+
+impl IoSink<'_> {
+    fn queue(&self, id: PortId) -> Option<&TapQueue> {
+        match self.queues.get(id.slot as usize) {
+            Some(Some(q)) if q.generation == id.generation => Some(&q.queue),
+            _ => None,
+        }
+    }
+
+    fn handoff(&mut self, port: &PortEntry, frame: &[u8]) -> Result<(), TxError> {
+        // The port's queues belong to workers 0..queues; spread senders over them.
+        let owners = usize::from(port.queues).clamp(1, self.shared.inboxes.len());
+        let owner = self.index % owners;
+        if owner == self.index || frame.len() > HANDOFF_LEN {
+            return Err(TxError::Failed);
+        }
+        let Some(mut buf) = self.shared.pool.pop() else {
+            return Err(TxError::RingFull);
+        };
+        buf[..frame.len()].copy_from_slice(frame);
+        let h = Handoff {
+            port: port.id,
+            len: frame.len(),
+            buf,
+        };
+        if let Err(h) = self.shared.inboxes[owner].push(h) {
+            let _ = self.shared.pool.push(h.buf);
+            return Err(TxError::RingFull);
+        }
+        self.wake |= 1 << (owner % 64);
+        Ok(())
+    }
+}
+
+fn tx_error(e: &io::Error) -> TxError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => TxError::Full,
+        _ if e.raw_os_error() == Some(libc::ENOBUFS) => TxError::Full,
+        _ => TxError::Failed,
+    }
+}
+
+impl Sink for IoSink<'_> {
+    #[inline]
+    fn to_port(&mut self, port: &PortEntry, frame: &[u8]) -> Result<(), TxError> {
+        match self.queue(port.id) {
+            Some(q) => q.send(frame).map_err(|e| tx_error(&e)),
+            None => self.handoff(port, frame),
+        }
+    }
+
+    #[inline]
+    fn to_peer(&mut self, peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
+        self.socket
+            .send_to(datagram, SocketAddr::V4(peer.addr))
+            .map(|_| ())
+            .map_err(|e| tx_error(&e))
+    }
+}
+
+impl Worker {
+    fn new(
+        index: usize,
+        poll: Poll,
+        socket: UdpSocket,
+        commands: Receiver<Command>,
+        shared: Arc<Shared>,
+    ) -> io::Result<Worker> {
+        socket.set_nonblocking(true)?;
+        poll.registry().register(
+            &mut SourceFd(&socket.as_raw_fd()),
+            SOCKET,
+            Interest::READABLE,
+        )?;
+        Ok(Worker {
+            index,
+            poll,
+            socket,
+            commands,
+            shared,
+            queues: Vec::new(),
+            dp: Datapath::new(index),
+            buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+        })
+    }
+
+    fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        // Fds whose budget ran out: served again before the worker sleeps.
+        let mut again: Vec<Token> = Vec::with_capacity(64);
+        let mut ready: Vec<Token> = Vec::with_capacity(256);
+        loop {
+            let timeout = if again.is_empty() {
+                None
+            } else {
+                Some(Duration::ZERO)
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if self.shared.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            ready.clear();
+            ready.append(&mut again);
+            for ev in events.iter() {
+                if !ready.contains(&ev.token()) {
+                    ready.push(ev.token());
+                }
+            }
+            let tables = self.shared.tables.load();
+            let mut wake = 0u64;
+            for &token in &ready {
+                let more = match token {
+                    WAKER => {
+                        self.commands();
+                        self.inbox(&tables)
+                    }
+                    SOCKET => self.socket_batch(&tables, &mut wake),
+                    Token(t) => self.port_batch(&tables, t - PORT_BASE, &mut wake),
+                };
+                if more {
+                    again.push(token);
+                }
+            }
+            let mut sink = IoSink {
+                index: self.index,
+                queues: &self.queues,
+                socket: &self.socket,
+                shared: &self.shared,
+                wake: 0,
+            };
+            self.dp.flush(&tables, &mut sink);
+            wake |= sink.wake;
+            self.wake(wake);
+        }
+    }
+
+    fn wake(&self, mut mask: u64) {
+        while mask != 0 {
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let _ = self.shared.wakers[i].wake();
+        }
+    }
+
+    fn commands(&mut self) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::AddQueue { id, queue, done } => {
+                    let slot = id.slot as usize;
+                    if self.queues.len() <= slot {
+                        self.queues.resize_with(slot + 1, || None);
+                    }
+                    let token = Token(PORT_BASE + slot);
+                    if let Some(old) = self.queues[slot].take() {
+                        let _ = self
+                            .poll
+                            .registry()
+                            .deregister(&mut SourceFd(&old.queue.as_raw_fd()));
+                    }
+                    match self.poll.registry().register(
+                        &mut SourceFd(&queue.as_raw_fd()),
+                        token,
+                        Interest::READABLE,
+                    ) {
+                        Ok(()) => {
+                            self.queues[slot] = Some(QueueSlot {
+                                generation: id.generation,
+                                queue,
+                            })
+                        }
+                        Err(e) => {
+                            log::error!("worker {}: cannot poll port {id:?}: {e}", self.index)
+                        }
+                    }
+                    let _ = done.send(());
+                }
+                Command::RemovePort { id, done } => {
+                    if let Some(slot) = self.queues.get_mut(id.slot as usize) {
+                        if slot.as_ref().is_some_and(|q| q.generation == id.generation) {
+                            if let Some(q) = slot.take() {
+                                let _ = self
+                                    .poll
+                                    .registry()
+                                    .deregister(&mut SourceFd(&q.queue.as_raw_fd()));
+                            }
+                        }
+                    }
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// Writes frames other workers handed over. Returns whether more are waiting.
+    fn inbox(&mut self, tables: &Tables) -> bool {
+        let inbox = &self.shared.inboxes[self.index];
+        for _ in 0..BUDGET * 4 {
+            let Some(h) = inbox.pop() else { return false };
+            let queue = match self.queues.get(h.port.slot as usize) {
+                Some(Some(q)) if q.generation == h.port.generation => Some(&q.queue),
+                _ => None,
+            };
+            let result = match queue {
+                Some(q) => q.send(&h.buf[..h.len]).map_err(|e| tx_error(&e)),
+                None => Err(TxError::Failed),
+            };
+            if let Some(i) = tables.port_index(h.port) {
+                let c = &tables.ports[i].counters;
+                match result {
+                    Ok(()) => c.tx(self.index, h.len),
+                    Err(TxError::Full) => c.discard(self.index, DropReason::TxFull),
+                    Err(_) => c.discard(self.index, DropReason::TxError),
+                }
+            }
+            let _ = self.shared.pool.push(h.buf);
+        }
+        !inbox.is_empty()
+    }
+
+    fn socket_batch(&mut self, tables: &Tables, wake: &mut u64) -> bool {
+        let mut sink = IoSink {
+            index: self.index,
+            queues: &self.queues,
+            socket: &self.socket,
+            shared: &self.shared,
+            wake: 0,
+        };
+        let mut more = true;
+        for _ in 0..BUDGET {
+            match self.socket.recv_from(&mut self.buf[HEADROOM..]) {
+                Ok((n, from)) => {
+                    self.dp
+                        .tunnel_datagram(tables, from, &mut self.buf, HEADROOM, n, &mut sink)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // ICMP errors for earlier sends surface here (ECONNREFUSED and
+                    // friends); they say nothing about the next datagram.
+                    log::debug!("worker {}: tunnel socket: {e}", self.index);
+                }
+            }
+        }
+        *wake |= sink.wake;
+        more
+    }
+
+    fn port_batch(&mut self, tables: &Tables, slot: usize, wake: &mut u64) -> bool {
+        let Some(Some(q)) = self.queues.get(slot) else {
+            return false;
+        };
+        let id = PortId {
+            slot: slot as u32,
+            generation: q.generation,
+        };
+        let ingress = tables.port_index(id);
+        let mut sink = IoSink {
+            index: self.index,
+            queues: &self.queues,
+            socket: &self.socket,
+            shared: &self.shared,
+            wake: 0,
+        };
+        let mut more = true;
+        let mut dead = false;
+        for _ in 0..BUDGET {
+            match q.queue.recv(&mut self.buf[HEADROOM..]) {
+                Ok(Some(n)) => match ingress {
+                    Some(i) => self
+                        .dp
+                        .port_frame(tables, i, &mut self.buf, HEADROOM, n, &mut sink),
+                    // Not (or no longer) in the snapshot: attach or detach in progress.
+                    None => tables.tunnel.discard(self.index, DropReason::TxError),
+                },
+                Ok(None) => {
+                    more = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // The device is gone (its netns was deleted): stop polling it. The
+                    // control plane's detach closes the queue.
+                    log::warn!("worker {}: port {id:?}: {e}; no longer polled", self.index);
+                    dead = true;
+                    more = false;
+                    break;
+                }
+            }
+        }
+        *wake |= sink.wake;
+        if dead {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&q.queue.as_raw_fd()));
+        }
+        more
+    }
+}
+
+/// Opens `n` UDP sockets bound to `addr` with SO_REUSEPORT, one per worker.
+pub fn tunnel_sockets(addr: SocketAddrV4, n: usize) -> io::Result<Vec<UdpSocket>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    (0..n)
+        .map(|_| {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.set_recv_buffer_size(4 << 20)?;
+            s.set_send_buffer_size(4 << 20)?;
+            s.bind(&SocketAddr::V4(addr).into())?;
+            Ok(s.into())
+        })
+        .collect()
+}
