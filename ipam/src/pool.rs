@@ -25,8 +25,8 @@ const IN_MEMORY: &str = "<in-memory>";
 ///
 /// Every mutation is one redb write transaction, committed with immediate durability before the
 /// call returns, so a crash at any moment leaves either the old state or the new one. Write
-/// transactions are serialized by redb, so the pool can be shared between threads (it is `Send
-/// + Sync`; wrap it in an `Arc`) and concurrent allocations never collide. Only one process may
+/// transactions are serialized by redb, so the pool can be shared between threads (it is
+/// `Send + Sync`; wrap it in an `Arc`) and concurrent allocations never collide. Only one process may
 /// have the database file open at a time; a second [`Pool::open`] of the same file fails.
 ///
 /// Addresses are handed out round-robin, as CNI host-local does: a persisted cursor remembers the
@@ -63,10 +63,17 @@ impl Pool {
                 source,
             })?;
         }
+        let created = !path.exists();
         let db = builder()
             .create(path)
             .map_err(store_err(path, "open the database"))?;
-        Pool::init(db, span, path.to_path_buf())
+        let pool = Pool::init(db, span, path.to_path_buf())?;
+        if created {
+            // The commits are durable, but a new file's directory entry is not until its
+            // directory is synced too.
+            sync_parent(path)?;
+        }
+        Ok(pool)
     }
 
     /// Creates an empty pool held in memory only, for tests.
@@ -302,7 +309,8 @@ impl Pool {
         let meta = txn
             .open_table(store::META)
             .map_err(self.err("open table meta"))?;
-        let cursor = redb::ReadableTable::get(&meta, M_CURSOR)
+        let cursor = meta
+            .get(M_CURSOR)
             .map_err(self.err("read meta"))?
             .and_then(|g| u32::try_from(g.value()).ok());
         Ok(cursor.map(Ipv4Addr::from))
@@ -370,6 +378,21 @@ fn builder() -> redb::Builder {
     b.set_cache_size(CACHE_BYTES);
     b.set_check_integrity_on_open(true);
     b
+}
+
+/// Flushes the directory holding `path` to disk.
+fn sync_parent(path: &Path) -> Result<(), Error> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            op: "sync the database directory",
+            source,
+        })
 }
 
 fn check_meta(key: &Key, meta: &[u8]) -> Result<(), Error> {
