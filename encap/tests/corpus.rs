@@ -1,0 +1,58 @@
+//! Runs the fuzz targets' checks over the fuzz seed corpus on stable Rust.
+//!
+//! Every file under `fuzz/corpus/<target>/` goes through the same checks the
+//! cargo-fuzz target runs (`fuzz/src/lib.rs`). Seeds named `seed-valid-*`
+//! must also parse, and seeds named `seed-invalid-*` must be rejected; other
+//! files (what a local fuzzing run added) only must not panic.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+#[path = "../fuzz/src/lib.rs"]
+mod checks;
+
+/// Returns the files of one target's corpus, sorted, failing if there are none.
+fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir: PathBuf = [env!("CARGO_MANIFEST_DIR"), "fuzz", "corpus", target]
+        .iter()
+        .collect();
+    let mut files: Vec<_> = fs::read_dir(&dir)
+        .unwrap_or_else(|err| panic!("cannot read corpus {}: {err}", dir.display()))
+        .map(|entry| entry.expect("corpus entry").path())
+        .filter(|path| path.is_file())
+        .map(|path| (file_name(&path), fs::read(&path).expect("corpus file")))
+        .collect();
+    files.sort();
+    let seeds = files.iter().filter(|(name, _)| name.starts_with("seed-")).count();
+    assert!(seeds >= 3, "corpus {} has only {seeds} seeds", dir.display());
+    files
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Checks the seed's `valid`/`invalid` name against the parser's verdict.
+fn check_verdict<E: std::fmt::Debug>(name: &str, result: Result<(), E>) {
+    if name.starts_with("seed-valid-") {
+        assert!(result.is_ok(), "{name}: {result:?}");
+    } else if name.starts_with("seed-invalid-") {
+        assert!(result.is_err(), "{name} parsed");
+    }
+}
+
+#[test]
+fn vxlan_corpus() {
+    for (name, data) in corpus("vxlan_parse") {
+        checks::vxlan_parse(&data);
+        check_verdict(&name, weft_encap::vxlan::parse(&data).map(drop));
+    }
+}
+
+#[test]
+fn sleeve_corpus() {
+    for (name, data) in corpus("sleeve_parse") {
+        checks::sleeve_parse(&data);
+        check_verdict(&name, weft_encap::sleeve::parse(&data).map(drop));
+    }
+}
