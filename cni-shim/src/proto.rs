@@ -167,8 +167,8 @@ pub struct Attachment {
 pub struct Status {
     /// This node's name.
     pub node: String,
-    /// The daemon's version.
-    pub version: String,
+    /// The daemon's version (not the protocol's).
+    pub daemon_version: String,
     /// Tunnel mode: "vxlan" or "sleeve".
     pub mode: String,
     /// This node's pod subnet.
@@ -277,7 +277,9 @@ pub enum ClientError {
         source: serde_json::Error,
     },
     /// The daemon answered with a protocol version this client does not speak.
-    #[error("weftd at {path} speaks protocol version {got}, this client speaks {PROTOCOL_VERSION}")]
+    #[error(
+        "weftd at {path} speaks protocol version {got}, this client speaks {PROTOCOL_VERSION}"
+    )]
     Version {
         /// Socket path.
         path: String,
@@ -318,7 +320,10 @@ pub struct ResponseEnvelope {
 /// `timeout` for the whole exchange (connect, write and read each bounded).
 pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
     let path = socket.display().to_string();
-    let io = |source| ClientError::Io { path: path.clone(), source };
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         path: path.clone(),
         source,
@@ -356,12 +361,11 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
             return Err(io(std::io::ErrorKind::TimedOut.into()));
         }
     }
-    let envelope: ResponseEnvelope = serde_json::from_slice(&answer).map_err(|source| {
-        ClientError::Decode {
+    let envelope: ResponseEnvelope =
+        serde_json::from_slice(&answer).map_err(|source| ClientError::Decode {
             path: path.clone(),
             source,
-        }
-    })?;
+        })?;
     if envelope.version != PROTOCOL_VERSION {
         return Err(ClientError::Version {
             path,
@@ -400,8 +404,16 @@ mod tests {
 
     #[test]
     fn unit_verbs_and_errors_round_trip() {
-        for request in [Request::Status, Request::Ports, Request::Peers, Request::Routes] {
-            let env = RequestEnvelope { version: 1, request };
+        for request in [
+            Request::Status,
+            Request::Ports,
+            Request::Peers,
+            Request::Routes,
+        ] {
+            let env = RequestEnvelope {
+                version: 1,
+                request,
+            };
             let text = serde_json::to_string(&env).unwrap();
             assert_eq!(serde_json::from_str::<RequestEnvelope>(&text).unwrap(), env);
         }
@@ -414,7 +426,54 @@ mod tests {
         };
         let text = serde_json::to_string(&err).unwrap();
         assert!(text.contains("\"result\":\"error\""), "{text}");
-        assert_eq!(serde_json::from_str::<ResponseEnvelope>(&text).unwrap(), err);
+        assert_eq!(
+            serde_json::from_str::<ResponseEnvelope>(&text).unwrap(),
+            err
+        );
+    }
+
+    #[test]
+    fn every_reply_round_trips_through_the_envelope() {
+        let status = Status {
+            node: "n".into(),
+            daemon_version: "0.1.0".into(),
+            mode: "vxlan".into(),
+            pod_subnet: "10.244.1.0/24".into(),
+            cluster_cidr: "10.244.0.0/16".into(),
+            gateway: Ipv4Addr::new(10, 244, 1, 1),
+            underlay: "10.250.0.1:8472".parse().unwrap(),
+            workers: 2,
+            mtu: 1450,
+            pods: 1,
+            peers: 1,
+            ready: true,
+        };
+        let replies = [
+            Reply::Status(status),
+            Reply::Attached(Attachment {
+                interface: "eth0".into(),
+                mac: "0a:58:0a:f4:01:02".into(),
+                sandbox: "/run/netns/x".into(),
+                ip: Ipv4Addr::new(10, 244, 1, 2),
+                prefix_len: 24,
+                gateway: Ipv4Addr::new(10, 244, 1, 1),
+                mtu: 1450,
+            }),
+            Reply::Detached { released_ip: None },
+            Reply::Ports { ports: vec![] },
+            Reply::Peers { peers: vec![] },
+            Reply::Routes { routes: vec![] },
+        ];
+        for reply in replies {
+            let env = ResponseEnvelope {
+                version: PROTOCOL_VERSION,
+                response: Response::Ok(reply),
+            };
+            let text = serde_json::to_string(&env).unwrap();
+            let back: ResponseEnvelope =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(back, env);
+        }
     }
 
     #[test]

@@ -24,3 +24,5 @@
 
 pub mod netns;
 pub mod topo;
+pub mod traffic;
+pub mod weft;

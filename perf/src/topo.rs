@@ -197,6 +197,12 @@ impl Underlay {
         let addr = format!("{underlay_ip}/{}", UNDERLAY_NET.prefix_len());
         ns.ip(&["link", "set", "dev", UNDERLAY_IF, "mtu", &mtu, "up"])?;
         ns.ip(&["addr", "add", &addr, "dev", UNDERLAY_IF])?;
+        // A veth hands a packet whose checksum is left to "hardware" (CHECKSUM_PARTIAL)
+        // to the peer namespace as it is; a real wire never carries one. Without this,
+        // the inner TCP checksum of a kernel-VXLAN frame arrives unfilled at a
+        // userspace tunnel endpoint. With transmit checksum offload off, the kernel
+        // completes every checksum, inner ones included, before a frame leaves a host.
+        ns.run(&["ethtool", "-K", UNDERLAY_IF, "tx", "off"])?;
         let pod_subnet = Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24)?;
         Ok(Host {
             ns,

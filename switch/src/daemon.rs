@@ -498,7 +498,7 @@ impl Daemon {
         let state = self.state.lock();
         proto::Status {
             node: self.node.name.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            daemon_version: env!("CARGO_PKG_VERSION").into(),
             mode: self.node.mode.to_string(),
             pod_subnet: self.node.subnet.to_string(),
             cluster_cidr: self.node.cluster.to_string(),

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     match reply {
         Reply::Status(s) => {
             println!("node        {}", s.node);
-            println!("version     {}", s.version);
+            println!("version     {}", s.daemon_version);
             println!("mode        {}", s.mode);
             println!("underlay    {}", s.underlay);
             println!(

@@ -1,0 +1,267 @@
+//! Running real `weftd` processes on the hosts of a topology, and talking to them
+//! over their control sockets.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use weft_cni::proto::{self, AttachRequest, Attachment, DetachRequest, Reply, Request, Response};
+
+use crate::netns::{wait_until, ChildGuard, Netns};
+use crate::topo::{kernel_vxlan, Host, Mac, Pod};
+
+/// The cluster CIDR every topology uses.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+/// A node in a peers file.
+#[derive(Debug, Clone)]
+pub struct PeerNode {
+    /// Node name.
+    pub name: String,
+    /// Underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// Pod subnet.
+    pub pod_subnet: ipnet::Ipv4Net,
+    /// VTEP MAC.
+    pub vtep_mac: Mac,
+}
+
+impl PeerNode {
+    /// The entry of `host` with the fixture's naming: `node-<index>`, VTEP MAC
+    /// [`kernel_vxlan::vtep_mac`].
+    pub fn of(host: &Host) -> PeerNode {
+        PeerNode {
+            name: node_name(host),
+            underlay_ip: host.underlay_ip,
+            pod_subnet: host.pod_subnet,
+            vtep_mac: kernel_vxlan::vtep_mac(host.index),
+        }
+    }
+}
+
+/// The node name the fixtures give host `host`.
+pub fn node_name(host: &Host) -> String {
+    format!("node-{}", host.index)
+}
+
+/// Renders a peers file.
+pub fn peers_toml(nodes: &[PeerNode]) -> String {
+    let mut out = String::new();
+    for n in nodes {
+        let _ = write!(
+            out,
+            "[[node]]\nname = \"{}\"\nunderlay-ip = \"{}\"\npod-subnet = \"{}\"\nvtep-mac = \"{}\"\n\n",
+            n.name, n.underlay_ip, n.pod_subnet, n.vtep_mac
+        );
+    }
+    out
+}
+
+/// Writes a file atomically (temporary file, then rename), as a reloaded file must be.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// A private directory for one test's sockets and files, removed on drop.
+#[derive(Debug)]
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// Creates `/tmp/weft-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> Result<Scratch> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "weft-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Scratch { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// How to run weftd.
+#[derive(Debug, Clone)]
+pub struct WeftOptions {
+    /// Path of the weftd binary.
+    pub binary: PathBuf,
+    /// "vxlan" or "sleeve".
+    pub mode: String,
+    /// Worker threads.
+    pub workers: usize,
+    /// Further flags.
+    pub extra: Vec<String>,
+}
+
+/// A weftd running on a host, stopped (SIGTERM) on drop.
+#[derive(Debug)]
+pub struct WeftNode {
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Node name.
+    pub name: String,
+    /// Log file of the daemon.
+    pub log: PathBuf,
+    child: ChildGuard,
+}
+
+impl WeftNode {
+    /// Starts weftd in `host`'s namespace with the peers file at `peers`, and waits until
+    /// it answers on its control socket. `dir` holds the socket and the log.
+    pub fn start(host: &Host, peers: &Path, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
+        let name = node_name(host);
+        let socket = dir.join(format!("{name}.sock"));
+        let log = dir.join(format!("{name}.log"));
+        let state = dir.join(format!("{name}.state"));
+        let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = host.ns.cmd(&opts.binary);
+        cmd.args(["--node-name", &name])
+            .args(["--underlay-ip", &host.underlay_ip.to_string()])
+            .args(["--pod-subnet", &host.pod_subnet.to_string()])
+            .args(["--cluster-cidr", CLUSTER_CIDR])
+            .args(["--mode", &opts.mode])
+            .args(["--workers", &opts.workers.to_string()])
+            .args(["--underlay-mtu", &host.underlay_mtu.to_string()])
+            .arg("--peers")
+            .arg(peers)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(&opts.extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        let mut child = ChildGuard::spawn(&mut cmd)?;
+        let ready = wait_until(Duration::from_secs(20), "weftd to answer", || {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            matches!(
+                proto::call(&socket, &Request::Status, Duration::from_secs(2)),
+                Ok(Response::Ok(_))
+            )
+        });
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "weftd on {} exited with {status} while starting:\n{}",
+                host.ns.name(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        ready.with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+        Ok(WeftNode {
+            socket,
+            name,
+            log,
+            child,
+        })
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends one request.
+    pub fn call(&self, request: &Request) -> Result<Response> {
+        proto::call(&self.socket, request, Duration::from_secs(20)).map_err(|e| anyhow!(e))
+    }
+
+    /// Sends one request and returns the successful reply.
+    pub fn ok(&self, request: &Request) -> Result<Reply> {
+        match self.call(request)? {
+            Response::Ok(reply) => Ok(reply),
+            Response::Error(e) => bail!(
+                "weftd {} refused {request:?}: {:?} {}",
+                self.name,
+                e.kind,
+                e.message
+            ),
+        }
+    }
+
+    /// Attaches `pod` as `eth0` with container id `id`.
+    pub fn attach(&self, pod: &Pod, id: &str) -> Result<Attachment> {
+        match self.ok(&Request::Attach(AttachRequest {
+            container_id: id.into(),
+            netns: pod.ns.path().display().to_string(),
+            ifname: "eth0".into(),
+            requested_ip: None,
+        }))? {
+            Reply::Attached(a) => Ok(a),
+            other => bail!("unexpected reply to attach: {other:?}"),
+        }
+    }
+
+    /// Detaches container `id`'s `eth0`.
+    pub fn detach(&self, id: &str, netns: Option<&Netns>) -> Result<Option<Ipv4Addr>> {
+        match self.ok(&Request::Detach(DetachRequest {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            netns: netns.map(|n| n.path().display().to_string()),
+        }))? {
+            Reply::Detached { released_ip } => Ok(released_ip),
+            other => bail!("unexpected reply to detach: {other:?}"),
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and returns its exit status.
+    pub fn stop(self) -> Result<std::process::ExitStatus> {
+        self.child.stop()
+    }
+}
+
+/// Runs `f` on a thread inside the network namespace `ns`. Sockets created there stay
+/// in that namespace, so a test can hold pods' sockets from one process.
+pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let file = File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: `file` is an open netns fd for the duration of the call; setns
+            // changes only this thread's network namespace, and the thread ends here.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(anyhow!(
+                    "entering {}: {}",
+                    ns.name(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow!("thread in {} panicked", ns.name()))?
+    })
+}

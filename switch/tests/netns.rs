@@ -1,0 +1,440 @@
+//! weftd in network namespaces: real TAP ports, real kernel TCP, real tunnels.
+//!
+//! These tests need root (they create namespaces); they fail, never skip, without it.
+//! Each builds its own underlay and pods with unique names and tears everything down
+//! on drop, also when an assertion fails.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weft_cni::proto::{AttachRequest, Attachment, PeerInfo, Reply, Request, Response};
+use weft_perf::netns::{require_root, wait_until, Netns};
+use weft_perf::topo::{kernel_vxlan, Pod, Underlay};
+use weft_perf::traffic::{tcp_transfer, Pattern};
+use weft_perf::weft::{
+    in_netns, peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
+};
+
+const STALL: Duration = Duration::from_secs(30);
+
+fn options(mode: &str, extra: &[&str]) -> WeftOptions {
+    WeftOptions {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
+        mode: mode.into(),
+        workers: 2,
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Hosts running weftd, each with pods attached through the control socket. Fields
+/// drop in order: daemons first, then pods, then the underlay.
+struct Cluster {
+    nodes: Vec<WeftNode>,
+    pods: Vec<Vec<(Pod, Attachment)>>,
+    underlay: Underlay,
+    scratch: Scratch,
+}
+
+impl Cluster {
+    fn new(tag: &str, hosts: usize, pods_per_host: usize, opts: &WeftOptions) -> Cluster {
+        require_root();
+        let underlay = Underlay::new(tag, hosts).expect("underlay");
+        let scratch = Scratch::new(tag).expect("scratch dir");
+        let peers = scratch.path().join("peers.toml");
+        let nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+        write_atomic(&peers, &peers_toml(&nodes)).expect("peers file");
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            underlay,
+            scratch,
+        };
+        for h in cluster.underlay.hosts() {
+            let node =
+                WeftNode::start(h, &peers, cluster.scratch.path(), opts).expect("weftd starts");
+            cluster.nodes.push(node);
+        }
+        for h in 0..hosts {
+            let mut pods = Vec::new();
+            for p in 0..pods_per_host {
+                let pod = cluster
+                    .underlay
+                    .pod(h, &format!("p{p}"))
+                    .expect("pod netns");
+                let att = cluster.nodes[h]
+                    .attach(&pod, &format!("{tag}-{h}-{p}"))
+                    .expect("attach");
+                pods.push((pod, att));
+            }
+            cluster.pods.push(pods);
+        }
+        cluster
+    }
+
+    fn pod(&self, h: usize, p: usize) -> &Pod {
+        &self.pods[h][p].0
+    }
+
+    fn ip(&self, h: usize, p: usize) -> Ipv4Addr {
+        self.pods[h][p].1.ip
+    }
+
+    fn peers(&self, h: usize) -> Vec<PeerInfo> {
+        match self.nodes[h].ok(&Request::Peers).expect("peers") {
+            Reply::Peers { peers } => peers,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {}\n{}", n.name, n.log_text()))
+            .collect()
+    }
+}
+
+fn drops(p: &PeerInfo, reason: &str) -> u64 {
+    p.counters
+        .drops
+        .iter()
+        .find(|(r, _)| r == reason)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// Pings, node↔pod, no NAT, and a 200 MB transfer across hosts, in one tunnel mode.
+fn datapath(mode: &str) {
+    let c = Cluster::new(&format!("dp{}", &mode[..1]), 2, 2, &options(mode, &[]));
+    let ping = |h: usize, p: usize, dst: Ipv4Addr| {
+        c.pod(h, p)
+            .ns
+            .ping(dst, 2)
+            .unwrap_or_else(|e| panic!("pod {h}/{p} → {dst}: {e:#}\n{}", c.logs()))
+    };
+    // Same host, across hosts, both directions.
+    ping(0, 0, c.ip(0, 1));
+    ping(0, 0, c.ip(1, 0));
+    ping(1, 1, c.ip(0, 1));
+    // Node → local pod, node → remote pod, pod → its gateway, pod → remote node.
+    let (h0, h1) = (c.underlay.host(0), c.underlay.host(1));
+    h0.ns.ping(c.ip(0, 0), 2).expect("node 0 → its pod");
+    h0.ns.ping(c.ip(1, 1), 2).expect("node 0 → pod on node 1");
+    ping(0, 0, h0.gateway);
+    ping(0, 1, h1.underlay_ip);
+
+    // No NAT: the server sees the client pod's own address, and a node's traffic
+    // arrives from the node's own address on the pod network.
+    let t = tcp_transfer(&c.pod(1, 0).ns, c.ip(1, 0), &c.pod(0, 0).ns, 1 << 20, STALL)
+        .expect("pod → pod");
+    assert_eq!(
+        t.peer.ip(),
+        IpAddr::V4(c.ip(0, 0)),
+        "pod source address rewritten"
+    );
+    let t = tcp_transfer(&c.pod(1, 1).ns, c.ip(1, 1), &h0.ns, 1 << 20, STALL).expect("node → pod");
+    assert_eq!(t.peer.ip(), IpAddr::V4(h0.gateway));
+    let t =
+        tcp_transfer(&h1.ns, h1.underlay_ip, &c.pod(0, 1).ns, 1 << 20, STALL).expect("pod → node");
+    assert_eq!(
+        t.peer.ip(),
+        IpAddr::V4(c.ip(0, 1)),
+        "pod → remote node was NATed"
+    );
+
+    // 200 MB across hosts, every byte verified.
+    let t = tcp_transfer(
+        &c.pod(1, 1).ns,
+        c.ip(1, 1),
+        &c.pod(0, 0).ns,
+        200_000_000,
+        STALL,
+    )
+    .unwrap_or_else(|e| panic!("200 MB transfer: {e:#}\n{}", c.logs()));
+    eprintln!(
+        "{mode}: 200 MB pod→pod across hosts at {:.2} Gbit/s",
+        t.gbit_per_s()
+    );
+
+    // The tunnel counters saw it.
+    let peers = c.peers(0);
+    let p1 = peers
+        .iter()
+        .find(|p| p.name == "node-1")
+        .expect("node-1 listed");
+    assert!(p1.counters.tx_bytes > 200_000_000, "{p1:?}");
+    assert_eq!(drops(p1, "bad_encap"), 0, "{p1:?}");
+}
+
+#[test]
+fn vxlan_datapath() {
+    datapath("vxlan");
+}
+
+#[test]
+fn sleeve_datapath() {
+    datapath("sleeve");
+}
+
+/// Ports with a single queue: frames from the other worker reach them through the
+/// handoff rings.
+#[test]
+fn single_queue_ports_use_the_rings() {
+    let c = Cluster::new("ring", 2, 2, &options("vxlan", &["--port-queues", "1"]));
+    c.pod(0, 0)
+        .ns
+        .ping(c.ip(1, 0), 3)
+        .expect("ping across hosts");
+    c.pod(0, 0)
+        .ns
+        .ping(c.ip(0, 1), 3)
+        .expect("ping on one host");
+    for (h, p) in [(0, 1), (1, 1)] {
+        let t = tcp_transfer(
+            &c.pod(h, p).ns,
+            c.ip(h, p),
+            &c.pod(1 - h, 0).ns,
+            20_000_000,
+            STALL,
+        )
+        .unwrap_or_else(|e| panic!("transfer to {h}/{p}: {e:#}\n{}", c.logs()));
+        assert_eq!(t.bytes, 20_000_000);
+    }
+}
+
+fn send_from(ns: &Netns, src: Ipv4Addr, dst: SocketAddr, payloads: &[Vec<u8>]) {
+    let sock = in_netns(ns, || UdpSocket::bind((src, 0)))
+        .expect("enter netns")
+        .expect("bind UDP");
+    for p in payloads {
+        sock.send_to(p, dst).expect("send");
+    }
+}
+
+/// Malformed tunnel datagrams are counted and dropped; forwarding goes on.
+fn bad_input(mode: &str) {
+    let c = Cluster::new(&format!("bad{}", &mode[..1]), 2, 1, &options(mode, &[]));
+    let (h0, h1) = (c.underlay.host(0), c.underlay.host(1));
+    let dst = SocketAddr::from((h0.underlay_ip, 8472));
+    let mut garbage = vec![0u8; 200];
+    Pattern::new(3).fill(&mut garbage);
+    let mut bad: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x08, 0, 0],   // truncated header
+        vec![0u8; 8 + 60],  // no I flag / sleeve version 0
+        garbage.clone(),    // garbage
+        vec![0xff; 60_000], // oversized, fragmented
+        [&[0x08, 0, 0, 0, 0, 0, 0x07, 0][..], &[0u8; 60]].concat(), // VXLAN, wrong VNI
+        [&[1u8, 1, 0, 0][..], &[9u8; 6], &[0, 0, 0, 40, 8, 0]].concat(), // sleeve, short record
+        [&[1u8, 7, 0, 0][..], &[0u8; 8]].concat(), // sleeve, unknown kind
+        [&[1u8, 1, 0, 1][..], &[0u8; 8]].concat(), // sleeve, sealed flag
+    ];
+    for i in 0..50u8 {
+        let mut g = garbage.clone();
+        g[0] = i;
+        g.truncate(usize::from(i) * 3 + 1);
+        bad.push(g);
+    }
+    send_from(&h1.ns, h1.underlay_ip, dst, &bad);
+    // The same from an address that is not a peer.
+    h1.ns
+        .ip(&["addr", "add", "10.250.0.200/24", "dev", "eth0"])
+        .expect("second address");
+    send_from(&h1.ns, "10.250.0.200".parse().unwrap(), dst, &bad[..5]);
+
+    let sent = bad.len() as u64;
+    wait_until(Duration::from_secs(5), "drops to be counted", || {
+        let peers = c.peers(0);
+        let p1 = peers.iter().find(|p| p.name == "node-1").unwrap();
+        let unknown = peers.iter().find(|p| p.name.starts_with('(')).unwrap();
+        drops(unknown, "unknown_peer") >= 5
+            && p1.counters.drops.iter().map(|(_, n)| n).sum::<u64>() >= sent
+    })
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", c.peers(0)));
+    let peers = c.peers(0);
+    let p1 = peers.iter().find(|p| p.name == "node-1").unwrap();
+    assert!(drops(p1, "bad_encap") > 0, "{p1:?}");
+    // Still forwarding, both ways.
+    c.pod(0, 0)
+        .ns
+        .ping(c.ip(1, 0), 2)
+        .expect("ping after bad input");
+    c.pod(1, 0)
+        .ns
+        .ping(c.ip(0, 0), 2)
+        .expect("ping after bad input");
+    assert!(!c.logs().contains("panicked"), "{}", c.logs());
+}
+
+#[test]
+fn vxlan_bad_input() {
+    bad_input("vxlan");
+}
+
+#[test]
+fn sleeve_bad_input() {
+    bad_input("sleeve");
+}
+
+/// weftd on host 0 and the Linux kernel's VXLAN, set up as flannel does, on host 1.
+#[test]
+fn kernel_vxlan_interop() {
+    require_root();
+    let underlay = Underlay::new("interop", 2).expect("underlay");
+    let scratch = Scratch::new("interop").unwrap();
+    let (h0, h1) = (underlay.host(0), underlay.host(1));
+    let weft = PeerNode::of(h0);
+    let kernel = PeerNode::of(h1);
+    let peers = scratch.path().join("peers.toml");
+    write_atomic(&peers, &peers_toml(&[weft.clone(), kernel.clone()])).unwrap();
+    kernel_vxlan::setup(
+        h1,
+        kernel.vtep_mac,
+        &[kernel_vxlan::RemoteNode::of(h0, weft.vtep_mac)],
+    )
+    .expect("kernel VXLAN");
+    let node = WeftNode::start(h0, &peers, scratch.path(), &options("vxlan", &[])).expect("weftd");
+    let a = underlay.pod(0, "a").unwrap();
+    let b = underlay.pod(1, "b").unwrap();
+    let att = node.attach(&a, "interop-a").expect("attach");
+    let b_ip = h1.pod_ip(2);
+    kernel_vxlan::attach_pod(h1, &b, b_ip).expect("kernel pod");
+
+    let logs = || node.log_text();
+    a.ns.ping(b_ip, 3)
+        .unwrap_or_else(|e| panic!("weft pod → kernel pod: {e:#}\n{}", logs()));
+    b.ns.ping(att.ip, 3)
+        .unwrap_or_else(|e| panic!("kernel pod → weft pod: {e:#}\n{}", logs()));
+    let t = tcp_transfer(&b.ns, b_ip, &a.ns, 50_000_000, STALL).expect("TCP weft → kernel");
+    assert_eq!(t.peer.ip(), IpAddr::V4(att.ip));
+    let t = tcp_transfer(&a.ns, att.ip, &b.ns, 50_000_000, STALL).expect("TCP kernel → weft");
+    assert_eq!(t.peer.ip(), IpAddr::V4(b_ip));
+    // The kernel node itself reaches the weft pod, too.
+    h1.ns.ping(att.ip, 2).expect("kernel node → weft pod");
+    drop(node);
+}
+
+/// Detach removes the interface and releases the address, and is idempotent.
+#[test]
+fn detach_cleans_up_and_repeats() {
+    let c = Cluster::new("detach", 1, 0, &options("vxlan", &[]));
+    let node = &c.nodes[0];
+    let pod = c.underlay.pod(0, "x").unwrap();
+    let att = node.attach(&pod, "det-1").expect("attach");
+    // Attach is idempotent for the same container and netns.
+    assert_eq!(node.attach(&pod, "det-1").expect("attach again"), att);
+    assert!(pod.ns.ip(&["link", "show", "eth0"]).is_ok());
+    assert_eq!(node.detach("det-1", Some(&pod.ns)).unwrap(), Some(att.ip));
+    wait_until(Duration::from_secs(5), "eth0 to disappear", || {
+        pod.ns.ip(&["link", "show", "eth0"]).is_err()
+    })
+    .unwrap();
+    assert_eq!(
+        node.detach("det-1", Some(&pod.ns)).unwrap(),
+        None,
+        "second detach"
+    );
+    // A pod whose netns is gone detaches cleanly, and its address is released.
+    let gone = c.underlay.pod(0, "y").unwrap();
+    let att2 = node.attach(&gone, "det-2").expect("attach");
+    let path = gone.ns.path();
+    drop(gone);
+    assert!(!path.exists());
+    assert_eq!(node.detach("det-2", None).unwrap(), Some(att2.ip));
+    // Bad requests are refused with a reason, and nothing is left allocated.
+    let missing = node.call(&Request::Attach(AttachRequest {
+        container_id: "det-3".into(),
+        netns: "/run/netns/does-not-exist".into(),
+        ifname: "eth0".into(),
+        requested_ip: None,
+    }));
+    match missing.unwrap() {
+        Response::Error(e) => assert!(e.message.contains("does-not-exist"), "{e:?}"),
+        ok => panic!("attach into a missing netns succeeded: {ok:?}"),
+    }
+    match node.ok(&Request::Status).unwrap() {
+        Reply::Status(s) => assert_eq!(s.pods, 0),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The peers file is reloaded on change: tunnels come and go without a restart.
+#[test]
+fn peers_file_reload() {
+    require_root();
+    let underlay = Underlay::new("reload", 2).unwrap();
+    let scratch = Scratch::new("reload").unwrap();
+    let nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+    let full = peers_toml(&nodes);
+    let only_self = peers_toml(&nodes[..1]);
+    let peers0 = scratch.path().join("peers0.toml");
+    let peers1 = scratch.path().join("peers1.toml");
+    write_atomic(&peers0, &only_self).unwrap();
+    write_atomic(&peers1, &full).unwrap();
+    let n0 = WeftNode::start(
+        underlay.host(0),
+        &peers0,
+        scratch.path(),
+        &options("sleeve", &[]),
+    )
+    .unwrap();
+    let n1 = WeftNode::start(
+        underlay.host(1),
+        &peers1,
+        scratch.path(),
+        &options("sleeve", &[]),
+    )
+    .unwrap();
+    let a = underlay.pod(0, "a").unwrap();
+    let b = underlay.pod(1, "b").unwrap();
+    n0.attach(&a, "rl-a").unwrap();
+    let bb = n1.attach(&b, "rl-b").unwrap();
+    assert!(a.ns.ping(bb.ip, 1).is_err(), "node 0 has no peer yet");
+    write_atomic(&peers0, &full).unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the new peer to carry traffic",
+        || a.ns.ping(bb.ip, 1).is_ok(),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", n0.log_text()));
+    write_atomic(&peers0, &only_self).unwrap();
+    wait_until(Duration::from_secs(10), "the removed peer to stop", || {
+        a.ns.ping(bb.ip, 1).is_err()
+    })
+    .unwrap();
+    write_atomic(&peers0, &full).unwrap();
+    wait_until(Duration::from_secs(10), "the peer to return", || {
+        a.ns.ping(bb.ip, 1).is_ok()
+    })
+    .unwrap();
+    // A broken file is refused and the last good peers stay.
+    write_atomic(&peers0, "this is [not toml").unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the broken file to be noticed",
+        || n0.log_text().contains("keeping the previous peers"),
+    )
+    .unwrap();
+    a.ns.ping(bb.ip, 2).expect("peers kept after a broken file");
+}
+
+/// SIGTERM: the workers stop, the host port and the socket are removed.
+#[test]
+fn sigterm_cleans_up() {
+    let mut c = Cluster::new("term", 1, 1, &options("vxlan", &[]));
+    let node = c.nodes.pop().unwrap();
+    let host = c.underlay.host(0);
+    assert!(host.ns.ip(&["link", "show", "weft0"]).is_ok());
+    let socket = node.socket.clone();
+    let status = node.stop().expect("stop");
+    assert!(status.success(), "weftd exited with {status}");
+    assert!(!socket.exists(), "control socket left behind");
+    assert!(
+        host.ns.ip(&["link", "show", "weft0"]).is_err(),
+        "weft0 left behind"
+    );
+    assert!(
+        c.pod(0, 0).ns.ip(&["link", "show", "eth0"]).is_err(),
+        "pod interface left behind"
+    );
+}
