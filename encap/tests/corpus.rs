@@ -23,8 +23,15 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
         .map(|path| (file_name(&path), fs::read(&path).expect("corpus file")))
         .collect();
     files.sort();
-    let seeds = files.iter().filter(|(name, _)| name.starts_with("seed-")).count();
-    assert!(seeds >= 3, "corpus {} has only {seeds} seeds", dir.display());
+    let seeds = files
+        .iter()
+        .filter(|(name, _)| name.starts_with("seed-"))
+        .count();
+    assert!(
+        seeds >= 3,
+        "corpus {} has only {seeds} seeds",
+        dir.display()
+    );
     files
 }
 

@@ -13,7 +13,12 @@ use weft_encap::vxlan;
 /// anything but the bits a receiver ignores.
 pub fn vxlan_parse(data: &[u8]) {
     if let Ok(packet) = vxlan::Packet::new_checked(data) {
-        let _ = (packet.flags(), packet.i_flag(), packet.vni(), packet.payload());
+        let _ = (
+            packet.flags(),
+            packet.i_flag(),
+            packet.vni(),
+            packet.payload(),
+        );
         let _ = packet.to_string();
     }
     let Ok((repr, inner)) = vxlan::parse(data) else {
@@ -36,7 +41,12 @@ pub fn vxlan_parse(data: &[u8]) {
 /// datagram differs from `data` outside the reserved bytes.
 pub fn sleeve_parse(data: &[u8]) {
     if let Ok(packet) = sleeve::Packet::new_checked(data) {
-        let _ = (packet.version(), packet.kind(), packet.flags(), packet.sender());
+        let _ = (
+            packet.version(),
+            packet.kind(),
+            packet.flags(),
+            packet.sender(),
+        );
         let _ = (packet.reserved(), packet.body(), packet.to_string());
     }
     let mut rebuilt = vec![0; data.len()];
