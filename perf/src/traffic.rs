@@ -63,6 +63,15 @@ impl Transfer {
     }
 }
 
+/// How much a TCP transfer sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Amount {
+    /// Exactly this many bytes.
+    Bytes(u64),
+    /// As much as fits in this time.
+    For(Duration),
+}
+
 /// Sends `bytes` bytes of [`Pattern`] over TCP from `client` to `server_ip` inside
 /// `server`, verifying every byte at the receiver. Fails if the stream stalls for
 /// `stall` or differs from the pattern.
@@ -71,6 +80,17 @@ pub fn tcp_transfer(
     server_ip: Ipv4Addr,
     client: &Netns,
     bytes: u64,
+    stall: Duration,
+) -> Result<Transfer> {
+    tcp_send(server, server_ip, client, Amount::Bytes(bytes), stall)
+}
+
+/// Like [`tcp_transfer`], for a byte count or a duration.
+pub fn tcp_send(
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    client: &Netns,
+    amount: Amount,
     stall: Duration,
 ) -> Result<Transfer> {
     let listener = in_netns(server, || TcpListener::bind((server_ip, 0)))?
@@ -122,7 +142,7 @@ pub fn tcp_transfer(
         Ok((peer, got))
     });
     let start = Instant::now();
-    let sent = (|| -> Result<()> {
+    let sent = (|| -> Result<u64> {
         let mut conn = in_netns(client, || {
             TcpStream::connect_timeout(&addr, stall.min(Duration::from_secs(10)))
         })?
@@ -130,21 +150,26 @@ pub fn tcp_transfer(
         conn.set_write_timeout(Some(stall))?;
         let mut pattern = Pattern::new(seed);
         let mut buf = vec![0u8; 256 * 1024];
-        let mut left = bytes;
-        while left > 0 {
+        let (mut left, until) = match amount {
+            Amount::Bytes(b) => (b, None),
+            Amount::For(d) => (u64::MAX, Some(Instant::now() + d)),
+        };
+        let mut sent = 0u64;
+        while left > 0 && until.is_none_or(|t| Instant::now() < t) {
             let n = left.min(buf.len() as u64) as usize;
             pattern.fill(&mut buf[..n]);
             conn.write_all(&buf[..n])
-                .with_context(|| format!("sending to {addr} with {left} bytes left"))?;
+                .with_context(|| format!("sending to {addr} after {sent} bytes"))?;
             left -= n as u64;
+            sent += n as u64;
         }
         conn.shutdown(std::net::Shutdown::Write)?;
-        Ok(())
+        Ok(sent)
     })();
     let received = receiver
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
-    sent?;
+    let bytes = sent?;
     let (peer, got) = received?;
     if got != bytes {
         bail!("sent {bytes} bytes to {addr}, {got} arrived");

@@ -482,3 +482,28 @@ mod tests {
         assert!(parse_peers(Path::new("p.toml"), "").unwrap().is_empty());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The configs `deploy/examples` ships are valid.
+    #[test]
+    fn shipped_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let peers = read_peers(&dir.join("peers.toml")).unwrap();
+        assert_eq!(peers.len(), 2);
+        for (file, name) in [("node-a.toml", "node-a"), ("node-b.toml", "node-b")] {
+            let s = Options::from_file(&dir.join(file))
+                .unwrap()
+                .resolve()
+                .unwrap();
+            assert_eq!(s.node_name, name);
+            let me = peers.iter().find(|p| p.name == name).unwrap();
+            assert_eq!(
+                (me.underlay_ip, me.pod_subnet),
+                (s.underlay_ip, s.pod_subnet)
+            );
+        }
+    }
+}

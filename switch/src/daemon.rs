@@ -617,12 +617,14 @@ pub fn decode(bytes: &[u8]) -> Result<Request, ErrorReply> {
     })?;
     match value.get("version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
-        Some(v) => return Err(ErrorReply {
-            kind: ErrorKind::BadVersion,
-            message: format!(
+        Some(v) => {
+            return Err(ErrorReply {
+                kind: ErrorKind::BadVersion,
+                message: format!(
                 "protocol version {v} is not spoken here; this daemon speaks {PROTOCOL_VERSION}"
             ),
-        }),
+            })
+        }
         None => {
             return Err(ErrorReply {
                 kind: ErrorKind::BadRequest,

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what weft's build, demo and tests need on a fresh Debian 12 machine (as root).
+# Idempotent: packages already present are not fetched again.
+set -euo pipefail
+
+packages=(
+  iproute2        # ip netns, veth, bridge, vxlan: the test and demo topologies
+  iputils-ping    # ping between namespaces
+  ethtool         # the underlay turns off transmit checksum offload (see perf/src/topo.rs)
+  kmod            # modprobe for vxlan/tun where they are modules
+  pkg-config gcc  # -sys crates
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Kernel pieces the datapath and the baselines use; built in on some kernels.
+for m in tun vxlan veth bridge; do
+  modprobe -q "$m" 2>/dev/null || true
+done
+[ -c /dev/net/tun ] || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }
+
+command -v cargo >/dev/null || {
+  echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2
+  exit 1
+}
