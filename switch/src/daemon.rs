@@ -273,7 +273,7 @@ impl Daemon {
         for (w, queue) in queues.into_iter().enumerate() {
             workers[w].send(Command::AddQueue {
                 id,
-                queue,
+                queue: Box::new(queue),
                 done: tx.clone(),
             });
         }

@@ -383,7 +383,7 @@ impl Datapath {
         match hop {
             NextHop::Local(p) => self.deliver(&t.ports[p], router, &mut buf[eth..eth + len], sink),
             NextHop::Host => self.deliver(&t.ports[0], router, &mut buf[eth..eth + len], sink),
-            NextHop::Peer(j) => self.to_peer(t, j, buf, eth, len, sink),
+            NextHop::Peer(j) => self.encapsulate(t, j, buf, eth, len, sink),
             NextHop::Unreachable => unreachable!("handled above"),
         }
     }
@@ -397,7 +397,7 @@ impl Datapath {
     }
 
     /// Encapsulates the frame at `buf[eth..eth + len]` for peer `j`.
-    fn to_peer(
+    fn encapsulate(
         &mut self,
         t: &Tables,
         j: usize,

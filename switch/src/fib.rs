@@ -82,7 +82,7 @@ impl Fib {
                 }
             }
         }
-        levels.sort_by(|a, b| b.0.cmp(&a.0));
+        levels.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         Fib { levels }
     }
 

@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod fib;
 pub mod mac;
 pub mod netlink;
+pub mod port;
 pub mod tables;
 pub mod tap;
 pub mod worker;

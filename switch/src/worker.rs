@@ -23,7 +23,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::counters::DropReason;
 use crate::datapath::{Datapath, Sink, TxError, HEADROOM};
 use crate::tables::{PeerEntry, PortEntry, PortId, Tables};
-use crate::tap::TapQueue;
+use crate::port::PortQueue;
 
 const WAKER: Token = Token(0);
 const SOCKET: Token = Token(1);
@@ -45,7 +45,7 @@ pub enum Command {
         /// The port.
         id: PortId,
         /// The queue this worker will own.
-        queue: TapQueue,
+        queue: Box<dyn PortQueue>,
         /// Acknowledgement.
         done: Sender<()>,
     },
@@ -160,7 +160,9 @@ pub fn stop(shared: &Shared, handles: &mut [WorkerHandle]) {
 
 struct QueueSlot {
     generation: u32,
-    queue: TapQueue,
+    queue: Box<dyn PortQueue>,
+    /// Sent to in this batch: flushed at its end.
+    dirty: bool,
 }
 
 struct Worker {
@@ -172,26 +174,22 @@ struct Worker {
     queues: Vec<Option<QueueSlot>>,
     dp: Datapath,
     buf: Box<[u8]>,
+    /// Slots of queues sent to in this batch.
+    dirty: Vec<u32>,
 }
 
 /// The I/O side of the datapath for one worker.
 struct IoSink<'a> {
     index: usize,
-    queues: &'a [Option<QueueSlot>],
+    queues: &'a mut [Option<QueueSlot>],
+    dirty: &'a mut Vec<u32>,
     socket: &'a UdpSocket,
     shared: &'a Shared,
     /// Bit i set: worker i was handed frames in this batch and needs a wake-up.
-    wake: u64,
+    wake: &'a mut u64,
 }
 
 impl IoSink<'_> {
-    fn queue(&self, id: PortId) -> Option<&TapQueue> {
-        match self.queues.get(id.slot as usize) {
-            Some(Some(q)) if q.generation == id.generation => Some(&q.queue),
-            _ => None,
-        }
-    }
-
     fn handoff(&mut self, port: &PortEntry, frame: &[u8]) -> Result<(), TxError> {
         // The port's queues belong to workers 0..queues; spread senders over them.
         let owners = usize::from(port.queues).clamp(1, self.shared.inboxes.len());
@@ -212,7 +210,7 @@ impl IoSink<'_> {
             let _ = self.shared.pool.push(h.buf);
             return Err(TxError::RingFull);
         }
-        self.wake |= 1 << (owner % 64);
+        *self.wake |= 1 << (owner % 64);
         Ok(())
     }
 }
@@ -228,9 +226,15 @@ fn tx_error(e: &io::Error) -> TxError {
 impl Sink for IoSink<'_> {
     #[inline]
     fn to_port(&mut self, port: &PortEntry, frame: &[u8]) -> Result<(), TxError> {
-        match self.queue(port.id) {
-            Some(q) => q.send(frame).map_err(|e| tx_error(&e)),
-            None => self.handoff(port, frame),
+        match self.queues.get_mut(port.id.slot as usize) {
+            Some(Some(q)) if q.generation == port.id.generation => {
+                if !q.dirty {
+                    q.dirty = true;
+                    self.dirty.push(port.id.slot);
+                }
+                q.queue.send(frame).map_err(|e| tx_error(&e))
+            }
+            _ => self.handoff(port, frame),
         }
     }
 
@@ -252,11 +256,8 @@ impl Worker {
         shared: Arc<Shared>,
     ) -> io::Result<Worker> {
         socket.set_nonblocking(true)?;
-        poll.registry().register(
-            &mut SourceFd(&socket.as_raw_fd()),
-            SOCKET,
-            Interest::READABLE,
-        )?;
+        poll.registry()
+            .register(&mut SourceFd(&socket.as_raw_fd()), SOCKET, Interest::READABLE)?;
         Ok(Worker {
             index,
             poll,
@@ -266,6 +267,7 @@ impl Worker {
             queues: Vec::new(),
             dp: Datapath::new(index),
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            dirty: Vec::with_capacity(64),
         })
     }
 
@@ -275,11 +277,7 @@ impl Worker {
         let mut again: Vec<Token> = Vec::with_capacity(64);
         let mut ready: Vec<Token> = Vec::with_capacity(256);
         loop {
-            let timeout = if again.is_empty() {
-                None
-            } else {
-                Some(Duration::ZERO)
-            };
+            let timeout = if again.is_empty() { None } else { Some(Duration::ZERO) };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -312,14 +310,27 @@ impl Worker {
             }
             let mut sink = IoSink {
                 index: self.index,
-                queues: &self.queues,
+                queues: &mut self.queues,
+                dirty: &mut self.dirty,
                 socket: &self.socket,
                 shared: &self.shared,
-                wake: 0,
+                wake: &mut wake,
             };
             self.dp.flush(&tables, &mut sink);
-            wake |= sink.wake;
+            self.flush_queues();
             self.wake(wake);
+        }
+    }
+
+    /// Rings the doorbell of every queue sent to in this batch.
+    fn flush_queues(&mut self) {
+        for slot in self.dirty.drain(..) {
+            if let Some(Some(q)) = self.queues.get_mut(slot as usize) {
+                q.dirty = false;
+                if let Err(e) = q.queue.flush() {
+                    log::debug!("worker {}: flushing queue {slot}: {e}", self.index);
+                }
+            }
         }
     }
 
@@ -331,6 +342,10 @@ impl Worker {
         }
     }
 
+    fn deregister(&self, queue: &dyn PortQueue) {
+        let _ = self.poll.registry().deregister(&mut SourceFd(&queue.fd()));
+    }
+
     fn commands(&mut self) {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
@@ -339,39 +354,32 @@ impl Worker {
                     if self.queues.len() <= slot {
                         self.queues.resize_with(slot + 1, || None);
                     }
-                    let token = Token(PORT_BASE + slot);
                     if let Some(old) = self.queues[slot].take() {
-                        let _ = self
-                            .poll
-                            .registry()
-                            .deregister(&mut SourceFd(&old.queue.as_raw_fd()));
+                        self.deregister(old.queue.as_ref());
                     }
-                    match self.poll.registry().register(
-                        &mut SourceFd(&queue.as_raw_fd()),
-                        token,
-                        Interest::READABLE,
-                    ) {
+                    let token = Token(PORT_BASE + slot);
+                    match self
+                        .poll
+                        .registry()
+                        .register(&mut SourceFd(&queue.fd()), token, Interest::READABLE)
+                    {
                         Ok(()) => {
                             self.queues[slot] = Some(QueueSlot {
                                 generation: id.generation,
                                 queue,
+                                dirty: false,
                             })
                         }
-                        Err(e) => {
-                            log::error!("worker {}: cannot poll port {id:?}: {e}", self.index)
-                        }
+                        Err(e) => log::error!("worker {}: cannot poll port {id:?}: {e}", self.index),
                     }
                     let _ = done.send(());
                 }
                 Command::RemovePort { id, done } => {
-                    if let Some(slot) = self.queues.get_mut(id.slot as usize) {
-                        if slot.as_ref().is_some_and(|q| q.generation == id.generation) {
-                            if let Some(q) = slot.take() {
-                                let _ = self
-                                    .poll
-                                    .registry()
-                                    .deregister(&mut SourceFd(&q.queue.as_raw_fd()));
-                            }
+                    let slot = id.slot as usize;
+                    let owned = matches!(self.queues.get(slot), Some(Some(q)) if q.generation == id.generation);
+                    if owned {
+                        if let Some(q) = self.queues[slot].take() {
+                            self.deregister(q.queue.as_ref());
                         }
                     }
                     let _ = done.send(());
@@ -385,13 +393,15 @@ impl Worker {
         let inbox = &self.shared.inboxes[self.index];
         for _ in 0..BUDGET * 4 {
             let Some(h) = inbox.pop() else { return false };
-            let queue = match self.queues.get(h.port.slot as usize) {
-                Some(Some(q)) if q.generation == h.port.generation => Some(&q.queue),
-                _ => None,
-            };
-            let result = match queue {
-                Some(q) => q.send(&h.buf[..h.len]).map_err(|e| tx_error(&e)),
-                None => Err(TxError::Failed),
+            let result = match self.queues.get_mut(h.port.slot as usize) {
+                Some(Some(q)) if q.generation == h.port.generation => {
+                    if !q.dirty {
+                        q.dirty = true;
+                        self.dirty.push(h.port.slot);
+                    }
+                    q.queue.send(&h.buf[..h.len]).map_err(|e| tx_error(&e))
+                }
+                _ => Err(TxError::Failed),
             };
             if let Some(i) = tables.port_index(h.port) {
                 let c = &tables.ports[i].counters;
@@ -407,24 +417,21 @@ impl Worker {
     }
 
     fn socket_batch(&mut self, tables: &Tables, wake: &mut u64) -> bool {
-        let mut sink = IoSink {
-            index: self.index,
-            queues: &self.queues,
-            socket: &self.socket,
-            shared: &self.shared,
-            wake: 0,
-        };
-        let mut more = true;
         for _ in 0..BUDGET {
             match self.socket.recv_from(&mut self.buf[HEADROOM..]) {
                 Ok((n, from)) => {
+                    let mut sink = IoSink {
+                        index: self.index,
+                        queues: &mut self.queues,
+                        dirty: &mut self.dirty,
+                        socket: &self.socket,
+                        shared: &self.shared,
+                        wake,
+                    };
                     self.dp
-                        .tunnel_datagram(tables, from, &mut self.buf, HEADROOM, n, &mut sink)
+                        .tunnel_datagram(tables, from, &mut self.buf, HEADROOM, n, &mut sink);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    more = false;
-                    break;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // ICMP errors for earlier sends surface here (ECONNREFUSED and
@@ -433,60 +440,48 @@ impl Worker {
                 }
             }
         }
-        *wake |= sink.wake;
-        more
+        true
     }
 
     fn port_batch(&mut self, tables: &Tables, slot: usize, wake: &mut u64) -> bool {
-        let Some(Some(q)) = self.queues.get(slot) else {
-            return false;
-        };
+        let Some(Some(q)) = self.queues.get(slot) else { return false };
         let id = PortId {
             slot: slot as u32,
             generation: q.generation,
         };
         let ingress = tables.port_index(id);
-        let mut sink = IoSink {
-            index: self.index,
-            queues: &self.queues,
-            socket: &self.socket,
-            shared: &self.shared,
-            wake: 0,
-        };
-        let mut more = true;
-        let mut dead = false;
         for _ in 0..BUDGET {
+            let Some(Some(q)) = self.queues.get_mut(slot) else { return false };
             match q.queue.recv(&mut self.buf[HEADROOM..]) {
-                Ok(Some(n)) => match ingress {
-                    Some(i) => self
-                        .dp
-                        .port_frame(tables, i, &mut self.buf, HEADROOM, n, &mut sink),
-                    // Not (or no longer) in the snapshot: attach or detach in progress.
-                    None => tables.tunnel.discard(self.index, DropReason::TxError),
-                },
-                Ok(None) => {
-                    more = false;
-                    break;
+                Ok(Some(n)) => {
+                    let Some(i) = ingress else {
+                        // Not (or no longer) in the snapshot: attach or detach in progress.
+                        tables.tunnel.discard(self.index, DropReason::TxError);
+                        continue;
+                    };
+                    let mut sink = IoSink {
+                        index: self.index,
+                        queues: &mut self.queues,
+                        dirty: &mut self.dirty,
+                        socket: &self.socket,
+                        shared: &self.shared,
+                        wake,
+                    };
+                    self.dp
+                        .port_frame(tables, i, &mut self.buf, HEADROOM, n, &mut sink);
                 }
+                Ok(None) => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // The device is gone (its netns was deleted): stop polling it. The
                     // control plane's detach closes the queue.
                     log::warn!("worker {}: port {id:?}: {e}; no longer polled", self.index);
-                    dead = true;
-                    more = false;
-                    break;
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&q.queue.fd()));
+                    return false;
                 }
             }
         }
-        *wake |= sink.wake;
-        if dead {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&q.queue.as_raw_fd()));
-        }
-        more
+        true
     }
 }
 

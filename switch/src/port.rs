@@ -1,0 +1,40 @@
+//! The queue of a port, as a worker sees it.
+//!
+//! A port is a pod's interface or the host's `weft0`; each of its queues is owned by
+//! exactly one worker, which polls the queue's file descriptor in its own epoll set.
+//! A TAP queue is one such backend; an AF_XDP socket on a veth (its rings in a UMEM,
+//! its fd woken by the kernel) is another that fits the same shape.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// One queue of a port.
+pub trait PortQueue: Send + std::fmt::Debug {
+    /// Takes one frame into `buf`; `Ok(None)` when the queue is empty.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
+    /// Queues one frame for the port. A full queue is `ErrorKind::WouldBlock`.
+    fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+    /// Pushes out frames that `send` batched (a ring doorbell); a no-op for backends
+    /// that send at once.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// The descriptor that becomes readable when frames wait.
+    fn fd(&self) -> RawFd;
+}
+
+impl PortQueue for crate::tap::TapQueue {
+    #[inline]
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        crate::tap::TapQueue::recv(self, buf)
+    }
+
+    #[inline]
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        crate::tap::TapQueue::send(self, frame)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
