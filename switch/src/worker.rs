@@ -22,8 +22,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::counters::DropReason;
 use crate::datapath::{Datapath, Sink, TxError, HEADROOM};
-use crate::tables::{PeerEntry, PortEntry, PortId, Tables};
 use crate::port::PortQueue;
+use crate::tables::{PeerEntry, PortEntry, PortId, Tables};
 
 const WAKER: Token = Token(0);
 const SOCKET: Token = Token(1);
@@ -256,8 +256,11 @@ impl Worker {
         shared: Arc<Shared>,
     ) -> io::Result<Worker> {
         socket.set_nonblocking(true)?;
-        poll.registry()
-            .register(&mut SourceFd(&socket.as_raw_fd()), SOCKET, Interest::READABLE)?;
+        poll.registry().register(
+            &mut SourceFd(&socket.as_raw_fd()),
+            SOCKET,
+            Interest::READABLE,
+        )?;
         Ok(Worker {
             index,
             poll,
@@ -277,7 +280,11 @@ impl Worker {
         let mut again: Vec<Token> = Vec::with_capacity(64);
         let mut ready: Vec<Token> = Vec::with_capacity(256);
         loop {
-            let timeout = if again.is_empty() { None } else { Some(Duration::ZERO) };
+            let timeout = if again.is_empty() {
+                None
+            } else {
+                Some(Duration::ZERO)
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -358,11 +365,11 @@ impl Worker {
                         self.deregister(old.queue.as_ref());
                     }
                     let token = Token(PORT_BASE + slot);
-                    match self
-                        .poll
-                        .registry()
-                        .register(&mut SourceFd(&queue.fd()), token, Interest::READABLE)
-                    {
+                    match self.poll.registry().register(
+                        &mut SourceFd(&queue.fd()),
+                        token,
+                        Interest::READABLE,
+                    ) {
                         Ok(()) => {
                             self.queues[slot] = Some(QueueSlot {
                                 generation: id.generation,
@@ -370,7 +377,9 @@ impl Worker {
                                 dirty: false,
                             })
                         }
-                        Err(e) => log::error!("worker {}: cannot poll port {id:?}: {e}", self.index),
+                        Err(e) => {
+                            log::error!("worker {}: cannot poll port {id:?}: {e}", self.index)
+                        }
                     }
                     let _ = done.send(());
                 }
@@ -444,14 +453,18 @@ impl Worker {
     }
 
     fn port_batch(&mut self, tables: &Tables, slot: usize, wake: &mut u64) -> bool {
-        let Some(Some(q)) = self.queues.get(slot) else { return false };
+        let Some(Some(q)) = self.queues.get(slot) else {
+            return false;
+        };
         let id = PortId {
             slot: slot as u32,
             generation: q.generation,
         };
         let ingress = tables.port_index(id);
         for _ in 0..BUDGET {
-            let Some(Some(q)) = self.queues.get_mut(slot) else { return false };
+            let Some(Some(q)) = self.queues.get_mut(slot) else {
+                return false;
+            };
             match q.queue.recv(&mut self.buf[HEADROOM..]) {
                 Ok(Some(n)) => {
                     let Some(i) = ingress else {
@@ -476,7 +489,10 @@ impl Worker {
                     // The device is gone (its netns was deleted): stop polling it. The
                     // control plane's detach closes the queue.
                     log::warn!("worker {}: port {id:?}: {e}; no longer polled", self.index);
-                    let _ = self.poll.registry().deregister(&mut SourceFd(&q.queue.fd()));
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&q.queue.fd()));
                     return false;
                 }
             }
