@@ -40,6 +40,10 @@ pub enum Request {
     Attach(AttachRequest),
     /// Undo an attach. Succeeds when parts (or all) of it are already gone.
     Detach(DetachRequest),
+    /// Verify that an attachment's interface, address and routes are in place.
+    Check(CheckRequest),
+    /// Release every attachment (and address) not in the given list.
+    Gc(GcRequest),
     /// Daemon health and identity.
     Status,
     /// Attached ports with their counters.
@@ -76,6 +80,33 @@ pub struct DetachRequest {
     pub netns: Option<String>,
 }
 
+/// Parameters of [`Request::Check`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRequest {
+    /// The container (sandbox) id.
+    pub container_id: String,
+    /// Interface name inside the pod.
+    pub ifname: String,
+    /// Path of the pod's netns.
+    pub netns: String,
+}
+
+/// One attachment's identity, as CNI's GC names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AttachmentKey {
+    /// The container (sandbox) id.
+    pub container_id: String,
+    /// Interface name inside the pod.
+    pub ifname: String,
+}
+
+/// Parameters of [`Request::Gc`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcRequest {
+    /// The attachments the runtime still uses; all others are released.
+    pub valid: Vec<AttachmentKey>,
+}
+
 /// The daemon's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -109,6 +140,8 @@ pub enum ErrorKind {
     Exhausted,
     /// The daemon is not ready or is shutting down; try again later.
     Unavailable,
+    /// A check found the attachment missing or different from what was set up.
+    CheckFailed,
     /// Anything else.
     Internal,
 }
@@ -123,6 +156,13 @@ pub enum Reply {
     Detached {
         /// The address that was released, if one was held.
         released_ip: Option<Ipv4Addr>,
+    },
+    /// A check found the attachment in place.
+    Checked(Attachment),
+    /// A GC finished.
+    Collected {
+        /// The attachments released.
+        released: Vec<AttachmentKey>,
     },
     /// The daemon's status.
     Status(Status),
@@ -460,6 +500,12 @@ mod tests {
                 mtu: 1450,
             }),
             Reply::Detached { released_ip: None },
+            Reply::Collected {
+                released: vec![AttachmentKey {
+                    container_id: "c".into(),
+                    ifname: "eth0".into(),
+                }],
+            },
             Reply::Ports { ports: vec![] },
             Reply::Peers { peers: vec![] },
             Reply::Routes { routes: vec![] },

@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use weft_cni::proto::{
-    self, AttachRequest, Attachment, DetachRequest, ErrorKind, ErrorReply, Reply, Request,
-    RequestEnvelope, Response, ResponseEnvelope, PROTOCOL_VERSION,
+    self, AttachRequest, Attachment, AttachmentKey, CheckRequest, DetachRequest, ErrorKind,
+    ErrorReply, Reply, Request, RequestEnvelope, Response, ResponseEnvelope, PROTOCOL_VERSION,
 };
 use weft_ipam::{Key, Pool};
 
@@ -62,6 +62,9 @@ pub enum DaemonError {
     /// A request that cannot be served as asked.
     #[error("{0}")]
     Invalid(String),
+    /// CHECK found the attachment missing or altered.
+    #[error("check failed: {0}")]
+    CheckFailed(String),
     /// A worker did not answer.
     #[error("worker {0} did not acknowledge within {WORKER_ACK:?}")]
     WorkerStuck(usize),
@@ -85,6 +88,7 @@ impl DaemonError {
                 | weft_ipam::Error::InvalidKey { .. },
             ) => ErrorKind::InvalidArgument,
             DaemonError::WorkerStuck(_) => ErrorKind::Unavailable,
+            DaemonError::CheckFailed(_) => ErrorKind::CheckFailed,
             _ => ErrorKind::Internal,
         }
     }
@@ -447,16 +451,111 @@ impl Daemon {
     pub fn detach(&self, req: &DetachRequest) -> Result<Option<Ipv4Addr>, DaemonError> {
         let key = Key::new(&req.container_id, &req.ifname);
         let mut state = self.state.lock();
-        if let Some(i) = state.pods.iter().position(|p| p.key == key) {
+        self.detach_locked(&mut state, &key)
+    }
+
+    fn detach_locked(&self, state: &mut State, key: &Key) -> Result<Option<Ipv4Addr>, DaemonError> {
+        if let Some(i) = state.pods.iter().position(|p| &p.key == key) {
             let pod = state.pods.swap_remove(i);
             // Unroute first, then close the queues: once every worker dropped its queue
             // the (non-persistent) TAP device is gone from the pod.
-            self.publish(&state)?;
+            self.publish(state)?;
             self.close_queues(pod.entry.id)?;
             state.free.push(pod.entry.id.slot);
-            log::info!("detached {} {}", req.container_id, req.ifname);
+            log::info!("detached {} {}", key.container_id, key.ifname);
         }
-        Ok(self.pool.release(&key)?.map(|a| a.ip))
+        Ok(self.pool.release(key)?.map(|a| a.ip))
+    }
+
+    /// Verifies that an attachment's interface, address and routes are in place.
+    pub fn check(&self, req: &CheckRequest) -> Result<Attachment, DaemonError> {
+        let key = Key::new(&req.container_id, &req.ifname);
+        let entry = {
+            let state = self.state.lock();
+            state
+                .pods
+                .iter()
+                .find(|p| p.key == key)
+                .map(|p| p.entry.clone())
+        };
+        let entry = entry.ok_or_else(|| {
+            DaemonError::CheckFailed(format!(
+                "no attachment for container {} interface {}",
+                req.container_id, req.ifname
+            ))
+        })?;
+        if entry.netns.as_deref() != Some(req.netns.as_str()) {
+            return Err(DaemonError::CheckFailed(format!(
+                "container {} interface {} is attached in {}, not {}",
+                req.container_id,
+                req.ifname,
+                entry.netns.as_deref().unwrap_or("?"),
+                req.netns
+            )));
+        }
+        let name = req.ifname.clone();
+        let link = netlink::in_netns(Path::new(&req.netns), move || netlink::inspect(&name))?;
+        let fail = |what: String| {
+            DaemonError::CheckFailed(format!("{} in {}: {what}", req.ifname, req.netns))
+        };
+        let link = link.ok_or_else(|| fail("the interface is missing".into()))?;
+        let prefix = self.settings.pod_subnet.prefix_len();
+        if link.mac != Some(entry.mac) {
+            return Err(fail(format!("MAC is {:?}, want {}", link.mac, entry.mac)));
+        }
+        if link.mtu != Some(self.node.pod_mtu) {
+            return Err(fail(format!(
+                "MTU is {:?}, want {}",
+                link.mtu, self.node.pod_mtu
+            )));
+        }
+        if !link.up {
+            return Err(fail("the interface is down".into()));
+        }
+        if !link.addrs.contains(&(entry.ip, prefix)) {
+            return Err(fail(format!(
+                "address {}/{prefix} is missing (has {:?})",
+                entry.ip, link.addrs
+            )));
+        }
+        if !link.default_gateways.contains(&self.node.gateway) {
+            return Err(fail(format!("no default route via {}", self.node.gateway)));
+        }
+        Ok(self.attachment(&entry))
+    }
+
+    /// Releases every attachment and address whose key is not in `valid`.
+    pub fn gc(&self, valid: &[AttachmentKey]) -> Result<Vec<AttachmentKey>, DaemonError> {
+        let keep: std::collections::HashSet<Key> = valid
+            .iter()
+            .map(|k| Key::new(&k.container_id, &k.ifname))
+            .collect();
+        // Under the state lock: no attach can allocate between the sweep and `retain`.
+        let mut state = self.state.lock();
+        let stale: Vec<Key> = state
+            .pods
+            .iter()
+            .filter(|p| !keep.contains(&p.key))
+            .map(|p| p.key.clone())
+            .collect();
+        for key in &stale {
+            self.detach_locked(&mut state, key)?;
+        }
+        let orphans = self.pool.retain(|k| keep.contains(k))?;
+        let mut released: Vec<AttachmentKey> = stale
+            .into_iter()
+            .chain(orphans.into_iter().map(|a| a.key))
+            .map(|k| AttachmentKey {
+                container_id: k.container_id,
+                ifname: k.ifname,
+            })
+            .collect();
+        released.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+        released.dedup();
+        if !released.is_empty() {
+            log::info!("gc released {} attachments", released.len());
+        }
+        Ok(released)
     }
 
     /// Rereads the peers file and applies it. Returns whether anything changed.
@@ -578,6 +677,10 @@ impl Daemon {
             Request::Detach(req) => self
                 .detach(&req)
                 .map(|released_ip| Reply::Detached { released_ip }),
+            Request::Check(req) => self.check(&req).map(Reply::Checked),
+            Request::Gc(req) => self
+                .gc(&req.valid)
+                .map(|released| Reply::Collected { released }),
             Request::Status => Ok(Reply::Status(self.status())),
             Request::Ports => Ok(Reply::Ports {
                 ports: self.ports(),

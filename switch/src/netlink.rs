@@ -238,3 +238,89 @@ pub fn delete_link(name: &str) -> Result<bool, NetlinkError> {
 pub fn link_exists(name: &str) -> Result<bool, NetlinkError> {
     with_handle(async |handle| Ok(link_index(&handle, name).await?.is_some()))
 }
+
+/// What an interface looks like now, for CHECK.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// Its MAC address.
+    pub mac: Option<MacAddr>,
+    /// Its MTU.
+    pub mtu: Option<u32>,
+    /// Whether it is administratively up.
+    pub up: bool,
+    /// Its IPv4 addresses with prefix lengths.
+    pub addrs: Vec<(Ipv4Addr, u8)>,
+    /// Gateways of IPv4 default routes through it (main table).
+    pub default_gateways: Vec<Ipv4Addr>,
+}
+
+/// Reads the state of interface `name` in the calling thread's namespace; `None` if
+/// there is no such interface.
+pub fn inspect(name: &str) -> Result<Option<LinkState>, NetlinkError> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    with_handle(async |handle| {
+        let err = |what| {
+            let link = name.to_owned();
+            move |source| NetlinkError::Request { what, link, source }
+        };
+        let mut links = handle.link().get().match_name(name.to_owned()).execute();
+        let link = match links.try_next().await {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                return Ok(None)
+            }
+            Err(e) => return Err(err("looking up")(e)),
+        };
+        let index = link.header.index;
+        let mut state = LinkState {
+            up: link.header.flags.contains(LinkFlags::Up),
+            ..LinkState::default()
+        };
+        for attr in &link.attributes {
+            match attr {
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    let mut m = [0u8; 6];
+                    m.copy_from_slice(a);
+                    state.mac = Some(MacAddr(m));
+                }
+                LinkAttribute::Mtu(m) => state.mtu = Some(*m),
+                _ => {}
+            }
+        }
+        let mut addrs = handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(msg) = addrs.try_next().await.map_err(err("listing addresses"))? {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
+                    state.addrs.push((*a, msg.header.prefix_len));
+                }
+            }
+        }
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = handle.route().get(query).execute();
+        while let Some(msg) = routes.try_next().await.map_err(err("listing routes"))? {
+            if msg.header.destination_prefix_length != 0 {
+                continue;
+            }
+            let through_us = msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+            if !through_us {
+                continue;
+            }
+            for attr in &msg.attributes {
+                if let RouteAttribute::Gateway(RouteAddress::Inet(gw)) = attr {
+                    state.default_gateways.push(*gw);
+                }
+            }
+        }
+        Ok(Some(state))
+    })
+}
