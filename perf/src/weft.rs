@@ -237,6 +237,13 @@ impl WeftNode {
         }
     }
 
+    /// Kills the daemon with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(mut self) -> Result<std::process::ExitStatus> {
+        let child = self.child.child_mut();
+        child.kill().context("SIGKILL to weftd")?;
+        Ok(child.wait()?)
+    }
+
     /// Stops the daemon with SIGTERM and returns its exit status.
     pub fn stop(self) -> Result<std::process::ExitStatus> {
         self.child.stop()

@@ -104,6 +104,32 @@ struct Pod {
     entry: PortEntry,
 }
 
+/// How [`Daemon::plug`] finds the pod's interface.
+#[derive(Debug, Clone, Copy)]
+enum Plug {
+    /// A new attach: the interface must not exist yet.
+    Create,
+    /// A restart: the interface persisted and must still be there.
+    Reopen,
+}
+
+/// What the pool records with an address, so a restarted daemon finds the pod again.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct AttachMeta {
+    netns: String,
+}
+
+impl AttachMeta {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("plain struct serializes")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<AttachMeta, DaemonError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| DaemonError::Invalid(format!("unreadable attachment record: {e}")))
+    }
+}
+
 struct State {
     host: PortEntry,
     pods: Vec<Pod>,
@@ -190,7 +216,7 @@ impl Daemon {
             pod_mtu: settings.pod_mtu(),
             max_datagram: settings.underlay_mtu as usize - 28,
         });
-        let pool = Pool::in_memory(settings.pod_subnet)?;
+        let pool = Pool::open(&settings.state_dir.join("ipam.redb"), settings.pod_subnet)?;
         let tunnel = Arc::new(Counters::new(settings.workers));
 
         // The host port, in the daemon's own namespace.
@@ -261,6 +287,7 @@ impl Daemon {
             },
             host_queues,
         )?;
+        daemon.restore()?;
         Ok(daemon)
     }
 
@@ -356,11 +383,30 @@ impl Daemon {
             }
             return Ok(self.attachment(&pod.entry));
         }
-        let alloc = self
-            .pool
-            .allocate(&key, req.requested_ip, req.netns.as_bytes())?;
-        match self.attach_with(&mut state, key.clone(), req, alloc.ip) {
-            Ok(a) => Ok(a),
+        let meta = AttachMeta {
+            netns: req.netns.clone(),
+        };
+        let alloc = self.pool.allocate(&key, req.requested_ip, &meta.encode())?;
+        let result = self
+            .plug(&mut state, key.clone(), &req.netns, alloc.ip, Plug::Create)
+            .and_then(|entry| match self.publish(&state) {
+                Ok(()) => Ok(entry),
+                Err(e) => {
+                    self.unplug(&mut state, &key);
+                    Err(e)
+                }
+            });
+        match result {
+            Ok(entry) => {
+                log::info!(
+                    "attached {} {} in {} as {}",
+                    req.container_id,
+                    req.ifname,
+                    req.netns,
+                    alloc.ip
+                );
+                Ok(self.attachment(&entry))
+            }
             Err(e) => {
                 if let Err(re) = self.pool.release(&key) {
                     log::error!("releasing {} after a failed attach: {re}", alloc.ip);
@@ -370,16 +416,19 @@ impl Daemon {
         }
     }
 
-    fn attach_with(
+    /// Creates (or, after a restart, reopens) the pod's interface in its netns, hands
+    /// its queues to the workers and records the port. The caller publishes.
+    fn plug(
         &self,
         state: &mut State,
         key: Key,
-        req: &AttachRequest,
+        netns: &str,
         ip: Ipv4Addr,
-    ) -> Result<Attachment, DaemonError> {
+        how: Plug,
+    ) -> Result<PortEntry, DaemonError> {
         let mac = MacAddr::for_ip(ip);
         let spec = LinkSpec {
-            name: req.ifname.clone(),
+            name: key.ifname.clone(),
             mac,
             mtu: self.node.pod_mtu,
             addr: ip,
@@ -387,18 +436,35 @@ impl Daemon {
             routes: vec![RouteSpec::DefaultVia(self.node.gateway)],
         };
         let queues = self.settings.port_queues;
-        let netns = PathBuf::from(&req.netns);
-        let queues = netlink::in_netns(&netns, || -> Result<Vec<TapQueue>, DaemonError> {
-            if netlink::link_exists(&spec.name)? {
-                return Err(DaemonError::Invalid(format!(
-                    "an interface named {} already exists in {}",
-                    spec.name,
-                    netns.display()
-                )));
+        let path = PathBuf::from(netns);
+        let queues = netlink::in_netns(&path, || -> Result<Vec<TapQueue>, DaemonError> {
+            let exists = netlink::link_exists(&spec.name)?;
+            match (how, exists) {
+                (Plug::Create, true) => {
+                    return Err(DaemonError::Invalid(format!(
+                        "an interface named {} already exists in {netns}",
+                        spec.name
+                    )))
+                }
+                (Plug::Reopen, false) => {
+                    return Err(DaemonError::Invalid(format!(
+                        "interface {} is gone from {netns}",
+                        spec.name
+                    )))
+                }
+                _ => {}
             }
             let queues = tap::open(&spec.name, queues)?;
-            // On failure the queues drop here, and with them the device.
-            netlink::configure(&spec)?;
+            let configured = netlink::configure(&spec).and_then(|()| {
+                // The device outlives the daemon, so pods keep their interface
+                // across a restart; detach deletes it.
+                queues[0].set_persist(true).map_err(NetlinkError::Socket)
+            });
+            if let Err(e) = configured {
+                // Not persistent yet (or no longer): the device goes with the queues.
+                let _ = queues[0].set_persist(false);
+                return Err(e.into());
+            }
             Ok(queues)
         })?;
         let slot = state.free.pop().unwrap_or_else(|| {
@@ -411,39 +477,93 @@ impl Daemon {
         };
         state.generations[slot as usize] = state.generations[slot as usize].wrapping_add(1);
         let n = queues.len() as u16;
-        if let Err(e) = self.hand_queues(id, queues) {
-            let _ = self.close_queues(id);
-            state.free.push(slot);
-            return Err(e);
-        }
         let entry = PortEntry {
             id,
             kind: PortKind::Pod,
-            name: req.ifname.clone(),
+            name: key.ifname.clone(),
             mac,
             ip,
-            container_id: Some(req.container_id.clone()),
-            netns: Some(req.netns.clone()),
+            container_id: Some(key.container_id.clone()),
+            netns: Some(netns.to_owned()),
             queues: n,
             counters: Arc::new(Counters::new(self.settings.workers)),
         };
         state.pods.push(Pod {
-            key,
+            key: key.clone(),
             entry: entry.clone(),
         });
-        if let Err(e) = self.publish(state) {
-            state.pods.pop();
-            let _ = self.close_queues(id);
-            state.free.push(slot);
+        if let Err(e) = self.hand_queues(id, queues) {
+            self.unplug(state, &key);
             return Err(e);
         }
-        log::info!(
-            "attached {} {} in {} as {ip}",
-            req.container_id,
-            req.ifname,
-            req.netns
-        );
-        Ok(self.attachment(&entry))
+        Ok(entry)
+    }
+
+    /// Undoes [`Daemon::plug`] as far as it got: the workers close their queues, the
+    /// slot is freed and the (persistent) device is deleted from the pod's netns.
+    /// Every step tolerates what is already gone.
+    fn unplug(&self, state: &mut State, key: &Key) {
+        let Some(i) = state.pods.iter().position(|p| &p.key == key) else {
+            return;
+        };
+        let pod = state.pods.swap_remove(i);
+        if let Err(e) = self.close_queues(pod.entry.id) {
+            log::error!(
+                "closing the queues of {} {}: {e}",
+                key.container_id,
+                key.ifname
+            );
+        }
+        state.free.push(pod.entry.id.slot);
+        if let Some(netns) = &pod.entry.netns {
+            let name = key.ifname.clone();
+            match netlink::in_netns(Path::new(netns), move || netlink::delete_link(&name)) {
+                Ok(_) => {}
+                // The pod and its interface went together.
+                Err(NetlinkError::OpenNetns { .. }) => {}
+                Err(e) => log::warn!("deleting {} in {netns}: {e}", key.ifname),
+            }
+        }
+    }
+
+    /// Brings back the pods recorded in the pool after a restart: their interfaces
+    /// persisted, so the daemon reopens their queues. Attachments whose netns or
+    /// interface is gone are released.
+    fn restore(&self) -> Result<(), DaemonError> {
+        let allocations = self.pool.list()?;
+        if allocations.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.state.lock();
+        let (mut restored, mut released) = (0, 0);
+        for alloc in allocations {
+            let outcome = AttachMeta::decode(&alloc.meta).and_then(|meta| {
+                self.plug(
+                    &mut state,
+                    alloc.key.clone(),
+                    &meta.netns,
+                    alloc.ip,
+                    Plug::Reopen,
+                )
+                .map(|_| ())
+            });
+            match outcome {
+                Ok(()) => restored += 1,
+                Err(e) => {
+                    log::warn!(
+                        "not restoring {} {} ({}): {e}; releasing it",
+                        alloc.key.container_id,
+                        alloc.key.ifname,
+                        alloc.ip
+                    );
+                    self.pool.release(&alloc.key)?;
+                    released += 1;
+                }
+            }
+        }
+        self.publish(&state)?;
+        log::info!("restored {restored} pods, released {released} that are gone");
+        Ok(())
     }
 
     /// Detaches a pod. Succeeds when it, or any part of it, is already gone; always
@@ -456,12 +576,12 @@ impl Daemon {
 
     fn detach_locked(&self, state: &mut State, key: &Key) -> Result<Option<Ipv4Addr>, DaemonError> {
         if let Some(i) = state.pods.iter().position(|p| &p.key == key) {
+            // Unroute first, then close the queues and delete the device.
             let pod = state.pods.swap_remove(i);
-            // Unroute first, then close the queues: once every worker dropped its queue
-            // the (non-persistent) TAP device is gone from the pod.
-            self.publish(state)?;
-            self.close_queues(pod.entry.id)?;
-            state.free.push(pod.entry.id.slot);
+            let published = self.publish(state);
+            state.pods.push(pod);
+            published?;
+            self.unplug(state, key);
             log::info!("detached {} {}", key.container_id, key.ifname);
         }
         Ok(self.pool.release(key)?.map(|a| a.ip))

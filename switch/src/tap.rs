@@ -10,6 +10,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `_IOW('T', 203, int)`.
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
@@ -85,6 +87,22 @@ impl TapQueue {
             io::ErrorKind::WouldBlock => Ok(None),
             _ => Err(e),
         }
+    }
+
+    /// Makes the device outlive its queues (so it survives a daemon restart), or not.
+    pub fn set_persist(&self, persist: bool) -> io::Result<()> {
+        // SAFETY: TUNSETPERSIST takes its argument by value; the fd is owned by `self`.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNSETPERSIST,
+                libc::c_ulong::from(persist),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Writes one frame.

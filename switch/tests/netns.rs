@@ -418,23 +418,94 @@ fn peers_file_reload() {
     a.ns.ping(bb.ip, 2).expect("peers kept after a broken file");
 }
 
-/// SIGTERM: the workers stop, the host port and the socket are removed.
+/// SIGTERM: the workers stop, the host port and the socket are removed. Pods keep
+/// their interface and address, and a restarted daemon carries their traffic again
+/// without a new attach; the same after a crash (SIGKILL).
 #[test]
-fn sigterm_cleans_up() {
-    let mut c = Cluster::new("term", 1, 1, &options("vxlan", &[]));
-    let node = c.nodes.pop().unwrap();
+fn restart_keeps_pods() {
+    let mut c = Cluster::new("restart", 2, 1, &options("vxlan", &[]));
+    let peers = c.scratch.path().join("peers.toml");
+    let (a, b) = (c.ip(0, 0), c.ip(1, 0));
+    c.pod(0, 0).ns.ping(b, 1).expect("ping before restart");
     let host = c.underlay.host(0);
-    assert!(host.ns.ip(&["link", "show", "weft0"]).is_ok());
-    let socket = node.socket.clone();
-    let status = node.stop().expect("stop");
-    assert!(status.success(), "weftd exited with {status}");
-    assert!(!socket.exists(), "control socket left behind");
-    assert!(
-        host.ns.ip(&["link", "show", "weft0"]).is_err(),
-        "weft0 left behind"
-    );
+    for crash in [false, true] {
+        let node = c.nodes.remove(0);
+        let socket = node.socket.clone();
+        if crash {
+            node.kill().expect("SIGKILL");
+        } else {
+            let status = node.stop().expect("stop");
+            assert!(status.success(), "weftd exited with {status}");
+            assert!(!socket.exists(), "control socket left behind");
+            assert!(
+                host.ns.ip(&["link", "show", "weft0"]).is_err(),
+                "weft0 left behind"
+            );
+        }
+        let eth0 = c
+            .pod(0, 0)
+            .ns
+            .ip(&["-4", "addr", "show", "eth0"])
+            .expect("pod keeps eth0");
+        assert!(eth0.contains(&a.to_string()), "{eth0}");
+        let node = WeftNode::start(host, &peers, c.scratch.path(), &options("vxlan", &[]))
+            .expect("restart");
+        c.nodes.insert(0, node);
+        wait_until(Duration::from_secs(10), "traffic to resume", || {
+            c.pod(1, 0).ns.ping(a, 1).is_ok()
+        })
+        .unwrap_or_else(|e| panic!("crash={crash}: {e:#}\n{}", c.logs()));
+        c.pod(0, 0).ns.ping(b, 2).expect("ping after restart");
+        match c.nodes[0].ok(&Request::Status).unwrap() {
+            Reply::Status(s) => assert_eq!(s.pods, 1, "crash={crash}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Detach after a restart still removes the persistent interface.
+    c.nodes[0]
+        .detach("restart-0-0", Some(&c.pod(0, 0).ns))
+        .expect("detach");
     assert!(
         c.pod(0, 0).ns.ip(&["link", "show", "eth0"]).is_err(),
-        "pod interface left behind"
+        "eth0 left behind"
     );
+}
+
+/// Attachments whose pod vanished while the daemon was down are released at start.
+#[test]
+fn restart_releases_vanished_pods() {
+    let mut c = Cluster::new("vanish", 1, 2, &options("sleeve", &[]));
+    let peers = c.scratch.path().join("peers.toml");
+    let gone_ip = c.ip(0, 1);
+    c.nodes.remove(0).stop().expect("stop");
+    let (gone, _) = c.pods[0].remove(1);
+    drop(gone);
+    let node = WeftNode::start(
+        c.underlay.host(0),
+        &peers,
+        c.scratch.path(),
+        &options("sleeve", &[]),
+    )
+    .unwrap();
+    match node.ok(&Request::Status).unwrap() {
+        Reply::Status(s) => assert_eq!(s.pods, 1),
+        other => panic!("{other:?}"),
+    }
+    // Its address is free again: a new pod may ask for it.
+    let pod = c.underlay.pod(0, "n").unwrap();
+    let att = match node
+        .ok(&Request::Attach(AttachRequest {
+            container_id: "vanish-new".into(),
+            netns: pod.ns.path().display().to_string(),
+            ifname: "eth0".into(),
+            requested_ip: Some(gone_ip),
+        }))
+        .expect("attach with the released address")
+    {
+        Reply::Attached(a) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(att.ip, gone_ip);
+    c.nodes.push(node);
+    c.pods[0].push((pod, att));
 }
