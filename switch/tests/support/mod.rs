@@ -1,0 +1,762 @@
+//! An in-memory cluster for testing the switching core without root.
+//!
+//! Every node is a [`Datapath`] and its [`Tables`], addressed like the real daemon
+//! (node `n` owns 10.244.(n+1).0/24, its gateway is the first address, its underlay
+//! address is 10.250.0.(n+1):8472). Every pod is a smoltcp [`Interface`] over a
+//! [`MemDevice`], a pair of frame queues. The [`Sink`] puts frames for a pod port in
+//! that pod's receive queue, frames for the host port in a per-node list, and tunnel
+//! datagrams on a simulated wire. Time is simulated: [`Sim::step`] polls every pod,
+//! feeds what they sent to their node, delivers the wire and advances the clock by
+//! [`STEP`]. No threads, no sockets, no clocks: every run is the same.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+use weft_encap::vxlan::Vni;
+use weft_switch::counters::{Counters, DropReason, Snapshot};
+use weft_switch::datapath::{Datapath, Sink, TxError, HEADROOM};
+use weft_switch::mac::MacAddr;
+use weft_switch::tables::{
+    NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode, TUNNEL_OVERHEAD,
+};
+
+/// The pod MTU every node uses (an underlay MTU of 1500 minus the tunnel overhead).
+pub const POD_MTU: u32 = 1500 - TUNNEL_OVERHEAD;
+/// The largest tunnel datagram (UDP payload) the underlay carries.
+pub const MAX_DATAGRAM: usize = 1472;
+/// The tunnel UDP port.
+pub const TUNNEL_PORT: u16 = 8472;
+/// How far the simulated clock moves per [`Sim::step`].
+pub const STEP: Duration = Duration::from_millis(1);
+/// The Ethernet header length.
+pub const ETH_HLEN: usize = 14;
+/// Ethertypes.
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+
+/// The whole cluster's pod range.
+pub fn cluster() -> Ipv4Net {
+    "10.244.0.0/16".parse().unwrap()
+}
+
+/// Node `n`'s pod subnet.
+pub fn subnet(n: usize) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(10, 244, n as u8 + 1, 0), 24).unwrap()
+}
+
+/// Node `n`'s gateway address (held by its host port).
+pub fn gateway(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, n as u8 + 1, 1)
+}
+
+/// Node `n`'s underlay address and tunnel port.
+pub fn underlay(n: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 250, 0, n as u8 + 1), TUNNEL_PORT)
+}
+
+/// Node `n`'s router (VTEP) MAC, also its sleeve sender id.
+pub fn router_mac(n: usize) -> MacAddr {
+    MacAddr([0x02, 0, 0, 0, 0, n as u8 + 1])
+}
+
+/// A pod's network device: the frames the switch sent it and the frames it sent.
+#[derive(Debug, Default)]
+pub struct MemDevice {
+    /// Frames waiting for the pod's stack to read.
+    pub rx: VecDeque<Vec<u8>>,
+    /// Frames the pod's stack sent, waiting for the switch.
+    pub tx: VecDeque<Vec<u8>>,
+}
+
+/// Receive token of a [`MemDevice`].
+#[derive(Debug)]
+pub struct MemRx(Vec<u8>);
+
+/// Transmit token of a [`MemDevice`].
+#[derive(Debug)]
+pub struct MemTx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl phy::RxToken for MemRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for MemTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0; len];
+        let r = f(&mut frame);
+        self.0.push_back(frame);
+        r
+    }
+}
+
+impl Device for MemDevice {
+    type RxToken<'a> = MemRx;
+    type TxToken<'a> = MemTx<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(MemRx, MemTx<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((MemRx(frame), MemTx(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<MemTx<'_>> {
+        Some(MemTx(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = POD_MTU as usize + ETH_HLEN;
+        caps
+    }
+}
+
+/// A simulated pod: a smoltcp stack attached to one port of one node.
+pub struct Pod {
+    /// The node it lives on.
+    pub node: usize,
+    /// Its port's index in the node's `Tables::ports`.
+    pub port: usize,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its MAC (`0a:58:<ip>`).
+    pub mac: MacAddr,
+    /// Its TCP/IP stack.
+    pub iface: Interface,
+    /// Its network device.
+    pub dev: MemDevice,
+    /// Its sockets.
+    pub sockets: SocketSet<'static>,
+    /// Frames it has handed to the switch.
+    pub frames_sent: u64,
+}
+
+impl std::fmt::Debug for Pod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pod")
+            .field("node", &self.node)
+            .field("ip", &self.ip)
+            .field("rx", &self.dev.rx.len())
+            .field("tx", &self.dev.tx.len())
+            .finish()
+    }
+}
+
+/// A simulated node: its switching state and forwarding snapshot.
+#[derive(Debug)]
+pub struct Node {
+    /// The forwarding snapshot.
+    pub tables: Tables,
+    /// The worker's switching state.
+    pub dp: Datapath,
+}
+
+/// A tunnel datagram in flight on the underlay.
+#[derive(Debug, Clone)]
+pub struct WireDatagram {
+    /// The sending node's underlay address.
+    pub from: SocketAddr,
+    /// The peer it was sent to.
+    pub to: SocketAddr,
+    /// The UDP payload.
+    pub bytes: Vec<u8>,
+}
+
+/// One output of a node's datapath, recorded when [`Outputs::capture`] is set.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A frame sent out of a port.
+    ToPort {
+        /// The node.
+        node: usize,
+        /// The port's kind.
+        kind: PortKind,
+        /// The port's address.
+        ip: Ipv4Addr,
+        /// The port's MAC.
+        mac: MacAddr,
+        /// The frame.
+        frame: Vec<u8>,
+    },
+    /// A datagram sent to a peer.
+    ToPeer {
+        /// The node.
+        node: usize,
+        /// The peer's underlay address.
+        to: SocketAddrV4,
+        /// The datagram.
+        datagram: Vec<u8>,
+    },
+}
+
+/// Totals of what the datapaths sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames sent to pod ports.
+    pub to_pods: u64,
+    /// Frames sent to host ports.
+    pub to_hosts: u64,
+    /// Datagrams sent to peers.
+    pub datagrams: u64,
+    /// Bytes of datagrams sent to peers.
+    pub datagram_bytes: u64,
+    /// The longest datagram sent.
+    pub longest_datagram: usize,
+}
+
+/// Everything the datapaths sent that is not in a pod's receive queue.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Datagrams in flight.
+    pub wire: VecDeque<WireDatagram>,
+    /// Frames sent to each node's host port.
+    pub host_rx: Vec<Vec<Vec<u8>>>,
+    /// Whether to record every output in `log`.
+    pub capture: bool,
+    /// Every output, in order, while `capture` is set.
+    pub log: Vec<Event>,
+    /// Totals.
+    pub stats: Stats,
+}
+
+/// The sink of one node: routes the datapath's output into the simulation.
+struct NodeSink<'a> {
+    node: usize,
+    pods: &'a mut [Pod],
+    out: &'a mut Outputs,
+}
+
+impl Sink for NodeSink<'_> {
+    fn to_port(&mut self, port: &PortEntry, frame: &[u8]) -> Result<(), TxError> {
+        if self.out.capture {
+            self.out.log.push(Event::ToPort {
+                node: self.node,
+                kind: port.kind,
+                ip: port.ip,
+                mac: port.mac,
+                frame: frame.to_vec(),
+            });
+        }
+        match port.kind {
+            PortKind::Host => {
+                self.out.stats.to_hosts += 1;
+                self.out.host_rx[self.node].push(frame.to_vec());
+            }
+            PortKind::Pod => {
+                self.out.stats.to_pods += 1;
+                let node = self.node;
+                let pod = self
+                    .pods
+                    .iter_mut()
+                    .find(|p| p.node == node && p.ip == port.ip)
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "node {node} sent to port {} ({}), which no pod owns",
+                            port.name, port.ip
+                        )
+                    });
+                pod.dev.rx.push_back(frame.to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    fn to_peer(&mut self, peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
+        if self.out.capture {
+            self.out.log.push(Event::ToPeer {
+                node: self.node,
+                to: peer.addr,
+                datagram: datagram.to_vec(),
+            });
+        }
+        let s = &mut self.out.stats;
+        s.datagrams += 1;
+        s.datagram_bytes += datagram.len() as u64;
+        s.longest_datagram = s.longest_datagram.max(datagram.len());
+        self.out.wire.push_back(WireDatagram {
+            from: SocketAddr::V4(underlay(self.node)),
+            to: SocketAddr::V4(peer.addr),
+            bytes: datagram.to_vec(),
+        });
+        Ok(())
+    }
+}
+
+/// A simulated cluster.
+#[derive(Debug)]
+pub struct Sim {
+    /// The tunnel mode every node uses.
+    pub mode: TunnelMode,
+    /// The nodes, by index.
+    pub nodes: Vec<Node>,
+    /// The pods, in the order they were listed.
+    pub pods: Vec<Pod>,
+    /// The datapaths' outputs.
+    pub out: Outputs,
+    /// The simulated time.
+    pub now: Instant,
+    /// Steps run so far.
+    pub steps: u64,
+    buf: Vec<u8>,
+}
+
+fn new_counters() -> Arc<Counters> {
+    Arc::new(Counters::new(1))
+}
+
+impl Sim {
+    /// A cluster of `layout.len()` nodes; node `n` holds pods with the addresses
+    /// `layout[n]`, which must lie in its subnet.
+    pub fn new(mode: TunnelMode, layout: &[&[Ipv4Addr]]) -> Sim {
+        let n_nodes = layout.len();
+        let mut nodes = Vec::new();
+        let mut pods = Vec::new();
+        for (n, ips) in layout.iter().enumerate() {
+            let config = Arc::new(NodeConfig {
+                name: format!("node-{n}"),
+                router_mac: router_mac(n),
+                subnet: subnet(n),
+                gateway: gateway(n),
+                cluster: cluster(),
+                mode,
+                vni: Vni::new(1).unwrap(),
+                pod_mtu: POD_MTU,
+                max_datagram: MAX_DATAGRAM,
+            });
+            let host = PortEntry {
+                id: PortId {
+                    slot: 0,
+                    generation: 0,
+                },
+                kind: PortKind::Host,
+                name: "weft0".into(),
+                mac: MacAddr::for_ip(gateway(n)),
+                ip: gateway(n),
+                container_id: None,
+                netns: None,
+                queues: 1,
+                counters: new_counters(),
+            };
+            let mut ports = Vec::new();
+            for (i, ip) in ips.iter().enumerate() {
+                assert!(
+                    subnet(n).contains(ip),
+                    "pod {ip} is outside node {n}'s subnet"
+                );
+                ports.push(PortEntry {
+                    id: PortId {
+                        slot: i as u32 + 1,
+                        generation: 0,
+                    },
+                    kind: PortKind::Pod,
+                    name: format!("tap{i}"),
+                    mac: MacAddr::for_ip(*ip),
+                    ip: *ip,
+                    container_id: Some(format!("pod-{ip}")),
+                    netns: None,
+                    queues: 1,
+                    counters: new_counters(),
+                });
+                pods.push(Pod::new(n, i + 1, *ip));
+            }
+            let peers = (0..n_nodes)
+                .filter(|&m| m != n)
+                .map(|m| PeerEntry {
+                    name: format!("node-{m}"),
+                    addr: underlay(m),
+                    subnet: subnet(m),
+                    vtep_mac: router_mac(m),
+                    counters: new_counters(),
+                })
+                .collect();
+            let tables = Tables::build(config, host, ports, peers, new_counters())
+                .expect("the simulated cluster is routable");
+            nodes.push(Node {
+                tables,
+                dp: Datapath::new(0),
+            });
+        }
+        Sim {
+            mode,
+            nodes,
+            pods,
+            out: Outputs {
+                host_rx: vec![Vec::new(); n_nodes],
+                ..Outputs::default()
+            },
+            now: Instant::from_millis(0),
+            steps: 0,
+            buf: vec![0; HEADROOM + 65_536],
+        }
+    }
+
+    /// The index of the pod with address `ip`.
+    pub fn pod(&self, ip: Ipv4Addr) -> usize {
+        self.pods
+            .iter()
+            .position(|p| p.ip == ip)
+            .unwrap_or_else(|| panic!("no simulated pod has address {ip}"))
+    }
+
+    /// Hands `frame` to the switch as if pod `p` had sent it (no flush).
+    pub fn pod_frame(&mut self, p: usize, frame: &[u8]) {
+        let (n, port) = (self.pods[p].node, self.pods[p].port);
+        self.pods[p].frames_sent += 1;
+        self.port_frame(n, port, frame);
+    }
+
+    /// Hands `frame` to node `n`'s switch as if its host port had sent it (no flush).
+    pub fn host_frame(&mut self, n: usize, frame: &[u8]) {
+        self.port_frame(n, 0, frame);
+    }
+
+    /// Hands `frame` to node `n`'s switch as read from port index `port` (no flush).
+    pub fn port_frame(&mut self, n: usize, port: usize, frame: &[u8]) {
+        let Sim {
+            nodes,
+            pods,
+            out,
+            buf,
+            ..
+        } = self;
+        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        let node = &mut nodes[n];
+        let mut sink = NodeSink { node: n, pods, out };
+        node.dp
+            .port_frame(&node.tables, port, buf, HEADROOM, frame.len(), &mut sink);
+    }
+
+    /// Hands node `n` a tunnel datagram received from `from` (no flush).
+    pub fn tunnel_in(&mut self, n: usize, from: SocketAddr, datagram: &[u8]) {
+        let Sim {
+            nodes,
+            pods,
+            out,
+            buf,
+            ..
+        } = self;
+        buf[HEADROOM..HEADROOM + datagram.len()].copy_from_slice(datagram);
+        let node = &mut nodes[n];
+        let mut sink = NodeSink { node: n, pods, out };
+        node.dp
+            .tunnel_datagram(&node.tables, from, buf, HEADROOM, datagram.len(), &mut sink);
+    }
+
+    /// Ends the batch on every node: sends what the sleeve holds back.
+    pub fn flush(&mut self) {
+        let Sim {
+            nodes, pods, out, ..
+        } = self;
+        for (n, node) in nodes.iter_mut().enumerate() {
+            let mut sink = NodeSink {
+                node: n,
+                pods: &mut pods[..],
+                out: &mut *out,
+            };
+            node.dp.flush(&node.tables, &mut sink);
+        }
+    }
+
+    /// The index of the node with underlay address `addr`.
+    pub fn node_at(&self, addr: SocketAddr) -> Option<usize> {
+        (0..self.nodes.len()).find(|&n| SocketAddr::V4(underlay(n)) == addr)
+    }
+
+    /// Delivers every datagram now on the wire to its node, then flushes. Replies
+    /// they cause stay on the wire for the next call.
+    pub fn deliver_wire(&mut self) {
+        let batch: Vec<WireDatagram> = self.out.wire.drain(..).collect();
+        for d in batch {
+            let n = self
+                .node_at(d.to)
+                .unwrap_or_else(|| panic!("a datagram went to {}, which is no node", d.to));
+            self.tunnel_in(n, d.from, &d.bytes);
+        }
+        self.flush();
+    }
+
+    /// One step: every pod polls its stack, the switches take what the pods sent,
+    /// the wire is delivered, and the clock moves by [`STEP`].
+    pub fn step(&mut self) {
+        let now = self.now;
+        for pod in &mut self.pods {
+            pod.iface.poll(now, &mut pod.dev, &mut pod.sockets);
+        }
+        for p in 0..self.pods.len() {
+            while let Some(frame) = self.pods[p].dev.tx.pop_front() {
+                self.pod_frame(p, &frame);
+            }
+        }
+        self.flush();
+        self.deliver_wire();
+        self.now += STEP;
+        self.steps += 1;
+    }
+
+    /// Steps until `done` holds (checked before each step) or `limit` steps have run;
+    /// returns the steps taken, or `None` on reaching the limit.
+    pub fn run_until(&mut self, limit: u64, mut done: impl FnMut(&mut Sim) -> bool) -> Option<u64> {
+        let start = self.steps;
+        loop {
+            if done(self) {
+                return Some(self.steps - start);
+            }
+            if self.steps - start >= limit {
+                return None;
+            }
+            self.step();
+        }
+    }
+
+    /// The frames waiting in pod `p`'s receive queue, taken out of it.
+    pub fn take_rx(&mut self, p: usize) -> Vec<Vec<u8>> {
+        self.pods[p].dev.rx.drain(..).collect()
+    }
+
+    /// The counters of pod `p`'s port.
+    pub fn port_counters(&self, p: usize) -> Snapshot {
+        let pod = &self.pods[p];
+        self.nodes[pod.node].tables.ports[pod.port]
+            .counters
+            .snapshot()
+    }
+
+    /// The counters of node `n`'s host port.
+    pub fn host_counters(&self, n: usize) -> Snapshot {
+        self.nodes[n].tables.ports[0].counters.snapshot()
+    }
+
+    /// The counters node `n` keeps for its peer node `m`.
+    pub fn peer_counters(&self, n: usize, m: usize) -> Snapshot {
+        let t = &self.nodes[n].tables;
+        let j = t
+            .peer_by_ip(*underlay(m).ip())
+            .unwrap_or_else(|| panic!("node {m} is no peer of node {n}"));
+        t.peers[j].counters.snapshot()
+    }
+
+    /// Node `n`'s counters for datagrams from no known peer.
+    pub fn tunnel_counters(&self, n: usize) -> Snapshot {
+        self.nodes[n].tables.tunnel.snapshot()
+    }
+
+    /// Every counter set of node `n`, named.
+    pub fn all_counters(&self, n: usize) -> Vec<(String, Snapshot)> {
+        let t = &self.nodes[n].tables;
+        let mut all: Vec<(String, Snapshot)> = t
+            .ports
+            .iter()
+            .map(|p| (format!("port {} ({})", p.name, p.ip), p.counters.snapshot()))
+            .collect();
+        all.extend(
+            t.peers
+                .iter()
+                .map(|p| (format!("peer {}", p.name), p.counters.snapshot())),
+        );
+        all.push(("tunnel".into(), t.tunnel.snapshot()));
+        all
+    }
+
+    /// The total of every drop counter on every node.
+    pub fn total_drops(&self) -> u64 {
+        (0..self.nodes.len())
+            .flat_map(|n| self.all_counters(n))
+            .map(|(_, s)| s.drops.iter().sum::<u64>())
+            .sum()
+    }
+
+    /// Every non-zero drop counter, for failure messages.
+    pub fn drops_report(&self) -> String {
+        let mut s = String::new();
+        for n in 0..self.nodes.len() {
+            for (name, snap) in self.all_counters(n) {
+                for r in DropReason::ALL {
+                    if snap.dropped(r) > 0 {
+                        let _ = write!(s, "node {n} {name}: {} {}; ", r.name(), snap.dropped(r));
+                    }
+                }
+            }
+        }
+        if s.is_empty() {
+            s.push_str("no drops");
+        }
+        s
+    }
+}
+
+impl Pod {
+    fn new(node: usize, port: usize, ip: Ipv4Addr) -> Pod {
+        let mac = MacAddr::for_ip(ip);
+        let mut dev = MemDevice::default();
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
+        config.random_seed = u64::from(u32::from(ip));
+        let mut iface = Interface::new(config, &mut dev, Instant::from_millis(0));
+        iface.update_ip_addrs(|addrs| {
+            addrs
+                .push(IpCidr::new(IpAddress::Ipv4(ip), 24))
+                .expect("room for one address");
+        });
+        iface
+            .routes_mut()
+            .add_default_ipv4_route(gateway(node))
+            .expect("room for a default route");
+        Pod {
+            node,
+            port,
+            ip,
+            mac,
+            iface,
+            dev,
+            sockets: SocketSet::new(Vec::new()),
+            frames_sent: 0,
+        }
+    }
+}
+
+// ---- Hand-built frames ----
+
+/// An Ethernet frame.
+pub fn eth(dst: MacAddr, src: MacAddr, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(ETH_HLEN + payload.len());
+    f.extend_from_slice(&dst.0);
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The parts of an IPv4 header a test chooses.
+#[derive(Debug, Clone, Copy)]
+pub struct Ip {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// Time to live.
+    pub ttl: u8,
+    /// Protocol number.
+    pub proto: u8,
+    /// Don't-fragment flag.
+    pub df: bool,
+    /// Fragment offset, in 8-byte units.
+    pub frag_offset: u16,
+}
+
+impl Ip {
+    /// A UDP packet header from `src` to `dst` with TTL 64 and DF set.
+    pub fn udp(src: Ipv4Addr, dst: Ipv4Addr) -> Ip {
+        Ip {
+            src,
+            dst,
+            ttl: 64,
+            proto: 17,
+            df: true,
+            frag_offset: 0,
+        }
+    }
+
+    /// The whole IPv4 packet around `payload`, with a correct header checksum.
+    pub fn packet(&self, payload: &[u8]) -> Vec<u8> {
+        let total = 20 + payload.len();
+        let mut p = vec![0u8; 20];
+        p[0] = 0x45;
+        p[1] = 0x10;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        let flags = if self.df { 0x4000 } else { 0 } | (self.frag_offset & 0x1fff);
+        p[6..8].copy_from_slice(&flags.to_be_bytes());
+        p[8] = self.ttl;
+        p[9] = self.proto;
+        p[12..16].copy_from_slice(&self.src.octets());
+        p[16..20].copy_from_slice(&self.dst.octets());
+        fix_ipv4_checksum(&mut p);
+        p.extend_from_slice(payload);
+        p
+    }
+}
+
+/// Recomputes the header checksum of the IPv4 packet `p` (header without options).
+pub fn fix_ipv4_checksum(p: &mut [u8]) {
+    p[10..12].fill(0);
+    let sum = !ones_sum(&p[..20]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The one's complement sum of `data` (RFC 1071), written independently of the
+/// switch's own checksum code so that the tests check it.
+pub fn ones_sum(data: &[u8]) -> u16 {
+    let mut acc: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        acc += u32::from(word);
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// A copy of IPv4 packet `p` with its TTL set to `ttl` and its checksum fixed.
+pub fn with_ttl(p: &[u8], ttl: u8) -> Vec<u8> {
+    let mut q = p.to_vec();
+    q[8] = ttl;
+    fix_ipv4_checksum(&mut q);
+    q
+}
+
+/// A UDP datagram (checksum 0, which IPv4 allows) with `len` payload bytes.
+pub fn udp(src_port: u16, dst_port: u16, len: usize) -> Vec<u8> {
+    let mut d = Vec::with_capacity(8 + len);
+    d.extend_from_slice(&src_port.to_be_bytes());
+    d.extend_from_slice(&dst_port.to_be_bytes());
+    d.extend_from_slice(&((8 + len) as u16).to_be_bytes());
+    d.extend_from_slice(&[0, 0]);
+    d.extend((0..len).map(|i| (i * 7 + 3) as u8));
+    d
+}
+
+/// The frame pod `p` sends to its gateway MAC, carrying `packet`.
+pub fn from_pod(sim: &Sim, p: usize, packet: &[u8]) -> Vec<u8> {
+    let pod = &sim.pods[p];
+    eth(router_mac(pod.node), pod.mac, ETHERTYPE_IPV4, packet)
+}
+
+/// An ARP packet (Ethernet, IPv4).
+pub fn arp(op: u16, sha: MacAddr, spa: Ipv4Addr, tha: MacAddr, tpa: Ipv4Addr) -> Vec<u8> {
+    let mut a = Vec::with_capacity(28);
+    a.extend_from_slice(&1u16.to_be_bytes());
+    a.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    a.push(6);
+    a.push(4);
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sha.0);
+    a.extend_from_slice(&spa.octets());
+    a.extend_from_slice(&tha.0);
+    a.extend_from_slice(&tpa.octets());
+    a
+}
+
+/// A deterministic pseudo-random byte stream (SplitMix64).
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        out.extend_from_slice(&z.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
