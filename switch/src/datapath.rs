@@ -316,11 +316,19 @@ impl Datapath {
         };
         // Ethernet pads short frames; the IP total length is the truth.
         let len = ETH_HLEN + facts.total_len;
-        if let Ingress::Port(i) = from {
-            let port = &t.ports[i];
-            if port.kind == PortKind::Pod && facts.src != port.ip {
-                return self.drop_at(t, from, DropReason::Spoofed);
+        // A pod sends from its own address only; a peer node from its pod subnet or
+        // its own underlay address (its host's traffic to a pod leaves from the
+        // subnet's gateway).
+        let spoofed = match from {
+            Ingress::Port(i) => t.ports[i].kind == PortKind::Pod && facts.src != t.ports[i].ip,
+            Ingress::Peer(j) => {
+                let peer = &t.peers[j];
+                !peer.subnet.contains(&facts.src) && facts.src != *peer.addr.ip()
             }
+            Ingress::Local => false,
+        };
+        if spoofed {
+            return self.drop_at(t, from, DropReason::Spoofed);
         }
         if facts.dst.is_multicast()
             || facts.dst.is_broadcast()
@@ -344,7 +352,10 @@ impl Datapath {
                 sink,
             );
         }
-        if from != Ingress::Local && facts.ttl <= 1 {
+        // Packets for the gateway address are for the node itself, not forwarded: no
+        // router hop, no TTL decrement (as the kernel's bridge gateway behaves).
+        let forwarded = from != Ingress::Local && facts.dst != t.node.gateway;
+        if forwarded && facts.ttl <= 1 {
             self.drop_at(t, from, DropReason::TtlExceeded);
             return self.icmp_error(
                 t,
@@ -372,7 +383,7 @@ impl Datapath {
             }
             return;
         }
-        if from != Ingress::Local {
+        if forwarded {
             // TTL is the high byte of the 16-bit word at offset 8.
             let old = be16(buf, ip_off + 8);
             buf[ip_off + 8] = facts.ttl - 1;

@@ -64,6 +64,7 @@ both_modes!(
     spoofed_sources_are_dropped_without_reflection,
     broadcast_and_multicast_are_not_flooded,
     datagrams_from_unknown_underlay_addresses_are_dropped,
+    peers_may_only_send_from_their_own_subnet,
     malformed_datagrams_are_counted,
     forwarding_rewrites_only_macs_ttl_and_checksum,
     tcp_headers_arrive_unchanged_but_for_ttl,
@@ -1027,6 +1028,41 @@ fn datagrams_from_unknown_underlay_addresses_are_dropped(mode: TunnelMode) {
     );
 }
 
+/// A peer node speaks for its pod subnet and its own underlay address, nothing else:
+/// a datagram claiming a local pod's (or a third node's) source is dropped.
+fn peers_may_only_send_from_their_own_subnet(mode: TunnelMode) {
+    let mut sim = two_nodes(mode);
+    let a = sim.pod(A);
+    let spoofs = [
+        A2,
+        gateway(0),
+        Ipv4Addr::new(10, 244, 7, 7),
+        Ipv4Addr::new(8, 8, 8, 8),
+    ];
+    for src in spoofs {
+        let d = datagram_from_node1(mode, &[&Ip::udp(src, A).packet(&udp(1, 2, 16))]);
+        sim.tunnel_in(0, node1(), &d);
+    }
+    sim.flush();
+    assert!(
+        sim.take_rx(a).is_empty(),
+        "{mode:?}: a spoofed tunnel packet was delivered"
+    );
+    assert_eq!(
+        sim.peer_counters(0, 1).dropped(DropReason::Spoofed),
+        spoofs.len() as u64,
+        "{mode:?}: {}",
+        sim.drops_report()
+    );
+    // Its own pods, its gateway and its underlay address are fine.
+    for src in [B, gateway(1), *underlay(1).ip()] {
+        let d = datagram_from_node1(mode, &[&Ip::udp(src, A).packet(&udp(1, 2, 16))]);
+        sim.tunnel_in(0, node1(), &d);
+    }
+    sim.flush();
+    assert_eq!(sim.take_rx(a).len(), 3, "{mode:?}: {}", sim.drops_report());
+}
+
 fn malformed_datagrams_are_counted(mode: TunnelMode) {
     let mut sim = two_nodes(mode);
     let pkt = Ip::udp(B, A).packet(&udp(1, 2, 16));
@@ -1512,7 +1548,7 @@ fn host_port_and_peer_underlay_routes(mode: TunnelMode) {
     // Outside the cluster: to the host port, source kept (the host may NAT, not us).
     let out = Ip::udp(A, Ipv4Addr::new(8, 8, 8, 8)).packet(&udp(1, 53, 20));
     sim.pod_frame(a, &from_pod(&sim, a, &out));
-    // The gateway address itself is the host.
+    // The gateway address itself is the host: delivered, not routed (TTL kept).
     let to_gw = Ip::udp(A, gateway(0)).packet(&udp(1, 53, 20));
     sim.pod_frame(a, &from_pod(&sim, a, &to_gw));
     sim.flush();
@@ -1520,7 +1556,7 @@ fn host_port_and_peer_underlay_routes(mode: TunnelMode) {
         std::mem::take(&mut sim.out.host_rx[0]),
         vec![
             eth(host0, router_mac(0), ETHERTYPE_IPV4, &with_ttl(&out, 63)),
-            eth(host0, router_mac(0), ETHERTYPE_IPV4, &with_ttl(&to_gw, 63)),
+            eth(host0, router_mac(0), ETHERTYPE_IPV4, &to_gw),
         ],
         "{mode:?}: frames to node 0's host port"
     );
@@ -1921,7 +1957,12 @@ fn check_outputs(sim: &Sim) -> Result<(), TestCaseError> {
                         prop_assert!(p.verify_checksum(), "bad IPv4 checksum to {}", ip);
                         prop_assert_eq!(frame.len(), ETH_HLEN + usize::from(p.total_len()));
                         prop_assert!(u32::from(p.total_len()) <= POD_MTU);
-                        prop_assert!(p.hop_limit() >= 1);
+                        // Only a packet for the node itself (the gateway address) is
+                        // delivered rather than routed, so only it may keep TTL 0.
+                        prop_assert!(
+                            p.hop_limit() >= 1
+                                || (*kind == PortKind::Host && p.dst_addr() == gateway(*node))
+                        );
                         if *kind == PortKind::Pod {
                             prop_assert_eq!(p.dst_addr(), *ip, "a pod got another's packet");
                         }

@@ -509,3 +509,106 @@ fn restart_releases_vanished_pods() {
     c.nodes.push(node);
     c.pods[0].push((pod, att));
 }
+
+/// `kill -9` in the middle of an attach storm, then a restart: no address is held
+/// twice, and GC returns every address that is not in use.
+#[test]
+fn crash_during_attach_storm() {
+    use std::collections::HashSet;
+    use weft_cni::proto::{AttachmentKey, GcRequest};
+
+    let mut c = Cluster::new("storm", 1, 0, &options("vxlan", &[]));
+    let peers = c.scratch.path().join("peers.toml");
+    let pods: Vec<Pod> = (0..40)
+        .map(|i| c.underlay.pod(0, &format!("s{i}")).unwrap())
+        .collect();
+    let socket = c.nodes[0].socket.clone();
+    let answered = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for (i, pod) in pods.iter().enumerate() {
+            let (socket, answered) = (&socket, &answered);
+            s.spawn(move || {
+                let req = Request::Attach(AttachRequest {
+                    container_id: format!("storm-{i}"),
+                    netns: pod.ns.path().display().to_string(),
+                    ifname: "eth0".into(),
+                    requested_ip: None,
+                });
+                if let Ok(Response::Ok(Reply::Attached(a))) =
+                    weft_cni::proto::call(socket, &req, Duration::from_secs(20))
+                {
+                    answered.lock().unwrap().push((i, a.ip));
+                }
+            });
+        }
+        // Let part of the storm land, then crash.
+        wait_until(Duration::from_secs(20), "some attaches to complete", || {
+            answered.lock().unwrap().len() >= 5
+        })
+        .unwrap();
+        c.nodes.remove(0).kill().expect("SIGKILL");
+    });
+    let answered = answered.into_inner().unwrap();
+    assert!(
+        answered.len() < pods.len(),
+        "the crash came too late to test anything"
+    );
+
+    let node = WeftNode::start(
+        c.underlay.host(0),
+        &peers,
+        c.scratch.path(),
+        &options("vxlan", &[]),
+    )
+    .unwrap();
+    let ports = match node.ok(&Request::Ports).unwrap() {
+        Reply::Ports { ports } => ports,
+        other => panic!("{other:?}"),
+    };
+    let ips: Vec<Ipv4Addr> = ports
+        .iter()
+        .filter(|p| p.kind == "pod")
+        .filter_map(|p| p.ip)
+        .collect();
+    let unique: HashSet<_> = ips.iter().collect();
+    assert_eq!(unique.len(), ips.len(), "an address is held twice: {ips:?}");
+    // Every answered attach survived the crash with the address it was given.
+    for (i, ip) in &answered {
+        let port = ports
+            .iter()
+            .find(|p| p.container_id.as_deref() == Some(&format!("storm-{i}")));
+        assert_eq!(
+            port.and_then(|p| p.ip),
+            Some(*ip),
+            "storm-{i} lost its address"
+        );
+    }
+    // The runtime's view: only the answered attaches exist. GC releases the rest.
+    let valid: Vec<AttachmentKey> = answered
+        .iter()
+        .map(|(i, _)| AttachmentKey {
+            container_id: format!("storm-{i}"),
+            ifname: "eth0".into(),
+        })
+        .collect();
+    node.ok(&Request::Gc(GcRequest { valid })).expect("gc");
+    match node.ok(&Request::Status).unwrap() {
+        Reply::Status(s) => assert_eq!(s.pods, answered.len()),
+        other => panic!("{other:?}"),
+    }
+    // Pods that never got an answer have no interface left, and every other address
+    // can be handed out again: the pool holds exactly the answered ones.
+    for (i, pod) in pods.iter().enumerate() {
+        let has = pod.ns.ip(&["link", "show", "eth0"]).is_ok();
+        let want = answered.iter().any(|(j, _)| *j == i);
+        assert_eq!(
+            has, want,
+            "storm-{i}: interface present {has}, attach answered {want}"
+        );
+    }
+    let extra = c.underlay.pod(0, "after").unwrap();
+    let fresh = node.attach(&extra, "storm-after").expect("attach after GC");
+    assert!(!answered.iter().any(|(_, ip)| *ip == fresh.ip));
+    c.nodes.push(node);
+    drop(pods);
+}
