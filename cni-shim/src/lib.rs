@@ -1,6 +1,14 @@
 //! weft's CNI plugin and the control protocol it shares with `weftd`.
 //!
-//! The plugin is thin: it parses the CNI environment and stdin, makes one request to
-//! the daemon over its Unix socket ([`proto`]) and prints the result.
+//! The plugin is thin: it parses the CNI environment ([`env`]) and the network config
+//! on stdin ([`config`]), makes one request to the daemon over its Unix socket
+//! ([`proto`]), and prints the result in the config's spec version ([`result`]) or an
+//! error with its CNI code ([`error`]). [`plugin::run`] ties it together.
 
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod plugin;
 pub mod proto;
+pub mod result;
+pub mod version;
