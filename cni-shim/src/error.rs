@@ -161,6 +161,10 @@ impl CniError {
             {
                 CniError::TryAgain(format!("weftd at {path} did not answer within {timeout:?}"))
             }
+            // The daemon died or gave up on the connection mid-exchange.
+            ClientError::Decode { path, source } if source.is_eof() => CniError::TryAgain(format!(
+                "weftd at {path} closed the connection without a complete answer"
+            )),
             e if e.is_unreachable() => CniError::TryAgain(e.to_string()),
             e => CniError::Daemon(e.to_string()),
         }
