@@ -624,3 +624,45 @@ fn daemon_errors_map_to_codes() {
     let msg = cni(&add_env(), &conf("1.0.0", &closed.socket, json!({}))).err(11);
     assert!(msg.contains("without a complete answer"), "{msg}");
 }
+
+/// The conflist `deploy/` ships: weft first, then portmap; weft's entry, as libcni
+/// hands it over (list's cniVersion and name injected, capabilities as runtimeConfig),
+/// is accepted.
+#[test]
+fn shipped_conflist_is_accepted() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cni/10-weft.conflist");
+    let text = std::fs::read_to_string(&path).expect("the shipped conflist");
+    let list: Value = serde_json::from_str(&text).expect("the conflist is JSON");
+    let version = list["cniVersion"].as_str().unwrap();
+    assert_eq!(version, "1.0.0", "podman 4.3 accepts at most 1.0.0");
+    let plugins = list["plugins"].as_array().unwrap();
+    assert_eq!(plugins.len(), 2);
+    assert_eq!(plugins[0]["type"], "weft-cni");
+    assert_eq!(plugins[0]["socket"], "/run/weft/weft.sock");
+    assert_eq!(plugins[0]["capabilities"]["ips"], true);
+    assert_eq!(plugins[1]["type"], "portmap");
+    assert_eq!(plugins[1]["capabilities"]["portMappings"], true);
+    let supported = cni(
+        &[("CNI_COMMAND", "VERSION")],
+        &json!({"cniVersion": version}).to_string(),
+    )
+    .ok();
+    assert!(supported["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(version)));
+
+    let dir = Scratch::new("cniconflist").unwrap();
+    let d = healthy(&dir, "w.sock");
+    let mut entry = plugins[0].clone();
+    entry["cniVersion"] = json!(version);
+    entry["name"] = list["name"].clone();
+    entry["socket"] = json!(d.socket);
+    entry["runtimeConfig"] = json!({"ips": ["10.244.1.7/24"]});
+    let result = cni(&add_env(), &entry.to_string()).ok();
+    assert_eq!(result["ips"][0]["address"], "10.244.1.7/24");
+    assert!(
+        matches!(d.last(), Request::Attach(a) if a.requested_ip == Some(Ipv4Addr::new(10, 244, 1, 7)))
+    );
+}
