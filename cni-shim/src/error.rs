@@ -9,7 +9,7 @@
 //! | 7 | invalid network config: a missing or malformed key |
 //! | 11 | try again later: weftd is not reachable, does not answer in time, or is not ready |
 //! | 50 | STATUS: weftd cannot serve ADD (down, unreachable, not ready) |
-//! | 100 | CHECK: the attachment is missing or differs from what ADD set up |
+//! | 100 | CHECK: the attachment (or its netns) is missing, or differs from what ADD set up or from `prevResult` |
 //! | 101 | weftd refused the request's arguments (a netns that does not exist, an interface name already taken, a requested address outside the subnet or held by another pod) |
 //! | 102 | the node's address pool has no free address |
 //! | 103 | weftd failed internally, or the shim and weftd do not understand each other |

@@ -139,7 +139,12 @@ fn check(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         ifname: ifname(env),
         netns: env.netns.clone().unwrap_or_default(),
     });
-    let att = match ask(conf, &request)? {
+    // For CHECK, a refusal (e.g. the netns is gone) means the attachment is broken.
+    let refused_is_failed = |e| match e {
+        CniError::Refused(msg) => CniError::CheckFailed(msg),
+        e => e,
+    };
+    let att = match ask(conf, &request).map_err(refused_is_failed)? {
         Reply::Checked(att) => att,
         other => return Err(unexpected(&request, &other)),
     };

@@ -309,6 +309,14 @@ fn check_fails_when_eth0_is_deleted() {
     assert_eq!(node.status().pods, 0);
     let again = node.add_ok(&pod, "chk-b", "1.0.0");
     assert_eq!(node.check(&pod, "chk-b", "1.0.0", &again).ok(), Value::Null);
+    // The pod's netns is gone.
+    let path = netns(&pod);
+    drop(pod);
+    let env = env_for("CHECK", "chk-b", &path, "eth0");
+    let msg = cni(&env, &node.conf("1.0.0", json!({"prevResult": again}))).err(100);
+    assert!(msg.contains(&path), "{msg}");
+    node.del("chk-b", &path, "1.0.0", json!({})).ok();
+    assert_eq!(node.status().pods, 0);
 }
 
 #[test]
