@@ -115,7 +115,16 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         requested_ip: from_conf.or(from_args),
     });
     match ask(conf, &request)? {
-        Reply::Attached(att) => Ok(to_json(&AddResult::new(&att, dns, conf.version))),
+        Reply::Attached(att) => match from_conf.or(from_args) {
+            // weftd answers a repeated ADD with the existing attachment, whatever it asks.
+            Some(want) if want != att.ip => Err(CniError::Refused(format!(
+                "{want} was requested, but container {} interface {} already holds {}",
+                container_id(env),
+                att.interface,
+                att.ip
+            ))),
+            _ => Ok(to_json(&AddResult::new(&att, dns, conf.version))),
+        },
         other => Err(unexpected(&request, &other)),
     }
 }

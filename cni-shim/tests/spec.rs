@@ -61,7 +61,10 @@ fn status(ready: bool) -> Status {
 fn healthy(dir: &Scratch, name: &str) -> FakeDaemon {
     FakeDaemon::raw(dir.path(), name, |req| {
         let reply = match req {
-            Request::Attach(_) => Reply::Attached(attachment()),
+            Request::Attach(a) => Reply::Attached(Attachment {
+                ip: a.requested_ip.unwrap_or(attachment().ip),
+                ..attachment()
+            }),
             Request::Detach(_) => Reply::Detached { released_ip: None },
             Request::Check(_) => Reply::Checked(attachment()),
             Request::Gc(_) => Reply::Collected { released: vec![] },
@@ -402,7 +405,7 @@ fn requests_on_the_wire() {
     // IP= in CNI_ARGS, as podman --ip sends it.
     let mut env = add_env();
     env.push(("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.244.1.9"));
-    cni(&env, &plain).ok();
+    assert_eq!(cni(&env, &plain).ok()["ips"][0]["address"], "10.244.1.9/24");
     assert_eq!(d.last(), attach(Some([10, 244, 1, 9])));
     // runtimeConfig.ips, as podman's network reload sends it; the same IP= agrees.
     let rc = conf(
@@ -628,6 +631,19 @@ fn daemon_errors_map_to_codes() {
         Response::Ok(Reply::Detached { released_ip: None }),
     );
     cni(&add_env(), &conf("1.0.0", &wrong.socket, json!({}))).err(103);
+    // A daemon that answers with another address than the one requested.
+    let stale = FakeDaemon::new(
+        dir.path(),
+        "stale.sock",
+        Response::Ok(Reply::Attached(attachment())),
+    );
+    let mut env = add_env();
+    env.push(("CNI_ARGS", "IP=10.244.1.9"));
+    let msg = cni(&env, &conf("1.0.0", &stale.socket, json!({}))).err(101);
+    assert!(
+        msg.contains("10.244.1.9") && msg.contains("10.244.1.7"),
+        "{msg}"
+    );
     let closed = FakeDaemon::raw(dir.path(), "closed.sock", |_| Vec::new());
     let msg = cni(&add_env(), &conf("1.0.0", &closed.socket, json!({}))).err(11);
     assert!(msg.contains("without a complete answer"), "{msg}");

@@ -274,6 +274,14 @@ fn requested_addresses_are_honoured() {
         held,
         HashSet::from([Ipv4Addr::new(10, 244, 1, 77), Ipv4Addr::new(10, 244, 1, 78)])
     );
+    // A repeated ADD that asks for another address than the pod holds.
+    let msg = node
+        .add(&b, "req-b", "1.0.0", "IP=10.244.1.79", json!({}))
+        .err(101);
+    assert!(
+        msg.contains("10.244.1.79") && msg.contains("10.244.1.78"),
+        "{msg}"
+    );
     // .77 is free again once its pod is deleted.
     node.del("req-a", &netns(&a), "1.0.0", json!({})).ok();
     let r = node
