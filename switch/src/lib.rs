@@ -14,4 +14,5 @@ pub mod netlink;
 pub mod port;
 pub mod tables;
 pub mod tap;
+pub mod udp;
 pub mod worker;

@@ -24,6 +24,7 @@ use crate::counters::DropReason;
 use crate::datapath::{Datapath, Sink, TxError, HEADROOM};
 use crate::port::PortQueue;
 use crate::tables::{PeerEntry, PortEntry, PortId, Tables};
+use crate::udp::{RxBatch, Tunnel, RX_BATCH};
 
 const WAKER: Token = Token(0);
 const SOCKET: Token = Token(1);
@@ -168,7 +169,8 @@ struct QueueSlot {
 struct Worker {
     index: usize,
     poll: Poll,
-    socket: UdpSocket,
+    tunnel: Tunnel,
+    rx: RxBatch,
     commands: Receiver<Command>,
     shared: Arc<Shared>,
     queues: Vec<Option<QueueSlot>>,
@@ -183,7 +185,7 @@ struct IoSink<'a> {
     index: usize,
     queues: &'a mut [Option<QueueSlot>],
     dirty: &'a mut Vec<u32>,
-    socket: &'a UdpSocket,
+    tunnel: &'a mut Tunnel,
     shared: &'a Shared,
     /// Bit i set: worker i was handed frames in this batch and needs a wake-up.
     wake: &'a mut u64,
@@ -240,10 +242,8 @@ impl Sink for IoSink<'_> {
 
     #[inline]
     fn to_peer(&mut self, peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
-        self.socket
-            .send_to(datagram, SocketAddr::V4(peer.addr))
-            .map(|_| ())
-            .map_err(|e| tx_error(&e))
+        self.tunnel.push(peer.addr, datagram);
+        Ok(())
     }
 }
 
@@ -261,10 +261,12 @@ impl Worker {
             SOCKET,
             Interest::READABLE,
         )?;
+        let tunnel = Tunnel::new(socket)?;
         Ok(Worker {
             index,
             poll,
-            socket,
+            tunnel,
+            rx: RxBatch::default(),
             commands,
             shared,
             queues: Vec::new(),
@@ -319,11 +321,15 @@ impl Worker {
                 index: self.index,
                 queues: &mut self.queues,
                 dirty: &mut self.dirty,
-                socket: &self.socket,
+                tunnel: &mut self.tunnel,
                 shared: &self.shared,
                 wake: &mut wake,
             };
             self.dp.flush(&tables, &mut sink);
+            self.tunnel.flush();
+            for _ in 0..self.tunnel.take_failed() {
+                tables.tunnel.discard(self.index, DropReason::TxError);
+            }
             self.flush_queues();
             self.wake(wake);
         }
@@ -426,28 +432,30 @@ impl Worker {
     }
 
     fn socket_batch(&mut self, tables: &Tables, wake: &mut u64) -> bool {
-        for _ in 0..BUDGET {
-            match self.socket.recv_from(&mut self.buf[HEADROOM..]) {
-                Ok((n, from)) => {
-                    let mut sink = IoSink {
-                        index: self.index,
-                        queues: &mut self.queues,
-                        dirty: &mut self.dirty,
-                        socket: &self.socket,
-                        shared: &self.shared,
-                        wake,
-                    };
-                    self.dp
-                        .tunnel_datagram(tables, from, &mut self.buf, HEADROOM, n, &mut sink);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        for _ in 0..BUDGET / RX_BATCH {
+            match self.tunnel.recv(&mut self.rx) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // ICMP errors for earlier sends surface here (ECONNREFUSED and
                     // friends); they say nothing about the next datagram.
                     log::debug!("worker {}: tunnel socket: {e}", self.index);
+                    continue;
                 }
             }
+            let mut sink = IoSink {
+                index: self.index,
+                queues: &mut self.queues,
+                dirty: &mut self.dirty,
+                tunnel: &mut self.tunnel,
+                shared: &self.shared,
+                wake,
+            };
+            let dp = &mut self.dp;
+            self.rx.for_each(|from, buf, off, len| {
+                dp.tunnel_datagram(tables, from, buf, off, len, &mut sink)
+            });
         }
         true
     }
@@ -476,7 +484,7 @@ impl Worker {
                         index: self.index,
                         queues: &mut self.queues,
                         dirty: &mut self.dirty,
-                        socket: &self.socket,
+                        tunnel: &mut self.tunnel,
                         shared: &self.shared,
                         wake,
                     };
