@@ -89,7 +89,7 @@ fn invoke(
         Command::Check => check(&env, &conf),
         Command::Status => status(&conf),
         Command::Gc => gc(&conf),
-        Command::Version => unreachable!("answered above"),
+        Command::Version => Ok(to_json(&VersionResult::default())),
     }
 }
 
@@ -107,15 +107,16 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
             ));
         }
     }
+    let requested = from_conf.or(from_args);
     let dns = conf.dns()?;
     let request = Request::Attach(AttachRequest {
         container_id: container_id(env),
         netns: env.netns.clone().unwrap_or_default(),
         ifname: ifname(env),
-        requested_ip: from_conf.or(from_args),
+        requested_ip: requested,
     });
     match ask(conf, &request)? {
-        Reply::Attached(att) => match from_conf.or(from_args) {
+        Reply::Attached(att) => match requested {
             // weftd answers a repeated ADD with the existing attachment, whatever it asks.
             Some(want) if want != att.ip => Err(CniError::Refused(format!(
                 "{want} was requested, but container {} interface {} already holds {}",
