@@ -22,7 +22,12 @@
 //! // Dropping `underlay`, `a` and `b` deletes every namespace and link.
 //! ```
 
+pub mod cni;
+pub mod harness;
 pub mod netns;
+pub mod pidfile;
+pub mod procfs;
+pub mod stop;
 pub mod topo;
 pub mod traffic;
 pub mod weft;

@@ -1,191 +1,330 @@
 //! weft-perf: builds a small cluster out of network namespaces and runs weft and the
 //! kernel's own networking side by side on it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use weft_perf::netns::{cleanup_stale, require_root, PREFIX};
-use weft_perf::topo::{direct, kernel_vxlan, Pod, Underlay};
-use weft_perf::traffic::{tcp_send, Amount};
-use weft_perf::weft::{peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use weft_perf::cni::REFERENCE_PLUGIN_DIR;
+use weft_perf::harness::{self, plot, Cluster, Event, Plumbing, Settings, System, Test, Tools};
+use weft_perf::netns::{cleanup_stale, PREFIX};
+use weft_perf::pidfile::{self, RUN_DIR};
+use weft_perf::stop;
 
-/// weft's benchmarking harness.
+/// weft's benchmarking harness: weft against the kernel's VXLAN and plain routing, on
+/// hosts and pods built out of network namespaces (run as root).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
     /// The weftd binary [default: next to this program].
     #[arg(long, global = true)]
     weftd: Option<PathBuf>,
+    /// The weft-cni plugin binary [default: next to this program].
+    #[arg(long, global = true)]
+    weft_cni: Option<PathBuf>,
+    /// Directory of the reference CNI plugins (bridge, host-local).
+    #[arg(long, global = true, default_value = REFERENCE_PLUGIN_DIR)]
+    cni_dir: PathBuf,
     #[command(subcommand)]
     what: What,
 }
 
 #[derive(Debug, Subcommand)]
 enum What {
-    /// Build a 2-host cluster, show pods pinging across hosts, compare TCP throughput.
-    Demo {
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 3)]
-        duration: u64,
-        /// Repetitions of each system, interleaved.
-        #[arg(long, default_value_t = 3)]
-        repeat: usize,
-    },
-    /// Remove namespaces left by a killed run.
+    /// Run the benchmark: every system on the same hosts and pods, interleaved.
+    Run(RunArgs),
+    /// Build the default cluster, show pods pinging across hosts through weft, then run
+    /// a short comparison and print the table.
+    Demo(RunArgs),
+    /// Remove what a killed run left: its namespaces and the weftd processes it started.
     Clean,
 }
 
-const SYSTEMS: [&str; 4] = ["weft-vxlan", "weft-sleeve", "kernel-vxlan", "direct"];
-
-/// One system set up on a fresh 2-host underlay with one pod per host.
-struct Setup {
-    _nodes: Vec<WeftNode>,
-    a: Pod,
-    b: Pod,
-    b_ip: std::net::Ipv4Addr,
-    underlay: Underlay,
-    _scratch: Scratch,
+/// Options of `run` and `demo` (`demo` has shorter defaults).
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Systems, comma-separated: weft-vxlan, weft-sleeve, kernel-vxlan, direct [default: all].
+    #[arg(long)]
+    systems: Option<String>,
+    /// Tests, comma-separated: tcp1, tcp4, udp64, rr, cni, cpu [default: all].
+    #[arg(long)]
+    tests: Option<String>,
+    /// Seconds each traffic test runs [default: 2; demo 1].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Rounds; each visits every system once [default: 3; demo 2].
+    #[arg(long)]
+    repeat: Option<usize>,
+    /// Hosts.
+    #[arg(long, default_value_t = 2)]
+    hosts: usize,
+    /// Pods per host.
+    #[arg(long, default_value_t = 2)]
+    pods: usize,
+    /// Underlay MTU; pods get 50 less.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+    /// CNI ADD/DEL pairs per system, over all rounds [default: 200; demo 20].
+    #[arg(long)]
+    cni_pods: Option<usize>,
+    /// weftd worker threads [default: one per core].
+    #[arg(long)]
+    weft_workers: Option<usize>,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Draw the results as an SVG bar chart to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
-fn build(system: &str, weftd: &std::path::Path) -> Result<Setup> {
-    let underlay = Underlay::new("perf", 2)?;
-    let scratch = Scratch::new("perf")?;
-    let a = underlay.pod(0, "a")?;
-    let b = underlay.pod(1, "b")?;
-    let mut nodes = Vec::new();
-    let b_ip = match system {
-        "weft-vxlan" | "weft-sleeve" => {
-            let peers = scratch.path().join("peers.toml");
-            let list: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
-            write_atomic(&peers, &peers_toml(&list))?;
-            let opts = WeftOptions {
-                binary: weftd.to_owned(),
-                mode: system.trim_start_matches("weft-").into(),
-                workers: 2,
-                extra: vec![],
-            };
-            for h in underlay.hosts() {
-                nodes.push(WeftNode::start(h, &peers, scratch.path(), &opts)?);
-            }
-            nodes[0].attach(&a, "perf-a")?;
-            nodes[1].attach(&b, "perf-b")?.ip
+impl RunArgs {
+    /// The settings, with `run`'s defaults or, for `demo`, shorter ones.
+    fn settings(&self, demo: bool) -> Result<Settings> {
+        let defaults = Settings::default();
+        let duration = self.duration.unwrap_or(if demo { 1.0 } else { 2.0 });
+        if !duration.is_finite() || duration <= 0.0 {
+            bail!("--duration must be a positive number of seconds");
         }
-        "kernel-vxlan" => {
-            kernel_vxlan::mesh(&underlay)?;
-            kernel_vxlan::attach_pod(underlay.host(0), &a, underlay.host(0).pod_ip(2))?;
-            kernel_vxlan::attach_pod(underlay.host(1), &b, underlay.host(1).pod_ip(2))?;
-            underlay.host(1).pod_ip(2)
-        }
-        "direct" => {
-            direct::mesh(&underlay)?;
-            direct::attach_pod(underlay.host(0), &a, underlay.host(0).pod_ip(2))?;
-            direct::attach_pod(underlay.host(1), &b, underlay.host(1).pod_ip(2))?;
-            underlay.host(1).pod_ip(2)
-        }
-        other => bail!("unknown system {other}"),
-    };
-    Ok(Setup {
-        _nodes: nodes,
-        a,
-        b,
-        b_ip,
-        underlay,
-        _scratch: scratch,
-    })
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn demo(weftd: &std::path::Path, duration: u64, repeat: usize) -> Result<()> {
-    println!("Building 2 hosts with weftd (VXLAN) and one pod on each...");
-    let s = build("weft-vxlan", weftd)?;
-    let out = s.a.ns.run(&[
-        "ping",
-        "-n",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        &s.b_ip.to_string(),
-    ])?;
-    println!("{}", out.trim());
-    println!(
-        "host 0 reaches the pod on host 1: {}",
-        s.underlay.host(0).ns.ping(s.b_ip, 1).is_ok()
-    );
-    drop(s);
-
-    println!(
-        "\nSingle-stream TCP pod→pod across hosts, {duration} s x {repeat}, systems interleaved:"
-    );
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); SYSTEMS.len()];
-    for round in 0..repeat {
-        for (i, system) in SYSTEMS.iter().enumerate() {
-            let s = build(system, weftd).with_context(|| format!("setting up {system}"))?;
-            let t = tcp_send(
-                &s.b.ns,
-                s.b_ip,
-                &s.a.ns,
-                Amount::For(Duration::from_secs(duration)),
-                Duration::from_secs(30),
-            )
-            .with_context(|| format!("{system}: TCP transfer"))?;
-            eprintln!(
-                "  round {} {system:<13} {:6.2} Gbit/s",
-                round + 1,
-                t.gbit_per_s()
-            );
-            results[i].push(t.gbit_per_s());
-        }
+        let settings = Settings {
+            systems: match &self.systems {
+                Some(list) => harness::parse_list::<System>(list)?,
+                None => defaults.systems,
+            },
+            tests: match &self.tests {
+                Some(list) => harness::parse_list::<Test>(list)?,
+                None => defaults.tests,
+            },
+            duration: Duration::from_secs_f64(duration),
+            repeat: self
+                .repeat
+                .unwrap_or(if demo { 2 } else { defaults.repeat }),
+            hosts: self.hosts,
+            pods: self.pods,
+            mtu: self.mtu,
+            cni_pods: self
+                .cni_pods
+                .unwrap_or(if demo { 20 } else { defaults.cni_pods }),
+            weft_workers: self.weft_workers,
+        };
+        settings.validate()?;
+        Ok(settings)
     }
-    let kernel = median(&mut results[2].clone());
-    println!(
-        "\n{:<14} {:>12} {:>16}",
-        "system", "tcp1 Gbit/s", "vs kernel-vxlan"
-    );
-    for (i, system) in SYSTEMS.iter().enumerate() {
-        let m = median(&mut results[i]);
-        println!("{system:<14} {m:>12.2} {:>15.2}x", m / kernel);
-    }
-    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = (|| -> Result<()> {
-        require_root();
-        let weftd = match cli.weftd {
-            Some(p) => p,
-            None => std::env::current_exe()?.with_file_name("weftd"),
-        };
-        match cli.what {
-            What::Demo { duration, repeat } => {
-                if !weftd.exists() {
-                    bail!("{} not found: build it with `cargo build --release --bins` or pass --weftd", weftd.display());
-                }
-                cleanup_stale(PREFIX)?;
-                demo(&weftd, duration, repeat.max(1))
-            }
-            What::Clean => {
-                let removed = cleanup_stale(PREFIX)?;
-                println!("removed {} stale namespaces", removed.len());
-                Ok(())
-            }
-        }
-    })();
-    match result {
+    match run_cli(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft-perf: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_cli(cli: Cli) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("weft-perf builds network namespaces and must run as root");
+    }
+    let here = std::env::current_exe().context("finding this program's path")?;
+    let tools = Tools {
+        weftd: cli.weftd.unwrap_or_else(|| here.with_file_name("weftd")),
+        weft_cni: cli
+            .weft_cni
+            .unwrap_or_else(|| here.with_file_name("weft-cni")),
+        reference_cni: cli.cni_dir,
+    };
+    match cli.what {
+        What::Clean => clean(true),
+        What::Run(args) => {
+            let settings = args.settings(false)?;
+            tools.check(&settings)?;
+            stop::install()?;
+            clean(false)?;
+            let started = Instant::now();
+            let cluster = Cluster::build(&settings)?;
+            let report = with_progress(|p| harness::run_on(&cluster, &settings, &tools, p))?;
+            drop(cluster);
+            print!("{}", report.table());
+            eprintln!(
+                "\nweft-perf: ran in {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+            write_outputs(&report, &args)
+        }
+        What::Demo(args) => {
+            let settings = args.settings(true)?;
+            tools.check(&settings)?;
+            stop::install()?;
+            clean(false)?;
+            demo(&settings, &tools, &args)
+        }
+    }
+}
+
+/// Removes namespaces and daemons of runs that are gone; `loud` says so even when
+/// there was nothing to remove.
+fn clean(loud: bool) -> Result<()> {
+    let stopped = pidfile::clean_stale(Path::new(RUN_DIR))?;
+    let removed = cleanup_stale(PREFIX)?;
+    let scratch = clean_scratch()?;
+    if loud || !stopped.is_empty() || !removed.is_empty() {
+        println!(
+            "weft-perf clean: stopped {} weftd process{} {stopped:?}, removed {} network \
+             namespace{} and {scratch} scratch director{}",
+            stopped.len(),
+            if stopped.len() == 1 { "" } else { "es" },
+            removed.len(),
+            if removed.len() == 1 { "" } else { "s" },
+            if scratch == 1 { "y" } else { "ies" },
+        );
+    }
+    Ok(())
+}
+
+/// Removes `/tmp/weft-perf-<pid>-<n>` directories whose process is gone.
+fn clean_scratch() -> Result<usize> {
+    let mut n = 0;
+    let tmp = std::env::temp_dir();
+    for entry in std::fs::read_dir(&tmp).with_context(|| format!("listing {}", tmp.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("weft-perf-") else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            std::fs::remove_dir_all(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Runs `f` with a progress bar fed by the harness's events.
+fn with_progress<T>(f: impl FnOnce(&mut dyn FnMut(Event<'_>)) -> Result<T>) -> Result<T> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let mut on_event = |e: Event<'_>| match e {
+        Event::Steps(n) => bar.set_length(n),
+        Event::Start {
+            round,
+            system,
+            what,
+        } => bar.set_message(format!("round {} {system}: {what}", round + 1)),
+        Event::Done => bar.inc(1),
+        Event::Note(line) => {
+            if bar.is_hidden() {
+                eprintln!("  {line}");
+            } else {
+                bar.println(format!("  {line}"));
+            }
+        }
+    };
+    let result = f(&mut on_event);
+    bar.finish_and_clear();
+    result
+}
+
+fn write_outputs(report: &harness::Report, args: &RunArgs) -> Result<()> {
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+        eprintln!("weft-perf: wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        plot::write_svg(report, path)?;
+        eprintln!("weft-perf: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn demo(settings: &Settings, tools: &Tools, args: &RunArgs) -> Result<()> {
+    let started = Instant::now();
+    println!(
+        "Building {} hosts with {} pods each (network namespaces on a veth underlay, MTU {}),\n\
+         one weftd per host (VXLAN), every pod attached through weft-cni...",
+        settings.hosts, settings.pods, settings.mtu
+    );
+    let cluster = Cluster::build(settings)?;
+    let weft = Plumbing::up(&cluster, System::WeftVxlan, tools, settings)?;
+    let hosts = cluster.underlay().hosts();
+    for (h, host) in hosts.iter().enumerate() {
+        let ips: Vec<String> = (0..cluster.pods_per_host())
+            .map(|j| format!("{} {}", cluster.pod(h, j).name, weft.ip(h, j)))
+            .collect();
+        println!(
+            "  host {h} ({}, subnet {}): {}",
+            host.underlay_ip,
+            host.pod_subnet,
+            ips.join(", ")
+        );
+    }
+    println!("\nPods ping pods on other hosts through weft:");
+    for h in 1..hosts.len() {
+        for j in 0..cluster.pods_per_host() {
+            let (from, to) = (cluster.pod(0, j), weft.ip(h, j));
+            let out = from
+                .ns
+                .run(&[
+                    "ping",
+                    "-n",
+                    "-c",
+                    "3",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "1",
+                    &to.to_string(),
+                ])
+                .with_context(|| format!("pod {} pinging {to}", from.name))?;
+            let summary: Vec<&str> = out
+                .lines()
+                .filter(|l| l.contains("packets transmitted") || l.starts_with("rtt"))
+                .collect();
+            println!("  {} -> {to}: {}", from.name, summary.join("; "));
+        }
+    }
+    let to = weft.ip(1, 0);
+    hosts[0]
+        .ns
+        .ping(to, 1)
+        .with_context(|| format!("host 0 pinging the pod {to}"))?;
+    println!(
+        "  host 0 ({}) -> {to}: reached through weft0",
+        hosts[0].underlay_ip
+    );
+    weft.down()?;
+
+    println!(
+        "\nComparing {} on the same hosts and pods: {} s per test, {} rounds, systems interleaved...",
+        settings
+            .systems
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        settings.duration.as_secs_f64(),
+        settings.repeat
+    );
+    let report = with_progress(|p| harness::run_on(&cluster, settings, tools, p))?;
+    drop(cluster);
+    println!();
+    print!("{}", report.table());
+    println!(
+        "\nDone in {:.0} s; everything was torn down. `weft-perf run` runs the full comparison.",
+        started.elapsed().as_secs_f64()
+    );
+    write_outputs(&report, args)
 }

@@ -295,6 +295,26 @@ fn setup_pod_bridge(host: &Host, mtu: u32) -> Result<()> {
     ns.sysctl("net.ipv4.ip_forward", "1")
 }
 
+/// Deletes the `cni0` bridge of `host` (what [`setup_pod_bridge`] made).
+fn remove_pod_bridge(host: &Host) -> Result<()> {
+    host.ns
+        .ip(&["link", "del", POD_BRIDGE])
+        .with_context(|| format!("deleting {POD_BRIDGE} on host {}", host.index))
+        .map(drop)
+}
+
+/// Removes the interface a baseline gave `pod` (its `eth0`; the veth's host end goes
+/// with it). Succeeds when there is none.
+pub fn detach_pod(pod: &Pod) -> Result<()> {
+    let present = pod.ns.ip(&["link", "show", "dev", POD_IF]).is_ok();
+    if present {
+        pod.ns
+            .ip(&["link", "del", "dev", POD_IF])
+            .with_context(|| format!("removing {POD_IF} of pod {}", pod.name))?;
+    }
+    Ok(())
+}
+
 /// Plugs `pod` into the host's `cni0` with a veth: `eth0` in the pod holds `ip`, `mtu`
 /// and a default route via the gateway. Returns the host-side interface name.
 fn attach_to_pod_bridge(host: &Host, pod: &Pod, ip: Ipv4Addr, mtu: u32) -> Result<String> {

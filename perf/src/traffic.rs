@@ -181,6 +181,343 @@ pub fn tcp_send(
     })
 }
 
+/// One TCP stream of a throughput test: from a socket in `client` to `server_ip`, an
+/// address of `server`.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow<'a> {
+    /// The sending namespace.
+    pub client: &'a Netns,
+    /// The receiving namespace.
+    pub server: &'a Netns,
+    /// The address the receiver listens on.
+    pub server_ip: Ipv4Addr,
+}
+
+/// What a throughput test carried.
+#[derive(Debug, Clone, Copy)]
+pub struct Throughput {
+    /// Bytes received, all streams together.
+    pub bytes: u64,
+    /// From the moment every stream was connected and started sending to the last
+    /// stream's end of file at its receiver.
+    pub elapsed: Duration,
+}
+
+impl Throughput {
+    /// Throughput in Gbit/s.
+    pub fn gbit_per_s(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+}
+
+/// Size of the buffer each bulk sender writes and each bulk receiver reads with.
+const BULK_BUF: usize = 128 * 1024;
+
+/// Runs every flow at once for `duration`, each sending as fast as it can, and returns
+/// what arrived. Senders write the same buffer again and again and receivers only count
+/// bytes, so the generator costs little CPU and the network is what is measured (byte
+/// integrity is [`tcp_send`]'s job). Fails if a stream stalls for `stall`; ends early,
+/// with what was carried so far, once [`crate::stop`] is requested.
+pub fn tcp_streams(flows: &[Flow<'_>], duration: Duration, stall: Duration) -> Result<Throughput> {
+    anyhow::ensure!(
+        !flows.is_empty(),
+        "a throughput test needs at least one flow"
+    );
+    let mut pairs = Vec::with_capacity(flows.len());
+    for f in flows {
+        let listener =
+            in_netns(f.server, || TcpListener::bind((f.server_ip, 0)))?.with_context(|| {
+                format!(
+                    "binding a listener on {} in {}",
+                    f.server_ip,
+                    f.server.name()
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        let client = in_netns(f.client, || {
+            TcpStream::connect_timeout(&addr, stall.min(Duration::from_secs(10)))
+        })?
+        .with_context(|| format!("connecting from {} to {addr}", f.client.name()))?;
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + stall;
+        let server = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e).with_context(|| format!("accepting on {addr}")),
+            }
+        };
+        server.set_nonblocking(false)?;
+        server.set_read_timeout(Some(stall))?;
+        client.set_write_timeout(Some(stall))?;
+        pairs.push((client, server, addr));
+    }
+    let barrier = std::sync::Barrier::new(pairs.len() * 2 + 1);
+    std::thread::scope(|s| {
+        let mut receivers = Vec::new();
+        let mut senders = Vec::new();
+        for (mut client, mut server, addr) in pairs {
+            let barrier = &barrier;
+            receivers.push(s.spawn(move || -> Result<(u64, Instant)> {
+                let mut buf = vec![0u8; BULK_BUF];
+                let mut got = 0u64;
+                barrier.wait();
+                loop {
+                    let n = server
+                        .read(&mut buf)
+                        .with_context(|| format!("receiving on {addr} after {got} bytes"))?;
+                    if n == 0 {
+                        return Ok((got, Instant::now()));
+                    }
+                    got += n as u64;
+                }
+            }));
+            senders.push(s.spawn(move || -> Result<()> {
+                let mut buf = vec![0u8; BULK_BUF];
+                Pattern::new(u64::from(addr.port())).fill(&mut buf);
+                barrier.wait();
+                let until = Instant::now() + duration;
+                while Instant::now() < until && !crate::stop::requested() {
+                    client
+                        .write_all(&buf)
+                        .with_context(|| format!("sending to {addr}"))?;
+                }
+                client.shutdown(std::net::Shutdown::Write)?;
+                Ok(())
+            }));
+        }
+        barrier.wait();
+        let start = Instant::now();
+        let mut sent = Ok(());
+        for t in senders {
+            let r = t.join().map_err(|_| anyhow::anyhow!("a sender panicked"))?;
+            if sent.is_ok() {
+                sent = r;
+            }
+        }
+        let mut bytes = 0;
+        let mut end = start;
+        for t in receivers {
+            let (got, at) = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("a receiver panicked"))??;
+            bytes += got;
+            end = end.max(at);
+        }
+        sent?;
+        Ok(Throughput {
+            bytes,
+            elapsed: end - start,
+        })
+    })
+}
+
+/// What a UDP load test saw.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpLoad {
+    /// Datagrams the sender's socket accepted.
+    pub sent: u64,
+    /// Datagrams of the expected size that arrived.
+    pub received: u64,
+    /// How long the sender sent.
+    pub elapsed: Duration,
+}
+
+impl UdpLoad {
+    /// Datagrams received per second of sending.
+    pub fn received_pps(&self) -> f64 {
+        self.received as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The share of sent datagrams that did not arrive, in percent.
+    pub fn loss_percent(&self) -> f64 {
+        if self.sent == 0 {
+            return 0.0;
+        }
+        self.sent.saturating_sub(self.received) as f64 * 100.0 / self.sent as f64
+    }
+}
+
+/// How long a UDP receiver keeps reading after the sender stopped, at most.
+const UDP_DRAIN: Duration = Duration::from_millis(500);
+
+/// Sends `payload`-byte UDP datagrams from `client` to `server_ip` in `server` as fast
+/// as the sender's socket takes them, for `duration` or `max_packets` datagrams,
+/// whichever ends first, and counts what arrives. A datagram the sending socket
+/// refuses (`ENOBUFS`) is not counted as sent.
+pub fn udp_blast(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    payload: usize,
+    duration: Duration,
+    max_packets: u64,
+) -> Result<UdpLoad> {
+    use std::net::UdpSocket;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let rx = in_netns(server, || UdpSocket::bind((server_ip, 0)))?
+        .with_context(|| format!("binding UDP on {server_ip} in {}", server.name()))?;
+    let addr = rx.local_addr()?;
+    let tx = in_netns(client, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?
+        .with_context(|| format!("binding UDP in {}", client.name()))?;
+    tx.connect(addr)?;
+    rx.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let receiver = s.spawn(|| -> Result<u64> {
+            let mut buf = vec![0u8; 2048];
+            let mut got = 0u64;
+            let mut last = Instant::now();
+            let mut done_at: Option<Instant> = None;
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(n) => {
+                        if n == payload {
+                            got += 1;
+                        }
+                        last = Instant::now();
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(e) => return Err(e).with_context(|| format!("receiving on {addr}")),
+                }
+                if done.load(Ordering::Acquire) {
+                    let at = *done_at.get_or_insert_with(Instant::now);
+                    let quiet = last.elapsed() > Duration::from_millis(100);
+                    if quiet || at.elapsed() > UDP_DRAIN {
+                        return Ok(got);
+                    }
+                }
+            }
+        });
+        let buf = vec![0x5au8; payload];
+        let start = Instant::now();
+        let until = start + duration;
+        let mut sent = 0u64;
+        let mut result = Ok(());
+        'send: while sent < max_packets {
+            for _ in 0..64 {
+                match tx.send(&buf) {
+                    Ok(_) => sent += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        result = Err(anyhow::Error::new(e).context(format!("sending to {addr}")));
+                        break 'send;
+                    }
+                }
+            }
+            if Instant::now() >= until || crate::stop::requested() {
+                break;
+            }
+        }
+        let elapsed = start.elapsed();
+        done.store(true, Ordering::Release);
+        let received = receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("the UDP receiver panicked"))??;
+        result?;
+        Ok(UdpLoad {
+            sent,
+            received,
+            elapsed,
+        })
+    })
+}
+
+/// Largest round trip a latency histogram records, in nanoseconds (60 s).
+pub const MAX_RTT_NS: u64 = 60_000_000_000;
+
+/// Round trips done before recording starts (connection and cache warm-up).
+const RR_WARMUP: u32 = 100;
+
+/// Ping-pongs one byte over TCP (`TCP_NODELAY` on both ends) between `client` and
+/// `server_ip` in `server` for `duration` or `max_round_trips`, whichever ends first,
+/// and returns the round-trip times in nanoseconds. Fails if a round trip takes `stall`.
+pub fn tcp_rr(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    duration: Duration,
+    max_round_trips: u64,
+    stall: Duration,
+) -> Result<hdrhistogram::Histogram<u64>> {
+    let listener = in_netns(server, || TcpListener::bind((server_ip, 0)))?
+        .with_context(|| format!("binding a listener on {server_ip} in {}", server.name()))?;
+    let addr = listener.local_addr()?;
+    let mut conn = in_netns(client, || {
+        TcpStream::connect_timeout(&addr, stall.min(Duration::from_secs(10)))
+    })?
+    .with_context(|| format!("connecting from {} to {addr}", client.name()))?;
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + stall;
+    let mut echo = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e).with_context(|| format!("accepting on {addr}")),
+        }
+    };
+    echo.set_nonblocking(false)?;
+    for s in [&conn, &echo] {
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(stall))?;
+        s.set_write_timeout(Some(stall))?;
+    }
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_RTT_NS, 3)
+        .context("creating a latency histogram")?;
+    std::thread::scope(|s| {
+        let server = s.spawn(move || -> Result<()> {
+            let mut b = [0u8; 1];
+            loop {
+                match echo.read(&mut b) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => echo.write_all(&b)?,
+                    Err(e) => return Err(e).context("echoing"),
+                }
+            }
+        });
+        let client = (|| -> Result<()> {
+            let mut b = [0u8; 1];
+            let mut round_trip = |conn: &mut TcpStream| -> Result<Duration> {
+                let t = Instant::now();
+                conn.write_all(&[0x42])?;
+                conn.read_exact(&mut b)
+                    .with_context(|| format!("waiting for the echo from {addr}"))?;
+                Ok(t.elapsed())
+            };
+            for _ in 0..RR_WARMUP {
+                round_trip(&mut conn)?;
+            }
+            let until = Instant::now() + duration;
+            let mut n = 0u64;
+            while n < max_round_trips && Instant::now() < until && !crate::stop::requested() {
+                let rtt = round_trip(&mut conn)?;
+                hist.saturating_record(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX));
+                n += 1;
+            }
+            conn.shutdown(std::net::Shutdown::Write)?;
+            Ok(())
+        })();
+        let served = server
+            .join()
+            .map_err(|_| anyhow::anyhow!("the echo server panicked"))?;
+        client?;
+        served
+    })?;
+    Ok(hist)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

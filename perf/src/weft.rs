@@ -131,6 +131,28 @@ impl WeftNode {
     /// Starts weftd in `host`'s namespace with the peers file at `peers`, and waits until
     /// it answers on its control socket. `dir` holds the socket and the log.
     pub fn start(host: &Host, peers: &Path, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
+        WeftNode::launch(host, peers, dir, opts, false)
+    }
+
+    /// Like [`WeftNode::start`], but weftd runs in a process group of its own, so a
+    /// terminal's Ctrl-C reaches only this process, which then stops weftd in order
+    /// (after detaching its pods) instead of racing it.
+    pub fn start_isolated(
+        host: &Host,
+        peers: &Path,
+        dir: &Path,
+        opts: &WeftOptions,
+    ) -> Result<WeftNode> {
+        WeftNode::launch(host, peers, dir, opts, true)
+    }
+
+    fn launch(
+        host: &Host,
+        peers: &Path,
+        dir: &Path,
+        opts: &WeftOptions,
+        own_group: bool,
+    ) -> Result<WeftNode> {
         let name = node_name(host);
         let socket = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
@@ -158,6 +180,9 @@ impl WeftNode {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
+        if own_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
         let mut child = ChildGuard::spawn(&mut cmd)?;
         let ready = wait_until(Duration::from_secs(20), "weftd to answer", || {
             if let Ok(Some(_)) = child.try_wait() {

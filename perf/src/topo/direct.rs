@@ -27,9 +27,10 @@ impl RemoteNode {
     }
 }
 
-/// The MTU of `cni0` and pods: the underlay MTU (nothing is added).
+/// The MTU of `cni0` and pods: underlay MTU − 50, the same as the overlays give their
+/// pods, so that a comparison moves the same packets (plain routing itself adds nothing).
 pub fn mtu(host: &Host) -> u32 {
-    host.underlay_mtu
+    host.underlay_mtu - super::kernel_vxlan::OVERHEAD
 }
 
 /// Creates `cni0` with the gateway address, sets `ip_forward=1`, and adds `remotes`.
@@ -63,8 +64,8 @@ pub fn add_remote(host: &Host, remote: &RemoteNode) -> Result<()> {
         .map(drop)
 }
 
-/// Attaches `pod` to `cni0` of `host`: `eth0` with `ip`/24, the underlay MTU, default
-/// route via the gateway. Returns the host-side veth name.
+/// Attaches `pod` to `cni0` of `host`: `eth0` with `ip`/24, MTU [`mtu`], default route
+/// via the gateway. Returns the host-side veth name.
 pub fn attach_pod(host: &Host, pod: &Pod, ip: Ipv4Addr) -> Result<String> {
     attach_to_pod_bridge(host, pod, ip, mtu(host))
 }
@@ -79,6 +80,32 @@ pub fn mesh(underlay: &Underlay) -> Result<()> {
             .map(RemoteNode::of)
             .collect();
         setup(host, &remotes)?;
+    }
+    Ok(())
+}
+
+/// Undoes [`setup`] on `host`: removes the routes to `remotes` and the `cni0` bridge.
+/// Pods' interfaces should be removed first ([`super::detach_pod`]).
+pub fn teardown(host: &Host, remotes: &[RemoteNode]) -> Result<()> {
+    for remote in remotes {
+        let subnet = remote.subnet.to_string();
+        host.ns
+            .ip(&["route", "del", &subnet])
+            .with_context(|| format!("removing the route to {subnet} on host {}", host.index))?;
+    }
+    super::remove_pod_bridge(host)
+}
+
+/// Undoes [`mesh`] on every host of `underlay`.
+pub fn unmesh(underlay: &Underlay) -> Result<()> {
+    let hosts = underlay.hosts();
+    for host in hosts {
+        let remotes: Vec<RemoteNode> = hosts
+            .iter()
+            .filter(|h| h.index != host.index)
+            .map(RemoteNode::of)
+            .collect();
+        teardown(host, &remotes)?;
     }
     Ok(())
 }

@@ -209,3 +209,18 @@ pub fn mesh(underlay: &Underlay) -> Result<Vec<Mac>> {
     }
     Ok(macs)
 }
+
+/// Undoes [`setup`] on `host`: deletes `flannel.1` (its routes, neighbour and FDB
+/// entries go with it) and the `cni0` bridge. Pods' interfaces should be removed first
+/// ([`super::detach_pod`]).
+pub fn teardown(host: &Host) -> Result<()> {
+    host.ns
+        .ip(&["link", "del", DEVICE])
+        .with_context(|| format!("deleting {DEVICE} on host {}", host.index))?;
+    super::remove_pod_bridge(host)
+}
+
+/// Undoes [`mesh`] on every host of `underlay`.
+pub fn unmesh(underlay: &Underlay) -> Result<()> {
+    underlay.hosts().iter().try_for_each(teardown)
+}

@@ -1,0 +1,466 @@
+//! The benchmark harness: one cluster of hosts and pods in network namespaces, every
+//! system plumbed onto it in turn (rounds interleave the systems: A B C D, A B C D…),
+//! the tests run on each, and a [`Report`] of medians.
+//!
+//! The systems share the hosts and the pods. Between systems only the plumbing changes:
+//! weftd and the pods' interfaces (attached by weft-cni) or the kernel's devices and the
+//! pods' veths; nothing else in the namespaces is touched.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+
+mod cluster;
+mod measure;
+pub mod plot;
+pub mod report;
+
+pub use cluster::{Cluster, Plumbing};
+pub use report::{Report, ResultRow};
+
+use crate::topo::{self, MAX_HOSTS};
+
+/// A pod network under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum System {
+    /// weftd with VXLAN tunnels.
+    WeftVxlan,
+    /// weftd with sleeve tunnels.
+    WeftSleeve,
+    /// The Linux VXLAN device, set up as flannel's vxlan backend does.
+    KernelVxlan,
+    /// Plain routes over the underlay, no overlay (flannel's host-gw): the limit.
+    Direct,
+}
+
+impl System {
+    /// Every system, in report order.
+    pub const ALL: [System; 4] = [
+        System::WeftVxlan,
+        System::WeftSleeve,
+        System::KernelVxlan,
+        System::Direct,
+    ];
+
+    /// The system the report's ratios are relative to.
+    pub const BASELINE: System = System::KernelVxlan;
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::WeftVxlan => "weft-vxlan",
+            System::WeftSleeve => "weft-sleeve",
+            System::KernelVxlan => "kernel-vxlan",
+            System::Direct => "direct",
+        }
+    }
+
+    /// weftd's `--mode` for the weft systems.
+    pub fn weft_mode(self) -> Option<&'static str> {
+        match self {
+            System::WeftVxlan => Some("vxlan"),
+            System::WeftSleeve => Some("sleeve"),
+            System::KernelVxlan | System::Direct => None,
+        }
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for System {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<System> {
+        System::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .with_context(|| {
+                format!(
+                    "unknown system {s:?}; the systems are {}",
+                    names(&System::ALL)
+                )
+            })
+    }
+}
+
+/// A measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Test {
+    /// TCP throughput pod→pod across hosts, one stream.
+    Tcp1,
+    /// TCP throughput pod→pod across hosts, four streams.
+    Tcp4,
+    /// UDP, 64-byte payloads, as fast as the sender goes: received packets/s and loss.
+    Udp64,
+    /// 1-byte TCP ping-pong round-trip latency.
+    Rr,
+    /// CNI ADD and DEL latency.
+    Cni,
+    /// CPU seconds per GB carried (measured around the `tcp1` transfer).
+    Cpu,
+}
+
+impl Test {
+    /// Every test, in report order.
+    pub const ALL: [Test; 6] = [
+        Test::Tcp1,
+        Test::Tcp4,
+        Test::Udp64,
+        Test::Rr,
+        Test::Cni,
+        Test::Cpu,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Test::Tcp1 => "tcp1",
+            Test::Tcp4 => "tcp4",
+            Test::Udp64 => "udp64",
+            Test::Rr => "rr",
+            Test::Cni => "cni",
+            Test::Cpu => "cpu",
+        }
+    }
+
+    /// The metrics the test reports.
+    pub fn metrics(self) -> &'static [Metric] {
+        use Better::{Higher, Lower};
+        const fn m(name: &'static str, unit: &'static str, better: Better) -> Metric {
+            Metric { name, unit, better }
+        }
+        const TCP: &[Metric] = &[m("throughput", "Gbit/s", Higher)];
+        const UDP: &[Metric] = &[m("received", "Mpps", Higher), m("loss", "%", Lower)];
+        const RR: &[Metric] = &[
+            m("p50", "µs", Lower),
+            m("p99", "µs", Lower),
+            m("p99.9", "µs", Lower),
+        ];
+        const CNI: &[Metric] = &[
+            m("ADD p50", "ms", Lower),
+            m("ADD p99", "ms", Lower),
+            m("DEL p50", "ms", Lower),
+            m("DEL p99", "ms", Lower),
+        ];
+        const CPU: &[Metric] = &[
+            m("weftd", "CPU s/GB", Lower),
+            m("machine", "CPU s/GB", Lower),
+        ];
+        match self {
+            Test::Tcp1 | Test::Tcp4 => TCP,
+            Test::Udp64 => UDP,
+            Test::Rr => RR,
+            Test::Cni => CNI,
+            Test::Cpu => CPU,
+        }
+    }
+
+    /// Why `metric` of this test does not apply to `system`, if it does not.
+    pub fn not_applicable(self, system: System, metric: &str) -> Option<&'static str> {
+        match (self, system) {
+            (Test::Cpu, System::KernelVxlan | System::Direct) if metric == "weftd" => {
+                Some("no weft process: the kernel does this work in softirq, not attributable per system")
+            }
+            (Test::Cni, System::Direct) => {
+                Some("the same bridge + host-local plugins as kernel-vxlan")
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Test {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Test {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Test> {
+        Test::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .with_context(|| format!("unknown test {s:?}; the tests are {}", names(&Test::ALL)))
+    }
+}
+
+/// Which way a metric improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    /// Larger is better (throughput).
+    Higher,
+    /// Smaller is better (latency, loss, CPU).
+    Lower,
+}
+
+/// One number a test reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// Its name within the test (`throughput`, `p99`…).
+    pub name: &'static str,
+    /// Its unit.
+    pub unit: &'static str,
+    /// Which way it improves.
+    pub better: Better,
+}
+
+fn names<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses a comma-separated list of systems or tests, keeping the given order.
+pub fn parse_list<T: FromStr<Err = anyhow::Error> + PartialEq>(list: &str) -> Result<Vec<T>> {
+    let mut out: Vec<T> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let x = item.parse()?;
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    ensure!(!out.is_empty(), "the list {list:?} names nothing");
+    Ok(out)
+}
+
+/// Most pods per host (their addresses must leave room for the CNI test's pods).
+pub const MAX_PODS_PER_HOST: usize = 100;
+
+/// Most CNI test pods on one host in one round (the reference plugins' range holds 127).
+pub const MAX_CNI_PODS_PER_HOST_ROUND: usize = 120;
+
+/// What a run measures and on what.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Systems, in the order each round visits them.
+    pub systems: Vec<System>,
+    /// Tests, in the order each system runs them.
+    pub tests: Vec<Test>,
+    /// How long each traffic test runs.
+    pub duration: Duration,
+    /// Rounds; each visits every system once.
+    pub repeat: usize,
+    /// Hosts.
+    pub hosts: usize,
+    /// Pods per host.
+    pub pods: usize,
+    /// Underlay MTU; pods get 50 less.
+    pub mtu: u32,
+    /// CNI ADD/DEL pairs per system over the whole run (split across rounds).
+    pub cni_pods: usize,
+    /// weftd worker threads (`None`: weftd's default, one per core).
+    pub weft_workers: Option<usize>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            systems: System::ALL.to_vec(),
+            tests: Test::ALL.to_vec(),
+            duration: Duration::from_secs(2),
+            repeat: 3,
+            hosts: 2,
+            pods: 2,
+            mtu: topo::DEFAULT_MTU,
+            cni_pods: 200,
+            weft_workers: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Fails on settings that cannot be run, saying which and why.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.systems.is_empty(), "no system to run");
+        ensure!(!self.tests.is_empty(), "no test to run");
+        ensure!(self.repeat >= 1, "--repeat must be at least 1");
+        ensure!(
+            (2..=MAX_HOSTS).contains(&self.hosts),
+            "--hosts must be 2 to {MAX_HOSTS}: the tests cross hosts"
+        );
+        ensure!(
+            (1..=MAX_PODS_PER_HOST).contains(&self.pods),
+            "--pods must be 1 to {MAX_PODS_PER_HOST}"
+        );
+        ensure!(
+            (1280..=65535).contains(&self.mtu),
+            "--mtu must be 1280 to 65535 (pods get 50 less)"
+        );
+        ensure!(
+            self.duration >= Duration::from_millis(100)
+                && self.duration <= Duration::from_secs(3600),
+            "--duration must be 0.1 to 3600 seconds"
+        );
+        if self.tests.contains(&Test::Cni) {
+            ensure!(self.cni_pods >= 1, "--cni-pods must be at least 1");
+            let per_host = self.cni_pods.div_ceil(self.repeat).div_ceil(self.hosts);
+            ensure!(
+                per_host <= MAX_CNI_PODS_PER_HOST_ROUND,
+                "--cni-pods {} puts {per_host} pods on a host in one round; at most \
+                 {MAX_CNI_PODS_PER_HOST_ROUND} fit (raise --repeat or --hosts)",
+                self.cni_pods
+            );
+        }
+        if let Some(w) = self.weft_workers {
+            ensure!((1..=64).contains(&w), "--weft-workers must be 1 to 64");
+        }
+        Ok(())
+    }
+
+    /// The number of CNI test pods in round `round` (the total split as evenly as can be).
+    pub fn cni_pods_in_round(&self, round: usize) -> usize {
+        self.cni_pods / self.repeat + usize::from(round < self.cni_pods % self.repeat)
+    }
+}
+
+/// The programs a run uses.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// The weftd binary.
+    pub weftd: PathBuf,
+    /// The weft-cni plugin binary (its file name is the config's `type`).
+    pub weft_cni: PathBuf,
+    /// The directory of the reference `bridge` and `host-local` plugins.
+    pub reference_cni: PathBuf,
+}
+
+impl Tools {
+    /// Fails unless the binaries the settings need exist, saying how to get them.
+    pub fn check(&self, settings: &Settings) -> Result<()> {
+        let weft = settings.systems.iter().any(|s| s.weft_mode().is_some());
+        if weft {
+            for (what, path, flag) in [
+                ("weftd", &self.weftd, "--weftd"),
+                ("weft-cni", &self.weft_cni, "--weft-cni"),
+            ] {
+                if !path.is_file() {
+                    bail!(
+                        "{what} not found at {}: build it with `cargo build --release --bins` \
+                         or pass {flag}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        if settings.tests.contains(&Test::Cni) && settings.systems.contains(&System::KernelVxlan) {
+            for plugin in ["bridge", "host-local"] {
+                let path = self.reference_cni.join(plugin);
+                if !path.is_file() {
+                    bail!(
+                        "the reference CNI plugin {} is missing: install Debian's \
+                         containernetworking-plugins (deploy/setup.sh does), or leave out \
+                         the cni test",
+                        path.display()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the harness tells its caller while it runs.
+#[derive(Debug, Clone)]
+pub enum Event<'a> {
+    /// The run has this many steps (a system set up, or a test run, in one round).
+    Steps(u64),
+    /// A step starts.
+    Start {
+        /// The round, 0-based.
+        round: usize,
+        /// The system.
+        system: System,
+        /// What is being done.
+        what: &'a str,
+    },
+    /// A step ended.
+    Done,
+    /// A line worth showing (a measurement's result).
+    Note(String),
+}
+
+/// Runs `settings` on a fresh cluster and returns the report; `progress` hears about
+/// each step. Everything built is torn down before it returns, also on failure and on
+/// interruption ([`crate::stop`]).
+pub fn run(
+    settings: &Settings,
+    tools: &Tools,
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Result<Report> {
+    settings.validate()?;
+    tools.check(settings)?;
+    let cluster = Cluster::build(settings)?;
+    run_on(&cluster, settings, tools, progress)
+}
+
+/// Like [`run`], on a cluster the caller built with [`Cluster::build`].
+pub fn run_on(
+    cluster: &Cluster,
+    settings: &Settings,
+    tools: &Tools,
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Result<Report> {
+    let traffic: Vec<Test> = settings
+        .tests
+        .iter()
+        .copied()
+        .filter(|t| !matches!(t, Test::Cni | Test::Cpu))
+        .collect();
+    let cni = settings.tests.contains(&Test::Cni);
+    let cpu_alone = settings.tests.contains(&Test::Cpu) && !traffic.contains(&Test::Tcp1);
+    let per_system = 1 + traffic.len() + usize::from(cni) + usize::from(cpu_alone);
+    progress(Event::Steps(
+        (settings.repeat * settings.systems.len() * per_system) as u64,
+    ));
+    let mut data = measure::Data::default();
+    for round in 0..settings.repeat {
+        for &system in &settings.systems {
+            crate::stop::check()?;
+            progress(Event::Start {
+                round,
+                system,
+                what: "setting up",
+            });
+            let plumbing = Plumbing::up(cluster, system, tools, settings)
+                .with_context(|| format!("setting up {system} (round {})", round + 1))?;
+            progress(Event::Done);
+            let mut steps: Vec<Test> = traffic.clone();
+            if cpu_alone {
+                steps.push(Test::Cpu);
+            }
+            if cni {
+                steps.push(Test::Cni);
+            }
+            for test in steps {
+                crate::stop::check()?;
+                progress(Event::Start {
+                    round,
+                    system,
+                    what: test.name(),
+                });
+                let line = measure::run_test(&mut data, &plumbing, test, round, settings)
+                    .with_context(|| format!("{system}: {test} (round {})", round + 1))?;
+                progress(Event::Note(format!(
+                    "round {} {system:<13} {test:<6} {line}",
+                    round + 1
+                )));
+                progress(Event::Done);
+            }
+            plumbing
+                .down()
+                .with_context(|| format!("tearing down {system} (round {})", round + 1))?;
+        }
+    }
+    Ok(Report::new(settings, data.rows(settings)))
+}

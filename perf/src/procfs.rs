@@ -1,0 +1,161 @@
+//! What `/proc` says about processes and the machine: CPU time, start times, and the
+//! facts a benchmark report records about where it ran.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+/// Clock ticks per second of the `/proc` CPU counters (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (field 3 onwards).
+fn stat_fields(pid: u32) -> Result<Vec<String>> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) is in parentheses and may itself hold spaces or ')'.
+    let Some(end) = text.rfind(')') else {
+        bail!("{path}: no command name in {text:?}");
+    };
+    Ok(text[end + 1..]
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Field `n` (1-based, as proc(5) numbers them; `n >= 3`) of `/proc/<pid>/stat`.
+fn stat_field(pid: u32, n: usize) -> Result<u64> {
+    let fields = stat_fields(pid)?;
+    let value = fields
+        .get(n - 3)
+        .with_context(|| format!("/proc/{pid}/stat has no field {n}"))?;
+    value
+        .parse()
+        .with_context(|| format!("/proc/{pid}/stat field {n} is {value:?}"))
+}
+
+/// CPU seconds (user + system, all threads) process `pid` has used so far.
+pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
+    let fields = stat_fields(pid)?;
+    let parse = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("/proc/{pid}/stat: field {} unreadable", i + 3))
+    };
+    // utime and stime are fields 14 and 15.
+    let ticks = parse(14 - 3)? + parse(15 - 3)?;
+    Ok(ticks as f64 / clock_ticks() as f64)
+}
+
+/// When process `pid` started, in clock ticks after boot (field 22 of its stat): with
+/// the pid, it names one process even after the pid is reused.
+pub fn start_time(pid: u32) -> Result<u64> {
+    stat_field(pid, 22)
+}
+
+/// Whether process `pid` exists, is not a zombie, and started at `start` (see
+/// [`start_time`]).
+pub fn is_same_process(pid: u32, start: u64) -> bool {
+    let Ok(fields) = stat_fields(pid) else {
+        return false;
+    };
+    // Field 3 is the state, field 22 the start time.
+    fields.first().is_some_and(|state| state != "Z")
+        && fields.get(22 - 3).and_then(|s| s.parse().ok()) == Some(start)
+}
+
+/// CPU seconds the whole machine has spent busy (every state but idle and iowait),
+/// summed over all CPUs, from the `cpu` line of `/proc/stat`.
+pub fn machine_busy_seconds() -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat has no cpu line")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().context("/proc/stat: bad cpu counter"))
+        .collect::<Result<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice: already in user]
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    Ok(busy as f64 / clock_ticks() as f64)
+}
+
+/// The machine a benchmark ran on, as its report records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// CPU model name.
+    pub cpu: String,
+    /// Logical CPUs this process may use.
+    pub cpus: usize,
+    /// Total memory in GiB.
+    pub memory_gib: f64,
+    /// Kernel release.
+    pub kernel: String,
+    /// Operating system (`PRETTY_NAME` of os-release).
+    pub os: String,
+}
+
+impl Machine {
+    /// Reads the facts from `/proc` and `/etc/os-release`; unknown ones read "unknown".
+    pub fn describe() -> Machine {
+        let read = |p: &str| std::fs::read_to_string(Path::new(p)).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == "model name").then(|| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let memory_gib = read("/proc/meminfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kib| (kib / (1024.0 * 1024.0) * 10.0).round() / 10.0)
+            .unwrap_or(0.0);
+        let kernel = read("/proc/sys/kernel/osrelease").trim().to_owned();
+        let os = read("/etc/os-release")
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            cpu,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_gib,
+            kernel,
+            os,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = std::process::id();
+        let start = start_time(me).unwrap();
+        assert!(is_same_process(me, start));
+        assert!(!is_same_process(me, start + 1));
+        assert!(process_cpu_seconds(me).unwrap() >= 0.0);
+        assert!(machine_busy_seconds().unwrap() > 0.0);
+        let m = Machine::describe();
+        assert!(m.cpus >= 1);
+        assert!(!m.kernel.is_empty());
+    }
+}
