@@ -1,4 +1,5 @@
-//! weft wire formats: VXLAN, the sleeve framing and internet checksums.
+//! weft wire formats: VXLAN, the sleeve framing, internet checksums and the
+//! virtio-net header of TAP offloads.
 //!
 //! Everything here is a pure function over byte slices: no I/O, no clocks and
 //! no allocation in any parse or emit path, so the formats can be unit tested,
@@ -24,6 +25,7 @@
 
 pub mod checksum;
 pub mod sleeve;
+pub mod virtio;
 pub mod vxlan;
 
 /// Length of an Ethernet II header: destination MAC, source MAC, ethertype.
