@@ -1,6 +1,6 @@
 //! weft wire formats: VXLAN, the sleeve framing, internet checksums, and the
-//! virtio-net header of TAP offloads with segmentation (GSO) of its
-//! super-frames.
+//! virtio-net header of TAP offloads with segmentation (GSO) and receive
+//! coalescing (GRO) of its super-frames.
 //!
 //! Everything here is a pure function over byte slices: no I/O, no clocks and
 //! no allocation in any parse or emit path, so the formats can be unit tested,
@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod checksum;
+pub mod gro;
 pub mod gso;
 mod inet;
 pub mod sleeve;
