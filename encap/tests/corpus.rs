@@ -57,6 +57,21 @@ fn vxlan_corpus() {
 }
 
 #[test]
+fn gso_corpus() {
+    for (name, data) in corpus("gso_segment") {
+        checks::gso_segment(&data);
+        let verdict = weft_encap::virtio::parse(&data)
+            .map_err(|err| err.to_string())
+            .and_then(|(hdr, frame)| {
+                let headroom = usize::from(hdr.hdr_len % 64);
+                weft_encap::gso::required_out_len(frame, &hdr, headroom)
+                    .map_err(|err| err.to_string())
+            });
+        check_verdict(&name, verdict.map(drop));
+    }
+}
+
+#[test]
 fn sleeve_corpus() {
     for (name, data) in corpus("sleeve_parse") {
         checks::sleeve_parse(&data);

@@ -5,7 +5,7 @@
 //! libFuzzer (it includes this file as a module).
 
 use weft_encap::sleeve::{self, Datagram, FramesWriter};
-use weft_encap::vxlan;
+use weft_encap::{checksum, gro, gso, virtio, vxlan};
 
 /// Parses `data` as a VXLAN datagram; if it parses, re-emits and reparses it.
 ///
@@ -71,4 +71,152 @@ pub fn sleeve_parse(data: &[u8]) {
     assert_eq!(rebuilt[..reserved.start], data[..reserved.start]);
     assert_eq!(rebuilt[reserved.clone()], [0, 0]);
     assert_eq!(rebuilt[reserved.end..], data[reserved.end..]);
+}
+
+/// Takes `data` as what a TAP read returns: a virtio-net header, then a
+/// frame. Segments the frame as the header asks, checks every segment, and
+/// coalesces TCP segments back.
+///
+/// The header's `hdr_len`, which `gso::segment` ignores, picks the headroom
+/// (`hdr_len % 64`), so the fuzzer varies it too. Panics if anything panics,
+/// if the sizing helpers disagree with `segment`, if a segment's lengths or
+/// checksums are wrong, or if segmenting or coalescing loses, adds or
+/// reorders a payload byte.
+pub fn gso_segment(data: &[u8]) {
+    if let Ok(packet) = virtio::Packet::new_checked(data) {
+        let _ = (packet.flags(), packet.gso_type(), packet.hdr_len());
+        let _ = (packet.gso_size(), packet.csum_start(), packet.csum_offset());
+        let _ = (packet.payload(), packet.to_string());
+    }
+    let Ok((hdr, frame)) = virtio::parse(data) else {
+        return;
+    };
+    if hdr.needs_csum {
+        check_complete_checksum(frame, hdr.csum_start.into(), hdr.csum_offset.into());
+    }
+    let headroom = usize::from(hdr.hdr_len % 64);
+    let len = match gso::required_out_len(frame, &hdr, headroom) {
+        Ok(len) => len,
+        Err(err) => {
+            assert_eq!(gso::segment(frame, &hdr, &mut [], headroom), Err(err));
+            return;
+        }
+    };
+    let mut short = vec![0; len - 1];
+    assert_eq!(
+        gso::segment(frame, &hdr, &mut short, headroom),
+        Err(gso::Error::OutputTooSmall {
+            len: len - 1,
+            needed: len
+        })
+    );
+    let mut out = vec![0; len];
+    let segments = gso::segment(frame, &hdr, &mut out, headroom).expect("room for the segments");
+    assert_eq!(segments.total_len(), len);
+    assert_eq!(segments.stride(), headroom + segments.segment_len());
+
+    let (headers_len, end) = super_frame_layout(frame);
+    let payload = &frame[headers_len..end];
+    assert_eq!(
+        segments.count(),
+        gso::segment_count(payload.len(), hdr.gso_size)
+    );
+    let mut joined = Vec::with_capacity(payload.len());
+    for seg in segments.frames(&out) {
+        joined.extend_from_slice(check_segment(seg, headers_len, hdr.gso_size));
+    }
+    assert_eq!(segments.frames(&out).count(), segments.count());
+    assert_eq!(joined, payload);
+
+    if hdr.gso_type == virtio::GsoType::TcpV4 {
+        let mut coalescer = gro::Coalescer::new(vec![0; gro::buffer_len(0)], 0).unwrap();
+        let mut joined = Vec::with_capacity(payload.len());
+        let mut deliver = |repr: virtio::Repr, frame: &[u8]| {
+            let mut frame = frame.to_vec();
+            if repr.needs_csum {
+                let (start, offset) = (repr.csum_start.into(), repr.csum_offset.into());
+                gso::complete_checksum(&mut frame, start, offset).unwrap();
+            }
+            let (headers_len, _) = super_frame_layout(&frame);
+            joined.extend_from_slice(check_segment(&frame, headers_len, u16::MAX));
+        };
+        for seg in segments.frames(&out) {
+            loop {
+                match coalescer.push(seg) {
+                    gro::Push::Started | gro::Push::Merged => break,
+                    gro::Push::NotMerged => {
+                        let (repr, held) = coalescer.take().expect("NotMerged holds a frame");
+                        deliver(repr, held);
+                    }
+                    gro::Push::Deliver => {
+                        deliver(virtio::Repr::PLAIN, seg);
+                        break;
+                    }
+                    gro::Push::NotTcp => panic!("a TCP segment pushed as not TCP"),
+                }
+            }
+        }
+        if let Some((repr, held)) = coalescer.take() {
+            deliver(repr, held);
+        }
+        assert_eq!(joined, payload);
+    }
+}
+
+/// Completes a NEEDS_CSUM checksum on a copy of `frame`; if it succeeds with
+/// an even offset, checks that the field now cancels the sum it replaced.
+fn check_complete_checksum(frame: &[u8], start: usize, offset: usize) {
+    let mut copy = frame.to_vec();
+    if gso::complete_checksum(&mut copy, start, offset).is_err() || offset % 2 == 1 {
+        return;
+    }
+    let at = start + offset;
+    let old = u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let new_sum = checksum::sum(&copy[start..]);
+    assert_eq!(checksum::combine(new_sum, old), 0xffff);
+}
+
+/// Returns where the payload of a frame `gso::segment` accepted starts and ends.
+fn super_frame_layout(frame: &[u8]) -> (usize, usize) {
+    let ip = &frame[14..];
+    let ip_header_len = usize::from(ip[0] & 0x0f) * 4;
+    let end = 14 + usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4_start = 14 + ip_header_len;
+    let l4_header_len = match ip[9] {
+        6 => usize::from(frame[l4_start + 12] >> 4) * 4,
+        17 => 8,
+        protocol => panic!("segmented a frame of IP protocol {protocol}"),
+    };
+    (l4_start + l4_header_len, end)
+}
+
+/// Checks a segment's IPv4 header, lengths and L4 checksum and returns its payload.
+fn check_segment(seg: &[u8], headers_len: usize, gso_size: u16) -> &[u8] {
+    assert!(seg.len() >= headers_len);
+    let ip = &seg[14..];
+    let ip_header_len = usize::from(ip[0] & 0x0f) * 4;
+    assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), ip.len());
+    assert_eq!(
+        checksum::checksum(&ip[..ip_header_len]),
+        0,
+        "IPv4 header checksum"
+    );
+    let l4 = &ip[ip_header_len..];
+    let protocol = ip[9];
+    if protocol == 17 {
+        assert_eq!(usize::from(u16::from_be_bytes([l4[4], l4[5]])), l4.len());
+    }
+    let l4_len = (l4.len() as u16).to_be_bytes();
+    let pseudo = checksum::combine(
+        checksum::sum(&ip[12..20]),
+        checksum::sum(&[0, protocol, l4_len[0], l4_len[1]]),
+    );
+    assert_eq!(
+        checksum::combine(pseudo, checksum::sum(l4)),
+        0xffff,
+        "L4 checksum"
+    );
+    let payload = &seg[headers_len..];
+    assert!(payload.len() <= usize::from(gso_size));
+    payload
 }
