@@ -14,8 +14,11 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use weft_encap::checksum;
+use weft_encap::gso;
 use weft_encap::sleeve::{self, NodeId};
 use weft_encap::vxlan;
+
+use crate::port::Offload;
 
 use crate::counters::DropReason;
 use crate::fib::NextHop;
@@ -57,11 +60,21 @@ impl TxError {
 /// Where the datapath's output goes: the I/O layer of a worker, or an in-memory test
 /// harness. A call must be done with `frame` when it returns.
 pub trait Sink {
-    /// Sends an Ethernet frame out of a port.
-    fn to_port(&mut self, port: &PortEntry, frame: &[u8]) -> Result<(), TxError>;
+    /// Sends an Ethernet frame out of a port, with its offload metadata (a super-frame
+    /// the port's kernel segments, or a checksum it completes).
+    fn to_port(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8]) -> Result<(), TxError>;
     /// Sends a UDP payload (a VXLAN or sleeve datagram) to a peer node.
     fn to_peer(&mut self, peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError>;
+    /// Sends consecutive datagrams of `segment` bytes each (the last may be shorter)
+    /// to a peer: the segments of one super-frame, for one GSO send.
+    fn to_peer_run(&mut self, peer: &PeerEntry, run: &[u8], segment: usize) -> Result<(), TxError> {
+        run.chunks(segment.max(1)).try_for_each(|d| self.to_peer(peer, d))
+    }
 }
+
+/// Largest run of segments one super-frame becomes (64 KiB in 512-byte segments,
+/// each with its headers and a tunnel header).
+const SEGMENT_BUF: usize = 512 * 1024;
 
 /// Where a frame came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +96,7 @@ struct SleeveBatch {
 pub struct Datapath {
     worker: usize,
     icmp: Box<[u8]>,
+    segments: Box<[u8]>,
     sleeve: Vec<SleeveBatch>,
     sleeve_active: usize,
 }
@@ -159,6 +173,7 @@ impl Datapath {
         Datapath {
             worker,
             icmp: vec![0u8; HEADROOM + ETH_HLEN + ICMP_ERROR_MAX].into_boxed_slice(),
+            segments: vec![0u8; SEGMENT_BUF].into_boxed_slice(),
             sleeve: (0..SLEEVE_PENDING)
                 .map(|_| SleeveBatch {
                     peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
@@ -172,11 +187,14 @@ impl Datapath {
     }
 
     /// Handles a frame read from port `ingress` (an index into `t.ports`), found at
-    /// `buf[off..off + len]` with at least [`HEADROOM`] free bytes before `off`.
+    /// `buf[off..off + len]` with at least [`HEADROOM`] free bytes before `off`, and
+    /// the offload metadata it came with.
+    #[allow(clippy::too_many_arguments)]
     pub fn port_frame(
         &mut self,
         t: &Tables,
         ingress: usize,
+        offload: &Offload,
         buf: &mut [u8],
         off: usize,
         len: usize,
@@ -189,7 +207,9 @@ impl Datapath {
             return;
         }
         match be16(buf, off + 12) {
-            ETHERTYPE_IPV4 => self.forward_ipv4(t, Ingress::Port(ingress), buf, off, len, sink),
+            ETHERTYPE_IPV4 => {
+                self.forward_ipv4(t, Ingress::Port(ingress), offload, buf, off, len, sink)
+            }
             ETHERTYPE_ARP => self.arp(t, ingress, &mut buf[off..off + len], sink),
             _ => port.counters.discard(self.worker, DropReason::Unsupported),
         }
@@ -234,7 +254,7 @@ impl Datapath {
                 let eth_len = len - vxlan::HEADER_LEN;
                 match be16(buf, eth + 12) {
                     ETHERTYPE_IPV4 => {
-                        self.forward_ipv4(t, Ingress::Peer(j), buf, eth, eth_len, sink)
+                        self.forward_ipv4(t, Ingress::Peer(j), &Offload::PLAIN, buf, eth, eth_len, sink)
                     }
                     _ => counters.discard(self.worker, DropReason::Unsupported),
                 }
@@ -263,7 +283,15 @@ impl Datapath {
                         // The Ethernet header goes over this record's header and the
                         // tail of the previous record, which has been delivered.
                         let eth = payload - ETH_HLEN;
-                        self.forward_ipv4(t, Ingress::Peer(j), buf, eth, plen + ETH_HLEN, sink);
+                        self.forward_ipv4(
+                            t,
+                            Ingress::Peer(j),
+                            &Offload::PLAIN,
+                            buf,
+                            eth,
+                            plen + ETH_HLEN,
+                            sink,
+                        );
                     } else {
                         counters.discard(self.worker, DropReason::Unsupported);
                     }
@@ -300,10 +328,12 @@ impl Datapath {
     }
 
     /// Routes the IPv4 packet in the Ethernet frame at `buf[eth..eth + len]`.
+    #[allow(clippy::too_many_arguments)]
     fn forward_ipv4(
         &mut self,
         t: &Tables,
         from: Ingress,
+        offload: &Offload,
         buf: &mut [u8],
         eth: usize,
         len: usize,
@@ -367,7 +397,9 @@ impl Datapath {
                 sink,
             );
         }
-        if facts.total_len > t.node.pod_mtu as usize {
+        // A super-frame is larger by design: the kernel sized its segments for the
+        // pod's MTU, and they are cut before they leave.
+        if facts.total_len > t.node.pod_mtu as usize && !offload.is_gso() {
             self.drop_at(t, from, DropReason::TooBig);
             if facts.dont_fragment {
                 let mtu = t.node.pod_mtu as u16;
@@ -392,41 +424,58 @@ impl Datapath {
         }
         let router = t.node.router_mac.0;
         match hop {
-            NextHop::Local(p) => self.deliver(&t.ports[p], router, &mut buf[eth..eth + len], sink),
-            NextHop::Host => self.deliver(&t.ports[0], router, &mut buf[eth..eth + len], sink),
-            NextHop::Peer(j) => self.encapsulate(t, j, buf, eth, len, sink),
+            NextHop::Local(p) => {
+                self.deliver(&t.ports[p], router, offload, &mut buf[eth..eth + len], sink)
+            }
+            NextHop::Host => self.deliver(&t.ports[0], router, offload, &mut buf[eth..eth + len], sink),
+            NextHop::Peer(j) => self.encapsulate(t, j, offload, buf, eth, len, sink),
             NextHop::Unreachable => unreachable!("handled above"),
         }
     }
 
-    fn deliver(&self, port: &PortEntry, router: [u8; 6], frame: &mut [u8], sink: &mut impl Sink) {
+    fn deliver(
+        &self,
+        port: &PortEntry,
+        router: [u8; 6],
+        offload: &Offload,
+        frame: &mut [u8],
+        sink: &mut impl Sink,
+    ) {
         write_eth(frame, port.mac.0, router, ETHERTYPE_IPV4);
-        match sink.to_port(port, frame) {
+        match sink.to_port(port, offload, frame) {
             Ok(()) => port.counters.tx(self.worker, frame.len()),
             Err(e) => port.counters.discard(self.worker, e.reason()),
         }
     }
 
-    /// Encapsulates the frame at `buf[eth..eth + len]` for peer `j`.
+    /// Encapsulates the frame at `buf[eth..eth + len]` for peer `j`. The wire carries
+    /// complete packets: a super-frame is cut into segments (one GSO send), and a
+    /// checksum the pod left to "hardware" is completed.
+    #[allow(clippy::too_many_arguments)]
     fn encapsulate(
         &mut self,
         t: &Tables,
         j: usize,
+        offload: &Offload,
         buf: &mut [u8],
         eth: usize,
         len: usize,
         sink: &mut impl Sink,
     ) {
         let peer = &t.peers[j];
+        // Flannel's addressing: inner frame from our VTEP MAC to theirs.
+        write_eth(&mut buf[eth..eth + len], peer.vtep_mac.0, t.node.router_mac.0, ETHERTYPE_IPV4);
+        if offload.is_gso() {
+            return self.encapsulate_segments(t, j, offload, &buf[eth..eth + len], sink);
+        }
+        if offload.needs_csum {
+            let (start, at) = (usize::from(offload.csum_start), usize::from(offload.csum_offset));
+            if gso::complete_checksum(&mut buf[eth..eth + len], start, at).is_err() {
+                return peer.counters.discard(self.worker, DropReason::Malformed);
+            }
+        }
         match t.node.mode {
             TunnelMode::Vxlan => {
-                // Flannel's addressing: inner frame from our VTEP MAC to theirs.
-                write_eth(
-                    &mut buf[eth..eth + len],
-                    peer.vtep_mac.0,
-                    t.node.router_mac.0,
-                    ETHERTYPE_IPV4,
-                );
                 let start = eth - vxlan::HEADER_LEN;
                 vxlan::emit_header(&mut buf[start..eth], t.node.vni);
                 Self::send_datagram(self.worker, peer, &buf[start..eth + len], sink);
@@ -436,6 +485,54 @@ impl Datapath {
                 self.sleeve_push(t, j, ETHERTYPE_IPV4, payload, sink);
             }
         }
+    }
+
+    /// Cuts a super-frame into wire-sized frames and sends them to peer `j`.
+    fn encapsulate_segments(
+        &mut self,
+        t: &Tables,
+        j: usize,
+        offload: &Offload,
+        frame: &[u8],
+        sink: &mut impl Sink,
+    ) {
+        let peer = &t.peers[j];
+        let headroom = match t.node.mode {
+            TunnelMode::Vxlan => vxlan::HEADER_LEN,
+            TunnelMode::Sleeve => 0,
+        };
+        let mut out = std::mem::take(&mut self.segments);
+        match gso::segment(frame, offload, &mut out, headroom) {
+            Err(_) => peer.counters.discard(self.worker, DropReason::Malformed),
+            Ok(segs) => match t.node.mode {
+                TunnelMode::Vxlan => {
+                    for i in 0..segs.count() {
+                        if let Some(r) = segs.datagram_range(i) {
+                            vxlan::emit_header(&mut out[r.start..r.start + headroom], t.node.vni);
+                        }
+                    }
+                    let end = segs.datagram_range(segs.count() - 1).map_or(0, |r| r.end);
+                    match sink.to_peer_run(peer, &out[..end], segs.stride()) {
+                        Ok(()) => {
+                            for i in 0..segs.count() {
+                                let n = segs.datagram_range(i).map_or(0, |r| r.len());
+                                peer.counters.tx(self.worker, n);
+                            }
+                        }
+                        Err(e) => peer.counters.discard(self.worker, e.reason()),
+                    }
+                }
+                TunnelMode::Sleeve => {
+                    for i in 0..segs.count() {
+                        if let Some(r) = segs.frame_range(i) {
+                            let payload = &out[r.start + ETH_HLEN..r.end];
+                            self.sleeve_push(t, j, ETHERTYPE_IPV4, payload, sink);
+                        }
+                    }
+                }
+            },
+        }
+        self.segments = out;
     }
 
     /// Appends one record to the datagram under construction for peer `j`, sending
@@ -540,7 +637,7 @@ impl Datapath {
         }
         // The error is routed from the switch itself: no TTL decrement, and it is
         // never answered by another error (its source is the gateway).
-        self.forward_ipv4(t, Ingress::Local, &mut icmp, eth, ETH_HLEN + total, sink);
+        self.forward_ipv4(t, Ingress::Local, &Offload::PLAIN, &mut icmp, eth, ETH_HLEN + total, sink);
         self.icmp = icmp;
     }
 
@@ -579,7 +676,7 @@ impl Datapath {
         a[14..18].copy_from_slice(&target_ip.octets());
         a[18..24].copy_from_slice(&sender_mac);
         a[24..28].copy_from_slice(&sender_ip.octets());
-        match sink.to_port(port, frame) {
+        match sink.to_port(port, &Offload::PLAIN, frame) {
             Ok(()) => port.counters.tx(self.worker, frame.len()),
             Err(e) => port.counters.discard(self.worker, e.reason()),
         }

@@ -8,12 +8,18 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
+/// Offload metadata that travels with a frame between a port and the switch: a
+/// super-frame's segmentation, or a checksum left for the receiver to complete. A
+/// backend without offloads reads [`Offload::PLAIN`] and never gets anything else.
+pub use weft_encap::virtio::Repr as Offload;
+
 /// One queue of a port.
 pub trait PortQueue: Send + std::fmt::Debug {
-    /// Takes one frame into `buf`; `Ok(None)` when the queue is empty.
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>>;
+    /// Takes one frame into `buf`, with its offload metadata; `Ok(None)` when the
+    /// queue is empty.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(Offload, usize)>>;
     /// Queues one frame for the port. A full queue is `ErrorKind::WouldBlock`.
-    fn send(&mut self, frame: &[u8]) -> io::Result<()>;
+    fn send(&mut self, offload: &Offload, frame: &[u8]) -> io::Result<()>;
     /// Pushes out frames that `send` batched (a ring doorbell); a no-op for backends
     /// that send at once.
     fn flush(&mut self) -> io::Result<()> {
@@ -25,13 +31,13 @@ pub trait PortQueue: Send + std::fmt::Debug {
 
 impl PortQueue for crate::tap::TapQueue {
     #[inline]
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(Offload, usize)>> {
         crate::tap::TapQueue::recv(self, buf)
     }
 
     #[inline]
-    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        crate::tap::TapQueue::send(self, frame)
+    fn send(&mut self, offload: &Offload, frame: &[u8]) -> io::Result<()> {
+        crate::tap::TapQueue::send(self, offload, frame)
     }
 
     fn fd(&self) -> RawFd {

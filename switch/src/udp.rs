@@ -168,6 +168,34 @@ impl Tunnel {
         t.closed = len < t.segment;
     }
 
+    /// Sends consecutive datagrams of `segment` bytes (the last may be shorter) to
+    /// `dest` straight from `run`, in as few GSO sends as the kernel allows.
+    pub fn send_run(&mut self, dest: SocketAddrV4, run: &[u8], segment: usize) {
+        self.flush();
+        // One GSO send is one UDP datagram to the kernel: at most 64 KiB in all.
+        let max = self.state.max_gso_segments().min(TX_BUF / segment.max(1)).max(1);
+        if max == 1 || segment == 0 {
+            for d in run.chunks(segment.max(1)) {
+                self.push(dest, d);
+            }
+            return;
+        }
+        for part in run.chunks(segment * max) {
+            let count = part.len().div_ceil(segment);
+            let transmit = Transmit {
+                destination: SocketAddr::V4(dest),
+                ecn: None,
+                contents: part,
+                segment_size: (count > 1).then_some(segment),
+                src_ip: None,
+            };
+            if let Err(e) = self.state.try_send(UdpSockRef::from(&self.socket), &transmit) {
+                log::debug!("tunnel send of {count} segments to {dest}: {e}");
+                self.failed += count as u64;
+            }
+        }
+    }
+
     /// Sends what [`Tunnel::push`] gathered.
     pub fn flush(&mut self) {
         let t = &mut self.tx;

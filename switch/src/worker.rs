@@ -22,7 +22,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::counters::DropReason;
 use crate::datapath::{Datapath, Sink, TxError, HEADROOM};
-use crate::port::PortQueue;
+use crate::port::{Offload, PortQueue};
 use crate::tables::{PeerEntry, PortEntry, PortId, Tables};
 use crate::udp::{RxBatch, Tunnel, RX_BATCH};
 
@@ -31,12 +31,16 @@ const SOCKET: Token = Token(1);
 const PORT_BASE: usize = 2;
 /// Frames or datagrams taken from one fd before the worker looks at the others.
 const BUDGET: usize = 64;
-/// Size of a receive buffer: headroom plus the largest datagram or frame.
-const BUF_LEN: usize = HEADROOM + 65_536;
+/// Size of a receive buffer: headroom plus the largest frame (a 64 KiB super-frame).
+const BUF_LEN: usize = HEADROOM + 65_536 + 64;
 /// Frames one worker can have waiting in its handoff ring.
-const RING_LEN: usize = 1024;
+const RING_LEN: usize = 256;
 /// Size of a handoff buffer: an Ethernet frame at the largest pod MTU.
 const HANDOFF_LEN: usize = 9216 + 14;
+/// Handoff buffers for super-frames, shared by all workers.
+const LARGE_POOL: usize = 32;
+/// Size of a large handoff buffer.
+const LARGE_LEN: usize = 65_536 + 64;
 
 /// A message from the control plane to a worker.
 #[derive(Debug)]
@@ -62,6 +66,7 @@ pub enum Command {
 /// A frame handed from one worker to another.
 struct Handoff {
     port: PortId,
+    offload: Offload,
     len: usize,
     buf: Box<[u8]>,
 }
@@ -73,7 +78,24 @@ pub struct Shared {
     inboxes: Vec<ArrayQueue<Handoff>>,
     wakers: Vec<Arc<Waker>>,
     pool: ArrayQueue<Box<[u8]>>,
+    large: ArrayQueue<Box<[u8]>>,
     stop: AtomicBool,
+}
+
+impl Shared {
+    /// The buffer pool for a frame of `len` bytes.
+    fn pool_for(&self, len: usize) -> &ArrayQueue<Box<[u8]>> {
+        if len > HANDOFF_LEN {
+            &self.large
+        } else {
+            &self.pool
+        }
+    }
+
+    /// Gives a handoff buffer back to the pool it came from.
+    fn give_back(&self, buf: Box<[u8]>) {
+        let _ = if buf.len() > HANDOFF_LEN { self.large.push(buf) } else { self.pool.push(buf) };
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -119,11 +141,16 @@ pub fn spawn(
     for _ in 0..pool.capacity() {
         let _ = pool.push(vec![0u8; HANDOFF_LEN].into_boxed_slice());
     }
+    let large = ArrayQueue::new(LARGE_POOL);
+    for _ in 0..LARGE_POOL {
+        let _ = large.push(vec![0u8; LARGE_LEN].into_boxed_slice());
+    }
     let shared = Arc::new(Shared {
         tables,
         inboxes: (0..n).map(|_| ArrayQueue::new(RING_LEN)).collect(),
         wakers: wakers.clone(),
         pool,
+        large,
         stop: AtomicBool::new(false),
     });
     let mut handles = Vec::with_capacity(n);
@@ -192,24 +219,26 @@ struct IoSink<'a> {
 }
 
 impl IoSink<'_> {
-    fn handoff(&mut self, port: &PortEntry, frame: &[u8]) -> Result<(), TxError> {
+    fn handoff(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8]) -> Result<(), TxError> {
         // The port's queues belong to workers 0..queues; spread senders over them.
         let owners = usize::from(port.queues).clamp(1, self.shared.inboxes.len());
         let owner = self.index % owners;
-        if owner == self.index || frame.len() > HANDOFF_LEN {
+        if owner == self.index || frame.len() > LARGE_LEN {
             return Err(TxError::Failed);
         }
-        let Some(mut buf) = self.shared.pool.pop() else {
+        let pool = self.shared.pool_for(frame.len());
+        let Some(mut buf) = pool.pop() else {
             return Err(TxError::RingFull);
         };
         buf[..frame.len()].copy_from_slice(frame);
         let h = Handoff {
             port: port.id,
+            offload: *offload,
             len: frame.len(),
             buf,
         };
         if let Err(h) = self.shared.inboxes[owner].push(h) {
-            let _ = self.shared.pool.push(h.buf);
+            let _ = pool.push(h.buf);
             return Err(TxError::RingFull);
         }
         *self.wake |= 1 << (owner % 64);
@@ -227,22 +256,28 @@ fn tx_error(e: &io::Error) -> TxError {
 
 impl Sink for IoSink<'_> {
     #[inline]
-    fn to_port(&mut self, port: &PortEntry, frame: &[u8]) -> Result<(), TxError> {
+    fn to_port(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8]) -> Result<(), TxError> {
         match self.queues.get_mut(port.id.slot as usize) {
             Some(Some(q)) if q.generation == port.id.generation => {
                 if !q.dirty {
                     q.dirty = true;
                     self.dirty.push(port.id.slot);
                 }
-                q.queue.send(frame).map_err(|e| tx_error(&e))
+                q.queue.send(offload, frame).map_err(|e| tx_error(&e))
             }
-            _ => self.handoff(port, frame),
+            _ => self.handoff(port, offload, frame),
         }
     }
 
     #[inline]
     fn to_peer(&mut self, peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
         self.tunnel.push(peer.addr, datagram);
+        Ok(())
+    }
+
+    #[inline]
+    fn to_peer_run(&mut self, peer: &PeerEntry, run: &[u8], segment: usize) -> Result<(), TxError> {
+        self.tunnel.send_run(peer.addr, run, segment);
         Ok(())
     }
 }
@@ -414,7 +449,7 @@ impl Worker {
                         q.dirty = true;
                         self.dirty.push(h.port.slot);
                     }
-                    q.queue.send(&h.buf[..h.len]).map_err(|e| tx_error(&e))
+                    q.queue.send(&h.offload, &h.buf[..h.len]).map_err(|e| tx_error(&e))
                 }
                 _ => Err(TxError::Failed),
             };
@@ -426,7 +461,7 @@ impl Worker {
                     Err(_) => c.discard(self.index, DropReason::TxError),
                 }
             }
-            let _ = self.shared.pool.push(h.buf);
+            self.shared.give_back(h.buf);
         }
         !inbox.is_empty()
     }
@@ -474,7 +509,7 @@ impl Worker {
                 return false;
             };
             match q.queue.recv(&mut self.buf[HEADROOM..]) {
-                Ok(Some(n)) => {
+                Ok(Some((offload, n))) => {
                     let Some(i) = ingress else {
                         // Not (or no longer) in the snapshot: attach or detach in progress.
                         tables.tunnel.discard(self.index, DropReason::TxError);
@@ -489,7 +524,7 @@ impl Worker {
                         wake,
                     };
                     self.dp
-                        .port_frame(tables, i, &mut self.buf, HEADROOM, n, &mut sink);
+                        .port_frame(tables, i, &offload, &mut self.buf, HEADROOM, n, &mut sink);
                 }
                 Ok(None) => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

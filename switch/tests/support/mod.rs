@@ -236,7 +236,14 @@ struct NodeSink<'a> {
 }
 
 impl Sink for NodeSink<'_> {
-    fn to_port(&mut self, port: &PortEntry, frame: &[u8]) -> Result<(), TxError> {
+    fn to_port(
+        &mut self,
+        port: &PortEntry,
+        offload: &weft_switch::port::Offload,
+        frame: &[u8],
+    ) -> Result<(), TxError> {
+        // Frames that come from plain pods and tunnels stay plain.
+        assert_eq!(*offload, weft_switch::port::Offload::PLAIN, "offload to {}", port.name);
         if self.out.capture {
             self.out.log.push(Event::ToPort {
                 node: self.node,
@@ -432,7 +439,15 @@ impl Sim {
         let node = &mut nodes[n];
         let mut sink = NodeSink { node: n, pods, out };
         node.dp
-            .port_frame(&node.tables, port, buf, HEADROOM, frame.len(), &mut sink);
+            .port_frame(
+                &node.tables,
+                port,
+                &weft_switch::port::Offload::PLAIN,
+                buf,
+                HEADROOM,
+                frame.len(),
+                &mut sink,
+            );
     }
 
     /// Hands node `n` a tunnel datagram received from `from` (no flush).
