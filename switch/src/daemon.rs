@@ -62,6 +62,9 @@ pub enum DaemonError {
     /// A request that cannot be served as asked.
     #[error("{0}")]
     Invalid(String),
+    /// The daemon is shutting down.
+    #[error("weftd is shutting down")]
+    ShuttingDown,
     /// CHECK found the attachment missing or altered.
     #[error("check failed: {0}")]
     CheckFailed(String),
@@ -87,7 +90,7 @@ impl DaemonError {
                 | weft_ipam::Error::KeyHoldsOther { .. }
                 | weft_ipam::Error::InvalidKey { .. },
             ) => ErrorKind::InvalidArgument,
-            DaemonError::WorkerStuck(_) => ErrorKind::Unavailable,
+            DaemonError::WorkerStuck(_) | DaemonError::ShuttingDown => ErrorKind::Unavailable,
             DaemonError::CheckFailed(_) => ErrorKind::CheckFailed,
             _ => ErrorKind::Internal,
         }
@@ -147,6 +150,8 @@ pub struct Daemon {
     tunnel: Arc<Counters>,
     shared: Arc<Shared>,
     workers: Mutex<Vec<WorkerHandle>>,
+    /// Set when shutdown begins: the daemon no longer serves ADD.
+    stopping: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     pool: Pool,
 }
@@ -271,6 +276,7 @@ impl Daemon {
             tunnel,
             shared,
             workers: Mutex::new(workers),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 host,
                 pods: Vec::new(),
@@ -368,6 +374,9 @@ impl Daemon {
         if req.container_id.is_empty() {
             return Err(DaemonError::Invalid("the container id is empty".into()));
         }
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(DaemonError::ShuttingDown);
+        }
         let key = Key::new(&req.container_id, &req.ifname);
         // One attach or detach at a time: they are rare next to packets, and ordering
         // them keeps slots, snapshots and the pool consistent.
@@ -379,6 +388,16 @@ impl Daemon {
                     req.container_id,
                     req.ifname,
                     pod.entry.netns.as_deref().unwrap_or("?")
+                )));
+            }
+            if req.requested_ip.is_some_and(|ip| ip != pod.entry.ip) {
+                return Err(DaemonError::Invalid(format!(
+                    "container {} interface {} already holds {}, not the requested {}",
+                    req.container_id,
+                    req.ifname,
+                    pod.entry.ip,
+                    req.requested_ip
+                        .map_or_else(String::new, |ip| ip.to_string())
                 )));
             }
             return Ok(self.attachment(&pod.entry));
@@ -614,7 +633,15 @@ impl Daemon {
             )));
         }
         let name = req.ifname.clone();
-        let link = netlink::in_netns(Path::new(&req.netns), move || netlink::inspect(&name))?;
+        let link = match netlink::in_netns(Path::new(&req.netns), move || netlink::inspect(&name)) {
+            Ok(link) => link,
+            Err(NetlinkError::OpenNetns { path, source }) => {
+                return Err(DaemonError::CheckFailed(format!(
+                    "netns {path} is gone: {source}"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
         let fail = |what: String| {
             DaemonError::CheckFailed(format!("{} in {}: {what}", req.ifname, req.netns))
         };
@@ -714,6 +741,10 @@ impl Daemon {
     }
 
     fn status(&self) -> proto::Status {
+        // Ready to serve ADD: not shutting down, and the pool has a free address.
+        let held = self.pool.list().map(|l| l.len() as u64);
+        let ready = !self.stopping.load(std::sync::atomic::Ordering::Acquire)
+            && held.is_ok_and(|n| n < u64::from(self.pool.capacity()));
         let state = self.state.lock();
         proto::Status {
             node: self.node.name.clone(),
@@ -730,7 +761,7 @@ impl Daemon {
             mtu: self.node.pod_mtu,
             pods: state.pods.len(),
             peers: state.peers.len(),
-            ready: true,
+            ready,
         }
     }
 
@@ -827,6 +858,8 @@ impl Daemon {
     /// Stops the workers; their queues close, and with them every TAP device the
     /// daemon created (the host port included).
     pub fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut workers = self.workers.lock();
         worker::stop(&self.shared, &mut workers);
     }

@@ -62,13 +62,15 @@ impl TxError {
 pub trait Sink {
     /// Sends an Ethernet frame out of a port, with its offload metadata (a super-frame
     /// the port's kernel segments, or a checksum it completes).
-    fn to_port(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8]) -> Result<(), TxError>;
+    fn to_port(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8])
+        -> Result<(), TxError>;
     /// Sends a UDP payload (a VXLAN or sleeve datagram) to a peer node.
     fn to_peer(&mut self, peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError>;
     /// Sends consecutive datagrams of `segment` bytes each (the last may be shorter)
     /// to a peer: the segments of one super-frame, for one GSO send.
     fn to_peer_run(&mut self, peer: &PeerEntry, run: &[u8], segment: usize) -> Result<(), TxError> {
-        run.chunks(segment.max(1)).try_for_each(|d| self.to_peer(peer, d))
+        run.chunks(segment.max(1))
+            .try_for_each(|d| self.to_peer(peer, d))
     }
 }
 
@@ -253,9 +255,15 @@ impl Datapath {
                 let eth = off + vxlan::HEADER_LEN;
                 let eth_len = len - vxlan::HEADER_LEN;
                 match be16(buf, eth + 12) {
-                    ETHERTYPE_IPV4 => {
-                        self.forward_ipv4(t, Ingress::Peer(j), &Offload::PLAIN, buf, eth, eth_len, sink)
-                    }
+                    ETHERTYPE_IPV4 => self.forward_ipv4(
+                        t,
+                        Ingress::Peer(j),
+                        &Offload::PLAIN,
+                        buf,
+                        eth,
+                        eth_len,
+                        sink,
+                    ),
                     _ => counters.discard(self.worker, DropReason::Unsupported),
                 }
             }
@@ -427,7 +435,9 @@ impl Datapath {
             NextHop::Local(p) => {
                 self.deliver(&t.ports[p], router, offload, &mut buf[eth..eth + len], sink)
             }
-            NextHop::Host => self.deliver(&t.ports[0], router, offload, &mut buf[eth..eth + len], sink),
+            NextHop::Host => {
+                self.deliver(&t.ports[0], router, offload, &mut buf[eth..eth + len], sink)
+            }
             NextHop::Peer(j) => self.encapsulate(t, j, offload, buf, eth, len, sink),
             NextHop::Unreachable => unreachable!("handled above"),
         }
@@ -464,12 +474,20 @@ impl Datapath {
     ) {
         let peer = &t.peers[j];
         // Flannel's addressing: inner frame from our VTEP MAC to theirs.
-        write_eth(&mut buf[eth..eth + len], peer.vtep_mac.0, t.node.router_mac.0, ETHERTYPE_IPV4);
+        write_eth(
+            &mut buf[eth..eth + len],
+            peer.vtep_mac.0,
+            t.node.router_mac.0,
+            ETHERTYPE_IPV4,
+        );
         if offload.is_gso() {
             return self.encapsulate_segments(t, j, offload, &buf[eth..eth + len], sink);
         }
         if offload.needs_csum {
-            let (start, at) = (usize::from(offload.csum_start), usize::from(offload.csum_offset));
+            let (start, at) = (
+                usize::from(offload.csum_start),
+                usize::from(offload.csum_offset),
+            );
             if gso::complete_checksum(&mut buf[eth..eth + len], start, at).is_err() {
                 return peer.counters.discard(self.worker, DropReason::Malformed);
             }
@@ -637,7 +655,15 @@ impl Datapath {
         }
         // The error is routed from the switch itself: no TTL decrement, and it is
         // never answered by another error (its source is the gateway).
-        self.forward_ipv4(t, Ingress::Local, &Offload::PLAIN, &mut icmp, eth, ETH_HLEN + total, sink);
+        self.forward_ipv4(
+            t,
+            Ingress::Local,
+            &Offload::PLAIN,
+            &mut icmp,
+            eth,
+            ETH_HLEN + total,
+            sink,
+        );
         self.icmp = icmp;
     }
 

@@ -119,7 +119,10 @@ impl TapQueue {
         }
         let n = n as usize;
         if n < virtio::LEN {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "short read from TAP"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "short read from TAP",
+            ));
         }
         let repr = virtio::Repr::parse(&virtio::Packet::new_unchecked(&hdr[..]))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -232,7 +235,14 @@ impl TapQueue {
         let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
         for flags in [tso | TUN_F_USO4 | TUN_F_USO6, tso] {
             // SAFETY: TUNSETOFFLOAD takes its argument by value.
-            if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) } == 0 {
+            if unsafe {
+                libc::ioctl(
+                    self.fd.as_raw_fd(),
+                    TUNSETOFFLOAD,
+                    libc::c_ulong::from(flags),
+                )
+            } == 0
+            {
                 return Ok(());
             }
         }

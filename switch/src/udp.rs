@@ -173,7 +173,11 @@ impl Tunnel {
     pub fn send_run(&mut self, dest: SocketAddrV4, run: &[u8], segment: usize) {
         self.flush();
         // One GSO send is one UDP datagram to the kernel: at most 64 KiB in all.
-        let max = self.state.max_gso_segments().min(TX_BUF / segment.max(1)).max(1);
+        let max = self
+            .state
+            .max_gso_segments()
+            .min(TX_BUF / segment.max(1))
+            .max(1);
         if max == 1 || segment == 0 {
             for d in run.chunks(segment.max(1)) {
                 self.push(dest, d);
@@ -189,7 +193,10 @@ impl Tunnel {
                 segment_size: (count > 1).then_some(segment),
                 src_ip: None,
             };
-            if let Err(e) = self.state.try_send(UdpSockRef::from(&self.socket), &transmit) {
+            if let Err(e) = self
+                .state
+                .try_send(UdpSockRef::from(&self.socket), &transmit)
+            {
                 log::debug!("tunnel send of {count} segments to {dest}: {e}");
                 self.failed += count as u64;
             }

@@ -94,7 +94,11 @@ impl Shared {
 
     /// Gives a handoff buffer back to the pool it came from.
     fn give_back(&self, buf: Box<[u8]>) {
-        let _ = if buf.len() > HANDOFF_LEN { self.large.push(buf) } else { self.pool.push(buf) };
+        let _ = if buf.len() > HANDOFF_LEN {
+            self.large.push(buf)
+        } else {
+            self.pool.push(buf)
+        };
     }
 }
 
@@ -219,7 +223,12 @@ struct IoSink<'a> {
 }
 
 impl IoSink<'_> {
-    fn handoff(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8]) -> Result<(), TxError> {
+    fn handoff(
+        &mut self,
+        port: &PortEntry,
+        offload: &Offload,
+        frame: &[u8],
+    ) -> Result<(), TxError> {
         // The port's queues belong to workers 0..queues; spread senders over them.
         let owners = usize::from(port.queues).clamp(1, self.shared.inboxes.len());
         let owner = self.index % owners;
@@ -256,7 +265,12 @@ fn tx_error(e: &io::Error) -> TxError {
 
 impl Sink for IoSink<'_> {
     #[inline]
-    fn to_port(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8]) -> Result<(), TxError> {
+    fn to_port(
+        &mut self,
+        port: &PortEntry,
+        offload: &Offload,
+        frame: &[u8],
+    ) -> Result<(), TxError> {
         match self.queues.get_mut(port.id.slot as usize) {
             Some(Some(q)) if q.generation == port.id.generation => {
                 if !q.dirty {
@@ -449,7 +463,9 @@ impl Worker {
                         q.dirty = true;
                         self.dirty.push(h.port.slot);
                     }
-                    q.queue.send(&h.offload, &h.buf[..h.len]).map_err(|e| tx_error(&e))
+                    q.queue
+                        .send(&h.offload, &h.buf[..h.len])
+                        .map_err(|e| tx_error(&e))
                 }
                 _ => Err(TxError::Failed),
             };

@@ -321,8 +321,26 @@ fn detach_cleans_up_and_repeats() {
     let node = &c.nodes[0];
     let pod = c.underlay.pod(0, "x").unwrap();
     let att = node.attach(&pod, "det-1").expect("attach");
-    // Attach is idempotent for the same container and netns.
+    // Attach is idempotent for the same container and netns...
     assert_eq!(node.attach(&pod, "det-1").expect("attach again"), att);
+    // ...but not when it asks for another address than the one held.
+    let other = Ipv4Addr::from(u32::from(att.ip) + 10);
+    match node
+        .call(&Request::Attach(AttachRequest {
+            container_id: "det-1".into(),
+            netns: pod.ns.path().display().to_string(),
+            ifname: "eth0".into(),
+            requested_ip: Some(other),
+        }))
+        .unwrap()
+    {
+        Response::Error(e) => assert!(e.message.contains("already holds"), "{e:?}"),
+        ok => panic!("a repeated attach with another address succeeded: {ok:?}"),
+    }
+    match node.ok(&Request::Status).unwrap() {
+        Reply::Status(s) => assert!(s.ready, "{s:?}"),
+        other => panic!("{other:?}"),
+    }
     assert!(pod.ns.ip(&["link", "show", "eth0"]).is_ok());
     assert_eq!(node.detach("det-1", Some(&pod.ns)).unwrap(), Some(att.ip));
     wait_until(Duration::from_secs(5), "eth0 to disappear", || {
@@ -340,6 +358,17 @@ fn detach_cleans_up_and_repeats() {
     let path = gone.ns.path();
     drop(gone);
     assert!(!path.exists());
+    match node
+        .call(&Request::Check(weft_cni::proto::CheckRequest {
+            container_id: "det-2".into(),
+            ifname: "eth0".into(),
+            netns: path.display().to_string(),
+        }))
+        .unwrap()
+    {
+        Response::Error(e) => assert_eq!(e.kind, weft_cni::proto::ErrorKind::CheckFailed, "{e:?}"),
+        ok => panic!("check of a pod whose netns is gone passed: {ok:?}"),
+    }
     assert_eq!(node.detach("det-2", None).unwrap(), Some(att2.ip));
     // Bad requests are refused with a reason, and nothing is left allocated.
     let missing = node.call(&Request::Attach(AttachRequest {

@@ -243,7 +243,12 @@ impl Sink for NodeSink<'_> {
         frame: &[u8],
     ) -> Result<(), TxError> {
         // Frames that come from plain pods and tunnels stay plain.
-        assert_eq!(*offload, weft_switch::port::Offload::PLAIN, "offload to {}", port.name);
+        assert_eq!(
+            *offload,
+            weft_switch::port::Offload::PLAIN,
+            "offload to {}",
+            port.name
+        );
         if self.out.capture {
             self.out.log.push(Event::ToPort {
                 node: self.node,
@@ -438,16 +443,15 @@ impl Sim {
         buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
         let node = &mut nodes[n];
         let mut sink = NodeSink { node: n, pods, out };
-        node.dp
-            .port_frame(
-                &node.tables,
-                port,
-                &weft_switch::port::Offload::PLAIN,
-                buf,
-                HEADROOM,
-                frame.len(),
-                &mut sink,
-            );
+        node.dp.port_frame(
+            &node.tables,
+            port,
+            &weft_switch::port::Offload::PLAIN,
+            buf,
+            HEADROOM,
+            frame.len(),
+            &mut sink,
+        );
     }
 
     /// Hands node `n` a tunnel datagram received from `from` (no flush).

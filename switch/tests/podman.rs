@@ -1,0 +1,781 @@
+//! A real container runtime end to end: Debian's podman 4.3, with its CNI network
+//! backend, runs busybox containers on a weft network through the built `weft-cni`,
+//! against real weftd daemons.
+//!
+//! Layout. An [`Underlay`] joins two hosts, each a network namespace running weftd.
+//! podman itself runs in the root namespace, as it does on a real node: it creates
+//! each container's netns under `/run/netns` and executes `weft-cni`, which asks
+//! host 0's weftd over its control socket (a path, reachable from any namespace) to
+//! attach the container. weftd opens the container's interface inside that netns by
+//! path, so nothing is addressed or routed in the root namespace: the containers have
+//! their own namespaces, and weftd's host port `weft0` lives in host 0's namespace.
+//! Host 1 carries a plain pod namespace attached to its own weftd, the "container on
+//! another node".
+//!
+//! podman's whole configuration is private to the test (containers.conf, storage.conf,
+//! registries.conf, the network config dir, storage, locks and temporary files under a
+//! scratch directory), and the image is built locally from busybox-static with
+//! `podman import`: no registry is ever contacted. Every podman command is bounded in
+//! time and killed by pid when it overruns. Whatever happens, the guard removes the
+//! containers, resets the private storage, unmounts what podman left mounted, and
+//! deletes the container namespaces it saw, before the daemons and namespaces go.
+//!
+//! Needs root, podman, runc, conmon, busybox-static and containernetworking-plugins
+//! (`deploy/setup.sh` installs them); it fails, never skips, without them.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use weft_cni::proto::{PortInfo, Reply, Request};
+use weft_perf::netns::{command_line, require_root, run_cmd, ChildGuard};
+use weft_perf::topo::Underlay;
+use weft_perf::weft::{peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions};
+
+/// The longest one podman (or tar) command may run before it is killed.
+const BOUND: Duration = Duration::from_secs(60);
+
+/// The image the test builds from busybox-static.
+const IMAGE: &str = "localhost/weft-busybox:e2e";
+
+/// podman's default network: a name the test network must never take, so that a
+/// conflist podman refuses shows up as "network not found" instead of podman quietly
+/// substituting its built-in bridge network under the default name.
+const DEFAULT_NETWORK: &str = "podman-default-unused";
+
+/// Where libcni caches ADD results (one file per `<network>-<container id>-<ifname>`).
+const CNI_CACHE: &str = "/var/lib/cni/results";
+
+/// Host paths podman, libcni or runc create when they are missing, whatever the
+/// configuration says (podman 4.3 puts its blob-info cache under /var/lib/containers
+/// for root). The guard removes those the test created, deepest first, and only
+/// directories that are empty again.
+const HOST_PATHS: [&str; 6] = [
+    "/var/lib/containers/cache/blob-info-cache-v1.boltdb",
+    "/var/lib/containers/cache",
+    "/var/lib/containers",
+    "/var/lib/cni/results",
+    "/var/lib/cni",
+    "/run/runc",
+];
+
+fn weftd_options() -> WeftOptions {
+    WeftOptions {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
+        mode: "vxlan".into(),
+        workers: 2,
+        extra: Vec::new(),
+    }
+}
+
+/// The built `weft-cni`, next to weftd in the target directory.
+fn weft_cni() -> PathBuf {
+    let weftd = Path::new(env!("CARGO_BIN_EXE_weftd"));
+    let plugin = weftd
+        .parent()
+        .expect("weftd has a directory")
+        .join("weft-cni");
+    assert!(
+        plugin.is_file(),
+        "{} is missing: build it first: cargo build -p weft-cni",
+        plugin.display()
+    );
+    plugin
+}
+
+/// What a finished command printed and how it exited.
+#[derive(Debug)]
+struct Ran {
+    line: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn report(&self) -> String {
+        format!(
+            "`{}` exited with {}\nstdout: {}\nstderr: {}",
+            self.line,
+            self.status,
+            self.stdout.trim_end(),
+            self.stderr.trim_end()
+        )
+    }
+}
+
+/// Runs `cmd` with its output in files under `out_dir` (no pipe a daemonised
+/// grandchild could hold open), waiting at most `bound`. An overrunning command is
+/// stopped by its pid (SIGTERM, then SIGKILL) and reported as an error.
+fn run_bounded(cmd: &mut Command, bound: Duration, out_dir: &Path) -> Result<Ran, String> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let out_path = out_dir.join(format!("cmd-{n}.out"));
+    let err_path = out_dir.join(format!("cmd-{n}.err"));
+    let line = command_line(cmd);
+    let create = |p: &Path| File::create(p).map_err(|e| format!("creating {}: {e}", p.display()));
+    cmd.stdin(Stdio::null())
+        .stdout(create(&out_path)?)
+        .stderr(create(&err_path)?);
+    let start = Instant::now();
+    let mut child = ChildGuard::spawn(cmd).map_err(|e| format!("{e:#}"))?;
+    let status = child.wait_timeout(bound).map_err(|e| format!("{e:#}"))?;
+    let pid = child.pid();
+    // Stops the child if it overran; a no-op when it has exited.
+    drop(child);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let (stdout, stderr) = (read(&out_path), read(&err_path));
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    match status {
+        Some(status) => Ok(Ran {
+            line,
+            status,
+            stdout,
+            stderr,
+        }),
+        None => Err(format!(
+            "`{line}` did not finish within {bound:?} (started {:?} ago) and was killed \
+             (pid {pid})\nstdout: {}\nstderr: {}",
+            start.elapsed(),
+            stdout.trim_end(),
+            stderr.trim_end()
+        )),
+    }
+}
+
+/// A container the test started, as podman and weft-cni's result describe it.
+#[derive(Debug, Clone)]
+struct Container {
+    name: String,
+    id: String,
+    /// Its network namespace, `/run/netns/netns-<uuid>`.
+    sandbox: PathBuf,
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+}
+
+/// A podman whose configuration, storage and network config live under one private
+/// directory. Dropping it (or [`Podman::cleanup`]) removes every container, resets
+/// the storage, unmounts what is left under the directory, deletes the container
+/// namespaces it saw, and removes the host paths of [`HOST_PATHS`] that it created.
+#[derive(Debug)]
+struct Podman {
+    root: PathBuf,
+    network: String,
+    /// Which of [`HOST_PATHS`] existed before the test.
+    preexisting: Vec<bool>,
+    /// Every container netns the test saw.
+    sandboxes: Mutex<Vec<PathBuf>>,
+    cleaned: bool,
+}
+
+impl Podman {
+    /// Writes the private configuration with a conflist that sends `weft-cni` (from
+    /// `plugin_dir`) to the weftd at `socket`, chained with the reference `portmap`
+    /// as deploy/ ships it, and imports the busybox image.
+    fn new(root: PathBuf, socket: &Path, plugin_dir: &Path) -> Podman {
+        let pm = Podman {
+            network: format!("weft-e2e-{}", std::process::id()),
+            preexisting: HOST_PATHS.iter().map(|p| Path::new(p).exists()).collect(),
+            sandboxes: Mutex::new(Vec::new()),
+            cleaned: false,
+            root,
+        };
+        // From here on, a panic drops `pm`, which cleans up.
+        pm.configure(socket, plugin_dir);
+        pm.import_image();
+        pm
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn configure(&self, socket: &Path, plugin_dir: &Path) {
+        for dir in ["net", "tmp", "out", "graph", "run"] {
+            std::fs::create_dir_all(self.path(dir)).expect("podman directories");
+        }
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let containers_conf = format!(
+            r#"[containers]
+netns = "none"
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+log_driver = "k8s-file"
+
+[network]
+network_backend = "cni"
+cni_plugin_dirs = [{plugin_dir}, "/usr/lib/cni"]
+network_config_dir = {net}
+default_network = "{DEFAULT_NETWORK}"
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+lock_type = "file"
+tmp_dir = {tmp}
+image_copy_tmp_dir = {tmp}
+stop_timeout = 1
+"#,
+            plugin_dir = q(plugin_dir),
+            net = q(&self.path("net")),
+            tmp = q(&self.path("tmp")),
+        );
+        let storage_conf = format!(
+            "[storage]\ndriver = \"overlay\"\ngraphroot = {}\nrunroot = {}\n",
+            q(&self.path("graph")),
+            q(&self.path("run")),
+        );
+        std::fs::write(self.path("containers.conf"), containers_conf).unwrap();
+        std::fs::write(self.path("storage.conf"), storage_conf).unwrap();
+        std::fs::write(self.path("registries.conf"), "").unwrap();
+        // As deploy/cni ships it, but at cniVersion 1.0.0 (podman 4.3's libcni stops
+        // there) and with this test's socket.
+        let conflist = json!({
+            "cniVersion": "1.0.0",
+            "name": self.network,
+            "plugins": [
+                {
+                    "type": "weft-cni",
+                    "socket": socket,
+                    "timeout": 10,
+                    "capabilities": { "ips": true }
+                },
+                {
+                    "type": "portmap",
+                    "capabilities": { "portMappings": true }
+                }
+            ]
+        });
+        let file = self.path("net").join(format!("{}.conflist", self.network));
+        write_atomic(&file, &serde_json::to_string_pretty(&conflist).unwrap()).expect("conflist");
+    }
+
+    /// Builds a root filesystem of busybox-static and its applet links, and imports it.
+    fn import_image(&self) {
+        let rootfs = self.path("rootfs");
+        let bin = rootfs.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox"))
+            .expect("/bin/busybox (install busybox-static: deploy/setup.sh)");
+        let applets = run_cmd(Command::new("/bin/busybox").arg("--list-full")).unwrap();
+        for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty()) {
+            let link = rootfs.join(applet);
+            if link.exists() {
+                continue;
+            }
+            std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink("/bin/busybox", &link).unwrap();
+        }
+        for dir in ["etc", "proc", "sys", "dev", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+        }
+        let tar = self.path("image.tar");
+        let ran = run_bounded(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&rootfs)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."),
+            BOUND,
+            &self.path("out"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(ran.status.success(), "{}", ran.report());
+        self.ok(&[
+            "import",
+            "--change",
+            r#"CMD ["/bin/sh"]"#,
+            tar.to_str().unwrap(),
+            IMAGE,
+        ]);
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("podman");
+        cmd.args(args)
+            .env("CONTAINERS_CONF", self.path("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"))
+            .env("CONTAINERS_REGISTRIES_CONF", self.path("registries.conf"))
+            .env("TMPDIR", self.path("tmp"))
+            .env_remove("CONTAINER_HOST")
+            .env_remove("CONTAINER_CONNECTION");
+        cmd
+    }
+
+    /// Runs podman with `args`, bounded by [`BOUND`].
+    fn run(&self, args: &[&str]) -> Result<Ran, String> {
+        run_bounded(&mut self.command(args), BOUND, &self.path("out"))
+    }
+
+    /// Runs podman with `args` and returns its stdout; panics unless it exits 0
+    /// without logging an error.
+    fn ok(&self, args: &[&str]) -> String {
+        let ran = self.run(args).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            ran.status.success() && !ran.stderr.contains("level=error"),
+            "{}",
+            ran.report()
+        );
+        if !ran.stderr.trim().is_empty() {
+            eprintln!("podman {}: {}", args.join(" "), ran.stderr.trim_end());
+        }
+        ran.stdout
+    }
+
+    /// `podman run -d` a container on the weft network (at `ip` if given), sleeping.
+    fn start(&self, name: &str, ip: Option<Ipv4Addr>) -> Container {
+        let ip_s = ip.map(|ip| ip.to_string());
+        let mut args = vec![
+            "run",
+            "-d",
+            "--pull=never",
+            "--name",
+            name,
+            "--network",
+            &self.network,
+        ];
+        if let Some(ip) = &ip_s {
+            args.extend(["--ip", ip]);
+        }
+        args.extend([IMAGE, "sleep", "600"]);
+        let id = self.ok(&args).trim().to_owned();
+        assert!(
+            id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "podman run printed {id:?}, not a container id"
+        );
+        let net = format!("(index .NetworkSettings.Networks \"{}\")", self.network);
+        let format = format!(
+            "{{{{.NetworkSettings.SandboxKey}}}} {{{{{net}.IPAddress}}}} \
+             {{{{{net}.IPPrefixLen}}}} {{{{{net}.Gateway}}}}"
+        );
+        let out = self.ok(&["inspect", "--format", &format, name]);
+        let f: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(f.len(), 4, "podman inspect printed {out:?}");
+        let sandbox = PathBuf::from(f[0]);
+        self.sandboxes.lock().unwrap().push(sandbox.clone());
+        let parse = |what: &str, s: &str| -> Ipv4Addr {
+            s.parse()
+                .unwrap_or_else(|e| panic!("{name}: {what} {s:?} from podman inspect: {e}"))
+        };
+        Container {
+            name: name.to_owned(),
+            id,
+            sandbox,
+            ip: parse("IPAddress", f[1]),
+            prefix_len: f[2]
+                .parse()
+                .unwrap_or_else(|e| panic!("{name}: IPPrefixLen {:?}: {e}", f[2])),
+            gateway: parse("Gateway", f[3]),
+        }
+    }
+
+    /// `podman exec` in `c`.
+    fn exec(&self, c: &Container, argv: &[&str]) -> Result<Ran, String> {
+        let mut args = vec!["exec", c.name.as_str()];
+        args.extend(argv);
+        self.run(&args)
+    }
+
+    /// Three pings from `c` to `dst`, all of which must come back.
+    fn ping(&self, c: &Container, dst: Ipv4Addr) -> Result<(), String> {
+        let dst = dst.to_string();
+        let ran = self.exec(
+            c,
+            &["ping", "-c", "3", "-i", "0.2", "-W", "2", "-w", "10", &dst],
+        )?;
+        if ran.status.success() && ran.stdout.contains(" 3 packets received") {
+            Ok(())
+        } else {
+            Err(ran.report())
+        }
+    }
+
+    /// `podman rm -f` right away (no stop grace).
+    fn rm(&self, names: &[&str]) {
+        let mut args = vec!["rm", "-f", "-t", "0"];
+        args.extend(names);
+        self.ok(&args);
+    }
+
+    /// Tears everything down; returns what had to be forced or could not be undone.
+    /// Idempotent.
+    fn cleanup(&mut self) -> Vec<String> {
+        if self.cleaned {
+            return Vec::new();
+        }
+        self.cleaned = true;
+        let mut notes = Vec::new();
+        let mut podman = |args: &[&str]| match self.run(args) {
+            Ok(r) if r.status.success() => {}
+            Ok(r) => notes.push(r.report()),
+            Err(e) => notes.push(e),
+        };
+        podman(&["rm", "--all", "-f", "-t", "0"]);
+        podman(&["system", "reset", "-f"]);
+        // Whatever podman left mounted under the private directory, deepest first.
+        for mount in mounts_under(&self.root) {
+            notes.push(format!("{} was still mounted", mount.display()));
+            if let Err(e) = run_cmd(Command::new("umount").arg("-l").arg(&mount)) {
+                notes.push(format!("{e:#}"));
+            }
+        }
+        for ns in self.sandboxes.lock().unwrap().iter() {
+            if ns.exists() {
+                notes.push(format!("container netns {} was left behind", ns.display()));
+                let _ = run_cmd(Command::new("umount").arg("-l").arg(ns));
+                if let Err(e) = std::fs::remove_file(ns) {
+                    notes.push(format!("removing {}: {e}", ns.display()));
+                }
+            }
+        }
+        // libcni's cached results for this network (removed by a successful DEL).
+        if let Ok(dir) = std::fs::read_dir(CNI_CACHE) {
+            let prefix = format!("{}-", self.network);
+            for entry in dir.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    notes.push(format!("libcni cache {} was left", entry.path().display()));
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        for (path, existed) in HOST_PATHS.iter().zip(&self.preexisting) {
+            let path = Path::new(path);
+            if !existed && path.is_file() {
+                let _ = std::fs::remove_file(path);
+            } else if !existed && path.is_dir() {
+                // Only if empty: someone else may have started using it.
+                let _ = std::fs::remove_dir(path);
+            }
+        }
+        notes
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        for note in self.cleanup() {
+            eprintln!("podman cleanup: {note}");
+        }
+    }
+}
+
+/// Mount points at or under `dir`, deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    found.dedup();
+    found
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The root namespace's links, IPv4 addresses and routes, to show the test adds none.
+#[derive(Debug, PartialEq, Eq)]
+struct RootNs {
+    links: BTreeSet<String>,
+    addrs: Vec<String>,
+    routes: Vec<String>,
+}
+
+impl RootNs {
+    fn now() -> RootNs {
+        let ip = |args: &[&str]| {
+            run_cmd(Command::new("ip").args(args))
+                .expect("ip in the root namespace")
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let links = ip(&["-o", "link", "show"])
+            .iter()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            .collect();
+        RootNs {
+            links,
+            addrs: ip(&["-o", "-4", "addr", "show"]),
+            routes: ip(&["-4", "route", "show", "table", "all"]),
+        }
+    }
+
+    /// Fails if anything of the pod network shows up compared with `before`.
+    fn assert_untouched(&self, before: &RootNs, when: &str) {
+        assert_eq!(
+            self.links, before.links,
+            "{when}: links in the root namespace"
+        );
+        for line in self.addrs.iter().chain(&self.routes) {
+            assert!(
+                !line.contains("10.244.") && !line.contains("weft0"),
+                "{when}: the pod network leaked into the root namespace: {line}"
+            );
+        }
+        assert_eq!(
+            self.addrs, before.addrs,
+            "{when}: addresses in the root namespace"
+        );
+    }
+}
+
+/// The iptables rules mentioning CNI (portmap's chains), in the root namespace.
+fn cni_iptables() -> Vec<String> {
+    run_cmd(&mut Command::new("iptables-save"))
+        .expect("iptables-save (install iptables: deploy/setup.sh)")
+        .lines()
+        .filter(|l| l.contains("CNI"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn pod_ports(node: &WeftNode) -> Vec<PortInfo> {
+    match node.ok(&Request::Ports).expect("weftd ports") {
+        Reply::Ports { ports } => ports.into_iter().filter(|p| p.kind != "host").collect(),
+        other => panic!("unexpected reply to ports: {other:?}"),
+    }
+}
+
+fn pods_attached(node: &WeftNode) -> usize {
+    match node.ok(&Request::Status).expect("weftd status") {
+        Reply::Status(s) => s.pods,
+        other => panic!("unexpected reply to status: {other:?}"),
+    }
+}
+
+/// The last lines of each daemon's log, and host 0's ports, for failure messages.
+fn diagnostics(nodes: &[&WeftNode]) -> String {
+    let mut s = String::new();
+    for n in nodes {
+        let log = n.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(40)..];
+        s.push_str(&format!(
+            "--- {} log (last {} lines)\n{}\n",
+            n.name,
+            tail.len(),
+            tail.join("\n")
+        ));
+    }
+    if let Some(n) = nodes.first() {
+        s.push_str(&format!(
+            "--- {} ports: {:?}\n",
+            n.name,
+            n.call(&Request::Ports)
+        ));
+    }
+    s
+}
+
+/// podman's containers on a weft network: container to container on one node, to a
+/// pod on a second node across the tunnel and back, and `podman rm` giving the
+/// address back to weftd, with nothing of it in the root namespace and nothing left
+/// behind afterwards.
+#[test]
+fn podman_containers_on_weft() {
+    require_root();
+    let started = Instant::now();
+    let step = |what: &str| eprintln!("[{:>5.1}s] {what}", started.elapsed().as_secs_f64());
+    let plugin = weft_cni();
+    let root_before = RootNs::now();
+    let iptables_before = cni_iptables();
+
+    let underlay = Underlay::new("pm", 2).expect("underlay");
+    let scratch = Scratch::new("podman").expect("scratch dir");
+    let peers = scratch.path().join("peers.toml");
+    let nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+    write_atomic(&peers, &peers_toml(&nodes)).expect("peers file");
+    let (h0, h1) = (underlay.host(0), underlay.host(1));
+    let n0 = WeftNode::start(h0, &peers, scratch.path(), &weftd_options()).expect("weftd 0");
+    let n1 = WeftNode::start(h1, &peers, scratch.path(), &weftd_options()).expect("weftd 1");
+    let diag = || diagnostics(&[&n0, &n1]);
+    let remote = underlay.pod(1, "r").expect("pod netns on host 1");
+    let r = n1
+        .attach(&remote, "podman-e2e-remote")
+        .expect("attach on host 1");
+    step("underlay, two weftd, a pod on host 1");
+
+    let mut pm = Podman::new(
+        scratch.path().join("podman"),
+        &n0.socket,
+        plugin.parent().unwrap(),
+    );
+    step("podman configured, image imported");
+    let networks = pm.ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    assert!(
+        networks
+            .lines()
+            .any(|l| l == format!("{} weft-cni", pm.network)),
+        "podman does not list the weft network {}:\n{networks}",
+        pm.network
+    );
+
+    // 1. Two containers on the weft network reach each other.
+    let a = pm.start("a", None);
+    let b = pm.start("b", None);
+    step("containers a and b running");
+    for c in [&a, &b] {
+        assert!(
+            h0.pod_subnet.contains(&c.ip) && c.ip != h0.gateway,
+            "{}: {} is not a pod address of host 0 ({})",
+            c.name,
+            c.ip,
+            h0.pod_subnet
+        );
+        assert_eq!(c.prefix_len, h0.pod_subnet.prefix_len(), "{c:?}");
+        assert_eq!(c.gateway, h0.gateway, "{c:?}");
+        assert!(
+            c.sandbox.starts_with("/run/netns"),
+            "{}: netns {}",
+            c.name,
+            c.sandbox.display()
+        );
+        // Inside the container: eth0 with the address, the tunnel's MTU, a default route.
+        let addr = pm
+            .exec(c, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+            .unwrap();
+        assert!(
+            addr.stdout.contains(&format!("{}/{}", c.ip, c.prefix_len)),
+            "{}",
+            addr.report()
+        );
+        let mtu = pm.exec(c, &["cat", "/sys/class/net/eth0/mtu"]).unwrap();
+        assert_eq!(
+            mtu.stdout.trim(),
+            (h0.underlay_mtu - 50).to_string(),
+            "{}",
+            mtu.report()
+        );
+        let route = pm
+            .exec(c, &["ip", "-4", "route", "show", "default"])
+            .unwrap();
+        assert!(
+            route.stdout.contains(&format!("via {}", h0.gateway)),
+            "{}",
+            route.report()
+        );
+    }
+    assert_ne!(a.ip, b.ip);
+    // weftd knows each by its container id, in podman's netns for it.
+    let ports = pod_ports(&n0);
+    for c in [&a, &b] {
+        let port = ports
+            .iter()
+            .find(|p| p.container_id.as_deref() == Some(c.id.as_str()))
+            .unwrap_or_else(|| panic!("weftd has no port for {} ({}): {ports:?}", c.name, c.id));
+        assert_eq!(port.ip, Some(c.ip), "{port:?}");
+        assert_eq!(port.netns.as_deref(), c.sandbox.to_str(), "{port:?}");
+    }
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    pm.ping(&a, b.ip)
+        .unwrap_or_else(|e| panic!("container a → b: {e}\n{}", diag()));
+    pm.ping(&b, a.ip)
+        .unwrap_or_else(|e| panic!("container b → a: {e}\n{}", diag()));
+    step("a ↔ b");
+
+    // 2. Across the tunnel to the pod on host 1, and back.
+    pm.ping(&a, r.ip)
+        .unwrap_or_else(|e| panic!("container a → pod on host 1: {e}\n{}", diag()));
+    remote
+        .ns
+        .ping(b.ip, 3)
+        .unwrap_or_else(|e| panic!("pod on host 1 → container b: {e:#}\n{}", diag()));
+    step("containers ↔ pod on host 1");
+    // All of it without a trace in the root namespace; weft0 is in host 0's.
+    RootNs::now().assert_untouched(&root_before, "with containers running");
+    let weft0 = h0
+        .ns
+        .ip(&["-4", "-o", "addr", "show", "dev", "weft0"])
+        .expect("weft0 on host 0");
+    assert!(weft0.contains(&h0.gateway.to_string()), "{weft0}");
+
+    // 3. `podman rm` releases the address: weftd drops the port, and a new container
+    //    may ask for that very address.
+    pm.rm(&["b"]);
+    assert!(
+        !b.sandbox.exists(),
+        "podman left {} behind",
+        b.sandbox.display()
+    );
+    let ports = pod_ports(&n0);
+    assert!(
+        ports
+            .iter()
+            .all(|p| p.ip != Some(b.ip) && p.container_id.as_deref() != Some(b.id.as_str())),
+        "weftd still holds b's port after podman rm: {ports:?}"
+    );
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    let cache = Path::new(CNI_CACHE).join(format!("{}-{}-eth0", pm.network, b.id));
+    assert!(
+        !cache.exists(),
+        "libcni kept {} (DEL failed?)",
+        cache.display()
+    );
+    let c = pm.start("c", Some(b.ip));
+    assert_eq!(c.ip, b.ip, "c asked for b's released address");
+    pm.ping(&a, c.ip)
+        .unwrap_or_else(|e| panic!("container a → c: {e}\n{}", diag()));
+    step("podman rm b released its address; c took it");
+
+    pm.rm(&["a", "c"]);
+    for x in [&a, &c] {
+        assert!(
+            !x.sandbox.exists(),
+            "podman left {} behind",
+            x.sandbox.display()
+        );
+    }
+    assert_eq!(pods_attached(&n0), 0, "{:?}", pod_ports(&n0));
+    let left = pm.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(left.trim().is_empty(), "containers left: {left}");
+    remote.ns.ping(r.ip, 1).expect("host 1's pod still up");
+
+    // Nothing left behind.
+    let notes = pm.cleanup();
+    assert!(
+        notes.is_empty(),
+        "cleanup had to force:\n{}",
+        notes.join("\n")
+    );
+    let mounts = mounts_under(scratch.path());
+    assert!(mounts.is_empty(), "still mounted: {mounts:?}");
+    assert_eq!(
+        cni_iptables(),
+        iptables_before,
+        "iptables CNI chains changed"
+    );
+    RootNs::now().assert_untouched(&root_before, "after the test");
+    step("cleaned up");
+}
