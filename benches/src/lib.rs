@@ -1,1 +1,186 @@
-//! benches
+//! Fixtures for weft's criterion benchmarks (`cargo bench -p weft-benches`): a node's
+//! forwarding tables built in memory, the frames the datapath handles, and a sink that
+//! only counts what the datapath sends.
+//!
+//! Addressing follows the daemon's: node `n` owns `10.244.(n+1).0/24` with gateway
+//! `.1`, its underlay address is `10.250.0.(n+1)`, the tunnel port 8472.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use weft_encap::checksum;
+use weft_encap::vxlan::Vni;
+use weft_switch::counters::Counters;
+use weft_switch::datapath::{Sink, TxError};
+use weft_switch::mac::MacAddr;
+use weft_switch::port::Offload;
+use weft_switch::tables::{
+    NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode, TUNNEL_OVERHEAD,
+};
+
+/// The tunnel UDP port.
+pub const TUNNEL_PORT: u16 = 8472;
+
+/// The pod MTU (an underlay of 1500 less the tunnel overhead).
+pub const POD_MTU: u32 = 1500 - TUNNEL_OVERHEAD;
+
+/// Length of an Ethernet header.
+pub const ETH_HLEN: usize = 14;
+
+/// Node `n`'s pod subnet.
+pub fn subnet(n: u8) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(10, 244, n + 1, 0), 24).expect("a /24")
+}
+
+/// Node `n`'s gateway address.
+pub fn gateway(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, n + 1, 1)
+}
+
+/// Node `n`'s underlay address and tunnel port.
+pub fn underlay(n: u8) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(10, 250, 0, n + 1), TUNNEL_PORT)
+}
+
+/// Node `n`'s router (VTEP) MAC.
+pub fn router_mac(n: u8) -> MacAddr {
+    MacAddr([0x02, 0x77, 0x65, 0x66, 0, n + 1])
+}
+
+/// Address of pod `i` (0-based) on node `n`: `10.244.(n+1).(i+2)`.
+pub fn pod_ip(n: u8, i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, n + 1, i + 2)
+}
+
+fn port(slot: u32, kind: PortKind, name: &str, ip: Ipv4Addr) -> PortEntry {
+    PortEntry {
+        id: PortId {
+            slot,
+            generation: 0,
+        },
+        kind,
+        name: name.into(),
+        mac: MacAddr::for_ip(ip),
+        ip,
+        container_id: (kind == PortKind::Pod).then(|| format!("bench-{ip}")),
+        netns: None,
+        queues: 1,
+        counters: Arc::new(Counters::new(1)),
+    }
+}
+
+/// The tables of node `n` of a `nodes`-node cluster in `mode`, with `pods` local pods
+/// (ports 1..=pods; port 0 is the host port) and every other node as a peer.
+pub fn tables(mode: TunnelMode, n: u8, nodes: u8, pods: u8) -> Tables {
+    let config = Arc::new(NodeConfig {
+        name: format!("node-{n}"),
+        router_mac: router_mac(n),
+        subnet: subnet(n),
+        gateway: gateway(n),
+        cluster: "10.244.0.0/16".parse().expect("a CIDR"),
+        mode,
+        vni: Vni::new(1).expect("VNI 1"),
+        pod_mtu: POD_MTU,
+        max_datagram: 1472,
+    });
+    let host = port(0, PortKind::Host, "weft0", gateway(n));
+    let pods = (0..pods).map(|i| {
+        port(
+            u32::from(i) + 1,
+            PortKind::Pod,
+            &format!("tap{i}"),
+            pod_ip(n, i),
+        )
+    });
+    let peers = (0..nodes)
+        .filter(|m| *m != n)
+        .map(|m| PeerEntry {
+            name: format!("node-{m}"),
+            addr: underlay(m),
+            subnet: subnet(m),
+            vtep_mac: router_mac(m),
+            counters: Arc::new(Counters::new(1)),
+        })
+        .collect();
+    Tables::build(config, host, pods, peers, Arc::new(Counters::new(1)))
+        .expect("the bench cluster is routable")
+}
+
+/// An ARP request from `sender` (`sender_mac`) asking who has `target`.
+pub fn arp_request(sender_mac: MacAddr, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&sender_mac.0);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend_from_slice(&sender_mac.0);
+    f.extend_from_slice(&sender.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+/// An Ethernet frame from `src_mac` to `dst_mac` holding an IPv4/UDP packet from
+/// `src` to `dst` whose IP packet is `ip_len` bytes (at least 28), with a valid header
+/// checksum and TTL 64.
+pub fn udp_frame(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ip_len: usize,
+) -> Vec<u8> {
+    assert!((28..=usize::from(u16::MAX)).contains(&ip_len));
+    let mut f = vec![0u8; ETH_HLEN + ip_len];
+    f[0..6].copy_from_slice(&dst_mac.0);
+    f[6..12].copy_from_slice(&src_mac.0);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[ETH_HLEN..];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum = checksum::checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip[20..22].copy_from_slice(&40000u16.to_be_bytes());
+    ip[22..24].copy_from_slice(&5001u16.to_be_bytes());
+    ip[24..26].copy_from_slice(&((ip_len - 20) as u16).to_be_bytes());
+    for (i, b) in ip[28..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    f
+}
+
+/// A [`Sink`] that counts sends and bytes and keeps nothing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CountingSink {
+    /// Frames sent to ports.
+    pub frames: u64,
+    /// Datagrams sent to peers.
+    pub datagrams: u64,
+    /// Bytes of everything sent.
+    pub bytes: u64,
+}
+
+impl Sink for CountingSink {
+    fn to_port(
+        &mut self,
+        _port: &PortEntry,
+        _offload: &Offload,
+        frame: &[u8],
+    ) -> Result<(), TxError> {
+        self.frames += 1;
+        self.bytes += frame.len() as u64;
+        Ok(())
+    }
+
+    fn to_peer(&mut self, _peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
+        self.datagrams += 1;
+        self.bytes += datagram.len() as u64;
+        Ok(())
+    }
+}

@@ -1,0 +1,330 @@
+//! Micro-benchmarks of weft's hot paths: tunnel encapsulation and decapsulation, route
+//! lookup, the ring handoff between worker threads, ARP replies, and a frame's whole
+//! way through the datapath. Run with `cargo bench -p weft-benches`.
+
+use std::hint::black_box;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use crossbeam::queue::ArrayQueue;
+use ipnet::Ipv4Net;
+use weft_benches::{
+    arp_request, gateway, pod_ip, router_mac, tables, udp_frame, underlay, CountingSink, ETH_HLEN,
+    POD_MTU,
+};
+use weft_encap::sleeve::{self, NodeId};
+use weft_encap::vxlan::{self, Vni};
+use weft_switch::datapath::{Datapath, Sink, TxError, HEADROOM};
+use weft_switch::fib::{Fib, NextHop};
+use weft_switch::mac::MacAddr;
+use weft_switch::port::Offload;
+use weft_switch::tables::{PeerEntry, PortEntry, TunnelMode};
+
+/// A full-size frame at the pod MTU: the common case on a busy link.
+fn full_frame() -> Vec<u8> {
+    udp_frame(
+        MacAddr::for_ip(pod_ip(0, 0)),
+        router_mac(0),
+        pod_ip(0, 0),
+        pod_ip(1, 0),
+        POD_MTU as usize,
+    )
+}
+
+fn encap(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encap");
+    let frame = full_frame();
+    g.throughput(Throughput::Bytes(frame.len() as u64));
+    let vni = Vni::new(1).expect("VNI 1");
+
+    // VXLAN: the header is written into the headroom in front of the frame, in place.
+    let mut buf = vec![0u8; HEADROOM + frame.len()];
+    buf[HEADROOM..].copy_from_slice(&frame);
+    let start = HEADROOM - vxlan::HEADER_LEN;
+    g.bench_function("vxlan/encap", |b| {
+        b.iter(|| {
+            vxlan::emit_header(black_box(&mut buf[start..HEADROOM]), vni);
+            black_box(&buf[start..]);
+        })
+    });
+    let datagram = buf[start..].to_vec();
+    g.bench_function("vxlan/decap", |b| {
+        b.iter(|| {
+            let (repr, inner) = vxlan::parse(black_box(&datagram)).expect("a valid datagram");
+            black_box((repr, inner.len()))
+        })
+    });
+
+    // Sleeve: a header naming the sender, then the frame as a record (copied).
+    let sender = NodeId(router_mac(0).0);
+    let payload = &frame[ETH_HLEN..];
+    let mut out = vec![0u8; usize::from(u16::MAX)];
+    g.bench_function("sleeve/encap", |b| {
+        b.iter(|| {
+            sleeve::emit_header(&mut out, sleeve::Kind::Frames, sender);
+            let n = sleeve::emit_record(&mut out[sleeve::HEADER_LEN..], 0x0800, black_box(payload));
+            black_box(sleeve::HEADER_LEN + n)
+        })
+    });
+    let len = sleeve::HEADER_LEN + sleeve::record_len(payload.len());
+    let datagram = out[..len].to_vec();
+    g.bench_function("sleeve/decap", |b| {
+        b.iter(
+            || match sleeve::parse(black_box(&datagram)).expect("a valid datagram") {
+                sleeve::Datagram::Frames { frames, .. } => {
+                    black_box(frames.map(|f| f.payload.len()).sum::<usize>())
+                }
+                other => panic!("parsed {other:?}"),
+            },
+        )
+    });
+    g.finish();
+}
+
+/// A deterministic xorshift stream, for addresses.
+fn xorshift(state: &mut u32) -> u32 {
+    *state ^= *state << 13;
+    *state ^= *state >> 17;
+    *state ^= *state << 5;
+    *state
+}
+
+fn lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fib_lookup");
+    g.throughput(Throughput::Elements(1));
+    for n in [10usize, 1_000, 10_000] {
+        // A node's kinds of route: default, cluster, then half peer subnets (/24) and
+        // half pod addresses (/32), spread over 10.0.0.0/8.
+        let mut routes = vec![
+            (
+                "0.0.0.0/0".parse::<Ipv4Net>().expect("a CIDR"),
+                NextHop::Host,
+            ),
+            ("10.0.0.0/8".parse().expect("a CIDR"), NextHop::Unreachable),
+        ];
+        let mut seed = 0x9e37_79b9;
+        let mut hosts = Vec::new();
+        while routes.len() < n {
+            let a = 0x0a00_0000 | (xorshift(&mut seed) & 0x00ff_ffff);
+            if routes.len() % 2 == 0 {
+                let net = Ipv4Net::new(a.into(), 24).expect("a /24").trunc();
+                routes.push((net, NextHop::Peer(routes.len())));
+            } else {
+                hosts.push(a);
+                routes.push((
+                    Ipv4Net::new(a.into(), 32).expect("a /32"),
+                    NextHop::Local(routes.len()),
+                ));
+            }
+        }
+        let fib = Fib::new(routes.iter().copied());
+        // Destinations: mostly known pods, some addresses only a subnet or the default covers.
+        let dsts: Vec<std::net::Ipv4Addr> = (0..4096u32)
+            .map(|i| match (i % 8, hosts.is_empty()) {
+                (0..=5, false) => hosts[(xorshift(&mut seed) as usize) % hosts.len()].into(),
+                _ => xorshift(&mut seed).into(),
+            })
+            .collect();
+        g.bench_with_input(BenchmarkId::from_parameter(n), &fib, |b, fib| {
+            let mut i = 0usize;
+            b.iter(|| {
+                i = (i + 1) & 4095;
+                black_box(fib.lookup(black_box(dsts[i])))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Frames a ring holds, as in the worker.
+const RING_LEN: usize = 1024;
+/// A pooled buffer: an Ethernet frame at the largest pod MTU, as in the worker.
+const HANDOFF_LEN: usize = 9216 + 14;
+
+/// A frame handed from one thread to another, as the worker's `Handoff`.
+struct Handoff {
+    len: usize,
+    buf: Box<[u8]>,
+}
+
+fn ring(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ring_handoff");
+    g.throughput(Throughput::Elements(1));
+    let frame = full_frame();
+    // As the worker does it: take a pooled buffer, copy the frame in, push it to the
+    // other thread's bounded ring; the other thread pops it and returns the buffer to
+    // the pool. Both sides spin when the ring is full or empty (the worker batches
+    // and wakes with an eventfd instead; this measures the ring and pool alone).
+    g.bench_function("same_thread", |b| {
+        // The ring's and pool's own cost, without a cache line changing cores.
+        let pool = ArrayQueue::<Box<[u8]>>::new(RING_LEN);
+        for _ in 0..pool.capacity() {
+            let _ = pool.push(vec![0u8; HANDOFF_LEN].into_boxed_slice());
+        }
+        let inbox = ArrayQueue::<Handoff>::new(RING_LEN);
+        b.iter(|| {
+            let mut buf = pool.pop().expect("a pooled buffer");
+            buf[..frame.len()].copy_from_slice(&frame);
+            let _ = inbox.push(Handoff {
+                len: frame.len(),
+                buf,
+            });
+            let h = inbox.pop().expect("the frame just pushed");
+            black_box(h.buf[h.len - 1]);
+            let _ = pool.push(h.buf);
+        })
+    });
+    g.bench_function("between_threads", |b| {
+        let pool = ArrayQueue::<Box<[u8]>>::new(RING_LEN * 2);
+        for _ in 0..pool.capacity() {
+            let _ = pool.push(vec![0u8; HANDOFF_LEN].into_boxed_slice());
+        }
+        let inbox = ArrayQueue::<Handoff>::new(RING_LEN);
+        b.iter_custom(|iters| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for _ in 0..iters {
+                        let mut buf = loop {
+                            match pool.pop() {
+                                Some(buf) => break buf,
+                                None => std::hint::spin_loop(),
+                            }
+                        };
+                        buf[..frame.len()].copy_from_slice(&frame);
+                        let mut h = Handoff {
+                            len: frame.len(),
+                            buf,
+                        };
+                        while let Err(back) = inbox.push(h) {
+                            h = back;
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+                let start = Instant::now();
+                let mut bytes = 0usize;
+                for _ in 0..iters {
+                    let h = loop {
+                        match inbox.pop() {
+                            Some(h) => break h,
+                            None => std::hint::spin_loop(),
+                        }
+                    };
+                    bytes += usize::from(h.buf[h.len - 1]) + h.len;
+                    let _ = pool.push(h.buf);
+                }
+                black_box(bytes);
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+fn arp(c: &mut Criterion) {
+    let mut g = c.benchmark_group("arp");
+    g.throughput(Throughput::Elements(1));
+    let t = tables(TunnelMode::Vxlan, 0, 2, 2);
+    let mut dp = Datapath::new(0);
+    let pod = pod_ip(0, 0);
+    let request = arp_request(MacAddr::for_ip(pod), pod, gateway(0));
+    let mut buf = vec![0u8; HEADROOM + 64];
+    let mut sink = CountingSink::default();
+    let mut answer = |buf: &mut [u8], sink: &mut CountingSink| {
+        // The reply is written over the request, so each round starts from a copy.
+        buf[HEADROOM..HEADROOM + request.len()].copy_from_slice(&request);
+        dp.port_frame(&t, 1, &Offload::PLAIN, buf, HEADROOM, request.len(), sink);
+    };
+    answer(&mut buf, &mut sink);
+    assert_eq!(sink.frames, 1, "the switch answers ARP for the gateway");
+    g.bench_function("reply_for_gateway", |b| {
+        b.iter(|| answer(black_box(&mut buf), &mut sink))
+    });
+    g.finish();
+}
+
+/// A sink that keeps the last datagram sent to a peer.
+#[derive(Debug, Default)]
+struct LastDatagram(Vec<u8>);
+
+impl Sink for LastDatagram {
+    fn to_port(&mut self, _: &PortEntry, _: &Offload, _: &[u8]) -> Result<(), TxError> {
+        Ok(())
+    }
+
+    fn to_peer(&mut self, _: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
+        self.0 = datagram.to_vec();
+        Ok(())
+    }
+}
+
+/// Frames per batch in the datapath benchmarks (a worker flushes at a batch's end).
+const BATCH: usize = 8;
+
+fn datapath(c: &mut Criterion) {
+    let mut g = c.benchmark_group("datapath");
+    let frame = full_frame();
+    for mode in [TunnelMode::Vxlan, TunnelMode::Sleeve] {
+        // Pod on node 0 to a pod on node 1: route lookup, TTL and MAC rewrite, encap.
+        let t0 = tables(mode, 0, 2, 2);
+        let mut dp = Datapath::new(0);
+        let mut buf = vec![0u8; HEADROOM + frame.len()];
+        let mut sink = CountingSink::default();
+        let mut send = |buf: &mut [u8], sink: &mut CountingSink| {
+            for _ in 0..BATCH {
+                buf[HEADROOM..].copy_from_slice(&frame);
+                dp.port_frame(&t0, 1, &Offload::PLAIN, buf, HEADROOM, frame.len(), sink);
+            }
+            dp.flush(&t0, sink);
+        };
+        send(&mut buf, &mut sink);
+        assert!(sink.datagrams >= 1, "{mode}: frames reach the peer");
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_function(BenchmarkId::new("pod_to_peer", mode), |b| {
+            b.iter(|| send(black_box(&mut buf), &mut sink))
+        });
+
+        // The same frame arriving at node 1 from node 0: decap, lookup, deliver.
+        let mut last = LastDatagram::default();
+        let mut dp0 = Datapath::new(0);
+        buf[HEADROOM..].copy_from_slice(&frame);
+        dp0.port_frame(
+            &t0,
+            1,
+            &Offload::PLAIN,
+            &mut buf,
+            HEADROOM,
+            frame.len(),
+            &mut last,
+        );
+        dp0.flush(&t0, &mut last);
+        let datagram = last.0;
+        assert!(!datagram.is_empty(), "{mode}: a datagram to capture");
+        let t1 = tables(mode, 1, 2, 2);
+        let mut dp1 = Datapath::new(0);
+        let from = SocketAddr::V4(SocketAddrV4::new(*underlay(0).ip(), underlay(0).port()));
+        let mut rx = vec![0u8; HEADROOM + datagram.len()];
+        let mut sink = CountingSink::default();
+        let mut receive = |rx: &mut [u8], sink: &mut CountingSink| {
+            rx[HEADROOM..].copy_from_slice(&datagram);
+            dp1.tunnel_datagram(&t1, from, rx, HEADROOM, datagram.len(), sink);
+        };
+        receive(&mut rx, &mut sink);
+        assert_eq!(sink.frames, 1, "{mode}: the datagram reaches the pod");
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new("peer_to_pod", mode), |b| {
+            b.iter(|| receive(black_box(&mut rx), &mut sink))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = encap, lookup, ring, arp, datapath
+}
+criterion_main!(benches);
