@@ -1,0 +1,354 @@
+//! `weft-perf` end to end, run as a user runs it: the built binary with weftd and
+//! weft-cni beside it. These runs are very short and check structure, not speed: every
+//! system and test gives a finite value, the JSON has the documented shape, and nothing
+//! is left behind, after a normal exit, after Ctrl-C, and (with `weft-perf clean`)
+//! after SIGKILL. They need root and fail (never skip) without it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weft_perf::harness::{System, Test};
+use weft_perf::netns::{self, owner_pid, require_root, wait_until, PREFIX};
+use weft_perf::pidfile::RUN_DIR;
+use weft_perf::weft::Scratch;
+
+/// The longest a short run may take before the test kills it and fails.
+const RUN_BOUND: Duration = Duration::from_secs(150);
+
+/// Held by each test: a run starts by cleaning up after dead runs, which must not race
+/// a test that inspects a killed run's leftovers.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn weft_perf() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weft-perf"))
+}
+
+/// Builds weftd and weft-cni (a no-op when they are fresh) into the directory
+/// weft-perf was built in, where it looks for them.
+fn build_daemons() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let profile = weft_perf().parent().unwrap();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--bins", "-p", "weft-switch", "-p", "weft-cni"])
+            .arg("--manifest-path")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"));
+        if profile.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "building weftd and weft-cni failed");
+        for bin in ["weftd", "weft-cni"] {
+            assert!(
+                profile.join(bin).is_file(),
+                "{bin} is not in {}",
+                profile.display()
+            );
+        }
+    });
+}
+
+/// What exists outside the runs' namespaces: the root namespace's links.
+fn root_links() -> BTreeSet<String> {
+    let out = netns::run_cmd(Command::new("ip").args(["-o", "link", "show"])).unwrap();
+    out.lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Everything a run with pid `pid` may leave behind; empty when it left nothing.
+fn leftovers(pid: u32) -> Vec<String> {
+    let mut left: Vec<String> = netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| owner_pid(n, PREFIX) == Some(pid))
+        .map(|n| format!("namespace {n}"))
+        .collect();
+    // weftd's command line names its socket in the run's scratch directory.
+    let mark = format!("weft-perf-{pid}-");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&mark) {
+            left.push(format!(
+                "process {name}: {}",
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
+        }
+    }
+    for entry in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&mark) {
+            left.push(format!("scratch directory {name}"));
+        }
+    }
+    if let Some(f) = pid_file(pid) {
+        left.push(format!("pid file {}", f.display()));
+    }
+    left
+}
+
+/// The pid file of run `pid`, if it exists.
+fn pid_file(pid: u32) -> Option<PathBuf> {
+    std::fs::read_dir(RUN_DIR)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pid}-")))
+        })
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(weft_perf())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting weft-perf")
+}
+
+/// Waits for `child` to exit within [`RUN_BOUND`], killing it (and failing) if not.
+fn finish(mut child: Child) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > RUN_BOUND {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "weft-perf ran longer than {RUN_BOUND:?}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until run `pid` has a weftd running (its pid file lists one).
+fn wait_for_weftd(pid: u32) {
+    wait_until(Duration::from_secs(60), "the run to start weftd", || {
+        pid_file(pid)
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .is_some_and(|t| !t.trim().is_empty())
+    })
+    .unwrap();
+}
+
+fn number(v: &Value, what: &str) -> f64 {
+    let x = v
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"));
+    assert!(x.is_finite(), "{what} is not finite: {x}");
+    x
+}
+
+#[test]
+fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
+    require_root();
+    let _serial = serial();
+    build_daemons();
+    let scratch = Scratch::new("harness").unwrap();
+    let json = scratch.path().join("report.json");
+    let svg = scratch.path().join("report.svg");
+    let links_before = root_links();
+    let child = spawn(&[
+        "run",
+        "--duration",
+        "1",
+        "--repeat",
+        "1",
+        "--cni-pods",
+        "6",
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let pid = child.id();
+    let out = finish(child);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weft-perf run failed:\n{stderr}");
+
+    // Nothing is left: namespaces, processes, files; the root namespace is untouched.
+    assert_eq!(leftovers(pid), Vec::<String>::new());
+    assert_eq!(
+        root_links(),
+        links_before,
+        "the root namespace's links changed"
+    );
+
+    // The table names every system, with ratios to kernel-vxlan.
+    for system in System::ALL {
+        assert!(stdout.contains(system.name()), "{stdout}");
+    }
+    assert!(stdout.contains("(1.00x)"), "{stdout}");
+
+    // The JSON: {"machine": {...}, "results": [{system, test, metric, value, unit, runs}]}.
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let machine = report["machine"].as_object().expect("machine object");
+    for key in ["cpu", "cpus", "memory_gib", "kernel", "os"] {
+        assert!(
+            machine.contains_key(key),
+            "machine lacks {key}: {machine:?}"
+        );
+    }
+    let results = report["results"].as_array().expect("results array");
+    let mut seen = BTreeSet::new();
+    let mut not_applicable = BTreeSet::new();
+    for r in results {
+        let obj = r.as_object().expect("a result is an object");
+        for key in ["system", "test", "metric", "value", "unit", "runs"] {
+            assert!(obj.contains_key(key), "result lacks {key}: {r}");
+        }
+        let (system, test, metric) = (
+            r["system"].as_str().unwrap(),
+            r["test"].as_str().unwrap(),
+            r["metric"].as_str().unwrap(),
+        );
+        assert!(!r["unit"].as_str().unwrap().is_empty(), "{r}");
+        assert!(
+            seen.insert((system.to_owned(), test.to_owned(), metric.to_owned())),
+            "duplicate result {r}"
+        );
+        let runs = r["runs"].as_array().unwrap();
+        if r["value"].is_null() {
+            assert!(
+                r["note"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("not applicable")),
+                "a missing value must be explained as not applicable: {r}"
+            );
+            assert!(runs.is_empty(), "{r}");
+            not_applicable.insert(format!("{system}/{test}/{metric}"));
+            continue;
+        }
+        number(&r["value"], &format!("{system} {test} {metric}"));
+        assert_eq!(runs.len(), 1, "one round gives one run: {r}");
+        for v in runs {
+            number(v, &format!("a run of {system} {test} {metric}"));
+        }
+    }
+    let mut expected = BTreeSet::new();
+    for system in System::ALL {
+        for test in Test::ALL {
+            for metric in test.metrics() {
+                assert!(
+                    seen.contains(&(
+                        system.name().to_owned(),
+                        test.name().to_owned(),
+                        metric.name.to_owned()
+                    )),
+                    "no result for {system} {test} {}",
+                    metric.name
+                );
+                if test.not_applicable(system, metric.name).is_some() {
+                    expected.insert(format!("{system}/{test}/{}", metric.name));
+                }
+            }
+        }
+    }
+    assert_eq!(not_applicable, expected);
+    assert_eq!(
+        expected.into_iter().collect::<Vec<_>>(),
+        [
+            "direct/cni/ADD p50",
+            "direct/cni/ADD p99",
+            "direct/cni/DEL p50",
+            "direct/cni/DEL p99",
+            "direct/cpu/weftd",
+            "kernel-vxlan/cpu/weftd"
+        ]
+    );
+
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg"), "{}", &plot[..plot.len().min(200)]);
+    assert!(
+        plot.contains("tcp1 throughput"),
+        "the plot has no tcp1 panel"
+    );
+}
+
+#[test]
+fn ctrl_c_tears_everything_down() {
+    require_root();
+    let _serial = serial();
+    build_daemons();
+    let child = spawn(&[
+        "run",
+        "--systems",
+        "weft-vxlan,kernel-vxlan",
+        "--tests",
+        "tcp1",
+        "--duration",
+        "20",
+    ]);
+    let pid = child.id();
+    wait_for_weftd(pid);
+    // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
+    let start = Instant::now();
+    let out = finish(child);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an interrupted run must fail");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "teardown took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(leftovers(pid), Vec::<String>::new(), "{stderr}");
+}
+
+#[test]
+fn clean_removes_what_a_killed_run_left() {
+    require_root();
+    let _serial = serial();
+    build_daemons();
+    let mut child = spawn(&[
+        "run",
+        "--systems",
+        "weft-sleeve",
+        "--tests",
+        "rr",
+        "--duration",
+        "20",
+    ]);
+    let pid = child.id();
+    wait_for_weftd(pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = leftovers(pid);
+    assert!(
+        left.iter().any(|l| l.starts_with("process")),
+        "a killed run leaves its weftd running: {left:?}"
+    );
+    assert!(left.iter().any(|l| l.starts_with("namespace")), "{left:?}");
+
+    let out = Command::new(weft_perf()).arg("clean").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("stopped"), "{stdout}");
+    // Processes are stopped with SIGTERM first; give them their grace period.
+    wait_until(Duration::from_secs(10), "weftd to be gone", || {
+        leftovers(pid).is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", leftovers(pid)));
+}
