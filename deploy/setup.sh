@@ -9,6 +9,7 @@ packages=(
   ethtool         # the underlay turns off transmit checksum offload (see perf/src/topo.rs)
   kmod            # modprobe for vxlan/tun where they are modules
   pkg-config gcc  # -sys crates
+  containernetworking-plugins  # reference bridge + host-local: weft-perf's CNI baseline
 )
 missing=()
 for p in "${packages[@]}"; do
