@@ -308,7 +308,7 @@ fn demo(settings: &Settings, tools: &Tools, args: &RunArgs) -> Result<()> {
     weft.down()?;
 
     println!(
-        "\nComparing {} on the same hosts and pods: {} s per test, {} rounds, systems interleaved...",
+        "\nComparing {} on the same hosts and pods: {} s per test, {} round{}, systems interleaved...",
         settings
             .systems
             .iter()
@@ -316,7 +316,8 @@ fn demo(settings: &Settings, tools: &Tools, args: &RunArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
         settings.duration.as_secs_f64(),
-        settings.repeat
+        settings.repeat,
+        if settings.repeat == 1 { "" } else { "s" }
     );
     let report = with_progress(|p| harness::run_on(&cluster, settings, tools, p))?;
     drop(cluster);

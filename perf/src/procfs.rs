@@ -69,6 +69,21 @@ pub fn is_same_process(pid: u32, start: u64) -> bool {
         && fields.get(22 - 3).and_then(|s| s.parse().ok()) == Some(start)
 }
 
+/// Process ids of the kernel's softirq threads (`ksoftirqd/<cpu>`), which do the
+/// network work that system calls and interrupts leave over.
+pub fn ksoftirqd_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        })
+        .collect()
+}
+
 /// CPU seconds the whole machine has spent busy (every state but idle and iowait),
 /// summed over all CPUs, from the `cpu` line of `/proc/stat`.
 pub fn machine_busy_seconds() -> Result<f64> {
@@ -154,6 +169,7 @@ mod tests {
         assert!(!is_same_process(me, start + 1));
         assert!(process_cpu_seconds(me).unwrap() >= 0.0);
         assert!(machine_busy_seconds().unwrap() > 0.0);
+        assert!(!ksoftirqd_pids().is_empty());
         let m = Machine::describe();
         assert!(m.cpus >= 1);
         assert!(!m.kernel.is_empty());

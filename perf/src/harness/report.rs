@@ -136,6 +136,13 @@ impl Report {
                 s.cni_pods
             );
         }
+        if s.tests.iter().any(|t| t == Test::Cpu.name()) {
+            let _ = writeln!(
+                out,
+                "cpu: around tcp1; weftd = the weft daemons, total = weftd + the traffic \
+                 generator's threads (with the kernel's work in their system calls) + ksoftirqd"
+            );
+        }
         out.push('\n');
         let mut lines: Vec<Vec<String>> = Vec::new();
         let mut header = vec!["test".to_string(), "metric".into(), "unit".into()];
