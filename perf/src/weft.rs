@@ -131,19 +131,22 @@ impl WeftNode {
     /// Starts weftd in `host`'s namespace with the peers file at `peers`, and waits until
     /// it answers on its control socket. `dir` holds the socket and the log.
     pub fn start(host: &Host, peers: &Path, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
-        WeftNode::launch(host, peers, dir, opts, false)
+        WeftNode::launch(host, peers, dir, opts, None)
     }
 
     /// Like [`WeftNode::start`], but weftd runs in a process group of its own, so a
     /// terminal's Ctrl-C reaches only this process, which then stops weftd in order
-    /// (after detaching its pods) instead of racing it.
+    /// (after detaching its pods) instead of racing it. `spawned` hears weftd's pid as
+    /// soon as it exists, before it is ready (to record it where a killed caller's
+    /// successor finds it); an error from it stops weftd and fails the start.
     pub fn start_isolated(
         host: &Host,
         peers: &Path,
         dir: &Path,
         opts: &WeftOptions,
+        spawned: &mut dyn FnMut(u32) -> Result<()>,
     ) -> Result<WeftNode> {
-        WeftNode::launch(host, peers, dir, opts, true)
+        WeftNode::launch(host, peers, dir, opts, Some(spawned))
     }
 
     fn launch(
@@ -151,7 +154,7 @@ impl WeftNode {
         peers: &Path,
         dir: &Path,
         opts: &WeftOptions,
-        own_group: bool,
+        isolated: Option<&mut dyn FnMut(u32) -> Result<()>>,
     ) -> Result<WeftNode> {
         let name = node_name(host);
         let socket = dir.join(format!("{name}.sock"));
@@ -180,10 +183,13 @@ impl WeftNode {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
-        if own_group {
+        if isolated.is_some() {
             std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         }
         let mut child = ChildGuard::spawn(&mut cmd)?;
+        if let Some(spawned) = isolated {
+            spawned(child.pid())?;
+        }
         let ready = wait_until(Duration::from_secs(20), "weftd to answer", || {
             if let Ok(Some(_)) = child.try_wait() {
                 return true;

@@ -138,8 +138,13 @@ impl<'c> Plumbing<'c> {
                     extra: vec![],
                 };
                 for host in hosts {
-                    let node = WeftNode::start_isolated(host, &peers, p.scratch.path(), &opts)?;
-                    cluster.pidfile().add(node.pid())?;
+                    let node = WeftNode::start_isolated(
+                        host,
+                        &peers,
+                        p.scratch.path(),
+                        &opts,
+                        &mut |pid| cluster.pidfile().add(pid),
+                    )?;
                     p.networks.push(Some(weft_network(tools, &node.socket)?));
                     p.nodes.push(node);
                 }
