@@ -1,0 +1,278 @@
+//! The per-packet path allocates nothing: a counting global allocator watches the
+//! datapath forward frames both ways, in both tunnel modes, including the offload
+//! paths (a TSO super-frame cut for the wire, tunnel segments coalesced for a pod).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use weft_encap::{checksum, gso, virtio, vxlan};
+use weft_switch::counters::{Counters, DropReason};
+use weft_switch::datapath::{Datapath, Sink, TxError, HEADROOM};
+use weft_switch::mac::MacAddr;
+use weft_switch::port::Offload;
+use weft_switch::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode};
+
+struct Counting;
+
+thread_local! {
+    /// Allocations made by this thread (tests run on parallel threads).
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+fn count() {
+    // `try_with`: during thread teardown the slot may be gone; such calls don't count.
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: defers to the system allocator; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+const PEER_UNDERLAY: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+
+/// Counts what it is given; allocates nothing.
+#[derive(Default)]
+struct CountingSink {
+    to_ports: u64,
+    super_frames: u64,
+    datagrams: u64,
+}
+
+impl Sink for CountingSink {
+    fn to_port(&mut self, _: &PortEntry, offload: &Offload, _: &[u8]) -> Result<(), TxError> {
+        self.to_ports += 1;
+        self.super_frames += u64::from(offload.is_gso());
+        Ok(())
+    }
+    fn to_peer(&mut self, _: &PeerEntry, _: &[u8]) -> Result<(), TxError> {
+        self.datagrams += 1;
+        Ok(())
+    }
+}
+
+fn tables(mode: TunnelMode) -> Tables {
+    let gateway = Ipv4Addr::new(10, 244, 1, 1);
+    let node = Arc::new(NodeConfig {
+        name: "n0".into(),
+        router_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        subnet: "10.244.1.0/24".parse().unwrap(),
+        gateway,
+        cluster: "10.244.0.0/16".parse().unwrap(),
+        mode,
+        vni: vxlan::DEFAULT_VNI,
+        pod_mtu: 1450,
+        max_datagram: 1472,
+    });
+    let port = |slot, kind, ip| PortEntry {
+        id: PortId {
+            slot,
+            generation: 0,
+        },
+        kind,
+        name: "eth0".into(),
+        mac: MacAddr::for_ip(ip),
+        ip,
+        container_id: None,
+        netns: None,
+        queues: 1,
+        counters: Arc::new(Counters::new(1)),
+    };
+    let peer = PeerEntry {
+        name: "n1".into(),
+        addr: SocketAddrV4::new(PEER_UNDERLAY, 8472),
+        subnet: "10.244.2.0/24".parse().unwrap(),
+        vtep_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+        counters: Arc::new(Counters::new(1)),
+    };
+    Tables::build(
+        node,
+        port(0, PortKind::Host, gateway),
+        [port(1, PortKind::Pod, POD)],
+        vec![peer],
+        Arc::new(Counters::new(1)),
+    )
+    .unwrap()
+}
+
+/// An Ethernet + IPv4 + TCP frame with `payload` bytes, checksums complete.
+fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, seq: u32, payload: usize) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 20 + payload];
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((40 + payload) as u16).to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let sum = checksum::checksum(ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&src.octets());
+    pseudo[4..8].copy_from_slice(&dst.octets());
+    pseudo[9] = 6;
+    pseudo[10..12].copy_from_slice(&((20 + payload) as u16).to_be_bytes());
+    let acc = checksum::accumulate(checksum::accumulate(0, &pseudo), &f[34..]);
+    let sum = !checksum::fold(acc);
+    f[50..52].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+fn run(mode: TunnelMode) {
+    let t = tables(mode);
+    let mut dp = Datapath::new(0);
+    let mut sink = CountingSink::default();
+    let mut buf = vec![0u8; HEADROOM + 70_000];
+    let mut dgram = vec![0u8; 70_000];
+
+    // From the pod: a plain 1400-byte segment, and a 64 KiB TSO super-frame.
+    let plain = tcp_frame(POD, REMOTE, 1, 1400);
+    let mut jumbo = tcp_frame(POD, REMOTE, 1, 60_000);
+    // As the pod's kernel hands it over: partial checksum, segmentation asked.
+    let offload = Offload {
+        needs_csum: true,
+        gso_type: virtio::GsoType::TcpV4,
+        gso_size: 1398,
+        hdr_len: 54,
+        csum_start: 34,
+        csum_offset: 16,
+        ..Offload::PLAIN
+    };
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&POD.octets());
+    pseudo[4..8].copy_from_slice(&REMOTE.octets());
+    pseudo[9] = 6;
+    pseudo[10..12].copy_from_slice(&((20 + 60_000) as u16).to_be_bytes());
+    let partial = checksum::fold(checksum::accumulate(0, &pseudo));
+    jumbo[50..52].copy_from_slice(&partial.to_be_bytes());
+    assert!(gso::required_out_len(&jumbo, &offload, 8).is_ok());
+    // From the peer: in-sequence segments for the pod, as VXLAN or sleeve datagrams.
+    let inbound: Vec<Vec<u8>> = (0..8u32)
+        .map(|i| tcp_frame(REMOTE, POD, 1 + i * 1400, 1400))
+        .collect();
+    let encap = |frame: &[u8], out: &mut Vec<u8>| -> usize {
+        match mode {
+            TunnelMode::Vxlan => {
+                vxlan::emit_header(&mut out[..8], vxlan::DEFAULT_VNI);
+                let mut f = frame.to_vec();
+                f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+                f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+                out[8..8 + f.len()].copy_from_slice(&f);
+                8 + f.len()
+            }
+            TunnelMode::Sleeve => {
+                let mut w = weft_encap::sleeve::FramesWriter::new(
+                    &mut out[..],
+                    weft_encap::sleeve::NodeId([2, 0, 0, 0, 0, 2]),
+                )
+                .unwrap();
+                assert!(w.try_push(0x0800, &frame[14..]));
+                w.finish()
+            }
+        }
+    };
+    let datagrams: Vec<Vec<u8>> = inbound
+        .iter()
+        .map(|f| {
+            let n = encap(f, &mut dgram);
+            dgram[..n].to_vec()
+        })
+        .collect();
+    let from = SocketAddr::V4(SocketAddrV4::new(PEER_UNDERLAY, 40000));
+
+    let mut round = |dp: &mut Datapath, sink: &mut CountingSink| {
+        buf[HEADROOM..HEADROOM + plain.len()].copy_from_slice(&plain);
+        dp.port_frame(
+            &t,
+            1,
+            &Offload::PLAIN,
+            &mut buf,
+            HEADROOM,
+            plain.len(),
+            sink,
+        );
+        buf[HEADROOM..HEADROOM + jumbo.len()].copy_from_slice(&jumbo);
+        dp.port_frame(&t, 1, &offload, &mut buf, HEADROOM, jumbo.len(), sink);
+        for d in &datagrams {
+            buf[..d.len()].copy_from_slice(d);
+            dp.tunnel_datagram(&t, from, &mut buf, 0, d.len(), sink);
+        }
+        dp.flush(&t, sink);
+    };
+    // Warm up, then count.
+    round(&mut dp, &mut sink);
+    let before = allocations();
+    for _ in 0..200 {
+        round(&mut dp, &mut sink);
+    }
+    let allocations = allocations() - before;
+    assert_eq!(
+        allocations, 0,
+        "{mode:?}: the datapath allocated {allocations} times in 200 rounds"
+    );
+    // And the rounds did the work: segments on the wire, super-frames to the pod.
+    let c = t.ports[1].counters.snapshot();
+    assert_eq!(
+        c.drops.iter().sum::<u64>(),
+        0,
+        "{mode:?}: {:?} ({:?})",
+        c,
+        DropReason::ALL
+    );
+    assert!(
+        sink.datagrams >= 201 * 20,
+        "{mode:?}: {} datagrams",
+        sink.datagrams
+    );
+    assert!(
+        sink.super_frames >= 201,
+        "{mode:?}: {} super-frames",
+        sink.super_frames
+    );
+}
+
+#[test]
+fn no_allocation_per_packet_vxlan() {
+    run(TunnelMode::Vxlan);
+}
+
+#[test]
+fn no_allocation_per_packet_sleeve() {
+    run(TunnelMode::Sleeve);
+}
