@@ -10,6 +10,7 @@ packages=(
   kmod            # modprobe for vxlan/tun where they are modules
   pkg-config gcc  # -sys crates
   containernetworking-plugins  # reference bridge + host-local: weft-perf's CNI baseline
+  podman runc conmon busybox-static iptables  # the podman end-to-end test (switch/tests/podman.rs)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -20,8 +20,17 @@
 //! containers, resets the private storage, unmounts what podman left mounted, and
 //! deletes the container namespaces it saw, before the daemons and namespaces go.
 //!
-//! Needs root, podman, runc, conmon, busybox-static and containernetworking-plugins
-//! (`deploy/setup.sh` installs them); it fails, never skips, without them.
+//! What it covers: two containers reach each other; a container reaches the pod on
+//! host 1 through the tunnel and back; `podman network reload` (DEL, then ADD asking
+//! for the address through the `ips` capability) keeps the address; stop and start
+//! re-attach in a new netns; a refused ADD fails `podman run` with weft's reason and
+//! leaks nothing; `podman rm` releases the address in weftd, and a new container can
+//! ask for it with `--ip` (CNI_ARGS `IP=`).
+//!
+//! Needs root, podman, runc, conmon, busybox-static, containernetworking-plugins
+//! (`portmap`) and iptables (`deploy/setup.sh` installs them), and the `weft-cni`
+//! binary next to weftd (`cargo test --workspace` builds it); it fails, never skips,
+//! without them.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -34,8 +43,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use weft_cni::proto::{PortInfo, Reply, Request};
-use weft_perf::netns::{command_line, require_root, run_cmd, ChildGuard};
-use weft_perf::topo::Underlay;
+use weft_perf::netns::{command_line, require_root, run_cmd, wait_until, ChildGuard};
+use weft_perf::topo::{Host, Underlay};
 use weft_perf::weft::{peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions};
 
 /// The longest one podman (or tar) command may run before it is killed.
@@ -172,6 +181,8 @@ struct Podman {
     network: String,
     /// Which of [`HOST_PATHS`] existed before the test.
     preexisting: Vec<bool>,
+    /// podman's cgroup parents (cgroupfs manager) that existed before the test.
+    cgroups_before: Vec<PathBuf>,
     /// Every container netns the test saw.
     sandboxes: Mutex<Vec<PathBuf>>,
     cleaned: bool,
@@ -185,6 +196,7 @@ impl Podman {
         let pm = Podman {
             network: format!("weft-e2e-{}", std::process::id()),
             preexisting: HOST_PATHS.iter().map(|p| Path::new(p).exists()).collect(),
+            cgroups_before: libpod_cgroups(),
             sandboxes: Mutex::new(Vec::new()),
             cleaned: false,
             root,
@@ -200,7 +212,7 @@ impl Podman {
     }
 
     fn configure(&self, socket: &Path, plugin_dir: &Path) {
-        for dir in ["net", "tmp", "out", "graph", "run"] {
+        for dir in ["net", "tmp", "libpod", "out", "graph", "run"] {
             std::fs::create_dir_all(self.path(dir)).expect("podman directories");
         }
         let q = |p: &Path| format!("{:?}", p.display().to_string());
@@ -220,14 +232,17 @@ default_network = "{DEFAULT_NETWORK}"
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+events_logfile_path = {events}
 lock_type = "file"
-tmp_dir = {tmp}
+tmp_dir = {libpod}
 image_copy_tmp_dir = {tmp}
 stop_timeout = 1
 "#,
             plugin_dir = q(plugin_dir),
             net = q(&self.path("net")),
             tmp = q(&self.path("tmp")),
+            libpod = q(&self.path("libpod")),
+            events = q(&self.path("events.log")),
         );
         let storage_conf = format!(
             "[storage]\ndriver = \"overlay\"\ngraphroot = {}\nrunroot = {}\n",
@@ -293,6 +308,7 @@ stop_timeout = 1
         assert!(ran.status.success(), "{}", ran.report());
         self.ok(&[
             "import",
+            "--quiet",
             "--change",
             r#"CMD ["/bin/sh"]"#,
             tar.to_str().unwrap(),
@@ -349,19 +365,27 @@ stop_timeout = 1
         }
         args.extend([IMAGE, "sleep", "600"]);
         let id = self.ok(&args).trim().to_owned();
-        assert!(
-            id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
-            "podman run printed {id:?}, not a container id"
-        );
+        let c = self.inspect(name);
+        assert_eq!(c.id, id, "podman run printed {id:?}");
+        c
+    }
+
+    /// What podman knows of container `name`'s attachment to the weft network.
+    fn inspect(&self, name: &str) -> Container {
         let net = format!("(index .NetworkSettings.Networks \"{}\")", self.network);
         let format = format!(
-            "{{{{.NetworkSettings.SandboxKey}}}} {{{{{net}.IPAddress}}}} \
+            "{{{{.Id}}}} {{{{.NetworkSettings.SandboxKey}}}} {{{{{net}.IPAddress}}}} \
              {{{{{net}.IPPrefixLen}}}} {{{{{net}.Gateway}}}}"
         );
         let out = self.ok(&["inspect", "--format", &format, name]);
         let f: Vec<&str> = out.split_whitespace().collect();
-        assert_eq!(f.len(), 4, "podman inspect printed {out:?}");
-        let sandbox = PathBuf::from(f[0]);
+        assert_eq!(f.len(), 5, "podman inspect printed {out:?}");
+        let id = f[0].to_owned();
+        assert!(
+            id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{name}: {id:?} is not a container id"
+        );
+        let sandbox = PathBuf::from(f[1]);
         self.sandboxes.lock().unwrap().push(sandbox.clone());
         let parse = |what: &str, s: &str| -> Ipv4Addr {
             s.parse()
@@ -371,11 +395,11 @@ stop_timeout = 1
             name: name.to_owned(),
             id,
             sandbox,
-            ip: parse("IPAddress", f[1]),
-            prefix_len: f[2]
+            ip: parse("IPAddress", f[2]),
+            prefix_len: f[3]
                 .parse()
-                .unwrap_or_else(|e| panic!("{name}: IPPrefixLen {:?}: {e}", f[2])),
-            gateway: parse("Gateway", f[3]),
+                .unwrap_or_else(|e| panic!("{name}: IPPrefixLen {:?}: {e}", f[3])),
+            gateway: parse("Gateway", f[4]),
         }
     }
 
@@ -415,13 +439,27 @@ stop_timeout = 1
         }
         self.cleaned = true;
         let mut notes = Vec::new();
-        let mut podman = |args: &[&str]| match self.run(args) {
-            Ok(r) if r.status.success() => {}
-            Ok(r) => notes.push(r.report()),
-            Err(e) => notes.push(e),
+        let podman = |args: &[&str]| match self.run(args) {
+            Ok(r) if r.status.success() => None,
+            Ok(r) => Some(r.report()),
+            Err(e) => Some(e),
         };
-        podman(&["rm", "--all", "-f", "-t", "0"]);
-        podman(&["system", "reset", "-f"]);
+        notes.extend(podman(&["rm", "--all", "-f", "-t", "0"]));
+        // conmon outlives `podman rm` briefly, and starts `podman container cleanup`
+        // as it goes; both name the private directory on their command line. Let them
+        // finish before the storage goes, and stop stragglers by pid.
+        let root = self.root.clone();
+        if wait_until(Duration::from_secs(10), "conmon to exit", || {
+            processes_naming(&root).is_empty()
+        })
+        .is_err()
+        {
+            for (pid, cmdline) in processes_naming(&root) {
+                notes.push(format!("killing pid {pid}, still running: {cmdline}"));
+                let _ = run_cmd(Command::new("kill").args(["-KILL", &pid.to_string()]));
+            }
+        }
+        notes.extend(podman(&["system", "reset", "-f"]));
         // Whatever podman left mounted under the private directory, deepest first.
         for mount in mounts_under(&self.root) {
             notes.push(format!("{} was still mounted", mount.display()));
@@ -457,8 +495,70 @@ stop_timeout = 1
                 let _ = std::fs::remove_dir(path);
             }
         }
+        // The cgroup parents podman's cgroupfs manager made (`libpod_parent`, with
+        // `conmon` and a `libpod-<id>` per container below it), if the test made them.
+        // A cgroup directory goes only once no process is left in it.
+        for parent in libpod_cgroups() {
+            if self.cgroups_before.contains(&parent) {
+                continue;
+            }
+            let mut dirs = vec![parent];
+            let mut i = 0;
+            while i < dirs.len() {
+                if let Ok(children) = std::fs::read_dir(&dirs[i]) {
+                    let sub = children.flatten().map(|e| e.path()).filter(|p| p.is_dir());
+                    dirs.extend(sub.collect::<Vec<_>>());
+                }
+                i += 1;
+            }
+            // Children before their parents.
+            for dir in dirs.iter().rev() {
+                let gone = wait_until(Duration::from_secs(5), "an empty cgroup", || {
+                    std::fs::remove_dir(dir).is_ok() || !dir.exists()
+                });
+                if gone.is_err() {
+                    notes.push(format!("could not remove cgroup {}", dir.display()));
+                }
+            }
+        }
         notes
     }
+}
+
+/// Processes (other than this one) whose command line names `dir`: `(pid, command line)`.
+fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.display().to_string();
+    let me = std::process::id();
+    let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    proc_dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+            cmdline
+                .contains(&needle)
+                .then(|| (pid, cmdline.trim_end().to_owned()))
+        })
+        .collect()
+}
+
+/// podman's cgroup parent in each mounted hierarchy (v1 controllers and v2).
+fn libpod_cgroups() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("libpod_parent"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.push(root.join("libpod_parent"));
+    found.retain(|p| p.is_dir());
+    found
 }
 
 impl Drop for Podman {
@@ -599,10 +699,80 @@ fn diagnostics(nodes: &[&WeftNode]) -> String {
     s
 }
 
+/// Checks what podman recorded for `c` against host `h`, inside the container (eth0
+/// with the address, the tunnel's MTU, the default route) and in weftd (a port for
+/// the container id in podman's netns).
+fn check_attached(pm: &Podman, node: &WeftNode, h: &Host, c: &Container) {
+    assert!(
+        h.pod_subnet.contains(&c.ip) && c.ip != h.gateway,
+        "{}: {} is not a pod address of host {} ({})",
+        c.name,
+        c.ip,
+        h.index,
+        h.pod_subnet
+    );
+    assert_eq!(c.prefix_len, h.pod_subnet.prefix_len(), "{c:?}");
+    assert_eq!(c.gateway, h.gateway, "{c:?}");
+    assert!(c.sandbox.starts_with("/run/netns"), "{c:?}");
+    let exec = |argv: &[&str]| {
+        let ran = pm.exec(c, argv).unwrap_or_else(|e| panic!("{e}"));
+        assert!(ran.status.success(), "{}", ran.report());
+        ran
+    };
+    let addr = exec(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(
+        addr.stdout
+            .contains(&format!(" {}/{} ", c.ip, c.prefix_len)),
+        "{}",
+        addr.report()
+    );
+    let mtu = exec(&["cat", "/sys/class/net/eth0/mtu"]);
+    assert_eq!(
+        mtu.stdout.trim(),
+        (h.underlay_mtu - 50).to_string(),
+        "{}",
+        mtu.report()
+    );
+    let route = exec(&["ip", "-4", "route", "show", "default"]);
+    assert!(
+        route
+            .stdout
+            .contains(&format!("via {} dev eth0", h.gateway)),
+        "{}",
+        route.report()
+    );
+    let ports = pod_ports(node);
+    let port = ports
+        .iter()
+        .find(|p| p.container_id.as_deref() == Some(c.id.as_str()))
+        .unwrap_or_else(|| panic!("weftd has no port for {} ({}): {ports:?}", c.name, c.id));
+    assert_eq!(port.ip, Some(c.ip), "{port:?}");
+    assert_eq!(port.netns.as_deref(), c.sandbox.to_str(), "{port:?}");
+}
+
+/// Whether weftd has a port for container `id` or at address `ip`.
+fn holds(node: &WeftNode, id: &str, ip: Ipv4Addr) -> bool {
+    pod_ports(node)
+        .iter()
+        .any(|p| p.ip == Some(ip) || p.container_id.as_deref() == Some(id))
+}
+
+/// The namespaces podman made (`/run/netns/netns-<uuid>`).
+fn podman_netns() -> BTreeSet<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("netns-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// podman's containers on a weft network: container to container on one node, to a
-/// pod on a second node across the tunnel and back, and `podman rm` giving the
-/// address back to weftd, with nothing of it in the root namespace and nothing left
-/// behind afterwards.
+/// pod on a second node across the tunnel and back, `podman network reload`, stop and
+/// start, a refused ADD, and `podman rm` giving the address back to weftd; with
+/// nothing of it in the root namespace and nothing left behind afterwards.
 #[test]
 fn podman_containers_on_weft() {
     require_root();
@@ -611,6 +781,7 @@ fn podman_containers_on_weft() {
     let plugin = weft_cni();
     let root_before = RootNs::now();
     let iptables_before = cni_iptables();
+    let netns_before = podman_netns();
 
     let underlay = Underlay::new("pm", 2).expect("underlay");
     let scratch = Scratch::new("podman").expect("scratch dir");
@@ -627,6 +798,8 @@ fn podman_containers_on_weft() {
         .expect("attach on host 1");
     step("underlay, two weftd, a pod on host 1");
 
+    // Dropped before the daemons and namespaces: containers go while weftd still
+    // answers their DEL.
     let mut pm = Podman::new(
         scratch.path().join("podman"),
         &n0.socket,
@@ -646,59 +819,10 @@ fn podman_containers_on_weft() {
     let a = pm.start("a", None);
     let b = pm.start("b", None);
     step("containers a and b running");
-    for c in [&a, &b] {
-        assert!(
-            h0.pod_subnet.contains(&c.ip) && c.ip != h0.gateway,
-            "{}: {} is not a pod address of host 0 ({})",
-            c.name,
-            c.ip,
-            h0.pod_subnet
-        );
-        assert_eq!(c.prefix_len, h0.pod_subnet.prefix_len(), "{c:?}");
-        assert_eq!(c.gateway, h0.gateway, "{c:?}");
-        assert!(
-            c.sandbox.starts_with("/run/netns"),
-            "{}: netns {}",
-            c.name,
-            c.sandbox.display()
-        );
-        // Inside the container: eth0 with the address, the tunnel's MTU, a default route.
-        let addr = pm
-            .exec(c, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
-            .unwrap();
-        assert!(
-            addr.stdout.contains(&format!("{}/{}", c.ip, c.prefix_len)),
-            "{}",
-            addr.report()
-        );
-        let mtu = pm.exec(c, &["cat", "/sys/class/net/eth0/mtu"]).unwrap();
-        assert_eq!(
-            mtu.stdout.trim(),
-            (h0.underlay_mtu - 50).to_string(),
-            "{}",
-            mtu.report()
-        );
-        let route = pm
-            .exec(c, &["ip", "-4", "route", "show", "default"])
-            .unwrap();
-        assert!(
-            route.stdout.contains(&format!("via {}", h0.gateway)),
-            "{}",
-            route.report()
-        );
-    }
     assert_ne!(a.ip, b.ip);
-    // weftd knows each by its container id, in podman's netns for it.
-    let ports = pod_ports(&n0);
-    for c in [&a, &b] {
-        let port = ports
-            .iter()
-            .find(|p| p.container_id.as_deref() == Some(c.id.as_str()))
-            .unwrap_or_else(|| panic!("weftd has no port for {} ({}): {ports:?}", c.name, c.id));
-        assert_eq!(port.ip, Some(c.ip), "{port:?}");
-        assert_eq!(port.netns.as_deref(), c.sandbox.to_str(), "{port:?}");
-    }
-    assert_eq!(ports.len(), 2, "{ports:?}");
+    check_attached(&pm, &n0, h0, &a);
+    check_attached(&pm, &n0, h0, &b);
+    assert_eq!(pod_ports(&n0).len(), 2, "{:?}", pod_ports(&n0));
     pm.ping(&a, b.ip)
         .unwrap_or_else(|e| panic!("container a → b: {e}\n{}", diag()));
     pm.ping(&b, a.ip)
@@ -721,41 +845,81 @@ fn podman_containers_on_weft() {
         .expect("weft0 on host 0");
     assert!(weft0.contains(&h0.gateway.to_string()), "{weft0}");
 
-    // 3. `podman rm` releases the address: weftd drops the port, and a new container
-    //    may ask for that very address.
+    // `podman network reload` sends DEL, then ADD asking for the address through the
+    // `ips` capability: the container keeps it.
+    pm.ok(&["network", "reload", "a"]);
+    let reloaded = pm.inspect("a");
+    assert_eq!(reloaded.ip, a.ip, "reload changed a's address");
+    check_attached(&pm, &n0, h0, &reloaded);
+    pm.ping(&a, r.ip)
+        .unwrap_or_else(|e| panic!("a → host 1 after reload: {e}\n{}", diag()));
+    // Stop releases the attachment with the netns; start attaches in a new one.
+    pm.ok(&["stop", "-t", "0", "a"]);
+    assert!(!holds(&n0, &a.id, a.ip), "{:?}", pod_ports(&n0));
+    assert!(
+        !a.sandbox.exists(),
+        "{} left after stop",
+        a.sandbox.display()
+    );
+    pm.ok(&["start", "a"]);
+    let a = pm.inspect("a");
+    check_attached(&pm, &n0, h0, &a);
+    pm.ping(&a, b.ip)
+        .unwrap_or_else(|e| panic!("a → b after restart: {e}\n{}", diag()));
+    step("network reload, stop and start");
+
+    // A refused ADD (an address of host 1's subnet) fails `podman run` with weft's
+    // reason, and leaves nothing attached.
+    let foreign = h1.pod_ip(50);
+    let refused = pm
+        .run(&[
+            "run",
+            "-d",
+            "--pull=never",
+            "--name",
+            "x",
+            "--network",
+            &pm.network,
+            "--ip",
+            &foreign.to_string(),
+            IMAGE,
+            "sleep",
+            "600",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !refused.status.success()
+            && refused.stderr.contains("weft-cni")
+            && refused.stderr.contains(&foreign.to_string()),
+        "{}",
+        refused.report()
+    );
+    assert_eq!(pod_ports(&n0).len(), 2, "{:?}", pod_ports(&n0));
+    pm.rm(&["x"]);
+    step("refused ADD");
+
+    // 3. `podman rm` releases the address: weftd drops the port, libcni drops its
+    //    cached result, and a new container may ask for that very address.
     pm.rm(&["b"]);
+    assert!(!b.sandbox.exists(), "{} left after rm", b.sandbox.display());
     assert!(
-        !b.sandbox.exists(),
-        "podman left {} behind",
-        b.sandbox.display()
+        !holds(&n0, &b.id, b.ip),
+        "weftd still holds b after podman rm: {:?}",
+        pod_ports(&n0)
     );
-    let ports = pod_ports(&n0);
-    assert!(
-        ports
-            .iter()
-            .all(|p| p.ip != Some(b.ip) && p.container_id.as_deref() != Some(b.id.as_str())),
-        "weftd still holds b's port after podman rm: {ports:?}"
-    );
-    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(pod_ports(&n0).len(), 1, "{:?}", pod_ports(&n0));
     let cache = Path::new(CNI_CACHE).join(format!("{}-{}-eth0", pm.network, b.id));
-    assert!(
-        !cache.exists(),
-        "libcni kept {} (DEL failed?)",
-        cache.display()
-    );
+    assert!(!cache.exists(), "libcni kept {}", cache.display());
     let c = pm.start("c", Some(b.ip));
     assert_eq!(c.ip, b.ip, "c asked for b's released address");
+    check_attached(&pm, &n0, h0, &c);
     pm.ping(&a, c.ip)
         .unwrap_or_else(|e| panic!("container a → c: {e}\n{}", diag()));
     step("podman rm b released its address; c took it");
 
     pm.rm(&["a", "c"]);
     for x in [&a, &c] {
-        assert!(
-            !x.sandbox.exists(),
-            "podman left {} behind",
-            x.sandbox.display()
-        );
+        assert!(!x.sandbox.exists(), "{} left after rm", x.sandbox.display());
     }
     assert_eq!(pods_attached(&n0), 0, "{:?}", pod_ports(&n0));
     let left = pm.ok(&["ps", "-a", "--format", "{{.Names}}"]);
@@ -771,11 +935,15 @@ fn podman_containers_on_weft() {
     );
     let mounts = mounts_under(scratch.path());
     assert!(mounts.is_empty(), "still mounted: {mounts:?}");
+    let procs = processes_naming(&pm.root);
+    assert!(procs.is_empty(), "still running: {procs:?}");
+    assert_eq!(podman_netns(), netns_before, "podman's namespaces");
     assert_eq!(
         cni_iptables(),
         iptables_before,
         "iptables CNI chains changed"
     );
     RootNs::now().assert_untouched(&root_before, "after the test");
+    assert_eq!(libpod_cgroups(), pm.cgroups_before, "podman's cgroups");
     step("cleaned up");
 }
