@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::report::{number, Report};
 use super::Test;
@@ -41,6 +42,9 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
     }
     let rows = panels.len().div_ceil(COLUMNS);
     let size = (PANEL.0 * COLUMNS as u32, PANEL.1 * rows as u32);
+    let label = TextStyle::from(("sans-serif", 13).into_font())
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Center, VPos::Bottom));
     let root = SVGBackend::new(path, size).into_drawing_area();
     let err = |e: DrawingAreaErrorKind<std::io::Error>| anyhow!("drawing {}: {e}", path.display());
     root.fill(&WHITE).map_err(err)?;
@@ -57,11 +61,13 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
             .margin(12)
             .x_label_area_size(28)
             .y_label_area_size(52)
-            .build_cartesian_2d((0..systems.len()).into_segmented(), 0.0..top)
+            // A segmented range holds its end, so 0..n-1 gives one segment per system.
+            .build_cartesian_2d((0..systems.len() - 1).into_segmented(), 0.0..top)
             .map_err(err)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
+            .light_line_style(WHITE)
             .x_labels(systems.len())
             .x_label_formatter(&|x| match x {
                 SegmentValue::CenterOf(i) => systems.get(*i).cloned().unwrap_or_default(),
@@ -88,7 +94,7 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
                         .draw_series(std::iter::once(Text::new(
                             number(*v),
                             (SegmentValue::CenterOf(i), *v + top * 0.02),
-                            ("sans-serif", 13).into_font().color(&BLACK),
+                            label.clone(),
                         )))
                         .map_err(err)?;
                 }
@@ -97,7 +103,7 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
                         .draw_series(std::iter::once(Text::new(
                             "n/a".to_string(),
                             (SegmentValue::CenterOf(i), top * 0.05),
-                            ("sans-serif", 13).into_font().color(&BLACK),
+                            label.clone(),
                         )))
                         .map_err(err)?;
                 }
