@@ -17,7 +17,7 @@ use weft_perf::stop;
 /// weft's benchmarking harness: weft against the kernel's VXLAN and plain routing, on
 /// hosts and pods built out of network namespaces (run as root).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// The weftd binary [default: next to this program].
     #[arg(long, global = true)]
