@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use weft_perf::netns::{self, require_root, ChildGuard, Netns};
-use weft_perf::topo::{direct, kernel_vxlan, Pod, Underlay};
+use weft_perf::topo::{self, direct, kernel_vxlan, Pod, Underlay};
 
 /// Fails if any of `names` is still listed by `ip netns list`.
 fn assert_gone(names: &[String]) {
@@ -270,4 +270,55 @@ fn a_panicking_test_still_removes_its_namespaces() {
     assert!(result.is_err());
     assert_eq!(names.len(), 4);
     assert_gone(&names);
+}
+
+/// The links of `ns` other than `lo`, sorted.
+fn links(ns: &Netns) -> Vec<String> {
+    let out = ns.ip(&["-o", "link", "show"]).unwrap();
+    let mut names: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap().to_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn baselines_come_off_and_go_back_on_the_same_hosts_and_pods() {
+    require_root();
+    let underlay = Underlay::new("swap", 2).unwrap();
+    let (h0, h1) = (underlay.host(0), underlay.host(1));
+    let a = underlay.pod(0, "swa").unwrap();
+    let b = underlay.pod(1, "swb").unwrap();
+    let (ip_a, ip_b) = (h0.pod_ip(2), h1.pod_ip(2));
+    let bare = links(&h0.ns);
+    assert_eq!(bare, ["eth0"]);
+    let routes = h0.ns.ip(&["route", "show"]).unwrap();
+    for _ in 0..2 {
+        kernel_vxlan::mesh(&underlay).unwrap();
+        kernel_vxlan::attach_pod(h0, &a, ip_a).unwrap();
+        kernel_vxlan::attach_pod(h1, &b, ip_b).unwrap();
+        a.ns.ping(ip_b, 1).unwrap();
+        for pod in [&a, &b] {
+            topo::detach_pod(pod).unwrap();
+            topo::detach_pod(pod).unwrap(); // nothing left to remove is fine
+        }
+        kernel_vxlan::unmesh(&underlay).unwrap();
+        assert_eq!(links(&h0.ns), bare);
+        assert_eq!(links(&a.ns), Vec::<String>::new());
+
+        direct::mesh(&underlay).unwrap();
+        direct::attach_pod(h0, &a, ip_a).unwrap();
+        direct::attach_pod(h1, &b, ip_b).unwrap();
+        a.ns.ping(ip_b, 1).unwrap();
+        assert_eq!(link_mtu(&a.ns, "eth0"), 1450);
+        for pod in [&a, &b] {
+            topo::detach_pod(pod).unwrap();
+        }
+        direct::unmesh(&underlay).unwrap();
+        assert_eq!(links(&h0.ns), bare);
+        assert_eq!(h0.ns.ip(&["route", "show"]).unwrap(), routes);
+    }
 }
