@@ -1,6 +1,10 @@
 //! weft-perf: the benchmarking harness, and the network-namespace fixtures (hosts, pods,
 //! an underlay, kernel baselines) that weft's integration tests build on.
 //!
+//! The fixtures are [`netns`], [`topo`], [`traffic`] and [`weft`]; [`cni`] runs CNI
+//! plugins as a runtime does. [`harness`] is what `weft-perf run` and `demo` drive:
+//! weft and the kernel baselines plumbed in turn onto one cluster, measured, reported.
+//!
 //! Two hosts running flannel-style kernel VXLAN, one pod on each (needs root):
 //!
 //! ```no_run

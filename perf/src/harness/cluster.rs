@@ -106,8 +106,9 @@ pub struct Plumbing<'c> {
 
 impl<'c> Plumbing<'c> {
     /// Plumbs `system` onto `cluster`: starts weftd on every host and attaches every pod
-    /// through weft-cni, or configures the kernel baseline and attaches every pod; then
-    /// waits until pods reach each other across hosts.
+    /// through weft-cni, or configures the kernel baseline and attaches every pod with
+    /// `ip` (the fixtures' way; the `cni` test times the reference plugins on pods of
+    /// its own); then waits until pods reach each other across hosts.
     pub fn up(
         cluster: &'c Cluster,
         system: System,
