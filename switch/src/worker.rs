@@ -198,26 +198,27 @@ struct QueueSlot {
 }
 
 struct Worker {
-    index: usize,
     poll: Poll,
-    tunnel: Tunnel,
     rx: RxBatch,
     commands: Receiver<Command>,
-    shared: Arc<Shared>,
-    queues: Vec<Option<QueueSlot>>,
     dp: Datapath,
     buf: Box<[u8]>,
+    io: Io,
+}
+
+/// What a worker sends through: its port queues, its tunnel socket, the rings.
+struct Io {
+    index: usize,
+    tunnel: Tunnel,
+    shared: Arc<Shared>,
+    queues: Vec<Option<QueueSlot>>,
     /// Slots of queues sent to in this batch.
     dirty: Vec<u32>,
 }
 
-/// The I/O side of the datapath for one worker.
+/// The I/O side of the datapath for one worker, lent to it for one batch.
 struct IoSink<'a> {
-    index: usize,
-    queues: &'a mut [Option<QueueSlot>],
-    dirty: &'a mut Vec<u32>,
-    tunnel: &'a mut Tunnel,
-    shared: &'a Shared,
+    io: &'a mut Io,
     /// Bit i set: worker i was handed frames in this batch and needs a wake-up.
     wake: &'a mut u64,
 }
@@ -230,12 +231,12 @@ impl IoSink<'_> {
         frame: &[u8],
     ) -> Result<(), TxError> {
         // The port's queues belong to workers 0..queues; spread senders over them.
-        let owners = usize::from(port.queues).clamp(1, self.shared.inboxes.len());
-        let owner = self.index % owners;
-        if owner == self.index || frame.len() > LARGE_LEN {
+        let owners = usize::from(port.queues).clamp(1, self.io.shared.inboxes.len());
+        let owner = self.io.index % owners;
+        if owner == self.io.index || frame.len() > LARGE_LEN {
             return Err(TxError::Failed);
         }
-        let pool = self.shared.pool_for(frame.len());
+        let pool = self.io.shared.pool_for(frame.len());
         let Some(mut buf) = pool.pop() else {
             return Err(TxError::RingFull);
         };
@@ -246,7 +247,7 @@ impl IoSink<'_> {
             len: frame.len(),
             buf,
         };
-        if let Err(h) = self.shared.inboxes[owner].push(h) {
+        if let Err(h) = self.io.shared.inboxes[owner].push(h) {
             let _ = pool.push(h.buf);
             return Err(TxError::RingFull);
         }
@@ -271,11 +272,11 @@ impl Sink for IoSink<'_> {
         offload: &Offload,
         frame: &[u8],
     ) -> Result<(), TxError> {
-        match self.queues.get_mut(port.id.slot as usize) {
+        match self.io.queues.get_mut(port.id.slot as usize) {
             Some(Some(q)) if q.generation == port.id.generation => {
                 if !q.dirty {
                     q.dirty = true;
-                    self.dirty.push(port.id.slot);
+                    self.io.dirty.push(port.id.slot);
                 }
                 q.queue.send(offload, frame).map_err(|e| tx_error(&e))
             }
@@ -285,13 +286,13 @@ impl Sink for IoSink<'_> {
 
     #[inline]
     fn to_peer(&mut self, peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
-        self.tunnel.push(peer.addr, datagram);
+        self.io.tunnel.push(peer.addr, datagram);
         Ok(())
     }
 
     #[inline]
     fn to_peer_run(&mut self, peer: &PeerEntry, run: &[u8], segment: usize) -> Result<(), TxError> {
-        self.tunnel.send_run(peer.addr, run, segment);
+        self.io.tunnel.send_run(peer.addr, run, segment);
         Ok(())
     }
 }
@@ -312,16 +313,18 @@ impl Worker {
         )?;
         let tunnel = Tunnel::new(socket)?;
         Ok(Worker {
-            index,
             poll,
-            tunnel,
             rx: RxBatch::default(),
             commands,
-            shared,
-            queues: Vec::new(),
             dp: Datapath::new(index),
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
-            dirty: Vec::with_capacity(64),
+            io: Io {
+                index,
+                tunnel,
+                shared,
+                queues: Vec::new(),
+                dirty: Vec::with_capacity(64),
+            },
         })
     }
 
@@ -341,7 +344,7 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            if self.shared.stop.load(Ordering::Acquire) {
+            if self.io.shared.stop.load(Ordering::Acquire) {
                 return Ok(());
             }
             ready.clear();
@@ -351,7 +354,7 @@ impl Worker {
                     ready.push(ev.token());
                 }
             }
-            let tables = self.shared.tables.load();
+            let tables = self.io.shared.tables.load();
             let mut wake = 0u64;
             for &token in &ready {
                 let more = match token {
@@ -367,17 +370,13 @@ impl Worker {
                 }
             }
             let mut sink = IoSink {
-                index: self.index,
-                queues: &mut self.queues,
-                dirty: &mut self.dirty,
-                tunnel: &mut self.tunnel,
-                shared: &self.shared,
+                io: &mut self.io,
                 wake: &mut wake,
             };
             self.dp.flush(&tables, &mut sink);
-            self.tunnel.flush();
-            for _ in 0..self.tunnel.take_failed() {
-                tables.tunnel.discard(self.index, DropReason::TxError);
+            self.io.tunnel.flush();
+            for _ in 0..self.io.tunnel.take_failed() {
+                tables.tunnel.discard(self.io.index, DropReason::TxError);
             }
             self.flush_queues();
             self.wake(wake);
@@ -386,11 +385,11 @@ impl Worker {
 
     /// Rings the doorbell of every queue sent to in this batch.
     fn flush_queues(&mut self) {
-        for slot in self.dirty.drain(..) {
-            if let Some(Some(q)) = self.queues.get_mut(slot as usize) {
+        for slot in self.io.dirty.drain(..) {
+            if let Some(Some(q)) = self.io.queues.get_mut(slot as usize) {
                 q.dirty = false;
                 if let Err(e) = q.queue.flush() {
-                    log::debug!("worker {}: flushing queue {slot}: {e}", self.index);
+                    log::debug!("worker {}: flushing queue {slot}: {e}", self.io.index);
                 }
             }
         }
@@ -400,7 +399,7 @@ impl Worker {
         while mask != 0 {
             let i = mask.trailing_zeros() as usize;
             mask &= mask - 1;
-            let _ = self.shared.wakers[i].wake();
+            let _ = self.io.shared.wakers[i].wake();
         }
     }
 
@@ -413,10 +412,10 @@ impl Worker {
             match cmd {
                 Command::AddQueue { id, queue, done } => {
                     let slot = id.slot as usize;
-                    if self.queues.len() <= slot {
-                        self.queues.resize_with(slot + 1, || None);
+                    if self.io.queues.len() <= slot {
+                        self.io.queues.resize_with(slot + 1, || None);
                     }
-                    if let Some(old) = self.queues[slot].take() {
+                    if let Some(old) = self.io.queues[slot].take() {
                         self.deregister(old.queue.as_ref());
                     }
                     let token = Token(PORT_BASE + slot);
@@ -426,23 +425,23 @@ impl Worker {
                         Interest::READABLE,
                     ) {
                         Ok(()) => {
-                            self.queues[slot] = Some(QueueSlot {
+                            self.io.queues[slot] = Some(QueueSlot {
                                 generation: id.generation,
                                 queue,
                                 dirty: false,
                             })
                         }
                         Err(e) => {
-                            log::error!("worker {}: cannot poll port {id:?}: {e}", self.index)
+                            log::error!("worker {}: cannot poll port {id:?}: {e}", self.io.index)
                         }
                     }
                     let _ = done.send(());
                 }
                 Command::RemovePort { id, done } => {
                     let slot = id.slot as usize;
-                    let owned = matches!(self.queues.get(slot), Some(Some(q)) if q.generation == id.generation);
+                    let owned = matches!(self.io.queues.get(slot), Some(Some(q)) if q.generation == id.generation);
                     if owned {
-                        if let Some(q) = self.queues[slot].take() {
+                        if let Some(q) = self.io.queues[slot].take() {
                             self.deregister(q.queue.as_ref());
                         }
                     }
@@ -454,14 +453,14 @@ impl Worker {
 
     /// Writes frames other workers handed over. Returns whether more are waiting.
     fn inbox(&mut self, tables: &Tables) -> bool {
-        let inbox = &self.shared.inboxes[self.index];
+        let inbox = &self.io.shared.inboxes[self.io.index];
         for _ in 0..BUDGET * 4 {
             let Some(h) = inbox.pop() else { return false };
-            let result = match self.queues.get_mut(h.port.slot as usize) {
+            let result = match self.io.queues.get_mut(h.port.slot as usize) {
                 Some(Some(q)) if q.generation == h.port.generation => {
                     if !q.dirty {
                         q.dirty = true;
-                        self.dirty.push(h.port.slot);
+                        self.io.dirty.push(h.port.slot);
                     }
                     q.queue
                         .send(&h.offload, &h.buf[..h.len])
@@ -472,35 +471,31 @@ impl Worker {
             if let Some(i) = tables.port_index(h.port) {
                 let c = &tables.ports[i].counters;
                 match result {
-                    Ok(()) => c.tx(self.index, h.len),
-                    Err(TxError::Full) => c.discard(self.index, DropReason::TxFull),
-                    Err(_) => c.discard(self.index, DropReason::TxError),
+                    Ok(()) => c.tx(self.io.index, h.len),
+                    Err(TxError::Full) => c.discard(self.io.index, DropReason::TxFull),
+                    Err(_) => c.discard(self.io.index, DropReason::TxError),
                 }
             }
-            self.shared.give_back(h.buf);
+            self.io.shared.give_back(h.buf);
         }
         !inbox.is_empty()
     }
 
     fn socket_batch(&mut self, tables: &Tables, wake: &mut u64) -> bool {
         for _ in 0..BUDGET / RX_BATCH {
-            match self.tunnel.recv(&mut self.rx) {
+            match self.io.tunnel.recv(&mut self.rx) {
                 Ok(0) => return false,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // ICMP errors for earlier sends surface here (ECONNREFUSED and
                     // friends); they say nothing about the next datagram.
-                    log::debug!("worker {}: tunnel socket: {e}", self.index);
+                    log::debug!("worker {}: tunnel socket: {e}", self.io.index);
                     continue;
                 }
             }
             let mut sink = IoSink {
-                index: self.index,
-                queues: &mut self.queues,
-                dirty: &mut self.dirty,
-                tunnel: &mut self.tunnel,
-                shared: &self.shared,
+                io: &mut self.io,
                 wake,
             };
             let dp = &mut self.dp;
@@ -512,7 +507,7 @@ impl Worker {
     }
 
     fn port_batch(&mut self, tables: &Tables, slot: usize, wake: &mut u64) -> bool {
-        let Some(Some(q)) = self.queues.get(slot) else {
+        let Some(Some(q)) = self.io.queues.get(slot) else {
             return false;
         };
         let id = PortId {
@@ -521,22 +516,18 @@ impl Worker {
         };
         let ingress = tables.port_index(id);
         for _ in 0..BUDGET {
-            let Some(Some(q)) = self.queues.get_mut(slot) else {
+            let Some(Some(q)) = self.io.queues.get_mut(slot) else {
                 return false;
             };
             match q.queue.recv(&mut self.buf[HEADROOM..]) {
                 Ok(Some((offload, n))) => {
                     let Some(i) = ingress else {
                         // Not (or no longer) in the snapshot: attach or detach in progress.
-                        tables.tunnel.discard(self.index, DropReason::TxError);
+                        tables.tunnel.discard(self.io.index, DropReason::TxError);
                         continue;
                     };
                     let mut sink = IoSink {
-                        index: self.index,
-                        queues: &mut self.queues,
-                        dirty: &mut self.dirty,
-                        tunnel: &mut self.tunnel,
-                        shared: &self.shared,
+                        io: &mut self.io,
                         wake,
                     };
                     self.dp
@@ -547,7 +538,10 @@ impl Worker {
                 Err(e) => {
                     // The device is gone (its netns was deleted): stop polling it. The
                     // control plane's detach closes the queue.
-                    log::warn!("worker {}: port {id:?}: {e}; no longer polled", self.index);
+                    log::warn!(
+                        "worker {}: port {id:?}: {e}; no longer polled",
+                        self.io.index
+                    );
                     let _ = self
                         .poll
                         .registry()
