@@ -629,7 +629,15 @@ impl Datapath {
                             vxlan::emit_header(&mut out[r.start..r.start + headroom], t.node.vni);
                         }
                     }
-                    let end = segs.datagram_range(segs.count() - 1).map_or(0, |r| r.end);
+                    let Some(end) = segs
+                        .count()
+                        .checked_sub(1)
+                        .and_then(|i| segs.datagram_range(i))
+                    else {
+                        self.segments = out;
+                        return;
+                    };
+                    let end = end.end;
                     match sink.to_peer_run(peer, &out[..end], segs.stride()) {
                         Ok(()) => {
                             for i in 0..segs.count() {
