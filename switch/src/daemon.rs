@@ -315,8 +315,14 @@ impl Daemon {
             });
         }
         for w in 0..n {
-            rx.recv_timeout(WORKER_ACK)
+            let polled = rx
+                .recv_timeout(WORKER_ACK)
                 .map_err(|_| DaemonError::WorkerStuck(w))?;
+            if !polled {
+                return Err(DaemonError::Invalid(format!(
+                    "a worker could not poll a queue of port {id:?}; see the log"
+                )));
+            }
         }
         Ok(())
     }
@@ -473,7 +479,17 @@ impl Daemon {
                 }
                 _ => {}
             }
-            let queues = tap::open(&spec.name, queues)?;
+            let queues = match tap::open(&spec.name, queues) {
+                Ok(q) => q,
+                Err(e) => {
+                    // A persisted device the daemon cannot reopen must not outlive the
+                    // address the caller is about to release.
+                    if let Plug::Reopen = how {
+                        let _ = netlink::delete_link(&spec.name);
+                    }
+                    return Err(e.into());
+                }
+            };
             let configured = netlink::configure(&spec).and_then(|()| {
                 // The device outlives the daemon, so pods keep their interface
                 // across a restart; detach deletes it.

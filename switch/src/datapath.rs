@@ -431,8 +431,12 @@ impl Datapath {
                 sink,
             );
         }
-        // A super-frame is larger by design: the kernel sized its segments for the
-        // pod's MTU, and they are cut before they leave.
+        // A super-frame is larger by design: its segments must fit the pod's MTU (at
+        // least 40 bytes of IPv4 and TCP/UDP headers come with each), and they are cut
+        // before they leave.
+        if offload.is_gso() && usize::from(offload.gso_size) + 40 > t.node.pod_mtu as usize {
+            return self.drop_at(t, from, DropReason::TooBig);
+        }
         if facts.total_len > t.node.pod_mtu as usize && !offload.is_gso() {
             self.drop_at(t, from, DropReason::TooBig);
             if facts.dont_fragment {

@@ -51,8 +51,8 @@ pub enum Command {
         id: PortId,
         /// The queue this worker will own.
         queue: Box<dyn PortQueue>,
-        /// Acknowledgement.
-        done: Sender<()>,
+        /// Acknowledgement: whether the worker now polls the queue.
+        done: Sender<bool>,
     },
     /// Close this worker's queue of a port; answer on `done` once closed.
     RemovePort {
@@ -429,13 +429,14 @@ impl Worker {
                                 generation: id.generation,
                                 queue,
                                 dirty: false,
-                            })
+                            });
+                            let _ = done.send(true);
                         }
                         Err(e) => {
-                            log::error!("worker {}: cannot poll port {id:?}: {e}", self.io.index)
+                            log::error!("worker {}: cannot poll port {id:?}: {e}", self.io.index);
+                            let _ = done.send(false);
                         }
                     }
-                    let _ = done.send(());
                 }
                 Command::RemovePort { id, done } => {
                     let slot = id.slot as usize;
@@ -535,6 +536,14 @@ impl Worker {
                 }
                 Ok(None) => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    // One frame with a header the switch cannot read: drop it, keep going.
+                    if let Some(i) = ingress {
+                        tables.ports[i]
+                            .counters
+                            .discard(self.io.index, DropReason::Malformed);
+                    }
+                }
                 Err(e) => {
                     // The device is gone (its netns was deleted): stop polling it. The
                     // control plane's detach closes the queue.
