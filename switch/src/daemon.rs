@@ -62,6 +62,9 @@ pub enum DaemonError {
     /// A request that cannot be served as asked.
     #[error("{0}")]
     Invalid(String),
+    /// A worker could not add a port's queue to its epoll set.
+    #[error("a worker could not poll a queue of port {0:?}; see the log")]
+    QueueNotPolled(PortId),
     /// The daemon is shutting down.
     #[error("weftd is shutting down")]
     ShuttingDown,
@@ -319,9 +322,7 @@ impl Daemon {
                 .recv_timeout(WORKER_ACK)
                 .map_err(|_| DaemonError::WorkerStuck(w))?;
             if !polled {
-                return Err(DaemonError::Invalid(format!(
-                    "a worker could not poll a queue of port {id:?}; see the log"
-                )));
+                return Err(DaemonError::QueueNotPolled(id));
             }
         }
         Ok(())
