@@ -373,6 +373,15 @@ fn every_kind_of_del_releases_the_address() {
     // A container weftd never saw.
     node.del("del-never", "/run/netns/never", "1.0.0", json!({}))
         .ok();
+
+    // An interface an ADD left behind without a record (weftd died after making it
+    // and before its allocation was durable): DEL deletes it by name.
+    let d = node.pod("d");
+    d.ns.ip(&["tuntap", "add", "dev", "eth0", "mode", "tap"])
+        .expect("a stray eth0");
+    assert!(eth0(&d).is_some());
+    node.del("del-stray", &netns(&d), "1.0.0", json!({})).ok();
+    assert_gone(&d);
     assert_eq!(node.status().pods, 3, "only the three re-added pods remain");
 }
 

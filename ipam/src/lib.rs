@@ -22,7 +22,7 @@ mod store;
 
 pub use error::Error;
 pub use key::{Allocation, Key, MAX_CONTAINER_ID_LEN, MAX_IFNAME_LEN, MAX_META_LEN};
-pub use pool::Pool;
+pub use pool::{Pool, Reservation};
 pub use span::{MAX_PREFIX_LEN, MIN_PREFIX_LEN};
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use redb::backends::InMemoryBackend;
-use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTableMetadata};
+use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTableMetadata, WriteTransaction};
 
 use crate::span::Span;
 use crate::store::{
@@ -166,12 +166,26 @@ impl Pool {
         requested: Option<Ipv4Addr>,
         meta: &[u8],
     ) -> Result<Allocation, Error> {
+        self.reserve(key, requested, meta)?.commit()
+    }
+
+    /// Decides the allocation [`Pool::allocate`] would make, in a write transaction
+    /// left open: its address is known before it is durable, so a caller can set the
+    /// address up while [`Reservation::commit`] writes it to disk (a commit is an
+    /// fsync, the slowest step of most allocations). Dropping the reservation rolls it
+    /// back. Other writers wait until it is committed or dropped.
+    pub fn reserve(
+        &self,
+        key: &Key,
+        requested: Option<Ipv4Addr>,
+        meta: &[u8],
+    ) -> Result<Reservation<'_>, Error> {
         key.validate()?;
         check_meta(key, meta)?;
         if let Some(ip) = requested {
             self.span.check_usable(ip)?;
         }
-        self.write(|t| {
+        let (allocation, txn) = self.write_open(|t| {
             if let Some((held, stored_meta)) = t.lookup(key)? {
                 let held = Ipv4Addr::from(held);
                 return match requested {
@@ -204,6 +218,11 @@ impl Pool {
             };
             t.insert(key, ip, meta)?;
             Ok(self.allocation(key.clone(), Ipv4Addr::from(ip), meta.to_vec()))
+        })?;
+        Ok(Reservation {
+            pool: self,
+            txn,
+            allocation,
         })
     }
 
@@ -355,6 +374,19 @@ impl Pool {
     /// Runs `f` in one write transaction: committed if `f` changed something and succeeded,
     /// rolled back otherwise.
     fn write<T>(&self, f: impl FnOnce(&mut Tables<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        let (out, txn) = self.write_open(f)?;
+        if let Some(txn) = txn {
+            txn.commit().map_err(self.err("commit"))?;
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` in a new write transaction and returns the transaction still open if
+    /// `f` changed something; rolls it back if `f` changed nothing or failed.
+    fn write_open<T>(
+        &self,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, Error>,
+    ) -> Result<(T, Option<WriteTransaction>), Error> {
         let txn = self
             .db
             .begin_write()
@@ -365,11 +397,44 @@ impl Pool {
             (out, tables.dirty)
         };
         if dirty {
-            txn.commit().map_err(self.err("commit"))?;
+            Ok((out, Some(txn)))
         } else {
             txn.abort().map_err(self.err("roll back"))?;
+            Ok((out, None))
         }
-        Ok(out)
+    }
+}
+
+/// An allocation decided but not yet durable; see [`Pool::reserve`].
+#[must_use = "a reservation is rolled back unless committed"]
+pub struct Reservation<'p> {
+    pool: &'p Pool,
+    /// `None` when the key already held its address: nothing to commit.
+    txn: Option<WriteTransaction>,
+    allocation: Allocation,
+}
+
+impl Reservation<'_> {
+    /// The allocation this reservation makes.
+    pub fn allocation(&self) -> &Allocation {
+        &self.allocation
+    }
+
+    /// Makes the allocation durable, with the pool's immediate durability.
+    pub fn commit(self) -> Result<Allocation, Error> {
+        if let Some(txn) = self.txn {
+            txn.commit().map_err(self.pool.err("commit"))?;
+        }
+        Ok(self.allocation)
+    }
+}
+
+impl std::fmt::Debug for Reservation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("allocation", &self.allocation)
+            .field("pending", &self.txn.is_some())
+            .finish()
     }
 }
 

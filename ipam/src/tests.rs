@@ -34,6 +34,58 @@ fn pool_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Pool>();
     assert_send_sync::<Error>();
+    // A reservation commits on another thread while its owner sets the address up.
+    fn assert_send<T: Send>() {}
+    assert_send::<crate::Reservation<'static>>();
+}
+
+#[test]
+fn a_reservation_knows_its_address_before_the_commit_and_a_dropped_one_rolls_back() {
+    let p = pool("10.0.0.0/29");
+    let r = p.reserve(&key(1), None, b"ns1").unwrap();
+    assert_eq!(r.allocation().ip, ip("10.0.0.2"));
+    drop(r);
+    assert_eq!(p.get(&key(1)).unwrap(), None);
+    assert_eq!(
+        p.last_allocated().unwrap(),
+        None,
+        "the cursor rolled back too"
+    );
+
+    let r = p.reserve(&key(2), None, b"ns2").unwrap();
+    assert_eq!(r.allocation().ip, ip("10.0.0.2"));
+    let committed = std::thread::scope(|s| s.spawn(move || r.commit()).join().unwrap()).unwrap();
+    assert_eq!(p.get(&key(2)).unwrap(), Some(committed.clone()));
+    assert_eq!(committed.meta, b"ns2");
+    assert_eq!(alloc(&p, 3), ip("10.0.0.3"));
+}
+
+#[test]
+fn reserving_a_held_key_returns_its_allocation_and_commits_nothing() {
+    let p = pool("10.0.0.0/29");
+    let held = p.allocate(&key(1), None, b"old").unwrap();
+    let r = p.reserve(&key(1), None, b"new").unwrap();
+    assert_eq!(r.allocation(), &held);
+    assert_eq!(r.commit().unwrap(), held);
+    assert!(matches!(
+        p.reserve(&key(1), Some(ip("10.0.0.5")), b""),
+        Err(Error::KeyHoldsOther { .. })
+    ));
+    p.verify().unwrap();
+}
+
+#[test]
+fn a_reservation_holds_off_other_writers_until_it_ends() {
+    let p = pool("10.0.0.0/29");
+    let r = p.reserve(&key(1), None, b"").unwrap();
+    std::thread::scope(|s| {
+        let other = s.spawn(|| alloc(&p, 2));
+        // The other writer is parked in begin_write until the reservation commits, so it
+        // cannot take the same address.
+        let first = r.commit().unwrap().ip;
+        assert_ne!(other.join().unwrap(), first);
+    });
+    p.verify().unwrap();
 }
 
 #[test]

@@ -44,7 +44,7 @@ fn churn(path: &Path, round: &str, iterations: Option<u64>) {
     let started = Instant::now();
     let mut live: BTreeMap<u64, Ipv4Addr> = BTreeMap::new();
     let mut i = 0u64;
-    while iterations.map_or(true, |n| i < n) && started.elapsed() < CHILD_DEADLINE {
+    while iterations.is_none_or(|n| i < n) && started.elapsed() < CHILD_DEADLINE {
         let k = key(round, i);
         let a = pool.allocate(&k, None, &i.to_le_bytes()).unwrap();
         assert!(
@@ -54,7 +54,7 @@ fn churn(path: &Path, round: &str, iterations: Option<u64>) {
         );
         live.insert(i, a.ip);
         println!("ALLOC {i} {}", a.ip);
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             pool.update_meta(&k, b"updated").unwrap();
         }
         if live.len() > LIVE {

@@ -44,7 +44,10 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn key(k: u8) -> Key {
-    Key::new(format!("ctr-{k}"), if k % 2 == 0 { "eth0" } else { "net1" })
+    Key::new(
+        format!("ctr-{k}"),
+        if k.is_multiple_of(2) { "eth0" } else { "net1" },
+    )
 }
 
 /// What the model expects an allocation to return.

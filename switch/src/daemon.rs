@@ -412,30 +412,52 @@ impl Daemon {
         let meta = AttachMeta {
             netns: req.netns.clone(),
         };
-        let alloc = self.pool.allocate(&key, req.requested_ip, &meta.encode())?;
-        let result = self
-            .plug(&mut state, key.clone(), &req.netns, alloc.ip, Plug::Create)
-            .and_then(|entry| match self.publish(&state) {
+        let reservation = self.pool.reserve(&key, req.requested_ip, &meta.encode())?;
+        let ip = reservation.allocation().ip;
+        // The address is decided; its commit (an fsync) runs while the interface is
+        // made, which takes longer. A crash in between leaves either no record (the
+        // runtime's DEL then deletes the interface by name, as for any failed ADD) or
+        // a record whose interface restore reopens or, if it is missing, releases.
+        let (committed, plugged) = std::thread::scope(|s| {
+            let commit = s.spawn(move || reservation.commit());
+            let plugged = self.plug(&mut state, key.clone(), &req.netns, ip, Plug::Create);
+            let committed = match commit.join() {
+                Ok(committed) => committed.map_err(DaemonError::from),
+                Err(_) => Err(io_err("committing the allocation")(std::io::Error::other(
+                    "the commit thread panicked",
+                ))),
+            };
+            (committed, plugged)
+        });
+        let result = match (committed, plugged) {
+            (Ok(_), Ok(entry)) => match self.publish(&state) {
                 Ok(()) => Ok(entry),
                 Err(e) => {
                     self.unplug(&mut state, &key);
                     Err(e)
                 }
-            });
+            },
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), Ok(_)) => {
+                self.unplug(&mut state, &key);
+                // Nothing was written, so nothing is released.
+                return Err(e);
+            }
+            (Err(_), Err(e)) => return Err(e),
+        };
         match result {
             Ok(entry) => {
                 log::info!(
-                    "attached {} {} in {} as {}",
+                    "attached {} {} in {} as {ip}",
                     req.container_id,
                     req.ifname,
                     req.netns,
-                    alloc.ip
                 );
                 Ok(self.attachment(&entry))
             }
             Err(e) => {
                 if let Err(re) = self.pool.release(&key) {
-                    log::error!("releasing {} after a failed attach: {re}", alloc.ip);
+                    log::error!("releasing {ip} after a failed attach: {re}");
                 }
                 Err(e)
             }
@@ -607,7 +629,36 @@ impl Daemon {
     pub fn detach(&self, req: &DetachRequest) -> Result<Option<Ipv4Addr>, DaemonError> {
         let key = Key::new(&req.container_id, &req.ifname);
         let mut state = self.state.lock();
-        self.detach_locked(&mut state, &key)
+        let known = state.pods.iter().any(|p| p.key == key);
+        let released = self.detach_locked(&mut state, &key)?;
+        // An ADD that failed, or that weftd died in the middle of, may have left its
+        // interface behind without a record; delete it by name, as the reference
+        // plugins' DEL does, unless another attachment owns that name there.
+        let stray = req.netns.as_deref().filter(|netns| {
+            !known
+                && !state
+                    .pods
+                    .iter()
+                    .any(|p| p.entry.netns.as_deref() == Some(*netns) && p.key.ifname == req.ifname)
+        });
+        if let Some(netns) = stray {
+            self.delete_stray(netns, &req.ifname);
+        }
+        Ok(released)
+    }
+
+    /// Deletes interface `ifname` in `netns` if it is there; a netns that is gone or
+    /// an interface that is not there is no error.
+    fn delete_stray(&self, netns: &str, ifname: &str) {
+        if !tap::valid_ifname(ifname) {
+            return;
+        }
+        let name = ifname.to_owned();
+        match netlink::in_netns(Path::new(netns), move || netlink::delete_link(&name)) {
+            Ok(true) => log::info!("deleted stray interface {ifname} in {netns}"),
+            Ok(false) | Err(NetlinkError::OpenNetns { .. }) => {}
+            Err(e) => log::warn!("deleting stray interface {ifname} in {netns}: {e}"),
+        }
     }
 
     fn detach_locked(&self, state: &mut State, key: &Key) -> Result<Option<Ipv4Addr>, DaemonError> {

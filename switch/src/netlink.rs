@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -177,6 +177,9 @@ pub fn configure(spec: &LinkSpec) -> Result<(), NetlinkError> {
             .execute()
             .await
             .map_err(err("setting MAC and MTU"))?;
+        set_noqueue(&handle, index)
+            .await
+            .map_err(err("setting the noqueue qdisc"))?;
         handle
             .address()
             .add(index, IpAddr::V4(spec.addr), spec.prefix_len)
@@ -213,6 +216,38 @@ pub fn configure(spec: &LinkSpec) -> Result<(), NetlinkError> {
         }
         Ok(())
     })
+}
+
+/// Makes `noqueue` the root qdisc of interface `index`, before it comes up.
+///
+/// A multi-queue TAP has 256 transmit queues whatever number is open, and bringing it
+/// up with the default qdisc creates one child qdisc per queue: 1.5 ms of a pod's
+/// attach on this kernel, against 0.1 ms with `noqueue` set first. A queue in front of
+/// the TAP buys nothing either: the TAP never stops its queues, it drops when weft's
+/// ring is full, as it does behind any qdisc; veth, the usual pod interface, has
+/// `noqueue` too. rtnetlink's qdisc builder cannot name a kind, so the request is
+/// built here.
+async fn set_noqueue(handle: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    use rtnetlink::packet_core::{
+        NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST,
+    };
+    use rtnetlink::packet_route::tc::{TcAttribute, TcHandle, TcMessage};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+
+    let mut tc = TcMessage::with_index(index as i32);
+    tc.header.parent = TcHandle::ROOT;
+    tc.attributes.push(TcAttribute::Kind("noqueue".into()));
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(tc));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
+    let mut answers = handle.clone().request(req)?;
+    while let Some(msg) = answers.next().await {
+        if let NetlinkPayload::Error(e) = msg.payload {
+            if e.code.is_some() {
+                return Err(rtnetlink::Error::NetlinkError(e));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the interface `name` in the calling thread's namespace. `Ok(false)` if it

@@ -544,7 +544,7 @@ fn restart_releases_vanished_pods() {
 #[test]
 fn crash_during_attach_storm() {
     use std::collections::HashSet;
-    use weft_cni::proto::{AttachmentKey, GcRequest};
+    use weft_cni::proto::{AttachmentKey, DetachRequest, GcRequest};
 
     let mut c = Cluster::new("storm", 1, 0, &options("vxlan", &[]));
     let peers = c.scratch.path().join("peers.toml");
@@ -624,6 +624,19 @@ fn crash_during_attach_storm() {
     match node.ok(&Request::Status).unwrap() {
         Reply::Status(s) => assert_eq!(s.pods, answered.len()),
         other => panic!("{other:?}"),
+    }
+    // The runtime also DELs each failed ADD (containerd and podman tear a sandbox
+    // down that way), which deletes an interface weftd made but had not recorded yet
+    // when it died.
+    for (i, pod) in pods.iter().enumerate() {
+        if !answered.iter().any(|(j, _)| *j == i) {
+            let req = Request::Detach(DetachRequest {
+                container_id: format!("storm-{i}"),
+                ifname: "eth0".into(),
+                netns: Some(pod.ns.path().display().to_string()),
+            });
+            node.ok(&req).expect("DEL of a failed ADD");
+        }
     }
     // Pods that never got an answer have no interface left, and every other address
     // can be handed out again: the pool holds exactly the answered ones.
