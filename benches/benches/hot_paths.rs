@@ -253,7 +253,7 @@ impl Sink for LastDatagram {
         Ok(())
     }
 
-    fn to_peer(&mut self, _: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
+    fn to_peer(&mut self, _: &PeerEntry, _: usize, datagram: &[u8]) -> Result<(), TxError> {
         self.0 = datagram.to_vec();
         Ok(())
     }

@@ -178,7 +178,7 @@ impl Sink for CountingSink {
         Ok(())
     }
 
-    fn to_peer(&mut self, _peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
+    fn to_peer(&mut self, _peer: &PeerEntry, _lane: usize, datagram: &[u8]) -> Result<(), TxError> {
         self.datagrams += 1;
         self.bytes += datagram.len() as u64;
         Ok(())

@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod checksum;
+pub mod flow;
 pub mod gro;
 pub mod gso;
 mod inet;

@@ -20,10 +20,12 @@ use weft_ipam::{Key, Pool};
 
 use crate::config::{read_peers, NodeEntry, Settings};
 use crate::counters::Counters;
+use crate::datapath;
 use crate::mac::MacAddr;
 use crate::netlink::{self, LinkSpec, NetlinkError, RouteSpec};
 use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TablesError};
 use crate::tap::{self, TapError, TapQueue};
+use crate::udp::Lanes;
 use crate::worker::{self, Command, Shared, WorkerHandle};
 
 /// How long the control plane waits for workers to take or drop a queue.
@@ -270,8 +272,13 @@ impl Daemon {
             "binding the tunnel port {}:{}",
             settings.underlay_ip, settings.port
         )))?;
-        let (shared, workers) =
-            worker::spawn(tables.clone(), sockets).map_err(io_err("starting the workers"))?;
+        let lanes = Lanes::bind(settings.underlay_ip, datapath::LANES).map_err(io_err(format!(
+            "binding the tunnel's source ports on {}",
+            settings.underlay_ip
+        )))?;
+        log::info!("tunnel source ports {:?}", lanes.ports());
+        let (shared, workers) = worker::spawn(tables.clone(), sockets, Arc::new(lanes))
+            .map_err(io_err("starting the workers"))?;
         let daemon = Arc::new(Daemon {
             settings,
             node,

@@ -34,8 +34,20 @@ const ETHERTYPE_ARP: u16 = 0x0806;
 const IPPROTO_ICMP: u8 = 1;
 /// Largest IPv4 packet an ICMP error may be (RFC 1812, 4.3.2.3).
 const ICMP_ERROR_MAX: usize = 576;
-/// How many peers may have a sleeve datagram under construction at once.
-const SLEEVE_PENDING: usize = 8;
+/// How many (peer, lane) pairs may have a sleeve datagram under construction at once.
+const SLEEVE_PENDING: usize = 16;
+
+/// Outer UDP source ports a node sends from. A frame's flow hash picks its lane, so
+/// one flow always leaves from one source port (and lands, in order, on one worker
+/// of the receiver, whose `SO_REUSEPORT` group hashes the 4-tuple), while flows
+/// spread over ports as they do behind the kernel's VXLAN (RFC 7348 §5).
+pub const LANES: usize = 16;
+
+/// The lane of the Ethernet + IPv4 frame `frame`.
+#[inline]
+fn lane_of(frame: &[u8]) -> usize {
+    weft_encap::flow::hash(frame) as usize % LANES
+}
 
 /// Why a send failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,13 +77,20 @@ pub trait Sink {
     /// the port's kernel segments, or a checksum it completes).
     fn to_port(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8])
         -> Result<(), TxError>;
-    /// Sends a UDP payload (a VXLAN or sleeve datagram) to a peer node.
-    fn to_peer(&mut self, peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError>;
+    /// Sends a UDP payload (a VXLAN or sleeve datagram) to a peer node, from the
+    /// outer source port of `lane` (below [`LANES`]).
+    fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) -> Result<(), TxError>;
     /// Sends consecutive datagrams of `segment` bytes each (the last may be shorter)
     /// to a peer: the segments of one super-frame, for one GSO send.
-    fn to_peer_run(&mut self, peer: &PeerEntry, run: &[u8], segment: usize) -> Result<(), TxError> {
+    fn to_peer_run(
+        &mut self,
+        peer: &PeerEntry,
+        lane: usize,
+        run: &[u8],
+        segment: usize,
+    ) -> Result<(), TxError> {
         run.chunks(segment.max(1))
-            .try_for_each(|d| self.to_peer(peer, d))
+            .try_for_each(|d| self.to_peer(peer, lane, d))
     }
 }
 
@@ -101,6 +120,7 @@ enum Ingress {
 
 struct SleeveBatch {
     peer: SocketAddrV4,
+    lane: usize,
     index: usize,
     len: usize,
     buf: Box<[u8]>,
@@ -217,6 +237,7 @@ impl Datapath {
             sleeve: (0..SLEEVE_PENDING)
                 .map(|_| SleeveBatch {
                     peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                    lane: 0,
                     index: 0,
                     len: 0,
                     buf: vec![0u8; u16::MAX as usize].into_boxed_slice(),
@@ -355,14 +376,20 @@ impl Datapath {
         }
         for b in &mut self.sleeve[..self.sleeve_active] {
             let peer = &t.peers[b.index];
-            Self::send_datagram(self.worker, peer, &b.buf[..b.len], sink);
+            Self::send_datagram(self.worker, peer, b.lane, &b.buf[..b.len], sink);
             b.len = 0;
         }
         self.sleeve_active = 0;
     }
 
-    fn send_datagram(worker: usize, peer: &PeerEntry, datagram: &[u8], sink: &mut impl Sink) {
-        match sink.to_peer(peer, datagram) {
+    fn send_datagram(
+        worker: usize,
+        peer: &PeerEntry,
+        lane: usize,
+        datagram: &[u8],
+        sink: &mut impl Sink,
+    ) {
+        match sink.to_peer(peer, lane, datagram) {
             Ok(()) => peer.counters.tx(worker, datagram.len()),
             Err(e) => peer.counters.discard(worker, e.reason()),
         }
@@ -604,8 +631,9 @@ impl Datapath {
             t.node.router_mac.0,
             ETHERTYPE_IPV4,
         );
+        let lane = lane_of(&buf[eth..eth + len]);
         if offload.is_gso() {
-            return self.encapsulate_segments(t, j, offload, &buf[eth..eth + len], sink);
+            return self.encapsulate_segments(t, j, lane, offload, &buf[eth..eth + len], sink);
         }
         if offload.needs_csum {
             let (start, at) = (
@@ -620,20 +648,22 @@ impl Datapath {
             TunnelMode::Vxlan => {
                 let start = eth - vxlan::HEADER_LEN;
                 vxlan::emit_header(&mut buf[start..eth], t.node.vni);
-                Self::send_datagram(self.worker, peer, &buf[start..eth + len], sink);
+                Self::send_datagram(self.worker, peer, lane, &buf[start..eth + len], sink);
             }
             TunnelMode::Sleeve => {
                 let payload = &buf[eth + ETH_HLEN..eth + len];
-                self.sleeve_push(t, j, ETHERTYPE_IPV4, payload, sink);
+                self.sleeve_push(t, j, lane, ETHERTYPE_IPV4, payload, sink);
             }
         }
     }
 
     /// Cuts a super-frame into wire-sized frames and sends them to peer `j`.
+    #[allow(clippy::too_many_arguments)]
     fn encapsulate_segments(
         &mut self,
         t: &Tables,
         j: usize,
+        lane: usize,
         offload: &Offload,
         frame: &[u8],
         sink: &mut impl Sink,
@@ -662,7 +692,7 @@ impl Datapath {
                         return;
                     };
                     let end = end.end;
-                    match sink.to_peer_run(peer, &out[..end], segs.stride()) {
+                    match sink.to_peer_run(peer, lane, &out[..end], segs.stride()) {
                         Ok(()) => {
                             for i in 0..segs.count() {
                                 let n = segs.datagram_range(i).map_or(0, |r| r.len());
@@ -676,7 +706,7 @@ impl Datapath {
                     for i in 0..segs.count() {
                         if let Some(r) = segs.frame_range(i) {
                             let payload = &out[r.start + ETH_HLEN..r.end];
-                            self.sleeve_push(t, j, ETHERTYPE_IPV4, payload, sink);
+                            self.sleeve_push(t, j, lane, ETHERTYPE_IPV4, payload, sink);
                         }
                     }
                 }
@@ -685,12 +715,14 @@ impl Datapath {
         self.segments = out;
     }
 
-    /// Appends one record to the datagram under construction for peer `j`, sending
-    /// whatever no longer fits.
+    /// Appends one record to the datagram under construction for peer `j` on `lane`,
+    /// sending whatever no longer fits.
+    #[allow(clippy::too_many_arguments)]
     fn sleeve_push(
         &mut self,
         t: &Tables,
         j: usize,
+        lane: usize,
         ethertype: u16,
         payload: &[u8],
         sink: &mut impl Sink,
@@ -704,7 +736,7 @@ impl Datapath {
         let worker = self.worker;
         let slot = match self.sleeve[..self.sleeve_active]
             .iter()
-            .position(|b| b.peer == peer.addr)
+            .position(|b| b.peer == peer.addr && b.lane == lane)
         {
             Some(k) => k,
             None => {
@@ -715,6 +747,7 @@ impl Datapath {
                 self.sleeve_active += 1;
                 let b = &mut self.sleeve[k];
                 b.peer = peer.addr;
+                b.lane = lane;
                 b.index = j;
                 b.len = 0;
                 k
@@ -722,7 +755,7 @@ impl Datapath {
         };
         let b = &mut self.sleeve[slot];
         if b.len + need > max {
-            Self::send_datagram(worker, peer, &b.buf[..b.len], sink);
+            Self::send_datagram(worker, peer, lane, &b.buf[..b.len], sink);
             b.len = 0;
         }
         if b.len == 0 {

@@ -4,10 +4,15 @@
 //! per call where the kernel refuses GSO (EIO/EINVAL), and to plain receives where
 //! it has no GRO.
 //!
+//! Datagrams arrive on the tunnel port (one `SO_REUSEPORT` socket per worker) and
+//! leave from [`Lanes`]: sockets on ephemeral ports, one per flow-hash lane, shared
+//! by the workers, so the outer source port follows the inner flow.
+//!
 //! This layer knows nothing of VXLAN or sleeve: it moves opaque datagrams.
 
 use std::io::{self, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 
@@ -66,10 +71,80 @@ impl RxBatch {
     }
 }
 
+/// The sockets tunnel datagrams leave from: one per lane, each on its own port.
+pub struct Lanes {
+    lanes: Box<[Lane]>,
+}
+
+struct Lane {
+    socket: UdpSocket,
+    state: UdpSocketState,
+}
+
+impl std::fmt::Debug for Lanes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.ports()).finish()
+    }
+}
+
+impl Lanes {
+    /// Binds `n` sockets to `ip` on ports the kernel picks from its ephemeral range,
+    /// as the kernel's VXLAN picks source ports from it.
+    ///
+    /// Nothing is ever sent to these ports; their receive buffers are kept small.
+    pub fn bind(ip: Ipv4Addr, n: usize) -> io::Result<Lanes> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let lanes = (0..n.max(1))
+            .map(|_| {
+                let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+                s.set_nonblocking(true)?;
+                s.set_send_buffer_size(4 << 20)?;
+                s.set_recv_buffer_size(4096)?;
+                s.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
+                let socket: UdpSocket = s.into();
+                let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+                Ok(Lane { socket, state })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Lanes {
+            lanes: lanes.into_boxed_slice(),
+        })
+    }
+
+    /// The source port of each lane.
+    pub fn ports(&self) -> Vec<u16> {
+        self.lanes
+            .iter()
+            .map(|l| l.socket.local_addr().map_or(0, |a| a.port()))
+            .collect()
+    }
+
+    /// The lane `lane` stands for (any number: lanes repeat).
+    #[inline]
+    fn get(&self, lane: usize) -> &Lane {
+        &self.lanes[lane % self.lanes.len()]
+    }
+
+    /// Sends `transmit` from `lane`; on failure, counts its datagrams into `failed`.
+    fn send(&self, lane: usize, transmit: &Transmit<'_>, count: usize, failed: &mut u64) {
+        let l = self.get(lane);
+        if let Err(e) = l.state.try_send(UdpSockRef::from(&l.socket), transmit) {
+            // A full socket buffer or a refused GSO send loses these datagrams; the
+            // kernel reports GSO refusal once and quinn-udp sends singly from then on.
+            log::debug!(
+                "tunnel send of {count} datagrams to {}: {e}",
+                transmit.destination
+            );
+            *failed += count as u64;
+        }
+    }
+}
+
 /// A run of equal-sized datagrams to one peer, sent with one GSO call.
 struct TxBatch {
     buf: Box<[u8]>,
     dest: SocketAddrV4,
+    lane: usize,
     segment: usize,
     len: usize,
     count: usize,
@@ -77,10 +152,11 @@ struct TxBatch {
     closed: bool,
 }
 
-/// One worker's tunnel socket.
+/// One worker's tunnel I/O: its socket on the tunnel port, and the shared lanes.
 pub struct Tunnel {
     socket: UdpSocket,
     state: UdpSocketState,
+    lanes: Arc<Lanes>,
     tx: TxBatch,
     /// Datagrams lost to send errors since the worker last asked.
     failed: u64,
@@ -90,22 +166,25 @@ impl std::fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tunnel")
             .field("local", &self.socket.local_addr().ok())
-            .field("gso", &self.state.max_gso_segments())
+            .field("lanes", &self.lanes)
             .field("gro", &self.state.gro_segments())
             .finish()
     }
 }
 
 impl Tunnel {
-    /// Wraps a bound, non-blocking socket; turns on GRO where the kernel has it.
-    pub fn new(socket: UdpSocket) -> io::Result<Tunnel> {
+    /// Wraps a bound, non-blocking socket on the tunnel port, turning on GRO where
+    /// the kernel has it, and sends from `lanes`.
+    pub fn new(socket: UdpSocket, lanes: Arc<Lanes>) -> io::Result<Tunnel> {
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
         Ok(Tunnel {
             socket,
             state,
+            lanes,
             tx: TxBatch {
                 buf: vec![0u8; TX_BUF].into_boxed_slice(),
-                dest: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+                dest: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+                lane: 0,
                 segment: 0,
                 len: 0,
                 count: 0,
@@ -138,18 +217,19 @@ impl Tunnel {
         }
     }
 
-    /// Queues one datagram for `dest`. It leaves with the next [`Tunnel::flush`], or
-    /// earlier when the run it joins is full or cannot take it.
+    /// Queues one datagram for `dest` from `lane`. It leaves with the next
+    /// [`Tunnel::flush`], or earlier when the run it joins is full or cannot take it.
     #[inline]
-    pub fn push(&mut self, dest: SocketAddrV4, datagram: &[u8]) {
+    pub fn push(&mut self, dest: SocketAddrV4, lane: usize, datagram: &[u8]) {
         let len = datagram.len();
         let t = &self.tx;
         let joins = t.count > 0
             && t.dest == dest
+            && t.lane == lane
             && !t.closed
             && len <= t.segment
             && t.len + len <= t.buf.len()
-            && t.count < self.state.max_gso_segments();
+            && t.count < self.lanes.get(lane).state.max_gso_segments();
         if !joins {
             self.flush();
         }
@@ -160,6 +240,7 @@ impl Tunnel {
         let t = &mut self.tx;
         if t.count == 0 {
             t.dest = dest;
+            t.lane = lane;
             t.segment = len;
         }
         t.buf[t.len..t.len + len].copy_from_slice(datagram);
@@ -169,18 +250,20 @@ impl Tunnel {
     }
 
     /// Sends consecutive datagrams of `segment` bytes (the last may be shorter) to
-    /// `dest` straight from `run`, in as few GSO sends as the kernel allows.
-    pub fn send_run(&mut self, dest: SocketAddrV4, run: &[u8], segment: usize) {
+    /// `dest` from `lane` straight from `run`, in as few GSO sends as the kernel allows.
+    pub fn send_run(&mut self, dest: SocketAddrV4, lane: usize, run: &[u8], segment: usize) {
         self.flush();
         // One GSO send is one UDP datagram to the kernel: at most 64 KiB in all.
         let max = self
+            .lanes
+            .get(lane)
             .state
             .max_gso_segments()
             .min(TX_BUF / segment.max(1))
             .max(1);
         if max == 1 || segment == 0 {
             for d in run.chunks(segment.max(1)) {
-                self.push(dest, d);
+                self.push(dest, lane, d);
             }
             return;
         }
@@ -193,13 +276,7 @@ impl Tunnel {
                 segment_size: (count > 1).then_some(segment),
                 src_ip: None,
             };
-            if let Err(e) = self
-                .state
-                .try_send(UdpSockRef::from(&self.socket), &transmit)
-            {
-                log::debug!("tunnel send of {count} segments to {dest}: {e}");
-                self.failed += count as u64;
-            }
+            self.lanes.send(lane, &transmit, count, &mut self.failed);
         }
     }
 
@@ -216,15 +293,8 @@ impl Tunnel {
             segment_size: (t.count > 1).then_some(t.segment),
             src_ip: None,
         };
-        if let Err(e) = self
-            .state
-            .try_send(UdpSockRef::from(&self.socket), &transmit)
-        {
-            // A full socket buffer or a refused GSO send loses this run; the kernel
-            // reports GSO refusal once and quinn-udp sends singly from then on.
-            log::debug!("tunnel send of {} datagrams to {}: {e}", t.count, t.dest);
-            self.failed += t.count as u64;
-        }
+        self.lanes
+            .send(t.lane, &transmit, t.count, &mut self.failed);
         t.len = 0;
         t.count = 0;
         t.closed = false;

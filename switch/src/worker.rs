@@ -24,7 +24,7 @@ use crate::counters::DropReason;
 use crate::datapath::{Datapath, Sink, TxError, HEADROOM};
 use crate::port::{Offload, PortQueue};
 use crate::tables::{PeerEntry, PortEntry, PortId, Tables};
-use crate::udp::{RxBatch, Tunnel, RX_BATCH};
+use crate::udp::{Lanes, RxBatch, Tunnel, RX_BATCH};
 
 const WAKER: Token = Token(0);
 const SOCKET: Token = Token(1);
@@ -132,6 +132,7 @@ impl WorkerHandle {
 pub fn spawn(
     tables: Arc<ArcSwap<Tables>>,
     sockets: Vec<UdpSocket>,
+    lanes: Arc<Lanes>,
 ) -> io::Result<(Arc<Shared>, Vec<WorkerHandle>)> {
     let n = sockets.len();
     let mut polls = Vec::with_capacity(n);
@@ -161,9 +162,10 @@ pub fn spawn(
     for (index, (poll, socket)) in polls.into_iter().zip(sockets).enumerate() {
         let (tx, rx) = crossbeam::channel::unbounded();
         let shared = shared.clone();
+        let lanes = lanes.clone();
         let thread = std::thread::Builder::new()
             .name(format!("weft-worker-{index}"))
-            .spawn(move || Worker::new(index, poll, socket, rx, shared)?.run())?;
+            .spawn(move || Worker::new(index, poll, socket, lanes, rx, shared)?.run())?;
         handles.push(WorkerHandle {
             commands: tx,
             waker: wakers[index].clone(),
@@ -285,14 +287,20 @@ impl Sink for IoSink<'_> {
     }
 
     #[inline]
-    fn to_peer(&mut self, peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
-        self.io.tunnel.push(peer.addr, datagram);
+    fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) -> Result<(), TxError> {
+        self.io.tunnel.push(peer.addr, lane, datagram);
         Ok(())
     }
 
     #[inline]
-    fn to_peer_run(&mut self, peer: &PeerEntry, run: &[u8], segment: usize) -> Result<(), TxError> {
-        self.io.tunnel.send_run(peer.addr, run, segment);
+    fn to_peer_run(
+        &mut self,
+        peer: &PeerEntry,
+        lane: usize,
+        run: &[u8],
+        segment: usize,
+    ) -> Result<(), TxError> {
+        self.io.tunnel.send_run(peer.addr, lane, run, segment);
         Ok(())
     }
 }
@@ -302,6 +310,7 @@ impl Worker {
         index: usize,
         poll: Poll,
         socket: UdpSocket,
+        lanes: Arc<Lanes>,
         commands: Receiver<Command>,
         shared: Arc<Shared>,
     ) -> io::Result<Worker> {
@@ -311,7 +320,7 @@ impl Worker {
             SOCKET,
             Interest::READABLE,
         )?;
-        let tunnel = Tunnel::new(socket)?;
+        let tunnel = Tunnel::new(socket, lanes)?;
         Ok(Worker {
             poll,
             rx: RxBatch::default(),

@@ -69,7 +69,7 @@ impl Sink for CountingSink {
         self.super_frames += u64::from(offload.is_gso());
         Ok(())
     }
-    fn to_peer(&mut self, _: &PeerEntry, _: &[u8]) -> Result<(), TxError> {
+    fn to_peer(&mut self, _: &PeerEntry, _: usize, _: &[u8]) -> Result<(), TxError> {
         self.datagrams += 1;
         Ok(())
     }

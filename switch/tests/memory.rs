@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use proptest::prelude::*;
 use smoltcp::iface::SocketHandle;
@@ -16,6 +16,7 @@ use smoltcp::wire::{
     IpProtocol, Ipv4Packet,
 };
 use weft_encap::{sleeve, vxlan};
+use weft_switch::datapath::LANES;
 use weft_switch::counters::{DropReason, Snapshot};
 use weft_switch::mac::MacAddr;
 use weft_switch::tables::{PortKind, TunnelMode};
@@ -53,6 +54,7 @@ macro_rules! both_modes {
 }
 
 both_modes!(
+    one_flow_keeps_one_source_port_and_flows_spread,
     tcp_across_nodes_both_directions,
     tcp_between_pods_of_one_node_stays_off_the_wire,
     arp_from_smoltcp_is_answered_with_the_router_mac,
@@ -664,6 +666,52 @@ fn ttl_exceeded_comes_from_the_gateway_that_dropped_it(mode: TunnelMode) {
     check_icmp_error(&sim, a, &rx[0], gateway(1), 11, 0, &with_ttl(&p3, 1));
     assert_eq!(sim.peer_counters(1, 0).dropped(DropReason::TtlExceeded), 1);
     assert_eq!(sim.port_counters(a).dropped(DropReason::TtlExceeded), 2);
+}
+
+/// The outer source port (lane) is a hash of the inner flow: every datagram of a flow
+/// leaves from one lane, flows spread over lanes, and the receiver takes datagrams
+/// from any source port of a peer.
+fn one_flow_keeps_one_source_port_and_flows_spread(mode: TunnelMode) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut sim = two_nodes(mode);
+    sim.out.capture = true;
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    const FLOWS: u16 = 64;
+    for round in 0..3 {
+        for port in 0..FLOWS {
+            let p = Ip::udp(A, B).packet(&udp(30_000 + port, 5201, 100 + round));
+            sim.pod_frame(a, &from_pod(&sim, a, &p));
+        }
+        // One batch: in sleeve, many flows share the batch but not a datagram's lane.
+        sim.flush();
+        sim.deliver_wire();
+    }
+    assert_eq!(sim.take_rx(b).len(), 3 * FLOWS as usize, "{mode:?}: all arrive");
+    let mut lanes: BTreeMap<u16, BTreeSet<usize>> = BTreeMap::new();
+    for ev in &sim.out.log {
+        if let Event::ToPeer {
+            node: 0,
+            lane,
+            datagram,
+            ..
+        } = ev
+        {
+            for p in inner_packets(mode, 0, 1, datagram) {
+                let src_port = u16::from_be_bytes([p[20], p[21]]);
+                lanes.entry(src_port).or_default().insert(*lane);
+            }
+        }
+    }
+    assert_eq!(lanes.len(), FLOWS as usize);
+    for (flow, used) in &lanes {
+        assert_eq!(used.len(), 1, "{mode:?}: flow {flow} left from lanes {used:?}");
+    }
+    let spread: BTreeSet<usize> = lanes.values().flatten().copied().collect();
+    assert!(
+        spread.len() >= LANES * 3 / 4,
+        "{mode:?}: {FLOWS} flows used only lanes {spread:?}"
+    );
+    assert_eq!(sim.total_drops(), 0, "{}", sim.drops_report());
 }
 
 fn unroutable_cluster_addresses_get_host_unreachable(mode: TunnelMode) {
@@ -1375,7 +1423,7 @@ fn forwarding_rewrites_only_macs_ttl_and_checksum(mode: TunnelMode) {
     sim.flush();
     assert_eq!(sim.out.wire.len(), 1, "{mode:?}");
     let d = sim.out.wire[0].clone();
-    assert_eq!(d.from, SocketAddr::V4(underlay(0)));
+    assert_eq!(d.from.ip(), IpAddr::V4(*underlay(0).ip()), "from node 0, any lane");
     assert_eq!(d.to, SocketAddr::V4(underlay(1)));
     let inner = inner_packets(mode, 0, 1, &d.bytes);
     assert_eq!(
@@ -1534,7 +1582,10 @@ fn tcp_headers_arrive_unchanged_but_for_ttl(mode: TunnelMode) {
         "{mode:?}: frames seen {seen:?}"
     );
     for ev in &sim.out.log {
-        if let Event::ToPeer { node, to, datagram } = ev {
+        if let Event::ToPeer {
+            node, to, datagram, ..
+        } = ev
+        {
             let peer = sim.node_at(SocketAddr::V4(*to)).unwrap();
             for p in inner_packets(mode, *node, peer, datagram) {
                 let p = Ipv4Packet::new_checked(&p[..]).unwrap();
@@ -1619,15 +1670,13 @@ fn host_port_and_peer_underlay_routes(mode: TunnelMode) {
 
 fn small_frames_to_a_peer_before_flush(mode: TunnelMode) {
     let mut sim = two_nodes(mode);
-    let (a, a2, b) = (sim.pod(A), sim.pod(A2), sim.pod(B));
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    // One flow, so one lane: the sleeve packs it into one datagram.
     let packets: Vec<Vec<u8>> = (0..5u16)
-        .map(|i| {
-            Ip::udp(if i == 2 { A2 } else { A }, B).packet(&udp(100 + i, 200, 10 * usize::from(i)))
-        })
+        .map(|i| Ip::udp(A, B).packet(&udp(100, 200, 10 * usize::from(i))))
         .collect();
-    for (i, p) in packets.iter().enumerate() {
-        let from = if i == 2 { a2 } else { a };
-        sim.pod_frame(from, &from_pod(&sim, from, p));
+    for p in &packets {
+        sim.pod_frame(a, &from_pod(&sim, a, p));
     }
     let decremented: Vec<Vec<u8>> = packets.iter().map(|p| with_ttl(p, 63)).collect();
     match mode {
@@ -1687,9 +1736,10 @@ fn small_frames_to_a_peer_before_flush(mode: TunnelMode) {
         "{mode:?}: B receives them all, in order"
     );
 
-    // Frames that do not fit together are split over datagrams of at most 1472 bytes.
+    // Frames (of one flow) that do not fit together are split over datagrams of at
+    // most 1472 bytes.
     let big: Vec<Vec<u8>> = (0..3u16)
-        .map(|i| Ip::udp(A, B).packet(&udp(i, 9, 700 - 28)))
+        .map(|_| Ip::udp(A, B).packet(&udp(7, 9, 700 - 28)))
         .collect();
     for p in &big {
         sim.pod_frame(a, &from_pod(&sim, a, p));
@@ -1979,7 +2029,9 @@ fn check_outputs(sim: &Sim) -> Result<(), TestCaseError> {
                     other => prop_assert!(false, "ethertype {:#06x} sent to {}", other, ip),
                 }
             }
-            Event::ToPeer { node, to, datagram } => {
+            Event::ToPeer {
+                node, to, datagram, ..
+            } => {
                 prop_assert!(
                     datagram.len() <= MAX_DATAGRAM,
                     "{}-byte datagram",

@@ -57,6 +57,9 @@ pub fn gateway(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, n as u8 + 1, 1)
 }
 
+/// The source port of lane 0 on the simulated wire; lane `k` sends from this + `k`.
+pub const LANE_PORT_BASE: u16 = 40_000;
+
 /// Node `n`'s underlay address and tunnel port.
 pub fn underlay(n: usize) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 250, 0, n as u8 + 1), TUNNEL_PORT)
@@ -193,6 +196,8 @@ pub enum Event {
         node: usize,
         /// The peer's underlay address.
         to: SocketAddrV4,
+        /// The lane (outer source port) it left from.
+        lane: usize,
         /// The datagram.
         datagram: Vec<u8>,
     },
@@ -274,8 +279,8 @@ impl Sink for NodeSink<'_> {
         self.deliver_frame(port, frame)
     }
 
-    fn to_peer(&mut self, peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
-        self.send_datagram(peer, datagram)
+    fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) -> Result<(), TxError> {
+        self.send_datagram(peer, lane, datagram)
     }
 }
 
@@ -315,11 +320,17 @@ impl NodeSink<'_> {
         Ok(())
     }
 
-    fn send_datagram(&mut self, peer: &PeerEntry, datagram: &[u8]) -> Result<(), TxError> {
+    fn send_datagram(
+        &mut self,
+        peer: &PeerEntry,
+        lane: usize,
+        datagram: &[u8],
+    ) -> Result<(), TxError> {
         if self.out.capture {
             self.out.log.push(Event::ToPeer {
                 node: self.node,
                 to: peer.addr,
+                lane,
                 datagram: datagram.to_vec(),
             });
         }
@@ -328,7 +339,11 @@ impl NodeSink<'_> {
         s.datagram_bytes += datagram.len() as u64;
         s.longest_datagram = s.longest_datagram.max(datagram.len());
         self.out.wire.push_back(WireDatagram {
-            from: SocketAddr::V4(underlay(self.node)),
+            // Each lane is its own source port, as on a real node.
+            from: SocketAddr::V4(SocketAddrV4::new(
+                *underlay(self.node).ip(),
+                LANE_PORT_BASE + lane as u16,
+            )),
             to: SocketAddr::V4(peer.addr),
             bytes: datagram.to_vec(),
         });

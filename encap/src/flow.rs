@@ -1,0 +1,148 @@
+//! The flow hash of an inner frame, for the outer UDP source port.
+//!
+//! RFC 7348 §5 recommends that a VTEP derive the outer source port from a hash of
+//! the inner packet's headers, so that equal-cost paths and receive-side scaling
+//! spread flows across links and cores while every packet of one flow takes the
+//! same path, in order. The kernel's VXLAN does it with the flow dissector's hash;
+//! weft does the same over the fields that dissector uses for IPv4.
+
+use crate::inet::{self, ipv4_layout, PROTO_TCP, PROTO_UDP};
+
+/// Hashes the flow of an Ethernet + IPv4 frame: addresses and protocol, plus the
+/// ports of TCP and UDP (not for fragments, whose later parts carry no ports, so
+/// all parts of one datagram hash alike). Anything that is not IPv4 hashes to 0.
+///
+/// Never panics. Not symmetric: the two directions of a connection are two flows.
+pub fn hash(frame: &[u8]) -> u32 {
+    let Ok(layout) = ipv4_layout(frame) else {
+        return 0;
+    };
+    let ip = &frame[crate::ETHERNET_HEADER_LEN..];
+    let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let ports = match layout.protocol {
+        PROTO_TCP | PROTO_UDP if !layout.fragment && layout.l4_start + 4 <= layout.end => {
+            u32::from(inet::get_u16(frame, layout.l4_start)) << 16
+                | u32::from(inet::get_u16(frame, layout.l4_start + 2))
+        }
+        _ => 0,
+    };
+    let mut h = mix(0x9e37_79b9 ^ u32::from(layout.protocol), src);
+    h = mix(h, dst);
+    h = mix(h, ports);
+    fmix(h)
+}
+
+/// One round of MurmurHash3's body.
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+/// MurmurHash3's finaliser: every input bit affects every output bit.
+fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::Tcp;
+    use etherparse::PacketBuilder;
+    use proptest::prelude::*;
+
+    fn tcp(src: [u8; 4], src_port: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        Tcp {
+            src,
+            src_port,
+            seq,
+            payload: payload.to_vec(),
+            ..Tcp::default()
+        }
+        .build()
+    }
+
+    fn udp(src_port: u16, dst_port: u16) -> Vec<u8> {
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 244, 1, 2], [10, 244, 2, 3], 64)
+            .udp(src_port, dst_port)
+            .write(&mut frame, &[1; 64])
+            .unwrap();
+        frame
+    }
+
+    /// Sets MF: the frame becomes a first fragment.
+    fn fragment(mut frame: Vec<u8>) -> Vec<u8> {
+        frame[crate::ETHERNET_HEADER_LEN + 6] |= 0x20;
+        frame
+    }
+
+    #[test]
+    fn ports_protocol_and_addresses_all_count() {
+        let all = [
+            hash(&tcp([10, 244, 1, 2], 40000, 0, b"x")),
+            hash(&tcp([10, 244, 1, 2], 40001, 0, b"x")),
+            hash(&tcp([10, 244, 1, 3], 40000, 0, b"x")),
+            hash(&udp(40000, 5201)),
+        ];
+        for i in 0..all.len() {
+            for j in i + 1..all.len() {
+                assert_ne!(all[i], all[j], "{i} and {j} collide");
+            }
+        }
+    }
+
+    #[test]
+    fn one_flow_hashes_alike_whatever_its_payload_and_sequence() {
+        let a = tcp([10, 244, 1, 2], 40000, 1, b"first");
+        let b = tcp([10, 244, 1, 2], 40000, 9999, &[7; 900]);
+        assert_eq!(hash(&a), hash(&b));
+    }
+
+    #[test]
+    fn fragments_hash_without_ports() {
+        let frag = hash(&fragment(udp(5000, 53)));
+        assert_ne!(frag, hash(&udp(5000, 53)));
+        assert_eq!(hash(&fragment(udp(6000, 54))), frag);
+    }
+
+    #[test]
+    fn not_ipv4_hashes_to_zero() {
+        let mut frame = udp(1, 2);
+        frame[12] = 0x86;
+        frame[13] = 0xdd;
+        assert_eq!(hash(&frame), 0);
+        assert_eq!(hash(&[]), 0);
+    }
+
+    #[test]
+    fn flows_spread_evenly_over_lanes() {
+        let mut lanes = [0u32; 16];
+        for port in 0..16_000u16 {
+            lanes[hash(&tcp([10, 244, 1, 2], 10_000 + port, 0, b"")) as usize % 16] += 1;
+        }
+        // 1000 expected per lane; a fair hash stays well within ±15%.
+        assert!(
+            lanes.iter().all(|&n| (850..=1150).contains(&n)),
+            "{lanes:?}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(frame in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = hash(&frame);
+        }
+    }
+}
