@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -10,6 +11,12 @@ use weft_encap::vxlan::{Vni, DEFAULT_PORT};
 
 use crate::mac::MacAddr;
 use crate::tables::{TunnelMode, TUNNEL_OVERHEAD};
+
+/// The default longest polling window of a worker (see [`crate::spin`]): long
+/// enough to catch a pod's reply to the request just handed to it.
+pub const DEFAULT_POLL_US: u32 = 100;
+/// The largest polling window allowed: beyond it, polling only burns CPU.
+pub const MAX_POLL_US: u32 = 10_000;
 
 /// Settings as given, each optional: from the config file and from flags. A flag
 /// overrides the file. Keys in the file are the flag names (`node-name = "a"`).
@@ -43,6 +50,10 @@ pub struct Options {
     /// Queues per port, at most one per worker [default: workers].
     #[arg(long)]
     pub port_queues: Option<usize>,
+    /// Longest a worker polls for more frames after work before it sleeps, in
+    /// microseconds; the window adapts below it, and 0 turns polling off [default: 100].
+    #[arg(long)]
+    pub poll_us: Option<u32>,
     /// Path of the control socket [default: /run/weft/weft.sock].
     #[arg(long)]
     pub socket: Option<PathBuf>,
@@ -138,6 +149,7 @@ impl Options {
             port: self.port.or(file.port),
             workers: self.workers.or(file.workers),
             port_queues: self.port_queues.or(file.port_queues),
+            poll_us: self.poll_us.or(file.poll_us),
             socket: self.socket.or(file.socket),
             peers: self.peers.or(file.peers),
             vtep_mac: self.vtep_mac.or(file.vtep_mac),
@@ -214,6 +226,13 @@ impl Options {
                 why: format!("{workers}: between 1 and 64"),
             });
         }
+        let poll_us = self.poll_us.unwrap_or(DEFAULT_POLL_US);
+        if poll_us > MAX_POLL_US {
+            return Err(ConfigError::Invalid {
+                key: "poll-us",
+                why: format!("{poll_us}: at most {MAX_POLL_US}"),
+            });
+        }
         let port_queues = self.port_queues.unwrap_or(workers);
         if port_queues == 0 || port_queues > workers {
             return Err(ConfigError::Invalid {
@@ -245,6 +264,7 @@ impl Options {
             port,
             workers,
             port_queues,
+            poll: Duration::from_micros(u64::from(poll_us)),
             socket: self
                 .socket
                 .unwrap_or_else(|| weft_cni::proto::DEFAULT_SOCKET.into()),
@@ -278,6 +298,8 @@ pub struct Settings {
     pub workers: usize,
     /// Queues per port.
     pub port_queues: usize,
+    /// Longest adaptive polling window of a worker.
+    pub poll: Duration,
     /// Control socket path.
     pub socket: PathBuf,
     /// Peers file, if any.
@@ -411,6 +433,7 @@ mod tests {
         assert_eq!(s.pod_mtu(), 1450);
         assert_eq!(s.socket, Path::new("/run/weft/weft.sock"));
         assert_eq!(s.host_port, "weft0");
+        assert_eq!(s.poll, Duration::from_micros(100));
     }
 
     #[test]
@@ -426,12 +449,13 @@ mod tests {
 
     #[test]
     fn bad_settings_say_what_is_wrong() {
-        let cases: [(&str, &str); 6] = [
+        let cases: [(&str, &str); 7] = [
             ("pod-subnet = \"10.244.1.5/24\"", "host bits"),
             ("pod-subnet = \"10.245.1.0/24\"", "inside the cluster CIDR"),
             ("vni = 16777216", "24 bits"),
             ("workers = 0", "workers"),
             ("underlay-mtu = 100", "underlay-mtu"),
+            ("poll-us = 20000", "poll-us"),
             ("bogus = 1", "unknown field"),
         ];
         let head =

@@ -277,8 +277,9 @@ impl Daemon {
             settings.underlay_ip
         )))?;
         log::info!("tunnel source ports {:?}", lanes.ports());
-        let (shared, workers) = worker::spawn(tables.clone(), sockets, Arc::new(lanes))
-            .map_err(io_err("starting the workers"))?;
+        let (shared, workers) =
+            worker::spawn(tables.clone(), sockets, Arc::new(lanes), settings.poll)
+                .map_err(io_err("starting the workers"))?;
         let daemon = Arc::new(Daemon {
             settings,
             node,

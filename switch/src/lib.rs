@@ -12,6 +12,7 @@ pub mod fib;
 pub mod mac;
 pub mod netlink;
 pub mod port;
+pub mod spin;
 pub mod tables;
 pub mod tap;
 pub mod udp;

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::{Receiver, Sender};
@@ -23,6 +23,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::counters::DropReason;
 use crate::datapath::{Datapath, Sink, TxError, HEADROOM};
 use crate::port::{Offload, PortQueue};
+use crate::spin::Spin;
 use crate::tables::{PeerEntry, PortEntry, PortId, Tables};
 use crate::udp::{Lanes, RxBatch, Tunnel, RX_BATCH};
 
@@ -128,11 +129,13 @@ impl WorkerHandle {
     }
 }
 
-/// Starts `sockets.len()` workers, one per tunnel socket.
+/// Starts `sockets.len()` workers, one per tunnel socket; they send from `lanes` and
+/// poll after work for at most `poll_max` (see [`crate::spin`]) before sleeping.
 pub fn spawn(
     tables: Arc<ArcSwap<Tables>>,
     sockets: Vec<UdpSocket>,
     lanes: Arc<Lanes>,
+    poll_max: Duration,
 ) -> io::Result<(Arc<Shared>, Vec<WorkerHandle>)> {
     let n = sockets.len();
     let mut polls = Vec::with_capacity(n);
@@ -165,7 +168,7 @@ pub fn spawn(
         let lanes = lanes.clone();
         let thread = std::thread::Builder::new()
             .name(format!("weft-worker-{index}"))
-            .spawn(move || Worker::new(index, poll, socket, lanes, rx, shared)?.run())?;
+            .spawn(move || Worker::new(index, poll, socket, lanes, poll_max, rx, shared)?.run())?;
         handles.push(WorkerHandle {
             commands: tx,
             waker: wakers[index].clone(),
@@ -201,6 +204,7 @@ struct QueueSlot {
 
 struct Worker {
     poll: Poll,
+    spin: Spin,
     rx: RxBatch,
     commands: Receiver<Command>,
     dp: Datapath,
@@ -311,6 +315,7 @@ impl Worker {
         poll: Poll,
         socket: UdpSocket,
         lanes: Arc<Lanes>,
+        poll_max: Duration,
         commands: Receiver<Command>,
         shared: Arc<Shared>,
     ) -> io::Result<Worker> {
@@ -323,6 +328,7 @@ impl Worker {
         let tunnel = Tunnel::new(socket, lanes)?;
         Ok(Worker {
             poll,
+            spin: Spin::new(poll_max),
             rx: RxBatch::default(),
             commands,
             dp: Datapath::new(index),
@@ -342,12 +348,12 @@ impl Worker {
         // Fds whose budget ran out: served again before the worker sleeps.
         let mut again: Vec<Token> = Vec::with_capacity(64);
         let mut ready: Vec<Token> = Vec::with_capacity(256);
+        // The end of the last batch, and until when to poll after it.
+        let mut idle_since = Instant::now();
+        let mut poll_until = idle_since;
         loop {
-            let timeout = if again.is_empty() {
-                None
-            } else {
-                Some(Duration::ZERO)
-            };
+            let polling = !again.is_empty() || Instant::now() < poll_until;
+            let timeout = if polling { Some(Duration::ZERO) } else { None };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -355,6 +361,14 @@ impl Worker {
             }
             if self.io.shared.stop.load(Ordering::Acquire) {
                 return Ok(());
+            }
+            if events.is_empty() && again.is_empty() {
+                // Nothing yet: give the CPU to whatever else may run, then look again.
+                std::thread::yield_now();
+                continue;
+            }
+            if !polling {
+                self.spin.woke(idle_since.elapsed());
             }
             ready.clear();
             ready.append(&mut again);
@@ -389,6 +403,8 @@ impl Worker {
             }
             self.flush_queues();
             self.wake(wake);
+            idle_since = Instant::now();
+            poll_until = idle_since + self.spin.window();
         }
     }
 
