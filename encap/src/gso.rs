@@ -292,6 +292,32 @@ pub fn required_out_len(frame: &[u8], hdr: &virtio::Repr, headroom: usize) -> Re
         })
 }
 
+/// The virtio-net header under which `frame`, a super-frame whose L4 checksum
+/// field holds the pseudo-header sum, is written to a TAP device: segmentation
+/// `gso_type` (TCPV4 or UDP_L4) into `gso_size`-byte payloads, the checksum
+/// left to complete from the L4 header on.
+///
+/// Fails as [`segment`] would for a frame it cannot cut. Never panics.
+pub fn super_frame_header(
+    frame: &[u8],
+    gso_type: GsoType,
+    gso_size: u16,
+) -> Result<virtio::Repr, Error> {
+    let asked = virtio::Repr {
+        gso_type,
+        gso_size,
+        ..virtio::Repr::PLAIN
+    };
+    let plan = Plan::new(frame, &asked)?;
+    Ok(virtio::Repr {
+        needs_csum: true,
+        hdr_len: plan.headers_len as u16,
+        csum_start: plan.l4_start as u16,
+        csum_offset: plan.kind.checksum_offset() as u16,
+        ..asked
+    })
+}
+
 /// The two kinds of L4 segmentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -602,6 +628,43 @@ mod tests {
             assert_eq!(out[datagram.start..datagram.start + HEADROOM], [0xa5; 8]);
         }
         assert_eq!(segments.frame_range(3), None);
+    }
+
+    #[test]
+    fn super_frame_header_is_what_tun_hands_out() {
+        let spec = testutil::Tcp {
+            payload: vec![7; 5000],
+            ..Default::default()
+        };
+        let (tun_hdr, frame) = spec.build_tso(1448);
+        let hdr = super_frame_header(&frame, GsoType::TcpV4, 1448).unwrap();
+        assert_eq!(hdr.gso_type, GsoType::TcpV4);
+        assert_eq!(hdr.gso_size, 1448);
+        assert!(hdr.needs_csum);
+        assert_eq!(
+            (hdr.csum_start, hdr.csum_offset),
+            (tun_hdr.csum_start, tun_hdr.csum_offset)
+        );
+        assert_eq!(hdr.hdr_len, 14 + 20 + 32);
+        // It cuts the frame as the original header does.
+        let (a, out_a) = segment_vec(&frame, &tun_hdr, 0);
+        let (b, out_b) = segment_vec(&frame, &hdr, 0);
+        assert_eq!((a, out_a), (b, out_b));
+
+        let (_, udp) = testutil::Udp::default().build_uso(1000);
+        let hdr = super_frame_header(&udp, GsoType::UdpL4, 1000).unwrap();
+        assert_eq!((hdr.csum_start, hdr.csum_offset), (34, 6));
+        assert_eq!(hdr.hdr_len, 42);
+        // A mismatch of protocol and type, and a zero size, are refused.
+        assert!(matches!(
+            super_frame_header(&udp, GsoType::TcpV4, 1000),
+            Err(Error::Protocol { .. })
+        ));
+        assert_eq!(
+            super_frame_header(&frame, GsoType::TcpV4, 0),
+            Err(Error::ZeroGsoSize)
+        );
+        assert!(super_frame_header(&frame, GsoType::Udp, 1448).is_err());
     }
 
     #[test]

@@ -58,6 +58,12 @@ pub const RECORD_HEADER_LEN: usize = 4;
 /// Length of a heartbeat body.
 pub const HEARTBEAT_LEN: usize = 16;
 
+/// Length of a chunk header, before the chunk's data.
+pub const CHUNK_HEADER_LEN: usize = 16;
+
+/// Bytes of a chunk datagram before its data: the datagram and chunk headers.
+pub const CHUNK_OVERHEAD: usize = HEADER_LEN + CHUNK_HEADER_LEN;
+
 /// Bytes the sleeve adds to one frame's payload: the header and one record header.
 pub const MIN_OVERHEAD: usize = HEADER_LEN + RECORD_HEADER_LEN;
 
@@ -91,7 +97,9 @@ pub enum Error {
         version: u8,
     },
     /// The kind byte names no kind version 1 knows.
-    #[error("sleeve datagram kind {kind} is unknown (version 1 knows 1 = frames, 2 = heartbeat)")]
+    #[error(
+        "sleeve datagram kind {kind} is unknown (version 1 knows 1 = frames, 2 = heartbeat, 3 = chunk)"
+    )]
     UnknownKind {
         /// The kind received.
         kind: u8,
@@ -121,6 +129,22 @@ pub enum Error {
         /// Length of the body received.
         len: usize,
     },
+    /// A chunk body is shorter than the chunk header.
+    #[error("sleeve chunk body of {len} bytes is shorter than the 16-byte chunk header")]
+    TruncatedChunk {
+        /// Length of the body received.
+        len: usize,
+    },
+    /// A chunk carries no data, or data beyond its frame's announced length.
+    #[error("sleeve chunk of {len} bytes at offset {offset} does not fit a {total}-byte frame")]
+    BadChunk {
+        /// The frame's announced length.
+        total: u16,
+        /// Where the chunk's data starts in the frame.
+        offset: u16,
+        /// The chunk's data length.
+        len: usize,
+    },
     /// A buffer given for writing a datagram is too small.
     #[error("buffer of {len} bytes is too small for a sleeve datagram ({needed} bytes needed)")]
     BufferTooSmall {
@@ -138,6 +162,8 @@ pub enum Kind {
     Frames,
     /// A heartbeat.
     Heartbeat,
+    /// A piece of a super-frame.
+    Chunk,
 }
 
 impl TryFrom<u8> for Kind {
@@ -147,6 +173,7 @@ impl TryFrom<u8> for Kind {
         match kind {
             1 => Ok(Kind::Frames),
             2 => Ok(Kind::Heartbeat),
+            3 => Ok(Kind::Chunk),
             _ => Err(Error::UnknownKind { kind }),
         }
     }
@@ -157,6 +184,7 @@ impl From<Kind> for u8 {
         match kind {
             Kind::Frames => 1,
             Kind::Heartbeat => 2,
+            Kind::Chunk => 3,
         }
     }
 }
@@ -166,6 +194,7 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::Frames => "frames",
             Kind::Heartbeat => "heartbeat",
+            Kind::Chunk => "chunk",
         })
     }
 }
@@ -209,6 +238,21 @@ mod field {
 
         pub const SEQUENCE: Field = 0..8;
         pub const SENT_MICROS: Field = 8..16;
+    }
+
+    /// A chunk body, from the body's start.
+    pub mod chunk {
+        use super::{Field, Rest};
+
+        pub const FRAME_ID: Field = 0..4;
+        pub const TOTAL: Field = 4..6;
+        pub const OFFSET: Field = 6..8;
+        pub const ETHERTYPE: Field = 8..10;
+        pub const GSO_TYPE: usize = 10;
+        pub const RESERVED1: usize = 11;
+        pub const GSO_SIZE: Field = 12..14;
+        pub const RESERVED2: Field = 14..16;
+        pub const DATA: Rest = 16..;
     }
 }
 
@@ -383,6 +427,83 @@ impl fmt::Display for Repr {
     }
 }
 
+/// The header of a chunk: which super-frame it belongs to, where its data goes,
+/// and how the whole frame is to be segmented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkRepr {
+    /// The sender's id for the frame, the same in all its chunks.
+    pub frame_id: u32,
+    /// The length of the frame's payload (after its ethertype), all chunks together.
+    pub total: u16,
+    /// Where this chunk's data starts in the payload.
+    pub offset: u16,
+    /// The frame's ethertype.
+    pub ethertype: u16,
+    /// The segmentation the frame asks for, in virtio-net's numbering
+    /// (`weft_encap::virtio::GSO_TCPV4`, `GSO_UDP_L4`).
+    pub gso_type: u8,
+    /// Payload bytes per segment.
+    pub gso_size: u16,
+}
+
+impl ChunkRepr {
+    /// Writes the chunk header into `body[..CHUNK_HEADER_LEN]`, reserved bytes zero.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `body` is shorter than [`CHUNK_HEADER_LEN`].
+    pub fn emit(&self, body: &mut [u8]) {
+        use field::chunk as f;
+        let body = &mut body[..CHUNK_HEADER_LEN];
+        body[f::FRAME_ID].copy_from_slice(&self.frame_id.to_be_bytes());
+        body[f::TOTAL].copy_from_slice(&self.total.to_be_bytes());
+        body[f::OFFSET].copy_from_slice(&self.offset.to_be_bytes());
+        body[f::ETHERTYPE].copy_from_slice(&self.ethertype.to_be_bytes());
+        body[f::GSO_TYPE] = self.gso_type;
+        body[f::RESERVED1] = 0;
+        body[f::GSO_SIZE].copy_from_slice(&self.gso_size.to_be_bytes());
+        body[f::RESERVED2].fill(0);
+    }
+}
+
+/// A parsed chunk: its header and its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk<'a> {
+    /// The header.
+    pub repr: ChunkRepr,
+    /// The data, at `repr.offset` in the frame's payload.
+    pub data: &'a [u8],
+}
+
+impl<'a> Chunk<'a> {
+    /// Parses a chunk body; never panics. The data must be non-empty and end
+    /// within the announced frame.
+    pub fn parse(body: &'a [u8]) -> Result<Chunk<'a>, Error> {
+        use field::chunk as f;
+        if body.len() < CHUNK_HEADER_LEN {
+            return Err(Error::TruncatedChunk { len: body.len() });
+        }
+        let u16_at = |r: Field| u16::from_be_bytes([body[r.start], body[r.start + 1]]);
+        let repr = ChunkRepr {
+            frame_id: u32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+            total: u16_at(f::TOTAL),
+            offset: u16_at(f::OFFSET),
+            ethertype: u16_at(f::ETHERTYPE),
+            gso_type: body[f::GSO_TYPE],
+            gso_size: u16_at(f::GSO_SIZE),
+        };
+        let data = &body[f::DATA];
+        if data.is_empty() || usize::from(repr.offset) + data.len() > usize::from(repr.total) {
+            return Err(Error::BadChunk {
+                total: repr.total,
+                offset: repr.offset,
+                len: data.len(),
+            });
+        }
+        Ok(Chunk { repr, data })
+    }
+}
+
 /// A heartbeat: tells the receiver the sender is alive and reachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Heartbeat {
@@ -537,13 +658,22 @@ pub enum Datagram<'a> {
         /// Its contents.
         heartbeat: Heartbeat,
     },
+    /// A piece of a super-frame.
+    Chunk {
+        /// The node that sent it.
+        sender: NodeId,
+        /// The chunk.
+        chunk: Chunk<'a>,
+    },
 }
 
 impl Datagram<'_> {
     /// Returns the node that sent the datagram.
     pub fn sender(&self) -> NodeId {
         match *self {
-            Datagram::Frames { sender, .. } | Datagram::Heartbeat { sender, .. } => sender,
+            Datagram::Frames { sender, .. }
+            | Datagram::Heartbeat { sender, .. }
+            | Datagram::Chunk { sender, .. } => sender,
         }
     }
 
@@ -552,6 +682,7 @@ impl Datagram<'_> {
         match self {
             Datagram::Frames { .. } => Kind::Frames,
             Datagram::Heartbeat { .. } => Kind::Heartbeat,
+            Datagram::Chunk { .. } => Kind::Chunk,
         }
     }
 }
@@ -569,6 +700,10 @@ pub fn parse(datagram: &[u8]) -> Result<Datagram<'_>, Error> {
         Kind::Heartbeat => Datagram::Heartbeat {
             sender,
             heartbeat: Heartbeat::parse(body)?,
+        },
+        Kind::Chunk => Datagram::Chunk {
+            sender,
+            chunk: Chunk::parse(body)?,
         },
     })
 }

@@ -65,6 +65,20 @@ pub fn sleeve_parse(data: &[u8]) {
         Ok(Datagram::Heartbeat { sender, heartbeat }) => {
             sleeve::emit_heartbeat(&mut rebuilt, sender, heartbeat)
         }
+        Ok(Datagram::Chunk { sender, chunk }) => {
+            assert!(!chunk.data.is_empty());
+            assert!(
+                usize::from(chunk.repr.offset) + chunk.data.len() <= usize::from(chunk.repr.total)
+            );
+            sleeve::emit_header(&mut rebuilt, sleeve::Kind::Chunk, sender);
+            chunk.repr.emit(&mut rebuilt[sleeve::HEADER_LEN..]);
+            rebuilt[sleeve::CHUNK_OVERHEAD..].copy_from_slice(chunk.data);
+            // The chunk header's reserved bytes are written as zero.
+            for r in [11, 14, 15] {
+                rebuilt[sleeve::HEADER_LEN + r] = data[sleeve::HEADER_LEN + r];
+            }
+            data.len()
+        }
     };
     assert_eq!(len, data.len());
     let reserved = 10..sleeve::HEADER_LEN;

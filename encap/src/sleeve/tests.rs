@@ -228,11 +228,11 @@ fn bad_version() {
 #[test]
 fn unknown_kind() {
     let mut bytes = HEARTBEAT_BYTES;
-    for kind in [0, 3, 0xff] {
+    for kind in [0, 4, 0xff] {
         bytes[1] = kind;
         assert_eq!(parse(&bytes), Err(Error::UnknownKind { kind }));
     }
-    assert_eq!(Kind::try_from(3), Err(Error::UnknownKind { kind: 3 }));
+    assert_eq!(Kind::try_from(4), Err(Error::UnknownKind { kind: 4 }));
 }
 
 #[test]
@@ -579,6 +579,79 @@ fn doc_heartbeat_table_matches_code() {
 }
 
 #[test]
+fn doc_chunk_table_matches_code() {
+    use field::chunk as f;
+    let one = |at: usize| at..at + 1;
+    let expected = [
+        ("frame_id", f::FRAME_ID),
+        ("total", f::TOTAL),
+        ("offset", f::OFFSET),
+        ("ethertype", f::ETHERTYPE),
+        ("gso_type", one(f::GSO_TYPE)),
+        ("reserved", one(f::RESERVED1)),
+        ("gso_size", f::GSO_SIZE),
+        ("reserved", f::RESERVED2),
+    ];
+    let mut expected: Vec<_> = expected
+        .into_iter()
+        .map(|(name, range)| {
+            let [offset, len] = columns(range);
+            (offset, len, name.to_owned())
+        })
+        .collect();
+    expected.push((f::DATA.start.to_string(), "rest".into(), "data".into()));
+    assert_eq!(offsets_and_names(&doc_table("## Chunk body")), expected);
+    assert_eq!(f::DATA.start, CHUNK_HEADER_LEN);
+}
+
+#[test]
+fn chunks_round_trip_and_bad_ones_are_refused() {
+    let repr = ChunkRepr {
+        frame_id: 0x0102_0304,
+        total: 2800,
+        offset: 1400,
+        ethertype: 0x0800,
+        gso_type: crate::virtio::GSO_TCPV4,
+        gso_size: 1398,
+    };
+    let data = [0xabu8; 1400];
+    let mut buf = vec![0u8; CHUNK_OVERHEAD + data.len()];
+    emit_header(&mut buf, Kind::Chunk, SENDER);
+    repr.emit(&mut buf[HEADER_LEN..]);
+    buf[CHUNK_OVERHEAD..].copy_from_slice(&data);
+    let Datagram::Chunk { sender, chunk } = parse(&buf).unwrap() else {
+        panic!("expected a chunk");
+    };
+    assert_eq!(sender, SENDER);
+    assert_eq!(chunk.repr, repr);
+    assert_eq!(chunk.data, &data[..]);
+
+    // Data past the announced total.
+    let mut long = buf.clone();
+    long.push(0);
+    assert_eq!(
+        parse(&long).unwrap_err(),
+        Error::BadChunk {
+            total: 2800,
+            offset: 1400,
+            len: 1401
+        }
+    );
+    // No data.
+    assert!(matches!(
+        parse(&buf[..CHUNK_OVERHEAD]).unwrap_err(),
+        Error::BadChunk { len: 0, .. }
+    ));
+    // Less than a chunk header.
+    assert_eq!(
+        parse(&buf[..CHUNK_OVERHEAD - 1]).unwrap_err(),
+        Error::TruncatedChunk {
+            len: CHUNK_HEADER_LEN - 1
+        }
+    );
+}
+
+#[test]
 fn doc_kinds_table_matches_code() {
     let table = doc_table("## Kinds");
     let kinds: Vec<_> = table.iter().map(|row| (row[0], row[1])).collect();
@@ -588,15 +661,16 @@ fn doc_kinds_table_matches_code() {
             ("0", "none"),
             ("1", "frames"),
             ("2", "heartbeat"),
-            ("3-255", "reserved")
+            ("3", "chunk"),
+            ("4-255", "reserved")
         ]
     );
-    for (number, name) in &kinds[1..3] {
+    for (number, name) in &kinds[1..4] {
         let kind = Kind::try_from(number.parse::<u8>().unwrap()).unwrap();
         assert_eq!(kind.to_string(), *name);
     }
     assert!(Kind::try_from(0).is_err());
-    assert!((3..=255).all(|kind| Kind::try_from(kind).is_err()));
+    assert!((4..=255).all(|kind| Kind::try_from(kind).is_err()));
 }
 
 #[test]
@@ -611,6 +685,8 @@ fn doc_constants_table_matches_code() {
         ("HEADER_LEN", HEADER_LEN),
         ("RECORD_HEADER_LEN", RECORD_HEADER_LEN),
         ("HEARTBEAT_LEN", HEARTBEAT_LEN),
+        ("CHUNK_HEADER_LEN", CHUNK_HEADER_LEN),
+        ("CHUNK_OVERHEAD", CHUNK_OVERHEAD),
         ("MIN_OVERHEAD", MIN_OVERHEAD),
         ("IPV4_OVERHEAD", IPV4_OVERHEAD),
         ("MAX_RECORD_PAYLOAD", MAX_RECORD_PAYLOAD),
@@ -736,7 +812,7 @@ proptest! {
     #[test]
     fn parse_arbitrary_body_never_panics(
         body in proptest::collection::vec(any::<u8>(), 0..300),
-        kind in 1..=2u8,
+        kind in 1..=3u8,
     ) {
         let mut bytes = FRAMES_BYTES[..HEADER_LEN].to_vec();
         bytes[1] = kind;
@@ -749,12 +825,24 @@ proptest! {
                 prop_assert_eq!(total, body.len());
             }
             Ok(Datagram::Heartbeat { .. }) => prop_assert_eq!(body.len(), HEARTBEAT_LEN),
+            Ok(Datagram::Chunk { chunk, .. }) => {
+                prop_assert_eq!(chunk.data.len() + CHUNK_HEADER_LEN, body.len());
+                prop_assert!(
+                    usize::from(chunk.repr.offset) + chunk.data.len() <= usize::from(chunk.repr.total)
+                );
+            }
             Err(Error::TruncatedRecord { offset, needed, available }) => {
                 prop_assert!(needed > available);
                 prop_assert_eq!(offset + available, bytes.len());
             }
             Err(err) => prop_assert!(
-                matches!(err, Error::Empty | Error::BadHeartbeatLength { .. }),
+                matches!(
+                    err,
+                    Error::Empty
+                        | Error::BadHeartbeatLength { .. }
+                        | Error::TruncatedChunk { .. }
+                        | Error::BadChunk { .. }
+                ),
                 "unexpected {:?}", err
             ),
         }
