@@ -47,11 +47,14 @@ pub enum DropReason {
     RingFull,
     /// An ARP packet the switch does not answer.
     ArpIgnored,
+    /// A sleeve super-frame whose chunks did not all arrive, in order (the pod's
+    /// transport retransmits it); counted once per frame given up.
+    ChunkLost,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Malformed,
         DropReason::BadChecksum,
         DropReason::BadEncap,
@@ -69,6 +72,7 @@ impl DropReason {
         DropReason::TxError,
         DropReason::RingFull,
         DropReason::ArpIgnored,
+        DropReason::ChunkLost,
     ];
 
     /// The number of reasons.
@@ -94,6 +98,7 @@ impl DropReason {
             DropReason::TxError => "tx_error",
             DropReason::RingFull => "ring_full",
             DropReason::ArpIgnored => "arp_ignored",
+            DropReason::ChunkLost => "chunk_lost",
         }
     }
 }

@@ -17,7 +17,7 @@ use weft_encap::checksum;
 use weft_encap::gro::{self, Coalescer, Flow, Push};
 use weft_encap::gso;
 use weft_encap::sleeve::{self, NodeId};
-use weft_encap::vxlan;
+use weft_encap::{virtio, vxlan};
 
 use crate::port::Offload;
 
@@ -118,6 +118,29 @@ enum Ingress {
     Local,
 }
 
+/// Sleeve super-frames being joined at once per worker.
+const JOINS: usize = 4;
+
+/// A sleeve super-frame being joined from its chunks.
+struct Join {
+    /// Whether a frame is in progress.
+    active: bool,
+    /// The frame was given up (and counted): its remaining chunks are ignored.
+    lost: bool,
+    from: SocketAddr,
+    frame_id: u32,
+    /// Payload bytes joined so far: where the next chunk must start.
+    next: usize,
+    total: usize,
+    ethertype: u16,
+    gso_type: u8,
+    gso_size: u16,
+    /// Chunk count of its last chunk, to give up the least recently fed.
+    used: u64,
+    /// The frame: Ethernet header, then the payload.
+    buf: Box<[u8]>,
+}
+
 struct SleeveBatch {
     peer: SocketAddrV4,
     lane: usize,
@@ -135,6 +158,10 @@ pub struct Datapath {
     pushes: u64,
     sleeve: Vec<SleeveBatch>,
     sleeve_active: usize,
+    joins: Vec<Join>,
+    chunks_in: u64,
+    /// Super-frames sent as sleeve chunks; the worker index is the id's top byte.
+    frames_out: u32,
 }
 
 impl std::fmt::Debug for Datapath {
@@ -244,6 +271,23 @@ impl Datapath {
                 })
                 .collect(),
             sleeve_active: 0,
+            joins: (0..JOINS)
+                .map(|_| Join {
+                    active: false,
+                    lost: false,
+                    from: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+                    frame_id: 0,
+                    next: 0,
+                    total: 0,
+                    ethertype: 0,
+                    gso_type: 0,
+                    gso_size: 0,
+                    used: 0,
+                    buf: vec![0u8; ETH_HLEN + usize::from(u16::MAX)].into_boxed_slice(),
+                })
+                .collect(),
+            chunks_in: 0,
+            frames_out: 0,
         }
     }
 
@@ -330,6 +374,12 @@ impl Datapath {
                 let sender = match sleeve::parse(datagram) {
                     Ok(sleeve::Datagram::Frames { sender, .. }) => sender,
                     Ok(sleeve::Datagram::Heartbeat { .. }) => return,
+                    Ok(sleeve::Datagram::Chunk { sender, chunk }) => {
+                        if sender.0 != t.peers[j].vtep_mac.0 {
+                            return counters.discard(self.worker, DropReason::WrongSender);
+                        }
+                        return self.join(t, j, from, &chunk, sink);
+                    }
                     Err(_) => return counters.discard(self.worker, DropReason::BadEncap),
                 };
                 if sender.0 != t.peers[j].vtep_mac.0 {
@@ -365,6 +415,196 @@ impl Datapath {
                     at = payload + plen;
                 }
             }
+        }
+    }
+
+    /// Adds a chunk from peer `j` (at `from`) to the super-frame it belongs to, and
+    /// forwards the frame when it is whole. Chunks join in order only: a gap or a
+    /// frame crowded out before it is whole loses the frame, which the pod's
+    /// transport retransmits.
+    fn join(
+        &mut self,
+        t: &Tables,
+        j: usize,
+        from: SocketAddr,
+        chunk: &sleeve::Chunk<'_>,
+        sink: &mut impl Sink,
+    ) {
+        let counters = &t.peers[j].counters;
+        let c = &chunk.repr;
+        let offset = usize::from(c.offset);
+        self.chunks_in += 1;
+        let found = self
+            .joins
+            .iter()
+            .position(|g| g.active && g.from == from && g.frame_id == c.frame_id);
+        let last = offset + chunk.data.len() == usize::from(c.total);
+        let k = match found {
+            Some(k) => {
+                let g = &mut self.joins[k];
+                g.used = self.chunks_in;
+                if g.lost {
+                    // The rest of a frame already given up; its last chunk ends it.
+                    g.active = !last;
+                    return;
+                }
+                if offset != g.next
+                    || usize::from(c.total) != g.total
+                    || (c.ethertype, c.gso_type, c.gso_size)
+                        != (g.ethertype, g.gso_type, g.gso_size)
+                {
+                    g.lost = true;
+                    g.active = !last;
+                    return counters.discard(self.worker, DropReason::ChunkLost);
+                }
+                k
+            }
+            None => {
+                let k = self
+                    .joins
+                    .iter()
+                    .position(|g| !g.active)
+                    .unwrap_or_else(|| {
+                        (0..self.joins.len())
+                            .min_by_key(|&k| self.joins[k].used)
+                            .unwrap_or(0)
+                    });
+                if self.joins[k].active && !self.joins[k].lost {
+                    // Crowded out before it was whole.
+                    counters.discard(self.worker, DropReason::ChunkLost);
+                }
+                let g = &mut self.joins[k];
+                g.active = true;
+                g.lost = false;
+                g.from = from;
+                g.frame_id = c.frame_id;
+                g.next = 0;
+                g.total = usize::from(c.total);
+                g.ethertype = c.ethertype;
+                g.gso_type = c.gso_type;
+                g.gso_size = c.gso_size;
+                g.used = self.chunks_in;
+                if offset != 0 {
+                    // Its first chunks were lost: remember the frame to count it once.
+                    g.lost = true;
+                    g.active = !last;
+                    return counters.discard(self.worker, DropReason::ChunkLost);
+                }
+                k
+            }
+        };
+        let g = &mut self.joins[k];
+        // `Chunk::parse` checked that the data ends within `total`, at most 65535.
+        let at = ETH_HLEN + offset;
+        g.buf[at..at + chunk.data.len()].copy_from_slice(chunk.data);
+        g.next += chunk.data.len();
+        if g.next < g.total {
+            return;
+        }
+        g.active = false;
+        let len = ETH_HLEN + g.total;
+        let ethertype = g.ethertype;
+        let gso_type = virtio::GsoType::from_wire(g.gso_type);
+        let gso_size = g.gso_size;
+        let mut buf = std::mem::take(&mut g.buf);
+        buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        let offload = match gso_type {
+            _ if ethertype != ETHERTYPE_IPV4 => Err(DropReason::Unsupported),
+            Some(gso_type) => gso::super_frame_header(&buf[..len], gso_type, gso_size)
+                .map_err(|_| DropReason::BadEncap),
+            None => Err(DropReason::BadEncap),
+        };
+        match offload {
+            Ok(offload) => self.forward_ipv4(t, Ingress::Peer(j), &offload, &mut buf, 0, len, sink),
+            Err(reason) => counters.discard(self.worker, reason),
+        }
+        self.joins[k].buf = buf;
+    }
+
+    /// Sends the super-frame `frame` (whose virtio-net header `offload` was checked by
+    /// [`gso::super_frame_header`]) to peer `j` as sleeve chunks, in one GSO run.
+    /// Returns `false`, having sent nothing, if it does not fit the scratch buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn send_chunks(
+        &mut self,
+        t: &Tables,
+        j: usize,
+        lane: usize,
+        offload: &Offload,
+        frame: &[u8],
+        sink: &mut impl Sink,
+    ) -> bool {
+        let peer = &t.peers[j];
+        let stride = t.node.max_datagram.min(usize::from(u16::MAX));
+        let Some(per_chunk) = stride
+            .checked_sub(sleeve::CHUNK_OVERHEAD)
+            .filter(|&n| n > 0)
+        else {
+            return false;
+        };
+        let payload = &frame[ETH_HLEN..];
+        let Ok(total) = u16::try_from(payload.len()) else {
+            return false;
+        };
+        let count = payload.len().div_ceil(per_chunk);
+        if count == 0 {
+            return false;
+        }
+        let last = payload.len() - (count - 1) * per_chunk;
+        let end = (count - 1) * stride + sleeve::CHUNK_OVERHEAD + last;
+        if end > self.segments.len() {
+            return false;
+        }
+        // Frames of this flow waiting in a sleeve batch go first.
+        self.sleeve_send_pending(t, peer.addr, lane, sink);
+        let frame_id = (self.worker as u32) << 24 | (self.frames_out & 0x00ff_ffff);
+        self.frames_out = self.frames_out.wrapping_add(1);
+        let sender = NodeId(t.node.router_mac.0);
+        for (i, data) in payload.chunks(per_chunk).enumerate() {
+            let d =
+                &mut self.segments[i * stride..i * stride + sleeve::CHUNK_OVERHEAD + data.len()];
+            sleeve::emit_header(d, sleeve::Kind::Chunk, sender);
+            sleeve::ChunkRepr {
+                frame_id,
+                total,
+                offset: (i * per_chunk) as u16,
+                ethertype: ETHERTYPE_IPV4,
+                gso_type: offload.gso_type.to_wire(),
+                gso_size: offload.gso_size,
+            }
+            .emit(&mut d[sleeve::HEADER_LEN..]);
+            d[sleeve::CHUNK_OVERHEAD..].copy_from_slice(data);
+        }
+        match sink.to_peer_run(peer, lane, &self.segments[..end], stride) {
+            Ok(()) => {
+                for i in 0..count {
+                    let n = if i + 1 < count {
+                        stride
+                    } else {
+                        end - i * stride
+                    };
+                    peer.counters.tx(self.worker, n);
+                }
+            }
+            Err(e) => peer.counters.discard(self.worker, e.reason()),
+        }
+        true
+    }
+
+    /// Sends the sleeve datagram under construction for (`peer`, `lane`), if any.
+    fn sleeve_send_pending(
+        &mut self,
+        t: &Tables,
+        peer: SocketAddrV4,
+        lane: usize,
+        sink: &mut impl Sink,
+    ) {
+        if let Some(b) = self.sleeve[..self.sleeve_active]
+            .iter_mut()
+            .find(|b| b.peer == peer && b.lane == lane && b.len > 0)
+        {
+            Self::send_datagram(self.worker, &t.peers[b.index], lane, &b.buf[..b.len], sink);
+            b.len = 0;
         }
     }
 
@@ -508,7 +748,14 @@ impl Datapath {
                 let p = if let NextHop::Local(p) = hop { p } else { 0 };
                 let frame = &mut buf[eth..eth + len];
                 write_eth(frame, t.ports[p].mac.0, router, ETHERTYPE_IPV4);
-                self.coalesce(t, p, frame, sink);
+                if offload.is_gso() {
+                    // A joined sleeve super-frame: whatever of its flow is being
+                    // coalesced goes first.
+                    self.gro_emit_flow(t, p, frame, sink);
+                    self.send_port(&t.ports[p], offload, frame, sink);
+                } else {
+                    self.coalesce(t, p, frame, sink);
+                }
             }
             NextHop::Local(p) => {
                 self.deliver(&t.ports[p], router, offload, &mut buf[eth..eth + len], sink)
@@ -584,6 +831,18 @@ impl Datapath {
                 Ok(()) => port.counters.tx(worker, frame.len()),
                 Err(e) => port.counters.discard(worker, e.reason()),
             }
+        }
+    }
+
+    /// Sends on the super-frame being coalesced for port `p` of `frame`'s flow, if any.
+    fn gro_emit_flow(&mut self, t: &Tables, p: usize, frame: &[u8], sink: &mut impl Sink) {
+        let Some(flow) = Flow::of(frame) else { return };
+        if let Some(k) = self
+            .gro
+            .iter()
+            .position(|g| g.port == p && g.gro.flow() == Some(flow))
+        {
+            self.gro_emit(t, k, sink);
         }
     }
 
@@ -669,6 +928,16 @@ impl Datapath {
         sink: &mut impl Sink,
     ) {
         let peer = &t.peers[j];
+        // Between weft nodes a super-frame travels whole, as sleeve chunks, when it is
+        // one the receiver can hand its pod as it is.
+        if t.node.mode == TunnelMode::Sleeve
+            && offload.needs_csum
+            && !offload.gso_ecn
+            && gso::super_frame_header(frame, offload.gso_type, offload.gso_size).is_ok()
+            && self.send_chunks(t, j, lane, offload, frame, sink)
+        {
+            return;
+        }
         let headroom = match t.node.mode {
             TunnelMode::Vxlan => vxlan::HEADER_LEN,
             TunnelMode::Sleeve => 0,

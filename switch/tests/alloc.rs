@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use weft_encap::{checksum, gso, virtio, vxlan};
+use weft_encap::{checksum, gso, sleeve, virtio, vxlan};
 use weft_switch::counters::{Counters, DropReason};
 use weft_switch::datapath::{Datapath, Sink, TxError, HEADROOM};
 use weft_switch::mac::MacAddr;
@@ -207,13 +207,37 @@ fn run(mode: TunnelMode) {
             }
         }
     };
-    let datagrams: Vec<Vec<u8>> = inbound
+    let mut datagrams: Vec<Vec<u8>> = inbound
         .iter()
         .map(|f| {
             let n = encap(f, &mut dgram);
             dgram[..n].to_vec()
         })
         .collect();
+    if mode == TunnelMode::Sleeve {
+        // And a super-frame for the pod, whole in sleeve chunks, as a weft peer sends it.
+        let jumbo_in = tcp_frame(REMOTE, POD, 1 + 8 * 1400, 20_000);
+        let payload = &jumbo_in[14..];
+        for (i, data) in payload.chunks(1400).enumerate() {
+            let mut d = vec![0u8; sleeve::CHUNK_OVERHEAD + data.len()];
+            sleeve::emit_header(
+                &mut d,
+                sleeve::Kind::Chunk,
+                sleeve::NodeId([2, 0, 0, 0, 0, 2]),
+            );
+            sleeve::ChunkRepr {
+                frame_id: 9,
+                total: payload.len() as u16,
+                offset: (i * 1400) as u16,
+                ethertype: 0x0800,
+                gso_type: virtio::GSO_TCPV4,
+                gso_size: 1398,
+            }
+            .emit(&mut d[sleeve::HEADER_LEN..]);
+            d[sleeve::CHUNK_OVERHEAD..].copy_from_slice(data);
+            datagrams.push(d);
+        }
+    }
     let from = SocketAddr::V4(SocketAddrV4::new(PEER_UNDERLAY, 40000));
 
     let mut round = |dp: &mut Datapath, sink: &mut CountingSink| {
@@ -260,8 +284,9 @@ fn run(mode: TunnelMode) {
         "{mode:?}: {} datagrams",
         sink.datagrams
     );
+    let per_round = if mode == TunnelMode::Sleeve { 2 } else { 1 };
     assert!(
-        sink.super_frames >= 201,
+        sink.super_frames >= 201 * per_round,
         "{mode:?}: {} super-frames",
         sink.super_frames
     );

@@ -13,11 +13,11 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpAddress, IpEndpoint,
-    IpProtocol, Ipv4Packet,
+    IpProtocol, Ipv4Packet, TcpPacket,
 };
 use weft_encap::{sleeve, vxlan};
-use weft_switch::datapath::LANES;
 use weft_switch::counters::{DropReason, Snapshot};
+use weft_switch::datapath::LANES;
 use weft_switch::mac::MacAddr;
 use weft_switch::tables::{PortKind, TunnelMode};
 
@@ -55,6 +55,7 @@ macro_rules! both_modes {
 
 both_modes!(
     one_flow_keeps_one_source_port_and_flows_spread,
+    super_frames_cross_the_tunnel,
     tcp_across_nodes_both_directions,
     tcp_between_pods_of_one_node_stays_off_the_wire,
     arp_from_smoltcp_is_answered_with_the_router_mac,
@@ -686,7 +687,11 @@ fn one_flow_keeps_one_source_port_and_flows_spread(mode: TunnelMode) {
         sim.flush();
         sim.deliver_wire();
     }
-    assert_eq!(sim.take_rx(b).len(), 3 * FLOWS as usize, "{mode:?}: all arrive");
+    assert_eq!(
+        sim.take_rx(b).len(),
+        3 * FLOWS as usize,
+        "{mode:?}: all arrive"
+    );
     let mut lanes: BTreeMap<u16, BTreeSet<usize>> = BTreeMap::new();
     for ev in &sim.out.log {
         if let Event::ToPeer {
@@ -704,7 +709,11 @@ fn one_flow_keeps_one_source_port_and_flows_spread(mode: TunnelMode) {
     }
     assert_eq!(lanes.len(), FLOWS as usize);
     for (flow, used) in &lanes {
-        assert_eq!(used.len(), 1, "{mode:?}: flow {flow} left from lanes {used:?}");
+        assert_eq!(
+            used.len(),
+            1,
+            "{mode:?}: flow {flow} left from lanes {used:?}"
+        );
     }
     let spread: BTreeSet<usize> = lanes.values().flatten().copied().collect();
     assert!(
@@ -712,6 +721,173 @@ fn one_flow_keeps_one_source_port_and_flows_spread(mode: TunnelMode) {
         "{mode:?}: {FLOWS} flows used only lanes {spread:?}"
     );
     assert_eq!(sim.total_drops(), 0, "{}", sim.drops_report());
+}
+
+/// A TCP super-frame as pod `p`'s kernel hands it to its TAP (TSO): `payload` bytes
+/// from `seq` to `dst`, the TCP checksum field holding the pseudo-header sum.
+fn tso_frame(
+    sim: &Sim,
+    p: usize,
+    dst: Ipv4Addr,
+    seq: u32,
+    payload: &[u8],
+    gso_size: u16,
+) -> (weft_switch::port::Offload, Vec<u8>) {
+    let src = sim.pods[p].ip;
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&40_000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&64_000u16.to_be_bytes());
+    let tcp_len = (20 + payload.len()) as u16;
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&tcp_len.to_be_bytes());
+    tcp[16..18].copy_from_slice(&ones_sum(&pseudo).to_be_bytes());
+    tcp.extend_from_slice(payload);
+    let ip = Ip {
+        proto: 6,
+        ..Ip::udp(src, dst)
+    };
+    let frame = from_pod(sim, p, &ip.packet(&tcp));
+    let offload = weft_switch::port::Offload {
+        needs_csum: true,
+        gso_type: weft_encap::virtio::GsoType::TcpV4,
+        gso_size,
+        hdr_len: 54,
+        csum_start: 34,
+        csum_offset: 16,
+        ..weft_switch::port::Offload::PLAIN
+    };
+    (offload, frame)
+}
+
+/// The TCP payloads of the IPv4 frames `frames`, each checked: checksums, TTL.
+fn tcp_payloads(frames: &[Vec<u8>], ttl: u8) -> Vec<u8> {
+    let mut data = Vec::new();
+    for f in frames {
+        let e = EthernetFrame::new_checked(&f[..]).unwrap();
+        let p = Ipv4Packet::new_checked(e.payload()).unwrap();
+        assert!(p.verify_checksum(), "IPv4 checksum");
+        assert_eq!(p.hop_limit(), ttl);
+        let t = TcpPacket::new_checked(p.payload()).unwrap();
+        assert!(
+            t.verify_checksum(
+                &IpAddress::Ipv4(p.src_addr()),
+                &IpAddress::Ipv4(p.dst_addr())
+            ),
+            "TCP checksum"
+        );
+        data.extend_from_slice(t.payload());
+    }
+    data
+}
+
+/// A 60 000-byte TSO super-frame crosses to a pod on another node: VXLAN cuts it into
+/// packets and the receiver coalesces them; the sleeve carries it whole in chunks
+/// and the receiving pod is handed one super-frame. Either way the pod's kernel gets
+/// every byte, in order, with good checksums.
+fn super_frames_cross_the_tunnel(mode: TunnelMode) {
+    let mut sim = two_nodes(mode);
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let payload = pseudo_random(7, 60_000);
+    let (offload, frame) = tso_frame(&sim, a, B, 1000, &payload, 1398);
+    sim.port_frame_with(0, sim.pods[a].port, &offload, &frame);
+    sim.flush();
+    let datagrams = sim.out.wire.len();
+    match mode {
+        TunnelMode::Vxlan => assert_eq!(datagrams, 60_000usize.div_ceil(1398)),
+        TunnelMode::Sleeve => {
+            let per_chunk = MAX_DATAGRAM - sleeve::CHUNK_OVERHEAD;
+            assert_eq!(datagrams, (60_000usize + 40).div_ceil(per_chunk));
+            for d in &sim.out.wire {
+                assert!(d.bytes.len() <= MAX_DATAGRAM);
+                assert!(matches!(
+                    sleeve::parse(&d.bytes),
+                    Ok(sleeve::Datagram::Chunk { .. })
+                ));
+            }
+        }
+    }
+    let before = sim.out.stats.super_frames;
+    sim.deliver_wire();
+    assert!(
+        sim.out.stats.super_frames > before,
+        "{mode:?}: the pod was handed no super-frame"
+    );
+    if mode == TunnelMode::Sleeve {
+        assert_eq!(
+            sim.out.stats.super_frames - before,
+            1,
+            "one whole super-frame"
+        );
+    }
+    let rx = sim.take_rx(b);
+    assert_eq!(tcp_payloads(&rx, 62), payload, "{mode:?}");
+    assert_eq!(sim.total_drops(), 0, "{}", sim.drops_report());
+}
+
+#[test]
+fn sleeve_chunks_lost_or_out_of_order_lose_only_their_frame() {
+    let mut sim = two_nodes(TunnelMode::Sleeve);
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let payload = pseudo_random(9, 20_000);
+    let send = |sim: &mut Sim, seq: u32| {
+        let (offload, frame) = tso_frame(sim, a, B, seq, &payload, 1398);
+        sim.port_frame_with(0, sim.pods[a].port, &offload, &frame);
+        sim.flush();
+        assert!(sim.out.wire.len() >= 3);
+    };
+    // A chunk lost in the middle.
+    send(&mut sim, 1);
+    sim.out.wire.remove(1);
+    sim.deliver_wire();
+    assert!(sim.take_rx(b).is_empty());
+    assert_eq!(sim.peer_counters(1, 0).dropped(DropReason::ChunkLost), 1);
+    // Two chunks swapped.
+    send(&mut sim, 1);
+    sim.out.wire.swap(1, 2);
+    sim.deliver_wire();
+    assert!(sim.take_rx(b).is_empty());
+    assert_eq!(sim.peer_counters(1, 0).dropped(DropReason::ChunkLost), 2);
+    // The first chunk lost: the rest are strays, the frame counted once.
+    send(&mut sim, 1);
+    sim.out.wire.remove(0);
+    sim.deliver_wire();
+    assert!(sim.take_rx(b).is_empty());
+    assert_eq!(sim.peer_counters(1, 0).dropped(DropReason::ChunkLost), 3);
+    // The next frame arrives whole.
+    send(&mut sim, 1);
+    sim.deliver_wire();
+    assert_eq!(tcp_payloads(&sim.take_rx(b), 62), payload);
+}
+
+#[test]
+fn sleeve_chunks_of_a_bad_super_frame_are_refused() {
+    let mut sim = two_nodes(TunnelMode::Sleeve);
+    let b = sim.pod(B);
+    // A well-formed chunk whose joined payload is not the TCP super-frame it claims.
+    let mut d = vec![0u8; sleeve::CHUNK_OVERHEAD + 100];
+    sleeve::emit_header(&mut d, sleeve::Kind::Chunk, sleeve::NodeId(router_mac(0).0));
+    sleeve::ChunkRepr {
+        frame_id: 1,
+        total: 100,
+        offset: 0,
+        ethertype: 0x0800,
+        gso_type: weft_encap::virtio::GSO_TCPV4,
+        gso_size: 1000,
+    }
+    .emit(&mut d[sleeve::HEADER_LEN..]);
+    let udp = Ip::udp(A, B).packet(&udp(1, 2, 72));
+    d[sleeve::CHUNK_OVERHEAD..].copy_from_slice(&udp);
+    sim.tunnel_in(1, SocketAddr::V4(underlay(0)), &d);
+    sim.flush();
+    assert!(sim.take_rx(b).is_empty());
+    assert_eq!(sim.peer_counters(1, 0).dropped(DropReason::BadEncap), 1);
 }
 
 fn unroutable_cluster_addresses_get_host_unreachable(mode: TunnelMode) {
@@ -1423,7 +1599,11 @@ fn forwarding_rewrites_only_macs_ttl_and_checksum(mode: TunnelMode) {
     sim.flush();
     assert_eq!(sim.out.wire.len(), 1, "{mode:?}");
     let d = sim.out.wire[0].clone();
-    assert_eq!(d.from.ip(), IpAddr::V4(*underlay(0).ip()), "from node 0, any lane");
+    assert_eq!(
+        d.from.ip(),
+        IpAddr::V4(*underlay(0).ip()),
+        "from node 0, any lane"
+    );
     assert_eq!(d.to, SocketAddr::V4(underlay(1)));
     let inner = inner_packets(mode, 0, 1, &d.bytes);
     assert_eq!(
@@ -2077,6 +2257,30 @@ proptest! {
         for _ in 0..3 {
             sim.deliver_wire();
         }
+        check_outputs(&sim)?;
+    }
+
+    /// Any sequence of well-framed sleeve chunks, whatever their ids, offsets,
+    /// lengths, segmentation and contents, never panics the joiner, and what it
+    /// delivers is well-formed.
+    #[test]
+    fn arbitrary_chunks_never_panic(
+        chunks in prop::collection::vec(
+            (0u32..3, 0u16..3000, 0u16..3000, 1usize..1400, any::<u8>(), any::<u16>(), 0u16..4, any::<u8>()),
+            1..24,
+        ),
+    ) {
+        let mut sim = two_nodes(TunnelMode::Sleeve);
+        sim.out.capture = true;
+        for (frame_id, total, offset, len, gso_type, gso_size, lane, fill) in chunks {
+            let mut d = vec![fill; sleeve::CHUNK_OVERHEAD + len];
+            sleeve::emit_header(&mut d, sleeve::Kind::Chunk, sleeve::NodeId(router_mac(0).0));
+            sleeve::ChunkRepr { frame_id, total, offset, ethertype: 0x0800, gso_type, gso_size }
+                .emit(&mut d[sleeve::HEADER_LEN..]);
+            let from = SocketAddrV4::new(*underlay(0).ip(), LANE_PORT_BASE + lane);
+            sim.tunnel_in(1, SocketAddr::V4(from), &d);
+        }
+        sim.flush();
         check_outputs(&sim)?;
     }
 

@@ -481,6 +481,18 @@ impl Sim {
 
     /// Hands `frame` to node `n`'s switch as read from port index `port` (no flush).
     pub fn port_frame(&mut self, n: usize, port: usize, frame: &[u8]) {
+        self.port_frame_with(n, port, &weft_switch::port::Offload::PLAIN, frame);
+    }
+
+    /// Like [`Sim::port_frame`], with the virtio-net header a TAP read gave: a
+    /// super-frame or a partial checksum.
+    pub fn port_frame_with(
+        &mut self,
+        n: usize,
+        port: usize,
+        offload: &weft_switch::port::Offload,
+        frame: &[u8],
+    ) {
         let Sim {
             nodes,
             pods,
@@ -494,7 +506,7 @@ impl Sim {
         node.dp.port_frame(
             &node.tables,
             port,
-            &weft_switch::port::Offload::PLAIN,
+            offload,
             buf,
             HEADROOM,
             frame.len(),
