@@ -49,7 +49,7 @@ struct RunArgs {
     /// Systems, comma-separated: weft-vxlan, weft-sleeve, kernel-vxlan, direct [default: all].
     #[arg(long)]
     systems: Option<String>,
-    /// Tests, comma-separated: tcp1, tcp4, udp64, rr, cni, cpu [default: all].
+    /// Tests, comma-separated: tcp1, tcp4, udp64, rr, cni, cpu, mem [default: all].
     #[arg(long)]
     tests: Option<String>,
     /// Seconds each traffic test runs [default: 2; demo 1].
@@ -70,6 +70,9 @@ struct RunArgs {
     /// CNI ADD/DEL pairs per system, over all rounds [default: 200; demo 20].
     #[arg(long)]
     cni_pods: Option<usize>,
+    /// Pods the mem test attaches to host 0's weftd at once, in every round.
+    #[arg(long, default_value_t = 100)]
+    mem_pods: usize,
     /// weftd worker threads [default: one per core].
     #[arg(long)]
     weft_workers: Option<usize>,
@@ -108,6 +111,7 @@ impl RunArgs {
             cni_pods: self
                 .cni_pods
                 .unwrap_or(if demo { 20 } else { defaults.cni_pods }),
+            mem_pods: self.mem_pods,
             weft_workers: self.weft_workers,
         };
         settings.validate()?;

@@ -176,6 +176,8 @@ fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
         "1",
         "--cni-pods",
         "6",
+        "--mem-pods",
+        "10",
         "--json",
         json.to_str().unwrap(),
         "--plot",
@@ -274,7 +276,11 @@ fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
             "direct/cni/DEL p50",
             "direct/cni/DEL p99",
             "direct/cpu/weftd",
-            "kernel-vxlan/cpu/weftd"
+            "direct/mem/idle cpu",
+            "direct/mem/rss",
+            "kernel-vxlan/cpu/weftd",
+            "kernel-vxlan/mem/idle cpu",
+            "kernel-vxlan/mem/rss"
         ]
     );
 

@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use super::cluster::POD_IFNAME;
 use super::{Plumbing, ResultRow, Settings, System, Test};
 use crate::cni::Verb;
-use crate::procfs::{ksoftirqd_pids, process_cpu_seconds};
+use crate::procfs::{ksoftirqd_pids, process_cpu_seconds, process_cpu_time, process_rss_bytes};
 use crate::topo::Pod;
 use crate::traffic::{tcp_rr, tcp_streams, udp_blast, Flow};
 
@@ -26,6 +26,16 @@ const UDP_MAX_PER_SECOND: u64 = 20_000_000;
 
 /// Upper bound on round trips one `rr` run makes, per second of duration.
 const RR_MAX_PER_SECOND: u64 = 2_000_000;
+
+/// The `mem` test's burst of round trips before the idle window: long enough for the
+/// workers' adaptive polling window to grow to its largest.
+pub(super) const MEM_BURST: Duration = Duration::from_millis(500);
+
+/// The pause between the `mem` test's burst and its idle window.
+pub(super) const MEM_SETTLE: Duration = Duration::from_millis(500);
+
+/// The `mem` test's idle window, over which weftd's CPU time is measured.
+pub(super) const MEM_IDLE: Duration = Duration::from_secs(3);
 
 /// Everything measured so far.
 #[derive(Debug, Default)]
@@ -222,12 +232,65 @@ pub(super) fn run_test(
             ))
         }
         Test::Cni => cni_round(data, plumbing, settings.cni_pods_in_round(round)),
+        Test::Mem => mem_round(data, plumbing, settings.mem_pods),
     }
 }
 
 /// Sums the CPU seconds of the processes `pids`.
 fn cpu_seconds(pids: &[u32]) -> Result<f64> {
     pids.iter().map(|&p| process_cpu_seconds(p)).sum()
+}
+
+/// CNI ADD of `pod` (a fresh namespace) on its host through the system's CNI plugin,
+/// as a kubelet calls it; checks the address is in the host's subnet. `attached`
+/// records the pod as soon as the plugin has attached it, for [`release`].
+fn cni_add<'p>(
+    plumbing: &Plumbing<'_>,
+    pod: &'p Pod,
+    attached: &mut Vec<&'p Pod>,
+) -> Result<Duration> {
+    let host = &plumbing.cluster().underlay().hosts()[pod.host];
+    let network = plumbing.network(pod.host).context("CNI network")?;
+    let id = super::cluster::container_id(pod);
+    let out = network.call(Verb::Add, &host.ns, &id, &pod.ns.path(), POD_IFNAME)?;
+    attached.push(pod);
+    let ip = out.first_ip()?;
+    ensure!(
+        host.pod_subnet.contains(&ip),
+        "ADD of {id} gave {ip}, outside host {}'s subnet {}",
+        pod.host,
+        host.pod_subnet
+    );
+    Ok(out.elapsed)
+}
+
+/// CNI DEL of the first pod of `attached`, which it leaves once detached.
+fn cni_del_first(plumbing: &Plumbing<'_>, attached: &mut Vec<&Pod>) -> Result<Duration> {
+    let pod = *attached.first().context("no pod attached")?;
+    let host = &plumbing.cluster().underlay().hosts()[pod.host];
+    let network = plumbing.network(pod.host).context("CNI network")?;
+    let id = super::cluster::container_id(pod);
+    let out = network.call(Verb::Del, &host.ns, &id, &pod.ns.path(), POD_IFNAME)?;
+    attached.remove(0);
+    Ok(out.elapsed)
+}
+
+/// After a failure: CNI DEL of every pod still `attached`, errors ignored, so that
+/// nothing is left attached when their namespaces go.
+fn release(plumbing: &Plumbing<'_>, attached: Vec<&Pod>) {
+    let hosts = plumbing.cluster().underlay().hosts();
+    for pod in attached {
+        if let Some(network) = plumbing.network(pod.host) {
+            let id = super::cluster::container_id(pod);
+            let _ = network.call(
+                Verb::Del,
+                &hosts[pod.host].ns,
+                &id,
+                &pod.ns.path(),
+                POD_IFNAME,
+            );
+        }
+    }
 }
 
 /// Attaches `n` fresh pods (spread over the hosts) through the system's CNI plugin, one
@@ -249,44 +312,16 @@ fn cni_round(data: &mut Data, plumbing: &Plumbing<'_>, n: usize) -> Result<Strin
     let result = (|| -> Result<()> {
         for pod in &pods {
             crate::stop::check()?;
-            let host = &hosts[pod.host];
-            let network = plumbing.network(pod.host).context("CNI network")?;
-            let id = super::cluster::container_id(pod);
-            let out = network.call(Verb::Add, &host.ns, &id, &pod.ns.path(), POD_IFNAME)?;
-            attached.push(pod);
-            let ip = out.first_ip()?;
-            ensure!(
-                host.pod_subnet.contains(&ip),
-                "ADD of {id} gave {ip}, outside host {}'s subnet {}",
-                pod.host,
-                host.pod_subnet
-            );
-            add.push(out.elapsed);
+            add.push(cni_add(plumbing, pod, &mut attached)?);
         }
-        while let Some(&pod) = attached.first() {
+        while !attached.is_empty() {
             crate::stop::check()?;
-            let host = &hosts[pod.host];
-            let network = plumbing.network(pod.host).context("CNI network")?;
-            let id = super::cluster::container_id(pod);
-            let out = network.call(Verb::Del, &host.ns, &id, &pod.ns.path(), POD_IFNAME)?;
-            attached.remove(0);
-            del.push(out.elapsed);
+            del.push(cni_del_first(plumbing, &mut attached)?);
         }
         Ok(())
     })();
     // After a failure, release what is still attached before the namespaces go.
-    for pod in attached {
-        if let Some(network) = plumbing.network(pod.host) {
-            let id = super::cluster::container_id(pod);
-            let _ = network.call(
-                Verb::Del,
-                &hosts[pod.host].ns,
-                &id,
-                &pod.ns.path(),
-                POD_IFNAME,
-            );
-        }
-    }
+    release(plumbing, attached);
     result?;
     for (verb, samples) in [("ADD", &add), ("DEL", &del)] {
         data.push(
@@ -316,6 +351,86 @@ fn cni_round(data: &mut Data, plumbing: &Plumbing<'_>, n: usize) -> Result<Strin
     ))
 }
 
+/// Attaches `n` fresh pods to host 0's weftd through weft-cni (as [`cni_round`] does),
+/// then, with all of them attached, measures that weftd's idle CPU (its CPU time over
+/// [`MEM_IDLE`] without traffic, [`MEM_SETTLE`] after a [`MEM_BURST`] of round trips
+/// between two pods) and its resident memory; then detaches them all again.
+fn mem_round(data: &mut Data, plumbing: &Plumbing<'_>, n: usize) -> Result<String> {
+    let system = plumbing.system();
+    let cluster = plumbing.cluster();
+    let (Some(node), Some(_)) = (plumbing.node(0), plumbing.network(0)) else {
+        return Ok("n/a".into());
+    };
+    let pid = node.pid();
+    let started = Instant::now();
+    let pods = (0..n)
+        .map(|i| Pod::new(0, &format!("m{i}")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut attached = Vec::with_capacity(n);
+    let result = (|| -> Result<(u64, f64, u64)> {
+        for pod in &pods {
+            crate::stop::check()?;
+            cni_add(plumbing, pod, &mut attached)?;
+        }
+        crate::stop::check()?;
+        let (a, b) = (cluster.pod(0, 0), cluster.pod(1, 0));
+        let max = RR_MAX_PER_SECOND.saturating_mul(MEM_BURST.as_secs().max(1));
+        let burst = tcp_rr(&a.ns, &b.ns, plumbing.ip(1, 0), MEM_BURST, max, STALL)?;
+        ensure!(!burst.is_empty(), "no round trip completed in the burst");
+        sleep_unless_stopped(MEM_SETTLE)?;
+        let cpu_before = process_cpu_time(pid)?;
+        let window = Instant::now();
+        sleep_unless_stopped(MEM_IDLE)?;
+        let cpu = process_cpu_time(pid)?.saturating_sub(cpu_before);
+        let idle = percent_of_core(cpu, window.elapsed());
+        let rss = process_rss_bytes(pid)?;
+        while !attached.is_empty() {
+            crate::stop::check()?;
+            cni_del_first(plumbing, &mut attached)?;
+        }
+        Ok((rss, idle, burst.len()))
+    })();
+    // After a failure, release what is still attached before the namespaces go.
+    release(plumbing, attached);
+    let (rss, idle, round_trips) = result?;
+    data.push(system, Test::Mem, "rss", mib(rss));
+    data.push(system, Test::Mem, "idle cpu", idle);
+    Ok(format!(
+        "{n} pods on host 0's weftd: rss {:.1} MiB, idle cpu {idle:.3}% of a core \
+         (over {:.0} s, {:.1} s after {round_trips} round trips) ({:.1} s)",
+        mib(rss),
+        MEM_IDLE.as_secs_f64(),
+        MEM_SETTLE.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+/// Sleeps for `d`, failing early with "interrupted" if an interrupt asks the run to stop.
+fn sleep_unless_stopped(d: Duration) -> Result<()> {
+    let until = Instant::now() + d;
+    loop {
+        crate::stop::check()?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+/// `cpu` time used over `wall` time, as percent of one core.
+fn percent_of_core(cpu: Duration, wall: Duration) -> f64 {
+    if wall.is_zero() {
+        return 0.0;
+    }
+    cpu.as_secs_f64() / wall.as_secs_f64() * 100.0
+}
+
+/// `bytes` in MiB.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
 fn metric_name(verb: &str, p: f64) -> &'static str {
     match (verb, p >= 99.0) {
         ("ADD", false) => "ADD p50",
@@ -343,5 +458,58 @@ mod tests {
         assert_eq!(cni_metric("ADD p99"), ("ADD", 99.0));
         assert_eq!(cni_metric("DEL p50"), ("DEL", 50.0));
         assert_eq!(metric_name("DEL", 99.0), "DEL p99");
+    }
+
+    #[test]
+    fn mem_units() {
+        let s = Duration::from_secs;
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(percent_of_core(Duration::from_millis(30), s(3)), 1.0));
+        assert!(close(
+            percent_of_core(Duration::from_micros(300), s(3)),
+            0.01
+        ));
+        assert!(close(percent_of_core(s(6), s(3)), 200.0));
+        assert_eq!(percent_of_core(Duration::ZERO, s(3)), 0.0);
+        assert_eq!(percent_of_core(s(1), Duration::ZERO), 0.0);
+        assert_eq!(mib(21 * 1024 * 1024 + 512 * 1024), 21.5);
+        assert_eq!(mib(0), 0.0);
+    }
+
+    #[test]
+    fn mem_rows_take_medians_and_kernel_systems_are_not_applicable() {
+        let settings = Settings {
+            systems: vec![System::WeftVxlan, System::KernelVxlan],
+            tests: vec![Test::Mem],
+            ..Settings::default()
+        };
+        let mut data = Data::default();
+        for (rss, idle) in [(20.0, 0.05), (22.0, 0.5), (21.0, 0.1)] {
+            data.push(System::WeftVxlan, Test::Mem, "rss", rss);
+            data.push(System::WeftVxlan, Test::Mem, "idle cpu", idle);
+        }
+        let rows = data.rows(&settings);
+        let find = |system: &str, metric: &str| {
+            rows.iter()
+                .find(|r| r.system == system && r.test == "mem" && r.metric == metric)
+                .unwrap_or_else(|| panic!("no row {system} {metric}: {rows:?}"))
+        };
+        let rss = find("weft-vxlan", "rss");
+        assert_eq!((rss.value, rss.unit.as_str()), (Some(21.0), "MiB"));
+        assert_eq!(rss.runs, [20.0, 22.0, 21.0]);
+        let idle = find("weft-vxlan", "idle cpu");
+        assert_eq!((idle.value, idle.unit.as_str()), (Some(0.1), "%"));
+        for metric in ["rss", "idle cpu"] {
+            let row = find("kernel-vxlan", metric);
+            assert_eq!(row.value, None);
+            assert!(row.runs.is_empty());
+            assert!(
+                row.note
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("not applicable")),
+                "{row:?}"
+            );
+        }
+        assert_eq!(rows.len(), 4);
     }
 }

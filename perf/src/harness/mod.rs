@@ -108,17 +108,23 @@ pub enum Test {
     /// TCP/IP work happens mostly in their system calls) and the ksoftirqd threads (the
     /// rest of it), so it compares all systems.
     Cpu,
+    /// weftd's footprint with many pods attached (host 0's daemon, `--mem-pods` pods
+    /// attached through weft-cni): its resident memory, and its CPU use while no traffic
+    /// flows, measured just after a short burst of traffic (so the workers' adaptive
+    /// polling window has grown), as percent of one core.
+    Mem,
 }
 
 impl Test {
     /// Every test, in report order.
-    pub const ALL: [Test; 6] = [
+    pub const ALL: [Test; 7] = [
         Test::Tcp1,
         Test::Tcp4,
         Test::Udp64,
         Test::Rr,
         Test::Cni,
         Test::Cpu,
+        Test::Mem,
     ];
 
     /// The name used on the command line and in reports.
@@ -130,6 +136,7 @@ impl Test {
             Test::Rr => "rr",
             Test::Cni => "cni",
             Test::Cpu => "cpu",
+            Test::Mem => "mem",
         }
     }
 
@@ -153,12 +160,14 @@ impl Test {
             m("DEL p99", "ms", Lower),
         ];
         const CPU: &[Metric] = &[m("weftd", "CPU s/GB", Lower), m("total", "CPU s/GB", Lower)];
+        const MEM: &[Metric] = &[m("rss", "MiB", Lower), m("idle cpu", "%", Lower)];
         match self {
             Test::Tcp1 | Test::Tcp4 => TCP,
             Test::Udp64 => UDP,
             Test::Rr => RR,
             Test::Cni => CNI,
             Test::Cpu => CPU,
+            Test::Mem => MEM,
         }
     }
 
@@ -167,6 +176,9 @@ impl Test {
         match (self, system) {
             (Test::Cpu, System::KernelVxlan | System::Direct) if metric == "weftd" => {
                 Some("no weft process; `total` compares every system")
+            }
+            (Test::Mem, System::KernelVxlan | System::Direct) => {
+                Some("no weft process; the kernel's datapath has no process of its own to measure")
             }
             (Test::Cni, System::Direct) => {
                 Some("the same bridge + host-local plugins as kernel-vxlan")
@@ -240,6 +252,10 @@ pub const MAX_PODS_PER_HOST: usize = 100;
 /// Most CNI test pods on one host in one round (the reference plugins' range holds 127).
 pub const MAX_CNI_PODS_PER_HOST_ROUND: usize = 120;
 
+/// Addresses weftd hands out in a host's /24 pod subnet (`.2` to `.254`): the `mem`
+/// test's pods and the host's own pods must fit in them together.
+pub const POD_ADDRESSES_PER_HOST: usize = 253;
+
 /// What a run measures and on what.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -259,6 +275,8 @@ pub struct Settings {
     pub mtu: u32,
     /// CNI ADD/DEL pairs per system over the whole run (split across rounds).
     pub cni_pods: usize,
+    /// Pods the `mem` test attaches to host 0's weftd at once, in every round.
+    pub mem_pods: usize,
     /// weftd worker threads (`None`: weftd's default, one per core).
     pub weft_workers: Option<usize>,
 }
@@ -274,6 +292,7 @@ impl Default for Settings {
             pods: 2,
             mtu: topo::DEFAULT_MTU,
             cni_pods: 200,
+            mem_pods: 100,
             weft_workers: None,
         }
     }
@@ -310,6 +329,17 @@ impl Settings {
                 "--cni-pods {} puts {per_host} pods on a host in one round; at most \
                  {MAX_CNI_PODS_PER_HOST_ROUND} fit (raise --repeat or --hosts)",
                 self.cni_pods
+            );
+        }
+        if self.tests.contains(&Test::Mem) {
+            ensure!(self.mem_pods >= 1, "--mem-pods must be at least 1");
+            ensure!(
+                self.pods + self.mem_pods <= POD_ADDRESSES_PER_HOST,
+                "--mem-pods {} and --pods {} need {} addresses on host 0; its pod subnet \
+                 has {POD_ADDRESSES_PER_HOST}",
+                self.mem_pods,
+                self.pods,
+                self.pods + self.mem_pods
             );
         }
         if let Some(w) = self.weft_workers {
@@ -415,11 +445,13 @@ pub fn run_on(
         .tests
         .iter()
         .copied()
-        .filter(|t| !matches!(t, Test::Cni | Test::Cpu))
+        .filter(|t| !matches!(t, Test::Cni | Test::Cpu | Test::Mem))
         .collect();
     let cni = settings.tests.contains(&Test::Cni);
+    let mem = settings.tests.contains(&Test::Mem);
     let cpu_alone = settings.tests.contains(&Test::Cpu) && !traffic.contains(&Test::Tcp1);
-    let per_system = 1 + traffic.len() + usize::from(cni) + usize::from(cpu_alone);
+    let per_system =
+        1 + traffic.len() + usize::from(cni) + usize::from(mem) + usize::from(cpu_alone);
     progress(Event::Steps(
         (settings.repeat * settings.systems.len() * per_system) as u64,
     ));
@@ -442,6 +474,9 @@ pub fn run_on(
             if cni {
                 steps.push(Test::Cni);
             }
+            if mem {
+                steps.push(Test::Mem);
+            }
             for test in steps {
                 crate::stop::check()?;
                 progress(Event::Start {
@@ -463,4 +498,51 @@ pub fn run_on(
         }
     }
     Ok(Report::new(settings, data.rows(settings)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mem_is_a_default_test_with_two_metrics() {
+        let settings = Settings::default();
+        assert!(settings.tests.contains(&Test::Mem));
+        assert_eq!(settings.mem_pods, 100);
+        assert_eq!("mem".parse::<Test>().unwrap(), Test::Mem);
+        assert_eq!(
+            parse_list::<Test>("cni, mem,mem").unwrap(),
+            [Test::Cni, Test::Mem]
+        );
+        let names: Vec<_> = Test::Mem.metrics().iter().map(|m| m.name).collect();
+        assert_eq!(names, ["rss", "idle cpu"]);
+        assert!(Test::Mem
+            .metrics()
+            .iter()
+            .all(|m| m.better == Better::Lower));
+        for system in System::ALL {
+            let weft = system.weft_mode().is_some();
+            for m in Test::Mem.metrics() {
+                assert_eq!(Test::Mem.not_applicable(system, m.name).is_none(), weft);
+            }
+        }
+    }
+
+    #[test]
+    fn mem_pods_must_fit_in_host_0s_subnet() {
+        let with = |pods: usize, mem_pods: usize, tests: Vec<Test>| Settings {
+            pods,
+            mem_pods,
+            tests,
+            ..Settings::default()
+        };
+        assert!(with(2, 100, vec![Test::Mem]).validate().is_ok());
+        assert!(with(100, 153, vec![Test::Mem]).validate().is_ok());
+        let e = with(100, 154, vec![Test::Mem]).validate().unwrap_err();
+        assert!(e.to_string().contains("254 addresses"), "{e}");
+        assert!(with(2, 0, vec![Test::Mem]).validate().is_err());
+        // Without the mem test, --mem-pods does not matter.
+        assert!(with(2, 0, vec![Test::Rr]).validate().is_ok());
+        assert!(Settings::default().validate().is_ok());
+    }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::measure::{MEM_BURST, MEM_IDLE, MEM_SETTLE};
 use super::{Better, Settings, System, Test};
 use crate::procfs::Machine;
 
@@ -52,6 +53,10 @@ pub struct RunSettings {
     pub pod_mtu: u32,
     /// CNI ADD/DEL pairs per system.
     pub cni_pods: usize,
+    /// Pods the `mem` test attaches to host 0's weftd at once (0 in reports older than
+    /// the test).
+    #[serde(default)]
+    pub mem_pods: usize,
     /// weftd worker threads (`null`: one per core).
     pub weft_workers: Option<usize>,
 }
@@ -85,6 +90,7 @@ impl Report {
                 underlay_mtu: settings.mtu,
                 pod_mtu: settings.mtu - crate::topo::kernel_vxlan::OVERHEAD,
                 cni_pods: settings.cni_pods,
+                mem_pods: settings.mem_pods,
                 weft_workers: settings.weft_workers,
             },
             results,
@@ -141,6 +147,18 @@ impl Report {
                 out,
                 "cpu: around tcp1; weftd = the weft daemons, total = weftd + the traffic \
                  generator's threads (with the kernel's work in their system calls) + ksoftirqd"
+            );
+        }
+        if s.tests.iter().any(|t| t == Test::Mem.name()) {
+            let _ = writeln!(
+                out,
+                "mem: host 0's weftd with {} pods attached through weft-cni; rss = its VmRSS, \
+                 idle cpu = its CPU time over {} s without traffic ({} s after {} s of rr), \
+                 as % of one core",
+                s.mem_pods,
+                MEM_IDLE.as_secs_f64(),
+                MEM_SETTLE.as_secs_f64(),
+                MEM_BURST.as_secs_f64()
             );
         }
         out.push('\n');
@@ -268,6 +286,56 @@ mod tests {
         assert!(json["machine"].is_object());
         assert_eq!(json["results"][0]["value"], 5.0);
         assert!(json["results"][3]["value"].is_null());
+    }
+
+    #[test]
+    fn table_explains_and_shows_the_mem_metrics() {
+        let settings = Settings {
+            systems: vec![System::WeftSleeve, System::KernelVxlan],
+            tests: vec![Test::Mem],
+            mem_pods: 42,
+            ..Settings::default()
+        };
+        let mut rss = row("weft-sleeve", "mem", "rss", Some(21.5));
+        rss.unit = "MiB".into();
+        let mut idle = row("weft-sleeve", "mem", "idle cpu", Some(0.0123));
+        idle.unit = "%".into();
+        let report = Report::new(
+            &settings,
+            vec![
+                rss,
+                idle,
+                row("kernel-vxlan", "mem", "rss", None),
+                row("kernel-vxlan", "mem", "idle cpu", None),
+            ],
+        );
+        let t = report.table();
+        assert!(
+            t.contains("mem: host 0's weftd with 42 pods attached"),
+            "{t}"
+        );
+        assert!(
+            t.contains("over 3 s without traffic (0.5 s after 0.5 s of rr)"),
+            "{t}"
+        );
+        let line = |metric: &str| {
+            t.lines()
+                .find(|l| l.starts_with("mem ") && l.contains(metric))
+                .unwrap_or_else(|| panic!("no {metric} line in {t}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(line("rss"), ["mem", "rss", "MiB", "v", "21.5", "n/a"]);
+        assert_eq!(
+            line("idle cpu"),
+            ["mem", "idle", "cpu", "%", "v", "0.012", "n/a"]
+        );
+        assert!(!t.contains("cni:") && !t.contains("cpu: around"), "{t}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["settings"]["mem_pods"], 42);
+        assert_eq!(json["settings"]["tests"][0], "mem");
+        assert_eq!(json["results"][1]["metric"], "idle cpu");
+        assert_eq!(json["results"][1]["unit"], "%");
     }
 
     #[test]
