@@ -23,9 +23,7 @@ use crate::counters::Counters;
 use crate::datapath;
 use crate::mac::MacAddr;
 use crate::netlink::{self, LinkSpec, NetlinkError, RouteSpec};
-use crate::tables::{
-    NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TablesError, TunnelMode,
-};
+use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TablesError};
 use crate::tap::{self, TapError, TapQueue};
 use crate::udp::Lanes;
 use crate::worker::{self, Command, Shared, WorkerHandle};
@@ -274,15 +272,10 @@ impl Daemon {
             "binding the tunnel port {}:{}",
             settings.underlay_ip, settings.port
         )))?;
-        // Sleeve chunks carry super-frames whose inner checksums are left to the
-        // receiving pod, so the sleeve keeps the UDP checksum; VXLAN sends none.
-        let zero_checksum = settings.mode == TunnelMode::Vxlan;
-        let lanes = Lanes::bind(settings.underlay_ip, datapath::LANES, zero_checksum).map_err(
-            io_err(format!(
-                "binding the tunnel's source ports on {}",
-                settings.underlay_ip
-            )),
-        )?;
+        let lanes = Lanes::bind(settings.underlay_ip, datapath::LANES).map_err(io_err(format!(
+            "binding the tunnel's source ports on {}",
+            settings.underlay_ip
+        )))?;
         log::info!("tunnel source ports {:?}", lanes.ports());
         let (shared, workers) =
             worker::spawn(tables.clone(), sockets, Arc::new(lanes), settings.poll)

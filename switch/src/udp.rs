@@ -89,12 +89,10 @@ impl std::fmt::Debug for Lanes {
 
 impl Lanes {
     /// Binds `n` sockets to `ip` on ports the kernel picks from its ephemeral range,
-    /// as the kernel's VXLAN picks source ports from it. With `zero_checksum` their
-    /// datagrams carry a zero UDP checksum, as RFC 7348 asks of VXLAN over IPv4 and
-    /// as the kernel's VXLAN sends by default: the inner packets carry their own.
+    /// as the kernel's VXLAN picks source ports from it.
     ///
     /// Nothing is ever sent to these ports; their receive buffers are kept small.
-    pub fn bind(ip: Ipv4Addr, n: usize, zero_checksum: bool) -> io::Result<Lanes> {
+    pub fn bind(ip: Ipv4Addr, n: usize) -> io::Result<Lanes> {
         use socket2::{Domain, Protocol, Socket, Type};
         let lanes = (0..n.max(1))
             .map(|_| {
@@ -104,9 +102,6 @@ impl Lanes {
                 s.set_recv_buffer_size(4096)?;
                 s.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
                 let socket: UdpSocket = s.into();
-                if zero_checksum {
-                    set_no_check(&socket)?;
-                }
                 let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
                 Ok(Lane { socket, state })
             })
@@ -142,28 +137,6 @@ impl Lanes {
             );
             *failed += count as u64;
         }
-    }
-}
-
-/// Sends the socket's IPv4 datagrams with a zero UDP checksum (`SO_NO_CHECK`).
-fn set_no_check(socket: &UdpSocket) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket fd, and an option value that lives across the call
-    // with its exact size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NO_CHECK,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
@@ -330,44 +303,5 @@ impl Tunnel {
     /// Datagrams lost to send errors since the last call.
     pub fn take_failed(&mut self) -> u64 {
         std::mem::take(&mut self.failed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::fd::AsRawFd;
-
-    fn no_check(socket: &UdpSocket) -> libc::c_int {
-        let mut value: libc::c_int = -1;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: a valid socket fd and an out-parameter of the size given.
-        let rc = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_NO_CHECK,
-                (&mut value as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
-        value
-    }
-
-    #[test]
-    fn lanes_are_distinct_ports_and_vxlan_lanes_send_no_checksum() {
-        let lanes = Lanes::bind(Ipv4Addr::LOCALHOST, 16, true).unwrap();
-        let mut ports = lanes.ports();
-        assert!(ports.iter().all(|&p| p != 0));
-        ports.sort_unstable();
-        ports.dedup();
-        assert_eq!(ports.len(), 16);
-        assert!(lanes.lanes.iter().all(|l| no_check(&l.socket) == 1));
-        // Lanes repeat past their count.
-        assert!(std::ptr::eq(lanes.get(3), lanes.get(19)));
-
-        let checked = Lanes::bind(Ipv4Addr::LOCALHOST, 2, false).unwrap();
-        assert!(checked.lanes.iter().all(|l| no_check(&l.socket) == 0));
     }
 }
