@@ -70,9 +70,10 @@ struct RunArgs {
     /// CNI ADD/DEL pairs per system, over all rounds [default: 200; demo 20].
     #[arg(long)]
     cni_pods: Option<usize>,
-    /// Pods the mem test attaches to host 0's weftd at once, in every round.
-    #[arg(long, default_value_t = 100)]
-    mem_pods: usize,
+    /// Pods the mem test attaches to host 0's weftd at once, in every round
+    /// [default: 100; demo 20].
+    #[arg(long)]
+    mem_pods: Option<usize>,
     /// weftd worker threads [default: one per core].
     #[arg(long)]
     weft_workers: Option<usize>,
@@ -111,7 +112,9 @@ impl RunArgs {
             cni_pods: self
                 .cni_pods
                 .unwrap_or(if demo { 20 } else { defaults.cni_pods }),
-            mem_pods: self.mem_pods,
+            mem_pods: self
+                .mem_pods
+                .unwrap_or(if demo { 20 } else { defaults.mem_pods }),
             weft_workers: self.weft_workers,
         };
         settings.validate()?;

@@ -92,6 +92,9 @@ impl Lanes {
     /// as the kernel's VXLAN picks source ports from it.
     ///
     /// Nothing is ever sent to these ports; their receive buffers are kept small.
+    /// They keep the UDP checksum even for VXLAN, where RFC 7348 would allow zero:
+    /// the kernel refuses UDP GSO on an `SO_NO_CHECK` socket (EINVAL), which would
+    /// cost one send per datagram.
     pub fn bind(ip: Ipv4Addr, n: usize) -> io::Result<Lanes> {
         use socket2::{Domain, Protocol, Socket, Type};
         let lanes = (0..n.max(1))
