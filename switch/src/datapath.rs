@@ -118,8 +118,9 @@ enum Ingress {
     Local,
 }
 
-/// Sleeve super-frames being joined at once per worker.
-const JOINS: usize = 4;
+/// Sleeve super-frames being joined at once per worker: room for the bursts of
+/// several peers (or sending workers) arriving interleaved; 64 KiB each.
+const JOINS: usize = 8;
 
 /// A sleeve super-frame being joined from its chunks.
 struct Join {
