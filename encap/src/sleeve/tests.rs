@@ -522,26 +522,35 @@ fn offsets_and_names(table: &[Vec<&str>]) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The rows a header table should have: its fixed fields, then `rest` from `rest_at`.
+fn header_rows(
+    fields: &[(&str, Field)],
+    rest_at: usize,
+    rest: &str,
+) -> Vec<(String, String, String)> {
+    let mut rows: Vec<_> = fields
+        .iter()
+        .map(|(name, range)| {
+            let [offset, len] = columns(range.clone());
+            (offset, len, (*name).to_owned())
+        })
+        .collect();
+    rows.push((rest_at.to_string(), "rest".into(), rest.into()));
+    rows
+}
+
 #[test]
 fn doc_header_table_matches_code() {
-    let expected = [
+    let fields = [
         ("version", field::VERSION..field::VERSION + 1),
         ("kind", field::KIND..field::KIND + 1),
         ("flags", field::FLAGS),
         ("sender", field::SENDER),
         ("reserved", field::RESERVED),
     ];
-    let mut expected: Vec<_> = expected
-        .into_iter()
-        .map(|(name, range)| {
-            let [offset, len] = columns(range);
-            (offset, len, name.to_owned())
-        })
-        .collect();
-    expected.push((field::BODY.start.to_string(), "rest".into(), "body".into()));
     assert_eq!(
         offsets_and_names(&doc_table("## Datagram header")),
-        expected
+        header_rows(&fields, field::BODY.start, "body")
     );
     assert_eq!(field::BODY.start, HEADER_LEN);
 }
@@ -582,7 +591,7 @@ fn doc_heartbeat_table_matches_code() {
 fn doc_chunk_table_matches_code() {
     use field::chunk as f;
     let one = |at: usize| at..at + 1;
-    let expected = [
+    let fields = [
         ("frame_id", f::FRAME_ID),
         ("total", f::TOTAL),
         ("offset", f::OFFSET),
@@ -592,15 +601,10 @@ fn doc_chunk_table_matches_code() {
         ("gso_size", f::GSO_SIZE),
         ("reserved", f::RESERVED2),
     ];
-    let mut expected: Vec<_> = expected
-        .into_iter()
-        .map(|(name, range)| {
-            let [offset, len] = columns(range);
-            (offset, len, name.to_owned())
-        })
-        .collect();
-    expected.push((f::DATA.start.to_string(), "rest".into(), "data".into()));
-    assert_eq!(offsets_and_names(&doc_table("## Chunk body")), expected);
+    assert_eq!(
+        offsets_and_names(&doc_table("## Chunk body")),
+        header_rows(&fields, f::DATA.start, "data")
+    );
     assert_eq!(f::DATA.start, CHUNK_HEADER_LEN);
 }
 
