@@ -65,25 +65,69 @@ pub fn in_netns<T: Send, E: From<NetlinkError> + Send>(
         path: path.clone(),
         source,
     })?;
+    on_own_thread(&path, f, || {
+        // SAFETY: `file` is an open fd for the duration of the call; setns only
+        // changes the calling thread's network namespace.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(NetlinkError::Setns {
+                path: path.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    })
+}
+
+/// Runs `f` on a fresh thread in a new network namespace of its own, with only `lo`,
+/// brought up. The namespace has no name and no route out, and it vanishes with the
+/// thread: a sandbox for socket tests that must not touch any other network.
+pub fn in_new_netns<T: Send, E: From<NetlinkError> + Send>(
+    f: impl FnOnce() -> Result<T, E> + Send,
+) -> Result<T, E> {
+    const LABEL: &str = "a new namespace";
+    on_own_thread(LABEL, f, || {
+        // SAFETY: unshare only moves the calling thread into a new namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(NetlinkError::Setns {
+                path: LABEL.into(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        with_handle(async |handle| {
+            let index = link_index(&handle, "lo")
+                .await?
+                .ok_or_else(|| NetlinkError::NoSuchLink("lo".into()))?;
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .map_err(|source| NetlinkError::Request {
+                    what: "bringing the link up",
+                    link: "lo".into(),
+                    source,
+                })
+        })
+    })
+}
+
+/// Runs `enter` and then `f` on a thread of their own, which ends with them.
+fn on_own_thread<T: Send, E: From<NetlinkError> + Send>(
+    label: &str,
+    f: impl FnOnce() -> Result<T, E> + Send,
+    enter: impl FnOnce() -> Result<(), NetlinkError> + Send,
+) -> Result<T, E> {
     std::thread::scope(|s| {
         let worker = std::thread::Builder::new()
             .name("weft-netns".into())
             .spawn_scoped(s, || {
-                // SAFETY: `file` is an open fd for the duration of the call; setns only
-                // changes the calling thread's network namespace.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                if rc != 0 {
-                    return Err(E::from(NetlinkError::Setns {
-                        path: path.clone(),
-                        source: std::io::Error::last_os_error(),
-                    }));
-                }
+                enter().map_err(E::from)?;
                 f()
             })
             .map_err(|e| E::from(NetlinkError::Socket(e)))?;
         worker
             .join()
-            .unwrap_or_else(|_| Err(E::from(NetlinkError::Panicked(path.clone()))))
+            .unwrap_or_else(|_| Err(E::from(NetlinkError::Panicked(label.to_owned()))))
     })
 }
 

@@ -1,8 +1,12 @@
-//! Batched UDP I/O for the tunnel sockets, on quinn-udp: `recvmmsg` with UDP GRO on
-//! receive, and on send, runs of equal-sized datagrams to one peer gathered into a
-//! single `sendmsg` with UDP GSO. quinn-udp falls back at run time to one datagram
-//! per call where the kernel refuses GSO (EIO/EINVAL), and to plain receives where
-//! it has no GRO.
+//! Batched UDP I/O for the tunnel sockets.
+//!
+//! Receive is quinn-udp's: `recvmmsg` with UDP GRO where the kernel has it. Send is
+//! this module's own, because quinn-udp hands the kernel one message per `sendmsg`:
+//! a worker queues its datagrams as messages, each a run of equal-sized datagrams to
+//! one peer (one UDP GSO send), and at the end of its batch hands every lane's
+//! messages to the kernel with one `sendmmsg`. Where the kernel refuses GSO (EIO or
+//! EINVAL; quinn-udp's probe finds most such kernels up front) the lane stops using it
+//! and the refused run goes again as single datagrams, still batched by `sendmmsg`.
 //!
 //! Datagrams arrive on the tunnel port (one `SO_REUSEPORT` socket per worker) and
 //! leave from [`Lanes`]: sockets on ephemeral ports, one per flow-hash lane, shared
@@ -11,10 +15,13 @@
 //! This layer knows nothing of VXLAN or sleeve: it moves opaque datagrams.
 
 use std::io::{self, IoSliceMut};
+use std::mem;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 
 /// Datagrams taken by one `recvmmsg`.
 pub const RX_BATCH: usize = 16;
@@ -22,6 +29,10 @@ pub const RX_BATCH: usize = 16;
 pub const RX_BUF: usize = 65_536;
 /// Largest UDP payload of one GSO send.
 const TX_BUF: usize = 65_000;
+/// Messages a worker queues before it must send, and the most one `sendmmsg` takes.
+pub const TX_MSGS: usize = 64;
+/// Bytes of datagrams a worker queues before it must send.
+const TX_QUEUE: usize = 256 * 1024;
 
 /// Receive buffers and their metadata, allocated once per worker.
 pub struct RxBatch {
@@ -71,6 +82,35 @@ impl RxBatch {
     }
 }
 
+/// One message to the kernel: `count` datagrams of `segment` bytes (the last may be
+/// shorter) to `dest`, at `start..start + len` of the buffer it was queued in.
+#[derive(Debug, Clone, Copy)]
+struct TxMsg {
+    dest: SocketAddrV4,
+    lane: usize,
+    start: usize,
+    len: usize,
+    segment: usize,
+    count: usize,
+}
+
+impl TxMsg {
+    const EMPTY: TxMsg = TxMsg {
+        dest: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        lane: 0,
+        start: 0,
+        len: 0,
+        segment: 0,
+        count: 0,
+    };
+
+    /// The byte range of its datagram `i`.
+    fn datagram(&self, i: usize) -> std::ops::Range<usize> {
+        let at = self.start + i * self.segment;
+        at..(at + self.segment).min(self.start + self.len)
+    }
+}
+
 /// The sockets tunnel datagrams leave from: one per lane, each on its own port.
 pub struct Lanes {
     lanes: Box<[Lane]>,
@@ -78,7 +118,10 @@ pub struct Lanes {
 
 struct Lane {
     socket: UdpSocket,
-    state: UdpSocketState,
+    /// Most datagrams one GSO send may carry, as quinn-udp's probe found (1: none).
+    gso_max: usize,
+    /// The kernel refused a GSO send on this socket: it sends single datagrams since.
+    gso_refused: AtomicBool,
 }
 
 impl std::fmt::Debug for Lanes {
@@ -94,7 +137,7 @@ impl Lanes {
     /// Nothing is ever sent to these ports; their receive buffers are kept small.
     /// They keep the UDP checksum even for VXLAN, where RFC 7348 would allow zero:
     /// the kernel refuses UDP GSO on an `SO_NO_CHECK` socket (EINVAL), which would
-    /// cost one send per datagram.
+    /// cost a trip through the stack per datagram.
     pub fn bind(ip: Ipv4Addr, n: usize) -> io::Result<Lanes> {
         use socket2::{Domain, Protocol, Socket, Type};
         let lanes = (0..n.max(1))
@@ -105,8 +148,14 @@ impl Lanes {
                 s.set_recv_buffer_size(4096)?;
                 s.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
                 let socket: UdpSocket = s.into();
+                // quinn-udp sets the socket up as for its own sends (no fragmentation)
+                // and probes whether the kernel takes UDP_SEGMENT.
                 let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
-                Ok(Lane { socket, state })
+                Ok(Lane {
+                    socket,
+                    gso_max: state.max_gso_segments().max(1),
+                    gso_refused: AtomicBool::new(false),
+                })
             })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Lanes {
@@ -122,36 +171,235 @@ impl Lanes {
             .collect()
     }
 
-    /// The lane `lane` stands for (any number: lanes repeat).
+    /// The index of the socket lane `lane` stands for (any number: lanes repeat).
     #[inline]
-    fn get(&self, lane: usize) -> &Lane {
-        &self.lanes[lane % self.lanes.len()]
-    }
-
-    /// Sends `transmit` from `lane`; on failure, counts its datagrams into `failed`.
-    fn send(&self, lane: usize, transmit: &Transmit<'_>, count: usize, failed: &mut u64) {
-        let l = self.get(lane);
-        if let Err(e) = l.state.try_send(UdpSockRef::from(&l.socket), transmit) {
-            // A full socket buffer or a refused GSO send loses these datagrams; the
-            // kernel reports GSO refusal once and quinn-udp sends singly from then on.
-            log::debug!(
-                "tunnel send of {count} datagrams to {}: {e}",
-                transmit.destination
-            );
-            *failed += count as u64;
-        }
+    fn index(&self, lane: usize) -> usize {
+        lane % self.lanes.len()
     }
 }
 
-/// A run of equal-sized datagrams to one peer, sent with one GSO call.
-struct TxBatch {
-    buf: Box<[u8]>,
-    dest: SocketAddrV4,
-    lane: usize,
-    segment: usize,
+impl Lane {
+    /// Most datagrams one message may carry now.
+    #[inline]
+    fn max_segments(&self) -> usize {
+        if self.gso_refused.load(Ordering::Relaxed) {
+            1
+        } else {
+            self.gso_max
+        }
+    }
+
+    /// Hands `msgs`, whose bytes are in `buf`, to the kernel in order, in as few
+    /// `sendmmsg` calls as it takes. Returns how many datagrams were lost.
+    fn send(&self, buf: &[u8], msgs: &[TxMsg]) -> u64 {
+        let mut lost = 0;
+        // The next datagram to send: message `m`, its datagram `d`.
+        let (mut m, mut d) = (0, 0);
+        while m < msgs.len() {
+            let gso = self.max_segments() > 1;
+            let mut batch = MsgBatch::new();
+            let (mut bm, mut bd) = (m, d);
+            while bm < msgs.len() && batch.len < TX_MSGS {
+                let msg = &msgs[bm];
+                if bd == 0 && (gso || msg.count == 1) {
+                    batch.push(msg.dest, &buf[msg.start..msg.start + msg.len], msg, bm);
+                    bm += 1;
+                } else {
+                    // GSO is off: the message goes as its single datagrams.
+                    batch.push_single(msg.dest, &buf[msg.datagram(bd)], bm, bd);
+                    bd += 1;
+                    if bd == msg.count {
+                        bm += 1;
+                        bd = 0;
+                    }
+                }
+            }
+            match batch.submit(&self.socket) {
+                Ok(()) => (m, d) = (bm, bd),
+                Err((k, e)) => {
+                    let (km, kd, kcount, kgso) = batch.origin[k];
+                    match e.raw_os_error() {
+                        Some(libc::EAGAIN | libc::ENOBUFS) => {
+                            // The socket buffer is full: what is left is lost, as a
+                            // full queue on a wire would lose it.
+                            lost += remaining(msgs, km, kd);
+                            return lost;
+                        }
+                        Some(libc::EIO | libc::EINVAL) if kgso => {
+                            if !self.gso_refused.swap(true, Ordering::Relaxed) {
+                                log::info!(
+                                    "tunnel lane {:?}: the kernel refused a GSO send ({e}); \
+                                     sending single datagrams",
+                                    self.socket.local_addr().ok()
+                                );
+                            }
+                            (m, d) = (km, 0);
+                        }
+                        _ => {
+                            log::debug!(
+                                "tunnel send of {kcount} datagrams to {}: {e}",
+                                msgs[km].dest
+                            );
+                            lost += kcount as u64;
+                            (m, d) = if kgso || kd + 1 == msgs[km].count {
+                                (km + 1, 0)
+                            } else {
+                                (km, kd + 1)
+                            };
+                        }
+                    }
+                }
+            }
+        }
+        lost
+    }
+}
+
+/// Datagrams of `msgs` from message `m`'s datagram `d` on.
+fn remaining(msgs: &[TxMsg], m: usize, d: usize) -> u64 {
+    let rest: usize = msgs[m..].iter().map(|x| x.count).sum();
+    (rest - d) as u64
+}
+
+/// Control-message room for one `UDP_SEGMENT` (a `u16`), aligned for `cmsghdr`.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct SegmentCmsg([u8; 24]);
+
+const _: () = assert!(
+    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
+    unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize
+        <= mem::size_of::<SegmentCmsg>()
+);
+
+/// The arguments of one `sendmmsg`, on the stack: no allocation per send.
+struct MsgBatch<'a> {
     len: usize,
-    count: usize,
-    /// The last datagram was shorter than `segment`: nothing may follow it.
+    iov: [libc::iovec; TX_MSGS],
+    addr: [libc::sockaddr_in; TX_MSGS],
+    cmsg: [SegmentCmsg; TX_MSGS],
+    /// Whether entry `i` carries a `UDP_SEGMENT`.
+    gso: [bool; TX_MSGS],
+    /// Where entry `i` came from: its message, first datagram, datagram count, and
+    /// whether it is a GSO send.
+    origin: [(usize, usize, usize, bool); TX_MSGS],
+    _bytes: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a> MsgBatch<'a> {
+    fn new() -> Self {
+        MsgBatch {
+            len: 0,
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; TX_MSGS],
+            // SAFETY: sockaddr_in is plain old data; all zeroes is a valid value.
+            addr: [unsafe { mem::zeroed() }; TX_MSGS],
+            cmsg: [SegmentCmsg([0; 24]); TX_MSGS],
+            gso: [false; TX_MSGS],
+            origin: [(0, 0, 0, false); TX_MSGS],
+            _bytes: std::marker::PhantomData,
+        }
+    }
+
+    fn entry(&mut self, dest: SocketAddrV4, bytes: &'a [u8]) -> usize {
+        let i = self.len;
+        self.len += 1;
+        self.iov[i] = libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        };
+        let a = &mut self.addr[i];
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_port = dest.port().to_be();
+        a.sin_addr.s_addr = u32::from_ne_bytes(dest.ip().octets());
+        i
+    }
+
+    /// Adds message `msg` (number `m`) whole: one GSO send if it has several datagrams.
+    fn push(&mut self, dest: SocketAddrV4, bytes: &'a [u8], msg: &TxMsg, m: usize) {
+        let i = self.entry(dest, bytes);
+        let gso = msg.count > 1;
+        self.gso[i] = gso;
+        self.origin[i] = (m, 0, msg.count, gso);
+        if gso {
+            // Segment sizes are bounded by TX_BUF, below u16::MAX.
+            let segment = msg.segment as u16;
+            self.cmsg[i].0[..mem::size_of::<libc::cmsghdr>()].fill(0);
+            // SAFETY: the buffer is aligned for cmsghdr and CMSG_SPACE(2) long (checked
+            // at compile time above); the header and data are written inside it.
+            unsafe {
+                let mut hdr: libc::msghdr = mem::zeroed();
+                hdr.msg_control = self.cmsg[i].0.as_mut_ptr().cast();
+                hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+                let c = libc::CMSG_FIRSTHDR(&hdr);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+            }
+        }
+    }
+
+    /// Adds datagram `d` of message `m` alone.
+    fn push_single(&mut self, dest: SocketAddrV4, bytes: &'a [u8], m: usize, d: usize) {
+        let i = self.entry(dest, bytes);
+        self.gso[i] = false;
+        self.origin[i] = (m, d, 1, false);
+    }
+
+    /// Sends every entry. On failure, the entries before the failed one `k` are sent
+    /// and `Err((k, error))` says why `k` was not.
+    fn submit(&mut self, socket: &UdpSocket) -> Result<(), (usize, io::Error)> {
+        // SAFETY: mmsghdr is plain old data; all zeroes is a valid value.
+        let mut hdrs: [libc::mmsghdr; TX_MSGS] = unsafe { mem::zeroed() };
+        for (i, h) in hdrs[..self.len].iter_mut().enumerate() {
+            let m = &mut h.msg_hdr;
+            m.msg_name = (&raw mut self.addr[i]).cast();
+            m.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_iov = &raw mut self.iov[i];
+            m.msg_iovlen = 1;
+            if self.gso[i] {
+                m.msg_control = self.cmsg[i].0.as_mut_ptr().cast();
+                // SAFETY: pure arithmetic.
+                m.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
+            }
+        }
+        let mut sent = 0;
+        while sent < self.len {
+            // SAFETY: every header points at this batch's own iovec, address and
+            // control buffers, and each iovec at bytes borrowed for 'a; all outlive
+            // the call.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    hdrs[sent..].as_mut_ptr(),
+                    (self.len - sent) as libc::c_uint,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err((sent, e));
+            }
+            sent += n as usize;
+        }
+        Ok(())
+    }
+}
+
+/// The datagrams a worker queued since it last sent.
+struct TxQueue {
+    buf: Box<[u8]>,
+    used: usize,
+    msgs: [TxMsg; TX_MSGS],
+    n: usize,
+    /// The last message's last datagram was shorter than its segment: nothing may
+    /// join it.
     closed: bool,
 }
 
@@ -160,7 +408,7 @@ pub struct Tunnel {
     socket: UdpSocket,
     state: UdpSocketState,
     lanes: Arc<Lanes>,
-    tx: TxBatch,
+    tx: TxQueue,
     /// Datagrams lost to send errors since the worker last asked.
     failed: u64,
 }
@@ -184,13 +432,11 @@ impl Tunnel {
             socket,
             state,
             lanes,
-            tx: TxBatch {
-                buf: vec![0u8; TX_BUF].into_boxed_slice(),
-                dest: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-                lane: 0,
-                segment: 0,
-                len: 0,
-                count: 0,
+            tx: TxQueue {
+                buf: vec![0u8; TX_QUEUE].into_boxed_slice(),
+                used: 0,
+                msgs: [TxMsg::EMPTY; TX_MSGS],
+                n: 0,
                 closed: false,
             },
             failed: 0,
@@ -221,90 +467,353 @@ impl Tunnel {
     }
 
     /// Queues one datagram for `dest` from `lane`. It leaves with the next
-    /// [`Tunnel::flush`], or earlier when the run it joins is full or cannot take it.
+    /// [`Tunnel::flush`], or earlier when the queue is full.
     #[inline]
     pub fn push(&mut self, dest: SocketAddrV4, lane: usize, datagram: &[u8]) {
         let len = datagram.len();
-        let t = &self.tx;
-        let joins = t.count > 0
-            && t.dest == dest
-            && t.lane == lane
-            && !t.closed
-            && len <= t.segment
-            && t.len + len <= t.buf.len()
-            && t.count < self.lanes.get(lane).state.max_gso_segments();
-        if !joins {
-            self.flush();
-        }
-        if len > self.tx.buf.len() {
+        if len > TX_BUF {
             self.failed += 1;
             return;
         }
-        let t = &mut self.tx;
-        if t.count == 0 {
-            t.dest = dest;
-            t.lane = lane;
-            t.segment = len;
+        let lane = self.lanes.index(lane);
+        let max = self.lanes.lanes[lane].max_segments();
+        let q = &self.tx;
+        // An empty datagram cannot ride in a GSO send: it is a message of its own.
+        let joins = q.n > 0 && !q.closed && len > 0 && {
+            let m = &q.msgs[q.n - 1];
+            m.dest == dest
+                && m.lane == lane
+                && len <= m.segment
+                && m.len + len <= TX_BUF
+                && m.count < max
+        };
+        if !joins && (q.n == TX_MSGS || q.used + len > q.buf.len()) {
+            self.flush();
         }
-        t.buf[t.len..t.len + len].copy_from_slice(datagram);
-        t.len += len;
-        t.count += 1;
-        t.closed = len < t.segment;
+        let q = &mut self.tx;
+        q.buf[q.used..q.used + len].copy_from_slice(datagram);
+        if joins {
+            let m = &mut q.msgs[q.n - 1];
+            m.len += len;
+            m.count += 1;
+            q.closed = len < m.segment;
+        } else {
+            q.msgs[q.n] = TxMsg {
+                dest,
+                lane,
+                start: q.used,
+                len,
+                segment: len,
+                count: 1,
+            };
+            q.n += 1;
+            q.closed = false;
+        }
+        q.used += len;
     }
 
     /// Sends consecutive datagrams of `segment` bytes (the last may be shorter) to
-    /// `dest` from `lane` straight from `run`, in as few GSO sends as the kernel allows.
+    /// `dest` from `lane` straight from `run`, in as few GSO sends as the kernel allows,
+    /// after what was queued before.
     pub fn send_run(&mut self, dest: SocketAddrV4, lane: usize, run: &[u8], segment: usize) {
         self.flush();
-        // One GSO send is one UDP datagram to the kernel: at most 64 KiB in all.
-        let max = self
-            .lanes
-            .get(lane)
-            .state
-            .max_gso_segments()
-            .min(TX_BUF / segment.max(1))
-            .max(1);
-        if max == 1 || segment == 0 {
-            for d in run.chunks(segment.max(1)) {
-                self.push(dest, lane, d);
-            }
+        if segment == 0 || run.is_empty() {
             return;
         }
-        for part in run.chunks(segment * max) {
-            let count = part.len().div_ceil(segment);
-            let transmit = Transmit {
-                destination: SocketAddr::V4(dest),
-                ecn: None,
-                contents: part,
-                segment_size: (count > 1).then_some(segment),
-                src_ip: None,
+        let lane = self.lanes.index(lane);
+        let l = &self.lanes.lanes[lane];
+        // One GSO send is one UDP datagram to the kernel: at most 64 KiB in all. Parts
+        // are cut at the probed size even when GSO was refused since: the lane then
+        // sends their datagrams singly.
+        let per_msg = l.gso_max.min(TX_BUF / segment).max(1);
+        let mut msgs = [TxMsg::EMPTY; TX_MSGS];
+        let mut n = 0;
+        for (i, part) in run.chunks(segment * per_msg).enumerate() {
+            msgs[n] = TxMsg {
+                dest,
+                lane,
+                start: i * segment * per_msg,
+                len: part.len(),
+                segment,
+                count: part.len().div_ceil(segment),
             };
-            self.lanes.send(lane, &transmit, count, &mut self.failed);
+            n += 1;
+            if n == TX_MSGS {
+                self.failed += l.send(run, &msgs[..n]);
+                n = 0;
+            }
+        }
+        if n > 0 {
+            self.failed += l.send(run, &msgs[..n]);
         }
     }
 
-    /// Sends what [`Tunnel::push`] gathered.
+    /// Sends what [`Tunnel::push`] queued: one `sendmmsg` per lane it used, each
+    /// lane's messages in the order they were queued.
     pub fn flush(&mut self) {
-        let t = &mut self.tx;
-        if t.count == 0 {
-            return;
+        let q = &mut self.tx;
+        const { assert!(TX_MSGS <= 64, "one bit per message") };
+        let mut done = 0u64; // bit i: message i was sent
+        for first in 0..q.n {
+            if done & (1 << first) != 0 {
+                continue;
+            }
+            let lane = q.msgs[first].lane;
+            let mut group = [TxMsg::EMPTY; TX_MSGS];
+            let mut g = 0;
+            for (i, m) in q.msgs[first..q.n].iter().enumerate() {
+                if m.lane == lane {
+                    group[g] = *m;
+                    g += 1;
+                    done |= 1 << (first + i);
+                }
+            }
+            self.failed += self.lanes.lanes[lane].send(&q.buf, &group[..g]);
         }
-        let transmit = Transmit {
-            destination: SocketAddr::V4(t.dest),
-            ecn: None,
-            contents: &t.buf[..t.len],
-            segment_size: (t.count > 1).then_some(t.segment),
-            src_ip: None,
-        };
-        self.lanes
-            .send(t.lane, &transmit, t.count, &mut self.failed);
-        t.len = 0;
-        t.count = 0;
-        t.closed = false;
+        q.n = 0;
+        q.used = 0;
+        q.closed = false;
     }
 
     /// Datagrams lost to send errors since the last call.
     pub fn take_failed(&mut self) -> u64 {
-        std::mem::take(&mut self.failed)
+        mem::take(&mut self.failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::netlink::{in_new_netns, NetlinkError};
+
+    const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+    /// Runs `f` in a namespace of its own, so test datagrams go nowhere else.
+    fn sandbox(f: impl FnOnce() + Send) {
+        in_new_netns(|| {
+            f();
+            Ok::<(), NetlinkError>(())
+        })
+        .expect("a private network namespace");
+    }
+
+    fn tunnel(lanes: usize) -> Tunnel {
+        let lanes = Arc::new(Lanes::bind(LOCAL, lanes).expect("lanes"));
+        let socket = UdpSocket::bind((LOCAL, 0)).expect("tunnel socket");
+        socket.set_nonblocking(true).expect("nonblocking");
+        Tunnel::new(socket, lanes).expect("tunnel")
+    }
+
+    /// Sets socket option `name` at level `SOL_SOCKET` to `value`.
+    fn set_int(socket: &UdpSocket, name: libc::c_int, value: libc::c_int) {
+        // SAFETY: a valid fd and a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                name,
+                (&raw const value).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+    }
+
+    struct Receiver(UdpSocket);
+
+    impl Receiver {
+        fn new() -> Receiver {
+            let s = UdpSocket::bind((LOCAL, 0)).expect("receiver");
+            // Room for a whole test's datagrams before the test reads them (root may
+            // go past rmem_max).
+            set_int(&s, libc::SO_RCVBUFFORCE, 16 << 20);
+            s.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            Receiver(s)
+        }
+
+        fn addr(&self) -> SocketAddrV4 {
+            match self.0.local_addr().expect("local addr") {
+                SocketAddr::V4(a) => a,
+                SocketAddr::V6(_) => unreachable!("bound to IPv4"),
+            }
+        }
+
+        /// Takes `n` datagrams, grouped by source port in arrival order.
+        fn take(&self, n: usize) -> HashMap<u16, Vec<Vec<u8>>> {
+            let mut by_port: HashMap<u16, Vec<Vec<u8>>> = HashMap::new();
+            let mut buf = [0u8; 70_000];
+            for _ in 0..n {
+                let (len, from) = self.0.recv_from(&mut buf).expect("a datagram in time");
+                by_port
+                    .entry(from.port())
+                    .or_default()
+                    .push(buf[..len].to_vec());
+            }
+            self.0.set_nonblocking(true).expect("nonblocking");
+            assert!(
+                self.0.recv_from(&mut buf).is_err(),
+                "no datagram beyond {n}"
+            );
+            self.0.set_nonblocking(false).expect("blocking");
+            by_port
+        }
+    }
+
+    /// A datagram that says who it is: `len` bytes of its number.
+    fn datagram(id: u8, len: usize) -> Vec<u8> {
+        vec![id; len]
+    }
+
+    #[test]
+    fn queued_datagrams_keep_their_order_per_lane_and_leave_from_its_port() {
+        sandbox(|| {
+            let mut t = tunnel(4);
+            let ports = t.lanes.ports();
+            let (a, b) = (Receiver::new(), Receiver::new());
+            // Interleaved: runs of equal sizes, a short one closing a run, two lanes
+            // to one receiver, two receivers on one lane.
+            let plan: &[(&Receiver, usize, u8, usize)] = &[
+                (&a, 0, 1, 300),
+                (&a, 0, 2, 300),
+                (&b, 0, 3, 300),
+                (&a, 0, 4, 300),
+                (&a, 0, 5, 100),
+                (&a, 0, 6, 300),
+                (&a, 1, 7, 50),
+                (&b, 0, 8, 300),
+                (&a, 5, 9, 300), // lane 5 is lane 1 again
+                (&a, 0, 10, 300),
+            ];
+            for &(to, lane, id, len) in plan {
+                t.push(to.addr(), lane, &datagram(id, len));
+            }
+            t.flush();
+            assert_eq!(t.take_failed(), 0);
+            for r in [&a, &b] {
+                let mut expect: HashMap<u16, Vec<Vec<u8>>> = HashMap::new();
+                for &(to, lane, id, len) in plan {
+                    if std::ptr::eq(to, r) {
+                        expect
+                            .entry(ports[lane % ports.len()])
+                            .or_default()
+                            .push(datagram(id, len));
+                    }
+                }
+                let n = expect.values().map(Vec::len).sum();
+                assert_eq!(r.take(n), expect);
+            }
+        });
+    }
+
+    #[test]
+    fn a_full_queue_sends_itself() {
+        sandbox(|| {
+            let mut t = tunnel(2);
+            let (a, b) = (Receiver::new(), Receiver::new());
+            // Alternating receivers make every datagram a message of its own: three
+            // times what the queue holds.
+            let n = 3 * TX_MSGS;
+            for i in 0..n {
+                let to = if i % 2 == 0 { &a } else { &b };
+                t.push(to.addr(), 0, &datagram(i as u8, 200 + i));
+            }
+            t.flush();
+            assert_eq!(t.take_failed(), 0);
+            for (k, r) in [&a, &b].into_iter().enumerate() {
+                let got = r.take(n / 2);
+                let expect: Vec<Vec<u8>> = (k..n)
+                    .step_by(2)
+                    .map(|i| datagram(i as u8, 200 + i))
+                    .collect();
+                assert_eq!(got.into_values().collect::<Vec<_>>(), vec![expect]);
+            }
+        });
+    }
+
+    /// A run of `count` segments of `segment` bytes and a shorter tail, each segment
+    /// numbered.
+    fn run(count: usize, segment: usize, tail: usize) -> Vec<u8> {
+        let mut run: Vec<u8> = (0..count)
+            .flat_map(|i| datagram(i as u8, segment))
+            .collect();
+        run.extend(datagram(count as u8, tail));
+        run
+    }
+
+    fn assert_run_arrived(r: &Receiver, run: &[u8], segment: usize) {
+        let got = r.take(run.len().div_ceil(segment));
+        let expect: Vec<Vec<u8>> = run.chunks(segment).map(<[u8]>::to_vec).collect();
+        assert_eq!(got.into_values().collect::<Vec<_>>(), vec![expect]);
+    }
+
+    #[test]
+    fn a_run_larger_than_one_gso_send_arrives_whole_after_the_queue() {
+        sandbox(|| {
+            let mut t = tunnel(1);
+            let r = Receiver::new();
+            t.push(r.addr(), 0, &datagram(200, 1000));
+            // 150 KB: three GSO sends at least.
+            let segment = 1000;
+            let run = run(150, segment, 10);
+            t.send_run(r.addr(), 0, &run, segment);
+            assert_eq!(t.take_failed(), 0);
+            let mut all = datagram(200, 1000);
+            all.extend_from_slice(&run);
+            assert_run_arrived(&r, &all, segment);
+        });
+    }
+
+    /// `SO_NO_CHECK`, not in the libc crate for Linux.
+    const SO_NO_CHECK: libc::c_int = 11;
+
+    #[test]
+    fn a_refused_gso_send_goes_again_as_single_datagrams() {
+        sandbox(|| {
+            let mut t = tunnel(1);
+            let lane = &t.lanes.lanes[0];
+            if lane.gso_max == 1 {
+                // This kernel has no UDP GSO at all: nothing can be refused.
+                return;
+            }
+            // The kernel refuses GSO on a socket that sends no UDP checksum (EINVAL).
+            set_int(&lane.socket, SO_NO_CHECK, 1);
+            let r = Receiver::new();
+            let segment = 700;
+            let queued = run(20, segment, 33);
+            for d in queued.chunks(segment) {
+                t.push(r.addr(), 0, d);
+            }
+            t.flush();
+            assert!(t.lanes.lanes[0].gso_refused.load(Ordering::Relaxed));
+            assert_run_arrived(&r, &queued, segment);
+            // From now on the lane queues single datagrams, and runs go singly too.
+            let big = run(200, segment, 1);
+            t.send_run(r.addr(), 0, &big, segment);
+            assert_eq!(t.take_failed(), 0);
+            assert_run_arrived(&r, &big, segment);
+        });
+    }
+
+    #[test]
+    fn an_unsendable_datagram_is_counted_and_the_rest_still_go() {
+        sandbox(|| {
+            let mut t = tunnel(1);
+            let r = Receiver::new();
+            // No route leads anywhere from this namespace but to itself.
+            let nowhere = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 4789);
+            t.push(r.addr(), 0, &datagram(1, 100));
+            t.push(nowhere, 0, &datagram(2, 100));
+            t.push(nowhere, 0, &datagram(3, 100));
+            t.push(r.addr(), 0, &datagram(4, 100));
+            t.push(r.addr(), 0, &[]);
+            t.flush();
+            assert_eq!(t.take_failed(), 2);
+            let got: Vec<Vec<u8>> = r.take(3).into_values().flatten().collect();
+            assert_eq!(got, vec![datagram(1, 100), datagram(4, 100), vec![]]);
+        });
     }
 }
