@@ -479,7 +479,8 @@ impl Tunnel {
         let max = self.lanes.lanes[lane].max_segments();
         let q = &self.tx;
         // An empty datagram cannot ride in a GSO send: it is a message of its own.
-        let joins = q.n > 0 && !q.closed && len > 0 && {
+        let room = q.used + len <= q.buf.len();
+        let joins = room && q.n > 0 && !q.closed && len > 0 && {
             let m = &q.msgs[q.n - 1];
             m.dest == dest
                 && m.lane == lane
@@ -487,7 +488,7 @@ impl Tunnel {
                 && m.len + len <= TX_BUF
                 && m.count < max
         };
-        if !joins && (q.n == TX_MSGS || q.used + len > q.buf.len()) {
+        if !joins && (q.n == TX_MSGS || !room) {
             self.flush();
         }
         let q = &mut self.tx;
@@ -731,6 +732,24 @@ mod tests {
                     .collect();
                 assert_eq!(got.into_values().collect::<Vec<_>>(), vec![expect]);
             }
+        });
+    }
+
+    #[test]
+    fn a_long_run_of_pushes_fills_the_queue_and_sends_it() {
+        sandbox(|| {
+            let mut t = tunnel(1);
+            let r = Receiver::new();
+            // Equal datagrams to one peer join one message after another: more bytes
+            // than the queue holds, in a size that does not divide it.
+            let segment = 1499;
+            let pushed = run(TX_QUEUE / segment * 2, segment, 5);
+            for d in pushed.chunks(segment) {
+                t.push(r.addr(), 0, d);
+            }
+            t.flush();
+            assert_eq!(t.take_failed(), 0);
+            assert_run_arrived(&r, &pushed, segment);
         });
     }
 
