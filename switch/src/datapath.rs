@@ -120,14 +120,18 @@ enum Ingress {
 
 /// Sleeve super-frames being joined at once per worker: room for the bursts of
 /// several peers (or sending workers) arriving interleaved; 64 KiB each.
-const JOINS: usize = 8;
+pub const JOINS: usize = 8;
+
+/// Super-frames given up before they were whole that a worker remembers, so the rest
+/// of their chunks are ignored rather than counted again.
+const GIVEN_UP: usize = 32;
 
 /// A sleeve super-frame being joined from its chunks.
 struct Join {
     /// Whether a frame is in progress.
     active: bool,
-    /// The frame was given up (and counted): its remaining chunks are ignored.
-    lost: bool,
+    /// The peer it comes from, as an index into the tables of its first chunk.
+    peer: usize,
     from: SocketAddr,
     frame_id: u32,
     /// Payload bytes joined so far: where the next chunk must start.
@@ -160,6 +164,9 @@ pub struct Datapath {
     sleeve: Vec<SleeveBatch>,
     sleeve_active: usize,
     joins: Vec<Join>,
+    /// Frames given up, a ring of (sender, frame id) with its next slot.
+    given_up: [(SocketAddr, u32); GIVEN_UP],
+    given_up_next: usize,
     chunks_in: u64,
     /// Super-frames sent as sleeve chunks; the worker index is the id's top byte.
     frames_out: u32,
@@ -275,7 +282,7 @@ impl Datapath {
             joins: (0..JOINS)
                 .map(|_| Join {
                     active: false,
-                    lost: false,
+                    peer: 0,
                     from: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
                     frame_id: 0,
                     next: 0,
@@ -287,6 +294,8 @@ impl Datapath {
                     buf: vec![0u8; ETH_HLEN + usize::from(u16::MAX)].into_boxed_slice(),
                 })
                 .collect(),
+            given_up: [(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)), 0); GIVEN_UP],
+            given_up_next: 0,
             chunks_in: 0,
             frames_out: 0,
         }
@@ -420,9 +429,10 @@ impl Datapath {
     }
 
     /// Adds a chunk from peer `j` (at `from`) to the super-frame it belongs to, and
-    /// forwards the frame when it is whole. Chunks join in order only: a gap or a
-    /// frame crowded out before it is whole loses the frame, which the pod's
-    /// transport retransmits.
+    /// forwards the frame when it is whole. Chunks join in order only: a gap, or a
+    /// frame crowded out before it is whole, loses that frame (counted once, its
+    /// remaining chunks ignored), which the pod's transport retransmits. Only a first
+    /// chunk takes a slot, so a lost frame's remnants never crowd out a live one.
     fn join(
         &mut self,
         t: &Tables,
@@ -439,26 +449,28 @@ impl Datapath {
             .joins
             .iter()
             .position(|g| g.active && g.from == from && g.frame_id == c.frame_id);
-        let last = offset + chunk.data.len() == usize::from(c.total);
         let k = match found {
             Some(k) => {
                 let g = &mut self.joins[k];
-                g.used = self.chunks_in;
-                if g.lost {
-                    // The rest of a frame already given up; its last chunk ends it.
-                    g.active = !last;
-                    return;
-                }
                 if offset != g.next
                     || usize::from(c.total) != g.total
                     || (c.ethertype, c.gso_type, c.gso_size)
                         != (g.ethertype, g.gso_type, g.gso_size)
                 {
-                    g.lost = true;
-                    g.active = !last;
+                    g.active = false;
+                    self.give_up(from, c.frame_id);
                     return counters.discard(self.worker, DropReason::ChunkLost);
                 }
+                g.used = self.chunks_in;
                 k
+            }
+            None if offset != 0 => {
+                // A frame whose start never came, or the rest of one given up.
+                if !self.given_up.contains(&(from, c.frame_id)) {
+                    self.give_up(from, c.frame_id);
+                    counters.discard(self.worker, DropReason::ChunkLost);
+                }
+                return;
             }
             None => {
                 let k = self
@@ -470,13 +482,19 @@ impl Datapath {
                             .min_by_key(|&k| self.joins[k].used)
                             .unwrap_or(0)
                     });
-                if self.joins[k].active && !self.joins[k].lost {
-                    // Crowded out before it was whole.
-                    counters.discard(self.worker, DropReason::ChunkLost);
+                let g = &self.joins[k];
+                if g.active {
+                    // Crowded out before it was whole: counted on its own peer.
+                    let (peer, from, frame_id) = (g.peer, g.from, g.frame_id);
+                    self.give_up(from, frame_id);
+                    t.peers
+                        .get(peer)
+                        .map_or(&t.tunnel, |p| &p.counters)
+                        .discard(self.worker, DropReason::ChunkLost);
                 }
                 let g = &mut self.joins[k];
                 g.active = true;
-                g.lost = false;
+                g.peer = j;
                 g.from = from;
                 g.frame_id = c.frame_id;
                 g.next = 0;
@@ -485,12 +503,6 @@ impl Datapath {
                 g.gso_type = c.gso_type;
                 g.gso_size = c.gso_size;
                 g.used = self.chunks_in;
-                if offset != 0 {
-                    // Its first chunks were lost: remember the frame to count it once.
-                    g.lost = true;
-                    g.active = !last;
-                    return counters.discard(self.worker, DropReason::ChunkLost);
-                }
                 k
             }
         };
@@ -520,6 +532,12 @@ impl Datapath {
             Err(reason) => counters.discard(self.worker, reason),
         }
         self.joins[k].buf = buf;
+    }
+
+    /// Remembers that frame `frame_id` from `from` was given up.
+    fn give_up(&mut self, from: SocketAddr, frame_id: u32) {
+        self.given_up[self.given_up_next] = (from, frame_id);
+        self.given_up_next = (self.given_up_next + 1) % GIVEN_UP;
     }
 
     /// Sends the super-frame `frame` (whose virtio-net header `offload` was checked by

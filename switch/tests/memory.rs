@@ -17,7 +17,7 @@ use smoltcp::wire::{
 };
 use weft_encap::{sleeve, vxlan};
 use weft_switch::counters::{DropReason, Snapshot};
-use weft_switch::datapath::LANES;
+use weft_switch::datapath::{JOINS, LANES};
 use weft_switch::mac::MacAddr;
 use weft_switch::tables::{PortKind, TunnelMode};
 
@@ -895,6 +895,40 @@ fn sleeve_super_frames_arriving_interleaved_both_join() {
     assert_eq!(tcp_payloads(&from(A), 62), one);
     assert_eq!(tcp_payloads(&from(A2), 62), two);
     assert_eq!(sim.total_drops(), 0, "{}", sim.drops_report());
+}
+
+#[test]
+fn sleeve_super_frames_beyond_the_join_slots_lose_only_the_ones_crowded_out() {
+    let mut sim = two_nodes(TunnelMode::Sleeve);
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let payload = pseudo_random(3, 30_000);
+    // More super-frames than a worker joins at once, arriving chunk by chunk in turn.
+    let n = JOINS + 4;
+    let bursts: Vec<Vec<_>> = (0..n)
+        .map(|i| {
+            let (o, f) = tso_frame(&sim, a, B, 1 + i as u32, &payload, 1398);
+            sim.port_frame_with(0, sim.pods[a].port, &o, &f);
+            sim.flush();
+            sim.out.wire.drain(..).collect()
+        })
+        .collect();
+    let chunks = bursts[0].len();
+    for c in 0..chunks {
+        for burst in &bursts {
+            sim.out.wire.push_back(burst[c].clone());
+        }
+    }
+    let before = sim.out.stats.super_frames;
+    sim.deliver_wire();
+    // The first frames' slots went to the last ones; the rest of a crowded-out frame
+    // is ignored, not allowed to crowd out another in turn.
+    assert_eq!(sim.out.stats.super_frames - before, JOINS as u64, "frames joined");
+    assert_eq!(tcp_payloads(&sim.take_rx(b), 62), payload.repeat(JOINS));
+    assert_eq!(
+        sim.peer_counters(1, 0).dropped(DropReason::ChunkLost),
+        (n - JOINS) as u64,
+        "each lost frame counted once"
+    );
 }
 
 #[test]
