@@ -62,7 +62,12 @@ fn encap(c: &mut Criterion) {
     let mut out = vec![0u8; usize::from(u16::MAX)];
     g.bench_function("sleeve/encap", |b| {
         b.iter(|| {
-            sleeve::emit_header(&mut out, sleeve::Kind::Frames, sender);
+            sleeve::emit_header(
+                &mut out,
+                sleeve::Kind::Frames,
+                sender,
+                sleeve::FEATURE_CHUNKS,
+            );
             let n = sleeve::emit_record(&mut out[sleeve::HEADER_LEN..], 0x0800, black_box(payload));
             black_box(sleeve::HEADER_LEN + n)
         })

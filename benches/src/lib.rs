@@ -101,6 +101,7 @@ pub fn tables(mode: TunnelMode, n: u8, nodes: u8, pods: u8) -> Tables {
             subnet: subnet(m),
             vtep_mac: router_mac(m),
             counters: Arc::new(Counters::new(1)),
+            learned: Default::default(),
         })
         .collect();
     Tables::build(config, host, pods, peers, Arc::new(Counters::new(1)))

@@ -13,7 +13,7 @@
 //! +---------------+---------------+---------------+---------------+
 //! |                            sender                             |
 //! +                               +---------------+---------------+
-//! |                               |           reserved            |
+//! |                               |   features    |   reserved    |
 //! +---------------+---------------+---------------+---------------+
 //! |                             body ...
 //! ```
@@ -25,7 +25,9 @@
 //!
 //! A version 1 receiver rejects any other version, any set flag bit (they
 //! announce things such as encryption it cannot undo) and any kind it does not
-//! know, and ignores the reserved bytes.
+//! know, and ignores the reserved byte. The features byte says what the sender
+//! can receive ([`FEATURE_CHUNKS`]); a sender sends a kind to a peer only once
+//! that peer's own datagrams have said it understands it.
 //!
 //! # Panics
 //!
@@ -80,6 +82,10 @@ pub const MAX_RECORD_PAYLOAD: usize = u16::MAX as usize;
 /// Flag bit 0: the body is sealed with authenticated encryption (reserved; a
 /// version 1 receiver rejects it).
 pub const FLAG_SEALED: u16 = 0x0001;
+
+/// Features bit 0: the sender joins chunks ([`Kind::Chunk`]), so a peer may send
+/// it super-frames whole. A receiver ignores feature bits it does not know.
+pub const FEATURE_CHUNKS: u8 = 0x01;
 
 /// Errors from parsing or building a sleeve datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -217,7 +223,8 @@ mod field {
     pub const KIND: usize = 1;
     pub const FLAGS: Field = 2..4;
     pub const SENDER: Field = 4..10;
-    pub const RESERVED: Field = 10..12;
+    pub const FEATURES: usize = 10;
+    pub const RESERVED: usize = 11;
     pub const BODY: Rest = 12..;
 
     /// A record in a frames body, from the record's start.
@@ -312,9 +319,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
         NodeId(id)
     }
 
-    /// Returns the reserved field.
-    pub fn reserved(&self) -> u16 {
-        read_u16(&self.buffer.as_ref()[field::RESERVED])
+    /// Returns the features byte: what the sender can receive.
+    pub fn features(&self) -> u8 {
+        self.buffer.as_ref()[field::FEATURES]
+    }
+
+    /// Returns the reserved byte.
+    pub fn reserved(&self) -> u8 {
+        self.buffer.as_ref()[field::RESERVED]
     }
 }
 
@@ -346,9 +358,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         self.buffer.as_mut()[field::SENDER].copy_from_slice(&value.0);
     }
 
-    /// Sets the reserved field.
-    pub fn set_reserved(&mut self, value: u16) {
-        self.buffer.as_mut()[field::RESERVED].copy_from_slice(&value.to_be_bytes());
+    /// Sets the features byte.
+    pub fn set_features(&mut self, value: u8) {
+        self.buffer.as_mut()[field::FEATURES] = value;
+    }
+
+    /// Sets the reserved byte.
+    pub fn set_reserved(&mut self, value: u8) {
+        self.buffer.as_mut()[field::RESERVED] = value;
     }
 
     /// Returns the body after the header, for writing.
@@ -381,6 +398,9 @@ pub struct Repr {
     pub kind: Kind,
     /// The node that sent the datagram.
     pub sender: NodeId,
+    /// What the sender can receive: [`FEATURE_CHUNKS`] and bits a later revision
+    /// may define, which a receiver ignores.
+    pub features: u8,
 }
 
 impl Repr {
@@ -400,6 +420,7 @@ impl Repr {
         Ok(Repr {
             kind: Kind::try_from(packet.kind())?,
             sender: packet.sender(),
+            features: packet.features(),
         })
     }
 
@@ -408,7 +429,8 @@ impl Repr {
         HEADER_LEN
     }
 
-    /// Writes the header: version 1, the kind, no flags, the sender, reserved zero.
+    /// Writes the header: version 1, the kind, no flags, the sender, the features,
+    /// reserved zero.
     ///
     /// Leaves the body alone. Never panics if the buffer is at least
     /// [`Repr::buffer_len`] bytes long.
@@ -417,6 +439,7 @@ impl Repr {
         packet.set_kind(self.kind.into());
         packet.set_flags(0);
         packet.set_sender(self.sender);
+        packet.set_features(self.features);
         packet.set_reserved(0);
     }
 }
@@ -690,7 +713,7 @@ impl Datagram<'_> {
 /// Parses a sleeve datagram (a UDP payload), validating every record; never panics.
 pub fn parse(datagram: &[u8]) -> Result<Datagram<'_>, Error> {
     let packet = Packet::new_checked(datagram)?;
-    let Repr { kind, sender } = Repr::parse(&packet)?;
+    let Repr { kind, sender, .. } = Repr::parse(&packet)?;
     let body = packet.body();
     Ok(match kind {
         Kind::Frames => Datagram::Frames {
@@ -708,14 +731,19 @@ pub fn parse(datagram: &[u8]) -> Result<Datagram<'_>, Error> {
     })
 }
 
-/// Writes a version 1 header into `buf[..HEADER_LEN]`.
+/// Writes a version 1 header into `buf[..HEADER_LEN]`, announcing `features`.
 ///
 /// # Panics
 ///
 /// Panics if `buf` is shorter than [`HEADER_LEN`].
-pub fn emit_header(buf: &mut [u8], kind: Kind, sender: NodeId) {
+pub fn emit_header(buf: &mut [u8], kind: Kind, sender: NodeId, features: u8) {
     let mut packet = Packet::new_unchecked(&mut buf[..HEADER_LEN]);
-    Repr { kind, sender }.emit(&mut packet);
+    Repr {
+        kind,
+        sender,
+        features,
+    }
+    .emit(&mut packet);
 }
 
 /// Returns the bytes a record with a payload of `payload_len` bytes takes.
@@ -760,9 +788,9 @@ pub fn emit_record(buf: &mut [u8], ethertype: u16, payload: &[u8]) -> usize {
 /// # Panics
 ///
 /// Panics if `buf` is shorter than `HEADER_LEN + HEARTBEAT_LEN` (28 bytes).
-pub fn emit_heartbeat(buf: &mut [u8], sender: NodeId, heartbeat: Heartbeat) -> usize {
+pub fn emit_heartbeat(buf: &mut [u8], sender: NodeId, features: u8, heartbeat: Heartbeat) -> usize {
     let datagram = &mut buf[..HEADER_LEN + HEARTBEAT_LEN];
-    emit_header(datagram, Kind::Heartbeat, sender);
+    emit_header(datagram, Kind::Heartbeat, sender, features);
     heartbeat.emit(&mut datagram[field::BODY]);
     datagram.len()
 }
@@ -784,17 +812,18 @@ pub struct FramesWriter<'a> {
 }
 
 impl<'a> FramesWriter<'a> {
-    /// Writes the header for `sender` into `buf` and starts an empty datagram.
+    /// Writes the header for `sender`, announcing `features`, into `buf` and starts
+    /// an empty datagram.
     ///
     /// Fails if `buf` cannot hold the header.
-    pub fn new(buf: &'a mut [u8], sender: NodeId) -> Result<FramesWriter<'a>, Error> {
+    pub fn new(buf: &'a mut [u8], sender: NodeId, features: u8) -> Result<FramesWriter<'a>, Error> {
         if buf.len() < HEADER_LEN {
             return Err(Error::BufferTooSmall {
                 len: buf.len(),
                 needed: HEADER_LEN,
             });
         }
-        emit_header(buf, Kind::Frames, sender);
+        emit_header(buf, Kind::Frames, sender, features);
         Ok(FramesWriter {
             buf,
             len: HEADER_LEN,

@@ -175,20 +175,18 @@ fn peer_entries(settings: &Settings, nodes: &[NodeEntry], old: &[PeerEntry]) -> 
         .filter(|n| n.name != settings.node_name)
         .map(|n| {
             let addr = SocketAddrV4::new(n.underlay_ip, settings.port);
-            // Keep the counters of a peer that did not change.
-            let counters = old
-                .iter()
-                .find(|p| p.name == n.name && p.addr == addr)
-                .map_or_else(
-                    || Arc::new(Counters::new(settings.workers)),
-                    |p| p.counters.clone(),
-                );
+            // Keep the counters, and what was learned, of a peer that did not change.
+            let kept = old.iter().find(|p| p.name == n.name && p.addr == addr);
             PeerEntry {
                 name: n.name.clone(),
                 addr,
                 subnet: n.pod_subnet,
                 vtep_mac: n.vtep_mac,
-                counters,
+                counters: kept.map_or_else(
+                    || Arc::new(Counters::new(settings.workers)),
+                    |p| p.counters.clone(),
+                ),
+                learned: kept.map(|p| p.learned.clone()).unwrap_or_default(),
             }
         })
         .collect()

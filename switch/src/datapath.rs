@@ -37,6 +37,9 @@ const ICMP_ERROR_MAX: usize = 576;
 /// How many (peer, lane) pairs may have a sleeve datagram under construction at once.
 const SLEEVE_PENDING: usize = 16;
 
+/// What weft tells its sleeve peers it can receive: it joins chunks.
+const FEATURES: u8 = sleeve::FEATURE_CHUNKS;
+
 /// Outer UDP source ports a node sends from. A frame's flow hash picks its lane, so
 /// one flow always leaves from one source port (and lands, in order, on one worker
 /// of the receiver, whose `SO_REUSEPORT` group hashes the 4-tuple), while flows
@@ -294,7 +297,10 @@ impl Datapath {
                     buf: vec![0u8; ETH_HLEN + usize::from(u16::MAX)].into_boxed_slice(),
                 })
                 .collect(),
-            given_up: [(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)), 0); GIVEN_UP],
+            given_up: [(
+                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+                0,
+            ); GIVEN_UP],
             given_up_next: 0,
             chunks_in: 0,
             frames_out: 0,
@@ -381,19 +387,21 @@ impl Datapath {
                 }
             }
             TunnelMode::Sleeve => {
-                let sender = match sleeve::parse(datagram) {
-                    Ok(sleeve::Datagram::Frames { sender, .. }) => sender,
+                let parsed = match sleeve::parse(datagram) {
                     Ok(sleeve::Datagram::Heartbeat { .. }) => return,
-                    Ok(sleeve::Datagram::Chunk { sender, chunk }) => {
-                        if sender.0 != t.peers[j].vtep_mac.0 {
-                            return counters.discard(self.worker, DropReason::WrongSender);
-                        }
-                        return self.join(t, j, from, &chunk, sink);
-                    }
+                    Ok(parsed) => parsed,
                     Err(_) => return counters.discard(self.worker, DropReason::BadEncap),
                 };
-                if sender.0 != t.peers[j].vtep_mac.0 {
+                if parsed.sender().0 != t.peers[j].vtep_mac.0 {
                     return counters.discard(self.worker, DropReason::WrongSender);
+                }
+                // `parse` checked the header is there.
+                let features = sleeve::Packet::new_unchecked(datagram).features();
+                t.peers[j]
+                    .learned
+                    .set_joins_chunks(features & sleeve::FEATURE_CHUNKS != 0);
+                if let sleeve::Datagram::Chunk { chunk, .. } = parsed {
+                    return self.join(t, j, from, &chunk, sink);
                 }
                 // `parse` validated every record, so this walk stays in bounds; it is
                 // written with checked arithmetic all the same.
@@ -582,7 +590,7 @@ impl Datapath {
         for (i, data) in payload.chunks(per_chunk).enumerate() {
             let d =
                 &mut self.segments[i * stride..i * stride + sleeve::CHUNK_OVERHEAD + data.len()];
-            sleeve::emit_header(d, sleeve::Kind::Chunk, sender);
+            sleeve::emit_header(d, sleeve::Kind::Chunk, sender, FEATURES);
             sleeve::ChunkRepr {
                 frame_id,
                 total,
@@ -947,9 +955,10 @@ impl Datapath {
         sink: &mut impl Sink,
     ) {
         let peer = &t.peers[j];
-        // Between weft nodes a super-frame travels whole, as sleeve chunks, when it is
-        // one the receiver can hand its pod as it is.
+        // Between weft nodes a super-frame travels whole, as sleeve chunks, when the
+        // peer said it joins them and the frame is one it can hand its pod as it is.
         if t.node.mode == TunnelMode::Sleeve
+            && peer.learned.joins_chunks()
             && offload.needs_csum
             && !offload.gso_ecn
             && gso::super_frame_header(frame, offload.gso_type, offload.gso_size).is_ok()
@@ -1051,6 +1060,7 @@ impl Datapath {
                 &mut b.buf[..],
                 sleeve::Kind::Frames,
                 NodeId(t.node.router_mac.0),
+                FEATURES,
             );
             b.len = sleeve::HEADER_LEN;
         }

@@ -2,11 +2,13 @@
 //!
 //! The control plane builds a new [`Tables`] whenever a port or peer comes or goes and
 //! swaps it in atomically; workers load the current one once per batch. Nothing in
-//! here is mutated after it is built, except the counters, which are atomics.
+//! here is mutated after it is built, except the counters and what was learned of
+//! each peer, which are atomics.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
@@ -117,6 +119,33 @@ pub struct PeerEntry {
     pub vtep_mac: MacAddr,
     /// Traffic counters.
     pub counters: Arc<Counters>,
+    /// What its datagrams said it can receive.
+    pub learned: Arc<Learned>,
+}
+
+/// What a peer's own datagrams said it can receive. It is kept across rebuilds of
+/// the tables, like the peer's counters, and follows the peer's latest datagram, so
+/// a peer that restarts on an older weft is noticed.
+#[derive(Debug, Default)]
+pub struct Learned {
+    joins_chunks: AtomicBool,
+}
+
+impl Learned {
+    /// Whether the peer joins sleeve chunks, so super-frames may go to it whole.
+    #[inline]
+    pub fn joins_chunks(&self) -> bool {
+        self.joins_chunks.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the peer joins sleeve chunks; writes only on a change, so
+    /// workers receiving from one peer do not contend for its cache line.
+    #[inline]
+    pub fn set_joins_chunks(&self, yes: bool) {
+        if self.joins_chunks() != yes {
+            self.joins_chunks.store(yes, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Problems that make a set of ports and peers impossible to route.

@@ -112,6 +112,7 @@ fn tables(mode: TunnelMode) -> Tables {
         subnet: "10.244.2.0/24".parse().unwrap(),
         vtep_mac: MacAddr([2, 0, 0, 0, 0, 2]),
         counters: Arc::new(Counters::new(1)),
+        learned: Default::default(),
     };
     Tables::build(
         node,
@@ -204,6 +205,7 @@ fn run(mode: TunnelMode) {
                 let mut w = weft_encap::sleeve::FramesWriter::new(
                     &mut out[..],
                     weft_encap::sleeve::NodeId([2, 0, 0, 0, 0, 2]),
+                    sleeve::FEATURE_CHUNKS,
                 )
                 .unwrap();
                 assert!(w.try_push(0x0800, &frame[14..]));
@@ -228,6 +230,7 @@ fn run(mode: TunnelMode) {
                 &mut d,
                 sleeve::Kind::Chunk,
                 sleeve::NodeId([2, 0, 0, 0, 0, 2]),
+                sleeve::FEATURE_CHUNKS,
             );
             sleeve::ChunkRepr {
                 frame_id: 9,

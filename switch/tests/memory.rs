@@ -41,6 +41,21 @@ fn two_nodes(mode: TunnelMode) -> Sim {
     Sim::new(mode, &[&[A, A2], &[B]])
 }
 
+/// Two nodes that have heard from each other, so each knows what the other's
+/// sleeve can receive (chunks).
+fn two_nodes_introduced(mode: TunnelMode) -> Sim {
+    let mut sim = two_nodes(mode);
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    for (from, src, to, dst) in [(a, A, b, B), (b, B, a, A)] {
+        let p = Ip::udp(src, dst).packet(&udp(1, 2, 20));
+        sim.pod_frame(from, &from_pod(&sim, from, &p));
+        sim.flush();
+        sim.deliver_wire();
+        assert_eq!(sim.take_rx(to).len(), 1, "introduction delivered");
+    }
+    sim
+}
+
 /// Runs every listed scenario once per tunnel mode, as `vxlan_mode::name` and `sleeve_mode::name`.
 macro_rules! both_modes {
     ($($name:ident),* $(,)?) => {
@@ -792,7 +807,7 @@ fn tcp_payloads(frames: &[Vec<u8>], ttl: u8) -> Vec<u8> {
 /// and the receiving pod is handed one super-frame. Either way the pod's kernel gets
 /// every byte, in order, with good checksums.
 fn super_frames_cross_the_tunnel(mode: TunnelMode) {
-    let mut sim = two_nodes(mode);
+    let mut sim = two_nodes_introduced(mode);
     let (a, b) = (sim.pod(A), sim.pod(B));
     let payload = pseudo_random(7, 60_000);
     let (offload, frame) = tso_frame(&sim, a, B, 1000, &payload, 1398);
@@ -833,7 +848,7 @@ fn super_frames_cross_the_tunnel(mode: TunnelMode) {
 
 #[test]
 fn sleeve_chunks_lost_or_out_of_order_lose_only_their_frame() {
-    let mut sim = two_nodes(TunnelMode::Sleeve);
+    let mut sim = two_nodes_introduced(TunnelMode::Sleeve);
     let (a, b) = (sim.pod(A), sim.pod(B));
     let payload = pseudo_random(9, 20_000);
     let send = |sim: &mut Sim, seq: u32| {
@@ -868,7 +883,7 @@ fn sleeve_chunks_lost_or_out_of_order_lose_only_their_frame() {
 
 #[test]
 fn sleeve_super_frames_arriving_interleaved_both_join() {
-    let mut sim = two_nodes(TunnelMode::Sleeve);
+    let mut sim = two_nodes_introduced(TunnelMode::Sleeve);
     let (a, a2, b) = (sim.pod(A), sim.pod(A2), sim.pod(B));
     let (one, two) = (pseudo_random(1, 30_000), pseudo_random(2, 30_000));
     let (o1, f1) = tso_frame(&sim, a, B, 1, &one, 1398);
@@ -894,12 +909,63 @@ fn sleeve_super_frames_arriving_interleaved_both_join() {
     };
     assert_eq!(tcp_payloads(&from(A), 62), one);
     assert_eq!(tcp_payloads(&from(A2), 62), two);
+    assert_eq!(sim.out.stats.super_frames, 2, "both joined whole");
+    assert_eq!(sim.total_drops(), 0, "{}", sim.drops_report());
+}
+
+#[test]
+fn sleeve_chunks_go_only_to_a_peer_that_announces_it_joins_them() {
+    let mut sim = two_nodes(TunnelMode::Sleeve);
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let payload = pseudo_random(5, 20_000);
+    let chunks_sent = |sim: &mut Sim| -> bool {
+        let (o, f) = tso_frame(sim, a, B, 1, &payload, 1398);
+        sim.port_frame_with(0, sim.pods[a].port, &o, &f);
+        sim.flush();
+        let chunks = sim
+            .out
+            .wire
+            .iter()
+            .all(|d| matches!(sleeve::parse(&d.bytes), Ok(sleeve::Datagram::Chunk { .. })));
+        sim.deliver_wire();
+        assert_eq!(
+            tcp_payloads(&sim.take_rx(b), 62),
+            payload,
+            "delivered either way"
+        );
+        chunks
+    };
+    // Node 1 has not been heard from: its super-frames are cut into records.
+    assert!(!chunks_sent(&mut sim));
+    // A datagram from an older node 1, without the CHUNKS feature.
+    let older = |sim: &mut Sim| {
+        let p = Ip::udp(B, A).packet(&udp(1, 2, 20));
+        sim.tunnel_in(
+            0,
+            SocketAddr::V4(underlay(1)),
+            &sleeve_datagram(router_mac(1), &[], &[&p]),
+        );
+        sim.flush();
+        assert_eq!(sim.take_rx(a).len(), 1);
+    };
+    older(&mut sim);
+    assert!(!chunks_sent(&mut sim));
+    // Node 1 speaks for itself: it joins chunks.
+    let p = Ip::udp(B, A).packet(&udp(1, 2, 20));
+    sim.pod_frame(b, &from_pod(&sim, b, &p));
+    sim.flush();
+    sim.deliver_wire();
+    assert_eq!(sim.take_rx(a).len(), 1);
+    assert!(chunks_sent(&mut sim));
+    // It restarts on the older release: back to records.
+    older(&mut sim);
+    assert!(!chunks_sent(&mut sim));
     assert_eq!(sim.total_drops(), 0, "{}", sim.drops_report());
 }
 
 #[test]
 fn sleeve_super_frames_beyond_the_join_slots_lose_only_the_ones_crowded_out() {
-    let mut sim = two_nodes(TunnelMode::Sleeve);
+    let mut sim = two_nodes_introduced(TunnelMode::Sleeve);
     let (a, b) = (sim.pod(A), sim.pod(B));
     let payload = pseudo_random(3, 30_000);
     // More super-frames than a worker joins at once, arriving chunk by chunk in turn.
@@ -922,7 +988,11 @@ fn sleeve_super_frames_beyond_the_join_slots_lose_only_the_ones_crowded_out() {
     sim.deliver_wire();
     // The first frames' slots went to the last ones; the rest of a crowded-out frame
     // is ignored, not allowed to crowd out another in turn.
-    assert_eq!(sim.out.stats.super_frames - before, JOINS as u64, "frames joined");
+    assert_eq!(
+        sim.out.stats.super_frames - before,
+        JOINS as u64,
+        "frames joined"
+    );
     assert_eq!(tcp_payloads(&sim.take_rx(b), 62), payload.repeat(JOINS));
     assert_eq!(
         sim.peer_counters(1, 0).dropped(DropReason::ChunkLost),
@@ -937,7 +1007,12 @@ fn sleeve_chunks_of_a_bad_super_frame_are_refused() {
     let b = sim.pod(B);
     // A well-formed chunk whose joined payload is not the TCP super-frame it claims.
     let mut d = vec![0u8; sleeve::CHUNK_OVERHEAD + 100];
-    sleeve::emit_header(&mut d, sleeve::Kind::Chunk, sleeve::NodeId(router_mac(0).0));
+    sleeve::emit_header(
+        &mut d,
+        sleeve::Kind::Chunk,
+        sleeve::NodeId(router_mac(0).0),
+        sleeve::FEATURE_CHUNKS,
+    );
     sleeve::ChunkRepr {
         frame_id: 1,
         total: 100,
@@ -1262,7 +1337,7 @@ fn datagram_from_node1(mode: TunnelMode, packets: &[&[u8]]) -> Vec<u8> {
 /// A sleeve frames datagram from `sender` with the given raw records, then IPv4 ones.
 fn sleeve_datagram(sender: MacAddr, raw: &[(u16, Vec<u8>)], packets: &[&[u8]]) -> Vec<u8> {
     let mut d = vec![0; 65_536];
-    let mut w = sleeve::FramesWriter::new(&mut d, sleeve::NodeId(sender.0)).unwrap();
+    let mut w = sleeve::FramesWriter::new(&mut d, sleeve::NodeId(sender.0), 0).unwrap();
     for (ethertype, payload) in raw {
         assert!(w.try_push(*ethertype, payload));
     }
@@ -1512,6 +1587,7 @@ fn malformed_datagrams_are_counted(mode: TunnelMode) {
         let n = sleeve::emit_heartbeat(
             &mut d,
             sleeve::NodeId(router_mac(1).0),
+            0,
             sleeve::Heartbeat {
                 sequence: 7,
                 sent_micros: 123,
@@ -2339,7 +2415,12 @@ proptest! {
         sim.out.capture = true;
         for (frame_id, total, offset, len, gso_type, gso_size, lane, fill) in chunks {
             let mut d = vec![fill; sleeve::CHUNK_OVERHEAD + len];
-            sleeve::emit_header(&mut d, sleeve::Kind::Chunk, sleeve::NodeId(router_mac(0).0));
+            sleeve::emit_header(
+        &mut d,
+        sleeve::Kind::Chunk,
+        sleeve::NodeId(router_mac(0).0),
+        sleeve::FEATURE_CHUNKS,
+    );
             sleeve::ChunkRepr { frame_id, total, offset, ethertype: 0x0800, gso_type, gso_size }
                 .emit(&mut d[sleeve::HEADER_LEN..]);
             let from = SocketAddrV4::new(*underlay(0).ip(), LANE_PORT_BASE + lane);

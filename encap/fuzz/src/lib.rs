@@ -50,12 +50,15 @@ pub fn sleeve_parse(data: &[u8]) {
         let _ = (packet.reserved(), packet.body(), packet.to_string());
     }
     let mut rebuilt = vec![0; data.len()];
+    // Kept as it came: the rebuilt header announces the same features.
+    let features = data.get(10).copied().unwrap_or(0);
     let len = match sleeve::parse(data) {
         Err(_) => return,
         Ok(Datagram::Frames { sender, frames }) => {
             let count = frames.len();
             assert!(count >= 1);
-            let mut writer = FramesWriter::new(&mut rebuilt, sender).expect("room for the header");
+            let mut writer =
+                FramesWriter::new(&mut rebuilt, sender, features).expect("room for the header");
             for frame in frames {
                 assert!(writer.try_push(frame.ethertype, frame.payload));
             }
@@ -63,14 +66,14 @@ pub fn sleeve_parse(data: &[u8]) {
             writer.finish()
         }
         Ok(Datagram::Heartbeat { sender, heartbeat }) => {
-            sleeve::emit_heartbeat(&mut rebuilt, sender, heartbeat)
+            sleeve::emit_heartbeat(&mut rebuilt, sender, features, heartbeat)
         }
         Ok(Datagram::Chunk { sender, chunk }) => {
             assert!(!chunk.data.is_empty());
             assert!(
                 usize::from(chunk.repr.offset) + chunk.data.len() <= usize::from(chunk.repr.total)
             );
-            sleeve::emit_header(&mut rebuilt, sleeve::Kind::Chunk, sender);
+            sleeve::emit_header(&mut rebuilt, sleeve::Kind::Chunk, sender, features);
             chunk.repr.emit(&mut rebuilt[sleeve::HEADER_LEN..]);
             rebuilt[sleeve::CHUNK_OVERHEAD..].copy_from_slice(chunk.data);
             // The chunk header's reserved bytes are written as zero.
@@ -81,10 +84,11 @@ pub fn sleeve_parse(data: &[u8]) {
         }
     };
     assert_eq!(len, data.len());
-    let reserved = 10..sleeve::HEADER_LEN;
-    assert_eq!(rebuilt[..reserved.start], data[..reserved.start]);
-    assert_eq!(rebuilt[reserved.clone()], [0, 0]);
-    assert_eq!(rebuilt[reserved.end..], data[reserved.end..]);
+    // Everything but the header's reserved byte, written as zero, comes back.
+    let reserved = 11;
+    assert_eq!(rebuilt[..reserved], data[..reserved]);
+    assert_eq!(rebuilt[reserved], 0);
+    assert_eq!(rebuilt[reserved + 1..], data[reserved + 1..]);
 }
 
 /// Takes `data` as what a TAP read returns: a virtio-net header, then a

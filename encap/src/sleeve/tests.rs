@@ -8,7 +8,8 @@ const SENDER: NodeId = NodeId([0x6e, 0x3c, 0x81, 0xf0, 0x4a, 0x12]);
 /// datagram to port 53, with real checksums. The example in SLEEVE.md.
 static FRAMES_BYTES: [u8; 88] = [
     0x01, 0x01, 0x00, 0x00, 0x6e, 0x3c, 0x81, 0xf0, // header: v1, frames, sender
-    0x4a, 0x12, 0x00, 0x00, 0x00, 0x24, 0x08, 0x00, // record: 36 bytes of IPv4
+    0x4a, 0x12, 0x01, 0x00, 0x00, 0x24, 0x08,
+    0x00, // features: chunks; record: 36 bytes of IPv4
     0x45, 0x00, 0x00, 0x24, 0x12, 0x34, 0x40, 0x00, //
     0x3f, 0x01, 0x10, 0xb9, 0x0a, 0xf4, 0x01, 0x02, //
     0x0a, 0xf4, 0x02, 0x03, 0x08, 0x00, 0xdc, 0xd6, //
@@ -64,6 +65,7 @@ fn deconstruct_header() {
     assert_eq!(packet.kind(), 1);
     assert_eq!(packet.flags(), 0);
     assert_eq!(packet.sender(), SENDER);
+    assert_eq!(packet.features(), FEATURE_CHUNKS);
     assert_eq!(packet.reserved(), 0);
     assert_eq!(packet.body(), &FRAMES_BYTES[HEADER_LEN..]);
 }
@@ -76,6 +78,7 @@ fn construct_header() {
     packet.set_kind(1);
     packet.set_flags(0);
     packet.set_sender(SENDER);
+    packet.set_features(FEATURE_CHUNKS);
     packet.set_reserved(0);
     packet
         .body_mut()
@@ -90,7 +93,8 @@ fn parse_repr() {
         Repr::parse(&packet),
         Ok(Repr {
             kind: Kind::Heartbeat,
-            sender: SENDER
+            sender: SENDER,
+            features: 0,
         })
     );
 }
@@ -100,6 +104,7 @@ fn emit_repr() {
     let repr = Repr {
         kind: Kind::Frames,
         sender: SENDER,
+        features: FEATURE_CHUNKS,
     };
     let mut bytes = [0xff; HEADER_LEN];
     repr.emit(&mut Packet::new_unchecked(&mut bytes[..]));
@@ -150,7 +155,7 @@ fn frames_iterator_counts_down_and_stays_done() {
 #[test]
 fn build_frames_with_writer() {
     let mut buf = [0xff; 200];
-    let mut writer = FramesWriter::new(&mut buf, SENDER).unwrap();
+    let mut writer = FramesWriter::new(&mut buf, SENDER, FEATURE_CHUNKS).unwrap();
     assert!(writer.is_empty());
     assert_eq!(writer.len(), HEADER_LEN);
     assert!(writer.try_push(0x0800, first_payload()));
@@ -165,7 +170,7 @@ fn build_frames_with_writer() {
 #[test]
 fn build_frames_with_free_functions() {
     let mut buf = [0xff; 88];
-    emit_header(&mut buf, Kind::Frames, SENDER);
+    emit_header(&mut buf, Kind::Frames, SENDER, FEATURE_CHUNKS);
     let mut at = HEADER_LEN;
     at += emit_record(&mut buf[at..], 0x0800, first_payload());
     assert_eq!(at, HEADER_LEN + record_len(36));
@@ -192,7 +197,7 @@ fn parse_heartbeat() {
 #[test]
 fn emit_heartbeat_datagram() {
     let mut buf = [0xff; 40];
-    assert_eq!(emit_heartbeat(&mut buf, SENDER, HEARTBEAT), 28);
+    assert_eq!(emit_heartbeat(&mut buf, SENDER, 0, HEARTBEAT), 28);
     assert_eq!(buf[..28], HEARTBEAT_BYTES);
     assert_eq!(buf[28..], [0xff; 12]);
     assert_eq!(HEARTBEAT.buffer_len(), HEARTBEAT_LEN);
@@ -253,10 +258,12 @@ fn any_flag_is_unsupported() {
 }
 
 #[test]
-fn reserved_bytes_ignored() {
+fn reserved_byte_and_unknown_features_ignored() {
     let mut bytes = FRAMES_BYTES;
     bytes[10..12].fill(0xff);
-    assert_eq!(Packet::new_checked(&bytes[..]).unwrap().reserved(), 0xffff);
+    let packet = Packet::new_checked(&bytes[..]).unwrap();
+    assert_eq!((packet.features(), packet.reserved()), (0xff, 0xff));
+    assert_eq!(Repr::parse(&packet).unwrap().features, 0xff);
     assert_eq!(frames_of(&bytes), frames_of(&FRAMES_BYTES));
 }
 
@@ -325,7 +332,7 @@ fn record_longer_than_datagram() {
 #[test]
 fn empty_payloads_are_records() {
     let mut buf = [0; 20];
-    let mut writer = FramesWriter::new(&mut buf, SENDER).unwrap();
+    let mut writer = FramesWriter::new(&mut buf, SENDER, FEATURE_CHUNKS).unwrap();
     assert!(writer.try_push(0x86dd, &[]));
     assert!(writer.try_push(0x0806, &[]));
     assert!(!writer.try_push(0x0800, &[]));
@@ -360,14 +367,14 @@ fn bad_heartbeat_length() {
 fn writer_needs_room_for_the_header() {
     let mut buf = [0; HEADER_LEN - 1];
     assert_eq!(
-        FramesWriter::new(&mut buf, SENDER).unwrap_err(),
+        FramesWriter::new(&mut buf, SENDER, FEATURE_CHUNKS).unwrap_err(),
         Error::BufferTooSmall {
             len: 11,
             needed: 12
         }
     );
     let mut buf = [0; HEADER_LEN];
-    let mut writer = FramesWriter::new(&mut buf, SENDER).unwrap();
+    let mut writer = FramesWriter::new(&mut buf, SENDER, FEATURE_CHUNKS).unwrap();
     assert!(!writer.try_push(0x0800, &[]));
     assert_eq!(writer.finish(), HEADER_LEN);
 }
@@ -375,7 +382,7 @@ fn writer_needs_room_for_the_header() {
 #[test]
 fn writer_writes_nothing_when_full() {
     let mut buf = [0xee; 60];
-    let mut writer = FramesWriter::new(&mut buf, SENDER).unwrap();
+    let mut writer = FramesWriter::new(&mut buf, SENDER, FEATURE_CHUNKS).unwrap();
     assert!(writer.try_push(0x0800, first_payload()));
     assert_eq!(writer.remaining(), 8);
     assert!(!writer.try_push(0x0800, second_payload()));
@@ -385,7 +392,7 @@ fn writer_writes_nothing_when_full() {
     assert_eq!(writer.finish(), 60);
 
     let mut buf = [0xee; 60];
-    let mut writer = FramesWriter::new(&mut buf, SENDER).unwrap();
+    let mut writer = FramesWriter::new(&mut buf, SENDER, FEATURE_CHUNKS).unwrap();
     assert!(writer.try_push(0x0800, first_payload()));
     assert!(!writer.try_push(0x0800, second_payload()));
     assert_eq!(writer.finish(), 52);
@@ -396,7 +403,7 @@ fn writer_writes_nothing_when_full() {
 fn writer_rejects_oversized_payload() {
     let payload = vec![0; MAX_RECORD_PAYLOAD + 1];
     let mut buf = vec![0; HEADER_LEN + record_len(payload.len())];
-    let mut writer = FramesWriter::new(&mut buf, SENDER).unwrap();
+    let mut writer = FramesWriter::new(&mut buf, SENDER, FEATURE_CHUNKS).unwrap();
     assert!(!writer.try_push(0x0800, &payload));
     assert!(writer.try_push(0x0800, &payload[1..]));
     let len = writer.finish();
@@ -422,7 +429,7 @@ fn emit_record_panics_on_short_buffer() {
 #[test]
 #[should_panic]
 fn emit_heartbeat_panics_on_short_buffer() {
-    emit_heartbeat(&mut [0; 27], SENDER, HEARTBEAT);
+    emit_heartbeat(&mut [0; 27], SENDER, 0, HEARTBEAT);
 }
 
 #[test]
@@ -456,6 +463,7 @@ fn display() {
     let repr = Repr {
         kind: Kind::Heartbeat,
         sender: SENDER,
+        features: 0,
     };
     assert_eq!(repr.to_string(), "sleeve heartbeat from 6e:3c:81:f0:4a:12");
 }
@@ -546,7 +554,8 @@ fn doc_header_table_matches_code() {
         ("kind", field::KIND..field::KIND + 1),
         ("flags", field::FLAGS),
         ("sender", field::SENDER),
-        ("reserved", field::RESERVED),
+        ("features", field::FEATURES..field::FEATURES + 1),
+        ("reserved", field::RESERVED..field::RESERVED + 1),
     ];
     assert_eq!(
         offsets_and_names(&doc_table("## Datagram header")),
@@ -620,7 +629,7 @@ fn chunks_round_trip_and_bad_ones_are_refused() {
     };
     let data = [0xabu8; 1400];
     let mut buf = vec![0u8; CHUNK_OVERHEAD + data.len()];
-    emit_header(&mut buf, Kind::Chunk, SENDER);
+    emit_header(&mut buf, Kind::Chunk, SENDER, FEATURE_CHUNKS);
     repr.emit(&mut buf[HEADER_LEN..]);
     buf[CHUNK_OVERHEAD..].copy_from_slice(&data);
     let Datagram::Chunk { sender, chunk } = parse(&buf).unwrap() else {
@@ -695,6 +704,7 @@ fn doc_constants_table_matches_code() {
         ("IPV4_OVERHEAD", IPV4_OVERHEAD),
         ("MAX_RECORD_PAYLOAD", MAX_RECORD_PAYLOAD),
         ("FLAG_SEALED", usize::from(FLAG_SEALED)),
+        ("FEATURE_CHUNKS", usize::from(FEATURE_CHUNKS)),
     ];
     let actual: Vec<(&str, String)> = actual
         .iter()
@@ -745,7 +755,7 @@ proptest! {
         let sender = NodeId(sender);
         let len = HEADER_LEN + records.iter().map(|(_, p)| record_len(p.len())).sum::<usize>();
         let mut buf = vec![0; len];
-        let mut writer = FramesWriter::new(&mut buf, sender).unwrap();
+        let mut writer = FramesWriter::new(&mut buf, sender, FEATURE_CHUNKS).unwrap();
         for (ethertype, payload) in &records {
             prop_assert!(writer.try_push(*ethertype, payload));
         }
@@ -767,7 +777,7 @@ proptest! {
         records in records(),
     ) {
         let mut buf = vec![0; capacity];
-        let Ok(mut writer) = FramesWriter::new(&mut buf, SENDER) else {
+        let Ok(mut writer) = FramesWriter::new(&mut buf, SENDER, FEATURE_CHUNKS) else {
             prop_assert!(capacity < HEADER_LEN);
             return Ok(());
         };
@@ -797,7 +807,7 @@ proptest! {
     fn heartbeat_round_trip(sender in any::<[u8; 6]>(), sequence in any::<u64>(), sent_micros in any::<u64>()) {
         let heartbeat = Heartbeat { sequence, sent_micros };
         let mut buf = [0; HEADER_LEN + HEARTBEAT_LEN];
-        prop_assert_eq!(emit_heartbeat(&mut buf, NodeId(sender), heartbeat), buf.len());
+        prop_assert_eq!(emit_heartbeat(&mut buf, NodeId(sender), 0, heartbeat), buf.len());
         prop_assert_eq!(
             parse(&buf),
             Ok(Datagram::Heartbeat { sender: NodeId(sender), heartbeat })

@@ -436,6 +436,7 @@ impl Sim {
                     subnet: subnet(m),
                     vtep_mac: router_mac(m),
                     counters: new_counters(),
+                    learned: Default::default(),
                 })
                 .collect();
             let tables = Tables::build(config, host, ports, peers, new_counters())
