@@ -25,6 +25,15 @@ impl RemoteNode {
             subnet: host.pod_subnet,
         }
     }
+
+    /// Every host of `hosts` but `host`, as `host` sees them.
+    fn others(hosts: &[Host], host: &Host) -> Vec<RemoteNode> {
+        hosts
+            .iter()
+            .filter(|h| h.index != host.index)
+            .map(RemoteNode::of)
+            .collect()
+    }
 }
 
 /// The MTU of `cni0` and pods: underlay MTU − 50, the same as the overlays give their
@@ -74,12 +83,7 @@ pub fn attach_pod(host: &Host, pod: &Pod, ip: Ipv4Addr) -> Result<String> {
 pub fn mesh(underlay: &Underlay) -> Result<()> {
     let hosts = underlay.hosts();
     for host in hosts {
-        let remotes: Vec<RemoteNode> = hosts
-            .iter()
-            .filter(|h| h.index != host.index)
-            .map(RemoteNode::of)
-            .collect();
-        setup(host, &remotes)?;
+        setup(host, &RemoteNode::others(hosts, host))?;
     }
     Ok(())
 }
@@ -100,12 +104,7 @@ pub fn teardown(host: &Host, remotes: &[RemoteNode]) -> Result<()> {
 pub fn unmesh(underlay: &Underlay) -> Result<()> {
     let hosts = underlay.hosts();
     for host in hosts {
-        let remotes: Vec<RemoteNode> = hosts
-            .iter()
-            .filter(|h| h.index != host.index)
-            .map(RemoteNode::of)
-            .collect();
-        teardown(host, &remotes)?;
+        teardown(host, &RemoteNode::others(hosts, host))?;
     }
     Ok(())
 }
