@@ -494,29 +494,26 @@ impl Sim {
         offload: &weft_switch::port::Offload,
         frame: &[u8],
     ) {
-        let Sim {
-            nodes,
-            pods,
-            out,
-            buf,
-            ..
-        } = self;
-        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-        let node = &mut nodes[n];
-        let mut sink = NodeSink { node: n, pods, out };
-        node.dp.port_frame(
-            &node.tables,
-            port,
-            offload,
-            buf,
-            HEADROOM,
-            frame.len(),
-            &mut sink,
-        );
+        self.on_node(n, frame, |dp, tables, buf, sink| {
+            dp.port_frame(tables, port, offload, buf, HEADROOM, frame.len(), sink);
+        });
     }
 
     /// Hands node `n` a tunnel datagram received from `from` (no flush).
     pub fn tunnel_in(&mut self, n: usize, from: SocketAddr, datagram: &[u8]) {
+        self.on_node(n, datagram, |dp, tables, buf, sink| {
+            dp.tunnel_datagram(tables, from, buf, HEADROOM, datagram.len(), sink);
+        });
+    }
+
+    /// Copies `bytes` into the receive buffer at [`HEADROOM`] and runs `f` on node
+    /// `n`'s datapath with it and a sink into the simulation.
+    fn on_node(
+        &mut self,
+        n: usize,
+        bytes: &[u8],
+        f: impl FnOnce(&mut Datapath, &Tables, &mut [u8], &mut NodeSink<'_>),
+    ) {
         let Sim {
             nodes,
             pods,
@@ -524,11 +521,10 @@ impl Sim {
             buf,
             ..
         } = self;
-        buf[HEADROOM..HEADROOM + datagram.len()].copy_from_slice(datagram);
+        buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
         let node = &mut nodes[n];
         let mut sink = NodeSink { node: n, pods, out };
-        node.dp
-            .tunnel_datagram(&node.tables, from, buf, HEADROOM, datagram.len(), &mut sink);
+        f(&mut node.dp, &node.tables, buf, &mut sink);
     }
 
     /// Ends the batch on every node: sends what the sleeve holds back.
