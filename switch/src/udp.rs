@@ -217,7 +217,12 @@ impl Lane {
             match batch.submit(&self.socket) {
                 Ok(()) => (m, d) = (bm, bd),
                 Err((k, e)) => {
-                    let (km, kd, kcount, kgso) = batch.origin[k];
+                    let Origin {
+                        msg: km,
+                        first: kd,
+                        count: kcount,
+                        gso: kgso,
+                    } = batch.origin[k];
                     match e.raw_os_error() {
                         Some(libc::EAGAIN | libc::ENOBUFS) => {
                             // The socket buffer is full: what is left is lost, as a
@@ -272,17 +277,24 @@ const _: () = assert!(
         <= mem::size_of::<SegmentCmsg>()
 );
 
+/// The datagrams one `sendmmsg` entry carries: message `msg`'s `count` datagrams
+/// from its datagram `first` on, in one GSO send if `gso`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Origin {
+    msg: usize,
+    first: usize,
+    count: usize,
+    gso: bool,
+}
+
 /// The arguments of one `sendmmsg`, on the stack: no allocation per send.
 struct MsgBatch<'a> {
     len: usize,
     iov: [libc::iovec; TX_MSGS],
     addr: [libc::sockaddr_in; TX_MSGS],
     cmsg: [SegmentCmsg; TX_MSGS],
-    /// Whether entry `i` carries a `UDP_SEGMENT`.
-    gso: [bool; TX_MSGS],
-    /// Where entry `i` came from: its message, first datagram, datagram count, and
-    /// whether it is a GSO send.
-    origin: [(usize, usize, usize, bool); TX_MSGS],
+    /// Where entry `i` came from.
+    origin: [Origin; TX_MSGS],
     _bytes: std::marker::PhantomData<&'a [u8]>,
 }
 
@@ -297,8 +309,7 @@ impl<'a> MsgBatch<'a> {
             // SAFETY: sockaddr_in is plain old data; all zeroes is a valid value.
             addr: [unsafe { mem::zeroed() }; TX_MSGS],
             cmsg: [SegmentCmsg([0; 24]); TX_MSGS],
-            gso: [false; TX_MSGS],
-            origin: [(0, 0, 0, false); TX_MSGS],
+            origin: [Origin::default(); TX_MSGS],
             _bytes: std::marker::PhantomData,
         }
     }
@@ -321,8 +332,12 @@ impl<'a> MsgBatch<'a> {
     fn push(&mut self, dest: SocketAddrV4, bytes: &'a [u8], msg: &TxMsg, m: usize) {
         let i = self.entry(dest, bytes);
         let gso = msg.count > 1;
-        self.gso[i] = gso;
-        self.origin[i] = (m, 0, msg.count, gso);
+        self.origin[i] = Origin {
+            msg: m,
+            first: 0,
+            count: msg.count,
+            gso,
+        };
         if gso {
             // Segment sizes are bounded by TX_BUF, below u16::MAX.
             let segment = msg.segment as u16;
@@ -345,8 +360,12 @@ impl<'a> MsgBatch<'a> {
     /// Adds datagram `d` of message `m` alone.
     fn push_single(&mut self, dest: SocketAddrV4, bytes: &'a [u8], m: usize, d: usize) {
         let i = self.entry(dest, bytes);
-        self.gso[i] = false;
-        self.origin[i] = (m, d, 1, false);
+        self.origin[i] = Origin {
+            msg: m,
+            first: d,
+            count: 1,
+            gso: false,
+        };
     }
 
     /// Sends every entry. On failure, the entries before the failed one `k` are sent
@@ -360,7 +379,7 @@ impl<'a> MsgBatch<'a> {
             m.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             m.msg_iov = &raw mut self.iov[i];
             m.msg_iovlen = 1;
-            if self.gso[i] {
+            if self.origin[i].gso {
                 m.msg_control = self.cmsg[i].0.as_mut_ptr().cast();
                 // SAFETY: pure arithmetic.
                 m.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
