@@ -76,14 +76,20 @@ pub enum DaemonError {
     /// A worker did not answer.
     #[error("worker {0} did not acknowledge within {WORKER_ACK:?}")]
     WorkerStuck(usize),
+    /// A recorded pod is gone: its interface is no longer in its netns.
+    #[error("{0}")]
+    PodGone(String),
+    /// An attachment record that cannot be read.
+    #[error("{0}")]
+    BadRecord(String),
 }
 
 impl DaemonError {
     fn kind(&self) -> ErrorKind {
         match self {
-            DaemonError::Invalid(_) | DaemonError::Tap(TapError::BadName(_)) => {
-                ErrorKind::InvalidArgument
-            }
+            DaemonError::Invalid(_)
+            | DaemonError::PodGone(_)
+            | DaemonError::Tap(TapError::BadName(_)) => ErrorKind::InvalidArgument,
             DaemonError::Netlink(NetlinkError::OpenNetns { .. } | NetlinkError::Setns { .. }) => {
                 ErrorKind::InvalidArgument
             }
@@ -113,12 +119,21 @@ struct Pod {
 }
 
 /// How [`Daemon::plug`] finds the pod's interface.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plug {
     /// A new attach: the interface must not exist yet.
     Create,
     /// A restart: the interface persisted and must still be there.
     Reopen,
+}
+
+/// What [`Daemon::retire`] does with a pod's device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Device {
+    /// Delete it: the pod is detached, or its attach failed.
+    Delete,
+    /// Keep it: a pod from before a restart that could not be reopened may still run.
+    Keep,
 }
 
 /// What the pool records with an address, so a restarted daemon finds the pod again.
@@ -134,7 +149,7 @@ impl AttachMeta {
 
     fn decode(bytes: &[u8]) -> Result<AttachMeta, DaemonError> {
         serde_json::from_slice(bytes)
-            .map_err(|e| DaemonError::Invalid(format!("unreadable attachment record: {e}")))
+            .map_err(|e| DaemonError::BadRecord(format!("unreadable attachment record: {e}")))
     }
 }
 
@@ -387,13 +402,14 @@ impl Daemon {
         if req.container_id.is_empty() {
             return Err(DaemonError::Invalid("the container id is empty".into()));
         }
-        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(DaemonError::ShuttingDown);
-        }
         let key = Key::new(&req.container_id, &req.ifname);
         // One attach or detach at a time: they are rare next to packets, and ordering
         // them keeps slots, snapshots and the pool consistent.
         let mut state = self.state.lock();
+        // Checked under the lock, so no attach starts once shutdown has begun.
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(DaemonError::ShuttingDown);
+        }
         if let Some(pod) = state.pods.iter().find(|p| p.key == key) {
             if pod.entry.netns.as_deref() != Some(req.netns.as_str()) {
                 return Err(DaemonError::Invalid(format!(
@@ -403,14 +419,10 @@ impl Daemon {
                     pod.entry.netns.as_deref().unwrap_or("?")
                 )));
             }
-            if req.requested_ip.is_some_and(|ip| ip != pod.entry.ip) {
+            if let Some(wanted) = req.requested_ip.filter(|ip| *ip != pod.entry.ip) {
                 return Err(DaemonError::Invalid(format!(
-                    "container {} interface {} already holds {}, not the requested {}",
-                    req.container_id,
-                    req.ifname,
-                    pod.entry.ip,
-                    req.requested_ip
-                        .map_or_else(String::new, |ip| ip.to_string())
+                    "container {} interface {} already holds {}, not the requested {wanted}",
+                    req.container_id, req.ifname, pod.entry.ip,
                 )));
             }
             return Ok(self.attachment(&pod.entry));
@@ -501,32 +513,26 @@ impl Daemon {
                     )))
                 }
                 (Plug::Reopen, false) => {
-                    return Err(DaemonError::Invalid(format!(
+                    return Err(DaemonError::PodGone(format!(
                         "interface {} is gone from {netns}",
                         spec.name
                     )))
                 }
                 _ => {}
             }
-            let queues = match tap::open(&spec.name, queues) {
-                Ok(q) => q,
-                Err(e) => {
-                    // A persisted device the daemon cannot reopen must not outlive the
-                    // address the caller is about to release.
-                    if let Plug::Reopen = how {
-                        let _ = netlink::delete_link(&spec.name);
-                    }
-                    return Err(e.into());
-                }
-            };
+            // A reopened device belongs to a pod that was running: whatever fails
+            // here, it stays, as does the pod's address (see `restore`).
+            let queues = tap::open(&spec.name, queues)?;
             let configured = netlink::configure(&spec).and_then(|()| {
                 // The device outlives the daemon, so pods keep their interface
                 // across a restart; detach deletes it.
                 queues[0].set_persist(true).map_err(NetlinkError::Socket)
             });
             if let Err(e) = configured {
-                // Not persistent yet (or no longer): the device goes with the queues.
-                let _ = queues[0].set_persist(false);
+                if how == Plug::Create {
+                    // Not persistent yet (or no longer): it goes with the queues.
+                    let _ = queues[0].set_persist(false);
+                }
                 return Err(e.into());
             }
             Ok(queues)
@@ -557,20 +563,30 @@ impl Daemon {
             entry: entry.clone(),
         });
         if let Err(e) = self.hand_queues(id, queues) {
-            self.unplug(state, &key);
+            let pod = state.pods.pop().expect("the pod just pushed");
+            let device = match how {
+                Plug::Create => Device::Delete,
+                Plug::Reopen => Device::Keep,
+            };
+            self.retire(state, pod, device);
             return Err(e);
         }
         Ok(entry)
     }
 
-    /// Undoes [`Daemon::plug`] as far as it got: the workers close their queues, the
-    /// slot is freed and the (persistent) device is deleted from the pod's netns.
-    /// Every step tolerates what is already gone.
+    /// Undoes a [`Daemon::plug`] that created the pod's interface, as far as it got.
     fn unplug(&self, state: &mut State, key: &Key) {
-        let Some(i) = state.pods.iter().position(|p| &p.key == key) else {
-            return;
-        };
-        let pod = state.pods.swap_remove(i);
+        if let Some(i) = state.pods.iter().position(|p| &p.key == key) {
+            let pod = state.pods.swap_remove(i);
+            self.retire(state, pod, Device::Delete);
+        }
+    }
+
+    /// Retires `pod`, already out of `state.pods`: the workers close its queues, its
+    /// slot is freed, and its (persistent) device is deleted from the pod's netns or
+    /// kept. Every step tolerates what is already gone.
+    fn retire(&self, state: &mut State, pod: Pod, device: Device) {
+        let key = &pod.key;
         if let Err(e) = self.close_queues(pod.entry.id) {
             log::error!(
                 "closing the queues of {} {}: {e}",
@@ -579,14 +595,8 @@ impl Daemon {
             );
         }
         state.free.push(pod.entry.id.slot);
-        if let Some(netns) = &pod.entry.netns {
-            let name = key.ifname.clone();
-            match netlink::in_netns(Path::new(netns), move || netlink::delete_link(&name)) {
-                Ok(_) => {}
-                // The pod and its interface went together.
-                Err(NetlinkError::OpenNetns { .. }) => {}
-                Err(e) => log::warn!("deleting {} in {netns}: {e}", key.ifname),
-            }
+        if let (Device::Delete, Some(netns)) = (device, &pod.entry.netns) {
+            self.delete_interface(netns, &key.ifname);
         }
     }
 
@@ -599,7 +609,7 @@ impl Daemon {
             return Ok(());
         }
         let mut state = self.state.lock();
-        let (mut restored, mut released) = (0, 0);
+        let (mut restored, mut released, mut kept) = (0, 0, 0);
         for alloc in allocations {
             let outcome = AttachMeta::decode(&alloc.meta).and_then(|meta| {
                 self.plug(
@@ -611,22 +621,41 @@ impl Daemon {
                 )
                 .map(|_| ())
             });
+            let (who, ip) = (&alloc.key, alloc.ip);
             match outcome {
                 Ok(()) => restored += 1,
-                Err(e) => {
+                // Surely gone (or never to be found again): its address is free.
+                Err(
+                    e @ (DaemonError::PodGone(_)
+                    | DaemonError::BadRecord(_)
+                    | DaemonError::Netlink(NetlinkError::OpenNetns { .. })),
+                ) => {
                     log::warn!(
-                        "not restoring {} {} ({}): {e}; releasing it",
-                        alloc.key.container_id,
-                        alloc.key.ifname,
-                        alloc.ip
+                        "not restoring {} {} ({ip}): {e}; releasing it",
+                        who.container_id,
+                        who.ifname
                     );
-                    self.pool.release(&alloc.key)?;
+                    self.pool.release(who)?;
                     released += 1;
+                }
+                // The pod may still be running: its address and interface stay
+                // until its DEL, or GC, says it is gone.
+                Err(e) => {
+                    log::error!(
+                        "could not restore {} {} ({ip}): {e}; keeping its address and \
+                         interface, with no traffic, until its DEL or a GC",
+                        who.container_id,
+                        who.ifname
+                    );
+                    kept += 1;
                 }
             }
         }
         self.publish(&state)?;
-        log::info!("restored {restored} pods, released {released} that are gone");
+        log::info!(
+            "restored {restored} pods, released {released} that are gone, \
+             kept {kept} that could not be restored"
+        );
         Ok(())
     }
 
@@ -648,22 +677,28 @@ impl Daemon {
                     .any(|p| p.entry.netns.as_deref() == Some(*netns) && p.key.ifname == req.ifname)
         });
         if let Some(netns) = stray {
-            self.delete_stray(netns, &req.ifname);
+            if self.delete_interface(netns, &req.ifname) {
+                log::info!("deleted stray interface {} in {netns}", req.ifname);
+            }
         }
         Ok(released)
     }
 
-    /// Deletes interface `ifname` in `netns` if it is there; a netns that is gone or
-    /// an interface that is not there is no error.
-    fn delete_stray(&self, netns: &str, ifname: &str) {
+    /// Deletes interface `ifname` in `netns` if it is there, and says whether it was;
+    /// a netns that is gone or an interface that is not there is no error.
+    fn delete_interface(&self, netns: &str, ifname: &str) -> bool {
         if !tap::valid_ifname(ifname) {
-            return;
+            return false;
         }
         let name = ifname.to_owned();
         match netlink::in_netns(Path::new(netns), move || netlink::delete_link(&name)) {
-            Ok(true) => log::info!("deleted stray interface {ifname} in {netns}"),
-            Ok(false) | Err(NetlinkError::OpenNetns { .. }) => {}
-            Err(e) => log::warn!("deleting stray interface {ifname} in {netns}: {e}"),
+            Ok(deleted) => deleted,
+            // The pod and its interface went together.
+            Err(NetlinkError::OpenNetns { .. }) => false,
+            Err(e) => {
+                log::warn!("deleting interface {ifname} in {netns}: {e}");
+                false
+            }
         }
     }
 
@@ -671,10 +706,11 @@ impl Daemon {
         if let Some(i) = state.pods.iter().position(|p| &p.key == key) {
             // Unroute first, then close the queues and delete the device.
             let pod = state.pods.swap_remove(i);
-            let published = self.publish(state);
-            state.pods.push(pod);
-            published?;
-            self.unplug(state, key);
+            if let Err(e) = self.publish(state) {
+                state.pods.push(pod);
+                return Err(e);
+            }
+            self.retire(state, pod, Device::Delete);
             log::info!("detached {} {}", key.container_id, key.ifname);
         }
         Ok(self.pool.release(key)?.map(|a| a.ip))
