@@ -635,12 +635,18 @@ impl Datapath {
         }
     }
 
-    /// Sends every sleeve datagram under construction. The worker calls it at the end
-    /// of each batch, with the same snapshot the batch used.
+    /// Ends a batch: hands pods the super-frames coalesced for them and sends every
+    /// sleeve datagram under construction. The worker calls it at the end of each
+    /// batch, with the same snapshot the batch used.
     pub fn flush(&mut self, t: &Tables, sink: &mut impl Sink) {
         for k in 0..self.gro.len() {
             self.gro_emit(t, k, sink);
         }
+        self.flush_sleeve(t, sink);
+    }
+
+    /// Sends every sleeve datagram under construction.
+    fn flush_sleeve(&mut self, t: &Tables, sink: &mut impl Sink) {
         for b in &mut self.sleeve[..self.sleeve_active] {
             let peer = &t.peers[b.index];
             Self::send_datagram(self.worker, peer, b.lane, &b.buf[..b.len], sink);
@@ -1038,7 +1044,9 @@ impl Datapath {
             Some(k) => k,
             None => {
                 if self.sleeve_active == SLEEVE_PENDING {
-                    self.flush(t, sink);
+                    // Only the sleeve's room ran out: the coalesced super-frames for
+                    // pods keep growing until the batch ends.
+                    self.flush_sleeve(t, sink);
                 }
                 let k = self.sleeve_active;
                 self.sleeve_active += 1;
