@@ -20,11 +20,6 @@ pub trait PortQueue: Send + std::fmt::Debug {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(Offload, usize)>>;
     /// Queues one frame for the port. A full queue is `ErrorKind::WouldBlock`.
     fn send(&mut self, offload: &Offload, frame: &[u8]) -> io::Result<()>;
-    /// Pushes out frames that `send` batched (a ring doorbell); a no-op for backends
-    /// that send at once.
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
     /// The descriptor that becomes readable when frames wait.
     fn fd(&self) -> RawFd;
 }

@@ -161,19 +161,38 @@ pub fn spawn(
         large,
         stop: AtomicBool::new(false),
     });
-    let mut handles = Vec::with_capacity(n);
+    // Every worker is built here, so a socket or poll set that cannot be made fails
+    // the start instead of leaving a dead worker behind; only then do they run.
+    let mut workers = Vec::with_capacity(n);
     for (index, (poll, socket)) in polls.into_iter().zip(sockets).enumerate() {
         let (tx, rx) = crossbeam::channel::unbounded();
-        let shared = shared.clone();
-        let lanes = lanes.clone();
-        let thread = std::thread::Builder::new()
+        let worker = Worker::new(
+            index,
+            poll,
+            socket,
+            lanes.clone(),
+            poll_max,
+            rx,
+            shared.clone(),
+        )?;
+        workers.push((worker, tx));
+    }
+    let mut handles = Vec::with_capacity(n);
+    for (index, (worker, tx)) in workers.into_iter().enumerate() {
+        let spawned = std::thread::Builder::new()
             .name(format!("weft-worker-{index}"))
-            .spawn(move || Worker::new(index, poll, socket, lanes, poll_max, rx, shared)?.run())?;
-        handles.push(WorkerHandle {
-            commands: tx,
-            waker: wakers[index].clone(),
-            thread: Some(thread),
-        });
+            .spawn(move || worker.run());
+        match spawned {
+            Ok(thread) => handles.push(WorkerHandle {
+                commands: tx,
+                waker: wakers[index].clone(),
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                stop(&shared, &mut handles);
+                return Err(e);
+            }
+        }
     }
     Ok((shared, handles))
 }
@@ -198,8 +217,6 @@ pub fn stop(shared: &Shared, handles: &mut [WorkerHandle]) {
 struct QueueSlot {
     generation: u32,
     queue: Box<dyn PortQueue>,
-    /// Sent to in this batch: flushed at its end.
-    dirty: bool,
 }
 
 struct Worker {
@@ -218,8 +235,6 @@ struct Io {
     tunnel: Tunnel,
     shared: Arc<Shared>,
     queues: Vec<Option<QueueSlot>>,
-    /// Slots of queues sent to in this batch.
-    dirty: Vec<u32>,
 }
 
 /// The I/O side of the datapath for one worker, lent to it for one batch.
@@ -280,10 +295,6 @@ impl Sink for IoSink<'_> {
     ) -> Result<(), TxError> {
         match self.io.queues.get_mut(port.id.slot as usize) {
             Some(Some(q)) if q.generation == port.id.generation => {
-                if !q.dirty {
-                    q.dirty = true;
-                    self.io.dirty.push(port.id.slot);
-                }
                 q.queue.send(offload, frame).map_err(|e| tx_error(&e))
             }
             _ => self.handoff(port, offload, frame),
@@ -338,7 +349,6 @@ impl Worker {
                 tunnel,
                 shared,
                 queues: Vec::new(),
-                dirty: Vec::with_capacity(64),
             },
         })
     }
@@ -401,22 +411,9 @@ impl Worker {
             for _ in 0..self.io.tunnel.take_failed() {
                 tables.tunnel.discard(self.io.index, DropReason::TxError);
             }
-            self.flush_queues();
             self.wake(wake);
             idle_since = Instant::now();
             poll_until = idle_since + self.spin.window();
-        }
-    }
-
-    /// Rings the doorbell of every queue sent to in this batch.
-    fn flush_queues(&mut self) {
-        for slot in self.io.dirty.drain(..) {
-            if let Some(Some(q)) = self.io.queues.get_mut(slot as usize) {
-                q.dirty = false;
-                if let Err(e) = q.queue.flush() {
-                    log::debug!("worker {}: flushing queue {slot}: {e}", self.io.index);
-                }
-            }
         }
     }
 
@@ -453,7 +450,6 @@ impl Worker {
                             self.io.queues[slot] = Some(QueueSlot {
                                 generation: id.generation,
                                 queue,
-                                dirty: false,
                             });
                             let _ = done.send(true);
                         }
@@ -483,15 +479,10 @@ impl Worker {
         for _ in 0..BUDGET * 4 {
             let Some(h) = inbox.pop() else { return false };
             let result = match self.io.queues.get_mut(h.port.slot as usize) {
-                Some(Some(q)) if q.generation == h.port.generation => {
-                    if !q.dirty {
-                        q.dirty = true;
-                        self.io.dirty.push(h.port.slot);
-                    }
-                    q.queue
-                        .send(&h.offload, &h.buf[..h.len])
-                        .map_err(|e| tx_error(&e))
-                }
+                Some(Some(q)) if q.generation == h.port.generation => q
+                    .queue
+                    .send(&h.offload, &h.buf[..h.len])
+                    .map_err(|e| tx_error(&e)),
                 _ => Err(TxError::Failed),
             };
             if let Some(i) = tables.port_index(h.port) {
@@ -509,9 +500,9 @@ impl Worker {
 
     fn socket_batch(&mut self, tables: &Tables, wake: &mut u64) -> bool {
         for _ in 0..BUDGET / RX_BATCH {
-            match self.io.tunnel.recv(&mut self.rx) {
+            let n = match self.io.tunnel.recv(&mut self.rx) {
                 Ok(0) => return false,
-                Ok(_) => {}
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // ICMP errors for earlier sends surface here (ECONNREFUSED and
@@ -519,7 +510,7 @@ impl Worker {
                     log::debug!("worker {}: tunnel socket: {e}", self.io.index);
                     continue;
                 }
-            }
+            };
             let mut sink = IoSink {
                 io: &mut self.io,
                 wake,
@@ -528,6 +519,12 @@ impl Worker {
             self.rx.for_each(|from, buf, off, len| {
                 dp.tunnel_datagram(tables, from, buf, off, len, &mut sink)
             });
+            // A short batch emptied the socket: asking again would only return
+            // EAGAIN, a wasted syscall per packet under request/response traffic. The
+            // (edge-triggered) poll reports whatever arrives next.
+            if n < RX_BATCH {
+                return false;
+            }
         }
         true
     }
