@@ -216,6 +216,19 @@ fn may_start_run(frame: &[u8]) -> bool {
     flags == 0x10 && total > ihl + tcp_len
 }
 
+/// The IPv4 and TCP (with options) or UDP header bytes at the start of `ip`, which
+/// every segment of a super-frame repeats; at least the 40 of IPv4 and TCP without
+/// options, where they cannot be read (segmentation then refuses the frame).
+fn l3l4_headers_len(ip: &[u8]) -> usize {
+    const IPPROTO_UDP: u8 = 17;
+    let ihl = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
+    let l4 = match ip.get(9) {
+        Some(&IPPROTO_UDP) => 8,
+        _ => ip.get(ihl + 12).map_or(0, |b| usize::from(b >> 4) * 4),
+    };
+    (ihl + l4).max(40)
+}
+
 /// The validated facts of an IPv4 header that routing needs.
 struct Ipv4Facts {
     total_len: usize,
@@ -746,10 +759,14 @@ impl Datapath {
                 sink,
             );
         }
-        // A super-frame is larger by design: its segments must fit the pod's MTU (at
-        // least 40 bytes of IPv4 and TCP/UDP headers come with each), and they are cut
-        // before they leave.
-        if offload.is_gso() && usize::from(offload.gso_size) + 40 > t.node.pod_mtu as usize {
+        // A super-frame is larger by design: its segments, each `gso_size` bytes of
+        // payload under a copy of its IPv4 and TCP/UDP headers, must fit the pod's MTU,
+        // and they are cut before they leave.
+        if offload.is_gso()
+            && usize::from(offload.gso_size)
+                + l3l4_headers_len(&buf[ip_off..ip_off + facts.total_len])
+                > t.node.pod_mtu as usize
+        {
             return self.drop_at(t, from, DropReason::TooBig);
         }
         if facts.total_len > t.node.pod_mtu as usize && !offload.is_gso() {

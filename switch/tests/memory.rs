@@ -71,6 +71,7 @@ macro_rules! both_modes {
 both_modes!(
     one_flow_keeps_one_source_port_and_flows_spread,
     super_frames_cross_the_tunnel,
+    super_frames_whose_segments_overflow_the_mtu_are_refused,
     tcp_across_nodes_both_directions,
     tcp_between_pods_of_one_node_stays_off_the_wire,
     arp_from_smoltcp_is_answered_with_the_router_mac,
@@ -748,15 +749,30 @@ fn tso_frame(
     payload: &[u8],
     gso_size: u16,
 ) -> (weft_switch::port::Offload, Vec<u8>) {
+    tso_frame_with_options(sim, p, dst, seq, payload, gso_size, &[])
+}
+
+/// [`tso_frame`] with TCP options (a multiple of 4 bytes).
+fn tso_frame_with_options(
+    sim: &Sim,
+    p: usize,
+    dst: Ipv4Addr,
+    seq: u32,
+    payload: &[u8],
+    gso_size: u16,
+    options: &[u8],
+) -> (weft_switch::port::Offload, Vec<u8>) {
     let src = sim.pods[p].ip;
+    let tcp_header = 20 + options.len();
     let mut tcp = vec![0u8; 20];
     tcp[0..2].copy_from_slice(&40_000u16.to_be_bytes());
     tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
     tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-    tcp[12] = 5 << 4;
+    tcp[12] = ((tcp_header / 4) as u8) << 4;
     tcp[13] = 0x10; // ACK
     tcp[14..16].copy_from_slice(&64_000u16.to_be_bytes());
-    let tcp_len = (20 + payload.len()) as u16;
+    tcp.extend_from_slice(options);
+    let tcp_len = (tcp_header + payload.len()) as u16;
     let mut pseudo = Vec::with_capacity(12);
     pseudo.extend_from_slice(&src.octets());
     pseudo.extend_from_slice(&dst.octets());
@@ -773,7 +789,7 @@ fn tso_frame(
         needs_csum: true,
         gso_type: weft_encap::virtio::GsoType::TcpV4,
         gso_size,
-        hdr_len: 54,
+        hdr_len: (ETH_HLEN + 20 + tcp_header) as u16,
         csum_start: 34,
         csum_offset: 16,
         ..weft_switch::port::Offload::PLAIN
@@ -844,6 +860,39 @@ fn super_frames_cross_the_tunnel(mode: TunnelMode) {
     let rx = sim.take_rx(b);
     assert_eq!(tcp_payloads(&rx, 62), payload, "{mode:?}");
     assert_eq!(sim.total_drops(), 0, "{}", sim.drops_report());
+}
+
+/// A super-frame's segments each carry its IPv4 and TCP headers, options included:
+/// one whose segments would not fit the pod MTU is refused, whatever its headers.
+fn super_frames_whose_segments_overflow_the_mtu_are_refused(mode: TunnelMode) {
+    let mut sim = two_nodes_introduced(mode);
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let payload = pseudo_random(4, 10_000);
+    // NOP, NOP, timestamps: 12 bytes, as Linux sends on every segment.
+    let timestamps = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    let mtu = POD_MTU as u16;
+    for (options, gso_size, fits) in [
+        (&[][..], mtu - 40, true),
+        (&[][..], mtu - 39, false),
+        (&timestamps[..], mtu - 52, true),
+        (&timestamps[..], mtu - 40, false),
+    ] {
+        let before = sim.port_counters(a).dropped(DropReason::TooBig);
+        let (o, f) = tso_frame_with_options(&sim, a, B, 1, &payload, gso_size, options);
+        sim.port_frame_with(0, sim.pods[a].port, &o, &f);
+        sim.flush();
+        let refused = sim.port_counters(a).dropped(DropReason::TooBig) - before;
+        assert_eq!(
+            refused,
+            u64::from(!fits),
+            "{mode:?}: {} option bytes, gso_size {gso_size}",
+            options.len()
+        );
+        sim.deliver_wire();
+        let delivered = tcp_payloads(&sim.take_rx(b), 62);
+        assert_eq!(delivered, if fits { payload.clone() } else { vec![] });
+    }
+    assert_eq!(sim.total_drops(), 2, "{}", sim.drops_report());
 }
 
 #[test]
