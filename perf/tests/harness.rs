@@ -112,33 +112,65 @@ fn pid_file(pid: u32) -> Option<PathBuf> {
         })
 }
 
-fn spawn(args: &[&str]) -> Child {
-    Command::new(weft_perf())
+/// A weft-perf run a test started. If the test fails while the run is still going,
+/// dropping it stops the run as Ctrl-C does (SIGTERM: weft-perf tears down), kills it
+/// if it will not stop, and has `weft-perf clean` remove whatever it left.
+struct Run {
+    child: Option<Child>,
+}
+
+impl Run {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running child").id()
+    }
+
+    /// Waits for the run to exit within [`RUN_BOUND`]; fails (and tears it down) if
+    /// it does not.
+    fn finish(mut self) -> Output {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("a running child");
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                start.elapsed() < RUN_BOUND,
+                "weft-perf ran longer than {RUN_BOUND:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.take().unwrap().wait_with_output().unwrap()
+    }
+
+    /// SIGKILLs the run and reaps it, leaving what it made behind.
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("a running child");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            // weft-perf's own teardown takes seconds; it gets them before SIGKILL.
+            let guard = netns::ChildGuard::new(child).with_grace(Duration::from_secs(30));
+            if let Err(e) = guard.stop() {
+                eprintln!("stopping weft-perf: {e}");
+            }
+        }
+        if std::thread::panicking() {
+            let _ = Command::new(weft_perf()).arg("clean").output();
+        }
+    }
+}
+
+fn spawn(args: &[&str]) -> Run {
+    let child = Command::new(weft_perf())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("starting weft-perf")
-}
-
-/// Waits for `child` to exit within [`RUN_BOUND`], killing it (and failing) if not.
-fn finish(mut child: Child) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > RUN_BOUND {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "weft-perf ran longer than {RUN_BOUND:?}:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        .expect("starting weft-perf");
+    Run { child: Some(child) }
 }
 
 /// Waits until run `pid` has a weftd running (its pid file lists one).
@@ -183,8 +215,8 @@ fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
         "--plot",
         svg.to_str().unwrap(),
     ]);
-    let pid = child.id();
-    let out = finish(child);
+    let pid = child.pid();
+    let out = child.finish();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "weft-perf run failed:\n{stderr}");
@@ -306,12 +338,12 @@ fn ctrl_c_tears_everything_down() {
         "--duration",
         "20",
     ]);
-    let pid = child.id();
+    let pid = child.pid();
     wait_for_weftd(pid);
     // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
     let start = Instant::now();
-    let out = finish(child);
+    let out = child.finish();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an interrupted run must fail");
     assert!(stderr.contains("interrupted"), "{stderr}");
@@ -337,10 +369,9 @@ fn clean_removes_what_a_killed_run_left() {
         "--duration",
         "20",
     ]);
-    let pid = child.id();
+    let pid = child.pid();
     wait_for_weftd(pid);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let left = leftovers(pid);
     assert!(
         left.iter().any(|l| l.starts_with("process")),

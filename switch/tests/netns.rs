@@ -555,6 +555,7 @@ fn crash_during_attach_storm() {
         .map(|i| c.underlay.pod(0, &format!("s{i}")).unwrap())
         .collect();
     let socket = c.nodes[0].socket.clone();
+    let weftd = c.nodes[0].pid() as libc::pid_t;
     let answered = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for (i, pod) in pods.iter().enumerate() {
@@ -569,16 +570,23 @@ fn crash_during_attach_storm() {
                 if let Ok(Response::Ok(Reply::Attached(a))) =
                     weft_cni::proto::call(socket, &req, Duration::from_secs(20))
                 {
-                    answered.lock().unwrap().push((i, a.ip));
+                    let mut answered = answered.lock().unwrap();
+                    answered.push((i, a.ip));
+                    // Part of the storm has landed: crash now, from the thread that
+                    // saw it, so the rest is surely cut short.
+                    if answered.len() == 5 {
+                        // SAFETY: kill has no memory-safety preconditions; `weftd` is
+                        // our unreaped child, reaped below.
+                        unsafe { libc::kill(weftd, libc::SIGKILL) };
+                    }
                 }
             });
         }
-        // Let part of the storm land, then crash.
         wait_until(Duration::from_secs(20), "some attaches to complete", || {
             answered.lock().unwrap().len() >= 5
         })
         .unwrap();
-        c.nodes.remove(0).kill().expect("SIGKILL");
+        c.nodes.remove(0).kill().expect("reaping the killed weftd");
     });
     let answered = answered.into_inner().unwrap();
     assert!(

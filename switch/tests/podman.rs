@@ -924,7 +924,8 @@ fn podman_containers_on_weft() {
     assert_eq!(pods_attached(&n0), 0, "{:?}", pod_ports(&n0));
     let left = pm.ok(&["ps", "-a", "--format", "{{.Names}}"]);
     assert!(left.trim().is_empty(), "containers left: {left}");
-    remote.ns.ping(r.ip, 1).expect("host 1's pod still up");
+    // The other node and its pod are untouched: host 1 reaches its pod through weft.
+    h1.ns.ping(r.ip, 1).expect("host 1 reaches its pod");
 
     // Nothing left behind.
     let notes = pm.cleanup();

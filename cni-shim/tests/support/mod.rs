@@ -155,8 +155,8 @@ pub fn conf(version: &str, socket: &Path, extra: Value) -> String {
 pub struct FakeDaemon {
     /// The socket path.
     pub socket: PathBuf,
-    /// Requests received, in order.
-    pub requests: Arc<Mutex<Vec<Request>>>,
+    /// Requests received, in order, in their envelopes.
+    pub requests: Arc<Mutex<Vec<RequestEnvelope>>>,
 }
 
 impl FakeDaemon {
@@ -180,9 +180,9 @@ impl FakeDaemon {
                 let Ok(env) = serde_json::from_slice::<RequestEnvelope>(&body) else {
                     continue;
                 };
-                assert_eq!(env.version, PROTOCOL_VERSION);
+                // Recorded, version and all, for the test to check on its own thread.
                 let out = answer(&env.request);
-                seen.lock().unwrap().push(env.request);
+                seen.lock().unwrap().push(env);
                 let _ = conn.write_all(&out);
             }
         });
@@ -200,13 +200,19 @@ impl FakeDaemon {
         })
     }
 
-    /// The last request received.
+    /// The last request received, which came in the current protocol version.
     pub fn last(&self) -> Request {
-        self.requests
+        let env = self
+            .requests
             .lock()
             .unwrap()
             .last()
             .cloned()
-            .expect("no request received")
+            .expect("no request received");
+        assert_eq!(
+            env.version, PROTOCOL_VERSION,
+            "the plugin's protocol version"
+        );
+        env.request
     }
 }
