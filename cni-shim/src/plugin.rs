@@ -2,9 +2,6 @@
 //! print and whether it succeeded out.
 
 use std::net::IpAddr;
-use std::path::Path;
-use std::sync::mpsc;
-use std::time::Duration;
 
 use crate::config::{self, NetConf};
 use crate::env::{self, Env};
@@ -15,9 +12,6 @@ use crate::proto::{
 };
 use crate::result::{to_json, AddResult, ErrorResult, VersionResult};
 use crate::version::{CniVersion, Command};
-
-/// Extra time the watchdog gives [`proto::call`] beyond its own bound.
-const WATCHDOG_GRACE: Duration = Duration::from_millis(500);
 
 /// What an invocation prints on stdout, and whether it exits 0.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,36 +220,11 @@ fn unexpected(request: &Request, reply: &Reply) -> CniError {
 
 /// Sends one request to weftd and returns its successful reply.
 fn ask(conf: &NetConf, request: &Request) -> Result<Reply, CniError> {
-    match call_bounded(&conf.socket, request, conf.timeout)? {
+    let response = proto::call(&conf.socket, request, conf.timeout)
+        .map_err(|e| CniError::from_client(&e, conf.timeout))?;
+    match response {
         Response::Ok(reply) => Ok(reply),
         Response::Error(e) => Err(CniError::from_reply(&e)),
-    }
-}
-
-/// [`proto::call`] on a helper thread, abandoned if it has not returned shortly after
-/// `timeout`: the call's connect is not bounded by itself, and nothing may hang.
-pub fn call_bounded(
-    socket: &Path,
-    request: &Request,
-    timeout: Duration,
-) -> Result<Response, CniError> {
-    let (tx, rx) = mpsc::channel();
-    let (path, req) = (socket.to_path_buf(), request.clone());
-    let spawned = std::thread::Builder::new()
-        .name("weftd-call".into())
-        .spawn(move || {
-            let _ = tx.send(proto::call(&path, &req, timeout));
-        });
-    if let Err(e) = spawned {
-        return Err(CniError::Bug(format!("starting a thread: {e}")));
-    }
-    match rx.recv_timeout(timeout + WATCHDOG_GRACE) {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(CniError::from_client(&e, timeout)),
-        Err(_) => Err(CniError::TryAgain(format!(
-            "weftd at {} did not answer within {timeout:?}",
-            socket.display()
-        ))),
     }
 }
 

@@ -356,6 +356,17 @@ pub struct ResponseEnvelope {
     pub response: Response,
 }
 
+/// Connects to `socket` within `timeout`: a daemon whose listen backlog is full makes
+/// a plain connect wait for as long as it stays full, but the kernel bounds a Unix
+/// stream connect by the socket's send timeout.
+fn connect(socket: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    s.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    s.connect(&SockAddr::unix(socket)?)?;
+    Ok(UnixStream::from(std::os::fd::OwnedFd::from(s)))
+}
+
 /// Sends one request to the daemon at `socket` and waits for its answer, at most
 /// `timeout` for the whole exchange (connect, write and read each bounded).
 pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
@@ -364,11 +375,11 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
         path: path.clone(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut stream = connect(socket, timeout).map_err(|source| ClientError::Connect {
         path: path.clone(),
         source,
     })?;
-    let deadline = std::time::Instant::now() + timeout;
     let remaining = || {
         deadline
             .saturating_duration_since(std::time::Instant::now())
@@ -418,6 +429,37 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_daemon_whose_backlog_is_full_fails_the_connect_in_time() {
+        use socket2::{Domain, SockAddr, Socket, Type};
+        let dir = std::env::temp_dir().join(format!("weft-proto-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("full.sock");
+        let _ = std::fs::remove_file(&path);
+        let addr = SockAddr::unix(&path).unwrap();
+        let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        listener.bind(&addr).unwrap();
+        // It listens, and never accepts: its backlog fills.
+        listener.listen(0).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let s = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+            s.set_nonblocking(true).unwrap();
+            match s.connect(&addr) {
+                Ok(()) => queued.push(s),
+                Err(e) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+                    break;
+                }
+            }
+            assert!(queued.len() < 1000, "the backlog never filled");
+        }
+        let err = call(&path, &Request::Status, Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+        assert!(err.is_unreachable(), "{err:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn attach_request_wire_form() {
