@@ -309,6 +309,18 @@ impl Pool {
         }
     }
 
+    /// The number of allocations, without reading them.
+    pub fn len(&self) -> Result<u64, Error> {
+        use redb::ReadableTableMetadata;
+        let (by_key, _) = self.read()?;
+        by_key.len().map_err(self.err("count by_key"))
+    }
+
+    /// Whether nothing is allocated.
+    pub fn is_empty(&self) -> Result<bool, Error> {
+        Ok(self.len()? == 0)
+    }
+
     /// Returns every allocation, ordered by key.
     pub fn list(&self) -> Result<Vec<Allocation>, Error> {
         let (by_key, _) = self.read()?;

@@ -276,6 +276,19 @@ fn release_is_idempotent() {
 }
 
 #[test]
+fn len_counts_allocations_without_listing_them() {
+    let p = pool("10.244.2.0/24");
+    assert!(p.is_empty().unwrap());
+    for i in 0..3 {
+        p.allocate(&key(i), None, b"").unwrap();
+    }
+    assert_eq!(p.len().unwrap(), 3);
+    p.release(&key(1)).unwrap();
+    assert_eq!(p.len().unwrap(), p.list().unwrap().len() as u64);
+    assert!(!p.is_empty().unwrap());
+}
+
+#[test]
 fn release_by_ip() {
     let p = pool("10.244.2.0/24");
     let a = p.allocate(&key(1), None, b"m").unwrap();

@@ -852,7 +852,7 @@ impl Daemon {
 
     fn status(&self) -> proto::Status {
         // Ready to serve ADD: not shutting down, and the pool has a free address.
-        let held = self.pool.list().map(|l| l.len() as u64);
+        let held = self.pool.len();
         let ready = !self.stopping.load(std::sync::atomic::Ordering::Acquire)
             && held.is_ok_and(|n| n < u64::from(self.pool.capacity()));
         let state = self.state.lock();
