@@ -795,8 +795,14 @@ impl Daemon {
             .filter(|p| !keep.contains(&p.key))
             .map(|p| p.key.clone())
             .collect();
+        // As much as can be collected is, as the CNI spec asks; the first failure is
+        // reported after.
+        let mut failed = None;
         for key in &stale {
-            self.detach_locked(&mut state, key)?;
+            if let Err(e) = self.detach_locked(&mut state, key) {
+                log::warn!("gc of {} {}: {e}", key.container_id, key.ifname);
+                failed.get_or_insert(e);
+            }
         }
         let orphans = self.pool.retain(|k| keep.contains(k))?;
         let mut released: Vec<AttachmentKey> = stale
@@ -812,7 +818,10 @@ impl Daemon {
         if !released.is_empty() {
             log::info!("gc released {} attachments", released.len());
         }
-        Ok(released)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(released),
+        }
     }
 
     /// Rereads the peers file and applies it. Returns whether anything changed.
