@@ -8,6 +8,7 @@ use std::path::Path;
 
 use futures_util::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
+use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -183,11 +184,11 @@ fn with_handle<T>(
     })
 }
 
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
+/// The interface `name`'s link message, if there is such an interface.
+async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
     let mut links = handle.link().get().match_name(name.to_owned()).execute();
     match links.try_next().await {
-        Ok(Some(link)) => Ok(Some(link.header.index)),
-        Ok(None) => Ok(None),
+        Ok(link) => Ok(link),
         // The kernel answers ENODEV for a name filter that matches nothing.
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
         Err(source) => Err(NetlinkError::Request {
@@ -196,6 +197,10 @@ async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkE
             source,
         }),
     }
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
+    Ok(find_link(handle, name).await?.map(|link| link.header.index))
 }
 
 /// Sets MAC, MTU, address and routes of an existing interface and brings it up, in the
@@ -345,14 +350,8 @@ pub fn inspect(name: &str) -> Result<Option<LinkState>, NetlinkError> {
             let link = name.to_owned();
             move |source| NetlinkError::Request { what, link, source }
         };
-        let mut links = handle.link().get().match_name(name.to_owned()).execute();
-        let link = match links.try_next().await {
-            Ok(Some(l)) => l,
-            Ok(None) => return Ok(None),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
-                return Ok(None)
-            }
-            Err(e) => return Err(err("looking up")(e)),
+        let Some(link) = find_link(&handle, name).await? else {
+            return Ok(None);
         };
         let index = link.header.index;
         let mut state = LinkState {
