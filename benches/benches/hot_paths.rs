@@ -142,10 +142,8 @@ fn lookup(c: &mut Criterion) {
     g.finish();
 }
 
-/// Frames a ring holds, as in the worker.
-const RING_LEN: usize = 1024;
-/// A pooled buffer: an Ethernet frame at the largest pod MTU, as in the worker.
-const HANDOFF_LEN: usize = 9216 + 14;
+// The worker's ring length and pooled buffer size.
+use weft_switch::worker::{HANDOFF_LEN, RING_LEN};
 
 /// A frame handed from one thread to another, as the worker's `Handoff`.
 struct Handoff {

@@ -35,9 +35,9 @@ const BUDGET: usize = 64;
 /// Size of a receive buffer: headroom plus the largest frame (a 64 KiB super-frame).
 const BUF_LEN: usize = HEADROOM + 65_536 + 64;
 /// Frames one worker can have waiting in its handoff ring.
-const RING_LEN: usize = 256;
+pub const RING_LEN: usize = 256;
 /// Size of a handoff buffer: an Ethernet frame at the largest pod MTU.
-const HANDOFF_LEN: usize = 9216 + 14;
+pub const HANDOFF_LEN: usize = 9216 + 14;
 /// Handoff buffers for super-frames, shared by all workers.
 const LARGE_POOL: usize = 32;
 /// Size of a large handoff buffer.
