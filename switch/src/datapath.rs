@@ -136,13 +136,10 @@ struct Join {
     /// The peer it comes from, as an index into the tables of its first chunk.
     peer: usize,
     from: SocketAddr,
-    frame_id: u32,
+    /// The header of its first chunk: every later one must agree but for `offset`.
+    first: sleeve::ChunkRepr,
     /// Payload bytes joined so far: where the next chunk must start.
     next: usize,
-    total: usize,
-    ethertype: u16,
-    gso_type: u8,
-    gso_size: u16,
     /// Chunk count of its last chunk, to give up the least recently fed.
     used: u64,
     /// The frame: Ethernet header, then the payload.
@@ -300,12 +297,15 @@ impl Datapath {
                     active: false,
                     peer: 0,
                     from: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-                    frame_id: 0,
+                    first: sleeve::ChunkRepr {
+                        frame_id: 0,
+                        total: 0,
+                        offset: 0,
+                        ethertype: 0,
+                        gso_type: 0,
+                        gso_size: 0,
+                    },
                     next: 0,
-                    total: 0,
-                    ethertype: 0,
-                    gso_type: 0,
-                    gso_size: 0,
                     used: 0,
                     buf: vec![0u8; ETH_HLEN + usize::from(u16::MAX)].into_boxed_slice(),
                 })
@@ -469,15 +469,12 @@ impl Datapath {
         let found = self
             .joins
             .iter()
-            .position(|g| g.active && g.from == from && g.frame_id == c.frame_id);
+            .position(|g| g.active && g.from == from && g.first.frame_id == c.frame_id);
         let k = match found {
             Some(k) => {
                 let g = &mut self.joins[k];
-                if offset != g.next
-                    || usize::from(c.total) != g.total
-                    || (c.ethertype, c.gso_type, c.gso_size)
-                        != (g.ethertype, g.gso_type, g.gso_size)
-                {
+                let same_frame = sleeve::ChunkRepr { offset: 0, ..*c } == g.first;
+                if offset != g.next || !same_frame {
                     g.active = false;
                     self.give_up(from, c.frame_id);
                     return counters.discard(self.worker, DropReason::ChunkLost);
@@ -506,7 +503,7 @@ impl Datapath {
                 let g = &self.joins[k];
                 if g.active {
                     // Crowded out before it was whole: counted on its own peer.
-                    let (peer, from, frame_id) = (g.peer, g.from, g.frame_id);
+                    let (peer, from, frame_id) = (g.peer, g.from, g.first.frame_id);
                     self.give_up(from, frame_id);
                     t.peers
                         .get(peer)
@@ -517,12 +514,8 @@ impl Datapath {
                 g.active = true;
                 g.peer = j;
                 g.from = from;
-                g.frame_id = c.frame_id;
+                g.first = *c;
                 g.next = 0;
-                g.total = usize::from(c.total);
-                g.ethertype = c.ethertype;
-                g.gso_type = c.gso_type;
-                g.gso_size = c.gso_size;
                 g.used = self.chunks_in;
                 k
             }
@@ -532,14 +525,14 @@ impl Datapath {
         let at = ETH_HLEN + offset;
         g.buf[at..at + chunk.data.len()].copy_from_slice(chunk.data);
         g.next += chunk.data.len();
-        if g.next < g.total {
+        if g.next < usize::from(g.first.total) {
             return;
         }
         g.active = false;
-        let len = ETH_HLEN + g.total;
-        let ethertype = g.ethertype;
-        let gso_type = virtio::GsoType::from_wire(g.gso_type);
-        let gso_size = g.gso_size;
+        let len = ETH_HLEN + usize::from(g.first.total);
+        let ethertype = g.first.ethertype;
+        let gso_type = virtio::GsoType::from_wire(g.first.gso_type);
+        let gso_size = g.first.gso_size;
         let mut buf = std::mem::take(&mut g.buf);
         buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
         let offload = match gso_type {
