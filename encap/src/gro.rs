@@ -202,6 +202,18 @@ impl Segment {
     }
 }
 
+/// Whether `frame` could start a super-frame (its TCP checksum aside), so that a
+/// caller with no coalescer free for it knows whether one is worth freeing.
+///
+/// Never panics, whatever the frame.
+pub fn may_start(frame: &[u8]) -> bool {
+    Segment::parse(frame).is_some_and(|segment| startable(frame, &segment))
+}
+
+fn startable(frame: &[u8], segment: &Segment) -> bool {
+    segment.coalescable() && !segment.psh() && ip_checksum_ok(frame)
+}
+
 /// Returns whether the IPv4 header checksum of a frame without IP options is right.
 fn ip_checksum_ok(frame: &[u8]) -> bool {
     checksum::checksum(&frame[ETHERNET_HEADER_LEN..L4_START]) == 0
@@ -319,7 +331,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         };
         let coalescable = segment.coalescable() && ip_checksum_ok(frame);
         let Some(held) = self.held else {
-            if !coalescable || segment.psh() {
+            if !startable(frame, &segment) {
                 return Push::Deliver;
             }
             let verified = self.verify_checksums;
@@ -331,7 +343,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         };
         if Flow::read(frame, segment.l4_start) != held.flow {
             // Another flow: it needs the slot only if it could start a run.
-            return if coalescable && !segment.psh() {
+            return if startable(frame, &segment) {
                 Push::NotMerged
             } else {
                 Push::Deliver
@@ -780,6 +792,58 @@ mod tests {
         let mut bad = testutil::Tcp::default().build();
         bad[14 + 10] ^= 1;
         assert_eq!(c.push(&bad), Push::Deliver);
+    }
+
+    #[test]
+    fn may_start_says_what_push_would_do_with_an_idle_coalescer() {
+        let spec = testutil::Tcp::default;
+        let mut bad_ip_checksum = spec().build();
+        bad_ip_checksum[14 + 10] ^= 1;
+        let frames = [
+            (spec().build(), true),
+            (
+                testutil::Tcp {
+                    ip_options: vec![1, 1, 1, 0],
+                    ..spec()
+                }
+                .build(),
+                false,
+            ),
+            (
+                testutil::Tcp {
+                    flags: 0x18, // ACK PSH
+                    ..spec()
+                }
+                .build(),
+                false,
+            ),
+            (
+                testutil::Tcp {
+                    payload: Vec::new(),
+                    ..spec()
+                }
+                .build(),
+                false,
+            ),
+            (
+                testutil::Tcp {
+                    flags: 0x12, // SYN ACK
+                    ..spec()
+                }
+                .build(),
+                false,
+            ),
+            (bad_ip_checksum, false),
+            (vec![0u8; 20], false),
+        ];
+        for (i, (frame, starts)) in frames.iter().enumerate() {
+            assert_eq!(may_start(frame), *starts, "frame {i}");
+            assert_eq!(
+                coalescer().push(frame) == Push::Started,
+                *starts,
+                "frame {i}"
+            );
+        }
     }
 
     #[test]

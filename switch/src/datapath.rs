@@ -198,21 +198,6 @@ fn write_eth(frame: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) {
     frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
 }
 
-/// Whether a TCP/IPv4 frame (as [`Flow::of`] accepted it) carries payload with no
-/// TCP flag but ACK, the only kind of segment that can open a coalesced run.
-fn may_start_run(frame: &[u8]) -> bool {
-    let ihl = usize::from(frame.get(ETH_HLEN).map_or(0, |b| b & 0x0f)) * 4;
-    let tcp = ETH_HLEN + ihl;
-    let (Some(&offset), Some(&flags)) = (frame.get(tcp + 12), frame.get(tcp + 13)) else {
-        return false;
-    };
-    let tcp_len = usize::from(offset >> 4) * 4;
-    let total = frame
-        .get(ETH_HLEN + 2..ETH_HLEN + 4)
-        .map_or(0, |b| usize::from(be16(b, 0)));
-    flags == 0x10 && total > ihl + tcp_len
-}
-
 /// The IPv4 and TCP (with options) or UDP header bytes at the start of `ip`, which
 /// every segment of a super-frame repeats; at least the 40 of IPv4 and TCP without
 /// options, where they cannot be read (segmentation then refuses the frame).
@@ -827,7 +812,7 @@ impl Datapath {
             Some(k) => k,
             // A frame that cannot start a run (no payload, or a flag beyond ACK) of a
             // flow nobody holds goes out at once, without evicting anyone.
-            None if !may_start_run(frame) => {
+            None if !gro::may_start(frame) => {
                 return self.send_port(&t.ports[p], &Offload::PLAIN, frame, sink)
             }
             None => {
