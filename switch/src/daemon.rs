@@ -25,7 +25,7 @@ use crate::mac::MacAddr;
 use crate::netlink::{self, LinkSpec, NetlinkError, RouteSpec};
 use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TablesError};
 use crate::tap::{self, TapError, TapQueue};
-use crate::udp::Lanes;
+use crate::udp::{self, Lanes};
 use crate::worker::{self, Command, Shared, WorkerHandle};
 
 /// How long the control plane waits for workers to take or drop a queue.
@@ -277,7 +277,7 @@ impl Daemon {
             peers.clone(),
             tunnel.clone(),
         )?));
-        let sockets = worker::tunnel_sockets(
+        let sockets = udp::tunnel_sockets(
             SocketAddrV4::new(settings.underlay_ip, settings.port),
             settings.workers,
         )

@@ -111,6 +111,25 @@ impl TxMsg {
     }
 }
 
+/// Opens `n` sockets bound to the tunnel port `addr` with `SO_REUSEPORT`, one per
+/// worker: the kernel spreads arriving flows over them by their 4-tuple.
+pub fn tunnel_sockets(addr: SocketAddrV4, n: usize) -> io::Result<Vec<UdpSocket>> {
+    (0..n).map(|_| udp_socket(addr, true, 4 << 20)).collect()
+}
+
+/// A non-blocking UDP socket bound to `addr`, with a 4 MiB send buffer and a receive
+/// buffer of `rcvbuf` bytes.
+fn udp_socket(addr: SocketAddrV4, reuse_port: bool, rcvbuf: usize) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(reuse_port)?;
+    s.set_nonblocking(true)?;
+    s.set_recv_buffer_size(rcvbuf)?;
+    s.set_send_buffer_size(4 << 20)?;
+    s.bind(&SocketAddr::V4(addr).into())?;
+    Ok(s.into())
+}
+
 /// The sockets tunnel datagrams leave from: one per lane, each on its own port.
 pub struct Lanes {
     lanes: Box<[Lane]>,
@@ -139,15 +158,9 @@ impl Lanes {
     /// the kernel refuses UDP GSO on an `SO_NO_CHECK` socket (EINVAL), which would
     /// cost a trip through the stack per datagram.
     pub fn bind(ip: Ipv4Addr, n: usize) -> io::Result<Lanes> {
-        use socket2::{Domain, Protocol, Socket, Type};
         let lanes = (0..n.max(1))
             .map(|_| {
-                let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-                s.set_nonblocking(true)?;
-                s.set_send_buffer_size(4 << 20)?;
-                s.set_recv_buffer_size(4096)?;
-                s.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
-                let socket: UdpSocket = s.into();
+                let socket = udp_socket(SocketAddrV4::new(ip, 0), false, 4096)?;
                 // quinn-udp sets the socket up as for its own sends (no fragmentation)
                 // and probes whether the kernel takes UDP_SEGMENT.
                 let state = UdpSocketState::new(UdpSockRef::from(&socket))?;

@@ -8,7 +8,7 @@
 //! ring; the batch ends with one eventfd wake-up per target worker.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -583,20 +583,4 @@ impl Worker {
         }
         true
     }
-}
-
-/// Opens `n` UDP sockets bound to `addr` with SO_REUSEPORT, one per worker.
-pub fn tunnel_sockets(addr: SocketAddrV4, n: usize) -> io::Result<Vec<UdpSocket>> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    (0..n)
-        .map(|_| {
-            let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-            s.set_reuse_port(true)?;
-            s.set_nonblocking(true)?;
-            s.set_recv_buffer_size(4 << 20)?;
-            s.set_send_buffer_size(4 << 20)?;
-            s.bind(&SocketAddr::V4(addr).into())?;
-            Ok(s.into())
-        })
-        .collect()
 }
