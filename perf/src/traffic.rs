@@ -85,6 +85,45 @@ pub fn tcp_transfer(
     tcp_send(server, server_ip, client, Amount::Bytes(bytes), stall)
 }
 
+/// A TCP connection from a socket in `client` to `server_ip`, an address of `server`:
+/// the client's end, the server's end and the server's address. Both ends block, with
+/// `stall` as their read and write timeouts.
+fn connected_pair(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    stall: Duration,
+) -> Result<(TcpStream, TcpStream, SocketAddr)> {
+    let listener = in_netns(server, || TcpListener::bind((server_ip, 0)))?
+        .with_context(|| format!("binding a TCP listener on {server_ip} in {}", server.name()))?;
+    let addr = listener.local_addr()?;
+    let conn = in_netns(client, || {
+        TcpStream::connect_timeout(&addr, stall.min(Duration::from_secs(10)))
+    })?
+    .with_context(|| format!("connecting from {} to {addr}", client.name()))?;
+    // The handshake is done: the connection waits in the backlog, bounded anyway.
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + stall;
+    let accepted = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    bail!("no connection to {addr} within {stall:?}");
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e).with_context(|| format!("accepting on {addr}")),
+        }
+    };
+    accepted.set_nonblocking(false)?;
+    for s in [&conn, &accepted] {
+        s.set_read_timeout(Some(stall))?;
+        s.set_write_timeout(Some(stall))?;
+    }
+    Ok((conn, accepted, addr))
+}
+
 /// Like [`tcp_transfer`], for a byte count or a duration.
 pub fn tcp_send(
     server: &Netns,
@@ -93,27 +132,11 @@ pub fn tcp_send(
     amount: Amount,
     stall: Duration,
 ) -> Result<Transfer> {
-    let listener = in_netns(server, || TcpListener::bind((server_ip, 0)))?
-        .with_context(|| format!("binding a TCP listener on {server_ip} in {}", server.name()))?;
-    let addr = listener.local_addr()?;
+    let start = Instant::now();
+    let (mut client_conn, mut conn, addr) = connected_pair(client, server, server_ip, stall)?;
+    let peer = conn.peer_addr()?;
     let seed = 0x5eed ^ u64::from(addr.port());
     let receiver = std::thread::spawn(move || -> Result<(SocketAddr, u64)> {
-        listener.set_nonblocking(true)?;
-        let deadline = Instant::now() + stall;
-        let (mut conn, peer) = loop {
-            match listener.accept() {
-                Ok(c) => break c,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if Instant::now() > deadline {
-                        bail!("no connection to {addr} within {stall:?}");
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        conn.set_nonblocking(false)?;
-        conn.set_read_timeout(Some(stall))?;
         let mut expect = Pattern::new(seed);
         let mut buf = vec![0u8; 256 * 1024];
         let mut want = vec![0u8; buf.len()];
@@ -141,13 +164,8 @@ pub fn tcp_send(
         }
         Ok((peer, got))
     });
-    let start = Instant::now();
     let sent = (|| -> Result<u64> {
-        let mut conn = in_netns(client, || {
-            TcpStream::connect_timeout(&addr, stall.min(Duration::from_secs(10)))
-        })?
-        .with_context(|| format!("connecting from {} to {addr}", client.name()))?;
-        conn.set_write_timeout(Some(stall))?;
+        let conn = &mut client_conn;
         let mut pattern = Pattern::new(seed);
         let mut buf = vec![0u8; 256 * 1024];
         let (mut left, until) = match amount {
@@ -223,39 +241,10 @@ pub fn tcp_streams(flows: &[Flow<'_>], duration: Duration, stall: Duration) -> R
         !flows.is_empty(),
         "a throughput test needs at least one flow"
     );
-    let mut pairs = Vec::with_capacity(flows.len());
-    for f in flows {
-        let listener =
-            in_netns(f.server, || TcpListener::bind((f.server_ip, 0)))?.with_context(|| {
-                format!(
-                    "binding a listener on {} in {}",
-                    f.server_ip,
-                    f.server.name()
-                )
-            })?;
-        let addr = listener.local_addr()?;
-        let client = in_netns(f.client, || {
-            TcpStream::connect_timeout(&addr, stall.min(Duration::from_secs(10)))
-        })?
-        .with_context(|| format!("connecting from {} to {addr}", f.client.name()))?;
-        listener.set_nonblocking(true)?;
-        let deadline = Instant::now() + stall;
-        let server = loop {
-            match listener.accept() {
-                Ok((conn, _)) => break conn,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
-                {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => return Err(e).with_context(|| format!("accepting on {addr}")),
-            }
-        };
-        server.set_nonblocking(false)?;
-        server.set_read_timeout(Some(stall))?;
-        client.set_write_timeout(Some(stall))?;
-        pairs.push((client, server, addr));
-    }
+    let pairs = flows
+        .iter()
+        .map(|f| connected_pair(f.client, f.server, f.server_ip, stall))
+        .collect::<Result<Vec<_>>>()?;
     let barrier = std::sync::Barrier::new(pairs.len() * 2 + 1);
     std::thread::scope(|s| {
         let mut receivers = Vec::new();
@@ -450,29 +439,9 @@ pub fn tcp_rr(
     max_round_trips: u64,
     stall: Duration,
 ) -> Result<hdrhistogram::Histogram<u64>> {
-    let listener = in_netns(server, || TcpListener::bind((server_ip, 0)))?
-        .with_context(|| format!("binding a listener on {server_ip} in {}", server.name()))?;
-    let addr = listener.local_addr()?;
-    let mut conn = in_netns(client, || {
-        TcpStream::connect_timeout(&addr, stall.min(Duration::from_secs(10)))
-    })?
-    .with_context(|| format!("connecting from {} to {addr}", client.name()))?;
-    listener.set_nonblocking(true)?;
-    let deadline = Instant::now() + stall;
-    let mut echo = loop {
-        match listener.accept() {
-            Ok((c, _)) => break c,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => return Err(e).with_context(|| format!("accepting on {addr}")),
-        }
-    };
-    echo.set_nonblocking(false)?;
+    let (mut conn, mut echo, addr) = connected_pair(client, server, server_ip, stall)?;
     for s in [&conn, &echo] {
         s.set_nodelay(true)?;
-        s.set_read_timeout(Some(stall))?;
-        s.set_write_timeout(Some(stall))?;
     }
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_RTT_NS, 3)
         .context("creating a latency histogram")?;
