@@ -290,17 +290,28 @@ impl<'c> Plumbing<'c> {
         }
         if self.kernel {
             self.kernel = false;
-            for h in 0..hosts.len() {
-                for j in 0..self.cluster.pods_per_host() {
-                    topo::detach_pod(self.cluster.pod(h, j))?;
-                }
+            for pod in self.pods() {
+                topo::detach_pod(pod)?;
             }
-            match self.system {
-                System::KernelVxlan => kernel_vxlan::unmesh(&self.cluster.underlay)?,
-                _ => direct::unmesh(&self.cluster.underlay)?,
-            }
+            self.unmesh()?;
         }
         Ok(())
+    }
+
+    /// Every traffic pod of the cluster.
+    fn pods(&self) -> impl Iterator<Item = &Pod> {
+        let hosts = self.cluster.underlay.hosts().len();
+        (0..hosts).flat_map(move |h| {
+            (0..self.cluster.pods_per_host()).map(move |j| self.cluster.pod(h, j))
+        })
+    }
+
+    /// Removes the kernel system's routes, devices and bridges.
+    fn unmesh(&self) -> Result<()> {
+        match self.system {
+            System::KernelVxlan => kernel_vxlan::unmesh(&self.cluster.underlay),
+            _ => direct::unmesh(&self.cluster.underlay),
+        }
     }
 }
 
@@ -311,11 +322,9 @@ impl Drop for Plumbing<'_> {
         }
         // After a failure: remove the pods' interfaces directly (weftd may be the
         // thing that failed), then stop the daemons or remove the kernel's devices.
-        for h in 0..self.cluster.underlay.hosts().len() {
-            for j in 0..self.cluster.pods_per_host() {
-                if let Err(e) = topo::detach_pod(self.cluster.pod(h, j)) {
-                    eprintln!("weft-perf: teardown: {e:#}");
-                }
+        for pod in self.pods() {
+            if let Err(e) = topo::detach_pod(pod) {
+                eprintln!("weft-perf: teardown: {e:#}");
             }
         }
         for node in std::mem::take(&mut self.nodes) {
@@ -324,11 +333,7 @@ impl Drop for Plumbing<'_> {
             let _ = self.cluster.pidfile().remove(pid);
         }
         if self.kernel {
-            let r = match self.system {
-                System::KernelVxlan => kernel_vxlan::unmesh(&self.cluster.underlay),
-                _ => direct::unmesh(&self.cluster.underlay),
-            };
-            if let Err(e) = r {
+            if let Err(e) = self.unmesh() {
                 eprintln!("weft-perf: teardown of {}: {e:#}", self.system);
             }
         }
