@@ -750,6 +750,11 @@ impl Daemon {
                     "netns {path} is gone: {source}"
                 )))
             }
+            Err(NetlinkError::Setns { path, source }) => {
+                return Err(DaemonError::CheckFailed(format!(
+                    "{path} is no longer a network namespace: {source}"
+                )))
+            }
             Err(e) => return Err(e.into()),
         };
         let fail = |what: String| {
