@@ -855,10 +855,7 @@ impl Datapath {
             return;
         };
         if let Some((offload, frame)) = slot.gro.take() {
-            match sink.to_port(port, &offload, frame) {
-                Ok(()) => port.counters.tx(worker, frame.len()),
-                Err(e) => port.counters.discard(worker, e.reason()),
-            }
+            Self::to_port(worker, port, &offload, frame, sink);
         }
     }
 
@@ -875,9 +872,20 @@ impl Datapath {
     }
 
     fn send_port(&self, port: &PortEntry, offload: &Offload, frame: &[u8], sink: &mut impl Sink) {
+        Self::to_port(self.worker, port, offload, frame, sink);
+    }
+
+    /// Sends `frame` out of `port` and counts it there, sent or dropped.
+    fn to_port(
+        worker: usize,
+        port: &PortEntry,
+        offload: &Offload,
+        frame: &[u8],
+        sink: &mut impl Sink,
+    ) {
         match sink.to_port(port, offload, frame) {
-            Ok(()) => port.counters.tx(self.worker, frame.len()),
-            Err(e) => port.counters.discard(self.worker, e.reason()),
+            Ok(()) => port.counters.tx(worker, frame.len()),
+            Err(e) => port.counters.discard(worker, e.reason()),
         }
     }
 
@@ -890,10 +898,7 @@ impl Datapath {
         sink: &mut impl Sink,
     ) {
         write_eth(frame, port.mac.0, router, ETHERTYPE_IPV4);
-        match sink.to_port(port, offload, frame) {
-            Ok(()) => port.counters.tx(self.worker, frame.len()),
-            Err(e) => port.counters.discard(self.worker, e.reason()),
-        }
+        self.send_port(port, offload, frame, sink);
     }
 
     /// Encapsulates the frame at `buf[eth..eth + len]` for peer `j`. The wire carries
@@ -1168,9 +1173,6 @@ impl Datapath {
         a[14..18].copy_from_slice(&target_ip.octets());
         a[18..24].copy_from_slice(&sender_mac);
         a[24..28].copy_from_slice(&sender_ip.octets());
-        match sink.to_port(port, &Offload::PLAIN, frame) {
-            Ok(()) => port.counters.tx(self.worker, frame.len()),
-            Err(e) => port.counters.discard(self.worker, e.reason()),
-        }
+        self.send_port(port, &Offload::PLAIN, frame, sink);
     }
 }
