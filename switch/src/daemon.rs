@@ -393,16 +393,9 @@ impl Daemon {
 
     /// Attaches a pod: address, interface in its netns, queues, routes.
     pub fn attach(&self, req: &AttachRequest) -> Result<Attachment, DaemonError> {
-        if !tap::valid_ifname(&req.ifname) {
-            return Err(DaemonError::Invalid(format!(
-                "{:?} is not a valid interface name",
-                req.ifname
-            )));
-        }
-        if req.container_id.is_empty() {
-            return Err(DaemonError::Invalid("the container id is empty".into()));
-        }
+        // The pool's rules for a key are Linux's for the interface name.
         let key = Key::new(&req.container_id, &req.ifname);
+        key.validate()?;
         // One attach or detach at a time: they are rare next to packets, and ordering
         // them keeps slots, snapshots and the pool consistent.
         let mut state = self.state.lock();
