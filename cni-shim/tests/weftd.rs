@@ -131,14 +131,7 @@ fn netns(pod: &Pod) -> String {
 
 /// The address of an ADD result, without prefix.
 fn ip_of(result: &Value) -> Ipv4Addr {
-    let addr = result["ips"][0]["address"]
-        .as_str()
-        .expect("ips[0].address");
-    addr.split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .expect("an IPv4 address")
+    weft_perf::cni::first_ip(result).unwrap()
 }
 
 /// `ip addr` of eth0 in `pod`, or `None` if it has no eth0.

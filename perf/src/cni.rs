@@ -64,13 +64,18 @@ pub struct Outcome {
 impl Outcome {
     /// The first address of an ADD result's `ips`, without its prefix length.
     pub fn first_ip(&self) -> Result<std::net::Ipv4Addr> {
-        let addr = self.result["ips"][0]["address"]
-            .as_str()
-            .with_context(|| format!("no ips[0].address in the result {}", self.result))?;
-        let ip = addr.split('/').next().unwrap_or(addr);
-        ip.parse()
-            .with_context(|| format!("ips[0].address {addr:?} is not an IPv4 address"))
+        first_ip(&self.result)
     }
+}
+
+/// The first address of an ADD result's `ips`, without its prefix length.
+pub fn first_ip(result: &Value) -> Result<std::net::Ipv4Addr> {
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .with_context(|| format!("no ips[0].address in the result {result}"))?;
+    let ip = addr.split('/').next().unwrap_or(addr);
+    ip.parse()
+        .with_context(|| format!("ips[0].address {addr:?} is not an IPv4 address"))
 }
 
 impl Network {
