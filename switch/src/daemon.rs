@@ -972,8 +972,9 @@ impl Daemon {
         }
     }
 
-    /// Stops the workers; their queues close, and with them every TAP device the
-    /// daemon created (the host port included).
+    /// Stops the workers; their queues close. The host port's TAP goes with them; the
+    /// pods' TAPs are persistent and stay, with their traffic resuming when a new
+    /// weftd reopens them.
     pub fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::Release);
