@@ -161,27 +161,30 @@ pub fn spawn(
         large,
         stop: AtomicBool::new(false),
     });
-    // Every worker is built here, so a socket or poll set that cannot be made fails
-    // the start instead of leaving a dead worker behind; only then do they run.
-    let mut workers = Vec::with_capacity(n);
+    // Each worker builds its state on its own thread (its buffers then come from that
+    // thread's allocator arena) and reports whether it could before any runs, so a
+    // socket or poll set that cannot be set up fails the start instead of leaving a
+    // dead worker behind.
+    let mut handles = Vec::with_capacity(n);
+    let mut built = Vec::with_capacity(n);
     for (index, (poll, socket)) in polls.into_iter().zip(sockets).enumerate() {
         let (tx, rx) = crossbeam::channel::unbounded();
-        let worker = Worker::new(
-            index,
-            poll,
-            socket,
-            lanes.clone(),
-            poll_max,
-            rx,
-            shared.clone(),
-        )?;
-        workers.push((worker, tx));
-    }
-    let mut handles = Vec::with_capacity(n);
-    for (index, (worker, tx)) in workers.into_iter().enumerate() {
+        let (ready, ready_rx) = crossbeam::channel::bounded(1);
+        let (shared_w, lanes) = (shared.clone(), lanes.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("weft-worker-{index}"))
-            .spawn(move || worker.run());
+            .spawn(
+                move || match Worker::new(index, poll, socket, lanes, poll_max, rx, shared_w) {
+                    Ok(worker) => {
+                        let _ = ready.send(Ok(()));
+                        worker.run()
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        Ok(())
+                    }
+                },
+            );
         match spawned {
             Ok(thread) => handles.push(WorkerHandle {
                 commands: tx,
@@ -192,6 +195,16 @@ pub fn spawn(
                 stop(&shared, &mut handles);
                 return Err(e);
             }
+        }
+        built.push(ready_rx);
+    }
+    for ready in built {
+        let outcome = ready
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("a worker thread ended while starting")));
+        if let Err(e) = outcome {
+            stop(&shared, &mut handles);
+            return Err(e);
         }
     }
     Ok((shared, handles))
