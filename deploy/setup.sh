@@ -6,7 +6,8 @@ set -euo pipefail
 packages=(
   iproute2        # ip netns, veth, bridge, vxlan: the test and demo topologies
   iputils-ping    # ping between namespaces
-  ethtool         # the underlay turns off transmit checksum offload (see perf/src/topo.rs)
+  ethtool         # underlay offloads: read by the tests, off only where interop needs it (perf/src/topo.rs)
+  iperf3          # weft-perf's second traffic generator (tcp1-iperf3, tcp4-iperf3)
   kmod            # modprobe for vxlan/tun where they are modules
   pkg-config gcc  # -sys crates
   containernetworking-plugins  # reference bridge + host-local: weft-perf's CNI baseline
@@ -19,6 +20,8 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # iperf3 asks whether to run a system-wide server; weft-perf starts its own, in a pod.
+  echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi

@@ -28,10 +28,12 @@
 
 pub mod cni;
 pub mod harness;
+pub mod iperf;
 pub mod netns;
 pub mod pidfile;
 pub mod procfs;
 pub mod stop;
 pub mod topo;
 pub mod traffic;
+pub mod wake;
 pub mod weft;

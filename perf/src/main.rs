@@ -9,10 +9,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use weft_perf::cni::REFERENCE_PLUGIN_DIR;
-use weft_perf::harness::{self, plot, Cluster, Event, Plumbing, Settings, System, Test, Tools};
+use weft_perf::harness::{
+    self, plot, Cluster, Event, Plumbing, RrIdle, Settings, System, Test, Tools,
+};
 use weft_perf::netns::{cleanup_stale, PREFIX};
 use weft_perf::pidfile::{self, RUN_DIR};
 use weft_perf::stop;
+use weft_perf::topo::Offload;
 
 /// weft's benchmarking harness: weft against the kernel's VXLAN and plain routing, on
 /// hosts and pods built out of network namespaces (run as root).
@@ -49,7 +52,8 @@ struct RunArgs {
     /// Systems, comma-separated: weft-vxlan, weft-sleeve, kernel-vxlan, direct [default: all].
     #[arg(long)]
     systems: Option<String>,
-    /// Tests, comma-separated: tcp1, tcp4, udp64, rr, cni, cpu, mem [default: all].
+    /// Tests, comma-separated: tcp1, tcp4, udp64, rr, cni, cpu, mem, and the iperf3
+    /// cross-checks tcp1-iperf3, tcp4-iperf3 [default: all but the cross-checks].
     #[arg(long)]
     tests: Option<String>,
     /// Seconds each traffic test runs [default: 2; demo 1].
@@ -77,6 +81,14 @@ struct RunArgs {
     /// weftd worker threads [default: one per core].
     #[arg(long)]
     weft_workers: Option<usize>,
+    /// The hosts' underlay transmit offloads (checksum, TSO, tunnel segmentation): on,
+    /// as real NICs have them, or off, which slows the kernel's VXLAN 3-4x.
+    #[arg(long, default_value = "on", value_name = "on|off")]
+    underlay_offload: Offload,
+    /// What idle CPUs do during rr: poll (held out of sleep for every system, so
+    /// wake-ups cost the same whatever else runs) or sleep (as the machine chooses).
+    #[arg(long, default_value = "poll", value_name = "poll|sleep")]
+    rr_idle: RrIdle,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -116,6 +128,8 @@ impl RunArgs {
                 .mem_pods
                 .unwrap_or(if demo { 20 } else { defaults.mem_pods }),
             weft_workers: self.weft_workers,
+            underlay_offload: self.underlay_offload,
+            rr_idle: self.rr_idle,
         };
         settings.validate()?;
         Ok(settings)
@@ -260,9 +274,9 @@ fn write_outputs(report: &harness::Report, args: &RunArgs) -> Result<()> {
 fn demo(settings: &Settings, tools: &Tools, args: &RunArgs) -> Result<()> {
     let started = Instant::now();
     println!(
-        "Building {} hosts with {} pods each (network namespaces on a veth underlay, MTU {}),\n\
-         one weftd per host (VXLAN), every pod attached through weft-cni...",
-        settings.hosts, settings.pods, settings.mtu
+        "Building {} hosts with {} pods each (network namespaces on a veth underlay, MTU {},\n\
+         underlay offload {}), one weftd per host (VXLAN), every pod attached through weft-cni...",
+        settings.hosts, settings.pods, settings.mtu, settings.underlay_offload
     );
     let cluster = Cluster::build(settings)?;
     let weft = Plumbing::up(&cluster, System::WeftVxlan, tools, settings)?;

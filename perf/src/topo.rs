@@ -101,6 +101,45 @@ impl From<Mac> for [u8; 6] {
     }
 }
 
+/// Whether a host's underlay interface keeps the transmit offloads a real NIC has
+/// (checksum offload, and with it TSO and UDP tunnel segmentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Offload {
+    /// Offloads on, as on virtio-net, ENA or mlx5: the default, and the fair baseline.
+    On,
+    /// Transmit checksum offload off: the kernel completes every checksum (inner ones of
+    /// a VXLAN frame too) before a frame leaves, and segments in software.
+    Off,
+}
+
+impl Offload {
+    /// `on` or `off`, as ethtool and the command line spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Offload::On => "on",
+            Offload::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for Offload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Offload {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Offload> {
+        match s {
+            "on" => Ok(Offload::On),
+            "off" => Ok(Offload::Off),
+            _ => bail!("underlay offload {s:?} is neither \"on\" nor \"off\""),
+        }
+    }
+}
+
 /// One host of an [`Underlay`]: a namespace with `lo` and `eth0` up on the underlay.
 #[derive(Debug)]
 pub struct Host {
@@ -131,6 +170,41 @@ impl Host {
         let [a, b, c, _] = self.pod_subnet.network().octets();
         Ipv4Addr::new(a, b, c, n)
     }
+
+    /// Turns the transmit offloads of `eth0` on or off.
+    ///
+    /// Off is needed in one case only: a host whose kernel VXLAN device sends to a
+    /// *userspace* tunnel endpoint (weftd). A veth hands a packet whose checksum is left
+    /// to "hardware" (CHECKSUM_PARTIAL) to its peer namespace as it is, where a real
+    /// wire never carries one, so the inner TCP checksum of a kernel VXLAN frame would
+    /// arrive unfilled at weftd's UDP socket. With offload off the kernel completes
+    /// every checksum, inner ones included, before the frame leaves the host. Every
+    /// other host keeps its offloads, as real NICs do.
+    pub fn set_tx_offload(&self, offload: Offload) -> Result<()> {
+        self.ns
+            .run(&["ethtool", "-K", UNDERLAY_IF, "tx", offload.name()])
+            .with_context(|| {
+                format!(
+                    "turning transmit offload {offload} on host {}'s {UNDERLAY_IF}",
+                    self.index
+                )
+            })
+            .map(drop)
+    }
+
+    /// Whether `eth0` checksums in "hardware" now, as `ethtool -k` reports
+    /// `tx-checksumming`.
+    pub fn tx_offload(&self) -> Result<Offload> {
+        let out = self.ns.run(&["ethtool", "-k", UNDERLAY_IF])?;
+        let value = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("tx-checksumming:"))
+            .with_context(|| format!("ethtool -k {UNDERLAY_IF} names no tx-checksumming"))?;
+        // "on", "off", or either with " [fixed]".
+        let word = value.split_whitespace().next().unwrap_or("");
+        word.parse()
+            .with_context(|| format!("ethtool's tx-checksumming: {value:?}"))
+    }
 }
 
 /// An underlay L2 segment joining N hosts: a wire namespace with a bridge, and each
@@ -140,18 +214,26 @@ pub struct Underlay {
     hosts: Vec<Host>,
     wire: Netns,
     mtu: u32,
+    offload: Offload,
 }
 
 impl Underlay {
-    /// Builds a segment of `hosts` hosts with the default MTU (1500).
+    /// Builds a segment of `hosts` hosts with the default MTU (1500), offloads on.
     ///
     /// `tag` only makes the namespace names readable (`w<tag>w-…`, `w<tag>h0-…`).
     pub fn new(tag: &str, hosts: usize) -> Result<Underlay> {
         Underlay::with_mtu(tag, hosts, DEFAULT_MTU)
     }
 
-    /// Builds a segment of `hosts` hosts whose links (bridge, ports, `eth0`s) all have `mtu`.
+    /// Builds a segment of `hosts` hosts whose links (bridge, ports, `eth0`s) all have
+    /// `mtu`, offloads on.
     pub fn with_mtu(tag: &str, hosts: usize, mtu: u32) -> Result<Underlay> {
+        Underlay::with_options(tag, hosts, mtu, Offload::On)
+    }
+
+    /// Like [`Underlay::with_mtu`], with every host's `eth0` transmit offload set to
+    /// `offload` (see [`Host::set_tx_offload`] for the one case that needs it off).
+    pub fn with_options(tag: &str, hosts: usize, mtu: u32, offload: Offload) -> Result<Underlay> {
         ensure!(
             hosts <= MAX_HOSTS,
             "an underlay joins at most {MAX_HOSTS} hosts, not {hosts}"
@@ -168,6 +250,7 @@ impl Underlay {
             hosts: Vec::with_capacity(hosts),
             wire,
             mtu,
+            offload,
         };
         for index in 0..hosts {
             let host = underlay.add_host(tag, index)?;
@@ -197,21 +280,20 @@ impl Underlay {
         let addr = format!("{underlay_ip}/{}", UNDERLAY_NET.prefix_len());
         ns.ip(&["link", "set", "dev", UNDERLAY_IF, "mtu", &mtu, "up"])?;
         ns.ip(&["addr", "add", &addr, "dev", UNDERLAY_IF])?;
-        // A veth hands a packet whose checksum is left to "hardware" (CHECKSUM_PARTIAL)
-        // to the peer namespace as it is; a real wire never carries one. Without this,
-        // the inner TCP checksum of a kernel-VXLAN frame arrives unfilled at a
-        // userspace tunnel endpoint. With transmit checksum offload off, the kernel
-        // completes every checksum, inner ones included, before a frame leaves a host.
-        ns.run(&["ethtool", "-K", UNDERLAY_IF, "tx", "off"])?;
         let pod_subnet = Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24)?;
-        Ok(Host {
+        let host = Host {
             ns,
             index,
             underlay_ip,
             pod_subnet,
             gateway: Ipv4Addr::new(10, 244, n, 1),
             underlay_mtu: self.mtu,
-        })
+        };
+        // A veth is created with its offloads on; set them only when asked otherwise.
+        if self.offload == Offload::Off {
+            host.set_tx_offload(Offload::Off)?;
+        }
+        Ok(host)
     }
 
     /// The hosts, in index order.
@@ -235,6 +317,11 @@ impl Underlay {
     /// The MTU of every underlay link.
     pub fn mtu(&self) -> u32 {
         self.mtu
+    }
+
+    /// The transmit offload the hosts' `eth0`s were built with.
+    pub fn offload(&self) -> Offload {
+        self.offload
     }
 
     /// A new pod namespace that belongs to host `host` (no interface yet).

@@ -183,6 +183,32 @@ fn wait_for_weftd(pid: u32) {
     .unwrap();
 }
 
+/// What `ethtool -k` says of `tx-checksumming` on `eth0` of each host of run `pid`,
+/// in host order.
+fn host_offloads(pid: u32) -> Vec<String> {
+    let mut hosts: Vec<String> = netns::list()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("wperfh") && owner_pid(n, PREFIX) == Some(pid))
+        .collect();
+    hosts.sort();
+    assert!(!hosts.is_empty(), "run {pid} has no host namespaces");
+    hosts
+        .iter()
+        .map(|ns| {
+            let out = netns::run_cmd(Command::new("ip").args([
+                "netns", "exec", ns, "ethtool", "-k", "eth0",
+            ]))
+            .unwrap();
+            let line = out
+                .lines()
+                .find_map(|l| l.strip_prefix("tx-checksumming: "))
+                .unwrap_or_else(|| panic!("no tx-checksumming in {out}"));
+            line.split_whitespace().next().unwrap().to_owned()
+        })
+        .collect()
+}
+
 fn number(v: &Value, what: &str) -> f64 {
     let x = v
         .as_f64()
@@ -229,11 +255,14 @@ fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
         "the root namespace's links changed"
     );
 
-    // The table names every system, with ratios to kernel-vxlan.
+    // The table names every system, with ratios to kernel-vxlan, and its header says
+    // how the underlay and the idle CPUs were set.
     for system in System::ALL {
         assert!(stdout.contains(system.name()), "{stdout}");
     }
     assert!(stdout.contains("(1.00x)"), "{stdout}");
+    assert!(stdout.contains("underlay offload on"), "{stdout}");
+    assert!(stdout.contains("idle CPUs poll for every system"), "{stdout}");
 
     // The JSON: {"machine": {...}, "results": [{system, test, metric, value, unit, runs}]}.
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -244,6 +273,21 @@ fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
             "machine lacks {key}: {machine:?}"
         );
     }
+    // The settings: the defaults, and what this run was told.
+    let settings = report["settings"].as_object().expect("settings object");
+    assert_eq!(settings["underlay_offload"], "on", "{settings:?}");
+    assert_eq!(settings["rr_idle"], "poll", "{settings:?}");
+    assert_eq!(settings["repeat"], 1, "{settings:?}");
+    assert_eq!(settings["cni_pods"], 6, "{settings:?}");
+    assert_eq!(settings["mem_pods"], 10, "{settings:?}");
+    let tests: Vec<&str> = settings["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tests, Test::DEFAULT.map(Test::name), "{settings:?}");
+    assert_eq!(report["cross_checks"], serde_json::json!([]), "no iperf3 test ran");
     let results = report["results"].as_array().expect("results array");
     let mut seen = BTreeSet::new();
     let mut not_applicable = BTreeSet::new();
@@ -282,7 +326,7 @@ fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
     }
     let mut expected = BTreeSet::new();
     for system in System::ALL {
-        for test in Test::ALL {
+        for test in Test::DEFAULT {
             for metric in test.metrics() {
                 assert!(
                     seen.contains(&(
@@ -340,6 +384,8 @@ fn ctrl_c_tears_everything_down() {
     ]);
     let pid = child.pid();
     wait_for_weftd(pid);
+    // While the run is up, every host's underlay keeps its offloads (the default).
+    assert_eq!(host_offloads(pid), ["on", "on"]);
     // SAFETY: kill has no memory-safety preconditions; `pid` is our unreaped child.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGINT) }, 0);
     let start = Instant::now();
@@ -368,9 +414,12 @@ fn clean_removes_what_a_killed_run_left() {
         "rr",
         "--duration",
         "20",
+        "--underlay-offload",
+        "off",
     ]);
     let pid = child.pid();
     wait_for_weftd(pid);
+    assert_eq!(host_offloads(pid), ["off", "off"]);
     child.kill();
     let left = leftovers(pid);
     assert!(
@@ -388,4 +437,56 @@ fn clean_removes_what_a_killed_run_left() {
         leftovers(pid).is_empty()
     })
     .unwrap_or_else(|e| panic!("{e}: {:?}", leftovers(pid)));
+}
+
+#[test]
+fn iperf3_cross_checks_the_generator_in_the_same_run() {
+    require_root();
+    let _serial = serial();
+    build_daemons();
+    let scratch = Scratch::new("iperf").unwrap();
+    let json = scratch.path().join("report.json");
+    let child = spawn(&[
+        "run",
+        "--systems",
+        "weft-sleeve,kernel-vxlan",
+        "--tests",
+        "tcp1,tcp1-iperf3,tcp4-iperf3",
+        "--duration",
+        "1",
+        "--repeat",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let pid = child.pid();
+    let out = child.finish();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weft-perf run failed:\n{stderr}");
+    assert_eq!(leftovers(pid), Vec::<String>::new());
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for system in ["weft-sleeve", "kernel-vxlan"] {
+        for test in ["tcp1", "tcp1-iperf3", "tcp4-iperf3"] {
+            let row = report["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["system"] == system && r["test"] == test)
+                .unwrap_or_else(|| panic!("no {system} {test} row"));
+            assert!(number(&row["value"], test) > 0.0, "{row}");
+        }
+    }
+    // tcp1 has both generators, so it is cross-checked; tcp4 ran with iperf3 only.
+    let checks = report["cross_checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    for c in checks {
+        assert_eq!(c["test"], "tcp1", "{c}");
+        let ratio = number(&c["ratio"], "ratio");
+        let expect = number(&c["iperf3"], "iperf3") / number(&c["weft_perf"], "weft_perf");
+        assert!((ratio - expect).abs() < 1e-9, "{c}");
+        assert_eq!(c["disagree"], (ratio - 1.0).abs() > 0.2, "{c}");
+    }
+    assert!(stdout.contains("generator cross-check"), "{stdout}");
+    assert!(stdout.contains("tcp1-iperf3"), "{stdout}");
 }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use weft_perf::netns::{self, require_root, ChildGuard, Netns};
-use weft_perf::topo::{self, direct, kernel_vxlan, Pod, Underlay};
+use weft_perf::topo::{self, direct, kernel_vxlan, Offload, Pod, Underlay};
 
 /// Fails if any of `names` is still listed by `ip netns list`.
 fn assert_gone(names: &[String]) {
@@ -129,6 +129,30 @@ fn direct_pods_reach_each_other_across_hosts() {
         .concat();
     }
     assert_gone(&names);
+}
+
+/// Hosts keep their underlay offloads unless asked, and one host can turn them off.
+#[test]
+fn underlay_offloads_are_on_by_default_and_settable_per_host() {
+    require_root();
+    let on = Underlay::new("offl", 2).unwrap();
+    assert_eq!(on.offload(), Offload::On);
+    for h in on.hosts() {
+        assert_eq!(h.tx_offload().unwrap(), Offload::On);
+    }
+    on.host(1).set_tx_offload(Offload::Off).unwrap();
+    assert_eq!(on.host(1).tx_offload().unwrap(), Offload::Off);
+    assert_eq!(on.host(0).tx_offload().unwrap(), Offload::On);
+    on.host(1).set_tx_offload(Offload::On).unwrap();
+    assert_eq!(on.host(1).tx_offload().unwrap(), Offload::On);
+
+    let off = Underlay::with_options("offl", 2, topo::DEFAULT_MTU, Offload::Off).unwrap();
+    assert_eq!(off.offload(), Offload::Off);
+    for h in off.hosts() {
+        assert_eq!(h.tx_offload().unwrap(), Offload::Off);
+    }
+    assert_eq!("on".parse::<Offload>().unwrap(), Offload::On);
+    assert!("yes".parse::<Offload>().is_err());
 }
 
 #[test]

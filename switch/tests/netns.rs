@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use weft_cni::proto::{AttachRequest, Attachment, PeerInfo, Reply, Request, Response};
 use weft_perf::netns::{require_root, wait_until, Netns};
-use weft_perf::topo::{kernel_vxlan, Pod, Underlay};
+use weft_perf::topo::{kernel_vxlan, Offload, Pod, Underlay};
 use weft_perf::traffic::{tcp_transfer, Pattern};
 use weft_perf::weft::{
     in_netns, peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
@@ -286,6 +286,11 @@ fn kernel_vxlan_interop() {
     let underlay = Underlay::new("interop", 2).expect("underlay");
     let scratch = Scratch::new("interop").unwrap();
     let (h0, h1) = (underlay.host(0), underlay.host(1));
+    // The kernel host sends VXLAN to weftd's userspace endpoint over a veth, which
+    // would carry its inner checksums unfilled: only that host needs its transmit
+    // offload off (see `Host::set_tx_offload`). weftd's host keeps its offloads.
+    h1.set_tx_offload(Offload::Off).expect("kernel host offload off");
+    assert_eq!(h0.tx_offload().unwrap(), Offload::On);
     let weft = PeerNode::of(h0);
     let kernel = PeerNode::of(h1);
     let peers = scratch.path().join("peers.toml");

@@ -41,7 +41,12 @@ impl Cluster {
     /// `settings.pods` pod namespaces each (no interfaces yet).
     pub fn build(settings: &Settings) -> Result<Cluster> {
         let pidfile = PidFile::create(Path::new(RUN_DIR))?;
-        let underlay = Underlay::with_mtu("perf", settings.hosts, settings.mtu)?;
+        let underlay = Underlay::with_options(
+            "perf",
+            settings.hosts,
+            settings.mtu,
+            settings.underlay_offload,
+        )?;
         let mut pods = Vec::with_capacity(settings.hosts);
         for h in 0..settings.hosts {
             let host_pods = (0..settings.pods)

@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 
 use super::cluster::POD_IFNAME;
-use super::{Plumbing, ResultRow, Settings, System, Test};
+use super::{Plumbing, ResultRow, RrIdle, Settings, System, Test};
 use crate::cni::Verb;
 use crate::procfs::{ksoftirqd_pids, process_cpu_seconds, process_cpu_time, process_rss_bytes};
 use crate::topo::Pod;
 use crate::traffic::{tcp_rr, tcp_streams, udp_blast, Flow};
+use crate::wake::{wakeup_cost, CpuLatencyHold};
 
 /// How long a TCP stream or round trip may stall before the test fails.
 const STALL: Duration = Duration::from_secs(10);
@@ -23,6 +24,9 @@ const UDP_PAYLOAD: usize = 64;
 
 /// Upper bound on datagrams one `udp64` run sends, per second of duration.
 const UDP_MAX_PER_SECOND: u64 = 20_000_000;
+
+/// Wake-up samples taken before each `rr` run (each after 200 µs idle: about 0.3 s).
+const WAKE_SAMPLES: usize = 1000;
 
 /// Upper bound on round trips one `rr` run makes, per second of duration.
 const RR_MAX_PER_SECOND: u64 = 2_000_000;
@@ -190,17 +194,22 @@ pub(super) fn run_test(
             Ok(line)
         }
         Test::Tcp4 => {
-            let m = cluster.pods_per_host();
-            let flows: Vec<Flow<'_>> = (0..TCP4_STREAMS)
-                .map(|i| Flow {
-                    client: &cluster.pod(0, i % m).ns,
-                    server: &cluster.pod(1, i % m).ns,
-                    server_ip: plumbing.ip(1, i % m),
-                })
-                .collect();
-            let t = tcp_streams(&flows, d, STALL)?;
+            let t = tcp_streams(&tcp4_flows(plumbing), d, STALL)?;
             data.push(system, test, "throughput", t.gbit_per_s());
             Ok(format!("{:7.2} Gbit/s", t.gbit_per_s()))
+        }
+        Test::Tcp1Iperf3 | Test::Tcp4Iperf3 => {
+            let flows = match test {
+                Test::Tcp1Iperf3 => vec![Flow {
+                    client: &a.ns,
+                    server: &b.ns,
+                    server_ip: b_ip,
+                }],
+                _ => tcp4_flows(plumbing),
+            };
+            let gbit = iperf3_streams(&flows, d)?;
+            data.push(system, test, "throughput", gbit);
+            Ok(format!("{gbit:7.2} Gbit/s (iperf3)"))
         }
         Test::Udp64 => {
             let max = UDP_MAX_PER_SECOND.saturating_mul(secs.max(1));
@@ -216,24 +225,80 @@ pub(super) fn run_test(
             ))
         }
         Test::Rr => {
+            // Every system's round trips run on the same machine state: see `RrIdle`.
+            let _awake = match settings.rr_idle {
+                RrIdle::Poll => Some(CpuLatencyHold::acquire()?),
+                RrIdle::Sleep => None,
+            };
+            let wake = wakeup_cost(WAKE_SAMPLES)?;
             let max = RR_MAX_PER_SECOND.saturating_mul(secs.max(1));
             let h = tcp_rr(&a.ns, &b.ns, b_ip, d, max, STALL)?;
             ensure!(!h.is_empty(), "no round trip completed");
             let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+            let wake_us = wake.as_secs_f64() * 1e6;
             data.push(system, test, "p50", us(0.50));
             data.push(system, test, "p99", us(0.99));
             data.push(system, test, "p99.9", us(0.999));
+            data.push(system, test, "wake p50", wake_us);
             Ok(format!(
-                "p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  ({} round trips)",
+                "p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  ({} round trips; idle CPUs {}, \
+                 a wake-up {wake_us:.1} µs)",
                 us(0.50),
                 us(0.99),
                 us(0.999),
-                h.len()
+                h.len(),
+                settings.rr_idle,
             ))
         }
         Test::Cni => cni_round(data, plumbing, settings.cni_pods_in_round(round)),
         Test::Mem => mem_round(data, plumbing, settings.mem_pods),
     }
+}
+
+/// The streams of `tcp4`: [`TCP4_STREAMS`] flows from host 0's pods to host 1's, pod
+/// `i % pods` to pod `i % pods`.
+fn tcp4_flows<'c>(plumbing: &Plumbing<'c>) -> Vec<Flow<'c>> {
+    let cluster = plumbing.cluster();
+    let m = cluster.pods_per_host();
+    (0..TCP4_STREAMS)
+        .map(|i| Flow {
+            client: &cluster.pod(0, i % m).ns,
+            server: &cluster.pod(1, i % m).ns,
+            server_ip: plumbing.ip(1, i % m),
+        })
+        .collect()
+}
+
+/// Runs `flows` with iperf3 at once for `d`: one iperf3 test per distinct pod pair,
+/// with as many parallel streams as `flows` has for that pair, so the load matches
+/// what [`tcp_streams`] puts on the same flows. Returns the summed Gbit/s.
+fn iperf3_streams(flows: &[Flow<'_>], d: Duration) -> Result<f64> {
+    let mut pairs: Vec<(Flow<'_>, usize)> = Vec::new();
+    for f in flows {
+        match pairs
+            .iter_mut()
+            .find(|(p, _)| std::ptr::eq(p.client, f.client) && p.server_ip == f.server_ip)
+        {
+            Some((_, n)) => *n += 1,
+            None => pairs.push((*f, 1)),
+        }
+    }
+    std::thread::scope(|s| {
+        let runs: Vec<_> = pairs
+            .iter()
+            .map(|(f, n)| {
+                s.spawn(move || crate::iperf::tcp(f.client, f.server, f.server_ip, *n, d))
+            })
+            .collect();
+        let mut gbit = 0.0;
+        for run in runs {
+            let t = run
+                .join()
+                .map_err(|_| anyhow::anyhow!("an iperf3 run panicked"))??;
+            gbit += t.gbit_per_s();
+        }
+        Ok(gbit)
+    })
 }
 
 /// Sums the CPU seconds of the processes `pids`.

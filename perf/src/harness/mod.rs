@@ -21,7 +21,7 @@ pub mod report;
 pub use cluster::{Cluster, Plumbing};
 pub use report::{Report, ResultRow};
 
-use crate::topo::{self, MAX_HOSTS};
+use crate::topo::{self, Offload, MAX_HOSTS};
 
 /// A pod network under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -97,9 +97,14 @@ pub enum Test {
     Tcp1,
     /// TCP throughput pod→pod across hosts, four streams.
     Tcp4,
+    /// `tcp1` with iperf3 as the generator: a cross-check of weft-perf's own.
+    Tcp1Iperf3,
+    /// `tcp4` with iperf3 as the generator.
+    Tcp4Iperf3,
     /// UDP, 64-byte payloads, as fast as the sender goes: received packets/s and loss.
     Udp64,
-    /// 1-byte TCP ping-pong round-trip latency.
+    /// 1-byte TCP ping-pong round-trip latency, with the CPUs kept out of idle sleep for
+    /// every system ([`RrIdle`]), and the cross-CPU wake-up cost measured beside it.
     Rr,
     /// CNI ADD and DEL latency.
     Cni,
@@ -117,7 +122,20 @@ pub enum Test {
 
 impl Test {
     /// Every test, in report order.
-    pub const ALL: [Test; 7] = [
+    pub const ALL: [Test; 9] = [
+        Test::Tcp1,
+        Test::Tcp4,
+        Test::Tcp1Iperf3,
+        Test::Tcp4Iperf3,
+        Test::Udp64,
+        Test::Rr,
+        Test::Cni,
+        Test::Cpu,
+        Test::Mem,
+    ];
+
+    /// The tests a run does unless told otherwise: all but the iperf3 cross-checks.
+    pub const DEFAULT: [Test; 7] = [
         Test::Tcp1,
         Test::Tcp4,
         Test::Udp64,
@@ -132,11 +150,22 @@ impl Test {
         match self {
             Test::Tcp1 => "tcp1",
             Test::Tcp4 => "tcp4",
+            Test::Tcp1Iperf3 => "tcp1-iperf3",
+            Test::Tcp4Iperf3 => "tcp4-iperf3",
             Test::Udp64 => "udp64",
             Test::Rr => "rr",
             Test::Cni => "cni",
             Test::Cpu => "cpu",
             Test::Mem => "mem",
+        }
+    }
+
+    /// For an iperf3 test, the weft-perf test it cross-checks.
+    pub fn cross_checks(self) -> Option<Test> {
+        match self {
+            Test::Tcp1Iperf3 => Some(Test::Tcp1),
+            Test::Tcp4Iperf3 => Some(Test::Tcp4),
+            _ => None,
         }
     }
 
@@ -152,6 +181,7 @@ impl Test {
             m("p50", "µs", Lower),
             m("p99", "µs", Lower),
             m("p99.9", "µs", Lower),
+            m("wake p50", "µs", Lower),
         ];
         const CNI: &[Metric] = &[
             m("ADD p50", "ms", Lower),
@@ -162,7 +192,7 @@ impl Test {
         const CPU: &[Metric] = &[m("weftd", "CPU s/GB", Lower), m("total", "CPU s/GB", Lower)];
         const MEM: &[Metric] = &[m("rss", "MiB", Lower), m("idle cpu", "%", Lower)];
         match self {
-            Test::Tcp1 | Test::Tcp4 => TCP,
+            Test::Tcp1 | Test::Tcp4 | Test::Tcp1Iperf3 | Test::Tcp4Iperf3 => TCP,
             Test::Udp64 => UDP,
             Test::Rr => RR,
             Test::Cni => CNI,
@@ -202,6 +232,52 @@ impl FromStr for Test {
             .into_iter()
             .find(|x| x.name() == s)
             .with_context(|| format!("unknown test {s:?}; the tests are {}", names(&Test::ALL)))
+    }
+}
+
+/// What idle CPUs do while `rr` runs.
+///
+/// A round trip on an idle machine costs mostly wake-ups, and a wake-up costs what the
+/// woken CPU's idle state costs to leave: on this kind of VM a halted vCPU takes about
+/// 100–200 µs to wake, a polling one about 15 µs. weftd's adaptive polling keeps the
+/// vCPUs awake while it carries traffic, which speeds up every wake-up on the machine,
+/// the generator's and the kernel's too, so without a rule for idle CPUs `rr` would
+/// compare sleep depths, not datapaths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RrIdle {
+    /// For every system, idle CPUs poll instead of halting: weft-perf holds a PM QoS
+    /// CPU latency request of 0 (`/dev/cpu_dma_latency`), under which the kernel's
+    /// cpuidle governors pick the polling state. The default.
+    Poll,
+    /// Idle CPUs do what the machine's cpuidle governor chooses.
+    Sleep,
+}
+
+impl RrIdle {
+    /// `poll` or `sleep`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RrIdle::Poll => "poll",
+            RrIdle::Sleep => "sleep",
+        }
+    }
+}
+
+impl fmt::Display for RrIdle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for RrIdle {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<RrIdle> {
+        match s {
+            "poll" => Ok(RrIdle::Poll),
+            "sleep" => Ok(RrIdle::Sleep),
+            _ => bail!("--rr-idle {s:?} is neither \"poll\" nor \"sleep\""),
+        }
     }
 }
 
@@ -279,13 +355,17 @@ pub struct Settings {
     pub mem_pods: usize,
     /// weftd worker threads (`None`: weftd's default, one per core).
     pub weft_workers: Option<usize>,
+    /// The hosts' underlay transmit offloads (on, as real NICs have them).
+    pub underlay_offload: Offload,
+    /// What idle CPUs do during `rr`.
+    pub rr_idle: RrIdle,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
             systems: System::ALL.to_vec(),
-            tests: Test::ALL.to_vec(),
+            tests: Test::DEFAULT.to_vec(),
             duration: Duration::from_secs(2),
             repeat: 3,
             hosts: 2,
@@ -294,6 +374,8 @@ impl Default for Settings {
             cni_pods: 200,
             mem_pods: 100,
             weft_workers: None,
+            underlay_offload: Offload::On,
+            rr_idle: RrIdle::Poll,
         }
     }
 }
@@ -382,6 +464,9 @@ impl Tools {
                     );
                 }
             }
+        }
+        if settings.tests.iter().any(|t| t.cross_checks().is_some()) {
+            crate::iperf::check_installed()?;
         }
         if settings.tests.contains(&Test::Cni) && settings.systems.contains(&System::KernelVxlan) {
             for plugin in ["bridge", "host-local"] {

@@ -8,8 +8,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::measure::{MEM_BURST, MEM_IDLE, MEM_SETTLE};
-use super::{Better, Settings, System, Test};
+use super::{Better, RrIdle, Settings, System, Test};
 use crate::procfs::Machine;
+use crate::topo::Offload;
 
 /// One number of the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +60,42 @@ pub struct RunSettings {
     pub mem_pods: usize,
     /// weftd worker threads (`null`: one per core).
     pub weft_workers: Option<usize>,
+    /// The hosts' underlay transmit offloads, `on` or `off` (`off` in reports older than
+    /// the setting: their underlays had it off).
+    #[serde(default = "off")]
+    pub underlay_offload: String,
+    /// What idle CPUs did during `rr`: `poll` or `sleep` (`sleep` in older reports).
+    #[serde(default = "sleep")]
+    pub rr_idle: String,
+}
+
+fn off() -> String {
+    Offload::Off.name().into()
+}
+
+fn sleep() -> String {
+    RrIdle::Sleep.name().into()
+}
+
+/// Largest difference between weft-perf's generator and iperf3 on the same flows that
+/// the report lets pass without a warning, as a share of weft-perf's figure.
+pub const CROSS_CHECK_TOLERANCE: f64 = 0.20;
+
+/// weft-perf's generator against iperf3 on one system and test.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CrossCheck {
+    /// The system.
+    pub system: String,
+    /// weft-perf's test (`tcp1`, `tcp4`).
+    pub test: String,
+    /// Its median throughput, Gbit/s.
+    pub weft_perf: f64,
+    /// The iperf3 test's median throughput on the same flows, Gbit/s.
+    pub iperf3: f64,
+    /// `iperf3 / weft_perf`.
+    pub ratio: f64,
+    /// Whether the two differ by more than [`CROSS_CHECK_TOLERANCE`].
+    pub disagree: bool,
 }
 
 /// A whole run's results.
@@ -72,11 +109,14 @@ pub struct Report {
     pub settings: RunSettings,
     /// The numbers.
     pub results: Vec<ResultRow>,
+    /// The generators compared, where the run had both a test and its iperf3 twin.
+    pub cross_checks: Vec<CrossCheck>,
 }
 
 impl Report {
     /// A report of `results`, measured with `settings` on this machine.
     pub fn new(settings: &Settings, results: Vec<ResultRow>) -> Report {
+        let cross_checks = cross_checks(&results);
         Report {
             machine: Machine::describe(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -92,8 +132,11 @@ impl Report {
                 cni_pods: settings.cni_pods,
                 mem_pods: settings.mem_pods,
                 weft_workers: settings.weft_workers,
+                underlay_offload: settings.underlay_offload.name().into(),
+                rr_idle: settings.rr_idle.name().into(),
             },
             results,
+            cross_checks,
         }
     }
 
@@ -128,10 +171,35 @@ impl Report {
             if s.repeat == 1 { "" } else { "s" },
             s.duration_s
         );
+        let _ = writeln!(
+            out,
+            "underlay offload {}{}",
+            s.underlay_offload,
+            if s.underlay_offload == Offload::On.name() {
+                " (checksum, TSO and tunnel segmentation on the hosts' eth0, as real NICs have them)"
+            } else {
+                " (the hosts' eth0 checksum and segment in software: slower than real NICs)"
+            }
+        );
         if systems.iter().any(|x| x == baseline) {
             let _ = writeln!(
                 out,
                 "(x.xx) = ratio to {baseline}; ^ higher is better, v lower is better"
+            );
+        }
+        if s.tests.iter().any(|t| t == Test::Rr.name()) {
+            let why = if s.rr_idle == RrIdle::Poll.name() {
+                "idle CPUs poll for every system (a PM QoS CPU latency request of 0), so \
+                 wake-ups cost the same whatever else runs: weftd's own polling would \
+                 otherwise keep the vCPUs awake, and speed up every wake-up, for weft only"
+            } else {
+                "idle CPUs sleep as the machine chooses, so a system that polls (weftd) \
+                 also speeds up the wake-ups of the generator and the kernel"
+            };
+            let _ = writeln!(
+                out,
+                "rr: 1-byte TCP ping-pong; {why}; wake p50 = a futex wake-up of a thread \
+                 on another CPU, measured just before the round trips"
             );
         }
         if s.tests.iter().any(|t| t == Test::Cni.name()) {
@@ -159,6 +227,12 @@ impl Report {
                 MEM_IDLE.as_secs_f64(),
                 MEM_SETTLE.as_secs_f64(),
                 MEM_BURST.as_secs_f64()
+            );
+        }
+        if !self.cross_checks.is_empty() {
+            let _ = writeln!(
+                out,
+                "*-iperf3: the same flows with iperf3 as the generator, a check on weft-perf's own"
             );
         }
         out.push('\n');
@@ -225,8 +299,65 @@ impl Report {
             out.push_str(text.trim_end());
             out.push('\n');
         }
+        if !self.cross_checks.is_empty() {
+            out.push_str("\ngenerator cross-check (iperf3 / weft-perf on the same flows):\n");
+            for c in &self.cross_checks {
+                let _ = writeln!(
+                    out,
+                    "  {:<13} {:<5} weft-perf {} Gbit/s, iperf3 {} Gbit/s: {:.2}x{}",
+                    c.system,
+                    c.test,
+                    number(c.weft_perf),
+                    number(c.iperf3),
+                    c.ratio,
+                    if c.disagree {
+                        format!(
+                            "  WARNING: the generators differ by more than {:.0}%",
+                            CROSS_CHECK_TOLERANCE * 100.0
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
         out
     }
+}
+
+/// Each (system, test) that has both weft-perf's figure and its iperf3 twin's.
+fn cross_checks(results: &[ResultRow]) -> Vec<CrossCheck> {
+    let value = |system: &str, test: Test| {
+        results
+            .iter()
+            .find(|r| r.system == system && r.test == test.name() && r.metric == "throughput")
+            .and_then(|r| r.value)
+    };
+    let mut out = Vec::new();
+    for twin in Test::ALL {
+        let Some(test) = twin.cross_checks() else {
+            continue;
+        };
+        for system in System::ALL {
+            let (Some(ours), Some(iperf3)) = (value(system.name(), test), value(system.name(), twin))
+            else {
+                continue;
+            };
+            if ours <= 0.0 {
+                continue;
+            }
+            let ratio = iperf3 / ours;
+            out.push(CrossCheck {
+                system: system.name().into(),
+                test: test.name().into(),
+                weft_perf: ours,
+                iperf3,
+                ratio,
+                disagree: (ratio - 1.0).abs() > CROSS_CHECK_TOLERANCE,
+            });
+        }
+    }
+    out
 }
 
 /// A value with about three significant digits.
@@ -336,6 +467,63 @@ mod tests {
         assert_eq!(json["settings"]["tests"][0], "mem");
         assert_eq!(json["results"][1]["metric"], "idle cpu");
         assert_eq!(json["results"][1]["unit"], "%");
+    }
+
+    #[test]
+    fn cross_checks_pair_each_test_with_its_iperf3_twin_and_warn_past_20_percent() {
+        let settings = Settings {
+            systems: vec![System::WeftSleeve, System::KernelVxlan, System::Direct],
+            tests: vec![Test::Tcp1, Test::Tcp1Iperf3, Test::Tcp4, Test::Tcp4Iperf3],
+            ..Settings::default()
+        };
+        let report = Report::new(
+            &settings,
+            vec![
+                row("weft-sleeve", "tcp1", "throughput", Some(5.0)),
+                row("weft-sleeve", "tcp1-iperf3", "throughput", Some(5.9)),
+                row("kernel-vxlan", "tcp1", "throughput", Some(10.0)),
+                row("kernel-vxlan", "tcp1-iperf3", "throughput", Some(7.9)),
+                row("weft-sleeve", "tcp4", "throughput", Some(6.0)),
+                row("weft-sleeve", "tcp4-iperf3", "throughput", Some(4.7)),
+                // No weft-perf figure for direct: nothing to compare.
+                row("direct", "tcp4-iperf3", "throughput", Some(9.0)),
+            ],
+        );
+        let got: Vec<(&str, &str, bool)> = report
+            .cross_checks
+            .iter()
+            .map(|c| (c.system.as_str(), c.test.as_str(), c.disagree))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("weft-sleeve", "tcp1", false),
+                ("kernel-vxlan", "tcp1", true),
+                ("weft-sleeve", "tcp4", true),
+            ]
+        );
+        assert!((report.cross_checks[0].ratio - 1.18).abs() < 1e-9);
+        let t = report.table();
+        let warnings = t.lines().filter(|l| l.contains("WARNING")).count();
+        assert_eq!(warnings, 2, "{t}");
+        assert!(
+            t.contains("kernel-vxlan  tcp1  weft-perf 10.0 Gbit/s, iperf3 7.90 Gbit/s: 0.79x"),
+            "{t}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["cross_checks"][1]["disagree"], true);
+        assert_eq!(json["settings"]["underlay_offload"], "on");
+    }
+
+    #[test]
+    fn old_reports_read_as_offload_off_and_sleeping_cpus() {
+        let old = serde_json::json!({
+            "systems": ["weft-vxlan"], "tests": ["tcp1"], "duration_s": 2.0, "repeat": 3,
+            "hosts": 2, "pods_per_host": 2, "underlay_mtu": 1500, "pod_mtu": 1450,
+            "cni_pods": 200, "weft_workers": null
+        });
+        let s: RunSettings = serde_json::from_value(old).unwrap();
+        assert_eq!((s.underlay_offload.as_str(), s.rr_idle.as_str()), ("off", "sleep"));
     }
 
     #[test]
