@@ -1,5 +1,6 @@
-//! Byte offsets and small helpers for the Ethernet, IPv4, TCP and UDP headers
-//! that segmentation and coalescing rewrite in place.
+//! Small helpers for the Ethernet, IPv4, TCP and UDP headers that segmentation and
+//! coalescing rewrite in place. The byte offsets are the header views' own
+//! ([`crate::ipv4`], [`crate::tcp`], [`crate::udp`]), re-exported under short names.
 //!
 //! Every function here indexes its slice directly: callers check lengths
 //! first, and each function says what it needs.
@@ -8,53 +9,30 @@ use crate::checksum;
 use crate::ETHERNET_HEADER_LEN;
 
 /// Ethertype of IPv4.
-pub(crate) const ETHERTYPE_IPV4: u16 = 0x0800;
+pub(crate) const ETHERTYPE_IPV4: u16 = crate::ethernet::ethertype::IPV4;
 /// IP protocol number of TCP.
-pub(crate) const PROTO_TCP: u8 = 6;
+pub(crate) const PROTO_TCP: u8 = crate::ipv4::protocol::TCP;
 /// IP protocol number of UDP.
-pub(crate) const PROTO_UDP: u8 = 17;
+pub(crate) const PROTO_UDP: u8 = crate::ipv4::protocol::UDP;
 
-/// Offset of the ethertype in an Ethernet frame.
-pub(crate) const ETHERTYPE: usize = 12;
+/// Offsets within an IPv4 header: the view's own.
+pub(crate) use crate::ipv4::field as ipv4;
 
-/// Offsets within an IPv4 header.
-pub(crate) mod ipv4 {
-    pub const VERSION_IHL: usize = 0;
-    pub const TOS: usize = 1;
-    pub const TOTAL_LEN: usize = 2;
-    pub const ID: usize = 4;
-    pub const FLAGS_FRAG: usize = 6;
-    pub const TTL: usize = 8;
-    pub const PROTOCOL: usize = 9;
-    pub const CHECKSUM: usize = 10;
-    pub const ADDRS: core::ops::Range<usize> = 12..20;
-    /// Don't Fragment, in the 16-bit flags and fragment offset word.
-    pub const DF: u16 = 0x4000;
-    /// More Fragments and the fragment offset: nonzero on any fragment.
-    pub const MF_AND_OFFSET: u16 = 0x3fff;
-}
-
-/// Offsets and flags within a TCP header.
+/// Offsets and flags within a TCP header: the view's own, and the flag bits.
 pub(crate) mod tcp {
-    pub const SEQ: usize = 4;
-    pub const ACK: usize = 8;
-    pub const DATA_OFFSET: usize = 12;
-    pub const FLAGS: usize = 13;
-    pub const WINDOW: core::ops::Range<usize> = 14..16;
-    pub const CHECKSUM: usize = 16;
-    pub const MIN_LEN: usize = 20;
+    pub use crate::tcp::field::*;
+    pub use crate::tcp::HEADER_LEN as MIN_LEN;
 
-    pub const FIN: u8 = 0x01;
-    pub const PSH: u8 = 0x08;
-    pub const ACK_FLAG: u8 = 0x10;
-    pub const CWR: u8 = 0x80;
+    pub const FIN: u8 = crate::tcp::flags::FIN;
+    pub const PSH: u8 = crate::tcp::flags::PSH;
+    pub const ACK_FLAG: u8 = crate::tcp::flags::ACK;
+    pub const CWR: u8 = crate::tcp::flags::CWR;
 }
 
-/// Offsets within a UDP header.
+/// Offsets within a UDP header: the view's own.
 pub(crate) mod udp {
-    pub const LENGTH: usize = 4;
-    pub const CHECKSUM: usize = 6;
-    pub const LEN: usize = 8;
+    pub use crate::udp::field::*;
+    pub use crate::udp::HEADER_LEN as LEN;
 }
 
 /// Reads a big-endian u16 at `at`; needs `at + 2 <= buf.len()`.
@@ -124,35 +102,29 @@ pub(crate) enum Ipv4Problem {
     TotalLen(u16),
 }
 
-/// Reads the layout of an Ethernet + IPv4 frame; never panics.
+/// Reads the layout of an Ethernet + IPv4 frame, validated by the IPv4 view (the
+/// one IPv4 parse); never panics.
 pub(crate) fn ipv4_layout(frame: &[u8]) -> Result<Ipv4Layout, Ipv4Problem> {
     let ip_start = ETHERNET_HEADER_LEN;
-    if frame.len() < ip_start + crate::IPV4_HEADER_LEN {
-        return Err(Ipv4Problem::Truncated);
+    let eth = crate::ethernet::Frame::new_checked(frame).map_err(|_| Ipv4Problem::Truncated)?;
+    if eth.ethertype() != ETHERTYPE_IPV4 {
+        // Too short for IPv4 is reported first, whatever the ethertype.
+        if frame.len() < ip_start + crate::IPV4_HEADER_LEN {
+            return Err(Ipv4Problem::Truncated);
+        }
+        return Err(Ipv4Problem::Ethertype(eth.ethertype()));
     }
-    let ethertype = get_u16(frame, ETHERTYPE);
-    if ethertype != ETHERTYPE_IPV4 {
-        return Err(Ipv4Problem::Ethertype(ethertype));
-    }
-    let ip = &frame[ip_start..];
-    let version = ip[ipv4::VERSION_IHL] >> 4;
-    if version != 4 {
-        return Err(Ipv4Problem::Version(version));
-    }
-    let ihl = ip[ipv4::VERSION_IHL] & 0x0f;
-    if ihl < 5 {
-        return Err(Ipv4Problem::HeaderLen(ihl));
-    }
-    let ip_header_len = usize::from(ihl) * 4;
-    let total_len = get_u16(ip, ipv4::TOTAL_LEN);
-    if usize::from(total_len) < ip_header_len || usize::from(total_len) > ip.len() {
-        return Err(Ipv4Problem::TotalLen(total_len));
-    }
+    let ip = crate::ipv4::Packet::new_checked(eth.payload()).map_err(|e| match e {
+        crate::ipv4::Error::Truncated { .. } => Ipv4Problem::Truncated,
+        crate::ipv4::Error::Version(v) => Ipv4Problem::Version(v),
+        crate::ipv4::Error::HeaderLen(l) => Ipv4Problem::HeaderLen(l),
+        crate::ipv4::Error::TotalLen(t) => Ipv4Problem::TotalLen(t),
+    })?;
     Ok(Ipv4Layout {
-        ip_header_len,
-        l4_start: ip_start + ip_header_len,
-        end: ip_start + usize::from(total_len),
-        protocol: ip[ipv4::PROTOCOL],
-        fragment: get_u16(ip, ipv4::FLAGS_FRAG) & ipv4::MF_AND_OFFSET != 0,
+        ip_header_len: ip.header_len(),
+        l4_start: ip_start + ip.header_len(),
+        end: ip_start + ip.total_len(),
+        protocol: ip.protocol(),
+        fragment: ip.is_fragment(),
     })
 }

@@ -24,23 +24,29 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod arp;
 pub mod checksum;
+pub mod ethernet;
 pub mod flow;
 pub mod gro;
 pub mod gso;
+pub mod icmpv4;
 mod inet;
+pub mod ipv4;
 pub mod sleeve;
+pub mod tcp;
 #[cfg(test)]
 mod testutil;
+pub mod udp;
 pub mod virtio;
 pub mod vxlan;
 
 /// Length of an Ethernet II header: destination MAC, source MAC, ethertype.
-pub const ETHERNET_HEADER_LEN: usize = 14;
+pub const ETHERNET_HEADER_LEN: usize = ethernet::HEADER_LEN;
 /// Length of an IPv4 header without options.
-pub const IPV4_HEADER_LEN: usize = 20;
+pub const IPV4_HEADER_LEN: usize = ipv4::HEADER_LEN;
 /// Length of a UDP header.
-pub const UDP_HEADER_LEN: usize = 8;
+pub const UDP_HEADER_LEN: usize = udp::HEADER_LEN;
 
 /// Byte ranges shared by the per-format `field` modules.
 mod field {
