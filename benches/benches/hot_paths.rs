@@ -15,10 +15,10 @@ use weft_benches::{
 };
 use weft_encap::sleeve::{self, NodeId};
 use weft_encap::vxlan::{self, Vni};
-use weft_switch::datapath::{Datapath, Sink, TxError, HEADROOM};
-use weft_switch::fib::{Fib, NextHop};
+use weft_switch::core::{Datapath, Sink, TxError, HEADROOM};
+use weft_switch::tables::fib::{Fib, NextHop};
 use weft_switch::mac::MacAddr;
-use weft_switch::port::Offload;
+use weft_switch::io::port::Offload;
 use weft_switch::tables::{PeerEntry, PortEntry, TunnelMode};
 
 /// A full-size frame at the pod MTU: the common case on a busy link.
@@ -143,7 +143,7 @@ fn lookup(c: &mut Criterion) {
 }
 
 // The worker's ring length and pooled buffer size.
-use weft_switch::worker::{HANDOFF_LEN, RING_LEN};
+use weft_switch::io::worker::{HANDOFF_LEN, RING_LEN};
 
 /// A frame handed from one thread to another, as the worker's `Handoff`.
 struct Handoff {

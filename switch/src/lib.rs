@@ -1,19 +1,17 @@
 //! weftd: weft's userspace switch.
 //!
-//! The pure switching logic ([`datapath`], [`fib`], [`tables`]) is free of I/O and is
-//! tested in memory; [`worker`] runs it over TAP queues and tunnel sockets, and
-//! [`daemon`] is the control plane around it.
+//! The crate is laid out as the data flows; `switch/README.md` draws it.
+//!
+//! - [`core`]: the switching logic of one worker, with no I/O, no clock and no
+//!   locks: frames in, sends out through a [`core::Sink`], time passed in.
+//! - [`tables`]: the forwarding snapshot the control plane publishes and the
+//!   workers read (ports, peers, the FIB), and the counters.
+//! - [`io`]: worker threads running the core over TAP queues and tunnel sockets.
+//! - [`control`]: the daemon around them: pods, peers, the control socket, the
+//!   host's netlink, the cluster store.
 
-pub mod config;
-pub mod counters;
-pub mod daemon;
-pub mod datapath;
-pub mod fib;
+pub mod control;
+pub mod core;
+pub mod io;
 pub mod mac;
-pub mod netlink;
-pub mod port;
-pub mod spin;
 pub mod tables;
-pub mod tap;
-pub mod udp;
-pub mod worker;

@@ -10,13 +10,13 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use weft_encap::{checksum, gso, sleeve, virtio, vxlan};
-use weft_switch::counters::{Counters, DropReason};
-use weft_switch::datapath::{Datapath, Sink, TxError, HEADROOM};
+use weft_switch::tables::counters::{Counters, DropReason};
+use weft_switch::core::{Datapath, Sink, TxError, HEADROOM};
 use weft_switch::mac::MacAddr;
-use weft_switch::netlink::{in_new_netns, NetlinkError};
-use weft_switch::port::Offload;
+use weft_switch::control::netlink::{in_new_netns, NetlinkError};
+use weft_switch::io::port::Offload;
 use weft_switch::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode};
-use weft_switch::udp::{Lanes, RxBatch, Tunnel};
+use weft_switch::io::udp::{Lanes, RxBatch, Tunnel};
 
 struct Counting;
 

@@ -16,8 +16,8 @@ use smoltcp::wire::{
     IpProtocol, Ipv4Packet, TcpPacket,
 };
 use weft_encap::{sleeve, vxlan};
-use weft_switch::counters::{DropReason, Snapshot};
-use weft_switch::datapath::{JOINS, LANES};
+use weft_switch::tables::counters::{DropReason, Snapshot};
+use weft_switch::core::{JOINS, LANES};
 use weft_switch::mac::MacAddr;
 use weft_switch::tables::{PortKind, TunnelMode};
 
@@ -748,7 +748,7 @@ fn tso_frame(
     seq: u32,
     payload: &[u8],
     gso_size: u16,
-) -> (weft_switch::port::Offload, Vec<u8>) {
+) -> (weft_switch::io::port::Offload, Vec<u8>) {
     tso_frame_with_options(sim, p, dst, seq, payload, gso_size, &[])
 }
 
@@ -761,7 +761,7 @@ fn tso_frame_with_options(
     payload: &[u8],
     gso_size: u16,
     options: &[u8],
-) -> (weft_switch::port::Offload, Vec<u8>) {
+) -> (weft_switch::io::port::Offload, Vec<u8>) {
     let src = sim.pods[p].ip;
     let tcp_header = 20 + options.len();
     let mut tcp = vec![0u8; 20];
@@ -785,14 +785,14 @@ fn tso_frame_with_options(
         ..Ip::udp(src, dst)
     };
     let frame = from_pod(sim, p, &ip.packet(&tcp));
-    let offload = weft_switch::port::Offload {
+    let offload = weft_switch::io::port::Offload {
         needs_csum: true,
         gso_type: weft_encap::virtio::GsoType::TcpV4,
         gso_size,
         hdr_len: (ETH_HLEN + 20 + tcp_header) as u16,
         csum_start: 34,
         csum_offset: 16,
-        ..weft_switch::port::Offload::PLAIN
+        ..weft_switch::io::port::Offload::PLAIN
     };
     (offload, frame)
 }

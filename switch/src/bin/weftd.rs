@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use weft_switch::config::Options;
-use weft_switch::daemon::{self, Daemon};
+use weft_switch::control::config::Options;
+use weft_switch::control::daemon::{self, Daemon};
 
 /// weft's per-node userspace switch.
 #[derive(Debug, Parser)]

@@ -20,8 +20,8 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use weft_encap::vxlan::Vni;
-use weft_switch::counters::{Counters, DropReason, Snapshot};
-use weft_switch::datapath::{Datapath, Sink, TxError, HEADROOM};
+use weft_switch::tables::counters::{Counters, DropReason, Snapshot};
+use weft_switch::core::{Datapath, Sink, TxError, HEADROOM};
 use weft_switch::mac::MacAddr;
 use weft_switch::tables::{
     NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode, TUNNEL_OVERHEAD,
@@ -248,7 +248,7 @@ impl Sink for NodeSink<'_> {
     fn to_port(
         &mut self,
         port: &PortEntry,
-        offload: &weft_switch::port::Offload,
+        offload: &weft_switch::io::port::Offload,
         frame: &[u8],
     ) -> Result<(), TxError> {
         self.out.stats.port_writes += 1;
@@ -482,7 +482,7 @@ impl Sim {
 
     /// Hands `frame` to node `n`'s switch as read from port index `port` (no flush).
     pub fn port_frame(&mut self, n: usize, port: usize, frame: &[u8]) {
-        self.port_frame_with(n, port, &weft_switch::port::Offload::PLAIN, frame);
+        self.port_frame_with(n, port, &weft_switch::io::port::Offload::PLAIN, frame);
     }
 
     /// Like [`Sim::port_frame`], with the virtio-net header a TAP read gave: a
@@ -491,7 +491,7 @@ impl Sim {
         &mut self,
         n: usize,
         port: usize,
-        offload: &weft_switch::port::Offload,
+        offload: &weft_switch::io::port::Offload,
         frame: &[u8],
     ) {
         self.on_node(n, frame, |dp, tables, buf, sink| {

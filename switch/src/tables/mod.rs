@@ -14,8 +14,11 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use weft_encap::vxlan::Vni;
 
-use crate::counters::Counters;
-use crate::fib::{Fib, NextHop};
+pub mod counters;
+pub mod fib;
+
+use crate::tables::counters::Counters;
+use crate::tables::fib::{Fib, NextHop};
 use crate::mac::MacAddr;
 
 /// How frames to peer nodes are carried.

@@ -620,7 +620,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::netlink::{in_new_netns, NetlinkError};
+    use crate::control::netlink::{in_new_netns, NetlinkError};
 
     const LOCAL: Ipv4Addr = Ipv4Addr::LOCALHOST;
 

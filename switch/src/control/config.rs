@@ -12,7 +12,7 @@ use weft_encap::vxlan::{Vni, DEFAULT_PORT};
 use crate::mac::MacAddr;
 use crate::tables::{TunnelMode, TUNNEL_OVERHEAD};
 
-/// The default longest polling window of a worker (see [`crate::spin`]): long
+/// The default longest polling window of a worker (see [`crate::io::spin`]): long
 /// enough to catch a pod's reply to the request just handed to it.
 pub const DEFAULT_POLL_US: u32 = 100;
 /// The largest polling window allowed: beyond it, polling only burns CPU.
@@ -248,7 +248,7 @@ impl Options {
             });
         }
         let host_port = self.host_port.unwrap_or_else(|| "weft0".into());
-        if !crate::tap::valid_ifname(&host_port) {
+        if !crate::io::tap::valid_ifname(&host_port) {
             return Err(ConfigError::Invalid {
                 key: "host-port",
                 why: format!("{host_port:?} is not an interface name"),

@@ -20,12 +20,12 @@ use crossbeam::queue::ArrayQueue;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::counters::DropReason;
-use crate::datapath::{Datapath, Sink, TxError, HEADROOM};
-use crate::port::{Offload, PortQueue};
-use crate::spin::Spin;
+use crate::tables::counters::DropReason;
+use crate::core::{Datapath, Sink, TxError, HEADROOM};
+use crate::io::port::{Offload, PortQueue};
+use crate::io::spin::Spin;
 use crate::tables::{PeerEntry, PortEntry, PortId, Tables};
-use crate::udp::{Lanes, RxBatch, Tunnel, RX_BATCH};
+use crate::io::udp::{Lanes, RxBatch, Tunnel, RX_BATCH};
 
 const WAKER: Token = Token(0);
 const SOCKET: Token = Token(1);
@@ -130,7 +130,7 @@ impl WorkerHandle {
 }
 
 /// Starts `sockets.len()` workers, one per tunnel socket; they send from `lanes` and
-/// poll after work for at most `poll_max` (see [`crate::spin`]) before sleeping.
+/// poll after work for at most `poll_max` (see [`crate::io::spin`]) before sleeping.
 pub fn spawn(
     tables: Arc<ArcSwap<Tables>>,
     sockets: Vec<UdpSocket>,

@@ -19,10 +19,10 @@ use weft_encap::gso;
 use weft_encap::sleeve::{self, NodeId};
 use weft_encap::{virtio, vxlan};
 
-use crate::port::Offload;
+use crate::io::port::Offload;
 
-use crate::counters::DropReason;
-use crate::fib::NextHop;
+use crate::tables::counters::DropReason;
+use crate::tables::fib::NextHop;
 use crate::tables::{PeerEntry, PortEntry, PortKind, Tables, TunnelMode};
 
 /// Free bytes kept in front of every frame read from a port.

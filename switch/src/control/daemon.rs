@@ -18,15 +18,15 @@ use weft_cni::proto::{
 };
 use weft_ipam::{Key, Pool};
 
-use crate::config::{read_peers, NodeEntry, Settings};
-use crate::counters::Counters;
-use crate::datapath;
+use crate::control::config::{read_peers, NodeEntry, Settings};
+use crate::tables::counters::Counters;
+use crate::core as datapath;
 use crate::mac::MacAddr;
-use crate::netlink::{self, LinkSpec, NetlinkError, RouteSpec};
+use crate::control::netlink::{self, LinkSpec, NetlinkError, RouteSpec};
 use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TablesError};
-use crate::tap::{self, TapError, TapQueue};
-use crate::udp::{self, Lanes};
-use crate::worker::{self, Command, Shared, WorkerHandle};
+use crate::io::tap::{self, TapError, TapQueue};
+use crate::io::udp::{self, Lanes};
+use crate::io::worker::{self, Command, Shared, WorkerHandle};
 
 /// How long the control plane waits for workers to take or drop a queue.
 const WORKER_ACK: Duration = Duration::from_secs(5);
@@ -40,7 +40,7 @@ const PEERS_POLL: Duration = Duration::from_secs(1);
 pub enum DaemonError {
     /// Bad settings or peers file.
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::control::config::ConfigError),
     /// A TAP device could not be created.
     #[error(transparent)]
     Tap(#[from] TapError),

@@ -24,15 +24,15 @@ pub trait PortQueue: Send + std::fmt::Debug {
     fn fd(&self) -> RawFd;
 }
 
-impl PortQueue for crate::tap::TapQueue {
+impl PortQueue for crate::io::tap::TapQueue {
     #[inline]
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(Offload, usize)>> {
-        crate::tap::TapQueue::recv(self, buf)
+        crate::io::tap::TapQueue::recv(self, buf)
     }
 
     #[inline]
     fn send(&mut self, offload: &Offload, frame: &[u8]) -> io::Result<()> {
-        crate::tap::TapQueue::send(self, offload, frame)
+        crate::io::tap::TapQueue::send(self, offload, frame)
     }
 
     fn fd(&self) -> RawFd {

@@ -1,0 +1,5 @@
+//! The control plane: configuration, the daemon, netlink.
+
+pub mod config;
+pub mod daemon;
+pub mod netlink;
