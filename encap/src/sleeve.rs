@@ -87,6 +87,10 @@ pub const FLAG_SEALED: u16 = 0x0001;
 /// it super-frames whole. A receiver ignores feature bits it does not know.
 pub const FEATURE_CHUNKS: u8 = 0x01;
 
+/// Features bit 1: the sender understands heartbeat echoes ([`Kind::Echo`]), so a
+/// peer answers its heartbeats with them.
+pub const FEATURE_ECHO: u8 = 0x02;
+
 /// Errors from parsing or building a sleeve datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -104,7 +108,7 @@ pub enum Error {
     },
     /// The kind byte names no kind version 1 knows.
     #[error(
-        "sleeve datagram kind {kind} is unknown (version 1 knows 1 = frames, 2 = heartbeat, 3 = chunk)"
+        "sleeve datagram kind {kind} is unknown (version 1 knows 1 = frames, 2 = heartbeat, 3 = chunk, 4 = echo)"
     )]
     UnknownKind {
         /// The kind received.
@@ -170,6 +174,8 @@ pub enum Kind {
     Heartbeat,
     /// A piece of a super-frame.
     Chunk,
+    /// The answer to a heartbeat: its body, sent back.
+    Echo,
 }
 
 impl TryFrom<u8> for Kind {
@@ -180,6 +186,7 @@ impl TryFrom<u8> for Kind {
             1 => Ok(Kind::Frames),
             2 => Ok(Kind::Heartbeat),
             3 => Ok(Kind::Chunk),
+            4 => Ok(Kind::Echo),
             _ => Err(Error::UnknownKind { kind }),
         }
     }
@@ -191,6 +198,7 @@ impl From<Kind> for u8 {
             Kind::Frames => 1,
             Kind::Heartbeat => 2,
             Kind::Chunk => 3,
+            Kind::Echo => 4,
         }
     }
 }
@@ -201,6 +209,7 @@ impl fmt::Display for Kind {
             Kind::Frames => "frames",
             Kind::Heartbeat => "heartbeat",
             Kind::Chunk => "chunk",
+            Kind::Echo => "echo",
         })
     }
 }
@@ -688,6 +697,13 @@ pub enum Datagram<'a> {
         /// The chunk.
         chunk: Chunk<'a>,
     },
+    /// The answer to one of the receiver's heartbeats.
+    Echo {
+        /// The node that answered.
+        sender: NodeId,
+        /// The heartbeat it answers, as the receiver sent it.
+        heartbeat: Heartbeat,
+    },
 }
 
 impl Datagram<'_> {
@@ -696,7 +712,8 @@ impl Datagram<'_> {
         match *self {
             Datagram::Frames { sender, .. }
             | Datagram::Heartbeat { sender, .. }
-            | Datagram::Chunk { sender, .. } => sender,
+            | Datagram::Chunk { sender, .. }
+            | Datagram::Echo { sender, .. } => sender,
         }
     }
 
@@ -706,6 +723,7 @@ impl Datagram<'_> {
             Datagram::Frames { .. } => Kind::Frames,
             Datagram::Heartbeat { .. } => Kind::Heartbeat,
             Datagram::Chunk { .. } => Kind::Chunk,
+            Datagram::Echo { .. } => Kind::Echo,
         }
     }
 }
@@ -727,6 +745,10 @@ pub fn parse(datagram: &[u8]) -> Result<Datagram<'_>, Error> {
         Kind::Chunk => Datagram::Chunk {
             sender,
             chunk: Chunk::parse(body)?,
+        },
+        Kind::Echo => Datagram::Echo {
+            sender,
+            heartbeat: Heartbeat::parse(body)?,
         },
     })
 }
@@ -789,8 +811,22 @@ pub fn emit_record(buf: &mut [u8], ethertype: u16, payload: &[u8]) -> usize {
 ///
 /// Panics if `buf` is shorter than `HEADER_LEN + HEARTBEAT_LEN` (28 bytes).
 pub fn emit_heartbeat(buf: &mut [u8], sender: NodeId, features: u8, heartbeat: Heartbeat) -> usize {
+    emit_beat(buf, Kind::Heartbeat, sender, features, heartbeat)
+}
+
+/// Writes a whole echo datagram, answering `heartbeat`, at the start of `buf` and
+/// returns its length.
+///
+/// # Panics
+///
+/// Panics if `buf` is shorter than `HEADER_LEN + HEARTBEAT_LEN` (28 bytes).
+pub fn emit_echo(buf: &mut [u8], sender: NodeId, features: u8, heartbeat: Heartbeat) -> usize {
+    emit_beat(buf, Kind::Echo, sender, features, heartbeat)
+}
+
+fn emit_beat(buf: &mut [u8], kind: Kind, sender: NodeId, features: u8, heartbeat: Heartbeat) -> usize {
     let datagram = &mut buf[..HEADER_LEN + HEARTBEAT_LEN];
-    emit_header(datagram, Kind::Heartbeat, sender, features);
+    emit_header(datagram, kind, sender, features);
     heartbeat.emit(&mut datagram[field::BODY]);
     datagram.len()
 }

@@ -68,6 +68,9 @@ pub fn sleeve_parse(data: &[u8]) {
         Ok(Datagram::Heartbeat { sender, heartbeat }) => {
             sleeve::emit_heartbeat(&mut rebuilt, sender, features, heartbeat)
         }
+        Ok(Datagram::Echo { sender, heartbeat }) => {
+            sleeve::emit_echo(&mut rebuilt, sender, features, heartbeat)
+        }
         Ok(Datagram::Chunk { sender, chunk }) => {
             assert!(!chunk.data.is_empty());
             assert!(

@@ -233,11 +233,22 @@ fn bad_version() {
 #[test]
 fn unknown_kind() {
     let mut bytes = HEARTBEAT_BYTES;
-    for kind in [0, 4, 0xff] {
+    for kind in [0, 5, 0xff] {
         bytes[1] = kind;
         assert_eq!(parse(&bytes), Err(Error::UnknownKind { kind }));
     }
-    assert_eq!(Kind::try_from(4), Err(Error::UnknownKind { kind: 4 }));
+    // Kind 4 is the echo: a heartbeat's body sent back.
+    bytes[1] = 4;
+    match parse(&bytes).unwrap() {
+        Datagram::Echo { heartbeat, .. } => {
+            let mut again = [0u8; HEADER_LEN + HEARTBEAT_LEN];
+            let n = emit_echo(&mut again, SENDER, FEATURE_ECHO, heartbeat);
+            assert_eq!(n, again.len());
+            assert_eq!(parse(&again).unwrap().kind(), Kind::Echo);
+        }
+        other => panic!("kind 4 parsed as {other:?}"),
+    }
+    assert_eq!(Kind::try_from(5), Err(Error::UnknownKind { kind: 5 }));
 }
 
 #[test]
@@ -675,15 +686,16 @@ fn doc_kinds_table_matches_code() {
             ("1", "frames"),
             ("2", "heartbeat"),
             ("3", "chunk"),
-            ("4-255", "reserved")
+            ("4", "echo"),
+            ("5-255", "reserved")
         ]
     );
-    for (number, name) in &kinds[1..4] {
+    for (number, name) in &kinds[1..5] {
         let kind = Kind::try_from(number.parse::<u8>().unwrap()).unwrap();
         assert_eq!(kind.to_string(), *name);
     }
     assert!(Kind::try_from(0).is_err());
-    assert!((4..=255).all(|kind| Kind::try_from(kind).is_err()));
+    assert!((5..=255).all(|kind| Kind::try_from(kind).is_err()));
 }
 
 #[test]
@@ -705,6 +717,7 @@ fn doc_constants_table_matches_code() {
         ("MAX_RECORD_PAYLOAD", MAX_RECORD_PAYLOAD),
         ("FLAG_SEALED", usize::from(FLAG_SEALED)),
         ("FEATURE_CHUNKS", usize::from(FEATURE_CHUNKS)),
+        ("FEATURE_ECHO", usize::from(FEATURE_ECHO)),
     ];
     let actual: Vec<(&str, String)> = actual
         .iter()
@@ -826,7 +839,7 @@ proptest! {
     #[test]
     fn parse_arbitrary_body_never_panics(
         body in proptest::collection::vec(any::<u8>(), 0..300),
-        kind in 1..=3u8,
+        kind in 1..=4u8,
     ) {
         let mut bytes = FRAMES_BYTES[..HEADER_LEN].to_vec();
         bytes[1] = kind;
@@ -838,7 +851,9 @@ proptest! {
                 prop_assert!(n >= 1);
                 prop_assert_eq!(total, body.len());
             }
-            Ok(Datagram::Heartbeat { .. }) => prop_assert_eq!(body.len(), HEARTBEAT_LEN),
+            Ok(Datagram::Heartbeat { .. } | Datagram::Echo { .. }) => {
+                prop_assert_eq!(body.len(), HEARTBEAT_LEN)
+            }
             Ok(Datagram::Chunk { chunk, .. }) => {
                 prop_assert_eq!(chunk.data.len() + CHUNK_HEADER_LEN, body.len());
                 prop_assert!(
