@@ -10,12 +10,13 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use crossbeam::queue::ArrayQueue;
 use ipnet::Ipv4Net;
 use weft_benches::{
+    new_core,
     arp_request, gateway, pod_ip, router_mac, tables, udp_frame, underlay, CountingSink, ETH_HLEN,
     POD_MTU,
 };
 use weft_encap::sleeve::{self, NodeId};
 use weft_encap::vxlan::{self, Vni};
-use weft_switch::core::{Datapath, Sink, TxError, HEADROOM};
+use weft_switch::core::{Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::tables::fib::{Fib, NextHop};
 use weft_switch::mac::MacAddr;
 use weft_switch::io::port::Offload;
@@ -229,7 +230,7 @@ fn arp(c: &mut Criterion) {
     let mut g = c.benchmark_group("arp");
     g.throughput(Throughput::Elements(1));
     let t = tables(TunnelMode::Vxlan, 0, 2, 2);
-    let mut dp = Datapath::new(0);
+    let mut dp = new_core();
     let pod = pod_ip(0, 0);
     let request = arp_request(MacAddr::for_ip(pod), pod, gateway(0));
     let mut buf = vec![0u8; HEADROOM + 64];
@@ -237,7 +238,8 @@ fn arp(c: &mut Criterion) {
     let mut answer = |buf: &mut [u8], sink: &mut CountingSink| {
         // The reply is written over the request, so each round starts from a copy.
         buf[HEADROOM..HEADROOM + request.len()].copy_from_slice(&request);
-        dp.port_frame(&t, 1, &Offload::PLAIN, buf, HEADROOM, request.len(), sink);
+        let mut cx = Ctx::new(&t, Time::ZERO, sink);
+        dp.port_frame(&mut cx, 1, &Offload::PLAIN, Frame::new(buf, HEADROOM, request.len()));
     };
     answer(&mut buf, &mut sink);
     assert_eq!(sink.frames, 1, "the switch answers ARP for the gateway");
@@ -252,14 +254,13 @@ fn arp(c: &mut Criterion) {
 struct LastDatagram(Vec<u8>);
 
 impl Sink for LastDatagram {
-    fn to_port(&mut self, _: &PortEntry, _: &Offload, _: &[u8]) -> Result<(), TxError> {
-        Ok(())
+    fn to_port(&mut self, _: &PortEntry, _: &Offload, _: &[u8]) {}
+
+    fn to_peer(&mut self, _: &PeerEntry, _: usize, datagram: &[u8]) {
+        self.0 = datagram.to_vec();
     }
 
-    fn to_peer(&mut self, _: &PeerEntry, _: usize, datagram: &[u8]) -> Result<(), TxError> {
-        self.0 = datagram.to_vec();
-        Ok(())
-    }
+    fn report(&mut self, _: Report) {}
 }
 
 /// Frames per batch in the datapath benchmarks (a worker flushes at a batch's end).
@@ -271,15 +272,17 @@ fn datapath(c: &mut Criterion) {
     for mode in [TunnelMode::Vxlan, TunnelMode::Sleeve] {
         // Pod on node 0 to a pod on node 1: route lookup, TTL and MAC rewrite, encap.
         let t0 = tables(mode, 0, 2, 2);
-        let mut dp = Datapath::new(0);
+        let mut dp = new_core();
         let mut buf = vec![0u8; HEADROOM + frame.len()];
         let mut sink = CountingSink::default();
         let mut send = |buf: &mut [u8], sink: &mut CountingSink| {
+            let mut cx = Ctx::new(&t0, Time::ZERO, sink);
             for _ in 0..BATCH {
                 buf[HEADROOM..].copy_from_slice(&frame);
-                dp.port_frame(&t0, 1, &Offload::PLAIN, buf, HEADROOM, frame.len(), sink);
+                let f = Frame::new(&mut *buf, HEADROOM, frame.len());
+                dp.port_frame(&mut cx, 1, &Offload::PLAIN, f);
             }
-            dp.flush(&t0, sink);
+            dp.flush(&mut cx);
         };
         send(&mut buf, &mut sink);
         assert!(sink.datagrams >= 1, "{mode}: frames reach the peer");
@@ -290,28 +293,23 @@ fn datapath(c: &mut Criterion) {
 
         // The same frame arriving at node 1 from node 0: decap, lookup, deliver.
         let mut last = LastDatagram::default();
-        let mut dp0 = Datapath::new(0);
+        let mut dp0 = new_core();
         buf[HEADROOM..].copy_from_slice(&frame);
-        dp0.port_frame(
-            &t0,
-            1,
-            &Offload::PLAIN,
-            &mut buf,
-            HEADROOM,
-            frame.len(),
-            &mut last,
-        );
-        dp0.flush(&t0, &mut last);
+        let mut cx = Ctx::new(&t0, Time::ZERO, &mut last);
+        let f = Frame::new(&mut buf, HEADROOM, frame.len());
+        dp0.port_frame(&mut cx, 1, &Offload::PLAIN, f);
+        dp0.flush(&mut cx);
         let datagram = last.0;
         assert!(!datagram.is_empty(), "{mode}: a datagram to capture");
         let t1 = tables(mode, 1, 2, 2);
-        let mut dp1 = Datapath::new(0);
+        let mut dp1 = new_core();
         let from = SocketAddr::V4(SocketAddrV4::new(*underlay(0).ip(), underlay(0).port()));
         let mut rx = vec![0u8; HEADROOM + datagram.len()];
         let mut sink = CountingSink::default();
         let mut receive = |rx: &mut [u8], sink: &mut CountingSink| {
             rx[HEADROOM..].copy_from_slice(&datagram);
-            dp1.tunnel_datagram(&t1, from, rx, HEADROOM, datagram.len(), sink);
+            let mut cx = Ctx::new(&t1, Time::ZERO, sink);
+            dp1.tunnel_datagram(&mut cx, from, Frame::new(rx, HEADROOM, datagram.len()));
         };
         receive(&mut rx, &mut sink);
         assert_eq!(sink.frames, 1, "{mode}: the datagram reaches the pod");

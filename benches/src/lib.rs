@@ -12,9 +12,10 @@ use ipnet::Ipv4Net;
 use weft_encap::checksum;
 use weft_encap::vxlan::Vni;
 use weft_switch::tables::counters::Counters;
-use weft_switch::core::{Sink, TxError};
+use weft_switch::core::{self, Core, Report, Sink, Time};
 use weft_switch::mac::MacAddr;
 use weft_switch::io::port::Offload;
+use weft_switch::tables::health::PeerHealth;
 use weft_switch::tables::{
     NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode, TUNNEL_OVERHEAD,
 };
@@ -83,6 +84,7 @@ pub fn tables(mode: TunnelMode, n: u8, nodes: u8, pods: u8) -> Tables {
         vni: Vni::new(1).expect("VNI 1"),
         pod_mtu: POD_MTU,
         max_datagram: 1472,
+        heartbeat: std::time::Duration::ZERO,
     });
     let host = port(0, PortKind::Host, "weft0", gateway(n));
     let pods = (0..pods).map(|i| {
@@ -101,7 +103,7 @@ pub fn tables(mode: TunnelMode, n: u8, nodes: u8, pods: u8) -> Tables {
             subnet: subnet(m),
             vtep_mac: router_mac(m),
             counters: Arc::new(Counters::new(1)),
-            learned: Default::default(),
+            health: Arc::new(PeerHealth::new(Time::ZERO)),
         })
         .collect();
     Tables::build(config, host, pods, peers, Arc::new(Counters::new(1)))
@@ -168,20 +170,23 @@ pub struct CountingSink {
 }
 
 impl Sink for CountingSink {
-    fn to_port(
-        &mut self,
-        _port: &PortEntry,
-        _offload: &Offload,
-        frame: &[u8],
-    ) -> Result<(), TxError> {
+    fn to_port(&mut self, _port: &PortEntry, _offload: &Offload, frame: &[u8]) {
         self.frames += 1;
         self.bytes += frame.len() as u64;
-        Ok(())
     }
 
-    fn to_peer(&mut self, _peer: &PeerEntry, _lane: usize, datagram: &[u8]) -> Result<(), TxError> {
+    fn to_peer(&mut self, _peer: &PeerEntry, _lane: usize, datagram: &[u8]) {
         self.datagrams += 1;
         self.bytes += datagram.len() as u64;
-        Ok(())
     }
+
+    fn report(&mut self, _: Report) {}
+}
+
+/// A worker's core with no heartbeats, as the benchmarks drive it.
+pub fn new_core() -> Core {
+    Core::new(core::Config {
+        worker: 0,
+        heartbeat: None,
+    })
 }

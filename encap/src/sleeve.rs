@@ -658,6 +658,51 @@ impl ExactSizeIterator for Frames<'_> {}
 
 impl FusedIterator for Frames<'_> {}
 
+/// One record of a frames datagram, by position: for walking a datagram while
+/// rewriting it in place, which a borrowing iterator cannot allow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RecordAt {
+    /// The frame's ethertype.
+    pub ethertype: u16,
+    /// Where the record's payload lies in the datagram.
+    pub payload: core::ops::Range<usize>,
+}
+
+/// Walks the records of a frames datagram by position, taking the datagram at each
+/// step, so the caller may write into it between steps (over records already
+/// walked). It yields what [`Frames`] would, as [`RecordAt`]s, and stops at the first
+/// record that does not fit, so it never panics, even on a datagram [`parse`] refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordCursor {
+    at: usize,
+}
+
+impl RecordCursor {
+    /// A cursor at the first record of a frames datagram.
+    pub const fn new() -> RecordCursor {
+        RecordCursor { at: HEADER_LEN }
+    }
+
+    /// The next record of `datagram`, the same datagram at every call.
+    pub fn next(&mut self, datagram: &[u8]) -> Option<RecordAt> {
+        let rest = datagram.get(self.at..)?;
+        let (frame, _) = split_record(rest).ok()?;
+        let start = self.at + RECORD_HEADER_LEN;
+        let end = start + frame.payload.len();
+        self.at = end;
+        Some(RecordAt {
+            ethertype: frame.ethertype,
+            payload: start..end,
+        })
+    }
+}
+
+impl Default for RecordCursor {
+    fn default() -> RecordCursor {
+        RecordCursor::new()
+    }
+}
+
 /// Splits the first record off `buf`, or returns the bytes it would need.
 fn split_record(buf: &[u8]) -> Result<(Frame<'_>, &[u8]), usize> {
     let Some(header) = buf.get(..RECORD_HEADER_LEN) else {

@@ -9,9 +9,13 @@
 //! - [`io`]: worker threads running the core over TAP queues and tunnel sockets.
 //! - [`control`]: the daemon around them: pods, peers, the control socket, the
 //!   host's netlink, the cluster store.
+//! - `sim` (feature `sim`): an in-memory cluster of cores with a simulated clock
+//!   and wire, for tests.
 
 pub mod control;
 pub mod core;
 pub mod io;
 pub mod mac;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod tables;

@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use weft_encap::{checksum, gso, sleeve, virtio, vxlan};
 use weft_switch::tables::counters::{Counters, DropReason};
-use weft_switch::core::{Datapath, Sink, TxError, HEADROOM};
+use weft_switch::core::{self, Core, Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::mac::MacAddr;
 use weft_switch::control::netlink::{in_new_netns, NetlinkError};
 use weft_switch::io::port::Offload;
-use weft_switch::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode};
 use weft_switch::io::udp::{Lanes, RxBatch, Tunnel};
+use weft_switch::tables::health::PeerHealth;
+use weft_switch::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode};
 
 struct Counting;
 
@@ -58,6 +59,8 @@ static GLOBAL: Counting = Counting;
 const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
 const PEER_UNDERLAY: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
+/// The heartbeat interval; every round is one interval later, so each sends one.
+const BEAT: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Counts what it is given; allocates nothing.
 #[derive(Default)]
@@ -65,17 +68,19 @@ struct CountingSink {
     to_ports: u64,
     super_frames: u64,
     datagrams: u64,
+    reports: u64,
 }
 
 impl Sink for CountingSink {
-    fn to_port(&mut self, _: &PortEntry, offload: &Offload, _: &[u8]) -> Result<(), TxError> {
+    fn to_port(&mut self, _: &PortEntry, offload: &Offload, _: &[u8]) {
         self.to_ports += 1;
         self.super_frames += u64::from(offload.is_gso());
-        Ok(())
     }
-    fn to_peer(&mut self, _: &PeerEntry, _: usize, _: &[u8]) -> Result<(), TxError> {
+    fn to_peer(&mut self, _: &PeerEntry, _: usize, _: &[u8]) {
         self.datagrams += 1;
-        Ok(())
+    }
+    fn report(&mut self, _: Report) {
+        self.reports += 1;
     }
 }
 
@@ -91,6 +96,7 @@ fn tables(mode: TunnelMode) -> Tables {
         vni: vxlan::DEFAULT_VNI,
         pod_mtu: 1450,
         max_datagram: 1472,
+        heartbeat: BEAT,
     });
     let port = |slot, kind, ip| PortEntry {
         id: PortId {
@@ -112,7 +118,7 @@ fn tables(mode: TunnelMode) -> Tables {
         subnet: "10.244.2.0/24".parse().unwrap(),
         vtep_mac: MacAddr([2, 0, 0, 0, 0, 2]),
         counters: Arc::new(Counters::new(1)),
-        learned: Default::default(),
+        health: Arc::new(PeerHealth::new(Time::ZERO)),
     };
     Tables::build(
         node,
@@ -161,7 +167,11 @@ fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, seq: u32, payload: usize) -> Vec<u8> 
 
 fn run(mode: TunnelMode) {
     let t = tables(mode);
-    let mut dp = Datapath::new(0);
+    let mut dp = Core::new(core::Config {
+        worker: 0,
+        heartbeat: Some(BEAT),
+    });
+    let mut now = Time::ZERO;
     let mut sink = CountingSink::default();
     let mut buf = vec![0u8; HEADROOM + 70_000];
     let mut dgram = vec![0u8; 70_000];
@@ -247,24 +257,22 @@ fn run(mode: TunnelMode) {
     }
     let from = SocketAddr::V4(SocketAddrV4::new(PEER_UNDERLAY, 40000));
 
-    let mut round = |dp: &mut Datapath, sink: &mut CountingSink| {
+    let mut round = |dp: &mut Core, sink: &mut CountingSink| {
+        now += BEAT;
+        let mut cx = Ctx::new(&t, now, sink);
         buf[HEADROOM..HEADROOM + plain.len()].copy_from_slice(&plain);
-        dp.port_frame(
-            &t,
-            1,
-            &Offload::PLAIN,
-            &mut buf,
-            HEADROOM,
-            plain.len(),
-            sink,
-        );
+        let frame = Frame::new(&mut buf, HEADROOM, plain.len());
+        dp.port_frame(&mut cx, 1, &Offload::PLAIN, frame);
         buf[HEADROOM..HEADROOM + jumbo.len()].copy_from_slice(&jumbo);
-        dp.port_frame(&t, 1, &offload, &mut buf, HEADROOM, jumbo.len(), sink);
+        dp.port_frame(&mut cx, 1, &offload, Frame::new(&mut buf, HEADROOM, jumbo.len()));
         for d in &datagrams {
             buf[..d.len()].copy_from_slice(d);
-            dp.tunnel_datagram(&t, from, &mut buf, 0, d.len(), sink);
+            dp.tunnel_datagram(&mut cx, from, Frame::new(&mut buf, 0, d.len()));
         }
-        dp.flush(&t, sink);
+        // And the timers: a heartbeat to the peer every round.
+        assert!(dp.poll_timeout().is_some_and(|at| at <= now));
+        dp.handle_timeout(&mut cx);
+        dp.flush(&mut cx);
     };
     // Warm up, then count.
     round(&mut dp, &mut sink);
@@ -297,6 +305,8 @@ fn run(mode: TunnelMode) {
         "{mode:?}: {} super-frames",
         sink.super_frames
     );
+    // A heartbeat went out every round, and was reported.
+    assert!(sink.reports >= 201, "{mode:?}: {} reports", sink.reports);
 }
 
 #[test]
@@ -329,14 +339,19 @@ fn no_allocation_per_datagram_in_tunnel_io() {
         let small = [7u8; 100];
         let run = vec![9u8; 20 * 1400 + 77];
         let mut received = 0u64;
+        let (mut sent, mut lost) = (0u64, 0u64);
         let mut round = |tx: &mut Tunnel| {
+            let mut account = |_: SocketAddrV4, o: weft_switch::io::udp::Outcome| {
+                sent += o.sent;
+                lost += o.lost;
+            };
             for i in 0..12 {
-                tx.push(dest, i % 3, &small[..50 + i]);
-                tx.push(dest, 3, &small);
+                tx.push(dest, i % 3, &small[..50 + i], &mut account);
+                tx.push(dest, 3, &small, &mut account);
             }
-            tx.send_run(dest, 1, &run, 1400);
-            tx.flush();
-            assert_eq!(tx.take_failed(), 0);
+            tx.send_run(dest, 1, &run, 1400, &mut account);
+            tx.flush(&mut account);
+            assert_eq!(lost, 0);
             // 24 pushed and 21 in the run; bounded, in case some went missing.
             let mut got = 0;
             for _ in 0..10_000 {
@@ -361,6 +376,7 @@ fn no_allocation_per_datagram_in_tunnel_io() {
             "tunnel I/O allocated {allocations} times in 100 rounds"
         );
         assert_eq!(received, 101 * 45);
+        assert_eq!(sent, 101 * 45, "every datagram sent is accounted for");
         Ok::<(), NetlinkError>(())
     })
     .expect("a private network namespace");

@@ -1,10 +1,9 @@
 //! The switching core tested in memory, without root: two (or more) simulated nodes,
 //! smoltcp stacks standing in as pods, a simulated wire and simulated time (see
-//! `support`). Real TCP runs through `Datapath` in both tunnel modes; hand-built
+//! `weft_switch::sim`). Real TCP runs through the core in both tunnel modes; hand-built
 //! frames and datagrams check ARP, ICMP errors, anti-spoofing, malformed input and
 //! the sleeve's batching byte by byte.
 
-mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -21,7 +20,7 @@ use weft_switch::core::{JOINS, LANES};
 use weft_switch::mac::MacAddr;
 use weft_switch::tables::{PortKind, TunnelMode};
 
-use support::*;
+use weft_switch::sim::*;
 
 /// Pod A, on node 0.
 const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);

@@ -877,3 +877,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_record_cursor_yields_what_frames_yields_by_position() {
+    let Datagram::Frames { frames, .. } = parse(&FRAMES_BYTES).unwrap() else {
+        panic!("the test vector is a frames datagram");
+    };
+    let mut cursor = RecordCursor::new();
+    let mut walked = Vec::new();
+    while let Some(r) = cursor.next(&FRAMES_BYTES) {
+        walked.push((r.ethertype, &FRAMES_BYTES[r.payload]));
+    }
+    let expected: Vec<_> = frames.map(|f| (f.ethertype, f.payload)).collect();
+    assert_eq!(walked, expected);
+    assert_eq!(walked.len(), 2);
+    // A truncated datagram ends the walk at the record that does not fit.
+    let mut cursor = RecordCursor::new();
+    let cut = &FRAMES_BYTES[..FRAMES_BYTES.len() - 1];
+    assert!(cursor.next(cut).is_some());
+    assert_eq!(cursor.next(cut), None);
+    assert_eq!(RecordCursor::new().next(&FRAMES_BYTES[..5]), None);
+}
+
+proptest! {
+    #[test]
+    fn the_record_cursor_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let mut cursor = RecordCursor::new();
+        let mut n = 0;
+        while let Some(r) = cursor.next(&bytes) {
+            prop_assert!(r.payload.end <= bytes.len());
+            n += 1;
+            prop_assert!(n <= bytes.len());
+        }
+    }
+}

@@ -17,6 +17,12 @@ use crate::tables::{TunnelMode, TUNNEL_OVERHEAD};
 pub const DEFAULT_POLL_US: u32 = 100;
 /// The largest polling window allowed: beyond it, polling only burns CPU.
 pub const MAX_POLL_US: u32 = 10_000;
+/// The default heartbeat interval.
+pub const DEFAULT_HEARTBEAT_MS: u32 = 1_000;
+/// The shortest heartbeat interval allowed.
+pub const MIN_HEARTBEAT_MS: u32 = 10;
+/// The longest heartbeat interval allowed.
+pub const MAX_HEARTBEAT_MS: u32 = 60_000;
 
 /// Settings as given, each optional: from the config file and from flags. A flag
 /// overrides the file. Keys in the file are the flag names (`node-name = "a"`).
@@ -54,6 +60,10 @@ pub struct Options {
     /// microseconds; the window adapts below it, and 0 turns polling off [default: 100].
     #[arg(long)]
     pub poll_us: Option<u32>,
+    /// How often to send every peer a heartbeat, in milliseconds; a peer silent for
+    /// three intervals is down, and 0 turns heartbeats off [default: 1000].
+    #[arg(long)]
+    pub heartbeat_ms: Option<u32>,
     /// Path of the control socket [default: /run/weft/weft.sock].
     #[arg(long)]
     pub socket: Option<PathBuf>,
@@ -150,6 +160,7 @@ impl Options {
             workers: self.workers.or(file.workers),
             port_queues: self.port_queues.or(file.port_queues),
             poll_us: self.poll_us.or(file.poll_us),
+            heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
             socket: self.socket.or(file.socket),
             peers: self.peers.or(file.peers),
             vtep_mac: self.vtep_mac.or(file.vtep_mac),
@@ -233,6 +244,15 @@ impl Options {
                 why: format!("{poll_us}: at most {MAX_POLL_US}"),
             });
         }
+        let heartbeat_ms = self.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS);
+        if heartbeat_ms != 0 && !(MIN_HEARTBEAT_MS..=MAX_HEARTBEAT_MS).contains(&heartbeat_ms) {
+            return Err(ConfigError::Invalid {
+                key: "heartbeat-ms",
+                why: format!(
+                    "{heartbeat_ms}: 0 (off) or {MIN_HEARTBEAT_MS} to {MAX_HEARTBEAT_MS}"
+                ),
+            });
+        }
         let port_queues = self.port_queues.unwrap_or(workers);
         if port_queues == 0 || port_queues > workers {
             return Err(ConfigError::Invalid {
@@ -265,6 +285,7 @@ impl Options {
             workers,
             port_queues,
             poll: Duration::from_micros(u64::from(poll_us)),
+            heartbeat: Duration::from_millis(u64::from(heartbeat_ms)),
             socket: self
                 .socket
                 .unwrap_or_else(|| weft_cni::proto::DEFAULT_SOCKET.into()),
@@ -300,6 +321,8 @@ pub struct Settings {
     pub port_queues: usize,
     /// Longest adaptive polling window of a worker.
     pub poll: Duration,
+    /// Heartbeat interval; zero for none.
+    pub heartbeat: Duration,
     /// Control socket path.
     pub socket: PathBuf,
     /// Peers file, if any.
@@ -434,6 +457,7 @@ mod tests {
         assert_eq!(s.socket, Path::new("/run/weft/weft.sock"));
         assert_eq!(s.host_port, "weft0");
         assert_eq!(s.poll, Duration::from_micros(100));
+        assert_eq!(s.heartbeat, Duration::from_secs(1));
     }
 
     #[test]
@@ -449,7 +473,8 @@ mod tests {
 
     #[test]
     fn bad_settings_say_what_is_wrong() {
-        let cases: [(&str, &str); 7] = [
+        let cases: [(&str, &str); 8] = [
+            ("heartbeat-ms = 5", "heartbeat-ms"),
             ("pod-subnet = \"10.244.1.5/24\"", "host bits"),
             ("pod-subnet = \"10.245.1.0/24\"", "inside the cluster CIDR"),
             ("vni = 16777216", "24 bits"),

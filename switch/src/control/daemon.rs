@@ -26,7 +26,9 @@ use crate::control::netlink::{self, LinkSpec, NetlinkError, RouteSpec};
 use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TablesError};
 use crate::io::tap::{self, TapError, TapQueue};
 use crate::io::udp::{self, Lanes};
+use crate::io::clock;
 use crate::io::worker::{self, Command, Shared, WorkerHandle};
+use crate::tables::health::PeerHealth;
 
 /// How long the control plane waits for workers to take or drop a queue.
 const WORKER_ACK: Duration = Duration::from_secs(5);
@@ -201,7 +203,10 @@ fn peer_entries(settings: &Settings, nodes: &[NodeEntry], old: &[PeerEntry]) -> 
                     || Arc::new(Counters::new(settings.workers)),
                     |p| p.counters.clone(),
                 ),
-                learned: kept.map(|p| p.learned.clone()).unwrap_or_default(),
+                health: kept.map_or_else(
+                    || Arc::new(PeerHealth::new(clock::now())),
+                    |p| p.health.clone(),
+                ),
             }
         })
         .collect()
@@ -238,6 +243,7 @@ impl Daemon {
             vni: settings.vni,
             pod_mtu: settings.pod_mtu(),
             max_datagram: settings.underlay_mtu as usize - 28,
+            heartbeat: settings.heartbeat,
         });
         let pool = Pool::open(&settings.state_dir.join("ipam.redb"), settings.pod_subnet)?;
         let tunnel = Arc::new(Counters::new(settings.workers));
@@ -291,7 +297,15 @@ impl Daemon {
         )))?;
         log::info!("tunnel source ports {:?}", lanes.ports());
         let (shared, workers) =
-            worker::spawn(tables.clone(), sockets, Arc::new(lanes), settings.poll)
+            worker::spawn(
+                tables.clone(),
+                sockets,
+                Arc::new(lanes),
+                worker::Tuning {
+                    poll_max: settings.poll,
+                    heartbeat: settings.heartbeat,
+                },
+            )
                 .map_err(io_err("starting the workers"))?;
         let daemon = Arc::new(Daemon {
             settings,
@@ -310,13 +324,8 @@ impl Daemon {
             }),
             pool,
         });
-        daemon.hand_queues(
-            PortId {
-                slot: 0,
-                generation: 0,
-            },
-            host_queues,
-        )?;
+        let host = daemon.state.lock().host.clone();
+        daemon.hand_queues(host.id, &host.counters, host_queues)?;
         daemon.restore()?;
         Ok(daemon)
     }
@@ -327,13 +336,19 @@ impl Daemon {
     }
 
     /// Gives queue `q` of a port to worker `q` and waits until each took it.
-    fn hand_queues(&self, id: PortId, queues: Vec<TapQueue>) -> Result<(), DaemonError> {
+    fn hand_queues(
+        &self,
+        id: PortId,
+        counters: &Arc<Counters>,
+        queues: Vec<TapQueue>,
+    ) -> Result<(), DaemonError> {
         let workers = self.workers.lock();
         let (tx, rx) = crossbeam::channel::unbounded();
         let n = queues.len();
         for (w, queue) in queues.into_iter().enumerate() {
             workers[w].send(Command::AddQueue {
                 id,
+                counters: counters.clone(),
                 queue: Box::new(queue),
                 done: tx.clone(),
             });
@@ -555,7 +570,7 @@ impl Daemon {
             key: key.clone(),
             entry: entry.clone(),
         });
-        if let Err(e) = self.hand_queues(id, queues) {
+        if let Err(e) = self.hand_queues(id, &entry.counters, queues) {
             let pod = state.pods.pop().expect("the pod just pushed");
             let device = match how {
                 Plug::Create => Device::Delete,

@@ -1,44 +1,59 @@
-//! The switching logic of one worker, free of I/O and clocks.
+//! The switching logic of one worker: frames in, sends out, time passed in.
 //!
-//! A worker hands [`Datapath`] the bytes it read (from a port or a tunnel socket) in a
-//! buffer it owns, and a [`Sink`] that performs the sends. The datapath parses the
-//! frame in place, answers ARP, routes IPv4 by longest prefix, rewrites MACs and TTL,
-//! encapsulates for peers and generates the ICMP errors a router sends. It never
-//! allocates, locks or logs per packet: its scratch buffers are allocated once.
+//! A worker hands [`Core`] the bytes it read (from a port or a tunnel socket) in a
+//! buffer it owns, with a [`Ctx`]: the forwarding snapshot, the time now, and the
+//! [`Sink`] that performs the sends. The core parses the frame in place, answers ARP,
+//! routes IPv4 by longest prefix, rewrites MACs and TTL, encapsulates for peers,
+//! generates the ICMP errors a router sends, and keeps heartbeats going. It never
+//! reads a clock, makes a system call, allocates, locks or logs per packet, and it
+//! writes nothing shared: what it learns (a peer's features, a heartbeat heard) it
+//! reports through [`Sink::report`]. The one exception is counting: the core counts
+//! what it receives and drops in its own worker's slot of the snapshot's counters,
+//! which no other thread writes; the sink counts what it sends.
+//!
+//! The path of a frame, one file each:
+//!
+//! ```text
+//! ingress ──► forward ──► egress ──► Sink::to_port / to_peer / to_peer_run
+//!  (decap,     (checks,     (deliver, GRO for pods,
+//!   ARP)        route,       VXLAN, sleeve batches
+//!               ICMP)        and chunks, GSO)
+//! join: sleeve chunks back into super-frames, into forward
+//! heartbeat: timers, heartbeats and echoes
+//! ```
 //!
 //! Buffers carry [`HEADROOM`] bytes in front of a frame read from a port, so a VXLAN
 //! header is prepended in place. A sleeve datagram's records are delivered in order and
 //! each one's Ethernet header is written over bytes of records already delivered, so a
 //! [`Sink`] must be done with a frame when its call returns (a write or a copy).
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-
-use weft_encap::checksum;
-use weft_encap::gro::{self, Coalescer, Flow, Push};
-use weft_encap::gso;
-use weft_encap::sleeve::{self, NodeId};
-use weft_encap::{virtio, vxlan};
-
-use crate::io::port::Offload;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::tables::counters::DropReason;
-use crate::tables::fib::NextHop;
-use crate::tables::{PeerEntry, PortEntry, PortKind, Tables, TunnelMode};
+use crate::tables::{PeerEntry, PortEntry, Tables};
+
+mod arp;
+mod egress;
+mod forward;
+mod gro;
+mod heartbeat;
+mod icmp;
+mod ingress;
+mod join;
+mod sleeve;
+pub mod time;
+
+pub use join::JOINS;
+pub use time::Time;
+
+/// Offload metadata that travels with a frame between a port and the switch: a
+/// super-frame's segmentation, or a checksum left for the receiver to complete. A
+/// port without offloads reads [`Offload::PLAIN`] and never gets anything else.
+pub use weft_encap::virtio::Repr as Offload;
 
 /// Free bytes kept in front of every frame read from a port.
 pub const HEADROOM: usize = 64;
-
-const ETH_HLEN: usize = 14;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_ARP: u16 = 0x0806;
-const IPPROTO_ICMP: u8 = 1;
-/// Largest IPv4 packet an ICMP error may be (RFC 1812, 4.3.2.3).
-const ICMP_ERROR_MAX: usize = 576;
-/// How many (peer, lane) pairs may have a sleeve datagram under construction at once.
-const SLEEVE_PENDING: usize = 16;
-
-/// What weft tells its sleeve peers it can receive: it joins chunks.
-const FEATURES: u8 = sleeve::FEATURE_CHUNKS;
 
 /// Outer UDP source ports a node sends from. A frame's flow hash picks its lane, so
 /// one flow always leaves from one source port (and lands, in order, on one worker
@@ -52,7 +67,7 @@ fn lane_of(frame: &[u8]) -> usize {
     weft_encap::flow::hash(frame) as usize % LANES
 }
 
-/// Why a send failed.
+/// Why a send failed, as a sink reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxError {
     /// The destination queue is full; the frame is dropped.
@@ -64,7 +79,8 @@ pub enum TxError {
 }
 
 impl TxError {
-    fn reason(self) -> DropReason {
+    /// The drop counter a failed send goes on.
+    pub fn reason(self) -> DropReason {
         match self {
             TxError::Full => DropReason::TxFull,
             TxError::RingFull => DropReason::RingFull,
@@ -73,1106 +89,237 @@ impl TxError {
     }
 }
 
-/// Where the datapath's output goes: the I/O layer of a worker, or an in-memory test
-/// harness. A call must be done with `frame` when it returns.
+/// What the core learned from a datagram, for the sink to record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// A sleeve header from peer `peer` (an index into the snapshot's peers)
+    /// announced `features`.
+    Features {
+        /// The peer.
+        peer: usize,
+        /// Its features byte.
+        features: u8,
+    },
+    /// Peer `peer` sent a heartbeat.
+    BeatReceived {
+        /// The peer.
+        peer: usize,
+    },
+    /// Peer `peer` echoed one of this node's heartbeats after `rtt`.
+    Echoed {
+        /// The peer.
+        peer: usize,
+        /// The round-trip time.
+        rtt: Duration,
+    },
+    /// A heartbeat went to peer `peer`.
+    BeatSent {
+        /// The peer.
+        peer: usize,
+    },
+    /// An echo went to peer `peer`.
+    EchoSent {
+        /// The peer.
+        peer: usize,
+    },
+}
+
+/// Where the core's output goes: the I/O layer of a worker, or a simulation. A call
+/// must be done with `frame` when it returns. The sink counts every send on the
+/// port's or peer's counters, sent or failed, once it knows which.
 pub trait Sink {
     /// Sends an Ethernet frame out of a port, with its offload metadata (a super-frame
     /// the port's kernel segments, or a checksum it completes).
-    fn to_port(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8])
-        -> Result<(), TxError>;
+    fn to_port(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8]);
     /// Sends a UDP payload (a VXLAN or sleeve datagram) to a peer node, from the
     /// outer source port of `lane` (below [`LANES`]).
-    fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) -> Result<(), TxError>;
+    fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]);
     /// Sends consecutive datagrams of `segment` bytes each (the last may be shorter)
     /// to a peer: the segments of one super-frame, for one GSO send.
-    fn to_peer_run(
-        &mut self,
-        peer: &PeerEntry,
-        lane: usize,
-        run: &[u8],
-        segment: usize,
-    ) -> Result<(), TxError> {
-        run.chunks(segment.max(1))
-            .try_for_each(|d| self.to_peer(peer, lane, d))
+    fn to_peer_run(&mut self, peer: &PeerEntry, lane: usize, run: &[u8], segment: usize) {
+        for d in run.chunks(segment.max(1)) {
+            self.to_peer(peer, lane, d);
+        }
+    }
+    /// Records what the core learned.
+    fn report(&mut self, report: Report);
+}
+
+/// What one call into the core works with.
+#[derive(Debug)]
+pub struct Ctx<'a, S: ?Sized> {
+    /// The forwarding snapshot, the same for a whole batch.
+    pub tables: &'a Tables,
+    /// The time now, on the caller's monotonic clock.
+    pub now: Time,
+    /// Where sends go.
+    pub sink: &'a mut S,
+}
+
+impl<'a, S: Sink + ?Sized> Ctx<'a, S> {
+    /// A context of `tables` at `now`, sending into `sink`.
+    pub fn new(tables: &'a Tables, now: Time, sink: &'a mut S) -> Ctx<'a, S> {
+        Ctx { tables, now, sink }
     }
 }
 
-/// TCP flows coalesced at once per worker on the way from a tunnel to pods.
-const GRO_FLOWS: usize = 4;
-
-/// A coalescer and the port its super-frame goes to.
-struct GroSlot {
-    port: usize,
-    /// Batch number of its last push, to evict the least recently used.
-    used: u64,
-    gro: Coalescer<Box<[u8]>>,
+/// A frame in a caller's buffer: `buf[start..start + len]`. A frame read from a port
+/// has [`HEADROOM`] free bytes before `start`.
+#[derive(Debug)]
+pub struct Frame<'a> {
+    /// The buffer.
+    pub buf: &'a mut [u8],
+    /// Where the frame starts in it.
+    pub start: usize,
+    /// The frame's length.
+    pub len: usize,
 }
 
-/// Largest run of segments one super-frame becomes (64 KiB in 512-byte segments,
-/// each with its headers and a tunnel header).
-const SEGMENT_BUF: usize = 512 * 1024;
+impl<'a> Frame<'a> {
+    /// The frame at `buf[start..start + len]`.
+    pub fn new(buf: &'a mut [u8], start: usize, len: usize) -> Frame<'a> {
+        Frame { buf, start, len }
+    }
 
-/// Where a frame came from.
+    /// The frame's bytes, if it lies within its buffer.
+    fn bytes(&self) -> Option<&[u8]> {
+        self.buf.get(self.start..self.start.checked_add(self.len)?)
+    }
+
+    /// The same buffer, framing `start..start + len` instead.
+    fn reframe(&mut self, start: usize, len: usize) -> Frame<'_> {
+        Frame {
+            buf: self.buf,
+            start,
+            len,
+        }
+    }
+}
+
+/// Where a frame came from: what its drops are counted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ingress {
+    /// A port, by index into the snapshot's ports.
+    Port(usize),
+    /// A peer, by index into the snapshot's peers.
+    Peer(usize),
+    /// An ICMP error the switch generated about a frame from `cause`.
+    Icmp(Cause),
+}
+
+/// The ingress of the frame an ICMP error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
     Port(usize),
     Peer(usize),
-    /// Generated by the switch itself (an ICMP error).
-    Local,
 }
 
-/// Sleeve super-frames being joined at once per worker: room for the bursts of
-/// several peers (or sending workers) arriving interleaved; 64 KiB each.
-pub const JOINS: usize = 8;
-
-/// Super-frames given up before they were whole that a worker remembers, so the rest
-/// of their chunks are ignored rather than counted again.
-const GIVEN_UP: usize = 32;
-
-/// A sleeve super-frame being joined from its chunks.
-struct Join {
-    /// Whether a frame is in progress.
-    active: bool,
-    /// The peer it comes from, as an index into the tables of its first chunk.
-    peer: usize,
-    from: SocketAddr,
-    /// The header of its first chunk: every later one must agree but for `offset`.
-    first: sleeve::ChunkRepr,
-    /// Payload bytes joined so far: where the next chunk must start.
-    next: usize,
-    /// Chunk count of its last chunk, to give up the least recently fed.
-    used: u64,
-    /// The frame: Ethernet header, then the payload.
-    buf: Box<[u8]>,
+impl Ingress {
+    /// The port or peer whose counters a drop goes on.
+    fn cause(self) -> Cause {
+        match self {
+            Ingress::Port(i) => Cause::Port(i),
+            Ingress::Peer(j) => Cause::Peer(j),
+            Ingress::Icmp(c) => c,
+        }
+    }
 }
 
-struct SleeveBatch {
-    peer: SocketAddrV4,
-    lane: usize,
-    index: usize,
-    len: usize,
-    buf: Box<[u8]>,
+/// How a worker's core is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// The worker's number: its slot in every counter.
+    pub worker: usize,
+    /// How often to send every peer a heartbeat, for the one worker that does.
+    pub heartbeat: Option<Duration>,
 }
 
-/// The per-worker switching state: scratch buffers and sleeve batches.
-pub struct Datapath {
+/// The switching state of one worker: scratch buffers, GRO, sleeve batches and joins,
+/// and the heartbeat timer.
+pub struct Core {
     worker: usize,
+    /// Room for one ICMP error, behind [`HEADROOM`].
     icmp: Box<[u8]>,
+    /// Room for a super-frame's segments or chunks.
     segments: Box<[u8]>,
-    gro: Vec<GroSlot>,
-    pushes: u64,
-    sleeve: Vec<SleeveBatch>,
-    sleeve_active: usize,
-    joins: Vec<Join>,
-    /// Frames given up, a ring of (sender, frame id) with its next slot.
-    given_up: [(SocketAddr, u32); GIVEN_UP],
-    given_up_next: usize,
-    chunks_in: u64,
+    gro: gro::Gro,
+    sleeve: sleeve::Batches,
+    joins: join::Joins,
     /// Super-frames sent as sleeve chunks; the worker index is the id's top byte.
     frames_out: u32,
+    beats: heartbeat::Heartbeats,
 }
 
-impl std::fmt::Debug for Datapath {
+impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Datapath")
+        f.debug_struct("Core")
             .field("worker", &self.worker)
-            .field("sleeve_active", &self.sleeve_active)
+            .field("next_beat", &self.beats.next())
             .finish()
     }
 }
 
-#[inline]
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-#[inline]
-fn ip_at(b: &[u8], at: usize) -> Ipv4Addr {
-    Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
-}
-
-#[inline]
-fn write_eth(frame: &mut [u8], dst: [u8; 6], src: [u8; 6], ethertype: u16) {
-    frame[0..6].copy_from_slice(&dst);
-    frame[6..12].copy_from_slice(&src);
-    frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
-}
-
-/// The IPv4 and TCP (with options) or UDP header bytes at the start of `ip`, which
-/// every segment of a super-frame repeats; at least the 40 of IPv4 and TCP without
-/// options, where they cannot be read (segmentation then refuses the frame).
-fn l3l4_headers_len(ip: &[u8]) -> usize {
-    const IPPROTO_UDP: u8 = 17;
-    let ihl = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
-    let l4 = match ip.get(9) {
-        Some(&IPPROTO_UDP) => 8,
-        _ => ip.get(ihl + 12).map_or(0, |b| usize::from(b >> 4) * 4),
-    };
-    (ihl + l4).max(40)
-}
-
-/// The validated facts of an IPv4 header that routing needs.
-struct Ipv4Facts {
-    total_len: usize,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    ttl: u8,
-    dont_fragment: bool,
-    /// Not the first fragment, or an ICMP error: no ICMP error may answer it.
-    error_exempt: bool,
-}
-
-fn parse_ipv4(ip: &[u8]) -> Result<Ipv4Facts, DropReason> {
-    if ip.len() < 20 || ip[0] >> 4 != 4 {
-        return Err(DropReason::Malformed);
-    }
-    let header_len = usize::from(ip[0] & 0x0f) * 4;
-    let total_len = usize::from(be16(ip, 2));
-    if header_len < 20 || total_len < header_len || total_len > ip.len() {
-        return Err(DropReason::Malformed);
-    }
-    if checksum::checksum(&ip[..header_len]) != 0 {
-        return Err(DropReason::BadChecksum);
-    }
-    let frag = be16(ip, 6);
-    let offset = frag & 0x1fff;
-    let protocol = ip[9];
-    let is_icmp_error = protocol == IPPROTO_ICMP
-        && offset == 0
-        && total_len > header_len
-        && !matches!(ip[header_len], 0 | 8 | 13 | 14 | 15 | 16 | 17 | 18);
-    Ok(Ipv4Facts {
-        total_len,
-        src: ip_at(ip, 12),
-        dst: ip_at(ip, 16),
-        ttl: ip[8],
-        dont_fragment: frag & 0x4000 != 0,
-        error_exempt: offset != 0 || is_icmp_error,
-    })
-}
-
-impl Datapath {
-    /// State for worker number `worker` (its counter slot).
-    pub fn new(worker: usize) -> Datapath {
-        Datapath {
-            worker,
-            icmp: vec![0u8; HEADROOM + ETH_HLEN + ICMP_ERROR_MAX].into_boxed_slice(),
-            segments: vec![0u8; SEGMENT_BUF].into_boxed_slice(),
-            gro: (0..GRO_FLOWS)
-                .map(|_| GroSlot {
-                    port: 0,
-                    used: 0,
-                    gro: Coalescer::new(vec![0u8; gro::buffer_len(0)].into_boxed_slice(), 0)
-                        .expect("buffer_len fits"),
-                })
-                .collect(),
-            pushes: 0,
-            sleeve: (0..SLEEVE_PENDING)
-                .map(|_| SleeveBatch {
-                    peer: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-                    lane: 0,
-                    index: 0,
-                    len: 0,
-                    buf: vec![0u8; u16::MAX as usize].into_boxed_slice(),
-                })
-                .collect(),
-            sleeve_active: 0,
-            joins: (0..JOINS)
-                .map(|_| Join {
-                    active: false,
-                    peer: 0,
-                    from: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-                    first: sleeve::ChunkRepr {
-                        frame_id: 0,
-                        total: 0,
-                        offset: 0,
-                        ethertype: 0,
-                        gso_type: 0,
-                        gso_size: 0,
-                    },
-                    next: 0,
-                    used: 0,
-                    buf: vec![0u8; ETH_HLEN + usize::from(u16::MAX)].into_boxed_slice(),
-                })
-                .collect(),
-            given_up: [(
-                SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-                0,
-            ); GIVEN_UP],
-            given_up_next: 0,
-            chunks_in: 0,
+impl Core {
+    /// The state of one worker.
+    pub fn new(config: Config) -> Core {
+        Core {
+            worker: config.worker,
+            icmp: vec![0u8; icmp::BUF_LEN].into_boxed_slice(),
+            segments: vec![0u8; egress::SEGMENT_BUF].into_boxed_slice(),
+            gro: gro::Gro::new(),
+            sleeve: sleeve::Batches::new(),
+            joins: join::Joins::new(),
             frames_out: 0,
+            beats: heartbeat::Heartbeats::new(config.heartbeat),
         }
     }
 
-    /// Handles a frame read from port `ingress` (an index into `t.ports`), found at
-    /// `buf[off..off + len]` with at least [`HEADROOM`] free bytes before `off`, and
-    /// the offload metadata it came with.
-    #[allow(clippy::too_many_arguments)]
-    pub fn port_frame(
+    /// Handles a frame read from port `ingress` (an index into the snapshot's ports),
+    /// with the offload metadata it came with.
+    pub fn port_frame<S: Sink + ?Sized>(
         &mut self,
-        t: &Tables,
+        cx: &mut Ctx<'_, S>,
         ingress: usize,
         offload: &Offload,
-        buf: &mut [u8],
-        off: usize,
-        len: usize,
-        sink: &mut impl Sink,
+        frame: Frame<'_>,
     ) {
-        let port = &t.ports[ingress];
-        port.counters.rx(self.worker, len);
-        if len < ETH_HLEN || off + len > buf.len() {
-            port.counters.discard(self.worker, DropReason::Malformed);
-            return;
-        }
-        match be16(buf, off + 12) {
-            ETHERTYPE_IPV4 => {
-                self.forward_ipv4(t, Ingress::Port(ingress), offload, buf, off, len, sink)
-            }
-            ETHERTYPE_ARP => self.arp(t, ingress, &mut buf[off..off + len], sink),
-            _ => port.counters.discard(self.worker, DropReason::Unsupported),
-        }
+        self.ingress_port(cx, ingress, offload, frame);
     }
 
-    /// Handles a UDP payload received on the tunnel socket from `from`, found at
-    /// `buf[off..off + len]`.
-    pub fn tunnel_datagram(
+    /// Handles a UDP payload received on the tunnel socket from `from`.
+    pub fn tunnel_datagram<S: Sink + ?Sized>(
         &mut self,
-        t: &Tables,
+        cx: &mut Ctx<'_, S>,
         from: SocketAddr,
-        buf: &mut [u8],
-        off: usize,
-        len: usize,
-        sink: &mut impl Sink,
+        datagram: Frame<'_>,
     ) {
-        let peer = match from {
-            SocketAddr::V4(a) => t.peer_by_ip(*a.ip()),
-            SocketAddr::V6(_) => None,
-        };
-        let Some(j) = peer else {
-            t.tunnel.rx(self.worker, len);
-            t.tunnel.discard(self.worker, DropReason::UnknownPeer);
-            return;
-        };
-        let counters = &t.peers[j].counters;
-        counters.rx(self.worker, len);
-        let Some(datagram) = buf.get(off..off + len) else {
-            counters.discard(self.worker, DropReason::Malformed);
-            return;
-        };
-        match t.node.mode {
-            TunnelMode::Vxlan => {
-                let vni = match vxlan::parse(datagram) {
-                    Ok((repr, _)) => repr.vni,
-                    Err(_) => return counters.discard(self.worker, DropReason::BadEncap),
-                };
-                if vni != t.node.vni {
-                    return counters.discard(self.worker, DropReason::WrongVni);
-                }
-                let eth = off + vxlan::HEADER_LEN;
-                let eth_len = len - vxlan::HEADER_LEN;
-                match be16(buf, eth + 12) {
-                    ETHERTYPE_IPV4 => self.forward_ipv4(
-                        t,
-                        Ingress::Peer(j),
-                        &Offload::PLAIN,
-                        buf,
-                        eth,
-                        eth_len,
-                        sink,
-                    ),
-                    _ => counters.discard(self.worker, DropReason::Unsupported),
-                }
-            }
-            TunnelMode::Sleeve => {
-                let parsed = match sleeve::parse(datagram) {
-                    Ok(sleeve::Datagram::Heartbeat { .. }) => return,
-                    Ok(parsed) => parsed,
-                    Err(_) => return counters.discard(self.worker, DropReason::BadEncap),
-                };
-                if parsed.sender().0 != t.peers[j].vtep_mac.0 {
-                    return counters.discard(self.worker, DropReason::WrongSender);
-                }
-                // `parse` checked the header is there.
-                let features = sleeve::Packet::new_unchecked(datagram).features();
-                t.peers[j]
-                    .learned
-                    .set_joins_chunks(features & sleeve::FEATURE_CHUNKS != 0);
-                if let sleeve::Datagram::Chunk { chunk, .. } = parsed {
-                    return self.join(t, j, from, &chunk, sink);
-                }
-                // `parse` validated every record, so this walk stays in bounds; it is
-                // written with checked arithmetic all the same.
-                let end = off + len;
-                let mut at = off + sleeve::HEADER_LEN;
-                while at + sleeve::RECORD_HEADER_LEN <= end {
-                    let plen = usize::from(be16(buf, at));
-                    let ethertype = be16(buf, at + 2);
-                    let payload = at + sleeve::RECORD_HEADER_LEN;
-                    if payload + plen > end {
-                        break;
-                    }
-                    if ethertype == ETHERTYPE_IPV4 {
-                        // The Ethernet header goes over this record's header and the
-                        // tail of the previous record, which has been delivered.
-                        let eth = payload - ETH_HLEN;
-                        self.forward_ipv4(
-                            t,
-                            Ingress::Peer(j),
-                            &Offload::PLAIN,
-                            buf,
-                            eth,
-                            plen + ETH_HLEN,
-                            sink,
-                        );
-                    } else {
-                        counters.discard(self.worker, DropReason::Unsupported);
-                    }
-                    at = payload + plen;
-                }
-            }
-        }
-    }
-
-    /// Adds a chunk from peer `j` (at `from`) to the super-frame it belongs to, and
-    /// forwards the frame when it is whole. Chunks join in order only: a gap, or a
-    /// frame crowded out before it is whole, loses that frame (counted once, its
-    /// remaining chunks ignored), which the pod's transport retransmits. Only a first
-    /// chunk takes a slot, so a lost frame's remnants never crowd out a live one.
-    fn join(
-        &mut self,
-        t: &Tables,
-        j: usize,
-        from: SocketAddr,
-        chunk: &sleeve::Chunk<'_>,
-        sink: &mut impl Sink,
-    ) {
-        let counters = &t.peers[j].counters;
-        let c = &chunk.repr;
-        let offset = usize::from(c.offset);
-        self.chunks_in += 1;
-        let found = self
-            .joins
-            .iter()
-            .position(|g| g.active && g.from == from && g.first.frame_id == c.frame_id);
-        let k = match found {
-            Some(k) => {
-                let g = &mut self.joins[k];
-                let same_frame = sleeve::ChunkRepr { offset: 0, ..*c } == g.first;
-                if offset != g.next || !same_frame {
-                    g.active = false;
-                    self.give_up(from, c.frame_id);
-                    return counters.discard(self.worker, DropReason::ChunkLost);
-                }
-                g.used = self.chunks_in;
-                k
-            }
-            None if offset != 0 => {
-                // A frame whose start never came, or the rest of one given up.
-                if !self.given_up.contains(&(from, c.frame_id)) {
-                    self.give_up(from, c.frame_id);
-                    counters.discard(self.worker, DropReason::ChunkLost);
-                }
-                return;
-            }
-            None => {
-                let k = self
-                    .joins
-                    .iter()
-                    .position(|g| !g.active)
-                    .unwrap_or_else(|| {
-                        (0..self.joins.len())
-                            .min_by_key(|&k| self.joins[k].used)
-                            .unwrap_or(0)
-                    });
-                let g = &self.joins[k];
-                if g.active {
-                    // Crowded out before it was whole: counted on its own peer.
-                    let (peer, from, frame_id) = (g.peer, g.from, g.first.frame_id);
-                    self.give_up(from, frame_id);
-                    t.peers
-                        .get(peer)
-                        .map_or(&t.tunnel, |p| &p.counters)
-                        .discard(self.worker, DropReason::ChunkLost);
-                }
-                let g = &mut self.joins[k];
-                g.active = true;
-                g.peer = j;
-                g.from = from;
-                g.first = *c;
-                g.next = 0;
-                g.used = self.chunks_in;
-                k
-            }
-        };
-        let g = &mut self.joins[k];
-        // `Chunk::parse` checked that the data ends within `total`, at most 65535.
-        let at = ETH_HLEN + offset;
-        g.buf[at..at + chunk.data.len()].copy_from_slice(chunk.data);
-        g.next += chunk.data.len();
-        if g.next < usize::from(g.first.total) {
-            return;
-        }
-        g.active = false;
-        let len = ETH_HLEN + usize::from(g.first.total);
-        let ethertype = g.first.ethertype;
-        let gso_type = virtio::GsoType::from_wire(g.first.gso_type);
-        let gso_size = g.first.gso_size;
-        let mut buf = std::mem::take(&mut g.buf);
-        buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
-        let offload = match gso_type {
-            _ if ethertype != ETHERTYPE_IPV4 => Err(DropReason::Unsupported),
-            Some(gso_type) => gso::super_frame_header(&buf[..len], gso_type, gso_size)
-                .map_err(|_| DropReason::BadEncap),
-            None => Err(DropReason::BadEncap),
-        };
-        match offload {
-            Ok(offload) => self.forward_ipv4(t, Ingress::Peer(j), &offload, &mut buf, 0, len, sink),
-            Err(reason) => counters.discard(self.worker, reason),
-        }
-        self.joins[k].buf = buf;
-    }
-
-    /// Remembers that frame `frame_id` from `from` was given up.
-    fn give_up(&mut self, from: SocketAddr, frame_id: u32) {
-        self.given_up[self.given_up_next] = (from, frame_id);
-        self.given_up_next = (self.given_up_next + 1) % GIVEN_UP;
-    }
-
-    /// Sends the super-frame `frame` (whose virtio-net header `offload` was checked by
-    /// [`gso::super_frame_header`]) to peer `j` as sleeve chunks, in one GSO run.
-    /// Returns `false`, having sent nothing, if it does not fit the scratch buffer.
-    #[allow(clippy::too_many_arguments)]
-    fn send_chunks(
-        &mut self,
-        t: &Tables,
-        j: usize,
-        lane: usize,
-        offload: &Offload,
-        frame: &[u8],
-        sink: &mut impl Sink,
-    ) -> bool {
-        let peer = &t.peers[j];
-        let stride = t.node.max_datagram.min(usize::from(u16::MAX));
-        let Some(per_chunk) = stride
-            .checked_sub(sleeve::CHUNK_OVERHEAD)
-            .filter(|&n| n > 0)
-        else {
-            return false;
-        };
-        let payload = &frame[ETH_HLEN..];
-        let Ok(total) = u16::try_from(payload.len()) else {
-            return false;
-        };
-        let count = payload.len().div_ceil(per_chunk);
-        if count == 0 {
-            return false;
-        }
-        let last = payload.len() - (count - 1) * per_chunk;
-        let end = (count - 1) * stride + sleeve::CHUNK_OVERHEAD + last;
-        if end > self.segments.len() {
-            return false;
-        }
-        // Frames of this flow waiting in a sleeve batch go first.
-        self.sleeve_send_pending(t, peer.addr, lane, sink);
-        let frame_id = (self.worker as u32) << 24 | (self.frames_out & 0x00ff_ffff);
-        self.frames_out = self.frames_out.wrapping_add(1);
-        let sender = NodeId(t.node.router_mac.0);
-        for (i, data) in payload.chunks(per_chunk).enumerate() {
-            let d =
-                &mut self.segments[i * stride..i * stride + sleeve::CHUNK_OVERHEAD + data.len()];
-            sleeve::emit_header(d, sleeve::Kind::Chunk, sender, FEATURES);
-            sleeve::ChunkRepr {
-                frame_id,
-                total,
-                offset: (i * per_chunk) as u16,
-                ethertype: ETHERTYPE_IPV4,
-                gso_type: offload.gso_type.to_wire(),
-                gso_size: offload.gso_size,
-            }
-            .emit(&mut d[sleeve::HEADER_LEN..]);
-            d[sleeve::CHUNK_OVERHEAD..].copy_from_slice(data);
-        }
-        match sink.to_peer_run(peer, lane, &self.segments[..end], stride) {
-            Ok(()) => {
-                for i in 0..count {
-                    let n = if i + 1 < count {
-                        stride
-                    } else {
-                        end - i * stride
-                    };
-                    peer.counters.tx(self.worker, n);
-                }
-            }
-            Err(e) => peer.counters.discard(self.worker, e.reason()),
-        }
-        true
-    }
-
-    /// Sends the sleeve datagram under construction for (`peer`, `lane`), if any.
-    fn sleeve_send_pending(
-        &mut self,
-        t: &Tables,
-        peer: SocketAddrV4,
-        lane: usize,
-        sink: &mut impl Sink,
-    ) {
-        if let Some(b) = self.sleeve[..self.sleeve_active]
-            .iter_mut()
-            .find(|b| b.peer == peer && b.lane == lane && b.len > 0)
-        {
-            Self::send_datagram(self.worker, &t.peers[b.index], lane, &b.buf[..b.len], sink);
-            b.len = 0;
-        }
+        self.ingress_tunnel(cx, from, datagram);
     }
 
     /// Ends a batch: hands pods the super-frames coalesced for them and sends every
     /// sleeve datagram under construction. The worker calls it at the end of each
-    /// batch, with the same snapshot the batch used.
-    pub fn flush(&mut self, t: &Tables, sink: &mut impl Sink) {
-        for k in 0..self.gro.len() {
-            self.gro_emit(t, k, sink);
-        }
-        self.flush_sleeve(t, sink);
+    /// batch, with the snapshot the batch used.
+    pub fn flush<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>) {
+        self.gro.flush(cx);
+        self.sleeve.flush(cx);
     }
 
-    /// Sends every sleeve datagram under construction.
-    fn flush_sleeve(&mut self, t: &Tables, sink: &mut impl Sink) {
-        for b in &mut self.sleeve[..self.sleeve_active] {
-            let peer = &t.peers[b.index];
-            Self::send_datagram(self.worker, peer, b.lane, &b.buf[..b.len], sink);
-            b.len = 0;
-        }
-        self.sleeve_active = 0;
+    /// When the core next needs [`Core::handle_timeout`], if ever.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.beats.next()
     }
 
-    fn send_datagram(
-        worker: usize,
-        peer: &PeerEntry,
-        lane: usize,
-        datagram: &[u8],
-        sink: &mut impl Sink,
-    ) {
-        match sink.to_peer(peer, lane, datagram) {
-            Ok(()) => peer.counters.tx(worker, datagram.len()),
-            Err(e) => peer.counters.discard(worker, e.reason()),
-        }
+    /// Runs the timers due at `cx.now`: heartbeats to every peer.
+    pub fn handle_timeout<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>) {
+        self.beats.handle_timeout(cx);
     }
 
-    fn drop_at(&self, t: &Tables, from: Ingress, reason: DropReason) {
-        match from {
-            Ingress::Port(i) => t.ports[i].counters.discard(self.worker, reason),
-            Ingress::Peer(j) => t.peers[j].counters.discard(self.worker, reason),
-            Ingress::Local => t.tunnel.discard(self.worker, reason),
+    /// Counts a drop on what the frame came from.
+    fn drop_at<S: ?Sized>(&self, cx: &Ctx<'_, S>, from: Ingress, reason: DropReason) {
+        let t = cx.tables;
+        match from.cause() {
+            Cause::Port(i) => t.ports[i].counters.discard(self.worker, reason),
+            Cause::Peer(j) => t.peers[j].counters.discard(self.worker, reason),
         }
-    }
-
-    /// Routes the IPv4 packet in the Ethernet frame at `buf[eth..eth + len]`.
-    #[allow(clippy::too_many_arguments)]
-    fn forward_ipv4(
-        &mut self,
-        t: &Tables,
-        from: Ingress,
-        offload: &Offload,
-        buf: &mut [u8],
-        eth: usize,
-        len: usize,
-        sink: &mut impl Sink,
-    ) {
-        let ip_off = eth + ETH_HLEN;
-        let facts = match parse_ipv4(&buf[ip_off..eth + len]) {
-            Ok(f) => f,
-            Err(reason) => return self.drop_at(t, from, reason),
-        };
-        // Ethernet pads short frames; the IP total length is the truth.
-        let len = ETH_HLEN + facts.total_len;
-        // A pod sends from its own address only; a peer node from its pod subnet or
-        // its own underlay address (its host's traffic to a pod leaves from the
-        // subnet's gateway).
-        let spoofed = match from {
-            Ingress::Port(i) => t.ports[i].kind == PortKind::Pod && facts.src != t.ports[i].ip,
-            Ingress::Peer(j) => {
-                let peer = &t.peers[j];
-                !peer.subnet.contains(&facts.src) && facts.src != *peer.addr.ip()
-            }
-            Ingress::Local => false,
-        };
-        if spoofed {
-            return self.drop_at(t, from, DropReason::Spoofed);
-        }
-        if facts.dst.is_multicast()
-            || facts.dst.is_broadcast()
-            || facts.dst == t.node.subnet.broadcast()
-        {
-            return self.drop_at(t, from, DropReason::Multicast);
-        }
-        let hop = t.fib.lookup(facts.dst).unwrap_or(NextHop::Unreachable);
-        if let (Ingress::Peer(_), NextHop::Peer(_)) = (from, hop) {
-            return self.drop_at(t, from, DropReason::NoRelay);
-        }
-        if hop == NextHop::Unreachable {
-            self.drop_at(t, from, DropReason::NoRoute);
-            return self.icmp_error(
-                t,
-                &buf[ip_off..ip_off + facts.total_len],
-                &facts,
-                3,
-                1,
-                0,
-                sink,
-            );
-        }
-        // Packets for the gateway address are for the node itself, not forwarded: no
-        // router hop, no TTL decrement (as the kernel's bridge gateway behaves).
-        let forwarded = from != Ingress::Local && facts.dst != t.node.gateway;
-        if forwarded && facts.ttl <= 1 {
-            self.drop_at(t, from, DropReason::TtlExceeded);
-            return self.icmp_error(
-                t,
-                &buf[ip_off..ip_off + facts.total_len],
-                &facts,
-                11,
-                0,
-                0,
-                sink,
-            );
-        }
-        // A super-frame is larger by design: its segments, each `gso_size` bytes of
-        // payload under a copy of its IPv4 and TCP/UDP headers, must fit the pod's MTU,
-        // and they are cut before they leave.
-        if offload.is_gso()
-            && usize::from(offload.gso_size)
-                + l3l4_headers_len(&buf[ip_off..ip_off + facts.total_len])
-                > t.node.pod_mtu as usize
-        {
-            return self.drop_at(t, from, DropReason::TooBig);
-        }
-        if facts.total_len > t.node.pod_mtu as usize && !offload.is_gso() {
-            self.drop_at(t, from, DropReason::TooBig);
-            if facts.dont_fragment {
-                let mtu = t.node.pod_mtu as u16;
-                self.icmp_error(
-                    t,
-                    &buf[ip_off..ip_off + facts.total_len],
-                    &facts,
-                    3,
-                    4,
-                    mtu,
-                    sink,
-                );
-            }
-            return;
-        }
-        if forwarded {
-            // TTL is the high byte of the 16-bit word at offset 8.
-            let old = be16(buf, ip_off + 8);
-            buf[ip_off + 8] = facts.ttl - 1;
-            let sum = checksum::update_u16(be16(buf, ip_off + 10), old, old - 0x0100);
-            buf[ip_off + 10..ip_off + 12].copy_from_slice(&sum.to_be_bytes());
-        }
-        let router = t.node.router_mac.0;
-        match hop {
-            NextHop::Local(_) | NextHop::Host if matches!(from, Ingress::Peer(_)) => {
-                let p = if let NextHop::Local(p) = hop { p } else { 0 };
-                let frame = &mut buf[eth..eth + len];
-                write_eth(frame, t.ports[p].mac.0, router, ETHERTYPE_IPV4);
-                if offload.is_gso() {
-                    // A joined sleeve super-frame: whatever of its flow is being
-                    // coalesced goes first.
-                    self.gro_emit_flow(t, p, frame, sink);
-                    self.send_port(&t.ports[p], offload, frame, sink);
-                } else {
-                    self.coalesce(t, p, frame, sink);
-                }
-            }
-            NextHop::Local(p) => {
-                self.deliver(&t.ports[p], router, offload, &mut buf[eth..eth + len], sink)
-            }
-            NextHop::Host => {
-                self.deliver(&t.ports[0], router, offload, &mut buf[eth..eth + len], sink)
-            }
-            NextHop::Peer(j) => self.encapsulate(t, j, offload, buf, eth, len, sink),
-            NextHop::Unreachable => unreachable!("handled above"),
-        }
-    }
-
-    /// Merges a frame that came through a tunnel into a super-frame for port `p`, so
-    /// the pod's kernel takes one 64 KiB write instead of forty. Frames that cannot
-    /// be merged go out at once; a flow's frames never overtake each other.
-    fn coalesce(&mut self, t: &Tables, p: usize, frame: &[u8], sink: &mut impl Sink) {
-        let Some(flow) = Flow::of(frame) else {
-            return self.send_port(&t.ports[p], &Offload::PLAIN, frame, sink);
-        };
-        self.pushes += 1;
-        let k = match self
-            .gro
-            .iter()
-            .position(|g| g.port == p && g.gro.flow() == Some(flow))
-        {
-            Some(k) => k,
-            // A frame that cannot start a run (no payload, or a flag beyond ACK) of a
-            // flow nobody holds goes out at once, without evicting anyone.
-            None if !gro::may_start(frame) => {
-                return self.send_port(&t.ports[p], &Offload::PLAIN, frame, sink)
-            }
-            None => {
-                // An idle coalescer, else the least recently used one.
-                let k = self
-                    .gro
-                    .iter()
-                    .position(|g| g.gro.is_empty())
-                    .unwrap_or_else(|| {
-                        (0..self.gro.len())
-                            .min_by_key(|&k| self.gro[k].used)
-                            .unwrap_or(0)
-                    });
-                self.gro_emit(t, k, sink);
-                self.gro[k].port = p;
-                k
-            }
-        };
-        self.gro[k].used = self.pushes;
-        let mut verdict = self.gro[k].gro.push(frame);
-        if verdict == Push::NotMerged {
-            self.gro_emit(t, k, sink);
-            self.gro[k].port = p;
-            verdict = self.gro[k].gro.push(frame);
-        }
-        match verdict {
-            Push::Started | Push::Merged => {}
-            Push::NotMerged | Push::Deliver | Push::NotTcp => {
-                self.send_port(&t.ports[p], &Offload::PLAIN, frame, sink)
-            }
-        }
-    }
-
-    /// Sends the super-frame held by coalescer `k`, if any.
-    fn gro_emit(&mut self, t: &Tables, k: usize, sink: &mut impl Sink) {
-        let worker = self.worker;
-        let slot = &mut self.gro[k];
-        let Some(port) = t.ports.get(slot.port) else {
-            slot.gro.clear();
-            return;
-        };
-        if let Some((offload, frame)) = slot.gro.take() {
-            Self::to_port(worker, port, &offload, frame, sink);
-        }
-    }
-
-    /// Sends on the super-frame being coalesced for port `p` of `frame`'s flow, if any.
-    fn gro_emit_flow(&mut self, t: &Tables, p: usize, frame: &[u8], sink: &mut impl Sink) {
-        let Some(flow) = Flow::of(frame) else { return };
-        if let Some(k) = self
-            .gro
-            .iter()
-            .position(|g| g.port == p && g.gro.flow() == Some(flow))
-        {
-            self.gro_emit(t, k, sink);
-        }
-    }
-
-    fn send_port(&self, port: &PortEntry, offload: &Offload, frame: &[u8], sink: &mut impl Sink) {
-        Self::to_port(self.worker, port, offload, frame, sink);
-    }
-
-    /// Sends `frame` out of `port` and counts it there, sent or dropped.
-    fn to_port(
-        worker: usize,
-        port: &PortEntry,
-        offload: &Offload,
-        frame: &[u8],
-        sink: &mut impl Sink,
-    ) {
-        match sink.to_port(port, offload, frame) {
-            Ok(()) => port.counters.tx(worker, frame.len()),
-            Err(e) => port.counters.discard(worker, e.reason()),
-        }
-    }
-
-    fn deliver(
-        &self,
-        port: &PortEntry,
-        router: [u8; 6],
-        offload: &Offload,
-        frame: &mut [u8],
-        sink: &mut impl Sink,
-    ) {
-        write_eth(frame, port.mac.0, router, ETHERTYPE_IPV4);
-        self.send_port(port, offload, frame, sink);
-    }
-
-    /// Encapsulates the frame at `buf[eth..eth + len]` for peer `j`. The wire carries
-    /// complete packets: a super-frame is cut into segments (one GSO send), and a
-    /// checksum the pod left to "hardware" is completed.
-    #[allow(clippy::too_many_arguments)]
-    fn encapsulate(
-        &mut self,
-        t: &Tables,
-        j: usize,
-        offload: &Offload,
-        buf: &mut [u8],
-        eth: usize,
-        len: usize,
-        sink: &mut impl Sink,
-    ) {
-        let peer = &t.peers[j];
-        // Flannel's addressing: inner frame from our VTEP MAC to theirs.
-        write_eth(
-            &mut buf[eth..eth + len],
-            peer.vtep_mac.0,
-            t.node.router_mac.0,
-            ETHERTYPE_IPV4,
-        );
-        let lane = lane_of(&buf[eth..eth + len]);
-        if offload.is_gso() {
-            return self.encapsulate_segments(t, j, lane, offload, &buf[eth..eth + len], sink);
-        }
-        if offload.needs_csum {
-            let (start, at) = (
-                usize::from(offload.csum_start),
-                usize::from(offload.csum_offset),
-            );
-            if gso::complete_checksum(&mut buf[eth..eth + len], start, at).is_err() {
-                return peer.counters.discard(self.worker, DropReason::Malformed);
-            }
-        }
-        match t.node.mode {
-            TunnelMode::Vxlan => {
-                let start = eth - vxlan::HEADER_LEN;
-                vxlan::emit_header(&mut buf[start..eth], t.node.vni);
-                Self::send_datagram(self.worker, peer, lane, &buf[start..eth + len], sink);
-            }
-            TunnelMode::Sleeve => {
-                let payload = &buf[eth + ETH_HLEN..eth + len];
-                self.sleeve_push(t, j, lane, ETHERTYPE_IPV4, payload, sink);
-            }
-        }
-    }
-
-    /// Cuts a super-frame into wire-sized frames and sends them to peer `j`.
-    #[allow(clippy::too_many_arguments)]
-    fn encapsulate_segments(
-        &mut self,
-        t: &Tables,
-        j: usize,
-        lane: usize,
-        offload: &Offload,
-        frame: &[u8],
-        sink: &mut impl Sink,
-    ) {
-        let peer = &t.peers[j];
-        // Between weft nodes a super-frame travels whole, as sleeve chunks, when the
-        // peer said it joins them and the frame is one it can hand its pod as it is.
-        if t.node.mode == TunnelMode::Sleeve
-            && peer.learned.joins_chunks()
-            && offload.needs_csum
-            && !offload.gso_ecn
-            && gso::super_frame_header(frame, offload.gso_type, offload.gso_size).is_ok()
-            && self.send_chunks(t, j, lane, offload, frame, sink)
-        {
-            return;
-        }
-        let headroom = match t.node.mode {
-            TunnelMode::Vxlan => vxlan::HEADER_LEN,
-            TunnelMode::Sleeve => 0,
-        };
-        let mut out = std::mem::take(&mut self.segments);
-        match gso::segment(frame, offload, &mut out, headroom) {
-            Err(_) => peer.counters.discard(self.worker, DropReason::Malformed),
-            Ok(segs) => match t.node.mode {
-                TunnelMode::Vxlan => {
-                    for i in 0..segs.count() {
-                        if let Some(r) = segs.datagram_range(i) {
-                            vxlan::emit_header(&mut out[r.start..r.start + headroom], t.node.vni);
-                        }
-                    }
-                    let Some(end) = segs
-                        .count()
-                        .checked_sub(1)
-                        .and_then(|i| segs.datagram_range(i))
-                    else {
-                        self.segments = out;
-                        return;
-                    };
-                    let end = end.end;
-                    match sink.to_peer_run(peer, lane, &out[..end], segs.stride()) {
-                        Ok(()) => {
-                            for i in 0..segs.count() {
-                                let n = segs.datagram_range(i).map_or(0, |r| r.len());
-                                peer.counters.tx(self.worker, n);
-                            }
-                        }
-                        Err(e) => peer.counters.discard(self.worker, e.reason()),
-                    }
-                }
-                TunnelMode::Sleeve => {
-                    for i in 0..segs.count() {
-                        if let Some(r) = segs.frame_range(i) {
-                            let payload = &out[r.start + ETH_HLEN..r.end];
-                            self.sleeve_push(t, j, lane, ETHERTYPE_IPV4, payload, sink);
-                        }
-                    }
-                }
-            },
-        }
-        self.segments = out;
-    }
-
-    /// Appends one record to the datagram under construction for peer `j` on `lane`,
-    /// sending whatever no longer fits.
-    #[allow(clippy::too_many_arguments)]
-    fn sleeve_push(
-        &mut self,
-        t: &Tables,
-        j: usize,
-        lane: usize,
-        ethertype: u16,
-        payload: &[u8],
-        sink: &mut impl Sink,
-    ) {
-        let peer = &t.peers[j];
-        let max = t.node.max_datagram.min(u16::MAX as usize);
-        let need = sleeve::record_len(payload.len());
-        if sleeve::HEADER_LEN + need > max {
-            return peer.counters.discard(self.worker, DropReason::TooBig);
-        }
-        let worker = self.worker;
-        let slot = match self.sleeve[..self.sleeve_active]
-            .iter()
-            .position(|b| b.peer == peer.addr && b.lane == lane)
-        {
-            Some(k) => k,
-            None => {
-                if self.sleeve_active == SLEEVE_PENDING {
-                    // Only the sleeve's room ran out: the coalesced super-frames for
-                    // pods keep growing until the batch ends.
-                    self.flush_sleeve(t, sink);
-                }
-                let k = self.sleeve_active;
-                self.sleeve_active += 1;
-                let b = &mut self.sleeve[k];
-                b.peer = peer.addr;
-                b.lane = lane;
-                b.index = j;
-                b.len = 0;
-                k
-            }
-        };
-        let b = &mut self.sleeve[slot];
-        if b.len + need > max {
-            Self::send_datagram(worker, peer, lane, &b.buf[..b.len], sink);
-            b.len = 0;
-        }
-        if b.len == 0 {
-            sleeve::emit_header(
-                &mut b.buf[..],
-                sleeve::Kind::Frames,
-                NodeId(t.node.router_mac.0),
-                FEATURES,
-            );
-            b.len = sleeve::HEADER_LEN;
-        }
-        b.len += sleeve::emit_record(&mut b.buf[b.len..], ethertype, payload);
-    }
-
-    /// Sends an ICMP error about `orig` (an IPv4 packet) back to its source, from the
-    /// gateway address, routed like any other packet.
-    #[allow(clippy::too_many_arguments)]
-    fn icmp_error(
-        &mut self,
-        t: &Tables,
-        orig: &[u8],
-        facts: &Ipv4Facts,
-        kind: u8,
-        code: u8,
-        mtu: u16,
-        sink: &mut impl Sink,
-    ) {
-        if facts.error_exempt
-            || facts.src.is_unspecified()
-            || facts.src.is_multicast()
-            || facts.src.is_broadcast()
-            || facts.src == t.node.gateway
-        {
-            return;
-        }
-        let quoted = orig.len().min(ICMP_ERROR_MAX - 28);
-        let total = 28 + quoted;
-        let eth = HEADROOM;
-        let mut icmp = std::mem::take(&mut self.icmp);
-        {
-            let frame = &mut icmp[eth..eth + ETH_HLEN + total];
-            let ip = &mut frame[ETH_HLEN..];
-            ip[0] = 0x45;
-            ip[1] = 0xc0; // precedence "internetwork control", as routers send errors
-            ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-            ip[4..8].fill(0);
-            ip[8] = 64;
-            ip[9] = IPPROTO_ICMP;
-            ip[10..12].fill(0);
-            ip[12..16].copy_from_slice(&t.node.gateway.octets());
-            ip[16..20].copy_from_slice(&facts.src.octets());
-            let sum = checksum::checksum(&ip[..20]);
-            ip[10..12].copy_from_slice(&sum.to_be_bytes());
-            let msg = &mut ip[20..];
-            msg[0] = kind;
-            msg[1] = code;
-            msg[2..4].fill(0);
-            msg[4..6].fill(0);
-            msg[6..8].copy_from_slice(&mtu.to_be_bytes());
-            msg[8..8 + quoted].copy_from_slice(&orig[..quoted]);
-            let sum = checksum::checksum(msg);
-            msg[2..4].copy_from_slice(&sum.to_be_bytes());
-        }
-        // The error is routed from the switch itself: no TTL decrement, and it is
-        // never answered by another error (its source is the gateway).
-        self.forward_ipv4(
-            t,
-            Ingress::Local,
-            &Offload::PLAIN,
-            &mut icmp,
-            eth,
-            ETH_HLEN + total,
-            sink,
-        );
-        self.icmp = icmp;
-    }
-
-    /// Answers an ARP request for any address the switch routes, with the router MAC.
-    fn arp(&mut self, t: &Tables, ingress: usize, frame: &mut [u8], sink: &mut impl Sink) {
-        let port = &t.ports[ingress];
-        let a = &frame[ETH_HLEN..];
-        if a.len() < 28 {
-            return port.counters.discard(self.worker, DropReason::Malformed);
-        }
-        if be16(a, 0) != 1
-            || be16(a, 2) != ETHERTYPE_IPV4
-            || a[4] != 6
-            || a[5] != 4
-            || be16(a, 6) != 1
-        {
-            return port.counters.discard(self.worker, DropReason::ArpIgnored);
-        }
-        let sender_ip = ip_at(a, 14);
-        let target_ip = ip_at(a, 24);
-        let hop = t.fib.lookup(target_ip).unwrap_or(NextHop::Unreachable);
-        let own = target_ip == sender_ip
-            || (port.kind == PortKind::Pod && target_ip == port.ip)
-            || hop == NextHop::Local(ingress)
-            || (port.kind == PortKind::Host && hop == NextHop::Host);
-        if own {
-            return port.counters.discard(self.worker, DropReason::ArpIgnored);
-        }
-        let mut sender_mac = [0u8; 6];
-        sender_mac.copy_from_slice(&a[8..14]);
-        let router = t.node.router_mac.0;
-        write_eth(frame, sender_mac, router, ETHERTYPE_ARP);
-        let a = &mut frame[ETH_HLEN..ETH_HLEN + 28];
-        a[6..8].copy_from_slice(&2u16.to_be_bytes());
-        a[8..14].copy_from_slice(&router);
-        a[14..18].copy_from_slice(&target_ip.octets());
-        a[18..24].copy_from_slice(&sender_mac);
-        a[24..28].copy_from_slice(&sender_ip.octets());
-        self.send_port(port, &Offload::PLAIN, frame, sink);
     }
 }

@@ -1,5 +1,6 @@
 //! Worker threads and the I/O they run the core over.
 
+pub mod clock;
 pub mod port;
 pub mod spin;
 pub mod tap;

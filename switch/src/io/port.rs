@@ -8,10 +8,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-/// Offload metadata that travels with a frame between a port and the switch: a
-/// super-frame's segmentation, or a checksum left for the receiver to complete. A
-/// backend without offloads reads [`Offload::PLAIN`] and never gets anything else.
-pub use weft_encap::virtio::Repr as Offload;
+pub use crate::core::Offload;
 
 /// One queue of a port.
 pub trait PortQueue: Send + std::fmt::Debug {

@@ -203,81 +203,129 @@ impl Lane {
     }
 
     /// Hands `msgs`, whose bytes are in `buf`, to the kernel in order, in as few
-    /// `sendmmsg` calls as it takes. Returns how many datagrams were lost.
-    fn send(&self, buf: &[u8], msgs: &[TxMsg]) -> u64 {
-        let mut lost = 0;
+    /// `sendmmsg` calls as it takes, and tells `account` what became of each message.
+    fn send(&self, buf: &[u8], msgs: &[TxMsg], account: &mut Account<'_>) {
+        let mut lost = Losses::default();
         // The next datagram to send: message `m`, its datagram `d`.
         let (mut m, mut d) = (0, 0);
         while m < msgs.len() {
-            let gso = self.max_segments() > 1;
             let mut batch = MsgBatch::new();
-            let (mut bm, mut bd) = (m, d);
-            while bm < msgs.len() && batch.len < TX_MSGS {
-                let msg = &msgs[bm];
-                if bd == 0 && (gso || msg.count == 1) {
-                    batch.push(msg.dest, &buf[msg.start..msg.start + msg.len], msg, bm);
-                    bm += 1;
-                } else {
-                    // GSO is off: the message goes as its single datagrams.
-                    batch.push_single(msg.dest, &buf[msg.datagram(bd)], bm, bd);
-                    bd += 1;
-                    if bd == msg.count {
-                        bm += 1;
-                        bd = 0;
-                    }
-                }
-            }
+            let (bm, bd) = batch.fill(buf, msgs, (m, d), self.max_segments() > 1);
             match batch.submit(&self.socket) {
                 Ok(()) => (m, d) = (bm, bd),
-                Err((k, e)) => {
-                    let Origin {
-                        msg: km,
-                        first: kd,
-                        count: kcount,
-                        gso: kgso,
-                    } = batch.origin[k];
-                    match e.raw_os_error() {
-                        Some(libc::EAGAIN | libc::ENOBUFS) => {
-                            // The socket buffer is full: what is left is lost, as a
-                            // full queue on a wire would lose it.
-                            lost += remaining(msgs, km, kd);
-                            return lost;
-                        }
-                        Some(libc::EIO | libc::EINVAL) if kgso => {
-                            if !self.gso_refused.swap(true, Ordering::Relaxed) {
-                                log::info!(
-                                    "tunnel lane {:?}: the kernel refused a GSO send ({e}); \
-                                     sending single datagrams",
-                                    self.socket.local_addr().ok()
-                                );
-                            }
-                            (m, d) = (km, 0);
-                        }
-                        _ => {
-                            log::debug!(
-                                "tunnel send of {kcount} datagrams to {}: {e}",
-                                msgs[km].dest
-                            );
-                            lost += kcount as u64;
-                            (m, d) = if kgso || kd + 1 == msgs[km].count {
-                                (km + 1, 0)
-                            } else {
-                                (km, kd + 1)
-                            };
-                        }
-                    }
+                Err((k, e)) => match self.failed(&batch.origin[k], msgs, &e, &mut lost) {
+                    Some(next) => (m, d) = next,
+                    None => break,
+                },
+            }
+        }
+        for (i, msg) in msgs.iter().enumerate() {
+            let (datagrams, bytes) = lost.of[i];
+            account(
+                msg.dest,
+                Outcome {
+                    sent: msg.count as u64 - datagrams,
+                    sent_bytes: (msg.len as u64).saturating_sub(bytes),
+                    lost: datagrams,
+                },
+            );
+        }
+    }
+
+    /// Records in `lost` what a refused `sendmmsg` entry (`origin`) loses, and says
+    /// where to go on from, or `None` when the rest is lost.
+    fn failed(
+        &self,
+        origin: &Origin,
+        msgs: &[TxMsg],
+        e: &io::Error,
+        lost: &mut Losses,
+    ) -> Option<(usize, usize)> {
+        let Origin {
+            msg: km,
+            first: kd,
+            count: kcount,
+            gso: kgso,
+        } = *origin;
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::ENOBUFS) => {
+                // The socket buffer is full: what is left is lost, as a full queue on
+                // a wire would lose it.
+                lost.from(msgs, km, kd);
+                None
+            }
+            Some(libc::EIO | libc::EINVAL) if kgso => {
+                if !self.gso_refused.swap(true, Ordering::Relaxed) {
+                    log::info!(
+                        "tunnel lane {:?}: the kernel refused a GSO send ({e}); \
+                         sending single datagrams",
+                        self.socket.local_addr().ok()
+                    );
+                }
+                Some((km, 0))
+            }
+            _ => {
+                log::debug!(
+                    "tunnel send of {kcount} datagrams to {}: {e}",
+                    msgs[km].dest
+                );
+                let msg = &msgs[km];
+                if kgso {
+                    lost.add(km, msg.count, msg.len);
+                    Some((km + 1, 0))
+                } else {
+                    lost.add(km, 1, msg.datagram(kd).len());
+                    Some(if kd + 1 == msg.count { (km + 1, 0) } else { (km, kd + 1) })
                 }
             }
         }
-        lost
     }
 }
 
-/// Datagrams of `msgs` from message `m`'s datagram `d` on.
-fn remaining(msgs: &[TxMsg], m: usize, d: usize) -> u64 {
-    let rest: usize = msgs[m..].iter().map(|x| x.count).sum();
-    (rest - d) as u64
+/// Datagrams and bytes lost, per message of one [`Lane::send`].
+#[derive(Debug)]
+struct Losses {
+    of: [(u64, u64); TX_MSGS],
 }
+
+impl Default for Losses {
+    fn default() -> Losses {
+        Losses {
+            of: [(0, 0); TX_MSGS],
+        }
+    }
+}
+
+impl Losses {
+    fn add(&mut self, m: usize, datagrams: usize, bytes: usize) {
+        self.of[m].0 += datagrams as u64;
+        self.of[m].1 += bytes as u64;
+    }
+
+    /// Everything from message `m`'s datagram `d` on.
+    fn from(&mut self, msgs: &[TxMsg], m: usize, d: usize) {
+        let first = &msgs[m];
+        let start = first.datagram(d).start;
+        self.add(m, first.count - d, first.start + first.len - start);
+        for (i, msg) in msgs.iter().enumerate().skip(m + 1) {
+            self.add(i, msg.count, msg.len);
+        }
+    }
+}
+
+/// What became of the datagrams of one message to one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// Datagrams the kernel took.
+    pub sent: u64,
+    /// Their bytes.
+    pub sent_bytes: u64,
+    /// Datagrams it refused, or that never reached it.
+    pub lost: u64,
+}
+
+/// Hears what became of each message, with its destination.
+pub type Account<'a> = dyn FnMut(SocketAddrV4, Outcome) + 'a;
 
 /// Control-message room for one `UDP_SEGMENT` (a `u16`), aligned for `cmsghdr`.
 #[derive(Clone, Copy)]
@@ -339,6 +387,33 @@ impl<'a> MsgBatch<'a> {
         a.sin_port = dest.port().to_be();
         a.sin_addr.s_addr = u32::from_ne_bytes(dest.ip().octets());
         i
+    }
+
+    /// Adds entries from message `m`'s datagram `d` on, whole messages as GSO sends
+    /// when `gso` (else single datagrams), until the batch or the messages end.
+    /// Returns where the next batch starts.
+    fn fill(
+        &mut self,
+        buf: &'a [u8],
+        msgs: &[TxMsg],
+        (mut m, mut d): (usize, usize),
+        gso: bool,
+    ) -> (usize, usize) {
+        while m < msgs.len() && self.len < TX_MSGS {
+            let msg = &msgs[m];
+            if d == 0 && (gso || msg.count == 1) {
+                self.push(msg.dest, &buf[msg.start..msg.start + msg.len], msg, m);
+                m += 1;
+            } else {
+                // GSO is off: the message goes as its single datagrams.
+                self.push_single(msg.dest, &buf[msg.datagram(d)], m, d);
+                d += 1;
+                if d == msg.count {
+                    (m, d) = (m + 1, 0);
+                }
+            }
+        }
+        (m, d)
     }
 
     /// Adds message `msg` (number `m`) whole: one GSO send if it has several datagrams.
@@ -441,8 +516,6 @@ pub struct Tunnel {
     state: UdpSocketState,
     lanes: Arc<Lanes>,
     tx: TxQueue,
-    /// Datagrams lost to send errors since the worker last asked.
-    failed: u64,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -471,7 +544,6 @@ impl Tunnel {
                 n: 0,
                 closed: false,
             },
-            failed: 0,
         })
     }
 
@@ -499,13 +571,19 @@ impl Tunnel {
     }
 
     /// Queues one datagram for `dest` from `lane`. It leaves with the next
-    /// [`Tunnel::flush`], or earlier when the queue is full.
+    /// [`Tunnel::flush`], or earlier when the queue is full; `account` hears what
+    /// became of whatever this call sends or refuses.
     #[inline]
-    pub fn push(&mut self, dest: SocketAddrV4, lane: usize, datagram: &[u8]) {
+    pub fn push(&mut self, dest: SocketAddrV4, lane: usize, datagram: &[u8], account: &mut Account<'_>) {
         let len = datagram.len();
         if len > TX_BUF {
-            self.failed += 1;
-            return;
+            return account(
+                dest,
+                Outcome {
+                    lost: 1,
+                    ..Outcome::default()
+                },
+            );
         }
         let lane = self.lanes.index(lane);
         let max = self.lanes.lanes[lane].max_segments();
@@ -521,7 +599,7 @@ impl Tunnel {
                 && m.count < max
         };
         if !joins && (q.n == TX_MSGS || !room) {
-            self.flush();
+            self.flush(account);
         }
         let q = &mut self.tx;
         q.buf[q.used..q.used + len].copy_from_slice(datagram);
@@ -548,8 +626,15 @@ impl Tunnel {
     /// Sends consecutive datagrams of `segment` bytes (the last may be shorter) to
     /// `dest` from `lane` straight from `run`, in as few GSO sends as the kernel allows,
     /// after what was queued before.
-    pub fn send_run(&mut self, dest: SocketAddrV4, lane: usize, run: &[u8], segment: usize) {
-        self.flush();
+    pub fn send_run(
+        &mut self,
+        dest: SocketAddrV4,
+        lane: usize,
+        run: &[u8],
+        segment: usize,
+        account: &mut Account<'_>,
+    ) {
+        self.flush(account);
         if segment == 0 || run.is_empty() {
             return;
         }
@@ -572,18 +657,19 @@ impl Tunnel {
             };
             n += 1;
             if n == TX_MSGS {
-                self.failed += l.send(run, &msgs[..n]);
+                l.send(run, &msgs[..n], account);
                 n = 0;
             }
         }
         if n > 0 {
-            self.failed += l.send(run, &msgs[..n]);
+            l.send(run, &msgs[..n], account);
         }
     }
 
     /// Sends what [`Tunnel::push`] queued: one `sendmmsg` per lane it used, each
-    /// lane's messages in the order they were queued.
-    pub fn flush(&mut self) {
+    /// lane's messages in the order they were queued. `account` hears what became of
+    /// each message.
+    pub fn flush(&mut self, account: &mut Account<'_>) {
         let q = &mut self.tx;
         const { assert!(TX_MSGS <= 64, "one bit per message") };
         let mut done = 0u64; // bit i: message i was sent
@@ -601,16 +687,11 @@ impl Tunnel {
                     done |= 1 << (first + i);
                 }
             }
-            self.failed += self.lanes.lanes[lane].send(&q.buf, &group[..g]);
+            self.lanes.lanes[lane].send(&q.buf, &group[..g], account);
         }
         q.n = 0;
         q.used = 0;
         q.closed = false;
-    }
-
-    /// Datagrams lost to send errors since the last call.
-    pub fn take_failed(&mut self) -> u64 {
-        mem::take(&mut self.failed)
     }
 }
 
@@ -696,6 +777,26 @@ mod tests {
         }
     }
 
+    /// What the sends of one test came to.
+    #[derive(Debug, Default)]
+    struct Tally {
+        sent: u64,
+        lost: u64,
+        /// (sent, sent bytes, lost) by destination.
+        by_dest: HashMap<SocketAddrV4, (u64, u64, u64)>,
+    }
+
+    impl Tally {
+        fn account(&mut self) -> impl FnMut(SocketAddrV4, Outcome) + '_ {
+            move |dest, o| {
+                self.sent += o.sent;
+                self.lost += o.lost;
+                let e = self.by_dest.entry(dest).or_default();
+                (e.0, e.1, e.2) = (e.0 + o.sent, e.1 + o.sent_bytes, e.2 + o.lost);
+            }
+        }
+    }
+
     /// A datagram that says who it is: `len` bytes of its number.
     fn datagram(id: u8, len: usize) -> Vec<u8> {
         vec![id; len]
@@ -705,6 +806,7 @@ mod tests {
     fn queued_datagrams_keep_their_order_per_lane_and_leave_from_its_port() {
         sandbox(|| {
             let mut t = tunnel(4);
+            let mut tally = Tally::default();
             let ports = t.lanes.ports();
             let (a, b) = (Receiver::new(), Receiver::new());
             // Interleaved: runs of equal sizes, a short one closing a run, two lanes
@@ -722,10 +824,10 @@ mod tests {
                 (&a, 0, 10, 300),
             ];
             for &(to, lane, id, len) in plan {
-                t.push(to.addr(), lane, &datagram(id, len));
+                t.push(to.addr(), lane, &datagram(id, len), &mut tally.account());
             }
-            t.flush();
-            assert_eq!(t.take_failed(), 0);
+            t.flush(&mut tally.account());
+            assert_eq!(tally.lost, 0);
             for r in [&a, &b] {
                 let mut expect: HashMap<u16, Vec<Vec<u8>>> = HashMap::new();
                 for &(to, lane, id, len) in plan {
@@ -746,16 +848,17 @@ mod tests {
     fn a_full_queue_sends_itself() {
         sandbox(|| {
             let mut t = tunnel(2);
+            let mut tally = Tally::default();
             let (a, b) = (Receiver::new(), Receiver::new());
             // Alternating receivers make every datagram a message of its own: three
             // times what the queue holds.
             let n = 3 * TX_MSGS;
             for i in 0..n {
                 let to = if i % 2 == 0 { &a } else { &b };
-                t.push(to.addr(), 0, &datagram(i as u8, 200 + i));
+                t.push(to.addr(), 0, &datagram(i as u8, 200 + i), &mut tally.account());
             }
-            t.flush();
-            assert_eq!(t.take_failed(), 0);
+            t.flush(&mut tally.account());
+            assert_eq!(tally.lost, 0);
             for (k, r) in [&a, &b].into_iter().enumerate() {
                 let got = r.take(n / 2);
                 let expect: Vec<Vec<u8>> = (k..n)
@@ -771,16 +874,17 @@ mod tests {
     fn a_long_run_of_pushes_fills_the_queue_and_sends_it() {
         sandbox(|| {
             let mut t = tunnel(1);
+            let mut tally = Tally::default();
             let r = Receiver::new();
             // Equal datagrams to one peer join one message after another: more bytes
             // than the queue holds, in a size that does not divide it.
             let segment = 1499;
             let pushed = run(TX_QUEUE / segment * 2, segment, 5);
             for d in pushed.chunks(segment) {
-                t.push(r.addr(), 0, d);
+                t.push(r.addr(), 0, d, &mut tally.account());
             }
-            t.flush();
-            assert_eq!(t.take_failed(), 0);
+            t.flush(&mut tally.account());
+            assert_eq!(tally.lost, 0);
             assert_run_arrived(&r, &pushed, segment);
         });
     }
@@ -805,13 +909,14 @@ mod tests {
     fn a_run_larger_than_one_gso_send_arrives_whole_after_the_queue() {
         sandbox(|| {
             let mut t = tunnel(1);
+            let mut tally = Tally::default();
             let r = Receiver::new();
-            t.push(r.addr(), 0, &datagram(200, 1000));
+            t.push(r.addr(), 0, &datagram(200, 1000), &mut tally.account());
             // 150 KB: three GSO sends at least.
             let segment = 1000;
             let run = run(150, segment, 10);
-            t.send_run(r.addr(), 0, &run, segment);
-            assert_eq!(t.take_failed(), 0);
+            t.send_run(r.addr(), 0, &run, segment, &mut tally.account());
+            assert_eq!(tally.lost, 0);
             let mut all = datagram(200, 1000);
             all.extend_from_slice(&run);
             assert_run_arrived(&r, &all, segment);
@@ -825,6 +930,7 @@ mod tests {
     fn a_refused_gso_send_goes_again_as_single_datagrams() {
         sandbox(|| {
             let mut t = tunnel(1);
+            let mut tally = Tally::default();
             let lane = &t.lanes.lanes[0];
             if lane.gso_max == 1 {
                 // This kernel has no UDP GSO at all: nothing can be refused.
@@ -836,15 +942,15 @@ mod tests {
             let segment = 700;
             let queued = run(20, segment, 33);
             for d in queued.chunks(segment) {
-                t.push(r.addr(), 0, d);
+                t.push(r.addr(), 0, d, &mut tally.account());
             }
-            t.flush();
+            t.flush(&mut tally.account());
             assert!(t.lanes.lanes[0].gso_refused.load(Ordering::Relaxed));
             assert_run_arrived(&r, &queued, segment);
             // From now on the lane queues single datagrams, and runs go singly too.
             let big = run(200, segment, 1);
-            t.send_run(r.addr(), 0, &big, segment);
-            assert_eq!(t.take_failed(), 0);
+            t.send_run(r.addr(), 0, &big, segment, &mut tally.account());
+            assert_eq!(tally.lost, 0);
             assert_run_arrived(&r, &big, segment);
         });
     }
@@ -853,16 +959,20 @@ mod tests {
     fn an_unsendable_datagram_is_counted_and_the_rest_still_go() {
         sandbox(|| {
             let mut t = tunnel(1);
+            let mut tally = Tally::default();
             let r = Receiver::new();
             // No route leads anywhere from this namespace but to itself.
             let nowhere = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 4789);
-            t.push(r.addr(), 0, &datagram(1, 100));
-            t.push(nowhere, 0, &datagram(2, 100));
-            t.push(nowhere, 0, &datagram(3, 100));
-            t.push(r.addr(), 0, &datagram(4, 100));
-            t.push(r.addr(), 0, &[]);
-            t.flush();
-            assert_eq!(t.take_failed(), 2);
+            t.push(r.addr(), 0, &datagram(1, 100), &mut tally.account());
+            t.push(nowhere, 0, &datagram(2, 100), &mut tally.account());
+            t.push(nowhere, 0, &datagram(3, 100), &mut tally.account());
+            t.push(r.addr(), 0, &datagram(4, 100), &mut tally.account());
+            t.push(r.addr(), 0, &[], &mut tally.account());
+            t.flush(&mut tally.account());
+            assert_eq!(tally.lost, 2);
+            // Each destination hears its own outcome, bytes included.
+            assert_eq!(tally.by_dest[&nowhere], (0, 0, 2));
+            assert_eq!(tally.by_dest[&r.addr()], (3, 200, 0));
             let got: Vec<Vec<u8>> = r.take(3).into_values().flatten().collect();
             assert_eq!(got, vec![datagram(1, 100), datagram(4, 100), vec![]]);
         });

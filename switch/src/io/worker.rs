@@ -1,5 +1,5 @@
 //! Worker threads: each owns a tunnel socket, one queue of every port, an epoll set
-//! and its scratch buffers, and runs the [`Datapath`] over what they deliver.
+//! and its scratch buffers, and runs the [`Core`] over what they deliver.
 //!
 //! Most frames never change thread: every port has a queue per worker and the kernel
 //! keeps a flow on one queue. When a worker must send to a port it holds no queue of
@@ -8,7 +8,7 @@
 //! ring; the batch ends with one eventfd wake-up per target worker.
 
 use std::io;
-use std::net::UdpSocket;
+use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,12 +20,13 @@ use crossbeam::queue::ArrayQueue;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::tables::counters::DropReason;
-use crate::core::{Datapath, Sink, TxError, HEADROOM};
+use crate::core::{self, Core, Ctx, Frame, Report, Sink, Time, TxError, HEADROOM};
+use crate::io::clock;
 use crate::io::port::{Offload, PortQueue};
 use crate::io::spin::Spin;
+use crate::io::udp::{Account, Lanes, Outcome, RxBatch, Tunnel, RX_BATCH};
+use crate::tables::counters::{Counters, DropReason};
 use crate::tables::{PeerEntry, PortEntry, PortId, Tables};
-use crate::io::udp::{Lanes, RxBatch, Tunnel, RX_BATCH};
 
 const WAKER: Token = Token(0);
 const SOCKET: Token = Token(1);
@@ -50,6 +51,8 @@ pub enum Command {
     AddQueue {
         /// The port.
         id: PortId,
+        /// The port's counters, for what happens to its frames outside the snapshot.
+        counters: Arc<Counters>,
         /// The queue this worker will own.
         queue: Box<dyn PortQueue>,
         /// Acknowledgement: whether the worker now polls the queue.
@@ -67,6 +70,8 @@ pub enum Command {
 /// A frame handed from one worker to another.
 struct Handoff {
     port: PortId,
+    /// Where its send is counted, by the worker that writes it.
+    counters: Arc<Counters>,
     offload: Offload,
     len: usize,
     buf: Box<[u8]>,
@@ -129,13 +134,21 @@ impl WorkerHandle {
     }
 }
 
-/// Starts `sockets.len()` workers, one per tunnel socket; they send from `lanes` and
-/// poll after work for at most `poll_max` (see [`crate::io::spin`]) before sleeping.
+/// How the workers run.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// The longest a worker polls after work before it sleeps (see [`crate::io::spin`]).
+    pub poll_max: Duration,
+    /// How often worker 0 sends every peer a heartbeat; zero for never.
+    pub heartbeat: Duration,
+}
+
+/// Starts `sockets.len()` workers, one per tunnel socket; they send from `lanes`.
 pub fn spawn(
     tables: Arc<ArcSwap<Tables>>,
     sockets: Vec<UdpSocket>,
     lanes: Arc<Lanes>,
-    poll_max: Duration,
+    tuning: Tuning,
 ) -> io::Result<(Arc<Shared>, Vec<WorkerHandle>)> {
     let n = sockets.len();
     let mut polls = Vec::with_capacity(n);
@@ -174,7 +187,7 @@ pub fn spawn(
         let spawned = std::thread::Builder::new()
             .name(format!("weft-worker-{index}"))
             .spawn(
-                move || match Worker::new(index, poll, socket, lanes, poll_max, rx, shared_w) {
+                move || match Worker::new(index, poll, socket, lanes, tuning, rx, shared_w) {
                     Ok(worker) => {
                         let _ = ready.send(Ok(()));
                         worker.run()
@@ -229,6 +242,7 @@ pub fn stop(shared: &Shared, handles: &mut [WorkerHandle]) {
 
 struct QueueSlot {
     generation: u32,
+    counters: Arc<Counters>,
     queue: Box<dyn PortQueue>,
 }
 
@@ -237,7 +251,7 @@ struct Worker {
     spin: Spin,
     rx: RxBatch,
     commands: Receiver<Command>,
-    dp: Datapath,
+    core: Core,
     buf: Box<[u8]>,
     io: Io,
 }
@@ -250,14 +264,19 @@ struct Io {
     queues: Vec<Option<QueueSlot>>,
 }
 
-/// The I/O side of the datapath for one worker, lent to it for one batch.
+/// The I/O side of the core for one worker, lent to it for one batch.
 struct IoSink<'a> {
     io: &'a mut Io,
+    /// The batch's snapshot, to count sends on.
+    tables: &'a Tables,
+    now: Time,
     /// Bit i set: worker i was handed frames in this batch and needs a wake-up.
     wake: &'a mut u64,
 }
 
 impl IoSink<'_> {
+    /// Hands `frame` to the worker that owns a queue of `port`. That worker counts
+    /// the send when it writes the frame.
     fn handoff(
         &mut self,
         port: &PortEntry,
@@ -277,6 +296,7 @@ impl IoSink<'_> {
         buf[..frame.len()].copy_from_slice(frame);
         let h = Handoff {
             port: port.id,
+            counters: port.counters.clone(),
             offload: *offload,
             len: frame.len(),
             buf,
@@ -298,38 +318,58 @@ fn tx_error(e: &io::Error) -> TxError {
     }
 }
 
+/// Counts a send to a port, done or failed.
+fn count_port_send(counters: &Counters, worker: usize, len: usize, result: Result<(), TxError>) {
+    match result {
+        Ok(()) => counters.tx(worker, len),
+        Err(e) => counters.discard(worker, e.reason()),
+    }
+}
+
+/// Counts what became of tunnel sends on the peers they went to. A destination that
+/// is no peer of the snapshot cannot happen (sends are made and flushed within one
+/// batch); it would be counted on the tunnel as failed.
+fn peer_account<'t>(tables: &'t Tables, worker: usize) -> impl FnMut(SocketAddrV4, Outcome) + 't {
+    move |dest, o| {
+        let counters = tables
+            .peer_by_ip(*dest.ip())
+            .map_or(&tables.tunnel, |j| &tables.peers[j].counters);
+        counters.tx_many(worker, o.sent, o.sent_bytes);
+        counters.discard_many(worker, DropReason::TxError, o.lost);
+    }
+}
+
 impl Sink for IoSink<'_> {
     #[inline]
-    fn to_port(
-        &mut self,
-        port: &PortEntry,
-        offload: &Offload,
-        frame: &[u8],
-    ) -> Result<(), TxError> {
+    fn to_port(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8]) {
+        let worker = self.io.index;
         match self.io.queues.get_mut(port.id.slot as usize) {
             Some(Some(q)) if q.generation == port.id.generation => {
-                q.queue.send(offload, frame).map_err(|e| tx_error(&e))
+                let sent = q.queue.send(offload, frame).map_err(|e| tx_error(&e));
+                count_port_send(&port.counters, worker, frame.len(), sent);
             }
-            _ => self.handoff(port, offload, frame),
+            _ => {
+                if let Err(e) = self.handoff(port, offload, frame) {
+                    port.counters.discard(worker, e.reason());
+                }
+            }
         }
     }
 
     #[inline]
-    fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) -> Result<(), TxError> {
-        self.io.tunnel.push(peer.addr, lane, datagram);
-        Ok(())
+    fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) {
+        let account: &mut Account<'_> = &mut peer_account(self.tables, self.io.index);
+        self.io.tunnel.push(peer.addr, lane, datagram, account);
     }
 
     #[inline]
-    fn to_peer_run(
-        &mut self,
-        peer: &PeerEntry,
-        lane: usize,
-        run: &[u8],
-        segment: usize,
-    ) -> Result<(), TxError> {
-        self.io.tunnel.send_run(peer.addr, lane, run, segment);
-        Ok(())
+    fn to_peer_run(&mut self, peer: &PeerEntry, lane: usize, run: &[u8], segment: usize) {
+        let account: &mut Account<'_> = &mut peer_account(self.tables, self.io.index);
+        self.io.tunnel.send_run(peer.addr, lane, run, segment, account);
+    }
+
+    fn report(&mut self, report: Report) {
+        self.tables.apply(self.now, report);
     }
 }
 
@@ -339,7 +379,7 @@ impl Worker {
         poll: Poll,
         socket: UdpSocket,
         lanes: Arc<Lanes>,
-        poll_max: Duration,
+        tuning: Tuning,
         commands: Receiver<Command>,
         shared: Arc<Shared>,
     ) -> io::Result<Worker> {
@@ -350,12 +390,16 @@ impl Worker {
             Interest::READABLE,
         )?;
         let tunnel = Tunnel::new(socket, lanes)?;
+        let beats = (index == 0 && !tuning.heartbeat.is_zero()).then_some(tuning.heartbeat);
         Ok(Worker {
             poll,
-            spin: Spin::new(poll_max),
+            spin: Spin::new(tuning.poll_max),
             rx: RxBatch::default(),
             commands,
-            dp: Datapath::new(index),
+            core: Core::new(core::Config {
+                worker: index,
+                heartbeat: beats,
+            }),
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
             io: Io {
                 index,
@@ -376,7 +420,13 @@ impl Worker {
         let mut poll_until = idle_since;
         loop {
             let polling = !again.is_empty() || Instant::now() < poll_until;
-            let timeout = if polling { Some(Duration::ZERO) } else { None };
+            let timeout = if polling {
+                Some(Duration::ZERO)
+            } else {
+                self.core
+                    .poll_timeout()
+                    .map(|at| at.saturating_since(clock::now()))
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -385,12 +435,14 @@ impl Worker {
             if self.io.shared.stop.load(Ordering::Acquire) {
                 return Ok(());
             }
-            if events.is_empty() && again.is_empty() {
+            let now = clock::now();
+            let due = self.core.poll_timeout().is_some_and(|at| now >= at);
+            if events.is_empty() && again.is_empty() && !due {
                 // Nothing yet: give the CPU to whatever else may run, then look again.
                 std::thread::yield_now();
                 continue;
             }
-            if !polling {
+            if !polling && !events.is_empty() {
                 self.spin.woke(idle_since.elapsed());
             }
             ready.clear();
@@ -400,34 +452,44 @@ impl Worker {
                     ready.push(ev.token());
                 }
             }
-            let tables = self.io.shared.tables.load();
-            let mut wake = 0u64;
-            for &token in &ready {
-                let more = match token {
-                    WAKER => {
-                        self.commands();
-                        self.inbox(&tables)
-                    }
-                    SOCKET => self.socket_batch(&tables, &mut wake),
-                    Token(t) => self.port_batch(&tables, t - PORT_BASE, &mut wake),
-                };
-                if more {
-                    again.push(token);
-                }
-            }
-            let mut sink = IoSink {
-                io: &mut self.io,
-                wake: &mut wake,
-            };
-            self.dp.flush(&tables, &mut sink);
-            self.io.tunnel.flush();
-            for _ in 0..self.io.tunnel.take_failed() {
-                tables.tunnel.discard(self.io.index, DropReason::TxError);
-            }
-            self.wake(wake);
+            self.batch(now, &ready, &mut again);
             idle_since = Instant::now();
             poll_until = idle_since + self.spin.window();
         }
+    }
+
+    /// Serves the fds in `ready` once, runs the timers that are due and ends the
+    /// batch; fds with more waiting go to `again`.
+    fn batch(&mut self, now: Time, ready: &[Token], again: &mut Vec<Token>) {
+        let tables = self.io.shared.tables.load();
+        let mut wake = 0u64;
+        for &token in ready {
+            let more = match token {
+                WAKER => {
+                    self.commands();
+                    self.inbox()
+                }
+                SOCKET => self.socket_batch(&tables, now, &mut wake),
+                Token(t) => self.port_batch(&tables, now, t - PORT_BASE, &mut wake),
+            };
+            if more {
+                again.push(token);
+            }
+        }
+        let mut sink = IoSink {
+            io: &mut self.io,
+            tables: &tables,
+            now,
+            wake: &mut wake,
+        };
+        let mut cx = Ctx::new(&tables, now, &mut sink);
+        if self.core.poll_timeout().is_some_and(|at| now >= at) {
+            self.core.handle_timeout(&mut cx);
+        }
+        self.core.flush(&mut cx);
+        let account: &mut Account<'_> = &mut peer_account(&tables, self.io.index);
+        self.io.tunnel.flush(account);
+        self.wake(wake);
     }
 
     fn wake(&self, mut mask: u64) {
@@ -445,32 +507,14 @@ impl Worker {
     fn commands(&mut self) {
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
-                Command::AddQueue { id, queue, done } => {
-                    let slot = id.slot as usize;
-                    if self.io.queues.len() <= slot {
-                        self.io.queues.resize_with(slot + 1, || None);
-                    }
-                    if let Some(old) = self.io.queues[slot].take() {
-                        self.deregister(old.queue.as_ref());
-                    }
-                    let token = Token(PORT_BASE + slot);
-                    match self.poll.registry().register(
-                        &mut SourceFd(&queue.fd()),
-                        token,
-                        Interest::READABLE,
-                    ) {
-                        Ok(()) => {
-                            self.io.queues[slot] = Some(QueueSlot {
-                                generation: id.generation,
-                                queue,
-                            });
-                            let _ = done.send(true);
-                        }
-                        Err(e) => {
-                            log::error!("worker {}: cannot poll port {id:?}: {e}", self.io.index);
-                            let _ = done.send(false);
-                        }
-                    }
+                Command::AddQueue {
+                    id,
+                    counters,
+                    queue,
+                    done,
+                } => {
+                    let polled = self.add_queue(id, counters, queue);
+                    let _ = done.send(polled);
                 }
                 Command::RemovePort { id, done } => {
                     let slot = id.slot as usize;
@@ -486,8 +530,39 @@ impl Worker {
         }
     }
 
-    /// Writes frames other workers handed over. Returns whether more are waiting.
-    fn inbox(&mut self, tables: &Tables) -> bool {
+    /// Starts polling `queue` of port `id`; says whether it could.
+    fn add_queue(&mut self, id: PortId, counters: Arc<Counters>, queue: Box<dyn PortQueue>) -> bool {
+        let slot = id.slot as usize;
+        if self.io.queues.len() <= slot {
+            self.io.queues.resize_with(slot + 1, || None);
+        }
+        if let Some(old) = self.io.queues[slot].take() {
+            self.deregister(old.queue.as_ref());
+        }
+        let token = Token(PORT_BASE + slot);
+        match self
+            .poll
+            .registry()
+            .register(&mut SourceFd(&queue.fd()), token, Interest::READABLE)
+        {
+            Ok(()) => {
+                self.io.queues[slot] = Some(QueueSlot {
+                    generation: id.generation,
+                    counters,
+                    queue,
+                });
+                true
+            }
+            Err(e) => {
+                log::error!("worker {}: cannot poll port {id:?}: {e}", self.io.index);
+                false
+            }
+        }
+    }
+
+    /// Writes frames other workers handed over, counting each on its port. Returns
+    /// whether more are waiting.
+    fn inbox(&mut self) -> bool {
         let inbox = &self.io.shared.inboxes[self.io.index];
         for _ in 0..BUDGET * 4 {
             let Some(h) = inbox.pop() else { return false };
@@ -498,20 +573,13 @@ impl Worker {
                     .map_err(|e| tx_error(&e)),
                 _ => Err(TxError::Failed),
             };
-            if let Some(i) = tables.port_index(h.port) {
-                let c = &tables.ports[i].counters;
-                match result {
-                    Ok(()) => c.tx(self.io.index, h.len),
-                    Err(TxError::Full) => c.discard(self.io.index, DropReason::TxFull),
-                    Err(_) => c.discard(self.io.index, DropReason::TxError),
-                }
-            }
+            count_port_send(&h.counters, self.io.index, h.len, result);
             self.io.shared.give_back(h.buf);
         }
         !inbox.is_empty()
     }
 
-    fn socket_batch(&mut self, tables: &Tables, wake: &mut u64) -> bool {
+    fn socket_batch(&mut self, tables: &Tables, now: Time, wake: &mut u64) -> bool {
         for _ in 0..BUDGET / RX_BATCH {
             let n = match self.io.tunnel.recv(&mut self.rx) {
                 Ok(0) => return false,
@@ -526,11 +594,14 @@ impl Worker {
             };
             let mut sink = IoSink {
                 io: &mut self.io,
+                tables,
+                now,
                 wake,
             };
-            let dp = &mut self.dp;
+            let mut cx = Ctx::new(tables, now, &mut sink);
+            let core = &mut self.core;
             self.rx.for_each(|from, buf, off, len| {
-                dp.tunnel_datagram(tables, from, buf, off, len, &mut sink)
+                core.tunnel_datagram(&mut cx, from, Frame::new(buf, off, len))
             });
             // A short batch emptied the socket: asking again would only return
             // EAGAIN, a wasted syscall per packet under request/response traffic. The
@@ -542,7 +613,7 @@ impl Worker {
         true
     }
 
-    fn port_batch(&mut self, tables: &Tables, slot: usize, wake: &mut u64) -> bool {
+    fn port_batch(&mut self, tables: &Tables, now: Time, slot: usize, wake: &mut u64) -> bool {
         let Some(Some(q)) = self.io.queues.get(slot) else {
             return false;
         };
@@ -550,6 +621,7 @@ impl Worker {
             slot: slot as u32,
             generation: q.generation,
         };
+        let counters = q.counters.clone();
         let ingress = tables.port_index(id);
         for _ in 0..BUDGET {
             let Some(Some(q)) = self.io.queues.get_mut(slot) else {
@@ -559,25 +631,25 @@ impl Worker {
                 Ok(Some((offload, n))) => {
                     let Some(i) = ingress else {
                         // Not (or no longer) in the snapshot: attach or detach in progress.
-                        tables.tunnel.discard(self.io.index, DropReason::TxError);
+                        counters.rx(self.io.index, n);
+                        counters.discard(self.io.index, DropReason::Detached);
                         continue;
                     };
                     let mut sink = IoSink {
                         io: &mut self.io,
+                        tables,
+                        now,
                         wake,
                     };
-                    self.dp
-                        .port_frame(tables, i, &offload, &mut self.buf, HEADROOM, n, &mut sink);
+                    let mut cx = Ctx::new(tables, now, &mut sink);
+                    let frame = Frame::new(&mut self.buf, HEADROOM, n);
+                    self.core.port_frame(&mut cx, i, &offload, frame);
                 }
                 Ok(None) => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     // One frame with a header the switch cannot read: drop it, keep going.
-                    if let Some(i) = ingress {
-                        tables.ports[i]
-                            .counters
-                            .discard(self.io.index, DropReason::Malformed);
-                    }
+                    counters.discard(self.io.index, DropReason::Malformed);
                 }
                 Err(e) => {
                     // The device is gone (its netns was deleted): stop polling it. The

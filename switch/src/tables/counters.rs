@@ -9,99 +9,85 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crossbeam::utils::CachePadded;
 
-/// Why a frame was dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum DropReason {
+/// Defines [`DropReason`], its names and its list from one table, so that a reason
+/// cannot be left out of the list, the counters or the CLI: each is written once.
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)+) => {
+        /// Why a frame was dropped.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $($(#[doc = $doc])* $variant,)+
+        }
+
+        impl DropReason {
+            /// The number of reasons.
+            pub const COUNT: usize = [$(stringify!($variant)),+].len();
+
+            /// Every reason, in counter order.
+            pub const ALL: [DropReason; Self::COUNT] = [$(DropReason::$variant,)+];
+
+            /// The reason's name as the CLI and metrics show it.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
     /// Too short or inconsistent to parse (Ethernet, ARP, IPv4).
-    Malformed,
+    Malformed => "malformed",
     /// An IPv4 header whose checksum is wrong.
-    BadChecksum,
+    BadChecksum => "bad_checksum",
     /// A tunnel datagram that is not valid VXLAN or sleeve.
-    BadEncap,
+    BadEncap => "bad_encap",
     /// A VXLAN datagram with another VNI.
-    WrongVni,
+    WrongVni => "wrong_vni",
     /// A tunnel datagram from an address that is not a configured peer.
-    UnknownPeer,
+    UnknownPeer => "unknown_peer",
     /// A sleeve datagram whose sender id does not match the peer it came from.
-    WrongSender,
+    WrongSender => "wrong_sender",
     /// A pod sent from an address that is not its own.
-    Spoofed,
+    Spoofed => "spoofed",
     /// An ethertype or IP feature the switch does not forward (IPv6 for now).
-    Unsupported,
+    Unsupported => "unsupported",
     /// Broadcast or multicast IPv4, which a routed network does not flood.
-    Multicast,
+    Multicast => "multicast",
     /// No route to the destination (an ICMP unreachable was sent).
-    NoRoute,
+    NoRoute => "no_route",
     /// TTL ran out (an ICMP time exceeded was sent).
-    TtlExceeded,
+    TtlExceeded => "ttl_exceeded",
     /// Larger than the egress MTU (an ICMP fragmentation-needed was sent if DF was set).
-    TooBig,
+    TooBig => "too_big",
     /// Arrived from a tunnel but routes to another peer: the switch does not relay.
-    NoRelay,
+    NoRelay => "no_relay",
     /// The egress port's queue was full.
-    TxFull,
+    TxFull => "tx_full",
     /// The egress port or socket failed.
-    TxError,
+    TxError => "tx_error",
     /// A frame that had to change thread found the ring or buffer pool full.
-    RingFull,
+    RingFull => "ring_full",
     /// An ARP packet the switch does not answer.
-    ArpIgnored,
+    ArpIgnored => "arp_ignored",
     /// A sleeve super-frame whose chunks did not all arrive, in order (the pod's
     /// transport retransmits it); counted once per frame given up.
-    ChunkLost,
+    ChunkLost => "chunk_lost",
+    /// A frame from a port being attached or detached, so not in the forwarding
+    /// snapshot yet (or any more).
+    Detached => "detached",
 }
 
-impl DropReason {
-    /// Every reason, in counter order.
-    pub const ALL: [DropReason; 18] = [
-        DropReason::Malformed,
-        DropReason::BadChecksum,
-        DropReason::BadEncap,
-        DropReason::WrongVni,
-        DropReason::UnknownPeer,
-        DropReason::WrongSender,
-        DropReason::Spoofed,
-        DropReason::Unsupported,
-        DropReason::Multicast,
-        DropReason::NoRoute,
-        DropReason::TtlExceeded,
-        DropReason::TooBig,
-        DropReason::NoRelay,
-        DropReason::TxFull,
-        DropReason::TxError,
-        DropReason::RingFull,
-        DropReason::ArpIgnored,
-        DropReason::ChunkLost,
-    ];
-
-    /// The number of reasons.
-    pub const COUNT: usize = Self::ALL.len();
-
-    /// The reason's name as the CLI and metrics show it.
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::Malformed => "malformed",
-            DropReason::BadChecksum => "bad_checksum",
-            DropReason::BadEncap => "bad_encap",
-            DropReason::WrongVni => "wrong_vni",
-            DropReason::UnknownPeer => "unknown_peer",
-            DropReason::WrongSender => "wrong_sender",
-            DropReason::Spoofed => "spoofed",
-            DropReason::Unsupported => "unsupported",
-            DropReason::Multicast => "multicast",
-            DropReason::NoRoute => "no_route",
-            DropReason::TtlExceeded => "ttl_exceeded",
-            DropReason::TooBig => "too_big",
-            DropReason::NoRelay => "no_relay",
-            DropReason::TxFull => "tx_full",
-            DropReason::TxError => "tx_error",
-            DropReason::RingFull => "ring_full",
-            DropReason::ArpIgnored => "arp_ignored",
-            DropReason::ChunkLost => "chunk_lost",
-        }
+// The list is in discriminant order, so a reason indexes its own counter.
+const _: () = {
+    let mut i = 0;
+    while i < DropReason::COUNT {
+        assert!(DropReason::ALL[i] as usize == i);
+        i += 1;
     }
-}
+};
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -158,10 +144,28 @@ impl Counters {
         bump(&s.tx_bytes, bytes as u64);
     }
 
+    /// Counts `packets` sent frames of `bytes` bytes in all.
+    #[inline]
+    pub fn tx_many(&self, worker: usize, packets: u64, bytes: u64) {
+        if packets > 0 {
+            let s = self.slot(worker);
+            bump(&s.tx_packets, packets);
+            bump(&s.tx_bytes, bytes);
+        }
+    }
+
     /// Counts one dropped frame.
     #[inline]
     pub fn discard(&self, worker: usize, reason: DropReason) {
         bump(&self.slot(worker).drops[reason as usize], 1);
+    }
+
+    /// Counts `n` dropped frames.
+    #[inline]
+    pub fn discard_many(&self, worker: usize, reason: DropReason, n: u64) {
+        if n > 0 {
+            bump(&self.slot(worker).drops[reason as usize], n);
+        }
     }
 
     /// Sums the slots.

@@ -2,24 +2,27 @@
 //!
 //! The control plane builds a new [`Tables`] whenever a port or peer comes or goes and
 //! swaps it in atomically; workers load the current one once per batch. Nothing in
-//! here is mutated after it is built, except the counters and what was learned of
-//! each peer, which are atomics.
+//! here is mutated after it is built, except the counters and each peer's health,
+//! which are atomics that the workers' sinks write.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use weft_encap::vxlan::Vni;
 
 pub mod counters;
 pub mod fib;
+pub mod health;
 
 use crate::tables::counters::Counters;
 use crate::tables::fib::{Fib, NextHop};
+use crate::core::{Report, Time};
 use crate::mac::MacAddr;
+use crate::tables::health::PeerHealth;
 
 /// How frames to peer nodes are carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -31,9 +34,10 @@ pub enum TunnelMode {
     Sleeve,
 }
 
-/// Bytes the tunnels take from the underlay MTU: outer IPv4 20 + UDP 8 + VXLAN 8 +
-/// inner Ethernet 14. Sleeve needs 44 of them; pods get the same MTU in both modes.
-pub const TUNNEL_OVERHEAD: u32 = 50;
+/// Bytes the tunnels take from the underlay MTU: VXLAN's over IPv4 (outer IPv4 20 +
+/// UDP 8 + VXLAN 8 + inner Ethernet 14). Sleeve needs 44 of them; pods get the same
+/// MTU in both modes.
+pub const TUNNEL_OVERHEAD: u32 = weft_encap::vxlan::IPV4_OVERHEAD as u32;
 
 impl fmt::Display for TunnelMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -65,6 +69,8 @@ pub struct NodeConfig {
     pub pod_mtu: u32,
     /// The largest UDP payload the underlay carries without fragmentation.
     pub max_datagram: usize,
+    /// How often worker 0 sends every peer a heartbeat.
+    pub heartbeat: Duration,
 }
 
 /// A port's identity: a slot that workers index by, and a generation that tells a
@@ -122,33 +128,8 @@ pub struct PeerEntry {
     pub vtep_mac: MacAddr,
     /// Traffic counters.
     pub counters: Arc<Counters>,
-    /// What its datagrams said it can receive.
-    pub learned: Arc<Learned>,
-}
-
-/// What a peer's own datagrams said it can receive. It is kept across rebuilds of
-/// the tables, like the peer's counters, and follows the peer's latest datagram, so
-/// a peer that restarts on an older weft is noticed.
-#[derive(Debug, Default)]
-pub struct Learned {
-    joins_chunks: AtomicBool,
-}
-
-impl Learned {
-    /// Whether the peer joins sleeve chunks, so super-frames may go to it whole.
-    #[inline]
-    pub fn joins_chunks(&self) -> bool {
-        self.joins_chunks.load(Ordering::Relaxed)
-    }
-
-    /// Records whether the peer joins sleeve chunks; writes only on a change, so
-    /// workers receiving from one peer do not contend for its cache line.
-    #[inline]
-    pub fn set_joins_chunks(&self, yes: bool) {
-        if self.joins_chunks() != yes {
-            self.joins_chunks.store(yes, Ordering::Relaxed);
-        }
-    }
+    /// Its liveness and what its datagrams said it can receive.
+    pub health: Arc<PeerHealth>,
 }
 
 /// Problems that make a set of ports and peers impossible to route.
@@ -293,6 +274,27 @@ impl Tables {
     #[inline]
     pub fn peer_by_ip(&self, ip: Ipv4Addr) -> Option<usize> {
         self.peer_by_ip.get(&ip).copied()
+    }
+
+    /// Records what a core reported ([`Report`]) in the peers' health, at `now`.
+    pub fn apply(&self, now: Time, report: Report) {
+        let peer = match report {
+            Report::Features { peer, .. }
+            | Report::BeatReceived { peer }
+            | Report::Echoed { peer, .. }
+            | Report::BeatSent { peer }
+            | Report::EchoSent { peer } => peer,
+        };
+        let Some(h) = self.peers.get(peer).map(|p| &p.health) else {
+            return;
+        };
+        match report {
+            Report::Features { features, .. } => h.set_features(features),
+            Report::BeatReceived { .. } => h.beat_received(now),
+            Report::Echoed { rtt, .. } => h.echoed(now, rtt),
+            Report::BeatSent { .. } => h.beat_sent(),
+            Report::EchoSent { .. } => h.echo_sent(),
+        }
     }
 
     /// A route's next hop, described for people.

@@ -1,13 +1,18 @@
-//! An in-memory cluster for testing the switching core without root.
+//! An in-memory cluster for testing the switching core without root (feature `sim`).
 //!
-//! Every node is a [`Datapath`] and its [`Tables`], addressed like the real daemon
-//! (node `n` owns 10.244.(n+1).0/24, its gateway is the first address, its underlay
-//! address is 10.250.0.(n+1):8472). Every pod is a smoltcp [`Interface`] over a
+//! Every node is a [`Core`] and its [`Tables`], addressed like the real daemon (node
+//! `n` owns 10.244.(n+1).0/24, its gateway is the first address, its underlay address
+//! is 10.250.0.(n+1):8472). Every pod is a smoltcp [`Interface`] over a
 //! [`MemDevice`], a pair of frame queues. The [`Sink`] puts frames for a pod port in
 //! that pod's receive queue, frames for the host port in a per-node list, and tunnel
-//! datagrams on a simulated wire. Time is simulated: [`Sim::step`] polls every pod,
-//! feeds what they sent to their node, delivers the wire and advances the clock by
-//! [`STEP`]. No threads, no sockets, no clocks: every run is the same.
+//! datagrams on a simulated wire, whose links between nodes have an MTU, a latency
+//! and a loss rate ([`Link`]), and can be cut.
+//!
+//! Time is simulated, as in quinn's test `Pair`: [`Sim::step`] polls every pod, feeds
+//! what they sent to their node, delivers the wire and moves the clock by [`STEP`];
+//! [`Sim::advance`] jumps the clock to the next thing that happens (a datagram's
+//! arrival, a core's timer) and [`Sim::run_for`] keeps jumping. No threads, no
+//! sockets, no clocks: every run is the same.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -20,10 +25,12 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use weft_encap::vxlan::Vni;
-use weft_switch::tables::counters::{Counters, DropReason, Snapshot};
-use weft_switch::core::{Datapath, Sink, TxError, HEADROOM};
-use weft_switch::mac::MacAddr;
-use weft_switch::tables::{
+
+use crate::core::{self, Core, Ctx, Frame, Offload, Report, Sink, Time, HEADROOM};
+use crate::mac::MacAddr;
+use crate::tables::counters::{Counters, DropReason, Snapshot};
+use crate::tables::health::{HealthSnapshot, PeerHealth};
+use crate::tables::{
     NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode, TUNNEL_OVERHEAD,
 };
 
@@ -160,7 +167,7 @@ pub struct Node {
     /// The forwarding snapshot.
     pub tables: Tables,
     /// The worker's switching state.
-    pub dp: Datapath,
+    pub core: Core,
 }
 
 /// A tunnel datagram in flight on the underlay.
@@ -172,6 +179,33 @@ pub struct WireDatagram {
     pub to: SocketAddr,
     /// The UDP payload.
     pub bytes: Vec<u8>,
+    /// When it arrives.
+    pub at: Time,
+}
+
+/// The underlay path from one node to another.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Link {
+    /// The largest UDP payload it carries; larger ones are lost.
+    pub mtu: Option<usize>,
+    /// How long a datagram takes.
+    pub latency: std::time::Duration,
+    /// The share of datagrams lost, 0 to 1 (drawn from the simulation's seeded
+    /// generator, so runs repeat).
+    pub loss: f64,
+    /// Whether it carries anything at all.
+    pub up: bool,
+}
+
+impl Default for Link {
+    fn default() -> Link {
+        Link {
+            mtu: None,
+            latency: std::time::Duration::ZERO,
+            loss: 0.0,
+            up: true,
+        }
+    }
 }
 
 /// One output of a node's datapath, recorded when [`Outputs::capture`] is set.
@@ -235,23 +269,29 @@ pub struct Outputs {
     pub log: Vec<Event>,
     /// Totals.
     pub stats: Stats,
+    /// The link from node `a` to node `b` is `links[a][b]`.
+    pub links: Vec<Vec<Link>>,
+    /// Datagrams the links lost (cut, too big, or by chance).
+    pub lost: u64,
+    /// The simulated time, for datagrams' arrival.
+    pub now: Time,
+    /// The loss generator's state (xorshift64).
+    rng: u64,
 }
 
-/// The sink of one node: routes the datapath's output into the simulation.
+/// The sink of one node: routes the core's output into the simulation, and counts
+/// sends as a worker's sink does.
 struct NodeSink<'a> {
     node: usize,
+    tables: &'a Tables,
     pods: &'a mut [Pod],
     out: &'a mut Outputs,
 }
 
 impl Sink for NodeSink<'_> {
-    fn to_port(
-        &mut self,
-        port: &PortEntry,
-        offload: &weft_switch::io::port::Offload,
-        frame: &[u8],
-    ) -> Result<(), TxError> {
+    fn to_port(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8]) {
         self.out.stats.port_writes += 1;
+        port.counters.tx(0, frame.len());
         // What a TAP's kernel does with a super-frame or a partial checksum: the
         // smoltcp pods (and the log) see ordinary frames.
         if offload.is_gso() || offload.needs_csum {
@@ -272,21 +312,26 @@ impl Sink for NodeSink<'_> {
                 vec![f]
             };
             for f in frames {
-                self.deliver_frame(port, &f)?;
+                self.deliver_frame(port, &f);
             }
-            return Ok(());
+            return;
         }
         self.deliver_frame(port, frame)
     }
 
-    fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) -> Result<(), TxError> {
+    fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) {
+        peer.counters.tx(0, datagram.len());
         self.send_datagram(peer, lane, datagram)
+    }
+
+    fn report(&mut self, report: Report) {
+        self.tables.apply(self.out.now, report);
     }
 }
 
 impl NodeSink<'_> {
     /// Hands one plain frame to the pod or host behind `port`.
-    fn deliver_frame(&mut self, port: &PortEntry, frame: &[u8]) -> Result<(), TxError> {
+    fn deliver_frame(&mut self, port: &PortEntry, frame: &[u8]) {
         if self.out.capture {
             self.out.log.push(Event::ToPort {
                 node: self.node,
@@ -317,15 +362,9 @@ impl NodeSink<'_> {
                 pod.dev.rx.push_back(frame.to_vec());
             }
         }
-        Ok(())
     }
 
-    fn send_datagram(
-        &mut self,
-        peer: &PeerEntry,
-        lane: usize,
-        datagram: &[u8],
-    ) -> Result<(), TxError> {
+    fn send_datagram(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) {
         if self.out.capture {
             self.out.log.push(Event::ToPeer {
                 node: self.node,
@@ -338,6 +377,13 @@ impl NodeSink<'_> {
         s.datagrams += 1;
         s.datagram_bytes += datagram.len() as u64;
         s.longest_datagram = s.longest_datagram.max(datagram.len());
+        let to = (0..self.out.links.len()).find(|&m| underlay(m) == peer.addr);
+        let link = to.map_or_else(Link::default, |m| self.out.links[self.node][m]);
+        if !self.out.carries(&link, datagram.len()) {
+            self.out.lost += 1;
+            return;
+        }
+        let at = self.out.now + link.latency;
         self.out.wire.push_back(WireDatagram {
             // Each lane is its own source port, as on a real node.
             from: SocketAddr::V4(SocketAddrV4::new(
@@ -346,8 +392,24 @@ impl NodeSink<'_> {
             )),
             to: SocketAddr::V4(peer.addr),
             bytes: datagram.to_vec(),
+            at,
         });
-        Ok(())
+    }
+}
+
+impl Outputs {
+    /// Whether `link` carries a datagram of `len` bytes this time.
+    fn carries(&mut self, link: &Link, len: usize) -> bool {
+        if !link.up || link.mtu.is_some_and(|mtu| len > mtu) {
+            return false;
+        }
+        if link.loss <= 0.0 {
+            return true;
+        }
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64 >= link.loss
     }
 }
 
@@ -373,78 +435,98 @@ fn new_counters() -> Arc<Counters> {
     Arc::new(Counters::new(1))
 }
 
+/// Node `n`'s own configuration.
+fn node_config(n: usize, mode: TunnelMode, heartbeat: Option<std::time::Duration>) -> NodeConfig {
+    NodeConfig {
+        name: format!("node-{n}"),
+        router_mac: router_mac(n),
+        subnet: subnet(n),
+        gateway: gateway(n),
+        cluster: cluster(),
+        mode,
+        vni: Vni::new(1).expect("1 is a VNI"),
+        pod_mtu: POD_MTU,
+        max_datagram: MAX_DATAGRAM,
+        heartbeat: heartbeat.unwrap_or_default(),
+    }
+}
+
+/// A port: the host port (`slot` 0, at the gateway) or a pod's.
+fn port_entry(slot: u32, ip: Ipv4Addr) -> PortEntry {
+    let pod = slot > 0;
+    PortEntry {
+        id: PortId {
+            slot,
+            generation: 0,
+        },
+        kind: if pod { PortKind::Pod } else { PortKind::Host },
+        name: if pod {
+            format!("tap{}", slot - 1)
+        } else {
+            "weft0".into()
+        },
+        mac: MacAddr::for_ip(ip),
+        ip,
+        container_id: pod.then(|| format!("pod-{ip}")),
+        netns: None,
+        queues: 1,
+        counters: new_counters(),
+    }
+}
+
+/// Node `n`'s entry for peer node `m`.
+fn peer_entry(m: usize) -> PeerEntry {
+    PeerEntry {
+        name: format!("node-{m}"),
+        addr: underlay(m),
+        subnet: subnet(m),
+        vtep_mac: router_mac(m),
+        counters: new_counters(),
+        health: Arc::new(PeerHealth::new(Time::ZERO)),
+    }
+}
+
 impl Sim {
     /// A cluster of `layout.len()` nodes; node `n` holds pods with the addresses
-    /// `layout[n]`, which must lie in its subnet.
+    /// `layout[n]`, which must lie in its subnet. The nodes send no heartbeats.
     pub fn new(mode: TunnelMode, layout: &[&[Ipv4Addr]]) -> Sim {
+        Sim::build(mode, layout, None)
+    }
+
+    /// Like [`Sim::new`], with every node sending heartbeats every `interval`.
+    pub fn with_heartbeats(
+        mode: TunnelMode,
+        layout: &[&[Ipv4Addr]],
+        interval: std::time::Duration,
+    ) -> Sim {
+        Sim::build(mode, layout, Some(interval))
+    }
+
+    fn build(
+        mode: TunnelMode,
+        layout: &[&[Ipv4Addr]],
+        heartbeat: Option<std::time::Duration>,
+    ) -> Sim {
         let n_nodes = layout.len();
         let mut nodes = Vec::new();
         let mut pods = Vec::new();
         for (n, ips) in layout.iter().enumerate() {
-            let config = Arc::new(NodeConfig {
-                name: format!("node-{n}"),
-                router_mac: router_mac(n),
-                subnet: subnet(n),
-                gateway: gateway(n),
-                cluster: cluster(),
-                mode,
-                vni: Vni::new(1).unwrap(),
-                pod_mtu: POD_MTU,
-                max_datagram: MAX_DATAGRAM,
-            });
-            let host = PortEntry {
-                id: PortId {
-                    slot: 0,
-                    generation: 0,
-                },
-                kind: PortKind::Host,
-                name: "weft0".into(),
-                mac: MacAddr::for_ip(gateway(n)),
-                ip: gateway(n),
-                container_id: None,
-                netns: None,
-                queues: 1,
-                counters: new_counters(),
-            };
             let mut ports = Vec::new();
             for (i, ip) in ips.iter().enumerate() {
                 assert!(
                     subnet(n).contains(ip),
                     "pod {ip} is outside node {n}'s subnet"
                 );
-                ports.push(PortEntry {
-                    id: PortId {
-                        slot: i as u32 + 1,
-                        generation: 0,
-                    },
-                    kind: PortKind::Pod,
-                    name: format!("tap{i}"),
-                    mac: MacAddr::for_ip(*ip),
-                    ip: *ip,
-                    container_id: Some(format!("pod-{ip}")),
-                    netns: None,
-                    queues: 1,
-                    counters: new_counters(),
-                });
+                ports.push(port_entry(i as u32 + 1, *ip));
                 pods.push(Pod::new(n, i + 1, *ip));
             }
-            let peers = (0..n_nodes)
-                .filter(|&m| m != n)
-                .map(|m| PeerEntry {
-                    name: format!("node-{m}"),
-                    addr: underlay(m),
-                    subnet: subnet(m),
-                    vtep_mac: router_mac(m),
-                    counters: new_counters(),
-                    learned: Default::default(),
-                })
-                .collect();
+            let peers = (0..n_nodes).filter(|&m| m != n).map(peer_entry).collect();
+            let config = Arc::new(node_config(n, mode, heartbeat));
+            let host = port_entry(0, gateway(n));
             let tables = Tables::build(config, host, ports, peers, new_counters())
                 .expect("the simulated cluster is routable");
-            nodes.push(Node {
-                tables,
-                dp: Datapath::new(0),
-            });
+            let core = Core::new(core::Config { worker: 0, heartbeat });
+            nodes.push(Node { tables, core });
         }
         Sim {
             mode,
@@ -452,12 +534,42 @@ impl Sim {
             pods,
             out: Outputs {
                 host_rx: vec![Vec::new(); n_nodes],
+                links: vec![vec![Link::default(); n_nodes]; n_nodes],
+                rng: 0x5eed_5eed_5eed_5eed,
                 ..Outputs::default()
             },
             now: Instant::from_millis(0),
             steps: 0,
             buf: vec![0; HEADROOM + 65_536],
         }
+    }
+
+    /// The simulated time as the cores see it.
+    pub fn time(&self) -> Time {
+        Time::from_micros(u64::try_from(self.now.total_micros()).unwrap_or(0))
+    }
+
+    /// The link from node `a` to node `b`, to change.
+    pub fn link_mut(&mut self, a: usize, b: usize) -> &mut Link {
+        &mut self.out.links[a][b]
+    }
+
+    /// Sets both directions between nodes `a` and `b` to `link`.
+    pub fn set_link(&mut self, a: usize, b: usize, link: Link) {
+        self.out.links[a][b] = link;
+        self.out.links[b][a] = link;
+    }
+
+    /// What node `n` knows of peer node `m`'s health now.
+    pub fn health(&self, n: usize, m: usize) -> HealthSnapshot {
+        let t = &self.nodes[n].tables;
+        let j = t
+            .peer_by_ip(*underlay(m).ip())
+            .unwrap_or_else(|| panic!("node {m} is no peer of node {n}"));
+        let answers_always = self.mode == TunnelMode::Sleeve;
+        t.peers[j]
+            .health
+            .snapshot(self.time(), t.node.heartbeat, answers_always)
     }
 
     /// The index of the pod with address `ip`.
@@ -482,38 +594,33 @@ impl Sim {
 
     /// Hands `frame` to node `n`'s switch as read from port index `port` (no flush).
     pub fn port_frame(&mut self, n: usize, port: usize, frame: &[u8]) {
-        self.port_frame_with(n, port, &weft_switch::io::port::Offload::PLAIN, frame);
+        self.port_frame_with(n, port, &Offload::PLAIN, frame);
     }
 
     /// Like [`Sim::port_frame`], with the virtio-net header a TAP read gave: a
     /// super-frame or a partial checksum.
-    pub fn port_frame_with(
-        &mut self,
-        n: usize,
-        port: usize,
-        offload: &weft_switch::io::port::Offload,
-        frame: &[u8],
-    ) {
-        self.on_node(n, frame, |dp, tables, buf, sink| {
-            dp.port_frame(tables, port, offload, buf, HEADROOM, frame.len(), sink);
+    pub fn port_frame_with(&mut self, n: usize, port: usize, offload: &Offload, frame: &[u8]) {
+        self.on_node(n, frame, |core, cx, frame| {
+            core.port_frame(cx, port, offload, frame);
         });
     }
 
     /// Hands node `n` a tunnel datagram received from `from` (no flush).
     pub fn tunnel_in(&mut self, n: usize, from: SocketAddr, datagram: &[u8]) {
-        self.on_node(n, datagram, |dp, tables, buf, sink| {
-            dp.tunnel_datagram(tables, from, buf, HEADROOM, datagram.len(), sink);
+        self.on_node(n, datagram, |core, cx, frame| {
+            core.tunnel_datagram(cx, from, frame);
         });
     }
 
     /// Copies `bytes` into the receive buffer at [`HEADROOM`] and runs `f` on node
-    /// `n`'s datapath with it and a sink into the simulation.
+    /// `n`'s core with it and a context sending into the simulation.
     fn on_node(
         &mut self,
         n: usize,
         bytes: &[u8],
-        f: impl FnOnce(&mut Datapath, &Tables, &mut [u8], &mut NodeSink<'_>),
+        f: impl FnOnce(&mut Core, &mut Ctx<'_, NodeSink<'_>>, Frame<'_>),
     ) {
+        let now = self.time();
         let Sim {
             nodes,
             pods,
@@ -521,25 +628,88 @@ impl Sim {
             buf,
             ..
         } = self;
+        out.now = now;
         buf[HEADROOM..HEADROOM + bytes.len()].copy_from_slice(bytes);
         let node = &mut nodes[n];
-        let mut sink = NodeSink { node: n, pods, out };
-        f(&mut node.dp, &node.tables, buf, &mut sink);
+        let mut sink = NodeSink {
+            node: n,
+            tables: &node.tables,
+            pods,
+            out,
+        };
+        let mut cx = Ctx::new(&node.tables, now, &mut sink);
+        f(&mut node.core, &mut cx, Frame::new(buf, HEADROOM, bytes.len()));
+    }
+
+    /// Runs `f` on every node's core with a context sending into the simulation.
+    fn on_every_node(&mut self, mut f: impl FnMut(&mut Core, &mut Ctx<'_, NodeSink<'_>>)) {
+        let now = self.time();
+        let Sim {
+            nodes, pods, out, ..
+        } = self;
+        out.now = now;
+        for (n, node) in nodes.iter_mut().enumerate() {
+            let mut sink = NodeSink {
+                node: n,
+                tables: &node.tables,
+                pods: &mut pods[..],
+                out: &mut *out,
+            };
+            let mut cx = Ctx::new(&node.tables, now, &mut sink);
+            f(&mut node.core, &mut cx);
+        }
     }
 
     /// Ends the batch on every node: sends what the sleeve holds back.
     pub fn flush(&mut self) {
-        let Sim {
-            nodes, pods, out, ..
-        } = self;
-        for (n, node) in nodes.iter_mut().enumerate() {
-            let mut sink = NodeSink {
-                node: n,
-                pods: &mut pods[..],
-                out: &mut *out,
-            };
-            node.dp.flush(&node.tables, &mut sink);
+        self.on_every_node(|core, cx| core.flush(cx));
+    }
+
+    /// Runs every core's timers that are due now, then ends the batch.
+    pub fn handle_timeouts(&mut self) {
+        let now = self.time();
+        self.on_every_node(|core, cx| {
+            if core.poll_timeout().is_some_and(|at| at <= now) {
+                core.handle_timeout(cx);
+            }
+            core.flush(cx);
+        });
+    }
+
+    /// The next moment something happens on its own: a datagram arrives or a core's
+    /// timer fires.
+    pub fn next_event(&self) -> Option<Time> {
+        let wire = self.out.wire.iter().map(|d| d.at).min();
+        let timers = self.nodes.iter().filter_map(|n| n.core.poll_timeout()).min();
+        wire.into_iter().chain(timers).min()
+    }
+
+    /// Jumps the clock to the next event, no further than `limit`, and runs what is
+    /// due: timers, then arrivals. Returns whether anything was due by `limit`.
+    pub fn advance(&mut self, limit: Time) -> bool {
+        let Some(at) = self.next_event().filter(|at| *at <= limit) else {
+            self.set_time(limit);
+            return false;
+        };
+        if at > self.time() {
+            self.set_time(at);
         }
+        self.handle_timeouts();
+        self.deliver_wire();
+        true
+    }
+
+    /// Keeps jumping from event to event for `d` of simulated time (pods are not
+    /// polled: this is for what the switches do on their own, such as heartbeats).
+    pub fn run_for(&mut self, d: std::time::Duration) {
+        let end = self.time() + d;
+        while self.advance(end) {}
+    }
+
+    /// Sets the clock to `t`.
+    fn set_time(&mut self, t: Time) {
+        self.now = Instant::from_micros(i64::try_from(t.as_micros()).unwrap_or(i64::MAX));
+        self.out.now = t;
     }
 
     /// The index of the node with underlay address `addr`.
@@ -547,10 +717,13 @@ impl Sim {
         (0..self.nodes.len()).find(|&n| SocketAddr::V4(underlay(n)) == addr)
     }
 
-    /// Delivers every datagram now on the wire to its node, then flushes. Replies
-    /// they cause stay on the wire for the next call.
+    /// Delivers every datagram on the wire that has arrived by now to its node, then
+    /// flushes. Replies they cause stay on the wire for the next call.
     pub fn deliver_wire(&mut self) {
-        let batch: Vec<WireDatagram> = self.out.wire.drain(..).collect();
+        let now = self.time();
+        let (batch, later): (Vec<WireDatagram>, Vec<WireDatagram>) =
+            self.out.wire.drain(..).partition(|d| d.at <= now);
+        self.out.wire.extend(later);
         for d in batch {
             let n = self
                 .node_at(d.to)

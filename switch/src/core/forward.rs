@@ -1,0 +1,174 @@
+//! Routing one IPv4 packet: validate it, decide what happens to it, and act.
+//!
+//! [`decide`] is a pure function of the snapshot, where the packet came from and
+//! what its header says; it is the one place a verdict is made, as a chain of
+//! checks: admission (spoofing, broadcast), the route, the TTL, the MTU.
+
+use std::net::Ipv4Addr;
+
+use weft_encap::{ethernet, icmpv4, ipv4, tcp, udp};
+
+use super::icmp::IcmpError;
+use super::{Core, Ctx, Frame, Ingress, Offload, Sink};
+use crate::tables::counters::DropReason;
+use crate::tables::fib::NextHop;
+use crate::tables::{PortKind, Tables};
+
+/// The facts of a validated IPv4 header that routing needs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Facts {
+    /// The IP packet's length, without link padding.
+    pub total_len: usize,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub dont_fragment: bool,
+    /// Not the first fragment, or an ICMP error: no ICMP error may answer it.
+    pub error_exempt: bool,
+    /// The IPv4 and TCP (with options) or UDP header bytes, which every segment of
+    /// a super-frame repeats; at least the 40 of IPv4 and TCP without options, where
+    /// they cannot be read (segmentation then refuses the frame).
+    pub headers_len: usize,
+}
+
+impl Facts {
+    fn of(ip: &ipv4::Packet<&[u8]>) -> Facts {
+        let payload = ip.payload();
+        let first = ip.frag_offset() == 0;
+        let is_icmp_error = ip.protocol() == ipv4::protocol::ICMP
+            && first
+            && payload.first().is_some_and(|&t| icmpv4::is_error_type(t));
+        let l4 = match ip.protocol() {
+            ipv4::protocol::UDP => udp::HEADER_LEN,
+            _ => tcp::Packet::new_checked(payload).map_or(0, |t| t.header_len()),
+        };
+        Facts {
+            total_len: ip.total_len(),
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+            ttl: ip.ttl(),
+            dont_fragment: ip.dont_fragment(),
+            error_exempt: !first || is_icmp_error,
+            headers_len: (ip.header_len() + l4).max(ipv4::HEADER_LEN + tcp::HEADER_LEN),
+        }
+    }
+}
+
+/// What happens to a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// It is dropped.
+    Drop(DropReason),
+    /// It is dropped and its source told why.
+    Refuse(DropReason, IcmpError),
+    /// It goes to `hop`, its TTL decremented if it is routed through this node.
+    Forward {
+        hop: NextHop,
+        decrement_ttl: bool,
+    },
+}
+
+/// The verdict on a packet with `facts` and offload `offload` from `from`.
+pub(super) fn decide(t: &Tables, from: Ingress, offload: &Offload, facts: &Facts) -> Verdict {
+    if let Some(reason) = inadmissible(t, from, facts) {
+        return Verdict::Drop(reason);
+    }
+    let hop = t.fib.lookup(facts.dst).unwrap_or(NextHop::Unreachable);
+    match (from, hop) {
+        (Ingress::Peer(_), NextHop::Peer(_)) => return Verdict::Drop(DropReason::NoRelay),
+        (_, NextHop::Unreachable) => {
+            return Verdict::Refuse(DropReason::NoRoute, IcmpError::HostUnreachable)
+        }
+        _ => {}
+    }
+    // Packets for the gateway address are for the node itself, not forwarded: no
+    // router hop, no TTL decrement (as the kernel's bridge gateway behaves).
+    let routed = !matches!(from, Ingress::Icmp(_)) && facts.dst != t.node.gateway;
+    if routed && facts.ttl <= 1 {
+        return Verdict::Refuse(DropReason::TtlExceeded, IcmpError::TtlExceeded);
+    }
+    let mtu = t.node.pod_mtu as usize;
+    // A super-frame is larger by design: its segments, each `gso_size` bytes of
+    // payload under a copy of its IPv4 and TCP/UDP headers, must fit the pod's MTU,
+    // and they are cut before they leave.
+    if offload.is_gso() && usize::from(offload.gso_size) + facts.headers_len > mtu {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    if !offload.is_gso() && facts.total_len > mtu {
+        return match facts.dont_fragment {
+            true => Verdict::Refuse(DropReason::TooBig, IcmpError::FragNeeded(mtu as u16)),
+            false => Verdict::Drop(DropReason::TooBig),
+        };
+    }
+    Verdict::Forward {
+        hop,
+        decrement_ttl: routed,
+    }
+}
+
+/// Why a packet may not enter at all, if it may not.
+fn inadmissible(t: &Tables, from: Ingress, facts: &Facts) -> Option<DropReason> {
+    // A pod sends from its own address only; a peer node from its pod subnet or its
+    // own underlay address (its host's traffic to a pod leaves from the subnet's
+    // gateway).
+    let spoofed = match from {
+        Ingress::Port(i) => t.ports[i].kind == PortKind::Pod && facts.src != t.ports[i].ip,
+        Ingress::Peer(j) => {
+            let peer = &t.peers[j];
+            !peer.subnet.contains(&facts.src) && facts.src != *peer.addr.ip()
+        }
+        Ingress::Icmp(_) => false,
+    };
+    if spoofed {
+        return Some(DropReason::Spoofed);
+    }
+    let dst = facts.dst;
+    if dst.is_multicast() || dst.is_broadcast() || dst == t.node.subnet.broadcast() {
+        return Some(DropReason::Multicast);
+    }
+    None
+}
+
+impl Core {
+    /// Routes the IPv4 packet in the Ethernet frame `frame`.
+    pub(super) fn forward<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        from: Ingress,
+        offload: &Offload,
+        mut frame: Frame<'_>,
+    ) {
+        let ip_start = frame.start + ethernet::HEADER_LEN;
+        let parsed = frame
+            .bytes()
+            .and_then(|b| b.get(ethernet::HEADER_LEN..))
+            .ok_or(DropReason::Malformed)
+            .and_then(|b| ipv4::Packet::new_checked(b).map_err(|_| DropReason::Malformed))
+            .and_then(|ip| match ip.verify_checksum() {
+                true => Ok(Facts::of(&ip)),
+                false => Err(DropReason::BadChecksum),
+            });
+        let facts = match parsed {
+            Ok(facts) => facts,
+            Err(reason) => return self.drop_at(cx, from, reason),
+        };
+        match decide(cx.tables, from, offload, &facts) {
+            Verdict::Drop(reason) => self.drop_at(cx, from, reason),
+            Verdict::Refuse(reason, error) => {
+                self.drop_at(cx, from, reason);
+                let quoted = &frame.buf[ip_start..ip_start + facts.total_len];
+                self.icmp_error(cx, from, quoted, &facts, error);
+            }
+            Verdict::Forward { hop, decrement_ttl } => {
+                // Ethernet pads short frames; the IP total length is the truth.
+                let len = ethernet::HEADER_LEN + facts.total_len;
+                if decrement_ttl {
+                    let ip = &mut frame.buf[ip_start..ip_start + facts.total_len];
+                    ipv4::Packet::new_unchecked(ip).decrement_ttl();
+                }
+                let start = frame.start;
+                self.egress(cx, from, hop, offload, frame.reframe(start, len));
+            }
+        }
+    }
+}
