@@ -265,7 +265,7 @@ pub struct PortInfo {
     pub counters: Counters,
 }
 
-/// A peer node and its counters.
+/// A peer node, its counters and its health.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
     /// Node name.
@@ -278,6 +278,30 @@ pub struct PeerInfo {
     pub vtep_mac: String,
     /// Traffic counters.
     pub counters: Counters,
+    /// What heartbeats said of it; none for the row of unknown senders.
+    #[serde(default)]
+    pub health: Option<PeerHealth>,
+}
+
+/// A peer's health as its heartbeats tell it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHealth {
+    /// "up", "down" or "unknown" (never heard: just added, or a kernel VXLAN node).
+    pub state: String,
+    /// Microseconds since its last heartbeat or echo, if it was ever heard.
+    pub last_heard_us: Option<u64>,
+    /// The last round-trip time its echoes measured, in microseconds.
+    pub rtt_us: Option<u64>,
+    /// The features it announced ("chunks", "echo", or "bitN" for unknown ones).
+    pub features: Vec<String>,
+    /// Heartbeats sent to it.
+    pub heartbeats_sent: u64,
+    /// Heartbeats it sent.
+    pub heartbeats_received: u64,
+    /// Echoes sent to it, answering its heartbeats.
+    pub echoes_sent: u64,
+    /// Echoes it sent back.
+    pub echoes_received: u64,
 }
 
 /// One forwarding-table entry.
@@ -354,6 +378,86 @@ pub struct ResponseEnvelope {
     /// The answer.
     #[serde(flatten)]
     pub response: Response,
+}
+
+/// The server's side of the framing: a request's bytes, taken as they arrive, until
+/// the client shuts down its write half; then the request, or the error the client is
+/// answered with.
+#[derive(Debug, Default)]
+pub struct RequestReader {
+    body: Vec<u8>,
+}
+
+impl RequestReader {
+    /// A reader with nothing read yet.
+    pub fn new() -> RequestReader {
+        RequestReader::default()
+    }
+
+    /// Takes the next bytes; fails once the request is larger than [`MAX_MESSAGE`].
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), ErrorReply> {
+        if self.body.len() + bytes.len() > MAX_MESSAGE {
+            return Err(ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: format!("request larger than {MAX_MESSAGE} bytes"),
+            });
+        }
+        self.body.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The request, once the client has sent all of it.
+    pub fn finish(self) -> Result<Request, ErrorReply> {
+        decode_request(&self.body)
+    }
+}
+
+/// The answer to a client that sent no complete request within `limit`.
+pub fn request_timed_out(limit: Duration) -> ErrorReply {
+    ErrorReply {
+        kind: ErrorKind::BadRequest,
+        message: format!("no complete request within {limit:?}"),
+    }
+}
+
+/// Decodes one request from the wire: JSON, of this protocol version, a known verb.
+pub fn decode_request(bytes: &[u8]) -> Result<Request, ErrorReply> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| ErrorReply {
+        kind: ErrorKind::BadRequest,
+        message: format!("request is not JSON: {e}"),
+    })?;
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(ErrorReply {
+                kind: ErrorKind::BadVersion,
+                message: format!(
+                    "protocol version {v} is not spoken here; this daemon speaks {PROTOCOL_VERSION}"
+                ),
+            })
+        }
+        None => {
+            return Err(ErrorReply {
+                kind: ErrorKind::BadRequest,
+                message: "request has no protocol version".into(),
+            })
+        }
+    }
+    serde_json::from_value::<RequestEnvelope>(value)
+        .map(|e| e.request)
+        .map_err(|e| ErrorReply {
+            kind: ErrorKind::BadRequest,
+            message: format!("bad request: {e}"),
+        })
+}
+
+/// The bytes of a response on the wire.
+pub fn encode_response(response: Response) -> Vec<u8> {
+    serde_json::to_vec(&ResponseEnvelope {
+        version: PROTOCOL_VERSION,
+        response,
+    })
+    .expect("responses always serialize")
 }
 
 /// Connects to `socket` within `timeout`: a daemon whose listen backlog is full makes

@@ -167,6 +167,46 @@ fn datapath(mode: &str) {
         .expect("node-1 listed");
     assert!(p1.counters.tx_bytes > BIG_TRANSFER, "{p1:?}");
     assert_eq!(drops(p1, "bad_encap"), 0, "{p1:?}");
+    // And the heartbeats: the peer answers, so it is up, with a round-trip time and
+    // the features it announced.
+    let h = p1.health.as_ref().expect("a peer has health");
+    assert_eq!(h.state, "up", "{p1:?}");
+    assert!(h.rtt_us.is_some() && h.echoes_received >= 1, "{p1:?}");
+    assert!(h.features.contains(&"echo".to_owned()), "{p1:?}");
+}
+
+/// A peer whose weftd stops answers no heartbeat: it goes down, and comes back up
+/// with a new weftd.
+fn peer_health(mode: &str) {
+    let opts = options(mode, &["--heartbeat-ms", "100"]);
+    let mut c = Cluster::new(&format!("hb{}", &mode[..1]), 2, 0, &opts);
+    let state = |c: &Cluster| -> String {
+        let peers = c.peers(0);
+        let p = peers.iter().find(|p| p.name == "node-1").expect("node-1");
+        p.health.as_ref().expect("health").state.clone()
+    };
+    wait_until(Duration::from_secs(10), "node-1 to be up", || state(&c) == "up")
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let stopped = c.nodes.pop().expect("node 1").stop().expect("stopping weftd");
+    assert!(stopped.success(), "{stopped}");
+    wait_until(Duration::from_secs(10), "node-1 to be down", || state(&c) == "down")
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let peers = c.scratch.path().join("peers.toml");
+    let node = WeftNode::start(c.underlay.host(1), &peers, c.scratch.path(), &opts)
+        .expect("weftd starts again");
+    c.nodes.push(node);
+    wait_until(Duration::from_secs(10), "node-1 to be up again", || state(&c) == "up")
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+}
+
+#[test]
+fn vxlan_peer_health() {
+    peer_health("vxlan");
+}
+
+#[test]
+fn sleeve_peer_health() {
+    peer_health("sleeve");
 }
 
 #[test]
@@ -319,6 +359,21 @@ fn kernel_vxlan_interop() {
     assert_eq!(t.peer.ip(), IpAddr::V4(b_ip));
     // The kernel node itself reaches the weft pod, too.
     h1.ns.ping(att.ip, 2).expect("kernel node → weft pod");
+    // A kernel node never answers weft's heartbeats: unknown, not down.
+    let kernel_peer = || match node.ok(&Request::Peers).expect("peers") {
+        Reply::Peers { peers } => peers
+            .into_iter()
+            .find(|p| p.name == kernel.name)
+            .and_then(|p| p.health)
+            .expect("the kernel node's health"),
+        other => panic!("{other:?}"),
+    };
+    wait_until(Duration::from_secs(10), "heartbeats to the kernel node", || {
+        kernel_peer().heartbeats_sent >= 4
+    })
+    .unwrap();
+    let h = kernel_peer();
+    assert_eq!((h.state.as_str(), h.echoes_received), ("unknown", 0), "{h:?}");
     drop(node);
 }
 

@@ -119,11 +119,15 @@ fn main() -> ExitCode {
         }
         Reply::Peers { peers } => {
             println!(
-                "{:<18} {:<15} {:<18} {:<17} {:>10} {:>12} {:>10} {:>12}  drops",
+                "{:<18} {:<15} {:<18} {:<17} {:<8} {:>9} {:>9} {:<12} {:>10} {:>12} {:>10} {:>12}  drops",
                 "NODE",
                 "UNDERLAY",
                 "POD SUBNET",
                 "VTEP MAC",
+                "STATE",
+                "RTT",
+                "HEARD",
+                "FEATURES",
                 "RX PKTS",
                 "RX BYTES",
                 "TX PKTS",
@@ -131,12 +135,19 @@ fn main() -> ExitCode {
             );
             for p in peers {
                 let c = &p.counters;
+                let h = p.health.as_ref();
+                let ago = |us: Option<u64>| us.map_or("-".into(), |us| format!("{:.1}ms", us as f64 / 1e3));
+                let features = h.map(|h| h.features.join(",")).filter(|f| !f.is_empty());
                 println!(
-                    "{:<18} {:<15} {:<18} {:<17} {:>10} {:>12} {:>10} {:>12}  {}",
+                    "{:<18} {:<15} {:<18} {:<17} {:<8} {:>9} {:>9} {:<12} {:>10} {:>12} {:>10} {:>12}  {}",
                     p.name,
                     p.underlay,
                     p.pod_subnet,
                     p.vtep_mac,
+                    h.map_or("-", |h| h.state.as_str()),
+                    ago(h.and_then(|h| h.rtt_us)),
+                    ago(h.and_then(|h| h.last_heard_us)),
+                    features.as_deref().unwrap_or("-"),
                     c.rx_packets,
                     c.rx_bytes,
                     c.tx_packets,

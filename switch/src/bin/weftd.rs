@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use weft_switch::control::config::Options;
-use weft_switch::control::daemon::{self, Daemon};
+use weft_switch::control::daemon::Daemon;
+use weft_switch::control::server;
 
 /// weft's per-node userspace switch.
 #[derive(Debug, Parser)]
@@ -44,7 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     // Bind the socket first: a second daemon must fail before it touches weft0.
-    let listener = rt.block_on(async { daemon::bind_socket(&settings.socket) })?;
+    let listener = rt.block_on(async { server::bind_socket(&settings.socket) })?;
     let socket = settings.socket.clone();
     let d = match Daemon::start(settings) {
         Ok(d) => d,
@@ -53,6 +54,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    rt.block_on(daemon::run(d, listener))?;
+    rt.block_on(server::run(d, listener))?;
     Ok(())
 }

@@ -1,5 +1,19 @@
-//! The control plane: configuration, the daemon, netlink.
+//! The control plane: the daemon around the workers.
+//!
+//! - [`daemon`]: the daemon's state, the workers it runs, the snapshots it publishes;
+//! - [`pods`]: attach, detach, check, GC, restore after a restart;
+//! - [`peers`]: the other nodes, from the cluster [`store`];
+//! - [`api`]: requests in, responses out; [`server`]: the socket and the signals;
+//! - [`host`]: the host operations (netlink, netns, TAP) behind a trait;
+//! - [`config`]: settings and the peers file; [`netlink`]: links, addresses, routes.
 
+pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod error;
+pub mod host;
 pub mod netlink;
+pub mod peers;
+pub mod pods;
+pub mod server;
+pub mod store;

@@ -47,7 +47,8 @@ pub struct PeerHealth {
     since: Time,
     /// When its last heartbeat or echo came, in nanoseconds; 0 for never.
     last_heard: AtomicU64,
-    /// The last round-trip time an echo measured, in nanoseconds; 0 for none yet.
+    /// The last round-trip time an echo measured, in nanoseconds plus one; 0 for none
+    /// yet.
     rtt: AtomicU64,
     /// The features byte of its latest sleeve header.
     features: AtomicU8,
@@ -124,8 +125,8 @@ impl PeerHealth {
     pub fn echoed(&self, now: Time, rtt: Duration) {
         self.heard(now);
         self.echoes_received.fetch_add(1, Relaxed);
-        let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.rtt.store(nanos, Relaxed);
+        let nanos = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX - 1);
+        self.rtt.store(nanos + 1, Relaxed);
     }
 
     /// A heartbeat from the peer came at `now`.
@@ -163,7 +164,7 @@ impl PeerHealth {
         HealthSnapshot {
             state,
             last_heard,
-            rtt: (rtt != 0).then(|| Duration::from_nanos(rtt)),
+            rtt: rtt.checked_sub(1).map(Duration::from_nanos),
             features: self.features(),
             beats_sent: self.beats_sent.load(Relaxed),
             beats_received: self.beats_received.load(Relaxed),

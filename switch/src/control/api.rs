@@ -1,0 +1,101 @@
+//! The control API: one decoded request in, one response out (the framing is
+//! `weft_cni::proto`'s, `PROTOCOL.md` describes every request).
+
+use std::net::{SocketAddr, SocketAddrV4};
+
+use weft_cni::proto::{self, ErrorReply, Reply, Request, Response};
+
+use crate::control::daemon::Daemon;
+use crate::tables::PortKind;
+
+impl Daemon {
+    /// Serves one decoded request.
+    pub fn handle(&self, request: Request) -> Response {
+        let result = match request {
+            Request::Attach(req) => self.attach(&req).map(Reply::Attached),
+            Request::Detach(req) => self
+                .detach(&req)
+                .map(|released_ip| Reply::Detached { released_ip }),
+            Request::Check(req) => self.check(&req).map(Reply::Checked),
+            Request::Gc(req) => self
+                .gc(&req.valid)
+                .map(|released| Reply::Collected { released }),
+            Request::Status => Ok(Reply::Status(self.status())),
+            Request::Ports => Ok(Reply::Ports {
+                ports: self.ports(),
+            }),
+            Request::Peers => Ok(Reply::Peers {
+                peers: self.peer_infos(),
+            }),
+            Request::Routes => Ok(Reply::Routes {
+                routes: self.routes(),
+            }),
+        };
+        match result {
+            Ok(reply) => Response::Ok(reply),
+            Err(e) => {
+                log::warn!("request failed: {e}");
+                Response::Error(ErrorReply {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    fn status(&self) -> proto::Status {
+        // Ready to serve ADD: not shutting down, and the pool has a free address.
+        let held = self.pool.len();
+        let ready = !self.stopping() && held.is_ok_and(|n| n < u64::from(self.pool.capacity()));
+        let state = self.state.lock();
+        proto::Status {
+            node: self.node.name.clone(),
+            daemon_version: env!("CARGO_PKG_VERSION").into(),
+            mode: self.node.mode.to_string(),
+            pod_subnet: self.node.subnet.to_string(),
+            cluster_cidr: self.node.cluster.to_string(),
+            gateway: self.node.gateway,
+            underlay: SocketAddr::V4(SocketAddrV4::new(
+                self.settings.underlay_ip,
+                self.settings.port,
+            )),
+            workers: self.settings.workers,
+            mtu: self.node.pod_mtu,
+            pods: state.pods.len(),
+            peers: state.peers.len(),
+            ready,
+        }
+    }
+
+    fn ports(&self) -> Vec<proto::PortInfo> {
+        self.tables()
+            .ports
+            .iter()
+            .map(|p| proto::PortInfo {
+                kind: match p.kind {
+                    PortKind::Host => "host".into(),
+                    PortKind::Pod => "pod".into(),
+                },
+                name: p.name.clone(),
+                container_id: p.container_id.clone(),
+                netns: p.netns.clone(),
+                ip: Some(p.ip),
+                mac: p.mac.to_string(),
+                counters: p.counters.snapshot().to_proto(),
+            })
+            .collect()
+    }
+
+    fn routes(&self) -> Vec<proto::RouteInfo> {
+        let tables = self.tables();
+        tables
+            .fib
+            .routes()
+            .into_iter()
+            .map(|(net, hop)| proto::RouteInfo {
+                prefix: net.to_string(),
+                next_hop: tables.describe(hop),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,132 @@
+//! What the control plane asks of the host: ports made in network namespaces, links
+//! configured and inspected by netlink, devices deleted. Behind the [`Host`] trait so
+//! that attach, detach and their rollbacks run in unit tests without root; the real
+//! host is [`SystemHost`].
+
+use std::path::Path;
+
+use crate::control::error::DaemonError;
+use crate::control::netlink::{self, LinkSpec, LinkState, NetlinkError};
+use crate::io::port::PortQueue;
+use crate::io::tap;
+
+/// How a pod's port is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plug {
+    /// A new attach: the interface must not exist yet.
+    Create,
+    /// A restart: the interface persisted and must still be there.
+    Reopen,
+}
+
+/// The queues of a port, one per worker that serves it.
+pub type Queues = Vec<Box<dyn PortQueue>>;
+
+/// The host operations of the control plane.
+pub trait Host: Send + Sync + std::fmt::Debug {
+    /// Creates (or takes over) the host port `spec.name` in the daemon's own
+    /// namespace, with `queues` queues, and configures it.
+    fn open_host_port(&self, spec: &LinkSpec, queues: usize) -> Result<Queues, DaemonError>;
+
+    /// Creates (`Plug::Create`) or reopens (`Plug::Reopen`) a pod's port in the
+    /// network namespace at `netns`, configured as `spec` and persistent, so it
+    /// outlives the daemon. A failed create leaves no interface behind.
+    fn open_pod_port(
+        &self,
+        netns: &Path,
+        spec: &LinkSpec,
+        queues: usize,
+        how: Plug,
+    ) -> Result<Queues, DaemonError>;
+
+    /// Deletes interface `ifname` in `netns` and says whether it was there; a netns
+    /// or an interface that is gone is not an error.
+    fn delete_interface(&self, netns: &Path, ifname: &str) -> bool;
+
+    /// The state of interface `ifname` in `netns`, `None` if it is not there.
+    fn inspect(&self, netns: &Path, ifname: &str) -> Result<Option<LinkState>, NetlinkError>;
+}
+
+/// The real host: TAP devices and netlink, entering namespaces with setns.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemHost;
+
+fn boxed(queues: Vec<tap::TapQueue>) -> Queues {
+    queues
+        .into_iter()
+        .map(|q| Box::new(q) as Box<dyn PortQueue>)
+        .collect()
+}
+
+impl Host for SystemHost {
+    fn open_host_port(&self, spec: &LinkSpec, queues: usize) -> Result<Queues, DaemonError> {
+        let queues = tap::open(&spec.name, queues)?;
+        netlink::configure(spec)?;
+        Ok(boxed(queues))
+    }
+
+    fn open_pod_port(
+        &self,
+        netns: &Path,
+        spec: &LinkSpec,
+        queues: usize,
+        how: Plug,
+    ) -> Result<Queues, DaemonError> {
+        let shown = netns.display().to_string();
+        let opened = netlink::in_netns(netns, || -> Result<_, DaemonError> {
+            match (how, netlink::link_exists(&spec.name)?) {
+                (Plug::Create, true) => {
+                    return Err(DaemonError::Invalid(format!(
+                        "an interface named {} already exists in {shown}",
+                        spec.name
+                    )))
+                }
+                (Plug::Reopen, false) => {
+                    return Err(DaemonError::PodGone(format!(
+                        "interface {} is gone from {shown}",
+                        spec.name
+                    )))
+                }
+                _ => {}
+            }
+            // A reopened device belongs to a pod that was running: whatever fails
+            // here, it stays, as does the pod's address.
+            let queues = tap::open(&spec.name, queues)?;
+            let configured = netlink::configure(spec).and_then(|()| {
+                // The device outlives the daemon, so pods keep their interface across
+                // a restart; detach deletes it.
+                queues[0].set_persist(true).map_err(NetlinkError::Socket)
+            });
+            if let Err(e) = configured {
+                if how == Plug::Create {
+                    // Not persistent yet (or no longer): it goes with the queues.
+                    let _ = queues[0].set_persist(false);
+                }
+                return Err(e.into());
+            }
+            Ok(queues)
+        })?;
+        Ok(boxed(opened))
+    }
+
+    fn delete_interface(&self, netns: &Path, ifname: &str) -> bool {
+        if !tap::valid_ifname(ifname) {
+            return false;
+        }
+        let name = ifname.to_owned();
+        match netlink::in_netns(netns, move || netlink::delete_link(&name)) {
+            Ok(deleted) => deleted,
+            // The pod and its interface went together.
+            Err(NetlinkError::OpenNetns { .. }) => false,
+            Err(e) => {
+                log::warn!("deleting interface {ifname} in {}: {e}", netns.display());
+                false
+            }
+        }
+    }
+
+    fn inspect(&self, netns: &Path, ifname: &str) -> Result<Option<LinkState>, NetlinkError> {
+        let name = ifname.to_owned();
+        netlink::in_netns(netns, move || netlink::inspect(&name))
+    }
+}

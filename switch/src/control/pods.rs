@@ -1,0 +1,422 @@
+//! Pods: attach, detach, check, garbage collection, and bringing pods back after a
+//! restart. One attach or detach runs at a time, under the daemon's state lock: they
+//! are rare next to packets, and ordering them keeps slots, snapshots and the pool
+//! consistent.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+
+use weft_cni::proto::{AttachRequest, Attachment, AttachmentKey, CheckRequest, DetachRequest};
+use weft_ipam::Key;
+
+use crate::control::daemon::{Daemon, Pod, State};
+use crate::control::error::{io_err, DaemonError};
+use crate::control::host::Plug;
+use crate::control::netlink::{LinkSpec, LinkState, NetlinkError, RouteSpec};
+use crate::mac::MacAddr;
+use crate::tables::counters::Counters;
+use crate::tables::{PortEntry, PortKind};
+
+/// What [`Daemon::retire`] does with a pod's device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Device {
+    /// Delete it: the pod is detached, or its attach failed.
+    Delete,
+    /// Keep it: a pod from before a restart that could not be reopened may still run.
+    Keep,
+}
+
+/// What the pool records with an address, so a restarted daemon finds the pod again.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct AttachMeta {
+    netns: String,
+}
+
+impl AttachMeta {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("plain struct serializes")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<AttachMeta, DaemonError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| DaemonError::BadRecord(format!("unreadable attachment record: {e}")))
+    }
+}
+
+impl Daemon {
+    /// Attaches a pod: address, interface in its netns, queues, routes.
+    pub fn attach(&self, req: &AttachRequest) -> Result<Attachment, DaemonError> {
+        // The pool's rules for a key are Linux's for the interface name.
+        let key = Key::new(&req.container_id, &req.ifname);
+        key.validate()?;
+        let mut state = self.state.lock();
+        // Checked under the lock, so no attach starts once shutdown has begun.
+        if self.stopping() {
+            return Err(DaemonError::ShuttingDown);
+        }
+        if let Some(pod) = state.pods.iter().find(|p| p.key == key) {
+            return self.attached_again(req, pod);
+        }
+        let meta = AttachMeta {
+            netns: req.netns.clone(),
+        };
+        let reservation = self.pool.reserve(&key, req.requested_ip, &meta.encode())?;
+        let ip = reservation.allocation().ip;
+        // The address is decided; its commit (an fsync) runs while the interface is
+        // made, which takes longer. A crash in between leaves either no record (the
+        // runtime's DEL then deletes the interface by name, as for any failed ADD) or
+        // a record whose interface restore reopens or, if it is missing, releases.
+        let (committed, plugged) = std::thread::scope(|s| {
+            let commit = s.spawn(move || reservation.commit());
+            let plugged = self.plug(&mut state, key.clone(), &req.netns, ip, Plug::Create);
+            let committed = match commit.join() {
+                Ok(committed) => committed.map(drop).map_err(DaemonError::from),
+                Err(_) => Err(io_err("committing the allocation")(std::io::Error::other(
+                    "the commit thread panicked",
+                ))),
+            };
+            (committed, plugged)
+        });
+        let entry = self.settle_attach(&mut state, &key, ip, committed, plugged)?;
+        log::info!(
+            "attached {} {} in {} as {ip}",
+            req.container_id,
+            req.ifname,
+            req.netns,
+        );
+        Ok(self.attachment(&entry))
+    }
+
+    /// The answer to an attach of a key that is attached already: the same
+    /// attachment, if it asks for the same netns and address.
+    fn attached_again(&self, req: &AttachRequest, pod: &Pod) -> Result<Attachment, DaemonError> {
+        if pod.entry.netns.as_deref() != Some(req.netns.as_str()) {
+            return Err(DaemonError::Invalid(format!(
+                "container {} interface {} is already attached in {}",
+                req.container_id,
+                req.ifname,
+                pod.entry.netns.as_deref().unwrap_or("?")
+            )));
+        }
+        if let Some(wanted) = req.requested_ip.filter(|ip| *ip != pod.entry.ip) {
+            return Err(DaemonError::Invalid(format!(
+                "container {} interface {} already holds {}, not the requested {wanted}",
+                req.container_id, req.ifname, pod.entry.ip,
+            )));
+        }
+        Ok(self.attachment(&pod.entry))
+    }
+
+    /// Finishes an attach whose address commit and interface are done, each well or
+    /// not: publishes the port, or undoes whatever was made and releases the address.
+    fn settle_attach(
+        &self,
+        state: &mut State,
+        key: &Key,
+        ip: Ipv4Addr,
+        committed: Result<(), DaemonError>,
+        plugged: Result<PortEntry, DaemonError>,
+    ) -> Result<PortEntry, DaemonError> {
+        let result = match (committed, plugged) {
+            (Ok(()), Ok(entry)) => match self.publish(state) {
+                Ok(()) => return Ok(entry),
+                Err(e) => {
+                    self.unplug(state, key);
+                    Err(e)
+                }
+            },
+            (Ok(()), Err(e)) => Err(e),
+            (Err(e), Ok(_)) => {
+                self.unplug(state, key);
+                // Nothing was written, so nothing is released.
+                return Err(e);
+            }
+            (Err(_), Err(e)) => return Err(e),
+        };
+        if let Err(re) = self.pool.release(key) {
+            log::error!("releasing {ip} after a failed attach: {re}");
+        }
+        result
+    }
+
+    /// Creates (or, after a restart, reopens) the pod's interface in its netns, hands
+    /// its queues to the workers and records the port. The caller publishes.
+    fn plug(
+        &self,
+        state: &mut State,
+        key: Key,
+        netns: &str,
+        ip: Ipv4Addr,
+        how: Plug,
+    ) -> Result<PortEntry, DaemonError> {
+        let mac = MacAddr::for_ip(ip);
+        let spec = LinkSpec {
+            name: key.ifname.clone(),
+            mac,
+            mtu: self.node.pod_mtu,
+            addr: ip,
+            prefix_len: self.settings.pod_subnet.prefix_len(),
+            routes: vec![RouteSpec::DefaultVia(self.node.gateway)],
+        };
+        let queues =
+            self.host
+                .open_pod_port(Path::new(netns), &spec, self.settings.port_queues, how)?;
+        let entry = PortEntry {
+            id: state.next_port_id(),
+            kind: PortKind::Pod,
+            name: key.ifname.clone(),
+            mac,
+            ip,
+            container_id: Some(key.container_id.clone()),
+            netns: Some(netns.to_owned()),
+            queues: queues.len() as u16,
+            counters: Arc::new(Counters::new(self.settings.workers)),
+        };
+        state.pods.push(Pod {
+            key,
+            entry: entry.clone(),
+        });
+        if let Err(e) = self.hand_queues(entry.id, &entry.counters, queues) {
+            let pod = state.pods.pop().expect("the pod just pushed");
+            let device = match how {
+                Plug::Create => Device::Delete,
+                Plug::Reopen => Device::Keep,
+            };
+            self.retire(state, pod, device);
+            return Err(e);
+        }
+        Ok(entry)
+    }
+
+    /// Undoes a [`Daemon::plug`] that created the pod's interface, as far as it got.
+    fn unplug(&self, state: &mut State, key: &Key) {
+        if let Some(i) = state.pods.iter().position(|p| &p.key == key) {
+            let pod = state.pods.swap_remove(i);
+            self.retire(state, pod, Device::Delete);
+        }
+    }
+
+    /// Retires `pod`, already out of `state.pods`: the workers close its queues, its
+    /// slot is freed, and its (persistent) device is deleted from the pod's netns or
+    /// kept. Every step tolerates what is already gone.
+    fn retire(&self, state: &mut State, pod: Pod, device: Device) {
+        let key = &pod.key;
+        if let Err(e) = self.close_queues(pod.entry.id) {
+            log::error!(
+                "closing the queues of {} {}: {e}",
+                key.container_id,
+                key.ifname
+            );
+        }
+        state.free.push(pod.entry.id.slot);
+        if let (Device::Delete, Some(netns)) = (device, &pod.entry.netns) {
+            self.host.delete_interface(Path::new(netns), &key.ifname);
+        }
+    }
+
+    /// Brings back the pods recorded in the pool after a restart: their interfaces
+    /// persisted, so the daemon reopens their queues. Attachments whose netns or
+    /// interface is gone are released.
+    pub(crate) fn restore(&self) -> Result<(), DaemonError> {
+        let allocations = self.pool.list()?;
+        if allocations.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.state.lock();
+        let (mut restored, mut released, mut kept) = (0, 0, 0);
+        for alloc in allocations {
+            let outcome = AttachMeta::decode(&alloc.meta).and_then(|meta| {
+                let key = alloc.key.clone();
+                self.plug(&mut state, key, &meta.netns, alloc.ip, Plug::Reopen)
+                    .map(drop)
+            });
+            let (who, ip) = (&alloc.key, alloc.ip);
+            match outcome {
+                Ok(()) => restored += 1,
+                // Surely gone (or never to be found again): its address is free.
+                Err(
+                    e @ (DaemonError::PodGone(_)
+                    | DaemonError::BadRecord(_)
+                    | DaemonError::Netlink(NetlinkError::OpenNetns { .. })),
+                ) => {
+                    log::warn!(
+                        "not restoring {} {} ({ip}): {e}; releasing it",
+                        who.container_id,
+                        who.ifname
+                    );
+                    self.pool.release(who)?;
+                    released += 1;
+                }
+                // The pod may still be running: its address and interface stay until
+                // its DEL, or GC, says it is gone.
+                Err(e) => {
+                    log::error!(
+                        "could not restore {} {} ({ip}): {e}; keeping its address and \
+                         interface, with no traffic, until its DEL or a GC",
+                        who.container_id,
+                        who.ifname
+                    );
+                    kept += 1;
+                }
+            }
+        }
+        self.publish(&state)?;
+        log::info!(
+            "restored {restored} pods, released {released} that are gone, \
+             kept {kept} that could not be restored"
+        );
+        Ok(())
+    }
+
+    /// Detaches a pod. Succeeds when it, or any part of it, is already gone; always
+    /// releases the address.
+    pub fn detach(&self, req: &DetachRequest) -> Result<Option<Ipv4Addr>, DaemonError> {
+        let key = Key::new(&req.container_id, &req.ifname);
+        let mut state = self.state.lock();
+        let known = state.pods.iter().any(|p| p.key == key);
+        let released = self.detach_locked(&mut state, &key)?;
+        // An ADD that failed, or that weftd died in the middle of, may have left its
+        // interface behind without a record; delete it by name, as the reference
+        // plugins' DEL does, unless another attachment owns that name there.
+        let stray = req.netns.as_deref().filter(|netns| {
+            !known
+                && !state
+                    .pods
+                    .iter()
+                    .any(|p| p.entry.netns.as_deref() == Some(*netns) && p.key.ifname == req.ifname)
+        });
+        if let Some(netns) = stray {
+            if self.host.delete_interface(Path::new(netns), &req.ifname) {
+                log::info!("deleted stray interface {} in {netns}", req.ifname);
+            }
+        }
+        Ok(released)
+    }
+
+    fn detach_locked(&self, state: &mut State, key: &Key) -> Result<Option<Ipv4Addr>, DaemonError> {
+        if let Some(i) = state.pods.iter().position(|p| &p.key == key) {
+            // Unroute first, then close the queues and delete the device.
+            let pod = state.pods.swap_remove(i);
+            if let Err(e) = self.publish(state) {
+                state.pods.push(pod);
+                return Err(e);
+            }
+            self.retire(state, pod, Device::Delete);
+            log::info!("detached {} {}", key.container_id, key.ifname);
+        }
+        Ok(self.pool.release(key)?.map(|a| a.ip))
+    }
+
+    /// Verifies that an attachment's interface, address and routes are in place.
+    pub fn check(&self, req: &CheckRequest) -> Result<Attachment, DaemonError> {
+        let key = Key::new(&req.container_id, &req.ifname);
+        let entry = {
+            let state = self.state.lock();
+            let pod = state.pods.iter().find(|p| p.key == key);
+            pod.map(|p| p.entry.clone())
+        };
+        let entry = entry.ok_or_else(|| {
+            DaemonError::CheckFailed(format!(
+                "no attachment for container {} interface {}",
+                req.container_id, req.ifname
+            ))
+        })?;
+        if entry.netns.as_deref() != Some(req.netns.as_str()) {
+            return Err(DaemonError::CheckFailed(format!(
+                "container {} interface {} is attached in {}, not {}",
+                req.container_id,
+                req.ifname,
+                entry.netns.as_deref().unwrap_or("?"),
+                req.netns
+            )));
+        }
+        let link = match self.host.inspect(Path::new(&req.netns), &req.ifname) {
+            Ok(link) => link,
+            Err(NetlinkError::OpenNetns { path, source }) => {
+                return Err(DaemonError::CheckFailed(format!(
+                    "netns {path} is gone: {source}"
+                )))
+            }
+            Err(NetlinkError::Setns { path, source }) => {
+                return Err(DaemonError::CheckFailed(format!(
+                    "{path} is no longer a network namespace: {source}"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let fail = |what: String| {
+            DaemonError::CheckFailed(format!("{} in {}: {what}", req.ifname, req.netns))
+        };
+        let link = link.ok_or_else(|| fail("the interface is missing".into()))?;
+        self.link_as_attached(&entry, &link).map_err(fail)?;
+        Ok(self.attachment(&entry))
+    }
+
+    /// What differs between `link` and how `entry` was attached, if anything.
+    fn link_as_attached(&self, entry: &PortEntry, link: &LinkState) -> Result<(), String> {
+        let prefix = self.settings.pod_subnet.prefix_len();
+        if link.mac != Some(entry.mac) {
+            return Err(format!("MAC is {:?}, want {}", link.mac, entry.mac));
+        }
+        if link.mtu != Some(self.node.pod_mtu) {
+            return Err(format!("MTU is {:?}, want {}", link.mtu, self.node.pod_mtu));
+        }
+        if !link.up {
+            return Err("the interface is down".into());
+        }
+        if !link.addrs.contains(&(entry.ip, prefix)) {
+            return Err(format!(
+                "address {}/{prefix} is missing (has {:?})",
+                entry.ip, link.addrs
+            ));
+        }
+        if !link.default_gateways.contains(&self.node.gateway) {
+            return Err(format!("no default route via {}", self.node.gateway));
+        }
+        Ok(())
+    }
+
+    /// Releases every attachment and address whose key is not in `valid`.
+    pub fn gc(&self, valid: &[AttachmentKey]) -> Result<Vec<AttachmentKey>, DaemonError> {
+        let keep: std::collections::HashSet<Key> = valid
+            .iter()
+            .map(|k| Key::new(&k.container_id, &k.ifname))
+            .collect();
+        // Under the state lock: no attach can allocate between the sweep and `retain`.
+        let mut state = self.state.lock();
+        let stale: Vec<Key> = state
+            .pods
+            .iter()
+            .filter(|p| !keep.contains(&p.key))
+            .map(|p| p.key.clone())
+            .collect();
+        // As much as can be collected is, as the CNI spec asks; the first failure is
+        // reported after.
+        let mut failed = None;
+        for key in &stale {
+            if let Err(e) = self.detach_locked(&mut state, key) {
+                log::warn!("gc of {} {}: {e}", key.container_id, key.ifname);
+                failed.get_or_insert(e);
+            }
+        }
+        let orphans = self.pool.retain(|k| keep.contains(k))?;
+        let mut released: Vec<AttachmentKey> = stale
+            .into_iter()
+            .chain(orphans.into_iter().map(|a| a.key))
+            .map(|k| AttachmentKey {
+                container_id: k.container_id,
+                ifname: k.ifname,
+            })
+            .collect();
+        released.sort_by(|a, b| (&a.container_id, &a.ifname).cmp(&(&b.container_id, &b.ifname)));
+        released.dedup();
+        if !released.is_empty() {
+            log::info!("gc released {} attachments", released.len());
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(released),
+        }
+    }
+}
