@@ -420,3 +420,228 @@ impl Daemon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::os::unix::net::UnixDatagram;
+    use std::path::PathBuf;
+
+    use parking_lot::Mutex;
+    use weft_cni::proto::{AttachRequest, DetachRequest, ErrorKind, Reply, Request, Response};
+
+    use super::*;
+    use crate::control::config::Options;
+    use crate::control::host::{Host, Queues};
+    use crate::control::store::NoStore;
+    use crate::io::port::{Offload, PortQueue};
+
+    /// A queue that never has a frame. It polls on one end of a socket pair, or, to
+    /// make a worker refuse it, on a regular file, which epoll does not take.
+    #[derive(Debug)]
+    enum FakeQueue {
+        Pollable(UnixDatagram, UnixDatagram),
+        Unpollable(std::fs::File),
+    }
+
+    impl PortQueue for FakeQueue {
+        fn recv(&mut self, _: &mut [u8]) -> std::io::Result<Option<(Offload, usize)>> {
+            Ok(None)
+        }
+        fn send(&mut self, _: &Offload, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn fd(&self) -> RawFd {
+            match self {
+                FakeQueue::Pollable(a, _) => a.as_raw_fd(),
+                FakeQueue::Unpollable(f) => f.as_raw_fd(),
+            }
+        }
+    }
+
+    /// How the fake host's next pod port goes.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Next {
+        Works,
+        /// The device cannot be made.
+        Fails,
+        /// The device is made, but its queues cannot be polled.
+        Unpollable,
+    }
+
+    /// A host whose interfaces are names in a set.
+    #[derive(Debug)]
+    struct FakeHost {
+        next: Mutex<Next>,
+        interfaces: Mutex<BTreeSet<(String, String)>>,
+        dir: PathBuf,
+    }
+
+    impl FakeHost {
+        fn queues(&self, n: usize, pollable: bool) -> Queues {
+            (0..n)
+                .map(|_| {
+                    let q = if pollable {
+                        let (a, b) = UnixDatagram::pair().expect("a socket pair");
+                        FakeQueue::Pollable(a, b)
+                    } else {
+                        let file = std::fs::File::create(self.dir.join("unpollable"))
+                            .expect("a regular file");
+                        FakeQueue::Unpollable(file)
+                    };
+                    Box::new(q) as Box<dyn PortQueue>
+                })
+                .collect()
+        }
+    }
+
+    impl Host for FakeHost {
+        fn open_host_port(&self, _: &LinkSpec, queues: usize) -> Result<Queues, DaemonError> {
+            Ok(self.queues(queues, true))
+        }
+
+        fn open_pod_port(
+            &self,
+            netns: &Path,
+            spec: &LinkSpec,
+            queues: usize,
+            _how: Plug,
+        ) -> Result<Queues, DaemonError> {
+            let next = *self.next.lock();
+            if next == Next::Fails {
+                return Err(DaemonError::Invalid("no such device".into()));
+            }
+            let name = (netns.display().to_string(), spec.name.clone());
+            self.interfaces.lock().insert(name);
+            Ok(self.queues(queues, next == Next::Works))
+        }
+
+        fn delete_interface(&self, netns: &Path, ifname: &str) -> bool {
+            let name = (netns.display().to_string(), ifname.to_owned());
+            self.interfaces.lock().remove(&name)
+        }
+
+        fn inspect(&self, _: &Path, _: &str) -> Result<Option<LinkState>, NetlinkError> {
+            Ok(None)
+        }
+    }
+
+    struct Fixture {
+        daemon: Arc<Daemon>,
+        host: Arc<FakeHost>,
+        dir: PathBuf,
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            self.daemon.shutdown();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// A daemon on loopback (nothing is sent: it has no peers) over a fake host.
+    fn fixture(tag: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("weft-pods-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port")
+            .port();
+        let settings = Options {
+            node_name: Some("n".into()),
+            underlay_ip: Some(Ipv4Addr::LOCALHOST),
+            pod_subnet: Some("10.244.1.0/24".parse().expect("a subnet")),
+            cluster_cidr: Some("10.244.0.0/16".parse().expect("a CIDR")),
+            port: Some(port),
+            workers: Some(2),
+            state_dir: Some(dir.join("state")),
+            socket: Some(dir.join("weft.sock")),
+            ..Options::default()
+        }
+        .resolve()
+        .expect("settings");
+        let host = Arc::new(FakeHost {
+            next: Mutex::new(Next::Works),
+            interfaces: Mutex::new(BTreeSet::new()),
+            dir: dir.clone(),
+        });
+        let daemon =
+            Daemon::start_with(settings, host.clone(), Arc::new(NoStore)).expect("the daemon");
+        Fixture { daemon, host, dir }
+    }
+
+    fn attach(d: &Daemon, id: &str) -> Response {
+        d.handle(Request::Attach(AttachRequest {
+            container_id: id.into(),
+            netns: "/run/netns/fake".into(),
+            ifname: "eth0".into(),
+            requested_ip: None,
+        }))
+    }
+
+    /// Nothing of a failed attach is left: no address, no pod, no port slot, no
+    /// interface.
+    fn assert_nothing_left(f: &Fixture) {
+        assert_eq!(f.daemon.pool.len().expect("the pool"), 0, "an address leaked");
+        let state = f.daemon.state.lock();
+        assert!(state.pods.is_empty(), "{:?}", state.pods);
+        assert_eq!(f.daemon.tables().ports.len(), 1, "only the host port");
+        assert!(f.host.interfaces.lock().is_empty(), "an interface leaked");
+    }
+
+    #[test]
+    fn a_device_that_cannot_be_made_leaves_nothing_behind() {
+        let f = fixture("fails");
+        *f.host.next.lock() = Next::Fails;
+        match attach(&f.daemon, "c1") {
+            Response::Error(e) => {
+                assert!(e.message.contains("no such device"), "{e:?}");
+                assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e:?}");
+            }
+            ok => panic!("the attach succeeded: {ok:?}"),
+        }
+        assert_nothing_left(&f);
+        // The slot was never taken: the next pod gets the first one.
+        *f.host.next.lock() = Next::Works;
+        assert!(matches!(attach(&f.daemon, "c2"), Response::Ok(Reply::Attached(_))));
+        assert_eq!(f.daemon.tables().ports[1].id.slot, 1);
+    }
+
+    #[test]
+    fn queues_a_worker_refuses_undo_the_device_and_the_address() {
+        let f = fixture("unpoll");
+        *f.host.next.lock() = Next::Unpollable;
+        match attach(&f.daemon, "c1") {
+            Response::Error(e) => assert!(e.message.contains("could not poll"), "{e:?}"),
+            ok => panic!("the attach succeeded: {ok:?}"),
+        }
+        assert_nothing_left(&f);
+        // The freed slot is reused, with a new generation.
+        *f.host.next.lock() = Next::Works;
+        assert!(matches!(attach(&f.daemon, "c2"), Response::Ok(Reply::Attached(_))));
+        let id = f.daemon.tables().ports[1].id;
+        assert_eq!((id.slot, id.generation), (1, 1));
+    }
+
+    #[test]
+    fn attach_then_detach_leaves_nothing_behind() {
+        let f = fixture("works");
+        let Response::Ok(Reply::Attached(a)) = attach(&f.daemon, "c1") else {
+            panic!("the attach failed");
+        };
+        assert_eq!(a.ip, Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(f.host.interfaces.lock().len(), 1);
+        assert_eq!(f.daemon.tables().ports.len(), 2);
+        let detached = f.daemon.handle(Request::Detach(DetachRequest {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: Some("/run/netns/fake".into()),
+        }));
+        assert!(
+            matches!(detached, Response::Ok(Reply::Detached { released_ip: Some(ip) }) if ip == a.ip),
+            "{detached:?}"
+        );
+        assert_nothing_left(&f);
+    }
+}
