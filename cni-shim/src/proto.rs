@@ -668,6 +668,108 @@ mod tests {
         }
     }
 
+    /// PROTOCOL.md, which these tests hold to the code.
+    const PROTOCOL_MD: &str = include_str!("../PROTOCOL.md");
+
+    /// The verbs the code knows, as serde lists them when it refuses another one.
+    fn code_verbs() -> Vec<String> {
+        let err = serde_json::from_str::<RequestEnvelope>(r#"{"version":1,"verb":"?"}"#)
+            .unwrap_err()
+            .to_string();
+        let expected = err
+            .split_once("expected one of ")
+            .unwrap_or_else(|| panic!("serde named no variants: {err}"))
+            .1;
+        // "`attach`, `detach`, ... `routes` at line 1 column 24": the names between
+        // backquotes.
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The document's sections of requests: (verb, JSON examples in it).
+    fn doc_sections() -> Vec<(String, Vec<String>)> {
+        let requests = PROTOCOL_MD
+            .split_once("## Requests")
+            .expect("a Requests chapter")
+            .1;
+        requests
+            .split("\n### ")
+            .skip(1)
+            .map(|section| {
+                let verb = section
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches(|c: char| c == '`' || c.is_whitespace())
+                    .to_owned();
+                (verb, json_blocks(section))
+            })
+            .collect()
+    }
+
+    fn json_blocks(text: &str) -> Vec<String> {
+        text.split("```json\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap_or("").trim().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_verb_in_the_code_is_documented_and_every_example_parses() {
+        let verbs = code_verbs();
+        assert_eq!(verbs.len(), 8, "{verbs:?}");
+        let sections = doc_sections();
+        let documented: Vec<&str> = sections.iter().map(|(v, _)| v.as_str()).collect();
+        assert_eq!(documented, verbs, "PROTOCOL.md's request sections");
+        for (verb, examples) in &sections {
+            assert_eq!(examples.len(), 2, "{verb}: a request and a response example");
+            let request: RequestEnvelope = serde_json::from_str(&examples[0])
+                .unwrap_or_else(|e| panic!("{verb}: the request example: {e}"));
+            let shown = serde_json::to_value(&request).unwrap();
+            assert_eq!(shown["verb"], verb.as_str(), "{verb}");
+            assert_eq!(request.version, PROTOCOL_VERSION);
+            let response: ResponseEnvelope = serde_json::from_str(&examples[1])
+                .unwrap_or_else(|e| panic!("{verb}: the response example: {e}"));
+            assert!(matches!(response.response, Response::Ok(_)), "{verb}");
+            // What the example says is what the code would send, field for field.
+            let again: serde_json::Value =
+                serde_json::from_slice(&encode_response(response.response.clone())).unwrap();
+            let written: serde_json::Value = serde_json::from_str(&examples[1]).unwrap();
+            assert_eq!(again, written, "{verb}: the response example");
+        }
+        // The error example too.
+        let errors = PROTOCOL_MD.split_once("## Errors").unwrap().1;
+        let errors = errors.split_once("## Requests").unwrap().0;
+        for example in json_blocks(errors) {
+            let e: ResponseEnvelope = serde_json::from_str(&example).unwrap();
+            assert!(matches!(e.response, Response::Error(_)), "{example}");
+        }
+    }
+
+    #[test]
+    fn the_server_framing_refuses_what_the_document_says() {
+        let mut r = RequestReader::new();
+        r.push(br#"{"version": 1, "verb": "status"}"#).unwrap();
+        assert_eq!(r.finish().unwrap(), Request::Status);
+        let e = decode_request(br#"{"version": 2, "verb": "status"}"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadVersion);
+        let e = decode_request(br#"{"verb": "status"}"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        let e = decode_request(b"not json").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        let e = decode_request(br#"{"version": 1, "verb": "explode"}"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        let mut big = RequestReader::new();
+        big.push(&vec![b' '; MAX_MESSAGE]).unwrap();
+        assert_eq!(big.push(b" ").unwrap_err().kind, ErrorKind::BadRequest);
+        let t = request_timed_out(Duration::from_secs(10));
+        assert!(t.message.contains("10s"), "{t:?}");
+    }
+
     #[test]
     fn unknown_verb_is_an_error() {
         let bad = r#"{"version":1,"verb":"explode"}"#;
