@@ -36,3 +36,5 @@ command -v cargo >/dev/null || {
   echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2
   exit 1
 }
+# The test command lints with clippy first.
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy

@@ -10,16 +10,15 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use crossbeam::queue::ArrayQueue;
 use ipnet::Ipv4Net;
 use weft_benches::{
-    new_core,
-    arp_request, gateway, pod_ip, router_mac, tables, udp_frame, underlay, CountingSink, ETH_HLEN,
-    POD_MTU,
+    arp_request, gateway, new_core, pod_ip, router_mac, tables, udp_frame, underlay, CountingSink,
+    ETH_HLEN, POD_MTU,
 };
 use weft_encap::sleeve::{self, NodeId};
 use weft_encap::vxlan::{self, Vni};
 use weft_switch::core::{Ctx, Frame, Report, Sink, Time, HEADROOM};
-use weft_switch::tables::fib::{Fib, NextHop};
-use weft_switch::mac::MacAddr;
 use weft_switch::io::port::Offload;
+use weft_switch::mac::MacAddr;
+use weft_switch::tables::fib::{Fib, NextHop};
 use weft_switch::tables::{PeerEntry, PortEntry, TunnelMode};
 
 /// A full-size frame at the pod MTU: the common case on a busy link.
@@ -239,7 +238,12 @@ fn arp(c: &mut Criterion) {
         // The reply is written over the request, so each round starts from a copy.
         buf[HEADROOM..HEADROOM + request.len()].copy_from_slice(&request);
         let mut cx = Ctx::new(&t, Time::ZERO, sink);
-        dp.port_frame(&mut cx, 1, &Offload::PLAIN, Frame::new(buf, HEADROOM, request.len()));
+        dp.port_frame(
+            &mut cx,
+            1,
+            &Offload::PLAIN,
+            Frame::new(buf, HEADROOM, request.len()),
+        );
     };
     answer(&mut buf, &mut sink);
     assert_eq!(sink.frames, 1, "the switch answers ARP for the gateway");

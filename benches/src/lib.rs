@@ -11,10 +11,10 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use weft_encap::checksum;
 use weft_encap::vxlan::Vni;
-use weft_switch::tables::counters::Counters;
 use weft_switch::core::{self, Core, Report, Sink, Time};
-use weft_switch::mac::MacAddr;
 use weft_switch::io::port::Offload;
+use weft_switch::mac::MacAddr;
+use weft_switch::tables::counters::Counters;
 use weft_switch::tables::health::PeerHealth;
 use weft_switch::tables::{
     NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode, TUNNEL_OVERHEAD,

@@ -5,6 +5,7 @@
 //! ([`proto`]), and prints the result in the config's spec version ([`result`]) or an
 //! error with its CNI code ([`error`]). [`plugin::run`] ties it together.
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 pub mod config;
 pub mod env;
 pub mod error;

@@ -1,6 +1,7 @@
 //! `weft-cni`: the CNI plugin binary. A runtime runs it with the `CNI_*` environment
 //! and the network config on stdin; it prints the result (or an error) on stdout.
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;

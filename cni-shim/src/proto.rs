@@ -726,7 +726,11 @@ mod tests {
         let documented: Vec<&str> = sections.iter().map(|(v, _)| v.as_str()).collect();
         assert_eq!(documented, verbs, "PROTOCOL.md's request sections");
         for (verb, examples) in &sections {
-            assert_eq!(examples.len(), 2, "{verb}: a request and a response example");
+            assert_eq!(
+                examples.len(),
+                2,
+                "{verb}: a request and a response example"
+            );
             let request: RequestEnvelope = serde_json::from_str(&examples[0])
                 .unwrap_or_else(|e| panic!("{verb}: the request example: {e}"));
             let shown = serde_json::to_value(&request).unwrap();

@@ -314,7 +314,11 @@ impl Repr {
         let h = &mut buf[..HEADER_LEN];
         h[field::VERSION_IHL] = 0x45;
         h[field::TOS] = self.tos;
-        put_u16(h, field::TOTAL_LEN, self.payload_len.saturating_add(HEADER_LEN as u16));
+        put_u16(
+            h,
+            field::TOTAL_LEN,
+            self.payload_len.saturating_add(HEADER_LEN as u16),
+        );
         put_u16(h, field::ID, 0);
         put_u16(
             h,
@@ -381,7 +385,10 @@ mod tests {
         // Link padding is not payload.
         let mut padded = p.clone();
         padded.extend_from_slice(&[0; 20]);
-        assert_eq!(Packet::new_checked(&padded[..]).unwrap().payload(), &[1, 2, 3]);
+        assert_eq!(
+            Packet::new_checked(&padded[..]).unwrap().payload(),
+            &[1, 2, 3]
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //!
 //! Functions that can panic say so in a `# Panics` section.
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -869,7 +869,13 @@ pub fn emit_echo(buf: &mut [u8], sender: NodeId, features: u8, heartbeat: Heartb
     emit_beat(buf, Kind::Echo, sender, features, heartbeat)
 }
 
-fn emit_beat(buf: &mut [u8], kind: Kind, sender: NodeId, features: u8, heartbeat: Heartbeat) -> usize {
+fn emit_beat(
+    buf: &mut [u8],
+    kind: Kind,
+    sender: NodeId,
+    features: u8,
+    heartbeat: Heartbeat,
+) -> usize {
     let datagram = &mut buf[..HEADER_LEN + HEARTBEAT_LEN];
     emit_header(datagram, kind, sender, features);
     heartbeat.emit(&mut datagram[field::BODY]);

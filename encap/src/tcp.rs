@@ -172,7 +172,10 @@ mod tests {
             Error::Truncated { len: 28 }
         );
         s[12] = 4 << 4;
-        assert_eq!(Packet::new_checked(&s[..]).unwrap_err(), Error::DataOffset(4));
+        assert_eq!(
+            Packet::new_checked(&s[..]).unwrap_err(),
+            Error::DataOffset(4)
+        );
     }
 
     proptest! {

@@ -55,10 +55,7 @@ pub fn tcp(
     streams: usize,
     duration: Duration,
 ) -> Result<Throughput> {
-    ensure!(
-        (1..=128).contains(&streams),
-        "iperf3 runs 1 to 128 streams"
-    );
+    ensure!((1..=128).contains(&streams), "iperf3 runs 1 to 128 streams");
     let ip = server_ip.to_string();
     let port = PORT.to_string();
     // `-1`: the server serves one test and exits.
@@ -173,13 +170,13 @@ mod tests {
 
     #[test]
     fn reports_iperf3s_error_and_bad_output() {
-        let e = parse_result(r#"{"start": {}, "error": "unable to connect to server"}"#)
-            .unwrap_err();
+        let e =
+            parse_result(r#"{"start": {}, "error": "unable to connect to server"}"#).unwrap_err();
         assert!(e.to_string().contains("unable to connect"), "{e}");
         let e = parse_result("not json").unwrap_err();
         assert!(e.to_string().contains("not JSON"), "{e}");
-        let e = parse_result(r#"{"end": {"sum_received": {"bytes": 5, "seconds": 0}}}"#)
-            .unwrap_err();
+        let e =
+            parse_result(r#"{"end": {"sum_received": {"bytes": 5, "seconds": 0}}}"#).unwrap_err();
         assert!(e.to_string().contains("seconds"), "{e}");
         let e = parse_result(r#"{"end": {}}"#).unwrap_err();
         assert!(e.to_string().contains("bytes"), "{e}");

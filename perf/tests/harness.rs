@@ -196,9 +196,9 @@ fn host_offloads(pid: u32) -> Vec<String> {
     hosts
         .iter()
         .map(|ns| {
-            let out = netns::run_cmd(Command::new("ip").args([
-                "netns", "exec", ns, "ethtool", "-k", "eth0",
-            ]))
+            let out = netns::run_cmd(
+                Command::new("ip").args(["netns", "exec", ns, "ethtool", "-k", "eth0"]),
+            )
             .unwrap();
             let line = out
                 .lines()
@@ -262,7 +262,10 @@ fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
     }
     assert!(stdout.contains("(1.00x)"), "{stdout}");
     assert!(stdout.contains("underlay offload on"), "{stdout}");
-    assert!(stdout.contains("idle CPUs poll for every system"), "{stdout}");
+    assert!(
+        stdout.contains("idle CPUs poll for every system"),
+        "{stdout}"
+    );
 
     // The JSON: {"machine": {...}, "results": [{system, test, metric, value, unit, runs}]}.
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -287,7 +290,11 @@ fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
         .map(|t| t.as_str().unwrap())
         .collect();
     assert_eq!(tests, Test::DEFAULT.map(Test::name), "{settings:?}");
-    assert_eq!(report["cross_checks"], serde_json::json!([]), "no iperf3 test ran");
+    assert_eq!(
+        report["cross_checks"],
+        serde_json::json!([]),
+        "no iperf3 test ran"
+    );
     let results = report["results"].as_array().expect("results array");
     let mut seen = BTreeSet::new();
     let mut not_applicable = BTreeSet::new();

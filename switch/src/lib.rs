@@ -12,6 +12,7 @@
 //! - `sim` (feature `sim`): an in-memory cluster of cores with a simulated clock
 //!   and wire, for tests.
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 pub mod control;
 pub mod core;
 pub mod io;

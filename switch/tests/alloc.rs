@@ -10,12 +10,12 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use weft_encap::{checksum, gso, sleeve, virtio, vxlan};
-use weft_switch::tables::counters::{Counters, DropReason};
-use weft_switch::core::{self, Core, Ctx, Frame, Report, Sink, Time, HEADROOM};
-use weft_switch::mac::MacAddr;
 use weft_switch::control::netlink::{in_new_netns, NetlinkError};
+use weft_switch::core::{self, Core, Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::io::port::Offload;
 use weft_switch::io::udp::{Lanes, RxBatch, Tunnel};
+use weft_switch::mac::MacAddr;
+use weft_switch::tables::counters::{Counters, DropReason};
 use weft_switch::tables::health::PeerHealth;
 use weft_switch::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode};
 
@@ -264,7 +264,12 @@ fn run(mode: TunnelMode) {
         let frame = Frame::new(&mut buf, HEADROOM, plain.len());
         dp.port_frame(&mut cx, 1, &Offload::PLAIN, frame);
         buf[HEADROOM..HEADROOM + jumbo.len()].copy_from_slice(&jumbo);
-        dp.port_frame(&mut cx, 1, &offload, Frame::new(&mut buf, HEADROOM, jumbo.len()));
+        dp.port_frame(
+            &mut cx,
+            1,
+            &offload,
+            Frame::new(&mut buf, HEADROOM, jumbo.len()),
+        );
         for d in &datagrams {
             buf[..d.len()].copy_from_slice(d);
             dp.tunnel_datagram(&mut cx, from, Frame::new(&mut buf, 0, d.len()));

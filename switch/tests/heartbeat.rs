@@ -46,7 +46,11 @@ fn lost_link_goes_down_and_a_healed_one_comes_back(mode: TunnelMode) {
     // The link is cut: both sides call the other down within three intervals.
     sim.set_link(0, 1, cut());
     sim.run_for(BEAT * 2);
-    assert_eq!(both(&sim), (PeerState::Up, PeerState::Up), "still within 3 intervals");
+    assert_eq!(
+        both(&sim),
+        (PeerState::Up, PeerState::Up),
+        "still within 3 intervals"
+    );
     sim.run_for(BEAT + Duration::from_millis(1));
     assert_eq!(both(&sim), (PeerState::Down, PeerState::Down), "{mode:?}");
     assert!(sim.out.lost > 0, "the cut link lost the heartbeats");
@@ -142,6 +146,9 @@ fn a_link_mtu_loses_what_is_larger() {
     sim.pod_frame(0, &frame);
     sim.flush();
     assert_eq!(sim.out.stats.datagrams, 1);
-    assert!(sim.out.wire.is_empty(), "the datagram is larger than the link's MTU");
+    assert!(
+        sim.out.wire.is_empty(),
+        "the datagram is larger than the link's MTU"
+    );
     assert_eq!(sim.out.lost, 1);
 }

@@ -4,7 +4,6 @@
 //! frames and datagrams check ARP, ICMP errors, anti-spoofing, malformed input and
 //! the sleeve's batching byte by byte.
 
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use proptest::prelude::*;
@@ -15,9 +14,9 @@ use smoltcp::wire::{
     IpProtocol, Ipv4Packet, TcpPacket,
 };
 use weft_encap::{sleeve, vxlan};
-use weft_switch::tables::counters::{DropReason, Snapshot};
 use weft_switch::core::{JOINS, LANES};
 use weft_switch::mac::MacAddr;
+use weft_switch::tables::counters::{DropReason, Snapshot};
 use weft_switch::tables::{PortKind, TunnelMode};
 
 use weft_switch::sim::*;

@@ -185,18 +185,29 @@ fn peer_health(mode: &str) {
         let p = peers.iter().find(|p| p.name == "node-1").expect("node-1");
         p.health.as_ref().expect("health").state.clone()
     };
-    wait_until(Duration::from_secs(10), "node-1 to be up", || state(&c) == "up")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    let stopped = c.nodes.pop().expect("node 1").stop().expect("stopping weftd");
+    wait_until(Duration::from_secs(10), "node-1 to be up", || {
+        state(&c) == "up"
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let stopped = c
+        .nodes
+        .pop()
+        .expect("node 1")
+        .stop()
+        .expect("stopping weftd");
     assert!(stopped.success(), "{stopped}");
-    wait_until(Duration::from_secs(10), "node-1 to be down", || state(&c) == "down")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    wait_until(Duration::from_secs(10), "node-1 to be down", || {
+        state(&c) == "down"
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     let peers = c.scratch.path().join("peers.toml");
     let node = WeftNode::start(c.underlay.host(1), &peers, c.scratch.path(), &opts)
         .expect("weftd starts again");
     c.nodes.push(node);
-    wait_until(Duration::from_secs(10), "node-1 to be up again", || state(&c) == "up")
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    wait_until(Duration::from_secs(10), "node-1 to be up again", || {
+        state(&c) == "up"
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
 
 #[test]
@@ -329,7 +340,8 @@ fn kernel_vxlan_interop() {
     // The kernel host sends VXLAN to weftd's userspace endpoint over a veth, which
     // would carry its inner checksums unfilled: only that host needs its transmit
     // offload off (see `Host::set_tx_offload`). weftd's host keeps its offloads.
-    h1.set_tx_offload(Offload::Off).expect("kernel host offload off");
+    h1.set_tx_offload(Offload::Off)
+        .expect("kernel host offload off");
     assert_eq!(h0.tx_offload().unwrap(), Offload::On);
     let weft = PeerNode::of(h0);
     let kernel = PeerNode::of(h1);
@@ -368,12 +380,18 @@ fn kernel_vxlan_interop() {
             .expect("the kernel node's health"),
         other => panic!("{other:?}"),
     };
-    wait_until(Duration::from_secs(10), "heartbeats to the kernel node", || {
-        kernel_peer().heartbeats_sent >= 4
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "heartbeats to the kernel node",
+        || kernel_peer().heartbeats_sent >= 4,
+    )
     .unwrap();
     let h = kernel_peer();
-    assert_eq!((h.state.as_str(), h.echoes_received), ("unknown", 0), "{h:?}");
+    assert_eq!(
+        (h.state.as_str(), h.echoes_received),
+        ("unknown", 0),
+        "{h:?}"
+    );
     drop(node);
 }
 

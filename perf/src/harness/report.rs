@@ -339,7 +339,8 @@ fn cross_checks(results: &[ResultRow]) -> Vec<CrossCheck> {
             continue;
         };
         for system in System::ALL {
-            let (Some(ours), Some(iperf3)) = (value(system.name(), test), value(system.name(), twin))
+            let (Some(ours), Some(iperf3)) =
+                (value(system.name(), test), value(system.name(), twin))
             else {
                 continue;
             };
@@ -523,7 +524,10 @@ mod tests {
             "cni_pods": 200, "weft_workers": null
         });
         let s: RunSettings = serde_json::from_value(old).unwrap();
-        assert_eq!((s.underlay_offload.as_str(), s.rr_idle.as_str()), ("off", "sleep"));
+        assert_eq!(
+            (s.underlay_offload.as_str(), s.rr_idle.as_str()),
+            ("off", "sleep")
+        );
     }
 
     #[test]

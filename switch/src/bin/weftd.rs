@@ -1,5 +1,6 @@
 //! weftd: the weft node daemon.
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 use std::path::PathBuf;
 use std::process::ExitCode;
 

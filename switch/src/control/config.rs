@@ -172,107 +172,31 @@ impl Options {
 
     /// Checks the options and applies defaults.
     pub fn resolve(self) -> Result<Settings, ConfigError> {
-        let node_name = self.node_name.ok_or(ConfigError::Missing("node-name"))?;
+        let node_name = self
+            .node_name
+            .clone()
+            .ok_or(ConfigError::Missing("node-name"))?;
         if node_name.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "node-name",
-                why: "empty".into(),
-            });
+            return Err(invalid("node-name", "empty".into()));
         }
-        let underlay_ip = self
-            .underlay_ip
-            .ok_or(ConfigError::Missing("underlay-ip"))?;
-        let pod_subnet = self.pod_subnet.ok_or(ConfigError::Missing("pod-subnet"))?;
-        let cluster_cidr = self
-            .cluster_cidr
-            .ok_or(ConfigError::Missing("cluster-cidr"))?;
-        if pod_subnet != pod_subnet.trunc() {
-            return Err(ConfigError::Invalid {
-                key: "pod-subnet",
-                why: format!(
-                    "{pod_subnet} has host bits set; did you mean {}?",
-                    pod_subnet.trunc()
-                ),
-            });
-        }
-        if pod_subnet.prefix_len() > 30 {
-            return Err(ConfigError::Invalid {
-                key: "pod-subnet",
-                why: format!(
-                    "{pod_subnet} is too small: it needs a gateway and pods (/30 at most)"
-                ),
-            });
-        }
-        if !cluster_cidr.contains(&pod_subnet) || cluster_cidr == pod_subnet {
-            return Err(ConfigError::Invalid {
-                key: "pod-subnet",
-                why: format!(
-                    "{pod_subnet} must lie inside the cluster CIDR {cluster_cidr} and be smaller"
-                ),
-            });
-        }
-        if cluster_cidr.contains(&underlay_ip) {
-            return Err(ConfigError::Invalid {
-                key: "underlay-ip",
-                why: format!("{underlay_ip} lies inside the cluster CIDR {cluster_cidr}"),
-            });
-        }
+        let (underlay_ip, pod_subnet, cluster_cidr) = self.addressing()?;
         let vni = self.vni.unwrap_or(1);
-        let vni = Vni::new(vni).ok_or_else(|| ConfigError::Invalid {
-            key: "vni",
-            why: format!("{vni} does not fit in 24 bits"),
-        })?;
+        let vni = Vni::new(vni)
+            .ok_or_else(|| invalid("vni", format!("{vni} does not fit in 24 bits")))?;
         let port = self.port.unwrap_or(DEFAULT_PORT);
         if port == 0 {
-            return Err(ConfigError::Invalid {
-                key: "port",
-                why: "0 is not a port".into(),
-            });
+            return Err(invalid("port", "0 is not a port".into()));
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = self.workers.unwrap_or(cores);
-        if workers == 0 || workers > 64 {
-            return Err(ConfigError::Invalid {
-                key: "workers",
-                why: format!("{workers}: between 1 and 64"),
-            });
-        }
-        let poll_us = self.poll_us.unwrap_or(DEFAULT_POLL_US);
-        if poll_us > MAX_POLL_US {
-            return Err(ConfigError::Invalid {
-                key: "poll-us",
-                why: format!("{poll_us}: at most {MAX_POLL_US}"),
-            });
-        }
-        let heartbeat_ms = self.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS);
-        if heartbeat_ms != 0 && !(MIN_HEARTBEAT_MS..=MAX_HEARTBEAT_MS).contains(&heartbeat_ms) {
-            return Err(ConfigError::Invalid {
-                key: "heartbeat-ms",
-                why: format!(
-                    "{heartbeat_ms}: 0 (off) or {MIN_HEARTBEAT_MS} to {MAX_HEARTBEAT_MS}"
-                ),
-            });
-        }
-        let port_queues = self.port_queues.unwrap_or(workers);
-        if port_queues == 0 || port_queues > workers {
-            return Err(ConfigError::Invalid {
-                key: "port-queues",
-                why: format!("{port_queues}: between 1 and the number of workers ({workers})"),
-            });
-        }
+        let (workers, port_queues, poll, heartbeat) = self.threads()?;
         let underlay_mtu = self.underlay_mtu.unwrap_or(1500);
         if !(576..=9216).contains(&underlay_mtu) {
-            return Err(ConfigError::Invalid {
-                key: "underlay-mtu",
-                why: format!("{underlay_mtu}: between 576 and 9216"),
-            });
+            let why = format!("{underlay_mtu}: between 576 and 9216");
+            return Err(invalid("underlay-mtu", why));
         }
         let host_port = self.host_port.unwrap_or_else(|| "weft0".into());
         if !crate::io::tap::valid_ifname(&host_port) {
-            return Err(ConfigError::Invalid {
-                key: "host-port",
-                why: format!("{host_port:?} is not an interface name"),
-            });
+            let why = format!("{host_port:?} is not an interface name");
+            return Err(invalid("host-port", why));
         }
         Ok(Settings {
             node_name,
@@ -284,8 +208,8 @@ impl Options {
             port,
             workers,
             port_queues,
-            poll: Duration::from_micros(u64::from(poll_us)),
-            heartbeat: Duration::from_millis(u64::from(heartbeat_ms)),
+            poll,
+            heartbeat,
             socket: self
                 .socket
                 .unwrap_or_else(|| weft_cni::proto::DEFAULT_SOCKET.into()),
@@ -296,6 +220,77 @@ impl Options {
             state_dir: self.state_dir.unwrap_or_else(|| "/var/lib/weft".into()),
         })
     }
+
+    /// The underlay address, the pod subnet and the cluster CIDR, checked together.
+    fn addressing(&self) -> Result<(Ipv4Addr, Ipv4Net, Ipv4Net), ConfigError> {
+        let underlay_ip = self
+            .underlay_ip
+            .ok_or(ConfigError::Missing("underlay-ip"))?;
+        let pod_subnet = self.pod_subnet.ok_or(ConfigError::Missing("pod-subnet"))?;
+        let cluster_cidr = self
+            .cluster_cidr
+            .ok_or(ConfigError::Missing("cluster-cidr"))?;
+        if pod_subnet != pod_subnet.trunc() {
+            let why = format!(
+                "{pod_subnet} has host bits set; did you mean {}?",
+                pod_subnet.trunc()
+            );
+            return Err(invalid("pod-subnet", why));
+        }
+        if pod_subnet.prefix_len() > 30 {
+            let why =
+                format!("{pod_subnet} is too small: it needs a gateway and pods (/30 at most)");
+            return Err(invalid("pod-subnet", why));
+        }
+        if !cluster_cidr.contains(&pod_subnet) || cluster_cidr == pod_subnet {
+            let why = format!(
+                "{pod_subnet} must lie inside the cluster CIDR {cluster_cidr} and be smaller"
+            );
+            return Err(invalid("pod-subnet", why));
+        }
+        if cluster_cidr.contains(&underlay_ip) {
+            let why = format!("{underlay_ip} lies inside the cluster CIDR {cluster_cidr}");
+            return Err(invalid("underlay-ip", why));
+        }
+        Ok((underlay_ip, pod_subnet, cluster_cidr))
+    }
+
+    /// Workers, queues per port, the polling window and the heartbeat interval.
+    fn threads(&self) -> Result<(usize, usize, Duration, Duration), ConfigError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = self.workers.unwrap_or(cores);
+        if workers == 0 || workers > 64 {
+            return Err(invalid("workers", format!("{workers}: between 1 and 64")));
+        }
+        let poll_us = self.poll_us.unwrap_or(DEFAULT_POLL_US);
+        if poll_us > MAX_POLL_US {
+            return Err(invalid(
+                "poll-us",
+                format!("{poll_us}: at most {MAX_POLL_US}"),
+            ));
+        }
+        let heartbeat_ms = self.heartbeat_ms.unwrap_or(DEFAULT_HEARTBEAT_MS);
+        if heartbeat_ms != 0 && !(MIN_HEARTBEAT_MS..=MAX_HEARTBEAT_MS).contains(&heartbeat_ms) {
+            let why =
+                format!("{heartbeat_ms}: 0 (off) or {MIN_HEARTBEAT_MS} to {MAX_HEARTBEAT_MS}");
+            return Err(invalid("heartbeat-ms", why));
+        }
+        let port_queues = self.port_queues.unwrap_or(workers);
+        if port_queues == 0 || port_queues > workers {
+            let why = format!("{port_queues}: between 1 and the number of workers ({workers})");
+            return Err(invalid("port-queues", why));
+        }
+        Ok((
+            workers,
+            port_queues,
+            Duration::from_micros(u64::from(poll_us)),
+            Duration::from_millis(u64::from(heartbeat_ms)),
+        ))
+    }
+}
+
+fn invalid(key: &'static str, why: String) -> ConfigError {
+    ConfigError::Invalid { key, why }
 }
 
 /// weftd's checked settings.

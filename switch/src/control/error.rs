@@ -88,4 +88,3 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
     let what = what.into();
     move |source| DaemonError::Io { what, source }
 }
-

@@ -89,7 +89,8 @@ impl Daemon {
             .iter()
             .map(|p| {
                 let h = p.health.snapshot(now, self.node.heartbeat, answers_always);
-                let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+                let micros =
+                    |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
                 proto::PeerInfo {
                     name: p.name.clone(),
                     underlay: *p.addr.ip(),

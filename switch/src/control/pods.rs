@@ -441,7 +441,7 @@ mod tests {
     /// make a worker refuse it, on a regular file, which epoll does not take.
     #[derive(Debug)]
     enum FakeQueue {
-        Pollable(UnixDatagram, UnixDatagram),
+        Pollable(UnixDatagram),
         Unpollable(std::fs::File),
     }
 
@@ -454,7 +454,7 @@ mod tests {
         }
         fn fd(&self) -> RawFd {
             match self {
-                FakeQueue::Pollable(a, _) => a.as_raw_fd(),
+                FakeQueue::Pollable(a) => a.as_raw_fd(),
                 FakeQueue::Unpollable(f) => f.as_raw_fd(),
             }
         }
@@ -483,8 +483,8 @@ mod tests {
             (0..n)
                 .map(|_| {
                     let q = if pollable {
-                        let (a, b) = UnixDatagram::pair().expect("a socket pair");
-                        FakeQueue::Pollable(a, b)
+                        let (a, _) = UnixDatagram::pair().expect("a socket pair");
+                        FakeQueue::Pollable(a)
                     } else {
                         let file = std::fs::File::create(self.dir.join("unpollable"))
                             .expect("a regular file");
@@ -583,7 +583,11 @@ mod tests {
     /// Nothing of a failed attach is left: no address, no pod, no port slot, no
     /// interface.
     fn assert_nothing_left(f: &Fixture) {
-        assert_eq!(f.daemon.pool.len().expect("the pool"), 0, "an address leaked");
+        assert_eq!(
+            f.daemon.pool.len().expect("the pool"),
+            0,
+            "an address leaked"
+        );
         let state = f.daemon.state.lock();
         assert!(state.pods.is_empty(), "{:?}", state.pods);
         assert_eq!(f.daemon.tables().ports.len(), 1, "only the host port");
@@ -604,7 +608,10 @@ mod tests {
         assert_nothing_left(&f);
         // The slot was never taken: the next pod gets the first one.
         *f.host.next.lock() = Next::Works;
-        assert!(matches!(attach(&f.daemon, "c2"), Response::Ok(Reply::Attached(_))));
+        assert!(matches!(
+            attach(&f.daemon, "c2"),
+            Response::Ok(Reply::Attached(_))
+        ));
         assert_eq!(f.daemon.tables().ports[1].id.slot, 1);
     }
 
@@ -619,7 +626,10 @@ mod tests {
         assert_nothing_left(&f);
         // The freed slot is reused, with a new generation.
         *f.host.next.lock() = Next::Works;
-        assert!(matches!(attach(&f.daemon, "c2"), Response::Ok(Reply::Attached(_))));
+        assert!(matches!(
+            attach(&f.daemon, "c2"),
+            Response::Ok(Reply::Attached(_))
+        ));
         let id = f.daemon.tables().ports[1].id;
         assert_eq!((id.slot, id.generation), (1, 1));
     }

@@ -11,7 +11,12 @@ use crate::tables::PortKind;
 
 impl Core {
     /// Answers an ARP request that came from port `i`, in place in `frame`.
-    pub(super) fn arp<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>, i: usize, frame: &mut [u8]) {
+    pub(super) fn arp<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        i: usize,
+        frame: &mut [u8],
+    ) {
         let t = cx.tables;
         let port = &t.ports[i];
         let body = &frame[ethernet::HEADER_LEN..];

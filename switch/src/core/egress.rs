@@ -35,7 +35,12 @@ impl Core {
             NextHop::Unreachable => return self.drop_at(cx, from, DropReason::NoRoute),
         };
         let bytes = &mut frame.buf[frame.start..frame.start + frame.len];
-        ethernet::emit_header(bytes, t.ports[port].mac.0, t.node.router_mac.0, ethertype::IPV4);
+        ethernet::emit_header(
+            bytes,
+            t.ports[port].mac.0,
+            t.node.router_mac.0,
+            ethertype::IPV4,
+        );
         match from {
             // From a tunnel: merged into super-frames for the pod; a joined sleeve
             // super-frame goes as it is, after whatever of its flow is being merged.
@@ -72,7 +77,10 @@ impl Core {
             return self.encapsulate_super(cx, j, lane, offload, &buf[eth..eth + len]);
         }
         if offload.needs_csum {
-            let (start, at) = (usize::from(offload.csum_start), usize::from(offload.csum_offset));
+            let (start, at) = (
+                usize::from(offload.csum_start),
+                usize::from(offload.csum_offset),
+            );
             if gso::complete_checksum(inner, start, at).is_err() {
                 return peer.counters.discard(self.worker, DropReason::Malformed);
             }
@@ -118,12 +126,16 @@ impl Core {
         match gso::segment(frame, offload, &mut out, headroom) {
             Err(_) => peer.counters.discard(self.worker, DropReason::Malformed),
             Ok(segs) if t.node.mode == TunnelMode::Vxlan => {
-                let last = segs.count().checked_sub(1).and_then(|i| segs.datagram_range(i));
+                let last = segs
+                    .count()
+                    .checked_sub(1)
+                    .and_then(|i| segs.datagram_range(i));
                 for r in (0..segs.count()).filter_map(|i| segs.datagram_range(i)) {
                     vxlan::emit_header(&mut out[r.start..r.start + headroom], t.node.vni);
                 }
                 if let Some(last) = last {
-                    cx.sink.to_peer_run(peer, lane, &out[..last.end], segs.stride());
+                    cx.sink
+                        .to_peer_run(peer, lane, &out[..last.end], segs.stride());
                 }
             }
             Ok(segs) => {
@@ -156,11 +168,15 @@ impl Core {
             return false;
         };
         let payload = &frame[ethernet::HEADER_LEN..];
-        let (Ok(total), count) = (u16::try_from(payload.len()), payload.len().div_ceil(per_chunk))
-        else {
+        let (Ok(total), count) = (
+            u16::try_from(payload.len()),
+            payload.len().div_ceil(per_chunk),
+        ) else {
             return false;
         };
-        let last = payload.len().saturating_sub(count.saturating_sub(1) * per_chunk);
+        let last = payload
+            .len()
+            .saturating_sub(count.saturating_sub(1) * per_chunk);
         let end = count.saturating_sub(1) * stride + sleeve::CHUNK_OVERHEAD + last;
         if count == 0 || end > self.segments.len() {
             return false;

@@ -62,10 +62,7 @@ pub(super) enum Verdict {
     /// It is dropped and its source told why.
     Refuse(DropReason, IcmpError),
     /// It goes to `hop`, its TTL decremented if it is routed through this node.
-    Forward {
-        hop: NextHop,
-        decrement_ttl: bool,
-    },
+    Forward { hop: NextHop, decrement_ttl: bool },
 }
 
 /// The verdict on a packet with `facts` and offload `offload` from `from`.

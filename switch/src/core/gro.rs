@@ -40,7 +40,12 @@ impl Gro {
 
     /// Merges `frame`, bound for port `p`, into the super-frame of its flow. Frames
     /// that cannot be merged go out at once; a flow's frames never overtake each other.
-    pub(super) fn coalesce<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>, p: usize, frame: &[u8]) {
+    pub(super) fn coalesce<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        p: usize,
+        frame: &[u8],
+    ) {
         let port = &cx.tables.ports[p];
         let Some(flow) = Flow::of(frame) else {
             return cx.sink.to_port(port, &Offload::PLAIN, frame);
@@ -105,7 +110,12 @@ impl Gro {
     }
 
     /// Sends on the super-frame being coalesced for port `p` of `frame`'s flow, if any.
-    pub(super) fn emit_flow<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>, p: usize, frame: &[u8]) {
+    pub(super) fn emit_flow<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        p: usize,
+        frame: &[u8],
+    ) {
         if let Some(k) = Flow::of(frame).and_then(|flow| self.find(p, flow)) {
             self.emit(cx, k);
         }

@@ -28,11 +28,9 @@ pub(super) enum IcmpError {
 impl IcmpError {
     fn repr(self) -> icmpv4::ErrorRepr {
         let (kind, code, next_hop_mtu) = match self {
-            IcmpError::HostUnreachable => (
-                icmpv4::kind::DEST_UNREACHABLE,
-                icmpv4::unreachable::HOST,
-                0,
-            ),
+            IcmpError::HostUnreachable => {
+                (icmpv4::kind::DEST_UNREACHABLE, icmpv4::unreachable::HOST, 0)
+            }
             IcmpError::TtlExceeded => (icmpv4::kind::TIME_EXCEEDED, 0, 0),
             IcmpError::FragNeeded(mtu) => (
                 icmpv4::kind::DEST_UNREACHABLE,

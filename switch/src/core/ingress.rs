@@ -22,7 +22,10 @@ impl Core {
     ) {
         let port = &cx.tables.ports[i];
         port.counters.rx(self.worker, frame.len);
-        let Some(eth) = frame.bytes().and_then(|b| ethernet::Frame::new_checked(b).ok()) else {
+        let Some(eth) = frame
+            .bytes()
+            .and_then(|b| ethernet::Frame::new_checked(b).ok())
+        else {
             return port.counters.discard(self.worker, DropReason::Malformed);
         };
         match eth.ethertype() {
@@ -149,7 +152,12 @@ impl Core {
             }
             let eth = start + record.payload.start - ethernet::HEADER_LEN;
             let eth_len = record.payload.len() + ethernet::HEADER_LEN;
-            self.forward(cx, Ingress::Peer(j), &Offload::PLAIN, d.reframe(eth, eth_len));
+            self.forward(
+                cx,
+                Ingress::Peer(j),
+                &Offload::PLAIN,
+                d.reframe(eth, eth_len),
+            );
         }
     }
 }

@@ -95,7 +95,13 @@ impl Joins {
 
     /// Where chunk `c` from peer `j` at `from` goes. A frame crowded out of its slot
     /// is counted here, on its own peer, through `lost`.
-    fn step(&mut self, j: usize, from: SocketAddr, c: &ChunkRepr, lost: &mut dyn FnMut(usize)) -> Step {
+    fn step(
+        &mut self,
+        j: usize,
+        from: SocketAddr,
+        c: &ChunkRepr,
+        lost: &mut dyn FnMut(usize),
+    ) -> Step {
         let offset = usize::from(c.offset);
         self.chunks_in += 1;
         let found = self
@@ -142,11 +148,14 @@ impl Joins {
 
     /// An idle slot, else the least recently fed one.
     fn victim(&self) -> usize {
-        self.slots.iter().position(|g| !g.active).unwrap_or_else(|| {
-            (0..self.slots.len())
-                .min_by_key(|&k| self.slots[k].used)
-                .unwrap_or(0)
-        })
+        self.slots
+            .iter()
+            .position(|g| !g.active)
+            .unwrap_or_else(|| {
+                (0..self.slots.len())
+                    .min_by_key(|&k| self.slots[k].used)
+                    .unwrap_or(0)
+            })
     }
 }
 

@@ -96,7 +96,12 @@ impl Batches {
     }
 
     /// Sends the datagram under construction for (`j`, `lane`), if any.
-    pub(super) fn send_pending<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>, j: usize, lane: usize) {
+    pub(super) fn send_pending<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        j: usize,
+        lane: usize,
+    ) {
         if let Some(b) = self.slots[..self.active]
             .iter_mut()
             .find(|b| b.peer == j && b.lane == lane && b.len > 0)
@@ -110,7 +115,8 @@ impl Batches {
     pub(super) fn flush<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>) {
         for b in &mut self.slots[..self.active] {
             if b.len > 0 {
-                cx.sink.to_peer(&cx.tables.peers[b.peer], b.lane, &b.buf[..b.len]);
+                cx.sink
+                    .to_peer(&cx.tables.peers[b.peer], b.lane, &b.buf[..b.len]);
             }
             b.len = 0;
         }

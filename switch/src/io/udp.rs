@@ -275,7 +275,11 @@ impl Lane {
                     Some((km + 1, 0))
                 } else {
                     lost.add(km, 1, msg.datagram(kd).len());
-                    Some(if kd + 1 == msg.count { (km + 1, 0) } else { (km, kd + 1) })
+                    Some(if kd + 1 == msg.count {
+                        (km + 1, 0)
+                    } else {
+                        (km, kd + 1)
+                    })
                 }
             }
         }
@@ -574,7 +578,13 @@ impl Tunnel {
     /// [`Tunnel::flush`], or earlier when the queue is full; `account` hears what
     /// became of whatever this call sends or refuses.
     #[inline]
-    pub fn push(&mut self, dest: SocketAddrV4, lane: usize, datagram: &[u8], account: &mut Account<'_>) {
+    pub fn push(
+        &mut self,
+        dest: SocketAddrV4,
+        lane: usize,
+        datagram: &[u8],
+        account: &mut Account<'_>,
+    ) {
         let len = datagram.len();
         if len > TX_BUF {
             return account(
@@ -855,7 +865,12 @@ mod tests {
             let n = 3 * TX_MSGS;
             for i in 0..n {
                 let to = if i % 2 == 0 { &a } else { &b };
-                t.push(to.addr(), 0, &datagram(i as u8, 200 + i), &mut tally.account());
+                t.push(
+                    to.addr(),
+                    0,
+                    &datagram(i as u8, 200 + i),
+                    &mut tally.account(),
+                );
             }
             t.flush(&mut tally.account());
             assert_eq!(tally.lost, 0);

@@ -365,7 +365,9 @@ impl Sink for IoSink<'_> {
     #[inline]
     fn to_peer_run(&mut self, peer: &PeerEntry, lane: usize, run: &[u8], segment: usize) {
         let account: &mut Account<'_> = &mut peer_account(self.tables, self.io.index);
-        self.io.tunnel.send_run(peer.addr, lane, run, segment, account);
+        self.io
+            .tunnel
+            .send_run(peer.addr, lane, run, segment, account);
     }
 
     fn report(&mut self, report: Report) {
@@ -531,7 +533,12 @@ impl Worker {
     }
 
     /// Starts polling `queue` of port `id`; says whether it could.
-    fn add_queue(&mut self, id: PortId, counters: Arc<Counters>, queue: Box<dyn PortQueue>) -> bool {
+    fn add_queue(
+        &mut self,
+        id: PortId,
+        counters: Arc<Counters>,
+        queue: Box<dyn PortQueue>,
+    ) -> bool {
         let slot = id.slot as usize;
         if self.io.queues.len() <= slot {
             self.io.queues.resize_with(slot + 1, || None);

@@ -525,7 +525,10 @@ impl Sim {
             let host = port_entry(0, gateway(n));
             let tables = Tables::build(config, host, ports, peers, new_counters())
                 .expect("the simulated cluster is routable");
-            let core = Core::new(core::Config { worker: 0, heartbeat });
+            let core = Core::new(core::Config {
+                worker: 0,
+                heartbeat,
+            });
             nodes.push(Node { tables, core });
         }
         Sim {
@@ -638,7 +641,11 @@ impl Sim {
             out,
         };
         let mut cx = Ctx::new(&node.tables, now, &mut sink);
-        f(&mut node.core, &mut cx, Frame::new(buf, HEADROOM, bytes.len()));
+        f(
+            &mut node.core,
+            &mut cx,
+            Frame::new(buf, HEADROOM, bytes.len()),
+        );
     }
 
     /// Runs `f` on every node's core with a context sending into the simulation.
@@ -680,7 +687,11 @@ impl Sim {
     /// timer fires.
     pub fn next_event(&self) -> Option<Time> {
         let wire = self.out.wire.iter().map(|d| d.at).min();
-        let timers = self.nodes.iter().filter_map(|n| n.core.poll_timeout()).min();
+        let timers = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.core.poll_timeout())
+            .min();
         wire.into_iter().chain(timers).min()
     }
 

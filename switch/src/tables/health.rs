@@ -155,9 +155,7 @@ impl PeerHealth {
         let state = match last_heard {
             Some(ago) if ago <= silence => PeerState::Up,
             Some(_) => PeerState::Down,
-            None if answers_always && now.saturating_since(self.since) > silence => {
-                PeerState::Down
-            }
+            None if answers_always && now.saturating_since(self.since) > silence => PeerState::Down,
             None => PeerState::Unknown,
         };
         let rtt = self.rtt.load(Relaxed);

@@ -18,10 +18,10 @@ pub mod counters;
 pub mod fib;
 pub mod health;
 
-use crate::tables::counters::Counters;
-use crate::tables::fib::{Fib, NextHop};
 use crate::core::{Report, Time};
 use crate::mac::MacAddr;
+use crate::tables::counters::Counters;
+use crate::tables::fib::{Fib, NextHop};
 use crate::tables::health::PeerHealth;
 
 /// How frames to peer nodes are carried.
