@@ -27,7 +27,7 @@ pub const TUNNEL_PORT: u16 = 8472;
 pub const POD_MTU: u32 = 1500 - TUNNEL_OVERHEAD;
 
 /// Length of an Ethernet header.
-pub const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = weft_encap::ethernet::HEADER_LEN;
 
 /// Node `n`'s pod subnet.
 pub fn subnet(n: u8) -> Ipv4Net {

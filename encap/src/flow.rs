@@ -17,9 +17,8 @@ pub fn hash(frame: &[u8]) -> u32 {
     let Ok(layout) = ipv4_layout(frame) else {
         return 0;
     };
-    let ip = &frame[crate::ETHERNET_HEADER_LEN..];
-    let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let ip = crate::ipv4::Packet::new_unchecked(&frame[crate::ETHERNET_HEADER_LEN..]);
+    let (src, dst) = (u32::from(ip.src_addr()), u32::from(ip.dst_addr()));
     let ports = match layout.protocol {
         PROTO_TCP | PROTO_UDP if !layout.fragment && layout.l4_start + 4 <= layout.end => {
             u32::from(inet::get_u16(frame, layout.l4_start)) << 16

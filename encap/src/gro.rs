@@ -141,10 +141,10 @@ impl Flow {
 
     /// Reads the flow of a frame whose TCP header starts at `l4_start`.
     fn read(frame: &[u8], l4_start: usize) -> Flow {
-        let ip = &frame[ETHERNET_HEADER_LEN..];
+        let ip = crate::ipv4::Packet::new_unchecked(&frame[ETHERNET_HEADER_LEN..]);
         Flow {
-            src: [ip[12], ip[13], ip[14], ip[15]],
-            dst: [ip[16], ip[17], ip[18], ip[19]],
+            src: ip.src_addr().octets(),
+            dst: ip.dst_addr().octets(),
             src_port: inet::get_u16(frame, l4_start),
             dst_port: inet::get_u16(frame, l4_start + 2),
         }

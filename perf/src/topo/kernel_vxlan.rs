@@ -23,7 +23,7 @@ pub const VNI: u32 = 1;
 pub const PORT: u16 = 8472;
 
 /// Bytes VXLAN over IPv4 adds to each frame (outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8).
-pub const OVERHEAD: u32 = 50;
+pub const OVERHEAD: u32 = weft_encap::vxlan::IPV4_OVERHEAD as u32;
 
 /// What a host needs to know about another node to reach its pods over VXLAN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

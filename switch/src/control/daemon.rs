@@ -12,6 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use weft_cni::proto::Attachment;
+use weft_encap::{ipv4, udp};
 use weft_ipam::{Key, Pool};
 
 use crate::control::config::Settings;
@@ -22,7 +23,7 @@ use crate::control::peers::peer_entries;
 use crate::control::store::file::FileStore;
 use crate::control::store::{ClusterStore, ClusterView, NoStore};
 use crate::core;
-use crate::io::udp::{self, Lanes};
+use crate::io::udp::{tunnel_sockets, Lanes};
 use crate::io::worker::{self, Command, Shared, WorkerHandle};
 use crate::mac::MacAddr;
 use crate::tables::counters::Counters;
@@ -118,7 +119,7 @@ fn node_config(settings: &Settings, view: &ClusterView) -> Result<NodeConfig, Da
         mode: settings.mode,
         vni: settings.vni,
         pod_mtu: settings.pod_mtu(),
-        max_datagram: settings.underlay_mtu as usize - 28,
+        max_datagram: settings.underlay_mtu as usize - ipv4::HEADER_LEN - udp::HEADER_LEN,
         heartbeat: settings.heartbeat,
     })
 }
@@ -160,7 +161,7 @@ fn start_workers(
     tables: &Arc<ArcSwap<Tables>>,
 ) -> Result<(Arc<Shared>, Vec<WorkerHandle>), DaemonError> {
     let (ip, port) = (settings.underlay_ip, settings.port);
-    let sockets = udp::tunnel_sockets(SocketAddrV4::new(ip, port), settings.workers)
+    let sockets = tunnel_sockets(SocketAddrV4::new(ip, port), settings.workers)
         .map_err(io_err(format!("binding the tunnel port {ip}:{port}")))?;
     let lanes = Lanes::bind(ip, core::LANES)
         .map_err(io_err(format!("binding the tunnel's source ports on {ip}")))?;

@@ -206,7 +206,7 @@ impl Core {
         buf: &mut [u8],
     ) {
         let len = ethernet::HEADER_LEN + usize::from(first.total);
-        buf[12..14].copy_from_slice(&first.ethertype.to_be_bytes());
+        ethernet::Frame::new_unchecked(&mut *buf).set_ethertype(first.ethertype);
         let offload = match virtio::GsoType::from_wire(first.gso_type) {
             _ if first.ethertype != ethertype::IPV4 => Err(DropReason::Unsupported),
             Some(gso_type) => gso::super_frame_header(&buf[..len], gso_type, first.gso_size)

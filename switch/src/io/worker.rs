@@ -38,7 +38,7 @@ const BUF_LEN: usize = HEADROOM + 65_536 + 64;
 /// Frames one worker can have waiting in its handoff ring.
 pub const RING_LEN: usize = 256;
 /// Size of a handoff buffer: an Ethernet frame at the largest pod MTU.
-pub const HANDOFF_LEN: usize = 9216 + 14;
+pub const HANDOFF_LEN: usize = 9216 + weft_encap::ethernet::HEADER_LEN;
 /// Handoff buffers for super-frames, shared by all workers.
 const LARGE_POOL: usize = 32;
 /// Size of a large handoff buffer.

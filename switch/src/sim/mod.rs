@@ -43,7 +43,7 @@ pub const TUNNEL_PORT: u16 = 8472;
 /// How far the simulated clock moves per [`Sim::step`].
 pub const STEP: Duration = Duration::from_millis(1);
 /// The Ethernet header length.
-pub const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = weft_encap::ethernet::HEADER_LEN;
 /// Ethertypes.
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
