@@ -25,6 +25,10 @@ struct Cli {
     /// The weftd binary [default: next to this program].
     #[arg(long, global = true)]
     weftd: Option<PathBuf>,
+    /// Another weftd build, run by the systems weft-vxlan-alt and weft-sleeve-alt, to
+    /// compare two builds in one run.
+    #[arg(long, global = true)]
+    weftd_alt: Option<PathBuf>,
     /// The weft-cni plugin binary [default: next to this program].
     #[arg(long, global = true)]
     weft_cni: Option<PathBuf>,
@@ -49,7 +53,9 @@ enum What {
 /// Options of `run` and `demo` (`demo` has shorter defaults).
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Systems, comma-separated: weft-vxlan, weft-sleeve, kernel-vxlan, direct [default: all].
+    /// Systems, comma-separated: weft-vxlan, weft-sleeve, kernel-vxlan, direct, and
+    /// weft-vxlan-alt, weft-sleeve-alt with the --weftd-alt build [default: the
+    /// first four].
     #[arg(long)]
     systems: Option<String>,
     /// Tests, comma-separated: tcp1, tcp4, udp64, rr, cni, cpu, mem, and the iperf3
@@ -155,6 +161,7 @@ fn run_cli(cli: Cli) -> Result<()> {
     let here = std::env::current_exe().context("finding this program's path")?;
     let tools = Tools {
         weftd: cli.weftd.unwrap_or_else(|| here.with_file_name("weftd")),
+        weftd_alt: cli.weftd_alt,
         weft_cni: cli
             .weft_cni
             .unwrap_or_else(|| here.with_file_name("weft-cni")),

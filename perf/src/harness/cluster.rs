@@ -136,7 +136,10 @@ impl<'c> Plumbing<'c> {
                 let list: Vec<PeerNode> = hosts.iter().map(PeerNode::of).collect();
                 write_atomic(&peers, &peers_toml(&list))?;
                 let opts = WeftOptions {
-                    binary: tools.weftd.clone(),
+                    binary: match (system.is_alt(), &tools.weftd_alt) {
+                        (true, Some(alt)) => alt.clone(),
+                        _ => tools.weftd.clone(),
+                    },
                     mode: mode.into(),
                     workers: settings.weft_workers.unwrap_or_else(|| {
                         std::thread::available_parallelism().map_or(1, |n| n.get())

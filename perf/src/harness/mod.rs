@@ -34,11 +34,26 @@ pub enum System {
     KernelVxlan,
     /// Plain routes over the underlay, no overlay (flannel's host-gw): the limit.
     Direct,
+    /// `weft-vxlan` with the other weftd build (`--weftd-alt`), to compare two builds
+    /// in one run.
+    WeftVxlanAlt,
+    /// `weft-sleeve` with the other weftd build.
+    WeftSleeveAlt,
 }
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 4] = [
+    pub const ALL: [System; 6] = [
+        System::WeftVxlan,
+        System::WeftSleeve,
+        System::WeftVxlanAlt,
+        System::WeftSleeveAlt,
+        System::KernelVxlan,
+        System::Direct,
+    ];
+
+    /// The systems a run compares unless told otherwise: all but the other build's.
+    pub const DEFAULT: [System; 4] = [
         System::WeftVxlan,
         System::WeftSleeve,
         System::KernelVxlan,
@@ -55,16 +70,23 @@ impl System {
             System::WeftSleeve => "weft-sleeve",
             System::KernelVxlan => "kernel-vxlan",
             System::Direct => "direct",
+            System::WeftVxlanAlt => "weft-vxlan-alt",
+            System::WeftSleeveAlt => "weft-sleeve-alt",
         }
     }
 
     /// weftd's `--mode` for the weft systems.
     pub fn weft_mode(self) -> Option<&'static str> {
         match self {
-            System::WeftVxlan => Some("vxlan"),
-            System::WeftSleeve => Some("sleeve"),
+            System::WeftVxlan | System::WeftVxlanAlt => Some("vxlan"),
+            System::WeftSleeve | System::WeftSleeveAlt => Some("sleeve"),
             System::KernelVxlan | System::Direct => None,
         }
+    }
+
+    /// Whether the system runs the other weftd build (`--weftd-alt`).
+    pub fn is_alt(self) -> bool {
+        matches!(self, System::WeftVxlanAlt | System::WeftSleeveAlt)
     }
 }
 
@@ -364,7 +386,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
-            systems: System::ALL.to_vec(),
+            systems: System::DEFAULT.to_vec(),
             tests: Test::DEFAULT.to_vec(),
             duration: Duration::from_secs(2),
             repeat: 3,
@@ -441,6 +463,8 @@ impl Settings {
 pub struct Tools {
     /// The weftd binary.
     pub weftd: PathBuf,
+    /// Another weftd build, for the `*-alt` systems.
+    pub weftd_alt: Option<PathBuf>,
     /// The weft-cni plugin binary (its file name is the config's `type`).
     pub weft_cni: PathBuf,
     /// The directory of the reference `bridge` and `host-local` plugins.
@@ -463,6 +487,13 @@ impl Tools {
                         path.display()
                     );
                 }
+            }
+        }
+        if settings.systems.iter().any(|s| s.is_alt()) {
+            match &self.weftd_alt {
+                Some(alt) if alt.is_file() => {}
+                Some(alt) => bail!("the other weftd build is not at {}", alt.display()),
+                None => bail!("the weft-*-alt systems run the weftd given by --weftd-alt"),
             }
         }
         if settings.tests.iter().any(|t| t.cross_checks().is_some()) {
@@ -611,6 +642,41 @@ mod tests {
                 assert_eq!(Test::Mem.not_applicable(system, m.name).is_none(), weft);
             }
         }
+    }
+
+    #[test]
+    fn the_other_builds_systems_are_named_off_by_default_and_need_their_binary() {
+        assert_eq!(
+            parse_list::<System>("weft-vxlan-alt,weft-sleeve-alt").unwrap(),
+            [System::WeftVxlanAlt, System::WeftSleeveAlt]
+        );
+        assert!(System::DEFAULT.iter().all(|s| !s.is_alt()));
+        assert_eq!(Settings::default().systems, System::DEFAULT);
+        assert_eq!(System::WeftSleeveAlt.weft_mode(), Some("sleeve"));
+        let settings = Settings {
+            systems: vec![System::WeftVxlanAlt],
+            tests: vec![Test::Rr],
+            ..Settings::default()
+        };
+        let here = std::env::current_exe().unwrap();
+        let tools = Tools {
+            weftd: here.clone(),
+            weftd_alt: None,
+            weft_cni: here.clone(),
+            reference_cni: here.clone(),
+        };
+        let e = tools.check(&settings).unwrap_err().to_string();
+        assert!(e.contains("--weftd-alt"), "{e}");
+        let missing = Tools {
+            weftd_alt: Some("/nonexistent/weftd".into()),
+            ..tools.clone()
+        };
+        assert!(missing.check(&settings).is_err());
+        let given = Tools {
+            weftd_alt: Some(here),
+            ..tools
+        };
+        given.check(&settings).unwrap();
     }
 
     #[test]
