@@ -1,6 +1,7 @@
 //! weft: inspect a running weftd.
 
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,7 +29,7 @@ enum What {
     Status,
     /// Ports with rx/tx counters and drops by reason.
     Ports,
-    /// Peer nodes with their tunnel counters.
+    /// Peer nodes: state, round-trip time, when last heard, features, counters.
     Peers,
     /// The forwarding table.
     Routes,
