@@ -68,6 +68,7 @@ fn port(slot: u32, kind: PortKind, name: &str, ip: Ipv4Addr) -> PortEntry {
         netns: None,
         queues: 1,
         counters: Arc::new(Counters::new(1)),
+        policy: None,
     }
 }
 
@@ -188,5 +189,6 @@ pub fn new_core() -> Core {
     Core::new(core::Config {
         worker: 0,
         heartbeat: None,
+        conntrack: None,
     })
 }

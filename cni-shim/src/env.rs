@@ -127,6 +127,23 @@ pub fn parse_cni_args(args: &str) -> Result<Vec<(&str, &str)>, CniError> {
         .collect()
 }
 
+/// The Kubernetes pod `CNI_ARGS` names with `K8S_POD_NAMESPACE` and `K8S_POD_NAME`
+/// (namespace `default` when only the name is given), or `None` without a name.
+pub fn pod_ref(args: &str) -> Result<Option<crate::proto::PodRef>, CniError> {
+    let (mut namespace, mut name) = (None, None);
+    for (key, value) in parse_cni_args(args)? {
+        match key {
+            "K8S_POD_NAMESPACE" if !value.is_empty() => namespace = Some(value),
+            "K8S_POD_NAME" if !value.is_empty() => name = Some(value),
+            _ => {}
+        }
+    }
+    Ok(name.map(|name| crate::proto::PodRef {
+        namespace: namespace.unwrap_or("default").to_owned(),
+        name: name.to_owned(),
+    }))
+}
+
 /// The address `CNI_ARGS` requests with `IP=` (a prefix length, if given, is dropped),
 /// or `None` when there is no `IP=` entry.
 pub fn requested_ip(args: &str) -> Result<Option<Ipv4Addr>, CniError> {
@@ -303,6 +320,14 @@ mod tests {
         // containerd's keys, any order, trailing separator, no IP.
         let cri = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1;IgnoreUnknown=1;";
         assert_eq!(requested_ip(cri).unwrap(), None);
+        let pod = pod_ref("K8S_POD_NAME=web;K8S_POD_NAMESPACE=shop")
+            .unwrap()
+            .unwrap();
+        assert_eq!((pod.namespace.as_str(), pod.name.as_str()), ("shop", "web"));
+        let pod = pod_ref("IgnoreUnknown=1;K8S_POD_NAME=c").unwrap().unwrap();
+        assert_eq!(pod.namespace, "default");
+        assert_eq!(pod_ref("K8S_POD_NAMESPACE=x").unwrap(), None);
+        assert_eq!(pod_ref(cri).unwrap().unwrap().name, "web");
         // podman with --ip and --mac-address; a prefix is dropped.
         assert_eq!(
             requested_ip("IgnoreUnknown=1;K8S_POD_NAME=c;IP=10.244.1.20/24;MAC=0a:58:00:00:00:01")

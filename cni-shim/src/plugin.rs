@@ -108,6 +108,10 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         netns: env.netns.clone().unwrap_or_default(),
         ifname: ifname(env),
         requested_ip: requested,
+        pod: match &env.args {
+            Some(args) => env::pod_ref(args)?,
+            None => None,
+        },
     });
     match ask(conf, &request)? {
         Reply::Attached(att) => match requested {

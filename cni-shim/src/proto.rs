@@ -52,6 +52,35 @@ pub enum Request {
     Peers,
     /// The forwarding table.
     Routes,
+    /// The loaded NetworkPolicies, and any error reading them.
+    PolicyStatus,
+    /// Which policies select a pod, in which direction.
+    PolicyPod(PodRef),
+    /// Whether a connection would be allowed, and by which policy and rule.
+    PolicyExplain(ExplainRequest),
+}
+
+/// A pod by namespace and name, as Kubernetes names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PodRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// Parameters of [`Request::PolicyExplain`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainRequest {
+    /// The source: a pod as `namespace/name`, or an address.
+    pub src: String,
+    /// The destination, likewise.
+    pub dst: String,
+    /// "TCP", "UDP", "SCTP" or "ICMP".
+    pub protocol: String,
+    /// The destination port, for TCP, UDP and SCTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// Parameters of [`Request::Attach`].
@@ -66,6 +95,10 @@ pub struct AttachRequest {
     /// A specific address to give the pod, if the runtime asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_ip: Option<Ipv4Addr>,
+    /// The Kubernetes pod, as `K8S_POD_NAMESPACE` and `K8S_POD_NAME` name it: what
+    /// its labels and policies are found by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
 }
 
 /// Parameters of [`Request::Detach`].
@@ -181,6 +214,75 @@ pub enum Reply {
         /// One entry per route, longest prefix first.
         routes: Vec<RouteInfo>,
     },
+    /// The loaded policies.
+    PolicyStatus(PolicyStatus),
+    /// A pod's policies.
+    PolicyPod(PodPolicies),
+    /// A connection judged.
+    Explained(Explanation),
+}
+
+/// What policy is loaded, from where, and what went wrong reading it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// Where policy comes from (`dir /path`, or `none`).
+    pub source: String,
+    /// The policy set in force, counted from 1 each time its rules change.
+    pub generation: u32,
+    /// Namespaces, pods and policies in the set in force.
+    pub namespaces: usize,
+    /// Pods the set knows (with this node's attached pods).
+    pub pods: usize,
+    /// The policies in force.
+    pub policies: Vec<PolicyInfo>,
+    /// What was wrong with the last read: each with its file, document and reason.
+    /// When this is not empty, the set in force is the last good one.
+    pub errors: Vec<String>,
+    /// Documents of other kinds, skipped.
+    pub skipped: Vec<String>,
+}
+
+/// One policy in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    /// `namespace/name`.
+    pub id: String,
+    /// Whether it isolates ingress.
+    pub ingress: bool,
+    /// Whether it isolates egress.
+    pub egress: bool,
+    /// Its ingress rules.
+    pub ingress_rules: usize,
+    /// Its egress rules.
+    pub egress_rules: usize,
+    /// Pods of this node it selects.
+    pub local_pods: usize,
+}
+
+/// The policies of one pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPolicies {
+    /// The pod.
+    pub pod: PodRef,
+    /// Its address, if known.
+    pub ip: Option<Ipv4Addr>,
+    /// Whether a policy isolates its ingress.
+    pub ingress_isolated: bool,
+    /// Whether a policy isolates its egress.
+    pub egress_isolated: bool,
+    /// The policies that select it: (`namespace/name`, ingress, egress).
+    pub selected_by: Vec<(String, bool, bool)>,
+}
+
+/// A connection judged by the policies in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// Whether both ends' policies allow it.
+    pub allowed: bool,
+    /// What the source's egress policy says.
+    pub egress: String,
+    /// What the destination's ingress policy says.
+    pub ingress: String,
 }
 
 /// What an attach created.
@@ -574,6 +676,7 @@ mod tests {
                 netns: "/run/netns/x".into(),
                 ifname: "eth0".into(),
                 requested_ip: Some(Ipv4Addr::new(10, 244, 1, 7)),
+                pod: None,
             }),
         };
         let json = serde_json::to_value(&req).unwrap();
@@ -721,7 +824,10 @@ mod tests {
     #[test]
     fn every_verb_in_the_code_is_documented_and_every_example_parses() {
         let verbs = code_verbs();
-        assert_eq!(verbs.len(), 8, "{verbs:?}");
+        assert!(
+            verbs.len() >= 8 && verbs.contains(&"attach".to_owned()),
+            "{verbs:?}"
+        );
         let sections = doc_sections();
         let documented: Vec<&str> = sections.iter().map(|(v, _)| v.as_str()).collect();
         assert_eq!(documented, verbs, "PROTOCOL.md's request sections");

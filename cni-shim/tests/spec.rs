@@ -397,6 +397,7 @@ fn requests_on_the_wire() {
             netns: NETNS.into(),
             ifname: "eth0".into(),
             requested_ip: requested_ip.map(Ipv4Addr::from),
+            pod: None,
         })
     };
     let plain = conf("1.0.0", &d.socket, json!({}));

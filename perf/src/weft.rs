@@ -245,11 +245,18 @@ impl WeftNode {
 
     /// Attaches `pod` as `eth0` with container id `id`.
     pub fn attach(&self, pod: &Pod, id: &str) -> Result<Attachment> {
+        self.attach_as(pod, id, None)
+    }
+
+    /// Attaches `pod` as `eth0` with container id `id`, as the Kubernetes pod `k8s`
+    /// (what `K8S_POD_NAMESPACE` and `K8S_POD_NAME` would say).
+    pub fn attach_as(&self, pod: &Pod, id: &str, k8s: Option<proto::PodRef>) -> Result<Attachment> {
         match self.ok(&Request::Attach(AttachRequest {
             container_id: id.into(),
             netns: pod.ns.path().display().to_string(),
             ifname: "eth0".into(),
             requested_ip: None,
+            pod: k8s,
         }))? {
             Reply::Attached(a) => Ok(a),
             other => bail!("unexpected reply to attach: {other:?}"),

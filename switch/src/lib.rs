@@ -17,6 +17,7 @@ pub mod control;
 pub mod core;
 pub mod io;
 pub mod mac;
+pub mod policy;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod tables;

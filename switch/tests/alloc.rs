@@ -11,10 +11,12 @@ use std::sync::Arc;
 
 use weft_encap::{checksum, gso, sleeve, virtio, vxlan};
 use weft_switch::control::netlink::{in_new_netns, NetlinkError};
+use weft_switch::core::conntrack::Conntrack;
 use weft_switch::core::{self, Core, Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::io::port::Offload;
 use weft_switch::io::udp::{Lanes, RxBatch, Tunnel};
 use weft_switch::mac::MacAddr;
+use weft_switch::policy::compile::{CompiledRule, Origin, PodRules, RuleSet};
 use weft_switch::tables::counters::{Counters, DropReason};
 use weft_switch::tables::health::PeerHealth;
 use weft_switch::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode};
@@ -84,6 +86,24 @@ impl Sink for CountingSink {
     }
 }
 
+/// Rules that isolate a pod both ways and allow everything.
+fn allow_all() -> PodRules {
+    let rule = CompiledRule {
+        origin: Origin {
+            policy: "x/allow-all".into(),
+            rule: 0,
+        },
+        peers: None,
+        ports: None,
+    };
+    let set = RuleSet { rules: vec![rule] };
+    PodRules {
+        ingress: Some(set.clone()),
+        egress: Some(set),
+        selected_by: vec![("x/allow-all".into(), true, true)],
+    }
+}
+
 fn tables(mode: TunnelMode) -> Tables {
     let gateway = Ipv4Addr::new(10, 244, 1, 1);
     let node = Arc::new(NodeConfig {
@@ -111,6 +131,9 @@ fn tables(mode: TunnelMode) -> Tables {
         netns: None,
         queues: 1,
         counters: Arc::new(Counters::new(1)),
+        // The pod is isolated both ways, so every packet meets policy and the
+        // connection table.
+        policy: (kind == PortKind::Pod).then(|| Arc::new(allow_all())),
     };
     let peer = PeerEntry {
         name: "n1".into(),
@@ -170,6 +193,7 @@ fn run(mode: TunnelMode) {
     let mut dp = Core::new(core::Config {
         worker: 0,
         heartbeat: Some(BEAT),
+        conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024), 0)),
     });
     let mut now = Time::ZERO;
     let mut sink = CountingSink::default();

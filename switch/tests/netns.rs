@@ -412,6 +412,7 @@ fn detach_cleans_up_and_repeats() {
             netns: pod.ns.path().display().to_string(),
             ifname: "eth0".into(),
             requested_ip: Some(other),
+            pod: None,
         }))
         .unwrap()
     {
@@ -457,6 +458,7 @@ fn detach_cleans_up_and_repeats() {
         netns: "/run/netns/does-not-exist".into(),
         ifname: "eth0".into(),
         requested_ip: None,
+        pod: None,
     }));
     match missing.unwrap() {
         Response::Error(e) => assert!(e.message.contains("does-not-exist"), "{e:?}"),
@@ -609,6 +611,7 @@ fn restart_releases_vanished_pods() {
             netns: pod.ns.path().display().to_string(),
             ifname: "eth0".into(),
             requested_ip: Some(gone_ip),
+            pod: None,
         }))
         .expect("attach with the released address")
     {
@@ -644,6 +647,7 @@ fn crash_during_attach_storm() {
                     netns: pod.ns.path().display().to_string(),
                     ifname: "eth0".into(),
                     requested_ip: None,
+                    pod: None,
                 });
                 if let Ok(Response::Ok(Reply::Attached(a))) =
                     weft_cni::proto::call(socket, &req, Duration::from_secs(20))

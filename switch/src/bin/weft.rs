@@ -33,6 +33,33 @@ enum What {
     Peers,
     /// The forwarding table.
     Routes,
+    /// NetworkPolicy: what is loaded, what selects a pod, what a connection meets.
+    Policy {
+        #[command(subcommand)]
+        what: PolicyWhat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyWhat {
+    /// The policies in force and any error reading them.
+    Status,
+    /// Which policies select a pod (NAMESPACE/NAME), in which direction.
+    Pod {
+        /// The pod, as NAMESPACE/NAME.
+        pod: String,
+    },
+    /// Whether a connection is allowed, and by which policy and rule.
+    Explain {
+        /// The source: NAMESPACE/NAME or an address.
+        src: String,
+        /// The destination: NAMESPACE/NAME or an address.
+        dst: String,
+        /// TCP, UDP, SCTP or ICMP.
+        protocol: String,
+        /// The destination port (TCP, UDP, SCTP).
+        port: Option<u16>,
+    },
 }
 
 fn drops(c: &Counters) -> String {
@@ -53,6 +80,13 @@ fn main() -> ExitCode {
         What::Ports => Request::Ports,
         What::Peers => Request::Peers,
         What::Routes => Request::Routes,
+        What::Policy { what } => match policy_request(what) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("weft: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     let reply = match proto::call(&cli.socket, &request, Duration::from_secs(10)) {
         Ok(Response::Ok(reply)) => reply,
@@ -77,6 +111,13 @@ fn main() -> ExitCode {
         Reply::Ports { ports } => print_ports(&ports),
         Reply::Peers { peers } => print_peers(&peers),
         Reply::Routes { routes } => print_routes(&routes),
+        Reply::PolicyStatus(s) => print_policy_status(&s),
+        Reply::PolicyPod(p) => print_policy_pod(&p),
+        Reply::Explained(e) => {
+            println!("{}", if e.allowed { "allowed" } else { "denied" });
+            println!("  egress:  {}", e.egress);
+            println!("  ingress: {}", e.ingress);
+        }
         other => println!("{other:?}"),
     }
     ExitCode::SUCCESS
@@ -166,5 +207,96 @@ fn print_routes(routes: &[proto::RouteInfo]) {
     println!("{:<20} NEXT HOP", "PREFIX");
     for r in routes {
         println!("{:<20} {}", r.prefix, r.next_hop);
+    }
+}
+
+fn policy_request(what: PolicyWhat) -> Result<Request, String> {
+    Ok(match what {
+        PolicyWhat::Status => Request::PolicyStatus,
+        PolicyWhat::Pod { pod } => {
+            let (namespace, name) = pod
+                .split_once('/')
+                .ok_or_else(|| format!("{pod:?} is not NAMESPACE/NAME"))?;
+            Request::PolicyPod(proto::PodRef {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+        }
+        PolicyWhat::Explain {
+            src,
+            dst,
+            protocol,
+            port,
+        } => Request::PolicyExplain(proto::ExplainRequest {
+            src,
+            dst,
+            protocol,
+            port,
+        }),
+    })
+}
+
+fn print_policy_status(s: &proto::PolicyStatus) {
+    println!("source      {}", s.source);
+    println!("generation  {}", s.generation);
+    println!(
+        "in force    {} policies, {} pods, {} namespaces",
+        s.policies.len(),
+        s.pods,
+        s.namespaces
+    );
+    if !s.policies.is_empty() {
+        println!(
+            "\n{:<40} {:<15} {:>7} {:>7} {:>10}",
+            "POLICY", "TYPES", "INGRESS", "EGRESS", "LOCAL PODS"
+        );
+    }
+    for p in &s.policies {
+        let types = match (p.ingress, p.egress) {
+            (true, true) => "Ingress,Egress",
+            (true, false) => "Ingress",
+            (false, true) => "Egress",
+            (false, false) => "-",
+        };
+        println!(
+            "{:<40} {:<15} {:>7} {:>7} {:>10}",
+            p.id, types, p.ingress_rules, p.egress_rules, p.local_pods
+        );
+    }
+    for e in &s.errors {
+        println!("error       {e} (the last good set stays in force)");
+    }
+    for k in &s.skipped {
+        println!("skipped     {k}");
+    }
+}
+
+fn print_policy_pod(p: &proto::PodPolicies) {
+    let ip = p.ip.map_or("-".into(), |ip| ip.to_string());
+    println!("pod         {}/{} ({ip})", p.pod.namespace, p.pod.name);
+    println!(
+        "ingress     {}",
+        if p.ingress_isolated {
+            "isolated"
+        } else {
+            "open"
+        }
+    );
+    println!(
+        "egress      {}",
+        if p.egress_isolated {
+            "isolated"
+        } else {
+            "open"
+        }
+    );
+    for (id, i, e) in &p.selected_by {
+        let dirs = match (i, e) {
+            (true, true) => "ingress, egress",
+            (true, false) => "ingress",
+            (false, true) => "egress",
+            (false, false) => "none",
+        };
+        println!("selected by {id} ({dirs})");
     }
 }

@@ -30,6 +30,9 @@ impl Daemon {
             Request::Routes => Ok(Reply::Routes {
                 routes: self.routes(),
             }),
+            Request::PolicyStatus => Ok(Reply::PolicyStatus(self.policy_status())),
+            Request::PolicyPod(pod) => self.policy_pod(&pod).map(Reply::PolicyPod),
+            Request::PolicyExplain(req) => self.policy_explain(&req).map(Reply::Explained),
         };
         match result {
             Ok(reply) => Response::Ok(reply),

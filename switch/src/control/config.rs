@@ -17,6 +17,10 @@ use crate::tables::{TunnelMode, TUNNEL_OVERHEAD};
 pub const DEFAULT_POLL_US: u32 = 100;
 /// The largest polling window allowed: beyond it, polling only burns CPU.
 pub const MAX_POLL_US: u32 = 10_000;
+/// Connections each worker tracks by default.
+pub const DEFAULT_CONNTRACK_MAX: usize = 16_384;
+/// The most connections a worker may be told to track.
+pub const MAX_CONNTRACK: usize = 1 << 22;
 /// The default heartbeat interval.
 pub const DEFAULT_HEARTBEAT_MS: u32 = 1_000;
 /// The shortest heartbeat interval allowed.
@@ -64,6 +68,14 @@ pub struct Options {
     /// three intervals is down, and 0 turns heartbeats off [default: 1000].
     #[arg(long)]
     pub heartbeat_ms: Option<u32>,
+    /// Connections each worker tracks for NetworkPolicy, at most; new connections
+    /// of policy-isolated pods beyond it are dropped and counted [default: 16384].
+    #[arg(long)]
+    pub conntrack_max: Option<usize>,
+    /// A directory of Kubernetes YAML (Namespaces, Pods, NetworkPolicies), watched;
+    /// the policy of the embedded store.
+    #[arg(long)]
+    pub policy_dir: Option<PathBuf>,
     /// Path of the control socket [default: /run/weft/weft.sock].
     #[arg(long)]
     pub socket: Option<PathBuf>,
@@ -161,6 +173,8 @@ impl Options {
             port_queues: self.port_queues.or(file.port_queues),
             poll_us: self.poll_us.or(file.poll_us),
             heartbeat_ms: self.heartbeat_ms.or(file.heartbeat_ms),
+            conntrack_max: self.conntrack_max.or(file.conntrack_max),
+            policy_dir: self.policy_dir.or(file.policy_dir),
             socket: self.socket.or(file.socket),
             peers: self.peers.or(file.peers),
             vtep_mac: self.vtep_mac.or(file.vtep_mac),
@@ -188,6 +202,11 @@ impl Options {
             return Err(invalid("port", "0 is not a port".into()));
         }
         let (workers, port_queues, poll, heartbeat) = self.threads()?;
+        let conntrack_max = self.conntrack_max.unwrap_or(DEFAULT_CONNTRACK_MAX);
+        if !(16..=MAX_CONNTRACK).contains(&conntrack_max) {
+            let why = format!("{conntrack_max}: between 16 and {MAX_CONNTRACK}");
+            return Err(invalid("conntrack-max", why));
+        }
         let underlay_mtu = self.underlay_mtu.unwrap_or(1500);
         if !(576..=9216).contains(&underlay_mtu) {
             let why = format!("{underlay_mtu}: between 576 and 9216");
@@ -210,6 +229,8 @@ impl Options {
             port_queues,
             poll,
             heartbeat,
+            conntrack_max,
+            policy_dir: self.policy_dir,
             socket: self
                 .socket
                 .unwrap_or_else(|| weft_cni::proto::DEFAULT_SOCKET.into()),
@@ -318,6 +339,10 @@ pub struct Settings {
     pub poll: Duration,
     /// Heartbeat interval; zero for none.
     pub heartbeat: Duration,
+    /// Connections each worker tracks, at most.
+    pub conntrack_max: usize,
+    /// The watched directory of policy manifests, if any.
+    pub policy_dir: Option<PathBuf>,
     /// Control socket path.
     pub socket: PathBuf,
     /// Peers file, if any.

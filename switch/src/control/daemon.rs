@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use weft_cni::proto::Attachment;
+use weft_cni::proto::{Attachment, PodRef};
 use weft_encap::{ipv4, udp};
 use weft_ipam::{Key, Pool};
 
@@ -20,6 +20,7 @@ use crate::control::error::{io_err, DaemonError};
 use crate::control::host::{Host, Queues, SystemHost};
 use crate::control::netlink::{LinkSpec, RouteSpec};
 use crate::control::peers::peer_entries;
+use crate::control::policy::PolicyState;
 use crate::control::store::file::FileStore;
 use crate::control::store::{ClusterStore, ClusterView, NoStore};
 use crate::core;
@@ -32,11 +33,12 @@ use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables};
 /// How long the control plane waits for workers to take or drop a queue.
 pub const WORKER_ACK: Duration = Duration::from_secs(5);
 
-/// An attached pod: its key in the pool and its port.
+/// An attached pod: its key in the pool, its port, and the Kubernetes pod it is.
 #[derive(Debug)]
 pub(crate) struct Pod {
     pub(crate) key: Key,
     pub(crate) entry: PortEntry,
+    pub(crate) pod: Option<PodRef>,
 }
 
 /// What the daemon holds under its lock.
@@ -48,6 +50,8 @@ pub(crate) struct State {
     /// Next generation of each slot ever used; slots in `free` can be reused.
     pub(crate) generations: Vec<u32>,
     pub(crate) free: Vec<u32>,
+    /// NetworkPolicy in force.
+    pub(crate) policy: PolicyState,
 }
 
 impl State {
@@ -151,6 +155,7 @@ fn host_port(settings: &Settings) -> (PortEntry, LinkSpec) {
         netns: None,
         queues: settings.port_queues as u16,
         counters: Arc::new(Counters::new(settings.workers)),
+        policy: None,
     };
     (entry, spec)
 }
@@ -169,6 +174,7 @@ fn start_workers(
     let tuning = worker::Tuning {
         poll_max: settings.poll,
         heartbeat: settings.heartbeat,
+        conntrack_max: settings.conntrack_max,
     };
     worker::spawn(tables.clone(), sockets, Arc::new(lanes), tuning)
         .map_err(io_err("starting the workers"))
@@ -217,12 +223,14 @@ impl Daemon {
                 peers,
                 generations: vec![1],
                 free: Vec::new(),
+                policy: PolicyState::default(),
             }),
             pool,
             host,
             store,
         });
         daemon.hand_queues(host_entry.id, &host_entry.counters, host_queues)?;
+        daemon.load_policy()?;
         daemon.restore()?;
         Ok(daemon)
     }
@@ -288,15 +296,22 @@ impl Daemon {
         Ok(())
     }
 
-    /// Builds and publishes a snapshot of `state`.
-    pub(crate) fn publish(&self, state: &State) -> Result<(), DaemonError> {
-        let tables = Tables::build(
+    /// Compiles the policy for the pods of `state`, then builds and publishes a
+    /// snapshot of it: routes, ports with their rules, peers.
+    pub(crate) fn publish(&self, state: &mut State) -> Result<(), DaemonError> {
+        state.recompile();
+        let pods = state.pods.iter().map(|p| PortEntry {
+            policy: state.rules_of(p.entry.ip),
+            ..p.entry.clone()
+        });
+        let mut tables = Tables::build(
             self.node.clone(),
             state.host.clone(),
-            state.pods.iter().map(|p| p.entry.clone()),
+            pods,
             state.peers.clone(),
             self.tunnel.clone(),
         )?;
+        tables.policy_generation = state.policy.generation;
         self.tables.store(Arc::new(tables));
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! - [`daemon`]: the daemon's state, the workers it runs, the snapshots it publishes;
 //! - [`pods`]: attach, detach, check, GC, restore after a restart;
 //! - [`peers`]: the other nodes, from the cluster [`store`];
+//! - [`policy`]: NetworkPolicy from its source, compiled and published;
 //! - [`api`]: requests in, responses out; [`server`]: the socket and the signals;
 //! - [`host`]: the host operations (netlink, netns, TAP) behind a trait;
 //! - [`config`]: settings and the peers file; [`netlink`]: links, addresses, routes.
@@ -15,5 +16,6 @@ pub mod host;
 pub mod netlink;
 pub mod peers;
 pub mod pods;
+pub mod policy;
 pub mod server;
 pub mod store;

@@ -63,7 +63,7 @@ impl Daemon {
             return Ok(false);
         }
         let old = std::mem::replace(&mut state.peers, peers);
-        if let Err(e) = self.publish(&state) {
+        if let Err(e) = self.publish(&mut state) {
             state.peers = old;
             return Err(e);
         }

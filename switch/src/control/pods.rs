@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
-use weft_cni::proto::{AttachRequest, Attachment, AttachmentKey, CheckRequest, DetachRequest};
+use weft_cni::proto::{
+    AttachRequest, Attachment, AttachmentKey, CheckRequest, DetachRequest, PodRef,
+};
 use weft_ipam::Key;
 
 use crate::control::daemon::{Daemon, Pod, State};
@@ -17,6 +19,13 @@ use crate::control::netlink::{LinkSpec, LinkState, NetlinkError, RouteSpec};
 use crate::mac::MacAddr;
 use crate::tables::counters::Counters;
 use crate::tables::{PortEntry, PortKind};
+
+/// Where a pod is: its netns, and what its runtime called it.
+#[derive(Debug)]
+struct Where<'a> {
+    netns: &'a str,
+    pod: Option<PodRef>,
+}
 
 /// What [`Daemon::retire`] does with a pod's device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +40,9 @@ enum Device {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct AttachMeta {
     netns: String,
+    /// The Kubernetes pod (none in records older than policy).
+    #[serde(default)]
+    pod: Option<PodRef>,
 }
 
 impl AttachMeta {
@@ -60,6 +72,7 @@ impl Daemon {
         }
         let meta = AttachMeta {
             netns: req.netns.clone(),
+            pod: req.pod.clone(),
         };
         let reservation = self.pool.reserve(&key, req.requested_ip, &meta.encode())?;
         let ip = reservation.allocation().ip;
@@ -69,7 +82,11 @@ impl Daemon {
         // a record whose interface restore reopens or, if it is missing, releases.
         let (committed, plugged) = std::thread::scope(|s| {
             let commit = s.spawn(move || reservation.commit());
-            let plugged = self.plug(&mut state, key.clone(), &req.netns, ip, Plug::Create);
+            let at = Where {
+                netns: &req.netns,
+                pod: req.pod.clone(),
+            };
+            let plugged = self.plug(&mut state, key.clone(), at, ip, Plug::Create);
             let committed = match commit.join() {
                 Ok(committed) => committed.map(drop).map_err(DaemonError::from),
                 Err(_) => Err(io_err("committing the allocation")(std::io::Error::other(
@@ -146,10 +163,11 @@ impl Daemon {
         &self,
         state: &mut State,
         key: Key,
-        netns: &str,
+        at: Where<'_>,
         ip: Ipv4Addr,
         how: Plug,
     ) -> Result<PortEntry, DaemonError> {
+        let netns = at.netns;
         let mac = MacAddr::for_ip(ip);
         let spec = LinkSpec {
             name: key.ifname.clone(),
@@ -172,10 +190,12 @@ impl Daemon {
             netns: Some(netns.to_owned()),
             queues: queues.len() as u16,
             counters: Arc::new(Counters::new(self.settings.workers)),
+            policy: None,
         };
         state.pods.push(Pod {
             key,
             entry: entry.clone(),
+            pod: at.pod,
         });
         if let Err(e) = self.hand_queues(entry.id, &entry.counters, queues) {
             let pod = state.pods.pop().expect("the pod just pushed");
@@ -228,7 +248,11 @@ impl Daemon {
         for alloc in allocations {
             let outcome = AttachMeta::decode(&alloc.meta).and_then(|meta| {
                 let key = alloc.key.clone();
-                self.plug(&mut state, key, &meta.netns, alloc.ip, Plug::Reopen)
+                let at = Where {
+                    netns: &meta.netns,
+                    pod: meta.pod.clone(),
+                };
+                self.plug(&mut state, key, at, alloc.ip, Plug::Reopen)
                     .map(drop)
             });
             let (who, ip) = (&alloc.key, alloc.ip);
@@ -261,7 +285,7 @@ impl Daemon {
                 }
             }
         }
-        self.publish(&state)?;
+        self.publish(&mut state)?;
         log::info!(
             "restored {restored} pods, released {released} that are gone, \
              kept {kept} that could not be restored"
@@ -577,6 +601,7 @@ mod tests {
             netns: "/run/netns/fake".into(),
             ifname: "eth0".into(),
             requested_ip: None,
+            pod: None,
         }))
     }
 

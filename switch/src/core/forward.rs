@@ -1,8 +1,10 @@
 //! Routing one IPv4 packet: validate it, decide what happens to it, and act.
 //!
 //! [`decide`] is a pure function of the snapshot, where the packet came from and
-//! what its header says; it is the one place a verdict is made, as a chain of
-//! checks: admission (spoofing, broadcast), the route, the TTL, the MTU.
+//! what its header says; it is the one place a routing verdict is made, as a chain
+//! of checks: admission (spoofing, broadcast), the route, the TTL, the MTU. A packet
+//! it forwards then meets NetworkPolicy ([`super::policy`]), the one step that keeps
+//! state: the connection table.
 
 use std::net::Ipv4Addr;
 
@@ -157,6 +159,11 @@ impl Core {
                 self.icmp_error(cx, from, quoted, &facts, error);
             }
             Verdict::Forward { hop, decrement_ttl } => {
+                let ip =
+                    ipv4::Packet::new_unchecked(&frame.buf[ip_start..ip_start + facts.total_len]);
+                if let Err((port, reason)) = self.policy(cx, from, hop, &ip) {
+                    return cx.tables.ports[port].counters.discard(self.worker, reason);
+                }
                 // Ethernet pads short frames; the IP total length is the truth.
                 let len = ethernet::HEADER_LEN + facts.total_len;
                 if decrement_ttl {

@@ -34,6 +34,7 @@ use crate::tables::counters::DropReason;
 use crate::tables::{PeerEntry, PortEntry, Tables};
 
 mod arp;
+pub mod conntrack;
 mod egress;
 mod forward;
 mod gro;
@@ -41,6 +42,7 @@ mod heartbeat;
 mod icmp;
 mod ingress;
 mod join;
+mod policy;
 mod sleeve;
 pub mod time;
 
@@ -226,12 +228,15 @@ impl Ingress {
 }
 
 /// How a worker's core is set up.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The worker's number: its slot in every counter.
     pub worker: usize,
     /// How often to send every peer a heartbeat, for the one worker that does.
     pub heartbeat: Option<Duration>,
+    /// The connection tables, this worker's to write and the others' to read; none
+    /// means policy judges every packet as a new connection.
+    pub conntrack: Option<conntrack::Conntrack>,
 }
 
 /// The switching state of one worker: scratch buffers, GRO, sleeve batches and joins,
@@ -248,6 +253,9 @@ pub struct Core {
     /// Super-frames sent as sleeve chunks; the worker index is the id's top byte.
     frames_out: u32,
     beats: heartbeat::Heartbeats,
+    conntrack: Option<conntrack::Conntrack>,
+    /// When the connection table is next swept, while it holds entries.
+    next_sweep: Option<Time>,
 }
 
 impl std::fmt::Debug for Core {
@@ -271,6 +279,8 @@ impl Core {
             joins: join::Joins::new(),
             frames_out: 0,
             beats: heartbeat::Heartbeats::new(config.heartbeat),
+            conntrack: config.conntrack,
+            next_sweep: None,
         }
     }
 
@@ -306,12 +316,17 @@ impl Core {
 
     /// When the core next needs [`Core::handle_timeout`], if ever.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.beats.next()
+        match (self.beats.next(), self.next_sweep) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Runs the timers due at `cx.now`: heartbeats to every peer.
+    /// Runs the timers due at `cx.now`: heartbeats to every peer, and the sweep of
+    /// expired connections.
     pub fn handle_timeout<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>) {
         self.beats.handle_timeout(cx);
+        self.sweep_conntrack(cx);
     }
 
     /// Counts a drop on what the frame came from.

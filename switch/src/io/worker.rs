@@ -20,6 +20,7 @@ use crossbeam::queue::ArrayQueue;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::core::conntrack::Conntrack;
 use crate::core::{self, Core, Ctx, Frame, Report, Sink, Time, TxError, HEADROOM};
 use crate::io::clock;
 use crate::io::port::{Offload, PortQueue};
@@ -141,6 +142,8 @@ pub struct Tuning {
     pub poll_max: Duration,
     /// How often worker 0 sends every peer a heartbeat; zero for never.
     pub heartbeat: Duration,
+    /// Connections each worker tracks for NetworkPolicy, at most.
+    pub conntrack_max: usize,
 }
 
 /// Starts `sockets.len()` workers, one per tunnel socket; they send from `lanes`.
@@ -166,6 +169,7 @@ pub fn spawn(
     for _ in 0..LARGE_POOL {
         let _ = large.push(vec![0u8; LARGE_LEN].into_boxed_slice());
     }
+    let conntrack = Conntrack::tables(n, tuning.conntrack_max);
     let shared = Arc::new(Shared {
         tables,
         inboxes: (0..n).map(|_| ArrayQueue::new(RING_LEN)).collect(),
@@ -184,10 +188,22 @@ pub fn spawn(
         let (tx, rx) = crossbeam::channel::unbounded();
         let (ready, ready_rx) = crossbeam::channel::bounded(1);
         let (shared_w, lanes) = (shared.clone(), lanes.clone());
+        let conntrack = Conntrack::new(conntrack.clone(), index);
         let spawned = std::thread::Builder::new()
             .name(format!("weft-worker-{index}"))
-            .spawn(
-                move || match Worker::new(index, poll, socket, lanes, tuning, rx, shared_w) {
+            .spawn(move || {
+                match Worker::new(
+                    Setup {
+                        index,
+                        poll,
+                        socket,
+                        lanes,
+                        tuning,
+                        conntrack,
+                    },
+                    rx,
+                    shared_w,
+                ) {
                     Ok(worker) => {
                         let _ = ready.send(Ok(()));
                         worker.run()
@@ -196,8 +212,8 @@ pub fn spawn(
                         let _ = ready.send(Err(e));
                         Ok(())
                     }
-                },
-            );
+                }
+            });
         match spawned {
             Ok(thread) => handles.push(WorkerHandle {
                 commands: tx,
@@ -238,6 +254,16 @@ pub fn stop(shared: &Shared, handles: &mut [WorkerHandle]) {
             }
         }
     }
+}
+
+/// What one worker is built from.
+struct Setup {
+    index: usize,
+    poll: Poll,
+    socket: UdpSocket,
+    lanes: Arc<Lanes>,
+    tuning: Tuning,
+    conntrack: Conntrack,
 }
 
 struct QueueSlot {
@@ -376,15 +402,15 @@ impl Sink for IoSink<'_> {
 }
 
 impl Worker {
-    fn new(
-        index: usize,
-        poll: Poll,
-        socket: UdpSocket,
-        lanes: Arc<Lanes>,
-        tuning: Tuning,
-        commands: Receiver<Command>,
-        shared: Arc<Shared>,
-    ) -> io::Result<Worker> {
+    fn new(setup: Setup, commands: Receiver<Command>, shared: Arc<Shared>) -> io::Result<Worker> {
+        let Setup {
+            index,
+            poll,
+            socket,
+            lanes,
+            tuning,
+            conntrack,
+        } = setup;
         socket.set_nonblocking(true)?;
         poll.registry().register(
             &mut SourceFd(&socket.as_raw_fd()),
@@ -401,6 +427,7 @@ impl Worker {
             core: Core::new(core::Config {
                 worker: index,
                 heartbeat: beats,
+                conntrack: Some(conntrack),
             }),
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
             io: Io {

@@ -26,6 +26,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use weft_encap::vxlan::Vni;
 
+use crate::core::conntrack::Conntrack;
 use crate::core::{self, Core, Ctx, Frame, Offload, Report, Sink, Time, HEADROOM};
 use crate::mac::MacAddr;
 use crate::tables::counters::{Counters, DropReason, Snapshot};
@@ -40,6 +41,8 @@ pub const POD_MTU: u32 = 1500 - TUNNEL_OVERHEAD;
 pub const MAX_DATAGRAM: usize = 1472;
 /// The tunnel UDP port.
 pub const TUNNEL_PORT: u16 = 8472;
+/// Connections each simulated node tracks at most.
+pub const CONNTRACK_MAX: usize = 1024;
 /// How far the simulated clock moves per [`Sim::step`].
 pub const STEP: Duration = Duration::from_millis(1);
 /// The Ethernet header length.
@@ -471,6 +474,7 @@ fn port_entry(slot: u32, ip: Ipv4Addr) -> PortEntry {
         netns: None,
         queues: 1,
         counters: new_counters(),
+        policy: None,
     }
 }
 
@@ -525,9 +529,11 @@ impl Sim {
             let host = port_entry(0, gateway(n));
             let tables = Tables::build(config, host, ports, peers, new_counters())
                 .expect("the simulated cluster is routable");
+            let conntrack = Conntrack::new(Conntrack::tables(1, CONNTRACK_MAX), 0);
             let core = Core::new(core::Config {
                 worker: 0,
                 heartbeat,
+                conntrack: Some(conntrack),
             });
             nodes.push(Node { tables, core });
         }

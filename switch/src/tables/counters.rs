@@ -78,6 +78,14 @@ drop_reasons! {
     /// A frame from a port being attached or detached, so not in the forwarding
     /// snapshot yet (or any more).
     Detached => "detached",
+    /// A new connection to a pod that its ingress policy does not allow, or a packet
+    /// of a connection a new policy no longer allows; counted on the pod.
+    PolicyIngress => "policy_ingress",
+    /// A new connection from a pod that its egress policy does not allow, likewise.
+    PolicyEgress => "policy_egress",
+    /// A new connection to or from a policy-isolated pod found the worker's
+    /// connection table full; counted on the pod.
+    ConntrackFull => "conntrack_full",
 }
 
 // The list is in discriminant order, so a reason indexes its own counter.

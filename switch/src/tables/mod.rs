@@ -20,6 +20,7 @@ pub mod health;
 
 use crate::core::{Report, Time};
 use crate::mac::MacAddr;
+use crate::policy::compile::PodRules;
 use crate::tables::counters::Counters;
 use crate::tables::fib::{Fib, NextHop};
 use crate::tables::health::PeerHealth;
@@ -113,6 +114,8 @@ pub struct PortEntry {
     pub queues: u16,
     /// Traffic counters.
     pub counters: Arc<Counters>,
+    /// The pod's NetworkPolicy rules, if some policy selects it.
+    pub policy: Option<Arc<PodRules>>,
 }
 
 /// A peer node as the datapath sees it.
@@ -180,6 +183,9 @@ pub struct Tables {
     pub fib: Fib,
     /// Counters for tunnel datagrams that belong to no known peer.
     pub tunnel: Arc<Counters>,
+    /// The policy set the ports' rules come from; connections allowed under an older
+    /// one are judged again.
+    pub policy_generation: u32,
     by_slot: Vec<Option<(u32, u32)>>,
     peer_by_ip: HashMap<Ipv4Addr, usize>,
 }
@@ -256,6 +262,7 @@ impl Tables {
             peers,
             fib: Fib::new(routes),
             tunnel,
+            policy_generation: 0,
             by_slot,
             peer_by_ip,
         })

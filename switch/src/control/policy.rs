@@ -1,0 +1,349 @@
+//! NetworkPolicy in the control plane: the model from its source (a watched
+//! directory of YAML for the embedded store), compiled for this node's pods and
+//! published with the forwarding snapshot; and the queries behind `weft policy`.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_cni::proto::{self, ExplainRequest, PodRef};
+
+use crate::control::daemon::{Daemon, State};
+use crate::control::error::DaemonError;
+use crate::policy::compile::{self, CompiledPolicy, Compiler, KnownPod, LocalPod, PodRules};
+use crate::policy::manifest::{self, ManifestError, Skipped};
+use crate::policy::model::{PolicyModel, Protocol, DEFAULT_NAMESPACE};
+
+/// How often the policy directory is read for changes: a change takes effect within
+/// this and a compile.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// The policy the daemon holds.
+#[derive(Debug, Default)]
+pub struct PolicyState {
+    /// The set in force.
+    pub model: Arc<PolicyModel>,
+    /// It, compiled for the pods attached here.
+    pub compiled: CompiledPolicy,
+    /// The generation of `compiled`: it changes when any pod's rules change.
+    pub generation: u32,
+    /// What was wrong with the last read, if anything (the set in force is then the
+    /// last good one).
+    pub errors: Vec<ManifestError>,
+    /// Documents skipped by the last good read.
+    pub skipped: Vec<Skipped>,
+}
+
+/// The manifests of directory `dir`: every `*.yaml` and `*.yml` file, in name order,
+/// several documents each. Either all of it, or every error.
+pub fn load_dir(dir: &Path) -> Result<(PolicyModel, Vec<Skipped>), Vec<ManifestError>> {
+    let fail = |file: &Path, reason: String| {
+        vec![ManifestError {
+            file: file.display().to_string(),
+            document: 0,
+            reason,
+        }]
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| fail(dir, format!("cannot read: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut model = PolicyModel::default();
+    let mut skipped = Vec::new();
+    let mut errors = Vec::new();
+    for file in &files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.extend(fail(file, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        match manifest::read(&file.display().to_string(), &text, &mut model) {
+            Ok(s) => skipped.extend(s),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if let Err(reason) = manifest::check_unique(&model) {
+        errors.extend(fail(dir, reason));
+    }
+    match errors.is_empty() {
+        true => Ok((model, skipped)),
+        false => Err(errors),
+    }
+}
+
+/// The bytes of every manifest file of `dir`, to notice any change.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| std::fs::read(&p).ok().map(|b| (p, b)))
+        .collect();
+    out.sort();
+    out
+}
+
+impl State {
+    /// The pods attached here, as policy names them.
+    pub(crate) fn local_pods(&self) -> Vec<LocalPod> {
+        self.pods
+            .iter()
+            .map(|p| LocalPod {
+                ip: p.entry.ip,
+                namespace: p
+                    .pod
+                    .as_ref()
+                    .map_or(DEFAULT_NAMESPACE, |r| r.namespace.as_str())
+                    .to_owned(),
+                name: p.pod.as_ref().map_or("", |r| r.name.as_str()).to_owned(),
+            })
+            .collect()
+    }
+
+    /// Compiles the policy in force for the pods attached now; a change of any pod's
+    /// rules starts a new generation.
+    pub(crate) fn recompile(&mut self) {
+        let compiled = compile::compile(&self.policy.model, &self.local_pods());
+        if compiled.by_ip != self.policy.compiled.by_ip || self.policy.generation == 0 {
+            self.policy.generation = self.policy.generation.wrapping_add(1).max(1);
+        }
+        self.policy.compiled = compiled;
+    }
+
+    /// The rules of the pod at `ip`, if a policy selects it.
+    pub(crate) fn rules_of(&self, ip: Ipv4Addr) -> Option<Arc<PodRules>> {
+        self.policy.compiled.by_ip.get(&ip).cloned()
+    }
+}
+
+impl Daemon {
+    /// Puts the outcome of reading the policy source in force: a good set replaces
+    /// the one in force; errors are logged and kept for `weft policy status`, and the
+    /// set in force stays.
+    pub fn apply_policy(
+        &self,
+        read: Result<(PolicyModel, Vec<Skipped>), Vec<ManifestError>>,
+    ) -> Result<(), DaemonError> {
+        let mut state = self.state.lock();
+        match read {
+            Ok((model, skipped)) => {
+                for s in &skipped {
+                    log::info!(
+                        "policy: {} document {}: kind {} is not used, skipped",
+                        s.file,
+                        s.document,
+                        s.kind
+                    );
+                }
+                state.policy.errors.clear();
+                state.policy.skipped = skipped;
+                state.policy.model = Arc::new(model);
+                let before = state.policy.generation;
+                self.publish(&mut state)?;
+                log::info!(
+                    "policy: {} policies, {} pods, {} namespaces in force (generation {})",
+                    state.policy.model.policies.len(),
+                    state.policy.model.pods.len(),
+                    state.policy.model.namespaces.len(),
+                    state.policy.generation,
+                );
+                if before == state.policy.generation {
+                    log::debug!("policy: no pod's rules changed");
+                }
+            }
+            Err(errors) => {
+                for e in &errors {
+                    log::error!("policy: {e}; the last good policy set stays in force");
+                }
+                state.policy.errors = errors;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the policy directory, if there is one, and applies it.
+    pub(crate) fn load_policy(&self) -> Result<(), DaemonError> {
+        match &self.settings.policy_dir {
+            Some(dir) => self.apply_policy(load_dir(dir)),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn policy_status(&self) -> proto::PolicyStatus {
+        let state = self.state.lock();
+        let p = &state.policy;
+        let local = state.local_pods();
+        let policies = p
+            .model
+            .policies
+            .iter()
+            .map(|pol| proto::PolicyInfo {
+                id: pol.id(),
+                ingress: pol.ingress.is_some(),
+                egress: pol.egress.is_some(),
+                ingress_rules: pol.ingress.as_ref().map_or(0, Vec::len),
+                egress_rules: pol.egress.as_ref().map_or(0, Vec::len),
+                local_pods: local
+                    .iter()
+                    .filter(|l| {
+                        let labels = p.model.pod(&l.namespace, &l.name).map(|o| &o.labels);
+                        l.namespace == pol.namespace
+                            && pol
+                                .pod_selector
+                                .matches(labels.unwrap_or(&Default::default()))
+                    })
+                    .count(),
+            })
+            .collect();
+        proto::PolicyStatus {
+            source: self
+                .settings
+                .policy_dir
+                .as_ref()
+                .map_or("none".into(), |d| format!("dir {}", d.display())),
+            generation: p.generation,
+            namespaces: p.model.namespaces.len(),
+            pods: p.compiled.pods,
+            policies,
+            errors: p.errors.iter().map(ToString::to_string).collect(),
+            skipped: p
+                .skipped
+                .iter()
+                .map(|s| format!("{} document {}: {}", s.file, s.document, s.kind))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn policy_pod(&self, pod: &PodRef) -> Result<proto::PodPolicies, DaemonError> {
+        let state = self.state.lock();
+        let local = state.local_pods();
+        let c = Compiler::new(&state.policy.model, &local);
+        let known = c
+            .pods()
+            .iter()
+            .find(|p| p.namespace == pod.namespace && p.name == pod.name)
+            .ok_or_else(|| {
+                DaemonError::Invalid(format!("no pod {}/{} is known", pod.namespace, pod.name))
+            })?;
+        let rules = c.rules_for(known);
+        Ok(proto::PodPolicies {
+            pod: pod.clone(),
+            ip: Some(known.ip),
+            ingress_isolated: rules.ingress.is_some(),
+            egress_isolated: rules.egress.is_some(),
+            selected_by: rules
+                .selected_by
+                .iter()
+                .map(|(id, i, e)| (id.to_string(), *i, *e))
+                .collect(),
+        })
+    }
+
+    pub(crate) fn policy_explain(
+        &self,
+        req: &ExplainRequest,
+    ) -> Result<proto::Explanation, DaemonError> {
+        let state = self.state.lock();
+        let local = state.local_pods();
+        let c = Compiler::new(&state.policy.model, &local);
+        let (src_ip, src) = endpoint(&c, &req.src)?;
+        let (dst_ip, dst) = endpoint(&c, &req.dst)?;
+        let (proto, port) = match req.protocol.to_ascii_uppercase().as_str() {
+            "ICMP" => (weft_encap::ipv4::protocol::ICMP, None),
+            "TCP" => (Protocol::Tcp.number(), req.port),
+            "UDP" => (Protocol::Udp.number(), req.port),
+            "SCTP" => (Protocol::Sctp.number(), req.port),
+            other => {
+                return Err(DaemonError::Invalid(format!(
+                    "protocol {other:?} is not TCP, UDP, SCTP or ICMP"
+                )))
+            }
+        };
+        let what = compile::describe(proto, port);
+        let judge = |pod: Option<&KnownPod>, ingress: bool| -> (bool, String) {
+            let Some(pod) = pod else {
+                return (true, "not a known pod: no policy applies".into());
+            };
+            let rules = c.rules_for(pod);
+            let set = if ingress {
+                rules.ingress.as_ref()
+            } else {
+                rules.egress.as_ref()
+            };
+            let Some(set) = set else {
+                return (
+                    true,
+                    format!("{}/{} is not isolated", pod.namespace, pod.name),
+                );
+            };
+            let peer = if ingress { src_ip } else { dst_ip };
+            match set.allows(peer, dst_ip, proto, port) {
+                Some(o) => (true, format!("allowed by {} rule {}", o.policy, o.rule)),
+                None => {
+                    let by: Vec<&str> = rules.selected_by.iter().map(|(id, ..)| &**id).collect();
+                    (
+                        false,
+                        format!("denied: no rule of {} allows {what}", by.join(", ")),
+                    )
+                }
+            }
+        };
+        let (e_ok, egress) = judge(src, false);
+        let (i_ok, ingress) = judge(dst, true);
+        Ok(proto::Explanation {
+            allowed: e_ok && i_ok,
+            egress,
+            ingress,
+        })
+    }
+}
+
+/// An endpoint of `explain`: a known pod as `namespace/name` or by address, or any
+/// address.
+fn endpoint<'c>(
+    c: &'c Compiler<'_>,
+    text: &str,
+) -> Result<(Ipv4Addr, Option<&'c KnownPod>), DaemonError> {
+    if let Ok(ip) = text.parse::<Ipv4Addr>() {
+        return Ok((ip, c.pod_at(ip)));
+    }
+    let (ns, name) = text.split_once('/').unwrap_or((DEFAULT_NAMESPACE, text));
+    c.pods()
+        .iter()
+        .find(|p| p.namespace == ns && p.name == name)
+        .map(|p| (p.ip, Some(p)))
+        .ok_or_else(|| DaemonError::Invalid(format!("{text:?} is no known pod and no address")))
+}
+
+/// Watches the policy directory, applying each change.
+pub(crate) fn watch_dir(daemon: &Arc<Daemon>) -> Option<tokio::task::JoinHandle<()>> {
+    let dir = daemon.settings.policy_dir.clone()?;
+    let d = daemon.clone();
+    Some(tokio::spawn(async move {
+        let mut last = fingerprint(&dir);
+        loop {
+            tokio::time::sleep(POLL).await;
+            let now = tokio::task::spawn_blocking({
+                let dir = dir.clone();
+                move || fingerprint(&dir)
+            })
+            .await
+            .unwrap_or_default();
+            if now == last {
+                continue;
+            }
+            last = now;
+            let d = d.clone();
+            let dir = dir.clone();
+            let applied = tokio::task::spawn_blocking(move || d.apply_policy(load_dir(&dir))).await;
+            if let Ok(Err(e)) = applied {
+                log::error!("policy: {e}");
+            }
+        }
+    }))
+}

@@ -1,0 +1,283 @@
+//! NetworkPolicy, enforced: the egress rules of a local source pod and the ingress
+//! rules of a local destination pod, both from the snapshot, with connection tracking
+//! so that replies to an allowed connection pass.
+//!
+//! A packet is looked at only when one of its local ends is isolated by some policy.
+//! Then:
+//! - a packet of a known connection passes, while the policy generation it was
+//!   allowed under is current;
+//! - after a policy change, the connection's first direction is judged again, and a
+//!   connection the new policy denies is cut at its next packet;
+//! - a packet of no known connection is a new one: it passes if every check that
+//!   applies allows it, and the connection is recorded.
+//!
+//! Traffic from this node (the host port, and the switch's own ICMP errors) to its
+//! pods is always allowed, as Kubernetes requires for probes; it is tracked all the
+//! same, so that the pod's replies pass its egress isolation. ICMP errors about a
+//! tracked connection pass.
+
+use weft_encap::{icmpv4, ipv4, tcp, udp};
+
+use super::conntrack::{Flags, FlowKey, Found};
+use super::{Core, Ctx, Ingress};
+use crate::policy::compile::PodRules;
+use crate::tables::counters::DropReason;
+use crate::tables::fib::NextHop;
+use crate::tables::{PortKind, Tables};
+
+/// How often expired connections are swept while there are any.
+const SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What policy needs of a packet.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    key: FlowKey,
+    /// The destination port rules match against: TCP, UDP and SCTP only.
+    port: Option<u16>,
+    /// TCP FIN or RST.
+    closing: bool,
+    /// For an ICMP error, the connection of the packet it quotes.
+    error_about: Option<FlowKey>,
+}
+
+fn key_and_port(ip: &ipv4::Packet<&[u8]>) -> (FlowKey, Option<u16>) {
+    let mut key = FlowKey {
+        src: u32::from(ip.src_addr()),
+        dst: u32::from(ip.dst_addr()),
+        sport: 0,
+        dport: 0,
+        proto: ip.protocol(),
+    };
+    if ip.frag_offset() != 0 {
+        return (key, None);
+    }
+    let payload = ip.payload();
+    if let Some((s, d)) = udp::ports(key.proto, payload) {
+        (key.sport, key.dport) = (s, d);
+        return (key, Some(d));
+    }
+    if key.proto == ipv4::protocol::ICMP {
+        if let Ok(m) = icmpv4::Packet::new_checked(payload) {
+            if matches!(
+                m.msg_type(),
+                icmpv4::kind::ECHO_REQUEST | icmpv4::kind::ECHO_REPLY
+            ) {
+                (key.sport, key.dport) = (m.echo_ident(), m.echo_ident());
+            }
+        }
+    }
+    (key, None)
+}
+
+impl Facts {
+    fn of(ip: &ipv4::Packet<&[u8]>) -> Facts {
+        let (key, port) = key_and_port(ip);
+        let payload = ip.payload();
+        let closing = key.proto == ipv4::protocol::TCP
+            && port.is_some()
+            && tcp::Packet::new_checked(payload).is_ok_and(|t| t.fin() || t.rst());
+        let error_about = (key.proto == ipv4::protocol::ICMP && port.is_none())
+            .then(|| icmpv4::Packet::new_checked(payload).ok())
+            .flatten()
+            .filter(|m| m.is_error())
+            .and_then(|m| ipv4::Packet::new_checked(m.data()).ok().map(|_| m))
+            .map(|m| key_and_port(&ipv4::Packet::new_unchecked(m.data())).0);
+        Facts {
+            key,
+            port,
+            closing,
+            error_about,
+        }
+    }
+}
+
+/// Which check refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Denied {
+    /// The source pod's egress rules.
+    Egress,
+    /// The destination pod's ingress rules.
+    Ingress,
+}
+
+/// Whether a connection `key` may be opened, between a source whose rules are
+/// `src` (or this node, `from_node`) and a destination whose rules are `dst`, for
+/// destination port `port`.
+fn judge(
+    src: Option<&PodRules>,
+    dst: Option<&PodRules>,
+    from_node: bool,
+    key: FlowKey,
+    port: Option<u16>,
+) -> Result<(), Denied> {
+    let (s, d) = (key.src.into(), key.dst.into());
+    if let Some(egress) = src.and_then(|r| r.egress.as_ref()) {
+        egress.allows(d, d, key.proto, port).ok_or(Denied::Egress)?;
+    }
+    if let Some(ingress) = dst.and_then(|r| r.ingress.as_ref()) {
+        if !from_node {
+            ingress
+                .allows(s, d, key.proto, port)
+                .ok_or(Denied::Ingress)?;
+        }
+    }
+    Ok(())
+}
+
+/// The two local ends of a packet, as policy sees them.
+#[derive(Debug, Clone, Copy)]
+struct Ends<'t> {
+    /// The source pod's port and rules, if it is a local pod some policy selects.
+    src: Option<(usize, &'t PodRules)>,
+    /// The destination pod's port and rules, likewise.
+    dst: Option<(usize, &'t PodRules)>,
+    /// The packet comes from this node itself.
+    from_node: bool,
+    /// The packet goes to this node itself.
+    to_node: bool,
+}
+
+impl<'t> Ends<'t> {
+    fn of(t: &'t Tables, from: Ingress, hop: NextHop) -> Ends<'t> {
+        let pod = |i: usize| {
+            let p = &t.ports[i];
+            (p.kind == PortKind::Pod)
+                .then_some(p.policy.as_deref())
+                .flatten()
+                .map(|r| (i, r))
+        };
+        let from_node = match from {
+            Ingress::Port(i) => t.ports[i].kind == PortKind::Host,
+            Ingress::Icmp(_) => true,
+            Ingress::Peer(_) => false,
+        };
+        Ends {
+            src: match from {
+                Ingress::Port(i) => pod(i),
+                _ => None,
+            },
+            dst: match hop {
+                NextHop::Local(p) => pod(p),
+                _ => None,
+            },
+            from_node,
+            to_node: hop == NextHop::Host,
+        }
+    }
+
+    /// The port a refusal is counted on.
+    fn blame(&self, denied: Denied) -> Option<(usize, DropReason)> {
+        match denied {
+            Denied::Egress => self.src.map(|(i, _)| (i, DropReason::PolicyEgress)),
+            Denied::Ingress => self.dst.map(|(i, _)| (i, DropReason::PolicyIngress)),
+        }
+    }
+
+    /// The verdict on the connection's first direction, `orig`, which this packet
+    /// goes (`forward`) or answers.
+    fn judge(&self, orig: FlowKey, port: Option<u16>, forward: bool) -> Result<(), Denied> {
+        let (src, dst) = (self.src.map(|(_, r)| r), self.dst.map(|(_, r)| r));
+        match forward {
+            true => judge(src, dst, self.from_node, orig, port),
+            // The reply's destination sent the first packet: its rules are the
+            // source's, and it is this node if the reply goes to the node.
+            false => judge(dst, src, self.to_node, orig, port),
+        }
+    }
+}
+
+impl Core {
+    /// The policy step for a routed packet going to `hop`: `Ok` to pass it, or the
+    /// port to count its drop on and why.
+    pub(super) fn policy<S: ?Sized>(
+        &mut self,
+        cx: &Ctx<'_, S>,
+        from: Ingress,
+        hop: NextHop,
+        ip: &ipv4::Packet<&[u8]>,
+    ) -> Result<(), (usize, DropReason)> {
+        let t = cx.tables;
+        let ends = Ends::of(t, from, hop);
+        if ends.src.is_none() && ends.dst.is_none() {
+            return Ok(());
+        }
+        let facts = Facts::of(ip);
+        let refuse = |denied| ends.blame(denied).unwrap_or((0, DropReason::PolicyIngress));
+        let Some(ct) = &self.conntrack else {
+            // No table: judge every packet as a new connection (replies then need
+            // rules of their own).
+            return judge(
+                ends.src.map(|(_, r)| r),
+                ends.dst.map(|(_, r)| r),
+                ends.from_node,
+                facts.key,
+                facts.port,
+            )
+            .map_err(refuse);
+        };
+        if let Some(inner) = facts.error_about {
+            return match ct.lookup(inner, cx.now) {
+                Some(_) => Ok(()),
+                None => Err(refuse(if ends.dst.is_some() {
+                    Denied::Ingress
+                } else {
+                    Denied::Egress
+                })),
+            };
+        }
+        let found = ct.lookup(facts.key, cx.now);
+        let generation = t.policy_generation;
+        let (orig, forward, mut flags) = match found {
+            Some(Found {
+                entry,
+                forward,
+                own_slot,
+            }) if entry.generation != generation => {
+                // Allowed under an older policy: the first direction is judged again.
+                let port = facts.port.map(|_| entry.orig.dport);
+                if let Err(denied) = ends.judge(entry.orig, port, forward) {
+                    if let Some(at) = own_slot {
+                        ct.forget(at);
+                    }
+                    return Err(refuse(denied));
+                }
+                (entry.orig, forward, entry.flags)
+            }
+            Some(Found { entry, forward, .. }) => (entry.orig, forward, entry.flags),
+            None => {
+                ends.judge(facts.key, facts.port, true).map_err(refuse)?;
+                (facts.key, true, Flags::default())
+            }
+        };
+        flags.replied |= !forward;
+        flags.closing |= facts.closing;
+        match ct.track(orig, flags, generation, cx.now) {
+            Ok(()) => {
+                if self.next_sweep.is_none() {
+                    self.next_sweep = Some(cx.now + SWEEP);
+                }
+                Ok(())
+            }
+            // A known connection keeps its entry elsewhere; a new one is dropped.
+            Err(_) if found.is_some() => Ok(()),
+            Err(_) => Err(ends
+                .dst
+                .or(ends.src)
+                .map_or((0, DropReason::ConntrackFull), |(i, _)| {
+                    (i, DropReason::ConntrackFull)
+                })),
+        }
+    }
+
+    /// Runs the connection table's sweep when it is due; sweeps go on while the
+    /// table holds entries.
+    pub(super) fn sweep_conntrack<S: ?Sized>(&mut self, cx: &Ctx<'_, S>) {
+        let (Some(ct), Some(at)) = (&self.conntrack, self.next_sweep) else {
+            return;
+        };
+        if cx.now >= at {
+            ct.sweep(cx.now);
+            self.next_sweep = (ct.live() > 0).then(|| cx.now + SWEEP);
+        }
+    }
+}

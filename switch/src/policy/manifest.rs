@@ -1,0 +1,503 @@
+//! Kubernetes YAML manifests, read into a [`PolicyModel`]: `Namespace`, `Pod` and
+//! `networking.k8s.io/v1` `NetworkPolicy` documents, several to a file. Other kinds
+//! are skipped and reported as such. A document that is not valid is an error naming
+//! its file, its index in the file (from 0) and why; the API server's validation rules
+//! for these fields are checked here, so a bad policy never half-applies.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::Deserialize;
+
+use super::model::{
+    IpBlock, Labels, NamedPort, Operator, Peer, PodObject, Policy, PolicyModel, Port, PortSpec,
+    Protocol, Requirement, Rule, Selector, DEFAULT_NAMESPACE,
+};
+
+/// A document that could not be read, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// The file.
+    pub file: String,
+    /// The document's index in the file, from 0.
+    pub document: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} document {}: {}",
+            self.file, self.document, self.reason
+        )
+    }
+}
+
+/// A document of a kind policy does not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The file.
+    pub file: String,
+    /// The document's index in the file.
+    pub document: usize,
+    /// Its `kind`.
+    pub kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: Labels,
+}
+
+#[derive(Debug, Deserialize)]
+struct NamespaceDoc {
+    metadata: Meta,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerPortDoc {
+    #[serde(default)]
+    name: Option<String>,
+    container_port: u16,
+    #[serde(default)]
+    protocol: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContainerDoc {
+    #[serde(default)]
+    ports: Vec<ContainerPortDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PodSpecDoc {
+    #[serde(default)]
+    containers: Vec<ContainerDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodStatusDoc {
+    #[serde(default, rename = "podIP")]
+    pod_ip: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PodDoc {
+    metadata: Meta,
+    #[serde(default)]
+    spec: PodSpecDoc,
+    #[serde(default)]
+    status: PodStatusDoc,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SelectorDoc {
+    #[serde(default)]
+    match_labels: Labels,
+    #[serde(default)]
+    match_expressions: Vec<RequirementDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequirementDoc {
+    key: String,
+    operator: String,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IpBlockDoc {
+    cidr: String,
+    #[serde(default)]
+    except: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PeerDoc {
+    #[serde(default)]
+    pod_selector: Option<SelectorDoc>,
+    #[serde(default)]
+    namespace_selector: Option<SelectorDoc>,
+    #[serde(default)]
+    ip_block: Option<IpBlockDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PortValue {
+    Number(i64),
+    Name(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PortDoc {
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    port: Option<PortValue>,
+    #[serde(default)]
+    end_port: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngressDoc {
+    #[serde(default)]
+    from: Vec<PeerDoc>,
+    #[serde(default)]
+    ports: Vec<PortDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EgressDoc {
+    #[serde(default)]
+    to: Vec<PeerDoc>,
+    #[serde(default)]
+    ports: Vec<PortDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PolicySpecDoc {
+    pod_selector: SelectorDoc,
+    #[serde(default)]
+    policy_types: Option<Vec<String>>,
+    #[serde(default)]
+    ingress: Option<Vec<IngressDoc>>,
+    #[serde(default)]
+    egress: Option<Vec<EgressDoc>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PolicyDoc {
+    metadata: Meta,
+    spec: PolicySpecDoc,
+}
+
+fn protocol(p: Option<&str>) -> Result<Protocol, String> {
+    match p {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Ok(Protocol::Sctp),
+        Some(other) => Err(format!("protocol {other:?} is not TCP, UDP or SCTP")),
+    }
+}
+
+fn selector(doc: SelectorDoc) -> Result<Selector, String> {
+    let requirements = doc
+        .match_expressions
+        .into_iter()
+        .map(|r| {
+            let operator = match r.operator.as_str() {
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                "DoesNotExist" => Operator::DoesNotExist,
+                other => return Err(format!("operator {other:?} of key {:?} is unknown", r.key)),
+            };
+            let needs_values = matches!(operator, Operator::In | Operator::NotIn);
+            if needs_values == r.values.is_empty() {
+                return Err(format!(
+                    "{} of key {:?} must have {} values",
+                    r.operator,
+                    r.key,
+                    if needs_values { "some" } else { "no" }
+                ));
+            }
+            Ok(Requirement {
+                key: r.key,
+                operator,
+                values: r.values,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Selector {
+        labels: doc.match_labels,
+        requirements,
+    })
+}
+
+/// An IPv4 CIDR, `None` for an IPv6 one (weft routes IPv4 only).
+fn cidr(text: &str) -> Result<Option<Ipv4Net>, String> {
+    match text.parse::<IpNet>() {
+        Ok(IpNet::V4(net)) if net == net.trunc() => Ok(Some(net)),
+        Ok(IpNet::V4(net)) => Err(format!("ipBlock {net} has host bits set")),
+        Ok(IpNet::V6(_)) => Ok(None),
+        Err(_) => Err(format!("ipBlock {text:?} is not a CIDR")),
+    }
+}
+
+/// A peer, `None` for an IPv6 block.
+fn peer(doc: PeerDoc) -> Result<Option<Peer>, String> {
+    match doc {
+        PeerDoc {
+            ip_block: Some(block),
+            pod_selector: None,
+            namespace_selector: None,
+        } => {
+            let Some(net) = cidr(&block.cidr)? else {
+                return Ok(None);
+            };
+            let mut except = Vec::new();
+            for e in &block.except {
+                match cidr(e)? {
+                    Some(x) if net.contains(&x) && x != net => except.push(x),
+                    Some(x) => return Err(format!("ipBlock except {x} is not within {net}")),
+                    None => return Err(format!("ipBlock except {e} is IPv6 in an IPv4 block")),
+                }
+            }
+            Ok(Some(Peer::Block(IpBlock { cidr: net, except })))
+        }
+        PeerDoc {
+            ip_block: Some(_), ..
+        } => Err("a peer with an ipBlock may have no selector".into()),
+        PeerDoc {
+            pod_selector: None,
+            namespace_selector: None,
+            ..
+        } => Err("a peer needs a podSelector, a namespaceSelector or an ipBlock".into()),
+        PeerDoc {
+            pod_selector,
+            namespace_selector,
+            ..
+        } => Ok(Some(Peer::Pods {
+            pods: pod_selector.map(selector).transpose()?,
+            namespaces: namespace_selector.map(selector).transpose()?,
+        })),
+    }
+}
+
+fn port(doc: PortDoc) -> Result<Port, String> {
+    let protocol = protocol(doc.protocol.as_deref())?;
+    let number = |n: i64| {
+        u16::try_from(n)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("port {n} is not 1 to 65535"))
+    };
+    let port = match (doc.port, doc.end_port) {
+        (None, None) => PortSpec::All,
+        (None, Some(_)) => return Err("endPort needs a port".into()),
+        (Some(PortValue::Number(n)), end) => {
+            let first = number(n)?;
+            let last = end.map(number).transpose()?.unwrap_or(first);
+            if last < first {
+                return Err(format!("endPort {last} is below port {first}"));
+            }
+            PortSpec::Range { first, last }
+        }
+        (Some(PortValue::Name(_)), Some(_)) => {
+            return Err("endPort needs a numeric port, not a named one".into())
+        }
+        (Some(PortValue::Name(name)), None) if name.is_empty() => {
+            return Err("a named port has an empty name".into())
+        }
+        (Some(PortValue::Name(name)), None) => PortSpec::Named(name),
+    };
+    Ok(Port { protocol, port })
+}
+
+fn rule(peers: Vec<PeerDoc>, ports: Vec<PortDoc>) -> Result<Rule, String> {
+    let given = !peers.is_empty();
+    let peers: Vec<Peer> = peers
+        .into_iter()
+        .map(peer)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    if given && peers.is_empty() {
+        // Every peer was an IPv6 block: the rule admits no IPv4 address at all.
+        return Ok(Rule {
+            peers: vec![Peer::Block(IpBlock {
+                cidr: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 32).expect("a /32"),
+                except: Vec::new(),
+            })],
+            ports: Vec::new(),
+        });
+    }
+    let ports = ports.into_iter().map(port).collect::<Result<_, _>>()?;
+    Ok(Rule { peers, ports })
+}
+
+fn policy(doc: PolicyDoc) -> Result<Policy, String> {
+    let spec = doc.spec;
+    let types = match &spec.policy_types {
+        Some(types) => {
+            for t in types {
+                if t != "Ingress" && t != "Egress" {
+                    return Err(format!("policyType {t:?} is neither Ingress nor Egress"));
+                }
+            }
+            (
+                types.iter().any(|t| t == "Ingress"),
+                types.iter().any(|t| t == "Egress"),
+            )
+        }
+        // Ingress always; Egress when there are egress rules.
+        None => (true, spec.egress.is_some()),
+    };
+    let ingress = spec
+        .ingress
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| rule(r.from, r.ports))
+        .collect::<Result<Vec<_>, _>>()?;
+    let egress = spec
+        .egress
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| rule(r.to, r.ports))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Policy {
+        namespace: doc
+            .metadata
+            .namespace
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        name: doc.metadata.name,
+        pod_selector: selector(spec.pod_selector)?,
+        ingress: types.0.then_some(ingress),
+        egress: types.1.then_some(egress),
+    })
+}
+
+fn pod(doc: PodDoc) -> Result<PodObject, String> {
+    let mut ports = Vec::new();
+    for p in doc.spec.containers.iter().flat_map(|c| &c.ports) {
+        if let Some(name) = &p.name {
+            ports.push(NamedPort {
+                name: name.clone(),
+                protocol: protocol(p.protocol.as_deref())?,
+                port: p.container_port,
+            });
+        }
+    }
+    let ip = match doc.status.pod_ip.as_deref() {
+        None | Some("") => None,
+        Some(text) => match text.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => Some(ip),
+            Ok(std::net::IpAddr::V6(_)) => None,
+            Err(_) => return Err(format!("status.podIP {text:?} is not an address")),
+        },
+    };
+    Ok(PodObject {
+        namespace: doc
+            .metadata
+            .namespace
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into()),
+        name: doc.metadata.name,
+        labels: doc.metadata.labels,
+        ports,
+        ip,
+    })
+}
+
+/// Reads one document into `model`; `Ok(Some(kind))` for a kind that is skipped.
+fn document(value: yaml_serde::Value, model: &mut PolicyModel) -> Result<Option<String>, String> {
+    if value.is_null() {
+        return Ok(None);
+    }
+    let field = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let kind = field("kind").ok_or("the document has no kind")?;
+    let api = field("apiVersion").unwrap_or_default();
+    let typed = |e: yaml_serde::Error| format!("{kind}: {e}");
+    match (kind.as_str(), api.as_str()) {
+        ("Namespace", "v1") => {
+            let ns: NamespaceDoc = yaml_serde::from_value(value).map_err(typed)?;
+            model
+                .namespaces
+                .insert(ns.metadata.name, ns.metadata.labels);
+        }
+        ("Pod", "v1") => {
+            let doc: PodDoc = yaml_serde::from_value(value).map_err(typed)?;
+            model.pods.push(pod(doc)?);
+        }
+        ("NetworkPolicy", "networking.k8s.io/v1") => {
+            let doc: PolicyDoc = yaml_serde::from_value(value).map_err(typed)?;
+            let p = policy(doc)?;
+            model.policies.push(p);
+        }
+        ("Namespace" | "Pod", _) | ("NetworkPolicy", _) => {
+            return Err(format!("{kind} of apiVersion {api:?} is not supported"))
+        }
+        _ => return Ok(Some(kind)),
+    }
+    Ok(None)
+}
+
+/// Reads every document of `text` (the file `file`) into `model`, and returns the
+/// documents it skipped; or every error, with `model` then in no defined state.
+pub fn read(
+    file: &str,
+    text: &str,
+    model: &mut PolicyModel,
+) -> Result<Vec<Skipped>, Vec<ManifestError>> {
+    use serde::Deserialize as _;
+    let mut skipped = Vec::new();
+    let mut errors = Vec::new();
+    for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
+        let error = |reason: String| ManifestError {
+            file: file.to_owned(),
+            document: i,
+            reason,
+        };
+        let value = match yaml_serde::Value::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                // A syntax error ends the file: nothing after it can be trusted.
+                errors.push(error(format!("not YAML: {e}")));
+                break;
+            }
+        };
+        match document(value, model) {
+            Ok(Some(kind)) => skipped.push(Skipped {
+                file: file.to_owned(),
+                document: i,
+                kind,
+            }),
+            Ok(None) => {}
+            Err(reason) => errors.push(error(reason)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(skipped)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks what only the whole set can show: two objects with one name.
+pub fn check_unique(model: &PolicyModel) -> Result<(), String> {
+    let mut seen = BTreeMap::new();
+    for p in &model.pods {
+        if seen.insert(("Pod", &p.namespace, &p.name), ()).is_some() {
+            return Err(format!("Pod {}/{} is defined twice", p.namespace, p.name));
+        }
+    }
+    for p in &model.policies {
+        if seen
+            .insert(("NetworkPolicy", &p.namespace, &p.name), ())
+            .is_some()
+        {
+            return Err(format!("NetworkPolicy {} is defined twice", p.id()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! The objects policy is made of, as every store hands them over: namespaces with
+//! their labels, pods with their labels, container ports and addresses, and
+//! `networking.k8s.io/v1` NetworkPolicies, checked.
+//!
+//! The types here are store-agnostic: the YAML directory ([`super::manifest`]) and the
+//! etcd store both produce a [`PolicyModel`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+/// Labels: key to value.
+pub type Labels = BTreeMap<String, String>;
+
+/// The namespace a pod is in when nothing says otherwise.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// An L4 protocol a NetworkPolicy port names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP, the default.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => weft_encap::ipv4::protocol::TCP,
+            Protocol::Udp => weft_encap::ipv4::protocol::UDP,
+            Protocol::Sctp => weft_encap::ipv4::protocol::SCTP,
+        }
+    }
+
+    /// The protocol of IP protocol number `n`, if a policy can name it.
+    pub const fn of_number(n: u8) -> Option<Protocol> {
+        match n {
+            weft_encap::ipv4::protocol::TCP => Some(Protocol::Tcp),
+            weft_encap::ipv4::protocol::UDP => Some(Protocol::Udp),
+            weft_encap::ipv4::protocol::SCTP => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    /// The name Kubernetes spells it with.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A label selector's requirement operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operator {
+    /// The label's value is one of the values.
+    In,
+    /// The label is absent, or its value is none of the values.
+    NotIn,
+    /// The label is present.
+    Exists,
+    /// The label is absent.
+    DoesNotExist,
+}
+
+/// One requirement of a label selector.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Requirement {
+    /// The label key.
+    pub key: String,
+    /// How it is compared.
+    pub operator: Operator,
+    /// The values for `In` and `NotIn`.
+    pub values: Vec<String>,
+}
+
+/// A label selector: every label of `labels` and every requirement must hold. The
+/// empty selector selects everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Selector {
+    /// Labels that must be present with these values (`matchLabels`).
+    pub labels: Labels,
+    /// Further requirements (`matchExpressions`).
+    pub requirements: Vec<Requirement>,
+}
+
+impl Selector {
+    /// Whether `labels` satisfy the selector.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.requirements.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator {
+                    Operator::In => value.is_some_and(|v| r.values.contains(v)),
+                    Operator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
+                    Operator::Exists => value.is_some(),
+                    Operator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.requirements.is_empty()
+    }
+}
+
+/// A range of IPv4 addresses with holes (`ipBlock`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IpBlock {
+    /// The range.
+    pub cidr: Ipv4Net,
+    /// Ranges within it that are not in the block.
+    pub except: Vec<Ipv4Net>,
+}
+
+impl IpBlock {
+    /// Whether `ip` is in the block.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.cidr.contains(&ip) && !self.except.iter().any(|e| e.contains(&ip))
+    }
+}
+
+/// Who a rule admits (`from`) or reaches (`to`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Peer {
+    /// Pods: those matching `pods` (any, if `None`) in the namespaces matching
+    /// `namespaces` (the policy's own namespace, if `None`). A peer with both
+    /// selectors is the AND of the two.
+    Pods {
+        /// The pod selector.
+        pods: Option<Selector>,
+        /// The namespace selector.
+        namespaces: Option<Selector>,
+    },
+    /// Addresses.
+    Block(IpBlock),
+}
+
+/// Which port a rule allows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PortSpec {
+    /// Every port of the protocol.
+    All,
+    /// Ports `first` to `last`, both included (`port` with an optional `endPort`).
+    Range {
+        /// The first port.
+        first: u16,
+        /// The last port.
+        last: u16,
+    },
+    /// The port a container names so, on the pod it applies to.
+    Named(String),
+}
+
+/// One entry of a rule's `ports`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Port {
+    /// The protocol (TCP unless given).
+    pub protocol: Protocol,
+    /// The port or ports.
+    pub port: PortSpec,
+}
+
+/// One ingress or egress rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// Who it is about; empty: everyone.
+    pub peers: Vec<Peer>,
+    /// What it allows; empty: every port of every protocol.
+    pub ports: Vec<Port>,
+}
+
+/// A NetworkPolicy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Policy {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The pods of its namespace it selects.
+    pub pod_selector: Selector,
+    /// Its ingress rules if it isolates ingress (an empty list denies all).
+    pub ingress: Option<Vec<Rule>>,
+    /// Its egress rules if it isolates egress (an empty list denies all).
+    pub egress: Option<Vec<Rule>>,
+}
+
+impl Policy {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A container port with a name, which rules may refer to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamedPort {
+    /// The name.
+    pub name: String,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The port number.
+    pub port: u16,
+}
+
+/// A pod as the store describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PodObject {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its labels.
+    pub labels: Labels,
+    /// Its containers' named ports.
+    pub ports: Vec<NamedPort>,
+    /// Its address, where the store knows it (`status.podIP`); a pod attached on
+    /// this node has the address of its attachment instead.
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Everything policy is computed from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyModel {
+    /// Namespaces and their labels.
+    pub namespaces: BTreeMap<String, Labels>,
+    /// Pods.
+    pub pods: Vec<PodObject>,
+    /// NetworkPolicies.
+    pub policies: Vec<Policy>,
+}
+
+impl PolicyModel {
+    /// The labels of namespace `name` (none, for a namespace with no object).
+    pub fn namespace_labels(&self, name: &str) -> &Labels {
+        static NONE: Labels = Labels::new();
+        self.namespaces.get(name).unwrap_or(&NONE)
+    }
+
+    /// The pod `namespace/name`, if the store has it.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodObject> {
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn selectors_follow_the_kubernetes_operators() {
+        let pod = labels(&[("role", "db"), ("tier", "back")]);
+        let req = |key: &str, operator, values: &[&str]| Requirement {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        let sel = |requirements| Selector {
+            labels: Labels::new(),
+            requirements,
+        };
+        assert!(Selector::default().matches(&pod));
+        assert!(Selector::default().matches(&Labels::new()));
+        assert!(sel(vec![req("role", Operator::In, &["db", "cache"])]).matches(&pod));
+        assert!(!sel(vec![req("role", Operator::In, &["web"])]).matches(&pod));
+        assert!(sel(vec![req("role", Operator::NotIn, &["web"])]).matches(&pod));
+        assert!(!sel(vec![req("role", Operator::NotIn, &["db"])]).matches(&pod));
+        // NotIn holds for a pod without the label at all.
+        assert!(sel(vec![req("zone", Operator::NotIn, &["a"])]).matches(&pod));
+        assert!(sel(vec![req("tier", Operator::Exists, &[])]).matches(&pod));
+        assert!(!sel(vec![req("zone", Operator::Exists, &[])]).matches(&pod));
+        assert!(sel(vec![req("zone", Operator::DoesNotExist, &[])]).matches(&pod));
+        assert!(!sel(vec![req("role", Operator::DoesNotExist, &[])]).matches(&pod));
+        let both = Selector {
+            labels: labels(&[("role", "db")]),
+            requirements: vec![req("tier", Operator::In, &["front"])],
+        };
+        assert!(!both.matches(&pod), "matchLabels AND matchExpressions");
+    }
+
+    #[test]
+    fn ip_blocks_leave_out_their_exceptions() {
+        let b = IpBlock {
+            cidr: "172.17.0.0/16".parse().unwrap(),
+            except: vec!["172.17.1.0/24".parse().unwrap()],
+        };
+        assert!(b.contains(Ipv4Addr::new(172, 17, 0, 9)));
+        assert!(!b.contains(Ipv4Addr::new(172, 17, 1, 9)));
+        assert!(!b.contains(Ipv4Addr::new(172, 18, 0, 1)));
+    }
+}
