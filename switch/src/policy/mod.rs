@@ -5,3 +5,6 @@
 pub mod compile;
 pub mod manifest;
 pub mod model;
+
+#[cfg(test)]
+mod tests;
