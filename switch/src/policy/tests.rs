@@ -76,7 +76,13 @@ impl World {
         self.allows_proto(from, to, proto.number(), Some(port))
     }
 
-    fn allows_proto(&self, from: (&str, &str), to: (&str, &str), proto: u8, port: Option<u16>) -> bool {
+    fn allows_proto(
+        &self,
+        from: (&str, &str),
+        to: (&str, &str),
+        proto: u8,
+        port: Option<u16>,
+    ) -> bool {
         let (s, d) = (ip(from.0, from.1), ip(to.0, to.1));
         let egress = self.rules(from.0, from.1).egress;
         let ingress = self.rules(to.0, to.1).ingress;
@@ -105,8 +111,14 @@ fn default_deny_ingress_and_egress_and_allow_all() {
     let deny_in = policy("deny", "x", "  podSelector: {}\n  policyTypes: [Ingress]");
     let w = World::new(&deny_in);
     assert!(!w.allows(("y", "a"), ("x", "b"), TCP, 80));
-    assert!(!w.allows(("x", "a"), ("x", "b"), TCP, 80), "same namespace too");
-    assert!(w.allows(("x", "a"), ("y", "b"), TCP, 80), "egress is not isolated");
+    assert!(
+        !w.allows(("x", "a"), ("x", "b"), TCP, 80),
+        "same namespace too"
+    );
+    assert!(
+        w.allows(("x", "a"), ("y", "b"), TCP, 80),
+        "egress is not isolated"
+    );
     assert!(w.rules("x", "a").egress.is_none());
     let deny_out = policy("deny", "x", "  podSelector: {}\n  policyTypes: [Egress]");
     let w = World::new(&deny_out);
@@ -116,7 +128,10 @@ fn default_deny_ingress_and_egress_and_allow_all() {
     let allow_all = policy("all", "x", "  podSelector: {}\n  ingress: [{}]");
     let w = World::new(&(deny_in + &allow_all));
     assert!(w.allows(("z", "c"), ("x", "a"), TCP, 9));
-    assert!(w.allows_proto(("z", "c"), ("x", "a"), 1, None), "ICMP too: no ports");
+    assert!(
+        w.allows_proto(("z", "c"), ("x", "a"), 1, None),
+        "ICMP too: no ports"
+    );
 }
 
 #[test]
@@ -124,14 +139,27 @@ fn policy_types_default_to_ingress_plus_egress_when_there_are_egress_rules() {
     let ingress_only = World::new(&policy("p", "x", "  podSelector: {}\n  ingress: []"));
     let r = ingress_only.rules("x", "a");
     assert!(r.ingress.is_some() && r.egress.is_none());
-    assert!(r.ingress.unwrap().rules.is_empty(), "an empty list denies all");
+    assert!(
+        r.ingress.unwrap().rules.is_empty(),
+        "an empty list denies all"
+    );
     let both = World::new(&policy("p", "x", "  podSelector: {}\n  egress: [{}]"));
     let r = both.rules("x", "a");
     assert!(r.ingress.is_some() && r.egress.is_some());
-    assert!(r.ingress.unwrap().rules.is_empty(), "Ingress is isolated, with no rule");
-    let listed = World::new(&policy("p", "x", "  podSelector: {}\n  policyTypes: [Egress]\n  ingress: [{}]"));
+    assert!(
+        r.ingress.unwrap().rules.is_empty(),
+        "Ingress is isolated, with no rule"
+    );
+    let listed = World::new(&policy(
+        "p",
+        "x",
+        "  podSelector: {}\n  policyTypes: [Egress]\n  ingress: [{}]",
+    ));
     let r = listed.rules("x", "a");
-    assert!(r.ingress.is_none() && r.egress.is_some(), "policyTypes listed wins");
+    assert!(
+        r.ingress.is_none() && r.egress.is_some(),
+        "policyTypes listed wins"
+    );
 }
 
 #[test]
@@ -143,8 +171,14 @@ fn pod_selectors_match_labels_and_expressions_in_the_policys_namespace() {
     assert!(w.rules("y", "a").ingress.is_none(), "another namespace");
     assert!(w.allows(("x", "a"), ("x", "b"), TCP, 80));
     assert!(w.allows(("x", "c"), ("x", "b"), TCP, 80));
-    assert!(!w.allows(("x", "b"), ("x", "a"), TCP, 80), "b is excluded by NotIn");
-    assert!(!w.allows(("y", "a"), ("x", "b"), TCP, 80), "a podSelector alone means this namespace");
+    assert!(
+        !w.allows(("x", "b"), ("x", "a"), TCP, 80),
+        "b is excluded by NotIn"
+    );
+    assert!(
+        !w.allows(("y", "a"), ("x", "b"), TCP, 80),
+        "a podSelector alone means this namespace"
+    );
     let exists = "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchExpressions: [{key: pod, operator: Exists}]}}, {podSelector: {matchExpressions: [{key: role, operator: DoesNotExist}]}}]";
     let w = World::new(&policy("p", "x", exists));
     assert!(w.allows(("x", "b"), ("x", "a"), TCP, 80));
@@ -160,16 +194,28 @@ fn namespace_and_pod_selectors_in_one_peer_are_and_in_two_peers_or() {
     let or = "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}, {podSelector: {matchLabels: {pod: b}}}]";
     let w = World::new(&policy("p", "x", or));
     assert!(w.allows(("y", "c"), ("x", "a"), TCP, 80), "any pod of y");
-    assert!(w.allows(("x", "b"), ("x", "a"), TCP, 80), "b of the policy's namespace");
-    assert!(!w.allows(("z", "b"), ("x", "a"), TCP, 80), "b of z is neither");
+    assert!(
+        w.allows(("x", "b"), ("x", "a"), TCP, 80),
+        "b of the policy's namespace"
+    );
+    assert!(
+        !w.allows(("z", "b"), ("x", "a"), TCP, 80),
+        "b of z is neither"
+    );
     let ns_only = "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchExpressions: [{key: team, operator: Exists}]}}]";
     let w = World::new(&policy("p", "z", ns_only));
     assert!(w.allows(("x", "a"), ("z", "a"), TCP, 1));
     assert!(w.allows(("y", "a"), ("z", "a"), TCP, 1));
-    assert!(!w.allows(("z", "b"), ("z", "a"), TCP, 1), "z has no team label");
+    assert!(
+        !w.allows(("z", "b"), ("z", "a"), TCP, 1),
+        "z has no team label"
+    );
     let empty_ns = "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {}}]";
     let w = World::new(&policy("p", "z", empty_ns));
-    assert!(w.allows(("z", "b"), ("z", "a"), TCP, 1), "an empty selector selects all");
+    assert!(
+        w.allows(("z", "b"), ("z", "a"), TCP, 1),
+        "an empty selector selects all"
+    );
 }
 
 #[test]
@@ -178,12 +224,24 @@ fn ip_blocks_with_except() {
     let w = World::new(&policy("p", "z", spec));
     assert!(w.allows(("x", "a"), ("z", "a"), TCP, 80), "10.0.0.1");
     assert!(w.allows(("x", "c"), ("z", "a"), TCP, 80), "10.0.0.3");
-    assert!(!w.allows(("y", "a"), ("z", "a"), TCP, 80), "10.0.0.4 is excepted");
-    assert!(!w.allows(("y", "c"), ("z", "a"), TCP, 80), "10.0.0.6 is excepted");
-    assert!(!w.allows(("y", "b"), ("z", "a"), TCP, 80), "10.0.0.5 is excepted");
+    assert!(
+        !w.allows(("y", "a"), ("z", "a"), TCP, 80),
+        "10.0.0.4 is excepted"
+    );
+    assert!(
+        !w.allows(("y", "c"), ("z", "a"), TCP, 80),
+        "10.0.0.6 is excepted"
+    );
+    assert!(
+        !w.allows(("y", "b"), ("z", "a"), TCP, 80),
+        "10.0.0.5 is excepted"
+    );
     let r = w.rules("z", "a").ingress.unwrap();
     let from = |last: u8| r.allows(Ipv4Addr::new(10, 0, 0, last), ip("z", "a"), 6, Some(80));
-    assert!(from(0).is_some() && from(3).is_some(), "any address of the block");
+    assert!(
+        from(0).is_some() && from(3).is_some(),
+        "any address of the block"
+    );
     assert!(from(7).is_none(), "the last of the exception");
     assert!(from(8).is_none(), "outside the block");
 }
@@ -201,7 +259,10 @@ fn ports_by_number_range_name_and_protocol() {
     assert!(!w.allows(("y", "a"), to, TCP, 53), "UDP 53 is not TCP 53");
     assert!(w.allows(("y", "a"), to, Protocol::Sctp, 80));
     assert!(!w.allows(("y", "a"), to, TCP, 80), "SCTP is not TCP");
-    assert!(!w.allows_proto(("y", "a"), to, 1, None), "rules with ports allow no ICMP");
+    assert!(
+        !w.allows_proto(("y", "a"), to, 1, None),
+        "rules with ports allow no ICMP"
+    );
     // A protocol with no port: every port of it.
     let all_udp = "  podSelector: {}\n  ingress:\n  - ports: [{protocol: UDP}]";
     let w = World::new(&policy("p", "x", all_udp));
@@ -214,7 +275,10 @@ fn named_ports_resolve_on_the_pod_they_apply_to() {
     let ingress = "  podSelector: {}\n  ingress:\n  - ports: [{port: http}]";
     let w = World::new(&policy("p", "x", ingress));
     assert!(w.allows(("y", "a"), ("x", "a"), TCP, 80));
-    assert!(!w.allows(("y", "a"), ("x", "b"), TCP, 80), "x/b's http is 8080");
+    assert!(
+        !w.allows(("y", "a"), ("x", "b"), TCP, 80),
+        "x/b's http is 8080"
+    );
     assert!(w.allows(("y", "a"), ("x", "b"), TCP, 8080));
     // Egress: `http` of each destination.
     let egress = "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: http}, {protocol: UDP, port: dns}]";
@@ -239,18 +303,32 @@ fn egress_to_one_port_and_policies_union() {
     assert!(!w.allows(("x", "a"), ("x", "c"), TCP, 80));
     let more = "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {pod: c}}}]";
     let w = World::new(&(policy("e", "x", egress) + &policy("f", "x", more)));
-    assert!(w.allows(("x", "a"), ("x", "c"), TCP, 81), "the second policy adds c");
-    assert!(w.allows(("x", "a"), ("x", "b"), TCP, 80), "the first still allows b");
+    assert!(
+        w.allows(("x", "a"), ("x", "c"), TCP, 81),
+        "the second policy adds c"
+    );
+    assert!(
+        w.allows(("x", "a"), ("x", "b"), TCP, 80),
+        "the first still allows b"
+    );
     assert!(!w.allows(("x", "a"), ("y", "b"), TCP, 80));
     let r = w.rules("x", "a");
     assert_eq!(r.selected_by.len(), 2);
-    let origin = r.egress.as_ref().unwrap().allows(ip("x", "c"), ip("x", "c"), 6, Some(5));
+    let origin = r
+        .egress
+        .as_ref()
+        .unwrap()
+        .allows(ip("x", "c"), ip("x", "c"), 6, Some(5));
     assert_eq!(origin.map(|o| (&*o.policy, o.rule)), Some(("x/f", 0)));
 }
 
 #[test]
 fn local_pods_take_labels_from_their_object_and_the_address_of_their_attachment() {
-    let m = model(&policy("p", "x", "  podSelector: {matchLabels: {pod: a}}\n  ingress: []"));
+    let m = model(&policy(
+        "p",
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress: []",
+    ));
     let local = [
         LocalPod {
             ip: Ipv4Addr::new(10, 9, 9, 9),
@@ -267,7 +345,10 @@ fn local_pods_take_labels_from_their_object_and_the_address_of_their_attachment(
     let compiled = compile(&m, &local);
     assert!(compiled.by_ip.contains_key(&Ipv4Addr::new(10, 9, 9, 9)));
     assert!(!compiled.by_ip.contains_key(&Ipv4Addr::new(10, 9, 9, 8)));
-    assert!(!compiled.by_ip.contains_key(&ip("x", "a")), "the store's address is not used");
+    assert!(
+        !compiled.by_ip.contains_key(&ip("x", "a")),
+        "the store's address is not used"
+    );
     assert_eq!(compiled.pods, 10, "8 remote pods and 2 local ones");
     assert!(compiled.heap_bytes() > 0);
 }
@@ -298,7 +379,8 @@ fn invalid_manifests_say_which_document_and_why() {
         assert!(e.reason.contains(needle), "{spec}: {}", e.reason);
         assert!(e.to_string().starts_with("bad.yaml document 3: "), "{e}");
     }
-    let syntax = manifest::read("s.yaml", "kind: Pod\n  : [", &mut PolicyModel::default()).unwrap_err();
+    let syntax =
+        manifest::read("s.yaml", "kind: Pod\n  : [", &mut PolicyModel::default()).unwrap_err();
     assert!(syntax[0].reason.contains("not YAML"), "{syntax:?}");
 }
 
@@ -306,16 +388,30 @@ fn invalid_manifests_say_which_document_and_why() {
 fn other_kinds_are_skipped_and_duplicates_refused() {
     let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
     let skipped = manifest::read("k.yaml", text, &mut PolicyModel::default()).unwrap();
-    let kinds: Vec<(&str, usize)> = skipped.iter().map(|s| (s.kind.as_str(), s.document)).collect();
+    let kinds: Vec<(&str, usize)> = skipped
+        .iter()
+        .map(|s| (s.kind.as_str(), s.document))
+        .collect();
     assert_eq!(kinds, [("Service", 0), ("Deployment", 1)]);
     let twice = policy("p", "x", "  podSelector: {}") + &policy("p", "x", "  podSelector: {}");
     let mut m = PolicyModel::default();
     manifest::read("t.yaml", &twice, &mut m).unwrap();
-    assert!(manifest::check_unique(&m).unwrap_err().contains("defined twice"));
+    assert!(manifest::check_unique(&m)
+        .unwrap_err()
+        .contains("defined twice"));
     // A document with no kind is an error; an empty one is nothing.
-    let e = manifest::read("n.yaml", "metadata: {name: q}\n", &mut PolicyModel::default()).unwrap_err();
+    let e = manifest::read(
+        "n.yaml",
+        "metadata: {name: q}\n",
+        &mut PolicyModel::default(),
+    )
+    .unwrap_err();
     assert!(e[0].reason.contains("no kind"), "{e:?}");
-    assert!(manifest::read("e.yaml", "---\n---\n", &mut PolicyModel::default()).unwrap().is_empty());
+    assert!(
+        manifest::read("e.yaml", "---\n---\n", &mut PolicyModel::default())
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -323,7 +419,11 @@ fn the_classic_test_network_policy_example_compiles_as_documented() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/netpol");
     let (m, skipped) = crate::control::policy::load_dir(&dir).unwrap_or_else(|e| panic!("{e:?}"));
     assert!(skipped.is_empty(), "{skipped:?}");
-    let p = m.policies.iter().find(|p| p.name == "test-network-policy").unwrap();
+    let p = m
+        .policies
+        .iter()
+        .find(|p| p.name == "test-network-policy")
+        .unwrap();
     assert!(p.ingress.is_some() && p.egress.is_some());
     let c = Compiler::new(&m, &[]);
     let db = c.pods().iter().find(|p| p.name == "db").unwrap().clone();
@@ -334,9 +434,30 @@ fn the_classic_test_network_policy_example_compiles_as_documented() {
     let other_ns = c.pods().iter().find(|p| p.name == "client").unwrap().ip;
     assert!(ingress.allows(frontend, db.ip, 6, Some(6379)).is_some());
     assert!(ingress.allows(frontend, db.ip, 6, Some(6380)).is_none());
-    assert!(ingress.allows(other_ns, db.ip, 6, Some(6379)).is_some(), "namespace project=myproject");
-    assert!(ingress.allows(Ipv4Addr::new(172, 17, 0, 5), db.ip, 6, Some(6379)).is_some());
-    assert!(ingress.allows(Ipv4Addr::new(172, 17, 1, 5), db.ip, 6, Some(6379)).is_none());
-    assert!(egress.allows(Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::new(10, 0, 0, 9), 6, Some(5978)).is_some());
-    assert!(egress.allows(Ipv4Addr::new(10, 0, 1, 9), Ipv4Addr::new(10, 0, 1, 9), 6, Some(5978)).is_none());
+    assert!(
+        ingress.allows(other_ns, db.ip, 6, Some(6379)).is_some(),
+        "namespace project=myproject"
+    );
+    assert!(ingress
+        .allows(Ipv4Addr::new(172, 17, 0, 5), db.ip, 6, Some(6379))
+        .is_some());
+    assert!(ingress
+        .allows(Ipv4Addr::new(172, 17, 1, 5), db.ip, 6, Some(6379))
+        .is_none());
+    assert!(egress
+        .allows(
+            Ipv4Addr::new(10, 0, 0, 9),
+            Ipv4Addr::new(10, 0, 0, 9),
+            6,
+            Some(5978)
+        )
+        .is_some());
+    assert!(egress
+        .allows(
+            Ipv4Addr::new(10, 0, 1, 9),
+            Ipv4Addr::new(10, 0, 1, 9),
+            6,
+            Some(5978)
+        )
+        .is_none());
 }

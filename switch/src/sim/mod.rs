@@ -29,6 +29,7 @@ use weft_encap::vxlan::Vni;
 use crate::core::conntrack::Conntrack;
 use crate::core::{self, Core, Ctx, Frame, Offload, Report, Sink, Time, HEADROOM};
 use crate::mac::MacAddr;
+use crate::policy::compile::PodRules;
 use crate::tables::counters::{Counters, DropReason, Snapshot};
 use crate::tables::health::{HealthSnapshot, PeerHealth};
 use crate::tables::{
@@ -506,6 +507,28 @@ impl Sim {
         Sim::build(mode, layout, Some(interval))
     }
 
+    /// Like [`Sim::new`], with every node tracking at most `max` connections.
+    pub fn with_conntrack_max(mode: TunnelMode, layout: &[&[Ipv4Addr]], max: usize) -> Sim {
+        let mut sim = Sim::new(mode, layout);
+        for node in &mut sim.nodes {
+            node.core = Core::new(core::Config {
+                worker: 0,
+                heartbeat: None,
+                conntrack: Some(Conntrack::new(Conntrack::tables(1, max), 0)),
+            });
+        }
+        sim
+    }
+
+    /// Gives pod `p` the NetworkPolicy rules `rules` (none: not isolated), as a new
+    /// policy generation of its node.
+    pub fn set_rules(&mut self, p: usize, rules: Option<PodRules>) {
+        let (n, port) = (self.pods[p].node, self.pods[p].port);
+        let t = &mut self.nodes[n].tables;
+        t.ports[port].policy = rules.map(Arc::new);
+        t.policy_generation = t.policy_generation.wrapping_add(1);
+    }
+
     fn build(
         mode: TunnelMode,
         layout: &[&[Ipv4Addr]],
@@ -724,7 +747,7 @@ impl Sim {
     }
 
     /// Sets the clock to `t`.
-    fn set_time(&mut self, t: Time) {
+    pub fn set_time(&mut self, t: Time) {
         self.now = Instant::from_micros(i64::try_from(t.as_micros()).unwrap_or(i64::MAX));
         self.out.now = t;
     }

@@ -1,0 +1,208 @@
+//! NetworkPolicy in the core, in simulated time: replies through the connection
+//! table, expiry on the simulated clock, a full table, a policy change cutting a
+//! connection, and real TCP between smoltcp pods through isolated ports.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::{IpAddress, IpEndpoint};
+use weft_switch::policy::compile::{CompiledRule, Origin, PodRules, RuleSet};
+use weft_switch::sim::{from_pod, udp, Ip, Sim, CONNTRACK_MAX};
+use weft_switch::tables::counters::DropReason;
+use weft_switch::tables::TunnelMode;
+
+const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+const B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+
+/// Isolated for ingress, with no rule: nothing may open a connection to the pod.
+fn deny_ingress() -> PodRules {
+    PodRules {
+        ingress: Some(RuleSet::default()),
+        egress: None,
+        selected_by: vec![("x/deny".into(), true, false)],
+    }
+}
+
+/// Isolated both ways; ingress allows everyone, egress nothing.
+fn deny_egress() -> PodRules {
+    PodRules {
+        ingress: Some(RuleSet {
+            rules: vec![CompiledRule {
+                origin: Origin {
+                    policy: "x/in".into(),
+                    rule: 0,
+                },
+                peers: None,
+                ports: None,
+            }],
+        }),
+        egress: Some(RuleSet::default()),
+        selected_by: vec![("x/in".into(), true, true)],
+    }
+}
+
+fn pair() -> Sim {
+    Sim::new(TunnelMode::Sleeve, &[&[A], &[B]])
+}
+
+/// Sends one UDP datagram from pod `from` (index) to `to` with the given ports and
+/// returns whether it reached the other pod.
+fn udp_once(sim: &mut Sim, from: usize, to: Ipv4Addr, sport: u16, dport: u16) -> bool {
+    let src = sim.pods[from].ip;
+    let packet = Ip::udp(src, to).packet(&udp(sport, dport, 20));
+    let frame = from_pod(sim, from, &packet);
+    let target = sim.pod(to);
+    sim.take_rx(target);
+    sim.pod_frame(from, &frame);
+    sim.flush();
+    sim.deliver_wire();
+    !sim.take_rx(target).is_empty()
+}
+
+fn drops(sim: &Sim, p: usize, reason: DropReason) -> u64 {
+    sim.port_counters(p).dropped(reason)
+}
+
+#[test]
+fn a_reply_passes_where_ingress_is_denied_and_a_new_connection_does_not() {
+    let mut sim = pair();
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    sim.set_rules(a, Some(deny_ingress()));
+    // A opens: its egress is not isolated, so it passes and is tracked.
+    assert!(udp_once(&mut sim, a, B, 40_000, 53));
+    // B's reply reaches A through the connection table.
+    assert!(udp_once(&mut sim, b, A, 53, 40_000));
+    // B opening a connection of its own to A does not.
+    assert!(!udp_once(&mut sim, b, A, 53, 40_001));
+    assert_eq!(drops(&sim, a, DropReason::PolicyIngress), 1);
+    // Egress isolation holds replies the same way, on the other side.
+    let mut sim = pair();
+    sim.set_rules(b, Some(deny_egress()));
+    assert!(udp_once(&mut sim, a, B, 40_000, 53), "ingress allows all");
+    assert!(udp_once(&mut sim, b, A, 53, 40_000), "the reply leaves B");
+    assert!(!udp_once(&mut sim, b, A, 53, 40_009), "B opens nothing");
+    assert_eq!(drops(&sim, b, DropReason::PolicyEgress), 1);
+}
+
+#[test]
+fn an_entry_expires_on_the_simulated_clock() {
+    let mut sim = pair();
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    sim.set_rules(a, Some(deny_ingress()));
+    assert!(udp_once(&mut sim, a, B, 40_000, 53));
+    // Unreplied UDP lives 30 s; a reply at 29 s passes and makes it 180 s.
+    sim.set_time(sim.time() + Duration::from_secs(29));
+    assert!(udp_once(&mut sim, b, A, 53, 40_000));
+    sim.set_time(sim.time() + Duration::from_secs(179));
+    assert!(udp_once(&mut sim, b, A, 53, 40_000));
+    // Silent for 181 s: gone, and B's next datagram is a new connection, refused.
+    sim.set_time(sim.time() + Duration::from_secs(181));
+    assert!(!udp_once(&mut sim, b, A, 53, 40_000));
+    assert_eq!(drops(&sim, a, DropReason::PolicyIngress), 1);
+}
+
+#[test]
+fn a_full_table_drops_new_connections_and_counts_them() {
+    let max = 8;
+    let mut sim = Sim::with_conntrack_max(TunnelMode::Vxlan, &[&[A], &[B]], max);
+    let a = sim.pod(A);
+    sim.set_rules(a, Some(deny_ingress()));
+    for port in 0..max as u16 {
+        assert!(udp_once(&mut sim, a, B, 41_000 + port, 53), "flow {port}");
+    }
+    assert!(!udp_once(&mut sim, a, B, 42_000, 53), "the table is full");
+    assert_eq!(drops(&sim, a, DropReason::ConntrackFull), 1);
+    // Known connections still flow.
+    assert!(udp_once(&mut sim, a, B, 41_000, 53));
+    // Once the entries expire, room comes back.
+    sim.set_time(sim.time() + Duration::from_secs(31));
+    assert!(udp_once(&mut sim, a, B, 42_000, 53));
+    assert!(CONNTRACK_MAX > max);
+}
+
+#[test]
+fn a_policy_change_cuts_a_connection_it_no_longer_allows() {
+    let mut sim = pair();
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    // B takes anything, A can reach B.
+    sim.set_rules(b, Some(deny_egress()));
+    assert!(udp_once(&mut sim, a, B, 40_000, 53));
+    assert!(udp_once(&mut sim, b, A, 53, 40_000));
+    // B now denies all ingress: the next packet of the running connection is dropped,
+    // either way.
+    sim.set_rules(
+        b,
+        Some(PodRules {
+            egress: Some(RuleSet::default()),
+            ..deny_ingress()
+        }),
+    );
+    assert!(!udp_once(&mut sim, a, B, 40_000, 53));
+    assert!(!udp_once(&mut sim, b, A, 53, 40_000));
+    // The first packet was judged again and cut; the connection is forgotten, so the
+    // reply is a new connection from B, which its egress refuses.
+    assert_eq!(drops(&sim, b, DropReason::PolicyIngress), 1);
+    assert_eq!(drops(&sim, b, DropReason::PolicyEgress), 1);
+}
+
+/// Real TCP from A to B through B's ingress isolation with a rule for A only, and
+/// the handshake back through the table.
+#[test]
+fn tcp_connects_through_an_isolated_pod_and_replies_come_back() {
+    let mut sim = pair();
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let only_a = PodRules {
+        ingress: Some(RuleSet {
+            rules: vec![CompiledRule {
+                origin: Origin {
+                    policy: "x/a-only".into(),
+                    rule: 0,
+                },
+                peers: None,
+                ports: None,
+            }],
+        }),
+        egress: Some(RuleSet::default()),
+        selected_by: vec![("x/a-only".into(), true, true)],
+    };
+    sim.set_rules(b, Some(only_a));
+    let server = listen(&mut sim, b, 80);
+    let client = connect(&mut sim, a, B, 80);
+    let done = sim.run_until(2_000, |s| {
+        s.pods[a].sockets.get::<tcp::Socket<'_>>(client).may_send()
+            && s.pods[b].sockets.get::<tcp::Socket<'_>>(server).may_recv()
+    });
+    assert!(done.is_some(), "{}", sim.drops_report());
+    // B cannot open a connection back to A: its egress allows nothing.
+    let back = connect(&mut sim, b, A, 81);
+    sim.run_until(200, |_| false);
+    assert!(!sim.pods[b].sockets.get::<tcp::Socket<'_>>(back).may_send());
+    assert!(
+        drops(&sim, b, DropReason::PolicyEgress) >= 1,
+        "{}",
+        sim.drops_report()
+    );
+}
+
+fn listen(sim: &mut Sim, p: usize, port: u16) -> SocketHandle {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 4096]),
+        tcp::SocketBuffer::new(vec![0; 4096]),
+    );
+    s.listen(port).unwrap();
+    sim.pods[p].sockets.add(s)
+}
+
+fn connect(sim: &mut Sim, p: usize, to: Ipv4Addr, port: u16) -> SocketHandle {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 4096]),
+        tcp::SocketBuffer::new(vec![0; 4096]),
+    );
+    let pod = &mut sim.pods[p];
+    let remote = IpEndpoint::new(IpAddress::Ipv4(to), port);
+    s.connect(pod.iface.context(), remote, 49_152 + port)
+        .unwrap();
+    pod.sockets.add(s)
+}
