@@ -1,0 +1,563 @@
+//! NetworkPolicy end to end, in the layout of the upstream Kubernetes netpol e2e
+//! suite: namespaces x, y and z, pods a, b and c in each, spread over two hosts
+//! running weftd, each pod serving TCP and UDP on ports 80 and 81. Each scenario
+//! writes manifests into the policy directory both nodes watch, waits until both have
+//! them in force, probes every pair of pods, and compares with the expected truth
+//! table, which a failure prints as a grid.
+//!
+//! These tests need root (they create namespaces); they fail, never skip, without it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use weft_cni::proto::{PodRef, Reply, Request};
+use weft_perf::netns::{require_root, wait_until};
+use weft_perf::topo::{Pod, Underlay};
+use weft_perf::weft::{
+    in_netns, peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
+};
+
+/// One scenario at a time: each probes 81 pairs at once.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+const PODS: [&str; 3] = ["a", "b", "c"];
+const PROBE: Duration = Duration::from_millis(1500);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// A pod of the layout: its namespace, name, host and address.
+struct Member {
+    ns: &'static str,
+    name: &'static str,
+    host: usize,
+    pod: Pod,
+    ip: Ipv4Addr,
+}
+
+/// The cluster: two weftd on VXLAN, nine pods, their servers, the policy directory.
+struct Netpol {
+    members: Vec<Member>,
+    nodes: Vec<WeftNode>,
+    stop: Arc<AtomicBool>,
+    servers: Vec<std::thread::JoinHandle<()>>,
+    policy_dir: PathBuf,
+    underlay: Underlay,
+    _scratch: Scratch,
+    /// Labels each pod has now, written into `pods.yaml`.
+    labels: BTreeMap<(&'static str, &'static str), Vec<(String, String)>>,
+}
+
+impl Drop for Netpol {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for s in self.servers.drain(..) {
+            let _ = s.join();
+        }
+    }
+}
+
+/// Serves TCP and UDP on ports 80 and 81 in `pod`'s namespace at `ip`: a byte in,
+/// the byte back.
+fn serve(pod: &Pod, ip: Ipv4Addr, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+    let mut threads = Vec::new();
+    for port in [80, 81] {
+        let tcp = in_netns(&pod.ns, || TcpListener::bind((ip, port)))
+            .expect("the pod's namespace")
+            .expect("a TCP listener");
+        tcp.set_nonblocking(true).unwrap();
+        let stop_t = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            while !stop_t.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                        std::thread::spawn(move || {
+                            let mut b = [0u8; 1];
+                            while let Ok(1) = c.read(&mut b) {
+                                if c.write_all(&b).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }));
+        let udp = in_netns(&pod.ns, || UdpSocket::bind((ip, port)))
+            .expect("the pod's namespace")
+            .expect("a UDP socket");
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop_u = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            while !stop_u.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = udp.recv_from(&mut b) {
+                    let _ = udp.send_to(&b[..n], from);
+                }
+            }
+        }));
+    }
+    threads
+}
+
+/// Whether `from` reaches `to` on `proto`/`port` within [`PROBE`].
+fn probe(from: &Pod, to: Ipv4Addr, proto: Proto, port: u16) -> bool {
+    let addr = SocketAddr::from((to, port));
+    match proto {
+        Proto::Tcp => {
+            let Ok(Ok(mut s)) = in_netns(&from.ns, || TcpStream::connect_timeout(&addr, PROBE))
+            else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(PROBE));
+            let mut b = [0u8; 1];
+            s.write_all(b"?").is_ok() && matches!(s.read(&mut b), Ok(1))
+        }
+        Proto::Udp => {
+            let Ok(Ok(s)) = in_netns(&from.ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+            else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(PROBE / 3));
+            let mut b = [0u8; 8];
+            (0..3).any(|_| s.send_to(b"?", addr).is_ok() && s.recv_from(&mut b).is_ok())
+        }
+    }
+}
+
+impl Netpol {
+    fn new(tag: &str) -> Netpol {
+        require_root();
+        let underlay = Underlay::new(tag, 2).expect("underlay");
+        let scratch = Scratch::new(tag).expect("scratch");
+        let policy_dir = scratch.path().join("policy");
+        std::fs::create_dir_all(&policy_dir).unwrap();
+        let peers = scratch.path().join("peers.toml");
+        let list: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+        write_atomic(&peers, &peers_toml(&list)).unwrap();
+        let opts = WeftOptions {
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
+            mode: "vxlan".into(),
+            workers: 2,
+            extra: vec!["--policy-dir".into(), policy_dir.display().to_string()],
+        };
+        let nodes: Vec<WeftNode> = underlay
+            .hosts()
+            .iter()
+            .map(|h| WeftNode::start(h, &peers, scratch.path(), &opts).expect("weftd"))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut members = Vec::new();
+        let mut servers = Vec::new();
+        for (n, ns) in NAMESPACES.iter().enumerate() {
+            for (k, name) in PODS.iter().enumerate() {
+                let host = (n + k) % 2;
+                let pod = underlay
+                    .pod(host, &format!("{ns}{name}"))
+                    .expect("pod netns");
+                let k8s = PodRef {
+                    namespace: (*ns).into(),
+                    name: (*name).into(),
+                };
+                let att = nodes[host]
+                    .attach_as(&pod, &format!("{tag}-{ns}-{name}"), Some(k8s))
+                    .expect("attach");
+                servers.extend(serve(&pod, att.ip, &stop));
+                members.push(Member {
+                    ns,
+                    name,
+                    host,
+                    pod,
+                    ip: att.ip,
+                });
+            }
+        }
+        let labels = members
+            .iter()
+            .map(|m| ((m.ns, m.name), vec![("pod".to_owned(), m.name.to_owned())]))
+            .collect();
+        let c = Netpol {
+            members,
+            nodes,
+            stop,
+            servers,
+            policy_dir,
+            underlay,
+            _scratch: scratch,
+            labels,
+        };
+        c.write_objects();
+        c
+    }
+
+    /// Writes the namespaces and pods (labels, named ports, addresses).
+    fn write_objects(&self) {
+        let mut text = String::new();
+        for ns in NAMESPACES {
+            text += &format!("---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}}}}}\n");
+        }
+        for m in &self.members {
+            let labels: Vec<String> = self.labels[&(m.ns, m.name)]
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            text += &format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}, labels: {{{}}}}}\n\
+                 spec: {{containers: [{{name: c, ports: [{{name: serve-80-tcp, containerPort: 80}}, \
+                 {{name: serve-81-tcp, containerPort: 81}}, {{name: serve-80-udp, containerPort: 80, protocol: UDP}}, \
+                 {{name: serve-81-udp, containerPort: 81, protocol: UDP}}]}}]}}\nstatus: {{podIP: {}}}\n",
+                m.name,
+                m.ns,
+                labels.join(", "),
+                m.ip
+            );
+        }
+        write_atomic(&self.policy_dir.join("objects.yaml"), &text).unwrap();
+    }
+
+    fn member(&self, ns: &str, name: &str) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.ns == ns && m.name == name)
+            .unwrap()
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {}\n{}", n.name, n.log_text()))
+            .collect()
+    }
+
+    /// What node `h` has in force: policy ids, and any error.
+    fn in_force(&self, h: usize) -> (Vec<String>, Vec<String>, usize) {
+        match self.nodes[h]
+            .ok(&Request::PolicyStatus)
+            .expect("policy status")
+        {
+            Reply::PolicyStatus(s) => {
+                let mut ids: Vec<String> = s.policies.into_iter().map(|p| p.id).collect();
+                ids.sort();
+                (ids, s.errors, s.pods)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Puts `policies` (YAML documents) in force on both nodes and waits until they
+    /// are.
+    fn apply(&self, policies: &str) {
+        write_atomic(&self.policy_dir.join("policies.yaml"), policies).unwrap();
+        let mut want: Vec<String> = policies
+            .split("\n---")
+            .filter_map(|doc| {
+                let name = doc.lines().find_map(|l| l.trim().strip_prefix("name: "))?;
+                let ns = doc
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("namespace: "))
+                    .unwrap_or("default");
+                doc.contains("kind: NetworkPolicy")
+                    .then(|| format!("{ns}/{name}"))
+            })
+            .collect();
+        want.sort();
+        for h in 0..self.nodes.len() {
+            wait_until(
+                Duration::from_secs(10),
+                "the policies to be in force",
+                || {
+                    let (ids, errors, pods) = self.in_force(h);
+                    assert!(errors.is_empty(), "{errors:?}");
+                    ids == want && pods == 9
+                },
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}: node {h} has {:?}, want {want:?}\n{}",
+                    self.in_force(h),
+                    self.logs()
+                )
+            });
+        }
+    }
+
+    /// Probes every pair on `proto`/`port` at once and compares with `expect(from,
+    /// to)`; panics with both grids if they differ.
+    fn check(
+        &self,
+        what: &str,
+        proto: Proto,
+        port: u16,
+        expect: impl Fn(&Member, &Member) -> bool,
+    ) {
+        let pairs: Vec<(&Member, &Member)> = self
+            .members
+            .iter()
+            .flat_map(|f| self.members.iter().map(move |t| (f, t)))
+            .collect();
+        let got: Vec<bool> = std::thread::scope(|s| {
+            let probes: Vec<_> = pairs
+                .iter()
+                .map(|(f, t)| s.spawn(move || probe(&f.pod, t.ip, proto, port)))
+                .collect();
+            probes.into_iter().map(|p| p.join().unwrap()).collect()
+        });
+        // A pod reaches itself over its own loopback, never through the switch: as
+        // the upstream suite does, self-connections are allowed whatever the policy.
+        let want: Vec<bool> = pairs
+            .iter()
+            .map(|(f, t)| std::ptr::eq(*f, *t) || expect(f, t))
+            .collect();
+        if got != want {
+            panic!(
+                "{what} ({proto:?} {port}): the probes differ from the truth table\n{}\n{}",
+                grid("expected", &self.members, &want, &want),
+                grid("got (X marks a wrong cell)", &self.members, &got, &want)
+            );
+        }
+    }
+}
+
+/// The truth table as a grid: rows are sources, columns destinations.
+fn grid(title: &str, members: &[Member], cells: &[bool], truth: &[bool]) -> String {
+    let names: Vec<String> = members
+        .iter()
+        .map(|m| format!("{}/{}", m.ns, m.name))
+        .collect();
+    let mut out = format!("{title}:\n      {}\n", names.join(" "));
+    for (i, from) in names.iter().enumerate() {
+        out += &format!("{from:<5}");
+        for j in 0..members.len() {
+            let k = i * members.len() + j;
+            let mark = match (cells[k], cells[k] == truth[k]) {
+                (_, false) => "X",
+                (true, true) => ".",
+                (false, true) => "-",
+            };
+            out += &format!("   {mark}");
+        }
+        out += "\n";
+    }
+    out + "(. reaches, - does not)\n"
+}
+
+fn policy(name: &str, ns: &str, spec: &str) -> String {
+    format!("---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}\n")
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn isolation_and_selectors() {
+    let _serial = lock();
+    let c = Netpol::new("npsel");
+    c.check("no policy", Proto::Tcp, 80, |_, _| true);
+
+    c.apply(&policy(
+        "deny-ingress",
+        "x",
+        "  podSelector: {}\n  policyTypes: [Ingress]",
+    ));
+    c.check("default deny ingress in x", Proto::Tcp, 80, |_, t| {
+        t.ns != "x"
+    });
+
+    c.apply(&policy(
+        "deny-egress",
+        "x",
+        "  podSelector: {}\n  policyTypes: [Egress]",
+    ));
+    c.check("default deny egress in x", Proto::Tcp, 80, |f, _| {
+        f.ns != "x"
+    });
+
+    let allow_all = policy(
+        "deny-ingress",
+        "x",
+        "  podSelector: {}\n  policyTypes: [Ingress]",
+    ) + &policy("allow-all", "x", "  podSelector: {}\n  ingress: [{}]");
+    c.apply(&allow_all);
+    c.check("allow all in x", Proto::Tcp, 80, |_, _| true);
+
+    let from_b = "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]";
+    c.apply(&policy("from-b", "x", from_b));
+    c.check("x/a from pods b of x", Proto::Tcp, 80, |f, t| {
+        !(t.ns == "x" && t.name == "a") || (f.ns == "x" && f.name == "b")
+    });
+
+    let from_y = "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]";
+    c.apply(&policy("from-y", "x", from_y));
+    c.check("x/a from namespace y", Proto::Tcp, 80, |f, t| {
+        !(t.ns == "x" && t.name == "a") || f.ns == "y"
+    });
+
+    let and = "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: c}}}]";
+    c.apply(&policy("and", "x", and));
+    c.check("x/a from pods c of y (AND)", Proto::Tcp, 80, |f, t| {
+        !(t.ns == "x" && t.name == "a") || (f.ns == "y" && f.name == "c")
+    });
+
+    let or = "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}, {podSelector: {matchLabels: {pod: c}}}]";
+    c.apply(&policy("or", "x", or));
+    c.check(
+        "x/a from namespace y or pods c of x (OR)",
+        Proto::Tcp,
+        80,
+        |f, t| !(t.ns == "x" && t.name == "a") || f.ns == "y" || (f.ns == "x" && f.name == "c"),
+    );
+
+    // Host 1's pods, but not z/b (which lives on host 1).
+    let zb = c.member("z", "b").ip;
+    let cidr = c.underlay.host(1).pod_subnet;
+    let block = format!(
+        "  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: {cidr}, except: [{zb}/32]}}}}]"
+    );
+    c.apply(&policy("block", "x", &block));
+    c.check(
+        "x/a from host 1's subnet except z/b",
+        Proto::Tcp,
+        80,
+        |f, t| !(t.ns == "x" && t.name == "a") || (f.host == 1 && f.ip != zb),
+    );
+}
+
+#[test]
+fn ports_and_protocols() {
+    let _serial = lock();
+    let c = Netpol::new("npport");
+    let is_xa = |t: &Member| t.ns == "x" && t.name == "a";
+    let on = |ports: &str| {
+        format!("  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - ports: {ports}")
+    };
+
+    c.apply(&policy("named", "x", &on("[{port: serve-81-tcp}]")));
+    c.check("named port 81: 80 is closed", Proto::Tcp, 80, |_, t| {
+        !is_xa(t)
+    });
+    c.check("named port 81: 81 is open", Proto::Tcp, 81, |_, _| true);
+
+    c.apply(&policy("range", "x", &on("[{port: 81, endPort: 90}]")));
+    c.check("endPort 81-90: 80 is closed", Proto::Tcp, 80, |_, t| {
+        !is_xa(t)
+    });
+    c.check("endPort 81-90: 81 is open", Proto::Tcp, 81, |_, _| true);
+
+    c.apply(&policy("udp", "x", &on("[{protocol: UDP, port: 80}]")));
+    c.check("UDP only: TCP 80 closed", Proto::Tcp, 80, |_, t| !is_xa(t));
+    c.check("UDP only: UDP 80 open", Proto::Udp, 80, |_, _| true);
+    c.check("UDP only: UDP 81 closed", Proto::Udp, 81, |_, t| !is_xa(t));
+
+    c.apply(&policy("sctp", "x", &on("[{protocol: SCTP, port: 80}]")));
+    c.check("SCTP is not TCP", Proto::Tcp, 80, |_, t| !is_xa(t));
+
+    let egress = "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: 80}]";
+    c.apply(&policy("egress-80", "x", egress));
+    c.check("x/a egress to TCP 80", Proto::Tcp, 80, |_, _| true);
+    c.check("x/a egress: TCP 81 closed", Proto::Tcp, 81, |f, _| {
+        !is_xa(f)
+    });
+}
+
+#[test]
+fn unions_label_changes_running_connections_and_the_node() {
+    let _serial = lock();
+    let mut c = Netpol::new("npdyn");
+    let is_xa = |t: &Member| t.ns == "x" && t.name == "a";
+    let two = policy(
+        "from-b",
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]",
+    ) + &policy(
+        "from-z",
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: z}}}]",
+    );
+    c.apply(&two);
+    c.check("the union of two policies", Proto::Tcp, 80, |f, t| {
+        !is_xa(t) || (f.ns == "x" && f.name == "b") || f.ns == "z"
+    });
+
+    // x/b loses its label: the running policy no longer admits it.
+    c.labels
+        .insert(("x", "b"), vec![("pod".into(), "bb".into())]);
+    c.write_objects();
+    let xa = c.member("x", "a");
+    let xb = c.member("x", "b");
+    wait_until(Duration::from_secs(10), "the label change", || {
+        !probe(&xb.pod, xa.ip, Proto::Tcp, 80)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.check("after x/b's label changed", Proto::Tcp, 80, |f, t| {
+        !is_xa(t) || f.ns == "z"
+    });
+
+    // A connection from y/a runs; a policy that denies it cuts it within a second.
+    c.apply(&policy("all", "x", "  podSelector: {}\n  ingress: [{}]"));
+    let ya = c.member("y", "a");
+    let mut conn = in_netns(&ya.pod.ns, || {
+        TcpStream::connect_timeout(&SocketAddr::from((xa.ip, 81)), PROBE)
+    })
+    .unwrap()
+    .expect("y/a connects to x/a");
+    conn.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let ping = |conn: &mut TcpStream| {
+        let mut b = [0u8; 1];
+        conn.write_all(b"!").is_ok() && matches!(conn.read(&mut b), Ok(1))
+    };
+    assert!(ping(&mut conn), "the connection works before the change");
+    c.apply(&policy(
+        "deny",
+        "x",
+        "  podSelector: {}\n  policyTypes: [Ingress]",
+    ));
+    let cut_at = Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        "the running connection to be cut",
+        || !ping(&mut conn),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    eprintln!("cut {:?} after the policy was in force", cut_at.elapsed());
+
+    // Under default deny, each node still reaches its own pods.
+    for m in &c.members {
+        if m.ns == "x" {
+            let host = c.underlay.host(m.host);
+            let reached = in_netns(&host.ns, || {
+                TcpStream::connect_timeout(&SocketAddr::from((m.ip, 80)), PROBE)
+            })
+            .unwrap()
+            .is_ok();
+            assert!(reached, "node {} → its pod {}/{}", m.host, m.ns, m.name);
+        }
+    }
+    // `weft policy` on a node: the pod and an explanation.
+    let status = Path::new(env!("CARGO_BIN_EXE_weft"));
+    let out = std::process::Command::new(status)
+        .arg("--socket")
+        .arg(&c.nodes[xa.host].socket)
+        .args(["policy", "explain", "y/a", "x/a", "TCP", "80"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("denied") && text.contains("x/deny"),
+        "{text}"
+    );
+}
