@@ -105,6 +105,20 @@ impl Network {
         netns: &Path,
         ifname: &str,
     ) -> Result<Outcome> {
+        self.call_as(verb, host, container_id, netns, ifname, None)
+    }
+
+    /// Like [`Network::call`], for the Kubernetes pod `k8s` (namespace, name), passed
+    /// in `CNI_ARGS` as kubelet passes it.
+    pub fn call_as(
+        &self,
+        verb: Verb,
+        host: &Netns,
+        container_id: &str,
+        netns: &Path,
+        ifname: &str,
+        k8s: Option<(&str, &str)>,
+    ) -> Result<Outcome> {
         let plugin = self.plugin()?;
         let host_ns = std::fs::File::open(host.path())
             .with_context(|| format!("opening {}", host.path().display()))?;
@@ -120,6 +134,12 @@ impl Network {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some((namespace, name)) = k8s {
+            cmd.env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"),
+            );
+        }
         let fd = host_ns.as_raw_fd();
         // SAFETY: the closure runs in the child between fork and exec, where only
         // async-signal-safe calls are allowed: setns is a plain system call, and `fd`

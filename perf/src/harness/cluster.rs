@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::{Settings, System, Tools};
+use super::{policy, Settings, System, Tools};
 use crate::cni::{self, Network, Verb};
 use crate::netns::wait_until;
 use crate::pidfile::{PidFile, RUN_DIR};
@@ -144,8 +144,17 @@ impl<'c> Plumbing<'c> {
                     workers: settings.weft_workers.unwrap_or_else(|| {
                         std::thread::available_parallelism().map_or(1, |n| n.get())
                     }),
-                    extra: vec![],
+                    extra: match system.has_policy() {
+                        true => vec![
+                            "--policy-dir".into(),
+                            p.scratch.path().join("policy").display().to_string(),
+                        ],
+                        false => vec![],
+                    },
                 };
+                if system.has_policy() {
+                    std::fs::create_dir_all(p.scratch.path().join("policy"))?;
+                }
                 for host in hosts {
                     let node = WeftNode::start_isolated(
                         host,
@@ -162,16 +171,20 @@ impl<'c> Plumbing<'c> {
                     for j in 0..cluster.pods_per_host() {
                         let pod = cluster.pod(h, j);
                         let network = p.networks[h].as_ref().context("weft network")?;
-                        let out = network.call(
+                        let out = network.call_as(
                             Verb::Add,
                             &host.ns,
                             &container_id(pod),
                             &pod.ns.path(),
                             POD_IFNAME,
+                            Some((policy::NAMESPACE, &pod.name)),
                         )?;
                         ips.push(out.first_ip()?);
                     }
                     p.ips.push(ips);
+                }
+                if system.has_policy() {
+                    p.write_policy()?;
                 }
             }
             None => {
@@ -208,6 +221,24 @@ impl<'c> Plumbing<'c> {
         }
         p.wait_reachable()?;
         Ok(p)
+    }
+
+    /// Writes the `weft-*-policy` manifests for the pods attached, and waits until
+    /// every node has them in force.
+    fn write_policy(&self) -> Result<()> {
+        let mut pods = Vec::new();
+        for (h, ips) in self.ips.iter().enumerate() {
+            for (j, ip) in ips.iter().enumerate() {
+                pods.push(policy::PerfPod {
+                    name: self.cluster.pod(h, j).name.clone(),
+                    ip: *ip,
+                    server: h == 1,
+                });
+            }
+        }
+        let dir = self.scratch.path().join("policy");
+        write_atomic(&dir.join("perf.yaml"), &policy::manifests(&pods))?;
+        policy::wait_in_force(&self.nodes, pods.len())
     }
 
     /// Waits until pod `j` of host 0 reaches pod `j` of every other host.

@@ -16,6 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 mod cluster;
 mod measure;
 pub mod plot;
+pub mod policy;
 pub mod report;
 
 pub use cluster::{Cluster, Plumbing};
@@ -39,15 +40,22 @@ pub enum System {
     WeftVxlanAlt,
     /// `weft-sleeve` with the other weftd build.
     WeftSleeveAlt,
+    /// `weft-vxlan` with host 1's pods selected by 100 NetworkPolicies of 1,000
+    /// rules in all ([`policy`]).
+    WeftVxlanPolicy,
+    /// `weft-sleeve` likewise.
+    WeftSleevePolicy,
 }
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 6] = [
+    pub const ALL: [System; 8] = [
         System::WeftVxlan,
         System::WeftSleeve,
         System::WeftVxlanAlt,
         System::WeftSleeveAlt,
+        System::WeftVxlanPolicy,
+        System::WeftSleevePolicy,
         System::KernelVxlan,
         System::Direct,
     ];
@@ -72,16 +80,23 @@ impl System {
             System::Direct => "direct",
             System::WeftVxlanAlt => "weft-vxlan-alt",
             System::WeftSleeveAlt => "weft-sleeve-alt",
+            System::WeftVxlanPolicy => "weft-vxlan-policy",
+            System::WeftSleevePolicy => "weft-sleeve-policy",
         }
     }
 
     /// weftd's `--mode` for the weft systems.
     pub fn weft_mode(self) -> Option<&'static str> {
         match self {
-            System::WeftVxlan | System::WeftVxlanAlt => Some("vxlan"),
-            System::WeftSleeve | System::WeftSleeveAlt => Some("sleeve"),
+            System::WeftVxlan | System::WeftVxlanAlt | System::WeftVxlanPolicy => Some("vxlan"),
+            System::WeftSleeve | System::WeftSleeveAlt | System::WeftSleevePolicy => Some("sleeve"),
             System::KernelVxlan | System::Direct => None,
         }
+    }
+
+    /// Whether the system runs with NetworkPolicies on host 1's pods.
+    pub fn has_policy(self) -> bool {
+        matches!(self, System::WeftVxlanPolicy | System::WeftSleevePolicy)
     }
 
     /// Whether the system runs the other weftd build (`--weftd-alt`).

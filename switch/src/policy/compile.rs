@@ -189,6 +189,8 @@ struct PolicyPeers {
 pub struct Compiler<'m> {
     model: &'m PolicyModel,
     pods: Vec<KnownPod>,
+    /// The indices in `pods` of each namespace's pods.
+    by_namespace: std::collections::BTreeMap<String, Vec<usize>>,
     peers: Vec<PolicyPeers>,
     ids: Vec<Arc<str>>,
 }
@@ -228,9 +230,14 @@ impl<'m> Compiler<'m> {
                 _ => {}
             }
         }
+        let mut by_namespace: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (i, p) in pods.iter().enumerate() {
+            by_namespace.entry(p.namespace.clone()).or_default().push(i);
+        }
         let mut c = Compiler {
             model,
             pods,
+            by_namespace,
             peers: Vec::new(),
             ids: model.policies.iter().map(|p| Arc::from(p.id())).collect(),
         };
@@ -274,29 +281,32 @@ impl<'m> Compiler<'m> {
                     net: AddrSet::net(&b.cidr),
                     except: b.except.iter().map(AddrSet::net).collect(),
                 }),
-                Peer::Pods { .. } => set.ips.extend(
-                    self.pods
-                        .iter()
-                        .filter(|pod| self.peer_selects(p, peer, pod))
-                        .map(|pod| u32::from(pod.ip)),
-                ),
+                Peer::Pods { pods, namespaces } => {
+                    // The namespaces first, each judged once; then their pods.
+                    for (ns, members) in &self.by_namespace {
+                        let in_scope = match namespaces {
+                            None => *ns == p.namespace,
+                            Some(sel) => sel.matches(self.model.namespace_labels(ns)),
+                        };
+                        if !in_scope {
+                            continue;
+                        }
+                        set.ips.extend(
+                            members
+                                .iter()
+                                .map(|&i| &self.pods[i])
+                                .filter(|pod| {
+                                    pods.as_ref().is_none_or(|sel| sel.matches(&pod.labels))
+                                })
+                                .map(|pod| u32::from(pod.ip)),
+                        );
+                    }
+                }
             }
         }
         set.ips.sort_unstable();
         set.ips.dedup();
         Some(set)
-    }
-
-    /// Whether peer `peer` of policy `p` selects `pod`.
-    fn peer_selects(&self, p: &Policy, peer: &Peer, pod: &KnownPod) -> bool {
-        let Peer::Pods { pods, namespaces } = peer else {
-            return false;
-        };
-        let in_namespace = match namespaces {
-            None => pod.namespace == p.namespace,
-            Some(sel) => sel.matches(self.model.namespace_labels(&pod.namespace)),
-        };
-        in_namespace && pods.as_ref().is_none_or(|sel| sel.matches(&pod.labels))
     }
 
     /// Whether policy `p` selects `pod`.
