@@ -10,11 +10,12 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use crossbeam::queue::ArrayQueue;
 use ipnet::Ipv4Net;
 use weft_benches::{
-    arp_request, gateway, new_core, pod_ip, router_mac, tables, udp_frame, underlay, CountingSink,
-    ETH_HLEN, POD_MTU,
+    arp_request, gateway, many_policies, new_core, pod_ip, router_mac, tables, udp_frame, underlay,
+    CountingSink, ETH_HLEN, POD_MTU,
 };
 use weft_encap::sleeve::{self, NodeId};
 use weft_encap::vxlan::{self, Vni};
+use weft_switch::core::conntrack::Conntrack;
 use weft_switch::core::{Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::io::port::Offload;
 use weft_switch::mac::MacAddr;
@@ -319,6 +320,28 @@ fn datapath(c: &mut Criterion) {
         assert_eq!(sink.frames, 1, "{mode}: the datagram reaches the pod");
         g.throughput(Throughput::Elements(1));
         g.bench_function(BenchmarkId::new("peer_to_pod", mode), |b| {
+            b.iter(|| receive(black_box(&mut rx), &mut sink))
+        });
+
+        // The same, to a pod selected by 100 policies of 1,000 rules: the first
+        // datagram is judged against them all, every later one meets the connection
+        // table.
+        let mut t1p = tables(mode, 1, 2, 2);
+        t1p.ports[1].policy = Some(std::sync::Arc::new(many_policies(pod_ip(1, 0), 100, 10)));
+        let mut dp1p = weft_switch::core::Core::new(weft_switch::core::Config {
+            worker: 0,
+            heartbeat: None,
+            conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024), 0)),
+        });
+        let mut sink = CountingSink::default();
+        let mut receive = |rx: &mut [u8], sink: &mut CountingSink| {
+            rx[HEADROOM..].copy_from_slice(&datagram);
+            let mut cx = Ctx::new(&t1p, Time::ZERO, sink);
+            dp1p.tunnel_datagram(&mut cx, from, Frame::new(rx, HEADROOM, datagram.len()));
+        };
+        receive(&mut rx, &mut sink);
+        assert_eq!(sink.frames, 1, "{mode}: the policy admits the datagram");
+        g.bench_function(BenchmarkId::new("peer_to_pod_1000_rules", mode), |b| {
             b.iter(|| receive(black_box(&mut rx), &mut sink))
         });
     }

@@ -192,3 +192,55 @@ pub fn new_core() -> Core {
         conntrack: None,
     })
 }
+
+/// The rules of a pod selected by `policies` NetworkPolicies of `rules` ingress rules
+/// each, none of which admits anything but the very last one, which admits everyone:
+/// the worst case of a new connection, as weft-perf's `*-policy` systems set it up.
+pub fn many_policies(
+    ip: Ipv4Addr,
+    policies: usize,
+    rules: usize,
+) -> weft_switch::policy::compile::PodRules {
+    use weft_switch::policy::compile::{compile, LocalPod};
+    use weft_switch::policy::model::{
+        IpBlock, Peer, Policy, PolicyModel, Port, PortSpec, Protocol, Rule, Selector,
+    };
+    let mut model = PolicyModel::default();
+    for i in 0..policies {
+        let rules = (0..rules)
+            .map(|k| {
+                if i + 1 == policies && k + 1 == rules {
+                    return Rule::default();
+                }
+                Rule {
+                    peers: vec![Peer::Block(IpBlock {
+                        cidr: Ipv4Net::new(Ipv4Addr::new(192, 168, i as u8, (k * 16) as u8), 28)
+                            .expect("a /28"),
+                        except: Vec::new(),
+                    })],
+                    ports: vec![Port {
+                        protocol: Protocol::Tcp,
+                        port: PortSpec::Range {
+                            first: 10_000 + (i * rules + k) as u16,
+                            last: 10_000 + (i * rules + k) as u16,
+                        },
+                    }],
+                }
+            })
+            .collect();
+        model.policies.push(Policy {
+            namespace: "default".into(),
+            name: format!("p{i}"),
+            pod_selector: Selector::default(),
+            ingress: Some(rules),
+            egress: None,
+        });
+    }
+    let local = [LocalPod {
+        ip,
+        namespace: "default".into(),
+        name: String::new(),
+    }];
+    let compiled = compile(&model, &local);
+    (*compiled.by_ip[&ip]).clone()
+}

@@ -380,6 +380,13 @@ impl Conntrack {
         self.own().put(&entry, seconds(now)).map(drop)
     }
 
+    /// Whether `entry`, seen at `now`, has lost a second or more of its timeout, so
+    /// that keeping the connection alive means writing it again.
+    pub fn needs_refresh(&self, entry: &Entry, now: Time) -> bool {
+        let full = seconds(now + timeout(entry.orig.proto, entry.flags));
+        entry.expires < full.saturating_sub(1)
+    }
+
     /// Forgets the entry in this worker's slot `at`.
     pub fn forget(&self, at: usize) {
         self.own().remove(at);

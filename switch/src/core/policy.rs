@@ -249,8 +249,24 @@ impl Core {
                 (facts.key, true, Flags::default())
             }
         };
+        let before = flags;
         flags.replied |= !forward;
         flags.closing |= facts.closing;
+        // A connection of this table whose entry says all it would say for another
+        // second is left as it is: most packets only read the table.
+        if let Some(Found {
+            entry,
+            own_slot: Some(_),
+            ..
+        }) = found
+        {
+            if entry.generation == generation
+                && flags == before
+                && !ct.needs_refresh(&entry, cx.now)
+            {
+                return Ok(());
+            }
+        }
         match ct.track(orig, flags, generation, cx.now) {
             Ok(()) => {
                 if self.next_sweep.is_none() {
