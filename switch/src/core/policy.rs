@@ -186,6 +186,41 @@ impl<'t> Ends<'t> {
     }
 }
 
+/// The connection a packet belongs to, as (its first direction, whether the packet
+/// goes that way, what is known of it), once the policy in force allows it: a known
+/// connection of the current generation as it is, one of an older generation judged
+/// again (and forgotten if refused), a new one judged now.
+fn connection(
+    ends: &Ends<'_>,
+    ct: &super::conntrack::Conntrack,
+    facts: &Facts,
+    found: Option<Found>,
+    generation: u32,
+) -> Result<(FlowKey, bool, Flags), (usize, DropReason)> {
+    let refuse = |denied| ends.blame(denied).unwrap_or((0, DropReason::PolicyIngress));
+    match found {
+        Some(Found {
+            entry,
+            forward,
+            own_slot,
+        }) if entry.generation != generation => {
+            let port = facts.port.map(|_| entry.orig.dport);
+            if let Err(denied) = ends.judge(entry.orig, port, forward) {
+                if let Some(at) = own_slot {
+                    ct.forget(at);
+                }
+                return Err(refuse(denied));
+            }
+            Ok((entry.orig, forward, entry.flags))
+        }
+        Some(Found { entry, forward, .. }) => Ok((entry.orig, forward, entry.flags)),
+        None => {
+            ends.judge(facts.key, facts.port, true).map_err(refuse)?;
+            Ok((facts.key, true, Flags::default()))
+        }
+    }
+}
+
 impl Core {
     /// The policy step for a routed packet going to `hop`: `Ok` to pass it, or the
     /// port to count its drop on and why.
@@ -227,28 +262,7 @@ impl Core {
         }
         let found = ct.lookup(facts.key, cx.now);
         let generation = t.policy_generation;
-        let (orig, forward, mut flags) = match found {
-            Some(Found {
-                entry,
-                forward,
-                own_slot,
-            }) if entry.generation != generation => {
-                // Allowed under an older policy: the first direction is judged again.
-                let port = facts.port.map(|_| entry.orig.dport);
-                if let Err(denied) = ends.judge(entry.orig, port, forward) {
-                    if let Some(at) = own_slot {
-                        ct.forget(at);
-                    }
-                    return Err(refuse(denied));
-                }
-                (entry.orig, forward, entry.flags)
-            }
-            Some(Found { entry, forward, .. }) => (entry.orig, forward, entry.flags),
-            None => {
-                ends.judge(facts.key, facts.port, true).map_err(refuse)?;
-                (facts.key, true, Flags::default())
-            }
-        };
+        let (orig, forward, mut flags) = connection(&ends, ct, &facts, found, generation)?;
         let before = flags;
         flags.replied |= !forward;
         flags.closing |= facts.closing;
