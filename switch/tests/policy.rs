@@ -206,3 +206,37 @@ fn connect(sim: &mut Sim, p: usize, to: Ipv4Addr, port: u16) -> SocketHandle {
         .unwrap();
     pod.sockets.add(s)
 }
+
+/// An ICMP error about a tracked connection reaches the isolated pod; one about no
+/// connection of it does not.
+#[test]
+fn icmp_errors_about_a_tracked_connection_pass() {
+    let mut sim = pair();
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    sim.set_rules(a, Some(deny_ingress()));
+    assert!(udp_once(&mut sim, a, B, 40_000, 53));
+    // B answers with "port unreachable", quoting A's datagram.
+    let error = |sim: &Sim, sport: u16| {
+        let quoted = Ip::udp(A, B).packet(&udp(sport, 53, 20));
+        let mut icmp = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&quoted[..28]);
+        let sum = !weft_switch::sim::ones_sum(&icmp);
+        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        let mut ip = Ip::udp(B, A);
+        ip.proto = 1;
+        from_pod(sim, b, &ip.packet(&icmp))
+    };
+    let frame = error(&sim, 40_000);
+    sim.take_rx(a);
+    sim.pod_frame(b, &frame);
+    sim.flush();
+    sim.deliver_wire();
+    assert_eq!(sim.take_rx(a).len(), 1, "{}", sim.drops_report());
+    // About a connection A never made: dropped.
+    let frame = error(&sim, 40_777);
+    sim.pod_frame(b, &frame);
+    sim.flush();
+    sim.deliver_wire();
+    assert!(sim.take_rx(a).is_empty());
+    assert_eq!(drops(&sim, a, DropReason::PolicyIngress), 1);
+}

@@ -69,6 +69,29 @@ fn key_and_port(ip: &ipv4::Packet<&[u8]>) -> (FlowKey, Option<u16>) {
     (key, None)
 }
 
+/// The connection of the packet an ICMP error quotes: its IPv4 header and the start
+/// of its payload, cut short by design, so its total length is not checked.
+fn quoted_key(data: &[u8]) -> Option<FlowKey> {
+    let ip = ipv4::Packet::new_unchecked(data);
+    let header = data.get(..ipv4::HEADER_LEN).map(|_| ip.header_len())?;
+    if data[0] >> 4 != 4 || header < ipv4::HEADER_LEN || header > data.len() {
+        return None;
+    }
+    let mut key = FlowKey {
+        src: u32::from(ip.src_addr()),
+        dst: u32::from(ip.dst_addr()),
+        sport: 0,
+        dport: 0,
+        proto: ip.protocol(),
+    };
+    if ip.frag_offset() == 0 {
+        if let Some((s, d)) = udp::ports(key.proto, &data[header..]) {
+            (key.sport, key.dport) = (s, d);
+        }
+    }
+    Some(key)
+}
+
 impl Facts {
     fn of(ip: &ipv4::Packet<&[u8]>) -> Facts {
         let (key, port) = key_and_port(ip);
@@ -80,8 +103,7 @@ impl Facts {
             .then(|| icmpv4::Packet::new_checked(payload).ok())
             .flatten()
             .filter(|m| m.is_error())
-            .and_then(|m| ipv4::Packet::new_checked(m.data()).ok().map(|_| m))
-            .map(|m| key_and_port(&ipv4::Packet::new_unchecked(m.data())).0);
+            .and_then(|m| quoted_key(m.data()));
         Facts {
             key,
             port,
