@@ -391,15 +391,19 @@ fn unknown_keys_are_ignored() {
 fn requests_on_the_wire() {
     let dir = Scratch::new("cniwire").unwrap();
     let d = healthy(&dir, "w.sock");
-    let attach = |requested_ip: Option<[u8; 4]>| {
+    let attach_as = |requested_ip: Option<[u8; 4]>, pod: Option<(&str, &str)>| {
         Request::Attach(AttachRequest {
             container_id: ID.into(),
             netns: NETNS.into(),
             ifname: "eth0".into(),
             requested_ip: requested_ip.map(Ipv4Addr::from),
-            pod: None,
+            pod: pod.map(|(namespace, name)| weft_cni::proto::PodRef {
+                namespace: namespace.into(),
+                name: name.into(),
+            }),
         })
     };
+    let attach = |requested_ip: Option<[u8; 4]>| attach_as(requested_ip, None);
     let plain = conf("1.0.0", &d.socket, json!({}));
     cni(&add_env(), &plain).ok();
     assert_eq!(d.last(), attach(None));
@@ -407,7 +411,9 @@ fn requests_on_the_wire() {
     let mut env = add_env();
     env.push(("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.244.1.9"));
     assert_eq!(cni(&env, &plain).ok()["ips"][0]["address"], "10.244.1.9/24");
-    assert_eq!(d.last(), attach(Some([10, 244, 1, 9])));
+    // The pod's name goes along, for NetworkPolicy (namespace default: none given).
+    let web = Some(("default", "web"));
+    assert_eq!(d.last(), attach_as(Some([10, 244, 1, 9]), web));
     // runtimeConfig.ips, as podman's network reload sends it; the same IP= agrees.
     let rc = conf(
         "1.0.0",
@@ -415,7 +421,7 @@ fn requests_on_the_wire() {
         json!({"runtimeConfig": {"ips": ["10.244.1.9/24"]}}),
     );
     cni(&env, &rc).ok();
-    assert_eq!(d.last(), attach(Some([10, 244, 1, 9])));
+    assert_eq!(d.last(), attach_as(Some([10, 244, 1, 9]), web));
     cni(
         &add_env(),
         &conf(
