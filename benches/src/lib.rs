@@ -80,6 +80,7 @@ pub fn tables(mode: TunnelMode, n: u8, nodes: u8, pods: u8) -> Tables {
         router_mac: router_mac(n),
         subnet: subnet(n),
         gateway: gateway(n),
+        underlay: *underlay(n).ip(),
         cluster: "10.244.0.0/16".parse().expect("a CIDR"),
         mode,
         vni: Vni::new(1).expect("VNI 1"),

@@ -111,6 +111,7 @@ fn tables(mode: TunnelMode) -> Tables {
         router_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         subnet: "10.244.1.0/24".parse().unwrap(),
         gateway,
+        underlay: Ipv4Addr::new(10, 250, 0, 1),
         cluster: "10.244.0.0/16".parse().unwrap(),
         mode,
         vni: vxlan::DEFAULT_VNI,

@@ -239,4 +239,57 @@ fn icmp_errors_about_a_tracked_connection_pass() {
     sim.deliver_wire();
     assert!(sim.take_rx(a).is_empty());
     assert_eq!(drops(&sim, a, DropReason::PolicyIngress), 1);
+    // An error quoting the tracked connection, but sent to A when A did not send the
+    // quoted packet (it quotes B → A): dropped, whatever it quotes.
+    let forged = {
+        let quoted = Ip::udp(B, A).packet(&udp(53, 40_000, 20));
+        let mut icmp = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&quoted[..28]);
+        let sum = !weft_switch::sim::ones_sum(&icmp);
+        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        let mut ip = Ip::udp(B, A);
+        ip.proto = 1;
+        from_pod(&sim, b, &ip.packet(&icmp))
+    };
+    sim.pod_frame(b, &forged);
+    sim.flush();
+    sim.deliver_wire();
+    assert!(sim.take_rx(a).is_empty());
+    assert_eq!(drops(&sim, a, DropReason::PolicyIngress), 2);
+}
+
+/// The node reaches its isolated pods from its own addresses, and the switch's own
+/// ICMP errors reach them; other traffic through the host port is judged by its
+/// source like any other.
+#[test]
+fn the_node_is_its_own_addresses_and_the_switchs_errors_pass() {
+    let mut sim = pair();
+    let a = sim.pod(A);
+    sim.set_rules(a, Some(deny_ingress()));
+    let host_to_a = |src: Ipv4Addr| {
+        let packet = Ip::udp(src, A).packet(&udp(7, 53, 20));
+        weft_switch::sim::eth(
+            weft_switch::sim::router_mac(0),
+            weft_switch::mac::MacAddr::for_ip(weft_switch::sim::gateway(0)),
+            weft_switch::sim::ETHERTYPE_IPV4,
+            &packet,
+        )
+    };
+    let from_gateway = host_to_a(weft_switch::sim::gateway(0));
+    sim.host_frame(0, &from_gateway);
+    sim.flush();
+    assert_eq!(sim.take_rx(a).len(), 1, "{}", sim.drops_report());
+    let from_elsewhere = host_to_a(Ipv4Addr::new(192, 168, 7, 7));
+    sim.host_frame(0, &from_elsewhere);
+    sim.flush();
+    assert!(sim.take_rx(a).is_empty());
+    assert_eq!(drops(&sim, a, DropReason::PolicyIngress), 1);
+    // A datagram to an address no node owns gets the switch's "host unreachable".
+    let lost = Ip::udp(A, Ipv4Addr::new(10, 244, 99, 1)).packet(&udp(9, 9, 20));
+    let frame = from_pod(&sim, a, &lost);
+    sim.pod_frame(a, &frame);
+    sim.flush();
+    let back = sim.take_rx(a);
+    assert_eq!(back.len(), 1, "{}", sim.drops_report());
+    assert_eq!(back[0][14 + 20], 3, "an ICMP destination unreachable");
 }

@@ -119,6 +119,7 @@ fn node_config(settings: &Settings, view: &ClusterView) -> Result<NodeConfig, Da
         router_mac,
         subnet: settings.pod_subnet,
         gateway: settings.gateway(),
+        underlay: settings.underlay_ip,
         cluster: settings.cluster_cidr,
         mode: settings.mode,
         vni: settings.vni,

@@ -151,7 +151,7 @@ pub struct Entry {
 impl Slot {
     /// A consistent copy of the slot, or `None` while the owner writes it.
     fn read(&self) -> Option<(u64, u64, u64)> {
-        for _ in 0..4 {
+        for _ in 0..64 {
             let s1 = self.seq.load(Acquire);
             if s1 & 1 == 1 {
                 std::hint::spin_loop();
@@ -233,7 +233,11 @@ impl Table {
         let start = key.symmetric_hash() as usize;
         for i in 0..MAX_PROBE {
             let at = (start + i) & self.mask;
-            let (a, b, c) = self.slots[at].read()?;
+            // A slot its owner is writing right now is skipped, not taken for the end
+            // of the probe: the entry sought may lie beyond it.
+            let Some((a, b, c)) = self.slots[at].read() else {
+                continue;
+            };
             match b & 0xff {
                 EMPTY => return None,
                 LIVE => {
@@ -297,6 +301,22 @@ impl Table {
             slot.write(0, TOMBSTONE, 0);
             self.live.store(self.live().saturating_sub(1), Relaxed);
         }
+    }
+
+    /// Every live entry, with its slot.
+    fn entries(&self) -> impl Iterator<Item = (usize, Entry)> + '_ {
+        self.slots.iter().enumerate().filter_map(|(at, slot)| {
+            let (a, b, c) = slot.read()?;
+            (b & 0xff == LIVE).then(|| {
+                let entry = Entry {
+                    orig: FlowKey::of_words(a, b),
+                    flags: Flags::of_bits(b >> 8),
+                    generation: c as u32,
+                    expires: (c >> 32) as u32,
+                };
+                (at, entry)
+            })
+        })
     }
 
     /// Turns every entry expired by `now` into a tombstone (the owner only).
@@ -392,9 +412,33 @@ impl Conntrack {
         self.own().remove(at);
     }
 
-    /// Sweeps this worker's expired entries.
+    /// Sweeps this worker's expired entries, and closes those another worker saw
+    /// close: a FIN or RST seen by one worker would otherwise leave the other's copy
+    /// of the connection with its long timeout.
     pub fn sweep(&self, now: Time) {
-        self.own().sweep(seconds(now));
+        let secs = seconds(now);
+        let own = self.own();
+        own.sweep(secs);
+        let closed: Vec<Entry> = own
+            .entries()
+            .filter(|(_, e)| !e.flags.closing)
+            .filter(|(_, e)| {
+                self.tables
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != self.me)
+                    .any(|(_, t)| {
+                        t.find(e.orig, secs)
+                            .is_some_and(|(_, o, _)| o.flags.closing)
+                    })
+            })
+            .map(|(_, e)| e)
+            .collect();
+        for mut e in closed {
+            e.flags.closing = true;
+            e.expires = e.expires.min(seconds(now + timeout(e.orig.proto, e.flags)));
+            let _ = own.put(&e, secs);
+        }
     }
 }
 
@@ -472,6 +516,33 @@ mod tests {
         // Expired entries make room too.
         assert_eq!(t.track(key(10), Flags::default(), 0, at(30)), Err(Full));
         t.track(key(10), Flags::default(), 0, at(62)).unwrap();
+    }
+
+    #[test]
+    fn a_close_seen_by_another_worker_closes_this_workers_copy() {
+        let tables = Conntrack::tables(2, 8);
+        let (w0, w1) = (Conntrack::new(tables.clone(), 0), Conntrack::new(tables, 1));
+        let replied = Flags {
+            replied: true,
+            closing: false,
+        };
+        w0.track(key(5), Flags::default(), 0, at(0)).unwrap();
+        w1.track(key(5), replied, 0, at(0)).unwrap();
+        // Worker 0 sees the RST.
+        w0.track(
+            key(5),
+            Flags {
+                replied: false,
+                closing: true,
+            },
+            0,
+            at(1),
+        )
+        .unwrap();
+        w1.sweep(at(2));
+        let own = w1.own().find(key(5), 2).unwrap().1;
+        assert!(own.flags.closing, "{own:?}");
+        assert!(own.expires <= 32, "{own:?}");
     }
 
     #[test]

@@ -11,10 +11,14 @@
 //! - a packet of no known connection is a new one: it passes if every check that
 //!   applies allows it, and the connection is recorded.
 //!
-//! Traffic from this node (the host port, and the switch's own ICMP errors) to its
-//! pods is always allowed, as Kubernetes requires for probes; it is tracked all the
-//! same, so that the pod's replies pass its egress isolation. ICMP errors about a
-//! tracked connection pass.
+//! Traffic from this node to its pods (from the host port with one of the node's own
+//! addresses, the gateway or the underlay address) is always allowed, as Kubernetes
+//! requires for probes; it is tracked all the same, so that the pod's replies pass
+//! its egress isolation. Anything else the host routes to a pod through the host port
+//! is judged by its source address like any peer. The switch's own ICMP errors
+//! always pass. An ICMP error from elsewhere (unreachable, source quench, time
+//! exceeded, parameter problem) passes when it goes to the sender of the packet it
+//! quotes and that packet's connection is tracked under the policy in force.
 
 use weft_encap::{icmpv4, ipv4, tcp, udp};
 
@@ -84,12 +88,30 @@ fn quoted_key(data: &[u8]) -> Option<FlowKey> {
         dport: 0,
         proto: ip.protocol(),
     };
+    let inner = &data[header..];
     if ip.frag_offset() == 0 {
-        if let Some((s, d)) = udp::ports(key.proto, &data[header..]) {
+        if let Some((s, d)) = udp::ports(key.proto, inner) {
             (key.sport, key.dport) = (s, d);
+        } else if key.proto == ipv4::protocol::ICMP {
+            // An error about a ping: echo connections are keyed by their identifier.
+            if let Ok(m) = icmpv4::Packet::new_checked(inner) {
+                if matches!(
+                    m.msg_type(),
+                    icmpv4::kind::ECHO_REQUEST | icmpv4::kind::ECHO_REPLY
+                ) {
+                    (key.sport, key.dport) = (m.echo_ident(), m.echo_ident());
+                }
+            }
         }
     }
     Some(key)
+}
+
+/// Whether ICMP type `t` reports a problem with one packet, which it quotes:
+/// destination unreachable, source quench, time exceeded, parameter problem. Others
+/// (redirects, router messages, unknown types) are judged as ICMP of their own.
+fn quotes_a_packet(t: u8) -> bool {
+    matches!(t, 3 | 4 | 11 | 12)
 }
 
 impl Facts {
@@ -102,8 +124,10 @@ impl Facts {
         let error_about = (key.proto == ipv4::protocol::ICMP && port.is_none())
             .then(|| icmpv4::Packet::new_checked(payload).ok())
             .flatten()
-            .filter(|m| m.is_error())
-            .and_then(|m| quoted_key(m.data()));
+            .filter(|m| quotes_a_packet(m.msg_type()))
+            .and_then(|m| quoted_key(m.data()))
+            // An error goes to the sender of the packet it quotes.
+            .filter(|inner| inner.src == key.dst);
         Facts {
             key,
             port,
@@ -160,7 +184,7 @@ struct Ends<'t> {
 }
 
 impl<'t> Ends<'t> {
-    fn of(t: &'t Tables, from: Ingress, hop: NextHop) -> Ends<'t> {
+    fn of(t: &'t Tables, from: Ingress, hop: NextHop, src: std::net::Ipv4Addr) -> Ends<'t> {
         let pod = |i: usize| {
             let p = &t.ports[i];
             (p.kind == PortKind::Pod)
@@ -168,8 +192,11 @@ impl<'t> Ends<'t> {
                 .flatten()
                 .map(|r| (i, r))
         };
+        // The host port carries whatever the host routes to pods; only the node's own
+        // addresses are the node.
+        let own = src == t.node.gateway || src == t.node.underlay;
         let from_node = match from {
-            Ingress::Port(i) => t.ports[i].kind == PortKind::Host,
+            Ingress::Port(i) => t.ports[i].kind == PortKind::Host && own,
             Ingress::Icmp(_) => true,
             Ingress::Peer(_) => false,
         };
@@ -254,8 +281,10 @@ impl Core {
         ip: &ipv4::Packet<&[u8]>,
     ) -> Result<(), (usize, DropReason)> {
         let t = cx.tables;
-        let ends = Ends::of(t, from, hop);
-        if ends.src.is_none() && ends.dst.is_none() {
+        let ends = Ends::of(t, from, hop, ip.src_addr());
+        // The switch's own ICMP errors answer packets it refused before policy saw
+        // them (no route, TTL, MTU): they are the node's, and always pass.
+        if (ends.src.is_none() && ends.dst.is_none()) || matches!(from, Ingress::Icmp(_)) {
             return Ok(());
         }
         let facts = Facts::of(ip);
@@ -273,9 +302,10 @@ impl Core {
             .map_err(refuse);
         };
         if let Some(inner) = facts.error_about {
+            let current = |f: &Found| f.entry.generation == t.policy_generation;
             return match ct.lookup(inner, cx.now) {
-                Some(_) => Ok(()),
-                None => Err(refuse(if ends.dst.is_some() {
+                Some(f) if current(&f) => Ok(()),
+                _ => Err(refuse(if ends.dst.is_some() {
                     Denied::Ingress
                 } else {
                     Denied::Egress

@@ -191,6 +191,8 @@ pub struct Compiler<'m> {
     pods: Vec<KnownPod>,
     /// The indices in `pods` of each namespace's pods.
     by_namespace: std::collections::BTreeMap<String, Vec<usize>>,
+    /// The labels of each namespace that has pods.
+    namespace_labels: std::collections::BTreeMap<String, Labels>,
     peers: Vec<PolicyPeers>,
     ids: Vec<Arc<str>>,
 }
@@ -234,10 +236,15 @@ impl<'m> Compiler<'m> {
         for (i, p) in pods.iter().enumerate() {
             by_namespace.entry(p.namespace.clone()).or_default().push(i);
         }
+        let namespace_labels = by_namespace
+            .keys()
+            .map(|ns| (ns.clone(), model.namespace_labels(ns)))
+            .collect();
         let mut c = Compiler {
             model,
             pods,
             by_namespace,
+            namespace_labels,
             peers: Vec::new(),
             ids: model.policies.iter().map(|p| Arc::from(p.id())).collect(),
         };
@@ -286,7 +293,7 @@ impl<'m> Compiler<'m> {
                     for (ns, members) in &self.by_namespace {
                         let in_scope = match namespaces {
                             None => *ns == p.namespace,
-                            Some(sel) => sel.matches(self.model.namespace_labels(ns)),
+                            Some(sel) => sel.matches(&self.namespace_labels[ns]),
                         };
                         if !in_scope {
                             continue;

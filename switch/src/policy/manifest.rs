@@ -339,8 +339,10 @@ fn rule(peers: Vec<PeerDoc>, ports: Vec<PortDoc>) -> Result<Rule, String> {
 
 fn policy(doc: PolicyDoc) -> Result<Policy, String> {
     let spec = doc.spec;
-    let types = match &spec.policy_types {
-        Some(types) => {
+    // Kubernetes defaults an absent or empty list: Ingress always, and Egress when
+    // there is at least one egress rule.
+    let types = match spec.policy_types.as_deref() {
+        Some(types) if !types.is_empty() => {
             for t in types {
                 if t != "Ingress" && t != "Egress" {
                     return Err(format!("policyType {t:?} is neither Ingress nor Egress"));
@@ -351,8 +353,7 @@ fn policy(doc: PolicyDoc) -> Result<Policy, String> {
                 types.iter().any(|t| t == "Egress"),
             )
         }
-        // Ingress always; Egress when there are egress rules.
-        None => (true, spec.egress.is_some()),
+        _ => (true, spec.egress.as_ref().is_some_and(|e| !e.is_empty())),
     };
     let ingress = spec
         .ingress

@@ -14,6 +14,9 @@ use ipnet::Ipv4Net;
 /// Labels: key to value.
 pub type Labels = BTreeMap<String, String>;
 
+/// The label the API server gives every namespace, with its name as the value.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
 /// The namespace a pod is in when nothing says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -246,10 +249,12 @@ pub struct PolicyModel {
 }
 
 impl PolicyModel {
-    /// The labels of namespace `name` (none, for a namespace with no object).
-    pub fn namespace_labels(&self, name: &str) -> &Labels {
-        static NONE: Labels = Labels::new();
-        self.namespaces.get(name).unwrap_or(&NONE)
+    /// The labels of namespace `name`, with the one the API server always sets,
+    /// `kubernetes.io/metadata.name` (only that one, for a namespace with no object).
+    pub fn namespace_labels(&self, name: &str) -> Labels {
+        let mut labels = self.namespaces.get(name).cloned().unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.into(), name.into());
+        labels
     }
 
     /// The pod `namespace/name`, if the store has it.

@@ -210,6 +210,11 @@ fn namespace_and_pod_selectors_in_one_peer_are_and_in_two_peers_or() {
         !w.allows(("z", "b"), ("z", "a"), TCP, 1),
         "z has no team label"
     );
+    // Every namespace has the label the API server sets, with or without an object.
+    let by_name = "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}]";
+    let w = World::new(&policy("p", "z", by_name));
+    assert!(w.allows(("y", "b"), ("z", "a"), TCP, 1));
+    assert!(!w.allows(("x", "b"), ("z", "a"), TCP, 1));
     let empty_ns = "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {}}]";
     let w = World::new(&policy("p", "z", empty_ns));
     assert!(

@@ -446,6 +446,7 @@ fn node_config(n: usize, mode: TunnelMode, heartbeat: Option<std::time::Duration
         router_mac: router_mac(n),
         subnet: subnet(n),
         gateway: gateway(n),
+        underlay: *underlay(n).ip(),
         cluster: cluster(),
         mode,
         vni: Vni::new(1).expect("1 is a VNI"),

@@ -60,6 +60,8 @@ pub struct NodeConfig {
     pub subnet: Ipv4Net,
     /// The gateway address of the pod subnet, held by the host port.
     pub gateway: Ipv4Addr,
+    /// The node's underlay address.
+    pub underlay: Ipv4Addr,
     /// The whole cluster's pod range.
     pub cluster: Ipv4Net,
     /// Tunnel framing.
