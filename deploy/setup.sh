@@ -10,6 +10,8 @@ packages=(
   iperf3          # weft-perf's second traffic generator (tcp1-iperf3, tcp4-iperf3)
   kmod            # modprobe for vxlan/tun where they are modules
   pkg-config gcc  # -sys crates
+  protobuf-compiler libprotobuf-dev  # protoc and its well-known types: the etcd-client crate compiles etcd's gRPC definitions
+  etcd-server etcd-client  # etcd 3.4: the distributed store the tests start (switch/tests/etcd.rs)
   containernetworking-plugins  # reference bridge + host-local: weft-perf's CNI baseline
   podman runc conmon busybox-static iptables  # the podman end-to-end test (switch/tests/podman.rs)
 )
@@ -24,6 +26,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Debian starts etcd as a system service on install; the tests run their own, on
+  # ports of their own, so the service is only in the way.
+  if printf '%s\n' "${missing[@]}" | grep -qx etcd-server && command -v systemctl >/dev/null \
+      && [ -d /run/systemd/system ]; then
+    systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
 fi
 
 # Kernel pieces the datapath and the baselines use; built in on some kernels.

@@ -198,7 +198,7 @@ pub enum Reply {
         released: Vec<AttachmentKey>,
     },
     /// The daemon's status.
-    Status(Status),
+    Status(Box<Status>),
     /// The attached ports.
     Ports {
         /// One entry per port, the host port first.
@@ -331,6 +331,25 @@ pub struct Status {
     pub peers: usize,
     /// Whether the daemon accepts attach requests.
     pub ready: bool,
+    /// The cluster store and whether it is reachable.
+    #[serde(default)]
+    pub store: Option<StoreStatus>,
+}
+
+/// The cluster store as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// "file", "etcd" or "none".
+    pub kind: String,
+    /// "ok", or "degraded": unreachable, so forwarding goes on with the last peers
+    /// known and pods are added from this node's own subnet.
+    pub state: String,
+    /// Why it is degraded.
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// For how long, in milliseconds.
+    #[serde(default)]
+    pub degraded_ms: Option<u64>,
 }
 
 /// Packet and byte counters, with drops by reason.
@@ -378,6 +397,10 @@ pub struct PeerInfo {
     pub pod_subnet: String,
     /// The node's VTEP MAC.
     pub vtep_mac: String,
+    /// How its pods are reached: "vxlan" or "sleeve" (the tunnel), "direct via
+    /// ADDR dev IF" (a host route), or "none: why".
+    #[serde(default)]
+    pub path: String,
     /// Traffic counters.
     pub counters: Counters,
     /// What heartbeats said of it; none for the row of unknown senders.
@@ -736,9 +759,15 @@ mod tests {
             pods: 1,
             peers: 1,
             ready: true,
+            store: Some(StoreStatus {
+                kind: "etcd".into(),
+                state: "ok".into(),
+                detail: None,
+                degraded_ms: None,
+            }),
         };
         let replies = [
-            Reply::Status(status),
+            Reply::Status(Box::new(status)),
             Reply::Attached(Attachment {
                 interface: "eth0".into(),
                 mac: "0a:58:0a:f4:01:02".into(),

@@ -54,6 +54,14 @@ fn status(ready: bool) -> Status {
         pods: 0,
         peers: 0,
         ready,
+        // A store that is down does not stop ADD (pods come from the node's own
+        // subnet), so STATUS succeeds whenever `ready` says so.
+        store: Some(weft_cni::proto::StoreStatus {
+            kind: "etcd".into(),
+            state: "degraded".into(),
+            detail: Some("Unavailable: connection refused".into()),
+            degraded_ms: Some(1500),
+        }),
     }
 }
 
@@ -68,7 +76,7 @@ fn healthy(dir: &Scratch, name: &str) -> FakeDaemon {
             Request::Detach(_) => Reply::Detached { released_ip: None },
             Request::Check(_) => Reply::Checked(attachment()),
             Request::Gc(_) => Reply::Collected { released: vec![] },
-            Request::Status => Reply::Status(status(true)),
+            Request::Status => Reply::Status(Box::new(status(true))),
             other => panic!("the plugin sent {other:?}"),
         };
         serde_json::to_vec(&ResponseEnvelope {
@@ -614,7 +622,7 @@ fn daemon_errors_map_to_codes() {
     let d = FakeDaemon::new(
         dir.path(),
         "notready.sock",
-        Response::Ok(Reply::Status(status(false))),
+        Response::Ok(Reply::Status(Box::new(status(false)))),
     );
     let msg = cni(
         &[("CNI_COMMAND", "STATUS")],

@@ -83,7 +83,7 @@ impl Node {
 
     fn status(&self) -> proto::Status {
         match self.ok(&Request::Status) {
-            Reply::Status(s) => s,
+            Reply::Status(s) => *s,
             other => panic!("{other:?}"),
         }
     }

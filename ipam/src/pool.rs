@@ -76,6 +76,35 @@ impl Pool {
         Ok(pool)
     }
 
+    /// Opens the database file at `path` for the subnet it records, if there is such a
+    /// file: how a node that leases its subnet from the cluster store remembers which
+    /// one it held. `None` if there is no file, or it records no subnet yet. The file is
+    /// checked as [`Pool::open`] checks it.
+    pub fn open_recorded(path: &Path) -> Result<Option<Pool>, Error> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let db = builder()
+            .create(path)
+            .map_err(store_err(path, "open the database"))?;
+        // Any span will do to read the meta table; the recorded one replaces it.
+        let probe = Pool {
+            db,
+            span: Span::new(Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 24).expect("a /24"))?,
+            location: path.to_path_buf(),
+        };
+        let Some(stored) = probe.write(|t| t.subnet())? else {
+            return Ok(None);
+        };
+        let span = Span::new(stored).map_err(|e| Error::Corrupt {
+            db: path.to_path_buf(),
+            detail: format!("meta: {e}"),
+        })?;
+        let pool = Pool { span, ..probe };
+        pool.write(|t| pool.prepare(t))?;
+        Ok(Some(pool))
+    }
+
     /// Creates an empty pool held in memory only, for tests.
     pub fn in_memory(subnet: Ipv4Net) -> Result<Pool, Error> {
         let span = Span::new(subnet)?;

@@ -408,6 +408,26 @@ fn subnet_change_is_refused_while_addresses_are_live() {
 }
 
 #[test]
+fn a_recorded_pool_opens_for_the_subnet_it_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipam.redb");
+    assert!(Pool::open_recorded(&path).unwrap().is_none(), "no file");
+    let p = Pool::open(&path, net("10.244.7.0/25")).unwrap();
+    let a = p.allocate(&key(1), None, b"m").unwrap();
+    drop(p);
+    let p = Pool::open_recorded(&path)
+        .unwrap()
+        .expect("a recorded subnet");
+    assert_eq!(p.subnet(), net("10.244.7.0/25"));
+    assert_eq!(p.list().unwrap(), vec![a]);
+    // The next address follows the persisted cursor, as after any open.
+    assert_eq!(alloc(&p, 2), ip("10.244.7.3"));
+    drop(p);
+    std::fs::write(&path, b"not a database").unwrap();
+    assert!(Pool::open_recorded(&path).is_err());
+}
+
+#[test]
 fn open_creates_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("var/lib/weft/ipam.redb");

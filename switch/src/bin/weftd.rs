@@ -16,6 +16,10 @@ struct Cli {
     /// TOML config file; its keys are the flag names below (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Join the cluster store (claim this node's subnet and register it), print the
+    /// subnet and exit, starting nothing else: for testing many nodes at once.
+    #[arg(long)]
+    claim_only: bool,
     #[command(flatten)]
     options: Options,
 }
@@ -45,10 +49,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .thread_name("weft-control")
         .enable_all()
         .build()?;
+    if cli.claim_only {
+        let subnet = Daemon::claim_only(&settings, rt.handle())?;
+        println!("{subnet}");
+        return Ok(());
+    }
     // Bind the socket first: a second daemon must fail before it touches weft0.
     let listener = rt.block_on(async { server::bind_socket(&settings.socket) })?;
     let socket = settings.socket.clone();
-    let d = match Daemon::start(settings) {
+    let d = match Daemon::start(settings, rt.handle()) {
         Ok(d) => d,
         Err(e) => {
             let _ = std::fs::remove_file(&socket);

@@ -5,7 +5,9 @@ use std::net::{SocketAddr, SocketAddrV4};
 
 use weft_cni::proto::{self, ErrorReply, Reply, Request, Response};
 
+use crate::control::config::Mode;
 use crate::control::daemon::Daemon;
+use crate::control::store::StoreHealth;
 use crate::tables::PortKind;
 
 impl Daemon {
@@ -20,7 +22,7 @@ impl Daemon {
             Request::Gc(req) => self
                 .gc(&req.valid)
                 .map(|released| Reply::Collected { released }),
-            Request::Status => Ok(Reply::Status(self.status())),
+            Request::Status => Ok(Reply::Status(Box::new(self.status()))),
             Request::Ports => Ok(Reply::Ports {
                 ports: self.ports(),
             }),
@@ -54,7 +56,10 @@ impl Daemon {
         proto::Status {
             node: self.node.name.clone(),
             daemon_version: env!("CARGO_PKG_VERSION").into(),
-            mode: self.node.mode.to_string(),
+            mode: match (self.settings.mode, self.settings.direct_routing) {
+                (Mode::Direct, _) | (_, false) => self.settings.mode.to_string(),
+                (m, true) => format!("{m}, direct routing"),
+            },
             pod_subnet: self.node.subnet.to_string(),
             cluster_cidr: self.node.cluster.to_string(),
             gateway: self.node.gateway,
@@ -67,6 +72,24 @@ impl Daemon {
             pods: state.pods.len(),
             peers: state.peers.len(),
             ready,
+            store: Some(self.store_status()),
+        }
+    }
+
+    fn store_status(&self) -> proto::StoreStatus {
+        let (state, detail, degraded_ms) = match self.store.health() {
+            StoreHealth::Ok => ("ok", None, None),
+            StoreHealth::Degraded { since, why } => (
+                "degraded",
+                Some(why),
+                Some(u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            ),
+        };
+        proto::StoreStatus {
+            kind: self.store.kind().into(),
+            state: state.into(),
+            detail,
+            degraded_ms,
         }
     }
 

@@ -1,6 +1,5 @@
 //! weftd's settings (a TOML file, every key also a flag) and the peers file.
 
-use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +26,16 @@ pub const DEFAULT_HEARTBEAT_MS: u32 = 1_000;
 pub const MIN_HEARTBEAT_MS: u32 = 10;
 /// The longest heartbeat interval allowed.
 pub const MAX_HEARTBEAT_MS: u32 = 60_000;
+/// The default TTL of a node's registration in etcd.
+pub const DEFAULT_NODE_TTL_S: u32 = 30;
+/// The shortest registration TTL: etcd's own minimum lease TTL is about 1.5 s.
+pub const MIN_NODE_TTL_S: u32 = 2;
+/// The longest registration TTL.
+pub const MAX_NODE_TTL_S: u32 = 3_600;
+/// The default reservation of a dead node's subnet after its registration expired.
+pub const DEFAULT_SUBNET_GRACE_S: u64 = 86_400;
+/// The longest reservation of a dead node's subnet (30 days).
+pub const MAX_SUBNET_GRACE_S: u64 = 30 * 86_400;
 
 /// Settings as given, each optional: from the config file and from flags. A flag
 /// overrides the file. Keys in the file are the flag names (`node-name = "a"`).
@@ -39,15 +48,21 @@ pub struct Options {
     /// This node's underlay address: tunnels are bound to it.
     #[arg(long)]
     pub underlay_ip: Option<Ipv4Addr>,
-    /// This node's pod subnet (for example 10.244.1.0/24).
+    /// This node's pod subnet (for example 10.244.1.0/24). Required with the file
+    /// store; with etcd, a node without one claims a free subnet of the cluster CIDR.
     #[arg(long)]
     pub pod_subnet: Option<Ipv4Net>,
     /// The whole cluster's pod range (for example 10.244.0.0/16).
     #[arg(long)]
     pub cluster_cidr: Option<Ipv4Net>,
-    /// Tunnel framing to peers: vxlan or sleeve [default: vxlan].
+    /// How traffic reaches peers: vxlan or sleeve (tunnels), or direct (host routes
+    /// via the peer's underlay address, flannel's host-gw) [default: vxlan].
     #[arg(long, value_parser = parse_mode)]
-    pub mode: Option<TunnelMode>,
+    pub mode: Option<Mode>,
+    /// Beside a tunnel: reach peers on this node's L2 segment with no encapsulation,
+    /// as `mode = "direct"` does, and the others through the tunnel [default: false].
+    #[arg(long)]
+    pub direct_routing: Option<bool>,
     /// VXLAN network identifier [default: 1].
     #[arg(long)]
     pub vni: Option<u32>,
@@ -79,9 +94,40 @@ pub struct Options {
     /// Path of the control socket [default: /run/weft/weft.sock].
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// Path of the peers file, reloaded on change.
+    /// Where the cluster's nodes are learnt: file (the peers file) or etcd
+    /// [default: file].
+    #[arg(long, value_parser = parse_store)]
+    pub store: Option<StoreKind>,
+    /// Path of the peers file, reloaded on change (the file store).
     #[arg(long)]
     pub peers: Option<PathBuf>,
+    /// etcd endpoints, comma-separated (`http://10.0.0.1:2379`, or `https://` with
+    /// the TLS options).
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// The CA certificate (PEM) that etcd's server certificate must chain to.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// This node's client certificate (PEM) for etcd; needs etcd-key.
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key (PEM) of etcd-cert.
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+    /// The etcd key prefix all of weft's records live under [default: /weft/v1].
+    #[arg(long)]
+    pub etcd_prefix: Option<String>,
+    /// Seconds a node's registration outlives its last renewal: a node silent for
+    /// this long is removed from every peer [default: 30].
+    #[arg(long)]
+    pub node_ttl_s: Option<u32>,
+    /// Prefix length of the subnets nodes claim from the cluster CIDR [default: 24].
+    #[arg(long)]
+    pub subnet_len: Option<u8>,
+    /// Seconds a dead node's subnet stays reserved after its registration expired,
+    /// so that a partitioned node never collides with a newcomer [default: 86400].
+    #[arg(long)]
+    pub subnet_grace_s: Option<u64>,
     /// This node's VTEP MAC [default: from the peers file, else derived from the name].
     #[arg(long)]
     pub vtep_mac: Option<MacAddr>,
@@ -96,14 +142,73 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
 }
 
-fn parse_mode(s: &str) -> Result<TunnelMode, String> {
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+fn parse_store(s: &str) -> Result<StoreKind, String> {
     match s {
-        "vxlan" => Ok(TunnelMode::Vxlan),
-        "sleeve" => Ok(TunnelMode::Sleeve),
-        _ => Err(format!(
-            "unknown tunnel mode {s:?}: expected vxlan or sleeve"
-        )),
+        "file" => Ok(StoreKind::File),
+        "etcd" => Ok(StoreKind::Etcd),
+        _ => Err(format!("unknown store {s:?}: expected file or etcd")),
     }
+}
+
+/// How a node reaches its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// VXLAN tunnels.
+    Vxlan,
+    /// Sleeve tunnels.
+    Sleeve,
+    /// No tunnel: host routes to peers on the same L2 segment, and no way to others.
+    Direct,
+}
+
+impl Mode {
+    /// The tunnel, if the mode has one.
+    pub fn tunnel(self) -> Option<TunnelMode> {
+        match self {
+            Mode::Vxlan => Some(TunnelMode::Vxlan),
+            Mode::Sleeve => Some(TunnelMode::Sleeve),
+            Mode::Direct => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "vxlan" => Ok(Mode::Vxlan),
+            "sleeve" => Ok(Mode::Sleeve),
+            "direct" => Ok(Mode::Direct),
+            _ => Err(format!(
+                "unknown mode {s:?}: expected vxlan, sleeve or direct"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Vxlan => "vxlan",
+            Mode::Sleeve => "sleeve",
+            Mode::Direct => "direct",
+        })
+    }
+}
+
+/// Which cluster store a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The static peers file (or none: a cluster of one).
+    File,
+    /// etcd v3.
+    Etcd,
 }
 
 /// A configuration problem, naming the key or file at fault.
@@ -167,6 +272,7 @@ impl Options {
             pod_subnet: self.pod_subnet.or(file.pod_subnet),
             cluster_cidr: self.cluster_cidr.or(file.cluster_cidr),
             mode: self.mode.or(file.mode),
+            direct_routing: self.direct_routing.or(file.direct_routing),
             vni: self.vni.or(file.vni),
             port: self.port.or(file.port),
             workers: self.workers.or(file.workers),
@@ -176,7 +282,16 @@ impl Options {
             conntrack_max: self.conntrack_max.or(file.conntrack_max),
             policy_dir: self.policy_dir.or(file.policy_dir),
             socket: self.socket.or(file.socket),
+            store: self.store.or(file.store),
             peers: self.peers.or(file.peers),
+            etcd_endpoints: self.etcd_endpoints.or(file.etcd_endpoints),
+            etcd_ca: self.etcd_ca.or(file.etcd_ca),
+            etcd_cert: self.etcd_cert.or(file.etcd_cert),
+            etcd_key: self.etcd_key.or(file.etcd_key),
+            etcd_prefix: self.etcd_prefix.or(file.etcd_prefix),
+            node_ttl_s: self.node_ttl_s.or(file.node_ttl_s),
+            subnet_len: self.subnet_len.or(file.subnet_len),
+            subnet_grace_s: self.subnet_grace_s.or(file.subnet_grace_s),
             vtep_mac: self.vtep_mac.or(file.vtep_mac),
             underlay_mtu: self.underlay_mtu.or(file.underlay_mtu),
             host_port: self.host_port.or(file.host_port),
@@ -194,6 +309,16 @@ impl Options {
             return Err(invalid("node-name", "empty".into()));
         }
         let (underlay_ip, pod_subnet, cluster_cidr) = self.addressing()?;
+        let store = self.store_settings(cluster_cidr, pod_subnet)?;
+        let mode = self.mode.unwrap_or(Mode::Vxlan);
+        let direct_routing = match (mode, self.direct_routing) {
+            (Mode::Direct, Some(false)) => {
+                let why = "false contradicts mode = \"direct\"".into();
+                return Err(invalid("direct-routing", why));
+            }
+            (Mode::Direct, _) => true,
+            (_, d) => d.unwrap_or(false),
+        };
         let vni = self.vni.unwrap_or(1);
         let vni = Vni::new(vni)
             .ok_or_else(|| invalid("vni", format!("{vni} does not fit in 24 bits")))?;
@@ -222,7 +347,8 @@ impl Options {
             underlay_ip,
             pod_subnet,
             cluster_cidr,
-            mode: self.mode.unwrap_or(TunnelMode::Vxlan),
+            mode,
+            direct_routing,
             vni,
             port,
             workers,
@@ -234,7 +360,7 @@ impl Options {
             socket: self
                 .socket
                 .unwrap_or_else(|| weft_cni::proto::DEFAULT_SOCKET.into()),
-            peers: self.peers,
+            store,
             vtep_mac: self.vtep_mac,
             underlay_mtu,
             host_port,
@@ -242,38 +368,151 @@ impl Options {
         })
     }
 
-    /// The underlay address, the pod subnet and the cluster CIDR, checked together.
-    fn addressing(&self) -> Result<(Ipv4Addr, Ipv4Net, Ipv4Net), ConfigError> {
+    /// The underlay address, the pod subnet (if given) and the cluster CIDR, checked
+    /// together.
+    fn addressing(&self) -> Result<(Ipv4Addr, Option<Ipv4Net>, Ipv4Net), ConfigError> {
         let underlay_ip = self
             .underlay_ip
             .ok_or(ConfigError::Missing("underlay-ip"))?;
-        let pod_subnet = self.pod_subnet.ok_or(ConfigError::Missing("pod-subnet"))?;
         let cluster_cidr = self
             .cluster_cidr
             .ok_or(ConfigError::Missing("cluster-cidr"))?;
-        if pod_subnet != pod_subnet.trunc() {
-            let why = format!(
-                "{pod_subnet} has host bits set; did you mean {}?",
-                pod_subnet.trunc()
-            );
-            return Err(invalid("pod-subnet", why));
-        }
-        if pod_subnet.prefix_len() > 30 {
-            let why =
-                format!("{pod_subnet} is too small: it needs a gateway and pods (/30 at most)");
-            return Err(invalid("pod-subnet", why));
-        }
-        if !cluster_cidr.contains(&pod_subnet) || cluster_cidr == pod_subnet {
-            let why = format!(
-                "{pod_subnet} must lie inside the cluster CIDR {cluster_cidr} and be smaller"
-            );
-            return Err(invalid("pod-subnet", why));
-        }
         if cluster_cidr.contains(&underlay_ip) {
             let why = format!("{underlay_ip} lies inside the cluster CIDR {cluster_cidr}");
             return Err(invalid("underlay-ip", why));
         }
-        Ok((underlay_ip, pod_subnet, cluster_cidr))
+        let Some(pod_subnet) = self.pod_subnet else {
+            return Ok((underlay_ip, None, cluster_cidr));
+        };
+        check_pod_subnet(pod_subnet, cluster_cidr)?;
+        Ok((underlay_ip, Some(pod_subnet), cluster_cidr))
+    }
+
+    /// The cluster store and its settings.
+    fn store_settings(
+        &self,
+        cluster: Ipv4Net,
+        pod_subnet: Option<Ipv4Net>,
+    ) -> Result<StoreSettings, ConfigError> {
+        let etcd_only = [
+            ("etcd-endpoints", self.etcd_endpoints.is_some()),
+            ("etcd-ca", self.etcd_ca.is_some()),
+            ("etcd-cert", self.etcd_cert.is_some()),
+            ("etcd-key", self.etcd_key.is_some()),
+            ("etcd-prefix", self.etcd_prefix.is_some()),
+            ("node-ttl-s", self.node_ttl_s.is_some()),
+            ("subnet-len", self.subnet_len.is_some()),
+            ("subnet-grace-s", self.subnet_grace_s.is_some()),
+        ];
+        match self.store.unwrap_or(StoreKind::File) {
+            StoreKind::File => {
+                if let Some((key, _)) = etcd_only.iter().find(|(_, set)| *set) {
+                    let why = "it is a setting of store = \"etcd\"".into();
+                    return Err(invalid(key, why));
+                }
+                if pod_subnet.is_none() {
+                    return Err(ConfigError::Missing("pod-subnet"));
+                }
+                Ok(StoreSettings::File(self.peers.clone()))
+            }
+            StoreKind::Etcd => {
+                if self.peers.is_some() {
+                    let why = "it is the file store's; with etcd the nodes come from etcd".into();
+                    return Err(invalid("peers", why));
+                }
+                if self.policy_dir.is_some() {
+                    let why =
+                        "with store = \"etcd\", policy objects live in etcd (deploy/STORE.md)"
+                            .into();
+                    return Err(invalid("policy-dir", why));
+                }
+                self.etcd_settings(cluster, pod_subnet)
+                    .map(StoreSettings::Etcd)
+            }
+        }
+    }
+
+    fn etcd_settings(
+        &self,
+        cluster: Ipv4Net,
+        pod_subnet: Option<Ipv4Net>,
+    ) -> Result<EtcdSettings, ConfigError> {
+        let endpoints = self
+            .etcd_endpoints
+            .clone()
+            .filter(|e| !e.is_empty())
+            .ok_or(ConfigError::Missing("etcd-endpoints"))?;
+        let tls = match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
+            (None, None, None) => None,
+            (ca, cert, key) => {
+                if cert.is_some() != key.is_some() {
+                    let why = "etcd-cert and etcd-key go together".into();
+                    return Err(invalid("etcd-cert", why));
+                }
+                let ca = ca.clone().ok_or_else(|| {
+                    invalid(
+                        "etcd-ca",
+                        "TLS to etcd needs the CA that signed its certificate".into(),
+                    )
+                })?;
+                Some(EtcdTls {
+                    ca,
+                    identity: cert.clone().zip(key.clone()),
+                })
+            }
+        };
+        for e in &endpoints {
+            let https = e.starts_with("https://");
+            if !https && !e.starts_with("http://") {
+                let why = format!("{e:?}: give http://host:port or https://host:port");
+                return Err(invalid("etcd-endpoints", why));
+            }
+            if https != tls.is_some() {
+                let why =
+                    format!("{e:?}: https endpoints need the TLS options, http ones take none");
+                return Err(invalid("etcd-endpoints", why));
+            }
+        }
+        let prefix = self
+            .etcd_prefix
+            .clone()
+            .unwrap_or_else(|| "/weft/v1".into());
+        if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.len() < 2 {
+            let why = format!("{prefix:?}: starts with / and does not end with one");
+            return Err(invalid("etcd-prefix", why));
+        }
+        let node_ttl = self.node_ttl_s.unwrap_or(DEFAULT_NODE_TTL_S);
+        if !(MIN_NODE_TTL_S..=MAX_NODE_TTL_S).contains(&node_ttl) {
+            let why = format!("{node_ttl}: between {MIN_NODE_TTL_S} and {MAX_NODE_TTL_S}");
+            return Err(invalid("node-ttl-s", why));
+        }
+        let subnet_len = match (self.subnet_len, pod_subnet) {
+            (Some(len), Some(s)) if len != s.prefix_len() => {
+                let why = format!("{len} differs from the given pod-subnet {s}");
+                return Err(invalid("subnet-len", why));
+            }
+            (len, s) => len.or(s.map(|s| s.prefix_len())).unwrap_or(24),
+        };
+        if subnet_len <= cluster.prefix_len() || subnet_len > 30 {
+            let why = format!(
+                "/{subnet_len}: longer than the cluster CIDR's /{} and at most /30",
+                cluster.prefix_len()
+            );
+            return Err(invalid("subnet-len", why));
+        }
+        let grace = self.subnet_grace_s.unwrap_or(DEFAULT_SUBNET_GRACE_S);
+        if grace > MAX_SUBNET_GRACE_S {
+            let why = format!("{grace}: at most {MAX_SUBNET_GRACE_S}");
+            return Err(invalid("subnet-grace-s", why));
+        }
+        Ok(EtcdSettings {
+            endpoints,
+            tls,
+            prefix,
+            node_ttl: Duration::from_secs(u64::from(node_ttl)),
+            subnet_len,
+            subnet_grace: Duration::from_secs(grace),
+        })
     }
 
     /// Workers, queues per port, the polling window and the heartbeat interval.
@@ -310,6 +549,27 @@ impl Options {
     }
 }
 
+/// Checks a pod subnet against the cluster CIDR.
+fn check_pod_subnet(pod_subnet: Ipv4Net, cluster_cidr: Ipv4Net) -> Result<(), ConfigError> {
+    if pod_subnet != pod_subnet.trunc() {
+        let why = format!(
+            "{pod_subnet} has host bits set; did you mean {}?",
+            pod_subnet.trunc()
+        );
+        return Err(invalid("pod-subnet", why));
+    }
+    if pod_subnet.prefix_len() > 30 {
+        let why = format!("{pod_subnet} is too small: it needs a gateway and pods (/30 at most)");
+        return Err(invalid("pod-subnet", why));
+    }
+    if !cluster_cidr.contains(&pod_subnet) || cluster_cidr == pod_subnet {
+        let why =
+            format!("{pod_subnet} must lie inside the cluster CIDR {cluster_cidr} and be smaller");
+        return Err(invalid("pod-subnet", why));
+    }
+    Ok(())
+}
+
 fn invalid(key: &'static str, why: String) -> ConfigError {
     ConfigError::Invalid { key, why }
 }
@@ -321,12 +581,14 @@ pub struct Settings {
     pub node_name: String,
     /// Underlay address the tunnels bind to.
     pub underlay_ip: Ipv4Addr,
-    /// This node's pod subnet.
-    pub pod_subnet: Ipv4Net,
+    /// This node's pod subnet, if given (else the store leases one).
+    pub pod_subnet: Option<Ipv4Net>,
     /// The cluster's pod range.
     pub cluster_cidr: Ipv4Net,
-    /// Tunnel framing.
-    pub mode: TunnelMode,
+    /// How peers are reached.
+    pub mode: Mode,
+    /// Whether peers on this node's segment are reached with no tunnel.
+    pub direct_routing: bool,
     /// VXLAN network identifier.
     pub vni: Vni,
     /// Tunnel UDP port.
@@ -345,8 +607,8 @@ pub struct Settings {
     pub policy_dir: Option<PathBuf>,
     /// Control socket path.
     pub socket: PathBuf,
-    /// Peers file, if any.
-    pub peers: Option<PathBuf>,
+    /// The cluster store.
+    pub store: StoreSettings,
     /// VTEP MAC, if given.
     pub vtep_mac: Option<MacAddr>,
     /// Underlay MTU.
@@ -358,97 +620,61 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The MTU pods (and the host port) get.
+    /// The MTU pods (and the host port) get: the underlay's, less the tunnel's
+    /// overhead when there is a tunnel.
     pub fn pod_mtu(&self) -> u32 {
-        self.underlay_mtu - TUNNEL_OVERHEAD
-    }
-
-    /// The gateway address: the first address of the pod subnet.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.pod_subnet.network()) + 1)
-    }
-}
-
-/// One node as the peers file lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct NodeEntry {
-    /// Node name.
-    pub name: String,
-    /// Underlay address.
-    pub underlay_ip: Ipv4Addr,
-    /// Pod subnet.
-    pub pod_subnet: Ipv4Net,
-    /// VTEP MAC.
-    pub vtep_mac: MacAddr,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PeersFile {
-    #[serde(default)]
-    node: Vec<NodeEntry>,
-}
-
-/// Parses a peers file: `[[node]]` tables with name, underlay-ip, pod-subnet and
-/// vtep-mac. Names, addresses, subnets and MACs must be unique.
-pub fn parse_peers(path: &Path, text: &str) -> Result<Vec<NodeEntry>, ConfigError> {
-    let file: PeersFile = toml::from_str(text).map_err(|source| ConfigError::Parse {
-        path: path.display().to_string(),
-        source: Box::new(source),
-    })?;
-    let bad = |why: String| ConfigError::Peers {
-        path: path.display().to_string(),
-        why,
-    };
-    let (mut names, mut ips, mut macs) = (HashSet::new(), HashSet::new(), HashSet::new());
-    for (i, n) in file.node.iter().enumerate() {
-        if n.name.is_empty() {
-            return Err(bad(format!("node {} has an empty name", i + 1)));
-        }
-        if !names.insert(&n.name) {
-            return Err(bad(format!("node {} is listed twice", n.name)));
-        }
-        if !ips.insert(n.underlay_ip) {
-            return Err(bad(format!(
-                "underlay-ip {} is listed twice",
-                n.underlay_ip
-            )));
-        }
-        if !macs.insert(n.vtep_mac) {
-            return Err(bad(format!("vtep-mac {} is listed twice", n.vtep_mac)));
-        }
-        if n.vtep_mac.is_multicast() {
-            return Err(bad(format!(
-                "vtep-mac {} of {} is a group address",
-                n.vtep_mac, n.name
-            )));
-        }
-        if n.pod_subnet != n.pod_subnet.trunc() {
-            return Err(bad(format!(
-                "pod-subnet {} of {} has host bits set",
-                n.pod_subnet, n.name
-            )));
-        }
-        for m in &file.node[..i] {
-            if m.pod_subnet.contains(&n.pod_subnet) || n.pod_subnet.contains(&m.pod_subnet) {
-                return Err(bad(format!(
-                    "pod-subnet {} of {} overlaps {} of {}",
-                    n.pod_subnet, n.name, m.pod_subnet, m.name
-                )));
-            }
+        match self.mode.tunnel() {
+            Some(_) => self.underlay_mtu - TUNNEL_OVERHEAD,
+            None => self.underlay_mtu,
         }
     }
-    Ok(file.node)
+
+    /// The framing of the tunnel socket: the mode's tunnel, and sleeve's (for
+    /// nothing but the core's choice of decoder) in direct mode, where the socket is
+    /// bound to no port any peer sends to.
+    pub fn framing(&self) -> TunnelMode {
+        self.mode.tunnel().unwrap_or(TunnelMode::Sleeve)
+    }
 }
 
-/// Reads and parses a peers file.
-pub fn read_peers(path: &Path) -> Result<Vec<NodeEntry>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    parse_peers(path, &text)
+/// The gateway address of a pod subnet: its first address.
+pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// The cluster store a node uses, with its settings.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// The static peers file, if any (none: a cluster of one).
+    File(Option<PathBuf>),
+    /// etcd.
+    Etcd(EtcdSettings),
+}
+
+/// How to reach etcd, and the leases a node holds there.
+#[derive(Debug, Clone)]
+pub struct EtcdSettings {
+    /// Endpoints, `http://` or `https://`.
+    pub endpoints: Vec<String>,
+    /// TLS, for `https://` endpoints.
+    pub tls: Option<EtcdTls>,
+    /// The prefix every key lives under (`/weft/v1`).
+    pub prefix: String,
+    /// How long a registration outlives its last renewal.
+    pub node_ttl: Duration,
+    /// The prefix length of claimed subnets.
+    pub subnet_len: u8,
+    /// How long a dead node's subnet stays reserved after its registration expired.
+    pub subnet_grace: Duration,
+}
+
+/// etcd's TLS files.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA certificate the server's must chain to.
+    pub ca: PathBuf,
+    /// The client certificate and its key, if etcd asks for one.
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 #[cfg(test)]
@@ -470,9 +696,13 @@ mod tests {
     #[test]
     fn defaults() {
         let s = base().resolve().unwrap();
-        assert_eq!(s.mode, TunnelMode::Vxlan);
+        assert_eq!(s.mode, Mode::Vxlan);
+        assert!(!s.direct_routing);
         assert_eq!((s.vni.get(), s.port), (1, 8472));
-        assert_eq!(s.gateway(), Ipv4Addr::new(10, 244, 1, 1));
+        assert_eq!(
+            gateway_of(s.pod_subnet.unwrap()),
+            Ipv4Addr::new(10, 244, 1, 1)
+        );
         assert_eq!(s.pod_mtu(), 1450);
         assert_eq!(s.socket, Path::new("/run/weft/weft.sock"));
         assert_eq!(s.host_port, "weft0");
@@ -483,12 +713,12 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let flags = Options {
-            mode: Some(TunnelMode::Sleeve),
+            mode: Some(Mode::Sleeve),
             port: Some(9000),
             ..Options::default()
         };
         let s = flags.or(base()).resolve().unwrap();
-        assert_eq!((s.mode, s.port), (TunnelMode::Sleeve, 9000));
+        assert_eq!((s.mode, s.port), (Mode::Sleeve, 9000));
     }
 
     #[test]
@@ -521,34 +751,78 @@ mod tests {
         assert!(missing.contains("node-name"), "{missing}");
     }
 
+    fn etcd(extra: &str) -> Result<Settings, String> {
+        let text = format!(
+            "node-name = \"a\"\nunderlay-ip = \"10.250.0.1\"\ncluster-cidr = \"10.244.0.0/16\"\nstore = \"etcd\"\n{extra}"
+        );
+        let o: Options = toml::from_str(&text).map_err(|e| e.to_string())?;
+        o.resolve().map_err(|e| e.to_string())
+    }
+
     #[test]
-    fn peers_file() {
-        let text = r#"
-            [[node]]
-            name = "a"
-            underlay-ip = "10.250.0.1"
-            pod-subnet = "10.244.1.0/24"
-            vtep-mac = "02:00:00:00:00:01"
-            [[node]]
-            name = "b"
-            underlay-ip = "10.250.0.2"
-            pod-subnet = "10.244.2.0/24"
-            vtep-mac = "02:00:00:00:00:02"
-        "#;
-        let nodes = parse_peers(Path::new("p.toml"), text).unwrap();
-        assert_eq!(nodes.len(), 2);
-        assert_eq!(nodes[1].vtep_mac.to_string(), "02:00:00:00:00:02");
-        let dup = text.replace("10.244.2.0/24", "10.244.1.128/25");
-        let err = parse_peers(Path::new("p.toml"), &dup)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("overlaps"), "{err}");
-        let dup = text.replace("\"b\"", "\"a\"");
-        assert!(parse_peers(Path::new("p.toml"), &dup)
+    fn etcd_settings_default_and_check() {
+        let s = etcd("etcd-endpoints = [\"http://127.0.0.1:2379\"]\n").unwrap();
+        let StoreSettings::Etcd(e) = &s.store else {
+            panic!("{:?}", s.store)
+        };
+        assert_eq!(e.prefix, "/weft/v1");
+        assert_eq!(e.node_ttl, Duration::from_secs(30));
+        assert_eq!(e.subnet_grace, Duration::from_secs(86_400));
+        assert_eq!(e.subnet_len, 24);
+        assert!(e.tls.is_none());
+        assert_eq!(s.pod_subnet, None, "etcd leases the subnet");
+        let ep = "etcd-endpoints = [\"http://127.0.0.1:2379\"]\n";
+        let cases: [(String, &str); 10] = [
+            (format!("{ep}etcd-cert = \"/c.pem\"\n"), "go together"),
+            (String::new(), "etcd-endpoints"),
+            (format!("{ep}peers = \"/p.toml\"\n"), "peers"),
+            (format!("{ep}policy-dir = \"/p\"\n"), "policy-dir"),
+            (format!("{ep}subnet-len = 16\n"), "subnet-len"),
+            (format!("{ep}node-ttl-s = 1\n"), "node-ttl-s"),
+            (
+                format!("{ep}etcd-cert = \"/c.pem\"\netcd-key = \"/k.pem\"\n"),
+                "etcd-ca",
+            ),
+            (format!("{ep}etcd-ca = \"/ca.pem\"\n"), "https"),
+            (format!("{ep}etcd-prefix = \"weft\"\n"), "etcd-prefix"),
+            (
+                "etcd-endpoints = [\"127.0.0.1:2379\"]\n".into(),
+                "http://host:port",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let msg = etcd(&extra).unwrap_err();
+            assert!(msg.contains(needle), "{extra}: {msg}");
+        }
+        // The file store takes none of etcd's settings, and needs a subnet.
+        let mut o = base();
+        o.node_ttl_s = Some(10);
+        assert!(o.resolve().unwrap_err().to_string().contains("node-ttl-s"));
+        let mut o = base();
+        o.pod_subnet = None;
+        assert!(o.resolve().unwrap_err().to_string().contains("pod-subnet"));
+    }
+
+    #[test]
+    fn direct_mode_and_direct_routing() {
+        let mut o = base();
+        o.mode = Some(Mode::Direct);
+        let s = o.clone().resolve().unwrap();
+        assert!(s.direct_routing);
+        assert_eq!(s.pod_mtu(), 1500, "no tunnel, no overhead");
+        o.direct_routing = Some(false);
+        assert!(o
+            .resolve()
             .unwrap_err()
             .to_string()
-            .contains("twice"));
-        assert!(parse_peers(Path::new("p.toml"), "").unwrap().is_empty());
+            .contains("direct-routing"));
+        let mut o = base();
+        o.direct_routing = Some(true);
+        let s = o.resolve().unwrap();
+        assert_eq!(
+            (s.mode, s.direct_routing, s.pod_mtu()),
+            (Mode::Vxlan, true, 1450)
+        );
     }
 }
 
@@ -560,7 +834,7 @@ mod example_tests {
     #[test]
     fn shipped_examples_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-        let peers = read_peers(&dir.join("peers.toml")).unwrap();
+        let peers = crate::control::store::file::read_peers(&dir.join("peers.toml")).unwrap();
         assert_eq!(peers.len(), 2);
         for (file, name) in [("node-a.toml", "node-a"), ("node-b.toml", "node-b")] {
             let s = Options::from_file(&dir.join(file))
@@ -570,7 +844,7 @@ mod example_tests {
             assert_eq!(s.node_name, name);
             let me = peers.iter().find(|p| p.name == name).unwrap();
             assert_eq!(
-                (me.underlay_ip, me.pod_subnet),
+                (me.underlay_ip, Some(me.pod_subnet)),
                 (s.underlay_ip, s.pod_subnet)
             );
         }

@@ -10,24 +10,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 use weft_cni::proto::{Attachment, PodRef};
 use weft_encap::{ipv4, udp};
 use weft_ipam::{Key, Pool};
 
-use crate::control::config::Settings;
+use crate::control::config::{gateway_of, Settings, StoreSettings};
 use crate::control::error::{io_err, DaemonError};
 use crate::control::host::{Host, Queues, SystemHost};
 use crate::control::netlink::{LinkSpec, RouteSpec};
 use crate::control::peers::peer_entries;
 use crate::control::policy::PolicyState;
+use crate::control::store::etcd::EtcdStore;
 use crate::control::store::file::FileStore;
-use crate::control::store::{ClusterStore, ClusterView, NoStore};
+use crate::control::store::{ClusterStore, ClusterView, Joining, NoStore};
 use crate::core;
 use crate::io::udp::{tunnel_sockets, Lanes};
 use crate::io::worker::{self, Command, Shared, WorkerHandle};
 use crate::mac::MacAddr;
 use crate::tables::counters::Counters;
+use crate::tables::health::feature_names;
 use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables};
 
 /// How long the control plane waits for workers to take or drop a queue.
@@ -91,51 +94,98 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
-/// The store `settings` name: the peers file, or none.
-fn store_of(settings: &Settings) -> Arc<dyn ClusterStore> {
-    match &settings.peers {
-        Some(path) => Arc::new(FileStore::new(path.clone())),
-        None => Arc::new(NoStore),
-    }
-}
-
-/// This node's identity and addressing, checked against what the store says of it.
-fn node_config(settings: &Settings, view: &ClusterView) -> Result<NodeConfig, DaemonError> {
-    let me = view.nodes.iter().find(|n| n.name == settings.node_name);
-    if let Some(me) = me {
-        if me.underlay_ip != settings.underlay_ip || me.pod_subnet != settings.pod_subnet {
-            return Err(DaemonError::Invalid(format!(
-                "the peers file lists node {} with underlay {} and subnet {}, but this daemon has {} and {}",
-                me.name, me.underlay_ip, me.pod_subnet, settings.underlay_ip, settings.pod_subnet
-            )));
-        }
-    }
-    let router_mac = settings
-        .vtep_mac
-        .or(me.map(|m| m.vtep_mac))
-        .unwrap_or_else(|| MacAddr::from_name(&settings.node_name));
-    Ok(NodeConfig {
-        name: settings.node_name.clone(),
-        router_mac,
-        subnet: settings.pod_subnet,
-        gateway: settings.gateway(),
-        underlay: settings.underlay_ip,
-        cluster: settings.cluster_cidr,
-        mode: settings.mode,
-        vni: settings.vni,
-        pod_mtu: settings.pod_mtu(),
-        max_datagram: settings.underlay_mtu as usize - ipv4::HEADER_LEN - udp::HEADER_LEN,
-        heartbeat: settings.heartbeat,
+/// The store `settings` name: the peers file, none, or etcd (whose tasks run on
+/// `rt`).
+fn store_of(
+    settings: &Settings,
+    rt: &tokio::runtime::Handle,
+) -> Result<Arc<dyn ClusterStore>, DaemonError> {
+    Ok(match &settings.store {
+        StoreSettings::File(Some(path)) => Arc::new(FileStore::new(path.clone())),
+        StoreSettings::File(None) => Arc::new(NoStore),
+        StoreSettings::Etcd(e) => Arc::new(EtcdStore::open(e.clone(), settings.port, rt.clone())?),
     })
 }
 
+/// This node's VTEP MAC: as configured, else as the store lists it, else derived
+/// from its name.
+fn vtep_mac(settings: &Settings, view: &ClusterView) -> MacAddr {
+    let listed = view.nodes.iter().find(|n| n.name == settings.node_name);
+    settings
+        .vtep_mac
+        .or(listed.map(|m| m.vtep_mac))
+        .unwrap_or_else(|| MacAddr::from_name(&settings.node_name))
+}
+
+/// Settles this node's subnet with `store` and opens the address pool on it. The
+/// pool remembers the subnet it was last opened for: a node that restarts asks the
+/// store for that one back, and insists on it while pods hold addresses of it.
+fn join(
+    settings: &Settings,
+    store: &dyn ClusterStore,
+    router_mac: MacAddr,
+) -> Result<(Ipv4Net, Pool), DaemonError> {
+    let path = settings.state_dir.join("ipam.redb");
+    let recorded = Pool::open_recorded(&path)?;
+    let remembered = recorded
+        .as_ref()
+        .map(Pool::subnet)
+        .filter(|s| settings.cluster_cidr.contains(s) && *s != settings.cluster_cidr);
+    let held = match &recorded {
+        Some(p) => p.len()?,
+        None => 0,
+    };
+    let me = Joining {
+        name: settings.node_name.clone(),
+        underlay_ip: settings.underlay_ip,
+        vtep_mac: router_mac,
+        mode: settings.mode,
+        direct_routing: settings.direct_routing,
+        features: feature_names(core::FEATURES),
+        cluster: settings.cluster_cidr,
+        wanted: settings.pod_subnet.or(remembered),
+        strict: settings.pod_subnet.is_some() || (remembered.is_some() && held > 0),
+        state_dir: settings.state_dir.clone(),
+    };
+    let subnet = store.join(&me)?;
+    let pool = match recorded {
+        Some(p) if p.subnet() == subnet => p,
+        other => {
+            drop(other);
+            Pool::open(&path, subnet)?
+        }
+    };
+    Ok((subnet, pool))
+}
+
+/// This node's identity and addressing.
+fn node_config(settings: &Settings, subnet: Ipv4Net, router_mac: MacAddr) -> NodeConfig {
+    NodeConfig {
+        name: settings.node_name.clone(),
+        router_mac,
+        subnet,
+        gateway: gateway_of(subnet),
+        underlay: settings.underlay_ip,
+        cluster: settings.cluster_cidr,
+        mode: settings.framing(),
+        vni: settings.vni,
+        pod_mtu: settings.pod_mtu(),
+        max_datagram: settings.underlay_mtu as usize - ipv4::HEADER_LEN - udp::HEADER_LEN,
+        // A node in direct mode has no tunnel to send heartbeats through.
+        heartbeat: match settings.mode.tunnel() {
+            Some(_) => settings.heartbeat,
+            None => Duration::ZERO,
+        },
+    }
+}
+
 /// The host port's entry and link: the gateway address and the cluster route.
-fn host_port(settings: &Settings) -> (PortEntry, LinkSpec) {
-    let gateway = settings.gateway();
+fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, LinkSpec) {
+    let gateway = node.gateway;
     let spec = LinkSpec {
         name: settings.host_port.clone(),
         mac: MacAddr::for_ip(gateway),
-        mtu: settings.pod_mtu(),
+        mtu: node.pod_mtu,
         addr: gateway,
         prefix_len: 32,
         routes: vec![RouteSpec::OnLink {
@@ -166,7 +216,9 @@ fn start_workers(
     settings: &Settings,
     tables: &Arc<ArcSwap<Tables>>,
 ) -> Result<(Arc<Shared>, Vec<WorkerHandle>), DaemonError> {
-    let (ip, port) = (settings.underlay_ip, settings.port);
+    // In direct mode nothing is tunnelled: the sockets take a port no peer sends to.
+    let ip = settings.underlay_ip;
+    let port = settings.mode.tunnel().map_or(0, |_| settings.port);
     let sockets = tunnel_sockets(SocketAddrV4::new(ip, port), settings.workers)
         .map_err(io_err(format!("binding the tunnel port {ip}:{port}")))?;
     let lanes = Lanes::bind(ip, core::LANES)
@@ -183,10 +235,24 @@ fn start_workers(
 
 impl Daemon {
     /// Starts a daemon on this host: the host port, the workers, the peers from the
-    /// peers file, and the pods recorded before a restart.
-    pub fn start(settings: Settings) -> Result<Arc<Daemon>, DaemonError> {
-        let store = store_of(&settings);
+    /// store, and the pods recorded before a restart. The store's tasks run on `rt`.
+    pub fn start(
+        settings: Settings,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Arc<Daemon>, DaemonError> {
+        let store = store_of(&settings, rt)?;
         Daemon::start_with(settings, Arc::new(SystemHost), store)
+    }
+
+    /// Joins the cluster as `settings` say and returns the subnet, without starting
+    /// anything else: weftd's `--claim-only`, which tests race nodes with.
+    pub fn claim_only(
+        settings: &Settings,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Ipv4Net, DaemonError> {
+        let store = store_of(settings, rt)?;
+        let view = store.load()?;
+        join(settings, &*store, vtep_mac(settings, &view)).map(|(subnet, _)| subnet)
     }
 
     /// Like [`Daemon::start`], on the host operations `host` and the cluster `store`.
@@ -195,13 +261,15 @@ impl Daemon {
         host: Arc<dyn Host>,
         store: Arc<dyn ClusterStore>,
     ) -> Result<Arc<Daemon>, DaemonError> {
+        let router_mac = vtep_mac(&settings, &store.load()?);
+        let (subnet, pool) = join(&settings, &*store, router_mac)?;
         let view = store.load()?;
-        let node = Arc::new(node_config(&settings, &view)?);
-        let pool = Pool::open(&settings.state_dir.join("ipam.redb"), settings.pod_subnet)?;
+        let node = Arc::new(node_config(&settings, subnet, router_mac));
         let tunnel = Arc::new(Counters::new(settings.workers));
-        let (host_entry, host_spec) = host_port(&settings);
+        let (host_entry, host_spec) = host_port(&settings, &node);
         let host_queues = host.open_host_port(&host_spec, settings.port_queues)?;
         let peers = peer_entries(&settings, &view.nodes, &[]);
+        let store_policy = view.policy.clone();
         let tables = Arc::new(ArcSwap::from_pointee(Tables::build(
             node.clone(),
             host_entry.clone(),
@@ -231,7 +299,10 @@ impl Daemon {
             store,
         });
         daemon.hand_queues(host_entry.id, &host_entry.counters, host_queues)?;
-        daemon.load_policy()?;
+        match store_policy {
+            Some(p) => daemon.apply_store_policy(&p)?,
+            None => daemon.load_policy()?,
+        }
         daemon.restore()?;
         Ok(daemon)
     }
@@ -324,7 +395,7 @@ impl Daemon {
             mac: entry.mac.to_string(),
             sandbox: entry.netns.clone().unwrap_or_default(),
             ip: entry.ip,
-            prefix_len: self.settings.pod_subnet.prefix_len(),
+            prefix_len: self.node.subnet.prefix_len(),
             gateway: self.node.gateway,
             mtu: self.node.pod_mtu,
         }

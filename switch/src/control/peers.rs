@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use weft_cni::proto;
 
-use crate::control::config::{NodeEntry, Settings};
+use crate::control::config::Settings;
 use crate::control::daemon::Daemon;
 use crate::control::error::DaemonError;
-use crate::control::store::ClusterView;
+use crate::control::store::{ClusterView, NodeEntry};
 use crate::io::clock;
 use crate::tables::counters::Counters;
 use crate::tables::health::{feature_names, PeerHealth};
@@ -47,9 +47,12 @@ pub(crate) fn peer_entries(
 }
 
 impl Daemon {
-    /// Applies a new view of the cluster from the store. Returns whether the peers
-    /// changed.
+    /// Applies a new view of the cluster from the store: its peers, and its policy
+    /// objects if it has them. Returns whether the peers changed.
     pub fn apply_view(&self, view: &ClusterView) -> Result<bool, DaemonError> {
+        if let Some(policy) = &view.policy {
+            self.apply_store_policy(policy)?;
+        }
         let mut state = self.state.lock();
         let peers = peer_entries(&self.settings, &view.nodes, &state.peers);
         let same = peers.len() == state.peers.len()
@@ -96,6 +99,7 @@ impl Daemon {
                     underlay: *p.addr.ip(),
                     pod_subnet: p.subnet.to_string(),
                     vtep_mac: p.vtep_mac.to_string(),
+                    path: self.node.mode.to_string(),
                     counters: p.counters.snapshot().to_proto(),
                     health: Some(proto::PeerHealth {
                         state: h.state.name().into(),
@@ -115,6 +119,7 @@ impl Daemon {
             underlay: Ipv4Addr::UNSPECIFIED,
             pod_subnet: String::new(),
             vtep_mac: String::new(),
+            path: String::new(),
             counters: tables.tunnel.snapshot().to_proto(),
             health: None,
         });

@@ -174,7 +174,7 @@ impl Daemon {
             mac,
             mtu: self.node.pod_mtu,
             addr: ip,
-            prefix_len: self.settings.pod_subnet.prefix_len(),
+            prefix_len: self.node.subnet.prefix_len(),
             routes: vec![RouteSpec::DefaultVia(self.node.gateway)],
         };
         let queues =
@@ -379,7 +379,7 @@ impl Daemon {
 
     /// What differs between `link` and how `entry` was attached, if anything.
     fn link_as_attached(&self, entry: &PortEntry, link: &LinkState) -> Result<(), String> {
-        let prefix = self.settings.pod_subnet.prefix_len();
+        let prefix = self.node.subnet.prefix_len();
         if link.mac != Some(entry.mac) {
             return Err(format!("MAC is {:?}, want {}", link.mac, entry.mac));
         }

@@ -11,6 +11,7 @@ use weft_cni::proto::{self, ExplainRequest, PodRef};
 
 use crate::control::daemon::{Daemon, State};
 use crate::control::error::DaemonError;
+use crate::control::store::StorePolicy;
 use crate::policy::compile::{self, CompiledPolicy, Compiler, KnownPod, LocalPod, PodRules};
 use crate::policy::manifest::{self, ManifestError, Skipped};
 use crate::policy::model::{PolicyModel, Protocol, DEFAULT_NAMESPACE};
@@ -33,6 +34,8 @@ pub struct PolicyState {
     pub errors: Vec<ManifestError>,
     /// Documents skipped by the last good read.
     pub skipped: Vec<Skipped>,
+    /// The store revision of the set in force, when it came from a distributed store.
+    pub store_revision: Option<i64>,
 }
 
 /// The manifests of directory `dir`: every `*.yaml` and `*.yml` file, in name order,
@@ -166,6 +169,22 @@ impl Daemon {
         Ok(())
     }
 
+    /// Puts the policy objects of a distributed store in force, unless they are the
+    /// set in force already. Bad records were left out by the store; they are kept
+    /// for `weft policy status`.
+    pub fn apply_store_policy(&self, policy: &StorePolicy) -> Result<(), DaemonError> {
+        {
+            let mut state = self.state.lock();
+            if state.policy.store_revision == Some(policy.revision) {
+                return Ok(());
+            }
+            state.policy.store_revision = Some(policy.revision);
+        }
+        self.apply_policy(Ok((policy.model.clone(), Vec::new())))?;
+        self.state.lock().policy.errors = policy.bad.clone();
+        Ok(())
+    }
+
     /// Reads the policy directory, if there is one, and applies it.
     pub(crate) fn load_policy(&self) -> Result<(), DaemonError> {
         match &self.settings.policy_dir {
@@ -201,11 +220,11 @@ impl Daemon {
             })
             .collect();
         proto::PolicyStatus {
-            source: self
-                .settings
-                .policy_dir
-                .as_ref()
-                .map_or("none".into(), |d| format!("dir {}", d.display())),
+            source: match (&self.settings.policy_dir, p.store_revision) {
+                (Some(d), _) => format!("dir {}", d.display()),
+                (None, Some(rev)) => format!("{} at revision {rev}", self.store.kind()),
+                (None, None) => "none".into(),
+            },
             generation: p.generation,
             namespaces: p.model.namespaces.len(),
             pods: p.compiled.pods,

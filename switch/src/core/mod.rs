@@ -47,6 +47,7 @@ mod sleeve;
 pub mod time;
 
 pub use join::JOINS;
+pub use sleeve::FEATURES;
 pub use time::Time;
 
 /// Offload metadata that travels with a frame between a port and the switch: a

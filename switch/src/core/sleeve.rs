@@ -9,7 +9,7 @@ use crate::tables::counters::DropReason;
 
 /// What weft tells its sleeve peers it can receive: it joins chunks and
 /// understands echoes.
-pub(super) const FEATURES: u8 = sleeve::FEATURE_CHUNKS | sleeve::FEATURE_ECHO;
+pub const FEATURES: u8 = sleeve::FEATURE_CHUNKS | sleeve::FEATURE_ECHO;
 
 /// How many (peer, lane) pairs may have a datagram under construction at once.
 const PENDING: usize = 16;

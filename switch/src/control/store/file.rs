@@ -1,12 +1,18 @@
 //! The embedded default store: a static TOML file listing every node (the peers file),
 //! reread when its bytes change.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ClusterStore, ClusterView, OnChange, StoreError};
-use crate::control::config::read_peers;
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use super::{ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError};
+use crate::control::config::{ConfigError, Mode};
+use crate::mac::MacAddr;
 
 /// How often the file is checked for changes.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -29,9 +35,28 @@ impl ClusterStore for FileStore {
         "file"
     }
 
+    /// The configured subnet, once the file's entry for this node (if it has one)
+    /// agrees with this node's settings.
+    fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
+        let subnet = me
+            .wanted
+            .ok_or(StoreError::File(ConfigError::Missing("pod-subnet")))?;
+        let nodes = read_peers(&self.path)?;
+        if let Some(entry) = nodes.iter().find(|n| n.name == me.name) {
+            if entry.underlay_ip != me.underlay_ip || entry.pod_subnet != subnet {
+                return Err(StoreError::Conflict(format!(
+                    "the peers file lists node {} with underlay {} and subnet {}, but this daemon has {} and {subnet}",
+                    entry.name, entry.underlay_ip, entry.pod_subnet, me.underlay_ip
+                )));
+            }
+        }
+        Ok(subnet)
+    }
+
     fn load(&self) -> Result<ClusterView, StoreError> {
         Ok(ClusterView {
             nodes: read_peers(&self.path)?,
+            policy: None,
         })
     }
 
@@ -59,23 +84,184 @@ impl ClusterStore for FileStore {
     }
 }
 
+/// One node as the peers file lists it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileEntry {
+    name: String,
+    underlay_ip: Ipv4Addr,
+    pod_subnet: Ipv4Net,
+    vtep_mac: MacAddr,
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    direct_routing: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeersFile {
+    #[serde(default)]
+    node: Vec<FileEntry>,
+}
+
+/// Parses a peers file: `[[node]]` tables with name, underlay-ip, pod-subnet and
+/// vtep-mac, and optionally the node's mode and direct-routing where they differ
+/// from this node's. Names, addresses, subnets and MACs must be unique.
+pub fn parse_peers(path: &Path, text: &str) -> Result<Vec<NodeEntry>, ConfigError> {
+    let file: PeersFile = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        path: path.display().to_string(),
+        source: Box::new(source),
+    })?;
+    let bad = |why: String| ConfigError::Peers {
+        path: path.display().to_string(),
+        why,
+    };
+    let nodes: Vec<NodeEntry> = file
+        .node
+        .into_iter()
+        .map(|n| NodeEntry {
+            name: n.name,
+            underlay_ip: n.underlay_ip,
+            pod_subnet: n.pod_subnet,
+            vtep_mac: n.vtep_mac,
+            mode: n.mode,
+            direct_routing: n.direct_routing,
+        })
+        .collect();
+    let (mut names, mut ips, mut macs) = (HashSet::new(), HashSet::new(), HashSet::new());
+    for (i, n) in nodes.iter().enumerate() {
+        if n.name.is_empty() {
+            return Err(bad(format!("node {} has an empty name", i + 1)));
+        }
+        if !names.insert(&n.name) {
+            return Err(bad(format!("node {} is listed twice", n.name)));
+        }
+        if !ips.insert(n.underlay_ip) {
+            return Err(bad(format!(
+                "underlay-ip {} is listed twice",
+                n.underlay_ip
+            )));
+        }
+        if !macs.insert(n.vtep_mac) {
+            return Err(bad(format!("vtep-mac {} is listed twice", n.vtep_mac)));
+        }
+        if n.vtep_mac.is_multicast() {
+            return Err(bad(format!(
+                "vtep-mac {} of {} is a group address",
+                n.vtep_mac, n.name
+            )));
+        }
+        if n.pod_subnet != n.pod_subnet.trunc() {
+            return Err(bad(format!(
+                "pod-subnet {} of {} has host bits set",
+                n.pod_subnet, n.name
+            )));
+        }
+        if n.mode == Some(Mode::Direct) && n.direct_routing == Some(false) {
+            return Err(bad(format!(
+                "{} has mode direct and direct-routing false",
+                n.name
+            )));
+        }
+        for m in &nodes[..i] {
+            if m.pod_subnet.contains(&n.pod_subnet) || n.pod_subnet.contains(&m.pod_subnet) {
+                return Err(bad(format!(
+                    "pod-subnet {} of {} overlaps {} of {}",
+                    n.pod_subnet, n.name, m.pod_subnet, m.name
+                )));
+            }
+        }
+    }
+    Ok(nodes)
+}
+
+/// Reads and parses a peers file.
+pub fn read_peers(path: &Path) -> Result<Vec<NodeEntry>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_peers(path, &text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const TWO: &str = r#"
+        [[node]]
+        name = "a"
+        underlay-ip = "10.250.0.1"
+        pod-subnet = "10.244.1.0/24"
+        vtep-mac = "02:00:00:00:00:01"
+        [[node]]
+        name = "b"
+        underlay-ip = "10.250.0.2"
+        pod-subnet = "10.244.2.0/24"
+        vtep-mac = "02:00:00:00:00:02"
+        mode = "direct"
+    "#;
+
     #[test]
-    fn loads_the_file_and_reports_a_bad_one() {
+    fn peers_file() {
+        let nodes = parse_peers(Path::new("p.toml"), TWO).unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[1].vtep_mac.to_string(), "02:00:00:00:00:02");
+        assert_eq!((nodes[0].mode, nodes[1].mode), (None, Some(Mode::Direct)));
+        let dup = TWO.replace("10.244.2.0/24", "10.244.1.128/25");
+        let err = parse_peers(Path::new("p.toml"), &dup)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("overlaps"), "{err}");
+        let dup = TWO.replace("\"b\"", "\"a\"");
+        assert!(parse_peers(Path::new("p.toml"), &dup)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        let contradiction = TWO.replace(
+            "mode = \"direct\"",
+            "mode = \"direct\"\ndirect-routing = false",
+        );
+        let err = parse_peers(Path::new("p.toml"), &contradiction).unwrap_err();
+        assert!(err.to_string().contains("direct-routing false"), "{err}");
+        assert!(parse_peers(Path::new("p.toml"), "").unwrap().is_empty());
+    }
+
+    fn joining(name: &str, underlay: &str, subnet: &str) -> Joining {
+        Joining {
+            name: name.into(),
+            underlay_ip: underlay.parse().unwrap(),
+            vtep_mac: MacAddr::from_name(name),
+            mode: Mode::Vxlan,
+            direct_routing: false,
+            features: Vec::new(),
+            cluster: "10.244.0.0/16".parse().unwrap(),
+            wanted: Some(subnet.parse().unwrap()),
+            strict: true,
+            state_dir: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    #[test]
+    fn loads_the_file_joins_as_it_says_and_reports_a_bad_one() {
         let dir = std::env::temp_dir().join(format!("weft-store-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("peers.toml");
-        std::fs::write(
-            &path,
-            "[[node]]\nname = \"a\"\nunderlay-ip = \"10.250.0.1\"\npod-subnet = \"10.244.1.0/24\"\nvtep-mac = \"02:00:00:00:00:01\"\n",
-        )
-        .unwrap();
+        std::fs::write(&path, TWO).unwrap();
         let store = FileStore::new(path.clone());
         assert_eq!(store.kind(), "file");
         assert_eq!(store.load().unwrap().nodes[0].name, "a");
+        let subnet = store.join(&joining("a", "10.250.0.1", "10.244.1.0/24"));
+        assert_eq!(subnet.unwrap().to_string(), "10.244.1.0/24");
+        // A node the file does not list joins on its own settings.
+        assert!(store
+            .join(&joining("c", "10.250.0.3", "10.244.3.0/24"))
+            .is_ok());
+        let err = store
+            .join(&joining("a", "10.250.0.1", "10.244.9.0/24"))
+            .unwrap_err();
+        assert!(err.to_string().contains("10.244.9.0/24"), "{err}");
         std::fs::write(&path, "[[node]]\nname = 3\n").unwrap();
         assert!(store.load().unwrap_err().to_string().contains("peers.toml"));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -1,27 +1,125 @@
 //! Where a node learns the cluster: which nodes exist, their underlay addresses, pod
-//! subnets and VTEP MACs. The store is behind [`ClusterStore`], so the daemon works
-//! the same on the embedded default (a static file, [`file::FileStore`]) and on a
-//! distributed store.
+//! subnets and VTEP MACs, and (from a distributed store) the objects NetworkPolicy is
+//! judged on. The store is behind [`ClusterStore`], so the daemon works the same on
+//! the embedded default (a static file, [`file::FileStore`]) and on etcd
+//! ([`etcd::EtcdStore`]).
 
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
-use crate::control::config::{ConfigError, NodeEntry};
+use ipnet::Ipv4Net;
 
+use crate::control::config::{ConfigError, Mode};
+use crate::mac::MacAddr;
+use crate::policy::manifest::ManifestError;
+use crate::policy::model::PolicyModel;
+
+pub mod etcd;
 pub mod file;
 
+/// One node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// Node name.
+    pub name: String,
+    /// Underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// Pod subnet.
+    pub pod_subnet: Ipv4Net,
+    /// VTEP MAC.
+    pub vtep_mac: MacAddr,
+    /// How it reaches its peers; `None` where the store does not say (a peers file
+    /// may leave it out): as this node does.
+    pub mode: Option<Mode>,
+    /// Whether it takes traffic with no tunnel from peers on its segment; `None`:
+    /// as this node does.
+    pub direct_routing: Option<bool>,
+}
+
+/// NetworkPolicy's objects as a distributed store holds them: one object a record.
+#[derive(Debug, Clone, Default)]
+pub struct StorePolicy {
+    /// The objects of every good record.
+    pub model: PolicyModel,
+    /// The records that were ignored, and why (each names its key).
+    pub bad: Vec<ManifestError>,
+    /// The store's revision when this was read: a new one is a new set.
+    pub revision: i64,
+}
+
 /// The cluster as a store sees it at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterView {
     /// Every node, this one included.
     pub nodes: Vec<NodeEntry>,
+    /// The policy objects, for a store that holds them; `None` leaves policy to the
+    /// policy directory.
+    pub policy: Option<Arc<StorePolicy>>,
 }
 
-/// Why a store could not be read.
+/// What a node tells the store of itself as it joins.
+#[derive(Debug, Clone)]
+pub struct Joining {
+    /// Node name.
+    pub name: String,
+    /// Underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// VTEP MAC.
+    pub vtep_mac: MacAddr,
+    /// Its mode.
+    pub mode: Mode,
+    /// Whether it takes direct-routed traffic.
+    pub direct_routing: bool,
+    /// What the node can receive (heartbeat features, by name).
+    pub features: Vec<String>,
+    /// The cluster CIDR.
+    pub cluster: Ipv4Net,
+    /// The subnet the node wants: its configured one, or the one it held before.
+    pub wanted: Option<Ipv4Net>,
+    /// Whether only `wanted` will do: it was configured, or addresses of it are
+    /// still held by pods here. Otherwise a lost subnet is replaced by a new one.
+    pub strict: bool,
+    /// Where the node keeps durable state.
+    pub state_dir: PathBuf,
+}
+
+/// Why a store could not be read or joined.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The static file is unreadable or invalid.
     #[error(transparent)]
     File(#[from] ConfigError),
+    /// etcd could not be reached or refused a request.
+    #[error("etcd: {0}")]
+    Etcd(String),
+    /// The store's records and this node's settings disagree.
+    #[error("{0}")]
+    Conflict(String),
+    /// No free subnet is left in the cluster CIDR.
+    #[error("no free /{len} is left in the cluster CIDR {cluster}")]
+    Exhausted {
+        /// The cluster CIDR.
+        cluster: Ipv4Net,
+        /// The subnet size asked for.
+        len: u8,
+    },
+}
+
+/// Whether the store is reachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// It is, and the view is current.
+    Ok,
+    /// It is not: forwarding goes on with the last view, pods are added from the
+    /// node's own subnet, and the store is retried.
+    Degraded {
+        /// Since when.
+        since: Instant,
+        /// The last error.
+        why: String,
+    },
 }
 
 /// What a new view of the cluster is handed to.
@@ -32,22 +130,38 @@ pub trait ClusterStore: Send + Sync + std::fmt::Debug {
     /// The store's kind, for logs and STATUS.
     fn kind(&self) -> &'static str;
 
-    /// The cluster now; the daemon reads it once as it starts.
+    /// Joins the cluster as `me` and returns this node's pod subnet: settled with
+    /// the store (claimed, or taken back) and registered. Called once, as the daemon
+    /// starts and before its address pool opens; it blocks.
+    fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError>;
+
+    /// The cluster now.
     fn load(&self) -> Result<ClusterView, StoreError>;
 
     /// Watches the store on the control plane's runtime and calls `on_change` with
     /// every new view, until the task is aborted. A view that cannot be read is
     /// logged and skipped: the last good one stays in force.
     fn watch(self: Arc<Self>, on_change: OnChange) -> tokio::task::JoinHandle<()>;
+
+    /// Whether the store is reachable now.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Ok
+    }
 }
 
-/// A store with no nodes at all: a single node with no peers.
+/// A store with no nodes at all: a single node with no peers, on its configured
+/// subnet.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoStore;
 
 impl ClusterStore for NoStore {
     fn kind(&self) -> &'static str {
         "none"
+    }
+
+    fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
+        me.wanted
+            .ok_or(StoreError::File(ConfigError::Missing("pod-subnet")))
     }
 
     fn load(&self) -> Result<ClusterView, StoreError> {

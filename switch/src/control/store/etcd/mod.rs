@@ -1,0 +1,238 @@
+//! The distributed store: etcd v3, through the `etcd-client` crate.
+//!
+//! A node registers itself under a lease with a TTL and keeps it alive; it claims its
+//! pod subnet with a compare-and-swap transaction, under a second lease that outlives
+//! the first by a grace period; and it watches every key under the prefix, resuming
+//! from the last revision it saw after any break. `deploy/STORE.md` documents the
+//! layout; [`records`] reads it. When etcd cannot be reached the node goes on with
+//! what it last saw and reports itself degraded until etcd is back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+use ipnet::Ipv4Net;
+use parking_lot::Mutex;
+
+use super::{ClusterStore, ClusterView, Joining, OnChange, StoreError, StoreHealth, StorePolicy};
+use crate::control::config::EtcdSettings;
+
+pub mod claim;
+pub mod records;
+mod session;
+mod watch;
+
+use records::{Cache, Layout, NodeRecord};
+
+/// How long one request to etcd may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting to an endpoint may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest wait between two tries at a store that is down.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a node with no subnet yet keeps trying to reach etcd as it starts.
+pub const JOIN_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a node that knows its subnet tries before it starts degraded on it.
+pub const JOIN_PATIENCE_KNOWN: Duration = Duration::from_secs(5);
+
+/// Whether one of the store's two links (the registration's keep-alive, the watch)
+/// works.
+#[derive(Debug, Clone)]
+enum Link {
+    Up,
+    Down { since: Instant, why: String },
+}
+
+impl Link {
+    fn down(&mut self, why: String) {
+        match self {
+            Link::Up => {
+                *self = Link::Down {
+                    since: Instant::now(),
+                    why,
+                }
+            }
+            Link::Down { why: w, .. } => *w = why,
+        }
+    }
+}
+
+/// The leases this node holds.
+#[derive(Debug, Clone)]
+struct Registration {
+    record: NodeRecord,
+    node_lease: i64,
+    subnet_lease: i64,
+}
+
+/// What the tasks share.
+#[derive(Debug)]
+struct Inner {
+    cache: Cache,
+    /// The policy objects, rebuilt only when one of their keys changes.
+    policy: Arc<StorePolicy>,
+    /// Ignored records already logged, at the revision logged.
+    logged: HashMap<String, i64>,
+    session: Link,
+    watch: Link,
+    registration: Option<Registration>,
+    /// What the node joined as, to register again after losing its leases.
+    joining: Option<Joining>,
+}
+
+/// weft's records in etcd, as one node reads and writes them.
+pub struct EtcdStore {
+    settings: EtcdSettings,
+    layout: Layout,
+    /// This node's tunnel port: peers' records must carry the same.
+    port: u16,
+    client: Client,
+    rt: tokio::runtime::Handle,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.settings.endpoints)
+            .field("prefix", &self.settings.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error of the etcd client, as text.
+fn text(e: etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        e => e.to_string(),
+    }
+}
+
+/// The client options: per-request and connect timeouts, and HTTP/2 keep-alive so
+/// that a watch on a dead connection fails instead of waiting forever.
+fn connect_options(settings: &EtcdSettings) -> Result<ConnectOptions, StoreError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    let Some(tls) = &settings.tls else {
+        return Ok(options);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| StoreError::Etcd(format!("reading {}: {e}", p.display())))
+    };
+    let mut config = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+    if let Some((cert, key)) = &tls.identity {
+        config = config.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(options.with_tls(config))
+}
+
+impl EtcdStore {
+    /// A store on `settings`' endpoints, for a node whose tunnel port is `port`,
+    /// running its tasks on `rt`. Connecting is lazy: an etcd that is down now is
+    /// no error here.
+    pub fn open(
+        settings: EtcdSettings,
+        port: u16,
+        rt: tokio::runtime::Handle,
+    ) -> Result<EtcdStore, StoreError> {
+        let options = connect_options(&settings)?;
+        let endpoints = settings.endpoints.clone();
+        let client = rt
+            .block_on(async { Client::connect(endpoints, Some(options)).await })
+            .map_err(|e| StoreError::Etcd(text(e)))?;
+        Ok(EtcdStore {
+            layout: Layout::new(&settings.prefix),
+            settings,
+            port,
+            client,
+            rt,
+            inner: Mutex::new(Inner {
+                cache: Cache::default(),
+                policy: Arc::new(StorePolicy::default()),
+                logged: HashMap::new(),
+                session: Link::Up,
+                watch: Link::Up,
+                registration: None,
+                joining: None,
+            }),
+        })
+    }
+
+    /// The view of the cache now, logging each ignored record once.
+    fn view(&self, inner: &mut Inner) -> ClusterView {
+        let me = inner
+            .joining
+            .as_ref()
+            .map_or("", |j| j.name.as_str())
+            .to_owned();
+        let cluster = inner
+            .joining
+            .as_ref()
+            .map_or_else(Ipv4Net::default, |j| j.cluster);
+        let nodes = records::nodes(&self.layout, &inner.cache, &me, cluster, self.port);
+        for i in &nodes.ignored {
+            if inner.logged.insert(i.key.clone(), i.mod_revision) != Some(i.mod_revision) {
+                log::warn!("etcd: ignoring {}: {}", i.key, i.why);
+            }
+        }
+        ClusterView {
+            nodes: nodes.nodes,
+            policy: Some(inner.policy.clone()),
+        }
+    }
+
+    /// Rebuilds the policy objects from the cache, logging the bad records.
+    fn rebuild_policy(&self, inner: &mut Inner) {
+        let policy = records::policy(&self.layout, &inner.cache);
+        for e in &policy.bad {
+            log::warn!("etcd: ignoring {}: {}", e.file, e.reason);
+        }
+        inner.policy = Arc::new(policy);
+    }
+}
+
+impl ClusterStore for EtcdStore {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
+        self.rt.block_on(self.join_cluster(me))
+    }
+
+    fn load(&self) -> Result<ClusterView, StoreError> {
+        let mut inner = self.inner.lock();
+        Ok(self.view(&mut inner))
+    }
+
+    fn watch(self: Arc<Self>, on_change: OnChange) -> tokio::task::JoinHandle<()> {
+        let keeper = self.clone();
+        tokio::spawn(async move {
+            tokio::join!(keeper.keep_registered(), self.follow(on_change));
+        })
+    }
+
+    fn health(&self) -> StoreHealth {
+        let inner = self.inner.lock();
+        let downs = [&inner.session, &inner.watch]
+            .into_iter()
+            .filter_map(|l| match l {
+                Link::Up => None,
+                Link::Down { since, why } => Some((*since, why.clone())),
+            })
+            .min_by_key(|(since, _)| *since);
+        match downs {
+            None => StoreHealth::Ok,
+            Some((since, why)) => StoreHealth::Degraded { since, why },
+        }
+    }
+}
+
+/// The wait before try number `n` (from 0) at a store that is down.
+fn backoff(n: u32) -> Duration {
+    (Duration::from_millis(100) * 2u32.saturating_pow(n.min(8))).min(MAX_BACKOFF)
+}

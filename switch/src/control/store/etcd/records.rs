@@ -1,0 +1,619 @@
+//! weft's records in etcd and the view of the cluster they make: the key layout of
+//! `deploy/STORE.md`, the JSON of each record, and the checks that keep one bad record
+//! from hurting the rest. Pure: no I/O, so every rule is tested in memory.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::control::config::Mode;
+use crate::control::store::{NodeEntry, StorePolicy};
+use crate::mac::MacAddr;
+use crate::policy::manifest::{self, ManifestError};
+use crate::policy::model::PolicyModel;
+
+/// The longest node name: a Kubernetes node name is a DNS subdomain.
+pub const MAX_NAME_LEN: usize = 253;
+
+/// The keys of one prefix.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    prefix: String,
+}
+
+/// What a key under the prefix is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `nodes/<name>`.
+    Node(String),
+    /// `subnets/<a.b.c.d>-<len>`.
+    Subnet(Ipv4Net),
+    /// `namespaces/<name>`, `pods/<ns>/<name>`, `networkpolicies/<ns>/<name>`: a
+    /// Kubernetes object, named (kind, namespace, name).
+    Object(&'static str, String, String),
+    /// Anything else (ignored).
+    Other,
+}
+
+impl Layout {
+    /// The layout under `prefix` (`/weft/v1`).
+    pub fn new(prefix: &str) -> Layout {
+        Layout {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The prefix every key starts with, with its trailing slash.
+    pub fn root(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    /// The key of node `name`'s registration.
+    pub fn node(&self, name: &str) -> String {
+        format!("{}/nodes/{name}", self.prefix)
+    }
+
+    /// The prefix of every subnet lease.
+    pub fn subnets(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    /// The key of the lease of `subnet`.
+    pub fn subnet(&self, subnet: Ipv4Net) -> String {
+        format!(
+            "{}/subnets/{}-{}",
+            self.prefix,
+            subnet.network(),
+            subnet.prefix_len()
+        )
+    }
+
+    /// What `key` is.
+    pub fn classify(&self, key: &str) -> KeyKind {
+        let Some(rest) = key
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return KeyKind::Other;
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            ["nodes", name] if valid_name(name) => KeyKind::Node((*name).to_owned()),
+            ["subnets", s] => parse_subnet_key(s).map_or(KeyKind::Other, KeyKind::Subnet),
+            ["namespaces", name] => KeyKind::Object("Namespace", String::new(), (*name).into()),
+            ["pods", ns, name] => KeyKind::Object("Pod", (*ns).into(), (*name).into()),
+            ["networkpolicies", ns, name] => {
+                KeyKind::Object("NetworkPolicy", (*ns).into(), (*name).into())
+            }
+            _ => KeyKind::Other,
+        }
+    }
+}
+
+fn parse_subnet_key(s: &str) -> Option<Ipv4Net> {
+    let (addr, len) = s.split_once('-')?;
+    let net = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+    (net == net.trunc()).then_some(net)
+}
+
+/// Whether `name` can be a node's key: a DNS-subdomain-like name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+}
+
+/// A node's registration, at `nodes/<name>`, under the node's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    /// Node name, as in the key.
+    pub name: String,
+    /// Underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// The pod subnet it leases.
+    pub pod_subnet: Ipv4Net,
+    /// Its VTEP MAC (and sleeve sender id).
+    pub vtep_mac: MacAddr,
+    /// How it reaches peers.
+    pub mode: Mode,
+    /// Whether it takes direct-routed traffic from peers on its segment.
+    #[serde(default)]
+    pub direct_routing: bool,
+    /// Its tunnel's UDP port.
+    pub port: u16,
+    /// What it can receive (heartbeat features).
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Its public key, for encryption between nodes (none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// The weftd version that wrote it.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// A subnet's lease, at `subnets/<a.b.c.d>-<len>`, under the subnet lease (which
+/// outlives the node's registration by the grace period).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubnetRecord {
+    /// The node holding it.
+    pub node: String,
+    /// That node's underlay address when it claimed the subnet.
+    pub underlay_ip: Ipv4Addr,
+}
+
+/// One key's value and revisions, as etcd returned them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The value.
+    pub value: Vec<u8>,
+    /// The revision that created the key.
+    pub create_revision: i64,
+    /// The revision that last changed it.
+    pub mod_revision: i64,
+    /// Its lease, 0 if none.
+    pub lease: i64,
+}
+
+/// weft's keys as this node last read them: a full list, kept current by the watch.
+#[derive(Debug, Clone, Default)]
+pub struct Cache {
+    /// Every key under the prefix.
+    pub keys: BTreeMap<String, Stored>,
+    /// The revision the cache is current at.
+    pub revision: i64,
+}
+
+/// A record that was ignored, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    /// Its key.
+    pub key: String,
+    /// Its modification revision (to log each bad version once).
+    pub mod_revision: i64,
+    /// Why.
+    pub why: String,
+}
+
+/// What a node makes of the cache: the nodes it can use, and the records it cannot.
+#[derive(Debug, Clone, Default)]
+pub struct NodesView {
+    /// Usable nodes, oldest registration first.
+    pub nodes: Vec<NodeEntry>,
+    /// Ignored node records.
+    pub ignored: Vec<Ignored>,
+}
+
+/// Reads a node record: JSON, named as its key, with addresses that can work in
+/// `cluster` and a tunnel port of `port`.
+pub fn parse_node(
+    key_name: &str,
+    value: &[u8],
+    cluster: Ipv4Net,
+    port: u16,
+) -> Result<NodeRecord, String> {
+    let r: NodeRecord =
+        serde_json::from_slice(value).map_err(|e| format!("not a node record: {e}"))?;
+    if r.name != key_name {
+        return Err(format!(
+            "names node {:?}, not {key_name:?} as its key",
+            r.name
+        ));
+    }
+    let s = r.pod_subnet;
+    if s != s.trunc() || !cluster.contains(&s) || s == cluster || s.prefix_len() > 30 {
+        return Err(format!(
+            "pod subnet {s} is no subnet of the cluster CIDR {cluster}"
+        ));
+    }
+    if cluster.contains(&r.underlay_ip) || r.underlay_ip.is_unspecified() {
+        return Err(format!(
+            "underlay address {} cannot be a node's",
+            r.underlay_ip
+        ));
+    }
+    if r.vtep_mac.is_multicast() {
+        return Err(format!("VTEP MAC {} is a group address", r.vtep_mac));
+    }
+    if r.mode != Mode::Direct && r.port != port {
+        return Err(format!("its tunnel port is {}, this node's {port}", r.port));
+    }
+    Ok(r)
+}
+
+/// The nodes of `cache` as node `me` sees them. A node record is used when it is
+/// well formed, its subnet's lease names it, and nothing an older registration holds
+/// (subnet, underlay address, VTEP MAC) is also its own; otherwise it is ignored,
+/// with why. This node's own record is always used: the daemon checks it itself.
+pub fn nodes(layout: &Layout, cache: &Cache, me: &str, cluster: Ipv4Net, port: u16) -> NodesView {
+    let mut leases: HashMap<Ipv4Net, Option<String>> = HashMap::new();
+    let mut records = Vec::new();
+    for (key, stored) in &cache.keys {
+        match layout.classify(key) {
+            KeyKind::Subnet(net) => {
+                let owner = serde_json::from_slice::<SubnetRecord>(&stored.value)
+                    .ok()
+                    .map(|r| r.node);
+                leases.insert(net, owner);
+            }
+            KeyKind::Node(name) => records.push((key, name, stored)),
+            _ => {}
+        }
+    }
+    records.sort_by_key(|(key, _, s)| (s.create_revision, *key));
+    let mut view = NodesView::default();
+    let (mut ips, mut macs) = (HashSet::new(), HashSet::new());
+    for (key, name, stored) in records {
+        let ignore = |why: String| Ignored {
+            key: key.clone(),
+            mod_revision: stored.mod_revision,
+            why,
+        };
+        let record = match parse_node(&name, &stored.value, cluster, port) {
+            Ok(r) => r,
+            Err(why) => {
+                view.ignored.push(ignore(why));
+                continue;
+            }
+        };
+        let s = record.pod_subnet;
+        let conflict = if name == me {
+            None
+        } else if leases.get(&s) != Some(&Some(name.clone())) {
+            Some(match leases.get(&s) {
+                Some(Some(owner)) => format!("claims subnet {s}, which is leased to {owner}"),
+                _ => format!("claims subnet {s}, which no lease gives it"),
+            })
+        } else if let Some(n) = view
+            .nodes
+            .iter()
+            .find(|n| n.pod_subnet.contains(&s) || s.contains(&n.pod_subnet))
+        {
+            Some(format!(
+                "its subnet {s} overlaps {}'s {}",
+                n.name, n.pod_subnet
+            ))
+        } else if ips.contains(&record.underlay_ip) {
+            Some(format!(
+                "underlay address {} is another node's",
+                record.underlay_ip
+            ))
+        } else if macs.contains(&record.vtep_mac) {
+            Some(format!("VTEP MAC {} is another node's", record.vtep_mac))
+        } else {
+            None
+        };
+        if let Some(why) = conflict {
+            view.ignored.push(ignore(why));
+            continue;
+        }
+        ips.insert(record.underlay_ip);
+        macs.insert(record.vtep_mac);
+        view.nodes.push(NodeEntry {
+            name: record.name,
+            underlay_ip: record.underlay_ip,
+            pod_subnet: record.pod_subnet,
+            vtep_mac: record.vtep_mac,
+            mode: Some(record.mode),
+            direct_routing: Some(record.direct_routing),
+        });
+    }
+    view
+}
+
+/// The subnets leased now, with their holders (`None`: a record that is not JSON,
+/// which still holds its subnet).
+pub fn leased(layout: &Layout, cache: &Cache) -> BTreeMap<Ipv4Net, Option<String>> {
+    cache
+        .keys
+        .iter()
+        .filter_map(|(key, stored)| match layout.classify(key) {
+            KeyKind::Subnet(net) => Some((
+                net,
+                serde_json::from_slice::<SubnetRecord>(&stored.value)
+                    .ok()
+                    .map(|r| r.node),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Reads one policy object's record: a Kubernetes object (JSON or YAML) of the kind
+/// and name its key says.
+pub fn parse_object(
+    key: &str,
+    (kind, namespace, name): (&str, &str, &str),
+    value: &[u8],
+) -> Result<PolicyModel, ManifestError> {
+    let error = |reason: String| ManifestError {
+        file: key.to_owned(),
+        document: 0,
+        reason,
+    };
+    let text = std::str::from_utf8(value).map_err(|_| error("not UTF-8".into()))?;
+    let mut model = PolicyModel::default();
+    let skipped = manifest::read(key, text, &mut model).map_err(|mut e| e.swap_remove(0))?;
+    if let Some(s) = skipped.first() {
+        return Err(error(format!("holds a {}, not a {kind}", s.kind)));
+    }
+    let found: Vec<(&str, &str, &str)> = model
+        .namespaces
+        .keys()
+        .map(|n| ("Namespace", "", n.as_str()))
+        .chain(
+            model
+                .pods
+                .iter()
+                .map(|p| ("Pod", p.namespace.as_str(), p.name.as_str())),
+        )
+        .chain(
+            model
+                .policies
+                .iter()
+                .map(|p| ("NetworkPolicy", p.namespace.as_str(), p.name.as_str())),
+        )
+        .collect();
+    match found.as_slice() {
+        [one] if *one == (kind, namespace, name) => Ok(model),
+        [(k, ns, n)] => Err(error(format!(
+            "holds {k} {}{n}, not the {kind} its key names",
+            if ns.is_empty() {
+                String::new()
+            } else {
+                format!("{ns}/")
+            }
+        ))),
+        _ => Err(error(format!("holds {} objects, not one", found.len()))),
+    }
+}
+
+/// The policy objects of `cache`: every good record's, and the bad ones with why.
+pub fn policy(layout: &Layout, cache: &Cache) -> StorePolicy {
+    let mut out = StorePolicy {
+        revision: cache.revision,
+        ..StorePolicy::default()
+    };
+    for (key, stored) in &cache.keys {
+        let KeyKind::Object(kind, ns, name) = layout.classify(key) else {
+            continue;
+        };
+        match parse_object(key, (kind, &ns, &name), &stored.value) {
+            Ok(m) => {
+                out.model.namespaces.extend(m.namespaces);
+                out.model.pods.extend(m.pods);
+                out.model.policies.extend(m.policies);
+            }
+            Err(e) => out.bad.push(e),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLUSTER: &str = "10.244.0.0/16";
+
+    fn layout() -> Layout {
+        Layout::new("/weft/v1")
+    }
+
+    fn record(name: &str, n: u8) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            underlay_ip: Ipv4Addr::new(10, 250, 0, n),
+            pod_subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            vtep_mac: MacAddr::from_name(name),
+            mode: Mode::Vxlan,
+            direct_routing: false,
+            port: 8472,
+            features: vec!["echo".into()],
+            public_key: None,
+            version: "0.1.0".into(),
+        }
+    }
+
+    struct Builder {
+        cache: Cache,
+    }
+
+    impl Builder {
+        fn new() -> Builder {
+            Builder {
+                cache: Cache::default(),
+            }
+        }
+        fn put(&mut self, key: String, value: Vec<u8>) -> &mut Builder {
+            self.cache.revision += 1;
+            let r = self.cache.revision;
+            self.cache.keys.insert(
+                key,
+                Stored {
+                    value,
+                    create_revision: r,
+                    mod_revision: r,
+                    lease: 0,
+                },
+            );
+            self
+        }
+        /// Node `r` with the lease of its subnet.
+        fn node(&mut self, r: &NodeRecord) -> &mut Builder {
+            let lease = SubnetRecord {
+                node: r.name.clone(),
+                underlay_ip: r.underlay_ip,
+            };
+            self.put(
+                layout().subnet(r.pod_subnet),
+                serde_json::to_vec(&lease).unwrap(),
+            );
+            self.put(layout().node(&r.name), serde_json::to_vec(r).unwrap())
+        }
+        fn view(&self, me: &str) -> NodesView {
+            nodes(&layout(), &self.cache, me, CLUSTER.parse().unwrap(), 8472)
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_and_odd_keys_are_other() {
+        let l = layout();
+        let net: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        assert_eq!(l.subnet(net), "/weft/v1/subnets/10.244.3.0-24");
+        assert_eq!(l.classify(&l.subnet(net)), KeyKind::Subnet(net));
+        assert_eq!(l.classify(&l.node("h1")), KeyKind::Node("h1".into()));
+        assert_eq!(
+            l.classify("/weft/v1/pods/x/a"),
+            KeyKind::Object("Pod", "x".into(), "a".into())
+        );
+        for odd in [
+            "/weft/v1/subnets/10.244.3.1-24",
+            "/weft/v1/subnets/10.244.3.0",
+            "/weft/v1/nodes/a/b",
+            "/weft/v1/nodes/",
+            "/weft/v2/nodes/a",
+            "/weft/v1x/nodes/a",
+            "/weft/v1/pods/a",
+        ] {
+            assert_eq!(l.classify(odd), KeyKind::Other, "{odd}");
+        }
+    }
+
+    #[test]
+    fn records_are_camel_case_json_and_tolerate_new_fields() {
+        let r = record("h1", 1);
+        let json = serde_json::to_string(&r).unwrap();
+        for field in [
+            "\"underlayIp\"",
+            "\"podSubnet\"",
+            "\"vtepMac\"",
+            "\"directRouting\"",
+        ] {
+            assert!(json.contains(field), "{json}");
+        }
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["someFutureField"] = serde_json::json!(7);
+        let back = parse_node(
+            "h1",
+            v.to_string().as_bytes(),
+            CLUSTER.parse().unwrap(),
+            8472,
+        );
+        assert_eq!(back.unwrap(), r);
+    }
+
+    #[test]
+    fn good_nodes_are_used_oldest_first() {
+        let mut b = Builder::new();
+        b.node(&record("h2", 2)).node(&record("h1", 1));
+        let v = b.view("h1");
+        let names: Vec<&str> = v.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["h2", "h1"]);
+        assert!(v.ignored.is_empty());
+        assert_eq!(v.nodes[0].mode, Some(Mode::Vxlan));
+    }
+
+    #[test]
+    fn a_bad_record_is_ignored_with_its_key_and_the_rest_stays() {
+        let mut b = Builder::new();
+        b.node(&record("h1", 1)).node(&record("h2", 2));
+        b.put(
+            layout().node("h3"),
+            b"{\"name\": \"h3\", \"underlayIp\": 12}".to_vec(),
+        );
+        let mut wrong_name = record("h4", 4);
+        wrong_name.name = "h9".into();
+        b.put(
+            layout().node("h4"),
+            serde_json::to_vec(&wrong_name).unwrap(),
+        );
+        let mut outside = record("h5", 5);
+        outside.pod_subnet = "10.99.5.0/24".parse().unwrap();
+        b.put(layout().node("h5"), serde_json::to_vec(&outside).unwrap());
+        let mut port = record("h6", 6);
+        port.port = 4789;
+        b.node(&port);
+        let v = b.view("h1");
+        assert_eq!(v.nodes.len(), 2);
+        let why: Vec<(&str, &str)> = v
+            .ignored
+            .iter()
+            .map(|i| (i.key.as_str(), i.why.as_str()))
+            .collect();
+        assert_eq!(why.len(), 4, "{why:?}");
+        assert!(why[0].0.ends_with("/nodes/h3") && why[0].1.contains("not a node record"));
+        assert!(why[1].1.contains("not \"h4\""), "{why:?}");
+        assert!(why[2].1.contains("no subnet of the cluster"), "{why:?}");
+        assert!(why[3].1.contains("port is 4789"), "{why:?}");
+    }
+
+    #[test]
+    fn a_node_must_hold_the_lease_of_its_subnet_and_the_older_registration_wins() {
+        let mut b = Builder::new();
+        b.node(&record("h1", 1)).node(&record("h2", 2));
+        // h3 publishes h2's subnet, which h2 leases.
+        let mut thief = record("h3", 3);
+        thief.pod_subnet = "10.244.2.0/24".parse().unwrap();
+        b.put(layout().node("h3"), serde_json::to_vec(&thief).unwrap());
+        // h4 publishes a subnet nobody leased.
+        b.put(
+            layout().node("h4"),
+            serde_json::to_vec(&record("h4", 4)).unwrap(),
+        );
+        // h5 has its own lease but h1's underlay address.
+        let mut twin = record("h5", 5);
+        twin.underlay_ip = Ipv4Addr::new(10, 250, 0, 1);
+        b.node(&twin);
+        let v = b.view("h1");
+        assert_eq!(
+            v.nodes.iter().map(|n| &n.name).collect::<Vec<_>>(),
+            ["h1", "h2"]
+        );
+        let why: Vec<&str> = v.ignored.iter().map(|i| i.why.as_str()).collect();
+        assert!(why[0].contains("leased to h2"), "{why:?}");
+        assert!(why[1].contains("no lease gives it"), "{why:?}");
+        assert!(why[2].contains("another node's"), "{why:?}");
+    }
+
+    #[test]
+    fn policy_objects_come_one_a_key_and_a_bad_one_is_skipped() {
+        let mut b = Builder::new();
+        let ns = r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"team": "a"}}}"#;
+        b.put("/weft/v1/namespaces/x".into(), ns.as_bytes().to_vec());
+        let pol = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n";
+        b.put(
+            "/weft/v1/networkpolicies/x/deny".into(),
+            pol.as_bytes().to_vec(),
+        );
+        b.put(
+            "/weft/v1/networkpolicies/x/other".into(),
+            pol.as_bytes().to_vec(),
+        );
+        b.put("/weft/v1/pods/x/a".into(), b"{not json".to_vec());
+        b.put("/weft/v1/namespaces/y".into(), pol.as_bytes().to_vec());
+        let p = policy(&layout(), &b.cache);
+        assert_eq!(p.model.namespaces.len(), 1);
+        assert_eq!(p.model.policies.len(), 1);
+        assert_eq!(p.revision, b.cache.revision);
+        let bad: Vec<String> = p.bad.iter().map(ToString::to_string).collect();
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert!(
+            bad.iter()
+                .any(|b| b.contains("/networkpolicies/x/other") && b.contains("x/deny")),
+            "{bad:?}"
+        );
+        assert!(bad.iter().any(|b| b.contains("/pods/x/a")), "{bad:?}");
+        assert!(
+            bad.iter()
+                .any(|b| b.contains("/namespaces/y") && b.contains("not the Namespace")),
+            "{bad:?}"
+        );
+    }
+}

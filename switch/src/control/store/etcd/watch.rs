@@ -1,0 +1,130 @@
+//! Following etcd: one watch on the whole prefix, from the revision after the last
+//! one seen, so a watch broken by a dead connection or a restarted etcd resumes with
+//! no event missed. Only a compaction past that revision forces a fresh list.
+
+use etcd_client::{EventType, WatchOptions};
+
+use super::records::KeyKind;
+use super::{backoff, text, EtcdStore, Link};
+use crate::control::store::OnChange;
+
+/// How a watch ended.
+enum End {
+    /// etcd compacted the history the watch needed: list again.
+    Compacted,
+    /// The connection or etcd failed.
+    Broken(String),
+}
+
+impl EtcdStore {
+    /// Follows the store until the task is aborted, calling `on_change` with each new
+    /// view.
+    pub(super) async fn follow(&self, on_change: OnChange) {
+        let mut tries = 0;
+        loop {
+            let must_list = self.inner.lock().cache.revision == 0;
+            if must_list {
+                if let Err(f) = self.list().await {
+                    self.inner.lock().watch.down(f.to_string());
+                    tokio::time::sleep(backoff(tries)).await;
+                    tries += 1;
+                    continue;
+                }
+                let view = self.view(&mut self.inner.lock());
+                on_change(view);
+            }
+            match self.watch_once(&on_change).await {
+                End::Compacted => {
+                    log::warn!("etcd: the watch fell behind a compaction; listing again");
+                    self.inner.lock().cache.revision = 0;
+                }
+                End::Broken(why) => {
+                    log::warn!("etcd: watch: {why}; resuming");
+                    self.inner.lock().watch.down(why);
+                    tokio::time::sleep(backoff(tries)).await;
+                    tries += 1;
+                }
+            }
+        }
+    }
+
+    /// One watch from the revision after the cache's, applying every event to the
+    /// cache, until it breaks.
+    async fn watch_once(&self, on_change: &OnChange) -> End {
+        let from = self.inner.lock().cache.revision + 1;
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        let mut c = self.client.clone();
+        let opened = tokio::time::timeout(
+            super::REQUEST_TIMEOUT,
+            c.watch(self.layout.root(), Some(options)),
+        )
+        .await;
+        let mut stream = match opened {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return End::Broken(text(e)),
+            Err(_) => return End::Broken("opening the watch timed out".into()),
+        };
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return End::Broken("the watch stream ended".into()),
+                Err(e) => return End::Broken(text(e)),
+            };
+            if msg.compact_revision() > 0 {
+                return End::Compacted;
+            }
+            if msg.canceled() {
+                return End::Broken(format!("the watch was cancelled: {}", msg.cancel_reason()));
+            }
+            let changed = self.apply(&msg);
+            if changed {
+                let view = self.view(&mut self.inner.lock());
+                on_change(view);
+            }
+        }
+    }
+
+    /// Applies a watch response to the cache; returns whether a key changed.
+    fn apply(&self, msg: &etcd_client::WatchResponse) -> bool {
+        let mut inner = self.inner.lock();
+        inner.watch = Link::Up;
+        let mut policy = false;
+        for event in msg.events() {
+            let Some(kv) = event.kv() else { continue };
+            let Ok(key) = kv.key_str() else { continue };
+            policy |= matches!(self.layout.classify(key), KeyKind::Object(..));
+            match event.event_type() {
+                EventType::Put => {
+                    inner.cache.keys.insert(
+                        key.to_owned(),
+                        super::records::Stored {
+                            value: kv.value().to_vec(),
+                            create_revision: kv.create_revision(),
+                            mod_revision: kv.mod_revision(),
+                            lease: kv.lease(),
+                        },
+                    );
+                }
+                EventType::Delete => {
+                    inner.cache.keys.remove(key);
+                    inner.logged.remove(key);
+                }
+            }
+            inner.cache.revision = inner.cache.revision.max(kv.mod_revision());
+        }
+        // A progress notification says nothing changed up to its revision. (Not the
+        // answer that created the watch: events before its revision may follow.)
+        if msg.events().is_empty() && !msg.created() {
+            if let Some(h) = msg.header() {
+                inner.cache.revision = inner.cache.revision.max(h.revision());
+            }
+        }
+        if policy {
+            self.rebuild_policy(&mut inner);
+        }
+        !msg.events().is_empty()
+    }
+}
