@@ -27,6 +27,7 @@
 //! ```
 
 pub mod cni;
+pub mod etcd;
 pub mod harness;
 pub mod iperf;
 pub mod netns;

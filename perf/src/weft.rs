@@ -131,7 +131,14 @@ impl WeftNode {
     /// Starts weftd in `host`'s namespace with the peers file at `peers`, and waits until
     /// it answers on its control socket. `dir` holds the socket and the log.
     pub fn start(host: &Host, peers: &Path, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
-        WeftNode::launch(host, peers, dir, opts, None)
+        WeftNode::launch(host, Some(peers), dir, opts, None)
+    }
+
+    /// Starts weftd in `host`'s namespace on the etcd store, reached through a
+    /// [`crate::etcd::Bridge`] on the namespace's `127.0.0.1:2379`: it claims a
+    /// subnet unless `opts.extra` gives one.
+    pub fn start_etcd(host: &Host, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
+        WeftNode::launch(host, None, dir, opts, None)
     }
 
     /// Like [`WeftNode::start`], but weftd runs in a process group of its own, so a
@@ -146,12 +153,12 @@ impl WeftNode {
         opts: &WeftOptions,
         spawned: &mut dyn FnMut(u32) -> Result<()>,
     ) -> Result<WeftNode> {
-        WeftNode::launch(host, peers, dir, opts, Some(spawned))
+        WeftNode::launch(host, Some(peers), dir, opts, Some(spawned))
     }
 
     fn launch(
         host: &Host,
-        peers: &Path,
+        peers: Option<&Path>,
         dir: &Path,
         opts: &WeftOptions,
         isolated: Option<&mut dyn FnMut(u32) -> Result<()>>,
@@ -163,14 +170,23 @@ impl WeftNode {
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = host.ns.cmd(&opts.binary);
         cmd.args(["--node-name", &name])
-            .args(["--underlay-ip", &host.underlay_ip.to_string()])
-            .args(["--pod-subnet", &host.pod_subnet.to_string()])
-            .args(["--cluster-cidr", CLUSTER_CIDR])
+            .args(["--underlay-ip", &host.underlay_ip.to_string()]);
+        match peers {
+            Some(peers) => cmd
+                .args(["--pod-subnet", &host.pod_subnet.to_string()])
+                .arg("--peers")
+                .arg(peers),
+            None => cmd.args([
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                &crate::etcd::bridged_endpoint(),
+            ]),
+        };
+        cmd.args(["--cluster-cidr", CLUSTER_CIDR])
             .args(["--mode", &opts.mode])
             .args(["--workers", &opts.workers.to_string()])
             .args(["--underlay-mtu", &host.underlay_mtu.to_string()])
-            .arg("--peers")
-            .arg(peers)
             .arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
@@ -213,6 +229,26 @@ impl WeftNode {
             log,
             child,
         })
+    }
+
+    /// The daemon's STATUS.
+    pub fn status(&self) -> Result<proto::Status> {
+        match self.ok(&Request::Status)? {
+            Reply::Status(s) => Ok(*s),
+            other => bail!("unexpected reply to status: {other:?}"),
+        }
+    }
+
+    /// The peers the daemon has now, by name (the row of unknown senders left out).
+    pub fn peer_names(&self) -> Result<Vec<String>> {
+        match self.ok(&Request::Peers)? {
+            Reply::Peers { peers } => Ok(peers
+                .into_iter()
+                .filter(|p| !p.underlay.is_unspecified())
+                .map(|p| p.name)
+                .collect()),
+            other => bail!("unexpected reply to peers: {other:?}"),
+        }
     }
 
     /// The daemon's process id.

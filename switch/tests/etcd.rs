@@ -1,0 +1,457 @@
+//! weft on etcd, end to end: a real etcd started by the test on 127.0.0.1 (its data in
+//! a scratch directory, stopped by PID), weftd nodes in network namespaces reaching
+//! it through a bridge on their own loopback, pods pinging across them.
+//!
+//! These tests need root and etcd (`deploy/setup.sh` installs it); they fail, never
+//! skip, without them.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use weft_cni::proto::PodRef;
+use weft_perf::etcd::{Bridge, Etcd};
+use weft_perf::netns::{require_root, wait_until};
+use weft_perf::topo::{Pod, Underlay};
+use weft_perf::weft::{node_name, Scratch, WeftNode, WeftOptions};
+
+/// The registration TTL the tests run with: short, so that expiry is quick to see.
+const TTL_S: u64 = 3;
+
+/// A cluster of weftd nodes on one etcd. Fields drop in order: nodes first, etcd and
+/// the namespaces last.
+struct Cluster {
+    nodes: Vec<Option<WeftNode>>,
+    pods: Vec<Option<(Pod, Ipv4Addr)>>,
+    bridges: Vec<Option<Bridge>>,
+    etcd: Etcd,
+    underlay: Underlay,
+    scratch: Scratch,
+    extra: Vec<String>,
+}
+
+fn weftd() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weftd"))
+}
+
+impl Cluster {
+    /// `hosts` hosts on one segment and an etcd; no node runs yet.
+    fn new(tag: &str, hosts: usize, extra: &[&str]) -> Cluster {
+        require_root();
+        let scratch = Scratch::new(tag).unwrap();
+        let etcd = Etcd::start(&scratch.path().join("etcd")).unwrap();
+        let underlay = Underlay::new(tag, hosts).unwrap();
+        Cluster {
+            nodes: (0..hosts).map(|_| None).collect(),
+            pods: (0..hosts).map(|_| None).collect(),
+            bridges: (0..hosts).map(|_| None).collect(),
+            etcd,
+            underlay,
+            scratch,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    fn opts(&self) -> WeftOptions {
+        let mut extra = vec!["--node-ttl-s".into(), TTL_S.to_string()];
+        extra.extend(self.extra.iter().cloned());
+        WeftOptions {
+            binary: weftd(),
+            mode: "vxlan".into(),
+            workers: 1,
+            extra,
+        }
+    }
+
+    /// Starts weftd on host `i` (and its bridge to etcd, once).
+    fn start(&mut self, i: usize) -> &WeftNode {
+        if self.bridges[i].is_none() {
+            let host = self.underlay.host(i);
+            self.bridges[i] = Some(Bridge::new(&host.ns, self.etcd.addr()).unwrap());
+        }
+        let node =
+            WeftNode::start_etcd(self.underlay.host(i), self.scratch.path(), &self.opts()).unwrap();
+        self.nodes[i].insert(node)
+    }
+
+    fn node(&self, i: usize) -> &WeftNode {
+        self.nodes[i].as_ref().expect("a running node")
+    }
+
+    /// Attaches a pod on host `i`, as the Kubernetes pod `default/p<i>`.
+    fn pod(&mut self, i: usize) -> Ipv4Addr {
+        let pod = self.underlay.pod(i, &format!("e{i}")).unwrap();
+        let k8s = PodRef {
+            namespace: "default".into(),
+            name: format!("p{i}"),
+        };
+        let a = self
+            .node(i)
+            .attach_as(&pod, &format!("c{i}"), Some(k8s))
+            .unwrap();
+        self.pods[i] = Some((pod, a.ip));
+        a.ip
+    }
+
+    fn subnet(&self, i: usize) -> Ipv4Net {
+        self.node(i).status().unwrap().pod_subnet.parse().unwrap()
+    }
+
+    /// Waits until every running node but `i` lists node `i` as a peer (or, with
+    /// `present` false, none does), and returns how long that took.
+    fn wait_peers(&self, i: usize, present: bool, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        let name = node_name(self.underlay.host(i));
+        let others: Vec<&WeftNode> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .filter_map(|(_, n)| n.as_ref())
+            .collect();
+        wait_until(timeout, &format!("peers to list {name}: {present}"), || {
+            others
+                .iter()
+                .all(|n| n.peer_names().unwrap().contains(&name) == present)
+        })
+        .unwrap_or_else(|e| panic!("{e}:\n{}", self.logs()));
+        start.elapsed()
+    }
+
+    /// Pings from the pod on `from` to the pod on `to`.
+    fn ping(&self, from: usize, to: usize) -> anyhow::Result<String> {
+        let (pod, _) = self.pods[from].as_ref().expect("a pod");
+        let (_, ip) = self.pods[to].as_ref().expect("a pod");
+        pod.ns.ping(ip, 2)
+    }
+
+    fn ping_all(&self) {
+        let up: Vec<usize> = (0..self.pods.len())
+            .filter(|&i| self.pods[i].is_some() && self.nodes[i].is_some())
+            .collect();
+        for &a in &up {
+            for &b in &up {
+                if a != b {
+                    self.ping(a, b)
+                        .unwrap_or_else(|e| panic!("ping {a} -> {b}: {e}\n{}", self.logs()));
+                }
+            }
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in self.nodes.iter().flatten() {
+            out += &format!("--- {}\n{}\n", n.name, n.log_text());
+        }
+        out
+    }
+
+    fn subnet_keys(&self) -> Vec<String> {
+        self.etcd.keys("/weft/v1/subnets/").unwrap()
+    }
+}
+
+fn subnet_key(s: Ipv4Net) -> String {
+    format!("/weft/v1/subnets/{}-{}", s.network(), s.prefix_len())
+}
+
+/// Three nodes claim distinct subnets and reach each other; a fourth joins and is
+/// reachable at once; a node killed with SIGKILL leaves every peer after its TTL,
+/// and its subnet is not given to the next node that joins.
+#[test]
+fn nodes_join_claim_subnets_and_leave_when_their_lease_expires() {
+    let mut c = Cluster::new("ej", 5, &["--subnet-grace-s", "600"]);
+    for i in 0..3 {
+        c.start(i);
+    }
+    let subnets: Vec<Ipv4Net> = (0..3).map(|i| c.subnet(i)).collect();
+    for (i, s) in subnets.iter().enumerate() {
+        assert_eq!(s.prefix_len(), 24, "{s}");
+        assert!(subnets[..i].iter().all(|t| t != s), "{subnets:?}");
+    }
+    for i in 0..3 {
+        c.wait_peers(i, true, Duration::from_secs(5));
+        c.pod(i);
+    }
+    c.ping_all();
+
+    // A fourth node: every other node has it within a second of its start.
+    c.start(3);
+    let took = c.wait_peers(3, true, Duration::from_secs(1));
+    eprintln!("node 3 listed by every peer {took:?} after it answered");
+    c.pod(3);
+    for i in 0..3 {
+        c.ping(i, 3).unwrap();
+    }
+
+    // Node 1 dies: its registration expires after the TTL, its subnet stays leased.
+    let dead = subnets[1];
+    let killed = Instant::now();
+    c.nodes[1].take().unwrap().kill().unwrap();
+    let gone = c.wait_peers(1, false, Duration::from_secs(TTL_S + 5));
+    let since = killed.elapsed();
+    eprintln!("node 1 gone from every peer {since:?} after SIGKILL ({gone:?} of waiting)");
+    assert!(
+        since >= Duration::from_millis(TTL_S * 1000 / 2),
+        "removed after {since:?}, before its lease could expire"
+    );
+    assert!(
+        c.subnet_keys().contains(&subnet_key(dead)),
+        "{:?}",
+        c.subnet_keys()
+    );
+    // A newcomer gets another subnet.
+    c.start(4);
+    let new = c.subnet(4);
+    assert_ne!(
+        new, dead,
+        "the dead node's subnet was reused within the grace period"
+    );
+    assert!(!subnets.contains(&new));
+    c.wait_peers(4, true, Duration::from_secs(2));
+    c.pod(4);
+    c.ping_all();
+}
+
+/// Runs `weftd --claim-only` for node `name` against `etcd`.
+fn claim(etcd: &Etcd, dir: &Path, name: &str, n: u8, extra: &[&str]) -> std::process::Child {
+    Command::new(weftd())
+        .args(["--claim-only", "--store", "etcd", "--etcd-endpoints"])
+        .arg(etcd.endpoint())
+        .args(["--node-name", name])
+        .args(["--underlay-ip", &format!("10.250.1.{n}")])
+        .arg("--state-dir")
+        .arg(dir.join(name))
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weftd --claim-only")
+}
+
+/// Twenty nodes claiming subnets at once from a cluster CIDR with room for 32 never
+/// share one; a subnet becomes free again once the grace after its node's expiry has
+/// passed, and not before.
+#[test]
+fn racing_nodes_never_share_a_subnet_and_an_expired_one_waits_out_its_grace() {
+    require_root();
+    let scratch = Scratch::new("er").unwrap();
+    let etcd = Etcd::start(&scratch.path().join("etcd")).unwrap();
+    let cidr = ["--cluster-cidr", "10.244.0.0/19", "--node-ttl-s", "600"];
+    let children: Vec<_> = (1..=20)
+        .map(|n| claim(&etcd, scratch.path(), &format!("racer-{n}"), n, &cidr))
+        .collect();
+    let mut won = Vec::new();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            out.status.success(),
+            "racer-{}: {}",
+            i + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        won.push((format!("racer-{}", i + 1), text.parse::<Ipv4Net>().unwrap()));
+    }
+    let mut distinct: Vec<Ipv4Net> = won.iter().map(|(_, s)| *s).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 20, "{won:?}");
+    // etcd agrees: one lease a subnet, naming the node that printed it.
+    assert_eq!(etcd.keys("/weft/v1/subnets/").unwrap().len(), 20);
+    for (name, s) in &won {
+        let v = etcd.get(&subnet_key(*s)).unwrap().expect("the lease");
+        assert!(v.contains(&format!("\"node\":\"{name}\"")), "{s}: {v}");
+    }
+    // A restarted node takes its own subnet back (its pool remembers it).
+    let again = claim(&etcd, scratch.path(), "racer-7", 7, &cidr)
+        .wait_with_output()
+        .unwrap();
+    let again: Ipv4Net = String::from_utf8_lossy(&again.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(again, won[6].1);
+
+    // A node whose registration lasts 2 s, its subnet 3 s more: the lease is still
+    // there once the node's registration is gone, and gone after the grace.
+    let short = [
+        "--cluster-cidr",
+        "10.244.0.0/19",
+        "--node-ttl-s",
+        "2",
+        "--subnet-grace-s",
+        "3",
+    ];
+    let out = claim(&etcd, scratch.path(), "brief", 99, &short)
+        .wait_with_output()
+        .unwrap();
+    let brief: Ipv4Net = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let claimed = Instant::now();
+    wait_until(
+        Duration::from_secs(8),
+        "brief's registration to expire",
+        || etcd.get("/weft/v1/nodes/brief").unwrap().is_none(),
+    )
+    .unwrap();
+    let key = subnet_key(brief);
+    assert!(
+        etcd.get(&key).unwrap().is_some(),
+        "the subnet went with the node"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "brief's subnet lease to expire",
+        || etcd.get(&key).unwrap().is_none(),
+    )
+    .unwrap();
+    assert!(
+        claimed.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        claimed.elapsed()
+    );
+}
+
+fn store_state(n: &WeftNode) -> String {
+    n.status()
+        .unwrap()
+        .store
+        .map(|s| s.state)
+        .unwrap_or_default()
+}
+
+/// etcd stopped for 10 s: traffic flows, ADD works, STATUS says degraded. Started
+/// again, the nodes recover by themselves and learn of a node that joins. A node cut
+/// off from etcd while etcd lives resumes its watch where it stopped.
+#[test]
+fn the_cluster_outlives_an_etcd_outage_and_resumes_its_watch() {
+    let mut c = Cluster::new("eo", 4, &[]);
+    for i in 0..2 {
+        c.start(i);
+        c.pod(i);
+    }
+    c.wait_peers(0, true, Duration::from_secs(5));
+    c.wait_peers(1, true, Duration::from_secs(5));
+    c.ping_all();
+    let pids: Vec<u32> = (0..2).map(|i| c.node(i).pid()).collect();
+
+    c.etcd.stop().unwrap();
+    let stopped = Instant::now();
+    for i in 0..2 {
+        wait_until(Duration::from_secs(8), "STATUS to say degraded", || {
+            store_state(c.node(i)) == "degraded"
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    }
+    // Pods keep talking, and a new pod is added from node 0's own subnet.
+    c.ping(0, 1).unwrap();
+    c.ping(1, 0).unwrap();
+    let late = c.underlay.pod(0, "eolate").unwrap();
+    let a = c.node(0).attach(&late, "late").unwrap();
+    assert!(c.subnet(0).contains(&a.ip));
+    let (p1, _) = c.pods[1].as_ref().unwrap();
+    p1.ns.ping(a.ip, 2).unwrap();
+    assert_eq!(
+        c.node(1).peer_names().unwrap(),
+        [node_name(c.underlay.host(0))]
+    );
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
+    c.ping(0, 1).unwrap();
+
+    c.etcd.restart().unwrap();
+    for i in 0..2 {
+        wait_until(Duration::from_secs(15), "STATUS to say ok", || {
+            store_state(c.node(i)) == "ok"
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    }
+    c.start(2);
+    c.pod(2);
+    c.wait_peers(2, true, Duration::from_secs(5));
+    c.ping_all();
+
+    // Node 0 is cut off from etcd while node 3 joins; reconnected, it catches up
+    // from the revision it had.
+    c.bridges[0].as_ref().unwrap().set_cut(true);
+    c.start(3);
+    let n3 = node_name(c.underlay.host(3));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !c.node(0).peer_names().unwrap().contains(&n3),
+        "node 0 saw it through a cut"
+    );
+    c.bridges[0].as_ref().unwrap().set_cut(false);
+    c.wait_peers(3, true, Duration::from_secs(8));
+    let now: Vec<u32> = (0..2).map(|i| c.node(i).pid()).collect();
+    assert_eq!(now, pids, "no weftd restarted");
+    assert!(
+        c.node(0).log_text().contains("resuming"),
+        "{}",
+        c.node(0).log_text()
+    );
+}
+
+/// Bad records are ignored with a log line naming their key; the cluster goes on.
+/// NetworkPolicy objects in etcd are enforced like those of a policy directory.
+#[test]
+fn bad_records_are_ignored_and_policy_objects_in_etcd_are_enforced() {
+    let mut c = Cluster::new("eb", 2, &[]);
+    for i in 0..2 {
+        c.start(i);
+        c.pod(i);
+    }
+    c.wait_peers(1, true, Duration::from_secs(5));
+    c.ping_all();
+    let s1 = c.subnet(1);
+    c.etcd.put("/weft/v1/nodes/bogus", "{not json").unwrap();
+    let thief = format!(
+        "{{\"name\":\"thief\",\"underlayIp\":\"10.250.0.9\",\"podSubnet\":\"{s1}\",\"vtepMac\":\"02:00:00:00:00:09\",\"mode\":\"vxlan\",\"port\":8472}}"
+    );
+    c.etcd.put("/weft/v1/nodes/thief", &thief).unwrap();
+    c.etcd.put("/weft/v1/subnets/10.244.77.0-24", "[]").unwrap();
+    let log_has = |needle: &str| {
+        wait_until(Duration::from_secs(5), needle, || {
+            c.node(0).log_text().contains(needle)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    };
+    log_has("ignoring /weft/v1/nodes/bogus: not a node record");
+    log_has("ignoring /weft/v1/nodes/thief: claims subnet");
+    assert_eq!(
+        c.node(0).peer_names().unwrap(),
+        [node_name(c.underlay.host(1))]
+    );
+    c.ping_all();
+
+    // A policy isolating pod p1 for ingress: nothing reaches it.
+    let pod = "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"p1\",\"namespace\":\"default\",\"labels\":{\"app\":\"db\"}}}";
+    c.etcd.put("/weft/v1/pods/default/p1", pod).unwrap();
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-db, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  policyTypes: [Ingress]\n";
+    c.etcd
+        .put("/weft/v1/networkpolicies/default/deny-db", deny)
+        .unwrap();
+    c.etcd
+        .put(
+            "/weft/v1/networkpolicies/default/broken",
+            "kind: NetworkPolicy\nspec: 7\n",
+        )
+        .unwrap();
+    wait_until(Duration::from_secs(5), "the policy to cut p0 -> p1", || {
+        c.ping(0, 1).is_err()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.ping(1, 0)
+        .expect("p1's replies are tracked, its own traffic is not isolated");
+    log_has("ignoring /weft/v1/networkpolicies/default/broken");
+    c.etcd
+        .ctl(&["del", "/weft/v1/networkpolicies/default/deny-db"])
+        .unwrap();
+    wait_until(Duration::from_secs(5), "p0 -> p1 to pass again", || {
+        c.ping(0, 1).is_ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+}
