@@ -17,7 +17,8 @@ use weft_switch::mac::MacAddr;
 use weft_switch::tables::counters::Counters;
 use weft_switch::tables::health::PeerHealth;
 use weft_switch::tables::{
-    NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode, TUNNEL_OVERHEAD,
+    NodeConfig, PeerEntry, PeerPath, PortEntry, PortId, PortKind, Tables, TunnelMode,
+    TUNNEL_OVERHEAD,
 };
 
 /// The tunnel UDP port.
@@ -106,6 +107,8 @@ pub fn tables(mode: TunnelMode, n: u8, nodes: u8, pods: u8) -> Tables {
             vtep_mac: router_mac(m),
             counters: Arc::new(Counters::new(1)),
             health: Arc::new(PeerHealth::new(Time::ZERO)),
+            path: PeerPath::Tunnel,
+            beats: true,
         })
         .collect();
     Tables::build(config, host, pods, peers, Arc::new(Counters::new(1)))

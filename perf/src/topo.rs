@@ -3,7 +3,10 @@
 //! compared with and must interoperate with.
 //!
 //! Addressing: host `i` (0-based) has underlay address `10.250.0.(i+1)/24` on `eth0` and
-//! owns pod subnet `10.244.(i+1).0/24` with gateway `10.244.(i+1).1`. All of it lives in
+//! owns pod subnet `10.244.(i+1).0/24` with gateway `10.244.(i+1).1`. An underlay of
+//! several segments ([`Underlay::with_segments`]) puts the hosts of segment `s` on
+//! `10.250.s.0/24` and routes between the segments through the wire namespace
+//! (`10.250.s.254`), so hosts on different segments share no link. All of it lives in
 //! namespaces this crate created, so the machine's own network never sees it; dropping the
 //! [`Underlay`] and the [`Pod`]s deletes the namespaces and every link with them.
 
@@ -28,8 +31,12 @@ pub const MAX_HOSTS: usize = 250;
 /// Name of each host's underlay interface.
 pub const UNDERLAY_IF: &str = "eth0";
 
-/// Name of the Linux bridge in the wire namespace that forms the underlay segment.
+/// Name of the Linux bridge in the wire namespace that forms the (first) underlay
+/// segment; segment `s` is `br<s>`.
 pub const WIRE_BRIDGE: &str = "br0";
+
+/// The wire namespace's own address on every segment: the router between them.
+pub const ROUTER_OCTET: u8 = 254;
 
 /// Name of the pod-side interface that the baselines attach.
 pub const POD_IF: &str = "eth0";
@@ -155,6 +162,8 @@ pub struct Host {
     pub gateway: Ipv4Addr,
     /// The MTU of `eth0` (the underlay MTU).
     pub underlay_mtu: u32,
+    /// The underlay segment the host is on.
+    pub segment: usize,
 }
 
 impl Host {
@@ -234,9 +243,21 @@ impl Underlay {
     /// Like [`Underlay::with_mtu`], with every host's `eth0` transmit offload set to
     /// `offload` (see [`Host::set_tx_offload`] for the one case that needs it off).
     pub fn with_options(tag: &str, hosts: usize, mtu: u32, offload: Offload) -> Result<Underlay> {
+        Underlay::build(tag, &[hosts], mtu, offload)
+    }
+
+    /// An underlay of several L2 segments, `hosts[s]` hosts on segment `s`, routed to
+    /// each other by the wire namespace; default MTU, offloads on. Host indices run
+    /// on across the segments.
+    pub fn with_segments(tag: &str, hosts: &[usize]) -> Result<Underlay> {
+        Underlay::build(tag, hosts, DEFAULT_MTU, Offload::On)
+    }
+
+    fn build(tag: &str, segments: &[usize], mtu: u32, offload: Offload) -> Result<Underlay> {
+        let hosts: usize = segments.iter().sum();
         ensure!(
-            hosts <= MAX_HOSTS,
-            "an underlay joins at most {MAX_HOSTS} hosts, not {hosts}"
+            hosts <= MAX_HOSTS && !segments.is_empty() && segments.len() < 250,
+            "an underlay joins at most {MAX_HOSTS} hosts on 1 to 249 segments, not {segments:?}"
         );
         ensure!(
             (576..=65535).contains(&mtu),
@@ -244,23 +265,37 @@ impl Underlay {
         );
         let mtu_s = mtu.to_string();
         let wire = Netns::new(&format!("{tag}w"))?;
-        wire.ip(&["link", "add", WIRE_BRIDGE, "mtu", &mtu_s, "type", "bridge"])?;
-        wire.link_up(WIRE_BRIDGE)?;
+        for s in 0..segments.len() {
+            let bridge = format!("br{s}");
+            wire.ip(&["link", "add", &bridge, "mtu", &mtu_s, "type", "bridge"])?;
+            wire.link_up(&bridge)?;
+            if segments.len() > 1 {
+                let addr = format!("10.250.{s}.{ROUTER_OCTET}/24");
+                wire.ip(&["addr", "add", &addr, "dev", &bridge])?;
+            }
+        }
+        if segments.len() > 1 {
+            wire.sysctl("net.ipv4.ip_forward", "1")?;
+        }
         let mut underlay = Underlay {
             hosts: Vec::with_capacity(hosts),
             wire,
             mtu,
             offload,
         };
-        for index in 0..hosts {
-            let host = underlay.add_host(tag, index)?;
-            underlay.hosts.push(host);
+        for (segment, &count) in segments.iter().enumerate() {
+            for _ in 0..count {
+                let index = underlay.hosts.len();
+                let host = underlay.add_host(tag, index, segment, segments.len() > 1)?;
+                underlay.hosts.push(host);
+            }
         }
         Ok(underlay)
     }
 
-    fn add_host(&self, tag: &str, index: usize) -> Result<Host> {
+    fn add_host(&self, tag: &str, index: usize, segment: usize, routed: bool) -> Result<Host> {
         let n = u8::try_from(index + 1).context("host number")?;
+        let seg = u8::try_from(segment).context("segment number")?;
         let ns = Netns::new(&format!("{tag}h{index}"))?;
         let port = format!("p{index}");
         let mtu = self.mtu.to_string();
@@ -273,13 +308,26 @@ impl Underlay {
             "mtu",
             &mtu,
             "master",
-            WIRE_BRIDGE,
+            &format!("br{segment}"),
             "up",
         ])?;
-        let underlay_ip = Ipv4Addr::new(10, 250, 0, n);
+        let underlay_ip = Ipv4Addr::new(10, 250, seg, n);
         let addr = format!("{underlay_ip}/{}", UNDERLAY_NET.prefix_len());
         ns.ip(&["link", "set", "dev", UNDERLAY_IF, "mtu", &mtu, "up"])?;
         ns.ip(&["addr", "add", &addr, "dev", UNDERLAY_IF])?;
+        if routed {
+            // The other segments, through the wire namespace.
+            let router = format!("10.250.{seg}.{ROUTER_OCTET}");
+            ns.ip(&[
+                "route",
+                "add",
+                "10.250.0.0/16",
+                "via",
+                &router,
+                "dev",
+                UNDERLAY_IF,
+            ])?;
+        }
         let pod_subnet = Ipv4Net::new(Ipv4Addr::new(10, 244, n, 0), 24)?;
         let host = Host {
             ns,
@@ -288,6 +336,7 @@ impl Underlay {
             pod_subnet,
             gateway: Ipv4Addr::new(10, 244, n, 1),
             underlay_mtu: self.mtu,
+            segment,
         };
         // A veth is created with its offloads on; set them only when asked otherwise.
         if self.offload == Offload::Off {

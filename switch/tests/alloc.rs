@@ -19,7 +19,9 @@ use weft_switch::mac::MacAddr;
 use weft_switch::policy::compile::{CompiledRule, Origin, PodRules, RuleSet};
 use weft_switch::tables::counters::{Counters, DropReason};
 use weft_switch::tables::health::PeerHealth;
-use weft_switch::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode};
+use weft_switch::tables::{
+    NodeConfig, PeerEntry, PeerPath, PortEntry, PortId, PortKind, Tables, TunnelMode,
+};
 
 struct Counting;
 
@@ -143,6 +145,8 @@ fn tables(mode: TunnelMode) -> Tables {
         vtep_mac: MacAddr([2, 0, 0, 0, 0, 2]),
         counters: Arc::new(Counters::new(1)),
         health: Arc::new(PeerHealth::new(Time::ZERO)),
+        path: PeerPath::Tunnel,
+        beats: true,
     };
     Tables::build(
         node,

@@ -40,9 +40,15 @@ impl Cluster {
     /// `hosts` hosts on one segment and an etcd; no node runs yet.
     fn new(tag: &str, hosts: usize, extra: &[&str]) -> Cluster {
         require_root();
+        Cluster::on(tag, Underlay::new(tag, hosts).unwrap(), extra)
+    }
+
+    /// The hosts of `underlay` and an etcd.
+    fn on(tag: &str, underlay: Underlay, extra: &[&str]) -> Cluster {
+        require_root();
+        let hosts = underlay.hosts().len();
         let scratch = Scratch::new(tag).unwrap();
         let etcd = Etcd::start(&scratch.path().join("etcd")).unwrap();
-        let underlay = Underlay::new(tag, hosts).unwrap();
         Cluster {
             nodes: (0..hosts).map(|_| None).collect(),
             pods: (0..hosts).map(|_| None).collect(),
@@ -454,4 +460,173 @@ fn bad_records_are_ignored_and_policy_objects_in_etcd_are_enforced() {
         c.ping(0, 1).is_ok()
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+}
+
+/// What a capture on one wire port saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// UDP datagrams to or from the VXLAN port, by (source, destination).
+    vxlan: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// Plain IPv4 (no tunnel) between pod addresses, by (source, destination).
+    plain: Vec<(Ipv4Addr, Ipv4Addr)>,
+}
+
+/// Captures every frame through interface `ifname` of `ns` while `f` runs.
+fn capture(ns: &weft_perf::netns::Netns, ifname: &str, f: impl FnOnce()) -> Seen {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let name = std::ffi::CString::new(ifname).unwrap();
+    let fd = weft_perf::weft::in_netns(ns, || {
+        // SAFETY: plain socket(2) and bind(2) calls on a fresh descriptor, with a
+        // sockaddr_ll that lives across the call.
+        unsafe {
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+                i32::from(proto),
+            );
+            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            let rc = libc::bind(fd, std::ptr::addr_of!(sll).cast(), len);
+            assert_eq!(
+                rc,
+                0,
+                "binding to {ifname:?}: {}",
+                std::io::Error::last_os_error()
+            );
+            OwnedFd::from_raw_fd(fd)
+        }
+    })
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let file = std::fs::File::from(fd);
+            let mut seen = Seen::default();
+            let mut buf = vec![0u8; 65536];
+            let ip = |b: &[u8], at: usize| Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3]);
+            loop {
+                match std::io::Read::read(&mut &file, &mut buf) {
+                    Ok(n) if n >= 14 + 28 && buf[12..14] == [0x08, 0x00] => {
+                        let b = &buf[..n];
+                        let (src, dst) = (ip(b, 26), ip(b, 30));
+                        let ihl = usize::from(b[14] & 0x0f) * 4;
+                        let udp_dst = b.get(14 + ihl + 2..14 + ihl + 4);
+                        if b[23] == 17 && udp_dst == Some(&8472u16.to_be_bytes()[..]) {
+                            seen.vxlan.push((src, dst));
+                        } else if src.octets()[..2] == [10, 244] && dst.octets()[..2] == [10, 244] {
+                            seen.plain.push((src, dst));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) if stop.load(std::sync::atomic::Ordering::SeqCst) => return seen,
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        })
+    };
+    f();
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    reader.join().unwrap()
+}
+
+/// Direct routing beside VXLAN: hosts 0 and 1 share a segment and send their pods'
+/// packets unencapsulated, through host routes weftd installs; host 2, behind a
+/// router, is reached through the tunnel by both. Source addresses are the pods'.
+#[test]
+fn direct_routing_on_a_shared_segment_and_the_tunnel_beyond_it() {
+    require_root();
+    let underlay = Underlay::with_segments("ed", &[2, 1]).unwrap();
+    let mut c = Cluster::on("ed", underlay, &["--direct-routing", "true"]);
+    for i in 0..3 {
+        c.start(i);
+        c.pod(i);
+    }
+    for i in 0..3 {
+        c.wait_peers(i, true, Duration::from_secs(5));
+    }
+    let infos = |i: usize| match c.node(i).ok(&weft_cni::proto::Request::Peers).unwrap() {
+        weft_cni::proto::Reply::Peers { peers } => peers,
+        other => panic!("{other:?}"),
+    };
+    let paths: Vec<(String, String)> = infos(0)
+        .into_iter()
+        .map(|p| (p.name, p.path))
+        .filter(|(n, _)| n.starts_with("node"))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (
+                "node-1".to_owned(),
+                "direct via 10.250.0.2 dev eth0".to_owned()
+            ),
+            ("node-2".to_owned(), "vxlan".to_owned())
+        ]
+    );
+    let s1 = c.subnet(1);
+    let routes = c
+        .underlay
+        .host(0)
+        .ns
+        .ip(&["route", "show", "proto", "119"])
+        .unwrap();
+    assert_eq!(
+        routes.trim(),
+        format!("{s1} via 10.250.0.2 dev eth0"),
+        "{routes}"
+    );
+
+    let pod_ip = |i: usize| c.pods[i].as_ref().unwrap().1;
+    let (h0, h1) = (
+        c.underlay.host(0).underlay_ip,
+        c.underlay.host(1).underlay_ip,
+    );
+    let h2 = c.underlay.host(2).underlay_ip;
+    let seen = capture(c.underlay.wire(), "p0", || c.ping_all());
+    eprintln!(
+        "on the wire: {} VXLAN, {} plain",
+        seen.vxlan.len(),
+        seen.plain.len()
+    );
+    let local_vxlan = seen
+        .vxlan
+        .iter()
+        .filter(|(s, d)| [h0, h1].contains(s) && [h0, h1].contains(d))
+        .count();
+    assert_eq!(
+        local_vxlan, 0,
+        "VXLAN between hosts on one segment: {seen:?}"
+    );
+    for pair in [(pod_ip(0), pod_ip(1)), (pod_ip(1), pod_ip(0))] {
+        assert!(
+            seen.plain.contains(&pair),
+            "no plain {pair:?} on the wire: {seen:?}"
+        );
+    }
+    assert!(
+        seen.vxlan.iter().any(|(s, d)| *s == h0 && *d == h2)
+            && seen.vxlan.iter().any(|(s, d)| *s == h2 && *d == h0),
+        "host 2 is not reached through the tunnel: {seen:?}"
+    );
+    // Node 1 dies: its route goes with it once its registration expires.
+    c.nodes[1].take().unwrap().kill().unwrap();
+    c.wait_peers(1, false, Duration::from_secs(TTL_S + 5));
+    wait_until(Duration::from_secs(2), "the direct route to go", || {
+        c.underlay
+            .host(0)
+            .ns
+            .ip(&["route", "show", "proto", "119"])
+            .unwrap()
+            .trim()
+            .is_empty()
+    })
+    .unwrap();
+    c.ping(0, 2).unwrap();
 }

@@ -268,7 +268,12 @@ impl Daemon {
         let tunnel = Arc::new(Counters::new(settings.workers));
         let (host_entry, host_spec) = host_port(&settings, &node);
         let host_queues = host.open_host_port(&host_spec, settings.port_queues)?;
-        let peers = peer_entries(&settings, &view.nodes, &[]);
+        if settings.direct_routing {
+            host.enable_forwarding()
+                .map_err(io_err("enabling IPv4 forwarding for direct routing"))?;
+        }
+        let route_to = |ip| host.route_to(ip).ok().flatten();
+        let peers = peer_entries(&settings, &view.nodes, &[], &route_to);
         let store_policy = view.policy.clone();
         let tables = Arc::new(ArcSwap::from_pointee(Tables::build(
             node.clone(),
@@ -299,6 +304,7 @@ impl Daemon {
             store,
         });
         daemon.hand_queues(host_entry.id, &host_entry.counters, host_queues)?;
+        daemon.sync_direct_routes(&daemon.state.lock().peers.clone());
         match store_policy {
             Some(p) => daemon.apply_store_policy(&p)?,
             None => daemon.load_policy()?,

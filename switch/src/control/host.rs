@@ -3,10 +3,12 @@
 //! that attach, detach and their rollbacks run in unit tests without root; the real
 //! host is [`SystemHost`].
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use crate::control::error::DaemonError;
 use crate::control::netlink::{self, LinkSpec, LinkState, NetlinkError};
+use crate::control::routes::{self, DirectRoute, RouteTo};
 use crate::io::port::PortQueue;
 use crate::io::tap;
 
@@ -45,6 +47,15 @@ pub trait Host: Send + Sync + std::fmt::Debug {
 
     /// The state of interface `ifname` in `netns`, `None` if it is not there.
     fn inspect(&self, netns: &Path, ifname: &str) -> Result<Option<LinkState>, NetlinkError>;
+
+    /// How the daemon's own namespace reaches `dst`.
+    fn route_to(&self, dst: Ipv4Addr) -> Result<Option<RouteTo>, NetlinkError>;
+
+    /// Makes weft's host routes exactly `routes`; returns how many it removed.
+    fn sync_direct_routes(&self, routes: &[DirectRoute]) -> Result<usize, NetlinkError>;
+
+    /// Lets the daemon's own namespace forward IPv4, as direct routing needs.
+    fn enable_forwarding(&self) -> std::io::Result<()>;
 }
 
 /// The real host: TAP devices and netlink, entering namespaces with setns.
@@ -128,5 +139,17 @@ impl Host for SystemHost {
     fn inspect(&self, netns: &Path, ifname: &str) -> Result<Option<LinkState>, NetlinkError> {
         let name = ifname.to_owned();
         netlink::in_netns(netns, move || netlink::inspect(&name))
+    }
+
+    fn route_to(&self, dst: Ipv4Addr) -> Result<Option<RouteTo>, NetlinkError> {
+        routes::route_to(dst)
+    }
+
+    fn sync_direct_routes(&self, wanted: &[DirectRoute]) -> Result<usize, NetlinkError> {
+        routes::sync(wanted)
+    }
+
+    fn enable_forwarding(&self) -> std::io::Result<()> {
+        routes::enable_forwarding()
     }
 }

@@ -6,7 +6,8 @@
 //! - [`policy`]: NetworkPolicy from its source, compiled and published;
 //! - [`api`]: requests in, responses out; [`server`]: the socket and the signals;
 //! - [`host`]: the host operations (netlink, netns, TAP) behind a trait;
-//! - [`config`]: settings and the peers file; [`netlink`]: links, addresses, routes.
+//! - [`config`]: settings; [`netlink`]: links, addresses, routes; [`routes`]: the
+//!   host routes of direct routing.
 
 pub mod api;
 pub mod config;
@@ -17,5 +18,6 @@ pub mod netlink;
 pub mod peers;
 pub mod pods;
 pub mod policy;
+pub mod routes;
 pub mod server;
 pub mod store;

@@ -171,7 +171,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, NetlinkError> {
 }
 
 /// Runs `f` with an rtnetlink handle bound to the calling thread's namespace.
-fn with_handle<T>(
+pub(crate) fn with_handle<T>(
     f: impl AsyncFnOnce(Handle) -> Result<T, NetlinkError>,
 ) -> Result<T, NetlinkError> {
     let rt = runtime()?;
@@ -199,7 +199,7 @@ async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, N
     }
 }
 
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
+pub(crate) async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
     Ok(find_link(handle, name).await?.map(|link| link.header.index))
 }
 

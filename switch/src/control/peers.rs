@@ -6,21 +6,72 @@ use std::sync::Arc;
 
 use weft_cni::proto;
 
-use crate::control::config::Settings;
+use crate::control::config::{Mode, Settings};
 use crate::control::daemon::Daemon;
 use crate::control::error::DaemonError;
+use crate::control::routes::{DirectRoute, RouteTo};
 use crate::control::store::{ClusterView, NodeEntry};
 use crate::io::clock;
 use crate::tables::counters::Counters;
 use crate::tables::health::{feature_names, PeerHealth};
-use crate::tables::{PeerEntry, TunnelMode};
+use crate::tables::{PeerEntry, PeerPath, TunnelMode};
 
-/// The peer entries of `nodes` (every node but this one). A peer that did not change
-/// keeps its counters and health from `old`.
+/// How this node may reach node `n`, given how the host reaches `n`'s underlay
+/// address (`route`, looked up only when direct routing is on).
+///
+/// Direct when both ends route directly and the host reaches `n` on a link, with no
+/// gateway (flannel's test for `DirectRouting`); else the tunnel, when both run the
+/// same one; else not at all. Only a tunnelled peer gets heartbeats: they measure
+/// the tunnel, and a direct peer's traffic does not use it.
+pub(crate) fn path_to(settings: &Settings, n: &NodeEntry, route: Option<&RouteTo>) -> PeerPath {
+    let theirs = n.mode.unwrap_or(settings.mode);
+    let their_direct =
+        theirs == Mode::Direct || n.direct_routing.unwrap_or(settings.direct_routing);
+    let tunnel = settings
+        .mode
+        .tunnel()
+        .filter(|t| theirs.tunnel() == Some(*t));
+    if settings.direct_routing && their_direct {
+        match route {
+            Some(r) if r.gateway.is_none() && r.dev != settings.host_port => {
+                return PeerPath::Direct { dev: r.dev.clone() }
+            }
+            _ if tunnel.is_some() => {}
+            Some(r) => {
+                let via = r.gateway.map_or(String::new(), |g| format!("via {g} "));
+                return PeerPath::Unreachable(format!(
+                    "not on this node's segment (the host reaches it {via}dev {}), and no common tunnel",
+                    r.dev
+                ));
+            }
+            None => {
+                return PeerPath::Unreachable(
+                    "the host has no route to its underlay address, and no common tunnel".into(),
+                )
+            }
+        }
+    }
+    match tunnel {
+        Some(_) => PeerPath::Tunnel,
+        None if theirs == Mode::Direct || settings.mode == Mode::Direct => {
+            PeerPath::Unreachable(format!(
+                "it runs {theirs} and this node {}{}: direct routing needs both ends, and one has no tunnel",
+                settings.mode,
+                if settings.direct_routing { " with direct routing" } else { "" }
+            ))
+        }
+        None => PeerPath::Unreachable(format!("it runs {theirs}, this node {}", settings.mode)),
+    }
+}
+
+/// The peer entries of `nodes` (every node but this one), reached as [`path_to`]
+/// says, with `route_to` telling how the host reaches an address. A peer that did not
+/// change keeps its counters and health from `old`.
 pub(crate) fn peer_entries(
     settings: &Settings,
     nodes: &[NodeEntry],
     old: &[PeerEntry],
+    route_to: &dyn Fn(Ipv4Addr) -> Option<RouteTo>,
 ) -> Vec<PeerEntry> {
     nodes
         .iter()
@@ -28,6 +79,12 @@ pub(crate) fn peer_entries(
         .map(|n| {
             let addr = SocketAddrV4::new(n.underlay_ip, settings.port);
             let kept = old.iter().find(|p| p.name == n.name && p.addr == addr);
+            let route = settings
+                .direct_routing
+                .then(|| route_to(n.underlay_ip))
+                .flatten();
+            let path = path_to(settings, n, route.as_ref());
+            let beats = path == PeerPath::Tunnel;
             PeerEntry {
                 name: n.name.clone(),
                 addr,
@@ -41,9 +98,20 @@ pub(crate) fn peer_entries(
                     || Arc::new(PeerHealth::new(clock::now())),
                     |p| p.health.clone(),
                 ),
+                path,
+                beats,
             }
         })
         .collect()
+}
+
+/// How `weft peers` shows a path.
+fn describe(p: &PeerEntry, mode: TunnelMode) -> String {
+    match &p.path {
+        PeerPath::Tunnel => mode.to_string(),
+        PeerPath::Direct { dev } => format!("direct via {} dev {dev}", p.addr.ip()),
+        PeerPath::Unreachable(why) => format!("none: {why}"),
+    }
 }
 
 impl Daemon {
@@ -54,13 +122,16 @@ impl Daemon {
             self.apply_store_policy(policy)?;
         }
         let mut state = self.state.lock();
-        let peers = peer_entries(&self.settings, &view.nodes, &state.peers);
+        let route_to = |ip| self.route_to(ip);
+        let peers = peer_entries(&self.settings, &view.nodes, &state.peers, &route_to);
         let same = peers.len() == state.peers.len()
             && peers.iter().zip(&state.peers).all(|(a, b)| {
                 a.name == b.name
                     && a.addr == b.addr
                     && a.subnet == b.subnet
                     && a.vtep_mac == b.vtep_mac
+                    && a.path == b.path
+                    && a.beats == b.beats
             });
         if same {
             return Ok(false);
@@ -70,9 +141,49 @@ impl Daemon {
             state.peers = old;
             return Err(e);
         }
+        self.sync_direct_routes(&state.peers);
         let names: Vec<&str> = state.peers.iter().map(|p| p.name.as_str()).collect();
         log::info!("peers now: {}", names.join(", "));
         Ok(true)
+    }
+
+    /// How the host reaches `ip`, or `None` if it does not, or cannot say.
+    pub(crate) fn route_to(&self, ip: Ipv4Addr) -> Option<RouteTo> {
+        match self.host.route_to(ip) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("direct routing: looking up the route to {ip}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Makes the host's direct routes those of `peers`' direct paths (none without
+    /// direct routing: a previous run's are removed). A failure is logged: those
+    /// peers stay unreachable until the next change puts it right.
+    pub(crate) fn sync_direct_routes(&self, peers: &[PeerEntry]) {
+        let wanted: Vec<DirectRoute> = peers
+            .iter()
+            .filter_map(|p| match &p.path {
+                PeerPath::Direct { .. } => {
+                    let r = self.route_to(*p.addr.ip())?;
+                    Some(DirectRoute {
+                        subnet: p.subnet,
+                        via: *p.addr.ip(),
+                        oif: r.oif,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        match self.host.sync_direct_routes(&wanted) {
+            Ok(removed) if self.settings.direct_routing || removed > 0 => log::info!(
+                "direct routing: {} host routes, {removed} removed",
+                wanted.len()
+            ),
+            Ok(_) => {}
+            Err(e) => log::error!("direct routing: setting the host's routes: {e}"),
+        }
     }
 
     /// Rereads the store and applies it. Returns whether anything changed.
@@ -99,7 +210,7 @@ impl Daemon {
                     underlay: *p.addr.ip(),
                     pod_subnet: p.subnet.to_string(),
                     vtep_mac: p.vtep_mac.to_string(),
-                    path: self.node.mode.to_string(),
+                    path: describe(p, self.node.mode),
                     counters: p.counters.snapshot().to_proto(),
                     health: Some(proto::PeerHealth {
                         state: h.state.name().into(),

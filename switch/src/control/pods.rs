@@ -456,10 +456,13 @@ mod tests {
     use weft_cni::proto::{AttachRequest, DetachRequest, ErrorKind, Reply, Request, Response};
 
     use super::*;
-    use crate::control::config::Options;
+    use crate::control::config::{Mode, Options};
     use crate::control::host::{Host, Queues};
-    use crate::control::store::NoStore;
+    use crate::control::routes::{DirectRoute, RouteTo};
+    use crate::control::store::{ClusterView, NoStore, NodeEntry};
     use crate::io::port::{Offload, PortQueue};
+    use crate::mac::MacAddr;
+    use crate::tables::fib::NextHop;
 
     /// A queue that never has a frame. It polls on one end of a socket pair, or, to
     /// make a worker refuse it, on a regular file, which epoll does not take.
@@ -494,12 +497,17 @@ mod tests {
         Unpollable,
     }
 
-    /// A host whose interfaces are names in a set.
+    /// A host whose interfaces are names in a set, and whose routes are a table.
     #[derive(Debug)]
     struct FakeHost {
         next: Mutex<Next>,
         interfaces: Mutex<BTreeSet<(String, String)>>,
         dir: PathBuf,
+        /// How the host reaches addresses.
+        reach: Mutex<std::collections::BTreeMap<Ipv4Addr, RouteTo>>,
+        /// weft's host routes now.
+        routes: Mutex<Vec<DirectRoute>>,
+        forwarding: std::sync::atomic::AtomicBool,
     }
 
     impl FakeHost {
@@ -549,6 +557,23 @@ mod tests {
         fn inspect(&self, _: &Path, _: &str) -> Result<Option<LinkState>, NetlinkError> {
             Ok(None)
         }
+
+        fn route_to(&self, dst: Ipv4Addr) -> Result<Option<RouteTo>, NetlinkError> {
+            Ok(self.reach.lock().get(&dst).cloned())
+        }
+
+        fn sync_direct_routes(&self, wanted: &[DirectRoute]) -> Result<usize, NetlinkError> {
+            let mut routes = self.routes.lock();
+            let removed = routes.iter().filter(|r| !wanted.contains(r)).count();
+            *routes = wanted.to_vec();
+            Ok(removed)
+        }
+
+        fn enable_forwarding(&self) -> std::io::Result<()> {
+            self.forwarding
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
     }
 
     struct Fixture {
@@ -566,6 +591,11 @@ mod tests {
 
     /// A daemon on loopback (nothing is sent: it has no peers) over a fake host.
     fn fixture(tag: &str) -> Fixture {
+        fixture_with(tag, Options::default())
+    }
+
+    /// Like [`fixture`], with the options `extra` sets.
+    fn fixture_with(tag: &str, extra: Options) -> Fixture {
         let dir = std::env::temp_dir().join(format!("weft-pods-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -583,12 +613,16 @@ mod tests {
             socket: Some(dir.join("weft.sock")),
             ..Options::default()
         }
+        .or(extra)
         .resolve()
         .expect("settings");
         let host = Arc::new(FakeHost {
             next: Mutex::new(Next::Works),
             interfaces: Mutex::new(BTreeSet::new()),
             dir: dir.clone(),
+            reach: Mutex::new(Default::default()),
+            routes: Mutex::new(Vec::new()),
+            forwarding: Default::default(),
         });
         let daemon =
             Daemon::start_with(settings, host.clone(), Arc::new(NoStore)).expect("the daemon");
@@ -678,5 +712,98 @@ mod tests {
             "{detached:?}"
         );
         assert_nothing_left(&f);
+    }
+
+    fn node(name: &str, n: u8, mode: Option<Mode>) -> NodeEntry {
+        NodeEntry {
+            name: name.into(),
+            underlay_ip: Ipv4Addr::new(10, 250, 0, n),
+            pod_subnet: format!("10.244.{n}.0/24").parse().expect("a subnet"),
+            vtep_mac: MacAddr::from_name(name),
+            mode,
+            direct_routing: None,
+        }
+    }
+
+    /// Direct routing beside VXLAN: a peer on the segment gets a host route and the
+    /// host as its next hop; a peer behind a router keeps the tunnel; a direct-only
+    /// peer behind a router cannot be reached. A peer that goes takes its route.
+    #[test]
+    fn direct_routing_chooses_each_peers_path_and_keeps_the_host_routes() {
+        let extra = Options {
+            direct_routing: Some(true),
+            ..Options::default()
+        };
+        let f = fixture_with("direct", extra);
+        assert!(f.host.forwarding.load(std::sync::atomic::Ordering::SeqCst));
+        let on_link = |dev: &str| RouteTo {
+            oif: 2,
+            dev: dev.into(),
+            gateway: None,
+        };
+        let routed = RouteTo {
+            oif: 2,
+            dev: "eth0".into(),
+            gateway: Some(Ipv4Addr::new(10, 250, 0, 254)),
+        };
+        {
+            let mut reach = f.host.reach.lock();
+            reach.insert(Ipv4Addr::new(10, 250, 0, 2), on_link("eth0"));
+            reach.insert(Ipv4Addr::new(10, 250, 0, 3), routed.clone());
+            reach.insert(Ipv4Addr::new(10, 250, 0, 4), routed);
+        }
+        let view = ClusterView {
+            nodes: vec![
+                node("b", 2, None),
+                node("c", 3, None),
+                node("d", 4, Some(Mode::Direct)),
+            ],
+            policy: None,
+        };
+        assert!(f.daemon.apply_view(&view).expect("applied"));
+        let t = f.daemon.tables();
+        let hop = |ip: [u8; 4]| t.fib.lookup(Ipv4Addr::from(ip));
+        assert_eq!(hop([10, 244, 2, 9]), Some(NextHop::Host), "b is direct");
+        assert_eq!(
+            hop([10, 244, 3, 9]),
+            Some(NextHop::Peer(1)),
+            "c is tunnelled"
+        );
+        assert_eq!(
+            hop([10, 244, 4, 9]),
+            Some(NextHop::Unreachable),
+            "d has no path"
+        );
+        // b itself is the host's to reach; c through the tunnel, as without direct routing.
+        assert_eq!(hop([10, 250, 0, 2]), Some(NextHop::Host));
+        assert_eq!(hop([10, 250, 0, 3]), Some(NextHop::Peer(1)));
+        let want = DirectRoute {
+            subnet: "10.244.2.0/24".parse().expect("a subnet"),
+            via: Ipv4Addr::new(10, 250, 0, 2),
+            oif: 2,
+        };
+        assert_eq!(*f.host.routes.lock(), [want]);
+        let paths: Vec<String> = f.daemon.peer_infos().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths[0], "direct via 10.250.0.2 dev eth0");
+        assert_eq!(paths[1], "vxlan");
+        assert!(
+            paths[2].starts_with("none: not on this node's segment"),
+            "{paths:?}"
+        );
+        // Heartbeats measure the tunnel: only c, which uses it, gets them.
+        let beats: Vec<bool> = t.peers.iter().map(|p| p.beats).collect();
+        assert_eq!(beats, [false, true, false]);
+
+        // b leaves: its route goes too.
+        let view = ClusterView {
+            nodes: vec![node("c", 3, None)],
+            policy: None,
+        };
+        assert!(f.daemon.apply_view(&view).expect("applied"));
+        assert!(f.host.routes.lock().is_empty());
+        assert_eq!(
+            f.daemon.tables().fib.lookup(Ipv4Addr::new(10, 244, 2, 9)),
+            Some(NextHop::Unreachable)
+        );
     }
 }

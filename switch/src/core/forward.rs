@@ -75,6 +75,9 @@ pub(super) fn decide(t: &Tables, from: Ingress, offload: &Offload, facts: &Facts
     let hop = t.fib.lookup(facts.dst).unwrap_or(NextHop::Unreachable);
     match (from, hop) {
         (Ingress::Peer(_), NextHop::Peer(_)) => return Verdict::Drop(DropReason::NoRelay),
+        (Ingress::Port(i), NextHop::Host) if t.ports[i].kind == PortKind::Host => {
+            return Verdict::Drop(DropReason::HostLoop)
+        }
         (_, NextHop::Unreachable) => {
             return Verdict::Refuse(DropReason::NoRoute, IcmpError::HostUnreachable)
         }

@@ -61,7 +61,7 @@ impl Heartbeats {
         let peers = &cx.tables.peers;
         self.sent
             .retain(|(addr, _)| peers.iter().any(|p| p.addr == *addr));
-        for (j, peer) in peers.iter().enumerate() {
+        for (j, peer) in peers.iter().enumerate().filter(|(_, p)| p.beats) {
             let sequence = match self.sent.iter_mut().find(|(addr, _)| *addr == peer.addr) {
                 Some((_, n)) => {
                     *n += 1;

@@ -33,7 +33,8 @@ use crate::policy::compile::PodRules;
 use crate::tables::counters::{Counters, DropReason, Snapshot};
 use crate::tables::health::{HealthSnapshot, PeerHealth};
 use crate::tables::{
-    NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables, TunnelMode, TUNNEL_OVERHEAD,
+    NodeConfig, PeerEntry, PeerPath, PortEntry, PortId, PortKind, Tables, TunnelMode,
+    TUNNEL_OVERHEAD,
 };
 
 /// The pod MTU every node uses (an underlay MTU of 1500 minus the tunnel overhead).
@@ -489,6 +490,8 @@ fn peer_entry(m: usize) -> PeerEntry {
         vtep_mac: router_mac(m),
         counters: new_counters(),
         health: Arc::new(PeerHealth::new(Time::ZERO)),
+        path: PeerPath::Tunnel,
+        beats: true,
     }
 }
 

@@ -64,6 +64,9 @@ drop_reasons! {
     TooBig => "too_big",
     /// Arrived from a tunnel but routes to another peer: the switch does not relay.
     NoRelay => "no_relay",
+    /// Arrived from the host port and routes back to it: a direct peer whose host
+    /// route is missing (the host sends its traffic here, by the cluster route).
+    HostLoop => "host_loop",
     /// The egress port's queue was full.
     TxFull => "tx_full",
     /// The egress port or socket failed.

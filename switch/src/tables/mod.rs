@@ -135,6 +135,26 @@ pub struct PeerEntry {
     pub counters: Arc<Counters>,
     /// Its liveness and what its datagrams said it can receive.
     pub health: Arc<PeerHealth>,
+    /// How its pods are reached.
+    pub path: PeerPath,
+    /// Whether it gets heartbeats: its pods are reached through the tunnel.
+    pub beats: bool,
+}
+
+/// How a peer's pods are reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerPath {
+    /// Through the tunnel.
+    Tunnel,
+    /// With no encapsulation: frames go to the host port, and the host routes the
+    /// peer's subnet via the peer's underlay address on interface `dev`.
+    Direct {
+        /// The host's interface to the peer.
+        dev: String,
+    },
+    /// Not at all, and why (the peer is off this node's segment and there is no
+    /// common tunnel).
+    Unreachable(String),
 }
 
 /// Problems that make a set of ports and peers impossible to route.
@@ -242,10 +262,19 @@ impl Tables {
                     addr: underlay,
                 });
             }
-            routes.push((p.subnet, NextHop::Peer(j)));
-            // The peer node itself is reached through the tunnel, so replies to a pod
-            // come back the way the request went and the host sees no asymmetric route.
-            routes.push((Ipv4Net::from(underlay), NextHop::Peer(j)));
+            match p.path {
+                PeerPath::Tunnel => {
+                    routes.push((p.subnet, NextHop::Peer(j)));
+                    // The peer node itself is reached through the tunnel, so replies
+                    // to a pod come back the way the request went and the host sees
+                    // no asymmetric route.
+                    routes.push((Ipv4Net::from(underlay), NextHop::Peer(j)));
+                }
+                // The host has a route for the subnet via the peer, and reaches the
+                // peer itself on its own.
+                PeerPath::Direct { .. } => routes.push((p.subnet, NextHop::Host)),
+                PeerPath::Unreachable(_) => routes.push((p.subnet, NextHop::Unreachable)),
+            }
         }
         let mut by_slot: Vec<Option<(u32, u32)>> = Vec::new();
         for (i, port) in ports.iter().enumerate() {
