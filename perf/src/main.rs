@@ -53,9 +53,9 @@ enum What {
 /// Options of `run` and `demo` (`demo` has shorter defaults).
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Systems, comma-separated: weft-vxlan, weft-sleeve, kernel-vxlan, direct, and
-    /// weft-vxlan-alt, weft-sleeve-alt with the --weftd-alt build [default: the
-    /// first four].
+    /// Systems, comma-separated: weft-vxlan, weft-sleeve, weft-direct, kernel-vxlan,
+    /// direct; weft-vxlan-policy, weft-sleeve-policy; and weft-vxlan-alt,
+    /// weft-sleeve-alt with the --weftd-alt build [default: the first five].
     #[arg(long)]
     systems: Option<String>,
     /// Tests, comma-separated: tcp1, tcp4, udp64, rr, cni, cpu, mem, and the iperf3

@@ -144,12 +144,17 @@ impl<'c> Plumbing<'c> {
                     workers: settings.weft_workers.unwrap_or_else(|| {
                         std::thread::available_parallelism().map_or(1, |n| n.get())
                     }),
-                    extra: match system.has_policy() {
-                        true => vec![
+                    extra: match (system.has_policy(), system) {
+                        (true, _) => vec![
                             "--policy-dir".into(),
                             p.scratch.path().join("policy").display().to_string(),
                         ],
-                        false => vec![],
+                        // Every system gives its pods the same MTU, the tunnels' (see
+                        // `direct::mtu`), so that all move the same packets.
+                        (false, System::WeftDirect) => {
+                            vec!["--pod-mtu".into(), direct::mtu(&hosts[0]).to_string()]
+                        }
+                        (false, _) => vec![],
                     },
                 };
                 if system.has_policy() {

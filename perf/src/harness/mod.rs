@@ -35,6 +35,9 @@ pub enum System {
     KernelVxlan,
     /// Plain routes over the underlay, no overlay (flannel's host-gw): the limit.
     Direct,
+    /// weftd in direct mode: the same host routes, weftd installing them, and pods'
+    /// frames through weft's switch and the host port.
+    WeftDirect,
     /// `weft-vxlan` with the other weftd build (`--weftd-alt`), to compare two builds
     /// in one run.
     WeftVxlanAlt,
@@ -49,9 +52,10 @@ pub enum System {
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 8] = [
+    pub const ALL: [System; 9] = [
         System::WeftVxlan,
         System::WeftSleeve,
+        System::WeftDirect,
         System::WeftVxlanAlt,
         System::WeftSleeveAlt,
         System::WeftVxlanPolicy,
@@ -61,9 +65,10 @@ impl System {
     ];
 
     /// The systems a run compares unless told otherwise: all but the other build's.
-    pub const DEFAULT: [System; 4] = [
+    pub const DEFAULT: [System; 5] = [
         System::WeftVxlan,
         System::WeftSleeve,
+        System::WeftDirect,
         System::KernelVxlan,
         System::Direct,
     ];
@@ -78,6 +83,7 @@ impl System {
             System::WeftSleeve => "weft-sleeve",
             System::KernelVxlan => "kernel-vxlan",
             System::Direct => "direct",
+            System::WeftDirect => "weft-direct",
             System::WeftVxlanAlt => "weft-vxlan-alt",
             System::WeftSleeveAlt => "weft-sleeve-alt",
             System::WeftVxlanPolicy => "weft-vxlan-policy",
@@ -90,6 +96,7 @@ impl System {
         match self {
             System::WeftVxlan | System::WeftVxlanAlt | System::WeftVxlanPolicy => Some("vxlan"),
             System::WeftSleeve | System::WeftSleeveAlt | System::WeftSleevePolicy => Some("sleeve"),
+            System::WeftDirect => Some("direct"),
             System::KernelVxlan | System::Direct => None,
         }
     }

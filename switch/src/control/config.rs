@@ -134,6 +134,10 @@ pub struct Options {
     /// MTU of the underlay network [default: 1500]; pods get 50 bytes less.
     #[arg(long)]
     pub underlay_mtu: Option<u32>,
+    /// MTU of pods and the host port, if lower than the mode allows [default: the
+    /// underlay MTU, less 50 with a tunnel].
+    #[arg(long)]
+    pub pod_mtu: Option<u32>,
     /// Name of the host port [default: weft0].
     #[arg(long)]
     pub host_port: Option<String>,
@@ -294,6 +298,7 @@ impl Options {
             subnet_grace_s: self.subnet_grace_s.or(file.subnet_grace_s),
             vtep_mac: self.vtep_mac.or(file.vtep_mac),
             underlay_mtu: self.underlay_mtu.or(file.underlay_mtu),
+            pod_mtu: self.pod_mtu.or(file.pod_mtu),
             host_port: self.host_port.or(file.host_port),
             state_dir: self.state_dir.or(file.state_dir),
         }
@@ -337,6 +342,14 @@ impl Options {
             let why = format!("{underlay_mtu}: between 576 and 9216");
             return Err(invalid("underlay-mtu", why));
         }
+        if let Some(m) = self.pod_mtu {
+            let most = underlay_mtu - mode.tunnel().map_or(0, |_| TUNNEL_OVERHEAD);
+            if !(576..=most).contains(&m) {
+                let why =
+                    format!("{m}: between 576 and {most} (the underlay MTU, less the tunnel's 50)");
+                return Err(invalid("pod-mtu", why));
+            }
+        }
         let host_port = self.host_port.unwrap_or_else(|| "weft0".into());
         if !crate::io::tap::valid_ifname(&host_port) {
             let why = format!("{host_port:?} is not an interface name");
@@ -363,6 +376,7 @@ impl Options {
             store,
             vtep_mac: self.vtep_mac,
             underlay_mtu,
+            pod_mtu_limit: self.pod_mtu,
             host_port,
             state_dir: self.state_dir.unwrap_or_else(|| "/var/lib/weft".into()),
         })
@@ -613,6 +627,8 @@ pub struct Settings {
     pub vtep_mac: Option<MacAddr>,
     /// Underlay MTU.
     pub underlay_mtu: u32,
+    /// The pod MTU asked for, if any.
+    pub pod_mtu_limit: Option<u32>,
     /// Host port name.
     pub host_port: String,
     /// Durable state directory.
@@ -623,10 +639,11 @@ impl Settings {
     /// The MTU pods (and the host port) get: the underlay's, less the tunnel's
     /// overhead when there is a tunnel.
     pub fn pod_mtu(&self) -> u32 {
-        match self.mode.tunnel() {
+        let most = match self.mode.tunnel() {
             Some(_) => self.underlay_mtu - TUNNEL_OVERHEAD,
             None => self.underlay_mtu,
-        }
+        };
+        self.pod_mtu_limit.map_or(most, |m| m.min(most))
     }
 
     /// The framing of the tunnel socket: the mode's tunnel, and sleeve's (for

@@ -410,9 +410,18 @@ impl Daemon {
     /// Stops the workers; their queues close. The host port's TAP goes with them; the
     /// pods' TAPs are persistent and stay, with their traffic resuming when a new
     /// weftd reopens them.
+    ///
+    /// The host routes of direct routing go too: with weft0 gone they lead nowhere.
+    /// (A daemon that crashes leaves them, and the next one takes them over.)
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
         let mut workers = self.workers.lock();
         worker::stop(&self.shared, &mut workers);
+        if self.settings.direct_routing {
+            match self.host.sync_direct_routes(&[]) {
+                Ok(n) => log::info!("direct routing: removed {n} host routes"),
+                Err(e) => log::error!("direct routing: removing the host routes: {e}"),
+            }
+        }
     }
 }

@@ -805,5 +805,14 @@ mod tests {
             f.daemon.tables().fib.lookup(Ipv4Addr::new(10, 244, 2, 9)),
             Some(NextHop::Unreachable)
         );
+        // A clean stop removes the host routes, which lead nowhere without weft0.
+        let view = ClusterView {
+            nodes: vec![node("b", 2, None)],
+            policy: None,
+        };
+        assert!(f.daemon.apply_view(&view).expect("applied"));
+        assert_eq!(f.host.routes.lock().len(), 1);
+        f.daemon.shutdown();
+        assert!(f.host.routes.lock().is_empty());
     }
 }
