@@ -98,6 +98,18 @@ fn weft_cni() -> PathBuf {
     plugin
 }
 
+/// weftd, weft and weft-cni as the tests built them.
+fn weft_binaries() -> [PathBuf; 3] {
+    [
+        PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
+        PathBuf::from(env!("CARGO_BIN_EXE_weft")),
+        weft_cni(),
+    ]
+}
+
+/// The image built from deploy/kubernetes/Containerfile.
+const WEFT_IMAGE: &str = "localhost/weft:e2e";
+
 /// What a finished command printed and how it exited.
 #[derive(Debug)]
 struct Ran {
@@ -293,6 +305,16 @@ stop_timeout = 1
         for dir in ["etc", "proc", "sys", "dev", "tmp"] {
             std::fs::create_dir_all(rootfs.join(dir)).unwrap();
         }
+        // The shared libraries weft's binaries load (glibc's), so that the image
+        // can stand in for Debian's as the base of deploy/kubernetes/Containerfile.
+        for bin in weft_binaries() {
+            let ldd = run_cmd(Command::new("ldd").arg(&bin)).unwrap();
+            for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
+                let to = rootfs.join(lib.trim_start_matches('/'));
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::copy(lib, &to).unwrap_or_else(|e| panic!("copying {lib}: {e}"));
+            }
+        }
         let tar = self.path("image.tar");
         let ran = run_bounded(
             Command::new("tar")
@@ -314,6 +336,51 @@ stop_timeout = 1
             tar.to_str().unwrap(),
             IMAGE,
         ]);
+    }
+
+    /// Builds the DaemonSet's image from deploy/kubernetes/Containerfile, as its
+    /// comment says to, but on the busybox image instead of Debian's (`--from`: no
+    /// registry is reachable) and with the test's builds as the release binaries.
+    fn build_weft_image(&self) {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let context = self.path("build");
+        let release = context.join("target/release");
+        let kube = context.join("deploy/kubernetes");
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::create_dir_all(&kube).unwrap();
+        for bin in weft_binaries() {
+            let to = release.join(bin.file_name().unwrap());
+            if std::fs::hard_link(&bin, &to).is_err() {
+                std::fs::copy(&bin, &to).unwrap();
+            }
+        }
+        for file in ["Containerfile", "install-cni.sh"] {
+            std::fs::copy(repo.join("deploy/kubernetes").join(file), kube.join(file)).unwrap();
+        }
+        let containerfile = kube.join("Containerfile");
+        self.ok(&[
+            "build",
+            "--quiet",
+            "--pull=never",
+            "--network=none",
+            "--from",
+            IMAGE,
+            "-f",
+            containerfile.to_str().unwrap(),
+            "-t",
+            WEFT_IMAGE,
+            context.to_str().unwrap(),
+        ]);
+    }
+
+    /// `podman run --rm` of the weft image with `args` (volumes, environment, then
+    /// the image's command).
+    fn run_weft_image(&self, options: &[String], argv: &[&str]) -> Ran {
+        let mut args: Vec<&str> = vec!["run", "--rm", "--pull=never", "--network=none"];
+        args.extend(options.iter().map(String::as_str));
+        args.push(WEFT_IMAGE);
+        args.extend(argv);
+        self.run(&args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -927,6 +994,64 @@ fn podman_containers_on_weft() {
     // The other node and its pod are untouched: host 1 reaches its pod through weft.
     h1.ns.ping(r.ip, 1).expect("host 1 reaches its pod");
 
+    // 4. The DaemonSet's image, built from its Containerfile, does what the DaemonSet
+    //    asks of it: the init container's `weft-install-cni binary` puts weft-cni in
+    //    the host's plugin directory, and the cni-config container's `config` waits for
+    //    weftd on the host's /run/weft and then installs the ConfigMap's conflist.
+    pm.build_weft_image();
+    let host = scratch.path().join("k8s-host");
+    let (bin_dir, conf_dir, etc_weft) = (host.join("bin"), host.join("net.d"), host.join("etc"));
+    for d in [&bin_dir, &conf_dir, &etc_weft] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let volume = |from: &Path, to: &str| format!("--volume={}:{to}", from.display());
+    let ran = pm.run_weft_image(
+        &[volume(&bin_dir, "/host/opt/cni/bin")],
+        &["weft-install-cni", "binary"],
+    );
+    assert!(ran.status.success(), "{}", ran.report());
+    let installed = bin_dir.join("weft-cni");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(&plugin).unwrap(),
+        "weft-cni as built"
+    );
+    let names: Vec<_> = std::fs::read_dir(&bin_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, ["weft-cni"], "no temporary file left");
+    let conflist = kube_conflist();
+    std::fs::write(etc_weft.join("10-weft.conflist"), &conflist).unwrap();
+    let socket_dir = n0.socket.parent().unwrap();
+    let socket = Path::new("/run/weft").join(n0.socket.file_name().unwrap());
+    let ran = pm.run_weft_image(
+        &[
+            volume(&etc_weft, "/etc/weft:ro"),
+            volume(socket_dir, "/run/weft"),
+            volume(&conf_dir, "/host/etc/cni/net.d"),
+            format!("--env=WEFT_SOCKET={}", socket.display()),
+            "--env=WEFT_STAY=0".into(),
+        ],
+        &["weft-install-cni", "config"],
+    );
+    assert!(ran.status.success(), "{}", ran.report());
+    assert_eq!(
+        std::fs::read_to_string(conf_dir.join("10-weft.conflist")).unwrap(),
+        conflist
+    );
+    let ran = pm.run_weft_image(
+        &[volume(socket_dir, "/run/weft")],
+        &["weft", "--socket", socket.to_str().unwrap(), "status"],
+    );
+    assert!(
+        ran.status.success() && ran.stdout.contains(&h0.pod_subnet.to_string()),
+        "weft in the image asks weftd: {}",
+        ran.report()
+    );
+    step("the DaemonSet's image: built, installs weft-cni and the conflist");
+
     // Nothing left behind.
     let notes = pm.cleanup();
     assert!(
@@ -947,4 +1072,15 @@ fn podman_containers_on_weft() {
     RootNs::now().assert_untouched(&root_before, "after the test");
     assert_eq!(libpod_cgroups(), pm.cgroups_before, "podman's cgroups");
     step("cleaned up");
+}
+
+/// The conflist of deploy/kubernetes/configmap.yaml.
+fn kube_conflist() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/configmap.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let map: serde_json::Value = yaml_serde::from_str(&text).expect("configmap.yaml");
+    map["data"]["10-weft.conflist"]
+        .as_str()
+        .expect("the conflist in the ConfigMap")
+        .to_owned()
 }

@@ -11,7 +11,10 @@ use weft_cni::proto::{self, Counters, Reply, Request, Response};
 
 /// Shows the ports, peers, routes and counters of the local weftd.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "weft: the ports, peers, routes, policy and counters of the local weftd."
+)]
 struct Cli {
     /// The daemon's control socket.
     #[arg(long, default_value = proto::DEFAULT_SOCKET)]
