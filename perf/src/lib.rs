@@ -30,6 +30,7 @@ pub mod cni;
 pub mod etcd;
 pub mod harness;
 pub mod iperf;
+pub mod join;
 pub mod netns;
 pub mod pidfile;
 pub mod procfs;

@@ -46,8 +46,25 @@ enum What {
     /// Build the default cluster, show pods pinging across hosts through weft, then run
     /// a short comparison and print the table.
     Demo(RunArgs),
+    /// Time node joins on a real etcd: from a node's registration to the first ping
+    /// a pod on a peer node gets from it (needs etcd and etcdctl).
+    Join(JoinArgs),
     /// Remove what a killed run left: its namespaces and the weftd processes it started.
     Clean,
+}
+
+/// Options of `join`.
+#[derive(Debug, Args)]
+struct JoinArgs {
+    /// Joins to time.
+    #[arg(long, default_value_t = 20)]
+    joins: usize,
+    /// weftd's mode: vxlan, sleeve or direct.
+    #[arg(long, default_value = "vxlan")]
+    mode: String,
+    /// Write the latencies as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 /// Options of `run` and `demo` (`demo` has shorter defaults).
@@ -184,6 +201,32 @@ fn run_cli(cli: Cli) -> Result<()> {
                 started.elapsed().as_secs_f64()
             );
             write_outputs(&report, &args)
+        }
+        What::Join(args) => {
+            if args.joins == 0 {
+                bail!("--joins must be at least 1");
+            }
+            if !["vxlan", "sleeve", "direct"].contains(&args.mode.as_str()) {
+                bail!("--mode {:?}: vxlan, sleeve or direct", args.mode);
+            }
+            stop::install()?;
+            clean(false)?;
+            let settings = weft_perf::join::JoinSettings {
+                joins: args.joins,
+                weftd: tools.weftd.clone(),
+                mode: args.mode.clone(),
+            };
+            let report = weft_perf::join::measure(&settings, &mut |n, took| {
+                eprintln!("  join {n:>3}: {:.2} ms", took.as_secs_f64() * 1e3);
+            })?;
+            print!("{}", report.summary());
+            if let Some(path) = &args.json {
+                let text = serde_json::to_string_pretty(&report)?;
+                std::fs::write(path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("weft-perf: wrote {}", path.display());
+            }
+            Ok(())
         }
         What::Demo(args) => {
             let settings = args.settings(true)?;
