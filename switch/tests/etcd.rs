@@ -630,3 +630,20 @@ fn direct_routing_on_a_shared_segment_and_the_tunnel_beyond_it() {
     .unwrap();
     c.ping(0, 2).unwrap();
 }
+
+/// `weft-perf join` works end to end: two timed joins on its own etcd, each
+/// answered by the new node (the figures are for the harness to report, not to check).
+#[test]
+fn join_timing_harness_runs() {
+    require_root();
+    let settings = weft_perf::join::JoinSettings {
+        joins: 2,
+        weftd: weftd(),
+        mode: "vxlan".into(),
+    };
+    let mut seen = Vec::new();
+    let report = weft_perf::join::measure(&settings, &mut |n, _| seen.push(n)).unwrap();
+    assert_eq!(seen, [1, 2]);
+    assert_eq!(report.latencies_us.len(), 2);
+    assert!(report.latencies_us.iter().all(|&us| us > 0), "{report:?}");
+}
