@@ -647,3 +647,38 @@ fn join_timing_harness_runs() {
     assert_eq!(report.latencies_us.len(), 2);
     assert!(report.latencies_us.iter().all(|&us| us > 0), "{report:?}");
 }
+
+/// A node cut off from etcd for longer than its TTL loses its registration (every
+/// peer drops it) and registers again, on the subnet it runs on, once it is back:
+/// its pods keep their addresses and are reachable again, with no restart.
+#[test]
+fn a_node_partitioned_past_its_ttl_registers_again_on_its_subnet() {
+    let mut c = Cluster::new("ep", 2, &[]);
+    for i in 0..2 {
+        c.start(i);
+        c.pod(i);
+    }
+    c.wait_peers(1, true, Duration::from_secs(5));
+    c.ping_all();
+    let subnet = c.subnet(1);
+    let pid = c.node(1).pid();
+    c.bridges[1].as_ref().unwrap().set_cut(true);
+    // Its lease runs out: node 0 drops it.
+    c.wait_peers(1, false, Duration::from_secs(TTL_S + 5));
+    c.bridges[1].as_ref().unwrap().set_cut(false);
+    c.wait_peers(1, true, Duration::from_secs(10));
+    assert_eq!(c.subnet(1), subnet, "the node keeps its subnet");
+    let record = c.etcd.get(&format!("/weft/v1/nodes/{}", node_name(c.underlay.host(1))));
+    assert!(
+        record.unwrap().unwrap().contains(&subnet.to_string()),
+        "registered on its own subnet"
+    );
+    assert!(c.subnet_keys().contains(&subnet_key(subnet)), "{:?}", c.subnet_keys());
+    assert!(
+        c.node(1).log_text().contains("registering again"),
+        "{}",
+        c.node(1).log_text()
+    );
+    assert_eq!(c.node(1).pid(), pid, "no restart");
+    c.ping_all();
+}

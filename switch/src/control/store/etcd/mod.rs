@@ -79,6 +79,9 @@ struct Inner {
     registration: Option<Registration>,
     /// What the node joined as, to register again after losing its leases.
     joining: Option<Joining>,
+    /// The subnet the node joined with: its pool, weft0 and pods use it, so every
+    /// later registration is on exactly this one.
+    subnet: Option<Ipv4Net>,
 }
 
 /// weft's records in etcd, as one node reads and writes them.
@@ -158,6 +161,7 @@ impl EtcdStore {
                 watch: Link::Up,
                 registration: None,
                 joining: None,
+                subnet: None,
             }),
         })
     }

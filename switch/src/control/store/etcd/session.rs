@@ -99,6 +99,7 @@ impl EtcdStore {
                     );
                     let mut inner = self.inner.lock();
                     inner.registration = Some(reg);
+                    inner.subnet = Some(subnet);
                     inner.session = super::Link::Up;
                     return Ok(subnet);
                 }
@@ -117,7 +118,9 @@ impl EtcdStore {
                     log::error!(
                         "etcd: {why}; starting degraded on subnet {subnet}, registering when etcd is back"
                     );
-                    self.inner.lock().session.down(why);
+                    let mut inner = self.inner.lock();
+                    inner.subnet = Some(subnet);
+                    inner.session.down(why);
                     return Ok(subnet);
                 }
             }
@@ -324,7 +327,10 @@ impl EtcdStore {
             let reg = match reg {
                 Some(r) => r,
                 None => match self.register_again().await {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        tries = 0;
+                        r
+                    }
                     Err(why) => {
                         self.inner.lock().session.down(why);
                         tokio::time::sleep(backoff(tries)).await;
@@ -353,11 +359,8 @@ impl EtcdStore {
         let Some(mut me) = self.inner.lock().joining.clone() else {
             return Err("the node never joined".into());
         };
-        let subnet = {
-            let inner = self.inner.lock();
-            inner.registration.as_ref().map(|r| r.record.pod_subnet)
-        };
-        me.wanted = subnet.or(me.wanted);
+        // Only ever the subnet the node runs on: its pods hold addresses of it.
+        me.wanted = self.inner.lock().subnet.or(me.wanted);
         me.strict = true;
         match self.settle(&me).await {
             Ok(reg) => {
@@ -384,9 +387,24 @@ impl EtcdStore {
         let mut c = self.client.clone();
         let mut keepers = Vec::new();
         for (which, id) in [("node", reg.node_lease), ("subnet", reg.subnet_lease)] {
-            match timed("opening a keep-alive", c.lease_keep_alive(id)).await {
-                Ok((keeper, stream)) => keepers.push((which, keeper, stream)),
-                Err(f) => return Renewal::Failed(f.to_string()),
+            match tokio::time::timeout(REQUEST_TIMEOUT, c.lease_keep_alive(id)).await {
+                Ok(Ok((keeper, stream))) => keepers.push((which, keeper, stream)),
+                // etcd-client opens a keep-alive by sending one, and reports a lease
+                // that answers with no TTL left (expired, or revoked) this way; etcd
+                // confirms it by a TTL of -1.
+                Ok(Err(etcd_client::Error::LeaseKeepAliveError(why))) => {
+                    return match timed("reading a lease", c.lease_time_to_live(id, None)).await {
+                        Ok(t) if t.ttl() <= 0 => Renewal::Lost(which),
+                        Ok(_) => Renewal::Failed(format!("opening a keep-alive: {why}")),
+                        Err(f) => Renewal::Failed(f.to_string()),
+                    };
+                }
+                Ok(Err(e)) => return Renewal::Failed(text(e)),
+                Err(_) => {
+                    return Renewal::Failed(format!(
+                        "opening a keep-alive: no answer within {REQUEST_TIMEOUT:?}"
+                    ))
+                }
             }
         }
         loop {
