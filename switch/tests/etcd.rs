@@ -353,6 +353,13 @@ fn the_cluster_outlives_an_etcd_outage_and_resumes_its_watch() {
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     }
+    let status = weft_cli(c.node(0), "status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("store") && l.contains("etcd degraded")),
+        "{status}"
+    );
     // Pods keep talking, and a new pod is added from node 0's own subnet.
     c.ping(0, 1).unwrap();
     c.ping(1, 0).unwrap();
@@ -570,6 +577,21 @@ fn direct_routing_on_a_shared_segment_and_the_tunnel_beyond_it() {
             ("node-2".to_owned(), "vxlan".to_owned())
         ]
     );
+    // The CLI shows the same paths.
+    let table = weft_cli(c.node(0), "peers");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in:\n{table}"))
+            .to_owned()
+    };
+    assert!(table.lines().next().unwrap().contains("PATH"), "{table}");
+    assert!(
+        row("node-1").contains("direct via 10.250.0.2 dev eth0"),
+        "{table}"
+    );
+    assert!(row("node-2").contains("vxlan"), "{table}");
     let s1 = c.subnet(1);
     let routes = c
         .underlay
@@ -668,12 +690,18 @@ fn a_node_partitioned_past_its_ttl_registers_again_on_its_subnet() {
     c.bridges[1].as_ref().unwrap().set_cut(false);
     c.wait_peers(1, true, Duration::from_secs(10));
     assert_eq!(c.subnet(1), subnet, "the node keeps its subnet");
-    let record = c.etcd.get(&format!("/weft/v1/nodes/{}", node_name(c.underlay.host(1))));
+    let record = c
+        .etcd
+        .get(&format!("/weft/v1/nodes/{}", node_name(c.underlay.host(1))));
     assert!(
         record.unwrap().unwrap().contains(&subnet.to_string()),
         "registered on its own subnet"
     );
-    assert!(c.subnet_keys().contains(&subnet_key(subnet)), "{:?}", c.subnet_keys());
+    assert!(
+        c.subnet_keys().contains(&subnet_key(subnet)),
+        "{:?}",
+        c.subnet_keys()
+    );
     assert!(
         c.node(1).log_text().contains("registering again"),
         "{}",
@@ -681,4 +709,17 @@ fn a_node_partitioned_past_its_ttl_registers_again_on_its_subnet() {
     );
     assert_eq!(c.node(1).pid(), pid, "no restart");
     c.ping_all();
+}
+
+/// What the `weft` CLI prints for `what` against `node`.
+fn weft_cli(node: &WeftNode, what: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("--socket")
+        .arg(&node.socket)
+        .arg(what)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running weft");
+    assert!(out.status.success(), "weft {what}: {out:?}");
+    String::from_utf8(out.stdout).expect("UTF-8")
 }

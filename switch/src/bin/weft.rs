@@ -139,6 +139,12 @@ fn print_status(s: &proto::Status) {
     println!("workers     {}", s.workers);
     println!("pods        {}", s.pods);
     println!("peers       {}", s.peers);
+    if let Some(st) = &s.store {
+        match &st.detail {
+            Some(d) => println!("store       {} {} ({d})", st.kind, st.state),
+            None => println!("store       {} {}", st.kind, st.state),
+        }
+    }
     println!("ready       {}", s.ready);
 }
 
@@ -168,11 +174,12 @@ fn print_ports(ports: &[proto::PortInfo]) {
 
 fn print_peers(peers: &[proto::PeerInfo]) {
     println!(
-        "{:<18} {:<15} {:<18} {:<17} {:<8} {:>9} {:>9} {:<12} {:>10} {:>12} {:>10} {:>12}  drops",
+        "{:<18} {:<15} {:<18} {:<17} {:<28} {:<8} {:>9} {:>9} {:<12} {:>10} {:>12} {:>10} {:>12}  drops",
         "NODE",
         "UNDERLAY",
         "POD SUBNET",
         "VTEP MAC",
+        "PATH",
         "STATE",
         "RTT",
         "HEARD",
@@ -188,11 +195,12 @@ fn print_peers(peers: &[proto::PeerInfo]) {
         let ago = |us: Option<u64>| us.map_or("-".into(), |us| format!("{:.1}ms", us as f64 / 1e3));
         let features = h.map(|h| h.features.join(",")).filter(|f| !f.is_empty());
         println!(
-            "{:<18} {:<15} {:<18} {:<17} {:<8} {:>9} {:>9} {:<12} {:>10} {:>12} {:>10} {:>12}  {}",
+            "{:<18} {:<15} {:<18} {:<17} {:<28} {:<8} {:>9} {:>9} {:<12} {:>10} {:>12} {:>10} {:>12}  {}",
             p.name,
             p.underlay,
             p.pod_subnet,
             p.vtep_mac,
+            p.path,
             h.map_or("-", |h| h.state.as_str()),
             ago(h.and_then(|h| h.rtt_us)),
             ago(h.and_then(|h| h.last_heard_us)),

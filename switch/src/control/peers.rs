@@ -117,10 +117,18 @@ fn describe(p: &PeerEntry, mode: TunnelMode) -> String {
 impl Daemon {
     /// Applies a new view of the cluster from the store: its peers, and its policy
     /// objects if it has them. Returns whether the peers changed.
+    ///
+    /// The peers go first: a policy set that cannot be put in force must not keep
+    /// nodes that joined or left from being seen.
     pub fn apply_view(&self, view: &ClusterView) -> Result<bool, DaemonError> {
+        let changed = self.apply_peers(view)?;
         if let Some(policy) = &view.policy {
             self.apply_store_policy(policy)?;
         }
+        Ok(changed)
+    }
+
+    fn apply_peers(&self, view: &ClusterView) -> Result<bool, DaemonError> {
         let mut state = self.state.lock();
         let route_to = |ip| self.route_to(ip);
         let peers = peer_entries(&self.settings, &view.nodes, &state.peers, &route_to);

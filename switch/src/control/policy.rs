@@ -174,14 +174,16 @@ impl Daemon {
     /// for `weft policy status`.
     pub fn apply_store_policy(&self, policy: &StorePolicy) -> Result<(), DaemonError> {
         {
-            let mut state = self.state.lock();
+            let state = self.state.lock();
             if state.policy.store_revision == Some(policy.revision) {
                 return Ok(());
             }
-            state.policy.store_revision = Some(policy.revision);
         }
         self.apply_policy(Ok((policy.model.clone(), Vec::new())))?;
-        self.state.lock().policy.errors = policy.bad.clone();
+        // Only once in force: a set that failed is tried again with the next view.
+        let mut state = self.state.lock();
+        state.policy.store_revision = Some(policy.revision);
+        state.policy.errors = policy.bad.clone();
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use weft_cni::proto::{self, ErrorKind, ErrorReply, RequestReader, Response};
 
 use crate::control::daemon::Daemon;
 use crate::control::error::{io_err, DaemonError};
+use crate::control::store::ClusterView;
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -84,19 +85,31 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// Watches the cluster store, applying each new view to the daemon.
-fn watch_store(daemon: &Arc<Daemon>) -> tokio::task::JoinHandle<()> {
+/// Watches the cluster store, applying each new view to the daemon: one at a time
+/// and in order, the newest replacing any that waits (an older view applied after a
+/// newer one would bring back a node that left).
+fn watch_store(daemon: &Arc<Daemon>) -> [tokio::task::JoinHandle<()>; 2] {
+    let (tx, mut rx) = tokio::sync::watch::channel(None::<ClusterView>);
     let d = daemon.clone();
-    let store = daemon.store.clone();
-    store.watch(Box::new(move |view| {
-        let d = d.clone();
-        // Publishing takes the state lock: off the runtime's own threads.
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = d.apply_view(&view) {
-                log::error!("cluster store: {e}; keeping the previous peers");
+    let apply = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(view) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let d = d.clone();
+            // Publishing takes the state lock: off the runtime's own threads.
+            let applied = tokio::task::spawn_blocking(move || d.apply_view(&view)).await;
+            match applied {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => log::error!("cluster store: {e}; keeping the previous peers"),
+                Err(e) => log::error!("cluster store: applying a view failed: {e}"),
             }
-        });
-    }))
+        }
+    });
+    let watch = daemon.store.clone().watch(Box::new(move |view| {
+        tx.send_replace(Some(view));
+    }));
+    [watch, apply]
 }
 
 /// Serves the control socket and watches the store until SIGTERM or SIGINT, then
@@ -127,7 +140,9 @@ pub async fn run(daemon: Arc<Daemon>, listener: UnixListener) -> Result<(), Daem
         }
     }
     log::info!("shutting down");
-    watch.abort();
+    for task in watch {
+        task.abort();
+    }
     if let Some(p) = policy {
         p.abort();
     }

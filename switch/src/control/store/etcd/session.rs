@@ -55,7 +55,9 @@ async fn timed<T>(
 
 /// Whether a subnet could be had.
 enum Take {
+    /// It is this node's, under this lease.
     Won(i64),
+    /// Another node (by name, if its record reads) holds it or one overlapping it.
     Taken(Option<String>),
 }
 
@@ -251,23 +253,65 @@ impl EtcdStore {
     /// Takes subnet `s` for `me` under a new subnet lease: a claim if nobody leases
     /// it, a renewal if `me` does. Each is one transaction that holds only if the key
     /// is as it was read, so a racing node cannot win it too.
+    ///
+    /// The transaction also holds only if no subnet lease at all changed since they
+    /// were read, and the read found none that overlaps `s`: nodes with different
+    /// `subnet-len`s, or a configured `pod-subnet`, cannot win overlapping subnets.
     async fn take(&self, me: &Joining, s: Ipv4Net) -> Result<Take, Failure> {
+        for _ in 0..CLAIM_ATTEMPTS {
+            if let Some(t) = self.take_once(me, s).await? {
+                return Ok(t);
+            }
+        }
+        Err(Failure::Unavailable(format!(
+            "subnet {s}: lost {CLAIM_ATTEMPTS} races in a row to other claims"
+        )))
+    }
+
+    /// One try of [`EtcdStore::take`]; `None` when a claim changed the subnet leases
+    /// between its read and its transaction.
+    async fn take_once(&self, me: &Joining, s: Ipv4Net) -> Result<Option<Take>, Failure> {
         let mut c = self.client.clone();
         let key = self.layout.subnet(s);
-        let current = timed("reading a subnet lease", c.get(key.clone(), None)).await?;
-        let current = current.kvs().first().map(stored);
+        let range = self.layout.subnets();
+        let read = timed(
+            "reading the subnet leases",
+            c.get(range.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let read_at = read.header().map_or(0, |h| h.revision());
+        let mut leases = Cache {
+            keys: Default::default(),
+            revision: read_at,
+        };
+        for kv in read.kvs() {
+            if let Ok(k) = kv.key_str() {
+                leases.keys.insert(k.to_owned(), stored(kv));
+            }
+        }
+        let holders = records::leased(&self.layout, &leases);
+        if let Some((_, holder)) = holders.iter().find(|(net, holder)| {
+            **net != s
+                && (net.contains(&s.network()) || s.contains(&net.network()))
+                && holder.as_deref() != Some(me.name.as_str())
+        }) {
+            return Ok(Some(Take::Taken(holder.clone())));
+        }
+        let current = leases.keys.get(&key).cloned();
         let owner = current.as_ref().map(|kv| {
             serde_json::from_slice::<SubnetRecord>(&kv.value)
                 .ok()
                 .map(|r| r.node)
         });
-        let guard = match (&current, &owner) {
+        let exact = match (&current, &owner) {
             (None, _) => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
             (Some(kv), Some(Some(o))) if *o == me.name => {
                 Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision)
             }
-            (Some(_), o) => return Ok(Take::Taken(o.clone().flatten())),
+            (Some(_), o) => return Ok(Some(Take::Taken(o.clone().flatten()))),
         };
+        // Nothing under subnets/ changed after the read.
+        let unchanged = Compare::mod_revision(range, CompareOp::Less, read_at + 1).with_prefix();
         let ttl = self.settings.node_ttl + self.settings.subnet_grace;
         let ttl = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
         let lease = timed("granting a subnet lease", c.lease_grant(ttl, None))
@@ -283,23 +327,19 @@ impl EtcdStore {
             value,
             Some(PutOptions::new().with_lease(lease)),
         );
-        let txn = Txn::new().when([guard]).and_then([put]);
+        let txn = Txn::new().when([exact, unchanged]).and_then([put]);
         let won = timed("claiming a subnet", c.txn(txn)).await?.succeeded();
         if !won {
+            // Another node's claim came in between, of this subnet or another one:
+            // the caller reads again.
             let _ = timed("revoking an unused lease", c.lease_revoke(lease)).await;
-            let again = timed("reading a subnet lease", c.get(key, None)).await?;
-            let holder = again
-                .kvs()
-                .first()
-                .and_then(|kv| serde_json::from_slice::<SubnetRecord>(kv.value()).ok())
-                .map(|r| r.node);
-            return Ok(Take::Taken(holder));
+            return Ok(None);
         }
         // The key has left its old lease; the old lease held only it.
         if let Some(old) = current.map(|kv| kv.lease).filter(|&l| l != 0 && l != lease) {
             let _ = timed("revoking the old subnet lease", c.lease_revoke(old)).await;
         }
-        Ok(Take::Won(lease))
+        Ok(Some(Take::Won(lease)))
     }
 
     /// Writes `record` under a new node lease and returns the lease.
