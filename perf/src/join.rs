@@ -6,20 +6,24 @@
 //! underlay. Host 0 runs weftd with a pod; host 1 is the node that joins, again and
 //! again. Each join:
 //!
-//! 1. weftd starts on host 1, settles its subnet and registers itself;
+//! 1. weftd starts on host 1 and settles its subnet, which registers it;
 //! 2. an `etcdctl watch` on the node keys, started before any of it, stamps the
-//!    registration's PUT the moment etcd delivers it (the same delivery the peer's
-//!    own watch gets);
+//!    registration's PUT when etcdctl prints it: a delivery like the one the peer's
+//!    own watch gets, and no earlier than it;
 //! 3. from then on the pod on host 0 sends an ICMP echo request to the new node's
-//!    gateway every [`PING_INTERVAL`], from a raw socket in its namespace, until one is
-//!    answered: the time of that reply, less the PUT's, is the join's latency. Until
-//!    host 0 has the new peer, its weftd answers with ICMP unreachable, which is
-//!    ignored;
+//!    gateway every [`PING_INTERVAL`], from a raw socket in its namespace, until one of
+//!    this round's requests is answered: the time of that reply, less the PUT's, is
+//!    the join's latency. Until host 0 has the new peer, its weftd answers with ICMP
+//!    unreachable, which is ignored;
 //! 4. weftd on host 1 stops, its registration is deleted (a clean stop leaves it to
 //!    the lease's TTL), and the next join waits until host 0 has dropped the peer.
 //!
-//! The figure therefore holds: the peer's watch delivery, its adding the tunnel, the
-//! round trip, and up to one [`PING_INTERVAL`] of sampling.
+//! The figure therefore holds two things that run at once, and is the longer of them:
+//! the peer's watch delivery and its adding the tunnel, and the joiner's own start-up
+//! after it registered (weftd registers before it opens `weft0` and starts its
+//! workers, so its gateway cannot answer before that). Then the round trip, and up to
+//! one [`PING_INTERVAL`] of sampling. It is what a pod on a peer sees: how long after
+//! a node appears in the store it can reach that node.
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -171,10 +175,17 @@ impl Watch {
 
 /// A raw ICMP socket in a pod's namespace, sending echo requests and waiting for the
 /// reply from one address.
+///
+/// Every round of pings carries its own nonce in the payload, so a late reply to an
+/// earlier round (say, one that was answered just before the node stopped) can never
+/// end a later round early.
 struct Pinger {
     fd: OwnedFd,
     ident: u16,
 }
+
+/// The payload of an echo request: a tag and the round's nonce.
+const TAG: &[u8; 8] = b"weftjoin";
 
 impl Pinger {
     fn open(ns: &Netns) -> Result<Pinger> {
@@ -200,12 +211,13 @@ impl Pinger {
         })
     }
 
-    fn send(&self, dst: Ipv4Addr, seq: u16) -> std::io::Result<()> {
-        let mut msg = [0u8; 16];
+    fn send(&self, dst: Ipv4Addr, seq: u16, nonce: u32) -> std::io::Result<()> {
+        let mut msg = [0u8; 20];
         msg[0] = 8; // echo request
         msg[4..6].copy_from_slice(&self.ident.to_be_bytes());
         msg[6..8].copy_from_slice(&seq.to_be_bytes());
-        msg[8..].copy_from_slice(b"weftjoin");
+        msg[8..16].copy_from_slice(TAG);
+        msg[16..20].copy_from_slice(&nonce.to_be_bytes());
         let sum = weft_encap::checksum::checksum(&msg);
         msg[2..4].copy_from_slice(&sum.to_be_bytes());
         // SAFETY: sockaddr_in is plain data; every field the kernel reads is set.
@@ -225,60 +237,97 @@ impl Pinger {
         };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            if !transient(&e) {
+            if !send_buffer_full(&e) {
                 return Err(e);
             }
         }
         Ok(())
     }
 
-    /// Waits up to `wait` for an echo reply from `from`; true if one came.
-    fn reply(&self, from: Ipv4Addr, wait: Duration) -> std::io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = wait.as_millis().max(1) as libc::c_int;
-        // SAFETY: one pollfd, alive for the call.
-        let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
+    /// Reads one packet if one is queued: `None` once the socket is empty.
+    fn recv<'b>(&self, buf: &'b mut [u8; 1500]) -> std::io::Result<Option<&'b [u8]>> {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.kind() {
+                std::io::ErrorKind::WouldBlock => Ok(None),
+                std::io::ErrorKind::Interrupted => Ok(Some(&buf[..0])),
+                _ => Err(e),
+            };
         }
+        Ok(Some(&buf[..n as usize]))
+    }
+
+    /// Throws away whatever is queued: replies and unreachables of earlier rounds.
+    fn drain(&self) -> std::io::Result<()> {
+        let mut buf = [0u8; 1500];
+        while self.recv(&mut buf)?.is_some() {}
+        Ok(())
+    }
+
+    /// Whether `packet` (an IPv4 datagram, as a raw socket reads it) is the echo reply
+    /// from `from` to one of this round's requests. Everything else, the ICMP
+    /// unreachables the peer's weftd sends until it has the new node among them, is
+    /// not.
+    fn is_reply(&self, packet: &[u8], from: Ipv4Addr, nonce: u32) -> bool {
+        if packet.len() < 20 {
+            return false;
+        }
+        let ihl = usize::from(packet[0] & 0x0f) * 4;
+        let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+        let Some(icmp) = packet.get(ihl..ihl + 20) else {
+            return false;
+        };
+        src == from
+            && icmp[0] == 0
+            && icmp[4..6] == self.ident.to_be_bytes()
+            && icmp[8..16] == TAG[..]
+            && icmp[16..20] == nonce.to_be_bytes()
+    }
+
+    /// Waits until `until` for this round's echo reply from `from`; true if one came.
+    fn reply(&self, from: Ipv4Addr, nonce: u32, until: Instant) -> std::io::Result<bool> {
         let mut buf = [0u8; 1500];
         loop {
-            // SAFETY: `buf` is writable for its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                return if transient(&e) { Ok(false) } else { Err(e) };
+            while let Some(packet) = self.recv(&mut buf)? {
+                if self.is_reply(packet, from, nonce) {
+                    return Ok(true);
+                }
             }
-            let packet = &buf[..n as usize];
-            if packet.len() < 20 {
-                continue;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
             }
-            let ihl = usize::from(packet[0] & 0x0f) * 4;
-            let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-            let Some(icmp) = packet.get(ihl..ihl + 8) else {
-                continue;
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
             };
-            let ident = u16::from_be_bytes([icmp[4], icmp[5]]);
-            if src == from && icmp[0] == 0 && ident == self.ident {
-                return Ok(true);
+            // poll(2) counts in milliseconds: round up, so a wait never spins.
+            let ms = left.as_micros().div_ceil(1000) as libc::c_int;
+            // SAFETY: one pollfd, alive for the call.
+            if unsafe { libc::poll(&raw mut pfd, 1, ms) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
             }
         }
     }
 
-    /// Pings `dst` every [`PING_INTERVAL`] until it answers; the time of the answer.
-    fn until_answered(&self, dst: Ipv4Addr, timeout: Duration) -> Result<Instant> {
+    /// Pings `dst` every [`PING_INTERVAL`] until it answers a request of this round
+    /// (`nonce`); the time of the answer.
+    fn until_answered(&self, dst: Ipv4Addr, nonce: u32, timeout: Duration) -> Result<Instant> {
         let deadline = Instant::now() + timeout;
         let mut seq = 0u16;
-        while Instant::now() < deadline {
-            self.send(dst, seq)
+        let mut next = Instant::now();
+        while next < deadline {
+            self.send(dst, seq, nonce)
                 .with_context(|| format!("pinging {dst}"))?;
             seq = seq.wrapping_add(1);
-            if self.reply(dst, PING_INTERVAL)? {
+            next += PING_INTERVAL;
+            if self.reply(dst, nonce, next.min(deadline))? {
                 return Ok(Instant::now());
             }
         }
@@ -286,14 +335,14 @@ impl Pinger {
     }
 }
 
-/// Errors a ping may meet before the peer has the new node: a full socket buffer, or
-/// the ICMP unreachable the peer's weftd sends back, which the kernel reports on the
-/// raw socket once.
-fn transient(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EAGAIN | libc::ENETUNREACH | libc::EHOSTUNREACH)
-    )
+/// A send that found the socket's buffer full, which only delays the next ping.
+///
+/// ICMP errors the pings draw (the unreachables the peer's weftd sends back while it
+/// has no route to the new node) come back as packets that [`Pinger::is_reply`]
+/// turns down: a raw socket without `IP_RECVERR` reports them as an errno only for
+/// the hard kinds, and host or net unreachable is not one.
+fn send_buffer_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOBUFS))
 }
 
 /// Times `settings.joins` joins of host 1 into a cluster of host 0, on a fresh etcd.
@@ -325,13 +374,14 @@ pub fn measure(
 
     let mut latencies_us = Vec::with_capacity(settings.joins);
     for round in 0..settings.joins {
+        pinger.drain().context("emptying the pinger's socket")?;
         let (latency, node) = std::thread::scope(|s| -> Result<(Duration, WeftNode)> {
             let starting =
                 s.spawn(|| WeftNode::start_etcd(underlay.host(1), scratch.path(), &opts));
             let registered = watch.next_put(&key, JOIN_TIMEOUT);
             let answered = registered.and_then(|event| {
                 let gateway = gateway_of(&event.value)?;
-                let at = pinger.until_answered(gateway, JOIN_TIMEOUT)?;
+                let at = pinger.until_answered(gateway, round as u32, JOIN_TIMEOUT)?;
                 Ok(at - event.at)
             });
             let node = starting

@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use weft_cni::proto::{self, ErrorKind, ErrorReply, RequestReader, Response};
 
+use crate::control::config::Mode;
 use crate::control::daemon::Daemon;
 use crate::control::error::{io_err, DaemonError};
 use crate::control::store::ClusterView;
@@ -122,10 +123,15 @@ pub async fn run(daemon: Arc<Daemon>, listener: UnixListener) -> Result<(), Daem
     let policy = crate::control::policy::watch_dir(&daemon);
     let socket = daemon.settings.socket.clone();
     log::info!(
-        "weftd {} serving {} ({} mode, {} workers, {} store)",
+        "weftd {} serving {} ({} mode{}, {} workers, {} store)",
         daemon.node.name,
         socket.display(),
-        daemon.node.mode,
+        daemon.settings.mode,
+        if daemon.settings.direct_routing && daemon.settings.mode != Mode::Direct {
+            " with direct routing"
+        } else {
+            ""
+        },
         daemon.settings.workers,
         daemon.store.kind(),
     );
