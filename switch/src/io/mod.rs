@@ -6,3 +6,4 @@ pub mod spin;
 pub mod tap;
 pub mod udp;
 pub mod worker;
+pub mod xsk;
