@@ -72,7 +72,12 @@ impl<T> RingMem<T> {
     /// # Safety
     /// `base` must point to a live mapping of at least `off.desc + size *
     /// size_of::<T>()` bytes, kept alive by `owner`, laid out as `off` says, with the
-    /// index and flags words 4-byte aligned and the entries aligned for `T`.
+    /// index and flags words 4-byte aligned and the entries aligned for `T`. `size`
+    /// must be the size the ring was configured with, and `T` its entry type (`u64`
+    /// for fill and completion, `xdp_desc` for rx and tx), valid for any bytes. At
+    /// most one `RingMem` may exist per ring, and it must be given the role user
+    /// space has on that ring: a [`Producer`] for fill and tx, a [`Consumer`] for rx
+    /// and completion.
     pub unsafe fn mapped(
         base: NonNull<u8>,
         off: &libc::xdp_ring_offset,
@@ -157,7 +162,8 @@ impl<T: Copy + Default + Send + 'static> RingMem<T> {
             consumer: NonNull::from(&heap.consumer),
             flags: NonNull::from(&heap.flags),
             // UnsafeCell<T> has T's layout; the block lives as long as `heap`.
-            entries: NonNull::new(heap.entries.as_ptr() as *mut T).expect("a boxed slice"),
+            entries: NonNull::new(std::cell::UnsafeCell::raw_get(heap.entries.as_ptr()))
+                .expect("a boxed slice"),
             mask: size - 1,
             _owner: heap.clone() as Arc<dyn Any + Send + Sync>,
         };
@@ -216,6 +222,11 @@ impl<T: Copy> Producer<T> {
     }
 
     /// Whether the consumer (the kernel) waits for a wake-up to look at the ring.
+    ///
+    /// Read after a batch is released. As in libxdp, the load is not ordered after
+    /// the index store; the kernel sets the flag before it looks at the ring a last
+    /// time, so a wake-up missed here is caught by the caller's next batch or its
+    /// poll timeout, never lost for good.
     pub fn needs_wakeup(&self) -> bool {
         self.mem.flags().load(Ordering::Relaxed) & NEED_WAKEUP != 0
     }
@@ -418,7 +429,7 @@ mod tests {
         }
         assert_eq!(p.in_flight(), 4);
         assert_eq!(p.produce(1).room(), 0);
-        // Read but not released: the slots stay taken.
+        // Two granted, one taken: only the one taken is released.
         let mut batch = c.consume(2);
         assert_eq!(batch.len(), 2);
         assert_eq!(batch.next(), Some(0));
@@ -466,7 +477,9 @@ mod tests {
             let size = 1 << size_log;
             let (mut p, mut c) = RingMem::<u64>::heap(size, start).unwrap();
             let mut oracle = VecDeque::new();
-            let mut next = 0u64;
+            // Not 0, the heap ring's initial bytes: a read of a slot never written
+            // shows.
+            let mut next = 1u64;
             for op in ops {
                 match op {
                     Op::Produce { max, push } => {
@@ -488,11 +501,38 @@ mod tests {
                         prop_assert_eq!(got, want);
                     }
                 }
-                prop_assert_eq!(p.in_flight() as usize >= oracle.len(), true);
+                prop_assert!(p.in_flight() as usize >= oracle.len());
+                prop_assert!(p.in_flight() <= size);
             }
             let rest: Vec<u64> = c.consume(u32::MAX).collect();
             prop_assert_eq!(rest, Vec::from(oracle));
         }
+    }
+
+    /// Entries are published when their batch is released, not as they are pushed;
+    /// slots come back when the consumer's batch is released, not as it reads.
+    #[test]
+    fn batches_publish_and_release_on_drop() {
+        let (mut p, mut c) = RingMem::<u64>::heap(4, u32::MAX).unwrap();
+        let mut batch = p.produce(4);
+        batch.push(1).unwrap();
+        batch.push(2).unwrap();
+        assert_eq!(c.consume(4).len(), 0, "pushed but not released");
+        drop(batch);
+        {
+            let mut p_batch = p.produce(4);
+            assert_eq!(p_batch.room(), 2);
+            p_batch.push(3).unwrap();
+            p_batch.push(4).unwrap();
+        }
+        let mut read = c.consume(4);
+        assert_eq!(read.next(), Some(1));
+        assert_eq!(read.next(), Some(2));
+        assert_eq!(p.produce(4).room(), 0, "read but not released");
+        drop(read);
+        assert_eq!(p.produce(4).room(), 2);
+        assert_eq!(p.in_flight(), 2);
+        assert_eq!(c.consume(4).collect::<Vec<_>>(), [3, 4]);
     }
 
     /// A producer and a consumer on two threads, as user space and the kernel are:
