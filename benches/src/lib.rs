@@ -68,6 +68,7 @@ fn port(slot: u32, kind: PortKind, name: &str, ip: Ipv4Addr) -> PortEntry {
         container_id: (kind == PortKind::Pod).then(|| format!("bench-{ip}")),
         netns: None,
         queues: 1,
+        offloads: true,
         counters: Arc::new(Counters::new(1)),
         policy: None,
     }

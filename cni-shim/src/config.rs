@@ -192,6 +192,22 @@ impl NetConf {
         }
     }
 
+    /// `podPort`: the port type pods of this network ask for (`"tap"` or `"afxdp"`),
+    /// or `None` to take weftd's `pod-port`.
+    pub fn pod_port(&self) -> Result<Option<crate::proto::PortType>, CniError> {
+        match self.raw.get("podPort") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => s
+                .parse()
+                .map(Some)
+                .map_err(|why: String| CniError::config("podPort", why)),
+            Some(other) => Err(CniError::config(
+                "podPort",
+                format!("must be \"tap\" or \"afxdp\", got {other}"),
+            )),
+        }
+    }
+
     /// The address requested by `runtimeConfig.ips` or `args.cni.ips` (they must agree).
     pub fn requested_ip(&self) -> Result<Option<Ipv4Addr>, CniError> {
         let mut found: Option<(Ipv4Addr, &str)> = None;
@@ -381,6 +397,18 @@ mod tests {
         assert_eq!(c.dns().unwrap(), None);
         assert_eq!(c.requested_ip().unwrap(), None);
         assert_eq!(c.prev_result().unwrap(), None);
+    }
+
+    #[test]
+    fn pod_port() {
+        use crate::proto::PortType;
+        assert_eq!(conf(base()).unwrap().pod_port().unwrap(), None);
+        let c = conf(with("podPort", json!("afxdp"))).unwrap();
+        assert_eq!(c.pod_port().unwrap(), Some(PortType::Afxdp));
+        for bad in [json!("xdp"), json!(1), json!(["tap"])] {
+            let c = conf(with("podPort", bad)).unwrap();
+            assert_eq!(bad_key(c.pod_port()), "podPort");
+        }
     }
 
     #[test]

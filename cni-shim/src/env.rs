@@ -144,6 +144,28 @@ pub fn pod_ref(args: &str) -> Result<Option<crate::proto::PodRef>, CniError> {
     }))
 }
 
+/// The port type `CNI_ARGS` asks for with `WEFT_POD_PORT=` (`tap` or `afxdp`), or
+/// `None` when there is no such entry.
+pub fn pod_port(args: &str) -> Result<Option<crate::proto::PortType>, CniError> {
+    let mut found = None;
+    for (key, value) in parse_cni_args(args)? {
+        if key != "WEFT_POD_PORT" {
+            continue;
+        }
+        let port: crate::proto::PortType = value
+            .parse()
+            .map_err(|why| CniError::env("CNI_ARGS", format!("WEFT_POD_PORT: {why}")))?;
+        if found.is_some_and(|f| f != port) {
+            return Err(CniError::env(
+                "CNI_ARGS",
+                "WEFT_POD_PORT= is given twice with different types",
+            ));
+        }
+        found = Some(port);
+    }
+    Ok(found)
+}
+
 /// The address `CNI_ARGS` requests with `IP=` (a prefix length, if given, is dropped),
 /// or `None` when there is no `IP=` entry.
 pub fn requested_ip(args: &str) -> Result<Option<Ipv4Addr>, CniError> {
@@ -300,6 +322,20 @@ mod tests {
         bad_if[3].1 = "eth/0";
         let msg = env(&bad_if).unwrap_err().to_string();
         assert!(msg.contains("CNI_IFNAME") && msg.contains("eth/0"), "{msg}");
+    }
+
+    #[test]
+    fn cni_args_pod_port() {
+        use crate::proto::PortType;
+        assert_eq!(pod_port("K8S_POD_NAME=x").unwrap(), None);
+        assert_eq!(
+            pod_port("IgnoreUnknown=1;WEFT_POD_PORT=afxdp").unwrap(),
+            Some(PortType::Afxdp)
+        );
+        assert_eq!(pod_port("WEFT_POD_PORT=tap").unwrap(), Some(PortType::Tap));
+        let e = pod_port("WEFT_POD_PORT=dpdk").unwrap_err().to_string();
+        assert!(e.contains("\"dpdk\" is not a port type"), "{e}");
+        assert!(pod_port("WEFT_POD_PORT=tap;WEFT_POD_PORT=afxdp").is_err());
     }
 
     #[test]

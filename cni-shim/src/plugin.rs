@@ -103,6 +103,15 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
     }
     let requested = from_conf.or(from_args);
     let dns = conf.dns()?;
+    // The pod's own choice (CNI_ARGS) over its network's (the config).
+    let port = match &env.args {
+        Some(args) => env::pod_port(args)?,
+        None => None,
+    };
+    let port = match port {
+        Some(p) => Some(p),
+        None => conf.pod_port()?,
+    };
     let request = Request::Attach(AttachRequest {
         container_id: container_id(env),
         netns: env.netns.clone().unwrap_or_default(),
@@ -112,6 +121,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
             Some(args) => env::pod_ref(args)?,
             None => None,
         },
+        port,
     });
     match ask(conf, &request)? {
         Reply::Attached(att) => match requested {
@@ -247,6 +257,7 @@ mod tests {
             prefix_len: 24,
             gateway: Ipv4Addr::new(10, 244, 1, 1),
             mtu: 1450,
+            port: Default::default(),
         }
     }
 

@@ -99,6 +99,49 @@ pub struct AttachRequest {
     /// its labels and policies are found by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodRef>,
+    /// The kind of port the pod asks for (the CNI config's `podPort`, or
+    /// `WEFT_POD_PORT=` in CNI_ARGS); weftd's `pod-port` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortType>,
+}
+
+/// The kind of a pod's port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortType {
+    /// A TAP device in the pod: one copy each way, with TSO/USO super-frames.
+    #[default]
+    Tap,
+    /// A veth pair whose host end weftd serves with AF_XDP sockets.
+    Afxdp,
+}
+
+impl PortType {
+    /// The name in configs and CNI_ARGS.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortType::Tap => "tap",
+            PortType::Afxdp => "afxdp",
+        }
+    }
+}
+
+impl std::fmt::Display for PortType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PortType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PortType, String> {
+        match s {
+            "tap" => Ok(PortType::Tap),
+            "afxdp" => Ok(PortType::Afxdp),
+            _ => Err(format!("{s:?} is not a port type: \"tap\" or \"afxdp\"")),
+        }
+    }
 }
 
 /// Parameters of [`Request::Detach`].
@@ -302,6 +345,10 @@ pub struct Attachment {
     pub gateway: Ipv4Addr,
     /// The interface MTU.
     pub mtu: u32,
+    /// The kind of port the pod got (TAP when AF_XDP was asked for and the node
+    /// fell back).
+    #[serde(default)]
+    pub port: PortType,
 }
 
 /// Daemon identity and health.
@@ -700,6 +747,7 @@ mod tests {
                 ifname: "eth0".into(),
                 requested_ip: Some(Ipv4Addr::new(10, 244, 1, 7)),
                 pod: None,
+                port: None,
             }),
         };
         let json = serde_json::to_value(&req).unwrap();
@@ -776,6 +824,7 @@ mod tests {
                 prefix_len: 24,
                 gateway: Ipv4Addr::new(10, 244, 1, 1),
                 mtu: 1450,
+                port: Default::default(),
             }),
             Reply::Detached { released_ip: None },
             Reply::Collected {

@@ -157,6 +157,7 @@ mod tests {
             prefix_len: 24,
             gateway: Ipv4Addr::new(10, 244, 1, 1),
             mtu: 1450,
+            port: Default::default(),
         }
     }
 

@@ -37,6 +37,7 @@ fn attachment() -> Attachment {
         prefix_len: 24,
         gateway: Ipv4Addr::new(10, 244, 1, 1),
         mtu: 1450,
+        port: Default::default(),
     }
 }
 
@@ -409,6 +410,7 @@ fn requests_on_the_wire() {
                 namespace: namespace.into(),
                 name: name.into(),
             }),
+            port: None,
         })
     };
     let attach = |requested_ip: Option<[u8; 4]>| attach_as(requested_ip, None);
@@ -440,6 +442,24 @@ fn requests_on_the_wire() {
     )
     .ok();
     assert_eq!(d.last(), attach(Some([10, 244, 1, 10])));
+
+    // The port type: the network's podPort, overridden per pod by WEFT_POD_PORT=.
+    use weft_cni::proto::PortType;
+    let with_port = |port| match attach(None) {
+        Request::Attach(a) => Request::Attach(AttachRequest { port, ..a }),
+        other => other,
+    };
+    let xdp = conf("1.0.0", &d.socket, json!({"podPort": "afxdp"}));
+    cni(&add_env(), &xdp).ok();
+    assert_eq!(d.last(), with_port(Some(PortType::Afxdp)));
+    let mut tap_pod = add_env();
+    tap_pod.push(("CNI_ARGS", "IgnoreUnknown=1;WEFT_POD_PORT=tap"));
+    cni(&tap_pod, &xdp).ok();
+    assert_eq!(d.last(), with_port(Some(PortType::Tap)));
+    let mut xdp_pod = add_env();
+    xdp_pod.push(("CNI_ARGS", "WEFT_POD_PORT=afxdp"));
+    cni(&xdp_pod, &plain).ok();
+    assert_eq!(d.last(), with_port(Some(PortType::Afxdp)));
 
     // DEL with a netns, and containerd's second DEL with CNI_NETNS="" and no prevResult.
     assert_eq!(

@@ -287,12 +287,25 @@ impl WeftNode {
     /// Attaches `pod` as `eth0` with container id `id`, as the Kubernetes pod `k8s`
     /// (what `K8S_POD_NAMESPACE` and `K8S_POD_NAME` would say).
     pub fn attach_as(&self, pod: &Pod, id: &str, k8s: Option<proto::PodRef>) -> Result<Attachment> {
+        self.attach_with(pod, id, k8s, None)
+    }
+
+    /// Attaches `pod` as `eth0` with container id `id`, asking for a port of type
+    /// `port` (weftd's `pod-port` if `None`).
+    pub fn attach_with(
+        &self,
+        pod: &Pod,
+        id: &str,
+        k8s: Option<proto::PodRef>,
+        port: Option<proto::PortType>,
+    ) -> Result<Attachment> {
         match self.ok(&Request::Attach(AttachRequest {
             container_id: id.into(),
             netns: pod.ns.path().display().to_string(),
             ifname: "eth0".into(),
             requested_ip: None,
             pod: k8s,
+            port,
         }))? {
             Reply::Attached(a) => Ok(a),
             other => bail!("unexpected reply to attach: {other:?}"),

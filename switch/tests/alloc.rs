@@ -133,6 +133,7 @@ fn tables(mode: TunnelMode) -> Tables {
         container_id: None,
         netns: None,
         queues: 1,
+        offloads: true,
         counters: Arc::new(Counters::new(1)),
         // The pod is isolated both ways, so every packet meets policy and the
         // connection table.

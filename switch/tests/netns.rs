@@ -413,6 +413,7 @@ fn detach_cleans_up_and_repeats() {
             ifname: "eth0".into(),
             requested_ip: Some(other),
             pod: None,
+            port: None,
         }))
         .unwrap()
     {
@@ -459,6 +460,7 @@ fn detach_cleans_up_and_repeats() {
         ifname: "eth0".into(),
         requested_ip: None,
         pod: None,
+        port: None,
     }));
     match missing.unwrap() {
         Response::Error(e) => assert!(e.message.contains("does-not-exist"), "{e:?}"),
@@ -612,6 +614,7 @@ fn restart_releases_vanished_pods() {
             ifname: "eth0".into(),
             requested_ip: Some(gone_ip),
             pod: None,
+            port: None,
         }))
         .expect("attach with the released address")
     {
@@ -648,6 +651,7 @@ fn crash_during_attach_storm() {
                     ifname: "eth0".into(),
                     requested_ip: None,
                     pod: None,
+                    port: None,
                 });
                 if let Ok(Response::Ok(Reply::Attached(a))) =
                     weft_cni::proto::call(socket, &req, Duration::from_secs(20))

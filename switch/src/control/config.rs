@@ -8,8 +8,10 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 use weft_encap::vxlan::{Vni, DEFAULT_PORT};
 
+use crate::io::xsk;
 use crate::mac::MacAddr;
 use crate::tables::{TunnelMode, TUNNEL_OVERHEAD};
+pub use weft_cni::proto::PortType;
 
 /// The default longest polling window of a worker (see [`crate::io::spin`]): long
 /// enough to catch a pod's reply to the request just handed to it.
@@ -144,6 +146,28 @@ pub struct Options {
     /// Directory for durable state [default: /var/lib/weft].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// The port pods get unless they ask for another (CNI config `podPort`, or
+    /// `WEFT_POD_PORT=` in CNI_ARGS): tap, or afxdp (a veth served by AF_XDP
+    /// sockets) [default: tap].
+    #[arg(long, value_parser = parse_port_type)]
+    pub pod_port: Option<PortType>,
+    /// When an AF_XDP port cannot be made (no kernel support, the memory limit, a
+    /// missing capability), give the pod a TAP port instead of failing its ADD
+    /// [default: false].
+    #[arg(long)]
+    pub afxdp_fallback: Option<bool>,
+    /// Bind AF_XDP sockets in zero-copy mode; only drivers with AF_XDP zero-copy
+    /// take it, not veth [default: false].
+    #[arg(long)]
+    pub afxdp_zero_copy: Option<bool>,
+    /// UMEM frames (4 KiB each) per AF_XDP queue, a power of two from 64 to 16384;
+    /// half receive, half send [default: 1024, 4 MiB per queue].
+    #[arg(long)]
+    pub afxdp_frames: Option<u32>,
+}
+
+fn parse_port_type(s: &str) -> Result<PortType, String> {
+    s.parse()
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -301,6 +325,10 @@ impl Options {
             pod_mtu: self.pod_mtu.or(file.pod_mtu),
             host_port: self.host_port.or(file.host_port),
             state_dir: self.state_dir.or(file.state_dir),
+            pod_port: self.pod_port.or(file.pod_port),
+            afxdp_fallback: self.afxdp_fallback.or(file.afxdp_fallback),
+            afxdp_zero_copy: self.afxdp_zero_copy.or(file.afxdp_zero_copy),
+            afxdp_frames: self.afxdp_frames.or(file.afxdp_frames),
         }
     }
 
@@ -379,6 +407,18 @@ impl Options {
             pod_mtu_limit: self.pod_mtu,
             host_port,
             state_dir: self.state_dir.unwrap_or_else(|| "/var/lib/weft".into()),
+            pod_port: self.pod_port.unwrap_or_default(),
+            afxdp: Afxdp {
+                fallback: self.afxdp_fallback.unwrap_or(false),
+                mode: xsk::Mode {
+                    zero_copy: self.afxdp_zero_copy.unwrap_or(false),
+                    multi_buffer: true,
+                },
+                geometry: match self.afxdp_frames {
+                    None => xsk::Geometry::DEFAULT,
+                    Some(n) => xsk::Geometry::new(n).map_err(|why| invalid("afxdp-frames", why))?,
+                },
+            },
         })
     }
 
@@ -633,6 +673,21 @@ pub struct Settings {
     pub host_port: String,
     /// Durable state directory.
     pub state_dir: PathBuf,
+    /// The port type of pods that do not ask for one.
+    pub pod_port: PortType,
+    /// How AF_XDP ports are made.
+    pub afxdp: Afxdp,
+}
+
+/// How AF_XDP ports are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Afxdp {
+    /// Give a pod a TAP port when its AF_XDP port cannot be made.
+    pub fallback: bool,
+    /// How the sockets are bound.
+    pub mode: xsk::Mode,
+    /// The frame pool of each queue.
+    pub geometry: xsk::Geometry,
 }
 
 impl Settings {

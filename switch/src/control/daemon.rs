@@ -205,6 +205,7 @@ fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, LinkSpec) {
         container_id: None,
         netns: None,
         queues: settings.port_queues as u16,
+        offloads: true,
         counters: Arc::new(Counters::new(settings.workers)),
         policy: None,
     };
@@ -404,6 +405,12 @@ impl Daemon {
             prefix_len: self.node.subnet.prefix_len(),
             gateway: self.node.gateway,
             mtu: self.node.pod_mtu,
+            // Only AF_XDP ports take no offloads.
+            port: if entry.offloads {
+                weft_cni::proto::PortType::Tap
+            } else {
+                weft_cni::proto::PortType::Afxdp
+            },
         }
     }
 

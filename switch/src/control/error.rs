@@ -18,6 +18,9 @@ pub enum DaemonError {
     /// A TAP device could not be created.
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// An AF_XDP port could not be made.
+    #[error("AF_XDP port: {0}")]
+    Afxdp(#[from] crate::io::xsk::PortError),
     /// Netlink or netns failure.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),

@@ -6,11 +6,12 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use crate::control::config::Afxdp;
 use crate::control::error::DaemonError;
 use crate::control::netlink::{self, LinkSpec, LinkState, NetlinkError};
 use crate::control::routes::{self, DirectRoute, RouteTo};
 use crate::io::port::PortQueue;
-use crate::io::tap;
+use crate::io::{tap, xsk};
 
 /// How a pod's port is found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,33 @@ pub enum Plug {
 
 /// The queues of a port, one per worker that serves it.
 pub type Queues = Vec<Box<dyn PortQueue>>;
+
+/// What kind of port a pod gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodPort {
+    /// A TAP device in the pod's netns.
+    Tap,
+    /// A veth pair: the pod's end in its netns, `host_end` in the daemon's, served
+    /// by AF_XDP sockets.
+    Afxdp {
+        /// The host end's name ([`host_end_name`]).
+        host_end: String,
+        /// How the sockets are made.
+        afxdp: Afxdp,
+    },
+}
+
+/// The name of an AF_XDP pod's host-side veth end: `wx` and 8 hex digits of a hash
+/// of its attachment key, so that a restarted daemon finds it again. (FNV-1a: the
+/// name needs spreading, not secrecy.)
+pub fn host_end_name(container_id: &str, ifname: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("wx{h:08x}")
+}
 
 /// The host operations of the control plane.
 pub trait Host: Send + Sync + std::fmt::Debug {
@@ -39,6 +67,7 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         spec: &LinkSpec,
         queues: usize,
         how: Plug,
+        port: &PodPort,
     ) -> Result<Queues, DaemonError>;
 
     /// Deletes interface `ifname` in `netns` and says whether it was there; a netns
@@ -82,42 +111,14 @@ impl Host for SystemHost {
         spec: &LinkSpec,
         queues: usize,
         how: Plug,
+        port: &PodPort,
     ) -> Result<Queues, DaemonError> {
-        let shown = netns.display().to_string();
-        let opened = netlink::in_netns(netns, || -> Result<_, DaemonError> {
-            match (how, netlink::link_exists(&spec.name)?) {
-                (Plug::Create, true) => {
-                    return Err(DaemonError::Invalid(format!(
-                        "an interface named {} already exists in {shown}",
-                        spec.name
-                    )))
-                }
-                (Plug::Reopen, false) => {
-                    return Err(DaemonError::PodGone(format!(
-                        "interface {} is gone from {shown}",
-                        spec.name
-                    )))
-                }
-                _ => {}
+        match port {
+            PodPort::Tap => open_tap_port(netns, spec, queues, how),
+            PodPort::Afxdp { host_end, afxdp } => {
+                open_afxdp_port(netns, spec, queues, how, host_end, afxdp)
             }
-            // A reopened device belongs to a pod that was running: whatever fails
-            // here, it stays, as does the pod's address.
-            let queues = tap::open(&spec.name, queues)?;
-            let configured = netlink::configure(spec).and_then(|()| {
-                // The device outlives the daemon, so pods keep their interface across
-                // a restart; detach deletes it.
-                queues[0].set_persist(true).map_err(NetlinkError::Socket)
-            });
-            if let Err(e) = configured {
-                if how == Plug::Create {
-                    // Not persistent yet (or no longer): it goes with the queues.
-                    let _ = queues[0].set_persist(false);
-                }
-                return Err(e.into());
-            }
-            Ok(queues)
-        })?;
-        Ok(boxed(opened))
+        }
     }
 
     fn delete_interface(&self, netns: &Path, ifname: &str) -> bool {
@@ -152,4 +153,119 @@ impl Host for SystemHost {
     fn enable_forwarding(&self) -> std::io::Result<()> {
         routes::enable_forwarding()
     }
+}
+
+/// Opens (or reopens) a pod's TAP port.
+fn open_tap_port(
+    netns: &Path,
+    spec: &LinkSpec,
+    queues: usize,
+    how: Plug,
+) -> Result<Queues, DaemonError> {
+    let shown = netns.display().to_string();
+    let opened = netlink::in_netns(netns, || -> Result<_, DaemonError> {
+        match (how, netlink::link_exists(&spec.name)?) {
+            (Plug::Create, true) => {
+                return Err(DaemonError::Invalid(format!(
+                    "an interface named {} already exists in {shown}",
+                    spec.name
+                )))
+            }
+            (Plug::Reopen, false) => {
+                return Err(DaemonError::PodGone(format!(
+                    "interface {} is gone from {shown}",
+                    spec.name
+                )))
+            }
+            _ => {}
+        }
+        // A reopened device belongs to a pod that was running: whatever fails
+        // here, it stays, as does the pod's address.
+        let queues = tap::open(&spec.name, queues)?;
+        let configured = netlink::configure(spec).and_then(|()| {
+            // The device outlives the daemon, so pods keep their interface across
+            // a restart; detach deletes it.
+            queues[0].set_persist(true).map_err(NetlinkError::Socket)
+        });
+        if let Err(e) = configured {
+            if how == Plug::Create {
+                // Not persistent yet (or no longer): it goes with the queues.
+                let _ = queues[0].set_persist(false);
+            }
+            return Err(e.into());
+        }
+        Ok(queues)
+    })?;
+    Ok(boxed(opened))
+}
+
+/// Opens (or reopens) a pod's AF_XDP port: the veth pair (made on `Plug::Create`,
+/// which must find neither end), the pod end configured as `spec` with transmit
+/// checksumming off, and the sockets and program on the host end. A failed create
+/// deletes the pair; a failed reopen leaves it, as the pod may still run.
+fn open_afxdp_port(
+    netns: &Path,
+    spec: &LinkSpec,
+    queues: usize,
+    how: Plug,
+    host_end: &str,
+    afxdp: &Afxdp,
+) -> Result<Queues, DaemonError> {
+    let shown = netns.display().to_string();
+    let ns = std::fs::File::open(netns).map_err(|source| NetlinkError::OpenNetns {
+        path: shown.clone(),
+        source,
+    })?;
+    let pod_has = netlink::in_netns(netns, || netlink::link_exists(&spec.name))?;
+    let host_has = netlink::link_exists(host_end)?;
+    match how {
+        Plug::Create if pod_has => {
+            return Err(DaemonError::Invalid(format!(
+                "an interface named {} already exists in {shown}",
+                spec.name
+            )))
+        }
+        Plug::Create if host_has => {
+            return Err(DaemonError::Invalid(format!(
+                "the host end {host_end} of the AF_XDP port already exists"
+            )))
+        }
+        Plug::Reopen if !pod_has => {
+            return Err(DaemonError::PodGone(format!(
+                "interface {} is gone from {shown}",
+                spec.name
+            )))
+        }
+        // The pod's interface is there but is no veth of ours (a TAP, say): the pod
+        // may run, so this is no reason to release its address.
+        Plug::Reopen if !host_has => {
+            return Err(DaemonError::Invalid(format!(
+                "{} in {shown} has no host end {host_end}",
+                spec.name
+            )))
+        }
+        _ => {}
+    }
+    let made = || -> Result<Queues, DaemonError> {
+        if how == Plug::Create {
+            netlink::create_veth(host_end, &spec.name, &ns, spec.mtu, queues as u32)?;
+            netlink::in_netns(netns, || {
+                netlink::configure(spec)?;
+                netlink::tx_checksum_off(&spec.name)
+            })?;
+        }
+        let queues = xsk::open(host_end, queues, afxdp.geometry, afxdp.mode)?;
+        Ok(queues
+            .into_iter()
+            .map(|q| Box::new(q) as Box<dyn PortQueue>)
+            .collect())
+    };
+    let result = made();
+    if result.is_err() && how == Plug::Create {
+        // The pair goes with either end.
+        if let Err(e) = netlink::delete_link(host_end) {
+            log::warn!("deleting {host_end} after a failed attach: {e}");
+        }
+    }
+    result
 }

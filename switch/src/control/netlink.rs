@@ -49,6 +49,16 @@ pub enum NetlinkError {
         /// The kernel's answer.
         source: rtnetlink::Error,
     },
+    /// An ioctl on an interface failed.
+    #[error("{what} on {link}: {source}")]
+    Ioctl {
+        /// What was being done.
+        what: &'static str,
+        /// The interface.
+        link: String,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// The namespace thread panicked.
     #[error("the thread working in network namespace {0} panicked")]
     Panicked(String),
@@ -317,6 +327,115 @@ pub fn delete_link(name: &str) -> Result<bool, NetlinkError> {
             }),
         }
     })
+}
+
+/// Creates a veth pair: `host` in the calling thread's namespace, brought up with no
+/// address and no IPv6, and `pod` in the namespace open as `netns`, left down for
+/// [`configure`]. Both ends get `queues` queues and MTU `mtu`. The pod end is made
+/// in its namespace by the same request, so no crash leaves it in the wrong one.
+pub fn create_veth(
+    host: &str,
+    pod: &str,
+    netns: &File,
+    mtu: u32,
+    queues: u32,
+) -> Result<(), NetlinkError> {
+    use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+    use rtnetlink::{LinkMessageBuilder, LinkVeth};
+
+    let err = |what| {
+        let link = host.to_owned();
+        move |source| NetlinkError::Request { what, link, source }
+    };
+    with_handle(async |handle| {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(pod.to_owned())
+            .mtu(mtu)
+            .setns_by_fd(netns.as_raw_fd())
+            .append_extra_attribute(LinkAttribute::NumTxQueues(queues))
+            .append_extra_attribute(LinkAttribute::NumRxQueues(queues))
+            .build();
+        let msg = LinkVeth::new(host, pod)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .mtu(mtu)
+            .append_extra_attribute(LinkAttribute::NumTxQueues(queues))
+            .append_extra_attribute(LinkAttribute::NumRxQueues(queues))
+            .build();
+        handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(err("creating the veth pair"))?;
+        let index = link_index(&handle, host)
+            .await?
+            .ok_or_else(|| NetlinkError::NoSuchLink(host.to_owned()))?;
+        // The host end must not speak for the node: no router solicitations, no
+        // link-local address (a kernel without IPv6 has no such file).
+        if let Err(e) = std::fs::write(format!("/proc/sys/net/ipv6/conf/{host}/disable_ipv6"), "1")
+        {
+            log::debug!("{host}: disabling IPv6: {e}");
+        }
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(err("bringing the link up"))
+    })
+}
+
+/// Turns off transmit checksum offload on `name`, in the calling thread's namespace
+/// (`ethtool -K name tx off`). A veth with XDP on its peer hands the peer's XDP
+/// program partial checksums with no metadata saying so; with this off, the pod's
+/// kernel completes them itself.
+pub fn tx_checksum_off(name: &str) -> Result<(), NetlinkError> {
+    /// `ETHTOOL_STXCSUM` (`linux/ethtool.h`).
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    let fail = |source| NetlinkError::Ioctl {
+        what: "turning off tx checksumming",
+        link: name.to_owned(),
+        source,
+    };
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(NetlinkError::NoSuchLink(name.to_owned()));
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: 0,
+    };
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    for (d, s) in req.name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: a plain datagram socket for the ioctl.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: `req` is a valid ifreq whose data points to a live ethtool_value.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if r != 0 {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Whether the interface `name` exists in the calling thread's namespace.

@@ -8,23 +8,24 @@ use std::path::Path;
 use std::sync::Arc;
 
 use weft_cni::proto::{
-    AttachRequest, Attachment, AttachmentKey, CheckRequest, DetachRequest, PodRef,
+    AttachRequest, Attachment, AttachmentKey, CheckRequest, DetachRequest, PodRef, PortType,
 };
 use weft_ipam::Key;
 
 use crate::control::daemon::{Daemon, Pod, State};
 use crate::control::error::{io_err, DaemonError};
-use crate::control::host::Plug;
+use crate::control::host::{host_end_name, Plug, PodPort, Queues};
 use crate::control::netlink::{LinkSpec, LinkState, NetlinkError, RouteSpec};
 use crate::mac::MacAddr;
 use crate::tables::counters::Counters;
 use crate::tables::{PortEntry, PortKind};
 
-/// Where a pod is: its netns, and what its runtime called it.
+/// Where a pod is: its netns, what its runtime called it, and its kind of port.
 #[derive(Debug)]
 struct Where<'a> {
     netns: &'a str,
     pod: Option<PodRef>,
+    port: PortType,
 }
 
 /// What [`Daemon::retire`] does with a pod's device.
@@ -43,6 +44,9 @@ struct AttachMeta {
     /// The Kubernetes pod (none in records older than policy).
     #[serde(default)]
     pod: Option<PodRef>,
+    /// The kind of port (TAP in records older than AF_XDP).
+    #[serde(default)]
+    port: PortType,
 }
 
 impl AttachMeta {
@@ -70,9 +74,11 @@ impl Daemon {
         if let Some(pod) = state.pods.iter().find(|p| p.key == key) {
             return self.attached_again(req, pod);
         }
+        let wanted = req.port.unwrap_or(self.settings.pod_port);
         let meta = AttachMeta {
             netns: req.netns.clone(),
             pod: req.pod.clone(),
+            port: wanted,
         };
         let reservation = self.pool.reserve(&key, req.requested_ip, &meta.encode())?;
         let ip = reservation.allocation().ip;
@@ -85,6 +91,7 @@ impl Daemon {
             let at = Where {
                 netns: &req.netns,
                 pod: req.pod.clone(),
+                port: wanted,
             };
             let plugged = self.plug(&mut state, key.clone(), at, ip, Plug::Create);
             let committed = match commit.join() {
@@ -96,8 +103,18 @@ impl Daemon {
             (committed, plugged)
         });
         let entry = self.settle_attach(&mut state, &key, ip, committed, plugged)?;
+        let port = self.attachment(&entry).port;
+        if port != wanted {
+            // It fell back to TAP: the record says so, for a restart to reopen it.
+            // (Should this fail, the record says AF_XDP, a restart finds no host end
+            // and keeps the pod and its address until its DEL.)
+            let meta = AttachMeta { port, ..meta };
+            if let Err(e) = self.pool.update_meta(&key, &meta.encode()) {
+                log::error!("recording the TAP fallback of {ip}: {e}");
+            }
+        }
         log::info!(
-            "attached {} {} in {} as {ip}",
+            "attached {} {} in {} as {ip} on a {port} port",
             req.container_id,
             req.ifname,
             req.netns,
@@ -177,9 +194,7 @@ impl Daemon {
             prefix_len: self.node.subnet.prefix_len(),
             routes: vec![RouteSpec::DefaultVia(self.node.gateway)],
         };
-        let queues =
-            self.host
-                .open_pod_port(Path::new(netns), &spec, self.settings.port_queues, how)?;
+        let (queues, port) = self.open_port(&key, netns, &spec, how, at.port)?;
         let entry = PortEntry {
             id: state.next_port_id(),
             kind: PortKind::Pod,
@@ -189,6 +204,7 @@ impl Daemon {
             container_id: Some(key.container_id.clone()),
             netns: Some(netns.to_owned()),
             queues: queues.len() as u16,
+            offloads: port == PortType::Tap,
             counters: Arc::new(Counters::new(self.settings.workers)),
             policy: None,
         };
@@ -207,6 +223,46 @@ impl Daemon {
             return Err(e);
         }
         Ok(entry)
+    }
+
+    /// Opens the pod's port of kind `port`; an AF_XDP port that cannot be made on a
+    /// new attach becomes a TAP port if the settings allow. Returns the queues and
+    /// the kind of port they are.
+    fn open_port(
+        &self,
+        key: &Key,
+        netns: &str,
+        spec: &LinkSpec,
+        how: Plug,
+        port: PortType,
+    ) -> Result<(Queues, PortType), DaemonError> {
+        let queues = self.settings.port_queues;
+        let plan = match port {
+            PortType::Tap => PodPort::Tap,
+            PortType::Afxdp => PodPort::Afxdp {
+                host_end: host_end_name(&key.container_id, &key.ifname),
+                afxdp: self.settings.afxdp,
+            },
+        };
+        let netns = Path::new(netns);
+        match self.host.open_pod_port(netns, spec, queues, how, &plan) {
+            Ok(q) => Ok((q, port)),
+            // The failed attempt left nothing behind; a TAP port is made afresh.
+            Err(e @ DaemonError::Afxdp(_))
+                if how == Plug::Create && self.settings.afxdp.fallback =>
+            {
+                log::warn!(
+                    "{} {}: {e}; falling back to a TAP port (afxdp-fallback)",
+                    key.container_id,
+                    key.ifname
+                );
+                let q = self
+                    .host
+                    .open_pod_port(netns, spec, queues, how, &PodPort::Tap)?;
+                Ok((q, PortType::Tap))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Undoes a [`Daemon::plug`] that created the pod's interface, as far as it got.
@@ -251,6 +307,7 @@ impl Daemon {
                 let at = Where {
                     netns: &meta.netns,
                     pod: meta.pod.clone(),
+                    port: meta.port,
                 };
                 self.plug(&mut state, key, at, alloc.ip, Plug::Reopen)
                     .map(drop)
@@ -539,6 +596,7 @@ mod tests {
             spec: &LinkSpec,
             queues: usize,
             _how: Plug,
+            _port: &PodPort,
         ) -> Result<Queues, DaemonError> {
             let next = *self.next.lock();
             if next == Next::Fails {
@@ -636,6 +694,7 @@ mod tests {
             ifname: "eth0".into(),
             requested_ip: None,
             pod: None,
+            port: None,
         }))
     }
 

@@ -48,7 +48,8 @@ impl Core {
                 self.gro.emit_flow(cx, port, bytes);
                 cx.sink.to_port(&t.ports[port], offload, bytes);
             }
-            Ingress::Peer(_) => self.gro.coalesce(cx, port, bytes),
+            // A port without offloads (AF_XDP) would only cut a merged frame up again.
+            Ingress::Peer(_) if t.ports[port].offloads => self.gro.coalesce(cx, port, bytes),
             _ => cx.sink.to_port(&t.ports[port], offload, bytes),
         }
     }

@@ -23,7 +23,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::core::conntrack::Conntrack;
 use crate::core::{self, Core, Ctx, Frame, Report, Sink, Time, TxError, HEADROOM};
 use crate::io::clock;
-use crate::io::port::{Offload, PortQueue};
+use crate::io::port::{Offload, PortQueue, Rx};
 use crate::io::spin::Spin;
 use crate::io::udp::{Account, Lanes, Outcome, RxBatch, Tunnel, RX_BATCH};
 use crate::tables::counters::{Counters, DropReason};
@@ -270,6 +270,8 @@ struct QueueSlot {
     generation: u32,
     counters: Arc<Counters>,
     queue: Box<dyn PortQueue>,
+    /// Sent to in this batch: flushed at its end.
+    dirty: bool,
 }
 
 struct Worker {
@@ -288,6 +290,33 @@ struct Io {
     tunnel: Tunnel,
     shared: Arc<Shared>,
     queues: Vec<Option<QueueSlot>>,
+    /// The slots whose queues were sent to in this batch.
+    dirty: Vec<usize>,
+}
+
+impl Io {
+    /// Sends `frame` on the queue in `slot`, remembering to flush it.
+    #[inline]
+    fn send_on(&mut self, slot: usize, offload: &Offload, frame: &[u8]) -> Result<(), TxError> {
+        let Some(Some(q)) = self.queues.get_mut(slot) else {
+            return Err(TxError::Failed);
+        };
+        if !q.dirty {
+            q.dirty = true;
+            self.dirty.push(slot);
+        }
+        q.queue.send(offload, frame).map_err(|e| tx_error(&e))
+    }
+
+    /// Flushes the queues sent to in this batch.
+    fn flush_queues(&mut self) {
+        for slot in self.dirty.drain(..) {
+            if let Some(Some(q)) = self.queues.get_mut(slot) {
+                q.dirty = false;
+                q.queue.flush();
+            }
+        }
+    }
 }
 
 /// The I/O side of the core for one worker, lent to it for one batch.
@@ -312,7 +341,9 @@ impl IoSink<'_> {
         // The port's queues belong to workers 0..queues; spread senders over them.
         let owners = usize::from(port.queues).clamp(1, self.io.shared.inboxes.len());
         let owner = self.io.index % owners;
-        if owner == self.io.index || frame.len() > LARGE_LEN {
+        // The owner may be this worker, when the port's queue is out of its slot
+        // for the batch that lends its frames: the frame waits in this worker's inbox.
+        if frame.len() > LARGE_LEN {
             return Err(TxError::Failed);
         }
         let pool = self.io.shared.pool_for(frame.len());
@@ -371,7 +402,7 @@ impl Sink for IoSink<'_> {
         let worker = self.io.index;
         match self.io.queues.get_mut(port.id.slot as usize) {
             Some(Some(q)) if q.generation == port.id.generation => {
-                let sent = q.queue.send(offload, frame).map_err(|e| tx_error(&e));
+                let sent = self.io.send_on(port.id.slot as usize, offload, frame);
                 count_port_send(&port.counters, worker, frame.len(), sent);
             }
             _ => {
@@ -435,6 +466,7 @@ impl Worker {
                 tunnel,
                 shared,
                 queues: Vec::new(),
+                dirty: Vec::new(),
             },
         })
     }
@@ -518,6 +550,7 @@ impl Worker {
         self.core.flush(&mut cx);
         let account: &mut Account<'_> = &mut peer_account(&tables, self.io.index);
         self.io.tunnel.flush(account);
+        self.io.flush_queues();
         self.wake(wake);
     }
 
@@ -584,6 +617,7 @@ impl Worker {
                     generation: id.generation,
                     counters,
                     queue,
+                    dirty: false,
                 });
                 true
             }
@@ -597,14 +631,15 @@ impl Worker {
     /// Writes frames other workers handed over, counting each on its port. Returns
     /// whether more are waiting.
     fn inbox(&mut self) -> bool {
-        let inbox = &self.io.shared.inboxes[self.io.index];
+        let shared = self.io.shared.clone();
+        let inbox = &shared.inboxes[self.io.index];
         for _ in 0..BUDGET * 4 {
             let Some(h) = inbox.pop() else { return false };
-            let result = match self.io.queues.get_mut(h.port.slot as usize) {
-                Some(Some(q)) if q.generation == h.port.generation => q
-                    .queue
-                    .send(&h.offload, &h.buf[..h.len])
-                    .map_err(|e| tx_error(&e)),
+            let slot = h.port.slot as usize;
+            let result = match self.io.queues.get(slot) {
+                Some(Some(q)) if q.generation == h.port.generation => {
+                    self.io.send_on(slot, &h.offload, &h.buf[..h.len])
+                }
                 _ => Err(TxError::Failed),
             };
             count_port_send(&h.counters, self.io.index, h.len, result);
@@ -648,58 +683,62 @@ impl Worker {
     }
 
     fn port_batch(&mut self, tables: &Tables, now: Time, slot: usize, wake: &mut u64) -> bool {
-        let Some(Some(q)) = self.io.queues.get(slot) else {
+        // The queue is taken out of its slot while its frames are handed to the core,
+        // which may lend them in the queue's own memory. Frames the core sends back to
+        // this port meanwhile (ARP replies) go through this worker's own inbox.
+        let Some(q) = self.io.queues.get_mut(slot).and_then(Option::take) else {
             return false;
         };
         let id = PortId {
             slot: slot as u32,
             generation: q.generation,
         };
+        let mut q = q;
         let counters = q.counters.clone();
         let ingress = tables.port_index(id);
-        for _ in 0..BUDGET {
-            let Some(Some(q)) = self.io.queues.get_mut(slot) else {
-                return false;
-            };
-            match q.queue.recv(&mut self.buf[HEADROOM..]) {
-                Ok(Some((offload, n))) => {
+        let worker = self.io.index;
+        let (io, core) = (&mut self.io, &mut self.core);
+        let result = q
+            .queue
+            .recv_batch(&mut self.buf, BUDGET, &mut |rx| match rx {
+                Rx::Frame {
+                    offload,
+                    buf,
+                    start,
+                    len,
+                } => {
                     let Some(i) = ingress else {
                         // Not (or no longer) in the snapshot: attach or detach in progress.
-                        counters.rx(self.io.index, n);
-                        counters.discard(self.io.index, DropReason::Detached);
-                        continue;
+                        counters.rx(worker, len);
+                        counters.discard(worker, DropReason::Detached);
+                        return;
                     };
                     let mut sink = IoSink {
-                        io: &mut self.io,
+                        io: &mut *io,
                         tables,
                         now,
-                        wake,
+                        wake: &mut *wake,
                     };
                     let mut cx = Ctx::new(tables, now, &mut sink);
-                    let frame = Frame::new(&mut self.buf, HEADROOM, n);
-                    self.core.port_frame(&mut cx, i, &offload, frame);
+                    core.port_frame(&mut cx, i, &offload, Frame::new(buf, start, len));
                 }
-                Ok(None) => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    // One frame with a header the switch cannot read: drop it, keep going.
-                    counters.discard(self.io.index, DropReason::Malformed);
-                }
-                Err(e) => {
-                    // The device is gone (its netns was deleted): stop polling it. The
-                    // control plane's detach closes the queue.
-                    log::warn!(
-                        "worker {}: port {id:?}: {e}; no longer polled",
-                        self.io.index
-                    );
-                    let _ = self
-                        .poll
-                        .registry()
-                        .deregister(&mut SourceFd(&q.queue.fd()));
-                    return false;
-                }
+                // One frame with a header the switch cannot read: drop it, keep going.
+                Rx::Malformed => counters.discard(worker, DropReason::Malformed),
+            });
+        let more = match result {
+            Ok(more) => more,
+            Err(e) => {
+                // The device is gone (its netns was deleted): stop polling it. The
+                // control plane's detach closes the queue.
+                log::warn!("worker {worker}: port {id:?}: {e}; no longer polled");
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&q.queue.fd()));
+                false
             }
-        }
-        true
+        };
+        self.io.queues[slot] = Some(q);
+        more
     }
 }

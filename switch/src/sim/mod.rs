@@ -476,6 +476,7 @@ fn port_entry(slot: u32, ip: Ipv4Addr) -> PortEntry {
         container_id: pod.then(|| format!("pod-{ip}")),
         netns: None,
         queues: 1,
+        offloads: true,
         counters: new_counters(),
         policy: None,
     }

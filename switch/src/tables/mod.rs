@@ -114,6 +114,9 @@ pub struct PortEntry {
     pub netns: Option<String>,
     /// How many queues the port has; queue `q` belongs to worker `q`.
     pub queues: u16,
+    /// Whether the port takes offload metadata (a TAP does; an AF_XDP port sends
+    /// complete frames, so the switch does not merge frames for it).
+    pub offloads: bool,
     /// Traffic counters.
     pub counters: Arc<Counters>,
     /// The pod's NetworkPolicy rules, if some policy selects it.

@@ -1,12 +1,82 @@
-//! AF_XDP pod ports (issue 14), built up in steps. Present so far: the typed rings
-//! an AF_XDP socket shares with the kernel ([`ring`]). The UMEM, the socket set-up,
-//! the XDP redirect program and the veth port that use them are not written yet;
-//! nothing outside the tests uses this module.
+//! AF_XDP pod ports: a veth whose host end is served by AF_XDP sockets, one per
+//! queue, each with a UMEM of its own, fed by weft's XDP redirect program.
 //!
-//! The rings are weft's own rather than the `afxdp` crate's: `afxdp` 0.4 is built on
-//! libbpf 0.x's `xsk.h` API (removed from libbpf 1.0), has no multi-buffer
-//! (`XDP_USE_SG`) support, and panics on an unexpected errno from a wake-up. The
-//! ring protocol itself is small and fixed by the kernel ABI (`libc` has its
-//! structures), and owning it lets a ring be tested on the heap against an oracle.
+//! - [`ring`]: the typed single-producer/single-consumer rings shared with the kernel;
+//! - [`socket`]: one socket's UMEM, rings and bind;
+//! - [`prog`]: the XDP program and XSKMAP (loaded and attached with libbpf);
+//! - [`queue`]: the [`PortQueue`](crate::io::port::PortQueue) a worker polls.
+//!
+//! The rings and the socket set-up are weft's own rather than the `afxdp` crate's:
+//! `afxdp` 0.4 is built on libbpf 0.x's `xsk.h` API (removed from libbpf 1.0), has no
+//! multi-buffer (`XDP_USE_SG`) support, and panics on an unexpected errno from a
+//! wake-up. `xsk-rs` wraps the same removed API through libxdp. The ring protocol is
+//! small and fixed by the kernel ABI (`libc` has its structures), and owning it lets
+//! a ring be tested on the heap against an oracle. Loading the program and the map
+//! is libbpf's (`libbpf-sys`), which is what it is for.
 
+pub mod prog;
+pub mod queue;
 pub mod ring;
+pub mod socket;
+
+use std::sync::Arc;
+
+pub use queue::XskQueue;
+pub use socket::{Geometry, Mode};
+
+/// Why an AF_XDP port could not be opened. Nothing of it is left behind.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The interface is not there.
+    #[error("no interface {0} for the AF_XDP port")]
+    NoDevice(String),
+    /// The XDP program or map.
+    #[error(transparent)]
+    Prog(#[from] prog::ProgError),
+    /// A socket.
+    #[error(transparent)]
+    Socket(#[from] socket::XskError),
+}
+
+/// Opens `queues` AF_XDP sockets on `ifname`'s queues 0..queues, puts them in a new
+/// XSKMAP and attaches the redirect program to `ifname`, replacing any program
+/// there. On failure everything made is closed again and the device keeps no
+/// program of ours.
+pub fn open(
+    ifname: &str,
+    queues: usize,
+    geometry: Geometry,
+    mode: Mode,
+) -> Result<Vec<XskQueue>, PortError> {
+    let cname = std::ffi::CString::new(ifname).map_err(|_| PortError::NoDevice(ifname.into()))?;
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(PortError::NoDevice(ifname.into()));
+    }
+    let redirect = Arc::new(prog::Redirect::load(queues as u32, mode.multi_buffer)?);
+    let mode = Mode {
+        multi_buffer: mode.multi_buffer && redirect.frags,
+        ..mode
+    };
+    let mut out = Vec::with_capacity(queues);
+    for q in 0..queues as u32 {
+        let (sock, spare) = socket::Socket::open(ifname, ifindex, q, geometry, mode)?;
+        redirect.insert(q, std::os::fd::AsRawFd::as_raw_fd(&sock))?;
+        out.push(XskQueue::new(sock, spare, ifname, q, redirect.clone()));
+    }
+    redirect.attach(ifindex)?;
+    Ok(out)
+}
+
+/// Removes the XDP program from `ifname`, if it and the device are there.
+pub fn detach(ifname: &str) {
+    let Ok(cname) = std::ffi::CString::new(ifname) else {
+        return;
+    };
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex != 0 {
+        prog::detach(ifindex);
+    }
+}

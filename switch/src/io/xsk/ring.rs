@@ -325,6 +325,11 @@ impl<T: Copy> Consumer<T> {
         n.min(want)
     }
 
+    /// The number of entries.
+    pub fn size(&self) -> u32 {
+        self.mem.size()
+    }
+
     /// Acquires up to `max` filled entries to read; maybe none.
     pub fn consume(&mut self, max: u32) -> Consume<'_, T> {
         let len = self.filled(max);
