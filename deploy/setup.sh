@@ -10,6 +10,7 @@ packages=(
   iperf3          # weft-perf's second traffic generator (tcp1-iperf3, tcp4-iperf3)
   kmod            # modprobe for vxlan/tun where they are modules
   pkg-config gcc  # -sys crates
+  libelf-dev zlib1g-dev  # libbpf-sys builds its vendored libbpf against them (the AF_XDP pod port, switch/src/io/xsk)
   protobuf-compiler libprotobuf-dev  # protoc and its well-known types: the etcd-client crate compiles etcd's gRPC definitions
   etcd-server etcd-client  # etcd 3.4: the distributed store the tests start (switch/tests/etcd.rs)
   containernetworking-plugins  # reference bridge + host-local: weft-perf's CNI baseline
