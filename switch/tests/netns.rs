@@ -107,7 +107,16 @@ fn drops(p: &PeerInfo, reason: &str) -> u64 {
 
 /// Pings, node↔pod, no NAT, and a 1 GB transfer across hosts, in one tunnel mode.
 fn datapath(mode: &str) {
-    let c = Cluster::new(&format!("dp{}", &mode[..1]), 2, 2, &options(mode, &[]));
+    datapath_with(mode, "tap");
+}
+
+/// [`datapath`] with every pod on a port of type `port`.
+fn datapath_with(mode: &str, port: &str) {
+    let opts = options(mode, &["--pod-port", port]);
+    let c = Cluster::new(&format!("dp{}{}", &mode[..1], &port[..1]), 2, 2, &opts);
+    for (_, a) in c.pods.iter().flatten() {
+        assert_eq!(a.port.as_str(), port, "{a:?}");
+    }
     let ping = |h: usize, p: usize, dst: Ipv4Addr| {
         c.pod(h, p)
             .ns
@@ -223,6 +232,16 @@ fn sleeve_peer_health() {
 #[test]
 fn vxlan_datapath() {
     datapath("vxlan");
+}
+
+#[test]
+fn vxlan_datapath_afxdp() {
+    datapath_with("vxlan", "afxdp");
+}
+
+#[test]
+fn sleeve_datapath_afxdp() {
+    datapath_with("sleeve", "afxdp");
 }
 
 #[test]
