@@ -352,9 +352,20 @@ fn sleeve_bad_input() {
 /// weftd on host 0 and the Linux kernel's VXLAN, set up as flannel does, on host 1.
 #[test]
 fn kernel_vxlan_interop() {
+    kernel_vxlan_interop_with("tap");
+}
+
+/// [`kernel_vxlan_interop`] from a pod on an AF_XDP port.
+#[test]
+fn kernel_vxlan_interop_afxdp() {
+    kernel_vxlan_interop_with("afxdp");
+}
+
+fn kernel_vxlan_interop_with(port: &str) {
     require_root();
-    let underlay = Underlay::new("interop", 2).expect("underlay");
-    let scratch = Scratch::new("interop").unwrap();
+    let tag = format!("interop{}", &port[..1]);
+    let underlay = Underlay::new(&tag, 2).expect("underlay");
+    let scratch = Scratch::new(&tag).unwrap();
     let (h0, h1) = (underlay.host(0), underlay.host(1));
     // The kernel host sends VXLAN to weftd's userspace endpoint over a veth, which
     // would carry its inner checksums unfilled: only that host needs its transmit
@@ -372,10 +383,12 @@ fn kernel_vxlan_interop() {
         &[kernel_vxlan::RemoteNode::of(h0, weft.vtep_mac)],
     )
     .expect("kernel VXLAN");
-    let node = WeftNode::start(h0, &peers, scratch.path(), &options("vxlan", &[])).expect("weftd");
+    let opts = options("vxlan", &["--pod-port", port]);
+    let node = WeftNode::start(h0, &peers, scratch.path(), &opts).expect("weftd");
     let a = underlay.pod(0, "a").unwrap();
     let b = underlay.pod(1, "b").unwrap();
     let att = node.attach(&a, "interop-a").expect("attach");
+    assert_eq!(att.port.as_str(), port);
     let b_ip = h1.pod_ip(2);
     kernel_vxlan::attach_pod(h1, &b, b_ip).expect("kernel pod");
 
@@ -412,6 +425,128 @@ fn kernel_vxlan_interop() {
         "{h:?}"
     );
     drop(node);
+}
+
+/// An AF_XDP pod and a TAP pod on one host, and across hosts: pings and verified
+/// TCP both ways (a TAP pod's super-frames are cut into segments for the AF_XDP one).
+#[test]
+fn mixed_tap_and_afxdp_pods() {
+    use weft_cni::proto::PortType;
+    let c = Cluster::new("mixed", 2, 0, &options("vxlan", &[]));
+    let mut pods = Vec::new();
+    for (h, port) in [
+        (0, PortType::Afxdp),
+        (0, PortType::Tap),
+        (1, PortType::Afxdp),
+        (1, PortType::Tap),
+    ] {
+        let pod = c.underlay.pod(h, &format!("m{}", pods.len())).unwrap();
+        let att = c.nodes[h]
+            .attach_with(&pod, &format!("mixed-{}", pods.len()), None, Some(port))
+            .expect("attach");
+        assert_eq!(att.port, port);
+        pods.push((pod, att));
+    }
+    for (i, j) in [(0, 1), (1, 0), (0, 3), (3, 0), (1, 2), (2, 1)] {
+        let (src, dst) = (&pods[i], &pods[j]);
+        src.0
+            .ns
+            .ping(dst.1.ip, 2)
+            .unwrap_or_else(|e| panic!("{i} → {j}: {e:#}\n{}", c.logs()));
+        let t = tcp_transfer(&dst.0.ns, dst.1.ip, &src.0.ns, 20_000_000, STALL)
+            .unwrap_or_else(|e| panic!("TCP {i} → {j}: {e:#}\n{}", c.logs()));
+        assert_eq!(t.peer.ip(), IpAddr::V4(src.1.ip), "{i} → {j}");
+    }
+    for (i, (pod, _)) in pods.iter().enumerate() {
+        c.nodes[i / 2]
+            .detach(&format!("mixed-{i}"), Some(&pod.ns))
+            .expect("detach");
+    }
+}
+
+/// What weftd `pid` holds of AF_XDP: its BPF program and map descriptors, its XDP
+/// sockets, and its locked memory.
+fn afxdp_footprint(pid: u32) -> (usize, usize, String) {
+    let mut bpf = 0;
+    let mut sockets = 0;
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.display().to_string();
+        if target.starts_with("anon_inode:bpf") {
+            bpf += 1;
+        }
+        if target.starts_with("socket:") {
+            sockets += 1;
+        }
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let locked = status
+        .lines()
+        .filter(|l| l.starts_with("VmLck") || l.starts_with("VmPin"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    (bpf, sockets, locked)
+}
+
+/// 50 attach/detach cycles of AF_XDP pods leave no XDP program, veth, socket, BPF
+/// object or locked memory behind.
+#[test]
+fn afxdp_attach_detach_cycles_leave_nothing() {
+    let c = Cluster::new("xcycle", 1, 0, &options("vxlan", &["--pod-port", "afxdp"]));
+    let node = &c.nodes[0];
+    let host = c.underlay.host(0);
+    let before = afxdp_footprint(node.pid());
+    let maps = || -> Vec<String> {
+        let text = std::fs::read_to_string(format!("/proc/{}/maps", node.pid())).unwrap();
+        text.lines().map(str::to_owned).collect()
+    };
+    let maps_before = maps();
+    let size = |l: &str| {
+        let (a, b) = l.split(' ').next()?.split_once('-')?;
+        Some(u64::from_str_radix(b, 16).ok()? - u64::from_str_radix(a, 16).ok()?)
+    };
+    let pod = c.underlay.pod(0, "x").unwrap();
+    for i in 0..50 {
+        let id = format!("xcycle-{i}");
+        let att = node.attach(&pod, &id).expect("attach");
+        assert_eq!(att.port.as_str(), "afxdp");
+        let end = weft_switch::control::host::host_end_name(&id, "eth0");
+        assert!(host.ns.ip(&["link", "show", &end]).is_ok(), "{end} made");
+        if i % 10 == 0 {
+            pod.ns
+                .ping(host.gateway, 1)
+                .expect("the pod reaches its gateway");
+            let (bpf, sockets, _) = afxdp_footprint(node.pid());
+            assert!(
+                bpf >= before.0 + 2 && sockets >= before.1 + 2,
+                "{bpf} {sockets}"
+            );
+        }
+        assert_eq!(node.detach(&id, Some(&pod.ns)).unwrap(), Some(att.ip));
+        assert!(pod.ns.ip(&["link", "show", "eth0"]).is_err(), "eth0 left");
+        assert!(host.ns.ip(&["link", "show", &end]).is_err(), "{end} left");
+    }
+    let after = afxdp_footprint(node.pid());
+    assert_eq!(
+        after, before,
+        "(BPF fds, sockets, locked memory) after 50 cycles"
+    );
+    // UMEMs and ring mappings are unmapped: no mapping of a UMEM's size, or of an
+    // XDP socket, is new. (Threads' allocator arenas may add others.)
+    let new: Vec<String> = maps()
+        .into_iter()
+        .filter(|l| !maps_before.contains(l))
+        .filter(|l| l.contains("xdp") || l.contains("socket") || size(l) == Some(4 << 20))
+        .collect();
+    assert!(new.is_empty(), "mappings left: {new:#?}");
+    // No program of ours is attached anywhere in the host's namespace.
+    let links = host.ns.ip(&["-d", "link", "show"]).unwrap();
+    assert!(!links.contains("xdp"), "{links}");
 }
 
 /// Detach removes the interface and releases the address, and is idempotent.
@@ -556,7 +691,19 @@ fn peers_file_reload() {
 /// without a new attach; the same after a crash (SIGKILL).
 #[test]
 fn restart_keeps_pods() {
-    let mut c = Cluster::new("restart", 2, 1, &options("vxlan", &[]));
+    restart_keeps_pods_with("tap");
+}
+
+/// [`restart_keeps_pods`] with AF_XDP ports: the veth stays, the new weftd binds new
+/// sockets and replaces the program.
+#[test]
+fn restart_keeps_afxdp_pods() {
+    restart_keeps_pods_with("afxdp");
+}
+
+fn restart_keeps_pods_with(port: &str) {
+    let opts = options("vxlan", &["--pod-port", port]);
+    let mut c = Cluster::new(&format!("restart{}", &port[..1]), 2, 1, &opts);
     let peers = c.scratch.path().join("peers.toml");
     let (a, b) = (c.ip(0, 0), c.ip(1, 0));
     c.pod(0, 0).ns.ping(b, 1).expect("ping before restart");
@@ -581,8 +728,7 @@ fn restart_keeps_pods() {
             .ip(&["-4", "addr", "show", "eth0"])
             .expect("pod keeps eth0");
         assert!(eth0.contains(&a.to_string()), "{eth0}");
-        let node = WeftNode::start(host, &peers, c.scratch.path(), &options("vxlan", &[]))
-            .expect("restart");
+        let node = WeftNode::start(host, &peers, c.scratch.path(), &opts).expect("restart");
         c.nodes.insert(0, node);
         wait_until(Duration::from_secs(10), "traffic to resume", || {
             c.pod(1, 0).ns.ping(a, 1).is_ok()
@@ -595,8 +741,9 @@ fn restart_keeps_pods() {
         }
     }
     // Detach after a restart still removes the persistent interface.
+    let prefix = format!("restart{}", &port[..1]);
     c.nodes[0]
-        .detach("restart-0-0", Some(&c.pod(0, 0).ns))
+        .detach(&format!("{prefix}-0-0"), Some(&c.pod(0, 0).ns))
         .expect("detach");
     assert!(
         c.pod(0, 0).ns.ip(&["link", "show", "eth0"]).is_err(),

@@ -378,6 +378,7 @@ impl Options {
                 return Err(invalid("pod-mtu", why));
             }
         }
+        let afxdp = self.afxdp()?;
         let host_port = self.host_port.unwrap_or_else(|| "weft0".into());
         if !crate::io::tap::valid_ifname(&host_port) {
             let why = format!("{host_port:?} is not an interface name");
@@ -408,16 +409,21 @@ impl Options {
             host_port,
             state_dir: self.state_dir.unwrap_or_else(|| "/var/lib/weft".into()),
             pod_port: self.pod_port.unwrap_or_default(),
-            afxdp: Afxdp {
-                fallback: self.afxdp_fallback.unwrap_or(false),
-                mode: xsk::Mode {
-                    zero_copy: self.afxdp_zero_copy.unwrap_or(false),
-                    multi_buffer: true,
-                },
-                geometry: match self.afxdp_frames {
-                    None => xsk::Geometry::DEFAULT,
-                    Some(n) => xsk::Geometry::new(n).map_err(|why| invalid("afxdp-frames", why))?,
-                },
+            afxdp,
+        })
+    }
+
+    /// How AF_XDP ports are made, checked.
+    fn afxdp(&self) -> Result<Afxdp, ConfigError> {
+        Ok(Afxdp {
+            fallback: self.afxdp_fallback.unwrap_or(false),
+            mode: xsk::Mode {
+                zero_copy: self.afxdp_zero_copy.unwrap_or(false),
+                multi_buffer: true,
+            },
+            geometry: match self.afxdp_frames {
+                None => xsk::Geometry::DEFAULT,
+                Some(n) => xsk::Geometry::new(n).map_err(|why| invalid("afxdp-frames", why))?,
             },
         })
     }

@@ -101,7 +101,7 @@ impl XskQueue {
 
     /// The UMEM bytes of frame `addr`.
     fn frame_mut(&mut self, addr: u64) -> &mut [u8] {
-        umem_frame(&self.sock, addr)
+        umem_frame(&mut self.sock, addr)
     }
 
     /// Lends `frame`'s UMEM frame back to the kernel for receiving.
@@ -222,14 +222,14 @@ impl XskQueue {
 }
 
 /// The UMEM bytes of the frame `addr` lies in.
-fn umem_frame(sock: &Socket, addr: u64) -> &mut [u8] {
+fn umem_frame(sock: &mut Socket, addr: u64) -> &mut [u8] {
     let base = frame_of(addr) as usize;
     assert!(
         base + FRAME_SIZE as usize <= sock.umem.len(),
         "a UMEM address out of range"
     );
-    // SAFETY: the frame is within the mapping (checked above), which the borrow of
-    // `sock` keeps alive. The address came from this UMEM's rx or completion ring or
+    // SAFETY: the frame is within the mapping (checked above), which the (exclusive)
+    // borrow of `sock` keeps alive. The address came from this UMEM's rx or completion ring or
     // from the pool, so the frame is this side's until it is pushed to a ring again:
     // the kernel does not touch it. Callers hold `&mut XskQueue`, so no two such
     // slices of one frame are alive at once.

@@ -313,77 +313,7 @@ impl Socket {
         setsockopt(raw, libc::XDP_RX_RING, &ring, "sizing the rx ring")?;
         setsockopt(raw, libc::XDP_TX_RING, &ring, "sizing the tx ring")?;
 
-        // SAFETY: zeroed is a valid xdp_mmap_offsets; `len` is its size.
-        let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-        // SAFETY: `off` has room for `len` bytes.
-        let r = unsafe {
-            libc::getsockopt(
-                raw,
-                libc::SOL_XDP,
-                libc::XDP_MMAP_OFFSETS,
-                (&mut off as *mut libc::xdp_mmap_offsets).cast(),
-                &mut len,
-            )
-        };
-        if r != 0 {
-            return Err(XskError::Setup {
-                what: "reading the ring offsets",
-                source: io::Error::last_os_error(),
-            });
-        }
-        let map_ring = |o: &libc::xdp_ring_offset, entry: usize, pgoff: u64, what| {
-            let len = o.desc as usize + ring as usize * entry;
-            Mapping::new(len, Some(raw), pgoff)
-                .map(Arc::new)
-                .map_err(|source| XskError::Setup { what, source })
-        };
-        let desc = std::mem::size_of::<libc::xdp_desc>();
-        let fill_map = map_ring(
-            &off.fr,
-            8,
-            libc::XDP_UMEM_PGOFF_FILL_RING,
-            "mapping the fill ring",
-        )?;
-        let comp_map = map_ring(
-            &off.cr,
-            8,
-            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
-            "mapping the completion ring",
-        )?;
-        let rx_map = map_ring(
-            &off.rx,
-            desc,
-            libc::XDP_PGOFF_RX_RING as u64,
-            "mapping the rx ring",
-        )?;
-        let tx_map = map_ring(
-            &off.tx,
-            desc,
-            libc::XDP_PGOFF_TX_RING as u64,
-            "mapping the tx ring",
-        )?;
-        // SAFETY: each mapping is the ring the kernel laid out at the offsets it
-        // reported, `ring` entries long, of the ring's entry type, kept alive by the
-        // Arc passed as owner; each ring gets one RingMem, in user space's role.
-        let (mut fill, comp, rx, tx) = unsafe {
-            (
-                Producer::new(
-                    RingMem::mapped(fill_map.ptr, &off.fr, ring, fill_map.clone())
-                        .map_err(bad_ring)?,
-                ),
-                Consumer::new(
-                    RingMem::mapped(comp_map.ptr, &off.cr, ring, comp_map.clone())
-                        .map_err(bad_ring)?,
-                ),
-                Consumer::new(
-                    RingMem::mapped(rx_map.ptr, &off.rx, ring, rx_map.clone()).map_err(bad_ring)?,
-                ),
-                Producer::new(
-                    RingMem::mapped(tx_map.ptr, &off.tx, ring, tx_map.clone()).map_err(bad_ring)?,
-                ),
-            )
-        };
+        let (mut fill, comp, rx, tx) = map_rings(raw, ring)?;
 
         // Half the frames to the kernel for receiving, half kept for sending.
         let mut frames = (0..geometry.frames).map(|i| u64::from(i) * u64::from(FRAME_SIZE));
@@ -474,6 +404,88 @@ impl Socket {
             Err(io::Error::last_os_error())
         }
     }
+}
+
+/// The four rings' user-space ends, over the socket's mappings.
+type Rings = (
+    Producer<u64>,
+    Consumer<u64>,
+    Consumer<libc::xdp_desc>,
+    Producer<libc::xdp_desc>,
+);
+
+/// Maps the fill, completion, rx and tx rings of socket `raw`, each `ring` entries.
+fn map_rings(raw: RawFd, ring: u32) -> Result<Rings, XskError> {
+    // SAFETY: zeroed is a valid xdp_mmap_offsets; `len` is its size.
+    let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+    // SAFETY: `off` has room for `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            raw,
+            libc::SOL_XDP,
+            libc::XDP_MMAP_OFFSETS,
+            (&mut off as *mut libc::xdp_mmap_offsets).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(XskError::Setup {
+            what: "reading the ring offsets",
+            source: io::Error::last_os_error(),
+        });
+    }
+    let map_ring = |o: &libc::xdp_ring_offset, entry: usize, pgoff: u64, what| {
+        let len = o.desc as usize + ring as usize * entry;
+        Mapping::new(len, Some(raw), pgoff)
+            .map(Arc::new)
+            .map_err(|source| XskError::Setup { what, source })
+    };
+    let desc = std::mem::size_of::<libc::xdp_desc>();
+    let fill_map = map_ring(
+        &off.fr,
+        8,
+        libc::XDP_UMEM_PGOFF_FILL_RING,
+        "mapping the fill ring",
+    )?;
+    let comp_map = map_ring(
+        &off.cr,
+        8,
+        libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+        "mapping the completion ring",
+    )?;
+    let rx_map = map_ring(
+        &off.rx,
+        desc,
+        libc::XDP_PGOFF_RX_RING as u64,
+        "mapping the rx ring",
+    )?;
+    let tx_map = map_ring(
+        &off.tx,
+        desc,
+        libc::XDP_PGOFF_TX_RING as u64,
+        "mapping the tx ring",
+    )?;
+    // SAFETY: each mapping is the ring the kernel laid out at the offsets it
+    // reported, `ring` entries long, of the ring's entry type, kept alive by the
+    // Arc passed as owner; each ring gets one RingMem, in user space's role.
+    let (fill, comp, rx, tx) = unsafe {
+        (
+            Producer::new(
+                RingMem::mapped(fill_map.ptr, &off.fr, ring, fill_map.clone()).map_err(bad_ring)?,
+            ),
+            Consumer::new(
+                RingMem::mapped(comp_map.ptr, &off.cr, ring, comp_map.clone()).map_err(bad_ring)?,
+            ),
+            Consumer::new(
+                RingMem::mapped(rx_map.ptr, &off.rx, ring, rx_map.clone()).map_err(bad_ring)?,
+            ),
+            Producer::new(
+                RingMem::mapped(tx_map.ptr, &off.tx, ring, tx_map.clone()).map_err(bad_ring)?,
+            ),
+        )
+    };
+    Ok((fill, comp, rx, tx))
 }
 
 fn bad_ring(e: super::ring::RingError) -> XskError {
