@@ -552,6 +552,8 @@ mod tests {
         Fails,
         /// The device is made, but its queues cannot be polled.
         Unpollable,
+        /// An AF_XDP port cannot be made; a TAP port can.
+        NoAfxdp,
     }
 
     /// A host whose interfaces are names in a set, and whose routes are a table.
@@ -596,15 +598,19 @@ mod tests {
             spec: &LinkSpec,
             queues: usize,
             _how: Plug,
-            _port: &PodPort,
+            port: &PodPort,
         ) -> Result<Queues, DaemonError> {
             let next = *self.next.lock();
             if next == Next::Fails {
                 return Err(DaemonError::Invalid("no such device".into()));
             }
+            if let (Next::NoAfxdp, PodPort::Afxdp { host_end, .. }) = (next, port) {
+                let e = crate::io::xsk::PortError::NoDevice(host_end.clone());
+                return Err(DaemonError::Afxdp(e));
+            }
             let name = (netns.display().to_string(), spec.name.clone());
             self.interfaces.lock().insert(name);
-            Ok(self.queues(queues, next == Next::Works))
+            Ok(self.queues(queues, next != Next::Unpollable))
         }
 
         fn delete_interface(&self, netns: &Path, ifname: &str) -> bool {
@@ -771,6 +777,54 @@ mod tests {
             "{detached:?}"
         );
         assert_nothing_left(&f);
+    }
+
+    fn attach_port(d: &Daemon, id: &str, port: Option<PortType>) -> Response {
+        d.handle(Request::Attach(AttachRequest {
+            container_id: id.into(),
+            netns: "/run/netns/fake".into(),
+            ifname: "eth0".into(),
+            requested_ip: None,
+            pod: None,
+            port,
+        }))
+    }
+
+    /// An AF_XDP port that cannot be made fails the ADD, leaving nothing, unless
+    /// afxdp-fallback lets the pod have a TAP port, which its record then names.
+    #[test]
+    fn a_failed_afxdp_port_fails_the_add_or_falls_back_to_tap() {
+        let f = fixture("noxdp");
+        *f.host.next.lock() = Next::NoAfxdp;
+        match attach_port(&f.daemon, "c1", Some(PortType::Afxdp)) {
+            Response::Error(e) => assert!(e.message.contains("AF_XDP port"), "{e:?}"),
+            ok => panic!("the attach succeeded: {ok:?}"),
+        }
+        assert_nothing_left(&f);
+        // The node-wide default applies when the pod does not ask.
+        let extra = Options {
+            pod_port: Some(PortType::Afxdp),
+            afxdp_fallback: Some(true),
+            ..Options::default()
+        };
+        let f = fixture_with("xdpfall", extra);
+        *f.host.next.lock() = Next::NoAfxdp;
+        let a = match attach_port(&f.daemon, "c1", None) {
+            Response::Ok(Reply::Attached(a)) => a,
+            other => panic!("no fallback: {other:?}"),
+        };
+        assert_eq!(a.port, PortType::Tap);
+        let key = Key::new("c1", "eth0");
+        let record = f.daemon.pool.get(&key).unwrap().expect("a record");
+        let meta = AttachMeta::decode(&record.meta).unwrap();
+        assert_eq!(meta.port, PortType::Tap, "the record names the TAP port");
+        // A pod that asks for TAP gets it, whatever the default.
+        *f.host.next.lock() = Next::Works;
+        let Response::Ok(Reply::Attached(b)) = attach_port(&f.daemon, "c2", Some(PortType::Tap))
+        else {
+            panic!("the attach failed");
+        };
+        assert_eq!(b.port, PortType::Tap);
     }
 
     fn node(name: &str, n: u8, mode: Option<Mode>) -> NodeEntry {
