@@ -154,6 +154,7 @@ impl<'c> Plumbing<'c> {
                         (false, System::WeftDirect) => {
                             vec!["--pod-mtu".into(), direct::mtu(&hosts[0]).to_string()]
                         }
+                        (false, s) if s.is_afxdp() => vec!["--pod-port".into(), "afxdp".into()],
                         (false, _) => vec![],
                     },
                 };

@@ -48,14 +48,21 @@ pub enum System {
     WeftVxlanPolicy,
     /// `weft-sleeve` likewise.
     WeftSleevePolicy,
+    /// `weft-vxlan` with every pod on an AF_XDP port (a veth served by AF_XDP
+    /// sockets) instead of a TAP.
+    WeftAfxdpVxlan,
+    /// `weft-sleeve` likewise.
+    WeftAfxdpSleeve,
 }
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 9] = [
+    pub const ALL: [System; 11] = [
         System::WeftVxlan,
         System::WeftSleeve,
         System::WeftDirect,
+        System::WeftAfxdpVxlan,
+        System::WeftAfxdpSleeve,
         System::WeftVxlanAlt,
         System::WeftSleeveAlt,
         System::WeftVxlanPolicy,
@@ -88,14 +95,22 @@ impl System {
             System::WeftSleeveAlt => "weft-sleeve-alt",
             System::WeftVxlanPolicy => "weft-vxlan-policy",
             System::WeftSleevePolicy => "weft-sleeve-policy",
+            System::WeftAfxdpVxlan => "weft-afxdp-vxlan",
+            System::WeftAfxdpSleeve => "weft-afxdp-sleeve",
         }
     }
 
     /// weftd's `--mode` for the weft systems.
     pub fn weft_mode(self) -> Option<&'static str> {
         match self {
-            System::WeftVxlan | System::WeftVxlanAlt | System::WeftVxlanPolicy => Some("vxlan"),
-            System::WeftSleeve | System::WeftSleeveAlt | System::WeftSleevePolicy => Some("sleeve"),
+            System::WeftVxlan
+            | System::WeftVxlanAlt
+            | System::WeftVxlanPolicy
+            | System::WeftAfxdpVxlan => Some("vxlan"),
+            System::WeftSleeve
+            | System::WeftSleeveAlt
+            | System::WeftSleevePolicy
+            | System::WeftAfxdpSleeve => Some("sleeve"),
             System::WeftDirect => Some("direct"),
             System::KernelVxlan | System::Direct => None,
         }
@@ -104,6 +119,11 @@ impl System {
     /// Whether the system runs with NetworkPolicies on host 1's pods.
     pub fn has_policy(self) -> bool {
         matches!(self, System::WeftVxlanPolicy | System::WeftSleevePolicy)
+    }
+
+    /// Whether the system's pods are on AF_XDP ports.
+    pub fn is_afxdp(self) -> bool {
+        matches!(self, System::WeftAfxdpVxlan | System::WeftAfxdpSleeve)
     }
 
     /// Whether the system runs the other weftd build (`--weftd-alt`).
