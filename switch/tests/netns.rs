@@ -464,8 +464,8 @@ fn mixed_tap_and_afxdp_pods() {
     }
 }
 
-/// What weftd `pid` holds of AF_XDP: its BPF program and map descriptors, its XDP
-/// sockets, and its locked memory.
+/// What weftd `pid` holds of AF_XDP: its BPF program and map descriptors, its
+/// sockets of any kind, and its locked memory.
 fn afxdp_footprint(pid: u32) -> (usize, usize, String) {
     let mut bpf = 0;
     let mut sockets = 0;
@@ -477,12 +477,8 @@ fn afxdp_footprint(pid: u32) -> (usize, usize, String) {
             continue;
         };
         let target = target.display().to_string();
-        if target.starts_with("anon_inode:bpf") {
-            bpf += 1;
-        }
-        if target.starts_with("socket:") {
-            sockets += 1;
-        }
+        bpf += usize::from(target.starts_with("anon_inode:bpf"));
+        sockets += usize::from(target.starts_with("socket:"));
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let locked = status
@@ -521,20 +517,23 @@ fn afxdp_attach_detach_cycles_leave_nothing() {
             pod.ns
                 .ping(host.gateway, 1)
                 .expect("the pod reaches its gateway");
-            let (bpf, sockets, _) = afxdp_footprint(node.pid());
-            assert!(
-                bpf >= before.0 + 2 && sockets >= before.1 + 2,
-                "{bpf} {sockets}"
-            );
+            let (bpf, _, _) = afxdp_footprint(node.pid());
+            assert_eq!(bpf, before.0 + 2, "the pod's program and map");
         }
         assert_eq!(node.detach(&id, Some(&pod.ns)).unwrap(), Some(att.ip));
         assert!(pod.ns.ip(&["link", "show", "eth0"]).is_err(), "eth0 left");
         assert!(host.ns.ip(&["link", "show", &end]).is_err(), "{end} left");
     }
     let after = afxdp_footprint(node.pid());
-    assert_eq!(
-        after, before,
-        "(BPF fds, sockets, locked memory) after 50 cycles"
+    assert_eq!(after.0, before.0, "BPF descriptors after 50 cycles");
+    assert_eq!(after.2, before.2, "locked memory after 50 cycles");
+    // weftd's own sockets come and go (netlink, the control socket's clients); two
+    // XDP sockets leaked per cycle would be 100.
+    assert!(
+        after.1 <= before.1 + 4,
+        "sockets {} → {}",
+        before.1,
+        after.1
     );
     // UMEMs and ring mappings are unmapped: no mapping of a UMEM's size, or of an
     // XDP socket, is new. (Threads' allocator arenas may add others.)
