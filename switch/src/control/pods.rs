@@ -694,14 +694,7 @@ mod tests {
     }
 
     fn attach(d: &Daemon, id: &str) -> Response {
-        d.handle(Request::Attach(AttachRequest {
-            container_id: id.into(),
-            netns: "/run/netns/fake".into(),
-            ifname: "eth0".into(),
-            requested_ip: None,
-            pod: None,
-            port: None,
-        }))
+        attach_port(d, id, None)
     }
 
     /// Nothing of a failed attach is left: no address, no pod, no port slot, no

@@ -29,6 +29,15 @@ pub const KICK_EVERY: u32 = 32;
 /// with its headers), as the switch's own segment buffer.
 const SCRATCH_LEN: usize = 512 * 1024;
 
+/// The most UMEM frames one frame takes: a 64 KiB frame in 4 KiB pages, and one more.
+const MAX_PIECES: usize = 65_536 / FRAME_SIZE as usize + 1;
+
+/// UMEM frames taken from the pool for one frame.
+struct Frames {
+    addrs: [u64; MAX_PIECES],
+    len: usize,
+}
+
 /// How many rx descriptors are taken from the ring at once.
 const RX_BATCH: u32 = 64;
 
@@ -42,6 +51,8 @@ pub struct XskQueue {
     free: Vec<u64>,
     /// Descriptors taken from the rx ring and not yet handed on.
     pending: Vec<libc::xdp_desc>,
+    /// The whole frames of `pending` being handed on (kept for its capacity).
+    whole: Vec<libc::xdp_desc>,
     /// Frames sent since the last kick.
     unkicked: u32,
     /// Segments of a super-frame, and a multi-buffer frame gathered or being built.
@@ -81,6 +92,7 @@ impl XskQueue {
             sock,
             free,
             pending: Vec::with_capacity(RX_BATCH as usize),
+            whole: Vec::with_capacity(RX_BATCH as usize),
             unkicked: 0,
             scratch: vec![0u8; SCRATCH_LEN].into_boxed_slice(),
             name: name.to_owned(),
@@ -132,7 +144,7 @@ impl XskQueue {
 
     /// Takes `n` frames from the pool, reaping completions (and kicking the ring
     /// once) if it runs short.
-    fn take_frames(&mut self, n: usize) -> io::Result<Vec<u64>> {
+    fn take_frames(&mut self, n: usize) -> io::Result<Frames> {
         if self.free.len() < n {
             self.reap();
         }
@@ -143,7 +155,15 @@ impl XskQueue {
         if self.free.len() < n {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        Ok(self.free.split_off(self.free.len() - n))
+        // No allocation per frame: the addresses go in a fixed array.
+        let mut frames = Frames {
+            addrs: [0; MAX_PIECES],
+            len: n,
+        };
+        for a in &mut frames.addrs[..n] {
+            *a = self.free.pop().expect("checked above");
+        }
+        Ok(frames)
     }
 
     /// Copies `frame` into UMEM frames and queues it on the tx ring, first
@@ -157,14 +177,15 @@ impl XskQueue {
                 "a frame bigger than a page on a socket without multi-buffer",
             ));
         }
-        if pieces as u32 > self.sock.tx.size() / 2 {
+        if pieces > MAX_PIECES || pieces as u32 > self.sock.tx.size() / 2 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a frame bigger than the tx ring",
             ));
         }
         let bad = |e: gso::Error| io::Error::new(io::ErrorKind::InvalidData, e);
-        let addrs = self.take_frames(pieces)?;
+        let frames = self.take_frames(pieces)?;
+        let addrs = &frames.addrs[..frames.len];
         let copied = if pieces == 1 {
             let dst = &mut self.frame_mut(addrs[0])[..frame.len()];
             dst.copy_from_slice(frame);
@@ -194,7 +215,7 @@ impl XskQueue {
         let mut queued = self.sock.tx.produce(pieces as u32);
         if copied.is_err() || queued.room() < pieces as u32 {
             drop(queued);
-            self.free.extend_from_slice(&addrs);
+            self.free.extend_from_slice(addrs);
             copied?;
             self.kick();
             return Err(io::ErrorKind::WouldBlock.into());
@@ -218,6 +239,46 @@ impl XskQueue {
             self.kick();
         }
         Ok(())
+    }
+
+    /// Hands one received frame (its descriptors) to `f`: in place if it is one
+    /// buffer, gathered into `scratch` if it is several.
+    fn hand_on(&mut self, frame: &[libc::xdp_desc], scratch: &mut [u8], f: &mut dyn FnMut(Rx<'_>)) {
+        if let [first] = frame {
+            let start = (first.addr - frame_of(first.addr)) as usize;
+            let len = first.len as usize;
+            let buf = self.frame_mut(first.addr);
+            if start + len <= buf.len() && start >= HEADROOM {
+                f(Rx::Frame {
+                    offload: Offload::PLAIN,
+                    buf,
+                    start,
+                    len,
+                });
+            } else {
+                f(Rx::Malformed);
+            }
+            return;
+        }
+        // A multi-buffer frame: gathered into the caller's buffer.
+        let total: usize = frame.iter().map(|d| d.len as usize).sum();
+        if HEADROOM + total > scratch.len() {
+            return f(Rx::Malformed);
+        }
+        let mut at = HEADROOM;
+        for d in frame {
+            let off = (d.addr - frame_of(d.addr)) as usize;
+            let n = d.len as usize;
+            let src = &self.frame_mut(d.addr)[off..(off + n).min(FRAME_SIZE as usize)];
+            scratch[at..at + src.len()].copy_from_slice(src);
+            at += src.len();
+        }
+        f(Rx::Frame {
+            offload: Offload::PLAIN,
+            buf: &mut *scratch,
+            start: HEADROOM,
+            len: at - HEADROOM,
+        });
     }
 }
 
@@ -314,57 +375,24 @@ impl PortQueue for XskQueue {
             else {
                 continue;
             };
-            let descs: Vec<libc::xdp_desc> = self.pending.drain(..=end).collect();
+            // Whole frames move to a reused buffer (no allocation per batch).
+            let mut descs = std::mem::take(&mut self.whole);
+            descs.clear();
+            descs.extend(self.pending.drain(..=end));
             let mut i = 0;
             while i < descs.len() {
-                let first = descs[i];
                 let mut last = i;
                 while descs[last].options & libc::XDP_PKT_CONTD != 0 {
                     last += 1;
                 }
-                if last == i {
-                    let start = (first.addr - frame_of(first.addr)) as usize;
-                    let len = first.len as usize;
-                    let buf = self.frame_mut(first.addr);
-                    if start + len <= buf.len() && start >= HEADROOM {
-                        f(Rx::Frame {
-                            offload: Offload::PLAIN,
-                            buf,
-                            start,
-                            len,
-                        });
-                    } else {
-                        f(Rx::Malformed);
-                    }
-                } else {
-                    // A multi-buffer frame: gathered into the caller's buffer.
-                    let total: usize = descs[i..=last].iter().map(|d| d.len as usize).sum();
-                    if HEADROOM + total <= scratch.len() {
-                        let mut at = HEADROOM;
-                        for d in &descs[i..=last] {
-                            let off = (d.addr - frame_of(d.addr)) as usize;
-                            let n = d.len as usize;
-                            let src =
-                                &self.frame_mut(d.addr)[off..(off + n).min(FRAME_SIZE as usize)];
-                            scratch[at..at + src.len()].copy_from_slice(src);
-                            at += src.len();
-                        }
-                        f(Rx::Frame {
-                            offload: Offload::PLAIN,
-                            buf: &mut *scratch,
-                            start: HEADROOM,
-                            len: at - HEADROOM,
-                        });
-                    } else {
-                        f(Rx::Malformed);
-                    }
-                }
+                self.hand_on(&descs[i..=last], scratch, f);
                 for d in &descs[i..=last] {
                     self.refill(d.addr);
                 }
                 handed += 1;
                 i = last + 1;
             }
+            self.whole = descs;
             if handed >= max {
                 break;
             }
