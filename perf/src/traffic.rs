@@ -334,6 +334,98 @@ impl UdpLoad {
 /// How long a UDP receiver keeps reading after the sender stopped, at most.
 const UDP_DRAIN: Duration = Duration::from_millis(500);
 
+/// Datagrams the UDP receiver takes per `recvmmsg`.
+const UDP_RECV_BATCH: usize = 64;
+
+/// The UDP receiver's socket buffer: 4 MiB, so that a scheduling hiccup of the
+/// receiver on a busy machine is not counted as the datapath's loss.
+const UDP_RCVBUF: usize = 4 << 20;
+
+/// Sets `sock`'s receive buffer to `bytes`, above `net.core.rmem_max` (needs
+/// CAP_NET_ADMIN, which the harness has as root).
+fn set_rcvbuf(sock: &std::net::UdpSocket, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v = bytes as libc::c_int;
+    // SAFETY: a valid socket and an int-sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Buffers for receiving up to `n` datagrams with one `recvmmsg`, built once.
+struct RecvBatch {
+    /// The datagrams' buffers; never resized, so `iovs` stay valid.
+    _bufs: Vec<Vec<u8>>,
+    /// One per buffer; never resized, so `msgs` stay valid.
+    _iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    lens: Vec<usize>,
+}
+
+impl RecvBatch {
+    fn new(n: usize, size: usize) -> RecvBatch {
+        let mut bufs = vec![vec![0u8; size]; n];
+        let mut iovs: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let msgs = iovs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: all-zero is a valid mmsghdr (no address, no control data).
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        RecvBatch {
+            _bufs: bufs,
+            _iovs: iovs,
+            msgs,
+            lens: Vec::with_capacity(n),
+        }
+    }
+
+    /// Waits for one datagram (up to the socket's read timeout), then takes what
+    /// else is queued, up to the batch size; returns their lengths.
+    fn recv(&mut self, sock: &std::net::UdpSocket) -> std::io::Result<&[usize]> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `msgs` point at `_iovs`, which point at `_bufs`: heap buffers this
+        // value owns and never resizes, alive for the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                sock.as_raw_fd(),
+                self.msgs.as_mut_ptr(),
+                self.msgs.len() as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.lens.clear();
+        let got = &self.msgs[..n as usize];
+        self.lens.extend(got.iter().map(|m| m.msg_len as usize));
+        Ok(&self.lens)
+    }
+}
+
 /// Sends `payload`-byte UDP datagrams from `client` to `server_ip` in `server` as fast
 /// as the sender's socket takes them, for `duration` or `max_packets` datagrams,
 /// whichever ends first, and counts what arrives. A datagram the sending socket
@@ -356,19 +448,18 @@ pub fn udp_blast(
         .with_context(|| format!("binding UDP in {}", client.name()))?;
     tx.connect(addr)?;
     rx.set_read_timeout(Some(Duration::from_millis(20)))?;
+    set_rcvbuf(&rx, UDP_RCVBUF).with_context(|| format!("SO_RCVBUFFORCE on {addr}"))?;
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         let receiver = s.spawn(|| -> Result<u64> {
-            let mut buf = vec![0u8; 2048];
+            let mut batch = RecvBatch::new(UDP_RECV_BATCH, 2048);
             let mut got = 0u64;
             let mut last = Instant::now();
             let mut done_at: Option<Instant> = None;
             loop {
-                match rx.recv(&mut buf) {
-                    Ok(n) => {
-                        if n == payload {
-                            got += 1;
-                        }
+                match batch.recv(&rx) {
+                    Ok(lens) => {
+                        got += lens.iter().filter(|&&n| n == payload).count() as u64;
                         last = Instant::now();
                     }
                     Err(e)

@@ -42,6 +42,12 @@ impl Cluster {
     fn new(tag: &str, hosts: usize, pods_per_host: usize, opts: &WeftOptions) -> Cluster {
         require_root();
         let underlay = Underlay::new(tag, hosts).expect("underlay");
+        Cluster::on(underlay, tag, pods_per_host, opts)
+    }
+
+    /// weftd on every host of `underlay`, with `pods_per_host` pods each.
+    fn on(underlay: Underlay, tag: &str, pods_per_host: usize, opts: &WeftOptions) -> Cluster {
+        let hosts = underlay.hosts().len();
         let scratch = Scratch::new(tag).expect("scratch dir");
         let peers = scratch.path().join("peers.toml");
         let nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
@@ -546,6 +552,118 @@ fn afxdp_attach_detach_cycles_leave_nothing() {
     // No program of ours is attached anywhere in the host's namespace.
     let links = host.ns.ip(&["-d", "link", "show"]).unwrap();
     assert!(!links.contains("xdp"), "{links}");
+}
+
+/// A pod MTU above one page (underlay 9000, pod 8950): every frame an AF_XDP port
+/// receives from its pod or sends to it spans three 4 KiB UMEM frames
+/// (`XDP_USE_SG`). Unfragmented jumbo pings and TCP, on one host and across hosts.
+#[test]
+fn afxdp_jumbo_frames_span_umem_frames() {
+    require_root();
+    let underlay = Underlay::with_mtu("jumbo", 2, 9000).expect("underlay");
+    let opts = options("vxlan", &["--pod-port", "afxdp"]);
+    let c = Cluster::on(underlay, "jumbo", 2, &opts);
+    let mtu = c
+        .pod(0, 0)
+        .ns
+        .run(&["cat", "/sys/class/net/eth0/mtu"])
+        .unwrap();
+    assert_eq!(mtu.trim(), "8950", "the pod MTU");
+    for (h, p) in [(0, 1), (1, 0)] {
+        let dst = c.ip(h, p).to_string();
+        // 8900 bytes of ICMP data, 8928 on the wire: one IP packet, DF set.
+        let ping = [
+            "ping", "-n", "-q", "-c", "3", "-W", "1", "-i", "0.2", "-M", "do",
+        ];
+        let args: Vec<&str> = ping.iter().copied().chain(["-s", "8900", &dst]).collect();
+        c.pod(0, 0)
+            .ns
+            .run(&args)
+            .unwrap_or_else(|e| panic!("jumbo ping to {dst}: {e:#}\n{}", c.logs()));
+        for (from, to) in [((0, 0), (h, p)), ((h, p), (0, 0))] {
+            let t = tcp_transfer(
+                &c.pod(to.0, to.1).ns,
+                c.ip(to.0, to.1),
+                &c.pod(from.0, from.1).ns,
+                50_000_000,
+                STALL,
+            )
+            .unwrap_or_else(|e| panic!("TCP {from:?} → {to:?}: {e:#}\n{}", c.logs()));
+            assert_eq!(t.peer.ip(), IpAddr::V4(c.ip(from.0, from.1)));
+        }
+    }
+}
+
+/// weftd without CAP_IPC_LOCK and CAP_SYS_RESOURCE, under a 64 KiB RLIMIT_MEMLOCK,
+/// cannot pin a 4 MiB UMEM. With `afxdp-fallback` the pod gets a TAP port; without,
+/// the ADD fails with the reason, and leaves no veth, program, address or record.
+#[test]
+fn afxdp_memory_limit_falls_back_or_fails_cleanly() {
+    require_root();
+    let wrap = Scratch::new("xlimw").expect("scratch dir");
+    let weftd = wrap.path().join("weftd-limited");
+    let script = format!(
+        "#!/bin/sh\nexec prlimit --memlock=65536:65536 setpriv \
+         --inh-caps=-ipc_lock,-sys_resource --bounding-set=-ipc_lock,-sys_resource \
+         -- {} \"$@\"\n",
+        env!("CARGO_BIN_EXE_weftd")
+    );
+    std::fs::write(&weftd, script).unwrap();
+    let exec = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&weftd, exec).unwrap();
+    for fallback in [true, false] {
+        let flag = if fallback { "true" } else { "false" };
+        let mut opts = options("vxlan", &["--pod-port", "afxdp", "--afxdp-fallback", flag]);
+        opts.binary = weftd.clone();
+        let c = Cluster::new(&format!("xlim{}", &flag[..1]), 1, 0, &opts);
+        let node = &c.nodes[0];
+        let host = c.underlay.host(0);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap();
+        let eff = u64::from_str_radix(eff.trim(), 16).unwrap();
+        const CAP_IPC_LOCK: u32 = 14; // linux/capability.h
+        assert_eq!(eff & (1 << CAP_IPC_LOCK), 0, "weftd has CAP_IPC_LOCK");
+        let before = afxdp_footprint(node.pid());
+        let pod = c.underlay.pod(0, "x").unwrap();
+        let end = weft_switch::control::host::host_end_name("xlim-1", "eth0");
+        let got = node.attach(&pod, "xlim-1");
+        assert!(host.ns.ip(&["link", "show", &end]).is_err(), "{end} left");
+        assert_eq!(afxdp_footprint(node.pid()).0, before.0, "BPF objects left");
+        if fallback {
+            let att = got.unwrap_or_else(|e| panic!("fallback attach: {e:#}\n{}", c.logs()));
+            assert_eq!(att.port, weft_cni::proto::PortType::Tap);
+            pod.ns
+                .ping(host.gateway, 1)
+                .expect("the TAP pod reaches its gateway");
+            assert!(
+                c.logs().contains("falling back to a TAP port"),
+                "{}",
+                c.logs()
+            );
+            assert_eq!(node.detach("xlim-1", Some(&pod.ns)).unwrap(), Some(att.ip));
+        } else {
+            let err = format!("{:#}", got.expect_err("the ADD fails without fallback"));
+            assert!(
+                err.contains("RLIMIT_MEMLOCK") && err.contains("CAP_IPC_LOCK"),
+                "{err}"
+            );
+            assert!(pod.ns.ip(&["link", "show", "eth0"]).is_err(), "eth0 left");
+            // No address or record held: DEL finds nothing to release, and the
+            // daemon counts no pod; a TAP pod still works.
+            assert_eq!(node.detach("xlim-1", Some(&pod.ns)).unwrap(), None);
+            assert_eq!(node.status().unwrap().pods, 0);
+            let tap = node
+                .attach_with(&pod, "xlim-2", None, Some(weft_cni::proto::PortType::Tap))
+                .expect("a TAP pod after the failure");
+            pod.ns
+                .ping(host.gateway, 1)
+                .expect("the TAP pod reaches its gateway");
+            assert_eq!(node.detach("xlim-2", Some(&pod.ns)).unwrap(), Some(tap.ip));
+        }
+    }
 }
 
 /// Detach removes the interface and releases the address, and is idempotent.

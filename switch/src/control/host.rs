@@ -254,7 +254,7 @@ fn open_afxdp_port(
                 netlink::tx_checksum_off(&spec.name)
             })?;
         }
-        let queues = xsk::open(host_end, queues, afxdp.geometry, afxdp.mode)?;
+        let queues = xsk::open(host_end, spec.mtu, queues, afxdp.geometry, afxdp.mode)?;
         Ok(queues
             .into_iter()
             .map(|q| Box::new(q) as Box<dyn PortQueue>)

@@ -21,6 +21,8 @@ pub mod socket;
 
 use std::sync::Arc;
 
+use socket::FRAME_SIZE;
+
 pub use queue::XskQueue;
 pub use socket::{Geometry, Mode};
 
@@ -36,14 +38,34 @@ pub enum PortError {
     /// A socket.
     #[error(transparent)]
     Socket(#[from] socket::XskError),
+    /// Frames of the interface's MTU do not fit one UMEM frame, and the kernel
+    /// has no multi-buffer AF_XDP.
+    #[error(
+        "an MTU of {mtu} needs multi-buffer AF_XDP (XDP_USE_SG, Linux 6.6 and later), \
+         which this kernel lacks; AF_XDP ports here take an MTU of at most {most}"
+    )]
+    MtuNeedsMultiBuffer {
+        /// The interface's MTU.
+        mtu: u32,
+        /// The largest MTU one UMEM frame holds.
+        most: u32,
+    },
 }
+
+/// `XDP_PACKET_HEADROOM`: the room the kernel leaves before a received frame.
+const XDP_HEADROOM: u32 = 256;
+
+/// The largest MTU whose frames (Ethernet and one VLAN tag included) fit one UMEM
+/// frame after the kernel's headroom.
+pub const SINGLE_BUFFER_MTU: u32 = FRAME_SIZE - XDP_HEADROOM - 18;
 
 /// Opens `queues` AF_XDP sockets on `ifname`'s queues 0..queues, puts them in a new
 /// XSKMAP and attaches the redirect program to `ifname`, replacing any program
-/// there. On failure everything made is closed again and the device keeps no
-/// program of ours.
+/// there. `mtu` is the MTU of `ifname`'s frames. On failure everything made is
+/// closed again and the device keeps no program of ours.
 pub fn open(
     ifname: &str,
+    mtu: u32,
     queues: usize,
     geometry: Geometry,
     mode: Mode,
@@ -62,6 +84,12 @@ pub fn open(
     let mut out = Vec::with_capacity(queues);
     for q in 0..queues as u32 {
         let (sock, spare) = socket::Socket::open(ifname, ifindex, q, geometry, mode)?;
+        if !sock.multi_buffer && mtu > SINGLE_BUFFER_MTU {
+            return Err(PortError::MtuNeedsMultiBuffer {
+                mtu,
+                most: SINGLE_BUFFER_MTU,
+            });
+        }
         redirect.insert(q, std::os::fd::AsRawFd::as_raw_fd(&sock))?;
         out.push(XskQueue::new(sock, spare, ifname, q, redirect.clone()));
     }
