@@ -240,25 +240,6 @@ fn memlock_limit() -> String {
     }
 }
 
-/// Lifts RLIMIT_MEMLOCK as far as this process may (to unlimited with
-/// CAP_SYS_RESOURCE). Failing is harmless: with CAP_IPC_LOCK the kernel does not
-/// count UMEM pages against the limit at all, and without it the registration
-/// itself reports the limit.
-pub fn raise_memlock() {
-    let lim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: a valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
-        log::debug!(
-            "RLIMIT_MEMLOCK stays {}: {}",
-            memlock_limit(),
-            io::Error::last_os_error()
-        );
-    }
-}
-
 impl Socket {
     /// Opens a socket on queue `queue` of `ifname` (index `ifindex`), with a UMEM
     /// of `geometry`, and lends the kernel half of its frames for receiving. Returns
