@@ -970,5 +970,7 @@ fn read_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(word)
 }
 
+pub mod seal;
+
 #[cfg(test)]
 mod tests;

@@ -78,3 +78,23 @@ fn sleeve_corpus() {
         check_verdict(&name, weft_encap::sleeve::parse(&data).map(drop));
     }
 }
+
+#[test]
+fn seal_corpus() {
+    for (name, data) in corpus("seal_open") {
+        checks::seal_open(&data);
+        let verdict = data.split_first().ok_or("empty").and_then(|(&pick, d)| {
+            let cipher = if pick & 1 == 0 {
+                weft_encap::sleeve::seal::Cipher::ChaCha20Poly1305
+            } else {
+                weft_encap::sleeve::seal::Cipher::Aes256Gcm
+            };
+            let key = weft_encap::sleeve::seal::SealKey::new(cipher, &checks::SEAL_FUZZ_KEY);
+            let mut window = weft_encap::sleeve::seal::ReplayWindow::new();
+            weft_encap::sleeve::seal::open(&key, &mut window, &mut d.to_vec())
+                .map(drop)
+                .map_err(|_| "refused")
+        });
+        check_verdict(&name, verdict);
+    }
+}

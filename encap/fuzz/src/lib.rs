@@ -4,7 +4,7 @@
 //! can run the same checks over the seed corpus with stable Rust and no
 //! libFuzzer (it includes this file as a module).
 
-use weft_encap::sleeve::{self, Datagram, FramesWriter};
+use weft_encap::sleeve::{self, seal, Datagram, FramesWriter};
 use weft_encap::{checksum, gro, gso, virtio, vxlan};
 
 /// Parses `data` as a VXLAN datagram; if it parses, re-emits and reparses it.
@@ -240,4 +240,50 @@ fn check_segment(seg: &[u8], headers_len: usize, gso_size: u16) -> &[u8] {
     let payload = &seg[headers_len..];
     assert!(payload.len() <= usize::from(gso_size));
     payload
+}
+
+/// The key the `seal_open` target's inputs are sealed with (the seeds' key).
+pub const SEAL_FUZZ_KEY: [u8; 32] = [0x5e; 32];
+
+/// Opens `data` as a sealed sleeve datagram under [`SEAL_FUZZ_KEY`], with either
+/// cipher (the first byte picks; the rest is the datagram), in a fresh replay
+/// window; if it opens, the plain datagram must parse, the window must hold its
+/// counter and refuse it again, and sealing the plain datagram again must give the
+/// input back.
+///
+/// Panics if a parser panics or any of that fails.
+pub fn seal_open(data: &[u8]) {
+    let Some((&pick, datagram)) = data.split_first() else {
+        return;
+    };
+    let cipher = if pick & 1 == 0 {
+        seal::Cipher::ChaCha20Poly1305
+    } else {
+        seal::Cipher::Aes256Gcm
+    };
+    let _ = seal::is_sealed(datagram);
+    let Ok(head) = seal::parse(datagram) else {
+        return;
+    };
+    let key = seal::SealKey::new(cipher, &SEAL_FUZZ_KEY);
+    let mut window = seal::ReplayWindow::new();
+    let mut buf = datagram.to_vec();
+    let Ok(range) = seal::open(&key, &mut window, &mut buf) else {
+        assert_eq!(
+            window.highest(),
+            None,
+            "a refused datagram moved the window"
+        );
+        return;
+    };
+    assert_eq!(window.highest(), Some(head.counter));
+    assert!(window.check(head.counter).is_err(), "a replay would pass");
+    let plain = buf[range].to_vec();
+    let _ = sleeve::parse(&plain);
+    let mut again = plain[..sleeve::HEADER_LEN].to_vec();
+    again.extend_from_slice(&[0; seal::SEAL_HEADER_LEN]);
+    again.extend_from_slice(&plain[sleeve::HEADER_LEN..]);
+    again.extend_from_slice(&[0; seal::TAG_LEN]);
+    seal::seal(&key, head.receiver, head.counter, &mut again).expect("reseal");
+    assert_eq!(again, datagram, "sealing the opened datagram again differs");
 }

@@ -510,7 +510,7 @@ fn error_messages_name_the_values() {
 const SLEEVE_MD: &str = include_str!("../../SLEEVE.md");
 
 /// Returns the body rows of the first table after the heading `heading`, as cells.
-fn doc_table(heading: &str) -> Vec<Vec<&'static str>> {
+pub(super) fn doc_table(heading: &str) -> Vec<Vec<&'static str>> {
     let mut lines = SLEEVE_MD.lines().skip_while(|line| *line != heading);
     assert!(
         lines.next().is_some(),
