@@ -4,6 +4,8 @@
 //!
 //! - [`core`]: the switching logic of one worker, with no I/O, no clock and no
 //!   locks: frames in, sends out through a [`core::Sink`], time passed in.
+//! - [`crypto`]: the encrypted sleeve's sessions: a Noise handshake, rekeying and
+//!   the session keys, with no I/O and time passed in.
 //! - [`tables`]: the forwarding snapshot the control plane publishes and the
 //!   workers read (ports, peers, the FIB), and the counters.
 //! - [`io`]: worker threads running the core over TAP queues and tunnel sockets.
@@ -15,6 +17,7 @@
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 pub mod control;
 pub mod core;
+pub mod crypto;
 pub mod io;
 pub mod mac;
 pub mod policy;

@@ -1,0 +1,123 @@
+//! Limits on handshake work: a token bucket per source address, and a load meter
+//! that says when to ask for cookies.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::core::time::Time;
+
+/// Initiations a source address may have processed per second, sustained.
+pub const INITIATIONS_PER_SECOND: u64 = 20;
+/// ...and in a burst.
+pub const INITIATION_BURST: u64 = 5;
+/// Source addresses the limiter tracks; beyond, it forgets them all and starts over
+/// (a flood from many addresses meets the cookie check first).
+const MAX_SOURCES: usize = 4096;
+
+/// Initiations per second (from all sources) above which the node is under load
+/// and answers initiations without a valid mac2 with a cookie reply.
+pub const LOAD_THRESHOLD: u64 = 32;
+
+/// A token bucket per source address, refilled by the time passed in.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    /// Tokens (scaled by 10^9 per token) and when they were last refilled.
+    buckets: HashMap<Ipv4Addr, (u64, Time)>,
+}
+
+const TOKEN: u64 = 1_000_000_000;
+
+impl RateLimiter {
+    /// Takes a token for `addr` at `now`; false if it has none left.
+    pub fn allow(&mut self, addr: Ipv4Addr, now: Time) -> bool {
+        if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&addr) {
+            self.buckets.clear();
+        }
+        let full = INITIATION_BURST * TOKEN;
+        let (tokens, at) = self.buckets.entry(addr).or_insert((full, now));
+        let elapsed = now.saturating_since(*at).as_nanos() as u64;
+        *tokens = tokens
+            .saturating_add(elapsed.saturating_mul(INITIATIONS_PER_SECOND))
+            .min(full);
+        *at = now;
+        if *tokens >= TOKEN {
+            *tokens -= TOKEN;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Counts initiations over the last second, in two half-second buckets.
+#[derive(Debug, Default)]
+pub struct LoadMeter {
+    /// The bucket's start and its count, and the previous bucket's count.
+    start: Time,
+    now_count: u64,
+    prev_count: u64,
+}
+
+const HALF: Duration = Duration::from_millis(500);
+
+impl LoadMeter {
+    fn roll(&mut self, now: Time) {
+        let since = now.saturating_since(self.start);
+        if since >= HALF * 2 {
+            self.prev_count = 0;
+            self.now_count = 0;
+            self.start = now;
+        } else if since >= HALF {
+            self.prev_count = self.now_count;
+            self.now_count = 0;
+            self.start += HALF;
+        }
+    }
+
+    /// Counts one initiation at `now`.
+    pub fn record(&mut self, now: Time) {
+        self.roll(now);
+        self.now_count += 1;
+    }
+
+    /// Whether more than [`LOAD_THRESHOLD`] initiations came in the last second.
+    pub fn under_load(&mut self, now: Time) -> bool {
+        self.roll(now);
+        self.now_count + self.prev_count > LOAD_THRESHOLD
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_gets_its_burst_then_its_rate() {
+        let mut l = RateLimiter::default();
+        let a = Ipv4Addr::new(10, 0, 0, 1);
+        let t = Time::from_nanos(1_000_000_000);
+        let granted = (0..20).filter(|_| l.allow(a, t)).count() as u64;
+        assert_eq!(granted, INITIATION_BURST);
+        // Another source is not held back by the first.
+        assert!(l.allow(Ipv4Addr::new(10, 0, 0, 2), t));
+        // One second later: the rate's worth, capped at the burst.
+        let t2 = t + Duration::from_secs(1);
+        let granted = (0..40).filter(|_| l.allow(a, t2)).count() as u64;
+        assert_eq!(granted, INITIATION_BURST.min(INITIATIONS_PER_SECOND));
+        let t3 = t2 + Duration::from_millis(100);
+        assert_eq!((0..10).filter(|_| l.allow(a, t3)).count(), 2);
+    }
+
+    #[test]
+    fn load_is_the_last_second() {
+        let mut m = LoadMeter::default();
+        let t = Time::from_nanos(5_000_000_000);
+        for _ in 0..=LOAD_THRESHOLD {
+            m.record(t);
+        }
+        assert!(m.under_load(t));
+        assert!(m.under_load(t + Duration::from_millis(700)));
+        assert!(!m.under_load(t + Duration::from_millis(1200)));
+    }
+}

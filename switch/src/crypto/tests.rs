@@ -1,0 +1,507 @@
+//! Two endpoints on a simulated wire, in simulated time.
+
+use std::net::Ipv4Addr;
+
+use super::*;
+
+const A: NodeId = NodeId([2, 0, 0, 0, 0, 0xa]);
+const B: NodeId = NodeId([2, 0, 0, 0, 0, 0xb]);
+const ADDR_A: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 6784);
+const ADDR_B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 6784);
+const WALL: u64 = 1_800_000_000_000_000_000;
+
+fn endpoint(node: NodeId, key: &StaticKey, cipher: Cipher) -> Endpoint {
+    Endpoint::new(Config {
+        node,
+        features: 0x03,
+        key: key.clone(),
+        psk: Some([0x42; 32]),
+        cipher,
+        wall_at_zero: WALL,
+    })
+}
+
+/// A plain frames datagram from `from` with one record carrying `n`.
+fn plain(from: NodeId, n: u64) -> Vec<u8> {
+    let mut d = vec![1, 1, 0, 0];
+    d.extend_from_slice(&from.0);
+    d.extend_from_slice(&[0x03, 0]);
+    d.extend_from_slice(&8u16.to_be_bytes());
+    d.extend_from_slice(&0x0800u16.to_be_bytes());
+    d.extend_from_slice(&n.to_be_bytes());
+    d
+}
+
+fn number_of(datagram: &[u8]) -> u64 {
+    u64::from_be_bytes(
+        datagram[HEADER_LEN + 4..HEADER_LEN + 12]
+            .try_into()
+            .unwrap(),
+    )
+}
+
+/// Two endpoints, a wire with a fixed delay, and a clock.
+struct Net {
+    a: Endpoint,
+    b: Endpoint,
+    now: Time,
+    delay: Duration,
+    /// Datagrams on the wire: when they arrive, to A (or B), from where, bytes.
+    wire: VecDeque<(Time, bool, SocketAddrV4, Vec<u8>)>,
+    /// The numbers of the data datagrams each side received.
+    got_a: Vec<u64>,
+    got_b: Vec<u64>,
+    /// What each side refused.
+    refused_a: Vec<Refused>,
+    refused_b: Vec<Refused>,
+}
+
+impl Net {
+    fn new(a: Endpoint, b: Endpoint) -> Net {
+        Net {
+            a,
+            b,
+            now: Time::from_nanos(1_000_000_000),
+            delay: Duration::from_millis(1),
+            wire: VecDeque::new(),
+            got_a: Vec::new(),
+            got_b: Vec::new(),
+            refused_a: Vec::new(),
+            refused_b: Vec::new(),
+        }
+    }
+
+    /// Two endpoints that know each other's keys.
+    fn pair(cipher_a: Cipher, cipher_b: Cipher) -> Net {
+        let (ka, kb) = (StaticKey::generate(), StaticKey::generate());
+        let mut a = endpoint(A, &ka, cipher_a);
+        let mut b = endpoint(B, &kb, cipher_b);
+        a.set_peer(B, kb.public());
+        b.set_peer(A, ka.public());
+        Net::new(a, b)
+    }
+
+    fn send(&mut self, from_a: bool, n: u64) -> bool {
+        let (ep, from, to) = if from_a {
+            (&mut self.a, A, B)
+        } else {
+            (&mut self.b, B, A)
+        };
+        match ep.send(self.now, to, &plain(from, n)) {
+            Sent::Sealed(d) => {
+                self.put(!from_a, d);
+                true
+            }
+            Sent::Queued => true,
+            Sent::Dropped => false,
+        }
+    }
+
+    /// Puts `datagram` on the wire towards A (`to_a`) or B.
+    fn put(&mut self, to_a: bool, datagram: Vec<u8>) {
+        let from = if to_a { ADDR_B } else { ADDR_A };
+        self.wire
+            .push_back((self.now + self.delay, to_a, from, datagram));
+    }
+
+    /// Moves what the endpoints want sent onto the wire.
+    fn collect(&mut self) {
+        while let Some(t) = self.a.poll_transmit() {
+            assert!(
+                matches!(t.to, Dest::Peer(B) | Dest::Addr(ADDR_B)),
+                "{:?}",
+                t.to
+            );
+            self.put(false, t.datagram);
+        }
+        while let Some(t) = self.b.poll_transmit() {
+            assert!(
+                matches!(t.to, Dest::Peer(A) | Dest::Addr(ADDR_A)),
+                "{:?}",
+                t.to
+            );
+            self.put(true, t.datagram);
+        }
+    }
+
+    /// Runs the clock to `until`, delivering and timing out as it goes.
+    fn run_until(&mut self, until: Time) {
+        loop {
+            self.collect();
+            let arrival = self.wire.front().map(|w| w.0);
+            let timeout = [self.a.poll_timeout(), self.b.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .filter(|t| *t > self.now)
+                .min();
+            let next = [arrival, timeout].into_iter().flatten().min();
+            match next {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    self.step();
+                }
+                _ => {
+                    self.now = until;
+                    self.a.handle_timeout(self.now);
+                    self.b.handle_timeout(self.now);
+                    self.collect();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        while self.wire.front().is_some_and(|w| w.0 <= self.now) {
+            let (_, to_a, from, mut d) = self.wire.pop_front().unwrap();
+            let (ep, got, refused) = if to_a {
+                (&mut self.a, &mut self.got_a, &mut self.refused_a)
+            } else {
+                (&mut self.b, &mut self.got_b, &mut self.refused_b)
+            };
+            match ep.receive(self.now, from, &mut d) {
+                Received::Data(r) => got.push(number_of(&d[r])),
+                Received::Handshake => {}
+                Received::Dropped(why) => refused.push(why),
+            }
+        }
+        self.a.handle_timeout(self.now);
+        self.b.handle_timeout(self.now);
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+}
+
+#[test]
+fn a_handshake_carries_queued_data_both_ways() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
+    assert_eq!(net.a.status(net.now, B).unwrap().state, State::Idle);
+    for n in 0..3 {
+        assert!(net.send(true, n));
+    }
+    assert_eq!(net.a.status(net.now, B).unwrap().state, State::Handshaking);
+    net.advance(Duration::from_millis(10));
+    assert_eq!(net.got_b, [0, 1, 2]);
+    // The responder sends with the session once the initiator has used it.
+    assert!(net.send(false, 100));
+    net.advance(Duration::from_millis(10));
+    assert_eq!(net.got_a, [100]);
+    for (ep, peer) in [(&net.a, B), (&net.b, A)] {
+        let st = ep.status(net.now, peer).unwrap();
+        assert_eq!(st.state, State::Established);
+        assert_eq!(st.handshakes, 1);
+        assert_eq!(st.cipher, Some(Cipher::ChaCha20Poly1305));
+        assert_eq!(st.handshake_failures, 0);
+    }
+    assert!(net.refused_a.is_empty() && net.refused_b.is_empty());
+}
+
+#[test]
+fn aes_only_when_both_prefer_it() {
+    for (ca, cb, want) in [
+        (Cipher::Aes256Gcm, Cipher::Aes256Gcm, Cipher::Aes256Gcm),
+        (
+            Cipher::Aes256Gcm,
+            Cipher::ChaCha20Poly1305,
+            Cipher::ChaCha20Poly1305,
+        ),
+        (
+            Cipher::ChaCha20Poly1305,
+            Cipher::Aes256Gcm,
+            Cipher::ChaCha20Poly1305,
+        ),
+    ] {
+        let mut net = Net::pair(ca, cb);
+        net.send(true, 1);
+        net.advance(Duration::from_millis(10));
+        net.send(false, 2);
+        net.advance(Duration::from_millis(10));
+        assert_eq!(
+            (net.got_b.as_slice(), net.got_a.as_slice()),
+            (&[1][..], &[2][..])
+        );
+        assert_eq!(net.a.status(net.now, B).unwrap().cipher, Some(want));
+        assert_eq!(net.b.status(net.now, A).unwrap().cipher, Some(want));
+    }
+}
+
+/// Ten minutes of traffic both ways, a datagram every 10 ms one way and every 50 ms
+/// the other: several rekeys, and every datagram arrives once.
+#[test]
+fn rekeys_during_a_transfer_lose_nothing() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::Aes256Gcm);
+    let mut sent_a = 0;
+    let mut sent_b = 0;
+    let tick = Duration::from_millis(10);
+    for i in 0..60_000u64 {
+        assert!(net.send(true, sent_a), "A dropped {sent_a}");
+        sent_a += 1;
+        if i % 5 == 0 {
+            assert!(net.send(false, sent_b), "B dropped {sent_b}");
+            sent_b += 1;
+        }
+        net.advance(tick);
+    }
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.got_b, (0..sent_a).collect::<Vec<_>>(), "A → B");
+    assert_eq!(net.got_a, (0..sent_b).collect::<Vec<_>>(), "B → A");
+    assert!(
+        net.refused_a.is_empty(),
+        "{:?}",
+        &net.refused_a[..3.min(net.refused_a.len())]
+    );
+    assert!(
+        net.refused_b.is_empty(),
+        "{:?}",
+        &net.refused_b[..3.min(net.refused_b.len())]
+    );
+    // 600 s at a rekey every 120 s (or a little later) from either side.
+    let hs = net.a.status(net.now, B).unwrap().handshakes;
+    assert!((5..=8).contains(&hs), "{hs} handshakes");
+    let st = net.a.status(net.now, B).unwrap();
+    assert!(st.key_age.unwrap() < REKEY_AFTER_TIME + RESPONDER_GRACE + REKEY_TIMEOUT);
+}
+
+#[test]
+fn an_expired_session_handshakes_again() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
+    net.send(true, 1);
+    net.advance(Duration::from_millis(10));
+    net.advance(REJECT_AFTER_TIME + Duration::from_secs(1));
+    assert_eq!(net.a.status(net.now, B).unwrap().state, State::Idle);
+    assert_eq!(net.b.status(net.now, A).unwrap().state, State::Idle);
+    // B speaks first this time.
+    assert!(net.send(false, 2));
+    assert_eq!(net.b.status(net.now, A).unwrap().state, State::Handshaking);
+    net.advance(Duration::from_millis(10));
+    assert_eq!(net.got_a, [2]);
+    assert_eq!(net.b.status(net.now, A).unwrap().handshakes, 2);
+    assert_eq!(net.b.status(net.now, A).unwrap().state, State::Established);
+}
+
+#[test]
+fn a_wrong_key_never_completes() {
+    let (ka, kb, wrong) = (
+        StaticKey::generate(),
+        StaticKey::generate(),
+        StaticKey::generate(),
+    );
+    // A has the wrong key for B, then B has the wrong key for A.
+    for (a_knows_b, b_knows_a, why) in [
+        (wrong.public(), ka.public(), Refused::BadMac),
+        (kb.public(), wrong.public(), Refused::BadHandshake),
+    ] {
+        let mut a = endpoint(A, &ka, Cipher::ChaCha20Poly1305);
+        let mut b = endpoint(B, &kb, Cipher::ChaCha20Poly1305);
+        a.set_peer(B, a_knows_b);
+        b.set_peer(A, b_knows_a);
+        let mut net = Net::new(a, b);
+        for n in 0..40 {
+            net.send(true, n);
+        }
+        net.advance(REKEY_ATTEMPT_TIME + REKEY_TIMEOUT);
+        assert!(net.got_b.is_empty() && net.got_a.is_empty());
+        assert!(!net.refused_b.is_empty() && net.refused_b.iter().all(|r| *r == why));
+        let st = net.a.status(net.now, B).unwrap();
+        assert_eq!(st.handshakes, 0);
+        assert_eq!(st.queue_drops, 40, "8 over the queue, 32 given up");
+        assert!(st.handshake_failures >= 1, "the attempt was given up");
+        // Retries came every REKEY_TIMEOUT, not more often.
+        let tries = net.refused_b.len() as u64;
+        let most = REKEY_ATTEMPT_TIME.as_secs() / REKEY_TIMEOUT.as_secs() + 1;
+        assert!((most - 1..=most).contains(&tries), "{tries} initiations");
+        assert_eq!(net.b.status(net.now, A).unwrap().state, State::Idle);
+    }
+}
+
+#[test]
+fn a_replayed_initiation_is_refused() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
+    net.send(true, 1);
+    let init = net.a.poll_transmit().unwrap().datagram;
+    net.put(false, init.clone());
+    net.advance(Duration::from_millis(10));
+    assert_eq!(net.got_b, [1]);
+    net.put(false, init);
+    net.advance(Duration::from_millis(10));
+    assert_eq!(net.refused_b, [Refused::ReplayedHandshake]);
+}
+
+/// A forged response (valid mac1, bad Noise) neither completes nor ends the
+/// handshake; the genuine one still does.
+#[test]
+fn a_forged_response_does_not_end_the_handshake() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
+    net.send(true, 7);
+    let init = net.a.poll_transmit().unwrap().datagram;
+    let mut d = init.clone();
+    assert_eq!(net.b.receive(net.now, ADDR_A, &mut d), Received::Handshake);
+    let response = net.b.poll_transmit().unwrap().datagram;
+    let mut forged = response.clone();
+    forged[HEADER_LEN + 8 + 40] ^= 1;
+    Macs::to(&net.a.public()).stamp(&mut forged, None);
+    assert_eq!(
+        net.a.receive(net.now, ADDR_B, &mut forged),
+        Received::Dropped(Refused::BadHandshake)
+    );
+    assert_eq!(net.a.status(net.now, B).unwrap().state, State::Handshaking);
+    let mut genuine = response;
+    assert_eq!(
+        net.a.receive(net.now, ADDR_B, &mut genuine),
+        Received::Handshake
+    );
+    assert_eq!(net.a.status(net.now, B).unwrap().state, State::Established);
+    net.advance(Duration::from_millis(10));
+    assert_eq!(net.got_b, [7]);
+}
+
+/// A flood of initiations (valid mac1: B's public key is public) puts B under
+/// load: it answers them with cookie replies instead of Diffie-Hellman, and A,
+/// whose retry carries the cookie, still gets through.
+#[test]
+fn under_load_only_initiations_with_a_cookie_cost_work() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
+    let b_public = net.b.public();
+    let stranger = StaticKey::generate();
+    let mut flood = endpoint(
+        NodeId([2, 0, 0, 0, 0, 0xf]),
+        &stranger,
+        Cipher::ChaCha20Poly1305,
+    );
+    flood.set_peer(B, b_public);
+    let mut refused = Vec::new();
+    for k in 0..200u32 {
+        let spoofed = SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + k), 4000);
+        assert!(flood.session(net.now, B).is_none());
+        let mut d = flood.poll_transmit().unwrap().datagram;
+        flood.remove_peer(B);
+        flood.set_peer(B, b_public);
+        match net.b.receive(net.now, spoofed, &mut d) {
+            Received::Dropped(why) => refused.push(why),
+            other => panic!("{other:?}"),
+        }
+    }
+    let worked = refused
+        .iter()
+        .filter(|r| **r == Refused::BadHandshake)
+        .count();
+    assert!(
+        worked as u64 <= limit::LOAD_THRESHOLD + 1,
+        "{worked} Diffie-Hellmans"
+    );
+    assert_eq!(
+        refused.len() - worked,
+        200 - worked,
+        "the rest were limited"
+    );
+    // Every limited one was answered with a cookie reply to its (spoofed) source.
+    let mut cookies = 0;
+    while let Some(t) = net.b.poll_transmit() {
+        assert!(matches!(t.to, Dest::Addr(a) if a.ip().octets()[0] == 10));
+        cookies += 1;
+    }
+    assert_eq!(cookies, 200 - worked);
+    // A, during the flood: its first initiation gets a cookie, its retry passes.
+    net.send(true, 5);
+    net.advance(Duration::from_millis(10));
+    assert!(net.got_b.is_empty());
+    assert_eq!(net.refused_b, [Refused::RateLimited]);
+    assert_eq!(net.a.status(net.now, B).unwrap().state, State::Handshaking);
+    // Keep B under load while A waits for its retry.
+    for k in 0..40u32 {
+        let mut d = {
+            flood.session(net.now, B);
+            flood.poll_transmit().unwrap().datagram
+        };
+        flood.remove_peer(B);
+        flood.set_peer(B, b_public);
+        let spoofed = SocketAddrV4::new(Ipv4Addr::from(0x0b00_0000 + k), 4000);
+        let _ = net.b.receive(net.now, spoofed, &mut d);
+        while net.b.poll_transmit().is_some() {}
+        net.advance(REKEY_TIMEOUT / 40);
+    }
+    net.advance(Duration::from_millis(100));
+    assert_eq!(net.got_b, [5]);
+    assert_eq!(net.a.status(net.now, B).unwrap().state, State::Established);
+}
+
+#[test]
+fn one_source_is_rate_limited() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        net.a.session(net.now, B);
+        let mut d = net.a.poll_transmit().unwrap().datagram;
+        // A new initiation each time: forget the pending one.
+        net.a.remove_peer(B);
+        net.a.set_peer(B, net.b.public());
+        net.now += Duration::from_millis(1);
+        outcomes.push(net.b.receive(net.now, ADDR_A, &mut d));
+    }
+    let limited = outcomes
+        .iter()
+        .filter(|o| **o == Received::Dropped(Refused::RateLimited))
+        .count() as u64;
+    assert_eq!(limited, 10 - limit::INITIATION_BURST);
+}
+
+#[test]
+fn garbage_and_unknown_sessions_are_refused() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
+    for len in [0, 5, 12, 60, wire::INITIATION_LEN] {
+        let mut d = vec![0u8; len];
+        assert!(matches!(
+            net.b.receive(net.now, ADDR_A, &mut d),
+            Received::Dropped(_)
+        ));
+    }
+    // A well-formed initiation with a bad mac1.
+    let mut d = vec![0u8; wire::INITIATION_LEN];
+    d[..4].copy_from_slice(&[1, wire::KIND_INITIATION, 0, 0]);
+    assert_eq!(
+        net.b.receive(net.now, ADDR_A, &mut d),
+        Received::Dropped(Refused::BadMac)
+    );
+    // A sealed datagram for no session.
+    let mut d = plain(A, 1);
+    d.resize(d.len() + seal::SEAL_OVERHEAD, 0);
+    d[2..4].copy_from_slice(&[0, 1]);
+    assert_eq!(
+        net.b.receive(net.now, ADDR_A, &mut d),
+        Received::Dropped(Refused::UnknownSession)
+    );
+}
+
+#[test]
+fn a_changed_peer_key_ends_its_sessions() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
+    net.send(true, 1);
+    net.advance(Duration::from_millis(10));
+    assert_eq!(net.a.status(net.now, B).unwrap().state, State::Established);
+    net.a.set_peer(B, StaticKey::generate().public());
+    assert_eq!(net.a.status(net.now, B).unwrap().state, State::Idle);
+}
+
+#[test]
+fn the_public_key_is_x25519_of_the_private() {
+    // RFC 7748, section 6.1: Alice's key pair.
+    let private: [u8; 32] =
+        hex_bytes("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+    let public = hex_bytes("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+    assert_eq!(StaticKey::from_private(private).public(), public);
+    assert_eq!(
+        hex(&public),
+        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    );
+}
+
+fn hex_bytes(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
