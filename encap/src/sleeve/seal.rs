@@ -33,9 +33,9 @@ pub const SEAL_OVERHEAD: usize = SEAL_HEADER_LEN + TAG_LEN;
 /// Where the ciphertext starts in a sealed datagram.
 pub const CIPHERTEXT_AT: usize = HEADER_LEN + SEAL_HEADER_LEN;
 
-/// A sender never uses a counter at or above this (2^60, as WireGuard's
-/// `REJECT_AFTER_MESSAGES`, near enough): a session must be rekeyed first.
-pub const REJECT_AFTER_MESSAGES: u64 = 1 << 60;
+/// A sender never uses a counter at or above this (2^64 - 2^13 - 1, WireGuard's
+/// `REJECT_AFTER_MESSAGES`): a session rekeys long before, at 2^60.
+pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 
 /// Counters the replay window remembers behind the highest one seen.
 pub const REPLAY_WINDOW: u64 = 8192;
@@ -84,7 +84,7 @@ pub enum Error {
         highest: u64,
     },
     /// The counter is at or beyond [`REJECT_AFTER_MESSAGES`].
-    #[error("counter {counter} is at or beyond the session's limit of 2^60 messages")]
+    #[error("counter {counter} is at or beyond the session's limit of 2^64 - 2^13 - 1 messages")]
     CounterExhausted {
         /// The counter.
         counter: u64,

@@ -265,6 +265,30 @@ fn rekeys_during_a_transfer_lose_nothing() {
     assert!(st.key_age.unwrap() < REKEY_AFTER_TIME + RESPONDER_GRACE + REKEY_TIMEOUT);
 }
 
+/// 2^60 messages on one session start a rekey, long before its counter runs out;
+/// the old session keeps sending meanwhile, and the receiver's window takes the
+/// jump.
+#[test]
+fn a_session_rekeys_after_2_to_the_60_messages() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
+    net.send(true, 1);
+    net.advance(Duration::from_millis(10));
+    let old = net.a.session(net.now, B).unwrap();
+    old.skip_to(REKEY_AFTER_MESSAGES - 1);
+    assert!(net.send(true, 2), "the last message before the limit");
+    assert_eq!(net.a.status(net.now, B).unwrap().handshakes, 1);
+    assert!(net.send(true, 3), "the old session still sends");
+    let init = net.a.poll_transmit().expect("a rekey started");
+    assert_eq!(init.datagram[1], wire::KIND_INITIATION);
+    net.put(false, init.datagram);
+    net.advance(Duration::from_millis(10));
+    assert_eq!(net.got_b, [1, 2, 3]);
+    let new = net.a.session(net.now, B).unwrap();
+    assert_ne!(new.local_index, old.local_index);
+    assert!(new.sent() < 10);
+    assert_eq!(net.a.status(net.now, B).unwrap().handshakes, 2);
+}
+
 #[test]
 fn an_expired_session_handshakes_again() {
     let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
