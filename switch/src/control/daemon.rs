@@ -141,6 +141,9 @@ fn join(
         vtep_mac: router_mac,
         mode: settings.mode,
         direct_routing: settings.direct_routing,
+        // The encrypted sleeve publishes the node's key here once the datapath
+        // seals (issue 15); until then weftd has no key to announce.
+        public_key: None,
         features: feature_names(core::FEATURES),
         cluster: settings.cluster_cidr,
         wanted: settings.pod_subnet.or(remembered),

@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod host;
+pub mod keys;
 pub mod netlink;
 pub mod peers;
 pub mod pods;

@@ -828,6 +828,7 @@ mod tests {
             vtep_mac: MacAddr::from_name(name),
             mode,
             direct_routing: None,
+            public_key: None,
         }
     }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::{ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError};
 use crate::control::config::{ConfigError, Mode};
+use crate::control::keys::PublicKey;
 use crate::mac::MacAddr;
 
 /// How often the file is checked for changes.
@@ -96,6 +97,8 @@ struct FileEntry {
     mode: Option<Mode>,
     #[serde(default)]
     direct_routing: Option<bool>,
+    #[serde(default)]
+    public_key: Option<PublicKey>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +130,7 @@ pub fn parse_peers(path: &Path, text: &str) -> Result<Vec<NodeEntry>, ConfigErro
             vtep_mac: n.vtep_mac,
             mode: n.mode,
             direct_routing: n.direct_routing,
+            public_key: n.public_key,
         })
         .collect();
     let (mut names, mut ips, mut macs) = (HashSet::new(), HashSet::new(), HashSet::new());
@@ -228,6 +232,21 @@ mod tests {
         assert!(parse_peers(Path::new("p.toml"), "").unwrap().is_empty());
     }
 
+    #[test]
+    fn a_node_may_list_its_public_key() {
+        let text = |key: &str| {
+            format!(
+                "[[node]]\nname = \"a\"\nunderlay-ip = \"10.0.0.1\"\npod-subnet = \"10.244.1.0/24\"\n\
+                 vtep-mac = \"02:00:00:00:00:01\"\npublic-key = \"{key}\"\n"
+            )
+        };
+        let key = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+        let nodes = parse_peers(Path::new("p.toml"), &text(key)).unwrap();
+        assert_eq!(nodes[0].public_key.unwrap().to_string(), key);
+        let err = parse_peers(Path::new("p.toml"), &text("abc")).unwrap_err();
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
+    }
+
     fn joining(name: &str, underlay: &str, subnet: &str) -> Joining {
         Joining {
             name: name.into(),
@@ -235,6 +254,7 @@ mod tests {
             vtep_mac: MacAddr::from_name(name),
             mode: Mode::Vxlan,
             direct_routing: false,
+            public_key: None,
             features: Vec::new(),
             cluster: "10.244.0.0/16".parse().unwrap(),
             wanted: Some(subnet.parse().unwrap()),

@@ -12,6 +12,7 @@ use std::time::Instant;
 use ipnet::Ipv4Net;
 
 use crate::control::config::{ConfigError, Mode};
+use crate::control::keys::PublicKey;
 use crate::mac::MacAddr;
 use crate::policy::manifest::ManifestError;
 use crate::policy::model::PolicyModel;
@@ -36,6 +37,9 @@ pub struct NodeEntry {
     /// Whether it takes traffic with no tunnel from peers on its segment; `None`:
     /// as this node does.
     pub direct_routing: Option<bool>,
+    /// Its static public key, for the encrypted sleeve; `None` if the store does
+    /// not have it.
+    pub public_key: Option<PublicKey>,
 }
 
 /// NetworkPolicy's objects as a distributed store holds them: one object a record.
@@ -72,6 +76,8 @@ pub struct Joining {
     pub mode: Mode,
     /// Whether it takes direct-routed traffic.
     pub direct_routing: bool,
+    /// Its static public key, with encryption on.
+    pub public_key: Option<PublicKey>,
     /// What the node can receive (heartbeat features, by name).
     pub features: Vec<String>,
     /// The cluster CIDR.

@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::control::config::Mode;
+use crate::control::keys::PublicKey;
 use crate::control::store::{NodeEntry, StorePolicy};
 use crate::mac::MacAddr;
 use crate::policy::manifest::{self, ManifestError};
@@ -129,9 +130,9 @@ pub struct NodeRecord {
     /// What it can receive (heartbeat features).
     #[serde(default)]
     pub features: Vec<String>,
-    /// Its public key, for encryption between nodes (none yet).
+    /// Its static public key (64 hex digits), with encryption on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key: Option<String>,
+    pub public_key: Option<PublicKey>,
     /// The weftd version that wrote it.
     #[serde(default)]
     pub version: String,
@@ -302,6 +303,7 @@ pub fn nodes(layout: &Layout, cache: &Cache, me: &str, cluster: Ipv4Net, port: u
             vtep_mac: record.vtep_mac,
             mode: Some(record.mode),
             direct_routing: Some(record.direct_routing),
+            public_key: record.public_key,
         });
     }
     view
@@ -552,6 +554,35 @@ mod tests {
         assert!(why[1].1.contains("not \"h4\""), "{why:?}");
         assert!(why[2].1.contains("no subnet of the cluster"), "{why:?}");
         assert!(why[3].1.contains("port is 4789"), "{why:?}");
+    }
+
+    /// A node's public key travels in its record; a malformed one makes the record
+    /// bad, not the node keyless.
+    #[test]
+    fn public_keys_come_with_the_record() {
+        let mut b = Builder::new();
+        let key: PublicKey = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+            .parse()
+            .unwrap();
+        let mut keyed = record("h2", 2);
+        keyed.public_key = Some(key);
+        b.node(&record("h1", 1)).node(&keyed);
+        let mut text = serde_json::to_value(record("h3", 3)).unwrap();
+        text["publicKey"] = "not hex".into();
+        b.put(layout().node("h3"), serde_json::to_vec(&text).unwrap());
+        let v = b.view("h1");
+        let h2 = v.nodes.iter().find(|n| n.name == "h2").unwrap();
+        assert_eq!(h2.public_key, Some(key));
+        assert_eq!(
+            v.nodes.iter().find(|n| n.name == "h1").unwrap().public_key,
+            None
+        );
+        assert_eq!(v.ignored.len(), 1, "{:?}", v.ignored);
+        assert!(
+            v.ignored[0].why.contains("not a node record"),
+            "{:?}",
+            v.ignored
+        );
     }
 
     #[test]

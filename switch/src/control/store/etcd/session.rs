@@ -208,7 +208,7 @@ impl EtcdStore {
             direct_routing: me.direct_routing,
             port: self.port,
             features: me.features.clone(),
-            public_key: None,
+            public_key: me.public_key,
             version: env!("CARGO_PKG_VERSION").into(),
         };
         let node_lease = self.register(&record).await?;
