@@ -453,6 +453,26 @@ pub struct PeerInfo {
     /// What heartbeats said of it; none for the row of unknown senders.
     #[serde(default)]
     pub health: Option<PeerHealth>,
+    /// Its encrypted session, with encryption on.
+    #[serde(default)]
+    pub session: Option<PeerSession>,
+}
+
+/// A peer's encrypted session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSession {
+    /// "established", "handshaking", "idle", or "no key" (the store has none).
+    pub state: String,
+    /// Seconds since the sending session's handshake, if there is one.
+    pub key_age_s: Option<u64>,
+    /// Its cipher ("chacha20-poly1305" or "aes-256-gcm").
+    pub cipher: Option<String>,
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Handshakes failed or given up.
+    pub handshake_failures: u64,
+    /// Datagrams dropped waiting for a session.
+    pub queue_drops: u64,
 }
 
 /// A peer's health as its heartbeats tell it.

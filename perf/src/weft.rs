@@ -7,7 +7,8 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -30,6 +31,8 @@ pub struct PeerNode {
     pub pod_subnet: ipnet::Ipv4Net,
     /// VTEP MAC.
     pub vtep_mac: Mac,
+    /// Its public key for the encrypted sleeve, if it has one.
+    pub public_key: Option<String>,
 }
 
 impl PeerNode {
@@ -41,6 +44,7 @@ impl PeerNode {
             underlay_ip: host.underlay_ip,
             pod_subnet: host.pod_subnet,
             vtep_mac: kernel_vxlan::vtep_mac(host.index),
+            public_key: None,
         }
     }
 }
@@ -50,15 +54,37 @@ pub fn node_name(host: &Host) -> String {
     format!("node-{}", host.index)
 }
 
+/// The state directory weftd of `host` gets under `dir`.
+pub fn state_dir(host: &Host, dir: &Path) -> PathBuf {
+    dir.join(format!("{}.state", node_name(host)))
+}
+
+/// The public key of `host`'s weftd (`weftd --show-key`), made in its state
+/// directory under `dir` if it has none yet: for the peers file of an encrypted
+/// cluster.
+pub fn node_key(binary: &Path, host: &Host, dir: &Path) -> Result<String> {
+    let out = crate::netns::run_cmd(
+        std::process::Command::new(binary)
+            .arg("--show-key")
+            .arg("--state-dir")
+            .arg(state_dir(host, dir)),
+    )?;
+    Ok(out.trim().to_owned())
+}
+
 /// Renders a peers file.
 pub fn peers_toml(nodes: &[PeerNode]) -> String {
     let mut out = String::new();
     for n in nodes {
         let _ = write!(
             out,
-            "[[node]]\nname = \"{}\"\nunderlay-ip = \"{}\"\npod-subnet = \"{}\"\nvtep-mac = \"{}\"\n\n",
+            "[[node]]\nname = \"{}\"\nunderlay-ip = \"{}\"\npod-subnet = \"{}\"\nvtep-mac = \"{}\"\n",
             n.name, n.underlay_ip, n.pod_subnet, n.vtep_mac
         );
+        if let Some(key) = &n.public_key {
+            let _ = writeln!(out, "public-key = \"{key}\"");
+        }
+        out.push('\n');
     }
     out
 }
@@ -166,7 +192,7 @@ impl WeftNode {
         let name = node_name(host);
         let socket = dir.join(format!("{name}.sock"));
         let log = dir.join(format!("{name}.log"));
-        let state = dir.join(format!("{name}.state"));
+        let state = state_dir(host, dir);
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = host.ns.cmd(&opts.binary);
         cmd.args(["--node-name", &name])
@@ -358,4 +384,95 @@ pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> 
         .join()
         .map_err(|_| anyhow!("thread in {} panicked", ns.name()))?
     })
+}
+
+/// Frames captured on an interface (an `AF_PACKET` socket), for tests that look at
+/// what crosses the underlay; a small tcpdump, with no pcap.
+#[derive(Debug)]
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Vec<u8>>>>,
+}
+
+impl Capture {
+    /// Starts capturing every frame `ifname` in `ns` sends or receives, at most
+    /// `max` of them.
+    pub fn start(ns: &Netns, ifname: &str, max: usize) -> Result<Capture> {
+        let name = std::ffi::CString::new(ifname)?;
+        let fd = in_netns(ns, || -> std::io::Result<std::os::fd::OwnedFd> {
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket(2) and if_nametoindex(3) calls.
+            let raw = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    proto.into(),
+                )
+            };
+            if raw < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a new descriptor nothing else owns.
+            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+            // SAFETY: a NUL-terminated name.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if index == 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: all-zero is a valid sockaddr_ll; the fields below make it ours.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = index as i32;
+            // SAFETY: `sll` is a valid sockaddr_ll of the size given.
+            let rc = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(fd)
+        })??;
+        // A UdpSocket only for its recv(2) and read timeout: any socket takes them.
+        let socket = std::net::UdpSocket::from(fd);
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut frames = Vec::new();
+            let mut buf = vec![0u8; 65_536];
+            while frames.len() < max && !stopped.load(Ordering::Acquire) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    frames.push(buf[..n].to_vec());
+                }
+            }
+            frames
+        });
+        Ok(Capture {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and returns what was captured.
+    pub fn finish(mut self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::Release);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

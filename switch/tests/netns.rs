@@ -50,7 +50,14 @@ impl Cluster {
         let hosts = underlay.hosts().len();
         let scratch = Scratch::new(tag).expect("scratch dir");
         let peers = scratch.path().join("peers.toml");
-        let nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+        let mut nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+        // An encrypted cluster's peers file lists every node's public key.
+        if opts.extra.iter().any(|a| a == "--encryption") {
+            for (n, h) in nodes.iter_mut().zip(underlay.hosts()) {
+                let key = weft_perf::weft::node_key(&opts.binary, h, scratch.path());
+                n.public_key = Some(key.expect("weftd --show-key"));
+            }
+        }
         write_atomic(&peers, &peers_toml(&nodes)).expect("peers file");
         let mut cluster = Cluster {
             nodes: Vec::new(),
@@ -1033,4 +1040,189 @@ fn crash_during_attach_storm() {
     assert!(!answered.iter().any(|(_, ip)| *ip == fresh.ip));
     c.nodes.push(node);
     drop(pods);
+}
+
+/// A peer row's drop count for `reason`.
+fn peer_drops(peer: &PeerInfo, reason: &str) -> u64 {
+    peer.counters
+        .drops
+        .iter()
+        .find(|(r, _)| r == reason)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// Whether `needle` occurs in `hay`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Two nodes with `encryption = "required"`: 1 GB of TCP each way with its bytes
+/// verified, both sessions established, and an underlay capture during a marked
+/// UDP exchange shows sealed sleeve datagrams and no byte of the pods' payload.
+#[test]
+fn encrypted_sleeve_carries_1gb_and_shows_no_plaintext() {
+    let opts = options("sleeve", &["--encryption", "required"]);
+    let c = Cluster::new("enc", 2, 1, &opts);
+    let (a, b) = (c.ip(0, 0), c.ip(1, 0));
+    c.pod(0, 0)
+        .ns
+        .ping(b, 3)
+        .expect("ping across an encrypted sleeve");
+    for (from, to, ip) in [((0, 0), (1, 0), b), ((1, 0), (0, 0), a)] {
+        let t = tcp_transfer(
+            &c.pod(to.0, to.1).ns,
+            ip,
+            &c.pod(from.0, from.1).ns,
+            BIG_TRANSFER,
+            STALL,
+        )
+        .unwrap_or_else(|e| panic!("1 GB {from:?} → {to:?}: {e:#}\n{}", c.logs()));
+        assert_eq!(t.bytes, BIG_TRANSFER);
+    }
+    for h in 0..2 {
+        let peers = c.peers(h);
+        let s = peers[0].session.as_ref().expect("a session row");
+        assert_eq!(s.state, "established", "{s:?}");
+        assert!(s.handshakes >= 1 && s.key_age_s.is_some(), "{s:?}");
+        assert_eq!(
+            peer_drops(&peers[0], "seal_refused"),
+            0,
+            "{:?}",
+            peers[0].counters
+        );
+        assert_eq!(peer_drops(&peers[0], "plaintext"), 0);
+    }
+    // A marked exchange, captured on host 1's underlay.
+    let marker = b"weft-plaintext-marker-0123456789";
+    let capture = weft_perf::weft::Capture::start(&c.underlay.host(1).ns, "eth0", 10_000).unwrap();
+    let rx = in_netns(&c.pod(1, 0).ns, || UdpSocket::bind((b, 0)))
+        .unwrap()
+        .unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let dst = rx.local_addr().unwrap();
+    let tx = in_netns(&c.pod(0, 0).ns, || UdpSocket::bind((a, 0)))
+        .unwrap()
+        .unwrap();
+    let mut got = 0;
+    let mut buf = [0u8; 2048];
+    for _ in 0..20 {
+        tx.send_to(&marker.repeat(8), dst).unwrap();
+        if rx.recv(&mut buf).is_ok_and(|n| contains(&buf[..n], marker)) {
+            got += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let frames = capture.finish();
+    assert!(got >= 18, "only {got} of 20 marked datagrams arrived");
+    assert!(
+        frames.iter().all(|f| !contains(f, marker)),
+        "plaintext on the underlay"
+    );
+    // The marked datagrams crossed as sealed sleeve datagrams: UDP to port 8472
+    // whose sleeve header has the SEALED flag.
+    let sealed = frames
+        .iter()
+        .filter(|f| f.len() > 14 + 20 + 8 + 24 && f[12..14] == [0x08, 0x00] && f[23] == 17)
+        .filter(|f| {
+            let udp = 14 + usize::from(f[14] & 0x0f) * 4;
+            f[udp + 2..udp + 4] == 8472u16.to_be_bytes() && f[udp + 8 + 2..udp + 8 + 4] == [0, 1]
+        })
+        .count();
+    assert!(
+        sealed >= 20,
+        "{sealed} sealed datagrams in {} frames",
+        frames.len()
+    );
+}
+
+/// A node whose key its peer does not hold cannot get a frame through: its
+/// handshakes are refused and its pods reach nothing, while the pair with the
+/// right keys talk. Plaintext injected from its address is dropped and counted.
+#[test]
+fn a_node_with_the_wrong_key_cannot_inject() {
+    require_root();
+    let underlay = Underlay::new("enck", 3).expect("underlay");
+    let scratch = Scratch::new("enck").expect("scratch dir");
+    let opts = options("sleeve", &["--encryption", "required"]);
+    let mut nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+    for (n, h) in nodes.iter_mut().zip(underlay.hosts()) {
+        n.public_key = Some(weft_perf::weft::node_key(&opts.binary, h, scratch.path()).unwrap());
+    }
+    // Nodes 0 and 1 believe node 2 has another key than its own.
+    let mut believed = nodes.clone();
+    believed[2].public_key = Some("11".repeat(32));
+    let believed_path = scratch.path().join("peers-01.toml");
+    write_atomic(&believed_path, &peers_toml(&believed)).unwrap();
+    let true_path = scratch.path().join("peers-2.toml");
+    write_atomic(&true_path, &peers_toml(&nodes)).unwrap();
+    let mut weftds = Vec::new();
+    for (i, h) in underlay.hosts().iter().enumerate() {
+        let peers = if i == 2 { &true_path } else { &believed_path };
+        weftds.push(WeftNode::start(h, peers, scratch.path(), &opts).expect("weftd"));
+    }
+    let mut pods = Vec::new();
+    for (i, node) in weftds.iter().enumerate() {
+        let pod = underlay.pod(i, "p").unwrap();
+        let att = node.attach(&pod, &format!("enck-{i}")).expect("attach");
+        pods.push((pod, att));
+    }
+    let logs = || {
+        weftds
+            .iter()
+            .map(WeftNode::log_text)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    pods[0]
+        .0
+        .ns
+        .ping(pods[1].1.ip, 2)
+        .unwrap_or_else(|e| panic!("0 → 1: {e:#}\n{}", logs()));
+    assert!(
+        pods[2].0.ns.ping(pods[0].1.ip, 3).is_err(),
+        "node 2 got through"
+    );
+    // Plaintext from node 2's address: a sleeve heartbeat, as any node sends.
+    let host2 = underlay.host(2);
+    let node0 = SocketAddr::from((underlay.host(0).underlay_ip, 8472));
+    let sock = in_netns(&host2.ns, || UdpSocket::bind((host2.underlay_ip, 0)))
+        .unwrap()
+        .unwrap();
+    let mut beat = vec![1u8, 2, 0, 0];
+    beat.extend_from_slice(&nodes[2].vtep_mac.0);
+    beat.extend_from_slice(&[0x03, 0]);
+    beat.extend_from_slice(&[0; 16]);
+    for _ in 0..5 {
+        sock.send_to(&beat, node0).unwrap();
+    }
+    let row = wait_for_peer(&weftds[0], "node-2", |p| peer_drops(p, "plaintext") >= 5);
+    assert!(
+        peer_drops(&row, "handshake_refused") >= 1,
+        "{:?}",
+        row.counters
+    );
+    let s = row.session.expect("a session row");
+    assert_ne!(s.state, "established", "{s:?}");
+    drop(pods);
+}
+
+/// Waits (bounded) until `node`'s row of peer `name` satisfies `ok`, and returns it.
+fn wait_for_peer(node: &WeftNode, name: &str, ok: impl Fn(&PeerInfo) -> bool) -> PeerInfo {
+    let row = || {
+        match node.ok(&Request::Peers).expect("peers") {
+            Reply::Peers { peers } => peers.into_iter().find(|p| p.name == name),
+            other => panic!("{other:?}"),
+        }
+        .expect("the peer's row")
+    };
+    let _ = wait_until(Duration::from_secs(5), "the peer's counters", || ok(&row()));
+    let r = row();
+    assert!(
+        ok(&r),
+        "{name}: {:?} {:?}\n{}",
+        r.counters,
+        r.session,
+        node.log_text()
+    );
+    r
 }

@@ -211,6 +211,18 @@ fn print_peers(peers: &[proto::PeerInfo]) {
             c.tx_bytes,
             drops(c)
         );
+        if let Some(s) = &p.session {
+            println!(
+                "{:<18} session {}, key age {}, {}, {} handshakes, {} failed, {} dropped waiting",
+                "",
+                s.state,
+                s.key_age_s.map_or("-".into(), |a| format!("{a}s")),
+                s.cipher.as_deref().unwrap_or("no cipher"),
+                s.handshakes,
+                s.handshake_failures,
+                s.queue_drops
+            );
+        }
     }
 }
 

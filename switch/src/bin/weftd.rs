@@ -20,6 +20,11 @@ struct Cli {
     /// subnet and exit, starting nothing else: for testing many nodes at once.
     #[arg(long)]
     claim_only: bool,
+    /// Print this node's public key for the encrypted sleeve (made in the state
+    /// directory if it has none yet) and exit: what the peers file's `public-key`
+    /// of this node must say.
+    #[arg(long)]
+    show_key: bool,
     #[command(flatten)]
     options: Options,
 }
@@ -42,7 +47,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => Options::from_file(path)?,
         None => Options::default(),
     };
-    let settings = cli.options.or(file).resolve()?;
+    let options = cli.options.or(file);
+    if cli.show_key {
+        let dir = options
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| weft_switch::control::config::DEFAULT_STATE_DIR.into());
+        let key = weft_switch::control::keys::load_or_create(&dir)?;
+        println!("{}", weft_switch::control::keys::PublicKey(key.public()));
+        return Ok(());
+    }
+    let settings = options.resolve()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .max_blocking_threads(16)

@@ -164,6 +164,15 @@ pub struct Options {
     /// half receive, half send [default: 1024, 4 MiB per queue].
     #[arg(long)]
     pub afxdp_frames: Option<u32>,
+    /// Encrypt the sleeve between nodes: off, on (seal to every peer with a key,
+    /// accept plaintext too) or required (seal always; drop plaintext and send
+    /// nothing to a peer without a key) [default: off]. Needs mode = "sleeve".
+    #[arg(long, value_parser = parse_encryption)]
+    pub encryption: Option<Encryption>,
+    /// A file holding the cluster's pre-shared key (64 hex digits, mode 0600), mixed
+    /// into every handshake; every node needs the same one.
+    #[arg(long)]
+    pub psk_file: Option<PathBuf>,
 }
 
 fn parse_port_type(s: &str) -> Result<PortType, String> {
@@ -172,6 +181,54 @@ fn parse_port_type(s: &str) -> Result<PortType, String> {
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse()
+}
+
+/// What a tunnel takes from the underlay MTU: VXLAN's 50 bytes in both tunnel
+/// modes (a sleeve datagram of one record needs 44 of them), and with encryption a
+/// sleeve datagram's 44 and the seal's 28 header and tag bytes: 72.
+pub fn tunnel_overhead(mode: Mode, encryption: Encryption) -> u32 {
+    match (mode.tunnel(), encryption) {
+        (None, _) => 0,
+        (Some(_), Encryption::Off) => TUNNEL_OVERHEAD,
+        (Some(_), _) => {
+            (weft_encap::sleeve::IPV4_OVERHEAD + weft_encap::sleeve::seal::SEAL_OVERHEAD) as u32
+        }
+    }
+}
+
+/// Where weftd keeps durable state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
+
+fn parse_encryption(s: &str) -> Result<Encryption, String> {
+    s.parse()
+}
+
+/// Whether the sleeve between nodes is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// Plaintext.
+    #[default]
+    Off,
+    /// Sealed to every peer with a public key; plaintext is still accepted.
+    On,
+    /// Sealed always; plaintext from peers is dropped, and a peer with no key gets
+    /// nothing.
+    Required,
+}
+
+impl std::str::FromStr for Encryption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Encryption, String> {
+        match s {
+            "off" => Ok(Encryption::Off),
+            "on" => Ok(Encryption::On),
+            "required" => Ok(Encryption::Required),
+            _ => Err(format!(
+                "unknown encryption {s:?}: expected off, on or required"
+            )),
+        }
+    }
 }
 
 fn parse_store(s: &str) -> Result<StoreKind, String> {
@@ -329,6 +386,8 @@ impl Options {
             afxdp_fallback: self.afxdp_fallback.or(file.afxdp_fallback),
             afxdp_zero_copy: self.afxdp_zero_copy.or(file.afxdp_zero_copy),
             afxdp_frames: self.afxdp_frames.or(file.afxdp_frames),
+            encryption: self.encryption.or(file.encryption),
+            psk_file: self.psk_file.or(file.psk_file),
         }
     }
 
@@ -365,19 +424,8 @@ impl Options {
             let why = format!("{conntrack_max}: between 16 and {MAX_CONNTRACK}");
             return Err(invalid("conntrack-max", why));
         }
-        let underlay_mtu = self.underlay_mtu.unwrap_or(1500);
-        if !(576..=9216).contains(&underlay_mtu) {
-            let why = format!("{underlay_mtu}: between 576 and 9216");
-            return Err(invalid("underlay-mtu", why));
-        }
-        if let Some(m) = self.pod_mtu {
-            let most = underlay_mtu - mode.tunnel().map_or(0, |_| TUNNEL_OVERHEAD);
-            if !(576..=most).contains(&m) {
-                let why =
-                    format!("{m}: between 576 and {most} (the underlay MTU, less the tunnel's 50)");
-                return Err(invalid("pod-mtu", why));
-            }
-        }
+        let encryption = self.encryption(mode, direct_routing)?;
+        let underlay_mtu = self.underlay_mtu(mode, encryption)?;
         let afxdp = self.afxdp()?;
         let host_port = self.host_port.unwrap_or_else(|| "weft0".into());
         if !crate::io::tap::valid_ifname(&host_port) {
@@ -407,10 +455,55 @@ impl Options {
             underlay_mtu,
             pod_mtu_limit: self.pod_mtu,
             host_port,
-            state_dir: self.state_dir.unwrap_or_else(|| "/var/lib/weft".into()),
+            state_dir: self.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             pod_port: self.pod_port.unwrap_or_default(),
             afxdp,
+            encryption,
+            psk_file: self.psk_file,
         })
+    }
+
+    /// The underlay MTU, checked, and the pod MTU asked for checked against it.
+    fn underlay_mtu(&self, mode: Mode, encryption: Encryption) -> Result<u32, ConfigError> {
+        let underlay_mtu = self.underlay_mtu.unwrap_or(1500);
+        if !(576..=9216).contains(&underlay_mtu) {
+            let why = format!("{underlay_mtu}: between 576 and 9216");
+            return Err(invalid("underlay-mtu", why));
+        }
+        if let Some(m) = self.pod_mtu {
+            let overhead = tunnel_overhead(mode, encryption);
+            let most = underlay_mtu - overhead;
+            if !(576..=most).contains(&m) {
+                let why = format!(
+                    "{m}: between 576 and {most} (the underlay MTU, less the tunnel's {overhead})"
+                );
+                return Err(invalid("pod-mtu", why));
+            }
+        }
+        Ok(underlay_mtu)
+    }
+
+    /// The encryption setting, checked against the mode.
+    fn encryption(&self, mode: Mode, direct_routing: bool) -> Result<Encryption, ConfigError> {
+        let encryption = self.encryption.unwrap_or_default();
+        if encryption == Encryption::Off {
+            if self.psk_file.is_some() {
+                let why = "is set but encryption is off".into();
+                return Err(invalid("psk-file", why));
+            }
+            return Ok(encryption);
+        }
+        if mode != Mode::Sleeve {
+            let why = format!("needs mode = \"sleeve\" (this node's mode is {mode:?})");
+            return Err(invalid("encryption", why.to_lowercase()));
+        }
+        if direct_routing {
+            let why = "cannot be on with direct-routing: direct-routed traffic is not \
+                       encapsulated, so it could not be encrypted"
+                .into();
+            return Err(invalid("encryption", why));
+        }
+        Ok(encryption)
     }
 
     /// How AF_XDP ports are made, checked.
@@ -683,6 +776,10 @@ pub struct Settings {
     pub pod_port: PortType,
     /// How AF_XDP ports are made.
     pub afxdp: Afxdp,
+    /// Whether the sleeve is encrypted.
+    pub encryption: Encryption,
+    /// The cluster's pre-shared key file, if any.
+    pub psk_file: Option<PathBuf>,
 }
 
 /// How AF_XDP ports are made.
@@ -700,11 +797,21 @@ impl Settings {
     /// The MTU pods (and the host port) get: the underlay's, less the tunnel's
     /// overhead when there is a tunnel.
     pub fn pod_mtu(&self) -> u32 {
-        let most = match self.mode.tunnel() {
-            Some(_) => self.underlay_mtu - TUNNEL_OVERHEAD,
-            None => self.underlay_mtu,
-        };
+        let most = self.underlay_mtu - tunnel_overhead(self.mode, self.encryption);
         self.pod_mtu_limit.map_or(most, |m| m.min(most))
+    }
+
+    /// The largest UDP payload the core may build: what fits the underlay MTU, less
+    /// the seal's header and tag when datagrams are sealed after.
+    pub fn max_datagram(&self) -> usize {
+        let sealed = match self.encryption {
+            Encryption::Off => 0,
+            _ => weft_encap::sleeve::seal::SEAL_OVERHEAD,
+        };
+        self.underlay_mtu as usize
+            - weft_encap::ipv4::HEADER_LEN
+            - weft_encap::udp::HEADER_LEN
+            - sealed
     }
 
     /// The framing of the tunnel socket: the mode's tunnel, and sleeve's (for
@@ -901,6 +1008,37 @@ mod tests {
             (s.mode, s.direct_routing, s.pod_mtu()),
             (Mode::Vxlan, true, 1450)
         );
+    }
+
+    #[test]
+    fn encryption_needs_the_sleeve_and_costs_its_overhead() {
+        let mut o = base();
+        assert_eq!(o.clone().resolve().unwrap().encryption, Encryption::Off);
+        o.encryption = Some(Encryption::Required);
+        let err = o.clone().resolve().unwrap_err().to_string();
+        assert!(err.contains("needs mode = \"sleeve\""), "{err}");
+        o.mode = Some(Mode::Sleeve);
+        let s = o.clone().resolve().unwrap();
+        assert_eq!(s.pod_mtu(), 1500 - 72, "44 of the sleeve, 28 of the seal");
+        assert_eq!(s.max_datagram(), 1500 - 28 - 28);
+        o.pod_mtu = Some(1450);
+        let err = o.clone().resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("between 576 and 1428") && err.contains("72"),
+            "{err}"
+        );
+        o.pod_mtu = None;
+        o.direct_routing = Some(true);
+        let err = o.clone().resolve().unwrap_err().to_string();
+        assert!(err.contains("direct-routing"), "{err}");
+        let mut o = base();
+        o.psk_file = Some("/etc/weft/psk".into());
+        let err = o.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("psk-file") && err.contains("encryption is off"),
+            "{err}"
+        );
+        assert!("maybe".parse::<Encryption>().is_err());
     }
 }
 

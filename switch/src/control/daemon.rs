@@ -13,12 +13,14 @@ use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 use weft_cni::proto::{Attachment, PodRef};
-use weft_encap::{ipv4, udp};
+use weft_encap::sleeve::seal::Cipher;
+use weft_encap::sleeve::NodeId;
 use weft_ipam::{Key, Pool};
 
-use crate::control::config::{gateway_of, Settings, StoreSettings};
+use crate::control::config::{gateway_of, Encryption, Settings, StoreSettings};
 use crate::control::error::{io_err, DaemonError};
 use crate::control::host::{Host, Queues, SystemHost};
+use crate::control::keys::{self, PublicKey};
 use crate::control::netlink::{LinkSpec, RouteSpec};
 use crate::control::peers::peer_entries;
 use crate::control::policy::PolicyState;
@@ -26,6 +28,8 @@ use crate::control::store::etcd::EtcdStore;
 use crate::control::store::file::FileStore;
 use crate::control::store::{ClusterStore, ClusterView, Joining, NoStore};
 use crate::core;
+use crate::crypto;
+use crate::io::seal::Sealer;
 use crate::io::udp::{tunnel_sockets, Lanes};
 use crate::io::worker::{self, Command, Shared, WorkerHandle};
 use crate::mac::MacAddr;
@@ -84,6 +88,8 @@ pub struct Daemon {
     pub(crate) pool: Pool,
     pub(crate) host: Arc<dyn Host>,
     pub(crate) store: Arc<dyn ClusterStore>,
+    /// The encrypted sleeve, if it is on.
+    pub(crate) sealer: Option<Arc<Sealer>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -124,6 +130,7 @@ fn join(
     settings: &Settings,
     store: &dyn ClusterStore,
     router_mac: MacAddr,
+    public_key: Option<PublicKey>,
 ) -> Result<(Ipv4Net, Pool), DaemonError> {
     let path = settings.state_dir.join("ipam.redb");
     let recorded = Pool::open_recorded(&path)?;
@@ -141,9 +148,7 @@ fn join(
         vtep_mac: router_mac,
         mode: settings.mode,
         direct_routing: settings.direct_routing,
-        // The encrypted sleeve publishes the node's key here once the datapath
-        // seals (issue 15); until then weftd has no key to announce.
-        public_key: None,
+        public_key,
         features: feature_names(core::FEATURES),
         cluster: settings.cluster_cidr,
         wanted: settings.pod_subnet.or(remembered),
@@ -173,7 +178,7 @@ fn node_config(settings: &Settings, subnet: Ipv4Net, router_mac: MacAddr) -> Nod
         mode: settings.framing(),
         vni: settings.vni,
         pod_mtu: settings.pod_mtu(),
-        max_datagram: settings.underlay_mtu as usize - ipv4::HEADER_LEN - udp::HEADER_LEN,
+        max_datagram: settings.max_datagram(),
         // A node in direct mode has no tunnel to send heartbeats through.
         heartbeat: match settings.mode.tunnel() {
             Some(_) => settings.heartbeat,
@@ -215,10 +220,49 @@ fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, LinkSpec) {
     (entry, spec)
 }
 
+/// The encrypted sleeve's endpoint, if encryption is on: the node key from the
+/// state directory (made at the first start), the cluster's pre-shared key if one
+/// is configured, and the cipher this CPU runs best.
+fn sealer_of(settings: &Settings, router_mac: MacAddr) -> Result<Option<Arc<Sealer>>, DaemonError> {
+    if settings.encryption == Encryption::Off {
+        return Ok(None);
+    }
+    let key = keys::load_or_create(&settings.state_dir)?;
+    let psk = settings
+        .psk_file
+        .as_deref()
+        .map(keys::read_psk)
+        .transpose()?;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let cipher = Cipher::preferred();
+    log::info!(
+        "encryption {:?}: node key {}, {cipher} preferred{}",
+        settings.encryption,
+        PublicKey(key.public()),
+        if psk.is_some() {
+            ", with a pre-shared key"
+        } else {
+            ""
+        }
+    );
+    let endpoint = crypto::Endpoint::new(crypto::Config {
+        node: NodeId(router_mac.0),
+        features: core::FEATURES,
+        key,
+        psk,
+        cipher,
+        wall_at_zero: wall.saturating_sub(crate::io::clock::now().as_nanos()),
+    });
+    Ok(Some(Arc::new(Sealer::new(endpoint, settings.encryption))))
+}
+
 /// Binds the tunnel sockets and starts the workers on `tables`.
 fn start_workers(
     settings: &Settings,
     tables: &Arc<ArcSwap<Tables>>,
+    sealer: Option<Arc<Sealer>>,
 ) -> Result<(Arc<Shared>, Vec<WorkerHandle>), DaemonError> {
     // In direct mode nothing is tunnelled: the sockets take a port no peer sends to.
     let ip = settings.underlay_ip;
@@ -233,7 +277,7 @@ fn start_workers(
         heartbeat: settings.heartbeat,
         conntrack_max: settings.conntrack_max,
     };
-    worker::spawn(tables.clone(), sockets, Arc::new(lanes), tuning)
+    worker::spawn(tables.clone(), sockets, Arc::new(lanes), tuning, sealer)
         .map_err(io_err("starting the workers"))
 }
 
@@ -256,7 +300,7 @@ impl Daemon {
     ) -> Result<Ipv4Net, DaemonError> {
         let store = store_of(settings, rt)?;
         let view = store.load()?;
-        join(settings, &*store, vtep_mac(settings, &view)).map(|(subnet, _)| subnet)
+        join(settings, &*store, vtep_mac(settings, &view), None).map(|(subnet, _)| subnet)
     }
 
     /// Like [`Daemon::start`], on the host operations `host` and the cluster `store`.
@@ -266,7 +310,9 @@ impl Daemon {
         store: Arc<dyn ClusterStore>,
     ) -> Result<Arc<Daemon>, DaemonError> {
         let router_mac = vtep_mac(&settings, &store.load()?);
-        let (subnet, pool) = join(&settings, &*store, router_mac)?;
+        let sealer = sealer_of(&settings, router_mac)?;
+        let public_key = sealer.as_ref().map(|s| PublicKey(s.endpoint().public()));
+        let (subnet, pool) = join(&settings, &*store, router_mac, public_key)?;
         let view = store.load()?;
         let node = Arc::new(node_config(&settings, subnet, router_mac));
         let tunnel = Arc::new(Counters::new(settings.workers));
@@ -286,7 +332,7 @@ impl Daemon {
             peers.clone(),
             tunnel.clone(),
         )?));
-        let (shared, workers) = start_workers(&settings, &tables)?;
+        let (shared, workers) = start_workers(&settings, &tables, sealer.clone())?;
         let daemon = Arc::new(Daemon {
             settings,
             node,
@@ -306,7 +352,9 @@ impl Daemon {
             pool,
             host,
             store,
+            sealer,
         });
+        daemon.sync_crypto_peers(&view.nodes);
         daemon.hand_queues(host_entry.id, &host_entry.counters, host_queues)?;
         daemon.sync_direct_routes(&daemon.state.lock().peers.clone());
         match store_policy {

@@ -12,6 +12,9 @@ pub enum DaemonError {
     /// Bad settings or peers file.
     #[error(transparent)]
     Config(#[from] crate::control::config::ConfigError),
+    /// The node key or the pre-shared key could not be used.
+    #[error("encryption: {0}")]
+    Key(#[from] crate::control::keys::KeyError),
     /// The cluster store could not be read.
     #[error("cluster store: {0}")]
     Store(#[from] crate::control::store::StoreError),

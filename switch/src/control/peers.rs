@@ -15,6 +15,7 @@ use crate::io::clock;
 use crate::tables::counters::Counters;
 use crate::tables::health::{feature_names, PeerHealth};
 use crate::tables::{PeerEntry, PeerPath, TunnelMode};
+use weft_encap::sleeve::NodeId;
 
 /// How this node may reach node `n`, given how the host reaches `n`'s underlay
 /// address (`route`, looked up only when direct routing is on).
@@ -128,7 +129,33 @@ impl Daemon {
         Ok(changed)
     }
 
+    /// Gives the encrypted sleeve's endpoint the peers' public keys: every other
+    /// node with one. A node whose key changed starts its sessions afresh; one that
+    /// left or lost its key has them ended.
+    pub(crate) fn sync_crypto_peers(&self, nodes: &[NodeEntry]) {
+        let Some(sealer) = &self.sealer else {
+            return;
+        };
+        let mut ep = sealer.endpoint();
+        let me = NodeId(self.node.router_mac.0);
+        let keyed: Vec<(NodeId, [u8; 32])> = nodes
+            .iter()
+            .filter(|n| n.name != self.node.name)
+            .filter_map(|n| Some((NodeId(n.vtep_mac.0), n.public_key?.0)))
+            .filter(|(id, _)| *id != me)
+            .collect();
+        for gone in ep.peer_nodes() {
+            if !keyed.iter().any(|(id, _)| *id == gone) {
+                ep.remove_peer(gone);
+            }
+        }
+        for (id, key) in keyed {
+            ep.set_peer(id, key);
+        }
+    }
+
     fn apply_peers(&self, view: &ClusterView) -> Result<bool, DaemonError> {
+        self.sync_crypto_peers(&view.nodes);
         let mut state = self.state.lock();
         let route_to = |ip| self.route_to(ip);
         let peers = peer_entries(&self.settings, &view.nodes, &state.peers, &route_to);
@@ -230,6 +257,7 @@ impl Daemon {
                         echoes_sent: h.echoes_sent,
                         echoes_received: h.echoes_received,
                     }),
+                    session: self.session_info(now, p),
                 }
             })
             .collect();
@@ -241,7 +269,37 @@ impl Daemon {
             path: String::new(),
             counters: tables.tunnel.snapshot().to_proto(),
             health: None,
+            session: None,
         });
         out
+    }
+
+    /// `peer`'s encrypted session as the protocol shows it; none with encryption off.
+    fn session_info(&self, now: crate::core::Time, peer: &PeerEntry) -> Option<proto::PeerSession> {
+        let sealer = self.sealer.as_ref()?;
+        let ep = sealer.endpoint();
+        let Some(st) = ep.status(now, NodeId(peer.vtep_mac.0)) else {
+            return Some(proto::PeerSession {
+                state: "no key".into(),
+                key_age_s: None,
+                cipher: None,
+                handshakes: 0,
+                handshake_failures: 0,
+                queue_drops: 0,
+            });
+        };
+        Some(proto::PeerSession {
+            state: match st.state {
+                crate::crypto::State::Idle => "idle",
+                crate::crypto::State::Handshaking => "handshaking",
+                crate::crypto::State::Established => "established",
+            }
+            .into(),
+            key_age_s: st.key_age.map(|d| d.as_secs()),
+            cipher: st.cipher.map(|c| c.to_string()),
+            handshakes: st.handshakes,
+            handshake_failures: st.handshake_failures,
+            queue_drops: st.queue_drops,
+        })
     }
 }

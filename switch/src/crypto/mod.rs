@@ -476,6 +476,29 @@ impl Endpoint {
         Sent::Queued
     }
 
+    /// Whether `node` is a peer with a key.
+    pub fn knows(&self, node: NodeId) -> bool {
+        self.peer_of(node).is_some()
+    }
+
+    /// The live, confirmed session whose local index is `index`, for a worker to
+    /// open datagrams with on its own. A session this node answered but has not
+    /// seen used is not handed out: its first datagram goes through
+    /// [`Endpoint::receive`], which confirms it.
+    pub fn rx_session(&self, now: Time, index: u32) -> Option<Arc<Session>> {
+        let p = &self.peers[*self.index.get(&index)?];
+        [&p.current, &p.previous]
+            .into_iter()
+            .flatten()
+            .find(|s| s.local_index == index && s.alive(now))
+            .cloned()
+    }
+
+    /// The nodes that are peers.
+    pub fn peer_nodes(&self) -> Vec<NodeId> {
+        self.peers.iter().map(|p| p.node).collect()
+    }
+
     /// The next datagram to send, if any.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop_front()

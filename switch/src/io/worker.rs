@@ -8,7 +8,7 @@
 //! ring; the batch ends with one eventfd wake-up per target worker.
 
 use std::io;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use crate::core::conntrack::Conntrack;
 use crate::core::{self, Core, Ctx, Frame, Report, Sink, Time, TxError, HEADROOM};
 use crate::io::clock;
 use crate::io::port::{Offload, PortQueue, Rx};
+use crate::io::seal::{Incoming, Outgoing, SealCache, Sealer};
 use crate::io::spin::Spin;
 use crate::io::udp::{Account, Lanes, Outcome, RxBatch, Tunnel, RX_BATCH};
 use crate::tables::counters::{Counters, DropReason};
@@ -87,6 +88,8 @@ pub struct Shared {
     pool: ArrayQueue<Box<[u8]>>,
     large: ArrayQueue<Box<[u8]>>,
     stop: AtomicBool,
+    /// The encrypted sleeve, if it is on.
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl Shared {
@@ -146,12 +149,30 @@ pub struct Tuning {
     pub conntrack_max: usize,
 }
 
-/// Starts `sockets.len()` workers, one per tunnel socket; they send from `lanes`.
+/// A pool of handoff buffers.
+type Pool = ArrayQueue<Box<[u8]>>;
+
+/// The handoff buffer pools of `n` workers: frames, and super-frames.
+fn handoff_pools(n: usize) -> (Pool, Pool) {
+    let pool = ArrayQueue::new(RING_LEN * n.max(1));
+    for _ in 0..pool.capacity() {
+        let _ = pool.push(vec![0u8; HANDOFF_LEN].into_boxed_slice());
+    }
+    let large = ArrayQueue::new(LARGE_POOL);
+    for _ in 0..LARGE_POOL {
+        let _ = large.push(vec![0u8; LARGE_LEN].into_boxed_slice());
+    }
+    (pool, large)
+}
+
+/// Starts `sockets.len()` workers, one per tunnel socket; they send from `lanes`;
+/// `sealer` seals their sleeve if encryption is on.
 pub fn spawn(
     tables: Arc<ArcSwap<Tables>>,
     sockets: Vec<UdpSocket>,
     lanes: Arc<Lanes>,
     tuning: Tuning,
+    sealer: Option<Arc<Sealer>>,
 ) -> io::Result<(Arc<Shared>, Vec<WorkerHandle>)> {
     let n = sockets.len();
     let mut polls = Vec::with_capacity(n);
@@ -161,14 +182,7 @@ pub fn spawn(
         wakers.push(Arc::new(Waker::new(poll.registry(), WAKER)?));
         polls.push(poll);
     }
-    let pool = ArrayQueue::new(RING_LEN * n.max(1));
-    for _ in 0..pool.capacity() {
-        let _ = pool.push(vec![0u8; HANDOFF_LEN].into_boxed_slice());
-    }
-    let large = ArrayQueue::new(LARGE_POOL);
-    for _ in 0..LARGE_POOL {
-        let _ = large.push(vec![0u8; LARGE_LEN].into_boxed_slice());
-    }
+    let (pool, large) = handoff_pools(n);
     let conntrack = Conntrack::tables(n, tuning.conntrack_max);
     let shared = Arc::new(Shared {
         tables,
@@ -177,6 +191,7 @@ pub fn spawn(
         pool,
         large,
         stop: AtomicBool::new(false),
+        sealer,
     });
     // Each worker builds its state on its own thread (its buffers then come from that
     // thread's allocator arena) and reports whether it could before any runs, so a
@@ -292,6 +307,8 @@ struct Io {
     queues: Vec<Option<QueueSlot>>,
     /// The slots whose queues were sent to in this batch.
     dirty: Vec<usize>,
+    /// The sessions this batch looked up, and the sealing buffers.
+    seal: SealCache,
 }
 
 impl Io {
@@ -306,6 +323,17 @@ impl Io {
             self.dirty.push(slot);
         }
         q.queue.send(offload, frame).map_err(|e| tx_error(&e))
+    }
+
+    /// Sends the handshake datagrams the endpoint handed out.
+    fn send_handshakes(&mut self, tables: &Tables) {
+        if self.seal.out.is_empty() {
+            return;
+        }
+        let account: &mut Account<'_> = &mut peer_account(tables, self.index);
+        for (addr, d) in std::mem::take(&mut self.seal.out) {
+            self.tunnel.push(addr, 0, &d, account);
+        }
     }
 
     /// Flushes the queues sent to in this batch.
@@ -416,15 +444,40 @@ impl Sink for IoSink<'_> {
     #[inline]
     fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) {
         let account: &mut Account<'_> = &mut peer_account(self.tables, self.io.index);
-        self.io.tunnel.push(peer.addr, lane, datagram, account);
+        let io = &mut *self.io;
+        let Some(sealer) = &io.shared.sealer else {
+            return io.tunnel.push(peer.addr, lane, datagram, account);
+        };
+        match sealer.outgoing(&mut io.seal, self.now, peer.vtep_mac, datagram) {
+            Outgoing::Sealed => io.tunnel.push(peer.addr, lane, &io.seal.scratch, account),
+            Outgoing::Plain => io.tunnel.push(peer.addr, lane, datagram, account),
+            Outgoing::Held(Some(reason)) => peer.counters.discard(io.index, reason),
+            Outgoing::Held(None) => {}
+        }
+        io.send_handshakes(self.tables);
     }
 
     #[inline]
     fn to_peer_run(&mut self, peer: &PeerEntry, lane: usize, run: &[u8], segment: usize) {
         let account: &mut Account<'_> = &mut peer_account(self.tables, self.io.index);
-        self.io
-            .tunnel
-            .send_run(peer.addr, lane, run, segment, account);
+        let io = &mut *self.io;
+        let Some(sealer) = io.shared.sealer.clone() else {
+            return io.tunnel.send_run(peer.addr, lane, run, segment, account);
+        };
+        match sealer.outgoing_run(&mut io.seal, self.now, peer.vtep_mac, run, segment) {
+            Ok(sealed) => {
+                let scratch = std::mem::take(&mut io.seal.scratch);
+                io.tunnel
+                    .send_run(peer.addr, lane, &scratch, sealed, account);
+                io.seal.scratch = scratch;
+            }
+            // No session yet (or none left): datagram by datagram, which queues them.
+            Err(_) => {
+                for d in run.chunks(segment.max(1)) {
+                    self.to_peer(peer, lane, d);
+                }
+            }
+        }
     }
 
     fn report(&mut self, report: Report) {
@@ -467,6 +520,7 @@ impl Worker {
                 shared,
                 queues: Vec::new(),
                 dirty: Vec::new(),
+                seal: SealCache::default(),
             },
         })
     }
@@ -484,8 +538,7 @@ impl Worker {
             let timeout = if polling {
                 Some(Duration::ZERO)
             } else {
-                self.core
-                    .poll_timeout()
+                self.next_timer()
                     .map(|at| at.saturating_since(clock::now()))
             };
             match self.poll.poll(&mut events, timeout) {
@@ -497,7 +550,7 @@ impl Worker {
                 return Ok(());
             }
             let now = clock::now();
-            let due = self.core.poll_timeout().is_some_and(|at| now >= at);
+            let due = self.next_timer().is_some_and(|at| now >= at);
             if events.is_empty() && again.is_empty() && !due {
                 // Nothing yet: give the CPU to whatever else may run, then look again.
                 std::thread::yield_now();
@@ -519,11 +572,23 @@ impl Worker {
         }
     }
 
+    /// When this worker's next timer is due: the core's, and on worker 0 the
+    /// handshakes'.
+    fn next_timer(&self) -> Option<Time> {
+        let core = self.core.poll_timeout();
+        let seal = match (self.io.index, &self.io.shared.sealer) {
+            (0, Some(s)) => s.poll_timeout(),
+            _ => None,
+        };
+        [core, seal].into_iter().flatten().min()
+    }
+
     /// Serves the fds in `ready` once, runs the timers that are due and ends the
     /// batch; fds with more waiting go to `again`.
     fn batch(&mut self, now: Time, ready: &[Token], again: &mut Vec<Token>) {
         let tables = self.io.shared.tables.load();
         let mut wake = 0u64;
+        self.io.seal.new_batch();
         for &token in ready {
             let more = match token {
                 WAKER => {
@@ -548,6 +613,11 @@ impl Worker {
             self.core.handle_timeout(&mut cx);
         }
         self.core.flush(&mut cx);
+        // Worker 0 runs the handshake timers, as it runs the heartbeats.
+        if let (0, Some(sealer)) = (self.io.index, self.io.shared.sealer.clone()) {
+            sealer.handle_timeout(now, &tables, &mut self.io.seal.out);
+            self.io.send_handshakes(&tables);
+        }
         let account: &mut Account<'_> = &mut peer_account(&tables, self.io.index);
         self.io.tunnel.flush(account);
         self.io.flush_queues();
@@ -670,7 +740,23 @@ impl Worker {
             let mut cx = Ctx::new(tables, now, &mut sink);
             let core = &mut self.core;
             self.rx.for_each(|from, buf, off, len| {
-                core.tunnel_datagram(&mut cx, from, Frame::new(buf, off, len))
+                let mut range = off..off + len;
+                let io = &mut *cx.sink.io;
+                if let (Some(sealer), SocketAddr::V4(v4)) = (&io.shared.sealer, from) {
+                    let what = sealer.incoming(&mut io.seal, tables, now, v4, buf, range);
+                    io.send_handshakes(tables);
+                    match what {
+                        Incoming::Core(r) => range = r,
+                        Incoming::Taken => return,
+                        Incoming::Drop(reason) => {
+                            let counters = tables
+                                .peer_by_ip(*v4.ip())
+                                .map_or(&tables.tunnel, |j| &tables.peers[j].counters);
+                            return counters.discard(io.index, reason);
+                        }
+                    }
+                }
+                core.tunnel_datagram(&mut cx, from, Frame::new(buf, range.start, range.len()))
             });
             // A short batch emptied the socket: asking again would only return
             // EAGAIN, a wasted syscall per packet under request/response traffic. The

@@ -89,6 +89,17 @@ drop_reasons! {
     /// A new connection to or from a policy-isolated pod found the worker's
     /// connection table full; counted on the pod.
     ConntrackFull => "conntrack_full",
+    /// With `encryption = "required"`: a plaintext sleeve datagram from a peer.
+    Plaintext => "plaintext",
+    /// A sealed datagram that does not open: forged, replayed, too old, or for no
+    /// live session.
+    SealRefused => "seal_refused",
+    /// A handshake message refused: bad MAC, bad Noise message, rate-limited, or
+    /// replayed.
+    HandshakeRefused => "handshake_refused",
+    /// No session to send with: the handshake's queue was full, or the peer has no
+    /// key while encryption is required.
+    NoSession => "no_session",
 }
 
 // The list is in discriminant order, so a reason indexes its own counter.

@@ -1,0 +1,260 @@
+//! The encrypted sleeve on the workers' sockets: sealing what the core sends to
+//! peers, opening what arrives before the core sees it, and the handshake.
+//!
+//! The [`crypto::Endpoint`] is the node's, behind one lock. A worker takes the lock
+//! only to look a session up (once per peer and batch, kept in its [`SealCache`]),
+//! for a handshake message, or to run the endpoint's timers; the AEAD runs outside
+//! it, on the shared [`Session`]. The core never sees a sealed datagram.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::ops::Range;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use weft_encap::sleeve::{self, seal, NodeId};
+
+use crate::control::config::Encryption;
+use crate::core::Time;
+use crate::crypto::{self, Dest, Endpoint, Received, Refused, Sent, Session};
+use crate::tables::counters::DropReason;
+use crate::tables::Tables;
+
+/// The node's encryption: its endpoint and its policy.
+#[derive(Debug)]
+pub struct Sealer {
+    endpoint: Mutex<Endpoint>,
+    required: bool,
+}
+
+impl Sealer {
+    /// Seals with `endpoint`; `encryption` is on or required.
+    pub fn new(endpoint: Endpoint, encryption: Encryption) -> Sealer {
+        Sealer {
+            endpoint: Mutex::new(endpoint),
+            required: encryption == Encryption::Required,
+        }
+    }
+
+    /// The endpoint, for the control plane (peers, status).
+    pub fn endpoint(&self) -> parking_lot::MutexGuard<'_, Endpoint> {
+        self.endpoint.lock()
+    }
+}
+
+/// One worker's view of the sessions, refreshed every batch, and its buffers.
+#[derive(Debug, Default)]
+pub struct SealCache {
+    tx: HashMap<NodeId, Option<Arc<Session>>>,
+    rx: HashMap<u32, Arc<Session>>,
+    /// A datagram or run being sealed.
+    pub scratch: Vec<u8>,
+    /// Handshake datagrams to send, with where to.
+    pub out: Vec<(SocketAddrV4, Vec<u8>)>,
+}
+
+impl SealCache {
+    /// Forgets the sessions looked up (a new batch may see rekeys).
+    pub fn new_batch(&mut self) {
+        self.tx.clear();
+        self.rx.clear();
+    }
+}
+
+/// What became of a datagram the core sent to a peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Sealed into the cache's scratch buffer: send that.
+    Sealed,
+    /// Send it as it is (encryption on, and the peer has no key).
+    Plain,
+    /// Held for the handshake, or dropped (counted as this).
+    Held(Option<DropReason>),
+}
+
+/// What to do with a datagram received from a peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// Hand the core this range of the buffer (the datagram opened, or plain).
+    Core(Range<usize>),
+    /// Taken in by the endpoint (a handshake message).
+    Taken,
+    /// Dropped, counted as this.
+    Drop(DropReason),
+}
+
+fn node_of(mac: crate::mac::MacAddr) -> NodeId {
+    NodeId(mac.0)
+}
+
+impl Sealer {
+    /// The session to send to `node` with, from the cache or the endpoint.
+    fn tx_session(&self, cache: &mut SealCache, now: Time, node: NodeId) -> Option<Arc<Session>> {
+        cache
+            .tx
+            .entry(node)
+            .or_insert_with(|| self.endpoint.lock().session(now, node))
+            .clone()
+    }
+
+    /// Seals `datagram` (one plain sleeve datagram) for the peer `node`.
+    pub fn outgoing(
+        &self,
+        cache: &mut SealCache,
+        now: Time,
+        node: crate::mac::MacAddr,
+        datagram: &[u8],
+    ) -> Outgoing {
+        let node = node_of(node);
+        if let Some(s) = self.tx_session(cache, now, node) {
+            let mut out = std::mem::take(&mut cache.scratch);
+            let sealed = s.seal_into(datagram, &mut out);
+            cache.scratch = out;
+            return match sealed {
+                Ok(()) => Outgoing::Sealed,
+                Err(_) => Outgoing::Held(Some(DropReason::NoSession)),
+            };
+        }
+        let mut ep = self.endpoint.lock();
+        if !ep.knows(node) {
+            return if self.required {
+                Outgoing::Held(Some(DropReason::NoSession))
+            } else {
+                Outgoing::Plain
+            };
+        }
+        match ep.send(now, node, datagram) {
+            Sent::Sealed(d) => {
+                cache.scratch = d;
+                Outgoing::Sealed
+            }
+            Sent::Queued => Outgoing::Held(None),
+            Sent::Dropped => Outgoing::Held(Some(DropReason::NoSession)),
+        }
+    }
+
+    /// Seals a run of datagrams of `segment` bytes each (the last may be shorter)
+    /// into the cache's scratch buffer, each `segment + SEAL_OVERHEAD` apart.
+    /// Returns the sealed segment size, or why not.
+    pub fn outgoing_run(
+        &self,
+        cache: &mut SealCache,
+        now: Time,
+        node: crate::mac::MacAddr,
+        run: &[u8],
+        segment: usize,
+    ) -> Result<usize, Outgoing> {
+        let id = node_of(node);
+        let Some(s) = self.tx_session(cache, now, id) else {
+            // No session yet: the run goes datagram by datagram into the queue.
+            return Err(Outgoing::Held(None));
+        };
+        let mut out = std::mem::take(&mut cache.scratch);
+        out.clear();
+        let mut one = Vec::with_capacity(seal::sealed_len(segment));
+        let mut result = Ok(segment + seal::SEAL_OVERHEAD);
+        for d in run.chunks(segment.max(1)) {
+            if s.seal_into(d, &mut one).is_err() {
+                result = Err(Outgoing::Held(Some(DropReason::NoSession)));
+                break;
+            }
+            out.extend_from_slice(&one);
+        }
+        cache.scratch = out;
+        result
+    }
+
+    /// Opens (or takes in) a datagram from `from`, at `buf[range]`.
+    pub fn incoming(
+        &self,
+        cache: &mut SealCache,
+        tables: &Tables,
+        now: Time,
+        from: SocketAddrV4,
+        buf: &mut [u8],
+        range: Range<usize>,
+    ) -> Incoming {
+        let d = &mut buf[range.clone()];
+        if seal::is_sealed(d) {
+            let Ok(head) = seal::parse(d) else {
+                return Incoming::Drop(DropReason::SealRefused);
+            };
+            let cached = cache.rx.get(&head.receiver).cloned();
+            let session = match cached {
+                Some(s) => s,
+                None => {
+                    // A session not seen this batch: the endpoint opens it, which
+                    // also confirms a session it answered the first time it is used.
+                    let mut ep = self.endpoint.lock();
+                    let r = ep.receive(now, from, d);
+                    if let Some(s) = ep.rx_session(now, head.receiver) {
+                        cache.rx.insert(head.receiver, s);
+                    }
+                    drain(&mut ep, tables, &mut cache.out);
+                    return match r {
+                        Received::Data(r) => {
+                            Incoming::Core(range.start + r.start..range.start + r.end)
+                        }
+                        Received::Handshake => Incoming::Taken,
+                        Received::Dropped(_) => Incoming::Drop(DropReason::SealRefused),
+                    };
+                }
+            };
+            return match session.open(d) {
+                Ok(r) if d[r.start + 1] == crypto::wire::KIND_CONFIRM => Incoming::Taken,
+                Ok(r) => Incoming::Core(range.start + r.start..range.start + r.end),
+                Err(_) => Incoming::Drop(DropReason::SealRefused),
+            };
+        }
+        if d.len() > 1 && matches!(d[1], 5..=7) && d.first() == Some(&sleeve::VERSION) {
+            let mut ep = self.endpoint.lock();
+            let r = ep.receive(now, from, d);
+            drain(&mut ep, tables, &mut cache.out);
+            return match r {
+                Received::Handshake => Incoming::Taken,
+                Received::Dropped(Refused::Malformed) => Incoming::Drop(DropReason::BadEncap),
+                _ => Incoming::Drop(DropReason::HandshakeRefused),
+            };
+        }
+        if self.required {
+            return Incoming::Drop(DropReason::Plaintext);
+        }
+        Incoming::Core(range)
+    }
+
+    /// Runs the endpoint's timers if due; the handshakes they send go to `out`.
+    pub fn handle_timeout(
+        &self,
+        now: Time,
+        tables: &Tables,
+        out: &mut Vec<(SocketAddrV4, Vec<u8>)>,
+    ) {
+        let mut ep = self.endpoint.lock();
+        if ep.poll_timeout().is_some_and(|at| now >= at) {
+            ep.handle_timeout(now);
+        }
+        drain(&mut ep, tables, out);
+    }
+
+    /// When the endpoint's timers are next due.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.endpoint.lock().poll_timeout()
+    }
+}
+
+/// Moves the endpoint's transmits to `out`, with the peers' addresses.
+fn drain(ep: &mut Endpoint, tables: &Tables, out: &mut Vec<(SocketAddrV4, Vec<u8>)>) {
+    while let Some(t) = ep.poll_transmit() {
+        let addr = match t.to {
+            Dest::Addr(a) => Some(a),
+            Dest::Peer(node) => tables
+                .peers
+                .iter()
+                .find(|p| p.vtep_mac.0 == node.0)
+                .map(|p| p.addr),
+        };
+        if let Some(addr) = addr {
+            out.push((addr, t.datagram));
+        }
+    }
+}
