@@ -71,8 +71,10 @@ struct JoinArgs {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// Systems, comma-separated: weft-vxlan, weft-sleeve, weft-direct, kernel-vxlan,
-    /// direct; weft-vxlan-policy, weft-sleeve-policy; and weft-vxlan-alt,
-    /// weft-sleeve-alt with the --weftd-alt build [default: the first five].
+    /// direct; weft-vxlan-policy, weft-sleeve-policy; weft-afxdp-vxlan,
+    /// weft-afxdp-sleeve (AF_XDP pod ports); weft-sleeve-enc (encryption required);
+    /// and weft-vxlan-alt, weft-sleeve-alt with the --weftd-alt build [default: the
+    /// first five].
     #[arg(long)]
     systems: Option<String>,
     /// Tests, comma-separated: tcp1, tcp4, udp64, rr, cni, cpu, mem, and the iperf3

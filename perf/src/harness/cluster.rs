@@ -14,7 +14,7 @@ use crate::cni::{self, Network, Verb};
 use crate::netns::wait_until;
 use crate::pidfile::{PidFile, RUN_DIR};
 use crate::topo::{self, direct, kernel_vxlan, Host, Pod, Underlay};
-use crate::weft::{peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions};
+use crate::weft::{node_key, peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions};
 
 /// The interface name every pod gets.
 pub const POD_IFNAME: &str = "eth0";
@@ -133,13 +133,19 @@ impl<'c> Plumbing<'c> {
         match system.weft_mode() {
             Some(mode) => {
                 let peers = p.scratch.path().join("peers.toml");
-                let list: Vec<PeerNode> = hosts.iter().map(PeerNode::of).collect();
+                let binary = match (system.is_alt(), &tools.weftd_alt) {
+                    (true, Some(alt)) => alt.clone(),
+                    _ => tools.weftd.clone(),
+                };
+                let mut list: Vec<PeerNode> = hosts.iter().map(PeerNode::of).collect();
+                if system.is_encrypted() {
+                    for (n, h) in list.iter_mut().zip(hosts) {
+                        n.public_key = Some(node_key(&binary, h, p.scratch.path())?);
+                    }
+                }
                 write_atomic(&peers, &peers_toml(&list))?;
                 let opts = WeftOptions {
-                    binary: match (system.is_alt(), &tools.weftd_alt) {
-                        (true, Some(alt)) => alt.clone(),
-                        _ => tools.weftd.clone(),
-                    },
+                    binary,
                     mode: mode.into(),
                     workers: settings.weft_workers.unwrap_or_else(|| {
                         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -155,6 +161,9 @@ impl<'c> Plumbing<'c> {
                             vec!["--pod-mtu".into(), direct::mtu(&hosts[0]).to_string()]
                         }
                         (false, s) if s.is_afxdp() => vec!["--pod-port".into(), "afxdp".into()],
+                        (false, s) if s.is_encrypted() => {
+                            vec!["--encryption".into(), "required".into()]
+                        }
                         (false, _) => vec![],
                     },
                 };

@@ -53,13 +53,17 @@ pub enum System {
     WeftAfxdpVxlan,
     /// `weft-sleeve` likewise.
     WeftAfxdpSleeve,
+    /// `weft-sleeve` with `encryption = "required"`: every datagram between the
+    /// nodes sealed (pods get the sleeve's MTU less the seal's 28 bytes).
+    WeftSleeveEnc,
 }
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 11] = [
+    pub const ALL: [System; 12] = [
         System::WeftVxlan,
         System::WeftSleeve,
+        System::WeftSleeveEnc,
         System::WeftDirect,
         System::WeftAfxdpVxlan,
         System::WeftAfxdpSleeve,
@@ -97,6 +101,7 @@ impl System {
             System::WeftSleevePolicy => "weft-sleeve-policy",
             System::WeftAfxdpVxlan => "weft-afxdp-vxlan",
             System::WeftAfxdpSleeve => "weft-afxdp-sleeve",
+            System::WeftSleeveEnc => "weft-sleeve-enc",
         }
     }
 
@@ -110,7 +115,8 @@ impl System {
             System::WeftSleeve
             | System::WeftSleeveAlt
             | System::WeftSleevePolicy
-            | System::WeftAfxdpSleeve => Some("sleeve"),
+            | System::WeftAfxdpSleeve
+            | System::WeftSleeveEnc => Some("sleeve"),
             System::WeftDirect => Some("direct"),
             System::KernelVxlan | System::Direct => None,
         }
@@ -124,6 +130,11 @@ impl System {
     /// Whether the system's pods are on AF_XDP ports.
     pub fn is_afxdp(self) -> bool {
         matches!(self, System::WeftAfxdpVxlan | System::WeftAfxdpSleeve)
+    }
+
+    /// Whether the system seals the sleeve.
+    pub fn is_encrypted(self) -> bool {
+        self == System::WeftSleeveEnc
     }
 
     /// Whether the system runs the other weftd build (`--weftd-alt`).
