@@ -1173,11 +1173,13 @@ fn a_node_with_the_wrong_key_cannot_inject() {
             .collect::<Vec<_>>()
             .join("\n")
     };
+    let capture = weft_perf::weft::Capture::start(&underlay.host(1).ns, "eth0", 2_000).unwrap();
     pods[0]
         .0
         .ns
         .ping(pods[1].1.ip, 2)
         .unwrap_or_else(|e| panic!("0 → 1: {e:#}\n{}", logs()));
+    let frames = capture.finish();
     assert!(
         pods[2].0.ns.ping(pods[0].1.ip, 3).is_err(),
         "node 2 got through"
@@ -1203,6 +1205,74 @@ fn a_node_with_the_wrong_key_cannot_inject() {
     );
     let s = row.session.expect("a session row");
     assert_ne!(s.state, "established", "{s:?}");
+    // A sealed datagram node 0 sent node 1, replayed from node 2's host, and the
+    // same with one byte changed: both refused by node 1, and counted.
+    let sealed: Vec<u8> = frames
+        .iter()
+        .find_map(|f| {
+            let udp = 14 + usize::from(*f.get(14)? & 0x0f) * 4;
+            let payload = f.get(udp + 8..)?;
+            let to_node = f.get(udp + 2..udp + 4)? == 8472u16.to_be_bytes();
+            (f.get(26..30)? == underlay.host(0).underlay_ip.octets()
+                && to_node
+                && payload.get(2..4)? == [0, 1])
+            .then(|| payload.to_vec())
+        })
+        .expect("a sealed datagram from node 0 on host 1's wire");
+    let node1 = SocketAddr::from((underlay.host(1).underlay_ip, 8472));
+    let mut tampered = sealed.clone();
+    let last = tampered.len() - 20;
+    tampered[last] ^= 0x80;
+    for d in [&sealed, &tampered] {
+        sock.send_to(d, node1).unwrap();
+    }
+    wait_for_peer(&weftds[1], "node-2", |p| peer_drops(p, "seal_refused") >= 2);
+    drop(pods);
+}
+
+/// `encryption = "on"` next to a node without encryption (no key in the peers
+/// file): the two talk in plaintext both ways, and the encrypted node's row of the
+/// other says it has no key.
+#[test]
+fn encryption_on_talks_plaintext_to_a_node_without_a_key() {
+    require_root();
+    let underlay = Underlay::new("enco", 2).expect("underlay");
+    let scratch = Scratch::new("enco").expect("scratch dir");
+    let on = options("sleeve", &["--encryption", "on"]);
+    let off = options("sleeve", &[]);
+    let mut nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+    nodes[0].public_key =
+        Some(weft_perf::weft::node_key(&on.binary, underlay.host(0), scratch.path()).unwrap());
+    let peers = scratch.path().join("peers.toml");
+    write_atomic(&peers, &peers_toml(&nodes)).unwrap();
+    let weftds: Vec<WeftNode> = [&on, &off]
+        .iter()
+        .zip(underlay.hosts())
+        .map(|(o, h)| WeftNode::start(h, &peers, scratch.path(), o).expect("weftd"))
+        .collect();
+    let pods: Vec<(Pod, Attachment)> = (0..2)
+        .map(|i| {
+            let pod = underlay.pod(i, "p").unwrap();
+            let att = weftds[i]
+                .attach(&pod, &format!("enco-{i}"))
+                .expect("attach");
+            (pod, att)
+        })
+        .collect();
+    for (i, j) in [(0, 1), (1, 0)] {
+        let t = tcp_transfer(
+            &pods[j].0.ns,
+            pods[j].1.ip,
+            &pods[i].0.ns,
+            10_000_000,
+            STALL,
+        )
+        .unwrap_or_else(|e| panic!("{i} → {j}: {e:#}"));
+        assert_eq!(t.bytes, 10_000_000);
+    }
+    let row = wait_for_peer(&weftds[0], "node-1", |p| p.session.is_some());
+    assert_eq!(row.session.as_ref().unwrap().state, "no key");
+    assert_eq!(peer_drops(&row, "plaintext"), 0);
     drop(pods);
 }
 
