@@ -687,7 +687,11 @@ fn doc_kinds_table_matches_code() {
             ("2", "heartbeat"),
             ("3", "chunk"),
             ("4", "echo"),
-            ("5-255", "reserved")
+            ("5", "initiation"),
+            ("6", "response"),
+            ("7", "cookie"),
+            ("8", "confirm"),
+            ("9-255", "reserved")
         ]
     );
     for (number, name) in &kinds[1..5] {

@@ -529,3 +529,85 @@ fn hex_bytes(s: &str) -> [u8; 32] {
     }
     out
 }
+
+/// The sleeve format description, whose handshake tables these tests hold to the
+/// code.
+const SLEEVE_MD: &str = include_str!("../../../encap/SLEEVE.md");
+
+/// The (offset, length, field) rows of the first table after the line that starts
+/// with `intro`.
+fn doc_rows(intro: &str) -> Vec<(usize, usize, String)> {
+    SLEEVE_MD
+        .lines()
+        .skip_while(|l| !l.starts_with(intro))
+        .skip_while(|l| !l.starts_with("| ---"))
+        .skip(1)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            (
+                cells[0].parse().unwrap(),
+                cells[1].parse().unwrap(),
+                cells[2].to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_doc_describes_the_handshake_messages() {
+    let layouts: [(&str, usize, &[(&str, usize)]); 3] = [
+        (
+            "An initiation, kind 5",
+            wire::INITIATION_LEN,
+            &[
+                ("header", HEADER_LEN),
+                ("sender", 4),
+                ("noise", wire::NOISE_INIT_LEN),
+                ("mac1", MAC_LEN),
+                ("mac2", MAC_LEN),
+            ],
+        ),
+        (
+            "A response, kind 6",
+            wire::RESPONSE_LEN,
+            &[
+                ("header", HEADER_LEN),
+                ("sender", 4),
+                ("receiver", 4),
+                ("noise", wire::NOISE_RESP_LEN),
+                ("mac1", MAC_LEN),
+                ("mac2", MAC_LEN),
+            ],
+        ),
+        (
+            "A cookie reply, kind 7",
+            wire::COOKIE_LEN,
+            &[
+                ("header", HEADER_LEN),
+                ("receiver", 4),
+                ("nonce", 12),
+                ("cookie", MAC_LEN),
+                ("tag", 16),
+            ],
+        ),
+    ];
+    for (intro, total, fields) in layouts {
+        let mut at = 0;
+        let want: Vec<(usize, usize, String)> = fields
+            .iter()
+            .map(|(name, len)| {
+                at += len;
+                (at - len, *len, (*name).to_owned())
+            })
+            .collect();
+        assert_eq!(doc_rows(intro), want, "{intro}");
+        assert_eq!(at, total, "{intro}");
+        assert!(
+            SLEEVE_MD.contains(&format!("{intro}, {total} bytes")),
+            "{intro}: {total} bytes"
+        );
+    }
+    assert!(SLEEVE_MD.contains(NOISE_PARAMS));
+    assert!(SLEEVE_MD.contains(std::str::from_utf8(PROLOGUE).unwrap()));
+}
