@@ -556,7 +556,8 @@ fn doc_rows(intro: &str) -> Vec<(usize, usize, String)> {
 
 #[test]
 fn the_doc_describes_the_handshake_messages() {
-    let layouts: [(&str, usize, &[(&str, usize)]); 3] = [
+    type Layout<'a> = (&'a str, usize, &'a [(&'a str, usize)]);
+    let layouts: [Layout<'_>; 3] = [
         (
             "An initiation, kind 5",
             wire::INITIATION_LEN,
