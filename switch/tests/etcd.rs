@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use weft_cni::proto::PodRef;
+use weft_cni::proto::{PodRef, Reply, Request};
 use weft_perf::etcd::{Bridge, Etcd};
 use weft_perf::netns::{require_root, wait_until};
 use weft_perf::topo::{Pod, Underlay};
@@ -30,6 +30,8 @@ struct Cluster {
     underlay: Underlay,
     scratch: Scratch,
     extra: Vec<String>,
+    /// weftd's tunnel mode.
+    mode: String,
 }
 
 fn weftd() -> PathBuf {
@@ -57,6 +59,7 @@ impl Cluster {
             underlay,
             scratch,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            mode: "vxlan".into(),
         }
     }
 
@@ -65,7 +68,7 @@ impl Cluster {
         extra.extend(self.extra.iter().cloned());
         WeftOptions {
             binary: weftd(),
-            mode: "vxlan".into(),
+            mode: self.mode.clone(),
             workers: 1,
             extra,
         }
@@ -722,4 +725,31 @@ fn weft_cli(node: &WeftNode, what: &str) -> String {
         .expect("running weft");
     assert!(out.status.success(), "weft {what}: {out:?}");
     String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// Encryption over etcd: each node publishes its public key in its record and
+/// takes its peers' from theirs, so two nodes with `encryption = "required"` and no
+/// peers file reach each other, sealed.
+#[test]
+fn encrypted_nodes_take_their_keys_from_etcd() {
+    let mut c = Cluster::new("etcdenc", 2, &["--encryption", "required"]);
+    c.mode = "sleeve".into();
+    c.start(0);
+    c.start(1);
+    c.wait_peers(0, true, Duration::from_secs(10));
+    c.wait_peers(1, true, Duration::from_secs(10));
+    c.pod(0);
+    c.pod(1);
+    c.ping(0, 1)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    c.ping(1, 0)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    for i in 0..2 {
+        let peers = match c.node(i).ok(&Request::Peers).unwrap() {
+            Reply::Peers { peers } => peers,
+            other => panic!("{other:?}"),
+        };
+        let s = peers[0].session.as_ref().expect("a session row");
+        assert_eq!(s.state, "established", "node {i}: {s:?}");
+    }
 }
