@@ -2,7 +2,7 @@
 //! off again between systems.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -110,6 +110,21 @@ pub struct Plumbing<'c> {
 }
 
 impl<'c> Plumbing<'c> {
+    /// Writes the peers file of the cluster's weftds (`binary`), with every node's
+    /// public key if the system is encrypted, and returns its path.
+    fn write_peers(&self, binary: &Path) -> Result<PathBuf> {
+        let hosts = self.cluster.underlay.hosts();
+        let peers = self.scratch.path().join("peers.toml");
+        let mut list: Vec<PeerNode> = hosts.iter().map(PeerNode::of).collect();
+        if self.system.is_encrypted() {
+            for (n, h) in list.iter_mut().zip(hosts) {
+                n.public_key = Some(node_key(binary, h, self.scratch.path())?);
+            }
+        }
+        write_atomic(&peers, &peers_toml(&list))?;
+        Ok(peers)
+    }
+
     /// Plumbs `system` onto `cluster`: starts weftd on every host and attaches every pod
     /// through weft-cni, or configures the kernel baseline and attaches every pod with
     /// `ip` (the fixtures' way; the `cni` test times the reference plugins on pods of
@@ -132,18 +147,11 @@ impl<'c> Plumbing<'c> {
         let hosts = cluster.underlay.hosts();
         match system.weft_mode() {
             Some(mode) => {
-                let peers = p.scratch.path().join("peers.toml");
                 let binary = match (system.is_alt(), &tools.weftd_alt) {
                     (true, Some(alt)) => alt.clone(),
                     _ => tools.weftd.clone(),
                 };
-                let mut list: Vec<PeerNode> = hosts.iter().map(PeerNode::of).collect();
-                if system.is_encrypted() {
-                    for (n, h) in list.iter_mut().zip(hosts) {
-                        n.public_key = Some(node_key(&binary, h, p.scratch.path())?);
-                    }
-                }
-                write_atomic(&peers, &peers_toml(&list))?;
+                let peers = p.write_peers(&binary)?;
                 let opts = WeftOptions {
                     binary,
                     mode: mode.into(),
