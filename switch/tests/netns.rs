@@ -1232,25 +1232,28 @@ fn a_node_with_the_wrong_key_cannot_inject() {
 
 /// `encryption = "on"` next to a node without encryption (no key in the peers
 /// file): the two talk in plaintext both ways, and the encrypted node's row of the
-/// other says it has no key.
+/// other says it has no key. A third node with a key talks sealed to the first,
+/// and plaintext claiming to come from it is dropped.
 #[test]
-fn encryption_on_talks_plaintext_to_a_node_without_a_key() {
+fn encryption_on_talks_plaintext_only_to_a_node_without_a_key() {
     require_root();
-    let underlay = Underlay::new("enco", 2).expect("underlay");
+    let underlay = Underlay::new("enco", 3).expect("underlay");
     let scratch = Scratch::new("enco").expect("scratch dir");
     let on = options("sleeve", &["--encryption", "on"]);
     let off = options("sleeve", &[]);
     let mut nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
-    nodes[0].public_key =
-        Some(weft_perf::weft::node_key(&on.binary, underlay.host(0), scratch.path()).unwrap());
+    for i in [0, 2] {
+        let key = weft_perf::weft::node_key(&on.binary, underlay.host(i), scratch.path());
+        nodes[i].public_key = Some(key.unwrap());
+    }
     let peers = scratch.path().join("peers.toml");
     write_atomic(&peers, &peers_toml(&nodes)).unwrap();
-    let weftds: Vec<WeftNode> = [&on, &off]
+    let weftds: Vec<WeftNode> = [&on, &off, &on]
         .iter()
         .zip(underlay.hosts())
         .map(|(o, h)| WeftNode::start(h, &peers, scratch.path(), o).expect("weftd"))
         .collect();
-    let pods: Vec<(Pod, Attachment)> = (0..2)
+    let pods: Vec<(Pod, Attachment)> = (0..3)
         .map(|i| {
             let pod = underlay.pod(i, "p").unwrap();
             let att = weftds[i]
@@ -1259,7 +1262,7 @@ fn encryption_on_talks_plaintext_to_a_node_without_a_key() {
             (pod, att)
         })
         .collect();
-    for (i, j) in [(0, 1), (1, 0)] {
+    for (i, j) in [(0, 1), (1, 0), (0, 2), (2, 0)] {
         let t = tcp_transfer(
             &pods[j].0.ns,
             pods[j].1.ip,
@@ -1273,6 +1276,22 @@ fn encryption_on_talks_plaintext_to_a_node_without_a_key() {
     let row = wait_for_peer(&weftds[0], "node-1", |p| p.session.is_some());
     assert_eq!(row.session.as_ref().unwrap().state, "no key");
     assert_eq!(peer_drops(&row, "plaintext"), 0);
+    let row = wait_for_peer(&weftds[0], "node-2", |p| p.session.is_some());
+    assert_eq!(row.session.as_ref().unwrap().state, "established");
+    // Plaintext from node 2's address and id: node 0 holds its key, so drops it.
+    let host2 = underlay.host(2);
+    let sock = in_netns(&host2.ns, || UdpSocket::bind((host2.underlay_ip, 0)))
+        .unwrap()
+        .unwrap();
+    let mut beat = vec![1u8, 2, 0, 0];
+    beat.extend_from_slice(&nodes[2].vtep_mac.0);
+    beat.extend_from_slice(&[0x03, 0]);
+    beat.extend_from_slice(&[0; 16]);
+    let node0 = SocketAddr::from((underlay.host(0).underlay_ip, 8472));
+    for _ in 0..3 {
+        sock.send_to(&beat, node0).unwrap();
+    }
+    wait_for_peer(&weftds[0], "node-2", |p| peer_drops(p, "plaintext") >= 3);
     drop(pods);
 }
 

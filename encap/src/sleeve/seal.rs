@@ -286,17 +286,27 @@ pub fn open(
     datagram: &mut [u8],
 ) -> Result<Range<usize>, Error> {
     let Sealed { counter, .. } = parse(datagram)?;
+    window.check(counter)?;
+    let range = decrypt(key, datagram)?;
+    window.accept(counter)?;
+    Ok(range)
+}
+
+/// Authenticates and decrypts the sealed `datagram` in place, with no replay
+/// window: [`open`] without it, for callers that check the counter before and
+/// record it after under their own lock (so that the AEAD runs outside it).
+/// Returns where the plain datagram lies, as [`open`] does.
+pub fn decrypt(key: &SealKey, datagram: &mut [u8]) -> Result<Range<usize>, Error> {
+    let Sealed { counter, .. } = parse(datagram)?;
     if counter >= REJECT_AFTER_MESSAGES {
         return Err(Error::CounterExhausted { counter });
     }
-    window.check(counter)?;
     let (aad, sealed) = datagram.split_at_mut(CIPHERTEXT_AT);
     let plain_len = key
         .key
         .open_in_place(nonce(counter), aead::Aad::from(&*aad), sealed)
         .map_err(|_| Error::Forged)?
         .len();
-    window.accept(counter)?;
     // The header moves up against the body, its SEALED flag cleared.
     datagram.copy_within(0..HEADER_LEN, SEAL_HEADER_LEN);
     datagram[SEAL_HEADER_LEN + 2..SEAL_HEADER_LEN + 4].copy_from_slice(&[0, 0]);

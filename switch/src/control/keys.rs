@@ -64,13 +64,15 @@ impl fmt::Display for PublicKey {
     }
 }
 
-/// Parses 64 hex digits into 32 bytes.
+/// Parses 64 hex digits into 32 bytes. The error never quotes the input: it may
+/// be a secret key, slightly mangled.
 fn parse_hex32(s: &str) -> Result<[u8; 32], String> {
     let s = s.trim();
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let hex = s.bytes().filter(u8::is_ascii_hexdigit).count();
         return Err(format!(
-            "a key is 64 hex digits, not {:?}",
-            s.chars().take(70).collect::<String>()
+            "a key is 64 hex digits, not {} characters ({hex} of them hex digits)",
+            s.chars().count()
         ));
     }
     let mut out = [0u8; 32];
@@ -213,6 +215,14 @@ mod tests {
         );
         assert!(err.to_string().contains("chmod 600"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let leaked = format!("0x{}", "ab".repeat(32));
+        std::fs::write(&path, &leaked).unwrap();
+        let err = load_or_create(&d).unwrap_err();
+        assert!(matches!(err, KeyError::Malformed { .. }), "{err}");
+        assert!(
+            !err.to_string().contains("abab"),
+            "the error quotes the key: {err}"
+        );
         std::fs::write(&path, "not a key\n").unwrap();
         let err = load_or_create(&d).unwrap_err();
         assert!(matches!(err, KeyError::Malformed { .. }), "{err}");

@@ -61,6 +61,9 @@ pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 pub const COOKIE_LIFETIME: Duration = Duration::from_secs(120);
 /// Datagrams kept per peer while its handshake runs; more are dropped, counted.
 pub const QUEUE_MAX: usize = 32;
+/// Sessions kept for receiving after they stop sending, at most (they die at
+/// [`REJECT_AFTER_TIME`] anyway; rekeys every two minutes make two or three).
+const MAX_RETIRED: usize = 4;
 
 /// A node's static X25519 key pair.
 #[derive(Clone)]
@@ -111,7 +114,7 @@ impl StaticKey {
 }
 
 /// What an endpoint is configured with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// This node's identity on the wire.
     pub node: NodeId,
@@ -129,10 +132,25 @@ pub struct Config {
     pub wall_at_zero: u64,
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys: the static key redacts itself, the psk is only named.
+        f.debug_struct("Config")
+            .field("node", &self.node)
+            .field("key", &self.key)
+            .field("psk", &self.psk.map(|_| "set"))
+            .field("cipher", &self.cipher)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One established session: its keys, its indexes, the send counter and the
 /// replay window. Shared with the workers that seal and open with it.
 #[derive(Debug)]
 pub struct Session {
+    /// The peer it is with: what the sender field of every datagram it opens must
+    /// say.
+    pub peer: NodeId,
     /// The index this node chose: peers put it in datagrams to us.
     pub local_index: u32,
     /// The peer's index: we put it in datagrams to the peer.
@@ -165,13 +183,28 @@ impl Session {
         out.extend_from_slice(&[0; seal::SEAL_HEADER_LEN]);
         out.extend_from_slice(&plain[HEADER_LEN..]);
         out.extend_from_slice(&[0; seal::TAG_LEN]);
-        let counter = self.counter.fetch_add(1, Ordering::Relaxed);
+        // Never wraps: at the end of the counter every send fails.
+        let counter = self
+            .counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_add(1))
+            .map_err(|c| seal::Error::CounterExhausted { counter: c })?;
         seal::seal(&self.tx, self.remote_index, counter, out)
     }
 
-    /// Opens the sealed `datagram` in place; returns where the plain one lies.
+    /// Opens the sealed `datagram` in place; returns where the plain one lies. The
+    /// replay window is locked to check the counter and again to record it, not
+    /// while the AEAD runs, so workers open one peer's datagrams in parallel (two
+    /// copies of one datagram opened at once: the second to record it is refused).
+    /// A datagram whose sender is not the session's peer is refused as forged.
     pub fn open(&self, datagram: &mut [u8]) -> Result<Range<usize>, seal::Error> {
-        seal::open(&self.rx, &mut self.window.lock(), datagram)
+        let head = seal::parse(datagram)?;
+        self.window.lock().check(head.counter)?;
+        let range = seal::decrypt(&self.rx, datagram)?;
+        self.window.lock().accept(head.counter)?;
+        if datagram[range.start + 4..range.start + 10] != self.peer.0 {
+            return Err(seal::Error::Forged);
+        }
+        Ok(range)
     }
 
     /// Moves the send counter on to `n` (tests: 2^60 messages take a while).
@@ -240,10 +273,12 @@ struct Peer {
     node: NodeId,
     public: [u8; 32],
     macs: Macs,
-    /// The session that sends, the one before it (still receiving), and one this
-    /// node answered but has not seen used yet.
+    /// The session that sends; the ones before it, newest first, which still
+    /// receive until they die (the peer may still send on one: after a
+    /// simultaneous handshake each side sends on the session the other started);
+    /// and one this node answered but has not seen used yet.
     current: Option<Arc<Session>>,
-    previous: Option<Arc<Session>>,
+    retired: VecDeque<Arc<Session>>,
     next: Option<Arc<Session>>,
     pending: Option<Pending>,
     queue: VecDeque<Vec<u8>>,
@@ -386,7 +421,7 @@ impl Endpoint {
             public,
             macs: Macs::to(&public),
             current: None,
-            previous: None,
+            retired: VecDeque::new(),
             next: None,
             pending: None,
             queue: VecDeque::new(),
@@ -414,9 +449,10 @@ impl Endpoint {
 
     fn forget_sessions(&mut self, i: usize) {
         let p = &mut self.peers[i];
-        let indexes = [&p.current, &p.previous, &p.next]
+        let indexes = [&p.current, &p.next]
             .into_iter()
             .flatten()
+            .chain(&p.retired)
             .map(|s| s.local_index)
             .chain(p.pending.as_ref().map(|h| h.local_index))
             .collect::<Vec<_>>();
@@ -425,7 +461,7 @@ impl Endpoint {
         }
         let p = &mut self.peers[i];
         p.current = None;
-        p.previous = None;
+        p.retired.clear();
         p.next = None;
         p.pending = None;
         p.queue_drops += p.queue.len() as u64;
@@ -487,9 +523,9 @@ impl Endpoint {
     /// [`Endpoint::receive`], which confirms it.
     pub fn rx_session(&self, now: Time, index: u32) -> Option<Arc<Session>> {
         let p = &self.peers[*self.index.get(&index)?];
-        [&p.current, &p.previous]
-            .into_iter()
-            .flatten()
+        p.current
+            .iter()
+            .chain(&p.retired)
             .find(|s| s.local_index == index && s.alive(now))
             .cloned()
     }
@@ -624,9 +660,10 @@ impl Endpoint {
             return Received::Dropped(Refused::UnknownSession);
         };
         let p = &self.peers[i];
-        let Some(session) = [&p.next, &p.current, &p.previous]
+        let Some(session) = [&p.next, &p.current]
             .into_iter()
             .flatten()
+            .chain(&p.retired)
             .find(|s| s.local_index == head.receiver)
             .filter(|s| s.alive(now))
             .cloned()
@@ -656,10 +693,12 @@ impl Endpoint {
     /// Makes `s` peer `i`'s sending session; the old one keeps receiving.
     fn promote(&mut self, i: usize, s: Arc<Session>) {
         let p = &mut self.peers[i];
-        let old = p.previous.take();
-        p.previous = p.current.replace(s);
-        if let Some(old) = old {
-            self.index.remove(&old.local_index);
+        if let Some(old) = p.current.replace(s) {
+            p.retired.push_front(old);
+        }
+        if p.retired.len() > MAX_RETIRED {
+            let oldest = p.retired.pop_back().expect("more than none");
+            self.index.remove(&oldest.local_index);
         }
     }
 
@@ -760,6 +799,7 @@ impl Endpoint {
         let (k_init, k_resp) = hs.dangerously_get_raw_split();
         let local_index = self.random_index();
         let session = Arc::new(Session {
+            peer: self.peers[i].node,
             local_index,
             remote_index: sender,
             created: now,
@@ -823,6 +863,7 @@ impl Endpoint {
         let cipher = Cipher::agree(self.cfg.cipher, theirs);
         let (k_init, k_resp) = pending.hs.dangerously_get_raw_split();
         let session = Arc::new(Session {
+            peer: p.node,
             local_index: receiver,
             remote_index: sender,
             created: now,
@@ -881,7 +922,11 @@ impl Endpoint {
             if let Some(h) = &p.pending {
                 at(h.sent_at + REKEY_TIMEOUT);
             }
-            for s in [&p.current, &p.previous, &p.next].into_iter().flatten() {
+            for s in [&p.current, &p.next]
+                .into_iter()
+                .flatten()
+                .chain(&p.retired)
+            {
                 at(s.created + REJECT_AFTER_TIME);
             }
         }
@@ -894,11 +939,18 @@ impl Endpoint {
         for i in 0..self.peers.len() {
             let p = &mut self.peers[i];
             let mut dead = Vec::new();
-            for slot in [&mut p.current, &mut p.previous, &mut p.next] {
+            for slot in [&mut p.current, &mut p.next] {
                 if slot.as_ref().is_some_and(|s| !s.alive(now)) {
                     dead.push(slot.take().expect("checked").local_index);
                 }
             }
+            dead.extend(
+                p.retired
+                    .iter()
+                    .filter(|s| !s.alive(now))
+                    .map(|s| s.local_index),
+            );
+            p.retired.retain(|s| s.alive(now));
             for idx in dead {
                 self.index.remove(&idx);
             }

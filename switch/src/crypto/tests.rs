@@ -289,6 +289,61 @@ fn a_session_rekeys_after_2_to_the_60_messages() {
     assert_eq!(net.a.status(net.now, B).unwrap().handshakes, 2);
 }
 
+/// Both nodes start a handshake at once, as they do when they come up together:
+/// each ends up sending on the session the other started, and every rekey after
+/// that starts on both sides at once too. Nothing is lost through any of it.
+#[test]
+fn simultaneous_handshakes_and_rekeys_lose_nothing() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
+    // Datagrams every 2 ms over a 5 ms wire: some are always in flight.
+    net.delay = Duration::from_millis(5);
+    let (mut sent_a, mut sent_b) = (0, 0);
+    for _ in 0..150_000u64 {
+        assert!(net.send(true, sent_a), "A dropped {sent_a}");
+        assert!(net.send(false, sent_b), "B dropped {sent_b}");
+        sent_a += 1;
+        sent_b += 1;
+        net.advance(Duration::from_millis(2));
+    }
+    net.advance(Duration::from_secs(1));
+    assert!(
+        net.refused_a.is_empty(),
+        "{:?}",
+        &net.refused_a[..3.min(net.refused_a.len())]
+    );
+    assert!(
+        net.refused_b.is_empty(),
+        "{:?}",
+        &net.refused_b[..3.min(net.refused_b.len())]
+    );
+    assert_eq!(net.got_b, (0..sent_a).collect::<Vec<_>>(), "A → B");
+    assert_eq!(net.got_a, (0..sent_b).collect::<Vec<_>>(), "B → A");
+    assert!(net.a.status(net.now, B).unwrap().handshakes >= 4);
+}
+
+/// A peer's session opens only datagrams that say they are from that peer: one
+/// sealed with it but naming another sender is refused.
+#[test]
+fn a_session_opens_only_its_peers_datagrams() {
+    let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);
+    net.send(true, 1);
+    net.advance(Duration::from_millis(10));
+    let s = net.b.session(net.now, A).expect("B's session with A");
+    let mut lie = plain(NodeId([2, 0, 0, 0, 0, 0xc]), 9);
+    let mut out = Vec::new();
+    s.seal_into(&lie, &mut out).unwrap();
+    assert_eq!(
+        net.a.receive(net.now, ADDR_B, &mut out),
+        Received::Dropped(Refused::Seal(seal::Error::Forged))
+    );
+    lie = plain(B, 10);
+    s.seal_into(&lie, &mut out).unwrap();
+    assert!(matches!(
+        net.a.receive(net.now, ADDR_B, &mut out),
+        Received::Data(_)
+    ));
+}
+
 #[test]
 fn an_expired_session_handshakes_again() {
     let mut net = Net::pair(Cipher::ChaCha20Poly1305, Cipher::ChaCha20Poly1305);

@@ -47,6 +47,8 @@ impl Sealer {
 pub struct SealCache {
     tx: HashMap<NodeId, Option<Arc<Session>>>,
     rx: HashMap<u32, Arc<Session>>,
+    /// Whether the endpoint has a key for a node, as looked up this batch.
+    keyed: HashMap<NodeId, bool>,
     /// A datagram or run being sealed.
     pub scratch: Vec<u8>,
     /// Handshake datagrams to send, with where to.
@@ -58,6 +60,7 @@ impl SealCache {
     pub fn new_batch(&mut self) {
         self.tx.clear();
         self.rx.clear();
+        self.keyed.clear();
     }
 }
 
@@ -88,25 +91,52 @@ fn node_of(mac: crate::mac::MacAddr) -> NodeId {
 }
 
 impl Sealer {
-    /// The session to send to `node` with, from the cache or the endpoint.
-    fn tx_session(&self, cache: &mut SealCache, now: Time, node: NodeId) -> Option<Arc<Session>> {
-        cache
-            .tx
-            .entry(node)
-            .or_insert_with(|| self.endpoint.lock().session(now, node))
-            .clone()
+    /// The session to send to `node` with, from the cache or the endpoint (which
+    /// may start a handshake: its initiation goes to the cache's `out`).
+    fn tx_session(
+        &self,
+        cache: &mut SealCache,
+        tables: &Tables,
+        now: Time,
+        node: NodeId,
+    ) -> Option<Arc<Session>> {
+        if let Some(s) = cache.tx.get(&node) {
+            return s.clone();
+        }
+        let mut ep = self.endpoint.lock();
+        let s = ep.session(now, node);
+        drain(&mut ep, tables, &mut cache.out);
+        cache.tx.insert(node, s.clone());
+        s
     }
 
-    /// Seals `datagram` (one plain sleeve datagram) for the peer `node`.
+    /// Whether the endpoint has a key for `node`, from the cache or the endpoint.
+    fn keyed(&self, cache: &mut SealCache, node: NodeId) -> bool {
+        *cache
+            .keyed
+            .entry(node)
+            .or_insert_with(|| self.endpoint.lock().knows(node))
+    }
+
+    /// Seals `datagram` (one plain sleeve datagram) for the peer `node`; a
+    /// handshake this starts goes to the cache's `out`.
     pub fn outgoing(
         &self,
         cache: &mut SealCache,
+        tables: &Tables,
         now: Time,
         node: crate::mac::MacAddr,
         datagram: &[u8],
     ) -> Outgoing {
         let node = node_of(node);
-        if let Some(s) = self.tx_session(cache, now, node) {
+        if !self.keyed(cache, node) {
+            return if self.required {
+                Outgoing::Held(Some(DropReason::NoSession))
+            } else {
+                Outgoing::Plain
+            };
+        }
+        if let Some(s) = self.tx_session(cache, tables, now, node) {
             let mut out = std::mem::take(&mut cache.scratch);
             let sealed = s.seal_into(datagram, &mut out);
             cache.scratch = out;
@@ -116,14 +146,9 @@ impl Sealer {
             };
         }
         let mut ep = self.endpoint.lock();
-        if !ep.knows(node) {
-            return if self.required {
-                Outgoing::Held(Some(DropReason::NoSession))
-            } else {
-                Outgoing::Plain
-            };
-        }
-        match ep.send(now, node, datagram) {
+        let sent = ep.send(now, node, datagram);
+        drain(&mut ep, tables, &mut cache.out);
+        match sent {
             Sent::Sealed(d) => {
                 cache.scratch = d;
                 Outgoing::Sealed
@@ -139,13 +164,21 @@ impl Sealer {
     pub fn outgoing_run(
         &self,
         cache: &mut SealCache,
+        tables: &Tables,
         now: Time,
         node: crate::mac::MacAddr,
         run: &[u8],
         segment: usize,
     ) -> Result<usize, Outgoing> {
         let id = node_of(node);
-        let Some(s) = self.tx_session(cache, now, id) else {
+        if !self.keyed(cache, id) {
+            return Err(if self.required {
+                Outgoing::Held(Some(DropReason::NoSession))
+            } else {
+                Outgoing::Plain
+            });
+        }
+        let Some(s) = self.tx_session(cache, tables, now, id) else {
             // No session yet: the run goes datagram by datagram into the queue.
             return Err(Outgoing::Held(None));
         };
@@ -216,7 +249,15 @@ impl Sealer {
                 _ => Incoming::Drop(DropReason::HandshakeRefused),
             };
         }
-        if self.required {
+        // Plaintext: only from a node with no key, and never with `required`. (The
+        // core then checks that the sender field is the peer the datagram came
+        // from.)
+        if self.required || d.len() < sleeve::HEADER_LEN {
+            return Incoming::Drop(DropReason::Plaintext);
+        }
+        let mut sender = [0u8; 6];
+        sender.copy_from_slice(&d[4..10]);
+        if self.keyed(cache, NodeId(sender)) {
             return Incoming::Drop(DropReason::Plaintext);
         }
         Incoming::Core(range)

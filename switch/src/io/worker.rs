@@ -448,7 +448,7 @@ impl Sink for IoSink<'_> {
         let Some(sealer) = &io.shared.sealer else {
             return io.tunnel.push(peer.addr, lane, datagram, account);
         };
-        match sealer.outgoing(&mut io.seal, self.now, peer.vtep_mac, datagram) {
+        match sealer.outgoing(&mut io.seal, self.tables, self.now, peer.vtep_mac, datagram) {
             Outgoing::Sealed => io.tunnel.push(peer.addr, lane, &io.seal.scratch, account),
             Outgoing::Plain => io.tunnel.push(peer.addr, lane, datagram, account),
             Outgoing::Held(Some(reason)) => peer.counters.discard(io.index, reason),
@@ -464,14 +464,26 @@ impl Sink for IoSink<'_> {
         let Some(sealer) = io.shared.sealer.clone() else {
             return io.tunnel.send_run(peer.addr, lane, run, segment, account);
         };
-        match sealer.outgoing_run(&mut io.seal, self.now, peer.vtep_mac, run, segment) {
+        let sealed = sealer.outgoing_run(
+            &mut io.seal,
+            self.tables,
+            self.now,
+            peer.vtep_mac,
+            run,
+            segment,
+        );
+        io.send_handshakes(self.tables);
+        match sealed {
             Ok(sealed) => {
                 let scratch = std::mem::take(&mut io.seal.scratch);
                 io.tunnel
                     .send_run(peer.addr, lane, &scratch, sealed, account);
                 io.seal.scratch = scratch;
             }
-            // No session yet (or none left): datagram by datagram, which queues them.
+            Err(Outgoing::Plain) => io.tunnel.send_run(peer.addr, lane, run, segment, account),
+            Err(Outgoing::Held(Some(reason))) => peer.counters.discard(io.index, reason),
+            // No session yet (or none left): datagram by datagram, which queues
+            // them (as many as the handshake's queue holds).
             Err(_) => {
                 for d in run.chunks(segment.max(1)) {
                     self.to_peer(peer, lane, d);
