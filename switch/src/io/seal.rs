@@ -51,6 +51,8 @@ pub struct SealCache {
     keyed: HashMap<NodeId, bool>,
     /// A datagram or run being sealed.
     pub scratch: Vec<u8>,
+    /// One datagram of a run being sealed.
+    one: Vec<u8>,
     /// Handshake datagrams to send, with where to.
     pub out: Vec<(SocketAddrV4, Vec<u8>)>,
 }
@@ -184,7 +186,7 @@ impl Sealer {
         };
         let mut out = std::mem::take(&mut cache.scratch);
         out.clear();
-        let mut one = Vec::with_capacity(seal::sealed_len(segment));
+        let mut one = std::mem::take(&mut cache.one);
         let mut result = Ok(segment + seal::SEAL_OVERHEAD);
         for d in run.chunks(segment.max(1)) {
             if s.seal_into(d, &mut one).is_err() {
@@ -194,6 +196,7 @@ impl Sealer {
             out.extend_from_slice(&one);
         }
         cache.scratch = out;
+        cache.one = one;
         result
     }
 
@@ -252,13 +255,16 @@ impl Sealer {
         // Plaintext: only from a node with no key, and never with `required`. (The
         // core then checks that the sender field is the peer the datagram came
         // from.)
-        if self.required || d.len() < sleeve::HEADER_LEN {
+        if self.required {
             return Incoming::Drop(DropReason::Plaintext);
         }
-        let mut sender = [0u8; 6];
-        sender.copy_from_slice(&d[4..10]);
-        if self.keyed(cache, NodeId(sender)) {
-            return Incoming::Drop(DropReason::Plaintext);
+        // (Too short to name a sender: the core counts it as malformed.)
+        if d.len() >= sleeve::HEADER_LEN {
+            let mut sender = [0u8; 6];
+            sender.copy_from_slice(&d[4..10]);
+            if self.keyed(cache, NodeId(sender)) {
+                return Incoming::Drop(DropReason::Plaintext);
+            }
         }
         Incoming::Core(range)
     }
