@@ -363,6 +363,41 @@ fn set_rcvbuf(sock: &std::net::UdpSocket, bytes: usize) -> std::io::Result<()> {
     }
 }
 
+/// Counts the `payload`-byte datagrams `rx` (bound to `addr`) receives until, after `done` is set,
+/// it has been quiet for 100 ms or [`UDP_DRAIN`] has passed.
+fn count_received(
+    rx: &std::net::UdpSocket,
+    addr: std::net::SocketAddr,
+    payload: usize,
+    done: &std::sync::atomic::AtomicBool,
+) -> Result<u64> {
+    let mut batch = RecvBatch::new(UDP_RECV_BATCH, 2048);
+    let mut got = 0u64;
+    let mut last = Instant::now();
+    let mut done_at: Option<Instant> = None;
+    loop {
+        match batch.recv(rx) {
+            Ok(lens) => {
+                got += lens.iter().filter(|&&n| n == payload).count() as u64;
+                last = Instant::now();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e).with_context(|| format!("receiving on {addr}")),
+        }
+        if done.load(std::sync::atomic::Ordering::Acquire) {
+            let at = *done_at.get_or_insert_with(Instant::now);
+            let quiet = last.elapsed() > Duration::from_millis(100);
+            if quiet || at.elapsed() > UDP_DRAIN {
+                return Ok(got);
+            }
+        }
+    }
+}
+
 /// Buffers for receiving up to `n` datagrams with one `recvmmsg`, built once.
 struct RecvBatch {
     /// The datagrams' buffers; never resized, so `iovs` stay valid.
@@ -451,33 +486,7 @@ pub fn udp_blast(
     set_rcvbuf(&rx, UDP_RCVBUF).with_context(|| format!("SO_RCVBUFFORCE on {addr}"))?;
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
-        let receiver = s.spawn(|| -> Result<u64> {
-            let mut batch = RecvBatch::new(UDP_RECV_BATCH, 2048);
-            let mut got = 0u64;
-            let mut last = Instant::now();
-            let mut done_at: Option<Instant> = None;
-            loop {
-                match batch.recv(&rx) {
-                    Ok(lens) => {
-                        got += lens.iter().filter(|&&n| n == payload).count() as u64;
-                        last = Instant::now();
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
-                    Err(e) => return Err(e).with_context(|| format!("receiving on {addr}")),
-                }
-                if done.load(Ordering::Acquire) {
-                    let at = *done_at.get_or_insert_with(Instant::now);
-                    let quiet = last.elapsed() > Duration::from_millis(100);
-                    if quiet || at.elapsed() > UDP_DRAIN {
-                        return Ok(got);
-                    }
-                }
-            }
-        });
+        let receiver = s.spawn(|| count_received(&rx, addr, payload, &done));
         let buf = vec![0x5au8; payload];
         let start = Instant::now();
         let until = start + duration;

@@ -110,6 +110,26 @@ pub struct Plumbing<'c> {
 }
 
 impl<'c> Plumbing<'c> {
+    /// The weftd flags that make the system what it is, beyond its mode.
+    fn weftd_flags(&self) -> Vec<String> {
+        let system = self.system;
+        if system.has_policy() {
+            let dir = self.scratch.path().join("policy");
+            return vec!["--policy-dir".into(), dir.display().to_string()];
+        }
+        match system {
+            // Every system gives its pods the same MTU, the tunnels' (see
+            // `direct::mtu`), so that all move the same packets.
+            System::WeftDirect => {
+                let mtu = direct::mtu(&self.cluster.underlay.hosts()[0]);
+                vec!["--pod-mtu".into(), mtu.to_string()]
+            }
+            s if s.is_afxdp() => vec!["--pod-port".into(), "afxdp".into()],
+            s if s.is_encrypted() => vec!["--encryption".into(), "required".into()],
+            _ => vec![],
+        }
+    }
+
     /// Writes the peers file of the cluster's weftds (`binary`), with every node's
     /// public key if the system is encrypted, and returns its path.
     fn write_peers(&self, binary: &Path) -> Result<PathBuf> {
@@ -158,22 +178,7 @@ impl<'c> Plumbing<'c> {
                     workers: settings.weft_workers.unwrap_or_else(|| {
                         std::thread::available_parallelism().map_or(1, |n| n.get())
                     }),
-                    extra: match (system.has_policy(), system) {
-                        (true, _) => vec![
-                            "--policy-dir".into(),
-                            p.scratch.path().join("policy").display().to_string(),
-                        ],
-                        // Every system gives its pods the same MTU, the tunnels' (see
-                        // `direct::mtu`), so that all move the same packets.
-                        (false, System::WeftDirect) => {
-                            vec!["--pod-mtu".into(), direct::mtu(&hosts[0]).to_string()]
-                        }
-                        (false, s) if s.is_afxdp() => vec!["--pod-port".into(), "afxdp".into()],
-                        (false, s) if s.is_encrypted() => {
-                            vec!["--encryption".into(), "required".into()]
-                        }
-                        (false, _) => vec![],
-                    },
+                    extra: p.weftd_flags(),
                 };
                 if system.has_policy() {
                     std::fs::create_dir_all(p.scratch.path().join("policy"))?;

@@ -202,34 +202,15 @@ pub fn spawn(
     for (index, (poll, socket)) in polls.into_iter().zip(sockets).enumerate() {
         let (tx, rx) = crossbeam::channel::unbounded();
         let (ready, ready_rx) = crossbeam::channel::bounded(1);
-        let (shared_w, lanes) = (shared.clone(), lanes.clone());
-        let conntrack = Conntrack::new(conntrack.clone(), index);
-        let spawned = std::thread::Builder::new()
-            .name(format!("weft-worker-{index}"))
-            .spawn(move || {
-                match Worker::new(
-                    Setup {
-                        index,
-                        poll,
-                        socket,
-                        lanes,
-                        tuning,
-                        conntrack,
-                    },
-                    rx,
-                    shared_w,
-                ) {
-                    Ok(worker) => {
-                        let _ = ready.send(Ok(()));
-                        worker.run()
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                        Ok(())
-                    }
-                }
-            });
-        match spawned {
+        let setup = Setup {
+            index,
+            poll,
+            socket,
+            lanes: lanes.clone(),
+            tuning,
+            conntrack: Conntrack::new(conntrack.clone(), index),
+        };
+        match spawn_one(setup, rx, shared.clone(), ready) {
             Ok(thread) => handles.push(WorkerHandle {
                 commands: tx,
                 waker: wakers[index].clone(),
@@ -252,6 +233,28 @@ pub fn spawn(
         }
     }
     Ok((shared, handles))
+}
+
+/// Starts the thread of the worker `setup` describes; it builds its state there
+/// and tells `ready` whether it could, then runs.
+fn spawn_one(
+    setup: Setup,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+    ready: Sender<io::Result<()>>,
+) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+    std::thread::Builder::new()
+        .name(format!("weft-worker-{}", setup.index))
+        .spawn(move || match Worker::new(setup, commands, shared) {
+            Ok(worker) => {
+                let _ = ready.send(Ok(()));
+                worker.run()
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                Ok(())
+            }
+        })
 }
 
 /// Stops every worker and waits for them. Queues they own are closed.
