@@ -147,42 +147,41 @@ pub fn pod_ref(args: &str) -> Result<Option<crate::proto::PodRef>, CniError> {
 /// The port type `CNI_ARGS` asks for with `WEFT_POD_PORT=` (`tap` or `afxdp`), or
 /// `None` when there is no such entry.
 pub fn pod_port(args: &str) -> Result<Option<crate::proto::PortType>, CniError> {
-    let mut found = None;
-    for (key, value) in parse_cni_args(args)? {
-        if key != "WEFT_POD_PORT" {
-            continue;
-        }
-        let port: crate::proto::PortType = value
-            .parse()
-            .map_err(|why| CniError::env("CNI_ARGS", format!("WEFT_POD_PORT: {why}")))?;
-        if found.is_some_and(|f| f != port) {
-            return Err(CniError::env(
-                "CNI_ARGS",
-                "WEFT_POD_PORT= is given twice with different types",
-            ));
-        }
-        found = Some(port);
-    }
-    Ok(found)
+    one_cni_arg(args, "WEFT_POD_PORT", "different types", |value| {
+        value.parse().map_err(|why| format!("WEFT_POD_PORT: {why}"))
+    })
 }
 
 /// The address `CNI_ARGS` requests with `IP=` (a prefix length, if given, is dropped),
 /// or `None` when there is no `IP=` entry.
 pub fn requested_ip(args: &str) -> Result<Option<Ipv4Addr>, CniError> {
+    one_cni_arg(args, "IP", "different addresses", |value| {
+        parse_one_ipv4(value).map_err(|why| format!("IP={value}: {why}"))
+    })
+}
+
+/// The value of the `key=` entries of `CNI_ARGS`, parsed by `parse` (whose error is
+/// the whole message), or `None` when there is none. Entries given more than once
+/// must agree; `differ` names what differs when they do not.
+fn one_cni_arg<T: Copy + PartialEq>(
+    args: &str,
+    key: &str,
+    differ: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, CniError> {
     let mut found = None;
-    for (key, value) in parse_cni_args(args)? {
-        if key != "IP" {
+    for (k, value) in parse_cni_args(args)? {
+        if k != key {
             continue;
         }
-        let ip = parse_one_ipv4(value)
-            .map_err(|why| CniError::env("CNI_ARGS", format!("IP={value}: {why}")))?;
-        if found.is_some_and(|f| f != ip) {
+        let v = parse(value).map_err(|why| CniError::env("CNI_ARGS", why))?;
+        if found.is_some_and(|f| f != v) {
             return Err(CniError::env(
                 "CNI_ARGS",
-                "IP= is given twice with different addresses",
+                format!("{key}= is given twice with {differ}"),
             ));
         }
-        found = Some(ip);
+        found = Some(v);
     }
     Ok(found)
 }

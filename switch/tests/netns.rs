@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use weft_cni::proto::{AttachRequest, Attachment, PeerInfo, Reply, Request, Response};
+use weft_encap::sleeve::seal::is_sealed;
 use weft_perf::netns::{require_root, wait_until, Netns};
 use weft_perf::topo::{kernel_vxlan, Offload, Pod, Underlay};
 use weft_perf::traffic::{tcp_transfer, Pattern};
@@ -1051,6 +1052,29 @@ fn peer_drops(peer: &PeerInfo, reason: &str) -> u64 {
         .map_or(0, |(_, n)| *n)
 }
 
+/// A plaintext sleeve heartbeat as `node` sends one.
+fn plaintext_beat(node: &PeerNode) -> Vec<u8> {
+    let mut beat = vec![1u8, 2, 0, 0];
+    beat.extend_from_slice(&node.vtep_mac.0);
+    beat.extend_from_slice(&[0x03, 0]);
+    beat.extend_from_slice(&[0; 16]);
+    beat
+}
+
+/// The source address and UDP payload of a captured Ethernet frame that is a
+/// tunnel datagram (IPv4, UDP to port 8472).
+fn tunnel_payload(frame: &[u8]) -> Option<(Ipv4Addr, &[u8])> {
+    let ip = frame.get(14..)?;
+    let ipv4 = frame.get(12..14)? == [0x08, 0x00];
+    let header = usize::from(ip.first()? & 0x0f) * 4;
+    let udp = ip.get(header..)?;
+    if !ipv4 || *ip.get(9)? != 17 || udp.get(2..4)? != 8472u16.to_be_bytes() {
+        return None;
+    }
+    let src: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+    Some((Ipv4Addr::from(src), udp.get(8..)?))
+}
+
 /// Whether `needle` occurs in `hay`.
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
@@ -1122,11 +1146,8 @@ fn encrypted_sleeve_carries_1gb_and_shows_no_plaintext() {
     // whose sleeve header has the SEALED flag.
     let sealed = frames
         .iter()
-        .filter(|f| f.len() > 14 + 20 + 8 + 24 && f[12..14] == [0x08, 0x00] && f[23] == 17)
-        .filter(|f| {
-            let udp = 14 + usize::from(f[14] & 0x0f) * 4;
-            f[udp + 2..udp + 4] == 8472u16.to_be_bytes() && f[udp + 8 + 2..udp + 8 + 4] == [0, 1]
-        })
+        .filter_map(|f| tunnel_payload(f))
+        .filter(|(_, d)| is_sealed(d))
         .count();
     assert!(
         sealed >= 20,
@@ -1187,16 +1208,8 @@ fn a_node_with_the_wrong_key_cannot_inject() {
     // Plaintext from node 2's address: a sleeve heartbeat, as any node sends.
     let host2 = underlay.host(2);
     let node0 = SocketAddr::from((underlay.host(0).underlay_ip, 8472));
-    let sock = in_netns(&host2.ns, || UdpSocket::bind((host2.underlay_ip, 0)))
-        .unwrap()
-        .unwrap();
-    let mut beat = vec![1u8, 2, 0, 0];
-    beat.extend_from_slice(&nodes[2].vtep_mac.0);
-    beat.extend_from_slice(&[0x03, 0]);
-    beat.extend_from_slice(&[0; 16]);
-    for _ in 0..5 {
-        sock.send_to(&beat, node0).unwrap();
-    }
+    let beats = vec![plaintext_beat(&nodes[2]); 5];
+    send_from(&host2.ns, host2.underlay_ip, node0, &beats);
     let row = wait_for_peer(&weftds[0], "node-2", |p| peer_drops(p, "plaintext") >= 5);
     assert!(
         peer_drops(&row, "handshake_refused") >= 1,
@@ -1209,23 +1222,15 @@ fn a_node_with_the_wrong_key_cannot_inject() {
     // same with one byte changed: both refused by node 1, and counted.
     let sealed: Vec<u8> = frames
         .iter()
-        .find_map(|f| {
-            let udp = 14 + usize::from(*f.get(14)? & 0x0f) * 4;
-            let payload = f.get(udp + 8..)?;
-            let to_node = f.get(udp + 2..udp + 4)? == 8472u16.to_be_bytes();
-            (f.get(26..30)? == underlay.host(0).underlay_ip.octets()
-                && to_node
-                && payload.get(2..4)? == [0, 1])
-            .then(|| payload.to_vec())
-        })
+        .filter_map(|f| tunnel_payload(f))
+        .find(|(src, d)| *src == underlay.host(0).underlay_ip && is_sealed(d))
+        .map(|(_, d)| d.to_vec())
         .expect("a sealed datagram from node 0 on host 1's wire");
     let node1 = SocketAddr::from((underlay.host(1).underlay_ip, 8472));
     let mut tampered = sealed.clone();
     let last = tampered.len() - 20;
     tampered[last] ^= 0x80;
-    for d in [&sealed, &tampered] {
-        sock.send_to(d, node1).unwrap();
-    }
+    send_from(&host2.ns, host2.underlay_ip, node1, &[sealed, tampered]);
     wait_for_peer(&weftds[1], "node-2", |p| peer_drops(p, "seal_refused") >= 2);
     drop(pods);
 }
@@ -1280,17 +1285,9 @@ fn encryption_on_talks_plaintext_only_to_a_node_without_a_key() {
     assert_eq!(row.session.as_ref().unwrap().state, "established");
     // Plaintext from node 2's address and id: node 0 holds its key, so drops it.
     let host2 = underlay.host(2);
-    let sock = in_netns(&host2.ns, || UdpSocket::bind((host2.underlay_ip, 0)))
-        .unwrap()
-        .unwrap();
-    let mut beat = vec![1u8, 2, 0, 0];
-    beat.extend_from_slice(&nodes[2].vtep_mac.0);
-    beat.extend_from_slice(&[0x03, 0]);
-    beat.extend_from_slice(&[0; 16]);
     let node0 = SocketAddr::from((underlay.host(0).underlay_ip, 8472));
-    for _ in 0..3 {
-        sock.send_to(&beat, node0).unwrap();
-    }
+    let beats = vec![plaintext_beat(&nodes[2]); 3];
+    send_from(&host2.ns, host2.underlay_ip, node0, &beats);
     wait_for_peer(&weftds[0], "node-2", |p| peer_drops(p, "plaintext") >= 3);
     drop(pods);
 }

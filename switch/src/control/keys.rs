@@ -66,7 +66,7 @@ impl fmt::Display for PublicKey {
 
 /// Parses 64 hex digits into 32 bytes. The error never quotes the input: it may
 /// be a secret key, slightly mangled.
-fn parse_hex32(s: &str) -> Result<[u8; 32], String> {
+pub(crate) fn parse_hex32(s: &str) -> Result<[u8; 32], String> {
     let s = s.trim();
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         let hex = s.bytes().filter(u8::is_ascii_hexdigit).count();

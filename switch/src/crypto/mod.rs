@@ -291,6 +291,19 @@ struct Peer {
     queue_drops: u64,
 }
 
+impl Peer {
+    /// The confirmed sessions that open datagrams: the sending one, then the
+    /// retired ones, newest first.
+    fn confirmed(&self) -> impl Iterator<Item = &Arc<Session>> {
+        self.current.iter().chain(&self.retired)
+    }
+
+    /// Every session: the answered one, then the confirmed ones.
+    fn sessions(&self) -> impl Iterator<Item = &Arc<Session>> {
+        self.next.iter().chain(self.confirmed())
+    }
+}
+
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
@@ -449,10 +462,8 @@ impl Endpoint {
 
     fn forget_sessions(&mut self, i: usize) {
         let p = &mut self.peers[i];
-        let indexes = [&p.current, &p.next]
-            .into_iter()
-            .flatten()
-            .chain(&p.retired)
+        let indexes = p
+            .sessions()
             .map(|s| s.local_index)
             .chain(p.pending.as_ref().map(|h| h.local_index))
             .collect::<Vec<_>>();
@@ -523,9 +534,7 @@ impl Endpoint {
     /// [`Endpoint::receive`], which confirms it.
     pub fn rx_session(&self, now: Time, index: u32) -> Option<Arc<Session>> {
         let p = &self.peers[*self.index.get(&index)?];
-        p.current
-            .iter()
-            .chain(&p.retired)
+        p.confirmed()
             .find(|s| s.local_index == index && s.alive(now))
             .cloned()
     }
@@ -660,10 +669,8 @@ impl Endpoint {
             return Received::Dropped(Refused::UnknownSession);
         };
         let p = &self.peers[i];
-        let Some(session) = [&p.next, &p.current]
-            .into_iter()
-            .flatten()
-            .chain(&p.retired)
+        let Some(session) = p
+            .sessions()
             .find(|s| s.local_index == head.receiver)
             .filter(|s| s.alive(now))
             .cloned()
@@ -922,11 +929,7 @@ impl Endpoint {
             if let Some(h) = &p.pending {
                 at(h.sent_at + REKEY_TIMEOUT);
             }
-            for s in [&p.current, &p.next]
-                .into_iter()
-                .flatten()
-                .chain(&p.retired)
-            {
+            for s in p.sessions() {
                 at(s.created + REJECT_AFTER_TIME);
             }
         }

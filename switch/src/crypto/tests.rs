@@ -169,6 +169,14 @@ impl Net {
         self.b.handle_timeout(self.now);
     }
 
+    /// Asserts that neither side refused anything (showing the first few if so).
+    fn assert_nothing_refused(&self) {
+        for (side, refused) in [("A", &self.refused_a), ("B", &self.refused_b)] {
+            let first = &refused[..3.min(refused.len())];
+            assert!(refused.is_empty(), "{side} refused {first:?}");
+        }
+    }
+
     fn advance(&mut self, d: Duration) {
         let until = self.now + d;
         self.run_until(until);
@@ -196,7 +204,7 @@ fn a_handshake_carries_queued_data_both_ways() {
         assert_eq!(st.cipher, Some(Cipher::ChaCha20Poly1305));
         assert_eq!(st.handshake_failures, 0);
     }
-    assert!(net.refused_a.is_empty() && net.refused_b.is_empty());
+    net.assert_nothing_refused();
 }
 
 #[test]
@@ -248,16 +256,7 @@ fn rekeys_during_a_transfer_lose_nothing() {
     net.advance(Duration::from_secs(1));
     assert_eq!(net.got_b, (0..sent_a).collect::<Vec<_>>(), "A → B");
     assert_eq!(net.got_a, (0..sent_b).collect::<Vec<_>>(), "B → A");
-    assert!(
-        net.refused_a.is_empty(),
-        "{:?}",
-        &net.refused_a[..3.min(net.refused_a.len())]
-    );
-    assert!(
-        net.refused_b.is_empty(),
-        "{:?}",
-        &net.refused_b[..3.min(net.refused_b.len())]
-    );
+    net.assert_nothing_refused();
     // 600 s at a rekey every 120 s (or a little later) from either side.
     let hs = net.a.status(net.now, B).unwrap().handshakes;
     assert!((5..=8).contains(&hs), "{hs} handshakes");
@@ -306,16 +305,7 @@ fn simultaneous_handshakes_and_rekeys_lose_nothing() {
         net.advance(Duration::from_millis(2));
     }
     net.advance(Duration::from_secs(1));
-    assert!(
-        net.refused_a.is_empty(),
-        "{:?}",
-        &net.refused_a[..3.min(net.refused_a.len())]
-    );
-    assert!(
-        net.refused_b.is_empty(),
-        "{:?}",
-        &net.refused_b[..3.min(net.refused_b.len())]
-    );
+    net.assert_nothing_refused();
     assert_eq!(net.got_b, (0..sent_a).collect::<Vec<_>>(), "A → B");
     assert_eq!(net.got_a, (0..sent_b).collect::<Vec<_>>(), "B → A");
     assert!(net.a.status(net.now, B).unwrap().handshakes >= 4);
@@ -567,22 +557,15 @@ fn a_changed_peer_key_ends_its_sessions() {
 #[test]
 fn the_public_key_is_x25519_of_the_private() {
     // RFC 7748, section 6.1: Alice's key pair.
-    let private: [u8; 32] =
-        hex_bytes("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
-    let public = hex_bytes("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+    use crate::control::keys::parse_hex32;
+    let private = parse_hex32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a");
+    let public = parse_hex32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+    let (private, public) = (private.unwrap(), public.unwrap());
     assert_eq!(StaticKey::from_private(private).public(), public);
     assert_eq!(
         hex(&public),
         "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
     );
-}
-
-fn hex_bytes(s: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
 }
 
 /// The sleeve format description, whose handshake tables these tests hold to the
