@@ -93,23 +93,26 @@ fn node_of(mac: crate::mac::MacAddr) -> NodeId {
 }
 
 impl Sealer {
-    /// The session to send to `node` with, from the cache or the endpoint (which
-    /// may start a handshake: its initiation goes to the cache's `out`).
-    fn tx_session(
+    /// Looks up the session to send to `node` with, once a batch, into the cache
+    /// (the endpoint may start a handshake: its initiation goes to the cache's
+    /// `out`), and returns the cache's entry, borrowed: no reference count is
+    /// touched per datagram.
+    fn tx_session<'c>(
         &self,
-        cache: &mut SealCache,
+        tx: &'c mut HashMap<NodeId, Option<Arc<Session>>>,
+        out: &mut Vec<(SocketAddrV4, Vec<u8>)>,
         tables: &Tables,
         now: Time,
         node: NodeId,
-    ) -> Option<Arc<Session>> {
-        if let Some(s) = cache.tx.get(&node) {
-            return s.clone();
-        }
-        let mut ep = self.endpoint.lock();
-        let s = ep.session(now, node);
-        drain(&mut ep, tables, &mut cache.out);
-        cache.tx.insert(node, s.clone());
-        s
+    ) -> Option<&'c Session> {
+        tx.entry(node)
+            .or_insert_with(|| {
+                let mut ep = self.endpoint.lock();
+                let s = ep.session(now, node);
+                drain(&mut ep, tables, out);
+                s
+            })
+            .as_deref()
     }
 
     /// Whether the endpoint has a key for `node`, from the cache or the endpoint.
@@ -138,11 +141,8 @@ impl Sealer {
                 Outgoing::Plain
             };
         }
-        if let Some(s) = self.tx_session(cache, tables, now, node) {
-            let mut out = std::mem::take(&mut cache.scratch);
-            let sealed = s.seal_into(datagram, &mut out);
-            cache.scratch = out;
-            return match sealed {
+        if let Some(s) = self.tx_session(&mut cache.tx, &mut cache.out, tables, now, node) {
+            return match s.seal_into(datagram, &mut cache.scratch) {
                 Ok(()) => Outgoing::Sealed,
                 Err(_) => Outgoing::Held(Some(DropReason::NoSession)),
             };
@@ -180,24 +180,18 @@ impl Sealer {
                 Outgoing::Plain
             });
         }
-        let Some(s) = self.tx_session(cache, tables, now, id) else {
+        let Some(s) = self.tx_session(&mut cache.tx, &mut cache.out, tables, now, id) else {
             // No session yet: the run goes datagram by datagram into the queue.
             return Err(Outgoing::Held(None));
         };
-        let mut out = std::mem::take(&mut cache.scratch);
-        out.clear();
-        let mut one = std::mem::take(&mut cache.one);
-        let mut result = Ok(segment + seal::SEAL_OVERHEAD);
+        cache.scratch.clear();
         for d in run.chunks(segment.max(1)) {
-            if s.seal_into(d, &mut one).is_err() {
-                result = Err(Outgoing::Held(Some(DropReason::NoSession)));
-                break;
+            if s.seal_into(d, &mut cache.one).is_err() {
+                return Err(Outgoing::Held(Some(DropReason::NoSession)));
             }
-            out.extend_from_slice(&one);
+            cache.scratch.extend_from_slice(&cache.one);
         }
-        cache.scratch = out;
-        cache.one = one;
-        result
+        Ok(segment + seal::SEAL_OVERHEAD)
     }
 
     /// Opens (or takes in) a datagram from `from`, at `buf[range]`.
@@ -215,8 +209,7 @@ impl Sealer {
             let Ok(head) = seal::parse(d) else {
                 return Incoming::Drop(DropReason::SealRefused);
             };
-            let cached = cache.rx.get(&head.receiver).cloned();
-            let session = match cached {
+            let session = match cache.rx.get(&head.receiver) {
                 Some(s) => s,
                 None => {
                     // A session not seen this batch: the endpoint opens it, which
@@ -270,22 +263,19 @@ impl Sealer {
     }
 
     /// Runs the endpoint's timers if due; the handshakes they send go to `out`.
+    /// Returns when they are next due.
     pub fn handle_timeout(
         &self,
         now: Time,
         tables: &Tables,
         out: &mut Vec<(SocketAddrV4, Vec<u8>)>,
-    ) {
+    ) -> Option<Time> {
         let mut ep = self.endpoint.lock();
         if ep.poll_timeout().is_some_and(|at| now >= at) {
             ep.handle_timeout(now);
         }
         drain(&mut ep, tables, out);
-    }
-
-    /// When the endpoint's timers are next due.
-    pub fn poll_timeout(&self) -> Option<Time> {
-        self.endpoint.lock().poll_timeout()
+        ep.poll_timeout()
     }
 }
 

@@ -300,7 +300,14 @@ struct Worker {
     core: Core,
     buf: Box<[u8]>,
     io: Io,
+    /// On worker 0 with encryption: when the handshake timers are next due, and
+    /// when that was last asked (handshakes other workers start move it).
+    seal_due: Option<Time>,
+    seal_asked: Time,
 }
+
+/// How often worker 0 asks the endpoint again when its handshake timers are due.
+const SEAL_RECHECK: Duration = Duration::from_secs(1);
 
 /// What a worker sends through: its port queues, its tunnel socket, the rings.
 struct Io {
@@ -529,6 +536,8 @@ impl Worker {
                 conntrack: Some(conntrack),
             }),
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
+            seal_due: None,
+            seal_asked: Time::ZERO,
             io: Io {
                 index,
                 tunnel,
@@ -588,14 +597,12 @@ impl Worker {
     }
 
     /// When this worker's next timer is due: the core's, and on worker 0 the
-    /// handshakes'.
+    /// handshakes' (as last asked: the poll loop takes no lock).
     fn next_timer(&self) -> Option<Time> {
-        let core = self.core.poll_timeout();
-        let seal = match (self.io.index, &self.io.shared.sealer) {
-            (0, Some(s)) => s.poll_timeout(),
-            _ => None,
-        };
-        [core, seal].into_iter().flatten().min()
+        [self.core.poll_timeout(), self.seal_due]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Serves the fds in `ready` once, runs the timers that are due and ends the
@@ -628,10 +635,16 @@ impl Worker {
             self.core.handle_timeout(&mut cx);
         }
         self.core.flush(&mut cx);
-        // Worker 0 runs the handshake timers, as it runs the heartbeats.
+        // Worker 0 runs the handshake timers, as it runs the heartbeats: when they
+        // are due, and at least every SEAL_RECHECK for handshakes other workers
+        // started since.
         if let (0, Some(sealer)) = (self.io.index, self.io.shared.sealer.clone()) {
-            sealer.handle_timeout(now, &tables, &mut self.io.seal.out);
-            self.io.send_handshakes(&tables);
+            let due = self.seal_due.is_some_and(|at| now >= at);
+            if due || now.saturating_since(self.seal_asked) >= SEAL_RECHECK {
+                self.seal_due = sealer.handle_timeout(now, &tables, &mut self.io.seal.out);
+                self.seal_asked = now;
+                self.io.send_handshakes(&tables);
+            }
         }
         let account: &mut Account<'_> = &mut peer_account(&tables, self.io.index);
         self.io.tunnel.flush(account);
