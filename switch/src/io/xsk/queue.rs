@@ -101,16 +101,6 @@ impl XskQueue {
         }
     }
 
-    /// Whether the socket takes frames of more than one page.
-    pub fn multi_buffer(&self) -> bool {
-        self.sock.multi_buffer
-    }
-
-    /// The kernel's drop counters for the socket.
-    pub fn statistics(&self) -> io::Result<libc::xdp_statistics> {
-        self.sock.statistics()
-    }
-
     /// The UMEM bytes of frame `addr`.
     fn frame_mut(&mut self, addr: u64) -> &mut [u8] {
         umem_frame(&mut self.sock, addr)

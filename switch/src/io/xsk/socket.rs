@@ -363,28 +363,6 @@ impl Socket {
             )
         };
     }
-
-    /// The kernel's drop counters for this socket.
-    pub fn statistics(&self) -> io::Result<libc::xdp_statistics> {
-        // SAFETY: zeroed is valid; `len` is its size.
-        let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
-        // SAFETY: `st` has room for `len` bytes.
-        let r = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_XDP,
-                libc::XDP_STATISTICS,
-                (&mut st as *mut libc::xdp_statistics).cast(),
-                &mut len,
-            )
-        };
-        if r == 0 {
-            Ok(st)
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
 }
 
 /// The four rings' user-space ends, over the socket's mappings.
