@@ -267,12 +267,18 @@ impl WeftNode {
 
     /// The peers the daemon has now, by name (the row of unknown senders left out).
     pub fn peer_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .peers()?
+            .into_iter()
+            .filter(|p| !p.underlay.is_unspecified())
+            .map(|p| p.name)
+            .collect())
+    }
+
+    /// The daemon's PEERS rows, the row of unknown senders last.
+    pub fn peers(&self) -> Result<Vec<proto::PeerInfo>> {
         match self.ok(&Request::Peers)? {
-            Reply::Peers { peers } => Ok(peers
-                .into_iter()
-                .filter(|p| !p.underlay.is_unspecified())
-                .map(|p| p.name)
-                .collect()),
+            Reply::Peers { peers } => Ok(peers),
             other => bail!("unexpected reply to peers: {other:?}"),
         }
     }

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use weft_cni::proto::{PodRef, Reply, Request};
+use weft_cni::proto::PodRef;
 use weft_perf::etcd::{Bridge, Etcd};
 use weft_perf::netns::{require_root, wait_until};
 use weft_perf::topo::{Pod, Underlay};
@@ -745,10 +745,7 @@ fn encrypted_nodes_take_their_keys_from_etcd() {
     c.ping(1, 0)
         .unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
     for i in 0..2 {
-        let peers = match c.node(i).ok(&Request::Peers).unwrap() {
-            Reply::Peers { peers } => peers,
-            other => panic!("{other:?}"),
-        };
+        let peers = c.node(i).peers().unwrap();
         let s = peers[0].session.as_ref().expect("a session row");
         assert_eq!(s.state, "established", "node {i}: {s:?}");
     }

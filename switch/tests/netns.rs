@@ -97,10 +97,7 @@ impl Cluster {
     }
 
     fn peers(&self, h: usize) -> Vec<PeerInfo> {
-        match self.nodes[h].ok(&Request::Peers).expect("peers") {
-            Reply::Peers { peers } => peers,
-            other => panic!("unexpected {other:?}"),
-        }
+        self.nodes[h].peers().expect("peers")
     }
 
     fn logs(&self) -> String {
@@ -1043,15 +1040,6 @@ fn crash_during_attach_storm() {
     drop(pods);
 }
 
-/// A peer row's drop count for `reason`.
-fn peer_drops(peer: &PeerInfo, reason: &str) -> u64 {
-    peer.counters
-        .drops
-        .iter()
-        .find(|(r, _)| r == reason)
-        .map_or(0, |(_, n)| *n)
-}
-
 /// A plaintext sleeve heartbeat as `node` sends one.
 fn plaintext_beat(node: &PeerNode) -> Vec<u8> {
     let mut beat = vec![1u8, 2, 0, 0];
@@ -1109,12 +1097,12 @@ fn encrypted_sleeve_carries_1gb_and_shows_no_plaintext() {
         assert_eq!(s.state, "established", "{s:?}");
         assert!(s.handshakes >= 1 && s.key_age_s.is_some(), "{s:?}");
         assert_eq!(
-            peer_drops(&peers[0], "seal_refused"),
+            drops(&peers[0], "seal_refused"),
             0,
             "{:?}",
             peers[0].counters
         );
-        assert_eq!(peer_drops(&peers[0], "plaintext"), 0);
+        assert_eq!(drops(&peers[0], "plaintext"), 0);
     }
     // A marked exchange, captured on host 1's underlay.
     let marker = b"weft-plaintext-marker-0123456789";
@@ -1210,12 +1198,8 @@ fn a_node_with_the_wrong_key_cannot_inject() {
     let node0 = SocketAddr::from((underlay.host(0).underlay_ip, 8472));
     let beats = vec![plaintext_beat(&nodes[2]); 5];
     send_from(&host2.ns, host2.underlay_ip, node0, &beats);
-    let row = wait_for_peer(&weftds[0], "node-2", |p| peer_drops(p, "plaintext") >= 5);
-    assert!(
-        peer_drops(&row, "handshake_refused") >= 1,
-        "{:?}",
-        row.counters
-    );
+    let row = wait_for_peer(&weftds[0], "node-2", |p| drops(p, "plaintext") >= 5);
+    assert!(drops(&row, "handshake_refused") >= 1, "{:?}", row.counters);
     let s = row.session.expect("a session row");
     assert_ne!(s.state, "established", "{s:?}");
     // A sealed datagram node 0 sent node 1, replayed from node 2's host, and the
@@ -1231,7 +1215,7 @@ fn a_node_with_the_wrong_key_cannot_inject() {
     let last = tampered.len() - 20;
     tampered[last] ^= 0x80;
     send_from(&host2.ns, host2.underlay_ip, node1, &[sealed, tampered]);
-    wait_for_peer(&weftds[1], "node-2", |p| peer_drops(p, "seal_refused") >= 2);
+    wait_for_peer(&weftds[1], "node-2", |p| drops(p, "seal_refused") >= 2);
     drop(pods);
 }
 
@@ -1280,7 +1264,7 @@ fn encryption_on_talks_plaintext_only_to_a_node_without_a_key() {
     }
     let row = wait_for_peer(&weftds[0], "node-1", |p| p.session.is_some());
     assert_eq!(row.session.as_ref().unwrap().state, "no key");
-    assert_eq!(peer_drops(&row, "plaintext"), 0);
+    assert_eq!(drops(&row, "plaintext"), 0);
     let row = wait_for_peer(&weftds[0], "node-2", |p| p.session.is_some());
     assert_eq!(row.session.as_ref().unwrap().state, "established");
     // Plaintext from node 2's address and id: node 0 holds its key, so drops it.
@@ -1288,18 +1272,18 @@ fn encryption_on_talks_plaintext_only_to_a_node_without_a_key() {
     let node0 = SocketAddr::from((underlay.host(0).underlay_ip, 8472));
     let beats = vec![plaintext_beat(&nodes[2]); 3];
     send_from(&host2.ns, host2.underlay_ip, node0, &beats);
-    wait_for_peer(&weftds[0], "node-2", |p| peer_drops(p, "plaintext") >= 3);
+    wait_for_peer(&weftds[0], "node-2", |p| drops(p, "plaintext") >= 3);
     drop(pods);
 }
 
 /// Waits (bounded) until `node`'s row of peer `name` satisfies `ok`, and returns it.
 fn wait_for_peer(node: &WeftNode, name: &str, ok: impl Fn(&PeerInfo) -> bool) -> PeerInfo {
     let row = || {
-        match node.ok(&Request::Peers).expect("peers") {
-            Reply::Peers { peers } => peers.into_iter().find(|p| p.name == name),
-            other => panic!("{other:?}"),
-        }
-        .expect("the peer's row")
+        let peers = node.peers().expect("peers");
+        peers
+            .into_iter()
+            .find(|p| p.name == name)
+            .expect("the peer's row")
     };
     let _ = wait_until(Duration::from_secs(5), "the peer's counters", || ok(&row()));
     let r = row();
