@@ -69,6 +69,7 @@ fn port(slot: u32, kind: PortKind, name: &str, ip: Ipv4Addr) -> PortEntry {
         netns: None,
         queues: 1,
         offloads: true,
+        uso: true,
         counters: Arc::new(Counters::new(1)),
         policy: None,
     }

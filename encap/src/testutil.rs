@@ -132,6 +132,9 @@ pub struct Udp {
     pub src_port: u16,
     pub dst_port: u16,
     pub ip_options: Vec<u8>,
+    pub ttl: u8,
+    pub tos: u8,
+    pub df: bool,
     pub id: u16,
     pub payload: Vec<u8>,
 }
@@ -144,6 +147,9 @@ impl Default for Udp {
             src_port: 33000,
             dst_port: 443,
             ip_options: Vec::new(),
+            ttl: 64,
+            tos: 0,
+            df: true,
             id: 0x0100,
             payload: (0..3000u32).map(|i| (i * 13 + 5) as u8).collect(),
         }
@@ -158,7 +164,10 @@ impl Udp {
             destination: GW_MAC,
             ether_type: EtherType::IPV4,
         };
-        let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, self.src, self.dst).unwrap();
+        let mut ip = Ipv4Header::new(0, self.ttl, IpNumber::UDP, self.src, self.dst).unwrap();
+        ip.dscp = IpDscp::try_new(self.tos >> 2).unwrap();
+        ip.ecn = IpEcn::try_new(self.tos & 3).unwrap();
+        ip.dont_fragment = self.df;
         ip.identification = self.id;
         ip.options = self.ip_options.as_slice().try_into().unwrap();
         ip.set_payload_len(8 + self.payload.len()).unwrap();

@@ -401,7 +401,7 @@ fn count_received(
 /// Buffers for receiving up to `n` datagrams with one `recvmmsg`, built once.
 struct RecvBatch {
     /// The datagrams' buffers; never resized, so `iovs` stay valid.
-    _bufs: Vec<Vec<u8>>,
+    bufs: Vec<Vec<u8>>,
     /// One per buffer; never resized, so `msgs` stay valid.
     _iovs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
@@ -429,7 +429,7 @@ impl RecvBatch {
             })
             .collect();
         RecvBatch {
-            _bufs: bufs,
+            bufs,
             _iovs: iovs,
             msgs,
             lens: Vec::with_capacity(n),
@@ -440,7 +440,7 @@ impl RecvBatch {
     /// else is queued, up to the batch size; returns their lengths.
     fn recv(&mut self, sock: &std::net::UdpSocket) -> std::io::Result<&[usize]> {
         use std::os::fd::AsRawFd;
-        // SAFETY: `msgs` point at `_iovs`, which point at `_bufs`: heap buffers this
+        // SAFETY: `msgs` point at `_iovs`, which point at `bufs`: heap buffers this
         // value owns and never resizes, alive for the call.
         let n = unsafe {
             libc::recvmmsg(
@@ -459,6 +459,89 @@ impl RecvBatch {
         self.lens.extend(got.iter().map(|m| m.msg_len as usize));
         Ok(&self.lens)
     }
+
+    /// Datagram `i` of the last [`RecvBatch::recv`].
+    fn datagram(&self, i: usize) -> &[u8] {
+        &self.bufs[i][..self.lens[i].min(self.bufs[i].len())]
+    }
+}
+
+/// Sends `bursts` bursts of `burst` UDP datagrams from `client` to `server_ip` in
+/// `server`, the datagrams of a burst all of one size (taken in turn from `sizes`,
+/// each at least 8) and sent back to back, each burst received whole before the next
+/// goes. Every datagram carries its number and then a [`Pattern`] of its own; the
+/// receiver checks each one's length, bytes and place in the order. Returns how many
+/// were received; fails on a datagram that differs or comes out of order, or a burst
+/// not whole within `stall`.
+pub fn udp_verified(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    sizes: &[usize],
+    (burst, bursts): (usize, usize),
+    stall: Duration,
+) -> Result<u64> {
+    use std::net::UdpSocket;
+    if sizes.iter().any(|&n| !(8..=65_507).contains(&n)) || sizes.is_empty() {
+        bail!("UDP sizes must be 8 to 65507 bytes: {sizes:?}");
+    }
+    let rx = in_netns(server, || UdpSocket::bind((server_ip, 0)))?
+        .with_context(|| format!("binding UDP on {server_ip} in {}", server.name()))?;
+    let addr = rx.local_addr()?;
+    let tx = in_netns(client, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?
+        .with_context(|| format!("binding UDP in {}", client.name()))?;
+    tx.connect(addr)?;
+    rx.set_read_timeout(Some(Duration::from_millis(20)))?;
+    set_rcvbuf(&rx, UDP_RCVBUF).with_context(|| format!("SO_RCVBUFFORCE on {addr}"))?;
+    let datagram = |seq: u64, len: usize| {
+        let mut d = vec![0u8; len];
+        d[..8].copy_from_slice(&seq.to_le_bytes());
+        Pattern::new(seq).fill(&mut d[8..]);
+        d
+    };
+    let mut batch = RecvBatch::new(UDP_RECV_BATCH, 65_536);
+    let (mut sent, mut received) = (0u64, 0u64);
+    for b in 0..bursts {
+        let len = sizes[b % sizes.len()];
+        for _ in 0..burst {
+            tx.send(&datagram(sent, len))
+                .with_context(|| format!("sending to {addr}"))?;
+            sent += 1;
+        }
+        let since = Instant::now();
+        while received < sent {
+            if since.elapsed() > stall {
+                bail!("UDP to {addr}: {received} of {sent} datagrams arrived within {stall:?}");
+            }
+            let n = match batch.recv(&rx) {
+                Ok(lens) => lens.len(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e).with_context(|| format!("receiving on {addr}")),
+            };
+            for i in 0..n {
+                let got = batch.datagram(i);
+                if got != datagram(received, len).as_slice() {
+                    let seq = got
+                        .get(..8)
+                        .map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+                    bail!(
+                        "UDP to {addr}: datagram {received} ({len} bytes) came as {} bytes \
+                         numbered {seq:?}",
+                        got.len()
+                    );
+                }
+                received += 1;
+            }
+        }
+    }
+    Ok(received)
 }
 
 /// Sends `payload`-byte UDP datagrams from `client` to `server_ip` in `server` as fast

@@ -134,6 +134,7 @@ fn tables(mode: TunnelMode) -> Tables {
         netns: None,
         queues: 1,
         offloads: true,
+        uso: true,
         counters: Arc::new(Counters::new(1)),
         // The pod is isolated both ways, so every packet meets policy and the
         // connection table.

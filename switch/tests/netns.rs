@@ -12,7 +12,7 @@ use weft_cni::proto::{AttachRequest, Attachment, PeerInfo, Reply, Request, Respo
 use weft_encap::sleeve::seal::is_sealed;
 use weft_perf::netns::{require_root, wait_until, Netns};
 use weft_perf::topo::{kernel_vxlan, Offload, Pod, Underlay};
-use weft_perf::traffic::{tcp_transfer, Pattern};
+use weft_perf::traffic::{tcp_transfer, udp_verified, Pattern};
 use weft_perf::weft::{
     in_netns, peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
 };
@@ -179,6 +179,10 @@ fn datapath_with(mode: &str, port: &str) {
         t.gbit_per_s()
     );
 
+    // UDP both ways across hosts, every datagram checked; a TAP pod takes bursts of a
+    // flow merged into UDP super-frames.
+    udp_across_hosts(&c, port == "tap");
+
     // The tunnel counters saw it.
     let peers = c.peers(0);
     let p1 = peers
@@ -193,6 +197,41 @@ fn datapath_with(mode: &str, port: &str) {
     assert_eq!(h.state, "up", "{p1:?}");
     assert!(h.rtt_us.is_some() && h.echoes_received >= 1, "{p1:?}");
     assert!(h.features.contains(&"echo".to_owned()), "{p1:?}");
+}
+
+/// Datagrams `udp_across_hosts` sends each way: 64 bursts of 64.
+const UDP_BURSTS: (usize, usize) = (64, 64);
+
+/// Frames the pod's `eth0` has received: for a TAP, one per write weftd made to it.
+fn rx_packets(ns: &Netns) -> u64 {
+    let out = ns
+        .run(&["cat", "/sys/class/net/eth0/statistics/rx_packets"])
+        .expect("eth0 rx_packets");
+    out.trim().parse().expect("a count")
+}
+
+/// UDP between pods on different hosts, both ways, each datagram's length, bytes and
+/// order checked ([`udp_verified`]), in bursts of 64, 1000, 1422 (the largest a pod
+/// MTU of 1450 carries) and 300-byte datagrams. With `merged`, the receiving pod's
+/// `eth0` must have taken fewer than half as many writes as datagrams: weftd wrote
+/// bursts of one flow as UDP super-frames (USO), which its kernel cut back up.
+fn udp_across_hosts(c: &Cluster, merged: bool) {
+    let sizes = [64, 1000, 1422, 300];
+    for ((fh, fp), (th, tp)) in [((0, 0), (1, 0)), ((1, 1), (0, 1))] {
+        let (from, to) = (c.pod(fh, fp), c.pod(th, tp));
+        let before = rx_packets(&to.ns);
+        let n = udp_verified(&from.ns, &to.ns, c.ip(th, tp), &sizes, UDP_BURSTS, STALL)
+            .unwrap_or_else(|e| panic!("UDP {fh}/{fp} → {th}/{tp}: {e:#}\n{}", c.logs()));
+        let writes = rx_packets(&to.ns) - before;
+        assert_eq!(n, (UDP_BURSTS.0 * UDP_BURSTS.1) as u64);
+        eprintln!("UDP {fh}/{fp} → {th}/{tp}: {n} datagrams verified in {writes} writes");
+        if merged {
+            assert!(
+                writes < n / 2,
+                "{n} datagrams took {writes} writes: not merged"
+            );
+        }
+    }
 }
 
 /// A peer whose weftd stops answers no heartbeat: it goes down, and comes back up
@@ -412,6 +451,20 @@ fn kernel_vxlan_interop_with(port: &str) {
     assert_eq!(t.peer.ip(), IpAddr::V4(att.ip));
     let t = tcp_transfer(&a.ns, att.ip, &b.ns, 50_000_000, STALL).expect("TCP kernel → weft");
     assert_eq!(t.peer.ip(), IpAddr::V4(b_ip));
+    // UDP both ways, each datagram checked; the kernel's VXLAN datagrams reach a
+    // TAP pod merged.
+    let sizes = [64, 1422, 500];
+    let before = rx_packets(&a.ns);
+    let n =
+        udp_verified(&b.ns, &a.ns, att.ip, &sizes, UDP_BURSTS, STALL).expect("UDP kernel → weft");
+    let writes = rx_packets(&a.ns) - before;
+    if port == "tap" {
+        assert!(
+            writes < n / 2,
+            "{n} datagrams took {writes} writes: not merged"
+        );
+    }
+    udp_verified(&a.ns, &b.ns, b_ip, &sizes, UDP_BURSTS, STALL).expect("UDP weft → kernel");
     // The kernel node itself reaches the weft pod, too.
     h1.ns.ping(att.ip, 2).expect("kernel node → weft pod");
     // A kernel node never answers weft's heartbeats: unknown, not down.

@@ -149,8 +149,9 @@ pub fn gso_segment(data: &[u8]) {
     assert_eq!(segments.frames(&out).count(), segments.count());
     assert_eq!(joined, payload);
 
-    if hdr.gso_type == virtio::GsoType::TcpV4 {
+    if matches!(hdr.gso_type, virtio::GsoType::TcpV4 | virtio::GsoType::UdpL4) {
         let mut coalescer = gro::Coalescer::new(vec![0; gro::buffer_len(0)], 0).unwrap();
+        coalescer.set_udp(true);
         let mut joined = Vec::with_capacity(payload.len());
         let mut deliver = |repr: virtio::Repr, frame: &[u8]| {
             let mut frame = frame.to_vec();
@@ -173,7 +174,7 @@ pub fn gso_segment(data: &[u8]) {
                         deliver(virtio::Repr::PLAIN, seg);
                         break;
                     }
-                    gro::Push::NotTcp => panic!("a TCP segment pushed as not TCP"),
+                    gro::Push::Other => panic!("a segment pushed as neither TCP nor UDP"),
                 }
             }
         }

@@ -214,6 +214,8 @@ fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, LinkSpec) {
         netns: None,
         queues: settings.port_queues as u16,
         offloads: true,
+        // Known once its TAP is open.
+        uso: false,
         counters: Arc::new(Counters::new(settings.workers)),
         policy: None,
     };
@@ -316,8 +318,9 @@ impl Daemon {
         let view = store.load()?;
         let node = Arc::new(node_config(&settings, subnet, router_mac));
         let tunnel = Arc::new(Counters::new(settings.workers));
-        let (host_entry, host_spec) = host_port(&settings, &node);
+        let (mut host_entry, host_spec) = host_port(&settings, &node);
         let host_queues = host.open_host_port(&host_spec, settings.port_queues)?;
+        host_entry.uso = host_queues.first().is_some_and(|q| q.takes_uso());
         if settings.direct_routing {
             host.enable_forwarding()
                 .map_err(io_err("enabling IPv4 forwarding for direct routing"))?;

@@ -205,6 +205,7 @@ impl Daemon {
             netns: Some(netns.to_owned()),
             queues: queues.len() as u16,
             offloads: port == PortType::Tap,
+            uso: queues.first().is_some_and(|q| q.takes_uso()),
             counters: Arc::new(Counters::new(self.settings.workers)),
             policy: None,
         };

@@ -1,11 +1,13 @@
 //! GRO towards pods: TCP segments that came through a tunnel are merged into
-//! super-frames, so a pod's kernel takes one 64 KiB write instead of forty.
+//! super-frames, so a pod's kernel takes one 64 KiB write instead of forty; so
+//! are the datagrams of a UDP flow, for a port that takes UDP super-frames (USO),
+//! one write instead of up to 64.
 
 use weft_encap::gro::{self, Coalescer, Flow, Push};
 
 use super::{Ctx, Offload, Sink};
 
-/// TCP flows coalesced at once per worker.
+/// Flows coalesced at once per worker.
 const FLOWS: usize = 4;
 
 /// A coalescer and the port its super-frame goes to.
@@ -30,8 +32,13 @@ impl Gro {
                 .map(|_| Slot {
                     port: 0,
                     used: 0,
-                    gro: Coalescer::new(vec![0u8; gro::buffer_len(0)].into_boxed_slice(), 0)
-                        .expect("buffer_len fits"),
+                    gro: {
+                        let buf = vec![0u8; gro::buffer_len(0)].into_boxed_slice();
+                        let mut c = Coalescer::new(buf, 0).expect("buffer_len fits");
+                        // Which ports take UDP super-frames is checked before a push.
+                        c.set_udp(true);
+                        c
+                    },
                 })
                 .collect(),
             pushes: 0,
@@ -47,7 +54,7 @@ impl Gro {
         frame: &[u8],
     ) {
         let port = &cx.tables.ports[p];
-        let Some(flow) = Flow::of(frame) else {
+        let Some(flow) = Flow::of(frame).filter(|f| port.uso || !f.is_udp()) else {
             return cx.sink.to_port(port, &Offload::PLAIN, frame);
         };
         self.pushes += 1;
@@ -72,7 +79,7 @@ impl Gro {
         }
         match verdict {
             Push::Started | Push::Merged => {}
-            Push::NotMerged | Push::Deliver | Push::NotTcp => {
+            Push::NotMerged | Push::Deliver | Push::Other => {
                 cx.sink.to_port(port, &Offload::PLAIN, frame)
             }
         }

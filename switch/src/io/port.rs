@@ -73,6 +73,12 @@ pub trait PortQueue: Send + std::fmt::Debug {
     /// of every batch that sent to the queue. A port that writes each frame at once
     /// (TAP) has nothing to do.
     fn flush(&mut self) {}
+
+    /// Whether the port's kernel takes UDP super-frames (`UDP_L4`, USO) written to
+    /// it; only a TAP that accepted `TUN_F_USO4` does.
+    fn takes_uso(&self) -> bool {
+        false
+    }
 }
 
 impl PortQueue for crate::io::tap::TapQueue {
@@ -88,5 +94,9 @@ impl PortQueue for crate::io::tap::TapQueue {
 
     fn fd(&self) -> RawFd {
         self.as_raw_fd()
+    }
+
+    fn takes_uso(&self) -> bool {
+        crate::io::tap::TapQueue::takes_uso(self)
     }
 }

@@ -89,6 +89,8 @@ pub fn valid_ifname(name: &str) -> bool {
 #[derive(Debug)]
 pub struct TapQueue {
     fd: OwnedFd,
+    /// The device took `TUN_F_USO4`: it accepts UDP super-frames.
+    uso: bool,
 }
 
 impl TapQueue {
@@ -153,6 +155,12 @@ impl TapQueue {
         Ok(())
     }
 
+    /// Whether the device takes UDP super-frames (USO): the kernel accepted
+    /// `TUN_F_USO4` when the offloads were set.
+    pub fn takes_uso(&self) -> bool {
+        self.uso
+    }
+
     /// Makes the device outlive its queues (so it survives a daemon restart), or not.
     pub fn set_persist(&self, persist: bool) -> io::Result<()> {
         // SAFETY: TUNSETPERSIST takes its argument by value; the fd is owned by `self`.
@@ -186,6 +194,7 @@ pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
         return Err(TapError::BadQueues(queues));
     }
     let path = c"/dev/net/tun";
+    let mut uso = false;
     (0..queues)
         .map(|queue_index| {
             let fd = open_tun(path).map_err(|source| TapError::Open {
@@ -210,44 +219,35 @@ pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
                     source: io::Error::last_os_error(),
                 });
             }
-            let queue = TapQueue { fd };
             if queue_index == 0 {
-                queue.enable_offloads().map_err(|source| TapError::SetIff {
+                uso = enable_offloads(&fd).map_err(|source| TapError::SetIff {
                     name: name.to_owned(),
                     queue: queue_index,
                     source,
                 })?;
             }
-            Ok(queue)
+            Ok(TapQueue { fd, uso })
         })
         .collect()
 }
 
-impl TapQueue {
-    /// Sets the virtio-net header size and turns on checksum and segmentation
-    /// offloads (USO where the kernel has it). They apply to the whole device.
-    fn enable_offloads(&self) -> io::Result<()> {
-        let size: libc::c_int = virtio::LEN as libc::c_int;
-        // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which outlives the call.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETVNETHDRSZ, &size) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
-        for flags in [tso | TUN_F_USO4 | TUN_F_USO6, tso] {
-            // SAFETY: TUNSETOFFLOAD takes its argument by value.
-            if unsafe {
-                libc::ioctl(
-                    self.fd.as_raw_fd(),
-                    TUNSETOFFLOAD,
-                    libc::c_ulong::from(flags),
-                )
-            } == 0
-            {
-                return Ok(());
-            }
-        }
-        Err(io::Error::last_os_error())
+/// Sets the virtio-net header size of the device `fd` is a queue of and turns on
+/// checksum and segmentation offloads, USO where the kernel has it. They apply to
+/// the whole device. Returns whether USO is on.
+fn enable_offloads(fd: &OwnedFd) -> io::Result<bool> {
+    let size: libc::c_int = virtio::LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which outlives the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &size) } < 0 {
+        return Err(io::Error::last_os_error());
     }
+    let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+    for (flags, uso) in [(tso | TUN_F_USO4 | TUN_F_USO6, true), (tso, false)] {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) } == 0 {
+            return Ok(uso);
+        }
+    }
+    Err(io::Error::last_os_error())
 }
 
 fn open_tun(path: &CStr) -> io::Result<OwnedFd> {

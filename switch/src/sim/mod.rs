@@ -477,6 +477,7 @@ fn port_entry(slot: u32, ip: Ipv4Addr) -> PortEntry {
         netns: None,
         queues: 1,
         offloads: true,
+        uso: true,
         counters: new_counters(),
         policy: None,
     }

@@ -117,6 +117,9 @@ pub struct PortEntry {
     /// Whether the port takes offload metadata (a TAP does; an AF_XDP port sends
     /// complete frames, so the switch does not merge frames for it).
     pub offloads: bool,
+    /// Whether the port also takes UDP super-frames (USO: a TAP on Linux 6.2+), so
+    /// the switch merges UDP datagrams for it too.
+    pub uso: bool,
     /// Traffic counters.
     pub counters: Arc<Counters>,
     /// The pod's NetworkPolicy rules, if some policy selects it.
