@@ -7,7 +7,7 @@ use weft_encap::ethernet::{self, ethertype};
 use weft_encap::sleeve::{self, NodeId};
 use weft_encap::{gso, vxlan};
 
-use super::{lane_of, sleeve::FEATURES, Core, Ctx, Frame, Gathered, Ingress, Offload, Sink};
+use super::{lane_of, sleeve::FEATURES, Core, Ctx, Frame, Ingress, Offload, Sink};
 use crate::tables::counters::DropReason;
 use crate::tables::fib::NextHop;
 use crate::tables::TunnelMode;
@@ -175,8 +175,11 @@ impl Core {
         ) else {
             return false;
         };
-        let heads_len = count * sleeve::CHUNK_OVERHEAD;
-        if count == 0 || heads_len > self.segments.len() {
+        let last = payload
+            .len()
+            .saturating_sub(count.saturating_sub(1) * per_chunk);
+        let end = count.saturating_sub(1) * stride + sleeve::CHUNK_OVERHEAD + last;
+        if count == 0 || end > self.segments.len() {
             return false;
         }
         // Frames of this flow waiting in a sleeve batch go first.
@@ -184,11 +187,10 @@ impl Core {
         let frame_id = (self.worker as u32) << 24 | (self.frames_out & 0x00ff_ffff);
         self.frames_out = self.frames_out.wrapping_add(1);
         let sender = NodeId(t.node.router_mac.0);
-        // The chunks' headers, one after the other; the data stays where it is and
-        // the sink gathers each datagram from both.
-        let heads = &mut self.segments[..heads_len];
-        for (i, h) in heads.chunks_exact_mut(sleeve::CHUNK_OVERHEAD).enumerate() {
-            sleeve::emit_header(h, sleeve::Kind::Chunk, sender, FEATURES);
+        for (i, data) in payload.chunks(per_chunk).enumerate() {
+            let at = i * stride;
+            let d = &mut self.segments[at..at + sleeve::CHUNK_OVERHEAD + data.len()];
+            sleeve::emit_header(d, sleeve::Kind::Chunk, sender, FEATURES);
             sleeve::ChunkRepr {
                 frame_id,
                 total,
@@ -197,15 +199,11 @@ impl Core {
                 gso_type: offload.gso_type.to_wire(),
                 gso_size: offload.gso_size,
             }
-            .emit(&mut h[sleeve::HEADER_LEN..]);
+            .emit(&mut d[sleeve::HEADER_LEN..]);
+            d[sleeve::CHUNK_OVERHEAD..].copy_from_slice(data);
         }
-        let datagrams = Gathered {
-            heads,
-            head_len: sleeve::CHUNK_OVERHEAD,
-            data: payload,
-            piece: per_chunk,
-        };
-        cx.sink.to_peer_gathered(&t.peers[j], lane, &datagrams);
+        cx.sink
+            .to_peer_run(&t.peers[j], lane, &self.segments[..end], stride);
         true
     }
 }

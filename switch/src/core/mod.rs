@@ -144,68 +144,8 @@ pub trait Sink {
             self.to_peer(peer, lane, d);
         }
     }
-    /// Sends datagrams each made of a header and a piece of data that lie apart (see
-    /// [`Gathered`]) to a peer, as [`Sink::to_peer_run`] sends a run: for sleeve
-    /// chunks cut from a super-frame where it lies, with no copy in the core. This
-    /// default lays them out one after the other first.
-    fn to_peer_gathered(&mut self, peer: &PeerEntry, lane: usize, datagrams: &Gathered<'_>) {
-        let mut run = Vec::new();
-        datagrams.write_run(&mut run);
-        self.to_peer_run(peer, lane, &run, datagrams.segment());
-    }
     /// Records what the core learned.
     fn report(&mut self, report: Report);
-}
-
-/// Datagrams each made of a header and a piece of data that lie apart: datagram `i`
-/// is `heads[i * head_len..][..head_len]` then `data[i * piece..][..piece]` (the last
-/// piece may be shorter).
-#[derive(Debug, Clone, Copy)]
-pub struct Gathered<'a> {
-    /// The headers, one after the other.
-    pub heads: &'a [u8],
-    /// The length of each header.
-    pub head_len: usize,
-    /// The data the pieces are cut from.
-    pub data: &'a [u8],
-    /// The length of each piece but the last.
-    pub piece: usize,
-}
-
-impl<'a> Gathered<'a> {
-    /// How many datagrams there are (0 if the headers do not go round).
-    pub fn count(&self) -> usize {
-        let n = self.data.len().div_ceil(self.piece.max(1));
-        if self.piece == 0 || self.heads.len() < n * self.head_len {
-            return 0;
-        }
-        n
-    }
-
-    /// The length of every datagram but the last.
-    pub fn segment(&self) -> usize {
-        self.head_len + self.piece
-    }
-
-    /// The two parts of datagram `i`; needs `i < self.count()`.
-    pub fn parts(&self, i: usize) -> [&'a [u8]; 2] {
-        let at = i * self.piece;
-        [
-            &self.heads[i * self.head_len..(i + 1) * self.head_len],
-            &self.data[at..(at + self.piece).min(self.data.len())],
-        ]
-    }
-
-    /// The datagrams laid out one after the other into `out`: a run of
-    /// [`Gathered::segment`]-byte datagrams, as [`Sink::to_peer_run`] takes it.
-    pub fn write_run(&self, out: &mut Vec<u8>) {
-        out.clear();
-        for i in 0..self.count() {
-            for part in self.parts(i) {
-                out.extend_from_slice(part);
-            }
-        }
-    }
 }
 
 /// What one call into the core works with.

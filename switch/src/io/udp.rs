@@ -23,8 +23,6 @@ use std::sync::Arc;
 
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 
-use crate::core::Gathered;
-
 /// Datagrams taken by one `recvmmsg`.
 pub const RX_BATCH: usize = 16;
 /// Room for one received (possibly GRO-coalesced) message.
@@ -204,18 +202,6 @@ impl Lane {
         }
     }
 
-    /// The kernel refused a GSO send on this lane (`e`): it sends single datagrams
-    /// from now on.
-    fn refuse_gso(&self, e: &io::Error) {
-        if !self.gso_refused.swap(true, Ordering::Relaxed) {
-            log::info!(
-                "tunnel lane {:?}: the kernel refused a GSO send ({e}); \
-                 sending single datagrams",
-                self.socket.local_addr().ok()
-            );
-        }
-    }
-
     /// Hands `msgs`, whose bytes are in `buf`, to the kernel in order, in as few
     /// `sendmmsg` calls as it takes, and tells `account` what became of each message.
     fn send(&self, buf: &[u8], msgs: &[TxMsg], account: &mut Account<'_>) {
@@ -269,7 +255,13 @@ impl Lane {
                 None
             }
             Some(libc::EIO | libc::EINVAL) if kgso => {
-                self.refuse_gso(e);
+                if !self.gso_refused.swap(true, Ordering::Relaxed) {
+                    log::info!(
+                        "tunnel lane {:?}: the kernel refused a GSO send ({e}); \
+                         sending single datagrams",
+                        self.socket.local_addr().ok()
+                    );
+                }
                 Some((km, 0))
             }
             _ => {
@@ -344,35 +336,6 @@ pub type Account<'a> = dyn FnMut(SocketAddrV4, Outcome) + 'a;
 #[repr(C, align(8))]
 struct SegmentCmsg([u8; 24]);
 
-impl SegmentCmsg {
-    /// Writes a `UDP_SEGMENT` of `segment` bytes.
-    fn set(&mut self, segment: u16) {
-        self.0[..mem::size_of::<libc::cmsghdr>()].fill(0);
-        // SAFETY: the buffer is aligned for cmsghdr and CMSG_SPACE(2) long (checked
-        // at compile time below); the header and data are written inside it.
-        unsafe {
-            let mut hdr: libc::msghdr = mem::zeroed();
-            hdr.msg_control = self.0.as_mut_ptr().cast();
-            hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
-            let c = libc::CMSG_FIRSTHDR(&hdr);
-            (*c).cmsg_level = libc::SOL_UDP;
-            (*c).cmsg_type = libc::UDP_SEGMENT;
-            (*c).cmsg_len = libc::CMSG_LEN(2) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
-        }
-    }
-}
-
-/// `dest` as the kernel takes it.
-fn sockaddr(dest: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain old data; all zeroes is a valid value.
-    let mut a: libc::sockaddr_in = unsafe { mem::zeroed() };
-    a.sin_family = libc::AF_INET as libc::sa_family_t;
-    a.sin_port = dest.port().to_be();
-    a.sin_addr.s_addr = u32::from_ne_bytes(dest.ip().octets());
-    a
-}
-
 const _: () = assert!(
     // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
     unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize
@@ -423,7 +386,10 @@ impl<'a> MsgBatch<'a> {
             iov_base: bytes.as_ptr().cast_mut().cast(),
             iov_len: bytes.len(),
         };
-        self.addr[i] = sockaddr(dest);
+        let a = &mut self.addr[i];
+        a.sin_family = libc::AF_INET as libc::sa_family_t;
+        a.sin_port = dest.port().to_be();
+        a.sin_addr.s_addr = u32::from_ne_bytes(dest.ip().octets());
         i
     }
 
@@ -466,7 +432,20 @@ impl<'a> MsgBatch<'a> {
         };
         if gso {
             // Segment sizes are bounded by TX_BUF, below u16::MAX.
-            self.cmsg[i].set(msg.segment as u16);
+            let segment = msg.segment as u16;
+            self.cmsg[i].0[..mem::size_of::<libc::cmsghdr>()].fill(0);
+            // SAFETY: the buffer is aligned for cmsghdr and CMSG_SPACE(2) long (checked
+            // at compile time above); the header and data are written inside it.
+            unsafe {
+                let mut hdr: libc::msghdr = mem::zeroed();
+                hdr.msg_control = self.cmsg[i].0.as_mut_ptr().cast();
+                hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+                let c = libc::CMSG_FIRSTHDR(&hdr);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = libc::UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+            }
         }
     }
 
@@ -508,127 +487,6 @@ impl<'a> MsgBatch<'a> {
                     socket.as_raw_fd(),
                     hdrs[sent..].as_mut_ptr(),
                     (self.len - sent) as libc::c_uint,
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err((sent, e));
-            }
-            sent += n as usize;
-        }
-        Ok(())
-    }
-}
-
-/// Messages one gathered `sendmmsg` carries at most.
-const GATHER_MSGS: usize = 8;
-/// Pieces one gathered `sendmmsg` points at, over all its messages.
-const GATHER_IOVS: usize = 1024;
-
-/// One message of a [`GatherBatch`]: datagrams `first..first + count`, `len` bytes,
-/// whose pieces are `iov[iov..iov + iovlen]`.
-#[derive(Debug, Clone, Copy, Default)]
-struct GatherMsg {
-    first: usize,
-    count: usize,
-    len: usize,
-    iov: usize,
-    iovlen: usize,
-}
-
-/// The arguments of one `sendmmsg` whose datagrams are each a header and a piece
-/// of data lying apart, gathered by the kernel: on the stack, no copy here.
-struct GatherBatch<'a> {
-    addr: libc::sockaddr_in,
-    iov: [libc::iovec; GATHER_IOVS],
-    iovs: usize,
-    cmsg: [SegmentCmsg; GATHER_MSGS],
-    msgs: [GatherMsg; GATHER_MSGS],
-    n: usize,
-    _bytes: std::marker::PhantomData<&'a [u8]>,
-}
-
-impl<'a> GatherBatch<'a> {
-    fn new(dest: SocketAddrV4) -> Self {
-        GatherBatch {
-            addr: sockaddr(dest),
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; GATHER_IOVS],
-            iovs: 0,
-            cmsg: [SegmentCmsg([0; 24]); GATHER_MSGS],
-            msgs: [GatherMsg::default(); GATHER_MSGS],
-            n: 0,
-            _bytes: std::marker::PhantomData,
-        }
-    }
-
-    /// Whether a message of `count` datagrams still fits.
-    fn has_room(&self, count: usize) -> bool {
-        self.n < GATHER_MSGS && self.iovs + 2 * count <= GATHER_IOVS
-    }
-
-    /// Adds datagrams `first..first + count` of `g` as one message: one GSO send of
-    /// `g.segment()`-byte segments if there are several.
-    fn push(&mut self, g: &Gathered<'a>, first: usize, count: usize) {
-        let m = GatherMsg {
-            first,
-            count,
-            len: 0,
-            iov: self.iovs,
-            iovlen: 2 * count,
-        };
-        let mut len = 0;
-        for i in first..first + count {
-            for part in g.parts(i) {
-                len += part.len();
-                self.iov[self.iovs] = libc::iovec {
-                    iov_base: part.as_ptr().cast_mut().cast(),
-                    iov_len: part.len(),
-                };
-                self.iovs += 1;
-            }
-        }
-        if count > 1 {
-            // Segments are bounded by TX_BUF, below u16::MAX.
-            self.cmsg[self.n].set(g.segment() as u16);
-        }
-        self.msgs[self.n] = GatherMsg { len, ..m };
-        self.n += 1;
-    }
-
-    /// Sends every message. On failure, the messages before the failed one `k` are
-    /// sent and `Err((k, error))` says why `k` was not.
-    fn submit(&mut self, socket: &UdpSocket) -> Result<(), (usize, io::Error)> {
-        // SAFETY: mmsghdr is plain old data; all zeroes is a valid value.
-        let mut hdrs: [libc::mmsghdr; GATHER_MSGS] = unsafe { mem::zeroed() };
-        for (i, h) in hdrs[..self.n].iter_mut().enumerate() {
-            let (msg, hdr) = (&self.msgs[i], &mut h.msg_hdr);
-            hdr.msg_name = (&raw mut self.addr).cast();
-            hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            hdr.msg_iov = &raw mut self.iov[msg.iov];
-            hdr.msg_iovlen = msg.iovlen as _;
-            if msg.count > 1 {
-                hdr.msg_control = self.cmsg[i].0.as_mut_ptr().cast();
-                // SAFETY: pure arithmetic.
-                hdr.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
-            }
-        }
-        let mut sent = 0;
-        while sent < self.n {
-            // SAFETY: every header points at this batch's own address, iovec and
-            // control buffers, and each iovec at bytes borrowed for 'a; all outlive
-            // the call.
-            let n = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    hdrs[sent..].as_mut_ptr(),
-                    (self.n - sent) as libc::c_uint,
                     0,
                 )
             };
@@ -816,63 +674,6 @@ impl Tunnel {
         if n > 0 {
             l.send(run, &msgs[..n], account);
         }
-    }
-
-    /// Sends the datagrams `g` describes to `dest` from `lane`, as [`Tunnel::send_run`]
-    /// sends a run (in as few GSO sends as the kernel allows, after what was queued
-    /// before), with the kernel gathering each datagram from its two parts.
-    pub fn send_gathered(
-        &mut self,
-        dest: SocketAddrV4,
-        lane: usize,
-        g: &Gathered<'_>,
-        account: &mut Account<'_>,
-    ) {
-        self.flush(account);
-        let count = g.count();
-        if count == 0 || g.segment() > TX_BUF {
-            return;
-        }
-        let l = &self.lanes.lanes[self.lanes.index(lane)];
-        let (mut outcome, mut next) = (Outcome::default(), 0);
-        while next < count {
-            // Read again each time: a refusal below turns GSO off.
-            let per_msg = l.max_segments().min(TX_BUF / g.segment()).max(1);
-            let mut batch = GatherBatch::new(dest);
-            while next < count && batch.has_room(per_msg.min(count - next)) {
-                let n = per_msg.min(count - next);
-                batch.push(g, next, n);
-                next += n;
-            }
-            let sent = match batch.submit(&l.socket) {
-                Ok(()) => batch.n,
-                Err((k, e)) => {
-                    let m = batch.msgs[k];
-                    match e.raw_os_error() {
-                        // The socket buffer is full: the rest is lost.
-                        Some(libc::EAGAIN | libc::ENOBUFS) => {
-                            outcome.lost += (count - m.first) as u64;
-                            next = count;
-                        }
-                        Some(libc::EIO | libc::EINVAL) if m.count > 1 => {
-                            l.refuse_gso(&e);
-                            next = m.first;
-                        }
-                        _ => {
-                            log::debug!("tunnel send of {} datagrams to {dest}: {e}", m.count);
-                            outcome.lost += m.count as u64;
-                            next = m.first + m.count;
-                        }
-                    }
-                    k
-                }
-            };
-            for m in &batch.msgs[..sent] {
-                outcome.sent += m.count as u64;
-                outcome.sent_bytes += m.len as u64;
-            }
-        }
-        account(dest, outcome);
     }
 
     /// Sends what [`Tunnel::push`] queued: one `sendmmsg` per lane it used, each
@@ -1137,62 +938,6 @@ mod tests {
         });
     }
 
-    /// Headers of `head_len` bytes numbered from 0, one per `piece` bytes of `data`.
-    fn heads_for(data: &[u8], head_len: usize, piece: usize) -> Vec<u8> {
-        (0..data.len().div_ceil(piece))
-            .flat_map(|i| vec![i as u8; head_len])
-            .collect()
-    }
-
-    #[test]
-    fn gathered_datagrams_arrive_as_their_run_after_the_queue() {
-        sandbox(|| {
-            let mut t = tunnel(1);
-            let mut tally = Tally::default();
-            let r = Receiver::new();
-            t.push(r.addr(), 0, &datagram(200, 1024), &mut tally.account());
-            // 150 KB of data in 1000-byte pieces under 24-byte headers: several GSO
-            // sends, more pieces than one sendmmsg takes, and a shorter last piece.
-            let data: Vec<u8> = (0..150_017u32).map(|i| (i % 251) as u8).collect();
-            let heads = heads_for(&data, 24, 1000);
-            let g = Gathered {
-                heads: &heads,
-                head_len: 24,
-                data: &data,
-                piece: 1000,
-            };
-            assert_eq!(g.count(), 151);
-            t.send_gathered(r.addr(), 0, &g, &mut tally.account());
-            assert_eq!(tally.lost, 0);
-            let mut all = datagram(200, 1024);
-            let mut run = Vec::new();
-            g.write_run(&mut run);
-            assert_eq!(run.len(), 151 * 24 + data.len());
-            all.extend_from_slice(&run);
-            assert_run_arrived(&r, &all, 1024);
-        });
-    }
-
-    #[test]
-    fn gathered_datagrams_the_headers_do_not_cover_send_nothing() {
-        sandbox(|| {
-            let mut t = tunnel(1);
-            let mut tally = Tally::default();
-            let r = Receiver::new();
-            let data = vec![1u8; 5000];
-            let heads = vec![0u8; 24 * 4];
-            let g = Gathered {
-                heads: &heads,
-                head_len: 24,
-                data: &data,
-                piece: 1000,
-            };
-            assert_eq!(g.count(), 0, "five pieces, four headers");
-            t.send_gathered(r.addr(), 0, &g, &mut tally.account());
-            assert_eq!((tally.sent, tally.lost), (0, 0));
-        });
-    }
-
     /// `SO_NO_CHECK`, not in the libc crate for Linux.
     const SO_NO_CHECK: libc::c_int = 11;
 
@@ -1222,47 +967,6 @@ mod tests {
             t.send_run(r.addr(), 0, &big, segment, &mut tally.account());
             assert_eq!(tally.lost, 0);
             assert_run_arrived(&r, &big, segment);
-            // And gathered datagrams go singly, each still gathered from its parts.
-            let data: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
-            let heads = heads_for(&data, 12, segment - 12);
-            let g = Gathered {
-                heads: &heads,
-                head_len: 12,
-                data: &data,
-                piece: segment - 12,
-            };
-            t.send_gathered(r.addr(), 0, &g, &mut tally.account());
-            assert_eq!(tally.lost, 0);
-            let mut gathered = Vec::new();
-            g.write_run(&mut gathered);
-            assert_run_arrived(&r, &gathered, segment);
-        });
-    }
-
-    #[test]
-    fn a_refused_gathered_gso_send_goes_again_as_single_datagrams() {
-        sandbox(|| {
-            let mut t = tunnel(1);
-            let mut tally = Tally::default();
-            if t.lanes.lanes[0].gso_max == 1 {
-                return;
-            }
-            set_int(&t.lanes.lanes[0].socket, SO_NO_CHECK, 1);
-            let r = Receiver::new();
-            let data: Vec<u8> = (0..30_000u32).map(|i| (i % 241) as u8).collect();
-            let heads = heads_for(&data, 24, 976);
-            let g = Gathered {
-                heads: &heads,
-                head_len: 24,
-                data: &data,
-                piece: 976,
-            };
-            t.send_gathered(r.addr(), 0, &g, &mut tally.account());
-            assert!(t.lanes.lanes[0].gso_refused.load(Ordering::Relaxed));
-            assert_eq!(tally.lost, 0);
-            let mut run = Vec::new();
-            g.write_run(&mut run);
-            assert_run_arrived(&r, &run, 1000);
         });
     }
 

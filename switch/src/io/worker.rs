@@ -21,7 +21,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::core::conntrack::Conntrack;
-use crate::core::{self, Core, Ctx, Frame, Gathered, Report, Sink, Time, TxError, HEADROOM};
+use crate::core::{self, Core, Ctx, Frame, Report, Sink, Time, TxError, HEADROOM};
 use crate::io::clock;
 use crate::io::port::{Offload, PortQueue, Rx};
 use crate::io::seal::{Incoming, Outgoing, SealCache, Sealer};
@@ -319,8 +319,6 @@ struct Io {
     dirty: Vec<usize>,
     /// The sessions this batch looked up, and the sealing buffers.
     seal: SealCache,
-    /// Where gathered datagrams are laid out to be sealed.
-    gather: Vec<u8>,
 }
 
 impl Io {
@@ -504,22 +502,6 @@ impl Sink for IoSink<'_> {
         }
     }
 
-    #[inline]
-    fn to_peer_gathered(&mut self, peer: &PeerEntry, lane: usize, datagrams: &Gathered<'_>) {
-        if self.io.shared.sealer.is_none() {
-            let account: &mut Account<'_> = &mut peer_account(self.tables, self.io.index);
-            return self
-                .io
-                .tunnel
-                .send_gathered(peer.addr, lane, datagrams, account);
-        }
-        // Sealing writes each datagram anew anyway: from one run.
-        let mut run = std::mem::take(&mut self.io.gather);
-        datagrams.write_run(&mut run);
-        self.to_peer_run(peer, lane, &run, datagrams.segment());
-        self.io.gather = run;
-    }
-
     fn report(&mut self, report: Report) {
         self.tables.apply(self.now, report);
     }
@@ -563,7 +545,6 @@ impl Worker {
                 queues: Vec::new(),
                 dirty: Vec::new(),
                 seal: SealCache::default(),
-                gather: Vec::new(),
             },
         })
     }
