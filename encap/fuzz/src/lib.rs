@@ -149,7 +149,10 @@ pub fn gso_segment(data: &[u8]) {
     assert_eq!(segments.frames(&out).count(), segments.count());
     assert_eq!(joined, payload);
 
-    if matches!(hdr.gso_type, virtio::GsoType::TcpV4 | virtio::GsoType::UdpL4) {
+    if matches!(
+        hdr.gso_type,
+        virtio::GsoType::TcpV4 | virtio::GsoType::UdpL4
+    ) {
         let mut coalescer = gro::Coalescer::new(vec![0; gro::buffer_len(0)], 0).unwrap();
         coalescer.set_udp(true);
         let mut joined = Vec::with_capacity(payload.len());

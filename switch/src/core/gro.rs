@@ -46,7 +46,9 @@ impl Gro {
     }
 
     /// Merges `frame`, bound for port `p`, into the super-frame of its flow. Frames
-    /// that cannot be merged go out at once; a flow's frames never overtake each other.
+    /// that cannot be merged go out at once; a flow's frames never overtake each other,
+    /// but for IPv4 fragments, which carry no ports to tell their flow by: they go
+    /// out at once and may pass their flow's held datagrams, as in the kernel's GRO.
     pub(super) fn coalesce<S: Sink + ?Sized>(
         &mut self,
         cx: &mut Ctx<'_, S>,
