@@ -271,6 +271,24 @@ impl Sink for LastDatagram {
 /// Frames per batch in the datapath benchmarks (a worker flushes at a batch's end).
 const BATCH: usize = 8;
 
+/// Hands `dp` [`BATCH`] copies of `datagram` from `from`, as one receive batch, and
+/// ends the batch.
+fn receive_batch(
+    dp: &mut weft_switch::core::Core,
+    t: &weft_switch::tables::Tables,
+    from: SocketAddr,
+    datagram: &[u8],
+    rx: &mut [u8],
+    sink: &mut CountingSink,
+) {
+    let mut cx = Ctx::new(t, Time::ZERO, sink);
+    for _ in 0..BATCH {
+        rx[HEADROOM..].copy_from_slice(datagram);
+        dp.tunnel_datagram(&mut cx, from, Frame::new(rx, HEADROOM, datagram.len()));
+    }
+    dp.flush(&mut cx);
+}
+
 fn datapath(c: &mut Criterion) {
     let mut g = c.benchmark_group("datapath");
     let frame = full_frame();
@@ -306,22 +324,32 @@ fn datapath(c: &mut Criterion) {
         dp0.flush(&mut cx);
         let datagram = last.0;
         assert!(!datagram.is_empty(), "{mode}: a datagram to capture");
-        let t1 = tables(mode, 1, 2, 2);
-        let mut dp1 = new_core();
         let from = SocketAddr::V4(SocketAddrV4::new(*underlay(0).ip(), underlay(0).port()));
         let mut rx = vec![0u8; HEADROOM + datagram.len()];
-        let mut sink = CountingSink::default();
-        let mut receive = |rx: &mut [u8], sink: &mut CountingSink| {
-            rx[HEADROOM..].copy_from_slice(&datagram);
-            let mut cx = Ctx::new(&t1, Time::ZERO, sink);
-            dp1.tunnel_datagram(&mut cx, from, Frame::new(rx, HEADROOM, datagram.len()));
-        };
-        receive(&mut rx, &mut sink);
-        assert_eq!(sink.frames, 1, "{mode}: the datagram reaches the pod");
-        g.throughput(Throughput::Elements(1));
-        g.bench_function(BenchmarkId::new("peer_to_pod", mode), |b| {
-            b.iter(|| receive(black_box(&mut rx), &mut sink))
-        });
+        // A batch of datagrams of one flow, as one receive hands them over: merged
+        // into one UDP super-frame for a pod that takes them (USO), else one write each.
+        g.throughput(Throughput::Elements(BATCH as u64));
+        for (uso, name) in [(true, "peer_to_pod"), (false, "peer_to_pod_no_uso")] {
+            let mut t1 = tables(mode, 1, 2, 2);
+            t1.ports[1].uso = uso;
+            let mut dp1 = new_core();
+            let mut sink = CountingSink::default();
+            receive_batch(&mut dp1, &t1, from, &datagram, &mut rx, &mut sink);
+            let writes = if uso { 1 } else { BATCH as u64 };
+            assert_eq!(sink.frames, writes, "{mode}: the datagrams reach the pod");
+            g.bench_function(BenchmarkId::new(name, mode), |b| {
+                b.iter(|| {
+                    receive_batch(
+                        &mut dp1,
+                        &t1,
+                        from,
+                        &datagram,
+                        black_box(&mut rx),
+                        &mut sink,
+                    )
+                })
+            });
+        }
 
         // The same, to a pod selected by 100 policies of 1,000 rules: the first
         // datagram is judged against them all, every later one meets the connection
@@ -334,15 +362,19 @@ fn datapath(c: &mut Criterion) {
             conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024), 0)),
         });
         let mut sink = CountingSink::default();
-        let mut receive = |rx: &mut [u8], sink: &mut CountingSink| {
-            rx[HEADROOM..].copy_from_slice(&datagram);
-            let mut cx = Ctx::new(&t1p, Time::ZERO, sink);
-            dp1p.tunnel_datagram(&mut cx, from, Frame::new(rx, HEADROOM, datagram.len()));
-        };
-        receive(&mut rx, &mut sink);
-        assert_eq!(sink.frames, 1, "{mode}: the policy admits the datagram");
+        receive_batch(&mut dp1p, &t1p, from, &datagram, &mut rx, &mut sink);
+        assert_eq!(sink.frames, 1, "{mode}: the policy admits the datagrams");
         g.bench_function(BenchmarkId::new("peer_to_pod_1000_rules", mode), |b| {
-            b.iter(|| receive(black_box(&mut rx), &mut sink))
+            b.iter(|| {
+                receive_batch(
+                    &mut dp1p,
+                    &t1p,
+                    from,
+                    &datagram,
+                    black_box(&mut rx),
+                    &mut sink,
+                )
+            })
         });
     }
     g.finish();
