@@ -52,9 +52,17 @@
 //! options, a correct header checksum, the same TOS, TTL and flags, the IPv4
 //! identification following without DF) and the same size rule, with a UDP
 //! length that agrees with the IPv4 one and a payload of at least one byte;
-//! a flow is its addresses and ports, and at most [`UDP_MAX_SEGMENTS`]
-//! datagrams make one frame. Datagrams have no order to check: they join in
-//! the order they are pushed, which is the order the pod reads them in.
+//! a flow is its protocol, addresses and ports, and at most
+//! [`UDP_MAX_SEGMENTS`] datagrams make one frame. Datagrams have no order to
+//! check: they join in the order they are pushed, which is the order the pod
+//! reads them in.
+//!
+//! What the pod sees of a merged UDP run differs from datagram-by-datagram
+//! delivery where the pod's kernel looks at packets before its sockets: its
+//! netfilter sees one packet per super-frame, and with no socket on the port
+//! it sends one ICMP port-unreachable per super-frame, quoting its headers.
+//! Each datagram's checksum field comes out filled in (the kernel completes
+//! the partial sum), also for one sent without a checksum.
 //!
 //! A super-frame [`Coalescer::take`] returns carries the first segment's
 //! headers, with PSH if any segment had it, the IPv4 total length and header
@@ -66,10 +74,14 @@
 //!
 //! # Checksums
 //!
-//! The IPv4 header checksum of every segment is checked (20 bytes). The TCP
-//! and UDP checksums are checked only after [`Coalescer::set_verify_checksums`],
-//! and that is off by default (a UDP checksum of 0, none, always passes). The trade-off: the pod's kernel trusts a
-//! `NEEDS_CSUM` super-frame, so without verification a segment corrupted
+//! The IPv4 header checksum of every segment is checked (20 bytes). UDP
+//! checksums are always checked (a checksum of 0, none, passes): merging UDP
+//! saves writes, not bytes, so the pass costs little against what it saves,
+//! and a corrupted datagram is handed back for the pod's kernel to drop and
+//! count, as it would without merging. TCP checksums are checked only after
+//! [`Coalescer::set_verify_checksums`], and that is off by default. The
+//! trade-off: the pod's kernel trusts a `NEEDS_CSUM` super-frame, so without
+//! verification a TCP segment corrupted
 //! on the way reaches the pod's socket, while verification costs a second
 //! pass over every payload byte, about what the copy into the super-frame
 //! costs. The inner frames come out of a UDP tunnel from a weft or kernel
@@ -94,7 +106,7 @@ use crate::ETHERNET_HEADER_LEN;
 
 /// Length of the IPv4 header the coalescer merges: no options.
 const IP_HEADER_LEN: usize = crate::IPV4_HEADER_LEN;
-/// Offset of the TCP header in a frame without IP options.
+/// Offset of the TCP or UDP header in a frame without IP options.
 const L4_START: usize = ETHERNET_HEADER_LEN + IP_HEADER_LEN;
 /// Most datagrams one UDP super-frame holds: the kernel's `UDP_MAX_SEGMENTS`
 /// of the kernels that brought USO to TAP (later ones allow more).
@@ -147,9 +159,9 @@ pub struct Flow {
     pub src: [u8; 4],
     /// Destination IPv4 address.
     pub dst: [u8; 4],
-    /// Source TCP port.
+    /// Source port.
     pub src_port: u16,
-    /// Destination TCP port.
+    /// Destination port.
     pub dst_port: u16,
 }
 
@@ -188,6 +200,9 @@ struct Segment {
     l4_start: usize,
     headers_len: usize,
     end: usize,
+    /// A UDP datagram whose UDP length disagrees with its IPv4 length: of its
+    /// flow, but never merged.
+    odd: bool,
     /// TCP flags (0 for UDP).
     flags: u8,
     /// TCP sequence number (0 for UDP).
@@ -203,19 +218,19 @@ impl Segment {
         }
         let l4_start = layout.l4_start;
         if layout.protocol == inet::PROTO_UDP {
-            // The UDP length must say what the IPv4 length says.
             let headers_len = l4_start + udp::LEN;
-            if headers_len > layout.end
-                || usize::from(inet::get_u16(frame, l4_start + udp::LENGTH))
-                    != layout.end - l4_start
-            {
+            if headers_len > layout.end {
                 return None;
             }
+            // A UDP length that disagrees with the IPv4 one (the pod's kernel trims
+            // to a shorter one, drops a longer one) keeps its place in its flow.
+            let udp_len = usize::from(inet::get_u16(frame, l4_start + udp::LENGTH));
             return Some(Segment {
                 protocol: inet::PROTO_UDP,
                 l4_start,
                 headers_len,
                 end: layout.end,
+                odd: udp_len != layout.end - l4_start,
                 flags: 0,
                 seq: 0,
             });
@@ -236,6 +251,7 @@ impl Segment {
             l4_start,
             headers_len,
             end: layout.end,
+            odd: false,
             flags: frame[l4_start + tcp::FLAGS],
             seq: inet::get_u32(frame, l4_start + tcp::SEQ),
         })
@@ -257,6 +273,7 @@ impl Segment {
     fn coalescable(&self) -> bool {
         self.l4_start == L4_START
             && self.payload_len() > 0
+            && !self.odd
             && (self.is_udp() || self.flags & !tcp::PSH == tcp::ACK_FLAG)
     }
 }
@@ -307,12 +324,13 @@ struct Held {
     next_seq: u32,
     /// A smaller or PSH segment joined: nothing more may.
     closed: bool,
-    /// The first segment's TCP checksum was verified.
+    /// The first segment's TCP or UDP checksum was verified.
     verified: bool,
     flow: Flow,
 }
 
-/// Gathers consecutive TCP/IPv4 segments of one flow into one super-frame.
+/// Gathers consecutive TCP/IPv4 segments (or UDP/IPv4 datagrams) of one flow
+/// into one super-frame.
 ///
 /// The frame is built in the caller's buffer, after `headroom` bytes the
 /// coalescer never touches (room for the caller's virtio-net header, say).
@@ -349,7 +367,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         self.udp = udp;
     }
 
-    /// Sets whether TCP checksums are verified before merging (off by default; see the module doc).
+    /// Sets whether TCP checksums are verified before merging (off by default;
+    /// UDP ones always are; see the module doc).
     pub fn set_verify_checksums(&mut self, verify: bool) {
         self.verify_checksums = verify;
     }
@@ -402,11 +421,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
             return Push::Other;
         };
         let coalescable = segment.coalescable() && ip_checksum_ok(frame);
+        // UDP checksums are always checked: a UDP run saves writes, not bytes.
+        let verify = self.verify_checksums || segment.is_udp();
         let Some(held) = self.held else {
             if !startable(frame, &segment) {
                 return Push::Deliver;
             }
-            let verified = self.verify_checksums;
+            let verified = verify;
             if verified && !l4_checksum_ok(frame, &segment) {
                 return Push::Deliver;
             }
@@ -424,7 +445,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         if !coalescable || !self.joins(&held, frame, &segment) {
             return Push::NotMerged;
         }
-        if self.verify_checksums && !l4_checksum_ok(frame, &segment) {
+        if verify && !l4_checksum_ok(frame, &segment) {
             return Push::NotMerged;
         }
         self.merge(held, frame, &segment);
@@ -1058,10 +1079,11 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].0.gso_type, GsoType::UdpL4);
         assert_eq!(out[0].1.len(), L4_START + 8 + 10 * UDP_MAX_SEGMENTS);
-        assert_eq!(
-            out[1],
-            (virtio::Repr::PLAIN, frames[UDP_MAX_SEGMENTS].clone())
-        );
+        let verified = virtio::Repr {
+            data_valid: true,
+            ..virtio::Repr::PLAIN
+        };
+        assert_eq!(out[1], (verified, frames[UDP_MAX_SEGMENTS].clone()));
 
         let frames = datagrams(&testutil::Udp::default(), 1200);
         assert_eq!(frames.len(), 3);
@@ -1099,11 +1121,15 @@ mod tests {
     fn odd_udp_datagrams_are_delivered_alone() {
         let mut c = udp_coalescer();
         let good = datagrams(&testutil::Udp::default(), 1000);
-        // A UDP length that disagrees with the IPv4 one: not a datagram to merge.
+        // A UDP length that disagrees with the IPv4 one: of the flow, never merged,
+        // and after what the flow holds.
         let mut bad_len = good[1].clone();
         inet::put_u16(&mut bad_len, L4_START + udp::LENGTH, 900);
-        assert_eq!(c.push(&bad_len), Push::Other);
-        assert_eq!(Flow::of(&bad_len), None);
+        assert_eq!(Flow::of(&bad_len), Flow::of(&good[0]));
+        assert_eq!(c.push(&bad_len), Push::Deliver);
+        let out = drive(&mut c, &[&good[0], &bad_len, &good[1]]);
+        let order: Vec<&[u8]> = out.iter().map(|(_, f)| f.as_slice()).collect();
+        assert_eq!(order, [&good[0][..], &bad_len, &good[1]]);
         // No payload: nothing to merge.
         let empty = datagrams(
             &testutil::Udp {
@@ -1125,10 +1151,48 @@ mod tests {
     }
 
     #[test]
-    fn udp_checksums_are_verified_when_asked() {
+    fn udp_header_differences_do_not_join() {
+        let base = testutil::Udp {
+            df: false,
+            ..Default::default()
+        };
+        let first = datagrams(&base, 1000);
+        let differing = [
+            testutil::Udp {
+                ttl: 63,
+                ..base.clone()
+            },
+            testutil::Udp {
+                tos: 4,
+                ..base.clone()
+            },
+            testutil::Udp {
+                df: true,
+                ..base.clone()
+            },
+            // Without DF the identification must follow: this one skips one.
+            testutil::Udp {
+                id: base.id.wrapping_add(2),
+                ..base.clone()
+            },
+        ];
+        for spec in differing {
+            let next = datagrams(&spec, 1000);
+            let mut c = udp_coalescer();
+            assert_eq!(c.push(&first[0]), Push::Started);
+            assert_eq!(c.push(&next[0]), Push::NotMerged, "{spec:?}");
+        }
+        // And the one that follows does join.
+        let mut c = udp_coalescer();
+        assert_eq!(c.push(&first[0]), Push::Started);
+        assert_eq!(c.push(&first[1]), Push::Merged);
+    }
+
+    #[test]
+    fn udp_checksums_are_always_verified() {
         let frames = datagrams(&testutil::Udp::default(), 1000);
         let mut c = udp_coalescer();
-        c.set_verify_checksums(true);
+        assert!(!c.verify_checksums(), "TCP verification stays off");
         let mut corrupt = frames[1].clone();
         *corrupt.last_mut().unwrap() ^= 1;
         let mut unchecked = frames[2].clone();
@@ -1279,7 +1343,8 @@ mod tests {
             }
             let (repr, frame) = c.take().unwrap();
             if frames.len() == 1 {
-                prop_assert_eq!(repr, virtio::Repr { data_valid: verify, ..virtio::Repr::PLAIN });
+                // UDP checksums are always verified.
+                prop_assert_eq!(repr, virtio::Repr { data_valid: true, ..virtio::Repr::PLAIN });
                 prop_assert_eq!(frame, &frames[0][..]);
             } else {
                 let (hdr, super_frame) = spec.build_uso(gso_size);
@@ -1324,9 +1389,11 @@ mod tests {
         fn push_never_panics(
             frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 1..8),
             verify: bool,
+            udp: bool,
         ) {
             let mut c = coalescer();
             c.set_verify_checksums(verify);
+            c.set_udp(udp);
             for frame in &frames {
                 let _ = Flow::of(frame);
                 if c.push(frame) == Push::NotMerged {
@@ -1342,8 +1409,12 @@ mod tests {
         fn push_never_panics_on_mangled_segments(
             flips in proptest::collection::vec((0usize..3, 0usize..80, any::<u8>()), 1..6),
             cut in proptest::collection::vec(any::<prop::sample::Index>(), 3),
+            udp: bool,
         ) {
-            let mut frames = run(&testutil::Tcp::default(), &[700, 700, 700]);
+            let mut frames = match udp {
+                false => run(&testutil::Tcp::default(), &[700, 700, 700]),
+                true => datagrams(&testutil::Udp { payload: vec![9; 2100], ..Default::default() }, 700),
+            };
             for (which, at, value) in flips {
                 frames[which][at] = value;
             }
@@ -1352,7 +1423,7 @@ mod tests {
                 .zip(&cut)
                 .map(|(frame, cut)| &frame[..frame.len() - cut.index(20)])
                 .collect();
-            let mut c = coalescer();
+            let mut c = udp_coalescer();
             for (repr, frame) in drive(&mut c, &frames) {
                 if repr.is_gso() {
                     let ip_len = usize::from(inet::get_u16(&frame, 16));

@@ -181,7 +181,7 @@ fn datapath_with(mode: &str, port: &str) {
 
     // UDP both ways across hosts, every datagram checked; a TAP pod takes bursts of a
     // flow merged into UDP super-frames.
-    udp_across_hosts(&c, port == "tap");
+    udp_across_hosts(&c, port == "tap" && kernel_takes_uso());
 
     // The tunnel counters saw it.
     let peers = c.peers(0);
@@ -201,6 +201,16 @@ fn datapath_with(mode: &str, port: &str) {
 
 /// Datagrams `udp_across_hosts` sends each way: 64 bursts of 64.
 const UDP_BURSTS: (usize, usize) = (64, 64);
+
+/// Whether this kernel's TAPs take UDP super-frames (USO came to TUN/TAP in 6.2).
+fn kernel_takes_uso() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 2)
+}
 
 /// Frames the pod's `eth0` has received: for a TAP, one per write weftd made to it.
 fn rx_packets(ns: &Netns) -> u64 {
@@ -451,19 +461,15 @@ fn kernel_vxlan_interop_with(port: &str) {
     assert_eq!(t.peer.ip(), IpAddr::V4(att.ip));
     let t = tcp_transfer(&a.ns, att.ip, &b.ns, 50_000_000, STALL).expect("TCP kernel → weft");
     assert_eq!(t.peer.ip(), IpAddr::V4(b_ip));
-    // UDP both ways, each datagram checked; the kernel's VXLAN datagrams reach a
-    // TAP pod merged.
+    // UDP both ways, each datagram checked. The kernel sends each datagram through
+    // its VXLAN on its own, so how many weftd finds together to merge depends on
+    // timing: only the datagrams are checked here (the datapath tests check merging).
     let sizes = [64, 1422, 500];
     let before = rx_packets(&a.ns);
     let n =
         udp_verified(&b.ns, &a.ns, att.ip, &sizes, UDP_BURSTS, STALL).expect("UDP kernel → weft");
     let writes = rx_packets(&a.ns) - before;
-    if port == "tap" {
-        assert!(
-            writes < n / 2,
-            "{n} datagrams took {writes} writes: not merged"
-        );
-    }
+    eprintln!("UDP kernel → weft: {n} datagrams verified in {writes} writes");
     udp_verified(&a.ns, &b.ns, b_ip, &sizes, UDP_BURSTS, STALL).expect("UDP weft → kernel");
     // The kernel node itself reaches the weft pod, too.
     h1.ns.ping(att.ip, 2).expect("kernel node → weft pod");

@@ -5,16 +5,28 @@
 
 use weft_encap::ethernet::{self, ethertype};
 use weft_encap::sleeve::{self, NodeId};
-use weft_encap::{gso, vxlan};
+use weft_encap::virtio::GsoType;
+use weft_encap::{gro, gso, vxlan};
 
 use super::{lane_of, sleeve::FEATURES, Core, Ctx, Frame, Ingress, Offload, Sink};
 use crate::tables::counters::DropReason;
 use crate::tables::fib::NextHop;
-use crate::tables::TunnelMode;
+use crate::tables::{PortEntry, TunnelMode};
 
 /// Largest run of segments one super-frame becomes (64 KiB in 512-byte segments,
 /// each with its headers and a tunnel header).
 pub(super) const SEGMENT_BUF: usize = 512 * 1024;
+
+/// Whether `port` takes the super-frame `frame` (under `offload`) whole: a UDP one
+/// only where its TAP takes USO, in as many datagrams as its kernel allows. A port
+/// without offloads (AF_XDP) cuts whatever it is given itself.
+fn takes_super_frame(port: &PortEntry, offload: &Offload, frame: &[u8]) -> bool {
+    if offload.gso_type != GsoType::UdpL4 || !port.offloads {
+        return true;
+    }
+    let payload = frame.len().saturating_sub(usize::from(offload.hdr_len));
+    port.uso && payload.div_ceil(usize::from(offload.gso_size).max(1)) <= gro::UDP_MAX_SEGMENTS
+}
 
 impl Core {
     /// Sends a routed frame to `hop`.
@@ -46,12 +58,37 @@ impl Core {
             // super-frame goes as it is, after whatever of its flow is being merged.
             Ingress::Peer(_) if offload.is_gso() => {
                 self.gro.emit_flow(cx, port, bytes);
+                if !takes_super_frame(&t.ports[port], offload, bytes) {
+                    return self.cut_for_port(cx, port, offload, bytes);
+                }
                 cx.sink.to_port(&t.ports[port], offload, bytes);
             }
             // A port without offloads (AF_XDP) would only cut a merged frame up again.
             Ingress::Peer(_) if t.ports[port].offloads => self.gro.coalesce(cx, port, bytes),
             _ => cx.sink.to_port(&t.ports[port], offload, bytes),
         }
+    }
+
+    /// Writes the super-frame `frame` to port `port`, which cannot take it whole, as
+    /// the frames it stands for.
+    fn cut_for_port<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        port: usize,
+        offload: &Offload,
+        frame: &[u8],
+    ) {
+        let p = &cx.tables.ports[port];
+        let mut out = std::mem::take(&mut self.segments);
+        match gso::segment(frame, offload, &mut out, 0) {
+            Ok(segs) => {
+                for f in segs.frames(&out) {
+                    cx.sink.to_port(p, &Offload::PLAIN, f);
+                }
+            }
+            Err(_) => p.counters.discard(self.worker, DropReason::Malformed),
+        }
+        self.segments = out;
     }
 
     /// Encapsulates `frame` for peer `j`.

@@ -62,9 +62,13 @@ impl Gro {
         self.pushes += 1;
         let k = match self.find(p, flow) {
             Some(k) => k,
-            // A frame that cannot start a run (no payload, or a flag beyond ACK) of a
-            // flow nobody holds goes out at once, without evicting anyone.
-            None if !gro::may_start(frame) => return cx.sink.to_port(port, &Offload::PLAIN, frame),
+            // A frame that cannot start a run (no payload, IP options, a flag beyond
+            // ACK, ...) of a flow nobody holds goes out at once, without evicting
+            // anyone; so does a UDP datagram when no coalescer is idle: many UDP
+            // flows (DNS, say) must not crowd out TCP runs being built.
+            None if !gro::may_start(frame) || (flow.is_udp() && !self.has_idle()) => {
+                return cx.sink.to_port(port, &Offload::PLAIN, frame)
+            }
             None => {
                 let k = self.victim();
                 self.emit(cx, k);
@@ -92,6 +96,11 @@ impl Gro {
         self.slots
             .iter()
             .position(|g| g.port == p && g.gro.flow() == Some(flow))
+    }
+
+    /// Whether some coalescer holds nothing.
+    fn has_idle(&self) -> bool {
+        self.slots.iter().any(|g| g.gro.is_empty())
     }
 
     /// An idle coalescer, else the least recently used one.

@@ -297,6 +297,13 @@ impl Sink for NodeSink<'_> {
     fn to_port(&mut self, port: &PortEntry, offload: &Offload, frame: &[u8]) {
         self.out.stats.port_writes += 1;
         port.counters.tx(0, frame.len());
+        // A TAP without USO refuses a UDP super-frame (a port without offloads, AF_XDP,
+        // cuts what it is given itself).
+        assert!(
+            offload.gso_type != weft_encap::virtio::GsoType::UdpL4 || port.uso || !port.offloads,
+            "a UDP super-frame to {}, whose TAP takes no USO",
+            port.name
+        );
         // What a TAP's kernel does with a super-frame or a partial checksum: the
         // smoltcp pods (and the log) see ordinary frames.
         if offload.is_gso() || offload.needs_csum {
@@ -533,6 +540,13 @@ impl Sim {
         let t = &mut self.nodes[n].tables;
         t.ports[port].policy = rules.map(Arc::new);
         t.policy_generation = t.policy_generation.wrapping_add(1);
+    }
+
+    /// Says whether pod `p`'s TAP takes UDP super-frames (USO): every pod's does
+    /// unless told otherwise, as on Linux 6.2 and later.
+    pub fn set_uso(&mut self, p: usize, uso: bool) {
+        let (n, port) = (self.pods[p].node, self.pods[p].port);
+        self.nodes[n].tables.ports[port].uso = uso;
     }
 
     fn build(
