@@ -155,8 +155,10 @@ impl TapQueue {
         Ok(())
     }
 
-    /// Whether the device takes UDP super-frames (USO): the kernel accepted
-    /// `TUN_F_USO4` when the offloads were set.
+    /// Whether the device takes UDP super-frames (USO) written to it. Strictly,
+    /// `TUN_F_USO4` says the kernel may hand weftd such frames; a kernel that
+    /// accepts it (6.2 on) also parses `UDP_L4` headers written to the device,
+    /// which came in the same release, so its acceptance stands for both.
     pub fn takes_uso(&self) -> bool {
         self.uso
     }
