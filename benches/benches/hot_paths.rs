@@ -289,6 +289,29 @@ fn receive_batch(
     dp.flush(&mut cx);
 }
 
+/// Benchmarks `dp`, on node 1's tables `t`, taking batches of `datagram` from node
+/// 0, which must reach the pod in `writes` writes.
+fn bench_receive(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    (name, mode): (&str, TunnelMode),
+    dp: &mut weft_switch::core::Core,
+    t: &weft_switch::tables::Tables,
+    datagram: &[u8],
+    writes: u64,
+) {
+    let from = SocketAddr::V4(SocketAddrV4::new(*underlay(0).ip(), underlay(0).port()));
+    let mut rx = vec![0u8; HEADROOM + datagram.len()];
+    let mut sink = CountingSink::default();
+    receive_batch(dp, t, from, datagram, &mut rx, &mut sink);
+    assert_eq!(
+        sink.frames, writes,
+        "{name} {mode}: the datagrams reach the pod"
+    );
+    g.bench_function(BenchmarkId::new(name, mode), |b| {
+        b.iter(|| receive_batch(dp, t, from, datagram, black_box(&mut rx), &mut sink))
+    });
+}
+
 fn datapath(c: &mut Criterion) {
     let mut g = c.benchmark_group("datapath");
     let frame = full_frame();
@@ -324,31 +347,21 @@ fn datapath(c: &mut Criterion) {
         dp0.flush(&mut cx);
         let datagram = last.0;
         assert!(!datagram.is_empty(), "{mode}: a datagram to capture");
-        let from = SocketAddr::V4(SocketAddrV4::new(*underlay(0).ip(), underlay(0).port()));
-        let mut rx = vec![0u8; HEADROOM + datagram.len()];
         // A batch of datagrams of one flow, as one receive hands them over: merged
         // into one UDP super-frame for a pod that takes them (USO), else one write each.
         g.throughput(Throughput::Elements(BATCH as u64));
         for (uso, name) in [(true, "peer_to_pod"), (false, "peer_to_pod_no_uso")] {
             let mut t1 = tables(mode, 1, 2, 2);
             t1.ports[1].uso = uso;
-            let mut dp1 = new_core();
-            let mut sink = CountingSink::default();
-            receive_batch(&mut dp1, &t1, from, &datagram, &mut rx, &mut sink);
             let writes = if uso { 1 } else { BATCH as u64 };
-            assert_eq!(sink.frames, writes, "{mode}: the datagrams reach the pod");
-            g.bench_function(BenchmarkId::new(name, mode), |b| {
-                b.iter(|| {
-                    receive_batch(
-                        &mut dp1,
-                        &t1,
-                        from,
-                        &datagram,
-                        black_box(&mut rx),
-                        &mut sink,
-                    )
-                })
-            });
+            bench_receive(
+                &mut g,
+                (name, mode),
+                &mut new_core(),
+                &t1,
+                &datagram,
+                writes,
+            );
         }
 
         // The same, to a pod selected by 100 policies of 1,000 rules: the first
@@ -361,21 +374,8 @@ fn datapath(c: &mut Criterion) {
             heartbeat: None,
             conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024), 0)),
         });
-        let mut sink = CountingSink::default();
-        receive_batch(&mut dp1p, &t1p, from, &datagram, &mut rx, &mut sink);
-        assert_eq!(sink.frames, 1, "{mode}: the policy admits the datagrams");
-        g.bench_function(BenchmarkId::new("peer_to_pod_1000_rules", mode), |b| {
-            b.iter(|| {
-                receive_batch(
-                    &mut dp1p,
-                    &t1p,
-                    from,
-                    &datagram,
-                    black_box(&mut rx),
-                    &mut sink,
-                )
-            })
-        });
+        let id = ("peer_to_pod_1000_rules", mode);
+        bench_receive(&mut g, id, &mut dp1p, &t1p, &datagram, 1);
     }
     g.finish();
 }

@@ -481,18 +481,10 @@ pub fn udp_verified(
     (burst, bursts): (usize, usize),
     stall: Duration,
 ) -> Result<u64> {
-    use std::net::UdpSocket;
     if sizes.iter().any(|&n| !(8..=65_507).contains(&n)) || sizes.is_empty() {
         bail!("UDP sizes must be 8 to 65507 bytes: {sizes:?}");
     }
-    let rx = in_netns(server, || UdpSocket::bind((server_ip, 0)))?
-        .with_context(|| format!("binding UDP on {server_ip} in {}", server.name()))?;
-    let addr = rx.local_addr()?;
-    let tx = in_netns(client, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?
-        .with_context(|| format!("binding UDP in {}", client.name()))?;
-    tx.connect(addr)?;
-    rx.set_read_timeout(Some(Duration::from_millis(20)))?;
-    set_rcvbuf(&rx, UDP_RCVBUF).with_context(|| format!("SO_RCVBUFFORCE on {addr}"))?;
+    let (rx, addr, tx) = udp_pair(client, server, server_ip)?;
     let datagram = |seq: u64, len: usize| {
         let mut d = vec![0u8; len];
         d[..8].copy_from_slice(&seq.to_le_bytes());
@@ -544,6 +536,25 @@ pub fn udp_verified(
     Ok(received)
 }
 
+/// A UDP receiver on `server_ip` in `server` (its address, a 20 ms read timeout, a
+/// [`UDP_RCVBUF`] buffer) and a sender in `client` connected to it.
+fn udp_pair(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+) -> Result<(std::net::UdpSocket, SocketAddr, std::net::UdpSocket)> {
+    use std::net::UdpSocket;
+    let rx = in_netns(server, || UdpSocket::bind((server_ip, 0)))?
+        .with_context(|| format!("binding UDP on {server_ip} in {}", server.name()))?;
+    let addr = rx.local_addr()?;
+    let tx = in_netns(client, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?
+        .with_context(|| format!("binding UDP in {}", client.name()))?;
+    tx.connect(addr)?;
+    rx.set_read_timeout(Some(Duration::from_millis(20)))?;
+    set_rcvbuf(&rx, UDP_RCVBUF).with_context(|| format!("SO_RCVBUFFORCE on {addr}"))?;
+    Ok((rx, addr, tx))
+}
+
 /// Sends `payload`-byte UDP datagrams from `client` to `server_ip` in `server` as fast
 /// as the sender's socket takes them, for `duration` or `max_packets` datagrams,
 /// whichever ends first, and counts what arrives. A datagram the sending socket
@@ -556,17 +567,9 @@ pub fn udp_blast(
     duration: Duration,
     max_packets: u64,
 ) -> Result<UdpLoad> {
-    use std::net::UdpSocket;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let rx = in_netns(server, || UdpSocket::bind((server_ip, 0)))?
-        .with_context(|| format!("binding UDP on {server_ip} in {}", server.name()))?;
-    let addr = rx.local_addr()?;
-    let tx = in_netns(client, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?
-        .with_context(|| format!("binding UDP in {}", client.name()))?;
-    tx.connect(addr)?;
-    rx.set_read_timeout(Some(Duration::from_millis(20)))?;
-    set_rcvbuf(&rx, UDP_RCVBUF).with_context(|| format!("SO_RCVBUFFORCE on {addr}"))?;
+    let (rx, addr, tx) = udp_pair(client, server, server_ip)?;
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         let receiver = s.spawn(|| count_received(&rx, addr, payload, &done));
