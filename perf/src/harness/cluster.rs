@@ -164,91 +164,97 @@ impl<'c> Plumbing<'c> {
             kernel: false,
             scratch: Scratch::new("perf")?,
         };
-        let hosts = cluster.underlay.hosts();
         match system.weft_mode() {
-            Some(mode) => {
-                let binary = match (system.is_alt(), &tools.weftd_alt) {
-                    (true, Some(alt)) => alt.clone(),
-                    _ => tools.weftd.clone(),
-                };
-                let peers = p.write_peers(&binary)?;
-                let opts = WeftOptions {
-                    binary,
-                    mode: mode.into(),
-                    workers: settings.weft_workers.unwrap_or_else(|| {
-                        std::thread::available_parallelism().map_or(1, |n| n.get())
-                    }),
-                    extra: p.weftd_flags(),
-                };
-                if system.has_policy() {
-                    std::fs::create_dir_all(p.scratch.path().join("policy"))?;
-                }
-                for host in hosts {
-                    let node = WeftNode::start_isolated(
-                        host,
-                        &peers,
-                        p.scratch.path(),
-                        &opts,
-                        &mut |pid| cluster.pidfile().add(pid),
-                    )?;
-                    p.networks.push(Some(weft_network(tools, &node.socket)?));
-                    p.nodes.push(node);
-                }
-                for (h, host) in hosts.iter().enumerate() {
-                    let mut ips = Vec::new();
-                    for j in 0..cluster.pods_per_host() {
-                        let pod = cluster.pod(h, j);
-                        let network = p.networks[h].as_ref().context("weft network")?;
-                        let out = network.call_as(
-                            Verb::Add,
-                            &host.ns,
-                            &container_id(pod),
-                            &pod.ns.path(),
-                            POD_IFNAME,
-                            Some((policy::NAMESPACE, &pod.name)),
-                        )?;
-                        ips.push(out.first_ip()?);
-                    }
-                    p.ips.push(ips);
-                }
-                if system.has_policy() {
-                    p.write_policy()?;
-                }
-            }
-            None => {
-                p.kernel = true;
-                let attach = match system {
-                    System::KernelVxlan => {
-                        kernel_vxlan::mesh(&cluster.underlay)?;
-                        kernel_vxlan::attach_pod
-                    }
-                    _ => {
-                        direct::mesh(&cluster.underlay)?;
-                        direct::attach_pod
-                    }
-                };
-                for (h, host) in hosts.iter().enumerate() {
-                    let mut ips = Vec::new();
-                    for j in 0..cluster.pods_per_host() {
-                        let ip = host.pod_ip(static_pod_number(j)?);
-                        attach(host, cluster.pod(h, j), ip)?;
-                        ips.push(ip);
-                    }
-                    p.ips.push(ips);
-                    p.networks.push(match system {
-                        System::KernelVxlan => Some(reference_network(
-                            tools,
-                            host,
-                            kernel_vxlan::mtu(host),
-                            p.scratch.path(),
-                        )),
-                        _ => None,
-                    });
-                }
-            }
+            Some(mode) => p.up_weft(mode, tools, settings)?,
+            None => p.up_kernel(tools)?,
         }
         p.wait_reachable()?;
         Ok(p)
+    }
+
+    /// Starts weftd in `mode` on every host and attaches every pod through weft-cni.
+    fn up_weft(&mut self, mode: &str, tools: &Tools, settings: &Settings) -> Result<()> {
+        let hosts = self.cluster.underlay.hosts();
+        let binary = match (self.system.is_alt(), &tools.weftd_alt) {
+            (true, Some(alt)) => alt.clone(),
+            _ => tools.weftd.clone(),
+        };
+        let peers = self.write_peers(&binary)?;
+        let opts = WeftOptions {
+            binary,
+            mode: mode.into(),
+            workers: settings
+                .weft_workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            extra: self.weftd_flags(),
+        };
+        if self.system.has_policy() {
+            std::fs::create_dir_all(self.scratch.path().join("policy"))?;
+        }
+        for host in hosts {
+            let node =
+                WeftNode::start_isolated(host, &peers, self.scratch.path(), &opts, &mut |pid| {
+                    self.cluster.pidfile().add(pid)
+                })?;
+            self.networks.push(Some(weft_network(tools, &node.socket)?));
+            self.nodes.push(node);
+        }
+        for (h, host) in hosts.iter().enumerate() {
+            let mut ips = Vec::new();
+            for j in 0..self.cluster.pods_per_host() {
+                let pod = self.cluster.pod(h, j);
+                let network = self.networks[h].as_ref().context("weft network")?;
+                let out = network.call_as(
+                    Verb::Add,
+                    &host.ns,
+                    &container_id(pod),
+                    &pod.ns.path(),
+                    POD_IFNAME,
+                    Some((policy::NAMESPACE, &pod.name)),
+                )?;
+                ips.push(out.first_ip()?);
+            }
+            self.ips.push(ips);
+        }
+        if self.system.has_policy() {
+            self.write_policy()?;
+        }
+        Ok(())
+    }
+
+    /// Configures the kernel baseline (VXLAN or routing) and attaches every pod with `ip`.
+    fn up_kernel(&mut self, tools: &Tools) -> Result<()> {
+        let hosts = self.cluster.underlay.hosts();
+        self.kernel = true;
+        let attach = match self.system {
+            System::KernelVxlan => {
+                kernel_vxlan::mesh(&self.cluster.underlay)?;
+                kernel_vxlan::attach_pod
+            }
+            _ => {
+                direct::mesh(&self.cluster.underlay)?;
+                direct::attach_pod
+            }
+        };
+        for (h, host) in hosts.iter().enumerate() {
+            let mut ips = Vec::new();
+            for j in 0..self.cluster.pods_per_host() {
+                let ip = host.pod_ip(static_pod_number(j)?);
+                attach(host, self.cluster.pod(h, j), ip)?;
+                ips.push(ip);
+            }
+            self.ips.push(ips);
+            self.networks.push(match self.system {
+                System::KernelVxlan => Some(reference_network(
+                    tools,
+                    host,
+                    kernel_vxlan::mtu(host),
+                    self.scratch.path(),
+                )),
+                _ => None,
+            });
+        }
+        Ok(())
     }
 
     /// Writes the `weft-*-policy` manifests for the pods attached, and waits until
