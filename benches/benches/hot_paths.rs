@@ -373,6 +373,7 @@ fn datapath(c: &mut Criterion) {
             worker: 0,
             heartbeat: None,
             conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024), 0)),
+            host: weft_switch::core::host::HostTables::new(1, 1024).worker(0),
         });
         let id = ("peer_to_pod_1000_rules", mode);
         bench_receive(&mut g, id, &mut dp1p, &t1p, &datagram, 1);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use ipnet::Ipv4Net;
 use weft_encap::checksum;
 use weft_encap::vxlan::Vni;
+use weft_switch::core::host::HostTables;
 use weft_switch::core::{self, Core, Report, Sink, Time};
 use weft_switch::io::port::Offload;
 use weft_switch::mac::MacAddr;
@@ -111,6 +112,7 @@ pub fn tables(mode: TunnelMode, n: u8, nodes: u8, pods: u8) -> Tables {
             health: Arc::new(PeerHealth::new(Time::ZERO)),
             path: PeerPath::Tunnel,
             beats: true,
+            via_host: false,
         })
         .collect();
     Tables::build(config, host, pods, peers, Arc::new(Counters::new(1)))
@@ -196,6 +198,7 @@ pub fn new_core() -> Core {
         worker: 0,
         heartbeat: None,
         conntrack: None,
+        host: HostTables::new(1, 1024).worker(0),
     })
 }
 

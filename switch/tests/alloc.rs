@@ -12,6 +12,7 @@ use std::sync::Arc;
 use weft_encap::{checksum, gso, sleeve, virtio, vxlan};
 use weft_switch::control::netlink::{in_new_netns, NetlinkError};
 use weft_switch::core::conntrack::Conntrack;
+use weft_switch::core::host::HostTables;
 use weft_switch::core::{self, Core, Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::io::port::Offload;
 use weft_switch::io::udp::{Lanes, RxBatch, Tunnel};
@@ -149,6 +150,7 @@ fn tables(mode: TunnelMode) -> Tables {
         health: Arc::new(PeerHealth::new(Time::ZERO)),
         path: PeerPath::Tunnel,
         beats: true,
+        via_host: false,
     };
     Tables::build(
         node,
@@ -201,6 +203,7 @@ fn run(mode: TunnelMode) {
         worker: 0,
         heartbeat: Some(BEAT),
         conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024), 0)),
+        host: HostTables::new(1, 1024).worker(0),
     });
     let mut now = Time::ZERO;
     let mut sink = CountingSink::default();

@@ -7,8 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use proptest::prelude::*;
-use smoltcp::iface::SocketHandle;
-use smoltcp::socket::{tcp, udp};
+use smoltcp::socket::udp;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpAddress, IpEndpoint,
     IpProtocol, Ipv4Packet, TcpPacket,
@@ -19,6 +18,7 @@ use weft_switch::mac::MacAddr;
 use weft_switch::tables::counters::{DropReason, Snapshot};
 use weft_switch::tables::{PortKind, TunnelMode};
 
+use weft_switch::sim::tcp::Transfer;
 use weft_switch::sim::*;
 
 /// Pod A, on node 0.
@@ -96,128 +96,6 @@ both_modes!(
 // TCP through the switch
 // ---------------------------------------------------------------------------------
 
-fn tcp_socket() -> tcp::Socket<'static> {
-    let rx = tcp::SocketBuffer::new(vec![0; 256 * 1024]);
-    let tx = tcp::SocketBuffer::new(vec![0; 256 * 1024]);
-    tcp::Socket::new(rx, tx)
-}
-
-/// One TCP connection from pod `from` to pod `to` that sends `data` and closes.
-struct Transfer {
-    from: usize,
-    to: usize,
-    client: SocketHandle,
-    server: SocketHandle,
-    data: Vec<u8>,
-    sent: usize,
-    received: usize,
-    first_mismatch: Option<usize>,
-    client_closed: bool,
-    server_closed: bool,
-    server_saw: Option<IpEndpoint>,
-}
-
-impl Transfer {
-    fn start(sim: &mut Sim, from: usize, to: usize, port: u16, data: Vec<u8>) -> Transfer {
-        let dst = sim.pods[to].ip;
-        let server = sim.pods[to].sockets.add(tcp_socket());
-        sim.pods[to]
-            .sockets
-            .get_mut::<tcp::Socket<'_>>(server)
-            .listen(port)
-            .expect("listen");
-        let pod = &mut sim.pods[from];
-        let client = pod.sockets.add(tcp_socket());
-        pod.sockets
-            .get_mut::<tcp::Socket<'_>>(client)
-            .connect(
-                pod.iface.context(),
-                (IpAddress::Ipv4(dst), port),
-                40_000 + port,
-            )
-            .expect("connect");
-        Transfer {
-            from,
-            to,
-            client,
-            server,
-            data,
-            sent: 0,
-            received: 0,
-            first_mismatch: None,
-            client_closed: false,
-            server_closed: false,
-            server_saw: None,
-        }
-    }
-
-    /// The applications' part of a step: write, read, verify, close. Returns whether
-    /// everything was received and both ends have closed.
-    fn pump(&mut self, sim: &mut Sim) -> bool {
-        let client = sim.pods[self.from]
-            .sockets
-            .get_mut::<tcp::Socket<'_>>(self.client);
-        if self.sent < self.data.len() && client.can_send() {
-            self.sent += client
-                .send_slice(&self.data[self.sent..])
-                .expect("send on an open socket");
-        }
-        if self.sent == self.data.len() && !self.client_closed {
-            client.close();
-            self.client_closed = true;
-        }
-        let client_state = client.state();
-
-        let server = sim.pods[self.to]
-            .sockets
-            .get_mut::<tcp::Socket<'_>>(self.server);
-        if self.server_saw.is_none() {
-            self.server_saw = server.remote_endpoint();
-        }
-        while server.can_recv() {
-            let expect = &self.data[self.received.min(self.data.len())..];
-            let (received, mismatch) = (&mut self.received, &mut self.first_mismatch);
-            server
-                .recv(|got| {
-                    let n = got.len();
-                    if mismatch.is_none() {
-                        let bad = got
-                            .iter()
-                            .zip(expect)
-                            .position(|(g, e)| g != e)
-                            .or((n > expect.len()).then_some(expect.len()));
-                        if let Some(i) = bad {
-                            *mismatch = Some(*received + i);
-                        }
-                    }
-                    *received += n;
-                    (n, ())
-                })
-                .expect("recv on a readable socket");
-        }
-        if server.state() == tcp::State::CloseWait && !self.server_closed {
-            server.close();
-            self.server_closed = true;
-        }
-        self.received == self.data.len()
-            && server.state() == tcp::State::Closed
-            && matches!(client_state, tcp::State::TimeWait | tcp::State::Closed)
-    }
-
-    fn states(&self, sim: &Sim) -> (tcp::State, tcp::State) {
-        (
-            sim.pods[self.from]
-                .sockets
-                .get::<tcp::Socket<'_>>(self.client)
-                .state(),
-            sim.pods[self.to]
-                .sockets
-                .get::<tcp::Socket<'_>>(self.server)
-                .state(),
-        )
-    }
-}
-
 /// Sends `len` pseudo-random bytes over TCP from pod `from` to pod `to`, and checks
 /// that they all arrived intact, from the sender's own address, and that both ends
 /// closed cleanly.
@@ -247,10 +125,7 @@ fn transfer(sim: &mut Sim, from: usize, to: usize, port: u16, len: usize, seed: 
         Some(IpAddress::Ipv4(sim.pods[from].ip)),
         "{what}: the server must see the client's own address (no NAT)"
     );
-    for p in [from, to] {
-        let s = &mut sim.pods[p].sockets;
-        s.remove(if p == from { x.client } else { x.server });
-    }
+    x.remove(sim);
 }
 
 fn tcp_across_nodes_both_directions(mode: TunnelMode) {

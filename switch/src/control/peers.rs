@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use weft_cni::proto;
 
-use crate::control::config::{Mode, Settings};
+use crate::control::config::{Encryption, Mode, Settings};
 use crate::control::daemon::Daemon;
 use crate::control::error::DaemonError;
 use crate::control::routes::{DirectRoute, RouteTo};
@@ -26,8 +26,7 @@ use weft_encap::sleeve::NodeId;
 /// the tunnel, and a direct peer's traffic does not use it.
 pub(crate) fn path_to(settings: &Settings, n: &NodeEntry, route: Option<&RouteTo>) -> PeerPath {
     let theirs = n.mode.unwrap_or(settings.mode);
-    let their_direct =
-        theirs == Mode::Direct || n.direct_routing.unwrap_or(settings.direct_routing);
+    let their_direct = routes_directly(settings, n);
     let tunnel = settings
         .mode
         .tunnel()
@@ -65,6 +64,29 @@ pub(crate) fn path_to(settings: &Settings, n: &NodeEntry, route: Option<&RouteTo
     }
 }
 
+/// Whether node `n` routes directly to the peers on its segment, as its record (or
+/// the peers file) says; a node that does not say runs as this one does.
+fn routes_directly(settings: &Settings, n: &NodeEntry) -> bool {
+    n.mode.unwrap_or(settings.mode) == Mode::Direct
+        || n.direct_routing.unwrap_or(settings.direct_routing)
+}
+
+/// Whether node `n`'s pods may reach this node through its host while this node
+/// tunnels to `n` (`path`): `n` routes directly, and is on this node's segment (the
+/// host reaches it, by `route`, on a link with no gateway). Never under required
+/// encryption: then nothing from a tunnelled peer's subnet passes unsealed.
+fn reaches_us_through_the_host(
+    settings: &Settings,
+    n: &NodeEntry,
+    path: &PeerPath,
+    route: Option<&RouteTo>,
+) -> bool {
+    *path == PeerPath::Tunnel
+        && settings.encryption != Encryption::Required
+        && routes_directly(settings, n)
+        && route.is_some_and(|r| r.gateway.is_none() && r.dev != settings.host_port)
+}
+
 /// The peer entries of `nodes` (every node but this one), reached as [`path_to`]
 /// says, with `route_to` telling how the host reaches an address. A peer that did not
 /// change keeps its counters and health from `old`.
@@ -80,12 +102,12 @@ pub(crate) fn peer_entries(
         .map(|n| {
             let addr = SocketAddrV4::new(n.underlay_ip, settings.port);
             let kept = old.iter().find(|p| p.name == n.name && p.addr == addr);
-            let route = settings
-                .direct_routing
+            let route = (settings.direct_routing || routes_directly(settings, n))
                 .then(|| route_to(n.underlay_ip))
                 .flatten();
             let path = path_to(settings, n, route.as_ref());
             let beats = path == PeerPath::Tunnel;
+            let via_host = reaches_us_through_the_host(settings, n, &path, route.as_ref());
             PeerEntry {
                 name: n.name.clone(),
                 addr,
@@ -101,6 +123,7 @@ pub(crate) fn peer_entries(
                 ),
                 path,
                 beats,
+                via_host,
             }
         })
         .collect()

@@ -193,6 +193,8 @@ pub struct Table {
     mask: usize,
     /// Live entries; written by the owner only.
     live: AtomicU64,
+    /// Entries ever made (not updates); written by the owner only.
+    created: AtomicU64,
     max: u64,
 }
 
@@ -219,6 +221,7 @@ impl Table {
             slots: (0..slots).map(|_| Slot::default()).collect(),
             mask: slots - 1,
             live: AtomicU64::new(0),
+            created: AtomicU64::new(0),
             max: max as u64,
         }
     }
@@ -226,6 +229,11 @@ impl Table {
     /// Live entries.
     pub fn live(&self) -> u64 {
         self.live.load(Relaxed)
+    }
+
+    /// Entries ever made.
+    pub fn created(&self) -> u64 {
+        self.created.load(Relaxed)
     }
 
     /// The entry of `key`'s connection, either way, unexpired at `now`.
@@ -283,6 +291,7 @@ impl Table {
                 if !expired {
                     self.live.store(self.live() + 1, Relaxed);
                 }
+                self.created.store(self.created() + 1, Relaxed);
                 slot.write(a, b, c);
                 return Ok(at);
             }
@@ -398,6 +407,33 @@ impl Conntrack {
             expires,
         };
         self.own().put(&entry, seconds(now)).map(drop)
+    }
+
+    /// Records what is known of connection `orig` now (`flags`, under `generation`),
+    /// unless `found`, its entry in this worker's table, already says so for another
+    /// second: most packets of a connection only read the table.
+    pub fn keep(
+        &self,
+        orig: FlowKey,
+        found: Option<&Found>,
+        flags: Flags,
+        generation: u32,
+        now: Time,
+    ) -> Result<(), Full> {
+        if let Some(Found {
+            entry,
+            own_slot: Some(_),
+            ..
+        }) = found
+        {
+            if entry.generation == generation
+                && entry.flags == flags
+                && !self.needs_refresh(entry, now)
+            {
+                return Ok(());
+            }
+        }
+        self.track(orig, flags, generation, now)
     }
 
     /// Whether `entry`, seen at `now`, has lost a second or more of its timeout, so

@@ -3,18 +3,20 @@
 //! [`decide`] is a pure function of the snapshot, where the packet came from and
 //! what its header says; it is the one place a routing verdict is made, as a chain
 //! of checks: admission (spoofing, broadcast), the route, the TTL, the MTU. A packet
-//! it forwards then meets NetworkPolicy ([`super::policy`]), the one step that keeps
-//! state: the connection table.
+//! it forwards then meets the two steps that keep state: the host boundary
+//! ([`super::host`]: what the host port admits, and which replies return through the
+//! host) and NetworkPolicy ([`super::policy`]: the connection table).
 
 use std::net::Ipv4Addr;
 
 use weft_encap::{ethernet, icmpv4, ipv4, tcp, udp};
 
+use super::flow::Flow;
 use super::icmp::IcmpError;
 use super::{Core, Ctx, Frame, Ingress, Offload, Sink};
 use crate::tables::counters::DropReason;
 use crate::tables::fib::NextHop;
-use crate::tables::{PortKind, Tables};
+use crate::tables::{PeerPath, PortKind, Tables};
 
 /// The facts of a validated IPv4 header that routing needs.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +74,21 @@ pub(super) fn decide(t: &Tables, from: Ingress, offload: &Offload, facts: &Facts
     if let Some(reason) = inadmissible(t, from, facts) {
         return Verdict::Drop(reason);
     }
-    let hop = t.fib.lookup(facts.dst).unwrap_or(NextHop::Unreachable);
+    let hop = match (
+        from,
+        t.fib.lookup(facts.dst).unwrap_or(NextHop::Unreachable),
+    ) {
+        // A peer this node routes to directly, but which tunnels back (its segment
+        // or settings differ): its pods' packets go through the host, as this
+        // node's own to that peer do, so that the host sees both directions of
+        // what it translated.
+        (Ingress::Peer(j), NextHop::Local(_))
+            if matches!(t.peers[j].path, PeerPath::Direct { .. }) =>
+        {
+            NextHop::Host
+        }
+        (_, hop) => hop,
+    };
     match (from, hop) {
         (Ingress::Peer(_), NextHop::Peer(_)) => return Verdict::Drop(DropReason::NoRelay),
         (Ingress::Port(i), NextHop::Host) if t.ports[i].kind == PortKind::Host => {
@@ -164,7 +180,12 @@ impl Core {
             Verdict::Forward { hop, decrement_ttl } => {
                 let ip =
                     ipv4::Packet::new_unchecked(&frame.buf[ip_start..ip_start + facts.total_len]);
-                if let Err((port, reason)) = self.policy(cx, from, hop, &ip) {
+                let flow = Flow::of(&ip);
+                let hop = match self.host_boundary(cx, from, hop, &flow) {
+                    Ok(hop) => hop,
+                    Err(reason) => return self.drop_at(cx, from, reason),
+                };
+                if let Err((port, reason)) = self.policy(cx, from, hop, &flow) {
                     return cx.tables.ports[port].counters.discard(self.worker, reason);
                 }
                 // Ethernet pads short frames; the IP total length is the truth.

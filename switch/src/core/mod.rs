@@ -36,9 +36,11 @@ use crate::tables::{PeerEntry, PortEntry, Tables};
 mod arp;
 pub mod conntrack;
 mod egress;
+mod flow;
 mod forward;
 mod gro;
 mod heartbeat;
+pub mod host;
 mod icmp;
 mod ingress;
 mod join;
@@ -57,6 +59,9 @@ pub use weft_encap::virtio::Repr as Offload;
 
 /// Free bytes kept in front of every frame read from a port.
 pub const HEADROOM: usize = 64;
+
+/// How often expired connections and host flows are swept while there are any.
+const SWEEP: Duration = Duration::from_secs(1);
 
 /// Outer UDP source ports a node sends from. A frame's flow hash picks its lane, so
 /// one flow always leaves from one source port (and lands, in order, on one worker
@@ -238,6 +243,8 @@ pub struct Config {
     /// The connection tables, this worker's to write and the others' to read; none
     /// means policy judges every packet as a new connection.
     pub conntrack: Option<conntrack::Conntrack>,
+    /// The flows that cross the host port, likewise.
+    pub host: host::HostFlows,
 }
 
 /// The switching state of one worker: scratch buffers, GRO, sleeve batches and joins,
@@ -255,7 +262,8 @@ pub struct Core {
     frames_out: u32,
     beats: heartbeat::Heartbeats,
     conntrack: Option<conntrack::Conntrack>,
-    /// When the connection table is next swept, while it holds entries.
+    host: host::HostFlows,
+    /// When the connection tables are next swept, while they hold entries.
     next_sweep: Option<Time>,
 }
 
@@ -281,6 +289,7 @@ impl Core {
             frames_out: 0,
             beats: heartbeat::Heartbeats::new(config.heartbeat),
             conntrack: config.conntrack,
+            host: config.host,
             next_sweep: None,
         }
     }
@@ -327,7 +336,29 @@ impl Core {
     /// expired connections.
     pub fn handle_timeout<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>) {
         self.beats.handle_timeout(cx);
-        self.sweep_conntrack(cx);
+        self.sweep(cx.now);
+    }
+
+    /// Makes sure the connection tables are swept within [`SWEEP`] of `now`, after
+    /// an entry was written.
+    fn sweep_soon(&mut self, now: Time) {
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP);
+        }
+    }
+
+    /// Runs the sweep of expired connections and flows when it is due; sweeps go on
+    /// while the tables hold entries.
+    fn sweep(&mut self, now: Time) {
+        if self.next_sweep.is_none_or(|at| now < at) {
+            return;
+        }
+        let mut live = self.host.sweep(now);
+        if let Some(ct) = &self.conntrack {
+            ct.sweep(now);
+            live += ct.live();
+        }
+        self.next_sweep = (live > 0).then(|| now + SWEEP);
     }
 
     /// Counts a drop on what the frame came from.

@@ -20,122 +20,13 @@
 //! exceeded, parameter problem) passes when it goes to the sender of the packet it
 //! quotes and that packet's connection is tracked under the policy in force.
 
-use weft_encap::{icmpv4, ipv4, tcp, udp};
-
 use super::conntrack::{Flags, FlowKey, Found};
+use super::flow::Flow;
 use super::{Core, Ctx, Ingress};
 use crate::policy::compile::PodRules;
 use crate::tables::counters::DropReason;
 use crate::tables::fib::NextHop;
 use crate::tables::{PortKind, Tables};
-
-/// How often expired connections are swept while there are any.
-const SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// What policy needs of a packet.
-#[derive(Debug, Clone, Copy)]
-struct Facts {
-    key: FlowKey,
-    /// The destination port rules match against: TCP, UDP and SCTP only.
-    port: Option<u16>,
-    /// TCP FIN or RST.
-    closing: bool,
-    /// For an ICMP error, the connection of the packet it quotes.
-    error_about: Option<FlowKey>,
-}
-
-fn key_and_port(ip: &ipv4::Packet<&[u8]>) -> (FlowKey, Option<u16>) {
-    let mut key = FlowKey {
-        src: u32::from(ip.src_addr()),
-        dst: u32::from(ip.dst_addr()),
-        sport: 0,
-        dport: 0,
-        proto: ip.protocol(),
-    };
-    if ip.frag_offset() != 0 {
-        return (key, None);
-    }
-    let payload = ip.payload();
-    if let Some((s, d)) = udp::ports(key.proto, payload) {
-        (key.sport, key.dport) = (s, d);
-        return (key, Some(d));
-    }
-    if key.proto == ipv4::protocol::ICMP {
-        if let Ok(m) = icmpv4::Packet::new_checked(payload) {
-            if matches!(
-                m.msg_type(),
-                icmpv4::kind::ECHO_REQUEST | icmpv4::kind::ECHO_REPLY
-            ) {
-                (key.sport, key.dport) = (m.echo_ident(), m.echo_ident());
-            }
-        }
-    }
-    (key, None)
-}
-
-/// The connection of the packet an ICMP error quotes: its IPv4 header and the start
-/// of its payload, cut short by design, so its total length is not checked.
-fn quoted_key(data: &[u8]) -> Option<FlowKey> {
-    let ip = ipv4::Packet::new_unchecked(data);
-    let header = data.get(..ipv4::HEADER_LEN).map(|_| ip.header_len())?;
-    if data[0] >> 4 != 4 || header < ipv4::HEADER_LEN || header > data.len() {
-        return None;
-    }
-    let mut key = FlowKey {
-        src: u32::from(ip.src_addr()),
-        dst: u32::from(ip.dst_addr()),
-        sport: 0,
-        dport: 0,
-        proto: ip.protocol(),
-    };
-    let inner = &data[header..];
-    if ip.frag_offset() == 0 {
-        if let Some((s, d)) = udp::ports(key.proto, inner) {
-            (key.sport, key.dport) = (s, d);
-        } else if key.proto == ipv4::protocol::ICMP {
-            // An error about a ping: echo connections are keyed by their identifier.
-            if let Ok(m) = icmpv4::Packet::new_checked(inner) {
-                if matches!(
-                    m.msg_type(),
-                    icmpv4::kind::ECHO_REQUEST | icmpv4::kind::ECHO_REPLY
-                ) {
-                    (key.sport, key.dport) = (m.echo_ident(), m.echo_ident());
-                }
-            }
-        }
-    }
-    Some(key)
-}
-
-/// Whether ICMP type `t` reports a problem with one packet, which it quotes:
-/// destination unreachable, source quench, time exceeded, parameter problem. Others
-/// (redirects, router messages, unknown types) are judged as ICMP of their own.
-fn quotes_a_packet(t: u8) -> bool {
-    matches!(t, 3 | 4 | 11 | 12)
-}
-
-impl Facts {
-    fn of(ip: &ipv4::Packet<&[u8]>) -> Facts {
-        let (key, port) = key_and_port(ip);
-        let payload = ip.payload();
-        let closing = key.proto == ipv4::protocol::TCP
-            && port.is_some()
-            && tcp::Packet::new_checked(payload).is_ok_and(|t| t.fin() || t.rst());
-        let error_about = (key.proto == ipv4::protocol::ICMP && port.is_none())
-            .then(|| icmpv4::Packet::new_checked(payload).ok())
-            .flatten()
-            .filter(|m| quotes_a_packet(m.msg_type()))
-            .and_then(|m| quoted_key(m.data()))
-            // An error goes to the sender of the packet it quotes.
-            .filter(|inner| inner.src == key.dst);
-        Facts {
-            key,
-            port,
-            closing,
-            error_about,
-        }
-    }
-}
 
 /// Which check refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +133,7 @@ impl<'t> Ends<'t> {
 fn connection(
     ends: &Ends<'_>,
     ct: &super::conntrack::Conntrack,
-    facts: &Facts,
+    facts: &Flow,
     found: Option<Found>,
     generation: u32,
 ) -> Result<(FlowKey, bool, Flags), (usize, DropReason)> {
@@ -278,16 +169,15 @@ impl Core {
         cx: &Ctx<'_, S>,
         from: Ingress,
         hop: NextHop,
-        ip: &ipv4::Packet<&[u8]>,
+        facts: &Flow,
     ) -> Result<(), (usize, DropReason)> {
         let t = cx.tables;
-        let ends = Ends::of(t, from, hop, ip.src_addr());
+        let ends = Ends::of(t, from, hop, facts.key.src.into());
         // The switch's own ICMP errors answer packets it refused before policy saw
         // them (no route, TTL, MTU): they are the node's, and always pass.
         if (ends.src.is_none() && ends.dst.is_none()) || matches!(from, Ingress::Icmp(_)) {
             return Ok(());
         }
-        let facts = Facts::of(ip);
         let refuse = |denied| ends.blame(denied).unwrap_or((0, DropReason::PolicyIngress));
         let Some(ct) = &self.conntrack else {
             // No table: judge every packet as a new connection (replies then need
@@ -314,30 +204,12 @@ impl Core {
         }
         let found = ct.lookup(facts.key, cx.now);
         let generation = t.policy_generation;
-        let (orig, forward, mut flags) = connection(&ends, ct, &facts, found, generation)?;
-        let before = flags;
+        let (orig, forward, mut flags) = connection(&ends, ct, facts, found, generation)?;
         flags.replied |= !forward;
         flags.closing |= facts.closing;
-        // A connection of this table whose entry says all it would say for another
-        // second is left as it is: most packets only read the table.
-        if let Some(Found {
-            entry,
-            own_slot: Some(_),
-            ..
-        }) = found
-        {
-            if entry.generation == generation
-                && flags == before
-                && !ct.needs_refresh(&entry, cx.now)
-            {
-                return Ok(());
-            }
-        }
-        match ct.track(orig, flags, generation, cx.now) {
+        match ct.keep(orig, found.as_ref(), flags, generation, cx.now) {
             Ok(()) => {
-                if self.next_sweep.is_none() {
-                    self.next_sweep = Some(cx.now + SWEEP);
-                }
+                self.sweep_soon(cx.now);
                 Ok(())
             }
             // A known connection keeps its entry elsewhere; a new one is dropped.
@@ -348,18 +220,6 @@ impl Core {
                 .map_or((0, DropReason::ConntrackFull), |(i, _)| {
                     (i, DropReason::ConntrackFull)
                 })),
-        }
-    }
-
-    /// Runs the connection table's sweep when it is due; sweeps go on while the
-    /// table holds entries.
-    pub(super) fn sweep_conntrack<S: ?Sized>(&mut self, cx: &Ctx<'_, S>) {
-        let (Some(ct), Some(at)) = (&self.conntrack, self.next_sweep) else {
-            return;
-        };
-        if cx.now >= at {
-            ct.sweep(cx.now);
-            self.next_sweep = (ct.live() > 0).then(|| cx.now + SWEEP);
         }
     }
 }

@@ -21,6 +21,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::core::conntrack::Conntrack;
+use crate::core::host::{HostFlows, HostTables};
 use crate::core::{self, Core, Ctx, Frame, Report, Sink, Time, TxError, HEADROOM};
 use crate::io::clock;
 use crate::io::port::{Offload, PortQueue, Rx};
@@ -90,6 +91,8 @@ pub struct Shared {
     stop: AtomicBool,
     /// The encrypted sleeve, if it is on.
     sealer: Option<Arc<Sealer>>,
+    /// The flows crossing the host port, every worker's.
+    pub host_flows: HostTables,
 }
 
 impl Shared {
@@ -184,6 +187,7 @@ pub fn spawn(
     }
     let (pool, large) = handoff_pools(n);
     let conntrack = Conntrack::tables(n, tuning.conntrack_max);
+    let host_flows = HostTables::new(n, tuning.conntrack_max);
     let shared = Arc::new(Shared {
         tables,
         inboxes: (0..n).map(|_| ArrayQueue::new(RING_LEN)).collect(),
@@ -192,6 +196,7 @@ pub fn spawn(
         large,
         stop: AtomicBool::new(false),
         sealer,
+        host_flows: host_flows.clone(),
     });
     // Each worker builds its state on its own thread (its buffers then come from that
     // thread's allocator arena) and reports whether it could before any runs, so a
@@ -209,6 +214,7 @@ pub fn spawn(
             lanes: lanes.clone(),
             tuning,
             conntrack: Conntrack::new(conntrack.clone(), index),
+            host: host_flows.worker(index),
         };
         match spawn_one(setup, rx, shared.clone(), ready) {
             Ok(thread) => handles.push(WorkerHandle {
@@ -282,6 +288,7 @@ struct Setup {
     lanes: Arc<Lanes>,
     tuning: Tuning,
     conntrack: Conntrack,
+    host: HostFlows,
 }
 
 struct QueueSlot {
@@ -516,6 +523,7 @@ impl Worker {
             lanes,
             tuning,
             conntrack,
+            host,
         } = setup;
         socket.set_nonblocking(true)?;
         poll.registry().register(
@@ -534,6 +542,7 @@ impl Worker {
                 worker: index,
                 heartbeat: beats,
                 conntrack: Some(conntrack),
+                host,
             }),
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
             seal_due: None,

@@ -26,7 +26,11 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use weft_encap::vxlan::Vni;
 
+pub mod nat;
+pub mod tcp;
+
 use crate::core::conntrack::Conntrack;
+use crate::core::host::HostTables;
 use crate::core::{self, Core, Ctx, Frame, Offload, Report, Sink, Time, HEADROOM};
 use crate::mac::MacAddr;
 use crate::policy::compile::PodRules;
@@ -173,6 +177,8 @@ pub struct Node {
     pub tables: Tables,
     /// The worker's switching state.
     pub core: Core,
+    /// The flows that cross its host port.
+    pub host_flows: HostTables,
 }
 
 /// A tunnel datagram in flight on the underlay.
@@ -440,6 +446,10 @@ pub struct Sim {
     pub now: Instant,
     /// Steps run so far.
     pub steps: u64,
+    /// Each node's host, where a test gave it one: what the switch hands the host
+    /// port goes through it at every step, and what it sends back re-enters the
+    /// switch. Without one, frames for the host stay in [`Outputs::host_rx`].
+    pub hosts: Vec<Option<nat::HostNat>>,
     buf: Vec<u8>,
 }
 
@@ -501,6 +511,7 @@ fn peer_entry(m: usize) -> PeerEntry {
         health: Arc::new(PeerHealth::new(Time::ZERO)),
         path: PeerPath::Tunnel,
         beats: true,
+        via_host: false,
     }
 }
 
@@ -524,10 +535,12 @@ impl Sim {
     pub fn with_conntrack_max(mode: TunnelMode, layout: &[&[Ipv4Addr]], max: usize) -> Sim {
         let mut sim = Sim::new(mode, layout);
         for node in &mut sim.nodes {
+            node.host_flows = HostTables::new(1, max);
             node.core = Core::new(core::Config {
                 worker: 0,
                 heartbeat: None,
                 conntrack: Some(Conntrack::new(Conntrack::tables(1, max), 0)),
+                host: node.host_flows.worker(0),
             });
         }
         sim
@@ -540,6 +553,27 @@ impl Sim {
         let t = &mut self.nodes[n].tables;
         t.ports[port].policy = rules.map(Arc::new);
         t.policy_generation = t.policy_generation.wrapping_add(1);
+    }
+
+    /// Changes what node `n` knows of its peer node `m` with `f`, and rebuilds its
+    /// routes (a peer reached directly routes to the host port, say).
+    pub fn set_peer(&mut self, n: usize, m: usize, f: impl FnOnce(&mut PeerEntry)) {
+        let t = &self.nodes[n].tables;
+        let j = t
+            .peer_by_ip(*underlay(m).ip())
+            .unwrap_or_else(|| panic!("node {m} is no peer of node {n}"));
+        let mut peers = t.peers.clone();
+        f(&mut peers[j]);
+        let mut rebuilt = Tables::build(
+            t.node.clone(),
+            t.ports[0].clone(),
+            t.ports[1..].iter().cloned(),
+            peers,
+            t.tunnel.clone(),
+        )
+        .expect("the changed peer is routable");
+        rebuilt.policy_generation = t.policy_generation;
+        self.nodes[n].tables = rebuilt;
     }
 
     /// Says whether pod `p`'s TAP takes UDP super-frames (USO): every pod's does
@@ -573,12 +607,18 @@ impl Sim {
             let tables = Tables::build(config, host, ports, peers, new_counters())
                 .expect("the simulated cluster is routable");
             let conntrack = Conntrack::new(Conntrack::tables(1, CONNTRACK_MAX), 0);
+            let host_flows = HostTables::new(1, CONNTRACK_MAX);
             let core = Core::new(core::Config {
                 worker: 0,
                 heartbeat,
                 conntrack: Some(conntrack),
+                host: host_flows.worker(0),
             });
-            nodes.push(Node { tables, core });
+            nodes.push(Node {
+                tables,
+                core,
+                host_flows,
+            });
         }
         Sim {
             mode,
@@ -592,6 +632,7 @@ impl Sim {
             },
             now: Instant::from_millis(0),
             steps: 0,
+            hosts: (0..n_nodes).map(|_| None).collect(),
             buf: vec![0; HEADROOM + 65_536],
         }
     }
@@ -807,8 +848,37 @@ impl Sim {
         }
         self.flush();
         self.deliver_wire();
+        self.run_hosts();
         self.now += STEP;
         self.steps += 1;
+    }
+
+    /// Gives node `n` a host as kube-proxy leaves it (see [`nat`]), with no
+    /// Services yet.
+    pub fn host_nat(&mut self, n: usize) -> &mut nat::HostNat {
+        self.hosts[n].get_or_insert_with(|| nat::HostNat::new(gateway(n), cluster()))
+    }
+
+    /// Passes what each node handed its host through that host, if it has one, and
+    /// hands the switch what the host sends back, then flushes.
+    pub fn run_hosts(&mut self) {
+        for n in 0..self.nodes.len() {
+            let Some(mut host) = self.hosts[n].take() else {
+                continue;
+            };
+            let frames = std::mem::take(&mut self.out.host_rx[n]);
+            for f in frames {
+                if f.len() <= ETH_HLEN || u16::from_be_bytes([f[12], f[13]]) != ETHERTYPE_IPV4 {
+                    continue;
+                }
+                if let Some(back) = host.route(&f[ETH_HLEN..]) {
+                    let host_mac = MacAddr::for_ip(gateway(n));
+                    self.host_frame(n, &eth(router_mac(n), host_mac, ETHERTYPE_IPV4, &back));
+                }
+            }
+            self.hosts[n] = Some(host);
+        }
+        self.flush();
     }
 
     /// Steps until `done` holds (checked before each step) or `limit` steps have run;

@@ -145,6 +145,11 @@ pub struct PeerEntry {
     pub path: PeerPath,
     /// Whether it gets heartbeats: its pods are reached through the tunnel.
     pub beats: bool,
+    /// Whether its pods' traffic may reach this node through the host rather than
+    /// the tunnel: it routes to this node directly, though this node tunnels back
+    /// (its segment or its settings differ). The host port then admits its pod
+    /// subnet. A peer whose path is [`PeerPath::Direct`] is admitted by its route.
+    pub via_host: bool,
 }
 
 /// How a peer's pods are reached.

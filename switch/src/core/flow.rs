@@ -1,0 +1,103 @@
+//! Which connection a packet belongs to, as the connection tables key it: its 5-tuple,
+//! the destination port rules match, whether it closes the connection, and for an
+//! ICMP error the connection of the packet it quotes. Read once per packet by the
+//! steps that keep state (the host boundary and NetworkPolicy).
+
+use weft_encap::{icmpv4, ipv4, tcp, udp};
+
+use super::conntrack::FlowKey;
+
+/// What the connection tables need of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Flow {
+    /// The 5-tuple (for ICMP echo, both ports are the echo identifier).
+    pub key: FlowKey,
+    /// The destination port rules match against: TCP, UDP and SCTP only, and not in
+    /// a fragment after the first.
+    pub port: Option<u16>,
+    /// TCP FIN or RST.
+    pub closing: bool,
+    /// For an ICMP error, the connection of the packet it quotes, when it goes to
+    /// that packet's sender.
+    pub error_about: Option<FlowKey>,
+}
+
+/// The ports of a transport header at the start of `payload` of protocol `proto`:
+/// TCP, UDP and SCTP ports, or an echo's identifier twice; and whether they are
+/// transport ports.
+fn ports_of(proto: u8, payload: &[u8]) -> Option<(u16, u16, bool)> {
+    if let Some((s, d)) = udp::ports(proto, payload) {
+        return Some((s, d, true));
+    }
+    if proto != ipv4::protocol::ICMP {
+        return None;
+    }
+    let m = icmpv4::Packet::new_checked(payload).ok()?;
+    matches!(
+        m.msg_type(),
+        icmpv4::kind::ECHO_REQUEST | icmpv4::kind::ECHO_REPLY
+    )
+    .then(|| (m.echo_ident(), m.echo_ident(), false))
+}
+
+/// The key of the IPv4 header `ip` with the ports of `payload`, where a first
+/// fragment (or an unfragmented packet) has them.
+fn key_of(ip: &ipv4::Packet<&[u8]>, payload: &[u8]) -> (FlowKey, bool) {
+    let mut key = FlowKey {
+        src: u32::from(ip.src_addr()),
+        dst: u32::from(ip.dst_addr()),
+        sport: 0,
+        dport: 0,
+        proto: ip.protocol(),
+    };
+    let mut transport = false;
+    if ip.frag_offset() == 0 {
+        if let Some((s, d, t)) = ports_of(key.proto, payload) {
+            (key.sport, key.dport, transport) = (s, d, t);
+        }
+    }
+    (key, transport)
+}
+
+/// The connection of the packet an ICMP error quotes: its IPv4 header and the start
+/// of its payload, cut short by design, so its total length is not checked.
+fn quoted_key(data: &[u8]) -> Option<FlowKey> {
+    let ip = ipv4::Packet::new_unchecked(data);
+    let header = data.get(..ipv4::HEADER_LEN).map(|_| ip.header_len())?;
+    if data[0] >> 4 != 4 || header < ipv4::HEADER_LEN || header > data.len() {
+        return None;
+    }
+    Some(key_of(&ip, &data[header..]).0)
+}
+
+/// Whether ICMP type `t` reports a problem with one packet, which it quotes:
+/// destination unreachable, source quench, time exceeded, parameter problem. Others
+/// (redirects, router messages, unknown types) are judged as ICMP of their own.
+fn quotes_a_packet(t: u8) -> bool {
+    matches!(t, 3 | 4 | 11 | 12)
+}
+
+impl Flow {
+    /// The flow of the validated IPv4 packet `ip`.
+    pub fn of(ip: &ipv4::Packet<&[u8]>) -> Flow {
+        let payload = ip.payload();
+        let (key, transport) = key_of(ip, payload);
+        let port = transport.then_some(key.dport);
+        let closing = key.proto == ipv4::protocol::TCP
+            && transport
+            && tcp::Packet::new_checked(payload).is_ok_and(|t| t.fin() || t.rst());
+        let error_about = (key.proto == ipv4::protocol::ICMP && ip.frag_offset() == 0)
+            .then(|| icmpv4::Packet::new_checked(payload).ok())
+            .flatten()
+            .filter(|m| quotes_a_packet(m.msg_type()))
+            .and_then(|m| quoted_key(m.data()))
+            // An error goes to the sender of the packet it quotes.
+            .filter(|inner| inner.src == key.dst);
+        Flow {
+            key,
+            port,
+            closing,
+            error_about,
+        }
+    }
+}

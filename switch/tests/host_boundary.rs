@@ -1,0 +1,368 @@
+//! The host boundary in memory: Services through a host that translates them as
+//! kube-proxy does (`weft_switch::sim::nat`), and what the host port admits. Real TCP
+//! between smoltcp pods, both tunnel modes, simulated time.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use smoltcp::wire::IpAddress;
+use weft_switch::core::Time;
+use weft_switch::mac::MacAddr;
+use weft_switch::policy::compile::{PodRules, RuleSet};
+use weft_switch::sim::nat::Service;
+use weft_switch::sim::tcp::Transfer;
+use weft_switch::sim::*;
+use weft_switch::tables::counters::DropReason;
+use weft_switch::tables::{PeerPath, TunnelMode};
+
+/// Pod A, on node 0.
+const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+/// Pod A2, also on node 0.
+const A2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 6);
+/// Pod B, on node 1.
+const B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+/// Inside the cluster CIDR, but no node holds it.
+const NOWHERE: Ipv4Addr = Ipv4Addr::new(10, 244, 99, 9);
+/// Outside the cluster.
+const WORLD: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+/// ClusterIPs, each with one endpoint: B (another node), A2 (A's node), A (itself).
+const TO_B: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const TO_A2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const TO_A: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+
+const STEP_LIMIT: u64 = 5_000;
+
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod vxlan_mode {
+            $(#[test] fn $name() { super::$name(weft_switch::tables::TunnelMode::Vxlan) })*
+        }
+        mod sleeve_mode {
+            $(#[test] fn $name() { super::$name(weft_switch::tables::TunnelMode::Sleeve) })*
+        }
+    };
+}
+
+both_modes!(
+    tcp_to_a_cluster_ip_returns_through_the_host,
+    udp_to_a_cluster_ip_is_answered_from_the_cluster_ip,
+    an_error_about_a_translated_packet_goes_through_the_host,
+    policy_judges_the_endpoint_of_a_service_connection,
+    the_host_port_admits_only_what_the_host_forwards,
+    a_peer_that_routes_here_directly_passes_the_host_port,
+    a_direct_peer_that_tunnels_back_is_sent_through_the_host,
+    host_flows_expire_with_their_connections,
+);
+
+/// A, A2 on node 0, B on node 1; node 0's host translates the three ClusterIPs.
+fn cluster(mode: TunnelMode) -> Sim {
+    let mut sim = Sim::new(mode, &[&[A, A2], &[B]]);
+    let host = sim.host_nat(0);
+    for (vip, ep) in [(TO_B, B), (TO_A2, A2), (TO_A, A)] {
+        host.add_service(Service {
+            vip,
+            port: 80,
+            proto: 6,
+            endpoints: vec![(ep, 8080)],
+        });
+        host.add_service(Service {
+            vip,
+            port: 53,
+            proto: 17,
+            endpoints: vec![(ep, 5353)],
+        });
+    }
+    sim
+}
+
+fn host_frame(n: usize, packet: &[u8]) -> Vec<u8> {
+    eth(
+        router_mac(n),
+        MacAddr::for_ip(gateway(n)),
+        ETHERTYPE_IPV4,
+        packet,
+    )
+}
+
+/// The source and destination address and ports of the UDP packets in `frames`.
+fn udp_endpoints(frames: &[Vec<u8>]) -> Vec<(Ipv4Addr, u16, Ipv4Addr, u16)> {
+    frames
+        .iter()
+        .map(|f| {
+            let ip = &f[ETH_HLEN..];
+            let port = |at: usize| u16::from_be_bytes([ip[at], ip[at + 1]]);
+            (
+                Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+                port(20),
+                Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+                port(22),
+            )
+        })
+        .collect()
+}
+
+/// Sends 256 KiB from A to `vip`:80, whose endpoint `server` listens on 8080, and
+/// checks it arrived whole from `seen_as`.
+fn service_transfer(sim: &mut Sim, vip: Ipv4Addr, server: Ipv4Addr, seen_as: Ipv4Addr, seed: u64) {
+    let (a, to) = (sim.pod(A), sim.pod(server));
+    let data = pseudo_random(seed, 256 << 10);
+    let mut x = Transfer::start_via(sim, a, (vip, 80), to, 8080, data);
+    let steps = sim.run_until(STEP_LIMIT, |sim| x.pump(sim));
+    let (c, s) = x.states(sim);
+    let what = format!("{:?} TCP {A} -> {vip} (endpoint {server})", sim.mode);
+    assert!(
+        steps.is_some(),
+        "{what} stalled: sent {}, received {}, client {c}, server {s}; {}",
+        x.sent,
+        x.received,
+        sim.drops_report()
+    );
+    assert_eq!(x.first_mismatch, None, "{what}: bytes differ");
+    assert_eq!(x.received, 256 << 10, "{what}");
+    assert_eq!(
+        x.server_saw.map(|e| e.addr),
+        Some(IpAddress::Ipv4(seen_as)),
+        "{what}: the endpoint sees the client as it should"
+    );
+    x.remove(sim);
+}
+
+fn tcp_to_a_cluster_ip_returns_through_the_host(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    // The endpoint on another node, on this node, and the client itself (which
+    // kube-proxy masquerades, so it sees the gateway).
+    service_transfer(&mut sim, TO_B, B, A, 1);
+    service_transfer(&mut sim, TO_A2, A2, A, 2);
+    service_transfer(&mut sim, TO_A, A, gateway(0), 3);
+    let stats = sim.nodes[0].host_flows.stats();
+    // The two connections the host handed back with A's address; the hairpin one
+    // came back from the gateway, whose replies go to the host anyway.
+    assert_eq!(stats.returned_total, 2, "{mode:?}: {stats:?}");
+    assert!(stats.handed >= 1, "{mode:?}: {stats:?}");
+    assert_eq!(sim.total_drops(), 0, "{mode:?}: {}", sim.drops_report());
+    // Pod to pod traffic the host never saw keeps its direct path.
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let before = sim.hosts[0].as_ref().expect("a host").translated;
+    let to_hosts = sim.out.stats.to_hosts;
+    let mut x = Transfer::start(&mut sim, a, b, 9000, pseudo_random(4, 64 << 10));
+    assert!(sim.run_until(STEP_LIMIT, |sim| x.pump(sim)).is_some());
+    assert_eq!(
+        sim.out.stats.to_hosts, to_hosts,
+        "{mode:?}: direct flow went to the host"
+    );
+    assert_eq!(sim.hosts[0].as_ref().expect("a host").translated, before);
+}
+
+fn udp_to_a_cluster_ip_is_answered_from_the_cluster_ip(mode: TunnelMode) {
+    for (vip, server) in [(TO_B, B), (TO_A2, A2)] {
+        let mut sim = cluster(mode);
+        let (a, s) = (sim.pod(A), sim.pod(server));
+        let ask = Ip::udp(A, vip).packet(&udp(40_053, 53, 30));
+        sim.pod_frame(a, &from_pod(&sim, a, &ask));
+        sim.flush();
+        sim.run_hosts();
+        sim.deliver_wire();
+        let got = sim.take_rx(s);
+        assert_eq!(
+            udp_endpoints(&got),
+            [(A, 40_053, server, 5353)],
+            "{mode:?}: the endpoint gets the question from the client's address"
+        );
+        let answer = Ip::udp(server, A).packet(&udp(5353, 40_053, 90));
+        sim.pod_frame(s, &from_pod(&sim, s, &answer));
+        sim.flush();
+        sim.deliver_wire();
+        sim.run_hosts();
+        let got = sim.take_rx(a);
+        assert_eq!(
+            udp_endpoints(&got),
+            [(vip, 53, A, 40_053)],
+            "{mode:?}: the answer from {server} reaches A as from the ClusterIP {vip}"
+        );
+        assert_eq!(sim.total_drops(), 0, "{mode:?}: {}", sim.drops_report());
+    }
+}
+
+/// The ICMP error `from` sends about `quoted` (the IPv4 packet it answers).
+fn port_unreachable(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[..28]);
+    let sum = !ones_sum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    Ip {
+        proto: 1,
+        ..Ip::udp(from, to)
+    }
+    .packet(&icmp)
+}
+
+fn an_error_about_a_translated_packet_goes_through_the_host(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let ask = Ip::udp(A, TO_B).packet(&udp(40_054, 53, 30));
+    sim.pod_frame(a, &from_pod(&sim, a, &ask));
+    sim.flush();
+    sim.run_hosts();
+    sim.deliver_wire();
+    let got = sim.take_rx(b);
+    assert_eq!(got.len(), 1, "{mode:?}");
+    // B has nothing on 5353: its kernel answers with an error about the packet it
+    // got, which the host must see to translate.
+    let error = port_unreachable(B, A, &got[0][ETH_HLEN..]);
+    sim.pod_frame(b, &from_pod(&sim, b, &error));
+    sim.flush();
+    sim.deliver_wire();
+    assert_eq!(
+        sim.take_rx(a).len(),
+        0,
+        "{mode:?}: the error went straight to A"
+    );
+    assert_eq!(
+        sim.out.host_rx[0].len(),
+        1,
+        "{mode:?}: the error goes to node 0's host"
+    );
+}
+
+fn policy_judges_the_endpoint_of_a_service_connection(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    let a2 = sim.pod(A2);
+    sim.set_rules(
+        a2,
+        Some(PodRules {
+            ingress: Some(RuleSet::default()),
+            egress: None,
+            selected_by: vec![("x/deny".into(), true, false)],
+        }),
+    );
+    let a = sim.pod(A);
+    let mut x = Transfer::start_via(&mut sim, a, (TO_A2, 80), a2, 8080, vec![1; 100]);
+    assert_eq!(sim.run_until(300, |sim| x.pump(sim)), None, "{mode:?}");
+    assert!(
+        sim.port_counters(a2).dropped(DropReason::PolicyIngress) > 0,
+        "{mode:?}: the isolated endpoint refuses A's connection through the ClusterIP: {}",
+        sim.drops_report()
+    );
+}
+
+fn the_host_port_admits_only_what_the_host_forwards(mode: TunnelMode) {
+    let mut sim = Sim::new(mode, &[&[A, A2], &[B]]);
+    let (a, a2) = (sim.pod(A), sim.pod(A2));
+    let send = |sim: &mut Sim, src: Ipv4Addr, sport: u16| {
+        let p = Ip::udp(src, A).packet(&udp(sport, 9, 10));
+        sim.host_frame(0, &host_frame(0, &p));
+        sim.flush();
+        sim.take_rx(a).len()
+    };
+    // What the host legitimately forwards: the world, the node, a translated reply.
+    for src in [WORLD, gateway(0), *underlay(0).ip(), TO_B] {
+        assert_eq!(send(&mut sim, src, 1), 1, "{mode:?}: from {src}");
+    }
+    // Pod addresses the host never had a flow of: spoofed.
+    for src in [A2, B, NOWHERE, gateway(1)] {
+        assert_eq!(send(&mut sim, src, 1), 0, "{mode:?}: from {src}");
+    }
+    assert_eq!(
+        sim.host_counters(0).dropped(DropReason::Spoofed),
+        4,
+        "{mode:?}: {}",
+        sim.drops_report()
+    );
+    // A2 sends to the world from port 7777: the host may hand that flow back (a
+    // DNAT keeps the source), from that port only.
+    let out = Ip::udp(A2, WORLD).packet(&udp(7777, 53, 10));
+    sim.pod_frame(a2, &from_pod(&sim, a2, &out));
+    sim.flush();
+    assert_eq!(
+        send(&mut sim, A2, 7777),
+        1,
+        "{mode:?}: A2's flow handed back"
+    );
+    assert_eq!(send(&mut sim, A2, 7778), 0, "{mode:?}: another port of A2");
+    // The handed flow expires like an unanswered UDP flow (30 s).
+    sim.set_time(sim.time() + Duration::from_secs(31));
+    sim.handle_timeouts();
+    assert_eq!(send(&mut sim, A2, 7777), 0, "{mode:?}: expired");
+    assert_eq!(sim.host_counters(0).dropped(DropReason::Spoofed), 6);
+}
+
+fn a_peer_that_routes_here_directly_passes_the_host_port(mode: TunnelMode) {
+    let mut sim = Sim::new(mode, &[&[A], &[B]]);
+    let a = sim.pod(A);
+    let from_b = Ip::udp(B, A).packet(&udp(1, 9, 10));
+    sim.host_frame(0, &host_frame(0, &from_b));
+    sim.flush();
+    assert_eq!(
+        sim.take_rx(a).len(),
+        0,
+        "{mode:?}: B through the host, tunnelled peer"
+    );
+    // Node 1 routes to node 0 directly while node 0 tunnels back.
+    sim.set_peer(0, 1, |p| p.via_host = true);
+    sim.host_frame(0, &host_frame(0, &from_b));
+    sim.flush();
+    assert_eq!(
+        sim.take_rx(a).len(),
+        1,
+        "{mode:?}: B through the host, direct peer"
+    );
+    // Its replies go back through the host, which translated what it forwarded.
+    let reply = Ip::udp(A, B).packet(&udp(9, 1, 10));
+    sim.pod_frame(a, &from_pod(&sim, a, &reply));
+    sim.flush();
+    assert_eq!(
+        sim.out.host_rx[0].len(),
+        1,
+        "{mode:?}: the reply goes to the host"
+    );
+    assert!(sim.out.wire.is_empty(), "{mode:?}");
+    // Both ways: node 0 routes to node 1 directly too.
+    sim.set_peer(0, 1, |p| {
+        p.via_host = false;
+        p.path = PeerPath::Direct { dev: "eth0".into() };
+    });
+    sim.host_frame(0, &host_frame(0, &from_b));
+    sim.flush();
+    assert_eq!(
+        sim.take_rx(a).len(),
+        1,
+        "{mode:?}: B through the host, both direct"
+    );
+    assert_eq!(sim.host_counters(0).dropped(DropReason::Spoofed), 1);
+}
+
+fn a_direct_peer_that_tunnels_back_is_sent_through_the_host(mode: TunnelMode) {
+    let mut sim = Sim::new(mode, &[&[A], &[B]]);
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    sim.set_peer(0, 1, |p| p.path = PeerPath::Direct { dev: "eth0".into() });
+    // B's packet comes through the tunnel (node 1 tunnels back), and node 0 sends
+    // its own to node 1 through its host: so does B's, for the host to see it.
+    let p = Ip::udp(B, A).packet(&udp(1, 9, 10));
+    sim.pod_frame(b, &from_pod(&sim, b, &p));
+    sim.flush();
+    sim.deliver_wire();
+    assert_eq!(sim.take_rx(a).len(), 0, "{mode:?}");
+    assert_eq!(
+        sim.out.host_rx[0].len(),
+        1,
+        "{mode:?}: {}",
+        sim.drops_report()
+    );
+}
+
+fn host_flows_expire_with_their_connections(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    service_transfer(&mut sim, TO_B, B, A, 7);
+    let s = sim.nodes[0].host_flows.stats();
+    assert!(s.returning >= 1 && s.handed >= 1, "{mode:?}: {s:?}");
+    // A closed TCP connection goes within 30 s, an unanswered UDP flow too; the
+    // sweep takes them out.
+    let end = sim.time() + Duration::from_secs(62);
+    while sim.time() < end {
+        sim.set_time(sim.time() + Duration::from_secs(1));
+        sim.handle_timeouts();
+    }
+    let s = sim.nodes[0].host_flows.stats();
+    assert_eq!((s.returning, s.handed), (0, 0), "{mode:?}: {s:?}");
+    assert!(sim.time() > Time::ZERO);
+}
