@@ -14,7 +14,9 @@ packages=(
   protobuf-compiler libprotobuf-dev  # protoc and its well-known types: the etcd-client crate compiles etcd's gRPC definitions
   etcd-server etcd-client  # etcd 3.4: the distributed store the tests start (switch/tests/etcd.rs)
   containernetworking-plugins  # reference bridge + host-local: weft-perf's CNI baseline
-  podman runc conmon busybox-static iptables  # the podman end-to-end test (switch/tests/podman.rs)
+  podman runc conmon busybox-static  # the podman end-to-end test (switch/tests/podman.rs)
+  nftables        # nft: weftd's egress masquerade (switch/src/control/masquerade.rs), kube-proxy's nftables mode in the Services tests
+  iptables        # iptables-restore: kube-proxy's iptables mode in the Services tests, portmap, podman
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -431,6 +431,21 @@ pub struct PortInfo {
     pub mac: String,
     /// Traffic counters.
     pub counters: Counters,
+    /// For the host port: the flows crossing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_flows: Option<HostFlows>,
+}
+
+/// The flows crossing the host port: what the switch handed the host, and the
+/// connections the host handed back, whose replies return through it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFlows {
+    /// Flows of pods handed to the host, now (by source address, protocol, port).
+    pub handed: u64,
+    /// Connections the host handed back with a pod's address, now.
+    pub returning: u64,
+    /// Connections handed back since weftd started.
+    pub returned_total: u64,
 }
 
 /// A peer node, its counters and its health.

@@ -169,6 +169,12 @@ fn print_ports(ports: &[proto::PortInfo]) {
             &id[..id.len().min(14)],
             drops(c)
         );
+        if let Some(f) = p.host_flows {
+            println!(
+                "      host flows: {} handed to the host, {} returning through it ({} since start)",
+                f.handed, f.returning, f.returned_total
+            );
+        }
     }
 }
 

@@ -108,6 +108,14 @@ impl Daemon {
                 ip: Some(p.ip),
                 mac: p.mac.to_string(),
                 counters: p.counters.snapshot().to_proto(),
+                host_flows: (p.kind == PortKind::Host).then(|| {
+                    let s = self.host_flows();
+                    proto::HostFlows {
+                        handed: s.handed,
+                        returning: s.returning,
+                        returned_total: s.returned_total,
+                    }
+                }),
             })
             .collect()
     }

@@ -173,6 +173,15 @@ pub struct Options {
     /// into every handshake; every node needs the same one.
     #[arg(long)]
     pub psk_file: Option<PathBuf>,
+    /// Masquerade pods' traffic to anywhere outside the cluster CIDR (and the
+    /// Service CIDR) behind the node's address, in an nftables table of weftd's own
+    /// [default: true].
+    #[arg(long)]
+    pub masquerade: Option<bool>,
+    /// The cluster's Service range (kube-apiserver's --service-cluster-ip-range):
+    /// never masqueraded, as the cluster's own [default: none].
+    #[arg(long)]
+    pub service_cidr: Option<Ipv4Net>,
 }
 
 fn parse_port_type(s: &str) -> Result<PortType, String> {
@@ -388,6 +397,8 @@ impl Options {
             afxdp_frames: self.afxdp_frames.or(file.afxdp_frames),
             encryption: self.encryption.or(file.encryption),
             psk_file: self.psk_file.or(file.psk_file),
+            masquerade: self.masquerade.or(file.masquerade),
+            service_cidr: self.service_cidr.or(file.service_cidr),
         }
     }
 
@@ -427,6 +438,12 @@ impl Options {
         let encryption = self.encryption(mode, direct_routing)?;
         let underlay_mtu = self.underlay_mtu(mode, encryption)?;
         let afxdp = self.afxdp()?;
+        if let Some(s) = self.service_cidr {
+            if s.contains(&cluster_cidr) || cluster_cidr.contains(&s) {
+                let why = format!("{s} overlaps the cluster CIDR {cluster_cidr}");
+                return Err(invalid("service-cidr", why));
+            }
+        }
         let host_port = self.host_port.unwrap_or_else(|| "weft0".into());
         if !crate::io::tap::valid_ifname(&host_port) {
             let why = format!("{host_port:?} is not an interface name");
@@ -460,6 +477,8 @@ impl Options {
             afxdp,
             encryption,
             psk_file: self.psk_file,
+            masquerade: self.masquerade.unwrap_or(true),
+            service_cidr: self.service_cidr,
         })
     }
 
@@ -780,6 +799,10 @@ pub struct Settings {
     pub encryption: Encryption,
     /// The cluster's pre-shared key file, if any.
     pub psk_file: Option<PathBuf>,
+    /// Whether pods' traffic leaving the cluster is masqueraded.
+    pub masquerade: bool,
+    /// The cluster's Service range, if configured.
+    pub service_cidr: Option<Ipv4Net>,
 }
 
 /// How AF_XDP ports are made.
@@ -893,6 +916,8 @@ mod tests {
         assert_eq!(s.host_port, "weft0");
         assert_eq!(s.poll, Duration::from_micros(100));
         assert_eq!(s.heartbeat, Duration::from_secs(1));
+        assert!(s.masquerade);
+        assert_eq!(s.service_cidr, None);
     }
 
     #[test]
@@ -908,7 +933,12 @@ mod tests {
 
     #[test]
     fn bad_settings_say_what_is_wrong() {
-        let cases: [(&str, &str); 8] = [
+        let cases: [(&str, &str); 10] = [
+            (
+                "service-cidr = \"10.244.128.0/17\"",
+                "overlaps the cluster CIDR",
+            ),
+            ("service-cidr = \"10.0.0.0/8\"", "overlaps the cluster CIDR"),
             ("heartbeat-ms = 5", "heartbeat-ms"),
             ("pod-subnet = \"10.244.1.5/24\"", "host bits"),
             ("pod-subnet = \"10.245.1.0/24\"", "inside the cluster CIDR"),

@@ -321,9 +321,17 @@ impl Daemon {
         let (mut host_entry, host_spec) = host_port(&settings, &node);
         let host_queues = host.open_host_port(&host_spec, settings.port_queues)?;
         host_entry.uso = host_queues.first().is_some_and(|q| q.takes_uso());
-        if settings.direct_routing {
-            host.enable_forwarding()
-                .map_err(io_err("enabling IPv4 forwarding for direct routing"))?;
+        host.enable_forwarding()
+            .map_err(io_err("enabling IPv4 forwarding"))?;
+        if settings.masquerade {
+            host.set_masquerade(Some((settings.cluster_cidr, settings.service_cidr)))?;
+            log::info!(
+                "egress masquerade: {} leaving the cluster{}",
+                settings.cluster_cidr,
+                settings
+                    .service_cidr
+                    .map_or(String::new(), |s| format!(" (and the Service CIDR {s})"))
+            );
         }
         let route_to = |ip| host.route_to(ip).ok().flatten();
         let peers = peer_entries(&settings, &view.nodes, &[], &route_to);
@@ -376,6 +384,11 @@ impl Daemon {
     /// The forwarding snapshot the workers read now.
     pub fn tables(&self) -> Arc<Tables> {
         self.tables.load_full()
+    }
+
+    /// The flows crossing the host port now, every worker's.
+    pub fn host_flows(&self) -> crate::core::host::HostFlowStats {
+        self.shared.host_flows.stats()
     }
 
     /// Whether shutdown has begun.
@@ -473,7 +486,8 @@ impl Daemon {
     /// weftd reopens them.
     ///
     /// The host routes of direct routing go too: with weft0 gone they lead nowhere.
-    /// (A daemon that crashes leaves them, and the next one takes them over.)
+    /// So does the egress masquerade's table. (A daemon that crashes leaves both,
+    /// and the next one takes them over.)
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
         let mut workers = self.workers.lock();
@@ -482,6 +496,12 @@ impl Daemon {
             match self.host.sync_direct_routes(&[]) {
                 Ok(n) => log::info!("direct routing: removed {n} host routes"),
                 Err(e) => log::error!("direct routing: removing the host routes: {e}"),
+            }
+        }
+        if self.settings.masquerade {
+            match self.host.set_masquerade(None) {
+                Ok(()) => log::info!("egress masquerade: removed"),
+                Err(e) => log::error!("egress masquerade: removing it: {e}"),
             }
         }
     }

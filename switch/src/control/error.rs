@@ -27,6 +27,9 @@ pub enum DaemonError {
     /// Netlink or netns failure.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    /// The egress masquerade could not be installed.
+    #[error("egress masquerade: {0}")]
+    Masquerade(#[from] crate::control::masquerade::MasqueradeError),
     /// The forwarding tables could not be built.
     #[error(transparent)]
     Tables(#[from] TablesError),

@@ -6,8 +6,11 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use ipnet::Ipv4Net;
+
 use crate::control::config::Afxdp;
 use crate::control::error::DaemonError;
+use crate::control::masquerade;
 use crate::control::netlink::{self, LinkSpec, LinkState, NetlinkError};
 use crate::control::routes::{self, DirectRoute, RouteTo};
 use crate::io::port::PortQueue;
@@ -83,8 +86,16 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     /// Makes weft's host routes exactly `routes`; returns how many it removed.
     fn sync_direct_routes(&self, routes: &[DirectRoute]) -> Result<usize, NetlinkError>;
 
-    /// Lets the daemon's own namespace forward IPv4, as direct routing needs.
+    /// Lets the daemon's own namespace forward IPv4: the host forwards what the
+    /// switch hands it (Services, egress, direct routing) back and on.
     fn enable_forwarding(&self) -> std::io::Result<()>;
+
+    /// Masquerades the traffic of `cluster` leaving it (exempting `service`), or,
+    /// with `None`, removes the masquerade; see [`masquerade`].
+    fn set_masquerade(
+        &self,
+        ranges: Option<(Ipv4Net, Option<Ipv4Net>)>,
+    ) -> Result<(), masquerade::MasqueradeError>;
 }
 
 /// The real host: TAP devices and netlink, entering namespaces with setns.
@@ -152,6 +163,16 @@ impl Host for SystemHost {
 
     fn enable_forwarding(&self) -> std::io::Result<()> {
         routes::enable_forwarding()
+    }
+
+    fn set_masquerade(
+        &self,
+        ranges: Option<(Ipv4Net, Option<Ipv4Net>)>,
+    ) -> Result<(), masquerade::MasqueradeError> {
+        match ranges {
+            Some((cluster, service)) => masquerade::install(cluster, service),
+            None => masquerade::remove(),
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! - [`api`]: requests in, responses out; [`server`]: the socket and the signals;
 //! - [`host`]: the host operations (netlink, netns, TAP) behind a trait;
 //! - [`config`]: settings; [`netlink`]: links, addresses, routes; [`routes`]: the
-//!   host routes of direct routing.
+//!   host routes of direct routing; [`masquerade`]: the egress masquerade.
 
 pub mod api;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod error;
 pub mod host;
 pub mod keys;
+pub mod masquerade;
 pub mod netlink;
 pub mod peers;
 pub mod pods;

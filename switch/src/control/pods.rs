@@ -510,6 +510,7 @@ mod tests {
     use std::os::unix::net::UnixDatagram;
     use std::path::PathBuf;
 
+    use ipnet::Ipv4Net;
     use parking_lot::Mutex;
     use weft_cni::proto::{AttachRequest, DetachRequest, ErrorKind, Reply, Request, Response};
 
@@ -568,6 +569,8 @@ mod tests {
         /// weft's host routes now.
         routes: Mutex<Vec<DirectRoute>>,
         forwarding: std::sync::atomic::AtomicBool,
+        /// The masquerade's ranges now, if it is installed.
+        masquerade: Mutex<Option<(Ipv4Net, Option<Ipv4Net>)>>,
     }
 
     impl FakeHost {
@@ -639,6 +642,14 @@ mod tests {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         }
+
+        fn set_masquerade(
+            &self,
+            ranges: Option<(Ipv4Net, Option<Ipv4Net>)>,
+        ) -> Result<(), crate::control::masquerade::MasqueradeError> {
+            *self.masquerade.lock() = ranges;
+            Ok(())
+        }
     }
 
     struct Fixture {
@@ -688,6 +699,7 @@ mod tests {
             reach: Mutex::new(Default::default()),
             routes: Mutex::new(Vec::new()),
             forwarding: Default::default(),
+            masquerade: Default::default(),
         });
         let daemon =
             Daemon::start_with(settings, host.clone(), Arc::new(NoStore)).expect("the daemon");
@@ -831,6 +843,32 @@ mod tests {
             direct_routing: None,
             public_key: None,
         }
+    }
+
+    /// The egress masquerade is installed at start, by default, with the cluster
+    /// and Service ranges, and removed at a clean stop; `masquerade = false` leaves
+    /// the host's NAT alone. Forwarding is on either way.
+    #[test]
+    fn the_masquerade_comes_and_goes_with_the_daemon() {
+        let service: Ipv4Net = "10.96.0.0/12".parse().expect("a CIDR");
+        let extra = Options {
+            service_cidr: Some(service),
+            ..Options::default()
+        };
+        let f = fixture_with("masq", extra);
+        assert!(f.host.forwarding.load(std::sync::atomic::Ordering::SeqCst));
+        let cluster: Ipv4Net = "10.244.0.0/16".parse().expect("a CIDR");
+        assert_eq!(*f.host.masquerade.lock(), Some((cluster, Some(service))));
+        f.daemon.shutdown();
+        assert_eq!(*f.host.masquerade.lock(), None);
+        let off = Options {
+            masquerade: Some(false),
+            ..Options::default()
+        };
+        let f = fixture_with("nomasq", off);
+        assert!(f.host.forwarding.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(*f.host.masquerade.lock(), None);
+        f.daemon.shutdown();
     }
 
     /// Direct routing beside VXLAN: a peer on the segment gets a host route and the

@@ -149,14 +149,14 @@ pub fn sync(wanted: &[DirectRoute]) -> Result<usize, NetlinkError> {
     })
 }
 
-/// Lets the host forward between the underlay and the host port, as direct routing
-/// needs: `net.ipv4.ip_forward = 1` in the calling thread's namespace.
+/// Lets the host forward between the underlay and the host port, and from the host
+/// port back into it: `net.ipv4.ip_forward = 1` in the calling thread's namespace.
 pub fn enable_forwarding() -> std::io::Result<()> {
     let path = "/proc/sys/net/ipv4/ip_forward";
     if std::fs::read_to_string(path)?.trim() == "1" {
         return Ok(());
     }
     std::fs::write(path, "1")?;
-    log::info!("direct routing: net.ipv4.ip_forward set to 1");
+    log::info!("net.ipv4.ip_forward set to 1");
     Ok(())
 }

@@ -173,7 +173,11 @@ impl Core {
 
     /// Admits a packet from the host port, recording the connection of a pod source
     /// the host hands back.
-    fn admit_from_host<S: ?Sized>(&mut self, cx: &Ctx<'_, S>, flow: &Flow) -> Result<(), DropReason> {
+    fn admit_from_host<S: ?Sized>(
+        &mut self,
+        cx: &Ctx<'_, S>,
+        flow: &Flow,
+    ) -> Result<(), DropReason> {
         let t = cx.tables;
         let source = host_source(t, flow.key.src.into());
         if matches!(source, HostSource::Admitted | HostSource::ViaHost) {
