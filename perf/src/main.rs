@@ -77,7 +77,7 @@ struct RunArgs {
     /// first five].
     #[arg(long)]
     systems: Option<String>,
-    /// Tests, comma-separated: tcp1, tcp4, udp64, rr, cni, cpu, mem, and the iperf3
+    /// Tests, comma-separated: tcp1, tcp4, udp64, rr, crr, cni, cpu, mem, and the iperf3
     /// cross-checks tcp1-iperf3, tcp4-iperf3 [default: all but the cross-checks].
     #[arg(long)]
     tests: Option<String>,

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::netns::Netns;
 use crate::weft::in_netns;
@@ -237,7 +237,7 @@ const BULK_BUF: usize = 128 * 1024;
 /// integrity is [`tcp_send`]'s job). Fails if a stream stalls for `stall`; ends early,
 /// with what was carried so far, once [`crate::stop`] is requested.
 pub fn tcp_streams(flows: &[Flow<'_>], duration: Duration, stall: Duration) -> Result<Throughput> {
-    anyhow::ensure!(
+    ensure!(
         !flows.is_empty(),
         "a throughput test needs at least one flow"
     );
@@ -671,6 +671,109 @@ pub fn tcp_rr(
         served
     })?;
     Ok(hist)
+}
+
+/// The connection rate of `tcp_crr`: connections done, and each one's time from
+/// `connect` to the server's close.
+#[derive(Debug)]
+pub struct ConnectionRate {
+    /// Connections opened, used and closed.
+    pub connections: u64,
+    /// How long they took, all together.
+    pub elapsed: Duration,
+    /// Each connection's time, in nanoseconds.
+    pub times: hdrhistogram::Histogram<u64>,
+}
+
+impl ConnectionRate {
+    /// Connections per second.
+    pub fn per_second(&self) -> f64 {
+        self.connections as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Opens TCP connections from `client` to `server_ip` in `server` one after another,
+/// each carrying one byte each way before the server closes it (netperf's TCP_CRR),
+/// for `duration` or `max_connections`, whichever ends first. New per-connection
+/// state on the path shows here, where one long flow hides it. The server closes
+/// first, so the client's ports never wait in TIME_WAIT. Fails if a connection
+/// takes `stall`.
+pub fn tcp_crr(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    duration: Duration,
+    max_connections: u64,
+    stall: Duration,
+) -> Result<ConnectionRate> {
+    let listener = in_netns(server, || TcpListener::bind((server_ip, 0)))?
+        .with_context(|| format!("binding a TCP listener on {server_ip} in {}", server.name()))?;
+    let addr = listener.local_addr()?;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    listener.set_nonblocking(true)?;
+    std::thread::scope(|s| {
+        let served = s.spawn(|| -> Result<()> {
+            let mut b = [0u8; 1];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false)?;
+                        c.set_read_timeout(Some(stall))?;
+                        c.set_nodelay(true)?;
+                        c.read_exact(&mut b)
+                            .context("reading a connection's byte")?;
+                        c.write_all(&b)?;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::yield_now()
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("accepting on {addr}")),
+                }
+            }
+            Ok(())
+        });
+        let ran = in_netns(client, || -> Result<ConnectionRate> {
+            let mut times = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_RTT_NS, 3)
+                .context("creating a latency histogram")?;
+            let start = Instant::now();
+            let until = start + duration;
+            let mut connections = 0u64;
+            let mut b = [0u8; 1];
+            while connections < max_connections
+                && Instant::now() < until
+                && !crate::stop::requested()
+            {
+                let t = Instant::now();
+                let mut c = TcpStream::connect_timeout(&addr, stall)
+                    .with_context(|| format!("connection {connections} to {addr}"))?;
+                c.set_nodelay(true)?;
+                c.set_read_timeout(Some(stall))?;
+                c.write_all(&[0x42])?;
+                c.read_exact(&mut b)
+                    .with_context(|| format!("the answer on connection {connections}"))?;
+                // The server's close.
+                let eof = c.read(&mut b)?;
+                ensure!(
+                    eof == 0,
+                    "connection {connections}: more than one byte back"
+                );
+                times.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                connections += 1;
+            }
+            Ok(ConnectionRate {
+                connections,
+                elapsed: start.elapsed(),
+                times,
+            })
+        });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let served = served
+            .join()
+            .map_err(|_| anyhow::anyhow!("the connection server panicked"))?;
+        let rate = ran??;
+        served?;
+        Ok(rate)
+    })
 }
 
 #[cfg(test)]

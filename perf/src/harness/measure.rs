@@ -10,7 +10,7 @@ use super::{Plumbing, ResultRow, RrIdle, Settings, System, Test};
 use crate::cni::Verb;
 use crate::procfs::{ksoftirqd_pids, process_cpu_seconds, process_cpu_time, process_rss_bytes};
 use crate::topo::Pod;
-use crate::traffic::{tcp_rr, tcp_streams, udp_blast, Flow};
+use crate::traffic::{tcp_crr, tcp_rr, tcp_streams, udp_blast, Flow};
 use crate::wake::{wakeup_cost, CpuLatencyHold};
 
 /// How long a TCP stream or round trip may stall before the test fails.
@@ -30,6 +30,9 @@ const WAKE_SAMPLES: usize = 1000;
 
 /// Upper bound on round trips one `rr` run makes, per second of duration.
 const RR_MAX_PER_SECOND: u64 = 2_000_000;
+/// The most connections `crr` opens per second of its duration: far above what this
+/// machine does, a bound on the count all the same.
+const CRR_MAX_PER_SECOND: u64 = 100_000;
 
 /// The `mem` test's burst of round trips before the idle window: long enough for the
 /// workers' adaptive polling window to grow to its largest.
@@ -248,6 +251,26 @@ pub(super) fn run_test(
                 us(0.999),
                 h.len(),
                 settings.rr_idle,
+            ))
+        }
+        Test::Crr => {
+            let _awake = match settings.rr_idle {
+                RrIdle::Poll => Some(CpuLatencyHold::acquire()?),
+                RrIdle::Sleep => None,
+            };
+            let max = CRR_MAX_PER_SECOND.saturating_mul(secs.max(1));
+            let r = tcp_crr(&a.ns, &b.ns, b_ip, d, max, STALL)?;
+            ensure!(r.connections > 0, "no connection completed");
+            let us = |q: f64| r.times.value_at_quantile(q) as f64 / 1e3;
+            data.push(system, test, "rate", r.per_second());
+            data.push(system, test, "p50", us(0.50));
+            data.push(system, test, "p99", us(0.99));
+            Ok(format!(
+                "{:.0} connections/s  p50 {:.1} µs  p99 {:.1} µs  ({} connections)",
+                r.per_second(),
+                us(0.50),
+                us(0.99),
+                r.connections
             ))
         }
         Test::Cni => cni_round(data, plumbing, settings.cni_pods_in_round(round)),

@@ -181,6 +181,10 @@ pub enum Test {
     /// 1-byte TCP ping-pong round-trip latency, with the CPUs kept out of idle sleep for
     /// every system ([`RrIdle`]), and the cross-CPU wake-up cost measured beside it.
     Rr,
+    /// TCP connections pod→pod across hosts, one after another, each with one byte
+    /// each way (netperf's TCP_CRR): the rate and each connection's time, with the
+    /// CPUs kept out of idle sleep as for `rr`. New per-connection state shows here.
+    Crr,
     /// CNI ADD and DEL latency.
     Cni,
     /// CPU seconds per GB carried, measured around the `tcp1` transfer: `weftd` counts
@@ -197,24 +201,26 @@ pub enum Test {
 
 impl Test {
     /// Every test, in report order.
-    pub const ALL: [Test; 9] = [
+    pub const ALL: [Test; 10] = [
         Test::Tcp1,
         Test::Tcp4,
         Test::Tcp1Iperf3,
         Test::Tcp4Iperf3,
         Test::Udp64,
         Test::Rr,
+        Test::Crr,
         Test::Cni,
         Test::Cpu,
         Test::Mem,
     ];
 
     /// The tests a run does unless told otherwise: all but the iperf3 cross-checks.
-    pub const DEFAULT: [Test; 7] = [
+    pub const DEFAULT: [Test; 8] = [
         Test::Tcp1,
         Test::Tcp4,
         Test::Udp64,
         Test::Rr,
+        Test::Crr,
         Test::Cni,
         Test::Cpu,
         Test::Mem,
@@ -229,6 +235,7 @@ impl Test {
             Test::Tcp4Iperf3 => "tcp4-iperf3",
             Test::Udp64 => "udp64",
             Test::Rr => "rr",
+            Test::Crr => "crr",
             Test::Cni => "cni",
             Test::Cpu => "cpu",
             Test::Mem => "mem",
@@ -258,6 +265,11 @@ impl Test {
             m("p99.9", "µs", Lower),
             m("wake p50", "µs", Lower),
         ];
+        const CRR: &[Metric] = &[
+            m("rate", "conn/s", Higher),
+            m("p50", "µs", Lower),
+            m("p99", "µs", Lower),
+        ];
         const CNI: &[Metric] = &[
             m("ADD p50", "ms", Lower),
             m("ADD p99", "ms", Lower),
@@ -270,6 +282,7 @@ impl Test {
             Test::Tcp1 | Test::Tcp4 | Test::Tcp1Iperf3 | Test::Tcp4Iperf3 => TCP,
             Test::Udp64 => UDP,
             Test::Rr => RR,
+            Test::Crr => CRR,
             Test::Cni => CNI,
             Test::Cpu => CPU,
             Test::Mem => MEM,

@@ -187,7 +187,10 @@ impl Report {
                 "(x.xx) = ratio to {baseline}; ^ higher is better, v lower is better"
             );
         }
-        if s.tests.iter().any(|t| t == Test::Rr.name()) {
+        if s.tests
+            .iter()
+            .any(|t| t == Test::Rr.name() || t == Test::Crr.name())
+        {
             let why = if s.rr_idle == RrIdle::Poll.name() {
                 "idle CPUs poll for every system (a PM QoS CPU latency request of 0), so \
                  wake-ups cost the same whatever else runs: weftd's own polling would \
