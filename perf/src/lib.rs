@@ -31,6 +31,7 @@ pub mod etcd;
 pub mod harness;
 pub mod iperf;
 pub mod join;
+pub mod kubeproxy;
 pub mod netns;
 pub mod pidfile;
 pub mod procfs;

@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use weft_cni::proto::{self, AttachRequest, Attachment, DetachRequest, Reply, Request, Response};
 
 use crate::netns::{wait_until, ChildGuard, Netns};
-use crate::topo::{kernel_vxlan, Host, Mac, Pod};
+use crate::topo::{kernel_vxlan, Host, Mac, Pod, Underlay};
 
 /// The cluster CIDR every topology uses.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -366,6 +366,99 @@ impl WeftNode {
     /// Stops the daemon with SIGTERM and returns its exit status.
     pub fn stop(self) -> Result<std::process::ExitStatus> {
         self.child.stop()
+    }
+}
+
+/// Hosts running weftd, each with pods attached through the control socket. Fields
+/// drop in order: daemons first, then pods, then the underlay.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The daemons, one per host.
+    pub nodes: Vec<WeftNode>,
+    /// Each host's pods, with what their attach returned.
+    pub pods: Vec<Vec<(Pod, Attachment)>>,
+    /// The hosts.
+    pub underlay: Underlay,
+    /// The peers file, sockets, logs and state directories.
+    pub scratch: Scratch,
+}
+
+impl Cluster {
+    /// A new segment of `hosts` hosts, each running weftd with `pods_per_host` pods.
+    pub fn new(
+        tag: &str,
+        hosts: usize,
+        pods_per_host: usize,
+        opts: &WeftOptions,
+    ) -> Result<Cluster> {
+        crate::netns::require_root();
+        let underlay = Underlay::new(tag, hosts)?;
+        Cluster::on(underlay, tag, pods_per_host, opts)
+    }
+
+    /// weftd on every host of `underlay`, with `pods_per_host` pods each. A cluster
+    /// whose options ask for encryption lists every node's public key in the peers
+    /// file.
+    pub fn on(
+        underlay: Underlay,
+        tag: &str,
+        pods_per_host: usize,
+        opts: &WeftOptions,
+    ) -> Result<Cluster> {
+        let hosts = underlay.hosts().len();
+        let scratch = Scratch::new(tag)?;
+        let peers = scratch.path().join("peers.toml");
+        let mut nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+        // An encrypted cluster's peers file lists every node's public key.
+        if opts.extra.iter().any(|a| a == "--encryption") {
+            for (n, h) in nodes.iter_mut().zip(underlay.hosts()) {
+                n.public_key = Some(node_key(&opts.binary, h, scratch.path())?);
+            }
+        }
+        write_atomic(&peers, &peers_toml(&nodes))?;
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            pods: Vec::new(),
+            underlay,
+            scratch,
+        };
+        for h in cluster.underlay.hosts() {
+            let node = WeftNode::start(h, &peers, cluster.scratch.path(), opts)?;
+            cluster.nodes.push(node);
+        }
+        for h in 0..hosts {
+            let mut pods = Vec::new();
+            for p in 0..pods_per_host {
+                let pod = cluster.underlay.pod(h, &format!("p{p}"))?;
+                let att = cluster.nodes[h].attach(&pod, &format!("{tag}-{h}-{p}"))?;
+                pods.push((pod, att));
+            }
+            cluster.pods.push(pods);
+        }
+        Ok(cluster)
+    }
+
+    /// Pod `p` of host `h`.
+    pub fn pod(&self, h: usize, p: usize) -> &Pod {
+        &self.pods[h][p].0
+    }
+
+    /// The address of pod `p` of host `h`.
+    pub fn ip(&self, h: usize, p: usize) -> Ipv4Addr {
+        self.pods[h][p].1.ip
+    }
+
+    /// Host `h`'s daemon's PEERS rows.
+    pub fn peers(&self, h: usize) -> Result<Vec<proto::PeerInfo>> {
+        self.nodes[h].peers()
+    }
+
+    /// Every daemon's log, for a failure message.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {}\n{}", n.name, n.log_text()))
+            .collect()
     }
 }
 

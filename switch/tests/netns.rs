@@ -14,7 +14,7 @@ use weft_perf::netns::{require_root, wait_until, Netns};
 use weft_perf::topo::{kernel_vxlan, Offload, Pod, Underlay};
 use weft_perf::traffic::{tcp_transfer, udp_verified, Pattern};
 use weft_perf::weft::{
-    in_netns, peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
+    in_netns, peers_toml, write_atomic, Cluster, PeerNode, Scratch, WeftNode, WeftOptions,
 };
 
 const STALL: Duration = Duration::from_secs(30);
@@ -27,84 +27,6 @@ fn options(mode: &str, extra: &[&str]) -> WeftOptions {
         mode: mode.into(),
         workers: 2,
         extra: extra.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
-/// Hosts running weftd, each with pods attached through the control socket. Fields
-/// drop in order: daemons first, then pods, then the underlay.
-struct Cluster {
-    nodes: Vec<WeftNode>,
-    pods: Vec<Vec<(Pod, Attachment)>>,
-    underlay: Underlay,
-    scratch: Scratch,
-}
-
-impl Cluster {
-    fn new(tag: &str, hosts: usize, pods_per_host: usize, opts: &WeftOptions) -> Cluster {
-        require_root();
-        let underlay = Underlay::new(tag, hosts).expect("underlay");
-        Cluster::on(underlay, tag, pods_per_host, opts)
-    }
-
-    /// weftd on every host of `underlay`, with `pods_per_host` pods each.
-    fn on(underlay: Underlay, tag: &str, pods_per_host: usize, opts: &WeftOptions) -> Cluster {
-        let hosts = underlay.hosts().len();
-        let scratch = Scratch::new(tag).expect("scratch dir");
-        let peers = scratch.path().join("peers.toml");
-        let mut nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
-        // An encrypted cluster's peers file lists every node's public key.
-        if opts.extra.iter().any(|a| a == "--encryption") {
-            for (n, h) in nodes.iter_mut().zip(underlay.hosts()) {
-                let key = weft_perf::weft::node_key(&opts.binary, h, scratch.path());
-                n.public_key = Some(key.expect("weftd --show-key"));
-            }
-        }
-        write_atomic(&peers, &peers_toml(&nodes)).expect("peers file");
-        let mut cluster = Cluster {
-            nodes: Vec::new(),
-            pods: Vec::new(),
-            underlay,
-            scratch,
-        };
-        for h in cluster.underlay.hosts() {
-            let node =
-                WeftNode::start(h, &peers, cluster.scratch.path(), opts).expect("weftd starts");
-            cluster.nodes.push(node);
-        }
-        for h in 0..hosts {
-            let mut pods = Vec::new();
-            for p in 0..pods_per_host {
-                let pod = cluster
-                    .underlay
-                    .pod(h, &format!("p{p}"))
-                    .expect("pod netns");
-                let att = cluster.nodes[h]
-                    .attach(&pod, &format!("{tag}-{h}-{p}"))
-                    .expect("attach");
-                pods.push((pod, att));
-            }
-            cluster.pods.push(pods);
-        }
-        cluster
-    }
-
-    fn pod(&self, h: usize, p: usize) -> &Pod {
-        &self.pods[h][p].0
-    }
-
-    fn ip(&self, h: usize, p: usize) -> Ipv4Addr {
-        self.pods[h][p].1.ip
-    }
-
-    fn peers(&self, h: usize) -> Vec<PeerInfo> {
-        self.nodes[h].peers().expect("peers")
-    }
-
-    fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- {}\n{}", n.name, n.log_text()))
-            .collect()
     }
 }
 
@@ -124,7 +46,8 @@ fn datapath(mode: &str) {
 /// [`datapath`] with every pod on a port of type `port`.
 fn datapath_with(mode: &str, port: &str) {
     let opts = options(mode, &["--pod-port", port]);
-    let c = Cluster::new(&format!("dp{}{}", &mode[..1], &port[..1]), 2, 2, &opts);
+    let c = Cluster::new(&format!("dp{}{}", &mode[..1], &port[..1]), 2, 2, &opts)
+        .expect("the cluster starts");
     for (_, a) in c.pods.iter().flatten() {
         assert_eq!(a.port.as_str(), port, "{a:?}");
     }
@@ -184,7 +107,7 @@ fn datapath_with(mode: &str, port: &str) {
     udp_across_hosts(&c, port == "tap" && kernel_takes_uso());
 
     // The tunnel counters saw it.
-    let peers = c.peers(0);
+    let peers = c.peers(0).expect("peers");
     let p1 = peers
         .iter()
         .find(|p| p.name == "node-1")
@@ -248,9 +171,10 @@ fn udp_across_hosts(c: &Cluster, merged: bool) {
 /// with a new weftd.
 fn peer_health(mode: &str) {
     let opts = options(mode, &["--heartbeat-ms", "100"]);
-    let mut c = Cluster::new(&format!("hb{}", &mode[..1]), 2, 0, &opts);
+    let mut c =
+        Cluster::new(&format!("hb{}", &mode[..1]), 2, 0, &opts).expect("the cluster starts");
     let state = |c: &Cluster| -> String {
-        let peers = c.peers(0);
+        let peers = c.peers(0).expect("peers");
         let p = peers.iter().find(|p| p.name == "node-1").expect("node-1");
         p.health.as_ref().expect("health").state.clone()
     };
@@ -313,7 +237,8 @@ fn sleeve_datapath() {
 /// handoff rings.
 #[test]
 fn single_queue_ports_use_the_rings() {
-    let c = Cluster::new("ring", 2, 2, &options("vxlan", &["--port-queues", "1"]));
+    let c = Cluster::new("ring", 2, 2, &options("vxlan", &["--port-queues", "1"]))
+        .expect("the cluster starts");
     c.pod(0, 0)
         .ns
         .ping(c.ip(1, 0), 3)
@@ -346,7 +271,8 @@ fn send_from(ns: &Netns, src: Ipv4Addr, dst: SocketAddr, payloads: &[Vec<u8>]) {
 
 /// Malformed tunnel datagrams are counted and dropped; forwarding goes on.
 fn bad_input(mode: &str) {
-    let c = Cluster::new(&format!("bad{}", &mode[..1]), 2, 1, &options(mode, &[]));
+    let c = Cluster::new(&format!("bad{}", &mode[..1]), 2, 1, &options(mode, &[]))
+        .expect("the cluster starts");
     let (h0, h1) = (c.underlay.host(0), c.underlay.host(1));
     let dst = SocketAddr::from((h0.underlay_ip, 8472));
     let mut garbage = vec![0u8; 200];
@@ -377,14 +303,14 @@ fn bad_input(mode: &str) {
 
     let sent = bad.len() as u64;
     wait_until(Duration::from_secs(5), "drops to be counted", || {
-        let peers = c.peers(0);
+        let peers = c.peers(0).expect("peers");
         let p1 = peers.iter().find(|p| p.name == "node-1").unwrap();
         let unknown = peers.iter().find(|p| p.name.starts_with('(')).unwrap();
         drops(unknown, "unknown_peer") >= 5
             && p1.counters.drops.iter().map(|(_, n)| n).sum::<u64>() >= sent
     })
-    .unwrap_or_else(|e| panic!("{e:#}: {:?}", c.peers(0)));
-    let peers = c.peers(0);
+    .unwrap_or_else(|e| panic!("{e:#}: {:?}", c.peers(0).expect("peers")));
+    let peers = c.peers(0).expect("peers");
     let p1 = peers.iter().find(|p| p.name == "node-1").unwrap();
     assert!(drops(p1, "bad_encap") > 0, "{p1:?}");
     // Still forwarding, both ways.
@@ -502,7 +428,7 @@ fn kernel_vxlan_interop_with(port: &str) {
 #[test]
 fn mixed_tap_and_afxdp_pods() {
     use weft_cni::proto::PortType;
-    let c = Cluster::new("mixed", 2, 0, &options("vxlan", &[]));
+    let c = Cluster::new("mixed", 2, 0, &options("vxlan", &[])).expect("the cluster starts");
     let mut pods = Vec::new();
     for (h, port) in [
         (0, PortType::Afxdp),
@@ -563,7 +489,8 @@ fn afxdp_footprint(pid: u32) -> (usize, usize, String) {
 /// object or locked memory behind.
 #[test]
 fn afxdp_attach_detach_cycles_leave_nothing() {
-    let c = Cluster::new("xcycle", 1, 0, &options("vxlan", &["--pod-port", "afxdp"]));
+    let c = Cluster::new("xcycle", 1, 0, &options("vxlan", &["--pod-port", "afxdp"]))
+        .expect("the cluster starts");
     let node = &c.nodes[0];
     let host = c.underlay.host(0);
     let before = afxdp_footprint(node.pid());
@@ -626,7 +553,7 @@ fn afxdp_jumbo_frames_span_umem_frames() {
     require_root();
     let underlay = Underlay::with_mtu("jumbo", 2, 9000).expect("underlay");
     let opts = options("vxlan", &["--pod-port", "afxdp"]);
-    let c = Cluster::on(underlay, "jumbo", 2, &opts);
+    let c = Cluster::on(underlay, "jumbo", 2, &opts).expect("the cluster starts");
     let mtu = c
         .pod(0, 0)
         .ns
@@ -679,7 +606,8 @@ fn afxdp_memory_limit_falls_back_or_fails_cleanly() {
         let flag = if fallback { "true" } else { "false" };
         let mut opts = options("vxlan", &["--pod-port", "afxdp", "--afxdp-fallback", flag]);
         opts.binary = weftd.clone();
-        let c = Cluster::new(&format!("xlim{}", &flag[..1]), 1, 0, &opts);
+        let c =
+            Cluster::new(&format!("xlim{}", &flag[..1]), 1, 0, &opts).expect("the cluster starts");
         let node = &c.nodes[0];
         let host = c.underlay.host(0);
         let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
@@ -733,7 +661,7 @@ fn afxdp_memory_limit_falls_back_or_fails_cleanly() {
 /// Detach removes the interface and releases the address, and is idempotent.
 #[test]
 fn detach_cleans_up_and_repeats() {
-    let c = Cluster::new("detach", 1, 0, &options("vxlan", &[]));
+    let c = Cluster::new("detach", 1, 0, &options("vxlan", &[])).expect("the cluster starts");
     let node = &c.nodes[0];
     let pod = c.underlay.pod(0, "x").unwrap();
     let att = node.attach(&pod, "det-1").expect("attach");
@@ -884,7 +812,8 @@ fn restart_keeps_afxdp_pods() {
 
 fn restart_keeps_pods_with(port: &str) {
     let opts = options("vxlan", &["--pod-port", port]);
-    let mut c = Cluster::new(&format!("restart{}", &port[..1]), 2, 1, &opts);
+    let mut c =
+        Cluster::new(&format!("restart{}", &port[..1]), 2, 1, &opts).expect("the cluster starts");
     let peers = c.scratch.path().join("peers.toml");
     let (a, b) = (c.ip(0, 0), c.ip(1, 0));
     c.pod(0, 0).ns.ping(b, 1).expect("ping before restart");
@@ -935,7 +864,7 @@ fn restart_keeps_pods_with(port: &str) {
 /// Attachments whose pod vanished while the daemon was down are released at start.
 #[test]
 fn restart_releases_vanished_pods() {
-    let mut c = Cluster::new("vanish", 1, 2, &options("sleeve", &[]));
+    let mut c = Cluster::new("vanish", 1, 2, &options("sleeve", &[])).expect("the cluster starts");
     let peers = c.scratch.path().join("peers.toml");
     let gone_ip = c.ip(0, 1);
     c.nodes.remove(0).stop().expect("stop");
@@ -980,7 +909,7 @@ fn crash_during_attach_storm() {
     use std::collections::HashSet;
     use weft_cni::proto::{AttachmentKey, DetachRequest, GcRequest};
 
-    let mut c = Cluster::new("storm", 1, 0, &options("vxlan", &[]));
+    let mut c = Cluster::new("storm", 1, 0, &options("vxlan", &[])).expect("the cluster starts");
     let peers = c.scratch.path().join("peers.toml");
     let pods: Vec<Pod> = (0..40)
         .map(|i| c.underlay.pod(0, &format!("s{i}")).unwrap())
@@ -1133,7 +1062,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[test]
 fn encrypted_sleeve_carries_1gb_and_shows_no_plaintext() {
     let opts = options("sleeve", &["--encryption", "required"]);
-    let c = Cluster::new("enc", 2, 1, &opts);
+    let c = Cluster::new("enc", 2, 1, &opts).expect("the cluster starts");
     let (a, b) = (c.ip(0, 0), c.ip(1, 0));
     c.pod(0, 0)
         .ns
@@ -1151,7 +1080,7 @@ fn encrypted_sleeve_carries_1gb_and_shows_no_plaintext() {
         assert_eq!(t.bytes, BIG_TRANSFER);
     }
     for h in 0..2 {
-        let peers = c.peers(h);
+        let peers = c.peers(h).expect("peers");
         let s = peers[0].session.as_ref().expect("a session row");
         assert_eq!(s.state, "established", "{s:?}");
         assert!(s.handshakes >= 1 && s.key_age_s.is_some(), "{s:?}");
