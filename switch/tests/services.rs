@@ -1,0 +1,900 @@
+//! Services, egress and the host port under the rules kube-proxy writes, with real
+//! kernels: weftd nodes in network namespaces, kube-proxy's iptables or nftables rules
+//! loaded on every node (`weft_perf::kubeproxy`, with `iptables-restore` and `nft`),
+//! the reference `portmap` plugin for a hostPort, a world beyond the nodes' router that
+//! has no route to pods, and an attacker on the underlay with a raw socket.
+//!
+//! Every datapath (VXLAN, sleeve, direct routing, encrypted sleeve) runs under both of
+//! kube-proxy's modes. Each case is a TCP exchange and a UDP request and reply, each
+//! side checking what the other sent; the server answers with the address it saw.
+//!
+//! These tests need root (they create namespaces); they fail, never skip, without it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use weft_cni::proto::{PodRef, Reply, Request};
+use weft_perf::cni::{Network, Verb, REFERENCE_PLUGIN_DIR};
+use weft_perf::kubeproxy::{self, Endpoint, Protocol, Service, TrafficPolicy};
+use weft_perf::netns::{veth, wait_until, Netns};
+use weft_perf::topo::{Pod, Underlay};
+use weft_perf::weft::{in_netns, write_atomic, Cluster, Scratch, WeftOptions};
+
+const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Every pod, and the world, serves TCP and UDP on these.
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 5353;
+/// The underlay's router (on the wire namespace's bridge) and the world behind it.
+const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 254);
+const WORLD_GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const WORLD: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// A machine on the nodes' segment that is no node.
+const ATTACKER: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 99);
+/// The ClusterIPs.
+const TO_REMOTE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const TO_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const TO_SELF: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+const NODEPORT_CLUSTER: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+const NODEPORT_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
+const TO_PROTECTED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 15);
+/// Service ports, and node ports (TCP and UDP alike).
+const SVC_TCP: u16 = 80;
+const SVC_UDP: u16 = 53;
+const NP_CLUSTER: u16 = 30080;
+const NP_LOCAL: u16 = 30081;
+const HOST_PORT: u16 = 31000;
+/// The port the spoofing test aims at.
+const SPOOF_PORT: u16 = 9999;
+const SPOOFS: u64 = 20;
+
+const PROBE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KubeProxy {
+    Iptables,
+    Nftables,
+}
+
+/// A datapath: weftd's mode and flags, and how many nodes.
+#[derive(Debug, Clone, Copy)]
+struct Datapath {
+    tag: &'static str,
+    mode: &'static str,
+    extra: &'static [&'static str],
+    hosts: usize,
+    /// Whether a peer's pods legitimately come through the host (direct routing):
+    /// then spoofing them through the host is not told apart from them.
+    direct: bool,
+}
+
+const VXLAN: Datapath = Datapath {
+    tag: "x",
+    mode: "vxlan",
+    extra: &[],
+    hosts: 3,
+    direct: false,
+};
+const SLEEVE: Datapath = Datapath {
+    tag: "s",
+    mode: "sleeve",
+    extra: &[],
+    hosts: 2,
+    direct: false,
+};
+const DIRECT: Datapath = Datapath {
+    tag: "d",
+    mode: "vxlan",
+    extra: &["--direct-routing", "true"],
+    hosts: 2,
+    direct: true,
+};
+const ENCRYPTED: Datapath = Datapath {
+    tag: "e",
+    mode: "sleeve",
+    extra: &["--encryption", "required"],
+    hosts: 2,
+    direct: false,
+};
+
+#[test]
+fn vxlan_under_kube_proxy_iptables() {
+    services(VXLAN, KubeProxy::Iptables);
+}
+
+#[test]
+fn vxlan_under_kube_proxy_nftables() {
+    services(VXLAN, KubeProxy::Nftables);
+}
+
+#[test]
+fn sleeve_under_kube_proxy_iptables() {
+    services(SLEEVE, KubeProxy::Iptables);
+}
+
+#[test]
+fn sleeve_under_kube_proxy_nftables() {
+    services(SLEEVE, KubeProxy::Nftables);
+}
+
+#[test]
+fn direct_routing_under_kube_proxy_iptables() {
+    services(DIRECT, KubeProxy::Iptables);
+}
+
+#[test]
+fn direct_routing_under_kube_proxy_nftables() {
+    services(DIRECT, KubeProxy::Nftables);
+}
+
+#[test]
+fn encrypted_sleeve_under_kube_proxy_iptables() {
+    services(ENCRYPTED, KubeProxy::Iptables);
+}
+
+#[test]
+fn encrypted_sleeve_under_kube_proxy_nftables() {
+    services(ENCRYPTED, KubeProxy::Nftables);
+}
+
+// ---------------------------------------------------------------------------------
+// Servers and probes
+// ---------------------------------------------------------------------------------
+
+/// Echo servers that answer `ping N` with `pong N <the address they saw>`, stopped
+/// on drop.
+struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The answer to `request` from a client at `from`, if it is a well-formed ping.
+fn answer(request: &str, from: SocketAddr) -> Option<String> {
+    let nonce: u64 = request.trim_end().strip_prefix("ping ")?.parse().ok()?;
+    Some(format!("pong {nonce} {}\n", from.ip()))
+}
+
+impl Servers {
+    fn new() -> Servers {
+        Servers {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        }
+    }
+
+    /// Serves TCP on [`TCP_PORT`] and UDP on [`UDP_PORT`] in `ns`, on every address.
+    fn serve(&mut self, ns: &Netns) {
+        let any = Ipv4Addr::UNSPECIFIED;
+        let tcp = in_netns(ns, || TcpListener::bind((any, TCP_PORT)))
+            .expect("the namespace")
+            .expect("a TCP listener");
+        tcp.set_nonblocking(true).unwrap();
+        let stop = self.stop.clone();
+        self.threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((c, from)) = tcp.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(PROBE));
+                    let mut line = String::new();
+                    let mut reader = BufReader::new((&c).take(64));
+                    if reader.read_line(&mut line).is_ok() {
+                        if let Some(a) = answer(&line, from) {
+                            let _ = (&c).write_all(a.as_bytes());
+                        }
+                    }
+                });
+            }
+        }));
+        let udp = in_netns(ns, || UdpSocket::bind((any, UDP_PORT)))
+            .expect("the namespace")
+            .expect("a UDP socket");
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = self.stop.clone();
+        self.threads.push(std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = udp.recv_from(&mut b) {
+                    let request = String::from_utf8_lossy(&b[..n]).into_owned();
+                    if let Some(a) = answer(&request, from) {
+                        let _ = udp.send_to(a.as_bytes(), from);
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Counts UDP datagrams arriving on `port` in `ns`.
+    fn count(&mut self, ns: &Netns, port: u16) -> Arc<AtomicU64> {
+        let udp = in_netns(ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
+            .expect("the namespace")
+            .expect("a UDP socket");
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let n = Arc::new(AtomicU64::new(0));
+        let (stop, seen) = (self.stop.clone(), n.clone());
+        self.threads.push(std::thread::spawn(move || {
+            let mut b = [0u8; 256];
+            while !stop.load(Ordering::Relaxed) {
+                if udp.recv_from(&mut b).is_ok() {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+        n
+    }
+}
+
+static NONCE: AtomicU64 = AtomicU64::new(1);
+
+/// Checks an answer to `ping nonce` and returns the address the server saw.
+fn check_answer(answer: &str, nonce: u64, to: SocketAddr) -> Result<Ipv4Addr, String> {
+    let mut words = answer.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("pong"), Some(n), Some(seen)) if n == nonce.to_string() => seen
+            .parse()
+            .map_err(|_| format!("{to} answered {answer:?}")),
+        _ => Err(format!("{to} answered {answer:?} to ping {nonce}")),
+    }
+}
+
+/// A TCP exchange from `ns` with `to`; the address the server saw the client as.
+fn tcp_exchange(ns: &Netns, to: SocketAddr) -> Result<Ipv4Addr, String> {
+    let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
+    let c = in_netns(ns, || TcpStream::connect_timeout(&to, PROBE))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("TCP connect to {to}: {e}"))?;
+    c.set_read_timeout(Some(PROBE)).unwrap();
+    (&c).write_all(format!("ping {nonce}\n").as_bytes())
+        .map_err(|e| format!("TCP send to {to}: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(&c)
+        .read_line(&mut line)
+        .map_err(|e| format!("TCP answer from {to}: {e}"))?;
+    check_answer(&line, nonce, to)
+}
+
+/// A UDP request and reply from `ns` to `to` (a connected socket: an answer from any
+/// other address is not taken); the address the server saw the client as.
+fn udp_exchange(ns: &Netns, to: SocketAddr) -> Result<Ipv4Addr, String> {
+    let s = in_netns(ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    s.connect(to).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(PROBE / 3)).unwrap();
+    let mut last = String::from("no answer");
+    for _ in 0..3 {
+        let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = s.send(format!("ping {nonce}").as_bytes()) {
+            last = format!("UDP send to {to}: {e}");
+            continue;
+        }
+        let mut b = [0u8; 64];
+        match s.recv(&mut b) {
+            Ok(n) => return check_answer(&String::from_utf8_lossy(&b[..n]), nonce, to),
+            Err(e) => last = format!("UDP answer from {to}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+// ---------------------------------------------------------------------------------
+// The lab
+// ---------------------------------------------------------------------------------
+
+/// A cluster under kube-proxy's rules, its world, its attacker and its servers.
+/// Fields drop in order: servers, then the cluster, then the outer namespaces.
+struct Lab {
+    servers: Servers,
+    cluster: Cluster,
+    /// Node 1's pod that an ingress policy protects: only node 0's pod 0 may open
+    /// connections to it.
+    protected: (Pod, Ipv4Addr),
+    world: Netns,
+    attacker: Netns,
+    _policy: Scratch,
+    kp: KubeProxy,
+}
+
+fn options(d: Datapath, policy_dir: &std::path::Path) -> WeftOptions {
+    let mut extra: Vec<String> = d.extra.iter().map(|s| s.to_string()).collect();
+    extra.extend([
+        "--service-cidr".into(),
+        SERVICE_CIDR.into(),
+        "--policy-dir".into(),
+        policy_dir.display().to_string(),
+    ]);
+    WeftOptions {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
+        mode: d.mode.into(),
+        workers: 2,
+        extra,
+    }
+}
+
+/// Runs `argv` in `ns` with `input` on its standard input.
+fn load(ns: &Netns, argv: &[&str], input: &str) {
+    let mut child = ns
+        .cmd(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?} in {}: {}\n{input}",
+        ns.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    fn new(d: Datapath, kp: KubeProxy) -> Lab {
+        let tag = format!(
+            "sv{}{}",
+            d.tag,
+            if kp == KubeProxy::Iptables { "i" } else { "n" }
+        );
+        let policy = Scratch::new(&format!("{tag}pol")).expect("a policy directory");
+        let opts = options(d, policy.path());
+        let underlay = Underlay::new(&tag, d.hosts).expect("the underlay");
+        let (world, attacker) = outside(&underlay, &tag);
+        let cluster =
+            Cluster::on(underlay, &tag, 2, &opts).unwrap_or_else(|e| panic!("the cluster: {e:#}"));
+        let pod = cluster.underlay.pod(1, "prot").expect("a pod");
+        let k8s = PodRef {
+            namespace: "default".into(),
+            name: "protected".into(),
+        };
+        let att = cluster.nodes[1]
+            .attach_as(&pod, &format!("{tag}-protected"), Some(k8s))
+            .expect("attach");
+        let mut lab = Lab {
+            servers: Servers::new(),
+            cluster,
+            protected: (pod, att.ip),
+            world,
+            attacker,
+            _policy: policy,
+            kp,
+        };
+        lab.protect();
+        lab.load_kube_proxy();
+        lab.portmap(Verb::Add);
+        for h in 0..d.hosts {
+            for p in 0..2 {
+                lab.servers.serve(&lab.cluster.pod(h, p).ns);
+            }
+        }
+        lab.servers.serve(&lab.protected.0.ns);
+        lab.servers.serve(&lab.world);
+        lab
+    }
+
+    /// The policy: node 1's protected pod takes connections from node 0's pod 0 only.
+    fn protect(&self) {
+        let pod = |name: &str, role: &str, ip: Ipv4Addr| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  \
+                 labels:\n    role: {role}\nstatus:\n  podIP: {ip}\n"
+            )
+        };
+        let docs = [
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n".to_owned(),
+            pod("client", "client", self.cluster.ip(0, 0)),
+            pod("other", "other", self.cluster.ip(0, 1)),
+            pod("protected", "protected", self.protected.1),
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: protect\n  \
+             namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      role: protected\n  \
+             ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          role: client\n"
+                .to_owned(),
+        ];
+        write_atomic(
+            &self._policy.path().join("policy.yaml"),
+            &docs.join("---\n"),
+        )
+        .expect("the policy");
+        for (h, node) in self.cluster.nodes.iter().enumerate() {
+            wait_until(
+                Duration::from_secs(10),
+                "the policy in force",
+                || match node.ok(&Request::PolicyStatus) {
+                    Ok(Reply::PolicyStatus(s)) => {
+                        s.errors.is_empty() && s.policies.iter().any(|p| p.id == "default/protect")
+                    }
+                    _ => false,
+                },
+            )
+            .unwrap_or_else(|e| panic!("node {h}: {e}\n{}", self.cluster.logs()));
+        }
+    }
+
+    /// The Services, as kube-proxy would have them on node `h`.
+    fn services(&self, h: usize) -> Vec<Service> {
+        let c = &self.cluster;
+        let hosts = c.nodes.len();
+        let ep = |node: usize, ip: Ipv4Addr, port: u16| Endpoint {
+            ip,
+            port,
+            local: node == h,
+        };
+        let mut out = Vec::new();
+        let mut add =
+            |name: &str, vip, node_port: [Option<u16>; 2], etp, eps: &[(usize, Ipv4Addr)]| {
+                for (proto, port, target, np) in [
+                    (Protocol::Tcp, SVC_TCP, TCP_PORT, node_port[0]),
+                    (Protocol::Udp, SVC_UDP, UDP_PORT, node_port[1]),
+                ] {
+                    out.push(Service {
+                        name: format!("default/{name}"),
+                        port_name: format!("{proto:?}").to_lowercase(),
+                        protocol: proto,
+                        cluster_ip: vip,
+                        port,
+                        node_port: np,
+                        external_traffic_policy: etp,
+                        endpoints: eps.iter().map(|(n, ip)| ep(*n, *ip, target)).collect(),
+                    });
+                }
+            };
+        // The endpoints on the other nodes: two of them with three nodes.
+        let remote: Vec<(usize, Ipv4Addr)> = (1..hosts).map(|n| (n, c.ip(n, 0))).collect();
+        let none = [None, None];
+        add("remote", TO_REMOTE, none, TrafficPolicy::Cluster, &remote);
+        add(
+            "local",
+            TO_LOCAL,
+            none,
+            TrafficPolicy::Cluster,
+            &[(0, c.ip(0, 1))],
+        );
+        add(
+            "self",
+            TO_SELF,
+            none,
+            TrafficPolicy::Cluster,
+            &[(0, c.ip(0, 0))],
+        );
+        let np = [Some(NP_CLUSTER), Some(NP_CLUSTER)];
+        add(
+            "np-cluster",
+            NODEPORT_CLUSTER,
+            np,
+            TrafficPolicy::Cluster,
+            &[(1, c.ip(1, 1))],
+        );
+        let np = [Some(NP_LOCAL), Some(NP_LOCAL)];
+        add(
+            "np-local",
+            NODEPORT_LOCAL,
+            np,
+            TrafficPolicy::Local,
+            &[(0, c.ip(0, 1))],
+        );
+        add(
+            "protected",
+            TO_PROTECTED,
+            none,
+            TrafficPolicy::Cluster,
+            &[(1, self.protected.1)],
+        );
+        out
+    }
+
+    /// Loads kube-proxy's rules on every node.
+    fn load_kube_proxy(&self) {
+        for (h, host) in self.cluster.underlay.hosts().iter().enumerate() {
+            let node = kubeproxy::Node {
+                cluster_cidr: weft_perf::weft::CLUSTER_CIDR.parse().unwrap(),
+                node_ips: vec![host.underlay_ip],
+            };
+            let services = self.services(h);
+            match self.kp {
+                KubeProxy::Iptables => load(
+                    &host.ns,
+                    &["iptables-restore", "--noflush"],
+                    &kubeproxy::iptables_restore(&node, &services),
+                ),
+                KubeProxy::Nftables => load(
+                    &host.ns,
+                    &["nft", "-f", "-"],
+                    &kubeproxy::nft_ruleset(&node, &services),
+                ),
+            }
+        }
+    }
+
+    /// Runs the reference portmap plugin for node 0's pod 1: hostPort [`HOST_PORT`]
+    /// to its TCP server, as a runtime chains it after weft-cni.
+    fn portmap(&self, verb: Verb) {
+        let (pod, ip) = (self.cluster.pod(0, 1), self.cluster.ip(0, 1));
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "weft",
+            "type": "portmap",
+            "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": [
+                {"hostPort": HOST_PORT, "containerPort": TCP_PORT, "protocol": "tcp"},
+                {"hostPort": HOST_PORT, "containerPort": UDP_PORT, "protocol": "udp"},
+            ]},
+            "prevResult": {
+                "cniVersion": "1.0.0",
+                "interfaces": [{"name": "eth0", "sandbox": pod.ns.path()}],
+                "ips": [{"address": format!("{ip}/24"), "interface": 0}],
+            },
+        });
+        let net = Network {
+            plugin_dir: REFERENCE_PLUGIN_DIR.into(),
+            config,
+        };
+        let host = &self.cluster.underlay.host(0).ns;
+        net.call(verb, host, "portmap-pod", &pod.ns.path(), "eth0")
+            .unwrap_or_else(|e| panic!("portmap {verb:?}: {e:#}"));
+    }
+
+    fn logs(&self) -> String {
+        let mut s = self.cluster.logs();
+        for h in self.cluster.underlay.hosts() {
+            let rules = match self.kp {
+                KubeProxy::Iptables => h.ns.run(&["iptables-save"]),
+                KubeProxy::Nftables => h.ns.run(&["nft", "list", "ruleset"]),
+            };
+            s += &format!(
+                "--- rules of {}\n{}\n",
+                h.ns.name(),
+                rules.unwrap_or_default()
+            );
+        }
+        s
+    }
+
+    /// Both exchanges from `ns` to `vip` (the Service ports, or `ports`), each
+    /// returning the address the server saw.
+    fn exchange(&self, what: &str, ns: &Netns, vip: Ipv4Addr, ports: (u16, u16)) -> [Ipv4Addr; 2] {
+        let tcp = tcp_exchange(ns, SocketAddr::from((vip, ports.0)));
+        let udp = udp_exchange(ns, SocketAddr::from((vip, ports.1)));
+        match (tcp, udp) {
+            (Ok(a), Ok(b)) => [a, b],
+            (t, u) => panic!("{what}: TCP {t:?}, UDP {u:?}\n{}", self.logs()),
+        }
+    }
+
+    /// The host port's counters and host flows on node `h`.
+    fn host_port(&self, h: usize) -> weft_cni::proto::PortInfo {
+        match self.cluster.nodes[h].ok(&Request::Ports).expect("ports") {
+            Reply::Ports { ports } => ports
+                .into_iter()
+                .find(|p| p.kind == "host")
+                .expect("a host port"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The drops of `reason` on node `h`'s port at `ip`.
+    fn port_drops(&self, h: usize, ip: Ipv4Addr, reason: &str) -> u64 {
+        match self.cluster.nodes[h].ok(&Request::Ports).expect("ports") {
+            Reply::Ports { ports } => ports
+                .into_iter()
+                .filter(|p| p.ip == Some(ip))
+                .flat_map(|p| p.counters.drops)
+                .filter(|(r, _)| r == reason)
+                .map(|(_, n)| n)
+                .sum(),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// The world and the attacker around `underlay`: the wire namespace becomes the
+/// nodes' router (10.250.0.254) to a world namespace (198.18.0.2) that has no route
+/// to pods; every host gets a default route through it, as real nodes have. The
+/// attacker is one more machine on the nodes' segment.
+fn outside(underlay: &Underlay, tag: &str) -> (Netns, Netns) {
+    let wire = underlay.wire();
+    wire.ip(&["addr", "add", &format!("{ROUTER}/24"), "dev", "br0"])
+        .expect("the router's address");
+    wire.sysctl("net.ipv4.ip_forward", "1").expect("forwarding");
+    let world = Netns::new(&format!("{tag}wo")).expect("the world");
+    veth(wire, "world", &world, "eth0").expect("the world's link");
+    wire.ip(&["addr", "add", &format!("{WORLD_GW}/24"), "dev", "world"])
+        .unwrap();
+    wire.link_up("world").unwrap();
+    world
+        .ip(&["addr", "add", &format!("{WORLD}/24"), "dev", "eth0"])
+        .unwrap();
+    world.link_up("eth0").unwrap();
+    world
+        .ip(&["route", "add", "default", "via", &WORLD_GW.to_string()])
+        .unwrap();
+    for h in underlay.hosts() {
+        h.ns.ip(&["route", "add", "default", "via", &ROUTER.to_string()])
+            .expect("a default route");
+        // systemd's default: loose reverse-path filtering.
+        for key in ["all", "eth0"] {
+            h.ns.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "2")
+                .unwrap();
+        }
+    }
+    let attacker = Netns::new(&format!("{tag}at")).expect("the attacker");
+    veth(wire, "atk", &attacker, "eth0").expect("the attacker's link");
+    wire.ip(&["link", "set", "dev", "atk", "master", "br0", "up"])
+        .unwrap();
+    attacker
+        .ip(&["addr", "add", &format!("{ATTACKER}/24"), "dev", "eth0"])
+        .unwrap();
+    attacker.link_up("eth0").unwrap();
+    (world, attacker)
+}
+
+// ---------------------------------------------------------------------------------
+// The cases
+// ---------------------------------------------------------------------------------
+
+fn services(d: Datapath, kp: KubeProxy) {
+    let lab = Lab::new(d, kp);
+    let c = &lab.cluster;
+    let (client, client_ip) = (&c.pod(0, 0).ns, c.ip(0, 0));
+    let node0 = c.underlay.host(0);
+    let node0_addrs = [node0.gateway, node0.underlay_ip];
+    let svc = (SVC_TCP, SVC_UDP);
+
+    // A pod to a ClusterIP whose endpoints are on other nodes (two of them with three
+    // nodes, picked by kube-proxy's statistic rule): the endpoint sees the pod.
+    let mut reached = std::collections::BTreeSet::new();
+    for _ in 0..if d.hosts > 2 { 24 } else { 2 } {
+        reached.extend(served_by(&lab, || {
+            let seen = lab.exchange("pod → ClusterIP, remote endpoints", client, TO_REMOTE, svc);
+            assert_eq!(seen, [client_ip; 2]);
+        }));
+    }
+    assert_eq!(
+        reached.len(),
+        d.hosts - 1,
+        "every remote endpoint reached: {reached:?}"
+    );
+
+    // The endpoint on the client's own node, and the client itself (kube-proxy
+    // masquerades that hairpin to the node's address).
+    let seen = lab.exchange("pod → ClusterIP, local endpoint", client, TO_LOCAL, svc);
+    assert_eq!(seen, [client_ip; 2]);
+    let seen = lab.exchange("pod → ClusterIP, itself", client, TO_SELF, svc);
+    assert!(seen.iter().all(|s| node0_addrs.contains(s)), "{seen:?}");
+
+    // The node itself to a ClusterIP.
+    let seen = lab.exchange("node → ClusterIP", &node0.ns, TO_REMOTE, svc);
+    assert!(seen.iter().all(|s| node0_addrs.contains(s)), "{seen:?}");
+
+    // From outside: a NodePort with externalTrafficPolicy Cluster (masqueraded, the
+    // endpoint on another node) and Local (source kept, the endpoint on this node),
+    // and the hostPort of node 0's pod 1 through portmap.
+    let at_node0 = node0.underlay_ip;
+    let seen = lab.exchange(
+        "world → NodePort (Cluster)",
+        &lab.world,
+        at_node0,
+        (NP_CLUSTER, NP_CLUSTER),
+    );
+    assert!(seen.iter().all(|s| node0_addrs.contains(s)), "{seen:?}");
+    let seen = lab.exchange(
+        "world → NodePort (Local)",
+        &lab.world,
+        at_node0,
+        (NP_LOCAL, NP_LOCAL),
+    );
+    assert_eq!(
+        seen, [WORLD; 2],
+        "externalTrafficPolicy Local keeps the client's address"
+    );
+    let seen = lab.exchange(
+        "world → hostPort",
+        &lab.world,
+        at_node0,
+        (HOST_PORT, HOST_PORT),
+    );
+    assert_eq!(seen, [WORLD; 2], "portmap keeps the client's address");
+
+    // Egress: the world has no route to pods, so only the masquerade brings answers.
+    let seen = lab.exchange("pod → world", client, WORLD, (TCP_PORT, UDP_PORT));
+    assert_eq!(seen, [node0.underlay_ip; 2], "the world sees the node");
+    // Nothing between pods is rewritten.
+    let seen = lab.exchange("pod → pod", client, c.ip(1, 0), (TCP_PORT, UDP_PORT));
+    assert_eq!(seen, [client_ip; 2]);
+
+    // The host port counted the connections it handed back.
+    let host = lab.host_port(0);
+    let flows = host.host_flows.expect("the host port's flows");
+    assert!(flows.returned_total >= 2, "{flows:?}");
+
+    policy_on_the_endpoint(&lab);
+    if !d.direct {
+        spoofing_through_the_host(&lab);
+    }
+    lab.portmap(Verb::Del);
+}
+
+/// The nodes (other than node 0) whose pod 0 was sent packets while `f` ran.
+fn served_by(lab: &Lab, f: impl FnOnce()) -> Vec<usize> {
+    let c = &lab.cluster;
+    let sent = || -> Vec<u64> {
+        (1..c.nodes.len())
+            .map(|h| port_tx(lab, h, c.ip(h, 0)))
+            .collect()
+    };
+    let before = sent();
+    f();
+    let after = sent();
+    (0..before.len())
+        .filter(|&i| after[i] > before[i])
+        .map(|i| i + 1)
+        .collect()
+}
+
+/// Packets node `h` has sent to its pod at `ip`.
+fn port_tx(lab: &Lab, h: usize, ip: Ipv4Addr) -> u64 {
+    match lab.cluster.nodes[h].ok(&Request::Ports).expect("ports") {
+        Reply::Ports { ports } => ports
+            .into_iter()
+            .filter(|p| p.ip == Some(ip))
+            .map(|p| p.counters.tx_packets)
+            .sum(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// NetworkPolicy on the endpoint judges a ClusterIP connection by the client pod's
+/// own address, which kube-proxy keeps: the allowed pod gets through, another pod of
+/// the same node does not.
+fn policy_on_the_endpoint(lab: &Lab) {
+    let c = &lab.cluster;
+    let seen = lab.exchange(
+        "allowed pod → protected ClusterIP",
+        &c.pod(0, 0).ns,
+        TO_PROTECTED,
+        (SVC_TCP, SVC_UDP),
+    );
+    assert_eq!(seen, [c.ip(0, 0); 2]);
+    let before = lab.port_drops(1, lab.protected.1, "policy_ingress");
+    let denied = tcp_exchange(&c.pod(0, 1).ns, SocketAddr::from((TO_PROTECTED, SVC_TCP)));
+    assert!(
+        denied.is_err(),
+        "another pod reached the protected one: {denied:?}"
+    );
+    let after = lab.port_drops(1, lab.protected.1, "policy_ingress");
+    assert!(after > before, "the refusal is counted: {before} → {after}");
+}
+
+/// A raw-socket sender on the underlay spoofs the allowed pod's address towards the
+/// protected pod through node 1's host: nothing arrives, and the host port's
+/// `spoofed` rises by exactly the number sent. With its own address, towards an open
+/// pod, it is delivered.
+fn spoofing_through_the_host(lab: &Lab) {
+    let c = &lab.cluster;
+    let node1 = c.underlay.host(1);
+    lab.attacker
+        .ip(&[
+            "route",
+            "add",
+            &node1.pod_subnet.to_string(),
+            "via",
+            &node1.underlay_ip.to_string(),
+        ])
+        .unwrap();
+    let mut counters = Servers::new();
+    let at_protected = counters.count(&lab.protected.0.ns, SPOOF_PORT);
+    let at_open = counters.count(&c.pod(1, 1).ns, SPOOF_PORT);
+    let spoofed = |h: usize| {
+        lab.host_port(h)
+            .counters
+            .drops
+            .iter()
+            .find(|(r, _)| r == "spoofed")
+            .map_or(0, |(_, n)| *n)
+    };
+    let before = spoofed(1);
+    let raw = in_netns(&lab.attacker, || {
+        socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+        )
+    })
+    .unwrap()
+    .expect("a raw socket");
+    let send = |src: Ipv4Addr, dst: Ipv4Addr| {
+        let packet = udp_packet(src, dst, SPOOF_PORT);
+        raw.send_to(&packet, &SocketAddr::from((dst, 0)).into())
+            .expect("a raw send");
+    };
+    for _ in 0..SPOOFS {
+        send(c.ip(0, 0), lab.protected.1);
+    }
+    // The positive control, after the spoofs: once it has arrived, so would have they.
+    for _ in 0..SPOOFS {
+        send(ATTACKER, c.ip(1, 1));
+    }
+    wait_until(Duration::from_secs(5), "the control's datagrams", || {
+        at_open.load(Ordering::Relaxed) == SPOOFS
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {} arrived\n{}",
+            at_open.load(Ordering::Relaxed),
+            lab.logs()
+        )
+    });
+    wait_until(Duration::from_secs(2), "the spoofed count", || {
+        spoofed(1) - before == SPOOFS
+    })
+    .unwrap_or_else(|e| panic!("{e}: spoofed {} → {}", before, spoofed(1)));
+    assert_eq!(
+        at_protected.load(Ordering::Relaxed),
+        0,
+        "a spoofed datagram arrived"
+    );
+}
+
+/// An IPv4 UDP datagram from `src` to `dst`:`port` with a checksum, as a raw socket
+/// with IP_HDRINCL sends it.
+fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> Vec<u8> {
+    let payload = b"spoof";
+    let udp_len = 8 + payload.len();
+    let mut p = vec![0u8; 20 + udp_len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let sum = !ones(&p[..20]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p[20..22].copy_from_slice(&4000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&port.to_be_bytes());
+    p[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&p[12..20]);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    pseudo.extend_from_slice(&p[20..]);
+    let sum = !ones(&pseudo);
+    p[26..28].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+fn ones(data: &[u8]) -> u16 {
+    let mut acc: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
