@@ -32,18 +32,7 @@ const TO_A: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 
 const STEP_LIMIT: u64 = 5_000;
 
-macro_rules! both_modes {
-    ($($name:ident),* $(,)?) => {
-        mod vxlan_mode {
-            $(#[test] fn $name() { super::$name(weft_switch::tables::TunnelMode::Vxlan) })*
-        }
-        mod sleeve_mode {
-            $(#[test] fn $name() { super::$name(weft_switch::tables::TunnelMode::Sleeve) })*
-        }
-    };
-}
-
-both_modes!(
+weft_switch::both_modes!(
     tcp_to_a_cluster_ip_returns_through_the_host,
     udp_to_a_cluster_ip_is_answered_from_the_cluster_ip,
     an_error_about_a_translated_packet_goes_through_the_host,

@@ -54,19 +54,7 @@ fn two_nodes_introduced(mode: TunnelMode) -> Sim {
     sim
 }
 
-/// Runs every listed scenario once per tunnel mode, as `vxlan_mode::name` and `sleeve_mode::name`.
-macro_rules! both_modes {
-    ($($name:ident),* $(,)?) => {
-        mod vxlan_mode {
-            $(#[test] fn $name() { super::$name(weft_switch::tables::TunnelMode::Vxlan) })*
-        }
-        mod sleeve_mode {
-            $(#[test] fn $name() { super::$name(weft_switch::tables::TunnelMode::Sleeve) })*
-        }
-    };
-}
-
-both_modes!(
+weft_switch::both_modes!(
     one_flow_keeps_one_source_port_and_flows_spread,
     super_frames_cross_the_tunnel,
     super_frames_whose_segments_overflow_the_mtu_are_refused,

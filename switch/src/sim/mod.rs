@@ -1003,6 +1003,20 @@ impl Pod {
 
 // ---- Hand-built frames ----
 
+/// Runs every listed scenario, a `fn name(TunnelMode)` of the calling test file, once
+/// per tunnel mode, as the tests `vxlan_mode::name` and `sleeve_mode::name`.
+#[macro_export]
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod vxlan_mode {
+            $(#[test] fn $name() { super::$name($crate::tables::TunnelMode::Vxlan) })*
+        }
+        mod sleeve_mode {
+            $(#[test] fn $name() { super::$name($crate::tables::TunnelMode::Sleeve) })*
+        }
+    };
+}
+
 /// An Ethernet frame.
 pub fn eth(dst: MacAddr, src: MacAddr, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(ETH_HLEN + payload.len());
