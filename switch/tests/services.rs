@@ -142,6 +142,46 @@ fn encrypted_sleeve_under_kube_proxy_nftables() {
     services(ENCRYPTED, KubeProxy::Nftables);
 }
 
+/// weft's nftables table: installed at start, replaced whole by a restart after a
+/// crash (no rule twice), removed at a clean stop, with no other table touched.
+#[test]
+fn the_masquerade_table_comes_and_goes_with_weftd() {
+    let scratch = Scratch::new("svtpol").expect("a scratch directory");
+    let opts = options(VXLAN, scratch.path());
+    let mut c = Cluster::new("svt", 1, 0, &opts).unwrap_or_else(|e| panic!("{e:#}"));
+    let ns = &c.underlay.host(0).ns;
+    // Somebody else's table, which weftd must leave alone.
+    load(
+        ns,
+        &["nft", "-f", "-"],
+        "table ip other {\n  chain c {\n    type nat hook postrouting priority 0;\n  }\n}\n",
+    );
+    let listed = |ns: &Netns| ns.run(&["nft", "list", "table", "ip", "weft"]);
+    let table = listed(ns).expect("weft's table");
+    let count = |needle: &str| table.matches(needle).count();
+    assert_eq!(count("ip saddr 10.244.0.0/16 ip daddr != {"), 1, "{table}");
+    assert_eq!(count("masquerade fully-random"), 1, "{table}");
+    assert_eq!(count("10.96.0.0/16"), 1, "{table}");
+    assert_eq!(count("udp dport 8472 notrack"), 2, "{table}");
+    let node = c.nodes.pop().expect("a node");
+    node.kill().expect("a crash");
+    let restarted = weft_perf::weft::WeftNode::start(
+        c.underlay.host(0),
+        &c.scratch.path().join("peers.toml"),
+        c.scratch.path(),
+        &opts,
+    )
+    .expect("a restart");
+    let ns = &c.underlay.host(0).ns;
+    assert_eq!(listed(ns).expect("weft's table"), table, "replaced whole");
+    restarted.stop().expect("a clean stop");
+    assert!(listed(ns).is_err(), "the table is gone after a clean stop");
+    assert!(
+        ns.run(&["nft", "list", "table", "ip", "other"]).is_ok(),
+        "another table stays"
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // Servers and probes
 // ---------------------------------------------------------------------------------

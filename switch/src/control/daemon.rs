@@ -21,6 +21,7 @@ use crate::control::config::{gateway_of, Encryption, Settings, StoreSettings};
 use crate::control::error::{io_err, DaemonError};
 use crate::control::host::{Host, Queues, SystemHost};
 use crate::control::keys::{self, PublicKey};
+use crate::control::masquerade::Masquerade;
 use crate::control::netlink::{LinkSpec, RouteSpec};
 use crate::control::peers::peer_entries;
 use crate::control::policy::PolicyState;
@@ -324,7 +325,11 @@ impl Daemon {
         host.enable_forwarding()
             .map_err(io_err("enabling IPv4 forwarding"))?;
         if settings.masquerade {
-            host.set_masquerade(Some((settings.cluster_cidr, settings.service_cidr)))?;
+            host.set_masquerade(Some(&Masquerade {
+                cluster: settings.cluster_cidr,
+                service: settings.service_cidr,
+                tunnel_port: settings.mode.tunnel().map(|_| settings.port),
+            }))?;
             log::info!(
                 "egress masquerade: {} leaving the cluster{}",
                 settings.cluster_cidr,

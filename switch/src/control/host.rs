@@ -6,8 +6,6 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use ipnet::Ipv4Net;
-
 use crate::control::config::Afxdp;
 use crate::control::error::DaemonError;
 use crate::control::masquerade;
@@ -90,11 +88,11 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     /// switch hands it (Services, egress, direct routing) back and on.
     fn enable_forwarding(&self) -> std::io::Result<()>;
 
-    /// Masquerades the traffic of `cluster` leaving it (exempting `service`), or,
-    /// with `None`, removes the masquerade; see [`masquerade`].
+    /// Installs weft's nftables table as `table` says (the egress masquerade), or,
+    /// with `None`, removes it; see [`masquerade`].
     fn set_masquerade(
         &self,
-        ranges: Option<(Ipv4Net, Option<Ipv4Net>)>,
+        table: Option<&masquerade::Masquerade>,
     ) -> Result<(), masquerade::MasqueradeError>;
 }
 
@@ -167,10 +165,10 @@ impl Host for SystemHost {
 
     fn set_masquerade(
         &self,
-        ranges: Option<(Ipv4Net, Option<Ipv4Net>)>,
+        table: Option<&masquerade::Masquerade>,
     ) -> Result<(), masquerade::MasqueradeError> {
-        match ranges {
-            Some((cluster, service)) => masquerade::install(cluster, service),
+        match table {
+            Some(m) => masquerade::install(m),
             None => masquerade::remove(),
         }
     }

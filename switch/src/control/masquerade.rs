@@ -4,7 +4,8 @@
 //! CIDR), towards Services (the Service CIDR, whose DNAT happens before), nor to
 //! multicast.
 //!
-//! weftd owns one nftables table, `ip weft`, holding one NAT chain at postrouting:
+//! weftd owns one nftables table, `ip weft`, holding one NAT chain at postrouting, and
+//! two chains that keep the tunnel's own datagrams out of the connection tracker:
 //!
 //! ```text
 //! table ip weft {
@@ -12,8 +13,23 @@
 //!         type nat hook postrouting priority srcnat; policy accept;
 //!         ip saddr 10.244.0.0/16 ip daddr != { 10.244.0.0/16, 10.96.0.0/12, 224.0.0.0/4 } masquerade fully-random
 //!     }
+//!     chain raw-prerouting {
+//!         type filter hook prerouting priority raw; policy accept;
+//!         udp dport 8472 notrack
+//!     }
+//!     chain raw-output {
+//!         type filter hook output priority raw; policy accept;
+//!         udp dport 8472 notrack
+//!     }
 //! }
 //! ```
+//!
+//! A NAT chain turns the connection tracker on in its namespace, for every packet,
+//! the tunnel's datagrams included; tracking them buys nothing (weftd's socket needs
+//! no NAT and no state) and costs every datagram a lookup, so they are left
+//! untracked, as Cilium can leave its tunnel's. A host firewall must then accept the
+//! tunnel port by port, not as an established connection (each node's datagrams to
+//! the other come from its own ports, so they never were one).
 //!
 //! It is replaced whole in one transaction at every start (a crashed predecessor's
 //! table included) and deleted on a clean stop; no other table or chain is touched,
@@ -37,6 +53,19 @@ pub const TABLE: &str = "weft";
 pub const CHAIN: &str = "postrouting";
 /// The priority of srcnat, where masquerading belongs.
 const SRCNAT: i32 = 100;
+/// The priority of raw, before the connection tracker.
+const RAW: i32 = -300;
+
+/// What weft's table does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Masquerade {
+    /// The pods' range, whose traffic leaving it is masqueraded.
+    pub cluster: Ipv4Net,
+    /// The Service range, also exempt.
+    pub service: Option<Ipv4Net>,
+    /// The tunnel's UDP port, whose datagrams go untracked; none in direct mode.
+    pub tunnel_port: Option<u16>,
+}
 
 /// Why the masquerade could not be installed or removed.
 #[derive(Debug, thiserror::Error)]
@@ -79,33 +108,58 @@ fn exempt(cluster: Ipv4Net, service: Option<Ipv4Net>) -> Vec<Ipv4Net> {
         .collect()
 }
 
+fn base_chain(name: &'static str, kind: NfChainType, hook: NfHook, prio: i32) -> Chain<'static> {
+    Chain {
+        family: NfFamily::IP,
+        table: TABLE.into(),
+        name: name.into(),
+        newname: None,
+        handle: None,
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        dev: None,
+        policy: Some(NfChainPolicy::Accept),
+    }
+}
+
+fn rule(
+    chain: &'static str,
+    expr: Vec<Statement<'static>>,
+    comment: &'static str,
+) -> Rule<'static> {
+    Rule {
+        family: NfFamily::IP,
+        table: TABLE.into(),
+        chain: chain.into(),
+        expr: Cow::Owned(expr),
+        handle: None,
+        index: None,
+        comment: Some(comment.into()),
+    }
+}
+
 /// The transaction that makes weft's table what it must be: created if missing,
-/// deleted, and created again with its chain and rule, all at once.
-pub fn ruleset(cluster: Ipv4Net, service: Option<Ipv4Net>) -> Nftables<'static> {
+/// deleted, and created again with its chains and rules, all at once.
+pub fn ruleset(m: &Masquerade) -> Nftables<'static> {
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(table()));
     batch.delete(NfListObject::Table(table()));
     batch.add(NfListObject::Table(table()));
-    batch.add(NfListObject::Chain(Chain {
-        family: NfFamily::IP,
-        table: TABLE.into(),
-        name: CHAIN.into(),
-        newname: None,
-        handle: None,
-        _type: Some(NfChainType::NAT),
-        hook: Some(NfHook::Postrouting),
-        prio: Some(SRCNAT),
-        dev: None,
-        policy: Some(NfChainPolicy::Accept),
-    }));
-    let not_to = exempt(cluster, service)
+    batch.add(NfListObject::Chain(base_chain(
+        CHAIN,
+        NfChainType::NAT,
+        NfHook::Postrouting,
+        SRCNAT,
+    )));
+    let not_to = exempt(m.cluster, m.service)
         .into_iter()
         .map(|n| SetItem::Element(prefix(n)))
         .collect();
-    let expr = vec![
+    let masquerade = vec![
         Statement::Match(Match {
             left: ip_field("saddr"),
-            right: prefix(cluster),
+            right: prefix(m.cluster),
             op: Operator::EQ,
         }),
         Statement::Match(Match {
@@ -120,15 +174,42 @@ pub fn ruleset(cluster: Ipv4Net, service: Option<Ipv4Net>) -> Nftables<'static> 
             flags: Some([NATFlag::FullyRandom].into_iter().collect()),
         })),
     ];
-    batch.add(NfListObject::Rule(Rule {
-        family: NfFamily::IP,
-        table: TABLE.into(),
-        chain: CHAIN.into(),
-        expr: Cow::Owned(expr),
-        handle: None,
-        index: None,
-        comment: Some("weft: pods' traffic leaving the cluster".into()),
-    }));
+    batch.add(NfListObject::Rule(rule(
+        CHAIN,
+        masquerade,
+        "weft: pods' traffic leaving the cluster",
+    )));
+    if let Some(port) = m.tunnel_port {
+        for (chain, hook) in [
+            ("raw-prerouting", NfHook::Prerouting),
+            ("raw-output", NfHook::Output),
+        ] {
+            batch.add(NfListObject::Chain(base_chain(
+                chain,
+                NfChainType::Filter,
+                hook,
+                RAW,
+            )));
+            let notrack = vec![
+                Statement::Match(Match {
+                    left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                        PayloadField {
+                            protocol: "udp".into(),
+                            field: "dport".into(),
+                        },
+                    ))),
+                    right: Expression::Number(u32::from(port)),
+                    op: Operator::EQ,
+                }),
+                Statement::Notrack,
+            ];
+            batch.add(NfListObject::Rule(rule(
+                chain,
+                notrack,
+                "weft: the tunnel's datagrams need no connection tracking",
+            )));
+        }
+    }
     batch.to_nftables()
 }
 
@@ -140,9 +221,33 @@ pub fn removal() -> Nftables<'static> {
     batch.to_nftables()
 }
 
-/// Installs the masquerade of `cluster`'s traffic, exempting `service`.
-pub fn install(cluster: Ipv4Net, service: Option<Ipv4Net>) -> Result<(), MasqueradeError> {
-    nftables::helper::apply_ruleset(&ruleset(cluster, service))?;
+/// `nftables` as the JSON `nft -j -f -` takes. The crate writes a `notrack`
+/// statement as the bare string `"notrack"`, which nft (1.0.6, Debian 12) refuses:
+/// it wants every statement an object, `{"notrack": null}`.
+pub fn json(nftables: &Nftables<'_>) -> String {
+    let mut v = serde_json::to_value(nftables).unwrap_or_default();
+    let objects = v.get_mut("nftables").and_then(|o| o.as_array_mut());
+    for object in objects.into_iter().flatten() {
+        let exprs = object
+            .pointer_mut("/add/rule/expr")
+            .and_then(|e| e.as_array_mut());
+        for stmt in exprs.into_iter().flatten() {
+            if stmt.as_str() == Some("notrack") {
+                *stmt = serde_json::json!({ "notrack": null });
+            }
+        }
+    }
+    v.to_string()
+}
+
+/// Installs weft's table as `m` says.
+pub fn install(m: &Masquerade) -> Result<(), MasqueradeError> {
+    let no_args: [&str; 0] = [];
+    nftables::helper::apply_ruleset_raw(
+        &json(&ruleset(m)),
+        nftables::helper::DEFAULT_NFT,
+        no_args,
+    )?;
     Ok(())
 }
 
@@ -158,17 +263,21 @@ mod tests {
 
     #[test]
     fn the_ruleset_is_the_documented_table_in_one_transaction() {
-        let json = serde_json::to_value(ruleset(
-            "10.244.0.0/16".parse().unwrap(),
-            Some("10.96.0.0/12".parse().unwrap()),
-        ))
+        let json: serde_json::Value = serde_json::from_str(&json(&ruleset(&Masquerade {
+            cluster: "10.244.0.0/16".parse().unwrap(),
+            service: Some("10.96.0.0/12".parse().unwrap()),
+            tunnel_port: Some(8472),
+        })))
         .unwrap();
         let objects = json["nftables"].as_array().unwrap();
         let verbs: Vec<&str> = objects
             .iter()
             .map(|o| o.as_object().unwrap().keys().next().unwrap().as_str())
             .collect();
-        assert_eq!(verbs, ["add", "delete", "add", "add", "add"]);
+        assert_eq!(
+            verbs,
+            ["add", "delete", "add", "add", "add", "add", "add", "add", "add"]
+        );
         let chain = &objects[3]["add"]["chain"];
         assert_eq!(chain["type"], "nat");
         assert_eq!(chain["hook"], "postrouting");

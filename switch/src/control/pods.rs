@@ -569,8 +569,8 @@ mod tests {
         /// weft's host routes now.
         routes: Mutex<Vec<DirectRoute>>,
         forwarding: std::sync::atomic::AtomicBool,
-        /// The masquerade's ranges now, if it is installed.
-        masquerade: Mutex<Option<(Ipv4Net, Option<Ipv4Net>)>>,
+        /// weft's nftables table now, if it is installed.
+        masquerade: Mutex<Option<crate::control::masquerade::Masquerade>>,
     }
 
     impl FakeHost {
@@ -645,9 +645,9 @@ mod tests {
 
         fn set_masquerade(
             &self,
-            ranges: Option<(Ipv4Net, Option<Ipv4Net>)>,
+            table: Option<&crate::control::masquerade::Masquerade>,
         ) -> Result<(), crate::control::masquerade::MasqueradeError> {
-            *self.masquerade.lock() = ranges;
+            *self.masquerade.lock() = table.copied();
             Ok(())
         }
     }
@@ -858,7 +858,12 @@ mod tests {
         let f = fixture_with("masq", extra);
         assert!(f.host.forwarding.load(std::sync::atomic::Ordering::SeqCst));
         let cluster: Ipv4Net = "10.244.0.0/16".parse().expect("a CIDR");
-        assert_eq!(*f.host.masquerade.lock(), Some((cluster, Some(service))));
+        let installed = crate::control::masquerade::Masquerade {
+            cluster,
+            service: Some(service),
+            tunnel_port: Some(f.daemon.settings().port),
+        };
+        assert_eq!(*f.host.masquerade.lock(), Some(installed));
         f.daemon.shutdown();
         assert_eq!(*f.host.masquerade.lock(), None);
         let off = Options {
