@@ -324,11 +324,19 @@ impl Daemon {
         host_entry.uso = host_queues.first().is_some_and(|q| q.takes_uso());
         host.enable_forwarding()
             .map_err(io_err("enabling IPv4 forwarding"))?;
-        if settings.masquerade {
+        if !settings.masquerade {
+            // A crashed predecessor's table, if there is one (and nft to remove it).
+            if let Err(e) = host.set_masquerade(None) {
+                log::debug!("egress masquerade off: removing any table left: {e}");
+            }
+        } else {
             host.set_masquerade(Some(&Masquerade {
                 cluster: settings.cluster_cidr,
                 service: settings.service_cidr,
-                tunnel_port: settings.mode.tunnel().map(|_| settings.port),
+                tunnel: settings
+                    .mode
+                    .tunnel()
+                    .map(|_| (settings.underlay_ip, settings.port)),
             }))?;
             log::info!(
                 "egress masquerade: {} leaving the cluster{}",

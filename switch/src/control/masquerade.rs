@@ -15,21 +15,24 @@
 //!     }
 //!     chain raw-prerouting {
 //!         type filter hook prerouting priority raw; policy accept;
-//!         udp dport 8472 notrack
+//!         ip daddr 10.250.0.1 udp dport 8472 notrack
 //!     }
 //!     chain raw-output {
 //!         type filter hook output priority raw; policy accept;
-//!         udp dport 8472 notrack
+//!         ip saddr 10.250.0.1 udp dport 8472 notrack
 //!     }
 //! }
 //! ```
 //!
 //! A NAT chain turns the connection tracker on in its namespace, for every packet,
-//! the tunnel's datagrams included; tracking them buys nothing (weftd's socket needs
-//! no NAT and no state) and costs every datagram a lookup, so they are left
-//! untracked, as Cilium can leave its tunnel's. A host firewall must then accept the
-//! tunnel port by port, not as an established connection (each node's datagrams to
-//! the other come from its own ports, so they never were one).
+//! the tunnel's datagrams included; tracking them buys nothing (weftd's sockets need
+//! no NAT and no state) and costs every datagram a lookup, so the datagrams to and
+//! from the tunnel port on the node's underlay address are left untracked, as Cilium
+//! can leave its tunnel's. Pods' traffic, which comes from the host port with pod
+//! addresses, is tracked as ever. A host firewall must accept the tunnel port by
+//! port, not as an established connection (each node's datagrams to the other come
+//! from its own ports, so they never were one); a host process sending to another
+//! machine's port 8472 from the underlay address is untracked too.
 //!
 //! It is replaced whole in one transaction at every start (a crashed predecessor's
 //! table included) and deleted on a clean stop; no other table or chain is touched,
@@ -63,8 +66,9 @@ pub struct Masquerade {
     pub cluster: Ipv4Net,
     /// The Service range, also exempt.
     pub service: Option<Ipv4Net>,
-    /// The tunnel's UDP port, whose datagrams go untracked; none in direct mode.
-    pub tunnel_port: Option<u16>,
+    /// The node's underlay address and the tunnel's UDP port, whose datagrams go
+    /// untracked; none in direct mode.
+    pub tunnel: Option<(Ipv4Addr, u16)>,
 }
 
 /// Why the masquerade could not be installed or removed.
@@ -179,10 +183,10 @@ pub fn ruleset(m: &Masquerade) -> Nftables<'static> {
         masquerade,
         "weft: pods' traffic leaving the cluster",
     )));
-    if let Some(port) = m.tunnel_port {
-        for (chain, hook) in [
-            ("raw-prerouting", NfHook::Prerouting),
-            ("raw-output", NfHook::Output),
+    if let Some((underlay, port)) = m.tunnel {
+        for (chain, hook, ours) in [
+            ("raw-prerouting", NfHook::Prerouting, "daddr"),
+            ("raw-output", NfHook::Output, "saddr"),
         ] {
             batch.add(NfListObject::Chain(base_chain(
                 chain,
@@ -191,6 +195,11 @@ pub fn ruleset(m: &Masquerade) -> Nftables<'static> {
                 RAW,
             )));
             let notrack = vec![
+                Statement::Match(Match {
+                    left: ip_field(ours),
+                    right: Expression::String(underlay.to_string().into()),
+                    op: Operator::EQ,
+                }),
                 Statement::Match(Match {
                     left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
                         PayloadField {
@@ -266,7 +275,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&json(&ruleset(&Masquerade {
             cluster: "10.244.0.0/16".parse().unwrap(),
             service: Some("10.96.0.0/12".parse().unwrap()),
-            tunnel_port: Some(8472),
+            tunnel: Some((Ipv4Addr::new(10, 250, 0, 1), 8472)),
         })))
         .unwrap();
         let objects = json["nftables"].as_array().unwrap();
@@ -301,6 +310,24 @@ mod tests {
             expr[2]["masquerade"]["flags"],
             serde_json::json!(["fully-random"])
         );
+        for (at, hook, field) in [(5, "prerouting", "daddr"), (7, "output", "saddr")] {
+            let chain = &objects[at]["add"]["chain"];
+            assert_eq!(chain["hook"], hook);
+            assert_eq!(chain["prio"], -300);
+            let expr = objects[at + 1]["add"]["rule"]["expr"].as_array().unwrap();
+            assert_eq!(expr[0]["match"]["left"]["payload"]["field"], field);
+            assert_eq!(expr[0]["match"]["right"], "10.250.0.1");
+            assert_eq!(expr[1]["match"]["left"]["payload"]["field"], "dport");
+            assert_eq!(expr[1]["match"]["right"], 8472);
+            assert_eq!(expr[2], serde_json::json!({ "notrack": null }));
+        }
+        // In direct mode there is no tunnel to leave untracked.
+        let direct = ruleset(&Masquerade {
+            cluster: "10.244.0.0/16".parse().unwrap(),
+            service: None,
+            tunnel: None,
+        });
+        assert_eq!(direct.objects.len(), 5);
     }
 
     #[test]

@@ -861,7 +861,7 @@ mod tests {
         let installed = crate::control::masquerade::Masquerade {
             cluster,
             service: Some(service),
-            tunnel_port: Some(f.daemon.settings().port),
+            tunnel: Some((Ipv4Addr::LOCALHOST, f.daemon.settings().port)),
         };
         assert_eq!(*f.host.masquerade.lock(), Some(installed));
         f.daemon.shutdown();

@@ -9,8 +9,15 @@
 //! copies it into its own table, where it keeps it alive.
 //!
 //! A table holds at most its bound of live entries; a new connection that finds it
-//! full is dropped, and counted by the caller. Expired entries are swept on a timer
-//! and become tombstones, which later inserts reuse.
+//! full is dropped, and counted by the caller (or, in a table that allows it, takes
+//! the place of a connection never answered, as Linux's early drop does). Expired
+//! entries are swept on a timer and become tombstones, which later inserts reuse; a
+//! tombstone that ends a probe chain becomes an empty slot again, so that misses stay
+//! short however many connections came and went.
+//!
+//! The timeouts are NetworkPolicy's ([`Timeouts::Policy`]), or the host's connection
+//! tracker's ([`Timeouts::Host`]) for connections that must outlive its entries, or
+//! one fixed lifetime.
 
 use std::sync::atomic::{
     fence, AtomicU32, AtomicU64,
@@ -23,6 +30,8 @@ use super::Time;
 
 /// Slots looked at before a lookup gives up, or an insert calls the table full.
 const MAX_PROBE: usize = 32;
+/// Slots a full table looks through for an entry to give up its place.
+const EVICTION_SCAN: usize = 128;
 
 /// A connection's 5-tuple, in the direction of one packet. For ICMP echo, both ports
 /// are the echo identifier, so a reply is the request's reverse.
@@ -69,19 +78,30 @@ impl FlowKey {
         }
     }
 
-    /// A hash both directions share.
-    fn symmetric_hash(self) -> u64 {
+    /// A hash both directions share, keyed by `seed`. Every field reaches every bit:
+    /// the many connections between two pods, which differ only in a port, must not
+    /// share one probe chain, and a pod that picks its ports cannot aim at one
+    /// chain without knowing the table's seed.
+    fn symmetric_hash(self, seed: u64) -> u64 {
         let (lo, hi) = if (self.src, self.sport) <= (self.dst, self.dport) {
             ((self.src, self.sport), (self.dst, self.dport))
         } else {
             ((self.dst, self.dport), (self.src, self.sport))
         };
-        let mut h = u64::from(lo.0) << 32 | u64::from(hi.0);
-        h ^=
-            (u64::from(lo.1) << 32 | u64::from(hi.1) << 16 | u64::from(self.proto)).rotate_left(17);
-        h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        h ^ (h >> 29)
+        let addrs = u64::from(lo.0) << 32 | u64::from(hi.0);
+        let ports = u64::from(lo.1) << 32 | u64::from(hi.1) << 16 | u64::from(self.proto);
+        fmix64(fmix64(addrs ^ seed) ^ ports)
     }
+}
+
+/// MurmurHash3's 64-bit finalizer: every input bit flips each output bit with
+/// probability about one half.
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// What happened on a connection, which sets its timeout.
@@ -91,17 +111,44 @@ pub struct Flags {
     pub replied: bool,
     /// TCP FIN or RST was seen: the connection is closing.
     pub closing: bool,
+    /// A packet went the first way after a reply: a stream, not one request and
+    /// its answer (Linux's "assured").
+    pub assured: bool,
 }
 
 impl Flags {
     fn bits(self) -> u64 {
-        u64::from(self.replied) | u64::from(self.closing) << 1
+        u64::from(self.replied) | u64::from(self.closing) << 1 | u64::from(self.assured) << 2
     }
 
     fn of_bits(b: u64) -> Flags {
         Flags {
             replied: b & 1 != 0,
             closing: b & 2 != 0,
+            assured: b & 4 != 0,
+        }
+    }
+}
+
+/// Which timeouts a table's connections live by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeouts {
+    /// NetworkPolicy's ([`timeout`]).
+    Policy,
+    /// At least as long as Linux's connection tracker keeps the same connection
+    /// (its defaults, and a margin), but an established TCP connection a day, as
+    /// NetworkPolicy's: see [`host_timeout`].
+    Host,
+    /// Every entry this long after it was last written.
+    Fixed(Duration),
+}
+
+impl Timeouts {
+    fn of(self, proto: u8, flags: Flags) -> Duration {
+        match self {
+            Timeouts::Policy => timeout(proto, flags),
+            Timeouts::Host => host_timeout(proto, flags),
+            Timeouts::Fixed(d) => d,
         }
     }
 }
@@ -118,6 +165,23 @@ pub fn timeout(proto: u8, flags: Flags) -> Duration {
         (UDP, true, _) => s(180),
         (ICMP, _, _) => s(30),
         _ => s(60),
+    }
+}
+
+/// How long the host's connection tracker keeps a connection, with a margin of five
+/// seconds, from Linux's defaults (`nf_conntrack_*_timeout*`): TCP before its
+/// handshake completes 120 s, closing 120 s (FIN_WAIT and TIME_WAIT), UDP 30 s, or
+/// 120 s as a stream, ICMP 30 s, other protocols 600 s. An established TCP connection
+/// is kept a day (Linux keeps it five): one idle longer may lose its translation.
+pub fn host_timeout(proto: u8, flags: Flags) -> Duration {
+    use weft_encap::ipv4::protocol::{ICMP, SCTP, TCP, UDP};
+    let s = Duration::from_secs;
+    match (proto, flags.replied, flags.closing) {
+        (TCP | SCTP, _, true) | (TCP | SCTP, false, false) => s(125),
+        (TCP | SCTP, true, false) => s(24 * 3600),
+        (UDP, ..) if flags.assured => s(125),
+        (UDP | ICMP, ..) => s(35),
+        _ => s(605),
     }
 }
 
@@ -193,9 +257,9 @@ pub struct Table {
     mask: usize,
     /// Live entries; written by the owner only.
     live: AtomicU64,
-    /// Entries ever made (not updates); written by the owner only.
-    created: AtomicU64,
     max: u64,
+    /// The hash's key, random per table.
+    seed: u64,
 }
 
 /// Where an entry was found.
@@ -221,24 +285,22 @@ impl Table {
             slots: (0..slots).map(|_| Slot::default()).collect(),
             mask: slots - 1,
             live: AtomicU64::new(0),
-            created: AtomicU64::new(0),
             max: max as u64,
+            seed: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                0u64,
+            ),
         }
     }
 
     /// Live entries.
     pub fn live(&self) -> u64 {
-        self.live.load(Relaxed)
-    }
-
-    /// Entries ever made.
-    pub fn created(&self) -> u64 {
-        self.created.load(Relaxed)
+        self.live.load(Acquire)
     }
 
     /// The entry of `key`'s connection, either way, unexpired at `now`.
     fn find(&self, key: FlowKey, now: u32) -> Option<(usize, Entry, bool)> {
-        let start = key.symmetric_hash() as usize;
+        let start = key.symmetric_hash(self.seed) as usize;
         for i in 0..MAX_PROBE {
             let at = (start + i) & self.mask;
             // A slot its owner is writing right now is skipped, not taken for the end
@@ -268,8 +330,10 @@ impl Table {
     }
 
     /// Records `entry` in a free slot, or updates the slot of its connection (the
-    /// owner only).
-    fn put(&self, entry: &Entry, now: u32) -> Result<usize, Full> {
+    /// owner only). A table at its bound takes the slot of an expired entry not yet
+    /// swept, and with `early_drop` that of the connection never answered that
+    /// expires first, among the slots near the new one's.
+    fn put(&self, entry: &Entry, now: u32, early_drop: bool) -> Result<usize, Full> {
         let key = entry.orig;
         let (a, b) = key.words();
         let b = b | entry.flags.bits() << 8 | LIVE;
@@ -278,29 +342,61 @@ impl Table {
             self.slots[at].write(a, b, c);
             return Ok(at);
         }
-        // An expired entry's slot is taken over as it is; a free slot only while the
-        // table is below its bound.
         let room = self.live() < self.max;
-        let start = key.symmetric_hash() as usize;
+        let start = key.symmetric_hash(self.seed) as usize;
+        let mut free = None;
         for i in 0..MAX_PROBE {
             let at = (start + i) & self.mask;
             let slot = &self.slots[at];
             let state = slot.b.load(Relaxed) & 0xff;
-            let expired = state == LIVE && ((slot.c.load(Relaxed) >> 32) as u32) < now;
-            if expired || (state != LIVE && room) {
-                if !expired {
-                    self.live.store(self.live() + 1, Relaxed);
-                }
-                self.created.store(self.created() + 1, Relaxed);
+            if state == LIVE && ((slot.c.load(Relaxed) >> 32) as u32) < now {
+                // An expired entry's slot is taken over as it is.
                 slot.write(a, b, c);
                 return Ok(at);
+            }
+            if state != LIVE {
+                if room {
+                    self.live.store(self.live() + 1, Relaxed);
+                    slot.write(a, b, c);
+                    return Ok(at);
+                }
+                free.get_or_insert(at);
             }
             if state == EMPTY {
                 // Nothing lies beyond an empty slot.
                 break;
             }
         }
-        Err(Full)
+        // At the bound: a free slot is ours if another entry gives up its place.
+        let at = free.ok_or(Full)?;
+        let victim = self.victim(start, now, early_drop).ok_or(Full)?;
+        self.remove(victim);
+        self.live.store(self.live() + 1, Relaxed);
+        self.slots[at].write(a, b, c);
+        Ok(at)
+    }
+
+    /// Among the slots from `start` on, the one of an expired entry, or with
+    /// `early_drop` the one of the connection never answered that expires first.
+    fn victim(&self, start: usize, now: u32, early_drop: bool) -> Option<usize> {
+        let mut unanswered: Option<(u32, usize)> = None;
+        for i in 0..EVICTION_SCAN {
+            let at = (start + i) & self.mask;
+            let slot = &self.slots[at];
+            let b = slot.b.load(Relaxed);
+            if b & 0xff != LIVE {
+                continue;
+            }
+            let expires = (slot.c.load(Relaxed) >> 32) as u32;
+            if expires < now {
+                return Some(at);
+            }
+            let answered = Flags::of_bits(b >> 8).replied;
+            if early_drop && !answered && unanswered.is_none_or(|(e, _)| expires < e) {
+                unanswered = Some((expires, at));
+            }
+        }
+        unanswered.map(|(_, at)| at)
     }
 
     /// Forgets the entry at `at` (the owner only).
@@ -328,12 +424,25 @@ impl Table {
         })
     }
 
-    /// Turns every entry expired by `now` into a tombstone (the owner only).
+    /// Turns every entry expired by `now` into a tombstone, and every tombstone that
+    /// ends a probe chain (the slot after it is empty) into an empty slot (the owner
+    /// only). No entry lies beyond an empty slot in its probe chain, since inserts
+    /// take the first free slot, so a tombstone before one marks the path to none.
     fn sweep(&self, now: u32) {
         for at in 0..self.slots.len() {
             let slot = &self.slots[at];
             if slot.b.load(Relaxed) & 0xff == LIVE && ((slot.c.load(Relaxed) >> 32) as u32) < now {
                 self.remove(at);
+            }
+        }
+        let n = self.slots.len();
+        let state = |at: usize| self.slots[at & self.mask].b.load(Relaxed) & 0xff;
+        // Backwards, twice round, so a run of tombstones that wraps past the end
+        // is cleared too.
+        for i in (0..2 * n).rev() {
+            let at = i % n;
+            if state(at) == TOMBSTONE && state(at + 1) == EMPTY {
+                self.slots[at].write(0, EMPTY, 0);
             }
         }
     }
@@ -344,6 +453,8 @@ impl Table {
 pub struct Conntrack {
     tables: Arc<[Table]>,
     me: usize,
+    timeouts: Timeouts,
+    early_drop: bool,
 }
 
 impl Conntrack {
@@ -352,10 +463,28 @@ impl Conntrack {
         (0..workers.max(1)).map(|_| Table::new(max)).collect()
     }
 
-    /// Worker `me`'s view of `tables`.
+    /// Worker `me`'s view of `tables`, with NetworkPolicy's timeouts; a full table
+    /// refuses new connections.
     pub fn new(tables: Arc<[Table]>, me: usize) -> Conntrack {
+        Conntrack::with(tables, me, Timeouts::Policy, false)
+    }
+
+    /// Worker `me`'s view of `tables`, whose connections live by `timeouts`; with
+    /// `early_drop`, a new connection that finds the table full takes the place of
+    /// one never answered.
+    pub fn with(
+        tables: Arc<[Table]>,
+        me: usize,
+        timeouts: Timeouts,
+        early_drop: bool,
+    ) -> Conntrack {
         let me = me % tables.len().max(1);
-        Conntrack { tables, me }
+        Conntrack {
+            tables,
+            me,
+            timeouts,
+            early_drop,
+        }
     }
 
     fn own(&self) -> &Table {
@@ -371,17 +500,19 @@ impl Conntrack {
     /// others'.
     pub fn lookup(&self, key: FlowKey, now: Time) -> Option<Found> {
         let now = seconds(now);
-        if let Some((at, entry, forward)) = self.own().find(key, now) {
+        let own = self.own();
+        if let Some((at, entry, forward)) = (own.live() > 0).then(|| own.find(key, now)).flatten() {
             return Some(Found {
                 entry,
                 forward,
                 own_slot: Some(at),
             });
         }
+        // An empty table costs a load, not a probe.
         self.tables
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != self.me)
+            .filter(|(i, t)| *i != self.me && t.live() > 0)
             .find_map(|(_, t)| t.find(key, now))
             .map(|(_, entry, forward)| Found {
                 entry,
@@ -399,14 +530,16 @@ impl Conntrack {
         generation: u32,
         now: Time,
     ) -> Result<(), Full> {
-        let expires = seconds(now + timeout(orig.proto, flags));
+        let expires = seconds(now + self.timeouts.of(orig.proto, flags));
         let entry = Entry {
             orig,
             flags,
             generation,
             expires,
         };
-        self.own().put(&entry, seconds(now)).map(drop)
+        self.own()
+            .put(&entry, seconds(now), self.early_drop)
+            .map(drop)
     }
 
     /// Records what is known of connection `orig` now (`flags`, under `generation`),
@@ -439,7 +572,7 @@ impl Conntrack {
     /// Whether `entry`, seen at `now`, has lost a second or more of its timeout, so
     /// that keeping the connection alive means writing it again.
     pub fn needs_refresh(&self, entry: &Entry, now: Time) -> bool {
-        let full = seconds(now + timeout(entry.orig.proto, entry.flags));
+        let full = seconds(now + self.timeouts.of(entry.orig.proto, entry.flags));
         entry.expires < full.saturating_sub(1)
     }
 
@@ -472,8 +605,10 @@ impl Conntrack {
             .collect();
         for mut e in closed {
             e.flags.closing = true;
-            e.expires = e.expires.min(seconds(now + timeout(e.orig.proto, e.flags)));
-            let _ = own.put(&e, secs);
+            e.expires = e
+                .expires
+                .min(seconds(now + self.timeouts.of(e.orig.proto, e.flags)));
+            let _ = own.put(&e, secs, false);
         }
     }
 }
@@ -523,12 +658,14 @@ mod tests {
         let replied = Flags {
             replied: true,
             closing: false,
+            assured: false,
         };
         t.track(key(2), replied, 0, at(200)).unwrap();
         assert!(t.lookup(key(2), at(200 + 86_000)).is_some());
         let closing = Flags {
             replied: true,
             closing: true,
+            assured: false,
         };
         t.track(key(2), closing, 0, at(300)).unwrap();
         assert!(t.lookup(key(2), at(331)).is_none());
@@ -561,6 +698,7 @@ mod tests {
         let replied = Flags {
             replied: true,
             closing: false,
+            assured: false,
         };
         w0.track(key(5), Flags::default(), 0, at(0)).unwrap();
         w1.track(key(5), replied, 0, at(0)).unwrap();
@@ -570,6 +708,7 @@ mod tests {
             Flags {
                 replied: false,
                 closing: true,
+                assured: false,
             },
             0,
             at(1),
@@ -579,6 +718,91 @@ mod tests {
         let own = w1.own().find(key(5), 2).unwrap().1;
         assert!(own.flags.closing, "{own:?}");
         assert!(own.expires <= 32, "{own:?}");
+    }
+
+    #[test]
+    fn a_full_table_with_early_drop_gives_an_unanswered_slot_to_a_new_connection() {
+        let t = Conntrack::with(Conntrack::tables(1, 4), 0, Timeouts::Host, true);
+        let replied = Flags {
+            replied: true,
+            ..Flags::default()
+        };
+        for p in 0..3 {
+            t.track(key(p), replied, 0, at(0)).unwrap();
+        }
+        t.track(key(3), Flags::default(), 0, at(0)).unwrap();
+        // Full: the one never answered gives its place.
+        t.track(key(9), Flags::default(), 0, at(1)).unwrap();
+        assert!(t.lookup(key(3), at(1)).is_none());
+        assert!(t.lookup(key(9), at(1)).is_some());
+        assert_eq!(t.live(), 4);
+        // With every one answered, a new connection is refused.
+        t.track(key(9), replied, 0, at(1)).unwrap();
+        assert_eq!(t.track(key(10), Flags::default(), 0, at(1)), Err(Full));
+        // Without early drop, a full table refuses at once.
+        let p = Conntrack::new(Conntrack::tables(1, 1), 0);
+        p.track(key(1), Flags::default(), 0, at(0)).unwrap();
+        assert_eq!(p.track(key(2), Flags::default(), 0, at(0)), Err(Full));
+    }
+
+    #[test]
+    fn tombstones_that_end_a_chain_become_empty_again() {
+        let t = Conntrack::new(Conntrack::tables(1, 256), 0);
+        for p in 0..64 {
+            t.track(key(p), Flags::default(), 0, at(0)).unwrap();
+        }
+        // Expire half, sweep: no slot ends up a tombstone with an empty one after it.
+        for p in (0..64).step_by(2) {
+            let at_slot = t.lookup(key(p), at(1)).unwrap().own_slot.unwrap();
+            t.forget(at_slot);
+        }
+        t.sweep(at(2));
+        let own = t.own();
+        let state = |i: usize| own.slots[i & own.mask].b.load(Relaxed) & 0xff;
+        for i in 0..own.slots.len() {
+            assert!(
+                !(state(i) == TOMBSTONE && state(i + 1) == EMPTY),
+                "slot {i}"
+            );
+        }
+        for p in (1..64).step_by(2) {
+            assert!(t.lookup(key(p), at(2)).is_some(), "entry {p} still found");
+        }
+        // All gone: every slot is empty again.
+        t.sweep(at(1000));
+        assert!((0..own.slots.len()).all(|i| state(i) == EMPTY));
+    }
+
+    #[test]
+    fn host_timeouts_outlive_linuxs_connection_tracker() {
+        use weft_encap::ipv4::protocol::{ICMP, TCP, UDP};
+        let f = |replied, closing, assured| Flags {
+            replied,
+            closing,
+            assured,
+        };
+        let s = Duration::from_secs;
+        // nf_conntrack's defaults, and a margin.
+        assert_eq!(host_timeout(UDP, f(false, false, false)), s(35));
+        assert_eq!(host_timeout(UDP, f(true, false, false)), s(35));
+        assert_eq!(host_timeout(UDP, f(true, false, true)), s(125));
+        assert_eq!(host_timeout(TCP, f(false, false, false)), s(125));
+        assert_eq!(host_timeout(TCP, f(true, true, false)), s(125));
+        assert_eq!(host_timeout(TCP, f(true, false, false)), s(86_400));
+        assert_eq!(host_timeout(ICMP, f(false, false, false)), s(35));
+        assert_eq!(host_timeout(47, f(false, false, false)), s(605));
+    }
+
+    #[test]
+    fn connections_between_two_pods_that_differ_in_a_port_spread() {
+        // One client, one server, one server port: only the client's port differs,
+        // as with a DNS client's queries. They must not share one probe chain.
+        let t = Conntrack::new(Conntrack::tables(1, 4096), 0);
+        for p in 0..4096u16 {
+            t.track(key(10_000 + p), Flags::default(), 0, at(0))
+                .unwrap_or_else(|_| panic!("connection {p} found the table full"));
+        }
+        assert_eq!(t.live(), 4096);
     }
 
     #[test]

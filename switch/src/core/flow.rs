@@ -17,9 +17,22 @@ pub(super) struct Flow {
     pub port: Option<u16>,
     /// TCP FIN or RST.
     pub closing: bool,
+    /// A TCP SYN without ACK: the first packet of a connection.
+    pub opening: bool,
     /// For an ICMP error, the connection of the packet it quotes, when it goes to
     /// that packet's sender.
     pub error_about: Option<FlowKey>,
+    /// Whether the packet is a fragment, and which.
+    pub fragment: Option<Fragment>,
+}
+
+/// A fragment of an IPv4 datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Fragment {
+    /// The first fragment, which carries the ports, or a later one, which does not.
+    pub first: bool,
+    /// The datagram's IPv4 identification.
+    pub ident: u16,
 }
 
 /// The ports of a transport header at the start of `payload` of protocol `proto`:
@@ -83,9 +96,15 @@ impl Flow {
         let payload = ip.payload();
         let (key, transport) = key_of(ip, payload);
         let port = transport.then_some(key.dport);
-        let closing = key.proto == ipv4::protocol::TCP
-            && transport
-            && tcp::Packet::new_checked(payload).is_ok_and(|t| t.fin() || t.rst());
+        let tcp = (key.proto == ipv4::protocol::TCP && transport)
+            .then(|| tcp::Packet::new_checked(payload).ok())
+            .flatten();
+        let closing = tcp.as_ref().is_some_and(|t| t.fin() || t.rst());
+        let opening = tcp.as_ref().is_some_and(|t| t.syn() && !t.ack_flag());
+        let fragment = (ip.frag_offset() != 0 || ip.more_fragments()).then(|| Fragment {
+            first: ip.frag_offset() == 0,
+            ident: ip.ident(),
+        });
         let error_about = (key.proto == ipv4::protocol::ICMP && ip.frag_offset() == 0)
             .then(|| icmpv4::Packet::new_checked(payload).ok())
             .flatten()
@@ -97,7 +116,20 @@ impl Flow {
             key,
             port,
             closing,
+            opening,
             error_about,
+            fragment,
         }
+    }
+
+    /// For a fragment, the key of its datagram, the same for every fragment: the
+    /// addresses, the protocol, the IPv4 identification as the `sport`, and a `dport`
+    /// of 0, which no connection uses.
+    pub fn datagram(&self) -> Option<FlowKey> {
+        self.fragment.map(|f| FlowKey {
+            sport: f.ident,
+            dport: 0,
+            ..self.key
+        })
     }
 }

@@ -8,13 +8,20 @@
 //! where the switch could deliver its replies straight to a pod. Three tables keep
 //! that true, each a set of per-worker [`Conntrack`] tables:
 //!
-//! - **handed**: every flow of a pod (of this node, or a peer's through the tunnel)
-//!   that the switch hands to the host, keyed by its source side only (address,
-//!   protocol, port), since a DNAT rewrites the destination and keeps the source.
-//! - **returning**: every connection the host hands back with a pod's source address
-//!   (the DNATed continuation of a handed flow), by its 5-tuple. Its replies, from a
-//!   pod port or from the tunnel, go to the host instead of to their destination, so
-//!   that the host can undo its translation and send them on through the host port.
+//! - **handed**: the flows of pods (of this node, or a peer's through the tunnel)
+//!   that the switch hands to the host and that the host may hand back: a TCP
+//!   connection's first packet (SYN) or any UDP or SCTP datagram with ports, keyed by
+//!   its source side only (address, protocol, port), since a DNAT rewrites the
+//!   destination and keeps the source. An entry lives a few seconds from the last
+//!   packet that wrote it: the host hands a packet back within microseconds.
+//! - **returning**: every connection the host handed back with a pod's source
+//!   address, by its 5-tuple, for as long as the host's own connection tracker
+//!   keeps it ([`Timeouts::Host`]). Its further packets from the host are admitted by
+//!   it; its replies, from a pod port or the tunnel, go to the host instead of to
+//!   their destination, so that the host can undo its translation and send them on
+//!   through the host port. So do ICMP errors about it, the switch's own included,
+//!   and the later fragments of a reply whose first fragment went to the host
+//!   (tracked by datagram in **fragments**).
 //!
 //! And the host port admits only what the host legitimately forwards:
 //! - sources outside the cluster CIDR: the world, the node's own addresses, replies
@@ -23,21 +30,39 @@
 //! - the pod subnet of a peer whose traffic reaches this node through its host
 //!   (direct routing, whichever end routes directly; never under required
 //!   encryption, see [`PeerEntry::via_host`](crate::tables::PeerEntry::via_host));
-//! - a pod source whose flow was handed to the host (the host returning it).
+//! - a pod source of a returning connection, or of a flow handed to the host.
 //!
 //! Any other pod address from the host port is spoofed: a machine on the node's
 //! segment routing through the host with a forged source, say. It is dropped and
-//! counted as `spoofed` on the host port.
+//! counted as `spoofed` on the host port. What remains open to such a machine is a
+//! pod's source that is live in the tables: a UDP or SCTP port the pod sent from to
+//! the host in the last seconds, or the exact 5-tuple of a connection the host
+//! handed back.
+//!
+//! A full handed table lets the flow pass unrecorded (were it handed back, it would
+//! be refused then); a full returning table refuses the connection the host hands
+//! back, after giving its place to a connection never answered if there is one.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::conntrack::{Conntrack, Flags, FlowKey, Found, Table};
+use crossbeam::utils::CachePadded;
+
+use super::conntrack::{Conntrack, Flags, FlowKey, Found, Table, Timeouts};
 use super::flow::Flow;
 use super::{Core, Ctx, Ingress};
 use crate::tables::counters::DropReason;
 use crate::tables::fib::NextHop;
 use crate::tables::{PortKind, Tables};
+
+/// How long a handed flow waits to be handed back, from its last packet.
+const HANDED: Duration = Duration::from_secs(5);
+/// How long the later fragments of a datagram whose first went to the host follow it.
+const FRAGMENTS: Duration = Duration::from_secs(5);
+/// Datagrams in flight in fragments, per worker.
+const FRAGMENTS_MAX: usize = 1024;
 
 /// Every worker's host-flow tables, for the workers and for the control plane's
 /// statistics.
@@ -45,16 +70,19 @@ use crate::tables::{PortKind, Tables};
 pub struct HostTables {
     handed: Arc<[Table]>,
     returning: Arc<[Table]>,
+    fragments: Arc<[Table]>,
+    /// Connections handed back, per worker.
+    returned: Arc<[CachePadded<AtomicU64>]>,
 }
 
 /// How many flows cross the host, summed over the workers.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HostFlowStats {
-    /// Flows of pods handed to the host now.
+    /// Flows of pods handed to the host, recorded now.
     pub handed: u64,
     /// Connections the host handed back, whose replies return through it, now.
     pub returning: u64,
-    /// Connections returned through the host since the start.
+    /// Connections the host handed back since the start.
     pub returned_total: u64,
 }
 
@@ -64,24 +92,36 @@ impl HostTables {
         HostTables {
             handed: Conntrack::tables(workers, max),
             returning: Conntrack::tables(workers, max),
+            fragments: Conntrack::tables(workers, FRAGMENTS_MAX),
+            returned: (0..workers.max(1))
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
         }
     }
 
     /// Worker `me`'s view of the tables.
     pub fn worker(&self, me: usize) -> HostFlows {
         HostFlows {
-            handed: Conntrack::new(self.handed.clone(), me),
-            returning: Conntrack::new(self.returning.clone(), me),
+            handed: Conntrack::with(self.handed.clone(), me, Timeouts::Fixed(HANDED), true),
+            returning: Conntrack::with(self.returning.clone(), me, Timeouts::Host, true),
+            fragments: Conntrack::with(
+                self.fragments.clone(),
+                me,
+                Timeouts::Fixed(FRAGMENTS),
+                true,
+            ),
+            returned: self.returned.clone(),
+            me: me % self.returned.len(),
         }
     }
 
-    /// The flows crossing the host now. A connection that changed worker is counted
-    /// once for each worker that keeps it.
+    /// The flows crossing the host now. A connection whose two directions reach
+    /// the switch on different workers is kept, and counted, by each.
     pub fn stats(&self) -> HostFlowStats {
         HostFlowStats {
             handed: self.handed.iter().map(Table::live).sum(),
             returning: self.returning.iter().map(Table::live).sum(),
-            returned_total: self.returning.iter().map(Table::created).sum(),
+            returned_total: self.returned.iter().map(|n| n.load(Relaxed)).sum(),
         }
     }
 }
@@ -91,6 +131,9 @@ impl HostTables {
 pub struct HostFlows {
     handed: Conntrack,
     returning: Conntrack,
+    fragments: Conntrack,
+    returned: Arc<[CachePadded<AtomicU64>]>,
+    me: usize,
 }
 
 impl HostFlows {
@@ -98,7 +141,14 @@ impl HostFlows {
     pub(super) fn sweep(&self, now: super::Time) -> u64 {
         self.handed.sweep(now);
         self.returning.sweep(now);
-        self.handed.live() + self.returning.live()
+        self.fragments.sweep(now);
+        self.handed.live() + self.returning.live() + self.fragments.live()
+    }
+
+    /// Counts a connection handed back (this worker's slot only).
+    fn count_returned(&self) {
+        let n = &self.returned[self.me];
+        n.store(n.load(Relaxed) + 1, Relaxed);
     }
 }
 
@@ -114,15 +164,10 @@ fn source_side(key: FlowKey) -> FlowKey {
 /// Where a source address from the host port stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HostSource {
-    /// Outside the cluster, or this node's gateway: admitted as it is.
+    /// Outside the cluster, or this node's gateway, or a pod of a peer that reaches
+    /// this node through its host: admitted as it is.
     Admitted,
-    /// A pod of a peer that reaches this node through its host, whose replies go
-    /// back through the host anyway (this node routes to it directly too).
-    ViaHost,
-    /// A pod of a peer that reaches this node through its host, while this node
-    /// tunnels back: its replies must be returned through the host explicitly.
-    ViaHostTunnelled,
-    /// Any other pod address: admitted only as a returning flow.
+    /// Any other pod address: admitted only as a returning or handed flow.
     Pod,
 }
 
@@ -132,9 +177,11 @@ fn host_source(t: &Tables, src: Ipv4Addr) -> HostSource {
     }
     match t.fib.lookup(src) {
         // In the cluster CIDR only a direct peer's subnet (and the gateway) routes
-        // to the host.
-        Some(NextHop::Host) => HostSource::ViaHost,
-        Some(NextHop::Peer(j)) if t.peers[j].via_host => HostSource::ViaHostTunnelled,
+        // to the host. A peer that routes here directly while this node tunnels
+        // back gets its replies through the tunnel, and its own node sends them
+        // through its host ([`super::forward::decide`]).
+        Some(NextHop::Host) => HostSource::Admitted,
+        Some(NextHop::Peer(j)) if t.peers[j].via_host => HostSource::Admitted,
         _ => HostSource::Pod,
     }
 }
@@ -158,43 +205,60 @@ impl Core {
         flow: &Flow,
     ) -> Result<NextHop, DropReason> {
         let t = cx.tables;
-        match from {
-            Ingress::Icmp(_) => Ok(hop),
-            Ingress::Port(i) if t.ports[i].kind == PortKind::Host => {
-                self.admit_from_host(cx, flow).map(|()| hop)
+        let from_host = matches!(from, Ingress::Port(i) if t.ports[i].kind == PortKind::Host);
+        if from_host {
+            return self.admit_from_host(cx, flow).map(|()| hop);
+        }
+        match hop {
+            NextHop::Local(_) | NextHop::Peer(_) => Ok(self.returns_to_host(cx, flow, hop)),
+            NextHop::Host if !matches!(from, Ingress::Icmp(_)) => {
+                self.hand_to_host(cx, flow);
+                Ok(hop)
             }
-            Ingress::Port(_) | Ingress::Peer(_) => match hop {
-                NextHop::Local(_) | NextHop::Peer(_) => Ok(self.returns_to_host(cx, flow, hop)),
-                NextHop::Host => self.hand_to_host(cx, flow).map(|()| hop),
-                NextHop::Unreachable => Ok(hop),
-            },
+            NextHop::Host | NextHop::Unreachable => Ok(hop),
         }
     }
 
-    /// Admits a packet from the host port, recording the connection of a pod source
-    /// the host hands back.
+    /// Admits a packet from the host port: a pod source only as a connection the
+    /// host hands back, which is recorded.
     fn admit_from_host<S: ?Sized>(
         &mut self,
         cx: &Ctx<'_, S>,
         flow: &Flow,
     ) -> Result<(), DropReason> {
-        let t = cx.tables;
-        let source = host_source(t, flow.key.src.into());
-        if matches!(source, HostSource::Admitted | HostSource::ViaHost) {
+        if host_source(cx.tables, flow.key.src.into()) == HostSource::Admitted {
             return Ok(());
         }
-        if source == HostSource::Pod {
-            let side = source_side(flow.key);
-            match self.host.handed.lookup(side, cx.now) {
-                Some(f) if f.forward => {}
-                _ => return Err(DropReason::Spoofed),
-            }
+        let datagram = flow.datagram();
+        if flow.fragment.is_some_and(|f| !f.first) {
+            // A later fragment carries no ports: it follows its first.
+            let follows = datagram.and_then(|d| self.host.fragments.lookup(d, cx.now));
+            return follows.map(drop).ok_or(DropReason::Spoofed);
         }
         let found = self.host.returning.lookup(flow.key, cx.now);
         let (orig, mut flags) = match found {
-            Some(Found { entry, .. }) => (entry.orig, entry.flags),
-            None => (flow.key, Flags::default()),
+            // A further packet of a connection handed back before.
+            Some(Found {
+                entry,
+                forward: true,
+                ..
+            }) => (entry.orig, entry.flags),
+            // Nothing from the host answers a pod's own connection.
+            Some(_) => return Err(DropReason::Spoofed),
+            None => {
+                let handed = flow.port.is_some()
+                    && self
+                        .host
+                        .handed
+                        .lookup(source_side(flow.key), cx.now)
+                        .is_some_and(|f| f.forward);
+                if !handed {
+                    return Err(DropReason::Spoofed);
+                }
+                (flow.key, Flags::default())
+            }
         };
+        flags.assured |= flags.replied;
         flags.closing |= flow.closing;
         match self
             .host
@@ -202,6 +266,15 @@ impl Core {
             .keep(orig, found.as_ref(), flags, 0, cx.now)
         {
             Ok(()) => {
+                if found.is_none() {
+                    self.host.count_returned();
+                }
+                if let Some(d) = datagram {
+                    let _ = self
+                        .host
+                        .fragments
+                        .keep(d, None, Flags::default(), 0, cx.now);
+                }
                 self.sweep_soon(cx.now);
                 Ok(())
             }
@@ -212,8 +285,9 @@ impl Core {
         }
     }
 
-    /// Whether a packet from a pod port or the tunnel, bound for `hop`, answers a
-    /// connection the host handed back (or, for an ICMP error, quotes one): then it
+    /// Whether a packet bound for `hop` (from a pod port, the tunnel, or the switch's
+    /// own ICMP) answers a connection the host handed back, quotes one (an ICMP
+    /// error), or is a later fragment of a reply whose first fragment did: then it
     /// goes to the host.
     fn returns_to_host<S: ?Sized>(
         &mut self,
@@ -221,57 +295,78 @@ impl Core {
         flow: &Flow,
         hop: NextHop,
     ) -> NextHop {
-        let returning = &self.host.returning;
+        let host = &self.host;
         if let Some(inner) = flow.error_about {
             // An error about a packet the host handed back goes the way that packet
             // came, where the host translates the packet it quotes.
-            return match returning.lookup(inner, cx.now) {
+            return match host.returning.lookup(inner, cx.now) {
                 Some(f) if f.forward => NextHop::Host,
                 _ => hop,
             };
         }
-        match returning.lookup(flow.key, cx.now) {
-            Some(found) if !found.forward => {
-                let flags = Flags {
-                    replied: true,
-                    closing: found.entry.flags.closing || flow.closing,
-                };
-                // A full table only means this worker keeps no copy: the entry
-                // stays in the worker that made it.
-                if returning
-                    .keep(found.entry.orig, Some(&found), flags, 0, cx.now)
-                    .is_ok()
-                {
-                    self.sweep_soon(cx.now);
-                }
+        let datagram = flow.datagram();
+        if flow.fragment.is_some_and(|f| !f.first) {
+            let follows = datagram.and_then(|d| host.fragments.lookup(d, cx.now));
+            return if follows.is_some() {
                 NextHop::Host
-            }
-            _ => hop,
+            } else {
+                hop
+            };
         }
+        let Some(found) = host.returning.lookup(flow.key, cx.now) else {
+            return hop;
+        };
+        if found.forward {
+            return hop;
+        }
+        let flags = Flags {
+            replied: true,
+            closing: found.entry.flags.closing || flow.closing,
+            ..found.entry.flags
+        };
+        // A full table only means this worker keeps no copy: the entry stays in the
+        // worker that made it.
+        let kept = host
+            .returning
+            .keep(found.entry.orig, Some(&found), flags, 0, cx.now)
+            .is_ok();
+        if let Some(d) = datagram {
+            // The first fragment: the later ones follow it, whichever worker they
+            // reach. A full table leaves them to time out at the client.
+            let _ = host.fragments.keep(d, None, Flags::default(), 0, cx.now);
+        }
+        if kept || datagram.is_some() {
+            self.sweep_soon(cx.now);
+        }
+        NextHop::Host
     }
 
     /// Records the source side of a pod's flow that goes to the host, so that the
-    /// host may hand it back.
-    fn hand_to_host<S: ?Sized>(&mut self, cx: &Ctx<'_, S>, flow: &Flow) -> Result<(), DropReason> {
+    /// host may hand it back: a TCP connection's first packet, or a UDP or SCTP
+    /// datagram with ports. A full table lets the flow go unrecorded.
+    fn hand_to_host<S: ?Sized>(&mut self, cx: &Ctx<'_, S>, flow: &Flow) {
+        use weft_encap::ipv4::protocol::TCP;
         let t = cx.tables;
         let (src, dst) = (Ipv4Addr::from(flow.key.src), Ipv4Addr::from(flow.key.dst));
-        if !t.node.cluster.contains(&src) || src == t.node.gateway || !may_come_back(t, dst) {
-            return Ok(());
+        let opens = match flow.key.proto {
+            TCP => flow.opening,
+            _ => flow.port.is_some(),
+        };
+        if !opens || !t.node.cluster.contains(&src) || src == t.node.gateway {
+            return;
+        }
+        if !may_come_back(t, dst) {
+            return;
         }
         let side = source_side(flow.key);
         let found = self.host.handed.lookup(side, cx.now);
-        match self
+        if self
             .host
             .handed
             .keep(side, found.as_ref(), Flags::default(), 0, cx.now)
+            .is_ok()
         {
-            Ok(()) => {
-                self.sweep_soon(cx.now);
-                Ok(())
-            }
-            Err(_) if found.is_some() => Ok(()),
-            // Fail closed: a flow the host could not hand back is not sent.
-            Err(_) => Err(DropReason::ConntrackFull),
+            self.sweep_soon(cx.now);
         }
     }
 }

@@ -860,23 +860,36 @@ impl Sim {
     }
 
     /// Passes what each node handed its host through that host, if it has one, and
-    /// hands the switch what the host sends back, then flushes.
+    /// hands the switch what the host sends back, then flushes. A host's direct
+    /// route takes a packet to the other node's host, which routes it in turn.
     pub fn run_hosts(&mut self) {
+        let mut queue: VecDeque<(usize, Vec<u8>)> = VecDeque::new();
         for n in 0..self.nodes.len() {
-            let Some(mut host) = self.hosts[n].take() else {
+            if self.hosts[n].is_none() {
                 continue;
-            };
-            let frames = std::mem::take(&mut self.out.host_rx[n]);
-            for f in frames {
-                if f.len() <= ETH_HLEN || u16::from_be_bytes([f[12], f[13]]) != ETHERTYPE_IPV4 {
-                    continue;
-                }
-                if let Some(back) = host.route(&f[ETH_HLEN..]) {
-                    let host_mac = MacAddr::for_ip(gateway(n));
-                    self.host_frame(n, &eth(router_mac(n), host_mac, ETHERTYPE_IPV4, &back));
+            }
+            for f in std::mem::take(&mut self.out.host_rx[n]) {
+                if f.len() > ETH_HLEN && u16::from_be_bytes([f[12], f[13]]) == ETHERTYPE_IPV4 {
+                    queue.push_back((n, f[ETH_HLEN..].to_vec()));
                 }
             }
-            self.hosts[n] = Some(host);
+        }
+        // Every hop between hosts is a node's routing decision: bounded, as TTL is.
+        let mut hops = 0;
+        while let Some((n, packet)) = queue.pop_front() {
+            hops += 1;
+            assert!(hops < 100_000, "packets loop between the simulated hosts");
+            let Some(host) = self.hosts[n].as_mut() else {
+                continue;
+            };
+            match host.route(&packet) {
+                nat::Routed::Back(p) => {
+                    let host_mac = MacAddr::for_ip(gateway(n));
+                    self.host_frame(n, &eth(router_mac(n), host_mac, ETHERTYPE_IPV4, &p));
+                }
+                nat::Routed::ToNode(m, p) => queue.push_back((m, p)),
+                nat::Routed::Kept => {}
+            }
         }
         self.flush();
     }

@@ -4,8 +4,9 @@
 //! reverses only what passes through the host: a reply that reaches its client by
 //! another way keeps the endpoint's address, and the client's TCP refuses it.
 //!
-//! What comes out of the host goes back into the switch through the host port when
-//! it is for the cluster CIDR, and to the node itself (or the world) otherwise.
+//! What comes out of the host goes to another node's host where a direct route says
+//! so (direct routing), back into the switch through the host port when it is for
+//! the cluster CIDR, and to the node itself (or the world) otherwise.
 
 use std::net::Ipv4Addr;
 
@@ -47,6 +48,19 @@ pub struct HostNat {
     pub to_node: Vec<Vec<u8>>,
     /// Packets of translated connections the host saw, both ways.
     pub translated: u64,
+    /// Direct routes: a peer's pod subnet, and the peer's node.
+    direct: Vec<(Ipv4Net, usize)>,
+}
+
+/// Where the host sends a packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    /// Back into the switch, through the host port.
+    Back(Vec<u8>),
+    /// To node `n`'s host, by a direct route.
+    ToNode(usize, Vec<u8>),
+    /// Nowhere else: the host kept it (see [`HostNat::to_node`]).
+    Kept,
 }
 
 impl HostNat {
@@ -61,7 +75,13 @@ impl HostNat {
             turn: 0,
             to_node: Vec::new(),
             translated: 0,
+            direct: Vec::new(),
         }
+    }
+
+    /// Routes `subnet` to node `n`'s host, as direct routing's host route does.
+    pub fn route_direct(&mut self, subnet: Ipv4Net, n: usize) {
+        self.direct.push((subnet, n));
     }
 
     /// Adds a Service.
@@ -69,9 +89,9 @@ impl HostNat {
         self.services.push(service);
     }
 
-    /// Takes an IPv4 packet the switch handed to the host; returns what the host
-    /// sends back into the switch, if anything.
-    pub fn route(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
+    /// Takes an IPv4 packet the switch (or another node's host) handed to the host,
+    /// and says where it goes.
+    pub fn route(&mut self, packet: &[u8]) -> Routed {
         let mut p = packet.to_vec();
         if let Some(t) = tuple(&p) {
             if let Some(out) = self.translate(t) {
@@ -80,11 +100,14 @@ impl HostNat {
             }
         }
         let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+        if let Some((_, n)) = self.direct.iter().find(|(net, _)| net.contains(&dst)) {
+            return Routed::ToNode(*n, p);
+        }
         if self.cluster.contains(&dst) && dst != self.gateway {
-            Some(p)
+            Routed::Back(p)
         } else {
             self.to_node.push(p);
-            None
+            Routed::Kept
         }
     }
 
