@@ -44,6 +44,7 @@ weft_switch::both_modes!(
     host_flows_expire_with_their_connections,
     the_fragments_of_a_reply_follow_their_first_to_the_host,
     tcp_is_handed_only_from_its_first_packet,
+    a_handed_back_connection_does_not_capture_a_direct_one_on_the_same_ports,
 );
 
 /// A, A2 on node 0, B on node 1; node 0's host translates the three ClusterIPs.
@@ -471,4 +472,23 @@ fn tcp_is_handed_only_from_its_first_packet(mode: TunnelMode) {
     sim.host_frame(0, &host_frame(0, &tcp(A2, 41_000, A, 8080, SYN)));
     sim.flush();
     assert_eq!(sim.take_rx(a).len(), 1, "{mode:?}: {}", sim.drops_report());
+}
+
+/// A Service connection A:p → TO_A2 → A2:8080 closes; A then opens A:p → A2:8080
+/// directly, on the very ports the host's translation used. Its replies must reach
+/// A directly, not go to the host as answers of the old connection.
+fn a_handed_back_connection_does_not_capture_a_direct_one_on_the_same_ports(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    service_transfer(&mut sim, TO_A2, A2, A, 21);
+    // sim::tcp's client port is 40000 + the server's port: the same 5-tuple again.
+    let (a, a2) = (sim.pod(A), sim.pod(A2));
+    let mut x = Transfer::start(&mut sim, a, a2, 8080, pseudo_random(22, 32 << 10));
+    assert!(
+        sim.run_until(STEP_LIMIT, |sim| x.pump(sim)).is_some(),
+        "{mode:?}: the direct connection on the old connection's ports stalled: {}",
+        sim.drops_report()
+    );
+    x.remove(&mut sim);
+    // And a Service connection on those ports again goes through the host.
+    service_transfer(&mut sim, TO_A2, A2, A, 23);
 }

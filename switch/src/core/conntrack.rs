@@ -114,11 +114,17 @@ pub struct Flags {
     /// A packet went the first way after a reply: a stream, not one request and
     /// its answer (Linux's "assured").
     pub assured: bool,
+    /// The 5-tuple is in use by a connection that does not pass where this table's
+    /// does (a pod's own, on the ports of one the host translated before).
+    pub bypass: bool,
 }
 
 impl Flags {
     fn bits(self) -> u64 {
-        u64::from(self.replied) | u64::from(self.closing) << 1 | u64::from(self.assured) << 2
+        u64::from(self.replied)
+            | u64::from(self.closing) << 1
+            | u64::from(self.assured) << 2
+            | u64::from(self.bypass) << 3
     }
 
     fn of_bits(b: u64) -> Flags {
@@ -126,6 +132,7 @@ impl Flags {
             replied: b & 1 != 0,
             closing: b & 2 != 0,
             assured: b & 4 != 0,
+            bypass: b & 8 != 0,
         }
     }
 }
@@ -246,7 +253,8 @@ impl Slot {
     }
 }
 
-fn seconds(t: Time) -> u32 {
+/// `t` in whole seconds, as entries keep time.
+pub fn seconds(t: Time) -> u32 {
     u32::try_from(t.as_nanos() / 1_000_000_000).unwrap_or(u32::MAX)
 }
 
@@ -521,6 +529,29 @@ impl Conntrack {
             })
     }
 
+    /// The newest entry of `key`'s connection in any worker's table, where each
+    /// entry's generation is the second it was last written: when two workers keep
+    /// different knowledge of one 5-tuple, the latest wins (this worker's on a tie).
+    pub fn lookup_latest(&self, key: FlowKey, now: Time) -> Option<Found> {
+        let secs = seconds(now);
+        let mut best = self.lookup(key, now)?;
+        for (i, t) in self.tables.iter().enumerate() {
+            if i == self.me || t.live() == 0 {
+                continue;
+            }
+            if let Some((_, entry, forward)) = t.find(key, secs) {
+                if entry.generation > best.entry.generation {
+                    best = Found {
+                        entry,
+                        forward,
+                        own_slot: None,
+                    };
+                }
+            }
+        }
+        Some(best)
+    }
+
     /// Records a connection allowed under policy `generation`, first seen at `now`,
     /// or keeps one alive: `flags` are what is known of it now.
     pub fn track(
@@ -659,6 +690,7 @@ mod tests {
             replied: true,
             closing: false,
             assured: false,
+            bypass: false,
         };
         t.track(key(2), replied, 0, at(200)).unwrap();
         assert!(t.lookup(key(2), at(200 + 86_000)).is_some());
@@ -666,6 +698,7 @@ mod tests {
             replied: true,
             closing: true,
             assured: false,
+            bypass: false,
         };
         t.track(key(2), closing, 0, at(300)).unwrap();
         assert!(t.lookup(key(2), at(331)).is_none());
@@ -699,6 +732,7 @@ mod tests {
             replied: true,
             closing: false,
             assured: false,
+            bypass: false,
         };
         w0.track(key(5), Flags::default(), 0, at(0)).unwrap();
         w1.track(key(5), replied, 0, at(0)).unwrap();
@@ -709,6 +743,7 @@ mod tests {
                 replied: false,
                 closing: true,
                 assured: false,
+                bypass: false,
             },
             0,
             at(1),
@@ -780,6 +815,7 @@ mod tests {
             replied,
             closing,
             assured,
+            bypass: false,
         };
         let s = Duration::from_secs;
         // nf_conntrack's defaults, and a margin.

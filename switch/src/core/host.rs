@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use crossbeam::utils::CachePadded;
 
-use super::conntrack::{Conntrack, Flags, FlowKey, Found, Table, Timeouts};
+use super::conntrack::{self, Conntrack, Flags, FlowKey, Found, Table, Timeouts};
 use super::flow::Flow;
 use super::{Core, Ctx, Ingress};
 use crate::tables::counters::DropReason;
@@ -235,8 +235,15 @@ impl Core {
             let follows = datagram.and_then(|d| self.host.fragments.lookup(d, cx.now));
             return follows.map(drop).ok_or(DropReason::Spoofed);
         }
-        let found = self.host.returning.lookup(flow.key, cx.now);
+        let found = self.host.returning.lookup_latest(flow.key, cx.now);
         let (orig, mut flags) = match found {
+            // A pod's own connection took the ports; a SYN from the host starts a
+            // translated one on them again.
+            Some(Found {
+                entry,
+                forward: true,
+                ..
+            }) if entry.flags.bypass && flow.opening => (entry.orig, Flags::default()),
             // A further packet of a connection handed back before.
             Some(Found {
                 entry,
@@ -260,10 +267,11 @@ impl Core {
         };
         flags.assured |= flags.replied;
         flags.closing |= flow.closing;
+        let written = conntrack::seconds(cx.now);
         match self
             .host
             .returning
-            .keep(orig, found.as_ref(), flags, 0, cx.now)
+            .keep(orig, found.as_ref(), flags, written, cx.now)
         {
             Ok(()) => {
                 if found.is_none() {
@@ -313,10 +321,27 @@ impl Core {
                 hop
             };
         }
-        let Some(found) = host.returning.lookup(flow.key, cx.now) else {
+        let Some(found) = host.returning.lookup_latest(flow.key, cx.now) else {
             return hop;
         };
-        if found.forward {
+        let written = conntrack::seconds(cx.now);
+        if found.forward || found.entry.flags.bypass {
+            // The pod uses these ports itself now, not through the host (its kernel
+            // may pick them again once the translated connection closed): from now
+            // on, and in every worker, as the latest word on this 5-tuple, its
+            // packets go their own way.
+            let bypass = Flags {
+                bypass: true,
+                closing: flow.closing,
+                ..Flags::default()
+            };
+            if host
+                .returning
+                .keep(found.entry.orig, Some(&found), bypass, written, cx.now)
+                .is_ok()
+            {
+                self.sweep_soon(cx.now);
+            }
             return hop;
         }
         let flags = Flags {
@@ -328,7 +353,7 @@ impl Core {
         // worker that made it.
         let kept = host
             .returning
-            .keep(found.entry.orig, Some(&found), flags, 0, cx.now)
+            .keep(found.entry.orig, Some(&found), flags, written, cx.now)
             .is_ok();
         if let Some(d) = datagram {
             // The first fragment: the later ones follow it, whichever worker they
