@@ -33,6 +33,9 @@ pub struct PeerNode {
     pub vtep_mac: Mac,
     /// Its public key for the encrypted sleeve, if it has one.
     pub public_key: Option<String>,
+    /// Its `direct-routing`, where the file says (a node that reads no value runs
+    /// the node as it runs itself).
+    pub direct_routing: Option<bool>,
 }
 
 impl PeerNode {
@@ -45,6 +48,7 @@ impl PeerNode {
             pod_subnet: host.pod_subnet,
             vtep_mac: kernel_vxlan::vtep_mac(host.index),
             public_key: None,
+            direct_routing: None,
         }
     }
 }
@@ -83,6 +87,9 @@ pub fn peers_toml(nodes: &[PeerNode]) -> String {
         );
         if let Some(key) = &n.public_key {
             let _ = writeln!(out, "public-key = \"{key}\"");
+        }
+        if let Some(direct) = n.direct_routing {
+            let _ = writeln!(out, "direct-routing = {direct}");
         }
         out.push('\n');
     }

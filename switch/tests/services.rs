@@ -24,7 +24,9 @@ use weft_perf::cni::{Network, Verb, REFERENCE_PLUGIN_DIR};
 use weft_perf::kubeproxy::{self, Endpoint, Protocol, Service, TrafficPolicy};
 use weft_perf::netns::{veth, wait_until, Netns};
 use weft_perf::topo::{Pod, Underlay};
-use weft_perf::weft::{in_netns, write_atomic, Cluster, Scratch, WeftOptions};
+use weft_perf::weft::{
+    in_netns, peers_toml, write_atomic, Cluster, PeerNode, Scratch, WeftNode, WeftOptions,
+};
 
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// Every pod, and the world, serves TCP and UDP on these.
@@ -191,12 +193,103 @@ fn the_masquerade_table_comes_and_goes_with_weftd() {
     );
 }
 
+/// The mixed setup: node 0 routes to node 1 directly, node 1 tunnels back (a peers
+/// file that declares node 0's direct routing only). A pod on node 0 reaches a
+/// ClusterIP whose endpoint is on node 1 and the endpoint directly, both ways of the
+/// host, and nothing is refused as spoofed.
+#[test]
+fn one_node_routes_directly_the_other_tunnels_back() {
+    let tag = "svm";
+    let underlay = Underlay::new(tag, 2).expect("the underlay");
+    let scratch = Scratch::new(tag).expect("a scratch directory");
+    let peers = scratch.path().join("peers.toml");
+    let mut nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+    nodes[0].direct_routing = Some(true);
+    write_atomic(&peers, &peers_toml(&nodes)).expect("the peers file");
+    let policy = Scratch::new("svmpol").expect("a policy directory");
+    let mut node_opts = options(VXLAN, policy.path());
+    let plain = node_opts.clone();
+    node_opts
+        .extra
+        .extend(["--direct-routing".into(), "true".into()]);
+    for h in underlay.hosts() {
+        for key in ["all", "eth0"] {
+            h.ns.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "2")
+                .unwrap();
+        }
+    }
+    let n0 = WeftNode::start(underlay.host(0), &peers, scratch.path(), &node_opts).expect("node 0");
+    let n1 = WeftNode::start(underlay.host(1), &peers, scratch.path(), &plain).expect("node 1");
+    let path = |n: &WeftNode| n.peers().expect("peers")[0].path.clone();
+    assert!(path(&n0).starts_with("direct via"), "{}", path(&n0));
+    assert_eq!(path(&n1), "vxlan");
+    let (a, b) = (underlay.pod(0, "a").unwrap(), underlay.pod(1, "b").unwrap());
+    let a_ip = n0.attach(&a, "svm-a").expect("attach").ip;
+    let b_ip = n1.attach(&b, "svm-b").expect("attach").ip;
+    let mut servers = Servers::new();
+    servers.serve(&b.ns, b_ip);
+    let vip = TO_REMOTE;
+    let services = [Protocol::Tcp, Protocol::Udp].map(|protocol| Service {
+        name: "default/mixed".into(),
+        port_name: format!("{protocol:?}").to_lowercase(),
+        protocol,
+        cluster_ip: vip,
+        port: if protocol == Protocol::Tcp {
+            SVC_TCP
+        } else {
+            SVC_UDP
+        },
+        node_port: None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        endpoints: vec![Endpoint {
+            ip: b_ip,
+            port: if protocol == Protocol::Tcp {
+                TCP_PORT
+            } else {
+                UDP_PORT
+            },
+            local: false,
+        }],
+    });
+    let node = kubeproxy::Node {
+        cluster_cidr: weft_perf::weft::CLUSTER_CIDR.parse().unwrap(),
+        node_ips: vec![underlay.host(0).underlay_ip],
+    };
+    load(
+        &underlay.host(0).ns,
+        &["iptables-restore", "--noflush"],
+        &kubeproxy::iptables_restore(&node, &services),
+    );
+    let logs = || format!("{}\n{}", n0.log_text(), n1.log_text());
+    for (what, to) in [
+        ("ClusterIP", (vip, (SVC_TCP, SVC_UDP))),
+        ("pod", (b_ip, (TCP_PORT, UDP_PORT))),
+    ] {
+        let tcp = tcp_exchange(&a.ns, SocketAddr::from((to.0, to.1 .0)));
+        let udp = udp_exchange(&a.ns, SocketAddr::from((to.0, to.1 .1)));
+        for r in [tcp, udp] {
+            let answer = r.unwrap_or_else(|e| panic!("A → {what}: {e}\n{}", logs()));
+            assert_eq!(answer.seen, a_ip, "{what}: no NAT");
+        }
+    }
+    for n in [&n0, &n1] {
+        let host = match n.ok(&Request::Ports).expect("ports") {
+            Reply::Ports { ports } => ports.into_iter().find(|p| p.kind == "host").unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let spoofed = host.counters.drops.iter().find(|(r, _)| r == "spoofed");
+        assert_eq!(spoofed, None, "{}: {:?}", n.name, host.counters);
+    }
+    drop(servers);
+    drop((n0, n1));
+}
+
 // ---------------------------------------------------------------------------------
 // Servers and probes
 // ---------------------------------------------------------------------------------
 
-/// Echo servers that answer `ping N` with `pong N <the address they saw>`, stopped
-/// on drop.
+/// Echo servers that answer `ping N` with `pong N <the address they saw> <their own
+/// address>`, stopped on drop.
 struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -211,10 +304,12 @@ impl Drop for Servers {
     }
 }
 
-/// The answer to `request` from a client at `from`, if it is a well-formed ping.
-fn answer(request: &str, from: SocketAddr) -> Option<String> {
+/// The answer to `request` from a client at `from` to `me`, if it is a well-formed
+/// ping.
+fn answer(request: &str, from: SocketAddr, me: Option<SocketAddr>) -> Option<String> {
     let nonce: u64 = request.trim_end().strip_prefix("ping ")?.parse().ok()?;
-    Some(format!("pong {nonce} {}\n", from.ip()))
+    let me = me.map_or("?".into(), |a| a.ip().to_string());
+    Some(format!("pong {nonce} {} {me}\n", from.ip()))
 }
 
 impl Servers {
@@ -225,8 +320,9 @@ impl Servers {
         }
     }
 
-    /// Serves TCP on [`TCP_PORT`] and UDP on [`UDP_PORT`] in `ns`, on every address.
-    fn serve(&mut self, ns: &Netns) {
+    /// Serves TCP on [`TCP_PORT`] (every address) and UDP on [`UDP_PORT`] (at `ip`,
+    /// which the answers name) in `ns`.
+    fn serve(&mut self, ns: &Netns, ip: Ipv4Addr) {
         let any = Ipv4Addr::UNSPECIFIED;
         let tcp = in_netns(ns, || TcpListener::bind((any, TCP_PORT)))
             .expect("the namespace")
@@ -245,14 +341,14 @@ impl Servers {
                     let mut line = String::new();
                     let mut reader = BufReader::new((&c).take(64));
                     if reader.read_line(&mut line).is_ok() {
-                        if let Some(a) = answer(&line, from) {
+                        if let Some(a) = answer(&line, from, c.local_addr().ok()) {
                             let _ = (&c).write_all(a.as_bytes());
                         }
                     }
                 });
             }
         }));
-        let udp = in_netns(ns, || UdpSocket::bind((any, UDP_PORT)))
+        let udp = in_netns(ns, || UdpSocket::bind((ip, UDP_PORT)))
             .expect("the namespace")
             .expect("a UDP socket");
         udp.set_read_timeout(Some(Duration::from_millis(50)))
@@ -263,7 +359,7 @@ impl Servers {
             while !stop.load(Ordering::Relaxed) {
                 if let Ok((n, from)) = udp.recv_from(&mut b) {
                     let request = String::from_utf8_lossy(&b[..n]).into_owned();
-                    if let Some(a) = answer(&request, from) {
+                    if let Some(a) = answer(&request, from, udp.local_addr().ok()) {
                         let _ = udp.send_to(a.as_bytes(), from);
                     }
                 }
@@ -294,19 +390,28 @@ impl Servers {
 
 static NONCE: AtomicU64 = AtomicU64::new(1);
 
-/// Checks an answer to `ping nonce` and returns the address the server saw.
-fn check_answer(answer: &str, nonce: u64, to: SocketAddr) -> Result<Ipv4Addr, String> {
+/// What a server answered: the address it saw the client as, and its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Answer {
+    seen: Ipv4Addr,
+    server: Ipv4Addr,
+}
+
+/// Checks an answer to `ping nonce`.
+fn check_answer(answer: &str, nonce: u64, to: SocketAddr) -> Result<Answer, String> {
+    let bad = || format!("{to} answered {answer:?} to ping {nonce}");
     let mut words = answer.split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (Some("pong"), Some(n), Some(seen)) if n == nonce.to_string() => seen
-            .parse()
-            .map_err(|_| format!("{to} answered {answer:?}")),
-        _ => Err(format!("{to} answered {answer:?} to ping {nonce}")),
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("pong"), Some(n), Some(seen), Some(server)) if n == nonce.to_string() => Ok(Answer {
+            seen: seen.parse().map_err(|_| bad())?,
+            server: server.parse().map_err(|_| bad())?,
+        }),
+        _ => Err(bad()),
     }
 }
 
 /// A TCP exchange from `ns` with `to`; the address the server saw the client as.
-fn tcp_exchange(ns: &Netns, to: SocketAddr) -> Result<Ipv4Addr, String> {
+fn tcp_exchange(ns: &Netns, to: SocketAddr) -> Result<Answer, String> {
     let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
     let c = in_netns(ns, || TcpStream::connect_timeout(&to, PROBE))
         .map_err(|e| e.to_string())?
@@ -323,7 +428,7 @@ fn tcp_exchange(ns: &Netns, to: SocketAddr) -> Result<Ipv4Addr, String> {
 
 /// A UDP request and reply from `ns` to `to` (a connected socket: an answer from any
 /// other address is not taken); the address the server saw the client as.
-fn udp_exchange(ns: &Netns, to: SocketAddr) -> Result<Ipv4Addr, String> {
+fn udp_exchange(ns: &Netns, to: SocketAddr) -> Result<Answer, String> {
     let s = in_netns(ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
@@ -439,11 +544,12 @@ impl Lab {
         lab.portmap(Verb::Add);
         for h in 0..d.hosts {
             for p in 0..2 {
-                lab.servers.serve(&lab.cluster.pod(h, p).ns);
+                lab.servers
+                    .serve(&lab.cluster.pod(h, p).ns, lab.cluster.ip(h, p));
             }
         }
-        lab.servers.serve(&lab.protected.0.ns);
-        lab.servers.serve(&lab.world);
+        lab.servers.serve(&lab.protected.0.ns, lab.protected.1);
+        lab.servers.serve(&lab.world, WORLD);
         lab
     }
 
@@ -624,15 +730,26 @@ impl Lab {
         s
     }
 
-    /// Both exchanges from `ns` to `vip` (the Service ports, or `ports`), each
-    /// returning the address the server saw.
-    fn exchange(&self, what: &str, ns: &Netns, vip: Ipv4Addr, ports: (u16, u16)) -> [Ipv4Addr; 2] {
+    /// Both exchanges from `ns` to `vip` (the Service ports, or `ports`): the
+    /// address the servers saw the client as, and which servers answered.
+    fn exchange_with(
+        &self,
+        what: &str,
+        ns: &Netns,
+        vip: Ipv4Addr,
+        ports: (u16, u16),
+    ) -> [Answer; 2] {
         let tcp = tcp_exchange(ns, SocketAddr::from((vip, ports.0)));
         let udp = udp_exchange(ns, SocketAddr::from((vip, ports.1)));
         match (tcp, udp) {
             (Ok(a), Ok(b)) => [a, b],
             (t, u) => panic!("{what}: TCP {t:?}, UDP {u:?}\n{}", self.logs()),
         }
+    }
+
+    /// [`Lab::exchange_with`], for the address the servers saw the client as.
+    fn exchange(&self, what: &str, ns: &Netns, vip: Ipv4Addr, ports: (u16, u16)) -> [Ipv4Addr; 2] {
+        self.exchange_with(what, ns, vip, ports).map(|a| a.seen)
     }
 
     /// The host port's counters and host flows on node `h`.
@@ -718,15 +835,17 @@ fn services(d: Datapath, kp: KubeProxy) {
     // nodes, picked by kube-proxy's statistic rule): the endpoint sees the pod.
     let mut reached = std::collections::BTreeSet::new();
     for _ in 0..if d.hosts > 2 { 24 } else { 2 } {
-        reached.extend(served_by(&lab, || {
-            let seen = lab.exchange("pod → ClusterIP, remote endpoints", client, TO_REMOTE, svc);
-            assert_eq!(seen, [client_ip; 2]);
-        }));
+        let answers =
+            lab.exchange_with("pod → ClusterIP, remote endpoints", client, TO_REMOTE, svc);
+        for a in answers {
+            assert_eq!(a.seen, client_ip);
+            reached.insert(a.server);
+        }
     }
+    let remote: std::collections::BTreeSet<Ipv4Addr> = (1..d.hosts).map(|h| c.ip(h, 0)).collect();
     assert_eq!(
-        reached.len(),
-        d.hosts - 1,
-        "every remote endpoint reached: {reached:?}"
+        reached, remote,
+        "every remote endpoint answered, and only they"
     );
 
     // The endpoint on the client's own node, and the client itself (kube-proxy
@@ -786,35 +905,6 @@ fn services(d: Datapath, kp: KubeProxy) {
         spoofing_through_the_host(&lab);
     }
     lab.portmap(Verb::Del);
-}
-
-/// The nodes (other than node 0) whose pod 0 was sent packets while `f` ran.
-fn served_by(lab: &Lab, f: impl FnOnce()) -> Vec<usize> {
-    let c = &lab.cluster;
-    let sent = || -> Vec<u64> {
-        (1..c.nodes.len())
-            .map(|h| port_tx(lab, h, c.ip(h, 0)))
-            .collect()
-    };
-    let before = sent();
-    f();
-    let after = sent();
-    (0..before.len())
-        .filter(|&i| after[i] > before[i])
-        .map(|i| i + 1)
-        .collect()
-}
-
-/// Packets node `h` has sent to its pod at `ip`.
-fn port_tx(lab: &Lab, h: usize, ip: Ipv4Addr) -> u64 {
-    match lab.cluster.nodes[h].ok(&Request::Ports).expect("ports") {
-        Reply::Ports { ports } => ports
-            .into_iter()
-            .filter(|p| p.ip == Some(ip))
-            .map(|p| p.counters.tx_packets)
-            .sum(),
-        other => panic!("{other:?}"),
-    }
 }
 
 /// NetworkPolicy on the endpoint judges a ClusterIP connection by the client pod's
