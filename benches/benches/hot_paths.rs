@@ -3,7 +3,7 @@
 //! way through the datapath. Run with `cargo bench -p weft-benches`.
 
 use std::hint::black_box;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -16,6 +16,7 @@ use weft_benches::{
 use weft_encap::sleeve::{self, NodeId};
 use weft_encap::vxlan::{self, Vni};
 use weft_switch::core::conntrack::Conntrack;
+use weft_switch::core::host::HostTables;
 use weft_switch::core::{Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::io::port::Offload;
 use weft_switch::mac::MacAddr;
@@ -337,6 +338,32 @@ fn datapath(c: &mut Criterion) {
             b.iter(|| send(black_box(&mut buf), &mut sink))
         });
 
+        // The same on a node that carries Services: each of two workers keeps
+        // 10,000 connections the host handed back, whose replies it sends through
+        // the host; every packet of the flow above looks them up and finds none.
+        let host = HostTables::new(2, 16_384);
+        for w in 0..2 {
+            hand_back(&t0, &host, w, 10_000);
+        }
+        assert!(host.stats().returning >= 20_000, "{:?}", host.stats());
+        let mut busy = weft_switch::core::Core::new(weft_switch::core::Config {
+            worker: 0,
+            heartbeat: None,
+            conntrack: None,
+            host: host.worker(0),
+        });
+        g.bench_function(BenchmarkId::new("pod_to_peer_20k_host_flows", mode), |b| {
+            b.iter(|| {
+                let mut cx = Ctx::new(&t0, Time::ZERO, &mut sink);
+                for _ in 0..BATCH {
+                    buf[HEADROOM..].copy_from_slice(&frame);
+                    let f = Frame::new(&mut buf, HEADROOM, frame.len());
+                    busy.port_frame(&mut cx, 1, &Offload::PLAIN, f);
+                }
+                busy.flush(&mut cx);
+            })
+        });
+
         // The same frame arriving at node 1 from node 0: decap, lookup, deliver.
         let mut last = LastDatagram::default();
         let mut dp0 = new_core();
@@ -373,12 +400,41 @@ fn datapath(c: &mut Criterion) {
             worker: 0,
             heartbeat: None,
             conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024), 0)),
-            host: weft_switch::core::host::HostTables::new(1, 1024).worker(0),
+            host: HostTables::new(1, 1024).worker(0),
         });
         let id = ("peer_to_pod_1000_rules", mode);
         bench_receive(&mut g, id, &mut dp1p, &t1p, &datagram, 1);
     }
     g.finish();
+}
+
+/// Makes worker `w`'s core hand `n` UDP flows of pod 0 to the host (to a ClusterIP)
+/// and the host hand each back to a pod of node 1, as kube-proxy's DNAT does: `n`
+/// connections returning through the host.
+fn hand_back(t: &weft_switch::tables::Tables, host: &HostTables, w: usize, n: u16) {
+    let mut core = weft_switch::core::Core::new(weft_switch::core::Config {
+        worker: w,
+        heartbeat: None,
+        conntrack: None,
+        host: host.worker(w),
+    });
+    let mut sink = CountingSink::default();
+    let mut cx = Ctx::new(t, Time::ZERO, &mut sink);
+    let vip = Ipv4Addr::new(10, 96, 0, 10);
+    let mut buf = vec![0u8; HEADROOM + 128];
+    for i in 0..n {
+        // The UDP checksum is 0 (none), so the ports may change alone.
+        let sport = (10_000 + usize::from(i) + w * usize::from(n)) as u16;
+        let pod = MacAddr::for_ip(pod_ip(0, 0));
+        let out = udp_frame(pod, router_mac(0), pod_ip(0, 0), vip, 64);
+        let back = udp_frame(router_mac(0), router_mac(0), pod_ip(0, 0), pod_ip(1, 0), 64);
+        for (port, mut f) in [(1, out), (0, back)] {
+            f[34..36].copy_from_slice(&sport.to_be_bytes());
+            buf[HEADROOM..HEADROOM + f.len()].copy_from_slice(&f);
+            let frame = Frame::new(&mut buf, HEADROOM, f.len());
+            core.port_frame(&mut cx, port, &Offload::PLAIN, frame);
+        }
+    }
 }
 
 criterion_group! {

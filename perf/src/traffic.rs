@@ -745,7 +745,8 @@ pub fn tcp_crr(
                     .with_context(|| format!("accepting on {addr}"))?;
                 c.set_read_timeout(Some(stall))?;
                 c.set_nodelay(true)?;
-                c.read_exact(&mut b).context("reading a connection's byte")?;
+                c.read_exact(&mut b)
+                    .context("reading a connection's byte")?;
                 c.write_all(&b)?;
             }
             Ok(())

@@ -1,8 +1,11 @@
 //! Egress masquerade: a pod's traffic to anywhere outside the cluster leaves the node
 //! with the node's address, so that the world can answer it, as flannel's `ip-masq`
 //! and Calico's `natOutgoing` do. Nothing is rewritten between pods (the cluster
-//! CIDR), towards Services (the Service CIDR, whose DNAT happens before), nor to
-//! multicast.
+//! CIDR), nor to multicast. By postrouting kube-proxy has translated a ClusterIP to
+//! an endpoint already; the Service CIDR is exempt too so that a packet still
+//! carrying a ClusterIP there (a Service with no rule yet) does not leave as the
+//! node. Traffic to other weft nodes' addresses goes through the tunnel, never
+//! through here.
 //!
 //! weftd owns one nftables table, `ip weft`, holding one NAT chain at postrouting, and
 //! two chains that keep the tunnel's own datagrams out of the connection tracker:

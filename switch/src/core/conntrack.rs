@@ -504,6 +504,11 @@ impl Conntrack {
         self.own().live()
     }
 
+    /// Whether no worker's table holds an entry.
+    pub fn is_empty(&self) -> bool {
+        self.tables.iter().all(|t| t.live() == 0)
+    }
+
     /// The connection `key` belongs to, looked up in this worker's table, then in the
     /// others'.
     pub fn lookup(&self, key: FlowKey, now: Time) -> Option<Found> {

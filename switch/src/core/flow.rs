@@ -133,3 +133,34 @@ impl Flow {
         })
     }
 }
+
+/// A routed packet's [`Flow`], read only when a step first needs it: most packets
+/// meet no policy and no connection through the host, and need none.
+#[derive(Debug)]
+pub(super) struct LazyFlow<'p, 'b> {
+    ip: &'p ipv4::Packet<&'b [u8]>,
+    flow: Option<Flow>,
+}
+
+impl<'p, 'b> LazyFlow<'p, 'b> {
+    /// The flow of `ip`, not read yet.
+    pub fn new(ip: &'p ipv4::Packet<&'b [u8]>) -> LazyFlow<'p, 'b> {
+        LazyFlow { ip, flow: None }
+    }
+
+    /// The packet's source address.
+    pub fn src(&self) -> std::net::Ipv4Addr {
+        self.ip.src_addr()
+    }
+
+    /// The packet's destination address.
+    pub fn dst(&self) -> std::net::Ipv4Addr {
+        self.ip.dst_addr()
+    }
+
+    /// The flow, read at the first call.
+    pub fn get(&mut self) -> &Flow {
+        let ip = self.ip;
+        self.flow.get_or_insert_with(|| Flow::of(ip))
+    }
+}

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use weft_encap::{ethernet, icmpv4, ipv4, tcp, udp};
 
-use super::flow::Flow;
+use super::flow::LazyFlow;
 use super::icmp::IcmpError;
 use super::{Core, Ctx, Frame, Ingress, Offload, Sink};
 use crate::tables::counters::DropReason;
@@ -180,12 +180,12 @@ impl Core {
             Verdict::Forward { hop, decrement_ttl } => {
                 let ip =
                     ipv4::Packet::new_unchecked(&frame.buf[ip_start..ip_start + facts.total_len]);
-                let flow = Flow::of(&ip);
-                let hop = match self.host_boundary(cx, from, hop, &flow) {
+                let mut flow = LazyFlow::new(&ip);
+                let hop = match self.host_boundary(cx, from, hop, &mut flow) {
                     Ok(hop) => hop,
                     Err(reason) => return self.drop_at(cx, from, reason),
                 };
-                if let Err((port, reason)) = self.policy(cx, from, hop, &flow) {
+                if let Err((port, reason)) = self.policy(cx, from, hop, &mut flow) {
                     return cx.tables.ports[port].counters.discard(self.worker, reason);
                 }
                 // Ethernet pads short frames; the IP total length is the truth.

@@ -51,7 +51,7 @@ use std::time::Duration;
 use crossbeam::utils::CachePadded;
 
 use super::conntrack::{self, Conntrack, Flags, FlowKey, Found, Table, Timeouts};
-use super::flow::Flow;
+use super::flow::{Flow, LazyFlow};
 use super::{Core, Ctx, Ingress};
 use crate::tables::counters::DropReason;
 use crate::tables::fib::NextHop;
@@ -202,33 +202,44 @@ impl Core {
         cx: &Ctx<'_, S>,
         from: Ingress,
         hop: NextHop,
-        flow: &Flow,
+        flow: &mut LazyFlow<'_, '_>,
     ) -> Result<NextHop, DropReason> {
         let t = cx.tables;
         let from_host = matches!(from, Ingress::Port(i) if t.ports[i].kind == PortKind::Host);
         if from_host {
-            return self.admit_from_host(cx, flow).map(|()| hop);
+            if host_source(t, flow.src()) == HostSource::Admitted {
+                return Ok(hop);
+            }
+            return self.admit_from_host(cx, flow.get()).map(|()| hop);
         }
         match hop {
-            NextHop::Local(_) | NextHop::Peer(_) => Ok(self.returns_to_host(cx, flow, hop)),
+            // Nothing returns through the host while nothing was handed back: the
+            // common case costs a load per worker.
+            NextHop::Local(_) | NextHop::Peer(_)
+                if self.host.returning.is_empty() && self.host.fragments.is_empty() =>
+            {
+                Ok(hop)
+            }
+            NextHop::Local(_) | NextHop::Peer(_) => Ok(self.returns_to_host(cx, flow.get(), hop)),
             NextHop::Host if !matches!(from, Ingress::Icmp(_)) => {
-                self.hand_to_host(cx, flow);
+                let (src, dst) = (flow.src(), flow.dst());
+                let pod = t.node.cluster.contains(&src) && src != t.node.gateway;
+                if pod && may_come_back(t, dst) {
+                    self.hand_to_host(cx, flow.get());
+                }
                 Ok(hop)
             }
             NextHop::Host | NextHop::Unreachable => Ok(hop),
         }
     }
 
-    /// Admits a packet from the host port: a pod source only as a connection the
-    /// host hands back, which is recorded.
+    /// Admits a packet with a pod source from the host port as a connection the host
+    /// hands back, which is recorded, or refuses it.
     fn admit_from_host<S: ?Sized>(
         &mut self,
         cx: &Ctx<'_, S>,
         flow: &Flow,
     ) -> Result<(), DropReason> {
-        if host_source(cx.tables, flow.key.src.into()) == HostSource::Admitted {
-            return Ok(());
-        }
         let datagram = flow.datagram();
         if flow.fragment.is_some_and(|f| !f.first) {
             // A later fragment carries no ports: it follows its first.
@@ -366,21 +377,16 @@ impl Core {
         NextHop::Host
     }
 
-    /// Records the source side of a pod's flow that goes to the host, so that the
-    /// host may hand it back: a TCP connection's first packet, or a UDP or SCTP
-    /// datagram with ports. A full table lets the flow go unrecorded.
+    /// Records the source side of a pod's flow (one the host may hand back) that goes
+    /// to the host: a TCP connection's first packet, or a UDP or SCTP datagram with
+    /// ports. A full table lets the flow go unrecorded.
     fn hand_to_host<S: ?Sized>(&mut self, cx: &Ctx<'_, S>, flow: &Flow) {
         use weft_encap::ipv4::protocol::TCP;
-        let t = cx.tables;
-        let (src, dst) = (Ipv4Addr::from(flow.key.src), Ipv4Addr::from(flow.key.dst));
         let opens = match flow.key.proto {
             TCP => flow.opening,
             _ => flow.port.is_some(),
         };
-        if !opens || !t.node.cluster.contains(&src) || src == t.node.gateway {
-            return;
-        }
-        if !may_come_back(t, dst) {
+        if !opens {
             return;
         }
         let side = source_side(flow.key);

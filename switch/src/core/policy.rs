@@ -21,7 +21,7 @@
 //! quotes and that packet's connection is tracked under the policy in force.
 
 use super::conntrack::{Flags, FlowKey, Found};
-use super::flow::Flow;
+use super::flow::{Flow, LazyFlow};
 use super::{Core, Ctx, Ingress};
 use crate::policy::compile::PodRules;
 use crate::tables::counters::DropReason;
@@ -169,15 +169,16 @@ impl Core {
         cx: &Ctx<'_, S>,
         from: Ingress,
         hop: NextHop,
-        facts: &Flow,
+        flow: &mut LazyFlow<'_, '_>,
     ) -> Result<(), (usize, DropReason)> {
         let t = cx.tables;
-        let ends = Ends::of(t, from, hop, facts.key.src.into());
+        let ends = Ends::of(t, from, hop, flow.src());
         // The switch's own ICMP errors answer packets it refused before policy saw
         // them (no route, TTL, MTU): they are the node's, and always pass.
         if (ends.src.is_none() && ends.dst.is_none()) || matches!(from, Ingress::Icmp(_)) {
             return Ok(());
         }
+        let facts = flow.get();
         let refuse = |denied| ends.blame(denied).unwrap_or((0, DropReason::PolicyIngress));
         let Some(ct) = &self.conntrack else {
             // No table: judge every packet as a new connection (replies then need
