@@ -261,6 +261,37 @@ fn sealer_of(settings: &Settings, router_mac: MacAddr) -> Result<Option<Arc<Seal
     Ok(Some(Arc::new(Sealer::new(endpoint, settings.encryption))))
 }
 
+/// What the host must do for the switch: forward (Services, egress, direct routing),
+/// and masquerade pods' traffic leaving the cluster, or leave no table of weft's
+/// behind when it must not.
+fn prepare_host(settings: &Settings, host: &dyn Host) -> Result<(), DaemonError> {
+    host.enable_forwarding()
+        .map_err(io_err("enabling IPv4 forwarding"))?;
+    if !settings.masquerade {
+        // A crashed predecessor's table, if there is one (and nft to remove it).
+        if let Err(e) = host.set_masquerade(None) {
+            log::debug!("egress masquerade off: removing any table left: {e}");
+        }
+    } else {
+        host.set_masquerade(Some(&Masquerade {
+            cluster: settings.cluster_cidr,
+            service: settings.service_cidr,
+            tunnel: settings
+                .mode
+                .tunnel()
+                .map(|_| (settings.underlay_ip, settings.port)),
+        }))?;
+        log::info!(
+            "egress masquerade: {} leaving the cluster{}",
+            settings.cluster_cidr,
+            settings
+                .service_cidr
+                .map_or(String::new(), |s| format!(" (and the Service CIDR {s})"))
+        );
+    }
+    Ok(())
+}
+
 /// Binds the tunnel sockets and starts the workers on `tables`.
 fn start_workers(
     settings: &Settings,
@@ -322,30 +353,7 @@ impl Daemon {
         let (mut host_entry, host_spec) = host_port(&settings, &node);
         let host_queues = host.open_host_port(&host_spec, settings.port_queues)?;
         host_entry.uso = host_queues.first().is_some_and(|q| q.takes_uso());
-        host.enable_forwarding()
-            .map_err(io_err("enabling IPv4 forwarding"))?;
-        if !settings.masquerade {
-            // A crashed predecessor's table, if there is one (and nft to remove it).
-            if let Err(e) = host.set_masquerade(None) {
-                log::debug!("egress masquerade off: removing any table left: {e}");
-            }
-        } else {
-            host.set_masquerade(Some(&Masquerade {
-                cluster: settings.cluster_cidr,
-                service: settings.service_cidr,
-                tunnel: settings
-                    .mode
-                    .tunnel()
-                    .map(|_| (settings.underlay_ip, settings.port)),
-            }))?;
-            log::info!(
-                "egress masquerade: {} leaving the cluster{}",
-                settings.cluster_cidr,
-                settings
-                    .service_cidr
-                    .map_or(String::new(), |s| format!(" (and the Service CIDR {s})"))
-            );
-        }
+        prepare_host(&settings, &*host)?;
         let route_to = |ip| host.route_to(ip).ok().flatten();
         let peers = peer_entries(&settings, &view.nodes, &[], &route_to);
         let store_policy = view.policy.clone();
