@@ -45,6 +45,8 @@ weft_switch::both_modes!(
     the_fragments_of_a_reply_follow_their_first_to_the_host,
     tcp_is_handed_only_from_its_first_packet,
     a_handed_back_connection_does_not_capture_a_direct_one_on_the_same_ports,
+    a_spoofed_source_gets_no_error_from_the_switch,
+    a_new_connection_on_a_closed_ones_ports_lives_as_established,
 );
 
 /// A, A2 on node 0, B on node 1; node 0's host translates the three ClusterIPs.
@@ -491,4 +493,109 @@ fn a_handed_back_connection_does_not_capture_a_direct_one_on_the_same_ports(mode
     x.remove(&mut sim);
     // And a Service connection on those ports again goes through the host.
     service_transfer(&mut sim, TO_A2, A2, A, 23);
+}
+
+/// A TCP segment with `flags` from `src`:`sport` to `dst`:`dport`.
+fn tcp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    let mut seg = vec![0u8; 20];
+    seg[0..2].copy_from_slice(&sport.to_be_bytes());
+    seg[2..4].copy_from_slice(&dport.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = flags;
+    Ip {
+        proto: 6,
+        ..Ip::udp(src, dst)
+    }
+    .packet(&seg)
+}
+
+/// A packet through the host with a forged pod source that the switch would refuse
+/// (its TTL runs out) gets no ICMP error: it is counted as spoofed, and the pod
+/// whose address it bore hears nothing.
+fn a_spoofed_source_gets_no_error_from_the_switch(mode: TunnelMode) {
+    let mut sim = Sim::new(mode, &[&[A, A2], &[B]]);
+    let a2 = sim.pod(A2);
+    let p = Ip {
+        ttl: 1,
+        ..Ip::udp(A2, B)
+    }
+    .packet(&udp(1, 9, 10));
+    sim.host_frame(0, &host_frame(0, &p));
+    sim.flush();
+    assert_eq!(sim.take_rx(a2).len(), 0, "{mode:?}: an error went to A2");
+    assert_eq!(sim.host_counters(0).dropped(DropReason::Spoofed), 1);
+    assert_eq!(sim.host_counters(0).dropped(DropReason::TtlExceeded), 0);
+    // From the world, the same refusal is answered, as a router does.
+    let w = Ip {
+        ttl: 1,
+        ..Ip::udp(WORLD, B)
+    }
+    .packet(&udp(1, 9, 10));
+    sim.host_frame(0, &host_frame(0, &w));
+    sim.flush();
+    assert_eq!(
+        sim.out.host_rx[0].len(),
+        1,
+        "{mode:?}: the time-exceeded to the world"
+    );
+}
+
+/// A translated connection closes; a new one on the same ports, through the host
+/// again, is a connection of its own: established, it lives a day, not the closing
+/// one's two minutes.
+fn a_new_connection_on_a_closed_ones_ports_lives_as_established(mode: TunnelMode) {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const SYN_ACK: u8 = 0x12;
+    const FIN_ACK: u8 = 0x11;
+    let mut sim = Sim::new(mode, &[&[A, A2], &[B]]);
+    let (a, a2) = (sim.pod(A), sim.pod(A2));
+    let from_host = |sim: &mut Sim, flags| {
+        let p = tcp_packet(A2, 41_000, A, 8080, flags);
+        sim.host_frame(0, &host_frame(0, &p));
+        sim.flush();
+    };
+    for round in 0..2 {
+        // A2 opens to a ClusterIP, the host hands it back DNATed to A, A answers.
+        let syn = tcp_packet(A2, 41_000, TO_A, 80, SYN);
+        sim.pod_frame(a2, &from_pod(&sim, a2, &syn));
+        sim.flush();
+        sim.out.host_rx[0].clear();
+        from_host(&mut sim, SYN);
+        assert_eq!(
+            sim.take_rx(a).len(),
+            1,
+            "{mode:?} round {round}: {}",
+            sim.drops_report()
+        );
+        let answer = tcp_packet(A, 8080, A2, 41_000, SYN_ACK);
+        sim.pod_frame(a, &from_pod(&sim, a, &answer));
+        sim.flush();
+        from_host(&mut sim, ACK);
+        assert_eq!(
+            sim.out.host_rx[0].len(),
+            1,
+            "{mode:?} round {round}: the answer"
+        );
+        sim.out.host_rx[0].clear();
+        if round == 0 {
+            from_host(&mut sim, FIN_ACK);
+            sim.set_time(sim.time() + Duration::from_secs(10));
+            sim.handle_timeouts();
+            let _ = sim.take_rx(a);
+        }
+    }
+    let _ = sim.take_rx(a);
+    // Idle for longer than a closing connection lives: A's next segment still goes
+    // to the host, which still has the connection.
+    sim.set_time(sim.time() + Duration::from_secs(200));
+    sim.handle_timeouts();
+    let data = tcp_packet(A, 8080, A2, 41_000, ACK);
+    sim.pod_frame(a, &from_pod(&sim, a, &data));
+    sim.flush();
+    assert_eq!(
+        sim.out.host_rx[0].len(),
+        1,
+        "{mode:?}: the reply after 200 s idle"
+    );
 }

@@ -177,17 +177,19 @@ pub fn timeout(proto: u8, flags: Flags) -> Duration {
 
 /// How long the host's connection tracker keeps a connection, with a margin of five
 /// seconds, from Linux's defaults (`nf_conntrack_*_timeout*`): TCP before its
-/// handshake completes 120 s, closing 120 s (FIN_WAIT and TIME_WAIT), UDP 30 s, or
-/// 120 s as a stream, ICMP 30 s, other protocols 600 s. An established TCP connection
-/// is kept a day (Linux keeps it five): one idle longer may lose its translation.
+/// handshake completes (SYN_SENT 120 s, SYN_RECV 60 s), closing 120 s (FIN_WAIT,
+/// TIME_WAIT), UDP 30 s, or as a stream 180 s (kernels before 5.17; 120 s since),
+/// ICMP 30 s, other protocols 600 s. An established TCP connection (answered, and
+/// acknowledged: "assured") is kept a day, where Linux keeps it five: one idle longer
+/// may lose its translation.
 pub fn host_timeout(proto: u8, flags: Flags) -> Duration {
     use weft_encap::ipv4::protocol::{ICMP, SCTP, TCP, UDP};
     let s = Duration::from_secs;
-    match (proto, flags.replied, flags.closing) {
-        (TCP | SCTP, _, true) | (TCP | SCTP, false, false) => s(125),
-        (TCP | SCTP, true, false) => s(24 * 3600),
-        (UDP, ..) if flags.assured => s(125),
-        (UDP | ICMP, ..) => s(35),
+    match proto {
+        TCP | SCTP if flags.replied && flags.assured && !flags.closing => s(24 * 3600),
+        TCP | SCTP => s(125),
+        UDP if flags.assured => s(185),
+        UDP | ICMP => s(35),
         _ => s(605),
     }
 }
@@ -213,7 +215,8 @@ pub struct Entry {
     pub orig: FlowKey,
     /// What happened on it.
     pub flags: Flags,
-    /// The policy generation it was last allowed under.
+    /// The policy generation it was last allowed under (NetworkPolicy's tables), or
+    /// the second it was last written (the host's, see [`Conntrack::lookup_latest`]).
     pub generation: u32,
     /// When it expires, in seconds of the core's clock.
     pub expires: u32,
@@ -399,8 +402,10 @@ impl Table {
             if expires < now {
                 return Some(at);
             }
-            let answered = Flags::of_bits(b >> 8).replied;
-            if early_drop && !answered && unanswered.is_none_or(|(e, _)| expires < e) {
+            // Linux's early drop spares what it calls assured: a connection that
+            // went both ways and on.
+            let assured = Flags::of_bits(b >> 8).assured;
+            if early_drop && !assured && unanswered.is_none_or(|(e, _)| expires < e) {
                 unanswered = Some((expires, at));
             }
         }
@@ -619,11 +624,14 @@ impl Conntrack {
 
     /// Sweeps this worker's expired entries, and closes those another worker saw
     /// close: a FIN or RST seen by one worker would otherwise leave the other's copy
-    /// of the connection with its long timeout.
+    /// of the connection with its long timeout. Where generations are the time an
+    /// entry was written (the host's tables), only a close written no earlier than
+    /// this worker's copy counts: an older one belongs to a connection since reopened.
     pub fn sweep(&self, now: Time) {
         let secs = seconds(now);
         let own = self.own();
         own.sweep(secs);
+        let written = self.timeouts == Timeouts::Host;
         let closed: Vec<Entry> = own
             .entries()
             .filter(|(_, e)| !e.flags.closing)
@@ -633,8 +641,9 @@ impl Conntrack {
                     .enumerate()
                     .filter(|(i, _)| *i != self.me)
                     .any(|(_, t)| {
-                        t.find(e.orig, secs)
-                            .is_some_and(|(_, o, _)| o.flags.closing)
+                        t.find(e.orig, secs).is_some_and(|(_, o, _)| {
+                            o.flags.closing && (!written || o.generation >= e.generation)
+                        })
                     })
             })
             .map(|(_, e)| e)
@@ -761,22 +770,23 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_with_early_drop_gives_an_unanswered_slot_to_a_new_connection() {
+    fn a_full_table_with_early_drop_gives_an_unassured_slot_to_a_new_connection() {
         let t = Conntrack::with(Conntrack::tables(1, 4), 0, Timeouts::Host, true);
         let replied = Flags {
             replied: true,
+            assured: true,
             ..Flags::default()
         };
         for p in 0..3 {
             t.track(key(p), replied, 0, at(0)).unwrap();
         }
         t.track(key(3), Flags::default(), 0, at(0)).unwrap();
-        // Full: the one never answered gives its place.
+        // Full: the one not assured gives its place.
         t.track(key(9), Flags::default(), 0, at(1)).unwrap();
         assert!(t.lookup(key(3), at(1)).is_none());
         assert!(t.lookup(key(9), at(1)).is_some());
         assert_eq!(t.live(), 4);
-        // With every one answered, a new connection is refused.
+        // With every one assured, a new connection is refused.
         t.track(key(9), replied, 0, at(1)).unwrap();
         assert_eq!(t.track(key(10), Flags::default(), 0, at(1)), Err(Full));
         // Without early drop, a full table refuses at once.
@@ -826,10 +836,12 @@ mod tests {
         // nf_conntrack's defaults, and a margin.
         assert_eq!(host_timeout(UDP, f(false, false, false)), s(35));
         assert_eq!(host_timeout(UDP, f(true, false, false)), s(35));
-        assert_eq!(host_timeout(UDP, f(true, false, true)), s(125));
+        assert_eq!(host_timeout(UDP, f(true, false, true)), s(185));
         assert_eq!(host_timeout(TCP, f(false, false, false)), s(125));
         assert_eq!(host_timeout(TCP, f(true, true, false)), s(125));
-        assert_eq!(host_timeout(TCP, f(true, false, false)), s(86_400));
+        // Answered, not yet acknowledged (SYN_RECV), then established.
+        assert_eq!(host_timeout(TCP, f(true, false, false)), s(125));
+        assert_eq!(host_timeout(TCP, f(true, false, true)), s(86_400));
         assert_eq!(host_timeout(ICMP, f(false, false, false)), s(35));
         assert_eq!(host_timeout(47, f(false, false, false)), s(605));
     }

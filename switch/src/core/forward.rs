@@ -172,6 +172,17 @@ impl Core {
         };
         match decide(cx.tables, from, offload, &facts) {
             Verdict::Drop(reason) => self.drop_at(cx, from, reason),
+            Verdict::Refuse(_, _)
+                if matches!(from, Ingress::Port(i) if cx.tables.ports[i].kind == PortKind::Host)
+                    && !self.host_admits(
+                        cx,
+                        &ipv4::Packet::new_unchecked(
+                            &frame.buf[ip_start..ip_start + facts.total_len],
+                        ),
+                    ) =>
+            {
+                self.drop_at(cx, from, DropReason::Spoofed)
+            }
             Verdict::Refuse(reason, error) => {
                 self.drop_at(cx, from, reason);
                 let quoted = &frame.buf[ip_start..ip_start + facts.total_len];

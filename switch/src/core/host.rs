@@ -19,9 +19,11 @@
 //!   keeps it ([`Timeouts::Host`]). Its further packets from the host are admitted by
 //!   it; its replies, from a pod port or the tunnel, go to the host instead of to
 //!   their destination, so that the host can undo its translation and send them on
-//!   through the host port. So do ICMP errors about it, the switch's own included,
-//!   and the later fragments of a reply whose first fragment went to the host
-//!   (tracked by datagram in **fragments**).
+//!   through the host port. So do ICMP errors about it, and the later fragments of
+//!   a reply whose first fragment went to the host (tracked by datagram in
+//!   **fragments**, as are the later fragments the host hands back). A pod's own
+//!   connection that reuses the 5-tuple of a translated one that ended takes it
+//!   over (a `bypass` entry; the latest word on a 5-tuple in any worker wins).
 //!
 //! And the host port admits only what the host legitimately forwards:
 //! - sources outside the cluster CIDR: the world, the node's own addresses, replies
@@ -34,14 +36,16 @@
 //!
 //! Any other pod address from the host port is spoofed: a machine on the node's
 //! segment routing through the host with a forged source, say. It is dropped and
-//! counted as `spoofed` on the host port. What remains open to such a machine is a
-//! pod's source that is live in the tables: a UDP or SCTP port the pod sent from to
-//! the host in the last seconds, or the exact 5-tuple of a connection the host
-//! handed back.
+//! counted as `spoofed` on the host port, and gets no ICMP error from the switch.
+//! What remains open to such a machine is a pod's source that is live in the tables:
+//! a UDP or SCTP port the pod sent from to the host in the last seconds, a TCP SYN
+//! from the port of a SYN the pod sent to the host in the last seconds, or the exact
+//! 5-tuple of a connection the host handed back.
 //!
 //! A full handed table lets the flow pass unrecorded (were it handed back, it would
 //! be refused then); a full returning table refuses the connection the host hands
-//! back, after giving its place to a connection never answered if there is one.
+//! back, after giving its place to one not assured (as Linux's early drop does) if
+//! there is one.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -50,7 +54,9 @@ use std::time::Duration;
 
 use crossbeam::utils::CachePadded;
 
-use super::conntrack::{self, Conntrack, Flags, FlowKey, Found, Table, Timeouts};
+use super::conntrack::{self, Conntrack, Flags, FlowKey, Table, Timeouts};
+use weft_encap::ipv4;
+
 use super::flow::{Flow, LazyFlow};
 use super::{Core, Ctx, Ingress};
 use crate::tables::counters::DropReason;
@@ -161,6 +167,15 @@ fn source_side(key: FlowKey) -> FlowKey {
     }
 }
 
+/// The key of a datagram whose fragments come from the host, apart from those of a
+/// reply that goes to it ([`Flow::datagram`] has a `dport` of 0).
+fn from_host(datagram: FlowKey) -> FlowKey {
+    FlowKey {
+        dport: 1,
+        ..datagram
+    }
+}
+
 /// Where a source address from the host port stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HostSource {
@@ -220,6 +235,9 @@ impl Core {
             {
                 Ok(hop)
             }
+            // The switch's own errors come from the gateway, the host's own address,
+            // which the host refuses as a source on its way in: they go their way.
+            NextHop::Local(_) | NextHop::Peer(_) if matches!(from, Ingress::Icmp(_)) => Ok(hop),
             NextHop::Local(_) | NextHop::Peer(_) => Ok(self.returns_to_host(cx, flow.get(), hop)),
             NextHop::Host if !matches!(from, Ingress::Icmp(_)) => {
                 let (src, dst) = (flow.src(), flow.dst());
@@ -233,6 +251,30 @@ impl Core {
         }
     }
 
+    /// Whether a packet from the host port is one it admits, looked at without
+    /// recording anything: the switch answers a refusal (no route, TTL, too big)
+    /// with an ICMP error only then, so that a spoofed source gets none.
+    pub(super) fn host_admits<S: ?Sized>(&self, cx: &Ctx<'_, S>, ip: &ipv4::Packet<&[u8]>) -> bool {
+        use weft_encap::ipv4::protocol::TCP;
+        if host_source(cx.tables, ip.src_addr()) == HostSource::Admitted {
+            return true;
+        }
+        let flow = Flow::of(ip);
+        let host = &self.host;
+        let forward = |t: &Conntrack, key| t.lookup(key, cx.now).is_some_and(|f| f.forward);
+        if flow.fragment.is_some_and(|f| !f.first) {
+            return flow
+                .datagram()
+                .is_some_and(|d| forward(&host.fragments, from_host(d)));
+        }
+        let opens = match flow.key.proto {
+            TCP => flow.opening,
+            _ => flow.port.is_some(),
+        };
+        forward(&host.returning, flow.key)
+            || (opens && forward(&host.handed, source_side(flow.key)))
+    }
+
     /// Admits a packet with a pod source from the host port as a connection the host
     /// hands back, which is recorded, or refuses it.
     fn admit_from_host<S: ?Sized>(
@@ -240,31 +282,45 @@ impl Core {
         cx: &Ctx<'_, S>,
         flow: &Flow,
     ) -> Result<(), DropReason> {
+        use weft_encap::ipv4::protocol::TCP;
         let datagram = flow.datagram();
         if flow.fragment.is_some_and(|f| !f.first) {
             // A later fragment carries no ports: it follows its first.
-            let follows = datagram.and_then(|d| self.host.fragments.lookup(d, cx.now));
-            return follows.map(drop).ok_or(DropReason::Spoofed);
+            let follows = datagram
+                .map(from_host)
+                .and_then(|d| self.host.fragments.lookup(d, cx.now))
+                .is_some_and(|f| f.forward);
+            return follows.then_some(()).ok_or(DropReason::Spoofed);
         }
-        let found = self.host.returning.lookup_latest(flow.key, cx.now);
-        let (orig, mut flags) = match found {
-            // A pod's own connection took the ports; a SYN from the host starts a
-            // translated one on them again.
-            Some(Found {
-                entry,
-                forward: true,
-                ..
-            }) if entry.flags.bypass && flow.opening => (entry.orig, Flags::default()),
-            // A further packet of a connection handed back before.
-            Some(Found {
-                entry,
-                forward: true,
-                ..
-            }) => (entry.orig, entry.flags),
-            // Nothing from the host answers a pod's own connection.
-            Some(_) => return Err(DropReason::Spoofed),
+        let tcp = flow.key.proto == TCP;
+        let found = self
+            .host
+            .returning
+            .lookup_latest(flow.key, cx.now)
+            .filter(|f| f.forward);
+        let (orig, mut flags, new) = match found {
+            // A SYN starts a new connection on these ports: whatever the last one
+            // was, closed or the pod's own, this one is translated afresh.
+            Some(f) if flow.opening => (f.entry.orig, Flags::default(), true),
+            // A late segment of the translated connection a pod's own took the
+            // ports from: it passes, and the ports stay the pod's.
+            Some(f) if f.entry.flags.bypass && tcp => return Ok(()),
+            // A further packet of a connection handed back before (for UDP and
+            // others, the host's translation takes the ports back).
+            Some(f) => {
+                let flags = Flags {
+                    bypass: false,
+                    ..f.entry.flags
+                };
+                (f.entry.orig, flags, f.entry.flags.bypass)
+            }
             None => {
-                let handed = flow.port.is_some()
+                let opens = if tcp {
+                    flow.opening
+                } else {
+                    flow.port.is_some()
+                };
+                let handed = opens
                     && self
                         .host
                         .handed
@@ -273,9 +329,10 @@ impl Core {
                 if !handed {
                     return Err(DropReason::Spoofed);
                 }
-                (flow.key, Flags::default())
+                (flow.key, Flags::default(), true)
             }
         };
+        // A packet the first way after a reply: acknowledged (TCP), a stream (UDP).
         flags.assured |= flags.replied;
         flags.closing |= flow.closing;
         let written = conntrack::seconds(cx.now);
@@ -285,14 +342,14 @@ impl Core {
             .keep(orig, found.as_ref(), flags, written, cx.now)
         {
             Ok(()) => {
-                if found.is_none() {
+                if new {
                     self.host.count_returned();
                 }
                 if let Some(d) = datagram {
-                    let _ = self
-                        .host
-                        .fragments
-                        .keep(d, None, Flags::default(), 0, cx.now);
+                    let _ =
+                        self.host
+                            .fragments
+                            .keep(from_host(d), None, Flags::default(), 0, cx.now);
                 }
                 self.sweep_soon(cx.now);
                 Ok(())
@@ -314,23 +371,22 @@ impl Core {
         flow: &Flow,
         hop: NextHop,
     ) -> NextHop {
+        use weft_encap::ipv4::protocol::TCP;
         let host = &self.host;
         if let Some(inner) = flow.error_about {
             // An error about a packet the host handed back goes the way that packet
             // came, where the host translates the packet it quotes.
-            return match host.returning.lookup(inner, cx.now) {
-                Some(f) if f.forward => NextHop::Host,
+            return match host.returning.lookup_latest(inner, cx.now) {
+                Some(f) if f.forward && !f.entry.flags.bypass => NextHop::Host,
                 _ => hop,
             };
         }
         let datagram = flow.datagram();
         if flow.fragment.is_some_and(|f| !f.first) {
-            let follows = datagram.and_then(|d| host.fragments.lookup(d, cx.now));
-            return if follows.is_some() {
-                NextHop::Host
-            } else {
-                hop
-            };
+            let follows = datagram
+                .and_then(|d| host.fragments.lookup(d, cx.now))
+                .is_some_and(|f| f.forward);
+            return if follows { NextHop::Host } else { hop };
         }
         let Some(found) = host.returning.lookup_latest(flow.key, cx.now) else {
             return hop;
@@ -340,11 +396,13 @@ impl Core {
             // The pod uses these ports itself now, not through the host (its kernel
             // may pick them again once the translated connection closed): from now
             // on, and in every worker, as the latest word on this 5-tuple, its
-            // packets go their own way.
+            // packets go their own way. The entry lives as an established one, and
+            // early drop spares it.
             let bypass = Flags {
                 bypass: true,
+                replied: true,
+                assured: true,
                 closing: flow.closing,
-                ..Flags::default()
             };
             if host
                 .returning
@@ -355,10 +413,14 @@ impl Core {
             }
             return hop;
         }
+        let e = found.entry.flags;
         let flags = Flags {
             replied: true,
-            closing: found.entry.flags.closing || flow.closing,
-            ..found.entry.flags
+            closing: e.closing || flow.closing,
+            // A second answer makes a UDP exchange a stream; TCP is established by
+            // the acknowledgment the host hands back.
+            assured: e.assured || (e.replied && flow.key.proto != TCP),
+            bypass: false,
         };
         // A full table only means this worker keeps no copy: the entry stays in the
         // worker that made it.
