@@ -442,18 +442,7 @@ fn the_fragments_of_a_reply_follow_their_first_to_the_host(mode: TunnelMode) {
 fn tcp_is_handed_only_from_its_first_packet(mode: TunnelMode) {
     let mut sim = Sim::new(mode, &[&[A, A2], &[B]]);
     let (a, a2) = (sim.pod(A), sim.pod(A2));
-    let tcp = |src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8| {
-        let mut seg = vec![0u8; 20];
-        seg[0..2].copy_from_slice(&sport.to_be_bytes());
-        seg[2..4].copy_from_slice(&dport.to_be_bytes());
-        seg[12] = 5 << 4;
-        seg[13] = flags;
-        Ip {
-            proto: 6,
-            ..Ip::udp(src, dst)
-        }
-        .packet(&seg)
-    };
+    let tcp = tcp_packet;
     const SYN: u8 = 0x02;
     const SYN_ACK: u8 = 0x12;
     // A2 answers the node's probe from its server port: SYN-ACK to the gateway.

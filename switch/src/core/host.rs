@@ -54,7 +54,7 @@ use std::time::Duration;
 
 use crossbeam::utils::CachePadded;
 
-use super::conntrack::{self, Conntrack, Flags, FlowKey, Table, Timeouts};
+use super::conntrack::{self, Conntrack, Flags, FlowKey, Found, Table, Timeouts};
 use weft_encap::ipv4;
 
 use super::flow::{Flow, LazyFlow};
@@ -282,7 +282,6 @@ impl Core {
         cx: &Ctx<'_, S>,
         flow: &Flow,
     ) -> Result<(), DropReason> {
-        use weft_encap::ipv4::protocol::TCP;
         let datagram = flow.datagram();
         if flow.fragment.is_some_and(|f| !f.first) {
             // A later fragment carries no ports: it follows its first.
@@ -292,45 +291,13 @@ impl Core {
                 .is_some_and(|f| f.forward);
             return follows.then_some(()).ok_or(DropReason::Spoofed);
         }
-        let tcp = flow.key.proto == TCP;
         let found = self
             .host
             .returning
             .lookup_latest(flow.key, cx.now)
             .filter(|f| f.forward);
-        let (orig, mut flags, new) = match found {
-            // A SYN starts a new connection on these ports: whatever the last one
-            // was, closed or the pod's own, this one is translated afresh.
-            Some(f) if flow.opening => (f.entry.orig, Flags::default(), true),
-            // A late segment of the translated connection a pod's own took the
-            // ports from: it passes, and the ports stay the pod's.
-            Some(f) if f.entry.flags.bypass && tcp => return Ok(()),
-            // A further packet of a connection handed back before (for UDP and
-            // others, the host's translation takes the ports back).
-            Some(f) => {
-                let flags = Flags {
-                    bypass: false,
-                    ..f.entry.flags
-                };
-                (f.entry.orig, flags, f.entry.flags.bypass)
-            }
-            None => {
-                let opens = if tcp {
-                    flow.opening
-                } else {
-                    flow.port.is_some()
-                };
-                let handed = opens
-                    && self
-                        .host
-                        .handed
-                        .lookup(source_side(flow.key), cx.now)
-                        .is_some_and(|f| f.forward);
-                if !handed {
-                    return Err(DropReason::Spoofed);
-                }
-                (flow.key, Flags::default(), true)
-            }
+        let Some((orig, mut flags, new)) = self.handed_back_as(cx, flow, found.as_ref())? else {
+            return Ok(());
         };
         // A packet the first way after a reply: acknowledged (TCP), a stream (UDP).
         flags.assured |= flags.replied;
@@ -359,6 +326,54 @@ impl Core {
             Err(_) if found.is_none() => Err(DropReason::ConntrackFull),
             Err(_) => Ok(()),
         }
+    }
+
+    /// What a packet from the host with a pod source is to the tables, given the
+    /// returning connection it goes the first way of, if any: the connection to
+    /// record (its first direction, what is known of it, whether it is new), nothing
+    /// to record, or a refusal.
+    fn handed_back_as<S: ?Sized>(
+        &self,
+        cx: &Ctx<'_, S>,
+        flow: &Flow,
+        found: Option<&Found>,
+    ) -> Result<Option<(FlowKey, Flags, bool)>, DropReason> {
+        use weft_encap::ipv4::protocol::TCP;
+        let tcp = flow.key.proto == TCP;
+        Ok(Some(match found {
+            // A SYN starts a new connection on these ports: whatever the last one
+            // was, closed or the pod's own, this one is translated afresh.
+            Some(f) if flow.opening => (f.entry.orig, Flags::default(), true),
+            // A late segment of the translated connection a pod's own took the
+            // ports from: it passes, and the ports stay the pod's.
+            Some(f) if f.entry.flags.bypass && tcp => return Ok(None),
+            // A further packet of a connection handed back before (for UDP and
+            // others, the host's translation takes the ports back).
+            Some(f) => {
+                let flags = Flags {
+                    bypass: false,
+                    ..f.entry.flags
+                };
+                (f.entry.orig, flags, f.entry.flags.bypass)
+            }
+            None => {
+                let opens = if tcp {
+                    flow.opening
+                } else {
+                    flow.port.is_some()
+                };
+                let handed = opens
+                    && self
+                        .host
+                        .handed
+                        .lookup(source_side(flow.key), cx.now)
+                        .is_some_and(|f| f.forward);
+                if !handed {
+                    return Err(DropReason::Spoofed);
+                }
+                (flow.key, Flags::default(), true)
+            }
+        }))
     }
 
     /// Whether a packet bound for `hop` (from a pod port, the tunnel, or the switch's
