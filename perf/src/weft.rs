@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use weft_cni::proto::{self, AttachRequest, Attachment, DetachRequest, Reply, Request, Response};
+use weft_proto::{
+    self as proto, AttachRequest, Attachment, DetachRequest, Reply, Request, Response,
+};
 
 use crate::netns::{wait_until, ChildGuard, Netns};
 use crate::topo::{kernel_vxlan, Host, Mac, Pod, Underlay};

@@ -11,11 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use weft_cni::proto::PodRef;
 use weft_perf::etcd::{Bridge, Etcd};
 use weft_perf::netns::{require_root, wait_until};
 use weft_perf::topo::{Pod, Underlay};
 use weft_perf::weft::{node_name, Scratch, WeftNode, WeftOptions};
+use weft_proto::PodRef;
 
 /// The registration TTL the tests run with: short, so that expiry is quick to see.
 const TTL_S: u64 = 3;
@@ -561,8 +561,8 @@ fn direct_routing_on_a_shared_segment_and_the_tunnel_beyond_it() {
     for i in 0..3 {
         c.wait_peers(i, true, Duration::from_secs(5));
     }
-    let infos = |i: usize| match c.node(i).ok(&weft_cni::proto::Request::Peers).unwrap() {
-        weft_cni::proto::Reply::Peers { peers } => peers,
+    let infos = |i: usize| match c.node(i).ok(&weft_proto::Request::Peers).unwrap() {
+        weft_proto::Reply::Peers { peers } => peers,
         other => panic!("{other:?}"),
     };
     let paths: Vec<(String, String)> = infos(0)

@@ -8,7 +8,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use weft_cni::proto::{AttachRequest, Attachment, PeerInfo, Reply, Request, Response};
 use weft_encap::sleeve::seal::is_sealed;
 use weft_perf::netns::{require_root, wait_until, Netns};
 use weft_perf::topo::{kernel_vxlan, Offload, Pod, Underlay};
@@ -16,6 +15,7 @@ use weft_perf::traffic::{tcp_transfer, udp_verified, Pattern};
 use weft_perf::weft::{
     in_netns, peers_toml, write_atomic, Cluster, PeerNode, Scratch, WeftNode, WeftOptions,
 };
+use weft_proto::{AttachRequest, Attachment, PeerInfo, Reply, Request, Response};
 
 const STALL: Duration = Duration::from_secs(30);
 /// The verified transfer of the datapath tests: 1 GB, both tunnel modes.
@@ -427,7 +427,7 @@ fn kernel_vxlan_interop_with(port: &str) {
 /// TCP both ways (a TAP pod's super-frames are cut into segments for the AF_XDP one).
 #[test]
 fn mixed_tap_and_afxdp_pods() {
-    use weft_cni::proto::PortType;
+    use weft_proto::PortType;
     let c = Cluster::new("mixed", 2, 0, &options("vxlan", &[])).expect("the cluster starts");
     let mut pods = Vec::new();
     for (h, port) in [
@@ -626,7 +626,7 @@ fn afxdp_memory_limit_falls_back_or_fails_cleanly() {
         assert_eq!(afxdp_footprint(node.pid()).0, before.0, "BPF objects left");
         if fallback {
             let att = got.unwrap_or_else(|e| panic!("fallback attach: {e:#}\n{}", c.logs()));
-            assert_eq!(att.port, weft_cni::proto::PortType::Tap);
+            assert_eq!(att.port, weft_proto::PortType::Tap);
             pod.ns
                 .ping(host.gateway, 1)
                 .expect("the TAP pod reaches its gateway");
@@ -648,7 +648,7 @@ fn afxdp_memory_limit_falls_back_or_fails_cleanly() {
             assert_eq!(node.detach("xlim-1", Some(&pod.ns)).unwrap(), None);
             assert_eq!(node.status().unwrap().pods, 0);
             let tap = node
-                .attach_with(&pod, "xlim-2", None, Some(weft_cni::proto::PortType::Tap))
+                .attach_with(&pod, "xlim-2", None, Some(weft_proto::PortType::Tap))
                 .expect("a TAP pod after the failure");
             pod.ns
                 .ping(host.gateway, 1)
@@ -705,14 +705,14 @@ fn detach_cleans_up_and_repeats() {
     drop(gone);
     assert!(!path.exists());
     match node
-        .call(&Request::Check(weft_cni::proto::CheckRequest {
+        .call(&Request::Check(weft_proto::CheckRequest {
             container_id: "det-2".into(),
             ifname: "eth0".into(),
             netns: path.display().to_string(),
         }))
         .unwrap()
     {
-        Response::Error(e) => assert_eq!(e.kind, weft_cni::proto::ErrorKind::CheckFailed, "{e:?}"),
+        Response::Error(e) => assert_eq!(e.kind, weft_proto::ErrorKind::CheckFailed, "{e:?}"),
         ok => panic!("check of a pod whose netns is gone passed: {ok:?}"),
     }
     assert_eq!(node.detach("det-2", None).unwrap(), Some(att2.ip));
@@ -907,7 +907,7 @@ fn restart_releases_vanished_pods() {
 #[test]
 fn crash_during_attach_storm() {
     use std::collections::HashSet;
-    use weft_cni::proto::{AttachmentKey, DetachRequest, GcRequest};
+    use weft_proto::{AttachmentKey, DetachRequest, GcRequest};
 
     let mut c = Cluster::new("storm", 1, 0, &options("vxlan", &[])).expect("the cluster starts");
     let peers = c.scratch.path().join("peers.toml");
@@ -930,7 +930,7 @@ fn crash_during_attach_storm() {
                     port: None,
                 });
                 if let Ok(Response::Ok(Reply::Attached(a))) =
-                    weft_cni::proto::call(socket, &req, Duration::from_secs(20))
+                    weft_proto::call(socket, &req, Duration::from_secs(20))
                 {
                     let mut answered = answered.lock().unwrap();
                     answered.push((i, a.ip));

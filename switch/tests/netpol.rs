@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use weft_cni::proto::{PodRef, Reply, Request};
 use weft_perf::netns::{require_root, wait_until};
 use weft_perf::topo::{Pod, Underlay};
 use weft_perf::weft::{
     in_netns, peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
 };
+use weft_proto::{PodRef, Reply, Request};
 
 /// One scenario at a time: each probes 81 pairs at once.
 static SERIAL: Mutex<()> = Mutex::new(());

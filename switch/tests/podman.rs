@@ -42,10 +42,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use weft_cni::proto::{PortInfo, Reply, Request};
 use weft_perf::netns::{command_line, require_root, run_cmd, wait_until, ChildGuard};
 use weft_perf::topo::{Host, Underlay};
 use weft_perf::weft::{peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions};
+use weft_proto::{PortInfo, Reply, Request};
 
 /// The longest one podman (or tar) command may run before it is killed.
 const BOUND: Duration = Duration::from_secs(60);

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use weft_cni::proto::{PodRef, Reply, Request};
 use weft_perf::cni::{Network, Verb, REFERENCE_PLUGIN_DIR};
 use weft_perf::kubeproxy::{self, Endpoint, Protocol, Service, TrafficPolicy};
 use weft_perf::netns::{veth, wait_until, Netns};
@@ -27,6 +26,7 @@ use weft_perf::topo::{Pod, Underlay};
 use weft_perf::weft::{
     in_netns, peers_toml, write_atomic, Cluster, PeerNode, Scratch, WeftNode, WeftOptions,
 };
+use weft_proto::{PodRef, Reply, Request};
 
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// Every pod, and the world, serves TCP and UDP on these.
@@ -753,7 +753,7 @@ impl Lab {
     }
 
     /// The host port's counters and host flows on node `h`.
-    fn host_port(&self, h: usize) -> weft_cni::proto::PortInfo {
+    fn host_port(&self, h: usize) -> weft_proto::PortInfo {
         match self.cluster.nodes[h].ok(&Request::Ports).expect("ports") {
             Reply::Ports { ports } => ports
                 .into_iter()

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use weft_cni::proto::{Reply, Request};
+use weft_proto::{Reply, Request};
 
 use crate::netns::wait_until;
 use crate::weft::WeftNode;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use weft_cni::proto::{self, Counters, Reply, Request, Response};
+use weft_proto::{self as proto, Counters, Reply, Request, Response};
 
 /// Shows the ports, peers, routes and counters of the local weftd.
 #[derive(Debug, Parser)]

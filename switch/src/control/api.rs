@@ -1,9 +1,9 @@
 //! The control API: one decoded request in, one response out (the framing is
-//! `weft_cni::proto`'s, `PROTOCOL.md` describes every request).
+//! `weft_proto`'s, `cni-shim/proto/PROTOCOL.md` describes every request).
 
 use std::net::{SocketAddr, SocketAddrV4};
 
-use weft_cni::proto::{self, ErrorReply, Reply, Request, Response};
+use weft_proto::{self as proto, ErrorReply, Reply, Request, Response};
 
 use crate::control::config::Mode;
 use crate::control::daemon::Daemon;

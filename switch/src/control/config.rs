@@ -11,7 +11,7 @@ use weft_encap::vxlan::{Vni, DEFAULT_PORT};
 use crate::io::xsk;
 use crate::mac::MacAddr;
 use crate::tables::{TunnelMode, TUNNEL_OVERHEAD};
-pub use weft_cni::proto::PortType;
+pub use weft_proto::PortType;
 
 /// The default longest polling window of a worker (see [`crate::io::spin`]): long
 /// enough to catch a pod's reply to the request just handed to it.
@@ -466,7 +466,7 @@ impl Options {
             policy_dir: self.policy_dir,
             socket: self
                 .socket
-                .unwrap_or_else(|| weft_cni::proto::DEFAULT_SOCKET.into()),
+                .unwrap_or_else(|| weft_proto::DEFAULT_SOCKET.into()),
             store,
             vtep_mac: self.vtep_mac,
             underlay_mtu,

@@ -12,10 +12,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use parking_lot::Mutex;
-use weft_cni::proto::{Attachment, PodRef};
 use weft_encap::sleeve::seal::Cipher;
 use weft_encap::sleeve::NodeId;
 use weft_ipam::{Key, Pool};
+use weft_proto::{Attachment, PodRef};
 
 use crate::control::config::{gateway_of, Encryption, Settings, StoreSettings};
 use crate::control::error::{io_err, DaemonError};
@@ -495,9 +495,9 @@ impl Daemon {
             mtu: self.node.pod_mtu,
             // Only AF_XDP ports take no offloads.
             port: if entry.offloads {
-                weft_cni::proto::PortType::Tap
+                weft_proto::PortType::Tap
             } else {
-                weft_cni::proto::PortType::Afxdp
+                weft_proto::PortType::Afxdp
             },
         }
     }

@@ -1,6 +1,6 @@
 //! Why the daemon could not start, or an operation failed.
 
-use weft_cni::proto::ErrorKind;
+use weft_proto::ErrorKind;
 
 use crate::control::netlink::NetlinkError;
 use crate::io::tap::TapError;

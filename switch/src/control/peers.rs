@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
-use weft_cni::proto;
+use weft_proto as proto;
 
 use crate::control::config::{Encryption, Mode, Settings};
 use crate::control::daemon::Daemon;

@@ -7,10 +7,10 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
-use weft_cni::proto::{
+use weft_ipam::Key;
+use weft_proto::{
     AttachRequest, Attachment, AttachmentKey, CheckRequest, DetachRequest, PodRef, PortType,
 };
-use weft_ipam::Key;
 
 use crate::control::daemon::{Daemon, Pod, State};
 use crate::control::error::{io_err, DaemonError};
@@ -512,7 +512,7 @@ mod tests {
 
     use ipnet::Ipv4Net;
     use parking_lot::Mutex;
-    use weft_cni::proto::{AttachRequest, DetachRequest, ErrorKind, Reply, Request, Response};
+    use weft_proto::{AttachRequest, DetachRequest, ErrorKind, Reply, Request, Response};
 
     use super::*;
     use crate::control::config::{Mode, Options};

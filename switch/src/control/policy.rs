@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_cni::proto::{self, ExplainRequest, PodRef};
+use weft_proto::{self as proto, ExplainRequest, PodRef};
 
 use crate::control::daemon::{Daemon, State};
 use crate::control::error::DaemonError;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use weft_cni::proto::{self, ErrorKind, ErrorReply, RequestReader, Response};
+use weft_proto::{self as proto, ErrorKind, ErrorReply, RequestReader, Response};
 
 use crate::control::config::Mode;
 use crate::control::daemon::Daemon;

@@ -228,8 +228,8 @@ impl Snapshot {
     }
 
     /// The counters in the control protocol's form.
-    pub fn to_proto(&self) -> weft_cni::proto::Counters {
-        weft_cni::proto::Counters {
+    pub fn to_proto(&self) -> weft_proto::Counters {
+        weft_proto::Counters {
             rx_packets: self.rx_packets,
             rx_bytes: self.rx_bytes,
             tx_packets: self.tx_packets,

@@ -5,6 +5,8 @@
 //! and closes. Every message carries [`PROTOCOL_VERSION`]; the daemon refuses a
 //! version it does not speak with [`ErrorKind::BadVersion`].
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
