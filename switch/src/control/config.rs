@@ -604,6 +604,28 @@ impl Options {
         }
     }
 
+    /// The TLS to etcd, if its options are given, checked together.
+    fn etcd_tls(&self) -> Result<Option<EtcdTls>, ConfigError> {
+        let (ca, cert, key) = (&self.etcd_ca, &self.etcd_cert, &self.etcd_key);
+        if ca.is_none() && cert.is_none() && key.is_none() {
+            return Ok(None);
+        }
+        if cert.is_some() != key.is_some() {
+            let why = "etcd-cert and etcd-key go together".into();
+            return Err(invalid("etcd-cert", why));
+        }
+        let ca = ca.clone().ok_or_else(|| {
+            invalid(
+                "etcd-ca",
+                "TLS to etcd needs the CA that signed its certificate".into(),
+            )
+        })?;
+        Ok(Some(EtcdTls {
+            ca,
+            identity: cert.clone().zip(key.clone()),
+        }))
+    }
+
     fn etcd_settings(
         &self,
         cluster: Ipv4Net,
@@ -614,25 +636,7 @@ impl Options {
             .clone()
             .filter(|e| !e.is_empty())
             .ok_or(ConfigError::Missing("etcd-endpoints"))?;
-        let tls = match (&self.etcd_ca, &self.etcd_cert, &self.etcd_key) {
-            (None, None, None) => None,
-            (ca, cert, key) => {
-                if cert.is_some() != key.is_some() {
-                    let why = "etcd-cert and etcd-key go together".into();
-                    return Err(invalid("etcd-cert", why));
-                }
-                let ca = ca.clone().ok_or_else(|| {
-                    invalid(
-                        "etcd-ca",
-                        "TLS to etcd needs the CA that signed its certificate".into(),
-                    )
-                })?;
-                Some(EtcdTls {
-                    ca,
-                    identity: cert.clone().zip(key.clone()),
-                })
-            }
-        };
+        let tls = self.etcd_tls()?;
         for e in &endpoints {
             let https = e.starts_with("https://");
             if !https && !e.starts_with("http://") {

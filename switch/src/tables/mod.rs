@@ -223,6 +223,36 @@ pub struct Tables {
     peer_by_ip: HashMap<Ipv4Addr, usize>,
 }
 
+/// Checks that peer `p`'s subnet lies in the cluster CIDR and overlaps neither this
+/// node's nor any of `before`'s.
+fn check_subnet(node: &NodeConfig, before: &[PeerEntry], p: &PeerEntry) -> Result<(), TablesError> {
+    if p.subnet.contains(&node.subnet) || node.subnet.contains(&p.subnet) {
+        return Err(TablesError::Overlap {
+            peer: p.name.clone(),
+            subnet: p.subnet,
+            other: format!("this node's subnet {}", node.subnet),
+        });
+    }
+    if !node.cluster.contains(&p.subnet) {
+        return Err(TablesError::OutsideCluster {
+            peer: p.name.clone(),
+            subnet: p.subnet,
+            cluster: node.cluster,
+        });
+    }
+    match before
+        .iter()
+        .find(|q| p.subnet.contains(&q.subnet) || q.subnet.contains(&p.subnet))
+    {
+        Some(q) => Err(TablesError::Overlap {
+            peer: p.name.clone(),
+            subnet: p.subnet,
+            other: format!("peer {}'s subnet {}", q.name, q.subnet),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Tables {
     /// Builds a snapshot: `host` first, then `pods`, and the routes they imply.
     pub fn build(
@@ -242,29 +272,7 @@ impl Tables {
         ];
         let mut peer_by_ip = HashMap::new();
         for (j, p) in peers.iter().enumerate() {
-            if p.subnet.contains(&node.subnet) || node.subnet.contains(&p.subnet) {
-                return Err(TablesError::Overlap {
-                    peer: p.name.clone(),
-                    subnet: p.subnet,
-                    other: format!("this node's subnet {}", node.subnet),
-                });
-            }
-            if !node.cluster.contains(&p.subnet) {
-                return Err(TablesError::OutsideCluster {
-                    peer: p.name.clone(),
-                    subnet: p.subnet,
-                    cluster: node.cluster,
-                });
-            }
-            for q in &peers[..j] {
-                if p.subnet.contains(&q.subnet) || q.subnet.contains(&p.subnet) {
-                    return Err(TablesError::Overlap {
-                        peer: p.name.clone(),
-                        subnet: p.subnet,
-                        other: format!("peer {}'s subnet {}", q.name, q.subnet),
-                    });
-                }
-            }
+            check_subnet(&node, &peers[..j], p)?;
             let underlay = *p.addr.ip();
             if let Some(prev) = peer_by_ip.insert(underlay, j) {
                 return Err(TablesError::DuplicateUnderlay {
