@@ -758,23 +758,26 @@ impl Endpoint {
         self.limiter.allow(*from.ip(), now)
     }
 
-    fn receive_initiation(
+    /// Checks an initiation (MACs, rate limits, the Noise message, the sender's key
+    /// and timestamp) and returns the responder's handshake, the peer, the
+    /// initiation's timestamp and the cipher agreed, or why it is refused.
+    fn read_initiation(
         &mut self,
         now: Time,
         from: SocketAddrV4,
         datagram: &[u8],
         sender: u32,
         noise: &[u8],
-    ) -> Received {
+    ) -> Result<(snow::HandshakeState, usize, u64, Cipher), Refused> {
         if !self.own_macs.check_mac1(datagram) {
-            return Received::Dropped(Refused::BadMac);
+            return Err(Refused::BadMac);
         }
         if !self.admit(now, from, datagram, sender) {
-            return Received::Dropped(Refused::RateLimited);
+            return Err(Refused::RateLimited);
         }
         let psk = self.psk();
         let Ok(mut hs) = self.builder(&psk).build_responder() else {
-            return Received::Dropped(Refused::BadHandshake);
+            return Err(Refused::BadHandshake);
         };
         let mut payload = [0u8; wire::INIT_PAYLOAD_LEN];
         let read = hs.read_message(noise, &mut payload);
@@ -787,14 +790,29 @@ impl Endpoint {
             if let Some(i) = self.peer_of(sender_of(datagram)) {
                 self.peers[i].failures += 1;
             }
-            return Received::Dropped(Refused::BadHandshake);
+            return Err(Refused::BadHandshake);
         };
         let timestamp = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
         if timestamp <= self.peers[i].last_timestamp {
-            return Received::Dropped(Refused::ReplayedHandshake);
+            return Err(Refused::ReplayedHandshake);
         }
         let theirs = Cipher::from_id(payload[8]).unwrap_or(Cipher::ChaCha20Poly1305);
-        let cipher = Cipher::agree(theirs, self.cfg.cipher);
+        Ok((hs, i, timestamp, Cipher::agree(theirs, self.cfg.cipher)))
+    }
+
+    fn receive_initiation(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        datagram: &[u8],
+        sender: u32,
+        noise: &[u8],
+    ) -> Received {
+        let (mut hs, i, timestamp, cipher) =
+            match self.read_initiation(now, from, datagram, sender, noise) {
+                Ok(read) => read,
+                Err(refused) => return Received::Dropped(refused),
+            };
         let mut noise_out = [0u8; wire::NOISE_RESP_LEN];
         if hs
             .write_message(&[self.cfg.cipher.id()], &mut noise_out)
