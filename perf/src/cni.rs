@@ -159,53 +159,34 @@ impl Network {
             plugin.display()
         );
         let start = Instant::now();
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .with_context(|| format!("{what}: could not start"))?;
         drop(host_ns);
-        let mut input = child.stdin.take().context("plugin stdin")?;
-        let mut stdout = child.stdout.take().context("plugin stdout")?;
-        let mut stderr = child.stderr.take().context("plugin stderr")?;
-        let (status, out, err) = std::thread::scope(|s| {
-            // The plugin may exit before it reads all of stdin: a write error is moot.
-            s.spawn(move || {
-                let _ = input.write_all(&stdin);
-            });
-            let out = s.spawn(move || {
-                let mut v = Vec::new();
-                let _ = stdout.read_to_end(&mut v);
-                v
-            });
-            let err = s.spawn(move || {
-                let mut v = Vec::new();
-                let _ = stderr.read_to_end(&mut v);
-                v
-            });
-            let status = match wait_exit(child.id(), CALL_TIMEOUT) {
-                Ok(true) => child.wait().map_err(|e| anyhow!("{what}: reaping: {e}")),
-                Ok(false) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    Err(anyhow!("{what}: no exit within {CALL_TIMEOUT:?}"))
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    Err(e.context(format!("{what}: waiting")))
-                }
-            };
-            let elapsed = start.elapsed();
-            let out = out.join().unwrap_or_default();
-            let err = err.join().unwrap_or_default();
-            (status.map(|s| (s, elapsed)), out, err)
-        });
-        let (status, elapsed) = status?;
-        let out = String::from_utf8_lossy(&out);
-        if !status.success() {
+        let ran = finish(child, start, &stdin, &what)?;
+        ran.outcome(&what)
+    }
+}
+
+/// A plugin's run: how it exited, how long it took, what it printed.
+struct Ran {
+    status: std::process::ExitStatus,
+    elapsed: Duration,
+    out: Vec<u8>,
+    err: Vec<u8>,
+}
+
+impl Ran {
+    /// The result of a run that exited with 0 (`Null` for nothing printed), or the
+    /// plugin's error.
+    fn outcome(self, what: &str) -> Result<Outcome> {
+        let out = String::from_utf8_lossy(&self.out);
+        if !self.status.success() {
             bail!(
-                "{what} failed ({status}): {} {}",
+                "{what} failed ({}): {} {}",
+                self.status,
                 out.trim(),
-                String::from_utf8_lossy(&err).trim()
+                String::from_utf8_lossy(&self.err).trim()
             );
         }
         let result = if out.trim().is_empty() {
@@ -214,8 +195,59 @@ impl Network {
             serde_json::from_str(&out)
                 .with_context(|| format!("{what}: stdout is not JSON: {out}"))?
         };
-        Ok(Outcome { result, elapsed })
+        Ok(Outcome {
+            result,
+            elapsed: self.elapsed,
+        })
     }
+}
+
+/// Feeds `stdin` to `child`, started at `start`, collects what it prints and waits
+/// for it to exit, at most [`CALL_TIMEOUT`] (then it is killed and the run fails).
+fn finish(mut child: std::process::Child, start: Instant, stdin: &[u8], what: &str) -> Result<Ran> {
+    let mut input = child.stdin.take().context("plugin stdin")?;
+    let mut stdout = child.stdout.take().context("plugin stdout")?;
+    let mut stderr = child.stderr.take().context("plugin stderr")?;
+    let (status, out, err) = std::thread::scope(|s| {
+        // The plugin may exit before it reads all of stdin: a write error is moot.
+        s.spawn(move || {
+            let _ = input.write_all(stdin);
+        });
+        let out = s.spawn(move || {
+            let mut v = Vec::new();
+            let _ = stdout.read_to_end(&mut v);
+            v
+        });
+        let err = s.spawn(move || {
+            let mut v = Vec::new();
+            let _ = stderr.read_to_end(&mut v);
+            v
+        });
+        let status = match wait_exit(child.id(), CALL_TIMEOUT) {
+            Ok(true) => child.wait().map_err(|e| anyhow!("{what}: reaping: {e}")),
+            Ok(false) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(anyhow!("{what}: no exit within {CALL_TIMEOUT:?}"))
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e.context(format!("{what}: waiting")))
+            }
+        };
+        let elapsed = start.elapsed();
+        let out = out.join().unwrap_or_default();
+        let err = err.join().unwrap_or_default();
+        (status.map(|s| (s, elapsed)), out, err)
+    });
+    let (status, elapsed) = status?;
+    Ok(Ran {
+        status,
+        elapsed,
+        out,
+        err,
+    })
 }
 
 /// Waits until the (unreaped) child `pid` exits, at most `timeout`; returns whether it
