@@ -25,10 +25,11 @@ const COLOURS: [RGBColor; 4] = [
     RGBColor(0x7f, 0x7f, 0x7f),
 ];
 
-/// Draws `report` to the SVG file `path`.
-pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
+/// The panels of `report`'s plot: every (test, metric, unit) some system has a
+/// figure for.
+fn panels(report: &Report) -> Vec<(Test, &'static str, &'static str)> {
     let systems = &report.settings.systems;
-    let panels: Vec<(Test, &'static str, &'static str)> = Test::ALL
+    Test::ALL
         .into_iter()
         .flat_map(|t| t.metrics().iter().map(move |m| (t, m.name, m.unit)))
         .filter(|(t, m, _)| {
@@ -36,7 +37,13 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
                 .iter()
                 .any(|s| report.find(s, t.name(), m).is_some())
         })
-        .collect();
+        .collect()
+}
+
+/// Draws `report` to the SVG file `path`.
+pub fn write_svg(report: &Report, path: &Path) -> Result<()> {
+    let systems = &report.settings.systems;
+    let panels = panels(report);
     if panels.is_empty() {
         return Err(anyhow!("nothing to plot"));
     }
