@@ -161,7 +161,6 @@ pub(super) fn run_test(
     let (a, b) = (cluster.pod(0, 0), cluster.pod(1, 0));
     let b_ip = plumbing.ip(1, 0);
     let d = settings.duration;
-    let secs = d.as_secs_f64().ceil() as u64;
     match test {
         Test::Tcp1 | Test::Cpu => {
             let with_cpu = settings.tests.contains(&Test::Cpu);
@@ -214,68 +213,92 @@ pub(super) fn run_test(
             data.push(system, test, "throughput", gbit);
             Ok(format!("{gbit:7.2} Gbit/s (iperf3)"))
         }
-        Test::Udp64 => {
-            let max = UDP_MAX_PER_SECOND.saturating_mul(secs.max(1));
-            let u = udp_blast(&a.ns, &b.ns, b_ip, UDP_PAYLOAD, d, max)?;
-            ensure!(u.received > 0, "no datagram arrived (sent {})", u.sent);
-            data.push(system, test, "received", u.received_pps() / 1e6);
-            data.push(system, test, "loss", u.loss_percent());
-            Ok(format!(
-                "{:7.3} Mpps received, {:.1}% lost (sent {})",
-                u.received_pps() / 1e6,
-                u.loss_percent(),
-                u.sent
-            ))
-        }
-        Test::Rr => {
-            // Every system's round trips run on the same machine state: see `RrIdle`.
-            let _awake = match settings.rr_idle {
-                RrIdle::Poll => Some(CpuLatencyHold::acquire()?),
-                RrIdle::Sleep => None,
-            };
-            let wake = wakeup_cost(WAKE_SAMPLES)?;
-            let max = RR_MAX_PER_SECOND.saturating_mul(secs.max(1));
-            let h = tcp_rr(&a.ns, &b.ns, b_ip, d, max, STALL)?;
-            ensure!(!h.is_empty(), "no round trip completed");
-            let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
-            let wake_us = wake.as_secs_f64() * 1e6;
-            data.push(system, test, "p50", us(0.50));
-            data.push(system, test, "p99", us(0.99));
-            data.push(system, test, "p99.9", us(0.999));
-            data.push(system, test, "wake p50", wake_us);
-            Ok(format!(
-                "p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  ({} round trips; idle CPUs {}, \
-                 a wake-up {wake_us:.1} µs)",
-                us(0.50),
-                us(0.99),
-                us(0.999),
-                h.len(),
-                settings.rr_idle,
-            ))
-        }
-        Test::Crr => {
-            let _awake = match settings.rr_idle {
-                RrIdle::Poll => Some(CpuLatencyHold::acquire()?),
-                RrIdle::Sleep => None,
-            };
-            let max = CRR_MAX_PER_SECOND.saturating_mul(secs.max(1));
-            let r = tcp_crr(&a.ns, &b.ns, b_ip, d, max, STALL)?;
-            ensure!(r.connections > 0, "no connection completed");
-            let us = |q: f64| r.times.value_at_quantile(q) as f64 / 1e3;
-            data.push(system, test, "rate", r.per_second());
-            data.push(system, test, "p50", us(0.50));
-            data.push(system, test, "p99", us(0.99));
-            Ok(format!(
-                "{:.0} connections/s  p50 {:.1} µs  p99 {:.1} µs  ({} connections)",
-                r.per_second(),
-                us(0.50),
-                us(0.99),
-                r.connections
-            ))
-        }
+        Test::Udp64 => udp64_round(data, plumbing, settings),
+        Test::Rr => rr_round(data, plumbing, settings),
+        Test::Crr => crr_round(data, plumbing, settings),
         Test::Cni => cni_round(data, plumbing, settings.cni_pods_in_round(round)),
         Test::Mem => mem_round(data, plumbing, settings.mem_pods),
     }
+}
+
+/// `udp64`: 64-byte UDP datagrams from host 0's first pod to host 1's, as fast as
+/// the sender goes.
+fn udp64_round(data: &mut Data, plumbing: &Plumbing<'_>, settings: &Settings) -> Result<String> {
+    let (system, test) = (plumbing.system(), Test::Udp64);
+    let cluster = plumbing.cluster();
+    let (a, b) = (cluster.pod(0, 0), cluster.pod(1, 0));
+    let d = settings.duration;
+    let max = UDP_MAX_PER_SECOND.saturating_mul(d.as_secs_f64().ceil().max(1.0) as u64);
+    let u = udp_blast(&a.ns, &b.ns, plumbing.ip(1, 0), UDP_PAYLOAD, d, max)?;
+    ensure!(u.received > 0, "no datagram arrived (sent {})", u.sent);
+    data.push(system, test, "received", u.received_pps() / 1e6);
+    data.push(system, test, "loss", u.loss_percent());
+    Ok(format!(
+        "{:7.3} Mpps received, {:.1}% lost (sent {})",
+        u.received_pps() / 1e6,
+        u.loss_percent(),
+        u.sent
+    ))
+}
+
+/// Keeps idle CPUs out of deep sleep while it lives, if `settings` ask for it: every
+/// system's round trips run on the same machine state (see `RrIdle`).
+fn awake(settings: &Settings) -> Result<Option<CpuLatencyHold>> {
+    Ok(match settings.rr_idle {
+        RrIdle::Poll => Some(CpuLatencyHold::acquire()?),
+        RrIdle::Sleep => None,
+    })
+}
+
+/// `rr`: 1-byte round trips between host 0's and host 1's first pods.
+fn rr_round(data: &mut Data, plumbing: &Plumbing<'_>, settings: &Settings) -> Result<String> {
+    let (system, test) = (plumbing.system(), Test::Rr);
+    let cluster = plumbing.cluster();
+    let (a, b) = (cluster.pod(0, 0), cluster.pod(1, 0));
+    let d = settings.duration;
+    let _awake = awake(settings)?;
+    let wake = wakeup_cost(WAKE_SAMPLES)?;
+    let max = RR_MAX_PER_SECOND.saturating_mul(d.as_secs_f64().ceil().max(1.0) as u64);
+    let h = tcp_rr(&a.ns, &b.ns, plumbing.ip(1, 0), d, max, STALL)?;
+    ensure!(!h.is_empty(), "no round trip completed");
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    let wake_us = wake.as_secs_f64() * 1e6;
+    data.push(system, test, "p50", us(0.50));
+    data.push(system, test, "p99", us(0.99));
+    data.push(system, test, "p99.9", us(0.999));
+    data.push(system, test, "wake p50", wake_us);
+    Ok(format!(
+        "p50 {:.1} µs  p99 {:.1} µs  p99.9 {:.1} µs  ({} round trips; idle CPUs {}, \
+         a wake-up {wake_us:.1} µs)",
+        us(0.50),
+        us(0.99),
+        us(0.999),
+        h.len(),
+        settings.rr_idle,
+    ))
+}
+
+/// `crr`: TCP connections one after another between host 0's and host 1's first pods.
+fn crr_round(data: &mut Data, plumbing: &Plumbing<'_>, settings: &Settings) -> Result<String> {
+    let (system, test) = (plumbing.system(), Test::Crr);
+    let cluster = plumbing.cluster();
+    let (a, b) = (cluster.pod(0, 0), cluster.pod(1, 0));
+    let d = settings.duration;
+    let _awake = awake(settings)?;
+    let max = CRR_MAX_PER_SECOND.saturating_mul(d.as_secs_f64().ceil().max(1.0) as u64);
+    let r = tcp_crr(&a.ns, &b.ns, plumbing.ip(1, 0), d, max, STALL)?;
+    ensure!(r.connections > 0, "no connection completed");
+    let us = |q: f64| r.times.value_at_quantile(q) as f64 / 1e3;
+    data.push(system, test, "rate", r.per_second());
+    data.push(system, test, "p50", us(0.50));
+    data.push(system, test, "p99", us(0.99));
+    Ok(format!(
+        "{:.0} connections/s  p50 {:.1} µs  p99 {:.1} µs  ({} connections)",
+        r.per_second(),
+        us(0.50),
+        us(0.99),
+        r.connections
+    ))
 }
 
 /// The streams of `tcp4`: [`TCP4_STREAMS`] flows from host 0's pods to host 1's, pod
