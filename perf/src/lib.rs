@@ -26,6 +26,8 @@
 //! // Dropping `underlay`, `a` and `b` deletes every namespace and link.
 //! ```
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 pub mod cni;
 pub mod etcd;
 pub mod harness;

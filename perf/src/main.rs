@@ -1,6 +1,8 @@
 //! weft-perf: builds a small cluster out of network namespaces and runs weft and the
 //! kernel's own networking side by side on it.
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

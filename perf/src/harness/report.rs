@@ -156,6 +156,15 @@ impl Report {
     /// The report as a text table: a row per metric, a column per system, each value
     /// with its ratio to `kernel-vxlan`.
     pub fn table(&self) -> String {
+        let mut out = self.preamble();
+        out.push('\n');
+        out.push_str(&aligned(&self.grid()));
+        out.push_str(&self.cross_check_lines());
+        out
+    }
+
+    /// The lines above the table: the setup, and what each test's figures mean.
+    fn preamble(&self) -> String {
         let systems = &self.settings.systems;
         let baseline = System::BASELINE.name();
         let s = &self.settings;
@@ -187,6 +196,15 @@ impl Report {
                 "(x.xx) = ratio to {baseline}; ^ higher is better, v lower is better"
             );
         }
+        out.push_str(&self.test_notes());
+        out
+    }
+
+    /// What the figures of the tests that ran mean, a line each.
+    fn test_notes(&self) -> String {
+        let baseline = System::BASELINE.name();
+        let s = &self.settings;
+        let mut out = String::new();
         if s.tests
             .iter()
             .any(|t| t == Test::Rr.name() || t == Test::Crr.name())
@@ -238,7 +256,13 @@ impl Report {
                 "*-iperf3: the same flows with iperf3 as the generator, a check on weft-perf's own"
             );
         }
-        out.push('\n');
+        out
+    }
+
+    /// The table's cells: a header, then a row per metric some system has.
+    fn grid(&self) -> Vec<Vec<String>> {
+        let systems = &self.settings.systems;
+        let baseline = System::BASELINE.name();
         let mut lines: Vec<Vec<String>> = Vec::new();
         let mut header = vec!["test".to_string(), "metric".into(), "unit".into()];
         header.extend(systems.iter().cloned());
@@ -277,31 +301,12 @@ impl Report {
                 lines.push(line);
             }
         }
-        let widths: Vec<usize> = (0..lines[0].len())
-            .map(|c| {
-                lines
-                    .iter()
-                    .map(|l| l[c].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for line in &lines {
-            let mut text = String::new();
-            for (c, cell) in line.iter().enumerate() {
-                let pad = widths[c] - cell.chars().count();
-                if c < 3 {
-                    text.push_str(cell);
-                    text.push_str(&" ".repeat(pad));
-                } else {
-                    text.push_str(&" ".repeat(pad));
-                    text.push_str(cell);
-                }
-                text.push_str("  ");
-            }
-            out.push_str(text.trim_end());
-            out.push('\n');
-        }
+        lines
+    }
+
+    /// The generators' cross-check, if there is one.
+    fn cross_check_lines(&self) -> String {
+        let mut out = String::new();
         if !self.cross_checks.is_empty() {
             out.push_str("\ngenerator cross-check (iperf3 / weft-perf on the same flows):\n");
             for c in &self.cross_checks {
@@ -326,6 +331,37 @@ impl Report {
         }
         out
     }
+}
+
+/// `lines` as columns: the first three left-aligned, the values right-aligned.
+fn aligned(lines: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    let widths: Vec<usize> = (0..lines[0].len())
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for line in lines {
+        let mut text = String::new();
+        for (c, cell) in line.iter().enumerate() {
+            let pad = widths[c] - cell.chars().count();
+            if c < 3 {
+                text.push_str(cell);
+                text.push_str(&" ".repeat(pad));
+            } else {
+                text.push_str(&" ".repeat(pad));
+                text.push_str(cell);
+            }
+            text.push_str("  ");
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// Each (system, test) that has both weft-perf's figure and its iperf3 twin's.
