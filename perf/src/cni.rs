@@ -4,7 +4,7 @@
 //! read from stdout. Every call is bounded in time.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -266,22 +266,9 @@ fn wait_exit(pid: u32, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n > 0 {
+        let left = left.max(Duration::from_millis(1));
+        if crate::netns::readable(fd.as_fd(), left).context("poll on a pidfd")? {
             return Ok(true);
-        }
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(err).context("poll on a pidfd");
-            }
         }
         if Instant::now() >= deadline {
             return Ok(false);

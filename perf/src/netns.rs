@@ -239,6 +239,27 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Whether `fd` becomes readable within `timeout` (an interrupted wait counts as not
+/// yet).
+pub fn readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one valid pollfd that lives across the call, and the count
+    // says one; the descriptor stays open while it is borrowed.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        -1 => match std::io::Error::last_os_error() {
+            e if e.kind() == std::io::ErrorKind::Interrupted => Ok(false),
+            e => Err(e),
+        },
+        n => Ok(n > 0),
+    }
+}
+
 /// Panics with a clear message unless the process runs as root (the netns tests never skip).
 ///
 /// # Panics

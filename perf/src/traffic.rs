@@ -3,11 +3,12 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::netns::Netns;
+use crate::netns::{readable, Netns};
 use crate::weft::in_netns;
 
 /// A reproducible byte stream: xorshift64* words, so a receiver can check every byte
@@ -673,27 +674,6 @@ pub fn tcp_rr(
     Ok(hist)
 }
 
-/// Whether `listener` has a connection to accept within `timeout`.
-fn readable(listener: &TcpListener, timeout: Duration) -> Result<bool> {
-    use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fd` is one valid pollfd that lives across the call, and the count
-    // says one; the listener's descriptor stays open while it is borrowed.
-    let n = unsafe { libc::poll(&mut fd, 1, ms) };
-    match n {
-        -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
-            Ok(false)
-        }
-        -1 => Err(std::io::Error::last_os_error()).context("polling a listener"),
-        n => Ok(n > 0),
-    }
-}
-
 /// The connection rate of `tcp_crr`: connections done, and each one's time from
 /// `connect` to the server's close.
 #[derive(Debug)]
@@ -737,7 +717,9 @@ pub fn tcp_crr(
         let served = s.spawn(|| -> Result<()> {
             let mut b = [0u8; 1];
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                if !readable(&listener, Duration::from_millis(100))? {
+                let ready = readable(listener.as_fd(), Duration::from_millis(100))
+                    .context("polling the listener")?;
+                if !ready {
                     continue;
                 }
                 let (mut c, _) = listener
