@@ -155,6 +155,16 @@ pub enum Error {
         /// The chunk's data length.
         len: usize,
     },
+    /// A handshake message (kind 5 to 7) is not exactly its kind's length.
+    #[error("sleeve handshake kind {kind} of {len} bytes is not {expected} bytes")]
+    BadHandshakeLength {
+        /// The message's kind.
+        kind: u8,
+        /// Its length.
+        len: usize,
+        /// The length of its kind.
+        expected: usize,
+    },
     /// A buffer given for writing a datagram is too small.
     #[error("buffer of {len} bytes is too small for a sleeve datagram ({needed} bytes needed)")]
     BufferTooSmall {
@@ -970,6 +980,7 @@ fn read_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(word)
 }
 
+pub mod handshake;
 pub mod seal;
 
 #[cfg(test)]

@@ -80,6 +80,14 @@ fn sleeve_corpus() {
 }
 
 #[test]
+fn handshake_corpus() {
+    for (name, data) in corpus("handshake_parse") {
+        checks::handshake_parse(&data);
+        check_verdict(&name, weft_encap::sleeve::handshake::parse(&data).map(drop));
+    }
+}
+
+#[test]
 fn seal_corpus() {
     for (name, data) in corpus("seal_open") {
         checks::seal_open(&data);

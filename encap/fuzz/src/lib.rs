@@ -4,7 +4,7 @@
 //! can run the same checks over the seed corpus with stable Rust and no
 //! libFuzzer (it includes this file as a module).
 
-use weft_encap::sleeve::{self, seal, Datagram, FramesWriter};
+use weft_encap::sleeve::{self, handshake, seal, Datagram, FramesWriter};
 use weft_encap::{checksum, gro, gso, virtio, vxlan};
 
 /// Parses `data` as a VXLAN datagram; if it parses, re-emits and reparses it.
@@ -290,4 +290,42 @@ pub fn seal_open(data: &[u8]) {
     again.extend_from_slice(&[0; seal::TAG_LEN]);
     seal::seal(&key, head.receiver, head.counter, &mut again).expect("reseal");
     assert_eq!(again, datagram, "sealing the opened datagram again differs");
+}
+
+/// Parses `data` as a handshake message (kinds 5 to 7) through every view and
+/// [`handshake::parse`]; if it parses, re-emits it from its `Repr` (and its MACs,
+/// which the `Repr` leaves out) and reparses it.
+///
+/// Panics if a parser or accessor panics, or if the round trip changes
+/// anything but the header's reserved byte.
+pub fn handshake_parse(data: &[u8]) {
+    if let Ok(m) = handshake::Initiation::new_checked(data) {
+        let _ = (m.sender_index(), m.noise(), m.mac1(), m.mac2());
+        let _ = (m.mac1_input(), m.mac2_input(), m.header().kind());
+    }
+    if let Ok(m) = handshake::Response::new_checked(data) {
+        let _ = (m.sender_index(), m.receiver_index(), m.noise());
+        let _ = (m.mac1(), m.mac2(), m.mac1_input(), m.mac2_input());
+    }
+    if let Ok(m) = handshake::CookieReply::new_checked(data) {
+        let _ = (m.receiver_index(), m.nonce(), m.sealed_cookie(), m.header().sender());
+    }
+    let _ = handshake::is_confirm(data);
+    let Ok(repr) = handshake::parse(data) else {
+        return;
+    };
+    assert!(handshake::is_handshake(data));
+    let _ = repr.to_string();
+    let mut rebuilt = vec![0; repr.buffer_len()];
+    assert_eq!(repr.emit(&mut rebuilt), data.len());
+    if !matches!(repr, handshake::Repr::Cookie(_)) {
+        // The MACs are computed over the emitted bytes, not carried in the Repr.
+        let macs = data.len() - 2 * handshake::MAC_LEN;
+        rebuilt[macs..].copy_from_slice(&data[macs..]);
+    }
+    let reserved = 11;
+    assert_eq!(rebuilt[reserved], 0);
+    rebuilt[reserved] = data[reserved];
+    assert_eq!(rebuilt, data);
+    assert_eq!(handshake::parse(&rebuilt), Ok(repr));
 }
