@@ -308,7 +308,12 @@ pub fn handshake_parse(data: &[u8]) {
         let _ = (m.mac1(), m.mac2(), m.mac1_input(), m.mac2_input());
     }
     if let Ok(m) = handshake::CookieReply::new_checked(data) {
-        let _ = (m.receiver_index(), m.nonce(), m.sealed_cookie(), m.header().sender());
+        let _ = (
+            m.receiver_index(),
+            m.nonce(),
+            m.sealed_cookie(),
+            m.header().sender(),
+        );
     }
     let _ = handshake::is_confirm(data);
     let Ok(repr) = handshake::parse(data) else {

@@ -330,14 +330,15 @@ pub enum Repr {
     Cookie(CookieRepr),
 }
 
-/// Whether `datagram` is a plain sleeve datagram of kind 5, 6 or 7: what goes to
-/// the handshake, not to the switch, whether it then parses or not. Never panics.
+/// Whether `datagram` says it is a handshake message: version 1 and kind 5, 6 or
+/// 7, whatever its length and flags. What says so goes to the handshake, to be
+/// parsed there or refused as malformed, never to the switch; a receiver asks
+/// [`super::seal::is_sealed`] first. Never panics.
 pub fn is_handshake(datagram: &[u8]) -> bool {
-    Packet::new_checked(datagram).is_ok_and(|p| {
-        p.version() == VERSION
-            && p.flags() == 0
-            && (KIND_INITIATION..=KIND_COOKIE).contains(&p.kind())
-    })
+    datagram.get(super::field::VERSION) == Some(&VERSION)
+        && datagram
+            .get(super::field::KIND)
+            .is_some_and(|k| (KIND_INITIATION..=KIND_COOKIE).contains(k))
 }
 
 /// Whether the plain (opened) datagram `datagram` is a confirm. Never panics.
@@ -567,7 +568,10 @@ mod tests {
         assert_eq!(m.mac2(), [2; MAC_LEN]);
         assert_eq!(m.mac1_input().len(), INITIATION_LEN - 32);
         assert_eq!(m.mac2_input().len(), INITIATION_LEN - 16);
-        assert_eq!(&buf[INITIATION_LEN - 32..INITIATION_LEN - 16], &[1; MAC_LEN]);
+        assert_eq!(
+            &buf[INITIATION_LEN - 32..INITIATION_LEN - 16],
+            &[1; MAC_LEN]
+        );
         // Parsing ignores the MACs: checking them needs keys.
         assert_eq!(parse(&buf), Ok(Repr::Initiation(initiation())));
     }
@@ -588,7 +592,10 @@ mod tests {
         assert_eq!(parse(&buf[..4]), Err(Error::Truncated { len: 4 }));
         let good = buf;
         buf[0] = 2;
-        assert_eq!(parse(&buf[..INITIATION_LEN]), Err(Error::BadVersion { version: 2 }));
+        assert_eq!(
+            parse(&buf[..INITIATION_LEN]),
+            Err(Error::BadVersion { version: 2 })
+        );
         assert!(!is_handshake(&buf[..INITIATION_LEN]));
         buf = good;
         buf[3] = 1;
@@ -596,11 +603,18 @@ mod tests {
             parse(&buf[..INITIATION_LEN]),
             Err(Error::UnsupportedFlags { flags: 1 })
         );
-        assert!(!is_handshake(&buf[..INITIATION_LEN]), "a sealed datagram");
+        assert!(
+            is_handshake(&buf[..INITIATION_LEN]),
+            "it says it is one (a receiver takes sealed datagrams first)"
+        );
+        assert!(is_handshake(&buf[..2]), "and goes to be refused");
         buf = good;
         for kind in [1, 4, KIND_CONFIRM, 255] {
             buf[1] = kind;
-            assert_eq!(parse(&buf[..INITIATION_LEN]), Err(Error::UnknownKind { kind }));
+            assert_eq!(
+                parse(&buf[..INITIATION_LEN]),
+                Err(Error::UnknownKind { kind })
+            );
             assert!(!is_handshake(&buf[..INITIATION_LEN]));
         }
     }
@@ -612,7 +626,91 @@ mod tests {
         assert!(is_confirm(&buf));
         assert!(!is_handshake(&buf), "a confirm is never sent plain");
         let p = Packet::new_checked(&buf[..]).unwrap();
-        assert_eq!((p.version(), p.kind(), p.sender(), p.features()), (1, 8, A, 3));
+        assert_eq!(
+            (p.version(), p.kind(), p.sender(), p.features()),
+            (1, 8, A, 3)
+        );
         assert!(!is_confirm(&buf[..HEADER_LEN - 1]));
+    }
+
+    /// The sleeve format description, whose handshake tables these tests hold to
+    /// the fields.
+    const SLEEVE_MD: &str = include_str!("../../SLEEVE.md");
+
+    /// The (offset, length, field) rows of the first table after the line that
+    /// starts with `intro`.
+    fn doc_rows(intro: &str) -> Vec<(usize, usize, String)> {
+        SLEEVE_MD
+            .lines()
+            .skip_while(|l| !l.starts_with(intro))
+            .skip_while(|l| !l.starts_with("| ---"))
+            .skip(1)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+                (
+                    cells[0].parse().unwrap(),
+                    cells[1].parse().unwrap(),
+                    cells[2].to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_doc_describes_each_message() {
+        use crate::field::Field;
+        use field::{cookie, initiation, response};
+        let header = ("header", 0..HEADER_LEN);
+        let tag_at = cookie::SEALED.start + MAC_LEN;
+        type Layout<'a> = (&'a str, usize, Vec<(&'a str, Field)>);
+        let layouts: [Layout<'_>; 3] = [
+            (
+                "An initiation, kind 5",
+                INITIATION_LEN,
+                vec![
+                    header.clone(),
+                    ("sender", initiation::SENDER),
+                    ("noise", initiation::NOISE),
+                    ("mac1", initiation::MAC1),
+                    ("mac2", initiation::MAC2),
+                ],
+            ),
+            (
+                "A response, kind 6",
+                RESPONSE_LEN,
+                vec![
+                    header.clone(),
+                    ("sender", response::SENDER),
+                    ("receiver", response::RECEIVER),
+                    ("noise", response::NOISE),
+                    ("mac1", response::MAC1),
+                    ("mac2", response::MAC2),
+                ],
+            ),
+            (
+                "A cookie reply, kind 7",
+                COOKIE_LEN,
+                vec![
+                    header,
+                    ("receiver", cookie::RECEIVER),
+                    ("nonce", cookie::NONCE),
+                    ("cookie", cookie::SEALED.start..tag_at),
+                    ("tag", tag_at..cookie::SEALED.end),
+                ],
+            ),
+        ];
+        for (intro, total, fields) in layouts {
+            let want: Vec<(usize, usize, String)> = fields
+                .iter()
+                .map(|(name, r)| (r.start, r.len(), (*name).to_owned()))
+                .collect();
+            assert_eq!(doc_rows(intro), want, "{intro}");
+            assert_eq!(fields.last().map(|f| f.1.end), Some(total), "{intro}");
+            assert!(
+                SLEEVE_MD.contains(&format!("{intro}, {total} bytes")),
+                "{intro}: {total} bytes"
+            );
+        }
     }
 }

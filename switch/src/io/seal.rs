@@ -12,11 +12,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use weft_encap::sleeve::{self, seal, NodeId};
+use weft_encap::sleeve::{self, handshake, seal, NodeId};
 
 use crate::control::config::Encryption;
 use crate::core::Time;
-use crate::crypto::{self, Dest, Endpoint, Received, Refused, Sent, Session};
+use crate::crypto::{Dest, Endpoint, Received, Refused, Sent, Session};
 use crate::tables::counters::DropReason;
 use crate::tables::Tables;
 
@@ -230,12 +230,12 @@ impl Sealer {
                 }
             };
             return match session.open(d) {
-                Ok(r) if d[r.start + 1] == crypto::wire::KIND_CONFIRM => Incoming::Taken,
+                Ok(r) if handshake::is_confirm(&d[r.clone()]) => Incoming::Taken,
                 Ok(r) => Incoming::Core(range.start + r.start..range.start + r.end),
                 Err(_) => Incoming::Drop(DropReason::SealRefused),
             };
         }
-        if d.len() > 1 && matches!(d[1], 5..=7) && d.first() == Some(&sleeve::VERSION) {
+        if handshake::is_handshake(d) {
             let mut ep = self.endpoint.lock();
             let r = ep.receive(now, from, d);
             drain(&mut ep, tables, &mut cache.out);
@@ -252,10 +252,8 @@ impl Sealer {
             return Incoming::Drop(DropReason::Plaintext);
         }
         // (Too short to name a sender: the core counts it as malformed.)
-        if d.len() >= sleeve::HEADER_LEN {
-            let mut sender = [0u8; 6];
-            sender.copy_from_slice(&d[4..10]);
-            if self.keyed(cache, NodeId(sender)) {
+        if let Ok(plain) = sleeve::Packet::new_checked(&*d) {
+            if self.keyed(cache, plain.sender()) {
                 return Incoming::Drop(DropReason::Plaintext);
             }
         }

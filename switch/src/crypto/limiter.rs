@@ -1,11 +1,24 @@
-//! Limits on handshake work: a token bucket per source address, and a load meter
-//! that says when to ask for cookies.
+//! Limits on handshake work: a token bucket per source address, a load meter that
+//! says when to ask for cookies, and the cookies themselves.
+//!
+//! Under load a node processes only initiations whose mac2 is keyed by the cookie
+//! of their source address, and answers the others with a cookie reply instead of
+//! a Diffie-Hellman: a flood from forged addresses costs it an HMAC each.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use weft_encap::sleeve::handshake::{self, CookieRepr, Initiation, Repr, MAC_LEN};
+
+use super::handshake::{check_mac2, mac};
+use super::{Dest, Endpoint, Transmit};
 use crate::core::time::Time;
+
+/// A cookie is good for this long, and the cookie secret rotates as often.
+pub const COOKIE_LIFETIME: Duration = Duration::from_secs(120);
 
 /// Initiations a source address may have processed per second, sustained.
 pub const INITIATIONS_PER_SECOND: u64 = 20;
@@ -85,6 +98,63 @@ impl LoadMeter {
     pub fn under_load(&mut self, now: Time) -> bool {
         self.roll(now);
         self.now_count + self.prev_count > LOAD_THRESHOLD
+    }
+}
+
+/// A new random cookie secret.
+pub(super) fn new_secret(rng: &SystemRandom) -> hmac::Key {
+    hmac::Key::generate(hmac::HMAC_SHA256, rng).expect("the system's random source")
+}
+
+/// The cookie of `addr` under `secret`: what mac2 must be keyed with.
+pub(super) fn cookie_for(secret: &hmac::Key, addr: SocketAddrV4) -> [u8; MAC_LEN] {
+    let mut data = [0u8; 6];
+    data[..4].copy_from_slice(&addr.ip().octets());
+    data[4..].copy_from_slice(&addr.port().to_be_bytes());
+    mac(secret, &data)
+}
+
+impl Endpoint {
+    /// Whether the initiation `m` from `from` may cost a Diffie-Hellman now: under
+    /// load it needs a valid mac2 (else a cookie reply goes back), and every source
+    /// has a rate.
+    pub(super) fn admit(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        m: &Initiation<&[u8]>,
+        sender_index: u32,
+    ) -> bool {
+        if now.saturating_since(self.cookie_rotated) >= COOKIE_LIFETIME {
+            self.cookie_secret = new_secret(&self.rng);
+            self.cookie_rotated = now;
+        }
+        self.load.record(now);
+        if self.load.under_load(now) {
+            let cookie = cookie_for(&self.cookie_secret, from);
+            if !check_mac2(&cookie, m.mac2_input(), &m.mac2()) {
+                let mut nonce = [0u8; handshake::NONCE_LEN];
+                self.rng
+                    .fill(&mut nonce)
+                    .expect("the system's random source");
+                let sealed = self.own_macs.seal_cookie(nonce, &cookie, &m.mac1());
+                let mut reply = vec![0; handshake::COOKIE_LEN];
+                Repr::Cookie(CookieRepr {
+                    sender: self.cfg.node,
+                    features: 0,
+                    receiver: sender_index,
+                    nonce,
+                    sealed,
+                })
+                .emit(&mut reply);
+                self.out.push_back(Transmit {
+                    to: Dest::Addr(from),
+                    datagram: reply,
+                });
+                return false;
+            }
+        }
+        self.limiter.allow(*from.ip(), now)
     }
 }
 
