@@ -30,7 +30,7 @@ use crate::control::store::file::FileStore;
 use crate::control::store::{ClusterStore, ClusterView, Joining, NoStore};
 use crate::core;
 use crate::crypto;
-use crate::io::seal::Sealer;
+use crate::crypto::stage::Sealer;
 use crate::io::udp::{tunnel_sockets, Lanes};
 use crate::io::worker::{self, Command, Shared, WorkerHandle};
 use crate::mac::MacAddr;

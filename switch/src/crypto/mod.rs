@@ -28,6 +28,7 @@
 pub mod handshake;
 pub mod limiter;
 pub mod session;
+pub mod stage;
 pub mod timers;
 
 use std::collections::{HashMap, VecDeque};

@@ -2,7 +2,6 @@
 
 pub mod clock;
 pub mod port;
-pub mod seal;
 pub mod spin;
 pub mod tap;
 pub mod udp;

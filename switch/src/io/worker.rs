@@ -23,9 +23,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::core::conntrack::Conntrack;
 use crate::core::host::{HostFlows, HostTables};
 use crate::core::{self, Core, Ctx, Frame, Report, Sink, Time, TxError, HEADROOM};
+use crate::crypto::stage::{self, SealCache, Sealer, Stage};
 use crate::io::clock;
 use crate::io::port::{Offload, PortQueue, Rx};
-use crate::io::seal::{Incoming, Outgoing, SealCache, Sealer};
 use crate::io::spin::Spin;
 use crate::io::udp::{Account, Lanes, Outcome, RxBatch, Tunnel, RX_BATCH};
 use crate::tables::counters::{Counters, DropReason};
@@ -316,6 +316,27 @@ struct Worker {
 /// How often worker 0 asks the endpoint again when its handshake timers are due.
 const SEAL_RECHECK: Duration = Duration::from_secs(1);
 
+/// The seal stage's view of a worker's tunnel socket: sends are counted on the
+/// peers they go to.
+struct UdpOut<'a> {
+    tunnel: &'a mut Tunnel,
+    account: &'a mut Account<'a>,
+}
+
+impl stage::Tunnel for UdpOut<'_> {
+    fn send(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) {
+        self.tunnel.push(peer.addr, lane, datagram, self.account);
+    }
+
+    fn send_run(&mut self, peer: &PeerEntry, lane: usize, run: &[u8], segment: usize) {
+        (self.tunnel).send_run(peer.addr, lane, run, segment, self.account);
+    }
+
+    fn send_to(&mut self, addr: SocketAddrV4, datagram: &[u8]) {
+        self.tunnel.push(addr, 0, datagram, self.account);
+    }
+}
+
 /// What a worker sends through: its port queues, its tunnel socket, the rings.
 struct Io {
     index: usize,
@@ -342,15 +363,24 @@ impl Io {
         q.queue.send(offload, frame).map_err(|e| tx_error(&e))
     }
 
-    /// Sends the handshake datagrams the endpoint handed out.
-    fn send_handshakes(&mut self, tables: &Tables) {
-        if self.seal.out.is_empty() {
-            return;
-        }
-        let account: &mut Account<'_> = &mut peer_account(tables, self.index);
-        for (addr, d) in std::mem::take(&mut self.seal.out) {
-            self.tunnel.push(addr, 0, &d, account);
-        }
+    /// The seal stage over this worker's socket, if the node seals.
+    fn stage<'a>(
+        &'a mut self,
+        tables: &'a Tables,
+        now: Time,
+        account: &'a mut Account<'a>,
+    ) -> Option<Stage<'a, UdpOut<'a>>> {
+        let sealer = self.shared.sealer.as_deref()?;
+        Some(Stage {
+            sealer,
+            cache: &mut self.seal,
+            tables,
+            now,
+            tunnel: UdpOut {
+                tunnel: &mut self.tunnel,
+                account,
+            },
+        })
     }
 
     /// Flushes the queues sent to in this batch.
@@ -461,51 +491,25 @@ impl Sink for IoSink<'_> {
     #[inline]
     fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) {
         let account: &mut Account<'_> = &mut peer_account(self.tables, self.io.index);
-        let io = &mut *self.io;
-        let Some(sealer) = &io.shared.sealer else {
-            return io.tunnel.push(peer.addr, lane, datagram, account);
-        };
-        match sealer.outgoing(&mut io.seal, self.tables, self.now, peer.vtep_mac, datagram) {
-            Outgoing::Sealed => io.tunnel.push(peer.addr, lane, &io.seal.scratch, account),
-            Outgoing::Plain => io.tunnel.push(peer.addr, lane, datagram, account),
-            Outgoing::Held(Some(reason)) => peer.counters.discard(io.index, reason),
-            Outgoing::Held(None) => {}
+        if self.io.shared.sealer.is_none() {
+            return self.io.tunnel.push(peer.addr, lane, datagram, account);
         }
-        io.send_handshakes(self.tables);
+        if let Some(mut stage) = self.io.stage(self.tables, self.now, account) {
+            stage.to_peer(peer, lane, datagram);
+        }
     }
 
     #[inline]
     fn to_peer_run(&mut self, peer: &PeerEntry, lane: usize, run: &[u8], segment: usize) {
         let account: &mut Account<'_> = &mut peer_account(self.tables, self.io.index);
-        let io = &mut *self.io;
-        let Some(sealer) = io.shared.sealer.clone() else {
-            return io.tunnel.send_run(peer.addr, lane, run, segment, account);
-        };
-        let sealed = sealer.outgoing_run(
-            &mut io.seal,
-            self.tables,
-            self.now,
-            peer.vtep_mac,
-            run,
-            segment,
-        );
-        io.send_handshakes(self.tables);
-        match sealed {
-            Ok(sealed) => {
-                let scratch = std::mem::take(&mut io.seal.scratch);
-                io.tunnel
-                    .send_run(peer.addr, lane, &scratch, sealed, account);
-                io.seal.scratch = scratch;
-            }
-            Err(Outgoing::Plain) => io.tunnel.send_run(peer.addr, lane, run, segment, account),
-            Err(Outgoing::Held(Some(reason))) => peer.counters.discard(io.index, reason),
-            // No session yet (or none left): datagram by datagram, which queues
-            // them (as many as the handshake's queue holds).
-            Err(_) => {
-                for d in run.chunks(segment.max(1)) {
-                    self.to_peer(peer, lane, d);
-                }
-            }
+        if self.io.shared.sealer.is_none() {
+            return self
+                .io
+                .tunnel
+                .send_run(peer.addr, lane, run, segment, account);
+        }
+        if let Some(mut stage) = self.io.stage(self.tables, self.now, account) {
+            stage.to_peer_run(peer, lane, run, segment);
         }
     }
 
@@ -553,7 +557,7 @@ impl Worker {
                 shared,
                 queues: Vec::new(),
                 dirty: Vec::new(),
-                seal: SealCache::default(),
+                seal: SealCache::for_worker(index),
             },
         })
     }
@@ -647,12 +651,14 @@ impl Worker {
         // Worker 0 runs the handshake timers, as it runs the heartbeats: when they
         // are due, and at least every SEAL_RECHECK for handshakes other workers
         // started since.
-        if let (0, Some(sealer)) = (self.io.index, self.io.shared.sealer.clone()) {
+        if self.io.index == 0 && self.io.shared.sealer.is_some() {
             let due = self.seal_due.is_some_and(|at| now >= at);
             if due || now.saturating_since(self.seal_asked) >= SEAL_RECHECK {
-                self.seal_due = sealer.handle_timeout(now, &tables, &mut self.io.seal.out);
+                let account: &mut Account<'_> = &mut peer_account(&tables, 0);
+                if let Some(mut stage) = self.io.stage(&tables, now, account) {
+                    self.seal_due = stage.handle_timeout();
+                }
                 self.seal_asked = now;
-                self.io.send_handshakes(&tables);
             }
         }
         let account: &mut Account<'_> = &mut peer_account(&tables, self.io.index);
@@ -779,17 +785,12 @@ impl Worker {
             self.rx.for_each(|from, buf, off, len| {
                 let mut range = off..off + len;
                 let io = &mut *cx.sink.io;
-                if let (Some(sealer), SocketAddr::V4(v4)) = (&io.shared.sealer, from) {
-                    let what = sealer.incoming(&mut io.seal, tables, now, v4, buf, range);
-                    io.send_handshakes(tables);
-                    match what {
-                        Incoming::Core(r) => range = r,
-                        Incoming::Taken => return,
-                        Incoming::Drop(reason) => {
-                            let counters = tables
-                                .peer_by_ip(*v4.ip())
-                                .map_or(&tables.tunnel, |j| &tables.peers[j].counters);
-                            return counters.discard(io.index, reason);
+                if let SocketAddr::V4(v4) = from {
+                    let account: &mut Account<'_> = &mut peer_account(tables, io.index);
+                    if let Some(mut stage) = io.stage(tables, now, account) {
+                        match stage.from_peer(v4, buf, range) {
+                            Some(opened) => range = opened,
+                            None => return,
                         }
                     }
                 }

@@ -29,9 +29,12 @@ use weft_encap::vxlan::Vni;
 pub mod nat;
 pub mod tcp;
 
+use crate::control::config::Encryption;
 use crate::core::conntrack::Conntrack;
 use crate::core::host::HostTables;
 use crate::core::{self, Core, Ctx, Frame, Offload, Report, Sink, Time, HEADROOM};
+use crate::crypto::stage::{self, SealCache, Sealer, Stage};
+use crate::crypto::{self, StaticKey};
 use crate::mac::MacAddr;
 use crate::policy::compile::PodRules;
 use crate::tables::counters::{Counters, DropReason, Snapshot};
@@ -45,6 +48,12 @@ use crate::tables::{
 pub const POD_MTU: u32 = 1500 - TUNNEL_OVERHEAD;
 /// The largest tunnel datagram (UDP payload) the underlay carries.
 pub const MAX_DATAGRAM: usize = 1472;
+/// The pod MTU of an encrypted cluster: the sleeve's 44 bytes and the seal's 28.
+pub const SEALED_POD_MTU: u32 =
+    1500 - (weft_encap::sleeve::IPV4_OVERHEAD + weft_encap::sleeve::seal::SEAL_OVERHEAD) as u32;
+/// Wall-clock nanoseconds at the simulation's time zero, for initiations'
+/// timestamps.
+const WALL_AT_ZERO: u64 = 1_800_000_000_000_000_000;
 /// The tunnel UDP port.
 pub const TUNNEL_PORT: u16 = 8472;
 /// Connections each simulated node tracks at most.
@@ -86,13 +95,31 @@ pub fn router_mac(n: usize) -> MacAddr {
     MacAddr([0x02, 0, 0, 0, 0, n as u8 + 1])
 }
 
+/// Node `n`'s static key in an encrypted cluster: fixed, so that every run has the
+/// same keys (the handshakes' ephemeral keys and session indexes are random).
+pub fn static_key(n: usize) -> StaticKey {
+    StaticKey::from_private([n as u8 + 1; 32])
+}
+
 /// A pod's network device: the frames the switch sent it and the frames it sent.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemDevice {
     /// Frames waiting for the pod's stack to read.
     pub rx: VecDeque<Vec<u8>>,
     /// Frames the pod's stack sent, waiting for the switch.
     pub tx: VecDeque<Vec<u8>>,
+    /// The pod's MTU, as its node gives it.
+    pub mtu: u32,
+}
+
+impl Default for MemDevice {
+    fn default() -> MemDevice {
+        MemDevice {
+            rx: VecDeque::new(),
+            tx: VecDeque::new(),
+            mtu: POD_MTU,
+        }
+    }
 }
 
 /// Receive token of a [`MemDevice`].
@@ -134,7 +161,7 @@ impl Device for MemDevice {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = POD_MTU as usize + ETH_HLEN;
+        caps.max_transmission_unit = self.mtu as usize + ETH_HLEN;
         caps
     }
 }
@@ -179,6 +206,11 @@ pub struct Node {
     pub core: Core,
     /// The flows that cross its host port.
     pub host_flows: HostTables,
+    /// Its encryption, in a [`Sim::encrypted`] cluster: the seal stage the workers
+    /// run between the core and the UDP layer, with the node's endpoint.
+    pub sealer: Option<Arc<Sealer>>,
+    /// The worker's sessions and sealing buffers.
+    pub seal: SealCache,
 }
 
 /// A tunnel datagram in flight on the underlay.
@@ -206,6 +238,9 @@ pub struct Link {
     pub loss: f64,
     /// Whether it carries anything at all.
     pub up: bool,
+    /// Each datagram takes up to this much longer than `latency`, drawn from the
+    /// simulation's seeded generator: datagrams overtake each other.
+    pub jitter: std::time::Duration,
 }
 
 impl Default for Link {
@@ -215,6 +250,7 @@ impl Default for Link {
             latency: std::time::Duration::ZERO,
             loss: 0.0,
             up: true,
+            jitter: std::time::Duration::ZERO,
         }
     }
 }
@@ -297,6 +333,56 @@ struct NodeSink<'a> {
     tables: &'a Tables,
     pods: &'a mut [Pod],
     out: &'a mut Outputs,
+    /// The node's seal stage, if it seals.
+    seal: Option<(&'a Sealer, &'a mut SealCache)>,
+}
+
+/// The simulated UDP layer below a node's seal stage: its sends, counted on the
+/// peers they go to as a worker's are, go on the wire.
+struct Wire<'a> {
+    node: usize,
+    tables: &'a Tables,
+    out: &'a mut Outputs,
+}
+
+impl stage::Tunnel for Wire<'_> {
+    fn send(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) {
+        self.send_to_addr(peer.addr, lane, datagram);
+    }
+
+    fn send_run(&mut self, peer: &PeerEntry, lane: usize, run: &[u8], segment: usize) {
+        for d in run.chunks(segment.max(1)) {
+            self.send_to_addr(peer.addr, lane, d);
+        }
+    }
+
+    fn send_to(&mut self, addr: SocketAddrV4, datagram: &[u8]) {
+        self.send_to_addr(addr, 0, datagram);
+    }
+}
+
+impl Wire<'_> {
+    fn send_to_addr(&mut self, to: SocketAddrV4, lane: usize, datagram: &[u8]) {
+        let t = self.tables;
+        let counters = t
+            .peer_by_ip(*to.ip())
+            .map_or(&t.tunnel, |j| &t.peers[j].counters);
+        counters.tx(0, datagram.len());
+        self.out.send_datagram(self.node, to, lane, datagram);
+    }
+}
+
+impl NodeSink<'_> {
+    /// The wire, and the node's seal stage over it if it seals.
+    fn stage(&mut self) -> (Wire<'_>, Option<(&Sealer, &mut SealCache)>) {
+        let wire = Wire {
+            node: self.node,
+            tables: self.tables,
+            out: &mut *self.out,
+        };
+        let seal = self.seal.as_mut().map(|(s, c)| (*s, &mut **c));
+        (wire, seal)
+    }
 }
 
 impl Sink for NodeSink<'_> {
@@ -338,8 +424,33 @@ impl Sink for NodeSink<'_> {
     }
 
     fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) {
-        peer.counters.tx(0, datagram.len());
-        self.send_datagram(peer, lane, datagram)
+        let (tables, now) = (self.tables, self.out.now);
+        match self.stage() {
+            (mut wire, None) => stage::Tunnel::send(&mut wire, peer, lane, datagram),
+            (tunnel, Some((sealer, cache))) => Stage {
+                sealer,
+                cache,
+                tables,
+                now,
+                tunnel,
+            }
+            .to_peer(peer, lane, datagram),
+        }
+    }
+
+    fn to_peer_run(&mut self, peer: &PeerEntry, lane: usize, run: &[u8], segment: usize) {
+        let (tables, now) = (self.tables, self.out.now);
+        match self.stage() {
+            (mut wire, None) => stage::Tunnel::send_run(&mut wire, peer, lane, run, segment),
+            (tunnel, Some((sealer, cache))) => Stage {
+                sealer,
+                cache,
+                tables,
+                now,
+                tunnel,
+            }
+            .to_peer_run(peer, lane, run, segment),
+        }
     }
 
     fn report(&mut self, report: Report) {
@@ -381,41 +492,61 @@ impl NodeSink<'_> {
             }
         }
     }
+}
 
-    fn send_datagram(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) {
-        if self.out.capture {
-            self.out.log.push(Event::ToPeer {
-                node: self.node,
-                to: peer.addr,
+impl Outputs {
+    /// Puts `datagram` from node `node`'s lane `lane` on the wire to `to`, as its
+    /// link carries it.
+    fn send_datagram(&mut self, node: usize, to: SocketAddrV4, lane: usize, datagram: &[u8]) {
+        if self.capture {
+            self.log.push(Event::ToPeer {
+                node,
+                to,
                 lane,
                 datagram: datagram.to_vec(),
             });
         }
-        let s = &mut self.out.stats;
+        let s = &mut self.stats;
         s.datagrams += 1;
         s.datagram_bytes += datagram.len() as u64;
         s.longest_datagram = s.longest_datagram.max(datagram.len());
-        let to = (0..self.out.links.len()).find(|&m| underlay(m) == peer.addr);
-        let link = to.map_or_else(Link::default, |m| self.out.links[self.node][m]);
-        if !self.out.carries(&link, datagram.len()) {
-            self.out.lost += 1;
+        let dest = (0..self.links.len()).find(|&m| underlay(m) == to);
+        let link = dest.map_or_else(Link::default, |m| self.links[node][m]);
+        if !self.carries(&link, datagram.len()) {
+            self.lost += 1;
             return;
         }
-        let at = self.out.now + link.latency;
-        self.out.wire.push_back(WireDatagram {
+        let at = self.now + link.latency + self.jitter(&link);
+        self.wire.push_back(WireDatagram {
             // Each lane is its own source port, as on a real node.
             from: SocketAddr::V4(SocketAddrV4::new(
-                *underlay(self.node).ip(),
+                *underlay(node).ip(),
                 LANE_PORT_BASE + lane as u16,
             )),
-            to: SocketAddr::V4(peer.addr),
+            to: SocketAddr::V4(to),
             bytes: datagram.to_vec(),
             at,
         });
     }
-}
 
-impl Outputs {
+    /// How much later than its latency a datagram on `link` arrives this time.
+    fn jitter(&mut self, link: &Link) -> std::time::Duration {
+        if link.jitter.is_zero() {
+            return std::time::Duration::ZERO;
+        }
+        // Whole microseconds: the simulated clock counts no finer.
+        let micros = link.jitter.as_micros() as f64 * self.draw();
+        std::time::Duration::from_micros(micros as u64)
+    }
+
+    /// The next number from the seeded generator (xorshift64), in [0, 1).
+    fn draw(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// Whether `link` carries a datagram of `len` bytes this time.
     fn carries(&mut self, link: &Link, len: usize) -> bool {
         if !link.up || link.mtu.is_some_and(|mtu| len > mtu) {
@@ -424,10 +555,7 @@ impl Outputs {
         if link.loss <= 0.0 {
             return true;
         }
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64 >= link.loss
+        self.draw() >= link.loss
     }
 }
 
@@ -546,6 +674,63 @@ impl Sim {
         sim
     }
 
+    /// A sleeve cluster whose nodes seal to each other, `encryption` being on or
+    /// required: each runs the daemon's seal stage between its core and the wire,
+    /// with an endpoint that knows every other node's public key. Pods get the MTU
+    /// the encrypted sleeve leaves them ([`SEALED_POD_MTU`]), and no sealed
+    /// datagram is longer than [`MAX_DATAGRAM`].
+    pub fn encrypted(layout: &[&[Ipv4Addr]], encryption: Encryption) -> Sim {
+        let mut sim = Sim::new(TunnelMode::Sleeve, layout);
+        for n in 0..sim.nodes.len() {
+            sim.seal_node(n, encryption);
+        }
+        sim
+    }
+
+    fn seal_node(&mut self, n: usize, encryption: Encryption) {
+        let t = &self.nodes[n].tables;
+        let mut config = (*t.node).clone();
+        config.pod_mtu = SEALED_POD_MTU;
+        config.max_datagram = MAX_DATAGRAM - weft_encap::sleeve::seal::SEAL_OVERHEAD;
+        let tables = Tables::build(
+            Arc::new(config),
+            t.ports[0].clone(),
+            t.ports[1..].iter().cloned(),
+            t.peers.clone(),
+            t.tunnel.clone(),
+        )
+        .expect("the simulated cluster is routable");
+        // A pod's stack reads its MTU when it starts: the pods start again.
+        for pod in self.pods.iter_mut().filter(|p| p.node == n) {
+            *pod = Pod::new(pod.node, pod.port, pod.ip, SEALED_POD_MTU);
+        }
+        let mut endpoint = crypto::Endpoint::new(crypto::Config {
+            node: weft_encap::sleeve::NodeId(router_mac(n).0),
+            features: core::FEATURES,
+            key: static_key(n),
+            psk: None,
+            cipher: weft_encap::sleeve::seal::Cipher::ChaCha20Poly1305,
+            wall_at_zero: WALL_AT_ZERO,
+        });
+        for m in (0..self.nodes.len()).filter(|&m| m != n) {
+            endpoint.set_peer(
+                weft_encap::sleeve::NodeId(router_mac(m).0),
+                static_key(m).public(),
+            );
+        }
+        let node = &mut self.nodes[n];
+        node.tables = tables;
+        node.sealer = Some(Arc::new(Sealer::new(endpoint, encryption)));
+    }
+
+    /// Node `n`'s seal stage (in a [`Sim::encrypted`] cluster).
+    pub fn sealer(&self, n: usize) -> &Sealer {
+        self.nodes[n]
+            .sealer
+            .as_deref()
+            .unwrap_or_else(|| panic!("node {n} does not seal"))
+    }
+
     /// Gives pod `p` the NetworkPolicy rules `rules` (none: not isolated), as a new
     /// policy generation of its node.
     pub fn set_rules(&mut self, p: usize, rules: Option<PodRules>) {
@@ -599,7 +784,7 @@ impl Sim {
                     "pod {ip} is outside node {n}'s subnet"
                 );
                 ports.push(port_entry(i as u32 + 1, *ip));
-                pods.push(Pod::new(n, i + 1, *ip));
+                pods.push(Pod::new(n, i + 1, *ip, POD_MTU));
             }
             let peers = (0..n_nodes).filter(|&m| m != n).map(peer_entry).collect();
             let config = Arc::new(node_config(n, mode, heartbeat));
@@ -618,6 +803,8 @@ impl Sim {
                 tables,
                 core,
                 host_flows,
+                sealer: None,
+                seal: SealCache::default(),
             });
         }
         Sim {
@@ -698,10 +885,26 @@ impl Sim {
         });
     }
 
-    /// Hands node `n` a tunnel datagram received from `from` (no flush).
+    /// Hands node `n` a tunnel datagram received from `from` (no flush): through
+    /// its seal stage first, if it seals, as a worker does.
     pub fn tunnel_in(&mut self, n: usize, from: SocketAddr, datagram: &[u8]) {
         self.on_node(n, datagram, |core, cx, frame| {
-            core.tunnel_datagram(cx, from, frame);
+            let (tables, now) = (cx.tables, cx.now);
+            let mut range = frame.start..frame.start + frame.len;
+            if let (SocketAddr::V4(v4), (tunnel, Some((sealer, cache)))) = (from, cx.sink.stage()) {
+                let mut stage = Stage {
+                    sealer,
+                    cache,
+                    tables,
+                    now,
+                    tunnel,
+                };
+                match stage.from_peer(v4, frame.buf, range) {
+                    Some(opened) => range = opened,
+                    None => return,
+                }
+            }
+            core.tunnel_datagram(cx, from, Frame::new(frame.buf, range.start, range.len()));
         });
     }
 
@@ -729,6 +932,7 @@ impl Sim {
             tables: &node.tables,
             pods,
             out,
+            seal: node.sealer.as_deref().map(|s| (s, &mut node.seal)),
         };
         let mut cx = Ctx::new(&node.tables, now, &mut sink);
         f(
@@ -751,18 +955,24 @@ impl Sim {
                 tables: &node.tables,
                 pods: &mut pods[..],
                 out: &mut *out,
+                seal: node.sealer.as_deref().map(|s| (s, &mut node.seal)),
             };
             let mut cx = Ctx::new(&node.tables, now, &mut sink);
             f(&mut node.core, &mut cx);
         }
     }
 
-    /// Ends the batch on every node: sends what the sleeve holds back.
+    /// Ends the batch on every node: sends what the sleeve holds back, and forgets
+    /// the sessions the seal stage looked up (the next batch may see a rekey).
     pub fn flush(&mut self) {
         self.on_every_node(|core, cx| core.flush(cx));
+        for node in &mut self.nodes {
+            node.seal.new_batch();
+        }
     }
 
-    /// Runs every core's timers that are due now, then ends the batch.
+    /// Runs every core's timers and every seal stage's handshake timers that are
+    /// due now, then ends the batch.
     pub fn handle_timeouts(&mut self) {
         let now = self.time();
         self.on_every_node(|core, cx| {
@@ -771,6 +981,31 @@ impl Sim {
             }
             core.flush(cx);
         });
+        self.seal_timeouts();
+    }
+
+    /// Runs the seal stages' handshake timers that are due now (resends, rekeys
+    /// and deaths), as worker 0 of each node does.
+    pub fn seal_timeouts(&mut self) {
+        let now = self.time();
+        self.on_every_node(|_, cx| {
+            let tables = cx.tables;
+            if let (tunnel, Some((sealer, cache))) = cx.sink.stage() {
+                if sealer.endpoint().poll_timeout().is_some_and(|at| at <= now) {
+                    Stage {
+                        sealer,
+                        cache,
+                        tables,
+                        now,
+                        tunnel,
+                    }
+                    .handle_timeout();
+                }
+            }
+        });
+        for node in &mut self.nodes {
+            node.seal.new_batch();
+        }
     }
 
     /// The next moment something happens on its own: a datagram arrives or a core's
@@ -780,7 +1015,10 @@ impl Sim {
         let timers = self
             .nodes
             .iter()
-            .filter_map(|n| n.core.poll_timeout())
+            .flat_map(|n| {
+                let seal = n.sealer.as_ref().and_then(|s| s.endpoint().poll_timeout());
+                n.core.poll_timeout().into_iter().chain(seal)
+            })
             .min();
         wire.into_iter().chain(timers).min()
     }
@@ -822,9 +1060,11 @@ impl Sim {
     /// flushes. Replies they cause stay on the wire for the next call.
     pub fn deliver_wire(&mut self) {
         let now = self.time();
-        let (batch, later): (Vec<WireDatagram>, Vec<WireDatagram>) =
+        let (mut batch, later): (Vec<WireDatagram>, Vec<WireDatagram>) =
             self.out.wire.drain(..).partition(|d| d.at <= now);
         self.out.wire.extend(later);
+        // In order of arrival: with jitter, datagrams overtake each other.
+        batch.sort_by_key(|d| d.at);
         for d in batch {
             let n = self
                 .node_at(d.to)
@@ -847,6 +1087,7 @@ impl Sim {
             }
         }
         self.flush();
+        self.seal_timeouts();
         self.deliver_wire();
         self.run_hosts();
         self.now += STEP;
@@ -986,9 +1227,12 @@ impl Sim {
 }
 
 impl Pod {
-    fn new(node: usize, port: usize, ip: Ipv4Addr) -> Pod {
+    fn new(node: usize, port: usize, ip: Ipv4Addr, mtu: u32) -> Pod {
         let mac = MacAddr::for_ip(ip);
-        let mut dev = MemDevice::default();
+        let mut dev = MemDevice {
+            mtu,
+            ..MemDevice::default()
+        };
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
         config.random_seed = u64::from(u32::from(ip));
         let mut iface = Interface::new(config, &mut dev, Instant::from_millis(0));

@@ -1,10 +1,13 @@
-//! The encrypted sleeve on the workers' sockets: sealing what the core sends to
-//! peers, opening what arrives before the core sees it, and the handshake.
+//! The seal stage, between the core and the UDP layer: it seals what the core sends
+//! to peers, opens what arrives before the core sees it, and hands the endpoint
+//! the handshake. The core never sees a sealed datagram.
 //!
-//! The [`crypto::Endpoint`] is the node's, behind one lock. A worker takes the lock
-//! only to look a session up (once per peer and batch, kept in its [`SealCache`]),
-//! for a handshake message, or to run the endpoint's timers; the AEAD runs outside
-//! it, on the shared [`Session`]. The core never sees a sealed datagram.
+//! No I/O here, and time is passed in: what goes out is handed to a [`Tunnel`], a
+//! worker's UDP socket or the simulation's wire ([`crate::sim`] runs this very
+//! stage). The [`Endpoint`] is the node's, behind one lock shared by the workers.
+//! A worker takes the lock only to look a session up (once per peer and batch,
+//! kept in its [`SealCache`]), for a handshake message, or to run the endpoint's
+//! timers; the AEAD runs outside it, on the shared [`Session`].
 
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -18,7 +21,7 @@ use crate::control::config::Encryption;
 use crate::core::Time;
 use crate::crypto::{Dest, Endpoint, Received, Refused, Sent, Session};
 use crate::tables::counters::DropReason;
-use crate::tables::Tables;
+use crate::tables::{PeerEntry, Tables};
 
 /// The node's encryption: its endpoint and its policy.
 #[derive(Debug)]
@@ -45,6 +48,8 @@ impl Sealer {
 /// One worker's view of the sessions, refreshed every batch, and its buffers.
 #[derive(Debug, Default)]
 pub struct SealCache {
+    /// The worker's index: which counter slot its drops go to.
+    worker: usize,
     tx: HashMap<NodeId, Option<Arc<Session>>>,
     rx: HashMap<u32, Arc<Session>>,
     /// Whether the endpoint has a key for a node, as looked up this batch.
@@ -58,6 +63,21 @@ pub struct SealCache {
 }
 
 impl SealCache {
+    /// The cache of worker `worker`.
+    pub fn for_worker(worker: usize) -> SealCache {
+        SealCache {
+            worker,
+            ..SealCache::default()
+        }
+    }
+
+    /// Hands `tunnel` the handshake datagrams waiting to go.
+    fn send_handshakes(&mut self, tunnel: &mut impl Tunnel) {
+        for (addr, d) in self.out.drain(..) {
+            tunnel.send_to(addr, &d);
+        }
+    }
+
     /// Forgets the sessions looked up (a new batch may see rekeys).
     pub fn new_batch(&mut self) {
         self.tx.clear();
@@ -291,5 +311,109 @@ fn drain(ep: &mut Endpoint, tables: &Tables, out: &mut Vec<(SocketAddrV4, Vec<u8
         if let Some(addr) = addr {
             out.push((addr, t.datagram));
         }
+    }
+}
+
+/// The UDP layer below the stage: a worker's socket, or the simulation's wire.
+pub trait Tunnel {
+    /// Sends one datagram to `peer` from the source port of `lane`.
+    fn send(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]);
+    /// Sends consecutive datagrams of `segment` bytes each (the last may be
+    /// shorter) to `peer`, in one GSO send.
+    fn send_run(&mut self, peer: &PeerEntry, lane: usize, run: &[u8], segment: usize);
+    /// Sends a handshake datagram to `addr`: a peer, or where an initiation came
+    /// from (a cookie reply).
+    fn send_to(&mut self, addr: SocketAddrV4, datagram: &[u8]);
+}
+
+/// One call into the seal stage: the node's sealer, a worker's cache, the batch's
+/// snapshot and time, and the tunnel below.
+#[derive(Debug)]
+pub struct Stage<'a, T> {
+    /// The node's sealer.
+    pub sealer: &'a Sealer,
+    /// The worker's sessions and buffers.
+    pub cache: &'a mut SealCache,
+    /// The forwarding snapshot of the batch.
+    pub tables: &'a Tables,
+    /// The time now.
+    pub now: Time,
+    /// Where datagrams go.
+    pub tunnel: T,
+}
+
+impl<T: Tunnel> Stage<'_, T> {
+    /// Sends the core's `datagram` to `peer`: sealed, plain (encryption on and the
+    /// peer has no key), held for the handshake, or dropped and counted on the
+    /// peer. A handshake it starts goes out too.
+    pub fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) {
+        let now = self.now;
+        match (self.sealer).outgoing(self.cache, self.tables, now, peer.vtep_mac, datagram) {
+            Outgoing::Sealed => self.tunnel.send(peer, lane, &self.cache.scratch),
+            Outgoing::Plain => self.tunnel.send(peer, lane, datagram),
+            Outgoing::Held(Some(reason)) => peer.counters.discard(self.cache.worker, reason),
+            Outgoing::Held(None) => {}
+        }
+        self.cache.send_handshakes(&mut self.tunnel);
+    }
+
+    /// Sends a run of the core's datagrams (`segment` bytes each) to `peer`, sealed
+    /// in one GSO send if a session is up; with none yet, datagram by datagram into
+    /// the handshake's queue.
+    pub fn to_peer_run(&mut self, peer: &PeerEntry, lane: usize, run: &[u8], segment: usize) {
+        let (tables, now) = (self.tables, self.now);
+        let sealed =
+            (self.sealer).outgoing_run(self.cache, tables, now, peer.vtep_mac, run, segment);
+        self.cache.send_handshakes(&mut self.tunnel);
+        match sealed {
+            Ok(sealed) => self
+                .tunnel
+                .send_run(peer, lane, &self.cache.scratch, sealed),
+            Err(Outgoing::Plain) => self.tunnel.send_run(peer, lane, run, segment),
+            Err(Outgoing::Held(Some(reason))) => peer.counters.discard(self.cache.worker, reason),
+            Err(_) => {
+                for d in run.chunks(segment.max(1)) {
+                    self.to_peer(peer, lane, d);
+                }
+            }
+        }
+    }
+
+    /// Takes the datagram at `buf[range]` from `from`: returns where the datagram
+    /// for the core lies (opened, or plain), or `None` if the endpoint took it (a
+    /// handshake message) or it was dropped, counted on the peer that address
+    /// belongs to (on the tunnel if none).
+    pub fn from_peer(
+        &mut self,
+        from: SocketAddrV4,
+        buf: &mut [u8],
+        range: Range<usize>,
+    ) -> Option<Range<usize>> {
+        let (tables, now) = (self.tables, self.now);
+        let what = self
+            .sealer
+            .incoming(self.cache, tables, now, from, buf, range);
+        self.cache.send_handshakes(&mut self.tunnel);
+        match what {
+            Incoming::Core(range) => Some(range),
+            Incoming::Taken => None,
+            Incoming::Drop(reason) => {
+                let counters = tables
+                    .peer_by_ip(*from.ip())
+                    .map_or(&tables.tunnel, |j| &tables.peers[j].counters);
+                counters.discard(self.cache.worker, reason);
+                None
+            }
+        }
+    }
+
+    /// Runs the endpoint's timers if due and sends what they start; returns when
+    /// they are next due.
+    pub fn handle_timeout(&mut self) -> Option<Time> {
+        let due = self
+            .sealer
+            .handle_timeout(self.now, self.tables, &mut self.cache.out);
+        self.cache.send_handshakes(&mut self.tunnel);
+        due
     }
 }
