@@ -8,9 +8,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use weft_switch::policy::compile::{compile, LocalPod};
-use weft_switch::policy::manifest;
-use weft_switch::policy::model::PolicyModel;
+use weft_switch::netpol::compile::{compile, LocalPod};
+use weft_switch::netpol::manifest;
+use weft_switch::netpol::model::PolicyModel;
 
 const PODS: usize = 1_000;
 const POLICIES: usize = 1_000;

@@ -209,9 +209,9 @@ pub fn many_policies(
     ip: Ipv4Addr,
     policies: usize,
     rules: usize,
-) -> weft_switch::policy::compile::PodRules {
-    use weft_switch::policy::compile::{compile, LocalPod};
-    use weft_switch::policy::model::{
+) -> weft_switch::netpol::compile::PodRules {
+    use weft_switch::netpol::compile::{compile, LocalPod};
+    use weft_switch::netpol::model::{
         IpBlock, Peer, Policy, PolicyModel, Port, PortSpec, Protocol, Rule, Selector,
     };
     let mut model = PolicyModel::default();

@@ -33,7 +33,7 @@ use crate::core::conntrack::Conntrack;
 use crate::core::host::HostTables;
 use crate::core::{self, Core, Ctx, Frame, Offload, Report, Sink, Time, HEADROOM};
 use crate::mac::MacAddr;
-use crate::policy::compile::PodRules;
+use crate::netpol::compile::PodRules;
 use crate::tables::counters::{Counters, DropReason, Snapshot};
 use crate::tables::health::{HealthSnapshot, PeerHealth};
 use crate::tables::{
