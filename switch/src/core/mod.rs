@@ -36,6 +36,7 @@ use crate::tables::{PeerEntry, PortEntry, Tables};
 mod arp;
 pub mod conntrack;
 mod egress;
+mod enforce;
 mod flow;
 mod forward;
 mod gro;
@@ -44,7 +45,6 @@ pub mod host;
 mod icmp;
 mod ingress;
 mod join;
-mod policy;
 mod sleeve;
 pub mod time;
 
