@@ -1,6 +1,6 @@
 //! NetworkPolicy compilation at scale: 1,000 pods over 10 namespaces and 1,000
 //! policies, compiled for a node with 100 of the pods (`cargo bench -p weft-benches
-//! --bench policy`). The compiled rules' heap size is printed once.
+//! --bench netpol_compile`). The compiled rules' heap size is printed once.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
