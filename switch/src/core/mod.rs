@@ -18,7 +18,7 @@
 //!  (decap,     (checks,     (deliver, GRO for pods,
 //!   ARP)        route,       VXLAN, sleeve batches
 //!               ICMP)        and chunks, GSO)
-//! join: sleeve chunks back into super-frames, into forward
+//! reassembly: sleeve chunks joined back into super-frames, into forward
 //! heartbeat: timers, heartbeats and echoes
 //! ```
 //!
@@ -44,11 +44,11 @@ mod heartbeat;
 pub mod host;
 mod icmp;
 mod ingress;
-mod join;
+mod reassembly;
 mod sleeve;
 pub mod time;
 
-pub use join::JOINS;
+pub use reassembly::JOINS;
 pub use sleeve::FEATURES;
 pub use time::Time;
 
@@ -257,7 +257,7 @@ pub struct Core {
     segments: Box<[u8]>,
     coalescers: coalesce::Coalescers,
     sleeve: sleeve::Batches,
-    joins: join::Joins,
+    joins: reassembly::Joins,
     /// Super-frames sent as sleeve chunks; the worker index is the id's top byte.
     frames_out: u32,
     beats: heartbeat::Heartbeats,
@@ -285,7 +285,7 @@ impl Core {
             segments: vec![0u8; egress::SEGMENT_BUF].into_boxed_slice(),
             coalescers: coalesce::Coalescers::new(),
             sleeve: sleeve::Batches::new(),
-            joins: join::Joins::new(),
+            joins: reassembly::Joins::new(),
             frames_out: 0,
             beats: heartbeat::Heartbeats::new(config.heartbeat),
             conntrack: config.conntrack,
