@@ -2,6 +2,10 @@
 //! policies, compiled for a node with 100 of the pods (`cargo bench -p weft-benches
 //! --bench netpol_compile`). The compiled rules' heap size is printed once.
 
+// Not `cfg_attr(not(test), ...)` as in the libraries: `cargo clippy --all-targets`
+// checks a bench with cfg(test) set.
+#![warn(clippy::too_many_lines)]
+
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::net::Ipv4Addr;

@@ -5,6 +5,8 @@
 //! Addressing follows the daemon's: node `n` owns `10.244.(n+1).0/24` with gateway
 //! `.1`, its underlay address is `10.250.0.(n+1)`, the tunnel port 8472.
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
