@@ -2,6 +2,10 @@
 //! lookup, the ring handoff between worker threads, ARP replies, and a frame's whole
 //! way through the datapath. Run with `cargo bench -p weft-benches`.
 
+// Not `cfg_attr(not(test), ...)` as in the libraries: `cargo clippy --all-targets`
+// checks a bench with cfg(test) set.
+#![warn(clippy::too_many_lines)]
+
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -319,93 +323,118 @@ fn datapath(c: &mut Criterion) {
     for mode in [TunnelMode::Vxlan, TunnelMode::Sleeve] {
         // Pod on node 0 to a pod on node 1: route lookup, TTL and MAC rewrite, encap.
         let t0 = tables(mode, 0, 2, 2);
-        let mut dp = new_core();
         let mut buf = vec![0u8; HEADROOM + frame.len()];
-        let mut sink = CountingSink::default();
-        let mut send = |buf: &mut [u8], sink: &mut CountingSink| {
-            let mut cx = Ctx::new(&t0, Time::ZERO, sink);
-            for _ in 0..BATCH {
-                buf[HEADROOM..].copy_from_slice(&frame);
-                let f = Frame::new(&mut *buf, HEADROOM, frame.len());
-                dp.port_frame(&mut cx, 1, &Offload::PLAIN, f);
-            }
-            dp.flush(&mut cx);
-        };
-        send(&mut buf, &mut sink);
-        assert!(sink.datagrams >= 1, "{mode}: frames reach the peer");
-        g.throughput(Throughput::Elements(BATCH as u64));
-        g.bench_function(BenchmarkId::new("pod_to_peer", mode), |b| {
-            b.iter(|| send(black_box(&mut buf), &mut sink))
-        });
-
-        // The same on a node that carries Services: each of two workers keeps
-        // 10,000 connections the host handed back, whose replies it sends through
-        // the host; every packet of the flow above looks them up and finds none.
-        let host = HostTables::new(2, 16_384);
-        for w in 0..2 {
-            hand_back(&t0, &host, w, 10_000);
-        }
-        assert!(host.stats().returning >= 20_000, "{:?}", host.stats());
-        let mut busy = weft_switch::core::Core::new(weft_switch::core::Config {
-            worker: 0,
-            heartbeat: None,
-            conntrack: None,
-            host: host.worker(0),
-        });
-        g.bench_function(BenchmarkId::new("pod_to_peer_20k_host_flows", mode), |b| {
-            b.iter(|| {
-                let mut cx = Ctx::new(&t0, Time::ZERO, &mut sink);
-                for _ in 0..BATCH {
-                    buf[HEADROOM..].copy_from_slice(&frame);
-                    let f = Frame::new(&mut buf, HEADROOM, frame.len());
-                    busy.port_frame(&mut cx, 1, &Offload::PLAIN, f);
-                }
-                busy.flush(&mut cx);
-            })
-        });
-
+        pod_to_peer(&mut g, mode, &t0, &frame, &mut buf);
         // The same frame arriving at node 1 from node 0: decap, lookup, deliver.
-        let mut last = LastDatagram::default();
-        let mut dp0 = new_core();
-        buf[HEADROOM..].copy_from_slice(&frame);
-        let mut cx = Ctx::new(&t0, Time::ZERO, &mut last);
-        let f = Frame::new(&mut buf, HEADROOM, frame.len());
-        dp0.port_frame(&mut cx, 1, &Offload::PLAIN, f);
-        dp0.flush(&mut cx);
-        let datagram = last.0;
-        assert!(!datagram.is_empty(), "{mode}: a datagram to capture");
-        // A batch of datagrams of one flow, as one receive hands them over: merged
-        // into one UDP super-frame for a pod that takes them (USO), else one write each.
-        g.throughput(Throughput::Elements(BATCH as u64));
-        for (uso, name) in [(true, "peer_to_pod"), (false, "peer_to_pod_no_uso")] {
-            let mut t1 = tables(mode, 1, 2, 2);
-            t1.ports[1].uso = uso;
-            let writes = if uso { 1 } else { BATCH as u64 };
-            bench_receive(
-                &mut g,
-                (name, mode),
-                &mut new_core(),
-                &t1,
-                &datagram,
-                writes,
-            );
-        }
-
-        // The same, to a pod selected by 100 policies of 1,000 rules: the first
-        // datagram is judged against them all, every later one meets the connection
-        // table.
-        let mut t1p = tables(mode, 1, 2, 2);
-        t1p.ports[1].policy = Some(std::sync::Arc::new(many_policies(pod_ip(1, 0), 100, 10)));
-        let mut dp1p = weft_switch::core::Core::new(weft_switch::core::Config {
-            worker: 0,
-            heartbeat: None,
-            conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024), 0)),
-            host: HostTables::new(1, 1024).worker(0),
-        });
-        let id = ("peer_to_pod_1000_rules", mode);
-        bench_receive(&mut g, id, &mut dp1p, &t1p, &datagram, 1);
+        let datagram = peer_datagram(mode, &t0, &frame, &mut buf);
+        peer_to_pod(&mut g, mode, &datagram);
     }
     g.finish();
+}
+
+/// Benchmarks batches of `frame` from pod 0 of node 0 (tables `t0`) to a pod on node
+/// 1, read into `buf`: with no connection through the host, and with 20,000.
+fn pod_to_peer(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    mode: TunnelMode,
+    t0: &weft_switch::tables::Tables,
+    frame: &[u8],
+    buf: &mut [u8],
+) {
+    let mut dp = new_core();
+    let mut sink = CountingSink::default();
+    let mut send = |buf: &mut [u8], sink: &mut CountingSink| {
+        let mut cx = Ctx::new(t0, Time::ZERO, sink);
+        for _ in 0..BATCH {
+            buf[HEADROOM..].copy_from_slice(frame);
+            let f = Frame::new(&mut *buf, HEADROOM, frame.len());
+            dp.port_frame(&mut cx, 1, &Offload::PLAIN, f);
+        }
+        dp.flush(&mut cx);
+    };
+    send(buf, &mut sink);
+    assert!(sink.datagrams >= 1, "{mode}: frames reach the peer");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function(BenchmarkId::new("pod_to_peer", mode), |b| {
+        b.iter(|| send(black_box(&mut *buf), &mut sink))
+    });
+
+    // The same on a node that carries Services: each of two workers keeps
+    // 10,000 connections the host handed back, whose replies it sends through
+    // the host; every packet of the flow above looks them up and finds none.
+    let host = HostTables::new(2, 16_384);
+    for w in 0..2 {
+        hand_back(t0, &host, w, 10_000);
+    }
+    assert!(host.stats().returning >= 20_000, "{:?}", host.stats());
+    let mut busy = weft_switch::core::Core::new(weft_switch::core::Config {
+        worker: 0,
+        heartbeat: None,
+        conntrack: None,
+        host: host.worker(0),
+    });
+    g.bench_function(BenchmarkId::new("pod_to_peer_20k_host_flows", mode), |b| {
+        b.iter(|| {
+            let mut cx = Ctx::new(t0, Time::ZERO, &mut sink);
+            for _ in 0..BATCH {
+                buf[HEADROOM..].copy_from_slice(frame);
+                let f = Frame::new(&mut *buf, HEADROOM, frame.len());
+                busy.port_frame(&mut cx, 1, &Offload::PLAIN, f);
+            }
+            busy.flush(&mut cx);
+        })
+    });
+}
+
+/// The datagram node 0 (tables `t0`) sends node 1 for `frame`, read into `buf`.
+fn peer_datagram(
+    mode: TunnelMode,
+    t0: &weft_switch::tables::Tables,
+    frame: &[u8],
+    buf: &mut [u8],
+) -> Vec<u8> {
+    let mut last = LastDatagram::default();
+    let mut dp0 = new_core();
+    buf[HEADROOM..].copy_from_slice(frame);
+    let mut cx = Ctx::new(t0, Time::ZERO, &mut last);
+    let f = Frame::new(buf, HEADROOM, frame.len());
+    dp0.port_frame(&mut cx, 1, &Offload::PLAIN, f);
+    dp0.flush(&mut cx);
+    let datagram = last.0;
+    assert!(!datagram.is_empty(), "{mode}: a datagram to capture");
+    datagram
+}
+
+/// Benchmarks batches of `datagram` from node 0 to a pod on node 1: one that takes
+/// UDP super-frames, one that does not, and one selected by many policies.
+fn peer_to_pod(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    mode: TunnelMode,
+    datagram: &[u8],
+) {
+    // A batch of datagrams of one flow, as one receive hands them over: merged
+    // into one UDP super-frame for a pod that takes them (USO), else one write each.
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for (uso, name) in [(true, "peer_to_pod"), (false, "peer_to_pod_no_uso")] {
+        let mut t1 = tables(mode, 1, 2, 2);
+        t1.ports[1].uso = uso;
+        let writes = if uso { 1 } else { BATCH as u64 };
+        bench_receive(g, (name, mode), &mut new_core(), &t1, datagram, writes);
+    }
+
+    // The same, to a pod selected by 100 policies of 1,000 rules: the first
+    // datagram is judged against them all, every later one meets the connection
+    // table.
+    let mut t1p = tables(mode, 1, 2, 2);
+    t1p.ports[1].policy = Some(std::sync::Arc::new(many_policies(pod_ip(1, 0), 100, 10)));
+    let mut dp1p = weft_switch::core::Core::new(weft_switch::core::Config {
+        worker: 0,
+        heartbeat: None,
+        conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024), 0)),
+        host: HostTables::new(1, 1024).worker(0),
+    });
+    let id = ("peer_to_pod_1000_rules", mode);
+    bench_receive(g, id, &mut dp1p, &t1p, datagram, 1);
 }
 
 /// Makes worker `w`'s core hand `n` UDP flows of pod 0 to the host (to a ClusterIP)

@@ -5,6 +5,8 @@
 //! Addressing follows the daemon's: node `n` owns `10.244.(n+1).0/24` with gateway
 //! `.1`, its underlay address is `10.250.0.(n+1)`, the tunnel port 8472.
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
@@ -209,9 +211,9 @@ pub fn many_policies(
     ip: Ipv4Addr,
     policies: usize,
     rules: usize,
-) -> weft_switch::policy::compile::PodRules {
-    use weft_switch::policy::compile::{compile, LocalPod};
-    use weft_switch::policy::model::{
+) -> weft_switch::netpol::compile::PodRules {
+    use weft_switch::netpol::compile::{compile, LocalPod};
+    use weft_switch::netpol::model::{
         IpBlock, Peer, Policy, PolicyModel, Port, PortSpec, Protocol, Rule, Selector,
     };
     let mut model = PolicyModel::default();

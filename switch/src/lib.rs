@@ -20,7 +20,7 @@ pub mod core;
 pub mod crypto;
 pub mod io;
 pub mod mac;
-pub mod policy;
+pub mod netpol;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod tables;

@@ -18,7 +18,7 @@ use weft_switch::core::{self, Core, Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::io::port::Offload;
 use weft_switch::io::udp::{Lanes, RxBatch, Tunnel};
 use weft_switch::mac::MacAddr;
-use weft_switch::policy::compile::{CompiledRule, Origin, PodRules, RuleSet};
+use weft_switch::netpol::compile::{CompiledRule, Origin, PodRules, RuleSet};
 use weft_switch::tables::counters::{Counters, DropReason};
 use weft_switch::tables::health::PeerHealth;
 use weft_switch::tables::{

@@ -8,7 +8,7 @@ use std::time::Duration;
 use smoltcp::wire::IpAddress;
 use weft_switch::core::Time;
 use weft_switch::mac::MacAddr;
-use weft_switch::policy::compile::{PodRules, RuleSet};
+use weft_switch::netpol::compile::{PodRules, RuleSet};
 use weft_switch::sim::nat::Service;
 use weft_switch::sim::tcp::Transfer;
 use weft_switch::sim::*;

@@ -1,4 +1,5 @@
 #![no_main]
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 use libfuzzer_sys::fuzz_target;
 

@@ -4,6 +4,8 @@
 //! can run the same checks over the seed corpus with stable Rust and no
 //! libFuzzer (it includes this file as a module).
 
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 use weft_encap::sleeve::{self, handshake, seal, Datagram, FramesWriter};
 use weft_encap::{checksum, gro, gso, virtio, vxlan};
 
@@ -153,39 +155,45 @@ pub fn gso_segment(data: &[u8]) {
         hdr.gso_type,
         virtio::GsoType::TcpV4 | virtio::GsoType::UdpL4
     ) {
-        let mut coalescer = gro::Coalescer::new(vec![0; gro::buffer_len(0)], 0).unwrap();
-        coalescer.set_udp(true);
-        let mut joined = Vec::with_capacity(payload.len());
-        let mut deliver = |repr: virtio::Repr, frame: &[u8]| {
-            let mut frame = frame.to_vec();
-            if repr.needs_csum {
-                let (start, offset) = (repr.csum_start.into(), repr.csum_offset.into());
-                gso::complete_checksum(&mut frame, start, offset).unwrap();
-            }
-            let (headers_len, _) = super_frame_layout(&frame);
-            joined.extend_from_slice(check_segment(&frame, headers_len, u16::MAX));
-        };
-        for seg in segments.frames(&out) {
-            loop {
-                match coalescer.push(seg) {
-                    gro::Push::Started | gro::Push::Merged => break,
-                    gro::Push::NotMerged => {
-                        let (repr, held) = coalescer.take().expect("NotMerged holds a frame");
-                        deliver(repr, held);
-                    }
-                    gro::Push::Deliver => {
-                        deliver(virtio::Repr::PLAIN, seg);
-                        break;
-                    }
-                    gro::Push::Other => panic!("a segment pushed as neither TCP nor UDP"),
-                }
-            }
-        }
-        if let Some((repr, held)) = coalescer.take() {
-            deliver(repr, held);
-        }
-        assert_eq!(joined, payload);
+        check_coalesced(segments.frames(&out), payload);
     }
+}
+
+/// Pushes `segments` through a [`gro::Coalescer`] (UDP on) and checks every frame
+/// it delivers; their payloads must join up to `payload`.
+fn check_coalesced<'a>(segments: impl Iterator<Item = &'a [u8]>, payload: &[u8]) {
+    let mut coalescer = gro::Coalescer::new(vec![0; gro::buffer_len(0)], 0).unwrap();
+    coalescer.set_udp(true);
+    let mut joined = Vec::with_capacity(payload.len());
+    let mut deliver = |repr: virtio::Repr, frame: &[u8]| {
+        let mut frame = frame.to_vec();
+        if repr.needs_csum {
+            let (start, offset) = (repr.csum_start.into(), repr.csum_offset.into());
+            gso::complete_checksum(&mut frame, start, offset).unwrap();
+        }
+        let (headers_len, _) = super_frame_layout(&frame);
+        joined.extend_from_slice(check_segment(&frame, headers_len, u16::MAX));
+    };
+    for seg in segments {
+        loop {
+            match coalescer.push(seg) {
+                gro::Push::Started | gro::Push::Merged => break,
+                gro::Push::NotMerged => {
+                    let (repr, held) = coalescer.take().expect("NotMerged holds a frame");
+                    deliver(repr, held);
+                }
+                gro::Push::Deliver => {
+                    deliver(virtio::Repr::PLAIN, seg);
+                    break;
+                }
+                gro::Push::Other => panic!("a segment pushed as neither TCP nor UDP"),
+            }
+        }
+    }
+    if let Some((repr, held)) = coalescer.take() {
+        deliver(repr, held);
+    }
+    assert_eq!(joined, payload);
 }
 
 /// Completes a NEEDS_CSUM checksum on a copy of `frame`; if it succeeds with

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::{policy, Settings, System, Tools};
+use super::{netpol_load, Settings, System, Tools};
 use crate::cni::{self, Network, Verb};
 use crate::netns::wait_until;
 use crate::pidfile::{PidFile, RUN_DIR};
@@ -210,7 +210,7 @@ impl<'c> Plumbing<'c> {
                     &container_id(pod),
                     &pod.ns.path(),
                     POD_IFNAME,
-                    Some((policy::NAMESPACE, &pod.name)),
+                    Some((netpol_load::NAMESPACE, &pod.name)),
                 )?;
                 ips.push(out.first_ip()?);
             }
@@ -263,7 +263,7 @@ impl<'c> Plumbing<'c> {
         let mut pods = Vec::new();
         for (h, ips) in self.ips.iter().enumerate() {
             for (j, ip) in ips.iter().enumerate() {
-                pods.push(policy::PerfPod {
+                pods.push(netpol_load::PerfPod {
                     name: self.cluster.pod(h, j).name.clone(),
                     ip: *ip,
                     server: h == 1,
@@ -271,8 +271,8 @@ impl<'c> Plumbing<'c> {
             }
         }
         let dir = self.scratch.path().join("policy");
-        write_atomic(&dir.join("perf.yaml"), &policy::manifests(&pods))?;
-        policy::wait_in_force(&self.nodes, pods.len())
+        write_atomic(&dir.join("perf.yaml"), &netpol_load::manifests(&pods))?;
+        netpol_load::wait_in_force(&self.nodes, pods.len())
     }
 
     /// Waits until pod `j` of host 0 reaches pod `j` of every other host.

@@ -15,8 +15,8 @@ use anyhow::{bail, ensure, Context, Result};
 
 mod cluster;
 mod measure;
+pub mod netpol_load;
 pub mod plot;
-pub mod policy;
 pub mod report;
 
 pub use cluster::{Cluster, Plumbing};
@@ -44,7 +44,7 @@ pub enum System {
     /// `weft-sleeve` with the other weftd build.
     WeftSleeveAlt,
     /// `weft-vxlan` with host 1's pods selected by 100 NetworkPolicies of 1,000
-    /// rules in all ([`policy`]).
+    /// rules in all ([`netpol_load`]).
     WeftVxlanPolicy,
     /// `weft-sleeve` likewise.
     WeftSleevePolicy,

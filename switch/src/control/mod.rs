@@ -3,7 +3,7 @@
 //! - [`daemon`]: the daemon's state, the workers it runs, the snapshots it publishes;
 //! - [`pods`]: attach, detach, check, GC, restore after a restart;
 //! - [`peers`]: the other nodes, from the cluster [`store`];
-//! - [`policy`]: NetworkPolicy from its source, compiled and published;
+//! - [`netpol_source`]: NetworkPolicy from its source, compiled and published;
 //! - [`api`]: requests in, responses out; [`server`]: the socket and the signals;
 //! - [`host`]: the host operations (netlink, netns, TAP) behind a trait;
 //! - [`config`]: settings; [`netlink`]: links, addresses, routes; [`routes`]: the
@@ -17,9 +17,9 @@ pub mod host;
 pub mod keys;
 pub mod masquerade;
 pub mod netlink;
+pub mod netpol_source;
 pub mod peers;
 pub mod pods;
-pub mod policy;
 pub mod routes;
 pub mod server;
 pub mod store;

@@ -120,7 +120,7 @@ pub async fn run(daemon: Arc<Daemon>, listener: UnixListener) -> Result<(), Daem
     let mut term = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?;
     let watch = watch_store(&daemon);
-    let policy = crate::control::policy::watch_dir(&daemon);
+    let policy = crate::control::netpol_source::watch_dir(&daemon);
     let socket = daemon.settings.socket.clone();
     log::info!(
         "weftd {} serving {} ({} mode{}, {} workers, {} store)",

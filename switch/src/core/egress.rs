@@ -57,14 +57,14 @@ impl Core {
             // From a tunnel: merged into super-frames for the pod; a joined sleeve
             // super-frame goes as it is, after whatever of its flow is being merged.
             Ingress::Peer(_) if offload.is_gso() => {
-                self.gro.emit_flow(cx, port, bytes);
+                self.coalescers.emit_flow(cx, port, bytes);
                 if !takes_super_frame(&t.ports[port], offload, bytes) {
                     return self.cut_for_port(cx, port, offload, bytes);
                 }
                 cx.sink.to_port(&t.ports[port], offload, bytes);
             }
             // A port without offloads (AF_XDP) would only cut a merged frame up again.
-            Ingress::Peer(_) if t.ports[port].offloads => self.gro.coalesce(cx, port, bytes),
+            Ingress::Peer(_) if t.ports[port].offloads => self.coalescers.coalesce(cx, port, bytes),
             _ => cx.sink.to_port(&t.ports[port], offload, bytes),
         }
     }

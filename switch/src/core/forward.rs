@@ -5,7 +5,7 @@
 //! of checks: admission (spoofing, broadcast), the route, the TTL, the MTU. A packet
 //! it forwards then meets the two steps that keep state: the host boundary
 //! ([`super::host`]: what the host port admits, and which replies return through the
-//! host) and NetworkPolicy ([`super::policy`]: the connection table).
+//! host) and NetworkPolicy ([`super::enforce`]: the connection table).
 
 use std::net::Ipv4Addr;
 

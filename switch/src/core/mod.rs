@@ -18,7 +18,7 @@
 //!  (decap,     (checks,     (deliver, GRO for pods,
 //!   ARP)        route,       VXLAN, sleeve batches
 //!               ICMP)        and chunks, GSO)
-//! join: sleeve chunks back into super-frames, into forward
+//! reassembly: sleeve chunks joined back into super-frames, into forward
 //! heartbeat: timers, heartbeats and echoes
 //! ```
 //!
@@ -34,21 +34,21 @@ use crate::tables::counters::DropReason;
 use crate::tables::{PeerEntry, PortEntry, Tables};
 
 mod arp;
+mod coalesce;
 pub mod conntrack;
 mod egress;
+mod enforce;
 mod flow;
 mod forward;
-mod gro;
 mod heartbeat;
 pub mod host;
 mod icmp;
 mod ingress;
-mod join;
-mod policy;
+mod reassembly;
 mod sleeve;
 pub mod time;
 
-pub use join::JOINS;
+pub use reassembly::JOINS;
 pub use sleeve::FEATURES;
 pub use time::Time;
 
@@ -255,9 +255,9 @@ pub struct Core {
     icmp: Box<[u8]>,
     /// Room for a super-frame's segments or chunks.
     segments: Box<[u8]>,
-    gro: gro::Gro,
+    coalescers: coalesce::Coalescers,
     sleeve: sleeve::Batches,
-    joins: join::Joins,
+    joins: reassembly::Joins,
     /// Super-frames sent as sleeve chunks; the worker index is the id's top byte.
     frames_out: u32,
     beats: heartbeat::Heartbeats,
@@ -283,9 +283,9 @@ impl Core {
             worker: config.worker,
             icmp: vec![0u8; icmp::BUF_LEN].into_boxed_slice(),
             segments: vec![0u8; egress::SEGMENT_BUF].into_boxed_slice(),
-            gro: gro::Gro::new(),
+            coalescers: coalesce::Coalescers::new(),
             sleeve: sleeve::Batches::new(),
-            joins: join::Joins::new(),
+            joins: reassembly::Joins::new(),
             frames_out: 0,
             beats: heartbeat::Heartbeats::new(config.heartbeat),
             conntrack: config.conntrack,
@@ -320,7 +320,7 @@ impl Core {
     /// sleeve datagram under construction. The worker calls it at the end of each
     /// batch, with the snapshot the batch used.
     pub fn flush<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>) {
-        self.gro.flush(cx);
+        self.coalescers.flush(cx);
         self.sleeve.flush(cx);
     }
 

@@ -527,7 +527,7 @@ impl std::fmt::Debug for Tunnel {
         f.debug_struct("Tunnel")
             .field("local", &self.socket.local_addr().ok())
             .field("lanes", &self.lanes)
-            .field("gro", &self.state.gro_segments())
+            .field("gro_segments", &self.state.gro_segments())
             .finish()
     }
 }

@@ -36,7 +36,7 @@ use crate::core::{self, Core, Ctx, Frame, Offload, Report, Sink, Time, HEADROOM}
 use crate::crypto::stage::{self, SealCache, Sealer, Stage};
 use crate::crypto::{self, StaticKey};
 use crate::mac::MacAddr;
-use crate::policy::compile::PodRules;
+use crate::netpol::compile::PodRules;
 use crate::tables::counters::{Counters, DropReason, Snapshot};
 use crate::tables::health::{HealthSnapshot, PeerHealth};
 use crate::tables::{

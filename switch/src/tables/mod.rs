@@ -20,7 +20,7 @@ pub mod health;
 
 use crate::core::{Report, Time};
 use crate::mac::MacAddr;
-use crate::policy::compile::PodRules;
+use crate::netpol::compile::PodRules;
 use crate::tables::counters::Counters;
 use crate::tables::fib::{Fib, NextHop};
 use crate::tables::health::PeerHealth;

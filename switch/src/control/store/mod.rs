@@ -14,8 +14,8 @@ use ipnet::Ipv4Net;
 use crate::control::config::{ConfigError, Mode};
 use crate::control::keys::PublicKey;
 use crate::mac::MacAddr;
-use crate::policy::manifest::ManifestError;
-use crate::policy::model::PolicyModel;
+use crate::netpol::manifest::ManifestError;
+use crate::netpol::model::PolicyModel;
 
 pub mod etcd;
 pub mod file;

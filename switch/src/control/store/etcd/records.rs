@@ -12,8 +12,8 @@ use crate::control::config::Mode;
 use crate::control::keys::PublicKey;
 use crate::control::store::{NodeEntry, StorePolicy};
 use crate::mac::MacAddr;
-use crate::policy::manifest::{self, ManifestError};
-use crate::policy::model::PolicyModel;
+use crate::netpol::manifest::{self, ManifestError};
+use crate::netpol::model::PolicyModel;
 
 /// The longest node name: a Kubernetes node name is a DNS subdomain.
 pub const MAX_NAME_LEN: usize = 253;

@@ -1,6 +1,6 @@
 //! Kubernetes NetworkPolicy: the objects it is made of ([`model`]), read from YAML
 //! manifests ([`manifest`]), compiled into per-pod rule sets ([`compile`]) that the
-//! datapath enforces (`crate::core`'s policy step) without evaluating a selector.
+//! datapath enforces (`crate::core::enforce`) without evaluating a selector.
 
 pub mod compile;
 pub mod manifest;

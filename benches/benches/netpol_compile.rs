@@ -1,6 +1,10 @@
 //! NetworkPolicy compilation at scale: 1,000 pods over 10 namespaces and 1,000
 //! policies, compiled for a node with 100 of the pods (`cargo bench -p weft-benches
-//! --bench policy`). The compiled rules' heap size is printed once.
+//! --bench netpol_compile`). The compiled rules' heap size is printed once.
+
+// Not `cfg_attr(not(test), ...)` as in the libraries: `cargo clippy --all-targets`
+// checks a bench with cfg(test) set.
+#![warn(clippy::too_many_lines)]
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -8,9 +12,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use weft_switch::policy::compile::{compile, LocalPod};
-use weft_switch::policy::manifest;
-use weft_switch::policy::model::PolicyModel;
+use weft_switch::netpol::compile::{compile, LocalPod};
+use weft_switch::netpol::manifest;
+use weft_switch::netpol::model::PolicyModel;
 
 const PODS: usize = 1_000;
 const POLICIES: usize = 1_000;

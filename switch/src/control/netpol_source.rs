@@ -12,9 +12,9 @@ use weft_proto::{self as proto, ExplainRequest, PodRef};
 use crate::control::daemon::{Daemon, State};
 use crate::control::error::DaemonError;
 use crate::control::store::StorePolicy;
-use crate::policy::compile::{self, CompiledPolicy, Compiler, KnownPod, LocalPod, PodRules};
-use crate::policy::manifest::{self, ManifestError, Skipped};
-use crate::policy::model::{PolicyModel, Protocol, DEFAULT_NAMESPACE};
+use crate::netpol::compile::{self, CompiledPolicy, Compiler, KnownPod, LocalPod, PodRules};
+use crate::netpol::manifest::{self, ManifestError, Skipped};
+use crate::netpol::model::{PolicyModel, Protocol, DEFAULT_NAMESPACE};
 
 /// How often the policy directory is read for changes: a change takes effect within
 /// this and a compile.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{IpAddress, IpEndpoint};
-use weft_switch::policy::compile::{CompiledRule, Origin, PodRules, RuleSet};
+use weft_switch::netpol::compile::{CompiledRule, Origin, PodRules, RuleSet};
 use weft_switch::sim::{from_pod, udp, Ip, Sim, CONNTRACK_MAX};
 use weft_switch::tables::counters::DropReason;
 use weft_switch::tables::TunnelMode;

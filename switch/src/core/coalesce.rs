@@ -20,14 +20,14 @@ struct Slot {
 }
 
 /// A worker's coalescers.
-pub(super) struct Gro {
+pub(super) struct Coalescers {
     slots: Vec<Slot>,
     pushes: u64,
 }
 
-impl Gro {
-    pub(super) fn new() -> Gro {
-        Gro {
+impl Coalescers {
+    pub(super) fn new() -> Coalescers {
+        Coalescers {
             slots: (0..FLOWS)
                 .map(|_| Slot {
                     port: 0,

@@ -23,7 +23,7 @@
 use super::conntrack::{Flags, FlowKey, Found};
 use super::flow::{Flow, LazyFlow};
 use super::{Core, Ctx, Ingress};
-use crate::policy::compile::PodRules;
+use crate::netpol::compile::PodRules;
 use crate::tables::counters::DropReason;
 use crate::tables::fib::NextHop;
 use crate::tables::{PortKind, Tables};
