@@ -280,8 +280,12 @@ fn manifests_hold_together() {
     )
     .unwrap();
     let text = &data[config_file.file_name().unwrap().to_str().unwrap()];
-    let (file, _) =
+    let (file, flat) =
         Options::from_toml("weftd.toml", text).expect("the ConfigMap's weftd.toml parses");
+    assert!(
+        flat.is_empty(),
+        "the ConfigMap's weftd.toml is in sections: {flat:?}"
+    );
     assert_eq!(
         Options::from_file(&toml_path).expect("the file parses"),
         file

@@ -545,7 +545,7 @@ fn encryption_needs_the_sleeve_and_costs_its_overhead() {
     assert!("maybe".parse::<Encryption>().is_err());
 }
 
-/// The configs `deploy/examples` ships are valid.
+/// The configs `deploy/examples` ships are valid, and in sections.
 #[test]
 fn shipped_examples_parse() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
@@ -553,7 +553,8 @@ fn shipped_examples_parse() {
     assert_eq!(peers.len(), 2);
     for (file, name) in [("node-a.toml", "node-a"), ("node-b.toml", "node-b")] {
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        let (o, _) = parse(&text).unwrap();
+        let (o, flat) = parse(&text).unwrap();
+        assert!(flat.is_empty(), "{file} uses flat keys: {flat:?}");
         let s = o.resolve().unwrap();
         assert_eq!(s.node_name, name);
         let me = peers.iter().find(|p| p.name == name).unwrap();
