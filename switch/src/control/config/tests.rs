@@ -565,6 +565,28 @@ fn shipped_examples_parse() {
     }
 }
 
+/// The weftd configs the README and deploy/STORE.md show are valid, and in
+/// sections.
+#[test]
+fn documented_configs_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut blocks = 0;
+    for doc in ["README.md", "deploy/STORE.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        for block in text.split("```toml\n").skip(1) {
+            let block = block.split("```").next().unwrap();
+            let (o, flat) = parse(block).unwrap_or_else(|e| panic!("{doc}: {e}\n{block}"));
+            assert!(flat.is_empty(), "{doc} uses flat keys: {flat:?}");
+            o.with_flags(["--node-name", "a", "--underlay-ip", "10.0.0.1"])
+                .unwrap()
+                .resolve()
+                .unwrap_or_else(|e| panic!("{doc}: {e}\n{block}"));
+            blocks += 1;
+        }
+    }
+    assert_eq!(blocks, 2);
+}
+
 /// Words a config file is made of, for the property below.
 fn fragment() -> impl Strategy<Value = String> {
     let keys = FLAT_KEYS
