@@ -279,16 +279,37 @@ fn manifests_hold_together() {
         &data[config_file.file_name().unwrap().to_str().unwrap()],
     )
     .unwrap();
-    let file = Options::from_file(&toml_path).expect("the ConfigMap's weftd.toml parses");
-    let flags = Options {
-        node_name: Some("node-1".into()),
-        underlay_ip: Some("10.0.0.21".parse().unwrap()),
-        ..Options::default()
-    };
-    let settings = flags
-        .or(file)
+    let text = &data[config_file.file_name().unwrap().to_str().unwrap()];
+    let (file, flat) =
+        Options::from_toml("weftd.toml", text).expect("the ConfigMap's weftd.toml parses");
+    assert!(
+        flat.is_empty(),
+        "the ConfigMap's weftd.toml is in sections: {flat:?}"
+    );
+    assert_eq!(
+        Options::from_file(&toml_path).expect("the file parses"),
+        file
+    );
+    // The DaemonSet's own flags, as the kubelet expands them.
+    let flags = command[1..]
+        .iter()
+        .filter(|a| !a.starts_with("--config="))
+        .map(|a| {
+            a.replace("$(NODE_NAME)", "node-1")
+                .replace("$(HOST_IP)", "10.0.0.21")
+        });
+    let settings = file
+        .with_flags(flags)
+        .expect("the DaemonSet's flags parse")
         .resolve()
         .expect("the ConfigMap's settings resolve");
+    assert_eq!(
+        (
+            settings.node_name.as_str(),
+            settings.underlay_ip.to_string()
+        ),
+        ("node-1", "10.0.0.21".to_string())
+    );
     let StoreSettings::Etcd(etcd) = &settings.store else {
         panic!("the DaemonSet runs on etcd: {:?}", settings.store)
     };
@@ -313,7 +334,7 @@ fn manifests_hold_together() {
             path.display()
         );
     }
-    assert!(settings.direct_routing);
+    assert!(settings.tunnel.direct_routing);
     assert_eq!(
         settings.pod_subnet, None,
         "every node claims its own subnet"

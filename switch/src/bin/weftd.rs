@@ -4,16 +4,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Args, CommandFactory, FromArgMatches};
 use weft_switch::control::config::Options;
 use weft_switch::control::daemon::Daemon;
 use weft_switch::control::server;
 
 /// weft's per-node userspace switch.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(version, about)]
 struct Cli {
-    /// TOML config file; its keys are the flag names below (flags win).
+    /// TOML config file: every flag below is a key, at the top level or in the
+    /// section its heading names (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Join the cluster store (claim this node's subnet and register it), print the
@@ -25,14 +26,13 @@ struct Cli {
     /// of this node must say.
     #[arg(long)]
     show_key: bool,
-    #[command(flatten)]
-    options: Options,
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -42,12 +42,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let file = match &cli.config {
+/// weftd's command line: `Cli`, and the settings' flags. The settings are not a
+/// field of `Cli`: they are read from the config file first, and then the flags
+/// given (only those) override them.
+fn command() -> clap::Command {
+    let cli = Cli::command();
+    // Cli says what weftd is; Options' own doc would take its place.
+    let about = cli.get_about().cloned().unwrap_or_default();
+    Options::augment_args(cli).about(about).long_about(None)
+}
+
+fn run(cli: Cli, flags: &clap::ArgMatches) -> anyhow::Result<()> {
+    let mut options = match &cli.config {
         Some(path) => Options::from_file(path)?,
         None => Options::default(),
     };
-    let options = cli.options.or(file);
+    options.update_from_arg_matches(flags)?;
     if cli.show_key {
         let dir = options
             .state_dir

@@ -56,8 +56,11 @@ impl Daemon {
         proto::Status {
             node: self.node.name.clone(),
             daemon_version: env!("CARGO_PKG_VERSION").into(),
-            mode: match (self.settings.mode, self.settings.direct_routing) {
-                (Mode::Direct, _) | (_, false) => self.settings.mode.to_string(),
+            mode: match (
+                self.settings.tunnel.mode,
+                self.settings.tunnel.direct_routing,
+            ) {
+                (Mode::Direct, _) | (_, false) => self.settings.tunnel.mode.to_string(),
                 (m, true) => format!("{m}, direct routing"),
             },
             pod_subnet: self.node.subnet.to_string(),
@@ -65,9 +68,9 @@ impl Daemon {
             gateway: self.node.gateway,
             underlay: SocketAddr::V4(SocketAddrV4::new(
                 self.settings.underlay_ip,
-                self.settings.port,
+                self.settings.tunnel.port,
             )),
-            workers: self.settings.workers,
+            workers: self.settings.datapath.workers,
             mtu: self.node.pod_mtu,
             pods: state.pods.len(),
             peers: state.peers.len(),

@@ -110,7 +110,11 @@ fn store_of(
     Ok(match &settings.store {
         StoreSettings::File(Some(path)) => Arc::new(FileStore::new(path.clone())),
         StoreSettings::File(None) => Arc::new(NoStore),
-        StoreSettings::Etcd(e) => Arc::new(EtcdStore::open(e.clone(), settings.port, rt.clone())?),
+        StoreSettings::Etcd(e) => Arc::new(EtcdStore::open(
+            e.clone(),
+            settings.tunnel.port,
+            rt.clone(),
+        )?),
     })
 }
 
@@ -119,6 +123,7 @@ fn store_of(
 fn vtep_mac(settings: &Settings, view: &ClusterView) -> MacAddr {
     let listed = view.nodes.iter().find(|n| n.name == settings.node_name);
     settings
+        .tunnel
         .vtep_mac
         .or(listed.map(|m| m.vtep_mac))
         .unwrap_or_else(|| MacAddr::from_name(&settings.node_name))
@@ -147,8 +152,8 @@ fn join(
         name: settings.node_name.clone(),
         underlay_ip: settings.underlay_ip,
         vtep_mac: router_mac,
-        mode: settings.mode,
-        direct_routing: settings.direct_routing,
+        mode: settings.tunnel.mode,
+        direct_routing: settings.tunnel.direct_routing,
         public_key,
         features: feature_names(core::FEATURES),
         cluster: settings.cluster_cidr,
@@ -177,12 +182,12 @@ fn node_config(settings: &Settings, subnet: Ipv4Net, router_mac: MacAddr) -> Nod
         underlay: settings.underlay_ip,
         cluster: settings.cluster_cidr,
         mode: settings.framing(),
-        vni: settings.vni,
+        vni: settings.tunnel.vni,
         pod_mtu: settings.pod_mtu(),
         max_datagram: settings.max_datagram(),
         // A node in direct mode has no tunnel to send heartbeats through.
-        heartbeat: match settings.mode.tunnel() {
-            Some(_) => settings.heartbeat,
+        heartbeat: match settings.tunnel.mode.tunnel() {
+            Some(_) => settings.tunnel.heartbeat,
             None => Duration::ZERO,
         },
     }
@@ -192,7 +197,7 @@ fn node_config(settings: &Settings, subnet: Ipv4Net, router_mac: MacAddr) -> Nod
 fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, LinkSpec) {
     let gateway = node.gateway;
     let spec = LinkSpec {
-        name: settings.host_port.clone(),
+        name: settings.host.port.clone(),
         mac: MacAddr::for_ip(gateway),
         mtu: node.pod_mtu,
         addr: gateway,
@@ -208,16 +213,16 @@ fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, LinkSpec) {
             generation: 0,
         },
         kind: PortKind::Host,
-        name: settings.host_port.clone(),
+        name: settings.host.port.clone(),
         mac: spec.mac,
         ip: gateway,
         container_id: None,
         netns: None,
-        queues: settings.port_queues as u16,
+        queues: settings.datapath.port_queues as u16,
         offloads: true,
         // Known once its TAP is open.
         uso: false,
-        counters: Arc::new(Counters::new(settings.workers)),
+        counters: Arc::new(Counters::new(settings.datapath.workers)),
         policy: None,
     };
     (entry, spec)
@@ -227,11 +232,12 @@ fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, LinkSpec) {
 /// state directory (made at the first start), the cluster's pre-shared key if one
 /// is configured, and the cipher this CPU runs best.
 fn sealer_of(settings: &Settings, router_mac: MacAddr) -> Result<Option<Arc<Sealer>>, DaemonError> {
-    if settings.encryption == Encryption::Off {
+    if settings.encryption.mode == Encryption::Off {
         return Ok(None);
     }
     let key = keys::load_or_create(&settings.state_dir)?;
     let psk = settings
+        .encryption
         .psk_file
         .as_deref()
         .map(keys::read_psk)
@@ -242,7 +248,7 @@ fn sealer_of(settings: &Settings, router_mac: MacAddr) -> Result<Option<Arc<Seal
     let cipher = Cipher::preferred();
     log::info!(
         "encryption {:?}: node key {}, {cipher} preferred{}",
-        settings.encryption,
+        settings.encryption.mode,
         PublicKey(key.public()),
         if psk.is_some() {
             ", with a pre-shared key"
@@ -258,7 +264,10 @@ fn sealer_of(settings: &Settings, router_mac: MacAddr) -> Result<Option<Arc<Seal
         cipher,
         wall_at_zero: wall.saturating_sub(crate::io::clock::now().as_nanos()),
     });
-    Ok(Some(Arc::new(Sealer::new(endpoint, settings.encryption))))
+    Ok(Some(Arc::new(Sealer::new(
+        endpoint,
+        settings.encryption.mode,
+    ))))
 }
 
 /// What the host must do for the switch: forward (Services, egress, direct routing),
@@ -267,7 +276,7 @@ fn sealer_of(settings: &Settings, router_mac: MacAddr) -> Result<Option<Arc<Seal
 fn prepare_host(settings: &Settings, host: &dyn Host) -> Result<(), DaemonError> {
     host.enable_forwarding()
         .map_err(io_err("enabling IPv4 forwarding"))?;
-    if !settings.masquerade {
+    if !settings.host.masquerade {
         // A crashed predecessor's table, if there is one (and nft to remove it).
         if let Err(e) = host.set_masquerade(None) {
             log::debug!("egress masquerade off: removing any table left: {e}");
@@ -275,16 +284,18 @@ fn prepare_host(settings: &Settings, host: &dyn Host) -> Result<(), DaemonError>
     } else {
         host.set_masquerade(Some(&Masquerade {
             cluster: settings.cluster_cidr,
-            service: settings.service_cidr,
+            service: settings.host.service_cidr,
             tunnel: settings
+                .tunnel
                 .mode
                 .tunnel()
-                .map(|_| (settings.underlay_ip, settings.port)),
+                .map(|_| (settings.underlay_ip, settings.tunnel.port)),
         }))?;
         log::info!(
             "egress masquerade: {} leaving the cluster{}",
             settings.cluster_cidr,
             settings
+                .host
                 .service_cidr
                 .map_or(String::new(), |s| format!(" (and the Service CIDR {s})"))
         );
@@ -300,16 +311,20 @@ fn start_workers(
 ) -> Result<(Arc<Shared>, Vec<WorkerHandle>), DaemonError> {
     // In direct mode nothing is tunnelled: the sockets take a port no peer sends to.
     let ip = settings.underlay_ip;
-    let port = settings.mode.tunnel().map_or(0, |_| settings.port);
-    let sockets = tunnel_sockets(SocketAddrV4::new(ip, port), settings.workers)
+    let port = settings
+        .tunnel
+        .mode
+        .tunnel()
+        .map_or(0, |_| settings.tunnel.port);
+    let sockets = tunnel_sockets(SocketAddrV4::new(ip, port), settings.datapath.workers)
         .map_err(io_err(format!("binding the tunnel port {ip}:{port}")))?;
     let lanes = Lanes::bind(ip, core::LANES)
         .map_err(io_err(format!("binding the tunnel's source ports on {ip}")))?;
     log::info!("tunnel source ports {:?}", lanes.ports());
     let tuning = worker::Tuning {
-        poll_max: settings.poll,
-        heartbeat: settings.heartbeat,
-        conntrack_max: settings.conntrack_max,
+        poll_max: settings.datapath.poll,
+        heartbeat: settings.tunnel.heartbeat,
+        conntrack_max: settings.policy.conntrack_max,
     };
     worker::spawn(tables.clone(), sockets, Arc::new(lanes), tuning, sealer)
         .map_err(io_err("starting the workers"))
@@ -349,9 +364,9 @@ impl Daemon {
         let (subnet, pool) = join(&settings, &*store, router_mac, public_key)?;
         let view = store.load()?;
         let node = Arc::new(node_config(&settings, subnet, router_mac));
-        let tunnel = Arc::new(Counters::new(settings.workers));
+        let tunnel = Arc::new(Counters::new(settings.datapath.workers));
         let (mut host_entry, host_spec) = host_port(&settings, &node);
-        let host_queues = host.open_host_port(&host_spec, settings.port_queues)?;
+        let host_queues = host.open_host_port(&host_spec, settings.datapath.port_queues)?;
         host_entry.uso = host_queues.first().is_some_and(|q| q.takes_uso());
         prepare_host(&settings, &*host)?;
         let route_to = |ip| host.route_to(ip).ok().flatten();
@@ -513,13 +528,13 @@ impl Daemon {
         self.stopping.store(true, Ordering::Release);
         let mut workers = self.workers.lock();
         worker::stop(&self.shared, &mut workers);
-        if self.settings.direct_routing {
+        if self.settings.tunnel.direct_routing {
             match self.host.sync_direct_routes(&[]) {
                 Ok(n) => log::info!("direct routing: removed {n} host routes"),
                 Err(e) => log::error!("direct routing: removing the host routes: {e}"),
             }
         }
-        if self.settings.masquerade {
+        if self.settings.host.masquerade {
             match self.host.set_masquerade(None) {
                 Ok(()) => log::info!("egress masquerade: removed"),
                 Err(e) => log::error!("egress masquerade: removing it: {e}"),

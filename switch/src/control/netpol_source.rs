@@ -189,7 +189,7 @@ impl Daemon {
 
     /// Reads the policy directory, if there is one, and applies it.
     pub(crate) fn load_policy(&self) -> Result<(), DaemonError> {
-        match &self.settings.policy_dir {
+        match &self.settings.policy.dir {
             Some(dir) => self.apply_policy(load_dir(dir)),
             None => Ok(()),
         }
@@ -222,7 +222,7 @@ impl Daemon {
             })
             .collect();
         proto::PolicyStatus {
-            source: match (&self.settings.policy_dir, p.store_revision) {
+            source: match (&self.settings.policy.dir, p.store_revision) {
                 (Some(d), _) => format!("dir {}", d.display()),
                 (None, Some(rev)) => format!("{} at revision {rev}", self.store.kind()),
                 (None, None) => "none".into(),
@@ -343,7 +343,7 @@ fn endpoint<'c>(
 
 /// Watches the policy directory, applying each change.
 pub(crate) fn watch_dir(daemon: &Arc<Daemon>) -> Option<tokio::task::JoinHandle<()>> {
-    let dir = daemon.settings.policy_dir.clone()?;
+    let dir = daemon.settings.policy.dir.clone()?;
     let d = daemon.clone();
     Some(tokio::spawn(async move {
         let mut last = fingerprint(&dir);

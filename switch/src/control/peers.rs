@@ -25,15 +25,16 @@ use weft_encap::sleeve::NodeId;
 /// same one; else not at all. Only a tunnelled peer gets heartbeats: they measure
 /// the tunnel, and a direct peer's traffic does not use it.
 pub(crate) fn path_to(settings: &Settings, n: &NodeEntry, route: Option<&RouteTo>) -> PeerPath {
-    let theirs = n.mode.unwrap_or(settings.mode);
+    let theirs = n.mode.unwrap_or(settings.tunnel.mode);
     let their_direct = routes_directly(settings, n);
     let tunnel = settings
+        .tunnel
         .mode
         .tunnel()
         .filter(|t| theirs.tunnel() == Some(*t));
-    if settings.direct_routing && their_direct {
+    if settings.tunnel.direct_routing && their_direct {
         match route {
-            Some(r) if r.gateway.is_none() && r.dev != settings.host_port => {
+            Some(r) if r.gateway.is_none() && r.dev != settings.host.port => {
                 return PeerPath::Direct { dev: r.dev.clone() }
             }
             _ if tunnel.is_some() => {}
@@ -53,22 +54,22 @@ pub(crate) fn path_to(settings: &Settings, n: &NodeEntry, route: Option<&RouteTo
     }
     match tunnel {
         Some(_) => PeerPath::Tunnel,
-        None if theirs == Mode::Direct || settings.mode == Mode::Direct => {
+        None if theirs == Mode::Direct || settings.tunnel.mode == Mode::Direct => {
             PeerPath::Unreachable(format!(
                 "it runs {theirs} and this node {}{}: direct routing needs both ends, and one has no tunnel",
-                settings.mode,
-                if settings.direct_routing { " with direct routing" } else { "" }
+                settings.tunnel.mode,
+                if settings.tunnel.direct_routing { " with direct routing" } else { "" }
             ))
         }
-        None => PeerPath::Unreachable(format!("it runs {theirs}, this node {}", settings.mode)),
+        None => PeerPath::Unreachable(format!("it runs {theirs}, this node {}", settings.tunnel.mode)),
     }
 }
 
 /// Whether node `n` routes directly to the peers on its segment, as its record (or
 /// the peers file) says; a node that does not say runs as this one does.
 fn routes_directly(settings: &Settings, n: &NodeEntry) -> bool {
-    n.mode.unwrap_or(settings.mode) == Mode::Direct
-        || n.direct_routing.unwrap_or(settings.direct_routing)
+    n.mode.unwrap_or(settings.tunnel.mode) == Mode::Direct
+        || n.direct_routing.unwrap_or(settings.tunnel.direct_routing)
 }
 
 /// Whether node `n`'s pods may reach this node through its host while this node
@@ -82,9 +83,9 @@ fn reaches_us_through_the_host(
     route: Option<&RouteTo>,
 ) -> bool {
     *path == PeerPath::Tunnel
-        && settings.encryption != Encryption::Required
+        && settings.encryption.mode != Encryption::Required
         && routes_directly(settings, n)
-        && route.is_some_and(|r| r.gateway.is_none() && r.dev != settings.host_port)
+        && route.is_some_and(|r| r.gateway.is_none() && r.dev != settings.host.port)
 }
 
 /// The peer entries of `nodes` (every node but this one), reached as [`path_to`]
@@ -100,9 +101,9 @@ pub(crate) fn peer_entries(
         .iter()
         .filter(|n| n.name != settings.node_name)
         .map(|n| {
-            let addr = SocketAddrV4::new(n.underlay_ip, settings.port);
+            let addr = SocketAddrV4::new(n.underlay_ip, settings.tunnel.port);
             let kept = old.iter().find(|p| p.name == n.name && p.addr == addr);
-            let route = (settings.direct_routing || routes_directly(settings, n))
+            let route = (settings.tunnel.direct_routing || routes_directly(settings, n))
                 .then(|| route_to(n.underlay_ip))
                 .flatten();
             let path = path_to(settings, n, route.as_ref());
@@ -114,7 +115,7 @@ pub(crate) fn peer_entries(
                 subnet: n.pod_subnet,
                 vtep_mac: n.vtep_mac,
                 counters: kept.map_or_else(
-                    || Arc::new(Counters::new(settings.workers)),
+                    || Arc::new(Counters::new(settings.datapath.workers)),
                     |p| p.counters.clone(),
                 ),
                 health: kept.map_or_else(
@@ -235,7 +236,7 @@ impl Daemon {
             })
             .collect();
         match self.host.sync_direct_routes(&wanted) {
-            Ok(removed) if self.settings.direct_routing || removed > 0 => log::info!(
+            Ok(removed) if self.settings.tunnel.direct_routing || removed > 0 => log::info!(
                 "direct routing: {} host routes, {removed} removed",
                 wanted.len()
             ),

@@ -74,7 +74,7 @@ impl Daemon {
         if let Some(pod) = state.pods.iter().find(|p| p.key == key) {
             return self.attached_again(req, pod);
         }
-        let wanted = req.port.unwrap_or(self.settings.pod_port);
+        let wanted = req.port.unwrap_or(self.settings.datapath.pod_port);
         let meta = AttachMeta {
             netns: req.netns.clone(),
             pod: req.pod.clone(),
@@ -206,7 +206,7 @@ impl Daemon {
             queues: queues.len() as u16,
             offloads: port == PortType::Tap,
             uso: queues.first().is_some_and(|q| q.takes_uso()),
-            counters: Arc::new(Counters::new(self.settings.workers)),
+            counters: Arc::new(Counters::new(self.settings.datapath.workers)),
             policy: None,
         };
         state.pods.push(Pod {
@@ -237,7 +237,7 @@ impl Daemon {
         how: Plug,
         port: PortType,
     ) -> Result<(Queues, PortType), DaemonError> {
-        let queues = self.settings.port_queues;
+        let queues = self.settings.datapath.port_queues;
         let plan = match port {
             PortType::Tap => PodPort::Tap,
             PortType::Afxdp => PodPort::Afxdp {
@@ -678,20 +678,16 @@ mod tests {
             .and_then(|s| s.local_addr())
             .expect("a free port")
             .port();
-        let settings = Options {
-            node_name: Some("n".into()),
-            underlay_ip: Some(Ipv4Addr::LOCALHOST),
-            pod_subnet: Some("10.244.1.0/24".parse().expect("a subnet")),
-            cluster_cidr: Some("10.244.0.0/16".parse().expect("a CIDR")),
-            port: Some(port),
-            workers: Some(2),
-            state_dir: Some(dir.join("state")),
-            socket: Some(dir.join("weft.sock")),
-            ..Options::default()
-        }
-        .or(extra)
-        .resolve()
-        .expect("settings");
+        let mut settings = extra;
+        settings.node_name = Some("n".into());
+        settings.underlay_ip = Some(Ipv4Addr::LOCALHOST);
+        settings.pod_subnet = Some("10.244.1.0/24".parse().expect("a subnet"));
+        settings.cluster_cidr = Some("10.244.0.0/16".parse().expect("a CIDR"));
+        settings.tunnel.port = Some(port);
+        settings.datapath.workers = Some(2);
+        settings.state_dir = Some(dir.join("state"));
+        settings.socket = Some(dir.join("weft.sock"));
+        let settings = settings.resolve().expect("settings");
         let host = Arc::new(FakeHost {
             next: Mutex::new(Next::Works),
             interfaces: Mutex::new(BTreeSet::new()),
@@ -808,11 +804,9 @@ mod tests {
         }
         assert_nothing_left(&f);
         // The node-wide default applies when the pod does not ask.
-        let extra = Options {
-            pod_port: Some(PortType::Afxdp),
-            afxdp_fallback: Some(true),
-            ..Options::default()
-        };
+        let mut extra = Options::default();
+        extra.datapath.pod_port = Some(PortType::Afxdp);
+        extra.afxdp.fallback = Some(true);
         let f = fixture_with("xdpfall", extra);
         *f.host.next.lock() = Next::NoAfxdp;
         let a = match attach_port(&f.daemon, "c1", None) {
@@ -851,25 +845,21 @@ mod tests {
     #[test]
     fn the_masquerade_comes_and_goes_with_the_daemon() {
         let service: Ipv4Net = "10.96.0.0/12".parse().expect("a CIDR");
-        let extra = Options {
-            service_cidr: Some(service),
-            ..Options::default()
-        };
+        let mut extra = Options::default();
+        extra.host.service_cidr = Some(service);
         let f = fixture_with("masq", extra);
         assert!(f.host.forwarding.load(std::sync::atomic::Ordering::SeqCst));
         let cluster: Ipv4Net = "10.244.0.0/16".parse().expect("a CIDR");
         let installed = crate::control::masquerade::Masquerade {
             cluster,
             service: Some(service),
-            tunnel: Some((Ipv4Addr::LOCALHOST, f.daemon.settings().port)),
+            tunnel: Some((Ipv4Addr::LOCALHOST, f.daemon.settings().tunnel.port)),
         };
         assert_eq!(*f.host.masquerade.lock(), Some(installed));
         f.daemon.shutdown();
         assert_eq!(*f.host.masquerade.lock(), None);
-        let off = Options {
-            masquerade: Some(false),
-            ..Options::default()
-        };
+        let mut off = Options::default();
+        off.host.masquerade = Some(false);
         let f = fixture_with("nomasq", off);
         assert!(f.host.forwarding.load(std::sync::atomic::Ordering::SeqCst));
         assert_eq!(*f.host.masquerade.lock(), None);
@@ -881,10 +871,8 @@ mod tests {
     /// peer behind a router cannot be reached. A peer that goes takes its route.
     #[test]
     fn direct_routing_chooses_each_peers_path_and_keeps_the_host_routes() {
-        let extra = Options {
-            direct_routing: Some(true),
-            ..Options::default()
-        };
+        let mut extra = Options::default();
+        extra.tunnel.direct_routing = Some(true);
         let f = fixture_with("direct", extra);
         assert!(f.host.forwarding.load(std::sync::atomic::Ordering::SeqCst));
         let on_link = |dev: &str| RouteTo {

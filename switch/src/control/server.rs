@@ -126,13 +126,13 @@ pub async fn run(daemon: Arc<Daemon>, listener: UnixListener) -> Result<(), Daem
         "weftd {} serving {} ({} mode{}, {} workers, {} store)",
         daemon.node.name,
         socket.display(),
-        daemon.settings.mode,
-        if daemon.settings.direct_routing && daemon.settings.mode != Mode::Direct {
+        daemon.settings.tunnel.mode,
+        if daemon.settings.tunnel.direct_routing && daemon.settings.tunnel.mode != Mode::Direct {
             " with direct routing"
         } else {
             ""
         },
-        daemon.settings.workers,
+        daemon.settings.datapath.workers,
         daemon.store.kind(),
     );
     loop {

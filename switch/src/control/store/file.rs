@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use super::{ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError};
-use crate::control::config::{ConfigError, Mode};
+use crate::control::config::{ConfigError, Mode, NodeConfigError};
 use crate::control::keys::PublicKey;
 use crate::mac::MacAddr;
 
@@ -39,9 +39,9 @@ impl ClusterStore for FileStore {
     /// The configured subnet, once the file's entry for this node (if it has one)
     /// agrees with this node's settings.
     fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
-        let subnet = me
-            .wanted
-            .ok_or(StoreError::File(ConfigError::Missing("pod-subnet")))?;
+        let subnet = me.wanted.ok_or(StoreError::File(
+            NodeConfigError::Missing("pod-subnet").into(),
+        ))?;
         let nodes = read_peers(&self.path)?;
         if let Some(entry) = nodes.iter().find(|n| n.name == me.name) {
             if entry.underlay_ip != me.underlay_ip || entry.pod_subnet != subnet {

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use ipnet::Ipv4Net;
 
-use crate::control::config::{ConfigError, Mode};
+use crate::control::config::{ConfigError, Mode, NodeConfigError};
 use crate::control::keys::PublicKey;
 use crate::mac::MacAddr;
 use crate::netpol::manifest::ManifestError;
@@ -166,8 +166,9 @@ impl ClusterStore for NoStore {
     }
 
     fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
-        me.wanted
-            .ok_or(StoreError::File(ConfigError::Missing("pod-subnet")))
+        me.wanted.ok_or(StoreError::File(
+            NodeConfigError::Missing("pod-subnet").into(),
+        ))
     }
 
     fn load(&self) -> Result<ClusterView, StoreError> {

@@ -1,0 +1,415 @@
+//! weftd's settings (a TOML file in sections, every key also a flag) and the peers
+//! file.
+//!
+//! The top level of the file is this node's own (its name, addresses, store and
+//! paths); each section (`[tunnel]`, `[mtu]`, `[encryption]`, `[datapath]`,
+//! `[afxdp]`, `[policy]`, `[host]`, `[etcd]`) is a module here that holds, in one
+//! place, its options as given (the table in the file and the flags, one struct),
+//! their checks and defaults (`resolve`), the checked settings and an error enum.
+//! `file` reads the file, and the flat layout of before the sections.
+
+mod afxdp;
+mod datapath;
+mod encryption;
+mod etcd;
+mod file;
+mod host;
+mod mtu;
+mod policy;
+#[cfg(test)]
+mod tests;
+mod tunnel;
+
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::FromArgMatches;
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+pub use afxdp::*;
+pub use datapath::*;
+pub use encryption::*;
+pub use etcd::*;
+pub use file::{FlatKey, FLAT_KEYS};
+pub use host::*;
+pub use mtu::*;
+pub use policy::*;
+pub use tunnel::*;
+
+use crate::tables::TunnelMode;
+
+/// Where weftd keeps durable state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
+
+/// Settings as given, each optional: from the config file and from flags. Keys at
+/// the top level and in each section are named as in the file; every one is also a
+/// flag, named as in the flat layout (`--etcd-ca` for `ca` under `[etcd]`). A flag
+/// overrides the file: [`Options::with_flags`], or clap's
+/// `update_from_arg_matches` on the options read from the file, sets only the
+/// flags given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Options {
+    /// This node's name, as the peers file lists it.
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// This node's underlay address: tunnels are bound to it.
+    #[arg(long)]
+    pub underlay_ip: Option<Ipv4Addr>,
+    /// This node's pod subnet (for example 10.244.1.0/24). Required with the file
+    /// store; with etcd, a node without one claims a free subnet of the cluster CIDR.
+    #[arg(long)]
+    pub pod_subnet: Option<Ipv4Net>,
+    /// The whole cluster's pod range (for example 10.244.0.0/16).
+    #[arg(long)]
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Where the cluster's nodes are learnt: file (the peers file) or etcd
+    /// [default: file].
+    #[arg(long, value_parser = parse_store)]
+    pub store: Option<StoreKind>,
+    /// Path of the peers file, reloaded on change (the file store).
+    #[arg(long)]
+    pub peers: Option<PathBuf>,
+    /// Path of the control socket [default: /run/weft/weft.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Directory for durable state [default: /var/lib/weft].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// `[tunnel]`.
+    #[command(flatten, next_help_heading = "[tunnel] in the config file")]
+    pub tunnel: TunnelOptions,
+    /// `[mtu]`.
+    #[command(flatten, next_help_heading = "[mtu] in the config file")]
+    pub mtu: MtuOptions,
+    /// `[encryption]`.
+    #[command(flatten, next_help_heading = "[encryption] in the config file")]
+    pub encryption: EncryptionOptions,
+    /// `[datapath]`.
+    #[command(flatten, next_help_heading = "[datapath] in the config file")]
+    pub datapath: DatapathOptions,
+    /// `[afxdp]`.
+    #[command(flatten, next_help_heading = "[afxdp] in the config file")]
+    pub afxdp: AfxdpOptions,
+    /// `[policy]`.
+    #[command(flatten, next_help_heading = "[policy] in the config file")]
+    pub policy: PolicyOptions,
+    /// `[host]`.
+    #[command(flatten, next_help_heading = "[host] in the config file")]
+    pub host: HostOptions,
+    /// `[etcd]`.
+    #[command(flatten, next_help_heading = "[etcd] in the config file")]
+    pub etcd: EtcdOptions,
+}
+
+fn parse_store(s: &str) -> Result<StoreKind, String> {
+    match s {
+        "file" => Ok(StoreKind::File),
+        "etcd" => Ok(StoreKind::Etcd),
+        _ => Err(format!("unknown store {s:?}: expected file or etcd")),
+    }
+}
+
+/// Which cluster store a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The static peers file (or none: a cluster of one).
+    File,
+    /// etcd v3.
+    Etcd,
+}
+
+/// A configuration problem, naming the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config or peers file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for its schema.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Cause.
+        source: Box<toml::de::Error>,
+    },
+    /// The config file gives a setting twice: at the top level as the flat layout
+    /// did, and in its section.
+    #[error(
+        "parsing {path}: `{}` at the top level and `{}` under [{}] are the same setting: keep the one under [{}]",
+        key.flat, key.key, key.section, key.section
+    )]
+    Twice {
+        /// The file.
+        path: String,
+        /// The setting.
+        key: FlatKey,
+    },
+    /// The config file has a section's name as a value, beside flat keys that
+    /// belong in the section.
+    #[error("parsing {path}: `{section}` is a section ([{section}]), not a value")]
+    NotASection {
+        /// The file.
+        path: String,
+        /// The section.
+        section: &'static str,
+    },
+    /// A bad setting at the top level.
+    #[error(transparent)]
+    Node(#[from] NodeConfigError),
+    /// A bad `[tunnel]` setting.
+    #[error(transparent)]
+    Tunnel(#[from] TunnelConfigError),
+    /// A bad `[mtu]` setting.
+    #[error(transparent)]
+    Mtu(#[from] MtuConfigError),
+    /// A bad `[encryption]` setting.
+    #[error(transparent)]
+    Encryption(#[from] EncryptionConfigError),
+    /// A bad `[datapath]` setting.
+    #[error(transparent)]
+    Datapath(#[from] DatapathConfigError),
+    /// A bad `[afxdp]` setting.
+    #[error(transparent)]
+    Afxdp(#[from] AfxdpConfigError),
+    /// A bad `[policy]` setting.
+    #[error(transparent)]
+    Policy(#[from] PolicyConfigError),
+    /// A bad `[host]` setting.
+    #[error(transparent)]
+    Host(#[from] HostConfigError),
+    /// A bad `[etcd]` setting.
+    #[error(transparent)]
+    Etcd(#[from] EtcdConfigError),
+    /// The peers file is inconsistent.
+    #[error("peers file {path}: {why}")]
+    Peers {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// A bad setting at the top level: this node's own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeConfigError {
+    /// A required setting is missing.
+    #[error("missing setting {0}: give it in the config file or as --{0}")]
+    Missing(&'static str),
+    /// An empty node name.
+    #[error("invalid node-name: empty")]
+    EmptyName,
+    /// An underlay address among the pods'.
+    #[error("invalid underlay-ip: {ip} lies inside the cluster CIDR {cluster}")]
+    UnderlayInCluster {
+        /// The underlay address.
+        ip: Ipv4Addr,
+        /// The cluster CIDR.
+        cluster: Ipv4Net,
+    },
+    /// A pod subnet with host bits set.
+    #[error("invalid pod-subnet: {0} has host bits set; did you mean {trunc}?", trunc = .0.trunc())]
+    HostBits(Ipv4Net),
+    /// A pod subnet with no room for a gateway and pods.
+    #[error("invalid pod-subnet: {0} is too small: it needs a gateway and pods (/30 at most)")]
+    TooSmall(Ipv4Net),
+    /// A pod subnet outside the cluster CIDR, or all of it.
+    #[error(
+        "invalid pod-subnet: {pod_subnet} must lie inside the cluster CIDR {cluster} and be smaller"
+    )]
+    Outside {
+        /// The pod subnet.
+        pod_subnet: Ipv4Net,
+        /// The cluster CIDR.
+        cluster: Ipv4Net,
+    },
+    /// A peers file on the etcd store.
+    #[error("invalid peers: it is the file store's; with etcd the nodes come from etcd")]
+    PeersWithEtcd,
+}
+
+impl Options {
+    /// Overrides the settings that `args` (weftd's flags, without the program's
+    /// name) give, as weftd's flags override its config file.
+    pub fn with_flags<I, T>(mut self, args: I) -> Result<Options, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let command = <Options as clap::Args>::augment_args(clap::Command::new("weftd"));
+        let argv = std::iter::once(OsString::from("weftd")).chain(args.into_iter().map(Into::into));
+        self.update_from_arg_matches(&command.try_get_matches_from(argv)?)?;
+        Ok(self)
+    }
+
+    /// Checks the options and applies defaults.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let node_name = self
+            .node_name
+            .clone()
+            .ok_or(NodeConfigError::Missing("node-name"))?;
+        if node_name.is_empty() {
+            return Err(NodeConfigError::EmptyName.into());
+        }
+        let (underlay_ip, pod_subnet, cluster_cidr) = self.addressing()?;
+        let kind = self.store.unwrap_or(StoreKind::File);
+        let store = match kind {
+            StoreKind::File => {
+                self.etcd.refuse()?;
+                pod_subnet.ok_or(NodeConfigError::Missing("pod-subnet"))?;
+                StoreSettings::File(self.peers)
+            }
+            StoreKind::Etcd if self.peers.is_some() => {
+                return Err(NodeConfigError::PeersWithEtcd.into())
+            }
+            StoreKind::Etcd => StoreSettings::Etcd(self.etcd.resolve(cluster_cidr, pod_subnet)?),
+        };
+        let policy = self.policy.resolve(kind)?;
+        let tunnel = self.tunnel.resolve()?;
+        let datapath = self.datapath.resolve()?;
+        let encryption = self.encryption.resolve(&tunnel)?;
+        let mtu = self.mtu.resolve(tunnel.mode, encryption.mode)?;
+        Ok(Settings {
+            node_name,
+            underlay_ip,
+            pod_subnet,
+            cluster_cidr,
+            socket: self
+                .socket
+                .unwrap_or_else(|| weft_proto::DEFAULT_SOCKET.into()),
+            state_dir: self.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            store,
+            tunnel,
+            mtu,
+            encryption,
+            datapath,
+            afxdp: self.afxdp.resolve()?,
+            policy,
+            host: self.host.resolve(cluster_cidr)?,
+        })
+    }
+
+    /// The underlay address, the pod subnet (if given) and the cluster CIDR, checked
+    /// together.
+    fn addressing(&self) -> Result<(Ipv4Addr, Option<Ipv4Net>, Ipv4Net), NodeConfigError> {
+        let underlay_ip = self
+            .underlay_ip
+            .ok_or(NodeConfigError::Missing("underlay-ip"))?;
+        let cluster = self
+            .cluster_cidr
+            .ok_or(NodeConfigError::Missing("cluster-cidr"))?;
+        if cluster.contains(&underlay_ip) {
+            return Err(NodeConfigError::UnderlayInCluster {
+                ip: underlay_ip,
+                cluster,
+            });
+        }
+        let Some(pod_subnet) = self.pod_subnet else {
+            return Ok((underlay_ip, None, cluster));
+        };
+        check_pod_subnet(pod_subnet, cluster)?;
+        Ok((underlay_ip, Some(pod_subnet), cluster))
+    }
+}
+
+/// Checks a pod subnet against the cluster CIDR.
+fn check_pod_subnet(pod_subnet: Ipv4Net, cluster: Ipv4Net) -> Result<(), NodeConfigError> {
+    if pod_subnet != pod_subnet.trunc() {
+        return Err(NodeConfigError::HostBits(pod_subnet));
+    }
+    if pod_subnet.prefix_len() > 30 {
+        return Err(NodeConfigError::TooSmall(pod_subnet));
+    }
+    if !cluster.contains(&pod_subnet) || cluster == pod_subnet {
+        return Err(NodeConfigError::Outside {
+            pod_subnet,
+            cluster,
+        });
+    }
+    Ok(())
+}
+
+/// weftd's checked settings: this node's own, and a struct per section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// This node's name.
+    pub node_name: String,
+    /// Underlay address the tunnels bind to.
+    pub underlay_ip: Ipv4Addr,
+    /// This node's pod subnet, if given (else the store leases one).
+    pub pod_subnet: Option<Ipv4Net>,
+    /// The cluster's pod range.
+    pub cluster_cidr: Ipv4Net,
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Durable state directory.
+    pub state_dir: PathBuf,
+    /// The cluster store.
+    pub store: StoreSettings,
+    /// How peers are reached: `[tunnel]`.
+    pub tunnel: TunnelSettings,
+    /// The MTUs: `[mtu]`.
+    pub mtu: MtuSettings,
+    /// Whether the sleeve is sealed: `[encryption]`.
+    pub encryption: EncryptionSettings,
+    /// The workers: `[datapath]`.
+    pub datapath: DatapathSettings,
+    /// How AF_XDP ports are made: `[afxdp]`.
+    pub afxdp: Afxdp,
+    /// Where policy comes from: `[policy]`.
+    pub policy: PolicySettings,
+    /// The host port and the egress masquerade: `[host]`.
+    pub host: HostSettings,
+}
+
+impl Settings {
+    /// The MTU pods (and the host port) get: the underlay's, less the tunnel's
+    /// overhead when there is a tunnel.
+    pub fn pod_mtu(&self) -> u32 {
+        let most = self.mtu.underlay - tunnel_overhead(self.tunnel.mode, self.encryption.mode);
+        self.mtu.pod_limit.map_or(most, |m| m.min(most))
+    }
+
+    /// The largest UDP payload the core may build: what fits the underlay MTU, less
+    /// the seal's header and tag when datagrams are sealed after.
+    pub fn max_datagram(&self) -> usize {
+        let sealed = match self.encryption.mode {
+            Encryption::Off => 0,
+            _ => weft_encap::sleeve::seal::SEAL_OVERHEAD,
+        };
+        self.mtu.underlay as usize
+            - weft_encap::ipv4::HEADER_LEN
+            - weft_encap::udp::HEADER_LEN
+            - sealed
+    }
+
+    /// The framing of the tunnel socket: the mode's tunnel, and sleeve's (for
+    /// nothing but the core's choice of decoder) in direct mode, where the socket is
+    /// bound to no port any peer sends to.
+    pub fn framing(&self) -> TunnelMode {
+        self.tunnel.mode.tunnel().unwrap_or(TunnelMode::Sleeve)
+    }
+}
+
+/// The gateway address of a pod subnet: its first address.
+pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// The cluster store a node uses, with its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    /// The static peers file, if any (none: a cluster of one).
+    File(Option<PathBuf>),
+    /// etcd.
+    Etcd(EtcdSettings),
+}
