@@ -517,5 +517,8 @@ fn no_allocation_per_datagram_sealed() {
     }
     let allocated = allocations() - before;
     assert_eq!(wire.sends, 8 * 254);
-    assert_eq!(allocated, 0, "{allocated} allocations for 2000 sealed datagrams");
+    assert_eq!(
+        allocated, 0,
+        "{allocated} allocations for 2000 sealed datagrams"
+    );
 }
