@@ -1,0 +1,313 @@
+//! Worker threads: each owns a tunnel socket, one queue of every port, an epoll set
+//! and its scratch buffers, and runs the [`Core`] over what they deliver.
+//!
+//! Most frames never change thread: every port has a queue per worker and the kernel
+//! keeps a flow on one queue. When a worker must send to a port it holds no queue of
+//! (a port opened with fewer queues than there are workers), the frame is copied into
+//! a pooled buffer and handed to the port's owning worker through a bounded lock-free
+//! ring; the batch ends with one eventfd wake-up per target worker.
+
+use std::io;
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use crossbeam::channel::{Receiver, Sender};
+use crossbeam::queue::ArrayQueue;
+use mio::{Poll, Token, Waker};
+
+use crate::core::conntrack::Conntrack;
+use crate::core::host::{HostFlows, HostTables};
+use crate::core::HEADROOM;
+use crate::crypto::stage::{SealCache, Sealer};
+use crate::io::port::{Offload, PortQueue};
+use crate::io::udp::{Lanes, Tunnel};
+use crate::tables::counters::Counters;
+use crate::tables::{PortId, Tables};
+
+const WAKER: Token = Token(0);
+const SOCKET: Token = Token(1);
+const PORT_BASE: usize = 2;
+/// Frames or datagrams taken from one fd before the worker looks at the others.
+const BUDGET: usize = 64;
+/// Size of a receive buffer: headroom plus the largest frame (a 64 KiB super-frame).
+const BUF_LEN: usize = HEADROOM + 65_536 + 64;
+/// Frames one worker can have waiting in its handoff ring.
+pub const RING_LEN: usize = 256;
+/// Size of a handoff buffer: an Ethernet frame at the largest pod MTU.
+pub const HANDOFF_LEN: usize = 9216 + weft_encap::ethernet::HEADER_LEN;
+/// Handoff buffers for super-frames, shared by all workers.
+const LARGE_POOL: usize = 32;
+/// Size of a large handoff buffer.
+const LARGE_LEN: usize = 65_536 + 64;
+
+/// A message from the control plane to a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Start serving this queue of a port; answer on `done` once registered.
+    AddQueue {
+        /// The port.
+        id: PortId,
+        /// The port's counters, for what happens to its frames outside the snapshot.
+        counters: Arc<Counters>,
+        /// The queue this worker will own.
+        queue: Box<dyn PortQueue>,
+        /// Acknowledgement: whether the worker now polls the queue.
+        done: Sender<bool>,
+    },
+    /// Close this worker's queue of a port; answer on `done` once closed.
+    RemovePort {
+        /// The port.
+        id: PortId,
+        /// Acknowledgement.
+        done: Sender<()>,
+    },
+}
+
+/// A frame handed from one worker to another. The worker that writes it counts
+/// the send on the port's counters, which it finds by the port's id.
+struct Handoff {
+    port: PortId,
+    offload: Offload,
+    len: usize,
+    buf: Box<[u8]>,
+}
+
+/// What every worker shares: the rings, the wakers and the buffer pool.
+pub struct Shared {
+    /// The forwarding snapshot.
+    pub tables: Arc<ArcSwap<Tables>>,
+    inboxes: Vec<ArrayQueue<Handoff>>,
+    wakers: Vec<Arc<Waker>>,
+    pool: ArrayQueue<Box<[u8]>>,
+    large: ArrayQueue<Box<[u8]>>,
+    stop: AtomicBool,
+    /// The encrypted sleeve, if it is on.
+    sealer: Option<Arc<Sealer>>,
+    /// The flows crossing the host port, every worker's.
+    pub host_flows: HostTables,
+}
+
+impl Shared {
+    /// The buffer pool for a frame of `len` bytes.
+    fn pool_for(&self, len: usize) -> &ArrayQueue<Box<[u8]>> {
+        if len > HANDOFF_LEN {
+            &self.large
+        } else {
+            &self.pool
+        }
+    }
+
+    /// Gives a handoff buffer back to the pool it came from.
+    fn give_back(&self, buf: Box<[u8]>) {
+        let _ = if buf.len() > HANDOFF_LEN {
+            self.large.push(buf)
+        } else {
+            self.pool.push(buf)
+        };
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("workers", &self.wakers.len())
+            .finish()
+    }
+}
+
+/// The control plane's handle on one worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    /// Commands to the worker.
+    pub commands: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl WorkerHandle {
+    /// Sends a command and wakes the worker.
+    pub fn send(&self, cmd: Command) {
+        // The receiver lives as long as the worker; a send to a stopped worker is moot.
+        let _ = self.commands.send(cmd);
+        let _ = self.waker.wake();
+    }
+}
+
+/// How the workers run.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// The longest a worker polls after work before it sleeps (see [`crate::io::spin`]).
+    pub poll_max: Duration,
+    /// How often worker 0 sends every peer a heartbeat; zero for never.
+    pub heartbeat: Duration,
+    /// Connections each worker tracks for NetworkPolicy, at most.
+    pub conntrack_max: usize,
+}
+
+/// A pool of handoff buffers.
+type Pool = ArrayQueue<Box<[u8]>>;
+
+/// The handoff buffer pools of `n` workers: frames, and super-frames.
+fn handoff_pools(n: usize) -> (Pool, Pool) {
+    let pool = ArrayQueue::new(RING_LEN * n.max(1));
+    for _ in 0..pool.capacity() {
+        let _ = pool.push(vec![0u8; HANDOFF_LEN].into_boxed_slice());
+    }
+    let large = ArrayQueue::new(LARGE_POOL);
+    for _ in 0..LARGE_POOL {
+        let _ = large.push(vec![0u8; LARGE_LEN].into_boxed_slice());
+    }
+    (pool, large)
+}
+
+/// Starts `sockets.len()` workers, one per tunnel socket; they send from `lanes`;
+/// `sealer` seals their sleeve if encryption is on.
+pub fn spawn(
+    tables: Arc<ArcSwap<Tables>>,
+    sockets: Vec<UdpSocket>,
+    lanes: Arc<Lanes>,
+    tuning: Tuning,
+    sealer: Option<Arc<Sealer>>,
+) -> io::Result<(Arc<Shared>, Vec<WorkerHandle>)> {
+    let n = sockets.len();
+    let mut polls = Vec::with_capacity(n);
+    let mut wakers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let poll = Poll::new()?;
+        wakers.push(Arc::new(Waker::new(poll.registry(), WAKER)?));
+        polls.push(poll);
+    }
+    let (pool, large) = handoff_pools(n);
+    let conntrack = Conntrack::tables(n, tuning.conntrack_max);
+    let host_flows = HostTables::new(n, tuning.conntrack_max);
+    let shared = Arc::new(Shared {
+        tables,
+        inboxes: (0..n).map(|_| ArrayQueue::new(RING_LEN)).collect(),
+        wakers: wakers.clone(),
+        pool,
+        large,
+        stop: AtomicBool::new(false),
+        sealer,
+        host_flows: host_flows.clone(),
+    });
+    // Each worker builds its state on its own thread (its buffers then come from that
+    // thread's allocator arena) and reports whether it could before any runs, so a
+    // socket or poll set that cannot be set up fails the start instead of leaving a
+    // dead worker behind.
+    let mut handles = Vec::with_capacity(n);
+    let mut built = Vec::with_capacity(n);
+    for (index, (poll, socket)) in polls.into_iter().zip(sockets).enumerate() {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let (ready, ready_rx) = crossbeam::channel::bounded(1);
+        let setup = Setup {
+            index,
+            poll,
+            socket,
+            lanes: lanes.clone(),
+            tuning,
+            conntrack: Conntrack::new(conntrack.clone(), index),
+            host: host_flows.worker(index),
+        };
+        match spawn_one(setup, rx, shared.clone(), ready) {
+            Ok(thread) => handles.push(WorkerHandle {
+                commands: tx,
+                waker: wakers[index].clone(),
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                stop(&shared, &mut handles);
+                return Err(e);
+            }
+        }
+        built.push(ready_rx);
+    }
+    for ready in built {
+        let outcome = ready
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("a worker thread ended while starting")));
+        if let Err(e) = outcome {
+            stop(&shared, &mut handles);
+            return Err(e);
+        }
+    }
+    Ok((shared, handles))
+}
+
+/// Starts the thread of the worker `setup` describes; it builds its state there
+/// and tells `ready` whether it could, then runs.
+fn spawn_one(
+    setup: Setup,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+    ready: Sender<io::Result<()>>,
+) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+    std::thread::Builder::new()
+        .name(format!("weft-worker-{}", setup.index))
+        .spawn(move || match Worker::new(setup, commands, shared) {
+            Ok(worker) => {
+                let _ = ready.send(Ok(()));
+                worker.run()
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                Ok(())
+            }
+        })
+}
+
+/// Stops every worker and waits for them. Queues they own are closed.
+pub fn stop(shared: &Shared, handles: &mut [WorkerHandle]) {
+    shared.stop.store(true, Ordering::Release);
+    for h in handles.iter() {
+        let _ = h.waker.wake();
+    }
+    for h in handles.iter_mut() {
+        if let Some(t) = h.thread.take() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::error!("worker stopped with an error: {e}"),
+                Err(_) => log::error!("worker panicked"),
+            }
+        }
+    }
+}
+
+/// What one worker is built from.
+struct Setup {
+    index: usize,
+    poll: Poll,
+    socket: UdpSocket,
+    lanes: Arc<Lanes>,
+    tuning: Tuning,
+    conntrack: Conntrack,
+    host: HostFlows,
+}
+
+struct QueueSlot {
+    generation: u32,
+    counters: Arc<Counters>,
+    queue: Box<dyn PortQueue>,
+    /// Sent to in this batch: flushed at its end.
+    dirty: bool,
+}
+
+/// What a worker sends through: its port queues, its tunnel socket, the rings.
+struct Io {
+    index: usize,
+    tunnel: Tunnel,
+    shared: Arc<Shared>,
+    queues: Vec<Option<QueueSlot>>,
+    /// The slots whose queues were sent to in this batch.
+    dirty: Vec<usize>,
+    /// The sessions this batch looked up, and the sealing buffers.
+    seal: SealCache,
+}
+
+mod plan;
+mod poll;
+mod sink;
+
+use poll::Worker;
