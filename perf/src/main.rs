@@ -27,8 +27,8 @@ struct Cli {
     /// The weftd binary [default: next to this program].
     #[arg(long, global = true)]
     weftd: Option<PathBuf>,
-    /// Another weftd build, run by the systems weft-vxlan-alt and weft-sleeve-alt, to
-    /// compare two builds in one run.
+    /// Another weftd build, run by the systems weft-vxlan-alt, weft-sleeve-alt and
+    /// weft-sleeve-enc-alt, to compare two builds in one run.
     #[arg(long, global = true)]
     weftd_alt: Option<PathBuf>,
     /// The weft-cni plugin binary [default: next to this program].
@@ -75,8 +75,8 @@ struct RunArgs {
     /// Systems, comma-separated: weft-vxlan, weft-sleeve, weft-direct, kernel-vxlan,
     /// direct; weft-vxlan-policy, weft-sleeve-policy; weft-afxdp-vxlan,
     /// weft-afxdp-sleeve (AF_XDP pod ports); weft-sleeve-enc (encryption required);
-    /// and weft-vxlan-alt, weft-sleeve-alt with the --weftd-alt build [default: the
-    /// first five].
+    /// and weft-vxlan-alt, weft-sleeve-alt, weft-sleeve-enc-alt with the --weftd-alt
+    /// build [default: the first five].
     #[arg(long)]
     systems: Option<String>,
     /// Tests, comma-separated: tcp1, tcp4, udp64, rr, crr, cni, cpu, mem, and the iperf3

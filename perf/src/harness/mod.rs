@@ -56,11 +56,13 @@ pub enum System {
     /// `weft-sleeve` with `encryption = "required"`: every datagram between the
     /// nodes sealed (pods get the sleeve's MTU less the seal's 28 bytes).
     WeftSleeveEnc,
+    /// `weft-sleeve-enc` with the other weftd build.
+    WeftSleeveEncAlt,
 }
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 12] = [
+    pub const ALL: [System; 13] = [
         System::WeftVxlan,
         System::WeftSleeve,
         System::WeftSleeveEnc,
@@ -69,6 +71,7 @@ impl System {
         System::WeftAfxdpSleeve,
         System::WeftVxlanAlt,
         System::WeftSleeveAlt,
+        System::WeftSleeveEncAlt,
         System::WeftVxlanPolicy,
         System::WeftSleevePolicy,
         System::KernelVxlan,
@@ -102,6 +105,7 @@ impl System {
             System::WeftAfxdpVxlan => "weft-afxdp-vxlan",
             System::WeftAfxdpSleeve => "weft-afxdp-sleeve",
             System::WeftSleeveEnc => "weft-sleeve-enc",
+            System::WeftSleeveEncAlt => "weft-sleeve-enc-alt",
         }
     }
 
@@ -116,7 +120,8 @@ impl System {
             | System::WeftSleeveAlt
             | System::WeftSleevePolicy
             | System::WeftAfxdpSleeve
-            | System::WeftSleeveEnc => Some("sleeve"),
+            | System::WeftSleeveEnc
+            | System::WeftSleeveEncAlt => Some("sleeve"),
             System::WeftDirect => Some("direct"),
             System::KernelVxlan | System::Direct => None,
         }
@@ -134,12 +139,15 @@ impl System {
 
     /// Whether the system seals the sleeve.
     pub fn is_encrypted(self) -> bool {
-        self == System::WeftSleeveEnc
+        matches!(self, System::WeftSleeveEnc | System::WeftSleeveEncAlt)
     }
 
     /// Whether the system runs the other weftd build (`--weftd-alt`).
     pub fn is_alt(self) -> bool {
-        matches!(self, System::WeftVxlanAlt | System::WeftSleeveAlt)
+        matches!(
+            self,
+            System::WeftVxlanAlt | System::WeftSleeveAlt | System::WeftSleeveEncAlt
+        )
     }
 }
 
@@ -713,9 +721,14 @@ mod tests {
     #[test]
     fn the_other_builds_systems_are_named_off_by_default_and_need_their_binary() {
         assert_eq!(
-            parse_list::<System>("weft-vxlan-alt,weft-sleeve-alt").unwrap(),
-            [System::WeftVxlanAlt, System::WeftSleeveAlt]
+            parse_list::<System>("weft-vxlan-alt,weft-sleeve-alt,weft-sleeve-enc-alt").unwrap(),
+            [
+                System::WeftVxlanAlt,
+                System::WeftSleeveAlt,
+                System::WeftSleeveEncAlt
+            ]
         );
+        assert!(System::WeftSleeveEncAlt.is_encrypted());
         assert!(System::DEFAULT.iter().all(|s| !s.is_alt()));
         assert_eq!(Settings::default().systems, System::DEFAULT);
         assert_eq!(System::WeftSleeveAlt.weft_mode(), Some("sleeve"));
