@@ -218,6 +218,7 @@ fn reordered_sealed_datagrams_are_all_taken() {
 #[test]
 fn loss_makes_handshakes_retry_and_refuses_nothing() {
     let mut sim = Sim::encrypted(&[&[A], &[B], &[C]], Encryption::Required);
+    sim.out.capture = true;
     let lossy = Link {
         latency: Duration::from_millis(2),
         jitter: Duration::from_millis(4),
@@ -257,6 +258,9 @@ fn loss_makes_handshakes_retry_and_refuses_nothing() {
         queue_drops += st.queue_drops as usize;
     }
     assert!(sim.out.lost > 0);
+    // Three pairs of nodes, one handshake each at the least: more initiations
+    // mean some were lost and sent again.
+    assert!(initiations(&sim) > 3, "{} initiations", initiations(&sim));
     assert!(received + queue_drops + sim.out.lost as usize >= rounds * 3);
     assert!(
         received > rounds * 3 / 2,
@@ -275,6 +279,43 @@ fn loss_makes_handshakes_retry_and_refuses_nothing() {
             .sum();
         assert_eq!(refused, 0, "{reason:?}: {}", sim.drops_report());
     }
+}
+
+/// An initiation the link lost is sent again when it is due, REKEY_TIMEOUT after
+/// it was sent: worker 0 learns of a handshake the send path started only at its
+/// next recheck of the endpoint's timers, and still runs the retry on time.
+#[test]
+fn a_lost_initiation_is_sent_again_on_time() {
+    let mut sim = Sim::encrypted(&[&[A], &[B]], Encryption::Required);
+    sim.out.capture = true;
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    sim.set_link(
+        0,
+        1,
+        Link {
+            up: false,
+            ..Link::default()
+        },
+    );
+    sim.run_for(Duration::from_millis(1500));
+    udp_from(&mut sim, a, B, 1000, 64);
+    sim.flush();
+    sim.set_link(0, 1, Link::default());
+    sim.run_for(crypto::REKEY_TIMEOUT - Duration::from_millis(1));
+    assert!(sim.take_rx(b).is_empty(), "a retry before REKEY_TIMEOUT");
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(sim.take_rx(b).len(), 1, "{}", sim.drops_report());
+    assert_eq!(initiations(&sim), 2);
+}
+
+/// Initiations on the wire, with `capture` on.
+fn initiations(sim: &Sim) -> usize {
+    (sim.out.log.iter())
+        .filter(|e| {
+            matches!(e, Event::ToPeer { datagram, .. }
+                if handshake::is_handshake(datagram) && datagram[1] == handshake::KIND_INITIATION)
+        })
+        .count()
 }
 
 /// The stage's decisions about what arrives, one by one: plaintext from a node

@@ -45,8 +45,10 @@ impl Sealer {
     }
 }
 
-/// One worker's view of the sessions, refreshed every batch, and its buffers.
-#[derive(Debug, Default)]
+/// One worker's view of the sessions, refreshed every batch, and its buffers. (No
+/// `Default`: the worker's index decides which counter slot it writes, and each
+/// slot has one writer.)
+#[derive(Debug)]
 pub struct SealCache {
     /// The worker's index: which counter slot its drops go to.
     worker: usize,
@@ -67,7 +69,12 @@ impl SealCache {
     pub fn for_worker(worker: usize) -> SealCache {
         SealCache {
             worker,
-            ..SealCache::default()
+            tx: HashMap::new(),
+            rx: HashMap::new(),
+            keyed: HashMap::new(),
+            scratch: Vec::new(),
+            one: Vec::new(),
+            out: Vec::new(),
         }
     }
 

@@ -581,3 +581,22 @@ fn the_doc_names_the_noise_protocol_and_prologue() {
     assert!(SLEEVE_MD.contains(NOISE_PARAMS));
     assert!(SLEEVE_MD.contains(std::str::from_utf8(handshake::PROLOGUE).unwrap()));
 }
+
+/// The MACs as the wire has them, computed elsewhere (Python's `hmac` and
+/// `hashlib`): mac1 is HMAC-SHA256 under SHA-256 of "weft mac1 v1" and the
+/// receiver's public key, mac2 HMAC-SHA256 under the cookie, both cut to 16 bytes.
+/// Nodes of another build interoperate only if these hold.
+#[test]
+fn the_macs_are_the_documented_hmacs() {
+    let hex = |m: [u8; 16]| m.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let input: Vec<u8> = (0..121).collect();
+    assert_eq!(
+        hex(Macs::to(&[7; 32]).mac1(&input)),
+        "a1f46e31df8e618cf3f6263840c3072f"
+    );
+    let input: Vec<u8> = (0..137).collect();
+    assert_eq!(
+        hex(handshake::mac2(&[9; 16], &input)),
+        "c7548557f8af49523ae50b8214e44220"
+    );
+}

@@ -35,6 +35,7 @@ use crate::core::host::HostTables;
 use crate::core::{self, Core, Ctx, Frame, Offload, Report, Sink, Time, HEADROOM};
 use crate::crypto::stage::{self, SealCache, Sealer, Stage};
 use crate::crypto::{self, StaticKey};
+use crate::io::worker::plan::SealClock;
 use crate::mac::MacAddr;
 use crate::netpol::compile::PodRules;
 use crate::tables::counters::{Counters, DropReason, Snapshot};
@@ -211,6 +212,9 @@ pub struct Node {
     pub sealer: Option<Arc<Sealer>>,
     /// The worker's sessions and sealing buffers.
     pub seal: SealCache,
+    /// When the worker runs the handshake timers, as worker 0 of a node does: when
+    /// due as last asked, or at the next recheck.
+    pub seal_clock: SealClock,
 }
 
 /// A tunnel datagram in flight on the underlay.
@@ -804,7 +808,8 @@ impl Sim {
                 core,
                 host_flows,
                 sealer: None,
-                seal: SealCache::default(),
+                seal: SealCache::for_worker(0),
+                seal_clock: SealClock::default(),
             });
         }
         Sim {
@@ -984,26 +989,34 @@ impl Sim {
         self.seal_timeouts();
     }
 
-    /// Runs the seal stages' handshake timers that are due now (resends, rekeys
-    /// and deaths), as worker 0 of each node does.
+    /// Runs the seal stages' handshake timers (resends, rekeys and deaths) on the
+    /// nodes whose [`SealClock`] says so now, as worker 0 of each node does: when
+    /// they are due as it last asked, or at the recheck, since a handshake the
+    /// send path started moves them without telling it.
     pub fn seal_timeouts(&mut self) {
         let now = self.time();
-        self.on_every_node(|_, cx| {
-            let tables = cx.tables;
-            if let (tunnel, Some((sealer, cache))) = cx.sink.stage() {
-                if sealer.endpoint().poll_timeout().is_some_and(|at| at <= now) {
-                    Stage {
-                        sealer,
-                        cache,
-                        tables,
-                        now,
-                        tunnel,
-                    }
-                    .handle_timeout();
-                }
+        let Sim { nodes, out, .. } = self;
+        out.now = now;
+        for (n, node) in nodes.iter_mut().enumerate() {
+            let Some(sealer) = node.sealer.as_deref() else {
+                continue;
+            };
+            if !node.seal_clock.runs(0, true, now) {
+                continue;
             }
-        });
-        for node in &mut self.nodes {
+            let mut stage = Stage {
+                sealer,
+                cache: &mut node.seal,
+                tables: &node.tables,
+                now,
+                tunnel: Wire {
+                    node: n,
+                    tables: &node.tables,
+                    out: &mut *out,
+                },
+            };
+            let due = stage.handle_timeout();
+            node.seal_clock.ran(now, due);
             node.seal.new_batch();
         }
     }
@@ -1016,7 +1029,7 @@ impl Sim {
             .nodes
             .iter()
             .flat_map(|n| {
-                let seal = n.sealer.as_ref().and_then(|s| s.endpoint().poll_timeout());
+                let seal = n.sealer.as_ref().map(|_| n.seal_clock.next_run());
                 n.core.poll_timeout().into_iter().chain(seal)
             })
             .min();

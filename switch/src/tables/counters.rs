@@ -89,7 +89,8 @@ drop_reasons! {
     /// A new connection to or from a policy-isolated pod found the worker's
     /// connection table full; counted on the pod.
     ConntrackFull => "conntrack_full",
-    /// With `encryption = "required"`: a plaintext sleeve datagram from a peer.
+    /// With encryption required (`[encryption] mode = "required"`): a plaintext sleeve
+    /// datagram from a peer.
     Plaintext => "plaintext",
     /// A sealed datagram that does not open: forged, replayed, too old, or for no
     /// live session.

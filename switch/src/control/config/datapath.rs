@@ -12,7 +12,7 @@ pub const DEFAULT_POLL_US: u32 = 100;
 /// The largest polling window allowed: beyond it, polling only burns CPU.
 pub const MAX_POLL_US: u32 = 10_000;
 /// The most worker threads.
-pub const MAX_WORKERS: usize = 64;
+pub const MAX_WORKERS: usize = crate::io::worker::plan::MAX_WORKERS;
 
 /// `[datapath]` as given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Deserialize)]

@@ -306,7 +306,7 @@ struct Io {
     seal: SealCache,
 }
 
-mod plan;
+pub mod plan;
 mod poll;
 mod sink;
 

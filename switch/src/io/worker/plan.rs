@@ -49,12 +49,16 @@ impl Iterator for Wakes {
 
 /// How long the poll may block: not at all while the worker polls (fds left over
 /// from the last batch, or inside the polling window after work), else until its
-/// next timer, or until woken if it has none.
-pub fn poll_timeout(polling: bool, now: Time, next_timer: Option<Time>) -> Option<Duration> {
+/// next timer, or until woken if it has none. The clock is read only if needed.
+pub fn poll_timeout(
+    polling: bool,
+    next_timer: Option<Time>,
+    now: impl FnOnce() -> Time,
+) -> Option<Duration> {
     if polling {
         Some(Duration::ZERO)
     } else {
-        next_timer.map(|at| at.saturating_since(now))
+        next_timer.map(|at| at.saturating_since(now()))
     }
 }
 
@@ -98,6 +102,13 @@ impl SealClock {
     pub fn due(&self) -> Option<Time> {
         self.due
     }
+
+    /// The next moment [`SealClock::runs`] says yes (for a simulation's clock):
+    /// when the timers are due, or at the next recheck.
+    pub fn next_run(&self) -> Time {
+        let recheck = self.asked + SEAL_RECHECK;
+        self.due.map_or(recheck, |due| due.min(recheck))
+    }
 }
 
 /// The worker's next timer: the core's, or the handshakes'.
@@ -140,21 +151,22 @@ mod tests {
 
     #[test]
     fn the_poll_blocks_until_the_next_timer_unless_polling() {
+        let never = || -> Time { panic!("the clock is read while polling") };
         assert_eq!(
-            poll_timeout(true, at(10), Some(at(50))),
+            poll_timeout(true, Some(at(50)), never),
             Some(Duration::ZERO)
         );
         assert_eq!(
-            poll_timeout(false, at(10), Some(at(50))),
+            poll_timeout(false, Some(at(50)), || at(10)),
             Some(Duration::from_millis(40))
         );
         // A timer in the past: do not block.
         assert_eq!(
-            poll_timeout(false, at(60), Some(at(50))),
+            poll_timeout(false, Some(at(50)), || at(60)),
             Some(Duration::ZERO)
         );
         // No timer: block until woken.
-        assert_eq!(poll_timeout(false, at(10), None), None);
+        assert_eq!(poll_timeout(false, None, || at(10)), None);
     }
 
     #[test]
@@ -178,8 +190,11 @@ mod tests {
         assert!(!c.runs(0, true, at(1_200)));
         assert!(c.runs(0, true, at(1_300)), "due");
         c.ran(at(1_300), None);
+        assert_eq!(c.next_run(), at(2_300));
         assert!(!c.runs(0, true, at(2_299)));
         assert!(c.runs(0, true, at(2_300)), "the recheck");
+        c.ran(at(2_300), Some(at(2_500)));
+        assert_eq!(c.next_run(), at(2_500));
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl Worker {
         let mut poll_until = idle_since;
         loop {
             let polling = !again.is_empty() || Instant::now() < poll_until;
-            let timeout = plan::poll_timeout(polling, clock::now(), self.next_timer());
+            let timeout = plan::poll_timeout(polling, self.next_timer(), clock::now);
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -255,8 +255,10 @@ impl Worker {
     }
 
     /// Writes frames other workers handed over, counting each on its port (found
-    /// by its id: in this worker's queue of it, else in the snapshot; a port in
-    /// neither is gone, and its counters with it). Returns whether more are waiting.
+    /// by its id: in this worker's queue of it, else in the snapshot). A frame for a
+    /// port in neither is dropped uncounted: the port is gone, and its counters with
+    /// it (detach unpublishes a port before it closes its queues, so nothing could
+    /// read them). Returns whether more are waiting.
     fn inbox(&mut self, tables: &Tables) -> bool {
         let shared = self.io.shared.clone();
         let inbox = &shared.inboxes[self.io.index];
