@@ -28,6 +28,7 @@
 
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
+pub mod apiserver;
 pub mod cni;
 pub mod etcd;
 pub mod harness;

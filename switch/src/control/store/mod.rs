@@ -19,6 +19,7 @@ use crate::netpol::model::PolicyModel;
 
 pub mod etcd;
 pub mod file;
+pub mod kube;
 
 /// One node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
