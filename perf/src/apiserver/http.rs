@@ -22,15 +22,22 @@ use super::{kind_at, Change, Kind, PatchError, State, KINDS};
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// The largest request body taken.
+const MAX_BODY: usize = 1 << 20;
+/// The longest a watch may ask to last.
+const MAX_WATCH_S: u64 = 3_600;
+
 /// How often an idle watch gets a BOOKMARK.
 const BOOKMARK_EVERY: Duration = Duration::from_millis(500);
 
 /// A request as the fixture logged it: its verb and resource in RBAC's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Logged {
-    /// `get`, `list`, `watch` or `patch`.
+    /// `get`, `list`, `watch` or `patch`; `unserved` for a path or method the
+    /// fixture does not serve.
     pub verb: &'static str,
-    /// The resource, e.g. `nodes` or `nodes/status`.
+    /// The resource with its API group, e.g. `nodes`, `nodes/status` or
+    /// `networking.k8s.io/networkpolicies` (the path, for an unserved request).
     pub resource: String,
 }
 
@@ -104,8 +111,20 @@ impl Server {
             .worker_threads(1)
             .enable_all()
             .build()?;
-        // Bound outside the runtime (no block_on: the caller may be async itself).
-        let std_listener = std::net::TcpListener::bind(self.addr)?;
+        // Bound outside the runtime (no block_on: the caller may be async itself),
+        // and again for a while if the address is still held: after a pause, the
+        // old runtime closes its listener in the background.
+        let mut tries = 0;
+        let std_listener = loop {
+            match std::net::TcpListener::bind(self.addr) {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         std_listener.set_nonblocking(true)?;
         self.addr = std_listener.local_addr()?;
         let listener = {
@@ -257,16 +276,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let q = query(&req);
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    if let Some((p, _)) = q.iter().find(|(k, _)| UNIMPLEMENTED.contains(&k.as_str())) {
+        let message = format!("the fixture does not implement {p}");
+        return Ok(status(StatusCode::BAD_REQUEST, "BadRequest", &message));
+    }
     if let Some(kind) = kind_at(&path) {
         if method != Method::GET {
-            return Ok(status(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "MethodNotAllowed",
-                "only GET",
-            ));
+            let code = StatusCode::METHOD_NOT_ALLOWED;
+            return Ok(unserved(&shared, &path, code, "only GET"));
         }
         let watch = param(&q, "watch") == Some("true");
-        log(&shared, if watch { "watch" } else { "list" }, kind.path, "");
+        log(&shared, if watch { "watch" } else { "list" }, kind, "");
         return Ok(if watch {
             watch_response(shared, kind, &q)
         } else {
@@ -275,16 +295,28 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     }
     // One Node, or its status.
     let Some(rest) = path.strip_prefix("/api/v1/nodes/") else {
-        return Ok(status(StatusCode::NOT_FOUND, "NotFound", "no such path"));
+        return Ok(unserved(
+            &shared,
+            &path,
+            StatusCode::NOT_FOUND,
+            "no such path",
+        ));
     };
     let (name, sub) = match rest.split_once('/') {
         Some((name, "status")) => (name.to_owned(), true),
-        Some(_) => return Ok(status(StatusCode::NOT_FOUND, "NotFound", "no such path")),
+        Some(_) => {
+            return Ok(unserved(
+                &shared,
+                &path,
+                StatusCode::NOT_FOUND,
+                "no such path",
+            ))
+        }
         None => (rest.to_owned(), false),
     };
     let suffix = if sub { "/status" } else { "" };
     if method == Method::GET {
-        log(&shared, "get", KINDS[0].path, suffix);
+        log(&shared, "get", KINDS[0], suffix);
         let node = shared
             .state
             .lock()
@@ -297,24 +329,48 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         });
     }
     if method != Method::PATCH {
-        return Ok(status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "GET or PATCH",
-        ));
+        let code = StatusCode::METHOD_NOT_ALLOWED;
+        return Ok(unserved(&shared, &path, code, "GET or PATCH"));
     }
-    log(&shared, "patch", KINDS[0].path, suffix);
+    log(&shared, "patch", KINDS[0], suffix);
     Ok(patch_response(shared, req, &name, sub).await)
 }
 
-fn log(shared: &Shared, verb: &'static str, path: &str, suffix: &str) {
-    let resource = path.rsplit('/').next().unwrap_or(path).to_owned() + suffix;
+fn log(shared: &Shared, verb: &'static str, kind: Kind, suffix: &str) {
+    let plural = kind.path.rsplit('/').next().unwrap_or(kind.path);
+    let resource = match kind.api_version.split_once('/') {
+        Some((group, _)) => format!("{group}/{plural}{suffix}"),
+        None => format!("{plural}{suffix}"),
+    };
     shared
         .log
         .lock()
         .expect("log")
         .push(Logged { verb, resource });
 }
+
+/// Logs a request the fixture does not serve, and answers it.
+fn unserved(shared: &Shared, path: &str, code: StatusCode, message: &str) -> Response<Body> {
+    shared.log.lock().expect("log").push(Logged {
+        verb: "unserved",
+        resource: path.to_owned(),
+    });
+    let reason = if code == StatusCode::NOT_FOUND {
+        "NotFound"
+    } else {
+        "MethodNotAllowed"
+    };
+    status(code, reason, message)
+}
+
+/// Query parameters a real API server takes that the fixture does not implement:
+/// refused rather than ignored, so that a client relying on one fails here too.
+const UNIMPLEMENTED: [&str; 4] = [
+    "labelSelector",
+    "fieldSelector",
+    "resourceVersionMatch",
+    "sendInitialEvents",
+];
 
 async fn patch_response(
     shared: Arc<Shared>,
@@ -326,8 +382,13 @@ async fn patch_response(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let Ok(body) = req.into_body().collect().await else {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "unreadable body");
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+    let Ok(body) = limited.collect().await else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "unreadable or too big a body",
+        );
     };
     let Ok(patch) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
         return status(
@@ -351,6 +412,7 @@ async fn patch_response(
             "UnsupportedMediaType",
             "unsupported patch type",
         ),
+        Err(PatchError::Invalid(why)) => status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", why),
     }
 }
 
@@ -395,11 +457,19 @@ struct Watch {
 }
 
 impl Watch {
-    /// Queues the changes since the last version sent; false if the history is
-    /// gone (an ERROR event is queued, and the watch ends after it).
-    fn catch_up(&mut self) {
+    /// Queues the changes since the last version sent (an ERROR event, after
+    /// which the watch ends, if the history is gone); with none and `bookmark`,
+    /// a BOOKMARK at the current version. One lock for both, so that a bookmark
+    /// never passes a change that is not sent yet.
+    fn catch_up(&mut self, bookmark: bool) {
         let state = self.shared.state.lock().expect("state");
         match state.changes_since(self.kind, self.since) {
+            Ok(changes) if changes.is_empty() && bookmark => {
+                let rv = state.resource_version().max(self.since);
+                let object = json!({"kind": self.kind.kind, "apiVersion": self.kind.api_version,
+                                    "metadata": {"resourceVersion": rv.to_string()}});
+                self.queue.push_back(event_line("BOOKMARK", &object));
+            }
             Ok(changes) => {
                 for Change {
                     rv, kind, object, ..
@@ -416,13 +486,6 @@ impl Watch {
         }
     }
 
-    fn bookmark(&self) -> Bytes {
-        let rv = self.shared.state.lock().expect("state").resource_version();
-        let object = json!({"kind": self.kind.kind, "apiVersion": self.kind.api_version,
-                            "metadata": {"resourceVersion": rv.max(self.since).to_string()}});
-        event_line("BOOKMARK", &object)
-    }
-
     /// The next line, or the end of the watch (`None`), or an abrupt end.
     async fn next(&mut self) -> Option<Result<Frame<Bytes>, std::io::Error>> {
         loop {
@@ -432,22 +495,22 @@ impl Watch {
             if self.done || tokio::time::Instant::now() >= self.deadline {
                 return None;
             }
-            if self.shared.epoch.load(Ordering::SeqCst) != self.epoch {
-                return Some(Err(std::io::Error::other("the fixture dropped the watch")));
-            }
-            // Registered before the state is read, so no change slips between.
+            // Registered before the state and the epoch are read, so no change
+            // and no drop slips between.
             let shared = self.shared.clone();
             let changed = shared.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            self.catch_up();
+            if self.shared.epoch.load(Ordering::SeqCst) != self.epoch {
+                return Some(Err(std::io::Error::other("the fixture dropped the watch")));
+            }
+            self.catch_up(false);
             if !self.queue.is_empty() {
                 continue;
             }
             let wait = BOOKMARK_EVERY.min(self.deadline - tokio::time::Instant::now());
             if tokio::time::timeout(wait, changed).await.is_err() && self.bookmarks {
-                let line = self.bookmark();
-                self.queue.push_back(line);
+                self.catch_up(true);
             }
         }
     }
@@ -456,7 +519,9 @@ impl Watch {
 fn watch_response(shared: Arc<Shared>, kind: Kind, q: &[(String, String)]) -> Response<Body> {
     let timeout = param(q, "timeoutSeconds")
         .and_then(|t| t.parse().ok())
-        .unwrap_or(1800u64);
+        .filter(|t| *t > 0)
+        .unwrap_or(1800u64)
+        .min(MAX_WATCH_S);
     let asked = param(q, "resourceVersion").and_then(|v| v.parse::<u64>().ok());
     let mut queue = std::collections::VecDeque::new();
     let since = {

@@ -11,16 +11,17 @@
 //! - watches from a resourceVersion: the history since, then live events, with
 //!   BOOKMARK events and `timeoutSeconds`; an ERROR event with a 410 Status when
 //!   the resourceVersion is older than the compacted history;
-//! - GET of one object, and PATCH of Nodes and their status (JSON merge patch,
-//!   strategic merge patch with conditions merged by `type`, and server-side apply
-//!   taken as a merge);
+//! - GET of one object, and PATCH of Nodes and their status (JSON merge patch, and
+//!   strategic merge patch with conditions merged by `type`; server-side apply is
+//!   refused with 415, as field ownership is not modelled);
 //! - a log of every request (verb and resource), to check RBAC against;
 //! - faults on demand: every open watch dropped, the history compacted, the server
 //!   gone.
 //!
-//! It does not check authorization, admission, field selectors, label selectors,
-//! `resourceVersionMatch`, streaming lists (`sendInitialEvents`), protobuf, or
-//! anything but HTTP/1.1. [`State`] is the store and its history, with no I/O;
+//! It does not check authorization rules or admission. It refuses (400) the query
+//! parameters it does not implement: label and field selectors,
+//! `resourceVersionMatch`, streaming lists (`sendInitialEvents`). It serves
+//! cluster-wide collections and single Nodes only, JSON only, HTTP/1.1 only. [`State`] is the store and its history, with no I/O;
 //! [`http`] serves it over HTTPS.
 
 pub mod http;
@@ -262,7 +263,7 @@ impl State {
         let end = if limit == 0 {
             items.len()
         } else {
-            (offset + limit).min(items.len())
+            offset.saturating_add(limit).min(items.len())
         };
         let page = items.get(offset..end).ok_or(Gone::Continue)?.to_vec();
         let remaining = items.len() - end;
@@ -291,8 +292,15 @@ impl State {
             .collect())
     }
 
-    /// Patches the Node `name` (its status if `status`) with `patch` of content
-    /// type `content_type`; returns the patched Node, or why not.
+    /// Patches the Node `name` (its status subresource if `status`) with `patch`
+    /// of content type `content_type`; returns the patched Node, or why not.
+    ///
+    /// As the API server does for Nodes, a patch of the main resource leaves the
+    /// status as it was, and a patch of the status leaves the spec as it was (its
+    /// metadata still applies). A patch that is not a JSON object, or that would
+    /// rename the Node, is refused and changes nothing. Server-side apply is
+    /// refused as unsupported: it would need field ownership, which the fixture
+    /// does not model.
     pub fn patch_node(
         &mut self,
         name: &str,
@@ -301,26 +309,34 @@ impl State {
         patch: &Value,
     ) -> Result<Value, PatchError> {
         let kind = KINDS[0];
-        let mut node = self
+        let old = self
             .get(kind, "", name)
             .cloned()
             .ok_or(PatchError::NotFound)?;
-        let patch = if status {
-            // Only the status of a status patch counts, as the API server does.
-            json!({ "status": patch.get("status").cloned().unwrap_or(Value::Null) })
-        } else {
-            let mut p = patch.clone();
-            if let Some(m) = p.as_object_mut() {
-                m.remove("status");
-            }
-            p
-        };
+        if !patch.is_object() {
+            return Err(PatchError::Invalid("a patch is a JSON object"));
+        }
+        let mut node = old.clone();
         match content_type {
-            "application/merge-patch+json" | "application/apply-patch+yaml" => {
-                merge(&mut node, &patch)
-            }
-            "application/strategic-merge-patch+json" => strategic(&mut node, &patch),
+            "application/merge-patch+json" => merge(&mut node, patch),
+            "application/strategic-merge-patch+json" => strategic(&mut node, patch),
             _ => return Err(PatchError::UnsupportedType),
+        }
+        let kept = if status { "spec" } else { "status" };
+        match old.get(kept) {
+            Some(v) => node[kept] = v.clone(),
+            None => {
+                if let Some(m) = node.as_object_mut() {
+                    m.remove(kept);
+                }
+            }
+        }
+        if node["metadata"]["name"].as_str() != Some(name) {
+            return Err(PatchError::Invalid("the patch renames the object"));
+        }
+        if node == old {
+            // A patch that changes nothing makes no new version and no event.
+            return Ok(old);
         }
         self.put(kind, node);
         Ok(self.get(kind, "", name).cloned().expect("just put"))
@@ -333,9 +349,12 @@ pub enum PatchError {
     /// No such node.
     #[error("not found")]
     NotFound,
-    /// A content type the fixture does not take.
+    /// A content type the fixture does not take (server-side apply among them).
     #[error("unsupported patch type")]
     UnsupportedType,
+    /// A patch the API server would refuse.
+    #[error("invalid patch: {0}")]
+    Invalid(&'static str),
 }
 
 fn parse_token(t: &str) -> Option<(u64, usize)> {
@@ -418,6 +437,10 @@ mod tests {
             Err(Gone::Continue)
         );
         assert_eq!(s.list(KINDS[0], 0, Some("garbage")), Err(Gone::Continue));
+        // A token whose offset would overflow is refused, not a panic.
+        let first = s.list(KINDS[0], 1, None).unwrap();
+        let huge = format!("{}-{}", first.rv, usize::MAX);
+        assert_eq!(s.list(KINDS[0], 1, Some(&huge)), Err(Gone::Continue));
     }
 
     #[test]

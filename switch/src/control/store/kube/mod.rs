@@ -90,6 +90,10 @@ pub struct SlimPod {
 pub struct SlimPodSpec {
     /// The node it runs on, once scheduled.
     pub node_name: Option<String>,
+    /// Whether it uses its node's network: its address is the node's, shared
+    /// with other such pods, so it is no pod address to judge policy on.
+    #[serde(default)]
+    pub host_network: bool,
     /// Its containers, for their ports.
     #[serde(default)]
     pub containers: Vec<SlimContainer>,
@@ -109,7 +113,9 @@ pub struct SlimContainer {
 pub struct SlimPort {
     /// Its name, if it has one.
     pub name: Option<String>,
-    /// The port.
+    /// The port (0 if the document has none: one bad object must not fail the
+    /// page it comes in).
+    #[serde(default)]
     pub container_port: i32,
     /// TCP (when absent), UDP or SCTP.
     pub protocol: Option<String>,
@@ -120,6 +126,9 @@ pub struct SlimPort {
 pub struct SlimPodStatus {
     /// Pending, Running, Succeeded, Failed or Unknown.
     pub phase: Option<String>,
+    /// The first address (what an older API server or a bare document gives).
+    #[serde(default, rename = "podIP")]
+    pub pod_ip: Option<String>,
     /// Its addresses.
     #[serde(default, rename = "podIPs")]
     pub pod_ips: Vec<SlimPodIp>,
@@ -128,7 +137,8 @@ pub struct SlimPodStatus {
 /// One of a pod's addresses.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct SlimPodIp {
-    /// The address, as the API gives it.
+    /// The address, as the API gives it (empty if absent).
+    #[serde(default)]
     pub ip: String,
 }
 
@@ -142,6 +152,8 @@ fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
         labels: Option<BTreeMap<String, String>>,
         resource_version: Option<String>,
         uid: Option<String>,
+        creation_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+        deletion_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     }
     let m = Meta::deserialize(d)?;
     Ok(ObjectMeta {
@@ -150,6 +162,10 @@ fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
         labels: m.labels,
         resource_version: m.resource_version,
         uid: m.uid,
+        // Which of two pods holding one address is the newer, and whether one is
+        // going away.
+        creation_timestamp: m.creation_timestamp,
+        deletion_timestamp: m.deletion_timestamp,
         ..ObjectMeta::default()
     })
 }
@@ -183,6 +199,23 @@ impl SlimPod {
     /// any policy, even if its address is given to a new pod.
     pub fn finished(&self) -> bool {
         matches!(self.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    }
+
+    /// Its addresses: `status.podIPs`, or `status.podIP` where that is all there
+    /// is; none for a pod on its node's network.
+    pub fn ips(&self) -> Vec<&str> {
+        if self.spec.host_network {
+            return Vec::new();
+        }
+        let listed: Vec<&str> = (self.status.pod_ips.iter())
+            .map(|p| p.ip.as_str())
+            .filter(|ip| !ip.is_empty())
+            .collect();
+        if listed.is_empty() {
+            self.status.pod_ip.as_deref().into_iter().collect()
+        } else {
+            listed
+        }
     }
 }
 
@@ -230,8 +263,7 @@ mod tests {
             (ports[1].container_port, ports[1].protocol.as_deref()),
             (53, Some("UDP"))
         );
-        let ips: Vec<_> = pod.status.pod_ips.iter().map(|p| p.ip.as_str()).collect();
-        assert_eq!(ips, ["10.244.1.5", "fd00::5"]);
+        assert_eq!(pod.ips(), ["10.244.1.5", "fd00::5"]);
         assert!(!pod.finished());
     }
 
@@ -247,6 +279,18 @@ mod tests {
             serde_json::from_value(serde_json::json!({"metadata": {"name": "a"}})).unwrap();
         assert_eq!(bare.spec, SlimPodSpec::default());
         assert!(!bare.finished());
+        // podIP alone; a host-network pod has no address of its own; a port with
+        // no number does not fail the pod.
+        let old: SlimPod = serde_json::from_value(serde_json::json!(
+            {"metadata": {"name": "a"}, "status": {"podIP": "10.244.1.9"},
+             "spec": {"containers": [{"ports": [{"name": "x"}]}]}}))
+        .unwrap();
+        assert_eq!(old.ips(), ["10.244.1.9"]);
+        let host: SlimPod = serde_json::from_value(serde_json::json!(
+            {"metadata": {"name": "h"}, "spec": {"hostNetwork": true},
+             "status": {"podIP": "192.168.0.1", "podIPs": [{"ip": "192.168.0.1"}]}}))
+        .unwrap();
+        assert!(host.ips().is_empty());
         // Wrong types are an error, not a panic.
         let bad = serde_json::json!({"metadata": {"name": 5}});
         assert!(serde_json::from_value::<SlimPod>(bad).is_err());
