@@ -1,8 +1,9 @@
 //! The Kubernetes API server as the cluster store (issue 27, under way): the
 //! client, and the slim types it reads. What is here so far is the client's
-//! construction and the Pod type policy needs; the store itself (Nodes into
-//! peers, the objects into the policy model, publishing the node's annotations)
-//! builds on it.
+//! construction, the Pod type policy needs, and what Nodes mean ([`nodes`]: the
+//! annotations a node publishes, and the peers a node makes of the Nodes it
+//! watches); the store itself (the watches into peers and the policy model, the
+//! publishing) builds on it.
 //!
 //! The client is kube-rs's, with rustls on `ring`; objects come through
 //! kube-runtime's watcher (a paginated list, then a watch; a relist on 410 Gone).
@@ -17,6 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::NamespaceResourceScope;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::{Deserialize, Deserializer, Serialize};
+
+pub mod nodes;
 
 /// How weftd reaches the API server.
 #[derive(Debug, Clone, PartialEq, Eq)]
