@@ -377,15 +377,25 @@ impl Wire<'_> {
 }
 
 impl NodeSink<'_> {
-    /// The wire, and the node's seal stage over it if it seals.
-    fn stage(&mut self) -> (Wire<'_>, Option<(&Sealer, &mut SealCache)>) {
+    /// The node's seal stage over the wire if it seals (as of `self.out.now`),
+    /// else the plain wire.
+    fn stage(&mut self) -> Result<Stage<'_, Wire<'_>>, Wire<'_>> {
         let wire = Wire {
             node: self.node,
             tables: self.tables,
             out: &mut *self.out,
         };
-        let seal = self.seal.as_mut().map(|(s, c)| (*s, &mut **c));
-        (wire, seal)
+        let now = wire.out.now;
+        match self.seal.as_mut() {
+            Some((sealer, cache)) => Ok(Stage {
+                sealer,
+                cache,
+                tables: self.tables,
+                now,
+                tunnel: wire,
+            }),
+            None => Err(wire),
+        }
     }
 }
 
@@ -428,32 +438,16 @@ impl Sink for NodeSink<'_> {
     }
 
     fn to_peer(&mut self, peer: &PeerEntry, lane: usize, datagram: &[u8]) {
-        let (tables, now) = (self.tables, self.out.now);
         match self.stage() {
-            (mut wire, None) => stage::Tunnel::send(&mut wire, peer, lane, datagram),
-            (tunnel, Some((sealer, cache))) => Stage {
-                sealer,
-                cache,
-                tables,
-                now,
-                tunnel,
-            }
-            .to_peer(peer, lane, datagram),
+            Ok(mut sealed) => sealed.to_peer(peer, lane, datagram),
+            Err(mut wire) => stage::Tunnel::send(&mut wire, peer, lane, datagram),
         }
     }
 
     fn to_peer_run(&mut self, peer: &PeerEntry, lane: usize, run: &[u8], segment: usize) {
-        let (tables, now) = (self.tables, self.out.now);
         match self.stage() {
-            (mut wire, None) => stage::Tunnel::send_run(&mut wire, peer, lane, run, segment),
-            (tunnel, Some((sealer, cache))) => Stage {
-                sealer,
-                cache,
-                tables,
-                now,
-                tunnel,
-            }
-            .to_peer_run(peer, lane, run, segment),
+            Ok(mut sealed) => sealed.to_peer_run(peer, lane, run, segment),
+            Err(mut wire) => stage::Tunnel::send_run(&mut wire, peer, lane, run, segment),
         }
     }
 
@@ -894,16 +888,8 @@ impl Sim {
     /// its seal stage first, if it seals, as a worker does.
     pub fn tunnel_in(&mut self, n: usize, from: SocketAddr, datagram: &[u8]) {
         self.on_node(n, datagram, |core, cx, frame| {
-            let (tables, now) = (cx.tables, cx.now);
             let mut range = frame.start..frame.start + frame.len;
-            if let (SocketAddr::V4(v4), (tunnel, Some((sealer, cache)))) = (from, cx.sink.stage()) {
-                let mut stage = Stage {
-                    sealer,
-                    cache,
-                    tables,
-                    now,
-                    tunnel,
-                };
+            if let (SocketAddr::V4(v4), Ok(mut stage)) = (from, cx.sink.stage()) {
                 match stage.from_peer(v4, frame.buf, range) {
                     Some(opened) => range = opened,
                     None => return,
