@@ -43,6 +43,68 @@ pub struct NodeEntry {
     pub public_key: Option<PublicKey>,
 }
 
+/// Checks what any store says of a node against what can work in `cluster`: a
+/// subnet of it (not all of it, not smaller than a /30), an underlay address
+/// outside it, a unicast VTEP MAC. Errors say why.
+pub fn check_node(
+    pod_subnet: Ipv4Net,
+    underlay_ip: Ipv4Addr,
+    vtep_mac: MacAddr,
+    cluster: Ipv4Net,
+) -> Result<(), String> {
+    let s = pod_subnet;
+    if s != s.trunc() || !cluster.contains(&s) || s == cluster || s.prefix_len() > 30 {
+        return Err(format!(
+            "pod subnet {s} is no subnet of the cluster CIDR {cluster}"
+        ));
+    }
+    if cluster.contains(&underlay_ip) || underlay_ip.is_unspecified() {
+        return Err(format!("underlay address {underlay_ip} cannot be a node's"));
+    }
+    if vtep_mac.is_multicast() {
+        return Err(format!("VTEP MAC {vtep_mac} is a group address"));
+    }
+    Ok(())
+}
+
+/// What the nodes taken so far hold, so that a later node claiming any of it is
+/// refused: the older node keeps its subnet, underlay address and VTEP MAC.
+#[derive(Debug, Default)]
+pub struct Claims {
+    ips: std::collections::HashSet<Ipv4Addr>,
+    macs: std::collections::HashSet<MacAddr>,
+}
+
+impl Claims {
+    /// Why `e` cannot be taken beside `taken`, if it cannot.
+    pub fn conflict(&self, taken: &[NodeEntry], e: &NodeEntry) -> Option<String> {
+        let s = e.pod_subnet;
+        if let Some(n) =
+            (taken.iter()).find(|n| n.pod_subnet.contains(&s) || s.contains(&n.pod_subnet))
+        {
+            Some(format!(
+                "its subnet {s} overlaps {}'s {}",
+                n.name, n.pod_subnet
+            ))
+        } else if self.ips.contains(&e.underlay_ip) {
+            Some(format!(
+                "underlay address {} is another node's",
+                e.underlay_ip
+            ))
+        } else if self.macs.contains(&e.vtep_mac) {
+            Some(format!("VTEP MAC {} is another node's", e.vtep_mac))
+        } else {
+            None
+        }
+    }
+
+    /// Records what `e` holds.
+    pub fn take(&mut self, e: &NodeEntry) {
+        self.ips.insert(e.underlay_ip);
+        self.macs.insert(e.vtep_mac);
+    }
+}
+
 /// NetworkPolicy's objects as a distributed store holds them: one object a record.
 #[derive(Debug, Clone, Default)]
 pub struct StorePolicy {

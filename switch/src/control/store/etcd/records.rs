@@ -2,7 +2,7 @@
 //! `deploy/STORE.md`, the JSON of each record, and the checks that keep one bad record
 //! from hurting the rest. Pure: no I/O, so every rule is tested in memory.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::config::Mode;
 use crate::control::keys::PublicKey;
-use crate::control::store::{NodeEntry, StorePolicy};
+use crate::control::store::{check_node, Claims, NodeEntry, StorePolicy};
 use crate::mac::MacAddr;
 use crate::netpol::manifest::{self, ManifestError};
 use crate::netpol::model::PolicyModel;
@@ -207,21 +207,7 @@ pub fn parse_node(
             r.name
         ));
     }
-    let s = r.pod_subnet;
-    if s != s.trunc() || !cluster.contains(&s) || s == cluster || s.prefix_len() > 30 {
-        return Err(format!(
-            "pod subnet {s} is no subnet of the cluster CIDR {cluster}"
-        ));
-    }
-    if cluster.contains(&r.underlay_ip) || r.underlay_ip.is_unspecified() {
-        return Err(format!(
-            "underlay address {} cannot be a node's",
-            r.underlay_ip
-        ));
-    }
-    if r.vtep_mac.is_multicast() {
-        return Err(format!("VTEP MAC {} is a group address", r.vtep_mac));
-    }
+    check_node(r.pod_subnet, r.underlay_ip, r.vtep_mac, cluster)?;
     if r.mode != Mode::Direct && r.port != port {
         return Err(format!("its tunnel port is {}, this node's {port}", r.port));
     }
@@ -249,7 +235,7 @@ pub fn nodes(layout: &Layout, cache: &Cache, me: &str, cluster: Ipv4Net, port: u
     }
     records.sort_by_key(|(key, _, s)| (s.create_revision, *key));
     let mut view = NodesView::default();
-    let (mut ips, mut macs) = (HashSet::new(), HashSet::new());
+    let mut claims = Claims::default();
     for (key, name, stored) in records {
         let ignore = |why: String| Ignored {
             key: key.clone(),
@@ -264,39 +250,7 @@ pub fn nodes(layout: &Layout, cache: &Cache, me: &str, cluster: Ipv4Net, port: u
             }
         };
         let s = record.pod_subnet;
-        let conflict = if name == me {
-            None
-        } else if leases.get(&s) != Some(&Some(name.clone())) {
-            Some(match leases.get(&s) {
-                Some(Some(owner)) => format!("claims subnet {s}, which is leased to {owner}"),
-                _ => format!("claims subnet {s}, which no lease gives it"),
-            })
-        } else if let Some(n) = view
-            .nodes
-            .iter()
-            .find(|n| n.pod_subnet.contains(&s) || s.contains(&n.pod_subnet))
-        {
-            Some(format!(
-                "its subnet {s} overlaps {}'s {}",
-                n.name, n.pod_subnet
-            ))
-        } else if ips.contains(&record.underlay_ip) {
-            Some(format!(
-                "underlay address {} is another node's",
-                record.underlay_ip
-            ))
-        } else if macs.contains(&record.vtep_mac) {
-            Some(format!("VTEP MAC {} is another node's", record.vtep_mac))
-        } else {
-            None
-        };
-        if let Some(why) = conflict {
-            view.ignored.push(ignore(why));
-            continue;
-        }
-        ips.insert(record.underlay_ip);
-        macs.insert(record.vtep_mac);
-        view.nodes.push(NodeEntry {
+        let entry = NodeEntry {
             name: record.name,
             underlay_ip: record.underlay_ip,
             pod_subnet: record.pod_subnet,
@@ -304,7 +258,23 @@ pub fn nodes(layout: &Layout, cache: &Cache, me: &str, cluster: Ipv4Net, port: u
             mode: Some(record.mode),
             direct_routing: Some(record.direct_routing),
             public_key: record.public_key,
-        });
+        };
+        let conflict = if name == me {
+            None
+        } else if leases.get(&s) != Some(&Some(name.clone())) {
+            Some(match leases.get(&s) {
+                Some(Some(owner)) => format!("claims subnet {s}, which is leased to {owner}"),
+                _ => format!("claims subnet {s}, which no lease gives it"),
+            })
+        } else {
+            claims.conflict(&view.nodes, &entry)
+        };
+        if let Some(why) = conflict {
+            view.ignored.push(ignore(why));
+            continue;
+        }
+        claims.take(&entry);
+        view.nodes.push(entry);
     }
     view
 }

@@ -10,7 +10,7 @@
 //! key. A Node with none of them has no weftd running yet; one with a bad value
 //! is skipped with why, and the others are used.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Node;
 
 use crate::control::config::Mode;
 use crate::control::keys::PublicKey;
-use crate::control::store::{Joining, NodeEntry};
+use crate::control::store::{check_node, Claims, Joining, NodeEntry};
 use crate::mac::MacAddr;
 
 /// The prefix of every annotation weftd writes.
@@ -119,27 +119,16 @@ pub fn node_entry(node: &Node, cluster: Ipv4Net, port: u16) -> Result<NodeEntry,
     let pod_subnet: Ipv4Net = cidr
         .parse()
         .map_err(|e| format!("spec.podCIDR {cidr:?}: {e}"))?;
-    let s = pod_subnet;
-    if s != s.trunc() || !cluster.contains(&s) || s == cluster || s.prefix_len() > 30 {
-        return Err(format!(
-            "spec.podCIDR {s} is no subnet of the cluster CIDR {cluster}"
-        ));
-    }
     let vtep_mac = parsed(node, key::VTEP_MAC, |v| {
         v.parse::<MacAddr>().map_err(|e| e.to_string())
     })?
     .ok_or("has no weft annotations: weftd has not joined from it yet")?;
-    if vtep_mac.is_multicast() {
-        return Err(format!("VTEP MAC {vtep_mac} is a group address"));
-    }
     let underlay_ip = parsed(node, key::UNDERLAY_IP, |v| {
         v.parse::<Ipv4Addr>().map_err(|e| e.to_string())
     })?
     .or_else(|| internal_ip(node))
     .ok_or("has no underlay address: no annotation and no IPv4 InternalIP")?;
-    if cluster.contains(&underlay_ip) || underlay_ip.is_unspecified() {
-        return Err(format!("underlay address {underlay_ip} cannot be a node's"));
-    }
+    check_node(pod_subnet, underlay_ip, vtep_mac, cluster)?;
     let mode = parsed(node, key::MODE, |v| v.parse::<Mode>())?;
     let direct_routing = parsed(node, key::DIRECT_ROUTING, |v| {
         v.parse::<bool>().map_err(|e| e.to_string())
@@ -178,7 +167,7 @@ pub fn nodes_view(nodes: &[Node], me: &str, cluster: Ipv4Net, port: u16) -> Node
     // This node first: an older node never pushes it out of its own view.
     sorted.sort_by_key(|n| n.metadata.name.as_deref() != Some(me));
     let mut view = NodesView::default();
-    let (mut ips, mut macs) = (HashSet::new(), HashSet::new());
+    let mut claims = Claims::default();
     for node in sorted {
         let name = node.metadata.name.clone().unwrap_or_default();
         let skip = |why: String| Skipped {
@@ -193,30 +182,11 @@ pub fn nodes_view(nodes: &[Node], me: &str, cluster: Ipv4Net, port: u16) -> Node
                 continue;
             }
         };
-        let s = entry.pod_subnet;
-        let conflict = if let Some(n) =
-            (view.nodes.iter()).find(|n| n.pod_subnet.contains(&s) || s.contains(&n.pod_subnet))
-        {
-            Some(format!(
-                "its subnet {s} overlaps {}'s {}",
-                n.name, n.pod_subnet
-            ))
-        } else if ips.contains(&entry.underlay_ip) {
-            Some(format!(
-                "underlay address {} is another node's",
-                entry.underlay_ip
-            ))
-        } else if macs.contains(&entry.vtep_mac) {
-            Some(format!("VTEP MAC {} is another node's", entry.vtep_mac))
-        } else {
-            None
-        };
-        if let Some(why) = conflict {
+        if let Some(why) = claims.conflict(&view.nodes, &entry) {
             view.skipped.push(skip(why));
             continue;
         }
-        ips.insert(entry.underlay_ip);
-        macs.insert(entry.vtep_mac);
+        claims.take(&entry);
         view.nodes.push(entry);
     }
     view
