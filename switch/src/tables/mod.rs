@@ -17,6 +17,7 @@ use weft_encap::vxlan::Vni;
 pub mod counters;
 pub mod fib;
 pub mod health;
+pub mod prefixes;
 
 use crate::core::{Report, Time};
 use crate::mac::MacAddr;
@@ -24,6 +25,7 @@ use crate::netpol::compile::PodRules;
 use crate::tables::counters::Counters;
 use crate::tables::fib::{Fib, NextHop};
 use crate::tables::health::PeerHealth;
+use crate::tables::prefixes::PrefixSet;
 
 /// How frames to peer nodes are carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -224,8 +226,14 @@ pub struct Tables {
 }
 
 /// Checks that peer `p`'s subnet lies in the cluster CIDR and overlaps neither this
-/// node's nor any of `before`'s.
-fn check_subnet(node: &NodeConfig, before: &[PeerEntry], p: &PeerEntry) -> Result<(), TablesError> {
+/// node's nor any of `before`'s (the subnets of the peers before it, with their
+/// indices in `peers`).
+fn check_subnet(
+    node: &NodeConfig,
+    peers: &[PeerEntry],
+    before: &PrefixSet<usize>,
+    p: &PeerEntry,
+) -> Result<(), TablesError> {
     if p.subnet.contains(&node.subnet) || node.subnet.contains(&p.subnet) {
         return Err(TablesError::Overlap {
             peer: p.name.clone(),
@@ -240,14 +248,11 @@ fn check_subnet(node: &NodeConfig, before: &[PeerEntry], p: &PeerEntry) -> Resul
             cluster: node.cluster,
         });
     }
-    match before
-        .iter()
-        .find(|q| p.subnet.contains(&q.subnet) || q.subnet.contains(&p.subnet))
-    {
-        Some(q) => Err(TablesError::Overlap {
+    match before.overlapping(p.subnet) {
+        Some((_, &q)) => Err(TablesError::Overlap {
             peer: p.name.clone(),
             subnet: p.subnet,
-            other: format!("peer {}'s subnet {}", q.name, q.subnet),
+            other: format!("peer {}'s subnet {}", peers[q].name, peers[q].subnet),
         }),
         None => Ok(()),
     }
@@ -271,8 +276,10 @@ impl Tables {
             (Ipv4Net::from(node.gateway), NextHop::Host),
         ];
         let mut peer_by_ip = HashMap::new();
+        let mut subnets = PrefixSet::default();
         for (j, p) in peers.iter().enumerate() {
-            check_subnet(&node, &peers[..j], p)?;
+            check_subnet(&node, &peers, &subnets, p)?;
+            subnets.insert(p.subnet, j);
             let underlay = *p.addr.ip();
             if let Some(prev) = peer_by_ip.insert(underlay, j) {
                 return Err(TablesError::DuplicateUnderlay {

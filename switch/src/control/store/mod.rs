@@ -4,6 +4,7 @@
 //! the embedded default (a static file, [`file::FileStore`]) and on etcd
 //! ([`etcd::EtcdStore`]).
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::control::keys::PublicKey;
 use crate::mac::MacAddr;
 use crate::netpol::manifest::ManifestError;
 use crate::netpol::model::PolicyModel;
+use crate::tables::prefixes::PrefixSet;
 
 pub mod etcd;
 pub mod file;
@@ -68,24 +70,23 @@ pub fn check_node(
 }
 
 /// What the nodes taken so far hold, so that a later node claiming any of it is
-/// refused: the older node keeps its subnet, underlay address and VTEP MAC.
+/// refused: the older node keeps its subnet, underlay address and VTEP MAC. Each
+/// check is logarithmic in the nodes taken ([`PrefixSet`] for the subnets).
 #[derive(Debug, Default)]
 pub struct Claims {
-    ips: std::collections::HashSet<Ipv4Addr>,
-    macs: std::collections::HashSet<MacAddr>,
+    /// Taken subnets, with their holders' names.
+    subnets: PrefixSet<String>,
+    ips: HashSet<Ipv4Addr>,
+    macs: HashSet<MacAddr>,
 }
 
 impl Claims {
-    /// Why `e` cannot be taken beside `taken`, if it cannot.
-    pub fn conflict(&self, taken: &[NodeEntry], e: &NodeEntry) -> Option<String> {
+    /// Why `e` cannot be taken beside the nodes taken so far, if it cannot. Where
+    /// several taken subnets overlap its own, one of them is named.
+    pub fn conflict(&self, e: &NodeEntry) -> Option<String> {
         let s = e.pod_subnet;
-        if let Some(n) =
-            (taken.iter()).find(|n| n.pod_subnet.contains(&s) || s.contains(&n.pod_subnet))
-        {
-            Some(format!(
-                "its subnet {s} overlaps {}'s {}",
-                n.name, n.pod_subnet
-            ))
+        if let Some((held, name)) = self.subnets.overlapping(s) {
+            Some(format!("its subnet {s} overlaps {name}'s {held}"))
         } else if self.ips.contains(&e.underlay_ip) {
             Some(format!(
                 "underlay address {} is another node's",
@@ -100,6 +101,7 @@ impl Claims {
 
     /// Records what `e` holds.
     pub fn take(&mut self, e: &NodeEntry) {
+        self.subnets.insert(e.pod_subnet, e.name.clone());
         self.ips.insert(e.underlay_ip);
         self.macs.insert(e.vtep_mac);
     }
@@ -240,5 +242,145 @@ impl ClusterStore for NoStore {
 
     fn watch(self: Arc<Self>, _on_change: OnChange) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn entry(name: &str, subnet: &str, ip: u8, mac: u8) -> NodeEntry {
+        NodeEntry {
+            name: name.into(),
+            underlay_ip: Ipv4Addr::new(192, 0, 2, ip),
+            pod_subnet: subnet.parse().unwrap(),
+            vtep_mac: MacAddr([2, 0, 0, 0, 0, mac]),
+            mode: None,
+            direct_routing: None,
+            public_key: None,
+        }
+    }
+
+    /// The check as it was: every taken node's subnet, one by one.
+    fn linear(taken: &[NodeEntry], e: &NodeEntry) -> Option<String> {
+        let s = e.pod_subnet;
+        if let Some(n) = taken
+            .iter()
+            .find(|n| n.pod_subnet.contains(&s) || s.contains(&n.pod_subnet))
+        {
+            Some(format!(
+                "its subnet {s} overlaps {}'s {}",
+                n.name, n.pod_subnet
+            ))
+        } else if taken.iter().any(|n| n.underlay_ip == e.underlay_ip) {
+            Some(format!(
+                "underlay address {} is another node's",
+                e.underlay_ip
+            ))
+        } else if taken.iter().any(|n| n.vtep_mac == e.vtep_mac) {
+            Some(format!("VTEP MAC {} is another node's", e.vtep_mac))
+        } else {
+            None
+        }
+    }
+
+    #[test]
+    fn subnets_held_holding_or_equal_overlap_and_neighbours_do_not() {
+        let mut c = Claims::default();
+        c.take(&entry("a", "10.244.1.0/24", 1, 1));
+        c.take(&entry("b", "10.244.4.0/22", 2, 2));
+        let why = |s: &str| c.conflict(&entry("new", s, 9, 9));
+        assert_eq!(why("10.244.0.0/24"), None);
+        assert_eq!(why("10.244.2.0/23"), None);
+        assert_eq!(why("10.244.8.0/24"), None);
+        assert_eq!(
+            why("10.244.1.0/24").unwrap(),
+            "its subnet 10.244.1.0/24 overlaps a's 10.244.1.0/24"
+        );
+        // Held by a taken subnet.
+        assert!(why("10.244.6.128/25")
+            .unwrap()
+            .contains("b's 10.244.4.0/22"));
+        // Holding a taken one, which starts later.
+        assert!(why("10.244.0.0/23").unwrap().contains("a's 10.244.1.0/24"));
+        assert!(why("10.244.0.0/16").unwrap().contains("overlaps"));
+        assert!(why("0.0.0.0/0").unwrap().contains("overlaps"));
+    }
+
+    #[test]
+    fn addresses_and_macs_of_older_nodes_are_refused() {
+        let mut c = Claims::default();
+        c.take(&entry("a", "10.244.1.0/24", 1, 1));
+        let ip = c.conflict(&entry("b", "10.244.2.0/24", 1, 2)).unwrap();
+        assert_eq!(ip, "underlay address 192.0.2.1 is another node's");
+        let mac = c.conflict(&entry("b", "10.244.2.0/24", 2, 1)).unwrap();
+        assert_eq!(mac, "VTEP MAC 02:00:00:00:00:01 is another node's");
+        assert_eq!(c.conflict(&entry("b", "10.244.2.0/24", 2, 2)), None);
+    }
+
+    /// A node taken with no check (a node's own, which the etcd view always
+    /// keeps) may overlap others: later checks still see every taken subnet.
+    #[test]
+    fn a_subnet_taken_unchecked_still_holds_what_it_overlaps() {
+        let mut c = Claims::default();
+        c.take(&entry("a", "10.244.1.0/24", 1, 1));
+        c.take(&entry("me", "10.244.0.0/16", 2, 2));
+        let why = c.conflict(&entry("n", "10.244.9.0/24", 3, 3)).unwrap();
+        assert!(why.contains("me's 10.244.0.0/16"), "{why}");
+    }
+
+    prop_compose! {
+        /// A node in a small corner of the address space, so that subnets,
+        /// addresses and MACs collide often.
+        fn arb_entry()(
+            addr in 0u32..4096,
+            len in 18u8..=30,
+            ip in 0u8..24,
+            mac in 0u8..24,
+            n in 0u32..1000,
+        ) -> NodeEntry {
+            let net = Ipv4Net::new(Ipv4Addr::from(0x0af4_0000 + (addr << 4)), len)
+                .unwrap()
+                .trunc();
+            NodeEntry {
+                pod_subnet: net,
+                ..entry(&format!("n{n}"), "10.244.0.0/24", ip, mac)
+            }
+        }
+    }
+
+    proptest! {
+        /// The ordered check gives the verdict the linear one gave, node after
+        /// node; for an overlap it names a taken subnet that does overlap.
+        #[test]
+        fn claims_agree_with_the_linear_check(
+            nodes in proptest::collection::vec((arb_entry(), any::<bool>()), 0..60),
+        ) {
+            let mut claims = Claims::default();
+            let mut taken: Vec<NodeEntry> = Vec::new();
+            for (e, unchecked) in nodes {
+                let old = linear(&taken, &e);
+                let new = claims.conflict(&e);
+                prop_assert_eq!(old.is_some(), new.is_some(), "{:?} {:?}", old, new);
+                if let (Some(old), Some(new)) = (&old, &new) {
+                    if old.starts_with("its subnet") {
+                        let named = taken
+                            .iter()
+                            .any(|n| new.ends_with(&format!(" {}'s {}", n.name, n.pod_subnet))
+                                && (n.pod_subnet.contains(&e.pod_subnet)
+                                    || e.pod_subnet.contains(&n.pod_subnet)));
+                        prop_assert!(named, "{} names no overlapping node", new);
+                    } else {
+                        prop_assert_eq!(old, new);
+                    }
+                }
+                if new.is_none() || unchecked {
+                    claims.take(&e);
+                    taken.push(e);
+                }
+            }
+        }
     }
 }

@@ -267,7 +267,7 @@ pub fn nodes(layout: &Layout, cache: &Cache, me: &str, cluster: Ipv4Net, port: u
                 _ => format!("claims subnet {s}, which no lease gives it"),
             })
         } else {
-            claims.conflict(&view.nodes, &entry)
+            claims.conflict(&entry)
         };
         if let Some(why) = conflict {
             view.ignored.push(ignore(why));

@@ -182,7 +182,7 @@ pub fn nodes_view(nodes: &[Node], me: &str, cluster: Ipv4Net, port: u16) -> Node
                 continue;
             }
         };
-        if let Some(why) = claims.conflict(&view.nodes, &entry) {
+        if let Some(why) = claims.conflict(&entry) {
             view.skipped.push(skip(why));
             continue;
         }
