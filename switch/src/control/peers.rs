@@ -1,6 +1,7 @@
 //! Peers: the other nodes of the cluster, as the store lists them, with the counters
 //! and health this node keeps for each.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
@@ -90,19 +91,24 @@ fn reaches_us_through_the_host(
 
 /// The peer entries of `nodes` (every node but this one), reached as [`path_to`]
 /// says, with `route_to` telling how the host reaches an address. A peer that did not
-/// change keeps its counters and health from `old`.
+/// change keeps its counters and health from `old` (found by name and address, in
+/// a map: a view of thousands of nodes is applied in linear time).
 pub(crate) fn peer_entries(
     settings: &Settings,
     nodes: &[NodeEntry],
     old: &[PeerEntry],
     route_to: &dyn Fn(Ipv4Addr) -> Option<RouteTo>,
 ) -> Vec<PeerEntry> {
+    let mut by_name: HashMap<(&str, SocketAddrV4), &PeerEntry> = HashMap::with_capacity(old.len());
+    for p in old {
+        by_name.entry((p.name.as_str(), p.addr)).or_insert(p);
+    }
     nodes
         .iter()
         .filter(|n| n.name != settings.node_name)
         .map(|n| {
             let addr = SocketAddrV4::new(n.underlay_ip, settings.tunnel.port);
-            let kept = old.iter().find(|p| p.name == n.name && p.addr == addr);
+            let kept = by_name.get(&(n.name.as_str(), addr)).copied();
             let route = (settings.tunnel.direct_routing || routes_directly(settings, n))
                 .then(|| route_to(n.underlay_ip))
                 .flatten();
@@ -162,14 +168,14 @@ impl Daemon {
         };
         let mut ep = sealer.endpoint();
         let me = NodeId(self.node.router_mac.0);
-        let keyed: Vec<(NodeId, [u8; 32])> = nodes
+        let keyed: HashMap<NodeId, [u8; 32]> = nodes
             .iter()
             .filter(|n| n.name != self.node.name)
             .filter_map(|n| Some((NodeId(n.vtep_mac.0), n.public_key?.0)))
             .filter(|(id, _)| *id != me)
             .collect();
         for gone in ep.peer_nodes() {
-            if !keyed.iter().any(|(id, _)| *id == gone) {
+            if !keyed.contains_key(&gone) {
                 ep.remove_peer(gone);
             }
         }
