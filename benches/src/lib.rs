@@ -239,13 +239,13 @@ pub fn many_policies(
                 }
             })
             .collect();
-        model.policies.push(Policy {
+        model.policies.push(std::sync::Arc::new(Policy {
             namespace: "default".into(),
             name: format!("p{i}"),
             pod_selector: Selector::default(),
             ingress: Some(rules),
             egress: None,
-        });
+        }));
     }
     let local = [LocalPod {
         ip,

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
@@ -428,12 +429,12 @@ fn document(value: yaml_serde::Value, model: &mut PolicyModel) -> Result<Option<
         }
         ("Pod", "v1") => {
             let doc: PodDoc = yaml_serde::from_value(value).map_err(typed)?;
-            model.pods.push(pod(doc)?);
+            model.pods.push(Arc::new(pod(doc)?));
         }
         ("NetworkPolicy", "networking.k8s.io/v1") => {
             let doc: PolicyDoc = yaml_serde::from_value(value).map_err(typed)?;
             let p = policy(doc)?;
-            model.policies.push(p);
+            model.policies.push(Arc::new(p));
         }
         ("Namespace" | "Pod", _) | ("NetworkPolicy", _) => {
             return Err(format!("{kind} of apiVersion {api:?} is not supported"))
