@@ -12,7 +12,9 @@ use weft_proto::{self as proto, ExplainRequest, PodRef};
 use crate::control::daemon::{Daemon, State};
 use crate::control::error::DaemonError;
 use crate::control::store::StorePolicy;
-use crate::netpol::compile::{self, CompiledPolicy, Compiler, KnownPod, LocalPod, PodRules};
+use crate::netpol::compile::{
+    self, CompiledPolicy, Compiler, KnownPod, LocalPod, ModelIndex, PodRules,
+};
 use crate::netpol::manifest::{self, ManifestError, Skipped};
 use crate::netpol::model::{PolicyModel, Protocol, DEFAULT_NAMESPACE};
 
@@ -25,6 +27,8 @@ pub const POLL: Duration = Duration::from_millis(250);
 pub struct PolicyState {
     /// The set in force.
     pub model: Arc<PolicyModel>,
+    /// It, indexed: made once for each set, and used by every compile and query.
+    pub index: Arc<ModelIndex>,
     /// It, compiled for the pods attached here.
     pub compiled: CompiledPolicy,
     /// The generation of `compiled`: it changes when any pod's rules change.
@@ -111,7 +115,8 @@ impl State {
     /// Compiles the policy in force for the pods attached now; a change of any pod's
     /// rules starts a new generation.
     pub(crate) fn recompile(&mut self) {
-        let compiled = compile::compile(&self.policy.model, &self.local_pods());
+        let local = self.local_pods();
+        let compiled = compile::compile_indexed(&self.policy.model, &self.policy.index, &local);
         if compiled.by_ip != self.policy.compiled.by_ip || self.policy.generation == 0 {
             self.policy.generation = self.policy.generation.wrapping_add(1).max(1);
         }
@@ -145,6 +150,7 @@ impl Daemon {
                 }
                 state.policy.errors.clear();
                 state.policy.skipped = skipped;
+                state.policy.index = Arc::new(ModelIndex::new(&model));
                 state.policy.model = Arc::new(model);
                 let before = state.policy.generation;
                 self.publish(&mut state)?;
@@ -199,6 +205,7 @@ impl Daemon {
         let state = self.state.lock();
         let p = &state.policy;
         let local = state.local_pods();
+        let c = Compiler::with_index(&p.model, &p.index, &local);
         let policies = p
             .model
             .policies
@@ -209,15 +216,10 @@ impl Daemon {
                 egress: pol.egress.is_some(),
                 ingress_rules: pol.ingress.as_ref().map_or(0, Vec::len),
                 egress_rules: pol.egress.as_ref().map_or(0, Vec::len),
-                local_pods: local
+                local_pods: c
+                    .local()
                     .iter()
-                    .filter(|l| {
-                        let labels = p.model.pod(&l.namespace, &l.name).map(|o| &o.labels);
-                        l.namespace == pol.namespace
-                            && pol
-                                .pod_selector
-                                .matches(labels.unwrap_or(&Default::default()))
-                    })
+                    .filter(|l| l.namespace == pol.namespace && pol.pod_selector.matches(l.labels))
                     .count(),
             })
             .collect();
@@ -243,15 +245,11 @@ impl Daemon {
     pub(crate) fn policy_pod(&self, pod: &PodRef) -> Result<proto::PodPolicies, DaemonError> {
         let state = self.state.lock();
         let local = state.local_pods();
-        let c = Compiler::new(&state.policy.model, &local);
-        let known = c
-            .pods()
-            .iter()
-            .find(|p| p.namespace == pod.namespace && p.name == pod.name)
-            .ok_or_else(|| {
-                DaemonError::Invalid(format!("no pod {}/{} is known", pod.namespace, pod.name))
-            })?;
-        let rules = c.rules_for(known);
+        let c = Compiler::with_index(&state.policy.model, &state.policy.index, &local);
+        let known = c.find(&pod.namespace, &pod.name).ok_or_else(|| {
+            DaemonError::Invalid(format!("no pod {}/{} is known", pod.namespace, pod.name))
+        })?;
+        let rules = c.rules_for(&known);
         Ok(proto::PodPolicies {
             pod: pod.clone(),
             ip: Some(known.ip),
@@ -271,7 +269,7 @@ impl Daemon {
     ) -> Result<proto::Explanation, DaemonError> {
         let state = self.state.lock();
         let local = state.local_pods();
-        let c = Compiler::new(&state.policy.model, &local);
+        let c = Compiler::with_index(&state.policy.model, &state.policy.index, &local);
         let (src_ip, src) = endpoint(&c, &req.src)?;
         let (dst_ip, dst) = endpoint(&c, &req.dst)?;
         let (proto, port) = match req.protocol.to_ascii_uppercase().as_str() {
@@ -286,11 +284,11 @@ impl Daemon {
             }
         };
         let what = compile::describe(proto, port);
-        let judge = |pod: Option<&KnownPod>, ingress: bool| -> (bool, String) {
+        let judge = |pod: Option<KnownPod<'_>>, ingress: bool| -> (bool, String) {
             let Some(pod) = pod else {
                 return (true, "not a known pod: no policy applies".into());
             };
-            let rules = c.rules_for(pod);
+            let rules = c.rules_for(&pod);
             let set = if ingress {
                 rules.ingress.as_ref()
             } else {
@@ -326,17 +324,15 @@ impl Daemon {
 
 /// An endpoint of `explain`: a known pod as `namespace/name` or by address, or any
 /// address.
-fn endpoint<'c>(
-    c: &'c Compiler<'_>,
+fn endpoint<'m>(
+    c: &Compiler<'m>,
     text: &str,
-) -> Result<(Ipv4Addr, Option<&'c KnownPod>), DaemonError> {
+) -> Result<(Ipv4Addr, Option<KnownPod<'m>>), DaemonError> {
     if let Ok(ip) = text.parse::<Ipv4Addr>() {
         return Ok((ip, c.pod_at(ip)));
     }
     let (ns, name) = text.split_once('/').unwrap_or((DEFAULT_NAMESPACE, text));
-    c.pods()
-        .iter()
-        .find(|p| p.namespace == ns && p.name == name)
+    c.find(ns, name)
         .map(|p| (p.ip, Some(p)))
         .ok_or_else(|| DaemonError::Invalid(format!("{text:?} is no known pod and no address")))
 }

@@ -8,7 +8,9 @@
 //! the rules of all such policies. Named ports are resolved here: for ingress on the
 //! selected pod's own container ports, for egress on each destination pod's.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -151,20 +153,24 @@ impl PodRules {
     }
 }
 
-/// A pod as the compiler sees it: where it is, what it is called, its address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownPod {
+/// A pod as the compiler sees it: where it is, what it is called, its address. It
+/// borrows from the model (and from the local pods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownPod<'m> {
     /// Its namespace.
-    pub namespace: String,
+    pub namespace: &'m str,
     /// Its name (empty for an attachment with no name).
-    pub name: String,
+    pub name: &'m str,
     /// Its labels.
-    pub labels: Labels,
+    pub labels: &'m Labels,
     /// Its named container ports.
-    pub ports: Vec<NamedPort>,
+    pub ports: &'m [NamedPort],
     /// Its address.
     pub ip: Ipv4Addr,
 }
+
+/// The labels of a local pod the store does not know.
+static NO_LABELS: Labels = Labels::new();
 
 /// A pod attached on this node: its address, and what its runtime called it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -184,96 +190,214 @@ struct PolicyPeers {
     egress: Vec<Option<Arc<AddrSet>>>,
 }
 
-/// Policies resolved against every known pod, ready to give any pod its rules.
+/// A model's objects indexed for compiling: each namespace's pods and policies, the
+/// pods by address, each policy's name. Built once per model, in linear time, and
+/// kept beside it: a compile, or a query of one pod, then looks only at the
+/// namespaces and policies that pod's rules involve, however large the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ModelIndex {
+    /// The indices in the model's pods of each namespace's pods, in model order.
+    pods_by_namespace: BTreeMap<String, Vec<u32>>,
+    /// The indices of the pods with an address, by address, in model order.
+    pods_by_ip: HashMap<Ipv4Addr, Vec<u32>>,
+    /// The indices of each namespace's policies, in model order.
+    policies_by_namespace: HashMap<String, Vec<u32>>,
+    /// The labels of each namespace that has pods in the model.
+    namespace_labels: HashMap<String, Labels>,
+    /// Each policy's `namespace/name`.
+    ids: Vec<Arc<str>>,
+    /// Pods with an address.
+    addressed: usize,
+}
+
+impl ModelIndex {
+    /// Indexes `model`.
+    pub fn new(model: &PolicyModel) -> ModelIndex {
+        let mut index = ModelIndex::default();
+        for (i, o) in model.pods.iter().enumerate() {
+            let i = i as u32;
+            match index.pods_by_namespace.get_mut(o.namespace.as_str()) {
+                Some(members) => members.push(i),
+                None => {
+                    index.pods_by_namespace.insert(o.namespace.clone(), vec![i]);
+                }
+            }
+            if let Some(ip) = o.ip {
+                index.pods_by_ip.entry(ip).or_default().push(i);
+                index.addressed += 1;
+            }
+        }
+        for (i, p) in model.policies.iter().enumerate() {
+            match index.policies_by_namespace.get_mut(p.namespace.as_str()) {
+                Some(members) => members.push(i as u32),
+                None => {
+                    (index.policies_by_namespace).insert(p.namespace.clone(), vec![i as u32]);
+                }
+            }
+            index.ids.push(Arc::from(p.id()));
+        }
+        index.namespace_labels = (index.pods_by_namespace.keys())
+            .map(|ns| (ns.clone(), model.namespace_labels(ns)))
+            .collect();
+        index
+    }
+}
+
+/// Policies resolved against every known pod, ready to give any pod its rules. The
+/// known pods are the local ones (first), and the store's pods with an address
+/// that are not local: neither of a local pod's name nor at a local pod's address.
+/// A policy's peer sets are resolved the first time a pod it selects asks.
 #[derive(Debug)]
 pub struct Compiler<'m> {
     model: &'m PolicyModel,
-    pods: Vec<KnownPod>,
-    /// The indices in `pods` of each namespace's pods.
-    by_namespace: std::collections::BTreeMap<String, Vec<usize>>,
-    /// The labels of each namespace that has pods.
-    namespace_labels: std::collections::BTreeMap<String, Labels>,
-    peers: Vec<PolicyPeers>,
-    ids: Vec<Arc<str>>,
+    index: Cow<'m, ModelIndex>,
+    /// The local pods, in the order given.
+    local: Vec<KnownPod<'m>>,
+    /// The indices in `local` of each namespace's local pods.
+    local_by_namespace: BTreeMap<&'m str, Vec<usize>>,
+    local_names: HashSet<(&'m str, &'m str)>,
+    local_ips: HashSet<Ipv4Addr>,
+    peers: Vec<OnceCell<PolicyPeers>>,
 }
 
 impl<'m> Compiler<'m> {
-    /// Resolves `model` with the pods attached on this node, `local`. A local pod
-    /// takes its labels and ports from the store's pod of the same namespace and name,
-    /// and its address from its attachment; a store pod with an address elsewhere is
-    /// a remote pod.
-    pub fn new(model: &'m PolicyModel, local: &[LocalPod]) -> Compiler<'m> {
-        let mut pods: Vec<KnownPod> = local
-            .iter()
-            .map(|l| {
-                let object = model.pod(&l.namespace, &l.name);
-                KnownPod {
-                    namespace: l.namespace.clone(),
-                    name: l.name.clone(),
-                    labels: object.map(|o| o.labels.clone()).unwrap_or_default(),
-                    ports: object.map(|o| o.ports.clone()).unwrap_or_default(),
-                    ip: l.ip,
-                }
-            })
-            .collect();
-        let local_ips: std::collections::HashSet<Ipv4Addr> = local.iter().map(|l| l.ip).collect();
-        for o in &model.pods {
-            let is_local = local
-                .iter()
-                .any(|l| l.namespace == o.namespace && l.name == o.name);
-            match o.ip {
-                Some(ip) if !is_local && !local_ips.contains(&ip) => pods.push(KnownPod {
-                    namespace: o.namespace.clone(),
-                    name: o.name.clone(),
-                    labels: o.labels.clone(),
-                    ports: o.ports.clone(),
-                    ip,
-                }),
-                _ => {}
-            }
-        }
-        let mut by_namespace: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
-        for (i, p) in pods.iter().enumerate() {
-            by_namespace.entry(p.namespace.clone()).or_default().push(i);
-        }
-        let namespace_labels = by_namespace
-            .keys()
-            .map(|ns| (ns.clone(), model.namespace_labels(ns)))
-            .collect();
-        let mut c = Compiler {
-            model,
-            pods,
-            by_namespace,
-            namespace_labels,
-            peers: Vec::new(),
-            ids: model.policies.iter().map(|p| Arc::from(p.id())).collect(),
-        };
-        c.peers = model.policies.iter().map(|p| c.policy_peers(p)).collect();
-        c
+    /// Resolves `model` with the pods attached on this node, `local`, indexing the
+    /// model first (see [`Compiler::with_index`]).
+    pub fn new(model: &'m PolicyModel, local: &'m [LocalPod]) -> Compiler<'m> {
+        Compiler::build(model, Cow::Owned(ModelIndex::new(model)), local)
     }
 
-    /// Every pod the compiler knows of.
-    pub fn pods(&self) -> &[KnownPod] {
-        &self.pods
+    /// Resolves `model`, indexed as `index` says, with the pods attached on this
+    /// node, `local`. A local pod takes its labels and ports from the store's pod of
+    /// the same namespace and name, and its address from its attachment; a store pod
+    /// with an address elsewhere is a remote pod.
+    pub fn with_index(
+        model: &'m PolicyModel,
+        index: &'m ModelIndex,
+        local: &'m [LocalPod],
+    ) -> Compiler<'m> {
+        Compiler::build(model, Cow::Borrowed(index), local)
+    }
+
+    fn build(
+        model: &'m PolicyModel,
+        index: Cow<'m, ModelIndex>,
+        local: &'m [LocalPod],
+    ) -> Compiler<'m> {
+        let mut known = Vec::with_capacity(local.len());
+        let mut local_by_namespace: BTreeMap<&'m str, Vec<usize>> = BTreeMap::new();
+        for (k, l) in local.iter().enumerate() {
+            let members = index.pods_by_namespace.get(l.namespace.as_str());
+            let object = (members.into_iter().flatten())
+                .map(|&i| &*model.pods[i as usize])
+                .find(|o| o.name == l.name);
+            known.push(KnownPod {
+                namespace: &l.namespace,
+                name: &l.name,
+                labels: object.map_or(&NO_LABELS, |o| &o.labels),
+                ports: object.map_or(&[], |o| &o.ports),
+                ip: l.ip,
+            });
+            local_by_namespace.entry(&l.namespace).or_default().push(k);
+        }
+        Compiler {
+            model,
+            index,
+            local: known,
+            local_by_namespace,
+            local_names: local.iter().map(|l| (&*l.namespace, &*l.name)).collect(),
+            local_ips: local.iter().map(|l| l.ip).collect(),
+            peers: (0..model.policies.len()).map(|_| OnceCell::new()).collect(),
+        }
+    }
+
+    /// Store pod `i` as a known pod, unless it has no address or is a local one.
+    fn remote(&self, i: u32) -> Option<KnownPod<'m>> {
+        let model: &'m PolicyModel = self.model;
+        let o = &model.pods[i as usize];
+        let ip = o.ip?;
+        let local = self.local_ips.contains(&ip)
+            || (self.local_names).contains(&(o.namespace.as_str(), o.name.as_str()));
+        (!local).then_some(KnownPod {
+            namespace: &o.namespace,
+            name: &o.name,
+            labels: &o.labels,
+            ports: &o.ports,
+            ip,
+        })
+    }
+
+    /// The known pods of namespace `ns`: the local ones, then the store's.
+    fn members<'s>(&'s self, ns: &str) -> impl Iterator<Item = KnownPod<'m>> + 's {
+        let local = self.local_by_namespace.get(ns).into_iter().flatten();
+        let remote = self.index.pods_by_namespace.get(ns).into_iter().flatten();
+        (local.map(|&k| self.local[k])).chain(remote.filter_map(|&i| self.remote(i)))
+    }
+
+    /// Every known pod: the local ones, then the store's, in its order.
+    pub fn known<'s>(&'s self) -> impl Iterator<Item = KnownPod<'m>> + 's {
+        let remote = (0..self.model.pods.len() as u32).filter_map(|i| self.remote(i));
+        self.local.iter().copied().chain(remote)
+    }
+
+    /// How many pods are known, local and remote.
+    pub fn known_count(&self) -> usize {
+        // The store's addressed pods, less those a local pod stands for.
+        let mut shadowed: HashSet<u32> = HashSet::new();
+        for ip in &self.local_ips {
+            shadowed.extend(self.index.pods_by_ip.get(ip).into_iter().flatten());
+        }
+        for l in &self.local {
+            let members = self.index.pods_by_namespace.get(l.namespace);
+            shadowed.extend(members.into_iter().flatten().filter(|&&i| {
+                let o = &self.model.pods[i as usize];
+                o.name == l.name && o.ip.is_some()
+            }));
+        }
+        self.local.len() + self.index.addressed - shadowed.len()
+    }
+
+    /// The local pods, in the order given.
+    pub fn local(&self) -> &[KnownPod<'m>] {
+        &self.local
+    }
+
+    /// The known pod `namespace/name`.
+    pub fn find(&self, namespace: &str, name: &str) -> Option<KnownPod<'m>> {
+        self.members(namespace).find(|p| p.name == name)
     }
 
     /// The known pod at `ip`.
-    pub fn pod_at(&self, ip: Ipv4Addr) -> Option<&KnownPod> {
-        self.pods.iter().find(|p| p.ip == ip)
+    pub fn pod_at(&self, ip: Ipv4Addr) -> Option<KnownPod<'m>> {
+        let remote = self.index.pods_by_ip.get(&ip).into_iter().flatten();
+        (self.local.iter().copied().find(|p| p.ip == ip))
+            .or_else(|| remote.filter_map(|&i| self.remote(i)).next())
     }
 
-    fn policy_peers(&self, p: &Policy) -> PolicyPeers {
-        let sets = |rules: &Option<Vec<Rule>>| {
-            rules
-                .iter()
-                .flatten()
-                .map(|r| self.peer_set(p, &r.peers).map(Arc::new))
-                .collect()
-        };
-        PolicyPeers {
-            ingress: sets(&p.ingress),
-            egress: sets(&p.egress),
+    /// The labels of namespace `ns`, with the one the API server always sets.
+    fn namespace_labels(&self, ns: &str) -> Cow<'_, Labels> {
+        match self.index.namespace_labels.get(ns) {
+            Some(labels) => Cow::Borrowed(labels),
+            None => Cow::Owned(self.model.namespace_labels(ns)),
         }
+    }
+
+    /// The peer sets of policy `i`, resolved once.
+    fn policy_peers(&self, i: usize) -> &PolicyPeers {
+        self.peers[i].get_or_init(|| {
+            let p = &self.model.policies[i];
+            let sets = |rules: &Option<Vec<Rule>>| {
+                rules
+                    .iter()
+                    .flatten()
+                    .map(|r| self.peer_set(p, &r.peers).map(Arc::new))
+                    .collect()
+            };
+            PolicyPeers {
+                ingress: sets(&p.ingress),
+                egress: sets(&p.egress),
+            }
+        })
     }
 
     /// The addresses `peers` (of policy `p`) stand for; `None` for everyone.
@@ -289,24 +413,26 @@ impl<'m> Compiler<'m> {
                     except: b.except.iter().map(AddrSet::net).collect(),
                 }),
                 Peer::Pods { pods, namespaces } => {
+                    let selected = |pod: &KnownPod<'_>| {
+                        pods.as_ref().is_none_or(|sel| sel.matches(pod.labels))
+                    };
+                    let Some(sel) = namespaces else {
+                        let members = self.members(&p.namespace);
+                        set.ips
+                            .extend(members.filter(selected).map(|pod| u32::from(pod.ip)));
+                        continue;
+                    };
                     // The namespaces first, each judged once; then their pods.
-                    for (ns, members) in &self.by_namespace {
-                        let in_scope = match namespaces {
-                            None => *ns == p.namespace,
-                            Some(sel) => sel.matches(&self.namespace_labels[ns]),
-                        };
-                        if !in_scope {
-                            continue;
+                    let local_only = (self.local_by_namespace.keys().copied())
+                        .filter(|ns| !self.index.pods_by_namespace.contains_key(*ns));
+                    for ns in
+                        (self.index.pods_by_namespace.keys().map(String::as_str)).chain(local_only)
+                    {
+                        if sel.matches(&self.namespace_labels(ns)) {
+                            let members = self.members(ns);
+                            set.ips
+                                .extend(members.filter(selected).map(|pod| u32::from(pod.ip)));
                         }
-                        set.ips.extend(
-                            members
-                                .iter()
-                                .map(|&i| &self.pods[i])
-                                .filter(|pod| {
-                                    pods.as_ref().is_none_or(|sel| sel.matches(&pod.labels))
-                                })
-                                .map(|pod| u32::from(pod.ip)),
-                        );
                     }
                 }
             }
@@ -317,52 +443,53 @@ impl<'m> Compiler<'m> {
     }
 
     /// Whether policy `p` selects `pod`.
-    fn selects(p: &Policy, pod: &KnownPod) -> bool {
-        p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels)
+    fn selects(p: &Policy, pod: &KnownPod<'_>) -> bool {
+        p.namespace == pod.namespace && p.pod_selector.matches(pod.labels)
     }
 
     /// The rules of `pod`.
-    pub fn rules_for(&self, pod: &KnownPod) -> PodRules {
+    pub fn rules_for(&self, pod: &KnownPod<'_>) -> PodRules {
         let mut out = PodRules::default();
-        for (i, p) in self.model.policies.iter().enumerate() {
+        let policies = self.index.policies_by_namespace.get(pod.namespace);
+        for &i in policies.into_iter().flatten() {
+            let i = i as usize;
+            let p = &self.model.policies[i];
             if !Self::selects(p, pod) {
                 continue;
             }
-            let id = &self.ids[i];
+            let id = &self.index.ids[i];
             out.selected_by
                 .push((id.clone(), p.ingress.is_some(), p.egress.is_some()));
+            let origin = |rule| Origin {
+                policy: id.clone(),
+                rule,
+            };
             if let Some(rules) = &p.ingress {
                 let set = out.ingress.get_or_insert_with(RuleSet::default);
                 for (k, r) in rules.iter().enumerate() {
-                    let ports = self.ports(&r.ports, &[pod]);
                     set.rules.push(CompiledRule {
-                        origin: Origin {
-                            policy: id.clone(),
-                            rule: k,
-                        },
-                        peers: self.peers[i].ingress[k].clone(),
-                        ports,
+                        origin: origin(k),
+                        peers: self.policy_peers(i).ingress[k].clone(),
+                        ports: self.ports(&r.ports, &[*pod]),
                     });
                 }
             }
             if let Some(rules) = &p.egress {
                 let set = out.egress.get_or_insert_with(RuleSet::default);
                 for (k, r) in rules.iter().enumerate() {
-                    let peers = self.peers[i].egress[k].clone();
+                    let peers = self.policy_peers(i).egress[k].clone();
                     // Named ports name the destination's container ports.
-                    let targets: Vec<&KnownPod> = self
-                        .pods
-                        .iter()
-                        .filter(|t| peers.as_ref().is_none_or(|s| s.contains(t.ip)))
-                        .collect();
-                    let ports = self.ports(&r.ports, &targets);
+                    let named = (r.ports.iter()).any(|p| matches!(p.port, PortSpec::Named(_)));
+                    let targets: Vec<KnownPod<'_>> = match named {
+                        true => (self.known())
+                            .filter(|t| peers.as_ref().is_none_or(|s| s.contains(t.ip)))
+                            .collect(),
+                        false => Vec::new(),
+                    };
                     set.rules.push(CompiledRule {
-                        origin: Origin {
-                            policy: id.clone(),
-                            rule: k,
-                        },
+                        origin: origin(k),
+                        ports: self.ports(&r.ports, &targets),
                         peers,
-                        ports,
                     });
                 }
             }
@@ -371,7 +498,7 @@ impl<'m> Compiler<'m> {
     }
 
     /// The port set of `ports`, named ones resolved on `targets`; `None` for any port.
-    fn ports(&self, ports: &[Port], targets: &[&KnownPod]) -> Option<PortSet> {
+    fn ports(&self, ports: &[Port], targets: &[KnownPod<'_>]) -> Option<PortSet> {
         if ports.is_empty() {
             return None;
         }
@@ -436,19 +563,32 @@ impl CompiledPolicy {
 
 /// Compiles `model` for the pods attached on this node.
 pub fn compile(model: &PolicyModel, local: &[LocalPod]) -> CompiledPolicy {
-    let c = Compiler::new(model, local);
+    compile_with(&Compiler::new(model, local))
+}
+
+/// Compiles `model`, indexed as `index` says, for the pods attached on this node:
+/// in time that grows with the local pods and what their policies select, not
+/// with the whole cluster.
+pub fn compile_indexed(
+    model: &PolicyModel,
+    index: &ModelIndex,
+    local: &[LocalPod],
+) -> CompiledPolicy {
+    compile_with(&Compiler::with_index(model, index, local))
+}
+
+fn compile_with(c: &Compiler<'_>) -> CompiledPolicy {
     let by_ip = c
-        .pods()
+        .local()
         .iter()
-        .take(local.len())
         .map(|pod| (pod.ip, c.rules_for(pod)))
         .filter(|(_, r)| r.isolated())
         .map(|(ip, r)| (ip, Arc::new(r)))
         .collect();
     CompiledPolicy {
         by_ip,
-        policies: model.policies.len(),
-        pods: c.pods().len(),
+        policies: c.model.policies.len(),
+        pods: c.known_count(),
     }
 }
 
@@ -458,5 +598,427 @@ pub fn describe(proto: u8, port: Option<u16>) -> String {
         (Some(p), Some(port)) => format!("{p} {port}"),
         (Some(p), None) => p.to_string(),
         (None, _) => format!("protocol {proto}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The compiler against the one it replaced (which resolved every policy
+    //! against every pod up front), on generated clusters: the same rules for
+    //! every pod, local or not, and the same compiled set.
+
+    use super::*;
+    use crate::netpol::model::{IpBlock, Operator, PodObject, Requirement, Selector};
+
+    /// A pod as the old compiler saw it (owned).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct OldPod {
+        namespace: String,
+        name: String,
+        labels: Labels,
+        ports: Vec<NamedPort>,
+        ip: Ipv4Addr,
+    }
+
+    struct OldCompiler<'m> {
+        model: &'m PolicyModel,
+        pods: Vec<OldPod>,
+        by_namespace: std::collections::BTreeMap<String, Vec<usize>>,
+        namespace_labels: std::collections::BTreeMap<String, Labels>,
+        peers: Vec<PolicyPeers>,
+        ids: Vec<Arc<str>>,
+    }
+
+    impl<'m> OldCompiler<'m> {
+        fn new(model: &'m PolicyModel, local: &[LocalPod]) -> OldCompiler<'m> {
+            let mut pods: Vec<OldPod> = local
+                .iter()
+                .map(|l| {
+                    let object = model.pod(&l.namespace, &l.name);
+                    OldPod {
+                        namespace: l.namespace.clone(),
+                        name: l.name.clone(),
+                        labels: object.map(|o| o.labels.clone()).unwrap_or_default(),
+                        ports: object.map(|o| o.ports.clone()).unwrap_or_default(),
+                        ip: l.ip,
+                    }
+                })
+                .collect();
+            let local_ips: std::collections::HashSet<Ipv4Addr> =
+                local.iter().map(|l| l.ip).collect();
+            for o in &model.pods {
+                let is_local = local
+                    .iter()
+                    .any(|l| l.namespace == o.namespace && l.name == o.name);
+                match o.ip {
+                    Some(ip) if !is_local && !local_ips.contains(&ip) => pods.push(OldPod {
+                        namespace: o.namespace.clone(),
+                        name: o.name.clone(),
+                        labels: o.labels.clone(),
+                        ports: o.ports.clone(),
+                        ip,
+                    }),
+                    _ => {}
+                }
+            }
+            let mut by_namespace: std::collections::BTreeMap<String, Vec<usize>> =
+                Default::default();
+            for (i, p) in pods.iter().enumerate() {
+                by_namespace.entry(p.namespace.clone()).or_default().push(i);
+            }
+            let namespace_labels = by_namespace
+                .keys()
+                .map(|ns| (ns.clone(), model.namespace_labels(ns)))
+                .collect();
+            let mut c = OldCompiler {
+                model,
+                pods,
+                by_namespace,
+                namespace_labels,
+                peers: Vec::new(),
+                ids: model.policies.iter().map(|p| Arc::from(p.id())).collect(),
+            };
+            c.peers = model.policies.iter().map(|p| c.policy_peers(p)).collect();
+            c
+        }
+
+        fn pods(&self) -> &[OldPod] {
+            &self.pods
+        }
+
+        fn policy_peers(&self, p: &Policy) -> PolicyPeers {
+            let sets = |rules: &Option<Vec<Rule>>| {
+                rules
+                    .iter()
+                    .flatten()
+                    .map(|r| self.peer_set(p, &r.peers).map(Arc::new))
+                    .collect()
+            };
+            PolicyPeers {
+                ingress: sets(&p.ingress),
+                egress: sets(&p.egress),
+            }
+        }
+
+        fn peer_set(&self, p: &Policy, peers: &[Peer]) -> Option<AddrSet> {
+            if peers.is_empty() {
+                return None;
+            }
+            let mut set = AddrSet::default();
+            for peer in peers {
+                match peer {
+                    Peer::Block(b) => set.blocks.push(Block {
+                        net: AddrSet::net(&b.cidr),
+                        except: b.except.iter().map(AddrSet::net).collect(),
+                    }),
+                    Peer::Pods { pods, namespaces } => {
+                        // The namespaces first, each judged once; then their pods.
+                        for (ns, members) in &self.by_namespace {
+                            let in_scope = match namespaces {
+                                None => *ns == p.namespace,
+                                Some(sel) => sel.matches(&self.namespace_labels[ns]),
+                            };
+                            if !in_scope {
+                                continue;
+                            }
+                            set.ips.extend(
+                                members
+                                    .iter()
+                                    .map(|&i| &self.pods[i])
+                                    .filter(|pod| {
+                                        pods.as_ref().is_none_or(|sel| sel.matches(&pod.labels))
+                                    })
+                                    .map(|pod| u32::from(pod.ip)),
+                            );
+                        }
+                    }
+                }
+            }
+            set.ips.sort_unstable();
+            set.ips.dedup();
+            Some(set)
+        }
+
+        fn selects(p: &Policy, pod: &OldPod) -> bool {
+            p.namespace == pod.namespace && p.pod_selector.matches(&pod.labels)
+        }
+
+        fn rules_for(&self, pod: &OldPod) -> PodRules {
+            let mut out = PodRules::default();
+            for (i, p) in self.model.policies.iter().enumerate() {
+                if !Self::selects(p, pod) {
+                    continue;
+                }
+                let id = &self.ids[i];
+                out.selected_by
+                    .push((id.clone(), p.ingress.is_some(), p.egress.is_some()));
+                if let Some(rules) = &p.ingress {
+                    let set = out.ingress.get_or_insert_with(RuleSet::default);
+                    for (k, r) in rules.iter().enumerate() {
+                        let ports = self.ports(&r.ports, &[pod]);
+                        set.rules.push(CompiledRule {
+                            origin: Origin {
+                                policy: id.clone(),
+                                rule: k,
+                            },
+                            peers: self.peers[i].ingress[k].clone(),
+                            ports,
+                        });
+                    }
+                }
+                if let Some(rules) = &p.egress {
+                    let set = out.egress.get_or_insert_with(RuleSet::default);
+                    for (k, r) in rules.iter().enumerate() {
+                        let peers = self.peers[i].egress[k].clone();
+                        // Named ports name the destination's container ports.
+                        let targets: Vec<&OldPod> = self
+                            .pods
+                            .iter()
+                            .filter(|t| peers.as_ref().is_none_or(|s| s.contains(t.ip)))
+                            .collect();
+                        let ports = self.ports(&r.ports, &targets);
+                        set.rules.push(CompiledRule {
+                            origin: Origin {
+                                policy: id.clone(),
+                                rule: k,
+                            },
+                            peers,
+                            ports,
+                        });
+                    }
+                }
+            }
+            out
+        }
+
+        fn ports(&self, ports: &[Port], targets: &[&OldPod]) -> Option<PortSet> {
+            if ports.is_empty() {
+                return None;
+            }
+            let mut set = PortSet::default();
+            for port in ports {
+                let proto = port.protocol.number();
+                match &port.port {
+                    PortSpec::All => set.ranges.push((proto, 0, u16::MAX)),
+                    PortSpec::Range { first, last } => set.ranges.push((proto, *first, *last)),
+                    PortSpec::Named(name) => {
+                        for t in targets {
+                            for np in t.ports.iter().filter(|np| &np.name == name) {
+                                if np.protocol == port.protocol {
+                                    set.named.push((u32::from(t.ip), proto, np.port));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            set.named.sort_unstable();
+            set.named.dedup();
+            Some(set)
+        }
+    }
+
+    fn old_compile(model: &PolicyModel, local: &[LocalPod]) -> CompiledPolicy {
+        let c = OldCompiler::new(model, local);
+        let by_ip = c
+            .pods()
+            .iter()
+            .take(local.len())
+            .map(|pod| (pod.ip, c.rules_for(pod)))
+            .filter(|(_, r)| r.isolated())
+            .map(|(ip, r)| (ip, Arc::new(r)))
+            .collect();
+        CompiledPolicy {
+            by_ip,
+            policies: model.policies.len(),
+            pods: c.pods().len(),
+        }
+    }
+
+    fn labels(pairs: &[(&str, String)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    /// A cluster made from `seed`: namespaces with team labels, pods (some with
+    /// no address, some sharing one) with app and tier labels and named ports,
+    /// policies with pod, namespace and mixed selectors, blocks, ports by number,
+    /// range and name, ingress and egress; and local pods, some of them standing
+    /// for store pods by name or by address, some unknown to the store.
+    fn cluster(seed: u64) -> (PolicyModel, Vec<LocalPod>) {
+        let mut x = seed;
+        let mut next = move |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        let mut m = PolicyModel::default();
+        for k in 0..4 {
+            m.namespaces
+                .insert(format!("ns{k}"), labels(&[("team", format!("t{}", k % 2))]));
+        }
+        for p in 0..40u64 {
+            let ip = match next(10) {
+                0 => None,
+                1 => Some(Ipv4Addr::new(10, 0, 0, 1)),
+                _ => Some(Ipv4Addr::new(10, 0, 1, p as u8 + 1)),
+            };
+            let port = NamedPort {
+                name: ["http", "dns"][next(2) as usize].into(),
+                protocol: [Protocol::Tcp, Protocol::Udp][next(2) as usize],
+                port: 80 + next(3) as u16,
+            };
+            m.pods.push(Arc::new(PodObject {
+                namespace: format!("ns{}", next(5)),
+                name: format!("p{}", next(30)),
+                labels: labels(&[
+                    ("app", format!("a{}", next(3))),
+                    ("tier", ["web", "db"][next(2) as usize].into()),
+                ]),
+                ports: vec![port],
+                ip,
+            }));
+        }
+        let selector = |next: &mut dyn FnMut(u64) -> u64| match next(4) {
+            0 => Selector::default(),
+            1 => Selector {
+                labels: labels(&[("app", format!("a{}", next(3)))]),
+                requirements: Vec::new(),
+            },
+            2 => Selector {
+                labels: Labels::new(),
+                requirements: vec![Requirement {
+                    key: "tier".into(),
+                    operator: [Operator::In, Operator::NotIn][next(2) as usize],
+                    values: vec!["web".into()],
+                }],
+            },
+            _ => Selector {
+                labels: labels(&[("team", format!("t{}", next(2)))]),
+                requirements: Vec::new(),
+            },
+        };
+        for q in 0..12 {
+            let rules = |next: &mut dyn FnMut(u64) -> u64| -> Option<Vec<Rule>> {
+                if next(3) == 0 {
+                    return None;
+                }
+                let rules = (0..next(3))
+                    .map(|_| {
+                        let peers = (0..next(3))
+                            .map(|_| match next(4) {
+                                0 => Peer::Block(IpBlock {
+                                    cidr: "10.0.1.0/28".parse().unwrap(),
+                                    except: vec!["10.0.1.4/30".parse().unwrap()],
+                                }),
+                                1 => Peer::Pods {
+                                    pods: Some(selector(next)),
+                                    namespaces: None,
+                                },
+                                2 => Peer::Pods {
+                                    pods: None,
+                                    namespaces: Some(selector(next)),
+                                },
+                                _ => Peer::Pods {
+                                    pods: Some(selector(next)),
+                                    namespaces: Some(selector(next)),
+                                },
+                            })
+                            .collect();
+                        let ports = (0..next(3))
+                            .map(|_| Port {
+                                protocol: [Protocol::Tcp, Protocol::Udp][next(2) as usize],
+                                port: match next(3) {
+                                    0 => PortSpec::Named(["http", "dns"][next(2) as usize].into()),
+                                    1 => PortSpec::Range {
+                                        first: 80,
+                                        last: 81,
+                                    },
+                                    _ => PortSpec::All,
+                                },
+                            })
+                            .collect();
+                        Rule { peers, ports }
+                    })
+                    .collect();
+                Some(rules)
+            };
+            let ingress = rules(&mut next);
+            let egress = rules(&mut next);
+            m.policies.push(Arc::new(Policy {
+                namespace: format!("ns{}", next(5)),
+                name: format!("pol{q}"),
+                pod_selector: selector(&mut next),
+                ingress,
+                egress,
+            }));
+        }
+        let local = (0..4)
+            .map(|j| LocalPod {
+                ip: match next(3) {
+                    0 => Ipv4Addr::new(10, 0, 1, next(40) as u8 + 1),
+                    _ => Ipv4Addr::new(10, 0, 2, j + 1),
+                },
+                namespace: format!("ns{}", next(5)),
+                name: format!("p{}", next(40)),
+            })
+            .collect();
+        (m, local)
+    }
+
+    #[test]
+    fn the_indexed_compiler_agrees_with_the_one_it_replaced() {
+        let (mut isolated, mut named) = (0, 0);
+        for seed in 0..300 {
+            let (model, local) = cluster(seed);
+            let old = old_compile(&model, &local);
+            isolated += old.by_ip.len();
+            named += (old.by_ip.values())
+                .flat_map(|r| r.ingress.iter().chain(&r.egress))
+                .flat_map(|set| &set.rules)
+                .filter(|r| r.ports.as_ref().is_some_and(|p| !p.named.is_empty()))
+                .count();
+            let new = compile(&model, &local);
+            assert_eq!(new.by_ip, old.by_ip, "seed {seed}");
+            assert_eq!(new.pods, old.pods, "seed {seed}");
+            let index = ModelIndex::new(&model);
+            assert_eq!(compile_indexed(&model, &index, &local).by_ip, old.by_ip);
+            // Every known pod's rules, in the old compiler's order of pods.
+            let (o, n) = (
+                OldCompiler::new(&model, &local),
+                Compiler::new(&model, &local),
+            );
+            let known: Vec<KnownPod<'_>> = n.known().collect();
+            assert_eq!(known.len(), o.pods().len(), "seed {seed}");
+            for (a, b) in o.pods().iter().zip(&known) {
+                assert_eq!(
+                    (a.namespace.as_str(), a.name.as_str(), a.ip),
+                    (b.namespace, b.name, b.ip)
+                );
+                assert_eq!(
+                    o.rules_for(a),
+                    n.rules_for(b),
+                    "seed {seed}: {}/{}",
+                    a.namespace,
+                    a.name
+                );
+                assert_eq!(
+                    n.find(&a.namespace, &a.name).map(|p| p.ip),
+                    o.pods()
+                        .iter()
+                        .find(|p| p.namespace == a.namespace && p.name == a.name)
+                        .map(|p| p.ip)
+                );
+                assert_eq!(n.pod_at(a.ip).map(|p| p.ip), Some(a.ip));
+            }
+        }
+        // The clusters isolate local pods, with named ports resolved.
+        assert!(
+            isolated > 200 && named > 50,
+            "{isolated} isolated, {named} named"
+        );
     }
 }

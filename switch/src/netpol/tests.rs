@@ -66,7 +66,7 @@ impl World {
 
     fn rules(&self, ns: &str, pod: &str) -> PodRules {
         let c = Compiler::new(&self.model, &[]);
-        let known = c.pod_at(ip(ns, pod)).expect("a known pod").clone();
+        let known = c.pod_at(ip(ns, pod)).expect("a known pod");
         c.rules_for(&known)
     }
 
@@ -432,12 +432,12 @@ fn the_classic_test_network_policy_example_compiles_as_documented() {
         .unwrap();
     assert!(p.ingress.is_some() && p.egress.is_some());
     let c = Compiler::new(&m, &[]);
-    let db = c.pods().iter().find(|p| p.name == "db").unwrap().clone();
+    let db = c.known().find(|p| p.name == "db").unwrap();
     let rules = c.rules_for(&db);
     let ingress = rules.ingress.unwrap();
     let egress = rules.egress.unwrap();
-    let frontend = c.pods().iter().find(|p| p.name == "frontend").unwrap().ip;
-    let other_ns = c.pods().iter().find(|p| p.name == "client").unwrap().ip;
+    let frontend = c.known().find(|p| p.name == "frontend").unwrap().ip;
+    let other_ns = c.known().find(|p| p.name == "client").unwrap().ip;
     assert!(ingress.allows(frontend, db.ip, 6, Some(6379)).is_some());
     assert!(ingress.allows(frontend, db.ip, 6, Some(6380)).is_none());
     assert!(
