@@ -15,7 +15,9 @@ use etcd_client::{Client, ConnectOptions};
 use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 
-use super::{ClusterStore, ClusterView, Joining, OnChange, StoreError, StoreHealth, StorePolicy};
+use super::{
+    ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError, StoreHealth, StorePolicy,
+};
 use crate::control::config::EtcdSettings;
 
 pub mod claim;
@@ -23,7 +25,16 @@ pub mod records;
 mod session;
 mod watch;
 
-use records::{Cache, Layout, NodeRecord};
+use records::{Cache, Layout, NodeRecord, PolicyRecords};
+
+/// The keys one page of a list holds.
+pub const LIST_PAGE: i64 = 2_000;
+/// The largest message taken from etcd: a page of a list, or a watch response,
+/// which holds up to a thousand revisions' events when the watch catches up.
+pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+/// The most watch responses taken in before a new view is made: responses that
+/// are already waiting are applied together, and make one view.
+pub const COALESCE: usize = 1024;
 
 /// How long one request to etcd may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -70,8 +81,13 @@ struct Registration {
 #[derive(Debug)]
 struct Inner {
     cache: Cache,
-    /// The policy objects, rebuilt only when one of their keys changes.
+    /// The policy objects' records of the cache, each read once per version.
+    objects: PolicyRecords,
+    /// The policy objects, made again only when one of their keys changes.
     policy: Arc<StorePolicy>,
+    /// The nodes of the cache, made again only when a node's or a subnet's key
+    /// changes (or the cache is listed again).
+    nodes: Option<Vec<NodeEntry>>,
     /// Ignored records already logged, at the revision logged.
     logged: HashMap<String, i64>,
     session: Link,
@@ -155,7 +171,9 @@ impl EtcdStore {
             rt,
             inner: Mutex::new(Inner {
                 cache: Cache::default(),
+                objects: PolicyRecords::default(),
                 policy: Arc::new(StorePolicy::default()),
+                nodes: None,
                 logged: HashMap::new(),
                 session: Link::Up,
                 watch: Link::Up,
@@ -168,6 +186,22 @@ impl EtcdStore {
 
     /// The view of the cache now, logging each ignored record once.
     fn view(&self, inner: &mut Inner) -> ClusterView {
+        let nodes = match &inner.nodes {
+            Some(nodes) => nodes.clone(),
+            None => {
+                let nodes = self.nodes(inner);
+                inner.nodes = Some(nodes.clone());
+                nodes
+            }
+        };
+        ClusterView {
+            nodes,
+            policy: Some(inner.policy.clone()),
+        }
+    }
+
+    /// The nodes of the cache, logging each ignored record once.
+    fn nodes(&self, inner: &mut Inner) -> Vec<NodeEntry> {
         let me = inner
             .joining
             .as_ref()
@@ -183,15 +217,13 @@ impl EtcdStore {
                 log::warn!("etcd: ignoring {}: {}", i.key, i.why);
             }
         }
-        ClusterView {
-            nodes: nodes.nodes,
-            policy: Some(inner.policy.clone()),
-        }
+        nodes.nodes
     }
 
-    /// Rebuilds the policy objects from the cache, logging the bad records.
+    /// Makes the policy objects again from the records' readings, logging the bad
+    /// records.
     fn rebuild_policy(&self, inner: &mut Inner) {
-        let policy = records::policy(&self.layout, &inner.cache);
+        let policy = inner.objects.policy(inner.cache.revision);
         for e in &policy.bad {
             log::warn!("etcd: ignoring {}: {}", e.file, e.reason);
         }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ use crate::control::keys::PublicKey;
 use crate::control::store::{check_node, Claims, NodeEntry, StorePolicy};
 use crate::mac::MacAddr;
 use crate::netpol::manifest::{self, ManifestError};
-use crate::netpol::model::PolicyModel;
+use crate::netpol::model::{Labels, PodObject, Policy, PolicyModel};
 
 /// The longest node name: a Kubernetes node name is a DNS subdomain.
 pub const MAX_NAME_LEN: usize = 253;
@@ -59,6 +60,16 @@ impl Layout {
     /// The prefix of every subnet lease.
     pub fn subnets(&self) -> String {
         format!("{}/subnets/", self.prefix)
+    }
+
+    /// The prefix of every node registration.
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
+    /// The prefixes of the policy objects' keys.
+    pub fn objects(&self) -> [String; 3] {
+        ["namespaces", "networkpolicies", "pods"].map(|kind| format!("{}/{kind}/", self.prefix))
     }
 
     /// The key of the lease of `subnet`.
@@ -214,14 +225,28 @@ pub fn parse_node(
     Ok(r)
 }
 
+/// The keys of `cache` that start with `prefix`, in order: a range of the ordered
+/// map, so reading the nodes does not walk every pod's key.
+fn under<'c>(cache: &'c Cache, prefix: &'c str) -> impl Iterator<Item = (&'c String, &'c Stored)> {
+    use std::ops::Bound;
+    (cache
+        .keys
+        .range::<str, _>((Bound::Included(prefix), Bound::Unbounded)))
+    .take_while(move |(k, _)| k.starts_with(prefix))
+}
+
 /// The nodes of `cache` as node `me` sees them. A node record is used when it is
 /// well formed, its subnet's lease names it, and nothing an older registration holds
 /// (subnet, underlay address, VTEP MAC) is also its own; otherwise it is ignored,
 /// with why. This node's own record is always used: the daemon checks it itself.
+///
+/// It reads the `nodes/` and `subnets/` keys only, and checks each node against
+/// the older ones in logarithmic time ([`Claims`]).
 pub fn nodes(layout: &Layout, cache: &Cache, me: &str, cluster: Ipv4Net, port: u16) -> NodesView {
     let mut leases: HashMap<Ipv4Net, Option<String>> = HashMap::new();
     let mut records = Vec::new();
-    for (key, stored) in &cache.keys {
+    let (nodes, subnets) = (layout.nodes(), layout.subnets());
+    for (key, stored) in under(cache, &nodes).chain(under(cache, &subnets)) {
         match layout.classify(key) {
             KeyKind::Subnet(net) => {
                 let owner = serde_json::from_slice::<SubnetRecord>(&stored.value)
@@ -282,9 +307,7 @@ pub fn nodes(layout: &Layout, cache: &Cache, me: &str, cluster: Ipv4Net, port: u
 /// The subnets leased now, with their holders (`None`: a record that is not JSON,
 /// which still holds its subnet).
 pub fn leased(layout: &Layout, cache: &Cache) -> BTreeMap<Ipv4Net, Option<String>> {
-    cache
-        .keys
-        .iter()
+    under(cache, &layout.subnets())
         .filter_map(|(key, stored)| match layout.classify(key) {
             KeyKind::Subnet(net) => Some((
                 net,
@@ -346,26 +369,121 @@ pub fn parse_object(
     }
 }
 
+/// One policy object, as its record reads.
+#[derive(Debug, Clone)]
+enum Object {
+    Namespace(String, Labels),
+    Pod(Arc<PodObject>),
+    Policy(Arc<Policy>),
+}
+
+/// A record's reading: of one version of it.
+#[derive(Debug, Clone)]
+struct Reading {
+    mod_revision: i64,
+    object: Result<Object, ManifestError>,
+}
+
+/// The policy objects' records of a cache, each read once per version: a change
+/// reads the records it changed, and the set is then made again from the readings,
+/// sharing every pod and policy (no record is parsed again, no object copied).
+#[derive(Debug, Clone, Default)]
+pub struct PolicyRecords {
+    read: BTreeMap<String, Reading>,
+}
+
+/// Reads one record into its object.
+fn read_object(key: &str, stored: &Stored, named: (&str, &str, &str)) -> Reading {
+    let object = parse_object(key, named, &stored.value).map(|mut m| {
+        if let Some((name, labels)) = m.namespaces.pop_first() {
+            Object::Namespace(name, labels)
+        } else if let Some(pod) = m.pods.pop() {
+            Object::Pod(pod)
+        } else {
+            // parse_object returns a model of exactly one object.
+            Object::Policy(m.policies.swap_remove(0))
+        }
+    });
+    Reading {
+        mod_revision: stored.mod_revision,
+        object,
+    }
+}
+
+impl PolicyRecords {
+    /// Takes in the change of `key`: its value now (`None`: deleted). Returns
+    /// whether it is a policy object's key.
+    pub fn update(&mut self, layout: &Layout, key: &str, now: Option<&Stored>) -> bool {
+        let KeyKind::Object(kind, ns, name) = layout.classify(key) else {
+            return false;
+        };
+        match now {
+            Some(stored) => {
+                let reading = read_object(key, stored, (kind, &ns, &name));
+                self.read.insert(key.to_owned(), reading);
+            }
+            None => {
+                self.read.remove(key);
+            }
+        }
+        true
+    }
+
+    /// Reads every policy record of `cache`, keeping the readings of versions read
+    /// before and forgetting the records that are gone.
+    pub fn sync(&mut self, layout: &Layout, cache: &Cache) {
+        let mut read = BTreeMap::new();
+        for prefix in layout.objects() {
+            for (key, stored) in under(cache, &prefix) {
+                let KeyKind::Object(kind, ns, name) = layout.classify(key) else {
+                    continue;
+                };
+                let reading = match self.read.remove(key) {
+                    Some(r) if r.mod_revision == stored.mod_revision => r,
+                    _ => read_object(key, stored, (kind, &ns, &name)),
+                };
+                read.insert(key.clone(), reading);
+            }
+        }
+        self.read = read;
+    }
+
+    /// The objects, in key order, as of `revision`: every good record's, and the
+    /// bad ones with why.
+    pub fn policy(&self, revision: i64) -> StorePolicy {
+        let mut out = StorePolicy {
+            revision,
+            ..StorePolicy::default()
+        };
+        for reading in self.read.values() {
+            match &reading.object {
+                Ok(Object::Namespace(name, labels)) => {
+                    out.model.namespaces.insert(name.clone(), labels.clone());
+                }
+                Ok(Object::Pod(pod)) => out.model.pods.push(pod.clone()),
+                Ok(Object::Policy(policy)) => out.model.policies.push(policy.clone()),
+                Err(e) => out.bad.push(e.clone()),
+            }
+        }
+        out
+    }
+
+    /// How many records it holds, good and bad.
+    pub fn len(&self) -> usize {
+        self.read.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.read.is_empty()
+    }
+}
+
 /// The policy objects of `cache`: every good record's, and the bad ones with why.
 pub fn policy(layout: &Layout, cache: &Cache) -> StorePolicy {
-    let mut out = StorePolicy {
-        revision: cache.revision,
-        ..StorePolicy::default()
-    };
-    for (key, stored) in &cache.keys {
-        let KeyKind::Object(kind, ns, name) = layout.classify(key) else {
-            continue;
-        };
-        match parse_object(key, (kind, &ns, &name), &stored.value) {
-            Ok(m) => {
-                out.model.namespaces.extend(m.namespaces);
-                out.model.pods.extend(m.pods);
-                out.model.policies.extend(m.policies);
-            }
-            Err(e) => out.bad.push(e),
-        }
-    }
-    out
+    let mut records = PolicyRecords::default();
+    records.sync(layout, cache);
+    records.policy(cache.revision)
 }
 
 #[cfg(test)]
@@ -581,6 +699,79 @@ mod tests {
         assert!(why[0].contains("leased to h2"), "{why:?}");
         assert!(why[1].contains("no lease gives it"), "{why:?}");
         assert!(why[2].contains("another node's"), "{why:?}");
+    }
+
+    /// The readings kept up to date one change at a time make the set a fresh
+    /// read of the whole cache makes, in the same order; a record is read again
+    /// only when its version changes.
+    #[test]
+    fn policy_records_follow_changes_as_a_fresh_read_would() {
+        let pod = |ns: &str, name: &str, app: &str| {
+            format!(
+                r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}", "namespace": "{ns}", "labels": {{"app": "{app}"}}}}, "status": {{"podIP": "10.244.1.9"}}}}"#
+            )
+            .into_bytes()
+        };
+        let ns = br#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}"#;
+        let pol = b"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}}\n";
+        let mut b = Builder::new();
+        b.put("/weft/v1/pods/x/b".into(), pod("x", "b", "one"));
+        b.put("/weft/v1/namespaces/x".into(), ns.to_vec());
+        b.put("/weft/v1/pods/x/a".into(), pod("x", "a", "one"));
+        b.node(&record("h1", 1));
+        let mut records = PolicyRecords::default();
+        records.sync(&layout(), &b.cache);
+        assert_eq!(records.len(), 3);
+        let changes: Vec<(String, Option<Vec<u8>>)> = vec![
+            ("/weft/v1/pods/x/a".into(), Some(pod("x", "a", "two"))),
+            ("/weft/v1/networkpolicies/x/deny".into(), Some(pol.to_vec())),
+            ("/weft/v1/pods/x/b".into(), None),
+            ("/weft/v1/pods/x/c".into(), Some(b"{not json".to_vec())),
+            ("/weft/v1/nodes/h9".into(), Some(b"{}".to_vec())),
+        ];
+        for (key, value) in changes {
+            match value {
+                Some(v) => {
+                    b.put(key.clone(), v);
+                }
+                None => {
+                    b.cache.keys.remove(&key);
+                }
+            }
+            let is_object = records.update(&layout(), &key, b.cache.keys.get(&key));
+            assert_eq!(is_object, !key.contains("/nodes/"), "{key}");
+            let fresh = policy(&layout(), &b.cache);
+            let kept = records.policy(b.cache.revision);
+            assert_eq!(kept.model, fresh.model, "after {key}");
+            assert_eq!(kept.bad, fresh.bad, "after {key}");
+        }
+        let p = records.policy(b.cache.revision);
+        assert_eq!(p.model.pods.len(), 1);
+        assert_eq!(p.model.pods[0].labels["app"], "two");
+        assert_eq!(p.model.policies.len(), 1);
+        assert_eq!(p.bad.len(), 1);
+        // A sync keeps the readings of unchanged versions: the same objects.
+        let before = records.policy(1);
+        records.sync(&layout(), &b.cache);
+        let after = records.policy(1);
+        assert!(Arc::ptr_eq(&before.model.pods[0], &after.model.pods[0]));
+    }
+
+    /// Reading the nodes walks only the node and subnet keys: thousands of pods
+    /// and policies beside them change nothing.
+    #[test]
+    fn nodes_are_read_from_their_own_keys() {
+        let mut b = Builder::new();
+        b.node(&record("h1", 1)).node(&record("h2", 2));
+        for i in 0..50 {
+            b.put(format!("/weft/v1/pods/x/p{i}"), b"{not json".to_vec());
+            b.put(format!("/weft/v1/nodesx/{i}"), b"{}".to_vec());
+        }
+        b.put("/weft/v1/nodes/h3".into(), b"{}".to_vec());
+        let v = b.view("h1");
+        assert_eq!(v.nodes.len(), 2);
+        assert_eq!(v.ignored.len(), 1, "{:?}", v.ignored);
+        assert_eq!(leased(&layout(), &b.cache).len(), 2);
     }
 
     #[test]

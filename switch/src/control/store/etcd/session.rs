@@ -8,8 +8,8 @@ use ipnet::Ipv4Net;
 
 use super::records::{self, Cache, NodeRecord, Stored, SubnetRecord};
 use super::{
-    backoff, claim, text, EtcdStore, Registration, JOIN_PATIENCE, JOIN_PATIENCE_KNOWN,
-    REQUEST_TIMEOUT,
+    backoff, claim, text, EtcdStore, Inner, Registration, JOIN_PATIENCE, JOIN_PATIENCE_KNOWN,
+    MAX_MESSAGE, REQUEST_TIMEOUT,
 };
 use crate::control::store::{Joining, StoreError};
 
@@ -38,6 +38,20 @@ impl From<etcd_client::Error> for Failure {
     fn from(e: etcd_client::Error) -> Failure {
         Failure::Unavailable(text(e))
     }
+}
+
+/// The end of the range of keys that start with `prefix`: the prefix with its last
+/// byte below 0xff raised by one (etcd's own `with_prefix`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff (or none): to the end of the keyspace.
+    vec![0]
 }
 
 /// Runs one request with the request timeout.
@@ -82,7 +96,11 @@ impl EtcdStore {
                 records::MAX_NAME_LEN
             )));
         }
-        self.inner.lock().joining = Some(me.clone());
+        {
+            let mut inner = self.inner.lock();
+            inner.joining = Some(me.clone());
+            inner.nodes = None;
+        }
         let patience = match me.wanted {
             Some(_) => JOIN_PATIENCE_KNOWN,
             None => JOIN_PATIENCE,
@@ -129,27 +147,48 @@ impl EtcdStore {
         }
     }
 
-    /// Lists every key under the prefix into the cache.
+    /// Lists every key under the prefix into the cache: in pages of
+    /// [`super::LIST_PAGE`] keys, all read at the revision of the first, so a
+    /// cluster of any size is listed in messages of bounded size, as one snapshot.
     pub(super) async fn list(&self) -> Result<(), Failure> {
-        let mut c = self.client.clone();
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         let root = self.layout.root();
-        let resp = timed(
-            "listing",
-            c.get(root, Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let mut cache = Cache {
-            keys: Default::default(),
-            revision,
-        };
-        for kv in resp.kvs() {
-            if let Ok(key) = kv.key_str() {
-                cache.keys.insert(key.to_owned(), stored(kv));
+        let end = prefix_end(root.as_bytes());
+        let mut from = root.into_bytes();
+        let mut cache = Cache::default();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(super::LIST_PAGE);
+            if cache.revision != 0 {
+                options = options.with_revision(cache.revision);
+            }
+            let resp = timed("listing", kv.get(from.clone(), Some(options))).await?;
+            if cache.revision == 0 {
+                cache.revision = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                if let Ok(key) = kv.key_str() {
+                    cache.keys.insert(key.to_owned(), stored(kv));
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    // The next page starts just after the last key.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
             }
         }
         let mut inner = self.inner.lock();
         inner.cache = cache;
+        inner.nodes = None;
+        let Inner { objects, cache, .. } = &mut *inner;
+        objects.sync(&self.layout, cache);
         self.rebuild_policy(&mut inner);
         Ok(())
     }

@@ -1,8 +1,13 @@
 //! Following etcd: one watch on the whole prefix, from the revision after the last
 //! one seen, so a watch broken by a dead connection or a restarted etcd resumes with
 //! no event missed. Only a compaction past that revision forces a fresh list.
+//!
+//! Responses that are already waiting when one is taken are applied with it, and
+//! make one view: a burst of changes (a deployment's pods, a list's worth of
+//! catching up) costs one view, not one per response.
 
 use etcd_client::{EventType, WatchOptions};
+use futures_util::{FutureExt, StreamExt};
 
 use super::records::KeyKind;
 use super::{backoff, text, EtcdStore, Link};
@@ -56,7 +61,7 @@ impl EtcdStore {
             .with_prefix()
             .with_start_revision(from)
             .with_progress_notify();
-        let mut c = self.client.clone();
+        let mut c = (self.client.watch_client()).max_decoding_message_size(super::MAX_MESSAGE);
         let opened = tokio::time::timeout(
             super::REQUEST_TIMEOUT,
             c.watch(self.layout.root(), Some(options)),
@@ -68,18 +73,31 @@ impl EtcdStore {
             Err(_) => return End::Broken("opening the watch timed out".into()),
         };
         loop {
-            let msg = match stream.message().await {
-                Ok(Some(m)) => m,
-                Ok(None) => return End::Broken("the watch stream ended".into()),
-                Err(e) => return End::Broken(text(e)),
-            };
-            if msg.compact_revision() > 0 {
-                return End::Compacted;
+            let mut next = Some(stream.next().await);
+            let mut changed = false;
+            let mut taken = 0;
+            // This response, and those waiting behind it.
+            while let Some(item) = next.take() {
+                let msg = match item {
+                    Some(Ok(m)) => m,
+                    None => return End::Broken("the watch stream ended".into()),
+                    Some(Err(e)) => return End::Broken(text(e)),
+                };
+                if msg.compact_revision() > 0 {
+                    return End::Compacted;
+                }
+                if msg.canceled() {
+                    return End::Broken(format!(
+                        "the watch was cancelled: {}",
+                        msg.cancel_reason()
+                    ));
+                }
+                changed |= self.apply(&msg);
+                taken += 1;
+                if taken < super::COALESCE {
+                    next = stream.next().now_or_never();
+                }
             }
-            if msg.canceled() {
-                return End::Broken(format!("the watch was cancelled: {}", msg.cancel_reason()));
-            }
-            let changed = self.apply(&msg);
             if changed {
                 let view = self.view(&mut self.inner.lock());
                 on_change(view);
@@ -87,28 +105,33 @@ impl EtcdStore {
         }
     }
 
-    /// Applies a watch response to the cache; returns whether a key changed.
+    /// Applies a watch response to the cache, reading the policy objects it
+    /// changed; returns whether a key changed.
     fn apply(&self, msg: &etcd_client::WatchResponse) -> bool {
         let mut inner = self.inner.lock();
+        let inner = &mut *inner;
         inner.watch = Link::Up;
         let mut policy = false;
         for event in msg.events() {
             let Some(kv) = event.kv() else { continue };
             let Ok(key) = kv.key_str() else { continue };
-            policy |= matches!(self.layout.classify(key), KeyKind::Object(..));
+            let kind = self.layout.classify(key);
+            if matches!(kind, KeyKind::Node(_) | KeyKind::Subnet(_)) {
+                inner.nodes = None;
+            }
             match event.event_type() {
                 EventType::Put => {
-                    inner.cache.keys.insert(
-                        key.to_owned(),
-                        super::records::Stored {
-                            value: kv.value().to_vec(),
-                            create_revision: kv.create_revision(),
-                            mod_revision: kv.mod_revision(),
-                            lease: kv.lease(),
-                        },
-                    );
+                    let stored = super::records::Stored {
+                        value: kv.value().to_vec(),
+                        create_revision: kv.create_revision(),
+                        mod_revision: kv.mod_revision(),
+                        lease: kv.lease(),
+                    };
+                    policy |= inner.objects.update(&self.layout, key, Some(&stored));
+                    inner.cache.keys.insert(key.to_owned(), stored);
                 }
                 EventType::Delete => {
+                    policy |= inner.objects.update(&self.layout, key, None);
                     inner.cache.keys.remove(key);
                     inner.logged.remove(key);
                 }
@@ -123,7 +146,7 @@ impl EtcdStore {
             }
         }
         if policy {
-            self.rebuild_policy(&mut inner);
+            self.rebuild_policy(inner);
         }
         !msg.events().is_empty()
     }
