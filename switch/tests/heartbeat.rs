@@ -152,3 +152,41 @@ fn a_link_mtu_loses_what_is_larger() {
     );
     assert_eq!(sim.out.lost, 1);
 }
+
+/// A round of heartbeats is spread over the interval: half way through it, about
+/// half the peers have had theirs, and every one has one a round.
+#[test]
+fn a_round_is_spread_over_the_interval() {
+    const NODES: usize = 21;
+    let pods: Vec<[Ipv4Addr; 1]> = (0..NODES)
+        .map(|n| [Ipv4Addr::new(10, 244, n as u8 + 1, 5)])
+        .collect();
+    let layout: Vec<&[Ipv4Addr]> = pods.iter().map(|p| &p[..]).collect();
+    let mut sim = Sim::with_heartbeats(TunnelMode::Sleeve, &layout, BEAT);
+    let sent =
+        |sim: &Sim| -> Vec<u64> { (1..NODES).map(|m| sim.health(0, m).beats_sent).collect() };
+    sim.run_for(BEAT / 2 - Duration::from_millis(1));
+    let half: u64 = sent(&sim).iter().sum();
+    let peers = (NODES - 1) as u64;
+    assert!(
+        half >= peers / 4 && half <= peers * 3 / 4,
+        "{half} of {peers} peers had a heartbeat half way through the round"
+    );
+    // One interval on, the first round is done and the second half way.
+    sim.run_for(BEAT);
+    let sent_now = sent(&sim);
+    assert!(sent_now.iter().all(|&n| n == 1 || n == 2), "{sent_now:?}");
+    let total: u64 = sent_now.iter().sum();
+    assert!(
+        total >= peers + half - 2 && total <= peers + half + 2,
+        "{sent_now:?}"
+    );
+    sim.run_for(BEAT);
+    assert!(
+        sent(&sim).iter().all(|&n| n == 2 || n == 3),
+        "{:?}",
+        sent(&sim)
+    );
+    // Every node's heartbeats were answered: all peers are up.
+    assert!((1..NODES).all(|m| sim.health(0, m).state == PeerState::Up));
+}

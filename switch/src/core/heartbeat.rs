@@ -3,10 +3,15 @@
 //! round-trip time. What is heard is reported through the sink, which keeps each
 //! peer's health; the control plane decides from it whether a peer is up.
 //!
+//! A round (every peer once) is spread over the interval: a cursor walks the peer
+//! table, and each wake-up sends the share of peers due by then, so a node with
+//! thousands of peers sends a few dozen heartbeats every [`MIN_STEP`] instead of a
+//! burst of thousands each interval. Per peer it costs one datagram and no lookup:
+//! the sequence number is the peer's own count of heartbeats sent, from its health.
+//!
 //! On the sleeve a heartbeat is a sleeve datagram of its own; over VXLAN it rides in
 //! an Ethernet frame of ethertype 0x88b5 (SLEEVE.md, "Heartbeats over VXLAN").
 
-use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use weft_encap::ethernet::{self, ethertype};
@@ -27,12 +32,21 @@ const VXLAN_BEAT_LEN: usize = vxlan::HEADER_LEN + ethernet::HEADER_LEN + BEAT_LE
 /// The lane heartbeats and echoes leave from.
 const BEAT_LANE: usize = 0;
 
+/// The least time between two shares of a round: a round of more peers than an
+/// interval has steps sends several peers a step.
+pub const MIN_STEP: Duration = Duration::from_millis(10);
+
 /// The heartbeat timer of one worker (a no-op for the others).
 pub(super) struct Heartbeats {
     interval: Option<Duration>,
+    /// When the next share is due.
     next: Option<Time>,
-    /// Heartbeats sent so far to each peer, by underlay address.
-    sent: Vec<(SocketAddrV4, u64)>,
+    /// When the round under way began (set by its first share).
+    round: Option<Time>,
+    /// The index in the peer table of the round's next peer. A snapshot replaced
+    /// during a round moves the peers under it: a peer may then miss that round or
+    /// have two heartbeats in it, as if its heartbeat had been lost or delayed.
+    cursor: usize,
 }
 
 impl Heartbeats {
@@ -41,16 +55,18 @@ impl Heartbeats {
         Heartbeats {
             interval,
             next: interval.map(|_| Time::ZERO),
-            sent: Vec::new(),
+            round: None,
+            cursor: 0,
         }
     }
 
-    /// When the next round is due.
+    /// When the next share is due.
     pub(super) fn next(&self) -> Option<Time> {
         self.next
     }
 
-    /// Sends a heartbeat to every peer of the snapshot if a round is due.
+    /// Sends the share of the round that is due: the peers whose even place in the
+    /// interval has come. The round's first share goes at once.
     pub(super) fn handle_timeout<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>) {
         let (Some(interval), Some(next)) = (self.interval, self.next) else {
             return;
@@ -58,29 +74,46 @@ impl Heartbeats {
         if cx.now < next {
             return;
         }
-        let peers = &cx.tables.peers;
-        self.sent
-            .retain(|(addr, _)| peers.iter().any(|p| p.addr == *addr));
-        for (j, peer) in peers.iter().enumerate().filter(|(_, p)| p.beats) {
-            let sequence = match self.sent.iter_mut().find(|(addr, _)| *addr == peer.addr) {
-                Some((_, n)) => {
-                    *n += 1;
-                    *n
-                }
-                None => {
-                    self.sent.push((peer.addr, 1));
-                    1
-                }
-            };
+        let round = *self.round.get_or_insert(cx.now);
+        let n = cx.tables.peers.len();
+        let due = due_by(n, interval, cx.now.saturating_since(round));
+        for j in self.cursor..due {
+            let peer = &cx.tables.peers[j];
+            if !peer.beats {
+                continue;
+            }
             let beat = Heartbeat {
-                sequence,
+                sequence: peer.health.beats_sent() + 1,
                 sent_micros: cx.now.as_micros(),
             };
             send_beat(cx, j, sleeve::Kind::Heartbeat, beat);
             cx.sink.report(Report::BeatSent { peer: j });
         }
-        self.next = Some(cx.now + interval);
+        self.cursor = self.cursor.max(due);
+        if self.cursor >= n {
+            // The next round begins an interval after this one did, or now if this
+            // one ran late by more than that.
+            let start = round + interval;
+            let start = if start < cx.now { cx.now } else { start };
+            self.round = Some(start);
+            self.cursor = 0;
+            self.next = Some(start);
+        } else {
+            let at = round + interval.mul_f64(self.cursor as f64 / n as f64);
+            self.next = Some(at.max(cx.now + MIN_STEP));
+        }
     }
+}
+
+/// How many of a round's `n` peers are due `elapsed` into a round of `interval`:
+/// peer `j`'s place is `j / n` of the interval, so the first is due at once and all
+/// of them by the end.
+fn due_by(n: usize, interval: Duration, elapsed: Duration) -> usize {
+    if elapsed >= interval || interval.is_zero() {
+        return n;
+    }
+    let share = n as u128 * elapsed.as_nanos() / interval.as_nanos();
+    (share as usize + 1).min(n)
 }
 
 /// Sends a heartbeat or an echo carrying `beat` to peer `j`.
@@ -135,5 +168,33 @@ impl Core {
                 .counters
                 .discard(self.worker, DropReason::BadEncap),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_round_is_due_in_even_shares() {
+        assert_eq!(due_by(0, SECOND, Duration::ZERO), 0);
+        assert_eq!(due_by(1, SECOND, Duration::ZERO), 1);
+        assert_eq!(due_by(5000, SECOND, Duration::ZERO), 1);
+        assert_eq!(due_by(5000, SECOND, Duration::from_millis(10)), 51);
+        assert_eq!(due_by(5000, SECOND, Duration::from_millis(500)), 2501);
+        assert_eq!(due_by(5000, SECOND, Duration::from_millis(999)), 4996);
+        assert_eq!(due_by(5000, SECOND, SECOND), 5000);
+        assert_eq!(due_by(5000, SECOND, SECOND * 7), 5000);
+        assert_eq!(due_by(3, Duration::ZERO, Duration::ZERO), 3);
+        // Never more than all, never fewer than before.
+        let mut last = 0;
+        for ms in 0..=1000 {
+            let due = due_by(777, SECOND, Duration::from_millis(ms));
+            assert!(due >= last && due <= 777);
+            last = due;
+        }
+        assert_eq!(last, 777);
     }
 }

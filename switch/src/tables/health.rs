@@ -135,6 +135,12 @@ impl PeerHealth {
         self.beats_received.fetch_add(1, Relaxed);
     }
 
+    /// Heartbeats this node sent the peer so far.
+    #[inline]
+    pub fn beats_sent(&self) -> u64 {
+        self.beats_sent.load(Relaxed)
+    }
+
     /// This node sent the peer a heartbeat.
     pub fn beat_sent(&self) {
         self.beats_sent.fetch_add(1, Relaxed);
