@@ -137,6 +137,19 @@ impl Drop for Scratch {
     }
 }
 
+/// How long a starting weftd may take to answer on its control socket.
+const READY: Duration = Duration::from_secs(20);
+
+/// The flags that give weftd its store.
+enum StoreArgs<'a> {
+    /// A peers file, and the host's pod subnet.
+    Peers(&'a Path),
+    /// etcd through a [`crate::etcd::Bridge`].
+    Etcd,
+    /// As the caller says.
+    Given(&'a [String]),
+}
+
 /// How to run weftd.
 #[derive(Debug, Clone)]
 pub struct WeftOptions {
@@ -166,14 +179,28 @@ impl WeftNode {
     /// Starts weftd in `host`'s namespace with the peers file at `peers`, and waits until
     /// it answers on its control socket. `dir` holds the socket and the log.
     pub fn start(host: &Host, peers: &Path, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
-        WeftNode::launch(host, Some(peers), dir, opts, None)
+        let store = StoreArgs::Peers(peers);
+        WeftNode::launch(host, &store, dir, opts, None, READY)
     }
 
     /// Starts weftd in `host`'s namespace on the etcd store, reached through a
     /// [`crate::etcd::Bridge`] on the namespace's `127.0.0.1:2379`: it claims a
     /// subnet unless `opts.extra` gives one.
     pub fn start_etcd(host: &Host, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
-        WeftNode::launch(host, None, dir, opts, None)
+        WeftNode::launch(host, &StoreArgs::Etcd, dir, opts, None, READY)
+    }
+
+    /// Starts weftd in `host`'s namespace with `store` as the flags that choose its
+    /// store (and its pod subnet, if any), waiting up to `ready` for it to answer:
+    /// a daemon that reads a large store first needs longer than the usual 20 s.
+    pub fn start_with_store(
+        host: &Host,
+        dir: &Path,
+        opts: &WeftOptions,
+        store: &[String],
+        ready: Duration,
+    ) -> Result<WeftNode> {
+        WeftNode::launch(host, &StoreArgs::Given(store), dir, opts, None, ready)
     }
 
     /// Like [`WeftNode::start`], but weftd runs in a process group of its own, so a
@@ -188,15 +215,17 @@ impl WeftNode {
         opts: &WeftOptions,
         spawned: &mut dyn FnMut(u32) -> Result<()>,
     ) -> Result<WeftNode> {
-        WeftNode::launch(host, Some(peers), dir, opts, Some(spawned))
+        let store = StoreArgs::Peers(peers);
+        WeftNode::launch(host, &store, dir, opts, Some(spawned), READY)
     }
 
     fn launch(
         host: &Host,
-        peers: Option<&Path>,
+        store: &StoreArgs<'_>,
         dir: &Path,
         opts: &WeftOptions,
         isolated: Option<&mut dyn FnMut(u32) -> Result<()>>,
+        ready_within: Duration,
     ) -> Result<WeftNode> {
         let name = node_name(host);
         let socket = dir.join(format!("{name}.sock"));
@@ -206,20 +235,24 @@ impl WeftNode {
         let mut cmd = host.ns.cmd(&opts.binary);
         cmd.args(["--node-name", &name])
             .args(["--underlay-ip", &host.underlay_ip.to_string()]);
-        match peers {
-            Some(peers) => cmd
+        match store {
+            StoreArgs::Peers(peers) => cmd
                 .args(["--pod-subnet", &host.pod_subnet.to_string()])
                 .arg("--peers")
                 .arg(peers),
-            None => cmd.args([
+            StoreArgs::Etcd => cmd.args([
                 "--store",
                 "etcd",
                 "--etcd-endpoints",
                 &crate::etcd::bridged_endpoint(),
             ]),
+            StoreArgs::Given(args) => cmd.args(*args),
         };
-        cmd.args(["--cluster-cidr", CLUSTER_CIDR])
-            .args(["--mode", &opts.mode])
+        // The fixtures' cluster CIDR, unless the caller gives one.
+        if !opts.extra.iter().any(|a| a.starts_with("--cluster-cidr")) {
+            cmd.args(["--cluster-cidr", CLUSTER_CIDR]);
+        }
+        cmd.args(["--mode", &opts.mode])
             .args(["--workers", &opts.workers.to_string()])
             .args(["--underlay-mtu", &host.underlay_mtu.to_string()])
             .arg("--socket")
@@ -241,7 +274,7 @@ impl WeftNode {
         if let Some(spawned) = isolated {
             spawned(child.pid())?;
         }
-        let ready = wait_until(Duration::from_secs(20), "weftd to answer", || {
+        let ready = wait_until(ready_within, "weftd to answer", || {
             if let Ok(Some(_)) = child.try_wait() {
                 return true;
             }
