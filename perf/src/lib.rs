@@ -4,6 +4,8 @@
 //! The fixtures are [`netns`], [`topo`], [`traffic`] and [`weft`]; [`cni`] runs CNI
 //! plugins as a runtime does. [`harness`] is what `weft-perf run` and `demo` drive:
 //! weft and the kernel baselines plumbed in turn onto one cluster, measured, reported.
+//! [`scale`] is `weft-perf scale` and `heartbeats`: one weftd fed a large cluster
+//! through its store, and the idle cost of its heartbeats.
 //!
 //! Two hosts running flannel-style kernel VXLAN, one pod on each (needs root):
 //!
@@ -38,6 +40,7 @@ pub mod kubeproxy;
 pub mod netns;
 pub mod pidfile;
 pub mod procfs;
+pub mod scale;
 pub mod stop;
 pub mod topo;
 pub mod traffic;

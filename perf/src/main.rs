@@ -16,6 +16,7 @@ use weft_perf::harness::{
 };
 use weft_perf::netns::{cleanup_stale, PREFIX};
 use weft_perf::pidfile::{self, RUN_DIR};
+use weft_perf::scale::{self, cluster::Sizes, idle::IdleSettings, ScaleSettings};
 use weft_perf::stop;
 use weft_perf::topo::Offload;
 
@@ -51,6 +52,13 @@ enum What {
     /// Time node joins on a real etcd: from a node's registration to the first ping
     /// a pod on a peer node gets from it (needs etcd and etcdctl).
     Join(JoinArgs),
+    /// Feed one weftd a large cluster through its store (etcd, or the Kubernetes API
+    /// server fixture), then pod churn: time to a complete view, RSS, CPU per 1,000
+    /// updates, and the latency from an update to weftd enforcing it.
+    Scale(ScaleArgs),
+    /// What heartbeats to thousands of peers cost an idle weftd, against the same
+    /// weftd with none.
+    Heartbeats(HeartbeatArgs),
     /// Remove what a killed run left: its namespaces and the weftd processes it started.
     Clean,
 }
@@ -67,6 +75,125 @@ struct JoinArgs {
     /// Write the latencies as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+/// Options of `scale`.
+#[derive(Debug, Args)]
+struct ScaleArgs {
+    /// The store: etcd or kubernetes.
+    #[arg(long, default_value = "etcd")]
+    store: String,
+    /// Nodes besides the one under test.
+    #[arg(long, default_value_t = 5_000)]
+    nodes: usize,
+    /// Pods on them.
+    #[arg(long, default_value_t = 150_000)]
+    pods: usize,
+    /// NetworkPolicies.
+    #[arg(long, default_value_t = 10_000)]
+    policies: usize,
+    /// Namespaces [default: one per 300 pods, at least 1].
+    #[arg(long)]
+    namespaces: Option<usize>,
+    /// Pods attached on the weftd under test (one is the probes' target).
+    #[arg(long, default_value_t = 10)]
+    local_pods: usize,
+    /// Times weftd is started on the fed store, each timed to a complete view.
+    #[arg(long, default_value_t = 3)]
+    starts: usize,
+    /// The longest a start may take to its complete view, in seconds.
+    #[arg(long, default_value_t = 600.0)]
+    view_timeout: f64,
+    /// Seconds of idle CPU measured.
+    #[arg(long, default_value_t = 10.0)]
+    idle: f64,
+    /// Probes with no churn.
+    #[arg(long, default_value_t = 100)]
+    probes: usize,
+    /// How often a probe asks weftd, in milliseconds.
+    #[arg(long, default_value_t = 1.0)]
+    poll_ms: f64,
+    /// Churn updates, at most.
+    #[arg(long, default_value_t = 5_000)]
+    churn: usize,
+    /// Churn updates a second.
+    #[arg(long, default_value_t = 250.0)]
+    churn_rate: f64,
+    /// The longest the churn runs, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    churn_time: f64,
+    /// weftd worker threads.
+    #[arg(long, default_value_t = 1)]
+    weft_workers: usize,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// Options of `heartbeats`.
+#[derive(Debug, Args)]
+struct HeartbeatArgs {
+    /// Peers of the busy weftd.
+    #[arg(long, default_value_t = 5_000)]
+    peers: usize,
+    /// Seconds each weftd is measured over.
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Rounds; each measures the weftd with peers and the one with none.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// weftd's heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// A positive, finite number of seconds (or milliseconds) from a flag.
+fn positive(flag: &str, value: f64) -> Result<f64> {
+    if !value.is_finite() || value <= 0.0 {
+        bail!("{flag} must be a positive number");
+    }
+    Ok(value)
+}
+
+impl ScaleArgs {
+    fn settings(&self, weftd: &Path) -> Result<ScaleSettings> {
+        let secs = |flag: &str, v: f64| positive(flag, v).map(Duration::from_secs_f64);
+        Ok(ScaleSettings {
+            sizes: Sizes {
+                nodes: self.nodes,
+                pods: self.pods,
+                policies: self.policies,
+                namespaces: self.namespaces.unwrap_or(self.pods / 300).max(1),
+                local_pods: self.local_pods,
+            },
+            store: self.store.parse()?,
+            weftd: weftd.to_path_buf(),
+            workers: self.weft_workers.max(1),
+            starts: self.starts.max(1),
+            view_timeout: secs("--view-timeout", self.view_timeout)?,
+            idle: secs("--idle", self.idle)?,
+            probes: self.probes,
+            poll: secs("--poll-ms", self.poll_ms)? / 1000,
+            probe_timeout: Duration::from_secs(30),
+            churn: self.churn,
+            churn_rate: positive("--churn-rate", self.churn_rate)?,
+            churn_time: secs("--churn-time", self.churn_time)?,
+            seed: 27,
+        })
+    }
+}
+
+/// Writes `value` as JSON to `path`, if given.
+fn write_json(path: Option<&Path>, value: &impl serde::Serialize) -> Result<()> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(value)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("weft-perf: wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Options of `run` and `demo` (`demo` has shorter defaults).
@@ -232,6 +359,8 @@ fn run_cli(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        What::Scale(args) => scale_cmd(&args, &tools),
+        What::Heartbeats(args) => heartbeats_cmd(&args, &tools),
         What::Demo(args) => {
             let settings = args.settings(true)?;
             tools.check(&settings)?;
@@ -240,6 +369,33 @@ fn run_cli(cli: Cli) -> Result<()> {
             demo(&settings, &tools, &args)
         }
     }
+}
+
+/// `weft-perf scale`.
+fn scale_cmd(args: &ScaleArgs, tools: &Tools) -> Result<()> {
+    let settings = args.settings(&tools.weftd)?;
+    stop::install()?;
+    clean(false)?;
+    let report = scale::run(&settings, &mut |line| eprintln!("  {line}"))?;
+    print!("{}", report.table());
+    write_json(args.json.as_deref(), &report)
+}
+
+/// `weft-perf heartbeats`.
+fn heartbeats_cmd(args: &HeartbeatArgs, tools: &Tools) -> Result<()> {
+    let settings = IdleSettings {
+        weftd: tools.weftd.clone(),
+        peers: args.peers,
+        span: Duration::from_secs_f64(positive("--seconds", args.seconds)?),
+        settle: Duration::from_secs(3),
+        rounds: args.rounds.max(1),
+        heartbeat_ms: args.heartbeat_ms,
+    };
+    stop::install()?;
+    clean(false)?;
+    let report = scale::idle::measure(&settings, &mut |line| eprintln!("  {line}"))?;
+    print!("{}", report.summary());
+    write_json(args.json.as_deref(), &report)
 }
 
 /// Removes namespaces and daemons of runs that are gone; `loud` says so even when
