@@ -497,3 +497,132 @@ fn iperf3_cross_checks_the_generator_in_the_same_run() {
     assert!(stdout.contains("generator cross-check"), "{stdout}");
     assert!(stdout.contains("tcp1-iperf3"), "{stdout}");
 }
+
+/// `weft-perf scale` on etcd, tiny: the cluster is fed, weftd gets its complete
+/// view, probes and churn run, and the JSON has every figure, finite. No figure is
+/// judged: these sizes say nothing of speed.
+#[test]
+fn scale_runs_tiny_on_etcd_and_reports_every_figure() {
+    require_root();
+    let _serial = serial();
+    build_daemons();
+    let scratch = Scratch::new("harness").unwrap();
+    let json = scratch.path().join("scale.json");
+    let child = spawn(&[
+        "scale",
+        "--store",
+        "etcd",
+        "--nodes",
+        "20",
+        "--pods",
+        "200",
+        "--policies",
+        "20",
+        "--namespaces",
+        "4",
+        "--local-pods",
+        "3",
+        "--starts",
+        "2",
+        "--idle",
+        "0.5",
+        "--probes",
+        "5",
+        "--churn",
+        "40",
+        "--churn-rate",
+        "40",
+        "--churn-time",
+        "5",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let pid = child.pid();
+    let out = child.finish();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weft-perf scale failed:\n{stderr}");
+    assert_eq!(leftovers(pid), Vec::<String>::new());
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["store"], "etcd");
+    assert_eq!(r["sizes"]["nodes"], 20);
+    // 20 nodes' records and leases, 4 namespaces, 200 pods, 20 policies, the
+    // probe's namespace, policy and source, 3 local pods.
+    assert_eq!(r["records"], 40 + 4 + 200 + 20 + 3 + 3);
+    for start in ["answer_seconds", "view_seconds"] {
+        let v = r[start].as_array().unwrap();
+        assert_eq!(v.len(), 2, "{start}: {v:?}");
+        v.iter().for_each(|x| assert!(number(x, start) > 0.0));
+    }
+    assert_eq!(r["attach_ms"].as_array().unwrap().len(), 3);
+    for figure in [
+        "feed_seconds",
+        "rss_mib",
+        "rss_after_churn_mib",
+        "idle_cpu_percent",
+    ] {
+        number(&r[figure], figure);
+    }
+    assert!(number(&r["rss_mib"], "rss") > 1.0);
+    assert_eq!(r["quiet"]["count"], 5);
+    let churn = &r["churn"];
+    assert_eq!(churn["updates"], 40);
+    assert!(churn["probe_updates"].as_u64().unwrap() >= 1, "{churn}");
+    for figure in ["seconds", "cpu_seconds", "cpu_per_1000", "cpu_per_1000_net"] {
+        number(&churn[figure], figure);
+    }
+    for latency in [&r["quiet"], &churn["probes"]] {
+        for q in ["p50_ms", "p99_ms", "max_ms", "poll_ms", "query_ms"] {
+            assert!(number(&latency[q], q) > 0.0, "{latency}");
+        }
+    }
+    for row in [
+        "start to complete view",
+        "CPU per 1,000 updates",
+        "update to enforced",
+    ] {
+        assert!(stdout.contains(row), "{stdout}");
+    }
+}
+
+/// `weft-perf heartbeats`, tiny: both weftds measured, the busy one sending its
+/// peers heartbeats into the sink with no send failing.
+#[test]
+fn heartbeats_runs_tiny_and_reports_both_weftds() {
+    require_root();
+    let _serial = serial();
+    build_daemons();
+    let scratch = Scratch::new("harness").unwrap();
+    let json = scratch.path().join("heartbeats.json");
+    let child = spawn(&[
+        "heartbeats",
+        "--peers",
+        "50",
+        "--seconds",
+        "1",
+        "--rounds",
+        "1",
+        "--heartbeat-ms",
+        "100",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let pid = child.pid();
+    let out = child.finish();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "weft-perf heartbeats failed:\n{stderr}"
+    );
+    assert_eq!(leftovers(pid), Vec::<String>::new());
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["peers"], 50);
+    for field in ["with_peers_percent", "no_peers_percent"] {
+        let v = r[field].as_array().unwrap();
+        assert_eq!(v.len(), 1, "{field}");
+        number(&v[0], field);
+    }
+    // 50 peers every 100 ms: about 500 a second went out, none failed.
+    assert!(number(&r["beats_per_second"], "beats") > 100.0, "{r}");
+    assert_eq!(r["send_errors"], 0, "{r}");
+}
