@@ -263,11 +263,14 @@ impl Daemon {
         let tables = self.tables();
         let now = clock::now();
         let answers_always = self.node.mode == TunnelMode::Sleeve;
+        // Health is judged on heartbeat rounds, longer than the interval for a
+        // node with very many peers.
+        let round = tables.beat_round();
         let mut out: Vec<_> = tables
             .peers
             .iter()
             .map(|p| {
-                let h = p.health.snapshot(now, self.node.heartbeat, answers_always);
+                let h = p.health.snapshot(now, round, answers_always);
                 let micros =
                     |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
                 proto::PeerInfo {

@@ -4,10 +4,13 @@
 //! peer's health; the control plane decides from it whether a peer is up.
 //!
 //! A round (every peer once) is spread over the interval: a cursor walks the peer
-//! table, and each wake-up sends the share of peers due by then, so a node with
-//! thousands of peers sends a few dozen heartbeats every [`MIN_STEP`] instead of a
-//! burst of thousands each interval. Per peer it costs one datagram and no lookup:
-//! the sequence number is the peer's own count of heartbeats sent, from its health.
+//! table, and each wake-up sends the share of peers due by then, in at most
+//! [`SHARES`] shares a round, so a node with thousands of peers sends some dozens
+//! of heartbeats at a time instead of a burst of thousands. Per peer it costs one
+//! datagram and no lookup: the sequence number is the peer's own count of
+//! heartbeats sent, from its health. A round of more than
+//! [`crate::tables::health::MAX_BEATS_PER_SECOND`] peers takes longer than the
+//! interval ([`crate::tables::health::beat_round`]).
 //!
 //! On the sleeve a heartbeat is a sleeve datagram of its own; over VXLAN it rides in
 //! an Ethernet frame of ethertype 0x88b5 (SLEEVE.md, "Heartbeats over VXLAN").
@@ -21,6 +24,7 @@ use weft_encap::vxlan;
 use super::sleeve::FEATURES;
 use super::{Core, Ctx, Report, Sink, Time};
 use crate::tables::counters::DropReason;
+use crate::tables::health::beat_round;
 use crate::tables::TunnelMode;
 
 /// A heartbeat or echo datagram: a sleeve header and the 16-byte body.
@@ -32,9 +36,9 @@ const VXLAN_BEAT_LEN: usize = vxlan::HEADER_LEN + ethernet::HEADER_LEN + BEAT_LE
 /// The lane heartbeats and echoes leave from.
 const BEAT_LANE: usize = 0;
 
-/// The least time between two shares of a round: a round of more peers than an
-/// interval has steps sends several peers a step.
-pub const MIN_STEP: Duration = Duration::from_millis(10);
+/// The most shares a round is sent in: a share every twentieth of the round (50 ms
+/// for the default second), so the worker wakes at most that often for them.
+pub const SHARES: u32 = 20;
 
 /// The heartbeat timer of one worker (a no-op for the others).
 pub(super) struct Heartbeats {
@@ -66,7 +70,7 @@ impl Heartbeats {
     }
 
     /// Sends the share of the round that is due: the peers whose even place in the
-    /// interval has come. The round's first share goes at once.
+    /// round has come. The round's first share goes at once.
     pub(super) fn handle_timeout<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>) {
         let (Some(interval), Some(next)) = (self.interval, self.next) else {
             return;
@@ -76,6 +80,7 @@ impl Heartbeats {
         }
         let round = *self.round.get_or_insert(cx.now);
         let n = cx.tables.peers.len();
+        let interval = beat_round(interval, n);
         let due = due_by(n, interval, cx.now.saturating_since(round));
         for j in self.cursor..due {
             let peer = &cx.tables.peers[j];
@@ -100,7 +105,7 @@ impl Heartbeats {
             self.next = Some(start);
         } else {
             let at = round + interval.mul_f64(self.cursor as f64 / n as f64);
-            self.next = Some(at.max(cx.now + MIN_STEP));
+            self.next = Some(at.max(cx.now + interval / SHARES));
         }
     }
 }

@@ -848,7 +848,7 @@ impl Sim {
         let answers_always = self.mode == TunnelMode::Sleeve;
         t.peers[j]
             .health
-            .snapshot(self.time(), t.node.heartbeat, answers_always)
+            .snapshot(self.time(), t.beat_round(), answers_always)
     }
 
     /// The index of the pod with address `ip`.

@@ -15,6 +15,20 @@ use crate::core::Time;
 /// Heartbeat intervals without a word from a peer after which it is down.
 pub const MISSED_BEATS_DOWN: u32 = 3;
 
+/// The most heartbeats a node sends a second. Each is a datagram through the
+/// kernel's UDP stack (about 5 µs of CPU on a small VM): a node with more peers
+/// than this spreads a round (every peer once) over more than its interval.
+pub const MAX_BEATS_PER_SECOND: u32 = 1_000;
+
+/// How long one round of heartbeats to `peers` peers takes, with heartbeats due
+/// every `interval`: the interval, or longer for more than
+/// [`MAX_BEATS_PER_SECOND`] peers (5 s for 5,000). A peer's health is judged on
+/// its rounds: down after [`MISSED_BEATS_DOWN`] of them in silence.
+pub fn beat_round(interval: Duration, peers: usize) -> Duration {
+    let budget = Duration::from_secs(1) * u32::try_from(peers).unwrap_or(u32::MAX);
+    interval.max(budget / MAX_BEATS_PER_SECOND)
+}
+
 /// A peer's state, as `weft peers` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerState {
@@ -224,6 +238,15 @@ mod tests {
         assert_eq!(s.state, PeerState::Up);
         assert_eq!(s.rtt, Some(Duration::from_micros(250)));
         assert_eq!(s.echoes_received, 1);
+    }
+
+    #[test]
+    fn a_round_takes_the_interval_or_the_budget() {
+        assert_eq!(beat_round(SECOND, 0), SECOND);
+        assert_eq!(beat_round(SECOND, 1_000), SECOND);
+        assert_eq!(beat_round(SECOND, 5_000), SECOND * 5);
+        assert_eq!(beat_round(SECOND * 10, 5_000), SECOND * 10);
+        assert_eq!(beat_round(Duration::ZERO, 10), Duration::from_millis(10));
     }
 
     #[test]

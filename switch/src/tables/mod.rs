@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasherDefault;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,7 @@ use crate::core::{Report, Time};
 use crate::mac::MacAddr;
 use crate::netpol::compile::PodRules;
 use crate::tables::counters::Counters;
-use crate::tables::fib::{Fib, NextHop};
+use crate::tables::fib::{Fib, NextHop, U32Hasher};
 use crate::tables::health::PeerHealth;
 use crate::tables::prefixes::PrefixSet;
 
@@ -205,6 +206,11 @@ pub enum TablesError {
     },
 }
 
+/// Peers by underlay address, with the FIB's multiplicative hasher: every tunnel
+/// send counts itself on its peer through this map (the addresses are the store's,
+/// not a map size an attacker chooses).
+type PeerMap = HashMap<u32, usize, BuildHasherDefault<U32Hasher>>;
+
 /// One immutable forwarding snapshot.
 #[derive(Debug)]
 pub struct Tables {
@@ -222,7 +228,7 @@ pub struct Tables {
     /// one are judged again.
     pub policy_generation: u32,
     by_slot: Vec<Option<(u32, u32)>>,
-    peer_by_ip: HashMap<Ipv4Addr, usize>,
+    peer_by_ip: PeerMap,
 }
 
 /// Checks that peer `p`'s subnet lies in the cluster CIDR and overlaps neither this
@@ -275,13 +281,13 @@ impl Tables {
             (node.subnet, NextHop::Unreachable),
             (Ipv4Net::from(node.gateway), NextHop::Host),
         ];
-        let mut peer_by_ip = HashMap::new();
+        let mut peer_by_ip = PeerMap::default();
         let mut subnets = PrefixSet::default();
         for (j, p) in peers.iter().enumerate() {
             check_subnet(&node, &peers, &subnets, p)?;
             subnets.insert(p.subnet, j);
             let underlay = *p.addr.ip();
-            if let Some(prev) = peer_by_ip.insert(underlay, j) {
+            if let Some(prev) = peer_by_ip.insert(u32::from(underlay), j) {
                 return Err(TablesError::DuplicateUnderlay {
                     a: peers[prev].name.clone(),
                     b: p.name.clone(),
@@ -337,7 +343,13 @@ impl Tables {
     /// The index in `peers` of the peer with this underlay address.
     #[inline]
     pub fn peer_by_ip(&self, ip: Ipv4Addr) -> Option<usize> {
-        self.peer_by_ip.get(&ip).copied()
+        self.peer_by_ip.get(&u32::from(ip)).copied()
+    }
+
+    /// How long a round of heartbeats to this snapshot's peers takes (see
+    /// [`health::beat_round`]): what the peers' health is judged on.
+    pub fn beat_round(&self) -> Duration {
+        health::beat_round(self.node.heartbeat, self.peers.len())
     }
 
     /// Records what a core reported ([`Report`]) in the peers' health, at `now`.
