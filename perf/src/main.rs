@@ -16,7 +16,7 @@ use weft_perf::harness::{
 };
 use weft_perf::netns::{cleanup_stale, PREFIX};
 use weft_perf::pidfile::{self, RUN_DIR};
-use weft_perf::scale::{self, cluster::Sizes, idle::IdleSettings, ScaleSettings};
+use weft_perf::scale::{self, cluster::Sizes, idle::IdleSettings, ScaleSettings, Sink};
 use weft_perf::stop;
 use weft_perf::topo::Offload;
 
@@ -125,6 +125,11 @@ struct ScaleArgs {
     /// weftd worker threads.
     #[arg(long, default_value_t = 1)]
     weft_workers: usize,
+    /// Where the fake nodes' underlay addresses lead: a veth whose far end is down
+    /// (it drops each frame as it is sent, as a NIC takes it) or up (it receives
+    /// and drops each one, in softirq work weftd's CPU pays too).
+    #[arg(long, default_value = "down", value_name = "down|up")]
+    sink: Sink,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -145,6 +150,9 @@ struct HeartbeatArgs {
     /// weftd's heartbeat interval, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
+    /// Where the peers' underlay addresses lead: down or up (see `scale`).
+    #[arg(long, default_value = "down", value_name = "down|up")]
+    sink: Sink,
     /// Write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -182,6 +190,7 @@ impl ScaleArgs {
             churn_rate: positive("--churn-rate", self.churn_rate)?,
             churn_time: secs("--churn-time", self.churn_time)?,
             seed: 27,
+            sink: self.sink,
         })
     }
 }
@@ -390,6 +399,7 @@ fn heartbeats_cmd(args: &HeartbeatArgs, tools: &Tools) -> Result<()> {
         settle: Duration::from_secs(3),
         rounds: args.rounds.max(1),
         heartbeat_ms: args.heartbeat_ms,
+        sink: args.sink,
     };
     stop::install()?;
     clean(false)?;

@@ -11,7 +11,7 @@ use anyhow::{ensure, Result};
 use serde::Serialize;
 
 use super::cluster::{fake_node, subnet, CLUSTER_CIDR, FAKE_UNDERLAY, MAX_NODES};
-use super::{median, sink};
+use super::{median, sink, Sink};
 use crate::netns::wait_until;
 use crate::procfs;
 use crate::topo::Underlay;
@@ -32,6 +32,8 @@ pub struct IdleSettings {
     pub rounds: usize,
     /// weftd's heartbeat interval, in milliseconds.
     pub heartbeat_ms: u64,
+    /// Where the peers' underlay addresses lead.
+    pub sink: Sink,
 }
 
 /// What it measured.
@@ -51,6 +53,8 @@ pub struct IdleReport {
     pub beats_per_second: f64,
     /// Sends that failed, over the measurements with the peers.
     pub send_errors: u64,
+    /// Where the heartbeats went.
+    pub sink: Sink,
 }
 
 impl IdleReport {
@@ -64,12 +68,13 @@ impl IdleReport {
         let with = median(&self.with_peers_percent);
         let none = median(&self.no_peers_percent);
         format!(
-            "idle weftd over {:.0} s, heartbeat every {} ms, medians of {} rounds:\n\
+            "idle weftd over {:.0} s, heartbeat every {} ms, into a {:?} sink, medians of {} rounds:\n\
              {} peers: {with:.3} % of a core ({:.0} heartbeats/s, {} send errors)\n\
              0 peers: {none:.3} % of a core\n\
              heartbeats: {:.3} % of a core ({:.2}x the weftd with no peers)\n",
             self.span_seconds,
             self.heartbeat_ms,
+            self.sink,
             self.with_peers_percent.len(),
             self.peers,
             self.beats_per_second,
@@ -160,7 +165,7 @@ pub fn measure(settings: &IdleSettings, note: &mut dyn FnMut(String)) -> Result<
     );
     let scratch = Scratch::new("perf")?;
     let underlay = Underlay::new("id", 1)?;
-    sink(&underlay.host(0).ns, FAKE_UNDERLAY)?;
+    sink(&underlay.host(0).ns, FAKE_UNDERLAY, settings.sink)?;
     let mut report = IdleReport {
         peers: settings.peers,
         span_seconds: settings.span.as_secs_f64(),
@@ -169,6 +174,7 @@ pub fn measure(settings: &IdleSettings, note: &mut dyn FnMut(String)) -> Result<
         no_peers_percent: Vec::new(),
         beats_per_second: 0.0,
         send_errors: 0,
+        sink: settings.sink,
     };
     let mut rates = Vec::new();
     for round in 0..settings.rounds.max(1) {

@@ -4,10 +4,9 @@
 //! One host namespace runs weftd; a store holds the cluster: a real etcd (bridged
 //! into the namespace, as `join` does) or the Kubernetes API server fixture
 //! (listening inside the namespace). The cluster is [`cluster`]'s: thousands of
-//! fake nodes whose underlay addresses are routed into a sink (a veth whose far end
-//! drops everything, through one gateway with a permanent neighbour entry, so no
-//! neighbour entry is made per node and heartbeats cost what they cost), pods,
-//! namespaces and policies. A run:
+//! fake nodes whose underlay addresses are routed into a sink ([`sink`]: a veth
+//! that drops everything, through one gateway, so no neighbour entry is made per
+//! node and heartbeats cost what they cost), pods, namespaces and policies. A run:
 //!
 //! 1. writes the cluster into the store, in bulk ([`feed`]);
 //! 2. starts weftd and times it from its start to a complete view: every node a
@@ -103,6 +102,8 @@ pub struct ScaleSettings {
     pub churn_time: Duration,
     /// The churn's seed.
     pub seed: u64,
+    /// Where the fake nodes' underlay addresses lead.
+    pub sink: Sink,
 }
 
 /// What a run measured.
@@ -132,6 +133,8 @@ pub struct ScaleReport {
     pub quiet: Latency,
     /// The churn.
     pub churn: ChurnReport,
+    /// Where the fake nodes' heartbeats went.
+    pub sink: Sink,
     /// Where it ran.
     pub machine: procfs::Machine,
 }
@@ -168,17 +171,43 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// Routes `range` in `ns` into a sink: a veth pair, the near end holding a /30
-/// and a permanent neighbour entry for a gateway that is not there, the far end
-/// up with no address, so it drops everything it gets. One neighbour entry for
-/// the whole range, however many addresses are sent to.
-pub fn sink(ns: &Netns, range: &str) -> Result<()> {
+/// Where the fake nodes' underlay addresses lead: a veth pair, through one gateway
+/// with a permanent neighbour entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sink {
+    /// The far end is down: the veth drops each frame as it is sent, as a NIC's
+    /// driver takes it for the wire. The sender pays its whole stack, no receiver.
+    Down,
+    /// The far end is up, with no address: it receives each frame and drops it,
+    /// in softirq work the sender's CPU pays too.
+    Up,
+}
+
+impl std::str::FromStr for Sink {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Sink> {
+        match s {
+            "down" => Ok(Sink::Down),
+            "up" => Ok(Sink::Up),
+            _ => bail!("--sink {s:?}: down or up"),
+        }
+    }
+}
+
+/// Routes `range` in `ns` into a sink of kind `kind`: a veth pair whose near end
+/// holds a /30 and a permanent neighbour entry for a gateway that is not there, so
+/// one entry serves the whole range, however many addresses are sent to.
+pub fn sink(ns: &Netns, range: &str, kind: Sink) -> Result<()> {
     ns.ip(&[
         "link", "add", "wsink0", "type", "veth", "peer", "name", "wsink1",
     ])?;
+    if kind == Sink::Up {
+        ns.link_up("wsink1")?;
+    }
     ns.ip(&["addr", "add", "10.252.0.1/30", "dev", "wsink0"])?;
     ns.link_up("wsink0")?;
-    ns.link_up("wsink1")?;
     ns.ip(&[
         "neigh",
         "replace",
@@ -190,6 +219,7 @@ pub fn sink(ns: &Netns, range: &str) -> Result<()> {
         "nud",
         "permanent",
     ])?;
+    // A route through a link that is down (the far end's) is still used.
     ns.ip(&["route", "add", range, "via", "10.252.0.2", "dev", "wsink0"])
         .map(drop)
 }
@@ -227,7 +257,7 @@ pub fn run(settings: &ScaleSettings, note: &mut dyn FnMut(String)) -> Result<Sca
     let scratch = Scratch::new("perf")?;
     let underlay = Underlay::new("sc", 1)?;
     let host = underlay.host(0);
-    sink(&host.ns, FAKE_UNDERLAY)?;
+    sink(&host.ns, FAKE_UNDERLAY, settings.sink)?;
     let feeder = feeder(settings, &scratch, host)?;
     let me = node_name(host);
     let s = &settings.sizes;
@@ -439,6 +469,7 @@ fn measure(
         idle_cpu_percent: idle * 100.0,
         quiet,
         churn,
+        sink: settings.sink,
         machine: procfs::Machine::describe(),
     })
 }
