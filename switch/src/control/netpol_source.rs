@@ -12,9 +12,7 @@ use weft_proto::{self as proto, ExplainRequest, PodRef};
 use crate::control::daemon::{Daemon, State};
 use crate::control::error::DaemonError;
 use crate::control::store::StorePolicy;
-use crate::netpol::compile::{
-    self, CompiledPolicy, Compiler, KnownPod, LocalPod, ModelIndex, PodRules,
-};
+use crate::netpol::compile::{self, CompiledPolicy, Compiler, KnownPod, LocalPod, PodRules};
 use crate::netpol::manifest::{self, ManifestError, Skipped};
 use crate::netpol::model::{PolicyModel, Protocol, DEFAULT_NAMESPACE};
 
@@ -27,8 +25,6 @@ pub const POLL: Duration = Duration::from_millis(250);
 pub struct PolicyState {
     /// The set in force.
     pub model: Arc<PolicyModel>,
-    /// It, indexed: made once for each set, and used by every compile and query.
-    pub index: Arc<ModelIndex>,
     /// It, compiled for the pods attached here.
     pub compiled: CompiledPolicy,
     /// The generation of `compiled`: it changes when any pod's rules change.
@@ -115,8 +111,7 @@ impl State {
     /// Compiles the policy in force for the pods attached now; a change of any pod's
     /// rules starts a new generation.
     pub(crate) fn recompile(&mut self) {
-        let local = self.local_pods();
-        let compiled = compile::compile_indexed(&self.policy.model, &self.policy.index, &local);
+        let compiled = compile::compile(&self.policy.model, &self.local_pods());
         if compiled.by_ip != self.policy.compiled.by_ip || self.policy.generation == 0 {
             self.policy.generation = self.policy.generation.wrapping_add(1).max(1);
         }
@@ -150,7 +145,6 @@ impl Daemon {
                 }
                 state.policy.errors.clear();
                 state.policy.skipped = skipped;
-                state.policy.index = Arc::new(ModelIndex::new(&model));
                 state.policy.model = Arc::new(model);
                 let before = state.policy.generation;
                 self.publish(&mut state)?;
@@ -205,7 +199,7 @@ impl Daemon {
         let state = self.state.lock();
         let p = &state.policy;
         let local = state.local_pods();
-        let c = Compiler::with_index(&p.model, &p.index, &local);
+        let c = Compiler::new(&p.model, &local);
         let policies = p
             .model
             .policies
@@ -231,7 +225,7 @@ impl Daemon {
             },
             generation: p.generation,
             namespaces: p.model.namespaces.len(),
-            pods: p.compiled.pods,
+            pods: c.known_count(),
             policies,
             errors: p.errors.iter().map(ToString::to_string).collect(),
             skipped: p
@@ -245,7 +239,7 @@ impl Daemon {
     pub(crate) fn policy_pod(&self, pod: &PodRef) -> Result<proto::PodPolicies, DaemonError> {
         let state = self.state.lock();
         let local = state.local_pods();
-        let c = Compiler::with_index(&state.policy.model, &state.policy.index, &local);
+        let c = Compiler::new(&state.policy.model, &local);
         let known = c.find(&pod.namespace, &pod.name).ok_or_else(|| {
             DaemonError::Invalid(format!("no pod {}/{} is known", pod.namespace, pod.name))
         })?;
@@ -269,7 +263,7 @@ impl Daemon {
     ) -> Result<proto::Explanation, DaemonError> {
         let state = self.state.lock();
         let local = state.local_pods();
-        let c = Compiler::with_index(&state.policy.model, &state.policy.index, &local);
+        let c = Compiler::new(&state.policy.model, &local);
         let (src_ip, src) = endpoint(&c, &req.src)?;
         let (dst_ip, dst) = endpoint(&c, &req.dst)?;
         let (proto, port) = match req.protocol.to_ascii_uppercase().as_str() {

@@ -176,7 +176,9 @@ pub struct Stored {
 /// weft's keys as this node last read them: a full list, kept current by the watch.
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
-    /// Every key under the prefix.
+    /// Every key under the prefix. The store drops the values of the policy
+    /// objects' keys once [`PolicyRecords`] has read them (see
+    /// [`PolicyRecords::forget_values`]): the objects are held there, once.
     pub keys: BTreeMap<String, Stored>,
     /// The revision the cache is current at.
     pub revision: i64,
@@ -384,24 +386,36 @@ struct Reading {
     object: Result<Object, ManifestError>,
 }
 
-/// The policy objects' records of a cache, each read once per version: a change
-/// reads the records it changed, and the set is then made again from the readings,
-/// sharing every pod and policy (no record is parsed again, no object copied).
+/// The policy objects' records of a cache, each read once per version, and the
+/// set they make, kept up to date change by change: a change reads the record it
+/// changed and puts its object in the set ([`PolicyModel`]'s namespaces' lists are
+/// shared, so the set costs the time of one namespace to change and of a
+/// reference per namespace to hand out). No record is parsed again, no object
+/// copied.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyRecords {
     read: BTreeMap<String, Reading>,
+    /// The objects of the good readings.
+    model: PolicyModel,
+    /// The bad readings, by key.
+    bad: BTreeMap<String, ManifestError>,
 }
 
 /// Reads one record into its object.
 fn read_object(key: &str, stored: &Stored, named: (&str, &str, &str)) -> Reading {
-    let object = parse_object(key, named, &stored.value).map(|mut m| {
+    let object = parse_object(key, named, &stored.value).and_then(|mut m| {
         if let Some((name, labels)) = m.namespaces.pop_first() {
-            Object::Namespace(name, labels)
-        } else if let Some(pod) = m.pods.pop() {
-            Object::Pod(pod)
+            Ok(Object::Namespace(name, labels))
+        } else if let Some(pod) = m.pods.iter().next() {
+            Ok(Object::Pod(pod.clone()))
+        } else if let Some(policy) = m.policies.iter().next() {
+            Ok(Object::Policy(policy.clone()))
         } else {
-            // parse_object returns a model of exactly one object.
-            Object::Policy(m.policies.swap_remove(0))
+            Err(ManifestError {
+                file: key.to_owned(),
+                document: 0,
+                reason: "holds no object".into(),
+            })
         }
     });
     Reading {
@@ -411,6 +425,43 @@ fn read_object(key: &str, stored: &Stored, named: (&str, &str, &str)) -> Reading
 }
 
 impl PolicyRecords {
+    /// Takes `key`'s reading out of the set, if it had one.
+    fn forget(&mut self, key: &str) {
+        let Some(old) = self.read.remove(key) else {
+            return;
+        };
+        match old.object {
+            Ok(Object::Namespace(name, _)) => {
+                self.model.namespaces.remove(&name);
+            }
+            Ok(Object::Pod(p)) => {
+                self.model.pods.remove(&p.namespace, &p.name);
+            }
+            Ok(Object::Policy(p)) => {
+                self.model.policies.remove(&p.namespace, &p.name);
+            }
+            Err(_) => {
+                self.bad.remove(key);
+            }
+        }
+    }
+
+    /// Puts `key`'s reading in the set.
+    fn learn(&mut self, key: &str, reading: Reading) {
+        self.forget(key);
+        match &reading.object {
+            Ok(Object::Namespace(name, labels)) => {
+                self.model.namespaces.insert(name.clone(), labels.clone());
+            }
+            Ok(Object::Pod(p)) => self.model.pods.upsert(p.clone()),
+            Ok(Object::Policy(p)) => self.model.policies.upsert(p.clone()),
+            Err(e) => {
+                self.bad.insert(key.to_owned(), e.clone());
+            }
+        }
+        self.read.insert(key.to_owned(), reading);
+    }
+
     /// Takes in the change of `key`: its value now (`None`: deleted). Returns
     /// whether it is a policy object's key.
     pub fn update(&mut self, layout: &Layout, key: &str, now: Option<&Stored>) -> bool {
@@ -420,11 +471,9 @@ impl PolicyRecords {
         match now {
             Some(stored) => {
                 let reading = read_object(key, stored, (kind, &ns, &name));
-                self.read.insert(key.to_owned(), reading);
+                self.learn(key, reading);
             }
-            None => {
-                self.read.remove(key);
-            }
+            None => self.forget(key),
         }
         true
     }
@@ -432,40 +481,54 @@ impl PolicyRecords {
     /// Reads every policy record of `cache`, keeping the readings of versions read
     /// before and forgetting the records that are gone.
     pub fn sync(&mut self, layout: &Layout, cache: &Cache) {
-        let mut read = BTreeMap::new();
-        for prefix in layout.objects() {
-            for (key, stored) in under(cache, &prefix) {
+        let mut seen = std::collections::HashSet::new();
+        let prefixes = layout.objects();
+        for prefix in &prefixes {
+            for (key, stored) in under(cache, prefix) {
                 let KeyKind::Object(kind, ns, name) = layout.classify(key) else {
                     continue;
                 };
-                let reading = match self.read.remove(key) {
-                    Some(r) if r.mod_revision == stored.mod_revision => r,
-                    _ => read_object(key, stored, (kind, &ns, &name)),
-                };
-                read.insert(key.clone(), reading);
+                seen.insert(key.as_str());
+                if self.read.get(key).map(|r| r.mod_revision) != Some(stored.mod_revision) {
+                    let reading = read_object(key, stored, (kind, &ns, &name));
+                    self.learn(key, reading);
+                }
             }
         }
-        self.read = read;
+        let gone: Vec<String> = (self.read.keys())
+            .filter(|k| !seen.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.forget(&key);
+        }
     }
 
-    /// The objects, in key order, as of `revision`: every good record's, and the
-    /// bad ones with why.
+    /// The objects as of `revision`: every good record's, and the bad ones with
+    /// why, in key order.
     pub fn policy(&self, revision: i64) -> StorePolicy {
-        let mut out = StorePolicy {
+        StorePolicy {
+            model: self.model.clone(),
+            bad: self.bad.values().cloned().collect(),
             revision,
-            ..StorePolicy::default()
-        };
-        for reading in self.read.values() {
-            match &reading.object {
-                Ok(Object::Namespace(name, labels)) => {
-                    out.model.namespaces.insert(name.clone(), labels.clone());
+        }
+    }
+
+    /// Empties the values of `cache`'s policy object keys, which the readings
+    /// stand for: a cluster's objects are then held once, as objects, and not also
+    /// as the bytes they were read from. Their revisions stay, so a later
+    /// [`PolicyRecords::sync`] reuses the readings of versions it has.
+    pub fn forget_values(layout: &Layout, cache: &mut Cache) {
+        use std::ops::Bound;
+        for prefix in layout.objects() {
+            let range = (Bound::Included(prefix.as_str()), Bound::Unbounded);
+            for (key, stored) in cache.keys.range_mut::<str, _>(range) {
+                if !key.starts_with(&prefix) {
+                    break;
                 }
-                Ok(Object::Pod(pod)) => out.model.pods.push(pod.clone()),
-                Ok(Object::Policy(policy)) => out.model.policies.push(policy.clone()),
-                Err(e) => out.bad.push(e.clone()),
+                stored.value = Vec::new();
             }
         }
-        out
     }
 
     /// How many records it holds, good and bad.
@@ -747,14 +810,20 @@ mod tests {
         }
         let p = records.policy(b.cache.revision);
         assert_eq!(p.model.pods.len(), 1);
-        assert_eq!(p.model.pods[0].labels["app"], "two");
+        assert_eq!(p.model.pods.iter().next().unwrap().labels["app"], "two");
         assert_eq!(p.model.policies.len(), 1);
         assert_eq!(p.bad.len(), 1);
-        // A sync keeps the readings of unchanged versions: the same objects.
+        // A sync keeps the readings of unchanged versions, even with the values
+        // forgotten: the same objects.
         let before = records.policy(1);
+        PolicyRecords::forget_values(&layout(), &mut b.cache);
+        assert!(b.cache.keys["/weft/v1/pods/x/a"].value.is_empty());
+        assert!(!b.cache.keys["/weft/v1/nodes/h1"].value.is_empty());
         records.sync(&layout(), &b.cache);
         let after = records.policy(1);
-        assert!(Arc::ptr_eq(&before.model.pods[0], &after.model.pods[0]));
+        let first = |p: &StorePolicy| p.model.pods.iter().next().unwrap().clone();
+        assert!(Arc::ptr_eq(&first(&before), &first(&after)));
+        assert_eq!(after.model, before.model);
     }
 
     /// Reading the nodes walks only the node and subnet keys: thousands of pods

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use ipnet::Ipv4Net;
 
-use super::records::{self, Cache, NodeRecord, Stored, SubnetRecord};
+use super::records::{self, Cache, NodeRecord, PolicyRecords, Stored, SubnetRecord};
 use super::{
     backoff, claim, text, EtcdStore, Inner, Registration, JOIN_PATIENCE, JOIN_PATIENCE_KNOWN,
     MAX_MESSAGE, REQUEST_TIMEOUT,
@@ -189,6 +189,7 @@ impl EtcdStore {
         inner.nodes = None;
         let Inner { objects, cache, .. } = &mut *inner;
         objects.sync(&self.layout, cache);
+        PolicyRecords::forget_values(&self.layout, cache);
         self.rebuild_policy(&mut inner);
         Ok(())
     }

@@ -121,13 +121,17 @@ impl EtcdStore {
             }
             match event.event_type() {
                 EventType::Put => {
-                    let stored = super::records::Stored {
+                    let mut stored = super::records::Stored {
                         value: kv.value().to_vec(),
                         create_revision: kv.create_revision(),
                         mod_revision: kv.mod_revision(),
                         lease: kv.lease(),
                     };
-                    policy |= inner.objects.update(&self.layout, key, Some(&stored));
+                    if inner.objects.update(&self.layout, key, Some(&stored)) {
+                        // Read: the object stands for the bytes.
+                        stored.value = Vec::new();
+                        policy = true;
+                    }
                     inner.cache.keys.insert(key.to_owned(), stored);
                 }
                 EventType::Delete => {
