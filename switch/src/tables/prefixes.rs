@@ -5,8 +5,9 @@
 //! Two prefixes overlap only when one holds the other. A prefix held by `s` (or
 //! equal to it) starts within `s`; a prefix holding `s` is one of the at most 32
 //! shorter prefixes of `s`'s first address. So the set is ordered by (first
-//! address, length), and a check is one range query and at most 32 lookups, whether
-//! or not the prefixes already in the set overlap each other.
+//! address, length), and a check is one range query and a lookup for each shorter
+//! length the set holds (none when all are of one length, as a cluster's subnets
+//! mostly are), whether or not the prefixes already in the set overlap each other.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -17,12 +18,17 @@ use ipnet::Ipv4Net;
 #[derive(Debug, Clone)]
 pub struct PrefixSet<V> {
     by_start: BTreeMap<(u32, u8), V>,
+    /// Bit `n`: a prefix of length `n` is in the set. Only those lengths are
+    /// looked up for a prefix holding a new one: a cluster's subnets are mostly
+    /// of one length.
+    lens: u64,
 }
 
 impl<V> Default for PrefixSet<V> {
     fn default() -> Self {
         PrefixSet {
             by_start: BTreeMap::new(),
+            lens: 0,
         }
     }
 }
@@ -41,6 +47,7 @@ impl<V> PrefixSet<V> {
     /// Adds `s` with `value`; an equal prefix's value is replaced.
     pub fn insert(&mut self, s: Ipv4Net, value: V) {
         let s = s.trunc();
+        self.lens |= 1 << s.prefix_len();
         self.by_start
             .insert((u32::from(s.network()), s.prefix_len()), value);
     }
@@ -55,10 +62,13 @@ impl<V> PrefixSet<V> {
         if let Some((&key, v)) = self.by_start.range((first, 0)..=(last, 32)).next() {
             return Some((net(key), v));
         }
-        (0..s.prefix_len()).rev().find_map(|len| {
-            let key = (first & mask(len), len);
-            self.by_start.get(&key).map(|v| (net(key), v))
-        })
+        (0..s.prefix_len())
+            .rev()
+            .filter(|len| self.lens & (1 << len) != 0)
+            .find_map(|len| {
+                let key = (first & mask(len), len);
+                self.by_start.get(&key).map(|v| (net(key), v))
+            })
     }
 
     /// How many prefixes it holds.
