@@ -12,7 +12,9 @@ use weft_proto::{self as proto, ExplainRequest, PodRef};
 use crate::control::daemon::{Daemon, State};
 use crate::control::error::DaemonError;
 use crate::control::store::StorePolicy;
-use crate::netpol::compile::{self, CompiledPolicy, Compiler, KnownPod, LocalPod, PodRules};
+use crate::netpol::compile::{
+    self, CompiledPolicy, Compiler, KnownPod, LocalPod, PeerCache, PodRules,
+};
 use crate::netpol::manifest::{self, ManifestError, Skipped};
 use crate::netpol::model::{PolicyModel, Protocol, DEFAULT_NAMESPACE};
 
@@ -27,6 +29,8 @@ pub struct PolicyState {
     pub model: Arc<PolicyModel>,
     /// It, compiled for the pods attached here.
     pub compiled: CompiledPolicy,
+    /// The peer sets of the last compile, for the next to reuse.
+    pub peers: PeerCache,
     /// The generation of `compiled`: it changes when any pod's rules change.
     pub generation: u32,
     /// What was wrong with the last read, if anything (the set in force is then the
@@ -111,7 +115,8 @@ impl State {
     /// Compiles the policy in force for the pods attached now; a change of any pod's
     /// rules starts a new generation.
     pub(crate) fn recompile(&mut self) {
-        let compiled = compile::compile(&self.policy.model, &self.local_pods());
+        let local = self.local_pods();
+        let compiled = compile::compile_cached(&self.policy.model, &local, &mut self.policy.peers);
         if compiled.by_ip != self.policy.compiled.by_ip || self.policy.generation == 0 {
             self.policy.generation = self.policy.generation.wrapping_add(1).max(1);
         }

@@ -11,7 +11,6 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
-use std::rc::Rc;
 use std::sync::Arc;
 
 use super::model::{
@@ -192,6 +191,49 @@ struct PolicyPeers {
     egress: Vec<Option<Arc<AddrSet>>>,
 }
 
+/// A namespace's pod list as a peer set read it (`None`: no pods).
+type Read = (String, Option<Arc<Vec<Arc<PodObject>>>>);
+
+/// A policy's peer sets, and the namespaces' pod lists they were made from.
+#[derive(Debug, Clone)]
+struct Resolved {
+    peers: Arc<PolicyPeers>,
+    reads: Vec<Read>,
+}
+
+/// Peer sets resolved by earlier compiles, kept for the next: a compile reuses a
+/// policy's sets while the policy, the pod lists of the namespaces they read, the
+/// namespaces' labels, the namespaces that hold pods, and the local pods are as
+/// they were. A store that changes one pod of 150,000 then costs a compile the
+/// sets that read that pod's namespace, not all of them.
+#[derive(Debug, Default)]
+pub struct PeerCache {
+    local: Vec<LocalPod>,
+    labels: BTreeMap<String, Labels>,
+    namespaces: Vec<String>,
+    entries: Vec<(Arc<Policy>, Resolved)>,
+}
+
+impl PeerCache {
+    /// Forgets every set unless `model` and `local` agree with what the sets were
+    /// made with, in what every set may read.
+    fn check(&mut self, model: &PolicyModel, local: &[LocalPod]) {
+        let same = self.local == local
+            && self.labels == model.namespaces
+            && self
+                .namespaces
+                .iter()
+                .map(String::as_str)
+                .eq(model.pods.namespaces());
+        if !same {
+            self.entries.clear();
+            self.local = local.to_vec();
+            self.labels = model.namespaces.clone();
+            self.namespaces = model.pods.namespaces().map(str::to_owned).collect();
+        }
+    }
+}
+
 /// Policies resolved against every known pod, ready to give any pod its rules. The
 /// known pods are the local ones (first), and the store's pods with an address
 /// that are not local: neither of a local pod's name nor at a local pod's address.
@@ -210,8 +252,8 @@ pub struct Compiler<'m> {
     local_by_namespace: BTreeMap<&'m str, Vec<usize>>,
     /// The local pods' addresses, sorted.
     local_ips: Vec<u32>,
-    /// The peer sets resolved so far, by policy.
-    peers: RefCell<HashMap<*const Policy, Rc<PolicyPeers>>>,
+    /// The peer sets resolved so far, by policy, with what they read.
+    peers: RefCell<HashMap<*const Policy, (Arc<Policy>, Resolved)>>,
 }
 
 impl<'m> Compiler<'m> {
@@ -299,28 +341,54 @@ impl<'m> Compiler<'m> {
     }
 
     /// The peer sets of policy `p`, resolved once.
-    fn policy_peers(&self, p: &Policy) -> Rc<PolicyPeers> {
-        let key: *const Policy = p;
-        if let Some(peers) = self.peers.borrow().get(&key) {
-            return peers.clone();
+    fn policy_peers(&self, p: &Arc<Policy>) -> Arc<PolicyPeers> {
+        let key = Arc::as_ptr(p);
+        if let Some((_, r)) = self.peers.borrow().get(&key) {
+            return r.peers.clone();
         }
-        let sets = |rules: &Option<Vec<Rule>>| {
+        let mut reads = Vec::new();
+        let mut sets = |rules: &Option<Vec<Rule>>| {
             rules
                 .iter()
                 .flatten()
-                .map(|r| self.peer_set(p, &r.peers).map(Arc::new))
+                .map(|r| self.peer_set(p, &r.peers, &mut reads).map(Arc::new))
                 .collect()
         };
-        let peers = Rc::new(PolicyPeers {
-            ingress: sets(&p.ingress),
-            egress: sets(&p.egress),
-        });
-        self.peers.borrow_mut().insert(key, peers.clone());
+        let ingress = sets(&p.ingress);
+        let egress = sets(&p.egress);
+        let peers = Arc::new(PolicyPeers { ingress, egress });
+        let resolved = Resolved {
+            peers: peers.clone(),
+            reads,
+        };
+        self.peers.borrow_mut().insert(key, (p.clone(), resolved));
         peers
     }
 
-    /// The addresses `peers` (of policy `p`) stand for; `None` for everyone.
-    fn peer_set(&self, p: &Policy, peers: &[Peer]) -> Option<AddrSet> {
+    /// Whether the pod lists `reads` are the model's now.
+    fn unchanged(&self, reads: &[Read]) -> bool {
+        reads
+            .iter()
+            .all(|(ns, list)| match (list, self.model.pods.list(ns)) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            })
+    }
+
+    /// The known pods of namespace `ns`, noting the pod list read in `reads`.
+    fn read<'s>(
+        &'s self,
+        ns: &str,
+        reads: &mut Vec<Read>,
+    ) -> impl Iterator<Item = KnownPod<'m>> + 's {
+        reads.push((ns.to_owned(), self.model.pods.list(ns).cloned()));
+        self.members(ns)
+    }
+
+    /// The addresses `peers` (of policy `p`) stand for; `None` for everyone. The
+    /// namespaces' pod lists it reads go in `reads`.
+    fn peer_set(&self, p: &Policy, peers: &[Peer], reads: &mut Vec<Read>) -> Option<AddrSet> {
         if peers.is_empty() {
             return None;
         }
@@ -336,7 +404,7 @@ impl<'m> Compiler<'m> {
                         pods.as_ref().is_none_or(|sel| sel.matches(pod.labels))
                     };
                     let Some(sel) = namespaces else {
-                        let members = self.members(&p.namespace);
+                        let members = self.read(&p.namespace, reads);
                         set.ips
                             .extend(members.filter(selected).map(|pod| u32::from(pod.ip)));
                         continue;
@@ -347,7 +415,7 @@ impl<'m> Compiler<'m> {
                         .filter(|ns| self.model.pods.in_namespace(ns).is_empty());
                     for ns in stored.chain(local_only) {
                         if sel.matches(&self.model.namespace_labels(ns)) {
-                            let members = self.members(ns);
+                            let members = self.read(ns, reads);
                             set.ips
                                 .extend(members.filter(selected).map(|pod| u32::from(pod.ip)));
                         }
@@ -478,7 +546,30 @@ impl CompiledPolicy {
 /// Compiles `model` for the pods attached on this node, in time that grows with
 /// the local pods and what their policies select, not with the whole cluster.
 pub fn compile(model: &PolicyModel, local: &[LocalPod]) -> CompiledPolicy {
+    compile_with(&Compiler::new(model, local))
+}
+
+/// Compiles as [`compile`] does, reusing the peer sets of `cache` that are still
+/// good and keeping the ones this compile resolved for the next.
+pub fn compile_cached(
+    model: &PolicyModel,
+    local: &[LocalPod],
+    cache: &mut PeerCache,
+) -> CompiledPolicy {
+    cache.check(model, local);
     let c = Compiler::new(model, local);
+    for (policy, resolved) in cache.entries.drain(..) {
+        let current = model.policies.get(&policy.namespace, &policy.name);
+        if current.is_some_and(|p| Arc::ptr_eq(p, &policy)) && c.unchanged(&resolved.reads) {
+            (c.peers.borrow_mut()).insert(Arc::as_ptr(&policy), (policy, resolved));
+        }
+    }
+    let compiled = compile_with(&c);
+    cache.entries = c.peers.into_inner().into_values().collect();
+    compiled
+}
+
+fn compile_with(c: &Compiler<'_>) -> CompiledPolicy {
     let by_ip = c
         .local()
         .iter()
@@ -488,7 +579,7 @@ pub fn compile(model: &PolicyModel, local: &[LocalPod]) -> CompiledPolicy {
         .collect();
     CompiledPolicy {
         by_ip,
-        policies: model.policies.len(),
+        policies: c.model.policies.len(),
     }
 }
 
@@ -873,6 +964,66 @@ mod tests {
             })
             .collect();
         (m, local)
+    }
+
+    /// A compile that reuses the peer sets of the last agrees with a fresh one,
+    /// change after change: pods relabelled, added and deleted, a namespace
+    /// relabelled, a policy replaced, the local pods changed.
+    #[test]
+    fn a_cached_compile_agrees_with_a_fresh_one_as_the_model_changes() {
+        let mut reused = 0;
+        for seed in 0..60 {
+            let (mut model, mut local) = cluster(seed);
+            let mut cache = PeerCache::default();
+            for step in 0..12u64 {
+                match step % 6 {
+                    0 | 1 => {
+                        // A pod relabelled (or moved to a new namespace's pods).
+                        let victim = model.pods.iter().nth((seed + step) as usize % 30).cloned();
+                        if let Some(p) = victim {
+                            let mut p = (*p).clone();
+                            let tier = if p.labels["tier"] == "web" {
+                                "db"
+                            } else {
+                                "web"
+                            };
+                            p.labels.insert("tier".into(), tier.into());
+                            model.pods.remove(&p.namespace, &p.name);
+                            model.pods.push(Arc::new(p));
+                        }
+                    }
+                    2 => {
+                        let victim = model.pods.iter().nth(step as usize).cloned();
+                        if let Some(p) = victim {
+                            model.pods.remove(&p.namespace, &p.name);
+                        }
+                    }
+                    3 => {
+                        let team = format!("t{}", step % 2);
+                        model
+                            .namespaces
+                            .insert("ns1".into(), labels(&[("team", team)]));
+                    }
+                    4 => {
+                        let p = model.policies.iter().nth(step as usize).cloned();
+                        if let Some(p) = p {
+                            let mut changed = (*p).clone();
+                            changed.ingress = None;
+                            model.policies.remove(&p.namespace, &p.name);
+                            model.policies.push(Arc::new(changed));
+                        }
+                    }
+                    _ => {
+                        local.pop();
+                    }
+                }
+                let cached = compile_cached(&model, &local, &mut cache);
+                let fresh = compile(&model, &local);
+                assert_eq!(cached.by_ip, fresh.by_ip, "seed {seed} step {step}");
+                reused += cache.entries.len();
+            }
+        }
+        assert!(reused > 100, "the cache kept {reused} sets in all");
     }
 
     #[test]

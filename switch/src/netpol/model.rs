@@ -309,6 +309,12 @@ impl<T: Namespaced> Grouped<T> {
         self.by_namespace.get(ns).map_or(&[], |v| v.as_slice())
     }
 
+    /// The shared list of namespace `ns`: a list that changes is replaced, so two
+    /// sets that return the same list (`Arc::ptr_eq`) agree on that namespace.
+    pub fn list(&self, ns: &str) -> Option<&Arc<Vec<Arc<T>>>> {
+        self.by_namespace.get(ns)
+    }
+
     /// The namespaces that hold objects, in name order.
     pub fn namespaces(&self) -> impl Iterator<Item = &str> {
         self.by_namespace.keys().map(String::as_str)
