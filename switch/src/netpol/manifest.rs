@@ -411,28 +411,61 @@ fn pod(doc: PodDoc) -> Result<PodObject, String> {
     })
 }
 
+/// A parsed document, YAML's or JSON's, as [`document`] reads it.
+trait DocValue: Sized {
+    /// Whether it is empty (a YAML document of nothing).
+    fn is_null(&self) -> bool;
+    /// The string at `key` of a mapping.
+    fn str_field(&self, key: &str) -> Option<String>;
+    /// The document as `T`.
+    fn to<T: serde::de::DeserializeOwned>(self) -> Result<T, String>;
+}
+
+impl DocValue for yaml_serde::Value {
+    fn is_null(&self) -> bool {
+        yaml_serde::Value::is_null(self)
+    }
+    fn str_field(&self, key: &str) -> Option<String> {
+        self.get(key).and_then(|v| v.as_str()).map(str::to_owned)
+    }
+    fn to<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        yaml_serde::from_value(self).map_err(|e| e.to_string())
+    }
+}
+
+impl DocValue for serde_json::Value {
+    fn is_null(&self) -> bool {
+        serde_json::Value::is_null(self)
+    }
+    fn str_field(&self, key: &str) -> Option<String> {
+        self.get(key).and_then(|v| v.as_str()).map(str::to_owned)
+    }
+    fn to<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        serde_json::from_value(self).map_err(|e| e.to_string())
+    }
+}
+
 /// Reads one document into `model`; `Ok(Some(kind))` for a kind that is skipped.
-fn document(value: yaml_serde::Value, model: &mut PolicyModel) -> Result<Option<String>, String> {
+fn document(value: impl DocValue, model: &mut PolicyModel) -> Result<Option<String>, String> {
     if value.is_null() {
         return Ok(None);
     }
-    let field = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-    let kind = field("kind").ok_or("the document has no kind")?;
-    let api = field("apiVersion").unwrap_or_default();
-    let typed = |e: yaml_serde::Error| format!("{kind}: {e}");
+    let kind = value.str_field("kind").ok_or("the document has no kind")?;
+    let api = value.str_field("apiVersion").unwrap_or_default();
+    let typed = |e: String| format!("{kind}: {e}");
     match (kind.as_str(), api.as_str()) {
         ("Namespace", "v1") => {
-            let ns: NamespaceDoc = yaml_serde::from_value(value).map_err(typed)?;
+            let ns: NamespaceDoc = value.to().map_err(typed)?;
             model
                 .namespaces
                 .insert(ns.metadata.name, ns.metadata.labels);
         }
         ("Pod", "v1") => {
-            let doc: PodDoc = yaml_serde::from_value(value).map_err(typed)?;
+            let doc: PodDoc = value.to().map_err(typed)?;
             model.pods.push(Arc::new(pod(doc)?));
         }
         ("NetworkPolicy", "networking.k8s.io/v1") => {
-            let doc: PolicyDoc = yaml_serde::from_value(value).map_err(typed)?;
+            let doc: PolicyDoc = value.to().map_err(typed)?;
             let p = policy(doc)?;
             model.policies.push(Arc::new(p));
         }
@@ -442,6 +475,35 @@ fn document(value: yaml_serde::Value, model: &mut PolicyModel) -> Result<Option<
         _ => return Ok(Some(kind)),
     }
     Ok(None)
+}
+
+/// Reads one JSON document (a store's record, say) into `model`, as [`read`] reads
+/// YAML: JSON is YAML, but a JSON parser reads it several times faster, which a
+/// store of 150,000 objects feels. The same checks, the same errors, but for a
+/// syntax error's, which says "not JSON".
+pub fn read_json(
+    file: &str,
+    text: &str,
+    model: &mut PolicyModel,
+) -> Result<Vec<Skipped>, Vec<ManifestError>> {
+    let error = |reason: String| {
+        vec![ManifestError {
+            file: file.to_owned(),
+            document: 0,
+            reason,
+        }]
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| error(format!("not JSON: {e}")))?;
+    match document(value, model) {
+        Ok(Some(kind)) => Ok(vec![Skipped {
+            file: file.to_owned(),
+            document: 0,
+            kind,
+        }]),
+        Ok(None) => Ok(Vec::new()),
+        Err(reason) => Err(error(reason)),
+    }
 }
 
 /// Reads every document of `text` (the file `file`) into `model`, and returns the

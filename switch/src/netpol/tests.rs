@@ -471,3 +471,46 @@ fn the_classic_test_network_policy_example_compiles_as_documented() {
         )
         .is_none());
 }
+
+/// A JSON document reads as the same objects, and the same errors, through the
+/// JSON parser as through the YAML one.
+#[test]
+fn json_reads_as_yaml_does() {
+    let docs = [
+        r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"team": "a"}}}"#,
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "x", "labels": {"app": "db"}},
+            "spec": {"containers": [{"name": "c", "ports": [{"name": "sql", "containerPort": 5432}, {"containerPort": 9, "protocol": "UDP"}]}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.7"}}"#,
+        r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "n", "namespace": "x"},
+            "spec": {"podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["db"]}]},
+                     "policyTypes": ["Ingress", "Egress"],
+                     "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}, "podSelector": {}},
+                                           {"ipBlock": {"cidr": "172.17.0.0/16", "except": ["172.17.1.0/24"]}}],
+                                  "ports": [{"port": "sql"}, {"protocol": "UDP", "port": 53, "endPort": 60}]}],
+                     "egress": []}}"#,
+        r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}"#,
+    ];
+    for doc in docs {
+        let (mut y, mut j) = (PolicyModel::default(), PolicyModel::default());
+        let ys = manifest::read("f", doc, &mut y).unwrap_or_else(|e| panic!("{e:?}"));
+        let js = manifest::read_json("f", doc, &mut j).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(y, j, "{doc}");
+        assert_eq!(ys, js, "{doc}");
+    }
+    for bad in [
+        r#"{"apiVersion": "v2", "kind": "Pod", "metadata": {"name": "p"}}"#,
+        r#"{"apiVersion": "v1", "metadata": {"name": "p"}}"#,
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "status": {"podIP": "no"}}"#,
+        r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "n"},
+            "spec": {"podSelector": {"bogus": 1}}}"#,
+    ] {
+        let y = manifest::read("f", bad, &mut PolicyModel::default()).unwrap_err();
+        let j = manifest::read_json("f", bad, &mut PolicyModel::default()).unwrap_err();
+        assert_eq!(y.len(), 1);
+        // The same error, up to how each parser words a field it refuses.
+        let head = |e: &manifest::ManifestError| e.reason.split(':').next().map(str::to_owned);
+        assert_eq!(head(&y[0]), head(&j[0]), "{y:?} {j:?}");
+    }
+    let syntax = manifest::read_json("f", "{not json", &mut PolicyModel::default()).unwrap_err();
+    assert!(syntax[0].reason.starts_with("not JSON"), "{syntax:?}");
+}

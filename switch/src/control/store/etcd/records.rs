@@ -336,7 +336,12 @@ pub fn parse_object(
     };
     let text = std::str::from_utf8(value).map_err(|_| error("not UTF-8".into()))?;
     let mut model = PolicyModel::default();
-    let skipped = manifest::read(key, text, &mut model).map_err(|mut e| e.swap_remove(0))?;
+    // A record is JSON, mostly: read with a JSON parser then; YAML otherwise.
+    let read = match text.trim_start().starts_with('{') {
+        true => manifest::read_json,
+        false => manifest::read,
+    };
+    let skipped = read(key, text, &mut model).map_err(|mut e| e.swap_remove(0))?;
     if let Some(s) = skipped.first() {
         return Err(error(format!("holds a {}, not a {kind}", s.kind)));
     }
