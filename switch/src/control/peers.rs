@@ -136,6 +136,36 @@ pub(crate) fn peer_entries(
         .collect()
 }
 
+/// Whether `nodes` make exactly `peers`, decided without building them: when no
+/// path needs a look at the host's routes (no direct routing here, no node that
+/// routes directly), a peer is a function of its node, and a view whose nodes did
+/// not change (most views: a pod or a policy changed) costs a comparison, not
+/// thousands of entries built and dropped.
+fn same_peers(settings: &Settings, nodes: &[NodeEntry], peers: &[PeerEntry]) -> bool {
+    if settings.tunnel.direct_routing {
+        return false;
+    }
+    let mut peers = peers.iter();
+    for n in nodes.iter().filter(|n| n.name != settings.node_name) {
+        let Some(p) = peers.next() else {
+            return false;
+        };
+        let same = !routes_directly(settings, n)
+            && p.name == n.name
+            && *p.addr.ip() == n.underlay_ip
+            && p.addr.port() == settings.tunnel.port
+            && p.subnet == n.pod_subnet
+            && p.vtep_mac == n.vtep_mac
+            && !p.via_host
+            && p.beats == (p.path == PeerPath::Tunnel)
+            && p.path == path_to(settings, n, None);
+        if !same {
+            return false;
+        }
+    }
+    peers.next().is_none()
+}
+
 /// How `weft peers` shows a path.
 fn describe(p: &PeerEntry, mode: TunnelMode) -> String {
     match &p.path {
@@ -185,6 +215,11 @@ impl Daemon {
     }
 
     fn apply_peers(&self, view: &ClusterView) -> Result<bool, DaemonError> {
+        if self.sealer.is_none()
+            && same_peers(&self.settings, &view.nodes, &self.state.lock().peers)
+        {
+            return Ok(false);
+        }
         self.sync_crypto_peers(&view.nodes);
         let mut state = self.state.lock();
         let route_to = |ip| self.route_to(ip);
@@ -334,5 +369,72 @@ impl Daemon {
             handshake_failures: st.handshake_failures,
             queue_drops: st.queue_drops,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::config::Options;
+    use crate::mac::MacAddr;
+
+    fn settings(direct_routing: bool) -> Settings {
+        let mut o = Options {
+            node_name: Some("me".into()),
+            underlay_ip: Some(Ipv4Addr::new(10, 250, 0, 1)),
+            pod_subnet: Some("10.244.1.0/24".parse().unwrap()),
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+            ..Options::default()
+        };
+        o.tunnel.direct_routing = Some(direct_routing);
+        o.resolve().expect("settings")
+    }
+
+    fn node(name: &str, n: u8, mode: Option<Mode>) -> NodeEntry {
+        NodeEntry {
+            name: name.into(),
+            underlay_ip: Ipv4Addr::new(10, 250, 0, n),
+            pod_subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            vtep_mac: MacAddr::from_name(name),
+            mode,
+            direct_routing: None,
+            public_key: None,
+        }
+    }
+
+    /// The shortcut that skips building the peers of an unchanged view says
+    /// "same" exactly when building them would give the same entries.
+    #[test]
+    fn unchanged_nodes_make_the_same_peers_and_any_change_is_seen() {
+        let s = settings(false);
+        let nodes = vec![node("me", 1, None), node("b", 2, None), node("c", 3, None)];
+        let no_route = |_| None;
+        let peers = peer_entries(&s, &nodes, &[], &no_route);
+        assert!(same_peers(&s, &nodes, &peers));
+        let mut moved = nodes.clone();
+        moved[1].underlay_ip = Ipv4Addr::new(10, 250, 0, 9);
+        let mut other_mac = nodes.clone();
+        other_mac[2].vtep_mac = MacAddr::from_name("x");
+        let mut sleeve = nodes.clone();
+        sleeve[1].mode = Some(Mode::Sleeve);
+        let mut direct = nodes.clone();
+        direct[1].mode = Some(Mode::Direct);
+        for changed in [
+            moved,
+            other_mac,
+            sleeve,
+            direct,
+            nodes[..2].to_vec(),
+            [nodes.clone(), vec![node("d", 4, None)]].concat(),
+        ] {
+            assert!(!same_peers(&s, &changed, &peers), "{changed:?}");
+        }
+        // This node's own entry is no peer: where it is listed does not matter.
+        let reordered = vec![node("b", 2, None), node("me", 1, None), node("c", 3, None)];
+        assert!(same_peers(&s, &reordered, &peers));
+        // With direct routing, paths depend on the host's routes: never skipped.
+        let d = settings(true);
+        let peers = peer_entries(&d, &nodes, &[], &no_route);
+        assert!(!same_peers(&d, &nodes, &peers));
     }
 }
