@@ -275,7 +275,9 @@ impl Namespaced for Policy {
 /// store's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grouped<T> {
-    by_namespace: BTreeMap<String, Arc<Vec<Arc<T>>>>,
+    /// Each namespace's list (its name shared too, so a copy allocates nothing
+    /// per namespace).
+    by_namespace: BTreeMap<Arc<str>, Arc<Vec<Arc<T>>>>,
     len: usize,
 }
 
@@ -317,7 +319,7 @@ impl<T: Namespaced> Grouped<T> {
 
     /// The namespaces that hold objects, in name order.
     pub fn namespaces(&self) -> impl Iterator<Item = &str> {
-        self.by_namespace.keys().map(String::as_str)
+        self.by_namespace.keys().map(|k| &**k)
     }
 
     /// The first object `ns/name`.
@@ -328,7 +330,7 @@ impl<T: Namespaced> Grouped<T> {
     /// The list of `ns`, to change (copied first if another set shares it).
     fn list_mut(&mut self, ns: &str) -> &mut Vec<Arc<T>> {
         if !self.by_namespace.contains_key(ns) {
-            self.by_namespace.insert(ns.to_owned(), Arc::default());
+            self.by_namespace.insert(Arc::from(ns), Arc::default());
         }
         let list = self.by_namespace.get_mut(ns).expect("just inserted");
         Arc::make_mut(list)
