@@ -62,6 +62,7 @@ fn status(ready: bool) -> Status {
             state: "degraded".into(),
             detail: Some("Unavailable: connection refused".into()),
             degraded_ms: Some(1500),
+            objects: Vec::new(),
         }),
     }
 }

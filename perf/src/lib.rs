@@ -37,6 +37,7 @@ pub mod join;
 pub mod kubeproxy;
 pub mod netns;
 pub mod pidfile;
+pub mod probe;
 pub mod procfs;
 pub mod stop;
 pub mod topo;

@@ -150,6 +150,17 @@ pub struct WeftOptions {
     pub extra: Vec<String>,
 }
 
+/// Where a weftd learns the cluster.
+#[derive(Debug, Clone, Copy)]
+enum Store<'a> {
+    /// A peers file, and the host's pod subnet.
+    Peers(&'a Path),
+    /// etcd, through the host's bridge.
+    Etcd,
+    /// The API server, with this kubeconfig.
+    Kubernetes(&'a Path),
+}
+
 /// A weftd running on a host, stopped (SIGTERM) on drop.
 #[derive(Debug)]
 pub struct WeftNode {
@@ -166,14 +177,25 @@ impl WeftNode {
     /// Starts weftd in `host`'s namespace with the peers file at `peers`, and waits until
     /// it answers on its control socket. `dir` holds the socket and the log.
     pub fn start(host: &Host, peers: &Path, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
-        WeftNode::launch(host, Some(peers), dir, opts, None)
+        WeftNode::launch(host, Store::Peers(peers), dir, opts, None)
     }
 
     /// Starts weftd in `host`'s namespace on the etcd store, reached through a
     /// [`crate::etcd::Bridge`] on the namespace's `127.0.0.1:2379`: it claims a
     /// subnet unless `opts.extra` gives one.
     pub fn start_etcd(host: &Host, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
-        WeftNode::launch(host, None, dir, opts, None)
+        WeftNode::launch(host, Store::Etcd, dir, opts, None)
+    }
+
+    /// Starts weftd in `host`'s namespace on the Kubernetes store, reaching the
+    /// API server with `kubeconfig`: its subnet is its Node's podCIDR.
+    pub fn start_kube(
+        host: &Host,
+        kubeconfig: &Path,
+        dir: &Path,
+        opts: &WeftOptions,
+    ) -> Result<WeftNode> {
+        WeftNode::launch(host, Store::Kubernetes(kubeconfig), dir, opts, None)
     }
 
     /// Like [`WeftNode::start`], but weftd runs in a process group of its own, so a
@@ -188,12 +210,12 @@ impl WeftNode {
         opts: &WeftOptions,
         spawned: &mut dyn FnMut(u32) -> Result<()>,
     ) -> Result<WeftNode> {
-        WeftNode::launch(host, Some(peers), dir, opts, Some(spawned))
+        WeftNode::launch(host, Store::Peers(peers), dir, opts, Some(spawned))
     }
 
     fn launch(
         host: &Host,
-        peers: Option<&Path>,
+        store: Store<'_>,
         dir: &Path,
         opts: &WeftOptions,
         isolated: Option<&mut dyn FnMut(u32) -> Result<()>>,
@@ -206,17 +228,20 @@ impl WeftNode {
         let mut cmd = host.ns.cmd(&opts.binary);
         cmd.args(["--node-name", &name])
             .args(["--underlay-ip", &host.underlay_ip.to_string()]);
-        match peers {
-            Some(peers) => cmd
+        match store {
+            Store::Peers(peers) => cmd
                 .args(["--pod-subnet", &host.pod_subnet.to_string()])
                 .arg("--peers")
                 .arg(peers),
-            None => cmd.args([
+            Store::Etcd => cmd.args([
                 "--store",
                 "etcd",
                 "--etcd-endpoints",
                 &crate::etcd::bridged_endpoint(),
             ]),
+            Store::Kubernetes(kubeconfig) => cmd
+                .args(["--store", "kubernetes", "--kubeconfig"])
+                .arg(kubeconfig),
         };
         cmd.args(["--cluster-cidr", CLUSTER_CIDR])
             .args(["--mode", &opts.mode])

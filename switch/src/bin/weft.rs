@@ -144,6 +144,12 @@ fn print_status(s: &proto::Status) {
             Some(d) => println!("store       {} {} ({d})", st.kind, st.state),
             None => println!("store       {} {}", st.kind, st.state),
         }
+        if !st.objects.is_empty() {
+            let held: Vec<String> = (st.objects.iter())
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
+            println!("objects     {}", held.join(", "));
+        }
     }
     println!("ready       {}", s.ready);
 }

@@ -93,6 +93,9 @@ impl Daemon {
             state: state.into(),
             detail,
             degraded_ms,
+            objects: (self.store.objects().into_iter())
+                .map(|(kind, n)| (kind.to_owned(), n))
+                .collect(),
         }
     }
 

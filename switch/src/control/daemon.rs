@@ -27,6 +27,7 @@ use crate::control::netpol_source::PolicyState;
 use crate::control::peers::peer_entries;
 use crate::control::store::etcd::EtcdStore;
 use crate::control::store::file::FileStore;
+use crate::control::store::kube::KubeStore;
 use crate::control::store::{ClusterStore, ClusterView, Joining, NoStore};
 use crate::core;
 use crate::crypto;
@@ -112,6 +113,11 @@ fn store_of(
         StoreSettings::File(None) => Arc::new(NoStore),
         StoreSettings::Etcd(e) => Arc::new(EtcdStore::open(
             e.clone(),
+            settings.tunnel.port,
+            rt.clone(),
+        )?),
+        StoreSettings::Kubernetes(k) => Arc::new(KubeStore::open(
+            k.credentials.clone(),
             settings.tunnel.port,
             rt.clone(),
         )?),

@@ -163,6 +163,9 @@ pub enum StoreError {
     /// etcd could not be reached or refused a request.
     #[error("etcd: {0}")]
     Etcd(String),
+    /// The Kubernetes API server could not be reached or refused a request.
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
     /// The store's records and this node's settings disagree.
     #[error("{0}")]
     Conflict(String),
@@ -215,6 +218,18 @@ pub trait ClusterStore: Send + Sync + std::fmt::Debug {
     /// Whether the store is reachable now.
     fn health(&self) -> StoreHealth {
         StoreHealth::Ok
+    }
+
+    /// Whether the view `load` gives was read from the store since this process
+    /// started (for the Kubernetes store: every kind was listed once).
+    fn synced(&self) -> bool {
+        true
+    }
+
+    /// How many objects of each kind the store holds, for a store that mirrors
+    /// the API server's objects.
+    fn objects(&self) -> Vec<(&'static str, usize)> {
+        Vec::new()
     }
 }
 

@@ -40,6 +40,16 @@ pub mod key {
     pub const FEATURES: &str = "weft.dev/features";
     /// Its static public key, 64 hex digits, with encryption on.
     pub const PUBLIC_KEY: &str = "weft.dev/public-key";
+    /// Every one of them.
+    pub const ALL: [&str; 7] = [
+        UNDERLAY_IP,
+        VTEP_MAC,
+        MODE,
+        DIRECT_ROUTING,
+        PORT,
+        FEATURES,
+        PUBLIC_KEY,
+    ];
 }
 
 /// The annotations node `j` publishes on its Node, with its tunnel on `port`.
@@ -158,8 +168,13 @@ pub fn node_entry(node: &Node, cluster: Ipv4Net, port: u16) -> Result<NodeEntry,
 /// (by creation, then name), unless its subnet overlaps, or its underlay address
 /// or VTEP MAC is, an older node's. This node's own Node is always used when it
 /// parses: the daemon checks itself.
-pub fn nodes_view(nodes: &[Node], me: &str, cluster: Ipv4Net, port: u16) -> NodesView {
-    let mut sorted: Vec<&Node> = nodes.iter().collect();
+pub fn nodes_view<'n>(
+    nodes: impl IntoIterator<Item = &'n Node>,
+    me: &str,
+    cluster: Ipv4Net,
+    port: u16,
+) -> NodesView {
+    let mut sorted: Vec<&Node> = nodes.into_iter().collect();
     sorted.sort_by(|a, b| {
         let created = |n: &Node| n.metadata.creation_timestamp.clone().map(|t| t.0);
         (created(a), &a.metadata.name).cmp(&(created(b), &b.metadata.name))
