@@ -499,7 +499,12 @@ impl Cluster {
 /// Runs `f` on a thread inside the network namespace `ns`. Sockets created there stay
 /// in that namespace, so a test can hold pods' sockets from one process.
 pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let file = File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))?;
+    in_netns_at(&ns.path(), f)
+}
+
+/// Like [`in_netns`], for the namespace mounted at `path`.
+pub fn in_netns_at<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: `file` is an open netns fd for the duration of the call; setns
@@ -508,14 +513,14 @@ pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> 
             if rc != 0 {
                 return Err(anyhow!(
                     "entering {}: {}",
-                    ns.name(),
+                    path.display(),
                     std::io::Error::last_os_error()
                 ));
             }
             Ok(f())
         })
         .join()
-        .map_err(|_| anyhow!("thread in {} panicked", ns.name()))?
+        .map_err(|_| anyhow!("thread in {} panicked", path.display()))?
     })
 }
 

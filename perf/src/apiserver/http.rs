@@ -54,6 +54,14 @@ struct Shared {
 /// namespace, or wherever the function binds it (inside a test's namespace).
 pub type Bind = Arc<dyn Fn(SocketAddr) -> std::io::Result<std::net::TcpListener> + Send + Sync>;
 
+/// A [`Bind`] inside the network namespace mounted at `netns`.
+pub fn bind_in(netns: std::path::PathBuf) -> Bind {
+    Arc::new(move |addr| {
+        crate::weft::in_netns_at(&netns, || std::net::TcpListener::bind(addr))
+            .map_err(std::io::Error::other)?
+    })
+}
+
 /// A running fixture.
 pub struct Server {
     shared: Arc<Shared>,
