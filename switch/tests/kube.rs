@@ -643,3 +643,37 @@ fn an_outage_keeps_traffic_policy_and_add_and_the_relist_drops_what_went_meanwhi
     });
     k.check("after the outage", policy);
 }
+
+#[test]
+fn a_node_with_pods_of_another_subnet_refuses_to_start_and_says_why() {
+    let mut k = Kube::new("km", 1);
+    k.put_node(0);
+    k.start(0);
+    k.attach(0, "x", "a", json!({"pod": "a"}));
+    let held = k.underlay.host(0).pod_subnet;
+    k.nodes[0].take().expect("weftd").stop().expect("stopped");
+    // The Node comes back with another podCIDR (moved from the etcd store, or
+    // re-registered) while the pod still holds its address of the old one.
+    let name = node_name(k.underlay.host(0));
+    let ip = k.underlay.host(0).underlay_ip;
+    k.api
+        .put(kind("Node"), node_object(&name, "10.244.99.0/24", ip));
+    let h = k.underlay.host(0);
+    let opts = WeftOptions {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
+        mode: "vxlan".into(),
+        workers: 1,
+        extra: Vec::new(),
+    };
+    let err = WeftNode::start_kube(h, &k.kubeconfig, k.scratch.path(), &opts)
+        .expect_err("weftd refuses the new podCIDR");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains(&format!("hold addresses of {held}"))
+            && text.contains("10.244.99.0/24")
+            && text.contains("drain"),
+        "{text}"
+    );
+    // Nothing of it is left: no host port.
+    assert!(h.ns.ip(&["link", "show", "weft0"]).is_err());
+}
