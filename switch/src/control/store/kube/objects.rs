@@ -499,4 +499,40 @@ mod tests {
         let bad = serde_json::json!({"metadata": {"name": 5}});
         assert!(serde_json::from_value::<SlimPod>(bad).is_err());
     }
+
+    #[test]
+    fn a_slim_node_keeps_weft_annotations_the_podcidr_and_the_addresses() {
+        let node: SlimNode = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "resourceVersion": "9",
+                         "creationTimestamp": "2026-12-07T00:00:00Z",
+                         "annotations": {"weft.dev/vtep-mac": "02:00:00:00:00:01",
+                                         "node.alpha.kubernetes.io/ttl": "0"},
+                         "labels": {"kubernetes.io/hostname": "n1"}},
+            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"],
+                     "providerID": "x", "taints": [{"key": "k", "effect": "NoSchedule"}]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"}],
+                       "images": [{"names": ["pause"], "sizeBytes": 1}],
+                       "conditions": [{"type": "Ready", "status": "True"}]}
+        }))
+        .unwrap();
+        let n = &node.0;
+        let annotations = n.metadata.annotations.as_ref().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            ["weft.dev/vtep-mac"]
+        );
+        assert!(n.metadata.creation_timestamp.is_some());
+        let spec = n.spec.as_ref().unwrap();
+        assert_eq!(spec.pod_cidr.as_deref(), Some("10.244.1.0/24"));
+        assert!(spec.taints.is_none() && spec.provider_id.is_none());
+        let status = n.status.as_ref().unwrap();
+        assert_eq!(status.addresses.as_ref().unwrap()[0].address, "192.168.0.1");
+        assert!(status.images.is_none() && status.conditions.is_none());
+        // A Node with nothing but a name parses; a wrong type is an error.
+        let bare: SlimNode =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "n2"}})).unwrap();
+        assert!(bare.0.spec.is_none());
+        let bad = serde_json::json!({"metadata": {"name": "n3"}, "spec": {"podCIDR": 7}});
+        assert!(serde_json::from_value::<SlimNode>(bad).is_err());
+    }
 }

@@ -126,7 +126,17 @@ impl KubeStore {
         let client = rt
             .block_on(client(&credentials))
             .map_err(|e| StoreError::Kubernetes(e.to_string()))?;
-        Ok(KubeStore {
+        Ok(KubeStore::with_client(credentials, client, port, rt))
+    }
+
+    /// A store on `client`.
+    fn with_client(
+        credentials: Credentials,
+        client: kube::Client,
+        port: u16,
+        rt: tokio::runtime::Handle,
+    ) -> KubeStore {
+        KubeStore {
             credentials,
             port,
             client,
@@ -136,7 +146,7 @@ impl KubeStore {
                 changed: tokio::sync::Notify::new(),
             }),
             tasks: Mutex::new(Vec::new()),
-        })
+        }
     }
 
     /// Starts a watch of every kind, each feeding the cache.
@@ -334,7 +344,7 @@ impl KubeStore {
                 });
                 (node.is_some() && !ours, !inner.failing.is_empty())
             };
-            if drifted || failing {
+            if drifted || self.shared.inner.lock().failing.contains_key("node") {
                 self.publish_logged(&me).await;
             }
             if !condition_set {
@@ -540,5 +550,96 @@ impl ClusterStore for KubeStore {
 
     fn objects(&self) -> Vec<(&'static str, usize)> {
         self.shared.inner.lock().cache.counts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::control::config::Mode;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    /// The next request: its method, path, content type and JSON body; answered
+    /// with `reply`.
+    async fn next(handle: &mut Handle, reply: &Value) -> (Method, String, String, Value) {
+        let (request, send) = handle.next_request().await.expect("a request");
+        let (parts, body) = request.into_parts();
+        let body = body.collect_bytes().await.expect("the body");
+        let content_type = (parts.headers.get(http::header::CONTENT_TYPE))
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let reply = Body::from(serde_json::to_vec(reply).unwrap());
+        send.send_response(Response::builder().status(200).body(reply).unwrap());
+        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (parts.method, parts.uri.to_string(), content_type, json)
+    }
+
+    fn joining() -> Joining {
+        Joining {
+            name: "n1".into(),
+            underlay_ip: "192.168.0.1".parse().unwrap(),
+            vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
+            mode: Mode::Vxlan,
+            direct_routing: false,
+            public_key: None,
+            features: vec!["echo".into()],
+            cluster: "10.244.0.0/16".parse().unwrap(),
+            wanted: None,
+            strict: false,
+            state_dir: "/nonexistent".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn publishing_patches_weft_annotations_and_the_condition_only() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let store = Arc::new(KubeStore::with_client(
+            Credentials::InCluster,
+            client,
+            8472,
+            tokio::runtime::Handle::current(),
+        ));
+        let node =
+            serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}});
+        let s = store.clone();
+        let requests = tokio::spawn(async move {
+            let a = next(&mut handle, &node).await;
+            let b = next(&mut handle, &node).await;
+            (a, b)
+        });
+        store.publish(&joining()).await.expect("annotated");
+        store.network_up("n1").await.expect("condition set");
+        let (a, b) = requests.await.unwrap();
+        drop(s);
+
+        // A merge patch of the Node's metadata.annotations, nothing else: every
+        // key of weft's, the public key removed (no encryption).
+        assert_eq!((a.0, a.1.as_str()), (Method::PATCH, "/api/v1/nodes/n1?"));
+        assert_eq!(a.2, "application/merge-patch+json");
+        let body = a.3.as_object().unwrap();
+        assert_eq!(body.keys().collect::<Vec<_>>(), ["metadata"]);
+        let annotations = a.3["metadata"]["annotations"].as_object().unwrap();
+        assert_eq!(annotations.len(), key::ALL.len());
+        assert!(annotations.keys().all(|k| k.starts_with(PREFIX)));
+        assert_eq!(annotations[key::UNDERLAY_IP], "192.168.0.1");
+        assert_eq!(annotations[key::PUBLIC_KEY], Value::Null);
+
+        // A strategic merge patch of the status: one condition, by type.
+        assert_eq!(
+            (b.0, b.1.as_str()),
+            (Method::PATCH, "/api/v1/nodes/n1/status?")
+        );
+        assert_eq!(b.2, "application/strategic-merge-patch+json");
+        let conditions = b.3["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0]["type"], CONDITION);
+        assert_eq!(conditions[0]["status"], "False");
+        assert!(b.3.get("spec").is_none() && b.3.get("metadata").is_none());
     }
 }
