@@ -515,9 +515,14 @@ impl ClusterStore for KubeStore {
         let keeper = self.clone();
         tokio::spawn(async move {
             let publish = async {
+                // Changes are gathered for as long as the last view took to make
+                // (at least GATHER): under churn in a large cluster, making views
+                // takes at most about half of a core.
+                let mut gather = GATHER;
                 loop {
                     self.shared.changed.notified().await;
-                    tokio::time::sleep(GATHER).await;
+                    tokio::time::sleep(gather).await;
+                    let started = Instant::now();
                     let view = {
                         let mut inner = self.shared.inner.lock();
                         if !inner.cache.synced() {
@@ -525,6 +530,7 @@ impl ClusterStore for KubeStore {
                         }
                         self.view(&mut inner)
                     };
+                    gather = started.elapsed().max(GATHER);
                     on_change(view);
                 }
             };
