@@ -251,9 +251,13 @@ pub fn load(dir: &Path, store: &str, cluster: Ipv4Net) -> Option<SavedView> {
     }
 }
 
-/// The bytes of the file at `p`; `None` past [`MAX_SIZE`].
+/// The bytes of the file at `p`; `None` past [`MAX_SIZE`] (told by its size, or,
+/// for a file that grows as it is read, by reading one byte more).
 fn read_bounded(p: &Path) -> std::io::Result<Option<Vec<u8>>> {
     let f = File::open(p)?;
+    if f.metadata()?.len() > MAX_SIZE {
+        return Ok(None);
+    }
     let mut bytes = Vec::new();
     f.take(MAX_SIZE + 1).read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= MAX_SIZE).then_some(bytes))
