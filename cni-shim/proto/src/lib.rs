@@ -403,6 +403,11 @@ pub struct StoreStatus {
     /// nodes, pods, namespaces, networkpolicies, services, endpointslices).
     #[serde(default)]
     pub objects: Vec<(String, usize)>,
+    /// When the view in force was saved (UTC, RFC 3339), while the node runs on the
+    /// view an earlier run saved in its state directory: the store has not been read
+    /// since the node started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_saved: Option<String>,
 }
 
 /// Packet and byte counters, with drops by reason.
@@ -854,6 +859,7 @@ mod tests {
                 detail: None,
                 degraded_ms: None,
                 objects: vec![("pods".into(), 3)],
+                from_saved: None,
             }),
         };
         let replies = [

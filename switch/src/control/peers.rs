@@ -144,11 +144,25 @@ impl Daemon {
     /// objects if it has them. Returns whether the peers changed.
     ///
     /// The peers go first: a policy set that cannot be put in force must not keep
-    /// nodes that joined or left from being seen.
+    /// nodes that joined or left from being seen. A view the store has not read
+    /// since the node started is a placeholder, and changes nothing: the view in
+    /// force (saved by an earlier run, or none) stays until the store is read.
     pub fn apply_view(&self, view: &ClusterView) -> Result<bool, DaemonError> {
+        if !self.store.synced() {
+            log::debug!("cluster store: not read yet; the view in force stays");
+            return Ok(false);
+        }
         let changed = self.apply_peers(view)?;
         if let Some(policy) = &view.policy {
             self.apply_store_policy(policy)?;
+        }
+        let was_saved = self.from_saved.lock().take();
+        if let Some(at) = was_saved {
+            log::info!(
+                "store {} read: its view replaces the one saved at {at}",
+                self.store.kind()
+            );
+            self.save_view(&self.state.lock());
         }
         Ok(changed)
     }
@@ -193,6 +207,8 @@ impl Daemon {
                     && a.beats == b.beats
             });
         if same {
+            state.nodes = Arc::new(view.nodes.clone());
+            self.save_view(&state);
             return Ok(false);
         }
         let old = std::mem::replace(&mut state.peers, peers);
@@ -200,6 +216,8 @@ impl Daemon {
             state.peers = old;
             return Err(e);
         }
+        state.nodes = Arc::new(view.nodes.clone());
+        self.save_view(&state);
         self.sync_direct_routes(&state.peers);
         let names: Vec<&str> = state.peers.iter().map(|p| p.name.as_str()).collect();
         log::info!("peers now: {}", names.join(", "));

@@ -3,13 +3,15 @@
 //! `networking.k8s.io/v1` NetworkPolicies, checked.
 //!
 //! The types here are store-agnostic: the YAML directory ([`super::manifest`]) and the
-//! etcd store both produce a [`PolicyModel`].
+//! etcd store both produce a [`PolicyModel`]. They serialize, for the view a node
+//! saves in its state directory ([`crate::control::saved`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
 
 /// Labels: key to value.
 pub type Labels = BTreeMap<String, String>;
@@ -21,7 +23,7 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// An L4 protocol a NetworkPolicy port names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Protocol {
     /// TCP, the default.
     Tcp,
@@ -68,7 +70,7 @@ impl fmt::Display for Protocol {
 }
 
 /// A label selector's requirement operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Operator {
     /// The label's value is one of the values.
     In,
@@ -81,7 +83,7 @@ pub enum Operator {
 }
 
 /// One requirement of a label selector.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Requirement {
     /// The label key.
     pub key: String,
@@ -93,7 +95,7 @@ pub struct Requirement {
 
 /// A label selector: every label of `labels` and every requirement must hold. The
 /// empty selector selects everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Selector {
     /// Labels that must be present with these values (`matchLabels`).
     pub labels: Labels,
@@ -123,7 +125,7 @@ impl Selector {
 }
 
 /// A range of IPv4 addresses with holes (`ipBlock`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct IpBlock {
     /// The range.
     pub cidr: Ipv4Net,
@@ -139,7 +141,7 @@ impl IpBlock {
 }
 
 /// Who a rule admits (`from`) or reaches (`to`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Peer {
     /// Pods: those matching `pods` (any, if `None`) in the namespaces matching
     /// `namespaces` (the policy's own namespace, if `None`). A peer with both
@@ -155,7 +157,7 @@ pub enum Peer {
 }
 
 /// Which port a rule allows.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PortSpec {
     /// Every port of the protocol.
     All,
@@ -171,7 +173,7 @@ pub enum PortSpec {
 }
 
 /// One entry of a rule's `ports`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Port {
     /// The protocol (TCP unless given).
     pub protocol: Protocol,
@@ -180,7 +182,7 @@ pub struct Port {
 }
 
 /// One ingress or egress rule.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Rule {
     /// Who it is about; empty: everyone.
     pub peers: Vec<Peer>,
@@ -189,7 +191,7 @@ pub struct Rule {
 }
 
 /// A NetworkPolicy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Policy {
     /// Its namespace.
     pub namespace: String,
@@ -211,7 +213,7 @@ impl Policy {
 }
 
 /// A container port with a name, which rules may refer to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NamedPort {
     /// The name.
     pub name: String,
@@ -222,7 +224,7 @@ pub struct NamedPort {
 }
 
 /// A pod as the store describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PodObject {
     /// Its namespace.
     pub namespace: String,
@@ -238,7 +240,7 @@ pub struct PodObject {
 }
 
 /// Everything policy is computed from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyModel {
     /// Namespaces and their labels.
     pub namespaces: BTreeMap<String, Labels>,
@@ -262,6 +264,69 @@ impl PolicyModel {
         self.pods
             .iter()
             .find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    /// Checks what reading manifests guarantees of every object, for a model that
+    /// comes from elsewhere (a saved view): selectors whose operators have values
+    /// exactly when they need them, port ranges of 1 to 65535 in order, named ports
+    /// with names, and address blocks with no host bits whose exceptions lie within
+    /// them. (Names defined twice are [`super::manifest::check_unique`]'s.)
+    pub fn check(&self) -> Result<(), String> {
+        for p in &self.policies {
+            let rules = p.ingress.iter().chain(&p.egress).flatten();
+            let peers = rules.clone().flat_map(|r| &r.peers);
+            let selectors = peers.clone().flat_map(|peer| match peer {
+                Peer::Pods { pods, namespaces } => [pods.as_ref(), namespaces.as_ref()],
+                Peer::Block(_) => [None, None],
+            });
+            std::iter::once(&p.pod_selector)
+                .chain(selectors.flatten())
+                .try_for_each(Selector::check)
+                .and_then(|()| peers.clone().try_for_each(Peer::check))
+                .and_then(|()| rules.flat_map(|r| &r.ports).try_for_each(Port::check))
+                .map_err(|e| format!("NetworkPolicy {}: {e}", p.id()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Selector {
+    fn check(&self) -> Result<(), String> {
+        for r in &self.requirements {
+            let needs_values = matches!(r.operator, Operator::In | Operator::NotIn);
+            if needs_values == r.values.is_empty() {
+                return Err(format!(
+                    "{:?} of key {:?} with values {:?}",
+                    r.operator, r.key, r.values
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Peer {
+    fn check(&self) -> Result<(), String> {
+        let Peer::Block(b) = self else {
+            return Ok(());
+        };
+        let inside = |e: &Ipv4Net| *e == e.trunc() && b.cidr.contains(e) && *e != b.cidr;
+        if b.cidr != b.cidr.trunc() || !b.except.iter().all(inside) {
+            return Err(format!("ipBlock {} except {:?}", b.cidr, b.except));
+        }
+        Ok(())
+    }
+}
+
+impl Port {
+    fn check(&self) -> Result<(), String> {
+        match &self.port {
+            PortSpec::Range { first, last } if *first == 0 || last < first => {
+                Err(format!("port range {first} to {last}"))
+            }
+            PortSpec::Named(name) if name.is_empty() => Err("a named port has no name".into()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -316,5 +381,66 @@ mod tests {
         assert!(b.contains(Ipv4Addr::new(172, 17, 0, 9)));
         assert!(!b.contains(Ipv4Addr::new(172, 17, 1, 9)));
         assert!(!b.contains(Ipv4Addr::new(172, 18, 0, 1)));
+    }
+
+    #[test]
+    fn a_model_from_elsewhere_is_held_to_what_manifests_guarantee() {
+        let rule = |peers, ports| Rule { peers, ports };
+        let policy = |ingress| PolicyModel {
+            policies: vec![Policy {
+                namespace: "default".into(),
+                name: "p".into(),
+                pod_selector: Selector::default(),
+                ingress: Some(vec![ingress]),
+                egress: None,
+            }],
+            ..PolicyModel::default()
+        };
+        let block = |cidr: &str, except: &[&str]| {
+            Peer::Block(IpBlock {
+                cidr: cidr.parse().unwrap(),
+                except: except.iter().map(|e| e.parse().unwrap()).collect(),
+            })
+        };
+        let port = |port| Port {
+            protocol: Protocol::Tcp,
+            port,
+        };
+        let good = rule(
+            vec![block("10.0.0.0/8", &["10.1.0.0/16"])],
+            vec![port(PortSpec::Range {
+                first: 80,
+                last: 90,
+            })],
+        );
+        assert_eq!(policy(good).check(), Ok(()));
+        let no_values = Selector {
+            labels: Labels::new(),
+            requirements: vec![Requirement {
+                key: "app".into(),
+                operator: Operator::In,
+                values: Vec::new(),
+            }],
+        };
+        let bad = [
+            rule(vec![block("10.0.0.1/8", &[])], vec![]),
+            rule(vec![block("10.0.0.0/8", &["11.0.0.0/16"])], vec![]),
+            rule(vec![block("10.0.0.0/8", &["10.0.0.0/8"])], vec![]),
+            rule(vec![], vec![port(PortSpec::Range { first: 0, last: 9 })]),
+            rule(vec![], vec![port(PortSpec::Range { first: 9, last: 8 })]),
+            rule(vec![], vec![port(PortSpec::Named(String::new()))]),
+            rule(
+                vec![Peer::Pods {
+                    pods: Some(no_values),
+                    namespaces: None,
+                }],
+                vec![],
+            ),
+        ];
+        for r in bad {
+            let text = format!("{r:?}");
+            let e = policy(r).check().expect_err(&text);
+            assert!(e.starts_with("NetworkPolicy default/p: "), "{e}");
+        }
     }
 }

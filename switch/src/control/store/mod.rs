@@ -22,7 +22,7 @@ pub mod file;
 pub mod kube;
 
 /// One node of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeEntry {
     /// Node name.
     pub name: String,
@@ -220,8 +220,11 @@ pub trait ClusterStore: Send + Sync + std::fmt::Debug {
         StoreHealth::Ok
     }
 
-    /// Whether the view `load` gives was read from the store since this process
-    /// started (for the Kubernetes store: every kind was listed once).
+    /// Whether the view [`ClusterStore::load`] returns now was read from the store
+    /// since this process started, rather than an empty placeholder: a store that
+    /// was unreachable as the node joined is not, until it is reached (for the
+    /// Kubernetes store: until every kind was listed once). A store read in place
+    /// (the peers file, none) always is.
     fn synced(&self) -> bool {
         true
     }

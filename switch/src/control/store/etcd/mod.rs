@@ -70,6 +70,9 @@ struct Registration {
 #[derive(Debug)]
 struct Inner {
     cache: Cache,
+    /// Whether `cache` was filled from etcd by this process (a list that succeeded),
+    /// rather than the empty one it starts with.
+    synced: bool,
     /// The policy objects, rebuilt only when one of their keys changes.
     policy: Arc<StorePolicy>,
     /// Ignored records already logged, at the revision logged.
@@ -155,6 +158,7 @@ impl EtcdStore {
             rt,
             inner: Mutex::new(Inner {
                 cache: Cache::default(),
+                synced: false,
                 policy: Arc::new(StorePolicy::default()),
                 logged: HashMap::new(),
                 session: Link::Up,
@@ -233,6 +237,13 @@ impl ClusterStore for EtcdStore {
             None => StoreHealth::Ok,
             Some((since, why)) => StoreHealth::Degraded { since, why },
         }
+    }
+
+    /// Once a list of the prefix succeeded: as the node joined, or as the watch
+    /// started (or restarted after a compaction). The watch's events only follow a
+    /// list.
+    fn synced(&self) -> bool {
+        self.inner.lock().synced
     }
 }
 

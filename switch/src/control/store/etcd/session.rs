@@ -150,6 +150,7 @@ impl EtcdStore {
         }
         let mut inner = self.inner.lock();
         inner.cache = cache;
+        inner.synced = true;
         self.rebuild_policy(&mut inner);
         Ok(())
     }
