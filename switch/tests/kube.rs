@@ -677,3 +677,99 @@ fn a_node_with_pods_of_another_subnet_refuses_to_start_and_says_why() {
     // Nothing of it is left: no host port.
     assert!(h.ns.ip(&["link", "show", "weft0"]).is_err());
 }
+
+#[test]
+fn a_node_restarted_while_the_api_server_is_gone_keeps_its_policy() {
+    let mut k = Kube::new("kr", 2);
+    k.put_node(0);
+    k.put_node(1);
+    k.api.put(kind("Namespace"), namespace_object("x"));
+    k.start(0);
+    k.start(1);
+    k.attach(0, "x", "a", json!({"pod": "a"}));
+    k.attach(1, "x", "b", json!({"pod": "b"}));
+    // x/b takes ingress from nothing but pods labelled pod=c, of which there are
+    // none.
+    let spec = json!({"podSelector": {"matchLabels": {"pod": "b"}},
+                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "c"}}}]}]});
+    k.api
+        .put(kind("NetworkPolicy"), policy_object("x", "b-closed", spec));
+    let closed = |_: &Member, t: &Member| t.name != "b";
+    k.check("x/b closed", closed);
+    // Let the node save the view it has in force.
+    std::thread::sleep(Duration::from_secs(2));
+
+    // A client on x/a sends to x/b throughout; x/b counts what arrives.
+    let b = k.member("x", "b");
+    let sink = weft_perf::weft::in_netns(&b.pod.ns, || std::net::UdpSocket::bind((b.ip, 9)))
+        .unwrap()
+        .unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop, got) = (Arc::new(AtomicBool::new(false)), received.clone());
+    let counting = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if sink.recv_from(&mut buf).is_ok() {
+                    got.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let a = k.member("x", "a");
+    let client = weft_perf::weft::in_netns(&a.pod.ns, || std::net::UdpSocket::bind((a.ip, 0)))
+        .unwrap()
+        .unwrap();
+    let to = SocketAddr::from((b.ip, 9));
+    let sending = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && sent < 20_000 {
+                if client.send_to(b"denied?", to).is_ok() {
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sent
+        })
+    };
+
+    // The API server goes; node 1's weftd is restarted while it is gone.
+    k.api.pause();
+    k.nodes[1].take().expect("weftd").stop().expect("stopped");
+    let node = k.start(1);
+    let status = node.status().unwrap();
+    let store = status.store.expect("a store");
+    assert_eq!(store.state, "degraded", "{store:?}");
+    let log = node.log_text();
+    assert!(log.contains("saved"), "{log}");
+    assert_eq!(
+        Kube::in_force(node).0,
+        ["x/b-closed"],
+        "the saved policy is in force"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    k.api.resume().expect("the fixture back");
+    k.on_every_node("the store back", |n| {
+        n.status()
+            .is_ok_and(|s| s.store.is_some_and(|st| st.state == "ok"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let sent = sending.join().unwrap();
+    counting.join().unwrap();
+    assert!(sent > 100, "the client sent {sent}");
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        0,
+        "x/b received some of {sent} datagrams it denies\n{}",
+        k.logs()
+    );
+    // And x/a still reaches what it may.
+    k.check("after the restart", closed);
+}
