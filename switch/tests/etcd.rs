@@ -5,19 +5,17 @@
 //! These tests need root and etcd (`deploy/setup.sh` installs it); they fail, never
 //! skip, without them.
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use weft_perf::etcd::{Bridge, Etcd};
-use weft_perf::netns::{require_root, wait_until, Netns};
+use weft_perf::netns::{require_root, wait_until};
+use weft_perf::probe::{Receiver, Sender};
 use weft_perf::topo::{Pod, Underlay};
-use weft_perf::weft::{in_netns, node_name, state_dir, Scratch, WeftNode, WeftOptions};
+use weft_perf::weft::{node_name, state_dir, Scratch, WeftNode, WeftOptions};
 use weft_proto::PodRef;
 
 /// The registration TTL the tests run with: short, so that expiry is quick to see.
@@ -481,112 +479,6 @@ fn isolate_p1(etcd: &Etcd) {
     let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-db, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  policyTypes: [Ingress]\n";
     etcd.put("/weft/v1/networkpolicies/default/deny-db", deny)
         .unwrap();
-}
-
-/// The UDP port the datagrams of [`Sender`] go to, and [`Receiver`] counts on.
-const PROBE_PORT: u16 = 7777;
-
-/// Counts the datagrams to [`PROBE_PORT`] that reach a pod, until dropped.
-struct Receiver {
-    count: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Receiver {
-    /// Listens in the pod's namespace `ns`.
-    fn start(ns: &Netns) -> Receiver {
-        let socket = in_netns(ns, || UdpSocket::bind(("0.0.0.0", PROBE_PORT)))
-            .unwrap()
-            .expect("binding the probe port");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let count = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (n, stopped) = (count.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !stopped.load(Ordering::SeqCst) {
-                if socket.recv(&mut buf).is_ok() {
-                    n.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        });
-        Receiver {
-            count,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// The datagrams received so far.
-    fn count(&self) -> u64 {
-        self.count.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Sends a datagram to [`PROBE_PORT`] every 5 ms from a pod, until stopped, or
-/// 24,000 of them (two minutes) were sent.
-struct Sender {
-    sent: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Sender {
-    /// Sends from the pod's namespace `ns` to `dst`.
-    fn start(ns: &Netns, dst: Ipv4Addr) -> Sender {
-        let socket = in_netns(ns, || UdpSocket::bind(("0.0.0.0", 0)))
-            .unwrap()
-            .expect("a UDP socket");
-        let sent = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (n, stopped) = (sent.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            for i in 0..24_000u32 {
-                if stopped.load(Ordering::SeqCst) {
-                    return;
-                }
-                // A refusal (an ICMP error to an earlier datagram) is no matter.
-                let _ = socket.send_to(&i.to_be_bytes(), (dst, PROBE_PORT));
-                n.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Sender {
-            sent,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops and returns how many datagrams were sent.
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.sent.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Frames node `n`'s pods' ingress policy dropped.

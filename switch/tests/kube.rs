@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use weft_perf::apiserver::http::{bind_in, Server};
 use weft_perf::apiserver::{Kind, KINDS};
 use weft_perf::netns::{require_root, wait_until};
-use weft_perf::probe::{probe, serve, Proto};
+use weft_perf::probe::{probe, serve, Proto, Receiver, Sender};
 use weft_perf::topo::{Pod, Underlay};
 use weft_perf::weft::{node_name, write_atomic, Scratch, WeftNode, WeftOptions};
 use weft_proto::{PodRef, Reply, Request};
@@ -565,22 +565,30 @@ fn slice_object(service: &str, ip: Ipv4Addr) -> Value {
            "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]})
 }
 
-#[test]
-fn an_outage_keeps_traffic_policy_and_add_and_the_relist_drops_what_went_meanwhile() {
-    let mut k = Kube::new("ko", 2);
+/// Two nodes, namespace x, pods `pods` (host, name, labelled pod=name), and
+/// the policy x/b-from-`from`: x/b takes ingress from pods labelled pod=`from`
+/// only.
+fn two_nodes(tag: &str, pods: &[(usize, &str)], from: &str) -> Kube {
+    let mut k = Kube::new(tag, 2);
     k.put_node(0);
     k.put_node(1);
     k.api.put(kind("Namespace"), namespace_object("x"));
     k.start(0);
     k.start(1);
-    k.attach(0, "x", "a", json!({"pod": "a"}));
-    k.attach(1, "x", "b", json!({"pod": "b"}));
-    k.attach(1, "x", "c", json!({"pod": "c"}));
-    // x/b takes ingress from x/a only.
+    for (host, name) in pods {
+        k.attach(*host, "x", name, json!({ "pod": name }));
+    }
     let spec = json!({"podSelector": {"matchLabels": {"pod": "b"}},
-                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "a"}}}]}]});
+                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": from}}}]}]});
+    let name = format!("b-from-{from}");
     k.api
-        .put(kind("NetworkPolicy"), policy_object("x", "b-from-a", spec));
+        .put(kind("NetworkPolicy"), policy_object("x", &name, spec));
+    k
+}
+
+#[test]
+fn an_outage_keeps_traffic_policy_and_add_and_the_relist_drops_what_went_meanwhile() {
+    let mut k = two_nodes("ko", &[(0, "a"), (1, "b"), (1, "c")], "a");
     let policy = |f: &Member, t: &Member| t.name != "b" || f.name == "a";
     k.check("before the outage", policy);
     for s in ["web", "db"] {
@@ -680,64 +688,17 @@ fn a_node_with_pods_of_another_subnet_refuses_to_start_and_says_why() {
 
 #[test]
 fn a_node_restarted_while_the_api_server_is_gone_keeps_its_policy() {
-    let mut k = Kube::new("kr", 2);
-    k.put_node(0);
-    k.put_node(1);
-    k.api.put(kind("Namespace"), namespace_object("x"));
-    k.start(0);
-    k.start(1);
-    k.attach(0, "x", "a", json!({"pod": "a"}));
-    k.attach(1, "x", "b", json!({"pod": "b"}));
     // x/b takes ingress from nothing but pods labelled pod=c, of which there are
     // none.
-    let spec = json!({"podSelector": {"matchLabels": {"pod": "b"}},
-                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "c"}}}]}]});
-    k.api
-        .put(kind("NetworkPolicy"), policy_object("x", "b-closed", spec));
+    let mut k = two_nodes("kr", &[(0, "a"), (1, "b")], "c");
     let closed = |_: &Member, t: &Member| t.name != "b";
     k.check("x/b closed", closed);
     // Let the node save the view it has in force.
     std::thread::sleep(Duration::from_secs(2));
 
     // A client on x/a sends to x/b throughout; x/b counts what arrives.
-    let b = k.member("x", "b");
-    let sink = weft_perf::weft::in_netns(&b.pod.ns, || std::net::UdpSocket::bind((b.ip, 9)))
-        .unwrap()
-        .unwrap();
-    sink.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (stop, got) = (Arc::new(AtomicBool::new(false)), received.clone());
-    let counting = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !stop.load(Ordering::Relaxed) {
-                if sink.recv_from(&mut buf).is_ok() {
-                    got.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
-    let a = k.member("x", "a");
-    let client = weft_perf::weft::in_netns(&a.pod.ns, || std::net::UdpSocket::bind((a.ip, 0)))
-        .unwrap()
-        .unwrap();
-    let to = SocketAddr::from((b.ip, 9));
-    let sending = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut sent = 0u64;
-            let deadline = Instant::now() + Duration::from_secs(90);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && sent < 20_000 {
-                if client.send_to(b"denied?", to).is_ok() {
-                    sent += 1;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            sent
-        })
-    };
+    let received = Receiver::start(&k.member("x", "b").pod.ns);
+    let sender = Sender::start(&k.member("x", "a").pod.ns, k.member("x", "b").ip);
 
     // The API server goes; node 1's weftd is restarted while it is gone.
     k.api.pause();
@@ -750,7 +711,7 @@ fn a_node_restarted_while_the_api_server_is_gone_keeps_its_policy() {
     assert!(log.contains("saved"), "{log}");
     assert_eq!(
         Kube::in_force(node).0,
-        ["x/b-closed"],
+        ["x/b-from-c"],
         "the saved policy is in force"
     );
     std::thread::sleep(Duration::from_secs(3));
@@ -760,12 +721,10 @@ fn a_node_restarted_while_the_api_server_is_gone_keeps_its_policy() {
             .is_ok_and(|s| s.store.is_some_and(|st| st.state == "ok"))
     });
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Relaxed);
-    let sent = sending.join().unwrap();
-    counting.join().unwrap();
+    let sent = sender.finish();
     assert!(sent > 100, "the client sent {sent}");
     assert_eq!(
-        received.load(Ordering::Relaxed),
+        received.count(),
         0,
         "x/b received some of {sent} datagrams it denies\n{}",
         k.logs()

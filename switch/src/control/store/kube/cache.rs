@@ -262,31 +262,28 @@ impl Cache {
 
     /// The kinds not listed yet.
     pub fn unsynced(&self) -> Vec<&'static str> {
-        let synced = [
-            self.nodes.synced(),
-            self.pods.synced(),
-            self.namespaces.synced(),
-            self.policies.synced(),
-            self.services.synced(),
-            self.slices.synced(),
-        ];
-        (KINDS.iter().zip(synced))
-            .filter(|(_, s)| !s)
-            .map(|(k, _)| *k)
+        (self.kinds().into_iter())
+            .filter(|(_, synced, _)| !synced)
+            .map(|(k, _, _)| k)
             .collect()
     }
 
     /// How many objects of each kind are held, in [`KINDS`]' order.
     pub fn counts(&self) -> Vec<(&'static str, usize)> {
-        let lens = [
-            self.nodes.len(),
-            self.pods.len(),
-            self.namespaces.len(),
-            self.policies.len(),
-            self.services.len(),
-            self.slices.len(),
-        ];
-        KINDS.iter().copied().zip(lens).collect()
+        (self.kinds().into_iter()).map(|(k, _, n)| (k, n)).collect()
+    }
+
+    /// Each kind: whether it was listed, and how many objects it holds.
+    fn kinds(&self) -> [(&'static str, bool, usize); 6] {
+        let m = |i: usize, synced: bool, len: usize| (KINDS[i], synced, len);
+        [
+            m(0, self.nodes.synced(), self.nodes.len()),
+            m(1, self.pods.synced(), self.pods.len()),
+            m(2, self.namespaces.synced(), self.namespaces.len()),
+            m(3, self.policies.synced(), self.policies.len()),
+            m(4, self.services.synced(), self.services.len()),
+            m(5, self.slices.synced(), self.slices.len()),
+        ]
     }
 
     /// The nodes as node `me` sees them.
@@ -353,22 +350,22 @@ mod tests {
         .unwrap()
     }
 
+    /// Pod `name` running on `ip`, labelled app=web, listed (`Event::InitApply`).
+    fn listed(name: &str, ip: &str) -> Change {
+        Change::Pod(Event::InitApply(pod(name, ip, "Running", "web")))
+    }
+
+    /// Pod `name` on `ip` in `phase`, labelled app=`app`, changed (`Event::Apply`).
+    fn applied(name: &str, ip: &str, phase: &str, app: &str) -> Change {
+        Change::Pod(Event::Apply(pod(name, ip, phase, app)))
+    }
+
     #[test]
     fn a_relist_replaces_the_mirror_whole_and_only_at_its_end() {
         let mut c = Cache::default();
         c.apply(Change::Pod(Event::Init));
-        c.apply(Change::Pod(Event::InitApply(pod(
-            "a",
-            "10.244.1.2",
-            "Running",
-            "web",
-        ))));
-        c.apply(Change::Pod(Event::InitApply(pod(
-            "b",
-            "10.244.1.3",
-            "Running",
-            "web",
-        ))));
+        c.apply(listed("a", "10.244.1.2"));
+        c.apply(listed("b", "10.244.1.3"));
         assert!(
             !c.pods.synced() && c.pods.is_empty(),
             "nothing before InitDone"
@@ -378,12 +375,7 @@ mod tests {
         // Relisted after a 410: b was deleted meanwhile. Until the list ends, the
         // old mirror stands.
         c.apply(Change::Pod(Event::Init));
-        c.apply(Change::Pod(Event::InitApply(pod(
-            "a",
-            "10.244.1.2",
-            "Running",
-            "web",
-        ))));
+        c.apply(listed("a", "10.244.1.2"));
         assert_eq!(c.pods.len(), 2);
         c.apply(Change::Pod(Event::InitDone));
         assert_eq!(c.pods.len(), 1);
@@ -397,24 +389,9 @@ mod tests {
     #[test]
     fn a_finished_pod_leaves_and_its_address_goes_to_the_new_one() {
         let mut c = Cache::default();
-        c.apply(Change::Pod(Event::Apply(pod(
-            "old",
-            "10.244.1.7",
-            "Running",
-            "db",
-        ))));
-        c.apply(Change::Pod(Event::Apply(pod(
-            "old",
-            "10.244.1.7",
-            "Succeeded",
-            "db",
-        ))));
-        c.apply(Change::Pod(Event::Apply(pod(
-            "new",
-            "10.244.1.7",
-            "Running",
-            "web",
-        ))));
+        c.apply(applied("old", "10.244.1.7", "Running", "db"));
+        c.apply(applied("old", "10.244.1.7", "Succeeded", "db"));
+        c.apply(applied("new", "10.244.1.7", "Running", "web"));
         let (model, _) = c.policy_model();
         let holders: Vec<&str> = (model.pods.iter())
             .filter(|p| p.ip == Some("10.244.1.7".parse().unwrap()))
