@@ -224,7 +224,12 @@ impl Kube {
 
     /// Waits until `ok` holds on every running node.
     fn on_every_node(&self, what: &str, ok: impl Fn(&WeftNode) -> bool) {
-        wait_until(SETTLE, what, || self.running().all(&ok))
+        self.on_every_node_within(SETTLE, what, ok);
+    }
+
+    /// Waits up to `limit` until `ok` holds on every running node.
+    fn on_every_node_within(&self, limit: Duration, what: &str, ok: impl Fn(&WeftNode) -> bool) {
+        wait_until(limit, what, || self.running().all(&ok))
             .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
     }
 
@@ -641,7 +646,9 @@ fn an_outage_keeps_traffic_policy_and_add_and_the_relist_drops_what_went_meanwhi
     k.api.resume().expect("the fixture back");
 
     // Back, with compacted history: a relist, and what went meanwhile is gone.
-    k.on_every_node("the store back", |n| {
+    // A watch retries within 30 s (the backoff's cap), and counts as working
+    // after 10 s with no error.
+    k.on_every_node_within(Duration::from_secs(90), "the store back", |n| {
         n.status()
             .is_ok_and(|s| s.store.is_some_and(|st| st.state == "ok"))
     });
@@ -716,7 +723,9 @@ fn a_node_restarted_while_the_api_server_is_gone_keeps_its_policy() {
     );
     std::thread::sleep(Duration::from_secs(3));
     k.api.resume().expect("the fixture back");
-    k.on_every_node("the store back", |n| {
+    // A watch retries within 30 s (the backoff's cap), and counts as working
+    // after 10 s with no error.
+    k.on_every_node_within(Duration::from_secs(90), "the store back", |n| {
         n.status()
             .is_ok_and(|s| s.store.is_some_and(|st| st.state == "ok"))
     });

@@ -201,13 +201,16 @@ struct Boot {
 /// the view an earlier run saved, with a warning; else, for a store that holds
 /// policy, nowhere: with no policy in force every pod would be unisolated.
 fn boot_view(settings: &Settings, store: &dyn ClusterStore) -> Result<Boot, DaemonError> {
+    // Asked first: a store goes from unsynced to synced, never back, so a view
+    // loaded after a `true` is a synced one; loaded before, it might be half.
+    let synced = store.synced();
     let view = store.load()?;
     let mut boot = Boot {
         nodes: view.nodes,
         store_policy: view.policy,
         saved: None,
     };
-    if store.synced() {
+    if synced {
         return Ok(boot);
     }
     let kind = store.kind();

@@ -48,9 +48,11 @@ impl<V> Default for Mirror<V> {
     }
 }
 
-impl<V> Mirror<V> {
+impl<V: PartialEq> Mirror<V> {
     /// Applies one watcher event, `convert`ing each object (`None`: hold nothing
-    /// for it, as for a pod that finished). Returns whether what is live changed.
+    /// for it, as for a pod that finished). Returns whether what is live changed:
+    /// an update that converts to what is held already (kubelet's status
+    /// heartbeats, mostly) changes nothing.
     pub fn apply<K: Resource>(
         &mut self,
         event: Event<K>,
@@ -79,15 +81,20 @@ impl<V> Mirror<V> {
                     return false;
                 };
                 match convert(k) {
-                    Some(v) => self.live.insert(key, v),
-                    None => self.live.remove(&key),
-                };
-                true
+                    Some(v) if self.live.get(&key) == Some(&v) => false,
+                    Some(v) => {
+                        self.live.insert(key, v);
+                        true
+                    }
+                    None => self.live.remove(&key).is_some(),
+                }
             }
             Event::Delete(k) => key_of(&k).is_some_and(|key| self.live.remove(&key).is_some()),
         }
     }
+}
 
+impl<V> Mirror<V> {
     /// Whether a list has completed.
     pub fn synced(&self) -> bool {
         self.synced
@@ -115,7 +122,7 @@ impl<V> Mirror<V> {
 }
 
 /// A NetworkPolicy as read: the policy, or the one it fails closed to and why.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReadPolicy {
     /// What is enforced for it.
     pub policy: Policy,
@@ -232,17 +239,32 @@ pub const KINDS: [&str; 6] = [
     "endpointslices",
 ];
 
+/// A Node as held: its version goes, so that an update of nothing weft reads
+/// changes nothing.
+fn read_node(mut n: SlimNode) -> Option<SlimNode> {
+    n.0.metadata.resource_version = None;
+    Some(n)
+}
+
 impl Cache {
-    /// Applies one event; returns whether anything live changed.
+    /// Applies one event; returns whether a view made now would differ: the
+    /// Nodes or the objects policy is made of changed. (Services and
+    /// EndpointSlices are held, and make no view yet.)
     pub fn apply(&mut self, change: Change) -> bool {
         let policy = match change {
             Change::Node(e) => {
-                let changed = self.nodes.apply(e, Some);
+                let changed = self.nodes.apply(e, read_node);
                 self.nodes_revision += i64::from(changed);
                 return changed;
             }
-            Change::Service(e) => return self.services.apply(e, Some),
-            Change::Slice(e) => return self.slices.apply(e, Some),
+            Change::Service(e) => {
+                self.services.apply(e, Some);
+                return false;
+            }
+            Change::Slice(e) => {
+                self.slices.apply(e, Some);
+                return false;
+            }
             Change::Pod(e) => self.pods.apply(e, read_pod),
             Change::Namespace(e) => self
                 .namespaces
@@ -255,9 +277,13 @@ impl Cache {
         policy
     }
 
-    /// Whether every kind has been listed once.
+    /// Whether the kinds a view is made of (Nodes, Pods, Namespaces and
+    /// NetworkPolicies) have been listed once: then a view is whole.
     pub fn synced(&self) -> bool {
-        self.unsynced().is_empty()
+        self.nodes.synced()
+            && self.pods.synced()
+            && self.namespaces.synced()
+            && self.policies.synced()
     }
 
     /// The kinds not listed yet.

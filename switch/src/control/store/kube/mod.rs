@@ -54,7 +54,7 @@ pub enum KubeError {
 /// kubeconfig (kube's `Config::infer` would prefer a stray `~/.kube/config` in a
 /// DaemonSet pod).
 pub async fn client(credentials: &Credentials) -> Result<kube::Client, KubeError> {
-    let config = match credentials {
+    let mut config = match credentials {
         Credentials::InCluster => kube::Config::incluster()?,
         Credentials::Kubeconfig(path) => {
             let bad = |source| KubeError::Kubeconfig {
@@ -67,5 +67,8 @@ pub async fn client(credentials: &Credentials) -> Result<kube::Client, KubeError
                 .map_err(bad)?
         }
     };
+    // An API server that does not answer fails a try within seconds, not the
+    // default 30 s, so that an outage shows and a retry comes soon.
+    config.connect_timeout = Some(std::time::Duration::from_secs(5));
     Ok(kube::Client::try_from(config)?)
 }

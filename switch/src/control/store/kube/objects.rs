@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -203,7 +203,8 @@ impl SlimPod {
 }
 
 /// A Node as the store needs it: its name, version and creation time, the
-/// annotations under `weft.dev/`, `spec.podCIDR(s)` and `status.addresses`. It
+/// annotations under `weft.dev/`, `spec.podCIDR(s)`, `status.addresses`, and
+/// the type and status of its `NetworkUnavailable` condition, if any. It
 /// holds a `k8s-openapi` [`Node`] with only those fields set, so that
 /// [`super::nodes`] reads it as it reads any Node.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -220,8 +221,15 @@ impl<'de> Deserialize<'de> for SlimNode {
             pod_cidrs: Option<Vec<String>>,
         }
         #[derive(Deserialize)]
+        struct Condition {
+            #[serde(rename = "type")]
+            type_: String,
+            status: String,
+        }
+        #[derive(Deserialize)]
         struct Status {
             addresses: Option<Vec<NodeAddress>>,
+            conditions: Option<Vec<Condition>>,
         }
         #[derive(Deserialize)]
         struct Doc {
@@ -240,6 +248,15 @@ impl<'de> Deserialize<'de> for SlimNode {
             }),
             status: doc.status.map(|s| NodeStatus {
                 addresses: s.addresses,
+                conditions: (s.conditions.into_iter().flatten())
+                    .find(|c| c.type_ == super::store::CONDITION)
+                    .map(|c| {
+                        vec![NodeCondition {
+                            type_: c.type_,
+                            status: c.status,
+                            ..NodeCondition::default()
+                        }]
+                    }),
                 ..NodeStatus::default()
             }),
         }))
@@ -516,6 +533,21 @@ mod tests {
         }))
         .unwrap();
         let n = &node.0;
+        let up: SlimNode = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1"},
+            "status": {"conditions": [
+                {"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-12-07T00:00:00Z"},
+                {"type": "NetworkUnavailable", "status": "False", "reason": "WeftIsUp",
+                 "lastHeartbeatTime": "2026-12-07T00:00:00Z"}]}
+        }))
+        .unwrap();
+        let kept = up.0.status.unwrap().conditions.unwrap();
+        assert_eq!(kept.len(), 1, "NetworkUnavailable only");
+        assert_eq!(
+            (kept[0].type_.as_str(), kept[0].status.as_str()),
+            ("NetworkUnavailable", "False")
+        );
+        assert!(kept[0].last_heartbeat_time.is_none(), "no heartbeat churn");
         let annotations = n.metadata.annotations.as_ref().unwrap();
         assert_eq!(
             annotations.keys().collect::<Vec<_>>(),
@@ -527,7 +559,8 @@ mod tests {
         assert!(spec.taints.is_none() && spec.provider_id.is_none());
         let status = n.status.as_ref().unwrap();
         assert_eq!(status.addresses.as_ref().unwrap()[0].address, "192.168.0.1");
-        assert!(status.images.is_none() && status.conditions.is_none());
+        assert!(status.images.is_none());
+        assert!(status.conditions.is_none(), "Ready is not kept");
         // A Node with nothing but a name parses; a wrong type is an error.
         let bare: SlimNode =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "n2"}})).unwrap();

@@ -11,7 +11,7 @@
 //! be reached, the mirrors stay as they were: forwarding goes on with the last
 //! view and the last policy, and the store reports itself degraded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,17 +20,15 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, watcher, Event};
-use kube::runtime::WatchStreamExt;
 use parking_lot::Mutex;
 use serde_json::json;
 
-use super::cache::{Cache, Change};
-use super::nodes::{annotations, key, PREFIX};
+use super::cache::{Cache, Change, KINDS};
+use super::nodes::{annotations, key, pod_cidr};
 use super::{client, Credentials};
 use crate::control::store::{
-    ClusterStore, ClusterView, Joining, OnChange, StoreError, StoreHealth, StorePolicy,
+    ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError, StoreHealth, StorePolicy,
 };
-use crate::netpol::manifest::ManifestError;
 
 /// How long one request (a get or a patch) may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,6 +44,8 @@ const GATHER: Duration = Duration::from_millis(20);
 const KEEP_EVERY: Duration = Duration::from_secs(5);
 /// The page size of the lists.
 const PAGE: u32 = 500;
+/// How long a watch that failed must try with no error to count as working.
+const RECOVERED_AFTER: Duration = Duration::from_secs(10);
 
 /// The condition this node sets on its Node once it forwards.
 pub const CONDITION: &str = "NetworkUnavailable";
@@ -62,8 +62,14 @@ struct Inner {
     /// policy revision.
     nodes: Option<(i64, Vec<crate::control::store::NodeEntry>)>,
     policy: Option<Arc<StorePolicy>>,
-    /// What was logged as skipped or bad, at the version logged.
-    logged: std::collections::HashMap<String, String>,
+    /// The Nodes skipped and the NetworkPolicies that did not read, with why,
+    /// as last logged: each is logged again only when why changes.
+    skipped: HashMap<String, String>,
+    bad: HashMap<String, String>,
+    /// The subnet this node serves, once joined.
+    subnet: Option<Ipv4Net>,
+    /// When the watches started.
+    started: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -153,6 +159,7 @@ impl KubeStore {
     fn start_watches(&self) {
         let c = &self.client;
         let mut tasks = self.tasks.lock();
+        self.shared.inner.lock().started = Some(Instant::now());
         let _in = self.rt.enter();
         tasks.push(follow(c, &self.shared, "nodes", Change::Node));
         tasks.push(follow(c, &self.shared, "pods", Change::Pod));
@@ -162,8 +169,8 @@ impl KubeStore {
         tasks.push(follow(c, &self.shared, "endpointslices", Change::Slice));
     }
 
-    /// The view of the cache now, logging each skipped Node and bad policy once
-    /// per version.
+    /// The view of the cache now, logging each skipped Node and bad policy
+    /// once (again if why changes).
     fn view(&self, inner: &mut Inner) -> ClusterView {
         let (me, cluster) = inner
             .me
@@ -174,21 +181,29 @@ impl KubeStore {
         let revision = inner.cache.nodes_revision;
         if inner.nodes.as_ref().is_none_or(|(r, _)| *r != revision) {
             let view = inner.cache.nodes_view(&me, cluster, self.port);
-            for s in &view.skipped {
-                if inner
-                    .logged
-                    .insert(format!("node {}", s.node), s.resource_version.clone())
-                    != Some(s.resource_version.clone())
-                {
-                    log::warn!("kubernetes: skipping Node {}: {}", s.node, s.why);
-                }
-            }
-            inner.nodes = Some((revision, view.nodes));
+            let skipped = (view.skipped.iter())
+                .map(|s| (s.node.clone(), s.why.clone()))
+                .collect();
+            log_new(&mut inner.skipped, skipped, |node, why| {
+                log::warn!("kubernetes: skipping Node {node}: {why}");
+            });
+            let nodes = self.own_subnet(inner, &me, view.nodes);
+            inner.nodes = Some((revision, nodes));
         }
         let revision = inner.cache.policy_revision;
         if inner.policy.as_ref().is_none_or(|p| p.revision != revision) {
             let (model, bad) = inner.cache.policy_model();
-            log_bad(&mut inner.logged, &bad, &inner.cache);
+            let named = (bad.iter())
+                .map(|e| {
+                    (
+                        e.file.trim_start_matches("networkpolicies/").to_owned(),
+                        e.reason.clone(),
+                    )
+                })
+                .collect();
+            log_new(&mut inner.bad, named, |policy, why| {
+                log::error!("kubernetes: NetworkPolicy {policy} does not read: {why}");
+            });
             inner.policy = Some(Arc::new(StorePolicy {
                 model,
                 bad,
@@ -205,6 +220,50 @@ impl KubeStore {
         }
     }
 
+    /// Holds the nodes to the subnet this node serves: a Node of its own whose
+    /// podCIDR changed since it joined (re-registered with another) makes the
+    /// store degraded until weftd restarts on the new one, and a peer whose
+    /// subnet overlaps the one served is left out.
+    fn own_subnet(&self, inner: &mut Inner, me: &str, mut nodes: Vec<NodeEntry>) -> Vec<NodeEntry> {
+        let Some(subnet) = inner.subnet else {
+            return nodes;
+        };
+        let moved = (nodes.iter())
+            .find(|n| n.name == me)
+            .filter(|n| n.pod_subnet != subnet)
+            .map(|n| n.pod_subnet);
+        match moved {
+            Some(now) => {
+                let why = format!(
+                    "Node {me}'s podCIDR is now {now}, but this node serves {subnet}: drain the node and restart weftd"
+                );
+                if inner.failing.get("subnet").is_none_or(|(_, w)| *w != why) {
+                    log::error!("kubernetes: {why}");
+                }
+                let since = inner
+                    .failing
+                    .get("subnet")
+                    .map_or_else(Instant::now, |(s, _)| *s);
+                inner.failing.insert("subnet", (since, why));
+            }
+            None => {
+                inner.failing.remove("subnet");
+            }
+        }
+        nodes.retain(|n| {
+            let overlaps = n.pod_subnet.contains(&subnet) || subnet.contains(&n.pod_subnet);
+            if n.name != me && overlaps {
+                log::warn!(
+                    "kubernetes: skipping Node {}: its subnet {} overlaps this node's {subnet}",
+                    n.name,
+                    n.pod_subnet
+                );
+            }
+            n.name == me || !overlaps
+        });
+        nodes
+    }
+
     /// Waits for this node's Node to have a podCIDR and returns it, checked; or,
     /// for a node that held a subnet, that one once the API server stayed
     /// unreachable for [`JOIN_PATIENCE_KNOWN`].
@@ -214,7 +273,7 @@ impl KubeStore {
         let mut said: Option<Instant> = None;
         for n in 0u32.. {
             let why = match timed("getting the Node", api.get_opt(&me.name)).await {
-                Ok(Some(node)) => match node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
+                Ok(Some(node)) => match pod_cidr(&node) {
                     Some(cidr) => return settle(me, cidr),
                     None => format!(
                         "Node {} has no spec.podCIDR yet (kube-controller-manager gives one with --allocate-node-cidrs)",
@@ -301,14 +360,16 @@ impl KubeStore {
     async fn wait_synced(&self) {
         let mut said: Option<Instant> = None;
         loop {
-            let (unsynced, stuck) = {
+            let (synced, unsynced, stuck) = {
                 let inner = self.shared.inner.lock();
-                let stuck = (inner.failing.values())
-                    .find(|(since, _)| since.elapsed() >= JOIN_PATIENCE_KNOWN)
-                    .map(|(_, why)| why.clone());
-                (inner.cache.unsynced(), stuck)
+                // This node's own requests failing says nothing of the lists.
+                let stuck = (inner.failing.iter())
+                    .filter(|(what, _)| KINDS.contains(what))
+                    .find(|(_, (since, _))| since.elapsed() >= JOIN_PATIENCE_KNOWN)
+                    .map(|(_, (_, why))| why.clone());
+                (inner.cache.synced(), inner.cache.unsynced(), stuck)
             };
-            if unsynced.is_empty() {
+            if synced {
                 return;
             }
             if let Some(why) = stuck {
@@ -324,8 +385,8 @@ impl KubeStore {
     }
 
     /// Keeps this node's annotations as it published them (a Node re-registered
-    /// by kubelet, or edited, gets them again) and its condition set, and, while
-    /// any request fails, asks for its Node to learn when the API server is back.
+    /// by kubelet, or edited, gets them again) and its `NetworkUnavailable`
+    /// condition `False`, retrying what failed.
     async fn keep(self: Arc<Self>) {
         let Some(me) = self.shared.inner.lock().me.clone() else {
             return;
@@ -333,79 +394,59 @@ impl KubeStore {
         let wanted = annotations(&me, self.port);
         let mut condition_set = false;
         loop {
-            let (drifted, failing) = {
+            let (drifted, down, retry) = {
                 let inner = self.shared.inner.lock();
                 let node = inner.cache.nodes.get(&(String::new(), me.name.clone()));
                 let theirs = node.and_then(|n| n.0.metadata.annotations.as_ref());
-                let ours = theirs.is_some_and(|a| {
-                    a.iter()
-                        .filter(|(k, _)| k.starts_with(PREFIX))
-                        .eq(wanted.iter())
-                });
-                (node.is_some() && !ours, !inner.failing.is_empty())
+                let ours = key::ALL
+                    .iter()
+                    .all(|k| theirs.and_then(|a| a.get(*k)) == wanted.get(*k));
+                let conditions = node.and_then(|n| n.0.status.as_ref()?.conditions.as_ref());
+                let up = (conditions.into_iter().flatten())
+                    .any(|c| c.type_ == CONDITION && c.status == "False");
+                let retry = inner.failing.contains_key("node");
+                (node.is_some() && !ours, node.is_some() && !up, retry)
             };
-            if drifted || self.shared.inner.lock().failing.contains_key("node") {
-                self.publish_logged(&me).await;
-            }
-            if !condition_set {
-                match self.network_up(&me.name).await {
-                    Ok(()) => condition_set = true,
+            if drifted || retry {
+                match self.publish(&me).await {
+                    Ok(()) => self.works("annotations published on this node's Node"),
                     Err(e) => self.failing("node", e),
                 }
             }
-            if failing {
-                self.probe(&me.name).await;
+            if down || !condition_set || retry {
+                match self.network_up(&me.name).await {
+                    Ok(()) => {
+                        condition_set = true;
+                        self.works("NetworkUnavailable=False set");
+                    }
+                    Err(e) => self.failing("node", e),
+                }
             }
             tokio::time::sleep(KEEP_EVERY).await;
         }
     }
 
-    async fn publish_logged(&self, me: &Joining) {
-        match self.publish(me).await {
-            Ok(()) => log::info!("kubernetes: annotations published on Node {}", me.name),
-            Err(e) => self.failing("node", e),
-        }
-    }
-
-    /// Asks for this node's Node: an answer clears what failed before it was
-    /// asked (a watch in its backoff tries again within 30 s).
-    async fn probe(&self, name: &str) {
-        let asked = Instant::now();
-        let api: Api<Node> = Api::all(self.client.clone());
-        match timed("getting the Node", api.get_metadata_opt(name)).await {
-            Ok(_) => {
-                let mut inner = self.shared.inner.lock();
-                inner.failing.retain(|_, (since, _)| *since > asked);
-                log::info!("kubernetes: the API server answers again");
-            }
-            Err(e) => self.failing("node", e),
+    /// Notes that this node's own requests work (again).
+    fn works(&self, what: &str) {
+        if self.shared.inner.lock().failing.remove("node").is_some() {
+            log::info!("kubernetes: {what}");
         }
     }
 }
 
-/// Logs each NetworkPolicy that failed closed, once per version.
-fn log_bad(
-    logged: &mut std::collections::HashMap<String, String>,
-    bad: &[ManifestError],
-    cache: &Cache,
+/// Replaces `logged` with `now` (name to why), calling `log` for each entry
+/// that is new or whose why changed; what is gone is forgotten.
+fn log_new(
+    logged: &mut HashMap<String, String>,
+    now: HashMap<String, String>,
+    log: impl Fn(&str, &str),
 ) {
-    for e in bad {
-        let key = e.file.trim_start_matches("networkpolicies/");
-        let Some((ns, name)) = key.split_once('/') else {
-            continue;
-        };
-        let version = cache
-            .policies
-            .get(&(ns.to_owned(), name.to_owned()))
-            .map(|p| p.resource_version.clone())
-            .unwrap_or_default();
-        if logged.insert(format!("policy {key}"), version.clone()) != Some(version) {
-            log::error!(
-                "kubernetes: NetworkPolicy {key} does not read: {}",
-                e.reason
-            );
+    for (name, why) in &now {
+        if logged.get(name) != Some(why) {
+            log(name, why);
         }
     }
+    *logged = now;
 }
 
 /// This node's subnet from its podCIDR `cidr`: a subnet of the cluster CIDR, and
@@ -441,7 +482,43 @@ fn settle(me: &Joining, cidr: &str) -> Result<Ipv4Net, StoreError> {
     }
 }
 
-/// Follows one kind with kube-runtime's watcher, feeding the cache.
+/// The wait between tries of a watch that fails: 0.8 s doubling to 15 s, plus
+/// up to as much again at random (at most 30 s, kube-runtime's default cap);
+/// reset only by an object listed or watched.
+fn retries() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(800))
+        .with_max_delay(Duration::from_secs(15))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Notes that the watch of `kind` fails, logging it as it starts to.
+fn watch_failed(shared: &Shared, kind: &'static str, why: String) {
+    let mut inner = shared.inner.lock();
+    match inner.failing.get_mut(kind) {
+        Some((_, w)) => *w = why,
+        None => {
+            log::warn!("kubernetes: watching {kind}: {why}; the last view stays");
+            inner.failing.insert(kind, (Instant::now(), why));
+        }
+    }
+}
+
+/// Notes that the watch of `kind` works again.
+fn watch_works(inner: &mut Inner, kind: &'static str) {
+    if inner.failing.remove(kind).is_some() {
+        log::info!("kubernetes: watching {kind} again");
+    }
+}
+
+/// Follows one kind with kube-runtime's watcher, feeding the cache. A failure
+/// is retried after [`retries`]' wait; the watch counts as working again once
+/// an object comes, or once a try has run for [`RECOVERED_AFTER`] with no error
+/// (an idle watch yields nothing: its bookmarks stay inside the watcher).
 fn follow<K>(
     client: &kube::Client,
     shared: &Arc<Shared>,
@@ -460,27 +537,38 @@ where
     let shared = shared.clone();
     tokio::spawn(async move {
         let config = watcher::Config::default().page_size(PAGE);
-        let mut events = std::pin::pin!(watcher(api, config).default_backoff());
-        while let Some(event) = events.next().await {
-            let mut inner = shared.inner.lock();
-            match event {
-                Ok(e) => {
-                    if inner.failing.remove(kind).is_some() {
-                        log::info!("kubernetes: watching {kind} again");
+        let mut events = std::pin::pin!(watcher(api, config));
+        let mut wait = retries();
+        loop {
+            let failing = shared.inner.lock().failing.contains_key(kind);
+            let next = match failing {
+                false => events.next().await,
+                true => match tokio::time::timeout(RECOVERED_AFTER, events.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        watch_works(&mut shared.inner.lock(), kind);
+                        continue;
                     }
+                },
+            };
+            match next {
+                None => return,
+                // A list about to be tried: no sign that anything works.
+                Some(Ok(Event::Init)) => {
+                    shared.inner.lock().cache.apply(wrap(Event::Init));
+                }
+                Some(Ok(e)) => {
+                    wait = retries();
+                    let mut inner = shared.inner.lock();
+                    watch_works(&mut inner, kind);
                     if inner.cache.apply(wrap(e)) {
                         shared.changed.notify_one();
                     }
                 }
-                Err(e) => {
-                    if !inner.failing.contains_key(kind) {
-                        log::warn!("kubernetes: watching {kind}: {e}; the last view stays");
-                    }
-                    let since = inner
-                        .failing
-                        .get(kind)
-                        .map_or_else(Instant::now, |(s, _)| *s);
-                    inner.failing.insert(kind, (since, e.to_string()));
+                Some(Err(e)) => {
+                    watch_failed(&shared, kind, e.to_string());
+                    let pause = wait.next().unwrap_or(Duration::from_secs(30));
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
@@ -497,6 +585,7 @@ impl ClusterStore for KubeStore {
         self.start_watches();
         self.rt.block_on(async {
             let subnet = self.pod_cidr(me).await?;
+            self.shared.inner.lock().subnet = Some(subnet);
             if let Err(e) = self.publish(me).await {
                 log::warn!("kubernetes: {e}; tried again while running");
                 self.failing("node", e);
@@ -541,12 +630,17 @@ impl ClusterStore for KubeStore {
     fn health(&self) -> StoreHealth {
         let inner = self.shared.inner.lock();
         let first = (inner.failing.iter()).min_by_key(|(_, (since, _))| *since);
-        match first {
-            None => StoreHealth::Ok,
-            Some((what, (since, why))) => StoreHealth::Degraded {
+        let unsynced = inner.cache.unsynced();
+        match (first, inner.started) {
+            (Some((what, (since, why))), _) => StoreHealth::Degraded {
                 since: *since,
                 why: format!("{what}: {why}"),
             },
+            (None, Some(started)) if !unsynced.is_empty() => StoreHealth::Degraded {
+                since: started,
+                why: format!("not listed yet: {}", unsynced.join(", ")),
+            },
+            _ => StoreHealth::Ok,
         }
     }
 
@@ -567,6 +661,7 @@ mod tests {
 
     use super::*;
     use crate::control::config::Mode;
+    use crate::control::store::kube::nodes::PREFIX;
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
