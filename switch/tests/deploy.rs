@@ -167,9 +167,20 @@ fn manifests_hold_together() {
             );
         }
     }
-    let vap = of_kind(&docs, "ValidatingAdmissionPolicy");
-    let vap_binding = of_kind(&docs, "ValidatingAdmissionPolicyBinding");
-    assert_eq!(vap_binding["spec"]["policyName"], vap["metadata"]["name"]);
+    // Each admission policy has its binding.
+    let named = |kind: &str| -> BTreeSet<String> {
+        (docs.iter())
+            .map(|(_, d)| d)
+            .filter(|d| d["kind"].as_str() == Some(kind))
+            .map(|d| match kind {
+                "ValidatingAdmissionPolicy" => str_of(&d["metadata"]["name"], "name").to_owned(),
+                _ => str_of(&d["spec"]["policyName"], "policyName").to_owned(),
+            })
+            .collect()
+    };
+    let policies = named("ValidatingAdmissionPolicy");
+    assert_eq!(policies.len(), 2);
+    assert_eq!(policies, named("ValidatingAdmissionPolicyBinding"));
 
     // Volumes: every mount names a volume, the ConfigMap volume names the ConfigMap.
     let volumes: BTreeMap<&str, &Value> = seq(&spec["volumes"], "volumes")
