@@ -31,7 +31,7 @@ pub const VERSION: u32 = 1;
 /// The largest file read.
 pub const MAX_SIZE: u64 = 256 << 20;
 /// The shortest time between two writes.
-pub const PERIOD: Duration = Duration::from_secs(1);
+pub const PERIOD: Duration = Duration::from_secs(10);
 /// The longest node name read (a Kubernetes node name is a DNS subdomain).
 const MAX_NAME_LEN: usize = 253;
 
@@ -172,6 +172,12 @@ pub fn write(dir: &Path, store: &str, snap: &Snapshot, now: SystemTime) -> Resul
         policy: &snap.policy,
     })
     .map_err(|e| io(&target)(std::io::Error::other(e)))?;
+    // What could not be read back is not written: the view before stays.
+    if bytes.len() as u64 > MAX_SIZE {
+        return Err(SavedError::TooLarge {
+            path: target.display().to_string(),
+        });
+    }
     if let Err(e) = write_synced(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &target)) {
         let _ = std::fs::remove_file(&tmp);
         return Err(io(&tmp)(e));
@@ -309,24 +315,14 @@ fn checked_nodes(
 
 /// Seconds since the Unix epoch as a UTC time, RFC 3339 (`2025-06-01T12:00:00Z`).
 pub fn utc(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
-    let rest = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3_600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    use k8s_openapi::jiff::Timestamp;
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| Timestamp::from_second(s).ok())
+        .map_or_else(
+            || format!("{secs} s after 1970"),
+            |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
 }
 
 /// What the saver's thread and its owner share.
