@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use kube::runtime::watcher::Event;
 use kube::Resource;
 
-use super::nodes::{nodes_view, NodesView};
+use super::nodes::{nodes_view, pod_cidr, NodesView};
 use super::objects::{RawPolicy, SlimNamespace, SlimNode, SlimPod, SlimService, SlimSlice};
 use crate::netpol::manifest::{self, ManifestError};
 use crate::netpol::model::{Labels, NamedPort, PodObject, Policy, PolicyModel, Protocol};
@@ -154,12 +154,29 @@ pub fn read_policy(p: RawPolicy) -> Option<ReadPolicy> {
     )
 }
 
-/// A Pod as policy judges it; `None` for one that finished, which matches
-/// nothing even while its address is given to a new pod.
-pub fn read_pod(p: SlimPod) -> Option<PodObject> {
+/// A Pod as held: as policy judges it, and what decides between two pods that
+/// claim one address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldPod {
+    /// The pod.
+    pub pod: PodObject,
+    /// The node it runs on.
+    pub node: Option<String>,
+    /// When it was made.
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
+    /// Whether it is going away.
+    pub deleting: bool,
+}
+
+/// A Pod as held; `None` for one that finished, which matches nothing even
+/// while its address is given to a new pod.
+pub fn read_pod(p: SlimPod) -> Option<HeldPod> {
     if p.finished() {
         return None;
     }
+    let node = p.spec.node_name.clone();
+    let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let deleting = p.metadata.deletion_timestamp.is_some();
     let ip = p.ips().into_iter().find_map(|ip| match ip.parse() {
         Ok(IpAddr::V4(v4)) => Some(v4),
         _ => None,
@@ -180,12 +197,17 @@ pub fn read_pod(p: SlimPod) -> Option<PodObject> {
             })
         })
         .collect();
-    Some(PodObject {
-        namespace: p.metadata.namespace.unwrap_or_default(),
-        name: p.metadata.name?,
-        labels: p.metadata.labels.unwrap_or_default(),
-        ports,
-        ip,
+    Some(HeldPod {
+        pod: PodObject {
+            namespace: p.metadata.namespace.unwrap_or_default(),
+            name: p.metadata.name?,
+            labels: p.metadata.labels.unwrap_or_default(),
+            ports,
+            ip,
+        },
+        node,
+        created,
+        deleting,
     })
 }
 
@@ -195,7 +217,7 @@ pub struct Cache {
     /// Nodes.
     pub nodes: Mirror<SlimNode>,
     /// Pods that have not finished.
-    pub pods: Mirror<PodObject>,
+    pub pods: Mirror<HeldPod>,
     /// Namespaces' labels.
     pub namespaces: Mirror<Labels>,
     /// NetworkPolicies.
@@ -317,6 +339,48 @@ impl Cache {
         nodes_view(self.nodes.values().map(|n| &n.0), me, cluster, port)
     }
 
+    /// The pods, sorted, each address given to one pod at most: a pod's address
+    /// outside its node's podCIDR is no address of its (whoever wrote its status);
+    /// of two pods that claim one address, one going away loses it to one that
+    /// is not, and then the older to the newer.
+    fn addressed_pods(&self) -> Vec<PodObject> {
+        let ranges: HashMap<&str, ipnet::Ipv4Net> = (self.nodes.live.iter())
+            .filter_map(|((_, name), n)| Some((name.as_str(), pod_cidr(&n.0)?.parse().ok()?)))
+            .collect();
+        let mut holder: HashMap<std::net::Ipv4Addr, &HeldPod> = HashMap::new();
+        for h in self.pods.values() {
+            let Some(ip) = h.pod.ip else { continue };
+            let range = h.node.as_deref().and_then(|n| ranges.get(n));
+            if range.is_some_and(|r| !r.contains(&ip)) {
+                continue;
+            }
+            let rank = |h: &HeldPod| {
+                (
+                    !h.deleting,
+                    h.created,
+                    std::cmp::Reverse(h.pod.name.clone()),
+                )
+            };
+            match holder.get(&ip) {
+                Some(other) if rank(other) >= rank(h) => {}
+                _ => {
+                    holder.insert(ip, h);
+                }
+            }
+        }
+        let mut pods: Vec<PodObject> = (self.pods.values())
+            .map(|h| {
+                let mut pod = h.pod.clone();
+                pod.ip = pod
+                    .ip
+                    .filter(|ip| holder.get(ip).is_some_and(|w| std::ptr::eq(*w, h)));
+                pod
+            })
+            .collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        pods
+    }
+
     /// The policy objects, and the NetworkPolicies that did not read (failed
     /// closed), each as an error naming it.
     pub fn policy_model(&self) -> (PolicyModel, Vec<ManifestError>) {
@@ -336,8 +400,7 @@ impl Cache {
                 })
             })
             .collect();
-        let mut pods: Vec<PodObject> = self.pods.values().cloned().collect();
-        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        let pods = self.addressed_pods();
         let namespaces: BTreeMap<String, Labels> = (self.namespaces.live.iter())
             .map(|((_, name), labels)| (name.clone(), labels.clone()))
             .collect();
@@ -483,5 +546,73 @@ mod tests {
         c.apply(Change::Slice(Event::InitDone));
         assert!(c.synced());
         assert!(c.counts().iter().all(|(_, n)| *n == 0));
+    }
+
+    #[test]
+    fn one_pod_holds_an_address_and_only_one_of_its_nodes_range() {
+        let held = |name: &str, node: &str, ip: &str, created: &str, deleting: bool| {
+            let mut meta = json!({"name": name, "namespace": "x", "labels": {"app": name},
+                                  "creationTimestamp": created});
+            if deleting {
+                meta["deletionTimestamp"] = json!("2026-12-07T01:00:00Z");
+            }
+            let p: SlimPod = serde_json::from_value(json!({
+                "metadata": meta, "spec": {"nodeName": node},
+                "status": {"phase": "Running", "podIP": ip}
+            }))
+            .unwrap();
+            Change::Pod(Event::Apply(p))
+        };
+        let node: SlimNode = serde_json::from_value(json!({
+            "metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}))
+        .unwrap();
+        let mut c = Cache::default();
+        c.apply(Change::Node(Event::Apply(node)));
+        // Going away, and older: both lose the address to the newest running pod.
+        c.apply(held(
+            "leaving",
+            "n1",
+            "10.244.1.5",
+            "2026-12-07T00:00:09Z",
+            true,
+        ));
+        c.apply(held(
+            "old",
+            "n1",
+            "10.244.1.5",
+            "2026-12-07T00:00:01Z",
+            false,
+        ));
+        c.apply(held(
+            "new",
+            "n1",
+            "10.244.1.5",
+            "2026-12-07T00:00:05Z",
+            false,
+        ));
+        // An address outside its node's podCIDR is none; on a node not known, kept.
+        c.apply(held(
+            "stray",
+            "n1",
+            "10.244.2.9",
+            "2026-12-07T00:00:01Z",
+            false,
+        ));
+        c.apply(held(
+            "elsewhere",
+            "n9",
+            "10.244.9.9",
+            "2026-12-07T00:00:01Z",
+            false,
+        ));
+        let (model, _) = c.policy_model();
+        let ip = |name: &str| {
+            let p = model.pods.iter().find(|p| p.name == name).unwrap();
+            p.ip.map(|ip| ip.to_string())
+        };
+        assert_eq!(ip("new").as_deref(), Some("10.244.1.5"));
+        assert_eq!((ip("old"), ip("leaving"), ip("stray")), (None, None, None));
+        assert_eq!(ip("elsewhere").as_deref(), Some("10.244.9.9"));
+        assert_eq!(model.pods.len(), 5, "each keeps its labels for what it is");
     }
 }
