@@ -62,6 +62,8 @@ fn status(ready: bool) -> Status {
             state: "degraded".into(),
             detail: Some("Unavailable: connection refused".into()),
             degraded_ms: Some(1500),
+            objects: Vec::new(),
+            from_saved: Some("2025-06-01T12:00:00Z".into()),
         }),
     }
 }

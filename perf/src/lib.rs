@@ -39,6 +39,7 @@ pub mod join;
 pub mod kubeproxy;
 pub mod netns;
 pub mod pidfile;
+pub mod probe;
 pub mod procfs;
 pub mod scale;
 pub mod stop;

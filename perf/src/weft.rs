@@ -140,16 +140,6 @@ impl Drop for Scratch {
 /// How long a starting weftd may take to answer on its control socket.
 const READY: Duration = Duration::from_secs(20);
 
-/// The flags that give weftd its store.
-enum StoreArgs<'a> {
-    /// A peers file, and the host's pod subnet.
-    Peers(&'a Path),
-    /// etcd through a [`crate::etcd::Bridge`].
-    Etcd,
-    /// As the caller says.
-    Given(&'a [String]),
-}
-
 /// How to run weftd.
 #[derive(Debug, Clone)]
 pub struct WeftOptions {
@@ -161,6 +151,19 @@ pub struct WeftOptions {
     pub workers: usize,
     /// Further flags.
     pub extra: Vec<String>,
+}
+
+/// Where a weftd learns the cluster.
+#[derive(Debug, Clone, Copy)]
+enum Store<'a> {
+    /// A peers file, and the host's pod subnet.
+    Peers(&'a Path),
+    /// etcd, through the host's bridge.
+    Etcd,
+    /// The API server, with this kubeconfig.
+    Kubernetes(&'a Path),
+    /// As the caller says.
+    Given(&'a [String]),
 }
 
 /// A weftd running on a host, stopped (SIGTERM) on drop.
@@ -179,15 +182,25 @@ impl WeftNode {
     /// Starts weftd in `host`'s namespace with the peers file at `peers`, and waits until
     /// it answers on its control socket. `dir` holds the socket and the log.
     pub fn start(host: &Host, peers: &Path, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
-        let store = StoreArgs::Peers(peers);
-        WeftNode::launch(host, &store, dir, opts, None, READY)
+        WeftNode::launch(host, Store::Peers(peers), dir, opts, None, READY)
     }
 
     /// Starts weftd in `host`'s namespace on the etcd store, reached through a
     /// [`crate::etcd::Bridge`] on the namespace's `127.0.0.1:2379`: it claims a
     /// subnet unless `opts.extra` gives one.
     pub fn start_etcd(host: &Host, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
-        WeftNode::launch(host, &StoreArgs::Etcd, dir, opts, None, READY)
+        WeftNode::launch(host, Store::Etcd, dir, opts, None, READY)
+    }
+
+    /// Starts weftd in `host`'s namespace on the Kubernetes store, reaching the
+    /// API server with `kubeconfig`: its subnet is its Node's podCIDR.
+    pub fn start_kube(
+        host: &Host,
+        kubeconfig: &Path,
+        dir: &Path,
+        opts: &WeftOptions,
+    ) -> Result<WeftNode> {
+        WeftNode::launch(host, Store::Kubernetes(kubeconfig), dir, opts, None, READY)
     }
 
     /// Starts weftd in `host`'s namespace with `store` as the flags that choose its
@@ -200,7 +213,7 @@ impl WeftNode {
         store: &[String],
         ready: Duration,
     ) -> Result<WeftNode> {
-        WeftNode::launch(host, &StoreArgs::Given(store), dir, opts, None, ready)
+        WeftNode::launch(host, Store::Given(store), dir, opts, None, ready)
     }
 
     /// Like [`WeftNode::start`], but weftd runs in a process group of its own, so a
@@ -215,13 +228,12 @@ impl WeftNode {
         opts: &WeftOptions,
         spawned: &mut dyn FnMut(u32) -> Result<()>,
     ) -> Result<WeftNode> {
-        let store = StoreArgs::Peers(peers);
-        WeftNode::launch(host, &store, dir, opts, Some(spawned), READY)
+        WeftNode::launch(host, Store::Peers(peers), dir, opts, Some(spawned), READY)
     }
 
     fn launch(
         host: &Host,
-        store: &StoreArgs<'_>,
+        store: Store<'_>,
         dir: &Path,
         opts: &WeftOptions,
         isolated: Option<&mut dyn FnMut(u32) -> Result<()>>,
@@ -236,17 +248,20 @@ impl WeftNode {
         cmd.args(["--node-name", &name])
             .args(["--underlay-ip", &host.underlay_ip.to_string()]);
         match store {
-            StoreArgs::Peers(peers) => cmd
+            Store::Peers(peers) => cmd
                 .args(["--pod-subnet", &host.pod_subnet.to_string()])
                 .arg("--peers")
                 .arg(peers),
-            StoreArgs::Etcd => cmd.args([
+            Store::Etcd => cmd.args([
                 "--store",
                 "etcd",
                 "--etcd-endpoints",
                 &crate::etcd::bridged_endpoint(),
             ]),
-            StoreArgs::Given(args) => cmd.args(*args),
+            Store::Kubernetes(kubeconfig) => cmd
+                .args(["--store", "kubernetes", "--kubeconfig"])
+                .arg(kubeconfig),
+            Store::Given(args) => cmd.args(args),
         };
         // The fixtures' cluster CIDR, unless the caller gives one.
         if !opts.extra.iter().any(|a| a.starts_with("--cluster-cidr")) {
@@ -507,7 +522,12 @@ impl Cluster {
 /// Runs `f` on a thread inside the network namespace `ns`. Sockets created there stay
 /// in that namespace, so a test can hold pods' sockets from one process.
 pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let file = File::open(ns.path()).with_context(|| format!("opening {}", ns.path().display()))?;
+    in_netns_at(&ns.path(), f)
+}
+
+/// Like [`in_netns`], for the namespace mounted at `path`.
+pub fn in_netns_at<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: `file` is an open netns fd for the duration of the call; setns
@@ -516,14 +536,14 @@ pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> 
             if rc != 0 {
                 return Err(anyhow!(
                     "entering {}: {}",
-                    ns.name(),
+                    path.display(),
                     std::io::Error::last_os_error()
                 ));
             }
             Ok(f())
         })
         .join()
-        .map_err(|_| anyhow!("thread in {} panicked", ns.name()))?
+        .map_err(|_| anyhow!("thread in {} panicked", path.display()))?
     })
 }
 

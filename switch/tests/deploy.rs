@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use weft_cni::config::NetConf;
 use weft_switch::control::config::{Options, StoreSettings};
+use weft_switch::control::store::kube::Credentials;
 use yaml_serde::Value;
 
 fn kubernetes_dir() -> PathBuf {
@@ -31,7 +32,12 @@ fn read(name: &str) -> String {
 /// Every document of every manifest, with the file it came from.
 fn manifests() -> Vec<(String, Value)> {
     let mut docs = Vec::new();
-    for file in ["configmap.yaml", "rbac.yaml", "daemonset.yaml"] {
+    for file in [
+        "configmap.yaml",
+        "rbac.yaml",
+        "admission.yaml",
+        "daemonset.yaml",
+    ] {
         let text = read(file);
         for (i, doc) in yaml_serde::Deserializer::from_str(&text).enumerate() {
             let value = <Value as serde::Deserialize>::deserialize(doc)
@@ -98,6 +104,8 @@ fn manifests_hold_together() {
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
         "DaemonSet",
     ]
     .into();
@@ -143,15 +151,36 @@ fn manifests_hold_together() {
         of_kind(&docs, "ClusterRole")["metadata"]["name"]
     );
     assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
-    // Read-only: the role grants no verb that writes.
+    // The one write the role grants is patch, of Nodes (switch/tests/kube.rs holds
+    // the rules to what weftd asks for); admission.yaml keeps it to weftd's own
+    // Node and annotations.
     for rule in seq(&of_kind(&docs, "ClusterRole")["rules"], "rules") {
         for verb in seq(&rule["verbs"], "verbs") {
+            let verb = str_of(verb, "verb");
+            let nodes = seq(&rule["resources"], "resources")
+                .iter()
+                .all(|r| ["nodes", "nodes/status"].contains(&str_of(r, "resource")));
             assert!(
-                ["get", "list", "watch"].contains(&str_of(verb, "verb")),
-                "{verb:?}"
+                ["get", "list", "watch"].contains(&verb) || (verb == "patch" && nodes),
+                "{verb:?} on {:?}",
+                rule["resources"]
             );
         }
     }
+    // Each admission policy has its binding.
+    let named = |kind: &str| -> BTreeSet<String> {
+        (docs.iter())
+            .map(|(_, d)| d)
+            .filter(|d| d["kind"].as_str() == Some(kind))
+            .map(|d| match kind {
+                "ValidatingAdmissionPolicy" => str_of(&d["metadata"]["name"], "name").to_owned(),
+                _ => str_of(&d["spec"]["policyName"], "policyName").to_owned(),
+            })
+            .collect()
+    };
+    let policies = named("ValidatingAdmissionPolicy");
+    assert_eq!(policies.len(), 2);
+    assert_eq!(policies, named("ValidatingAdmissionPolicyBinding"));
 
     // Volumes: every mount names a volume, the ConfigMap volume names the ConfigMap.
     let volumes: BTreeMap<&str, &Value> = seq(&spec["volumes"], "volumes")
@@ -310,30 +339,22 @@ fn manifests_hold_together() {
         ),
         ("node-1", "10.0.0.21".to_string())
     );
-    let StoreSettings::Etcd(etcd) = &settings.store else {
-        panic!("the DaemonSet runs on etcd: {:?}", settings.store)
+    let StoreSettings::Kubernetes(kube) = &settings.store else {
+        panic!("the DaemonSet runs on the API server: {:?}", settings.store)
     };
-    let tls = etcd.tls.as_ref().expect("TLS to etcd");
-    let secret_dir = weftd_mounts
-        .iter()
-        .find(|(_, v)| *v == "etcd-tls")
-        .map(|(k, _)| PathBuf::from(k))
-        .expect("the etcd TLS secret is mounted");
-    assert!(volumes["etcd-tls"]["secret"]["secretName"]
-        .as_str()
-        .is_some());
-    let (cert, key) = tls
-        .identity
-        .as_ref()
-        .expect("a client certificate for etcd");
-    for path in [&tls.ca, cert, key] {
-        assert_eq!(
-            path.parent(),
-            Some(secret_dir.as_path()),
-            "{} is in the secret",
-            path.display()
-        );
-    }
+    assert_eq!(
+        kube.credentials,
+        Credentials::InCluster,
+        "weftd uses its service account"
+    );
+    assert_eq!(spec["automountServiceAccountToken"].as_bool(), Some(true));
+    assert_eq!(spec["serviceAccountName"].as_str(), Some("weft"));
+    // The etcd Secret is there for store = "etcd", and optional.
+    assert_eq!(
+        volumes["etcd-tls"]["secret"]["optional"].as_bool(),
+        Some(true),
+        "the etcd Secret is optional"
+    );
     assert!(settings.tunnel.direct_routing);
     assert_eq!(
         settings.pod_subnet, None,

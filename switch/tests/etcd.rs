@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use weft_perf::etcd::{Bridge, Etcd};
 use weft_perf::netns::{require_root, wait_until};
+use weft_perf::probe::{Receiver, Sender};
 use weft_perf::topo::{Pod, Underlay};
-use weft_perf::weft::{node_name, Scratch, WeftNode, WeftOptions};
+use weft_perf::weft::{node_name, state_dir, Scratch, WeftNode, WeftOptions};
 use weft_proto::PodRef;
 
 /// The registration TTL the tests run with: short, so that expiry is quick to see.
@@ -32,6 +33,8 @@ struct Cluster {
     extra: Vec<String>,
     /// weftd's tunnel mode.
     mode: String,
+    /// The registration TTL nodes start with.
+    ttl_s: u64,
 }
 
 fn weftd() -> PathBuf {
@@ -60,11 +63,12 @@ impl Cluster {
             scratch,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             mode: "vxlan".into(),
+            ttl_s: TTL_S,
         }
     }
 
     fn opts(&self) -> WeftOptions {
-        let mut extra = vec!["--node-ttl-s".into(), TTL_S.to_string()];
+        let mut extra = vec!["--node-ttl-s".into(), self.ttl_s.to_string()];
         extra.extend(self.extra.iter().cloned());
         WeftOptions {
             binary: weftd(),
@@ -444,12 +448,7 @@ fn bad_records_are_ignored_and_policy_objects_in_etcd_are_enforced() {
     c.ping_all();
 
     // A policy isolating pod p1 for ingress: nothing reaches it.
-    let pod = "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"p1\",\"namespace\":\"default\",\"labels\":{\"app\":\"db\"}}}";
-    c.etcd.put("/weft/v1/pods/default/p1", pod).unwrap();
-    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-db, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  policyTypes: [Ingress]\n";
-    c.etcd
-        .put("/weft/v1/networkpolicies/default/deny-db", deny)
-        .unwrap();
+    isolate_p1(&c.etcd);
     c.etcd
         .put(
             "/weft/v1/networkpolicies/default/broken",
@@ -470,6 +469,174 @@ fn bad_records_are_ignored_and_policy_objects_in_etcd_are_enforced() {
         c.ping(0, 1).is_ok()
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+}
+
+/// Writes pod `default/p1` to etcd with the label `app: db`, and the policy
+/// `default/deny-db`, which isolates it for ingress and allows nothing in.
+fn isolate_p1(etcd: &Etcd) {
+    let pod = "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"p1\",\"namespace\":\"default\",\"labels\":{\"app\":\"db\"}}}";
+    etcd.put("/weft/v1/pods/default/p1", pod).unwrap();
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-db, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  policyTypes: [Ingress]\n";
+    etcd.put("/weft/v1/networkpolicies/default/deny-db", deny)
+        .unwrap();
+}
+
+/// Frames node `n`'s pods' ingress policy dropped.
+fn policy_drops(n: &WeftNode) -> u64 {
+    let ports = match n.ok(&weft_proto::Request::Ports).unwrap() {
+        weft_proto::Reply::Ports { ports } => ports,
+        other => panic!("{other:?}"),
+    };
+    ports
+        .iter()
+        .flat_map(|p| &p.counters.drops)
+        .filter(|(reason, _)| reason == "policy_ingress")
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Policy does not fail open across a restart. Node 1, whose pod a NetworkPolicy in
+/// etcd isolates, restarts while it cannot reach etcd, with node 0's pod sending to
+/// that pod all along: it starts from the view it saved (and says so), its pod
+/// receives nothing, and once etcd is back it reads the store again.
+#[test]
+fn a_node_restarted_while_etcd_is_unreachable_keeps_its_policy_from_the_saved_view() {
+    let mut c = Cluster::new("es", 2, &[]);
+    // Node 1's registration outlives its restart, so node 0 goes on sending to it.
+    c.ttl_s = 60;
+    for i in 0..2 {
+        c.start(i);
+        c.pod(i);
+    }
+    c.wait_peers(0, true, Duration::from_secs(5));
+    c.wait_peers(1, true, Duration::from_secs(5));
+    c.ping_all();
+    let p1_ip = c.pods[1].as_ref().unwrap().1;
+    let received = Receiver::start(&c.pods[1].as_ref().unwrap().0.ns);
+    let send = |c: &Cluster| Sender::start(&c.pods[0].as_ref().unwrap().0.ns, p1_ip);
+    // Datagrams arrive while nothing isolates p1: the count would show a leak.
+    let probe = send(&c);
+    wait_until(Duration::from_secs(5), "a datagram to reach p1", || {
+        received.count() > 0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    probe.finish();
+
+    isolate_p1(&c.etcd);
+    wait_until(Duration::from_secs(5), "the policy to cut p0 -> p1", || {
+        c.ping(0, 1).is_err()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let saved = state_dir(c.underlay.host(1), c.scratch.path()).join("view.json");
+    wait_until(Duration::from_secs(5), "node 1 to save the policy", || {
+        std::fs::read_to_string(&saved).is_ok_and(|t| t.contains("deny-db"))
+    })
+    .unwrap();
+    let before = received.count();
+    let sender = send(&c);
+
+    c.bridges[1].as_ref().unwrap().set_cut(true);
+    c.nodes[1].take().unwrap().stop().unwrap();
+    c.start(1);
+    let n1 = c.node(1);
+    let log = n1.log_text();
+    assert!(
+        log.contains("store etcd unreachable at boot: starting from the view saved at")
+            && log.contains("(2 nodes, 1 policies)"),
+        "{log}"
+    );
+    let store = n1.status().unwrap().store.unwrap();
+    assert_eq!(store.state, "degraded", "{store:?}");
+    assert!(store.from_saved.is_some(), "{store:?}");
+    let status = weft_cli(n1, "status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("store") && l.contains("from the view saved at")),
+        "{status}"
+    );
+    // Node 0's datagrams reach node 1, whose policy drops them.
+    wait_until(
+        Duration::from_secs(10),
+        "node 1 to drop p0's datagrams",
+        || policy_drops(n1) > 0,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    std::thread::sleep(Duration::from_secs(2));
+
+    c.bridges[1].as_ref().unwrap().set_cut(false);
+    wait_until(Duration::from_secs(20), "node 1 to read etcd again", || {
+        let s = n1.status().unwrap().store.unwrap();
+        s.state == "ok" && s.from_saved.is_none()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(
+        n1.log_text()
+            .contains("store etcd read: its view replaces the one saved at"),
+        "{}",
+        n1.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = sender.finish();
+    let leaked = received.count() - before;
+    eprintln!(
+        "{sent} datagrams sent, {leaked} received, {} dropped by policy on node 1",
+        policy_drops(n1)
+    );
+    assert!(sent > 500, "only {sent} datagrams sent");
+    assert_eq!(
+        leaked,
+        0,
+        "datagrams reached the isolated pod\n{}",
+        c.logs()
+    );
+
+    // The policy goes from etcd: node 1 follows the store again.
+    c.etcd
+        .ctl(&["del", "/weft/v1/networkpolicies/default/deny-db"])
+        .unwrap();
+    let probe = send(&c);
+    wait_until(
+        Duration::from_secs(5),
+        "p0's datagrams to reach p1 again",
+        || received.count() > before,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    probe.finish();
+}
+
+/// A node that cannot reach etcd as it starts, and has no saved view to start from,
+/// refuses to start rather than leave its pods unisolated, and leaves nothing of
+/// its own on the host: no weft0, no nftables table, no socket.
+#[test]
+fn a_node_with_no_saved_view_refuses_to_start_while_etcd_is_unreachable() {
+    let mut c = Cluster::new("en", 1, &[]);
+    c.start(0);
+    c.pod(0);
+    let host = c.underlay.host(0);
+    let saved = state_dir(host, c.scratch.path()).join("view.json");
+    wait_until(Duration::from_secs(5), "the view to be saved", || {
+        saved.exists()
+    })
+    .unwrap();
+    c.nodes[0].take().unwrap().stop().unwrap();
+    c.etcd.stop().unwrap();
+    std::fs::remove_file(&saved).unwrap();
+    let err = WeftNode::start_etcd(host, c.scratch.path(), &c.opts())
+        .expect_err("weftd started with no store and no saved view");
+    let text = format!("{err:#}");
+    assert!(text.contains("exited with exit status: 1"), "{text}");
+    let why = format!(
+        "etcd unreachable and no saved view in {}: starting would leave every pod unisolated",
+        state_dir(host, c.scratch.path()).display()
+    );
+    assert!(text.contains(&why), "{text}");
+    let links = host.ns.ip(&["-o", "link", "show"]).unwrap();
+    assert!(!links.contains("weft0"), "{links}");
+    let tables = host.ns.run(&["nft", "list", "tables"]).unwrap();
+    assert!(!tables.contains("weft"), "{tables}");
+    let socket = c.scratch.path().join(format!("{}.sock", node_name(host)));
+    assert!(!socket.exists(), "{} is left", socket.display());
 }
 
 /// What a capture on one wire port saw.

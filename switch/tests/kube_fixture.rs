@@ -14,7 +14,8 @@ use kube::ResourceExt;
 use serde_json::json;
 use weft_perf::apiserver::http::{Logged, Server};
 use weft_perf::apiserver::KINDS;
-use weft_switch::control::store::kube::{client, Credentials, SlimPod};
+use weft_switch::control::store::kube::objects::SlimPod;
+use weft_switch::control::store::kube::{client, Credentials};
 
 const TOKEN: &str = "fixture-token";
 const NODES: weft_perf::apiserver::Kind = KINDS[0];

@@ -9,13 +9,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weft_perf::netns::{require_root, wait_until};
+use weft_perf::probe::{probe, serve, Proto, PROBE};
 use weft_perf::topo::{Pod, Underlay};
 use weft_perf::weft::{
     in_netns, peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
@@ -27,13 +28,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
-const PROBE: Duration = Duration::from_millis(1500);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Proto {
-    Tcp,
-    Udp,
-}
 
 /// A pod of the layout: its namespace, name, host and address.
 struct Member {
@@ -62,78 +56,6 @@ impl Drop for Netpol {
         self.stop.store(true, Ordering::Relaxed);
         for s in self.servers.drain(..) {
             let _ = s.join();
-        }
-    }
-}
-
-/// Serves TCP and UDP on ports 80 and 81 in `pod`'s namespace at `ip`: a byte in,
-/// the byte back.
-fn serve(pod: &Pod, ip: Ipv4Addr, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
-    let mut threads = Vec::new();
-    for port in [80, 81] {
-        let tcp = in_netns(&pod.ns, || TcpListener::bind((ip, port)))
-            .expect("the pod's namespace")
-            .expect("a TCP listener");
-        tcp.set_nonblocking(true).unwrap();
-        let stop_t = stop.clone();
-        threads.push(std::thread::spawn(move || {
-            while !stop_t.load(Ordering::Relaxed) {
-                match tcp.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-                        std::thread::spawn(move || {
-                            let mut b = [0u8; 1];
-                            while let Ok(1) = c.read(&mut b) {
-                                if c.write_all(&b).is_err() {
-                                    break;
-                                }
-                            }
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        }));
-        let udp = in_netns(&pod.ns, || UdpSocket::bind((ip, port)))
-            .expect("the pod's namespace")
-            .expect("a UDP socket");
-        udp.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let stop_u = stop.clone();
-        threads.push(std::thread::spawn(move || {
-            let mut b = [0u8; 64];
-            while !stop_u.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = udp.recv_from(&mut b) {
-                    let _ = udp.send_to(&b[..n], from);
-                }
-            }
-        }));
-    }
-    threads
-}
-
-/// Whether `from` reaches `to` on `proto`/`port` within [`PROBE`].
-fn probe(from: &Pod, to: Ipv4Addr, proto: Proto, port: u16) -> bool {
-    let addr = SocketAddr::from((to, port));
-    match proto {
-        Proto::Tcp => {
-            let Ok(Ok(mut s)) = in_netns(&from.ns, || TcpStream::connect_timeout(&addr, PROBE))
-            else {
-                return false;
-            };
-            let _ = s.set_read_timeout(Some(PROBE));
-            let mut b = [0u8; 1];
-            s.write_all(b"?").is_ok() && matches!(s.read(&mut b), Ok(1))
-        }
-        Proto::Udp => {
-            let Ok(Ok(s)) = in_netns(&from.ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
-            else {
-                return false;
-            };
-            let _ = s.set_read_timeout(Some(PROBE / 3));
-            let mut b = [0u8; 8];
-            (0..3).any(|_| s.send_to(b"?", addr).is_ok() && s.recv_from(&mut b).is_ok())
         }
     }
 }

@@ -388,7 +388,7 @@ pub struct Status {
 /// The cluster store as the daemon sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreStatus {
-    /// "file", "etcd" or "none".
+    /// "file", "etcd", "kubernetes" or "none".
     pub kind: String,
     /// "ok", or "degraded": unreachable, so forwarding goes on with the last peers
     /// known and pods are added from this node's own subnet.
@@ -399,6 +399,15 @@ pub struct StoreStatus {
     /// For how long, in milliseconds.
     #[serde(default)]
     pub degraded_ms: Option<u64>,
+    /// How many objects of each kind the store mirrors (the Kubernetes store:
+    /// nodes, pods, namespaces, networkpolicies, services, endpointslices).
+    #[serde(default)]
+    pub objects: Vec<(String, usize)>,
+    /// When the view in force was saved (UTC, RFC 3339), while the node runs on the
+    /// view an earlier run saved in its state directory: the store has not been read
+    /// since the node started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_saved: Option<String>,
 }
 
 /// Packet and byte counters, with drops by reason.
@@ -849,6 +858,8 @@ mod tests {
                 state: "ok".into(),
                 detail: None,
                 degraded_ms: None,
+                objects: vec![("pods".into(), 3)],
+                from_saved: None,
             }),
         };
         let replies = [

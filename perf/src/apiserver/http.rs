@@ -50,10 +50,23 @@ struct Shared {
     token: String,
 }
 
+/// How the fixture makes its listening socket: bound in the caller's network
+/// namespace, or wherever the function binds it (inside a test's namespace).
+pub type Bind = Arc<dyn Fn(SocketAddr) -> std::io::Result<std::net::TcpListener> + Send + Sync>;
+
+/// A [`Bind`] inside the network namespace mounted at `netns`.
+pub fn bind_in(netns: std::path::PathBuf) -> Bind {
+    Arc::new(move |addr| {
+        crate::weft::in_netns_at(&netns, || std::net::TcpListener::bind(addr))
+            .map_err(std::io::Error::other)?
+    })
+}
+
 /// A running fixture.
 pub struct Server {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    bind: Bind,
     ca_pem: String,
     tls: Arc<rustls::ServerConfig>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -87,6 +100,13 @@ fn tls_config(host: std::net::IpAddr) -> Result<(Arc<rustls::ServerConfig>, Stri
 impl Server {
     /// Serves on `addr` (port 0: any), accepting `token` only.
     pub fn start(addr: SocketAddr, token: &str) -> Result<Server> {
+        Server::start_with(addr, token, Arc::new(std::net::TcpListener::bind))
+    }
+
+    /// Serves on `addr`, its socket made by `bind` (again after a
+    /// [`Server::pause`]): a daemon in a test's network namespace reaches a
+    /// fixture listening inside that namespace.
+    pub fn start_with(addr: SocketAddr, token: &str, bind: Bind) -> Result<Server> {
         let (tls, ca_pem) = tls_config(addr.ip()).context("making the fixture's certificates")?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -98,6 +118,7 @@ impl Server {
         let mut server = Server {
             shared,
             addr,
+            bind,
             ca_pem,
             tls,
             runtime: None,
@@ -116,7 +137,7 @@ impl Server {
         // old runtime closes its listener in the background.
         let mut tries = 0;
         let std_listener = loop {
-            match std::net::TcpListener::bind(self.addr) {
+            match (self.bind)(self.addr) {
                 Ok(l) => break l,
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
                     tries += 1;

@@ -140,9 +140,18 @@ fn print_status(s: &proto::Status) {
     println!("pods        {}", s.pods);
     println!("peers       {}", s.peers);
     if let Some(st) = &s.store {
-        match &st.detail {
-            Some(d) => println!("store       {} {} ({d})", st.kind, st.state),
-            None => println!("store       {} {}", st.kind, st.state),
+        let detail = st
+            .detail
+            .as_ref()
+            .map_or(String::new(), |d| format!(" ({d})"));
+        let saved = (st.from_saved.as_ref())
+            .map_or(String::new(), |at| format!(", from the view saved at {at}"));
+        println!("store       {} {}{detail}{saved}", st.kind, st.state);
+        if !st.objects.is_empty() {
+            let held: Vec<String> = (st.objects.iter())
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
+            println!("objects     {}", held.join(", "));
         }
     }
     println!("ready       {}", s.ready);

@@ -48,7 +48,7 @@ impl Daemon {
         }
     }
 
-    fn status(&self) -> proto::Status {
+    pub(crate) fn status(&self) -> proto::Status {
         // Ready to serve ADD: not shutting down, and the pool has a free address.
         let held = self.pool.len();
         let ready = !self.stopping() && held.is_ok_and(|n| n < u64::from(self.pool.capacity()));
@@ -93,6 +93,10 @@ impl Daemon {
             state: state.into(),
             detail,
             degraded_ms,
+            objects: (self.store.objects().into_iter())
+                .map(|(kind, n)| (kind.to_owned(), n))
+                .collect(),
+            from_saved: self.from_saved.lock().clone(),
         }
     }
 

@@ -25,9 +25,11 @@ use crate::control::masquerade::Masquerade;
 use crate::control::netlink::{LinkSpec, RouteSpec};
 use crate::control::netpol_source::PolicyState;
 use crate::control::peers::peer_entries;
+use crate::control::saved::{self, Saver, Snapshot};
 use crate::control::store::etcd::EtcdStore;
 use crate::control::store::file::FileStore;
-use crate::control::store::{ClusterStore, ClusterView, Joining, NoStore};
+use crate::control::store::kube::KubeStore;
+use crate::control::store::{ClusterStore, ClusterView, Joining, NoStore, NodeEntry, StorePolicy};
 use crate::core;
 use crate::crypto;
 use crate::crypto::stage::Sealer;
@@ -55,6 +57,8 @@ pub(crate) struct State {
     pub(crate) host: PortEntry,
     pub(crate) pods: Vec<Pod>,
     pub(crate) peers: Vec<PeerEntry>,
+    /// The nodes of the view in force, this one included.
+    pub(crate) nodes: Arc<Vec<NodeEntry>>,
     /// Next generation of each slot ever used; slots in `free` can be reused.
     pub(crate) generations: Vec<u32>,
     pub(crate) free: Vec<u32>,
@@ -91,6 +95,11 @@ pub struct Daemon {
     pub(crate) store: Arc<dyn ClusterStore>,
     /// The encrypted sleeve, if it is on.
     pub(crate) sealer: Option<Arc<Sealer>>,
+    /// Writes the view in force to the state directory.
+    saver: Saver,
+    /// When the view in force was saved, while it is a saved one: the store has not
+    /// been read since the node started.
+    pub(crate) from_saved: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -112,6 +121,11 @@ fn store_of(
         StoreSettings::File(None) => Arc::new(NoStore),
         StoreSettings::Etcd(e) => Arc::new(EtcdStore::open(
             e.clone(),
+            settings.tunnel.port,
+            rt.clone(),
+        )?),
+        StoreSettings::Kubernetes(k) => Arc::new(KubeStore::open(
+            k.credentials.clone(),
             settings.tunnel.port,
             rt.clone(),
         )?),
@@ -170,6 +184,56 @@ fn join(
         }
     };
     Ok((subnet, pool))
+}
+
+/// What a node starts from.
+struct Boot {
+    /// The nodes.
+    nodes: Vec<NodeEntry>,
+    /// The store's policy objects, for a store that holds them (else policy is the
+    /// policy directory's).
+    store_policy: Option<Arc<StorePolicy>>,
+    /// The view saved by an earlier run, when the store could not be read.
+    saved: Option<saved::SavedView>,
+}
+
+/// Where a node starts from: the store's view, once it was read from the store; else
+/// the view an earlier run saved, with a warning; else, for a store that holds
+/// policy, nowhere: with no policy in force every pod would be unisolated.
+fn boot_view(settings: &Settings, store: &dyn ClusterStore) -> Result<Boot, DaemonError> {
+    // Asked first: a store goes from unsynced to synced, never back, so a view
+    // loaded after a `true` is a synced one; loaded before, it might be half.
+    let synced = store.synced();
+    let view = store.load()?;
+    let mut boot = Boot {
+        nodes: view.nodes,
+        store_policy: view.policy,
+        saved: None,
+    };
+    if synced {
+        return Ok(boot);
+    }
+    let kind = store.kind();
+    match saved::load(&settings.state_dir, kind, settings.cluster_cidr) {
+        Some(s) => {
+            log::warn!(
+                "store {kind} unreachable at boot: starting from the view saved at {} ({} nodes, {} policies)",
+                s.saved_at_text(),
+                s.nodes.len(),
+                s.policy.policies.len()
+            );
+            boot.nodes = s.nodes.clone();
+            boot.saved = Some(s);
+        }
+        None if boot.store_policy.is_some() => {
+            return Err(DaemonError::NoView {
+                kind,
+                dir: settings.state_dir.display().to_string(),
+            })
+        }
+        None => log::warn!("store {kind} unreachable at boot, and no saved view: no peers yet"),
+    }
+    Ok(boot)
 }
 
 /// This node's identity and addressing.
@@ -353,6 +417,10 @@ impl Daemon {
     }
 
     /// Like [`Daemon::start`], on the host operations `host` and the cluster `store`.
+    ///
+    /// A store that could not be read as the node joined is stood in for by the view
+    /// an earlier run saved ([`boot_view`]): its peers and its policy are in force
+    /// before any pod is restored.
     pub fn start_with(
         settings: Settings,
         host: Arc<dyn Host>,
@@ -362,7 +430,8 @@ impl Daemon {
         let sealer = sealer_of(&settings, router_mac)?;
         let public_key = sealer.as_ref().map(|s| PublicKey(s.endpoint().public()));
         let (subnet, pool) = join(&settings, &*store, router_mac, public_key)?;
-        let view = store.load()?;
+        let boot = boot_view(&settings, &*store)?;
+        let nodes = Arc::new(boot.nodes);
         let node = Arc::new(node_config(&settings, subnet, router_mac));
         let tunnel = Arc::new(Counters::new(settings.datapath.workers));
         let (mut host_entry, host_spec) = host_port(&settings, &node);
@@ -370,8 +439,7 @@ impl Daemon {
         host_entry.uso = host_queues.first().is_some_and(|q| q.takes_uso());
         prepare_host(&settings, &*host)?;
         let route_to = |ip| host.route_to(ip).ok().flatten();
-        let peers = peer_entries(&settings, &view.nodes, &[], &route_to);
-        let store_policy = view.policy.clone();
+        let peers = peer_entries(&settings, &nodes, &[], &route_to);
         let tables = Arc::new(ArcSwap::from_pointee(Tables::build(
             node.clone(),
             host_entry.clone(),
@@ -380,6 +448,8 @@ impl Daemon {
             tunnel.clone(),
         )?));
         let (shared, workers) = start_workers(&settings, &tables, sealer.clone())?;
+        let saver = Saver::start(settings.state_dir.clone(), store.kind())
+            .map_err(io_err("starting the thread that saves the view"))?;
         let daemon = Arc::new(Daemon {
             settings,
             node,
@@ -392,6 +462,7 @@ impl Daemon {
                 host: host_entry.clone(),
                 pods: Vec::new(),
                 peers,
+                nodes: nodes.clone(),
                 generations: vec![1],
                 free: Vec::new(),
                 policy: PolicyState::default(),
@@ -400,16 +471,32 @@ impl Daemon {
             host,
             store,
             sealer,
+            saver,
+            from_saved: Mutex::new(boot.saved.as_ref().map(saved::SavedView::saved_at_text)),
         });
-        daemon.sync_crypto_peers(&view.nodes);
+        daemon.sync_crypto_peers(&nodes);
         daemon.hand_queues(host_entry.id, &host_entry.counters, host_queues)?;
         daemon.sync_direct_routes(&daemon.state.lock().peers.clone());
-        match store_policy {
-            Some(p) => daemon.apply_store_policy(&p)?,
-            None => daemon.load_policy()?,
+        match (boot.saved, boot.store_policy) {
+            (Some(saved), Some(_)) => daemon.apply_policy(Ok((saved.policy, Vec::new())))?,
+            (_, Some(p)) => daemon.apply_store_policy(&p)?,
+            (_, None) => daemon.load_policy()?,
         }
         daemon.restore()?;
+        daemon.save_view(&daemon.state.lock());
         Ok(daemon)
+    }
+
+    /// Hands the view in force in `state` to the saver, if it is all the store's: not
+    /// a saved one, nor a saved one partly replaced (it would be saved as new).
+    pub(crate) fn save_view(&self, state: &State) {
+        if self.store.synced() && self.from_saved.lock().is_none() {
+            self.saver.save(Snapshot {
+                nodes: state.nodes.clone(),
+                policy: state.policy.model.clone(),
+                revision: state.policy.store_revision,
+            });
+        }
     }
 
     /// The settings the daemon runs with.
@@ -517,15 +604,16 @@ impl Daemon {
         }
     }
 
-    /// Stops the workers; their queues close. The host port's TAP goes with them; the
-    /// pods' TAPs are persistent and stay, with their traffic resuming when a new
-    /// weftd reopens them.
+    /// Writes the view in force, if it is not saved yet, and stops the workers; their
+    /// queues close. The host port's TAP goes with them; the pods' TAPs are
+    /// persistent and stay, with their traffic resuming when a new weftd reopens them.
     ///
     /// The host routes of direct routing go too: with weft0 gone they lead nowhere.
     /// So does the egress masquerade's table. (A daemon that crashes leaves both,
     /// and the next one takes them over.)
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
+        self.saver.stop();
         let mut workers = self.workers.lock();
         worker::stop(&self.shared, &mut workers);
         if self.settings.tunnel.direct_routing {

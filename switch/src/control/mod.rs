@@ -4,6 +4,8 @@
 //! - [`pods`]: attach, detach, check, GC, restore after a restart;
 //! - [`peers`]: the other nodes, from the cluster [`store`];
 //! - [`netpol_source`]: NetworkPolicy from its source, compiled and published;
+//! - [`saved`]: the last good view (nodes, policy) in the state directory, which a
+//!   node whose store is unreachable as it starts starts from;
 //! - [`api`]: requests in, responses out; [`server`]: the socket and the signals;
 //! - [`host`]: the host operations (netlink, netns, TAP) behind a trait;
 //! - [`config`]: settings; [`netlink`]: links, addresses, routes; [`routes`]: the
@@ -21,5 +23,6 @@ pub mod netpol_source;
 pub mod peers;
 pub mod pods;
 pub mod routes;
+pub mod saved;
 pub mod server;
 pub mod store;

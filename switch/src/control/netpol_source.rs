@@ -137,58 +137,67 @@ impl Daemon {
         &self,
         read: Result<(PolicyModel, Vec<Skipped>), Vec<ManifestError>>,
     ) -> Result<(), DaemonError> {
-        let mut state = self.state.lock();
         match read {
-            Ok((model, skipped)) => {
-                for s in &skipped {
-                    log::info!(
-                        "policy: {} document {}: kind {} is not used, skipped",
-                        s.file,
-                        s.document,
-                        s.kind
-                    );
-                }
-                state.policy.errors.clear();
-                state.policy.skipped = skipped;
-                state.policy.model = Arc::new(model);
-                let before = state.policy.generation;
-                self.publish(&mut state)?;
-                log::info!(
-                    "policy: {} policies, {} pods, {} namespaces in force (generation {})",
-                    state.policy.model.policies.len(),
-                    state.policy.model.pods.len(),
-                    state.policy.model.namespaces.len(),
-                    state.policy.generation,
-                );
-                if before == state.policy.generation {
-                    log::debug!("policy: no pod's rules changed");
-                }
-            }
+            Ok((model, skipped)) => self.put_policy(model, skipped, None, Vec::new()),
             Err(errors) => {
                 for e in &errors {
                     log::error!("policy: {e}; the last good policy set stays in force");
                 }
-                state.policy.errors = errors;
+                self.state.lock().policy.errors = errors;
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Puts the policy objects of a distributed store in force, unless they are the
     /// set in force already. Bad records were left out by the store; they are kept
     /// for `weft policy status`.
     pub fn apply_store_policy(&self, policy: &StorePolicy) -> Result<(), DaemonError> {
-        {
-            let state = self.state.lock();
-            if state.policy.store_revision == Some(policy.revision) {
-                return Ok(());
-            }
+        if self.state.lock().policy.store_revision == Some(policy.revision) {
+            return Ok(());
         }
-        self.apply_policy(Ok((policy.model.clone(), Vec::new())))?;
-        // Only once in force: a set that failed is tried again with the next view.
+        let (model, bad) = (policy.model.clone(), policy.bad.clone());
+        self.put_policy(model, Vec::new(), Some(policy.revision), bad)
+    }
+
+    /// Puts a good set in force and publishes it: `model`, read from the store at
+    /// `revision` (`None`: not from a store), with the documents `skipped` and the
+    /// store records `bad`; then saves the view. Only once in force is the revision
+    /// recorded: a set that failed is tried again with the next view.
+    fn put_policy(
+        &self,
+        model: PolicyModel,
+        skipped: Vec<Skipped>,
+        revision: Option<i64>,
+        bad: Vec<ManifestError>,
+    ) -> Result<(), DaemonError> {
+        for s in &skipped {
+            log::info!(
+                "policy: {} document {}: kind {} is not used, skipped",
+                s.file,
+                s.document,
+                s.kind
+            );
+        }
         let mut state = self.state.lock();
-        state.policy.store_revision = Some(policy.revision);
-        state.policy.errors = policy.bad.clone();
+        state.policy.errors.clear();
+        state.policy.skipped = skipped;
+        state.policy.model = Arc::new(model);
+        let before = state.policy.generation;
+        self.publish(&mut state)?;
+        state.policy.store_revision = revision;
+        state.policy.errors = bad;
+        log::info!(
+            "policy: {} policies, {} pods, {} namespaces in force (generation {})",
+            state.policy.model.policies.len(),
+            state.policy.model.pods.len(),
+            state.policy.model.namespaces.len(),
+            state.policy.generation,
+        );
+        if before == state.policy.generation {
+            log::debug!("policy: no pod's rules changed");
+        }
+        self.save_view(&state);
         Ok(())
     }
 
@@ -201,6 +210,7 @@ impl Daemon {
     }
 
     pub(crate) fn policy_status(&self) -> proto::PolicyStatus {
+        let saved_at = self.from_saved.lock().clone();
         let state = self.state.lock();
         let p = &state.policy;
         let local = state.local_pods();
@@ -223,10 +233,11 @@ impl Daemon {
             })
             .collect();
         proto::PolicyStatus {
-            source: match (&self.settings.policy.dir, p.store_revision) {
-                (Some(d), _) => format!("dir {}", d.display()),
-                (None, Some(rev)) => format!("{} at revision {rev}", self.store.kind()),
-                (None, None) => "none".into(),
+            source: match (&self.settings.policy.dir, p.store_revision, saved_at) {
+                (Some(d), ..) => format!("dir {}", d.display()),
+                (None, None, Some(at)) => format!("the {} view saved at {at}", self.store.kind()),
+                (None, Some(rev), _) => format!("{} at revision {rev}", self.store.kind()),
+                (None, None, None) => "none".into(),
             },
             generation: p.generation,
             namespaces: p.model.namespaces.len(),

@@ -136,34 +136,13 @@ pub(crate) fn peer_entries(
         .collect()
 }
 
-/// Whether `nodes` make exactly `peers`, decided without building them: when no
-/// path needs a look at the host's routes (no direct routing here, no node that
-/// routes directly), a peer is a function of its node, and a view whose nodes did
-/// not change (most views: a pod or a policy changed) costs a comparison, not
-/// thousands of entries built and dropped.
-fn same_peers(settings: &Settings, nodes: &[NodeEntry], peers: &[PeerEntry]) -> bool {
-    if settings.tunnel.direct_routing {
-        return false;
-    }
-    let mut peers = peers.iter();
-    for n in nodes.iter().filter(|n| n.name != settings.node_name) {
-        let Some(p) = peers.next() else {
-            return false;
-        };
-        let same = !routes_directly(settings, n)
-            && p.name == n.name
-            && *p.addr.ip() == n.underlay_ip
-            && p.addr.port() == settings.tunnel.port
-            && p.subnet == n.pod_subnet
-            && p.vtep_mac == n.vtep_mac
-            && !p.via_host
-            && p.beats == (p.path == PeerPath::Tunnel)
-            && p.path == path_to(settings, n, None);
-        if !same {
-            return false;
-        }
-    }
-    peers.next().is_none()
+/// Whether the peers `nodes` make depend on the host's routes (direct routing
+/// here, or a node that routes directly): then the same nodes may make other
+/// peers when the routes change. Otherwise a peer is a function of its node, and
+/// a view with the nodes in force (most views: a pod or a policy changed) is
+/// applied without building thousands of peer entries to compare them.
+fn needs_routes(settings: &Settings, nodes: &[NodeEntry]) -> bool {
+    settings.tunnel.direct_routing || nodes.iter().any(|n| routes_directly(settings, n))
 }
 
 /// How `weft peers` shows a path.
@@ -180,11 +159,25 @@ impl Daemon {
     /// objects if it has them. Returns whether the peers changed.
     ///
     /// The peers go first: a policy set that cannot be put in force must not keep
-    /// nodes that joined or left from being seen.
+    /// nodes that joined or left from being seen. A view the store has not read
+    /// since the node started is a placeholder, and changes nothing: the view in
+    /// force (saved by an earlier run, or none) stays until the store is read.
     pub fn apply_view(&self, view: &ClusterView) -> Result<bool, DaemonError> {
+        if !self.store.synced() {
+            log::debug!("cluster store: not read yet; the view in force stays");
+            return Ok(false);
+        }
         let changed = self.apply_peers(view)?;
         if let Some(policy) = &view.policy {
             self.apply_store_policy(policy)?;
+        }
+        let was_saved = self.from_saved.lock().take();
+        if let Some(at) = was_saved {
+            log::info!(
+                "store {} read: its view replaces the one saved at {at}",
+                self.store.kind()
+            );
+            self.save_view(&self.state.lock());
         }
         Ok(changed)
     }
@@ -215,10 +208,14 @@ impl Daemon {
     }
 
     fn apply_peers(&self, view: &ClusterView) -> Result<bool, DaemonError> {
-        if self.sealer.is_none()
-            && same_peers(&self.settings, &view.nodes, &self.state.lock().peers)
         {
-            return Ok(false);
+            let state = self.state.lock();
+            if *state.nodes == view.nodes && !needs_routes(&self.settings, &view.nodes) {
+                // The peers in force stand: most views are of a pod or a policy
+                // that changed. The view read is saved, as any is.
+                self.save_view(&state);
+                return Ok(false);
+            }
         }
         self.sync_crypto_peers(&view.nodes);
         let mut state = self.state.lock();
@@ -234,6 +231,8 @@ impl Daemon {
                     && a.beats == b.beats
             });
         if same {
+            state.nodes = Arc::new(view.nodes.clone());
+            self.save_view(&state);
             return Ok(false);
         }
         let old = std::mem::replace(&mut state.peers, peers);
@@ -241,6 +240,8 @@ impl Daemon {
             state.peers = old;
             return Err(e);
         }
+        state.nodes = Arc::new(view.nodes.clone());
+        self.save_view(&state);
         self.sync_direct_routes(&state.peers);
         let names: Vec<&str> = state.peers.iter().map(|p| p.name.as_str()).collect();
         log::info!("peers now: {}", names.join(", "));
@@ -402,39 +403,18 @@ mod tests {
         }
     }
 
-    /// The shortcut that skips building the peers of an unchanged view says
-    /// "same" exactly when building them would give the same entries.
+    /// Only a view whose peers may hang on the host's routes is built into
+    /// peers again when its nodes are those in force.
     #[test]
-    fn unchanged_nodes_make_the_same_peers_and_any_change_is_seen() {
-        let s = settings(false);
-        let nodes = vec![node("me", 1, None), node("b", 2, None), node("c", 3, None)];
-        let no_route = |_| None;
-        let peers = peer_entries(&s, &nodes, &[], &no_route);
-        assert!(same_peers(&s, &nodes, &peers));
-        let mut moved = nodes.clone();
-        moved[1].underlay_ip = Ipv4Addr::new(10, 250, 0, 9);
-        let mut other_mac = nodes.clone();
-        other_mac[2].vtep_mac = MacAddr::from_name("x");
-        let mut sleeve = nodes.clone();
-        sleeve[1].mode = Some(Mode::Sleeve);
+    fn only_direct_routing_needs_the_routes() {
+        let nodes = vec![node("me", 1, None), node("b", 2, None)];
+        assert!(!needs_routes(&settings(false), &nodes));
+        assert!(needs_routes(&settings(true), &nodes));
         let mut direct = nodes.clone();
         direct[1].mode = Some(Mode::Direct);
-        for changed in [
-            moved,
-            other_mac,
-            sleeve,
-            direct,
-            nodes[..2].to_vec(),
-            [nodes.clone(), vec![node("d", 4, None)]].concat(),
-        ] {
-            assert!(!same_peers(&s, &changed, &peers), "{changed:?}");
-        }
-        // This node's own entry is no peer: where it is listed does not matter.
-        let reordered = vec![node("b", 2, None), node("me", 1, None), node("c", 3, None)];
-        assert!(same_peers(&s, &reordered, &peers));
-        // With direct routing, paths depend on the host's routes: never skipped.
-        let d = settings(true);
-        let peers = peer_entries(&d, &nodes, &[], &no_route);
-        assert!(!same_peers(&d, &nodes, &peers));
+        assert!(needs_routes(&settings(false), &direct));
+        let mut routes_directly = nodes;
+        routes_directly[1].direct_routing = Some(true);
+        assert!(needs_routes(&settings(false), &routes_directly));
     }
 }

@@ -515,10 +515,13 @@ mod tests {
     use weft_proto::{AttachRequest, DetachRequest, ErrorKind, Reply, Request, Response};
 
     use super::*;
-    use crate::control::config::{Mode, Options};
+    use crate::control::config::{Mode, Options, Settings};
     use crate::control::host::{Host, Queues};
     use crate::control::routes::{DirectRoute, RouteTo};
-    use crate::control::store::{ClusterView, NoStore, NodeEntry};
+    use crate::control::saved;
+    use crate::control::store::{
+        ClusterStore, ClusterView, Joining, NoStore, NodeEntry, OnChange, StoreError,
+    };
     use crate::io::port::{Offload, PortQueue};
     use crate::mac::MacAddr;
     use crate::tables::fib::NextHop;
@@ -672,7 +675,18 @@ mod tests {
 
     /// Like [`fixture`], with the options `extra` sets.
     fn fixture_with(tag: &str, extra: Options) -> Fixture {
+        let (settings, dir) = settings_for(tag, extra);
+        let host = fake_host(&dir);
+        let daemon =
+            Daemon::start_with(settings, host.clone(), Arc::new(NoStore)).expect("the daemon");
+        Fixture { daemon, host, dir }
+    }
+
+    /// The settings of a node `n` on loopback, with the options `extra` sets, and
+    /// its scratch directory (made empty).
+    fn settings_for(tag: &str, extra: Options) -> (Settings, PathBuf) {
         let dir = std::env::temp_dir().join(format!("weft-pods-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
@@ -687,19 +701,19 @@ mod tests {
         settings.datapath.workers = Some(2);
         settings.state_dir = Some(dir.join("state"));
         settings.socket = Some(dir.join("weft.sock"));
-        let settings = settings.resolve().expect("settings");
-        let host = Arc::new(FakeHost {
+        (settings.resolve().expect("settings"), dir)
+    }
+
+    fn fake_host(dir: &Path) -> Arc<FakeHost> {
+        Arc::new(FakeHost {
             next: Mutex::new(Next::Works),
             interfaces: Mutex::new(BTreeSet::new()),
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
             reach: Mutex::new(Default::default()),
             routes: Mutex::new(Vec::new()),
             forwarding: Default::default(),
             masquerade: Default::default(),
-        });
-        let daemon =
-            Daemon::start_with(settings, host.clone(), Arc::new(NoStore)).expect("the daemon");
-        Fixture { daemon, host, dir }
+        })
     }
 
     fn attach(d: &Daemon, id: &str) -> Response {
@@ -953,5 +967,128 @@ mod tests {
         assert_eq!(f.host.routes.lock().len(), 1);
         f.daemon.shutdown();
         assert!(f.host.routes.lock().is_empty());
+    }
+
+    /// A store that holds policy and cannot be read until told (`read`).
+    #[derive(Debug, Default)]
+    struct Late {
+        read: std::sync::atomic::AtomicBool,
+    }
+
+    impl ClusterStore for Late {
+        fn kind(&self) -> &'static str {
+            "late"
+        }
+
+        fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
+            NoStore.join(me)
+        }
+
+        fn load(&self) -> Result<ClusterView, StoreError> {
+            Ok(ClusterView {
+                nodes: Vec::new(),
+                policy: Some(Arc::default()),
+            })
+        }
+
+        fn watch(self: Arc<Self>, _: OnChange) -> tokio::task::JoinHandle<()> {
+            tokio::spawn(async {})
+        }
+
+        fn synced(&self) -> bool {
+            self.read.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// A node whose store holds policy and cannot be read as it starts refuses to
+    /// start with no saved view, before it touches the host; with one, it starts
+    /// with its peers and its policy in force, says so, and keeps them while the
+    /// store has no view of its own. Once the store is read its view replaces the
+    /// saved one, and is saved in turn.
+    #[test]
+    fn a_store_not_read_at_boot_is_stood_in_for_by_the_saved_view_or_nothing_starts() {
+        let (settings, dir) = settings_for("late", Options::default());
+        let host = fake_host(&dir);
+        let (state_dir, cluster) = (settings.state_dir.clone(), settings.cluster_cidr);
+        match Daemon::start_with(settings.clone(), host.clone(), Arc::new(Late::default())) {
+            Err(e @ DaemonError::NoView { .. }) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("starting would leave every pod unisolated"),
+                    "{text}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!host.forwarding.load(std::sync::atomic::Ordering::SeqCst));
+
+        let yaml = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+            metadata: {name: deny, namespace: default}\nspec: {podSelector: {}}\n";
+        let mut model = crate::netpol::model::PolicyModel::default();
+        crate::netpol::manifest::read("test", yaml, &mut model).expect("a manifest");
+        let snap = saved::Snapshot {
+            nodes: Arc::new(vec![node("n", 1, None), node("m", 2, None)]),
+            policy: Arc::new(model),
+            revision: Some(9),
+        };
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_748_779_200);
+        saved::write(&state_dir, "late", &snap, at).expect("a saved view");
+        let store = Arc::new(Late::default());
+        let d = Daemon::start_with(settings, host, store.clone()).expect("the daemon");
+        let in_force = |d: &Daemon| {
+            let peers: Vec<String> = d.tables().peers.iter().map(|p| p.name.clone()).collect();
+            (peers, d.state.lock().policy.model.policies.len())
+        };
+        assert_eq!(in_force(&d), (vec!["m".to_owned()], 1));
+        let at = "2025-06-01T12:00:00Z";
+        let from_saved = |d: &Daemon| d.status().store.and_then(|s| s.from_saved);
+        assert_eq!(from_saved(&d).as_deref(), Some(at));
+        assert_eq!(
+            d.policy_status().source,
+            format!("the late view saved at {at}")
+        );
+        let placeholder = store.load().expect("a view");
+        assert!(!d.apply_view(&placeholder).expect("nothing applied"));
+        assert_eq!(in_force(&d), (vec!["m".to_owned()], 1));
+
+        store.read.store(true, std::sync::atomic::Ordering::SeqCst);
+        let policy = crate::control::store::StorePolicy {
+            revision: 12,
+            ..Default::default()
+        };
+        let view = ClusterView {
+            nodes: vec![node("n", 1, None), node("k", 3, None)],
+            policy: Some(Arc::new(policy)),
+        };
+        assert!(d.apply_view(&view).expect("applied"));
+        assert_eq!(in_force(&d), (vec!["k".to_owned()], 0));
+        assert_eq!(from_saved(&d), None);
+        d.shutdown();
+        let again = saved::read(&state_dir, "late", cluster)
+            .expect("read")
+            .expect("a view");
+        assert_ne!(again.saved_at_text(), at);
+        assert_eq!((again.nodes, again.revision), (view.nodes, Some(12)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A node on a store that is read saves the view in force in its state
+    /// directory, and writes it as it stops.
+    #[test]
+    fn the_view_in_force_is_saved() {
+        let f = fixture("saves");
+        let dir = f.daemon.settings().state_dir.clone();
+        let cluster = f.daemon.settings().cluster_cidr;
+        let view = ClusterView {
+            nodes: vec![node("b", 2, None)],
+            policy: None,
+        };
+        assert!(f.daemon.apply_view(&view).expect("applied"));
+        f.daemon.shutdown();
+        let v = saved::read(&dir, "none", cluster)
+            .expect("read")
+            .expect("a view");
+        assert_eq!(v.nodes, view.nodes);
+        assert_eq!((v.revision, v.policy.policies.len()), (None, 0));
     }
 }

@@ -445,6 +445,40 @@ impl DocValue for serde_json::Value {
     }
 }
 
+/// Reads a NetworkPolicy's `spec` as the API server holds it into the policy
+/// `namespace`/`name`, with every check a manifest gets.
+pub fn policy_spec(namespace: &str, name: &str, spec: serde_json::Value) -> Result<Policy, String> {
+    let spec: PolicySpecDoc = serde_json::from_value(spec).map_err(|e| format!("spec: {e}"))?;
+    policy(PolicyDoc {
+        metadata: Meta {
+            name: name.to_owned(),
+            namespace: Some(namespace.to_owned()),
+            labels: Labels::new(),
+        },
+        spec,
+    })
+}
+
+/// What a NetworkPolicy that does not read stands for: it fails closed. It
+/// isolates every pod it may select, both ways, and allows nothing: the pods of
+/// its `podSelector` if that much reads, else every pod of its namespace. One bad
+/// policy thus cuts off only pods its author meant to restrict, and never opens
+/// a pod another policy isolates.
+pub fn fail_closed(namespace: &str, name: &str, spec: &serde_json::Value) -> Policy {
+    let pod_selector = spec
+        .get("podSelector")
+        .and_then(|s| SelectorDoc::deserialize(s).ok())
+        .and_then(|s| selector(s).ok())
+        .unwrap_or_default();
+    Policy {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        pod_selector,
+        ingress: Some(Vec::new()),
+        egress: Some(Vec::new()),
+    }
+}
+
 /// Reads one document into `model`; `Ok(Some(kind))` for a kind that is skipped.
 fn document(value: impl DocValue, model: &mut PolicyModel) -> Result<Option<String>, String> {
     if value.is_null() {

@@ -3,7 +3,8 @@
 //! `networking.k8s.io/v1` NetworkPolicies, checked.
 //!
 //! The types here are store-agnostic: the YAML directory ([`super::manifest`]) and the
-//! etcd store both produce a [`PolicyModel`].
+//! etcd store both produce a [`PolicyModel`]. They serialize, for the view a node
+//! saves in its state directory ([`crate::control::saved`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +12,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
 
 /// Labels: key to value.
 pub type Labels = BTreeMap<String, String>;
@@ -22,7 +24,7 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// An L4 protocol a NetworkPolicy port names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Protocol {
     /// TCP, the default.
     Tcp,
@@ -69,7 +71,7 @@ impl fmt::Display for Protocol {
 }
 
 /// A label selector's requirement operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Operator {
     /// The label's value is one of the values.
     In,
@@ -82,7 +84,7 @@ pub enum Operator {
 }
 
 /// One requirement of a label selector.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Requirement {
     /// The label key.
     pub key: String,
@@ -94,7 +96,7 @@ pub struct Requirement {
 
 /// A label selector: every label of `labels` and every requirement must hold. The
 /// empty selector selects everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Selector {
     /// Labels that must be present with these values (`matchLabels`).
     pub labels: Labels,
@@ -124,7 +126,7 @@ impl Selector {
 }
 
 /// A range of IPv4 addresses with holes (`ipBlock`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct IpBlock {
     /// The range.
     pub cidr: Ipv4Net,
@@ -140,7 +142,7 @@ impl IpBlock {
 }
 
 /// Who a rule admits (`from`) or reaches (`to`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Peer {
     /// Pods: those matching `pods` (any, if `None`) in the namespaces matching
     /// `namespaces` (the policy's own namespace, if `None`). A peer with both
@@ -156,7 +158,7 @@ pub enum Peer {
 }
 
 /// Which port a rule allows.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum PortSpec {
     /// Every port of the protocol.
     All,
@@ -172,7 +174,7 @@ pub enum PortSpec {
 }
 
 /// One entry of a rule's `ports`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Port {
     /// The protocol (TCP unless given).
     pub protocol: Protocol,
@@ -181,7 +183,7 @@ pub struct Port {
 }
 
 /// One ingress or egress rule.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Rule {
     /// Who it is about; empty: everyone.
     pub peers: Vec<Peer>,
@@ -190,7 +192,7 @@ pub struct Rule {
 }
 
 /// A NetworkPolicy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Policy {
     /// Its namespace.
     pub namespace: String,
@@ -212,7 +214,7 @@ impl Policy {
 }
 
 /// A container port with a name, which rules may refer to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NamedPort {
     /// The name.
     pub name: String,
@@ -223,7 +225,7 @@ pub struct NamedPort {
 }
 
 /// A pod as the store describes it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PodObject {
     /// Its namespace.
     pub namespace: String,
@@ -336,8 +338,9 @@ impl<T: Namespaced> Grouped<T> {
         Arc::make_mut(list)
     }
 
-    /// Adds `item` after the objects of its namespace.
-    pub fn push(&mut self, item: Arc<T>) {
+    /// Adds `item` (an object, or a shared one) after the objects of its namespace.
+    pub fn push(&mut self, item: impl Into<Arc<T>>) {
+        let item = item.into();
         let ns = item.namespace().to_owned();
         self.list_mut(&ns).push(item);
         self.len += 1;
@@ -371,6 +374,47 @@ impl<T: Namespaced> Grouped<T> {
     }
 }
 
+/// The `i`-th object in [`Grouped::iter`]'s order: a walk over the namespaces, for
+/// tests and queries, not for a hot path.
+impl<T: Namespaced> std::ops::Index<usize> for Grouped<T> {
+    type Output = Arc<T>;
+
+    fn index(&self, i: usize) -> &Arc<T> {
+        let mut left = i;
+        for list in self.by_namespace.values() {
+            match list.get(left) {
+                Some(o) => return o,
+                None => left -= list.len(),
+            }
+        }
+        panic!("index {i} out of a set of {} objects", self.len)
+    }
+}
+
+impl<T: Namespaced> FromIterator<T> for Grouped<T> {
+    /// The objects, each after the others of its namespace.
+    fn from_iter<I: IntoIterator<Item = T>>(items: I) -> Self {
+        let mut g = Grouped::default();
+        for item in items {
+            g.push(item);
+        }
+        g
+    }
+}
+
+/// A set serializes as the sequence of its objects, as a list of them did.
+impl<T: Namespaced + Serialize> Serialize for Grouped<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter().map(|o| &**o))
+    }
+}
+
+impl<'de, T: Namespaced + Deserialize<'de>> Deserialize<'de> for Grouped<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Vec::<T>::deserialize(d)?.into_iter().collect())
+    }
+}
+
 impl<'a, T: Namespaced> IntoIterator for &'a Grouped<T> {
     type Item = &'a Arc<T>;
     type IntoIter = Box<dyn Iterator<Item = &'a Arc<T>> + 'a>;
@@ -386,7 +430,7 @@ impl<'a, T: Namespaced> IntoIterator for &'a Grouped<T> {
 /// a copy of a model of 150,000 pods costs a reference per namespace, and a store
 /// that changes one object makes the new model from the old in the time of that
 /// object's namespace.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyModel {
     /// Namespaces and their labels.
     pub namespaces: BTreeMap<String, Labels>,
@@ -408,6 +452,69 @@ impl PolicyModel {
     /// The pod `namespace/name`, if the store has it.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodObject> {
         self.pods.get(namespace, name).map(|p| &**p)
+    }
+
+    /// Checks what reading manifests guarantees of every object, for a model that
+    /// comes from elsewhere (a saved view): selectors whose operators have values
+    /// exactly when they need them, port ranges of 1 to 65535 in order, named ports
+    /// with names, and address blocks with no host bits whose exceptions lie within
+    /// them. (Names defined twice are [`super::manifest::check_unique`]'s.)
+    pub fn check(&self) -> Result<(), String> {
+        for p in &self.policies {
+            let rules = p.ingress.iter().chain(&p.egress).flatten();
+            let peers = rules.clone().flat_map(|r| &r.peers);
+            let selectors = peers.clone().flat_map(|peer| match peer {
+                Peer::Pods { pods, namespaces } => [pods.as_ref(), namespaces.as_ref()],
+                Peer::Block(_) => [None, None],
+            });
+            std::iter::once(&p.pod_selector)
+                .chain(selectors.flatten())
+                .try_for_each(Selector::check)
+                .and_then(|()| peers.clone().try_for_each(Peer::check))
+                .and_then(|()| rules.flat_map(|r| &r.ports).try_for_each(Port::check))
+                .map_err(|e| format!("NetworkPolicy {}: {e}", p.id()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Selector {
+    fn check(&self) -> Result<(), String> {
+        for r in &self.requirements {
+            let needs_values = matches!(r.operator, Operator::In | Operator::NotIn);
+            if needs_values == r.values.is_empty() {
+                return Err(format!(
+                    "{:?} of key {:?} with values {:?}",
+                    r.operator, r.key, r.values
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Peer {
+    fn check(&self) -> Result<(), String> {
+        let Peer::Block(b) = self else {
+            return Ok(());
+        };
+        let inside = |e: &Ipv4Net| *e == e.trunc() && b.cidr.contains(e) && *e != b.cidr;
+        if b.cidr != b.cidr.trunc() || !b.except.iter().all(inside) {
+            return Err(format!("ipBlock {} except {:?}", b.cidr, b.except));
+        }
+        Ok(())
+    }
+}
+
+impl Port {
+    fn check(&self) -> Result<(), String> {
+        match &self.port {
+            PortSpec::Range { first, last } if *first == 0 || last < first => {
+                Err(format!("port range {first} to {last}"))
+            }
+            PortSpec::Named(name) if name.is_empty() => Err("a named port has no name".into()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -465,7 +572,7 @@ mod tests {
 
     #[test]
     fn grouped_objects_come_by_namespace_and_share_unchanged_lists() {
-        let mut g = Grouped::default();
+        let mut g: Grouped<PodObject> = Grouped::default();
         for (ns, name) in [("b", "x"), ("a", "z"), ("a", "y"), ("b", "w")] {
             g.push(pod(ns, name));
         }
@@ -473,7 +580,7 @@ mod tests {
         assert_eq!(order, [("a", "z"), ("a", "y"), ("b", "x"), ("b", "w")]);
         assert_eq!((g.len(), g.in_namespace("b").len()), (4, 2));
         assert!(g.get("a", "y").is_some() && g.get("c", "y").is_none());
-        let mut kept = Grouped::default();
+        let mut kept: Grouped<PodObject> = Grouped::default();
         for (ns, name) in [("a", "m"), ("a", "c"), ("b", "k"), ("a", "t")] {
             kept.upsert(pod(ns, name));
         }
@@ -504,5 +611,68 @@ mod tests {
         assert!(b.contains(Ipv4Addr::new(172, 17, 0, 9)));
         assert!(!b.contains(Ipv4Addr::new(172, 17, 1, 9)));
         assert!(!b.contains(Ipv4Addr::new(172, 18, 0, 1)));
+    }
+
+    #[test]
+    fn a_model_from_elsewhere_is_held_to_what_manifests_guarantee() {
+        let rule = |peers, ports| Rule { peers, ports };
+        let policy = |ingress| PolicyModel {
+            policies: [Policy {
+                namespace: "default".into(),
+                name: "p".into(),
+                pod_selector: Selector::default(),
+                ingress: Some(vec![ingress]),
+                egress: None,
+            }]
+            .into_iter()
+            .collect(),
+            ..PolicyModel::default()
+        };
+        let block = |cidr: &str, except: &[&str]| {
+            Peer::Block(IpBlock {
+                cidr: cidr.parse().unwrap(),
+                except: except.iter().map(|e| e.parse().unwrap()).collect(),
+            })
+        };
+        let port = |port| Port {
+            protocol: Protocol::Tcp,
+            port,
+        };
+        let good = rule(
+            vec![block("10.0.0.0/8", &["10.1.0.0/16"])],
+            vec![port(PortSpec::Range {
+                first: 80,
+                last: 90,
+            })],
+        );
+        assert_eq!(policy(good).check(), Ok(()));
+        let no_values = Selector {
+            labels: Labels::new(),
+            requirements: vec![Requirement {
+                key: "app".into(),
+                operator: Operator::In,
+                values: Vec::new(),
+            }],
+        };
+        let bad = [
+            rule(vec![block("10.0.0.1/8", &[])], vec![]),
+            rule(vec![block("10.0.0.0/8", &["11.0.0.0/16"])], vec![]),
+            rule(vec![block("10.0.0.0/8", &["10.0.0.0/8"])], vec![]),
+            rule(vec![], vec![port(PortSpec::Range { first: 0, last: 9 })]),
+            rule(vec![], vec![port(PortSpec::Range { first: 9, last: 8 })]),
+            rule(vec![], vec![port(PortSpec::Named(String::new()))]),
+            rule(
+                vec![Peer::Pods {
+                    pods: Some(no_values),
+                    namespaces: None,
+                }],
+                vec![],
+            ),
+        ];
+        for r in bad {
+            let text = format!("{r:?}");
+            let e = policy(r).check().expect_err(&text);
+            assert!(e.starts_with("NetworkPolicy default/p: "), "{e}");
+        }
     }
 }

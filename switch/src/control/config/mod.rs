@@ -3,7 +3,7 @@
 //!
 //! The top level of the file is this node's own (its name, addresses, store and
 //! paths); each section (`[tunnel]`, `[mtu]`, `[encryption]`, `[datapath]`,
-//! `[afxdp]`, `[policy]`, `[host]`, `[etcd]`) is a module here that holds, in one
+//! `[afxdp]`, `[policy]`, `[host]`, `[etcd]`, `[kubernetes]`) is a module here that holds, in one
 //! place, its options as given (the table in the file and the flags, one struct),
 //! their checks and defaults (`resolve`), the checked settings and an error enum.
 //! `file` reads the file, and the flat layout of before the sections.
@@ -14,6 +14,7 @@ mod encryption;
 mod etcd;
 mod file;
 mod host;
+mod kubernetes;
 mod mtu;
 mod policy;
 #[cfg(test)]
@@ -34,6 +35,7 @@ pub use encryption::*;
 pub use etcd::*;
 pub use file::{FlatKey, FLAT_KEYS};
 pub use host::*;
+pub use kubernetes::*;
 pub use mtu::*;
 pub use policy::*;
 pub use tunnel::*;
@@ -65,8 +67,8 @@ pub struct Options {
     /// The whole cluster's pod range (for example 10.244.0.0/16).
     #[arg(long)]
     pub cluster_cidr: Option<Ipv4Net>,
-    /// Where the cluster's nodes are learnt: file (the peers file) or etcd
-    /// [default: file].
+    /// Where the cluster's nodes are learnt: file (the peers file), etcd, or
+    /// kubernetes (the API server) [default: file].
     #[arg(long, value_parser = parse_store)]
     pub store: Option<StoreKind>,
     /// Path of the peers file, reloaded on change (the file store).
@@ -102,13 +104,19 @@ pub struct Options {
     /// `[etcd]`.
     #[command(flatten, next_help_heading = "[etcd] in the config file")]
     pub etcd: EtcdOptions,
+    /// `[kubernetes]`.
+    #[command(flatten, next_help_heading = "[kubernetes] in the config file")]
+    pub kubernetes: KubernetesOptions,
 }
 
 fn parse_store(s: &str) -> Result<StoreKind, String> {
     match s {
         "file" => Ok(StoreKind::File),
         "etcd" => Ok(StoreKind::Etcd),
-        _ => Err(format!("unknown store {s:?}: expected file or etcd")),
+        "kubernetes" => Ok(StoreKind::Kubernetes),
+        _ => Err(format!(
+            "unknown store {s:?}: expected file, etcd or kubernetes"
+        )),
     }
 }
 
@@ -120,6 +128,8 @@ pub enum StoreKind {
     File,
     /// etcd v3.
     Etcd,
+    /// The Kubernetes API server.
+    Kubernetes,
 }
 
 /// A configuration problem, naming the key or file at fault.
@@ -189,6 +199,9 @@ pub enum ConfigError {
     /// A bad `[etcd]` setting.
     #[error(transparent)]
     Etcd(#[from] EtcdConfigError),
+    /// A bad `[kubernetes]` setting.
+    #[error(transparent)]
+    Kubernetes(#[from] KubernetesConfigError),
     /// The peers file is inconsistent.
     #[error("peers file {path}: {why}")]
     Peers {
@@ -232,9 +245,9 @@ pub enum NodeConfigError {
         /// The cluster CIDR.
         cluster: Ipv4Net,
     },
-    /// A peers file on the etcd store.
-    #[error("invalid peers: it is the file store's; with etcd the nodes come from etcd")]
-    PeersWithEtcd,
+    /// A peers file on the etcd or Kubernetes store.
+    #[error("invalid peers: it is the file store's; with {0} the nodes come from {0}")]
+    PeersWithStore(&'static str),
 }
 
 impl Options {
@@ -265,13 +278,26 @@ impl Options {
         let store = match kind {
             StoreKind::File => {
                 self.etcd.refuse()?;
+                self.kubernetes.refuse()?;
                 pod_subnet.ok_or(NodeConfigError::Missing("pod-subnet"))?;
                 StoreSettings::File(self.peers)
             }
-            StoreKind::Etcd if self.peers.is_some() => {
-                return Err(NodeConfigError::PeersWithEtcd.into())
+            StoreKind::Etcd | StoreKind::Kubernetes if self.peers.is_some() => {
+                let store = if kind == StoreKind::Etcd {
+                    "etcd"
+                } else {
+                    "the API server"
+                };
+                return Err(NodeConfigError::PeersWithStore(store).into());
             }
-            StoreKind::Etcd => StoreSettings::Etcd(self.etcd.resolve(cluster_cidr, pod_subnet)?),
+            StoreKind::Etcd => {
+                self.kubernetes.refuse()?;
+                StoreSettings::Etcd(self.etcd.resolve(cluster_cidr, pod_subnet)?)
+            }
+            StoreKind::Kubernetes => {
+                self.etcd.refuse()?;
+                StoreSettings::Kubernetes(self.kubernetes.resolve(pod_subnet)?)
+            }
         };
         let policy = self.policy.resolve(kind)?;
         let tunnel = self.tunnel.resolve()?;
@@ -412,4 +438,6 @@ pub enum StoreSettings {
     File(Option<PathBuf>),
     /// etcd.
     Etcd(EtcdSettings),
+    /// The Kubernetes API server.
+    Kubernetes(KubernetesSettings),
 }

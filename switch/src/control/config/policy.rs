@@ -35,6 +35,11 @@ pub enum PolicyConfigError {
         "invalid [policy] dir (--policy-dir): with store = \"etcd\", policy objects live in etcd (deploy/STORE.md)"
     )]
     DirWithEtcd,
+    /// A policy directory on the Kubernetes store.
+    #[error(
+        "invalid [policy] dir (--policy-dir): with store = \"kubernetes\", policy objects come from the API server"
+    )]
+    DirWithKubernetes,
     /// A connection table size out of bounds.
     #[error("invalid [policy] conntrack-max (--conntrack-max): {0}: between {MIN_CONNTRACK} and {MAX_CONNTRACK}")]
     ConntrackMax(usize),
@@ -52,8 +57,11 @@ pub struct PolicySettings {
 impl PolicyOptions {
     /// Checks the settings against the store and applies defaults.
     pub fn resolve(self, store: StoreKind) -> Result<PolicySettings, PolicyConfigError> {
-        if store == StoreKind::Etcd && self.dir.is_some() {
-            return Err(PolicyConfigError::DirWithEtcd);
+        match store {
+            _ if self.dir.is_none() => {}
+            StoreKind::Etcd => return Err(PolicyConfigError::DirWithEtcd),
+            StoreKind::Kubernetes => return Err(PolicyConfigError::DirWithKubernetes),
+            StoreKind::File => {}
         }
         let conntrack_max = self.conntrack_max.unwrap_or(DEFAULT_CONNTRACK_MAX);
         if !(MIN_CONNTRACK..=MAX_CONNTRACK).contains(&conntrack_max) {

@@ -80,7 +80,9 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         .get_arguments()
         .filter_map(|a| a.get_long())
         .collect();
-    assert_eq!(flags.len(), 38, "{flags:?}");
+    assert_eq!(flags.len(), 39, "{flags:?}");
+    // Keys that came after the sections, and so never had a flat form.
+    let sectioned = ["kubeconfig"];
     let top = [
         "node-name",
         "underlay-ip",
@@ -94,7 +96,7 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
     for flag in &flags {
         let moved = FLAT_KEYS.iter().filter(|k| k.flat == *flag).count();
         assert_eq!(
-            moved + usize::from(top.contains(flag)),
+            moved + usize::from(top.contains(flag)) + usize::from(sectioned.contains(flag)),
             1,
             "--{flag} is one key"
         );
@@ -638,4 +640,43 @@ proptest! {
             let _ = options.resolve();
         }
     }
+}
+
+#[test]
+fn the_kubernetes_store_takes_a_kubeconfig_or_none_and_no_subnet_or_peers() {
+    use crate::control::store::kube::Credentials;
+    let text = format!("{HEAD}store = \"kubernetes\"\n");
+    let (o, _) = parse(&text).unwrap();
+    let s = o.clone().resolve().unwrap();
+    let StoreSettings::Kubernetes(k) = &s.store else {
+        panic!("{:?}", s.store)
+    };
+    assert_eq!(k.credentials, Credentials::InCluster);
+    let (with, _) = parse(&format!("{text}[kubernetes]\nkubeconfig = \"/etc/kc\"\n")).unwrap();
+    let StoreSettings::Kubernetes(k) = with.resolve().unwrap().store else {
+        panic!("not kubernetes")
+    };
+    assert_eq!(k.credentials, Credentials::Kubeconfig("/etc/kc".into()));
+    let refused = |o: Options, want: &str| {
+        let e = o.resolve().unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    };
+    let mut subnet = o.clone();
+    subnet.pod_subnet = Some("10.244.1.0/24".parse().unwrap());
+    refused(subnet, "spec.podCIDR");
+    let mut peers = o.clone();
+    peers.peers = Some("/etc/peers".into());
+    refused(peers, "the nodes come from the API server");
+    let mut dir = o.clone();
+    dir.policy.dir = Some("/etc/p".into());
+    refused(dir, "policy objects come from the API server");
+    let mut etcd = o;
+    etcd.etcd.endpoints = Some(vec!["http://x:2379".into()]);
+    refused(etcd, "store = \"etcd\"");
+    // And a kubeconfig is no setting of the other stores.
+    let (file, _) = parse(&format!(
+        "{HEAD}pod-subnet = \"10.244.1.0/24\"\n[kubernetes]\nkubeconfig = \"/k\"\n"
+    ))
+    .unwrap();
+    refused(file, "store = \"kubernetes\"");
 }

@@ -24,7 +24,7 @@ pub mod file;
 pub mod kube;
 
 /// One node of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeEntry {
     /// Node name.
     pub name: String,
@@ -165,6 +165,9 @@ pub enum StoreError {
     /// etcd could not be reached or refused a request.
     #[error("etcd: {0}")]
     Etcd(String),
+    /// The Kubernetes API server could not be reached or refused a request.
+    #[error("kubernetes: {0}")]
+    Kubernetes(String),
     /// The store's records and this node's settings disagree.
     #[error("{0}")]
     Conflict(String),
@@ -217,6 +220,21 @@ pub trait ClusterStore: Send + Sync + std::fmt::Debug {
     /// Whether the store is reachable now.
     fn health(&self) -> StoreHealth {
         StoreHealth::Ok
+    }
+
+    /// Whether the view [`ClusterStore::load`] returns now was read from the store
+    /// since this process started, rather than an empty placeholder: a store that
+    /// was unreachable as the node joined is not, until it is reached (for the
+    /// Kubernetes store: until every kind was listed once). A store read in place
+    /// (the peers file, none) always is.
+    fn synced(&self) -> bool {
+        true
+    }
+
+    /// How many objects of each kind the store holds, for a store that mirrors
+    /// the API server's objects.
+    fn objects(&self) -> Vec<(&'static str, usize)> {
+        Vec::new()
     }
 }
 

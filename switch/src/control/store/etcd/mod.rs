@@ -81,6 +81,9 @@ struct Registration {
 #[derive(Debug)]
 struct Inner {
     cache: Cache,
+    /// Whether `cache` was filled from etcd by this process (a list that succeeded),
+    /// rather than the empty one it starts with.
+    synced: bool,
     /// The policy objects' records of the cache, each read once per version.
     objects: PolicyRecords,
     /// The policy objects, made again only when one of their keys changes.
@@ -171,6 +174,7 @@ impl EtcdStore {
             rt,
             inner: Mutex::new(Inner {
                 cache: Cache::default(),
+                synced: false,
                 objects: PolicyRecords::default(),
                 policy: Arc::new(StorePolicy::default()),
                 nodes: None,
@@ -265,6 +269,13 @@ impl ClusterStore for EtcdStore {
             None => StoreHealth::Ok,
             Some((since, why)) => StoreHealth::Degraded { since, why },
         }
+    }
+
+    /// Once a list of the prefix succeeded: as the node joined, or as the watch
+    /// started (or restarted after a compaction). The watch's events only follow a
+    /// list.
+    fn synced(&self) -> bool {
+        self.inner.lock().synced
     }
 }
 

@@ -186,6 +186,7 @@ impl EtcdStore {
         }
         let mut inner = self.inner.lock();
         inner.cache = cache;
+        inner.synced = true;
         inner.nodes = None;
         let Inner { objects, cache, .. } = &mut *inner;
         objects.sync(&self.layout, cache);

@@ -24,8 +24,13 @@ enum End {
 impl EtcdStore {
     /// Follows the store until the task is aborted, calling `on_change` with each new
     /// view.
+    ///
+    /// The first view goes out as soon as the cache is filled, by this task's list or
+    /// another's (the registration's, when the node started with etcd unreachable):
+    /// the watch may see no event for a long time.
     pub(super) async fn follow(&self, on_change: OnChange) {
         let mut tries = 0;
+        let mut told = false;
         loop {
             let must_list = self.inner.lock().cache.revision == 0;
             if must_list {
@@ -35,8 +40,11 @@ impl EtcdStore {
                     tries += 1;
                     continue;
                 }
+            }
+            if must_list || !told {
                 let view = self.view(&mut self.inner.lock());
                 on_change(view);
+                told = true;
             }
             match self.watch_once(&on_change).await {
                 End::Compacted => {

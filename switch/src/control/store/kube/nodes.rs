@@ -40,6 +40,16 @@ pub mod key {
     pub const FEATURES: &str = "weft.dev/features";
     /// Its static public key, 64 hex digits, with encryption on.
     pub const PUBLIC_KEY: &str = "weft.dev/public-key";
+    /// Every one of them.
+    pub const ALL: [&str; 7] = [
+        UNDERLAY_IP,
+        VTEP_MAC,
+        MODE,
+        DIRECT_ROUTING,
+        PORT,
+        FEATURES,
+        PUBLIC_KEY,
+    ];
 }
 
 /// The annotations node `j` publishes on its Node, with its tunnel on `port`.
@@ -95,6 +105,17 @@ fn internal_ip(node: &Node) -> Option<Ipv4Addr> {
         .find_map(|a| a.address.parse().ok())
 }
 
+/// The Node's IPv4 pod range: the IPv4 one of `spec.podCIDRs` (a dual-stack
+/// Node lists one of each family, IPv6 first on an IPv6-primary cluster), else
+/// `spec.podCIDR`.
+pub fn pod_cidr(node: &Node) -> Option<&str> {
+    let spec = node.spec.as_ref()?;
+    let v4 = (spec.pod_cidrs.iter().flatten())
+        .find(|c| c.parse::<Ipv4Net>().is_ok())
+        .map(String::as_str);
+    v4.or(spec.pod_cidr.as_deref())
+}
+
 /// Parses annotation `key` with `parse`, naming it in the error.
 fn parsed<T>(
     node: &Node,
@@ -111,11 +132,8 @@ fn parsed<T>(
 /// port `port` (unless it routes directly). Errors say why.
 pub fn node_entry(node: &Node, cluster: Ipv4Net, port: u16) -> Result<NodeEntry, String> {
     let name = node.metadata.name.clone().unwrap_or_default();
-    let cidr = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.pod_cidr.as_deref())
-        .ok_or("has no spec.podCIDR yet (the controller manager gives it one)")?;
+    let cidr =
+        pod_cidr(node).ok_or("has no spec.podCIDR yet (the controller manager gives it one)")?;
     let pod_subnet: Ipv4Net = cidr
         .parse()
         .map_err(|e| format!("spec.podCIDR {cidr:?}: {e}"))?;
@@ -158,8 +176,13 @@ pub fn node_entry(node: &Node, cluster: Ipv4Net, port: u16) -> Result<NodeEntry,
 /// (by creation, then name), unless its subnet overlaps, or its underlay address
 /// or VTEP MAC is, an older node's. This node's own Node is always used when it
 /// parses: the daemon checks itself.
-pub fn nodes_view(nodes: &[Node], me: &str, cluster: Ipv4Net, port: u16) -> NodesView {
-    let mut sorted: Vec<&Node> = nodes.iter().collect();
+pub fn nodes_view<'n>(
+    nodes: impl IntoIterator<Item = &'n Node>,
+    me: &str,
+    cluster: Ipv4Net,
+    port: u16,
+) -> NodesView {
+    let mut sorted: Vec<&Node> = nodes.into_iter().collect();
     sorted.sort_by(|a, b| {
         let created = |n: &Node| n.metadata.creation_timestamp.clone().map(|t| t.0);
         (created(a), &a.metadata.name).cmp(&(created(b), &b.metadata.name))
@@ -279,6 +302,7 @@ mod tests {
         );
         let mut no_cidr = good.clone();
         no_cidr.spec.as_mut().unwrap().pod_cidr = None;
+        no_cidr.spec.as_mut().unwrap().pod_cidrs = None;
         let cases: Vec<(Node, &str)> = vec![
             (no_cidr, "no spec.podCIDR"),
             (
@@ -356,6 +380,18 @@ mod tests {
             let err = node_entry(&n, cluster(), PORT).unwrap_err();
             assert!(err.contains(why), "{err:?} does not say {why:?}");
         }
+        // Dual stack, IPv6 first: the IPv4 range is the one.
+        let mut dual = good.clone();
+        let spec = dual.spec.as_mut().unwrap();
+        spec.pod_cidr = Some("fd00:10:244:1::/64".into());
+        spec.pod_cidrs = Some(vec!["fd00:10:244:1::/64".into(), "10.244.1.0/24".into()]);
+        assert_eq!(
+            node_entry(&dual, cluster(), PORT)
+                .unwrap()
+                .pod_subnet
+                .to_string(),
+            "10.244.1.0/24"
+        );
         // No annotation and no InternalIP: no underlay address.
         let mut bare = good.clone();
         bare.status = None;

@@ -1,0 +1,618 @@
+//! What the Kubernetes store holds, with no I/O: a mirror of each kind it
+//! watches, fed kube-runtime's watcher events, and the views made of them. A
+//! relist (after a 410 Gone, or any restart of a watch) fills a new mirror beside
+//! the old one and replaces it whole at its end, so an object deleted while the
+//! watch was down is gone, and nothing is half-listed in between.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ipnet::Ipv4Net;
+use kube::runtime::watcher::Event;
+use kube::Resource;
+
+use super::nodes::{nodes_view, pod_cidr, NodesView};
+use super::objects::{RawPolicy, SlimNamespace, SlimNode, SlimPod, SlimService, SlimSlice};
+use crate::netpol::manifest::{self, ManifestError};
+use crate::netpol::model::{Labels, NamedPort, PodObject, Policy, PolicyModel, Protocol};
+
+/// An object's key: namespace ("" for cluster-scoped kinds) and name.
+pub type Key = (String, String);
+
+/// The key of `object`, if it has a name.
+fn key_of<K: Resource>(object: &K) -> Option<Key> {
+    let meta = object.meta();
+    Some((
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone()?,
+    ))
+}
+
+/// The objects of one kind, as the watch last listed and followed them.
+#[derive(Debug)]
+pub struct Mirror<V> {
+    live: HashMap<Key, V>,
+    /// The list in progress, from `Init` to `InitDone`.
+    relist: Option<HashMap<Key, V>>,
+    /// Whether a list has ever completed.
+    synced: bool,
+}
+
+impl<V> Default for Mirror<V> {
+    fn default() -> Self {
+        Mirror {
+            live: HashMap::new(),
+            relist: None,
+            synced: false,
+        }
+    }
+}
+
+impl<V: PartialEq> Mirror<V> {
+    /// Applies one watcher event, `convert`ing each object (`None`: hold nothing
+    /// for it, as for a pod that finished). Returns whether what is live changed:
+    /// an update that converts to what is held already (kubelet's status
+    /// heartbeats, mostly) changes nothing.
+    pub fn apply<K: Resource>(
+        &mut self,
+        event: Event<K>,
+        convert: impl Fn(K) -> Option<V>,
+    ) -> bool {
+        match event {
+            Event::Init => {
+                self.relist = Some(HashMap::new());
+                false
+            }
+            Event::InitApply(k) => {
+                if let (Some(key), Some(relist)) = (key_of(&k), self.relist.as_mut()) {
+                    if let Some(v) = convert(k) {
+                        relist.insert(key, v);
+                    }
+                }
+                false
+            }
+            Event::InitDone => {
+                self.live = self.relist.take().unwrap_or_default();
+                self.synced = true;
+                true
+            }
+            Event::Apply(k) => {
+                let Some(key) = key_of(&k) else {
+                    return false;
+                };
+                match convert(k) {
+                    Some(v) if self.live.get(&key) == Some(&v) => false,
+                    Some(v) => {
+                        self.live.insert(key, v);
+                        true
+                    }
+                    None => self.live.remove(&key).is_some(),
+                }
+            }
+            Event::Delete(k) => key_of(&k).is_some_and(|key| self.live.remove(&key).is_some()),
+        }
+    }
+}
+
+impl<V> Mirror<V> {
+    /// Whether a list has completed.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// How many objects are live.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The live objects.
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.live.values()
+    }
+
+    /// The live object at `key`.
+    pub fn get(&self, key: &Key) -> Option<&V> {
+        self.live.get(key)
+    }
+}
+
+/// A NetworkPolicy as read: the policy, or the one it fails closed to and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadPolicy {
+    /// What is enforced for it.
+    pub policy: Policy,
+    /// Why it did not read, if it did not: then `policy` isolates what it may
+    /// select and allows nothing.
+    pub bad: Option<String>,
+    /// Its resourceVersion, to log each bad version once.
+    pub resource_version: String,
+}
+
+/// Reads a NetworkPolicy object, failing closed when it does not read.
+pub fn read_policy(p: RawPolicy) -> Option<ReadPolicy> {
+    let namespace = p.metadata.namespace.clone().unwrap_or_default();
+    let name = p.metadata.name.clone()?;
+    let resource_version = p.metadata.resource_version.clone().unwrap_or_default();
+    Some(
+        match manifest::policy_spec(&namespace, &name, p.spec.clone()) {
+            Ok(policy) => ReadPolicy {
+                policy,
+                bad: None,
+                resource_version,
+            },
+            Err(why) => ReadPolicy {
+                policy: manifest::fail_closed(&namespace, &name, &p.spec),
+                bad: Some(why),
+                resource_version,
+            },
+        },
+    )
+}
+
+/// A Pod as held: as policy judges it, and what decides between two pods that
+/// claim one address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldPod {
+    /// The pod.
+    pub pod: PodObject,
+    /// The node it runs on.
+    pub node: Option<String>,
+    /// When it was made.
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
+    /// Whether it is going away.
+    pub deleting: bool,
+}
+
+/// A Pod as held; `None` for one that finished, which matches nothing even
+/// while its address is given to a new pod.
+pub fn read_pod(p: SlimPod) -> Option<HeldPod> {
+    if p.finished() {
+        return None;
+    }
+    let node = p.spec.node_name.clone();
+    let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let deleting = p.metadata.deletion_timestamp.is_some();
+    let ip = p.ips().into_iter().find_map(|ip| match ip.parse() {
+        Ok(IpAddr::V4(v4)) => Some(v4),
+        _ => None,
+    });
+    let ports = (p.spec.containers.iter())
+        .flat_map(|c| &c.ports)
+        .filter_map(|port| {
+            let protocol = match port.protocol.as_deref() {
+                None | Some("TCP") => Protocol::Tcp,
+                Some("UDP") => Protocol::Udp,
+                Some("SCTP") => Protocol::Sctp,
+                Some(_) => return None,
+            };
+            Some(NamedPort {
+                name: port.name.clone()?,
+                protocol,
+                port: u16::try_from(port.container_port).ok().filter(|&n| n > 0)?,
+            })
+        })
+        .collect();
+    Some(HeldPod {
+        pod: PodObject {
+            namespace: p.metadata.namespace.unwrap_or_default(),
+            name: p.metadata.name?,
+            labels: p.metadata.labels.unwrap_or_default(),
+            ports,
+            ip,
+        },
+        node,
+        created,
+        deleting,
+    })
+}
+
+/// Everything the store holds.
+#[derive(Debug, Default)]
+pub struct Cache {
+    /// Nodes.
+    pub nodes: Mirror<SlimNode>,
+    /// Pods that have not finished.
+    pub pods: Mirror<HeldPod>,
+    /// Namespaces' labels.
+    pub namespaces: Mirror<Labels>,
+    /// NetworkPolicies.
+    pub policies: Mirror<ReadPolicy>,
+    /// Services, held for the switch's own Services.
+    pub services: Mirror<SlimService>,
+    /// EndpointSlices, likewise.
+    pub slices: Mirror<SlimSlice>,
+    /// Moves on with every change to the objects policy is made of.
+    pub policy_revision: i64,
+    /// Moves on with every change to the Nodes.
+    pub nodes_revision: i64,
+}
+
+/// One watcher event of any kind the store watches. (One is in hand at a time,
+/// so a Node's size is no cost.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Change {
+    /// A Node.
+    Node(Event<SlimNode>),
+    /// A Pod.
+    Pod(Event<SlimPod>),
+    /// A Namespace.
+    Namespace(Event<SlimNamespace>),
+    /// A NetworkPolicy.
+    Policy(Event<RawPolicy>),
+    /// A Service.
+    Service(Event<SlimService>),
+    /// An EndpointSlice.
+    Slice(Event<SlimSlice>),
+}
+
+/// The kinds, by plural, in the order the store reports them.
+pub const KINDS: [&str; 6] = [
+    "nodes",
+    "pods",
+    "namespaces",
+    "networkpolicies",
+    "services",
+    "endpointslices",
+];
+
+/// A Node as held: its version goes, so that an update of nothing weft reads
+/// changes nothing.
+fn read_node(mut n: SlimNode) -> Option<SlimNode> {
+    n.0.metadata.resource_version = None;
+    Some(n)
+}
+
+impl Cache {
+    /// Applies one event; returns whether a view made now would differ: the
+    /// Nodes or the objects policy is made of changed. (Services and
+    /// EndpointSlices are held, and make no view yet.)
+    pub fn apply(&mut self, change: Change) -> bool {
+        let policy = match change {
+            Change::Node(e) => {
+                let changed = self.nodes.apply(e, read_node);
+                self.nodes_revision += i64::from(changed);
+                return changed;
+            }
+            Change::Service(e) => {
+                self.services.apply(e, Some);
+                return false;
+            }
+            Change::Slice(e) => {
+                self.slices.apply(e, Some);
+                return false;
+            }
+            Change::Pod(e) => self.pods.apply(e, read_pod),
+            Change::Namespace(e) => self
+                .namespaces
+                .apply(e, |n| Some(n.metadata.labels.unwrap_or_default())),
+            Change::Policy(e) => self.policies.apply(e, read_policy),
+        };
+        if policy {
+            self.policy_revision += 1;
+        }
+        policy
+    }
+
+    /// Whether the kinds a view is made of (Nodes, Pods, Namespaces and
+    /// NetworkPolicies) have been listed once: then a view is whole.
+    pub fn synced(&self) -> bool {
+        self.nodes.synced()
+            && self.pods.synced()
+            && self.namespaces.synced()
+            && self.policies.synced()
+    }
+
+    /// The kinds not listed yet.
+    pub fn unsynced(&self) -> Vec<&'static str> {
+        (self.kinds().into_iter())
+            .filter(|(_, synced, _)| !synced)
+            .map(|(k, _, _)| k)
+            .collect()
+    }
+
+    /// How many objects of each kind are held, in [`KINDS`]' order.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        (self.kinds().into_iter()).map(|(k, _, n)| (k, n)).collect()
+    }
+
+    /// Each kind: whether it was listed, and how many objects it holds.
+    fn kinds(&self) -> [(&'static str, bool, usize); 6] {
+        let m = |i: usize, synced: bool, len: usize| (KINDS[i], synced, len);
+        [
+            m(0, self.nodes.synced(), self.nodes.len()),
+            m(1, self.pods.synced(), self.pods.len()),
+            m(2, self.namespaces.synced(), self.namespaces.len()),
+            m(3, self.policies.synced(), self.policies.len()),
+            m(4, self.services.synced(), self.services.len()),
+            m(5, self.slices.synced(), self.slices.len()),
+        ]
+    }
+
+    /// The nodes as node `me` sees them.
+    pub fn nodes_view(&self, me: &str, cluster: Ipv4Net, port: u16) -> NodesView {
+        nodes_view(self.nodes.values().map(|n| &n.0), me, cluster, port)
+    }
+
+    /// The pods, sorted, each address given to one pod at most: a pod's address
+    /// outside its node's podCIDR is no address of its (whoever wrote its status);
+    /// of two pods that claim one address, one going away loses it to one that
+    /// is not, and then the older to the newer.
+    fn addressed_pods(&self) -> Vec<PodObject> {
+        let ranges: HashMap<&str, ipnet::Ipv4Net> = (self.nodes.live.iter())
+            .filter_map(|((_, name), n)| Some((name.as_str(), pod_cidr(&n.0)?.parse().ok()?)))
+            .collect();
+        let mut holder: HashMap<std::net::Ipv4Addr, &HeldPod> = HashMap::new();
+        for h in self.pods.values() {
+            let Some(ip) = h.pod.ip else { continue };
+            let range = h.node.as_deref().and_then(|n| ranges.get(n));
+            if range.is_some_and(|r| !r.contains(&ip)) {
+                continue;
+            }
+            let rank = |h: &HeldPod| {
+                (
+                    !h.deleting,
+                    h.created,
+                    std::cmp::Reverse(h.pod.name.clone()),
+                )
+            };
+            match holder.get(&ip) {
+                Some(other) if rank(other) >= rank(h) => {}
+                _ => {
+                    holder.insert(ip, h);
+                }
+            }
+        }
+        let mut pods: Vec<PodObject> = (self.pods.values())
+            .map(|h| {
+                let mut pod = h.pod.clone();
+                pod.ip = pod
+                    .ip
+                    .filter(|ip| holder.get(ip).is_some_and(|w| std::ptr::eq(*w, h)));
+                pod
+            })
+            .collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        pods
+    }
+
+    /// The policy objects, and the NetworkPolicies that did not read (failed
+    /// closed), each as an error naming it.
+    pub fn policy_model(&self) -> (PolicyModel, Vec<ManifestError>) {
+        let mut policies: Vec<&ReadPolicy> = self.policies.values().collect();
+        policies.sort_by(|a, b| {
+            (&a.policy.namespace, &a.policy.name).cmp(&(&b.policy.namespace, &b.policy.name))
+        });
+        let bad = (policies.iter())
+            .filter_map(|p| {
+                Some(ManifestError {
+                    file: format!("networkpolicies/{}", p.policy.id()),
+                    document: 0,
+                    reason: format!(
+                        "{}: enforced as deny-all for the pods it selects",
+                        p.bad.as_ref()?
+                    ),
+                })
+            })
+            .collect();
+        let pods = self.addressed_pods();
+        let namespaces: BTreeMap<String, Labels> = (self.namespaces.live.iter())
+            .map(|((_, name), labels)| (name.clone(), labels.clone()))
+            .collect();
+        let model = PolicyModel {
+            namespaces,
+            pods: pods.into_iter().collect(),
+            policies: policies.into_iter().map(|p| p.policy.clone()).collect(),
+        };
+        (model, bad)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(name: &str, ip: &str, phase: &str, app: &str) -> SlimPod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "x", "labels": {"app": app}},
+            "spec": {"nodeName": "n1", "containers": [{"ports": [
+                {"name": "http", "containerPort": 80},
+                {"name": "odd", "containerPort": 81, "protocol": "QUIC"},
+                {"containerPort": 82}]}]},
+            "status": {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}]}
+        }))
+        .unwrap()
+    }
+
+    fn policy(name: &str, spec: serde_json::Value) -> RawPolicy {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "x", "resourceVersion": "5"},
+            "spec": spec
+        }))
+        .unwrap()
+    }
+
+    /// Pod `name` running on `ip`, labelled app=web, listed (`Event::InitApply`).
+    fn listed(name: &str, ip: &str) -> Change {
+        Change::Pod(Event::InitApply(pod(name, ip, "Running", "web")))
+    }
+
+    /// Pod `name` on `ip` in `phase`, labelled app=`app`, changed (`Event::Apply`).
+    fn applied(name: &str, ip: &str, phase: &str, app: &str) -> Change {
+        Change::Pod(Event::Apply(pod(name, ip, phase, app)))
+    }
+
+    #[test]
+    fn a_relist_replaces_the_mirror_whole_and_only_at_its_end() {
+        let mut c = Cache::default();
+        c.apply(Change::Pod(Event::Init));
+        c.apply(listed("a", "10.244.1.2"));
+        c.apply(listed("b", "10.244.1.3"));
+        assert!(
+            !c.pods.synced() && c.pods.is_empty(),
+            "nothing before InitDone"
+        );
+        assert!(c.apply(Change::Pod(Event::InitDone)));
+        assert_eq!(c.pods.len(), 2);
+        // Relisted after a 410: b was deleted meanwhile. Until the list ends, the
+        // old mirror stands.
+        c.apply(Change::Pod(Event::Init));
+        c.apply(listed("a", "10.244.1.2"));
+        assert_eq!(c.pods.len(), 2);
+        c.apply(Change::Pod(Event::InitDone));
+        assert_eq!(c.pods.len(), 1);
+        assert!(c.pods.get(&("x".into(), "b".into())).is_none());
+        let before = c.policy_revision;
+        assert!(c.apply(Change::Pod(Event::Delete(pod("a", "", "Running", "web")))));
+        assert!(!c.apply(Change::Pod(Event::Delete(pod("a", "", "Running", "web")))));
+        assert_eq!(c.policy_revision, before + 1);
+    }
+
+    #[test]
+    fn a_finished_pod_leaves_and_its_address_goes_to_the_new_one() {
+        let mut c = Cache::default();
+        c.apply(applied("old", "10.244.1.7", "Running", "db"));
+        c.apply(applied("old", "10.244.1.7", "Succeeded", "db"));
+        c.apply(applied("new", "10.244.1.7", "Running", "web"));
+        let (model, _) = c.policy_model();
+        let holders: Vec<&str> = (model.pods.iter())
+            .filter(|p| p.ip == Some("10.244.1.7".parse().unwrap()))
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(holders, ["new"]);
+        let p = &model.pods[0];
+        assert_eq!(p.labels["app"], "web");
+        // Only the named port with a known protocol.
+        assert_eq!(p.ports.len(), 1);
+        assert_eq!((p.ports[0].name.as_str(), p.ports[0].port), ("http", 80));
+    }
+
+    #[test]
+    fn a_policy_the_api_should_have_refused_fails_closed_for_what_it_selects() {
+        let mut c = Cache::default();
+        let good = json!({"podSelector": {"matchLabels": {"app": "web"}},
+                          "ingress": [{"ports": [{"port": 80}]}]});
+        c.apply(Change::Policy(Event::Apply(policy("good", good))));
+        // An operator the API refuses, in a rule: the selector still reads.
+        let bad_rule = json!({"podSelector": {"matchLabels": {"app": "db"}},
+                              "ingress": [{"from": [{"podSelector": {"matchExpressions":
+                                  [{"key": "a", "operator": "Near"}]}}]}]});
+        c.apply(Change::Policy(Event::Apply(policy("bad-rule", bad_rule))));
+        // A selector that does not read: the whole namespace.
+        let bad_selector = json!({"podSelector": {"matchLabels": "web"}});
+        c.apply(Change::Policy(Event::Apply(policy(
+            "bad-selector",
+            bad_selector,
+        ))));
+        let (model, bad) = c.policy_model();
+        assert_eq!(model.policies.len(), 3);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].file.ends_with("x/bad-rule") && bad[0].reason.contains("Near"));
+        let rule = &model.policies[0];
+        assert_eq!(rule.pod_selector.labels["app"], "db");
+        assert_eq!(
+            (rule.ingress.as_deref(), rule.egress.as_deref()),
+            (Some(&[][..]), Some(&[][..]))
+        );
+        let whole = &model.policies[1];
+        assert!(whole.pod_selector.is_empty());
+        assert_eq!(whole.egress.as_deref(), Some(&[][..]));
+        assert!(model.policies[2].ingress.as_ref().unwrap().len() == 1);
+    }
+
+    #[test]
+    fn the_store_is_synced_once_every_kind_was_listed() {
+        let mut c = Cache::default();
+        assert_eq!(c.unsynced().len(), 6);
+        c.apply(Change::Node(Event::Init));
+        c.apply(Change::Node(Event::InitDone));
+        c.apply(Change::Pod(Event::Init));
+        c.apply(Change::Pod(Event::InitDone));
+        c.apply(Change::Namespace(Event::Init));
+        c.apply(Change::Namespace(Event::InitDone));
+        c.apply(Change::Policy(Event::Init));
+        c.apply(Change::Policy(Event::InitDone));
+        c.apply(Change::Service(Event::Init));
+        c.apply(Change::Service(Event::InitDone));
+        assert_eq!(c.unsynced(), ["endpointslices"]);
+        c.apply(Change::Slice(Event::Init));
+        c.apply(Change::Slice(Event::InitDone));
+        assert!(c.synced());
+        assert!(c.counts().iter().all(|(_, n)| *n == 0));
+    }
+
+    #[test]
+    fn one_pod_holds_an_address_and_only_one_of_its_nodes_range() {
+        let held = |name: &str, node: &str, ip: &str, created: &str, deleting: bool| {
+            let mut meta = json!({"name": name, "namespace": "x", "labels": {"app": name},
+                                  "creationTimestamp": created});
+            if deleting {
+                meta["deletionTimestamp"] = json!("2026-12-07T01:00:00Z");
+            }
+            let p: SlimPod = serde_json::from_value(json!({
+                "metadata": meta, "spec": {"nodeName": node},
+                "status": {"phase": "Running", "podIP": ip}
+            }))
+            .unwrap();
+            Change::Pod(Event::Apply(p))
+        };
+        let node: SlimNode = serde_json::from_value(json!({
+            "metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.1.0/24"}}))
+        .unwrap();
+        let mut c = Cache::default();
+        c.apply(Change::Node(Event::Apply(node)));
+        // Going away, and older: both lose the address to the newest running pod.
+        c.apply(held(
+            "leaving",
+            "n1",
+            "10.244.1.5",
+            "2026-12-07T00:00:09Z",
+            true,
+        ));
+        c.apply(held(
+            "old",
+            "n1",
+            "10.244.1.5",
+            "2026-12-07T00:00:01Z",
+            false,
+        ));
+        c.apply(held(
+            "new",
+            "n1",
+            "10.244.1.5",
+            "2026-12-07T00:00:05Z",
+            false,
+        ));
+        // An address outside its node's podCIDR is none; on a node not known, kept.
+        c.apply(held(
+            "stray",
+            "n1",
+            "10.244.2.9",
+            "2026-12-07T00:00:01Z",
+            false,
+        ));
+        c.apply(held(
+            "elsewhere",
+            "n9",
+            "10.244.9.9",
+            "2026-12-07T00:00:01Z",
+            false,
+        ));
+        let (model, _) = c.policy_model();
+        let ip = |name: &str| {
+            let p = model.pods.iter().find(|p| p.name == name).unwrap();
+            p.ip.map(|ip| ip.to_string())
+        };
+        assert_eq!(ip("new").as_deref(), Some("10.244.1.5"));
+        assert_eq!((ip("old"), ip("leaving"), ip("stray")), (None, None, None));
+        assert_eq!(ip("elsewhere").as_deref(), Some("10.244.9.9"));
+        assert_eq!(model.pods.len(), 5, "each keeps its labels for what it is");
+    }
+}
