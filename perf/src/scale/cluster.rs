@@ -245,8 +245,8 @@ pub fn local_pod_refs(sizes: &Sizes) -> Vec<(String, String)> {
     out
 }
 
-/// The store objects of the local pods, on node `me`. Their addresses come from
-/// their attachments; the store's are placeholders a local pod does not use.
+/// The store objects of the local pods, on node `me`, with no address yet: a
+/// local pod's address is its attachment's, which weftd gives it later.
 pub fn local_pods(sizes: &Sizes, me: &str) -> Vec<Object> {
     local_pod_refs(sizes)
         .into_iter()
@@ -256,13 +256,9 @@ pub fn local_pods(sizes: &Sizes, me: &str) -> Vec<Object> {
                 0 => json!({"app": PROBE_TARGET}),
                 _ => json!({"app": "a0", "tier": "db"}),
             };
-            pod(
-                &ns,
-                &name,
-                me,
-                Ipv4Addr::new(192, 0, 2, j as u8 + 1),
-                labels,
-            )
+            let mut o = pod(&ns, &name, me, Ipv4Addr::UNSPECIFIED, labels);
+            o.json["status"] = json!({"phase": "Pending"});
+            o
         })
         .collect()
 }
@@ -308,13 +304,14 @@ pub fn objects(sizes: &Sizes, me: &str) -> impl Iterator<Item = Object> {
         .chain(local_pods(&s, me))
 }
 
-/// The policy objects a weftd should hold once it has the whole cluster:
-/// (namespaces, pods with an address, policies). The local pods count once each
-/// (their store objects stand for them).
-pub fn expected_counts(sizes: &Sizes) -> (usize, usize, usize) {
+/// What a weftd should hold once it has the whole cluster, with `attached` of the
+/// local pods attached: (namespaces, known pods, policies). A known pod has an
+/// address: the cluster's pods and the probe's source have one from the store,
+/// the local pods from their attachments.
+pub fn expected_counts(sizes: &Sizes, attached: usize) -> (usize, usize, usize) {
     (
         sizes.namespaces + 1,
-        sizes.pods + 1 + sizes.local_pods,
+        sizes.pods + 1 + attached,
         sizes.policies + 1,
     )
 }
@@ -468,9 +465,9 @@ mod tests {
         let s = sizes();
         let all: Vec<Object> = objects(&s, "node-0").collect();
         let count = |kind| all.iter().filter(|o| o.kind == kind).count();
-        let (namespaces, pods, policies) = expected_counts(&s);
+        let (namespaces, pods, policies) = expected_counts(&s, 0);
         assert_eq!(count("Namespace"), namespaces);
-        assert_eq!(count("Pod"), pods);
+        assert_eq!(count("Pod"), pods + s.local_pods);
         assert_eq!(count("NetworkPolicy"), policies);
         let pod = cluster_pod(&s, 45, 0);
         assert_eq!(pod.namespace, "ns-1");

@@ -437,7 +437,7 @@ mod tests {
                 .items
                 .len()
         };
-        let (namespaces, pods, policies) = cluster::expected_counts(&sizes);
+        let (namespaces, pods, policies) = cluster::expected_counts(&sizes, sizes.local_pods);
         assert_eq!(count("Node"), sizes.nodes + 1);
         assert_eq!(count("Namespace"), namespaces);
         assert_eq!(count("Pod"), pods);

@@ -290,7 +290,9 @@ pub fn run(settings: &ScaleSettings, note: &mut dyn FnMut(String)) -> Result<Sca
         if let Some(old) = node.take() {
             WeftNode::stop(old)?;
         }
-        let started = start(settings, host, &scratch, &opts, &*feeder)?;
+        // A restarted weftd attaches the pods of the first start again.
+        let attached = if n == 0 { 0 } else { s.local_pods };
+        let started = start(settings, (host, &scratch), &opts, &*feeder, attached)?;
         note(format!(
             "start {}: answering after {:.2} s, complete view after {:.2} s",
             n + 1,
@@ -343,10 +345,10 @@ struct Started {
 /// Starts weftd and waits for its complete view.
 fn start(
     settings: &ScaleSettings,
-    host: &Host,
-    scratch: &Scratch,
+    (host, scratch): (&Host, &Scratch),
     opts: &WeftOptions,
     feeder: &dyn Feeder,
+    attached: usize,
 ) -> Result<Started> {
     let t0 = Instant::now();
     let args = feeder.weftd_args();
@@ -354,7 +356,8 @@ fn start(
         WeftNode::start_with_store(host, scratch.path(), opts, &args, settings.view_timeout)?;
     let answer = t0.elapsed().as_secs_f64();
     let left = settings.view_timeout.saturating_sub(t0.elapsed());
-    wait_complete(&node, &settings.sizes, left).with_context(|| tail(&node.log_text(), 20))?;
+    wait_complete(&node, &settings.sizes, attached, left)
+        .with_context(|| tail(&node.log_text(), 20))?;
     Ok(Started {
         node,
         answer,
@@ -371,9 +374,10 @@ fn holds(node: &WeftNode) -> Result<(usize, usize, usize, usize)> {
     }
 }
 
-/// Waits until weftd has every node as a peer and every object in its policy set.
-fn wait_complete(node: &WeftNode, sizes: &Sizes, within: Duration) -> Result<()> {
-    let (namespaces, pods, policies) = cluster::expected_counts(sizes);
+/// Waits until weftd has every node as a peer and every object in its policy set,
+/// with `attached` local pods attached.
+fn wait_complete(node: &WeftNode, sizes: &Sizes, attached: usize, within: Duration) -> Result<()> {
+    let (namespaces, pods, policies) = cluster::expected_counts(sizes, attached);
     let want = (sizes.nodes, namespaces, pods, policies);
     let mut last = None;
     let done = wait_until(within, "weftd's complete view", || {
