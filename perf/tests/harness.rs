@@ -585,6 +585,61 @@ fn scale_runs_tiny_on_etcd_and_reports_every_figure() {
     }
 }
 
+/// `weft-perf scale` on the Kubernetes store (the API server fixture inside the
+/// host's namespace), tiny: the same figures, finite.
+#[test]
+fn scale_runs_tiny_on_kubernetes_and_reports_every_figure() {
+    require_root();
+    let _serial = serial();
+    build_daemons();
+    let scratch = Scratch::new("harness").unwrap();
+    let json = scratch.path().join("scale.json");
+    let child = spawn(&[
+        "scale",
+        "--store",
+        "kubernetes",
+        "--nodes",
+        "20",
+        "--pods",
+        "200",
+        "--policies",
+        "20",
+        "--namespaces",
+        "4",
+        "--local-pods",
+        "3",
+        "--starts",
+        "1",
+        "--idle",
+        "0.5",
+        "--probes",
+        "3",
+        "--churn",
+        "20",
+        "--churn-rate",
+        "40",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let pid = child.pid();
+    let out = child.finish();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weft-perf scale failed:\n{stderr}");
+    assert_eq!(leftovers(pid), Vec::<String>::new());
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["store"], "kubernetes");
+    // 20 Nodes and this node's, 4 namespaces, 200 pods, 20 policies, the probe's
+    // namespace, policy and source, 3 local pods.
+    assert_eq!(r["records"], 21 + 4 + 200 + 20 + 3 + 3);
+    assert_eq!(r["quiet"]["count"], 3);
+    assert_eq!(r["churn"]["updates"], 20);
+    for figure in ["rss_mib", "idle_cpu_percent", "feed_seconds"] {
+        number(&r[figure], figure);
+    }
+    number(&r["churn"]["cpu_per_1000"], "cpu_per_1000");
+    assert!(number(&r["quiet"]["p50_ms"], "p50") > 0.0);
+}
+
 /// `weft-perf heartbeats`, tiny: both weftds measured, the busy one sending its
 /// peers heartbeats into the sink with no send failing.
 #[test]

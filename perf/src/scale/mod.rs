@@ -13,7 +13,8 @@
 //!    peer, and the policy set holding every namespace, pod and policy (`STATUS`
 //!    and `POLICY STATUS`, polled); again for each `--starts`, the median counts;
 //! 3. attaches the local pods (one is the probe's target) and reads weftd's RSS;
-//! 4. measures weftd's idle CPU (it sends its peers heartbeats);
+//! 4. measures weftd's idle CPU (it sends its peers heartbeats), once it has
+//!    settled ([`IDLE_SETTLE`]);
 //! 5. probes, quietly: an update that changes a local pod's rules (the probe
 //!    source's label, which the probe policy admits or not), then `POLICY
 //!    EXPLAIN` every `--poll` until weftd's verdict follows; the time from the
@@ -48,6 +49,10 @@ use cluster::{Sizes, CLUSTER_CIDR, FAKE_UNDERLAY};
 use feed::{EtcdFeeder, Feeder, KubeFeeder};
 pub use probe::Latency;
 use probe::Prober;
+
+/// How long weftd settles before its idle CPU is measured: longer than the saved
+/// view's period, so its last write after the start is over.
+pub const IDLE_SETTLE: Duration = Duration::from_secs(12);
 
 /// The store a run feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -440,6 +445,9 @@ fn measure(
 ) -> Result<ScaleReport> {
     let rss = rss_mib(node)?;
     let pid = node.pid();
+    // What the start and the attachments left to do (the saved view's last
+    // write, at most a period after the last change) is no idle work.
+    std::thread::sleep(IDLE_SETTLE);
     let cpu0 = procfs::process_cpu_time(pid)?;
     std::thread::sleep(settings.idle);
     let idle = (procfs::process_cpu_time(pid)? - cpu0).as_secs_f64() / settings.idle.as_secs_f64();
