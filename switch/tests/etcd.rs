@@ -528,7 +528,9 @@ fn a_node_restarted_while_etcd_is_unreachable_keeps_its_policy_from_the_saved_vi
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     let saved = state_dir(c.underlay.host(1), c.scratch.path()).join("view.json");
-    wait_until(Duration::from_secs(5), "node 1 to save the policy", || {
+    // The saver writes at most once a period: the policy is on disk within one.
+    let period = weft_switch::control::saved::PERIOD + Duration::from_secs(5);
+    wait_until(period, "node 1 to save the policy", || {
         std::fs::read_to_string(&saved).is_ok_and(|t| t.contains("deny-db"))
     })
     .unwrap();

@@ -569,11 +569,28 @@ pub fn compile_cached(
     compiled
 }
 
+/// What a local pod the model does not hold gets, when the model lists every
+/// pod ([`PolicyModel::lists_every_pod`]): nothing in, nothing out.
+pub const UNKNOWN_POD: &str = "(a pod the store has not listed yet)";
+
 fn compile_with(c: &Compiler<'_>) -> CompiledPolicy {
+    let unknown = |pod: &KnownPod<'_>| {
+        c.model.lists_every_pod && c.model.pods.get(pod.namespace, pod.name).is_none()
+    };
     let by_ip = c
         .local()
         .iter()
-        .map(|pod| (pod.ip, c.rules_for(pod)))
+        .map(|pod| match unknown(pod) {
+            true => (
+                pod.ip,
+                PodRules {
+                    ingress: Some(RuleSet::default()),
+                    egress: Some(RuleSet::default()),
+                    selected_by: vec![(Arc::from(UNKNOWN_POD), true, true)],
+                },
+            ),
+            false => (pod.ip, c.rules_for(pod)),
+        })
         .filter(|(_, r)| r.isolated())
         .map(|(ip, r)| (ip, Arc::new(r)))
         .collect();

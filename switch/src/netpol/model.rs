@@ -438,6 +438,13 @@ pub struct PolicyModel {
     pub pods: Grouped<PodObject>,
     /// NetworkPolicies.
     pub policies: Grouped<Policy>,
+    /// Whether the source lists every pod before it runs (the API server: kubelet
+    /// reads a Pod before it asks for its network). Then a pod attached here that
+    /// the model does not hold yet is one the source has not told of: it is
+    /// isolated both ways until it does, so that it is never judged with no
+    /// labels (which would leave it outside every policy meant for it).
+    #[serde(default)]
+    pub lists_every_pod: bool,
 }
 
 impl PolicyModel {
@@ -617,6 +624,7 @@ mod tests {
     fn a_model_from_elsewhere_is_held_to_what_manifests_guarantee() {
         let rule = |peers, ports| Rule { peers, ports };
         let policy = |ingress| PolicyModel {
+            lists_every_pod: false,
             policies: [Policy {
                 namespace: "default".into(),
                 name: "p".into(),

@@ -514,3 +514,32 @@ fn json_reads_as_yaml_does() {
     let syntax = manifest::read_json("f", "{not json", &mut PolicyModel::default()).unwrap_err();
     assert!(syntax[0].reason.starts_with("not JSON"), "{syntax:?}");
 }
+
+#[test]
+fn a_local_pod_the_store_has_not_listed_is_isolated_when_the_store_lists_every_pod() {
+    let mut m = model("");
+    let local = [
+        LocalPod {
+            ip: Ipv4Addr::new(10, 0, 1, 1),
+            namespace: "x".into(),
+            name: "new".into(),
+        },
+        LocalPod {
+            ip: ip("x", "a"),
+            namespace: "x".into(),
+            name: "a".into(),
+        },
+    ];
+    // A policy directory lists what its author wrote: an unlisted pod is a pod
+    // with no labels, and no policy selects it here.
+    assert!(compile(&m, &local).by_ip.is_empty());
+    // The API server lists every pod before it runs: one it has not listed yet
+    // gets nothing in and nothing out, and a listed one is as before.
+    m.lists_every_pod = true;
+    let compiled = compile(&m, &local);
+    let rules = &compiled.by_ip[&Ipv4Addr::new(10, 0, 1, 1)];
+    assert!(rules.ingress.as_ref().is_some_and(|r| r.rules.is_empty()));
+    assert!(rules.egress.as_ref().is_some_and(|r| r.rules.is_empty()));
+    assert_eq!(&*rules.selected_by[0].0, super::compile::UNKNOWN_POD);
+    assert!(!compiled.by_ip.contains_key(&ip("x", "a")));
+}

@@ -408,6 +408,7 @@ impl Cache {
             namespaces,
             pods: pods.into_iter().collect(),
             policies: policies.into_iter().map(|p| p.policy.clone()).collect(),
+            lists_every_pod: true,
         };
         (model, bad)
     }
