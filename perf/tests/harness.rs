@@ -498,20 +498,16 @@ fn iperf3_cross_checks_the_generator_in_the_same_run() {
     assert!(stdout.contains("tcp1-iperf3"), "{stdout}");
 }
 
-/// `weft-perf scale` on etcd, tiny: the cluster is fed, weftd gets its complete
-/// view, probes and churn run, and the JSON has every figure, finite. No figure is
-/// judged: these sizes say nothing of speed.
-#[test]
-fn scale_runs_tiny_on_etcd_and_reports_every_figure() {
+/// Runs a tiny `weft-perf scale` on `store` (20 nodes, 200 pods, 20 policies over 4
+/// namespaces, 3 pods attached locally) with `extra` arguments, checks that it
+/// succeeded and left nothing behind, and returns its JSON report and its stdout.
+fn scale_tiny(store: &str, extra: &[&str]) -> (Value, String) {
     require_root();
     let _serial = serial();
     build_daemons();
     let scratch = Scratch::new("harness").unwrap();
     let json = scratch.path().join("scale.json");
-    let child = spawn(&[
-        "scale",
-        "--store",
-        "etcd",
+    let sizes = [
         "--nodes",
         "20",
         "--pods",
@@ -522,29 +518,42 @@ fn scale_runs_tiny_on_etcd_and_reports_every_figure() {
         "4",
         "--local-pods",
         "3",
-        "--starts",
-        "2",
         "--idle",
         "0.5",
-        "--probes",
-        "5",
-        "--churn",
-        "40",
         "--churn-rate",
         "40",
-        "--churn-time",
-        "5",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    ];
+    let mut args = vec!["scale", "--store", store];
+    args.extend(sizes);
+    args.extend(extra);
+    args.extend(["--json", json.to_str().unwrap()]);
+    let child = spawn(&args);
     let pid = child.pid();
     let out = child.finish();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "weft-perf scale failed:\n{stderr}");
     assert_eq!(leftovers(pid), Vec::<String>::new());
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(r["store"], "etcd");
+    assert_eq!(r["store"], store);
+    (r, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `weft-perf scale` on etcd, tiny: the cluster is fed, weftd gets its complete
+/// view, probes and churn run, and the JSON has every figure, finite. No figure is
+/// judged: these sizes say nothing of speed.
+#[test]
+fn scale_runs_tiny_on_etcd_and_reports_every_figure() {
+    let extra = [
+        "--starts",
+        "2",
+        "--probes",
+        "5",
+        "--churn",
+        "40",
+        "--churn-time",
+        "5",
+    ];
+    let (r, stdout) = scale_tiny("etcd", &extra);
     assert_eq!(r["sizes"]["nodes"], 20);
     // 20 nodes' records and leases, 4 namespaces, 200 pods, 20 policies, the
     // probe's namespace, policy and source, 3 local pods.
@@ -589,45 +598,10 @@ fn scale_runs_tiny_on_etcd_and_reports_every_figure() {
 /// host's namespace), tiny: the same figures, finite.
 #[test]
 fn scale_runs_tiny_on_kubernetes_and_reports_every_figure() {
-    require_root();
-    let _serial = serial();
-    build_daemons();
-    let scratch = Scratch::new("harness").unwrap();
-    let json = scratch.path().join("scale.json");
-    let child = spawn(&[
-        "scale",
-        "--store",
+    let (r, _) = scale_tiny(
         "kubernetes",
-        "--nodes",
-        "20",
-        "--pods",
-        "200",
-        "--policies",
-        "20",
-        "--namespaces",
-        "4",
-        "--local-pods",
-        "3",
-        "--starts",
-        "1",
-        "--idle",
-        "0.5",
-        "--probes",
-        "3",
-        "--churn",
-        "20",
-        "--churn-rate",
-        "40",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let pid = child.pid();
-    let out = child.finish();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "weft-perf scale failed:\n{stderr}");
-    assert_eq!(leftovers(pid), Vec::<String>::new());
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(r["store"], "kubernetes");
+        &["--starts", "1", "--probes", "3", "--churn", "20"],
+    );
     // 20 Nodes and this node's, 4 namespaces, 200 pods, 20 policies, the probe's
     // namespace, policy and source, 3 local pods.
     assert_eq!(r["records"], 21 + 4 + 200 + 20 + 3 + 3);
