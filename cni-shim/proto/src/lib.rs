@@ -272,6 +272,12 @@ pub enum Reply {
 pub struct PolicyStatus {
     /// Where policy comes from (`dir /path`, or `none`).
     pub source: String,
+    /// How it is enforced: `enforcing`, or `enforcing, with the last good
+    /// version of ...` while objects do not read, or `isolating: ...` while pods
+    /// are isolated for ingress because no good policy was read yet or objects do
+    /// not read.
+    #[serde(default)]
+    pub state: String,
     /// The policy set in force, counted from 1 each time its rules change.
     pub generation: u32,
     /// Namespaces, pods and policies in the set in force.
@@ -280,8 +286,9 @@ pub struct PolicyStatus {
     pub pods: usize,
     /// The policies in force.
     pub policies: Vec<PolicyInfo>,
-    /// What was wrong with the last read: each with its file, document and reason.
-    /// When this is not empty, the set in force is the last good one.
+    /// The objects the last read could not read: each with its file (or store
+    /// key), document and reason, and what became of it (its last good version
+    /// kept, or pods isolated for ingress).
     pub errors: Vec<String>,
     /// Documents of other kinds, skipped.
     pub skipped: Vec<String>,
@@ -383,6 +390,9 @@ pub struct Status {
     /// The cluster store and whether it is reachable.
     #[serde(default)]
     pub store: Option<StoreStatus>,
+    /// How NetworkPolicy is enforced, as `policy_status`'s `state` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// The cluster store as the daemon sees it.
@@ -861,6 +871,7 @@ mod tests {
                 objects: vec![("pods".into(), 3)],
                 from_saved: None,
             }),
+            policy: Some("enforcing".into()),
         };
         let replies = [
             Reply::Status(Box::new(status)),

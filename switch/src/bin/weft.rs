@@ -154,6 +154,9 @@ fn print_status(s: &proto::Status) {
             println!("objects     {}", held.join(", "));
         }
     }
+    if let Some(policy) = &s.policy {
+        println!("policy      {policy}");
+    }
     println!("ready       {}", s.ready);
 }
 
@@ -276,6 +279,7 @@ fn policy_request(what: PolicyWhat) -> Result<Request, String> {
 
 fn print_policy_status(s: &proto::PolicyStatus) {
     println!("source      {}", s.source);
+    println!("state       {}", s.state);
     println!("generation  {}", s.generation);
     println!(
         "in force    {} policies, {} pods, {} namespaces",
@@ -302,7 +306,7 @@ fn print_policy_status(s: &proto::PolicyStatus) {
         );
     }
     for e in &s.errors {
-        println!("error       {e} (the last good set stays in force)");
+        println!("unread      {e}");
     }
     for k in &s.skipped {
         println!("skipped     {k}");

@@ -8,6 +8,7 @@ use weft_proto::{self as proto, ErrorReply, Reply, Request, Response};
 use crate::control::config::Mode;
 use crate::control::daemon::Daemon;
 use crate::control::store::StoreHealth;
+use crate::netpol::last_good;
 use crate::tables::PortKind;
 
 impl Daemon {
@@ -76,6 +77,7 @@ impl Daemon {
             peers: state.peers.len(),
             ready,
             store: Some(self.store_status()),
+            policy: Some(last_good::state(&state.policy.model, &state.policy.judged)),
         }
     }
 

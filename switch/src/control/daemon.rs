@@ -36,6 +36,8 @@ use crate::crypto::stage::Sealer;
 use crate::io::udp::{tunnel_sockets, Lanes};
 use crate::io::worker::{self, Command, Shared, WorkerHandle};
 use crate::mac::MacAddr;
+use crate::netpol::last_good;
+use crate::netpol::model::PolicyModel;
 use crate::tables::counters::Counters;
 use crate::tables::health::feature_names;
 use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables};
@@ -190,31 +192,64 @@ fn join(
 struct Boot {
     /// The nodes.
     nodes: Vec<NodeEntry>,
-    /// The store's policy objects, for a store that holds them (else policy is the
-    /// policy directory's).
-    store_policy: Option<Arc<StorePolicy>>,
-    /// The view saved by an earlier run, when the store could not be read.
+    /// The view saved by an earlier run, when the store could not be read: it
+    /// stands for the store's.
     saved: Option<saved::SavedView>,
+    /// Where its first policy comes from.
+    policy: BootPolicy,
+    /// The policy in force before anything is read: the last good set an earlier
+    /// run saved; else, where there is policy to read, every pod isolated for
+    /// ingress ([`last_good::nothing_good_yet`]).
+    in_force: PolicyModel,
+}
+
+/// Where the policy a node starts with comes from.
+enum BootPolicy {
+    /// The store's objects, read.
+    Store(Arc<StorePolicy>),
+    /// The policy directory, if there is one.
+    Dir,
+    /// The set in force before anything is read, as it is: the store, which
+    /// holds policy, has not been read.
+    InForce,
 }
 
 /// Where a node starts from: the store's view, once it was read from the store; else
-/// the view an earlier run saved, with a warning; else, for a store that holds
-/// policy, nowhere: with no policy in force every pod would be unisolated.
+/// the view an earlier run saved, with a warning. Its policy is merged with the last
+/// good set an earlier run saved ([`last_good::merge`]), for every store, so that
+/// what does not read now is what it was; with no such set and nothing read,
+/// every pod is isolated for ingress until a good set is read.
 fn boot_view(settings: &Settings, store: &dyn ClusterStore) -> Result<Boot, DaemonError> {
     // Asked first: a store goes from unsynced to synced, never back, so a view
     // loaded after a `true` is a synced one; loaded before, it might be half.
     let synced = store.synced();
     let view = store.load()?;
+    let kind = store.kind();
+    let has_policy = view.policy.is_some() || settings.policy.dir.is_some();
+    let saved = match has_policy || !synced {
+        true => saved::load(&settings.state_dir, kind, settings.cluster_cidr),
+        false => None,
+    };
+    let in_force = match (&saved, has_policy) {
+        (Some(s), _) => s.policy.clone(),
+        (None, true) => last_good::nothing_good_yet(),
+        (None, false) => PolicyModel::default(),
+    };
+    let policy = match view.policy {
+        Some(p) if synced => BootPolicy::Store(p),
+        Some(_) => BootPolicy::InForce,
+        None => BootPolicy::Dir,
+    };
     let mut boot = Boot {
         nodes: view.nodes,
-        store_policy: view.policy,
         saved: None,
+        policy,
+        in_force,
     };
     if synced {
         return Ok(boot);
     }
-    let kind = store.kind();
-    match saved::load(&settings.state_dir, kind, settings.cluster_cidr) {
+    match saved {
         Some(s) => {
             log::warn!(
                 "store {kind} unreachable at boot: starting from the view saved at {} ({} nodes, {} policies)",
@@ -225,12 +260,10 @@ fn boot_view(settings: &Settings, store: &dyn ClusterStore) -> Result<Boot, Daem
             boot.nodes = s.nodes.clone();
             boot.saved = Some(s);
         }
-        None if boot.store_policy.is_some() => {
-            return Err(DaemonError::NoView {
-                kind,
-                dir: settings.state_dir.display().to_string(),
-            })
-        }
+        None if has_policy => log::warn!(
+            "store {kind} unreachable at boot, and no saved view in {}: every pod is isolated for ingress until the store is read",
+            settings.state_dir.display()
+        ),
         None => log::warn!("store {kind} unreachable at boot, and no saved view: no peers yet"),
     }
     Ok(boot)
@@ -420,7 +453,8 @@ impl Daemon {
     ///
     /// A store that could not be read as the node joined is stood in for by the view
     /// an earlier run saved ([`boot_view`]): its peers and its policy are in force
-    /// before any pod is restored.
+    /// before any pod is restored. With no saved view, a store that holds policy
+    /// starts with every pod isolated for ingress until it is read.
     pub fn start_with(
         settings: Settings,
         host: Arc<dyn Host>,
@@ -465,7 +499,10 @@ impl Daemon {
                 nodes: nodes.clone(),
                 generations: vec![1],
                 free: Vec::new(),
-                policy: PolicyState::default(),
+                policy: PolicyState {
+                    model: Arc::new(boot.in_force),
+                    ..PolicyState::default()
+                },
             }),
             pool,
             host,
@@ -477,10 +514,10 @@ impl Daemon {
         daemon.sync_crypto_peers(&nodes);
         daemon.hand_queues(host_entry.id, &host_entry.counters, host_queues)?;
         daemon.sync_direct_routes(&daemon.state.lock().peers.clone());
-        match (boot.saved, boot.store_policy) {
-            (Some(saved), Some(_)) => daemon.apply_policy(Ok((saved.policy, Vec::new())))?,
-            (_, Some(p)) => daemon.apply_store_policy(&p)?,
-            (_, None) => daemon.load_policy()?,
+        match boot.policy {
+            BootPolicy::Store(p) => daemon.apply_store_policy(&p)?,
+            BootPolicy::Dir => daemon.load_policy()?,
+            BootPolicy::InForce => daemon.enforce_in_force()?,
         }
         daemon.restore()?;
         daemon.save_view(&daemon.state.lock());

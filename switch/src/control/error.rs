@@ -18,17 +18,6 @@ pub enum DaemonError {
     /// The cluster store could not be read.
     #[error("cluster store: {0}")]
     Store(#[from] crate::control::store::StoreError),
-    /// The store, which holds policy, could not be read as the node started, and no
-    /// view saved by an earlier run can stand in for it.
-    #[error(
-        "{kind} unreachable and no saved view in {dir}: starting would leave every pod unisolated"
-    )]
-    NoView {
-        /// The store's kind.
-        kind: &'static str,
-        /// The state directory.
-        dir: String,
-    },
     /// A TAP device could not be created.
     #[error(transparent)]
     Tap(#[from] TapError),

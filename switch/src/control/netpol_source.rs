@@ -2,6 +2,7 @@
 //! directory of YAML for the embedded store), compiled for this node's pods and
 //! published with the forwarding snapshot; and the queries behind `weft policy`.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::control::store::StorePolicy;
 use crate::netpol::compile::{
     self, CompiledPolicy, Compiler, KnownPod, LocalPod, PeerCache, PodRules,
 };
+use crate::netpol::last_good::{self, Judged, Kind, ObjectId, Unread};
 use crate::netpol::manifest::{self, ManifestError, Skipped};
 use crate::netpol::model::{PolicyModel, Protocol, DEFAULT_NAMESPACE};
 
@@ -33,54 +35,97 @@ pub struct PolicyState {
     pub peers: PeerCache,
     /// The generation of `compiled`: it changes when any pod's rules change.
     pub generation: u32,
-    /// What was wrong with the last read, if anything (the set in force is then the
-    /// last good one).
-    pub errors: Vec<ManifestError>,
-    /// Documents skipped by the last good read.
+    /// The objects the last read could not read, and what became of each.
+    pub judged: Vec<Judged>,
+    /// Documents skipped by the last read.
     pub skipped: Vec<Skipped>,
     /// The store revision of the set in force, when it came from a distributed store.
     pub store_revision: Option<i64>,
 }
 
-/// The manifests of directory `dir`: every `*.yaml` and `*.yml` file, in name order,
-/// several documents each. Either all of it, or every error.
-pub fn load_dir(dir: &Path) -> Result<(PolicyModel, Vec<Skipped>), Vec<ManifestError>> {
-    let fail = |file: &Path, reason: String| {
-        vec![ManifestError {
-            file: file.display().to_string(),
-            document: 0,
-            reason,
-        }]
-    };
-    let entries = std::fs::read_dir(dir).map_err(|e| fail(dir, format!("cannot read: {e}")))?;
-    let mut files: Vec<PathBuf> = entries
+/// What a read of the policy directory gave.
+#[derive(Debug, Default)]
+pub struct DirRead {
+    /// The objects of the documents that read.
+    pub model: PolicyModel,
+    /// Documents of kinds policy does not use.
+    pub skipped: Vec<Skipped>,
+    /// The documents and files that did not read.
+    pub unread: Vec<Unread>,
+}
+
+/// The manifest files of directory `dir`: every `*.yaml` and `*.yml` file, in name
+/// order.
+fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
-    let mut model = PolicyModel::default();
-    let mut skipped = Vec::new();
-    let mut errors = Vec::new();
+    Ok(files)
+}
+
+/// What could not be read at `path` (a file, or the directory), naming no object.
+fn unnamed(path: &Path, reason: String) -> Unread {
+    Unread {
+        id: None,
+        error: ManifestError {
+            file: path.display().to_string(),
+            document: 0,
+            reason,
+        },
+    }
+}
+
+/// Reads the manifests of directory `dir`, several documents a file, document by
+/// document: what reads, and what does not, for [`last_good::merge`].
+pub fn load_dir(dir: &Path) -> DirRead {
+    let mut out = DirRead::default();
+    let files = match manifest_files(dir) {
+        Ok(files) => files,
+        Err(e) => {
+            out.unread.push(unnamed(dir, format!("cannot read: {e}")));
+            return out;
+        }
+    };
     for file in &files {
-        let text = match std::fs::read_to_string(file) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.extend(fail(file, format!("cannot read: {e}")));
-                continue;
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let name = file.display().to_string();
+                let docs = manifest::read_documents(&name, &text, &mut out.model);
+                out.skipped.extend(docs.skipped);
+                out.unread.extend(docs.unread);
             }
-        };
-        match manifest::read(&file.display().to_string(), &text, &mut model) {
-            Ok(s) => skipped.extend(s),
-            Err(e) => errors.extend(e),
+            Err(e) => out.unread.push(unnamed(file, format!("cannot read: {e}"))),
         }
     }
-    if let Err(reason) = manifest::check_unique(&model) {
-        errors.extend(fail(dir, reason));
+    leave_out_doubles(&mut out, dir);
+    out
+}
+
+/// Counts as not read every pod and policy that two documents of `read` define,
+/// and every object one defines and another fails to: which stands is not known.
+fn leave_out_doubles(read: &mut DirRead, dir: &Path) {
+    let twice = manifest::duplicates(&read.model);
+    for id in &twice {
+        let mut u = unnamed(dir, format!("{id} is defined twice"));
+        u.id = Some(id.clone());
+        read.unread.push(u);
     }
-    match errors.is_empty() {
-        true => Ok((model, skipped)),
-        false => Err(errors),
+    let out: BTreeSet<ObjectId> = (read.unread.iter())
+        .filter_map(|u| u.id.clone())
+        .chain(twice)
+        .collect();
+    if out.is_empty() {
+        return;
     }
+    let m = &mut read.model;
+    m.pods
+        .retain(|p| !out.contains(&ObjectId::new(Kind::Pod, &p.namespace, &p.name)));
+    m.policies
+        .retain(|p| !out.contains(&ObjectId::new(Kind::NetworkPolicy, &p.namespace, &p.name)));
+    m.namespaces
+        .retain(|name, _| !out.contains(&ObjectId::new(Kind::Namespace, name, name)));
 }
 
 /// The bytes of every manifest file of `dir`, to notice any change.
@@ -130,48 +175,10 @@ impl State {
 }
 
 impl Daemon {
-    /// Puts the outcome of reading the policy source in force: a good set replaces
-    /// the one in force; errors are logged and kept for `weft policy status`, and the
-    /// set in force stays.
-    pub fn apply_policy(
-        &self,
-        read: Result<(PolicyModel, Vec<Skipped>), Vec<ManifestError>>,
-    ) -> Result<(), DaemonError> {
-        match read {
-            Ok((model, skipped)) => self.put_policy(model, skipped, None, Vec::new()),
-            Err(errors) => {
-                for e in &errors {
-                    log::error!("policy: {e}; the last good policy set stays in force");
-                }
-                self.state.lock().policy.errors = errors;
-                Ok(())
-            }
-        }
-    }
-
-    /// Puts the policy objects of a distributed store in force, unless they are the
-    /// set in force already. Bad records were left out by the store; they are kept
-    /// for `weft policy status`.
-    pub fn apply_store_policy(&self, policy: &StorePolicy) -> Result<(), DaemonError> {
-        if self.state.lock().policy.store_revision == Some(policy.revision) {
-            return Ok(());
-        }
-        let (model, bad) = (policy.model.clone(), policy.bad.clone());
-        self.put_policy(model, Vec::new(), Some(policy.revision), bad)
-    }
-
-    /// Puts a good set in force and publishes it: `model`, read from the store at
-    /// `revision` (`None`: not from a store), with the documents `skipped` and the
-    /// store records `bad`; then saves the view. Only once in force is the revision
-    /// recorded: a set that failed is tried again with the next view.
-    fn put_policy(
-        &self,
-        model: PolicyModel,
-        skipped: Vec<Skipped>,
-        revision: Option<i64>,
-        bad: Vec<ManifestError>,
-    ) -> Result<(), DaemonError> {
-        for s in &skipped {
+    /// Puts a read of the policy directory in force, as [`last_good::merge`]
+    /// makes it of the read and the set in force.
+    pub fn apply_policy(&self, read: DirRead) -> Result<(), DaemonError> {
+        for s in &read.skipped {
             log::info!(
                 "policy: {} document {}: kind {} is not used, skipped",
                 s.file,
@@ -179,25 +186,67 @@ impl Daemon {
                 s.kind
             );
         }
+        self.put_policy(read.model, read.unread, None, read.skipped)
+    }
+
+    /// Puts the policy objects of a distributed store in force, unless they are the
+    /// set in force already.
+    pub fn apply_store_policy(&self, policy: &StorePolicy) -> Result<(), DaemonError> {
+        if self.state.lock().policy.store_revision == Some(policy.revision) {
+            return Ok(());
+        }
+        let (model, unread) = (policy.model.clone(), policy.unread.clone());
+        self.put_policy(model, unread, Some(policy.revision), Vec::new())
+    }
+
+    /// Puts in force and publishes the set made of the objects read, `model`, and
+    /// those that did not read, `unread`, with the set in force until now (see
+    /// [`last_good::merge`]); read from the store at `revision` (`None`: not from
+    /// a store), with the documents `skipped`. Then saves the view. Only once in
+    /// force is the revision recorded: a set that failed is tried again with the
+    /// next view.
+    fn put_policy(
+        &self,
+        model: PolicyModel,
+        unread: Vec<Unread>,
+        revision: Option<i64>,
+        skipped: Vec<Skipped>,
+    ) -> Result<(), DaemonError> {
         let mut state = self.state.lock();
-        state.policy.errors.clear();
+        let merged = last_good::merge(model, unread, &state.policy.model);
+        log_judged(&state.policy.judged, &merged.judged);
+        state.policy.judged = merged.judged;
         state.policy.skipped = skipped;
-        state.policy.model = Arc::new(model);
+        state.policy.model = Arc::new(merged.model);
         let before = state.policy.generation;
         self.publish(&mut state)?;
         state.policy.store_revision = revision;
-        state.policy.errors = bad;
         log::info!(
-            "policy: {} policies, {} pods, {} namespaces in force (generation {})",
+            "policy: {} policies, {} pods, {} namespaces in force (generation {}): {}",
             state.policy.model.policies.len(),
             state.policy.model.pods.len(),
             state.policy.model.namespaces.len(),
             state.policy.generation,
+            last_good::state(&state.policy.model, &state.policy.judged),
         );
         if before == state.policy.generation {
             log::debug!("policy: no pod's rules changed");
         }
         self.save_view(&state);
+        Ok(())
+    }
+
+    /// Compiles and publishes the set in force as it is: the one a node starts
+    /// with before anything is read (saved by an earlier run, or every pod
+    /// isolated).
+    pub(crate) fn enforce_in_force(&self) -> Result<(), DaemonError> {
+        let mut state = self.state.lock();
+        self.publish(&mut state)?;
+        log::warn!(
+            "policy: {} policies in force before the store is read: {}",
+            state.policy.model.policies.len(),
+            last_good::state(&state.policy.model, &[]),
+        );
         Ok(())
     }
 
@@ -243,7 +292,8 @@ impl Daemon {
             namespaces: p.model.namespaces.len(),
             pods: c.known_count(),
             policies,
-            errors: p.errors.iter().map(ToString::to_string).collect(),
+            state: last_good::state(&p.model, &p.judged),
+            errors: p.judged.iter().map(ToString::to_string).collect(),
             skipped: p
                 .skipped
                 .iter()
@@ -345,6 +395,17 @@ fn endpoint<'m>(
     c.find(ns, name)
         .map(|p| (p.ip, Some(p)))
         .ok_or_else(|| DaemonError::Invalid(format!("{text:?} is no known pod and no address")))
+}
+
+/// Logs each object of `now` that did not read and was not so in `before`, with
+/// what became of it; and that all reads again, when it does.
+fn log_judged(before: &[Judged], now: &[Judged]) {
+    for j in now.iter().filter(|j| !before.contains(j)) {
+        log::error!("policy: {j}");
+    }
+    if now.is_empty() && !before.is_empty() {
+        log::info!("policy: every object reads again");
+    }
 }
 
 /// Watches the policy directory, applying each change.

@@ -1000,27 +1000,39 @@ mod tests {
         }
     }
 
-    /// A node whose store holds policy and cannot be read as it starts refuses to
-    /// start with no saved view, before it touches the host; with one, it starts
-    /// with its peers and its policy in force, says so, and keeps them while the
-    /// store has no view of its own. Once the store is read its view replaces the
-    /// saved one, and is saved in turn.
+    /// A node whose store holds policy and cannot be read as it starts, with no
+    /// saved view, starts with every pod isolated for ingress, says so, and saves
+    /// nothing; with one, it starts with its peers and its policy in force, says
+    /// so, and keeps them while the store has no view of its own. Once the store
+    /// is read its view replaces the saved one, and is saved in turn.
     #[test]
-    fn a_store_not_read_at_boot_is_stood_in_for_by_the_saved_view_or_nothing_starts() {
+    fn a_store_not_read_at_boot_is_stood_in_for_by_the_saved_view_or_isolates_every_pod() {
         let (settings, dir) = settings_for("late", Options::default());
         let host = fake_host(&dir);
         let (state_dir, cluster) = (settings.state_dir.clone(), settings.cluster_cidr);
-        match Daemon::start_with(settings.clone(), host.clone(), Arc::new(Late::default())) {
-            Err(e @ DaemonError::NoView { .. }) => {
-                let text = e.to_string();
-                assert!(
-                    text.contains("starting would leave every pod unisolated"),
-                    "{text}"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(!host.forwarding.load(std::sync::atomic::Ordering::SeqCst));
+        let d = Daemon::start_with(settings.clone(), host.clone(), Arc::new(Late::default()))
+            .expect("the daemon");
+        let isolating = "isolating: every pod, for ingress (no good policy yet)";
+        assert_eq!(d.policy_status().state, isolating);
+        assert_eq!(d.status().policy.as_deref(), Some(isolating));
+        let Response::Ok(Reply::Attached(a)) = attach(&d, "c1") else {
+            panic!("the attach failed");
+        };
+        let rules = d.tables().ports[1].policy.clone().expect("isolated");
+        assert!(rules.ingress.as_ref().is_some_and(|r| r.rules.is_empty()));
+        assert!(rules.egress.is_none(), "only ingress is isolated");
+        assert_eq!(d.tables().ports[1].ip, a.ip);
+        let detached = d.handle(Request::Detach(DetachRequest {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: Some("/run/netns/fake".into()),
+        }));
+        assert!(matches!(detached, Response::Ok(_)), "{detached:?}");
+        d.shutdown();
+        drop(d);
+        assert!(saved::read(&state_dir, "late", cluster)
+            .expect("read")
+            .is_none());
 
         let yaml = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
             metadata: {name: deny, namespace: default}\nspec: {podSelector: {}}\n";

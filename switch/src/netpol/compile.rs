@@ -433,7 +433,9 @@ impl<'m> Compiler<'m> {
         p.namespace == pod.namespace && p.pod_selector.matches(pod.labels)
     }
 
-    /// The rules of `pod`.
+    /// The rules of `pod`: those of the policies that select it, and an ingress
+    /// isolation for each reason the model isolates its namespace
+    /// ([`PolicyModel::isolated`]).
     pub fn rules_for(&self, pod: &KnownPod<'_>) -> PodRules {
         let mut out = PodRules::default();
         for p in self.model.policies.in_namespace(pod.namespace) {
@@ -477,6 +479,12 @@ impl<'m> Compiler<'m> {
                     });
                 }
             }
+        }
+        // Objects that did not read isolate as a policy with no ingress rule would.
+        for why in self.model.isolated.reasons(pod.namespace) {
+            out.ingress.get_or_insert_with(RuleSet::default);
+            out.selected_by
+                .push((Arc::from(format!("({why})")), true, false));
         }
         out
     }

@@ -4,13 +4,13 @@
 //! its file, its index in the file (from 0) and why; the API server's validation rules
 //! for these fields are checked here, so a bad policy never half-applies.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
+use super::last_good::{Kind, ObjectId, Unread};
 use super::model::{
     IpBlock, Labels, NamedPort, Operator, Peer, PodObject, Policy, PolicyModel, Port, PortSpec,
     Protocol, Requirement, Rule, Selector, DEFAULT_NAMESPACE,
@@ -417,6 +417,8 @@ trait DocValue: Sized {
     fn is_null(&self) -> bool;
     /// The string at `key` of a mapping.
     fn str_field(&self, key: &str) -> Option<String>;
+    /// The string at `key` of the mapping's `metadata`.
+    fn meta_field(&self, key: &str) -> Option<String>;
     /// The document as `T`.
     fn to<T: serde::de::DeserializeOwned>(self) -> Result<T, String>;
 }
@@ -427,6 +429,10 @@ impl DocValue for yaml_serde::Value {
     }
     fn str_field(&self, key: &str) -> Option<String> {
         self.get(key).and_then(|v| v.as_str()).map(str::to_owned)
+    }
+    fn meta_field(&self, key: &str) -> Option<String> {
+        let meta = self.get("metadata")?;
+        meta.get(key).and_then(|v| v.as_str()).map(str::to_owned)
     }
     fn to<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
         yaml_serde::from_value(self).map_err(|e| e.to_string())
@@ -439,6 +445,10 @@ impl DocValue for serde_json::Value {
     }
     fn str_field(&self, key: &str) -> Option<String> {
         self.get(key).and_then(|v| v.as_str()).map(str::to_owned)
+    }
+    fn meta_field(&self, key: &str) -> Option<String> {
+        let meta = self.get("metadata")?;
+        meta.get(key).and_then(|v| v.as_str()).map(str::to_owned)
     }
     fn to<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
         serde_json::from_value(self).map_err(|e| e.to_string())
@@ -459,24 +469,15 @@ pub fn policy_spec(namespace: &str, name: &str, spec: serde_json::Value) -> Resu
     })
 }
 
-/// What a NetworkPolicy that does not read stands for: it fails closed. It
-/// isolates every pod it may select, both ways, and allows nothing: the pods of
-/// its `podSelector` if that much reads, else every pod of its namespace. One bad
-/// policy thus cuts off only pods its author meant to restrict, and never opens
-/// a pod another policy isolates.
-pub fn fail_closed(namespace: &str, name: &str, spec: &serde_json::Value) -> Policy {
-    let pod_selector = spec
-        .get("podSelector")
-        .and_then(|s| SelectorDoc::deserialize(s).ok())
-        .and_then(|s| selector(s).ok())
-        .unwrap_or_default();
-    Policy {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        pod_selector,
-        ingress: Some(Vec::new()),
-        egress: Some(Vec::new()),
-    }
+/// The object a document names, as far as it names one of the kinds policy
+/// uses: its `kind`, and its `metadata`'s `name` and `namespace` (`default` if
+/// none), whatever else in it does not read.
+fn identity(value: &impl DocValue) -> Option<ObjectId> {
+    let kind = Kind::of(&value.str_field("kind")?)?;
+    let name = value.meta_field("name")?;
+    let namespace = value.meta_field("namespace");
+    let namespace = namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    Some(ObjectId::new(kind, namespace, &name))
 }
 
 /// Reads one document into `model`; `Ok(Some(kind))` for a kind that is skipped.
@@ -540,16 +541,21 @@ pub fn read_json(
     }
 }
 
-/// Reads every document of `text` (the file `file`) into `model`, and returns the
-/// documents it skipped; or every error, with `model` then in no defined state.
-pub fn read(
-    file: &str,
-    text: &str,
-    model: &mut PolicyModel,
-) -> Result<Vec<Skipped>, Vec<ManifestError>> {
+/// What reading a file's documents gave, beside the objects read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Documents {
+    /// The documents of kinds policy does not use.
+    pub skipped: Vec<Skipped>,
+    /// The documents that did not read, each with the object it names, if any.
+    pub unread: Vec<Unread>,
+}
+
+/// Reads every document of `text` (the file `file`) into `model`, one by one: a
+/// document that does not read is left out, and returned with the object it
+/// names. A syntax error ends the file: what follows it cannot be told apart.
+pub fn read_documents(file: &str, text: &str, model: &mut PolicyModel) -> Documents {
     use serde::Deserialize as _;
-    let mut skipped = Vec::new();
-    let mut errors = Vec::new();
+    let mut out = Documents::default();
     for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let error = |reason: String| ManifestError {
             file: file.to_owned(),
@@ -559,43 +565,61 @@ pub fn read(
         let value = match yaml_serde::Value::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
-                // A syntax error ends the file: nothing after it can be trusted.
-                errors.push(error(format!("not YAML: {e}")));
+                let error = error(format!("not YAML: {e}"));
+                out.unread.push(Unread { id: None, error });
                 break;
             }
         };
+        let id = identity(&value);
         match document(value, model) {
-            Ok(Some(kind)) => skipped.push(Skipped {
+            Ok(Some(kind)) => out.skipped.push(Skipped {
                 file: file.to_owned(),
                 document: i,
                 kind,
             }),
             Ok(None) => {}
-            Err(reason) => errors.push(error(reason)),
+            Err(reason) => out.unread.push(Unread {
+                id,
+                error: error(reason),
+            }),
         }
     }
-    if errors.is_empty() {
-        Ok(skipped)
-    } else {
-        Err(errors)
+    out
+}
+
+/// Reads every document of `text` (the file `file`) into `model`, and returns the
+/// documents it skipped; or every error, with `model` then holding what did read.
+pub fn read(
+    file: &str,
+    text: &str,
+    model: &mut PolicyModel,
+) -> Result<Vec<Skipped>, Vec<ManifestError>> {
+    let docs = read_documents(file, text, model);
+    match docs.unread.is_empty() {
+        true => Ok(docs.skipped),
+        false => Err(docs.unread.into_iter().map(|u| u.error).collect()),
     }
+}
+
+/// The pods and policies `model` holds more than once (each named once).
+pub fn duplicates(model: &PolicyModel) -> Vec<ObjectId> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut twice = std::collections::BTreeSet::new();
+    let pods = (model.pods.iter()).map(|p| ObjectId::new(Kind::Pod, &p.namespace, &p.name));
+    let policies =
+        (model.policies.iter()).map(|p| ObjectId::new(Kind::NetworkPolicy, &p.namespace, &p.name));
+    for id in pods.chain(policies) {
+        if let Some(id) = seen.replace(id) {
+            twice.insert(id);
+        }
+    }
+    twice.into_iter().collect()
 }
 
 /// Checks what only the whole set can show: two objects with one name.
 pub fn check_unique(model: &PolicyModel) -> Result<(), String> {
-    let mut seen = BTreeMap::new();
-    for p in &model.pods {
-        if seen.insert(("Pod", &p.namespace, &p.name), ()).is_some() {
-            return Err(format!("Pod {}/{} is defined twice", p.namespace, p.name));
-        }
+    match duplicates(model).first() {
+        None => Ok(()),
+        Some(id) => Err(format!("{id} is defined twice")),
     }
-    for p in &model.policies {
-        if seen
-            .insert(("NetworkPolicy", &p.namespace, &p.name), ())
-            .is_some()
-        {
-            return Err(format!("NetworkPolicy {} is defined twice", p.id()));
-        }
-    }
-    Ok(())
 }

@@ -360,6 +360,16 @@ impl<T: Namespaced> Grouped<T> {
         }
     }
 
+    /// Keeps only the objects `keep` holds to, each in its place (a copy of every
+    /// list: for a small set).
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        let mut kept = Grouped::default();
+        for item in self.iter().filter(|o| keep(o)) {
+            kept.push(item.clone());
+        }
+        *self = kept;
+    }
+
     /// Takes out the object `ns/name` of a list kept in name order.
     pub fn remove(&mut self, ns: &str, name: &str) -> Option<Arc<T>> {
         let list = self.by_namespace.get(ns)?;
@@ -445,6 +455,40 @@ pub struct PolicyModel {
     /// labels (which would leave it outside every policy meant for it).
     #[serde(default)]
     pub lists_every_pod: bool,
+    /// Pods isolated for ingress, whatever the policies say, because an object
+    /// that could say what they may receive did not read: policy fails closed
+    /// (see [`super::last_good`]).
+    #[serde(default)]
+    pub isolated: Isolation,
+}
+
+/// Pods isolated for ingress by objects that did not read, as if a policy with no
+/// ingress rule selected them: what the policies that do read allow them still
+/// comes in (the union of Kubernetes), nothing else does. Egress is left as the
+/// policies say.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolation {
+    /// Why every pod is (nothing good was read yet; or a document that names no
+    /// object); empty when not.
+    #[serde(default)]
+    pub everywhere: Vec<String>,
+    /// The namespaces whose pods are, each with why (the new objects of it that
+    /// do not read).
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, Vec<String>>,
+}
+
+impl Isolation {
+    /// Why the pods of namespace `ns` are isolated for ingress; empty if they are not.
+    pub fn reasons<'a>(&'a self, ns: &str) -> impl Iterator<Item = &'a String> + 'a {
+        let here = self.namespaces.get(ns).into_iter().flatten();
+        self.everywhere.iter().chain(here)
+    }
+
+    /// Whether it isolates nothing.
+    pub fn is_empty(&self) -> bool {
+        self.everywhere.is_empty() && self.namespaces.is_empty()
+    }
 }
 
 impl PolicyModel {
@@ -625,6 +669,7 @@ mod tests {
         let rule = |peers, ports| Rule { peers, ports };
         let policy = |ingress| PolicyModel {
             lists_every_pod: false,
+            isolated: Isolation::default(),
             policies: [Policy {
                 namespace: "default".into(),
                 name: "p".into(),

@@ -426,9 +426,10 @@ fn other_kinds_are_skipped_and_duplicates_refused() {
 #[test]
 fn the_classic_test_network_policy_example_compiles_as_documented() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/netpol");
-    let (m, skipped) =
-        crate::control::netpol_source::load_dir(&dir).unwrap_or_else(|e| panic!("{e:?}"));
-    assert!(skipped.is_empty(), "{skipped:?}");
+    let read = crate::control::netpol_source::load_dir(&dir);
+    assert!(read.unread.is_empty(), "{:?}", read.unread);
+    assert!(read.skipped.is_empty(), "{:?}", read.skipped);
+    let m = read.model;
     let p = m
         .policies
         .iter()

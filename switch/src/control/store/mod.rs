@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 use crate::control::config::{ConfigError, Mode, NodeConfigError};
 use crate::control::keys::PublicKey;
 use crate::mac::MacAddr;
-use crate::netpol::manifest::ManifestError;
+use crate::netpol::last_good::Unread;
 use crate::netpol::model::PolicyModel;
 use crate::tables::prefixes::PrefixSet;
 
@@ -112,8 +112,10 @@ impl Claims {
 pub struct StorePolicy {
     /// The objects of every good record.
     pub model: PolicyModel,
-    /// The records that were ignored, and why (each names its key).
-    pub bad: Vec<ManifestError>,
+    /// The records that do not read, each with the object it is (named by its
+    /// key) and why: the daemon keeps their last good versions in force, or
+    /// isolates for ingress ([`crate::netpol::last_good`]).
+    pub unread: Vec<Unread>,
     /// The store's revision when this was read: a new one is a new set.
     pub revision: i64,
 }

@@ -224,14 +224,10 @@ impl EtcdStore {
         nodes.nodes
     }
 
-    /// Makes the policy objects again from the records' readings, logging the bad
-    /// records.
+    /// Makes the policy objects again from the records' readings. (The daemon
+    /// logs the records that do not read, with what it makes of each.)
     fn rebuild_policy(&self, inner: &mut Inner) {
-        let policy = inner.objects.policy(inner.cache.revision);
-        for e in &policy.bad {
-            log::warn!("etcd: ignoring {}: {}", e.file, e.reason);
-        }
-        inner.policy = Arc::new(policy);
+        inner.policy = Arc::new(inner.objects.policy(inner.cache.revision));
     }
 }
 

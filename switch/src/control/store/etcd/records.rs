@@ -13,6 +13,7 @@ use crate::control::config::Mode;
 use crate::control::keys::PublicKey;
 use crate::control::store::{check_node, Claims, NodeEntry, StorePolicy};
 use crate::mac::MacAddr;
+use crate::netpol::last_good::{Kind, ObjectId, Unread};
 use crate::netpol::manifest::{self, ManifestError};
 use crate::netpol::model::{Labels, PodObject, Policy, PolicyModel};
 
@@ -388,7 +389,7 @@ enum Object {
 #[derive(Debug, Clone)]
 struct Reading {
     mod_revision: i64,
-    object: Result<Object, ManifestError>,
+    object: Result<Object, Unread>,
 }
 
 /// The policy objects' records of a cache, each read once per version, and the
@@ -403,11 +404,17 @@ pub struct PolicyRecords {
     /// The objects of the good readings.
     model: PolicyModel,
     /// The bad readings, by key.
-    bad: BTreeMap<String, ManifestError>,
+    bad: BTreeMap<String, Unread>,
 }
 
-/// Reads one record into its object.
+/// Reads one record into its object; one that does not read is the object its
+/// key names.
 fn read_object(key: &str, stored: &Stored, named: (&str, &str, &str)) -> Reading {
+    let (kind, ns, name) = named;
+    let unread = |error| Unread {
+        id: Kind::of(kind).map(|k| ObjectId::new(k, ns, name)),
+        error,
+    };
     let object = parse_object(key, named, &stored.value).and_then(|mut m| {
         if let Some((name, labels)) = m.namespaces.pop_first() {
             Ok(Object::Namespace(name, labels))
@@ -424,8 +431,8 @@ fn read_object(key: &str, stored: &Stored, named: (&str, &str, &str)) -> Reading
         }
     });
     Reading {
+        object: object.map_err(unread),
         mod_revision: stored.mod_revision,
-        object,
     }
 }
 
@@ -514,7 +521,7 @@ impl PolicyRecords {
     pub fn policy(&self, revision: i64) -> StorePolicy {
         StorePolicy {
             model: self.model.clone(),
-            bad: self.bad.values().cloned().collect(),
+            unread: self.bad.values().cloned().collect(),
             revision,
         }
     }
@@ -811,13 +818,13 @@ mod tests {
             let fresh = policy(&layout(), &b.cache);
             let kept = records.policy(b.cache.revision);
             assert_eq!(kept.model, fresh.model, "after {key}");
-            assert_eq!(kept.bad, fresh.bad, "after {key}");
+            assert_eq!(kept.unread, fresh.unread, "after {key}");
         }
         let p = records.policy(b.cache.revision);
         assert_eq!(p.model.pods.len(), 1);
         assert_eq!(p.model.pods.iter().next().unwrap().labels["app"], "two");
         assert_eq!(p.model.policies.len(), 1);
-        assert_eq!(p.bad.len(), 1);
+        assert_eq!(p.unread.len(), 1);
         // A sync keeps the readings of unchanged versions, even with the values
         // forgotten: the same objects.
         let before = records.policy(1);
@@ -849,7 +856,7 @@ mod tests {
     }
 
     #[test]
-    fn policy_objects_come_one_a_key_and_a_bad_one_is_skipped() {
+    fn policy_objects_come_one_a_key_and_a_bad_one_is_the_object_its_key_names() {
         let mut b = Builder::new();
         let ns = r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"team": "a"}}}"#;
         b.put("/weft/v1/namespaces/x".into(), ns.as_bytes().to_vec());
@@ -868,8 +875,18 @@ mod tests {
         assert_eq!(p.model.namespaces.len(), 1);
         assert_eq!(p.model.policies.len(), 1);
         assert_eq!(p.revision, b.cache.revision);
-        let bad: Vec<String> = p.bad.iter().map(ToString::to_string).collect();
+        let bad: Vec<String> = p.unread.iter().map(|u| u.error.to_string()).collect();
         assert_eq!(bad.len(), 3, "{bad:?}");
+        // Each is named by its key, whatever its value says: what the daemon keeps
+        // the last good version of, or isolates the namespace of.
+        let named: Vec<String> = (p.unread.iter())
+            .map(|u| u.id.as_ref().expect("a name").to_string())
+            .collect();
+        assert_eq!(
+            named,
+            ["Namespace y", "NetworkPolicy x/other", "Pod x/a"],
+            "{bad:?}"
+        );
         assert!(
             bad.iter()
                 .any(|b| b.contains("/networkpolicies/x/other") && b.contains("x/deny")),

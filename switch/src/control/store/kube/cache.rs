@@ -13,6 +13,7 @@ use kube::Resource;
 
 use super::nodes::{nodes_view, pod_cidr, NodesView};
 use super::objects::{RawPolicy, SlimNamespace, SlimNode, SlimPod, SlimService, SlimSlice};
+use crate::netpol::last_good::{Kind, ObjectId, Unread};
 use crate::netpol::manifest::{self, ManifestError};
 use crate::netpol::model::{Labels, NamedPort, PodObject, Policy, PolicyModel, Protocol};
 
@@ -121,37 +122,29 @@ impl<V> Mirror<V> {
     }
 }
 
-/// A NetworkPolicy as read: the policy, or the one it fails closed to and why.
+/// A NetworkPolicy as read: the policy, or why it did not read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadPolicy {
-    /// What is enforced for it.
-    pub policy: Policy,
-    /// Why it did not read, if it did not: then `policy` isolates what it may
-    /// select and allows nothing.
-    pub bad: Option<String>,
-    /// Its resourceVersion, to log each bad version once.
-    pub resource_version: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The policy, or why it does not read: then the daemon keeps its last good
+    /// version in force, or isolates its namespace for ingress
+    /// ([`crate::netpol::last_good`]).
+    pub policy: Result<Policy, String>,
 }
 
-/// Reads a NetworkPolicy object, failing closed when it does not read.
+/// Reads a NetworkPolicy object.
 pub fn read_policy(p: RawPolicy) -> Option<ReadPolicy> {
     let namespace = p.metadata.namespace.clone().unwrap_or_default();
     let name = p.metadata.name.clone()?;
-    let resource_version = p.metadata.resource_version.clone().unwrap_or_default();
-    Some(
-        match manifest::policy_spec(&namespace, &name, p.spec.clone()) {
-            Ok(policy) => ReadPolicy {
-                policy,
-                bad: None,
-                resource_version,
-            },
-            Err(why) => ReadPolicy {
-                policy: manifest::fail_closed(&namespace, &name, &p.spec),
-                bad: Some(why),
-                resource_version,
-            },
-        },
-    )
+    let policy = manifest::policy_spec(&namespace, &name, p.spec);
+    Some(ReadPolicy {
+        namespace,
+        name,
+        policy,
+    })
 }
 
 /// A Pod as held: as policy judges it, and what decides between two pods that
@@ -381,22 +374,20 @@ impl Cache {
         pods
     }
 
-    /// The policy objects, and the NetworkPolicies that did not read (failed
-    /// closed), each as an error naming it.
-    pub fn policy_model(&self) -> (PolicyModel, Vec<ManifestError>) {
+    /// The policy objects, and the NetworkPolicies that did not read, each named.
+    pub fn policy_model(&self) -> (PolicyModel, Vec<Unread>) {
         let mut policies: Vec<&ReadPolicy> = self.policies.values().collect();
-        policies.sort_by(|a, b| {
-            (&a.policy.namespace, &a.policy.name).cmp(&(&b.policy.namespace, &b.policy.name))
-        });
-        let bad = (policies.iter())
+        policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        let unread = (policies.iter())
             .filter_map(|p| {
-                Some(ManifestError {
-                    file: format!("networkpolicies/{}", p.policy.id()),
-                    document: 0,
-                    reason: format!(
-                        "{}: enforced as deny-all for the pods it selects",
-                        p.bad.as_ref()?
-                    ),
+                let why = p.policy.as_ref().err()?;
+                Some(Unread {
+                    id: Some(ObjectId::new(Kind::NetworkPolicy, &p.namespace, &p.name)),
+                    error: ManifestError {
+                        file: format!("networkpolicies/{}/{}", p.namespace, p.name),
+                        document: 0,
+                        reason: why.clone(),
+                    },
                 })
             })
             .collect();
@@ -407,10 +398,13 @@ impl Cache {
         let model = PolicyModel {
             namespaces,
             pods: pods.into_iter().collect(),
-            policies: policies.into_iter().map(|p| p.policy.clone()).collect(),
+            policies: (policies.into_iter())
+                .filter_map(|p| p.policy.clone().ok())
+                .collect(),
             lists_every_pod: true,
+            isolated: Default::default(),
         };
-        (model, bad)
+        (model, unread)
     }
 }
 
@@ -496,36 +490,40 @@ mod tests {
     }
 
     #[test]
-    fn a_policy_the_api_should_have_refused_fails_closed_for_what_it_selects() {
+    fn a_policy_the_api_should_have_refused_is_named_apart_from_the_model() {
         let mut c = Cache::default();
         let good = json!({"podSelector": {"matchLabels": {"app": "web"}},
                           "ingress": [{"ports": [{"port": 80}]}]});
-        c.apply(Change::Policy(Event::Apply(policy("good", good))));
-        // An operator the API refuses, in a rule: the selector still reads.
+        c.apply(Change::Policy(Event::Apply(policy("good", good.clone()))));
+        // An operator the API refuses, in a rule.
         let bad_rule = json!({"podSelector": {"matchLabels": {"app": "db"}},
                               "ingress": [{"from": [{"podSelector": {"matchExpressions":
                                   [{"key": "a", "operator": "Near"}]}}]}]});
         c.apply(Change::Policy(Event::Apply(policy("bad-rule", bad_rule))));
-        // A selector that does not read: the whole namespace.
+        // A selector that does not read.
         let bad_selector = json!({"podSelector": {"matchLabels": "web"}});
         c.apply(Change::Policy(Event::Apply(policy(
             "bad-selector",
             bad_selector,
         ))));
-        let (model, bad) = c.policy_model();
-        assert_eq!(model.policies.len(), 3);
-        assert_eq!(bad.len(), 2, "{bad:?}");
-        assert!(bad[0].file.ends_with("x/bad-rule") && bad[0].reason.contains("Near"));
-        let rule = &model.policies[0];
-        assert_eq!(rule.pod_selector.labels["app"], "db");
+        let (model, unread) = c.policy_model();
+        let ids: Vec<String> = (model.policies.iter()).map(|p| p.id()).collect();
+        assert_eq!(ids, ["x/good"]);
+        let named: Vec<String> = (unread.iter())
+            .map(|u| u.id.as_ref().expect("named").to_string())
+            .collect();
         assert_eq!(
-            (rule.ingress.as_deref(), rule.egress.as_deref()),
-            (Some(&[][..]), Some(&[][..]))
+            named,
+            ["NetworkPolicy x/bad-rule", "NetworkPolicy x/bad-selector"]
         );
-        let whole = &model.policies[1];
-        assert!(whole.pod_selector.is_empty());
-        assert_eq!(whole.egress.as_deref(), Some(&[][..]));
-        assert!(model.policies[2].ingress.as_ref().unwrap().len() == 1);
+        assert!(
+            unread[0].error.file.ends_with("x/bad-rule") && unread[0].error.reason.contains("Near")
+        );
+        // The same object read again: it is in the model, and named no more.
+        c.apply(Change::Policy(Event::Apply(policy("bad-rule", good))));
+        let (model, unread) = c.policy_model();
+        assert_eq!(model.policies.len(), 2);
+        assert_eq!(unread.len(), 1);
     }
 
     #[test]

@@ -192,13 +192,12 @@ impl KubeStore {
         }
         let revision = inner.cache.policy_revision;
         if inner.policy.as_ref().is_none_or(|p| p.revision != revision) {
-            let (model, bad) = inner.cache.policy_model();
-            let named = (bad.iter())
-                .map(|e| {
-                    (
-                        e.file.trim_start_matches("networkpolicies/").to_owned(),
-                        e.reason.clone(),
-                    )
+            let (model, unread) = inner.cache.policy_model();
+            let named = (unread.iter())
+                .map(|u| {
+                    let file = &u.error.file;
+                    let id = file.trim_start_matches("networkpolicies/").to_owned();
+                    (id, u.error.reason.clone())
                 })
                 .collect();
             log_new(&mut inner.bad, named, |policy, why| {
@@ -206,7 +205,7 @@ impl KubeStore {
             });
             inner.policy = Some(Arc::new(StorePolicy {
                 model,
-                bad,
+                unread,
                 revision,
             }));
         }
