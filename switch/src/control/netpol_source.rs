@@ -435,3 +435,130 @@ pub(crate) fn watch_dir(daemon: &Arc<Daemon>) -> Option<tokio::task::JoinHandle<
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch policy directory, removed on drop.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(tag: &str, files: &[(&str, &str)]) -> Dir {
+            let p = std::env::temp_dir().join(format!("weft-pdir-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).expect("a scratch dir");
+            for (name, text) in files {
+                std::fs::write(p.join(name), text).expect("a manifest");
+            }
+            Dir(p)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn policy(ns: &str, name: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+        )
+    }
+
+    fn names(read: &DirRead) -> Vec<Option<String>> {
+        (read.unread.iter())
+            .map(|u| u.id.as_ref().map(ToString::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn each_document_reads_on_its_own_and_one_that_does_not_is_named() {
+        let good = policy("x", "good", "{podSelector: {}}");
+        let bad = policy(
+            "x",
+            "bad",
+            "{podSelector: {}, ingress: [{ports: [{port: 0}]}]}",
+        );
+        let nameless = "---\napiVersion: v1\nkind: Pod\nmetadata: {labels: {a: b}}\n";
+        let d = Dir::new(
+            "docs",
+            &[
+                ("a.yaml", &format!("{good}{bad}{nameless}")),
+                ("b.txt", "junk"),
+            ],
+        );
+        let read = load_dir(&d.0);
+        let ids: Vec<String> = read.model.policies.iter().map(|p| p.id()).collect();
+        assert_eq!(ids, ["x/good"]);
+        assert_eq!(names(&read), [Some("NetworkPolicy x/bad".into()), None]);
+        let bad = &read.unread[0].error;
+        assert_eq!(bad.document, 1);
+        assert!(bad.reason.contains("port 0"), "{bad}");
+        assert!(
+            read.unread[1].error.reason.contains("name"),
+            "{:?}",
+            read.unread[1]
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_ends_its_file_and_names_nothing() {
+        let good = policy("x", "good", "{podSelector: {}}");
+        let d = Dir::new(
+            "syntax",
+            &[
+                ("a.yaml", &format!("{good}---\nkind: [oops\n{good}")),
+                ("b.yaml", &policy("y", "p", "{podSelector: {}}")),
+            ],
+        );
+        let read = load_dir(&d.0);
+        let ids: Vec<String> = read.model.policies.iter().map(|p| p.id()).collect();
+        assert_eq!(
+            ids,
+            ["x/good", "y/p"],
+            "what came before, and the other files"
+        );
+        assert_eq!(names(&read), [None]);
+        assert!(read.unread[0].error.reason.starts_with("not YAML"));
+    }
+
+    #[test]
+    fn an_object_defined_twice_or_defined_and_broken_counts_as_not_read() {
+        let p = policy("x", "p", "{podSelector: {}}");
+        let q = policy("x", "q", "{podSelector: {}}");
+        let q_bad = policy("x", "q", "{podSelector: {}, policyTypes: [Sideways]}");
+        let d = Dir::new(
+            "twice",
+            &[
+                ("a.yaml", &format!("{p}{q}")),
+                ("b.yaml", &format!("{p}{q_bad}")),
+            ],
+        );
+        let read = load_dir(&d.0);
+        assert!(read.model.policies.is_empty(), "{:?}", read.model.policies);
+        let mut named = names(&read);
+        named.sort();
+        assert_eq!(
+            named,
+            [
+                Some("NetworkPolicy x/p".into()),
+                Some("NetworkPolicy x/q".into())
+            ]
+        );
+        assert!(read
+            .unread
+            .iter()
+            .any(|u| u.error.reason == "NetworkPolicy x/p is defined twice"));
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_read_names_nothing() {
+        let read = load_dir(Path::new("/nonexistent/weft-policy"));
+        assert!(read.model.policies.is_empty());
+        assert_eq!(names(&read), [None]);
+        assert!(read.unread[0].error.reason.starts_with("cannot read"));
+    }
+}

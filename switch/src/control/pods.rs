@@ -1084,6 +1084,83 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A node on a policy directory starts from the set it saved: restarted while
+    /// a document no longer reads, it enforces the last good set (its pod stays
+    /// isolated both ways, as that set says), and says so; once the directory
+    /// reads, its set is in force. A first start on a directory that does not read,
+    /// with nothing saved, isolates every pod for ingress.
+    #[test]
+    fn a_policy_directory_that_does_not_read_at_boot_keeps_the_saved_set_or_isolates() {
+        let (mut settings, dir) = settings_for("pdir", Options::default());
+        let policy_dir = dir.join("policy");
+        std::fs::create_dir_all(&policy_dir).expect("the policy dir");
+        settings.policy.dir = Some(policy_dir.clone());
+        let deny = policy_dir.join("deny.yaml");
+        let write = |text: &str| std::fs::write(&deny, text).expect("the policy file");
+        write(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {name: deny, namespace: default}\n\
+             spec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n",
+        );
+        let host = fake_host(&dir);
+        let start = || {
+            Daemon::start_with(settings.clone(), host.clone(), Arc::new(NoStore))
+                .expect("the daemon")
+        };
+        let isolated = |d: &Daemon| {
+            let rules = d.tables().ports.get(1).and_then(|p| p.policy.clone());
+            rules.map_or((false, false), |r| {
+                (r.ingress.is_some(), r.egress.is_some())
+            })
+        };
+        let d = start();
+        assert!(matches!(attach(&d, "c1"), Response::Ok(Reply::Attached(_))));
+        assert_eq!(isolated(&d), (true, true));
+        d.shutdown();
+        drop(d);
+
+        write("kind: NetworkPolicy\nspec: [not closed\n");
+        let d = start();
+        assert_eq!(isolated(&d), (true, true), "the saved set is in force");
+        let status = d.policy_status();
+        assert_eq!(status.policies.len(), 1);
+        assert!(status
+            .state
+            .starts_with("enforcing, with the last good version"));
+        assert!(status.errors[0].contains("deny.yaml document 0: not YAML"));
+        assert!(
+            status.errors[0].ends_with("nothing of the last good set is removed until it reads")
+        );
+        d.apply_policy(crate::control::netpol_source::load_dir(&policy_dir))
+            .expect("read again");
+        assert_eq!(isolated(&d), (true, true), "no read replaces it");
+        std::fs::remove_file(&deny).expect("the policy file");
+        d.apply_policy(crate::control::netpol_source::load_dir(&policy_dir))
+            .expect("read");
+        assert_eq!(isolated(&d), (false, false), "the directory reads: its set");
+        assert_eq!(d.policy_status().state, "enforcing");
+        d.shutdown();
+        drop(d);
+
+        // Nothing saved, and a directory that does not read.
+        std::fs::remove_file(saved::path(&settings.state_dir)).expect("the saved view");
+        write("kind: NetworkPolicy\nspec: [not closed\n");
+        let d = start();
+        assert_eq!(isolated(&d), (true, false), "every pod, for ingress");
+        let state = d.status().policy.expect("a policy state");
+        assert!(
+            state.starts_with("isolating: every pod, for ingress ("),
+            "{state}"
+        );
+        assert!(
+            state.contains("deny.yaml document 0 names no object"),
+            "{state}"
+        );
+        d.shutdown();
+        drop(d);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A node on a store that is read saves the view in force in its state
     /// directory, and writes it as it stops.
     #[test]
