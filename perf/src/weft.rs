@@ -368,6 +368,20 @@ impl WeftNode {
         }
     }
 
+    /// Frames dropped for `reason` (`policy_ingress`, say) on all of the node's
+    /// ports, as `weft ports` counts them.
+    pub fn drops(&self, reason: &str) -> Result<u64> {
+        let ports = match self.ok(&Request::Ports)? {
+            Reply::Ports { ports } => ports,
+            other => bail!("unexpected reply to ports: {other:?}"),
+        };
+        Ok((ports.iter())
+            .flat_map(|p| &p.counters.drops)
+            .filter(|(r, _)| r == reason)
+            .map(|(_, n)| n)
+            .sum())
+    }
+
     /// Attaches `pod` as `eth0` with container id `id`.
     pub fn attach(&self, pod: &Pod, id: &str) -> Result<Attachment> {
         self.attach_as(pod, id, None)

@@ -483,16 +483,7 @@ fn isolate_p1(etcd: &Etcd) {
 
 /// Frames node `n`'s pods' ingress policy dropped.
 fn policy_drops(n: &WeftNode) -> u64 {
-    let ports = match n.ok(&weft_proto::Request::Ports).unwrap() {
-        weft_proto::Reply::Ports { ports } => ports,
-        other => panic!("{other:?}"),
-    };
-    ports
-        .iter()
-        .flat_map(|p| &p.counters.drops)
-        .filter(|(reason, _)| reason == "policy_ingress")
-        .map(|(_, n)| n)
-        .sum()
+    n.drops("policy_ingress").unwrap()
 }
 
 /// Policy does not fail open across a restart. Node 1, whose pod a NetworkPolicy in

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use weft_perf::netns::{require_root, wait_until};
-use weft_perf::probe::{probe, serve, Proto, PROBE};
+use weft_perf::probe::{probe, serve, Proto, Receiver, Sender, PROBE};
 use weft_perf::topo::{Pod, Underlay};
 use weft_perf::weft::{
     in_netns, peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
@@ -46,7 +46,10 @@ struct Netpol {
     servers: Vec<std::thread::JoinHandle<()>>,
     policy_dir: PathBuf,
     underlay: Underlay,
-    _scratch: Scratch,
+    /// How the nodes run, and their peers file: to restart one.
+    opts: WeftOptions,
+    peers: PathBuf,
+    scratch: Scratch,
     /// Labels each pod has now, written into `pods.yaml`.
     labels: BTreeMap<(&'static str, &'static str), Vec<(String, String)>>,
 }
@@ -118,7 +121,9 @@ impl Netpol {
             servers,
             policy_dir,
             underlay,
-            _scratch: scratch,
+            opts,
+            peers,
+            scratch,
             labels,
         };
         c.write_objects();
@@ -176,6 +181,41 @@ impl Netpol {
                 (ids, s.errors, s.pods)
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// Stops node `h` (SIGTERM), runs `meanwhile`, and starts it again on the
+    /// same state directory: its pods' ports are reopened.
+    fn restart(&mut self, h: usize, meanwhile: impl FnOnce(&Netpol)) {
+        self.nodes.remove(h).stop().expect("weftd stops");
+        meanwhile(self);
+        let host = self.underlay.host(h);
+        let node = WeftNode::start(host, &self.peers, self.scratch.path(), &self.opts);
+        self.nodes.insert(h, node.expect("weftd starts again"));
+    }
+
+    /// Node `h`'s `weft policy status`.
+    fn policy_status(&self, h: usize) -> weft_proto::PolicyStatus {
+        match self.nodes[h]
+            .ok(&Request::PolicyStatus)
+            .expect("policy status")
+        {
+            Reply::PolicyStatus(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Waits until `ok` holds of every node's policy status.
+    fn wait_status(&self, what: &str, ok: impl Fn(&weft_proto::PolicyStatus) -> bool) {
+        for h in 0..self.nodes.len() {
+            wait_until(Duration::from_secs(10), what, || ok(&self.policy_status(h)))
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{e}: node {h}: {:?}\n{}",
+                        self.policy_status(h),
+                        self.logs()
+                    )
+                });
         }
     }
 
@@ -482,4 +522,172 @@ fn unions_label_changes_running_connections_and_the_node() {
         text.starts_with("denied") && text.contains("x/deny"),
         "{text}"
     );
+}
+
+/// x/a takes TCP 80 from x/b only: what the restart test keeps in force.
+fn xa_from_xb() -> String {
+    policy(
+        "xa-from-xb",
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n    ports: [{port: 80}]",
+    )
+}
+
+/// Policy across a restart: node 0, where x/a runs, restarts while the policy
+/// file no longer reads as YAML, and y/a (on node 1) sends datagrams to x/a every
+/// 5 ms throughout. Node 0 starts from the last good set it saved: nothing
+/// reaches x/a, from the first datagram on, while x/b's TCP to x/a (which the set
+/// allows) and y/a's to y/b (which no policy isolates) work again after the
+/// restart. Once the file reads again, its set is in force and the datagrams
+/// arrive: the receiver would have counted any that got through.
+#[test]
+fn a_node_restarted_with_a_broken_policy_dir_keeps_its_last_good_policy() {
+    let _serial = lock();
+    let mut c = Netpol::new("nprst");
+    let (xa, ya) = (c.member("x", "a"), c.member("y", "a"));
+    assert_eq!((xa.host, ya.host), (0, 1));
+    let xa_ip = xa.ip;
+    let received = Receiver::start(&xa.pod.ns);
+    let probe_sender = Sender::start(&ya.pod.ns, xa_ip);
+    wait_until(Duration::from_secs(5), "a datagram to reach x/a", || {
+        received.count() > 0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    probe_sender.finish();
+
+    c.apply(&xa_from_xb());
+    let saved = weft_perf::weft::state_dir(c.underlay.host(0), c.scratch.path()).join("view.json");
+    let period = weft_switch::control::saved::PERIOD + Duration::from_secs(5);
+    wait_until(period, "node 0 to save the policy", || {
+        std::fs::read_to_string(&saved).is_ok_and(|t| t.contains("xa-from-xb"))
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let before = received.count();
+    let sender = Sender::start(&c.member("y", "a").pod.ns, xa_ip);
+
+    c.restart(0, |c| {
+        let broken = xa_from_xb().replace("ingress:", "ingress: [");
+        write_atomic(&c.policy_dir.join("policies.yaml"), &broken).unwrap();
+    });
+    let log = c.nodes[0].log_text();
+    assert!(
+        log.contains("policies.yaml document 0: not YAML")
+            && log.contains("nothing of the last good set is removed until it reads"),
+        "{log}"
+    );
+    let status = c.policy_status(0);
+    let ids: Vec<&str> = status.policies.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["x/xa-from-xb"], "{status:?}");
+    assert!(
+        status
+            .state
+            .starts_with("enforcing, with the last good version"),
+        "{status:?}"
+    );
+    assert_eq!(status.errors.len(), 1, "{status:?}");
+    // y/a's datagrams reach node 0 again, whose policy drops them.
+    wait_until(
+        Duration::from_secs(10),
+        "node 0 to drop y/a's datagrams",
+        || c.nodes[0].drops("policy_ingress").unwrap() > 0,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    // What the set allows works again, and so does a pod no policy isolates.
+    let (xb, yb) = (c.member("x", "b"), c.member("y", "b"));
+    assert_eq!(yb.host, 0);
+    assert!(
+        probe(&xb.pod, xa_ip, Proto::Tcp, 80),
+        "x/b -> x/a TCP 80\n{}",
+        c.logs()
+    );
+    assert!(
+        probe(&c.member("y", "a").pod, yb.ip, Proto::Tcp, 80),
+        "y/a -> y/b"
+    );
+    assert!(
+        !probe(&c.member("y", "a").pod, xa_ip, Proto::Tcp, 80),
+        "y/a -> x/a"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let leaked = received.count() - before;
+
+    // The file reads again, with no policy: the datagrams arrive.
+    write_atomic(&c.policy_dir.join("policies.yaml"), "").unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "y/a's datagrams to reach x/a again",
+        || received.count() > before + leaked,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let sent = sender.finish();
+    eprintln!(
+        "{sent} datagrams sent, {leaked} received through the restart, {} dropped by policy on node 0",
+        c.nodes[0].drops("policy_ingress").unwrap()
+    );
+    assert!(sent > 200, "only {sent} datagrams sent");
+    assert_eq!(
+        leaked,
+        0,
+        "datagrams reached the isolated pod\n{}",
+        c.logs()
+    );
+    assert_eq!(c.policy_status(0).state, "enforcing");
+}
+
+/// A NetworkPolicy that does not read: new, it isolates every pod of its
+/// namespace for ingress (and nothing else: x's pods still reach the others, y
+/// and z are open), and says so; read, it applies as written; broken again, its
+/// last good version stays in force.
+#[test]
+fn a_new_policy_that_does_not_read_isolates_its_namespace_for_ingress() {
+    let _serial = lock();
+    let c = Netpol::new("npbad");
+    let spec =
+        |port: &str| format!("  podSelector: {{}}\n  ingress:\n  - ports: [{{port: {port}}}]");
+    let file = c.policy_dir.join("policies.yaml");
+    write_atomic(&file, &policy("web", "x", &spec("0"))).unwrap();
+    c.wait_status("x isolated", |s| {
+        s.state
+            .starts_with("isolating: the pods of namespace x, for ingress")
+            && s.errors.iter().any(|e| {
+                e.contains("port 0")
+                    && e.contains("every pod of namespace x is isolated for ingress")
+            })
+    });
+    assert!(
+        c.logs().contains("namespace x is isolated for ingress"),
+        "{}",
+        c.logs()
+    );
+    c.check(
+        "a new policy in x that does not read",
+        Proto::Tcp,
+        80,
+        |_, t| t.ns != "x",
+    );
+
+    // Read: x's pods take TCP 80 from anyone, and nothing else.
+    write_atomic(&file, &policy("web", "x", &spec("80"))).unwrap();
+    c.wait_status("the policy read", |s| {
+        s.state == "enforcing" && s.errors.is_empty() && s.policies.len() == 1
+    });
+    c.check("the policy read: TCP 80 into x", Proto::Tcp, 80, |_, _| {
+        true
+    });
+    c.check("the policy read: UDP 80 into x", Proto::Udp, 80, |_, t| {
+        t.ns != "x"
+    });
+
+    // Broken again: the version that read stays in force.
+    write_atomic(&file, &policy("web", "x", &spec("0"))).unwrap();
+    c.wait_status("the last good version kept", |s| {
+        s.state.starts_with("enforcing, with the last good version")
+            && s.errors
+                .iter()
+                .any(|e| e.contains("its last good version stays in force"))
+            && s.policies.len() == 1
+    });
+    c.check("kept: TCP 80 into x", Proto::Tcp, 80, |_, _| true);
+    c.check("kept: UDP 80 into x", Proto::Udp, 80, |_, t| t.ns != "x");
 }
