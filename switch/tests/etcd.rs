@@ -447,13 +447,12 @@ fn bad_records_are_ignored_and_policy_objects_in_etcd_are_enforced() {
     );
     c.ping_all();
 
-    // A policy isolating pod p1 for ingress: nothing reaches it.
+    // A policy isolating pod p1 for ingress: nothing reaches it. A new policy
+    // record that does not read isolates its namespace, which has no pod here.
     isolate_p1(&c.etcd);
+    let broken = "kind: NetworkPolicy\nspec: 7\n";
     c.etcd
-        .put(
-            "/weft/v1/networkpolicies/default/broken",
-            "kind: NetworkPolicy\nspec: 7\n",
-        )
+        .put("/weft/v1/networkpolicies/other/broken", broken)
         .unwrap();
     wait_until(Duration::from_secs(5), "the policy to cut p0 -> p1", || {
         c.ping(0, 1).is_err()
@@ -461,12 +460,34 @@ fn bad_records_are_ignored_and_policy_objects_in_etcd_are_enforced() {
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     c.ping(1, 0)
         .expect("p1's replies are tracked, its own traffic is not isolated");
-    log_has("ignoring /weft/v1/networkpolicies/default/broken");
+    log_has("/weft/v1/networkpolicies/other/broken document 0: ");
+    log_has("every pod of namespace other is isolated for ingress until it reads");
     c.etcd
         .ctl(&["del", "/weft/v1/networkpolicies/default/deny-db"])
         .unwrap();
     wait_until(Duration::from_secs(5), "p0 -> p1 to pass again", || {
         c.ping(0, 1).is_ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+
+    // In the pods' namespace, it isolates both of them for ingress until it goes.
+    c.etcd
+        .put("/weft/v1/networkpolicies/default/broken", broken)
+        .unwrap();
+    wait_until(Duration::from_secs(5), "default to be isolated", || {
+        c.ping(0, 1).is_err() && c.ping(1, 0).is_err()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let status = weft_cli(c.node(0), "policy status");
+    assert!(
+        status.contains("state       isolating: the pods of namespace default, other"),
+        "{status}"
+    );
+    c.etcd
+        .ctl(&["del", "/weft/v1/networkpolicies/default/broken"])
+        .unwrap();
+    wait_until(Duration::from_secs(5), "the pods to be open again", || {
+        c.ping(0, 1).is_ok() && c.ping(1, 0).is_ok()
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
@@ -486,13 +507,12 @@ fn policy_drops(n: &WeftNode) -> u64 {
     n.drops("policy_ingress").unwrap()
 }
 
-/// Policy does not fail open across a restart. Node 1, whose pod a NetworkPolicy in
-/// etcd isolates, restarts while it cannot reach etcd, with node 0's pod sending to
-/// that pod all along: it starts from the view it saved (and says so), its pod
-/// receives nothing, and once etcd is back it reads the store again.
-#[test]
-fn a_node_restarted_while_etcd_is_unreachable_keeps_its_policy_from_the_saved_view() {
-    let mut c = Cluster::new("es", 2, &[]);
+/// Two nodes on etcd, each with its pod, pod `default/p1` (on node 1) isolated for
+/// ingress by `default/deny-db`, which node 1 has saved in its view; a receiver of
+/// datagrams on p1, which got some before the policy (so that its count would
+/// show a leak), and how many it got by the time the policy was saved.
+fn p1_isolated_and_saved(tag: &str) -> (Cluster, Receiver, u64) {
+    let mut c = Cluster::new(tag, 2, &[]);
     // Node 1's registration outlives its restart, so node 0 goes on sending to it.
     c.ttl_s = 60;
     for i in 0..2 {
@@ -502,11 +522,8 @@ fn a_node_restarted_while_etcd_is_unreachable_keeps_its_policy_from_the_saved_vi
     c.wait_peers(0, true, Duration::from_secs(5));
     c.wait_peers(1, true, Duration::from_secs(5));
     c.ping_all();
-    let p1_ip = c.pods[1].as_ref().unwrap().1;
     let received = Receiver::start(&c.pods[1].as_ref().unwrap().0.ns);
-    let send = |c: &Cluster| Sender::start(&c.pods[0].as_ref().unwrap().0.ns, p1_ip);
-    // Datagrams arrive while nothing isolates p1: the count would show a leak.
-    let probe = send(&c);
+    let probe = send_to_p1(&c);
     wait_until(Duration::from_secs(5), "a datagram to reach p1", || {
         received.count() > 0
     })
@@ -526,7 +543,67 @@ fn a_node_restarted_while_etcd_is_unreachable_keeps_its_policy_from_the_saved_vi
     })
     .unwrap();
     let before = received.count();
-    let sender = send(&c);
+    (c, received, before)
+}
+
+/// Datagrams from p0 to p1, every 5 ms.
+fn send_to_p1(c: &Cluster) -> Sender {
+    let p1_ip = c.pods[1].as_ref().unwrap().1;
+    Sender::start(&c.pods[0].as_ref().unwrap().0.ns, p1_ip)
+}
+
+/// After node 1's restart, with `sender` sending to p1 all along: its policy drops
+/// p0's datagrams, none of which reached p1 since `before`; and once `deny-db`
+/// goes from etcd, node 1 follows the store and they arrive.
+fn p1_got_nothing_until_the_policy_went(
+    c: &Cluster,
+    received: &Receiver,
+    before: u64,
+    sender: Sender,
+) {
+    let n1 = c.node(1);
+    wait_until(
+        Duration::from_secs(10),
+        "node 1 to drop p0's datagrams",
+        || policy_drops(n1) > 0,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = sender.finish();
+    let leaked = received.count() - before;
+    eprintln!(
+        "{sent} datagrams sent, {leaked} received, {} dropped by policy on node 1",
+        policy_drops(n1)
+    );
+    assert!(sent > 200, "only {sent} datagrams sent");
+    assert_eq!(
+        leaked,
+        0,
+        "datagrams reached the isolated pod\n{}",
+        c.logs()
+    );
+
+    c.etcd
+        .ctl(&["del", "/weft/v1/networkpolicies/default/deny-db"])
+        .unwrap();
+    let probe = send_to_p1(c);
+    wait_until(
+        Duration::from_secs(5),
+        "p0's datagrams to reach p1 again",
+        || received.count() > before,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    probe.finish();
+}
+
+/// Policy does not fail open across a restart. Node 1, whose pod a NetworkPolicy in
+/// etcd isolates, restarts while it cannot reach etcd, with node 0's pod sending to
+/// that pod all along: it starts from the view it saved (and says so), its pod
+/// receives nothing, and once etcd is back it reads the store again.
+#[test]
+fn a_node_restarted_while_etcd_is_unreachable_keeps_its_policy_from_the_saved_view() {
+    let (mut c, received, before) = p1_isolated_and_saved("es");
+    let sender = send_to_p1(&c);
 
     c.bridges[1].as_ref().unwrap().set_cut(true);
     c.nodes[1].take().unwrap().stop().unwrap();
@@ -569,67 +646,93 @@ fn a_node_restarted_while_etcd_is_unreachable_keeps_its_policy_from_the_saved_vi
         "{}",
         n1.log_text()
     );
-    std::thread::sleep(Duration::from_secs(1));
-    let sent = sender.finish();
-    let leaked = received.count() - before;
-    eprintln!(
-        "{sent} datagrams sent, {leaked} received, {} dropped by policy on node 1",
-        policy_drops(n1)
-    );
-    assert!(sent > 500, "only {sent} datagrams sent");
-    assert_eq!(
-        leaked,
-        0,
-        "datagrams reached the isolated pod\n{}",
-        c.logs()
-    );
-
-    // The policy goes from etcd: node 1 follows the store again.
-    c.etcd
-        .ctl(&["del", "/weft/v1/networkpolicies/default/deny-db"])
-        .unwrap();
-    let probe = send(&c);
-    wait_until(
-        Duration::from_secs(5),
-        "p0's datagrams to reach p1 again",
-        || received.count() > before,
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    probe.finish();
+    p1_got_nothing_until_the_policy_went(&c, &received, before, sender);
 }
 
-/// A node that cannot reach etcd as it starts, and has no saved view to start from,
-/// refuses to start rather than leave its pods unisolated, and leaves nothing of
-/// its own on the host: no weft0, no nftables table, no socket.
+/// A known policy that stops reading keeps its last good version, across a
+/// restart too. Node 1 restarts, etcd reachable, while `deny-db`'s record no
+/// longer reads, with node 0's pod sending to p1 all along: node 1 takes the
+/// version its saved view holds, says so, and p1 receives nothing; p1's own
+/// traffic, which no policy isolates, flows again after the restart.
 #[test]
-fn a_node_with_no_saved_view_refuses_to_start_while_etcd_is_unreachable() {
+fn a_node_restarted_while_a_policy_record_does_not_read_keeps_its_last_good_version() {
+    let (mut c, received, before) = p1_isolated_and_saved("ek");
+    let sender = send_to_p1(&c);
+
+    c.nodes[1].take().unwrap().stop().unwrap();
+    c.etcd
+        .put(
+            "/weft/v1/networkpolicies/default/deny-db",
+            "kind: NetworkPolicy\nspec: 7\n",
+        )
+        .unwrap();
+    c.start(1);
+    let n1 = c.node(1);
+    let log = n1.log_text();
+    assert!(
+        log.contains("/weft/v1/networkpolicies/default/deny-db document 0: ")
+            && log.contains("its last good version stays in force"),
+        "{log}"
+    );
+    let status = weft_cli(n1, "policy status");
+    assert!(
+        status.contains("state       enforcing, with the last good version")
+            && status.contains("default/deny-db"),
+        "{status}"
+    );
+    assert_eq!(n1.status().unwrap().store.unwrap().state, "ok");
+    c.ping(1, 0).expect("p1's own traffic is not isolated");
+    p1_got_nothing_until_the_policy_went(&c, &received, before, sender);
+}
+
+/// A node that cannot reach etcd as it starts, and has no saved view to start
+/// from, starts with every pod isolated for ingress, and says so: its pods reach
+/// nothing of each other, though the node still reaches them. Once etcd is read
+/// (it holds no policy), they do.
+#[test]
+fn a_node_with_no_saved_view_isolates_every_pod_while_etcd_is_unreachable() {
     let mut c = Cluster::new("en", 1, &[]);
     c.start(0);
-    c.pod(0);
-    let host = c.underlay.host(0);
-    let saved = state_dir(host, c.scratch.path()).join("view.json");
+    let p0 = c.pod(0);
+    let q = c.underlay.pod(0, "enq").unwrap();
+    let k8s = PodRef {
+        namespace: "default".into(),
+        name: "q".into(),
+    };
+    let q_ip = c.node(0).attach_as(&q, "cq", Some(k8s)).unwrap().ip;
+    q.ns.ping(p0, 2).unwrap();
+    let state = state_dir(c.underlay.host(0), c.scratch.path());
+    let saved = state.join("view.json");
     wait_until(Duration::from_secs(5), "the view to be saved", || {
         saved.exists()
     })
     .unwrap();
     c.nodes[0].take().unwrap().stop().unwrap();
-    c.etcd.stop().unwrap();
+    c.bridges[0].as_ref().unwrap().set_cut(true);
     std::fs::remove_file(&saved).unwrap();
-    let err = WeftNode::start_etcd(host, c.scratch.path(), &c.opts())
-        .expect_err("weftd started with no store and no saved view");
-    let text = format!("{err:#}");
-    assert!(text.contains("exited with exit status: 1"), "{text}");
+    c.start(0);
+    let n0 = c.node(0);
+    let log = n0.log_text();
     let why = format!(
-        "etcd unreachable and no saved view in {}: starting would leave every pod unisolated",
-        state_dir(host, c.scratch.path()).display()
+        "store etcd unreachable at boot, and no saved view in {}: every pod is isolated for ingress until the store is read",
+        state.display()
     );
-    assert!(text.contains(&why), "{text}");
-    let links = host.ns.ip(&["-o", "link", "show"]).unwrap();
-    assert!(!links.contains("weft0"), "{links}");
-    let tables = host.ns.run(&["nft", "list", "tables"]).unwrap();
-    assert!(!tables.contains("weft"), "{tables}");
-    let socket = c.scratch.path().join(format!("{}.sock", node_name(host)));
-    assert!(!socket.exists(), "{} is left", socket.display());
+    assert!(log.contains(&why), "{log}");
+    let isolating = "isolating: every pod, for ingress (no good policy yet)";
+    assert_eq!(n0.status().unwrap().policy.as_deref(), Some(isolating));
+    assert!(q.ns.ping(p0, 2).is_err(), "q reached p0");
+    let (p0_pod, _) = c.pods[0].as_ref().unwrap();
+    assert!(p0_pod.ns.ping(q_ip, 2).is_err(), "p0 reached q");
+    (c.underlay.host(0).ns)
+        .ping(p0, 2)
+        .expect("the node reaches its pod");
+
+    c.bridges[0].as_ref().unwrap().set_cut(false);
+    wait_until(Duration::from_secs(20), "node 0 to read etcd", || {
+        n0.status().unwrap().policy.as_deref() == Some("enforcing")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    q.ns.ping(p0, 2).expect("q reaches p0");
 }
 
 /// What a capture on one wire port saw.
@@ -879,7 +982,7 @@ fn weft_cli(node: &WeftNode, what: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))
         .arg("--socket")
         .arg(&node.socket)
-        .arg(what)
+        .args(what.split_whitespace())
         .stdin(Stdio::null())
         .output()
         .expect("running weft");
