@@ -532,25 +532,50 @@ fn network_policy_from_api_objects_follows_labels_deletion_and_reused_addresses(
     k.api.delete(kind("Pod"), "y", "old");
     k.check("the pod deleted", none_in);
 
-    // A NetworkPolicy the API server should have refused: it fails closed for
-    // the pods it selects (z/a), is named in the log, and nothing else changes.
+    // A NetworkPolicy the API server should have refused, new: it isolates every
+    // pod of its namespace for ingress, is named in the log and the status, and
+    // nothing else changes.
     let bad = json!({"podSelector": {"matchLabels": {"pod": "a"}},
         "ingress": [{"from": [{"podSelector": {"matchExpressions": [{"key": "pod", "operator": "Near"}]}}]}]});
-    k.api
-        .put(kind("NetworkPolicy"), policy_object("z", "bad", bad));
-    let za_closed = |f: &Member, t: &Member| {
-        none_in(f, t) && !(t.ns == "z" && t.name == "a") && !(f.ns == "z" && f.name == "a")
-    };
-    k.check("a bad policy in z", za_closed);
+    k.api.put(
+        kind("NetworkPolicy"),
+        policy_object("z", "bad", bad.clone()),
+    );
+    let z_closed = |f: &Member, t: &Member| none_in(f, t) && t.ns != "z";
+    k.check("a new bad policy in z", z_closed);
     k.on_every_node("the bad policy reported", |n| {
         let (ids, errors) = Kube::in_force(n);
-        ids == ["x/allow-yb", "z/bad"] && errors.iter().any(|e| e.contains("z/bad"))
+        ids == ["x/allow-yb"]
+            && errors.iter().any(|e| {
+                e.contains("networkpolicies/z/bad")
+                    && e.contains("namespace z is isolated for ingress")
+            })
     });
     let log = k.logs();
     assert!(
         log.contains("NetworkPolicy z/bad does not read") && log.contains("Near"),
         "{log}"
     );
+    // Read, it applies as written: z/a takes ingress from z/b only.
+    let good = json!({"podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]});
+    k.api
+        .put(kind("NetworkPolicy"), policy_object("z", "bad", good));
+    let za_from_zb = |f: &Member, t: &Member| {
+        none_in(f, t) && (!(t.ns == "z" && t.name == "a") || (f.ns == "z" && f.name == "b"))
+    };
+    k.check("the policy read", za_from_zb);
+    // Broken again, the version that read stays in force.
+    k.api
+        .put(kind("NetworkPolicy"), policy_object("z", "bad", bad));
+    k.on_every_node("the last good version kept", |n| {
+        let (ids, errors) = Kube::in_force(n);
+        ids == ["x/allow-yb", "z/bad"]
+            && errors
+                .iter()
+                .any(|e| e.contains("its last good version stays in force"))
+    });
+    k.check("the last good version kept", za_from_zb);
 }
 
 /// Services and EndpointSlices as the controllers write them.
