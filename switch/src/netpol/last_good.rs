@@ -158,16 +158,17 @@ pub struct Merged {
 /// dropped, and made again from `unread`.
 pub fn merge(mut read: PolicyModel, unread: Vec<Unread>, last: &PolicyModel) -> Merged {
     read.isolated = Default::default();
-    let (named, unnamed): (Vec<Unread>, Vec<Unread>) =
-        unread.into_iter().partition(|u| u.id.is_some());
-    let mut judged: Vec<Judged> = named
-        .into_iter()
-        .map(|unread| {
-            let id = unread.id.as_ref().expect("partitioned on a name");
-            let fate = settle(&mut read, id, last);
-            Judged { unread, fate }
-        })
-        .collect();
+    let mut judged = Vec::with_capacity(unread.len());
+    let mut unnamed = Vec::new();
+    for unread in unread {
+        match &unread.id {
+            Some(id) => {
+                let fate = settle(&mut read, id, last);
+                judged.push(Judged { unread, fate });
+            }
+            None => unnamed.push(unread),
+        }
+    }
     if !unnamed.is_empty() {
         let fate = match restore_missing(&mut read, last) {
             0 => Fate::IsolatesEverything,
@@ -281,9 +282,8 @@ pub fn state(model: &PolicyModel, judged: &[Judged]) -> String {
     }
     match judged.len() {
         0 => "enforcing".to_owned(),
-        n => format!(
-            "enforcing, with the last good version of what {n} objects that do not read held"
-        ),
+        1 => "enforcing, with the last good version of what does not read (1 object)".to_owned(),
+        n => format!("enforcing, with the last good version of what does not read ({n} objects)"),
     }
 }
 
