@@ -1,7 +1,9 @@
 //! The last good view of the cluster, kept in the state directory as `view.json`: the
 //! nodes and the NetworkPolicy objects in force the last time the store was read, so
 //! that a node whose store is unreachable as it starts starts from them, and not from
-//! nothing (which would leave every pod unisolated).
+//! nothing (which would leave every pod unisolated). Its policy is also, on every
+//! store, the last good set a node starts from: an object that no longer reads
+//! keeps the version saved here (`crate::netpol::last_good`).
 //!
 //! A [`Saver`] writes the newest view it is handed, at most once a [`PERIOD`] and
 //! once more as it stops; each write is atomic (a temporary file, synced, renamed,
