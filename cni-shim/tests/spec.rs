@@ -65,6 +65,7 @@ fn status(ready: bool) -> Status {
             objects: Vec::new(),
             from_saved: Some("2025-06-01T12:00:00Z".into()),
         }),
+        policy: Some("enforcing".into()),
     }
 }
 
