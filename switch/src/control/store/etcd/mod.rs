@@ -177,6 +177,16 @@ impl EtcdStore {
     ) -> Result<EtcdStore, StoreError> {
         let options = connect_options(&settings)?;
         let endpoints = settings.endpoints.clone();
+        let plain: Vec<&str> = (endpoints.iter())
+            .filter(|e| e.starts_with("http://"))
+            .map(String::as_str)
+            .collect();
+        if settings.insecure && !plain.is_empty() {
+            log::warn!(
+                "etcd: insecure = true: plain http to {}: weft's records cross the network in the clear",
+                plain.join(", ")
+            );
+        }
         let client = rt
             .block_on(async { Client::connect(endpoints, Some(options)).await })
             .map_err(|e| StoreError::Etcd(text(e)))?;
