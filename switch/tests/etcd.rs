@@ -471,6 +471,78 @@ fn bad_records_are_ignored_and_policy_objects_in_etcd_are_enforced() {
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
 
+/// A node record of etcd's, as JSON.
+fn node_record(name: &str, underlay: &str, subnet: &str, mac: &str) -> String {
+    format!(
+        "{{\"name\":\"{name}\",\"underlayIp\":\"{underlay}\",\"podSubnet\":\"{subnet}\",\"vtepMac\":\"{mac}\",\"mode\":\"vxlan\",\"port\":8472}}"
+    )
+}
+
+/// A subnet lease's record, as JSON.
+fn lease_record(name: &str, underlay: &str) -> String {
+    format!("{{\"node\":\"{name}\",\"underlayIp\":\"{underlay}\"}}")
+}
+
+/// Records in etcd that claim what a running node holds must not freeze it on
+/// its view. Three are written, each with a node record older than node 0's and a
+/// subnet lease newer than node 0's (as anyone with write access to etcd could):
+/// `wide`, whose subnet holds node 0's; `twin`, with node 0's underlay address;
+/// and `group`, with a multicast underlay address. Each is ignored with a log line
+/// naming it; a node that joins afterwards is a peer of node 0, and their pods
+/// reach each other (the positive control).
+#[test]
+fn records_claiming_what_a_node_holds_are_ignored_and_the_rest_of_the_view_applied() {
+    let mut c = Cluster::new("eh", 2, &[]);
+    let me = c.underlay.host(0).underlay_ip.to_string();
+    // The first free /24s are claimed first: node 0's will be inside 10.244.0.0/18.
+    let hostile = [
+        ("wide", "192.0.2.7", "10.244.0.0/18", "02:00:00:00:77:01"),
+        ("twin", me.as_str(), "10.244.200.0/24", "02:00:00:00:77:02"),
+        ("group", "224.0.0.5", "10.244.201.0/24", "02:00:00:00:77:03"),
+    ];
+    for (name, ip, subnet, mac) in hostile {
+        let record = node_record(name, ip, subnet, mac);
+        c.etcd
+            .put(&format!("/weft/v1/nodes/{name}"), &record)
+            .unwrap();
+    }
+    c.start(0);
+    let mine = c.subnet(0);
+    assert!(
+        "10.244.0.0/18".parse::<Ipv4Net>().unwrap().contains(&mine),
+        "{mine}"
+    );
+    for (name, ip, subnet, _) in hostile {
+        let key = subnet_key(subnet.parse().unwrap());
+        c.etcd.put(&key, &lease_record(name, ip)).unwrap();
+    }
+    let log_has = |needle: &str| {
+        wait_until(Duration::from_secs(5), needle, || {
+            c.node(0).log_text().contains(needle)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    };
+    log_has("ignoring /weft/v1/nodes/wide: its subnet 10.244.0.0/18 overlaps");
+    log_has(&format!(
+        "ignoring /weft/v1/nodes/twin: underlay address {me} is another node's"
+    ));
+    log_has("ignoring /weft/v1/nodes/group: underlay address 224.0.0.5 is multicast");
+
+    // The rest of the view: a node that joins now is node 0's peer, and reached.
+    c.start(1);
+    c.wait_peers(1, true, Duration::from_secs(5));
+    c.wait_peers(0, true, Duration::from_secs(5));
+    for i in 0..2 {
+        let other = node_name(c.underlay.host(1 - i));
+        assert_eq!(c.node(i).peer_names().unwrap(), [other], "{}", c.logs());
+    }
+    c.pod(0);
+    c.pod(1);
+    c.ping_all();
+    let log = c.node(0).log_text();
+    assert!(!log.contains("keeping the previous peers"), "{log}");
+}
+
 /// Writes pod `default/p1` to etcd with the label `app: db`, and the policy
 /// `default/deny-db`, which isolates it for ingress and allows nothing in.
 fn isolate_p1(etcd: &Etcd) {

@@ -92,8 +92,10 @@ struct Inner {
     /// The nodes of the cache, made again only when a node's or a subnet's key
     /// changes (or the cache is listed again).
     nodes: Option<Vec<NodeEntry>>,
-    /// Ignored records already logged, at the revision logged.
-    logged: HashMap<String, i64>,
+    /// The records ignored now, at the revision logged, and why: a record is
+    /// logged again when it changes, when another record changes why it is
+    /// ignored (a lease that came), or when it is ignored again after it was not.
+    logged: HashMap<String, (i64, String)>,
     /// The budget of lines about ignored records.
     quiet: Quiet,
     session: Link,
@@ -239,11 +241,15 @@ impl EtcdStore {
             .map_or_else(Ipv4Net::default, |j| j.cluster);
         let nodes = records::nodes(&self.layout, &inner.cache, me.as_ref(), cluster, self.port);
         let now = Instant::now();
+        let mut logged = HashMap::with_capacity(nodes.ignored.len());
         for i in &nodes.ignored {
-            if inner.logged.insert(i.key.clone(), i.mod_revision) != Some(i.mod_revision) {
+            let said = (i.mod_revision, i.why.clone());
+            if inner.logged.get(&i.key) != Some(&said) {
                 (inner.quiet).warn(now, format_args!("etcd: ignoring {}: {}", i.key, i.why));
             }
+            logged.insert(i.key.clone(), said);
         }
+        inner.logged = logged;
         nodes.nodes
     }
 
