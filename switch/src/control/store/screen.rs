@@ -386,11 +386,11 @@ mod tests {
     fn left_out_peers_are_said_once_and_within_the_budget() {
         let mut said = Said::default();
         let t = Instant::now();
-        let x = ("x".to_owned(), "why".to_owned());
-        assert_eq!(said.lines(t, &[x.clone()]), ["peer x left out: why"]);
-        assert!(said.lines(t, &[x.clone()]).is_empty());
+        let x = [("x".to_owned(), "why".to_owned())];
+        assert_eq!(said.lines(t, &x), ["peer x left out: why"]);
+        assert!(said.lines(t, &x).is_empty());
         assert!(said.lines(t, &[]).is_empty());
-        assert_eq!(said.lines(t, &[x.clone()]).len(), 1);
+        assert_eq!(said.lines(t, &x).len(), 1);
         let other = ("x".to_owned(), "another reason".to_owned());
         assert_eq!(said.lines(t, &[other]).len(), 1);
 
@@ -399,7 +399,7 @@ mod tests {
         assert_eq!(lines.len() as u32, Quiet::PER_MINUTE - 3);
         assert!(said.lines(t, &flood).is_empty(), "said already");
         let later = t + Duration::from_secs(60);
-        let lines = said.lines(later, &[x]);
+        let lines = said.lines(later, &x);
         assert_eq!(lines.len(), 1);
         assert!(lines[0].contains("and 983 more"), "{lines:?}");
     }

@@ -229,7 +229,13 @@ pub fn parse_node(
 
 /// The keys of `cache` that start with `prefix`, in order: a range of the ordered
 /// map, so reading the nodes does not walk every pod's key.
-fn under<'c>(cache: &'c Cache, prefix: &'c str) -> impl Iterator<Item = (&'c String, &'c Stored)> {
+fn under<'c, 'p>(
+    cache: &'c Cache,
+    prefix: &'p str,
+) -> impl Iterator<Item = (&'c String, &'c Stored)> + 'p
+where
+    'c: 'p,
+{
     use std::ops::Bound;
     (cache
         .keys
@@ -271,23 +277,7 @@ pub fn nodes(
     cluster: Ipv4Net,
     port: u16,
 ) -> NodesView {
-    let mut leases: HashMap<Ipv4Net, Lease> = HashMap::new();
-    let mut records = Vec::new();
-    let (nodes, subnets) = (layout.nodes(), layout.subnets());
-    for (key, stored) in under(cache, &nodes).chain(under(cache, &subnets)) {
-        match layout.classify(key) {
-            KeyKind::Subnet(net) => {
-                let owner = serde_json::from_slice::<SubnetRecord>(&stored.value)
-                    .ok()
-                    .map(|r| r.node);
-                let created = stored.create_revision;
-                leases.insert(net, Lease { owner, created });
-            }
-            KeyKind::Node(name) => records.push((key, name, stored)),
-            _ => {}
-        }
-    }
-    records.sort_by_key(|(key, _, s)| (s.create_revision, *key));
+    let (leases, records) = leases_and_records(layout, cache);
     let mut view = NodesView::default();
     let mut leased = Vec::with_capacity(records.len());
     for (key, name, stored) in records {
@@ -352,6 +342,36 @@ pub fn nodes(
         }
     }
     view
+}
+
+/// The subnet leases of `cache`, and its node records (key, name, value), the
+/// oldest first.
+#[allow(clippy::type_complexity)]
+fn leases_and_records<'c>(
+    layout: &Layout,
+    cache: &'c Cache,
+) -> (
+    HashMap<Ipv4Net, Lease>,
+    Vec<(&'c String, String, &'c Stored)>,
+) {
+    let mut leases = HashMap::new();
+    let mut records = Vec::new();
+    let (nodes, subnets) = (layout.nodes(), layout.subnets());
+    for (key, stored) in under(cache, &nodes).chain(under(cache, &subnets)) {
+        match layout.classify(key) {
+            KeyKind::Subnet(net) => {
+                let owner = serde_json::from_slice::<SubnetRecord>(&stored.value)
+                    .ok()
+                    .map(|r| r.node);
+                let created = stored.create_revision;
+                leases.insert(net, Lease { owner, created });
+            }
+            KeyKind::Node(name) => records.push((key, name, stored)),
+            _ => {}
+        }
+    }
+    records.sort_by_key(|(key, _, s)| (s.create_revision, *key));
+    (leases, records)
 }
 
 /// The node a record describes.
