@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
-use std::path::Path;
 
 use futures_util::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;

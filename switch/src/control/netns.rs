@@ -233,7 +233,7 @@ fn open_checked(path: &Path) -> Result<NetnsFile, NetnsError> {
         let meta = handle.metadata().map_err(inspect("reading the file"))?;
         return Err(NetnsError::NotNetns {
             path: shown,
-            what: describe(&meta, fs.filesystem_type_name()),
+            what: describe(&meta).into(),
         });
     }
     // The very file checked, now open for reading; an nsfs file's open does nothing.
@@ -265,9 +265,9 @@ fn open_checked(path: &Path) -> Result<NetnsFile, NetnsError> {
 }
 
 /// What a file that is no namespace is, for the error that refuses it.
-fn describe(meta: &std::fs::Metadata, fs: &str) -> String {
+fn describe(meta: &std::fs::Metadata) -> &'static str {
     let t = meta.file_type();
-    let kind = if t.is_fifo() {
+    if t.is_fifo() {
         "a FIFO"
     } else if t.is_char_device() || t.is_block_device() {
         "a device"
@@ -277,8 +277,7 @@ fn describe(meta: &std::fs::Metadata, fs: &str) -> String {
         "a directory"
     } else {
         "a regular file"
-    };
-    format!("{kind} on {fs}")
+    }
 }
 
 /// Refuses the namespace `id` if it is weftd's own or the host's (pid 1's). One
