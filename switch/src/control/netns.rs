@@ -213,24 +213,23 @@ fn open_checked(path: &Path) -> Result<NetnsFile, NetnsError> {
         let path = shown.clone();
         move |source| NetnsError::Inspect { what, path, source }
     };
-    // O_PATH: no open of the file itself, whatever it is; std adds O_CLOEXEC.
+    // O_PATH: no open of the file itself, whatever it is; with O_NOFOLLOW, a
+    // symbolic link is opened as itself. std adds O_CLOEXEC.
     let handle = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|source| match source.raw_os_error() {
-            Some(libc::ELOOP) => NetnsError::Symlink {
-                path: shown.clone(),
-            },
-            _ => NetnsError::Open {
-                path: shown.clone(),
-                source,
-            },
+        .map_err(|source| NetnsError::Open {
+            path: shown.clone(),
+            source,
         })?;
+    let meta = handle.metadata().map_err(inspect("reading the file"))?;
+    if meta.file_type().is_symlink() {
+        return Err(NetnsError::Symlink { path: shown });
+    }
     let fs = nix::sys::statfs::fstatfs(&handle)
         .map_err(|e| inspect("reading the file system")(e.into()))?;
     if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
-        let meta = handle.metadata().map_err(inspect("reading the file"))?;
         return Err(NetnsError::NotNetns {
             path: shown,
             what: describe(&meta).into(),
@@ -256,7 +255,7 @@ fn open_checked(path: &Path) -> Result<NetnsFile, NetnsError> {
         ino: meta.ino(),
         cookie: None,
     };
-    refuse_own_and_host(&shown, &id)?;
+    refuse(&shown, &id, forbidden())?;
     Ok(NetnsFile {
         file,
         path: shown,
@@ -280,26 +279,41 @@ fn describe(meta: &std::fs::Metadata) -> &'static str {
     }
 }
 
-/// Refuses the namespace `id` if it is weftd's own or the host's (pid 1's). One
-/// that cannot be compared is refused too.
-fn refuse_own_and_host(path: &str, id: &NsId) -> Result<(), NetnsError> {
-    for (reference, whose) in [
-        ("/proc/self/ns/net", "weftd's own"),
-        ("/proc/1/ns/net", "the host's"),
-    ] {
-        let meta = std::fs::metadata(reference).map_err(|source| NetnsError::Inspect {
-            what: "comparing with weftd's own and the host's namespaces",
+/// A namespace no pod may be attached in: its (device, inode), and whose it is.
+type Forbidden = ((u64, u64), &'static str);
+
+/// weftd's own network namespace and the host's (pid 1's), read once: neither
+/// changes while weftd runs. One that cannot be read is left out, with a warning:
+/// some sandboxes deny even root pid 1's namespace, and weftd, which runs in the
+/// host's namespace, still refuses its own.
+fn forbidden() -> &'static [Forbidden] {
+    static FORBIDDEN: std::sync::OnceLock<Vec<Forbidden>> = std::sync::OnceLock::new();
+    FORBIDDEN.get_or_init(|| {
+        let references = [
+            ("/proc/self/ns/net", "weftd's own"),
+            ("/proc/1/ns/net", "the host's"),
+        ];
+        (references.into_iter())
+            .filter_map(|(path, whose)| match std::fs::metadata(path) {
+                Ok(m) => Some(((m.dev(), m.ino()), whose)),
+                Err(e) => {
+                    log::warn!("reading {path}: {e}; pods' namespaces are not compared with it");
+                    None
+                }
+            })
+            .collect()
+    })
+}
+
+/// Refuses the namespace `id`, at `path`, if it is one of `forbidden`.
+fn refuse(path: &str, id: &NsId, forbidden: &[Forbidden]) -> Result<(), NetnsError> {
+    match forbidden.iter().find(|(at, _)| *at == (id.dev, id.ino)) {
+        Some((_, whose)) => Err(NetnsError::Forbidden {
             path: path.to_owned(),
-            source,
-        })?;
-        if (meta.dev(), meta.ino()) == (id.dev, id.ino) {
-            return Err(NetnsError::Forbidden {
-                path: path.to_owned(),
-                whose,
-            });
-        }
+            whose,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The cookie of the namespace `ns`, read from a socket made in it; `None` on a
@@ -327,4 +341,97 @@ fn cookie_of(ns: &NetnsFile) -> Result<Option<u64>, NetlinkError> {
             },
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ino: u64, cookie: Option<u64>) -> NsId {
+        NsId { dev: 4, ino, cookie }
+    }
+
+    /// Two identities are one namespace when their inodes agree and so do their
+    /// cookies, where both have one: an inode number reused by a new namespace
+    /// comes with another cookie.
+    #[test]
+    fn an_identity_is_the_inode_and_the_cookie() {
+        assert!(id(7, Some(1)).same(&id(7, Some(1))));
+        assert!(!id(7, Some(1)).same(&id(7, Some(2))), "a reused inode");
+        assert!(!id(7, Some(1)).same(&id(8, Some(1))));
+        assert!(id(7, None).same(&id(7, Some(2))), "no cookie to compare");
+        assert!(!NsId { dev: 5, ..id(7, None) }.same(&id(7, None)));
+        let old: NsId = serde_json::from_str(r#"{"dev": 4, "ino": 7}"#).expect("no cookie");
+        assert_eq!(old, id(7, None));
+    }
+
+    /// The namespaces no pod may be in are refused by name; any other passes.
+    #[test]
+    fn weftds_and_the_hosts_namespaces_are_refused() {
+        let forbidden = [((4, 1), "weftd's own"), ((4, 2), "the host's")];
+        let e = refuse("/x", &id(2, Some(9)), &forbidden).expect_err("the host's");
+        assert_eq!(
+            e.to_string(),
+            "/x is the host's network namespace, which no pod may be attached in"
+        );
+        assert!(refuse("/x", &id(1, None), &forbidden).is_err());
+        assert!(refuse("/x", &id(3, None), &forbidden).is_ok());
+    }
+
+    /// ENOENT, and another namespace at the path, say the recorded one is gone;
+    /// EACCES, EMFILE and a path that is no namespace do not.
+    #[test]
+    fn only_a_missing_or_replaced_namespace_is_gone() {
+        let open = |errno| NetnsError::Open {
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        assert!(open(libc::ENOENT).is_gone());
+        for errno in [libc::EACCES, libc::EMFILE, libc::ENFILE, libc::ENOMEM] {
+            assert!(!open(errno).is_gone(), "errno {errno}");
+        }
+        let replaced = NetnsError::Replaced {
+            path: "/x".into(),
+            recorded: id(7, Some(1)),
+            found: id(7, Some(2)),
+        };
+        assert!(replaced.is_gone() && !replaced.is_missing());
+        let file = NetnsError::NotNetns {
+            path: "/x".into(),
+            what: "a regular file".into(),
+        };
+        assert!(!file.is_gone());
+    }
+
+    /// What the path names is refused before anything opens it: a FIFO that no
+    /// writer opens (opened for reading, it would block), a regular file, a
+    /// directory, a device, a symbolic link to a namespace; a missing path is
+    /// missing.
+    #[test]
+    fn a_path_that_is_no_pods_namespace_is_refused() {
+        let dir = std::env::temp_dir().join(format!("weft-netns-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch");
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("a FIFO");
+        let file = dir.join("file");
+        std::fs::write(&file, b"").expect("a file");
+        let link = dir.join("link");
+        std::os::unix::fs::symlink("/proc/self/ns/net", &link).expect("a link");
+        let cases = [
+            (&fifo, "it is a FIFO"),
+            (&file, "it is a regular file"),
+            (&dir, "it is a directory"),
+            (&link, "is a symbolic link"),
+        ];
+        for (path, says) in cases {
+            let e = open_checked(path).expect_err("refused");
+            assert!(e.to_string().contains(says), "{}: {e}", path.display());
+        }
+        let e = open_checked(Path::new("/dev/null")).expect_err("refused");
+        assert!(e.to_string().contains("it is a device"), "{e}");
+        let missing = open_checked(&dir.join("none")).expect_err("refused");
+        assert!(missing.is_missing(), "{missing}");
+        std::fs::remove_dir_all(&dir).expect("cleaned up");
+    }
 }

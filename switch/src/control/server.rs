@@ -372,7 +372,8 @@ mod tests {
         for _ in 0..CNI_AT_ONCE {
             cni.push(bounds.turn(true, &detach()).await.expect("a turn"));
         }
-        let next = bounds.turn(true, &detach());
+        let request = detach();
+        let next = bounds.turn(true, &request);
         tokio::pin!(next);
         assert!((&mut next).now_or_never().is_none(), "it waits its turn");
         drop(cni.pop());
