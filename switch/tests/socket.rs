@@ -41,8 +41,13 @@ fn options(extra: &[&str]) -> WeftOptions {
 /// A cluster of one node whose socket's group is `nobody`'s, in a scratch directory
 /// `nobody` may reach the socket through.
 fn node_with_group(tag: &str) -> Cluster {
-    let c = Cluster::new(tag, 1, 0, &options(&["--socket-group", &NOBODY.to_string()]))
-        .expect("the node starts");
+    let c = Cluster::new(
+        tag,
+        1,
+        0,
+        &options(&["--socket-group", &NOBODY.to_string()]),
+    )
+    .expect("the node starts");
     let open = std::fs::Permissions::from_mode(0o755);
     std::fs::set_permissions(c.scratch.path(), open).expect("the scratch directory");
     c
@@ -117,16 +122,29 @@ fn a_peer_that_is_not_root_may_query_and_change_nothing() {
         [&Request::Status, &check, &attach, &detach, &gc].map(|r| proto::call(&socket, r, CALL))
     });
     let [status, check, attach_, detach, gc_] = asked;
-    assert!(matches!(status, Ok(Response::Ok(Reply::Status(_)))), "{status:?}");
+    assert!(
+        matches!(status, Ok(Response::Ok(Reply::Status(_)))),
+        "{status:?}"
+    );
     let check = refusal(check.expect("an answer"));
-    assert_eq!(check.0, ErrorKind::CheckFailed, "CHECK is asked: {}", check.1);
+    assert_eq!(
+        check.0,
+        ErrorKind::CheckFailed,
+        "CHECK is asked: {}",
+        check.1
+    );
     for refused in [attach_, detach, gc_] {
         let (kind, message) = refusal(refused.expect("an answer"));
         assert_eq!(kind, ErrorKind::PermissionDenied, "{message}");
         assert!(message.contains(&format!("uid {NOBODY}")), "{message}");
     }
-    assert!(pod.ns.ip(&["link", "show", "eth0"]).is_err(), "nothing made");
-    let outsider = as_user(NOBODY, OTHER_GID, || proto::call(&socket, &Request::Status, CALL));
+    assert!(
+        pod.ns.ip(&["link", "show", "eth0"]).is_err(),
+        "nothing made"
+    );
+    let outsider = as_user(NOBODY, OTHER_GID, || {
+        proto::call(&socket, &Request::Status, CALL)
+    });
     match outsider {
         Err(ClientError::Connect { source, .. }) => {
             assert_eq!(source.kind(), std::io::ErrorKind::PermissionDenied)
@@ -156,7 +174,11 @@ fn idle_connections_of_other_peers_never_hold_up_root() {
     let c = node_with_group("sockbusy");
     let node = &c.nodes[0];
     let socket = node.socket.clone();
-    let status_as_nobody = || as_user(NOBODY, NOBODY, || proto::call(&socket, &Request::Status, CALL));
+    let status_as_nobody = || {
+        as_user(NOBODY, NOBODY, || {
+            proto::call(&socket, &Request::Status, CALL)
+        })
+    };
     let idle: Vec<std::os::unix::net::UnixStream> = as_user(NOBODY, NOBODY, || {
         (0..weft_switch::control::server::OTHER_CONNECTIONS)
             .map(|_| std::os::unix::net::UnixStream::connect(&socket).expect("a connection"))
@@ -177,7 +199,10 @@ fn idle_connections_of_other_peers_never_hold_up_root() {
     assert!(node.status().expect("root's status").ready);
     let pod = c.underlay.pod(0, "b").expect("a pod");
     let att = node.attach(&pod, "busy-1").expect("root's ADD");
-    assert_eq!(node.detach("busy-1", Some(&pod.ns)).expect("root's DEL"), Some(att.ip));
+    assert_eq!(
+        node.detach("busy-1", Some(&pod.ns)).expect("root's DEL"),
+        Some(att.ip)
+    );
     drop(idle);
     wait_until(Duration::from_secs(5), "nobody's status", || {
         matches!(status_as_nobody(), Ok(Response::Ok(Reply::Status(_))))
@@ -224,14 +249,22 @@ fn del_deletes_only_interfaces_weft_made() {
     let c = Cluster::new("sockdel", 1, 0, &options(&[])).expect("the node starts");
     let node = &c.nodes[0];
     let foreign = c.underlay.pod(0, "f").expect("a pod");
-    let peer = ["link", "add", "eth0", "type", "veth", "peer", "name", "other0"];
+    let peer = [
+        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ];
     foreign.ns.ip(&peer).expect("a foreign veth");
-    assert_eq!(node.detach("foreign-1", Some(&foreign.ns)).expect("DEL"), None);
+    assert_eq!(
+        node.detach("foreign-1", Some(&foreign.ns)).expect("DEL"),
+        None
+    );
     assert!(eth0(&foreign.ns).is_some(), "the foreign veth stays");
     let alias = ["link", "set", "eth0", "alias", "weft:someone-else"];
     foreign.ns.ip(&alias).expect("an alias");
     node.detach("foreign-1", Some(&foreign.ns)).expect("DEL");
-    assert!(eth0(&foreign.ns).is_some(), "another container's eth0 stays");
+    assert!(
+        eth0(&foreign.ns).is_some(),
+        "another container's eth0 stays"
+    );
     let tap = c.underlay.pod(0, "t").expect("a pod");
     let add_tap = ["tuntap", "add", "dev", "eth0", "mode", "tap"];
     tap.ns.ip(&add_tap).expect("a TAP");
@@ -247,8 +280,10 @@ fn del_deletes_only_interfaces_weft_made() {
         assert!(shown.contains(&format!("alias weft:{id}")), "{shown}");
         assert!(shown.contains(&format!("\n    {kind} ")), "{shown}");
         assert_eq!(node.detach(&id, Some(&pod.ns)).expect("DEL"), Some(att.ip));
-        wait_until(Duration::from_secs(5), "eth0 to go", || eth0(&pod.ns).is_none())
-            .expect("weft's eth0 deleted");
+        wait_until(Duration::from_secs(5), "eth0 to go", || {
+            eth0(&pod.ns).is_none()
+        })
+        .expect("weft's eth0 deleted");
     }
     // A stray, as an ADD that died before its record would leave it.
     let stray = c.underlay.pod(0, "s").expect("a pod");
@@ -256,8 +291,10 @@ fn del_deletes_only_interfaces_weft_made() {
     let alias = ["link", "set", "eth0", "alias", "weft:stray-1"];
     stray.ns.ip(&alias).expect("weft's alias");
     assert_eq!(node.detach("stray-1", Some(&stray.ns)).expect("DEL"), None);
-    wait_until(Duration::from_secs(5), "the stray to go", || eth0(&stray.ns).is_none())
-        .expect("the stray deleted");
+    wait_until(Duration::from_secs(5), "the stray to go", || {
+        eth0(&stray.ns).is_none()
+    })
+    .expect("the stray deleted");
 }
 
 /// weft-cni, as a runtime runs it, with weftd's socket.
@@ -293,12 +330,18 @@ fn a_netns_path_that_is_no_pods_namespace_is_refused_at_once() {
         let add = s.spawn(|| plugin(node).call(Verb::Add, host, "fifo-1", &fifo, "eth0"));
         // Answered while the ADD runs, or after: never held up by it.
         let status = proto::call(&node.socket, &Request::Status, CALL);
-        assert!(matches!(status, Ok(Response::Ok(Reply::Status(_)))), "{status:?}");
+        assert!(
+            matches!(status, Ok(Response::Ok(Reply::Status(_)))),
+            "{status:?}"
+        );
         add.join().expect("the plugin ran")
     });
     let err = format!("{:#}", add.expect_err("an ADD into a FIFO"));
     assert!(err.contains("\"code\":101"), "{err}");
-    assert!(err.contains("is not a network namespace: it is a FIFO"), "{err}");
+    assert!(
+        err.contains("is not a network namespace: it is a FIFO"),
+        "{err}"
+    );
 
     let file = scratch.join("file");
     std::fs::write(&file, b"").expect("a regular file");
@@ -309,7 +352,10 @@ fn a_netns_path_that_is_no_pods_namespace_is_refused_at_once() {
     let own = host.path();
     let cases: [(&Path, &str); 6] = [
         (&file, "is not a network namespace: it is a regular file"),
-        (Path::new("/dev/null"), "is not a network namespace: it is a device"),
+        (
+            Path::new("/dev/null"),
+            "is not a network namespace: it is a device",
+        ),
         (&link, "is a symbolic link"),
         (&weftd_ns, "is a symbolic link"),
         (&own, "is weftd's own network namespace"),
@@ -318,14 +364,22 @@ fn a_netns_path_that_is_no_pods_namespace_is_refused_at_once() {
     for (path, says) in cases {
         // "lo" is in every namespace: were a check missing, the ADD would still
         // make nothing.
-        let answer = node.call(&attach_in(path, "bad-1", "lo")).expect("an answer");
+        let answer = node
+            .call(&attach_in(path, "bad-1", "lo"))
+            .expect("an answer");
         let (kind, message) = refusal(answer);
-        assert_eq!(kind, ErrorKind::InvalidArgument, "{}: {message}", path.display());
+        assert_eq!(
+            kind,
+            ErrorKind::InvalidArgument,
+            "{}: {message}",
+            path.display()
+        );
         assert!(message.contains(says), "{}: {message}", path.display());
     }
     let status = node.status().expect("status");
     assert_eq!(status.pods, 0);
-    node.attach(&pod, "real-1").expect("a pod's own namespace is attached");
+    node.attach(&pod, "real-1")
+        .expect("a pod's own namespace is attached");
 }
 
 /// A netns path deleted after ADD and made again, under the same name, for another
@@ -337,7 +391,10 @@ fn del_in_a_netns_path_bound_to_another_namespace_touches_nothing() {
     let node = &c.nodes[0];
     let name = format!("wsockrb-{}", std::process::id());
     let first = NamedNs::add(&name);
-    let att = match node.ok(&attach_in(&first.path(), "rb-1", "eth0")).expect("ADD") {
+    let att = match node
+        .ok(&attach_in(&first.path(), "rb-1", "eth0"))
+        .expect("ADD")
+    {
         Reply::Attached(a) => a,
         other => panic!("{other:?}"),
     };
@@ -358,7 +415,10 @@ fn del_in_a_netns_path_bound_to_another_namespace_touches_nothing() {
         Reply::Detached { released_ip } => assert_eq!(released_ip, Some(att.ip)),
         other => panic!("{other:?}"),
     }
-    assert!(again.ip(&["link", "show", "eth0"]).is_ok(), "the new eth0 stays");
+    assert!(
+        again.ip(&["link", "show", "eth0"]).is_ok(),
+        "the new eth0 stays"
+    );
     assert!(node.log_text().contains("now names the network namespace"));
     // The address is free again.
     let pod = c.underlay.pod(0, "r").expect("a pod");

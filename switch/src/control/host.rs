@@ -82,8 +82,7 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     /// still names `ns` (when it is known); says whether it deleted it. A netns or
     /// an interface that is gone is not an error, and an interface that is not
     /// weft's, or a namespace that is not the pod's, is left alone.
-    fn delete_interface(&self, netns: &Path, ns: Option<&NsId>, ifname: &str, mark: &Mark)
-        -> bool;
+    fn delete_interface(&self, netns: &Path, ns: Option<&NsId>, ifname: &str, mark: &Mark) -> bool;
 
     /// The state of interface `ifname` in `netns`, which must still be `ns`;
     /// `None` if the interface is not there.
@@ -152,13 +151,7 @@ impl Host for SystemHost {
         }
     }
 
-    fn delete_interface(
-        &self,
-        netns: &Path,
-        ns: Option<&NsId>,
-        ifname: &str,
-        mark: &Mark,
-    ) -> bool {
+    fn delete_interface(&self, netns: &Path, ns: Option<&NsId>, ifname: &str, mark: &Mark) -> bool {
         if !tap::valid_ifname(ifname) {
             return false;
         }

@@ -415,11 +415,11 @@ fn bears(link: &LinkMessage, mark: &Mark) -> Result<(), String> {
             _ => {}
         }
     }
-    let kind_ok = match (&kind, mark.port) {
-        (Some(InfoKind::Tun), Some(PortType::Tap) | None) => true,
-        (Some(InfoKind::Veth), Some(PortType::Afxdp) | None) => true,
-        _ => false,
-    };
+    let kind_ok = matches!(
+        (&kind, mark.port),
+        (Some(InfoKind::Tun), Some(PortType::Tap) | None)
+            | (Some(InfoKind::Veth), Some(PortType::Afxdp) | None)
+    );
     if !kind_ok {
         return Err(format!("its kind is {kind:?}, not weft's"));
     }

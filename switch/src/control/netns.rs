@@ -348,7 +348,11 @@ mod tests {
     use super::*;
 
     fn id(ino: u64, cookie: Option<u64>) -> NsId {
-        NsId { dev: 4, ino, cookie }
+        NsId {
+            dev: 4,
+            ino,
+            cookie,
+        }
     }
 
     /// Two identities are one namespace when their inodes agree and so do their
@@ -360,7 +364,11 @@ mod tests {
         assert!(!id(7, Some(1)).same(&id(7, Some(2))), "a reused inode");
         assert!(!id(7, Some(1)).same(&id(8, Some(1))));
         assert!(id(7, None).same(&id(7, Some(2))), "no cookie to compare");
-        assert!(!NsId { dev: 5, ..id(7, None) }.same(&id(7, None)));
+        assert!(!NsId {
+            dev: 5,
+            ..id(7, None)
+        }
+        .same(&id(7, None)));
         let old: NsId = serde_json::from_str(r#"{"dev": 4, "ino": 7}"#).expect("no cookie");
         assert_eq!(old, id(7, None));
     }

@@ -717,12 +717,7 @@ mod tests {
             self.interfaces.lock().remove(&name)
         }
 
-        fn inspect(
-            &self,
-            _: &Path,
-            _: &NsId,
-            _: &str,
-        ) -> Result<Option<LinkState>, NetlinkError> {
+        fn inspect(&self, _: &Path, _: &NsId, _: &str) -> Result<Option<LinkState>, NetlinkError> {
             Ok(None)
         }
 
@@ -1037,7 +1032,10 @@ mod tests {
         assert_eq!(meta.ns, Some(now), "the old record got its identity");
         // The kept pods' interfaces stay for their DEL, which releases them.
         let interfaces = host.interfaces.lock().clone();
-        assert!(interfaces.contains(&(path(0), "eth0".into())), "{interfaces:?}");
+        assert!(
+            interfaces.contains(&(path(0), "eth0".into())),
+            "{interfaces:?}"
+        );
         let del = DetachRequest {
             container_id: "c0".into(),
             ifname: "eth0".into(),
@@ -1069,11 +1067,17 @@ mod tests {
         let released = f.daemon.detach(&del("c1", "/run/netns/a"));
         assert!(released.expect("detached").is_some());
         let a = ("/run/netns/a".to_owned(), "eth0".to_owned());
-        assert!(f.host.interfaces.lock().contains(&a), "deleted in another namespace");
+        assert!(
+            f.host.interfaces.lock().contains(&a),
+            "deleted in another namespace"
+        );
         let released = f.daemon.detach(&del("c2", "/run/netns/b"));
         assert!(released.expect("detached").is_some());
         let b = ("/run/netns/b".to_owned(), "eth0".to_owned());
-        assert!(!f.host.interfaces.lock().contains(&b), "the pod's interface stayed");
+        assert!(
+            !f.host.interfaces.lock().contains(&b),
+            "the pod's interface stayed"
+        );
     }
 
     fn node(name: &str, n: u8, mode: Option<Mode>) -> NodeEntry {

@@ -67,14 +67,21 @@ impl Bounds {
 
     /// A turn to be served for `request` from a peer (root or not): a CNI verb of
     /// root waits for one, anything else gets one now or is busy.
-    async fn turn(&self, root: bool, request: &Request) -> Result<OwnedSemaphorePermit, ErrorReply> {
+    async fn turn(
+        &self,
+        root: bool,
+        request: &Request,
+    ) -> Result<OwnedSemaphorePermit, ErrorReply> {
         if root && request.is_cni() {
-            return self.cni.clone().acquire_owned().await.map_err(|_| {
-                ErrorReply {
+            return self
+                .cni
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| ErrorReply {
                     kind: ErrorKind::Unavailable,
                     message: "weftd is shutting down".into(),
-                }
-            });
+                });
         }
         self.queries
             .clone()
@@ -229,7 +236,9 @@ fn listening_socket(path: &Path, mode: u32) -> std::io::Result<std::os::unix::ne
     socket.bind(&SockAddr::unix(path)?)?;
     socket.listen(1024)?;
     socket.set_nonblocking(true)?;
-    Ok(std::os::unix::net::UnixListener::from(std::os::fd::OwnedFd::from(socket)))
+    Ok(std::os::unix::net::UnixListener::from(
+        std::os::fd::OwnedFd::from(socket),
+    ))
 }
 
 /// Watches the cluster store, applying each new view to the daemon: one at a time
@@ -377,9 +386,9 @@ mod tests {
         tokio::pin!(next);
         assert!((&mut next).now_or_never().is_none(), "it waits its turn");
         drop(cni.pop());
-        next.await.expect("its turn came");
+        let _turn = next.await.expect("its turn came");
         drop(queries.pop());
-        bounds.turn(false, &Request::Status).await.expect("a turn");
+        let _turn = bounds.turn(false, &Request::Status).await.expect("a turn");
     }
 
     /// Root's connections and the others' have bounds of their own.
