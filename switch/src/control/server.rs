@@ -19,9 +19,11 @@ use crate::control::store::ClusterView;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many connections of root peers (the CNI plugin, the `weft` CLI as root) may
-/// be open at once: reading a request, waiting their turn, or served. One more is
-/// answered `busy`.
-pub const ROOT_CONNECTIONS: usize = 64;
+/// be open at once: reading a request, waiting their turn, or served. A runtime
+/// may start hundreds of sandboxes at once, and their ADDs wait their turn rather
+/// than fail; the bound only keeps a runaway client from taking every descriptor.
+/// One more is answered `busy`.
+pub const ROOT_CONNECTIONS: usize = 512;
 
 /// How many connections of other peers (the socket group's members) may be open
 /// at once. They have a bound of their own, so that they can never take the
@@ -90,6 +92,11 @@ impl Bounds {
     }
 }
 
+/// How long a connection over its bound is read, what it sends thrown away, after
+/// it is answered `busy`: a socket closed with its request unread is reset, and the
+/// client would see the reset instead of the answer.
+const BUSY_DRAIN: Duration = Duration::from_secs(1);
+
 /// The answer to a client over a bound.
 fn busy(why: String) -> ErrorReply {
     ErrorReply {
@@ -155,7 +162,8 @@ async fn serve_conn(daemon: Arc<Daemon>, bounds: Bounds, mut stream: UnixStream)
             OTHER_CONNECTIONS
         };
         let why = format!("{limit} connections of its kind are open");
-        return answer(stream, Response::Error(busy(why))).await;
+        answer(&mut stream, Response::Error(busy(why))).await;
+        return drain(&mut stream).await;
     };
     let Some(request) = read_request(&mut stream).await else {
         return;
@@ -164,7 +172,7 @@ async fn serve_conn(daemon: Arc<Daemon>, bounds: Bounds, mut stream: UnixStream)
         Ok(request) => serve(daemon, &bounds, uid, request).await,
         Err(e) => Response::Error(e),
     };
-    answer(stream, response).await;
+    answer(&mut stream, response).await;
 }
 
 /// Serves `request` from a peer of uid `uid`, in its turn.
@@ -190,9 +198,20 @@ async fn serve(daemon: Arc<Daemon>, bounds: &Bounds, uid: u32, request: Request)
     })
 }
 
-async fn answer(mut stream: UnixStream, response: Response) {
+/// Writes `response` and shuts down the writing half.
+async fn answer(stream: &mut UnixStream, response: Response) {
     let _ = stream.write_all(&proto::encode_response(response)).await;
     let _ = stream.shutdown().await;
+}
+
+/// Reads and throws away what the client sends, until it is done or
+/// [`BUSY_DRAIN`] has passed.
+async fn drain(stream: &mut UnixStream) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(BUSY_DRAIN, async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// Binds the control socket, refusing to take over one a live daemon answers on.
