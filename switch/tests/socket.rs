@@ -428,3 +428,49 @@ fn del_in_a_netns_path_bound_to_another_namespace_touches_nothing() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A netns path re-bound to another namespace while weftd was down, whose `eth0`
+/// is even a TAP with weft's alias: the restarted weftd reopens nothing there and
+/// releases the pod's address, as its namespace is gone; a pod whose namespace is
+/// still there is restored.
+#[test]
+fn a_restart_releases_a_pod_whose_netns_path_names_another_namespace() {
+    let mut c = Cluster::new("sockrestart", 1, 0, &options(&[])).expect("the node starts");
+    let name = format!("wsockrs-{}", std::process::id());
+    let first = NamedNs::add(&name);
+    let att = match c.nodes[0].ok(&attach_in(&first.path(), "rs-1", "eth0")) {
+        Ok(Reply::Attached(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    let stays = c.underlay.pod(0, "k").expect("a pod");
+    c.nodes[0].attach(&stays, "rs-kept").expect("ADD");
+    c.nodes.remove(0).stop().expect("weftd stops");
+    drop(first);
+    let again = NamedNs::add(&name);
+    let tap = ["tuntap", "add", "dev", "eth0", "mode", "tap"];
+    again.ip(&tap).expect("a TAP");
+    let alias = ["link", "set", "eth0", "alias", "weft:rs-1"];
+    again.ip(&alias).expect("weft's alias");
+    let peers = c.scratch.path().join("peers.toml");
+    let host = c.underlay.host(0);
+    let node =
+        WeftNode::start(host, &peers, c.scratch.path(), &options(&[])).expect("weftd restarts");
+    assert_eq!(
+        node.status().expect("status").pods,
+        1,
+        "{}",
+        node.log_text()
+    );
+    assert!(node.log_text().contains("now names the network namespace"));
+    let shown = again
+        .ip(&["link", "show", "eth0"])
+        .expect("the new eth0 stays");
+    assert!(!shown.contains("LOWER_UP"), "weftd opened it: {shown}");
+    let pod = c.underlay.pod(0, "n").expect("a pod");
+    let reattach = attach_with_ip(&pod.ns.path(), "rs-2", "eth0", Some(att.ip));
+    match node.ok(&reattach).expect("ADD with the released address") {
+        Reply::Attached(a) => assert_eq!(a.ip, att.ip),
+        other => panic!("{other:?}"),
+    }
+    c.nodes.push(node);
+}
