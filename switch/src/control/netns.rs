@@ -183,7 +183,8 @@ impl NetnsFile {
 pub fn open(path: &Path, recorded: Option<&NsId>) -> Result<NetnsFile, NetlinkError> {
     let mut ns = open_checked(path)?;
     if let Some(recorded) = recorded {
-        if recorded.cookie.is_some() {
+        // The cookie tells apart namespaces that had the same inode in turn.
+        if recorded.cookie.is_some() && recorded.same(&ns.id) {
             ns.id.cookie = cookie_of(&ns)?;
         }
         if !recorded.same(&ns.id) {

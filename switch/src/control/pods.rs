@@ -222,7 +222,7 @@ impl Daemon {
             routes: vec![RouteSpec::DefaultVia(self.node.gateway)],
             alias: Some(netlink::pod_alias(&key.container_id)),
         };
-        let (queues, port) = self.open_port(&key, (netns, &at.ns), &spec, how, at.port)?;
+        let (queues, port) = self.open_port(&key, netns, &at.ns, &spec, how, at.port)?;
         let entry = PortEntry {
             id: state.next_port_id(),
             kind: PortKind::Pod,
@@ -255,13 +255,14 @@ impl Daemon {
         Ok(entry)
     }
 
-    /// Opens the pod's port of kind `port`; an AF_XDP port that cannot be made on a
-    /// new attach becomes a TAP port if the settings allow. Returns the queues and
-    /// the kind of port they are.
+    /// Opens the pod's port of kind `port` in the namespace `ns` at `netns`; an
+    /// AF_XDP port that cannot be made on a new attach becomes a TAP port if the
+    /// settings allow. Returns the queues and the kind of port they are.
     fn open_port(
         &self,
         key: &Key,
-        (netns, ns): (&str, &NsId),
+        netns: &str,
+        ns: &NsId,
         spec: &LinkSpec,
         how: Plug,
         port: PortType,
