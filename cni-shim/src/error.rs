@@ -7,10 +7,10 @@
 //! | 5 | stdin could not be read (or was not closed in time) |
 //! | 6 | stdin is not a JSON object |
 //! | 7 | invalid network config: a missing or malformed key |
-//! | 11 | try again later: weftd is not reachable, does not answer in time, or is not ready |
+//! | 11 | try again later: weftd is not reachable, does not answer in time, is not ready, or is busy |
 //! | 50 | STATUS: weftd cannot serve ADD (down, unreachable, not ready) |
 //! | 100 | CHECK: the attachment (or its netns) is missing, or differs from what ADD set up or from `prevResult` |
-//! | 101 | weftd refused the request's arguments (a netns that does not exist, an interface name already taken, a requested address outside the subnet or held by another pod) |
+//! | 101 | weftd refused the request: its arguments (a netns that does not exist or is no pod's, an interface name already taken, a requested address outside the subnet or held by another pod), or a caller whose uid is not 0 |
 //! | 102 | the node's address pool has no free address |
 //! | 103 | weftd failed internally, or the shim and weftd do not understand each other |
 //! | 104 | weft-cni itself failed (a bug) |
@@ -174,9 +174,9 @@ impl CniError {
     pub fn from_reply(e: &ErrorReply) -> CniError {
         let msg = format!("weftd: {}", e.message);
         match e.kind {
-            ErrorKind::Unavailable => CniError::TryAgain(msg),
+            ErrorKind::Unavailable | ErrorKind::Busy => CniError::TryAgain(msg),
             ErrorKind::CheckFailed => CniError::CheckFailed(msg),
-            ErrorKind::InvalidArgument => CniError::Refused(msg),
+            ErrorKind::InvalidArgument | ErrorKind::PermissionDenied => CniError::Refused(msg),
             ErrorKind::Exhausted => CniError::Exhausted(msg),
             ErrorKind::BadRequest | ErrorKind::BadVersion | ErrorKind::Internal => {
                 CniError::Daemon(msg)

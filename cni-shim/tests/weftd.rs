@@ -368,10 +368,13 @@ fn every_kind_of_del_releases_the_address() {
         .ok();
 
     // An interface an ADD left behind without a record (weftd died after making it
-    // and before its allocation was durable): DEL deletes it by name.
+    // and before its allocation was durable): DEL deletes it by name, as it bears
+    // the alias weft gives what it makes (an eth0 without it would stay).
     let d = node.pod("d");
     d.ns.ip(&["tuntap", "add", "dev", "eth0", "mode", "tap"])
         .expect("a stray eth0");
+    d.ns.ip(&["link", "set", "eth0", "alias", "weft:del-stray"])
+        .expect("weft's alias");
     assert!(eth0(&d).is_some());
     node.del("del-stray", &netns(&d), "1.0.0", json!({})).ok();
     assert_gone(&d);

@@ -62,6 +62,23 @@ pub enum Request {
     PolicyExplain(ExplainRequest),
 }
 
+impl Request {
+    /// Whether the request changes the daemon's state (attach, detach, gc): only a
+    /// peer whose uid is 0 may send it.
+    pub fn mutates(&self) -> bool {
+        matches!(
+            self,
+            Request::Attach(_) | Request::Detach(_) | Request::Gc(_)
+        )
+    }
+
+    /// Whether the request is one of CNI's verbs (attach, detach, check, gc), which
+    /// the daemon serves apart from the queries, so that queries never hold them up.
+    pub fn is_cni(&self) -> bool {
+        self.mutates() || matches!(self, Request::Check(_))
+    }
+}
+
 /// A pod by namespace and name, as Kubernetes names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PodRef {
@@ -220,6 +237,12 @@ pub enum ErrorKind {
     Unavailable,
     /// A check found the attachment missing or different from what was set up.
     CheckFailed,
+    /// The client may not send this request: it changes state, and the client's
+    /// uid is not 0.
+    PermissionDenied,
+    /// The daemon has as many connections or requests as it serves at once; try
+    /// again later.
+    Busy,
     /// Anything else.
     Internal,
 }

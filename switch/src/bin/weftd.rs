@@ -80,7 +80,8 @@ fn run(cli: Cli, flags: &clap::ArgMatches) -> anyhow::Result<()> {
         return Ok(());
     }
     // Bind the socket first: a second daemon must fail before it touches weft0.
-    let listener = rt.block_on(async { server::bind_socket(&settings.socket) })?;
+    let listener =
+        rt.block_on(async { server::bind_socket(&settings.socket, settings.socket_group) })?;
     let socket = settings.socket.clone();
     let d = match Daemon::start(settings, rt.handle()) {
         Ok(d) => d,

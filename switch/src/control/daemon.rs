@@ -23,6 +23,7 @@ use crate::control::host::{Host, Queues, SystemHost};
 use crate::control::keys::{self, PublicKey};
 use crate::control::masquerade::Masquerade;
 use crate::control::netlink::{LinkSpec, RouteSpec};
+use crate::control::netns::NsId;
 use crate::control::netpol_source::PolicyState;
 use crate::control::peers::{peer_entries, usable_nodes};
 use crate::control::saved::{self, Saver, Snapshot};
@@ -46,12 +47,14 @@ use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables};
 /// How long the control plane waits for workers to take or drop a queue.
 pub const WORKER_ACK: Duration = Duration::from_secs(5);
 
-/// An attached pod: its key in the pool, its port, and the Kubernetes pod it is.
+/// An attached pod: its key in the pool, its port, the Kubernetes pod it is, and
+/// the network namespace its interface is in.
 #[derive(Debug)]
 pub(crate) struct Pod {
     pub(crate) key: Key,
     pub(crate) entry: PortEntry,
     pub(crate) pod: Option<PodRef>,
+    pub(crate) ns: NsId,
 }
 
 /// What the daemon holds under its lock.
@@ -306,6 +309,7 @@ pub(crate) fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, L
             dst: settings.cluster_cidr,
             src: gateway,
         }],
+        alias: None,
     };
     let entry = PortEntry {
         id: PortId {

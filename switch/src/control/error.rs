@@ -3,6 +3,7 @@
 use weft_proto::ErrorKind;
 
 use crate::control::netlink::NetlinkError;
+use crate::control::netns::NetnsError;
 use crate::io::tap::TapError;
 use crate::tables::{PortId, TablesError};
 
@@ -74,9 +75,12 @@ impl DaemonError {
             DaemonError::Invalid(_)
             | DaemonError::PodGone(_)
             | DaemonError::Tap(TapError::BadName(_)) => ErrorKind::InvalidArgument,
-            DaemonError::Netlink(NetlinkError::OpenNetns { .. } | NetlinkError::Setns { .. }) => {
+            DaemonError::Netlink(NetlinkError::Netns(e))
+                if !matches!(e, NetnsError::Inspect { .. }) =>
+            {
                 ErrorKind::InvalidArgument
             }
+            DaemonError::Netlink(NetlinkError::Setns { .. }) => ErrorKind::InvalidArgument,
             DaemonError::Ipam(weft_ipam::Error::Exhausted { .. }) => ErrorKind::Exhausted,
             DaemonError::Ipam(
                 weft_ipam::Error::OutOfRange { .. }

@@ -9,7 +9,8 @@ use std::path::Path;
 use crate::control::config::Afxdp;
 use crate::control::error::DaemonError;
 use crate::control::masquerade;
-use crate::control::netlink::{self, LinkSpec, LinkState, NetlinkError};
+use crate::control::netlink::{self, LinkSpec, LinkState, Mark, NetlinkError, Removal};
+use crate::control::netns::{self, NetnsFile, NsId};
 use crate::control::routes::{self, DirectRoute, RouteTo};
 use crate::io::port::PortQueue;
 use crate::io::{tap, xsk};
@@ -59,24 +60,38 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     /// namespace, with `queues` queues, and configures it.
     fn open_host_port(&self, spec: &LinkSpec, queues: usize) -> Result<Queues, DaemonError>;
 
+    /// The identity of the network namespace at `netns`, which must be a pod's
+    /// ([`netns::open`] says what is refused).
+    fn netns_id(&self, netns: &Path) -> Result<NsId, NetlinkError>;
+
     /// Creates (`Plug::Create`) or reopens (`Plug::Reopen`) a pod's port in the
-    /// network namespace at `netns`, configured as `spec` and persistent, so it
-    /// outlives the daemon. A failed create leaves no interface behind.
+    /// network namespace at `netns`, which must still be `ns`, configured as
+    /// `spec` and persistent, so it outlives the daemon. A failed create leaves no
+    /// interface behind.
     fn open_pod_port(
         &self,
         netns: &Path,
+        ns: &NsId,
         spec: &LinkSpec,
         queues: usize,
         how: Plug,
         port: &PodPort,
     ) -> Result<Queues, DaemonError>;
 
-    /// Deletes interface `ifname` in `netns` and says whether it was there; a netns
-    /// or an interface that is gone is not an error.
-    fn delete_interface(&self, netns: &Path, ifname: &str) -> bool;
+    /// Deletes interface `ifname` in `netns` if it bears `mark`, and if `netns`
+    /// still names `ns` (when it is known); says whether it deleted it. A netns or
+    /// an interface that is gone is not an error, and an interface that is not
+    /// weft's, or a namespace that is not the pod's, is left alone.
+    fn delete_interface(&self, netns: &Path, ns: Option<&NsId>, ifname: &str, mark: &Mark) -> bool;
 
-    /// The state of interface `ifname` in `netns`, `None` if it is not there.
-    fn inspect(&self, netns: &Path, ifname: &str) -> Result<Option<LinkState>, NetlinkError>;
+    /// The state of interface `ifname` in `netns`, which must still be `ns`;
+    /// `None` if the interface is not there.
+    fn inspect(
+        &self,
+        netns: &Path,
+        ns: &NsId,
+        ifname: &str,
+    ) -> Result<Option<LinkState>, NetlinkError>;
 
     /// How the daemon's own namespace reaches `dst`.
     fn route_to(&self, dst: Ipv4Addr) -> Result<Option<RouteTo>, NetlinkError>;
@@ -114,41 +129,57 @@ impl Host for SystemHost {
         Ok(boxed(queues))
     }
 
+    fn netns_id(&self, netns: &Path) -> Result<NsId, NetlinkError> {
+        netns::identify(netns)
+    }
+
     fn open_pod_port(
         &self,
         netns: &Path,
+        ns: &NsId,
         spec: &LinkSpec,
         queues: usize,
         how: Plug,
         port: &PodPort,
     ) -> Result<Queues, DaemonError> {
+        let ns = netns::open(netns, Some(ns))?;
         match port {
-            PodPort::Tap => open_tap_port(netns, spec, queues, how),
+            PodPort::Tap => open_tap_port(&ns, spec, queues, how),
             PodPort::Afxdp { host_end, afxdp } => {
-                open_afxdp_port(netns, spec, queues, how, host_end, afxdp)
+                open_afxdp_port(&ns, spec, queues, how, host_end, afxdp)
             }
         }
     }
 
-    fn delete_interface(&self, netns: &Path, ifname: &str) -> bool {
+    fn delete_interface(&self, netns: &Path, ns: Option<&NsId>, ifname: &str, mark: &Mark) -> bool {
         if !tap::valid_ifname(ifname) {
             return false;
         }
-        let name = ifname.to_owned();
-        match netlink::in_netns(netns, move || netlink::delete_link(&name)) {
-            Ok(deleted) => deleted,
+        let removed = netns::open(netns, ns)
+            .and_then(|ns| netlink::in_netns(&ns, || netlink::delete_marked(ifname, mark)));
+        let why = match removed {
+            Ok(Removal::Deleted) => return true,
+            Ok(Removal::Absent) => return false,
+            Ok(Removal::Foreign(why)) => why,
             // The pod and its interface went together.
-            Err(NetlinkError::OpenNetns { .. }) => false,
-            Err(e) => {
-                log::warn!("deleting interface {ifname} in {}: {e}", netns.display());
-                false
-            }
-        }
+            Err(NetlinkError::Netns(e)) if e.is_missing() => return false,
+            Err(e) => e.to_string(),
+        };
+        log::warn!(
+            "not deleting interface {ifname} in {}: {why}",
+            netns.display()
+        );
+        false
     }
 
-    fn inspect(&self, netns: &Path, ifname: &str) -> Result<Option<LinkState>, NetlinkError> {
-        let name = ifname.to_owned();
-        netlink::in_netns(netns, move || netlink::inspect(&name))
+    fn inspect(
+        &self,
+        netns: &Path,
+        ns: &NsId,
+        ifname: &str,
+    ) -> Result<Option<LinkState>, NetlinkError> {
+        let ns = netns::open(netns, Some(ns))?;
+        netlink::in_netns(&ns, || netlink::inspect(ifname))
     }
 
     fn route_to(&self, dst: Ipv4Addr) -> Result<Option<RouteTo>, NetlinkError> {
@@ -174,14 +205,15 @@ impl Host for SystemHost {
     }
 }
 
-/// Opens (or reopens) a pod's TAP port.
+/// Opens (or reopens) a pod's TAP port. A reopened one is configured again, and
+/// so gets weft's alias if an older weftd made it.
 fn open_tap_port(
-    netns: &Path,
+    netns: &NetnsFile,
     spec: &LinkSpec,
     queues: usize,
     how: Plug,
 ) -> Result<Queues, DaemonError> {
-    let shown = netns.display().to_string();
+    let shown = netns.path();
     let opened = netlink::in_netns(netns, || -> Result<_, DaemonError> {
         match (how, netlink::link_exists(&spec.name)?) {
             (Plug::Create, true) => {
@@ -220,21 +252,18 @@ fn open_tap_port(
 
 /// Opens (or reopens) a pod's AF_XDP port: the veth pair (made on `Plug::Create`,
 /// which must find neither end), the pod end configured as `spec` with transmit
-/// checksumming off, and the sockets and program on the host end. A failed create
-/// deletes the pair; a failed reopen leaves it, as the pod may still run.
+/// checksumming off (a reopened one only gets weft's alias, if an older weftd made
+/// it), and the sockets and program on the host end. A failed create deletes the
+/// pair; a failed reopen leaves it, as the pod may still run.
 fn open_afxdp_port(
-    netns: &Path,
+    netns: &NetnsFile,
     spec: &LinkSpec,
     queues: usize,
     how: Plug,
     host_end: &str,
     afxdp: &Afxdp,
 ) -> Result<Queues, DaemonError> {
-    let shown = netns.display().to_string();
-    let ns = std::fs::File::open(netns).map_err(|source| NetlinkError::OpenNetns {
-        path: shown.clone(),
-        source,
-    })?;
+    let shown = netns.path();
     let pod_has = netlink::in_netns(netns, || netlink::link_exists(&spec.name))?;
     let host_has = netlink::link_exists(host_end)?;
     match how {
@@ -266,12 +295,19 @@ fn open_afxdp_port(
         _ => {}
     }
     let made = || -> Result<Queues, DaemonError> {
-        if how == Plug::Create {
-            netlink::create_veth(host_end, &spec.name, &ns, spec.mtu, queues as u32)?;
-            netlink::in_netns(netns, || {
-                netlink::configure(spec)?;
-                netlink::tx_checksum_off(&spec.name)
-            })?;
+        match (how, &spec.alias) {
+            (Plug::Create, _) => {
+                let ns = netns.file();
+                netlink::create_veth(host_end, &spec.name, ns, spec.mtu, queues as u32)?;
+                netlink::in_netns(netns, || {
+                    netlink::configure(spec)?;
+                    netlink::tx_checksum_off(&spec.name)
+                })?;
+            }
+            (Plug::Reopen, Some(alias)) => {
+                netlink::in_netns(netns, || netlink::set_alias(&spec.name, alias))?;
+            }
+            (Plug::Reopen, None) => {}
         }
         let queues = xsk::open(host_end, spec.mtu, queues, afxdp.geometry, afxdp.mode)?;
         Ok(queues

@@ -8,6 +8,8 @@
 //!   node whose store is unreachable as it starts starts from;
 //! - [`api`]: requests in, responses out; [`server`]: the socket and the signals;
 //! - [`host`]: the host operations (netlink, netns, TAP) behind a trait;
+//! - [`netns`]: a pod's network namespace opened by its path, checked, and its
+//!   identity;
 //! - [`config`]: settings; [`netlink`]: links, addresses, routes; [`routes`]: the
 //!   host routes of direct routing; [`masquerade`]: the egress masquerade.
 
@@ -19,6 +21,7 @@ pub mod host;
 pub mod keys;
 pub mod masquerade;
 pub mod netlink;
+pub mod netns;
 pub mod netpol_source;
 pub mod peers;
 pub mod pods;

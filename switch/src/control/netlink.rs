@@ -4,27 +4,22 @@
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
-use std::path::Path;
 
 use futures_util::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::LinkMessage;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
+use crate::control::netns::{NetnsError, NetnsFile};
 use crate::mac::MacAddr;
 
 /// Errors while entering a namespace or talking rtnetlink.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    /// The netns path could not be opened (the pod is gone or the path is wrong).
-    #[error("opening network namespace {path}: {source}")]
-    OpenNetns {
-        /// The path.
-        path: String,
-        /// Cause.
-        source: std::io::Error,
-    },
+    /// The netns path cannot be used: it is gone, or it is no pod's namespace.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     /// setns(2) refused the file (it is not a network namespace).
     #[error("entering network namespace {path}: {source}")]
     Setns {
@@ -64,29 +59,14 @@ pub enum NetlinkError {
     Panicked(String),
 }
 
-/// Runs `f` on a fresh thread that has entered the network namespace at `netns`.
+/// Runs `f` on a fresh thread that has entered the network namespace `ns`.
 ///
 /// A thread that changed namespace is never returned to any pool: it ends with `f`.
 pub fn in_netns<T: Send, E: From<NetlinkError> + Send>(
-    netns: &Path,
+    ns: &NetnsFile,
     f: impl FnOnce() -> Result<T, E> + Send,
 ) -> Result<T, E> {
-    let path = netns.display().to_string();
-    let file = File::open(netns).map_err(|source| NetlinkError::OpenNetns {
-        path: path.clone(),
-        source,
-    })?;
-    on_own_thread(&path, f, || {
-        // SAFETY: `file` is an open fd for the duration of the call; setns only
-        // changes the calling thread's network namespace.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(NetlinkError::Setns {
-                path: path.clone(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
-    })
+    on_own_thread(ns.path(), f, || ns.enter())
 }
 
 /// Runs `f` on a fresh thread in a new network namespace of its own, with only `lo`,
@@ -171,6 +151,48 @@ pub struct LinkSpec {
     pub prefix_len: u8,
     /// Routes through it.
     pub routes: Vec<RouteSpec>,
+    /// The alias that marks it as weft's ([`pod_alias`]), for a pod's interface.
+    pub alias: Option<String>,
+}
+
+/// The prefix of the alias (`IFLA_IFALIAS`) weft gives each pod interface it makes.
+pub const ALIAS_PREFIX: &str = "weft:";
+
+/// The alias of a pod interface weft makes for container `container_id`:
+/// `weft:<container-id>`, cut to the kernel's 255 bytes. DEL deletes no interface
+/// without it ([`delete_marked`]).
+pub fn pod_alias(container_id: &str) -> String {
+    const MAX: usize = 255;
+    let mut alias = format!("{ALIAS_PREFIX}{container_id}");
+    if alias.len() > MAX {
+        let mut end = MAX;
+        while !alias.is_char_boundary(end) {
+            end -= 1;
+        }
+        alias.truncate(end);
+    }
+    alias
+}
+
+/// What makes an interface one that weft made for a pod: its alias, and its kind
+/// (`tun` for a TAP port, `veth` for an AF_XDP port; either, when it is not known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// The alias it must have.
+    pub alias: String,
+    /// The kind of port it must be, if known.
+    pub port: Option<weft_proto::PortType>,
+}
+
+/// What [`delete_marked`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// It deleted the interface.
+    Deleted,
+    /// There was no interface of that name.
+    Absent,
+    /// The interface is not weft's (why), and stays.
+    Foreign(String),
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, NetlinkError> {
@@ -225,17 +247,18 @@ pub fn configure(spec: &LinkSpec) -> Result<(), NetlinkError> {
         let index = link_index(&handle, &spec.name)
             .await?
             .ok_or_else(|| NetlinkError::NoSuchLink(spec.name.clone()))?;
+        let mut link = LinkUnspec::new_with_index(index)
+            .address(spec.mac.octets().to_vec())
+            .mtu(spec.mtu);
+        if let Some(alias) = &spec.alias {
+            link = link.append_extra_attribute(LinkAttribute::IfAlias(alias.clone()));
+        }
         handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .address(spec.mac.octets().to_vec())
-                    .mtu(spec.mtu)
-                    .build(),
-            )
+            .set(link.build())
             .execute()
             .await
-            .map_err(err("setting MAC and MTU"))?;
+            .map_err(err("setting MAC, MTU and alias"))?;
         // Only a saving of attach time: a kernel without noqueue keeps its default.
         if let Err(e) = set_noqueue(&handle, index).await {
             log::warn!("{}: setting the noqueue qdisc: {e}", spec.name);
@@ -329,6 +352,83 @@ pub fn delete_link(name: &str) -> Result<bool, NetlinkError> {
     })
 }
 
+/// Sets the alias of interface `name`, in the calling thread's namespace.
+pub fn set_alias(name: &str, alias: &str) -> Result<(), NetlinkError> {
+    with_handle(async |handle| {
+        let index = link_index(&handle, name)
+            .await?
+            .ok_or_else(|| NetlinkError::NoSuchLink(name.to_owned()))?;
+        let link = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::IfAlias(alias.to_owned()));
+        handle
+            .link()
+            .set(link.build())
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: "setting the alias",
+                link: name.to_owned(),
+                source,
+            })
+    })
+}
+
+/// Deletes the interface `name` in the calling thread's namespace if it bears
+/// `mark`: weft made it. Another interface of that name stays.
+pub fn delete_marked(name: &str, mark: &Mark) -> Result<Removal, NetlinkError> {
+    with_handle(async |handle| {
+        let Some(link) = find_link(&handle, name).await? else {
+            return Ok(Removal::Absent);
+        };
+        if let Err(why) = bears(&link, mark) {
+            return Ok(Removal::Foreign(why));
+        }
+        match handle.link().del(link.header.index).execute().await {
+            Ok(()) => Ok(Removal::Deleted),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                Ok(Removal::Absent)
+            }
+            Err(source) => Err(NetlinkError::Request {
+                what: "deleting",
+                link: name.to_owned(),
+                source,
+            }),
+        }
+    })
+}
+
+/// Whether `link` bears `mark`, and if not, why not.
+fn bears(link: &LinkMessage, mark: &Mark) -> Result<(), String> {
+    use rtnetlink::packet_route::link::{InfoKind, LinkInfo};
+    use weft_proto::PortType;
+    let mut alias = None;
+    let mut kind = None;
+    for attr in &link.attributes {
+        match attr {
+            LinkAttribute::IfAlias(a) => alias = Some(a.as_str()),
+            LinkAttribute::LinkInfo(infos) => {
+                kind = infos.iter().find_map(|i| match i {
+                    LinkInfo::Kind(k) => Some(k.clone()),
+                    _ => None,
+                });
+            }
+            _ => {}
+        }
+    }
+    let kind_ok = matches!(
+        (&kind, mark.port),
+        (Some(InfoKind::Tun), Some(PortType::Tap) | None)
+            | (Some(InfoKind::Veth), Some(PortType::Afxdp) | None)
+    );
+    if !kind_ok {
+        return Err(format!("its kind is {kind:?}, not weft's"));
+    }
+    if alias != Some(mark.alias.as_str()) {
+        return Err(format!("its alias is {alias:?}, not {:?}", mark.alias));
+    }
+    Ok(())
+}
+
 /// Creates a veth pair: `host` in the calling thread's namespace, brought up with no
 /// address and no IPv6, and `pod` in the namespace open as `netns`, left down for
 /// [`configure`]. Both ends get `queues` queues and MTU `mtu`. The pod end is made
@@ -340,7 +440,7 @@ pub fn create_veth(
     mtu: u32,
     queues: u32,
 ) -> Result<(), NetlinkError> {
-    use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
+    use rtnetlink::packet_route::link::{InfoData, InfoVeth};
     use rtnetlink::{LinkMessageBuilder, LinkVeth};
 
     let err = |what| {
@@ -462,7 +562,7 @@ pub struct LinkState {
 /// there is no such interface.
 pub fn inspect(name: &str) -> Result<Option<LinkState>, NetlinkError> {
     use rtnetlink::packet_route::address::AddressAttribute;
-    use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+    use rtnetlink::packet_route::link::LinkFlags;
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
     with_handle(async |handle| {
         let err = |what| {

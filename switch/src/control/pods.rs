@@ -15,15 +15,18 @@ use weft_proto::{
 use crate::control::daemon::{Daemon, Pod, State};
 use crate::control::error::{io_err, DaemonError};
 use crate::control::host::{host_end_name, Plug, PodPort, Queues};
-use crate::control::netlink::{LinkSpec, LinkState, NetlinkError, RouteSpec};
+use crate::control::netlink::{self, LinkSpec, LinkState, Mark, NetlinkError, RouteSpec};
+use crate::control::netns::{NetnsError, NsId};
 use crate::mac::MacAddr;
 use crate::tables::counters::Counters;
 use crate::tables::{PortEntry, PortKind};
 
-/// Where a pod is: its netns, what its runtime called it, and its kind of port.
+/// Where a pod is: its netns (by path, and which namespace the path named), what
+/// its runtime called it, and its kind of port.
 #[derive(Debug)]
 struct Where<'a> {
     netns: &'a str,
+    ns: NsId,
     pod: Option<PodRef>,
     port: PortType,
 }
@@ -41,6 +44,10 @@ enum Device {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct AttachMeta {
     netns: String,
+    /// Which namespace `netns` named at the attach (none in records older than
+    /// this): DEL and restore touch nothing in another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ns: Option<NsId>,
     /// The Kubernetes pod (none in records older than policy).
     #[serde(default)]
     pod: Option<PodRef>,
@@ -60,23 +67,36 @@ impl AttachMeta {
     }
 }
 
+/// Whether a pod that could not be restored is surely gone, so that its address
+/// may go to another pod.
+fn surely_gone(e: &DaemonError) -> bool {
+    match e {
+        DaemonError::PodGone(_) | DaemonError::BadRecord(_) => true,
+        DaemonError::Netlink(NetlinkError::Netns(e)) => e.is_gone(),
+        _ => false,
+    }
+}
+
 impl Daemon {
     /// Attaches a pod: address, interface in its netns, queues, routes.
     pub fn attach(&self, req: &AttachRequest) -> Result<Attachment, DaemonError> {
         // The pool's rules for a key are Linux's for the interface name.
         let key = Key::new(&req.container_id, &req.ifname);
         key.validate()?;
+        // Before anything is taken: a path that is no pod's namespace fails here.
+        let ns = self.host.netns_id(Path::new(&req.netns))?;
         let mut state = self.state.lock();
         // Checked under the lock, so no attach starts once shutdown has begun.
         if self.stopping() {
             return Err(DaemonError::ShuttingDown);
         }
         if let Some(pod) = state.pods.iter().find(|p| p.key == key) {
-            return self.attached_again(req, pod);
+            return self.attached_again(req, &ns, pod);
         }
         let wanted = req.port.unwrap_or(self.settings.datapath.pod_port);
         let meta = AttachMeta {
             netns: req.netns.clone(),
+            ns: Some(ns),
             pod: req.pod.clone(),
             port: wanted,
         };
@@ -90,6 +110,7 @@ impl Daemon {
             let commit = s.spawn(move || reservation.commit());
             let at = Where {
                 netns: &req.netns,
+                ns,
                 pod: req.pod.clone(),
                 port: wanted,
             };
@@ -123,9 +144,15 @@ impl Daemon {
     }
 
     /// The answer to an attach of a key that is attached already: the same
-    /// attachment, if it asks for the same netns and address.
-    fn attached_again(&self, req: &AttachRequest, pod: &Pod) -> Result<Attachment, DaemonError> {
-        if pod.entry.netns.as_deref() != Some(req.netns.as_str()) {
+    /// attachment, if it asks for the same netns (`ns`, by the same path) and
+    /// address.
+    fn attached_again(
+        &self,
+        req: &AttachRequest,
+        ns: &NsId,
+        pod: &Pod,
+    ) -> Result<Attachment, DaemonError> {
+        if pod.entry.netns.as_deref() != Some(req.netns.as_str()) || !pod.ns.same(ns) {
             return Err(DaemonError::Invalid(format!(
                 "container {} interface {} is already attached in {}",
                 req.container_id,
@@ -193,8 +220,9 @@ impl Daemon {
             addr: ip,
             prefix_len: self.node.subnet.prefix_len(),
             routes: vec![RouteSpec::DefaultVia(self.node.gateway)],
+            alias: Some(netlink::pod_alias(&key.container_id)),
         };
-        let (queues, port) = self.open_port(&key, netns, &spec, how, at.port)?;
+        let (queues, port) = self.open_port(&key, netns, &at.ns, &spec, how, at.port)?;
         let entry = PortEntry {
             id: state.next_port_id(),
             kind: PortKind::Pod,
@@ -213,6 +241,7 @@ impl Daemon {
             key,
             entry: entry.clone(),
             pod: at.pod,
+            ns: at.ns,
         });
         if let Err(e) = self.hand_queues(entry.id, &entry.counters, queues) {
             let pod = state.pods.pop().expect("the pod just pushed");
@@ -226,13 +255,14 @@ impl Daemon {
         Ok(entry)
     }
 
-    /// Opens the pod's port of kind `port`; an AF_XDP port that cannot be made on a
-    /// new attach becomes a TAP port if the settings allow. Returns the queues and
-    /// the kind of port they are.
+    /// Opens the pod's port of kind `port` in the namespace `ns` at `netns`; an
+    /// AF_XDP port that cannot be made on a new attach becomes a TAP port if the
+    /// settings allow. Returns the queues and the kind of port they are.
     fn open_port(
         &self,
         key: &Key,
         netns: &str,
+        ns: &NsId,
         spec: &LinkSpec,
         how: Plug,
         port: PortType,
@@ -246,7 +276,7 @@ impl Daemon {
             },
         };
         let netns = Path::new(netns);
-        match self.host.open_pod_port(netns, spec, queues, how, &plan) {
+        match self.host.open_pod_port(netns, ns, spec, queues, how, &plan) {
             Ok(q) => Ok((q, port)),
             // The failed attempt left nothing behind; a TAP port is made afresh.
             Err(e @ DaemonError::Afxdp(_))
@@ -259,7 +289,7 @@ impl Daemon {
                 );
                 let q = self
                     .host
-                    .open_pod_port(netns, spec, queues, how, &PodPort::Tap)?;
+                    .open_pod_port(netns, ns, spec, queues, how, &PodPort::Tap)?;
                 Ok((q, PortType::Tap))
             }
             Err(e) => Err(e),
@@ -288,13 +318,22 @@ impl Daemon {
         }
         state.free.push(pod.entry.id.slot);
         if let (Device::Delete, Some(netns)) = (device, &pod.entry.netns) {
-            self.host.delete_interface(Path::new(netns), &key.ifname);
+            let mark = Mark {
+                alias: netlink::pod_alias(&key.container_id),
+                port: Some(self.attachment(&pod.entry).port),
+            };
+            let path = Path::new(netns);
+            self.host
+                .delete_interface(path, Some(&pod.ns), &key.ifname, &mark);
         }
     }
 
     /// Brings back the pods recorded in the pool after a restart: their interfaces
-    /// persisted, so the daemon reopens their queues. Attachments whose netns or
-    /// interface is gone are released.
+    /// persisted, so the daemon reopens their queues. An attachment is released
+    /// only when it is surely gone: its netns path is missing (`ENOENT`) or names
+    /// another namespace than the one recorded, its interface is gone, or its
+    /// record is unreadable. On any other failure (`EACCES`, `EMFILE`...) the pod
+    /// may still run, so its address and interface stay.
     pub(crate) fn restore(&self) -> Result<(), DaemonError> {
         let allocations = self.pool.list()?;
         if allocations.is_empty() {
@@ -303,25 +342,12 @@ impl Daemon {
         let mut state = self.state.lock();
         let (mut restored, mut released, mut kept) = (0, 0, 0);
         for alloc in allocations {
-            let outcome = AttachMeta::decode(&alloc.meta).and_then(|meta| {
-                let key = alloc.key.clone();
-                let at = Where {
-                    netns: &meta.netns,
-                    pod: meta.pod.clone(),
-                    port: meta.port,
-                };
-                self.plug(&mut state, key, at, alloc.ip, Plug::Reopen)
-                    .map(drop)
-            });
+            let outcome = AttachMeta::decode(&alloc.meta)
+                .and_then(|meta| self.reopen(&mut state, &alloc.key, alloc.ip, meta));
             let (who, ip) = (&alloc.key, alloc.ip);
             match outcome {
                 Ok(()) => restored += 1,
-                // Surely gone (or never to be found again): its address is free.
-                Err(
-                    e @ (DaemonError::PodGone(_)
-                    | DaemonError::BadRecord(_)
-                    | DaemonError::Netlink(NetlinkError::OpenNetns { .. })),
-                ) => {
+                Err(e) if surely_gone(&e) => {
                     log::warn!(
                         "not restoring {} {} ({ip}): {e}; releasing it",
                         who.container_id,
@@ -351,6 +377,44 @@ impl Daemon {
         Ok(())
     }
 
+    /// Reopens the pod `meta` records, in the namespace it recorded. A record older
+    /// than namespace identities gets the identity its path names now.
+    fn reopen(
+        &self,
+        state: &mut State,
+        key: &Key,
+        ip: Ipv4Addr,
+        meta: AttachMeta,
+    ) -> Result<(), DaemonError> {
+        let found = self.host.netns_id(Path::new(&meta.netns))?;
+        if let Some(recorded) = meta.ns.filter(|r| !r.same(&found)) {
+            let path = meta.netns.clone();
+            return Err(NetlinkError::from(NetnsError::Replaced {
+                path,
+                recorded,
+                found,
+            })
+            .into());
+        }
+        let at = Where {
+            netns: &meta.netns,
+            ns: found,
+            pod: meta.pod.clone(),
+            port: meta.port,
+        };
+        self.plug(state, key.clone(), at, ip, Plug::Reopen)?;
+        if meta.ns.is_none() {
+            let meta = AttachMeta {
+                ns: Some(found),
+                ..meta
+            };
+            if let Err(e) = self.pool.update_meta(key, &meta.encode()) {
+                log::warn!("recording the namespace of {ip}: {e}");
+            }
+        }
+        Ok(())
+    }
+
     /// Detaches a pod. Succeeds when it, or any part of it, is already gone; always
     /// releases the address.
     pub fn detach(&self, req: &DetachRequest) -> Result<Option<Ipv4Addr>, DaemonError> {
@@ -369,7 +433,13 @@ impl Daemon {
                     .any(|p| p.entry.netns.as_deref() == Some(*netns) && p.key.ifname == req.ifname)
         });
         if let Some(netns) = stray {
-            if self.host.delete_interface(Path::new(netns), &req.ifname) {
+            // With no record, only its mark says whether weft made it.
+            let mark = Mark {
+                alias: netlink::pod_alias(&req.container_id),
+                port: None,
+            };
+            let path = Path::new(netns);
+            if self.host.delete_interface(path, None, &req.ifname, &mark) {
                 log::info!("deleted stray interface {} in {netns}", req.ifname);
             }
         }
@@ -393,12 +463,12 @@ impl Daemon {
     /// Verifies that an attachment's interface, address and routes are in place.
     pub fn check(&self, req: &CheckRequest) -> Result<Attachment, DaemonError> {
         let key = Key::new(&req.container_id, &req.ifname);
-        let entry = {
+        let found = {
             let state = self.state.lock();
             let pod = state.pods.iter().find(|p| p.key == key);
-            pod.map(|p| p.entry.clone())
+            pod.map(|p| (p.entry.clone(), p.ns))
         };
-        let entry = entry.ok_or_else(|| {
+        let (entry, ns) = found.ok_or_else(|| {
             DaemonError::CheckFailed(format!(
                 "no attachment for container {} interface {}",
                 req.container_id, req.ifname
@@ -413,17 +483,10 @@ impl Daemon {
                 req.netns
             )));
         }
-        let link = match self.host.inspect(Path::new(&req.netns), &req.ifname) {
+        let link = match self.host.inspect(Path::new(&req.netns), &ns, &req.ifname) {
             Ok(link) => link,
-            Err(NetlinkError::OpenNetns { path, source }) => {
-                return Err(DaemonError::CheckFailed(format!(
-                    "netns {path} is gone: {source}"
-                )))
-            }
-            Err(NetlinkError::Setns { path, source }) => {
-                return Err(DaemonError::CheckFailed(format!(
-                    "{path} is no longer a network namespace: {source}"
-                )))
+            Err(e @ (NetlinkError::Netns(_) | NetlinkError::Setns { .. })) => {
+                return Err(DaemonError::CheckFailed(e.to_string()))
             }
             Err(e) => return Err(e.into()),
         };
@@ -566,6 +629,9 @@ mod tests {
     struct FakeHost {
         next: Mutex<Next>,
         interfaces: Mutex<BTreeSet<(String, String)>>,
+        /// What each netns path names: a namespace (by its inode), or the errno
+        /// opening it fails with. A path not listed names the namespace 1.
+        namespaces: Mutex<std::collections::BTreeMap<String, Result<u64, i32>>>,
         dir: PathBuf,
         /// How the host reaches addresses.
         reach: Mutex<std::collections::BTreeMap<Ipv4Addr, RouteTo>>,
@@ -599,14 +665,32 @@ mod tests {
             Ok(self.queues(queues, true))
         }
 
+        fn netns_id(&self, netns: &Path) -> Result<NsId, NetlinkError> {
+            let path = netns.display().to_string();
+            match self.namespaces.lock().get(&path).copied().unwrap_or(Ok(1)) {
+                Ok(ino) => Ok(NsId {
+                    dev: 4,
+                    ino,
+                    cookie: Some(ino * 1000),
+                }),
+                Err(errno) => Err(NetnsError::Open {
+                    path,
+                    source: std::io::Error::from_raw_os_error(errno),
+                }
+                .into()),
+            }
+        }
+
         fn open_pod_port(
             &self,
             netns: &Path,
+            ns: &NsId,
             spec: &LinkSpec,
             queues: usize,
             _how: Plug,
             port: &PodPort,
         ) -> Result<Queues, DaemonError> {
+            assert_eq!(self.netns_id(netns)?, *ns, "the namespace checked is used");
             let next = *self.next.lock();
             if next == Next::Fails {
                 return Err(DaemonError::Invalid("no such device".into()));
@@ -620,12 +704,21 @@ mod tests {
             Ok(self.queues(queues, next != Next::Unpollable))
         }
 
-        fn delete_interface(&self, netns: &Path, ifname: &str) -> bool {
+        fn delete_interface(
+            &self,
+            netns: &Path,
+            ns: Option<&NsId>,
+            ifname: &str,
+            _: &Mark,
+        ) -> bool {
+            if ns.is_some_and(|ns| self.netns_id(netns).ok().as_ref() != Some(ns)) {
+                return false;
+            }
             let name = (netns.display().to_string(), ifname.to_owned());
             self.interfaces.lock().remove(&name)
         }
 
-        fn inspect(&self, _: &Path, _: &str) -> Result<Option<LinkState>, NetlinkError> {
+        fn inspect(&self, _: &Path, _: &NsId, _: &str) -> Result<Option<LinkState>, NetlinkError> {
             Ok(None)
         }
 
@@ -708,6 +801,7 @@ mod tests {
         Arc::new(FakeHost {
             next: Mutex::new(Next::Works),
             interfaces: Mutex::new(BTreeSet::new()),
+            namespaces: Mutex::new(Default::default()),
             dir: dir.to_path_buf(),
             reach: Mutex::new(Default::default()),
             routes: Mutex::new(Vec::new()),
@@ -839,6 +933,152 @@ mod tests {
             panic!("the attach failed");
         };
         assert_eq!(b.port, PortType::Tap);
+    }
+
+    fn attach_in(d: &Daemon, id: &str, netns: &str) -> Attachment {
+        match d.handle(Request::Attach(AttachRequest {
+            container_id: id.into(),
+            netns: netns.into(),
+            ifname: "eth0".into(),
+            requested_ip: None,
+            pod: None,
+            port: None,
+        })) {
+            Response::Ok(Reply::Attached(a)) => a,
+            other => panic!("attaching {id} in {netns}: {other:?}"),
+        }
+    }
+
+    fn held(d: &Daemon) -> Vec<String> {
+        let mut ids: Vec<String> = (d.pool.list().expect("the pool").into_iter())
+            .map(|a| a.key.container_id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// A netns path that cannot be opened fails the attach before an address is
+    /// taken; the same attach in a namespace that can be opened works.
+    #[test]
+    fn an_attach_whose_netns_cannot_be_opened_takes_nothing() {
+        let f = fixture("nons");
+        let gone = "/run/netns/gone";
+        f.host
+            .namespaces
+            .lock()
+            .insert(gone.into(), Err(libc::ENOENT));
+        let refused = f.daemon.handle(Request::Attach(AttachRequest {
+            container_id: "c1".into(),
+            netns: gone.into(),
+            ifname: "eth0".into(),
+            requested_ip: None,
+            pod: None,
+            port: None,
+        }));
+        match refused {
+            Response::Error(e) => {
+                assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e:?}");
+                assert!(e.message.contains(gone), "{e:?}");
+            }
+            ok => panic!("the attach succeeded: {ok:?}"),
+        }
+        assert_nothing_left(&f);
+        attach_in(&f.daemon, "c1", "/run/netns/there");
+        assert_eq!(held(&f.daemon), ["c1"]);
+    }
+
+    /// A restart releases an attachment only when its namespace is surely gone:
+    /// its path is missing, or names another namespace than the one recorded.
+    /// EACCES and EMFILE keep the address (and the interface). A record from before
+    /// namespace identities is restored, and gets the identity it finds.
+    #[test]
+    fn restore_releases_only_namespaces_that_are_gone() {
+        let (settings, dir) = settings_for("restore", Options::default());
+        let host = fake_host(&dir);
+        let path = |i: usize| format!("/run/netns/p{i}");
+        for i in 0..6 {
+            host.namespaces.lock().insert(path(i), Ok(10 + i as u64));
+        }
+        let d = Daemon::start_with(settings.clone(), host.clone(), Arc::new(NoStore))
+            .expect("the daemon");
+        for i in 0..6 {
+            attach_in(&d, &format!("c{i}"), &path(i));
+        }
+        // c5's record is as an older weftd wrote it: no identity.
+        let old = Key::new("c5", "eth0");
+        let record = d.pool.get(&old).expect("the pool").expect("a record");
+        let mut meta = AttachMeta::decode(&record.meta).expect("a record");
+        meta.ns = None;
+        d.pool.update_meta(&old, &meta.encode()).expect("updated");
+        d.shutdown();
+        drop(d);
+        {
+            let mut ns = host.namespaces.lock();
+            ns.insert(path(0), Err(libc::EACCES));
+            ns.insert(path(1), Err(libc::EMFILE));
+            ns.insert(path(2), Err(libc::ENOENT));
+            // Deleted and made again under the same name: another namespace.
+            ns.insert(path(3), Ok(99));
+        }
+        let d = Daemon::start_with(settings, host.clone(), Arc::new(NoStore))
+            .expect("the daemon restarts");
+        assert_eq!(held(&d), ["c0", "c1", "c4", "c5"]);
+        let restored: Vec<String> = (d.state.lock().pods.iter())
+            .map(|p| p.key.container_id.clone())
+            .collect();
+        assert_eq!(restored, ["c4", "c5"]);
+        let record = d.pool.get(&old).expect("the pool").expect("a record");
+        let meta = AttachMeta::decode(&record.meta).expect("a record");
+        let now = host.netns_id(Path::new(&path(5))).expect("an identity");
+        assert_eq!(meta.ns, Some(now), "the old record got its identity");
+        // The kept pods' interfaces stay for their DEL, which releases them.
+        let interfaces = host.interfaces.lock().clone();
+        assert!(
+            interfaces.contains(&(path(0), "eth0".into())),
+            "{interfaces:?}"
+        );
+        let del = DetachRequest {
+            container_id: "c0".into(),
+            ifname: "eth0".into(),
+            netns: Some(path(0)),
+        };
+        assert!(d.detach(&del).expect("detached").is_some());
+        assert_eq!(held(&d), ["c1", "c4", "c5"]);
+        d.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// DEL of a pod whose netns path now names another namespace deletes nothing
+    /// there, and still releases the address; DEL of a pod in its own namespace
+    /// deletes its interface.
+    #[test]
+    fn detach_leaves_a_namespace_that_replaced_the_pods_alone() {
+        let f = fixture("rebound");
+        attach_in(&f.daemon, "c1", "/run/netns/a");
+        attach_in(&f.daemon, "c2", "/run/netns/b");
+        f.host
+            .namespaces
+            .lock()
+            .insert("/run/netns/a".into(), Ok(42));
+        let del = |id: &str, netns: &str| DetachRequest {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+            netns: Some(netns.into()),
+        };
+        let released = f.daemon.detach(&del("c1", "/run/netns/a"));
+        assert!(released.expect("detached").is_some());
+        let a = ("/run/netns/a".to_owned(), "eth0".to_owned());
+        assert!(
+            f.host.interfaces.lock().contains(&a),
+            "deleted in another namespace"
+        );
+        let released = f.daemon.detach(&del("c2", "/run/netns/b"));
+        assert!(released.expect("detached").is_some());
+        let b = ("/run/netns/b".to_owned(), "eth0".to_owned());
+        assert!(
+            !f.host.interfaces.lock().contains(&b),
+            "the pod's interface stayed"
+        );
     }
 
     fn node(name: &str, n: u8, mode: Option<Mode>) -> NodeEntry {

@@ -35,8 +35,8 @@ const fn moved(flat: &'static str, section: &'static str, key: &'static str) -> 
 }
 
 /// Every key of the flat layout that moved into a section. The others (node-name,
-/// underlay-ip, pod-subnet, cluster-cidr, store, peers, socket, state-dir) stay at
-/// the top level. A test holds this list to the flags.
+/// underlay-ip, pod-subnet, cluster-cidr, store, peers, socket, socket-group,
+/// state-dir) stay at the top level. A test holds this list to the flags.
 pub const FLAT_KEYS: &[FlatKey] = &[
     moved("mode", "tunnel", "mode"),
     moved("direct-routing", "tunnel", "direct-routing"),

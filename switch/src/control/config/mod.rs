@@ -77,6 +77,12 @@ pub struct Options {
     /// Path of the control socket [default: /run/weft/weft.sock].
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// A group, by name or gid, whose members may query weftd through the control
+    /// socket (status, ports, peers, routes, policy, check): the socket is then
+    /// 0660 and the group's. Without it the socket is 0600, root's only. Attach,
+    /// detach and gc need uid 0 either way.
+    #[arg(long)]
+    pub socket_group: Option<String>,
     /// Directory for durable state [default: /var/lib/weft].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -248,6 +254,14 @@ pub enum NodeConfigError {
     /// A peers file on the etcd or Kubernetes store.
     #[error("invalid peers: it is the file store's; with {0} the nodes come from {0}")]
     PeersWithStore(&'static str),
+    /// A socket group that is no group of this host.
+    #[error("invalid socket-group: {group:?}: {why}")]
+    SocketGroup {
+        /// The group as given.
+        group: String,
+        /// Why it cannot be used.
+        why: String,
+    },
 }
 
 impl Options {
@@ -312,6 +326,7 @@ impl Options {
             socket: self
                 .socket
                 .unwrap_or_else(|| weft_proto::DEFAULT_SOCKET.into()),
+            socket_group: self.socket_group.as_deref().map(group_id).transpose()?,
             state_dir: self.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             store,
             tunnel,
@@ -347,6 +362,23 @@ impl Options {
     }
 }
 
+/// The gid of the group `group` names: a number, or a name in the host's group
+/// database.
+fn group_id(group: &str) -> Result<u32, NodeConfigError> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let why = match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => return Ok(g.gid.as_raw()),
+        Ok(None) => "no such group".to_owned(),
+        Err(e) => format!("looking it up: {e}"),
+    };
+    Err(NodeConfigError::SocketGroup {
+        group: group.to_owned(),
+        why,
+    })
+}
+
 /// Checks a pod subnet against the cluster CIDR.
 fn check_pod_subnet(pod_subnet: Ipv4Net, cluster: Ipv4Net) -> Result<(), NodeConfigError> {
     if pod_subnet != pod_subnet.trunc() {
@@ -377,6 +409,8 @@ pub struct Settings {
     pub cluster_cidr: Ipv4Net,
     /// Control socket path.
     pub socket: PathBuf,
+    /// The group (gid) that may query through the control socket, if any.
+    pub socket_group: Option<u32>,
     /// Durable state directory.
     pub state_dir: PathBuf,
     /// The cluster store.

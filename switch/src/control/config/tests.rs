@@ -47,6 +47,27 @@ fn defaults() {
     assert_eq!(s.state_dir, Path::new(DEFAULT_STATE_DIR));
 }
 
+/// `socket-group` takes a gid or a group's name, and refuses a name the host does
+/// not know; without it the socket has no group.
+#[test]
+fn the_socket_group_is_a_gid_or_a_known_group() {
+    assert_eq!(base().resolve().unwrap().socket_group, None);
+    let with = |group: &str| {
+        let text = format!("{HEAD}pod-subnet = \"10.244.1.0/24\"\nsocket-group = \"{group}\"\n");
+        parse(&text).unwrap().0.resolve()
+    };
+    assert_eq!(with("4242").unwrap().socket_group, Some(4242));
+    // Group 0 is "root" on every Linux host.
+    assert_eq!(with("root").unwrap().socket_group, Some(0));
+    let err = with("no-such-group-weft").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "invalid socket-group: \"no-such-group-weft\": no such group"
+    );
+    let flag = base().with_flags(["--socket-group", "7"]).unwrap();
+    assert_eq!(flag.resolve().unwrap().socket_group, Some(7));
+}
+
 #[test]
 fn flags_override_the_file() {
     let file = format!("{HEAD}pod-subnet = \"10.244.1.0/24\"\n[tunnel]\nvni = 7\nport = 8000\n");
@@ -80,7 +101,7 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         .get_arguments()
         .filter_map(|a| a.get_long())
         .collect();
-    assert_eq!(flags.len(), 40, "{flags:?}");
+    assert_eq!(flags.len(), 41, "{flags:?}");
     // Keys that came after the sections, and so never had a flat form.
     let sectioned = ["kubeconfig", "etcd-insecure"];
     let top = [
@@ -91,6 +112,7 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         "store",
         "peers",
         "socket",
+        "socket-group",
         "state-dir",
     ];
     for flag in &flags {
