@@ -479,6 +479,7 @@ fn connection(i: u32) -> FlowKey {
         sport: 10_000 + (i >> 14) as u16,
         dport: 80,
         proto: 6,
+        icmp: 0,
     }
 }
 

@@ -293,3 +293,62 @@ fn the_node_is_its_own_addresses_and_the_switchs_errors_pass() {
     assert_eq!(back.len(), 1, "{}", sim.drops_report());
     assert_eq!(back[0][14 + 20], 3, "an ICMP destination unreachable");
 }
+
+/// An ICMP message of type `kind` (an echo request 8, its reply 0) with echo
+/// identifier `ident`, and a correct checksum.
+fn echo(kind: u8, ident: u16) -> Vec<u8> {
+    let mut icmp = vec![kind, 0, 0, 0];
+    icmp.extend_from_slice(&ident.to_be_bytes());
+    icmp.extend_from_slice(&[0, 1, b'w', b'e', b'f', b't']);
+    let sum = !weft_switch::sim::ones_sum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    icmp
+}
+
+/// Sends the ICMP message `icmp` from pod `from` to `to`; whether it arrived.
+fn icmp_once(sim: &mut Sim, from: usize, to: Ipv4Addr, icmp: &[u8]) -> bool {
+    let ip = Ip {
+        proto: 1,
+        ..Ip::udp(sim.pods[from].ip, to)
+    };
+    let frame = from_pod(sim, from, &ip.packet(icmp));
+    let target = sim.pod(to);
+    sim.take_rx(target);
+    sim.pod_frame(from, &frame);
+    sim.flush();
+    sim.deliver_wire();
+    !sim.take_rx(target).is_empty()
+}
+
+/// An attack: A, isolated for ingress, pings B. B's echo reply comes back (the
+/// positive control), but the identifier opens nothing else: neither an echo
+/// request from B with it, nor a reply from a third pod C that A never pinged.
+#[test]
+fn a_peer_cannot_ride_an_isolated_pods_echo_identifier() {
+    const C: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 6);
+    let mut sim = Sim::new(TunnelMode::Sleeve, &[&[A], &[B, C]]);
+    let (a, b, c) = (sim.pod(A), sim.pod(B), sim.pod(C));
+    sim.set_rules(a, Some(deny_ingress()));
+    assert!(icmp_once(&mut sim, a, B, &echo(8, 7)), "A pings B");
+    assert!(
+        icmp_once(&mut sim, b, A, &echo(0, 7)),
+        "B's reply reaches A"
+    );
+    assert!(
+        !icmp_once(&mut sim, b, A, &echo(8, 7)),
+        "an echo request from B on A's identifier"
+    );
+    assert!(
+        !icmp_once(&mut sim, c, A, &echo(0, 7)),
+        "a reply from C, which A never pinged"
+    );
+    assert!(
+        !icmp_once(&mut sim, b, A, &echo(13, 7)),
+        "another ICMP query from B"
+    );
+    assert_eq!(drops(&sim, a, DropReason::PolicyIngress), 3);
+    // The reply still passes after the attempts, and A's next ping as well.
+    assert!(icmp_once(&mut sim, b, A, &echo(0, 7)));
+    assert!(icmp_once(&mut sim, a, B, &echo(8, 8)));
+    assert!(icmp_once(&mut sim, b, A, &echo(0, 8)));
+}

@@ -34,7 +34,8 @@ const MAX_PROBE: usize = 32;
 const EVICTION_SCAN: usize = 128;
 
 /// A connection's 5-tuple, in the direction of one packet. For ICMP echo, both ports
-/// are the echo identifier, so a reply is the request's reverse.
+/// are the echo identifier, and the key holds the message's type: a reply is the
+/// request's reverse, and a request the other way, on the same identifier, is not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Source address.
@@ -47,10 +48,25 @@ pub struct FlowKey {
     pub dport: u16,
     /// IP protocol.
     pub proto: u8,
+    /// For ICMP, the message's type; 0 for other protocols.
+    pub icmp: u8,
+}
+
+/// The ICMP type that answers a query of type `t` (RFC 792: echo, timestamp,
+/// information; RFC 950: address mask), and the other way round; any other type
+/// answers itself. Linux's connection tracker pairs them the same way.
+fn icmp_answer(t: u8) -> u8 {
+    match t {
+        0 => 8,
+        8 => 0,
+        13 | 15 | 17 => t + 1,
+        14 | 16 | 18 => t - 1,
+        _ => t,
+    }
 }
 
 impl FlowKey {
-    /// The other direction.
+    /// The other direction: for an ICMP query, its answer.
     pub fn reverse(self) -> FlowKey {
         FlowKey {
             src: self.dst,
@@ -58,13 +74,20 @@ impl FlowKey {
             sport: self.dport,
             dport: self.sport,
             proto: self.proto,
+            icmp: match self.proto {
+                weft_encap::ipv4::protocol::ICMP => icmp_answer(self.icmp),
+                _ => self.icmp,
+            },
         }
     }
 
     fn words(self) -> (u64, u64) {
         (
             u64::from(self.src) << 32 | u64::from(self.dst),
-            u64::from(self.sport) << 48 | u64::from(self.dport) << 32 | u64::from(self.proto) << 24,
+            u64::from(self.sport) << 48
+                | u64::from(self.dport) << 32
+                | u64::from(self.proto) << 24
+                | u64::from(self.icmp) << 16,
         )
     }
 
@@ -75,10 +98,12 @@ impl FlowKey {
             sport: (b >> 48) as u16,
             dport: (b >> 32) as u16,
             proto: (b >> 24) as u8,
+            icmp: (b >> 16) as u8,
         }
     }
 
-    /// A hash both directions share, keyed by `seed`. Every field reaches every bit:
+    /// A hash both directions share, keyed by `seed` (an ICMP query and its answer
+    /// share it too: the type is left out). Every field reaches every bit:
     /// the many connections between two pods, which differ only in a port, must not
     /// share one probe chain, and a pod that picks its ports cannot aim at one
     /// chain without knowing the table's seed.
@@ -198,7 +223,8 @@ const EMPTY: u64 = 0;
 const LIVE: u64 = 1;
 const TOMBSTONE: u64 = 2;
 
-/// One slot. `b` holds the ports, protocol, flags (bits 8..16) and state (bits 0..8);
+/// One slot. `b` holds the ports, protocol, ICMP type (bits 16..24), flags (bits
+/// 8..16) and state (bits 0..8);
 /// `c` the expiry in seconds (high half) and the policy generation (low half).
 #[derive(Debug, Default)]
 struct Slot {
@@ -669,6 +695,20 @@ mod tests {
             sport,
             dport: 80,
             proto: 6,
+            icmp: 0,
+        }
+    }
+
+    impl FlowKey {
+        /// The key with its addresses and ports swapped, and nothing else.
+        fn reverse_addresses(self) -> FlowKey {
+            FlowKey {
+                src: self.dst,
+                dst: self.src,
+                sport: self.dport,
+                dport: self.sport,
+                ..self
+            }
         }
     }
 
@@ -687,6 +727,34 @@ mod tests {
         let r = w1.lookup(key(1000).reverse(), at(11)).unwrap();
         assert!(!r.forward && r.own_slot.is_none(), "{r:?}");
         assert_eq!(w1.lookup(key(1001), at(11)), None);
+    }
+
+    #[test]
+    fn an_icmp_query_is_answered_by_its_reply_type_only() {
+        use weft_encap::ipv4::protocol::ICMP;
+        let ping = |icmp| FlowKey {
+            proto: ICMP,
+            sport: 7,
+            dport: 7,
+            icmp,
+            ..key(0)
+        };
+        let t = Conntrack::new(Conntrack::tables(1, 8), 0);
+        t.track(ping(8), Flags::default(), 0, at(0)).unwrap();
+        // The echo reply from the address pinged answers it.
+        let reply = t.lookup(ping(0).reverse_addresses(), at(1)).unwrap();
+        assert!(!reply.forward);
+        // An echo request back on the same identifier does not; nor does another
+        // query type.
+        assert_eq!(t.lookup(ping(8).reverse_addresses(), at(1)), None);
+        assert_eq!(t.lookup(ping(14).reverse_addresses(), at(1)), None);
+        for (query, answer) in [(8, 0), (13, 14), (15, 16), (17, 18)] {
+            assert_eq!(ping(query).reverse().icmp, answer);
+            assert_eq!(ping(answer).reverse().icmp, query);
+        }
+        // Other types, and other protocols' keys, keep theirs.
+        assert_eq!(ping(5).reverse().icmp, 5);
+        assert_eq!(FlowKey { icmp: 8, ..key(1) }.reverse().icmp, 8);
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! - a packet of no known connection is a new one: it passes if every check that
 //!   applies allows it, and the connection is recorded.
 //!
+//! An ICMP query (a ping) and its answer are one connection, keyed by both addresses,
+//! the identifier and the query's type: the address pinged may answer, but it may not
+//! send a ping of its own to an isolated pod on the same identifier, and no other
+//! address may answer.
+//!
 //! Traffic from this node to its pods (from the host port with one of the node's own
 //! addresses, the gateway or the underlay address) is always allowed, as Kubernetes
 //! requires for probes; it is tracked all the same, so that the pod's replies pass
