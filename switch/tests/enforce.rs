@@ -103,22 +103,61 @@ fn an_entry_expires_on_the_simulated_clock() {
     assert_eq!(drops(&sim, a, DropReason::PolicyIngress), 1);
 }
 
+/// Whether a UDP reply from `server` to `client` on the ports of `client`'s
+/// datagram `sport` → 53 gets through: whether the connection is still tracked.
+fn answered(sim: &mut Sim, server: usize, client: Ipv4Addr, sport: u16) -> bool {
+    udp_once(sim, server, client, 53, sport)
+}
+
+/// A flood of new connections from one pod to a server whose egress isolation lets
+/// only replies out: the flood churns its own share of the table (half of it), so
+/// another pod still connects, and its connections stay tracked; a pod whose every
+/// connection is established is refused beyond its share, and counted; and a full
+/// table makes room for a newcomer from the pod holding the most.
 #[test]
-fn a_full_table_drops_new_connections_and_counts_them() {
+fn a_flood_from_one_pod_churns_its_own_share_of_the_table() {
+    const C: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 6);
+    const S: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 7);
+    const D: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 8);
     let max = 8;
-    let mut sim = Sim::with_conntrack_max(TunnelMode::Vxlan, &[&[A], &[B]], max);
-    let a = sim.pod(A);
-    sim.set_rules(a, Some(deny_ingress()));
-    for port in 0..max as u16 {
-        assert!(udp_once(&mut sim, a, B, 41_000 + port, 53), "flow {port}");
+    let mut sim = Sim::with_conntrack_max(TunnelMode::Vxlan, &[&[A, C, S, D], &[B]], max);
+    let (a, c, s, d) = (sim.pod(A), sim.pod(C), sim.pod(S), sim.pod(D));
+    sim.set_rules(s, Some(deny_egress()));
+    for port in 0..20 {
+        assert!(udp_once(&mut sim, a, S, 41_000 + port, 53), "flow {port}");
     }
-    assert!(!udp_once(&mut sim, a, B, 42_000, 53), "the table is full");
-    assert_eq!(drops(&sim, a, DropReason::ConntrackFull), 1);
-    // Known connections still flow.
-    assert!(udp_once(&mut sim, a, B, 41_000, 53));
-    // Once the entries expire, room comes back.
-    sim.set_time(sim.time() + Duration::from_secs(31));
-    assert!(udp_once(&mut sim, a, B, 42_000, 53));
+    // The flood's oldest connections gave up their places to its newest.
+    assert!(!answered(&mut sim, s, A, 41_000));
+    assert!(answered(&mut sim, s, A, 41_019));
+    // C opens as many as its share, and every one is answered.
+    for port in 0..4 {
+        assert!(
+            udp_once(&mut sim, c, S, 42_000 + port, 53),
+            "C's flow {port}"
+        );
+    }
+    for port in 0..4 {
+        assert!(answered(&mut sim, s, C, 42_000 + port), "C's flow {port}");
+    }
+    assert_eq!(drops(&sim, c, DropReason::ConntrackShare), 0);
+    // C's connections go on (established); now at its share, C is refused a fifth.
+    for port in 0..4 {
+        assert!(udp_once(&mut sim, c, S, 42_000 + port, 53));
+    }
+    assert!(!udp_once(&mut sim, c, S, 42_004, 53));
+    assert_eq!(drops(&sim, c, DropReason::ConntrackShare), 1);
+    // The table is full (A's four and C's four): D, holding none, takes the place of
+    // one of A's, whose connections are not established; A, holding more than D,
+    // takes nobody's place but its own.
+    assert!(udp_once(&mut sim, d, S, 43_000, 53));
+    assert!(answered(&mut sim, s, D, 43_000));
+    assert!(udp_once(&mut sim, a, S, 41_100, 53));
+    assert!(answered(&mut sim, s, D, 43_000));
+    for port in 0..4 {
+        assert!(answered(&mut sim, s, C, 42_000 + port), "C's flow {port}");
+    }
+    assert_eq!(drops(&sim, a, DropReason::ConntrackShare), 0);
+    assert_eq!(drops(&sim, s, DropReason::ConntrackFull), 0);
     assert!(CONNTRACK_MAX > max);
 }
 

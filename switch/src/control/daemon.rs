@@ -389,6 +389,7 @@ fn start_workers(
         poll_max: settings.datapath.poll,
         heartbeat: settings.tunnel.heartbeat,
         conntrack_max: settings.policy.conntrack_max,
+        conntrack_share: settings.policy.conntrack_share,
     };
     worker::spawn(tables.clone(), sockets, Arc::new(lanes), tuning, sealer)
         .map_err(io_err("starting the workers"))

@@ -89,6 +89,10 @@ drop_reasons! {
     /// A new connection to or from a policy-isolated pod found the worker's
     /// connection table full; counted on the pod.
     ConntrackFull => "conntrack_full",
+    /// A new connection whose source address (a pod, or what the host forwards)
+    /// holds its share of the worker's connection table (`[policy]
+    /// conntrack-share`); counted on the port it came from.
+    ConntrackShare => "conntrack_share",
     /// With encryption required (`[encryption] mode = "required"`): a plaintext sleeve
     /// datagram from a peer.
     Plaintext => "plaintext",

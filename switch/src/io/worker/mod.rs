@@ -18,7 +18,7 @@ use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
 use mio::{Poll, Token, Waker};
 
-use crate::core::conntrack::Conntrack;
+use crate::core::conntrack::{Conntrack, Overflow, OverflowStats, Table};
 use crate::core::host::{HostFlows, HostTables};
 use crate::core::HEADROOM;
 use crate::crypto::stage::{SealCache, Sealer};
@@ -88,6 +88,8 @@ pub struct Shared {
     sealer: Option<Arc<Sealer>>,
     /// The flows crossing the host port, every worker's.
     pub host_flows: HostTables,
+    /// NetworkPolicy's connection tables, every worker's.
+    conntrack: Arc<[Table]>,
 }
 
 impl Shared {
@@ -98,6 +100,17 @@ impl Shared {
         } else {
             &self.pool
         }
+    }
+
+    /// NetworkPolicy's connections tracked now, summed over the workers.
+    pub fn conntrack_live(&self) -> u64 {
+        self.conntrack.iter().map(Table::live).sum()
+    }
+
+    /// What the workers' NetworkPolicy tables did with connections they could not
+    /// fit.
+    pub fn conntrack_overflow(&self) -> OverflowStats {
+        Conntrack::overflow_stats(&self.conntrack)
     }
 
     /// Gives a handoff buffer back to the pool it came from.
@@ -145,6 +158,8 @@ pub struct Tuning {
     pub heartbeat: Duration,
     /// Connections each worker tracks for NetworkPolicy, at most.
     pub conntrack_max: usize,
+    /// Connections one source address may hold in a worker's table, at most.
+    pub conntrack_share: usize,
 }
 
 /// A pool of handoff buffers.
@@ -181,7 +196,8 @@ pub fn spawn(
         polls.push(poll);
     }
     let (pool, large) = handoff_pools(n);
-    let conntrack = Conntrack::tables(n, tuning.conntrack_max);
+    let share = tuning.conntrack_share;
+    let conntrack = Conntrack::tables(n, tuning.conntrack_max, Overflow::Fair { share });
     let host_flows = HostTables::new(n, tuning.conntrack_max);
     let shared = Arc::new(Shared {
         tables,
@@ -192,6 +208,7 @@ pub fn spawn(
         stop: AtomicBool::new(false),
         sealer,
         host_flows: host_flows.clone(),
+        conntrack: conntrack.clone(),
     });
     // Each worker builds its state on its own thread (its buffers then come from that
     // thread's allocator arena) and reports whether it could before any runs, so a
