@@ -62,6 +62,10 @@ drop_reasons! {
     TtlExceeded => "ttl_exceeded",
     /// Larger than the egress MTU (an ICMP fragmentation-needed was sent if DF was set).
     TooBig => "too_big",
+    /// An ICMP error the switch would have sent about a frame from here, over the
+    /// worker's limit (1,000 a second, in bursts of 50); the frame itself is counted
+    /// under its own reason.
+    IcmpLimited => "icmp_limited",
     /// Arrived from a tunnel but routes to another peer: the switch does not relay.
     NoRelay => "no_relay",
     /// Arrived from the host port and routes back to it: a direct peer whose host
