@@ -65,6 +65,8 @@ fn status(ready: bool) -> Status {
             objects: Vec::new(),
             from_saved: Some("2025-06-01T12:00:00Z".into()),
         }),
+        stalled_workers: Vec::new(),
+        conntrack: None,
     }
 }
 

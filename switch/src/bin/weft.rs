@@ -154,6 +154,15 @@ fn print_status(s: &proto::Status) {
             println!("objects     {}", held.join(", "));
         }
     }
+    if let Some(ct) = &s.conntrack {
+        println!(
+            "conntrack   {} connections (at most {} a worker, {} a source), {} evicted, {} refused over a source's share",
+            ct.entries, ct.max_per_worker, ct.share_per_worker, ct.evicted, ct.share_refused
+        );
+    }
+    if !s.stalled_workers.is_empty() {
+        println!("stalled     workers {:?}", s.stalled_workers);
+    }
     println!("ready       {}", s.ready);
 }
 

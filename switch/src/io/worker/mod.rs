@@ -6,22 +6,31 @@
 //! (a port opened with fewer queues than there are workers), the frame is copied into
 //! a pooled buffer and handed to the port's owning worker through a bounded lock-free
 //! ring; the batch ends with one eventfd wake-up per target worker.
+//!
+//! A dead worker is a dead daemon. A worker that panics, or whose loop fails, aborts
+//! the process (its `Lifeline`), in every build profile: left alone, its tunnel socket
+//! would go on taking its `SO_REUSEPORT` share of the peers' flows, and its port
+//! queues their share of the pods', and drop them all. Each worker also records when
+//! it last went round its loop, at least every [`plan::LIVENESS_TICK`], so that the
+//! daemon is not ready while one is stalled ([`Shared::stalled_workers`]).
 
 use std::io;
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
+use crossbeam::utils::CachePadded;
 use mio::{Poll, Token, Waker};
 
 use crate::core::conntrack::{Conntrack, Overflow, OverflowStats, Table};
 use crate::core::host::{HostFlows, HostTables};
-use crate::core::HEADROOM;
+use crate::core::{Time, HEADROOM};
 use crate::crypto::stage::{SealCache, Sealer};
+use crate::io::clock;
 use crate::io::port::{Offload, PortQueue};
 use crate::io::udp::{Lanes, Tunnel};
 use crate::tables::counters::Counters;
@@ -90,6 +99,9 @@ pub struct Shared {
     pub host_flows: HostTables,
     /// NetworkPolicy's connection tables, every worker's.
     conntrack: Arc<[Table]>,
+    /// When each worker last went round its loop, in nanoseconds of
+    /// [`clock::now`]; written by that worker only.
+    seen: Box<[CachePadded<AtomicU64>]>,
 }
 
 impl Shared {
@@ -111,6 +123,21 @@ impl Shared {
     /// fit.
     pub fn conntrack_overflow(&self) -> OverflowStats {
         Conntrack::overflow_stats(&self.conntrack)
+    }
+
+    /// Records that worker `index` went round its loop at `now`.
+    fn seen(&self, index: usize, now: Time) {
+        self.seen[index].store(now.as_nanos(), Ordering::Relaxed);
+    }
+
+    /// The workers that have not gone round their loop for longer than
+    /// [`plan::STALL`].
+    pub fn stalled_workers(&self) -> Vec<usize> {
+        let now = clock::now();
+        (self.seen.iter().enumerate())
+            .filter(|(_, seen)| plan::stalled(Time::from_nanos(seen.load(Ordering::Relaxed)), now))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Gives a handoff buffer back to the pool it came from.
@@ -160,6 +187,9 @@ pub struct Tuning {
     pub conntrack_max: usize,
     /// Connections one source address may hold in a worker's table, at most.
     pub conntrack_share: usize,
+    /// Test only: each worker panics once it has handed this many frames to its
+    /// core (weftd's `WEFT_TEST_PANIC_WORKER_AFTER`).
+    pub panic_after: Option<u64>,
 }
 
 /// A pool of handoff buffers.
@@ -209,6 +239,9 @@ pub fn spawn(
         sealer,
         host_flows: host_flows.clone(),
         conntrack: conntrack.clone(),
+        seen: (0..n)
+            .map(|_| CachePadded::new(AtomicU64::new(clock::now().as_nanos())))
+            .collect(),
     });
     // Each worker builds its state on its own thread (its buffers then come from that
     // thread's allocator arena) and reports whether it could before any runs, so a
@@ -254,25 +287,57 @@ pub fn spawn(
 }
 
 /// Starts the thread of the worker `setup` describes; it builds its state there
-/// and tells `ready` whether it could, then runs.
+/// and tells `ready` whether it could, then runs, on a [`Lifeline`].
 fn spawn_one(
     setup: Setup,
     commands: Receiver<Command>,
     shared: Arc<Shared>,
     ready: Sender<io::Result<()>>,
 ) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+    let index = setup.index;
     std::thread::Builder::new()
-        .name(format!("weft-worker-{}", setup.index))
-        .spawn(move || match Worker::new(setup, commands, shared) {
+        .name(format!("weft-worker-{index}"))
+        .spawn(move || match Worker::new(setup, commands, shared.clone()) {
             Ok(worker) => {
                 let _ = ready.send(Ok(()));
-                worker.run()
+                let _lifeline = Lifeline { index, shared };
+                let ended = worker.run();
+                if let Err(e) = &ended {
+                    log::error!("worker {index}: {e}");
+                }
+                ended
             }
             Err(e) => {
                 let _ = ready.send(Err(e));
                 Ok(())
             }
         })
+}
+
+/// Held by a running worker: aborts the process when the worker ends other than
+/// by [`stop`], unwinding from a panic or returning from a failed loop. An abort,
+/// not an exit, so that no other thread runs on meanwhile (the panic's message is
+/// already written: the panic hook runs before the unwinding).
+struct Lifeline {
+    index: usize,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        let why = if std::thread::panicking() {
+            "panicked"
+        } else if !self.shared.stop.load(Ordering::Acquire) {
+            "stopped unasked"
+        } else {
+            return;
+        };
+        log::error!(
+            "worker {} {why}: weftd aborts, so that its share of the flows is not lost",
+            self.index
+        );
+        std::process::abort();
+    }
 }
 
 /// Stops every worker and waits for them. Queues they own are closed.
