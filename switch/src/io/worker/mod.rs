@@ -393,3 +393,40 @@ mod poll;
 mod sink;
 
 use poll::Worker;
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use super::*;
+    use crate::io::udp::tunnel_sockets;
+    use crate::sim::Sim;
+    use crate::tables::TunnelMode;
+
+    /// Idle workers, with no timer of their own and nothing to read, still go round
+    /// their loop every tick, so none counts as stalled; and a stop ends them
+    /// without tripping their lifelines.
+    #[test]
+    fn idle_workers_go_round_their_loop_and_stop_on_request() {
+        let node = Sim::new(TunnelMode::Vxlan, &[&[]]).nodes.remove(0);
+        let tables = Arc::new(ArcSwap::from_pointee(node.tables));
+        let sockets = tunnel_sockets(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 2).unwrap();
+        let lanes = Lanes::bind(Ipv4Addr::LOCALHOST, 1).unwrap();
+        let tuning = Tuning {
+            poll_max: Duration::ZERO,
+            heartbeat: Duration::ZERO,
+            conntrack_max: 16,
+            conntrack_share: 8,
+            panic_after: None,
+        };
+        let (shared, mut handles) = spawn(tables, sockets, Arc::new(lanes), tuning, None).unwrap();
+        let waited = clock::now();
+        std::thread::sleep(plan::LIVENESS_TICK * 3);
+        for (i, seen) in shared.seen.iter().enumerate() {
+            let seen = Time::from_nanos(seen.load(Ordering::Relaxed));
+            assert!(seen > waited, "worker {i} last went round at {seen:?}");
+        }
+        assert_eq!(shared.stalled_workers(), Vec::<usize>::new());
+        stop(&shared, &mut handles);
+    }
+}
