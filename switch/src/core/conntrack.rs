@@ -317,8 +317,8 @@ pub enum Overflow {
     /// the slots near its own (Linux's early drop), or refuses it.
     EarlyDrop,
     /// Holds each source address to `share` entries. A source at its share gives up
-    /// its own connection not assured that expires first (among the slots near the
-    /// new one's), or is refused. A full table gives a new connection the place of
+    /// its own connection not assured (or closing) that expires first (among the
+    /// slots near the new one's), or is refused. A full table gives a new connection the place of
     /// such a connection of the source that holds the most, if it holds more than
     /// the new one's, else of the new one's own. So one source's flood churns its
     /// own entries, and never takes the room of another source holding less.
@@ -593,9 +593,7 @@ impl Table {
             if expires < now && (short == Refused::Full || rank.is_some()) {
                 return Some(at);
             }
-            // Linux's early drop spares what it calls assured: a connection that
-            // went both ways and on.
-            let Some(rank) = rank.filter(|_| !Flags::of_bits(b >> 8).assured) else {
+            let Some(rank) = rank.filter(|_| self.gives_way(Flags::of_bits(b >> 8))) else {
                 continue;
             };
             if best.is_none_or(|(r, e, _)| {
@@ -607,6 +605,14 @@ impl Table {
         let (_, _, at) = best?;
         bump(&self.evicted);
         Some(at)
+    }
+
+    /// Whether a connection with `flags` may give up its place: Linux's early drop
+    /// spares what it calls assured, a connection that went both ways and on; a
+    /// fair table gives up a closing one as well (a FIN or RST seen), which would
+    /// otherwise hold its place for the half minute it lingers.
+    fn gives_way(&self, flags: Flags) -> bool {
+        !flags.assured || (flags.closing && self.overflow != Overflow::EarlyDrop)
     }
 
     /// Forgets the entry at `at` (the owner only).
@@ -1041,6 +1047,18 @@ mod tests {
         t.track(from(y, 1), Flags::default(), 0, at(2)).unwrap();
         t.track(from(y, 2), Flags::default(), 0, at(2)).unwrap();
         assert_eq!(t.live(), 4);
+        // A closing connection gives way, though it was assured.
+        let closed = Flags {
+            closing: true,
+            ..ASSURED
+        };
+        t.track(from(x, 2), closed, 0, at(2)).unwrap();
+        t.track(from(x, 3), ASSURED, 0, at(2)).unwrap();
+        t.track(from(x, 9), Flags::default(), 0, at(2)).unwrap();
+        assert!(t.lookup(from(x, 2), at(2)).is_none());
+        assert_eq!(t.own().overflow_stats().evicted, 2);
+        t.track(from(x, 2), Flags::default(), 0, at(2)).unwrap();
+        assert!(t.lookup(from(x, 9), at(2)).is_none());
         // With both of its connections assured, a source at its share is refused.
         t.track(from(x, 2), ASSURED, 0, at(3)).unwrap();
         t.track(from(x, 3), ASSURED, 0, at(3)).unwrap();
