@@ -40,8 +40,8 @@ const MAX_PROBE: usize = 32;
 const EVICTION_SCAN: usize = 128;
 /// Buckets a fair table counts its sources' entries in (256 KiB of counts). Sources
 /// that share a bucket share its share: with a hundred pods on a node, two of them
-/// do one time in thirteen, and then each still holds its connections, and a flood
-/// from one churns the oldest of the bucket's not yet established.
+/// do on about one node in fourteen; each still keeps its established connections,
+/// and a flood from one churns the oldest of the bucket's others.
 const SOURCE_BUCKETS: usize = 1 << 16;
 
 /// A connection's 5-tuple, in the direction of one packet. For ICMP echo, both ports
