@@ -230,6 +230,8 @@ pub fn host_timeout(proto: u8, flags: Flags) -> Duration {
     }
 }
 
+/// The bits of a slot's word `b` that hold its key.
+const KEY_BITS: u64 = !0xffff;
 const EMPTY: u64 = 0;
 const LIVE: u64 = 1;
 const TOMBSTONE: u64 = 2;
@@ -237,9 +239,12 @@ const TOMBSTONE: u64 = 2;
 /// One slot. `b` holds the ports, protocol, ICMP type (bits 16..24), flags (bits
 /// 8..16) and state (bits 0..8);
 /// `c` the expiry in seconds (high half) and the policy generation (low half).
+/// `bucket` is its source's bucket in a fair table (in the room the seqlock's word
+/// leaves before the others), which only the owner reads.
 #[derive(Debug, Default)]
 struct Slot {
     seq: AtomicU32,
+    bucket: AtomicU32,
     a: AtomicU64,
     b: AtomicU64,
     c: AtomicU64,
@@ -428,17 +433,14 @@ impl Table {
         (!self.sources.is_empty()).then(|| hash & (self.sources.len() - 1))
     }
 
-    /// How many live entries source `src` holds (those of its bucket).
-    fn held(&self, src: u32) -> u32 {
-        self.bucket(src)
-            .map_or(0, |i| self.sources[i].load(Relaxed))
+    /// How many live entries the sources of `bucket` hold.
+    fn held_in(&self, bucket: Option<usize>) -> u32 {
+        bucket.map_or(0, |i| self.sources[i].load(Relaxed))
     }
 
-    /// Counts one entry more, or one fewer, for the source in the key word `a` of an
-    /// entry (the owner only).
-    fn count_source(&self, a: u64, more: bool) {
-        if let Some(i) = self.bucket((a >> 32) as u32) {
-            let n = &self.sources[i];
+    /// Counts one entry more, or one fewer, in `bucket` (the owner only).
+    fn count(&self, bucket: Option<usize>, more: bool) {
+        if let Some(n) = bucket.map(|i| &self.sources[i]) {
             let held = n.load(Relaxed);
             n.store(
                 if more {
@@ -451,11 +453,17 @@ impl Table {
         }
     }
 
-    /// Whether a new connection from `src` fits without another entry giving up its
-    /// place, and which limit it meets if not.
-    fn room(&self, src: u32) -> Result<(), Refused> {
+    /// The bucket of the source of the live entry in slot `at`, in a fair table.
+    fn bucket_of(&self, at: usize) -> Option<usize> {
+        let bucket = self.slots[at].bucket.load(Relaxed) as usize;
+        (!self.sources.is_empty()).then_some(bucket)
+    }
+
+    /// Whether a new connection from the sources of `bucket` fits without another
+    /// entry giving up its place, and which limit it meets if not.
+    fn room(&self, bucket: Option<usize>) -> Result<(), Refused> {
         if let Overflow::Fair { share } = self.overflow {
-            if self.held(src) as usize >= share {
+            if self.held_in(bucket) as usize >= share {
                 return Err(Refused::OverShare);
             }
         }
@@ -465,9 +473,11 @@ impl Table {
         Ok(())
     }
 
-    /// The entry of `key`'s connection, either way, unexpired at `now`.
+    /// The entry of `key`'s connection, either way, unexpired at `now`. Slots are
+    /// compared word by word, with the key's words either way made once.
     fn find(&self, key: FlowKey, now: u32) -> Option<(usize, Entry, bool)> {
         let start = key.symmetric_hash(self.seed) as usize;
+        let (forth, back) = (key.words(), key.reverse().words());
         for i in 0..MAX_PROBE {
             let at = (start + i) & self.mask;
             // A slot its owner is writing right now is skipped, not taken for the end
@@ -478,11 +488,11 @@ impl Table {
             match b & 0xff {
                 EMPTY => return None,
                 LIVE => {
-                    let orig = FlowKey::of_words(a, b);
-                    let forward = orig == key;
-                    if (forward || orig == key.reverse()) && (c >> 32) as u32 >= now {
+                    let words = (a, b & KEY_BITS);
+                    let forward = words == forth;
+                    if (forward || words == back) && (c >> 32) as u32 >= now {
                         let entry = Entry {
-                            orig,
+                            orig: FlowKey::of_words(a, b),
                             flags: Flags::of_bits(b >> 8),
                             generation: c as u32,
                             expires: (c >> 32) as u32,
@@ -507,7 +517,8 @@ impl Table {
             return Ok(at);
         }
         let src = entry.orig.src;
-        let room = self.room(src);
+        let bucket = self.bucket(src);
+        let room = self.room(bucket);
         let start = entry.orig.symmetric_hash(self.seed) as usize;
         let mut free = None;
         for i in 0..MAX_PROBE {
@@ -517,19 +528,17 @@ impl Table {
             if state == LIVE && ((slot.c.load(Relaxed) >> 32) as u32) < now {
                 // An expired entry's slot is taken over as it is, unless that would
                 // take its source past its share.
-                let old = slot.a.load(Relaxed);
-                if room != Err(Refused::OverShare)
-                    || self.bucket((old >> 32) as u32) == self.bucket(src)
-                {
-                    self.count_source(old, false);
-                    self.fill(at, a, b, c);
+                let old = self.bucket_of(at);
+                if room != Err(Refused::OverShare) || old == bucket {
+                    self.count(old, false);
+                    self.fill(at, (a, b, c), bucket);
                     return Ok(at);
                 }
             }
             if state != LIVE {
                 if room.is_ok() {
                     self.live.store(self.live() + 1, Relaxed);
-                    self.fill(at, a, b, c);
+                    self.fill(at, (a, b, c), bucket);
                     return Ok(at);
                 }
                 free.get_or_insert(at);
@@ -551,15 +560,17 @@ impl Table {
         };
         self.remove(victim);
         self.live.store(self.live() + 1, Relaxed);
-        self.fill(at, a, b, c);
+        self.fill(at, (a, b, c), bucket);
         Ok(at)
     }
 
-    /// Writes a new entry into slot `at` and counts it for its source (the owner
-    /// only).
-    fn fill(&self, at: usize, a: u64, b: u64, c: u64) {
-        self.count_source(a, true);
-        self.slots[at].write(a, b, c);
+    /// Writes the words of a new entry into slot `at` and counts it in its source's
+    /// `bucket` (the owner only).
+    fn fill(&self, at: usize, (a, b, c): (u64, u64, u64), bucket: Option<usize>) {
+        self.count(bucket, true);
+        let slot = &self.slots[at];
+        slot.bucket.store(bucket.unwrap_or(0) as u32, Relaxed);
+        slot.write(a, b, c);
     }
 
     /// The slot whose entry gives up its place to a new connection from `src` that
@@ -569,15 +580,16 @@ impl Table {
     /// share; when it is full, of one of the source holding the most, if it holds
     /// more than `src`, else of one of `src`'s own. Counts an eviction.
     fn victim(&self, start: usize, now: u32, src: u32, short: Refused) -> Option<usize> {
-        let mine = self.held(src);
-        // Whether the entry of a source gives way, and its rank (higher first).
-        let rank = |owner: u32| match (self.overflow, short) {
+        let own = self.bucket(src);
+        let mine = self.held_in(own);
+        // Whether the entry of a source of bucket `theirs` gives way, and its rank
+        // (higher first).
+        let rank = |theirs: Option<usize>| match (self.overflow, short) {
             (Overflow::EarlyDrop, _) => Some(0),
-            (Overflow::Fair { .. }, Refused::OverShare) => {
-                (self.bucket(owner) == self.bucket(src)).then_some(0)
+            (Overflow::Fair { .. }, Refused::OverShare) => (theirs == own).then_some(0),
+            (Overflow::Fair { .. }, Refused::Full) => {
+                Some(self.held_in(theirs)).filter(|&held| held > mine || theirs == own)
             }
-            (Overflow::Fair { .. }, Refused::Full) => Some(self.held(owner))
-                .filter(|&held| held > mine || self.bucket(owner) == self.bucket(src)),
         };
         let mut best: Option<(u32, u32, usize)> = None;
         for i in 0..EVICTION_SCAN.min(self.slots.len()) {
@@ -587,9 +599,8 @@ impl Table {
             if b & 0xff != LIVE {
                 continue;
             }
-            let owner = (slot.a.load(Relaxed) >> 32) as u32;
             let expires = (slot.c.load(Relaxed) >> 32) as u32;
-            let rank = rank(owner);
+            let rank = rank(self.bucket_of(at));
             if expires < now && (short == Refused::Full || rank.is_some()) {
                 return Some(at);
             }
@@ -619,7 +630,7 @@ impl Table {
     fn remove(&self, at: usize) {
         let slot = &self.slots[at];
         if slot.b.load(Relaxed) & 0xff == LIVE {
-            self.count_source(slot.a.load(Relaxed), false);
+            self.count(self.bucket_of(at), false);
             slot.write(0, TOMBSTONE, 0);
             self.live.store(self.live().saturating_sub(1), Relaxed);
         }
@@ -1131,7 +1142,7 @@ mod tests {
                 .unwrap();
             t.forget(f.own_slot.unwrap());
             t.sweep(at(u64::from(round) * 100_000 + 90_000));
-            assert_eq!(t.own().held(x), 0);
+            assert_eq!(t.own().held_in(t.own().bucket(x)), 0);
             assert_eq!(t.live(), 0);
         }
         assert_eq!(t.own().overflow_stats(), OverflowStats::default());
