@@ -2,6 +2,10 @@
 //! under a directory the caller owns, stopped by PID; and a bridge that carries a
 //! host namespace's `127.0.0.1:2379` to it, since a weftd in a network namespace
 //! cannot reach the root namespace's loopback.
+//!
+//! [`Etcd::start_secure`] starts one that speaks TLS only and wants a client
+//! certificate, from a CA made for it: etcd then takes a client's user name from
+//! its certificate's common name, as a cluster with per-node credentials does.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -40,12 +44,74 @@ pub struct Etcd {
     peer: u16,
     metrics: u16,
     child: Option<ChildGuard>,
+    /// Where the certificates are, for an etcd that speaks TLS.
+    tls: Option<PathBuf>,
+}
+
+/// A client's TLS files for an etcd of [`Etcd::start_secure`].
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The CA that signed etcd's certificate.
+    pub ca: PathBuf,
+    /// The client's certificate, its common name the user's name.
+    pub cert: PathBuf,
+    /// The certificate's key.
+    pub key: PathBuf,
+}
+
+/// Makes a CA in `dir`, a server certificate for 127.0.0.1 and a client
+/// certificate for each of `users` (as its common name), as PEM files.
+fn make_certificates(dir: &Path, users: &[&str]) -> Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "weft test etcd CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+    std::fs::write(dir.join("ca.crt"), ca.pem())?;
+    let clients = users
+        .iter()
+        .map(|u| (*u, ExtendedKeyUsagePurpose::ClientAuth));
+    for (name, usage) in [("server", ExtendedKeyUsagePurpose::ServerAuth)]
+        .into_iter()
+        .chain(clients)
+    {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()])?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &ca)?;
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem())?;
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+    }
+    Ok(())
 }
 
 impl Etcd {
     /// Starts etcd with its data and log in `dir` (created), and waits until it
     /// answers.
     pub fn start(dir: &Path) -> Result<Etcd> {
+        Etcd::start_with(dir, None)
+    }
+
+    /// Starts etcd as [`Etcd::start`] does, speaking TLS only and asking every
+    /// client for a certificate of its own CA. Each of `users`, and `root`, has
+    /// one ([`Etcd::credentials`]); [`Etcd::ctl`] is `root`'s. Authentication is
+    /// not enabled: that is the caller's to do, as an operator would.
+    pub fn start_secure(dir: &Path, users: &[&str]) -> Result<Etcd> {
+        let tls = dir.join("tls");
+        let mut all = vec!["root"];
+        all.extend_from_slice(users);
+        make_certificates(&tls, &all).context("making etcd's certificates")?;
+        Etcd::start_with(dir, Some(tls))
+    }
+
+    fn start_with(dir: &Path, tls: Option<PathBuf>) -> Result<Etcd> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut last = None;
         for _ in 0..3 {
@@ -55,6 +121,7 @@ impl Etcd {
                 peer: free_port()?,
                 metrics: free_port()?,
                 child: None,
+                tls: tls.clone(),
             };
             match etcd.launch() {
                 Ok(()) => return Ok(etcd),
@@ -79,7 +146,27 @@ impl Etcd {
 
     /// The client endpoint on 127.0.0.1.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client)
+    }
+
+    /// `https` for an etcd of [`Etcd::start_secure`], else `http`.
+    pub fn scheme(&self) -> &'static str {
+        match self.tls {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+
+    /// The TLS files of `user`, for an etcd of [`Etcd::start_secure`] that made
+    /// them.
+    pub fn credentials(&self, user: &str) -> Option<Credentials> {
+        let dir = self.tls.as_ref()?;
+        let cert = dir.join(format!("{user}.crt"));
+        cert.exists().then(|| Credentials {
+            ca: dir.join("ca.crt"),
+            key: dir.join(format!("{user}.key")),
+            cert,
+        })
     }
 
     /// The client address.
@@ -96,12 +183,21 @@ impl Etcd {
         let url = |p: u16| format!("http://127.0.0.1:{p}");
         let log = std::fs::File::create(self.log_path()).context("creating etcd's log")?;
         let mut cmd = Command::new("etcd");
+        if let Some(dir) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(dir.join("server.crt"))
+                .arg("--key-file")
+                .arg(dir.join("server.key"))
+                .arg("--trusted-ca-file")
+                .arg(dir.join("ca.crt"))
+                .arg("--client-cert-auth");
+        }
         cmd.arg("--name")
             .arg("weft-test")
             .arg("--data-dir")
             .arg(self.data())
-            .args(["--listen-client-urls", &url(self.client)])
-            .args(["--advertise-client-urls", &url(self.client)])
+            .args(["--listen-client-urls", &self.endpoint()])
+            .args(["--advertise-client-urls", &self.endpoint()])
             .args(["--listen-peer-urls", &url(self.peer)])
             .args(["--initial-advertise-peer-urls", &url(self.peer)])
             .args(["--listen-metrics-urls", &url(self.metrics)])
@@ -128,16 +224,29 @@ impl Etcd {
         Ok(())
     }
 
-    /// Runs `etcdctl` (API v3) against this member.
+    /// Runs `etcdctl` (API v3) against this member, as `root` on one that
+    /// speaks TLS.
     pub fn ctl(&self, args: &[&str]) -> Result<String> {
-        run_cmd(
-            Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .arg("--endpoints")
-                .arg(self.endpoint())
-                .args(["--dial-timeout", "2s", "--command-timeout", "5s"])
-                .args(args),
-        )
+        self.ctl_as("root", args)
+    }
+
+    /// Runs `etcdctl` (API v3) against this member, with `user`'s certificate
+    /// on one that speaks TLS.
+    pub fn ctl_as(&self, user: &str, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint())
+            .args(["--dial-timeout", "2s", "--command-timeout", "5s"]);
+        if let Some(c) = self.credentials(user) {
+            cmd.arg("--cacert")
+                .arg(c.ca)
+                .arg("--cert")
+                .arg(c.cert)
+                .arg("--key")
+                .arg(c.key);
+        }
+        run_cmd(cmd.args(args))
     }
 
     /// Writes `value` at `key`.

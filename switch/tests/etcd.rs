@@ -51,9 +51,29 @@ impl Cluster {
     /// The hosts of `underlay` and an etcd.
     fn on(tag: &str, underlay: Underlay, extra: &[&str]) -> Cluster {
         require_root();
-        let hosts = underlay.hosts().len();
         let scratch = Scratch::new(tag).unwrap();
         let etcd = Etcd::start(&scratch.path().join("etcd")).unwrap();
+        Cluster::with(underlay, scratch, etcd, extra)
+    }
+
+    /// `hosts` hosts on one segment and an etcd that speaks TLS only, with a
+    /// client certificate for each host's node and for each of `users` (and
+    /// root); authentication is not on yet. Nodes reach it with their own
+    /// certificates.
+    fn secure(tag: &str, hosts: usize, users: &[&str]) -> Cluster {
+        require_root();
+        let underlay = Underlay::new(tag, hosts).unwrap();
+        let names: Vec<String> = underlay.hosts().iter().map(node_name).collect();
+        let all: Vec<&str> = (names.iter().map(String::as_str))
+            .chain(users.iter().copied())
+            .collect();
+        let scratch = Scratch::new(tag).unwrap();
+        let etcd = Etcd::start_secure(&scratch.path().join("etcd"), &all).unwrap();
+        Cluster::with(underlay, scratch, etcd, &[])
+    }
+
+    fn with(underlay: Underlay, scratch: Scratch, etcd: Etcd, extra: &[&str]) -> Cluster {
+        let hosts = underlay.hosts().len();
         Cluster {
             nodes: (0..hosts).map(|_| None).collect(),
             pods: (0..hosts).map(|_| None).collect(),
@@ -84,9 +104,30 @@ impl Cluster {
             let host = self.underlay.host(i);
             self.bridges[i] = Some(Bridge::new(&host.ns, self.etcd.addr()).unwrap());
         }
-        let node =
-            WeftNode::start_etcd(self.underlay.host(i), self.scratch.path(), &self.opts()).unwrap();
-        self.nodes[i].insert(node)
+        let host = self.underlay.host(i);
+        let dir = self.scratch.path();
+        let node = match self.etcd.credentials(&node_name(host)) {
+            // A secure etcd: reached through the same bridge, with TLS and the
+            // node's own certificate.
+            Some(c) => {
+                let endpoint = format!("https://127.0.0.1:{}", weft_perf::etcd::BRIDGE_PORT);
+                let mut store: Vec<String> = ["--store", "etcd", "--etcd-endpoints", &endpoint]
+                    .map(str::to_owned)
+                    .into();
+                for (flag, path) in [
+                    ("--etcd-ca", c.ca),
+                    ("--etcd-cert", c.cert),
+                    ("--etcd-key", c.key),
+                ] {
+                    store.push(flag.into());
+                    store.push(path.display().to_string());
+                }
+                let ready = Duration::from_secs(20);
+                WeftNode::start_with_store(host, dir, &self.opts(), &store, ready)
+            }
+            None => WeftNode::start_etcd(host, dir, &self.opts()),
+        };
+        self.nodes[i].insert(node.unwrap())
     }
 
     fn node(&self, i: usize) -> &WeftNode {
@@ -469,6 +510,187 @@ fn bad_records_are_ignored_and_policy_objects_in_etcd_are_enforced() {
         c.ping(0, 1).is_ok()
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+}
+
+/// A node record of etcd's, as JSON.
+fn node_record(name: &str, underlay: &str, subnet: &str, mac: &str) -> String {
+    format!(
+        "{{\"name\":\"{name}\",\"underlayIp\":\"{underlay}\",\"podSubnet\":\"{subnet}\",\"vtepMac\":\"{mac}\",\"mode\":\"vxlan\",\"port\":8472}}"
+    )
+}
+
+/// A subnet lease's record, as JSON.
+fn lease_record(name: &str, underlay: &str) -> String {
+    format!("{{\"node\":\"{name}\",\"underlayIp\":\"{underlay}\"}}")
+}
+
+/// Records in etcd that claim what a running node holds must not freeze it on
+/// its view. Three are written, each with a node record older than node 0's and a
+/// subnet lease newer than node 0's (as anyone with write access to etcd could):
+/// `wide`, whose subnet holds node 0's; `twin`, with node 0's underlay address;
+/// and `group`, with a multicast underlay address. Each is ignored with a log line
+/// naming it; a node that joins afterwards is a peer of node 0, and their pods
+/// reach each other (the positive control).
+#[test]
+fn records_claiming_what_a_node_holds_are_ignored_and_the_rest_of_the_view_applied() {
+    let mut c = Cluster::new("eh", 2, &[]);
+    let me = c.underlay.host(0).underlay_ip.to_string();
+    // The first free /24s are claimed first: node 0's will be inside 10.244.0.0/18.
+    let hostile = [
+        ("wide", "192.0.2.7", "10.244.0.0/18", "02:00:00:00:77:01"),
+        ("twin", me.as_str(), "10.244.200.0/24", "02:00:00:00:77:02"),
+        ("group", "224.0.0.5", "10.244.201.0/24", "02:00:00:00:77:03"),
+    ];
+    for (name, ip, subnet, mac) in hostile {
+        let record = node_record(name, ip, subnet, mac);
+        c.etcd
+            .put(&format!("/weft/v1/nodes/{name}"), &record)
+            .unwrap();
+    }
+    c.start(0);
+    let mine = c.subnet(0);
+    assert!(
+        "10.244.0.0/18".parse::<Ipv4Net>().unwrap().contains(&mine),
+        "{mine}"
+    );
+    for (name, ip, subnet, _) in hostile {
+        let key = subnet_key(subnet.parse().unwrap());
+        c.etcd.put(&key, &lease_record(name, ip)).unwrap();
+    }
+    let log_has = |needle: &str| {
+        wait_until(Duration::from_secs(5), needle, || {
+            c.node(0).log_text().contains(needle)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    };
+    log_has("ignoring /weft/v1/nodes/wide: its subnet 10.244.0.0/18 overlaps");
+    log_has(&format!(
+        "ignoring /weft/v1/nodes/twin: underlay address {me} is another node's"
+    ));
+    log_has("ignoring /weft/v1/nodes/group: underlay address 224.0.0.5 is multicast");
+
+    // The rest of the view: a node that joins now is node 0's peer, and reached.
+    c.start(1);
+    c.wait_peers(1, true, Duration::from_secs(5));
+    c.wait_peers(0, true, Duration::from_secs(5));
+    for i in 0..2 {
+        let other = node_name(c.underlay.host(1 - i));
+        assert_eq!(c.node(i).peer_names().unwrap(), [other], "{}", c.logs());
+    }
+    c.pod(0);
+    c.pod(1);
+    c.ping_all();
+    let log = c.node(0).log_text();
+    assert!(!log.contains("keeping the previous peers"), "{log}");
+}
+
+/// The etcdctl commands of the block of `deploy/STORE.md` that sets up per-node
+/// roles, each as its arguments, in order.
+fn documented_role_commands() -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/STORE.md"))
+        .expect("deploy/STORE.md");
+    let block = doc
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("etcdctl role add weft-node-$NODE"))
+        .expect("the block of per-node roles in deploy/STORE.md");
+    block
+        .lines()
+        .map(|l| l.split(" # ").next().unwrap_or(l).trim())
+        .filter(|l| l.starts_with("etcdctl "))
+        .map(|l| l.trim_start_matches("etcdctl ").to_owned())
+        .collect()
+}
+
+/// Per-node credentials, as `deploy/STORE.md` sets them up: etcd with client
+/// certificates and authentication on, each node a user (its certificate's CN)
+/// whose role reads the prefix and writes only its own record and the subnet
+/// leases. The nodes join, claim their subnets and reach each other with those
+/// roles (the positive control); a node's credentials are refused writing the
+/// other's record, revoking the other's registration lease, and writing a policy
+/// object, which the policy writer can, and its policy is enforced.
+#[test]
+fn per_node_roles_suffice_and_keep_a_node_off_others_records_and_policy() {
+    let mut c = Cluster::secure("er", 2, &["policy-writer", "stranger"]);
+    let names: Vec<String> = c.underlay.hosts().iter().map(node_name).collect();
+    let commands = documented_role_commands();
+    assert!(commands.iter().any(|l| l == "auth enable"), "{commands:?}");
+    for line in &commands {
+        let each: Vec<&str> = match line.contains("$NODE") {
+            true => names.iter().map(String::as_str).collect(),
+            false => vec![""],
+        };
+        for name in each {
+            let line = line.replace("$NODE", name);
+            let args: Vec<&str> = line.split_whitespace().collect();
+            c.etcd
+                .ctl(&args)
+                .unwrap_or_else(|e| panic!("{line}: {e:#}"));
+        }
+    }
+    // Authentication is on: a certificate of the CA whose CN is no user of
+    // etcd's gets nothing.
+    let stranger = c.etcd.ctl_as("stranger", &["get", "--prefix", "/weft/v1/"]);
+    let e = stranger.expect_err("a stranger's read").to_string();
+    assert!(e.contains("permission denied"), "{e}");
+
+    for i in 0..2 {
+        c.start(i);
+    }
+    c.wait_peers(0, true, Duration::from_secs(10));
+    c.wait_peers(1, true, Duration::from_secs(10));
+    c.pod(0);
+    c.pod(1);
+    c.ping_all();
+
+    let (me, other) = (names[0].as_str(), names[1].as_str());
+    let denied = |what: &str, args: &[&str]| {
+        let e = c.etcd.ctl_as(me, args).expect_err(what).to_string();
+        assert!(e.contains("permission denied"), "{what}: {e}");
+    };
+    let record = format!("/weft/v1/nodes/{other}");
+    denied("writing another node's record", &["put", &record, "{}"]);
+    denied("deleting another node's record", &["del", &record]);
+    let lease = c.etcd.ctl(&["get", &record, "-w", "fields"]).unwrap();
+    let lease: i64 = (lease.lines())
+        .find_map(|l| l.strip_prefix("\"Lease\" : "))
+        .and_then(|l| l.trim().parse().ok())
+        .expect("the record's lease");
+    denied(
+        "revoking another node's registration",
+        &["lease", "revoke", &format!("{lease:x}")],
+    );
+    let policy = "/weft/v1/networkpolicies/default/deny-db";
+    denied("writing a policy object", &["put", policy, "{}"]);
+    // What the role does allow: reading every record.
+    let listed = c
+        .etcd
+        .ctl_as(me, &["get", "--prefix", "--keys-only", "/weft/v1/nodes/"]);
+    assert!(listed.unwrap().contains(&record));
+    assert_eq!(c.node(0).peer_names().unwrap(), [other]);
+
+    // The policy writer's policy: p1 isolated for ingress, and enforced.
+    let pod = "{\"apiVersion\":\"v1\",\"kind\":\"Pod\",\"metadata\":{\"name\":\"p1\",\"namespace\":\"default\",\"labels\":{\"app\":\"db\"}}}";
+    let deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-db, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  policyTypes: [Ingress]\n";
+    let writer = |key: &str, value: &str| {
+        c.etcd
+            .ctl_as("policy-writer", &["put", "--", key, value])
+            .unwrap_or_else(|e| panic!("{key}: {e:#}"));
+    };
+    writer("/weft/v1/pods/default/p1", pod);
+    writer(policy, deny);
+    wait_until(Duration::from_secs(5), "the policy to cut p0 -> p1", || {
+        c.ping(0, 1).is_err()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(
+        c.etcd
+            .ctl_as(me, &["get", "--print-value-only", policy])
+            .unwrap()
+            .contains("deny-db"),
+        "nodes read the policy objects"
+    );
 }
 
 /// Writes pod `default/p1` to etcd with the label `app: db`, and the policy

@@ -24,11 +24,12 @@ use crate::control::keys::{self, PublicKey};
 use crate::control::masquerade::Masquerade;
 use crate::control::netlink::{LinkSpec, RouteSpec};
 use crate::control::netpol_source::PolicyState;
-use crate::control::peers::peer_entries;
+use crate::control::peers::{peer_entries, usable_nodes};
 use crate::control::saved::{self, Saver, Snapshot};
 use crate::control::store::etcd::EtcdStore;
 use crate::control::store::file::FileStore;
 use crate::control::store::kube::KubeStore;
+use crate::control::store::screen::Said;
 use crate::control::store::{ClusterStore, ClusterView, Joining, NoStore, NodeEntry, StorePolicy};
 use crate::core;
 use crate::crypto;
@@ -100,6 +101,8 @@ pub struct Daemon {
     /// When the view in force was saved, while it is a saved one: the store has not
     /// been read since the node started.
     pub(crate) from_saved: Mutex<Option<String>>,
+    /// The peers left out of the views, as logged.
+    pub(crate) left_out: Mutex<Said>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -237,7 +240,7 @@ fn boot_view(settings: &Settings, store: &dyn ClusterStore) -> Result<Boot, Daem
 }
 
 /// This node's identity and addressing.
-fn node_config(settings: &Settings, subnet: Ipv4Net, router_mac: MacAddr) -> NodeConfig {
+pub(crate) fn node_config(settings: &Settings, subnet: Ipv4Net, router_mac: MacAddr) -> NodeConfig {
     NodeConfig {
         name: settings.node_name.clone(),
         router_mac,
@@ -258,7 +261,7 @@ fn node_config(settings: &Settings, subnet: Ipv4Net, router_mac: MacAddr) -> Nod
 }
 
 /// The host port's entry and link: the gateway address and the cluster route.
-fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, LinkSpec) {
+pub(crate) fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, LinkSpec) {
     let gateway = node.gateway;
     let spec = LinkSpec {
         name: settings.host.port.clone(),
@@ -441,7 +444,9 @@ impl Daemon {
         host_entry.uso = host_queues.first().is_some_and(|q| q.takes_uso());
         prepare_host(&settings, &*host)?;
         let route_to = |ip| host.route_to(ip).ok().flatten();
-        let peers = peer_entries(&settings, &nodes, &[], &route_to);
+        let mut left_out = Said::default();
+        let usable = usable_nodes(&node, &nodes, &mut left_out);
+        let peers = peer_entries(&settings, &usable, &[], &route_to);
         let tables = Arc::new(ArcSwap::from_pointee(Tables::build(
             node.clone(),
             host_entry.clone(),
@@ -475,8 +480,9 @@ impl Daemon {
             sealer,
             saver,
             from_saved: Mutex::new(boot.saved.as_ref().map(saved::SavedView::saved_at_text)),
+            left_out: Mutex::new(left_out),
         });
-        daemon.sync_crypto_peers(&nodes);
+        daemon.sync_crypto_peers(&usable);
         daemon.hand_queues(host_entry.id, &host_entry.counters, host_queues)?;
         daemon.sync_direct_routes(&daemon.state.lock().peers.clone());
         match (boot.saved, boot.store_policy) {

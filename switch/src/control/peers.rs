@@ -11,11 +11,12 @@ use crate::control::config::{Encryption, Mode, Settings};
 use crate::control::daemon::Daemon;
 use crate::control::error::DaemonError;
 use crate::control::routes::{DirectRoute, RouteTo};
+use crate::control::store::screen::{screen, Own, Said};
 use crate::control::store::{ClusterView, NodeEntry};
 use crate::io::clock;
 use crate::tables::counters::Counters;
 use crate::tables::health::{feature_names, PeerHealth};
-use crate::tables::{PeerEntry, PeerPath, TunnelMode};
+use crate::tables::{NodeConfig, PeerEntry, PeerPath, TunnelMode};
 use weft_encap::sleeve::NodeId;
 
 /// How this node may reach node `n`, given how the host reaches `n`'s underlay
@@ -136,6 +137,30 @@ pub(crate) fn peer_entries(
         .collect()
 }
 
+/// The nodes of `nodes` that this node (`node`) can take as peers, and itself
+/// ([`screen`]): a node that overlaps its subnet, has its underlay address or
+/// VTEP MAC, or claims what an earlier node holds is left out, so that no
+/// record, however stale or hostile, keeps the rest of a view from being put in
+/// force. What is left out is logged through `said`: once while it stays out,
+/// within a budget.
+pub(crate) fn usable_nodes(
+    node: &NodeConfig,
+    nodes: &[NodeEntry],
+    said: &mut Said,
+) -> Vec<NodeEntry> {
+    let own = Own {
+        name: node.name.clone(),
+        subnet: node.subnet,
+        underlay: node.underlay,
+        vtep_mac: node.router_mac,
+    };
+    let (kept, left_out) = screen(nodes.to_vec(), node.cluster, Some(&own));
+    for line in said.lines(std::time::Instant::now(), &left_out) {
+        log::warn!("cluster store: {line}");
+    }
+    kept
+}
+
 /// Whether the peers `nodes` make depend on the host's routes (direct routing
 /// here, or a node that routes directly): then the same nodes may make other
 /// peers when the routes change. Otherwise a peer is a function of its node, and
@@ -217,10 +242,11 @@ impl Daemon {
                 return Ok(false);
             }
         }
-        self.sync_crypto_peers(&view.nodes);
+        let usable = usable_nodes(&self.node, &view.nodes, &mut self.left_out.lock());
+        self.sync_crypto_peers(&usable);
         let mut state = self.state.lock();
         let route_to = |ip| self.route_to(ip);
-        let peers = peer_entries(&self.settings, &view.nodes, &state.peers, &route_to);
+        let peers = peer_entries(&self.settings, &usable, &state.peers, &route_to);
         let same = peers.len() == state.peers.len()
             && peers.iter().zip(&state.peers).all(|(a, b)| {
                 a.name == b.name
@@ -375,9 +401,14 @@ impl Daemon {
 
 #[cfg(test)]
 mod tests {
+    use ipnet::Ipv4Net;
+    use proptest::prelude::*;
+
     use super::*;
     use crate::control::config::Options;
+    use crate::control::daemon::{host_port, node_config};
     use crate::mac::MacAddr;
+    use crate::tables::Tables;
 
     fn settings(direct_routing: bool) -> Settings {
         let mut o = Options {
@@ -400,6 +431,101 @@ mod tests {
             mode,
             direct_routing: None,
             public_key: None,
+        }
+    }
+
+    /// The forwarding snapshot of `settings`' node with `nodes` as the store
+    /// listed them, screened or not.
+    fn tables_of(
+        settings: &Settings,
+        nodes: &[NodeEntry],
+        screened: bool,
+    ) -> Result<Tables, crate::tables::TablesError> {
+        let mac = MacAddr::from_name(&settings.node_name);
+        let subnet = settings.pod_subnet.expect("a pod subnet");
+        let node = Arc::new(node_config(settings, subnet, mac));
+        let usable = match screened {
+            true => usable_nodes(&node, nodes, &mut Said::default()),
+            false => nodes.to_vec(),
+        };
+        let peers = peer_entries(settings, &usable, &[], &|_| None);
+        let (host, _) = host_port(settings, &node);
+        let counters = Arc::new(Counters::new(1));
+        Tables::build(node, host, [], peers, counters)
+    }
+
+    /// A view holding a node that overlaps this node's subnet, one with its
+    /// underlay address and one with a multicast underlay makes no snapshot as
+    /// it is (the node would freeze on the view before); screened, it makes one
+    /// with every other peer in it.
+    #[test]
+    fn a_hostile_node_in_a_view_leaves_the_rest_of_it_usable() {
+        let s = settings(false);
+        let mut wide = node("wide", 9, None);
+        wide.pod_subnet = "10.244.0.0/23".parse().unwrap();
+        let mut twin = node("twin", 5, None);
+        twin.underlay_ip = s.underlay_ip;
+        let mut group = node("group", 6, None);
+        group.underlay_ip = Ipv4Addr::new(224, 0, 0, 5);
+        let nodes = vec![
+            wide,
+            twin,
+            group,
+            node("me", 1, None),
+            node("good", 3, None),
+        ];
+        let err = tables_of(&s, &nodes, false).unwrap_err();
+        assert!(
+            err.to_string().contains("overlaps this node's subnet"),
+            "{err}"
+        );
+        let t = tables_of(&s, &nodes, true).expect("a snapshot");
+        let names: Vec<&str> = t.peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["good"]);
+        assert!(t.peer_by_ip(s.underlay_ip).is_none());
+    }
+
+    prop_compose! {
+        /// A node in a small corner of the address space, often overlapping this
+        /// node (10.244.1.0/24 on 10.250.0.1), another node, or outside the
+        /// cluster, with an underlay address that is often unusable.
+        fn arb_node()(
+            name in 0u8..16,
+            net in 0u32..16,
+            len in 20u8..=28,
+            outside in proptest::bool::weighted(0.1),
+            ip in prop_oneof![
+                (1u8..8).prop_map(|n| Ipv4Addr::new(10, 250, 0, n)),
+                Just(Ipv4Addr::new(127, 0, 0, 1)),
+                Just(Ipv4Addr::new(224, 0, 0, 5)),
+                Just(Ipv4Addr::new(10, 244, 1, 1)),
+                Just(Ipv4Addr::BROADCAST),
+            ],
+            mac in 0u8..8,
+        ) -> NodeEntry {
+            let base = if outside { 0x0af5_0000 } else { 0x0af4_0000 };
+            let subnet = Ipv4Net::new(Ipv4Addr::from(base + (net << 8)), len).unwrap().trunc();
+            NodeEntry {
+                pod_subnet: subnet,
+                underlay_ip: ip,
+                vtep_mac: match mac {
+                    0 => MacAddr::from_name("me"),
+                    m => MacAddr([2, 0, 0, 0, 0, m]),
+                },
+                ..node(&format!("n{name}"), 2, None)
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a store lists, the screened view makes a snapshot.
+        #[test]
+        fn every_screened_view_makes_a_snapshot(
+            nodes in proptest::collection::vec(arb_node(), 0..24),
+        ) {
+            let s = settings(false);
+            let t = tables_of(&s, &nodes, true);
+            prop_assert!(t.is_ok(), "{:?}", t.err());
         }
     }
 

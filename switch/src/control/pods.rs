@@ -1091,4 +1091,59 @@ mod tests {
         assert_eq!(v.nodes, view.nodes);
         assert_eq!((v.revision, v.policy.policies.len()), (None, 0));
     }
+
+    /// A store's node that overlaps this node's subnet (10.244.1.0/24) never stops
+    /// a node: not as it starts from a peers file or from a saved view, nor when a
+    /// view comes later. It is left out, and the other nodes are peers.
+    #[test]
+    fn a_node_overlapping_this_ones_subnet_is_left_out_on_every_path() {
+        let peers = |d: &Daemon| -> Vec<String> {
+            d.tables().peers.iter().map(|p| p.name.clone()).collect()
+        };
+        let mut wide = node("wide", 9, None);
+        wide.pod_subnet = "10.244.0.0/23".parse().expect("a subnet");
+
+        // The peers file, at start and as it changes.
+        let (settings, dir) = settings_for("overlap-file", Options::default());
+        let file = dir.join("peers.toml");
+        let entry = |n: &NodeEntry| {
+            format!(
+                "[[node]]\nname = \"{}\"\nunderlay-ip = \"{}\"\npod-subnet = \"{}\"\nvtep-mac = \"{}\"\n",
+                n.name, n.underlay_ip, n.pod_subnet, n.vtep_mac
+            )
+        };
+        std::fs::write(&file, entry(&wide) + &entry(&node("b", 2, None))).expect("a peers file");
+        let store = Arc::new(crate::control::store::file::FileStore::new(file.clone()));
+        let d = Daemon::start_with(settings, fake_host(&dir), store).expect("the daemon");
+        assert_eq!(peers(&d), ["b"]);
+        let mut inside = node("inside", 8, None);
+        inside.pod_subnet = "10.244.1.128/25".parse().expect("a subnet");
+        let text = entry(&inside) + &entry(&node("b", 2, None)) + &entry(&node("c", 3, None));
+        std::fs::write(&file, text).expect("a peers file");
+        assert!(d.reload_peers().expect("applied"));
+        assert_eq!(peers(&d), ["b", "c"]);
+        d.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // A saved view, at start (it is checked before against itself only).
+        let (settings, dir) = settings_for("overlap-saved", Options::default());
+        let snap = saved::Snapshot {
+            nodes: Arc::new(vec![wide, node("n", 1, None), node("m", 2, None)]),
+            policy: Arc::default(),
+            revision: Some(3),
+        };
+        std::fs::create_dir_all(&settings.state_dir).expect("the state directory");
+        saved::write(
+            &settings.state_dir,
+            "late",
+            &snap,
+            std::time::SystemTime::now(),
+        )
+        .expect("a saved view");
+        let d = Daemon::start_with(settings, fake_host(&dir), Arc::new(Late::default()))
+            .expect("the daemon");
+        assert_eq!(peers(&d), ["m"]);
+        d.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

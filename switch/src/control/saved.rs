@@ -20,7 +20,8 @@ use ipnet::Ipv4Net;
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
-use crate::control::store::{check_node, Claims, NodeEntry};
+use crate::control::store::screen::{screen, Quiet};
+use crate::control::store::NodeEntry;
 use crate::netpol::manifest;
 use crate::netpol::model::PolicyModel;
 
@@ -32,8 +33,6 @@ pub const VERSION: u32 = 1;
 pub const MAX_SIZE: u64 = 256 << 20;
 /// The shortest time between two writes.
 pub const PERIOD: Duration = Duration::from_secs(10);
-/// The longest node name read (a Kubernetes node name is a DNS subdomain).
-const MAX_NAME_LEN: usize = 253;
 
 /// The view in force, as the daemon hands it over: shared with it, not copied.
 #[derive(Debug, Clone)]
@@ -229,7 +228,7 @@ pub fn read(dir: &Path, store: &str, cluster: Ipv4Net) -> Result<Option<SavedVie
     {
         return Err(SavedError::Policy { path: shown, why });
     }
-    let (nodes, dropped) = checked_nodes(r.nodes, cluster);
+    let (nodes, dropped) = screen(r.nodes, cluster, None);
     Ok(Some(SavedView {
         store: r.store,
         saved_at: r.saved_at,
@@ -245,8 +244,12 @@ pub fn read(dir: &Path, store: &str, cluster: Ipv4Net) -> Result<Option<SavedVie
 pub fn load(dir: &Path, store: &str, cluster: Ipv4Net) -> Option<SavedView> {
     match read(dir, store, cluster) {
         Ok(v) => {
+            let (mut quiet, now) = (Quiet::default(), Instant::now());
             for (name, why) in v.iter().flat_map(|v| &v.dropped) {
-                log::warn!("saved view: ignoring node {name:?}: {why}");
+                quiet.warn(
+                    now,
+                    format_args!("saved view: ignoring node {name:?}: {why}"),
+                );
             }
             v
         }
@@ -280,37 +283,6 @@ fn write_synced(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(p)?;
     f.write_all(bytes)?;
     f.sync_all()
-}
-
-/// The nodes of `nodes` that can work in `cluster`, in order, and those left out
-/// with why: as a store's records are checked ([`check_node`]), a node claiming
-/// what an earlier one holds ([`Claims`]) or named as an earlier one is left out.
-fn checked_nodes(
-    nodes: Vec<NodeEntry>,
-    cluster: Ipv4Net,
-) -> (Vec<NodeEntry>, Vec<(String, String)>) {
-    let mut claims = Claims::default();
-    let mut kept: Vec<NodeEntry> = Vec::new();
-    let mut dropped = Vec::new();
-    for n in nodes {
-        let why = if n.name.is_empty() || n.name.len() > MAX_NAME_LEN {
-            Some(format!("a name of {} bytes", n.name.len()))
-        } else if kept.iter().any(|k| k.name == n.name) {
-            Some("listed twice".into())
-        } else {
-            check_node(n.pod_subnet, n.underlay_ip, n.vtep_mac, cluster)
-                .err()
-                .or_else(|| claims.conflict(&n))
-        };
-        match why {
-            Some(why) => dropped.push((n.name, why)),
-            None => {
-                claims.take(&n);
-                kept.push(n);
-            }
-        }
-    }
-    (kept, dropped)
 }
 
 /// Seconds since the Unix epoch as a UTC time, RFC 3339 (`2025-06-01T12:00:00Z`).

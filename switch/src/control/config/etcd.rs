@@ -55,6 +55,15 @@ pub struct EtcdOptions {
     /// so that a partitioned node never collides with a newcomer [default: 86400].
     #[arg(long)]
     pub subnet_grace_s: Option<u64>,
+    /// Accept plain `http://` endpoints on other hosts than this one: weft's
+    /// records, and etcd's credentials, then cross the network in the clear, and
+    /// anyone on the path can rewrite the cluster [default: false].
+    #[arg(
+        id = "etcd_insecure",
+        long = "etcd-insecure",
+        value_name = "ETCD_INSECURE"
+    )]
+    pub insecure: Option<bool>,
 }
 
 /// A bad `[etcd]` setting.
@@ -73,6 +82,14 @@ pub enum EtcdConfigError {
         "invalid [etcd] endpoints (--etcd-endpoints): {0:?}: https endpoints need the TLS options, http ones take none"
     )]
     TlsMismatch(String),
+    /// An `http://` endpoint off this host, with `insecure` not set.
+    #[error(
+        "invalid [etcd] endpoints (--etcd-endpoints): {0:?} is plain http to another host, \
+         so weft's records and etcd's credentials would cross the network in the clear: \
+         give https:// with ca (--etcd-ca), or set [etcd] insecure = true (--etcd-insecure true) \
+         to accept that"
+    )]
+    Insecure(String),
     /// A client certificate without its key, or a key without its certificate.
     #[error("invalid [etcd] cert (--etcd-cert): etcd-cert and etcd-key go together")]
     CertWithoutKey,
@@ -133,6 +150,8 @@ pub struct EtcdSettings {
     pub subnet_len: u8,
     /// How long a dead node's subnet stays reserved after its registration expired.
     pub subnet_grace: Duration,
+    /// Whether plain `http://` to another host was accepted (`insecure = true`).
+    pub insecure: bool,
 }
 
 /// etcd's TLS files.
@@ -142,6 +161,20 @@ pub struct EtcdTls {
     pub ca: PathBuf,
     /// The client certificate and its key, if etcd asks for one.
     pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// Whether endpoint `e` (a URL) names this host's loopback: `localhost`, an
+/// address in 127.0.0.0/8, or `::1`. Plain http there never leaves the host.
+fn on_loopback(e: &str) -> Result<bool, EtcdConfigError> {
+    let uri: http::Uri = e.parse().map_err(|_| EtcdConfigError::Scheme(e.into()))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| EtcdConfigError::Scheme(e.into()))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()))
 }
 
 impl EtcdOptions {
@@ -160,6 +193,7 @@ impl EtcdOptions {
                 "subnet-grace-s",
                 self.subnet_grace_s.is_some(),
             ),
+            ("insecure", "etcd-insecure", self.insecure.is_some()),
         ];
         match given.into_iter().find(|(_, _, set)| *set) {
             Some((key, flag, _)) => Err(EtcdConfigError::NotEtcd { key, flag }),
@@ -180,6 +214,7 @@ impl EtcdOptions {
             .filter(|e| !e.is_empty())
             .ok_or(EtcdConfigError::NoEndpoints)?;
         let tls = tls?;
+        let insecure = self.insecure.unwrap_or(false);
         for e in &endpoints {
             let https = e.starts_with("https://");
             if !https && !e.starts_with("http://") {
@@ -187,6 +222,9 @@ impl EtcdOptions {
             }
             if https != tls.is_some() {
                 return Err(EtcdConfigError::TlsMismatch(e.clone()));
+            }
+            if !https && !insecure && !on_loopback(e)? {
+                return Err(EtcdConfigError::Insecure(e.clone()));
             }
         }
         let prefix = self.prefix.unwrap_or_else(|| DEFAULT_PREFIX.into());
@@ -221,6 +259,7 @@ impl EtcdOptions {
             node_ttl: Duration::from_secs(u64::from(node_ttl)),
             subnet_len,
             subnet_grace: Duration::from_secs(grace),
+            insecure,
         })
     }
 

@@ -95,9 +95,9 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         .get_arguments()
         .filter_map(|a| a.get_long())
         .collect();
-    assert_eq!(flags.len(), 40, "{flags:?}");
+    assert_eq!(flags.len(), 41, "{flags:?}");
     // Keys that came after the sections, and so never had a flat form.
-    let sectioned = ["kubeconfig", "conntrack-share"];
+    let sectioned = ["kubeconfig", "etcd-insecure", "conntrack-share"];
     let top = [
         "node-name",
         "underlay-ip",
@@ -506,6 +506,69 @@ fn etcd_settings_default_and_check() {
     let mut o = base();
     o.pod_subnet = None;
     assert!(o.resolve().unwrap_err().to_string().contains("pod-subnet"));
+}
+
+/// Plain http to etcd on another host is refused unless `insecure = true` says
+/// so, naming the endpoint and the key; on this host's loopback it is taken.
+#[test]
+fn plain_http_to_etcd_off_this_host_needs_insecure() {
+    let with =
+        |endpoints: &str, more: &str| etcd(&format!("[etcd]\nendpoints = [{endpoints}]\n{more}"));
+    for remote in [
+        "\"http://10.0.0.1:2379\"",
+        "\"http://etcd.example:2379\"",
+        "\"http://[2001:db8::1]:2379\"",
+        "\"http://127.0.0.1:2379\", \"http://10.0.0.2:2379\"",
+    ] {
+        let err = with(remote, "").unwrap_err();
+        assert!(
+            err.contains("is plain http to another host")
+                && err.contains("[etcd] insecure = true")
+                && err.contains("--etcd-insecure"),
+            "{remote}: {err}"
+        );
+        let named = remote.rsplit(", ").next().unwrap();
+        assert!(err.contains(named.trim_matches('"')), "{remote}: {err}");
+        for more in ["insecure = true\n", ""] {
+            let s = match more {
+                "" => {
+                    let (o, _) = parse(&format!(
+                        "{HEAD}store = \"etcd\"\n[etcd]\nendpoints = [{remote}]\n"
+                    ))
+                    .unwrap();
+                    let o = o.with_flags(["--etcd-insecure", "true"]).unwrap();
+                    o.resolve().map_err(|e| e.to_string())
+                }
+                more => with(remote, more),
+            };
+            let StoreSettings::Etcd(e) = s.unwrap_or_else(|e| panic!("{remote}: {e}")).store else {
+                panic!("not etcd")
+            };
+            assert!(e.insecure);
+        }
+    }
+    // Positive control: loopback, by name or address, needs nothing; nor does TLS.
+    for local in [
+        "\"http://127.0.0.1:2379\"",
+        "\"http://127.9.9.9:2379\"",
+        "\"http://localhost:2379\"",
+        "\"http://LOCALHOST:2379\"",
+        "\"http://[::1]:2379\"",
+    ] {
+        let s = with(local, "").unwrap_or_else(|e| panic!("{local}: {e}"));
+        let StoreSettings::Etcd(e) = s.store else {
+            panic!("not etcd")
+        };
+        assert!(!e.insecure);
+    }
+    assert!(with("\"https://10.0.0.1:2379\"", "ca = \"/ca.pem\"\n").is_ok());
+    let err = with("\"http://\"", "").unwrap_err();
+    assert!(err.contains("give http://host:port"), "{err}");
+    // And it is a setting of the etcd store only.
+    let mut o = base();
+    o.etcd.insecure = Some(true);
+    let err = o.resolve().unwrap_err().to_string();
+    assert!(err.contains("[etcd] insecure (--etcd-insecure)"), "{err}");
 }
 
 #[test]

@@ -22,6 +22,7 @@ use crate::tables::prefixes::PrefixSet;
 pub mod etcd;
 pub mod file;
 pub mod kube;
+pub mod screen;
 
 /// One node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -45,9 +46,12 @@ pub struct NodeEntry {
     pub public_key: Option<PublicKey>,
 }
 
+/// The longest node name: a Kubernetes node name is a DNS subdomain.
+pub const MAX_NAME_LEN: usize = 253;
+
 /// Checks what any store says of a node against what can work in `cluster`: a
-/// subnet of it (not all of it, not smaller than a /30), an underlay address
-/// outside it, a unicast VTEP MAC. Errors say why.
+/// subnet of it (not all of it, not smaller than a /30), a unicast underlay
+/// address outside it ([`check_underlay`]), a unicast VTEP MAC. Errors say why.
 pub fn check_node(
     pod_subnet: Ipv4Net,
     underlay_ip: Ipv4Addr,
@@ -60,13 +64,46 @@ pub fn check_node(
             "pod subnet {s} is no subnet of the cluster CIDR {cluster}"
         ));
     }
-    if cluster.contains(&underlay_ip) || underlay_ip.is_unspecified() {
-        return Err(format!("underlay address {underlay_ip} cannot be a node's"));
+    if cluster.contains(&underlay_ip) {
+        return Err(format!(
+            "underlay address {underlay_ip} is inside the cluster CIDR {cluster}"
+        ));
     }
+    check_underlay(underlay_ip)?;
     if vtep_mac.is_multicast() {
         return Err(format!("VTEP MAC {vtep_mac} is a group address"));
     }
     Ok(())
+}
+
+/// Checks that `ip` can be a peer's underlay address: one host, reached by
+/// unicast. Tunnel datagrams and direct routes go to it, so a record that named
+/// "this network" (0.0.0.0/8), loopback (127.0.0.0/8, this node itself),
+/// multicast (224.0.0.0/4), the reserved class E (240.0.0.0/4) or the broadcast
+/// address would have the switch send pods' frames to this host, to every host,
+/// or nowhere. Link-local addresses (169.254.0.0/16) are refused too: no router
+/// forwards them, no Kubernetes node is addressed by one, and the cloud metadata
+/// service lives there (169.254.169.254), which pod traffic must never be
+/// pointed at.
+pub fn check_underlay(ip: Ipv4Addr) -> Result<(), String> {
+    let what = if ip.octets()[0] == 0 {
+        "in \"this network\" (0.0.0.0/8)"
+    } else if ip.is_loopback() {
+        "a loopback address"
+    } else if ip.is_link_local() {
+        "link-local"
+    } else if ip.is_multicast() {
+        "multicast"
+    } else if ip.is_broadcast() {
+        "the broadcast address"
+    } else if ip.octets()[0] >= 240 {
+        "reserved (240.0.0.0/4)"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "underlay address {ip} is {what}: a node's must be unicast"
+    ))
 }
 
 /// What the nodes taken so far hold, so that a later node claiming any of it is

@@ -15,6 +15,7 @@ use etcd_client::{Client, ConnectOptions};
 use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 
+use super::screen::{Own, Quiet};
 use super::{
     ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError, StoreHealth, StorePolicy,
 };
@@ -91,8 +92,12 @@ struct Inner {
     /// The nodes of the cache, made again only when a node's or a subnet's key
     /// changes (or the cache is listed again).
     nodes: Option<Vec<NodeEntry>>,
-    /// Ignored records already logged, at the revision logged.
-    logged: HashMap<String, i64>,
+    /// The records ignored now, at the revision logged, and why: a record is
+    /// logged again when it changes, when another record changes why it is
+    /// ignored (a lease that came), or when it is ignored again after it was not.
+    logged: HashMap<String, (i64, String)>,
+    /// The budget of lines about ignored records.
+    quiet: Quiet,
     session: Link,
     watch: Link,
     registration: Option<Registration>,
@@ -101,6 +106,17 @@ struct Inner {
     /// The subnet the node joined with: its pool, weft0 and pods use it, so every
     /// later registration is on exactly this one.
     subnet: Option<Ipv4Net>,
+}
+
+/// This node as it runs, once it joined: what no other record may claim.
+fn own(inner: &Inner) -> Option<Own> {
+    let j = inner.joining.as_ref()?;
+    Some(Own {
+        name: j.name.clone(),
+        subnet: inner.subnet?,
+        underlay: j.underlay_ip,
+        vtep_mac: j.vtep_mac,
+    })
 }
 
 /// weft's records in etcd, as one node reads and writes them.
@@ -163,6 +179,16 @@ impl EtcdStore {
     ) -> Result<EtcdStore, StoreError> {
         let options = connect_options(&settings)?;
         let endpoints = settings.endpoints.clone();
+        let plain: Vec<&str> = (endpoints.iter())
+            .filter(|e| e.starts_with("http://"))
+            .map(String::as_str)
+            .collect();
+        if settings.insecure && !plain.is_empty() {
+            log::warn!(
+                "etcd: insecure = true: plain http to {}: weft's records cross the network in the clear",
+                plain.join(", ")
+            );
+        }
         let client = rt
             .block_on(async { Client::connect(endpoints, Some(options)).await })
             .map_err(|e| StoreError::Etcd(text(e)))?;
@@ -179,6 +205,7 @@ impl EtcdStore {
                 policy: Arc::new(StorePolicy::default()),
                 nodes: None,
                 logged: HashMap::new(),
+                quiet: Quiet::default(),
                 session: Link::Up,
                 watch: Link::Up,
                 registration: None,
@@ -204,32 +231,35 @@ impl EtcdStore {
         }
     }
 
-    /// The nodes of the cache, logging each ignored record once.
+    /// The nodes of the cache, logging each ignored record once per version,
+    /// within the log's budget.
     fn nodes(&self, inner: &mut Inner) -> Vec<NodeEntry> {
-        let me = inner
-            .joining
-            .as_ref()
-            .map_or("", |j| j.name.as_str())
-            .to_owned();
+        let me = own(inner);
         let cluster = inner
             .joining
             .as_ref()
             .map_or_else(Ipv4Net::default, |j| j.cluster);
-        let nodes = records::nodes(&self.layout, &inner.cache, &me, cluster, self.port);
+        let nodes = records::nodes(&self.layout, &inner.cache, me.as_ref(), cluster, self.port);
+        let now = Instant::now();
+        let mut logged = HashMap::with_capacity(nodes.ignored.len());
         for i in &nodes.ignored {
-            if inner.logged.insert(i.key.clone(), i.mod_revision) != Some(i.mod_revision) {
-                log::warn!("etcd: ignoring {}: {}", i.key, i.why);
+            let said = (i.mod_revision, i.why.clone());
+            if inner.logged.get(&i.key) != Some(&said) {
+                (inner.quiet).warn(now, format_args!("etcd: ignoring {}: {}", i.key, i.why));
             }
+            logged.insert(i.key.clone(), said);
         }
+        inner.logged = logged;
         nodes.nodes
     }
 
     /// Makes the policy objects again from the records' readings, logging the bad
-    /// records.
+    /// records within the log's budget.
     fn rebuild_policy(&self, inner: &mut Inner) {
         let policy = inner.objects.policy(inner.cache.revision);
+        let now = Instant::now();
         for e in &policy.bad {
-            log::warn!("etcd: ignoring {}: {}", e.file, e.reason);
+            (inner.quiet).warn(now, format_args!("etcd: ignoring {}: {}", e.file, e.reason));
         }
         inner.policy = Arc::new(policy);
     }

@@ -11,13 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::config::Mode;
 use crate::control::keys::PublicKey;
+use crate::control::store::screen::Own;
 use crate::control::store::{check_node, Claims, NodeEntry, StorePolicy};
 use crate::mac::MacAddr;
 use crate::netpol::manifest::{self, ManifestError};
 use crate::netpol::model::{Labels, PodObject, Policy, PolicyModel};
 
-/// The longest node name: a Kubernetes node name is a DNS subdomain.
-pub const MAX_NAME_LEN: usize = 253;
+pub use crate::control::store::MAX_NAME_LEN;
 
 /// The keys of one prefix.
 #[derive(Debug, Clone)]
@@ -198,7 +198,7 @@ pub struct Ignored {
 /// What a node makes of the cache: the nodes it can use, and the records it cannot.
 #[derive(Debug, Clone, Default)]
 pub struct NodesView {
-    /// Usable nodes, oldest registration first.
+    /// Usable nodes, oldest subnet lease first.
     pub nodes: Vec<NodeEntry>,
     /// Ignored node records.
     pub ignored: Vec<Ignored>,
@@ -229,7 +229,13 @@ pub fn parse_node(
 
 /// The keys of `cache` that start with `prefix`, in order: a range of the ordered
 /// map, so reading the nodes does not walk every pod's key.
-fn under<'c>(cache: &'c Cache, prefix: &'c str) -> impl Iterator<Item = (&'c String, &'c Stored)> {
+fn under<'c, 'p>(
+    cache: &'c Cache,
+    prefix: &'p str,
+) -> impl Iterator<Item = (&'c String, &'c Stored)> + 'p
+where
+    'c: 'p,
+{
     use std::ops::Bound;
     (cache
         .keys
@@ -237,15 +243,118 @@ fn under<'c>(cache: &'c Cache, prefix: &'c str) -> impl Iterator<Item = (&'c Str
     .take_while(move |(k, _)| k.starts_with(prefix))
 }
 
-/// The nodes of `cache` as node `me` sees them. A node record is used when it is
-/// well formed, its subnet's lease names it, and nothing an older registration holds
-/// (subnet, underlay address, VTEP MAC) is also its own; otherwise it is ignored,
-/// with why. This node's own record is always used: the daemon checks it itself.
+/// A subnet's lease as a node record is checked against it.
+struct Lease {
+    /// Its holder, `None` if its record does not read.
+    owner: Option<String>,
+    /// The revision that created it: the older lease keeps what two claim.
+    created: i64,
+}
+
+/// A node record that reads and holds the lease of its subnet, waiting its turn.
+struct Leased<'c> {
+    /// The revision that created the lease, then that of the record.
+    order: (i64, i64),
+    key: &'c String,
+    mod_revision: i64,
+    entry: NodeEntry,
+}
+
+/// The nodes of `cache` as node `me` (this node as it runs, once it joined) sees
+/// them. A node record is used when it is well formed, its subnet's lease names
+/// it, and nothing this node or an older lease's holder holds (subnet, underlay
+/// address, VTEP MAC) is also its own; otherwise it is ignored, with why. The
+/// order is the leases': a node that registers again keeps its place by its
+/// subnet lease, and a node record does not win a subnet by being older. This
+/// node's own record is always used: the daemon routes by what it runs with.
 ///
 /// It reads the `nodes/` and `subnets/` keys only, and checks each node against
 /// the older ones in logarithmic time ([`Claims`]).
-pub fn nodes(layout: &Layout, cache: &Cache, me: &str, cluster: Ipv4Net, port: u16) -> NodesView {
-    let mut leases: HashMap<Ipv4Net, Option<String>> = HashMap::new();
+pub fn nodes(
+    layout: &Layout,
+    cache: &Cache,
+    me: Option<&Own>,
+    cluster: Ipv4Net,
+    port: u16,
+) -> NodesView {
+    let (leases, records) = leases_and_records(layout, cache);
+    let mut view = NodesView::default();
+    let mut leased = Vec::with_capacity(records.len());
+    for (key, name, stored) in records {
+        let ignore = |why: String| Ignored {
+            key: key.clone(),
+            mod_revision: stored.mod_revision,
+            why,
+        };
+        let entry = match parse_node(&name, &stored.value, cluster, port) {
+            Ok(r) => entry_of(r),
+            Err(why) => {
+                view.ignored.push(ignore(why));
+                continue;
+            }
+        };
+        let s = entry.pod_subnet;
+        let mine = me.is_some_and(|m| m.name == name);
+        let lease = match leases.get(&s) {
+            Some(l) if l.owner.as_deref() == Some(name.as_str()) => l.created,
+            _ if mine => i64::MAX,
+            Some(Lease {
+                owner: Some(owner), ..
+            }) => {
+                view.ignored.push(ignore(format!(
+                    "claims subnet {s}, which is leased to {owner}"
+                )));
+                continue;
+            }
+            _ => {
+                view.ignored.push(ignore(format!(
+                    "claims subnet {s}, which no lease gives it"
+                )));
+                continue;
+            }
+        };
+        leased.push(Leased {
+            order: (lease, stored.create_revision),
+            key,
+            mod_revision: stored.mod_revision,
+            entry,
+        });
+    }
+    leased.sort_by(|a, b| (a.order, a.key).cmp(&(b.order, b.key)));
+    let mut claims = Claims::default();
+    if let Some(m) = me {
+        claims.take(&m.entry());
+    }
+    for l in leased {
+        let mine = me.is_some_and(|m| m.name == l.entry.name);
+        match claims.conflict(&l.entry).filter(|_| !mine) {
+            Some(why) => view.ignored.push(Ignored {
+                key: l.key.clone(),
+                mod_revision: l.mod_revision,
+                why,
+            }),
+            None => {
+                if !mine {
+                    claims.take(&l.entry);
+                }
+                view.nodes.push(l.entry);
+            }
+        }
+    }
+    view
+}
+
+/// The subnet leases of `cache`, and its node records (key, name, value), the
+/// oldest first.
+#[allow(clippy::type_complexity)]
+fn leases_and_records<'c>(
+    layout: &Layout,
+    cache: &'c Cache,
+) -> (
+    HashMap<Ipv4Net, Lease>,
+    Vec<(&'c String, String, &'c Stored)>,
+) {
+    let mut leases = HashMap::new();
     let mut records = Vec::new();
     let (nodes, subnets) = (layout.nodes(), layout.subnets());
     for (key, stored) in under(cache, &nodes).chain(under(cache, &subnets)) {
@@ -254,56 +363,28 @@ pub fn nodes(layout: &Layout, cache: &Cache, me: &str, cluster: Ipv4Net, port: u
                 let owner = serde_json::from_slice::<SubnetRecord>(&stored.value)
                     .ok()
                     .map(|r| r.node);
-                leases.insert(net, owner);
+                let created = stored.create_revision;
+                leases.insert(net, Lease { owner, created });
             }
             KeyKind::Node(name) => records.push((key, name, stored)),
             _ => {}
         }
     }
     records.sort_by_key(|(key, _, s)| (s.create_revision, *key));
-    let mut view = NodesView::default();
-    let mut claims = Claims::default();
-    for (key, name, stored) in records {
-        let ignore = |why: String| Ignored {
-            key: key.clone(),
-            mod_revision: stored.mod_revision,
-            why,
-        };
-        let record = match parse_node(&name, &stored.value, cluster, port) {
-            Ok(r) => r,
-            Err(why) => {
-                view.ignored.push(ignore(why));
-                continue;
-            }
-        };
-        let s = record.pod_subnet;
-        let entry = NodeEntry {
-            name: record.name,
-            underlay_ip: record.underlay_ip,
-            pod_subnet: record.pod_subnet,
-            vtep_mac: record.vtep_mac,
-            mode: Some(record.mode),
-            direct_routing: Some(record.direct_routing),
-            public_key: record.public_key,
-        };
-        let conflict = if name == me {
-            None
-        } else if leases.get(&s) != Some(&Some(name.clone())) {
-            Some(match leases.get(&s) {
-                Some(Some(owner)) => format!("claims subnet {s}, which is leased to {owner}"),
-                _ => format!("claims subnet {s}, which no lease gives it"),
-            })
-        } else {
-            claims.conflict(&entry)
-        };
-        if let Some(why) = conflict {
-            view.ignored.push(ignore(why));
-            continue;
-        }
-        claims.take(&entry);
-        view.nodes.push(entry);
+    (leases, records)
+}
+
+/// The node a record describes.
+fn entry_of(r: NodeRecord) -> NodeEntry {
+    NodeEntry {
+        name: r.name,
+        underlay_ip: r.underlay_ip,
+        pod_subnet: r.pod_subnet,
+        vtep_mac: r.vtep_mac,
+        mode: Some(r.mode),
+        direct_routing: Some(r.direct_routing),
+        public_key: r.public_key,
     }
-    view
 }
 
 /// The subnets leased now, with their holders (`None`: a record that is not JSON,
@@ -615,8 +696,22 @@ mod tests {
             );
             self.put(layout().node(&r.name), serde_json::to_vec(r).unwrap())
         }
-        fn view(&self, me: &str) -> NodesView {
-            nodes(&layout(), &self.cache, me, CLUSTER.parse().unwrap(), 8472)
+        /// The view of node `me`, running as `record(me, n)` says.
+        fn view(&self, me: &str, n: u8) -> NodesView {
+            let r = record(me, n);
+            let own = Own {
+                name: r.name,
+                subnet: r.pod_subnet,
+                underlay: r.underlay_ip,
+                vtep_mac: r.vtep_mac,
+            };
+            nodes(
+                &layout(),
+                &self.cache,
+                Some(&own),
+                CLUSTER.parse().unwrap(),
+                8472,
+            )
         }
     }
 
@@ -671,7 +766,7 @@ mod tests {
     fn good_nodes_are_used_oldest_first() {
         let mut b = Builder::new();
         b.node(&record("h2", 2)).node(&record("h1", 1));
-        let v = b.view("h1");
+        let v = b.view("h1", 1);
         let names: Vec<&str> = v.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["h2", "h1"]);
         assert!(v.ignored.is_empty());
@@ -698,7 +793,7 @@ mod tests {
         let mut port = record("h6", 6);
         port.port = 4789;
         b.node(&port);
-        let v = b.view("h1");
+        let v = b.view("h1", 1);
         assert_eq!(v.nodes.len(), 2);
         let why: Vec<(&str, &str)> = v
             .ignored
@@ -726,7 +821,7 @@ mod tests {
         let mut text = serde_json::to_value(record("h3", 3)).unwrap();
         text["publicKey"] = "not hex".into();
         b.put(layout().node("h3"), serde_json::to_vec(&text).unwrap());
-        let v = b.view("h1");
+        let v = b.view("h1", 1);
         let h2 = v.nodes.iter().find(|n| n.name == "h2").unwrap();
         assert_eq!(h2.public_key, Some(key));
         assert_eq!(
@@ -742,7 +837,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_must_hold_the_lease_of_its_subnet_and_the_older_registration_wins() {
+    fn a_node_must_hold_the_lease_of_its_subnet_and_not_what_another_holds() {
         let mut b = Builder::new();
         b.node(&record("h1", 1)).node(&record("h2", 2));
         // h3 publishes h2's subnet, which h2 leases.
@@ -758,7 +853,7 @@ mod tests {
         let mut twin = record("h5", 5);
         twin.underlay_ip = Ipv4Addr::new(10, 250, 0, 1);
         b.node(&twin);
-        let v = b.view("h1");
+        let v = b.view("h1", 1);
         assert_eq!(
             v.nodes.iter().map(|n| &n.name).collect::<Vec<_>>(),
             ["h1", "h2"]
@@ -767,6 +862,115 @@ mod tests {
         assert!(why[0].contains("leased to h2"), "{why:?}");
         assert!(why[1].contains("no lease gives it"), "{why:?}");
         assert!(why[2].contains("another node's"), "{why:?}");
+    }
+
+    /// A record whose underlay address no node can have is ignored by its key,
+    /// with the address and why; the good records beside it are used.
+    #[test]
+    fn records_with_unusable_underlay_addresses_are_ignored() {
+        let mut b = Builder::new();
+        b.node(&record("h1", 1)).node(&record("h2", 2));
+        let bad: [(&str, u8, [u8; 4]); 6] = [
+            ("lo", 3, [127, 0, 0, 1]),
+            ("mc", 4, [224, 0, 0, 5]),
+            ("ll", 5, [169, 254, 1, 1]),
+            ("bc", 6, [255, 255, 255, 255]),
+            ("zero", 7, [0, 0, 0, 0]),
+            ("e", 8, [240, 0, 0, 1]),
+        ];
+        for (name, n, ip) in bad {
+            let mut r = record(name, n);
+            r.underlay_ip = Ipv4Addr::from(ip);
+            b.node(&r);
+        }
+        let v = b.view("h1", 1);
+        let names: Vec<&str> = v.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["h1", "h2"]);
+        assert_eq!(v.ignored.len(), bad.len(), "{:?}", v.ignored);
+        for (i, (name, _, ip)) in v.ignored.iter().zip(bad) {
+            assert!(i.key.ends_with(&format!("/nodes/{name}")), "{i:?}");
+            let says = format!("underlay address {} is", Ipv4Addr::from(ip));
+            assert!(
+                i.why.contains(&says) && i.why.contains("must be unicast"),
+                "{i:?}"
+            );
+        }
+    }
+
+    /// The lease record of `r`'s subnet.
+    fn lease_of(r: &NodeRecord) -> Vec<u8> {
+        let lease = SubnetRecord {
+            node: r.name.clone(),
+            underlay_ip: r.underlay_ip,
+        };
+        serde_json::to_vec(&lease).unwrap()
+    }
+
+    /// Of two nodes whose leases overlap, the older lease keeps its subnet,
+    /// whichever node record is older: a node that registered again (a newer
+    /// record) keeps its subnet against a newer lease whose holder's record is
+    /// older. With the leases the other way round, the other node wins.
+    #[test]
+    fn the_older_lease_wins_not_the_older_node_record() {
+        let h2 = record("h2", 2);
+        let mut wide = record("wide", 9);
+        wide.pod_subnet = "10.244.2.0/23".parse().unwrap();
+        let json = |r: &NodeRecord| serde_json::to_vec(r).unwrap();
+        for h2_first in [true, false] {
+            let mut b = Builder::new();
+            b.node(&record("h1", 1));
+            let leases = [(&h2, lease_of(&h2)), (&wide, lease_of(&wide))];
+            let [first, second] = if h2_first {
+                leases
+            } else {
+                let [a, b] = leases;
+                [b, a]
+            };
+            b.put(layout().subnet(first.0.pod_subnet), first.1);
+            // wide's record is older than h2's, in both orders.
+            b.put(layout().node("wide"), json(&wide));
+            b.put(layout().subnet(second.0.pod_subnet), second.1);
+            b.put(layout().node("h2"), json(&h2));
+            let v = b.view("h1", 1);
+            let names: Vec<&str> = v.nodes.iter().map(|n| n.name.as_str()).collect();
+            let (winner, loser, held) = match h2_first {
+                true => ("h2", "wide", "h2's 10.244.2.0/24"),
+                false => ("wide", "h2", "wide's 10.244.2.0/23"),
+            };
+            assert_eq!(names, ["h1", winner]);
+            assert_eq!(v.ignored.len(), 1, "{:?}", v.ignored);
+            assert!(v.ignored[0].key.ends_with(&format!("/nodes/{loser}")));
+            assert!(v.ignored[0].why.contains(held), "{:?}", v.ignored);
+        }
+    }
+
+    /// Records older than this node's, with older leases, that claim its subnet
+    /// or its underlay address are ignored, and hold nothing: a node they overlap
+    /// that does not overlap this one stays.
+    #[test]
+    fn older_records_claiming_what_this_node_holds_are_ignored_and_hold_nothing() {
+        let mut wide = record("wide", 9);
+        wide.pod_subnet = "10.244.0.0/22".parse().unwrap();
+        let mut twin = record("twin", 5);
+        twin.underlay_ip = record("h1", 1).underlay_ip;
+        let mut b = Builder::new();
+        b.node(&wide)
+            .node(&twin)
+            .node(&record("h1", 1))
+            .node(&record("h2", 2));
+        let v = b.view("h1", 1);
+        let names: Vec<&str> = v.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["h1", "h2"]);
+        let why: Vec<(&str, &str)> = (v.ignored.iter())
+            .map(|i| (i.key.as_str(), i.why.as_str()))
+            .collect();
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(
+            why[0].0.ends_with("/nodes/wide") && why[0].1.contains("overlaps h1's 10.244.1.0/24")
+        );
+        assert!(
+            why[1].0.ends_with("/nodes/twin") && why[1].1.contains("10.250.0.1 is another node's")
+        );
     }
 
     /// The readings kept up to date one change at a time make the set a fresh
@@ -842,7 +1046,7 @@ mod tests {
             b.put(format!("/weft/v1/nodesx/{i}"), b"{}".to_vec());
         }
         b.put("/weft/v1/nodes/h3".into(), b"{}".to_vec());
-        let v = b.view("h1");
+        let v = b.view("h1", 1);
         assert_eq!(v.nodes.len(), 2);
         assert_eq!(v.ignored.len(), 1, "{:?}", v.ignored);
         assert_eq!(leased(&layout(), &b.cache).len(), 2);

@@ -120,6 +120,8 @@ impl EtcdStore {
                     let mut inner = self.inner.lock();
                     inner.registration = Some(reg);
                     inner.subnet = Some(subnet);
+                    // The view is read again as this node now runs.
+                    inner.nodes = None;
                     inner.session = super::Link::Up;
                     return Ok(subnet);
                 }
@@ -140,6 +142,7 @@ impl EtcdStore {
                     );
                     let mut inner = self.inner.lock();
                     inner.subnet = Some(subnet);
+                    inner.nodes = None;
                     inner.session.down(why);
                     return Ok(subnet);
                 }

@@ -319,7 +319,23 @@ mod tests {
             ),
             (
                 annotate(good.clone(), key::UNDERLAY_IP, Some("10.244.3.1")),
-                "cannot be a node's",
+                "inside the cluster CIDR",
+            ),
+            (
+                annotate(good.clone(), key::UNDERLAY_IP, Some("127.0.0.1")),
+                "127.0.0.1 is a loopback address",
+            ),
+            (
+                annotate(good.clone(), key::UNDERLAY_IP, Some("224.0.0.5")),
+                "224.0.0.5 is multicast",
+            ),
+            (
+                annotate(good.clone(), key::UNDERLAY_IP, Some("169.254.169.254")),
+                "169.254.169.254 is link-local",
+            ),
+            (
+                annotate(good.clone(), key::UNDERLAY_IP, Some("255.255.255.255")),
+                "broadcast",
             ),
             (
                 annotate(good.clone(), key::UNDERLAY_IP, Some("::1")),

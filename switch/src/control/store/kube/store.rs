@@ -187,8 +187,8 @@ impl KubeStore {
             log_new(&mut inner.skipped, skipped, |node, why| {
                 log::warn!("kubernetes: skipping Node {node}: {why}");
             });
-            let nodes = self.own_subnet(inner, &me, view.nodes);
-            inner.nodes = Some((revision, nodes));
+            self.own_subnet(inner, &me, &view.nodes);
+            inner.nodes = Some((revision, view.nodes));
         }
         let revision = inner.cache.policy_revision;
         if inner.policy.as_ref().is_none_or(|p| p.revision != revision) {
@@ -220,13 +220,14 @@ impl KubeStore {
         }
     }
 
-    /// Holds the nodes to the subnet this node serves: a Node of its own whose
+    /// Holds `nodes` to the subnet this node serves: a Node of its own whose
     /// podCIDR changed since it joined (re-registered with another) makes the
-    /// store degraded until weftd restarts on the new one, and a peer whose
-    /// subnet overlaps the one served is left out.
-    fn own_subnet(&self, inner: &mut Inner, me: &str, mut nodes: Vec<NodeEntry>) -> Vec<NodeEntry> {
+    /// store degraded until weftd restarts on the new one. (A peer whose subnet
+    /// overlaps the one served is left out by the daemon, as from every store:
+    /// `control::store::screen`.)
+    fn own_subnet(&self, inner: &mut Inner, me: &str, nodes: &[NodeEntry]) {
         let Some(subnet) = inner.subnet else {
-            return nodes;
+            return;
         };
         let moved = (nodes.iter())
             .find(|n| n.name == me)
@@ -250,18 +251,6 @@ impl KubeStore {
                 inner.failing.remove("subnet");
             }
         }
-        nodes.retain(|n| {
-            let overlaps = n.pod_subnet.contains(&subnet) || subnet.contains(&n.pod_subnet);
-            if n.name != me && overlaps {
-                log::warn!(
-                    "kubernetes: skipping Node {}: its subnet {} overlaps this node's {subnet}",
-                    n.name,
-                    n.pod_subnet
-                );
-            }
-            n.name == me || !overlaps
-        });
-        nodes
     }
 
     /// Waits for this node's Node to have a podCIDR and returns it, checked; or,
