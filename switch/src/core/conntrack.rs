@@ -952,6 +952,17 @@ mod tests {
         assert_eq!(w1.lookup(key(1001), at(11)), None);
     }
 
+    /// Each table's hash is keyed by a seed of its own, drawn from the process's
+    /// random hash keys (`RandomState`, from the OS at the start): two tables of
+    /// one process, or one table in two runs, put one connection in different
+    /// chains.
+    #[test]
+    fn every_table_has_a_seed_of_its_own() {
+        let tables = tables(4, 16);
+        let seeds: std::collections::BTreeSet<u64> = tables.iter().map(|t| t.seed).collect();
+        assert_eq!(seeds.len(), 4);
+    }
+
     #[test]
     fn an_icmp_query_is_answered_by_its_reply_type_only() {
         use weft_encap::ipv4::protocol::ICMP;
