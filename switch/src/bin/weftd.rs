@@ -56,7 +56,7 @@ fn command() -> clap::Command {
 const PANIC_HOOK: &str = "WEFT_TEST_PANIC_WORKER_AFTER";
 
 /// The test hook: `WEFT_TEST_PANIC_WORKER_AFTER=<frames>` makes each worker panic
-/// once it has handed that many frames to its core, for the test that a dead worker
+/// once it has read that many frames (from its queues and its tunnel socket), for the test that a dead worker
 /// takes the daemon down (it aborts). Only the environment weftd starts in sets it:
 /// no config key, flag, control request or packet can.
 fn test_panic_after() -> anyhow::Result<Option<u64>> {

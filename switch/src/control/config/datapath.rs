@@ -70,7 +70,7 @@ pub struct DatapathSettings {
     /// The port type of pods that do not ask for one.
     pub pod_port: PortType,
     /// Test only, and never from the config file, a flag or the control socket:
-    /// each worker panics once it has handed this many frames to its core. weftd
+    /// each worker panics once it has read this many frames. weftd
     /// sets it from `WEFT_TEST_PANIC_WORKER_AFTER`, for the test that a dead worker
     /// takes the daemon down.
     pub test_panic_after: Option<u64>,

@@ -187,8 +187,8 @@ pub struct Tuning {
     pub conntrack_max: usize,
     /// Connections one source address may hold in a worker's table, at most.
     pub conntrack_share: usize,
-    /// Test only: each worker panics once it has handed this many frames to its
-    /// core (weftd's `WEFT_TEST_PANIC_WORKER_AFTER`).
+    /// Test only: each worker panics once it has read this many frames (weftd's
+    /// `WEFT_TEST_PANIC_WORKER_AFTER`).
     pub panic_after: Option<u64>,
 }
 

@@ -35,7 +35,7 @@ pub(super) struct Worker {
     io: Io,
     /// On worker 0 with encryption: when to run the handshake timers.
     seal: SealClock,
-    /// Frames and datagrams handed to the core.
+    /// Frames read from port queues and datagrams from the tunnel socket.
     frames: u64,
     /// Test only: panic once `frames` reaches it ([`super::Tuning::panic_after`]).
     panic_after: Option<u64>,
@@ -138,13 +138,12 @@ impl Worker {
         }
     }
 
-    /// The test hook: panics once the worker has handed the core as many frames as
-    /// weftd's `WEFT_TEST_PANIC_WORKER_AFTER` says.
+    /// The test hook: panics once the worker has read as many frames as weftd's
+    /// `WEFT_TEST_PANIC_WORKER_AFTER` says.
     fn panic_if_asked(&self) {
         if let Some(n) = self.panic_after.filter(|n| self.frames >= *n) {
             panic!(
-                "worker {} handed {} frames to its core: WEFT_TEST_PANIC_WORKER_AFTER={n} \
-                 asks it to panic",
+                "worker {} read {} frames: WEFT_TEST_PANIC_WORKER_AFTER={n} asks it to panic",
                 self.io.index, self.frames
             );
         }
