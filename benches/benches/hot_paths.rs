@@ -1,6 +1,6 @@
 //! Micro-benchmarks of weft's hot paths: tunnel encapsulation and decapsulation, route
-//! lookup, the ring handoff between worker threads, ARP replies, and a frame's whole
-//! way through the datapath. Run with `cargo bench -p weft-benches`.
+//! lookup, the ring handoff between worker threads, ARP replies, connection tracking,
+//! and a frame's whole way through the datapath. Run with `cargo bench -p weft-benches`.
 
 // Not `cfg_attr(not(test), ...)` as in the libraries: `cargo clippy --all-targets`
 // checks a bench with cfg(test) set.
@@ -19,7 +19,7 @@ use weft_benches::{
 };
 use weft_encap::sleeve::{self, NodeId};
 use weft_encap::vxlan::{self, Vni};
-use weft_switch::core::conntrack::Conntrack;
+use weft_switch::core::conntrack::{Conntrack, Flags, FlowKey, Overflow};
 use weft_switch::core::host::HostTables;
 use weft_switch::core::{Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::io::port::Offload;
@@ -430,7 +430,7 @@ fn peer_to_pod(
     let mut dp1p = weft_switch::core::Core::new(weft_switch::core::Config {
         worker: 0,
         heartbeat: None,
-        conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024), 0)),
+        conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024, fair(1024)), 0)),
         host: HostTables::new(1, 1024).worker(0),
     });
     let id = ("peer_to_pod_1000_rules", mode);
@@ -466,11 +466,81 @@ fn hand_back(t: &weft_switch::tables::Tables, host: &HostTables, w: usize, n: u1
     }
 }
 
+/// How NetworkPolicy's tables of `max` connections make room, as weftd makes them by
+/// default: a source address may hold half of one.
+fn fair(max: usize) -> Overflow {
+    Overflow::Fair { share: max / 2 }
+}
+
+/// Connections a worker's table holds in the connection-tracking benchmarks: the
+/// default `conntrack-max`, three quarters full.
+const TRACKED: u32 = 12_288;
+
+/// The `i`th of the benchmarks' TCP connections: from 256 clients to 64 servers,
+/// on many ports.
+fn connection(i: u32) -> FlowKey {
+    FlowKey {
+        src: 0x0af4_0100 | (i & 0xff),
+        dst: 0x0af4_0200 | (i >> 8 & 0x3f),
+        sport: 10_000 + (i >> 14) as u16,
+        dport: 80,
+        proto: 6,
+        icmp: 0,
+    }
+}
+
+/// Connection tracking alone, in one worker's table of the default size holding
+/// [`TRACKED`] connections: finding one (either way), missing, and recording a new
+/// one (forgotten again, so the table stays as full).
+fn conntrack(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conntrack");
+    g.throughput(Throughput::Elements(1));
+    let ct = Conntrack::new(Conntrack::tables(1, 16_384, fair(16_384)), 0);
+    for i in 0..TRACKED {
+        ct.track(connection(i), Flags::default(), 1, Time::ZERO)
+            .expect("room for every connection");
+    }
+    let mut seed = 0x9e37_79b9;
+    let hits: Vec<FlowKey> = (0..4096)
+        .map(|n| {
+            let key = connection(xorshift(&mut seed) % TRACKED);
+            if n % 2 == 0 {
+                key
+            } else {
+                key.reverse()
+            }
+        })
+        .collect();
+    let misses: Vec<FlowKey> = (0..4096)
+        .map(|_| connection(TRACKED + xorshift(&mut seed) % TRACKED))
+        .collect();
+    for (name, keys) in [("lookup_hit", &hits), ("lookup_miss", &misses)] {
+        g.bench_function(name, |b| {
+            let mut i = 0usize;
+            b.iter(|| {
+                i = (i + 1) & 4095;
+                black_box(ct.lookup(black_box(keys[i]), Time::ZERO))
+            })
+        });
+    }
+    g.bench_function("insert", |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 1) & 4095;
+            ct.track(black_box(misses[i]), Flags::default(), 1, Time::ZERO)
+                .expect("room for a new connection");
+            let slot = ct.lookup(misses[i], Time::ZERO).and_then(|f| f.own_slot);
+            ct.forget(slot.expect("the connection just recorded"));
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = encap, lookup, ring, arp, datapath
+    targets = encap, lookup, ring, arp, conntrack, datapath
 }
 criterion_main!(benches);

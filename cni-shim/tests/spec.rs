@@ -66,6 +66,8 @@ fn status(ready: bool) -> Status {
             from_saved: Some("2025-06-01T12:00:00Z".into()),
         }),
         policy: Some("enforcing".into()),
+        stalled_workers: Vec::new(),
+        conntrack: None,
     }
 }
 

@@ -182,14 +182,26 @@ impl WeftNode {
     /// Starts weftd in `host`'s namespace with the peers file at `peers`, and waits until
     /// it answers on its control socket. `dir` holds the socket and the log.
     pub fn start(host: &Host, peers: &Path, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
-        WeftNode::launch(host, Store::Peers(peers), dir, opts, None, READY)
+        WeftNode::launch(host, Store::Peers(peers), dir, opts, None, READY, &[])
+    }
+
+    /// Like [`WeftNode::start`], with `env` added to weftd's environment (its test
+    /// hooks).
+    pub fn start_env(
+        host: &Host,
+        peers: &Path,
+        dir: &Path,
+        opts: &WeftOptions,
+        env: &[(&str, &str)],
+    ) -> Result<WeftNode> {
+        WeftNode::launch(host, Store::Peers(peers), dir, opts, None, READY, env)
     }
 
     /// Starts weftd in `host`'s namespace on the etcd store, reached through a
     /// [`crate::etcd::Bridge`] on the namespace's `127.0.0.1:2379`: it claims a
     /// subnet unless `opts.extra` gives one.
     pub fn start_etcd(host: &Host, dir: &Path, opts: &WeftOptions) -> Result<WeftNode> {
-        WeftNode::launch(host, Store::Etcd, dir, opts, None, READY)
+        WeftNode::launch(host, Store::Etcd, dir, opts, None, READY, &[])
     }
 
     /// Starts weftd in `host`'s namespace on the Kubernetes store, reaching the
@@ -200,7 +212,15 @@ impl WeftNode {
         dir: &Path,
         opts: &WeftOptions,
     ) -> Result<WeftNode> {
-        WeftNode::launch(host, Store::Kubernetes(kubeconfig), dir, opts, None, READY)
+        WeftNode::launch(
+            host,
+            Store::Kubernetes(kubeconfig),
+            dir,
+            opts,
+            None,
+            READY,
+            &[],
+        )
     }
 
     /// Starts weftd in `host`'s namespace with `store` as the flags that choose its
@@ -213,7 +233,7 @@ impl WeftNode {
         store: &[String],
         ready: Duration,
     ) -> Result<WeftNode> {
-        WeftNode::launch(host, Store::Given(store), dir, opts, None, ready)
+        WeftNode::launch(host, Store::Given(store), dir, opts, None, ready, &[])
     }
 
     /// Like [`WeftNode::start`], but weftd runs in a process group of its own, so a
@@ -228,7 +248,15 @@ impl WeftNode {
         opts: &WeftOptions,
         spawned: &mut dyn FnMut(u32) -> Result<()>,
     ) -> Result<WeftNode> {
-        WeftNode::launch(host, Store::Peers(peers), dir, opts, Some(spawned), READY)
+        WeftNode::launch(
+            host,
+            Store::Peers(peers),
+            dir,
+            opts,
+            Some(spawned),
+            READY,
+            &[],
+        )
     }
 
     fn launch(
@@ -238,6 +266,7 @@ impl WeftNode {
         opts: &WeftOptions,
         isolated: Option<&mut dyn FnMut(u32) -> Result<()>>,
         ready_within: Duration,
+        env: &[(&str, &str)],
     ) -> Result<WeftNode> {
         let name = node_name(host);
         let socket = dir.join(format!("{name}.sock"));
@@ -279,6 +308,7 @@ impl WeftNode {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -425,6 +455,12 @@ impl WeftNode {
             Reply::Detached { released_ip } => Ok(released_ip),
             other => bail!("unexpected reply to detach: {other:?}"),
         }
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself; `None` if it still
+    /// runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+        self.child.wait_timeout(timeout)
     }
 
     /// Kills the daemon with SIGKILL, as a crash would, and reaps it.

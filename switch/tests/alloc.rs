@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use weft_encap::{checksum, gso, sleeve, virtio, vxlan};
 use weft_switch::control::netlink::{in_new_netns, NetlinkError};
-use weft_switch::core::conntrack::Conntrack;
+use weft_switch::core::conntrack::{Conntrack, Overflow};
 use weft_switch::core::host::HostTables;
 use weft_switch::core::{self, Core, Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::io::port::Offload;
@@ -203,7 +203,10 @@ fn run(mode: TunnelMode) {
     let mut dp = Core::new(core::Config {
         worker: 0,
         heartbeat: Some(BEAT),
-        conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024), 0)),
+        conntrack: Some(Conntrack::new(
+            Conntrack::tables(1, 1024, Overflow::Fair { share: 512 }),
+            0,
+        )),
         host: HostTables::new(1, 1024).worker(0),
     });
     let mut now = Time::ZERO;

@@ -103,22 +103,61 @@ fn an_entry_expires_on_the_simulated_clock() {
     assert_eq!(drops(&sim, a, DropReason::PolicyIngress), 1);
 }
 
+/// Whether a UDP reply from `server` to `client` on the ports of `client`'s
+/// datagram `sport` → 53 gets through: whether the connection is still tracked.
+fn answered(sim: &mut Sim, server: usize, client: Ipv4Addr, sport: u16) -> bool {
+    udp_once(sim, server, client, 53, sport)
+}
+
+/// A flood of new connections from one pod to a server whose egress isolation lets
+/// only replies out: the flood churns its own share of the table (half of it), so
+/// another pod still connects, and its connections stay tracked; a pod whose every
+/// connection is established is refused beyond its share, and counted; and a full
+/// table makes room for a newcomer from the pod holding the most.
 #[test]
-fn a_full_table_drops_new_connections_and_counts_them() {
+fn a_flood_from_one_pod_churns_its_own_share_of_the_table() {
+    const C: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 6);
+    const S: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 7);
+    const D: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 8);
     let max = 8;
-    let mut sim = Sim::with_conntrack_max(TunnelMode::Vxlan, &[&[A], &[B]], max);
-    let a = sim.pod(A);
-    sim.set_rules(a, Some(deny_ingress()));
-    for port in 0..max as u16 {
-        assert!(udp_once(&mut sim, a, B, 41_000 + port, 53), "flow {port}");
+    let mut sim = Sim::with_conntrack_max(TunnelMode::Vxlan, &[&[A, C, S, D], &[B]], max);
+    let (a, c, s, d) = (sim.pod(A), sim.pod(C), sim.pod(S), sim.pod(D));
+    sim.set_rules(s, Some(deny_egress()));
+    for port in 0..20 {
+        assert!(udp_once(&mut sim, a, S, 41_000 + port, 53), "flow {port}");
     }
-    assert!(!udp_once(&mut sim, a, B, 42_000, 53), "the table is full");
-    assert_eq!(drops(&sim, a, DropReason::ConntrackFull), 1);
-    // Known connections still flow.
-    assert!(udp_once(&mut sim, a, B, 41_000, 53));
-    // Once the entries expire, room comes back.
-    sim.set_time(sim.time() + Duration::from_secs(31));
-    assert!(udp_once(&mut sim, a, B, 42_000, 53));
+    // The flood's oldest connections gave up their places to its newest.
+    assert!(!answered(&mut sim, s, A, 41_000));
+    assert!(answered(&mut sim, s, A, 41_019));
+    // C opens as many as its share, and every one is answered.
+    for port in 0..4 {
+        assert!(
+            udp_once(&mut sim, c, S, 42_000 + port, 53),
+            "C's flow {port}"
+        );
+    }
+    for port in 0..4 {
+        assert!(answered(&mut sim, s, C, 42_000 + port), "C's flow {port}");
+    }
+    assert_eq!(drops(&sim, c, DropReason::ConntrackShare), 0);
+    // C's connections go on (established); now at its share, C is refused a fifth.
+    for port in 0..4 {
+        assert!(udp_once(&mut sim, c, S, 42_000 + port, 53));
+    }
+    assert!(!udp_once(&mut sim, c, S, 42_004, 53));
+    assert_eq!(drops(&sim, c, DropReason::ConntrackShare), 1);
+    // The table is full (A's four and C's four): D, holding none, takes the place of
+    // one of A's, whose connections are not established; A, holding more than D,
+    // takes nobody's place but its own.
+    assert!(udp_once(&mut sim, d, S, 43_000, 53));
+    assert!(answered(&mut sim, s, D, 43_000));
+    assert!(udp_once(&mut sim, a, S, 41_100, 53));
+    assert!(answered(&mut sim, s, D, 43_000));
+    for port in 0..4 {
+        assert!(answered(&mut sim, s, C, 42_000 + port), "C's flow {port}");
+    }
+    assert_eq!(drops(&sim, a, DropReason::ConntrackShare), 0);
+    assert_eq!(drops(&sim, s, DropReason::ConntrackFull), 0);
     assert!(CONNTRACK_MAX > max);
 }
 
@@ -292,4 +331,63 @@ fn the_node_is_its_own_addresses_and_the_switchs_errors_pass() {
     let back = sim.take_rx(a);
     assert_eq!(back.len(), 1, "{}", sim.drops_report());
     assert_eq!(back[0][14 + 20], 3, "an ICMP destination unreachable");
+}
+
+/// An ICMP message of type `kind` (an echo request 8, its reply 0) with echo
+/// identifier `ident`, and a correct checksum.
+fn echo(kind: u8, ident: u16) -> Vec<u8> {
+    let mut icmp = vec![kind, 0, 0, 0];
+    icmp.extend_from_slice(&ident.to_be_bytes());
+    icmp.extend_from_slice(&[0, 1, b'w', b'e', b'f', b't']);
+    let sum = !weft_switch::sim::ones_sum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    icmp
+}
+
+/// Sends the ICMP message `icmp` from pod `from` to `to`; whether it arrived.
+fn icmp_once(sim: &mut Sim, from: usize, to: Ipv4Addr, icmp: &[u8]) -> bool {
+    let ip = Ip {
+        proto: 1,
+        ..Ip::udp(sim.pods[from].ip, to)
+    };
+    let frame = from_pod(sim, from, &ip.packet(icmp));
+    let target = sim.pod(to);
+    sim.take_rx(target);
+    sim.pod_frame(from, &frame);
+    sim.flush();
+    sim.deliver_wire();
+    !sim.take_rx(target).is_empty()
+}
+
+/// An attack: A, isolated for ingress, pings B. B's echo reply comes back (the
+/// positive control), but the identifier opens nothing else: neither an echo
+/// request from B with it, nor a reply from a third pod C that A never pinged.
+#[test]
+fn a_peer_cannot_ride_an_isolated_pods_echo_identifier() {
+    const C: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 6);
+    let mut sim = Sim::new(TunnelMode::Sleeve, &[&[A], &[B, C]]);
+    let (a, b, c) = (sim.pod(A), sim.pod(B), sim.pod(C));
+    sim.set_rules(a, Some(deny_ingress()));
+    assert!(icmp_once(&mut sim, a, B, &echo(8, 7)), "A pings B");
+    assert!(
+        icmp_once(&mut sim, b, A, &echo(0, 7)),
+        "B's reply reaches A"
+    );
+    assert!(
+        !icmp_once(&mut sim, b, A, &echo(8, 7)),
+        "an echo request from B on A's identifier"
+    );
+    assert!(
+        !icmp_once(&mut sim, c, A, &echo(0, 7)),
+        "a reply from C, which A never pinged"
+    );
+    assert!(
+        !icmp_once(&mut sim, b, A, &echo(13, 7)),
+        "another ICMP query from B"
+    );
+    assert_eq!(drops(&sim, a, DropReason::PolicyIngress), 3);
+    // The reply still passes after the attempts, and A's next ping as well.
+    assert!(icmp_once(&mut sim, b, A, &echo(0, 7)));
+    assert!(icmp_once(&mut sim, a, B, &echo(8, 8)));
+    assert!(icmp_once(&mut sim, b, A, &echo(0, 8)));
 }

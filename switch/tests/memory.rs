@@ -1052,6 +1052,36 @@ fn oversized_packets_get_fragmentation_needed(mode: TunnelMode) {
     assert_eq!(u16::from_be_bytes([msg[6], msg[7]]), 1450);
 }
 
+/// A worker sends at most 1,000 ICMP errors a second, in bursts of 50, on the
+/// clock passed in; the rest are counted as `icmp_limited` on the port the packets
+/// came from. Paced at that rate, every packet is answered.
+#[test]
+fn icmp_errors_are_rate_limited_per_worker() {
+    let mut sim = two_nodes(TunnelMode::Vxlan);
+    let a = sim.pod(A);
+    let frame = from_pod(&sim, a, &Ip::udp(A, NOWHERE).packet(&udp(1000, 2000, 20)));
+    let answers = |sim: &mut Sim, n: usize| {
+        for _ in 0..n {
+            sim.pod_frame(a, &frame);
+        }
+        sim.flush();
+        sim.take_rx(a).len()
+    };
+    let limited = |sim: &Sim| sim.port_counters(a).dropped(DropReason::IcmpLimited);
+    assert_eq!(answers(&mut sim, 200), 50);
+    assert_eq!(limited(&sim), 150);
+    assert_eq!(sim.port_counters(a).dropped(DropReason::NoRoute), 200);
+    for i in 0..100 {
+        sim.set_time(sim.time() + std::time::Duration::from_millis(1));
+        assert_eq!(answers(&mut sim, 1), 1, "paced packet {i}");
+    }
+    assert_eq!(limited(&sim), 150);
+    // A second's silence refills the burst, no more.
+    sim.set_time(sim.time() + std::time::Duration::from_secs(1));
+    assert_eq!(answers(&mut sim, 200), 50);
+    assert_eq!(limited(&sim), 300);
+}
+
 fn no_icmp_error_about_an_icmp_error_or_a_fragment(mode: TunnelMode) {
     let mut sim = two_nodes(mode);
     let (a, b) = (sim.pod(A), sim.pod(B));

@@ -408,7 +408,8 @@ pub struct Status {
     pub pods: usize,
     /// Number of configured peers.
     pub peers: usize,
-    /// Whether the daemon accepts attach requests.
+    /// Whether the daemon accepts attach requests: it is not shutting down, it has a
+    /// free address, and none of its workers is stalled.
     pub ready: bool,
     /// The cluster store and whether it is reachable.
     #[serde(default)]
@@ -416,6 +417,28 @@ pub struct Status {
     /// How NetworkPolicy is enforced, as `policy_status`'s `state` says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// The workers (by number) that have not gone round their loop for over 5 s.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stalled_workers: Vec<usize>,
+    /// NetworkPolicy's connection tables, summed over the workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<ConntrackStatus>,
+}
+
+/// NetworkPolicy's connection tables, summed over the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackStatus {
+    /// Connections tracked now.
+    pub entries: u64,
+    /// The most one worker tracks (`conntrack-max`).
+    pub max_per_worker: u64,
+    /// The most one source address holds in one worker's table (`conntrack-share`).
+    pub share_per_worker: u64,
+    /// Connections not yet established that gave up their place to a new one since
+    /// the start.
+    pub evicted: u64,
+    /// New connections refused since the start because their source held its share.
+    pub share_refused: u64,
 }
 
 /// The cluster store as the daemon sees it.
@@ -895,6 +918,14 @@ mod tests {
                 from_saved: None,
             }),
             policy: Some("enforcing".into()),
+            stalled_workers: vec![1],
+            conntrack: Some(ConntrackStatus {
+                entries: 3,
+                max_per_worker: 16_384,
+                share_per_worker: 8_192,
+                evicted: 2,
+                share_refused: 1,
+            }),
         };
         let replies = [
             Reply::Status(Box::new(status)),

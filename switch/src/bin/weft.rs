@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum What {
-    /// Daemon identity and health.
+    /// Daemon identity and health; fails (exit 1) while a worker is stalled, as
+    /// liveness and readiness probes should see it.
     Status,
     /// Ports with rx/tx counters and drops by reason.
     Ports,
@@ -102,12 +103,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A stalled worker is a dead datapath: the probes that run `weft status` fail.
+    let code = match &reply {
+        Reply::Status(s) if !s.stalled_workers.is_empty() => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    };
     if cli.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&reply).expect("replies serialize")
         );
-        return ExitCode::SUCCESS;
+        return code;
     }
     match reply {
         Reply::Status(s) => print_status(&s),
@@ -123,7 +129,7 @@ fn main() -> ExitCode {
         }
         other => println!("{other:?}"),
     }
-    ExitCode::SUCCESS
+    code
 }
 
 fn print_status(s: &proto::Status) {
@@ -156,6 +162,15 @@ fn print_status(s: &proto::Status) {
     }
     if let Some(policy) = &s.policy {
         println!("policy      {policy}");
+    }
+    if let Some(ct) = &s.conntrack {
+        println!(
+            "conntrack   {} connections (at most {} a worker, {} a source), {} evicted, {} refused over a source's share",
+            ct.entries, ct.max_per_worker, ct.share_per_worker, ct.evicted, ct.share_refused
+        );
+    }
+    if !s.stalled_workers.is_empty() {
+        println!("stalled     workers {:?}", s.stalled_workers);
     }
     println!("ready       {}", s.ready);
 }

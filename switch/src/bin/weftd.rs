@@ -52,6 +52,24 @@ fn command() -> clap::Command {
     Options::augment_args(cli).about(about).long_about(None)
 }
 
+/// The environment variable of the test hook that makes a worker panic.
+const PANIC_HOOK: &str = "WEFT_TEST_PANIC_WORKER_AFTER";
+
+/// The test hook: `WEFT_TEST_PANIC_WORKER_AFTER=<frames>` makes each worker panic
+/// once it has read that many frames (from its queues and its tunnel socket), for the test that a dead worker
+/// takes the daemon down (it aborts). Only the environment weftd starts in sets it:
+/// no config key, flag, control request or packet can.
+fn test_panic_after() -> anyhow::Result<Option<u64>> {
+    let Some(value) = std::env::var_os(PANIC_HOOK) else {
+        return Ok(None);
+    };
+    let frames = (value.to_str())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("{PANIC_HOOK}={value:?}: not a number of frames"))?;
+    log::warn!("test hook {PANIC_HOOK}: each worker panics after {frames} frames");
+    Ok(Some(frames))
+}
+
 fn run(cli: Cli, flags: &clap::ArgMatches) -> anyhow::Result<()> {
     let mut options = match &cli.config {
         Some(path) => Options::from_file(path)?,
@@ -67,7 +85,8 @@ fn run(cli: Cli, flags: &clap::ArgMatches) -> anyhow::Result<()> {
         println!("{}", weft_switch::control::keys::PublicKey(key.public()));
         return Ok(());
     }
-    let settings = options.resolve()?;
+    let mut settings = options.resolve()?;
+    settings.datapath.test_panic_after = test_panic_after()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .max_blocking_threads(16)

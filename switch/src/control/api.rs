@@ -50,9 +50,13 @@ impl Daemon {
     }
 
     pub(crate) fn status(&self) -> proto::Status {
-        // Ready to serve ADD: not shutting down, and the pool has a free address.
+        // Ready to serve ADD: not shutting down, the pool has a free address, and
+        // every worker goes round its loop.
         let held = self.pool.len();
-        let ready = !self.stopping() && held.is_ok_and(|n| n < u64::from(self.pool.capacity()));
+        let stalled_workers = self.stalled_workers();
+        let ready = !self.stopping()
+            && held.is_ok_and(|n| n < u64::from(self.pool.capacity()))
+            && stalled_workers.is_empty();
         let state = self.state.lock();
         proto::Status {
             node: self.node.name.clone(),
@@ -78,6 +82,19 @@ impl Daemon {
             ready,
             store: Some(self.store_status()),
             policy: Some(last_good::state(&state.policy.model, &state.policy.judged)),
+            stalled_workers,
+            conntrack: Some(self.conntrack_status()),
+        }
+    }
+
+    fn conntrack_status(&self) -> proto::ConntrackStatus {
+        let (live, overflow) = self.conntrack();
+        proto::ConntrackStatus {
+            entries: live,
+            max_per_worker: self.settings.policy.conntrack_max as u64,
+            share_per_worker: self.settings.policy.conntrack_share as u64,
+            evicted: overflow.evicted,
+            share_refused: overflow.over_share,
         }
     }
 

@@ -429,6 +429,8 @@ fn start_workers(
         poll_max: settings.datapath.poll,
         heartbeat: settings.tunnel.heartbeat,
         conntrack_max: settings.policy.conntrack_max,
+        conntrack_share: settings.policy.conntrack_share,
+        panic_after: settings.datapath.test_panic_after,
     };
     worker::spawn(tables.clone(), sockets, Arc::new(lanes), tuning, sealer)
         .map_err(io_err("starting the workers"))
@@ -559,6 +561,20 @@ impl Daemon {
     /// The flows crossing the host port now, every worker's.
     pub fn host_flows(&self) -> crate::core::host::HostFlowStats {
         self.shared.host_flows.stats()
+    }
+
+    /// NetworkPolicy's connections tracked now, and what the tables did with those
+    /// they could not fit, every worker's.
+    pub fn conntrack(&self) -> (u64, crate::core::conntrack::OverflowStats) {
+        (
+            self.shared.conntrack_live(),
+            self.shared.conntrack_overflow(),
+        )
+    }
+
+    /// The workers that have stopped going round their loop.
+    pub fn stalled_workers(&self) -> Vec<usize> {
+        self.shared.stalled_workers()
     }
 
     /// Whether shutdown has begun.

@@ -8,9 +8,15 @@
 //! reply by the TAP queue its kernel picks). A worker that finds another's entry
 //! copies it into its own table, where it keeps it alive.
 //!
-//! A table holds at most its bound of live entries; a new connection that finds it
-//! full is dropped, and counted by the caller (or, in a table that allows it, takes
-//! the place of a connection never answered, as Linux's early drop does). Expired
+//! A table holds at most its bound of live entries. A new connection that finds it
+//! full takes the place of a connection not assured (one that has not gone both ways
+//! and on), as Linux's early drop does, or is refused, and counted by the caller.
+//! NetworkPolicy's tables are fair ([`Overflow::Fair`]): a source address holds at
+//! most a share of its table, and a new connection displaces only an entry of a
+//! source that holds more than its own; so a pod that floods the table with
+//! connections it never completes churns its own entries and leaves the others
+//! theirs. The hash is keyed by a seed random per table (from the process's random
+//! hash keys), so a pod cannot aim its connections at one probe chain. Expired
 //! entries are swept on a timer and become tombstones, which later inserts reuse; a
 //! tombstone that ends a probe chain becomes an empty slot again, so that misses stay
 //! short however many connections came and went.
@@ -32,9 +38,15 @@ use super::Time;
 const MAX_PROBE: usize = 32;
 /// Slots a full table looks through for an entry to give up its place.
 const EVICTION_SCAN: usize = 128;
+/// Buckets a fair table counts its sources' entries in (256 KiB of counts). Sources
+/// that share a bucket share its share: with a hundred pods on a node, two of them
+/// do on about one node in fourteen; each still keeps its established connections,
+/// and a flood from one churns the oldest of the bucket's others.
+const SOURCE_BUCKETS: usize = 1 << 16;
 
 /// A connection's 5-tuple, in the direction of one packet. For ICMP echo, both ports
-/// are the echo identifier, so a reply is the request's reverse.
+/// are the echo identifier, and the key holds the message's type: a reply is the
+/// request's reverse, and a request the other way, on the same identifier, is not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Source address.
@@ -47,10 +59,25 @@ pub struct FlowKey {
     pub dport: u16,
     /// IP protocol.
     pub proto: u8,
+    /// For ICMP, the message's type; 0 for other protocols.
+    pub icmp: u8,
+}
+
+/// The ICMP type that answers a query of type `t` (RFC 792: echo, timestamp,
+/// information; RFC 950: address mask), and the other way round; any other type
+/// answers itself. Linux's connection tracker pairs them the same way.
+fn icmp_answer(t: u8) -> u8 {
+    match t {
+        0 => 8,
+        8 => 0,
+        13 | 15 | 17 => t + 1,
+        14 | 16 | 18 => t - 1,
+        _ => t,
+    }
 }
 
 impl FlowKey {
-    /// The other direction.
+    /// The other direction: for an ICMP query, its answer.
     pub fn reverse(self) -> FlowKey {
         FlowKey {
             src: self.dst,
@@ -58,13 +85,20 @@ impl FlowKey {
             sport: self.dport,
             dport: self.sport,
             proto: self.proto,
+            icmp: match self.proto {
+                weft_encap::ipv4::protocol::ICMP => icmp_answer(self.icmp),
+                _ => self.icmp,
+            },
         }
     }
 
     fn words(self) -> (u64, u64) {
         (
             u64::from(self.src) << 32 | u64::from(self.dst),
-            u64::from(self.sport) << 48 | u64::from(self.dport) << 32 | u64::from(self.proto) << 24,
+            u64::from(self.sport) << 48
+                | u64::from(self.dport) << 32
+                | u64::from(self.proto) << 24
+                | u64::from(self.icmp) << 16,
         )
     }
 
@@ -75,10 +109,12 @@ impl FlowKey {
             sport: (b >> 48) as u16,
             dport: (b >> 32) as u16,
             proto: (b >> 24) as u8,
+            icmp: (b >> 16) as u8,
         }
     }
 
-    /// A hash both directions share, keyed by `seed`. Every field reaches every bit:
+    /// A hash both directions share, keyed by `seed` (an ICMP query and its answer
+    /// share it too: the type is left out). Every field reaches every bit:
     /// the many connections between two pods, which differ only in a port, must not
     /// share one probe chain, and a pod that picks its ports cannot aim at one
     /// chain without knowing the table's seed.
@@ -194,15 +230,21 @@ pub fn host_timeout(proto: u8, flags: Flags) -> Duration {
     }
 }
 
+/// The bits of a slot's word `b` that hold its key.
+const KEY_BITS: u64 = !0xffff;
 const EMPTY: u64 = 0;
 const LIVE: u64 = 1;
 const TOMBSTONE: u64 = 2;
 
-/// One slot. `b` holds the ports, protocol, flags (bits 8..16) and state (bits 0..8);
+/// One slot. `b` holds the ports, protocol, ICMP type (bits 16..24), flags (bits
+/// 8..16) and state (bits 0..8);
 /// `c` the expiry in seconds (high half) and the policy generation (low half).
+/// `bucket` is its source's bucket in a fair table (in the room the seqlock's word
+/// leaves before the others), which only the owner reads.
 #[derive(Debug, Default)]
 struct Slot {
     seq: AtomicU32,
+    bucket: AtomicU32,
     a: AtomicU64,
     b: AtomicU64,
     c: AtomicU64,
@@ -220,6 +262,18 @@ pub struct Entry {
     pub generation: u32,
     /// When it expires, in seconds of the core's clock.
     pub expires: u32,
+}
+
+impl Entry {
+    /// The three words a slot holds the entry in.
+    fn words(&self) -> (u64, u64, u64) {
+        let (a, b) = self.orig.words();
+        (
+            a,
+            b | self.flags.bits() << 8 | LIVE,
+            u64::from(self.expires) << 32 | u64::from(self.generation),
+        )
+    }
 }
 
 impl Slot {
@@ -261,6 +315,24 @@ pub fn seconds(t: Time) -> u32 {
     u32::try_from(t.as_nanos() / 1_000_000_000).unwrap_or(u32::MAX)
 }
 
+/// What a table at its bound does with a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Gives it the place of the connection not assured that expires first, among
+    /// the slots near its own (Linux's early drop), or refuses it.
+    EarlyDrop,
+    /// Holds each source address to `share` entries. A source at its share gives up
+    /// its own connection not assured (or closing) that expires first (among the
+    /// slots near the new one's), or is refused. A full table gives a new connection the place of
+    /// such a connection of the source that holds the most, if it holds more than
+    /// the new one's, else of the new one's own. So one source's flood churns its
+    /// own entries, and never takes the room of another source holding less.
+    Fair {
+        /// The most entries one source address may hold.
+        share: usize,
+    },
+}
+
 /// One worker's table.
 #[derive(Debug)]
 pub struct Table {
@@ -269,6 +341,14 @@ pub struct Table {
     /// Live entries; written by the owner only.
     live: AtomicU64,
     max: u64,
+    overflow: Overflow,
+    /// With [`Overflow::Fair`], the live entries of the source addresses that hash
+    /// to each bucket; written by the owner only.
+    sources: Box<[AtomicU32]>,
+    /// Live entries that gave up their place to a new connection.
+    evicted: AtomicU64,
+    /// New connections refused because their source held its share.
+    over_share: AtomicU64,
     /// The hash's key, random per table.
     seed: u64,
 }
@@ -284,19 +364,47 @@ pub struct Found {
     pub own_slot: Option<usize>,
 }
 
-/// A new connection found no room.
+/// Why a new connection found no room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Full;
+pub enum Refused {
+    /// The table holds its bound, and no entry could give up its place.
+    Full,
+    /// Its source holds its share of the table, and none of its own entries could
+    /// give up its place.
+    OverShare,
+}
+
+/// What a table has done with the connections it could not fit, since it was made.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OverflowStats {
+    /// Live entries that gave up their place to a new connection.
+    pub evicted: u64,
+    /// New connections refused because their source held its share.
+    pub over_share: u64,
+}
+
+/// Adds one to a counter only its owner writes.
+fn bump(n: &AtomicU64) {
+    n.store(n.load(Relaxed) + 1, Relaxed);
+}
 
 impl Table {
-    /// A table for at most `max` live connections.
-    pub fn new(max: usize) -> Table {
+    /// A table for at most `max` live connections, which `overflow` says how to keep.
+    pub fn new(max: usize, overflow: Overflow) -> Table {
         let slots = (max.max(1) * 2).next_power_of_two();
+        let buckets = match overflow {
+            Overflow::EarlyDrop => 0,
+            Overflow::Fair { .. } => SOURCE_BUCKETS,
+        };
         Table {
             slots: (0..slots).map(|_| Slot::default()).collect(),
             mask: slots - 1,
             live: AtomicU64::new(0),
             max: max as u64,
+            overflow,
+            sources: (0..buckets).map(|_| AtomicU32::new(0)).collect(),
+            evicted: AtomicU64::new(0),
+            over_share: AtomicU64::new(0),
             seed: std::hash::BuildHasher::hash_one(
                 &std::collections::hash_map::RandomState::new(),
                 0u64,
@@ -309,9 +417,67 @@ impl Table {
         self.live.load(Acquire)
     }
 
-    /// The entry of `key`'s connection, either way, unexpired at `now`.
+    /// What the table has done with connections it could not fit.
+    pub fn overflow_stats(&self) -> OverflowStats {
+        OverflowStats {
+            evicted: self.evicted.load(Relaxed),
+            over_share: self.over_share.load(Relaxed),
+        }
+    }
+
+    /// The bucket that counts the entries of source address `src`, in a fair table.
+    /// Keyed by the table's seed, so that a pod cannot pick an address that shares
+    /// another's bucket.
+    fn bucket(&self, src: u32) -> Option<usize> {
+        let hash = fmix64(u64::from(src) ^ self.seed.rotate_left(32)) as usize;
+        (!self.sources.is_empty()).then(|| hash & (self.sources.len() - 1))
+    }
+
+    /// How many live entries the sources of `bucket` hold.
+    fn held_in(&self, bucket: Option<usize>) -> u32 {
+        bucket.map_or(0, |i| self.sources[i].load(Relaxed))
+    }
+
+    /// Counts one entry more, or one fewer, in `bucket` (the owner only).
+    fn count(&self, bucket: Option<usize>, more: bool) {
+        if let Some(n) = bucket.map(|i| &self.sources[i]) {
+            let held = n.load(Relaxed);
+            n.store(
+                if more {
+                    held + 1
+                } else {
+                    held.saturating_sub(1)
+                },
+                Relaxed,
+            );
+        }
+    }
+
+    /// The bucket of the source of the live entry in slot `at`, in a fair table.
+    fn bucket_of(&self, at: usize) -> Option<usize> {
+        let bucket = self.slots[at].bucket.load(Relaxed) as usize;
+        (!self.sources.is_empty()).then_some(bucket)
+    }
+
+    /// Whether a new connection from the sources of `bucket` fits without another
+    /// entry giving up its place, and which limit it meets if not.
+    fn room(&self, bucket: Option<usize>) -> Result<(), Refused> {
+        if let Overflow::Fair { share } = self.overflow {
+            if self.held_in(bucket) as usize >= share {
+                return Err(Refused::OverShare);
+            }
+        }
+        if self.live() >= self.max {
+            return Err(Refused::Full);
+        }
+        Ok(())
+    }
+
+    /// The entry of `key`'s connection, either way, unexpired at `now`. Slots are
+    /// compared word by word, with the key's words either way made once.
     fn find(&self, key: FlowKey, now: u32) -> Option<(usize, Entry, bool)> {
         let start = key.symmetric_hash(self.seed) as usize;
+        let (forth, back) = (key.words(), key.reverse().words());
         for i in 0..MAX_PROBE {
             let at = (start + i) & self.mask;
             // A slot its owner is writing right now is skipped, not taken for the end
@@ -322,11 +488,11 @@ impl Table {
             match b & 0xff {
                 EMPTY => return None,
                 LIVE => {
-                    let orig = FlowKey::of_words(a, b);
-                    let forward = orig == key;
-                    if (forward || orig == key.reverse()) && (c >> 32) as u32 >= now {
+                    let words = (a, b & KEY_BITS);
+                    let forward = words == forth;
+                    if (forward || words == back) && (c >> 32) as u32 >= now {
                         let entry = Entry {
-                            orig,
+                            orig: FlowKey::of_words(a, b),
                             flags: Flags::of_bits(b >> 8),
                             generation: c as u32,
                             expires: (c >> 32) as u32,
@@ -341,34 +507,38 @@ impl Table {
     }
 
     /// Records `entry` in a free slot, or updates the slot of its connection (the
-    /// owner only). A table at its bound takes the slot of an expired entry not yet
-    /// swept, and with `early_drop` that of the connection never answered that
-    /// expires first, among the slots near the new one's.
-    fn put(&self, entry: &Entry, now: u32, early_drop: bool) -> Result<usize, Full> {
-        let key = entry.orig;
-        let (a, b) = key.words();
-        let b = b | entry.flags.bits() << 8 | LIVE;
-        let c = u64::from(entry.expires) << 32 | u64::from(entry.generation);
-        if let Some((at, _, _)) = self.find(key, now) {
+    /// owner only). A new connection takes the slot of an expired entry not yet
+    /// swept, or, where the table's bound or its source's share leaves no room, that
+    /// of an entry which gives up its place ([`Table::victim`]).
+    fn put(&self, entry: &Entry, now: u32) -> Result<usize, Refused> {
+        let (a, b, c) = entry.words();
+        if let Some((at, _, _)) = self.find(entry.orig, now) {
             self.slots[at].write(a, b, c);
             return Ok(at);
         }
-        let room = self.live() < self.max;
-        let start = key.symmetric_hash(self.seed) as usize;
+        let src = entry.orig.src;
+        let bucket = self.bucket(src);
+        let room = self.room(bucket);
+        let start = entry.orig.symmetric_hash(self.seed) as usize;
         let mut free = None;
         for i in 0..MAX_PROBE {
             let at = (start + i) & self.mask;
             let slot = &self.slots[at];
             let state = slot.b.load(Relaxed) & 0xff;
             if state == LIVE && ((slot.c.load(Relaxed) >> 32) as u32) < now {
-                // An expired entry's slot is taken over as it is.
-                slot.write(a, b, c);
-                return Ok(at);
+                // An expired entry's slot is taken over as it is, unless that would
+                // take its source past its share.
+                let old = self.bucket_of(at);
+                if room != Err(Refused::OverShare) || old == bucket {
+                    self.count(old, false);
+                    self.fill(at, (a, b, c), bucket);
+                    return Ok(at);
+                }
             }
             if state != LIVE {
-                if room {
+                if room.is_ok() {
                     self.live.store(self.live() + 1, Relaxed);
-                    slot.write(a, b, c);
+                    self.fill(at, (a, b, c), bucket);
                     return Ok(at);
                 }
                 free.get_or_insert(at);
@@ -378,20 +548,51 @@ impl Table {
                 break;
             }
         }
-        // At the bound: a free slot is ours if another entry gives up its place.
-        let at = free.ok_or(Full)?;
-        let victim = self.victim(start, now, early_drop).ok_or(Full)?;
+        let (at, short) = (
+            free.ok_or(Refused::Full)?,
+            room.err().unwrap_or(Refused::Full),
+        );
+        let Some(victim) = self.victim(start, now, src, short) else {
+            if short == Refused::OverShare {
+                bump(&self.over_share);
+            }
+            return Err(short);
+        };
         self.remove(victim);
         self.live.store(self.live() + 1, Relaxed);
-        self.slots[at].write(a, b, c);
+        self.fill(at, (a, b, c), bucket);
         Ok(at)
     }
 
-    /// Among the slots from `start` on, the one of an expired entry, or with
-    /// `early_drop` the one of the connection never answered that expires first.
-    fn victim(&self, start: usize, now: u32, early_drop: bool) -> Option<usize> {
-        let mut unanswered: Option<(u32, usize)> = None;
-        for i in 0..EVICTION_SCAN {
+    /// Writes the words of a new entry into slot `at` and counts it in its source's
+    /// `bucket` (the owner only).
+    fn fill(&self, at: usize, (a, b, c): (u64, u64, u64), bucket: Option<usize>) {
+        self.count(bucket, true);
+        let slot = &self.slots[at];
+        slot.bucket.store(bucket.unwrap_or(0) as u32, Relaxed);
+        slot.write(a, b, c);
+    }
+
+    /// The slot whose entry gives up its place to a new connection from `src` that
+    /// is `short` of room, among the slots from `start` on: an expired entry, or a
+    /// connection not assured that the table's [`Overflow`] lets go, the one that
+    /// expires first. A fair table lets go of one of `src`'s own when it holds its
+    /// share; when it is full, of one of the source holding the most, if it holds
+    /// more than `src`, else of one of `src`'s own. Counts an eviction.
+    fn victim(&self, start: usize, now: u32, src: u32, short: Refused) -> Option<usize> {
+        let own = self.bucket(src);
+        let mine = self.held_in(own);
+        // Whether the entry of a source of bucket `theirs` gives way, and its rank
+        // (higher first).
+        let rank = |theirs: Option<usize>| match (self.overflow, short) {
+            (Overflow::EarlyDrop, _) => Some(0),
+            (Overflow::Fair { .. }, Refused::OverShare) => (theirs == own).then_some(0),
+            (Overflow::Fair { .. }, Refused::Full) => {
+                Some(self.held_in(theirs)).filter(|&held| held > mine || theirs == own)
+            }
+        };
+        let mut best: Option<(u32, u32, usize)> = None;
+        for i in 0..EVICTION_SCAN.min(self.slots.len()) {
             let at = (start + i) & self.mask;
             let slot = &self.slots[at];
             let b = slot.b.load(Relaxed);
@@ -399,23 +600,37 @@ impl Table {
                 continue;
             }
             let expires = (slot.c.load(Relaxed) >> 32) as u32;
-            if expires < now {
+            let rank = rank(self.bucket_of(at));
+            if expires < now && (short == Refused::Full || rank.is_some()) {
                 return Some(at);
             }
-            // Linux's early drop spares what it calls assured: a connection that
-            // went both ways and on.
-            let assured = Flags::of_bits(b >> 8).assured;
-            if early_drop && !assured && unanswered.is_none_or(|(e, _)| expires < e) {
-                unanswered = Some((expires, at));
+            let Some(rank) = rank.filter(|_| self.gives_way(Flags::of_bits(b >> 8))) else {
+                continue;
+            };
+            if best.is_none_or(|(r, e, _)| {
+                (rank, std::cmp::Reverse(expires)) > (r, std::cmp::Reverse(e))
+            }) {
+                best = Some((rank, expires, at));
             }
         }
-        unanswered.map(|(_, at)| at)
+        let (_, _, at) = best?;
+        bump(&self.evicted);
+        Some(at)
+    }
+
+    /// Whether a connection with `flags` may give up its place: Linux's early drop
+    /// spares what it calls assured, a connection that went both ways and on; a
+    /// fair table gives up a closing one as well (a FIN or RST seen), which would
+    /// otherwise hold its place for the half minute it lingers.
+    fn gives_way(&self, flags: Flags) -> bool {
+        !flags.assured || (flags.closing && self.overflow != Overflow::EarlyDrop)
     }
 
     /// Forgets the entry at `at` (the owner only).
     fn remove(&self, at: usize) {
         let slot = &self.slots[at];
         if slot.b.load(Relaxed) & 0xff == LIVE {
+            self.count(self.bucket_of(at), false);
             slot.write(0, TOMBSTONE, 0);
             self.live.store(self.live().saturating_sub(1), Relaxed);
         }
@@ -467,37 +682,41 @@ pub struct Conntrack {
     tables: Arc<[Table]>,
     me: usize,
     timeouts: Timeouts,
-    early_drop: bool,
 }
 
 impl Conntrack {
-    /// The tables of `workers` workers, each holding at most `max` connections.
-    pub fn tables(workers: usize, max: usize) -> Arc<[Table]> {
-        (0..workers.max(1)).map(|_| Table::new(max)).collect()
+    /// The tables of `workers` workers, each holding at most `max` connections, and
+    /// making room for more as `overflow` says.
+    pub fn tables(workers: usize, max: usize, overflow: Overflow) -> Arc<[Table]> {
+        (0..workers.max(1))
+            .map(|_| Table::new(max, overflow))
+            .collect()
     }
 
-    /// Worker `me`'s view of `tables`, with NetworkPolicy's timeouts; a full table
-    /// refuses new connections.
+    /// Worker `me`'s view of `tables`, with NetworkPolicy's timeouts.
     pub fn new(tables: Arc<[Table]>, me: usize) -> Conntrack {
-        Conntrack::with(tables, me, Timeouts::Policy, false)
+        Conntrack::with(tables, me, Timeouts::Policy)
     }
 
-    /// Worker `me`'s view of `tables`, whose connections live by `timeouts`; with
-    /// `early_drop`, a new connection that finds the table full takes the place of
-    /// one never answered.
-    pub fn with(
-        tables: Arc<[Table]>,
-        me: usize,
-        timeouts: Timeouts,
-        early_drop: bool,
-    ) -> Conntrack {
+    /// Worker `me`'s view of `tables`, whose connections live by `timeouts`.
+    pub fn with(tables: Arc<[Table]>, me: usize, timeouts: Timeouts) -> Conntrack {
         let me = me % tables.len().max(1);
         Conntrack {
             tables,
             me,
             timeouts,
-            early_drop,
         }
+    }
+
+    /// What every worker's table has done with connections it could not fit.
+    pub fn overflow_stats(tables: &[Table]) -> OverflowStats {
+        tables
+            .iter()
+            .map(Table::overflow_stats)
+            .fold(OverflowStats::default(), |sum, t| OverflowStats {
+                evicted: sum.evicted + t.evicted,
+                over_share: sum.over_share + t.over_share,
+            })
     }
 
     fn own(&self) -> &Table {
@@ -570,7 +789,7 @@ impl Conntrack {
         flags: Flags,
         generation: u32,
         now: Time,
-    ) -> Result<(), Full> {
+    ) -> Result<(), Refused> {
         let expires = seconds(now + self.timeouts.of(orig.proto, flags));
         let entry = Entry {
             orig,
@@ -578,9 +797,7 @@ impl Conntrack {
             generation,
             expires,
         };
-        self.own()
-            .put(&entry, seconds(now), self.early_drop)
-            .map(drop)
+        self.own().put(&entry, seconds(now)).map(drop)
     }
 
     /// Records what is known of connection `orig` now (`flags`, under `generation`),
@@ -593,7 +810,7 @@ impl Conntrack {
         flags: Flags,
         generation: u32,
         now: Time,
-    ) -> Result<(), Full> {
+    ) -> Result<(), Refused> {
         if let Some(Found {
             entry,
             own_slot: Some(_),
@@ -653,7 +870,7 @@ impl Conntrack {
             e.expires = e
                 .expires
                 .min(seconds(now + self.timeouts.of(e.orig.proto, e.flags)));
-            let _ = own.put(&e, secs, false);
+            let _ = own.put(&e, secs);
         }
     }
 }
@@ -669,6 +886,20 @@ mod tests {
             sport,
             dport: 80,
             proto: 6,
+            icmp: 0,
+        }
+    }
+
+    impl FlowKey {
+        /// The key with its addresses and ports swapped, and nothing else.
+        fn reverse_addresses(self) -> FlowKey {
+            FlowKey {
+                src: self.dst,
+                dst: self.src,
+                sport: self.dport,
+                dport: self.sport,
+                ..self
+            }
         }
     }
 
@@ -676,9 +907,41 @@ mod tests {
         Time::ZERO + Duration::from_secs(secs)
     }
 
+    /// Fair tables in which one source may fill its table.
+    fn tables(workers: usize, max: usize) -> Arc<[Table]> {
+        Conntrack::tables(workers, max, Overflow::Fair { share: max })
+    }
+
+    /// Connection `sport` of source `src`.
+    fn from(src: u32, sport: u16) -> FlowKey {
+        FlowKey { src, ..key(sport) }
+    }
+
+    /// `n` source addresses whose entries `t` counts in buckets of their own.
+    fn sources(t: &Conntrack, n: usize) -> Vec<u32> {
+        let mut found: Vec<u32> = Vec::new();
+        for src in 0x0af4_0100.. {
+            let bucket = t.own().bucket(src);
+            if found.iter().all(|s| t.own().bucket(*s) != bucket) {
+                found.push(src);
+            }
+            if found.len() == n {
+                return found;
+            }
+        }
+        unreachable!("the address space has {n} sources in distinct buckets")
+    }
+
+    const ASSURED: Flags = Flags {
+        replied: true,
+        closing: false,
+        assured: true,
+        bypass: false,
+    };
+
     #[test]
     fn both_directions_find_the_entry_in_any_workers_table() {
-        let tables = Conntrack::tables(2, 8);
+        let tables = tables(2, 8);
         let (w0, w1) = (Conntrack::new(tables.clone(), 0), Conntrack::new(tables, 1));
         w0.track(key(1000), Flags::default(), 7, at(10)).unwrap();
         let f = w0.lookup(key(1000), at(11)).unwrap();
@@ -689,9 +952,48 @@ mod tests {
         assert_eq!(w1.lookup(key(1001), at(11)), None);
     }
 
+    /// Each table's hash is keyed by a seed of its own, drawn from the process's
+    /// random hash keys (`RandomState`, from the OS at the start): two tables of
+    /// one process, or one table in two runs, put one connection in different
+    /// chains.
+    #[test]
+    fn every_table_has_a_seed_of_its_own() {
+        let tables = tables(4, 16);
+        let seeds: std::collections::BTreeSet<u64> = tables.iter().map(|t| t.seed).collect();
+        assert_eq!(seeds.len(), 4);
+    }
+
+    #[test]
+    fn an_icmp_query_is_answered_by_its_reply_type_only() {
+        use weft_encap::ipv4::protocol::ICMP;
+        let ping = |icmp| FlowKey {
+            proto: ICMP,
+            sport: 7,
+            dport: 7,
+            icmp,
+            ..key(0)
+        };
+        let t = Conntrack::new(tables(1, 8), 0);
+        t.track(ping(8), Flags::default(), 0, at(0)).unwrap();
+        // The echo reply from the address pinged answers it.
+        let reply = t.lookup(ping(0).reverse_addresses(), at(1)).unwrap();
+        assert!(!reply.forward);
+        // An echo request back on the same identifier does not; nor does another
+        // query type.
+        assert_eq!(t.lookup(ping(8).reverse_addresses(), at(1)), None);
+        assert_eq!(t.lookup(ping(14).reverse_addresses(), at(1)), None);
+        for (query, answer) in [(8, 0), (13, 14), (15, 16), (17, 18)] {
+            assert_eq!(ping(query).reverse().icmp, answer);
+            assert_eq!(ping(answer).reverse().icmp, query);
+        }
+        // Other types, and other protocols' keys, keep theirs.
+        assert_eq!(ping(5).reverse().icmp, 5);
+        assert_eq!(FlowKey { icmp: 8, ..key(1) }.reverse().icmp, 8);
+    }
+
     #[test]
     fn entries_expire_on_the_clock_and_are_swept() {
-        let t = Conntrack::new(Conntrack::tables(1, 8), 0);
+        let t = Conntrack::new(tables(1, 8), 0);
         t.track(key(1), Flags::default(), 0, at(100)).unwrap();
         // A TCP connection that never saw a reply lives 60 s.
         assert!(t.lookup(key(1), at(160)).is_some());
@@ -720,27 +1022,146 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_refuses_new_connections_and_reuses_freed_room() {
-        let t = Conntrack::new(Conntrack::tables(1, 4), 0);
-        for p in 0..4 {
-            t.track(key(p), Flags::default(), 0, at(0)).unwrap();
+    fn a_full_table_refuses_when_no_entry_gives_way_and_reuses_freed_room() {
+        let t = Conntrack::new(tables(1, 4), 0);
+        let s = sources(&t, 5);
+        for (p, src) in s[..4].iter().enumerate() {
+            t.track(from(*src, p as u16), ASSURED, 0, at(0)).unwrap();
         }
-        assert_eq!(t.track(key(9), Flags::default(), 0, at(0)), Err(Full));
+        // Every entry is assured: none gives way.
+        assert_eq!(
+            t.track(from(s[4], 9), Flags::default(), 0, at(0)),
+            Err(Refused::Full)
+        );
         // Known connections still update.
-        t.track(key(2), Flags::default(), 1, at(1)).unwrap();
-        let f = t.lookup(key(2), at(1)).unwrap();
+        t.track(from(s[2], 2), ASSURED, 1, at(1)).unwrap();
+        let f = t.lookup(from(s[2], 2), at(1)).unwrap();
         t.forget(f.own_slot.unwrap());
-        assert!(t.lookup(key(2), at(1)).is_none());
-        t.track(key(9), Flags::default(), 0, at(1)).unwrap();
+        assert!(t.lookup(from(s[2], 2), at(1)).is_none());
+        t.track(from(s[4], 9), ASSURED, 0, at(1)).unwrap();
         assert_eq!(t.live(), 4);
-        // Expired entries make room too.
-        assert_eq!(t.track(key(10), Flags::default(), 0, at(30)), Err(Full));
-        t.track(key(10), Flags::default(), 0, at(62)).unwrap();
+        // Expired entries make room too (an assured TCP connection lives a day).
+        let day = 24 * 3600;
+        assert_eq!(
+            t.track(from(s[4], 10), Flags::default(), 0, at(day)),
+            Err(Refused::Full)
+        );
+        t.track(from(s[4], 10), Flags::default(), 0, at(day + 2))
+            .unwrap();
+        assert_eq!(t.own().overflow_stats(), OverflowStats::default());
+    }
+
+    #[test]
+    fn a_source_at_its_share_gives_up_its_own_oldest_unassured_connection() {
+        let t = Conntrack::new(Conntrack::tables(1, 8, Overflow::Fair { share: 2 }), 0);
+        let s = sources(&t, 2);
+        let (x, y) = (s[0], s[1]);
+        t.track(from(x, 1), Flags::default(), 0, at(0)).unwrap();
+        t.track(from(x, 2), Flags::default(), 0, at(1)).unwrap();
+        // At its share: the third takes the place of the oldest.
+        t.track(from(x, 3), Flags::default(), 0, at(2)).unwrap();
+        assert!(t.lookup(from(x, 1), at(2)).is_none());
+        assert!(t.lookup(from(x, 2), at(2)).is_some());
+        assert!(t.lookup(from(x, 3), at(2)).is_some());
+        assert_eq!(t.live(), 2);
+        assert_eq!(t.own().overflow_stats().evicted, 1);
+        // Another source has room of its own meanwhile, and gives nothing up.
+        t.track(from(y, 1), Flags::default(), 0, at(2)).unwrap();
+        t.track(from(y, 2), Flags::default(), 0, at(2)).unwrap();
+        assert_eq!(t.live(), 4);
+        // A closing connection gives way, though it was assured.
+        let closed = Flags {
+            closing: true,
+            ..ASSURED
+        };
+        t.track(from(x, 2), closed, 0, at(2)).unwrap();
+        t.track(from(x, 3), ASSURED, 0, at(2)).unwrap();
+        t.track(from(x, 9), Flags::default(), 0, at(2)).unwrap();
+        assert!(t.lookup(from(x, 2), at(2)).is_none());
+        assert_eq!(t.own().overflow_stats().evicted, 2);
+        t.track(from(x, 2), Flags::default(), 0, at(2)).unwrap();
+        assert!(t.lookup(from(x, 9), at(2)).is_none());
+        // With both of its connections assured, a source at its share is refused.
+        t.track(from(x, 2), ASSURED, 0, at(3)).unwrap();
+        t.track(from(x, 3), ASSURED, 0, at(3)).unwrap();
+        assert_eq!(
+            t.track(from(x, 4), Flags::default(), 0, at(3)),
+            Err(Refused::OverShare)
+        );
+        assert_eq!(t.own().overflow_stats().over_share, 1);
+        // Nor does it take the place of another source's expired entry, which
+        // would take it past its share; the other source may.
+        let later = at(2 + 61);
+        assert_eq!(
+            t.track(from(x, 5), Flags::default(), 0, later),
+            Err(Refused::OverShare)
+        );
+        t.track(from(y, 3), Flags::default(), 0, later).unwrap();
+    }
+
+    #[test]
+    fn a_full_table_takes_room_from_the_source_holding_the_most() {
+        let t = Conntrack::new(tables(1, 4), 0);
+        let s = sources(&t, 3);
+        let (flood, other, new) = (s[0], s[1], s[2]);
+        for p in 0..3 {
+            t.track(from(flood, p), Flags::default(), 0, at(1)).unwrap();
+        }
+        t.track(from(other, 1), Flags::default(), 0, at(0)).unwrap();
+        // A new source takes the place of a bigger holder's connection: the
+        // flood's, though the other's expires first.
+        t.track(from(new, 1), Flags::default(), 0, at(2)).unwrap();
+        assert!(t.lookup(from(other, 1), at(2)).is_some());
+        assert_eq!(t.live(), 4);
+        assert_eq!(t.own().overflow_stats().evicted, 1);
+        // The flood, holding the most, takes the places of its own oldest only.
+        for p in 10..20 {
+            t.track(from(flood, p), Flags::default(), 0, at(u64::from(p)))
+                .unwrap();
+        }
+        assert!(t.lookup(from(new, 1), at(20)).is_some());
+        assert!(t.lookup(from(other, 1), at(20)).is_some());
+        assert!(t.lookup(from(flood, 19), at(20)).is_some());
+        assert!(t.lookup(from(flood, 17), at(20)).is_none());
+        assert_eq!(t.own().overflow_stats().evicted, 11);
+        // With its own connections assured, it is refused.
+        t.track(from(flood, 18), ASSURED, 0, at(20)).unwrap();
+        t.track(from(flood, 19), ASSURED, 0, at(20)).unwrap();
+        assert_eq!(
+            t.track(from(flood, 30), Flags::default(), 0, at(20)),
+            Err(Refused::Full)
+        );
+    }
+
+    #[test]
+    fn removing_an_entry_gives_its_source_its_room_back() {
+        let t = Conntrack::new(Conntrack::tables(1, 64, Overflow::Fair { share: 3 }), 0);
+        let x = sources(&t, 1)[0];
+        for round in 0..10u16 {
+            for p in 0..3 {
+                t.track(
+                    from(x, round * 3 + p),
+                    ASSURED,
+                    0,
+                    at(u64::from(round) * 100_000),
+                )
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+            }
+            // Forgotten, swept once expired: the source holds nothing again.
+            let f = t
+                .lookup(from(x, round * 3), at(u64::from(round) * 100_000))
+                .unwrap();
+            t.forget(f.own_slot.unwrap());
+            t.sweep(at(u64::from(round) * 100_000 + 90_000));
+            assert_eq!(t.own().held_in(t.own().bucket(x)), 0);
+            assert_eq!(t.live(), 0);
+        }
+        assert_eq!(t.own().overflow_stats(), OverflowStats::default());
     }
 
     #[test]
     fn a_close_seen_by_another_worker_closes_this_workers_copy() {
-        let tables = Conntrack::tables(2, 8);
+        let tables = tables(2, 8);
         let (w0, w1) = (Conntrack::new(tables.clone(), 0), Conntrack::new(tables, 1));
         let replied = Flags {
             replied: true,
@@ -771,7 +1192,11 @@ mod tests {
 
     #[test]
     fn a_full_table_with_early_drop_gives_an_unassured_slot_to_a_new_connection() {
-        let t = Conntrack::with(Conntrack::tables(1, 4), 0, Timeouts::Host, true);
+        let t = Conntrack::with(
+            Conntrack::tables(1, 4, Overflow::EarlyDrop),
+            0,
+            Timeouts::Host,
+        );
         let replied = Flags {
             replied: true,
             assured: true,
@@ -788,16 +1213,16 @@ mod tests {
         assert_eq!(t.live(), 4);
         // With every one assured, a new connection is refused.
         t.track(key(9), replied, 0, at(1)).unwrap();
-        assert_eq!(t.track(key(10), Flags::default(), 0, at(1)), Err(Full));
-        // Without early drop, a full table refuses at once.
-        let p = Conntrack::new(Conntrack::tables(1, 1), 0);
-        p.track(key(1), Flags::default(), 0, at(0)).unwrap();
-        assert_eq!(p.track(key(2), Flags::default(), 0, at(0)), Err(Full));
+        assert_eq!(
+            t.track(key(10), Flags::default(), 0, at(1)),
+            Err(Refused::Full)
+        );
+        assert_eq!(t.own().overflow_stats().evicted, 1);
     }
 
     #[test]
     fn tombstones_that_end_a_chain_become_empty_again() {
-        let t = Conntrack::new(Conntrack::tables(1, 256), 0);
+        let t = Conntrack::new(tables(1, 256), 0);
         for p in 0..64 {
             t.track(key(p), Flags::default(), 0, at(0)).unwrap();
         }
@@ -850,7 +1275,7 @@ mod tests {
     fn connections_between_two_pods_that_differ_in_a_port_spread() {
         // One client, one server, one server port: only the client's port differs,
         // as with a DNS client's queries. They must not share one probe chain.
-        let t = Conntrack::new(Conntrack::tables(1, 4096), 0);
+        let t = Conntrack::new(tables(1, 4096), 0);
         for p in 0..4096u16 {
             t.track(key(10_000 + p), Flags::default(), 0, at(0))
                 .unwrap_or_else(|_| panic!("connection {p} found the table full"));
@@ -860,7 +1285,7 @@ mod tests {
 
     #[test]
     fn a_reader_never_sees_a_torn_entry() {
-        let tables = Conntrack::tables(2, 64);
+        let tables = tables(2, 64);
         let writer = Conntrack::new(tables.clone(), 0);
         let reader = Conntrack::new(tables, 1);
         let stop = std::sync::atomic::AtomicBool::new(false);

@@ -11,6 +11,11 @@
 //! - a packet of no known connection is a new one: it passes if every check that
 //!   applies allows it, and the connection is recorded.
 //!
+//! An ICMP query (a ping) and its answer are one connection, keyed by both addresses,
+//! the identifier and the query's type: the address pinged may answer, but it may not
+//! send a ping of its own to an isolated pod on the same identifier, and no other
+//! address may answer.
+//!
 //! Traffic from this node to its pods (from the host port with one of the node's own
 //! addresses, the gateway or the underlay address) is always allowed, as Kubernetes
 //! requires for probes; it is tracked all the same, so that the pod's replies pass
@@ -20,7 +25,7 @@
 //! exceeded, parameter problem) passes when it goes to the sender of the packet it
 //! quotes and that packet's connection is tracked under the policy in force.
 
-use super::conntrack::{Flags, FlowKey, Found};
+use super::conntrack::{Flags, FlowKey, Found, Refused};
 use super::flow::{Flow, LazyFlow};
 use super::{Core, Ctx, Ingress};
 use crate::netpol::compile::PodRules;
@@ -208,6 +213,9 @@ impl Core {
         let (orig, forward, mut flags) = connection(&ends, ct, facts, found, generation)?;
         flags.replied |= !forward;
         flags.closing |= facts.closing;
+        // Assured, as Linux's tracker says: answered, and then on the first way again
+        // (a TCP handshake's ACK, a second request), not merely reset.
+        flags.assured |= forward && flags.replied && !facts.closing;
         match ct.keep(orig, found.as_ref(), flags, generation, cx.now) {
             Ok(()) => {
                 self.sweep_soon(cx.now);
@@ -215,12 +223,19 @@ impl Core {
             }
             // A known connection keeps its entry elsewhere; a new one is dropped.
             Err(_) if found.is_some() => Ok(()),
-            Err(_) => Err(ends
-                .dst
-                .or(ends.src)
-                .map_or((0, DropReason::ConntrackFull), |(i, _)| {
-                    (i, DropReason::ConntrackFull)
-                })),
+            Err(refused) => Err(no_room(&ends, from, refused)),
         }
+    }
+}
+
+/// The port a new connection that found no room in the table is counted on, and
+/// why: a source over its share on the port it came from (a pod, or the host), a
+/// full table on the isolated pod.
+fn no_room(ends: &Ends<'_>, from: Ingress, refused: Refused) -> (usize, DropReason) {
+    let isolated = ends.dst.or(ends.src).map_or(0, |(i, _)| i);
+    match (refused, from) {
+        (Refused::OverShare, Ingress::Port(i)) => (i, DropReason::ConntrackShare),
+        (Refused::OverShare, _) => (isolated, DropReason::ConntrackShare),
+        (Refused::Full, _) => (isolated, DropReason::ConntrackFull),
     }
 }

@@ -10,7 +10,8 @@ use super::conntrack::FlowKey;
 /// What the connection tables need of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Flow {
-    /// The 5-tuple (for ICMP echo, both ports are the echo identifier).
+    /// The 5-tuple (for ICMP echo, both ports are the echo identifier; for ICMP, the
+    /// type).
     pub key: FlowKey,
     /// The destination port rules match against: TCP, UDP and SCTP only, and not in
     /// a fragment after the first.
@@ -62,11 +63,15 @@ fn key_of(ip: &ipv4::Packet<&[u8]>, payload: &[u8]) -> (FlowKey, bool) {
         sport: 0,
         dport: 0,
         proto: ip.protocol(),
+        icmp: 0,
     };
     let mut transport = false;
     if ip.frag_offset() == 0 {
         if let Some((s, d, t)) = ports_of(key.proto, payload) {
             (key.sport, key.dport, transport) = (s, d, t);
+        }
+        if key.proto == ipv4::protocol::ICMP {
+            key.icmp = payload.first().copied().unwrap_or(0);
         }
     }
     (key, transport)
@@ -124,11 +129,12 @@ impl Flow {
 
     /// For a fragment, the key of its datagram, the same for every fragment: the
     /// addresses, the protocol, the IPv4 identification as the `sport`, and a `dport`
-    /// of 0, which no connection uses.
+    /// of 0, which no connection uses (nor an ICMP type: later fragments have none).
     pub fn datagram(&self) -> Option<FlowKey> {
         self.fragment.map(|f| FlowKey {
             sport: f.ident,
             dport: 0,
+            icmp: 0,
             ..self.key
         })
     }

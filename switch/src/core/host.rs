@@ -54,7 +54,7 @@ use std::time::Duration;
 
 use crossbeam::utils::CachePadded;
 
-use super::conntrack::{self, Conntrack, Flags, FlowKey, Found, Table, Timeouts};
+use super::conntrack::{self, Conntrack, Flags, FlowKey, Found, Overflow, Table, Timeouts};
 use weft_encap::ipv4;
 
 use super::flow::{Flow, LazyFlow};
@@ -96,9 +96,9 @@ impl HostTables {
     /// The tables of `workers` workers, each holding at most `max` flows of each kind.
     pub fn new(workers: usize, max: usize) -> HostTables {
         HostTables {
-            handed: Conntrack::tables(workers, max),
-            returning: Conntrack::tables(workers, max),
-            fragments: Conntrack::tables(workers, FRAGMENTS_MAX),
+            handed: Conntrack::tables(workers, max, Overflow::EarlyDrop),
+            returning: Conntrack::tables(workers, max, Overflow::EarlyDrop),
+            fragments: Conntrack::tables(workers, FRAGMENTS_MAX, Overflow::EarlyDrop),
             returned: (0..workers.max(1))
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
@@ -108,14 +108,9 @@ impl HostTables {
     /// Worker `me`'s view of the tables.
     pub fn worker(&self, me: usize) -> HostFlows {
         HostFlows {
-            handed: Conntrack::with(self.handed.clone(), me, Timeouts::Fixed(HANDED), true),
-            returning: Conntrack::with(self.returning.clone(), me, Timeouts::Host, true),
-            fragments: Conntrack::with(
-                self.fragments.clone(),
-                me,
-                Timeouts::Fixed(FRAGMENTS),
-                true,
-            ),
+            handed: Conntrack::with(self.handed.clone(), me, Timeouts::Fixed(HANDED)),
+            returning: Conntrack::with(self.returning.clone(), me, Timeouts::Host),
+            fragments: Conntrack::with(self.fragments.clone(), me, Timeouts::Fixed(FRAGMENTS)),
             returned: self.returned.clone(),
             me: me % self.returned.len(),
         }

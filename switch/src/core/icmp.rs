@@ -1,9 +1,24 @@
 //! The ICMP errors a router sends: unreachable, time exceeded, fragmentation needed.
+//! Each worker sends at most [`PER_SECOND`] a second, in bursts of [`BURST`], as
+//! Linux does by default (`icmp_msgs_per_sec`, `icmp_msgs_burst`): a pod that sends
+//! to addresses nobody holds cannot make the switch answer it, or a forged source,
+//! at the rate it sends. An error over the limit is dropped as `icmp_limited`, on
+//! the port or peer the packet it was about came from.
 
 use weft_encap::{ethernet, icmpv4, ipv4};
 
 use super::forward::Facts;
+use super::rate::TokenBucket;
 use super::{Core, Ctx, Frame, Ingress, Offload, Sink, HEADROOM};
+use crate::tables::counters::DropReason;
+
+/// ICMP errors a worker sends a second, sustained.
+pub const PER_SECOND: u64 = 1000;
+/// ...and at once.
+pub const BURST: u64 = 50;
+
+/// The ICMP errors one worker may still send.
+pub(super) type Limit = TokenBucket<PER_SECOND, BURST>;
 
 /// Largest IPv4 packet an ICMP error may be (RFC 1812, 4.3.2.3).
 const ICMP_ERROR_MAX: usize = 576;
@@ -48,8 +63,9 @@ impl IcmpError {
 
 impl Core {
     /// Sends `error` about `orig` (an IPv4 packet from `from`) back to its source, from
-    /// the gateway address, routed like any other packet. Errors never answer errors,
-    /// later fragments, or sources that cannot be answered.
+    /// the gateway address, routed like any other packet, within the worker's limit.
+    /// Errors never answer errors, later fragments, or sources that cannot be
+    /// answered.
     pub(super) fn icmp_error<S: Sink + ?Sized>(
         &mut self,
         cx: &mut Ctx<'_, S>,
@@ -66,6 +82,10 @@ impl Core {
             || src.is_broadcast()
             || src == gateway
         {
+            return;
+        }
+        if !self.icmp_limit.take(cx.now) {
+            self.drop_at(cx, from, DropReason::IcmpLimited);
             return;
         }
         let header = ipv4::HEADER_LEN + icmpv4::HEADER_LEN;

@@ -44,6 +44,7 @@ mod heartbeat;
 pub mod host;
 mod icmp;
 mod ingress;
+pub mod rate;
 mod reassembly;
 mod sleeve;
 pub mod time;
@@ -253,6 +254,8 @@ pub struct Core {
     worker: usize,
     /// Room for one ICMP error, behind [`HEADROOM`].
     icmp: Box<[u8]>,
+    /// The ICMP errors this worker may still send.
+    icmp_limit: icmp::Limit,
     /// Room for a super-frame's segments or chunks.
     segments: Box<[u8]>,
     coalescers: coalesce::Coalescers,
@@ -282,6 +285,7 @@ impl Core {
         Core {
             worker: config.worker,
             icmp: vec![0u8; icmp::BUF_LEN].into_boxed_slice(),
+            icmp_limit: icmp::Limit::full(Time::ZERO),
             segments: vec![0u8; egress::SEGMENT_BUF].into_boxed_slice(),
             coalescers: coalesce::Coalescers::new(),
             sleeve: sleeve::Batches::new(),

@@ -15,6 +15,7 @@ use weft_encap::sleeve::handshake::{self, CookieRepr, Initiation, Repr, MAC_LEN}
 
 use super::handshake::{check_mac2, mac};
 use super::{Dest, Endpoint, Transmit};
+use crate::core::rate::TokenBucket;
 use crate::core::time::Time;
 
 /// A cookie is good for this long, and the cookie secret rotates as often.
@@ -32,14 +33,14 @@ const MAX_SOURCES: usize = 4096;
 /// and answers initiations without a valid mac2 with a cookie reply.
 pub const LOAD_THRESHOLD: u64 = 32;
 
+/// One source's initiations.
+type Bucket = TokenBucket<INITIATIONS_PER_SECOND, INITIATION_BURST>;
+
 /// A token bucket per source address, refilled by the time passed in.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    /// Tokens (scaled by 10^9 per token) and when they were last refilled.
-    buckets: HashMap<Ipv4Addr, (u64, Time)>,
+    buckets: HashMap<Ipv4Addr, Bucket>,
 }
-
-const TOKEN: u64 = 1_000_000_000;
 
 impl RateLimiter {
     /// Takes a token for `addr` at `now`; false if it has none left.
@@ -47,19 +48,8 @@ impl RateLimiter {
         if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&addr) {
             self.buckets.clear();
         }
-        let full = INITIATION_BURST * TOKEN;
-        let (tokens, at) = self.buckets.entry(addr).or_insert((full, now));
-        let elapsed = now.saturating_since(*at).as_nanos() as u64;
-        *tokens = tokens
-            .saturating_add(elapsed.saturating_mul(INITIATIONS_PER_SECOND))
-            .min(full);
-        *at = now;
-        if *tokens >= TOKEN {
-            *tokens -= TOKEN;
-            true
-        } else {
-            false
-        }
+        let bucket = self.buckets.entry(addr).or_insert(Bucket::full(now));
+        bucket.take(now)
     }
 }
 

@@ -30,7 +30,7 @@ pub mod nat;
 pub mod tcp;
 
 use crate::control::config::Encryption;
-use crate::core::conntrack::Conntrack;
+use crate::core::conntrack::{Conntrack, Overflow, Table};
 use crate::core::host::HostTables;
 use crate::core::{self, Core, Ctx, Frame, Offload, Report, Sink, Time, HEADROOM};
 use crate::crypto::stage::{self, SealCache, Sealer, Stage};
@@ -59,6 +59,14 @@ const WALL_AT_ZERO: u64 = 1_800_000_000_000_000_000;
 pub const TUNNEL_PORT: u16 = 8472;
 /// Connections each simulated node tracks at most.
 pub const CONNTRACK_MAX: usize = 1024;
+/// NetworkPolicy's connection table of a simulated node, holding at most `max`
+/// connections, and each source address the daemon's default share of them.
+fn policy_tables(max: usize) -> Arc<[Table]> {
+    let percent = usize::from(crate::control::config::DEFAULT_CONNTRACK_SHARE);
+    let share = (max * percent / 100).max(1);
+    Conntrack::tables(1, max, Overflow::Fair { share })
+}
+
 /// How far the simulated clock moves per [`Sim::step`].
 pub const STEP: Duration = Duration::from_millis(1);
 /// The Ethernet header length.
@@ -665,7 +673,7 @@ impl Sim {
             node.core = Core::new(core::Config {
                 worker: 0,
                 heartbeat: None,
-                conntrack: Some(Conntrack::new(Conntrack::tables(1, max), 0)),
+                conntrack: Some(Conntrack::new(policy_tables(max), 0)),
                 host: node.host_flows.worker(0),
             });
         }
@@ -789,7 +797,7 @@ impl Sim {
             let host = port_entry(0, gateway(n));
             let tables = Tables::build(config, host, ports, peers, new_counters())
                 .expect("the simulated cluster is routable");
-            let conntrack = Conntrack::new(Conntrack::tables(1, CONNTRACK_MAX), 0);
+            let conntrack = Conntrack::new(policy_tables(CONNTRACK_MAX), 0);
             let host_flows = HostTables::new(1, CONNTRACK_MAX);
             let core = Core::new(core::Config {
                 worker: 0,

@@ -62,6 +62,10 @@ drop_reasons! {
     TtlExceeded => "ttl_exceeded",
     /// Larger than the egress MTU (an ICMP fragmentation-needed was sent if DF was set).
     TooBig => "too_big",
+    /// An ICMP error the switch would have sent about a frame from here, over the
+    /// worker's limit (1,000 a second, in bursts of 50); the frame itself is counted
+    /// under its own reason.
+    IcmpLimited => "icmp_limited",
     /// Arrived from a tunnel but routes to another peer: the switch does not relay.
     NoRelay => "no_relay",
     /// Arrived from the host port and routes back to it: a direct peer whose host
@@ -89,6 +93,10 @@ drop_reasons! {
     /// A new connection to or from a policy-isolated pod found the worker's
     /// connection table full; counted on the pod.
     ConntrackFull => "conntrack_full",
+    /// A new connection whose source address (a pod, or what the host forwards)
+    /// holds its share of the worker's connection table (`[policy]
+    /// conntrack-share`); counted on the port it came from.
+    ConntrackShare => "conntrack_share",
     /// With encryption required (`[encryption] mode = "required"`): a plaintext sleeve
     /// datagram from a peer.
     Plaintext => "plaintext",

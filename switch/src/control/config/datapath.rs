@@ -69,6 +69,11 @@ pub struct DatapathSettings {
     pub poll: Duration,
     /// The port type of pods that do not ask for one.
     pub pod_port: PortType,
+    /// Test only, and never from the config file, a flag or the control socket:
+    /// each worker panics once it has read this many frames. weftd
+    /// sets it from `WEFT_TEST_PANIC_WORKER_AFTER`, for the test that a dead worker
+    /// takes the daemon down.
+    pub test_panic_after: Option<u64>,
 }
 
 impl DatapathOptions {
@@ -95,6 +100,7 @@ impl DatapathOptions {
             port_queues,
             poll: Duration::from_micros(u64::from(poll_us)),
             pod_port: self.pod_port.unwrap_or_default(),
+            test_panic_after: None,
         })
     }
 }

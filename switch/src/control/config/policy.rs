@@ -12,6 +12,9 @@ pub const DEFAULT_CONNTRACK_MAX: usize = 16_384;
 pub const MIN_CONNTRACK: usize = 16;
 /// The most connections a worker may be told to track.
 pub const MAX_CONNTRACK: usize = 1 << 22;
+/// The share of a worker's connection table one source address may hold by
+/// default, in percent.
+pub const DEFAULT_CONNTRACK_SHARE: u8 = 50;
 
 /// `[policy]` as given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args, Deserialize)]
@@ -25,6 +28,12 @@ pub struct PolicyOptions {
     /// of policy-isolated pods beyond it are dropped and counted [default: 16384].
     #[arg(long)]
     pub conntrack_max: Option<usize>,
+    /// The most of a worker's connection table that one source address (a pod, or
+    /// what the host forwards) may hold, in percent of conntrack-max; its new
+    /// connections beyond it replace its own oldest not yet established, or are
+    /// dropped and counted [default: 50].
+    #[arg(long)]
+    pub conntrack_share: Option<u8>,
 }
 
 /// A bad `[policy]` setting.
@@ -43,6 +52,9 @@ pub enum PolicyConfigError {
     /// A connection table size out of bounds.
     #[error("invalid [policy] conntrack-max (--conntrack-max): {0}: between {MIN_CONNTRACK} and {MAX_CONNTRACK}")]
     ConntrackMax(usize),
+    /// A share of the connection table out of bounds.
+    #[error("invalid [policy] conntrack-share (--conntrack-share): {0}: a percentage, between 1 and 100")]
+    ConntrackShare(u8),
 }
 
 /// Where policy comes from, and the connection tables' size, checked.
@@ -52,6 +64,8 @@ pub struct PolicySettings {
     pub dir: Option<PathBuf>,
     /// Connections each worker tracks, at most.
     pub conntrack_max: usize,
+    /// Connections one source address may hold in a worker's table, at most.
+    pub conntrack_share: usize,
 }
 
 impl PolicyOptions {
@@ -67,9 +81,14 @@ impl PolicyOptions {
         if !(MIN_CONNTRACK..=MAX_CONNTRACK).contains(&conntrack_max) {
             return Err(PolicyConfigError::ConntrackMax(conntrack_max));
         }
+        let percent = self.conntrack_share.unwrap_or(DEFAULT_CONNTRACK_SHARE);
+        if !(1..=100).contains(&percent) {
+            return Err(PolicyConfigError::ConntrackShare(percent));
+        }
         Ok(PolicySettings {
             dir: self.dir,
             conntrack_max,
+            conntrack_share: (conntrack_max * usize::from(percent) / 100).max(1),
         })
     }
 }

@@ -43,6 +43,7 @@ fn defaults() {
     assert!(s.host.masquerade);
     assert_eq!(s.host.service_cidr, None);
     assert_eq!(s.policy.conntrack_max, DEFAULT_CONNTRACK_MAX);
+    assert_eq!(s.policy.conntrack_share, DEFAULT_CONNTRACK_MAX / 2);
     assert_eq!(s.afxdp.geometry, crate::io::xsk::Geometry::DEFAULT);
     assert_eq!(s.state_dir, Path::new(DEFAULT_STATE_DIR));
 }
@@ -92,6 +93,20 @@ fn flags_override_the_file() {
     assert!(err.to_string().contains("--afxdp-frames"), "{err}");
 }
 
+/// `conntrack-share` is a percentage of `conntrack-max`, from the file or a flag.
+#[test]
+fn the_conntrack_share_is_a_percentage_of_the_table() {
+    let file = format!(
+        "{HEAD}pod-subnet = \"10.244.1.0/24\"\n[policy]\nconntrack-max = 1000\nconntrack-share = 10\n"
+    );
+    let (o, _) = parse(&file).unwrap();
+    assert_eq!(o.clone().resolve().unwrap().policy.conntrack_share, 100);
+    let o = o.with_flags(["--conntrack-share", "100"]).unwrap();
+    assert_eq!(o.resolve().unwrap().policy.conntrack_share, 1000);
+    let err = base().with_flags(["--conntrack-share", "101"]).unwrap();
+    assert!(err.resolve().unwrap_err().to_string().contains("101"));
+}
+
 /// Every flag is a key: at the top level under its own name, or moved into a
 /// section by [`FLAT_KEYS`]; and every key of [`FLAT_KEYS`] is a flag.
 #[test]
@@ -101,9 +116,9 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         .get_arguments()
         .filter_map(|a| a.get_long())
         .collect();
-    assert_eq!(flags.len(), 41, "{flags:?}");
+    assert_eq!(flags.len(), 42, "{flags:?}");
     // Keys that came after the sections, and so never had a flat form.
-    let sectioned = ["kubeconfig", "etcd-insecure"];
+    let sectioned = ["kubeconfig", "etcd-insecure", "conntrack-share"];
     let top = [
         "node-name",
         "underlay-ip",
@@ -338,7 +353,7 @@ fn a_setting_in_both_layouts_is_refused() {
 /// the key, its flag and what is wrong; the flat layout gives the same.
 #[test]
 fn each_section_says_what_is_wrong() {
-    let cases: [(&str, &str, &str, &str); 13] = [
+    let cases: [(&str, &str, &str, &str); 14] = [
         ("[afxdp]\nframes = 100", "afxdp-frames = 100",
          "invalid [afxdp] frames (--afxdp-frames): afxdp-frames is a power of two from 64 to 16384, not 100", "Afxdp"),
         ("store = \"etcd\"\n[etcd]\nendpoints = [\"http://a:1\"]\ncert = \"/c.pem\"",
@@ -359,6 +374,8 @@ fn each_section_says_what_is_wrong() {
          "invalid [datapath] port-queues (--port-queues): 3: between 1 and the number of workers (2)", "Datapath"),
         ("[policy]\nconntrack-max = 8", "conntrack-max = 8",
          "invalid [policy] conntrack-max (--conntrack-max): 8: between 16 and 4194304", "Policy"),
+        ("[policy]\nconntrack-share = 0", "[policy]\nconntrack-share = 0",
+         "invalid [policy] conntrack-share (--conntrack-share): 0: a percentage, between 1 and 100", "Policy"),
         ("[host]\nport = \"a/b\"", "host-port = \"a/b\"",
          "invalid [host] port (--host-port): \"a/b\" is not an interface name", "Host"),
         ("[host]\nservice-cidr = \"10.244.128.0/17\"", "service-cidr = \"10.244.128.0/17\"",

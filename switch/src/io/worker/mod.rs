@@ -6,22 +6,31 @@
 //! (a port opened with fewer queues than there are workers), the frame is copied into
 //! a pooled buffer and handed to the port's owning worker through a bounded lock-free
 //! ring; the batch ends with one eventfd wake-up per target worker.
+//!
+//! A dead worker is a dead daemon. A worker that panics, or whose loop fails, aborts
+//! the process (its `Lifeline`), in every build profile: left alone, its tunnel socket
+//! would go on taking its `SO_REUSEPORT` share of the peers' flows, and its port
+//! queues their share of the pods', and drop them all. Each worker also records when
+//! it last went round its loop, at least every [`plan::LIVENESS_TICK`], so that the
+//! daemon is not ready while one is stalled ([`Shared::stalled_workers`]).
 
 use std::io;
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
+use crossbeam::utils::CachePadded;
 use mio::{Poll, Token, Waker};
 
-use crate::core::conntrack::Conntrack;
+use crate::core::conntrack::{Conntrack, Overflow, OverflowStats, Table};
 use crate::core::host::{HostFlows, HostTables};
-use crate::core::HEADROOM;
+use crate::core::{Time, HEADROOM};
 use crate::crypto::stage::{SealCache, Sealer};
+use crate::io::clock;
 use crate::io::port::{Offload, PortQueue};
 use crate::io::udp::{Lanes, Tunnel};
 use crate::tables::counters::Counters;
@@ -88,6 +97,11 @@ pub struct Shared {
     sealer: Option<Arc<Sealer>>,
     /// The flows crossing the host port, every worker's.
     pub host_flows: HostTables,
+    /// NetworkPolicy's connection tables, every worker's.
+    conntrack: Arc<[Table]>,
+    /// When each worker last went round its loop, in nanoseconds of
+    /// [`clock::now`]; written by that worker only.
+    seen: Box<[CachePadded<AtomicU64>]>,
 }
 
 impl Shared {
@@ -98,6 +112,32 @@ impl Shared {
         } else {
             &self.pool
         }
+    }
+
+    /// NetworkPolicy's connections tracked now, summed over the workers.
+    pub fn conntrack_live(&self) -> u64 {
+        self.conntrack.iter().map(Table::live).sum()
+    }
+
+    /// What the workers' NetworkPolicy tables did with connections they could not
+    /// fit.
+    pub fn conntrack_overflow(&self) -> OverflowStats {
+        Conntrack::overflow_stats(&self.conntrack)
+    }
+
+    /// Records that worker `index` went round its loop at `now`.
+    fn seen(&self, index: usize, now: Time) {
+        self.seen[index].store(now.as_nanos(), Ordering::Relaxed);
+    }
+
+    /// The workers that have not gone round their loop for longer than
+    /// [`plan::STALL`].
+    pub fn stalled_workers(&self) -> Vec<usize> {
+        let now = clock::now();
+        (self.seen.iter().enumerate())
+            .filter(|(_, seen)| plan::stalled(Time::from_nanos(seen.load(Ordering::Relaxed)), now))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Gives a handoff buffer back to the pool it came from.
@@ -145,6 +185,11 @@ pub struct Tuning {
     pub heartbeat: Duration,
     /// Connections each worker tracks for NetworkPolicy, at most.
     pub conntrack_max: usize,
+    /// Connections one source address may hold in a worker's table, at most.
+    pub conntrack_share: usize,
+    /// Test only: each worker panics once it has read this many frames (weftd's
+    /// `WEFT_TEST_PANIC_WORKER_AFTER`).
+    pub panic_after: Option<u64>,
 }
 
 /// A pool of handoff buffers.
@@ -181,7 +226,8 @@ pub fn spawn(
         polls.push(poll);
     }
     let (pool, large) = handoff_pools(n);
-    let conntrack = Conntrack::tables(n, tuning.conntrack_max);
+    let share = tuning.conntrack_share;
+    let conntrack = Conntrack::tables(n, tuning.conntrack_max, Overflow::Fair { share });
     let host_flows = HostTables::new(n, tuning.conntrack_max);
     let shared = Arc::new(Shared {
         tables,
@@ -192,6 +238,10 @@ pub fn spawn(
         stop: AtomicBool::new(false),
         sealer,
         host_flows: host_flows.clone(),
+        conntrack: conntrack.clone(),
+        seen: (0..n)
+            .map(|_| CachePadded::new(AtomicU64::new(clock::now().as_nanos())))
+            .collect(),
     });
     // Each worker builds its state on its own thread (its buffers then come from that
     // thread's allocator arena) and reports whether it could before any runs, so a
@@ -237,25 +287,57 @@ pub fn spawn(
 }
 
 /// Starts the thread of the worker `setup` describes; it builds its state there
-/// and tells `ready` whether it could, then runs.
+/// and tells `ready` whether it could, then runs, on a [`Lifeline`].
 fn spawn_one(
     setup: Setup,
     commands: Receiver<Command>,
     shared: Arc<Shared>,
     ready: Sender<io::Result<()>>,
 ) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+    let index = setup.index;
     std::thread::Builder::new()
-        .name(format!("weft-worker-{}", setup.index))
-        .spawn(move || match Worker::new(setup, commands, shared) {
+        .name(format!("weft-worker-{index}"))
+        .spawn(move || match Worker::new(setup, commands, shared.clone()) {
             Ok(worker) => {
                 let _ = ready.send(Ok(()));
-                worker.run()
+                let _lifeline = Lifeline { index, shared };
+                let ended = worker.run();
+                if let Err(e) = &ended {
+                    log::error!("worker {index}: {e}");
+                }
+                ended
             }
             Err(e) => {
                 let _ = ready.send(Err(e));
                 Ok(())
             }
         })
+}
+
+/// Held by a running worker: aborts the process when the worker ends other than
+/// by [`stop`], unwinding from a panic or returning from a failed loop. An abort,
+/// not an exit, so that no other thread runs on meanwhile (the panic's message is
+/// already written: the panic hook runs before the unwinding).
+struct Lifeline {
+    index: usize,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        let why = if std::thread::panicking() {
+            "panicked"
+        } else if !self.shared.stop.load(Ordering::Acquire) {
+            "stopped unasked"
+        } else {
+            return;
+        };
+        log::error!(
+            "worker {} {why}: weftd aborts, so that its share of the flows is not lost",
+            self.index
+        );
+        std::process::abort();
+    }
 }
 
 /// Stops every worker and waits for them. Queues they own are closed.
@@ -311,3 +393,40 @@ mod poll;
 mod sink;
 
 use poll::Worker;
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use super::*;
+    use crate::io::udp::tunnel_sockets;
+    use crate::sim::Sim;
+    use crate::tables::TunnelMode;
+
+    /// Idle workers, with no timer of their own and nothing to read, still go round
+    /// their loop every tick, so none counts as stalled; and a stop ends them
+    /// without tripping their lifelines.
+    #[test]
+    fn idle_workers_go_round_their_loop_and_stop_on_request() {
+        let node = Sim::new(TunnelMode::Vxlan, &[&[]]).nodes.remove(0);
+        let tables = Arc::new(ArcSwap::from_pointee(node.tables));
+        let sockets = tunnel_sockets(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), 2).unwrap();
+        let lanes = Lanes::bind(Ipv4Addr::LOCALHOST, 1).unwrap();
+        let tuning = Tuning {
+            poll_max: Duration::ZERO,
+            heartbeat: Duration::ZERO,
+            conntrack_max: 16,
+            conntrack_share: 8,
+            panic_after: None,
+        };
+        let (shared, mut handles) = spawn(tables, sockets, Arc::new(lanes), tuning, None).unwrap();
+        let waited = clock::now();
+        std::thread::sleep(plan::LIVENESS_TICK * 3);
+        for (i, seen) in shared.seen.iter().enumerate() {
+            let seen = Time::from_nanos(seen.load(Ordering::Relaxed));
+            assert!(seen > waited, "worker {i} last went round at {seen:?}");
+        }
+        assert_eq!(shared.stalled_workers(), Vec::<usize>::new());
+        stop(&shared, &mut handles);
+    }
+}

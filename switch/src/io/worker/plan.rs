@@ -1,7 +1,7 @@
 //! The decisions a worker's poll loop makes, apart from the loop: which worker a
 //! frame is handed to, which workers to wake at the end of a batch, how long to
-//! block in `epoll_wait`, whether to run a batch at all, and when worker 0 runs
-//! the handshake timers. Pure functions of what they are given, time included, so
+//! block in `epoll_wait`, whether to run a batch at all, when worker 0 runs the
+//! handshake timers, and when a worker that has not gone round its loop is stalled. Pure functions of what they are given, time included, so
 //! they are tested here without threads, sockets or clocks.
 
 use std::time::Duration;
@@ -47,19 +47,33 @@ impl Iterator for Wakes {
     }
 }
 
+/// The longest a worker waits in `epoll_wait`: it goes round its loop at least this
+/// often, and says so ([`stalled`]), even with nothing to do.
+pub const LIVENESS_TICK: Duration = Duration::from_secs(1);
+
+/// How long a worker may go without going round its loop before the daemon counts
+/// it stalled, and so not ready: several ticks, so that a busy machine's scheduling
+/// does not count.
+pub const STALL: Duration = Duration::from_secs(5);
+
 /// How long the poll may block: not at all while the worker polls (fds left over
 /// from the last batch, or inside the polling window after work), else until its
-/// next timer, or until woken if it has none. The clock is read only if needed.
+/// next timer, and a [`LIVENESS_TICK`] at most. The clock is read only if needed.
 pub fn poll_timeout(
     polling: bool,
     next_timer: Option<Time>,
     now: impl FnOnce() -> Time,
-) -> Option<Duration> {
-    if polling {
-        Some(Duration::ZERO)
-    } else {
-        next_timer.map(|at| at.saturating_since(now()))
+) -> Duration {
+    match (polling, next_timer) {
+        (true, _) => Duration::ZERO,
+        (false, Some(at)) => at.saturating_since(now()).min(LIVENESS_TICK),
+        (false, None) => LIVENESS_TICK,
     }
+}
+
+/// Whether a worker last seen going round its loop at `seen` is stalled at `now`.
+pub fn stalled(seen: Time, now: Time) -> bool {
+    now.saturating_since(seen) > STALL
 }
 
 /// Whether a poll's return calls for a batch: an fd is ready, fds are left over,
@@ -150,23 +164,32 @@ mod tests {
     }
 
     #[test]
-    fn the_poll_blocks_until_the_next_timer_unless_polling() {
+    fn the_poll_blocks_until_the_next_timer_or_a_tick_unless_polling() {
         let never = || -> Time { panic!("the clock is read while polling") };
-        assert_eq!(
-            poll_timeout(true, Some(at(50)), never),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(poll_timeout(true, Some(at(50)), never), Duration::ZERO);
         assert_eq!(
             poll_timeout(false, Some(at(50)), || at(10)),
-            Some(Duration::from_millis(40))
+            Duration::from_millis(40)
         );
         // A timer in the past: do not block.
+        assert_eq!(poll_timeout(false, Some(at(50)), || at(60)), Duration::ZERO);
+        // No timer, or a distant one: a liveness tick.
+        assert_eq!(poll_timeout(false, None, never), LIVENESS_TICK);
         assert_eq!(
-            poll_timeout(false, Some(at(50)), || at(60)),
-            Some(Duration::ZERO)
+            poll_timeout(false, Some(at(60_000)), || at(10)),
+            LIVENESS_TICK
         );
-        // No timer: block until woken.
-        assert_eq!(poll_timeout(false, None, || at(10)), None);
+    }
+
+    #[test]
+    fn a_worker_is_stalled_once_it_misses_several_ticks() {
+        assert!(STALL >= LIVENESS_TICK * 3);
+        let seen = at(10_000);
+        assert!(!stalled(seen, seen));
+        assert!(!stalled(seen, seen + STALL));
+        assert!(stalled(seen, seen + STALL + Duration::from_millis(1)));
+        // A reading from before the worker's last round is no stall.
+        assert!(!stalled(seen, at(0)));
     }
 
     #[test]

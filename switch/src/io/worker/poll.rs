@@ -35,6 +35,10 @@ pub(super) struct Worker {
     io: Io,
     /// On worker 0 with encryption: when to run the handshake timers.
     seal: SealClock,
+    /// Frames read from port queues and datagrams from the tunnel socket.
+    frames: u64,
+    /// Test only: panic once `frames` reaches it ([`super::Tuning::panic_after`]).
+    panic_after: Option<u64>,
 }
 
 impl Worker {
@@ -73,6 +77,8 @@ impl Worker {
             }),
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
             seal: SealClock::default(),
+            frames: 0,
+            panic_after: tuning.panic_after,
             io: Io {
                 index,
                 tunnel,
@@ -95,7 +101,7 @@ impl Worker {
         loop {
             let polling = !again.is_empty() || Instant::now() < poll_until;
             let timeout = plan::poll_timeout(polling, self.next_timer(), clock::now);
-            match self.poll.poll(&mut events, timeout) {
+            match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -104,6 +110,7 @@ impl Worker {
                 return Ok(());
             }
             let now = clock::now();
+            self.io.shared.seen(self.io.index, now);
             if !plan::runs_batch(
                 !events.is_empty(),
                 !again.is_empty(),
@@ -125,8 +132,20 @@ impl Worker {
                 }
             }
             self.batch(now, &ready, &mut again);
+            self.panic_if_asked();
             idle_since = Instant::now();
             poll_until = idle_since + self.spin.window();
+        }
+    }
+
+    /// The test hook: panics once the worker has read as many frames as weftd's
+    /// `WEFT_TEST_PANIC_WORKER_AFTER` says.
+    fn panic_if_asked(&self) {
+        if let Some(n) = self.panic_after.filter(|n| self.frames >= *n) {
+            panic!(
+                "worker {} read {} frames: WEFT_TEST_PANIC_WORKER_AFTER={n} asks it to panic",
+                self.io.index, self.frames
+            );
         }
     }
 
@@ -308,6 +327,7 @@ impl Worker {
             };
             let mut cx = Ctx::new(tables, now, &mut sink);
             let core = &mut self.core;
+            self.frames += n as u64;
             self.rx.for_each(|from, buf, off, len| {
                 let mut range = off..off + len;
                 let io = &mut *cx.sink.io;
@@ -347,7 +367,7 @@ impl Worker {
         let counters = q.counters.clone();
         let ingress = tables.port_index(id);
         let worker = self.io.index;
-        let (io, core) = (&mut self.io, &mut self.core);
+        let (io, core, frames) = (&mut self.io, &mut self.core, &mut self.frames);
         let result = q
             .queue
             .recv_batch(&mut self.buf, BUDGET, &mut |rx| match rx {
@@ -370,6 +390,7 @@ impl Worker {
                         wake: &mut *wake,
                     };
                     let mut cx = Ctx::new(tables, now, &mut sink);
+                    *frames += 1;
                     core.port_frame(&mut cx, i, &offload, Frame::new(buf, start, len));
                 }
                 // One frame with a header the switch cannot read: drop it, keep going.
