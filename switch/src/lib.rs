@@ -11,6 +11,8 @@
 //! - [`io`]: worker threads running the core over TAP queues and tunnel sockets.
 //! - [`control`]: the daemon around them: pods, peers, the control socket, the
 //!   host's netlink, the cluster store.
+//! - [`services`]: ClusterIP Services in the switch: the table the control plane
+//!   compiles for the datapath.
 //! - `sim` (feature `sim`): an in-memory cluster of cores with a simulated clock
 //!   and wire, for tests.
 
@@ -21,6 +23,7 @@ pub mod crypto;
 pub mod io;
 pub mod mac;
 pub mod netpol;
+pub mod services;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod tables;
