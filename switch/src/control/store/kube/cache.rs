@@ -496,7 +496,11 @@ mod tests {
         let before = c.policy_revision;
         assert!(c.apply(Change::Node(Event::Apply(node("10.244.1.0/24")))));
         assert_eq!(addressed(&c), Some("10.244.1.7".parse().unwrap()));
-        assert_eq!(c.policy_revision, before + 1, "the policy view must be remade");
+        assert_eq!(
+            c.policy_revision,
+            before + 1,
+            "the policy view must be remade"
+        );
         assert!(c.apply(Change::Node(Event::Delete(node("10.244.1.0/24")))));
         assert_eq!(c.policy_revision, before + 2);
         // An update that changes nothing held remakes nothing.
