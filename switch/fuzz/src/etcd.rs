@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use weft_switch::control::store::etcd::records::{
     self, Cache, KeyKind, Layout, PolicyRecords, Stored,
 };
+use weft_switch::control::store::screen::Own;
+use weft_switch::control::store::NodeEntry;
+use weft_switch::netpol::model::PolicyModel;
 
 /// The prefix the records go under.
 const PREFIX: &str = "/weft/v1";
@@ -19,8 +22,9 @@ const PREFIX: &str = "/weft/v1";
 /// Panics if anything panics, if a node record that parses fails
 /// `check_node` or does not read back the same once written, if the view of
 /// the nodes uses two nodes that collide, a node its subnet's lease does not
-/// name, or loses a record (each is used or ignored), or if the policy
-/// objects kept change by change differ from a fresh read of the cache.
+/// name, or loses a record (each is used or ignored), if the policy
+/// objects kept change by change differ from a fresh read of the cache, or if
+/// the set a node would put in force from them does not fail closed.
 pub fn etcd_records(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -28,6 +32,7 @@ pub fn etcd_records(data: &[u8]) {
     let layout = Layout::new(PREFIX);
     let mut cache = Cache::default();
     let mut kept = PolicyRecords::default();
+    let mut in_force = weft_switch::netpol::last_good::nothing_good_yet();
     for line in text.lines() {
         let Some((key, value)) = change(line) else {
             continue;
@@ -52,7 +57,7 @@ pub fn etcd_records(data: &[u8]) {
             check_node_record(&name, &stored.value);
         }
         check_nodes(&layout, &cache);
-        check_policy(&layout, &cache, &kept);
+        in_force = check_policy(&layout, &cache, &kept, &in_force);
     }
 }
 
@@ -93,11 +98,18 @@ fn check_node_record(name: &str, value: &[u8]) {
     assert_eq!(again.as_ref(), Ok(&record), "a written record reads back");
 }
 
-/// The view of the nodes: every node record used or ignored, the used ones
-/// oldest first, leased to them, and no two of them colliding.
+/// The view of the nodes, read as this node ([`super::own`]) and as a reader
+/// that is no node: every node record used or ignored, the used ones oldest
+/// first, leased to them, and no two of them colliding, nor one with this node.
 fn check_nodes(layout: &Layout, cache: &Cache) {
+    let own = super::own();
+    check_nodes_as(layout, cache, Some(&own));
+    check_nodes_as(layout, cache, None);
+}
+
+fn check_nodes_as(layout: &Layout, cache: &Cache, own: Option<&Own>) {
     let (cluster, port) = (super::cluster(), super::PORT);
-    let view = records::nodes(layout, cache, super::ME, cluster, port);
+    let view = records::nodes(layout, cache, own, cluster, port);
     let node_keys: BTreeMap<String, &Stored> = (cache.keys.iter())
         .filter_map(|(k, s)| match layout.classify(k) {
             KeyKind::Node(name) => Some((name, s)),
@@ -110,28 +122,39 @@ fn check_nodes(layout: &Layout, cache: &Cache) {
         .map(|n| node_keys[&n.name].create_revision)
         .collect();
     assert!(created.is_sorted(), "nodes oldest first");
-    for n in view.nodes.iter().filter(|n| n.name != super::ME) {
+    let mine = |n: &&NodeEntry| own.is_some_and(|o| o.name == n.name);
+    for n in view.nodes.iter().filter(|n| !mine(n)) {
         let holder = leases.get(&n.pod_subnet).cloned().flatten();
         assert_eq!(holder.as_deref(), Some(&*n.name), "{}'s lease", n.name);
     }
-    super::nodes::check_usable(&view.nodes, true);
+    super::nodes::check_usable(&view.nodes, own);
 }
 
 /// The policy objects kept change by change are those a fresh read of the
 /// cache makes, one reading a record, and they pass their checks; forgetting
-/// the records' values, as the store does, changes nothing.
-fn check_policy(layout: &Layout, cache: &Cache, kept: &PolicyRecords) {
+/// the records' values, as the store does, changes nothing. Merged over
+/// `in_force`, the set in force before, it fails closed
+/// ([`super::merge::check_merge`]), and makes the next.
+fn check_policy(
+    layout: &Layout,
+    cache: &Cache,
+    kept: &PolicyRecords,
+    in_force: &PolicyModel,
+) -> PolicyModel {
     let fresh = records::policy(layout, cache);
     let now = kept.policy(cache.revision);
     assert_eq!(now.model, fresh.model, "change by change vs. a fresh read");
-    assert_eq!(now.bad, fresh.bad, "change by change vs. a fresh read");
+    assert_eq!(
+        now.unread, fresh.unread,
+        "change by change vs. a fresh read"
+    );
     let objects = (cache.keys.keys())
         .filter(|k| matches!(layout.classify(k), KeyKind::Object(..)))
         .count();
     assert_eq!(kept.len(), objects, "one reading a record");
     let m = &now.model;
     let good = m.namespaces.len() + m.pods.len() + m.policies.len();
-    assert_eq!(good + now.bad.len(), objects, "each record good or bad");
+    assert_eq!(good + now.unread.len(), objects, "each record good or bad");
     m.check()
         .unwrap_or_else(|e| panic!("the etcd store's model fails its checks: {e}"));
     let mut forgotten = cache.clone();
@@ -139,4 +162,5 @@ fn check_policy(layout: &Layout, cache: &Cache, kept: &PolicyRecords) {
     let mut again = kept.clone();
     again.sync(layout, &forgotten);
     assert_eq!(again.policy(cache.revision).model, now.model);
+    super::merge::check_merge(m, &now.unread, in_force)
 }

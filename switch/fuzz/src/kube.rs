@@ -14,6 +14,9 @@ use serde::de::DeserializeOwned;
 use weft_switch::control::store::kube::cache::{read_pod, Cache, Change, KINDS};
 use weft_switch::control::store::kube::nodes::pod_cidr;
 use weft_switch::control::store::kube::objects::SlimPod;
+use weft_switch::control::store::screen::screen;
+use weft_switch::netpol::last_good::{self, Kind};
+use weft_switch::netpol::model::PolicyModel;
 
 /// Feeds every event of `data` to a [`Cache`], checking it after each one.
 ///
@@ -29,6 +32,7 @@ pub fn kube_objects(data: &[u8]) {
     };
     let mut cache = Cache::default();
     let mut model = Watches::default();
+    let mut in_force = last_good::nothing_good_yet();
     for line in text.lines() {
         let Some((change, key)) = change(line) else {
             continue;
@@ -46,8 +50,12 @@ pub fn kube_objects(data: &[u8]) {
             assert_ne!(cache.policy_revision, revisions.1, "{line}: policy changed");
         }
         model.check(&cache);
-        check_policy(&cache);
-        super::nodes::check_usable(&after.0.nodes, false);
+        in_force = check_policy(&cache, &in_force);
+        super::nodes::check_usable(&after.0.nodes, None);
+        // The daemon screens every store's nodes against itself as it runs.
+        let own = super::own();
+        let (kept, _) = screen(after.0.nodes.clone(), super::cluster(), Some(&own));
+        super::nodes::check_usable(&kept, Some(&own));
         let listed = after.0.nodes.len() + after.0.skipped.len();
         assert_eq!(listed, cache.nodes.len(), "every Node is used or skipped");
     }
@@ -57,7 +65,7 @@ type Views = (
     weft_switch::control::store::kube::nodes::NodesView,
     (
         weft_switch::netpol::model::PolicyModel,
-        Vec<weft_switch::netpol::manifest::ManifestError>,
+        Vec<weft_switch::netpol::last_good::Unread>,
     ),
 );
 
@@ -221,10 +229,11 @@ fn phase(change: &Change) -> Phase {
 }
 
 /// The policy view: it passes its checks, its pods are sorted, named once,
-/// an address each at most and inside their node's podCIDR, and every policy
-/// that did not read isolates and allows nothing.
-fn check_policy(cache: &Cache) {
-    let (model, bad) = cache.policy_model();
+/// an address each at most and inside their node's podCIDR; every policy that
+/// did not read is named, and fails closed once merged over `in_force`, the set
+/// in force before ([`super::merge::check_merge`]), which returns the next.
+fn check_policy(cache: &Cache, in_force: &PolicyModel) -> PolicyModel {
+    let (model, unread) = cache.policy_model();
     model
         .check()
         .unwrap_or_else(|e| panic!("the Kubernetes store's model fails its checks: {e}"));
@@ -252,17 +261,17 @@ fn check_policy(cache: &Cache) {
             );
         }
     }
-    assert_eq!(model.policies.len(), cache.policies.len());
-    for e in &bad {
-        let id = e.file.trim_start_matches("networkpolicies/");
-        // (Two policies may share an id: "a/b" in "x" and "b" in "x/a".)
-        let closed = |p: &&std::sync::Arc<weft_switch::netpol::model::Policy>| {
-            p.ingress.as_deref() == Some(&[]) && p.egress.as_deref() == Some(&[])
-        };
-        let mut same = model.policies.iter().filter(|p| p.id() == id);
+    assert_eq!(unread.len(), cache.policies.len() - model.policies.len());
+    for u in &unread {
+        let id = u.id.as_ref().expect("an unread NetworkPolicy is named");
+        assert_eq!(id.kind, Kind::NetworkPolicy);
+        let key = (id.namespace.clone(), id.name.clone());
+        assert!(cache.policies.get(&key).is_some(), "{id} is held");
         assert!(
-            same.any(|p| closed(&p)),
-            "{id} does not read and must fail closed"
+            model.policies.get(&id.namespace, &id.name).is_none(),
+            "{id} read"
         );
     }
+    assert!(model.lists_every_pod, "the API server lists every pod");
+    super::merge::check_merge(&model, &unread, in_force)
 }

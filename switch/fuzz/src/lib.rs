@@ -11,6 +11,7 @@ mod core_frames;
 mod etcd;
 mod handshake;
 mod kube;
+mod merge;
 mod netpol;
 mod nodes;
 
@@ -26,6 +27,16 @@ const CLUSTER: &str = "10.244.0.0/16";
 const PORT: u16 = 8472;
 /// The node they read the store as.
 const ME: &str = "node-a";
+
+/// This node as it runs, whatever the store says of it.
+fn own() -> weft_switch::control::store::screen::Own {
+    weft_switch::control::store::screen::Own {
+        name: ME.to_owned(),
+        subnet: "10.244.0.0/24".parse().expect("a CIDR"),
+        underlay: std::net::Ipv4Addr::new(192, 168, 0, 1),
+        vtep_mac: weft_switch::mac::MacAddr([2, 0, 0, 0, 0, 1]),
+    }
+}
 
 /// The cluster CIDR, parsed.
 fn cluster() -> ipnet::Ipv4Net {

@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use weft_switch::netpol::compile::{compile, compile_cached, CompiledPolicy, LocalPod, PeerCache};
+use weft_switch::netpol::compile::{
+    compile, compile_cached, CompiledPolicy, LocalPod, PeerCache, RuleSet,
+};
 use weft_switch::netpol::manifest;
 use weft_switch::netpol::model::PolicyModel;
 
@@ -89,7 +91,7 @@ fn as_json(value: &yaml_serde::Value) -> Option<String> {
 
 /// The model's pods with an address, as if all were attached here (one per
 /// address), and one attachment the model does not hold.
-fn local_pods(model: &PolicyModel) -> Vec<LocalPod> {
+pub(crate) fn local_pods(model: &PolicyModel) -> Vec<LocalPod> {
     let mut seen = HashSet::new();
     let mut local: Vec<LocalPod> = model
         .pods
@@ -138,22 +140,36 @@ fn check_compile(model: &PolicyModel) {
 }
 
 /// Each local pod is isolated in a direction exactly when a policy of its
-/// namespace that selects it has that direction, and every rule it gets comes
-/// from one of those policies.
-fn check_selection(model: &PolicyModel, local: &[LocalPod], compiled: &CompiledPolicy) {
+/// namespace that selects it has that direction (or, for ingress, the model
+/// isolates its namespace: [`PolicyModel::isolated`]), and every rule it gets
+/// comes from one of those policies. A pod the model does not hold, when it
+/// lists every pod, is isolated both ways with no rule.
+pub(crate) fn check_selection(model: &PolicyModel, local: &[LocalPod], compiled: &CompiledPolicy) {
     for l in local {
-        let labels = model
-            .pod(&l.namespace, &l.name)
-            .map(|p| p.labels.clone())
-            .unwrap_or_default();
+        let known = model.pod(&l.namespace, &l.name);
+        if model.lists_every_pod && known.is_none() {
+            let rules = compiled
+                .by_ip
+                .get(&l.ip)
+                .expect("an unlisted pod is isolated");
+            let closed = |s: &Option<_>| s.as_ref().is_some_and(|s: &RuleSet| s.rules.is_empty());
+            assert!(
+                closed(&rules.ingress) && closed(&rules.egress),
+                "pod {}",
+                l.name
+            );
+            continue;
+        }
+        let labels = known.map(|p| p.labels.clone()).unwrap_or_default();
         let selecting: Vec<_> = model
             .policies
             .in_namespace(&l.namespace)
             .iter()
             .filter(|p| p.pod_selector.matches(&labels))
             .collect();
+        let isolations = model.isolated.reasons(&l.namespace).count();
         let rules = compiled.by_ip.get(&l.ip);
-        let ingress = selecting.iter().any(|p| p.ingress.is_some());
+        let ingress = selecting.iter().any(|p| p.ingress.is_some()) || isolations > 0;
         let egress = selecting.iter().any(|p| p.egress.is_some());
         assert_eq!(rules.is_some(), ingress || egress, "pod {}", l.name);
         let Some(rules) = rules else {
@@ -163,7 +179,13 @@ fn check_selection(model: &PolicyModel, local: &[LocalPod], compiled: &CompiledP
         assert_eq!(rules.egress.is_some(), egress, "pod {} egress", l.name);
         let ids: Vec<String> = selecting.iter().map(|p| p.id()).collect();
         let named: Vec<&str> = rules.selected_by.iter().map(|(id, _, _)| &**id).collect();
-        assert_eq!(named, ids, "pod {}: the policies that select it", l.name);
+        assert_eq!(named.len(), ids.len() + isolations, "pod {}", l.name);
+        assert_eq!(
+            named[..ids.len()],
+            ids,
+            "pod {}: the policies that select it",
+            l.name
+        );
         for (set, dir) in [(&rules.ingress, true), (&rules.egress, false)] {
             for r in set.iter().flat_map(|s| &s.rules) {
                 let p = selecting
