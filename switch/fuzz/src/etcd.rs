@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use ipnet::Ipv4Net;
+
 use weft_switch::control::store::etcd::records::{
     self, Cache, KeyKind, Layout, PolicyRecords, Stored,
 };
@@ -99,8 +101,8 @@ fn check_node_record(name: &str, value: &[u8]) {
 }
 
 /// The view of the nodes, read as this node ([`super::own`]) and as a reader
-/// that is no node: every node record used or ignored, the used ones oldest
-/// first, leased to them, and no two of them colliding, nor one with this node.
+/// that is no node: every node record used or ignored, the used ones in their
+/// subnet leases' order (the oldest lease first), leased to them, and no two of them colliding, nor one with this node.
 fn check_nodes(layout: &Layout, cache: &Cache) {
     let own = super::own();
     check_nodes_as(layout, cache, Some(&own));
@@ -118,10 +120,25 @@ fn check_nodes_as(layout: &Layout, cache: &Cache, own: Option<&Own>) {
         .collect();
     assert_eq!(view.nodes.len() + view.ignored.len(), node_keys.len());
     let leases = records::leased(layout, cache);
-    let created: Vec<i64> = (view.nodes.iter())
-        .map(|n| node_keys[&n.name].create_revision)
+    let lease_created: BTreeMap<Ipv4Net, i64> = (cache.keys.iter())
+        .filter_map(|(k, s)| match layout.classify(k) {
+            KeyKind::Subnet(net) => Some((net, s.create_revision)),
+            _ => None,
+        })
         .collect();
-    assert!(created.is_sorted(), "nodes oldest first");
+    // The leases' order, then the records': this node's own record, when no
+    // lease names it, comes last.
+    let order: Vec<(i64, i64)> = (view.nodes.iter())
+        .map(|n| {
+            let holds = leases.get(&n.pod_subnet).cloned().flatten().as_deref() == Some(&*n.name);
+            let lease = match holds {
+                true => lease_created[&n.pod_subnet],
+                false => i64::MAX,
+            };
+            (lease, node_keys[&n.name].create_revision)
+        })
+        .collect();
+    assert!(order.is_sorted(), "nodes in their leases' order");
     let mine = |n: &&NodeEntry| own.is_some_and(|o| o.name == n.name);
     for n in view.nodes.iter().filter(|n| !mine(n)) {
         let holder = leases.get(&n.pod_subnet).cloned().flatten();
