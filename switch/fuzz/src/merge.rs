@@ -43,6 +43,12 @@ pub fn check_merge(read: &PolicyModel, unread: &[Unread], last: &PolicyModel) ->
             (Some(id), Fate::Kept) => {
                 assert!(holds(last, id), "{id} kept, but never good");
                 assert!(holds(model, id), "{id} kept, but not in force");
+                if !holds(read, id) {
+                    assert!(
+                        same(model, last, id),
+                        "{id} kept, but not its last good version"
+                    );
+                }
             }
             (Some(id), Fate::Isolates(ns)) => {
                 assert!(!holds(last, id), "{id} was good once, and must be kept");
@@ -78,6 +84,16 @@ fn holds(model: &PolicyModel, id: &ObjectId) -> bool {
         Kind::Namespace => model.namespaces.contains_key(&id.name),
         Kind::Pod => model.pods.get(&id.namespace, &id.name).is_some(),
         Kind::NetworkPolicy => model.policies.get(&id.namespace, &id.name).is_some(),
+    }
+}
+
+/// Whether `a` and `b` hold the same version of object `id` (or both none).
+fn same(a: &PolicyModel, b: &PolicyModel, id: &ObjectId) -> bool {
+    let (ns, name) = (id.namespace.as_str(), id.name.as_str());
+    match id.kind {
+        Kind::Namespace => a.namespaces.get(name) == b.namespaces.get(name),
+        Kind::Pod => a.pods.get(ns, name) == b.pods.get(ns, name),
+        Kind::NetworkPolicy => a.policies.get(ns, name) == b.policies.get(ns, name),
     }
 }
 
