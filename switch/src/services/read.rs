@@ -1,0 +1,515 @@
+//! Services and EndpointSlices read from the documents every store holds (a
+//! manifest's YAML, an etcd record's JSON, the API server's objects) into the
+//! model, with the API server's validation of the fields used: what the API
+//! server would refuse is refused here, with a reason, so that a store written
+//! by hand (a directory, etcd) cannot hand the switch what no cluster could.
+//!
+//! Beyond the API server, weft bounds how many ports a Service or a slice may
+//! have ([`MAX_PORTS`]): Kubernetes bounds them only by an object's size, and a
+//! record with thousands would multiply into the table of every node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use super::model::{
+    AddressType, Conditions, EndpointSlice, Service, ServicePortSpec, ServiceType, SliceEndpoint,
+    SlicePort, TargetPort, TargetRef, DEFAULT_AFFINITY_SECONDS,
+};
+use crate::netpol::model::{Labels, Protocol, DEFAULT_NAMESPACE};
+
+/// The label naming an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The most ports a Service or an EndpointSlice may have (weft's bound).
+pub const MAX_PORTS: usize = 100;
+/// The most endpoints an EndpointSlice may have (the API server's).
+pub const MAX_ENDPOINTS: usize = 1000;
+/// The most addresses an endpoint may have (the API server's).
+pub const MAX_ADDRESSES: usize = 100;
+/// The longest `sessionAffinityConfig.clientIP.timeoutSeconds` (a day).
+pub const MAX_AFFINITY_SECONDS: i64 = 86_400;
+
+/// A port: a number, or a name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PortValue {
+    /// A number (checked to be 1 to 65535).
+    Number(i64),
+    /// A name.
+    Name(String),
+}
+
+/// A Service port, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePortDoc {
+    name: Option<String>,
+    protocol: Option<String>,
+    port: Option<i64>,
+    target_port: Option<PortValue>,
+}
+
+/// `sessionAffinityConfig.clientIP`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpDoc {
+    timeout_seconds: Option<i64>,
+}
+
+/// `sessionAffinityConfig`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AffinityConfigDoc {
+    #[serde(rename = "clientIP")]
+    client_ip: Option<ClientIpDoc>,
+}
+
+/// A Service's `spec`, as written; other fields are ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpecDoc {
+    #[serde(rename = "type")]
+    type_: Option<String>,
+    #[serde(rename = "clusterIP")]
+    cluster_ip: Option<String>,
+    #[serde(rename = "clusterIPs")]
+    cluster_ips: Option<Vec<String>>,
+    ports: Option<Vec<ServicePortDoc>>,
+    session_affinity: Option<String>,
+    session_affinity_config: Option<AffinityConfigDoc>,
+    internal_traffic_policy: Option<String>,
+}
+
+/// The metadata read of a document.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetaDoc {
+    name: String,
+    namespace: Option<String>,
+    #[serde(default)]
+    labels: Labels,
+}
+
+/// A whole Service document (a manifest, a record).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceDoc {
+    metadata: MetaDoc,
+    #[serde(default)]
+    spec: ServiceSpecDoc,
+}
+
+/// An endpoint's conditions, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ConditionsDoc {
+    ready: Option<bool>,
+    serving: Option<bool>,
+    terminating: Option<bool>,
+}
+
+/// An endpoint's `targetRef`, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TargetRefDoc {
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+/// An endpoint, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointDoc {
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    conditions: ConditionsDoc,
+    node_name: Option<String>,
+    target_ref: Option<TargetRefDoc>,
+}
+
+/// A slice port, as written.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SlicePortDoc {
+    name: Option<String>,
+    protocol: Option<String>,
+    port: Option<i64>,
+}
+
+/// An EndpointSlice's fields but its metadata, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceBodyDoc {
+    address_type: Option<String>,
+    endpoints: Option<Vec<EndpointDoc>>,
+    ports: Option<Vec<SlicePortDoc>>,
+}
+
+/// A whole EndpointSlice document.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SliceDoc {
+    metadata: MetaDoc,
+    #[serde(flatten)]
+    body: SliceBodyDoc,
+}
+
+/// Whether `s` is a DNS-1123 label: at most 63 lowercase letters, digits and
+/// `-`, starting and ending with a letter or digit.
+pub fn is_dns_label(s: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let b = s.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter().all(|&c| alnum(c) || c == b'-')
+        && alnum(b[0])
+        && alnum(b[b.len() - 1])
+}
+
+/// Whether `s` is a DNS-1123 subdomain: dot-separated labels, at most 253 long.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// Whether `s` is a DNS-1035 label (a Service's name): a DNS-1123 label that
+/// starts with a letter.
+fn is_dns1035_label(s: &str) -> bool {
+    is_dns_label(s) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+/// Whether `s` is an IANA service name (a named `targetPort`): at most 15
+/// lowercase letters, digits and `-`, with a letter, no `--`, and no `-` at
+/// either end.
+fn is_port_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=15).contains(&b.len())
+        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && b.iter().any(u8::is_ascii_lowercase)
+        && !s.contains("--")
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether `s` is a label value: at most 63 letters, digits, `-`, `_` and `.`,
+/// starting and ending with a letter or digit (or empty).
+fn is_label_value(s: &str) -> bool {
+    let b = s.as_bytes();
+    let ok = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
+    s.is_empty()
+        || (b.len() <= 63
+            && b.iter().all(ok)
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric())
+}
+
+fn protocol(p: Option<&str>) -> Result<Protocol, String> {
+    match p {
+        None | Some("TCP") => Ok(Protocol::Tcp),
+        Some("UDP") => Ok(Protocol::Udp),
+        Some("SCTP") => Ok(Protocol::Sctp),
+        Some(other) => Err(format!("protocol {other:?} is not TCP, UDP or SCTP")),
+    }
+}
+
+/// A port number: 1 to 65535.
+fn port_number(what: &str, n: i64) -> Result<u16, String> {
+    u16::try_from(n)
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| format!("{what} {n} is not 1 to 65535"))
+}
+
+/// Checks an object's namespace and name: a DNS label and, as `named` says, a
+/// DNS subdomain or (a Service's) a DNS-1035 label.
+fn check_names(namespace: &str, name: &str, name_ok: fn(&str) -> bool) -> Result<(), String> {
+    if !is_dns_label(namespace) {
+        return Err(format!("namespace {namespace:?} is not a DNS label"));
+    }
+    if !name_ok(name) {
+        return Err(format!("name {name:?} is not a valid object name"));
+    }
+    Ok(())
+}
+
+/// The Service's type.
+fn service_type(t: Option<&str>) -> Result<ServiceType, String> {
+    match t {
+        None | Some("ClusterIP") => Ok(ServiceType::ClusterIp),
+        Some("NodePort") => Ok(ServiceType::NodePort),
+        Some("LoadBalancer") => Ok(ServiceType::LoadBalancer),
+        Some("ExternalName") => Ok(ServiceType::ExternalName),
+        Some(other) => Err(format!("type {other:?} is not a Service type")),
+    }
+}
+
+/// The ClusterIPs, and whether the Service is headless: `clusterIPs` (its first
+/// equal to `clusterIP` when both are given), at most one of each family;
+/// `None` alone; none at all for an ExternalName Service.
+fn cluster_ips(spec: &ServiceSpecDoc, kind: ServiceType) -> Result<(Vec<IpAddr>, bool), String> {
+    let listed: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
+        (Some(ips), Some(ip)) if !ips.is_empty() && ips[0] != *ip => {
+            return Err(format!(
+                "clusterIPs[0] {:?} is not clusterIP {ip:?}",
+                ips[0]
+            ))
+        }
+        (Some(ips), _) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        (_, Some(ip)) if !ip.is_empty() => vec![ip.as_str()],
+        _ => Vec::new(),
+    };
+    if kind == ServiceType::ExternalName {
+        return match listed.as_slice() {
+            [] => Ok((Vec::new(), false)),
+            _ => Err("an ExternalName Service has no clusterIP".into()),
+        };
+    }
+    if listed.contains(&"None") {
+        return match (listed.as_slice(), kind) {
+            (["None"], ServiceType::ClusterIp) => Ok((Vec::new(), true)),
+            (["None"], _) => Err("only a ClusterIP Service may be headless".into()),
+            _ => Err("clusterIP None stands alone".into()),
+        };
+    }
+    let ips: Vec<IpAddr> = (listed.iter())
+        .map(|t| {
+            t.parse()
+                .map_err(|_| format!("clusterIP {t:?} is not an address"))
+        })
+        .collect::<Result<_, _>>()?;
+    match ips.as_slice() {
+        [a, b] if a.is_ipv4() == b.is_ipv4() => {
+            Err(format!("clusterIPs {a} and {b} are of one family"))
+        }
+        [_, _, _, ..] => Err("more than two clusterIPs".into()),
+        _ => Ok((ips, false)),
+    }
+}
+
+/// One Service port; `many` when the Service has several (each needs a name).
+fn service_port(doc: &ServicePortDoc, many: bool) -> Result<ServicePortSpec, String> {
+    let name = doc.name.clone().unwrap_or_default();
+    if many && name.is_empty() {
+        return Err("each port of a Service with several needs a name".into());
+    }
+    if !name.is_empty() && !is_dns_label(&name) {
+        return Err(format!("port name {name:?} is not a DNS label"));
+    }
+    let port = port_number("port", doc.port.ok_or("a port has no port number")?)?;
+    // The API server defaults an absent, 0 or empty targetPort to the port.
+    let target_port = match &doc.target_port {
+        None | Some(PortValue::Number(0)) => TargetPort::Number(port),
+        Some(PortValue::Name(n)) if n.is_empty() => TargetPort::Number(port),
+        Some(PortValue::Number(n)) => TargetPort::Number(port_number("targetPort", *n)?),
+        Some(PortValue::Name(n)) if is_port_name(n) => TargetPort::Name(n.clone()),
+        Some(PortValue::Name(n)) => {
+            return Err(format!("targetPort {n:?} is no port number or port name"))
+        }
+    };
+    Ok(ServicePortSpec {
+        name,
+        protocol: protocol(doc.protocol.as_deref())?,
+        port,
+        target_port,
+    })
+}
+
+/// The Service's ports: each checked, names and (port, protocol) unique, at most
+/// [`MAX_PORTS`]; required unless it is headless or an ExternalName.
+fn service_ports(docs: &[ServicePortDoc], required: bool) -> Result<Vec<ServicePortSpec>, String> {
+    if docs.len() > MAX_PORTS {
+        return Err(format!(
+            "{} ports, more than the {MAX_PORTS} weft takes",
+            docs.len()
+        ));
+    }
+    if required && docs.is_empty() {
+        return Err("a Service with a clusterIP needs ports".into());
+    }
+    let ports: Vec<ServicePortSpec> = (docs.iter())
+        .map(|d| service_port(d, docs.len() > 1))
+        .collect::<Result<_, _>>()?;
+    let mut names = BTreeSet::new();
+    let mut numbers = BTreeSet::new();
+    for p in &ports {
+        if !names.insert(p.name.as_str()) {
+            return Err(format!("port name {:?} is given twice", p.name));
+        }
+        if !numbers.insert((p.port, p.protocol)) {
+            return Err(format!("port {}/{} is given twice", p.port, p.protocol));
+        }
+    }
+    Ok(ports)
+}
+
+/// The affinity timeout for `ClientIP`, `None` for `None`.
+fn affinity(spec: &ServiceSpecDoc) -> Result<Option<u32>, String> {
+    let config = (spec.session_affinity_config.as_ref()).and_then(|c| c.client_ip.as_ref());
+    match (spec.session_affinity.as_deref(), config) {
+        (None | Some("None"), None) => Ok(None),
+        (None | Some("None"), Some(_)) => {
+            Err("sessionAffinityConfig is set but sessionAffinity is not ClientIP".into())
+        }
+        (Some("ClientIP"), config) => match config.and_then(|c| c.timeout_seconds) {
+            None => Ok(Some(DEFAULT_AFFINITY_SECONDS)),
+            Some(t @ 1..=MAX_AFFINITY_SECONDS) => Ok(Some(t as u32)),
+            Some(t) => Err(format!(
+                "sessionAffinityConfig.clientIP.timeoutSeconds {t} is not 1 to {MAX_AFFINITY_SECONDS}"
+            )),
+        },
+        (Some(other), _) => Err(format!("sessionAffinity {other:?} is not None or ClientIP")),
+    }
+}
+
+/// Reads a Service's `spec` into the Service `namespace`/`name`, with the API
+/// server's checks.
+pub fn service(namespace: &str, name: &str, spec: &ServiceSpecDoc) -> Result<Service, String> {
+    check_names(namespace, name, is_dns1035_label)?;
+    let kind = service_type(spec.type_.as_deref())?;
+    let (cluster_ips, headless) = cluster_ips(spec, kind)?;
+    let required = !headless && kind != ServiceType::ExternalName;
+    let ports = service_ports(spec.ports.as_deref().unwrap_or_default(), required)?;
+    let internal_local = match spec.internal_traffic_policy.as_deref() {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            return Err(format!(
+                "internalTrafficPolicy {other:?} is not Cluster or Local"
+            ))
+        }
+    };
+    Ok(Service {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        kind,
+        cluster_ips,
+        headless,
+        ports,
+        affinity_seconds: affinity(spec)?,
+        internal_local,
+    })
+}
+
+/// An endpoint's addresses, of the slice's type: one to [`MAX_ADDRESSES`]; none
+/// kept for an FQDN slice.
+fn addresses(texts: &[String], kind: AddressType) -> Result<Vec<IpAddr>, String> {
+    if texts.is_empty() || texts.len() > MAX_ADDRESSES {
+        return Err(format!(
+            "an endpoint has {} addresses, not 1 to {MAX_ADDRESSES}",
+            texts.len()
+        ));
+    }
+    if kind == AddressType::Fqdn {
+        return Ok(Vec::new());
+    }
+    (texts.iter())
+        .map(|t| match (t.parse::<IpAddr>(), kind) {
+            (Ok(ip @ IpAddr::V4(_)), AddressType::Ipv4) => Ok(ip),
+            (Ok(ip @ IpAddr::V6(_)), AddressType::Ipv6) => Ok(ip),
+            _ => Err(format!("address {t:?} is not an {kind:?} address")),
+        })
+        .collect()
+}
+
+/// One endpoint of a slice of `kind`.
+fn endpoint(doc: &EndpointDoc, kind: AddressType) -> Result<SliceEndpoint, String> {
+    let c = &doc.conditions;
+    let ready = c.ready.unwrap_or(true);
+    let conditions = Conditions {
+        ready,
+        serving: c.serving.unwrap_or(ready),
+        terminating: c.terminating.unwrap_or(false),
+    };
+    if let Some(node) = doc.node_name.as_deref().filter(|n| !is_dns_subdomain(n)) {
+        return Err(format!("nodeName {node:?} is not a node name"));
+    }
+    let target_ref = doc.target_ref.as_ref().map(|t| TargetRef {
+        kind: t.kind.clone().unwrap_or_default(),
+        namespace: t.namespace.clone().unwrap_or_default(),
+        name: t.name.clone().unwrap_or_default(),
+    });
+    Ok(SliceEndpoint {
+        addresses: addresses(&doc.addresses, kind)?,
+        conditions,
+        node_name: doc.node_name.clone(),
+        target_ref,
+    })
+}
+
+/// A slice's ports: names empty or DNS labels, each name once, numbers 1 to
+/// 65535, at most [`MAX_PORTS`].
+fn slice_ports(docs: &[SlicePortDoc]) -> Result<Vec<SlicePort>, String> {
+    if docs.len() > MAX_PORTS {
+        return Err(format!(
+            "{} ports, more than the {MAX_PORTS} weft takes",
+            docs.len()
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let mut ports = Vec::with_capacity(docs.len());
+    for d in docs {
+        let name = d.name.clone().unwrap_or_default();
+        if !name.is_empty() && !is_dns_label(&name) {
+            return Err(format!("port name {name:?} is not a DNS label"));
+        }
+        if !names.insert(name.clone()) {
+            return Err(format!("port name {name:?} is given twice"));
+        }
+        ports.push(SlicePort {
+            name,
+            protocol: protocol(d.protocol.as_deref())?,
+            port: d.port.map(|n| port_number("port", n)).transpose()?,
+        });
+    }
+    Ok(ports)
+}
+
+/// Reads an EndpointSlice's fields into the slice `namespace`/`name` whose
+/// labels are `labels`, with the API server's checks.
+pub fn slice(
+    namespace: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    body: &SliceBodyDoc,
+) -> Result<EndpointSlice, String> {
+    check_names(namespace, name, is_dns_subdomain)?;
+    let address_type = match body.address_type.as_deref() {
+        Some("IPv4") => AddressType::Ipv4,
+        Some("IPv6") => AddressType::Ipv6,
+        Some("FQDN") => AddressType::Fqdn,
+        Some(other) => return Err(format!("addressType {other:?} is not IPv4, IPv6 or FQDN")),
+        None => return Err("addressType is missing".into()),
+    };
+    let docs = body.endpoints.as_deref().unwrap_or_default();
+    if docs.len() > MAX_ENDPOINTS {
+        return Err(format!(
+            "{} endpoints, more than the {MAX_ENDPOINTS} a slice may have",
+            docs.len()
+        ));
+    }
+    let endpoints = (docs.iter())
+        .map(|e| endpoint(e, address_type))
+        .collect::<Result<_, _>>()?;
+    let service = labels.get(SERVICE_NAME_LABEL).cloned();
+    if let Some(s) = service.as_deref().filter(|s| !is_label_value(s)) {
+        return Err(format!("label {SERVICE_NAME_LABEL} {s:?} is no label value"));
+    }
+    Ok(EndpointSlice {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        service,
+        address_type,
+        endpoints,
+        ports: slice_ports(body.ports.as_deref().unwrap_or_default())?,
+    })
+}
+
+/// The namespace of a document's metadata: its own, or `default`.
+fn namespace_of(meta: &MetaDoc) -> &str {
+    meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+}
+
+/// Reads a Service document.
+pub fn service_doc(doc: &ServiceDoc) -> Result<Service, String> {
+    service(namespace_of(&doc.metadata), &doc.metadata.name, &doc.spec)
+}
+
+/// Reads an EndpointSlice document.
+pub fn slice_doc(doc: &SliceDoc) -> Result<EndpointSlice, String> {
+    let m = &doc.metadata;
+    slice(namespace_of(m), &m.name, &m.labels, &doc.body)
+}
