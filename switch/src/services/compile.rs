@@ -23,9 +23,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 
 use super::model::{AddressType, EndpointSlice, Service, ServiceModel, ServiceType};
-use super::{
-    refuse_endpoint, Endpoint, Frontend, Protocol, Readiness, ServicePort, ServiceTable,
-};
+use super::{refuse_endpoint, Endpoint, Frontend, Protocol, Readiness, ServicePort, ServiceTable};
 use crate::netpol::model::Protocol as K8sProtocol;
 
 /// An address the compiler left out of the table, and why.
@@ -225,7 +223,12 @@ pub fn compile(
                         protocol: p.protocol.into(),
                     },
                     name: port_name(svc, &p.name, p.port),
-                    endpoints: port_endpoints(feeds, (&p.name, p.protocol), this_node, service_cidr),
+                    endpoints: port_endpoints(
+                        feeds,
+                        (&p.name, p.protocol),
+                        this_node,
+                        service_cidr,
+                    ),
                     affinity: (svc.affinity_seconds).map(|s| Duration::from_secs(s.into())),
                     internal_local: svc.internal_local,
                 });
@@ -242,7 +245,10 @@ pub fn compile(
 
 /// `ports` sorted by frontend, each frontend once: a port given twice (which
 /// the API server would refuse) keeps its first, the other is refused.
-fn unique_frontends(mut ports: Vec<ServicePort>, refused: &mut BTreeSet<Refused>) -> Vec<ServicePort> {
+fn unique_frontends(
+    mut ports: Vec<ServicePort>,
+    refused: &mut BTreeSet<Refused>,
+) -> Vec<ServicePort> {
     ports.sort_by(|a, b| a.frontend.cmp(&b.frontend));
     let mut out: Vec<ServicePort> = Vec::with_capacity(ports.len());
     for p in ports {
@@ -259,4 +265,450 @@ fn unique_frontends(mut ports: Vec<ServicePort>, refused: &mut BTreeSet<Refused>
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::services::model::{
+        Conditions, ServicePortSpec, SliceEndpoint, SlicePort, TargetPort,
+    };
+
+    const READY: Conditions = Conditions {
+        ready: true,
+        serving: true,
+        terminating: false,
+    };
+    const DRAINING: Conditions = Conditions {
+        ready: false,
+        serving: true,
+        terminating: true,
+    };
+    const DOWN: Conditions = Conditions {
+        ready: false,
+        serving: false,
+        terminating: false,
+    };
+
+    fn cidr() -> Option<Ipv4Net> {
+        Some("10.96.0.0/12".parse().unwrap())
+    }
+
+    fn service(ns: &str, name: &str, ip: &str, ports: &[(&str, K8sProtocol, u16)]) -> Service {
+        Service {
+            namespace: ns.into(),
+            name: name.into(),
+            kind: ServiceType::ClusterIp,
+            cluster_ips: vec![ip.parse().unwrap()],
+            headless: false,
+            ports: (ports.iter())
+                .map(|&(name, protocol, port)| ServicePortSpec {
+                    name: name.into(),
+                    protocol,
+                    port,
+                    target_port: TargetPort::Name("web".into()),
+                })
+                .collect(),
+            affinity_seconds: None,
+            internal_local: false,
+        }
+    }
+
+    fn endpoint(ip: &str, conditions: Conditions, node: &str) -> SliceEndpoint {
+        SliceEndpoint {
+            addresses: vec![ip.parse().unwrap()],
+            conditions,
+            node_name: Some(node.into()),
+            target_ref: None,
+        }
+    }
+
+    fn slice(
+        ns: &str,
+        name: &str,
+        svc: &str,
+        ports: &[(&str, K8sProtocol, u16)],
+        endpoints: Vec<SliceEndpoint>,
+    ) -> EndpointSlice {
+        EndpointSlice {
+            namespace: ns.into(),
+            name: name.into(),
+            service: Some(svc.into()),
+            address_type: AddressType::Ipv4,
+            endpoints,
+            ports: (ports.iter())
+                .map(|&(name, protocol, port)| SlicePort {
+                    name: name.into(),
+                    protocol,
+                    port: Some(port),
+                })
+                .collect(),
+        }
+    }
+
+    fn model(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ServiceModel {
+        ServiceModel {
+            services: services.into_iter().collect(),
+            slices: slices.into_iter().collect(),
+            bad: Vec::new(),
+        }
+    }
+
+    fn ips(p: &ServicePort) -> Vec<(String, u16, Readiness, bool)> {
+        (p.endpoints.iter())
+            .map(|e| (e.ip.to_string(), e.port, e.readiness, e.local))
+            .collect()
+    }
+
+    const TCP: K8sProtocol = K8sProtocol::Tcp;
+    const UDP: K8sProtocol = K8sProtocol::Udp;
+
+    #[test]
+    fn each_port_takes_the_endpoints_and_numbers_of_its_slice_ports() {
+        let m = model(
+            vec![service(
+                "default",
+                "web",
+                "10.96.0.10",
+                &[("http", TCP, 80), ("dns", UDP, 53)],
+            )],
+            vec![
+                slice(
+                    "default",
+                    "web-a",
+                    "web",
+                    &[("http", TCP, 8080), ("dns", UDP, 5353)],
+                    vec![
+                        endpoint("10.244.1.5", READY, "n1"),
+                        endpoint("10.244.2.5", DRAINING, "n2"),
+                        endpoint("10.244.2.6", DOWN, "n2"),
+                    ],
+                ),
+                // The other slice resolved the named targetPort to another number
+                // for its pods; a copy of an endpoint is taken once.
+                slice(
+                    "default",
+                    "web-b",
+                    "web",
+                    &[("http", TCP, 9090)],
+                    vec![endpoint("10.244.3.5", READY, "n3")],
+                ),
+                slice(
+                    "default",
+                    "web-c",
+                    "web",
+                    &[("http", TCP, 8080)],
+                    vec![endpoint("10.244.1.5", READY, "n1")],
+                ),
+            ],
+        );
+        let (t, refused) = compile(&m, "n1", cidr());
+        assert_eq!(t.check(), Ok(()));
+        assert!(refused.is_empty(), "{refused:?}");
+        let names: Vec<&str> = t.ports.iter().map(|p| &*p.name).collect();
+        assert_eq!(names, ["default/web:dns", "default/web:http"]);
+        assert_eq!(t.ports[0].frontend.protocol, Protocol::Udp);
+        assert_eq!(
+            ips(&t.ports[0]),
+            [
+                ("10.244.1.5".into(), 5353, Readiness::Ready, true),
+                (
+                    "10.244.2.5".into(),
+                    5353,
+                    Readiness::ServingTerminating,
+                    false
+                ),
+            ]
+        );
+        assert_eq!(
+            ips(&t.ports[1]),
+            [
+                ("10.244.1.5".into(), 8080, Readiness::Ready, true),
+                (
+                    "10.244.2.5".into(),
+                    8080,
+                    Readiness::ServingTerminating,
+                    false
+                ),
+                ("10.244.3.5".into(), 9090, Readiness::Ready, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn affinity_and_the_internal_traffic_policy_carry_over() {
+        let mut s = service("default", "web", "10.96.0.10", &[("", TCP, 80)]);
+        s.affinity_seconds = Some(60);
+        s.internal_local = true;
+        let (t, _) = compile(&model(vec![s], vec![]), "n1", cidr());
+        let p = &t.ports[0];
+        assert_eq!(&*p.name, "default/web:80");
+        assert_eq!(p.affinity, Some(Duration::from_secs(60)));
+        assert!(p.internal_local && p.endpoints.is_empty());
+    }
+
+    /// Headless, ExternalName and IPv6 have nothing to translate; NodePort and
+    /// LoadBalancer Services their ClusterIP.
+    #[test]
+    fn only_ipv4_cluster_ips_are_translated() {
+        let mut headless = service("default", "h", "10.96.0.1", &[("", TCP, 80)]);
+        (headless.headless, headless.cluster_ips) = (true, Vec::new());
+        let mut external = service("default", "e", "10.96.0.2", &[("", TCP, 80)]);
+        (external.kind, external.cluster_ips) = (ServiceType::ExternalName, Vec::new());
+        let v6 = service("default", "six", "fd00::1", &[("", TCP, 80)]);
+        let mut dual = service("default", "dual", "10.96.0.4", &[("", TCP, 80)]);
+        dual.cluster_ips.push("fd00::4".parse().unwrap());
+        dual.kind = ServiceType::LoadBalancer;
+        let mut v6_slice = slice("default", "dual-6", "dual", &[("", TCP, 80)], vec![]);
+        v6_slice.address_type = AddressType::Ipv6;
+        v6_slice.endpoints.push(SliceEndpoint {
+            addresses: vec!["fd00::9".parse().unwrap()],
+            conditions: READY,
+            node_name: None,
+            target_ref: None,
+        });
+        let m = model(vec![headless, external, v6, dual], vec![v6_slice]);
+        let (t, refused) = compile(&m, "n1", cidr());
+        let names: Vec<&str> = t.ports.iter().map(|p| &*p.name).collect();
+        assert_eq!(names, ["default/dual:80"]);
+        assert!(t.ports[0].endpoints.is_empty() && refused.is_empty());
+    }
+
+    /// Endpoints that would reach the node itself, the metadata service or
+    /// another Service are left out and reported with their slice; the good
+    /// endpoint beside them is kept.
+    #[test]
+    fn hostile_endpoints_are_refused_and_named_with_their_slice() {
+        let m = model(
+            vec![service("default", "web", "10.96.0.10", &[("", TCP, 80)])],
+            vec![slice(
+                "default",
+                "web-a",
+                "web",
+                &[("", TCP, 8080)],
+                vec![
+                    endpoint("127.0.0.1", READY, "n1"),
+                    endpoint("169.254.169.254", READY, "n1"),
+                    endpoint("10.96.0.1", READY, "n1"),
+                    endpoint("224.0.0.1", READY, "n1"),
+                    endpoint("10.244.1.5", READY, "n1"),
+                ],
+            )],
+        );
+        let (t, refused) = compile(&m, "n1", cidr());
+        assert_eq!(t.check(), Ok(()));
+        let kept: Vec<String> = t.ports[0]
+            .endpoints
+            .iter()
+            .map(|e| e.ip.to_string())
+            .collect();
+        assert_eq!(kept, ["10.244.1.5"]);
+        let said: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            said,
+            [
+                "EndpointSlice default/web-a: 10.96.0.1 refused: inside the Service CIDR",
+                "EndpointSlice default/web-a: 127.0.0.1 refused: a loopback address",
+                "EndpointSlice default/web-a: 169.254.169.254 refused: a link-local address",
+                "EndpointSlice default/web-a: 224.0.0.1 refused: a multicast address",
+            ]
+        );
+    }
+
+    /// A slice feeds the Service its label names in its own namespace only: one
+    /// in another namespace with the same label feeds nothing of `default`'s.
+    #[test]
+    fn a_slice_feeds_only_its_own_namespaces_service() {
+        let m = model(
+            vec![service("default", "web", "10.96.0.10", &[("", TCP, 80)])],
+            vec![
+                slice(
+                    "evil",
+                    "web-x",
+                    "web",
+                    &[("", TCP, 80)],
+                    vec![endpoint("10.244.9.9", READY, "n9")],
+                ),
+                slice(
+                    "default",
+                    "web-a",
+                    "web",
+                    &[("", TCP, 80)],
+                    vec![endpoint("10.244.1.5", READY, "n1")],
+                ),
+            ],
+        );
+        let (t, _) = compile(&m, "n1", cidr());
+        let kept: Vec<String> = t.ports[0]
+            .endpoints
+            .iter()
+            .map(|e| e.ip.to_string())
+            .collect();
+        assert_eq!(kept, ["10.244.1.5"]);
+    }
+
+    /// A ClusterIP outside the Service CIDR, on the metadata service's address,
+    /// or claimed by two Services (which only a hand-written store can hold) is
+    /// refused, with each Service named; the others stay.
+    #[test]
+    fn bad_or_contested_cluster_ips_are_refused() {
+        let m = model(
+            vec![
+                service("default", "web", "10.96.0.10", &[("", TCP, 80)]),
+                service("evil", "meta", "169.254.169.254", &[("", TCP, 80)]),
+                service("evil", "out", "10.244.1.5", &[("", TCP, 80)]),
+                service("a", "first", "10.96.0.20", &[("", TCP, 80)]),
+                service("b", "second", "10.96.0.20", &[("", TCP, 443)]),
+            ],
+            vec![],
+        );
+        let (t, refused) = compile(&m, "n1", cidr());
+        assert_eq!(t.check(), Ok(()));
+        let names: Vec<&str> = t.ports.iter().map(|p| &*p.name).collect();
+        assert_eq!(names, ["default/web:80"]);
+        let said: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        assert_eq!(said.len(), 4, "{said:#?}");
+        assert!(said[0].starts_with(
+            "Service a/first: 10.96.0.20 refused: ClusterIP claimed by Services a/first, b/second"
+        ));
+        assert!(said[1].starts_with("Service b/second: 10.96.0.20"));
+        assert!(said[2].contains("evil/meta") && said[2].contains("link-local"));
+        assert!(said[3].contains("evil/out") && said[3].contains("outside the Service CIDR"));
+        // With no CIDR known, an address outside it cannot be told, but one
+        // that is never a ClusterIP still is.
+        let (t, refused) = compile(&m, "n1", None);
+        assert_eq!(t.ports.len(), 2);
+        assert_eq!(refused.len(), 3);
+    }
+
+    fn arb_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            // Mostly where the Service CIDR and pods are, so that they collide.
+            (0u32..64).prop_map(|n| IpAddr::from([10, 96, 0, n as u8])),
+            (0u32..64).prop_map(|n| IpAddr::from([10, 244, 1, n as u8])),
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            Just(IpAddr::from([127, 0, 0, 1])),
+            Just(IpAddr::from([169, 254, 169, 254])),
+            Just("fd00::1".parse().unwrap()),
+        ]
+    }
+
+    fn arb_protocol() -> impl Strategy<Value = K8sProtocol> {
+        prop_oneof![Just(TCP), Just(UDP), Just(K8sProtocol::Sctp)]
+    }
+
+    fn arb_name() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), Just("a".into()), Just("b".into())]
+    }
+
+    fn arb_service() -> impl Strategy<Value = Service> {
+        let port = (arb_name(), arb_protocol(), 1u16..4).prop_map(|(name, protocol, port)| {
+            ServicePortSpec {
+                name,
+                protocol,
+                port,
+                target_port: TargetPort::Number(port),
+            }
+        });
+        (
+            (0u8..3, 0u8..3),
+            prop::collection::vec(arb_ip(), 0..3),
+            prop::collection::vec(port, 0..4),
+            any::<(bool, bool, Option<u32>)>(),
+            0u8..4,
+        )
+            .prop_map(
+                |((ns, name), cluster_ips, ports, (headless, local, aff), kind)| Service {
+                    namespace: format!("ns{ns}"),
+                    name: format!("s{name}"),
+                    kind: [
+                        ServiceType::ClusterIp,
+                        ServiceType::NodePort,
+                        ServiceType::LoadBalancer,
+                        ServiceType::ExternalName,
+                    ][usize::from(kind)],
+                    cluster_ips,
+                    headless,
+                    ports,
+                    affinity_seconds: aff,
+                    internal_local: local,
+                },
+            )
+    }
+
+    fn arb_slice() -> impl Strategy<Value = EndpointSlice> {
+        let ep = (
+            prop::collection::vec(arb_ip(), 0..3),
+            any::<(bool, bool, bool)>(),
+            prop::option::of(0u8..3),
+        )
+            .prop_map(
+                |(addresses, (ready, serving, terminating), node)| SliceEndpoint {
+                    addresses,
+                    conditions: Conditions {
+                        ready,
+                        serving,
+                        terminating,
+                    },
+                    node_name: node.map(|n| format!("n{n}")),
+                    target_ref: None,
+                },
+            );
+        let port = (arb_name(), arb_protocol(), prop::option::of(1u16..4)).prop_map(
+            |(name, protocol, port)| SlicePort {
+                name,
+                protocol,
+                port,
+            },
+        );
+        (
+            (0u8..3, 0u8..4, prop::option::of(0u8..3)),
+            any::<bool>(),
+            prop::collection::vec(ep, 0..5),
+            prop::collection::vec(port, 0..4),
+        )
+            .prop_map(|((ns, name, svc), v6, endpoints, ports)| EndpointSlice {
+                namespace: format!("ns{ns}"),
+                name: format!("e{name}"),
+                service: svc.map(|s| format!("s{s}")),
+                address_type: if v6 {
+                    AddressType::Ipv6
+                } else {
+                    AddressType::Ipv4
+                },
+                endpoints,
+                ports,
+            })
+    }
+
+    proptest! {
+        /// Whatever the model (unchecked, duplicates, hostile addresses), the
+        /// table passes the check the datapath relies on; each port's
+        /// endpoints are sorted and unique by address and port; nothing
+        /// refused is in it.
+        #[test]
+        fn whatever_the_model_the_table_passes_its_check(
+            services in prop::collection::vec(arb_service(), 0..8),
+            slices in prop::collection::vec(arb_slice(), 0..8),
+            with_cidr in any::<bool>(),
+        ) {
+            let m = model(services, slices);
+            let c = if with_cidr { cidr() } else { None };
+            let (t, refused) = compile(&m, "n1", c);
+            prop_assert_eq!(t.check(), Ok(()));
+            prop_assert_eq!(t.cidr, c);
+            for p in &t.ports {
+                let keys: Vec<(Ipv4Addr, u16)> = p.endpoints.iter().map(|e| (e.ip, e.port)).collect();
+                let mut sorted = keys.clone();
+                sorted.sort();
+                sorted.dedup();
+                prop_assert_eq!(&keys, &sorted);
+                for e in &p.endpoints {
+                    prop_assert!(!refused.iter().any(|r| r.address == e.ip && r.object.starts_with("EndpointSlice")));
+                }
+            }
+        }
+    }
 }

@@ -178,7 +178,8 @@ fn is_dns1035_label(s: &str) -> bool {
 fn is_port_name(s: &str) -> bool {
     let b = s.as_bytes();
     (1..=15).contains(&b.len())
-        && b.iter().all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         && b.iter().any(u8::is_ascii_lowercase)
         && !s.contains("--")
         && !s.starts_with('-')
@@ -486,7 +487,9 @@ pub fn slice(
         .collect::<Result<_, _>>()?;
     let service = labels.get(SERVICE_NAME_LABEL).cloned();
     if let Some(s) = service.as_deref().filter(|s| !is_label_value(s)) {
-        return Err(format!("label {SERVICE_NAME_LABEL} {s:?} is no label value"));
+        return Err(format!(
+            "label {SERVICE_NAME_LABEL} {s:?} is no label value"
+        ));
     }
     Ok(EndpointSlice {
         namespace: namespace.to_owned(),
@@ -512,4 +515,296 @@ pub fn service_doc(doc: &ServiceDoc) -> Result<Service, String> {
 pub fn slice_doc(doc: &SliceDoc) -> Result<EndpointSlice, String> {
     let m = &doc.metadata;
     slice(namespace_of(m), &m.name, &m.labels, &doc.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn svc(spec: serde_json::Value) -> Result<Service, String> {
+        let doc: ServiceSpecDoc = serde_json::from_value(spec).map_err(|e| e.to_string())?;
+        service("default", "web", &doc)
+    }
+
+    fn slc(labels: &[(&str, &str)], body: serde_json::Value) -> Result<EndpointSlice, String> {
+        let doc: SliceBodyDoc = serde_json::from_value(body).map_err(|e| e.to_string())?;
+        let labels = (labels.iter())
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        slice("default", "web-abc", &labels, &doc)
+    }
+
+    #[test]
+    fn a_service_reads_with_the_defaults_kubernetes_gives() {
+        let s = svc(json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53, "protocol": "UDP"}]}))
+            .unwrap();
+        assert_eq!(s.kind, ServiceType::ClusterIp);
+        assert_eq!(s.cluster_ips, ["10.96.0.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(s.ports[0].target_port, TargetPort::Number(53));
+        assert_eq!(
+            (s.ports[0].protocol, s.ports[0].name.as_str()),
+            (Protocol::Udp, "")
+        );
+        assert_eq!(
+            (s.affinity_seconds, s.internal_local, s.headless),
+            (None, false, false)
+        );
+        let s = svc(json!({
+            "type": "NodePort", "clusterIPs": ["10.96.0.11", "fd00::b"],
+            "ports": [{"name": "http", "port": 80, "targetPort": "web"},
+                      {"name": "https", "port": 443, "targetPort": 8443}],
+            "sessionAffinity": "ClientIP", "internalTrafficPolicy": "Local",
+            "selector": {"app": "web"}, "ipFamilies": ["IPv4", "IPv6"]
+        }))
+        .unwrap();
+        assert_eq!(s.kind, ServiceType::NodePort);
+        assert_eq!(s.cluster_ips.len(), 2);
+        assert_eq!(s.ports[0].target_port, TargetPort::Name("web".into()));
+        assert_eq!(s.ports[1].target_port, TargetPort::Number(8443));
+        assert_eq!(s.affinity_seconds, Some(DEFAULT_AFFINITY_SECONDS));
+        assert!(s.internal_local);
+        let timed = svc(json!({"clusterIP": "10.96.0.12", "ports": [{"port": 80}],
+            "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}))
+        .unwrap();
+        assert_eq!(timed.affinity_seconds, Some(60));
+        let headless = svc(json!({"clusterIP": "None"})).unwrap();
+        assert!(headless.headless && headless.cluster_ips.is_empty());
+        let external = svc(json!({"type": "ExternalName", "externalName": "db.example"})).unwrap();
+        assert_eq!(external.kind, ServiceType::ExternalName);
+    }
+
+    #[test]
+    fn a_service_the_api_server_would_refuse_is_refused_with_why() {
+        let bad = [
+            (json!({"clusterIP": "10.96.0.1"}), "needs ports"),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 0}]}),
+                "port 0 is not",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 70000}]}),
+                "not 1 to 65535",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}, {"port": 81}]}),
+                "needs a name",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}),
+                "given twice",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}]}),
+                "80/TCP is given twice",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80, "protocol": "ICMP"}]}),
+                "not TCP, UDP or SCTP",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80, "targetPort": "no_such--name"}]}),
+                "no port number or port name",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80, "targetPort": 65536}]}),
+                "targetPort 65536",
+            ),
+            (
+                json!({"clusterIP": "ten", "ports": [{"port": 80}]}),
+                "not an address",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.2"], "ports": [{"port": 80}]}),
+                "is not clusterIP",
+            ),
+            (
+                json!({"clusterIPs": ["10.96.0.1", "10.96.0.2"], "ports": [{"port": 80}]}),
+                "one family",
+            ),
+            (
+                json!({"clusterIPs": ["None", "10.96.0.2"], "ports": [{"port": 80}]}),
+                "stands alone",
+            ),
+            (
+                json!({"type": "NodePort", "clusterIP": "None", "ports": [{"port": 80}]}),
+                "only a ClusterIP",
+            ),
+            (
+                json!({"type": "ExternalName", "clusterIP": "10.96.0.1"}),
+                "no clusterIP",
+            ),
+            (json!({"type": "Sideways"}), "not a Service type"),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}], "sessionAffinity": "Sticky"}),
+                "not None or ClientIP",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}], "sessionAffinity": "ClientIP",
+                    "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}),
+                "timeoutSeconds 0",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}],
+                    "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 5}}}),
+                "sessionAffinity is not ClientIP",
+            ),
+            (
+                json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}], "internalTrafficPolicy": "Nearby"}),
+                "not Cluster or Local",
+            ),
+            (json!({"ports": "many"}), "invalid type"),
+        ];
+        for (spec, says) in bad {
+            let e = svc(spec.clone()).expect_err(&spec.to_string());
+            assert!(e.contains(says), "{spec}: {e}");
+        }
+        let names = ServiceSpecDoc::default();
+        assert!(service("Default", "web", &names)
+            .unwrap_err()
+            .contains("namespace"));
+        assert!(service("x", "1web", &names)
+            .unwrap_err()
+            .contains("name \"1web\""));
+    }
+
+    /// A Service with more ports than weft takes is refused by count, before
+    /// any port is read; one with as many as it takes reads.
+    #[test]
+    fn a_huge_port_list_is_refused() {
+        let ports = |n: usize| -> Vec<serde_json::Value> {
+            (0..n)
+                .map(|i| json!({"name": format!("p{i}"), "port": 1000 + i}))
+                .collect()
+        };
+        let e = svc(json!({"clusterIP": "10.96.0.1", "ports": ports(MAX_PORTS + 1)})).unwrap_err();
+        assert!(e.contains("more than the 100 weft takes"), "{e}");
+        let s = svc(json!({"clusterIP": "10.96.0.1", "ports": ports(MAX_PORTS)})).unwrap();
+        assert_eq!(s.ports.len(), MAX_PORTS);
+    }
+
+    #[test]
+    fn endpoint_conditions_read_as_kubernetes_says_to_read_absent_ones() {
+        let s = slc(
+            &[(SERVICE_NAME_LABEL, "web")],
+            json!({"addressType": "IPv4", "endpoints": [
+                {"addresses": ["10.244.1.5"]},
+                {"addresses": ["10.244.1.6"], "conditions": {"ready": false}},
+                {"addresses": ["10.244.1.7"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.244.1.8"], "conditions": {"serving": false}, "nodeName": "n1",
+                 "targetRef": {"kind": "Pod", "namespace": "default", "name": "web-0"}}
+            ], "ports": [{"name": "http", "port": 8080}]}),
+        )
+        .unwrap();
+        let c: Vec<(bool, bool, bool)> = (s.endpoints.iter())
+            .map(|e| {
+                (
+                    e.conditions.ready,
+                    e.conditions.serving,
+                    e.conditions.terminating,
+                )
+            })
+            .collect();
+        assert_eq!(
+            c,
+            [
+                (true, true, false),
+                (false, false, false),
+                (false, true, true),
+                (true, false, false)
+            ]
+        );
+        assert_eq!(s.service.as_deref(), Some("web"));
+        assert_eq!(s.endpoints[3].node_name.as_deref(), Some("n1"));
+        assert_eq!(s.endpoints[3].target_ref.as_ref().unwrap().name, "web-0");
+        assert_eq!(s.ports[0].port, Some(8080));
+    }
+
+    #[test]
+    fn a_slice_the_api_server_would_refuse_is_refused_with_why() {
+        let web = [(SERVICE_NAME_LABEL, "web")];
+        let bad = [
+            (json!({"endpoints": []}), "addressType is missing"),
+            (json!({"addressType": "IPv5"}), "not IPv4, IPv6 or FQDN"),
+            (
+                json!({"addressType": "IPv4", "endpoints": [{"addresses": []}]}),
+                "0 addresses",
+            ),
+            (
+                json!({"addressType": "IPv4", "endpoints": [{"addresses": ["fd00::1"]}]}),
+                "not an Ipv4 address",
+            ),
+            (
+                json!({"addressType": "IPv6", "endpoints": [{"addresses": ["10.0.0.1"]}]}),
+                "not an Ipv6 address",
+            ),
+            (
+                json!({"addressType": "IPv4", "endpoints": [{"addresses": ["nonsense"]}]}),
+                "not an Ipv4 address",
+            ),
+            (
+                json!({"addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"], "nodeName": "No Node"}]}),
+                "nodeName",
+            ),
+            (
+                json!({"addressType": "IPv4", "ports": [{"port": 0}]}),
+                "port 0",
+            ),
+            (
+                json!({"addressType": "IPv4", "ports": [{"name": "a", "port": 1}, {"name": "a", "port": 2}]}),
+                "given twice",
+            ),
+            (
+                json!({"addressType": "IPv4", "ports": [{"name": "A_b", "port": 1}]}),
+                "not a DNS label",
+            ),
+            (
+                json!({"addressType": "IPv4", "endpoints": "x"}),
+                "invalid type",
+            ),
+        ];
+        for (body, says) in bad {
+            let e = slc(&web, body.clone()).expect_err(&body.to_string());
+            assert!(e.contains(says), "{body}: {e}");
+        }
+        let many: Vec<_> = (0..=MAX_ENDPOINTS)
+            .map(|i| json!({"addresses": [format!("10.1.{}.{}", i / 256, i % 256)]}))
+            .collect();
+        let e = slc(&web, json!({"addressType": "IPv4", "endpoints": many})).unwrap_err();
+        assert!(e.contains("more than the 1000"), "{e}");
+        let ports: Vec<_> = (0..=MAX_PORTS)
+            .map(|i| json!({"name": format!("p{i}"), "port": 1 + i}))
+            .collect();
+        let e = slc(&web, json!({"addressType": "IPv4", "ports": ports})).unwrap_err();
+        assert!(e.contains("more than the 100"), "{e}");
+        // A slice naming a Service in another namespace: no label value can.
+        let e = slc(
+            &[(SERVICE_NAME_LABEL, "kube-system/dns")],
+            json!({"addressType": "IPv4"}),
+        )
+        .unwrap_err();
+        assert!(e.contains("is no label value"), "{e}");
+        // The positive control: the same slice, with a good label and fields.
+        let good = slc(
+            &web,
+            json!({"addressType": "FQDN", "endpoints": [{"addresses": ["db.example"]}]}),
+        )
+        .unwrap();
+        assert!(
+            good.endpoints[0].addresses.is_empty(),
+            "FQDN addresses are not kept"
+        );
+    }
+
+    #[test]
+    fn names_are_held_to_kubernetes_rules() {
+        assert!(is_dns_label("web-1") && !is_dns_label("-web") && !is_dns_label("Web"));
+        assert!(!is_dns_label(&"a".repeat(64)) && is_dns_label(&"a".repeat(63)));
+        assert!(is_dns_subdomain("web.x-1") && !is_dns_subdomain("web..x"));
+        assert!(is_port_name("http") && is_port_name("h2c-8") && !is_port_name("8080"));
+        assert!(!is_port_name("a--b") && !is_port_name("sixteen-chars-xx"));
+        assert!(is_label_value("") && is_label_value("a.b_c-d") && !is_label_value("a/b"));
+    }
 }
