@@ -17,8 +17,9 @@ use crate::netpol::compile::{
     self, CompiledPolicy, Compiler, KnownPod, LocalPod, PeerCache, PodRules,
 };
 use crate::netpol::last_good::{self, Judged, Kind, ObjectId, Unread};
-use crate::netpol::manifest::{self, ManifestError, Skipped};
+use crate::netpol::manifest::{self, ManifestError, Objects, Skipped};
 use crate::netpol::model::{PolicyModel, Protocol, DEFAULT_NAMESPACE};
+use crate::services::model::ServiceModel;
 
 /// How often the policy directory is read for changes: a change takes effect within
 /// this and a compile.
@@ -48,6 +49,8 @@ pub struct PolicyState {
 pub struct DirRead {
     /// The objects of the documents that read.
     pub model: PolicyModel,
+    /// The Services and EndpointSlices, and those that did not read.
+    pub services: ServiceModel,
     /// Documents of kinds policy does not use.
     pub skipped: Vec<Skipped>,
     /// The documents and files that did not read.
@@ -88,17 +91,20 @@ pub fn load_dir(dir: &Path) -> DirRead {
             return out;
         }
     };
+    let mut objects = Objects::default();
     for file in &files {
         match std::fs::read_to_string(file) {
             Ok(text) => {
                 let name = file.display().to_string();
-                let docs = manifest::read_documents(&name, &text, &mut out.model);
+                let docs = manifest::read_documents(&name, &text, &mut objects);
                 out.skipped.extend(docs.skipped);
                 out.unread.extend(docs.unread);
             }
             Err(e) => out.unread.push(unnamed(file, format!("cannot read: {e}"))),
         }
     }
+    (out.model, out.services) = (objects.policy, objects.services);
+    out.services.leave_out_doubles(&dir.display().to_string());
     leave_out_doubles(&mut out, dir);
     out
 }

@@ -1152,6 +1152,7 @@ mod tests {
                 node("d", 4, Some(Mode::Direct)),
             ],
             policy: None,
+            services: None,
         };
         assert!(f.daemon.apply_view(&view).expect("applied"));
         let t = f.daemon.tables();
@@ -1191,6 +1192,7 @@ mod tests {
         let view = ClusterView {
             nodes: vec![node("c", 3, None)],
             policy: None,
+            services: None,
         };
         assert!(f.daemon.apply_view(&view).expect("applied"));
         assert!(f.host.routes.lock().is_empty());
@@ -1202,6 +1204,7 @@ mod tests {
         let view = ClusterView {
             nodes: vec![node("b", 2, None)],
             policy: None,
+            services: None,
         };
         assert!(f.daemon.apply_view(&view).expect("applied"));
         assert_eq!(f.host.routes.lock().len(), 1);
@@ -1228,6 +1231,7 @@ mod tests {
             Ok(ClusterView {
                 nodes: Vec::new(),
                 policy: Some(Arc::default()),
+                services: None,
             })
         }
 
@@ -1311,6 +1315,7 @@ mod tests {
         let view = ClusterView {
             nodes: vec![node("n", 1, None), node("k", 3, None)],
             policy: Some(Arc::new(policy)),
+            services: None,
         };
         assert!(d.apply_view(&view).expect("applied"));
         assert_eq!(in_force(&d), (vec!["k".to_owned()], 0));
@@ -1411,6 +1416,7 @@ mod tests {
         let view = ClusterView {
             nodes: vec![node("b", 2, None)],
             policy: None,
+            services: None,
         };
         assert!(f.daemon.apply_view(&view).expect("applied"));
         f.daemon.shutdown();

@@ -501,6 +501,29 @@ pub fn slice(
     })
 }
 
+/// Reads a Service's `spec` as the API server holds it (JSON) into the Service
+/// `namespace`/`name`, with every check a manifest gets.
+pub fn service_value(
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<Service, String> {
+    let spec: ServiceSpecDoc = serde_json::from_value(spec).map_err(|e| format!("spec: {e}"))?;
+    service(namespace, name, &spec)
+}
+
+/// Reads an EndpointSlice's fields as the API server holds them (JSON) into the
+/// slice `namespace`/`name` with `labels`, with every check a manifest gets.
+pub fn slice_value(
+    namespace: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    body: serde_json::Value,
+) -> Result<EndpointSlice, String> {
+    let body: SliceBodyDoc = serde_json::from_value(body).map_err(|e| e.to_string())?;
+    slice(namespace, name, labels, &body)
+}
+
 /// The namespace of a document's metadata: its own, or `default`.
 fn namespace_of(meta: &MetaDoc) -> &str {
     meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use kube::runtime::watcher::Event;
@@ -16,6 +17,8 @@ use super::objects::{RawPolicy, SlimNamespace, SlimNode, SlimPod, SlimService, S
 use crate::netpol::last_good::{Kind, ObjectId, Unread};
 use crate::netpol::manifest::{self, ManifestError};
 use crate::netpol::model::{Labels, NamedPort, PodObject, Policy, PolicyModel, Protocol};
+use crate::services::model::{BadObject, EndpointSlice, Service, ServiceModel};
+use crate::services::read;
 
 /// An object's key: namespace ("" for cluster-scoped kinds) and name.
 pub type Key = (String, String);
@@ -147,6 +150,57 @@ pub fn read_policy(p: RawPolicy) -> Option<ReadPolicy> {
     })
 }
 
+/// A Service or EndpointSlice as read: the object, or why it did not read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadObject<T> {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The object, or why it does not read: then it is left out, and the rest
+    /// is used.
+    pub object: Result<Arc<T>, String>,
+}
+
+impl<T> ReadObject<T> {
+    /// Why it does not read, named as `kind`, if it does not.
+    fn bad(&self, kind: &str, plural: &str) -> Option<BadObject> {
+        let why = self.object.as_ref().err()?;
+        Some(BadObject {
+            kind: kind.into(),
+            id: format!("{}/{}", self.namespace, self.name),
+            source: format!("{plural}/{}/{}", self.namespace, self.name),
+            why: why.clone(),
+        })
+    }
+}
+
+/// Reads a Service object.
+pub fn read_service(s: SlimService) -> Option<ReadObject<Service>> {
+    let namespace = s.metadata.namespace.unwrap_or_default();
+    let name = s.metadata.name?;
+    let object = read::service_value(&namespace, &name, s.spec).map(Arc::new);
+    Some(ReadObject {
+        namespace,
+        name,
+        object,
+    })
+}
+
+/// Reads an EndpointSlice object.
+pub fn read_slice(s: SlimSlice) -> Option<ReadObject<EndpointSlice>> {
+    let namespace = s.metadata.namespace.unwrap_or_default();
+    let name = s.metadata.name?;
+    let labels = s.metadata.labels.unwrap_or_default();
+    let body = serde_json::Value::Object(s.body);
+    let object = read::slice_value(&namespace, &name, &labels, body).map(Arc::new);
+    Some(ReadObject {
+        namespace,
+        name,
+        object,
+    })
+}
+
 /// A Pod as held: as policy judges it, and what decides between two pods that
 /// claim one address.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,14 +269,16 @@ pub struct Cache {
     pub namespaces: Mirror<Labels>,
     /// NetworkPolicies.
     pub policies: Mirror<ReadPolicy>,
-    /// Services, held for the switch's own Services.
-    pub services: Mirror<SlimService>,
-    /// EndpointSlices, likewise.
-    pub slices: Mirror<SlimSlice>,
+    /// Services, read.
+    pub services: Mirror<ReadObject<Service>>,
+    /// EndpointSlices, read.
+    pub slices: Mirror<ReadObject<EndpointSlice>>,
     /// Moves on with every change to the objects policy is made of.
     pub policy_revision: i64,
     /// Moves on with every change to the Nodes.
     pub nodes_revision: i64,
+    /// Moves on with every change to the Services and EndpointSlices.
+    pub services_revision: i64,
 }
 
 /// One watcher event of any kind the store watches. (One is in hand at a time,
@@ -263,8 +319,7 @@ fn read_node(mut n: SlimNode) -> Option<SlimNode> {
 
 impl Cache {
     /// Applies one event; returns whether a view made now would differ: the
-    /// Nodes or the objects policy is made of changed. (Services and
-    /// EndpointSlices are held, and make no view yet.)
+    /// Nodes, the objects policy is made of, or the Services' changed.
     pub fn apply(&mut self, change: Change) -> bool {
         let policy = match change {
             Change::Node(e) => {
@@ -273,12 +328,14 @@ impl Cache {
                 return changed;
             }
             Change::Service(e) => {
-                self.services.apply(e, Some);
-                return false;
+                let changed = self.services.apply(e, read_service);
+                self.services_revision += i64::from(changed);
+                return changed;
             }
             Change::Slice(e) => {
-                self.slices.apply(e, Some);
-                return false;
+                let changed = self.slices.apply(e, read_slice);
+                self.services_revision += i64::from(changed);
+                return changed;
             }
             Change::Pod(e) => self.pods.apply(e, read_pod),
             Change::Namespace(e) => self
@@ -299,6 +356,37 @@ impl Cache {
             && self.pods.synced()
             && self.namespaces.synced()
             && self.policies.synced()
+    }
+
+    /// Whether Services and EndpointSlices have both been listed once: until
+    /// then, a Services model would leave out what the API server holds.
+    pub fn services_synced(&self) -> bool {
+        self.services.synced() && self.slices.synced()
+    }
+
+    /// The Services and EndpointSlices, in name order, and those that do not
+    /// read, each named.
+    pub fn service_model(&self) -> ServiceModel {
+        fn sorted<T>(m: &Mirror<ReadObject<T>>) -> Vec<&ReadObject<T>> {
+            let mut all: Vec<&ReadObject<T>> = m.values().collect();
+            all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            all
+        }
+        let (services, slices) = (sorted(&self.services), sorted(&self.slices));
+        let bad = (services.iter().filter_map(|s| s.bad("Service", "services")))
+            .chain((slices.iter()).filter_map(|s| s.bad("EndpointSlice", "endpointslices")))
+            .collect();
+        let mut model = ServiceModel {
+            bad,
+            ..ServiceModel::default()
+        };
+        for s in services.iter().filter_map(|s| s.object.as_ref().ok()) {
+            model.services.push(s.clone());
+        }
+        for s in slices.iter().filter_map(|s| s.object.as_ref().ok()) {
+            model.slices.push(s.clone());
+        }
+        model
     }
 
     /// The kinds not listed yet.
