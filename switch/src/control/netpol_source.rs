@@ -182,8 +182,12 @@ impl State {
 
 impl Daemon {
     /// Puts a read of the policy directory in force, as [`last_good::merge`]
-    /// makes it of the read and the set in force.
+    /// makes it of the read and the set in force; and its Services.
     pub fn apply_policy(&self, read: DirRead) -> Result<(), DaemonError> {
+        if let Some(dir) = &self.settings.policy.dir {
+            let source = format!("dir {}", dir.display());
+            self.apply_services(Arc::new(read.services), &source, true);
+        }
         for s in &read.skipped {
             log::info!(
                 "policy: {} document {}: kind {} is not used, skipped",
