@@ -564,6 +564,77 @@ mod tests {
             .any(|u| u.error.reason == "NetworkPolicy x/p is defined twice"));
     }
 
+    /// Services and EndpointSlices beside policy: read into their own model;
+    /// one that does not read (a bad port, an unknown apiVersion, a hostile
+    /// label, a Service defined twice) is left out and named there, and never
+    /// counts as policy that did not read, which would isolate pods.
+    #[test]
+    fn services_are_read_beside_policy_and_a_bad_one_never_touches_policy() {
+        let svc = |name: &str, port: u32| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+                 spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: {port}}}]}}\n"
+            )
+        };
+        let slice = |name: &str, api: &str, svc: &str| {
+            format!(
+                "---\napiVersion: {api}\nkind: EndpointSlice\n\
+                 metadata: {{name: {name}, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
+                 addressType: IPv4\nendpoints: [{{addresses: [10.244.1.5]}}]\n\
+                 ports: [{{name: http, port: 8080}}]\n"
+            )
+        };
+        let good = policy("x", "good", "{podSelector: {}}");
+        let text = [
+            svc("web", 80),
+            slice("web-a", "discovery.k8s.io/v1", "web"),
+            svc("bad", 0),
+            slice("old", "discovery.k8s.io/v1beta1", "web"),
+            slice("evil", "discovery.k8s.io/v1", "kube-system/dns"),
+            good,
+        ]
+        .concat();
+        let d = Dir::new(
+            "svc",
+            &[
+                ("a.yaml", &text),
+                ("b.yaml", &svc("twice", 80)),
+                ("c.yaml", &svc("twice", 81)),
+            ],
+        );
+        let read = load_dir(&d.0);
+        assert!(read.unread.is_empty(), "{:?}", read.unread);
+        assert!(read.skipped.is_empty(), "{:?}", read.skipped);
+        assert_eq!(read.model.policies.len(), 1);
+        let s = &read.services;
+        let ids: Vec<String> = s.services.iter().map(|s| s.id()).collect();
+        assert_eq!(ids, ["default/web"]);
+        assert_eq!(
+            s.slices.iter().map(|s| s.id()).collect::<Vec<_>>(),
+            ["default/web-a"]
+        );
+        let bad: Vec<String> = s.bad.iter().map(ToString::to_string).collect();
+        assert_eq!(bad.len(), 4, "{bad:#?}");
+        assert!(
+            bad[0].starts_with("Service default/bad (")
+                && bad[0].contains("a.yaml document 2): port 0"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[1].contains("EndpointSlice default/old")
+                && bad[1].contains("\"discovery.k8s.io/v1beta1\" is not supported"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[2].contains("EndpointSlice default/evil") && bad[2].contains("is no label value"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[3].starts_with("Service default/twice (") && bad[3].ends_with("defined twice"),
+            "{bad:?}"
+        );
+    }
+
     #[test]
     fn a_directory_that_cannot_be_read_names_nothing() {
         let read = load_dir(Path::new("/nonexistent/weft-policy"));

@@ -273,12 +273,16 @@ impl EtcdStore {
     }
 
     /// Makes the Services and EndpointSlices again from the records' readings,
-    /// logging the bad records within the log's budget: they are left out, and
-    /// the rest is used.
+    /// logging each bad record not bad before within the log's budget: they are
+    /// left out, and the rest is used.
     fn rebuild_services(&self, inner: &mut Inner) {
         let services = inner.objects.services();
         let now = Instant::now();
-        for b in &services.bad {
+        for b in services
+            .bad
+            .iter()
+            .filter(|b| !inner.services.bad.contains(b))
+        {
             (inner.quiet).warn(now, format_args!("etcd: ignoring {b}"));
         }
         inner.services = Arc::new(services);

@@ -1113,6 +1113,94 @@ mod tests {
         assert_eq!(after.model, before.model);
     }
 
+    /// Services and EndpointSlices come one a key, like policy's objects, and
+    /// follow changes as a fresh read would. A hostile or broken record (garbage,
+    /// a Pod under a Service's key, a port list beyond the bound, a slice for
+    /// another namespace's Service) is named by its key and left out; the good
+    /// ones stay, and none of it reaches policy.
+    #[test]
+    fn services_come_one_a_key_and_a_bad_one_is_left_out_by_its_key() {
+        let svc = br#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "x"}, "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}}"#;
+        let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-a, namespace: x, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints: [{addresses: [10.244.1.5]}]\nports: [{name: http, port: 8080}]\n";
+        let pod = br#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "x"}}"#;
+        let ports: Vec<String> = (0..=crate::services::read::MAX_PORTS)
+            .map(|i| format!(r#"{{"name": "p{i}", "port": {}}}"#, i + 1))
+            .collect();
+        let huge = format!(
+            r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "huge", "namespace": "x"}}, "spec": {{"clusterIP": "10.96.0.11", "ports": [{}]}}}}"#,
+            ports.join(",")
+        );
+        let mut b = Builder::new();
+        b.put("/weft/v1/services/x/web".into(), svc.to_vec());
+        b.put(
+            "/weft/v1/endpointslices/x/web-a".into(),
+            slice.as_bytes().to_vec(),
+        );
+        b.put("/weft/v1/services/x/junk".into(), b"{not json".to_vec());
+        b.put("/weft/v1/services/x/pod".into(), pod.to_vec());
+        b.put("/weft/v1/services/x/huge".into(), huge.into_bytes());
+        b.put(
+            "/weft/v1/endpointslices/y/web-a".into(),
+            slice.as_bytes().to_vec(),
+        );
+        let mut records = PolicyRecords::default();
+        records.sync(&layout(), &b.cache);
+        let m = records.services();
+        assert_eq!(
+            m.services.iter().map(|s| s.id()).collect::<Vec<_>>(),
+            ["x/web"]
+        );
+        assert_eq!(
+            m.slices.iter().map(|s| s.id()).collect::<Vec<_>>(),
+            ["x/web-a"]
+        );
+        let bad: Vec<String> = m.bad.iter().map(ToString::to_string).collect();
+        assert_eq!(bad.len(), 4, "{bad:#?}");
+        assert!(bad[0].starts_with("EndpointSlice y/web-a (/weft/v1/endpointslices/y/web-a): holds EndpointSlice x/web-a"), "{bad:?}");
+        assert!(
+            bad[1].starts_with("Service x/huge (/weft/v1/services/x/huge): 101 ports"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[2].starts_with("Service x/junk (/weft/v1/services/x/junk): not JSON"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[3].contains("holds Pod x/web, not the Service its key names"),
+            "{bad:?}"
+        );
+        let p = records.policy(b.cache.revision);
+        assert!(
+            p.unread.is_empty() && p.model.pods.is_empty(),
+            "{:?}",
+            p.unread
+        );
+        // Changes, one key at a time, make what a fresh read makes.
+        let changes: Vec<(&str, Option<Vec<u8>>)> = vec![
+            ("/weft/v1/services/x/junk", Some(svc.to_vec())),
+            ("/weft/v1/endpointslices/x/web-a", None),
+            ("/weft/v1/services/x/pod", None),
+        ];
+        for (key, value) in changes {
+            match value {
+                Some(v) => {
+                    b.put(key.into(), v);
+                }
+                None => {
+                    b.cache.keys.remove(key);
+                }
+            }
+            assert!(records.update(&layout(), key, b.cache.keys.get(key)));
+            assert!(layout().classify(key).is_service());
+            let mut fresh = PolicyRecords::default();
+            fresh.sync(&layout(), &b.cache);
+            assert_eq!(records.services(), fresh.services(), "after {key}");
+        }
+        let m = records.services();
+        assert!(m.slices.is_empty());
+        assert_eq!(m.bad.len(), 3, "{:?}", m.bad);
+    }
+
     /// Reading the nodes walks only the node and subnet keys: thousands of pods
     /// and policies beside them change nothing.
     #[test]

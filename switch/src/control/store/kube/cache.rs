@@ -532,6 +532,84 @@ mod tests {
         Change::Pod(Event::Apply(pod(name, ip, phase, app)))
     }
 
+    /// Service `name` of namespace `ns`, with `spec`, as the API gives it.
+    fn service(ns: &str, name: &str, spec: serde_json::Value) -> Change {
+        let s: SlimService = serde_json::from_value(json!({
+            "kind": "Service", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": ns, "resourceVersion": "7",
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": spec, "status": {"loadBalancer": {}}
+        }))
+        .unwrap();
+        Change::Service(Event::Apply(s))
+    }
+
+    /// EndpointSlice `name` of namespace `ns` for Service `svc`, with `body`.
+    fn slice(ns: &str, name: &str, svc: &str, mut body: serde_json::Value) -> Change {
+        body["metadata"] = json!({"name": name, "namespace": ns,
+                                  "labels": {"kubernetes.io/service-name": svc}});
+        Change::Slice(Event::Apply(serde_json::from_value(body).unwrap()))
+    }
+
+    /// Services and EndpointSlices are read as manifests are; one the API
+    /// should have refused (or garbage where a spec should be) is named and left
+    /// out, never failing the others or the page it came in; and the model is
+    /// whole only once both kinds were listed.
+    #[test]
+    fn services_and_slices_are_read_and_a_bad_one_is_named_apart() {
+        let mut c = Cache::default();
+        let web = json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": "web"}]});
+        assert!(c.apply(service("x", "web", web.clone())));
+        assert!(!c.apply(service("x", "web", web)), "the same object again");
+        assert!(c.apply(service(
+            "x",
+            "bad",
+            json!({"clusterIP": "10.96.0.11", "ports": [{"port": 0}]})
+        )));
+        assert!(c.apply(service("x", "junk", json!("not a spec"))));
+        assert!(c.apply(slice("x", "web-a", "web", json!({
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": true}, "nodeName": "n1"}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))));
+        assert!(c.apply(slice(
+            "x",
+            "web-b",
+            "web",
+            json!({"addressType": "IPv4", "endpoints": 5})
+        )));
+        let m = c.service_model();
+        let ids: Vec<String> = m.services.iter().map(|s| s.id()).collect();
+        assert_eq!(ids, ["x/web"]);
+        assert_eq!(m.slices.len(), 1);
+        let bad: Vec<String> = m.bad.iter().map(ToString::to_string).collect();
+        assert_eq!(bad.len(), 3, "{bad:#?}");
+        assert!(
+            bad[0].starts_with("Service x/bad (services/x/bad): port 0"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[1].starts_with("Service x/junk (services/x/junk): spec:"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[2].starts_with("EndpointSlice x/web-b (endpointslices/x/web-b): "),
+            "{bad:?}"
+        );
+        let (t, refused) = crate::services::compile::compile(&m, "n1", None);
+        assert!(refused.is_empty());
+        assert_eq!(t.ports[0].endpoints[0].port, 8080);
+        assert!(t.ports[0].endpoints[0].local);
+        assert!(!c.services_synced());
+        for done in [
+            Change::Service(Event::InitDone),
+            Change::Slice(Event::InitDone),
+        ] {
+            c.apply(done);
+        }
+        assert!(c.services_synced());
+        assert!(c.service_model().is_empty(), "an empty relist empties it");
+    }
+
     #[test]
     fn a_relist_replaces_the_mirror_whole_and_only_at_its_end() {
         let mut c = Cache::default();
