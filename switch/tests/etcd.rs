@@ -1288,12 +1288,11 @@ fn services_in_etcd_are_compiled_and_hostile_records_are_refused_by_name() {
         r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "huge", "namespace": "default"}}, "spec": {{"clusterIP": "10.96.0.11", "ports": [{}]}}}}"#,
         ports.join(", ")
     );
-    let evil = slice
-        .replace(
-            "name: web-a, namespace: default",
-            "name: web-x, namespace: evil",
-        )
-        .replace("10.244.1.5", "10.244.9.9");
+    let evil = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+        metadata: {name: web-x, namespace: evil, labels: {kubernetes.io/service-name: web}}\n\
+        addressType: IPv4\nendpoints: [{addresses: [10.244.9.9]}]\n\
+        ports: [{name: http, port: 8080}]\n"
+        .to_owned();
     let puts = [
         ("/weft/v1/services/default/web", web.to_owned()),
         ("/weft/v1/endpointslices/default/web-a", slice),
@@ -1305,7 +1304,7 @@ fn services_in_etcd_are_compiled_and_hostile_records_are_refused_by_name() {
         c.etcd.put(key, value).unwrap();
     }
     let s = services_when(&c, "the Services compiled", |s| {
-        s.ports.len() == 2 && s.bad.len() == 2
+        s.ports.len() == 2 && s.bad.len() == 2 && s.slices == 2
     });
     assert_eq!(s.source, "etcd");
     assert_eq!(s.service_cidr.as_deref(), Some("10.96.0.0/12"));
