@@ -843,7 +843,10 @@ fn services_from_the_api_server_are_compiled_and_hostile_ones_refused_by_name() 
     assert_eq!(s.source, "kubernetes");
     assert_eq!(s.ports.len(), 1, "{s:#?}");
     let web = &s.ports[0];
-    assert_eq!((web.name.as_str(), web.frontend.as_str()), ("x/web:http", "10.96.0.10:80/TCP"));
+    assert_eq!(
+        (web.name.as_str(), web.frontend.as_str()),
+        ("x/web:http", "10.96.0.10:80/TCP")
+    );
     assert!(web.internal_local && web.affinity_s.is_none());
     let endpoints: Vec<(&str, &str, bool)> = (web.endpoints.iter())
         .map(|e| (e.address.as_str(), e.state.as_str(), e.local))
@@ -862,12 +865,24 @@ fn services_from_the_api_server_are_compiled_and_hostile_ones_refused_by_name() 
             "EndpointSlice x/web-abc12: 169.254.169.254 refused: a link-local address",
         ]
     );
-    assert!(s.bad[0].starts_with("Service x/huge (services/x/huge): 101 ports"), "{s:#?}");
-    assert!(s.bad[1].starts_with("Service x/junk (services/x/junk): spec: "), "{s:#?}");
+    assert!(
+        s.bad[0].starts_with("Service x/huge (services/x/huge): 101 ports"),
+        "{s:#?}"
+    );
+    assert!(
+        s.bad[1].starts_with("Service x/junk (services/x/junk): spec: "),
+        "{s:#?}"
+    );
     assert!(!format!("{s:?}").contains("10.244.9.9"), "{s:#?}");
     let log = k.node(0).log_text();
-    assert!(log.contains("kubernetes: ignoring Service x/junk: spec: "), "{log}");
-    assert!(log.contains("services: EndpointSlice x/web-abc12: 127.0.0.1 refused"), "{log}");
+    assert!(
+        log.contains("kubernetes: ignoring Service x/junk: spec: "),
+        "{log}"
+    );
+    assert!(
+        log.contains("services: EndpointSlice x/web-abc12: 127.0.0.1 refused"),
+        "{log}"
+    );
 
     // The slice goes: so do the endpoints.
     k.api.delete(kind("EndpointSlice"), "x", "web-abc12");

@@ -97,17 +97,7 @@ fn frontends(
     }
     let mut out = HashMap::with_capacity(owners.len());
     for (ip, ids) in owners {
-        let why = if ids.len() > 1 {
-            let all: Vec<&str> = ids.iter().map(String::as_str).collect();
-            Some(format!("ClusterIP claimed by Services {}", all.join(", ")))
-        } else if let Some(why) = refuse_endpoint(ip, None) {
-            Some(format!("ClusterIP is {why}"))
-        } else if let Some(c) = cidr.filter(|c| !c.contains(&ip)) {
-            Some(format!("ClusterIP is outside the Service CIDR {c}"))
-        } else {
-            None
-        };
-        match why {
+        match refuse_cluster_ip(ip, &ids, cidr) {
             Some(why) => refused.extend(ids.into_iter().map(|id| Refused {
                 object: format!("Service {id}"),
                 address: ip,
@@ -119,6 +109,24 @@ fn frontends(
         }
     }
     out
+}
+
+/// Why `ip`, the ClusterIP of the Services `ids`, may not be a frontend, if it
+/// may not.
+fn refuse_cluster_ip(
+    ip: Ipv4Addr,
+    ids: &BTreeSet<String>,
+    cidr: Option<Ipv4Net>,
+) -> Option<String> {
+    if ids.len() > 1 {
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        return Some(format!("ClusterIP claimed by Services {}", all.join(", ")));
+    }
+    if let Some(why) = refuse_endpoint(ip, None) {
+        return Some(format!("ClusterIP is {why}"));
+    }
+    let outside = cidr.filter(|c| !c.contains(&ip));
+    outside.map(|c| format!("ClusterIP is outside the Service CIDR {c}"))
 }
 
 /// Refuses every endpoint address of `slice` that no connection may be given.
@@ -249,7 +257,7 @@ fn unique_frontends(
     mut ports: Vec<ServicePort>,
     refused: &mut BTreeSet<Refused>,
 ) -> Vec<ServicePort> {
-    ports.sort_by(|a, b| a.frontend.cmp(&b.frontend));
+    ports.sort_by_key(|p| p.frontend);
     let mut out: Vec<ServicePort> = Vec::with_capacity(ports.len());
     for p in ports {
         match out.last() {
