@@ -831,3 +831,107 @@ mod tests {
         assert!(is_label_value("") && is_label_value("a.b_c-d") && !is_label_value("a/b"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// Any JSON value, its object keys mostly the fields a Service or a slice
+    /// has, so that the values reach the checks.
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("clusterIP"),
+            Just("clusterIPs"),
+            Just("ports"),
+            Just("port"),
+            Just("targetPort"),
+            Just("name"),
+            Just("protocol"),
+            Just("type"),
+            Just("sessionAffinity"),
+            Just("sessionAffinityConfig"),
+            Just("clientIP"),
+            Just("timeoutSeconds"),
+            Just("internalTrafficPolicy"),
+            Just("addressType"),
+            Just("endpoints"),
+            Just("addresses"),
+            Just("conditions"),
+            Just("ready"),
+            Just("nodeName"),
+            Just("targetRef"),
+            Just("x"),
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-2i64..70_000).prop_map(Value::from),
+            prop_oneof![
+                Just("None"),
+                Just("10.96.0.1"),
+                Just("fd00::1"),
+                Just("TCP"),
+                Just("UDP"),
+                Just("IPv4"),
+                Just("IPv6"),
+                Just("FQDN"),
+                Just("ClientIP"),
+                Just("Local"),
+                Just("http"),
+                Just(""),
+                Just("-"),
+                Just("ExternalName"),
+            ]
+            .prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::vec((key.clone(), inner), 0..6).prop_map(|kv| {
+                    Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever a store holds, reading it gives an object or a reason, and
+        /// never panics; what reads compiles into a table that passes its
+        /// check.
+        #[test]
+        fn any_document_reads_or_is_refused_without_a_panic(
+            spec in arb_json(),
+            body in arb_json(),
+        ) {
+            let labels = [(SERVICE_NAME_LABEL.to_owned(), "web".to_owned())].into();
+            let service = service_value("default", "web", spec);
+            let slice = slice_value("default", "web-a", &labels, body);
+            let mut model = crate::services::model::ServiceModel::default();
+            match service {
+                Ok(s) => model.services.push(s),
+                Err(why) => prop_assert!(!why.is_empty()),
+            }
+            match slice {
+                Ok(s) => model.slices.push(s),
+                Err(why) => prop_assert!(!why.is_empty()),
+            }
+            let cidr = Some("10.96.0.0/12".parse().unwrap());
+            let (t, _) = crate::services::compile::compile(&model, "n1", cidr);
+            prop_assert_eq!(t.check(), Ok(()));
+        }
+    }
+
+    /// A good pair reads, as a control of the above.
+    #[test]
+    fn the_fuzzed_shapes_can_read() {
+        let spec = json!({"clusterIP": "10.96.0.1", "ports": [{"port": 80}]});
+        assert!(service_value("default", "web", spec).is_ok());
+        let body = json!({"addressType": "IPv4", "endpoints": [{"addresses": ["10.244.1.5"]}]});
+        assert!(slice_value("default", "web-a", &BTreeMap::new(), body).is_ok());
+    }
+}
