@@ -1253,20 +1253,12 @@ fn services_when(c: &Cluster, what: &str, ok: impl Fn(&ServicesStatus) -> bool) 
     last.expect("a reply")
 }
 
-/// Services and EndpointSlices in etcd, beside policy's objects: compiled into
-/// the node's table (`weft services`), following changes key by key. Hostile
-/// records, as anyone with write access to etcd could put them, are refused
-/// with a clear reason naming them: endpoints on 127.0.0.1, 169.254.169.254
-/// and inside the Service CIDR (log lines naming the EndpointSlice), a record
-/// that is not JSON, a Service with more ports than weft takes, a slice in
-/// another namespace labelled with this Service's name. The good Service and
-/// its good endpoints work beside them (the positive control), and none of it
-/// isolates a pod.
-#[test]
-fn services_in_etcd_are_compiled_and_hostile_records_are_refused_by_name() {
-    let mut c = Cluster::new("esv", 1, &["--service-cidr", "10.96.0.0/12"]);
-    c.start(0);
-    let me = node_name(c.underlay.host(0));
+/// The Service `default/web` (ClusterIP 10.96.0.10, affinity 60 s, ports http
+/// and dns), and the records of the Services test, by key: `web`; its slice, with
+/// endpoints ready on node `me`, serving and terminating elsewhere, and on
+/// 127.0.0.1, 169.254.169.254 and in the Service CIDR; garbage; a Service with
+/// 101 ports; a slice of namespace `evil` labelled `web`.
+fn service_records(me: &str) -> (&'static str, Vec<(&'static str, String)>) {
     let web = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
         "spec": {"clusterIP": "10.96.0.10", "sessionAffinity": "ClientIP",
                  "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
@@ -1293,21 +1285,20 @@ fn services_in_etcd_are_compiled_and_hostile_records_are_refused_by_name() {
         addressType: IPv4\nendpoints: [{addresses: [10.244.9.9]}]\n\
         ports: [{name: http, port: 8080}]\n"
         .to_owned();
-    let puts = [
+    let puts = vec![
         ("/weft/v1/services/default/web", web.to_owned()),
         ("/weft/v1/endpointslices/default/web-a", slice),
         ("/weft/v1/services/default/junk", "{not json".to_owned()),
         ("/weft/v1/services/default/huge", huge),
         ("/weft/v1/endpointslices/evil/web-x", evil),
     ];
-    for (key, value) in &puts {
-        c.etcd.put(key, value).unwrap();
-    }
-    let s = services_when(&c, "the Services compiled", |s| {
-        s.ports.len() == 2 && s.bad.len() == 2 && s.slices == 2
-    });
-    assert_eq!(s.source, "etcd");
-    assert_eq!(s.service_cidr.as_deref(), Some("10.96.0.0/12"));
+    (web, puts)
+}
+
+/// Checks the ports of `default/web` as [`service_records`] makes them: http
+/// with affinity, its ready local endpoint and its serving-terminating one, at
+/// the slice's numbers; dns over UDP.
+fn assert_web_ports(s: &ServicesStatus) {
     let http = s
         .ports
         .iter()
@@ -1332,6 +1323,32 @@ fn services_in_etcd_are_compiled_and_hostile_records_are_refused_by_name() {
         .expect("dns");
     assert_eq!(dns.frontend, "10.96.0.10:53/UDP");
     assert_eq!(dns.endpoints[0].address, "10.244.1.5:5353");
+}
+
+/// Services and EndpointSlices in etcd, beside policy's objects: compiled into
+/// the node's table (`weft services`), following changes key by key. Hostile
+/// records, as anyone with write access to etcd could put them, are refused
+/// with a clear reason naming them: endpoints on 127.0.0.1, 169.254.169.254
+/// and inside the Service CIDR (log lines naming the EndpointSlice), a record
+/// that is not JSON, a Service with more ports than weft takes, a slice in
+/// another namespace labelled with this Service's name. The good Service and
+/// its good endpoints work beside them (the positive control), and none of it
+/// isolates a pod.
+#[test]
+fn services_in_etcd_are_compiled_and_hostile_records_are_refused_by_name() {
+    let mut c = Cluster::new("esv", 1, &["--service-cidr", "10.96.0.0/12"]);
+    c.start(0);
+    let me = node_name(c.underlay.host(0));
+    let (web, puts) = service_records(&me);
+    for (key, value) in &puts {
+        c.etcd.put(key, value).unwrap();
+    }
+    let s = services_when(&c, "the Services compiled", |s| {
+        s.ports.len() == 2 && s.bad.len() == 2 && s.slices == 2
+    });
+    assert_eq!(s.source, "etcd");
+    assert_eq!(s.service_cidr.as_deref(), Some("10.96.0.0/12"));
+    assert_web_ports(&s);
     assert_eq!(
         s.refused,
         [

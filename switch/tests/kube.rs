@@ -793,20 +793,12 @@ fn a_node_restarted_while_the_api_server_is_gone_keeps_its_policy() {
     k.check("after the restart, with no policy", |_, _| true);
 }
 
-/// Services and EndpointSlices from the API server compiled into the node's
-/// table (`weft services`), following changes. Objects the API server should
-/// have refused, as a fixture (or a compromised controller) can serve them, are
-/// left out and named, never failing the page they came in: a spec that is no
-/// spec, a Service with more ports than weft takes; endpoints on 127.0.0.1 and
-/// 169.254.169.254 are refused with their slice named; a slice in another
-/// namespace labelled with this Service's name feeds it nothing. The good
-/// Service and endpoints beside them are used (the positive control).
-#[test]
-fn services_from_the_api_server_are_compiled_and_hostile_ones_refused_by_name() {
-    let mut k = Kube::new("ksv", 1);
-    k.put_node(0);
-    k.start(0);
-    let me = node_name(k.underlay.host(0));
+/// Puts, as the API server would serve them: Service `x/web` (a named
+/// targetPort, `internalTrafficPolicy: Local`) and its slice, with endpoints
+/// ready on node `me`, serving and terminating elsewhere, not ready, and on
+/// 127.0.0.1 and 169.254.169.254; a Service whose spec is no spec; one with 101
+/// ports; a slice of namespace `evil` labelled `web`.
+fn put_hostile_services(k: &Kube, me: &str) {
     let mut web = service_object("web", "10.96.0.10");
     web["spec"]["ports"][0]["targetPort"] = json!("serve-80-tcp");
     web["spec"]["internalTrafficPolicy"] = json!("Local");
@@ -831,6 +823,23 @@ fn services_from_the_api_server_are_compiled_and_hostile_ones_refused_by_name() 
     let mut evil = slice_object("web", Ipv4Addr::new(10, 244, 9, 9));
     evil["metadata"]["namespace"] = json!("evil");
     k.api.put(kind("EndpointSlice"), evil);
+}
+
+/// Services and EndpointSlices from the API server compiled into the node's
+/// table (`weft services`), following changes. Objects the API server should
+/// have refused, as a fixture (or a compromised controller) can serve them, are
+/// left out and named, never failing the page they came in: a spec that is no
+/// spec, a Service with more ports than weft takes; endpoints on 127.0.0.1 and
+/// 169.254.169.254 are refused with their slice named; a slice in another
+/// namespace labelled with this Service's name feeds it nothing. The good
+/// Service and endpoints beside them are used (the positive control).
+#[test]
+fn services_from_the_api_server_are_compiled_and_hostile_ones_refused_by_name() {
+    let mut k = Kube::new("ksv", 1);
+    k.put_node(0);
+    k.start(0);
+    let me = node_name(k.underlay.host(0));
+    put_hostile_services(&k, &me);
 
     let services = |n: &WeftNode| match n.ok(&Request::Services) {
         Ok(Reply::Services(s)) => Some(s),

@@ -57,30 +57,36 @@ impl Daemon {
     /// Compiles `model`, read from `source`, for this node and hands the table to
     /// the datapath, unless it is the model in force already. Bad objects of the
     /// policy directory are logged here (a store logs its own, `log_bad` false).
+    /// The compile runs outside the state lock: ten thousand Services must not
+    /// hold up an ADD. (Its callers take turns: one task applies a store's views,
+    /// one reads the policy directory, and a node has one or the other.)
     pub(crate) fn apply_services(&self, model: Arc<ServiceModel>, source: &str, log_bad: bool) {
-        let cidr = self.settings.host.service_cidr;
-        let table = {
-            let mut state = self.state.lock();
-            let s = &mut state.services;
+        {
+            let state = self.state.lock();
+            let s = &state.services;
             if Arc::ptr_eq(&s.model, &model) || (s.source == source && *s.model == *model) {
                 return;
             }
-            let (table, refused) = compile::compile(&model, &self.node.name, cidr);
+        }
+        let (table, refused) =
+            compile::compile(&model, &self.node.name, self.settings.host.service_cidr);
+        log::info!(
+            "services: {} Services, {} EndpointSlices from {source}: {} ClusterIP ports, {} addresses refused, {} objects left out",
+            model.services.len(),
+            model.slices.len(),
+            table.ports.len(),
+            refused.len(),
+            model.bad.len(),
+        );
+        {
+            let mut state = self.state.lock();
+            let s = &mut state.services;
             if log_bad {
                 s.log_bad(&model.bad);
             }
             s.log_refused(&refused);
-            log::info!(
-                "services: {} Services, {} EndpointSlices from {source}: {} ClusterIP ports, {} addresses refused, {} objects left out",
-                model.services.len(),
-                model.slices.len(),
-                table.ports.len(),
-                refused.len(),
-                model.bad.len(),
-            );
             (s.source, s.model, s.refused) = (source.to_owned(), model, refused);
-            table
-        };
+        }
         self.set_service_table(Arc::new(table));
     }
 

@@ -215,8 +215,8 @@ fn port_number(what: &str, n: i64) -> Result<u16, String> {
         .ok_or_else(|| format!("{what} {n} is not 1 to 65535"))
 }
 
-/// Checks an object's namespace and name: a DNS label and, as `named` says, a
-/// DNS subdomain or (a Service's) a DNS-1035 label.
+/// Checks an object's namespace and name: the namespace a DNS label, the name
+/// what `name_ok` takes (a DNS subdomain, or a Service's DNS-1035 label).
 fn check_names(namespace: &str, name: &str, name_ok: fn(&str) -> bool) -> Result<(), String> {
     if !is_dns_label(namespace) {
         return Err(format!("namespace {namespace:?} is not a DNS label"));
@@ -599,9 +599,9 @@ mod tests {
         assert_eq!(external.kind, ServiceType::ExternalName);
     }
 
-    #[test]
-    fn a_service_the_api_server_would_refuse_is_refused_with_why() {
-        let bad = [
+    /// Service specs the API server refuses, each with what the reason says.
+    fn refused_specs() -> Vec<(serde_json::Value, &'static str)> {
+        vec![
             (json!({"clusterIP": "10.96.0.1"}), "needs ports"),
             (
                 json!({"clusterIP": "10.96.0.1", "ports": [{"port": 0}]}),
@@ -679,7 +679,12 @@ mod tests {
                 "not Cluster or Local",
             ),
             (json!({"ports": "many"}), "invalid type"),
-        ];
+        ]
+    }
+
+    #[test]
+    fn a_service_the_api_server_would_refuse_is_refused_with_why() {
+        let bad = refused_specs();
         for (spec, says) in bad {
             let e = svc(spec.clone()).expect_err(&spec.to_string());
             assert!(e.contains(says), "{spec}: {e}");
