@@ -240,7 +240,8 @@ fn service_type(t: Option<&str>) -> Result<ServiceType, String> {
 
 /// The ClusterIPs, and whether the Service is headless: `clusterIPs` (its first
 /// equal to `clusterIP` when both are given), at most one of each family;
-/// `None` alone; none at all for an ExternalName Service.
+/// `None` alone; none at all for an ExternalName Service, and at least one for
+/// any other.
 fn cluster_ips(spec: &ServiceSpecDoc, kind: ServiceType) -> Result<(Vec<IpAddr>, bool), String> {
     let listed: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
         (Some(ips), Some(ip)) if !ips.is_empty() && ips[0] != *ip => {
@@ -258,6 +259,11 @@ fn cluster_ips(spec: &ServiceSpecDoc, kind: ServiceType) -> Result<(Vec<IpAddr>,
             [] => Ok((Vec::new(), false)),
             _ => Err("an ExternalName Service has no clusterIP".into()),
         };
+    }
+    if listed.is_empty() {
+        // The API server allocates one to every Service it admits; a store
+        // written by hand (a directory, etcd) has nothing that would.
+        return Err("no clusterIP: nothing allocates one outside the API server".into());
     }
     if listed.contains(&"None") {
         return match (listed.as_slice(), kind) {
@@ -679,6 +685,7 @@ mod tests {
                 "not Cluster or Local",
             ),
             (json!({"ports": "many"}), "invalid type"),
+            (json!({"ports": [{"port": 80}]}), "no clusterIP"),
         ]
     }
 
