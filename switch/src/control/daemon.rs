@@ -27,6 +27,7 @@ use crate::control::netns::NsId;
 use crate::control::netpol_source::PolicyState;
 use crate::control::peers::{peer_entries, usable_nodes};
 use crate::control::saved::{self, Saver, Snapshot};
+use crate::control::services::ServiceState;
 use crate::control::store::etcd::EtcdStore;
 use crate::control::store::file::FileStore;
 use crate::control::store::kube::KubeStore;
@@ -40,6 +41,7 @@ use crate::io::worker::{self, Command, Shared, WorkerHandle};
 use crate::mac::MacAddr;
 use crate::netpol::last_good;
 use crate::netpol::model::PolicyModel;
+use crate::services::model::ServiceModel;
 use crate::tables::counters::Counters;
 use crate::tables::health::feature_names;
 use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables};
@@ -70,6 +72,8 @@ pub(crate) struct State {
     pub(crate) free: Vec<u32>,
     /// NetworkPolicy in force.
     pub(crate) policy: PolicyState,
+    /// ClusterIP Services in force.
+    pub(crate) services: ServiceState,
 }
 
 impl State {
@@ -207,6 +211,8 @@ struct Boot {
     /// run saved; else, where there is policy to read, every pod isolated for
     /// ingress ([`last_good::nothing_good_yet`]).
     in_force: PolicyModel,
+    /// The store's Services, read (`None`: the store holds none, or was not read).
+    services: Option<Arc<ServiceModel>>,
 }
 
 /// Where the policy a node starts with comes from.
@@ -251,6 +257,7 @@ fn boot_view(settings: &Settings, store: &dyn ClusterStore) -> Result<Boot, Daem
         saved: None,
         policy,
         in_force,
+        services: view.services.filter(|_| synced),
     };
     if synced {
         return Ok(boot);
@@ -514,6 +521,7 @@ impl Daemon {
                     model: Arc::new(boot.in_force),
                     ..PolicyState::default()
                 },
+                services: ServiceState::default(),
             }),
             pool,
             host,
@@ -530,6 +538,9 @@ impl Daemon {
             BootPolicy::Store(p) => daemon.apply_store_policy(&p)?,
             BootPolicy::Dir => daemon.load_policy()?,
             BootPolicy::InForce => daemon.enforce_in_force()?,
+        }
+        if let Some(services) = boot.services {
+            daemon.apply_services(services, daemon.store.kind(), false);
         }
         daemon.restore()?;
         daemon.save_view(&daemon.state.lock());
