@@ -148,7 +148,15 @@ pub fn rewrite(
                 }
                 let c = updated(old_check, d, partial);
                 // A computed UDP checksum of 0 is sent as all ones (RFC 768).
-                put_u16(l4, at, if optional && c == 0 && !partial { 0xffff } else { c });
+                put_u16(
+                    l4,
+                    at,
+                    if optional && c == 0 && !partial {
+                        0xffff
+                    } else {
+                        c
+                    },
+                );
             }
             if let Some(p) = port {
                 put_u16(l4, port_at, p);
@@ -222,7 +230,9 @@ mod tests {
     }
 
     fn tcp(payload: &[u8]) -> Vec<u8> {
-        let mut t = vec![0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff];
+        let mut t = vec![
+            0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff,
+        ];
         t.extend_from_slice(&[0, 0, 0, 0]);
         t.extend_from_slice(payload);
         t
@@ -283,7 +293,14 @@ mod tests {
     #[test]
     fn a_udp_datagram_without_a_checksum_keeps_none() {
         let mut p = packet(17, &udp(b"query"));
-        rewrite(&mut p, End::Dst, Ipv4Addr::new(10, 244, 2, 7), Some(5353), false).unwrap();
+        rewrite(
+            &mut p,
+            End::Dst,
+            Ipv4Addr::new(10, 244, 2, 7),
+            Some(5353),
+            false,
+        )
+        .unwrap();
         assert_eq!(&p[26..28], &[0, 0]);
         assert_eq!(&p[22..24], &5353u16.to_be_bytes());
         assert_eq!(checksum(&p[..20]), 0);
@@ -294,7 +311,14 @@ mod tests {
         let mut l4 = vec![0x9c, 0x40, 0x0b, 0x59, 0, 0, 0, 1, 0, 0, 0, 0];
         l4.extend_from_slice(&[1, 0, 0, 20, 1, 2, 3, 4, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0]);
         let mut p = packet(132, &l4);
-        rewrite(&mut p, End::Dst, Ipv4Addr::new(10, 244, 2, 7), Some(3869), false).unwrap();
+        rewrite(
+            &mut p,
+            End::Dst,
+            Ipv4Addr::new(10, 244, 2, 7),
+            Some(3869),
+            false,
+        )
+        .unwrap();
         let mut zeroed = p[20..].to_vec();
         zeroed[8..12].fill(0);
         assert_eq!(&p[28..32], &crc32c::crc32c(&zeroed).to_le_bytes());
@@ -316,10 +340,23 @@ mod tests {
             Err(Error::NoPorts)
         );
         // The address alone may change, checksum kept right.
-        rewrite(&mut icmp, End::Dst, Ipv4Addr::new(10, 244, 2, 7), None, false).unwrap();
+        rewrite(
+            &mut icmp,
+            End::Dst,
+            Ipv4Addr::new(10, 244, 2, 7),
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(checksum(&icmp[..20]), 0);
         assert_eq!(
-            rewrite(&mut [0x45, 0, 0], End::Dst, Ipv4Addr::LOCALHOST, None, false),
+            rewrite(
+                &mut [0x45, 0, 0],
+                End::Dst,
+                Ipv4Addr::LOCALHOST,
+                None,
+                false
+            ),
             Err(Error::NotIpv4)
         );
     }

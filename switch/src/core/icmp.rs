@@ -38,6 +38,10 @@ pub(super) enum IcmpError {
     TtlExceeded,
     /// Larger than the MTU given, with DF set.
     FragNeeded(u16),
+    /// Nothing takes the packet's port: a Service port with no endpoint (as
+    /// kube-proxy's rules reject it; a TCP client's connect fails with
+    /// `ECONNREFUSED`).
+    PortUnreachable,
 }
 
 impl IcmpError {
@@ -45,6 +49,9 @@ impl IcmpError {
         let (kind, code, next_hop_mtu) = match self {
             IcmpError::HostUnreachable => {
                 (icmpv4::kind::DEST_UNREACHABLE, icmpv4::unreachable::HOST, 0)
+            }
+            IcmpError::PortUnreachable => {
+                (icmpv4::kind::DEST_UNREACHABLE, icmpv4::unreachable::PORT, 0)
             }
             IcmpError::TtlExceeded => (icmpv4::kind::TIME_EXCEEDED, 0, 0),
             IcmpError::FragNeeded(mtu) => (
