@@ -800,14 +800,16 @@ impl Sim {
                 cidr: Some(service_cidr()),
                 ports,
             };
-            let generation = node
-                .tables
-                .services
-                .as_ref()
-                .map_or(1, |s| s.generation() + 1);
-            let compiled =
-                Services::compile(Arc::new(table), service_cidr(), SERVICE_SEED, generation)
-                    .expect("the simulated Service table compiles");
+            let previous = node.tables.services.as_deref();
+            let generation = previous.map_or(1, |s| s.generation() + 1);
+            let compiled = Services::compile(
+                Arc::new(table),
+                service_cidr(),
+                SERVICE_SEED,
+                generation,
+                previous,
+            )
+            .expect("the simulated Service table compiles");
             node.tables.services = Some(Arc::new(compiled));
             if !node.core.translates_services() {
                 let tables =

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 
-use super::maglev::{fmix64, Maglev, MaglevError};
+use super::maglev::{fmix64, size_for, Maglev, MaglevError, SIZES};
 use crate::core::conntrack::FlowKey;
 use crate::services::{Frontend, Protocol, Readiness, ServicePort, ServiceTable, TableError};
 
@@ -76,6 +76,19 @@ pub struct Services {
     generation: u64,
 }
 
+/// Whether a port whose Maglev table has `m` slots keeps that size for `n`
+/// endpoints: Maglev moves few connections when a backend comes or goes only
+/// between tables of one size, so a port keeps its size while it is big enough
+/// (the size [`size_for`] gives, or larger) and at most one step larger than it;
+/// it grows as soon as it is too small, and shrinks after losing most endpoints.
+fn keeps(m: usize, n: usize) -> bool {
+    let step = |m: usize| SIZES.iter().position(|&s| s == m);
+    match (step(m), step(size_for(n))) {
+        (Some(have), Some(want)) => have == want || have == want + 1,
+        _ => false,
+    }
+}
+
 /// The endpoints of `port` a new connection may be given.
 fn usable(port: &ServicePort) -> Vec<(Ipv4Addr, u16)> {
     let candidates = || (port.endpoints.iter()).filter(|e| !port.internal_local || e.local);
@@ -96,12 +109,15 @@ fn usable(port: &ServicePort) -> Vec<(Ipv4Addr, u16)> {
 
 impl Services {
     /// Compiles `table` for a node whose Service CIDR is `cidr`, hashing flows with
-    /// `seed`; `generation` tells this table from the node's earlier ones.
+    /// `seed`; `generation` tells this table from the node's earlier ones, and
+    /// `previous` is the table in force, whose Maglev sizes are kept where they
+    /// still fit ([`keeps`]).
     pub fn compile(
         table: Arc<ServiceTable>,
         cidr: Ipv4Net,
         seed: u64,
         generation: u64,
+        previous: Option<&Services>,
     ) -> Result<Services, ServicesError> {
         // A table that names no CIDR is held to this node's.
         let table = match table.cidr {
@@ -121,10 +137,14 @@ impl Services {
         let usable = (table.ports.iter())
             .map(|p| {
                 let endpoints = usable(p);
-                let maglev = Maglev::new(&endpoints).map_err(|source| ServicesError::Maglev {
-                    port: p.name.clone(),
-                    source,
-                })?;
+                let size = (previous.and_then(|s| s.size_of(&p.frontend)))
+                    .filter(|&m| keeps(m, endpoints.len()))
+                    .unwrap_or_else(|| size_for(endpoints.len()));
+                let maglev =
+                    Maglev::with_size(&endpoints, size).map_err(|source| ServicesError::Maglev {
+                        port: p.name.clone(),
+                        source,
+                    })?;
                 Ok(Usable { endpoints, maglev })
             })
             .collect::<Result<_, ServicesError>>()?;
@@ -135,6 +155,12 @@ impl Services {
             seed,
             generation,
         })
+    }
+
+    /// The size of the Maglev table of the port at `frontend`, if it has one.
+    fn size_of(&self, frontend: &Frontend) -> Option<usize> {
+        let i = self.find(frontend)?;
+        self.usable[i].maglev.as_ref().map(Maglev::size)
     }
 
     /// The table it was compiled from.
@@ -254,7 +280,7 @@ mod tests {
             cidr: Some(cidr),
             ports,
         };
-        Services::compile(Arc::new(table), cidr, 1, 1)
+        Services::compile(Arc::new(table), cidr, 1, 1, None)
     }
 
     fn key(sport: u16) -> FlowKey {
@@ -320,7 +346,7 @@ mod tests {
             ports: Vec::new(),
         };
         assert!(matches!(
-            Services::compile(Arc::new(other), cidr, 1, 1),
+            Services::compile(Arc::new(other), cidr, 1, 1, None),
             Err(ServicesError::Cidr { .. })
         ));
         // A table that names no CIDR is checked against the node's.
@@ -331,7 +357,7 @@ mod tests {
             ports: vec![p.clone()],
         };
         assert!(matches!(
-            Services::compile(Arc::new(none), cidr, 1, 1),
+            Services::compile(Arc::new(none), cidr, 1, 1, None),
             Err(ServicesError::Table(TableError::BadEndpoint { .. }))
         ));
         p.endpoints.clear();
@@ -341,9 +367,35 @@ mod tests {
             ports: vec![p],
         };
         assert!(matches!(
-            Services::compile(Arc::new(outside), cidr, 1, 1),
+            Services::compile(Arc::new(outside), cidr, 1, 1, None),
             Err(ServicesError::Table(TableError::OutsideCidr { .. }))
         ));
+    }
+
+    /// A port that loses an endpoint keeps its table's size, so Maglev moves only
+    /// the connections it must; one that outgrows its table gets a bigger one.
+    #[test]
+    fn a_port_keeps_its_maglev_size_while_it_fits() {
+        use Readiness::Ready;
+        let three: Vec<Endpoint> = (5..8).map(|i| endpoint(i, Ready, false)).collect();
+        let first = compile(vec![port(three.clone(), false)]).unwrap();
+        assert_eq!(first.size_of(&port(Vec::new(), false).frontend), Some(4_099));
+        let cidr: Ipv4Net = "10.96.0.0/12".parse().unwrap();
+        let table = |e: &[Endpoint]| {
+            Arc::new(ServiceTable {
+                cidr: Some(cidr),
+                ports: vec![port(e.to_vec(), false)],
+            })
+        };
+        let f = port(Vec::new(), false).frontend;
+        let two = Services::compile(table(&three[..2]), cidr, 1, 2, Some(&first)).unwrap();
+        assert_eq!(two.size_of(&f), Some(4_099));
+        let fresh = Services::compile(table(&three[..2]), cidr, 1, 2, None).unwrap();
+        assert_eq!(fresh.size_of(&f), Some(251));
+        let many: Vec<Endpoint> = (5..60).map(|i| endpoint(i, Ready, false)).collect();
+        let grown = Services::compile(table(&many), cidr, 1, 3, Some(&two)).unwrap();
+        assert_eq!(grown.size_of(&f), Some(16_381));
+        assert!(keeps(65_537, 1_000) && keeps(16_381, 3) && !keeps(65_537, 3) && !keeps(251, 3));
     }
 
     #[test]
@@ -356,8 +408,8 @@ mod tests {
             cidr: Some(cidr),
             ports: vec![port(ends, false)],
         });
-        let a = Services::compile(table.clone(), cidr, 1, 1).unwrap();
-        let b = Services::compile(table, cidr, 2, 1).unwrap();
+        let a = Services::compile(table.clone(), cidr, 1, 1, None).unwrap();
+        let b = Services::compile(table, cidr, 2, 1, None).unwrap();
         let differ = (0..200)
             .filter(|&p| a.choose(0, key(p)) != b.choose(0, key(p)))
             .count();
