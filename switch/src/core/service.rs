@@ -272,6 +272,12 @@ impl Core {
         self.nat = Some(nat);
     }
 
+    /// Live translation entries in this worker's table (two a connection, one an
+    /// affinity).
+    pub fn service_entries(&self) -> u64 {
+        self.nat.as_ref().map_or(0, |n| n.ct.live())
+    }
+
     /// Whether this worker translates Services.
     pub fn translates_services(&self) -> bool {
         self.nat.is_some()
