@@ -40,7 +40,13 @@ fn cluster(mode: TunnelMode) -> Sim {
 
 /// A Service port at `ip`:`port` over `protocol`, whose ready endpoints are
 /// `endpoints` on their `target` port.
-fn service(ip: Ipv4Addr, port: u16, protocol: Protocol, target: u16, endpoints: &[Ipv4Addr]) -> ServicePort {
+fn service(
+    ip: Ipv4Addr,
+    port: u16,
+    protocol: Protocol,
+    target: u16,
+    endpoints: &[Ipv4Addr],
+) -> ServicePort {
     let mut endpoints: Vec<Endpoint> = (endpoints.iter())
         .map(|&ip| Endpoint {
             ip,
@@ -136,7 +142,10 @@ fn got(frame: &[u8]) -> Got {
         zeroed[at..at + 2].fill(0);
         let want = l4_checksum(src, dst, p[9], &zeroed);
         let have = u16::from_be_bytes([l4[at], l4[at + 1]]);
-        assert!(have == want || (p[9] == 17 && have == 0xffff && want == 0), "the transport checksum holds: {have:#x} {want:#x}");
+        assert!(
+            have == want || (p[9] == 17 && have == 0xffff && want == 0),
+            "the transport checksum holds: {have:#x} {want:#x}"
+        );
     }
     let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
     Got {
@@ -159,7 +168,12 @@ fn send(sim: &mut Sim, p: usize, packet: &[u8]) -> Vec<Vec<Vec<u8>>> {
 fn send_one(sim: &mut Sim, p: usize, packet: &[u8]) -> (usize, Got) {
     let rx = send(sim, p, packet);
     let at: Vec<usize> = (0..rx.len()).filter(|&q| !rx[q].is_empty()).collect();
-    assert_eq!(at.len(), 1, "one pod receives it: {at:?}; {}", sim.drops_report());
+    assert_eq!(
+        at.len(),
+        1,
+        "one pod receives it: {at:?}; {}",
+        sim.drops_report()
+    );
     assert_eq!(rx[at[0]].len(), 1);
     (at[0], got(&rx[at[0]][0]))
 }
@@ -177,7 +191,11 @@ fn transfer(sim: &mut Sim, vip: Ipv4Addr, server: Ipv4Addr, seen_as: Ipv4Addr, s
     assert!(steps.is_some(), "{what} stalled: {}", sim.drops_report());
     assert_eq!(x.first_mismatch, None, "{what}");
     assert_eq!(x.received, 64 << 10, "{what}");
-    assert_eq!(x.server_saw.map(|e| e.addr), Some(IpAddress::Ipv4(seen_as)), "{what}");
+    assert_eq!(
+        x.server_saw.map(|e| e.addr),
+        Some(IpAddress::Ipv4(seen_as)),
+        "{what}"
+    );
     x.remove(sim);
 }
 
@@ -240,7 +258,11 @@ fn udp_is_translated_and_its_replies_translated_back(mode: TunnelMode) {
     }
     // The hairpin's datagram comes from the Service; its answer goes back as from it.
     let (at, q) = send_one(&mut sim, a, &udp_to((A, 33_001), (TO_A, 53), b"query"));
-    assert_eq!((at, q.src, q.dst), (a, (TO_A, 33_001), (A, 5353)), "{mode:?}");
+    assert_eq!(
+        (at, q.src, q.dst),
+        (a, (TO_A, 33_001), (A, 5353)),
+        "{mode:?}"
+    );
     let (at, r) = send_one(&mut sim, a, &udp_to((A, 5353), (TO_A, 33_001), b"answer"));
     assert_eq!((at, r.src, r.dst), (a, (TO_A, 53), (A, 33_001)), "{mode:?}");
     assert_eq!(sim.total_drops(), 0, "{}", sim.drops_report());
@@ -251,13 +273,25 @@ fn the_node_reaches_a_cluster_ip_through_its_host_port(mode: TunnelMode) {
     sim.set_services(&services());
     let b = sim.pod(B);
     let query = udp_to((gateway(0), 34_000), (TO_B, 53), b"query");
-    sim.host_frame(0, &eth(router_mac(0), MacAddr::for_ip(gateway(0)), ETHERTYPE_IPV4, &query));
+    sim.host_frame(
+        0,
+        &eth(
+            router_mac(0),
+            MacAddr::for_ip(gateway(0)),
+            ETHERTYPE_IPV4,
+            &query,
+        ),
+    );
     sim.flush();
     sim.deliver_wire();
     let rx = sim.take_rx(b);
     assert_eq!(rx.len(), 1, "{mode:?}: {}", sim.drops_report());
     assert_eq!(got(&rx[0]).dst, (B, 5353));
-    send(&mut sim, b, &udp_to((B, 5353), (gateway(0), 34_000), b"answer"));
+    send(
+        &mut sim,
+        b,
+        &udp_to((B, 5353), (gateway(0), 34_000), b"answer"),
+    );
     let host = std::mem::take(&mut sim.out.host_rx[0]);
     assert_eq!(host.len(), 1, "{mode:?}: {}", sim.drops_report());
     assert_eq!(got(&host[0]).src, (TO_B, 53), "{mode:?}");
@@ -268,18 +302,38 @@ fn a_service_without_endpoints_is_refused_at_once(mode: TunnelMode) {
     sim.set_services(&services());
     let a = sim.pod(A);
     for (packet, reason) in [
-        (tcp((A, 41_000), (TO_NONE, 80), 0x02), DropReason::ServiceRefused),
-        (udp_to((A, 41_000), (TO_NONE, 53), b"q"), DropReason::ServiceRefused),
-        (udp_to((A, 41_000), (UNKNOWN, 53), b"q"), DropReason::ServiceUnknown),
-        (udp_to((A, 41_000), (TO_B, 54), b"q"), DropReason::ServiceUnknown),
+        (
+            tcp((A, 41_000), (TO_NONE, 80), 0x02),
+            DropReason::ServiceRefused,
+        ),
+        (
+            udp_to((A, 41_000), (TO_NONE, 53), b"q"),
+            DropReason::ServiceRefused,
+        ),
+        (
+            udp_to((A, 41_000), (UNKNOWN, 53), b"q"),
+            DropReason::ServiceUnknown,
+        ),
+        (
+            udp_to((A, 41_000), (TO_B, 54), b"q"),
+            DropReason::ServiceUnknown,
+        ),
     ] {
         let before = sim.port_counters(a).dropped(reason);
         let rx = send(&mut sim, a, &packet);
         assert_eq!(rx[a].len(), 1, "{mode:?}: A is told at once");
         let icmp = &rx[a][0][ETH_HLEN..];
         let (kind, code) = (icmp[20], icmp[21]);
-        let want = if reason == DropReason::ServiceRefused { 3 } else { 1 };
-        assert_eq!((kind, code), (3, want), "{mode:?}: port or host unreachable");
+        let want = if reason == DropReason::ServiceRefused {
+            3
+        } else {
+            1
+        };
+        assert_eq!(
+            (kind, code),
+            (3, want),
+            "{mode:?}: port or host unreachable"
+        );
         // It quotes the packet as A sent it, to the ClusterIP.
         assert_eq!(&icmp[28 + 16..28 + 20], &packet[16..20]);
         assert_eq!(sim.port_counters(a).dropped(reason), before + 1);
@@ -334,7 +388,11 @@ fn affinity_holds_a_client_to_one_endpoint(mode: TunnelMode) {
     let (fresh, late) = (elsewhere.next().unwrap(), elsewhere.next().unwrap());
     // While the client's last connection is younger than the timeout, affinity wins.
     sim.set_time(sim.time() + Duration::from_secs(9));
-    assert_eq!(landings(&mut sim, [fresh]), [held[0]], "{mode:?}: still fresh");
+    assert_eq!(
+        landings(&mut sim, [fresh]),
+        [held[0]],
+        "{mode:?}: still fresh"
+    );
     // Idle longer than the timeout, the client's flow goes where its hash says.
     sim.set_time(sim.time() + Duration::from_secs(12));
     let want = landings(&mut control, [late]);
@@ -378,8 +436,13 @@ fn removing_an_endpoint_moves_few_flows_and_flushes_its_udp(mode: TunnelMode) {
     }
     // New flows: Maglev moves those of the endpoint that left, and few others.
     let (moved, minimum) = moved_by_removal(mode, &ends, 600);
-    eprintln!("{mode:?}: 1 of 3 endpoints removed: {moved} of 600 new flows moved, minimum {minimum}");
-    assert!(moved >= minimum && moved <= minimum + 600 / 50, "moved {moved}, minimum {minimum}");
+    eprintln!(
+        "{mode:?}: 1 of 3 endpoints removed: {moved} of 600 new flows moved, minimum {minimum}"
+    );
+    assert!(
+        moved >= minimum && moved <= minimum + 600 / 50,
+        "moved {moved}, minimum {minimum}"
+    );
 }
 
 fn tcp_connections_keep_their_endpoint_when_it_leaves(mode: TunnelMode) {
@@ -463,10 +526,18 @@ fn an_endpoint_cannot_speak_as_the_service_for_a_flow_it_does_not_hold(mode: Tun
     let (_, r) = send_one(&mut sim, other_pod, &udp_to((other, 5353), (A, 7000), b"x"));
     assert_eq!(r.src, (other, 5353), "{mode:?}");
     // The endpoint itself, from another port: not translated.
-    let (_, r) = send_one(&mut sim, holder, &udp_to((holder_ip, 5354), (A, 7000), b"x"));
+    let (_, r) = send_one(
+        &mut sim,
+        holder,
+        &udp_to((holder_ip, 5354), (A, 7000), b"x"),
+    );
     assert_eq!(r.src, (holder_ip, 5354), "{mode:?}");
     // Control: the endpoint's answer is.
-    let (_, r) = send_one(&mut sim, holder, &udp_to((holder_ip, 5353), (A, 7000), b"x"));
+    let (_, r) = send_one(
+        &mut sim,
+        holder,
+        &udp_to((holder_ip, 5353), (A, 7000), b"x"),
+    );
     assert_eq!(r.src, (TO_MANY, 53), "{mode:?}");
 }
 
@@ -488,8 +559,15 @@ fn truncated_and_fragmented_packets_are_not_translated(mode: TunnelMode) {
     first[6] |= 0x20; // more fragments
     first[6] &= !0x40;
     fix_ipv4_checksum(&mut first);
-    assert!(send(&mut sim, a, &first).iter().all(Vec::is_empty), "{mode:?}");
-    assert_eq!(sim.port_counters(a).dropped(DropReason::ServiceUntranslatable), 1);
+    assert!(
+        send(&mut sim, a, &first).iter().all(Vec::is_empty),
+        "{mode:?}"
+    );
+    assert_eq!(
+        sim.port_counters(a)
+            .dropped(DropReason::ServiceUntranslatable),
+        1
+    );
     // Control: the whole datagram is translated.
     let (at, _) = send_one(&mut sim, a, &udp_to((A, 8000), (TO_B, 53), b"whole"));
     assert_eq!(at, b);
@@ -517,7 +595,9 @@ fn icmp_errors_about_a_translated_flow_are_dropped(mode: TunnelMode) {
     let rx = send(&mut sim, b, &port_unreachable(B, A, &seen));
     assert!(rx.iter().all(Vec::is_empty), "{mode:?}");
     // Dropped on node 0, where the translation is, as it came from node 1.
-    let dropped = sim.peer_counters(0, 1).dropped(DropReason::ServiceUntranslatable);
+    let dropped = sim
+        .peer_counters(0, 1)
+        .dropped(DropReason::ServiceUntranslatable);
     assert_eq!(dropped, 1, "{mode:?}");
     // Control: an error about A's direct flow to B passes.
     let direct = udp_to((A, 9001), (B, 5353), b"q");
@@ -546,16 +626,22 @@ fn a_flood_of_new_flows_churns_only_its_own(mode: TunnelMode) {
     }
     // A holds no more than its share of the table: A2's entries and A's share.
     let live = sim.nodes[0].core.service_entries();
-    assert!(live <= (CONNTRACK_MAX / 2 + 40) as u64, "{mode:?}: {live} entries");
-    let answer = |sim: &mut Sim, to: (Ipv4Addr, u16)| {
-        send_one(sim, b, &udp_to((B, 5353), to, b"a")).1.src
-    };
+    assert!(
+        live <= (CONNTRACK_MAX / 2 + 40) as u64,
+        "{mode:?}: {live} entries"
+    );
+    let answer =
+        |sim: &mut Sim, to: (Ipv4Addr, u16)| send_one(sim, b, &udp_to((B, 5353), to, b"a")).1.src;
     // A's newest flow kept its translation...
     let newest = (A, 10_000 + 2 * share as u16 - 1);
     assert_eq!(answer(&mut sim, newest), (TO_B, 53), "{mode:?}");
     // ...and A2's flows all kept theirs.
     for s in 0..20 {
-        assert_eq!(answer(&mut sim, (A2, 20_000 + s)), (TO_B, 53), "{mode:?}: flow {s}");
+        assert_eq!(
+            answer(&mut sim, (A2, 20_000 + s)),
+            (TO_B, 53),
+            "{mode:?}: flow {s}"
+        );
     }
 }
 

@@ -140,11 +140,12 @@ impl Services {
                 let size = (previous.and_then(|s| s.size_of(&p.frontend)))
                     .filter(|&m| keeps(m, endpoints.len()))
                     .unwrap_or_else(|| size_for(endpoints.len()));
-                let maglev =
-                    Maglev::with_size(&endpoints, size).map_err(|source| ServicesError::Maglev {
+                let maglev = Maglev::with_size(&endpoints, size).map_err(|source| {
+                    ServicesError::Maglev {
                         port: p.name.clone(),
                         source,
-                    })?;
+                    }
+                })?;
                 Ok(Usable { endpoints, maglev })
             })
             .collect::<Result<_, ServicesError>>()?;
@@ -379,7 +380,10 @@ mod tests {
         use Readiness::Ready;
         let three: Vec<Endpoint> = (5..8).map(|i| endpoint(i, Ready, false)).collect();
         let first = compile(vec![port(three.clone(), false)]).unwrap();
-        assert_eq!(first.size_of(&port(Vec::new(), false).frontend), Some(4_099));
+        assert_eq!(
+            first.size_of(&port(Vec::new(), false).frontend),
+            Some(4_099)
+        );
         let cidr: Ipv4Net = "10.96.0.0/12".parse().unwrap();
         let table = |e: &[Endpoint]| {
             Arc::new(ServiceTable {
