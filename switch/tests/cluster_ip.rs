@@ -355,6 +355,42 @@ fn internal_local_without_a_local_endpoint_drops(mode: TunnelMode) {
     assert_eq!((at, q.dst), (sim.pod(B), (B, 5353)), "{mode:?}");
 }
 
+/// An SCTP packet (an INIT chunk) from `src` to `dst`, with its CRC32c.
+fn sctp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&src.1.to_be_bytes());
+    p.extend_from_slice(&dst.1.to_be_bytes());
+    p.extend_from_slice(&[0; 8]);
+    p.extend_from_slice(&[1, 0, 0, 20, 0, 0, 0, 7, 0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1]);
+    let crc = crc32c::crc32c(&p);
+    p[8..12].copy_from_slice(&crc.to_le_bytes());
+    Ip {
+        proto: 132,
+        ..Ip::udp(src.0, dst.0)
+    }
+    .packet(&p)
+}
+
+fn sctp_is_translated_with_its_crc(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    sim.set_services(&[service(TO_B, 3868, Protocol::Sctp, 3869, &[B])]);
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let rx = send(&mut sim, a, &sctp((A, 5000), (TO_B, 3868)));
+    assert_eq!(rx[b].len(), 1, "{mode:?}: {}", sim.drops_report());
+    let p = &rx[b][0][ETH_HLEN..];
+    assert_eq!(ones_sum(&p[..20]), 0xffff);
+    assert_eq!(&p[16..20], &B.octets());
+    let mut l4 = p[20..].to_vec();
+    assert_eq!(&l4[2..4], &3869u16.to_be_bytes());
+    let crc = u32::from_le_bytes([l4[8], l4[9], l4[10], l4[11]]);
+    l4[8..12].fill(0);
+    assert_eq!(crc, crc32c::crc32c(&l4), "{mode:?}: the CRC32c holds");
+    // The answer comes back from the Service.
+    let rx = send(&mut sim, b, &sctp((B, 3869), (A, 5000)));
+    let p = &rx[a][0][ETH_HLEN..];
+    assert_eq!((&p[12..16], &p[20..22]), (&TO_B.octets()[..], &3868u16.to_be_bytes()[..]));
+}
+
 // ---- Choosing endpoints ----
 
 /// The endpoint (pod) each of `sports` lands on, as new UDP flows from A to
@@ -649,6 +685,7 @@ weft_switch::both_modes!(
     tcp_through_a_cluster_ip_to_a_remote_local_and_hairpin_endpoint,
     a_connection_outlives_its_endpoint,
     udp_is_translated_and_its_replies_translated_back,
+    sctp_is_translated_with_its_crc,
     the_node_reaches_a_cluster_ip_through_its_host_port,
     a_service_without_endpoints_is_refused_at_once,
     internal_local_without_a_local_endpoint_drops,
