@@ -361,7 +361,9 @@ fn sctp(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Vec<u8> {
     p.extend_from_slice(&src.1.to_be_bytes());
     p.extend_from_slice(&dst.1.to_be_bytes());
     p.extend_from_slice(&[0; 8]);
-    p.extend_from_slice(&[1, 0, 0, 20, 0, 0, 0, 7, 0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1]);
+    p.extend_from_slice(&[
+        1, 0, 0, 20, 0, 0, 0, 7, 0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1,
+    ]);
     let crc = crc32c::crc32c(&p);
     p[8..12].copy_from_slice(&crc.to_le_bytes());
     Ip {
@@ -388,7 +390,10 @@ fn sctp_is_translated_with_its_crc(mode: TunnelMode) {
     // The answer comes back from the Service.
     let rx = send(&mut sim, b, &sctp((B, 3869), (A, 5000)));
     let p = &rx[a][0][ETH_HLEN..];
-    assert_eq!((&p[12..16], &p[20..22]), (&TO_B.octets()[..], &3868u16.to_be_bytes()[..]));
+    assert_eq!(
+        (&p[12..16], &p[20..22]),
+        (&TO_B.octets()[..], &3868u16.to_be_bytes()[..])
+    );
 }
 
 // ---- Choosing endpoints ----
