@@ -272,19 +272,20 @@ fn the_node_reaches_a_cluster_ip_through_its_host_port(mode: TunnelMode) {
     let mut sim = cluster(mode);
     sim.set_services(&services());
     let b = sim.pod(B);
-    let query = udp_to((gateway(0), 34_000), (TO_B, 53), b"query");
-    sim.host_frame(
-        0,
-        &eth(
-            router_mac(0),
-            MacAddr::for_ip(gateway(0)),
-            ETHERTYPE_IPV4,
-            &query,
-        ),
-    );
-    sim.flush();
-    sim.deliver_wire();
-    let rx = sim.take_rx(b);
+    let from_host = |sim: &mut Sim, src: Ipv4Addr| {
+        let query = udp_to((src, 34_000), (TO_B, 53), b"query");
+        let gw = MacAddr::for_ip(gateway(0));
+        sim.host_frame(0, &eth(router_mac(0), gw, ETHERTYPE_IPV4, &query));
+        sim.flush();
+        sim.deliver_wire();
+        sim.take_rx(b)
+    };
+    // A pod's address forged on the host port (a machine routing through the
+    // node): no translation, dropped as spoofed.
+    assert!(from_host(&mut sim, A2).is_empty(), "{mode:?}");
+    assert_eq!(sim.host_counters(0).dropped(DropReason::Spoofed), 1);
+    // Control: the node's own address.
+    let rx = from_host(&mut sim, gateway(0));
     assert_eq!(rx.len(), 1, "{mode:?}: {}", sim.drops_report());
     assert_eq!(got(&rx[0]).dst, (B, 5353));
     send(

@@ -186,7 +186,12 @@ impl Core {
             Err(reason) => return self.drop_at(cx, from, reason),
         };
         let mut then = None;
-        if let Some(services) = self.service_gate(cx.tables, from, &facts) {
+        let packet = &frame.buf[ip_start..ip_start + facts.total_len];
+        let services = match self.service_gate(cx, from, &facts, packet) {
+            Ok(services) => services,
+            Err(reason) => return self.drop_at(cx, from, reason),
+        };
+        if let Some(services) = services {
             let packet = &mut frame.buf[ip_start..ip_start + facts.total_len];
             match self.service_in(cx, services, packet, offload) {
                 Ok(after) => then = after,

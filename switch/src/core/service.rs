@@ -51,7 +51,7 @@ use crate::services::{Frontend, ServicePort};
 use crate::tables::counters::DropReason;
 use crate::tables::fib::NextHop;
 use crate::tables::services::{protocol_of, Choice, Services};
-use crate::tables::Tables;
+use crate::tables::{PortKind, Tables};
 
 /// What a translation entry holds, by what its key is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,20 +290,33 @@ impl Core {
         }
     }
 
-    /// The Service table, if a packet `facts` from `from` is to be translated
-    /// before it is routed: from a port, admissible, to the Service CIDR.
-    pub(super) fn service_gate<'t>(
+    /// The Service table, if the IPv4 packet `packet` (`facts`) from `from` is to
+    /// be translated before it is routed: from a port, to the Service CIDR, and
+    /// admissible. From the host port, a source the host may not forward (a pod's
+    /// address forged by a machine routing through the node) is refused here, so
+    /// that no forged source gets a translation recorded.
+    pub(super) fn service_gate<'t, S: ?Sized>(
         &self,
-        t: &'t Tables,
+        cx: &Ctx<'t, S>,
         from: Ingress,
         facts: &Facts,
-    ) -> Option<&'t Services> {
-        let s = t.services.as_deref()?;
-        (self.nat.is_some()
-            && matches!(from, Ingress::Port(_))
-            && s.cidr().contains(&facts.dst)
-            && super::forward::inadmissible(t, from, facts).is_none())
-        .then_some(s)
+        packet: &[u8],
+    ) -> Result<Option<&'t Services>, DropReason> {
+        let t = cx.tables;
+        let (Some(s), Ingress::Port(i)) = (t.services.as_deref(), from) else {
+            return Ok(None);
+        };
+        if self.nat.is_none()
+            || !s.cidr().contains(&facts.dst)
+            || super::forward::inadmissible(t, from, facts).is_some()
+        {
+            return Ok(None);
+        }
+        let host = t.ports[i].kind == PortKind::Host;
+        if host && !self.host_admits(cx, &ipv4::Packet::new_unchecked(packet)) {
+            return Err(DropReason::Spoofed);
+        }
+        Ok(Some(s))
     }
 
     /// Translates `packet`, from `from` to an address of the Service CIDR, to its
