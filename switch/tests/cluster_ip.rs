@@ -302,44 +302,60 @@ fn a_service_without_endpoints_is_refused_at_once(mode: TunnelMode) {
     let mut sim = cluster(mode);
     sim.set_services(&services());
     let a = sim.pod(A);
-    for (packet, reason) in [
+    // (packet, reason, ICMP code, sent from)
+    for (packet, reason, code, from) in [
         (
             tcp((A, 41_000), (TO_NONE, 80), 0x02),
             DropReason::ServiceRefused,
+            3,
+            TO_NONE,
         ),
         (
             udp_to((A, 41_000), (TO_NONE, 53), b"q"),
             DropReason::ServiceRefused,
-        ),
-        (
-            udp_to((A, 41_000), (UNKNOWN, 53), b"q"),
-            DropReason::ServiceUnknown,
+            3,
+            TO_NONE,
         ),
         (
             udp_to((A, 41_000), (TO_B, 54), b"q"),
             DropReason::ServiceUnknown,
+            3,
+            TO_B,
+        ),
+        (
+            udp_to((A, 41_000), (UNKNOWN, 53), b"q"),
+            DropReason::ServiceUnknown,
+            1,
+            gateway(0),
         ),
     ] {
         let before = sim.port_counters(a).dropped(reason);
         let rx = send(&mut sim, a, &packet);
         assert_eq!(rx[a].len(), 1, "{mode:?}: A is told at once");
         let icmp = &rx[a][0][ETH_HLEN..];
-        let (kind, code) = (icmp[20], icmp[21]);
-        let want = if reason == DropReason::ServiceRefused {
-            3
-        } else {
-            1
-        };
         assert_eq!(
-            (kind, code),
-            (3, want),
+            (icmp[20], icmp[21]),
+            (3, code),
             "{mode:?}: port or host unreachable"
         );
+        assert_eq!(&icmp[12..16], &from.octets(), "{mode:?}");
         // It quotes the packet as A sent it, to the ClusterIP.
         assert_eq!(&icmp[28 + 16..28 + 20], &packet[16..20]);
         assert_eq!(sim.port_counters(a).dropped(reason), before + 1);
         assert!(rx.iter().enumerate().all(|(q, f)| q == a || f.is_empty()));
     }
+    // The node, whose address is the gateway's, is told too.
+    let query = udp_to((gateway(0), 41_000), (TO_NONE, 53), b"q");
+    let gw = MacAddr::for_ip(gateway(0));
+    sim.host_frame(0, &eth(router_mac(0), gw, ETHERTYPE_IPV4, &query));
+    sim.flush();
+    let host = std::mem::take(&mut sim.out.host_rx[0]);
+    assert_eq!(host.len(), 1, "{mode:?}: {}", sim.drops_report());
+    let icmp = &host[0][ETH_HLEN..];
+    assert_eq!(
+        (icmp[20], icmp[21], &icmp[12..16]),
+        (3, 3, &TO_NONE.octets()[..])
+    );
 }
 
 fn internal_local_without_a_local_endpoint_drops(mode: TunnelMode) {

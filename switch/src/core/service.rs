@@ -405,8 +405,12 @@ impl Core {
         frontend: Frontend,
     ) -> Result<(Rewrite, Option<Rewrite>), Refusal> {
         let Some(i) = services.find(&frontend) else {
-            let why = DropReason::ServiceUnknown;
-            return Err(Refusal::Refuse(why, IcmpError::HostUnreachable));
+            // A ClusterIP without the port answers as a host without it would.
+            let error = match services.holds(frontend.ip) {
+                true => IcmpError::PortUnreachable,
+                false => IcmpError::HostUnreachable,
+            };
+            return Err(Refusal::Refuse(DropReason::ServiceUnknown, error));
         };
         let port = services.port(i);
         let (ip, eport) = match self.choose(cx.now, services, i, port, flow.key) {

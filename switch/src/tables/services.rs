@@ -189,6 +189,15 @@ impl Services {
             .ok()
     }
 
+    /// Whether some port is at ClusterIP `ip`.
+    pub fn holds(&self, ip: Ipv4Addr) -> bool {
+        let at = (self.table.ports).partition_point(|p| p.frontend.ip < ip);
+        self.table
+            .ports
+            .get(at)
+            .is_some_and(|p| p.frontend.ip == ip)
+    }
+
     /// The port at index `i`.
     #[inline]
     pub fn port(&self, i: usize) -> &ServicePort {
