@@ -414,7 +414,7 @@ fn no_allocation_per_translated_packet() {
     let mut buf = vec![0u8; HEADROOM + 2048];
     let mut now = Time::ZERO;
     let mut round = |dp: &mut Core, sink: &mut CountingSink, i: u16| {
-        now = now + BEAT;
+        now += BEAT;
         let mut cx = Ctx::new(&t, now, sink);
         for sport in [40_000u16, 1_000 + i] {
             let f = &out;
