@@ -413,6 +413,64 @@ fn sctp_is_translated_with_its_crc(mode: TunnelMode) {
     );
 }
 
+/// A TCP segment from A to `dst` with `payload` bytes, as a TAP hands it over with
+/// its checksum left partial (the pseudo-header's sum), and the offload metadata.
+fn partial_tcp(dst: (Ipv4Addr, u16), payload: usize) -> (Vec<u8>, weft_switch::io::port::Offload) {
+    let mut p = tcp((A, 42_000), dst, 0x10);
+    p.extend((0..payload).map(|i| i as u8));
+    let total = p.len() as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    fix_ipv4_checksum(&mut p);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&A.octets());
+    pseudo.extend_from_slice(&dst.0.octets());
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(total - 20).to_be_bytes());
+    p[36..38].copy_from_slice(&ones_sum(&pseudo).to_be_bytes());
+    let offload = weft_switch::io::port::Offload {
+        needs_csum: true,
+        csum_start: (ETH_HLEN + 20) as u16,
+        csum_offset: 16,
+        ..weft_switch::io::port::Offload::PLAIN
+    };
+    (p, offload)
+}
+
+fn partial_checksums_and_super_frames_are_translated(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    sim.set_services(&services());
+    let (a, a2, b) = (sim.pod(A), sim.pod(A2), sim.pod(B));
+    // A partial checksum, to a local endpoint: completed by A2's "kernel", right.
+    let (p, offload) = partial_tcp((TO_A2, 80), 100);
+    sim.port_frame_with(0, sim.pods[a].port, &offload, &from_pod(&sim, a, &p));
+    sim.flush();
+    let rx = sim.take_rx(a2);
+    assert_eq!(rx.len(), 1, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(got(&rx[0]).dst, (A2, 8080));
+    // A 30 KB TSO super-frame, to an endpoint on node 1: cut for the wire, each
+    // segment translated with its checksums right.
+    let (p, offload) = partial_tcp((TO_B, 80), 30_000);
+    let offload = weft_switch::io::port::Offload {
+        gso_type: weft_encap::virtio::GsoType::TcpV4,
+        gso_size: 1360,
+        hdr_len: (ETH_HLEN + 40) as u16,
+        ..offload
+    };
+    sim.port_frame_with(0, sim.pods[a].port, &offload, &from_pod(&sim, a, &p));
+    sim.flush();
+    sim.deliver_wire();
+    let rx = sim.take_rx(b);
+    assert!(
+        rx.len() >= 30_000 / 1360,
+        "{mode:?}: {} frames; {}",
+        rx.len(),
+        sim.drops_report()
+    );
+    for f in &rx {
+        assert_eq!(got(f).dst, (B, 8080), "{mode:?}");
+    }
+}
+
 // ---- Choosing endpoints ----
 
 /// The endpoint (pod) each of `sports` lands on, as new UDP flows from A to
@@ -708,6 +766,7 @@ weft_switch::both_modes!(
     a_connection_outlives_its_endpoint,
     udp_is_translated_and_its_replies_translated_back,
     sctp_is_translated_with_its_crc,
+    partial_checksums_and_super_frames_are_translated,
     the_node_reaches_a_cluster_ip_through_its_host_port,
     a_service_without_endpoints_is_refused_at_once,
     internal_local_without_a_local_endpoint_drops,
