@@ -471,6 +471,26 @@ fn partial_checksums_and_super_frames_are_translated(mode: TunnelMode) {
     }
 }
 
+fn an_endpoint_outside_the_cluster_is_reached_through_the_host(mode: TunnelMode) {
+    // The `kubernetes` Service's endpoints are the API servers' own addresses.
+    const API: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+    let mut sim = cluster(mode);
+    sim.set_services(&[service(TO_MANY, 443, Protocol::Tcp, 6443, &[API])]);
+    let a = sim.pod(A);
+    send(&mut sim, a, &tcp((A, 43_000), (TO_MANY, 443), 0x02));
+    let host = std::mem::take(&mut sim.out.host_rx[0]);
+    assert_eq!(host.len(), 1, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(got(&host[0]).dst, (API, 6443));
+    // The host hands the answer back through weft0: A sees it from the Service.
+    let answer = tcp((API, 6443), (A, 43_000), 0x12);
+    let gw = MacAddr::for_ip(gateway(0));
+    sim.host_frame(0, &eth(router_mac(0), gw, ETHERTYPE_IPV4, &answer));
+    sim.flush();
+    let rx = sim.take_rx(a);
+    assert_eq!(rx.len(), 1, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(got(&rx[0]).src, (TO_MANY, 443), "{mode:?}");
+}
+
 // ---- Choosing endpoints ----
 
 /// The endpoint (pod) each of `sports` lands on, as new UDP flows from A to
@@ -767,6 +787,7 @@ weft_switch::both_modes!(
     udp_is_translated_and_its_replies_translated_back,
     sctp_is_translated_with_its_crc,
     partial_checksums_and_super_frames_are_translated,
+    an_endpoint_outside_the_cluster_is_reached_through_the_host,
     the_node_reaches_a_cluster_ip_through_its_host_port,
     a_service_without_endpoints_is_refused_at_once,
     internal_local_without_a_local_endpoint_drops,
