@@ -180,6 +180,48 @@ pub fn rewrite(
     Ok(())
 }
 
+/// Rewrites `end`'s address and port of the packet an ICMP error quotes, in `icmp`
+/// (the ICMP message: its 8-byte header, then the quoted IPv4 header and the start
+/// of its payload), as the translation of that packet's connection did to it: the
+/// quoted IPv4 header's checksum and, where the quote holds it, its TCP or UDP
+/// checksum are updated, and the ICMP checksum is computed again. A quote too short
+/// for the ports is refused with [`Error::Truncated`] before any byte changes.
+pub fn rewrite_quoted(icmp: &mut [u8], end: End, addr: Ipv4Addr, port: u16) -> Result<(), Error> {
+    let quoted = icmp.get(8..).ok_or(Error::Truncated)?;
+    let hl = match quoted.first() {
+        Some(&b) if b >> 4 == 4 && usize::from(b & 0xf) >= 5 => usize::from(b & 0xf) * 4,
+        _ => return Err(Error::NotIpv4),
+    };
+    if quoted.len() < hl + 4 {
+        return Err(Error::Truncated);
+    }
+    let (proto, first) = (quoted[9], get_u16(quoted, 6) & 0x1fff == 0);
+    let check = check_of(proto).filter(|_| first).ok_or(Error::NoPorts)?;
+    let (addr_at, port_at) = match end {
+        End::Src => (12, 0),
+        End::Dst => (16, 2),
+    };
+    let q = &mut icmp[8..];
+    let old: [u8; 4] = q[addr_at..addr_at + 4].try_into().unwrap_or([0; 4]);
+    let addr_delta = delta(old, addr.octets());
+    put_u16(q, 10, updated(get_u16(q, 10), addr_delta, false));
+    q[addr_at..addr_at + 4].copy_from_slice(&addr.octets());
+    let l4 = &mut q[hl..];
+    let old_port = get_u16(l4, port_at);
+    put_u16(l4, port_at, port);
+    if let (Check::Internet { at, optional }, _) = check {
+        let old_check = l4.get(at..at + 2).map(|_| get_u16(l4, at));
+        if let Some(c) = old_check.filter(|&c| !(optional && c == 0)) {
+            let d = addr_delta + (!u64::from(old_port) & 0xffff) + u64::from(port);
+            put_u16(l4, at, updated(c, d, false));
+        }
+    }
+    icmp[2..4].fill(0);
+    let sum = crate::checksum::checksum(icmp);
+    put_u16(icmp, 2, sum);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -288,6 +330,50 @@ mod tests {
             let want = pseudo_sum(&p);
             prop_assert!(got == want || (got ^ want) == 0xffff && (got == 0 || want == 0));
         }
+    }
+
+    /// An ICMP error quoting `quoted` (its first `n` bytes), its checksum right.
+    fn error_quoting(quoted: &[u8], n: usize) -> Vec<u8> {
+        let mut m = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&quoted[..n.min(quoted.len())]);
+        let c = checksum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        m
+    }
+
+    #[test]
+    fn a_quoted_packet_is_rewritten_with_every_checksum_kept() {
+        // A whole quoted UDP datagram: its checksum is kept right too.
+        let quoted = with_checksum(17, &udp(b"query"), 6);
+        let mut m = error_quoting(&quoted, 64);
+        rewrite_quoted(&mut m, End::Dst, Ipv4Addr::new(10, 244, 2, 7), 5353).unwrap();
+        assert_eq!(checksum(&m), 0, "the ICMP checksum");
+        let q = &m[8..];
+        assert_eq!(checksum(&q[..20]), 0, "the quoted IPv4 checksum");
+        assert_eq!(
+            (&q[16..20], &q[22..24]),
+            (&[10, 244, 2, 7][..], &5353u16.to_be_bytes()[..])
+        );
+        assert_eq!(u16::from_be_bytes([q[26], q[27]]), transport_checksum(q, 6));
+        // A quote cut after the ports (a TCP header's first 8 bytes).
+        let quoted = with_checksum(6, &tcp(b""), 16);
+        let mut m = error_quoting(&quoted, 28);
+        rewrite_quoted(&mut m, End::Dst, Ipv4Addr::new(10, 244, 2, 7), 8080).unwrap();
+        assert_eq!(checksum(&m), 0);
+        assert_eq!(&m[8 + 22..8 + 24], &8080u16.to_be_bytes());
+        // Too short for the ports, or no IPv4 quoted: refused untouched.
+        let mut short = error_quoting(&quoted, 22);
+        let before = short.clone();
+        assert_eq!(
+            rewrite_quoted(&mut short, End::Dst, Ipv4Addr::LOCALHOST, 1),
+            Err(Error::Truncated)
+        );
+        assert_eq!(short, before);
+        let mut junk = error_quoting(&[0x60; 40], 40);
+        assert_eq!(
+            rewrite_quoted(&mut junk, End::Dst, Ipv4Addr::LOCALHOST, 1),
+            Err(Error::NotIpv4)
+        );
     }
 
     #[test]

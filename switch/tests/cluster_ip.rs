@@ -722,24 +722,53 @@ fn port_unreachable(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
     .packet(&m)
 }
 
-fn icmp_errors_about_a_translated_flow_are_dropped(mode: TunnelMode) {
+/// The ICMP error in `frame`: its source, and the destination of the packet it
+/// quotes, once its checksum and the quoted header's hold.
+fn icmp_about(frame: &[u8]) -> (Ipv4Addr, (Ipv4Addr, u16)) {
+    let p = &frame[ETH_HLEN..];
+    assert_eq!(ones_sum(&p[..20]), 0xffff);
+    assert_eq!(ones_sum(&p[20..]), 0xffff, "the ICMP checksum holds");
+    let q = &p[28..];
+    assert_eq!(
+        ones_sum(&q[..20]),
+        0xffff,
+        "the quoted header's checksum holds"
+    );
+    let quoted = Ipv4Addr::new(q[16], q[17], q[18], q[19]);
+    (
+        Ipv4Addr::new(p[12], p[13], p[14], p[15]),
+        (quoted, u16::from_be_bytes([q[22], q[23]])),
+    )
+}
+
+fn icmp_errors_about_a_translated_flow_are_translated_back(mode: TunnelMode) {
     let mut sim = cluster(mode);
     sim.set_services(&services());
-    let (a, b) = (sim.pod(A), sim.pod(B));
+    let (a, b, b2) = (sim.pod(A), sim.pod(B), sim.pod(B2));
     let rx = send(&mut sim, a, &udp_to((A, 9000), (TO_B, 53), b"q"));
     let seen = rx[b][0][ETH_HLEN..].to_vec();
-    let rx = send(&mut sim, b, &port_unreachable(B, A, &seen));
-    assert!(rx.iter().all(Vec::is_empty), "{mode:?}");
-    // Dropped on node 0, where the translation is, as it came from node 1.
-    let dropped = sim
-        .peer_counters(0, 1)
-        .dropped(DropReason::ServiceUntranslatable);
-    assert_eq!(dropped, 1, "{mode:?}");
-    // Control: an error about A's direct flow to B passes.
+    // From the endpoint: A sees it from the Service, about its packet to it.
+    let error = send(&mut sim, b, &port_unreachable(B, A, &seen));
+    assert_eq!(error[a].len(), 1, "{mode:?}");
+    assert_eq!(icmp_about(&error[a][0]), (TO_B, (TO_B, 53)), "{mode:?}");
+    // From anyone else (a router on the path, another pod): its quote translated,
+    // its own source kept, so it cannot pass for the Service.
+    let error = send(&mut sim, b2, &port_unreachable(B2, A, &seen));
+    assert_eq!(icmp_about(&error[a][0]), (B2, (TO_B, 53)), "{mode:?}");
+    // Control: an error about A's direct flow to B passes as it is.
     let direct = udp_to((A, 9001), (B, 5353), b"q");
     send(&mut sim, a, &direct);
-    let (at, _) = send_one(&mut sim, b, &port_unreachable(B, A, &direct));
-    assert_eq!(at, a);
+    let error = send(&mut sim, b, &port_unreachable(B, A, &direct));
+    assert_eq!(icmp_about(&error[a][0]), (B, (B, 5353)), "{mode:?}");
+    // An error A sends about the Service's answer goes to the ClusterIP: dropped.
+    let answer = udp_to((TO_B, 53), (A, 9000), b"a");
+    let before = sim.port_counters(a).dropped(DropReason::ServiceUnknown);
+    let rx = send(&mut sim, a, &port_unreachable(A, TO_B, &answer));
+    assert!(rx.iter().all(Vec::is_empty), "{mode:?}");
+    assert_eq!(
+        sim.port_counters(a).dropped(DropReason::ServiceUnknown),
+        before + 1
+    );
 }
 
 fn a_flood_of_new_flows_churns_only_its_own(mode: TunnelMode) {
@@ -798,6 +827,6 @@ weft_switch::both_modes!(
     a_spoofed_source_is_not_translated,
     an_endpoint_cannot_speak_as_the_service_for_a_flow_it_does_not_hold,
     truncated_and_fragmented_packets_are_not_translated,
-    icmp_errors_about_a_translated_flow_are_dropped,
+    icmp_errors_about_a_translated_flow_are_translated_back,
     a_flood_of_new_flows_churns_only_its_own,
 );

@@ -256,13 +256,7 @@ impl Core {
             return cx.tables.ports[port].counters.discard(self.worker, reason);
         }
         // A reply from a Service's endpoint gets the Service's address back.
-        let then = match pass.then {
-            Some(then) => Some(then),
-            None => match self.service_reply(cx, hop, &mut flow) {
-                Ok(then) => then,
-                Err(reason) => return self.drop_at(cx, from, reason),
-            },
-        };
+        let then = pass.then.or_else(|| self.service_reply(cx, hop, &mut flow));
         let packet = &mut frame.buf[ip_start..ip_start + facts.total_len];
         if let Some(Err(reason)) = then.map(|t| t.apply(packet, offload)) {
             return self.drop_at(cx, from, reason);

@@ -34,8 +34,11 @@
 //! the affinities) whose endpoint left its port, so a DNS client's next query goes
 //! to a live endpoint; TCP and SCTP connections keep theirs until they end, and so
 //! do their replies. A fragment to a Service address is dropped: only a first
-//! fragment carries the ports that choose the translation. An ICMP error about a
-//! translated connection is dropped too, not translated back.
+//! fragment carries the ports that choose the translation. An ICMP error to the
+//! client about a translated connection (a path MTU's, an endpoint's port
+//! unreachable) is translated back: the packet it quotes, and its source if the
+//! endpoint sent it. One a client sends about a reply it got from the Service
+//! goes to the ClusterIP and is dropped.
 
 use std::net::Ipv4Addr;
 
@@ -107,20 +110,48 @@ pub(super) struct Rewrite {
     end: End,
     ip: Ipv4Addr,
     port: u16,
+    /// An ICMP error about a translated connection, from this address (the
+    /// endpoint's, or a router's): the rewrite is of the packet it quotes, and the
+    /// error's own source too if it is the endpoint.
+    quoted: Option<Ipv4Addr>,
 }
 
 impl Rewrite {
+    /// The destination to become `ip:port`.
+    fn dst(ip: Ipv4Addr, port: u16) -> Rewrite {
+        Rewrite {
+            end: End::Dst,
+            ip,
+            port,
+            quoted: None,
+        }
+    }
+
+    /// The source to become `ip:port`.
+    fn src(ip: Ipv4Addr, port: u16) -> Rewrite {
+        Rewrite {
+            end: End::Src,
+            ..Rewrite::dst(ip, port)
+        }
+    }
+
     /// Rewrites the IPv4 packet `packet` (its checksums too: a partial transport
     /// checksum, under `offload`, as such).
     pub(super) fn apply(self, packet: &mut [u8], offload: &Offload) -> Result<(), DropReason> {
-        nat::rewrite(
-            packet,
-            self.end,
-            self.ip,
-            Some(self.port),
-            offload.needs_csum,
-        )
-        .map_err(|_| DropReason::Malformed)
+        let malformed = |_| DropReason::Malformed;
+        let Some(endpoint) = self.quoted else {
+            let partial = offload.needs_csum;
+            return nat::rewrite(packet, self.end, self.ip, Some(self.port), partial)
+                .map_err(malformed);
+        };
+        // An ICMP error (`Flow::of` found its quote behind a whole IPv4 header).
+        let ip = ipv4::Packet::new_checked(&*packet).map_err(|_| DropReason::Malformed)?;
+        let (hl, sender) = (ip.header_len(), ip.src_addr());
+        nat::rewrite_quoted(&mut packet[hl..], End::Dst, self.ip, self.port).map_err(malformed)?;
+        if sender == endpoint {
+            nat::rewrite(packet, End::Src, self.ip, None, false).map_err(malformed)?;
+        }
+        Ok(())
     }
 }
 
@@ -374,21 +405,14 @@ impl Core {
                 if key.proto == ipv4::protocol::UDP && !still_endpoint(services, &key, v) {
                     return None;
                 }
-                let hairpin = (v.ip == Ipv4Addr::from(key.src)).then_some(Rewrite {
-                    end: End::Src,
-                    ip: Ipv4Addr::from(key.dst),
-                    port: key.sport,
-                });
-                (dst(v.ip, v.port), hairpin)
+                let hairpin = (v.ip == Ipv4Addr::from(key.src))
+                    .then(|| Rewrite::src(Ipv4Addr::from(key.dst), key.sport));
+                (Rewrite::dst(v.ip, v.port), hairpin)
             }
             // The pod answers the connection it accepted from the Service.
             (Kind::HairpinReply, false) => {
-                let back = Rewrite {
-                    end: End::Src,
-                    ip: Ipv4Addr::from(key.dst),
-                    port: v.port,
-                };
-                (dst(v.ip, key.dport), Some(back))
+                let back = Rewrite::src(Ipv4Addr::from(key.dst), v.port);
+                (Rewrite::dst(v.ip, key.dport), Some(back))
             }
             _ => return None,
         };
@@ -444,12 +468,9 @@ impl Core {
                 Refused::OverShare => DropReason::ConntrackShare,
             }));
         }
-        let hairpin = (ip == Ipv4Addr::from(flow.key.src)).then_some(Rewrite {
-            end: End::Src,
-            ip: frontend.ip,
-            port: flow.key.sport,
-        });
-        Ok((dst(ip, eport), hairpin))
+        let hairpin =
+            (ip == Ipv4Addr::from(flow.key.src)).then(|| Rewrite::src(frontend.ip, flow.key.sport));
+        Ok((Rewrite::dst(ip, eport), hairpin))
     }
 
     /// The endpoint of port `i` (`port`) for the new connection `key`: its client's
@@ -495,51 +516,35 @@ impl Core {
 
     /// What to rewrite in a packet going to `hop` that did not go to the Service
     /// CIDR: an endpoint's reply to a translated connection gets the Service's
-    /// address and port as its source. An ICMP error about a translated connection
-    /// is refused.
+    /// address and port as its source; an ICMP error about a translated connection
+    /// (a path MTU's, say) gets them in the packet it quotes, and as its own source
+    /// if the endpoint sent it, as Linux's connection tracker translates related
+    /// errors.
     pub(super) fn service_reply<S: ?Sized>(
         &self,
         cx: &Ctx<'_, S>,
         hop: NextHop,
         flow: &mut LazyFlow<'_, '_>,
-    ) -> Result<Option<Rewrite>, DropReason> {
-        let Some(nat) = self.nat.as_ref().filter(|_| cx.tables.services.is_some()) else {
-            return Ok(None);
-        };
+    ) -> Option<Rewrite> {
+        let nat = self.nat.as_ref().filter(|_| cx.tables.services.is_some())?;
         if !matches!(hop, NextHop::Local(_) | NextHop::Host) || nat.ct.is_empty() {
-            return Ok(None);
+            return None;
         }
         let flow = flow.get();
         if let Some(inner) = flow.error_about {
             let translated = (nat.ct.lookup(inner, cx.now))
+                .filter(|f| f.forward)
                 .and_then(|f| Value::of(f.entry.value))
-                .is_some_and(|v| v.kind == Kind::Reply);
-            return match translated {
-                true => Err(DropReason::ServiceUntranslatable),
-                false => Ok(None),
-            };
+                .filter(|v| v.kind == Kind::Reply);
+            return translated.map(|v| Rewrite {
+                quoted: Some(Ipv4Addr::from(inner.dst)),
+                ..Rewrite::dst(v.ip, v.port)
+            });
         }
-        let Some(found) = nat.ct.lookup(flow.key, cx.now).filter(|f| !f.forward) else {
-            return Ok(None);
-        };
-        let Some(v) = Value::of(found.entry.value).filter(|v| v.kind == Kind::Reply) else {
-            return Ok(None);
-        };
+        let found = nat.ct.lookup(flow.key, cx.now).filter(|f| !f.forward)?;
+        let v = Value::of(found.entry.value).filter(|v| v.kind == Kind::Reply)?;
         nat.keep(&found, v, flow, cx.now);
-        Ok(Some(Rewrite {
-            end: End::Src,
-            ip: v.ip,
-            port: v.port,
-        }))
-    }
-}
-
-/// A rewrite of the destination to `ip:port`.
-fn dst(ip: Ipv4Addr, port: u16) -> Rewrite {
-    Rewrite {
-        end: End::Dst,
-        ip,
-        port,
+        Some(Rewrite::src(v.ip, v.port))
     }
 }
 

@@ -118,9 +118,8 @@ drop_reasons! {
     /// To an address of the Service CIDR that no Service port holds, or in a
     /// protocol no Service carries (an ICMP unreachable was sent).
     ServiceUnknown => "service_unknown",
-    /// A fragment to a Service address (only a first fragment has ports to
-    /// translate by), or an ICMP error about a translated connection (which the
-    /// switch does not translate back).
+    /// A fragment to a Service address: only a first fragment has the ports to
+    /// translate it by.
     ServiceUntranslatable => "service_untranslatable",
 }
 
