@@ -1020,6 +1020,34 @@ mod tests {
         assert_eq!(w1.lookup(key(1001), at(11)), None);
     }
 
+    /// A table with values keeps each entry's value with it, read by every worker
+    /// under the slot's seqlock, rewritten with it and forgotten with it.
+    #[test]
+    fn values_travel_with_their_entries() {
+        let valued = Conntrack::value_tables(2, 8, Overflow::Fair { share: 8 });
+        let (w0, w1) = (Conntrack::new(valued.clone(), 0), Conntrack::new(valued, 1));
+        let entry = |sport, value| Entry {
+            orig: key(sport),
+            flags: Flags::default(),
+            generation: 0,
+            expires: w0.expiry(key(sport), Flags::default(), at(0)),
+            value,
+        };
+        w0.put(&entry(1, 0xdead_beef), at(0)).unwrap();
+        w0.put(&entry(2, 7), at(0)).unwrap();
+        let seen = w1.lookup(key(1).reverse(), at(1)).unwrap();
+        assert_eq!((seen.entry.value, seen.forward), (0xdead_beef, false));
+        w0.put(&entry(1, 42), at(1)).unwrap();
+        assert_eq!(w1.lookup(key(1), at(1)).unwrap().entry.value, 42);
+        w0.forget_where(|e| e.value == 42);
+        assert!(w1.lookup(key(1), at(1)).is_none());
+        assert_eq!(w1.lookup(key(2), at(1)).unwrap().entry.value, 7);
+        // A table without values reads 0.
+        let plain = Conntrack::new(tables(1, 8), 0);
+        plain.put(&entry(3, 9), at(0)).unwrap();
+        assert_eq!(plain.lookup(key(3), at(0)).unwrap().entry.value, 0);
+    }
+
     /// Each table's hash is keyed by a seed of its own, drawn from the process's
     /// random hash keys (`RandomState`, from the OS at the start): two tables of
     /// one process, or one table in two runs, put one connection in different

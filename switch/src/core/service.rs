@@ -401,8 +401,14 @@ impl Core {
         let key = flow.key;
         let rewrites = match (v.kind, found.forward) {
             (Kind::Dnat, true) => {
-                // A UDP flow whose endpoint left, in a table not flushed yet: new.
-                if key.proto == ipv4::protocol::UDP && !still_endpoint(services, &key, v) {
+                // A UDP flow whose endpoint left, found in another worker's table,
+                // which that worker has not flushed yet: a new flow. (This worker's
+                // own was flushed when this call began.)
+                let elsewhere = found.own_slot.is_none();
+                if key.proto == ipv4::protocol::UDP
+                    && elsewhere
+                    && !still_endpoint(services, &key, v)
+                {
                     return None;
                 }
                 let hairpin = (v.ip == Ipv4Addr::from(key.src))
