@@ -389,10 +389,7 @@ mod tests {
         use Readiness::Ready;
         let three: Vec<Endpoint> = (5..8).map(|i| endpoint(i, Ready, false)).collect();
         let first = compile(vec![port(three.clone(), false)]).unwrap();
-        assert_eq!(
-            first.size_of(&port(Vec::new(), false).frontend),
-            Some(4_099)
-        );
+        assert_eq!(first.size_of(&port(Vec::new(), false).frontend), Some(509));
         let cidr: Ipv4Net = "10.96.0.0/12".parse().unwrap();
         let table = |e: &[Endpoint]| {
             Arc::new(ServiceTable {
@@ -402,13 +399,14 @@ mod tests {
         };
         let f = port(Vec::new(), false).frontend;
         let two = Services::compile(table(&three[..2]), cidr, 1, 2, Some(&first)).unwrap();
-        assert_eq!(two.size_of(&f), Some(4_099));
+        assert_eq!(two.size_of(&f), Some(509));
         let fresh = Services::compile(table(&three[..2]), cidr, 1, 2, None).unwrap();
         assert_eq!(fresh.size_of(&f), Some(251));
         let many: Vec<Endpoint> = (5..60).map(|i| endpoint(i, Ready, false)).collect();
         let grown = Services::compile(table(&many), cidr, 1, 3, Some(&two)).unwrap();
-        assert_eq!(grown.size_of(&f), Some(16_381));
-        assert!(keeps(65_537, 1_000) && keeps(16_381, 3) && !keeps(65_537, 3) && !keeps(251, 3));
+        assert_eq!(grown.size_of(&f), Some(8_191));
+        assert!(keeps(65_537, 1_000) && keeps(509, 3) && keeps(1_021, 3));
+        assert!(!keeps(2_039, 3) && !keeps(251, 3) && !keeps(65_537, 3));
     }
 
     #[test]
