@@ -354,7 +354,8 @@ fn run(mode: TunnelMode) {
 
 /// A pod's packets to a ClusterIP (each round one of an established connection and
 /// the first of a new one) and the endpoint's replies through the tunnel, translated
-/// both ways, allocate nothing.
+/// both ways, allocate nothing; nor does a worker's flush of its translations when
+/// the Service table changes (every round, here).
 #[test]
 fn no_allocation_per_translated_packet() {
     use weft_switch::core::service::Nat;
@@ -383,9 +384,16 @@ fn no_allocation_per_translated_packet() {
             internal_local: false,
         }],
     };
-    let mut t = tables(TunnelMode::Vxlan);
-    let services = Services::compile(Arc::new(table), cidr, 7, 1, None).unwrap();
-    t.services = Some(Arc::new(services));
+    // Two snapshots of one Service table, compiled twice: each round changes the
+    // table, and the core drops its UDP translations to endpoints gone (none).
+    let table = Arc::new(table);
+    let snapshot = |generation| {
+        let mut t = tables(TunnelMode::Vxlan);
+        let services = Services::compile(table.clone(), cidr, 7, generation, None).unwrap();
+        t.services = Some(Arc::new(services));
+        t
+    };
+    let snapshots = [snapshot(1), snapshot(2)];
     let mut dp = Core::new(core::Config {
         worker: 0,
         heartbeat: None,
@@ -415,7 +423,8 @@ fn no_allocation_per_translated_packet() {
     let mut now = Time::ZERO;
     let mut round = |dp: &mut Core, sink: &mut CountingSink, i: u16| {
         now += BEAT;
-        let mut cx = Ctx::new(&t, now, sink);
+        let t = &snapshots[usize::from(i % 2)];
+        let mut cx = Ctx::new(t, now, sink);
         for sport in [40_000u16, 1_000 + i] {
             let f = &out;
             buf[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
@@ -440,7 +449,9 @@ fn no_allocation_per_translated_packet() {
     // And the rounds did the work: to the peer, and the replies to the pod.
     assert_eq!(sink.datagrams, 201 * 2);
     assert_eq!(sink.to_ports, 201);
-    assert_eq!(t.ports[1].counters.snapshot().drops.iter().sum::<u64>(), 0);
+    for t in &snapshots {
+        assert_eq!(t.ports[1].counters.snapshot().drops.iter().sum::<u64>(), 0);
+    }
 }
 
 #[test]

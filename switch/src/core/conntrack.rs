@@ -855,16 +855,14 @@ impl Conntrack {
         seconds(now + self.timeouts.of(orig.proto, flags))
     }
 
-    /// Forgets every entry of this worker's table that `gone` says must go.
+    /// Forgets every entry of this worker's table that `gone` says must go, in one
+    /// pass and without allocating (each slot is read before it is removed).
     pub fn forget_where(&self, mut gone: impl FnMut(&Entry) -> bool) {
         let own = self.own();
-        let doomed: Vec<usize> = own
-            .entries()
-            .filter(|(_, e)| gone(e))
-            .map(|(at, _)| at)
-            .collect();
-        for at in doomed {
-            own.remove(at);
+        for (at, e) in own.entries() {
+            if gone(&e) {
+                own.remove(at);
+            }
         }
     }
 
