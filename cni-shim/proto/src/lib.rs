@@ -775,7 +775,11 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
     let mut chunk = [0u8; 16 * 1024];
     loop {
         stream.set_read_timeout(Some(remaining())).map_err(io)?;
-        let n = stream.read(&mut chunk).map_err(io)?;
+        // A signal (the caller's SIGCHLD, say) interrupts a read: it is no error.
+        let n = match stream.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read.map_err(io)?,
+        };
         if n == 0 {
             break;
         }

@@ -354,6 +354,9 @@ pub struct Table {
     /// With [`Overflow::Fair`], the live entries of the source addresses that hash
     /// to each bucket; written by the owner only.
     sources: Box<[AtomicU32]>,
+    /// With [`Overflow::Fair`], the buckets of `sources` that hold a live entry:
+    /// the sources present, give or take a collision; written by the owner only.
+    active: AtomicU32,
     /// Live entries that gave up their place to a new connection.
     evicted: AtomicU64,
     /// New connections refused because their source held its share.
@@ -422,6 +425,7 @@ impl Table {
             sources: (0..buckets).map(|_| AtomicU32::new(0)).collect(),
             evicted: AtomicU64::new(0),
             over_share: AtomicU64::new(0),
+            active: AtomicU32::new(0),
             seed: std::hash::BuildHasher::hash_one(
                 &std::collections::hash_map::RandomState::new(),
                 0u64,
@@ -472,15 +476,30 @@ impl Table {
     fn count(&self, bucket: Option<usize>, more: bool) {
         if let Some(n) = bucket.map(|i| &self.sources[i]) {
             let held = n.load(Relaxed);
-            n.store(
-                if more {
-                    held + 1
+            let now = if more {
+                held + 1
+            } else {
+                held.saturating_sub(1)
+            };
+            n.store(now, Relaxed);
+            if (held == 0) != (now == 0) {
+                let active = self.active.load(Relaxed);
+                let active = if now == 0 {
+                    active.saturating_sub(1)
                 } else {
-                    held.saturating_sub(1)
-                },
-                Relaxed,
-            );
+                    active + 1
+                };
+                self.active.store(active, Relaxed);
+            }
         }
+    }
+
+    /// A fair table's fair share for a new connection of a source that holds
+    /// `mine`: the bound split evenly among the sources present, this one
+    /// counted.
+    fn fair_share(&self, mine: u32) -> u32 {
+        let present = self.active.load(Relaxed) + u32::from(mine == 0);
+        u32::try_from(self.max / u64::from(present.max(1))).unwrap_or(u32::MAX)
     }
 
     /// The bucket of the source of the live entry in slot `at`, in a fair table.
@@ -611,10 +630,23 @@ impl Table {
     /// connection not assured that the table's [`Overflow`] lets go, the one that
     /// expires first. A fair table lets go of one of `src`'s own when it holds its
     /// share; when it is full, of one of the source holding the most, if it holds
-    /// more than `src`, else of one of `src`'s own. Counts an eviction.
+    /// more than `src`, else of one of `src`'s own. When it is full and `src` holds
+    /// less than a fair share ([`Table::fair_share`]), even an assured connection of
+    /// a source holding more than that gives way: otherwise a few pods that open
+    /// connections to each other and leave them idle (each a day long once
+    /// assured) would hold the whole table from every other pod. Counts an eviction.
     fn victim(&self, start: usize, now: u32, src: u32, short: Refused) -> Option<usize> {
         let own = self.bucket(src);
         let mine = self.held_in(own);
+        let fair = match (self.overflow, short) {
+            (Overflow::Fair { .. }, Refused::Full) => Some(self.fair_share(mine)),
+            _ => None,
+        };
+        // Whether an assured entry of bucket `theirs` gives way: `src` is short of
+        // its fair share, and `theirs` holds more than it.
+        let over_fair = |theirs: Option<usize>| {
+            fair.is_some_and(|fair| mine < fair && self.held_in(theirs) > fair)
+        };
         // Whether the entry of a source of bucket `theirs` gives way, and its rank
         // (higher first).
         let rank = |theirs: Option<usize>| match (self.overflow, short) {
@@ -637,7 +669,8 @@ impl Table {
             if expires < now && (short == Refused::Full || rank.is_some()) {
                 return Some(at);
             }
-            let Some(rank) = rank.filter(|_| self.gives_way(Flags::of_bits(b >> 8))) else {
+            let gives_way = self.gives_way(Flags::of_bits(b >> 8));
+            let Some(rank) = rank.filter(|_| gives_way || over_fair(self.bucket_of(at))) else {
                 continue;
             };
             if best.is_none_or(|(r, e, _)| {
@@ -1225,6 +1258,46 @@ mod tests {
             t.track(from(flood, 30), Flags::default(), 0, at(20)),
             Err(Refused::Full)
         );
+    }
+
+    /// Found by review: two pods that open connections to each other and leave
+    /// them idle fill the table with assured entries (a day long each) within
+    /// their shares, and every other pod would be refused for a day.
+    #[test]
+    fn sources_that_hold_the_table_with_idle_connections_give_way_to_a_new_one() {
+        let t = Conntrack::new(Conntrack::tables(1, 8, Overflow::Fair { share: 4 }), 0);
+        let s = sources(&t, 4);
+        let (a, b, c, d) = (s[0], s[1], s[2], s[3]);
+        for p in 0..4 {
+            t.track(from(a, p), ASSURED, 0, at(u64::from(p))).unwrap();
+            t.track(from(b, p), ASSURED, 0, at(4)).unwrap();
+        }
+        assert_eq!(t.live(), 8);
+        // Neither may take more, assured as its own are.
+        assert_eq!(
+            t.track(from(a, 9), ASSURED, 0, at(5)),
+            Err(Refused::OverShare)
+        );
+        // A third source, short of a fair share (8 / 3), takes the place of an
+        // assured connection of a source above it: a's oldest.
+        t.track(from(c, 1), Flags::default(), 0, at(5)).unwrap();
+        assert!(t.lookup(from(a, 0), at(5)).is_none());
+        assert!(t.lookup(from(c, 1), at(5)).is_some());
+        assert_eq!(t.own().overflow_stats().evicted, 1);
+        // And a fourth (a fair share of 2): one of b's this time, now the biggest.
+        t.track(from(d, 1), Flags::default(), 0, at(5)).unwrap();
+        assert_eq!(t.own().held_in(t.own().bucket(b)), 3);
+        // c, short of its fair share of 2, takes an assured place of a biggest
+        // holder (a's, whose oldest goes first); at its share, only its own
+        // connection that is not assured gives way, and then it is refused: it
+        // may not push the others below their shares.
+        t.track(from(c, 2), ASSURED, 0, at(5)).unwrap();
+        t.track(from(c, 4), ASSURED, 0, at(5)).unwrap();
+        assert!(t.lookup(from(c, 1), at(5)).is_none());
+        let held = |x| t.own().held_in(t.own().bucket(x));
+        assert_eq!((held(a), held(b), held(c), held(d)), (2, 3, 2, 1));
+        assert_eq!(t.track(from(c, 5), ASSURED, 0, at(5)), Err(Refused::Full));
+        assert_eq!(t.own().overflow_stats().evicted, 4);
     }
 
     #[test]

@@ -219,7 +219,9 @@ pub struct Cache {
     pub services: Mirror<SlimService>,
     /// EndpointSlices, likewise.
     pub slices: Mirror<SlimSlice>,
-    /// Moves on with every change to the objects policy is made of.
+    /// Moves on with every change to the objects policy is made of: Pods,
+    /// Namespaces, NetworkPolicies, and Nodes (whose podCIDRs say which pod
+    /// holds an address).
     pub policy_revision: i64,
     /// Moves on with every change to the Nodes.
     pub nodes_revision: i64,
@@ -270,6 +272,9 @@ impl Cache {
             Change::Node(e) => {
                 let changed = self.nodes.apply(e, read_node);
                 self.nodes_revision += i64::from(changed);
+                // The policy view reads the Nodes too: a pod's address counts
+                // only inside its node's podCIDR (`addressed_pods`).
+                self.policy_revision += i64::from(changed);
                 return changed;
             }
             Change::Service(e) => {
@@ -468,6 +473,39 @@ mod tests {
         assert!(c.apply(Change::Pod(Event::Delete(pod("a", "", "Running", "web")))));
         assert!(!c.apply(Change::Pod(Event::Delete(pod("a", "", "Running", "web")))));
         assert_eq!(c.policy_revision, before + 1);
+    }
+
+    /// Found by the `kube_objects` fuzz target: a Node that goes (or changes its
+    /// podCIDR) changes which pod holds an address, and so the policy view.
+    #[test]
+    fn a_node_change_moves_the_policy_revision() {
+        let node = |cidr: &str| {
+            SlimNode(
+                serde_json::from_value(json!({
+                    "metadata": {"name": "n1"},
+                    "spec": {"podCIDR": cidr}
+                }))
+                .unwrap(),
+            )
+        };
+        let mut c = Cache::default();
+        c.apply(Change::Node(Event::Apply(node("10.244.2.0/24"))));
+        c.apply(applied("a", "10.244.1.7", "Running", "web"));
+        let addressed = |c: &Cache| c.policy_model().0.pods[0].ip;
+        assert_eq!(addressed(&c), None, "outside n1's podCIDR");
+        let before = c.policy_revision;
+        assert!(c.apply(Change::Node(Event::Apply(node("10.244.1.0/24")))));
+        assert_eq!(addressed(&c), Some("10.244.1.7".parse().unwrap()));
+        assert_eq!(
+            c.policy_revision,
+            before + 1,
+            "the policy view must be remade"
+        );
+        assert!(c.apply(Change::Node(Event::Delete(node("10.244.1.0/24")))));
+        assert_eq!(c.policy_revision, before + 2);
+        // An update that changes nothing held remakes nothing.
+        assert!(!c.apply(Change::Node(Event::Delete(node("10.244.1.0/24")))));
+        assert_eq!(c.policy_revision, before + 2);
     }
 
     #[test]
