@@ -1120,6 +1120,80 @@ mod tests {
         f.daemon.shutdown();
     }
 
+    /// With `services = "switch"`: the snapshot carries a Service table from the
+    /// start (empty: every ClusterIP refused), `set_service_table` publishes a new
+    /// one, a table that fails its checks is refused whole and the one in force
+    /// stays, and weft0 routes the Service CIDR. With kube-proxy's, nothing of it.
+    #[test]
+    fn set_service_table_publishes_the_services_the_workers_translate() {
+        use crate::services::{Endpoint, Frontend, Protocol, Readiness, ServicePort, ServiceTable};
+        let cidr: Ipv4Net = "10.96.0.0/12".parse().expect("a CIDR");
+        let mut extra = Options::default();
+        extra.host.service_cidr = Some(cidr);
+        extra.host.services = Some(crate::control::config::ServicesMode::Switch);
+        let f = fixture_with("svc", extra);
+        let at_start = f
+            .daemon
+            .tables()
+            .services
+            .clone()
+            .expect("a table at start");
+        assert!(at_start.table().ports.is_empty());
+        let port = |endpoint: Ipv4Addr| ServicePort {
+            frontend: Frontend {
+                ip: Ipv4Addr::new(10, 96, 0, 10),
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+            name: Arc::from("kube-system/dns:dns"),
+            endpoints: vec![Endpoint {
+                ip: endpoint,
+                port: 53,
+                readiness: Readiness::Ready,
+                local: true,
+            }],
+            affinity: None,
+            internal_local: false,
+        };
+        let good = ServiceTable {
+            cidr: Some(cidr),
+            ports: vec![port(Ipv4Addr::new(10, 244, 1, 9))],
+        };
+        f.daemon
+            .set_service_table(Arc::new(good.clone()))
+            .expect("published");
+        let now = f.daemon.tables().services.clone().expect("a table");
+        assert_eq!(**now.table(), good);
+        assert!(now.generation() > at_start.generation());
+        // An endpoint on loopback: refused whole, the table in force stays.
+        let bad = ServiceTable {
+            cidr: Some(cidr),
+            ports: vec![port(Ipv4Addr::LOCALHOST)],
+        };
+        let err = f.daemon.set_service_table(Arc::new(bad)).unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+        assert_eq!(
+            **f.daemon.tables().services.clone().expect("a table").table(),
+            good
+        );
+        let (_, spec) = crate::control::daemon::host_port(f.daemon.settings(), &f.daemon.node);
+        assert!(spec
+            .routes
+            .iter()
+            .any(|r| matches!(r, RouteSpec::OnLink { dst, .. } if *dst == cidr)));
+        f.daemon.shutdown();
+        // kube-proxy's Services: no table, none taken, no route.
+        let mut extra = Options::default();
+        extra.host.service_cidr = Some(cidr);
+        let f = fixture_with("nosvc", extra);
+        assert!(f.daemon.tables().services.is_none());
+        let err = f.daemon.set_service_table(Arc::new(good)).unwrap_err();
+        assert!(matches!(err, DaemonError::ServicesOff), "{err}");
+        let (_, spec) = crate::control::daemon::host_port(f.daemon.settings(), &f.daemon.node);
+        assert_eq!(spec.routes.len(), 1);
+        f.daemon.shutdown();
+    }
+
     /// Direct routing beside VXLAN: a peer on the segment gets a host route and the
     /// host as its next hop; a peer behind a router keeps the tunnel; a direct-only
     /// peer behind a router cannot be reached. A peer that goes takes its route.

@@ -10,6 +10,7 @@ use std::time::Instant;
 use weft_proto as proto;
 
 use crate::control::daemon::Daemon;
+use crate::control::error::DaemonError;
 use crate::control::store::screen::Quiet;
 use crate::services::compile::{self, Refused};
 use crate::services::model::{BadObject, ServiceModel};
@@ -70,6 +71,7 @@ impl Daemon {
         }
         let (table, refused) =
             compile::compile(&model, &self.node.name, self.settings.host.service_cidr);
+        let table = Arc::new(table);
         log::info!(
             "services: {} Services, {} EndpointSlices from {source}: {} ClusterIP ports, {} addresses refused, {} objects left out",
             model.services.len(),
@@ -86,14 +88,13 @@ impl Daemon {
             }
             s.log_refused(&refused);
             (s.source, s.model, s.refused) = (source.to_owned(), model, refused);
+            s.table = table.clone();
         }
-        self.set_service_table(Arc::new(table));
-    }
-
-    /// Puts `table` in force. (Here it is kept for `weft services`; the datapath
-    /// takes it with the forwarding snapshot.)
-    pub fn set_service_table(&self, table: Arc<ServiceTable>) {
-        self.state.lock().services.table = table;
+        match self.set_service_table(table) {
+            // With `services = "kube-proxy"` the table is only shown.
+            Ok(()) | Err(DaemonError::ServicesOff) => {}
+            Err(e) => log::warn!("services: the table is not put in force: {e}"),
+        }
     }
 
     /// `weft services`: every ClusterIP port of the table in force, its

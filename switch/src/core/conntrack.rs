@@ -262,6 +262,9 @@ pub struct Entry {
     pub generation: u32,
     /// When it expires, in seconds of the core's clock.
     pub expires: u32,
+    /// What a table with values ([`Conntrack::value_tables`]) keeps with the
+    /// connection (the Services' translation); 0 in the others.
+    pub value: u64,
 }
 
 impl Entry {
@@ -277,35 +280,41 @@ impl Entry {
 }
 
 impl Slot {
-    /// A consistent copy of the slot, or `None` while the owner writes it.
-    fn read(&self) -> Option<(u64, u64, u64)> {
+    /// A consistent copy of the slot and of its `value` word, if its table has
+    /// values, or `None` while the owner writes it.
+    fn read(&self, value: Option<&AtomicU64>) -> Option<(u64, u64, u64, u64)> {
         for _ in 0..64 {
             let s1 = self.seq.load(Acquire);
             if s1 & 1 == 1 {
                 std::hint::spin_loop();
                 continue;
             }
-            let (a, b, c) = (
+            let (a, b, c, d) = (
                 self.a.load(Relaxed),
                 self.b.load(Relaxed),
                 self.c.load(Relaxed),
+                value.map_or(0, |v| v.load(Relaxed)),
             );
             fence(Acquire);
             if self.seq.load(Relaxed) == s1 {
-                return Some((a, b, c));
+                return Some((a, b, c, d));
             }
         }
         None
     }
 
-    /// Writes the slot (the owner only).
-    fn write(&self, a: u64, b: u64, c: u64) {
+    /// Writes the slot, and its `value` word if its table has values (the owner
+    /// only).
+    fn write(&self, a: u64, b: u64, c: u64, value: Option<(&AtomicU64, u64)>) {
         let s = self.seq.load(Relaxed);
         self.seq.store(s.wrapping_add(1), Relaxed);
         fence(Release);
         self.a.store(a, Relaxed);
         self.b.store(b, Relaxed);
         self.c.store(c, Relaxed);
+        if let Some((v, d)) = value {
+            v.store(d, Relaxed);
+        }
         self.seq.store(s.wrapping_add(2), Release);
     }
 }
@@ -354,6 +363,9 @@ pub struct Table {
     over_share: AtomicU64,
     /// The hash's key, random per table.
     seed: u64,
+    /// A word per slot kept with its entry ([`Entry::value`]), written and read
+    /// under the slot's seqlock; empty in a table without values.
+    values: Box<[AtomicU64]>,
 }
 
 /// Where an entry was found.
@@ -394,6 +406,11 @@ fn bump(n: &AtomicU64) {
 impl Table {
     /// A table for at most `max` live connections, which `overflow` says how to keep.
     pub fn new(max: usize, overflow: Overflow) -> Table {
+        Table::with(max, overflow, false)
+    }
+
+    /// Like [`Table::new`], with a value kept beside each entry when `values`.
+    fn with(max: usize, overflow: Overflow, values: bool) -> Table {
         let slots = (max.max(1) * 2).next_power_of_two();
         let buckets = match overflow {
             Overflow::EarlyDrop => 0,
@@ -413,7 +430,20 @@ impl Table {
                 &std::collections::hash_map::RandomState::new(),
                 0u64,
             ),
+            values: (0..if values { slots } else { 0 })
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
+    }
+
+    /// The value word of slot `at`, in a table with values.
+    fn value(&self, at: usize) -> Option<&AtomicU64> {
+        self.values.get(at)
+    }
+
+    /// Writes slot `at`, with `value` in a table with values.
+    fn write(&self, at: usize, (a, b, c): (u64, u64, u64), value: u64) {
+        self.slots[at].write(a, b, c, self.value(at).map(|v| (v, value)));
     }
 
     /// Live entries.
@@ -501,7 +531,7 @@ impl Table {
             let at = (start + i) & self.mask;
             // A slot its owner is writing right now is skipped, not taken for the end
             // of the probe: the entry sought may lie beyond it.
-            let Some((a, b, c)) = self.slots[at].read() else {
+            let Some((a, b, c, value)) = self.slots[at].read(self.value(at)) else {
                 continue;
             };
             match b & 0xff {
@@ -515,6 +545,7 @@ impl Table {
                             flags: Flags::of_bits(b >> 8),
                             generation: c as u32,
                             expires: (c >> 32) as u32,
+                            value,
                         };
                         return Some((at, entry, forward));
                     }
@@ -531,8 +562,9 @@ impl Table {
     /// of an entry which gives up its place ([`Table::victim`]).
     fn put(&self, entry: &Entry, now: u32) -> Result<usize, Refused> {
         let (a, b, c) = entry.words();
+        let value = entry.value;
         if let Some((at, _, _)) = self.find(entry.orig, now) {
-            self.slots[at].write(a, b, c);
+            self.write(at, (a, b, c), value);
             return Ok(at);
         }
         let src = entry.orig.src;
@@ -550,14 +582,14 @@ impl Table {
                 let old = self.bucket_of(at);
                 if room != Err(Refused::OverShare) || old == bucket {
                     self.count(old, false);
-                    self.fill(at, (a, b, c), bucket);
+                    self.fill(at, (a, b, c), value, bucket);
                     return Ok(at);
                 }
             }
             if state != LIVE {
                 if room.is_ok() {
                     self.live.store(self.live() + 1, Relaxed);
-                    self.fill(at, (a, b, c), bucket);
+                    self.fill(at, (a, b, c), value, bucket);
                     return Ok(at);
                 }
                 free.get_or_insert(at);
@@ -579,17 +611,18 @@ impl Table {
         };
         self.remove(victim);
         self.live.store(self.live() + 1, Relaxed);
-        self.fill(at, (a, b, c), bucket);
+        self.fill(at, (a, b, c), value, bucket);
         Ok(at)
     }
 
     /// Writes the words of a new entry into slot `at` and counts it in its source's
     /// `bucket` (the owner only).
-    fn fill(&self, at: usize, (a, b, c): (u64, u64, u64), bucket: Option<usize>) {
+    fn fill(&self, at: usize, words: (u64, u64, u64), value: u64, bucket: Option<usize>) {
         self.count(bucket, true);
-        let slot = &self.slots[at];
-        slot.bucket.store(bucket.unwrap_or(0) as u32, Relaxed);
-        slot.write(a, b, c);
+        self.slots[at]
+            .bucket
+            .store(bucket.unwrap_or(0) as u32, Relaxed);
+        self.write(at, words, value);
     }
 
     /// The slot whose entry gives up its place to a new connection from `src` that
@@ -664,7 +697,7 @@ impl Table {
         let slot = &self.slots[at];
         if slot.b.load(Relaxed) & 0xff == LIVE {
             self.count(self.bucket_of(at), false);
-            slot.write(0, TOMBSTONE, 0);
+            self.write(at, (0, TOMBSTONE, 0), 0);
             self.live.store(self.live().saturating_sub(1), Relaxed);
         }
     }
@@ -672,13 +705,14 @@ impl Table {
     /// Every live entry, with its slot.
     fn entries(&self) -> impl Iterator<Item = (usize, Entry)> + '_ {
         self.slots.iter().enumerate().filter_map(|(at, slot)| {
-            let (a, b, c) = slot.read()?;
+            let (a, b, c, value) = slot.read(self.value(at))?;
             (b & 0xff == LIVE).then(|| {
                 let entry = Entry {
                     orig: FlowKey::of_words(a, b),
                     flags: Flags::of_bits(b >> 8),
                     generation: c as u32,
                     expires: (c >> 32) as u32,
+                    value,
                 };
                 (at, entry)
             })
@@ -703,7 +737,7 @@ impl Table {
         for i in (0..2 * n).rev() {
             let at = i % n;
             if state(at) == TOMBSTONE && state(at + 1) == EMPTY {
-                self.slots[at].write(0, EMPTY, 0);
+                self.write(at, (0, EMPTY, 0), 0);
             }
         }
     }
@@ -829,8 +863,40 @@ impl Conntrack {
             flags,
             generation,
             expires,
+            value: 0,
         };
         self.own().put(&entry, seconds(now)).map(drop)
+    }
+
+    /// The tables of `workers` workers, like [`Conntrack::tables`], each keeping a
+    /// value word with every entry ([`Entry::value`], [`Conntrack::put`]).
+    pub fn value_tables(workers: usize, max: usize, overflow: Overflow) -> Arc<[Table]> {
+        (0..workers.max(1))
+            .map(|_| Table::with(max, overflow, true))
+            .collect()
+    }
+
+    /// Writes `entry` (with its value and expiry) into this worker's table: a new
+    /// connection, or the update of one in it.
+    pub fn put(&self, entry: &Entry, now: Time) -> Result<(), Refused> {
+        self.own().put(entry, seconds(now)).map(drop)
+    }
+
+    /// When a connection `orig` with `flags`, written at `now`, expires, by this
+    /// view's timeouts, in the seconds [`Entry::expires`] counts.
+    pub fn expiry(&self, orig: FlowKey, flags: Flags, now: Time) -> u32 {
+        seconds(now + self.timeouts.of(orig.proto, flags))
+    }
+
+    /// Forgets every entry of this worker's table that `gone` says must go, in one
+    /// pass and without allocating (each slot is read before it is removed).
+    pub fn forget_where(&self, mut gone: impl FnMut(&Entry) -> bool) {
+        let own = self.own();
+        for (at, e) in own.entries() {
+            if gone(&e) {
+                own.remove(at);
+            }
+        }
     }
 
     /// Records what is known of connection `orig` now (`flags`, under `generation`),
@@ -983,6 +1049,34 @@ mod tests {
         let r = w1.lookup(key(1000).reverse(), at(11)).unwrap();
         assert!(!r.forward && r.own_slot.is_none(), "{r:?}");
         assert_eq!(w1.lookup(key(1001), at(11)), None);
+    }
+
+    /// A table with values keeps each entry's value with it, read by every worker
+    /// under the slot's seqlock, rewritten with it and forgotten with it.
+    #[test]
+    fn values_travel_with_their_entries() {
+        let valued = Conntrack::value_tables(2, 8, Overflow::Fair { share: 8 });
+        let (w0, w1) = (Conntrack::new(valued.clone(), 0), Conntrack::new(valued, 1));
+        let entry = |sport, value| Entry {
+            orig: key(sport),
+            flags: Flags::default(),
+            generation: 0,
+            expires: w0.expiry(key(sport), Flags::default(), at(0)),
+            value,
+        };
+        w0.put(&entry(1, 0xdead_beef), at(0)).unwrap();
+        w0.put(&entry(2, 7), at(0)).unwrap();
+        let seen = w1.lookup(key(1).reverse(), at(1)).unwrap();
+        assert_eq!((seen.entry.value, seen.forward), (0xdead_beef, false));
+        w0.put(&entry(1, 42), at(1)).unwrap();
+        assert_eq!(w1.lookup(key(1), at(1)).unwrap().entry.value, 42);
+        w0.forget_where(|e| e.value == 42);
+        assert!(w1.lookup(key(1), at(1)).is_none());
+        assert_eq!(w1.lookup(key(2), at(1)).unwrap().entry.value, 7);
+        // A table without values reads 0.
+        let plain = Conntrack::new(tables(1, 8), 0);
+        plain.put(&entry(3, 9), at(0)).unwrap();
+        assert_eq!(plain.lookup(key(3), at(0)).unwrap().entry.value, 0);
     }
 
     /// Each table's hash is keyed by a seed of its own, drawn from the process's
