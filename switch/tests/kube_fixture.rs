@@ -52,7 +52,7 @@ impl Fixture {
     async fn client(&self, token: &str) -> kube::Client {
         let path = self.dir.join("kubeconfig");
         std::fs::write(&path, self.server.kubeconfig(token)).unwrap();
-        client(&Credentials::Kubeconfig(path))
+        client(&Credentials::Kubeconfig(path), None)
             .await
             .expect("a client")
     }
@@ -204,9 +204,45 @@ async fn slim_pods_list_and_a_wrong_token_is_refused() {
     );
 }
 
+/// `[kubernetes] api-server` replaces the address the credentials give (as the
+/// kubelet's `kubernetes` Service ClusterIP would be, which the switch cannot
+/// translate before it has read the API server): a kubeconfig naming a dead
+/// address reaches the fixture with it, and fails without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_setting_replaces_the_credentials_address() {
+    let f = Fixture::new("apiserver");
+    f.server.put(NODES, node("a", "10.244.1.0/24"));
+    let real = format!("https://{}", f.server.addr());
+    let dead = f
+        .server
+        .kubeconfig(TOKEN)
+        .replace(&real, "https://127.0.0.1:9");
+    assert_ne!(
+        dead,
+        f.server.kubeconfig(TOKEN),
+        "the kubeconfig names the fixture"
+    );
+    let path = f.dir.join("dead-kubeconfig");
+    std::fs::write(&path, dead).unwrap();
+    let credentials = Credentials::Kubeconfig(path);
+    let uri: http::Uri = real.parse().unwrap();
+    let nodes: Api<Node> = Api::all(client(&credentials, Some(&uri)).await.unwrap());
+    assert_eq!(
+        nodes.list(&Default::default()).await.unwrap().items.len(),
+        1
+    );
+    let nowhere: Api<Node> = Api::all(client(&credentials, None).await.unwrap());
+    assert!(nowhere.list(&Default::default()).await.is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_kubeconfig_is_a_clear_error() {
-    let Err(err) = client(&Credentials::Kubeconfig("/nonexistent/kubeconfig".into())).await else {
+    let Err(err) = client(
+        &Credentials::Kubeconfig("/nonexistent/kubeconfig".into()),
+        None,
+    )
+    .await
+    else {
         panic!("a client from no file");
     };
     let text = err.to_string();

@@ -169,6 +169,7 @@ fn store_of(
         )?),
         StoreSettings::Kubernetes(k) => Arc::new(KubeStore::open(
             k.credentials.clone(),
+            k.api_server.as_ref(),
             settings.tunnel.port,
             rt.clone(),
         )?),

@@ -310,7 +310,8 @@ impl Options {
             }
             StoreKind::Kubernetes => {
                 self.etcd.refuse()?;
-                StoreSettings::Kubernetes(self.kubernetes.resolve(pod_subnet)?)
+                let switch = self.host.services == Some(ServicesMode::Switch);
+                StoreSettings::Kubernetes(self.kubernetes.resolve(pod_subnet, switch)?)
             }
         };
         let policy = self.policy.resolve(kind)?;

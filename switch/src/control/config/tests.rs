@@ -117,9 +117,15 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         .get_arguments()
         .filter_map(|a| a.get_long())
         .collect();
-    assert_eq!(flags.len(), 43, "{flags:?}");
+    assert_eq!(flags.len(), 44, "{flags:?}");
     // Keys that came after the sections, and so never had a flat form.
-    let sectioned = ["kubeconfig", "etcd-insecure", "conntrack-share", "services"];
+    let sectioned = [
+        "kubeconfig",
+        "etcd-insecure",
+        "conntrack-share",
+        "services",
+        "api-server",
+    ];
     let top = [
         "node-name",
         "underlay-ip",
@@ -760,6 +766,7 @@ fn the_kubernetes_store_takes_a_kubeconfig_or_none_and_no_subnet_or_peers() {
         panic!("not kubernetes")
     };
     assert_eq!(k.credentials, Credentials::Kubeconfig("/etc/kc".into()));
+    assert_eq!(k.api_server, None);
     let refused = |o: Options, want: &str| {
         let e = o.resolve().unwrap_err().to_string();
         assert!(e.contains(want), "{e}");
@@ -812,4 +819,43 @@ fn services_in_the_switch_need_the_service_cidr() {
         .unwrap();
     assert_eq!(o.resolve().unwrap().host.services, ServicesMode::Switch);
     assert!(base().with_flags(["--services", "ipvs"]).is_err());
+}
+
+#[test]
+fn the_api_server_address_is_an_https_url_and_needed_in_cluster_with_services_in_the_switch() {
+    let text = format!("{HEAD}store = \"kubernetes\"\n");
+    let with = |extra: &str| settings(&format!("{text}{extra}"));
+    let api = |extra: &str| match with(extra).unwrap().store {
+        StoreSettings::Kubernetes(k) => k.api_server.map(|u| u.to_string()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        api("[kubernetes]\napi-server = \"https://10.0.0.5:6443\"\n").as_deref(),
+        Some("https://10.0.0.5:6443/")
+    );
+    for (bad, why) in [
+        ("http://10.0.0.5:6443", "over https"),
+        ("https://10.0.0.5", "a host and a port"),
+        ("https://10.0.0.5:6443/api", "nothing may follow"),
+        ("not a url at all", "not a URL"),
+    ] {
+        let e = with(&format!("[kubernetes]\napi-server = \"{bad}\"\n")).unwrap_err();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+    // In the cluster with Services in the switch: the kubernetes Service's
+    // ClusterIP would need the table the API server gives. Refused without an
+    // address, taken with one, and with a kubeconfig (which names its server).
+    let switch = "[host]\nservices = \"switch\"\nservice-cidr = \"10.96.0.0/12\"\n";
+    let e = with(switch).unwrap_err();
+    assert!(e.contains("api-server"), "{e}");
+    with(&format!(
+        "{switch}[kubernetes]\napi-server = \"https://10.0.0.5:6443\"\n"
+    ))
+    .unwrap();
+    with(&format!("{switch}[kubernetes]\nkubeconfig = \"/etc/kc\"\n")).unwrap();
+    // And no setting of the other stores.
+    let file = settings(&format!(
+        "{HEAD}pod-subnet = \"10.244.1.0/24\"\n[kubernetes]\napi-server = \"https://10.0.0.5:6443\"\n"
+    ));
+    assert!(file.unwrap_err().contains("store = \"kubernetes\""));
 }

@@ -53,7 +53,10 @@ pub enum KubeError {
 /// A client of the API server. Explicit, never guessed: in-cluster or the given
 /// kubeconfig (kube's `Config::infer` would prefer a stray `~/.kube/config` in a
 /// DaemonSet pod).
-pub async fn client(credentials: &Credentials) -> Result<kube::Client, KubeError> {
+pub async fn client(
+    credentials: &Credentials,
+    api_server: Option<&http::Uri>,
+) -> Result<kube::Client, KubeError> {
     let mut config = match credentials {
         Credentials::InCluster => kube::Config::incluster()?,
         Credentials::Kubeconfig(path) => {
@@ -70,5 +73,11 @@ pub async fn client(credentials: &Credentials) -> Result<kube::Client, KubeError
     // An API server that does not answer fails a try within seconds, not the
     // default 30 s, so that an outage shows and a retry comes soon.
     config.connect_timeout = Some(std::time::Duration::from_secs(5));
+    // The API server itself, not the `kubernetes` Service's ClusterIP: the TLS
+    // name stays the credentials' (the API server's certificate names its own
+    // addresses, and the Service's).
+    if let Some(uri) = api_server {
+        config.cluster_url = uri.clone();
+    }
     Ok(kube::Client::try_from(config)?)
 }

@@ -130,15 +130,17 @@ fn backoff(n: u32) -> Duration {
 }
 
 impl KubeStore {
-    /// A store reached with `credentials`, for a node whose tunnel port is `port`,
-    /// running its tasks on `rt`. Nothing is requested yet.
+    /// A store reached with `credentials` (at `api_server`, if given), for a node
+    /// whose tunnel port is `port`, running its tasks on `rt`. Nothing is
+    /// requested yet.
     pub fn open(
         credentials: Credentials,
+        api_server: Option<&http::Uri>,
         port: u16,
         rt: tokio::runtime::Handle,
     ) -> Result<KubeStore, StoreError> {
         let client = rt
-            .block_on(client(&credentials))
+            .block_on(client(&credentials, api_server))
             .map_err(|e| StoreError::Kubernetes(e.to_string()))?;
         Ok(KubeStore::with_client(credentials, client, port, rt))
     }
