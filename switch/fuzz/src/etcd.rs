@@ -147,6 +147,22 @@ fn check_nodes_as(layout: &Layout, cache: &Cache, own: Option<&Own>) {
     super::nodes::check_usable(&view.nodes, own);
 }
 
+/// The Services and EndpointSlices kept change by change are those a fresh
+/// read makes, and compile into a table that passes its check. Returns how
+/// many records they are, good and bad.
+fn check_services(layout: &Layout, cache: &Cache, kept: &PolicyRecords) -> usize {
+    let now = kept.services();
+    let mut fresh = PolicyRecords::default();
+    fresh.sync(layout, cache);
+    assert_eq!(
+        now,
+        fresh.services(),
+        "Services change by change vs. a fresh read"
+    );
+    super::check_service_table(&now);
+    now.services.len() + now.slices.len() + now.bad.len()
+}
+
 /// The policy objects kept change by change are those a fresh read of the
 /// cache makes, one reading a record, and they pass their checks; forgetting
 /// the records' values, as the store does, changes nothing. Merged over
@@ -171,7 +187,12 @@ fn check_policy(
     assert_eq!(kept.len(), objects, "one reading a record");
     let m = &now.model;
     let good = m.namespaces.len() + m.pods.len() + m.policies.len();
-    assert_eq!(good + now.unread.len(), objects, "each record good or bad");
+    let services = check_services(layout, cache, kept);
+    assert_eq!(
+        good + now.unread.len() + services,
+        objects,
+        "each record good or bad"
+    );
     m.check()
         .unwrap_or_else(|e| panic!("the etcd store's model fails its checks: {e}"));
     let mut forgotten = cache.clone();

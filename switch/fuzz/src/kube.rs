@@ -38,6 +38,7 @@ pub fn kube_objects(data: &[u8]) {
             continue;
         };
         let before = views(&cache);
+        let services = (cache.service_model(), cache.services_revision);
         let revisions = (cache.nodes_revision, cache.policy_revision);
         let kind = kind_of(&change);
         model.apply(kind, &change, key);
@@ -49,6 +50,16 @@ pub fn kube_objects(data: &[u8]) {
         if after.1 != before.1 {
             assert_ne!(cache.policy_revision, revisions.1, "{line}: policy changed");
         }
+        let now = cache.service_model();
+        if now != services.0 {
+            assert_ne!(
+                cache.services_revision, services.1,
+                "{line}: Services changed"
+            );
+        }
+        let held = cache.services.len() + cache.slices.len();
+        assert_eq!(now.services.len() + now.slices.len() + now.bad.len(), held);
+        super::check_service_table(&now);
         model.check(&cache);
         in_force = check_policy(&cache, &in_force);
         super::nodes::check_usable(&after.0.nodes, None);

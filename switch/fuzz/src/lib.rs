@@ -42,3 +42,31 @@ fn own() -> weft_switch::control::store::screen::Own {
 fn cluster() -> ipnet::Ipv4Net {
     CLUSTER.parse().expect("a CIDR")
 }
+
+/// The Service CIDR the store targets compile Services in.
+const SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// A store's Services compile, for this node, with and without a Service CIDR,
+/// into tables that pass the check the datapath relies on, and nothing refused
+/// is in them.
+fn check_service_table(model: &weft_switch::services::model::ServiceModel) {
+    use weft_switch::services::compile::compile;
+    for cidr in [None, Some(SERVICE_CIDR.parse().expect("a CIDR"))] {
+        let (table, refused) = compile(model, ME, cidr);
+        table
+            .check()
+            .unwrap_or_else(|e| panic!("a compiled Service table fails its check: {e}"));
+        for p in &table.ports {
+            for e in &p.endpoints {
+                let named = |r: &&weft_switch::services::compile::Refused| {
+                    r.address == e.ip && r.object.starts_with("EndpointSlice")
+                };
+                assert!(
+                    !refused.iter().any(|r| named(&r)),
+                    "{} refused and used",
+                    e.ip
+                );
+            }
+        }
+    }
+}

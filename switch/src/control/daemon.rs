@@ -27,6 +27,7 @@ use crate::control::netns::NsId;
 use crate::control::netpol_source::PolicyState;
 use crate::control::peers::{peer_entries, usable_nodes};
 use crate::control::saved::{self, Saver, Snapshot};
+use crate::control::services::ServiceState;
 use crate::control::store::etcd::EtcdStore;
 use crate::control::store::file::FileStore;
 use crate::control::store::kube::KubeStore;
@@ -40,6 +41,7 @@ use crate::io::worker::{self, Command, Shared, WorkerHandle};
 use crate::mac::MacAddr;
 use crate::netpol::last_good;
 use crate::netpol::model::PolicyModel;
+use crate::services::model::ServiceModel;
 use crate::services::ServiceTable;
 use crate::tables::counters::Counters;
 use crate::tables::health::feature_names;
@@ -72,24 +74,27 @@ pub(crate) struct State {
     pub(crate) free: Vec<u32>,
     /// NetworkPolicy in force.
     pub(crate) policy: PolicyState,
-    /// The ClusterIP Services in force, with `services = "switch"`.
+    /// ClusterIP Services in force: the model, its table, what was refused.
     pub(crate) services: ServiceState,
+    /// The table the workers translate with, with `services = "switch"`.
+    pub(crate) translation: Translation,
 }
 
-/// The Service table in force and what compiling the next one needs.
+/// The Service table the workers translate with, and what compiling the next one
+/// needs.
 #[derive(Debug)]
-pub(crate) struct ServiceState {
+pub(crate) struct Translation {
     /// The compiled table, with `services = "switch"`.
     compiled: Option<Arc<Services>>,
     /// The key of the flow hash that picks endpoints, random per process.
     seed: u64,
 }
 
-impl ServiceState {
+impl Translation {
     /// With `services = "switch"`, an empty table over the Service CIDR, so that
     /// until the store's Services are read every ClusterIP is refused rather than
     /// handed to the host; else none.
-    fn new(settings: &Settings) -> Result<ServiceState, DaemonError> {
+    fn new(settings: &Settings) -> Result<Translation, DaemonError> {
         let seed = services::random_seed();
         let compiled = match (settings.host.services, settings.host.service_cidr) {
             (ServicesMode::Switch, Some(cidr)) => {
@@ -98,7 +103,7 @@ impl ServiceState {
             }
             _ => None,
         };
-        Ok(ServiceState { compiled, seed })
+        Ok(Translation { compiled, seed })
     }
 }
 
@@ -237,6 +242,8 @@ struct Boot {
     /// run saved; else, where there is policy to read, every pod isolated for
     /// ingress ([`last_good::nothing_good_yet`]).
     in_force: PolicyModel,
+    /// The store's Services, read (`None`: the store holds none, or was not read).
+    services: Option<Arc<ServiceModel>>,
 }
 
 /// Where the policy a node starts with comes from.
@@ -281,6 +288,7 @@ fn boot_view(settings: &Settings, store: &dyn ClusterStore) -> Result<Boot, Daem
         saved: None,
         policy,
         in_force,
+        services: view.services.filter(|_| synced),
     };
     if synced {
         return Ok(boot);
@@ -521,7 +529,7 @@ impl Daemon {
         let mut left_out = Said::default();
         let usable = usable_nodes(&node, &nodes, &mut left_out);
         let peers = peer_entries(&settings, &usable, &[], &route_to);
-        let services = ServiceState::new(&settings)?;
+        let translation = Translation::new(&settings)?;
         let mut first = Tables::build(
             node.clone(),
             host_entry.clone(),
@@ -529,7 +537,7 @@ impl Daemon {
             peers.clone(),
             tunnel.clone(),
         )?;
-        first.services = services.compiled.clone();
+        first.services = translation.compiled.clone();
         let tables = Arc::new(ArcSwap::from_pointee(first));
         let (shared, workers) = start_workers(&settings, &tables, sealer.clone())?;
         let saver = Saver::start(settings.state_dir.clone(), store.kind())
@@ -553,7 +561,8 @@ impl Daemon {
                     model: Arc::new(boot.in_force),
                     ..PolicyState::default()
                 },
-                services,
+                services: ServiceState::default(),
+                translation,
             }),
             pool,
             host,
@@ -570,6 +579,9 @@ impl Daemon {
             BootPolicy::Store(p) => daemon.apply_store_policy(&p)?,
             BootPolicy::Dir => daemon.load_policy()?,
             BootPolicy::InForce => daemon.enforce_in_force()?,
+        }
+        if let Some(services) = boot.services {
+            daemon.apply_services(services, daemon.store.kind(), false);
         }
         daemon.restore()?;
         daemon.save_view(&daemon.state.lock());
@@ -684,7 +696,7 @@ impl Daemon {
             self.tunnel.clone(),
         )?;
         tables.policy_generation = state.policy.generation;
-        tables.services = state.services.compiled.clone();
+        tables.services = state.translation.compiled.clone();
         self.tables.store(Arc::new(tables));
         Ok(())
     }
@@ -701,11 +713,11 @@ impl Daemon {
             _ => return Err(DaemonError::ServicesOff),
         };
         let mut state = self.state.lock();
-        let previous = state.services.compiled.as_deref();
+        let previous = state.translation.compiled.as_deref();
         let generation = previous.map_or(1, |s| s.generation() + 1);
-        let seed = state.services.seed;
+        let seed = state.translation.seed;
         let compiled = Services::compile(table, cidr, seed, generation, previous)?;
-        state.services.compiled = Some(Arc::new(compiled));
+        state.translation.compiled = Some(Arc::new(compiled));
         self.publish(&mut state)
     }
 

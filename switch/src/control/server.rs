@@ -385,7 +385,13 @@ mod tests {
             assert!(refused.message.contains("uid 1000"), "{refused:?}");
             assert!(authorize(0, &request).is_ok(), "root may {request:?}");
         }
-        for request in [Request::Status, Request::Ports, Request::Routes, check()] {
+        let queries = [
+            Request::Status,
+            Request::Ports,
+            Request::Routes,
+            Request::Services,
+        ];
+        for request in queries.into_iter().chain([check()]) {
             assert!(authorize(1000, &request).is_ok(), "{request:?}");
         }
     }
