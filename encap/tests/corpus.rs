@@ -106,3 +106,10 @@ fn seal_corpus() {
         check_verdict(&name, verdict);
     }
 }
+
+#[test]
+fn nat_corpus() {
+    for (name, data) in corpus("nat_rewrite") {
+        check_verdict(&name, checks::nat_rewrite(&data));
+    }
+}

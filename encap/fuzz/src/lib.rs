@@ -7,7 +7,7 @@
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 use weft_encap::sleeve::{self, handshake, seal, Datagram, FramesWriter};
-use weft_encap::{checksum, gro, gso, virtio, vxlan};
+use weft_encap::{checksum, gro, gso, nat, virtio, vxlan};
 
 /// Parses `data` as a VXLAN datagram; if it parses, re-emits and reparses it.
 ///
@@ -341,4 +341,73 @@ pub fn handshake_parse(data: &[u8]) {
     rebuilt[reserved] = data[reserved];
     assert_eq!(rebuilt, data);
     assert_eq!(handshake::parse(&rebuilt), Ok(repr));
+}
+
+/// Whether the TCP or UDP checksum of the whole IPv4 packet `p` (options-free
+/// header assumed by the caller) holds; `None` when it has none to check.
+fn transport_checksum_holds(p: &[u8]) -> Option<bool> {
+    let hl = usize::from(p[0] & 0xf) * 4;
+    let at = match p[9] {
+        6 => 16,
+        17 if p.len() >= hl + 8 && p[hl + 6..hl + 8] != [0, 0] => 6,
+        _ => return None,
+    };
+    let l4 = p.get(hl..).filter(|l4| l4.len() >= at + 2)?;
+    let mut pseudo = [0u8; 12];
+    pseudo[..8].copy_from_slice(&p[12..20]);
+    pseudo[9] = p[9];
+    pseudo[10..12].copy_from_slice(&(l4.len() as u16).to_be_bytes());
+    let acc = checksum::accumulate(checksum::accumulate(0, &pseudo), l4);
+    Some(checksum::fold(acc) == 0xffff)
+}
+
+/// Rewrites, as a NAT does, the IPv4 packet after `data`'s first 8 bytes (a new
+/// address and port, which end, and whether the packet is an ICMP error whose
+/// quote is rewritten): the result of `nat::rewrite` or `nat::rewrite_quoted`.
+///
+/// Panics if anything panics, if a refused rewrite changed a byte, or if a checksum
+/// that held before a rewrite does not after it: the IPv4 header's, a whole
+/// packet's TCP or UDP checksum, an ICMP error's own.
+pub fn nat_rewrite(data: &[u8]) -> Result<(), nat::Error> {
+    let Some((head, packet)) = data.split_first_chunk::<8>() else {
+        return Err(nat::Error::NotIpv4);
+    };
+    let addr = std::net::Ipv4Addr::new(head[0], head[1], head[2], head[3]);
+    let port = u16::from_be_bytes([head[4], head[5]]);
+    let end = if head[6] & 1 == 0 {
+        nat::End::Src
+    } else {
+        nat::End::Dst
+    };
+    let mut p = packet.to_vec();
+    let whole =
+        p.len() >= 20 && p[0] == 0x45 && usize::from(u16::from_be_bytes([p[2], p[3]])) == p.len();
+    let header_held = whole && checksum::checksum(&p[..20]) == 0;
+    let transport_held = whole.then(|| transport_checksum_holds(&p)).flatten();
+    let result = match head[7] & 1 {
+        0 => nat::rewrite(&mut p, end, addr, Some(port), false),
+        _ => {
+            let icmp = p.get_mut(20..).ok_or(nat::Error::NotIpv4)?;
+            let done = nat::rewrite_quoted(icmp, end, addr, port);
+            if done.is_ok() {
+                assert_eq!(checksum::checksum(icmp), 0, "the ICMP checksum");
+            }
+            done
+        }
+    };
+    if result.is_err() {
+        assert_eq!(p, packet, "a refused rewrite changed nothing");
+        return result;
+    }
+    if header_held {
+        assert_eq!(checksum::checksum(&p[..20]), 0, "the IPv4 checksum");
+    }
+    if head[7] & 1 == 0 && transport_held == Some(true) {
+        assert_eq!(
+            transport_checksum_holds(&p),
+            Some(true),
+            "the transport checksum"
+        );
+    }
+    result
 }

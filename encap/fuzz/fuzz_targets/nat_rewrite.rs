@@ -1,0 +1,8 @@
+#![no_main]
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = weft_encap_fuzz::nat_rewrite(data);
+});
