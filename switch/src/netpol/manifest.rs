@@ -197,7 +197,9 @@ struct PolicyDoc {
     spec: PolicySpecDoc,
 }
 
-fn protocol(p: Option<&str>) -> Result<Protocol, String> {
+/// A `protocol` field of a Kubernetes object (a NetworkPolicy's port, a Service's,
+/// an EndpointSlice's): TCP when absent.
+pub(crate) fn protocol(p: Option<&str>) -> Result<Protocol, String> {
     match p {
         None | Some("TCP") => Ok(Protocol::Tcp),
         Some("UDP") => Ok(Protocol::Udp),

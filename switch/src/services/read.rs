@@ -17,7 +17,8 @@ use super::model::{
     AddressType, Conditions, EndpointSlice, Service, ServicePortSpec, ServiceType, SliceEndpoint,
     SlicePort, TargetPort, TargetRef, DEFAULT_AFFINITY_SECONDS,
 };
-use crate::netpol::model::{Labels, Protocol, DEFAULT_NAMESPACE};
+use crate::netpol::manifest::protocol;
+use crate::netpol::model::{Labels, DEFAULT_NAMESPACE};
 
 /// The label naming an EndpointSlice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -196,15 +197,6 @@ fn is_label_value(s: &str) -> bool {
             && b.iter().all(ok)
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric())
-}
-
-fn protocol(p: Option<&str>) -> Result<Protocol, String> {
-    match p {
-        None | Some("TCP") => Ok(Protocol::Tcp),
-        Some("UDP") => Ok(Protocol::Udp),
-        Some("SCTP") => Ok(Protocol::Sctp),
-        Some(other) => Err(format!("protocol {other:?} is not TCP, UDP or SCTP")),
-    }
 }
 
 /// A port number: 1 to 65535.
@@ -551,6 +543,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::netpol::model::Protocol;
 
     fn svc(spec: serde_json::Value) -> Result<Service, String> {
         let doc: ServiceSpecDoc = serde_json::from_value(spec).map_err(|e| e.to_string())?;
