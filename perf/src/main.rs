@@ -211,12 +211,15 @@ struct RunArgs {
     /// Systems, comma-separated: weft-vxlan, weft-sleeve, weft-direct, kernel-vxlan,
     /// direct; weft-vxlan-policy, weft-sleeve-policy; weft-afxdp-vxlan,
     /// weft-afxdp-sleeve (AF_XDP pod ports); weft-sleeve-enc (encryption required);
-    /// and weft-vxlan-alt, weft-sleeve-alt, weft-sleeve-enc-alt with the --weftd-alt
-    /// build [default: the first five].
+    /// weft-vxlan-alt, weft-sleeve-alt, weft-sleeve-enc-alt with the --weftd-alt
+    /// build; and for the svc tests kernel-vxlan+iptables, kernel-vxlan+nftables,
+    /// weft+iptables, weft+switch [default: the first five].
     #[arg(long)]
     systems: Option<String>,
-    /// Tests, comma-separated: tcp1, tcp4, udp64, rr, crr, cni, cpu, mem, and the iperf3
-    /// cross-checks tcp1-iperf3, tcp4-iperf3 [default: all but the cross-checks].
+    /// Tests, comma-separated: tcp1, tcp4, udp64, rr, crr, cni, cpu, mem, the iperf3
+    /// cross-checks tcp1-iperf3, tcp4-iperf3, and svc10, svc1k, svc10k (Services:
+    /// connections and round trips through ClusterIPs with that many defined)
+    /// [default: all but the cross-checks and the svc tests].
     #[arg(long)]
     tests: Option<String>,
     /// Seconds each traffic test runs [default: 2; demo 1].

@@ -626,40 +626,19 @@ pub fn tcp_rr(
     max_round_trips: u64,
     stall: Duration,
 ) -> Result<hdrhistogram::Histogram<u64>> {
-    let (mut conn, mut echo, addr) = connected_pair(client, server, server_ip, stall)?;
-    for s in [&conn, &echo] {
-        s.set_nodelay(true)?;
-    }
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_RTT_NS, 3)
-        .context("creating a latency histogram")?;
+    let (mut conn, echo, addr) = connected_pair(client, server, server_ip, stall)?;
+    conn.set_nodelay(true)?;
+    let mut hist = latency_histogram()?;
     std::thread::scope(|s| {
-        let server = s.spawn(move || -> Result<()> {
-            let mut b = [0u8; 1];
-            loop {
-                match echo.read(&mut b) {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => echo.write_all(&b)?,
-                    Err(e) => return Err(e).context("echoing"),
-                }
-            }
-        });
+        let server = s.spawn(move || serve_echo(echo, stall));
         let client = (|| -> Result<()> {
-            let mut b = [0u8; 1];
-            let mut round_trip = |conn: &mut TcpStream| -> Result<Duration> {
-                let t = Instant::now();
-                conn.write_all(&[0x42])?;
-                conn.read_exact(&mut b)
-                    .with_context(|| format!("waiting for the echo from {addr}"))?;
-                Ok(t.elapsed())
-            };
             for _ in 0..RR_WARMUP {
-                round_trip(&mut conn)?;
+                round_trip(&mut conn, addr)?;
             }
             let until = Instant::now() + duration;
             let mut n = 0u64;
             while n < max_round_trips && Instant::now() < until && !crate::stop::requested() {
-                let rtt = round_trip(&mut conn)?;
-                hist.saturating_record(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX));
+                record(&mut hist, round_trip(&mut conn, addr)?);
                 n += 1;
             }
             conn.shutdown(std::net::Shutdown::Write)?;
@@ -672,6 +651,69 @@ pub fn tcp_rr(
         served
     })?;
     Ok(hist)
+}
+
+/// One 1-byte round trip on `conn` (connected to `addr`), echoed by the other end.
+fn round_trip(conn: &mut TcpStream, addr: SocketAddr) -> Result<Duration> {
+    let t = Instant::now();
+    conn.write_all(&[RR_BYTE])
+        .with_context(|| format!("sending a round trip's byte to {addr}"))?;
+    let mut b = [0u8; 1];
+    conn.read_exact(&mut b)
+        .with_context(|| format!("waiting for the echo from {addr}"))?;
+    Ok(t.elapsed())
+}
+
+/// Records `d` in the nanosecond histogram `hist`.
+fn record(hist: &mut hdrhistogram::Histogram<u64>, d: Duration) {
+    hist.saturating_record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+}
+
+/// A nanosecond histogram for round-trip and connection times.
+fn latency_histogram() -> Result<hdrhistogram::Histogram<u64>> {
+    hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_RTT_NS, 3)
+        .context("creating a latency histogram")
+}
+
+/// The byte a round trip sends: an echo server answers it and waits for the next.
+const RR_BYTE: u8 = 0x42;
+
+/// The byte a connection-rate client sends: an echo server answers it and closes, so
+/// the server's end, not the client's, waits in TIME_WAIT and the client's ports are
+/// free again at once.
+const CLOSE_BYTE: u8 = 0x43;
+
+/// Serves one accepted connection: echoes each byte until the client's end of file,
+/// or closes after echoing [`CLOSE_BYTE`]. Fails if the client is silent for `stall`.
+fn serve_echo(mut c: TcpStream, stall: Duration) -> Result<()> {
+    c.set_read_timeout(Some(stall))?;
+    c.set_nodelay(true)?;
+    let mut b = [0u8; 1];
+    loop {
+        if c.read(&mut b).context("reading a client's byte")? == 0 {
+            return Ok(());
+        }
+        c.write_all(&b).context("echoing a byte")?;
+        if b[0] == CLOSE_BYTE {
+            return Ok(());
+        }
+    }
+}
+
+/// One connection of a connection-rate test, from this thread's namespace: connect to
+/// `addr`, one byte each way, then the server's close. Fails if a step takes `stall`.
+pub fn crr_once(addr: SocketAddr, stall: Duration) -> Result<()> {
+    let mut c = TcpStream::connect_timeout(&addr, stall)
+        .with_context(|| format!("connecting to {addr}"))?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(stall))?;
+    c.write_all(&[CLOSE_BYTE])?;
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b)
+        .with_context(|| format!("the answer from {addr}"))?;
+    let eof = c.read(&mut b)?;
+    ensure!(eof == 0, "{addr} sent more than one byte back");
+    Ok(())
 }
 
 /// The connection rate of `tcp_crr`: connections done, and each one's time from
@@ -715,50 +757,31 @@ pub fn tcp_crr(
         // The server sleeps until a connection comes (in poll, to look at `done` now
         // and then), so it burns no CPU the client could use.
         let served = s.spawn(|| -> Result<()> {
-            let mut b = [0u8; 1];
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let ready = readable(listener.as_fd(), Duration::from_millis(100))
                     .context("polling the listener")?;
                 if !ready {
                     continue;
                 }
-                let (mut c, _) = listener
+                let (c, _) = listener
                     .accept()
                     .with_context(|| format!("accepting on {addr}"))?;
-                c.set_read_timeout(Some(stall))?;
-                c.set_nodelay(true)?;
-                c.read_exact(&mut b)
-                    .context("reading a connection's byte")?;
-                c.write_all(&b)?;
+                serve_echo(c, stall)?;
             }
             Ok(())
         });
         let ran = in_netns(client, || -> Result<ConnectionRate> {
-            let mut times = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_RTT_NS, 3)
-                .context("creating a latency histogram")?;
+            let mut times = latency_histogram()?;
             let start = Instant::now();
             let until = start + duration;
             let mut connections = 0u64;
-            let mut b = [0u8; 1];
             while connections < max_connections
                 && Instant::now() < until
                 && !crate::stop::requested()
             {
                 let t = Instant::now();
-                let mut c = TcpStream::connect_timeout(&addr, stall)
-                    .with_context(|| format!("connection {connections} to {addr}"))?;
-                c.set_nodelay(true)?;
-                c.set_read_timeout(Some(stall))?;
-                c.write_all(&[0x42])?;
-                c.read_exact(&mut b)
-                    .with_context(|| format!("the answer on connection {connections}"))?;
-                // The server's close.
-                let eof = c.read(&mut b)?;
-                ensure!(
-                    eof == 0,
-                    "connection {connections}: more than one byte back"
-                );
-                times.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                crr_once(addr, stall).with_context(|| format!("connection {connections}"))?;
+                record(&mut times, t.elapsed());
                 connections += 1;
             }
             Ok(ConnectionRate {
@@ -775,6 +798,221 @@ pub fn tcp_crr(
         served?;
         Ok(rate)
     })
+}
+
+/// How long a blocked `accept` of [`EchoServers`] waits before it looks at its stop flag.
+const ACCEPT_TICK: Duration = Duration::from_millis(100);
+
+/// Sets `SO_RCVTIMEO` on `listener`: Linux ends a blocking `accept` with `EAGAIN` after
+/// it, so a server thread can stop without being woken by a connection.
+fn set_accept_timeout(listener: &TcpListener, d: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: a valid socket and a timeval-sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Echo servers ([`serve_echo`]) on listeners in pods, each listener served by a pool of
+/// threads blocked in `accept`: the kernel wakes one of them per connection (accept's
+/// waits are exclusive), so an idle pool costs nothing and a busy one does not stampede.
+/// [`EchoServers::stop`] ends them; dropping them stops them too, ignoring errors.
+#[derive(Debug)]
+pub struct EchoServers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl EchoServers {
+    /// Listens on `port` of each (namespace, address) of `pods` with `threads` server
+    /// threads each; a connection silent for `stall` fails its server.
+    pub fn start(
+        pods: &[(&Netns, Ipv4Addr)],
+        port: u16,
+        threads: usize,
+        stall: Duration,
+    ) -> Result<EchoServers> {
+        let mut servers = EchoServers {
+            stop: Default::default(),
+            threads: Vec::new(),
+        };
+        for (ns, ip) in pods {
+            let listener = in_netns(ns, || TcpListener::bind((*ip, port)))?
+                .with_context(|| format!("listening on {ip}:{port} in {}", ns.name()))?;
+            set_accept_timeout(&listener, ACCEPT_TICK)?;
+            let listener = std::sync::Arc::new(listener);
+            for _ in 0..threads {
+                let (listener, stop) = (listener.clone(), servers.stop.clone());
+                servers.threads.push(std::thread::spawn(move || {
+                    accept_and_echo(&listener, &stop, stall)
+                }));
+            }
+        }
+        Ok(servers)
+    }
+
+    /// Stops every server thread and waits for it; the first failure of any.
+    pub fn stop(mut self) -> Result<()> {
+        self.stop_threads()
+    }
+
+    fn stop_threads(&mut self) -> Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut first = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("an echo server panicked"))
+                .and_then(|r| r);
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for EchoServers {
+    fn drop(&mut self) {
+        let _ = self.stop_threads();
+    }
+}
+
+/// One thread of [`EchoServers`]: accepts on `listener` and serves each connection to
+/// its end, until `stop`.
+fn accept_and_echo(
+    listener: &TcpListener,
+    stop: &std::sync::atomic::AtomicBool,
+    stall: Duration,
+) -> Result<()> {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((c, _)) => serve_echo(c, stall)?,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(e).context("accepting a connection"),
+        }
+    }
+    Ok(())
+}
+
+/// Like [`tcp_crr`], from several clients at once, to many servers: one thread in each
+/// namespace of `clients` opens connections one after another, each to the next address
+/// of `targets` (a counter shared by all, so together they take every target in turn),
+/// until `duration` has passed or `max_connections` were opened. The servers must be
+/// [`EchoServers`]. Fails if a connection takes `stall`.
+pub fn tcp_crr_spread(
+    clients: &[&Netns],
+    targets: &[SocketAddr],
+    duration: Duration,
+    max_connections: u64,
+    stall: Duration,
+) -> Result<ConnectionRate> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    ensure!(
+        !clients.is_empty() && !targets.is_empty(),
+        "a connection test needs clients and targets"
+    );
+    let next = AtomicU64::new(0);
+    let start = Instant::now();
+    let until = start + duration;
+    let client = |ns: &Netns| {
+        in_netns(ns, || -> Result<hdrhistogram::Histogram<u64>> {
+            let mut times = latency_histogram()?;
+            while Instant::now() < until && !crate::stop::requested() {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= max_connections {
+                    break;
+                }
+                let addr = targets[(n % targets.len() as u64) as usize];
+                let t = Instant::now();
+                crr_once(addr, stall).with_context(|| format!("connection {n}"))?;
+                record(&mut times, t.elapsed());
+            }
+            Ok(times)
+        })?
+    };
+    let per_client: Vec<Result<_>> = std::thread::scope(|s| {
+        let running: Vec<_> = clients.iter().map(|ns| s.spawn(|| client(ns))).collect();
+        running
+            .into_iter()
+            .map(|t| t.join().map_err(|_| anyhow::anyhow!("a client panicked"))?)
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let mut times = latency_histogram()?;
+    for h in per_client {
+        times.add(h?).context("merging the clients' histograms")?;
+    }
+    Ok(ConnectionRate {
+        connections: times.len(),
+        elapsed,
+        times,
+    })
+}
+
+/// Like [`tcp_rr`] over `connections` connections from `client` at once, connection `k`
+/// to `targets[k * targets.len() / connections]` (spread over them all), the round
+/// trips taking the connections in turn. The servers must be [`EchoServers`].
+pub fn tcp_rr_spread(
+    client: &Netns,
+    targets: &[SocketAddr],
+    connections: usize,
+    (duration, max_round_trips): (Duration, u64),
+    stall: Duration,
+) -> Result<hdrhistogram::Histogram<u64>> {
+    ensure!(
+        connections > 0 && !targets.is_empty(),
+        "a round-trip test needs connections and targets"
+    );
+    let chosen: Vec<SocketAddr> = (0..connections)
+        .map(|k| targets[k * targets.len() / connections])
+        .collect();
+    in_netns(client, || -> Result<hdrhistogram::Histogram<u64>> {
+        let mut conns = Vec::with_capacity(chosen.len());
+        for addr in &chosen {
+            let c = TcpStream::connect_timeout(addr, stall)
+                .with_context(|| format!("connecting to {addr}"))?;
+            c.set_nodelay(true)?;
+            c.set_read_timeout(Some(stall))?;
+            c.set_write_timeout(Some(stall))?;
+            conns.push((c, *addr));
+        }
+        for _ in 0..RR_WARMUP {
+            for (c, addr) in &mut conns {
+                round_trip(c, *addr)?;
+            }
+        }
+        let mut hist = latency_histogram()?;
+        let until = Instant::now() + duration;
+        let (mut n, count) = (0u64, conns.len() as u64);
+        while n < max_round_trips && Instant::now() < until && !crate::stop::requested() {
+            let (c, addr) = &mut conns[(n % count) as usize];
+            record(&mut hist, round_trip(c, *addr)?);
+            n += 1;
+        }
+        Ok(hist)
+    })?
 }
 
 #[cfg(test)]

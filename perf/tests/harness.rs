@@ -375,6 +375,64 @@ fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
     );
 }
 
+/// The Services systems the tiny `svc10` run compares.
+const SVC_SYSTEMS: [System; 3] = [
+    System::KernelVxlanIptables,
+    System::KernelVxlanNftables,
+    System::WeftIptables,
+];
+
+#[test]
+fn svc_runs_tiny_on_the_services_systems_and_leaves_nothing() {
+    require_root();
+    let _serial = serial();
+    build_daemons();
+    let scratch = Scratch::new("harnsvc").unwrap();
+    let json = scratch.path().join("svc.json");
+    let links_before = root_links();
+    let systems: Vec<&str> = SVC_SYSTEMS.iter().map(|s| s.name()).collect();
+    let child = spawn(&[
+        "run",
+        "--systems",
+        &systems.join(","),
+        "--tests",
+        "svc10",
+        "--duration",
+        "0.5",
+        "--repeat",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let pid = child.pid();
+    let out = child.finish();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weft-perf run failed:\n{stderr}");
+    assert_eq!(leftovers(pid), Vec::<String>::new());
+    assert_eq!(root_links(), links_before, "the root namespace's links changed");
+
+    // Ratios are to kube-proxy's iptables rules on the kernel's VXLAN.
+    assert!(
+        stdout.contains("ratio to kernel-vxlan+iptables (svc tests)"),
+        "{stdout}"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = report["results"].as_array().expect("results array");
+    for system in SVC_SYSTEMS {
+        for metric in Test::Svc10.metrics() {
+            let row = results
+                .iter()
+                .find(|r| {
+                    r["system"] == system.name() && r["test"] == "svc10" && r["metric"] == metric.name
+                })
+                .unwrap_or_else(|| panic!("no svc10 {} row for {system}: {results:?}", metric.name));
+            number(&row["value"], &format!("{system} svc10 {}", metric.name));
+            assert_eq!(row["runs"].as_array().unwrap().len(), 1, "{row}");
+        }
+    }
+}
+
 #[test]
 fn ctrl_c_tears_everything_down() {
     require_root();
