@@ -259,8 +259,8 @@ impl Report {
         if s.tests.iter().any(|t| is_svc(t)) {
             let _ = writeln!(
                 out,
-                "svc*: that many Services, each its own ClusterIP with host 1's pods as \
-                 endpoints; {} clients on host 0's pods connect (1 byte each way, the \
+                "svc*: that many Services, each its own ClusterIP and endpoints (a port of its own on each of host 1's pods); \
+                 {} clients on host 0's pods connect (1 byte each way, the \
                  server closes) to every ClusterIP in turn: rate, and cpu = weftd + the \
                  generator + ksoftirqd per connection; rr p50 over {} connections spread \
                  over the Services; load = rules or manifests written to the first \

@@ -3,14 +3,20 @@
 //!
 //! Every system gets the same Services from one definition ([`define`]): Service `i`
 //! of a set of `n` has its own ClusterIP ([`cluster_ip`]) and port 80, and for
-//! endpoints every pod of host 1 on port 8080. kube-proxy's rules for them
-//! ([`crate::kubeproxy`]) are loaded on every node for the iptables and nftables
-//! systems; `weft+switch` reads the same Services as Service and EndpointSlice manifests
-//! ([`manifests`]) from its policy directory. The endpoints are the same pods and port
-//! for every Service, so the servers, and what they cost, are the same whatever the
-//! count: what grows with it is only the rule set, or the switch's Service table, that
-//! each new connection is looked up in. Each Service still has its own chains, map
-//! entries and endpoint entries, as a cluster's would.
+//! endpoints every pod of host 1 on a port of its own ([`target_port`]). kube-proxy's
+//! rules for them ([`crate::kubeproxy`]) are loaded on every node for the iptables
+//! and nftables systems; `weft+switch` reads the same Services as Service and
+//! EndpointSlice manifests ([`manifests`]) from its policy directory. The endpoint
+//! pods are the same for every count, and so are the servers (one thread a pod), so
+//! what grows with the count is only the rule set, or the switch's Service table,
+//! that each new connection is looked up in.
+//!
+//! Each Service has endpoints of its own (a port of its own on the shared pods), as
+//! Services in a cluster mostly do. With one endpoint port for all, a client port
+//! reused towards another ClusterIP would meet, in the host's connection tracker, the
+//! connection in TIME_WAIT that it left to the same endpoint, and Linux resolves that
+//! clash by rewriting the client's source port: a case worth its own test, not one to
+//! make every connection of a rate test depend on.
 //!
 //! The clients (several threads over host 0's pods) take the ClusterIPs in turn, so a
 //! run reaches every Service, not only those at the head of kube-proxy's chain, whose
@@ -43,8 +49,13 @@ const SERVICE_ADDRESSES: usize = 1 << 16;
 /// Every Service's port.
 pub const SERVICE_PORT: u16 = 80;
 
-/// Every endpoint's port (the Services' `targetPort`).
-pub const TARGET_PORT: u16 = 8080;
+/// The endpoints' port of Service 0; Service `i`'s is `i` above it. With 10,000
+/// Services they stay below Linux's ephemeral ports (32768 up), the clients'.
+const TARGET_BASE: u16 = 20_000;
+
+/// The most Services a test may define: their target ports must stay below the
+/// ephemeral range.
+const MAX_SERVICES: usize = 12_000;
 
 /// The Kubernetes namespace of the Services.
 const NAMESPACE: &str = "perf";
@@ -99,8 +110,17 @@ pub fn cluster_ip(n: usize, i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(SERVICE_BASE) + (n + i) as u32)
 }
 
+/// The endpoints' port of Service `i` (its `targetPort`).
+///
+/// # Panics
+/// If `i` is not below [`MAX_SERVICES`].
+pub fn target_port(i: usize) -> u16 {
+    assert!(i < MAX_SERVICES, "Service {i}: at most {MAX_SERVICES}");
+    TARGET_BASE + i as u16
+}
+
 /// The `n` Services of a test as kube-proxy on host `on_host` sees them: each a TCP
-/// port 80 with every backend as an endpoint on [`TARGET_PORT`].
+/// port 80 with every backend as an endpoint on its [`target_port`].
 pub fn define(n: usize, backends: &[Backend], on_host: usize) -> Vec<Service> {
     (0..n)
         .map(|i| Service {
@@ -114,7 +134,7 @@ pub fn define(n: usize, backends: &[Backend], on_host: usize) -> Vec<Service> {
             endpoints: (backends.iter())
                 .map(|b| Endpoint {
                     ip: b.ip,
-                    port: TARGET_PORT,
+                    port: target_port(i),
                     local: b.host == on_host,
                 })
                 .collect(),
@@ -351,7 +371,9 @@ fn measure_services(
     let pods: Vec<(&Netns, Ipv4Addr)> = (0..m)
         .map(|j| (&cluster.pod(1, j).ns, plumbing.ip(1, j)))
         .collect();
-    let servers = EchoServers::start(&pods, TARGET_PORT, CLIENTS + RR_CONNECTIONS, STALL)?;
+    let ports: Vec<u16> = (0..n).map(target_port).collect();
+    raise_fd_limit((n * m * 2 + FD_MARGIN) as u64)?;
+    let servers = EchoServers::start(&pods, &ports, STALL)?;
     let (loaded, load) = Loaded::load(plumbing, proxy, n, &backends)?;
     let targets: Vec<SocketAddr> = (0..n)
         .map(|i| SocketAddr::from((cluster_ip(n, i), SERVICE_PORT)))
@@ -391,6 +413,34 @@ fn measure_services(
     })
 }
 
+/// Open files beyond the servers' sockets that a run may need (weft-perf's own, the
+/// connections of a test).
+const FD_MARGIN: usize = 4_096;
+
+/// Raises this process's limit of open files to at least `n` (as root it may raise
+/// the hard limit too): 10,000 Services on two pods are 20,000 listening sockets.
+fn raise_fd_limit(n: u64) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the rlimit it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    if lim.rlim_cur >= n {
+        return Ok(());
+    }
+    lim.rlim_cur = n;
+    lim.rlim_max = lim.rlim_max.max(n);
+    // SAFETY: setrlimit reads the rlimit it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("raising the open-file limit to {n}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,12 +475,15 @@ mod tests {
         assert_eq!(on_0.len(), 3);
         for (a, b) in on_0.iter().zip(&on_1) {
             assert_eq!((&a.name, a.cluster_ip, a.port), (&b.name, b.cluster_ip, b.port));
-            assert!(a.endpoints.iter().all(|e| !e.local && e.port == TARGET_PORT));
+            assert!(a.endpoints.iter().all(|e| !e.local));
             assert!(b.endpoints.iter().all(|e| e.local));
             assert_eq!(a.endpoints.len(), 2);
         }
         let names: std::collections::HashSet<_> = on_0.iter().map(|s| &s.name).collect();
         assert_eq!(names.len(), 3);
+        let ports: Vec<u16> = on_0.iter().map(|s| s.endpoints[1].port).collect();
+        assert_eq!(ports, [20_000, 20_001, 20_002]);
+        assert!(target_port(MAX_SERVICES - 1) < 32_768);
     }
 
     #[test]
@@ -442,14 +495,14 @@ mod tests {
         assert!(docs[0].contains("kind: Service\nmetadata: {name: svc-0, namespace: perf}"));
         assert!(docs[0].contains(
             "spec: {clusterIP: 10.96.0.2, ports: [{name: http, protocol: TCP, port: 80, \
-             targetPort: 8080}]}"
+             targetPort: 20000}]}"
         ));
         assert!(docs[1].starts_with("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"));
         assert!(docs[1].contains("labels: {kubernetes.io/service-name: svc-0}"));
         assert!(docs[1].contains(
             "{addresses: [10.244.1.3], conditions: {ready: true}, nodeName: node-of-10.244.1.3}"
         ));
-        assert!(docs[1].contains("ports: [{name: http, protocol: TCP, port: 8080}]"));
-        assert!(docs[3].contains("name: svc-1-8080"));
+        assert!(docs[1].contains("ports: [{name: http, protocol: TCP, port: 20000}]"));
+        assert!(docs[3].contains("name: svc-1-20001"));
     }
 }
