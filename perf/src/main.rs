@@ -18,6 +18,7 @@ use weft_perf::netns::{cleanup_stale, PREFIX};
 use weft_perf::pidfile::{self, RUN_DIR};
 use weft_perf::scale::{self, cluster::Sizes, idle::IdleSettings, ScaleSettings, Sink};
 use weft_perf::stop;
+use weft_perf::traffic;
 use weft_perf::topo::Offload;
 
 /// weft's benchmarking harness: weft against the kernel's VXLAN and plain routing, on
@@ -61,6 +62,17 @@ enum What {
     Heartbeats(HeartbeatArgs),
     /// Remove what a killed run left: its namespaces and the weftd processes it started.
     Clean,
+    /// One pod's echo servers for the svc tests, started by weft-perf itself in the
+    /// pod's namespace: listens on PORTS of IP until its standard input closes.
+    #[command(name = "echo-servers", hide = true)]
+    EchoServers {
+        /// The pod's address.
+        ip: std::net::Ipv4Addr,
+        /// How long a connection may be silent, in milliseconds.
+        stall_ms: u64,
+        /// The ports, comma-separated.
+        ports: String,
+    },
 }
 
 /// Options of `join`.
@@ -329,6 +341,16 @@ fn run_cli(cli: Cli) -> Result<()> {
     };
     match cli.what {
         What::Clean => clean(true),
+        What::EchoServers {
+            ip,
+            stall_ms,
+            ports,
+        } => {
+            let ports = (ports.split(','))
+                .map(|p| p.parse().with_context(|| format!("port {p:?}")))
+                .collect::<Result<Vec<u16>>>()?;
+            traffic::serve_echo_stdio(ip, &ports, Duration::from_millis(stall_ms))
+        }
         What::Run(args) => {
             let settings = args.settings(false)?;
             tools.check(&settings)?;

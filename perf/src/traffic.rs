@@ -801,73 +801,103 @@ pub fn tcp_crr(
     })
 }
 
-/// Echo servers ([`serve_echo`]'s protocol) on many ports of pods: one thread per pod
-/// runs every listener and connection of that pod on a single-threaded tokio runtime,
-/// so that 10,000 ports cost 10,000 sockets, not 10,000 threads. [`EchoServers::stop`]
-/// ends them and says whether any connection failed; dropping them stops them too.
+/// The hidden `weft-perf` subcommand that runs one pod's [`EchoServers`]
+/// ([`serve_echo_stdio`]).
+pub const ECHO_SUBCOMMAND: &str = "echo-servers";
+
+/// How long a stopped echo server may take to exit.
+const ECHO_EXIT: Duration = Duration::from_secs(10);
+
+/// Echo servers ([`serve_echo`]'s protocol) on many ports of pods: per pod, a child
+/// `weft-perf` ([`ECHO_SUBCOMMAND`]) started in its namespace runs every listener and
+/// connection on a single-threaded tokio runtime, so that 10,000 ports cost 10,000
+/// sockets, not threads, and each pod's sockets count against a process of its own's
+/// open-file limit. [`EchoServers::stop`] ends them (by closing their standard input)
+/// and says whether any connection failed; dropping them kills them.
 #[derive(Debug)]
 pub struct EchoServers {
-    stop: tokio::sync::watch::Sender<bool>,
-    threads: Vec<std::thread::JoinHandle<Result<()>>>,
+    children: Vec<crate::netns::ChildGuard>,
 }
 
 impl EchoServers {
-    /// Listens on every port of `ports` of each (namespace, address) of `pods`; a
+    /// Starts `weft_perf` (this program) as the echo servers on every port of `ports`
+    /// of each (namespace, address) of `pods`, and waits until every one listens; a
     /// connection silent for `stall` fails its server.
     pub fn start(
+        weft_perf: &std::path::Path,
         pods: &[(&Netns, Ipv4Addr)],
         ports: &[u16],
         stall: Duration,
     ) -> Result<EchoServers> {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
+        use std::io::BufRead;
+        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
         let mut servers = EchoServers {
-            stop,
-            threads: Vec::new(),
+            children: Vec::new(),
         };
         for (ns, ip) in pods {
-            let listeners = in_netns(ns, || -> Result<Vec<TcpListener>> {
-                let bind = |port: &u16| -> Result<TcpListener> {
-                    let l = TcpListener::bind((*ip, *port))
-                        .with_context(|| format!("listening on {ip}:{port}"))?;
-                    l.set_nonblocking(true)?;
-                    Ok(l)
-                };
-                ports.iter().map(bind).collect()
-            })?
-            .with_context(|| format!("in {}", ns.name()))?;
-            let stopped = stopped.clone();
-            servers.threads.push(std::thread::spawn(move || {
-                serve_all(listeners, stopped, stall)
-            }));
+            let mut cmd = ns.cmd(weft_perf);
+            cmd.args([ECHO_SUBCOMMAND, &ip.to_string(), &stall.as_millis().to_string()])
+                .arg(list.join(","))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped());
+            let mut child = crate::netns::ChildGuard::spawn(&mut cmd)?;
+            let out = child.child_mut().stdout.take().context("the server's stdout")?;
+            let mut line = String::new();
+            std::io::BufReader::new(out).read_line(&mut line)?;
+            servers.children.push(child);
+            ensure!(
+                line.trim() == "listening",
+                "the echo servers on {ip} in {} did not start",
+                ns.name()
+            );
         }
         Ok(servers)
     }
 
-    /// Stops every server and waits for it; the first failure of any.
-    pub fn stop(mut self) -> Result<()> {
-        self.stop_threads()
+    /// The servers' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(crate::netns::ChildGuard::pid).collect()
     }
 
-    fn stop_threads(&mut self) -> Result<()> {
-        let _ = self.stop.send(true);
-        let mut first = Ok(());
-        for t in self.threads.drain(..) {
-            let r = t
-                .join()
-                .map_err(|_| anyhow::anyhow!("an echo server panicked"))
-                .and_then(|r| r);
-            if first.is_ok() {
-                first = r;
+    /// Stops every server and waits for it; fails if any failed.
+    pub fn stop(mut self) -> Result<()> {
+        for c in &mut self.children {
+            drop(c.child_mut().stdin.take());
+        }
+        for mut c in self.children.drain(..) {
+            let pid = c.pid();
+            match c.wait_timeout(ECHO_EXIT)? {
+                Some(status) if status.success() => {}
+                Some(status) => bail!("the echo servers (pid {pid}) exited with {status}"),
+                None => bail!("the echo servers (pid {pid}) did not stop within {ECHO_EXIT:?}"),
             }
         }
-        first
+        Ok(())
     }
 }
 
-impl Drop for EchoServers {
-    fn drop(&mut self) {
-        let _ = self.stop_threads();
-    }
+/// The echo servers of one pod, in a process of their own started in the pod's
+/// namespace by [`EchoServers::start`]: listens on `ports` of `ip`, says `listening`
+/// on standard output, and serves until its standard input closes; fails if a
+/// connection failed.
+pub fn serve_echo_stdio(ip: Ipv4Addr, ports: &[u16], stall: Duration) -> Result<()> {
+    let listeners = ports
+        .iter()
+        .map(|port| -> Result<TcpListener> {
+            let l = TcpListener::bind((ip, *port))
+                .with_context(|| format!("listening on {ip}:{port}"))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    std::thread::spawn(move || {
+        // Whatever ends the input (a close, an error) ends the servers.
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        let _ = stop.send(true);
+    });
+    println!("listening");
+    serve_all(listeners, stopped, stall)
 }
 
 /// The first failure of a pod's echo servers, if any.

@@ -7,7 +7,7 @@
 //! rules for them ([`crate::kubeproxy`]) are loaded on every node for the iptables
 //! and nftables systems; `weft+switch` reads the same Services as Service and
 //! EndpointSlice manifests ([`manifests`]) from its policy directory. The endpoint
-//! pods are the same for every count, and so are the servers (one thread a pod), so
+//! pods are the same for every count, and so are the servers (one process a pod), so
 //! what grows with the count is only the rule set, or the switch's Service table,
 //! that each new connection is looked up in.
 //!
@@ -323,7 +323,7 @@ struct Figures {
 
 /// One round of `test` (a `svc*` test) on `plumbing`: the Services loaded, echo servers
 /// on host 1's pods, connections from [`CLIENTS`] threads over host 0's pods taking
-/// every ClusterIP in turn (their rate, and the CPU of weftd, this process and
+/// every ClusterIP in turn (their rate, and the CPU of weftd, the clients, the servers and
 /// ksoftirqd per connection), then round trips over [`RR_CONNECTIONS`] connections
 /// spread over the Services; the Services taken out again.
 pub(super) fn round(
@@ -372,8 +372,9 @@ fn measure_services(
         .map(|j| (&cluster.pod(1, j).ns, plumbing.ip(1, j)))
         .collect();
     let ports: Vec<u16> = (0..n).map(target_port).collect();
-    raise_fd_limit((n * m * 2 + FD_MARGIN) as u64)?;
-    let servers = EchoServers::start(&pods, &ports, STALL)?;
+    // The servers are this program, in another mode (see `EchoServers`).
+    let me = std::env::current_exe().context("finding weft-perf's own path")?;
+    let servers = EchoServers::start(&me, &pods, &ports, STALL)?;
     let (loaded, load) = Loaded::load(plumbing, proxy, n, &backends)?;
     let targets: Vec<SocketAddr> = (0..n)
         .map(|i| SocketAddr::from((cluster_ip(n, i), SERVICE_PORT)))
@@ -382,7 +383,8 @@ fn measure_services(
     let d = settings.duration;
     let seconds = d.as_secs_f64().ceil().max(1.0) as u64;
     let _awake = awake(settings)?;
-    let pids = all_cpu_pids(plumbing);
+    let mut pids = all_cpu_pids(plumbing);
+    pids.extend(servers.pids());
     let cpu_before = cpu_seconds(&pids)?;
     let crr = tcp_crr_spread(
         &clients,
@@ -411,34 +413,6 @@ fn measure_services(
         cpu_us_per_conn: cpu / crr.connections as f64 * 1e6,
         load,
     })
-}
-
-/// Open files beyond the servers' sockets that a run may need (weft-perf's own, the
-/// connections of a test).
-const FD_MARGIN: usize = 4_096;
-
-/// Raises this process's limit of open files to at least `n` (as root it may raise
-/// the hard limit too): 10,000 Services on two pods are 20,000 listening sockets.
-fn raise_fd_limit(n: u64) -> Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the rlimit it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
-    }
-    if lim.rlim_cur >= n {
-        return Ok(());
-    }
-    lim.rlim_cur = n;
-    lim.rlim_max = lim.rlim_max.max(n);
-    // SAFETY: setrlimit reads the rlimit it is given.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("raising the open-file limit to {n}"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
