@@ -727,6 +727,9 @@ pub struct ConnectionRate {
     pub elapsed: Duration,
     /// Each connection's time, in nanoseconds.
     pub times: hdrhistogram::Histogram<u64>,
+    /// Connections that failed or did not finish in time, where a test counts them
+    /// instead of failing ([`tcp_crr_spread`]).
+    pub failed: u64,
 }
 
 impl ConnectionRate {
@@ -789,6 +792,7 @@ pub fn tcp_crr(
                 connections,
                 elapsed: start.elapsed(),
                 times,
+                failed: 0,
             })
         });
         done.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -813,7 +817,7 @@ const ECHO_EXIT: Duration = Duration::from_secs(10);
 /// connection on a single-threaded tokio runtime, so that 10,000 ports cost 10,000
 /// sockets, not threads, and each pod's sockets count against a process of its own's
 /// open-file limit. [`EchoServers::stop`] ends them (by closing their standard input)
-/// and says whether any connection failed; dropping them kills them.
+/// and says whether a listener failed; dropping them kills them.
 #[derive(Debug)]
 pub struct EchoServers {
     children: Vec<crate::netns::ChildGuard>,
@@ -822,7 +826,7 @@ pub struct EchoServers {
 impl EchoServers {
     /// Starts `weft_perf` (this program) as the echo servers on every port of `ports`
     /// of each (namespace, address) of `pods`, and waits until every one listens; a
-    /// connection silent for `stall` fails its server.
+    /// connection silent for `stall` is closed.
     pub fn start(
         weft_perf: &std::path::Path,
         pods: &[(&Netns, Ipv4Addr)],
@@ -859,7 +863,7 @@ impl EchoServers {
         self.children.iter().map(crate::netns::ChildGuard::pid).collect()
     }
 
-    /// Stops every server and waits for it; fails if any failed.
+    /// Stops every server and waits for it; fails if any listener failed.
     pub fn stop(mut self) -> Result<()> {
         for c in &mut self.children {
             drop(c.child_mut().stdin.take());
@@ -879,7 +883,7 @@ impl EchoServers {
 /// The echo servers of one pod, in a process of their own started in the pod's
 /// namespace by [`EchoServers::start`]: listens on `ports` of `ip`, says `listening`
 /// on standard output, and serves until its standard input closes; fails if a
-/// connection failed.
+/// listener failed.
 pub fn serve_echo_stdio(ip: Ipv4Addr, ports: &[u16], stall: Duration) -> Result<()> {
     let listeners = ports
         .iter()
@@ -939,32 +943,23 @@ fn fail(failed: &Failure, e: anyhow::Error) {
 async fn accept_and_echo(l: tokio::net::TcpListener, failed: Failure, stall: Duration) {
     loop {
         match l.accept().await {
-            Ok((c, _)) => {
-                let failed = failed.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = echo_async(c, stall).await {
-                        fail(&failed, e.context("echoing"));
-                    }
-                });
-            }
+            // A connection's own trouble (a client that gave up, a reset) is the
+            // client's to count; only the listener failing fails the servers.
+            Ok((c, _)) => drop(tokio::spawn(echo_async(c, stall))),
             Err(e) => return fail(&failed, anyhow::Error::new(e).context("accepting")),
         }
     }
 }
 
-/// [`serve_echo`], asynchronously.
-async fn echo_async(mut c: tokio::net::TcpStream, stall: Duration) -> Result<()> {
+/// [`serve_echo`], asynchronously, closing quietly on a client silent for `stall` or
+/// on an error.
+async fn echo_async(mut c: tokio::net::TcpStream, stall: Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    c.set_nodelay(true)?;
+    let _ = c.set_nodelay(true);
     let mut b = [0u8; 1];
-    loop {
-        let read = tokio::time::timeout(stall, c.read(&mut b)).await;
-        if read.context("a client silent")?? == 0 {
-            return Ok(());
-        }
-        c.write_all(&b).await?;
-        if b[0] == CLOSE_BYTE {
-            return Ok(());
+    while let Ok(Ok(1)) = tokio::time::timeout(stall, c.read(&mut b)).await {
+        if c.write_all(&b).await.is_err() || b[0] == CLOSE_BYTE {
+            return;
         }
     }
 }
@@ -973,13 +968,15 @@ async fn echo_async(mut c: tokio::net::TcpStream, stall: Duration) -> Result<()>
 /// namespace of `clients` opens connections one after another, each to the next address
 /// of `targets` (a counter shared by all, so together they take every target in turn),
 /// until `duration` has passed or `max_connections` were opened. The servers must be
-/// [`EchoServers`]. Fails if a connection takes `stall`.
+/// [`EchoServers`]. A connection that fails or takes longer than `give_up` is counted
+/// in [`ConnectionRate::failed`], and the client goes on with the next: one lost
+/// connection must not end a rate test, nor go unreported.
 pub fn tcp_crr_spread(
     clients: &[&Netns],
     targets: &[SocketAddr],
     duration: Duration,
     max_connections: u64,
-    stall: Duration,
+    give_up: Duration,
 ) -> Result<ConnectionRate> {
     use std::sync::atomic::{AtomicU64, Ordering};
     ensure!(
@@ -990,8 +987,8 @@ pub fn tcp_crr_spread(
     let start = Instant::now();
     let until = start + duration;
     let client = |ns: &Netns| {
-        in_netns(ns, || -> Result<hdrhistogram::Histogram<u64>> {
-            let mut times = latency_histogram()?;
+        in_netns(ns, || -> Result<(hdrhistogram::Histogram<u64>, u64)> {
+            let (mut times, mut failed) = (latency_histogram()?, 0);
             while Instant::now() < until && !crate::stop::requested() {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= max_connections {
@@ -999,10 +996,12 @@ pub fn tcp_crr_spread(
                 }
                 let addr = targets[(n % targets.len() as u64) as usize];
                 let t = Instant::now();
-                crr_once(addr, stall).with_context(|| format!("connection {n}"))?;
-                record(&mut times, t.elapsed());
+                match crr_once(addr, give_up) {
+                    Ok(()) => record(&mut times, t.elapsed()),
+                    Err(_) => failed += 1,
+                }
             }
-            Ok(times)
+            Ok((times, failed))
         })?
     };
     let per_client: Vec<Result<_>> = std::thread::scope(|s| {
@@ -1013,15 +1012,36 @@ pub fn tcp_crr_spread(
             .collect()
     });
     let elapsed = start.elapsed();
-    let mut times = latency_histogram()?;
-    for h in per_client {
-        times.add(h?).context("merging the clients' histograms")?;
+    let (mut times, mut failed) = (latency_histogram()?, 0);
+    for r in per_client {
+        let (h, f) = r?;
+        times.add(h).context("merging the clients' histograms")?;
+        failed += f;
     }
     Ok(ConnectionRate {
         connections: times.len(),
         elapsed,
         times,
+        failed,
     })
+}
+
+/// Connection attempts [`connect_retrying`] makes.
+const CONNECT_ATTEMPTS: u32 = 3;
+
+/// A TCP connection to `addr` from this thread's namespace, each of
+/// [`CONNECT_ATTEMPTS`] attempts (from a new port) given `give_up`: a connection lost
+/// on the way must not end a latency test.
+fn connect_retrying(addr: SocketAddr, give_up: Duration) -> Result<TcpStream> {
+    let mut last = None;
+    for _ in 0..CONNECT_ATTEMPTS {
+        match TcpStream::connect_timeout(&addr, give_up) {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("no attempt"), anyhow::Error::new))
+        .with_context(|| format!("connecting to {addr}, {CONNECT_ATTEMPTS} times"))
 }
 
 /// Like [`tcp_rr`] over `connections` connections from `client` at once, connection `k`
@@ -1044,8 +1064,7 @@ pub fn tcp_rr_spread(
     in_netns(client, || -> Result<hdrhistogram::Histogram<u64>> {
         let mut conns = Vec::with_capacity(chosen.len());
         for addr in &chosen {
-            let c = TcpStream::connect_timeout(addr, stall)
-                .with_context(|| format!("connecting to {addr}"))?;
+            let c = connect_retrying(*addr, stall)?;
             c.set_nodelay(true)?;
             c.set_read_timeout(Some(stall))?;
             c.set_write_timeout(Some(stall))?;

@@ -387,6 +387,7 @@ impl Test {
             m("rate", "conn/s", Higher),
             m("rr p50", "µs", Lower),
             m("cpu", "µs/conn", Lower),
+            m("failed", "conn", Lower),
             m("load", "s", Lower),
         ];
         match self {

@@ -262,7 +262,8 @@ impl Report {
                 "svc*: that many Services, each its own ClusterIP and endpoints (a port of its own on each of host 1's pods); \
                  {} clients on host 0's pods connect (1 byte each way, the \
                  server closes) to every ClusterIP in turn: rate, and cpu = weftd + the \
-                 clients and servers + ksoftirqd per connection; rr p50 over {} connections spread \
+                 clients and servers + ksoftirqd per connection, failed = connections not \
+                 done within 1 s (counted, not retried); rr p50 over {} connections spread \
                  over the Services; load = rules or manifests written to the first \
                  connection through the first and last ClusterIP",
                 super::svc::CLIENTS,

@@ -70,8 +70,13 @@ pub const CLIENTS: usize = 4;
 /// Connections the round trips take in turn, spread over the Services.
 pub const RR_CONNECTIONS: usize = 8;
 
-/// How long a connection or a round trip may stall before the test fails.
+/// How long a round trip may stall before the test fails, or a server waits for a
+/// client's byte.
 const STALL: Duration = Duration::from_secs(10);
+
+/// How long a connection of the rate test may take before it counts as failed (its
+/// SYN, lost once, would be sent again after 1 s).
+const GIVE_UP: Duration = Duration::from_secs(1);
 
 /// The longest loading a set of Services may take, to the first connection through
 /// both its first and its last ClusterIP.
@@ -318,6 +323,7 @@ struct Figures {
     rr_p50_us: f64,
     round_trips: u64,
     cpu_us_per_conn: f64,
+    failed: u64,
     load: Duration,
 }
 
@@ -340,12 +346,14 @@ pub(super) fn round(
     data.push(system, test, "rate", f.rate);
     data.push(system, test, "rr p50", f.rr_p50_us);
     data.push(system, test, "cpu", f.cpu_us_per_conn);
+    data.push(system, test, "failed", f.failed as f64);
     data.push(system, test, "load", f.load.as_secs_f64());
     Ok(format!(
-        "{n} Services: {:.0} connections/s ({} connections), {:.1} µs of CPU each, \
-         rr p50 {:.1} µs ({} round trips), loaded in {:.2} s",
+        "{n} Services: {:.0} connections/s ({} connections, {} failed), {:.1} µs of CPU \
+         each, rr p50 {:.1} µs ({} round trips), loaded in {:.2} s",
         f.rate,
         f.connections,
+        f.failed,
         f.cpu_us_per_conn,
         f.rr_p50_us,
         f.round_trips,
@@ -391,7 +399,7 @@ fn measure_services(
         &targets,
         d,
         MAX_CONNECTIONS_PER_SECOND.saturating_mul(seconds),
-        STALL,
+        GIVE_UP,
     )?;
     let cpu = cpu_seconds(&pids)? - cpu_before;
     ensure!(crr.connections > 0, "no connection completed");
@@ -400,7 +408,7 @@ fn measure_services(
         &targets,
         RR_CONNECTIONS,
         (d, MAX_ROUND_TRIPS_PER_SECOND.saturating_mul(seconds)),
-        STALL,
+        GIVE_UP,
     )?;
     ensure!(!rr.is_empty(), "no round trip completed");
     loaded.unload()?;
@@ -411,6 +419,7 @@ fn measure_services(
         rr_p50_us: rr.value_at_quantile(0.5) as f64 / 1e3,
         round_trips: rr.len(),
         cpu_us_per_conn: cpu / crr.connections as f64 * 1e6,
+        failed: crr.failed,
         load,
     })
 }
