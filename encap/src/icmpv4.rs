@@ -38,6 +38,8 @@ pub mod kind {
 pub mod unreachable {
     /// Host unreachable.
     pub const HOST: u8 = 1;
+    /// Port unreachable: nothing takes the packet's transport port.
+    pub const PORT: u8 = 3;
     /// Fragmentation needed and DF set: the rest of the header holds the MTU.
     pub const FRAG_NEEDED: u8 = 4;
 }

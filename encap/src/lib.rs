@@ -34,6 +34,7 @@ pub mod gso;
 pub mod icmpv4;
 mod inet;
 pub mod ipv4;
+pub mod nat;
 pub mod sleeve;
 pub mod tcp;
 #[cfg(test)]

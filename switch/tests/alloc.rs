@@ -352,6 +352,108 @@ fn run(mode: TunnelMode) {
     assert!(sink.reports >= 201, "{mode:?}: {} reports", sink.reports);
 }
 
+/// A pod's packets to a ClusterIP (each round one of an established connection and
+/// the first of a new one) and the endpoint's replies through the tunnel, translated
+/// both ways, allocate nothing; nor does a worker's flush of its translations when
+/// the Service table changes (every round, here).
+#[test]
+fn no_allocation_per_translated_packet() {
+    use weft_switch::core::service::Nat;
+    use weft_switch::services::{
+        Endpoint, Frontend, Protocol, Readiness, ServicePort, ServiceTable,
+    };
+    use weft_switch::tables::services::Services;
+    const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    let cidr = "10.96.0.0/12".parse().unwrap();
+    let table = ServiceTable {
+        cidr: Some(cidr),
+        ports: vec![ServicePort {
+            frontend: Frontend {
+                ip: CLUSTER_IP,
+                port: 5201,
+                protocol: Protocol::Tcp,
+            },
+            name: Arc::from("x/iperf:5201"),
+            endpoints: vec![Endpoint {
+                ip: REMOTE,
+                port: 5201,
+                readiness: Readiness::Ready,
+                local: false,
+            }],
+            affinity: None,
+            internal_local: false,
+        }],
+    };
+    // Two snapshots of one Service table, compiled twice: each round changes the
+    // table, and the core drops its UDP translations to endpoints gone (none).
+    let table = Arc::new(table);
+    let snapshot = |generation| {
+        let mut t = tables(TunnelMode::Vxlan);
+        let services = Services::compile(table.clone(), cidr, 7, generation, None).unwrap();
+        t.services = Some(Arc::new(services));
+        t
+    };
+    let snapshots = [snapshot(1), snapshot(2)];
+    let mut dp = Core::new(core::Config {
+        worker: 0,
+        heartbeat: None,
+        conntrack: Some(Conntrack::new(
+            Conntrack::tables(1, 1024, Overflow::Fair { share: 512 }),
+            0,
+        )),
+        host: HostTables::new(1, 1024).worker(0),
+    });
+    let nat = Conntrack::value_tables(1, 1024, Overflow::Fair { share: 1024 });
+    dp.set_services(Nat::new(Conntrack::new(nat, 0)));
+    let out = tcp_frame(POD, CLUSTER_IP, 1, 1400);
+    // The endpoint's answer: the same segment the other way (a port swap keeps the
+    // checksum), in a VXLAN datagram from the peer.
+    let mut back = tcp_frame(REMOTE, POD, 1, 100);
+    let (sport, dport) = ([back[34], back[35]], [back[36], back[37]]);
+    back[34..36].copy_from_slice(&dport);
+    back[36..38].copy_from_slice(&sport);
+    let mut reply = vec![0u8; 8];
+    vxlan::emit_header(&mut reply, vxlan::DEFAULT_VNI);
+    back[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    back[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    reply.extend_from_slice(&back);
+    let from = SocketAddr::V4(SocketAddrV4::new(PEER_UNDERLAY, 8472));
+    let mut sink = CountingSink::default();
+    let mut buf = vec![0u8; HEADROOM + 2048];
+    let mut now = Time::ZERO;
+    let mut round = |dp: &mut Core, sink: &mut CountingSink, i: u16| {
+        now += BEAT;
+        let t = &snapshots[usize::from(i % 2)];
+        let mut cx = Ctx::new(t, now, sink);
+        for sport in [40_000u16, 1_000 + i] {
+            let f = &out;
+            buf[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
+            buf[HEADROOM + 34..HEADROOM + 36].copy_from_slice(&sport.to_be_bytes());
+            let frame = Frame::new(&mut buf, HEADROOM, f.len());
+            dp.port_frame(&mut cx, 1, &Offload::PLAIN, frame);
+        }
+        buf[..reply.len()].copy_from_slice(&reply);
+        dp.tunnel_datagram(&mut cx, from, Frame::new(&mut buf, 0, reply.len()));
+        dp.flush(&mut cx);
+    };
+    round(&mut dp, &mut sink, 0);
+    let before = allocations();
+    for i in 1..=200 {
+        round(&mut dp, &mut sink, i);
+    }
+    let allocations = allocations() - before;
+    assert_eq!(
+        allocations, 0,
+        "translating allocated {allocations} times in 200 rounds"
+    );
+    // And the rounds did the work: to the peer, and the replies to the pod.
+    assert_eq!(sink.datagrams, 201 * 2);
+    assert_eq!(sink.to_ports, 201);
+    for t in &snapshots {
+        assert_eq!(t.ports[1].counters.snapshot().drops.iter().sum::<u64>(), 0);
+    }
+}
+
 #[test]
 fn no_allocation_per_packet_vxlan() {
     run(TunnelMode::Vxlan);

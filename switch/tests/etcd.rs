@@ -16,7 +16,7 @@ use weft_perf::netns::{require_root, wait_until};
 use weft_perf::probe::{Receiver, Sender};
 use weft_perf::topo::{Pod, Underlay};
 use weft_perf::weft::{node_name, state_dir, Scratch, WeftNode, WeftOptions};
-use weft_proto::PodRef;
+use weft_proto::{PodRef, Reply, Request, ServicesStatus};
 
 /// The registration TTL the tests run with: short, so that expiry is quick to see.
 const TTL_S: u64 = 3;
@@ -1234,4 +1234,170 @@ fn encrypted_nodes_take_their_keys_from_etcd() {
         let s = peers[0].session.as_ref().expect("a session row");
         assert_eq!(s.state, "established", "node {i}: {s:?}");
     }
+}
+
+/// The Services a node shows (`weft services`), once `ok` holds of them.
+fn services_when(c: &Cluster, what: &str, ok: impl Fn(&ServicesStatus) -> bool) -> ServicesStatus {
+    let mut last = None;
+    wait_until(Duration::from_secs(10), what, || {
+        match c.node(0).ok(&Request::Services) {
+            Ok(Reply::Services(s)) => {
+                let good = ok(&s);
+                last = Some(s);
+                good
+            }
+            _ => false,
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}: {last:#?}\n{}", c.logs()));
+    last.expect("a reply")
+}
+
+/// The Service `default/web` (ClusterIP 10.96.0.10, affinity 60 s, ports http
+/// and dns), and the records of the Services test, by key: `web`; its slice, with
+/// endpoints ready on node `me`, serving and terminating elsewhere, and on
+/// 127.0.0.1, 169.254.169.254 and in the Service CIDR; garbage; a Service with
+/// 101 ports; a slice of namespace `evil` labelled `web`.
+fn service_records(me: &str) -> (&'static str, Vec<(&'static str, String)>) {
+    let web = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.10", "sessionAffinity": "ClientIP",
+                 "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "web"},
+                           {"name": "dns", "port": 53, "protocol": "UDP"}]}}"#;
+    let slice = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-a, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nendpoints:\n\
+         - {{addresses: [10.244.1.5], nodeName: {me}}}\n\
+         - {{addresses: [10.244.2.5], conditions: {{ready: false, serving: true, terminating: true}}}}\n\
+         - {{addresses: [127.0.0.1]}}\n- {{addresses: [169.254.169.254]}}\n- {{addresses: [10.96.0.5]}}\n\
+         ports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]\n"
+    );
+    let ports: Vec<String> = (1..=101)
+        .map(|i| format!(r#"{{"name": "p{i}", "port": {i}}}"#))
+        .collect();
+    let huge = format!(
+        r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "huge", "namespace": "default"}}, "spec": {{"clusterIP": "10.96.0.11", "ports": [{}]}}}}"#,
+        ports.join(", ")
+    );
+    let evil = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+        metadata: {name: web-x, namespace: evil, labels: {kubernetes.io/service-name: web}}\n\
+        addressType: IPv4\nendpoints: [{addresses: [10.244.9.9]}]\n\
+        ports: [{name: http, port: 8080}]\n"
+        .to_owned();
+    let puts = vec![
+        ("/weft/v1/services/default/web", web.to_owned()),
+        ("/weft/v1/endpointslices/default/web-a", slice),
+        ("/weft/v1/services/default/junk", "{not json".to_owned()),
+        ("/weft/v1/services/default/huge", huge),
+        ("/weft/v1/endpointslices/evil/web-x", evil),
+    ];
+    (web, puts)
+}
+
+/// Checks the ports of `default/web` as [`service_records`] makes them: http
+/// with affinity, its ready local endpoint and its serving-terminating one, at
+/// the slice's numbers; dns over UDP.
+fn assert_web_ports(s: &ServicesStatus) {
+    let http = s
+        .ports
+        .iter()
+        .find(|p| p.name == "default/web:http")
+        .expect("http");
+    assert_eq!(http.frontend, "10.96.0.10:80/TCP");
+    assert_eq!(http.affinity_s, Some(60));
+    let endpoints: Vec<(&str, &str, bool)> = (http.endpoints.iter())
+        .map(|e| (e.address.as_str(), e.state.as_str(), e.local))
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            ("10.244.1.5:8080", "ready", true),
+            ("10.244.2.5:8080", "serving-terminating", false)
+        ]
+    );
+    let dns = s
+        .ports
+        .iter()
+        .find(|p| p.name == "default/web:dns")
+        .expect("dns");
+    assert_eq!(dns.frontend, "10.96.0.10:53/UDP");
+    assert_eq!(dns.endpoints[0].address, "10.244.1.5:5353");
+}
+
+/// Services and EndpointSlices in etcd, beside policy's objects: compiled into
+/// the node's table (`weft services`), following changes key by key. Hostile
+/// records, as anyone with write access to etcd could put them, are refused
+/// with a clear reason naming them: endpoints on 127.0.0.1, 169.254.169.254
+/// and inside the Service CIDR (log lines naming the EndpointSlice), a record
+/// that is not JSON, a Service with more ports than weft takes, a slice in
+/// another namespace labelled with this Service's name. The good Service and
+/// its good endpoints work beside them (the positive control), and none of it
+/// isolates a pod.
+#[test]
+fn services_in_etcd_are_compiled_and_hostile_records_are_refused_by_name() {
+    let mut c = Cluster::new("esv", 1, &["--service-cidr", "10.96.0.0/12"]);
+    c.start(0);
+    let me = node_name(c.underlay.host(0));
+    let (web, puts) = service_records(&me);
+    for (key, value) in &puts {
+        c.etcd.put(key, value).unwrap();
+    }
+    let s = services_when(&c, "the Services compiled", |s| {
+        s.ports.len() == 2 && s.bad.len() == 2 && s.slices == 2
+    });
+    assert_eq!(s.source, "etcd");
+    assert_eq!(s.service_cidr.as_deref(), Some("10.96.0.0/12"));
+    assert_web_ports(&s);
+    assert_eq!(
+        s.refused,
+        [
+            "EndpointSlice default/web-a: 10.96.0.5 refused: inside the Service CIDR",
+            "EndpointSlice default/web-a: 127.0.0.1 refused: a loopback address",
+            "EndpointSlice default/web-a: 169.254.169.254 refused: a link-local address",
+        ]
+    );
+    assert!(
+        s.bad[0].starts_with("Service default/huge (/weft/v1/services/default/huge): 101 ports"),
+        "{s:#?}"
+    );
+    assert!(
+        s.bad[1].starts_with("Service default/junk (/weft/v1/services/default/junk): not JSON"),
+        "{s:#?}"
+    );
+    // The other namespace's slice feeds nothing of default's.
+    assert_eq!(s.slices, 2);
+    assert!(!format!("{s:?}").contains("10.244.9.9"), "{s:#?}");
+    let log = c.node(0).log_text();
+    for line in [
+        "services: EndpointSlice default/web-a: 127.0.0.1 refused: a loopback address",
+        "etcd: ignoring Service default/junk (/weft/v1/services/default/junk): not JSON",
+    ] {
+        assert!(log.contains(line), "{line}\n{log}");
+    }
+    let policy = weft_cli(c.node(0), "policy status");
+    assert!(!policy.contains("isolating"), "{policy}");
+    let shown = weft_cli(c.node(0), "services");
+    assert!(
+        shown.contains("10.96.0.10:80/TCP default/web:http (affinity ClientIP 60s)"),
+        "{shown}"
+    );
+    assert!(shown.contains("10.244.1.5:8080"), "{shown}");
+
+    // A change is one key's: the slice goes, and so do the endpoints; the junk
+    // record is mended, and reads.
+    c.etcd
+        .ctl(&["del", "/weft/v1/endpointslices/default/web-a"])
+        .unwrap();
+    let mended = web
+        .replace("\"web\"", "\"junk\"")
+        .replace("10.96.0.10", "10.96.0.12");
+    c.etcd
+        .put("/weft/v1/services/default/junk", &mended)
+        .unwrap();
+    let s = services_when(&c, "the slice gone and junk mended", |s| {
+        s.ports.len() == 4 && s.bad.len() == 1
+    });
+    assert!(s.ports.iter().all(|p| p.endpoints.is_empty()), "{s:#?}");
+    assert!(s.refused.is_empty(), "{s:#?}");
 }

@@ -60,6 +60,9 @@ pub enum Request {
     PolicyPod(PodRef),
     /// Whether a connection would be allowed, and by which policy and rule.
     PolicyExplain(ExplainRequest),
+    /// The ClusterIP Services the switch translates, their endpoints, and what
+    /// was refused.
+    Services,
 }
 
 impl Request {
@@ -288,6 +291,56 @@ pub enum Reply {
     PolicyPod(PodPolicies),
     /// A connection judged.
     Explained(Explanation),
+    /// The Services.
+    Services(ServicesStatus),
+}
+
+/// The ClusterIP Services compiled for this node, where they come from, and what
+/// was left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicesStatus {
+    /// Where Services come from (`dir /path`, the store's kind, or `none`).
+    pub source: String,
+    /// The Service CIDR ClusterIPs are held to, if it is set.
+    #[serde(default)]
+    pub service_cidr: Option<String>,
+    /// Services and EndpointSlices the source holds that read.
+    pub services: usize,
+    /// EndpointSlices likewise.
+    pub slices: usize,
+    /// Every ClusterIP port, by frontend.
+    pub ports: Vec<ServicePortInfo>,
+    /// Addresses left out of the table: each with its object and why.
+    pub refused: Vec<String>,
+    /// Services and EndpointSlices that do not read: each with where and why.
+    pub bad: Vec<String>,
+}
+
+/// One ClusterIP port and its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePortInfo {
+    /// `namespace/name:port-name` (or `:port`).
+    pub name: String,
+    /// `ClusterIP:port/PROTOCOL`.
+    pub frontend: String,
+    /// The `ClientIP` affinity timeout in seconds, if it has affinity.
+    #[serde(default)]
+    pub affinity_s: Option<u64>,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+    /// Its endpoints.
+    pub endpoints: Vec<ServiceEndpointInfo>,
+}
+
+/// One endpoint of a Service port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEndpointInfo {
+    /// `address:port`.
+    pub address: String,
+    /// `ready`, or `serving-terminating` (used only with no ready endpoint).
+    pub state: String,
+    /// Whether it is on this node.
+    pub local: bool,
 }
 
 /// What policy is loaded, from where, and what went wrong reading it.
@@ -775,7 +828,11 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Respo
     let mut chunk = [0u8; 16 * 1024];
     loop {
         stream.set_read_timeout(Some(remaining())).map_err(io)?;
-        let n = stream.read(&mut chunk).map_err(io)?;
+        // A signal (the caller's SIGCHLD, say) interrupts a read: it is no error.
+        let n = match stream.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read.map_err(io)?,
+        };
         if n == 0 {
             break;
         }
@@ -871,6 +928,7 @@ mod tests {
             Request::Ports,
             Request::Peers,
             Request::Routes,
+            Request::Services,
         ] {
             let env = RequestEnvelope {
                 version: 1,

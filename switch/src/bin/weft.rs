@@ -42,6 +42,9 @@ enum What {
         #[command(subcommand)]
         what: PolicyWhat,
     },
+    /// ClusterIP Services: each port, its endpoints and their state, and what was
+    /// refused.
+    Services,
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         What::Ports => Request::Ports,
         What::Peers => Request::Peers,
         What::Routes => Request::Routes,
+        What::Services => Request::Services,
         What::Policy { what } => match policy_request(what) {
             Ok(r) => r,
             Err(e) => {
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
         Reply::Routes { routes } => print_routes(&routes),
         Reply::PolicyStatus(s) => print_policy_status(&s),
         Reply::PolicyPod(p) => print_policy_pod(&p),
+        Reply::Services(s) => print_services(&s),
         Reply::Explained(e) => {
             println!("{}", if e.allowed { "allowed" } else { "denied" });
             println!("  egress:  {}", e.egress);
@@ -325,6 +330,47 @@ fn print_policy_status(s: &proto::PolicyStatus) {
     }
     for k in &s.skipped {
         println!("skipped     {k}");
+    }
+}
+
+fn print_services(s: &proto::ServicesStatus) {
+    println!("source      {}", s.source);
+    println!(
+        "cidr        {}",
+        s.service_cidr.as_deref().unwrap_or("- (not set)")
+    );
+    println!(
+        "in force    {} Services, {} EndpointSlices, {} ClusterIP ports",
+        s.services,
+        s.slices,
+        s.ports.len()
+    );
+    for p in &s.ports {
+        let mut how = Vec::new();
+        if let Some(t) = p.affinity_s {
+            how.push(format!("affinity ClientIP {t}s"));
+        }
+        if p.internal_local {
+            how.push("internal-local".to_owned());
+        }
+        let how = match how.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", how.join(", ")),
+        };
+        println!("\n{} {}{how}", p.frontend, p.name);
+        if p.endpoints.is_empty() {
+            println!("  no endpoints");
+        }
+        for e in &p.endpoints {
+            let local = if e.local { ", local" } else { "" };
+            println!("  {:<22} {}{local}", e.address, e.state);
+        }
+    }
+    for r in &s.refused {
+        println!("refused     {r}");
+    }
+    for b in &s.bad {
+        println!("unread      {b}");
     }
 }
 

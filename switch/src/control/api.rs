@@ -36,6 +36,7 @@ impl Daemon {
             Request::PolicyStatus => Ok(Reply::PolicyStatus(self.policy_status())),
             Request::PolicyPod(pod) => self.policy_pod(&pod).map(Reply::PolicyPod),
             Request::PolicyExplain(req) => self.policy_explain(&req).map(Reply::Explained),
+            Request::Services => Ok(Reply::Services(self.services_status())),
         };
         match result {
             Ok(reply) => Response::Ok(reply),

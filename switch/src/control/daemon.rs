@@ -17,7 +17,7 @@ use weft_encap::sleeve::NodeId;
 use weft_ipam::{Key, Pool};
 use weft_proto::{Attachment, PodRef};
 
-use crate::control::config::{gateway_of, Encryption, Settings, StoreSettings};
+use crate::control::config::{gateway_of, Encryption, ServicesMode, Settings, StoreSettings};
 use crate::control::error::{io_err, DaemonError};
 use crate::control::host::{Host, Queues, SystemHost};
 use crate::control::keys::{self, PublicKey};
@@ -27,6 +27,7 @@ use crate::control::netns::NsId;
 use crate::control::netpol_source::PolicyState;
 use crate::control::peers::{peer_entries, usable_nodes};
 use crate::control::saved::{self, Saver, Snapshot};
+use crate::control::services::ServiceState;
 use crate::control::store::etcd::EtcdStore;
 use crate::control::store::file::FileStore;
 use crate::control::store::kube::KubeStore;
@@ -40,8 +41,11 @@ use crate::io::worker::{self, Command, Shared, WorkerHandle};
 use crate::mac::MacAddr;
 use crate::netpol::last_good;
 use crate::netpol::model::PolicyModel;
+use crate::services::model::ServiceModel;
+use crate::services::ServiceTable;
 use crate::tables::counters::Counters;
 use crate::tables::health::feature_names;
+use crate::tables::services::{self, Services};
 use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables};
 
 /// How long the control plane waits for workers to take or drop a queue.
@@ -70,6 +74,37 @@ pub(crate) struct State {
     pub(crate) free: Vec<u32>,
     /// NetworkPolicy in force.
     pub(crate) policy: PolicyState,
+    /// ClusterIP Services in force: the model, its table, what was refused.
+    pub(crate) services: ServiceState,
+    /// The table the workers translate with, with `services = "switch"`.
+    pub(crate) translation: Translation,
+}
+
+/// The Service table the workers translate with, and what compiling the next one
+/// needs.
+#[derive(Debug)]
+pub(crate) struct Translation {
+    /// The compiled table, with `services = "switch"`.
+    compiled: Option<Arc<Services>>,
+    /// The key of the flow hash that picks endpoints, random per process.
+    seed: u64,
+}
+
+impl Translation {
+    /// With `services = "switch"`, an empty table over the Service CIDR, so that
+    /// until the store's Services are read every ClusterIP is refused rather than
+    /// handed to the host; else none.
+    fn new(settings: &Settings) -> Result<Translation, DaemonError> {
+        let seed = services::random_seed();
+        let compiled = match (settings.host.services, settings.host.service_cidr) {
+            (ServicesMode::Switch, Some(cidr)) => {
+                let empty = Arc::new(ServiceTable::default());
+                Some(Arc::new(Services::compile(empty, cidr, seed, 1, None)?))
+            }
+            _ => None,
+        };
+        Ok(Translation { compiled, seed })
+    }
 }
 
 impl State {
@@ -207,6 +242,8 @@ struct Boot {
     /// run saved; else, where there is policy to read, every pod isolated for
     /// ingress ([`last_good::nothing_good_yet`]).
     in_force: PolicyModel,
+    /// The store's Services, read (`None`: the store holds none, or was not read).
+    services: Option<Arc<ServiceModel>>,
 }
 
 /// Where the policy a node starts with comes from.
@@ -251,6 +288,7 @@ fn boot_view(settings: &Settings, store: &dyn ClusterStore) -> Result<Boot, Daem
         saved: None,
         policy,
         in_force,
+        services: view.services.filter(|_| synced),
     };
     if synced {
         return Ok(boot);
@@ -305,10 +343,15 @@ pub(crate) fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, L
         mtu: node.pod_mtu,
         addr: gateway,
         prefix_len: 32,
-        routes: vec![RouteSpec::OnLink {
-            dst: settings.cluster_cidr,
-            src: gateway,
-        }],
+        // The cluster's pods, and with Services in the switch its Service range:
+        // the node's own connections to ClusterIPs go through the switch too.
+        routes: std::iter::once(settings.cluster_cidr)
+            .chain(
+                (settings.host.service_cidr)
+                    .filter(|_| settings.host.services == ServicesMode::Switch),
+            )
+            .map(|dst| RouteSpec::OnLink { dst, src: gateway })
+            .collect(),
         alias: None,
     };
     let entry = PortEntry {
@@ -430,6 +473,7 @@ fn start_workers(
         heartbeat: settings.tunnel.heartbeat,
         conntrack_max: settings.policy.conntrack_max,
         conntrack_share: settings.policy.conntrack_share,
+        services: settings.host.services == ServicesMode::Switch,
         panic_after: settings.datapath.test_panic_after,
     };
     worker::spawn(tables.clone(), sockets, Arc::new(lanes), tuning, sealer)
@@ -485,13 +529,16 @@ impl Daemon {
         let mut left_out = Said::default();
         let usable = usable_nodes(&node, &nodes, &mut left_out);
         let peers = peer_entries(&settings, &usable, &[], &route_to);
-        let tables = Arc::new(ArcSwap::from_pointee(Tables::build(
+        let translation = Translation::new(&settings)?;
+        let mut first = Tables::build(
             node.clone(),
             host_entry.clone(),
             [],
             peers.clone(),
             tunnel.clone(),
-        )?));
+        )?;
+        first.services = translation.compiled.clone();
+        let tables = Arc::new(ArcSwap::from_pointee(first));
         let (shared, workers) = start_workers(&settings, &tables, sealer.clone())?;
         let saver = Saver::start(settings.state_dir.clone(), store.kind())
             .map_err(io_err("starting the thread that saves the view"))?;
@@ -514,6 +561,8 @@ impl Daemon {
                     model: Arc::new(boot.in_force),
                     ..PolicyState::default()
                 },
+                services: ServiceState::default(),
+                translation,
             }),
             pool,
             host,
@@ -530,6 +579,9 @@ impl Daemon {
             BootPolicy::Store(p) => daemon.apply_store_policy(&p)?,
             BootPolicy::Dir => daemon.load_policy()?,
             BootPolicy::InForce => daemon.enforce_in_force()?,
+        }
+        if let Some(services) = boot.services {
+            daemon.apply_services(services, daemon.store.kind(), false);
         }
         daemon.restore()?;
         daemon.save_view(&daemon.state.lock());
@@ -644,8 +696,29 @@ impl Daemon {
             self.tunnel.clone(),
         )?;
         tables.policy_generation = state.policy.generation;
+        tables.services = state.translation.compiled.clone();
         self.tables.store(Arc::new(tables));
         Ok(())
+    }
+
+    /// Makes `table` the ClusterIP Services the workers translate (`services =
+    /// "switch"`): compiled here, off the datapath (each port's usable endpoints and
+    /// Maglev table, sizes kept from the table in force where they fit), and
+    /// published with the next snapshot. Each worker then drops its UDP
+    /// translations to endpoints that left. A table that fails its checks is
+    /// refused whole and the one in force stays.
+    pub fn set_service_table(&self, table: Arc<ServiceTable>) -> Result<(), DaemonError> {
+        let cidr = match (self.settings.host.services, self.settings.host.service_cidr) {
+            (ServicesMode::Switch, Some(cidr)) => cidr,
+            _ => return Err(DaemonError::ServicesOff),
+        };
+        let mut state = self.state.lock();
+        let previous = state.translation.compiled.as_deref();
+        let generation = previous.map_or(1, |s| s.generation() + 1);
+        let seed = state.translation.seed;
+        let compiled = Services::compile(table, cidr, seed, generation, previous)?;
+        state.translation.compiled = Some(Arc::new(compiled));
+        self.publish(&mut state)
     }
 
     /// What a runtime is told of an attached port.

@@ -66,6 +66,12 @@ pub enum DaemonError {
     /// An attachment record that cannot be read.
     #[error("{0}")]
     BadRecord(String),
+    /// A Service table that cannot be used.
+    #[error("Service table: {0}")]
+    Services(#[from] crate::tables::services::ServicesError),
+    /// A Service table for a node that leaves Services to kube-proxy.
+    #[error("Services are kube-proxy's on this node ([host] services = \"kube-proxy\")")]
+    ServicesOff,
 }
 
 impl DaemonError {

@@ -28,4 +28,5 @@ pub mod pods;
 pub mod routes;
 pub mod saved;
 pub mod server;
+pub mod services;
 pub mod store;

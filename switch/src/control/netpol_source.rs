@@ -17,8 +17,9 @@ use crate::netpol::compile::{
     self, CompiledPolicy, Compiler, KnownPod, LocalPod, PeerCache, PodRules,
 };
 use crate::netpol::last_good::{self, Judged, Kind, ObjectId, Unread};
-use crate::netpol::manifest::{self, ManifestError, Skipped};
+use crate::netpol::manifest::{self, ManifestError, Objects, Skipped};
 use crate::netpol::model::{PolicyModel, Protocol, DEFAULT_NAMESPACE};
+use crate::services::model::ServiceModel;
 
 /// How often the policy directory is read for changes: a change takes effect within
 /// this and a compile.
@@ -48,6 +49,8 @@ pub struct PolicyState {
 pub struct DirRead {
     /// The objects of the documents that read.
     pub model: PolicyModel,
+    /// The Services and EndpointSlices, and those that did not read.
+    pub services: ServiceModel,
     /// Documents of kinds policy does not use.
     pub skipped: Vec<Skipped>,
     /// The documents and files that did not read.
@@ -88,17 +91,20 @@ pub fn load_dir(dir: &Path) -> DirRead {
             return out;
         }
     };
+    let mut objects = Objects::default();
     for file in &files {
         match std::fs::read_to_string(file) {
             Ok(text) => {
                 let name = file.display().to_string();
-                let docs = manifest::read_documents(&name, &text, &mut out.model);
+                let docs = manifest::read_documents(&name, &text, &mut objects);
                 out.skipped.extend(docs.skipped);
                 out.unread.extend(docs.unread);
             }
             Err(e) => out.unread.push(unnamed(file, format!("cannot read: {e}"))),
         }
     }
+    (out.model, out.services) = (objects.policy, objects.services);
+    out.services.leave_out_doubles(&dir.display().to_string());
     leave_out_doubles(&mut out, dir);
     out
 }
@@ -176,8 +182,12 @@ impl State {
 
 impl Daemon {
     /// Puts a read of the policy directory in force, as [`last_good::merge`]
-    /// makes it of the read and the set in force.
+    /// makes it of the read and the set in force; and its Services.
     pub fn apply_policy(&self, read: DirRead) -> Result<(), DaemonError> {
+        if let Some(dir) = &self.settings.policy.dir {
+            let source = format!("dir {}", dir.display());
+            self.apply_services(Arc::new(read.services), &source, true);
+        }
         for s in &read.skipped {
             log::info!(
                 "policy: {} document {}: kind {} is not used, skipped",
@@ -552,6 +562,77 @@ mod tests {
             .unread
             .iter()
             .any(|u| u.error.reason == "NetworkPolicy x/p is defined twice"));
+    }
+
+    /// Services and EndpointSlices beside policy: read into their own model;
+    /// one that does not read (a bad port, an unknown apiVersion, a hostile
+    /// label, a Service defined twice) is left out and named there, and never
+    /// counts as policy that did not read, which would isolate pods.
+    #[test]
+    fn services_are_read_beside_policy_and_a_bad_one_never_touches_policy() {
+        let svc = |name: &str, port: u32| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+                 spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: {port}}}]}}\n"
+            )
+        };
+        let slice = |name: &str, api: &str, svc: &str| {
+            format!(
+                "---\napiVersion: {api}\nkind: EndpointSlice\n\
+                 metadata: {{name: {name}, labels: {{kubernetes.io/service-name: {svc}}}}}\n\
+                 addressType: IPv4\nendpoints: [{{addresses: [10.244.1.5]}}]\n\
+                 ports: [{{name: http, port: 8080}}]\n"
+            )
+        };
+        let good = policy("x", "good", "{podSelector: {}}");
+        let text = [
+            svc("web", 80),
+            slice("web-a", "discovery.k8s.io/v1", "web"),
+            svc("bad", 0),
+            slice("old", "discovery.k8s.io/v1beta1", "web"),
+            slice("evil", "discovery.k8s.io/v1", "kube-system/dns"),
+            good,
+        ]
+        .concat();
+        let d = Dir::new(
+            "svc",
+            &[
+                ("a.yaml", &text),
+                ("b.yaml", &svc("twice", 80)),
+                ("c.yaml", &svc("twice", 81)),
+            ],
+        );
+        let read = load_dir(&d.0);
+        assert!(read.unread.is_empty(), "{:?}", read.unread);
+        assert!(read.skipped.is_empty(), "{:?}", read.skipped);
+        assert_eq!(read.model.policies.len(), 1);
+        let s = &read.services;
+        let ids: Vec<String> = s.services.iter().map(|s| s.id()).collect();
+        assert_eq!(ids, ["default/web"]);
+        assert_eq!(
+            s.slices.iter().map(|s| s.id()).collect::<Vec<_>>(),
+            ["default/web-a"]
+        );
+        let bad: Vec<String> = s.bad.iter().map(ToString::to_string).collect();
+        assert_eq!(bad.len(), 4, "{bad:#?}");
+        assert!(
+            bad[0].starts_with("Service default/bad (")
+                && bad[0].contains("a.yaml document 2): port 0"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[1].contains("EndpointSlice default/old")
+                && bad[1].contains("\"discovery.k8s.io/v1beta1\" is not supported"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[2].contains("EndpointSlice default/evil") && bad[2].contains("is no label value"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[3].starts_with("Service default/twice (") && bad[3].ends_with("defined twice"),
+            "{bad:?}"
+        );
     }
 
     #[test]

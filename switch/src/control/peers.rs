@@ -196,6 +196,9 @@ impl Daemon {
         if let Some(policy) = &view.policy {
             self.apply_store_policy(policy)?;
         }
+        if let Some(services) = &view.services {
+            self.apply_services(services.clone(), self.store.kind(), false);
+        }
         let was_saved = self.from_saved.lock().take();
         if let Some(at) = was_saved {
             log::info!(

@@ -1120,6 +1120,80 @@ mod tests {
         f.daemon.shutdown();
     }
 
+    /// With `services = "switch"`: the snapshot carries a Service table from the
+    /// start (empty: every ClusterIP refused), `set_service_table` publishes a new
+    /// one, a table that fails its checks is refused whole and the one in force
+    /// stays, and weft0 routes the Service CIDR. With kube-proxy's, nothing of it.
+    #[test]
+    fn set_service_table_publishes_the_services_the_workers_translate() {
+        use crate::services::{Endpoint, Frontend, Protocol, Readiness, ServicePort, ServiceTable};
+        let cidr: Ipv4Net = "10.96.0.0/12".parse().expect("a CIDR");
+        let mut extra = Options::default();
+        extra.host.service_cidr = Some(cidr);
+        extra.host.services = Some(crate::control::config::ServicesMode::Switch);
+        let f = fixture_with("svc", extra);
+        let at_start = f
+            .daemon
+            .tables()
+            .services
+            .clone()
+            .expect("a table at start");
+        assert!(at_start.table().ports.is_empty());
+        let port = |endpoint: Ipv4Addr| ServicePort {
+            frontend: Frontend {
+                ip: Ipv4Addr::new(10, 96, 0, 10),
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+            name: Arc::from("kube-system/dns:dns"),
+            endpoints: vec![Endpoint {
+                ip: endpoint,
+                port: 53,
+                readiness: Readiness::Ready,
+                local: true,
+            }],
+            affinity: None,
+            internal_local: false,
+        };
+        let good = ServiceTable {
+            cidr: Some(cidr),
+            ports: vec![port(Ipv4Addr::new(10, 244, 1, 9))],
+        };
+        f.daemon
+            .set_service_table(Arc::new(good.clone()))
+            .expect("published");
+        let now = f.daemon.tables().services.clone().expect("a table");
+        assert_eq!(**now.table(), good);
+        assert!(now.generation() > at_start.generation());
+        // An endpoint on loopback: refused whole, the table in force stays.
+        let bad = ServiceTable {
+            cidr: Some(cidr),
+            ports: vec![port(Ipv4Addr::LOCALHOST)],
+        };
+        let err = f.daemon.set_service_table(Arc::new(bad)).unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+        assert_eq!(
+            **f.daemon.tables().services.clone().expect("a table").table(),
+            good
+        );
+        let (_, spec) = crate::control::daemon::host_port(f.daemon.settings(), &f.daemon.node);
+        assert!(spec
+            .routes
+            .iter()
+            .any(|r| matches!(r, RouteSpec::OnLink { dst, .. } if *dst == cidr)));
+        f.daemon.shutdown();
+        // kube-proxy's Services: no table, none taken, no route.
+        let mut extra = Options::default();
+        extra.host.service_cidr = Some(cidr);
+        let f = fixture_with("nosvc", extra);
+        assert!(f.daemon.tables().services.is_none());
+        let err = f.daemon.set_service_table(Arc::new(good)).unwrap_err();
+        assert!(matches!(err, DaemonError::ServicesOff), "{err}");
+        let (_, spec) = crate::control::daemon::host_port(f.daemon.settings(), &f.daemon.node);
+        assert_eq!(spec.routes.len(), 1);
+        f.daemon.shutdown();
+    }
+
     /// Direct routing beside VXLAN: a peer on the segment gets a host route and the
     /// host as its next hop; a peer behind a router keeps the tunnel; a direct-only
     /// peer behind a router cannot be reached. A peer that goes takes its route.
@@ -1152,6 +1226,7 @@ mod tests {
                 node("d", 4, Some(Mode::Direct)),
             ],
             policy: None,
+            services: None,
         };
         assert!(f.daemon.apply_view(&view).expect("applied"));
         let t = f.daemon.tables();
@@ -1191,6 +1266,7 @@ mod tests {
         let view = ClusterView {
             nodes: vec![node("c", 3, None)],
             policy: None,
+            services: None,
         };
         assert!(f.daemon.apply_view(&view).expect("applied"));
         assert!(f.host.routes.lock().is_empty());
@@ -1202,6 +1278,7 @@ mod tests {
         let view = ClusterView {
             nodes: vec![node("b", 2, None)],
             policy: None,
+            services: None,
         };
         assert!(f.daemon.apply_view(&view).expect("applied"));
         assert_eq!(f.host.routes.lock().len(), 1);
@@ -1228,6 +1305,7 @@ mod tests {
             Ok(ClusterView {
                 nodes: Vec::new(),
                 policy: Some(Arc::default()),
+                services: None,
             })
         }
 
@@ -1311,6 +1389,7 @@ mod tests {
         let view = ClusterView {
             nodes: vec![node("n", 1, None), node("k", 3, None)],
             policy: Some(Arc::new(policy)),
+            services: None,
         };
         assert!(d.apply_view(&view).expect("applied"));
         assert_eq!(in_force(&d), (vec!["k".to_owned()], 0));
@@ -1401,6 +1480,79 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Services reach the daemon from the policy directory, as it boots and as
+    /// it is read again, and from a store's view: compiled for this node (its
+    /// endpoints local) against the Service CIDR, shown over the control API
+    /// (`weft services`), a refused endpoint named with its slice. A read that
+    /// changes nothing compiles nothing again.
+    #[test]
+    fn services_from_the_directory_and_the_view_are_compiled_for_this_node() {
+        let mut extra = Options::default();
+        extra.host.service_cidr = Some("10.96.0.0/12".parse().expect("a CIDR"));
+        let (mut settings, dir) = settings_for("svc", extra.clone());
+        let policy_dir = dir.join("policy");
+        std::fs::create_dir_all(&policy_dir).expect("the policy dir");
+        settings.policy.dir = Some(policy_dir.clone());
+        let manifests = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n\
+            spec: {clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}\n---\n\
+            apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+            metadata: {name: web-a, labels: {kubernetes.io/service-name: web}}\n\
+            addressType: IPv4\nendpoints: [{addresses: [10.244.1.5], nodeName: n}, {addresses: [10.96.0.9]}]\n\
+            ports: [{port: 8080}]\n";
+        std::fs::write(policy_dir.join("web.yaml"), manifests).expect("the manifests");
+        let d = Daemon::start_with(settings, fake_host(&dir), Arc::new(NoStore)).expect("daemon");
+        let services = |d: &Daemon| match d.handle(Request::Services) {
+            Response::Ok(Reply::Services(s)) => s,
+            other => panic!("{other:?}"),
+        };
+        let s = services(&d);
+        assert_eq!(s.source, format!("dir {}", policy_dir.display()));
+        assert_eq!(s.service_cidr.as_deref(), Some("10.96.0.0/12"));
+        assert_eq!((s.services, s.slices, s.ports.len()), (1, 1, 1));
+        let p = &s.ports[0];
+        assert_eq!(
+            (p.name.as_str(), p.frontend.as_str()),
+            ("default/web:80", "10.96.0.10:80/TCP")
+        );
+        let e = &p.endpoints;
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            (e[0].address.as_str(), e[0].state.as_str(), e[0].local),
+            ("10.244.1.5:8080", "ready", true)
+        );
+        assert_eq!(
+            s.refused,
+            ["EndpointSlice default/web-a: 10.96.0.9 refused: inside the Service CIDR"]
+        );
+        let table = d.state.lock().services.table.clone();
+        d.apply_policy(crate::control::netpol_source::load_dir(&policy_dir))
+            .expect("read again");
+        assert!(
+            Arc::ptr_eq(&table, &d.state.lock().services.table),
+            "compiled again"
+        );
+        d.shutdown();
+        drop(d);
+
+        // A store's view carries its Services.
+        let f = fixture_with("svcv", extra);
+        assert_eq!(services(&f.daemon).source, "none");
+        let mut model = crate::netpol::manifest::Objects::default();
+        crate::netpol::manifest::read("view", manifests, &mut model).expect("manifests");
+        let view = ClusterView {
+            nodes: vec![node("n", 1, None)],
+            policy: None,
+            services: Some(Arc::new(model.services)),
+        };
+        f.daemon.apply_view(&view).expect("applied");
+        let s = services(&f.daemon);
+        assert_eq!(
+            (s.source.as_str(), s.ports.len(), s.refused.len()),
+            ("none", 1, 1)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A node on a store that is read saves the view in force in its state
     /// directory, and writes it as it stops.
     #[test]
@@ -1411,6 +1563,7 @@ mod tests {
         let view = ClusterView {
             nodes: vec![node("b", 2, None)],
             policy: None,
+            services: None,
         };
         assert!(f.daemon.apply_view(&view).expect("applied"));
         f.daemon.shutdown();

@@ -36,9 +36,11 @@ pub const OTHER_CONNECTIONS: usize = 16;
 pub const CNI_AT_ONCE: usize = 4;
 
 /// How many other requests (queries, and CNI verbs of other peers) are served at
-/// once. One more is answered `busy`: a query that waits for the state lock
-/// behind a slow attach holds a blocking thread, and queries must never take
-/// all of them.
+/// once, for root peers and for the others each. One more is answered `busy`: a
+/// query that waits for the state lock behind a slow attach holds a blocking
+/// thread, and queries must never take all of them. Root's have a bound of their
+/// own so that the socket group's readers cannot keep the node's own liveness
+/// probe (`weft status`, as root) busy until the kubelet restarts weftd.
 pub const QUERIES_AT_ONCE: usize = 4;
 
 /// The bounds on the control socket's connections and requests ([`ROOT_CONNECTIONS`]
@@ -48,6 +50,7 @@ struct Bounds {
     root: Arc<Semaphore>,
     others: Arc<Semaphore>,
     cni: Arc<Semaphore>,
+    root_queries: Arc<Semaphore>,
     queries: Arc<Semaphore>,
 }
 
@@ -57,6 +60,7 @@ impl Bounds {
             root: Arc::new(Semaphore::new(ROOT_CONNECTIONS)),
             others: Arc::new(Semaphore::new(OTHER_CONNECTIONS)),
             cni: Arc::new(Semaphore::new(CNI_AT_ONCE)),
+            root_queries: Arc::new(Semaphore::new(QUERIES_AT_ONCE)),
             queries: Arc::new(Semaphore::new(QUERIES_AT_ONCE)),
         }
     }
@@ -85,8 +89,12 @@ impl Bounds {
                     message: "weftd is shutting down".into(),
                 });
         }
-        self.queries
-            .clone()
+        let pool = if root {
+            &self.root_queries
+        } else {
+            &self.queries
+        };
+        pool.clone()
             .try_acquire_owned()
             .map_err(|_| busy(format!("{QUERIES_AT_ONCE} queries are being served")))
     }
@@ -377,7 +385,13 @@ mod tests {
             assert!(refused.message.contains("uid 1000"), "{refused:?}");
             assert!(authorize(0, &request).is_ok(), "root may {request:?}");
         }
-        for request in [Request::Status, Request::Ports, Request::Routes, check()] {
+        let queries = [
+            Request::Status,
+            Request::Ports,
+            Request::Routes,
+            Request::Services,
+        ];
+        for request in queries.into_iter().chain([check()]) {
             assert!(authorize(1000, &request).is_ok(), "{request:?}");
         }
     }
@@ -393,7 +407,10 @@ mod tests {
         }
         let busy = bounds.turn(true, &Request::Status).await.expect_err("busy");
         assert_eq!(busy.kind, ErrorKind::Busy);
-        // A CNI verb of another peer is served as a query.
+        // A CNI verb of another peer is served as one of its queries.
+        for _ in 0..QUERIES_AT_ONCE {
+            queries.push(bounds.turn(false, &check()).await.expect("a turn"));
+        }
         let busy = bounds.turn(false, &check()).await.expect_err("busy");
         assert_eq!(busy.kind, ErrorKind::Busy);
         let mut cni = Vec::new();
@@ -407,6 +424,28 @@ mod tests {
         drop(cni.pop());
         let _turn = next.await.expect("its turn came");
         drop(queries.pop());
+        let _turn = bounds.turn(false, &Request::Status).await.expect("a turn");
+    }
+
+    /// Readers of the socket group that hold every turn of theirs leave root's
+    /// queries (the liveness probe) served.
+    #[tokio::test]
+    async fn other_readers_cannot_keep_roots_queries_busy() {
+        let bounds = Bounds::new();
+        let held: Vec<_> = (0..QUERIES_AT_ONCE)
+            .map(|_| bounds.turn(false, &Request::Status).now_or_never())
+            .map(|t| t.expect("ready").expect("a turn"))
+            .collect();
+        let busy = bounds
+            .turn(false, &Request::Status)
+            .await
+            .expect_err("busy");
+        assert_eq!(busy.kind, ErrorKind::Busy);
+        let _root = bounds
+            .turn(true, &Request::Status)
+            .await
+            .expect("root's turn");
+        drop(held);
         let _turn = bounds.turn(false, &Request::Status).await.expect("a turn");
     }
 

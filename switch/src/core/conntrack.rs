@@ -262,6 +262,9 @@ pub struct Entry {
     pub generation: u32,
     /// When it expires, in seconds of the core's clock.
     pub expires: u32,
+    /// What a table with values ([`Conntrack::value_tables`]) keeps with the
+    /// connection (the Services' translation); 0 in the others.
+    pub value: u64,
 }
 
 impl Entry {
@@ -277,35 +280,41 @@ impl Entry {
 }
 
 impl Slot {
-    /// A consistent copy of the slot, or `None` while the owner writes it.
-    fn read(&self) -> Option<(u64, u64, u64)> {
+    /// A consistent copy of the slot and of its `value` word, if its table has
+    /// values, or `None` while the owner writes it.
+    fn read(&self, value: Option<&AtomicU64>) -> Option<(u64, u64, u64, u64)> {
         for _ in 0..64 {
             let s1 = self.seq.load(Acquire);
             if s1 & 1 == 1 {
                 std::hint::spin_loop();
                 continue;
             }
-            let (a, b, c) = (
+            let (a, b, c, d) = (
                 self.a.load(Relaxed),
                 self.b.load(Relaxed),
                 self.c.load(Relaxed),
+                value.map_or(0, |v| v.load(Relaxed)),
             );
             fence(Acquire);
             if self.seq.load(Relaxed) == s1 {
-                return Some((a, b, c));
+                return Some((a, b, c, d));
             }
         }
         None
     }
 
-    /// Writes the slot (the owner only).
-    fn write(&self, a: u64, b: u64, c: u64) {
+    /// Writes the slot, and its `value` word if its table has values (the owner
+    /// only).
+    fn write(&self, a: u64, b: u64, c: u64, value: Option<(&AtomicU64, u64)>) {
         let s = self.seq.load(Relaxed);
         self.seq.store(s.wrapping_add(1), Relaxed);
         fence(Release);
         self.a.store(a, Relaxed);
         self.b.store(b, Relaxed);
         self.c.store(c, Relaxed);
+        if let Some((v, d)) = value {
+            v.store(d, Relaxed);
+        }
         self.seq.store(s.wrapping_add(2), Release);
     }
 }
@@ -345,12 +354,18 @@ pub struct Table {
     /// With [`Overflow::Fair`], the live entries of the source addresses that hash
     /// to each bucket; written by the owner only.
     sources: Box<[AtomicU32]>,
+    /// With [`Overflow::Fair`], the buckets of `sources` that hold a live entry:
+    /// the sources present, give or take a collision; written by the owner only.
+    active: AtomicU32,
     /// Live entries that gave up their place to a new connection.
     evicted: AtomicU64,
     /// New connections refused because their source held its share.
     over_share: AtomicU64,
     /// The hash's key, random per table.
     seed: u64,
+    /// A word per slot kept with its entry ([`Entry::value`]), written and read
+    /// under the slot's seqlock; empty in a table without values.
+    values: Box<[AtomicU64]>,
 }
 
 /// Where an entry was found.
@@ -391,6 +406,11 @@ fn bump(n: &AtomicU64) {
 impl Table {
     /// A table for at most `max` live connections, which `overflow` says how to keep.
     pub fn new(max: usize, overflow: Overflow) -> Table {
+        Table::with(max, overflow, false)
+    }
+
+    /// Like [`Table::new`], with a value kept beside each entry when `values`.
+    fn with(max: usize, overflow: Overflow, values: bool) -> Table {
         let slots = (max.max(1) * 2).next_power_of_two();
         let buckets = match overflow {
             Overflow::EarlyDrop => 0,
@@ -405,11 +425,25 @@ impl Table {
             sources: (0..buckets).map(|_| AtomicU32::new(0)).collect(),
             evicted: AtomicU64::new(0),
             over_share: AtomicU64::new(0),
+            active: AtomicU32::new(0),
             seed: std::hash::BuildHasher::hash_one(
                 &std::collections::hash_map::RandomState::new(),
                 0u64,
             ),
+            values: (0..if values { slots } else { 0 })
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
+    }
+
+    /// The value word of slot `at`, in a table with values.
+    fn value(&self, at: usize) -> Option<&AtomicU64> {
+        self.values.get(at)
+    }
+
+    /// Writes slot `at`, with `value` in a table with values.
+    fn write(&self, at: usize, (a, b, c): (u64, u64, u64), value: u64) {
+        self.slots[at].write(a, b, c, self.value(at).map(|v| (v, value)));
     }
 
     /// Live entries.
@@ -442,15 +476,30 @@ impl Table {
     fn count(&self, bucket: Option<usize>, more: bool) {
         if let Some(n) = bucket.map(|i| &self.sources[i]) {
             let held = n.load(Relaxed);
-            n.store(
-                if more {
-                    held + 1
+            let now = if more {
+                held + 1
+            } else {
+                held.saturating_sub(1)
+            };
+            n.store(now, Relaxed);
+            if (held == 0) != (now == 0) {
+                let active = self.active.load(Relaxed);
+                let active = if now == 0 {
+                    active.saturating_sub(1)
                 } else {
-                    held.saturating_sub(1)
-                },
-                Relaxed,
-            );
+                    active + 1
+                };
+                self.active.store(active, Relaxed);
+            }
         }
+    }
+
+    /// A fair table's fair share for a new connection of a source that holds
+    /// `mine`: the bound split evenly among the sources present, this one
+    /// counted.
+    fn fair_share(&self, mine: u32) -> u32 {
+        let present = self.active.load(Relaxed) + u32::from(mine == 0);
+        u32::try_from(self.max / u64::from(present.max(1))).unwrap_or(u32::MAX)
     }
 
     /// The bucket of the source of the live entry in slot `at`, in a fair table.
@@ -482,7 +531,7 @@ impl Table {
             let at = (start + i) & self.mask;
             // A slot its owner is writing right now is skipped, not taken for the end
             // of the probe: the entry sought may lie beyond it.
-            let Some((a, b, c)) = self.slots[at].read() else {
+            let Some((a, b, c, value)) = self.slots[at].read(self.value(at)) else {
                 continue;
             };
             match b & 0xff {
@@ -496,6 +545,7 @@ impl Table {
                             flags: Flags::of_bits(b >> 8),
                             generation: c as u32,
                             expires: (c >> 32) as u32,
+                            value,
                         };
                         return Some((at, entry, forward));
                     }
@@ -512,8 +562,9 @@ impl Table {
     /// of an entry which gives up its place ([`Table::victim`]).
     fn put(&self, entry: &Entry, now: u32) -> Result<usize, Refused> {
         let (a, b, c) = entry.words();
+        let value = entry.value;
         if let Some((at, _, _)) = self.find(entry.orig, now) {
-            self.slots[at].write(a, b, c);
+            self.write(at, (a, b, c), value);
             return Ok(at);
         }
         let src = entry.orig.src;
@@ -531,14 +582,14 @@ impl Table {
                 let old = self.bucket_of(at);
                 if room != Err(Refused::OverShare) || old == bucket {
                     self.count(old, false);
-                    self.fill(at, (a, b, c), bucket);
+                    self.fill(at, (a, b, c), value, bucket);
                     return Ok(at);
                 }
             }
             if state != LIVE {
                 if room.is_ok() {
                     self.live.store(self.live() + 1, Relaxed);
-                    self.fill(at, (a, b, c), bucket);
+                    self.fill(at, (a, b, c), value, bucket);
                     return Ok(at);
                 }
                 free.get_or_insert(at);
@@ -560,17 +611,18 @@ impl Table {
         };
         self.remove(victim);
         self.live.store(self.live() + 1, Relaxed);
-        self.fill(at, (a, b, c), bucket);
+        self.fill(at, (a, b, c), value, bucket);
         Ok(at)
     }
 
     /// Writes the words of a new entry into slot `at` and counts it in its source's
     /// `bucket` (the owner only).
-    fn fill(&self, at: usize, (a, b, c): (u64, u64, u64), bucket: Option<usize>) {
+    fn fill(&self, at: usize, words: (u64, u64, u64), value: u64, bucket: Option<usize>) {
         self.count(bucket, true);
-        let slot = &self.slots[at];
-        slot.bucket.store(bucket.unwrap_or(0) as u32, Relaxed);
-        slot.write(a, b, c);
+        self.slots[at]
+            .bucket
+            .store(bucket.unwrap_or(0) as u32, Relaxed);
+        self.write(at, words, value);
     }
 
     /// The slot whose entry gives up its place to a new connection from `src` that
@@ -578,10 +630,23 @@ impl Table {
     /// connection not assured that the table's [`Overflow`] lets go, the one that
     /// expires first. A fair table lets go of one of `src`'s own when it holds its
     /// share; when it is full, of one of the source holding the most, if it holds
-    /// more than `src`, else of one of `src`'s own. Counts an eviction.
+    /// more than `src`, else of one of `src`'s own. When it is full and `src` holds
+    /// less than a fair share ([`Table::fair_share`]), even an assured connection of
+    /// a source holding more than that gives way: otherwise a few pods that open
+    /// connections to each other and leave them idle (each a day long once
+    /// assured) would hold the whole table from every other pod. Counts an eviction.
     fn victim(&self, start: usize, now: u32, src: u32, short: Refused) -> Option<usize> {
         let own = self.bucket(src);
         let mine = self.held_in(own);
+        let fair = match (self.overflow, short) {
+            (Overflow::Fair { .. }, Refused::Full) => Some(self.fair_share(mine)),
+            _ => None,
+        };
+        // Whether an assured entry of bucket `theirs` gives way: `src` is short of
+        // its fair share, and `theirs` holds more than it.
+        let over_fair = |theirs: Option<usize>| {
+            fair.is_some_and(|fair| mine < fair && self.held_in(theirs) > fair)
+        };
         // Whether the entry of a source of bucket `theirs` gives way, and its rank
         // (higher first).
         let rank = |theirs: Option<usize>| match (self.overflow, short) {
@@ -604,7 +669,8 @@ impl Table {
             if expires < now && (short == Refused::Full || rank.is_some()) {
                 return Some(at);
             }
-            let Some(rank) = rank.filter(|_| self.gives_way(Flags::of_bits(b >> 8))) else {
+            let gives_way = self.gives_way(Flags::of_bits(b >> 8));
+            let Some(rank) = rank.filter(|_| gives_way || over_fair(self.bucket_of(at))) else {
                 continue;
             };
             if best.is_none_or(|(r, e, _)| {
@@ -631,7 +697,7 @@ impl Table {
         let slot = &self.slots[at];
         if slot.b.load(Relaxed) & 0xff == LIVE {
             self.count(self.bucket_of(at), false);
-            slot.write(0, TOMBSTONE, 0);
+            self.write(at, (0, TOMBSTONE, 0), 0);
             self.live.store(self.live().saturating_sub(1), Relaxed);
         }
     }
@@ -639,13 +705,14 @@ impl Table {
     /// Every live entry, with its slot.
     fn entries(&self) -> impl Iterator<Item = (usize, Entry)> + '_ {
         self.slots.iter().enumerate().filter_map(|(at, slot)| {
-            let (a, b, c) = slot.read()?;
+            let (a, b, c, value) = slot.read(self.value(at))?;
             (b & 0xff == LIVE).then(|| {
                 let entry = Entry {
                     orig: FlowKey::of_words(a, b),
                     flags: Flags::of_bits(b >> 8),
                     generation: c as u32,
                     expires: (c >> 32) as u32,
+                    value,
                 };
                 (at, entry)
             })
@@ -670,7 +737,7 @@ impl Table {
         for i in (0..2 * n).rev() {
             let at = i % n;
             if state(at) == TOMBSTONE && state(at + 1) == EMPTY {
-                self.slots[at].write(0, EMPTY, 0);
+                self.write(at, (0, EMPTY, 0), 0);
             }
         }
     }
@@ -796,8 +863,40 @@ impl Conntrack {
             flags,
             generation,
             expires,
+            value: 0,
         };
         self.own().put(&entry, seconds(now)).map(drop)
+    }
+
+    /// The tables of `workers` workers, like [`Conntrack::tables`], each keeping a
+    /// value word with every entry ([`Entry::value`], [`Conntrack::put`]).
+    pub fn value_tables(workers: usize, max: usize, overflow: Overflow) -> Arc<[Table]> {
+        (0..workers.max(1))
+            .map(|_| Table::with(max, overflow, true))
+            .collect()
+    }
+
+    /// Writes `entry` (with its value and expiry) into this worker's table: a new
+    /// connection, or the update of one in it.
+    pub fn put(&self, entry: &Entry, now: Time) -> Result<(), Refused> {
+        self.own().put(entry, seconds(now)).map(drop)
+    }
+
+    /// When a connection `orig` with `flags`, written at `now`, expires, by this
+    /// view's timeouts, in the seconds [`Entry::expires`] counts.
+    pub fn expiry(&self, orig: FlowKey, flags: Flags, now: Time) -> u32 {
+        seconds(now + self.timeouts.of(orig.proto, flags))
+    }
+
+    /// Forgets every entry of this worker's table that `gone` says must go, in one
+    /// pass and without allocating (each slot is read before it is removed).
+    pub fn forget_where(&self, mut gone: impl FnMut(&Entry) -> bool) {
+        let own = self.own();
+        for (at, e) in own.entries() {
+            if gone(&e) {
+                own.remove(at);
+            }
+        }
     }
 
     /// Records what is known of connection `orig` now (`flags`, under `generation`),
@@ -950,6 +1049,34 @@ mod tests {
         let r = w1.lookup(key(1000).reverse(), at(11)).unwrap();
         assert!(!r.forward && r.own_slot.is_none(), "{r:?}");
         assert_eq!(w1.lookup(key(1001), at(11)), None);
+    }
+
+    /// A table with values keeps each entry's value with it, read by every worker
+    /// under the slot's seqlock, rewritten with it and forgotten with it.
+    #[test]
+    fn values_travel_with_their_entries() {
+        let valued = Conntrack::value_tables(2, 8, Overflow::Fair { share: 8 });
+        let (w0, w1) = (Conntrack::new(valued.clone(), 0), Conntrack::new(valued, 1));
+        let entry = |sport, value| Entry {
+            orig: key(sport),
+            flags: Flags::default(),
+            generation: 0,
+            expires: w0.expiry(key(sport), Flags::default(), at(0)),
+            value,
+        };
+        w0.put(&entry(1, 0xdead_beef), at(0)).unwrap();
+        w0.put(&entry(2, 7), at(0)).unwrap();
+        let seen = w1.lookup(key(1).reverse(), at(1)).unwrap();
+        assert_eq!((seen.entry.value, seen.forward), (0xdead_beef, false));
+        w0.put(&entry(1, 42), at(1)).unwrap();
+        assert_eq!(w1.lookup(key(1), at(1)).unwrap().entry.value, 42);
+        w0.forget_where(|e| e.value == 42);
+        assert!(w1.lookup(key(1), at(1)).is_none());
+        assert_eq!(w1.lookup(key(2), at(1)).unwrap().entry.value, 7);
+        // A table without values reads 0.
+        let plain = Conntrack::new(tables(1, 8), 0);
+        plain.put(&entry(3, 9), at(0)).unwrap();
+        assert_eq!(plain.lookup(key(3), at(0)).unwrap().entry.value, 0);
     }
 
     /// Each table's hash is keyed by a seed of its own, drawn from the process's
@@ -1131,6 +1258,46 @@ mod tests {
             t.track(from(flood, 30), Flags::default(), 0, at(20)),
             Err(Refused::Full)
         );
+    }
+
+    /// Found by review: two pods that open connections to each other and leave
+    /// them idle fill the table with assured entries (a day long each) within
+    /// their shares, and every other pod would be refused for a day.
+    #[test]
+    fn sources_that_hold_the_table_with_idle_connections_give_way_to_a_new_one() {
+        let t = Conntrack::new(Conntrack::tables(1, 8, Overflow::Fair { share: 4 }), 0);
+        let s = sources(&t, 4);
+        let (a, b, c, d) = (s[0], s[1], s[2], s[3]);
+        for p in 0..4 {
+            t.track(from(a, p), ASSURED, 0, at(u64::from(p))).unwrap();
+            t.track(from(b, p), ASSURED, 0, at(4)).unwrap();
+        }
+        assert_eq!(t.live(), 8);
+        // Neither may take more, assured as its own are.
+        assert_eq!(
+            t.track(from(a, 9), ASSURED, 0, at(5)),
+            Err(Refused::OverShare)
+        );
+        // A third source, short of a fair share (8 / 3), takes the place of an
+        // assured connection of a source above it: a's oldest.
+        t.track(from(c, 1), Flags::default(), 0, at(5)).unwrap();
+        assert!(t.lookup(from(a, 0), at(5)).is_none());
+        assert!(t.lookup(from(c, 1), at(5)).is_some());
+        assert_eq!(t.own().overflow_stats().evicted, 1);
+        // And a fourth (a fair share of 2): one of b's this time, now the biggest.
+        t.track(from(d, 1), Flags::default(), 0, at(5)).unwrap();
+        assert_eq!(t.own().held_in(t.own().bucket(b)), 3);
+        // c, short of its fair share of 2, takes an assured place of a biggest
+        // holder (a's, whose oldest goes first); at its share, only its own
+        // connection that is not assured gives way, and then it is refused: it
+        // may not push the others below their shares.
+        t.track(from(c, 2), ASSURED, 0, at(5)).unwrap();
+        t.track(from(c, 4), ASSURED, 0, at(5)).unwrap();
+        assert!(t.lookup(from(c, 1), at(5)).is_none());
+        let held = |x| t.own().held_in(t.own().bucket(x));
+        assert_eq!((held(a), held(b), held(c), held(d)), (2, 3, 2, 1));
+        assert_eq!(t.track(from(c, 5), ASSURED, 0, at(5)), Err(Refused::Full));
+        assert_eq!(t.own().overflow_stats().evicted, 4);
     }
 
     #[test]

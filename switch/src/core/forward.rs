@@ -13,6 +13,7 @@ use weft_encap::{ethernet, icmpv4, ipv4, tcp, udp};
 
 use super::flow::LazyFlow;
 use super::icmp::IcmpError;
+use super::service::{Refusal, Rewrite};
 use super::{Core, Ctx, Frame, Ingress, Offload, Sink};
 use crate::tables::counters::DropReason;
 use crate::tables::fib::NextHop;
@@ -125,7 +126,7 @@ pub(super) fn decide(t: &Tables, from: Ingress, offload: &Offload, facts: &Facts
 }
 
 /// Why a packet may not enter at all, if it may not.
-fn inadmissible(t: &Tables, from: Ingress, facts: &Facts) -> Option<DropReason> {
+pub(super) fn inadmissible(t: &Tables, from: Ingress, facts: &Facts) -> Option<DropReason> {
     // A pod sends from its own address only; a peer node from its pod subnet or its
     // own underlay address (its host's traffic to a pod leaves from the subnet's
     // gateway).
@@ -147,6 +148,29 @@ fn inadmissible(t: &Tables, from: Ingress, facts: &Facts) -> Option<DropReason> 
     None
 }
 
+/// The facts of the IPv4 packet in the Ethernet frame `frame`, once it is whole and
+/// its header checksum right.
+fn parse(frame: &Frame<'_>) -> Result<Facts, DropReason> {
+    frame
+        .bytes()
+        .and_then(|b| b.get(ethernet::HEADER_LEN..))
+        .ok_or(DropReason::Malformed)
+        .and_then(|b| ipv4::Packet::new_checked(b).map_err(|_| DropReason::Malformed))
+        .and_then(|ip| match ip.verify_checksum() {
+            true => Ok(Facts::of(&ip)),
+            false => Err(DropReason::BadChecksum),
+        })
+}
+
+/// Where a packet [`decide`] forwards goes, and what is left to do to it.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    hop: NextHop,
+    decrement_ttl: bool,
+    /// A Service translation's rewrite left for after policy (a hairpin's source).
+    then: Option<Rewrite>,
+}
+
 impl Core {
     /// Routes the IPv4 packet in the Ethernet frame `frame`.
     pub(super) fn forward<S: Sink + ?Sized>(
@@ -154,22 +178,33 @@ impl Core {
         cx: &mut Ctx<'_, S>,
         from: Ingress,
         offload: &Offload,
-        mut frame: Frame<'_>,
+        frame: Frame<'_>,
     ) {
         let ip_start = frame.start + ethernet::HEADER_LEN;
-        let parsed = frame
-            .bytes()
-            .and_then(|b| b.get(ethernet::HEADER_LEN..))
-            .ok_or(DropReason::Malformed)
-            .and_then(|b| ipv4::Packet::new_checked(b).map_err(|_| DropReason::Malformed))
-            .and_then(|ip| match ip.verify_checksum() {
-                true => Ok(Facts::of(&ip)),
-                false => Err(DropReason::BadChecksum),
-            });
-        let facts = match parsed {
+        let mut facts = match parse(&frame) {
             Ok(facts) => facts,
             Err(reason) => return self.drop_at(cx, from, reason),
         };
+        let mut then = None;
+        let packet = &frame.buf[ip_start..ip_start + facts.total_len];
+        let services = match self.service_gate(cx, from, &facts, packet) {
+            Ok(services) => services,
+            Err(reason) => return self.drop_at(cx, from, reason),
+        };
+        if let Some(services) = services {
+            let packet = &mut frame.buf[ip_start..ip_start + facts.total_len];
+            match self.service_in(cx, services, packet, offload) {
+                Ok(after) => then = after,
+                Err(Refusal::Drop(reason)) => return self.drop_at(cx, from, reason),
+                Err(Refusal::Refuse(reason, error)) => {
+                    self.drop_at(cx, from, reason);
+                    let quoted = &frame.buf[ip_start..ip_start + facts.total_len];
+                    return self.icmp_error(cx, from, quoted, &facts, error);
+                }
+            }
+            let packet = &frame.buf[ip_start..ip_start + facts.total_len];
+            facts = Facts::of(&ipv4::Packet::new_unchecked(packet));
+        }
         match decide(cx.tables, from, offload, &facts) {
             Verdict::Drop(reason) => self.drop_at(cx, from, reason),
             Verdict::Refuse(_, _)
@@ -189,25 +224,49 @@ impl Core {
                 self.icmp_error(cx, from, quoted, &facts, error);
             }
             Verdict::Forward { hop, decrement_ttl } => {
-                let ip =
-                    ipv4::Packet::new_unchecked(&frame.buf[ip_start..ip_start + facts.total_len]);
-                let mut flow = LazyFlow::new(&ip);
-                let hop = match self.host_boundary(cx, from, hop, &mut flow) {
-                    Ok(hop) => hop,
-                    Err(reason) => return self.drop_at(cx, from, reason),
+                let pass = Pass {
+                    hop,
+                    decrement_ttl,
+                    then,
                 };
-                if let Err((port, reason)) = self.policy(cx, from, hop, &mut flow) {
-                    return cx.tables.ports[port].counters.discard(self.worker, reason);
-                }
-                // Ethernet pads short frames; the IP total length is the truth.
-                let len = ethernet::HEADER_LEN + facts.total_len;
-                if decrement_ttl {
-                    let ip = &mut frame.buf[ip_start..ip_start + facts.total_len];
-                    ipv4::Packet::new_unchecked(ip).decrement_ttl();
-                }
-                let start = frame.start;
-                self.egress(cx, from, hop, offload, frame.reframe(start, len));
+                self.pass(cx, from, pass, offload, frame, &facts);
             }
         }
+    }
+
+    /// Takes a packet [`decide`] forwards past the host boundary, policy and the
+    /// rewrites of Services, and sends it.
+    fn pass<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        from: Ingress,
+        pass: Pass,
+        offload: &Offload,
+        mut frame: Frame<'_>,
+        facts: &Facts,
+    ) {
+        let ip_start = frame.start + ethernet::HEADER_LEN;
+        let ip = ipv4::Packet::new_unchecked(&frame.buf[ip_start..ip_start + facts.total_len]);
+        let mut flow = LazyFlow::new(&ip);
+        let hop = match self.host_boundary(cx, from, pass.hop, &mut flow) {
+            Ok(hop) => hop,
+            Err(reason) => return self.drop_at(cx, from, reason),
+        };
+        if let Err((port, reason)) = self.policy(cx, from, hop, &mut flow) {
+            return cx.tables.ports[port].counters.discard(self.worker, reason);
+        }
+        // A reply from a Service's endpoint gets the Service's address back.
+        let then = pass.then.or_else(|| self.service_reply(cx, hop, &mut flow));
+        let packet = &mut frame.buf[ip_start..ip_start + facts.total_len];
+        if let Some(Err(reason)) = then.map(|t| t.apply(packet, offload)) {
+            return self.drop_at(cx, from, reason);
+        }
+        if pass.decrement_ttl {
+            ipv4::Packet::new_unchecked(packet).decrement_ttl();
+        }
+        // Ethernet pads short frames; the IP total length is the truth.
+        let len = ethernet::HEADER_LEN + facts.total_len;
+        let start = frame.start;
+        self.egress(cx, from, hop, offload, frame.reframe(start, len));
     }
 }

@@ -38,6 +38,12 @@ pub(super) enum IcmpError {
     TtlExceeded,
     /// Larger than the MTU given, with DF set.
     FragNeeded(u16),
+    /// Nothing takes the packet's port: a Service port with no endpoint, or a port
+    /// no Service of its ClusterIP has (as kube-proxy's rules reject it; a TCP
+    /// client's connect fails with `ECONNREFUSED`). Sent from the address the
+    /// packet went to, as a host without the port answers, so that the node, whose
+    /// own address is the gateway's, is answered too.
+    PortUnreachable,
 }
 
 impl IcmpError {
@@ -45,6 +51,9 @@ impl IcmpError {
         let (kind, code, next_hop_mtu) = match self {
             IcmpError::HostUnreachable => {
                 (icmpv4::kind::DEST_UNREACHABLE, icmpv4::unreachable::HOST, 0)
+            }
+            IcmpError::PortUnreachable => {
+                (icmpv4::kind::DEST_UNREACHABLE, icmpv4::unreachable::PORT, 0)
             }
             IcmpError::TtlExceeded => (icmpv4::kind::TIME_EXCEEDED, 0, 0),
             IcmpError::FragNeeded(mtu) => (
@@ -76,11 +85,15 @@ impl Core {
     ) {
         let gateway = cx.tables.node.gateway;
         let src = facts.src;
+        let sender = match error {
+            IcmpError::PortUnreachable => facts.dst,
+            _ => gateway,
+        };
         if facts.error_exempt
             || src.is_unspecified()
             || src.is_multicast()
             || src.is_broadcast()
-            || src == gateway
+            || src == sender
         {
             return;
         }
@@ -94,7 +107,7 @@ impl Core {
         let mut buf = std::mem::take(&mut self.icmp);
         let ip = &mut buf[HEADROOM + ethernet::HEADER_LEN..];
         ipv4::Repr {
-            src: gateway,
+            src: sender,
             dst: src,
             protocol: ipv4::protocol::ICMP,
             payload_len: (total - ipv4::HEADER_LEN) as u16,

@@ -46,6 +46,7 @@ mod icmp;
 mod ingress;
 pub mod rate;
 mod reassembly;
+pub mod service;
 mod sleeve;
 pub mod time;
 
@@ -268,6 +269,8 @@ pub struct Core {
     host: host::HostFlows,
     /// When the connection tables are next swept, while they hold entries.
     next_sweep: Option<Time>,
+    /// The Services' translations, with `services = "switch"`.
+    nat: Option<service::Nat>,
 }
 
 impl std::fmt::Debug for Core {
@@ -295,6 +298,7 @@ impl Core {
             conntrack: config.conntrack,
             host: config.host,
             next_sweep: None,
+            nat: None,
         }
     }
 
@@ -307,6 +311,7 @@ impl Core {
         offload: &Offload,
         frame: Frame<'_>,
     ) {
+        self.services_sync(cx.tables);
         self.ingress_port(cx, ingress, offload, frame);
     }
 
@@ -317,6 +322,7 @@ impl Core {
         from: SocketAddr,
         datagram: Frame<'_>,
     ) {
+        self.services_sync(cx.tables);
         self.ingress_tunnel(cx, from, datagram);
     }
 
@@ -340,6 +346,7 @@ impl Core {
     /// expired connections.
     pub fn handle_timeout<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>) {
         self.beats.handle_timeout(cx);
+        self.services_sync(cx.tables);
         self.sweep(cx.now);
     }
 
@@ -361,6 +368,9 @@ impl Core {
         if let Some(ct) = &self.conntrack {
             ct.sweep(now);
             live += ct.live();
+        }
+        if let Some(nat) = &self.nat {
+            live += nat.sweep(now);
         }
         self.next_sweep = (live > 0).then(|| now + SWEEP);
     }

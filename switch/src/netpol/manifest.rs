@@ -1,6 +1,8 @@
 //! Kubernetes YAML manifests, read into a [`PolicyModel`]: `Namespace`, `Pod` and
-//! `networking.k8s.io/v1` `NetworkPolicy` documents, several to a file. Other kinds
-//! are skipped and reported as such. A document that is not valid is an error naming
+//! `networking.k8s.io/v1` `NetworkPolicy` documents, several to a file; and, for a
+//! reader that takes them ([`Objects`]), `v1` `Service` and `discovery.k8s.io/v1`
+//! `EndpointSlice` documents into a [`ServiceModel`]. Other kinds are skipped and
+//! reported as such. A document that is not valid is an error naming
 //! its file, its index in the file (from 0) and why; the API server's validation rules
 //! for these fields are checked here, so a bad policy never half-applies.
 
@@ -11,6 +13,9 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
 use super::last_good::{Kind, ObjectId, Unread};
+use crate::services::model::{BadObject, ServiceModel};
+use crate::services::read as services;
+
 use super::model::{
     IpBlock, Labels, NamedPort, Operator, Peer, PodObject, Policy, PolicyModel, Port, PortSpec,
     Protocol, Requirement, Rule, Selector, DEFAULT_NAMESPACE,
@@ -480,13 +485,92 @@ fn identity(value: &impl DocValue) -> Option<ObjectId> {
     Some(ObjectId::new(kind, namespace, &name))
 }
 
-/// Reads one document into `model`; `Ok(Some(kind))` for a kind that is skipped.
-fn document(value: impl DocValue, model: &mut PolicyModel) -> Result<Option<String>, String> {
+/// Where documents are read into: policy's objects, and Services' for a reader
+/// that takes them (for one that does not, they are skipped as any other kind).
+pub trait Sink {
+    /// Where policy's objects go.
+    fn policy(&mut self) -> &mut PolicyModel;
+    /// Where Services and EndpointSlices go, if they are taken.
+    fn services(&mut self) -> Option<&mut ServiceModel> {
+        None
+    }
+}
+
+impl Sink for PolicyModel {
+    fn policy(&mut self) -> &mut PolicyModel {
+        self
+    }
+}
+
+/// Policy's objects and Services', read from one set of documents.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    /// Namespaces, Pods and NetworkPolicies.
+    pub policy: PolicyModel,
+    /// Services and EndpointSlices, and those that did not read.
+    pub services: ServiceModel,
+}
+
+impl Sink for Objects {
+    fn policy(&mut self) -> &mut PolicyModel {
+        &mut self.policy
+    }
+    fn services(&mut self) -> Option<&mut ServiceModel> {
+        Some(&mut self.services)
+    }
+}
+
+/// Reads a Service or EndpointSlice document (`kind` of apiVersion `api`) into
+/// `services`; one that does not read is left out and named in their `bad`, and
+/// never counts against policy: a Service says nothing of what a pod may receive.
+fn service_document(
+    value: impl DocValue,
+    (kind, api): (&str, &str),
+    services: &mut ServiceModel,
+    (file, document): (&str, usize),
+) {
+    let namespace = value.meta_field("namespace");
+    let id = format!(
+        "{}/{}",
+        namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE),
+        value.meta_field("name").unwrap_or_default()
+    );
+    let read = match (kind, api) {
+        ("Service", "v1") => (value.to::<services::ServiceDoc>())
+            .and_then(|d| services::service_doc(&d))
+            .map(|s| services.services.push(s)),
+        ("EndpointSlice", "discovery.k8s.io/v1") => (value.to::<services::SliceDoc>())
+            .and_then(|d| services::slice_doc(&d))
+            .map(|s| services.slices.push(s)),
+        _ => Err(format!("{kind} of apiVersion {api:?} is not supported")),
+    };
+    if let Err(why) = read {
+        services.bad.push(BadObject {
+            kind: kind.to_owned(),
+            id,
+            source: format!("{file} document {document}"),
+            why,
+        });
+    }
+}
+
+/// Reads one document into `sink`, from document `at` (file, index);
+/// `Ok(Some(kind))` for a kind that is skipped.
+fn document(
+    value: impl DocValue,
+    sink: &mut impl Sink,
+    at: (&str, usize),
+) -> Result<Option<String>, String> {
     if value.is_null() {
         return Ok(None);
     }
     let kind = value.str_field("kind").ok_or("the document has no kind")?;
     let api = value.str_field("apiVersion").unwrap_or_default();
+    if let (Some(services), "Service" | "EndpointSlice") = (sink.services(), kind.as_str()) {
+        service_document(value, (&kind, &api), services, at);
+        return Ok(None);
+    }
+    let model = sink.policy();
     let typed = |e: String| format!("{kind}: {e}");
     match (kind.as_str(), api.as_str()) {
         ("Namespace", "v1") => {
@@ -519,7 +603,7 @@ fn document(value: impl DocValue, model: &mut PolicyModel) -> Result<Option<Stri
 pub fn read_json(
     file: &str,
     text: &str,
-    model: &mut PolicyModel,
+    model: &mut impl Sink,
 ) -> Result<Vec<Skipped>, Vec<ManifestError>> {
     let error = |reason: String| {
         vec![ManifestError {
@@ -530,7 +614,7 @@ pub fn read_json(
     };
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| error(format!("not JSON: {e}")))?;
-    match document(value, model) {
+    match document(value, model, (file, 0)) {
         Ok(Some(kind)) => Ok(vec![Skipped {
             file: file.to_owned(),
             document: 0,
@@ -553,7 +637,7 @@ pub struct Documents {
 /// Reads every document of `text` (the file `file`) into `model`, one by one: a
 /// document that does not read is left out, and returned with the object it
 /// names. A syntax error ends the file: what follows it cannot be told apart.
-pub fn read_documents(file: &str, text: &str, model: &mut PolicyModel) -> Documents {
+pub fn read_documents(file: &str, text: &str, model: &mut impl Sink) -> Documents {
     use serde::Deserialize as _;
     let mut out = Documents::default();
     for (i, doc) in yaml_serde::Deserializer::from_str(text).enumerate() {
@@ -571,7 +655,7 @@ pub fn read_documents(file: &str, text: &str, model: &mut PolicyModel) -> Docume
             }
         };
         let id = identity(&value);
-        match document(value, model) {
+        match document(value, model, (file, i)) {
             Ok(Some(kind)) => out.skipped.push(Skipped {
                 file: file.to_owned(),
                 document: i,
@@ -592,7 +676,7 @@ pub fn read_documents(file: &str, text: &str, model: &mut PolicyModel) -> Docume
 pub fn read(
     file: &str,
     text: &str,
-    model: &mut PolicyModel,
+    model: &mut impl Sink,
 ) -> Result<Vec<Skipped>, Vec<ManifestError>> {
     let docs = read_documents(file, text, model);
     match docs.unread.is_empty() {

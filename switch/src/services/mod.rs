@@ -19,6 +19,10 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
+pub mod compile;
+pub mod model;
+pub mod read;
+
 /// An IP protocol a Service port may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {

@@ -32,14 +32,17 @@ pub mod tcp;
 use crate::control::config::Encryption;
 use crate::core::conntrack::{Conntrack, Overflow, Table};
 use crate::core::host::HostTables;
+use crate::core::service::Nat;
 use crate::core::{self, Core, Ctx, Frame, Offload, Report, Sink, Time, HEADROOM};
 use crate::crypto::stage::{self, SealCache, Sealer, Stage};
 use crate::crypto::{self, StaticKey};
 use crate::io::worker::plan::SealClock;
 use crate::mac::MacAddr;
 use crate::netpol::compile::PodRules;
+use crate::services::{ServicePort, ServiceTable};
 use crate::tables::counters::{Counters, DropReason, Snapshot};
 use crate::tables::health::{HealthSnapshot, PeerHealth};
+use crate::tables::services::Services;
 use crate::tables::{
     NodeConfig, PeerEntry, PeerPath, PortEntry, PortId, PortKind, Tables, TunnelMode,
     TUNNEL_OVERHEAD,
@@ -62,10 +65,25 @@ pub const CONNTRACK_MAX: usize = 1024;
 /// NetworkPolicy's connection table of a simulated node, holding at most `max`
 /// connections, and each source address the daemon's default share of them.
 fn policy_tables(max: usize) -> Arc<[Table]> {
+    Conntrack::tables(1, max, policy_overflow(max))
+}
+
+/// How a simulated node's table of `max` connections makes room: each source
+/// address holds at most the daemon's default share.
+fn policy_overflow(max: usize) -> Overflow {
     let percent = usize::from(crate::control::config::DEFAULT_CONNTRACK_SHARE);
     let share = (max * percent / 100).max(1);
-    Conntrack::tables(1, max, Overflow::Fair { share })
+    Overflow::Fair { share }
 }
+
+/// The Service CIDR of a simulated cluster.
+pub fn service_cidr() -> Ipv4Net {
+    "10.96.0.0/12".parse().unwrap()
+}
+
+/// The key of every simulated node's flow hash for Services: fixed, so that every
+/// run is the same.
+pub const SERVICE_SEED: u64 = 0x5e_1ec7;
 
 /// How far the simulated clock moves per [`Sim::step`].
 pub const STEP: Duration = Duration::from_millis(1);
@@ -698,7 +716,7 @@ impl Sim {
         let mut config = (*t.node).clone();
         config.pod_mtu = SEALED_POD_MTU;
         config.max_datagram = MAX_DATAGRAM - weft_encap::sleeve::seal::SEAL_OVERHEAD;
-        let tables = Tables::build(
+        let mut tables = Tables::build(
             Arc::new(config),
             t.ports[0].clone(),
             t.ports[1..].iter().cloned(),
@@ -706,6 +724,7 @@ impl Sim {
             t.tunnel.clone(),
         )
         .expect("the simulated cluster is routable");
+        tables.services = t.services.clone();
         // A pod's stack reads its MTU when it starts: the pods start again.
         for pod in self.pods.iter_mut().filter(|p| p.node == n) {
             *pod = Pod::new(pod.node, pod.port, pod.ip, SEALED_POD_MTU);
@@ -764,7 +783,40 @@ impl Sim {
         )
         .expect("the changed peer is routable");
         rebuilt.policy_generation = t.policy_generation;
+        rebuilt.services = t.services.clone();
         self.nodes[n].tables = rebuilt;
+    }
+
+    /// Gives every node the ClusterIP Service ports `ports` to translate, as
+    /// `services = "switch"` does, each endpoint local on the node whose subnet
+    /// holds it; the first call gives every core its translation tables.
+    pub fn set_services(&mut self, ports: &[ServicePort]) {
+        for (n, node) in self.nodes.iter_mut().enumerate() {
+            let mut ports = ports.to_vec();
+            for e in ports.iter_mut().flat_map(|p| p.endpoints.iter_mut()) {
+                e.local = subnet(n).contains(&e.ip);
+            }
+            let table = ServiceTable {
+                cidr: Some(service_cidr()),
+                ports,
+            };
+            let previous = node.tables.services.as_deref();
+            let generation = previous.map_or(1, |s| s.generation() + 1);
+            let compiled = Services::compile(
+                Arc::new(table),
+                service_cidr(),
+                SERVICE_SEED,
+                generation,
+                previous,
+            )
+            .expect("the simulated Service table compiles");
+            node.tables.services = Some(Arc::new(compiled));
+            if !node.core.translates_services() {
+                let tables =
+                    Conntrack::value_tables(1, CONNTRACK_MAX, policy_overflow(CONNTRACK_MAX));
+                node.core.set_services(Nat::new(Conntrack::new(tables, 0)));
+            }
+        }
     }
 
     /// Says whether pod `p`'s TAP takes UDP super-frames (USO): every pod's does

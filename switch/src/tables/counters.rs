@@ -109,6 +109,18 @@ drop_reasons! {
     /// No session to send with: the handshake's queue was full, or the peer has no
     /// key while encryption is required.
     NoSession => "no_session",
+    /// To a Service port with no usable endpoint (`services = "switch"`): refused
+    /// at once with an ICMP port unreachable.
+    ServiceRefused => "service_refused",
+    /// To a Service port with `internalTrafficPolicy: Local` and no endpoint on
+    /// this node: dropped, as Kubernetes specifies.
+    ServiceNoLocal => "service_no_local",
+    /// To an address of the Service CIDR that no Service port holds, or in a
+    /// protocol no Service carries (an ICMP unreachable was sent).
+    ServiceUnknown => "service_unknown",
+    /// A fragment to a Service address: only a first fragment has the ports to
+    /// translate it by.
+    ServiceUntranslatable => "service_untranslatable",
 }
 
 // The list is in discriminant order, so a reason indexes its own counter.
@@ -120,13 +132,26 @@ const _: () = {
     }
 };
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slot {
     rx_packets: AtomicU64,
     rx_bytes: AtomicU64,
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
+}
+
+// By hand: the standard library derives `Default` for arrays of 32 at most.
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot {
+            rx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 /// Counters of one port, peer or tunnel, one slot per worker.
@@ -216,7 +241,7 @@ impl Counters {
 }
 
 /// Summed counter values at one moment.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// Frames received.
     pub rx_packets: u64,
@@ -228,6 +253,18 @@ pub struct Snapshot {
     pub tx_bytes: u64,
     /// Drops, indexed by `DropReason as usize`.
     pub drops: [u64; DropReason::COUNT],
+}
+
+impl Default for Snapshot {
+    fn default() -> Snapshot {
+        Snapshot {
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            drops: [0; DropReason::COUNT],
+        }
+    }
 }
 
 impl Snapshot {

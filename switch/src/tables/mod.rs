@@ -18,7 +18,9 @@ use weft_encap::vxlan::Vni;
 pub mod counters;
 pub mod fib;
 pub mod health;
+pub mod maglev;
 pub mod prefixes;
+pub mod services;
 
 use crate::core::{Report, Time};
 use crate::mac::MacAddr;
@@ -227,6 +229,9 @@ pub struct Tables {
     /// The policy set the ports' rules come from; connections allowed under an older
     /// one are judged again.
     pub policy_generation: u32,
+    /// The ClusterIP Services the switch translates (`services = "switch"`), or none
+    /// (kube-proxy's: nothing is translated).
+    pub services: Option<Arc<services::Services>>,
     by_slot: Vec<Option<(u32, u32)>>,
     peer_by_ip: PeerMap,
 }
@@ -326,6 +331,7 @@ impl Tables {
             fib: Fib::new(routes),
             tunnel,
             policy_generation: 0,
+            services: None,
             by_slot,
             peer_by_ip,
         })

@@ -23,6 +23,33 @@ pub struct HostOptions {
     /// never masqueraded, as the cluster's own [default: none].
     #[arg(long)]
     pub service_cidr: Option<Ipv4Net>,
+    /// Who translates ClusterIP Services: kube-proxy (the node's own rules; the
+    /// switch translates nothing) or switch (the switch, for pods' and the node's
+    /// connections to ClusterIPs; needs service-cidr; NodePort and LoadBalancer stay
+    /// with kube-proxy) [default: kube-proxy].
+    #[arg(long, value_parser = parse_services)]
+    pub services: Option<ServicesMode>,
+}
+
+/// Who translates ClusterIP Services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServicesMode {
+    /// kube-proxy, in the node's stack: the switch translates nothing.
+    #[default]
+    KubeProxy,
+    /// The switch, on the source's egress.
+    Switch,
+}
+
+fn parse_services(s: &str) -> Result<ServicesMode, String> {
+    match s {
+        "kube-proxy" => Ok(ServicesMode::KubeProxy),
+        "switch" => Ok(ServicesMode::Switch),
+        _ => Err(format!(
+            "unknown services {s:?}: expected kube-proxy or switch"
+        )),
+    }
 }
 
 /// A bad `[host]` setting.
@@ -39,6 +66,9 @@ pub enum HostConfigError {
         /// The cluster CIDR.
         cluster: Ipv4Net,
     },
+    /// Services in the switch without the Service range.
+    #[error("invalid [host] services (--services): \"switch\" needs service-cidr, the cluster's Service range")]
+    ServicesWithoutCidr,
 }
 
 /// The host port and the egress masquerade, checked.
@@ -50,6 +80,8 @@ pub struct HostSettings {
     pub masquerade: bool,
     /// The cluster's Service range, if configured.
     pub service_cidr: Option<Ipv4Net>,
+    /// Who translates ClusterIP Services.
+    pub services: ServicesMode,
 }
 
 impl HostOptions {
@@ -60,6 +92,10 @@ impl HostOptions {
                 return Err(HostConfigError::ServiceCidr { service, cluster });
             }
         }
+        let services = self.services.unwrap_or_default();
+        if services == ServicesMode::Switch && self.service_cidr.is_none() {
+            return Err(HostConfigError::ServicesWithoutCidr);
+        }
         let port = self.port.unwrap_or_else(|| DEFAULT_HOST_PORT.into());
         if !crate::io::tap::valid_ifname(&port) {
             return Err(HostConfigError::Port(port));
@@ -68,6 +104,7 @@ impl HostOptions {
             port,
             masquerade: self.masquerade.unwrap_or(true),
             service_cidr: self.service_cidr,
+            services,
         })
     }
 }

@@ -42,6 +42,7 @@ fn defaults() {
     assert_eq!(s.tunnel.heartbeat, Duration::from_secs(1));
     assert!(s.host.masquerade);
     assert_eq!(s.host.service_cidr, None);
+    assert_eq!(s.host.services, ServicesMode::KubeProxy);
     assert_eq!(s.policy.conntrack_max, DEFAULT_CONNTRACK_MAX);
     assert_eq!(s.policy.conntrack_share, DEFAULT_CONNTRACK_MAX / 2);
     assert_eq!(s.afxdp.geometry, crate::io::xsk::Geometry::DEFAULT);
@@ -116,9 +117,9 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         .get_arguments()
         .filter_map(|a| a.get_long())
         .collect();
-    assert_eq!(flags.len(), 42, "{flags:?}");
+    assert_eq!(flags.len(), 43, "{flags:?}");
     // Keys that came after the sections, and so never had a flat form.
-    let sectioned = ["kubeconfig", "etcd-insecure", "conntrack-share"];
+    let sectioned = ["kubeconfig", "etcd-insecure", "conntrack-share", "services"];
     let top = [
         "node-name",
         "underlay-ip",
@@ -781,4 +782,34 @@ fn the_kubernetes_store_takes_a_kubeconfig_or_none_and_no_subnet_or_peers() {
     ))
     .unwrap();
     refused(file, "store = \"kubernetes\"");
+}
+
+/// `services = "switch"` translates ClusterIPs in the switch and needs the Service
+/// range; "kube-proxy", the default, leaves them to the node. Anything else is
+/// refused by name.
+#[test]
+fn services_in_the_switch_need_the_service_cidr() {
+    let with = |host: &str| {
+        settings(&format!(
+            "{HEAD}pod-subnet = \"10.244.1.0/24\"\n[host]\n{host}\n"
+        ))
+    };
+    let s = with("services = \"switch\"\nservice-cidr = \"10.96.0.0/12\"").unwrap();
+    assert_eq!(s.host.services, ServicesMode::Switch);
+    assert_eq!(s.host.service_cidr, Some("10.96.0.0/12".parse().unwrap()));
+    let s = with("services = \"kube-proxy\"").unwrap();
+    assert_eq!(s.host.services, ServicesMode::KubeProxy);
+    assert_eq!(
+        with("services = \"switch\"").unwrap_err(),
+        "invalid [host] services (--services): \"switch\" needs service-cidr, the cluster's Service range"
+    );
+    assert!(with("services = \"iptables\"")
+        .unwrap_err()
+        .contains("iptables"));
+    // As a flag.
+    let o = base()
+        .with_flags(["--services", "switch", "--service-cidr", "10.96.0.0/12"])
+        .unwrap();
+    assert_eq!(o.resolve().unwrap().host.services, ServicesMode::Switch);
+    assert!(base().with_flags(["--services", "ipvs"]).is_err());
 }

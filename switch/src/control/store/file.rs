@@ -58,6 +58,7 @@ impl ClusterStore for FileStore {
         Ok(ClusterView {
             nodes: read_peers(&self.path)?,
             policy: None,
+            services: None,
         })
     }
 

@@ -17,6 +17,7 @@ use crate::control::keys::PublicKey;
 use crate::mac::MacAddr;
 use crate::netpol::last_good::Unread;
 use crate::netpol::model::PolicyModel;
+use crate::services::model::ServiceModel;
 use crate::tables::prefixes::PrefixSet;
 
 pub mod etcd;
@@ -165,6 +166,9 @@ pub struct ClusterView {
     /// The policy objects, for a store that holds them; `None` leaves policy to the
     /// policy directory.
     pub policy: Option<Arc<StorePolicy>>,
+    /// The Services and EndpointSlices, for a store that holds them; `None` leaves
+    /// them to the policy directory.
+    pub services: Option<Arc<ServiceModel>>,
 }
 
 /// What a node tells the store of itself as it joins.

@@ -187,6 +187,10 @@ pub struct Tuning {
     pub conntrack_max: usize,
     /// Connections one source address may hold in a worker's table, at most.
     pub conntrack_share: usize,
+    /// Whether the workers translate ClusterIP Services (`services = "switch"`):
+    /// each then keeps a translation table of `conntrack_max` entries, fair to
+    /// sources as NetworkPolicy's is.
+    pub services: bool,
     /// Test only: each worker panics once it has read this many frames (weftd's
     /// `WEFT_TEST_PANIC_WORKER_AFTER`).
     pub panic_after: Option<u64>,
@@ -229,6 +233,8 @@ pub fn spawn(
     let share = tuning.conntrack_share;
     let conntrack = Conntrack::tables(n, tuning.conntrack_max, Overflow::Fair { share });
     let host_flows = HostTables::new(n, tuning.conntrack_max);
+    let nat = (tuning.services)
+        .then(|| Conntrack::value_tables(n, tuning.conntrack_max, Overflow::Fair { share }));
     let shared = Arc::new(Shared {
         tables,
         inboxes: (0..n).map(|_| ArrayQueue::new(RING_LEN)).collect(),
@@ -260,6 +266,7 @@ pub fn spawn(
             tuning,
             conntrack: Conntrack::new(conntrack.clone(), index),
             host: host_flows.worker(index),
+            nat: nat.as_ref().map(|t| Conntrack::new(t.clone(), index)),
         };
         match spawn_one(setup, rx, shared.clone(), ready) {
             Ok(thread) => handles.push(WorkerHandle {
@@ -366,6 +373,8 @@ struct Setup {
     tuning: Tuning,
     conntrack: Conntrack,
     host: HostFlows,
+    /// The Services' translation tables, with `services = "switch"`.
+    nat: Option<Conntrack>,
 }
 
 struct QueueSlot {
@@ -417,6 +426,7 @@ mod tests {
             heartbeat: Duration::ZERO,
             conntrack_max: 16,
             conntrack_share: 8,
+            services: true,
             panic_after: None,
         };
         let (shared, mut handles) = spawn(tables, sockets, Arc::new(lanes), tuning, None).unwrap();

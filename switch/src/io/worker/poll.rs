@@ -17,6 +17,7 @@ use mio::{Events, Interest, Poll, Token};
 use super::plan::{self, SealClock, Wakes};
 use super::sink::{count_port_send, peer_account, IoSink};
 use super::{Command, Io, QueueSlot, Setup, Shared, BUDGET, BUF_LEN, PORT_BASE, SOCKET, WAKER};
+use crate::core::service::Nat;
 use crate::core::{self, Core, Ctx, Frame, Time, TxError};
 use crate::crypto::stage::SealCache;
 use crate::io::clock;
@@ -55,6 +56,7 @@ impl Worker {
             tuning,
             conntrack,
             host,
+            nat,
         } = setup;
         socket.set_nonblocking(true)?;
         poll.registry().register(
@@ -64,17 +66,21 @@ impl Worker {
         )?;
         let tunnel = Tunnel::new(socket, lanes)?;
         let beats = (index == 0 && !tuning.heartbeat.is_zero()).then_some(tuning.heartbeat);
+        let mut core = Core::new(core::Config {
+            worker: index,
+            heartbeat: beats,
+            conntrack: Some(conntrack),
+            host,
+        });
+        if let Some(nat) = nat {
+            core.set_services(Nat::new(nat));
+        }
         Ok(Worker {
             poll,
             spin: Spin::new(tuning.poll_max),
             rx: RxBatch::default(),
             commands,
-            core: Core::new(core::Config {
-                worker: index,
-                heartbeat: beats,
-                conntrack: Some(conntrack),
-                host,
-            }),
+            core,
             buf: vec![0u8; BUF_LEN].into_boxed_slice(),
             seal: SealClock::default(),
             frames: 0,

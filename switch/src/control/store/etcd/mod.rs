@@ -20,6 +20,7 @@ use super::{
     ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError, StoreHealth, StorePolicy,
 };
 use crate::control::config::EtcdSettings;
+use crate::services::model::ServiceModel;
 
 pub mod claim;
 pub mod records;
@@ -89,6 +90,9 @@ struct Inner {
     objects: PolicyRecords,
     /// The policy objects, made again only when one of their keys changes.
     policy: Arc<StorePolicy>,
+    /// The Services and EndpointSlices, made again only when one of their keys
+    /// changes.
+    services: Arc<ServiceModel>,
     /// The nodes of the cache, made again only when a node's or a subnet's key
     /// changes (or the cache is listed again).
     nodes: Option<Vec<NodeEntry>>,
@@ -203,6 +207,7 @@ impl EtcdStore {
                 synced: false,
                 objects: PolicyRecords::default(),
                 policy: Arc::new(StorePolicy::default()),
+                services: Arc::default(),
                 nodes: None,
                 logged: HashMap::new(),
                 quiet: Quiet::default(),
@@ -228,6 +233,7 @@ impl EtcdStore {
         ClusterView {
             nodes,
             policy: Some(inner.policy.clone()),
+            services: Some(inner.services.clone()),
         }
     }
 
@@ -264,6 +270,22 @@ impl EtcdStore {
             (inner.quiet).warn(now, format_args!("etcd: ignoring {}: {}", e.file, e.reason));
         }
         inner.policy = Arc::new(policy);
+    }
+
+    /// Makes the Services and EndpointSlices again from the records' readings,
+    /// logging each bad record not bad before within the log's budget: they are
+    /// left out, and the rest is used.
+    fn rebuild_services(&self, inner: &mut Inner) {
+        let services = inner.objects.services();
+        let now = Instant::now();
+        for b in services
+            .bad
+            .iter()
+            .filter(|b| !inner.services.bad.contains(b))
+        {
+            (inner.quiet).warn(now, format_args!("etcd: ignoring {b}"));
+        }
+        inner.services = Arc::new(services);
     }
 }
 

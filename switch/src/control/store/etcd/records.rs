@@ -15,8 +15,9 @@ use crate::control::store::screen::Own;
 use crate::control::store::{check_node, Claims, NodeEntry, StorePolicy};
 use crate::mac::MacAddr;
 use crate::netpol::last_good::{Kind, ObjectId, Unread};
-use crate::netpol::manifest::{self, ManifestError};
+use crate::netpol::manifest::{self, ManifestError, Objects, Skipped};
 use crate::netpol::model::{Labels, PodObject, Policy, PolicyModel};
+use crate::services::model::{BadObject, EndpointSlice, Service, ServiceModel};
 
 pub use crate::control::store::MAX_NAME_LEN;
 
@@ -33,8 +34,9 @@ pub enum KeyKind {
     Node(String),
     /// `subnets/<a.b.c.d>-<len>`.
     Subnet(Ipv4Net),
-    /// `namespaces/<name>`, `pods/<ns>/<name>`, `networkpolicies/<ns>/<name>`: a
-    /// Kubernetes object, named (kind, namespace, name).
+    /// `namespaces/<name>`, `pods/<ns>/<name>`, `networkpolicies/<ns>/<name>`,
+    /// `services/<ns>/<name>`, `endpointslices/<ns>/<name>`: a Kubernetes object,
+    /// named (kind, namespace, name).
     Object(&'static str, String, String),
     /// Anything else (ignored).
     Other,
@@ -68,9 +70,16 @@ impl Layout {
         format!("{}/nodes/", self.prefix)
     }
 
-    /// The prefixes of the policy objects' keys.
-    pub fn objects(&self) -> [String; 3] {
-        ["namespaces", "networkpolicies", "pods"].map(|kind| format!("{}/{kind}/", self.prefix))
+    /// The prefixes of the Kubernetes objects' keys: policy's and Services'.
+    pub fn objects(&self) -> [String; 5] {
+        [
+            "endpointslices",
+            "namespaces",
+            "networkpolicies",
+            "pods",
+            "services",
+        ]
+        .map(|kind| format!("{}/{kind}/", self.prefix))
     }
 
     /// The key of the lease of `subnet`.
@@ -100,8 +109,20 @@ impl Layout {
             ["networkpolicies", ns, name] => {
                 KeyKind::Object("NetworkPolicy", (*ns).into(), (*name).into())
             }
+            ["services", ns, name] => KeyKind::Object("Service", (*ns).into(), (*name).into()),
+            ["endpointslices", ns, name] => {
+                KeyKind::Object("EndpointSlice", (*ns).into(), (*name).into())
+            }
             _ => KeyKind::Other,
         }
+    }
+}
+
+impl KeyKind {
+    /// Whether it is a Service's or an EndpointSlice's key: what makes Services,
+    /// and never policy.
+    pub fn is_service(&self) -> bool {
+        matches!(self, KeyKind::Object("Service" | "EndpointSlice", ..))
     }
 }
 
@@ -404,48 +425,43 @@ pub fn leased(layout: &Layout, cache: &Cache) -> BTreeMap<Ipv4Net, Option<String
         .collect()
 }
 
-/// Reads one policy object's record: a Kubernetes object (JSON or YAML) of the kind
-/// and name its key says.
+/// Reads one object's record: a Kubernetes object (JSON or YAML) of the kind and
+/// name its key says.
 pub fn parse_object(
     key: &str,
     (kind, namespace, name): (&str, &str, &str),
     value: &[u8],
-) -> Result<PolicyModel, ManifestError> {
+) -> Result<Objects, ManifestError> {
     let error = |reason: String| ManifestError {
         file: key.to_owned(),
         document: 0,
         reason,
     };
     let text = std::str::from_utf8(value).map_err(|_| error("not UTF-8".into()))?;
-    let mut model = PolicyModel::default();
+    let mut objects = Objects::default();
     // A record is JSON, mostly: read with a JSON parser then; YAML otherwise.
-    let read = match text.trim_start().starts_with('{') {
+    type Read = fn(&str, &str, &mut Objects) -> Result<Vec<Skipped>, Vec<ManifestError>>;
+    let read: Read = match text.trim_start().starts_with('{') {
         true => manifest::read_json,
         false => manifest::read,
     };
-    let skipped = read(key, text, &mut model).map_err(|mut e| e.swap_remove(0))?;
+    let skipped = read(key, text, &mut objects).map_err(|mut e| e.swap_remove(0))?;
     if let Some(s) = skipped.first() {
         return Err(error(format!("holds a {}, not a {kind}", s.kind)));
     }
-    let found: Vec<(&str, &str, &str)> = model
-        .namespaces
-        .keys()
+    if let Some(bad) = objects.services.bad.first() {
+        return Err(error(bad.why.clone()));
+    }
+    let (model, services) = (&objects.policy, &objects.services);
+    let found: Vec<(&str, &str, &str)> = (model.namespaces.keys())
         .map(|n| ("Namespace", "", n.as_str()))
-        .chain(
-            model
-                .pods
-                .iter()
-                .map(|p| ("Pod", p.namespace.as_str(), p.name.as_str())),
-        )
-        .chain(
-            model
-                .policies
-                .iter()
-                .map(|p| ("NetworkPolicy", p.namespace.as_str(), p.name.as_str())),
-        )
+        .chain((model.pods.iter()).map(|p| ("Pod", &*p.namespace, &*p.name)))
+        .chain((model.policies.iter()).map(|p| ("NetworkPolicy", &*p.namespace, &*p.name)))
+        .chain((services.services.iter()).map(|s| ("Service", &*s.namespace, &*s.name)))
+        .chain((services.slices.iter()).map(|s| ("EndpointSlice", &*s.namespace, &*s.name)))
         .collect();
     match found.as_slice() {
-        [one] if *one == (kind, namespace, name) => Ok(model),
+        [one] if *one == (kind, namespace, name) => Ok(objects),
         [(k, ns, n)] => Err(error(format!(
             "holds {k} {}{n}, not the {kind} its key names",
             if ns.is_empty() {
@@ -458,61 +474,92 @@ pub fn parse_object(
     }
 }
 
-/// One policy object, as its record reads.
+/// One object, as its record reads.
 #[derive(Debug, Clone)]
 enum Object {
     Namespace(String, Labels),
     Pod(Arc<PodObject>),
     Policy(Arc<Policy>),
+    Service(Arc<Service>),
+    Slice(Arc<EndpointSlice>),
+}
+
+/// A record that does not read: a policy object (which fails closed), or a
+/// Service's (which is left out, and never touches policy).
+#[derive(Debug, Clone)]
+enum Bad {
+    Policy(Unread),
+    Service(BadObject),
 }
 
 /// A record's reading: of one version of it.
 #[derive(Debug, Clone)]
 struct Reading {
     mod_revision: i64,
-    object: Result<Object, Unread>,
+    object: Result<Object, Bad>,
 }
 
-/// The policy objects' records of a cache, each read once per version, and the
-/// set they make, kept up to date change by change: a change reads the record it
-/// changed and puts its object in the set ([`PolicyModel`]'s namespaces' lists are
-/// shared, so the set costs the time of one namespace to change and of a
-/// reference per namespace to hand out). No record is parsed again, no object
+/// The Kubernetes objects' records of a cache (policy's and Services'), each
+/// read once per version, and the sets they make, kept up to date change by
+/// change: a change reads the record it changed and puts its object in its set
+/// ([`PolicyModel`]'s namespaces' lists are shared, and so are
+/// [`ServiceModel`]'s, so a set costs the time of one namespace to change and of
+/// a reference per namespace to hand out). No record is parsed again, no object
 /// copied.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyRecords {
     read: BTreeMap<String, Reading>,
-    /// The objects of the good readings.
+    /// The policy objects of the good readings.
     model: PolicyModel,
-    /// The bad readings, by key.
+    /// The bad policy readings, by key.
     bad: BTreeMap<String, Unread>,
+    /// The Services and EndpointSlices of the good readings.
+    services: ServiceModel,
+    /// The bad Service and EndpointSlice readings, by key.
+    bad_services: BTreeMap<String, BadObject>,
+}
+
+/// The one object `o` holds (what [`parse_object`] made sure of).
+fn the_object(mut o: Objects) -> Option<Object> {
+    let (m, s) = (&mut o.policy, &o.services);
+    Some(if let Some((name, labels)) = m.namespaces.pop_first() {
+        Object::Namespace(name, labels)
+    } else if let Some(pod) = m.pods.iter().next() {
+        Object::Pod(pod.clone())
+    } else if let Some(policy) = m.policies.iter().next() {
+        Object::Policy(policy.clone())
+    } else if let Some(service) = s.services.iter().next() {
+        Object::Service(service.clone())
+    } else {
+        Object::Slice(s.slices.iter().next()?.clone())
+    })
 }
 
 /// Reads one record into its object; one that does not read is the object its
 /// key names.
 fn read_object(key: &str, stored: &Stored, named: (&str, &str, &str)) -> Reading {
     let (kind, ns, name) = named;
-    let unread = |error| Unread {
-        id: Kind::of(kind).map(|k| ObjectId::new(k, ns, name)),
-        error,
+    let bad = |error: ManifestError| match kind {
+        "Service" | "EndpointSlice" => Bad::Service(BadObject {
+            kind: kind.to_owned(),
+            id: format!("{ns}/{name}"),
+            source: key.to_owned(),
+            why: error.reason,
+        }),
+        _ => Bad::Policy(Unread {
+            id: Kind::of(kind).map(|k| ObjectId::new(k, ns, name)),
+            error,
+        }),
     };
-    let object = parse_object(key, named, &stored.value).and_then(|mut m| {
-        if let Some((name, labels)) = m.namespaces.pop_first() {
-            Ok(Object::Namespace(name, labels))
-        } else if let Some(pod) = m.pods.iter().next() {
-            Ok(Object::Pod(pod.clone()))
-        } else if let Some(policy) = m.policies.iter().next() {
-            Ok(Object::Policy(policy.clone()))
-        } else {
-            Err(ManifestError {
-                file: key.to_owned(),
-                document: 0,
-                reason: "holds no object".into(),
-            })
-        }
+    let object = parse_object(key, named, &stored.value).and_then(|o| {
+        the_object(o).ok_or_else(|| ManifestError {
+            file: key.to_owned(),
+            document: 0,
+            reason: "holds no object".into(),
+        })
     });
     Reading {
-        object: object.map_err(unread),
+        object: object.map_err(bad),
         mod_revision: stored.mod_revision,
     }
 }
@@ -533,8 +580,17 @@ impl PolicyRecords {
             Ok(Object::Policy(p)) => {
                 self.model.policies.remove(&p.namespace, &p.name);
             }
-            Err(_) => {
+            Ok(Object::Service(s)) => {
+                self.services.services.remove(&s.namespace, &s.name);
+            }
+            Ok(Object::Slice(s)) => {
+                self.services.slices.remove(&s.namespace, &s.name);
+            }
+            Err(Bad::Policy(_)) => {
                 self.bad.remove(key);
+            }
+            Err(Bad::Service(_)) => {
+                self.bad_services.remove(key);
             }
         }
     }
@@ -548,15 +604,21 @@ impl PolicyRecords {
             }
             Ok(Object::Pod(p)) => self.model.pods.upsert(p.clone()),
             Ok(Object::Policy(p)) => self.model.policies.upsert(p.clone()),
-            Err(e) => {
+            Ok(Object::Service(s)) => self.services.services.upsert(s.clone()),
+            Ok(Object::Slice(s)) => self.services.slices.upsert(s.clone()),
+            Err(Bad::Policy(e)) => {
                 self.bad.insert(key.to_owned(), e.clone());
+            }
+            Err(Bad::Service(e)) => {
+                self.bad_services.insert(key.to_owned(), e.clone());
             }
         }
         self.read.insert(key.to_owned(), reading);
     }
 
     /// Takes in the change of `key`: its value now (`None`: deleted). Returns
-    /// whether it is a policy object's key.
+    /// whether it is an object's key (policy's or a Service's: see
+    /// [`KeyKind::is_service`]).
     pub fn update(&mut self, layout: &Layout, key: &str, now: Option<&Stored>) -> bool {
         let KeyKind::Object(kind, ns, name) = layout.classify(key) else {
             return false;
@@ -571,7 +633,7 @@ impl PolicyRecords {
         true
     }
 
-    /// Reads every policy record of `cache`, keeping the readings of versions read
+    /// Reads every object's record of `cache`, keeping the readings of versions read
     /// before and forgetting the records that are gone.
     pub fn sync(&mut self, layout: &Layout, cache: &Cache) {
         let mut seen = std::collections::HashSet::new();
@@ -604,6 +666,15 @@ impl PolicyRecords {
             model: self.model.clone(),
             unread: self.bad.values().cloned().collect(),
             revision,
+        }
+    }
+
+    /// The Services and EndpointSlices: every good record's, and the bad ones
+    /// with why, in key order.
+    pub fn services(&self) -> ServiceModel {
+        ServiceModel {
+            bad: self.bad_services.values().cloned().collect(),
+            ..self.services.clone()
         }
     }
 
@@ -1040,6 +1111,94 @@ mod tests {
         let first = |p: &StorePolicy| p.model.pods.iter().next().unwrap().clone();
         assert!(Arc::ptr_eq(&first(&before), &first(&after)));
         assert_eq!(after.model, before.model);
+    }
+
+    /// Services and EndpointSlices come one a key, like policy's objects, and
+    /// follow changes as a fresh read would. A hostile or broken record (garbage,
+    /// a Pod under a Service's key, a port list beyond the bound, a slice for
+    /// another namespace's Service) is named by its key and left out; the good
+    /// ones stay, and none of it reaches policy.
+    #[test]
+    fn services_come_one_a_key_and_a_bad_one_is_left_out_by_its_key() {
+        let svc = br#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "x"}, "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}}"#;
+        let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-a, namespace: x, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints: [{addresses: [10.244.1.5]}]\nports: [{name: http, port: 8080}]\n";
+        let pod = br#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "x"}}"#;
+        let ports: Vec<String> = (0..=crate::services::read::MAX_PORTS)
+            .map(|i| format!(r#"{{"name": "p{i}", "port": {}}}"#, i + 1))
+            .collect();
+        let huge = format!(
+            r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "huge", "namespace": "x"}}, "spec": {{"clusterIP": "10.96.0.11", "ports": [{}]}}}}"#,
+            ports.join(",")
+        );
+        let mut b = Builder::new();
+        b.put("/weft/v1/services/x/web".into(), svc.to_vec());
+        b.put(
+            "/weft/v1/endpointslices/x/web-a".into(),
+            slice.as_bytes().to_vec(),
+        );
+        b.put("/weft/v1/services/x/junk".into(), b"{not json".to_vec());
+        b.put("/weft/v1/services/x/pod".into(), pod.to_vec());
+        b.put("/weft/v1/services/x/huge".into(), huge.into_bytes());
+        b.put(
+            "/weft/v1/endpointslices/y/web-a".into(),
+            slice.as_bytes().to_vec(),
+        );
+        let mut records = PolicyRecords::default();
+        records.sync(&layout(), &b.cache);
+        let m = records.services();
+        assert_eq!(
+            m.services.iter().map(|s| s.id()).collect::<Vec<_>>(),
+            ["x/web"]
+        );
+        assert_eq!(
+            m.slices.iter().map(|s| s.id()).collect::<Vec<_>>(),
+            ["x/web-a"]
+        );
+        let bad: Vec<String> = m.bad.iter().map(ToString::to_string).collect();
+        assert_eq!(bad.len(), 4, "{bad:#?}");
+        assert!(bad[0].starts_with("EndpointSlice y/web-a (/weft/v1/endpointslices/y/web-a): holds EndpointSlice x/web-a"), "{bad:?}");
+        assert!(
+            bad[1].starts_with("Service x/huge (/weft/v1/services/x/huge): 101 ports"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[2].starts_with("Service x/junk (/weft/v1/services/x/junk): not JSON"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[3].contains("holds Pod x/web, not the Service its key names"),
+            "{bad:?}"
+        );
+        let p = records.policy(b.cache.revision);
+        assert!(
+            p.unread.is_empty() && p.model.pods.is_empty(),
+            "{:?}",
+            p.unread
+        );
+        // Changes, one key at a time, make what a fresh read makes.
+        let changes: Vec<(&str, Option<Vec<u8>>)> = vec![
+            ("/weft/v1/services/x/junk", Some(svc.to_vec())),
+            ("/weft/v1/endpointslices/x/web-a", None),
+            ("/weft/v1/services/x/pod", None),
+        ];
+        for (key, value) in changes {
+            match value {
+                Some(v) => {
+                    b.put(key.into(), v);
+                }
+                None => {
+                    b.cache.keys.remove(key);
+                }
+            }
+            assert!(records.update(&layout(), key, b.cache.keys.get(key)));
+            assert!(layout().classify(key).is_service());
+            let mut fresh = PolicyRecords::default();
+            fresh.sync(&layout(), &b.cache);
+            assert_eq!(records.services(), fresh.services(), "after {key}");
+        }
+        let m = records.services();
+        assert!(m.slices.is_empty());
+        assert_eq!(m.bad.len(), 3, "{:?}", m.bad);
     }
 
     /// Reading the nodes walks only the node and subnet keys: thousands of pods

@@ -195,6 +195,7 @@ impl EtcdStore {
         objects.sync(&self.layout, cache);
         PolicyRecords::forget_values(&self.layout, cache);
         self.rebuild_policy(&mut inner);
+        self.rebuild_services(&mut inner);
         Ok(())
     }
 

@@ -119,7 +119,7 @@ impl EtcdStore {
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         inner.watch = Link::Up;
-        let mut policy = false;
+        let (mut policy, mut services) = (false, false);
         for event in msg.events() {
             let Some(kv) = event.kv() else { continue };
             let Ok(key) = kv.key_str() else { continue };
@@ -138,12 +138,15 @@ impl EtcdStore {
                     if inner.objects.update(&self.layout, key, Some(&stored)) {
                         // Read: the object stands for the bytes.
                         stored.value = Vec::new();
-                        policy = true;
+                        services |= kind.is_service();
+                        policy |= !kind.is_service();
                     }
                     inner.cache.keys.insert(key.to_owned(), stored);
                 }
                 EventType::Delete => {
-                    policy |= inner.objects.update(&self.layout, key, None);
+                    let object = inner.objects.update(&self.layout, key, None);
+                    services |= object && kind.is_service();
+                    policy |= object && !kind.is_service();
                     inner.cache.keys.remove(key);
                     inner.logged.remove(key);
                 }
@@ -159,6 +162,9 @@ impl EtcdStore {
         }
         if policy {
             self.rebuild_policy(inner);
+        }
+        if services {
+            self.rebuild_services(inner);
         }
         !msg.events().is_empty()
     }

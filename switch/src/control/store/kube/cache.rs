@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
 use kube::runtime::watcher::Event;
@@ -16,6 +17,8 @@ use super::objects::{RawPolicy, SlimNamespace, SlimNode, SlimPod, SlimService, S
 use crate::netpol::last_good::{Kind, ObjectId, Unread};
 use crate::netpol::manifest::{self, ManifestError};
 use crate::netpol::model::{Labels, NamedPort, PodObject, Policy, PolicyModel, Protocol};
+use crate::services::model::{BadObject, EndpointSlice, Service, ServiceModel};
+use crate::services::read;
 
 /// An object's key: namespace ("" for cluster-scoped kinds) and name.
 pub type Key = (String, String);
@@ -147,6 +150,57 @@ pub fn read_policy(p: RawPolicy) -> Option<ReadPolicy> {
     })
 }
 
+/// A Service or EndpointSlice as read: the object, or why it did not read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadObject<T> {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The object, or why it does not read: then it is left out, and the rest
+    /// is used.
+    pub object: Result<Arc<T>, String>,
+}
+
+impl<T> ReadObject<T> {
+    /// Why it does not read, named as `kind`, if it does not.
+    fn bad(&self, kind: &str, plural: &str) -> Option<BadObject> {
+        let why = self.object.as_ref().err()?;
+        Some(BadObject {
+            kind: kind.into(),
+            id: format!("{}/{}", self.namespace, self.name),
+            source: format!("{plural}/{}/{}", self.namespace, self.name),
+            why: why.clone(),
+        })
+    }
+}
+
+/// Reads a Service object.
+pub fn read_service(s: SlimService) -> Option<ReadObject<Service>> {
+    let namespace = s.metadata.namespace.unwrap_or_default();
+    let name = s.metadata.name?;
+    let object = read::service_value(&namespace, &name, s.spec).map(Arc::new);
+    Some(ReadObject {
+        namespace,
+        name,
+        object,
+    })
+}
+
+/// Reads an EndpointSlice object.
+pub fn read_slice(s: SlimSlice) -> Option<ReadObject<EndpointSlice>> {
+    let namespace = s.metadata.namespace.unwrap_or_default();
+    let name = s.metadata.name?;
+    let labels = s.metadata.labels.unwrap_or_default();
+    let body = serde_json::Value::Object(s.body);
+    let object = read::slice_value(&namespace, &name, &labels, body).map(Arc::new);
+    Some(ReadObject {
+        namespace,
+        name,
+        object,
+    })
+}
+
 /// A Pod as held: as policy judges it, and what decides between two pods that
 /// claim one address.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,14 +269,18 @@ pub struct Cache {
     pub namespaces: Mirror<Labels>,
     /// NetworkPolicies.
     pub policies: Mirror<ReadPolicy>,
-    /// Services, held for the switch's own Services.
-    pub services: Mirror<SlimService>,
-    /// EndpointSlices, likewise.
-    pub slices: Mirror<SlimSlice>,
-    /// Moves on with every change to the objects policy is made of.
+    /// Services, read.
+    pub services: Mirror<ReadObject<Service>>,
+    /// EndpointSlices, read.
+    pub slices: Mirror<ReadObject<EndpointSlice>>,
+    /// Moves on with every change to the objects policy is made of: Pods,
+    /// Namespaces, NetworkPolicies, and Nodes (whose podCIDRs say which pod
+    /// holds an address).
     pub policy_revision: i64,
     /// Moves on with every change to the Nodes.
     pub nodes_revision: i64,
+    /// Moves on with every change to the Services and EndpointSlices.
+    pub services_revision: i64,
 }
 
 /// One watcher event of any kind the store watches. (One is in hand at a time,
@@ -263,22 +321,26 @@ fn read_node(mut n: SlimNode) -> Option<SlimNode> {
 
 impl Cache {
     /// Applies one event; returns whether a view made now would differ: the
-    /// Nodes or the objects policy is made of changed. (Services and
-    /// EndpointSlices are held, and make no view yet.)
+    /// Nodes, the objects policy is made of, or the Services' changed.
     pub fn apply(&mut self, change: Change) -> bool {
         let policy = match change {
             Change::Node(e) => {
                 let changed = self.nodes.apply(e, read_node);
                 self.nodes_revision += i64::from(changed);
+                // The policy view reads the Nodes too: a pod's address counts
+                // only inside its node's podCIDR (`addressed_pods`).
+                self.policy_revision += i64::from(changed);
                 return changed;
             }
             Change::Service(e) => {
-                self.services.apply(e, Some);
-                return false;
+                let changed = self.services.apply(e, read_service);
+                self.services_revision += i64::from(changed);
+                return changed;
             }
             Change::Slice(e) => {
-                self.slices.apply(e, Some);
-                return false;
+                let changed = self.slices.apply(e, read_slice);
+                self.services_revision += i64::from(changed);
+                return changed;
             }
             Change::Pod(e) => self.pods.apply(e, read_pod),
             Change::Namespace(e) => self
@@ -299,6 +361,37 @@ impl Cache {
             && self.pods.synced()
             && self.namespaces.synced()
             && self.policies.synced()
+    }
+
+    /// Whether Services and EndpointSlices have both been listed once: until
+    /// then, a Services model would leave out what the API server holds.
+    pub fn services_synced(&self) -> bool {
+        self.services.synced() && self.slices.synced()
+    }
+
+    /// The Services and EndpointSlices, in name order, and those that do not
+    /// read, each named.
+    pub fn service_model(&self) -> ServiceModel {
+        fn sorted<T>(m: &Mirror<ReadObject<T>>) -> Vec<&ReadObject<T>> {
+            let mut all: Vec<&ReadObject<T>> = m.values().collect();
+            all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            all
+        }
+        let (services, slices) = (sorted(&self.services), sorted(&self.slices));
+        let bad = (services.iter().filter_map(|s| s.bad("Service", "services")))
+            .chain((slices.iter()).filter_map(|s| s.bad("EndpointSlice", "endpointslices")))
+            .collect();
+        let mut model = ServiceModel {
+            bad,
+            ..ServiceModel::default()
+        };
+        for s in services.iter().filter_map(|s| s.object.as_ref().ok()) {
+            model.services.push(s.clone());
+        }
+        for s in slices.iter().filter_map(|s| s.object.as_ref().ok()) {
+            model.slices.push(s.clone());
+        }
+        model
     }
 
     /// The kinds not listed yet.
@@ -444,6 +537,84 @@ mod tests {
         Change::Pod(Event::Apply(pod(name, ip, phase, app)))
     }
 
+    /// Service `name` of namespace `ns`, with `spec`, as the API gives it.
+    fn service(ns: &str, name: &str, spec: serde_json::Value) -> Change {
+        let s: SlimService = serde_json::from_value(json!({
+            "kind": "Service", "apiVersion": "v1",
+            "metadata": {"name": name, "namespace": ns, "resourceVersion": "7",
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": spec, "status": {"loadBalancer": {}}
+        }))
+        .unwrap();
+        Change::Service(Event::Apply(s))
+    }
+
+    /// EndpointSlice `name` of namespace `ns` for Service `svc`, with `body`.
+    fn slice(ns: &str, name: &str, svc: &str, mut body: serde_json::Value) -> Change {
+        body["metadata"] = json!({"name": name, "namespace": ns,
+                                  "labels": {"kubernetes.io/service-name": svc}});
+        Change::Slice(Event::Apply(serde_json::from_value(body).unwrap()))
+    }
+
+    /// Services and EndpointSlices are read as manifests are; one the API
+    /// should have refused (or garbage where a spec should be) is named and left
+    /// out, never failing the others or the page it came in; and the model is
+    /// whole only once both kinds were listed.
+    #[test]
+    fn services_and_slices_are_read_and_a_bad_one_is_named_apart() {
+        let mut c = Cache::default();
+        let web = json!({"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": "web"}]});
+        assert!(c.apply(service("x", "web", web.clone())));
+        assert!(!c.apply(service("x", "web", web)), "the same object again");
+        assert!(c.apply(service(
+            "x",
+            "bad",
+            json!({"clusterIP": "10.96.0.11", "ports": [{"port": 0}]})
+        )));
+        assert!(c.apply(service("x", "junk", json!("not a spec"))));
+        assert!(c.apply(slice("x", "web-a", "web", json!({
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.244.1.5"], "conditions": {"ready": true}, "nodeName": "n1"}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}))));
+        assert!(c.apply(slice(
+            "x",
+            "web-b",
+            "web",
+            json!({"addressType": "IPv4", "endpoints": 5})
+        )));
+        let m = c.service_model();
+        let ids: Vec<String> = m.services.iter().map(|s| s.id()).collect();
+        assert_eq!(ids, ["x/web"]);
+        assert_eq!(m.slices.len(), 1);
+        let bad: Vec<String> = m.bad.iter().map(ToString::to_string).collect();
+        assert_eq!(bad.len(), 3, "{bad:#?}");
+        assert!(
+            bad[0].starts_with("Service x/bad (services/x/bad): port 0"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[1].starts_with("Service x/junk (services/x/junk): spec:"),
+            "{bad:?}"
+        );
+        assert!(
+            bad[2].starts_with("EndpointSlice x/web-b (endpointslices/x/web-b): "),
+            "{bad:?}"
+        );
+        let (t, refused) = crate::services::compile::compile(&m, "n1", None);
+        assert!(refused.is_empty());
+        assert_eq!(t.ports[0].endpoints[0].port, 8080);
+        assert!(t.ports[0].endpoints[0].local);
+        assert!(!c.services_synced());
+        for done in [
+            Change::Service(Event::InitDone),
+            Change::Slice(Event::InitDone),
+        ] {
+            c.apply(done);
+        }
+        assert!(c.services_synced());
+        assert!(c.service_model().is_empty(), "an empty relist empties it");
+    }
+
     #[test]
     fn a_relist_replaces_the_mirror_whole_and_only_at_its_end() {
         let mut c = Cache::default();
@@ -468,6 +639,39 @@ mod tests {
         assert!(c.apply(Change::Pod(Event::Delete(pod("a", "", "Running", "web")))));
         assert!(!c.apply(Change::Pod(Event::Delete(pod("a", "", "Running", "web")))));
         assert_eq!(c.policy_revision, before + 1);
+    }
+
+    /// Found by the `kube_objects` fuzz target: a Node that goes (or changes its
+    /// podCIDR) changes which pod holds an address, and so the policy view.
+    #[test]
+    fn a_node_change_moves_the_policy_revision() {
+        let node = |cidr: &str| {
+            SlimNode(
+                serde_json::from_value(json!({
+                    "metadata": {"name": "n1"},
+                    "spec": {"podCIDR": cidr}
+                }))
+                .unwrap(),
+            )
+        };
+        let mut c = Cache::default();
+        c.apply(Change::Node(Event::Apply(node("10.244.2.0/24"))));
+        c.apply(applied("a", "10.244.1.7", "Running", "web"));
+        let addressed = |c: &Cache| c.policy_model().0.pods[0].ip;
+        assert_eq!(addressed(&c), None, "outside n1's podCIDR");
+        let before = c.policy_revision;
+        assert!(c.apply(Change::Node(Event::Apply(node("10.244.1.0/24")))));
+        assert_eq!(addressed(&c), Some("10.244.1.7".parse().unwrap()));
+        assert_eq!(
+            c.policy_revision,
+            before + 1,
+            "the policy view must be remade"
+        );
+        assert!(c.apply(Change::Node(Event::Delete(node("10.244.1.0/24")))));
+        assert_eq!(c.policy_revision, before + 2);
+        // An update that changes nothing held remakes nothing.
+        assert!(!c.apply(Change::Node(Event::Delete(node("10.244.1.0/24")))));
+        assert_eq!(c.policy_revision, before + 2);
     }
 
     #[test]

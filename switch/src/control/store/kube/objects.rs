@@ -315,54 +315,17 @@ resource!(
     metadata
 );
 
-/// A Service port.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServicePort {
-    /// Its name, required with more than one port.
-    pub name: Option<String>,
-    /// TCP (when absent), UDP or SCTP.
-    pub protocol: Option<String>,
-    /// The Service's port.
-    #[serde(default)]
-    pub port: i32,
-    /// The pods' port: a number or a container port's name.
-    pub target_port: Option<serde_json::Value>,
-    /// The node port, for NodePort and LoadBalancer Services.
-    pub node_port: Option<i32>,
-}
-
-/// What a Service says of itself, as the switch's own Services (a later issue)
-/// will need it: type, cluster addresses, ports and traffic policies.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceSpec {
-    /// ClusterIP (when absent), NodePort, LoadBalancer or ExternalName.
-    #[serde(rename = "type")]
-    pub type_: Option<String>,
-    /// Its cluster addresses; `None` for a headless Service.
-    #[serde(rename = "clusterIPs")]
-    pub cluster_ips: Option<Vec<String>>,
-    /// Its ports.
-    #[serde(default)]
-    pub ports: Vec<ServicePort>,
-    /// None (when absent) or ClientIP.
-    pub session_affinity: Option<String>,
-    /// Cluster (when absent) or Local.
-    pub internal_traffic_policy: Option<String>,
-    /// Cluster (when absent) or Local.
-    pub external_traffic_policy: Option<String>,
-}
-
-/// A Service.
+/// A Service, its spec unread: the store checks it as a manifest's is checked
+/// ([`crate::services::read`]), so that an object the API should have refused
+/// is named and left out, instead of failing the page it came in.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct SlimService {
     /// Name, namespace and version.
     #[serde(deserialize_with = "slim_meta")]
     pub metadata: ObjectMeta,
-    /// Its spec, slim.
+    /// The spec as the API gave it.
     #[serde(default)]
-    pub spec: ServiceSpec,
+    pub spec: serde_json::Value,
 }
 
 resource!(
@@ -375,59 +338,16 @@ resource!(
     metadata
 );
 
-/// An endpoint's conditions.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Conditions {
-    /// Ready (unknown means ready).
-    pub ready: Option<bool>,
-    /// Serving, even while terminating.
-    pub serving: Option<bool>,
-    /// Terminating.
-    pub terminating: Option<bool>,
-}
-
-/// One endpoint of a slice.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Endpoint {
-    /// Its addresses (one, in practice).
-    #[serde(default)]
-    pub addresses: Vec<String>,
-    /// Its conditions.
-    #[serde(default)]
-    pub conditions: Conditions,
-    /// The node it runs on.
-    pub node_name: Option<String>,
-}
-
-/// A port of a slice.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub struct SlicePort {
-    /// The Service port's name.
-    pub name: Option<String>,
-    /// TCP (when absent), UDP or SCTP.
-    pub protocol: Option<String>,
-    /// The port on the endpoints.
-    pub port: Option<i32>,
-}
-
-/// An EndpointSlice: its Service (the `kubernetes.io/service-name` label), its
-/// address type, endpoints and ports.
+/// An EndpointSlice, its fields unread (`addressType`, `endpoints`, `ports`:
+/// an EndpointSlice has no spec), for the same reason as [`SlimService`]'s.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct SlimSlice {
-    /// Name, namespace, labels and version.
+    /// Name, namespace, labels (its Service's name) and version.
     #[serde(deserialize_with = "slim_meta")]
     pub metadata: ObjectMeta,
-    /// IPv4, IPv6 or FQDN.
-    #[serde(default)]
-    pub address_type: String,
-    /// Its endpoints.
-    #[serde(default)]
-    pub endpoints: Vec<Endpoint>,
-    /// Its ports.
-    #[serde(default)]
-    pub ports: Vec<SlicePort>,
+    /// The rest of the object as the API gave it.
+    #[serde(flatten)]
+    pub body: serde_json::Map<String, serde_json::Value>,
 }
 
 resource!(

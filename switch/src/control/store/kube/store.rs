@@ -26,9 +26,11 @@ use serde_json::json;
 use super::cache::{Cache, Change, KINDS};
 use super::nodes::{annotations, key, pod_cidr};
 use super::{client, Credentials};
+use crate::control::store::screen::Quiet;
 use crate::control::store::{
     ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError, StoreHealth, StorePolicy,
 };
+use crate::services::model::ServiceModel;
 
 /// How long one request (a get or a patch) may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,6 +64,12 @@ struct Inner {
     /// policy revision.
     nodes: Option<(i64, Vec<crate::control::store::NodeEntry>)>,
     policy: Option<Arc<StorePolicy>>,
+    /// The Services made last, at the cache's Services revision.
+    services: Option<(i64, Arc<ServiceModel>)>,
+    /// The Services and EndpointSlices that did not read, with why, as last
+    /// logged, and the budget of those lines.
+    bad_services: HashMap<String, String>,
+    quiet: Quiet,
     /// The Nodes skipped and the NetworkPolicies that did not read, with why,
     /// as last logged: each is logged again only when why changes.
     skipped: HashMap<String, String>,
@@ -216,7 +224,30 @@ impl KubeStore {
                 .map(|(_, n)| n.clone())
                 .unwrap_or_default(),
             policy: inner.policy.clone(),
+            services: self.services(inner),
         }
+    }
+
+    /// The Services and EndpointSlices, once both were listed (until then the
+    /// daemon keeps what it has), made again when one changed; each that does
+    /// not read is logged once (again if why changes), within the log's budget.
+    fn services(&self, inner: &mut Inner) -> Option<Arc<ServiceModel>> {
+        if !inner.cache.services_synced() {
+            return None;
+        }
+        let revision = inner.cache.services_revision;
+        if inner.services.as_ref().is_none_or(|(r, _)| *r != revision) {
+            let model = inner.cache.service_model();
+            let named = (model.bad.iter())
+                .map(|b| (format!("{} {}", b.kind, b.id), b.why.clone()))
+                .collect();
+            let (quiet, now) = (&mut inner.quiet, Instant::now());
+            log_new(&mut inner.bad_services, named, |object, why| {
+                quiet.warn(now, format_args!("kubernetes: ignoring {object}: {why}"));
+            });
+            inner.services = Some((revision, Arc::new(model)));
+        }
+        inner.services.as_ref().map(|(_, m)| m.clone())
     }
 
     /// Holds `nodes` to the subnet this node serves: a Node of its own whose
@@ -427,7 +458,7 @@ impl KubeStore {
 fn log_new(
     logged: &mut HashMap<String, String>,
     now: HashMap<String, String>,
-    log: impl Fn(&str, &str),
+    mut log: impl FnMut(&str, &str),
 ) {
     for (name, why) in &now {
         if logged.get(name) != Some(why) {
