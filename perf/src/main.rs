@@ -18,8 +18,8 @@ use weft_perf::netns::{cleanup_stale, PREFIX};
 use weft_perf::pidfile::{self, RUN_DIR};
 use weft_perf::scale::{self, cluster::Sizes, idle::IdleSettings, ScaleSettings, Sink};
 use weft_perf::stop;
-use weft_perf::traffic;
 use weft_perf::topo::Offload;
+use weft_perf::traffic;
 
 /// weft's benchmarking harness: weft against the kernel's VXLAN and plain routing, on
 /// hosts and pods built out of network namespaces (run as root).

@@ -840,12 +840,20 @@ impl EchoServers {
         };
         for (ns, ip) in pods {
             let mut cmd = ns.cmd(weft_perf);
-            cmd.args([ECHO_SUBCOMMAND, &ip.to_string(), &stall.as_millis().to_string()])
-                .arg(list.join(","))
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped());
+            cmd.args([
+                ECHO_SUBCOMMAND,
+                &ip.to_string(),
+                &stall.as_millis().to_string(),
+            ])
+            .arg(list.join(","))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
             let mut child = crate::netns::ChildGuard::spawn(&mut cmd)?;
-            let out = child.child_mut().stdout.take().context("the server's stdout")?;
+            let out = child
+                .child_mut()
+                .stdout
+                .take()
+                .context("the server's stdout")?;
             let mut line = String::new();
             std::io::BufReader::new(out).read_line(&mut line)?;
             servers.children.push(child);
@@ -860,7 +868,10 @@ impl EchoServers {
 
     /// The servers' process ids.
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(crate::netns::ChildGuard::pid).collect()
+        self.children
+            .iter()
+            .map(crate::netns::ChildGuard::pid)
+            .collect()
     }
 
     /// Stops every server and waits for it; fails if any listener failed.

@@ -406,7 +406,11 @@ fn svc_runs_tiny_on_every_services_system_and_leaves_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "weft-perf run failed:\n{stderr}");
     assert_eq!(leftovers(pid), Vec::<String>::new());
-    assert_eq!(root_links(), links_before, "the root namespace's links changed");
+    assert_eq!(
+        root_links(),
+        links_before,
+        "the root namespace's links changed"
+    );
 
     // Ratios are to kube-proxy's iptables rules on the kernel's VXLAN.
     assert!(
@@ -420,9 +424,13 @@ fn svc_runs_tiny_on_every_services_system_and_leaves_nothing() {
             let row = results
                 .iter()
                 .find(|r| {
-                    r["system"] == system.name() && r["test"] == "svc10" && r["metric"] == metric.name
+                    r["system"] == system.name()
+                        && r["test"] == "svc10"
+                        && r["metric"] == metric.name
                 })
-                .unwrap_or_else(|| panic!("no svc10 {} row for {system}: {results:?}", metric.name));
+                .unwrap_or_else(|| {
+                    panic!("no svc10 {} row for {system}: {results:?}", metric.name)
+                });
             number(&row["value"], &format!("{system} svc10 {}", metric.name));
             assert_eq!(row["runs"].as_array().unwrap().len(), 1, "{row}");
         }

@@ -114,7 +114,10 @@ impl<'c> Plumbing<'c> {
     fn weftd_flags(&self) -> Vec<String> {
         let system = self.system;
         if system.has_policy() {
-            return vec!["--policy-dir".into(), self.policy_dir().display().to_string()];
+            return vec![
+                "--policy-dir".into(),
+                self.policy_dir().display().to_string(),
+            ];
         }
         match system {
             // The Service CIDR keeps ClusterIPs out of the egress masquerade, as in a

@@ -216,7 +216,9 @@ pub(super) fn run_test(
         Test::Crr => crr_round(data, plumbing, settings),
         Test::Cni => cni_round(data, plumbing, settings.cni_pods_in_round(round)),
         Test::Mem => mem_round(data, plumbing, settings.mem_pods),
-        Test::Svc10 | Test::Svc1k | Test::Svc10k => super::svc::round(data, plumbing, test, settings),
+        Test::Svc10 | Test::Svc1k | Test::Svc10k => {
+            super::svc::round(data, plumbing, test, settings)
+        }
     }
 }
 

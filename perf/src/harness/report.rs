@@ -195,7 +195,11 @@ impl Report {
         let svc_baseline = Test::Svc10.baseline().name();
         for (used, base) in [(plain, baseline), (svc, svc_baseline)] {
             if used && systems.iter().any(|x| x == base) {
-                let tests = if base == svc_baseline { " (svc tests)" } else { "" };
+                let tests = if base == svc_baseline {
+                    " (svc tests)"
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     out,
                     "(x.xx) = ratio to {base}{tests}; ^ higher is better, v lower is better"

@@ -111,7 +111,10 @@ pub struct Backend {
 /// # Panics
 /// If `n + i` is outside the Service CIDR.
 pub fn cluster_ip(n: usize, i: usize) -> Ipv4Addr {
-    assert!(n + i < SERVICE_ADDRESSES, "Service {i} of {n} is outside {SERVICE_CIDR}");
+    assert!(
+        n + i < SERVICE_ADDRESSES,
+        "Service {i} of {n} is outside {SERVICE_CIDR}"
+    );
     Ipv4Addr::from(u32::from(SERVICE_BASE) + (n + i) as u32)
 }
 
@@ -268,9 +271,10 @@ impl<'p, 'c> Loaded<'p, 'c> {
                             node_ips: vec![host.underlay_ip],
                         };
                         let (argv, text) = match (self.proxy, undo) {
-                            (ServiceProxy::Iptables, false) => {
-                                (IPTABLES_RESTORE, kubeproxy::iptables_restore(&node, &services))
-                            }
+                            (ServiceProxy::Iptables, false) => (
+                                IPTABLES_RESTORE,
+                                kubeproxy::iptables_restore(&node, &services),
+                            ),
                             (ServiceProxy::Iptables, true) => {
                                 (IPTABLES_RESTORE, kubeproxy::iptables_cleanup(&services))
                             }
@@ -457,7 +461,10 @@ mod tests {
         let (on_0, on_1) = (define(3, &backends(), 0), define(3, &backends(), 1));
         assert_eq!(on_0.len(), 3);
         for (a, b) in on_0.iter().zip(&on_1) {
-            assert_eq!((&a.name, a.cluster_ip, a.port), (&b.name, b.cluster_ip, b.port));
+            assert_eq!(
+                (&a.name, a.cluster_ip, a.port),
+                (&b.name, b.cluster_ip, b.port)
+            );
             assert!(a.endpoints.iter().all(|e| !e.local));
             assert!(b.endpoints.iter().all(|e| e.local));
             assert_eq!(a.endpoints.len(), 2);
