@@ -375,6 +375,27 @@ fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
     );
 }
 
+/// The `weft-perf echo-servers` processes of this weft-perf binary (the svc tests'
+/// servers, which a run stops before it ends), as their command lines.
+fn echo_servers() -> Vec<String> {
+    let mark = format!(
+        "{}\0{}",
+        weft_perf().display(),
+        weft_perf::traffic::ECHO_SUBCOMMAND
+    );
+    (std::fs::read_dir("/proc").unwrap().flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .filter(|c| c.contains(&mark))
+        .collect()
+}
+
 /// The Services systems the tiny `svc10` run compares: all of them.
 const SVC_SYSTEMS: [System; 4] = System::SERVICES;
 
@@ -406,6 +427,7 @@ fn svc_runs_tiny_on_every_services_system_and_leaves_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "weft-perf run failed:\n{stderr}");
     assert_eq!(leftovers(pid), Vec::<String>::new());
+    assert_eq!(echo_servers(), Vec::<String>::new(), "echo servers left");
     assert_eq!(
         root_links(),
         links_before,
