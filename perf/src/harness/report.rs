@@ -268,7 +268,7 @@ impl Report {
                  server closes) to every ClusterIP in turn: rate, and cpu = weftd + the \
                  clients and servers + ksoftirqd per connection, failed = connections not \
                  done within 1 s (counted, not retried); rr p50 over {} connections spread \
-                 over the Services; load = rules or manifests written to the first \
+                 over the Services; load = rules or manifests generated and written, to the first \
                  connection through the first and last ClusterIP",
                 super::svc::CLIENTS,
                 super::svc::RR_CONNECTIONS
