@@ -19,6 +19,7 @@ use weft_perf::pidfile::{self, RUN_DIR};
 use weft_perf::scale::{self, cluster::Sizes, idle::IdleSettings, ScaleSettings, Sink};
 use weft_perf::stop;
 use weft_perf::topo::Offload;
+use weft_perf::traffic;
 
 /// weft's benchmarking harness: weft against the kernel's VXLAN and plain routing, on
 /// hosts and pods built out of network namespaces (run as root).
@@ -61,6 +62,17 @@ enum What {
     Heartbeats(HeartbeatArgs),
     /// Remove what a killed run left: its namespaces and the weftd processes it started.
     Clean,
+    /// One pod's echo servers for the svc tests, started by weft-perf itself in the
+    /// pod's namespace: listens on PORTS of IP until its standard input closes.
+    #[command(name = "echo-servers", hide = true)]
+    EchoServers {
+        /// The pod's address.
+        ip: std::net::Ipv4Addr,
+        /// How long a connection may be silent, in milliseconds.
+        stall_ms: u64,
+        /// The ports, comma-separated.
+        ports: String,
+    },
 }
 
 /// Options of `join`.
@@ -211,12 +223,15 @@ struct RunArgs {
     /// Systems, comma-separated: weft-vxlan, weft-sleeve, weft-direct, kernel-vxlan,
     /// direct; weft-vxlan-policy, weft-sleeve-policy; weft-afxdp-vxlan,
     /// weft-afxdp-sleeve (AF_XDP pod ports); weft-sleeve-enc (encryption required);
-    /// and weft-vxlan-alt, weft-sleeve-alt, weft-sleeve-enc-alt with the --weftd-alt
-    /// build [default: the first five].
+    /// weft-vxlan-alt, weft-sleeve-alt, weft-sleeve-enc-alt with the --weftd-alt
+    /// build; and for the svc tests kernel-vxlan+iptables, kernel-vxlan+nftables,
+    /// weft+iptables, weft+switch [default: the first five].
     #[arg(long)]
     systems: Option<String>,
-    /// Tests, comma-separated: tcp1, tcp4, udp64, rr, crr, cni, cpu, mem, and the iperf3
-    /// cross-checks tcp1-iperf3, tcp4-iperf3 [default: all but the cross-checks].
+    /// Tests, comma-separated: tcp1, tcp4, udp64, rr, crr, cni, cpu, mem, the iperf3
+    /// cross-checks tcp1-iperf3, tcp4-iperf3, and svc10, svc1k, svc10k (Services:
+    /// connections and round trips through ClusterIPs with that many defined)
+    /// [default: all but the cross-checks and the svc tests].
     #[arg(long)]
     tests: Option<String>,
     /// Seconds each traffic test runs [default: 2; demo 1].
@@ -326,6 +341,16 @@ fn run_cli(cli: Cli) -> Result<()> {
     };
     match cli.what {
         What::Clean => clean(true),
+        What::EchoServers {
+            ip,
+            stall_ms,
+            ports,
+        } => {
+            let ports = (ports.split(','))
+                .map(|p| p.parse().with_context(|| format!("port {p:?}")))
+                .collect::<Result<Vec<u16>>>()?;
+            traffic::serve_echo_stdio(ip, &ports, Duration::from_millis(stall_ms))
+        }
         What::Run(args) => {
             let settings = args.settings(false)?;
             tools.check(&settings)?;

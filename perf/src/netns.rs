@@ -8,6 +8,7 @@
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +89,39 @@ impl Netns {
         let (program, args) = argv.split_first().context("Netns::run: empty argv")?;
         run_cmd(self.cmd(program).args(args))
             .with_context(|| format!("in network namespace {}", self.name))
+    }
+
+    /// Like [`Netns::run`], with `input` on the command's standard input (written from
+    /// another thread, so a command that prints as it reads cannot block on it).
+    pub fn run_with_input(&self, argv: &[&str], input: &str) -> Result<String> {
+        let (program, args) = argv.split_first().context("Netns::run: empty argv")?;
+        let mut cmd = self.cmd(program);
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let line = command_line(&cmd);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("could not start `{line}` in {}", self.name))?;
+        let mut stdin = child.stdin.take().context("the child's stdin")?;
+        let out = std::thread::scope(|s| {
+            let writer = s.spawn(move || stdin.write_all(input.as_bytes()));
+            let out = child.wait_with_output();
+            // A command that exits early closes its input: its status says why.
+            let _ = writer.join();
+            out
+        })
+        .with_context(|| format!("running `{line}` in {}", self.name))?;
+        if !out.status.success() {
+            bail!(
+                "`{line}` failed in {} ({}): {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            );
+        }
+        String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed non-UTF-8 output"))
     }
 
     /// Runs `ip -n <name> args...` (cheaper than `run(&["ip", ...])`) and returns stdout.

@@ -626,40 +626,19 @@ pub fn tcp_rr(
     max_round_trips: u64,
     stall: Duration,
 ) -> Result<hdrhistogram::Histogram<u64>> {
-    let (mut conn, mut echo, addr) = connected_pair(client, server, server_ip, stall)?;
-    for s in [&conn, &echo] {
-        s.set_nodelay(true)?;
-    }
-    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_RTT_NS, 3)
-        .context("creating a latency histogram")?;
+    let (mut conn, echo, addr) = connected_pair(client, server, server_ip, stall)?;
+    conn.set_nodelay(true)?;
+    let mut hist = latency_histogram()?;
     std::thread::scope(|s| {
-        let server = s.spawn(move || -> Result<()> {
-            let mut b = [0u8; 1];
-            loop {
-                match echo.read(&mut b) {
-                    Ok(0) => return Ok(()),
-                    Ok(_) => echo.write_all(&b)?,
-                    Err(e) => return Err(e).context("echoing"),
-                }
-            }
-        });
+        let server = s.spawn(move || serve_echo(echo, stall));
         let client = (|| -> Result<()> {
-            let mut b = [0u8; 1];
-            let mut round_trip = |conn: &mut TcpStream| -> Result<Duration> {
-                let t = Instant::now();
-                conn.write_all(&[0x42])?;
-                conn.read_exact(&mut b)
-                    .with_context(|| format!("waiting for the echo from {addr}"))?;
-                Ok(t.elapsed())
-            };
             for _ in 0..RR_WARMUP {
-                round_trip(&mut conn)?;
+                round_trip(&mut conn, addr)?;
             }
             let until = Instant::now() + duration;
             let mut n = 0u64;
             while n < max_round_trips && Instant::now() < until && !crate::stop::requested() {
-                let rtt = round_trip(&mut conn)?;
-                hist.saturating_record(u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX));
+                record(&mut hist, round_trip(&mut conn, addr)?);
                 n += 1;
             }
             conn.shutdown(std::net::Shutdown::Write)?;
@@ -674,6 +653,70 @@ pub fn tcp_rr(
     Ok(hist)
 }
 
+/// One 1-byte round trip on `conn` (connected to `addr`), echoed by the other end.
+fn round_trip(conn: &mut TcpStream, addr: SocketAddr) -> Result<Duration> {
+    let t = Instant::now();
+    conn.write_all(&[RR_BYTE])
+        .with_context(|| format!("sending a round trip's byte to {addr}"))?;
+    let mut b = [0u8; 1];
+    conn.read_exact(&mut b)
+        .with_context(|| format!("waiting for the echo from {addr}"))?;
+    Ok(t.elapsed())
+}
+
+/// Records `d` in the nanosecond histogram `hist`.
+fn record(hist: &mut hdrhistogram::Histogram<u64>, d: Duration) {
+    hist.saturating_record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+}
+
+/// A nanosecond histogram for round-trip and connection times.
+fn latency_histogram() -> Result<hdrhistogram::Histogram<u64>> {
+    hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_RTT_NS, 3)
+        .context("creating a latency histogram")
+}
+
+/// The byte a round trip sends: an echo server answers it and waits for the next.
+const RR_BYTE: u8 = 0x42;
+
+/// The byte a connection-rate client sends: an echo server answers it and closes, so
+/// the server's end, not the client's, waits in TIME_WAIT and the client's ports are
+/// free again at once.
+const CLOSE_BYTE: u8 = 0x43;
+
+/// Serves one accepted connection: echoes each byte until the client's end of file,
+/// or closes after echoing [`CLOSE_BYTE`]. Fails if the client is silent for `stall`.
+/// ([`EchoServers`] speaks the same, asynchronously.)
+fn serve_echo(mut c: TcpStream, stall: Duration) -> Result<()> {
+    c.set_read_timeout(Some(stall))?;
+    c.set_nodelay(true)?;
+    let mut b = [0u8; 1];
+    loop {
+        if c.read(&mut b).context("reading a client's byte")? == 0 {
+            return Ok(());
+        }
+        c.write_all(&b).context("echoing a byte")?;
+        if b[0] == CLOSE_BYTE {
+            return Ok(());
+        }
+    }
+}
+
+/// One connection of a connection-rate test, from this thread's namespace: connect to
+/// `addr`, one byte each way, then the server's close. Fails if a step takes `stall`.
+pub fn crr_once(addr: SocketAddr, stall: Duration) -> Result<()> {
+    let mut c = TcpStream::connect_timeout(&addr, stall)
+        .with_context(|| format!("connecting to {addr}"))?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(stall))?;
+    c.write_all(&[CLOSE_BYTE])?;
+    let mut b = [0u8; 1];
+    c.read_exact(&mut b)
+        .with_context(|| format!("the answer from {addr}"))?;
+    let eof = c.read(&mut b)?;
+    ensure!(eof == 0, "{addr} sent more than one byte back");
+    Ok(())
+}
+
 /// The connection rate of `tcp_crr`: connections done, and each one's time from
 /// `connect` to the server's close.
 #[derive(Debug)]
@@ -684,6 +727,9 @@ pub struct ConnectionRate {
     pub elapsed: Duration,
     /// Each connection's time, in nanoseconds.
     pub times: hdrhistogram::Histogram<u64>,
+    /// Connections that failed or did not finish in time, where a test counts them
+    /// instead of failing ([`tcp_crr_spread`]).
+    pub failed: u64,
 }
 
 impl ConnectionRate {
@@ -715,56 +761,38 @@ pub fn tcp_crr(
         // The server sleeps until a connection comes (in poll, to look at `done` now
         // and then), so it burns no CPU the client could use.
         let served = s.spawn(|| -> Result<()> {
-            let mut b = [0u8; 1];
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let ready = readable(listener.as_fd(), Duration::from_millis(100))
                     .context("polling the listener")?;
                 if !ready {
                     continue;
                 }
-                let (mut c, _) = listener
+                let (c, _) = listener
                     .accept()
                     .with_context(|| format!("accepting on {addr}"))?;
-                c.set_read_timeout(Some(stall))?;
-                c.set_nodelay(true)?;
-                c.read_exact(&mut b)
-                    .context("reading a connection's byte")?;
-                c.write_all(&b)?;
+                serve_echo(c, stall)?;
             }
             Ok(())
         });
         let ran = in_netns(client, || -> Result<ConnectionRate> {
-            let mut times = hdrhistogram::Histogram::<u64>::new_with_bounds(1, MAX_RTT_NS, 3)
-                .context("creating a latency histogram")?;
+            let mut times = latency_histogram()?;
             let start = Instant::now();
             let until = start + duration;
             let mut connections = 0u64;
-            let mut b = [0u8; 1];
             while connections < max_connections
                 && Instant::now() < until
                 && !crate::stop::requested()
             {
                 let t = Instant::now();
-                let mut c = TcpStream::connect_timeout(&addr, stall)
-                    .with_context(|| format!("connection {connections} to {addr}"))?;
-                c.set_nodelay(true)?;
-                c.set_read_timeout(Some(stall))?;
-                c.write_all(&[0x42])?;
-                c.read_exact(&mut b)
-                    .with_context(|| format!("the answer on connection {connections}"))?;
-                // The server's close.
-                let eof = c.read(&mut b)?;
-                ensure!(
-                    eof == 0,
-                    "connection {connections}: more than one byte back"
-                );
-                times.saturating_record(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                crr_once(addr, stall).with_context(|| format!("connection {connections}"))?;
+                record(&mut times, t.elapsed());
                 connections += 1;
             }
             Ok(ConnectionRate {
                 connections,
                 elapsed: start.elapsed(),
                 times,
+                failed: 0,
             })
         });
         done.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -775,6 +803,299 @@ pub fn tcp_crr(
         served?;
         Ok(rate)
     })
+}
+
+/// The hidden `weft-perf` subcommand that runs one pod's [`EchoServers`]
+/// ([`serve_echo_stdio`]).
+pub const ECHO_SUBCOMMAND: &str = "echo-servers";
+
+/// How long a stopped echo server may take to exit.
+const ECHO_EXIT: Duration = Duration::from_secs(10);
+
+/// Echo servers ([`serve_echo`]'s protocol) on many ports of pods: per pod, a child
+/// `weft-perf` ([`ECHO_SUBCOMMAND`]) started in its namespace runs every listener and
+/// connection on a single-threaded tokio runtime, so that 10,000 ports cost 10,000
+/// sockets, not threads, and each pod's sockets count against a process of its own's
+/// open-file limit. [`EchoServers::stop`] ends them (by closing their standard input)
+/// and says whether a listener failed; dropping them kills them.
+#[derive(Debug)]
+pub struct EchoServers {
+    children: Vec<crate::netns::ChildGuard>,
+}
+
+impl EchoServers {
+    /// Starts `weft_perf` (this program) as the echo servers on every port of `ports`
+    /// of each (namespace, address) of `pods`, and waits until every one listens; a
+    /// connection silent for `stall` is closed.
+    pub fn start(
+        weft_perf: &std::path::Path,
+        pods: &[(&Netns, Ipv4Addr)],
+        ports: &[u16],
+        stall: Duration,
+    ) -> Result<EchoServers> {
+        use std::io::BufRead;
+        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let mut servers = EchoServers {
+            children: Vec::new(),
+        };
+        for (ns, ip) in pods {
+            let mut cmd = ns.cmd(weft_perf);
+            cmd.args([
+                ECHO_SUBCOMMAND,
+                &ip.to_string(),
+                &stall.as_millis().to_string(),
+            ])
+            .arg(list.join(","))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+            let mut child = crate::netns::ChildGuard::spawn(&mut cmd)?;
+            let out = child
+                .child_mut()
+                .stdout
+                .take()
+                .context("the server's stdout")?;
+            let mut line = String::new();
+            std::io::BufReader::new(out).read_line(&mut line)?;
+            servers.children.push(child);
+            ensure!(
+                line.trim() == "listening",
+                "the echo servers on {ip} in {} did not start",
+                ns.name()
+            );
+        }
+        Ok(servers)
+    }
+
+    /// The servers' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children
+            .iter()
+            .map(crate::netns::ChildGuard::pid)
+            .collect()
+    }
+
+    /// Stops every server and waits for it; fails if any listener failed.
+    pub fn stop(mut self) -> Result<()> {
+        for c in &mut self.children {
+            drop(c.child_mut().stdin.take());
+        }
+        for mut c in self.children.drain(..) {
+            let pid = c.pid();
+            match c.wait_timeout(ECHO_EXIT)? {
+                Some(status) if status.success() => {}
+                Some(status) => bail!("the echo servers (pid {pid}) exited with {status}"),
+                None => bail!("the echo servers (pid {pid}) did not stop within {ECHO_EXIT:?}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The echo servers of one pod, in a process of their own started in the pod's
+/// namespace by [`EchoServers::start`]: listens on `ports` of `ip`, says `listening`
+/// on standard output, and serves until its standard input closes; fails if a
+/// listener failed.
+pub fn serve_echo_stdio(ip: Ipv4Addr, ports: &[u16], stall: Duration) -> Result<()> {
+    let listeners = ports
+        .iter()
+        .map(|port| -> Result<TcpListener> {
+            let l = TcpListener::bind((ip, *port))
+                .with_context(|| format!("listening on {ip}:{port}"))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    std::thread::spawn(move || {
+        // Whatever ends the input (a close, an error) ends the servers.
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        let _ = stop.send(true);
+    });
+    println!("listening");
+    serve_all(listeners, stopped, stall)
+}
+
+/// The first failure of a pod's echo servers, if any.
+type Failure = std::sync::Arc<std::sync::Mutex<Option<anyhow::Error>>>;
+
+/// One pod's servers of [`EchoServers`]: accepts on every listener and echoes on
+/// every connection until `stop` turns true; then the first failure, if any.
+fn serve_all(
+    listeners: Vec<TcpListener>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    stall: Duration,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("starting an echo server's runtime")?;
+    let failed = Failure::default();
+    rt.block_on(async {
+        for l in listeners {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tokio::spawn(accept_and_echo(l, failed.clone(), stall));
+        }
+        let _ = stop.wait_for(|s| *s).await;
+        anyhow::Ok(())
+    })?;
+    drop(rt);
+    let first = failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+    first.map_or(Ok(()), Err)
+}
+
+/// Keeps `e` in `failed` unless an earlier failure is there.
+fn fail(failed: &Failure, e: anyhow::Error) {
+    let mut first = failed.lock().unwrap_or_else(|p| p.into_inner());
+    first.get_or_insert(e);
+}
+
+/// Accepts on `l` for ever, each connection served by a task of its own.
+async fn accept_and_echo(l: tokio::net::TcpListener, failed: Failure, stall: Duration) {
+    loop {
+        match l.accept().await {
+            // A connection's own trouble (a client that gave up, a reset) is the
+            // client's to count; only the listener failing fails the servers.
+            Ok((c, _)) => drop(tokio::spawn(echo_async(c, stall))),
+            Err(e) => return fail(&failed, anyhow::Error::new(e).context("accepting")),
+        }
+    }
+}
+
+/// [`serve_echo`], asynchronously, closing quietly on a client silent for `stall` or
+/// on an error.
+async fn echo_async(mut c: tokio::net::TcpStream, stall: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = c.set_nodelay(true);
+    let mut b = [0u8; 1];
+    while let Ok(Ok(1)) = tokio::time::timeout(stall, c.read(&mut b)).await {
+        if c.write_all(&b).await.is_err() || b[0] == CLOSE_BYTE {
+            return;
+        }
+    }
+}
+
+/// Like [`tcp_crr`], from several clients at once, to many servers: one thread in each
+/// namespace of `clients` opens connections one after another, each to the next address
+/// of `targets` (a counter shared by all, so together they take every target in turn),
+/// until `duration` has passed or `max_connections` were opened. The servers must be
+/// [`EchoServers`]. A connection that fails or takes longer than `give_up` is counted
+/// in [`ConnectionRate::failed`], and the client goes on with the next: one lost
+/// connection must not end a rate test, nor go unreported.
+pub fn tcp_crr_spread(
+    clients: &[&Netns],
+    targets: &[SocketAddr],
+    duration: Duration,
+    max_connections: u64,
+    give_up: Duration,
+) -> Result<ConnectionRate> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    ensure!(
+        !clients.is_empty() && !targets.is_empty(),
+        "a connection test needs clients and targets"
+    );
+    let next = AtomicU64::new(0);
+    let start = Instant::now();
+    let until = start + duration;
+    let client = |ns: &Netns| {
+        in_netns(ns, || -> Result<(hdrhistogram::Histogram<u64>, u64)> {
+            let (mut times, mut failed) = (latency_histogram()?, 0);
+            while Instant::now() < until && !crate::stop::requested() {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= max_connections {
+                    break;
+                }
+                let addr = targets[(n % targets.len() as u64) as usize];
+                let t = Instant::now();
+                match crr_once(addr, give_up) {
+                    Ok(()) => record(&mut times, t.elapsed()),
+                    Err(_) => failed += 1,
+                }
+            }
+            Ok((times, failed))
+        })?
+    };
+    let per_client: Vec<Result<_>> = std::thread::scope(|s| {
+        let running: Vec<_> = clients.iter().map(|ns| s.spawn(|| client(ns))).collect();
+        running
+            .into_iter()
+            .map(|t| t.join().map_err(|_| anyhow::anyhow!("a client panicked"))?)
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let (mut times, mut failed) = (latency_histogram()?, 0);
+    for r in per_client {
+        let (h, f) = r?;
+        times.add(h).context("merging the clients' histograms")?;
+        failed += f;
+    }
+    Ok(ConnectionRate {
+        connections: times.len(),
+        elapsed,
+        times,
+        failed,
+    })
+}
+
+/// Connection attempts [`connect_retrying`] makes.
+const CONNECT_ATTEMPTS: u32 = 3;
+
+/// A TCP connection to `addr` from this thread's namespace, each of
+/// [`CONNECT_ATTEMPTS`] attempts (from a new port) given `give_up`: a connection lost
+/// on the way must not end a latency test.
+fn connect_retrying(addr: SocketAddr, give_up: Duration) -> Result<TcpStream> {
+    let mut last = None;
+    for _ in 0..CONNECT_ATTEMPTS {
+        match TcpStream::connect_timeout(&addr, give_up) {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("no attempt"), anyhow::Error::new))
+        .with_context(|| format!("connecting to {addr}, {CONNECT_ATTEMPTS} times"))
+}
+
+/// Like [`tcp_rr`] over `connections` connections from `client` at once, connection `k`
+/// to `targets[k * targets.len() / connections]` (spread over them all), the round
+/// trips taking the connections in turn. The servers must be [`EchoServers`].
+pub fn tcp_rr_spread(
+    client: &Netns,
+    targets: &[SocketAddr],
+    connections: usize,
+    (duration, max_round_trips): (Duration, u64),
+    stall: Duration,
+) -> Result<hdrhistogram::Histogram<u64>> {
+    ensure!(
+        connections > 0 && !targets.is_empty(),
+        "a round-trip test needs connections and targets"
+    );
+    let chosen: Vec<SocketAddr> = (0..connections)
+        .map(|k| targets[k * targets.len() / connections])
+        .collect();
+    in_netns(client, || -> Result<hdrhistogram::Histogram<u64>> {
+        let mut conns = Vec::with_capacity(chosen.len());
+        for addr in &chosen {
+            let c = connect_retrying(*addr, stall)?;
+            c.set_nodelay(true)?;
+            c.set_read_timeout(Some(stall))?;
+            c.set_write_timeout(Some(stall))?;
+            conns.push((c, *addr));
+        }
+        for _ in 0..RR_WARMUP {
+            for (c, addr) in &mut conns {
+                round_trip(c, *addr)?;
+            }
+        }
+        let mut hist = latency_histogram()?;
+        let until = Instant::now() + duration;
+        let (mut n, count) = (0u64, conns.len() as u64);
+        while n < max_round_trips && Instant::now() < until && !crate::stop::requested() {
+            let (c, addr) = &mut conns[(n % count) as usize];
+            record(&mut hist, round_trip(c, *addr)?);
+            n += 1;
+        }
+        Ok(hist)
+    })?
 }
 
 #[cfg(test)]

@@ -375,6 +375,90 @@ fn a_short_run_reports_every_system_and_test_and_leaves_nothing() {
     );
 }
 
+/// The `weft-perf echo-servers` processes of this weft-perf binary (the svc tests'
+/// servers, which a run stops before it ends), as their command lines.
+fn echo_servers() -> Vec<String> {
+    let mark = format!(
+        "{}\0{}",
+        weft_perf().display(),
+        weft_perf::traffic::ECHO_SUBCOMMAND
+    );
+    (std::fs::read_dir("/proc").unwrap().flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .filter(|c| c.contains(&mark))
+        .collect()
+}
+
+/// The Services systems the tiny `svc10` run compares: all of them.
+const SVC_SYSTEMS: [System; 4] = System::SERVICES;
+
+#[test]
+fn svc_runs_tiny_on_every_services_system_and_leaves_nothing() {
+    require_root();
+    let _serial = serial();
+    build_daemons();
+    let scratch = Scratch::new("harnsvc").unwrap();
+    let json = scratch.path().join("svc.json");
+    let links_before = root_links();
+    let systems: Vec<&str> = SVC_SYSTEMS.iter().map(|s| s.name()).collect();
+    let child = spawn(&[
+        "run",
+        "--systems",
+        &systems.join(","),
+        "--tests",
+        "svc10",
+        "--duration",
+        "0.5",
+        "--repeat",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let pid = child.pid();
+    let out = child.finish();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weft-perf run failed:\n{stderr}");
+    assert_eq!(leftovers(pid), Vec::<String>::new());
+    assert_eq!(echo_servers(), Vec::<String>::new(), "echo servers left");
+    assert_eq!(
+        root_links(),
+        links_before,
+        "the root namespace's links changed"
+    );
+
+    // Ratios are to kube-proxy's iptables rules on the kernel's VXLAN.
+    assert!(
+        stdout.contains("ratio to kernel-vxlan+iptables (svc tests)"),
+        "{stdout}"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = report["results"].as_array().expect("results array");
+    for system in SVC_SYSTEMS {
+        for metric in Test::Svc10.metrics() {
+            let row = results
+                .iter()
+                .find(|r| {
+                    r["system"] == system.name()
+                        && r["test"] == "svc10"
+                        && r["metric"] == metric.name
+                })
+                .unwrap_or_else(|| {
+                    panic!("no svc10 {} row for {system}: {results:?}", metric.name)
+                });
+            number(&row["value"], &format!("{system} svc10 {}", metric.name));
+            assert_eq!(row["runs"].as_array().unwrap().len(), 1, "{row}");
+        }
+    }
+}
+
 #[test]
 fn ctrl_c_tears_everything_down() {
     require_root();

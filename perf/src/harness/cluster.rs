@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::{netpol_load, Settings, System, Tools};
+use super::{netpol_load, svc, Settings, System, Tools};
 use crate::cni::{self, Network, Verb};
 use crate::netns::wait_until;
 use crate::pidfile::{PidFile, RUN_DIR};
@@ -114,10 +114,23 @@ impl<'c> Plumbing<'c> {
     fn weftd_flags(&self) -> Vec<String> {
         let system = self.system;
         if system.has_policy() {
-            let dir = self.scratch.path().join("policy");
-            return vec!["--policy-dir".into(), dir.display().to_string()];
+            return vec![
+                "--policy-dir".into(),
+                self.policy_dir().display().to_string(),
+            ];
         }
         match system {
+            // The Service CIDR keeps ClusterIPs out of the egress masquerade, as in a
+            // cluster under kube-proxy.
+            System::WeftIptables => vec!["--service-cidr".into(), svc::SERVICE_CIDR.into()],
+            System::WeftSwitch => vec![
+                "--services".into(),
+                "switch".into(),
+                "--service-cidr".into(),
+                svc::SERVICE_CIDR.into(),
+                "--policy-dir".into(),
+                self.policy_dir().display().to_string(),
+            ],
             // Every system gives its pods the same MTU, the tunnels' (see
             // `direct::mtu`), so that all move the same packets.
             System::WeftDirect => {
@@ -188,8 +201,8 @@ impl<'c> Plumbing<'c> {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             extra: self.weftd_flags(),
         };
-        if self.system.has_policy() {
-            std::fs::create_dir_all(self.scratch.path().join("policy"))?;
+        if self.system.has_policy() || self.system == System::WeftSwitch {
+            std::fs::create_dir_all(self.policy_dir())?;
         }
         for host in hosts {
             let node =
@@ -227,7 +240,7 @@ impl<'c> Plumbing<'c> {
         let hosts = self.cluster.underlay.hosts();
         self.kernel = true;
         let attach = match self.system {
-            System::KernelVxlan => {
+            s if s.is_kernel_vxlan() => {
                 kernel_vxlan::mesh(&self.cluster.underlay)?;
                 kernel_vxlan::attach_pod
             }
@@ -245,7 +258,7 @@ impl<'c> Plumbing<'c> {
             }
             self.ips.push(ips);
             self.networks.push(match self.system {
-                System::KernelVxlan => Some(reference_network(
+                s if s.is_kernel_vxlan() => Some(reference_network(
                     tools,
                     host,
                     kernel_vxlan::mtu(host),
@@ -270,9 +283,15 @@ impl<'c> Plumbing<'c> {
                 });
             }
         }
-        let dir = self.scratch.path().join("policy");
-        write_atomic(&dir.join("perf.yaml"), &netpol_load::manifests(&pods))?;
+        let file = self.policy_dir().join("perf.yaml");
+        write_atomic(&file, &netpol_load::manifests(&pods))?;
         netpol_load::wait_in_force(&self.nodes, pods.len())
+    }
+
+    /// The directory weftd reads NetworkPolicies and Services from, for the systems
+    /// that have one.
+    pub fn policy_dir(&self) -> PathBuf {
+        self.scratch.path().join("policy")
     }
 
     /// Waits until pod `j` of host 0 reaches pod `j` of every other host.
@@ -382,7 +401,7 @@ impl<'c> Plumbing<'c> {
     /// Removes the kernel system's routes, devices and bridges.
     fn unmesh(&self) -> Result<()> {
         match self.system {
-            System::KernelVxlan => kernel_vxlan::unmesh(&self.cluster.underlay),
+            s if s.is_kernel_vxlan() => kernel_vxlan::unmesh(&self.cluster.underlay),
             _ => direct::unmesh(&self.cluster.underlay),
         }
     }

@@ -54,7 +54,7 @@ pub(super) struct Data {
 }
 
 impl Data {
-    fn push(&mut self, system: System, test: Test, metric: &'static str, value: f64) {
+    pub(super) fn push(&mut self, system: System, test: Test, metric: &'static str, value: f64) {
         self.runs
             .entry((system, test, metric))
             .or_default()
@@ -165,9 +165,7 @@ pub(super) fn run_test(
         Test::Tcp1 | Test::Cpu => {
             let with_cpu = settings.tests.contains(&Test::Cpu);
             let pids = plumbing.weftd_pids();
-            let mut all = pids.clone();
-            all.push(std::process::id());
-            all.extend(ksoftirqd_pids());
+            let all = all_cpu_pids(plumbing);
             let weft_before = cpu_seconds(&pids)?;
             let total_before = cpu_seconds(&all)?;
             let flow = Flow {
@@ -218,6 +216,9 @@ pub(super) fn run_test(
         Test::Crr => crr_round(data, plumbing, settings),
         Test::Cni => cni_round(data, plumbing, settings.cni_pods_in_round(round)),
         Test::Mem => mem_round(data, plumbing, settings.mem_pods),
+        Test::Svc10 | Test::Svc1k | Test::Svc10k => {
+            super::svc::round(data, plumbing, test, settings)
+        }
     }
 }
 
@@ -243,7 +244,7 @@ fn udp64_round(data: &mut Data, plumbing: &Plumbing<'_>, settings: &Settings) ->
 
 /// Keeps idle CPUs out of deep sleep while it lives, if `settings` ask for it: every
 /// system's round trips run on the same machine state (see `RrIdle`).
-fn awake(settings: &Settings) -> Result<Option<CpuLatencyHold>> {
+pub(super) fn awake(settings: &Settings) -> Result<Option<CpuLatencyHold>> {
     Ok(match settings.rr_idle {
         RrIdle::Poll => Some(CpuLatencyHold::acquire()?),
         RrIdle::Sleep => None,
@@ -347,8 +348,18 @@ fn iperf3_streams(flows: &[Flow<'_>], d: Duration) -> Result<f64> {
     })
 }
 
+/// The processes whose CPU time counts as a system's work: the weft daemons, this
+/// process (the traffic generator's threads, with the kernel's work in their system
+/// calls) and the ksoftirqd threads (the rest of the kernel's).
+pub(super) fn all_cpu_pids(plumbing: &Plumbing<'_>) -> Vec<u32> {
+    let mut all = plumbing.weftd_pids();
+    all.push(std::process::id());
+    all.extend(ksoftirqd_pids());
+    all
+}
+
 /// Sums the CPU seconds of the processes `pids`.
-fn cpu_seconds(pids: &[u32]) -> Result<f64> {
+pub(super) fn cpu_seconds(pids: &[u32]) -> Result<f64> {
     pids.iter().map(|&p| process_cpu_seconds(p)).sum()
 }
 

@@ -18,6 +18,7 @@ mod measure;
 pub mod netpol_load;
 pub mod plot;
 pub mod report;
+pub mod svc;
 
 pub use cluster::{Cluster, Plumbing};
 pub use report::{Report, ResultRow};
@@ -58,11 +59,33 @@ pub enum System {
     WeftSleeveEnc,
     /// `weft-sleeve-enc` with the other weftd build.
     WeftSleeveEncAlt,
+    /// `kernel-vxlan` with kube-proxy's iptables rules for the `svc*` tests' Services on
+    /// every node.
+    KernelVxlanIptables,
+    /// `kernel-vxlan` with kube-proxy's nftables rules (verdict maps) likewise.
+    KernelVxlanNftables,
+    /// `weft-vxlan` with kube-proxy's iptables rules on every node: ClusterIP traffic
+    /// goes through the host, as under kube-proxy in a cluster.
+    WeftIptables,
+    /// `weft-vxlan` with `services = "switch"`: the switch translates ClusterIPs, the
+    /// Services given to weftd as manifests in its policy directory.
+    WeftSwitch,
+}
+
+/// What translates ClusterIPs on a system's nodes, for the `svc*` tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServiceProxy {
+    /// kube-proxy's iptables mode (`iptables-restore`).
+    Iptables,
+    /// kube-proxy's nftables mode (`nft -f`).
+    Nftables,
+    /// weftd itself (`services = "switch"`).
+    Switch,
 }
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 13] = [
+    pub const ALL: [System; 17] = [
         System::WeftVxlan,
         System::WeftSleeve,
         System::WeftSleeveEnc,
@@ -76,6 +99,18 @@ impl System {
         System::WeftSleevePolicy,
         System::KernelVxlan,
         System::Direct,
+        System::KernelVxlanIptables,
+        System::KernelVxlanNftables,
+        System::WeftIptables,
+        System::WeftSwitch,
+    ];
+
+    /// The systems of the `svc*` tests, baseline first.
+    pub const SERVICES: [System; 4] = [
+        System::KernelVxlanIptables,
+        System::KernelVxlanNftables,
+        System::WeftIptables,
+        System::WeftSwitch,
     ];
 
     /// The systems a run compares unless told otherwise: all but the other build's.
@@ -87,7 +122,7 @@ impl System {
         System::Direct,
     ];
 
-    /// The system the report's ratios are relative to.
+    /// The system the report's ratios are relative to (but see [`Test::baseline`]).
     pub const BASELINE: System = System::KernelVxlan;
 
     /// The name used on the command line and in reports.
@@ -106,6 +141,10 @@ impl System {
             System::WeftAfxdpSleeve => "weft-afxdp-sleeve",
             System::WeftSleeveEnc => "weft-sleeve-enc",
             System::WeftSleeveEncAlt => "weft-sleeve-enc-alt",
+            System::KernelVxlanIptables => "kernel-vxlan+iptables",
+            System::KernelVxlanNftables => "kernel-vxlan+nftables",
+            System::WeftIptables => "weft+iptables",
+            System::WeftSwitch => "weft+switch",
         }
     }
 
@@ -115,7 +154,9 @@ impl System {
             System::WeftVxlan
             | System::WeftVxlanAlt
             | System::WeftVxlanPolicy
-            | System::WeftAfxdpVxlan => Some("vxlan"),
+            | System::WeftAfxdpVxlan
+            | System::WeftIptables
+            | System::WeftSwitch => Some("vxlan"),
             System::WeftSleeve
             | System::WeftSleeveAlt
             | System::WeftSleevePolicy
@@ -123,7 +164,28 @@ impl System {
             | System::WeftSleeveEnc
             | System::WeftSleeveEncAlt => Some("sleeve"),
             System::WeftDirect => Some("direct"),
-            System::KernelVxlan | System::Direct => None,
+            System::KernelVxlan
+            | System::KernelVxlanIptables
+            | System::KernelVxlanNftables
+            | System::Direct => None,
+        }
+    }
+
+    /// Whether the system's datapath is the kernel's VXLAN device.
+    pub fn is_kernel_vxlan(self) -> bool {
+        matches!(
+            self,
+            System::KernelVxlan | System::KernelVxlanIptables | System::KernelVxlanNftables
+        )
+    }
+
+    /// What translates ClusterIPs for the `svc*` tests, if the system has Services.
+    pub fn service_proxy(self) -> Option<ServiceProxy> {
+        match self {
+            System::KernelVxlanIptables | System::WeftIptables => Some(ServiceProxy::Iptables),
+            System::KernelVxlanNftables => Some(ServiceProxy::Nftables),
+            System::WeftSwitch => Some(ServiceProxy::Switch),
+            _ => None,
         }
     }
 
@@ -205,11 +267,19 @@ pub enum Test {
     /// flows, measured just after a short burst of traffic (so the workers' adaptive
     /// polling window has grown), as percent of one core.
     Mem,
+    /// Services: 10 defined, each with a ClusterIP and two endpoints on host 1's
+    /// pods; connections and round trips from host 0's pods spread over every
+    /// ClusterIP ([`svc`]). Only on the systems with a [`ServiceProxy`].
+    Svc10,
+    /// `svc10` with 1,000 Services.
+    Svc1k,
+    /// `svc10` with 10,000 Services.
+    Svc10k,
 }
 
 impl Test {
     /// Every test, in report order.
-    pub const ALL: [Test; 10] = [
+    pub const ALL: [Test; 13] = [
         Test::Tcp1,
         Test::Tcp4,
         Test::Tcp1Iperf3,
@@ -220,9 +290,13 @@ impl Test {
         Test::Cni,
         Test::Cpu,
         Test::Mem,
+        Test::Svc10,
+        Test::Svc1k,
+        Test::Svc10k,
     ];
 
-    /// The tests a run does unless told otherwise: all but the iperf3 cross-checks.
+    /// The tests a run does unless told otherwise: all but the iperf3 cross-checks and
+    /// the Services tests (which need their own systems).
     pub const DEFAULT: [Test; 8] = [
         Test::Tcp1,
         Test::Tcp4,
@@ -247,6 +321,29 @@ impl Test {
             Test::Cni => "cni",
             Test::Cpu => "cpu",
             Test::Mem => "mem",
+            Test::Svc10 => "svc10",
+            Test::Svc1k => "svc1k",
+            Test::Svc10k => "svc10k",
+        }
+    }
+
+    /// For a Services test, how many Services it defines.
+    pub fn services(self) -> Option<usize> {
+        match self {
+            Test::Svc10 => Some(10),
+            Test::Svc1k => Some(1_000),
+            Test::Svc10k => Some(10_000),
+            _ => None,
+        }
+    }
+
+    /// The system the test's ratios are relative to: for the Services tests, kube-proxy's
+    /// iptables rules on the kernel's VXLAN (what most clusters run), otherwise
+    /// [`System::BASELINE`].
+    pub fn baseline(self) -> System {
+        match self.services() {
+            Some(_) => System::KernelVxlanIptables,
+            None => System::BASELINE,
         }
     }
 
@@ -286,6 +383,13 @@ impl Test {
         ];
         const CPU: &[Metric] = &[m("weftd", "CPU s/GB", Lower), m("total", "CPU s/GB", Lower)];
         const MEM: &[Metric] = &[m("rss", "MiB", Lower), m("idle cpu", "%", Lower)];
+        const SVC: &[Metric] = &[
+            m("rate", "conn/s", Higher),
+            m("rr p50", "µs", Lower),
+            m("cpu", "µs/conn", Lower),
+            m("failed", "conn", Lower),
+            m("load", "s", Lower),
+        ];
         match self {
             Test::Tcp1 | Test::Tcp4 | Test::Tcp1Iperf3 | Test::Tcp4Iperf3 => TCP,
             Test::Udp64 => UDP,
@@ -294,16 +398,23 @@ impl Test {
             Test::Cni => CNI,
             Test::Cpu => CPU,
             Test::Mem => MEM,
+            Test::Svc10 | Test::Svc1k | Test::Svc10k => SVC,
         }
     }
 
     /// Why `metric` of this test does not apply to `system`, if it does not.
     pub fn not_applicable(self, system: System, metric: &str) -> Option<&'static str> {
+        if self.services().is_some() && system.service_proxy().is_none() {
+            return Some(
+                "no Services on this system: the svc tests run on kernel-vxlan+iptables, \
+                 kernel-vxlan+nftables, weft+iptables and weft+switch",
+            );
+        }
         match (self, system) {
-            (Test::Cpu, System::KernelVxlan | System::Direct) if metric == "weftd" => {
+            (Test::Cpu, s) if s.weft_mode().is_none() && metric == "weftd" => {
                 Some("no weft process; `total` compares every system")
             }
-            (Test::Mem, System::KernelVxlan | System::Direct) => {
+            (Test::Mem, s) if s.weft_mode().is_none() => {
                 Some("no weft process; the kernel's datapath has no process of its own to measure")
             }
             (Test::Cni, System::Direct) => {
@@ -573,7 +684,8 @@ impl Tools {
         if settings.tests.iter().any(|t| t.cross_checks().is_some()) {
             crate::iperf::check_installed()?;
         }
-        if settings.tests.contains(&Test::Cni) && settings.systems.contains(&System::KernelVxlan) {
+        let kernel_vxlan = settings.systems.iter().any(|s| s.is_kernel_vxlan());
+        if settings.tests.contains(&Test::Cni) && kernel_vxlan {
             for plugin in ["bridge", "host-local"] {
                 let path = self.reference_cni.join(plugin);
                 if !path.is_file() {

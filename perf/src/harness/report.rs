@@ -190,11 +190,21 @@ impl Report {
                 " (the hosts' eth0 checksum and segment in software: slower than real NICs)"
             }
         );
-        if systems.iter().any(|x| x == baseline) {
-            let _ = writeln!(
-                out,
-                "(x.xx) = ratio to {baseline}; ^ higher is better, v lower is better"
-            );
+        let svc = s.tests.iter().any(|t| is_svc(t));
+        let plain = s.tests.iter().any(|t| !is_svc(t));
+        let svc_baseline = Test::Svc10.baseline().name();
+        for (used, base) in [(plain, baseline), (svc, svc_baseline)] {
+            if used && systems.iter().any(|x| x == base) {
+                let tests = if base == svc_baseline {
+                    " (svc tests)"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "(x.xx) = ratio to {base}{tests}; ^ higher is better, v lower is better"
+                );
+            }
         }
         out.push_str(&self.test_notes());
         out
@@ -207,7 +217,7 @@ impl Report {
         let mut out = String::new();
         if s.tests
             .iter()
-            .any(|t| t == Test::Rr.name() || t == Test::Crr.name())
+            .any(|t| t == Test::Rr.name() || t == Test::Crr.name() || is_svc(t))
         {
             let why = if s.rr_idle == RrIdle::Poll.name() {
                 "idle CPUs poll for every system (a PM QoS CPU latency request of 0), so \
@@ -250,6 +260,20 @@ impl Report {
                 MEM_BURST.as_secs_f64()
             );
         }
+        if s.tests.iter().any(|t| is_svc(t)) {
+            let _ = writeln!(
+                out,
+                "svc*: that many Services, each its own ClusterIP and endpoints (a port of its own on each of host 1's pods); \
+                 {} clients on host 0's pods connect (1 byte each way, the \
+                 server closes) to every ClusterIP in turn: rate, and cpu = weftd + the \
+                 clients and servers + ksoftirqd per connection, failed = connections not \
+                 done within 1 s (counted, not retried); rr p50 over {} connections spread \
+                 over the Services; load = rules or manifests generated and written, to the first \
+                 connection through the first and last ClusterIP",
+                super::svc::CLIENTS,
+                super::svc::RR_CONNECTIONS
+            );
+        }
         if !self.cross_checks.is_empty() {
             let _ = writeln!(
                 out,
@@ -262,7 +286,6 @@ impl Report {
     /// The table's cells: a header, then a row per metric some system has.
     fn grid(&self) -> Vec<Vec<String>> {
         let systems = &self.settings.systems;
-        let baseline = System::BASELINE.name();
         let mut lines: Vec<Vec<String>> = Vec::new();
         let mut header = vec!["test".to_string(), "metric".into(), "unit".into()];
         header.extend(systems.iter().cloned());
@@ -277,7 +300,7 @@ impl Report {
                     continue;
                 }
                 let base = self
-                    .find(baseline, test.name(), metric.name)
+                    .find(test.baseline().name(), test.name(), metric.name)
                     .and_then(|r| r.value)
                     .filter(|v| *v > 0.0);
                 let arrow = match metric.better {
@@ -331,6 +354,13 @@ impl Report {
         }
         out
     }
+}
+
+/// Whether `test` names one of the Services tests.
+fn is_svc(test: &str) -> bool {
+    Test::ALL
+        .iter()
+        .any(|t| t.name() == test && t.services().is_some())
 }
 
 /// `lines` as columns: the first three left-aligned, the values right-aligned.
