@@ -777,7 +777,15 @@ mod tests {
 
     /// The settings of a node `n` on loopback, with the options `extra` sets, and
     /// its scratch directory (made empty).
+    /// Each test's scratch directory is named by its tag and the process, and the
+    /// tests of this binary run at once: a tag used twice would let one test
+    /// remove the other's directory under it, so a second use fails at once.
     fn settings_for(tag: &str, extra: Options) -> (Settings, PathBuf) {
+        static TAGS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+        assert!(
+            TAGS.lock().insert(tag.to_owned()),
+            "the tag {tag:?} is another test's"
+        );
         let dir = std::env::temp_dir().join(format!("weft-pods-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -1489,7 +1497,7 @@ mod tests {
     fn services_from_the_directory_and_the_view_are_compiled_for_this_node() {
         let mut extra = Options::default();
         extra.host.service_cidr = Some("10.96.0.0/12".parse().expect("a CIDR"));
-        let (mut settings, dir) = settings_for("svc", extra.clone());
+        let (mut settings, dir) = settings_for("svcdir", extra.clone());
         let policy_dir = dir.join("policy");
         std::fs::create_dir_all(&policy_dir).expect("the policy dir");
         settings.policy.dir = Some(policy_dir.clone());
