@@ -1047,17 +1047,31 @@ const SHARING: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 96, 0, 20), Ipv4Addr::new(10, 
 /// The port the client binds for its connections to both.
 const CLIENT_PORT: u16 = 40_000;
 
-/// Two ClusterIPs share one endpoint under kube-proxy's iptables rules, and a pod
-/// connects to the first, then to the second, from the same port. The host still
-/// tracks the first connection (TIME_WAIT), whose reply tuple (endpoint → pod:port)
-/// the second would have too: Linux's NAT gives the second connection another source
-/// port, which the endpoint sees. The switch takes the SYN the host hands back on
-/// that port for the pod's own (its sequence number is the one the pod sent), the
-/// connection completes, and nothing is refused as spoofed.
 #[test]
-fn services_sharing_an_endpoint_take_one_client_port_in_turn() {
-    let policy = Scratch::new("svqpol").expect("a policy directory");
-    let c = Cluster::new("svq", 2, 1, &options(VXLAN, policy.path()))
+fn services_sharing_an_endpoint_under_kube_proxy_iptables() {
+    services_sharing_an_endpoint(KubeProxy::Iptables);
+}
+
+#[test]
+fn services_sharing_an_endpoint_under_kube_proxy_nftables() {
+    services_sharing_an_endpoint(KubeProxy::Nftables);
+}
+
+/// Two ClusterIPs share one endpoint under kube-proxy's rules, and a pod connects to
+/// the first, then to the second, from the same port. The host still tracks the
+/// first connection (TIME_WAIT), whose reply tuple (endpoint → pod:port) the second
+/// would have too: Linux's NAT gives the second connection another source port,
+/// which the endpoint sees. The switch takes the SYN the host hands back on that
+/// port for the pod's own (its sequence number is the one the pod sent), the
+/// connection completes, and nothing is refused as spoofed.
+fn services_sharing_an_endpoint(kp: KubeProxy) {
+    let tag = if kp == KubeProxy::Iptables {
+        "svqi"
+    } else {
+        "svqn"
+    };
+    let policy = Scratch::new(&format!("{tag}pol")).expect("a policy directory");
+    let c = Cluster::new(tag, 2, 1, &options(VXLAN, policy.path()))
         .unwrap_or_else(|e| panic!("the cluster: {e:#}"));
     let (client, client_ip, endpoint) = (&c.pod(0, 0).ns, c.ip(0, 0), c.ip(1, 0));
     let node0 = &c.underlay.host(0).ns;
@@ -1079,11 +1093,18 @@ fn services_sharing_an_endpoint_take_one_client_port_in_turn() {
         cluster_cidr: weft_perf::weft::CLUSTER_CIDR.parse().unwrap(),
         node_ips: vec![c.underlay.host(0).underlay_ip],
     };
-    load(
-        node0,
-        &["iptables-restore", "--noflush"],
-        &kubeproxy::iptables_restore(&node, &services),
-    );
+    match kp {
+        KubeProxy::Iptables => load(
+            node0,
+            &["iptables-restore", "--noflush"],
+            &kubeproxy::iptables_restore(&node, &services),
+        ),
+        KubeProxy::Nftables => load(
+            node0,
+            &["nft", "-f", "-"],
+            &kubeproxy::nft_ruleset(&node, &services),
+        ),
+    }
     let _server = PeerEcho::serve(&c.pod(1, 0).ns, TCP_PORT);
     let spoofed = || c.nodes[0].drops("spoofed").expect("the drops");
     let before = spoofed();
