@@ -166,7 +166,8 @@ impl HostFlows {
 }
 
 /// The key under which the handed table knows a pod's flow that the host may hand
-/// back, from its first packet either way: what the host's translation keeps of it.
+/// back: what the host's translation keeps of the flow's first packet, so that the
+/// packet the pod sent to the host and the one the host hands back share it.
 /// For a TCP SYN, the source address and the sequence number (in the two port
 /// fields; no NAT rewrites it, while Linux's moves the source port of a connection
 /// whose reply tuple clashes with one it still tracks); for a UDP or SCTP datagram,
