@@ -643,10 +643,12 @@ fn services_sharing_an_endpoint_take_one_client_port_in_turn(mode: TunnelMode) {
 /// behind the host could forge with the pod's address is refused: a SYN with another
 /// sequence number, on the pod's port or on another; the sequence number under
 /// another pod's address; a segment that opens nothing; the sequence number once the
-/// pod's SYN is old.
+/// pod's SYN is old. And the answer to a SYN that no NAT made does not come back
+/// from the host.
 fn a_syn_handed_back_on_another_port_is_known_by_its_sequence_number(mode: TunnelMode) {
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
+    const SYN_ACK: u8 = 0x12;
     const ISN: u32 = 0x5eed_1234;
     let mut sim = Sim::new(mode, &[&[A, A2], &[B]]);
     let (a, a2) = (sim.pod(A), sim.pod(A2));
@@ -691,6 +693,26 @@ fn a_syn_handed_back_on_another_port_is_known_by_its_sequence_number(mode: Tunne
         1,
         "{mode:?}: its ACK"
     );
+    // A's answer goes to the host, to have the NAT undone. Sent back as it is (no
+    // NAT made that SYN: a forger did), it is refused: a forger that hit the
+    // sequence number gets no answer through the switch.
+    let answer = tcp_seq((A, 8080), (A2, 52_000), SYN_ACK, 7);
+    sim.out.host_rx[0].clear();
+    let _ = sim.take_rx(a2);
+    sim.pod_frame(a, &from_pod(&sim, a, &answer));
+    sim.flush();
+    assert_eq!(
+        sim.out.host_rx[0].len(),
+        1,
+        "{mode:?}: A's answer to the host"
+    );
+    sim.host_frame(0, &host_frame(0, &answer));
+    sim.flush();
+    assert_eq!(
+        sim.take_rx(a2).len(),
+        0,
+        "{mode:?}: the answer, untranslated"
+    );
     // The pod's port as it sent it: admitted as well.
     assert_eq!(back(&mut sim, (A2, 41_000), SYN, ISN), 1, "{mode:?}: kept");
     // The pod's SYN is seconds old: its sequence number opens nothing new.
@@ -701,5 +723,5 @@ fn a_syn_handed_back_on_another_port_is_known_by_its_sequence_number(mode: Tunne
         0,
         "{mode:?}: expired"
     );
-    assert_eq!(spoofed(&sim), 5, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(spoofed(&sim), 6, "{mode:?}: {}", sim.drops_report());
 }
