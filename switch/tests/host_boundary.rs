@@ -29,6 +29,8 @@ const WORLD: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 const TO_B: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const TO_A2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const TO_A: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+/// A second ClusterIP whose endpoint is B.
+const ALSO_TO_B: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
 
 const STEP_LIMIT: u64 = 5_000;
 
@@ -47,6 +49,8 @@ weft_switch::both_modes!(
     a_handed_back_connection_does_not_capture_a_direct_one_on_the_same_ports,
     a_spoofed_source_gets_no_error_from_the_switch,
     a_new_connection_on_a_closed_ones_ports_lives_as_established,
+    services_sharing_an_endpoint_take_one_client_port_in_turn,
+    a_syn_handed_back_on_another_port_is_known_by_its_sequence_number,
 );
 
 /// A, A2 on node 0, B on node 1; node 0's host translates the three ClusterIPs.
@@ -97,8 +101,14 @@ fn udp_endpoints(frames: &[Vec<u8>]) -> Vec<(Ipv4Addr, u16, Ipv4Addr, u16)> {
 }
 
 /// Sends 256 KiB from A to `vip`:80, whose endpoint `server` listens on 8080, and
-/// checks it arrived whole from `seen_as`.
-fn service_transfer(sim: &mut Sim, vip: Ipv4Addr, server: Ipv4Addr, seen_as: Ipv4Addr, seed: u64) {
+/// checks it arrived whole from `seen_as`; the port the endpoint saw the client on.
+fn service_transfer(
+    sim: &mut Sim,
+    vip: Ipv4Addr,
+    server: Ipv4Addr,
+    seen_as: Ipv4Addr,
+    seed: u64,
+) -> u16 {
     let (a, to) = (sim.pod(A), sim.pod(server));
     let data = pseudo_random(seed, 256 << 10);
     let mut x = Transfer::start_via(sim, a, (vip, 80), to, 8080, data);
@@ -119,7 +129,9 @@ fn service_transfer(sim: &mut Sim, vip: Ipv4Addr, server: Ipv4Addr, seen_as: Ipv
         Some(IpAddress::Ipv4(seen_as)),
         "{what}: the endpoint sees the client as it should"
     );
+    let port = x.server_saw.map_or(0, |e| e.port);
     x.remove(sim);
+    port
 }
 
 fn tcp_to_a_cluster_ip_returns_through_the_host(mode: TunnelMode) {
@@ -484,11 +496,19 @@ fn a_handed_back_connection_does_not_capture_a_direct_one_on_the_same_ports(mode
     service_transfer(&mut sim, TO_A2, A2, A, 23);
 }
 
-/// A TCP segment with `flags` from `src`:`sport` to `dst`:`dport`.
+/// A TCP segment with `flags` and sequence number 0 from `src`:`sport` to
+/// `dst`:`dport`.
 fn tcp_packet(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    tcp_seq((src, sport), (dst, dport), flags, 0)
+}
+
+/// A TCP segment with `flags` and sequence number `seq` from `src` to `dst`.
+fn tcp_seq(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), flags: u8, seq: u32) -> Vec<u8> {
+    let ((src, sport), (dst, dport)) = (src, dst);
     let mut seg = vec![0u8; 20];
     seg[0..2].copy_from_slice(&sport.to_be_bytes());
     seg[2..4].copy_from_slice(&dport.to_be_bytes());
+    seg[4..8].copy_from_slice(&seq.to_be_bytes());
     seg[12] = 5 << 4;
     seg[13] = flags;
     Ip {
@@ -587,4 +607,121 @@ fn a_new_connection_on_a_closed_ones_ports_lives_as_established(mode: TunnelMode
         1,
         "{mode:?}: the reply after 200 s idle"
     );
+}
+
+/// Two ClusterIPs share endpoint B, and A connects to each in turn from the same port
+/// (sim::tcp's client port) while the host still tracks the first connection: the
+/// host's NAT gives the second another source port (its reply tuple would be the
+/// first's), and the switch admits the SYN it hands back on that port, which bears
+/// the sequence number A sent.
+fn services_sharing_an_endpoint_take_one_client_port_in_turn(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    sim.host_nat(0).add_service(Service {
+        vip: ALSO_TO_B,
+        port: 80,
+        proto: 6,
+        endpoints: vec![(B, 8080)],
+    });
+    let first = service_transfer(&mut sim, TO_B, B, A, 31);
+    assert_eq!(first, 40_000 + 8080, "{mode:?}: no clash yet");
+    let second = service_transfer(&mut sim, ALSO_TO_B, B, A, 32);
+    assert_ne!(
+        second, first,
+        "{mode:?}: the host rewrote the client's port"
+    );
+    assert_eq!(sim.total_drops(), 0, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(
+        sim.nodes[0].host_flows.stats().returned_total,
+        2,
+        "{mode:?}"
+    );
+}
+
+/// What the host port admits of a SYN with a pod's source: the pod's own SYN (its
+/// address and sequence number, which NAT keeps), on the port the pod sent it from
+/// or on another that the host's NAT gave it, for a few seconds. What a machine
+/// behind the host could forge with the pod's address is refused: a SYN with another
+/// sequence number, on the pod's port or on another; the sequence number under
+/// another pod's address; a segment that opens nothing; the sequence number once the
+/// pod's SYN is old. And the answer to a SYN that no NAT made does not come back
+/// from the host.
+fn a_syn_handed_back_on_another_port_is_known_by_its_sequence_number(mode: TunnelMode) {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const SYN_ACK: u8 = 0x12;
+    const ISN: u32 = 0x5eed_1234;
+    let mut sim = Sim::new(mode, &[&[A, A2], &[B]]);
+    let (a, a2) = (sim.pod(A), sim.pod(A2));
+    let syn = tcp_seq((A2, 41_000), (TO_A, 80), SYN, ISN);
+    sim.pod_frame(a2, &from_pod(&sim, a2, &syn));
+    sim.flush();
+    let back = |sim: &mut Sim, src: (Ipv4Addr, u16), flags: u8, seq: u32| {
+        let p = tcp_seq(src, (A, 8080), flags, seq);
+        sim.host_frame(0, &host_frame(0, &p));
+        sim.flush();
+        sim.take_rx(a).len()
+    };
+    let forgeries = [
+        (
+            "the pod's port, another sequence number",
+            (A2, 41_000),
+            SYN,
+            ISN ^ 1,
+        ),
+        (
+            "another port and sequence number",
+            (A2, 52_000),
+            SYN,
+            ISN + 1,
+        ),
+        ("another pod's address", (B, 52_000), SYN, ISN),
+        ("no SYN", (A2, 52_000), ACK, ISN),
+    ];
+    for (what, src, flags, seq) in forgeries {
+        assert_eq!(back(&mut sim, src, flags, seq), 0, "{mode:?}: {what}");
+    }
+    let spoofed = |sim: &Sim| sim.host_counters(0).dropped(DropReason::Spoofed);
+    assert_eq!(spoofed(&sim), 4, "{mode:?}: {}", sim.drops_report());
+    // The pod's SYN with its port rewritten, and the connection's next segment.
+    assert_eq!(
+        back(&mut sim, (A2, 52_000), SYN, ISN),
+        1,
+        "{mode:?}: rewritten"
+    );
+    assert_eq!(
+        back(&mut sim, (A2, 52_000), ACK, ISN + 1),
+        1,
+        "{mode:?}: its ACK"
+    );
+    // A's answer goes to the host, to have the NAT undone. Sent back as it is (no
+    // NAT made that SYN: a forger did), it is refused: a forger that hit the
+    // sequence number gets no answer through the switch.
+    let answer = tcp_seq((A, 8080), (A2, 52_000), SYN_ACK, 7);
+    sim.out.host_rx[0].clear();
+    let _ = sim.take_rx(a2);
+    sim.pod_frame(a, &from_pod(&sim, a, &answer));
+    sim.flush();
+    assert_eq!(
+        sim.out.host_rx[0].len(),
+        1,
+        "{mode:?}: A's answer to the host"
+    );
+    sim.host_frame(0, &host_frame(0, &answer));
+    sim.flush();
+    assert_eq!(
+        sim.take_rx(a2).len(),
+        0,
+        "{mode:?}: the answer, untranslated"
+    );
+    // The pod's port as it sent it: admitted as well.
+    assert_eq!(back(&mut sim, (A2, 41_000), SYN, ISN), 1, "{mode:?}: kept");
+    // The pod's SYN is seconds old: its sequence number opens nothing new.
+    sim.set_time(sim.time() + Duration::from_secs(6));
+    sim.handle_timeouts();
+    assert_eq!(
+        back(&mut sim, (A2, 52_001), SYN, ISN),
+        0,
+        "{mode:?}: expired"
+    );
+    assert_eq!(spoofed(&sim), 6, "{mode:?}: {}", sim.drops_report());
 }

@@ -1037,3 +1037,166 @@ fn ones(data: &[u8]) -> u16 {
     }
     acc as u16
 }
+
+// ---------------------------------------------------------------------------------
+// Two Services, one endpoint, one client port
+// ---------------------------------------------------------------------------------
+
+/// Two ClusterIPs with one endpoint between them.
+const SHARING: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 96, 0, 20), Ipv4Addr::new(10, 96, 0, 21)];
+/// The port the client binds for its connections to both.
+const CLIENT_PORT: u16 = 40_000;
+
+#[test]
+fn services_sharing_an_endpoint_under_kube_proxy_iptables() {
+    services_sharing_an_endpoint(KubeProxy::Iptables);
+}
+
+#[test]
+fn services_sharing_an_endpoint_under_kube_proxy_nftables() {
+    services_sharing_an_endpoint(KubeProxy::Nftables);
+}
+
+/// Two ClusterIPs share one endpoint under kube-proxy's rules, and a pod connects to
+/// the first, then to the second, from the same port. The host still tracks the
+/// first connection (TIME_WAIT), whose reply tuple (endpoint → pod:port) the second
+/// would have too: Linux's NAT gives the second connection another source port,
+/// which the endpoint sees. The switch takes the SYN the host hands back on that
+/// port for the pod's own (its sequence number is the one the pod sent), the
+/// connection completes, and nothing is refused as spoofed.
+fn services_sharing_an_endpoint(kp: KubeProxy) {
+    let tag = if kp == KubeProxy::Iptables {
+        "svqi"
+    } else {
+        "svqn"
+    };
+    let policy = Scratch::new(&format!("{tag}pol")).expect("a policy directory");
+    let c = Cluster::new(tag, 2, 1, &options(VXLAN, policy.path()))
+        .unwrap_or_else(|e| panic!("the cluster: {e:#}"));
+    let (client, client_ip, endpoint) = (&c.pod(0, 0).ns, c.ip(0, 0), c.ip(1, 0));
+    let node0 = &c.underlay.host(0).ns;
+    let services = SHARING.map(|vip| Service {
+        name: format!("default/shared-{}", vip.octets()[3]),
+        port_name: "tcp".into(),
+        protocol: Protocol::Tcp,
+        cluster_ip: vip,
+        port: SVC_TCP,
+        node_port: None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        endpoints: vec![Endpoint {
+            ip: endpoint,
+            port: TCP_PORT,
+            local: false,
+        }],
+    });
+    let node = kubeproxy::Node {
+        cluster_cidr: weft_perf::weft::CLUSTER_CIDR.parse().unwrap(),
+        node_ips: vec![c.underlay.host(0).underlay_ip],
+    };
+    match kp {
+        KubeProxy::Iptables => load(
+            node0,
+            &["iptables-restore", "--noflush"],
+            &kubeproxy::iptables_restore(&node, &services),
+        ),
+        KubeProxy::Nftables => load(
+            node0,
+            &["nft", "-f", "-"],
+            &kubeproxy::nft_ruleset(&node, &services),
+        ),
+    }
+    let _server = PeerEcho::serve(&c.pod(1, 0).ns, TCP_PORT);
+    let spoofed = || c.nodes[0].drops("spoofed").expect("the drops");
+    let before = spoofed();
+    let diagnose = |what: &str, e: String| -> ! {
+        let table = node0.run(&["cat", "/proc/net/nf_conntrack"]);
+        panic!(
+            "{what}: {e}\nrefused as spoofed: {}\nnode 0's connection tracker:\n{}\n{}",
+            spoofed() - before,
+            table.unwrap_or_else(|e| format!("{e:#}")),
+            c.logs()
+        )
+    };
+    let to = |vip| SocketAddr::from((vip, SVC_TCP));
+    let first = connect_from(client, CLIENT_PORT, to(SHARING[0]))
+        .unwrap_or_else(|e| diagnose("the first Service", e));
+    assert_eq!(
+        first,
+        SocketAddr::from((client_ip, CLIENT_PORT)),
+        "no clash yet"
+    );
+    let second = connect_from(client, CLIENT_PORT, to(SHARING[1]))
+        .unwrap_or_else(|e| diagnose("the second Service, same client port", e));
+    assert_eq!(second.ip(), client_ip, "the endpoint sees the pod");
+    // The case under test: without the rewrite, this test shows nothing.
+    assert_ne!(
+        second.port(),
+        CLIENT_PORT,
+        "the host's NAT kept the client's port; the tuples did not clash"
+    );
+    assert_eq!(spoofed(), before, "nothing refused as spoofed");
+}
+
+/// A TCP server that answers every connection with the address it saw the client as
+/// (`ip:port`), and closes it; stopped on drop.
+struct PeerEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PeerEcho {
+    fn serve(ns: &Netns, port: u16) -> PeerEcho {
+        let listener = in_netns(ns, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+            .expect("the namespace")
+            .expect("a TCP listener");
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut c, from)) => {
+                        let _ = c.write_all(format!("{from}\n").as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        PeerEcho {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PeerEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects from `ns`, bound to `port` (SO_REUSEADDR), to a [`PeerEcho`] at `to`:
+/// the address it saw the client as.
+fn connect_from(ns: &Netns, port: u16, to: SocketAddr) -> Result<SocketAddr, String> {
+    use socket2::{Domain, Socket, Type};
+    let socket = in_netns(ns, || -> std::io::Result<TcpStream> {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, Some(socket2::Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+        s.connect_timeout(&to.into(), PROBE)?;
+        Ok(s.into())
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("TCP connect from port {port} to {to}: {e}"))?;
+    socket.set_read_timeout(Some(PROBE)).unwrap();
+    let mut line = String::new();
+    BufReader::new(&socket)
+        .read_line(&mut line)
+        .map_err(|e| format!("TCP answer from {to}: {e}"))?;
+    line.trim_end()
+        .parse()
+        .map_err(|_| format!("{to} answered {line:?}"))
+}

@@ -15,8 +15,9 @@
 //! Services in a cluster mostly do. With one endpoint port for all, a client port
 //! reused towards another ClusterIP would meet, in the host's connection tracker, the
 //! connection in TIME_WAIT that it left to the same endpoint, and Linux resolves that
-//! clash by rewriting the client's source port: a case worth its own test, not one to
-//! make every connection of a rate test depend on.
+//! clash by rewriting the client's source port: a case worth its own test
+//! (`services_sharing_an_endpoint_*` in `switch/tests/services.rs`), not one to make
+//! every connection of a rate test depend on.
 //!
 //! The clients (several threads over host 0's pods) take the ClusterIPs in turn, so a
 //! run reaches every Service, not only those at the head of kube-proxy's chain, whose

@@ -18,8 +18,9 @@ pub(super) struct Flow {
     pub port: Option<u16>,
     /// TCP FIN or RST.
     pub closing: bool,
-    /// A TCP SYN without ACK: the first packet of a connection.
-    pub opening: bool,
+    /// For a TCP SYN without ACK (the first packet of a connection), its sequence
+    /// number: the connection's initial one, which no NAT rewrites.
+    pub opening: Option<u32>,
     /// For an ICMP error, the connection of the packet it quotes, when it goes to
     /// that packet's sender.
     pub error_about: Option<FlowKey>,
@@ -105,7 +106,10 @@ impl Flow {
             .then(|| tcp::Packet::new_checked(payload).ok())
             .flatten();
         let closing = tcp.as_ref().is_some_and(|t| t.fin() || t.rst());
-        let opening = tcp.as_ref().is_some_and(|t| t.syn() && !t.ack_flag());
+        let opening = tcp
+            .as_ref()
+            .filter(|t| t.syn() && !t.ack_flag())
+            .map(|t| t.seq());
         let fragment = (ip.frag_offset() != 0 || ip.more_fragments()).then(|| Fragment {
             first: ip.frag_offset() == 0,
             ident: ip.ident(),

@@ -11,9 +11,14 @@
 //! - **handed**: the flows of pods (of this node, or a peer's through the tunnel)
 //!   that the switch hands to the host and that the host may hand back: a TCP
 //!   connection's first packet (SYN) or any UDP or SCTP datagram with ports, keyed by
-//!   its source side only (address, protocol, port), since a DNAT rewrites the
-//!   destination and keeps the source. An entry lives a few seconds from the last
-//!   packet that wrote it: the host hands a packet back within microseconds.
+//!   what the host's translation keeps of it ([`handed_key`]): the source address
+//!   and protocol, and a SYN's sequence number or a datagram's source port. A DNAT
+//!   rewrites the destination; Linux's NAT also rewrites the source port of a new
+//!   connection whose reply tuple an older one it still tracks has (a client port
+//!   reused towards another Service of the same endpoint while the host keeps the
+//!   last connection from it in TIME_WAIT), but it never rewrites a sequence
+//!   number. An entry lives a few seconds from the last packet that wrote it: the
+//!   host hands a packet back within microseconds.
 //! - **returning**: every connection the host handed back with a pod's source
 //!   address, by its 5-tuple, for as long as the host's own connection tracker
 //!   keeps it ([`Timeouts::Host`]). Its further packets from the host are admitted by
@@ -39,8 +44,15 @@
 //! counted as `spoofed` on the host port, and gets no ICMP error from the switch.
 //! What remains open to such a machine is a pod's source that is live in the tables:
 //! a UDP or SCTP port the pod sent from to the host in the last seconds, a TCP SYN
-//! from the port of a SYN the pod sent to the host in the last seconds, or the exact
-//! 5-tuple of a connection the host handed back.
+//! with the sequence number of a SYN the pod sent to the host in the last seconds
+//! (from any port, as the host's NAT may have moved it), or the exact 5-tuple of a
+//! connection the host handed back. A forger that does not see the pod's traffic
+//! must guess the 32-bit sequence number of a live SYN, and a hit brings it one SYN
+//! delivered as the pod's: the answer goes to the host, which sends it on with a
+//! pod source, and that is refused here (nothing handed it out). One that sees the
+//! pod's traffic is beyond what this check can tell apart. A UDP or SCTP datagram
+//! whose source port the host's NAT moved is refused: nothing in it binds it to the
+//! pod's.
 //!
 //! A full handed table lets the flow pass unrecorded (were it handed back, it would
 //! be refused then); a full returning table refuses the connection the host hands
@@ -153,12 +165,33 @@ impl HostFlows {
     }
 }
 
-/// The source side of a flow: what a DNAT keeps.
-fn source_side(key: FlowKey) -> FlowKey {
-    FlowKey {
+/// The key under which the handed table knows a pod's flow that the host may hand
+/// back: what the host's translation keeps of the flow's first packet, so that the
+/// packet the pod sent to the host and the one the host hands back share it.
+/// For a TCP SYN, the source address and the sequence number (in the two port
+/// fields; no NAT rewrites it, while Linux's moves the source port of a connection
+/// whose reply tuple clashes with one it still tracks); for a UDP or SCTP datagram,
+/// the source address and port. None for what opens nothing: a TCP segment that is
+/// no SYN, a packet without ports. The destination is 0 in every key: a DNAT
+/// rewrites it.
+fn handed_key(flow: &Flow) -> Option<FlowKey> {
+    use weft_encap::ipv4::protocol::TCP;
+    let side = FlowKey {
         dst: 0,
         dport: 0,
-        ..key
+        ..flow.key
+    };
+    match flow.opening {
+        Some(isn) => {
+            let [a, b, c, d] = isn.to_be_bytes();
+            Some(FlowKey {
+                sport: u16::from_be_bytes([a, b]),
+                dport: u16::from_be_bytes([c, d]),
+                ..side
+            })
+        }
+        None if flow.key.proto == TCP => None,
+        None => flow.port.map(|_| side),
     }
 }
 
@@ -250,7 +283,6 @@ impl Core {
     /// recording anything: the switch answers a refusal (no route, TTL, too big)
     /// with an ICMP error only then, so that a spoofed source gets none.
     pub(super) fn host_admits<S: ?Sized>(&self, cx: &Ctx<'_, S>, ip: &ipv4::Packet<&[u8]>) -> bool {
-        use weft_encap::ipv4::protocol::TCP;
         if host_source(cx.tables, ip.src_addr()) == HostSource::Admitted {
             return true;
         }
@@ -262,12 +294,8 @@ impl Core {
                 .datagram()
                 .is_some_and(|d| forward(&host.fragments, from_host(d)));
         }
-        let opens = match flow.key.proto {
-            TCP => flow.opening,
-            _ => flow.port.is_some(),
-        };
         forward(&host.returning, flow.key)
-            || (opens && forward(&host.handed, source_side(flow.key)))
+            || handed_key(&flow).is_some_and(|k| forward(&host.handed, k))
     }
 
     /// Admits a packet with a pod source from the host port as a connection the host
@@ -338,7 +366,7 @@ impl Core {
         Ok(Some(match found {
             // A SYN starts a new connection on these ports: whatever the last one
             // was, closed or the pod's own, this one is translated afresh.
-            Some(f) if flow.opening => (f.entry.orig, Flags::default(), true),
+            Some(f) if flow.opening.is_some() => (f.entry.orig, Flags::default(), true),
             // A late segment of the translated connection a pod's own took the
             // ports from: it passes, and the ports stay the pod's.
             Some(f) if f.entry.flags.bypass && tcp => return Ok(None),
@@ -352,17 +380,9 @@ impl Core {
                 (f.entry.orig, flags, f.entry.flags.bypass)
             }
             None => {
-                let opens = if tcp {
-                    flow.opening
-                } else {
-                    flow.port.is_some()
-                };
-                let handed = opens
-                    && self
-                        .host
-                        .handed
-                        .lookup(source_side(flow.key), cx.now)
-                        .is_some_and(|f| f.forward);
+                let handed = handed_key(flow)
+                    .and_then(|k| self.host.handed.lookup(k, cx.now))
+                    .is_some_and(|f| f.forward);
                 if !handed {
                     return Err(DropReason::Spoofed);
                 }
@@ -449,24 +469,18 @@ impl Core {
         NextHop::Host
     }
 
-    /// Records the source side of a pod's flow (one the host may hand back) that goes
-    /// to the host: a TCP connection's first packet, or a UDP or SCTP datagram with
-    /// ports. A full table lets the flow go unrecorded.
+    /// Records a pod's flow (one the host may hand back) that goes to the host, by
+    /// its [`handed_key`]: a TCP connection's first packet, or a UDP or SCTP datagram
+    /// with ports. A full table lets the flow go unrecorded.
     fn hand_to_host<S: ?Sized>(&mut self, cx: &Ctx<'_, S>, flow: &Flow) {
-        use weft_encap::ipv4::protocol::TCP;
-        let opens = match flow.key.proto {
-            TCP => flow.opening,
-            _ => flow.port.is_some(),
-        };
-        if !opens {
+        let Some(key) = handed_key(flow) else {
             return;
-        }
-        let side = source_side(flow.key);
-        let found = self.host.handed.lookup(side, cx.now);
+        };
+        let found = self.host.handed.lookup(key, cx.now);
         if self
             .host
             .handed
-            .keep(side, found.as_ref(), Flags::default(), 0, cx.now)
+            .keep(key, found.as_ref(), Flags::default(), 0, cx.now)
             .is_ok()
         {
             self.sweep_soon(cx.now);

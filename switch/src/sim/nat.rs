@@ -2,7 +2,9 @@
 //! to endpoints (DNAT), the hairpin masquerade when a client reaches itself, and a
 //! connection table that undoes both on the replies. Like the kernel's, the table
 //! reverses only what passes through the host: a reply that reaches its client by
-//! another way keeps the endpoint's address, and the client's TCP refuses it.
+//! another way keeps the endpoint's address, and the client's TCP refuses it. And
+//! like the kernel's, it keeps reply tuples unique by giving a new connection another
+//! source port where its reply tuple would be an older connection's.
 //!
 //! What comes out of the host goes to another node's host where a direct route says
 //! so (direct routing), back into the switch through the host port when it is for
@@ -129,9 +131,27 @@ impl HostNat {
         self.turn += 1;
         // kube-proxy's KUBE-SEP masquerades a client that reaches itself.
         let src = if ep == t.0 { self.gateway } else { t.0 };
-        let xlat = (src, t.1, ep, ep_port, t.4);
+        let sport = self.free_source_port(src, t.1, (ep, ep_port, t.4))?;
+        let xlat = (src, sport, ep, ep_port, t.4);
         self.conns.push((t, xlat));
         Some(xlat)
+    }
+
+    /// The source port a new connection from `src`:`port` to `to` keeps, or takes
+    /// instead, as Linux's NAT does: no two connections may have one reply tuple, so
+    /// a client port reused towards another Service of the same endpoint, while the
+    /// host still tracks the first connection (here: ever), gets the lowest free
+    /// port from 1024. None when every port is taken (the packet goes on
+    /// untranslated, where Linux would drop it).
+    fn free_source_port(&self, src: Ipv4Addr, port: u16, to: (Ipv4Addr, u16, u8)) -> Option<u16> {
+        let taken = |p: u16| {
+            self.conns
+                .iter()
+                .any(|(_, x)| *x == (src, p, to.0, to.1, to.2))
+        };
+        std::iter::once(port)
+            .chain(1024..=u16::MAX)
+            .find(|&p| !taken(p))
     }
 }
 
