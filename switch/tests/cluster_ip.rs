@@ -298,6 +298,34 @@ fn the_node_reaches_a_cluster_ip_through_its_host_port(mode: TunnelMode) {
     assert_eq!(got(&host[0]).src, (TO_B, 53), "{mode:?}");
 }
 
+/// The node resolves ClusterIPs on its host port (its route for the Service CIDR is
+/// on the link, as for pods): the switch answers for every address of the Service
+/// CIDR, held by a Service or not, with its router MAC. Controls: an address beyond
+/// the cluster, which the host routes itself, stays unanswered, and so does a
+/// ClusterIP where the switch translates no Services.
+fn the_node_resolves_cluster_ips_on_its_host_port(mode: TunnelMode) {
+    let hmac = MacAddr::for_ip(gateway(0));
+    let ask = |sim: &mut Sim, target: Ipv4Addr| {
+        let request = arp(1, hmac, gateway(0), MacAddr([0; 6]), target);
+        sim.host_frame(0, &eth(MacAddr::BROADCAST, hmac, ETHERTYPE_ARP, &request));
+        sim.flush();
+        std::mem::take(&mut sim.out.host_rx[0])
+    };
+    let mut sim = cluster(mode);
+    sim.set_services(&services());
+    for target in [TO_B, UNKNOWN] {
+        let rx = ask(&mut sim, target);
+        assert_eq!(rx.len(), 1, "{mode:?}: {target}: {}", sim.drops_report());
+        let want = arp(2, router_mac(0), target, hmac, gateway(0));
+        assert_eq!(&rx[0][ETH_HLEN..ETH_HLEN + 28], &want[..], "{mode:?}: {target}");
+    }
+    assert!(ask(&mut sim, Ipv4Addr::new(198, 18, 0, 2)).is_empty(), "{mode:?}");
+    assert_eq!(sim.host_counters(0).dropped(DropReason::ArpIgnored), 1);
+    let mut without = cluster(mode);
+    assert!(ask(&mut without, TO_B).is_empty(), "{mode:?}");
+    assert_eq!(without.host_counters(0).dropped(DropReason::ArpIgnored), 1);
+}
+
 fn a_service_without_endpoints_is_refused_at_once(mode: TunnelMode) {
     let mut sim = cluster(mode);
     sim.set_services(&services());
@@ -598,6 +626,36 @@ fn tcp_connections_keep_their_endpoint_when_it_leaves(mode: TunnelMode) {
     }
 }
 
+/// A client that reuses the ports of a connection that closed opens a new one: once
+/// the closed one's endpoint has left, the new SYN goes to a live endpoint, and its
+/// reply is translated back. Control: a connection still open keeps the endpoint
+/// that left, even for its SYN sent again.
+fn a_reopened_connection_avoids_an_endpoint_that_left(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    let mut port = service(TO_MANY, 80, Protocol::Tcp, 8080, &[B, B2, B3]);
+    sim.set_services(&[port.clone()]);
+    let (a, b3) = (sim.pod(A), sim.pod(B3));
+    let syn = |s: u16| tcp((A, s), (TO_MANY, 80), 0x02);
+    // Two connections on B3: the client resets one, the other stays open.
+    let on_b3: Vec<u16> = (1000..2000)
+        .filter(|&s| send_one(&mut sim, a, &syn(s)).0 == b3)
+        .take(2)
+        .collect();
+    let (closed, open) = (on_b3[0], on_b3[1]);
+    let rst = tcp((A, closed), (TO_MANY, 80), 0x04);
+    assert_eq!(send_one(&mut sim, a, &rst).0, b3, "{mode:?}: the RST follows");
+    port.endpoints.retain(|e| e.ip != B3);
+    sim.set_services(&[port]);
+    assert_eq!(send_one(&mut sim, a, &syn(open)).0, b3, "{mode:?}: kept");
+    let (at, to) = send_one(&mut sim, a, &syn(closed));
+    assert_ne!(at, b3, "{mode:?}: the reopened connection avoids B3");
+    assert_eq!(to.src, (A, closed), "{mode:?}");
+    assert_eq!(to.dst.1, 8080, "{mode:?}");
+    let reply = tcp((to.dst.0, 8080), (A, closed), 0x12);
+    let (back, got) = send_one(&mut sim, at, &reply);
+    assert_eq!((back, got.src), (a, (TO_MANY, 80)), "{mode:?}: translated back");
+}
+
 // ---- Policy ----
 
 fn policy_judges_the_endpoint(mode: TunnelMode) {
@@ -818,11 +876,13 @@ weft_switch::both_modes!(
     partial_checksums_and_super_frames_are_translated,
     an_endpoint_outside_the_cluster_is_reached_through_the_host,
     the_node_reaches_a_cluster_ip_through_its_host_port,
+    the_node_resolves_cluster_ips_on_its_host_port,
     a_service_without_endpoints_is_refused_at_once,
     internal_local_without_a_local_endpoint_drops,
     affinity_holds_a_client_to_one_endpoint,
     removing_an_endpoint_moves_few_flows_and_flushes_its_udp,
     tcp_connections_keep_their_endpoint_when_it_leaves,
+    a_reopened_connection_avoids_an_endpoint_that_left,
     policy_judges_the_endpoint,
     a_spoofed_source_is_not_translated,
     an_endpoint_cannot_speak_as_the_service_for_a_flow_it_does_not_hold,
