@@ -232,15 +232,22 @@ pub fn check_answer(answer: &str, nonce: u64, to: SocketAddr) -> Result<Answer, 
 
 /// A TCP exchange from `ns` with `to`; the address the server saw the client as.
 pub fn tcp_exchange(ns: &Netns, to: SocketAddr) -> Result<Answer, String> {
-    let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
     let c = in_netns(ns, || TcpStream::connect_timeout(&to, PROBE))
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("TCP connect to {to}: {e}"))?;
+    ping(&c, to)
+}
+
+/// A ping on the TCP connection `c` to `to`, and its answer: the address the
+/// server saw the client as, and its own.
+pub fn ping(c: &TcpStream, to: SocketAddr) -> Result<Answer, String> {
+    let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
     c.set_read_timeout(Some(PROBE)).unwrap();
-    (&c).write_all(format!("ping {nonce}\n").as_bytes())
+    let mut c = c;
+    c.write_all(format!("ping {nonce}\n").as_bytes())
         .map_err(|e| format!("TCP send to {to}: {e}"))?;
     let mut line = String::new();
-    BufReader::new(&c)
+    BufReader::new(c)
         .read_line(&mut line)
         .map_err(|e| format!("TCP answer from {to}: {e}"))?;
     check_answer(&line, nonce, to)
