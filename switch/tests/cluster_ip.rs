@@ -317,9 +317,16 @@ fn the_node_resolves_cluster_ips_on_its_host_port(mode: TunnelMode) {
         let rx = ask(&mut sim, target);
         assert_eq!(rx.len(), 1, "{mode:?}: {target}: {}", sim.drops_report());
         let want = arp(2, router_mac(0), target, hmac, gateway(0));
-        assert_eq!(&rx[0][ETH_HLEN..ETH_HLEN + 28], &want[..], "{mode:?}: {target}");
+        assert_eq!(
+            &rx[0][ETH_HLEN..ETH_HLEN + 28],
+            &want[..],
+            "{mode:?}: {target}"
+        );
     }
-    assert!(ask(&mut sim, Ipv4Addr::new(198, 18, 0, 2)).is_empty(), "{mode:?}");
+    assert!(
+        ask(&mut sim, Ipv4Addr::new(198, 18, 0, 2)).is_empty(),
+        "{mode:?}"
+    );
     assert_eq!(sim.host_counters(0).dropped(DropReason::ArpIgnored), 1);
     let mut without = cluster(mode);
     assert!(ask(&mut without, TO_B).is_empty(), "{mode:?}");
@@ -643,7 +650,11 @@ fn a_reopened_connection_avoids_an_endpoint_that_left(mode: TunnelMode) {
         .collect();
     let (closed, open) = (on_b3[0], on_b3[1]);
     let rst = tcp((A, closed), (TO_MANY, 80), 0x04);
-    assert_eq!(send_one(&mut sim, a, &rst).0, b3, "{mode:?}: the RST follows");
+    assert_eq!(
+        send_one(&mut sim, a, &rst).0,
+        b3,
+        "{mode:?}: the RST follows"
+    );
     port.endpoints.retain(|e| e.ip != B3);
     sim.set_services(&[port]);
     assert_eq!(send_one(&mut sim, a, &syn(open)).0, b3, "{mode:?}: kept");
@@ -653,7 +664,11 @@ fn a_reopened_connection_avoids_an_endpoint_that_left(mode: TunnelMode) {
     assert_eq!(to.dst.1, 8080, "{mode:?}");
     let reply = tcp((to.dst.0, 8080), (A, closed), 0x12);
     let (back, got) = send_one(&mut sim, at, &reply);
-    assert_eq!((back, got.src), (a, (TO_MANY, 80)), "{mode:?}: translated back");
+    assert_eq!(
+        (back, got.src),
+        (a, (TO_MANY, 80)),
+        "{mode:?}: translated back"
+    );
 }
 
 // ---- Policy ----

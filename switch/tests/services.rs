@@ -20,9 +20,7 @@ use weft_perf::cni::{Network, Verb, REFERENCE_PLUGIN_DIR};
 use weft_perf::kubeproxy::{self, Endpoint, Protocol, Service, TrafficPolicy};
 use weft_perf::netns::{veth, wait_until, Netns};
 use weft_perf::topo::{Pod, Underlay};
-use weft_perf::weft::{
-    in_netns, peers_toml, write_atomic, Cluster, PeerNode, Scratch, WeftNode,
-};
+use weft_perf::weft::{in_netns, peers_toml, write_atomic, Cluster, PeerNode, Scratch, WeftNode};
 use weft_proto::{PodRef, Reply, Request};
 
 mod support;

@@ -277,7 +277,6 @@ pub fn udp_exchange(ns: &Netns, to: SocketAddr) -> Result<Answer, String> {
     Err(last)
 }
 
-
 /// The policy, in `dir`'s `policy.yaml`: the pod at `protected` takes connections
 /// from node 0's pod 0 only (node 0's pod 1 is another pod, labelled apart). Waits
 /// until every node of `cluster` has it in force.
