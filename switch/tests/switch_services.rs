@@ -94,9 +94,13 @@ fn services_in_the_switch(d: Datapath) {
 /// [`SVC_UDP`] to [`UDP_PORT`] at `vip`, with its endpoints, each on its node.
 #[derive(Debug, Clone)]
 struct Svc {
+    /// Its name in the `default` namespace (its slice's is `<name>-1`).
     name: &'static str,
+    /// Its ClusterIP.
     vip: Ipv4Addr,
+    /// `sessionAffinity: ClientIP`, with the default timeout.
     affinity: bool,
+    /// Its ready endpoints: each a host and a pod's address.
     endpoints: Vec<(usize, Ipv4Addr)>,
 }
 
@@ -553,9 +557,9 @@ fn an_endpoint_leaves(lab: &Lab) {
 /// did not own, and moves if that slot changed owner. The extra moves are thus
 /// binomial, with `p` the share of those slots that changed between the two tables
 /// (of one size: weftd keeps a port's size while it fits), computed here. By
-/// Chernoff's bound, `P(X >= μ + t) <= exp(-t² / (2(μ + t/3)))`, which for `t = 6√μ
-/// + 6` stays below 1e-4 whatever `μ`: a failure is a table that moves more than
-/// Maglev's, not bad luck.
+/// Chernoff's bound, `P(X >= μ + t) <= exp(-t² / (2(μ + t/3)))`, which for
+/// `t = 6√μ + 7` stays below 1e-4 whatever `μ` (its exponent is least at `μ = 0`:
+/// 10.5): a failure is a table that moves more than Maglev's, not bad luck.
 fn extra_moves(ends: &[Ipv4Addr], gone: Ipv4Addr, others: usize) -> (f64, usize) {
     let mut before: Vec<(Ipv4Addr, u16)> = ends.iter().map(|&ip| (ip, TCP_PORT)).collect();
     before.sort_unstable();
@@ -574,5 +578,5 @@ fn extra_moves(ends: &[Ipv4Addr], gone: Ipv4Addr, others: usize) -> (f64, usize)
         (k + 1, c + usize::from(x != y))
     });
     let mean = others as f64 * changed as f64 / kept as f64;
-    (mean, (mean + 6.0 * mean.sqrt() + 6.0).floor() as usize)
+    (mean, (mean + 6.0 * mean.sqrt() + 7.0).floor() as usize)
 }
