@@ -501,7 +501,8 @@ fn affinity(lab: &Lab) {
 }
 
 /// An endpoint leaves its Service (its EndpointSlice rewritten): new connections
-/// avoid it, the connections held open (to every endpoint) stay up, and of
+/// avoid it, the connections held open (to every endpoint) stay up, a UDP flow that
+/// was on it goes to another, and of
 /// [`FLOWS`] new connections, each from the same source port before and after,
 /// Maglev moves those that were on the endpoint and few others.
 fn an_endpoint_leaves(lab: &Lab) {
@@ -519,6 +520,7 @@ fn an_endpoint_leaves(lab: &Lab) {
         })
         .collect();
     assert!(held.iter().any(|(_, s)| *s != gone), "one held elsewhere");
+    let udp = udp_flow_to(lab, gone);
     let before = lab.landings(client);
     assert!(before.contains(&gone), "a flow on the endpoint that leaves");
 
@@ -539,6 +541,15 @@ fn an_endpoint_leaves(lab: &Lab) {
     );
     assert!(moved - minimum <= bound, "moved {moved}, minimum {minimum}");
 
+    // The UDP flow on the endpoint that left was forgotten: its next datagram goes
+    // to a live endpoint.
+    let to_udp = SocketAddr::from((TO_MANY, SVC_UDP));
+    let next = udp_ping(&udp, to_udp).unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!(next.seen, client_ip);
+    assert_ne!(
+        next.server, gone,
+        "the UDP flow still goes to the endpoint that left"
+    );
     for (i, (c, server)) in held.iter().enumerate() {
         let a = ping(c, to).unwrap_or_else(|e| panic!("held connection {i}: {e}"));
         let want = Answer {
@@ -547,6 +558,23 @@ fn an_endpoint_leaves(lab: &Lab) {
         };
         assert_eq!(a, want, "held connection {i} keeps its endpoint");
     }
+}
+
+/// A UDP socket of node 0's pod 0, connected to [`TO_MANY`], whose flow goes to
+/// `endpoint` (new flows from fresh ports until one does).
+fn udp_flow_to(lab: &Lab, endpoint: Ipv4Addr) -> UdpSocket {
+    let (client, to) = (
+        &lab.cluster.pod(0, 0).ns,
+        SocketAddr::from((TO_MANY, SVC_UDP)),
+    );
+    for _ in 0..100 {
+        let s = udp_socket(client, to).expect("a UDP socket");
+        let a = udp_ping(&s, to).unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+        if a.server == endpoint {
+            return s;
+        }
+    }
+    panic!("no UDP flow of 100 went to {endpoint}");
 }
 
 /// How many of `others` new flows, none of them on `gone`, the removal of `gone`

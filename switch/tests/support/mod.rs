@@ -256,11 +256,21 @@ pub fn ping(c: &TcpStream, to: SocketAddr) -> Result<Answer, String> {
 /// A UDP request and reply from `ns` to `to` (a connected socket: an answer from any
 /// other address is not taken); the address the server saw the client as.
 pub fn udp_exchange(ns: &Netns, to: SocketAddr) -> Result<Answer, String> {
+    udp_ping(&udp_socket(ns, to)?, to)
+}
+
+/// A UDP socket of `ns` connected to `to`.
+pub fn udp_socket(ns: &Netns, to: SocketAddr) -> Result<UdpSocket, String> {
     let s = in_netns(ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     s.connect(to).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(PROBE / 3)).unwrap();
+    Ok(s)
+}
+
+/// A UDP request on `s` (connected to `to`) and its answer, in up to three tries.
+pub fn udp_ping(s: &UdpSocket, to: SocketAddr) -> Result<Answer, String> {
     let mut last = String::from("no answer");
     for _ in 0..3 {
         let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
