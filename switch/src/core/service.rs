@@ -34,11 +34,11 @@
 //! the affinities) whose endpoint left its port, so a DNS client's next query goes
 //! to a live endpoint; TCP and SCTP connections keep theirs until they end, and so
 //! do their replies. A TCP SYN on the ports of a connection that closed is a new
-//! connection, given an endpoint afresh. A fragment to a Service address is dropped: only a first
-//! fragment carries the ports that choose the translation. An ICMP error to the
-//! client about a translated connection (a path MTU's, an endpoint's port
-//! unreachable) is translated back: the packet it quotes, and its source if the
-//! endpoint sent it. One a client sends about a reply it got from the Service
+//! connection, given an endpoint afresh. A fragment to a Service address is
+//! dropped: only a first fragment carries the ports that choose the translation. An
+//! ICMP error to the client about a translated connection (a path MTU's, an
+//! endpoint's port unreachable) is translated back: the packet it quotes, and its
+//! source if the endpoint sent it. One a client sends about a reply it got from the Service
 //! goes to the ClusterIP and is dropped.
 
 use std::net::Ipv4Addr;
