@@ -15,7 +15,7 @@ use weft_switch::services::{Endpoint, Frontend, Protocol, Readiness, ServicePort
 use weft_switch::sim::tcp::Transfer;
 use weft_switch::sim::*;
 use weft_switch::tables::counters::DropReason;
-use weft_switch::tables::TunnelMode;
+use weft_switch::tables::{PeerPath, TunnelMode};
 
 /// Pods A and A2 on node 0; B, B2 and B3 on node 1.
 const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
@@ -331,6 +331,47 @@ fn the_node_resolves_cluster_ips_on_its_host_port(mode: TunnelMode) {
     let mut without = cluster(mode);
     assert!(ask(&mut without, TO_B).is_empty(), "{mode:?}");
     assert_eq!(without.host_counters(0).dropped(DropReason::ArpIgnored), 1);
+}
+
+/// Under direct routing the node reaches a ClusterIP whose endpoint a direct peer
+/// holds: its translated query goes through the tunnel (the host, which routes the
+/// peer's pods, cannot take back a packet from its own address), and the endpoint's
+/// answer to the node's gateway address comes back through the tunnel, translated.
+/// Control: the endpoint's packets to a pod of the node still go through its host.
+fn the_node_reaches_a_cluster_ip_on_a_direct_peer(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    sim.set_services(&services());
+    for (n, m) in [(0, 1), (1, 0)] {
+        sim.set_peer(n, m, |p| {
+            p.path = PeerPath::Direct {
+                dev: "eth0".into(),
+                node_via_tunnel: true,
+            }
+        });
+    }
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let query = udp_to((gateway(0), 34_000), (TO_B, 53), b"query");
+    let gw = MacAddr::for_ip(gateway(0));
+    sim.host_frame(0, &eth(router_mac(0), gw, ETHERTYPE_IPV4, &query));
+    sim.flush();
+    sim.deliver_wire();
+    let rx = sim.take_rx(b);
+    assert_eq!(rx.len(), 1, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(got(&rx[0]).src, (gateway(0), 34_000));
+    assert_eq!(got(&rx[0]).dst, (B, 5353));
+    send(
+        &mut sim,
+        b,
+        &udp_to((B, 5353), (gateway(0), 34_000), b"answer"),
+    );
+    let host = std::mem::take(&mut sim.out.host_rx[0]);
+    assert_eq!(host.len(), 1, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(got(&host[0]).src, (TO_B, 53), "{mode:?}");
+    assert_eq!(sim.total_drops(), 0, "{}", sim.drops_report());
+    // Control: B to pod A goes to node 1's host, which routes it directly.
+    let rx = send(&mut sim, b, &udp_to((B, 5353), (A, 34_000), b"direct"));
+    assert!(rx[a].is_empty(), "{mode:?}");
+    assert_eq!(std::mem::take(&mut sim.out.host_rx[1]).len(), 1, "{mode:?}");
 }
 
 fn a_service_without_endpoints_is_refused_at_once(mode: TunnelMode) {
@@ -892,6 +933,7 @@ weft_switch::both_modes!(
     an_endpoint_outside_the_cluster_is_reached_through_the_host,
     the_node_reaches_a_cluster_ip_through_its_host_port,
     the_node_resolves_cluster_ips_on_its_host_port,
+    the_node_reaches_a_cluster_ip_on_a_direct_peer,
     a_service_without_endpoints_is_refused_at_once,
     internal_local_without_a_local_endpoint_drops,
     affinity_holds_a_client_to_one_endpoint,

@@ -79,7 +79,7 @@ fn encrypted_sleeve_services_in_the_switch() {
 
 fn services_in_the_switch(d: Datapath) {
     let lab = Lab::new(d);
-    translated(&lab, d);
+    translated(&lab);
     policy_on_the_endpoint(&lab);
     no_endpoints(&lab);
     affinity(&lab);
@@ -347,8 +347,8 @@ fn from_port(port: u16, to: SocketAddr) -> Result<Answer, String> {
 // ---------------------------------------------------------------------------------
 
 /// A pod to ClusterIPs whose endpoints are remote, local and the pod itself, and the
-/// node to ClusterIPs (over `d`): TCP and UDP, with the address each endpoint saw.
-fn translated(lab: &Lab, d: Datapath) {
+/// node to ClusterIPs: TCP and UDP, with the address each endpoint saw.
+fn translated(lab: &Lab) {
     let c = &lab.cluster;
     let (client, client_ip) = (&c.pod(0, 0).ns, c.ip(0, 0));
     let node0 = c.underlay.host(0);
@@ -385,15 +385,11 @@ fn translated(lab: &Lab, d: Datapath) {
     assert_eq!(answers, [hairpin; 2], "the pod sees the Service");
 
     // The node, through weft0 (which routes the Service CIDR), from its address
-    // there. Under direct routing only to a local endpoint: the switch cannot send
-    // the node's translated packet to a peer's pod that the host routes (it drops
-    // it as `host_loop`), and the endpoint's reply to the node's weft0 address would
-    // reach the peer's host untranslated. Known, not fixed: see the README.
-    let mut node_cases = vec![("node → ClusterIP, local endpoint", TO_LOCAL)];
-    if !d.direct {
-        node_cases.push(("node → ClusterIP, remote endpoint", TO_REMOTE));
-    }
-    for (what, vip) in node_cases {
+    // there.
+    for (what, vip) in [
+        ("node → ClusterIP, remote endpoint", TO_REMOTE),
+        ("node → ClusterIP, local endpoint", TO_LOCAL),
+    ] {
         for a in lab.exchange(what, &node0.ns, vip) {
             assert_eq!(a.seen, node0.gateway, "{what}: the node's address on weft0");
             let endpoints = if vip == TO_LOCAL {
