@@ -33,6 +33,8 @@ use support::*;
 const TO_REMOTE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const TO_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const TO_SELF: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+/// A second Service of [`TO_LOCAL`]'s endpoint.
+const TO_ALIAS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
 const TO_PROTECTED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 15);
 /// Three endpoints, one of which leaves.
 const TO_MANY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
@@ -54,12 +56,11 @@ const FLOWS: u16 = 300;
 /// other socket of the client takes one.
 const FLOW_PORT: u16 = 20_000;
 /// The first source port of the affinity test's connections, a hundred to each
-/// Service, each from a port of its own. With ports the kernel chose, one taken
-/// again towards the other ClusterIP, whose connection goes to the same endpoint,
-/// could meet the known limit the README names (the closed connection's reply
-/// translation, left in another worker's table); the affinity test is not about
-/// that.
+/// Service, each from a port of its own.
 const AFFINITY_PORT: u16 = 21_000;
+/// Source ports each used towards [`TO_LOCAL`], then [`TO_ALIAS`].
+const REUSED_PORT: u16 = 22_000;
+const REUSED: u16 = 40;
 /// Connections held open while an endpoint leaves.
 const HELD: usize = 12;
 /// How long weftd may take to put a changed manifest in force.
@@ -91,6 +92,7 @@ fn services_in_the_switch(d: Datapath) {
     policy_on_the_endpoint(&lab);
     no_endpoints(&lab);
     affinity(&lab);
+    a_port_reused_towards_another_cluster_ip(&lab);
     an_endpoint_leaves(&lab);
 }
 
@@ -248,6 +250,7 @@ impl Lab {
             svc("remote", TO_REMOTE, false, remote),
             svc("local", TO_LOCAL, false, vec![(0, c.ip(0, 1))]),
             svc("self", TO_SELF, false, vec![(0, c.ip(0, 0))]),
+            svc("alias", TO_ALIAS, false, vec![(0, c.ip(0, 1))]),
             svc(
                 "protected",
                 TO_PROTECTED,
@@ -499,6 +502,24 @@ fn affinity(lab: &Lab) {
         .into_iter()
         .collect();
     assert!(spread.len() > 1, "without affinity: {spread:?}");
+}
+
+/// A client port used towards one ClusterIP and, once that connection is closed,
+/// towards another of the same endpoint: the endpoint sees the same client address
+/// and port both times, and the second connection's answers come from the second
+/// ClusterIP. (The closed connection's translation may linger in the table of the
+/// worker that reads the endpoint's answers, while the new one is written by
+/// another: over [`REUSED`] ports, some are.)
+fn a_port_reused_towards_another_cluster_ip(lab: &Lab) {
+    let client = &lab.cluster.pod(0, 0).ns;
+    let reached = |vip| {
+        let to = SocketAddr::from((vip, SVC_TCP));
+        let ports = REUSED_PORT..REUSED_PORT + REUSED;
+        lab.answered(client, to, ports)
+    };
+    let endpoint = lab.cluster.ip(0, 1);
+    assert!(reached(TO_LOCAL).iter().all(|&s| s == endpoint));
+    assert!(reached(TO_ALIAS).iter().all(|&s| s == endpoint));
 }
 
 /// An endpoint leaves its Service (its EndpointSlice rewritten): new connections

@@ -570,7 +570,11 @@ impl Core {
                 ..Rewrite::dst(v.ip, v.port)
             });
         }
-        let found = nat.ct.lookup(flow.key, cx.now).filter(|f| !f.forward)?;
+        // A reused 5-tuple's closed translation may linger here; the open one wins.
+        let found = nat
+            .ct
+            .lookup_open(flow.key, cx.now)
+            .filter(|f| !f.forward)?;
         let v = Value::of(found.entry.value).filter(|v| v.kind == Kind::Reply)?;
         nat.keep(&found, v, flow, cx.now);
         Some(Rewrite::src(v.ip, v.port))
