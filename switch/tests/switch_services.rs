@@ -8,8 +8,9 @@
 //! Every datapath (VXLAN, sleeve, direct routing, encrypted sleeve) runs every case
 //! on one lab: a pod to a ClusterIP whose endpoint is remote, local or the pod
 //! itself, and the node to one; NetworkPolicy on the endpoint; a Service without
-//! endpoints; session affinity beside its control; and an endpoint removed, with
-//! the flows Maglev moved counted against the minimum.
+//! endpoints; session affinity beside its control; a client port reused towards a
+//! second ClusterIP of the same endpoint; and an endpoint removed, with the flows
+//! Maglev moved counted against the minimum.
 //!
 //! These tests need root (they create namespaces); they fail, never skip, without it.
 
@@ -60,6 +61,9 @@ const FLOW_PORT: u16 = 20_000;
 const AFFINITY_PORT: u16 = 21_000;
 /// Source ports each used towards [`TO_LOCAL`], then [`TO_ALIAS`].
 const REUSED_PORT: u16 = 22_000;
+/// How many: a port shows the clash only where the two connections are written by
+/// different workers and the endpoint's answers read by the first (about one in
+/// four with two workers), so forty miss it with odds near 1e-5.
 const REUSED: u16 = 40;
 /// Connections held open while an endpoint leaves.
 const HELD: usize = 12;
@@ -524,9 +528,9 @@ fn a_port_reused_towards_another_cluster_ip(lab: &Lab) {
 
 /// An endpoint leaves its Service (its EndpointSlice rewritten): new connections
 /// avoid it, the connections held open (to every endpoint) stay up, a UDP flow that
-/// was on it goes to another, and of
-/// [`FLOWS`] new connections, each from the same source port before and after,
-/// Maglev moves those that were on the endpoint and few others.
+/// was on it goes to another, and of [`FLOWS`] new connections, each from the same
+/// source port before and after, Maglev moves those that were on the endpoint and
+/// few others.
 fn an_endpoint_leaves(lab: &Lab) {
     let c = &lab.cluster;
     let (client, client_ip) = (&c.pod(0, 0).ns, c.ip(0, 0));
