@@ -15,7 +15,7 @@ use weft_switch::services::{Endpoint, Frontend, Protocol, Readiness, ServicePort
 use weft_switch::sim::tcp::Transfer;
 use weft_switch::sim::*;
 use weft_switch::tables::counters::DropReason;
-use weft_switch::tables::TunnelMode;
+use weft_switch::tables::{PeerPath, TunnelMode};
 
 /// Pods A and A2 on node 0; B, B2 and B3 on node 1.
 const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
@@ -296,6 +296,82 @@ fn the_node_reaches_a_cluster_ip_through_its_host_port(mode: TunnelMode) {
     let host = std::mem::take(&mut sim.out.host_rx[0]);
     assert_eq!(host.len(), 1, "{mode:?}: {}", sim.drops_report());
     assert_eq!(got(&host[0]).src, (TO_B, 53), "{mode:?}");
+}
+
+/// The node resolves ClusterIPs on its host port (its route for the Service CIDR is
+/// on the link, as for pods): the switch answers for every address of the Service
+/// CIDR, held by a Service or not, with its router MAC. Controls: an address beyond
+/// the cluster, which the host routes itself, stays unanswered, and so does a
+/// ClusterIP where the switch translates no Services.
+fn the_node_resolves_cluster_ips_on_its_host_port(mode: TunnelMode) {
+    let hmac = MacAddr::for_ip(gateway(0));
+    let ask = |sim: &mut Sim, target: Ipv4Addr| {
+        let request = arp(1, hmac, gateway(0), MacAddr([0; 6]), target);
+        sim.host_frame(0, &eth(MacAddr::BROADCAST, hmac, ETHERTYPE_ARP, &request));
+        sim.flush();
+        std::mem::take(&mut sim.out.host_rx[0])
+    };
+    let mut sim = cluster(mode);
+    sim.set_services(&services());
+    for target in [TO_B, UNKNOWN] {
+        let rx = ask(&mut sim, target);
+        assert_eq!(rx.len(), 1, "{mode:?}: {target}: {}", sim.drops_report());
+        let want = arp(2, router_mac(0), target, hmac, gateway(0));
+        assert_eq!(
+            &rx[0][ETH_HLEN..ETH_HLEN + 28],
+            &want[..],
+            "{mode:?}: {target}"
+        );
+    }
+    assert!(
+        ask(&mut sim, Ipv4Addr::new(198, 18, 0, 2)).is_empty(),
+        "{mode:?}"
+    );
+    assert_eq!(sim.host_counters(0).dropped(DropReason::ArpIgnored), 1);
+    let mut without = cluster(mode);
+    assert!(ask(&mut without, TO_B).is_empty(), "{mode:?}");
+    assert_eq!(without.host_counters(0).dropped(DropReason::ArpIgnored), 1);
+}
+
+/// Under direct routing the node reaches a ClusterIP whose endpoint a direct peer
+/// holds: its translated query goes through the tunnel (the host, which routes the
+/// peer's pods, cannot take back a packet from its own address), and the endpoint's
+/// answer to the node's gateway address comes back through the tunnel, translated.
+/// Control: the endpoint's packets to a pod of the node still go through its host.
+fn the_node_reaches_a_cluster_ip_on_a_direct_peer(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    sim.set_services(&services());
+    for (n, m) in [(0, 1), (1, 0)] {
+        sim.set_peer(n, m, |p| {
+            p.path = PeerPath::Direct {
+                dev: "eth0".into(),
+                node_via_tunnel: true,
+            }
+        });
+    }
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let query = udp_to((gateway(0), 34_000), (TO_B, 53), b"query");
+    let gw = MacAddr::for_ip(gateway(0));
+    sim.host_frame(0, &eth(router_mac(0), gw, ETHERTYPE_IPV4, &query));
+    sim.flush();
+    sim.deliver_wire();
+    let rx = sim.take_rx(b);
+    assert_eq!(rx.len(), 1, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(got(&rx[0]).src, (gateway(0), 34_000));
+    assert_eq!(got(&rx[0]).dst, (B, 5353));
+    send(
+        &mut sim,
+        b,
+        &udp_to((B, 5353), (gateway(0), 34_000), b"answer"),
+    );
+    let host = std::mem::take(&mut sim.out.host_rx[0]);
+    assert_eq!(host.len(), 1, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(got(&host[0]).src, (TO_B, 53), "{mode:?}");
+    assert_eq!(sim.total_drops(), 0, "{}", sim.drops_report());
+    // Control: B to pod A goes to node 1's host, which routes it directly.
+    let rx = send(&mut sim, b, &udp_to((B, 5353), (A, 34_000), b"direct"));
+    assert!(rx[a].is_empty(), "{mode:?}");
+    assert_eq!(std::mem::take(&mut sim.out.host_rx[1]).len(), 1, "{mode:?}");
 }
 
 fn a_service_without_endpoints_is_refused_at_once(mode: TunnelMode) {
@@ -598,6 +674,44 @@ fn tcp_connections_keep_their_endpoint_when_it_leaves(mode: TunnelMode) {
     }
 }
 
+/// A client that reuses the ports of a connection that closed opens a new one: once
+/// the closed one's endpoint has left, the new SYN goes to a live endpoint, and its
+/// reply is translated back. Control: a connection still open keeps the endpoint
+/// that left, even for its SYN sent again.
+fn a_reopened_connection_avoids_an_endpoint_that_left(mode: TunnelMode) {
+    let mut sim = cluster(mode);
+    let mut port = service(TO_MANY, 80, Protocol::Tcp, 8080, &[B, B2, B3]);
+    sim.set_services(&[port.clone()]);
+    let (a, b3) = (sim.pod(A), sim.pod(B3));
+    let syn = |s: u16| tcp((A, s), (TO_MANY, 80), 0x02);
+    // Two connections on B3: the client resets one, the other stays open.
+    let on_b3: Vec<u16> = (1000..2000)
+        .filter(|&s| send_one(&mut sim, a, &syn(s)).0 == b3)
+        .take(2)
+        .collect();
+    let (closed, open) = (on_b3[0], on_b3[1]);
+    let rst = tcp((A, closed), (TO_MANY, 80), 0x04);
+    assert_eq!(
+        send_one(&mut sim, a, &rst).0,
+        b3,
+        "{mode:?}: the RST follows"
+    );
+    port.endpoints.retain(|e| e.ip != B3);
+    sim.set_services(&[port]);
+    assert_eq!(send_one(&mut sim, a, &syn(open)).0, b3, "{mode:?}: kept");
+    let (at, to) = send_one(&mut sim, a, &syn(closed));
+    assert_ne!(at, b3, "{mode:?}: the reopened connection avoids B3");
+    assert_eq!(to.src, (A, closed), "{mode:?}");
+    assert_eq!(to.dst.1, 8080, "{mode:?}");
+    let reply = tcp((to.dst.0, 8080), (A, closed), 0x12);
+    let (back, got) = send_one(&mut sim, at, &reply);
+    assert_eq!(
+        (back, got.src),
+        (a, (TO_MANY, 80)),
+        "{mode:?}: translated back"
+    );
+}
+
 // ---- Policy ----
 
 fn policy_judges_the_endpoint(mode: TunnelMode) {
@@ -818,11 +932,14 @@ weft_switch::both_modes!(
     partial_checksums_and_super_frames_are_translated,
     an_endpoint_outside_the_cluster_is_reached_through_the_host,
     the_node_reaches_a_cluster_ip_through_its_host_port,
+    the_node_resolves_cluster_ips_on_its_host_port,
+    the_node_reaches_a_cluster_ip_on_a_direct_peer,
     a_service_without_endpoints_is_refused_at_once,
     internal_local_without_a_local_endpoint_drops,
     affinity_holds_a_client_to_one_endpoint,
     removing_an_endpoint_moves_few_flows_and_flushes_its_udp,
     tcp_connections_keep_their_endpoint_when_it_leaves,
+    a_reopened_connection_avoids_an_endpoint_that_left,
     policy_judges_the_endpoint,
     a_spoofed_source_is_not_translated,
     an_endpoint_cannot_speak_as_the_service_for_a_flow_it_does_not_hold,

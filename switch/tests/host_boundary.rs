@@ -331,7 +331,10 @@ fn a_peer_that_routes_here_directly_passes_the_host_port(mode: TunnelMode) {
     // Both ways: node 0 routes to node 1 directly too.
     sim.set_peer(0, 1, |p| {
         p.via_host = false;
-        p.path = PeerPath::Direct { dev: "eth0".into() };
+        p.path = PeerPath::Direct {
+            dev: "eth0".into(),
+            node_via_tunnel: false,
+        };
     });
     sim.host_frame(0, &host_frame(0, &from_b));
     sim.flush();
@@ -346,7 +349,12 @@ fn a_peer_that_routes_here_directly_passes_the_host_port(mode: TunnelMode) {
 fn a_direct_peer_that_tunnels_back_is_sent_through_the_host(mode: TunnelMode) {
     let mut sim = Sim::new(mode, &[&[A], &[B]]);
     let (a, b) = (sim.pod(A), sim.pod(B));
-    sim.set_peer(0, 1, |p| p.path = PeerPath::Direct { dev: "eth0".into() });
+    sim.set_peer(0, 1, |p| {
+        p.path = PeerPath::Direct {
+            dev: "eth0".into(),
+            node_via_tunnel: false,
+        }
+    });
     // B's packet comes through the tunnel (node 1 tunnels back), and node 0 sends
     // its own to node 1 through its host: so does B's, for the host to see it.
     let p = Ip::udp(B, A).packet(&udp(1, 9, 10));
@@ -386,7 +394,12 @@ fn host_flows_expire_with_their_connections(mode: TunnelMode) {
 /// sends them through its host, which undoes its translation.
 fn services_work_when_one_node_routes_directly_and_the_other_tunnels_back(mode: TunnelMode) {
     let mut sim = cluster(mode);
-    sim.set_peer(0, 1, |p| p.path = PeerPath::Direct { dev: "eth0".into() });
+    sim.set_peer(0, 1, |p| {
+        p.path = PeerPath::Direct {
+            dev: "eth0".into(),
+            node_via_tunnel: false,
+        }
+    });
     sim.set_peer(1, 0, |p| p.via_host = true);
     sim.host_nat(0).route_direct(subnet(1), 1);
     sim.host_nat(1);

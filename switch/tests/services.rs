@@ -10,28 +10,22 @@
 //!
 //! These tests need root (they create namespaces); they fail, never skip, without it.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use weft_perf::cni::{Network, Verb, REFERENCE_PLUGIN_DIR};
 use weft_perf::kubeproxy::{self, Endpoint, Protocol, Service, TrafficPolicy};
 use weft_perf::netns::{veth, wait_until, Netns};
 use weft_perf::topo::{Pod, Underlay};
-use weft_perf::weft::{
-    in_netns, peers_toml, write_atomic, Cluster, PeerNode, Scratch, WeftNode, WeftOptions,
-};
+use weft_perf::weft::{in_netns, peers_toml, write_atomic, Cluster, PeerNode, Scratch, WeftNode};
 use weft_proto::{PodRef, Reply, Request};
 
-const SERVICE_CIDR: &str = "10.96.0.0/16";
-/// Every pod, and the world, serves TCP and UDP on these.
-const TCP_PORT: u16 = 8080;
-const UDP_PORT: u16 = 5353;
+mod support;
+use support::*;
+
 /// The underlay's router (on the wire namespace's bridge) and the world behind it.
 const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 254);
 const WORLD_GW: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -55,54 +49,11 @@ const HOST_PORT: u16 = 31000;
 const SPOOF_PORT: u16 = 9999;
 const SPOOFS: u64 = 20;
 
-const PROBE: Duration = Duration::from_secs(3);
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KubeProxy {
     Iptables,
     Nftables,
 }
-
-/// A datapath: weftd's mode and flags, and how many nodes.
-#[derive(Debug, Clone, Copy)]
-struct Datapath {
-    tag: &'static str,
-    mode: &'static str,
-    extra: &'static [&'static str],
-    hosts: usize,
-    /// Whether a peer's pods legitimately come through the host (direct routing):
-    /// then spoofing them through the host is not told apart from them.
-    direct: bool,
-}
-
-const VXLAN: Datapath = Datapath {
-    tag: "x",
-    mode: "vxlan",
-    extra: &[],
-    hosts: 3,
-    direct: false,
-};
-const SLEEVE: Datapath = Datapath {
-    tag: "s",
-    mode: "sleeve",
-    extra: &[],
-    hosts: 2,
-    direct: false,
-};
-const DIRECT: Datapath = Datapath {
-    tag: "d",
-    mode: "vxlan",
-    extra: &["--direct-routing", "true"],
-    hosts: 2,
-    direct: true,
-};
-const ENCRYPTED: Datapath = Datapath {
-    tag: "e",
-    mode: "sleeve",
-    extra: &["--encryption", "required"],
-    hosts: 2,
-    direct: false,
-};
 
 #[test]
 fn vxlan_under_kube_proxy_iptables() {
@@ -285,172 +236,6 @@ fn one_node_routes_directly_the_other_tunnels_back() {
 }
 
 // ---------------------------------------------------------------------------------
-// Servers and probes
-// ---------------------------------------------------------------------------------
-
-/// Echo servers that answer `ping N` with `pong N <the address they saw> <their own
-/// address>`, stopped on drop.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The answer to `request` from a client at `from` to `me`, if it is a well-formed
-/// ping.
-fn answer(request: &str, from: SocketAddr, me: Option<SocketAddr>) -> Option<String> {
-    let nonce: u64 = request.trim_end().strip_prefix("ping ")?.parse().ok()?;
-    let me = me.map_or("?".into(), |a| a.ip().to_string());
-    Some(format!("pong {nonce} {} {me}\n", from.ip()))
-}
-
-impl Servers {
-    fn new() -> Servers {
-        Servers {
-            stop: Arc::new(AtomicBool::new(false)),
-            threads: Vec::new(),
-        }
-    }
-
-    /// Serves TCP on [`TCP_PORT`] (every address) and UDP on [`UDP_PORT`] (at `ip`,
-    /// which the answers name) in `ns`.
-    fn serve(&mut self, ns: &Netns, ip: Ipv4Addr) {
-        let any = Ipv4Addr::UNSPECIFIED;
-        let tcp = in_netns(ns, || TcpListener::bind((any, TCP_PORT)))
-            .expect("the namespace")
-            .expect("a TCP listener");
-        tcp.set_nonblocking(true).unwrap();
-        let stop = self.stop.clone();
-        self.threads.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok((c, from)) = tcp.accept() else {
-                    std::thread::sleep(Duration::from_millis(2));
-                    continue;
-                };
-                std::thread::spawn(move || {
-                    let _ = c.set_nonblocking(false);
-                    let _ = c.set_read_timeout(Some(PROBE));
-                    let mut line = String::new();
-                    let mut reader = BufReader::new((&c).take(64));
-                    if reader.read_line(&mut line).is_ok() {
-                        if let Some(a) = answer(&line, from, c.local_addr().ok()) {
-                            let _ = (&c).write_all(a.as_bytes());
-                        }
-                    }
-                });
-            }
-        }));
-        let udp = in_netns(ns, || UdpSocket::bind((ip, UDP_PORT)))
-            .expect("the namespace")
-            .expect("a UDP socket");
-        udp.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let stop = self.stop.clone();
-        self.threads.push(std::thread::spawn(move || {
-            let mut b = [0u8; 64];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = udp.recv_from(&mut b) {
-                    let request = String::from_utf8_lossy(&b[..n]).into_owned();
-                    if let Some(a) = answer(&request, from, udp.local_addr().ok()) {
-                        let _ = udp.send_to(a.as_bytes(), from);
-                    }
-                }
-            }
-        }));
-    }
-
-    /// Counts UDP datagrams arriving on `port` in `ns`.
-    fn count(&mut self, ns: &Netns, port: u16) -> Arc<AtomicU64> {
-        let udp = in_netns(ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
-            .expect("the namespace")
-            .expect("a UDP socket");
-        udp.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let n = Arc::new(AtomicU64::new(0));
-        let (stop, seen) = (self.stop.clone(), n.clone());
-        self.threads.push(std::thread::spawn(move || {
-            let mut b = [0u8; 256];
-            while !stop.load(Ordering::Relaxed) {
-                if udp.recv_from(&mut b).is_ok() {
-                    seen.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-        n
-    }
-}
-
-static NONCE: AtomicU64 = AtomicU64::new(1);
-
-/// What a server answered: the address it saw the client as, and its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Answer {
-    seen: Ipv4Addr,
-    server: Ipv4Addr,
-}
-
-/// Checks an answer to `ping nonce`.
-fn check_answer(answer: &str, nonce: u64, to: SocketAddr) -> Result<Answer, String> {
-    let bad = || format!("{to} answered {answer:?} to ping {nonce}");
-    let mut words = answer.split_whitespace();
-    match (words.next(), words.next(), words.next(), words.next()) {
-        (Some("pong"), Some(n), Some(seen), Some(server)) if n == nonce.to_string() => Ok(Answer {
-            seen: seen.parse().map_err(|_| bad())?,
-            server: server.parse().map_err(|_| bad())?,
-        }),
-        _ => Err(bad()),
-    }
-}
-
-/// A TCP exchange from `ns` with `to`; the address the server saw the client as.
-fn tcp_exchange(ns: &Netns, to: SocketAddr) -> Result<Answer, String> {
-    let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
-    let c = in_netns(ns, || TcpStream::connect_timeout(&to, PROBE))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("TCP connect to {to}: {e}"))?;
-    c.set_read_timeout(Some(PROBE)).unwrap();
-    (&c).write_all(format!("ping {nonce}\n").as_bytes())
-        .map_err(|e| format!("TCP send to {to}: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(&c)
-        .read_line(&mut line)
-        .map_err(|e| format!("TCP answer from {to}: {e}"))?;
-    check_answer(&line, nonce, to)
-}
-
-/// A UDP request and reply from `ns` to `to` (a connected socket: an answer from any
-/// other address is not taken); the address the server saw the client as.
-fn udp_exchange(ns: &Netns, to: SocketAddr) -> Result<Answer, String> {
-    let s = in_netns(ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    s.connect(to).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(PROBE / 3)).unwrap();
-    let mut last = String::from("no answer");
-    for _ in 0..3 {
-        let nonce = NONCE.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = s.send(format!("ping {nonce}").as_bytes()) {
-            last = format!("UDP send to {to}: {e}");
-            continue;
-        }
-        let mut b = [0u8; 64];
-        match s.recv(&mut b) {
-            Ok(n) => return check_answer(&String::from_utf8_lossy(&b[..n]), nonce, to),
-            Err(e) => last = format!("UDP answer from {to}: {e}"),
-        }
-    }
-    Err(last)
-}
-
-// ---------------------------------------------------------------------------------
 // The lab
 // ---------------------------------------------------------------------------------
 
@@ -466,22 +251,6 @@ struct Lab {
     attacker: Netns,
     _policy: Scratch,
     kp: KubeProxy,
-}
-
-fn options(d: Datapath, policy_dir: &std::path::Path) -> WeftOptions {
-    let mut extra: Vec<String> = d.extra.iter().map(|s| s.to_string()).collect();
-    extra.extend([
-        "--service-cidr".into(),
-        SERVICE_CIDR.into(),
-        "--policy-dir".into(),
-        policy_dir.display().to_string(),
-    ]);
-    WeftOptions {
-        binary: PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
-        mode: d.mode.into(),
-        workers: 2,
-        extra,
-    }
 }
 
 /// Runs `argv` in `ns` with `input` on its standard input.
@@ -539,7 +308,7 @@ impl Lab {
             _policy: policy,
             kp,
         };
-        lab.protect();
+        protect(&lab.cluster, lab._policy.path(), lab.protected.1);
         lab.load_kube_proxy();
         lab.portmap(Verb::Add);
         for h in 0..d.hosts {
@@ -551,44 +320,6 @@ impl Lab {
         lab.servers.serve(&lab.protected.0.ns, lab.protected.1);
         lab.servers.serve(&lab.world, WORLD);
         lab
-    }
-
-    /// The policy: node 1's protected pod takes connections from node 0's pod 0 only.
-    fn protect(&self) {
-        let pod = |name: &str, role: &str, ip: Ipv4Addr| {
-            format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  \
-                 labels:\n    role: {role}\nstatus:\n  podIP: {ip}\n"
-            )
-        };
-        let docs = [
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n".to_owned(),
-            pod("client", "client", self.cluster.ip(0, 0)),
-            pod("other", "other", self.cluster.ip(0, 1)),
-            pod("protected", "protected", self.protected.1),
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: protect\n  \
-             namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      role: protected\n  \
-             ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          role: client\n"
-                .to_owned(),
-        ];
-        write_atomic(
-            &self._policy.path().join("policy.yaml"),
-            &docs.join("---\n"),
-        )
-        .expect("the policy");
-        for (h, node) in self.cluster.nodes.iter().enumerate() {
-            wait_until(
-                Duration::from_secs(10),
-                "the policy in force",
-                || match node.ok(&Request::PolicyStatus) {
-                    Ok(Reply::PolicyStatus(s)) => {
-                        s.errors.is_empty() && s.policies.iter().any(|p| p.id == "default/protect")
-                    }
-                    _ => false,
-                },
-            )
-            .unwrap_or_else(|e| panic!("node {h}: {e}\n{}", self.cluster.logs()));
-        }
     }
 
     /// The Services, as kube-proxy would have them on node `h`.
@@ -765,16 +496,7 @@ impl Lab {
 
     /// The drops of `reason` on node `h`'s port at `ip`.
     fn port_drops(&self, h: usize, ip: Ipv4Addr, reason: &str) -> u64 {
-        match self.cluster.nodes[h].ok(&Request::Ports).expect("ports") {
-            Reply::Ports { ports } => ports
-                .into_iter()
-                .filter(|p| p.ip == Some(ip))
-                .flat_map(|p| p.counters.drops)
-                .filter(|(r, _)| r == reason)
-                .map(|(_, n)| n)
-                .sum(),
-            other => panic!("{other:?}"),
-        }
+        port_drops(&self.cluster.nodes[h], ip, reason)
     }
 }
 

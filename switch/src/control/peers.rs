@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use weft_proto as proto;
 
-use crate::control::config::{Encryption, Mode, Settings};
+use crate::control::config::{Encryption, Mode, ServicesMode, Settings};
 use crate::control::daemon::Daemon;
 use crate::control::error::DaemonError;
 use crate::control::routes::{DirectRoute, RouteTo};
@@ -37,7 +37,11 @@ pub(crate) fn path_to(settings: &Settings, n: &NodeEntry, route: Option<&RouteTo
     if settings.tunnel.direct_routing && their_direct {
         match route {
             Some(r) if r.gateway.is_none() && r.dev != settings.host.port => {
-                return PeerPath::Direct { dev: r.dev.clone() }
+                let services = settings.host.services == ServicesMode::Switch;
+                return PeerPath::Direct {
+                    dev: r.dev.clone(),
+                    node_via_tunnel: services && tunnel.is_some(),
+                };
             }
             _ if tunnel.is_some() => {}
             Some(r) => {
@@ -174,7 +178,7 @@ fn needs_routes(settings: &Settings, nodes: &[NodeEntry]) -> bool {
 fn describe(p: &PeerEntry, mode: TunnelMode) -> String {
     match &p.path {
         PeerPath::Tunnel => mode.to_string(),
-        PeerPath::Direct { dev } => format!("direct via {} dev {dev}", p.addr.ip()),
+        PeerPath::Direct { dev, .. } => format!("direct via {} dev {dev}", p.addr.ip()),
         PeerPath::Unreachable(why) => format!("none: {why}"),
     }
 }

@@ -1,5 +1,6 @@
-//! ARP: the switch answers for every address it routes, with its router MAC, so a pod
-//! sends everything to the switch and there is no broadcast domain to flood.
+//! ARP: the switch answers for every address it routes (and, with Services in the
+//! switch, every address of the Service CIDR), with its router MAC, so a pod sends
+//! everything to the switch and there is no broadcast domain to flood.
 
 use weft_encap::arp::{self, Operation};
 use weft_encap::ethernet::{self, ethertype};
@@ -32,11 +33,15 @@ impl Core {
         };
         let target = request.target_ip;
         let hop = t.fib.lookup(target).unwrap_or(NextHop::Unreachable);
+        // With Services in the switch, the node routes the Service CIDR on `weft0`
+        // as it routes pods: the switch answers for the addresses it translates,
+        // which the FIB leaves to the host.
+        let service = (t.services.as_deref()).is_some_and(|s| s.cidr().contains(&target));
         // Addresses on the asker's own side are not the switch's to answer for.
         let own = target == request.sender_ip
             || (port.kind == PortKind::Pod && target == port.ip)
             || hop == NextHop::Local(i)
-            || (port.kind == PortKind::Host && hop == NextHop::Host);
+            || (port.kind == PortKind::Host && hop == NextHop::Host && !service);
         if own {
             return port.counters.discard(self.worker, DropReason::ArpIgnored);
         }

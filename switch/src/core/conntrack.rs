@@ -848,6 +848,27 @@ impl Conntrack {
         Some(best)
     }
 
+    /// Like [`Conntrack::lookup`], but an entry of a connection still open, in any
+    /// worker's table, wins over a closing one found first: a new connection that
+    /// reuses a closed one's 5-tuple is written by the worker that saw its first
+    /// packet, while the closed one's entry may linger in the table of the worker
+    /// that reads its answers, which looks in its own first.
+    pub fn lookup_open(&self, key: FlowKey, now: Time) -> Option<Found> {
+        let first = self.lookup(key, now)?;
+        if !first.entry.flags.closing {
+            return Some(first);
+        }
+        let secs = seconds(now);
+        let open = (self.tables.iter().enumerate())
+            .filter(|(i, t)| *i != self.me && t.live() > 0)
+            .find_map(|(_, t)| t.find(key, secs).filter(|(_, e, _)| !e.flags.closing));
+        Some(open.map_or(first, |(_, entry, forward)| Found {
+            entry,
+            forward,
+            own_slot: None,
+        }))
+    }
+
     /// Records a connection allowed under policy `generation`, first seen at `now`,
     /// or keeps one alive: `flags` are what is known of it now.
     pub fn track(
@@ -1077,6 +1098,34 @@ mod tests {
         let plain = Conntrack::new(tables(1, 8), 0);
         plain.put(&entry(3, 9), at(0)).unwrap();
         assert_eq!(plain.lookup(key(3), at(0)).unwrap().entry.value, 0);
+    }
+
+    /// A 5-tuple closed in one worker's table and opened again in another's: the
+    /// first worker finds the open connection, not its own closing entry; with no
+    /// open one, it finds its own.
+    #[test]
+    fn an_open_connection_wins_over_a_closing_one_of_its_5_tuple() {
+        let valued = Conntrack::value_tables(2, 8, Overflow::Fair { share: 8 });
+        let (w0, w1) = (Conntrack::new(valued.clone(), 0), Conntrack::new(valued, 1));
+        let entry = |flags, value| Entry {
+            orig: key(1),
+            flags,
+            generation: 0,
+            expires: w0.expiry(key(1), flags, at(0)),
+            value,
+        };
+        let closing = Flags {
+            closing: true,
+            ..Flags::default()
+        };
+        w1.put(&entry(closing, 1), at(0)).unwrap();
+        let alone = w1.lookup_open(key(1).reverse(), at(1)).unwrap();
+        assert_eq!((alone.entry.value, alone.own_slot.is_some()), (1, true));
+        w0.put(&entry(Flags::default(), 2), at(1)).unwrap();
+        assert_eq!(w1.lookup(key(1).reverse(), at(1)).unwrap().entry.value, 1);
+        let open = w1.lookup_open(key(1).reverse(), at(1)).unwrap();
+        assert_eq!((open.entry.value, open.forward), (2, false));
+        assert_eq!(w0.lookup_open(key(1), at(1)).unwrap().entry.value, 2);
     }
 
     /// Each table's hash is keyed by a seed of its own, drawn from the process's

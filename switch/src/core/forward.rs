@@ -17,7 +17,7 @@ use super::service::{Refusal, Rewrite};
 use super::{Core, Ctx, Frame, Ingress, Offload, Sink};
 use crate::tables::counters::DropReason;
 use crate::tables::fib::NextHop;
-use crate::tables::{PeerPath, PortKind, Tables};
+use crate::tables::{gateway_of, PeerPath, PortKind, Tables};
 
 /// The facts of a validated IPv4 header that routing needs.
 #[derive(Debug, Clone, Copy)]
@@ -82,11 +82,22 @@ pub(super) fn decide(t: &Tables, from: Ingress, offload: &Offload, facts: &Facts
         // A peer this node routes to directly, but which tunnels back (its segment
         // or settings differ): its pods' packets go through the host, as this
         // node's own to that peer do, so that the host sees both directions of
-        // what it translated.
+        // what it translated. Not the peer node's own (from its gateway address),
+        // which this node answers through the tunnel too.
         (Ingress::Peer(j), NextHop::Local(_))
-            if matches!(t.peers[j].path, PeerPath::Direct { .. }) =>
+            if matches!(t.peers[j].path, PeerPath::Direct { .. })
+                && facts.src != gateway_of(t.peers[j].subnet) =>
         {
             NextHop::Host
+        }
+        // The node's own packet (its connection to a ClusterIP, translated) to a
+        // pod of a peer the host routes directly: the host cannot take it back (its
+        // own address would come in from `weft0`), so it goes through the tunnel,
+        // as the peer's answers to this node's gateway address come back.
+        (Ingress::Port(i), NextHop::Host)
+            if t.ports[i].kind == PortKind::Host && facts.src == t.node.gateway =>
+        {
+            tunnel_to_direct_peer(t, facts.dst).unwrap_or(NextHop::Host)
         }
         (_, hop) => hop,
     };
@@ -123,6 +134,23 @@ pub(super) fn decide(t: &Tables, from: Ingress, offload: &Offload, facts: &Facts
         hop,
         decrement_ttl: routed,
     }
+}
+
+/// The tunnel to the direct peer whose subnet holds `dst`, if this node's `weft0`
+/// reaches it that way ([`PeerPath::Direct`]).
+fn tunnel_to_direct_peer(t: &Tables, dst: Ipv4Addr) -> Option<NextHop> {
+    let shares_tunnel = |p: &PeerPath| {
+        matches!(
+            p,
+            PeerPath::Direct {
+                node_via_tunnel: true,
+                ..
+            }
+        )
+    };
+    (t.peers.iter())
+        .position(|p| shares_tunnel(&p.path) && p.subnet.contains(&dst))
+        .map(NextHop::Peer)
 }
 
 /// Why a packet may not enter at all, if it may not.

@@ -33,11 +33,12 @@
 //! When the Service table changes, each worker forgets the UDP translations (and
 //! the affinities) whose endpoint left its port, so a DNS client's next query goes
 //! to a live endpoint; TCP and SCTP connections keep theirs until they end, and so
-//! do their replies. A fragment to a Service address is dropped: only a first
-//! fragment carries the ports that choose the translation. An ICMP error to the
-//! client about a translated connection (a path MTU's, an endpoint's port
-//! unreachable) is translated back: the packet it quotes, and its source if the
-//! endpoint sent it. One a client sends about a reply it got from the Service
+//! do their replies. A TCP SYN on the ports of a connection that closed is a new
+//! connection, given an endpoint afresh. A fragment to a Service address is
+//! dropped: only a first fragment carries the ports that choose the translation. An
+//! ICMP error to the client about a translated connection (a path MTU's, an
+//! endpoint's port unreachable) is translated back: the packet it quotes, and its
+//! source if the endpoint sent it. One a client sends about a reply it got from the Service
 //! goes to the ClusterIP and is dropped.
 
 use std::net::Ipv4Addr;
@@ -216,6 +217,20 @@ impl Nat {
         if !current {
             // A known connection that finds no room keeps its entry elsewhere.
             let _ = self.record(found.entry.orig, value, flags, now);
+        }
+    }
+
+    /// Forgets the connection of `found` (an entry holding `value`): both its
+    /// entries, where they are in this worker's table. (Another worker's copy
+    /// expires on its own; this worker's table is looked in first.)
+    fn forget_connection(&self, found: &Found, value: Value, now: Time) {
+        if let Some(at) = found.own_slot {
+            self.ct.forget(at);
+        }
+        let (skey, _) = sibling(found.entry.orig, value);
+        let other = self.ct.lookup(skey, now).filter(|f| f.forward);
+        if let Some(at) = other.and_then(|f| f.own_slot) {
+            self.ct.forget(at);
         }
     }
 
@@ -400,6 +415,14 @@ impl Core {
         let v = Value::of(found.entry.value)?;
         let key = flow.key;
         let rewrites = match (v.kind, found.forward) {
+            (Kind::Dnat, true) if flow.opening && found.entry.flags.closing => {
+                // A SYN on the ports of a connection that closed (its FIN or RST
+                // seen) opens a new connection: it is given an endpoint afresh, as
+                // Linux's connection tracker does with a SYN in TIME_WAIT, so that
+                // a client reusing its ports does not follow an endpoint that left.
+                nat.forget_connection(&found, v, cx.now);
+                return None;
+            }
             (Kind::Dnat, true) => {
                 // A UDP flow whose endpoint left, found in another worker's table,
                 // which that worker has not flushed yet: a new flow. (This worker's
@@ -547,7 +570,11 @@ impl Core {
                 ..Rewrite::dst(v.ip, v.port)
             });
         }
-        let found = nat.ct.lookup(flow.key, cx.now).filter(|f| !f.forward)?;
+        // A reused 5-tuple's closed translation may linger here; the open one wins.
+        let found = nat
+            .ct
+            .lookup_open(flow.key, cx.now)
+            .filter(|f| !f.forward)?;
         let v = Value::of(found.entry.value).filter(|v| v.kind == Kind::Reply)?;
         nat.keep(&found, v, flow, cx.now);
         Some(Rewrite::src(v.ip, v.port))

@@ -157,6 +157,12 @@ pub struct PeerEntry {
     pub via_host: bool,
 }
 
+/// The gateway address of a pod subnet: its first address, held by its node's host
+/// port.
+pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
 /// How a peer's pods are reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerPath {
@@ -167,6 +173,14 @@ pub enum PeerPath {
     Direct {
         /// The host's interface to the peer.
         dev: String,
+        /// Whether the peer node's own address in its subnet (its `weft0`'s) is
+        /// reached through the tunnel, as are the peer's pods from this node's
+        /// `weft0` address: with Services in the switch, where the two nodes share
+        /// a tunnel. A node's connection to a ClusterIP leaves from that address,
+        /// translated by its switch; the host, which routes the peer's pods, could
+        /// neither take the translated packet back (its own address coming in) nor
+        /// bring the answer to the switch to be translated back.
+        node_via_tunnel: bool,
     },
     /// Not at all, and why (the peer is off this node's segment and there is no
     /// common tunnel).
@@ -308,8 +322,16 @@ impl Tables {
                     routes.push((Ipv4Net::from(underlay), NextHop::Peer(j)));
                 }
                 // The host has a route for the subnet via the peer, and reaches the
-                // peer itself on its own.
-                PeerPath::Direct { .. } => routes.push((p.subnet, NextHop::Host)),
+                // peer itself on its own; the peer's gateway address goes through
+                // the tunnel with Services in the switch (see [`PeerPath::Direct`]).
+                PeerPath::Direct {
+                    node_via_tunnel, ..
+                } => {
+                    routes.push((p.subnet, NextHop::Host));
+                    if node_via_tunnel {
+                        routes.push((Ipv4Net::from(gateway_of(p.subnet)), NextHop::Peer(j)));
+                    }
+                }
                 PeerPath::Unreachable(_) => routes.push((p.subnet, NextHop::Unreachable)),
             }
         }

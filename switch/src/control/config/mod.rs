@@ -461,10 +461,7 @@ impl Settings {
     }
 }
 
-/// The gateway address of a pod subnet: its first address.
-pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
-}
+pub use crate::tables::gateway_of;
 
 /// The cluster store a node uses, with its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
