@@ -10,10 +10,12 @@
 //!
 //! These tests need root (they create namespaces); they fail, never skip, without it.
 
-use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Stdio;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use weft_perf::cni::{Network, Verb, REFERENCE_PLUGIN_DIR};

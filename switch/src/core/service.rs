@@ -415,7 +415,7 @@ impl Core {
         let v = Value::of(found.entry.value)?;
         let key = flow.key;
         let rewrites = match (v.kind, found.forward) {
-            (Kind::Dnat, true) if flow.opening && found.entry.flags.closing => {
+            (Kind::Dnat, true) if flow.opening.is_some() && found.entry.flags.closing => {
                 // A SYN on the ports of a connection that closed (its FIN or RST
                 // seen) opens a new connection: it is given an endpoint afresh, as
                 // Linux's connection tracker does with a SYN in TIME_WAIT, so that
