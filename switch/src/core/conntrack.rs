@@ -19,7 +19,9 @@
 //! hash keys), so a pod cannot aim its connections at one probe chain. Expired
 //! entries are swept on a timer and become tombstones, which later inserts reuse; a
 //! tombstone that ends a probe chain becomes an empty slot again, so that misses stay
-//! short however many connections came and went.
+//! short however many connections came and went. A new connection that displaces
+//! another takes its slot where a lookup reaches it (no free slot lies before it),
+//! so that a full table's churn does not fill its probe chains with tombstones.
 //!
 //! The timeouts are NetworkPolicy's ([`Timeouts::Policy`]), or the host's connection
 //! tracker's ([`Timeouts::Host`]) for connections that must outlive its entries, or
