@@ -4,8 +4,11 @@
 //! that translates nothing; and the translation with 10 and with 10,000 Service
 //! ports, the flows spread over all of them (it should not depend on how many there
 //! are). Each packet belongs to one of 4,096 established flows, as a busy node's
-//! traffic does. Run with `cargo bench -p weft-benches --bench services`; besides
-//! criterion's report it prints the ratio of translated to plain, measured in the
+//! traffic does. And the cost of a new connection's first packet (a Maglev choice and
+//! two translation entries written) into a worker's table that is full, as it is on a
+//! node that opens thousands of connections a second: each new entry takes the place
+//! of one not assured. Run with `cargo bench -p weft-benches --bench services`;
+//! besides criterion's report it prints the ratio of each to plain, measured in the
 //! same run.
 
 #![warn(clippy::too_many_lines)]
@@ -32,6 +35,10 @@ const FLOWS: usize = 4_096;
 const BATCH: usize = 8;
 /// Translation entries a worker holds at most (two a flow).
 const TABLE: usize = 16_384;
+/// Distinct flows the new-connection case goes through in turn: six times what
+/// the table holds, so that almost every flow has lost its entries to newer ones
+/// when it comes round again.
+const NEW_FLOWS: usize = 50_000;
 
 /// The `i`th Service port: 10.96.0.0/12 from its start, UDP port 53, three ready
 /// endpoints on node 1.
@@ -79,9 +86,10 @@ fn translating_core() -> Core {
     core
 }
 
-/// Pod 0 of node 0's frames of [`FLOWS`] flows to `dst(flow)`, port 53.
-fn frames(dst: impl Fn(usize) -> Ipv4Addr) -> Vec<Vec<u8>> {
-    (0..FLOWS)
+/// Pod 0 of node 0's frames of `n` flows to `dst(flow)`, port 53, from source
+/// ports 10,000 up.
+fn frames(n: usize, dst: impl Fn(usize) -> Ipv4Addr) -> Vec<Vec<u8>> {
+    (0..n)
         .map(|i| {
             let mut f = udp_frame(
                 MacAddr::for_ip(pod_ip(0, 0)),
@@ -109,6 +117,7 @@ struct Run {
 }
 
 impl Run {
+    /// A run whose [`FLOWS`] first frames have been sent once.
     fn new(core: Core, tables: Tables, frames: Vec<Vec<u8>>) -> Run {
         let mut run = Run {
             core,
@@ -134,7 +143,7 @@ impl Run {
         let mut cx = Ctx::new(&self.tables, Time::ZERO, &mut self.sink);
         for _ in 0..BATCH {
             let f = &self.frames[self.next];
-            self.next = (self.next + 1) % FLOWS;
+            self.next = (self.next + 1) % self.frames.len();
             self.buf[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
             let frame = Frame::new(&mut self.buf, HEADROOM, f.len());
             self.core.port_frame(&mut cx, 1, &Offload::PLAIN, frame);
@@ -153,18 +162,37 @@ impl Run {
     }
 }
 
+/// A run of new connections to `ports` Service ports, almost every frame the first
+/// of its flow (see [`NEW_FLOWS`]), into a translation table already full of
+/// connections not assured.
+fn new_connections(ports: usize) -> Run {
+    let vip = |i: usize| port(i % ports).frontend.ip;
+    let mut run = Run::new(
+        translating_core(),
+        with_services(ports),
+        frames(NEW_FLOWS, vip),
+    );
+    run.time(NEW_FLOWS / BATCH);
+    assert_eq!(
+        run.core.service_entries(),
+        TABLE as u64,
+        "the translation table is full before anything is measured"
+    );
+    run
+}
+
 fn services(c: &mut Criterion) {
     let mut runs = vec![(
         "plain",
         Run::new(
             new_core(),
             tables(TunnelMode::Vxlan, 0, 2, 2),
-            frames(|i| pod_ip(1, (i % 3) as u8)),
+            frames(FLOWS, |i| pod_ip(1, (i % 3) as u8)),
         ),
     )];
     for ports in [10, 10_000] {
         let vip = |i: usize| port(i % ports).frontend.ip;
-        let run = Run::new(translating_core(), with_services(ports), frames(vip));
+        let run = Run::new(translating_core(), with_services(ports), frames(FLOWS, vip));
         runs.push((
             if ports == 10 {
                 "translated_10_ports"
@@ -174,6 +202,7 @@ fn services(c: &mut Criterion) {
             run,
         ));
     }
+    runs.push(("new_connections_10_ports", new_connections(10)));
     // The ratios, from one run, interleaved so that the machine's state is shared.
     let mut totals = vec![Duration::ZERO; runs.len()];
     for _ in 0..20 {
