@@ -226,17 +226,25 @@ impl Daemon {
             None => held(),
         };
         (service && self.settings.host.services != ServicesMode::Switch).then(|| {
-            ServiceExplanation {
-                outcome: "kube-proxy".into(),
-                detail: "Services are translated by kube-proxy here (services = \"kube-proxy\"): \
-                         the address is judged as given, not the endpoint kube-proxy would choose"
+            note(
+                "kube-proxy",
+                "Services are translated by kube-proxy here (services = \"kube-proxy\"): \
+                 the address is judged as given, not the endpoint kube-proxy would choose"
                     .into(),
-                name: None,
-                frontend: None,
-                selection: Vec::new(),
-                endpoints: Vec::new(),
-            }
+            )
         })
+    }
+}
+
+/// What became of an address of the Service CIDR, naming no Service port.
+fn note(outcome: &str, detail: String) -> ServiceExplanation {
+    ServiceExplanation {
+        outcome: outcome.into(),
+        detail,
+        name: None,
+        frontend: None,
+        selection: Vec::new(),
+        endpoints: Vec::new(),
     }
 }
 
@@ -273,23 +281,19 @@ fn untranslated(
     port: Option<ServiceExplanation>,
 ) -> proto::Explanation {
     let not = format!("not judged: the connection is {outcome} before policy");
-    let service = port.unwrap_or(ServiceExplanation {
-        outcome: String::new(),
-        detail: String::new(),
-        name: None,
-        frontend: None,
-        selection: Vec::new(),
-        endpoints: Vec::new(),
-    });
+    let service = match port {
+        Some(port) => ServiceExplanation {
+            outcome: outcome.into(),
+            detail,
+            ..port
+        },
+        None => note(outcome, detail),
+    };
     proto::Explanation {
         allowed: false,
         egress: not.clone(),
         ingress: not,
-        service: Some(ServiceExplanation {
-            outcome: outcome.into(),
-            detail,
-            ..service
-        }),
+        service: Some(service),
     }
 }
 
@@ -363,18 +367,16 @@ pub(crate) fn through(
     ))
 }
 
-/// The answer for port `i`, whose choice for the connection asked about is
-/// `choice` (`picked`, when a source port was given).
-fn explain_port(
+/// Every endpoint of port `i`, as shown, with policy's verdict on it (`picked`:
+/// the one the translation gives the connection asked about).
+fn judged(
     services: &Services,
     i: usize,
-    client: Ipv4Addr,
-    choice: Choice,
     picked: Option<(Ipv4Addr, u16)>,
     verdict: &dyn Fn(Ipv4Addr, u16) -> Verdict,
-) -> proto::Explanation {
+) -> Vec<(ExplainedEndpoint, Verdict)> {
     let port = services.port(i);
-    let judged: Vec<(ExplainedEndpoint, Verdict)> = (port.endpoints.iter())
+    (port.endpoints.iter())
         .map(|e| {
             let usable = services.is_usable(i, e.ip, e.port);
             let v = verdict(e.ip, e.port);
@@ -391,7 +393,21 @@ fn explain_port(
             };
             (shown, v)
         })
-        .collect();
+        .collect()
+}
+
+/// The answer for port `i`, whose choice for the connection asked about is
+/// `choice` (`picked`, when a source port was given).
+fn explain_port(
+    services: &Services,
+    i: usize,
+    client: Ipv4Addr,
+    choice: Choice,
+    picked: Option<(Ipv4Addr, u16)>,
+    verdict: &dyn Fn(Ipv4Addr, u16) -> Verdict,
+) -> proto::Explanation {
+    let port = services.port(i);
+    let judged = judged(services, i, picked, verdict);
     let f = &port.frontend;
     let endpoints: Vec<ExplainedEndpoint> = judged.iter().map(|(e, _)| e.clone()).collect();
     let shown = ServiceExplanation {
