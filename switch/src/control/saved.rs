@@ -742,6 +742,13 @@ mod tests {
         let v = read_back(&d).expect("read").expect("a view");
         assert_eq!(v.services, Some(services()));
         assert_eq!((v.policy, v.revision), (policy(), Some(4)));
+        // Written as before: for its owner only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path(&d.0))
+            .expect("the file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
 
         // As an earlier weftd wrote it: no services field at all.
         write(
