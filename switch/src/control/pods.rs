@@ -1719,6 +1719,21 @@ mod tests {
                 other => panic!("{dst}: {other:?}"),
             }
         }
+        // No packet comes from a ClusterIP: a source in the CIDR is refused.
+        let forged = d.handle(Request::PolicyExplain(weft_proto::ExplainRequest {
+            src: "10.96.0.10".into(),
+            dst: "10.96.0.10".into(),
+            protocol: "TCP".into(),
+            port: Some(80),
+            src_port: None,
+        }));
+        match forged {
+            Response::Error(err) => assert!(
+                err.message.contains("is an address of the Service CIDR"),
+                "{err:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
 
         // The store is read: its Services (the endpoint moved) replace the
         // saved ones, and are saved.
