@@ -1,6 +1,7 @@
 //! NetworkPolicy in the control plane: the model from its source (a watched
 //! directory of YAML for the embedded store), compiled for this node's pods and
-//! published with the forwarding snapshot; and the queries behind `weft policy`.
+//! published with the forwarding snapshot; and the queries behind `weft policy
+//! status` and `weft policy pod` (`explain` has a module of its own).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
