@@ -202,19 +202,7 @@ pub fn write(dir: &Path, store: &str, snap: &Snapshot, now: SystemTime) -> Resul
         let path = p.display().to_string();
         move |source| SavedError::Io { path, source }
     };
-    let bytes = serde_json::to_vec(&Writing {
-        version: VERSION,
-        store,
-        saved_at: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        revision: snap.revision,
-        nodes: &snap.nodes,
-        policy: &snap.policy,
-        services: snap.services.as_deref().map(|m| WritingServices {
-            services: &m.services,
-            slices: &m.slices,
-        }),
-    })
-    .map_err(|e| io(&target)(std::io::Error::other(e)))?;
+    let bytes = encode(store, snap, now).map_err(|e| io(&target)(std::io::Error::other(e)))?;
     // What could not be read back is not written: the view before stays.
     if bytes.len() as u64 > MAX_SIZE {
         return Err(SavedError::TooLarge {
@@ -227,6 +215,22 @@ pub fn write(dir: &Path, store: &str, snap: &Snapshot, now: SystemTime) -> Resul
     }
     // The rename is durable once the directory is.
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// The bytes of the file for `snap`, read from store `store`, saved at `now`.
+pub fn encode(store: &str, snap: &Snapshot, now: SystemTime) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&Writing {
+        version: VERSION,
+        store,
+        saved_at: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        revision: snap.revision,
+        nodes: &snap.nodes,
+        policy: &snap.policy,
+        services: snap.services.as_deref().map(|m| WritingServices {
+            services: &m.services,
+            slices: &m.slices,
+        }),
+    })
 }
 
 /// The view saved in `dir` for a node on store `store` in cluster CIDR `cluster`;
@@ -247,17 +251,29 @@ pub fn read(dir: &Path, store: &str, cluster: Ipv4Net) -> Result<Option<SavedVie
             })
         }
     };
+    decode(&bytes, &shown, store, cluster).map(Some)
+}
+
+/// The view in `bytes`, read from the file `shown`, for a node on store `store`
+/// in cluster CIDR `cluster`: checked as [`read`] says.
+pub fn decode(
+    bytes: &[u8],
+    shown: &str,
+    store: &str,
+    cluster: Ipv4Net,
+) -> Result<SavedView, SavedError> {
+    let shown = shown.to_owned();
     let corrupt = |e: serde_json::Error| SavedError::Corrupt {
         path: shown.clone(),
         why: e.to_string(),
     };
-    let found = serde_json::from_slice::<Versioned>(&bytes)
+    let found = serde_json::from_slice::<Versioned>(bytes)
         .map_err(corrupt)?
         .version;
     if found != VERSION {
         return Err(SavedError::Version { path: shown, found });
     }
-    let r: Reading = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    let r: Reading = serde_json::from_slice(bytes).map_err(corrupt)?;
     if r.store != store {
         return Err(SavedError::Store {
             path: shown,
@@ -281,7 +297,7 @@ pub fn read(dir: &Path, store: &str, cluster: Ipv4Net) -> Result<Option<SavedVie
         return Err(SavedError::Services { path: shown, why });
     }
     let (nodes, dropped) = screen(r.nodes, cluster, None);
-    Ok(Some(SavedView {
+    Ok(SavedView {
         store: r.store,
         saved_at: r.saved_at,
         revision: r.revision,
@@ -289,7 +305,7 @@ pub fn read(dir: &Path, store: &str, cluster: Ipv4Net) -> Result<Option<SavedVie
         policy: r.policy,
         services,
         dropped,
-    }))
+    })
 }
 
 /// Like [`read`], with every error and every node left out logged: an error is as
