@@ -1401,3 +1401,177 @@ fn services_in_etcd_are_compiled_and_hostile_records_are_refused_by_name() {
     assert!(s.ports.iter().all(|p| p.endpoints.is_empty()), "{s:#?}");
     assert!(s.refused.is_empty(), "{s:#?}");
 }
+
+/// The pod on host `i`.
+fn pod_of(c: &Cluster, i: usize) -> &Pod {
+    &c.pods[i].as_ref().expect("a pod").0
+}
+
+/// The ClusterIP of the saved-view Services test's `default/web`.
+const SAVED_WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+
+/// What a raw request (bytes as any client could send them) to `node`'s
+/// control socket is answered.
+fn raw_request(node: &WeftNode, body: &str) -> weft_proto::Response {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&node.socket).expect("the socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let env: weft_proto::ResponseEnvelope = serde_json::from_slice(&answer)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&answer)));
+    env.response
+}
+
+/// Services survive a restart with etcd unreachable. Node 0 (`services =
+/// "switch"`) holds the Service `default/web`, whose endpoint is its pod q, and
+/// its pod p0 reaches q through the ClusterIP. Restarted while its way to etcd
+/// is cut, it translates the ClusterIP by the view it saved: p0 reaches q
+/// through it again, `weft services` shows the saved Service, and `weft policy
+/// explain` follows the ClusterIP to q (and refuses hostile requests with why,
+/// beside the good one). As the control, an address of the Service CIDR that no
+/// Service holds stays refused. Once etcd is back, its view replaces the saved
+/// one.
+#[test]
+fn a_node_restarted_while_etcd_is_unreachable_translates_cluster_ips_from_the_saved_view() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use weft_perf::probe::{probe, serve, Proto};
+
+    let mut c = Cluster::new(
+        "esvs",
+        1,
+        &["--services", "switch", "--service-cidr", "10.96.0.0/12"],
+    );
+    c.start(0);
+    c.pod(0);
+    let q = c.underlay.pod(0, "esq").unwrap();
+    let k8s = PodRef {
+        namespace: "default".into(),
+        name: "q".into(),
+    };
+    let q_ip = c.node(0).attach_as(&q, "cq", Some(k8s)).unwrap().ip;
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = serve(&q, q_ip, &stop);
+    let me = node_name(c.underlay.host(0));
+    let web = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80}]}}"#;
+    let slice = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-a, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nendpoints: [{{addresses: [{q_ip}], nodeName: {me}}}]\n\
+         ports: [{{name: http, port: 80}}]\n"
+    );
+    c.etcd.put("/weft/v1/services/default/web", web).unwrap();
+    c.etcd
+        .put("/weft/v1/endpointslices/default/web-a", &slice)
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "p0 to reach q through the ClusterIP",
+        || probe(pod_of(&c, 0), SAVED_WEB_IP, Proto::Tcp, 80),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let saved = state_dir(c.underlay.host(0), c.scratch.path()).join("view.json");
+    let period = weft_switch::control::saved::PERIOD + Duration::from_secs(5);
+    wait_until(period, "node 0 to save the Service", || {
+        std::fs::read_to_string(&saved).is_ok_and(|t| t.contains("10.96.0.20"))
+    })
+    .unwrap();
+
+    c.nodes[0].take().unwrap().stop().unwrap();
+    c.bridges[0].as_ref().unwrap().set_cut(true);
+    c.start(0);
+    let n0 = c.node(0);
+    let log = n0.log_text();
+    assert!(
+        log.contains("store etcd unreachable at boot: ClusterIPs translate by the saved view's 1 Services and 1 EndpointSlices"),
+        "{log}"
+    );
+    assert_eq!(n0.status().unwrap().store.unwrap().state, "degraded");
+    let shown = weft_cli(n0, "services");
+    assert!(
+        shown.contains("source      the etcd view saved at")
+            && shown.contains("10.96.0.20:80/TCP default/web:http")
+            && shown.contains(&format!("{q_ip}:80")),
+        "{shown}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "p0 to reach q through the saved ClusterIP",
+        || probe(pod_of(&c, 0), SAVED_WEB_IP, Proto::Tcp, 80),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    // The control: what no Service holds is refused still.
+    assert!(!probe(
+        pod_of(&c, 0),
+        Ipv4Addr::new(10, 96, 0, 99),
+        Proto::Tcp,
+        80
+    ));
+
+    let explained = weft_cli(
+        n0,
+        "policy explain default/p0 10.96.0.20 TCP 80 --src-port 40000",
+    );
+    assert!(
+        explained.starts_with("allowed")
+            && explained.contains(&format!(
+                "service default/web:http at 10.96.0.20:80/TCP: translated, given endpoint {q_ip}:80"
+            )),
+        "{explained}"
+    );
+    let json = weft_cli(n0, "--json policy explain default/p0 10.96.0.20 TCP 80");
+    let reply: Reply = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let Reply::Explained(e) = reply else {
+        panic!("{json}");
+    };
+    let svc = e.service.expect("the Service part");
+    assert_eq!(svc.endpoints.len(), 1, "{svc:#?}");
+    assert!(
+        svc.endpoints[0].usable && svc.endpoints[0].allowed,
+        "{svc:#?}"
+    );
+    // Hostile requests, through the socket as any client could write them.
+    let ask = |dst: &str, port: &str| {
+        format!(
+            r#"{{"version": 1, "verb": "policy_explain", "src": "default/p0", "dst": "{dst}", "protocol": "TCP", "port": {port}}}"#
+        )
+    };
+    assert!(matches!(
+        raw_request(n0, &ask("10.96.0.20", "80")),
+        weft_proto::Response::Ok(Reply::Explained(_))
+    ));
+    for (dst, port, why) in [
+        ("10.96.0.20", "70000", "70000"),
+        ("10.96.0.20", "-1", "-1"),
+        ("fd00::20", "80", "IPv6 address"),
+        ("10.96.0.20", "0", "port 0 is not 1 to 65535"),
+    ] {
+        match raw_request(n0, &ask(dst, port)) {
+            weft_proto::Response::Error(e) => assert!(e.message.contains(why), "{e:?}"),
+            other => panic!("{dst} {port}: {other:?}"),
+        }
+    }
+    let unknown = weft_cli(n0, "policy explain default/p0 10.96.0.99 TCP 80");
+    assert!(
+        unknown.starts_with("denied") && unknown.contains("no Service holds 10.96.0.99"),
+        "{unknown}"
+    );
+
+    c.bridges[0].as_ref().unwrap().set_cut(false);
+    wait_until(Duration::from_secs(20), "node 0 to read etcd again", || {
+        let s = n0.status().unwrap().store.unwrap();
+        s.state == "ok" && s.from_saved.is_none()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let s = services_when(&c, "the store's Services", |s| s.source == "etcd");
+    assert_eq!(s.ports.len(), 1, "{s:#?}");
+    assert!(probe(pod_of(&c, 0), SAVED_WEB_IP, Proto::Tcp, 80));
+    stop.store(true, Ordering::Relaxed);
+    for t in servers {
+        let _ = t.join();
+    }
+}

@@ -68,3 +68,8 @@ fn etcd_records_corpus() {
 fn kube_objects_corpus() {
     replay("kube_objects", checks::kube_objects);
 }
+
+#[test]
+fn saved_view_corpus() {
+    replay("saved_view", checks::saved_view);
+}

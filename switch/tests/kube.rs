@@ -732,6 +732,10 @@ fn a_node_with_pods_of_another_subnet_refuses_to_start_and_says_why() {
     assert!(h.ns.ip(&["link", "show", "weft0"]).is_err());
 }
 
+/// A node restarted while the API server is gone starts from the view it saved:
+/// its policy (x/b stays closed to x/a's datagrams throughout), and its Services
+/// (`weft services` shows x/web from the saved view), until the API server is
+/// back.
 #[test]
 fn a_node_restarted_while_the_api_server_is_gone_keeps_its_policy() {
     // x/b takes ingress from nothing but pods labelled pod=c, of which there are
@@ -739,8 +743,18 @@ fn a_node_restarted_while_the_api_server_is_gone_keeps_its_policy() {
     let mut k = two_nodes("kr", &[(0, "a"), (1, "b")], "c");
     let closed = |_: &Member, t: &Member| t.name != "b";
     k.check("x/b closed", closed);
-    // Let the node save the view it has in force.
-    std::thread::sleep(Duration::from_secs(2));
+    let b = k.member("x", "b").ip;
+    k.api
+        .put(kind("Service"), service_object("web", "10.96.0.10"));
+    k.api.put(kind("EndpointSlice"), slice_object("web", b));
+    // Let the node save the view it has in force, Services and all (at most
+    // once a period).
+    let saved = weft_perf::weft::state_dir(k.underlay.host(1), k.scratch.path()).join("view.json");
+    let period = weft_switch::control::saved::PERIOD + Duration::from_secs(5);
+    wait_until(period, "node 1 to save the Service", || {
+        std::fs::read_to_string(&saved).is_ok_and(|t| t.contains("10.96.0.10"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", k.logs()));
 
     // A client on x/a sends to x/b throughout; x/b counts what arrives.
     let received = Receiver::start(&k.member("x", "b").pod.ns);
@@ -764,6 +778,17 @@ fn a_node_restarted_while_the_api_server_is_gone_keeps_its_policy() {
         ["x/b-from-c"],
         "the saved policy is in force"
     );
+    let Ok(Reply::Services(shown)) = node.ok(&Request::Services) else {
+        panic!("no Services answer");
+    };
+    assert!(
+        shown.source.starts_with("the kubernetes view saved at"),
+        "{shown:#?}"
+    );
+    let endpoints: Vec<&str> = (shown.ports.iter())
+        .flat_map(|p| p.endpoints.iter().map(|e| e.address.as_str()))
+        .collect();
+    assert_eq!(endpoints, [format!("{b}:8080").as_str()], "{shown:#?}");
     std::thread::sleep(Duration::from_secs(3));
     k.api.resume().expect("the fixture back");
     // A watch retries within 30 s (the backoff's cap), and counts as working

@@ -103,6 +103,11 @@ pub struct ExplainRequest {
     /// The destination port, for TCP, UDP and SCTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// The source port, for a connection to a ClusterIP: the endpoint the
+    /// switch's translation gives that very connection is picked out. Without
+    /// it, every endpoint is judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_port: Option<u16>,
 }
 
 /// Parameters of [`Request::Attach`].
@@ -299,7 +304,8 @@ pub enum Reply {
 /// was left out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServicesStatus {
-    /// Where Services come from (`dir /path`, the store's kind, or `none`).
+    /// Where Services come from (`dir /path`, the store's kind, `the <kind> view
+    /// saved at <time>` while the store is not read yet, or `none`).
     pub source: String,
     /// The Service CIDR ClusterIPs are held to, if it is set.
     #[serde(default)]
@@ -410,6 +416,61 @@ pub struct Explanation {
     /// What the source's egress policy says.
     pub egress: String,
     /// What the destination's ingress policy says.
+    pub ingress: String,
+    /// With the destination an address of the Service CIDR: what the Services
+    /// make of it (the endpoints policy then judges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceExplanation>,
+}
+
+/// A connection to an address of the Service CIDR, as `policy_explain` follows it
+/// through the switch's translation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceExplanation {
+    /// `translated` (given an endpoint), `refused` (an ICMP unreachable: a TCP
+    /// connect fails at once), `dropped` (silently), or `kube-proxy` (the switch
+    /// does not translate; the address is judged as given).
+    pub outcome: String,
+    /// Why, in a sentence.
+    pub detail: String,
+    /// The Service port, `namespace/name:port-name`, when the address and port
+    /// are a frontend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `ClusterIP:port/PROTOCOL`, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<String>,
+    /// How a new connection's endpoint is chosen, a line each: which endpoints
+    /// are used (ready, or serving and terminating as a fallback; this node's
+    /// only), the hash, affinity.
+    pub selection: Vec<String>,
+    /// Every endpoint of the port.
+    pub endpoints: Vec<ExplainedEndpoint>,
+}
+
+/// One endpoint of a Service port, and policy's verdict on the connection as if
+/// the translation gave it this endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainedEndpoint {
+    /// `address:port` (the target port).
+    pub address: String,
+    /// `ready` or `serving-terminating`.
+    pub state: String,
+    /// Whether it is on this node.
+    pub local: bool,
+    /// Whether a new connection may be given it now.
+    pub usable: bool,
+    /// Why not, when it is not usable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unused: Option<String>,
+    /// Whether it is the endpoint the translation gives the connection asked
+    /// about (with a source port).
+    pub picked: bool,
+    /// Whether both ends' policies allow the connection to it.
+    pub allowed: bool,
+    /// What the source's egress policy says of it.
+    pub egress: String,
+    /// What its ingress policy says.
     pub ingress: String,
 }
 

@@ -109,6 +109,7 @@ impl<'a> Prober<'a> {
             dst: format!("{PROBE_NS}/{PROBE_TARGET}"),
             protocol: "TCP".into(),
             port: Some(PROBE_PORT),
+            src_port: None,
         }))?;
         self.query_ms.push(t.elapsed().as_secs_f64() * 1e3);
         match reply {

@@ -14,12 +14,14 @@ mod kube;
 mod merge;
 mod netpol;
 mod nodes;
+mod saved;
 
 pub use core_frames::core_frames;
 pub use etcd::etcd_records;
 pub use handshake::sleeve_handshake;
 pub use kube::kube_objects;
 pub use netpol::netpol_yaml;
+pub use saved::saved_view;
 
 /// The cluster CIDR the store targets judge nodes in.
 const CLUSTER: &str = "10.244.0.0/16";

@@ -56,16 +56,21 @@ enum PolicyWhat {
         /// The pod, as NAMESPACE/NAME.
         pod: String,
     },
-    /// Whether a connection is allowed, and by which policy and rule.
+    /// Whether a connection is allowed, and by which policy and rule; to a
+    /// ClusterIP (services = "switch"), through the translation to its endpoints.
     Explain {
         /// The source: NAMESPACE/NAME or an address.
         src: String,
-        /// The destination: NAMESPACE/NAME or an address.
+        /// The destination: NAMESPACE/NAME or an address (a ClusterIP too).
         dst: String,
         /// TCP, UDP, SCTP or ICMP.
         protocol: String,
         /// The destination port (TCP, UDP, SCTP).
         port: Option<u16>,
+        /// The source port: to a ClusterIP, the endpoint the translation gives
+        /// that connection is picked out.
+        #[arg(long)]
+        src_port: Option<u16>,
     },
 }
 
@@ -127,11 +132,7 @@ fn main() -> ExitCode {
         Reply::PolicyStatus(s) => print_policy_status(&s),
         Reply::PolicyPod(p) => print_policy_pod(&p),
         Reply::Services(s) => print_services(&s),
-        Reply::Explained(e) => {
-            println!("{}", if e.allowed { "allowed" } else { "denied" });
-            println!("  egress:  {}", e.egress);
-            println!("  ingress: {}", e.ingress);
-        }
+        Reply::Explained(e) => print_explained(&e),
         other => println!("{other:?}"),
     }
     code
@@ -288,11 +289,13 @@ fn policy_request(what: PolicyWhat) -> Result<Request, String> {
             dst,
             protocol,
             port,
+            src_port,
         } => Request::PolicyExplain(proto::ExplainRequest {
             src,
             dst,
             protocol,
             port,
+            src_port,
         }),
     })
 }
@@ -330,6 +333,37 @@ fn print_policy_status(s: &proto::PolicyStatus) {
     }
     for k in &s.skipped {
         println!("skipped     {k}");
+    }
+}
+
+fn print_explained(e: &proto::Explanation) {
+    println!("{}", if e.allowed { "allowed" } else { "denied" });
+    println!("  egress:  {}", e.egress);
+    println!("  ingress: {}", e.ingress);
+    let Some(s) = &e.service else {
+        return;
+    };
+    let at = match (&s.name, &s.frontend) {
+        (Some(name), Some(frontend)) => format!(" {name} at {frontend}"),
+        _ => String::new(),
+    };
+    println!("service{at}: {}, {}", s.outcome, s.detail);
+    for line in &s.selection {
+        println!("  {line}");
+    }
+    for p in &s.endpoints {
+        let mark = if p.picked { "*" } else { " " };
+        let local = if p.local { ", local" } else { "" };
+        let used = match &p.unused {
+            Some(why) => format!("unused: {why}"),
+            None => "usable".into(),
+        };
+        let verdict = if p.allowed { "allowed" } else { "denied" };
+        println!("{mark} {:<22} {}{local}, {used}", p.address, p.state);
+        println!(
+            "    {verdict}: egress: {}; ingress: {}",
+            p.egress, p.ingress
+        );
     }
 }
 

@@ -243,7 +243,8 @@ struct Boot {
     /// run saved; else, where there is policy to read, every pod isolated for
     /// ingress ([`last_good::nothing_good_yet`]).
     in_force: PolicyModel,
-    /// The store's Services, read (`None`: the store holds none, or was not read).
+    /// The store's Services, read, or else saved with the view an earlier run
+    /// saved (`None`: the store holds none, or neither was read).
     services: Option<Arc<ServiceModel>>,
 }
 
@@ -303,6 +304,15 @@ fn boot_view(settings: &Settings, store: &dyn ClusterStore) -> Result<Boot, Daem
                 s.policy.policies.len()
             );
             boot.nodes = s.nodes.clone();
+            // A policy directory's Services are read from it.
+            if let Some(m) = s.services.as_ref().filter(|_| settings.policy.dir.is_none()) {
+                log::warn!(
+                    "store {kind} unreachable at boot: ClusterIPs translate by the saved view's {} Services and {} EndpointSlices until it is read",
+                    m.services.len(),
+                    m.slices.len()
+                );
+                boot.services = Some(Arc::new(m.clone()));
+            }
             boot.saved = Some(s);
         }
         None if has_policy => log::warn!(
@@ -593,10 +603,13 @@ impl Daemon {
     /// a saved one, nor a saved one partly replaced (it would be saved as new).
     pub(crate) fn save_view(&self, state: &State) {
         if self.store.synced() && self.from_saved.lock().is_none() {
+            // Services from the policy directory are read from it at boot.
+            let store = state.services.source == self.store.kind();
             self.saver.save(Snapshot {
                 nodes: state.nodes.clone(),
                 policy: state.policy.model.clone(),
                 revision: state.policy.store_revision,
+                services: store.then(|| state.services.model.clone()),
             });
         }
     }

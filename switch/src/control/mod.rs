@@ -4,7 +4,8 @@
 //! - [`pods`]: attach, detach, check, GC, restore after a restart;
 //! - [`peers`]: the other nodes, from the cluster [`store`];
 //! - [`netpol_source`]: NetworkPolicy from its source, compiled and published;
-//! - [`saved`]: the last good view (nodes, policy) in the state directory, which a
+//!   [`explain`]: `weft policy explain`, through a ClusterIP's translation too;
+//! - [`saved`]: the last good view (nodes, policy, Services) in the state directory, which a
 //!   node whose store is unreachable as it starts starts from;
 //! - [`api`]: requests in, responses out; [`server`]: the socket and the signals;
 //! - [`host`]: the host operations (netlink, netns, TAP) behind a trait;
@@ -17,6 +18,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod explain;
 pub mod host;
 pub mod keys;
 pub mod masquerade;

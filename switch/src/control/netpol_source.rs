@@ -1,6 +1,7 @@
 //! NetworkPolicy in the control plane: the model from its source (a watched
 //! directory of YAML for the embedded store), compiled for this node's pods and
-//! published with the forwarding snapshot; and the queries behind `weft policy`.
+//! published with the forwarding snapshot; and the queries behind `weft policy
+//! status` and `weft policy pod` (`explain` has a module of its own).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -8,17 +9,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_proto::{self as proto, ExplainRequest, PodRef};
+use weft_proto::{self as proto, PodRef};
 
 use crate::control::daemon::{Daemon, State};
 use crate::control::error::DaemonError;
 use crate::control::store::StorePolicy;
-use crate::netpol::compile::{
-    self, CompiledPolicy, Compiler, KnownPod, LocalPod, PeerCache, PodRules,
-};
+use crate::netpol::compile::{self, CompiledPolicy, Compiler, LocalPod, PeerCache, PodRules};
 use crate::netpol::last_good::{self, Judged, Kind, ObjectId, Unread};
 use crate::netpol::manifest::{self, ManifestError, Objects, Skipped};
-use crate::netpol::model::{PolicyModel, Protocol, DEFAULT_NAMESPACE};
+use crate::netpol::model::{PolicyModel, DEFAULT_NAMESPACE};
 use crate::services::model::ServiceModel;
 
 /// How often the policy directory is read for changes: a change takes effect within
@@ -332,79 +331,6 @@ impl Daemon {
                 .collect(),
         })
     }
-
-    pub(crate) fn policy_explain(
-        &self,
-        req: &ExplainRequest,
-    ) -> Result<proto::Explanation, DaemonError> {
-        let state = self.state.lock();
-        let local = state.local_pods();
-        let c = Compiler::new(&state.policy.model, &local);
-        let (src_ip, src) = endpoint(&c, &req.src)?;
-        let (dst_ip, dst) = endpoint(&c, &req.dst)?;
-        let (proto, port) = match req.protocol.to_ascii_uppercase().as_str() {
-            "ICMP" => (weft_encap::ipv4::protocol::ICMP, None),
-            "TCP" => (Protocol::Tcp.number(), req.port),
-            "UDP" => (Protocol::Udp.number(), req.port),
-            "SCTP" => (Protocol::Sctp.number(), req.port),
-            other => {
-                return Err(DaemonError::Invalid(format!(
-                    "protocol {other:?} is not TCP, UDP, SCTP or ICMP"
-                )))
-            }
-        };
-        let what = compile::describe(proto, port);
-        let judge = |pod: Option<KnownPod<'_>>, ingress: bool| -> (bool, String) {
-            let Some(pod) = pod else {
-                return (true, "not a known pod: no policy applies".into());
-            };
-            let rules = c.rules_for(&pod);
-            let set = if ingress {
-                rules.ingress.as_ref()
-            } else {
-                rules.egress.as_ref()
-            };
-            let Some(set) = set else {
-                return (
-                    true,
-                    format!("{}/{} is not isolated", pod.namespace, pod.name),
-                );
-            };
-            let peer = if ingress { src_ip } else { dst_ip };
-            match set.allows(peer, dst_ip, proto, port) {
-                Some(o) => (true, format!("allowed by {} rule {}", o.policy, o.rule)),
-                None => {
-                    let by: Vec<&str> = rules.selected_by.iter().map(|(id, ..)| &**id).collect();
-                    (
-                        false,
-                        format!("denied: no rule of {} allows {what}", by.join(", ")),
-                    )
-                }
-            }
-        };
-        let (e_ok, egress) = judge(src, false);
-        let (i_ok, ingress) = judge(dst, true);
-        Ok(proto::Explanation {
-            allowed: e_ok && i_ok,
-            egress,
-            ingress,
-        })
-    }
-}
-
-/// An endpoint of `explain`: a known pod as `namespace/name` or by address, or any
-/// address.
-fn endpoint<'m>(
-    c: &Compiler<'m>,
-    text: &str,
-) -> Result<(Ipv4Addr, Option<KnownPod<'m>>), DaemonError> {
-    if let Ok(ip) = text.parse::<Ipv4Addr>() {
-        return Ok((ip, c.pod_at(ip)));
-    }
-    let (ns, name) = text.split_once('/').unwrap_or((DEFAULT_NAMESPACE, text));
-    c.find(ns, name)
-        .map(|p| (p.ip, Some(p)))
-        .ok_or_else(|| DaemonError::Invalid(format!("{text:?} is no known pod and no address")))
 }
 
 /// Logs each object of `now` that did not read and was not so in `before`, with

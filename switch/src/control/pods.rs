@@ -1368,6 +1368,7 @@ mod tests {
             nodes: Arc::new(vec![node("n", 1, None), node("m", 2, None)]),
             policy: Arc::new(model),
             revision: Some(9),
+            services: None,
         };
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_748_779_200);
         saved::write(&state_dir, "late", &snap, at).expect("a saved view");
@@ -1621,6 +1622,7 @@ mod tests {
             nodes: Arc::new(vec![wide, node("n", 1, None), node("m", 2, None)]),
             policy: Arc::default(),
             revision: Some(3),
+            services: None,
         };
         std::fs::create_dir_all(&settings.state_dir).expect("the state directory");
         saved::write(
@@ -1635,5 +1637,152 @@ mod tests {
         assert_eq!(peers(&d), ["m"]);
         d.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The Service `default/web` (ClusterIP 10.96.0.10, TCP 80 to 8080) with one
+    /// ready endpoint at `endpoint` on node `m`, as a store reads it.
+    fn web_service(endpoint: &str) -> crate::services::model::ServiceModel {
+        use crate::services::read;
+        let web = read::service_value(
+            "default",
+            "web",
+            serde_json::json!({"clusterIP": "10.96.0.10",
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+        )
+        .expect("a Service");
+        let labels = [(read::SERVICE_NAME_LABEL.to_owned(), "web".to_owned())].into();
+        let slice = read::slice_value(
+            "default",
+            "web-a",
+            &labels,
+            serde_json::json!({"addressType": "IPv4",
+                "endpoints": [{"addresses": [endpoint], "nodeName": "m"}],
+                "ports": [{"name": "http", "port": 8080}]}),
+        )
+        .expect("a slice");
+        crate::services::model::ServiceModel {
+            services: [web].into_iter().collect(),
+            slices: [slice].into_iter().collect(),
+            bad: Vec::new(),
+        }
+    }
+
+    /// `policy_explain` to a ClusterIP, through the control API.
+    fn explain_to(d: &Daemon, dst: &str, src_port: Option<u16>) -> Response {
+        d.handle(Request::PolicyExplain(weft_proto::ExplainRequest {
+            src: "10.244.1.9".into(),
+            dst: dst.into(),
+            protocol: "TCP".into(),
+            port: Some(80),
+            src_port,
+        }))
+    }
+
+    /// A node with `services = "switch"` whose store cannot be read as it starts
+    /// translates ClusterIPs by the Services its saved view holds (`weft
+    /// services` says where they come from; `weft policy explain` follows the
+    /// ClusterIP to the saved endpoint), until the store is read, whose Services
+    /// then replace them and are saved in turn. A hostile request to explain is
+    /// refused with why, beside the good one.
+    #[test]
+    fn services_saved_with_the_view_translate_while_the_store_is_not_read() {
+        let mut extra = Options::default();
+        extra.host.service_cidr = Some("10.96.0.0/12".parse().expect("a CIDR"));
+        extra.host.services = Some(crate::control::config::ServicesMode::Switch);
+        let (settings, dir) = settings_for("svcsaved", extra);
+        let host = fake_host(&dir);
+        let (state_dir, cluster) = (settings.state_dir.clone(), settings.cluster_cidr);
+        std::fs::create_dir_all(&state_dir).expect("the state directory");
+        let snap = saved::Snapshot {
+            nodes: Arc::new(vec![node("n", 1, None), node("m", 2, None)]),
+            policy: Arc::default(),
+            revision: Some(9),
+            services: Some(Arc::new(web_service("10.244.2.5"))),
+        };
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_748_779_200);
+        saved::write(&state_dir, "late", &snap, at).expect("a saved view");
+        let store = Arc::new(Late::default());
+        let d = Daemon::start_with(settings, host, store.clone()).expect("the daemon");
+
+        let table = d.tables().services.clone().expect("a Service table");
+        assert_eq!(table.table().ports.len(), 1, "the saved Service translates");
+        let shown = d.services_status();
+        assert_eq!(shown.source, "the late view saved at 2025-06-01T12:00:00Z");
+        assert_eq!(shown.ports[0].endpoints[0].address, "10.244.2.5:8080");
+        let Response::Ok(Reply::Explained(e)) = explain_to(&d, "10.96.0.10", Some(4000)) else {
+            panic!("no explanation");
+        };
+        let svc = e.service.as_ref().expect("the Service part");
+        assert_eq!(
+            (svc.outcome.as_str(), svc.detail.as_str()),
+            ("translated", "given endpoint 10.244.2.5:8080")
+        );
+        assert!(e.allowed, "{e:#?}");
+        for (dst, why) in [
+            ("fd00::10", "IPv6 address"),
+            ("default/nobody", "is no known pod and no address"),
+        ] {
+            match explain_to(&d, dst, None) {
+                Response::Error(err) => assert!(err.message.contains(why), "{err:?}"),
+                other => panic!("{dst}: {other:?}"),
+            }
+        }
+        // No packet comes from a ClusterIP: a source in the CIDR is refused.
+        let forged = d.handle(Request::PolicyExplain(weft_proto::ExplainRequest {
+            src: "10.96.0.10".into(),
+            dst: "10.96.0.10".into(),
+            protocol: "TCP".into(),
+            port: Some(80),
+            src_port: None,
+        }));
+        match forged {
+            Response::Error(err) => assert!(
+                err.message.contains("is an address of the Service CIDR"),
+                "{err:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+
+        // The store is read: its Services (the endpoint moved) replace the
+        // saved ones, and are saved.
+        store.read.store(true, std::sync::atomic::Ordering::SeqCst);
+        let view = ClusterView {
+            nodes: vec![node("n", 1, None), node("m", 2, None)],
+            policy: Some(Arc::default()),
+            services: Some(Arc::new(web_service("10.244.2.6"))),
+        };
+        d.apply_view(&view).expect("applied");
+        assert_eq!(d.services_status().source, "late");
+        let Response::Ok(Reply::Explained(e)) = explain_to(&d, "10.96.0.10", Some(4000)) else {
+            panic!("no explanation");
+        };
+        let detail = e.service.map(|s| s.detail);
+        assert_eq!(detail.as_deref(), Some("given endpoint 10.244.2.6:8080"));
+        d.shutdown();
+        let again = saved::read(&state_dir, "late", cluster)
+            .expect("read")
+            .expect("a view");
+        assert_eq!(again.services, Some(web_service("10.244.2.6")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// With kube-proxy translating, explain says so and judges the address as
+    /// given; an address outside the Service CIDR gets no such note.
+    #[test]
+    fn with_kube_proxy_explain_judges_a_cluster_ip_as_given() {
+        let mut extra = Options::default();
+        extra.host.service_cidr = Some("10.96.0.0/12".parse().expect("a CIDR"));
+        let f = fixture_with("svckp", extra);
+        let Response::Ok(Reply::Explained(e)) = explain_to(&f.daemon, "10.96.0.10", None) else {
+            panic!("no explanation");
+        };
+        let svc = e.service.expect("a note");
+        assert_eq!(svc.outcome, "kube-proxy");
+        assert!(svc.endpoints.is_empty());
+        assert!(e.allowed, "no policy: allowed as given");
+        let Response::Ok(Reply::Explained(e)) = explain_to(&f.daemon, "10.244.2.5", None) else {
+            panic!("no explanation");
+        };
+        assert_eq!(e.service, None);
     }
 }

@@ -1,7 +1,8 @@
 //! The last good view of the cluster, kept in the state directory as `view.json`: the
-//! nodes and the NetworkPolicy objects in force the last time the store was read, so
-//! that a node whose store is unreachable as it starts starts from them, and not from
-//! nothing (which would leave every pod unisolated). Its policy is also, on every
+//! nodes, the NetworkPolicy objects and the Services and EndpointSlices in force the
+//! last time the store was read, so that a node whose store is unreachable as it
+//! starts starts from them, and not from nothing (which would leave every pod
+//! unisolated, and refuse every ClusterIP). Its policy is also, on every
 //! store, the last good set a node starts from: an object that no longer reads
 //! keeps the version saved here (`crate::netpol::last_good`).
 //!
@@ -9,7 +10,9 @@
 //! once more as it stops; each write is atomic (a temporary file, synced, renamed,
 //! the directory synced). [`read`] takes the file as untrusted input: bounded in
 //! size, of this [`VERSION`] and store only, its nodes checked as any store's are,
-//! its policy as a manifest's is.
+//! its policy as a manifest's is, its Services as their documents are
+//! ([`crate::services::recheck`]). A file written before Services were saved has
+//! none, and reads.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -25,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::control::store::screen::{screen, Quiet};
 use crate::control::store::NodeEntry;
 use crate::netpol::manifest;
-use crate::netpol::model::PolicyModel;
+use crate::netpol::model::{Grouped, PolicyModel};
+use crate::services::model::{EndpointSlice, Service, ServiceModel};
+use crate::services::recheck;
 
 /// The file's name in the state directory.
 pub const FILE: &str = "view.json";
@@ -45,6 +50,23 @@ pub struct Snapshot {
     pub policy: Arc<PolicyModel>,
     /// The store's revision of those objects, for a store that has revisions.
     pub revision: Option<i64>,
+    /// The store's Services and EndpointSlices in force, for a store that holds
+    /// them (those that did not read are not saved).
+    pub services: Option<Arc<ServiceModel>>,
+}
+
+/// The Services part of the file as written.
+#[derive(Serialize)]
+struct WritingServices<'a> {
+    services: &'a Grouped<Service>,
+    slices: &'a Grouped<EndpointSlice>,
+}
+
+/// The Services part of the file as read.
+#[derive(Deserialize)]
+struct ReadingServices {
+    services: Grouped<Service>,
+    slices: Grouped<EndpointSlice>,
 }
 
 /// The file as written.
@@ -56,6 +78,8 @@ struct Writing<'a> {
     revision: Option<i64>,
     nodes: &'a [NodeEntry],
     policy: &'a PolicyModel,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    services: Option<WritingServices<'a>>,
 }
 
 /// The file's version alone, read before the rest.
@@ -72,6 +96,9 @@ struct Reading {
     revision: Option<i64>,
     nodes: Vec<NodeEntry>,
     policy: PolicyModel,
+    /// Absent from a file written before Services were saved.
+    #[serde(default)]
+    services: Option<ReadingServices>,
 }
 
 /// A view read back and checked.
@@ -87,6 +114,8 @@ pub struct SavedView {
     pub nodes: Vec<NodeEntry>,
     /// The policy objects.
     pub policy: PolicyModel,
+    /// The Services and EndpointSlices, if the store held them.
+    pub services: Option<ServiceModel>,
     /// The nodes left out: name and why.
     pub dropped: Vec<(String, String)>,
 }
@@ -149,6 +178,15 @@ pub enum SavedError {
         /// Why.
         why: String,
     },
+    /// Its Services or EndpointSlices are not what reading their documents could
+    /// have made.
+    #[error("{path}: its Services: {why}")]
+    Services {
+        /// The file.
+        path: String,
+        /// Why.
+        why: String,
+    },
 }
 
 /// The saved view's path in state directory `dir`.
@@ -164,15 +202,7 @@ pub fn write(dir: &Path, store: &str, snap: &Snapshot, now: SystemTime) -> Resul
         let path = p.display().to_string();
         move |source| SavedError::Io { path, source }
     };
-    let bytes = serde_json::to_vec(&Writing {
-        version: VERSION,
-        store,
-        saved_at: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        revision: snap.revision,
-        nodes: &snap.nodes,
-        policy: &snap.policy,
-    })
-    .map_err(|e| io(&target)(std::io::Error::other(e)))?;
+    let bytes = encode(store, snap, now).map_err(|e| io(&target)(std::io::Error::other(e)))?;
     // What could not be read back is not written: the view before stays.
     if bytes.len() as u64 > MAX_SIZE {
         return Err(SavedError::TooLarge {
@@ -185,6 +215,22 @@ pub fn write(dir: &Path, store: &str, snap: &Snapshot, now: SystemTime) -> Resul
     }
     // The rename is durable once the directory is.
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// The bytes of the file for `snap`, read from store `store`, saved at `now`.
+pub fn encode(store: &str, snap: &Snapshot, now: SystemTime) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&Writing {
+        version: VERSION,
+        store,
+        saved_at: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        revision: snap.revision,
+        nodes: &snap.nodes,
+        policy: &snap.policy,
+        services: snap.services.as_deref().map(|m| WritingServices {
+            services: &m.services,
+            slices: &m.slices,
+        }),
+    })
 }
 
 /// The view saved in `dir` for a node on store `store` in cluster CIDR `cluster`;
@@ -205,17 +251,29 @@ pub fn read(dir: &Path, store: &str, cluster: Ipv4Net) -> Result<Option<SavedVie
             })
         }
     };
+    decode(&bytes, &shown, store, cluster).map(Some)
+}
+
+/// The view in `bytes`, read from the file `shown`, for a node on store `store`
+/// in cluster CIDR `cluster`: checked as [`read`] says.
+pub fn decode(
+    bytes: &[u8],
+    shown: &str,
+    store: &str,
+    cluster: Ipv4Net,
+) -> Result<SavedView, SavedError> {
+    let shown = shown.to_owned();
     let corrupt = |e: serde_json::Error| SavedError::Corrupt {
         path: shown.clone(),
         why: e.to_string(),
     };
-    let found = serde_json::from_slice::<Versioned>(&bytes)
+    let found = serde_json::from_slice::<Versioned>(bytes)
         .map_err(corrupt)?
         .version;
     if found != VERSION {
         return Err(SavedError::Version { path: shown, found });
     }
-    let r: Reading = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    let r: Reading = serde_json::from_slice(bytes).map_err(corrupt)?;
     if r.store != store {
         return Err(SavedError::Store {
             path: shown,
@@ -230,15 +288,24 @@ pub fn read(dir: &Path, store: &str, cluster: Ipv4Net) -> Result<Option<SavedVie
     {
         return Err(SavedError::Policy { path: shown, why });
     }
+    let services = r.services.map(|s| ServiceModel {
+        services: s.services,
+        slices: s.slices,
+        bad: Vec::new(),
+    });
+    if let Some(Err(why)) = services.as_ref().map(recheck::check) {
+        return Err(SavedError::Services { path: shown, why });
+    }
     let (nodes, dropped) = screen(r.nodes, cluster, None);
-    Ok(Some(SavedView {
+    Ok(SavedView {
         store: r.store,
         saved_at: r.saved_at,
         revision: r.revision,
         nodes,
         policy: r.policy,
+        services,
         dropped,
-    }))
+    })
 }
 
 /// Like [`read`], with every error and every node left out logged: an error is as
@@ -463,6 +530,7 @@ mod tests {
             nodes: Arc::new(nodes),
             policy: Arc::new(policy),
             revision: Some(revision),
+            services: None,
         }
     }
 
@@ -640,6 +708,146 @@ mod tests {
         drop(saver);
         let rev = read_back(&d).expect("read").expect("a view").revision;
         assert_eq!(rev, Some(5));
+    }
+
+    /// The Service `default/web` (ClusterIP 10.96.0.10, port 80 to 8080) and its
+    /// slice, with one ready endpoint, read as a store reads them.
+    fn services() -> ServiceModel {
+        use crate::services::read;
+        let web = read::service_value(
+            "default",
+            "web",
+            serde_json::json!({"clusterIP": "10.96.0.10", "sessionAffinity": "ClientIP",
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+        )
+        .expect("a Service");
+        let labels = [(read::SERVICE_NAME_LABEL.to_owned(), "web".to_owned())].into();
+        let slice = read::slice_value(
+            "default",
+            "web-a",
+            &labels,
+            serde_json::json!({"addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.244.2.5"], "nodeName": "b"}],
+                "ports": [{"name": "http", "port": 8080}]}),
+        )
+        .expect("a slice");
+        ServiceModel {
+            services: [web].into_iter().collect(),
+            slices: [slice].into_iter().collect(),
+            bad: Vec::new(),
+        }
+    }
+
+    /// Services and EndpointSlices are saved with the view and read back as
+    /// they were (the objects that did not read are not saved); a view saved
+    /// without them (a store that holds none, or a file an earlier weftd wrote)
+    /// reads, with none.
+    #[test]
+    fn services_read_back_and_a_view_without_them_still_reads() {
+        let d = Dir::new("svc");
+        let mut with_bad = services();
+        with_bad.bad.push(crate::services::model::BadObject {
+            kind: "Service".into(),
+            id: "default/junk".into(),
+            source: "/weft/v1/services/default/junk".into(),
+            why: "not JSON".into(),
+        });
+        let mut snap = snapshot(vec![node("a", 1)], policy(), 4);
+        snap.services = Some(Arc::new(with_bad));
+        write(&d.0, "etcd", &snap, SystemTime::now()).expect("written");
+        let v = read_back(&d).expect("read").expect("a view");
+        assert_eq!(v.services, Some(services()));
+        assert_eq!((v.policy, v.revision), (policy(), Some(4)));
+        // Written as before: for its owner only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path(&d.0))
+            .expect("the file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // As an earlier weftd wrote it: no services field at all.
+        write(
+            &d.0,
+            "etcd",
+            &snapshot(vec![node("a", 1)], policy(), 5),
+            SystemTime::now(),
+        )
+        .expect("written");
+        let text = std::fs::read_to_string(path(&d.0)).expect("the file");
+        assert!(!text.contains("\"services\""), "{text}");
+        let v = read_back(&d).expect("read").expect("a view");
+        assert_eq!((v.services, v.revision), (None, Some(5)));
+    }
+
+    /// A saved Services part that no store could have handed over refuses the
+    /// whole view, as bad policy does: what is left is no saved view at all
+    /// (the node starts as with none), never a view without its Services.
+    #[test]
+    fn hostile_services_in_the_file_refuse_the_view() {
+        let d = Dir::new("svcbad");
+        let snap = Snapshot {
+            services: Some(Arc::new(services())),
+            ..snapshot(vec![node("a", 1)], policy(), 6)
+        };
+        let good = || write(&d.0, "etcd", &snap, SystemTime::now()).expect("written");
+        good();
+        assert!(read_back(&d).expect("the control reads").is_some());
+        for (from, to, why) in [
+            (
+                "\"port\":80",
+                "\"port\":0",
+                "its Services: Service default/web",
+            ),
+            ("\"10.244.2.5\"", "\"127.0.0.1\"", ""),
+            (
+                "\"node_name\":\"b\"",
+                "\"node_name\":\"../b\"",
+                "is not a node name",
+            ),
+            (
+                "\"name\":\"web-a\"",
+                "\"name\":\"web\\nx\"",
+                "is not a valid object name",
+            ),
+            (
+                "\"slices\":[",
+                "\"slices\":7,\"x\":[",
+                "is not a saved view",
+            ),
+        ] {
+            good();
+            edit(&d, |t| {
+                assert!(t.contains(from), "{from} in {t}");
+                t.replacen(from, to, 1)
+            });
+            match read_back(&d) {
+                // A loopback endpoint is a slice any store may hold: the
+                // compiler refuses it, by name, as it does a store's.
+                Ok(Some(v)) if why.is_empty() => {
+                    assert!(v.services.is_some());
+                }
+                Err(e) if !why.is_empty() => {
+                    let text = e.to_string();
+                    assert!(text.contains(why), "{text} does not say {why}");
+                    assert!(load(&d.0, "etcd", cluster()).is_none());
+                }
+                other => panic!("{from} -> {to}: {other:?}"),
+            }
+        }
+        let mut twice = services();
+        let web = twice.services[0].clone();
+        twice.services.push(web);
+        let snap = Snapshot {
+            services: Some(Arc::new(twice)),
+            ..snap.clone()
+        };
+        write(&d.0, "etcd", &snap, SystemTime::now()).expect("written");
+        let e = read_back(&d).expect_err("a Service twice").to_string();
+        assert!(
+            e.ends_with("its Services: Service default/web is defined twice"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -89,6 +89,7 @@ impl Daemon {
             s.log_refused(&refused);
             (s.source, s.model, s.refused) = (source.to_owned(), model, refused);
             s.table = table.clone();
+            self.save_view(&state);
         }
         match self.set_service_table(table) {
             // With `services = "kube-proxy"` the table is only shown.
@@ -100,12 +101,16 @@ impl Daemon {
     /// `weft services`: every ClusterIP port of the table in force, its
     /// endpoints, and what was left out.
     pub(crate) fn services_status(&self) -> proto::ServicesStatus {
+        let saved_at = self.from_saved.lock().clone();
         let state = self.state.lock();
         let s = &state.services;
         proto::ServicesStatus {
-            source: match s.source.as_str() {
-                "" => "none".into(),
-                source => source.into(),
+            source: match (s.source.as_str(), saved_at) {
+                ("", _) => "none".into(),
+                (source, Some(at)) if source == self.store.kind() => {
+                    format!("the {source} view saved at {at}")
+                }
+                (source, _) => source.into(),
             },
             service_cidr: self.settings.host.service_cidr.map(|c| c.to_string()),
             services: s.model.services.len(),

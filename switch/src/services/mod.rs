@@ -22,6 +22,7 @@ use ipnet::Ipv4Net;
 pub mod compile;
 pub mod model;
 pub mod read;
+pub mod recheck;
 
 /// An IP protocol a Service port may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
