@@ -368,6 +368,25 @@ fn a_direct_peer_that_tunnels_back_is_sent_through_the_host(mode: TunnelMode) {
         "{mode:?}: {}",
         sim.drops_report()
     );
+    // The peer node's own packet (from its `weft0` address) too: with no tunnel
+    // route for that address here (Services not in the switch), A's answer leaves
+    // through the host, which must have seen the request.
+    sim.out.host_rx[0].clear();
+    let own = Ip::udp(gateway(1), A).packet(&udp(1, 9, 10));
+    sim.host_frame(1, &host_frame(1, &own));
+    sim.flush();
+    sim.deliver_wire();
+    assert_eq!(
+        sim.take_rx(a).len(),
+        0,
+        "{mode:?}: the node's own, straight in"
+    );
+    assert_eq!(
+        sim.out.host_rx[0].len(),
+        1,
+        "{mode:?}: the node's own, through the host: {}",
+        sim.drops_report()
+    );
 }
 
 fn host_flows_expire_with_their_connections(mode: TunnelMode) {

@@ -82,11 +82,13 @@ pub(super) fn decide(t: &Tables, from: Ingress, offload: &Offload, facts: &Facts
         // A peer this node routes to directly, but which tunnels back (its segment
         // or settings differ): its pods' packets go through the host, as this
         // node's own to that peer do, so that the host sees both directions of
-        // what it translated. Not the peer node's own (from its gateway address),
-        // which this node answers through the tunnel too.
+        // what it translated. Not the peer node's own (from its gateway address)
+        // where that address is reached through the tunnel (Services in the
+        // switch): this node answers it through the tunnel too. Without that
+        // route the answer leaves through the host, so the packet must as well.
         (Ingress::Peer(j), NextHop::Local(_))
-            if matches!(t.peers[j].path, PeerPath::Direct { .. })
-                && facts.src != gateway_of(t.peers[j].subnet) =>
+            if matches!(t.peers[j].path, PeerPath::Direct { node_via_tunnel, .. }
+                if !node_via_tunnel || facts.src != gateway_of(t.peers[j].subnet)) =>
         {
             NextHop::Host
         }

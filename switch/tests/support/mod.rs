@@ -27,7 +27,7 @@ pub const UDP_PORT: u16 = 5353;
 /// How long a probe waits for a connection or an answer.
 pub const PROBE: Duration = Duration::from_secs(3);
 /// How long a server keeps a TCP connection that sends nothing.
-const IDLE: Duration = Duration::from_secs(30);
+const IDLE: Duration = Duration::from_secs(300);
 /// A datapath: weftd's mode and flags, and how many nodes.
 #[derive(Debug, Clone, Copy)]
 pub struct Datapath {
