@@ -593,6 +593,8 @@ impl Daemon {
         }
         if let Some(services) = boot.services {
             daemon.apply_services(services, daemon.store.kind(), false);
+            let at = boot.saved.as_ref().map(saved::SavedView::saved_at_text);
+            daemon.state.lock().services.saved_at = at;
         }
         daemon.restore()?;
         daemon.save_view(&daemon.state.lock());

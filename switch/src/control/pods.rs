@@ -1743,11 +1743,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
 
-        // The store is read: its Services (the endpoint moved) replace the
-        // saved ones, and are saved.
+        // The store is read without its Services (the Kubernetes store lists
+        // them apart, and they may come later): the saved ones stay in force, and
+        // are still shown as the saved view's, not the store's.
         store.read.store(true, std::sync::atomic::Ordering::SeqCst);
+        let nodes = vec![node("n", 1, None), node("m", 2, None)];
+        let without = ClusterView {
+            nodes: nodes.clone(),
+            policy: Some(Arc::default()),
+            services: None,
+        };
+        d.apply_view(&without).expect("applied");
+        assert_eq!(
+            d.services_status().source,
+            "the late view saved at 2025-06-01T12:00:00Z"
+        );
+
+        // Its Services come (the endpoint moved): they replace the saved ones,
+        // and are saved.
         let view = ClusterView {
-            nodes: vec![node("n", 1, None), node("m", 2, None)],
+            nodes,
             policy: Some(Arc::default()),
             services: Some(Arc::new(web_service("10.244.2.6"))),
         };

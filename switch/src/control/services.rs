@@ -22,6 +22,10 @@ pub struct ServiceState {
     /// Where they come from: `dir <path>`, the store's kind; empty while none was
     /// read.
     pub source: String,
+    /// When the Services in force are a saved view's (put in force at boot while
+    /// the store could not be read), when it was saved; `None` once the store or
+    /// the policy directory gave its own, even the same.
+    pub saved_at: Option<String>,
     /// The model in force.
     pub model: Arc<ServiceModel>,
     /// It, compiled for this node.
@@ -63,9 +67,11 @@ impl Daemon {
     /// one reads the policy directory, and a node has one or the other.)
     pub(crate) fn apply_services(&self, model: Arc<ServiceModel>, source: &str, log_bad: bool) {
         {
-            let state = self.state.lock();
-            let s = &state.services;
+            let mut state = self.state.lock();
+            let s = &mut state.services;
             if Arc::ptr_eq(&s.model, &model) || (s.source == source && *s.model == *model) {
+                // The same Services, now read: no longer only the saved view's.
+                s.saved_at = None;
                 return;
             }
         }
@@ -88,6 +94,7 @@ impl Daemon {
             }
             s.log_refused(&refused);
             (s.source, s.model, s.refused) = (source.to_owned(), model, refused);
+            s.saved_at = None;
             s.table = table.clone();
             self.save_view(&state);
         }
@@ -101,16 +108,13 @@ impl Daemon {
     /// `weft services`: every ClusterIP port of the table in force, its
     /// endpoints, and what was left out.
     pub(crate) fn services_status(&self) -> proto::ServicesStatus {
-        let saved_at = self.from_saved.lock().clone();
         let state = self.state.lock();
         let s = &state.services;
         proto::ServicesStatus {
-            source: match (s.source.as_str(), saved_at) {
+            source: match (s.source.as_str(), &s.saved_at) {
                 ("", _) => "none".into(),
-                (source, Some(at)) if source == self.store.kind() => {
-                    format!("the {source} view saved at {at}")
-                }
-                (source, _) => source.into(),
+                (source, Some(at)) => format!("the {source} view saved at {at}"),
+                (source, None) => source.into(),
             },
             service_cidr: self.settings.host.service_cidr.map(|c| c.to_string()),
             services: s.model.services.len(),
