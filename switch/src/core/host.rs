@@ -47,9 +47,11 @@
 //! with the sequence number of a SYN the pod sent to the host in the last seconds
 //! (from any port, as the host's NAT may have moved it), or the exact 5-tuple of a
 //! connection the host handed back. A forger that does not see the pod's traffic
-//! must guess the 32-bit sequence number of a live SYN, and a hit brings it one SYN
-//! delivered as the pod's: the answer goes to the host, which sends it on with a
-//! pod source, and that is refused here (nothing handed it out). One that sees the
+//! must guess the 32-bit sequence number of a live SYN. A hit is not used up: until
+//! the handed flow expires it admits SYNs with that number from the pod's address
+//! on any ports, each then recorded as a connection handed back (its later
+//! segments pass). All blind: the answers go to the host, which sends them on with
+//! a pod source, and that is refused here (nothing handed it out). One that sees the
 //! pod's traffic is beyond what this check can tell apart. A UDP or SCTP datagram
 //! whose source port the host's NAT moved is refused: nothing in it binds it to the
 //! pod's.
