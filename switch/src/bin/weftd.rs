@@ -87,6 +87,15 @@ fn run(cli: Cli, flags: &clap::ArgMatches) -> anyhow::Result<()> {
     }
     let mut settings = options.resolve()?;
     settings.datapath.test_panic_after = test_panic_after()?;
+    // The first line of every start: a start that stalls before the store, the
+    // host or the workers answer shows how far it came.
+    log::info!(
+        "weftd {} starting: node {}, {:?} mode, {} workers",
+        env!("CARGO_PKG_VERSION"),
+        settings.node_name,
+        settings.tunnel.mode,
+        settings.datapath.workers
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .max_blocking_threads(16)
