@@ -745,8 +745,18 @@ fn a_syn_handed_back_on_another_port_is_known_by_its_sequence_number(mode: Tunne
         0,
         "{mode:?}: the answer, untranslated"
     );
-    // The pod's port as it sent it: admitted as well.
-    assert_eq!(back(&mut sim, (A2, 41_000), SYN, ISN), 1, "{mode:?}: kept");
+    // The connection's SYN again (a retransmission): admitted. The sequence
+    // number on any other ports, even the pod's own: refused, for the first
+    // connection handed back with it took it.
+    assert_eq!(
+        back(&mut sim, (A2, 52_000), SYN, ISN),
+        1,
+        "{mode:?}: retransmitted"
+    );
+    assert_eq!(back(&mut sim, (A2, 41_000), SYN, ISN), 0, "{mode:?}: taken");
+    assert_eq!(back(&mut sim, (A2, 52_002), SYN, ISN), 0, "{mode:?}: taken");
+    // The four forgeries, the answer sent back untranslated, the two taken.
+    assert_eq!(spoofed(&sim), 7, "{mode:?}: {}", sim.drops_report());
     // The pod's SYN is seconds old: its sequence number opens nothing new.
     sim.set_time(sim.time() + Duration::from_secs(6));
     sim.handle_timeouts();
@@ -755,5 +765,5 @@ fn a_syn_handed_back_on_another_port_is_known_by_its_sequence_number(mode: Tunne
         0,
         "{mode:?}: expired"
     );
-    assert_eq!(spoofed(&sim), 6, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(spoofed(&sim), 8, "{mode:?}: {}", sim.drops_report());
 }

@@ -47,11 +47,11 @@
 //! with the sequence number of a SYN the pod sent to the host in the last seconds
 //! (from any port, as the host's NAT may have moved it), or the exact 5-tuple of a
 //! connection the host handed back. A forger that does not see the pod's traffic
-//! must guess the 32-bit sequence number of a live SYN. A hit is not used up: until
-//! the handed flow expires it admits SYNs with that number from the pod's address
-//! on any ports, each then recorded as a connection handed back (its later
-//! segments pass). All blind: the answers go to the host, which sends them on with
-//! a pod source, and that is refused here (nothing handed it out). One that sees the
+//! must guess the 32-bit sequence number of a live SYN. The first connection handed
+//! back with a number takes it ([`claim_of`], for as long as a handed flow lives),
+//! so a hit opens one connection as the pod's, blind: the answers go to the host,
+//! which sends them on with a pod source, and that is refused here (nothing handed
+//! it out). One that sees the
 //! pod's traffic is beyond what this check can tell apart. A UDP or SCTP datagram
 //! whose source port the host's NAT moved is refused: nothing in it binds it to the
 //! pod's.
@@ -197,6 +197,18 @@ fn handed_key(flow: &Flow) -> Option<FlowKey> {
     }
 }
 
+/// The key under which the handed table marks a SYN's [`handed_key`] as used: the
+/// first connection the host hands back with that sequence number takes it, and
+/// no other 5-tuple may (a retransmission of the first finds its returning
+/// connection before this). A handed key's destination is always 0, so a claim
+/// (all ones) is never one.
+fn claim_of(handed: FlowKey) -> FlowKey {
+    FlowKey {
+        dst: u32::MAX,
+        ..handed
+    }
+}
+
 /// The key of a datagram whose fragments come from the host, apart from those of a
 /// reply that goes to it ([`Flow::datagram`] has a `dport` of 0).
 fn from_host(datagram: FlowKey) -> FlowKey {
@@ -297,7 +309,15 @@ impl Core {
                 .is_some_and(|d| forward(&host.fragments, from_host(d)));
         }
         forward(&host.returning, flow.key)
-            || handed_key(&flow).is_some_and(|k| forward(&host.handed, k))
+            || handed_key(&flow).is_some_and(|k| self.handed_unclaimed(cx, &flow, k))
+    }
+
+    /// Whether the handed table holds `key` of `flow`, a packet from the host with
+    /// a pod source, and, for a SYN, no other connection took its sequence number.
+    fn handed_unclaimed<S: ?Sized>(&self, cx: &Ctx<'_, S>, flow: &Flow, key: FlowKey) -> bool {
+        let handed = &self.host.handed;
+        handed.lookup(key, cx.now).is_some_and(|f| f.forward)
+            && (flow.opening.is_none() || handed.lookup(claim_of(key), cx.now).is_none())
     }
 
     /// Admits a packet with a pod source from the host port as a connection the host
@@ -336,6 +356,9 @@ impl Core {
             Ok(()) => {
                 if new {
                     self.host.count_returned();
+                }
+                if found.is_none() {
+                    self.claim(cx, flow);
                 }
                 if let Some(d) = datagram {
                     let _ =
@@ -382,9 +405,7 @@ impl Core {
                 (f.entry.orig, flags, f.entry.flags.bypass)
             }
             None => {
-                let handed = handed_key(flow)
-                    .and_then(|k| self.host.handed.lookup(k, cx.now))
-                    .is_some_and(|f| f.forward);
+                let handed = handed_key(flow).is_some_and(|k| self.handed_unclaimed(cx, flow, k));
                 if !handed {
                     return Err(DropReason::Spoofed);
                 }
@@ -469,6 +490,21 @@ impl Core {
             self.sweep_soon(cx.now);
         }
         NextHop::Host
+    }
+
+    /// Marks the sequence number of a SYN the host handed back, admitted by its
+    /// [`handed_key`], as taken by its connection. A full table leaves it unmarked
+    /// (it would admit another 5-tuple with that number, as before claims).
+    fn claim<S: ?Sized>(&mut self, cx: &Ctx<'_, S>, flow: &Flow) {
+        if flow.opening.is_none() {
+            return;
+        }
+        if let Some(key) = handed_key(flow) {
+            let _ = self
+                .host
+                .handed
+                .keep(claim_of(key), None, Flags::default(), 0, cx.now);
+        }
     }
 
     /// Records a pod's flow (one the host may hand back) that goes to the host, by
