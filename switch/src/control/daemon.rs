@@ -591,14 +591,19 @@ impl Daemon {
             BootPolicy::Dir => daemon.load_policy()?,
             BootPolicy::InForce => daemon.enforce_in_force()?,
         }
-        if let Some(services) = boot.services {
-            daemon.apply_services(services, daemon.store.kind(), false);
-            let at = boot.saved.as_ref().map(saved::SavedView::saved_at_text);
-            daemon.state.lock().services.saved_at = at;
-        }
+        daemon.boot_services(boot.services, boot.saved.as_ref());
         daemon.restore()?;
         daemon.save_view(&daemon.state.lock());
         Ok(daemon)
+    }
+
+    /// Puts in force the Services a boot found (a saved view's, while the store
+    /// could not be read), shown as that view's until the store gives its own.
+    fn boot_services(&self, services: Option<Arc<ServiceModel>>, saved: Option<&saved::SavedView>) {
+        if let Some(services) = services {
+            self.apply_services(services, self.store.kind(), false);
+            self.state.lock().services.saved_at = saved.map(saved::SavedView::saved_at_text);
+        }
     }
 
     /// Hands the view in force in `state` to the saver, if it is all the store's: not
