@@ -20,6 +20,43 @@
 /// concatenated data only when every slice but the last has an even length:
 /// an odd slice pads its last byte to a whole word.
 pub fn accumulate(acc: u64, data: &[u8]) -> u64 {
+    let (bulk, rest) = data.split_at(data.len() / BLOCK * BLOCK);
+    add(accumulate_words(acc, rest), u64::from(bulk_sum(bulk)))
+}
+
+/// Bytes [`bulk_sum`] takes per step.
+const BLOCK: usize = 64;
+
+/// The big-endian one's complement sum of `bulk`, a whole number of [`BLOCK`]s.
+///
+/// Every checksum a tunnel packet needs passes over its payload, so this is the
+/// datapath's hottest loop (issue 30's profile: 6 % of a bulk TCP flow's CPU over
+/// VXLAN with the serial loop of [`accumulate_words`]). Two facts make it fast
+/// without a carry chain the CPU must wait on:
+///
+/// - one's complement sums do not depend on byte order (RFC 1071, section 2(B)):
+///   the sum of native-order words, folded and read back in big-endian order, is
+///   the big-endian sum, so no word needs a byte swap;
+/// - 32-bit words added into 64-bit lanes cannot carry out of a lane for 2^32
+///   words (16 GiB), so each lane is a plain add, the lanes independent, and the
+///   compiler makes the loop SIMD adds on any x86-64.
+fn bulk_sum(bulk: &[u8]) -> u16 {
+    let mut lanes = [0u64; BLOCK / 4];
+    for block in bulk.chunks_exact(BLOCK) {
+        for (lane, word) in lanes.iter_mut().zip(block.chunks_exact(4)) {
+            let mut w = [0; 4];
+            w.copy_from_slice(word);
+            *lane += u64::from(u32::from_ne_bytes(w));
+        }
+    }
+    let native = fold(lanes.iter().fold(0, |acc, &lane| add(acc, lane)));
+    // Read back in big-endian order: a swap on little-endian machines, nothing on
+    // big-endian ones.
+    u16::from_be(native)
+}
+
+/// [`accumulate`] eight bytes at a time, serially: for short data and the tail.
+fn accumulate_words(acc: u64, data: &[u8]) -> u64 {
     // One's complement addition in 64 bits (end-around carry) folds to the
     // same 16-bit sum, because 2^64 - 1 is a multiple of 2^16 - 1. Eight bytes
     // per addition, and no accumulator overflow whatever the length.
@@ -144,6 +181,17 @@ mod tests {
     }
 
     #[test]
+    fn bulk_sum_of_all_ones_and_large_data() {
+        // All ones in every lane: the worst case for carries between lanes.
+        assert_eq!(sum(&[0xff; 65_536]), 0xffff);
+        assert_eq!(sum(&[0xff; 65_535]), reference_sum(&[0xff; 65_535]));
+        let ramp: Vec<u8> = (0..65_536u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        for len in [64, 65, 127, 128, 1448, 9000, 65_535, 65_536] {
+            assert_eq!(sum(&ramp[..len]), reference_sum(&ramp[..len]), "len {len}");
+        }
+    }
+
+    #[test]
     fn carries_wrap_around() {
         assert_eq!(sum(&[0xff; 64]), 0xffff);
         assert_eq!(sum(&[0xff, 0xff, 0x00, 0x01]), 0x0001);
@@ -173,6 +221,17 @@ mod tests {
     proptest! {
         #[test]
         fn sum_matches_reference(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            prop_assert_eq!(sum(&data), reference_sum(&data));
+        }
+
+        /// The SIMD-friendly bulk loop and the serial one agree, from any
+        /// accumulator, on lengths that cross several blocks and end anywhere.
+        #[test]
+        fn bulk_and_serial_sums_agree(
+            data in proptest::collection::vec(any::<u8>(), 0..4200),
+            acc in any::<u64>(),
+        ) {
+            prop_assert_eq!(fold(accumulate(acc, &data)), fold(accumulate_words(acc, &data)));
             prop_assert_eq!(sum(&data), reference_sum(&data));
         }
 
