@@ -28,6 +28,11 @@ fn takes_super_frame(port: &PortEntry, offload: &Offload, frame: &[u8]) -> bool 
     port.uso && payload.div_ceil(usize::from(offload.gso_size).max(1)) <= gro::UDP_MAX_SEGMENTS
 }
 
+/// Whether the Ethernet frame `frame` is a whole UDP/IPv4 datagram.
+fn is_udp(frame: &[u8]) -> bool {
+    gro::Flow::of(frame).is_some_and(|f| f.is_udp())
+}
+
 impl Core {
     /// Sends a routed frame to `hop`.
     pub(super) fn egress<S: Sink + ?Sized>(
@@ -54,17 +59,33 @@ impl Core {
             ethertype::IPV4,
         );
         match from {
-            // From a tunnel: merged into super-frames for the pod; a joined sleeve
-            // super-frame goes as it is, after whatever of its flow is being merged.
-            Ingress::Peer(_) if offload.is_gso() => {
+            // A super-frame (a pod's or the host's, or a joined sleeve one) goes as it
+            // is, after whatever of its flow is being merged, where the port takes it.
+            _ if offload.is_gso() => {
                 self.coalescers.emit_flow(cx, port, bytes);
                 if !takes_super_frame(&t.ports[port], offload, bytes) {
                     return self.cut_for_port(cx, port, offload, bytes);
                 }
                 cx.sink.to_port(&t.ports[port], offload, bytes);
             }
-            // A port without offloads (AF_XDP) would only cut a merged frame up again.
+            // From a tunnel: merged into super-frames for the pod. A port without
+            // offloads (AF_XDP) would only cut a merged frame up again.
             Ingress::Peer(_) if t.ports[port].offloads => self.coalescers.coalesce(cx, port, bytes),
+            // From a port (a pod, or the host through its port): a UDP flow's
+            // datagrams are merged too, for a port that takes USO, so that they cost
+            // one write per run instead of one each. This is what lets direct routing
+            // carry small datagrams: the host hands them over one at a time.
+            Ingress::Port(_) if t.ports[port].uso && is_udp(bytes) => {
+                // A pod leaves its datagrams' checksums to the device; a merged run and
+                // a datagram sent alone both need whole ones.
+                if offload.needs_csum {
+                    let (start, at) = (offload.csum_start.into(), offload.csum_offset.into());
+                    if gso::complete_checksum(bytes, start, at).is_err() {
+                        return self.drop_at(cx, from, DropReason::Malformed);
+                    }
+                }
+                self.coalescers.coalesce(cx, port, bytes);
+            }
             _ => cx.sink.to_port(&t.ports[port], offload, bytes),
         }
     }

@@ -826,6 +826,11 @@ impl Sim {
         self.nodes[n].tables.ports[port].uso = uso;
     }
 
+    /// Says whether node `n`'s host port takes UDP super-frames (USO).
+    pub fn set_host_uso(&mut self, n: usize, uso: bool) {
+        self.nodes[n].tables.ports[0].uso = uso;
+    }
+
     fn build(
         mode: TunnelMode,
         layout: &[&[Ipv4Addr]],
