@@ -560,7 +560,9 @@ fn checksum(c: &mut Criterion) {
         let d = &data[..len];
         assert_eq!(serial(d), weft_encap::checksum::sum(d));
         g.throughput(Throughput::Bytes(len as u64));
-        g.bench_function(BenchmarkId::new("serial", len), |b| b.iter(|| serial(black_box(d))));
+        g.bench_function(BenchmarkId::new("serial", len), |b| {
+            b.iter(|| serial(black_box(d)))
+        });
         g.bench_function(BenchmarkId::new("weft", len), |b| {
             b.iter(|| weft_encap::checksum::sum(black_box(d)))
         });

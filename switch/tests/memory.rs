@@ -2162,12 +2162,22 @@ fn udp_datagrams_from_ports_are_merged(mode: TunnelMode) {
     };
     let (writes, merged) = send(&mut sim);
     assert_eq!(merged, 3, "{mode:?}: A2's, the host's and A's flows merged");
-    assert_eq!(writes, 4, "{mode:?}: three runs and the lone datagram, for 76 datagrams");
+    assert_eq!(
+        writes, 4,
+        "{mode:?}: three runs and the lone datagram, for 76 datagrams"
+    );
     let to_a: Vec<Vec<u8>> = from_a2
         .iter()
         .chain([&lone])
         .chain(&from_host)
-        .map(|p| eth(sim.pods[a].mac, router_mac(0), ETHERTYPE_IPV4, &with_ttl(p, 63)))
+        .map(|p| {
+            eth(
+                sim.pods[a].mac,
+                router_mac(0),
+                ETHERTYPE_IPV4,
+                &with_ttl(p, 63),
+            )
+        })
         .collect();
     let at_host: Vec<Vec<u8>> = to_host
         .iter()
@@ -2178,7 +2188,11 @@ fn udp_datagrams_from_ports_are_merged(mode: TunnelMode) {
         frames.sort_by_key(|f| u16::from_be_bytes([f[14 + 20], f[14 + 21]]));
         frames
     };
-    assert_eq!(by_flow(sim.take_rx(a)), by_flow(to_a.clone()), "{mode:?}: to A");
+    assert_eq!(
+        by_flow(sim.take_rx(a)),
+        by_flow(to_a.clone()),
+        "{mode:?}: to A"
+    );
     assert_eq!(
         std::mem::take(&mut sim.out.host_rx[0]),
         at_host,
@@ -2188,8 +2202,17 @@ fn udp_datagrams_from_ports_are_merged(mode: TunnelMode) {
     sim.set_uso(a, false);
     sim.set_host_uso(0, false);
     let (writes, merged) = send(&mut sim);
-    assert_eq!((writes, merged), (76, 0), "{mode:?}: without USO: {}", sim.drops_report());
-    assert_eq!(by_flow(sim.take_rx(a)), by_flow(to_a), "{mode:?}: to A, no USO");
+    assert_eq!(
+        (writes, merged),
+        (76, 0),
+        "{mode:?}: without USO: {}",
+        sim.drops_report()
+    );
+    assert_eq!(
+        by_flow(sim.take_rx(a)),
+        by_flow(to_a),
+        "{mode:?}: to A, no USO"
+    );
     assert_eq!(sim.out.host_rx[0], at_host, "{mode:?}: to the host, no USO");
     assert_eq!(sim.total_drops(), 0, "{mode:?}: {}", sim.drops_report());
 }

@@ -133,7 +133,7 @@ impl<'c> Plumbing<'c> {
             ],
             // Every system gives its pods the same MTU, the tunnels' (see
             // `direct::mtu`), so that all move the same packets.
-            System::WeftDirect => {
+            System::WeftDirect | System::WeftDirectAlt => {
                 let mtu = direct::mtu(&self.cluster.underlay.hosts()[0]);
                 vec!["--pod-mtu".into(), mtu.to_string()]
             }

@@ -59,6 +59,8 @@ pub enum System {
     WeftSleeveEnc,
     /// `weft-sleeve-enc` with the other weftd build.
     WeftSleeveEncAlt,
+    /// `weft-direct` with the other weftd build.
+    WeftDirectAlt,
     /// `kernel-vxlan` with kube-proxy's iptables rules for the `svc*` tests' Services on
     /// every node.
     KernelVxlanIptables,
@@ -85,7 +87,7 @@ pub enum ServiceProxy {
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 17] = [
+    pub const ALL: [System; 18] = [
         System::WeftVxlan,
         System::WeftSleeve,
         System::WeftSleeveEnc,
@@ -95,6 +97,7 @@ impl System {
         System::WeftVxlanAlt,
         System::WeftSleeveAlt,
         System::WeftSleeveEncAlt,
+        System::WeftDirectAlt,
         System::WeftVxlanPolicy,
         System::WeftSleevePolicy,
         System::KernelVxlan,
@@ -141,6 +144,7 @@ impl System {
             System::WeftAfxdpSleeve => "weft-afxdp-sleeve",
             System::WeftSleeveEnc => "weft-sleeve-enc",
             System::WeftSleeveEncAlt => "weft-sleeve-enc-alt",
+            System::WeftDirectAlt => "weft-direct-alt",
             System::KernelVxlanIptables => "kernel-vxlan+iptables",
             System::KernelVxlanNftables => "kernel-vxlan+nftables",
             System::WeftIptables => "weft+iptables",
@@ -163,7 +167,7 @@ impl System {
             | System::WeftAfxdpSleeve
             | System::WeftSleeveEnc
             | System::WeftSleeveEncAlt => Some("sleeve"),
-            System::WeftDirect => Some("direct"),
+            System::WeftDirect | System::WeftDirectAlt => Some("direct"),
             System::KernelVxlan
             | System::KernelVxlanIptables
             | System::KernelVxlanNftables
@@ -208,7 +212,10 @@ impl System {
     pub fn is_alt(self) -> bool {
         matches!(
             self,
-            System::WeftVxlanAlt | System::WeftSleeveAlt | System::WeftSleeveEncAlt
+            System::WeftVxlanAlt
+                | System::WeftSleeveAlt
+                | System::WeftSleeveEncAlt
+                | System::WeftDirectAlt
         )
     }
 }
