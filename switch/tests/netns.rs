@@ -184,24 +184,36 @@ fn host_rx_packets(ns: &Netns, dev: &str) -> u64 {
 /// two thirds of a 64-byte flood.
 #[test]
 fn direct_routing_merges_udp_both_ways() {
+    direct_routing_udp(true);
+}
+
+/// The same with USO turned off (`--tap-uso false`), as on kernels before 6.2: every
+/// datagram still arrives, each in a write of its own.
+#[test]
+fn direct_routing_udp_without_uso() {
+    direct_routing_udp(false);
+}
+
+fn direct_routing_udp(uso: bool) {
     require_root();
-    let c = Cluster::new("udpd", 2, 2, &options("direct", &[])).expect("the cluster starts");
+    let flag = if uso { "true" } else { "false" };
+    let tag = if uso { "udpd" } else { "udpn" };
+    let c = Cluster::new(tag, 2, 2, &options("direct", &["--tap-uso", flag]))
+        .expect("the cluster starts");
     // Neighbours resolved first, as in any cluster: a burst into an unresolved
     // neighbour loses what its queue cannot hold, whatever the switch does.
     for ((fh, fp), (th, tp)) in [((0, 0), (1, 0)), ((1, 1), (0, 1))] {
         (c.pod(fh, fp).ns.ping(c.ip(th, tp), 1))
             .unwrap_or_else(|e| panic!("ping {fh}/{fp} → {th}/{tp}: {e:#}\n{}", c.logs()));
     }
-    let uso = kernel_takes_uso();
-    let before = host_rx_packets(&c.underlay.host(0).ns, "weft0")
-        + host_rx_packets(&c.underlay.host(1).ns, "weft0");
-    udp_across_hosts(&c, uso);
-    let writes = host_rx_packets(&c.underlay.host(0).ns, "weft0")
-        + host_rx_packets(&c.underlay.host(1).ns, "weft0")
-        - before;
+    let merged = uso && kernel_takes_uso();
+    let weft0 = |h: usize| host_rx_packets(&c.underlay.host(h).ns, "weft0");
+    let before = weft0(0) + weft0(1);
+    udp_across_hosts(&c, merged);
+    let writes = weft0(0) + weft0(1) - before;
     let n = 2 * (UDP_BURSTS.0 * UDP_BURSTS.1) as u64;
-    eprintln!("direct: {n} datagrams sent in {writes} writes to the hosts' weft0");
-    if uso {
+    eprintln!("direct, USO {flag}: {n} datagrams sent in {writes} writes to the hosts' weft0");
+    if merged {
         assert!(writes < n / 2, "{n} datagrams took {writes} writes to weft0");
     } else {
         assert!(writes >= n, "{n} datagrams in {writes} writes without USO");

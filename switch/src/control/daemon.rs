@@ -499,7 +499,10 @@ impl Daemon {
         rt: &tokio::runtime::Handle,
     ) -> Result<Arc<Daemon>, DaemonError> {
         let store = store_of(&settings, rt)?;
-        Daemon::start_with(settings, Arc::new(SystemHost), store)
+        let host = SystemHost {
+            tap_uso: settings.datapath.tap_uso,
+        };
+        Daemon::start_with(settings, Arc::new(host), store)
     }
 
     /// Joins the cluster as `settings` say and returns the subnet, without starting

@@ -112,8 +112,17 @@ pub trait Host: Send + Sync + std::fmt::Debug {
 }
 
 /// The real host: TAP devices and netlink, entering namespaces with setns.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemHost;
+#[derive(Debug, Clone, Copy)]
+pub struct SystemHost {
+    /// Whether TAP devices are offered USO (`[datapath] tap-uso`).
+    pub tap_uso: bool,
+}
+
+impl Default for SystemHost {
+    fn default() -> SystemHost {
+        SystemHost { tap_uso: true }
+    }
+}
 
 fn boxed(queues: Vec<tap::TapQueue>) -> Queues {
     queues
@@ -124,7 +133,7 @@ fn boxed(queues: Vec<tap::TapQueue>) -> Queues {
 
 impl Host for SystemHost {
     fn open_host_port(&self, spec: &LinkSpec, queues: usize) -> Result<Queues, DaemonError> {
-        let queues = tap::open(&spec.name, queues)?;
+        let queues = tap::open(&spec.name, queues, self.tap_uso)?;
         netlink::configure(spec)?;
         Ok(boxed(queues))
     }
@@ -144,7 +153,7 @@ impl Host for SystemHost {
     ) -> Result<Queues, DaemonError> {
         let ns = netns::open(netns, Some(ns))?;
         match port {
-            PodPort::Tap => open_tap_port(&ns, spec, queues, how),
+            PodPort::Tap => open_tap_port(&ns, spec, (queues, self.tap_uso), how),
             PodPort::Afxdp { host_end, afxdp } => {
                 open_afxdp_port(&ns, spec, queues, how, host_end, afxdp)
             }
@@ -210,7 +219,7 @@ impl Host for SystemHost {
 fn open_tap_port(
     netns: &NetnsFile,
     spec: &LinkSpec,
-    queues: usize,
+    (queues, uso): (usize, bool),
     how: Plug,
 ) -> Result<Queues, DaemonError> {
     let shown = netns.path();
@@ -232,7 +241,7 @@ fn open_tap_port(
         }
         // A reopened device belongs to a pod that was running: whatever fails
         // here, it stays, as does the pod's address.
-        let queues = tap::open(&spec.name, queues)?;
+        let queues = tap::open(&spec.name, queues, uso)?;
         let configured = netlink::configure(spec).and_then(|()| {
             // The device outlives the daemon, so pods keep their interface across
             // a restart; detach deletes it.

@@ -187,8 +187,9 @@ impl AsRawFd for TapQueue {
 }
 
 /// Creates (or attaches to) the TAP device `name` in the calling thread's network
-/// namespace and opens `queues` non-blocking queues on it.
-pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
+/// namespace and opens `queues` non-blocking queues on it. With `uso`, the device is
+/// offered UDP segmentation offload where the kernel has it.
+pub fn open(name: &str, queues: usize, uso: bool) -> Result<Vec<TapQueue>, TapError> {
     if !valid_ifname(name) {
         return Err(TapError::BadName(name.to_owned()));
     }
@@ -196,6 +197,7 @@ pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
         return Err(TapError::BadQueues(queues));
     }
     let path = c"/dev/net/tun";
+    let offer_uso = uso;
     let mut uso = false;
     (0..queues)
         .map(|queue_index| {
@@ -222,7 +224,7 @@ pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
                 });
             }
             if queue_index == 0 {
-                uso = enable_offloads(&fd).map_err(|source| TapError::SetIff {
+                uso = enable_offloads(&fd, offer_uso).map_err(|source| TapError::SetIff {
                     name: name.to_owned(),
                     queue: queue_index,
                     source,
@@ -234,16 +236,17 @@ pub fn open(name: &str, queues: usize) -> Result<Vec<TapQueue>, TapError> {
 }
 
 /// Sets the virtio-net header size of the device `fd` is a queue of and turns on
-/// checksum and segmentation offloads, USO where the kernel has it. They apply to
-/// the whole device. Returns whether USO is on.
-fn enable_offloads(fd: &OwnedFd) -> io::Result<bool> {
+/// checksum and segmentation offloads, USO where the kernel has it if `uso`. They
+/// apply to the whole device. Returns whether USO is on.
+fn enable_offloads(fd: &OwnedFd, uso: bool) -> io::Result<bool> {
     let size: libc::c_int = virtio::LEN as libc::c_int;
     // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which outlives the call.
     if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &size) } < 0 {
         return Err(io::Error::last_os_error());
     }
     let tso = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
-    for (flags, uso) in [(tso | TUN_F_USO4 | TUN_F_USO6, true), (tso, false)] {
+    let with_uso = [(tso | TUN_F_USO4 | TUN_F_USO6, true), (tso, false)];
+    for &(flags, uso) in if uso { &with_uso[..] } else { &with_uso[1..] } {
         // SAFETY: TUNSETOFFLOAD takes its argument by value.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, libc::c_ulong::from(flags)) } == 0 {
             return Ok(uso);
@@ -284,7 +287,7 @@ mod tests {
         for bad in ["", "a/b", "a b", "x:1", "0123456789abcdef", ".."] {
             assert!(!valid_ifname(bad), "{bad}");
         }
-        assert!(matches!(open("a/b", 1), Err(TapError::BadName(_))));
-        assert!(matches!(open("ok0", 0), Err(TapError::BadQueues(0))));
+        assert!(matches!(open("a/b", 1, true), Err(TapError::BadName(_))));
+        assert!(matches!(open("ok0", 0, true), Err(TapError::BadQueues(0))));
     }
 }

@@ -33,6 +33,11 @@ pub struct DatapathOptions {
     /// sockets) [default: tap].
     #[arg(long, value_parser = parse_port_type)]
     pub pod_port: Option<PortType>,
+    /// Offer TAP devices UDP segmentation offload (USO), so that a UDP flow's
+    /// datagrams cross a TAP merged, where the kernel has it (6.2+); false turns it
+    /// off, as on older kernels [default: true].
+    #[arg(long)]
+    pub tap_uso: Option<bool>,
 }
 
 fn parse_port_type(s: &str) -> Result<PortType, String> {
@@ -69,6 +74,8 @@ pub struct DatapathSettings {
     pub poll: Duration,
     /// The port type of pods that do not ask for one.
     pub pod_port: PortType,
+    /// Whether TAP devices are offered USO.
+    pub tap_uso: bool,
     /// Test only, and never from the config file, a flag or the control socket:
     /// each worker panics once it has read this many frames. weftd
     /// sets it from `WEFT_TEST_PANIC_WORKER_AFTER`, for the test that a dead worker
@@ -100,6 +107,7 @@ impl DatapathOptions {
             port_queues,
             poll: Duration::from_micros(u64::from(poll_us)),
             pod_port: self.pod_port.unwrap_or_default(),
+            tap_uso: self.tap_uso.unwrap_or(true),
             test_panic_after: None,
         })
     }

@@ -108,6 +108,18 @@ fn the_conntrack_share_is_a_percentage_of_the_table() {
     assert!(err.resolve().unwrap_err().to_string().contains("101"));
 }
 
+/// TAPs are offered USO unless `[datapath] tap-uso` or `--tap-uso` says no.
+#[test]
+fn tap_uso_is_on_unless_turned_off() {
+    assert!(base().resolve().unwrap().datapath.tap_uso);
+    let file = format!("{HEAD}pod-subnet = \"10.244.1.0/24\"\n[datapath]\ntap-uso = false\n");
+    assert!(!settings(&file).unwrap().datapath.tap_uso);
+    let o = base().with_flags(["--tap-uso", "false"]).unwrap();
+    assert!(!o.resolve().unwrap().datapath.tap_uso);
+    let err = base().with_flags(["--tap-uso", "maybe"]).unwrap_err();
+    assert!(err.to_string().contains("--tap-uso"), "{err}");
+}
+
 /// Every flag is a key: at the top level under its own name, or moved into a
 /// section by [`FLAT_KEYS`]; and every key of [`FLAT_KEYS`] is a flag.
 #[test]
@@ -117,9 +129,10 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         .get_arguments()
         .filter_map(|a| a.get_long())
         .collect();
-    assert_eq!(flags.len(), 44, "{flags:?}");
+    assert_eq!(flags.len(), 45, "{flags:?}");
     // Keys that came after the sections, and so never had a flat form.
     let sectioned = [
+        "tap-uso",
         "kubeconfig",
         "etcd-insecure",
         "conntrack-share",
@@ -161,7 +174,9 @@ fn value_of(flat: &str) -> &'static str {
         "etcd-endpoints" => "[\"https://10.0.0.1:2379\"]",
         "etcd-prefix" => "\"/w\"",
         "host-port" => "\"weft1\"",
-        "direct-routing" | "afxdp-fallback" | "afxdp-zero-copy" | "masquerade" => "true",
+        "direct-routing" | "afxdp-fallback" | "afxdp-zero-copy" | "masquerade" | "tap-uso" => {
+            "true"
+        }
         "psk-file" | "policy-dir" | "etcd-ca" | "etcd-cert" | "etcd-key" => "\"/etc/x\"",
         _ => "64",
     }
