@@ -171,7 +171,10 @@ fn udp_across_hosts(c: &Cluster, merged: bool) {
 /// per write weftd made to it.
 fn host_rx_packets(ns: &Netns, dev: &str) -> u64 {
     let out = ns
-        .run(&["cat", &format!("/sys/class/net/{dev}/statistics/rx_packets")])
+        .run(&[
+            "cat",
+            &format!("/sys/class/net/{dev}/statistics/rx_packets"),
+        ])
         .unwrap_or_else(|e| panic!("{dev} rx_packets: {e:#}"));
     out.trim().parse().expect("a count")
 }
@@ -214,7 +217,10 @@ fn direct_routing_udp(uso: bool) {
     let n = 2 * (UDP_BURSTS.0 * UDP_BURSTS.1) as u64;
     eprintln!("direct, USO {flag}: {n} datagrams sent in {writes} writes to the hosts' weft0");
     if merged {
-        assert!(writes < n / 2, "{n} datagrams took {writes} writes to weft0");
+        assert!(
+            writes < n / 2,
+            "{n} datagrams took {writes} writes to weft0"
+        );
     } else {
         assert!(writes >= n, "{n} datagrams in {writes} writes without USO");
     }
