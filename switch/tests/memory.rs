@@ -78,6 +78,7 @@ weft_switch::both_modes!(
     udp_datagrams_reach_a_pod_merged_and_arrive_whole,
     udp_super_frames_reach_a_pod_without_uso_cut,
     udp_datagrams_from_ports_are_merged,
+    partial_checksums_out_of_place_are_dropped,
     ten_nodes_more_peers_than_sleeve_slots,
 );
 
@@ -2215,6 +2216,58 @@ fn udp_datagrams_from_ports_are_merged(mode: TunnelMode) {
     );
     assert_eq!(sim.out.host_rx[0], at_host, "{mode:?}: to the host, no USO");
     assert_eq!(sim.total_drops(), 0, "{mode:?}: {}", sim.drops_report());
+}
+
+/// A pod's partial checksum must sit where its own headers put it. The switch
+/// completes partial checksums itself (before a tunnel, an AF_XDP port, a merged
+/// run), writing where the offload header says: one pointed at the destination port
+/// would have it rewrite a port that policy and Services had already judged. Such a
+/// frame is dropped as malformed, to a local pod and to a peer, and so is a fragment
+/// that claims a partial checksum; the same datagram with its checksum in place goes
+/// through.
+fn partial_checksums_out_of_place_are_dropped(mode: TunnelMode) {
+    let mut sim = two_nodes_introduced(mode);
+    let (a, a2, b) = (sim.pod(A), sim.pod(A2), sim.pod(B));
+    let to_a = checked_udp((A2, A), (4000, 53), 1, 100, 0);
+    let to_b = checked_udp((A, B), (4000, 53), 2, 100, 0);
+    let mut fragment = checked_udp((A, B), (4000, 53), 3, 100, 0);
+    fragment[6] |= 0x20; // more fragments
+    fix_ipv4_checksum(&mut fragment);
+    let cases = [
+        (a2, &to_a, 34, 2),    // the destination port
+        (a2, &to_a, 14, 6),    // inside the IP header
+        (a, &to_b, 34, 2),     // through the tunnel
+        (a, &to_b, 36, 4),     // the UDP checksum, reached from elsewhere
+        (a, &fragment, 34, 6), // in place, but a fragment
+    ];
+    for (i, &(p, packet, start, at)) in cases.iter().enumerate() {
+        let (mut offload, frame) = with_partial_checksum(&sim, p, packet);
+        (offload.csum_start, offload.csum_offset) = (start, at);
+        let before = sim.port_counters(p).dropped(DropReason::Malformed);
+        sim.port_frame_with(0, sim.pods[p].port, &offload, &frame);
+        sim.flush();
+        sim.deliver_wire();
+        let dropped = sim.port_counters(p).dropped(DropReason::Malformed) - before;
+        assert_eq!(dropped, 1, "{mode:?}: case {i} not dropped as malformed");
+    }
+    assert!(
+        sim.take_rx(a).is_empty() && sim.take_rx(b).is_empty(),
+        "{mode:?}"
+    );
+    // In place, both go through, checksums completed.
+    for (p, packet, to) in [(a2, &to_a, a), (a, &to_b, b)] {
+        let (offload, frame) = with_partial_checksum(&sim, p, packet);
+        sim.port_frame_with(0, sim.pods[p].port, &offload, &frame);
+        sim.flush();
+        sim.deliver_wire();
+        let rx = sim.take_rx(to);
+        assert_eq!(rx.len(), 1, "{mode:?}: {}", sim.drops_report());
+        assert_eq!(
+            rx[0][14 + 20..],
+            packet[20..],
+            "{mode:?}: the datagram, whole"
+        );
+    }
 }
 
 fn small_frames_to_a_peer_before_flush(mode: TunnelMode) {

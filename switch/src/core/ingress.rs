@@ -11,6 +11,30 @@ use super::{Core, Ctx, Frame, Ingress, Offload, Report, Sink};
 use crate::tables::counters::DropReason;
 use crate::tables::TunnelMode;
 
+/// Whether the partial checksum of the IPv4 packet `ip` (its frame's offload header
+/// says NEEDS_CSUM) is where the packet's own headers put it: TCP's or UDP's checksum
+/// field, or at least past the IP header for another protocol; and never in a
+/// fragment, which a kernel checksums whole before it cuts.
+///
+/// The switch completes such checksums itself (before a tunnel, an AF_XDP port, or
+/// merging datagrams), writing where the header says. A pod that pointed it at its
+/// ports could otherwise have the switch rewrite them after policy and Services had
+/// judged the packet.
+fn partial_checksum_in_place(ip: &[u8], offload: &Offload) -> bool {
+    let (Some(&vihl), Some(&proto), Some(frag)) = (ip.first(), ip.get(9), ip.get(6..8)) else {
+        return false;
+    };
+    let l4 = ethernet::HEADER_LEN + usize::from(vihl & 0x0f) * 4;
+    let fragment = u16::from_be_bytes([frag[0], frag[1]]) & 0x3fff != 0;
+    let (start, at) = (usize::from(offload.csum_start), offload.csum_offset);
+    match proto {
+        _ if fragment => false,
+        6 => start == l4 && at == 16,
+        17 => start == l4 && at == 6,
+        _ => start >= l4,
+    }
+}
+
 impl Core {
     /// A frame from port `i`.
     pub(super) fn ingress_port<S: Sink + ?Sized>(
@@ -29,6 +53,11 @@ impl Core {
             return port.counters.discard(self.worker, DropReason::Malformed);
         };
         match eth.ethertype() {
+            ethertype::IPV4
+                if offload.needs_csum && !partial_checksum_in_place(eth.payload(), offload) =>
+            {
+                port.counters.discard(self.worker, DropReason::Malformed);
+            }
             ethertype::IPV4 => self.forward(cx, Ingress::Port(i), offload, frame),
             ethertype::ARP => {
                 let (start, len) = (frame.start, frame.len);
