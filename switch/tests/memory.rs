@@ -79,6 +79,7 @@ weft_switch::both_modes!(
     udp_super_frames_reach_a_pod_without_uso_cut,
     udp_datagrams_from_ports_are_merged,
     partial_checksums_out_of_place_are_dropped,
+    single_datagram_flows_do_not_crowd_out_runs,
     ten_nodes_more_peers_than_sleeve_slots,
 );
 
@@ -2268,6 +2269,45 @@ fn partial_checksums_out_of_place_are_dropped(mode: TunnelMode) {
             "{mode:?}: the datagram, whole"
         );
     }
+}
+
+/// Flows of one datagram each (DNS queries, say) do not keep a flow of many from
+/// being merged: a UDP flow takes a coalescer that holds a single datagram, whose
+/// datagram then goes alone, as it would have anyway. A coalescer building a run is
+/// never taken from it: with every one busy with a run, another flow's datagram goes
+/// out at once, and the runs stay whole.
+fn single_datagram_flows_do_not_crowd_out_runs(mode: TunnelMode) {
+    let mut sim = two_nodes(mode);
+    let (a, a2) = (sim.pod(A), sim.pod(A2));
+    let send = |sim: &mut Sim, packets: &[Vec<u8>]| {
+        let merged = sim.out.stats.super_frames;
+        for p in packets {
+            sim.pod_frame(a2, &from_pod(sim, a2, p));
+        }
+        sim.flush();
+        (sim.take_rx(a), sim.out.stats.super_frames - merged)
+    };
+    // Eight one-datagram flows, then a flow of 30.
+    let mut packets: Vec<Vec<u8>> = (0..8u16)
+        .map(|i| checked_udp((A2, A), (3000 + i, 53), i, 40, 0))
+        .collect();
+    packets.extend((0..30u8).map(|i| checked_udp((A2, A), (4000, 53), 100 + u16::from(i), 100, i)));
+    let (rx, merged) = send(&mut sim, &packets);
+    assert_eq!(rx.len(), 38, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(merged, 1, "{mode:?}: the flow of 30 merged");
+    // Four runs being built, then a fifth flow: it goes alone, the four stay runs.
+    let mut packets = Vec::new();
+    for round in 0..3u8 {
+        for f in 0..4u16 {
+            let id = 200 + f * 10 + u16::from(round);
+            packets.push(checked_udp((A2, A), (5000 + f, 53), id, 100, round));
+        }
+    }
+    packets.push(checked_udp((A2, A), (6000, 53), 300, 100, 0));
+    let (rx, merged) = send(&mut sim, &packets);
+    assert_eq!(rx.len(), 13, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(merged, 4, "{mode:?}: the four runs whole");
+    assert_eq!(sim.total_drops(), 0, "{mode:?}: {}", sim.drops_report());
 }
 
 fn small_frames_to_a_peer_before_flush(mode: TunnelMode) {

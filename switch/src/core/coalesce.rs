@@ -64,13 +64,20 @@ impl Coalescers {
             Some(k) => k,
             // A frame that cannot start a run (no payload, IP options, a flag beyond
             // ACK, ...) of a flow nobody holds goes out at once, without evicting
-            // anyone; so does a UDP datagram when no coalescer is idle: many UDP
-            // flows (DNS, say) must not crowd out TCP runs being built.
-            None if !gro::may_start(frame) || (flow.is_udp() && !self.has_idle()) => {
-                return cx.sink.to_port(port, &Offload::PLAIN, frame)
-            }
+            // anyone.
+            None if !gro::may_start(frame) => return cx.sink.to_port(port, &Offload::PLAIN, frame),
             None => {
-                let k = self.victim();
+                // Many UDP flows of a datagram each (DNS, say) must not crowd out the
+                // runs being built: a UDP datagram takes an idle coalescer, or one
+                // that holds a single frame, and else goes out at once.
+                let k = if flow.is_udp() {
+                    match self.room_for_udp() {
+                        Some(k) => k,
+                        None => return cx.sink.to_port(port, &Offload::PLAIN, frame),
+                    }
+                } else {
+                    self.victim()
+                };
                 self.emit(cx, k);
                 self.slots[k].port = p;
                 k
@@ -98,9 +105,15 @@ impl Coalescers {
             .position(|g| g.port == p && g.gro.flow() == Some(flow))
     }
 
-    /// Whether some coalescer holds nothing.
-    fn has_idle(&self) -> bool {
-        self.slots.iter().any(|g| g.gro.is_empty())
+    /// A coalescer a UDP flow may start in: an idle one, else the least recently used
+    /// of those that hold a single frame (sending it alone costs the write it would
+    /// have cost anyway). `None` when every one holds a run.
+    fn room_for_udp(&self) -> Option<usize> {
+        (self.slots.iter().position(|g| g.gro.is_empty())).or_else(|| {
+            (0..self.slots.len())
+                .filter(|&k| self.slots[k].gro.segments() == 1)
+                .min_by_key(|&k| self.slots[k].used)
+        })
     }
 
     /// An idle coalescer, else the least recently used one.
