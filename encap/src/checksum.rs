@@ -37,9 +37,10 @@ const BLOCK: usize = 64;
 /// - one's complement sums do not depend on byte order (RFC 1071, section 2(B)):
 ///   the sum of native-order words, folded and read back in big-endian order, is
 ///   the big-endian sum, so no word needs a byte swap;
-/// - 32-bit words added into 64-bit lanes cannot carry out of a lane for 2^32
-///   words (16 GiB), so each lane is a plain add, the lanes independent, and the
-///   compiler makes the loop SIMD adds on any x86-64.
+/// - 32-bit words added into 64-bit lanes cannot carry out of a lane before it has
+///   taken 2^32 of them (256 GiB of data over the 16 lanes), so each lane is a plain
+///   add, the lanes independent, and the compiler makes the loop SIMD adds on any
+///   x86-64.
 fn bulk_sum(bulk: &[u8]) -> u16 {
     let mut lanes = [0u64; BLOCK / 4];
     for block in bulk.chunks_exact(BLOCK) {

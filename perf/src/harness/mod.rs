@@ -840,13 +840,18 @@ mod tests {
     #[test]
     fn the_other_builds_systems_are_named_off_by_default_and_need_their_binary() {
         assert_eq!(
-            parse_list::<System>("weft-vxlan-alt,weft-sleeve-alt,weft-sleeve-enc-alt").unwrap(),
+            parse_list::<System>(
+                "weft-vxlan-alt,weft-sleeve-alt,weft-sleeve-enc-alt,weft-direct-alt"
+            )
+            .unwrap(),
             [
                 System::WeftVxlanAlt,
                 System::WeftSleeveAlt,
-                System::WeftSleeveEncAlt
+                System::WeftSleeveEncAlt,
+                System::WeftDirectAlt
             ]
         );
+        assert_eq!(System::WeftDirectAlt.weft_mode(), Some("direct"));
         assert!(System::WeftSleeveEncAlt.is_encrypted());
         assert!(System::DEFAULT.iter().all(|s| !s.is_alt()));
         assert_eq!(Settings::default().systems, System::DEFAULT);
