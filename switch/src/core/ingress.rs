@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use weft_encap::ethernet::{self, ethertype};
 use weft_encap::sleeve::{self, Datagram, NodeId};
-use weft_encap::vxlan;
+use weft_encap::{ipv4, vxlan};
 
 use super::{Core, Ctx, Frame, Ingress, Offload, Report, Sink};
 use crate::tables::counters::DropReason;
@@ -26,11 +26,14 @@ fn partial_checksum_in_place(ip: &[u8], offload: &Offload) -> bool {
     };
     let l4 = ethernet::HEADER_LEN + usize::from(vihl & 0x0f) * 4;
     let fragment = u16::from_be_bytes([frag[0], frag[1]]) & 0x3fff != 0;
+    // The checksum fields' offsets in the TCP and UDP headers (RFC 9293, RFC 768).
+    const TCP_CHECKSUM: u16 = 16;
+    const UDP_CHECKSUM: u16 = 6;
     let (start, at) = (usize::from(offload.csum_start), offload.csum_offset);
     match proto {
         _ if fragment => false,
-        6 => start == l4 && at == 16,
-        17 => start == l4 && at == 6,
+        ipv4::protocol::TCP => start == l4 && at == TCP_CHECKSUM,
+        ipv4::protocol::UDP => start == l4 && at == UDP_CHECKSUM,
         _ => start >= l4,
     }
 }
