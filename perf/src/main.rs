@@ -223,9 +223,9 @@ struct RunArgs {
     /// Systems, comma-separated: weft-vxlan, weft-sleeve, weft-direct, kernel-vxlan,
     /// direct; weft-vxlan-policy, weft-sleeve-policy; weft-afxdp-vxlan,
     /// weft-afxdp-sleeve (AF_XDP pod ports); weft-sleeve-enc (encryption required);
-    /// weft-vxlan-alt, weft-sleeve-alt, weft-sleeve-enc-alt, weft-direct-alt with the --weftd-alt
-    /// build; and for the svc tests kernel-vxlan+iptables, kernel-vxlan+nftables,
-    /// weft+iptables, weft+switch [default: the first five].
+    /// weft-vxlan-alt, weft-sleeve-alt, weft-sleeve-enc-alt, weft-direct-alt with the
+    /// --weftd-alt build; and for the svc tests kernel-vxlan+iptables,
+    /// kernel-vxlan+nftables, weft+iptables, weft+switch [default: the first five].
     #[arg(long)]
     systems: Option<String>,
     /// Tests, comma-separated: tcp1, tcp4, udp64, rr, crr, cni, cpu, mem, the iperf3

@@ -135,11 +135,15 @@ fn kernel_takes_uso() -> bool {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 2)
 }
 
-/// Frames the pod's `eth0` has received: for a TAP, one per write weftd made to it.
-fn rx_packets(ns: &Netns) -> u64 {
+/// Frames `dev` in `ns` has received: for a TAP, one per write weftd made to it (a
+/// pod's `eth0`, or the host port `weft0`).
+fn rx_packets(ns: &Netns, dev: &str) -> u64 {
     let out = ns
-        .run(&["cat", "/sys/class/net/eth0/statistics/rx_packets"])
-        .expect("eth0 rx_packets");
+        .run(&[
+            "cat",
+            &format!("/sys/class/net/{dev}/statistics/rx_packets"),
+        ])
+        .unwrap_or_else(|e| panic!("{dev} rx_packets: {e:#}"));
     out.trim().parse().expect("a count")
 }
 
@@ -152,10 +156,10 @@ fn udp_across_hosts(c: &Cluster, merged: bool) {
     let sizes = [64, 1000, 1422, 300];
     for ((fh, fp), (th, tp)) in [((0, 0), (1, 0)), ((1, 1), (0, 1))] {
         let (from, to) = (c.pod(fh, fp), c.pod(th, tp));
-        let before = rx_packets(&to.ns);
+        let before = rx_packets(&to.ns, "eth0");
         let n = udp_verified(&from.ns, &to.ns, c.ip(th, tp), &sizes, UDP_BURSTS, STALL)
             .unwrap_or_else(|e| panic!("UDP {fh}/{fp} → {th}/{tp}: {e:#}\n{}", c.logs()));
-        let writes = rx_packets(&to.ns) - before;
+        let writes = rx_packets(&to.ns, "eth0") - before;
         assert_eq!(n, (UDP_BURSTS.0 * UDP_BURSTS.1) as u64);
         eprintln!("UDP {fh}/{fp} → {th}/{tp}: {n} datagrams verified in {writes} writes");
         if merged {
@@ -165,18 +169,6 @@ fn udp_across_hosts(c: &Cluster, merged: bool) {
             );
         }
     }
-}
-
-/// Frames the host has taken from `dev` in its namespace: for weft's host port, one
-/// per write weftd made to it.
-fn host_rx_packets(ns: &Netns, dev: &str) -> u64 {
-    let out = ns
-        .run(&[
-            "cat",
-            &format!("/sys/class/net/{dev}/statistics/rx_packets"),
-        ])
-        .unwrap_or_else(|e| panic!("{dev} rx_packets: {e:#}"));
-    out.trim().parse().expect("a count")
 }
 
 /// Direct routing carries UDP both ways, every datagram checked, merged at both ends
@@ -210,7 +202,7 @@ fn direct_routing_udp(uso: bool) {
             .unwrap_or_else(|e| panic!("ping {fh}/{fp} → {th}/{tp}: {e:#}\n{}", c.logs()));
     }
     let merged = uso && kernel_takes_uso();
-    let weft0 = |h: usize| host_rx_packets(&c.underlay.host(h).ns, "weft0");
+    let weft0 = |h: usize| rx_packets(&c.underlay.host(h).ns, "weft0");
     let before = weft0(0) + weft0(1);
     udp_across_hosts(&c, merged);
     let writes = weft0(0) + weft0(1) - before;
@@ -450,10 +442,10 @@ fn kernel_vxlan_interop_with(port: &str) {
     // its VXLAN on its own, so how many weftd finds together to merge depends on
     // timing: only the datagrams are checked here (the datapath tests check merging).
     let sizes = [64, 1422, 500];
-    let before = rx_packets(&a.ns);
+    let before = rx_packets(&a.ns, "eth0");
     let n =
         udp_verified(&b.ns, &a.ns, att.ip, &sizes, UDP_BURSTS, STALL).expect("UDP kernel → weft");
-    let writes = rx_packets(&a.ns) - before;
+    let writes = rx_packets(&a.ns, "eth0") - before;
     eprintln!("UDP kernel → weft: {n} datagrams verified in {writes} writes");
     udp_verified(&a.ns, &b.ns, b_ip, &sizes, UDP_BURSTS, STALL).expect("UDP weft → kernel");
     // The kernel node itself reaches the weft pod, too.
