@@ -17,6 +17,7 @@ packages=(
   podman runc conmon busybox-static  # the podman end-to-end test (switch/tests/podman.rs)
   nftables        # nft: weftd's egress masquerade (switch/src/control/masquerade.rs), kube-proxy's nftables mode in the Services tests
   iptables        # iptables-restore: kube-proxy's iptables mode in the Services tests, portmap, podman
+  prometheus      # the metrics test scrapes two nodes with a real Prometheus (switch/tests/metrics.rs)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -34,6 +35,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if printf '%s\n' "${missing[@]}" | grep -qx etcd-server && command -v systemctl >/dev/null \
       && [ -d /run/systemd/system ]; then
     systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
+  # Likewise Prometheus: the metrics test starts its own, in a test namespace.
+  if printf '%s\n' "${missing[@]}" | grep -qx prometheus && command -v systemctl >/dev/null \
+      && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 fi
 

@@ -69,6 +69,7 @@ fn port(slot: u32, kind: PortKind, name: &str, ip: Ipv4Addr) -> PortEntry {
         mac: MacAddr::for_ip(ip),
         ip,
         container_id: (kind == PortKind::Pod).then(|| format!("bench-{ip}")),
+        pod: None,
         netns: None,
         queues: 1,
         offloads: true,

@@ -133,6 +133,7 @@ fn tables(mode: TunnelMode) -> Tables {
         mac: MacAddr::for_ip(ip),
         ip,
         container_id: None,
+        pod: None,
         netns: None,
         queues: 1,
         offloads: true,

@@ -665,6 +665,9 @@ pub struct PeerSession {
     pub cipher: Option<String>,
     /// Handshakes completed.
     pub handshakes: u64,
+    /// Of those, the ones that replaced a live session.
+    #[serde(default)]
+    pub rekeys: u64,
     /// Handshakes failed or given up.
     pub handshake_failures: u64,
     /// Datagrams dropped waiting for a session.

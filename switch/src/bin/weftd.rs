@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, FromArgMatches};
 use weft_switch::control::config::Options;
 use weft_switch::control::daemon::Daemon;
-use weft_switch::control::server;
+use weft_switch::control::{logs, metrics, server};
 
 /// weft's per-node userspace switch.
 #[derive(Debug, clap::Parser)]
@@ -29,7 +29,6 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let matches = command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli, &matches) {
@@ -71,11 +70,21 @@ fn test_panic_after() -> anyhow::Result<Option<u64>> {
 }
 
 fn run(cli: Cli, flags: &clap::ArgMatches) -> anyhow::Result<()> {
-    let mut options = match &cli.config {
-        Some(path) => Options::from_file(path)?,
-        None => Options::default(),
+    let (mut options, flat) = match &cli.config {
+        Some(path) => Options::read_file(path)?,
+        None => (Options::default(), Vec::new()),
     };
     options.update_from_arg_matches(flags)?;
+    // The logs' format is a setting: they start once the settings are read.
+    logs::init(options.observability.log_format.unwrap_or_default()).map_err(anyhow::Error::msg)?;
+    for key in flat {
+        let file = cli
+            .config
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""))
+            .display();
+        log::warn!("{file}: {key}");
+    }
     if cli.show_key {
         let dir = options
             .state_dir
@@ -111,6 +120,17 @@ fn run(cli: Cli, flags: &clap::ArgMatches) -> anyhow::Result<()> {
     let listener =
         rt.block_on(async { server::bind_socket(&settings.socket, settings.socket_group) })?;
     let socket = settings.socket.clone();
+    // Likewise the metrics endpoint: an address in use fails the start.
+    let metrics = match settings.observability.metrics_addr {
+        Some(addr) => match rt.block_on(metrics::bind(addr)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     let d = match Daemon::start(settings, rt.handle()) {
         Ok(d) => d,
         Err(e) => {
@@ -118,6 +138,6 @@ fn run(cli: Cli, flags: &clap::ArgMatches) -> anyhow::Result<()> {
             return Err(e.into());
         }
     };
-    rt.block_on(server::run(d, listener))?;
+    rt.block_on(server::run(d, listener, metrics))?;
     Ok(())
 }

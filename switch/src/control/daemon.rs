@@ -22,6 +22,7 @@ use crate::control::error::{io_err, DaemonError};
 use crate::control::host::{Host, Queues, SystemHost};
 use crate::control::keys::{self, PublicKey};
 use crate::control::masquerade::Masquerade;
+use crate::control::metrics::Metrics;
 use crate::control::netlink::{LinkSpec, RouteSpec};
 use crate::control::netns::NsId;
 use crate::control::netpol_source::PolicyState;
@@ -143,6 +144,8 @@ pub struct Daemon {
     pub(crate) from_saved: Mutex<Option<String>>,
     /// The peers left out of the views, as logged.
     pub(crate) left_out: Mutex<Said>,
+    /// What the control plane measures of itself for `/metrics`.
+    pub(crate) metrics: Metrics,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -375,6 +378,7 @@ pub(crate) fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, L
         mac: spec.mac,
         ip: gateway,
         container_id: None,
+        pod: None,
         netns: None,
         queues: settings.datapath.port_queues as u16,
         offloads: true,
@@ -585,7 +589,12 @@ impl Daemon {
             saver,
             from_saved: Mutex::new(boot.saved.as_ref().map(saved::SavedView::saved_at_text)),
             left_out: Mutex::new(left_out),
+            metrics: Metrics::new(),
         });
+        if boot.saved.is_none() {
+            // The store was read as the node joined: that is its first view.
+            daemon.metrics.store_updated();
+        }
         daemon.sync_crypto_peers(&usable);
         daemon.hand_queues(host_entry.id, &host_entry.counters, host_queues)?;
         daemon.sync_direct_routes(&daemon.state.lock().peers.clone());
@@ -646,6 +655,20 @@ impl Daemon {
             self.shared.conntrack_live(),
             self.shared.conntrack_overflow(),
         )
+    }
+
+    /// Each worker's loop counters and NetworkPolicy table, by worker.
+    pub(crate) fn worker_stats(
+        &self,
+    ) -> Vec<(
+        worker::LoopSnapshot,
+        u64,
+        crate::core::conntrack::OverflowStats,
+    )> {
+        let conntrack = self.shared.conntrack_per_worker();
+        (self.shared.loop_stats().into_iter().zip(conntrack))
+            .map(|(l, (live, overflow))| (l, live, overflow))
+            .collect()
     }
 
     /// The workers that have stopped going round their loop.

@@ -8,6 +8,7 @@
 //! - [`saved`]: the last good view (nodes, policy, Services) in the state directory, which a
 //!   node whose store is unreachable as it starts starts from;
 //! - [`api`]: requests in, responses out; [`server`]: the socket and the signals;
+//! - [`metrics`]: `/metrics` for Prometheus; [`logs`]: text or JSON logs;
 //! - [`host`]: the host operations (netlink, netns, TAP) behind a trait;
 //! - [`netns`]: a pod's network namespace opened by its path, checked, and its
 //!   identity;
@@ -21,7 +22,9 @@ pub mod error;
 pub mod explain;
 pub mod host;
 pub mod keys;
+pub mod logs;
 pub mod masquerade;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod netpol_source;

@@ -386,6 +386,7 @@ impl Daemon {
                 key_age_s: None,
                 cipher: None,
                 handshakes: 0,
+                rekeys: 0,
                 handshake_failures: 0,
                 queue_drops: 0,
             });
@@ -400,6 +401,7 @@ impl Daemon {
             key_age_s: st.key_age.map(|d| d.as_secs()),
             cipher: st.cipher.map(|c| c.to_string()),
             handshakes: st.handshakes,
+            rekeys: st.rekeys,
             handshake_failures: st.handshake_failures,
             queue_drops: st.queue_drops,
         })

@@ -230,6 +230,7 @@ impl Daemon {
             mac,
             ip,
             container_id: Some(key.container_id.clone()),
+            pod: at.pod.clone(),
             netns: Some(netns.to_owned()),
             queues: queues.len() as u16,
             offloads: port == PortType::Tap,

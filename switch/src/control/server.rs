@@ -193,9 +193,24 @@ async fn serve(daemon: Arc<Daemon>, bounds: &Bounds, uid: u32, request: Request)
         Ok(turn) => turn,
         Err(e) => return Response::Error(e),
     };
+    let cni = cni_span(&request);
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        daemon.handle(request)
+        let Some((verb, span)) = cni else {
+            return daemon.handle(request);
+        };
+        let _in = span.enter();
+        let started = std::time::Instant::now();
+        let response = daemon.handle(request);
+        let took = started.elapsed();
+        let ok = matches!(response, Response::Ok(_));
+        daemon.metrics.cni_request(verb, ok, took);
+        log::info!(
+            "{verb} {} in {:.1} ms",
+            if ok { "done" } else { "failed" },
+            took.as_secs_f64() * 1e3
+        );
+        response
     })
     .await
     .unwrap_or_else(|_| {
@@ -204,6 +219,26 @@ async fn serve(daemon: Arc<Daemon>, bounds: &Bounds, uid: u32, request: Request)
             message: "the request handler panicked".into(),
         })
     })
+}
+
+/// A CNI verb's name as the metrics give it, and the span its logs are in: the
+/// verb, the container id and the pod. None for a query.
+fn cni_span(request: &Request) -> Option<(&'static str, tracing::Span)> {
+    let (verb, container_id, pod) = match request {
+        Request::Attach(r) => ("add", r.container_id.as_str(), r.pod.as_ref()),
+        Request::Detach(r) => ("del", r.container_id.as_str(), None),
+        Request::Check(r) => ("check", r.container_id.as_str(), None),
+        Request::Gc(_) => ("gc", "", None),
+        _ => return None,
+    };
+    let pod = pod.map(|p| format!("{}/{}", p.namespace, p.name));
+    let span = tracing::info_span!(
+        "cni",
+        verb,
+        container_id,
+        pod = pod.as_deref().unwrap_or("")
+    );
+    Some((verb, span))
 }
 
 /// Writes `response` and shuts down the writing half.
@@ -289,7 +324,9 @@ fn watch_store(daemon: &Arc<Daemon>) -> [tokio::task::JoinHandle<()>; 2] {
             }
         }
     });
+    let d = daemon.clone();
     let watch = daemon.store.clone().watch(Box::new(move |view| {
+        d.metrics.store_updated();
         tx.send_replace(Some(view));
     }));
     [watch, apply]
@@ -297,12 +334,24 @@ fn watch_store(daemon: &Arc<Daemon>) -> [tokio::task::JoinHandle<()>; 2] {
 
 /// Serves the control socket and watches the store until SIGTERM or SIGINT, then
 /// shuts down: workers stop, the host port goes, the socket is removed.
-pub async fn run(daemon: Arc<Daemon>, listener: UnixListener) -> Result<(), DaemonError> {
+///
+/// With `metrics`, `/metrics` is served on it too.
+pub async fn run(
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+    metrics: Option<tokio::net::TcpListener>,
+) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?;
     let watch = watch_store(&daemon);
     let policy = crate::control::netpol_source::watch_dir(&daemon);
+    let metrics = metrics.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            log::info!("serving metrics at http://{addr}/metrics");
+        }
+        tokio::spawn(crate::control::metrics::serve(daemon.clone(), l))
+    });
     let socket = daemon.settings.socket.clone();
     log::info!(
         "weftd {} serving {} ({} mode{}, {} workers, {} store)",
@@ -334,8 +383,8 @@ pub async fn run(daemon: Arc<Daemon>, listener: UnixListener) -> Result<(), Daem
     for task in watch {
         task.abort();
     }
-    if let Some(p) = policy {
-        p.abort();
+    for task in policy.into_iter().chain(metrics) {
+        task.abort();
     }
     drop(listener);
     let _ = std::fs::remove_file(&socket);

@@ -320,7 +320,7 @@ impl Endpoint {
         let mut view = Response::new_unchecked(&mut out[..]);
         view.set_mac1(&p.macs.mac1(view.mac1_input()));
         p.last_timestamp = timestamp;
-        p.handshakes += 1;
+        p.handshake_done(now);
         if let Some(old) = p.next.replace(session) {
             self.index.remove(&old.local_index);
         }
@@ -370,7 +370,7 @@ impl Endpoint {
             cipher,
             (&k_init, &k_resp),
         ));
-        p.handshakes += 1;
+        p.handshake_done(now);
         self.promote(i, session.clone());
         if self.peers[i].queue.is_empty() {
             // Nothing to send: a confirmation tells the responder to send with it.

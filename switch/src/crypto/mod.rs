@@ -161,6 +161,8 @@ pub struct PeerStatus {
     pub cipher: Option<Cipher>,
     /// Handshakes completed.
     pub handshakes: u64,
+    /// Of those, the ones that replaced a live session: rekeys.
+    pub rekeys: u64,
     /// Handshakes that failed: bad messages, and attempts given up.
     pub handshake_failures: u64,
     /// Datagrams dropped while waiting for a session (queue full, or given up).
@@ -186,6 +188,7 @@ struct Peer {
     /// A cookie the peer gave us, and when.
     cookie: Option<([u8; MAC_LEN], Time)>,
     handshakes: u64,
+    rekeys: u64,
     failures: u64,
     queue_drops: u64,
 }
@@ -195,6 +198,16 @@ impl Peer {
     /// retired ones, newest first.
     fn confirmed(&self) -> impl Iterator<Item = &Arc<Session>> {
         self.current.iter().chain(&self.retired)
+    }
+
+    /// Counts a completed handshake at `now`: a rekey if a live session is there
+    /// for the new one to replace.
+    fn handshake_done(&mut self, now: Time) {
+        self.handshakes += 1;
+        let live = self.current.as_ref().or(self.next.as_ref());
+        if live.is_some_and(|s| s.alive(now)) {
+            self.rekeys += 1;
+        }
     }
 
     /// Every session: the answered one, then the confirmed ones.
@@ -336,6 +349,7 @@ impl Endpoint {
             last_timestamp: 0,
             cookie: None,
             handshakes: 0,
+            rekeys: 0,
             failures: 0,
             queue_drops: 0,
         });
@@ -460,6 +474,7 @@ impl Endpoint {
             key_age: current.map(|s| now.saturating_since(s.created)),
             cipher: current.map(|s| s.cipher()),
             handshakes: p.handshakes,
+            rekeys: p.rekeys,
             handshake_failures: p.failures,
             queue_drops: p.queue_drops,
         })

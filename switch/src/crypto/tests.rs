@@ -204,6 +204,7 @@ fn a_handshake_carries_queued_data_both_ways() {
         let st = ep.status(net.now, peer).unwrap();
         assert_eq!(st.state, State::Established);
         assert_eq!(st.handshakes, 1);
+        assert_eq!(st.rekeys, 0, "the first session replaces none");
         assert_eq!(st.cipher, Some(Cipher::ChaCha20Poly1305));
         assert_eq!(st.handshake_failures, 0);
     }
@@ -288,7 +289,9 @@ fn a_session_rekeys_after_2_to_the_60_messages() {
     let new = net.a.session(net.now, B).unwrap();
     assert_ne!(new.local_index, old.local_index);
     assert!(new.sent() < 10);
-    assert_eq!(net.a.status(net.now, B).unwrap().handshakes, 2);
+    let st = net.a.status(net.now, B).unwrap();
+    assert_eq!((st.handshakes, st.rekeys), (2, 1));
+    assert_eq!(net.b.status(net.now, A).unwrap().rekeys, 1);
 }
 
 /// Both nodes start a handshake at once, as they do when they come up together:

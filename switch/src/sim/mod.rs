@@ -643,6 +643,7 @@ fn port_entry(slot: u32, ip: Ipv4Addr) -> PortEntry {
         mac: MacAddr::for_ip(ip),
         ip,
         container_id: pod.then(|| format!("pod-{ip}")),
+        pod: None,
         netns: None,
         queues: 1,
         offloads: true,

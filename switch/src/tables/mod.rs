@@ -115,6 +115,8 @@ pub struct PortEntry {
     pub ip: Ipv4Addr,
     /// The container id, for pods.
     pub container_id: Option<String>,
+    /// The Kubernetes pod, for pods whose CNI args named it: the metrics' labels.
+    pub pod: Option<weft_proto::PodRef>,
     /// The netns path, for pods.
     pub netns: Option<String>,
     /// How many queues the port has; queue `q` belongs to worker `q`.

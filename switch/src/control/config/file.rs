@@ -74,16 +74,23 @@ impl Options {
     /// Reads options from a TOML file, in sections or in the flat layout (each flat
     /// key logged as deprecated).
     pub fn from_file(path: &Path) -> Result<Options, ConfigError> {
+        let (options, flat) = Options::read_file(path)?;
+        for key in flat {
+            log::warn!("{}: {key}", path.display());
+        }
+        Ok(options)
+    }
+
+    /// Reads options from a TOML file, as [`Options::from_file`] does, and says
+    /// which flat keys it used instead of logging them: for a caller that sets up
+    /// its logs from the options.
+    pub fn read_file(path: &Path) -> Result<(Options, Vec<FlatKey>), ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: name.clone(),
             source,
         })?;
-        let (options, flat) = Options::from_toml(&name, &text)?;
-        for key in flat {
-            log::warn!("{name}: {key}");
-        }
-        Ok(options)
+        Options::from_toml(&name, &text)
     }
 
     /// Parses a config file's text (`path` names it in errors), in either layout,

@@ -3,7 +3,7 @@
 //!
 //! The top level of the file is this node's own (its name, addresses, store and
 //! paths); each section (`[tunnel]`, `[mtu]`, `[encryption]`, `[datapath]`,
-//! `[afxdp]`, `[policy]`, `[host]`, `[etcd]`, `[kubernetes]`) is a module here that holds, in one
+//! `[afxdp]`, `[policy]`, `[host]`, `[etcd]`, `[kubernetes]`, `[observability]`) is a module here that holds, in one
 //! place, its options as given (the table in the file and the flags, one struct),
 //! their checks and defaults (`resolve`), the checked settings and an error enum.
 //! `file` reads the file, and the flat layout of before the sections.
@@ -16,6 +16,7 @@ mod file;
 mod host;
 mod kubernetes;
 mod mtu;
+mod observability;
 mod policy;
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ pub use file::{FlatKey, FLAT_KEYS};
 pub use host::*;
 pub use kubernetes::*;
 pub use mtu::*;
+pub use observability::*;
 pub use policy::*;
 pub use tunnel::*;
 
@@ -113,6 +115,9 @@ pub struct Options {
     /// `[kubernetes]`.
     #[command(flatten, next_help_heading = "[kubernetes] in the config file")]
     pub kubernetes: KubernetesOptions,
+    /// `[observability]`.
+    #[command(flatten, next_help_heading = "[observability] in the config file")]
+    pub observability: ObservabilityOptions,
 }
 
 fn parse_store(s: &str) -> Result<StoreKind, String> {
@@ -337,6 +342,7 @@ impl Options {
             afxdp: self.afxdp.resolve()?,
             policy,
             host: self.host.resolve(cluster_cidr)?,
+            observability: self.observability.resolve(),
         })
     }
 
@@ -430,6 +436,8 @@ pub struct Settings {
     pub policy: PolicySettings,
     /// The host port and the egress masquerade: `[host]`.
     pub host: HostSettings,
+    /// Metrics, logs and the flow log: `[observability]`.
+    pub observability: ObservabilitySettings,
 }
 
 impl Settings {

@@ -120,6 +120,34 @@ fn tap_uso_is_on_unless_turned_off() {
     assert!(err.to_string().contains("--tap-uso"), "{err}");
 }
 
+/// Metrics are off, logs text and the flow log off, unless `[observability]` or
+/// its flags say otherwise; a bad address or format is refused with its flag's name.
+#[test]
+fn observability_is_off_unless_asked_for() {
+    let default = base().resolve().unwrap().observability;
+    assert_eq!(default, ObservabilitySettings::default());
+    assert_eq!(default.metrics_addr, None);
+    let file = format!(
+        "{HEAD}pod-subnet = \"10.244.1.0/24\"\n[observability]\nmetrics-addr = \"127.0.0.1:9402\"\nlog-format = \"json\"\nflow-log = true\n"
+    );
+    let s = settings(&file).unwrap().observability;
+    assert_eq!(s.metrics_addr, Some("127.0.0.1:9402".parse().unwrap()));
+    assert_eq!((s.log_format, s.flow_log), (LogFormat::Json, true));
+    let o = base()
+        .with_flags(["--metrics-addr", "[::1]:9402", "--log-format", "text"])
+        .unwrap();
+    let s = o.resolve().unwrap().observability;
+    assert_eq!(s.metrics_addr, Some("[::1]:9402".parse().unwrap()));
+    assert_eq!(s.log_format, LogFormat::Text);
+    let err = base().with_flags(["--log-format", "xml"]).unwrap_err();
+    assert!(err.to_string().contains("expected text or json"), "{err}");
+    let err = base().with_flags(["--metrics-addr", "9402"]).unwrap_err();
+    assert!(err.to_string().contains("--metrics-addr"), "{err}");
+    let bad =
+        format!("{HEAD}pod-subnet = \"10.244.1.0/24\"\n[observability]\nlog-format = \"xml\"\n");
+    assert!(settings(&bad).is_err());
+}
+
 /// Every flag is a key: at the top level under its own name, or moved into a
 /// section by [`FLAT_KEYS`]; and every key of [`FLAT_KEYS`] is a flag.
 #[test]
@@ -129,7 +157,7 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         .get_arguments()
         .filter_map(|a| a.get_long())
         .collect();
-    assert_eq!(flags.len(), 45, "{flags:?}");
+    assert_eq!(flags.len(), 48, "{flags:?}");
     // Keys that came after the sections, and so never had a flat form.
     let sectioned = [
         "tap-uso",
@@ -138,6 +166,9 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         "conntrack-share",
         "services",
         "api-server",
+        "metrics-addr",
+        "log-format",
+        "flow-log",
     ];
     let top = [
         "node-name",

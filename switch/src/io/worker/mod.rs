@@ -36,6 +36,8 @@ use crate::io::udp::{Lanes, Tunnel};
 use crate::tables::counters::Counters;
 use crate::tables::{PortId, Tables};
 
+pub use stats::{LoopSnapshot, LoopStats, BATCH_BOUNDS};
+
 const WAKER: Token = Token(0);
 const SOCKET: Token = Token(1);
 const PORT_BASE: usize = 2;
@@ -102,6 +104,8 @@ pub struct Shared {
     /// When each worker last went round its loop, in nanoseconds of
     /// [`clock::now`]; written by that worker only.
     seen: Box<[CachePadded<AtomicU64>]>,
+    /// Each worker's busy time and batch sizes; written by that worker only.
+    loops: Box<[CachePadded<LoopStats>]>,
 }
 
 impl Shared {
@@ -112,6 +116,19 @@ impl Shared {
         } else {
             &self.pool
         }
+    }
+
+    /// Each worker's loop counters, by worker.
+    pub fn loop_stats(&self) -> Vec<LoopSnapshot> {
+        self.loops.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// Each worker's NetworkPolicy table: entries now, and what it did with
+    /// connections it could not fit; by worker.
+    pub fn conntrack_per_worker(&self) -> Vec<(u64, OverflowStats)> {
+        (self.conntrack.iter())
+            .map(|t| (t.live(), t.overflow_stats()))
+            .collect()
     }
 
     /// NetworkPolicy's connections tracked now, summed over the workers.
@@ -248,6 +265,7 @@ pub fn spawn(
         seen: (0..n)
             .map(|_| CachePadded::new(AtomicU64::new(clock::now().as_nanos())))
             .collect(),
+        loops: (0..n).map(|_| CachePadded::default()).collect(),
     });
     // Each worker builds its state on its own thread (its buffers then come from that
     // thread's allocator arena) and reports whether it could before any runs, so a
@@ -400,6 +418,7 @@ struct Io {
 pub mod plan;
 mod poll;
 mod sink;
+mod stats;
 
 use poll::Worker;
 

@@ -137,7 +137,10 @@ impl Worker {
                     ready.push(ev.token());
                 }
             }
+            let read = self.frames;
             self.batch(now, &ready, &mut again);
+            let loops = &self.io.shared.loops[self.io.index];
+            loops.batch(clock::now().saturating_since(now), self.frames - read);
             self.panic_if_asked();
             idle_since = Instant::now();
             poll_until = idle_since + self.spin.window();
