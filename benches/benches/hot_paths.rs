@@ -372,6 +372,7 @@ fn pod_to_peer(
         heartbeat: None,
         conntrack: None,
         host: host.worker(0),
+        flows: Default::default(),
     });
     g.bench_function(BenchmarkId::new("pod_to_peer_20k_host_flows", mode), |b| {
         b.iter(|| {
@@ -432,6 +433,7 @@ fn peer_to_pod(
         heartbeat: None,
         conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024, fair(1024)), 0)),
         host: HostTables::new(1, 1024).worker(0),
+        flows: Default::default(),
     });
     let id = ("peer_to_pod_1000_rules", mode);
     bench_receive(g, id, &mut dp1p, &t1p, datagram, 1);
@@ -446,6 +448,7 @@ fn hand_back(t: &weft_switch::tables::Tables, host: &HostTables, w: usize, n: u1
         heartbeat: None,
         conntrack: None,
         host: host.worker(w),
+        flows: Default::default(),
     });
     let mut sink = CountingSink::default();
     let mut cx = Ctx::new(t, Time::ZERO, &mut sink);

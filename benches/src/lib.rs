@@ -202,6 +202,7 @@ pub fn new_core() -> Core {
         heartbeat: None,
         conntrack: None,
         host: HostTables::new(1, 1024).worker(0),
+        flows: Default::default(),
     })
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use weft_encap::{checksum, gso, sleeve, virtio, vxlan};
 use weft_switch::control::netlink::{in_new_netns, NetlinkError};
 use weft_switch::core::conntrack::{Conntrack, Overflow};
+use weft_switch::core::flowlog::{FlowLog, Verdict};
 use weft_switch::core::host::HostTables;
 use weft_switch::core::{self, Core, Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::io::port::Offload;
@@ -66,6 +67,8 @@ const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
 const PEER_UNDERLAY: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 2);
 /// The heartbeat interval; every round is one interval later, so each sends one.
+/// The rounds counted.
+const ROUNDS: usize = 200;
 const BEAT: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Counts what it is given; allocates nothing.
@@ -166,6 +169,11 @@ fn tables(mode: TunnelMode) -> Tables {
 
 /// An Ethernet + IPv4 + TCP frame with `payload` bytes, checksums complete.
 fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, seq: u32, payload: usize) -> Vec<u8> {
+    tcp_segment(src, dst, 40000, seq, payload)
+}
+
+/// A TCP segment from source port `sport` to 5201.
+fn tcp_segment(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, seq: u32, payload: usize) -> Vec<u8> {
     let mut f = vec![0u8; 14 + 20 + 20 + payload];
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let ip = &mut f[14..34];
@@ -179,7 +187,7 @@ fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, seq: u32, payload: usize) -> Vec<u8> 
     let sum = checksum::checksum(ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     let tcp = &mut f[34..54];
-    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
     tcp[4..8].copy_from_slice(&seq.to_be_bytes());
     tcp[12] = 5 << 4;
@@ -201,6 +209,8 @@ fn tcp_frame(src: Ipv4Addr, dst: Ipv4Addr, seq: u32, payload: usize) -> Vec<u8> 
 
 fn run(mode: TunnelMode) {
     let t = tables(mode);
+    // The flow log records every verdict, as with `flow-log = true`.
+    let flows = FlowLog::new(1, true);
     let mut dp = Core::new(core::Config {
         worker: 0,
         heartbeat: Some(BEAT),
@@ -209,6 +219,7 @@ fn run(mode: TunnelMode) {
             0,
         )),
         host: HostTables::new(1, 1024).worker(0),
+        flows: flows.recorder(0),
     });
     let mut now = Time::ZERO;
     let mut sink = CountingSink::default();
@@ -295,10 +306,20 @@ fn run(mode: TunnelMode) {
         }
     }
     let from = SocketAddr::V4(SocketAddrV4::new(PEER_UNDERLAY, 40000));
+    // And each round, a new connection: policy judges it, and the flow log records
+    // the verdict.
+    let new_flows: Vec<Vec<u8>> = (0..ROUNDS + 1)
+        .map(|i| tcp_segment(POD, REMOTE, 20_000 + i as u16, 1, 100))
+        .collect();
+    let mut next_flow = new_flows.iter();
 
     let mut round = |dp: &mut Core, sink: &mut CountingSink| {
         now += BEAT;
         let mut cx = Ctx::new(&t, now, sink);
+        let first = next_flow.next().expect("a new connection per round");
+        buf[HEADROOM..HEADROOM + first.len()].copy_from_slice(first);
+        let frame = Frame::new(&mut buf, HEADROOM, first.len());
+        dp.port_frame(&mut cx, 1, &Offload::PLAIN, frame);
         buf[HEADROOM..HEADROOM + plain.len()].copy_from_slice(&plain);
         let frame = Frame::new(&mut buf, HEADROOM, plain.len());
         dp.port_frame(&mut cx, 1, &Offload::PLAIN, frame);
@@ -321,14 +342,26 @@ fn run(mode: TunnelMode) {
     // Warm up, then count.
     round(&mut dp, &mut sink);
     let before = allocations();
-    for _ in 0..200 {
+    for _ in 0..ROUNDS {
         round(&mut dp, &mut sink);
     }
     let allocations = allocations() - before;
     assert_eq!(
         allocations, 0,
-        "{mode:?}: the datapath allocated {allocations} times in 200 rounds"
+        "{mode:?}: the datapath allocated {allocations} times in {ROUNDS} rounds"
     );
+    // The verdicts were recorded: each round's new connection, and the first
+    // round's own flow, allowed by the policy's rule.
+    let verdicts = flows.drain();
+    assert_eq!(verdicts.len(), ROUNDS + 2, "{mode:?}");
+    for v in &verdicts {
+        match &v.verdict {
+            Verdict::Allowed {
+                egress: Some(o), ..
+            } => assert_eq!(&*o.policy, "x/allow-all"),
+            other => panic!("{mode:?}: {other:?}"),
+        }
+    }
     // And the rounds did the work: segments on the wire, super-frames to the pod.
     let c = t.ports[1].counters.snapshot();
     assert_eq!(
@@ -403,6 +436,7 @@ fn no_allocation_per_translated_packet() {
             0,
         )),
         host: HostTables::new(1, 1024).worker(0),
+        flows: Default::default(),
     });
     let nat = Conntrack::value_tables(1, 1024, Overflow::Fair { share: 1024 });
     dp.set_services(Nat::new(Conntrack::new(nat, 0)));

@@ -200,7 +200,7 @@ fn pod_ref(h: usize, p: usize) -> PodRef {
         _ => "protected",
     };
     PodRef {
-        namespace: "shop".into(),
+        namespace: "default".into(),
         name: name.into(),
     }
 }
@@ -301,7 +301,7 @@ fn prometheus_sees_pods_and_peers_by_name() {
     let rx = lab.port_counter(0, 0, |c| c.rx_packets);
     assert!(rx >= DATAGRAMS, "{rx} frames from the client");
     let q = format!(
-        "weft_port_rx_packets_total{{instance='{i0}',namespace='shop',pod='client',kind='pod'}}"
+        "weft_port_rx_packets_total{{instance='{i0}',namespace='default',pod='client',kind='pod'}}"
     );
     let seen = p.wait_for(&q, |v| v >= DATAGRAMS as f64);
     assert!(
@@ -458,4 +458,139 @@ fn metrics_endpoint_shrugs_off_idle_and_slow_clients() {
     // Other paths and methods are refused.
     let (status, _) = http_get(peer, node0, "/debug", Duration::from_secs(5)).expect("answered");
     assert_eq!(status, 404);
+}
+
+/// Runs the `weft` CLI against node `h`'s socket with `args`, and gives its output.
+fn weft(lab: &Lab, h: usize, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("--socket")
+        .arg(&lab.cluster.nodes[h].socket)
+        .args(args)
+        .output()
+        .expect("weft runs");
+    assert!(
+        out.status.success(),
+        "weft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+/// `weft flows` shows an allowed connection with the rule that allowed it and a
+/// denied one with the policy that isolates its pod, filters by pod and verdict,
+/// and follows new flows as JSON lines; the switch records them only while asked.
+/// The nodes log JSON, and every line of a CNI ADD carries its container id.
+#[test]
+fn flow_log_names_rules_and_policies_and_logs_are_json() {
+    let lab = Lab::new("mf", &["--log-format", "json"]);
+    let protected = SocketAddr::from((lab.cluster.ip(1, 0), TCP_PORT));
+    let mut servers = Servers::new();
+    servers.serve(&lab.cluster.pod(1, 0).ns, lab.cluster.ip(1, 0));
+    // Nothing is recorded before anyone asks.
+    tcp_exchange(&lab.cluster.pod(0, 0).ns, protected).expect("the client is allowed");
+    assert_eq!(
+        weft(&lab, 1, &["flows"]),
+        "",
+        "recorded while no one listened"
+    );
+    // Now someone has asked: the next connections are recorded.
+    tcp_exchange(&lab.cluster.pod(0, 0).ns, protected).expect("the client is allowed");
+    let refused = tcp_exchange(&lab.cluster.pod(0, 1).ns, protected);
+    assert!(refused.is_err(), "the other pod got through: {refused:?}");
+    let shown = weft(&lab, 1, &["flows", "--pod", "default/protected"]);
+    let allowed: Vec<&str> = shown.lines().filter(|l| l.contains("ALLOWED")).collect();
+    let denied: Vec<&str> = shown.lines().filter(|l| l.contains("DENIED")).collect();
+    assert!(
+        allowed.iter().any(|l| l.contains("default/client:")
+            && l.contains("-> default/protected:8080")
+            && l.contains("tcp")
+            && l.contains("ingress: default/protect rule 0")),
+        "{shown}"
+    );
+    assert!(
+        denied.iter().any(|l| l.contains("default/other:")
+            && l.contains("ingress: no rule of default/protect allows it")),
+        "{shown}"
+    );
+    let only_denied = weft(&lab, 1, &["flows", "--verdict", "denied"]);
+    assert!(
+        !only_denied.is_empty() && !only_denied.contains("ALLOWED"),
+        "{only_denied}"
+    );
+    assert_eq!(weft(&lab, 1, &["flows", "--pod", "default/nobody"]), "");
+    // --follow prints new flows as they come.
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("--socket")
+        .arg(&lab.cluster.nodes[1].socket)
+        .args([
+            "--json",
+            "flows",
+            "--follow",
+            "--verdict",
+            "denied",
+            "--last",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("weft flows --follow");
+    let stdout = follow.stdout.take().expect("its output");
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            lines.push(line);
+        }
+        lines
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = tcp_exchange(&lab.cluster.pod(0, 1).ns, protected);
+    let seen = wait_until(Duration::from_secs(10), "the follower's line", || {
+        weft(&lab, 1, &["flows", "--verdict", "denied"])
+            .lines()
+            .count()
+            > only_denied.lines().count()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    seen.expect("a new denial");
+    let followed = lines.join().expect("the reader");
+    assert!(!followed.is_empty(), "--follow printed nothing");
+    for line in &followed {
+        let f: weft_proto::FlowInfo = serde_json::from_str(line).expect("a flow per line");
+        assert_eq!(f.verdict, "denied", "{line}");
+        assert_eq!(
+            f.src.pod.as_ref().map(|p| p.name.as_str()),
+            Some("other"),
+            "{line}"
+        );
+    }
+    // The logs: JSON, line by line; an ADD's lines carry its container id.
+    let log = lab.cluster.nodes[1].log_text();
+    let mut adds = Vec::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+        if v["span"]["verb"] == "add" {
+            let id = v["span"]["container_id"].as_str().unwrap_or_default();
+            assert_eq!(id, "mf-1-0", "{line}");
+            assert_eq!(v["span"]["pod"], "default/protected", "{line}");
+            adds.push(
+                v["fields"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+    assert!(
+        adds.iter().any(|m| m.starts_with("add done")),
+        "{adds:?}\n{log}"
+    );
 }

@@ -63,6 +63,57 @@ pub enum Request {
     /// The ClusterIP Services the switch translates, their endpoints, and what
     /// was refused.
     Services,
+    /// NetworkPolicy's recent verdicts (the flow log); asking keeps the switch
+    /// recording them for a while.
+    Flows(FlowsRequest),
+}
+
+/// Parameters of [`Request::Flows`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowsRequest {
+    /// Only flows recorded after this sequence number (0: every one kept).
+    #[serde(default)]
+    pub after: u64,
+    /// Only flows from or to this pod.
+    #[serde(default)]
+    pub pod: Option<PodRef>,
+    /// Only flows of this verdict: "allowed" or "denied".
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// At most this many, the newest (0: the daemon's bound).
+    #[serde(default)]
+    pub limit: usize,
+}
+
+/// One end of a flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEnd {
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its port, for TCP, UDP and SCTP.
+    pub port: Option<u16>,
+    /// The pod at that address, where weftd knows it.
+    pub pod: Option<PodRef>,
+}
+
+/// One verdict of NetworkPolicy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowInfo {
+    /// Its place in the log: later flows have greater numbers.
+    pub seq: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The source.
+    pub src: FlowEnd,
+    /// The destination.
+    pub dst: FlowEnd,
+    /// "tcp", "udp", "icmp", "sctp" or the protocol's number.
+    pub proto: String,
+    /// "allowed" (a new connection) or "denied" (a packet).
+    pub verdict: String,
+    /// What decided: the rules that allowed it (`ingress: ns/policy rule 0`), or
+    /// the direction refused and the policies that isolate the pod there.
+    pub reason: String,
 }
 
 impl Request {
@@ -298,6 +349,14 @@ pub enum Reply {
     Explained(Explanation),
     /// The Services.
     Services(ServicesStatus),
+    /// Flows, oldest first.
+    Flows {
+        /// The flows.
+        flows: Vec<FlowInfo>,
+        /// The greatest sequence number recorded so far: ask for flows after it
+        /// next.
+        last: u64,
+    },
 }
 
 /// The ClusterIP Services compiled for this node, where they come from, and what

@@ -45,6 +45,26 @@ enum What {
     /// ClusterIP Services: each port, its endpoints and their state, and what was
     /// refused.
     Services,
+    /// NetworkPolicy's recent verdicts: time, source and destination, protocol and
+    /// ports, allowed or denied, and the rule or policies that decided. The switch
+    /// records them while someone asks (or always, with `flow-log = true`).
+    Flows(FlowsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FlowsArgs {
+    /// Only flows from or to this pod, as NAMESPACE/NAME.
+    #[arg(long)]
+    pod: Option<String>,
+    /// Only flows of this verdict: allowed or denied.
+    #[arg(long)]
+    verdict: Option<String>,
+    /// Keep showing new flows as they come, until interrupted.
+    #[arg(long, short)]
+    follow: bool,
+    /// How many of the newest flows to show first.
+    #[arg(long, default_value_t = 100)]
+    last: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,9 +105,99 @@ fn drops(c: &Counters) -> String {
         .join(",")
 }
 
+/// `NAMESPACE/NAME` as a pod.
+fn pod_ref(pod: &str) -> Result<proto::PodRef, String> {
+    let (namespace, name) = pod
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        .ok_or_else(|| format!("{pod:?} is not NAMESPACE/NAME"))?;
+    Ok(proto::PodRef {
+        namespace: namespace.into(),
+        name: name.into(),
+    })
+}
+
+/// How often `weft flows --follow` asks for new flows.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+/// `weft flows`: the newest flows, then with `--follow` the new ones as they come.
+fn flows(socket: &std::path::Path, json: bool, args: FlowsArgs) -> ExitCode {
+    let pod = match args.pod.as_deref().map(pod_ref).transpose() {
+        Ok(pod) => pod,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut req = proto::FlowsRequest {
+        after: 0,
+        pod,
+        verdict: args.verdict,
+        limit: args.last,
+    };
+    loop {
+        let (flows, last) = match proto::call(
+            socket,
+            &Request::Flows(req.clone()),
+            Duration::from_secs(10),
+        ) {
+            Ok(Response::Ok(Reply::Flows { flows, last })) => (flows, last),
+            Ok(Response::Ok(other)) => {
+                eprintln!("weft: unexpected reply {other:?}");
+                return ExitCode::FAILURE;
+            }
+            Ok(Response::Error(e)) => {
+                eprintln!("weft: weftd refused: {}", e.message);
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("weft: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for f in &flows {
+            if json {
+                println!("{}", serde_json::to_string(f).expect("flows serialize"));
+            } else {
+                println!("{}", flow_line(f));
+            }
+        }
+        if !args.follow {
+            return ExitCode::SUCCESS;
+        }
+        // Everything new from now on, however many.
+        req.after = last;
+        req.limit = 0;
+        std::thread::sleep(FOLLOW_EVERY);
+    }
+}
+
+/// A flow as one line, as `hubble observe` prints them.
+fn flow_line(f: &proto::FlowInfo) -> String {
+    let end = |e: &proto::FlowEnd| {
+        let port = e.port.map_or(String::new(), |p| format!(":{p}"));
+        match &e.pod {
+            Some(p) => format!("{}/{}{port} ({})", p.namespace, p.name, e.ip),
+            None => format!("{}{port}", e.ip),
+        }
+    };
+    let secs = f.unix_ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!(
+        "{h:02}:{m:02}:{s:02}.{:03} UTC  {} -> {}  {}  {}  {}",
+        f.unix_ms % 1000,
+        end(&f.src),
+        end(&f.dst),
+        f.proto,
+        f.verdict.to_uppercase(),
+        f.reason
+    )
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match cli.what {
+        What::Flows(args) => return flows(&cli.socket, cli.json, args),
         What::Status => Request::Status,
         What::Ports => Request::Ports,
         What::Peers => Request::Peers,
@@ -275,15 +385,7 @@ fn print_routes(routes: &[proto::RouteInfo]) {
 fn policy_request(what: PolicyWhat) -> Result<Request, String> {
     Ok(match what {
         PolicyWhat::Status => Request::PolicyStatus,
-        PolicyWhat::Pod { pod } => {
-            let (namespace, name) = pod
-                .split_once('/')
-                .ok_or_else(|| format!("{pod:?} is not NAMESPACE/NAME"))?;
-            Request::PolicyPod(proto::PodRef {
-                namespace: namespace.into(),
-                name: name.into(),
-            })
-        }
+        PolicyWhat::Pod { pod } => Request::PolicyPod(pod_ref(&pod)?),
         PolicyWhat::Explain {
             src,
             dst,

@@ -37,6 +37,9 @@ impl Daemon {
             Request::PolicyPod(pod) => self.policy_pod(&pod).map(Reply::PolicyPod),
             Request::PolicyExplain(req) => self.policy_explain(&req).map(Reply::Explained),
             Request::Services => Ok(Reply::Services(self.services_status())),
+            Request::Flows(req) => self
+                .flows(&req)
+                .map(|(flows, last)| Reply::Flows { flows, last }),
         };
         match result {
             Ok(reply) => Response::Ok(reply),

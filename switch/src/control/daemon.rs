@@ -19,6 +19,7 @@ use weft_proto::{Attachment, PodRef};
 
 use crate::control::config::{gateway_of, Encryption, ServicesMode, Settings, StoreSettings};
 use crate::control::error::{io_err, DaemonError};
+use crate::control::flows::FlowHistory;
 use crate::control::host::{Host, Queues, SystemHost};
 use crate::control::keys::{self, PublicKey};
 use crate::control::masquerade::Masquerade;
@@ -146,6 +147,8 @@ pub struct Daemon {
     pub(crate) left_out: Mutex<Said>,
     /// What the control plane measures of itself for `/metrics`.
     pub(crate) metrics: Metrics,
+    /// Policy's recent verdicts, named, for `weft flows`.
+    pub(crate) flow_history: Mutex<FlowHistory>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -490,6 +493,7 @@ fn start_workers(
         conntrack_share: settings.policy.conntrack_share,
         services: settings.host.services == ServicesMode::Switch,
         panic_after: settings.datapath.test_panic_after,
+        flow_log: settings.observability.flow_log,
     };
     worker::spawn(tables.clone(), sockets, Arc::new(lanes), tuning, sealer)
         .map_err(io_err("starting the workers"))
@@ -590,6 +594,7 @@ impl Daemon {
             from_saved: Mutex::new(boot.saved.as_ref().map(saved::SavedView::saved_at_text)),
             left_out: Mutex::new(left_out),
             metrics: Metrics::new(),
+            flow_history: Mutex::new(FlowHistory::default()),
         });
         if boot.saved.is_none() {
             // The store was read as the node joined: that is its first view.
@@ -655,6 +660,11 @@ impl Daemon {
             self.shared.conntrack_live(),
             self.shared.conntrack_overflow(),
         )
+    }
+
+    /// What the workers share.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Each worker's loop counters and NetworkPolicy table, by worker.

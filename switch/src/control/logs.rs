@@ -7,6 +7,8 @@
 //! container id and pod). Workers never log per frame: what the datapath refuses
 //! is counted, and policy verdicts go to the flow log.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::control::config::LogFormat;
@@ -14,8 +16,10 @@ use crate::control::config::LogFormat;
 /// Installs the process's subscriber, once; a second call is refused.
 pub fn init(format: LogFormat) -> Result<(), String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: the logs of a service go to files and journals.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Text => builder.try_init(),

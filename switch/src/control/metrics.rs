@@ -409,7 +409,10 @@ fn peers(d: &Daemon, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
     for info in &d.peer_infos() {
         // The row with no health is the unknown senders'.
         let (labels, snap): (Labels, Snapshot) = match &info.health {
-            None => (vec![("peer", UNKNOWN_SENDERS.into())], tables.tunnel.snapshot()),
+            None => (
+                vec![("peer", UNKNOWN_SENDERS.into())],
+                tables.tunnel.snapshot(),
+            ),
             Some(_) => match counters.remove(info.name.as_str()) {
                 Some(s) => (vec![("peer", info.name.clone())], s),
                 None => continue,

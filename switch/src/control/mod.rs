@@ -9,6 +9,7 @@
 //!   node whose store is unreachable as it starts starts from;
 //! - [`api`]: requests in, responses out; [`server`]: the socket and the signals;
 //! - [`metrics`]: `/metrics` for Prometheus; [`logs`]: text or JSON logs;
+//!   [`flows`]: policy's verdicts for `weft flows`;
 //! - [`host`]: the host operations (netlink, netns, TAP) behind a trait;
 //! - [`netns`]: a pod's network namespace opened by its path, checked, and its
 //!   identity;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod explain;
+pub mod flows;
 pub mod host;
 pub mod keys;
 pub mod logs;

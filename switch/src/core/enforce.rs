@@ -27,43 +27,71 @@
 
 use super::conntrack::{Flags, FlowKey, Found, Refused};
 use super::flow::{Flow, LazyFlow};
-use super::{Core, Ctx, Ingress};
-use crate::netpol::compile::PodRules;
+use super::flowlog::{Direction as Denied, Recorder, Verdict};
+use super::{Core, Ctx, Ingress, Time};
+use crate::netpol::compile::{Origin, PodRules};
 use crate::tables::counters::DropReason;
 use crate::tables::fib::NextHop;
 use crate::tables::{PortKind, Tables};
 
-/// Which check refused a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Denied {
-    /// The source pod's egress rules.
-    Egress,
-    /// The destination pod's ingress rules.
-    Ingress,
+/// The rules that allowed a connection: the source's egress rule and the
+/// destination's ingress rule, where each is isolated.
+#[derive(Debug, Clone, Copy, Default)]
+struct Allowed<'r> {
+    egress: Option<&'r Origin>,
+    ingress: Option<&'r Origin>,
 }
 
 /// Whether a connection `key` may be opened, between a source whose rules are
 /// `src` (or this node, `from_node`) and a destination whose rules are `dst`, for
-/// destination port `port`.
-fn judge(
-    src: Option<&PodRules>,
-    dst: Option<&PodRules>,
+/// destination port `port`: the rules that allow it, or the check that refuses it.
+fn judge<'r>(
+    src: Option<&'r PodRules>,
+    dst: Option<&'r PodRules>,
     from_node: bool,
     key: FlowKey,
     port: Option<u16>,
-) -> Result<(), Denied> {
+) -> Result<Allowed<'r>, Denied> {
     let (s, d) = (key.src.into(), key.dst.into());
+    let mut allowed = Allowed::default();
     if let Some(egress) = src.and_then(|r| r.egress.as_ref()) {
-        egress.allows(d, d, key.proto, port).ok_or(Denied::Egress)?;
+        allowed.egress = Some(egress.allows(d, d, key.proto, port).ok_or(Denied::Egress)?);
     }
     if let Some(ingress) = dst.and_then(|r| r.ingress.as_ref()) {
         if !from_node {
-            ingress
-                .allows(s, d, key.proto, port)
-                .ok_or(Denied::Ingress)?;
+            allowed.ingress = Some(
+                ingress
+                    .allows(s, d, key.proto, port)
+                    .ok_or(Denied::Ingress)?,
+            );
         }
     }
-    Ok(())
+    Ok(allowed)
+}
+
+/// Where a verdict goes: the flow log, with what it needs to name the policies.
+struct Log<'a> {
+    recorder: &'a Recorder,
+    tables: &'a Tables,
+    now: Time,
+}
+
+impl Log<'_> {
+    /// Records `verdict` on `key`, if the flow log is listened to.
+    fn note(&self, ends: &Ends<'_>, key: FlowKey, verdict: Result<Allowed<'_>, Denied>) {
+        self.recorder.record(self.now, key, || match verdict {
+            Ok(a) => Verdict::Allowed {
+                egress: a.egress.cloned(),
+                ingress: a.ingress.cloned(),
+            },
+            Err(direction) => Verdict::Denied {
+                direction,
+                isolated_by: (ends.blame(direction))
+                    .and_then(|(i, _)| self.tables.ports.get(i))
+                    .and_then(|p| p.policy.clone()),
+            },
+        });
+    }
 }
 
 /// The two local ends of a packet, as policy sees them.
@@ -120,7 +148,12 @@ impl<'t> Ends<'t> {
 
     /// The verdict on the connection's first direction, `orig`, which this packet
     /// goes (`forward`) or answers.
-    fn judge(&self, orig: FlowKey, port: Option<u16>, forward: bool) -> Result<(), Denied> {
+    fn judge(
+        &self,
+        orig: FlowKey,
+        port: Option<u16>,
+        forward: bool,
+    ) -> Result<Allowed<'t>, Denied> {
         let (src, dst) = (self.src.map(|(_, r)| r), self.dst.map(|(_, r)| r));
         match forward {
             true => judge(src, dst, self.from_node, orig, port),
@@ -140,7 +173,7 @@ fn connection(
     ct: &super::conntrack::Conntrack,
     facts: &Flow,
     found: Option<Found>,
-    generation: u32,
+    log: &Log<'_>,
 ) -> Result<(FlowKey, bool, Flags), (usize, DropReason)> {
     let refuse = |denied| ends.blame(denied).unwrap_or((0, DropReason::PolicyIngress));
     match found {
@@ -148,19 +181,22 @@ fn connection(
             entry,
             forward,
             own_slot,
-        }) if entry.generation != generation => {
+        }) if entry.generation != log.tables.policy_generation => {
             let port = facts.port.map(|_| entry.orig.dport);
             if let Err(denied) = ends.judge(entry.orig, port, forward) {
                 if let Some(at) = own_slot {
                     ct.forget(at);
                 }
+                log.note(ends, facts.key, Err(denied));
                 return Err(refuse(denied));
             }
             Ok((entry.orig, forward, entry.flags))
         }
         Some(Found { entry, forward, .. }) => Ok((entry.orig, forward, entry.flags)),
         None => {
-            ends.judge(facts.key, facts.port, true).map_err(refuse)?;
+            let verdict = ends.judge(facts.key, facts.port, true);
+            log.note(ends, facts.key, verdict);
+            verdict.map_err(refuse)?;
             Ok((facts.key, true, Flags::default()))
         }
     }
@@ -185,17 +221,25 @@ impl Core {
         }
         let facts = flow.get();
         let refuse = |denied| ends.blame(denied).unwrap_or((0, DropReason::PolicyIngress));
+        let log = Log {
+            recorder: &self.flows,
+            tables: t,
+            now: cx.now,
+        };
         let Some(ct) = &self.conntrack else {
             // No table: judge every packet as a new connection (replies then need
-            // rules of their own).
-            return judge(
+            // rules of their own); only refusals are logged, every packet is new.
+            let verdict = judge(
                 ends.src.map(|(_, r)| r),
                 ends.dst.map(|(_, r)| r),
                 ends.from_node,
                 facts.key,
                 facts.port,
-            )
-            .map_err(refuse);
+            );
+            if let Err(denied) = verdict {
+                log.note(&ends, facts.key, Err(denied));
+            }
+            return verdict.map(|_| ()).map_err(refuse);
         };
         if let Some(inner) = facts.error_about {
             let current = |f: &Found| f.entry.generation == t.policy_generation;
@@ -210,7 +254,7 @@ impl Core {
         }
         let found = ct.lookup(facts.key, cx.now);
         let generation = t.policy_generation;
-        let (orig, forward, mut flags) = connection(&ends, ct, facts, found, generation)?;
+        let (orig, forward, mut flags) = connection(&ends, ct, facts, found, &log)?;
         flags.replied |= !forward;
         flags.closing |= facts.closing;
         // Assured, as Linux's tracker says: answered, and then on the first way again

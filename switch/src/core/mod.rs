@@ -39,6 +39,7 @@ pub mod conntrack;
 mod egress;
 mod enforce;
 mod flow;
+pub mod flowlog;
 mod forward;
 mod heartbeat;
 pub mod host;
@@ -247,6 +248,8 @@ pub struct Config {
     pub conntrack: Option<conntrack::Conntrack>,
     /// The flows that cross the host port, likewise.
     pub host: host::HostFlows,
+    /// The flow log's ring of this worker ([`flowlog::Recorder::default`]: none).
+    pub flows: flowlog::Recorder,
 }
 
 /// The switching state of one worker: scratch buffers, GRO, sleeve batches and joins,
@@ -267,6 +270,8 @@ pub struct Core {
     beats: heartbeat::Heartbeats,
     conntrack: Option<conntrack::Conntrack>,
     host: host::HostFlows,
+    /// Where policy's verdicts are recorded.
+    flows: flowlog::Recorder,
     /// When the connection tables are next swept, while they hold entries.
     next_sweep: Option<Time>,
     /// The Services' translations, with `services = "switch"`.
@@ -297,6 +302,7 @@ impl Core {
             beats: heartbeat::Heartbeats::new(config.heartbeat),
             conntrack: config.conntrack,
             host: config.host,
+            flows: config.flows,
             next_sweep: None,
             nat: None,
         }

@@ -31,6 +31,7 @@ pub mod tcp;
 
 use crate::control::config::Encryption;
 use crate::core::conntrack::{Conntrack, Overflow, Table};
+use crate::core::flowlog::FlowLog;
 use crate::core::host::HostTables;
 use crate::core::service::Nat;
 use crate::core::{self, Core, Ctx, Frame, Offload, Report, Sink, Time, HEADROOM};
@@ -233,6 +234,8 @@ pub struct Node {
     pub core: Core,
     /// The flows that cross its host port.
     pub host_flows: HostTables,
+    /// Policy's verdicts, every one (as with `flow-log = true`).
+    pub flows: Arc<FlowLog>,
     /// Its encryption, in a [`Sim::encrypted`] cluster: the seal stage the workers
     /// run between the core and the UDP layer, with the node's endpoint.
     pub sealer: Option<Arc<Sealer>>,
@@ -694,6 +697,7 @@ impl Sim {
                 heartbeat: None,
                 conntrack: Some(Conntrack::new(policy_tables(max), 0)),
                 host: node.host_flows.worker(0),
+                flows: node.flows.recorder(0),
             });
         }
         sim
@@ -857,16 +861,20 @@ impl Sim {
                 .expect("the simulated cluster is routable");
             let conntrack = Conntrack::new(policy_tables(CONNTRACK_MAX), 0);
             let host_flows = HostTables::new(1, CONNTRACK_MAX);
+            // Every verdict is recorded, as with `flow-log = true`.
+            let flows = FlowLog::new(1, true);
             let core = Core::new(core::Config {
                 worker: 0,
                 heartbeat,
                 conntrack: Some(conntrack),
                 host: host_flows.worker(0),
+                flows: flows.recorder(0),
             });
             nodes.push(Node {
                 tables,
                 core,
                 host_flows,
+                flows,
                 sealer: None,
                 seal: SealCache::for_worker(0),
                 seal_clock: SealClock::default(),

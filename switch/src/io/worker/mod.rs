@@ -27,6 +27,7 @@ use crossbeam::utils::CachePadded;
 use mio::{Poll, Token, Waker};
 
 use crate::core::conntrack::{Conntrack, Overflow, OverflowStats, Table};
+use crate::core::flowlog::{FlowLog, Recorder};
 use crate::core::host::{HostFlows, HostTables};
 use crate::core::{Time, HEADROOM};
 use crate::crypto::stage::{SealCache, Sealer};
@@ -106,6 +107,8 @@ pub struct Shared {
     seen: Box<[CachePadded<AtomicU64>]>,
     /// Each worker's busy time and batch sizes; written by that worker only.
     loops: Box<[CachePadded<LoopStats>]>,
+    /// Policy's verdicts, every worker's.
+    pub flows: Arc<FlowLog>,
 }
 
 impl Shared {
@@ -211,6 +214,9 @@ pub struct Tuning {
     /// Test only: each worker panics once it has read this many frames (weftd's
     /// `WEFT_TEST_PANIC_WORKER_AFTER`).
     pub panic_after: Option<u64>,
+    /// Whether policy's verdicts are recorded even while no one listens
+    /// (`flow-log = true`).
+    pub flow_log: bool,
 }
 
 /// A pool of handoff buffers.
@@ -250,6 +256,7 @@ pub fn spawn(
     let share = tuning.conntrack_share;
     let conntrack = Conntrack::tables(n, tuning.conntrack_max, Overflow::Fair { share });
     let host_flows = HostTables::new(n, tuning.conntrack_max);
+    let flows = FlowLog::new(n, tuning.flow_log);
     let nat = (tuning.services)
         .then(|| Conntrack::value_tables(n, tuning.conntrack_max, Overflow::Fair { share }));
     let shared = Arc::new(Shared {
@@ -266,6 +273,7 @@ pub fn spawn(
             .map(|_| CachePadded::new(AtomicU64::new(clock::now().as_nanos())))
             .collect(),
         loops: (0..n).map(|_| CachePadded::default()).collect(),
+        flows: flows.clone(),
     });
     // Each worker builds its state on its own thread (its buffers then come from that
     // thread's allocator arena) and reports whether it could before any runs, so a
@@ -285,6 +293,7 @@ pub fn spawn(
             conntrack: Conntrack::new(conntrack.clone(), index),
             host: host_flows.worker(index),
             nat: nat.as_ref().map(|t| Conntrack::new(t.clone(), index)),
+            flows: flows.recorder(index),
         };
         match spawn_one(setup, rx, shared.clone(), ready) {
             Ok(thread) => handles.push(WorkerHandle {
@@ -393,6 +402,8 @@ struct Setup {
     host: HostFlows,
     /// The Services' translation tables, with `services = "switch"`.
     nat: Option<Conntrack>,
+    /// The flow log's ring of this worker.
+    flows: Recorder,
 }
 
 struct QueueSlot {
@@ -447,6 +458,7 @@ mod tests {
             conntrack_share: 8,
             services: true,
             panic_after: None,
+            flow_log: false,
         };
         let (shared, mut handles) = spawn(tables, sockets, Arc::new(lanes), tuning, None).unwrap();
         let waited = clock::now();

@@ -57,6 +57,7 @@ impl Worker {
             conntrack,
             host,
             nat,
+            flows,
         } = setup;
         socket.set_nonblocking(true)?;
         poll.registry().register(
@@ -71,6 +72,7 @@ impl Worker {
             heartbeat: beats,
             conntrack: Some(conntrack),
             host,
+            flows,
         });
         if let Some(nat) = nat {
             core.set_services(Nat::new(nat));
