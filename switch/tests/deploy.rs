@@ -37,6 +37,7 @@ fn manifests() -> Vec<(String, Value)> {
         "rbac.yaml",
         "admission.yaml",
         "daemonset.yaml",
+        "podmonitor.yaml",
     ] {
         let text = read(file);
         for (i, doc) in yaml_serde::Deserializer::from_str(&text).enumerate() {
@@ -107,6 +108,7 @@ fn manifests_hold_together() {
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
         "DaemonSet",
+        "PodMonitor",
     ]
     .into();
     assert_eq!(kinds, want);
@@ -374,6 +376,25 @@ fn manifests_hold_together() {
         settings.socket.parent().unwrap().to_str().unwrap(),
         "weft-cni on the host finds the socket where weftd made it"
     );
+
+    // Metrics: on the node's address, at the port the DaemonSet names `metrics`
+    // and annotates for Prometheus, which the PodMonitor scrapes.
+    let metrics = settings.observability.metrics_addr.expect("metrics on");
+    assert_eq!(metrics.to_string(), "10.0.0.21:9402");
+    let port = seq(&weftd["ports"], "ports")
+        .iter()
+        .find(|p| p["name"].as_str() == Some("metrics"))
+        .expect("a metrics port");
+    assert_eq!(port["containerPort"].as_u64(), Some(u64::from(metrics.port())));
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"].as_str(), Some("9402"));
+    assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
+    let monitor = of_kind(&docs, "PodMonitor");
+    assert_eq!(monitor["metadata"]["namespace"].as_str(), Some(namespace));
+    assert_eq!(&monitor["spec"]["selector"]["matchLabels"], selector);
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"].as_str(), Some("metrics"));
+    assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
 
     // The conflist as a runtime hands weft-cni its plugin config.
     let list: serde_json::Value =

@@ -292,8 +292,14 @@ fn send_known_datagrams(lab: &Lab) {
 /// are there; and a detached pod's series go.
 #[test]
 fn prometheus_sees_pods_and_peers_by_name() {
-    let lab = Lab::new("mp", &[]);
+    // Encrypted, so that the sessions' series are there too.
+    let lab = Lab::new("mp", &["--encryption", "required"]);
     send_known_datagrams(&lab);
+    // And a connection the policy denies.
+    let mut servers = Servers::new();
+    servers.serve(&lab.cluster.pod(1, 0).ns, lab.cluster.ip(1, 0));
+    let protected = SocketAddr::from((lab.cluster.ip(1, 0), TCP_PORT));
+    assert!(tcp_exchange(&lab.cluster.pod(0, 1).ns, protected).is_err());
     let p = &lab.prometheus;
     let (i0, i1) = (lab.instance(0), lab.instance(1));
     // The client's port received the datagrams (and its ARP and neighbour
@@ -353,6 +359,14 @@ fn prometheus_sees_pods_and_peers_by_name() {
     );
     p.wait_for(&format!("weft_pods{{instance='{i0}'}}"), |v| v == 2.0);
     p.wait_for("count(weft_build_info)", |v| v == 2.0);
+    let q =
+        format!("weft_port_drops_total{{instance='{i1}',pod='protected',reason='policy_ingress'}}");
+    p.wait_for(&q, |v| v >= 1.0);
+    let q = format!("weft_encryption_session_established{{instance='{i0}',peer='{n1}'}}");
+    p.wait_for(&q, |v| v == 1.0);
+    let q = format!("weft_encryption_handshakes_total{{instance='{i1}',peer='{n0}'}}");
+    p.wait_for(&q, |v| v >= 1.0);
+    every_dashboard_panel_has_data(p);
     // The other pod leaves: its series go from the next scrape.
     lab.cluster.nodes[0]
         .detach("mp-0-1", Some(&lab.cluster.pod(0, 1).ns))
@@ -366,6 +380,35 @@ fn prometheus_sees_pods_and_peers_by_name() {
     .unwrap_or_else(|e| panic!("{e}: {:?}", p.query(&q)));
     p.wait_for(&format!("weft_pods{{instance='{i0}'}}"), |v| v == 1.0);
     drop(lab.policy);
+}
+
+/// The Grafana dashboard in `deploy/grafana` is valid JSON, and every query of
+/// every panel (over all nodes) gives data from the lab's Prometheus.
+fn every_dashboard_panel_has_data(p: &Prometheus) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/weft-dashboard.json"
+    );
+    let text = std::fs::read_to_string(path).expect("the dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for panel in panels {
+        let title = panel["title"].as_str().expect("a title");
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            let expr = t["expr"].as_str().expect("an expression");
+            // The dashboard's node variable, with every node chosen.
+            let promql = expr.replace("$node", ".*");
+            let mut last = Ok(Vec::new());
+            let has = wait_until(Duration::from_secs(20), title, || {
+                last = p.query(&promql);
+                last.as_ref().is_ok_and(|r| !r.is_empty())
+            });
+            has.unwrap_or_else(|e| panic!("{title}: {promql}: {e}: {last:?}"));
+        }
+    }
 }
 
 /// The endpoint under attack from a pod: hundreds of idle connections, requests
