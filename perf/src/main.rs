@@ -29,10 +29,18 @@ struct Cli {
     /// The weftd binary [default: next to this program].
     #[arg(long, global = true)]
     weftd: Option<PathBuf>,
-    /// Another weftd build, run by the systems weft-vxlan-alt, weft-sleeve-alt and
-    /// weft-sleeve-enc-alt, to compare two builds in one run.
+    /// Another weftd build, run by the weft-*-alt systems, to compare two builds in
+    /// one run.
     #[arg(long, global = true)]
     weftd_alt: Option<PathBuf>,
+    /// Further flags for the weft-*-alt systems' weftd, split on spaces (for
+    /// example "--flow-log true"), to compare settings of one build.
+    #[arg(long, global = true, value_name = "FLAGS", allow_hyphen_values = true)]
+    alt_flags: Option<String>,
+    /// Serve /metrics on the weft-*-alt systems' weftd and scrape it from this
+    /// process every MS milliseconds, as a Prometheus would.
+    #[arg(long, global = true, value_name = "MS")]
+    alt_scrape_ms: Option<u64>,
     /// The weft-cni plugin binary [default: next to this program].
     #[arg(long, global = true)]
     weft_cni: Option<PathBuf>,
@@ -223,8 +231,9 @@ struct RunArgs {
     /// Systems, comma-separated: weft-vxlan, weft-sleeve, weft-direct, kernel-vxlan,
     /// direct; weft-vxlan-policy, weft-sleeve-policy; weft-afxdp-vxlan,
     /// weft-afxdp-sleeve (AF_XDP pod ports); weft-sleeve-enc (encryption required);
-    /// weft-vxlan-alt, weft-sleeve-alt, weft-sleeve-enc-alt, weft-direct-alt with the
-    /// --weftd-alt build; and for the svc tests kernel-vxlan+iptables,
+    /// weft-vxlan-alt, weft-sleeve-alt, weft-sleeve-enc-alt, weft-direct-alt,
+    /// weft-vxlan-policy-alt with the --weftd-alt build (or this one with
+    /// --alt-flags, --alt-scrape-ms); and for the svc tests kernel-vxlan+iptables,
     /// kernel-vxlan+nftables, weft+iptables, weft+switch [default: the first five].
     #[arg(long)]
     systems: Option<String>,
@@ -325,20 +334,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The programs a run uses, and how the alt systems differ, from the flags.
+fn tools(cli: &Cli) -> Result<Tools> {
+    let here = std::env::current_exe().context("finding this program's path")?;
+    Ok(Tools {
+        weftd: cli.weftd.clone().unwrap_or_else(|| here.with_file_name("weftd")),
+        weftd_alt: cli.weftd_alt.clone(),
+        alt_flags: (cli.alt_flags.as_deref().unwrap_or(""))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        alt_scrape: cli.alt_scrape_ms.map(Duration::from_millis),
+        weft_cni: cli
+            .weft_cni
+            .clone()
+            .unwrap_or_else(|| here.with_file_name("weft-cni")),
+        reference_cni: cli.cni_dir.clone(),
+    })
+}
+
 fn run_cli(cli: Cli) -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("weft-perf builds network namespaces and must run as root");
     }
-    let here = std::env::current_exe().context("finding this program's path")?;
-    let tools = Tools {
-        weftd: cli.weftd.unwrap_or_else(|| here.with_file_name("weftd")),
-        weftd_alt: cli.weftd_alt,
-        weft_cni: cli
-            .weft_cni
-            .unwrap_or_else(|| here.with_file_name("weft-cni")),
-        reference_cni: cli.cni_dir,
-    };
+    let tools = tools(&cli)?;
     match cli.what {
         What::Clean => clean(true),
         What::EchoServers {

@@ -350,15 +350,17 @@ fn run(mode: TunnelMode) {
         allocations, 0,
         "{mode:?}: the datapath allocated {allocations} times in {ROUNDS} rounds"
     );
-    // The verdicts were recorded: each round's new connection, and the first
-    // round's own flow, allowed by the policy's rule.
+    // The verdicts were recorded: each round's new connection, and in the first
+    // round the pod's own flow and the peer's (its segments come from port 40000
+    // to 5201, a connection of their own), allowed by the policy's rules.
     let verdicts = flows.drain();
-    assert_eq!(verdicts.len(), ROUNDS + 2, "{mode:?}");
+    assert_eq!(verdicts.len(), ROUNDS + 1 + 2, "{mode:?}");
     for v in &verdicts {
         match &v.verdict {
-            Verdict::Allowed {
-                egress: Some(o), ..
-            } => assert_eq!(&*o.policy, "x/allow-all"),
+            Verdict::Allowed { egress, ingress } => {
+                let rule = egress.as_ref().or(ingress.as_ref()).expect("a rule");
+                assert_eq!(&*rule.policy, "x/allow-all");
+            }
             other => panic!("{mode:?}: {other:?}"),
         }
     }

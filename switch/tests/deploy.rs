@@ -385,7 +385,10 @@ fn manifests_hold_together() {
         .iter()
         .find(|p| p["name"].as_str() == Some("metrics"))
         .expect("a metrics port");
-    assert_eq!(port["containerPort"].as_u64(), Some(u64::from(metrics.port())));
+    assert_eq!(
+        port["containerPort"].as_u64(),
+        Some(u64::from(metrics.port()))
+    );
     let annotations = &pod["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/port"].as_str(), Some("9402"));
     assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::{IpAddress, IpEndpoint};
+use weft_switch::core::flowlog::{Direction, Verdict};
 use weft_switch::netpol::compile::{CompiledRule, Origin, PodRules, RuleSet};
 use weft_switch::sim::{from_pod, udp, Ip, Sim, CONNTRACK_MAX};
 use weft_switch::tables::counters::DropReason;
@@ -184,6 +185,43 @@ fn a_policy_change_cuts_a_connection_it_no_longer_allows() {
     // reply is a new connection from B, which its egress refuses.
     assert_eq!(drops(&sim, b, DropReason::PolicyIngress), 1);
     assert_eq!(drops(&sim, b, DropReason::PolicyEgress), 1);
+    // The flow log of B's node holds each verdict, in order: the connection
+    // allowed by x/in's rule 0 (its packets after that are not judged again),
+    // then, under the new rules, the same connection denied at B's ingress (B
+    // isolated by x/deny) and B's new one denied at its egress.
+    let node = sim.pods[b].node;
+    let verdicts: Vec<(u16, u16, Verdict)> = (sim.nodes[node].flows.drain().into_iter())
+        .map(|r| (r.key.sport, r.key.dport, r.verdict))
+        .collect();
+    let [(40_000, 53, allowed), (40_000, 53, cut), (53, 40_000, refused)] = &verdicts[..] else {
+        panic!("{verdicts:#?}");
+    };
+    let rule = Origin {
+        policy: "x/in".into(),
+        rule: 0,
+    };
+    assert_eq!(
+        allowed,
+        &Verdict::Allowed {
+            egress: None,
+            ingress: Some(rule)
+        }
+    );
+    let Verdict::Denied {
+        direction: Direction::Ingress,
+        isolated_by: Some(rules),
+    } = cut
+    else {
+        panic!("{cut:?}");
+    };
+    assert_eq!(rules.selected_by[0].0.as_ref(), "x/deny");
+    assert!(matches!(
+        refused,
+        Verdict::Denied {
+            direction: Direction::Egress,
+            ..
+        }
+    ));
 }
 
 /// Real TCP from A to B through B's ingress isolation with a rule for A only, and

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use super::scrape::{Scraper, METRICS_PORT};
 use super::{netpol_load, svc, Settings, System, Tools};
 use crate::cni::{self, Network, Verb};
 use crate::netns::wait_until;
@@ -104,6 +105,8 @@ pub struct Plumbing<'c> {
     ips: Vec<Vec<Ipv4Addr>>,
     /// The CNI network a runtime on each host would use (none for `direct`).
     networks: Vec<Option<Network>>,
+    /// Scrapers of the nodes' `/metrics` (`--alt-scrape-ms`), stopped before them.
+    scrapers: Vec<Scraper>,
     nodes: Vec<WeftNode>,
     kernel: bool,
     scratch: Scratch,
@@ -173,6 +176,7 @@ impl<'c> Plumbing<'c> {
             system,
             ips: Vec::new(),
             networks: Vec::new(),
+            scrapers: Vec::new(),
             nodes: Vec::new(),
             kernel: false,
             scratch: Scratch::new("perf")?,
@@ -193,13 +197,22 @@ impl<'c> Plumbing<'c> {
             _ => tools.weftd.clone(),
         };
         let peers = self.write_peers(&binary)?;
+        let mut extra = self.weftd_flags();
+        let alt = self.system.is_alt();
+        if alt {
+            extra.extend(tools.alt_flags.iter().cloned());
+        }
+        let scrape = tools.alt_scrape.filter(|_| alt);
+        if scrape.is_some() {
+            extra.extend(["--metrics-addr".into(), format!("0.0.0.0:{METRICS_PORT}")]);
+        }
         let opts = WeftOptions {
             binary,
             mode: mode.into(),
             workers: settings
                 .weft_workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-            extra: self.weftd_flags(),
+            extra,
         };
         if self.system.has_policy() || self.system == System::WeftSwitch {
             std::fs::create_dir_all(self.policy_dir())?;
@@ -211,6 +224,11 @@ impl<'c> Plumbing<'c> {
                 })?;
             self.networks.push(Some(weft_network(tools, &node.socket)?));
             self.nodes.push(node);
+            if let Some(every) = scrape {
+                let addr = std::net::SocketAddr::from((host.underlay_ip, METRICS_PORT));
+                self.scrapers
+                    .push(Scraper::start(host.ns.path(), addr, every)?);
+            }
         }
         for (h, host) in hosts.iter().enumerate() {
             let mut ips = Vec::new();

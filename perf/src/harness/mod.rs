@@ -18,6 +18,7 @@ mod measure;
 pub mod netpol_load;
 pub mod plot;
 pub mod report;
+mod scrape;
 pub mod svc;
 
 pub use cluster::{Cluster, Plumbing};
@@ -49,6 +50,9 @@ pub enum System {
     WeftVxlanPolicy,
     /// `weft-sleeve` likewise.
     WeftSleevePolicy,
+    /// `weft-vxlan-policy` with the other weftd build, or its flags
+    /// (`--alt-flags`): the flow log's A/B, whose verdicts need policy.
+    WeftVxlanPolicyAlt,
     /// `weft-vxlan` with every pod on an AF_XDP port (a veth served by AF_XDP
     /// sockets) instead of a TAP.
     WeftAfxdpVxlan,
@@ -87,7 +91,7 @@ pub enum ServiceProxy {
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 18] = [
+    pub const ALL: [System; 19] = [
         System::WeftVxlan,
         System::WeftSleeve,
         System::WeftSleeveEnc,
@@ -100,6 +104,7 @@ impl System {
         System::WeftDirectAlt,
         System::WeftVxlanPolicy,
         System::WeftSleevePolicy,
+        System::WeftVxlanPolicyAlt,
         System::KernelVxlan,
         System::Direct,
         System::KernelVxlanIptables,
@@ -140,6 +145,7 @@ impl System {
             System::WeftSleeveAlt => "weft-sleeve-alt",
             System::WeftVxlanPolicy => "weft-vxlan-policy",
             System::WeftSleevePolicy => "weft-sleeve-policy",
+            System::WeftVxlanPolicyAlt => "weft-vxlan-policy-alt",
             System::WeftAfxdpVxlan => "weft-afxdp-vxlan",
             System::WeftAfxdpSleeve => "weft-afxdp-sleeve",
             System::WeftSleeveEnc => "weft-sleeve-enc",
@@ -158,6 +164,7 @@ impl System {
             System::WeftVxlan
             | System::WeftVxlanAlt
             | System::WeftVxlanPolicy
+            | System::WeftVxlanPolicyAlt
             | System::WeftAfxdpVxlan
             | System::WeftIptables
             | System::WeftSwitch => Some("vxlan"),
@@ -195,7 +202,10 @@ impl System {
 
     /// Whether the system runs with NetworkPolicies on host 1's pods.
     pub fn has_policy(self) -> bool {
-        matches!(self, System::WeftVxlanPolicy | System::WeftSleevePolicy)
+        matches!(
+            self,
+            System::WeftVxlanPolicy | System::WeftSleevePolicy | System::WeftVxlanPolicyAlt
+        )
     }
 
     /// Whether the system's pods are on AF_XDP ports.
@@ -216,6 +226,7 @@ impl System {
                 | System::WeftSleeveAlt
                 | System::WeftSleeveEncAlt
                 | System::WeftDirectAlt
+                | System::WeftVxlanPolicyAlt
         )
     }
 }
@@ -657,6 +668,11 @@ pub struct Tools {
     pub weftd: PathBuf,
     /// Another weftd build, for the `*-alt` systems.
     pub weftd_alt: Option<PathBuf>,
+    /// Further flags for the `*-alt` systems' weftd (`--alt-flags`).
+    pub alt_flags: Vec<String>,
+    /// Serve `/metrics` on the `*-alt` systems' weftd and scrape it this often
+    /// (`--alt-scrape-ms`).
+    pub alt_scrape: Option<Duration>,
     /// The weft-cni plugin binary (its file name is the config's `type`).
     pub weft_cni: PathBuf,
     /// The directory of the reference `bridge` and `host-local` plugins.
@@ -682,10 +698,18 @@ impl Tools {
             }
         }
         if settings.systems.iter().any(|s| s.is_alt()) {
+            // Without another build, the alt systems run this one with other
+            // settings (--alt-flags, --alt-scrape-ms); with neither, they would be
+            // the same system twice.
+            let other_settings = !self.alt_flags.is_empty() || self.alt_scrape.is_some();
             match &self.weftd_alt {
                 Some(alt) if alt.is_file() => {}
                 Some(alt) => bail!("the other weftd build is not at {}", alt.display()),
-                None => bail!("the weft-*-alt systems run the weftd given by --weftd-alt"),
+                None if other_settings => {}
+                None => bail!(
+                    "the weft-*-alt systems run the weftd given by --weftd-alt, or this one \
+                     with --alt-flags or --alt-scrape-ms"
+                ),
             }
         }
         if settings.tests.iter().any(|t| t.cross_checks().is_some()) {
@@ -865,6 +889,8 @@ mod tests {
         let tools = Tools {
             weftd: here.clone(),
             weftd_alt: None,
+            alt_flags: Vec::new(),
+            alt_scrape: None,
             weft_cni: here.clone(),
             reference_cni: here.clone(),
         };
@@ -875,6 +901,16 @@ mod tests {
             ..tools.clone()
         };
         assert!(missing.check(&settings).is_err());
+        let flags = Tools {
+            alt_flags: vec!["--flow-log".into(), "true".into()],
+            ..tools.clone()
+        };
+        flags.check(&settings).unwrap();
+        let scraped = Tools {
+            alt_scrape: Some(Duration::from_secs(1)),
+            ..tools.clone()
+        };
+        scraped.check(&settings).unwrap();
         let given = Tools {
             weftd_alt: Some(here),
             ..tools

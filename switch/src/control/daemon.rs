@@ -593,13 +593,10 @@ impl Daemon {
             saver,
             from_saved: Mutex::new(boot.saved.as_ref().map(saved::SavedView::saved_at_text)),
             left_out: Mutex::new(left_out),
-            metrics: Metrics::new(),
+            // Unless the view is a saved one, the store was read as the node joined.
+            metrics: Metrics::new(boot.saved.is_none()),
             flow_history: Mutex::new(FlowHistory::default()),
         });
-        if boot.saved.is_none() {
-            // The store was read as the node joined: that is its first view.
-            daemon.metrics.store_updated();
-        }
         daemon.sync_crypto_peers(&usable);
         daemon.hand_queues(host_entry.id, &host_entry.counters, host_queues)?;
         daemon.sync_direct_routes(&daemon.state.lock().peers.clone());

@@ -81,11 +81,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Nothing measured yet.
-    pub fn new() -> Metrics {
+    /// Nothing measured yet but, if `store_read`, a view read from the store now.
+    pub fn new(store_read: bool) -> Metrics {
         Metrics {
             cni: Family::new_with_constructor(cni_buckets),
-            last_view: Mutex::new(None),
+            last_view: Mutex::new(store_read.then(Instant::now)),
         }
     }
 
@@ -103,7 +103,7 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Metrics {
-        Metrics::new()
+        Metrics::new(false)
     }
 }
 

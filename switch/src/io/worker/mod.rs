@@ -308,16 +308,27 @@ pub fn spawn(
         }
         built.push(ready_rx);
     }
+    all_built(built, &shared, &mut handles)?;
+    Ok((shared, handles))
+}
+
+/// Waits until every worker says whether it could build its state; if one could
+/// not, stops them all.
+fn all_built(
+    built: Vec<Receiver<io::Result<()>>>,
+    shared: &Shared,
+    handles: &mut [WorkerHandle],
+) -> io::Result<()> {
     for ready in built {
         let outcome = ready
             .recv()
             .unwrap_or_else(|_| Err(io::Error::other("a worker thread ended while starting")));
         if let Err(e) = outcome {
-            stop(&shared, &mut handles);
+            stop(shared, handles);
             return Err(e);
         }
     }
-    Ok((shared, handles))
+    Ok(())
 }
 
 /// Starts the thread of the worker `setup` describes; it builds its state there
