@@ -39,7 +39,7 @@ struct Cli {
     alt_flags: Option<String>,
     /// Serve /metrics on the weft-*-alt systems' weftd and scrape it from this
     /// process every MS milliseconds, as a Prometheus would.
-    #[arg(long, global = true, value_name = "MS")]
+    #[arg(long, global = true, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..))]
     alt_scrape_ms: Option<u64>,
     /// The weft-cni plugin binary [default: next to this program].
     #[arg(long, global = true)]
@@ -338,7 +338,10 @@ fn main() -> ExitCode {
 fn tools(cli: &Cli) -> Result<Tools> {
     let here = std::env::current_exe().context("finding this program's path")?;
     Ok(Tools {
-        weftd: cli.weftd.clone().unwrap_or_else(|| here.with_file_name("weftd")),
+        weftd: cli
+            .weftd
+            .clone()
+            .unwrap_or_else(|| here.with_file_name("weftd")),
         weftd_alt: cli.weftd_alt.clone(),
         alt_flags: (cli.alt_flags.as_deref().unwrap_or(""))
             .split_whitespace()

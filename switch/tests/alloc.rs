@@ -357,7 +357,9 @@ fn run(mode: TunnelMode) {
     assert_eq!(verdicts.len(), ROUNDS + 1 + 2, "{mode:?}");
     for v in &verdicts {
         match &v.verdict {
-            Verdict::Allowed { egress, ingress } => {
+            Verdict::Allowed {
+                egress, ingress, ..
+            } => {
                 let rule = egress.as_ref().or(ingress.as_ref()).expect("a rule");
                 assert_eq!(&*rule.policy, "x/allow-all");
             }

@@ -204,24 +204,27 @@ fn a_policy_change_cuts_a_connection_it_no_longer_allows() {
         allowed,
         &Verdict::Allowed {
             egress: None,
-            ingress: Some(rule)
+            ingress: Some(rule),
+            from_node: false,
         }
     );
-    let Verdict::Denied {
-        direction: Direction::Ingress,
-        isolated_by: Some(rules),
-    } = cut
-    else {
-        panic!("{cut:?}");
-    };
-    assert_eq!(rules.selected_by[0].0.as_ref(), "x/deny");
-    assert!(matches!(
-        refused,
-        Verdict::Denied {
-            direction: Direction::Egress,
-            ..
+    // Both refusals are B's, and name its port under the policy in force.
+    let b_port = sim.pods[b].port as u32;
+    let generation = sim.nodes[node].tables.policy_generation;
+    assert_eq!(
+        cut,
+        &Verdict::Denied {
+            direction: Direction::Ingress,
+            isolated: Some((b_port, generation)),
         }
-    ));
+    );
+    assert_eq!(
+        refused,
+        &Verdict::Denied {
+            direction: Direction::Egress,
+            isolated: Some((b_port, generation)),
+        }
+    );
 }
 
 /// Real TCP from A to B through B's ingress isolation with a rule for A only, and
@@ -428,4 +431,33 @@ fn a_peer_cannot_ride_an_isolated_pods_echo_identifier() {
     assert!(icmp_once(&mut sim, b, A, &echo(0, 7)));
     assert!(icmp_once(&mut sim, a, B, &echo(8, 8)));
     assert!(icmp_once(&mut sim, b, A, &echo(0, 8)));
+}
+
+/// A reply judged again after a policy change is refused as its connection's
+/// first packet would be: by B's ingress, and counted on B's port, though B is the
+/// reply's source; the flow log names B's port too.
+#[test]
+fn a_reply_refused_after_a_change_is_blamed_on_the_pod_that_refused_it() {
+    let mut sim = pair();
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    sim.set_rules(b, Some(deny_egress()));
+    assert!(udp_once(&mut sim, a, B, 40_000, 53));
+    let node = sim.pods[b].node;
+    sim.nodes[node].flows.drain();
+    sim.set_rules(b, Some(deny_ingress()));
+    // B answers first: the connection, A to B, is judged again, and B's ingress
+    // no longer admits it.
+    assert!(!udp_once(&mut sim, b, A, 53, 40_000));
+    assert_eq!(drops(&sim, b, DropReason::PolicyIngress), 1);
+    let generation = sim.nodes[node].tables.policy_generation;
+    let verdicts: Vec<Verdict> = (sim.nodes[node].flows.drain().into_iter())
+        .map(|r| r.verdict)
+        .collect();
+    assert_eq!(
+        verdicts,
+        [Verdict::Denied {
+            direction: Direction::Ingress,
+            isolated: Some((sim.pods[b].port as u32, generation)),
+        }]
+    );
 }

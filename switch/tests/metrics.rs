@@ -307,7 +307,7 @@ fn prometheus_sees_pods_and_peers_by_name() {
     let rx = lab.port_counter(0, 0, |c| c.rx_packets);
     assert!(rx >= DATAGRAMS, "{rx} frames from the client");
     let q = format!(
-        "weft_port_rx_packets_total{{instance='{i0}',namespace='default',pod='client',kind='pod'}}"
+        "weft_port_rx_packets_total{{instance='{i0}',pod_namespace='default',pod_name='client',kind='pod'}}"
     );
     let seen = p.wait_for(&q, |v| v >= DATAGRAMS as f64);
     assert!(
@@ -318,7 +318,7 @@ fn prometheus_sees_pods_and_peers_by_name() {
     // TAP takes them (as the kernel counts a GSO packet once): its count is the
     // node's own, whatever that is.
     let tx = lab.port_counter(1, 0, |c| c.tx_packets);
-    let q = format!("weft_port_tx_packets_total{{instance='{i1}',pod='protected'}}");
+    let q = format!("weft_port_tx_packets_total{{instance='{i1}',pod_name='protected'}}");
     p.wait_for(&q, |v| v >= tx as f64 && v > 0.0);
     // Node 0 sent them to node 1, and node 1 received them from node 0: in bytes,
     // for the tunnel's datagrams go merged too (each carries the whole packet).
@@ -343,7 +343,7 @@ fn prometheus_sees_pods_and_peers_by_name() {
         ))
         .expect("drops");
     assert_eq!(classes.len(), 6, "{classes:?}");
-    // The control plane's own: three ADDs on node 0, a ready node, its workers.
+    // The control plane's own: two ADDs on node 0, a ready node, its workers.
     let adds = format!(
         "weft_cni_request_duration_seconds_count{{instance='{i0}',verb='add',result='ok'}}"
     );
@@ -359,8 +359,9 @@ fn prometheus_sees_pods_and_peers_by_name() {
     );
     p.wait_for(&format!("weft_pods{{instance='{i0}'}}"), |v| v == 2.0);
     p.wait_for("count(weft_build_info)", |v| v == 2.0);
-    let q =
-        format!("weft_port_drops_total{{instance='{i1}',pod='protected',reason='policy_ingress'}}");
+    let q = format!(
+        "weft_port_drops_total{{instance='{i1}',pod_name='protected',reason='policy_ingress'}}"
+    );
     p.wait_for(&q, |v| v >= 1.0);
     let q = format!("weft_encryption_session_established{{instance='{i0}',peer='{n1}'}}");
     p.wait_for(&q, |v| v == 1.0);
@@ -371,7 +372,7 @@ fn prometheus_sees_pods_and_peers_by_name() {
     lab.cluster.nodes[0]
         .detach("mp-0-1", Some(&lab.cluster.pod(0, 1).ns))
         .expect("detached");
-    let q = format!("weft_port_rx_packets_total{{instance='{i0}',pod='other'}}");
+    let q = format!("weft_port_rx_packets_total{{instance='{i0}',pod_name='other'}}");
     wait_until(
         Duration::from_secs(15),
         "the detached pod's series gone",
@@ -437,8 +438,37 @@ fn metrics_endpoint_shrugs_off_idle_and_slow_clients() {
     })
     .expect("the pod's namespace");
     assert!(!held.is_empty(), "the attacker got no connection at all");
+    // And from many addresses at once: 20 more on the peer node's underlay
+    // interface, 4 idle connections from each, more than the endpoint's bound.
+    let peer_host = &lab.cluster.underlay.hosts()[1];
+    let extra: Vec<Ipv4Addr> = (0..20)
+        .map(|i| Ipv4Addr::new(10, 250, 0, 100 + i))
+        .collect();
+    for ip in &extra {
+        (peer_host.ns)
+            .run(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])
+            .expect("an address");
+    }
+    let crowd = in_netns_at(&peer_host.ns.path(), || {
+        let mut held = Vec::new();
+        for ip in &extra {
+            for _ in 0..4 {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .expect("a socket");
+                s.bind(&SocketAddr::from((*ip, 0)).into()).expect("bound");
+                if s.connect_timeout(&node0.into(), Duration::from_secs(2))
+                    .is_ok()
+                {
+                    held.push(TcpStream::from(s));
+                }
+            }
+        }
+        held
+    })
+    .expect("the peer's namespace");
+    assert_eq!(crowd.len(), 80, "the crowd connected");
     // The node's scraper, from elsewhere, is served meanwhile.
-    let peer = &lab.cluster.underlay.hosts()[1].ns.path();
+    let peer = &peer_host.ns.path();
     let started = Instant::now();
     let (status, body) =
         http_get(peer, node0, "/metrics", Duration::from_secs(5)).expect("scraped");
@@ -451,11 +481,12 @@ fn metrics_endpoint_shrugs_off_idle_and_slow_clients() {
             .expect("the control socket")
             .ready
     );
-    // Prometheus (node 0's own address) keeps scraping: its `up` stays 1.
-    lab.prometheus
-        .wait_for(&format!("up{{instance='{}'}}", lab.instance(0)), |v| {
-            v == 1.0
-        });
+    // Prometheus (node 0's own address) kept scraping through it all: `up` was
+    // 1 at every scrape of the last 10 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let q = format!("min_over_time(up{{instance='{}'}}[10s])", lab.instance(0));
+    lab.prometheus.wait_for(&q, |v| v == 1.0);
+    drop(crowd);
     // The attacker's connections are closed once the head timeout passes.
     let closed_by = Instant::now() + Duration::from_secs(12);
     let mut open = 0;
@@ -495,8 +526,8 @@ fn metrics_endpoint_shrugs_off_idle_and_slow_clients() {
     .expect("the namespace")
     .expect("a connection");
     assert!(
-        !big.starts_with("HTTP/1.1 200"),
-        "an oversized head was served: {big:.80}"
+        big.starts_with("HTTP/1.1 431"),
+        "an oversized head was not refused: {big:.80}"
     );
     // Other paths and methods are refused.
     let (status, _) = http_get(peer, node0, "/debug", Duration::from_secs(5)).expect("answered");
@@ -561,7 +592,15 @@ fn flow_log_names_rules_and_policies_and_logs_are_json() {
         "{only_denied}"
     );
     assert_eq!(weft(&lab, 1, &["flows", "--pod", "default/nobody"]), "");
-    // --follow prints new flows as they come.
+    // --follow prints new flows as they come, and with --last 0 none before.
+    let before = match lab.cluster.nodes[1].ok(&Request::Flows(weft_proto::FlowsRequest {
+        after: u64::MAX,
+        ..Default::default()
+    })) {
+        Ok(Reply::Flows { flows, last }) if flows.is_empty() => last,
+        other => panic!("{other:?}"),
+    };
+    assert!(before > 0);
     let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
         .arg("--socket")
         .arg(&lab.cluster.nodes[1].socket)
@@ -603,6 +642,10 @@ fn flow_log_names_rules_and_policies_and_logs_are_json() {
     assert!(!followed.is_empty(), "--follow printed nothing");
     for line in &followed {
         let f: weft_proto::FlowInfo = serde_json::from_str(line).expect("a flow per line");
+        assert!(
+            f.seq > before,
+            "{line} was recorded before the follower started"
+        );
         assert_eq!(f.verdict, "denied", "{line}");
         assert_eq!(
             f.src.pod.as_ref().map(|p| p.name.as_str()),

@@ -69,7 +69,8 @@ impl Scraper {
                         &bad
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
-                    next += every;
+                    // No catching up after a slow scrape: the next one period on.
+                    next = Instant::now() + every;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }

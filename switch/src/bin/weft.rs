@@ -62,7 +62,8 @@ struct FlowsArgs {
     /// Keep showing new flows as they come, until interrupted.
     #[arg(long, short)]
     follow: bool,
-    /// How many of the newest flows to show first.
+    /// How many of the newest flows to show first (0: none, with --follow only
+    /// those that come after).
     #[arg(long, default_value_t = 100)]
     last: usize,
 }
@@ -129,8 +130,9 @@ fn flows(socket: &std::path::Path, json: bool, args: FlowsArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // `--last 0` shows none of those kept: nothing is after the greatest number.
     let mut req = proto::FlowsRequest {
-        after: 0,
+        after: if args.last == 0 { u64::MAX } else { 0 },
         pod,
         verdict: args.verdict,
         limit: args.last,

@@ -33,9 +33,13 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli, &matches) {
         Ok(()) => ExitCode::SUCCESS,
+        // Once the logs are set up, in their format; before, plainly.
+        Err(e) if logs::ready() => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
-            log::error!("{e}");
-            eprintln!("weftd: {e}");
+            eprintln!("weftd: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -14,9 +14,11 @@ use weft_proto::{FlowEnd, FlowInfo, FlowsRequest, PodRef};
 
 use crate::control::daemon::Daemon;
 use crate::control::error::DaemonError;
+use crate::core::conntrack::FlowKey;
 use crate::core::flowlog::{Direction, FlowRecord, Verdict};
 use crate::io::clock;
 use crate::netpol::compile::Origin;
+use crate::tables::Tables;
 
 /// How many flows the daemon keeps for `weft flows`.
 pub const HISTORY: usize = 4096;
@@ -39,20 +41,62 @@ impl FlowHistory {
         self.flows.push_back(flow);
     }
 
-    /// The newest `limit` flows after `req.after` that match `req`, oldest first.
-    fn select(&self, req: &FlowsRequest) -> Vec<FlowInfo> {
-        let limit = if req.limit == 0 { HISTORY } else { req.limit };
+    /// The flows after `req.after` that match `req`, oldest first, and the number
+    /// to ask after next: with a `limit`, the newest that many; without, all of
+    /// them from the oldest, as many as fit in [`REPLY_BYTES`] (the next answer
+    /// goes on from the last one given).
+    fn select(&self, req: &FlowsRequest) -> (Vec<FlowInfo>, u64) {
         let is = |end: &FlowEnd| req.pod.is_none() || end.pod == req.pod;
-        let mut out: Vec<FlowInfo> = (self.flows.iter().rev())
-            .take_while(|f| f.seq > req.after)
-            .filter(|f| req.verdict.as_ref().is_none_or(|v| *v == f.verdict))
-            .filter(|f| is(&f.src) || is(&f.dst))
-            .take(limit)
-            .cloned()
-            .collect();
-        out.reverse();
-        out
+        let wanted = |f: &&FlowInfo| {
+            f.seq > req.after
+                && req.verdict.as_ref().is_none_or(|v| *v == f.verdict)
+                && (is(&f.src) || is(&f.dst))
+        };
+        let mut room = REPLY_BYTES;
+        let mut fits = |f: &FlowInfo| match room.checked_sub(size_of(f)) {
+            Some(left) => {
+                room = left;
+                true
+            }
+            None => false,
+        };
+        if req.limit > 0 {
+            let mut out: Vec<FlowInfo> = (self.flows.iter().rev())
+                .take_while(|f| f.seq > req.after)
+                .filter(wanted)
+                .take(req.limit)
+                .take_while(|f| fits(f))
+                .cloned()
+                .collect();
+            out.reverse();
+            return (out, self.last);
+        }
+        let mut last = self.last;
+        let mut out = Vec::new();
+        for f in self.flows.iter().filter(wanted) {
+            // One at least, however large, so that a follower moves on.
+            if !fits(f) && !out.is_empty() {
+                last = out.last().map_or(req.after, |f: &FlowInfo| f.seq);
+                break;
+            }
+            out.push(f.clone());
+        }
+        (out, last)
     }
+}
+
+/// The most an answer of flows holds, in bytes of its strings (with room to
+/// spare under the protocol's bound on a response).
+pub const REPLY_BYTES: usize = 1 << 20;
+
+/// About how many bytes a flow takes in an answer.
+fn size_of(f: &FlowInfo) -> usize {
+    let pod = |e: &FlowEnd| {
+        e.pod
+            .as_ref()
+            .map_or(0, |p| p.namespace.len() + p.name.len())
+    };
+    160 + pod(&f.src) + pod(&f.dst) + f.reason.len() + f.proto.len()
 }
 
 /// A verdict filter as `weft flows --verdict` takes it.
@@ -74,6 +118,7 @@ impl Daemon {
         self.shared().flows.listen(now);
         let records = self.shared().flows.drain();
         let names = (!records.is_empty()).then(|| self.pod_names());
+        let tables = self.tables();
         let mut history = self.flow_history.lock();
         if let Some(names) = names {
             let wall = SystemTime::now()
@@ -82,10 +127,10 @@ impl Daemon {
             for r in records {
                 let ago = now.saturating_since(r.at);
                 let unix_ms = wall.saturating_sub(ago).as_millis() as u64;
-                history.push(describe(&r, unix_ms, &names));
+                history.push(describe(&r, unix_ms, &names, &tables));
             }
         }
-        Ok((history.select(req), history.last))
+        Ok(history.select(req))
     }
 
     /// The pods by address: this node's, as their CNI args named them, and the
@@ -110,6 +155,9 @@ impl Daemon {
     }
 }
 
+/// The most policies a denial names.
+const NAMED: usize = 8;
+
 /// A protocol's name.
 fn proto_name(proto: u8) -> String {
     match proto {
@@ -126,43 +174,70 @@ fn origin(direction: &str, o: &Origin) -> String {
     format!("{direction}: {} rule {}", o.policy, o.rule)
 }
 
-/// What decided a verdict, in words.
-fn reason(verdict: &Verdict) -> String {
+/// What decided a verdict on `key`, in words; the policies that isolate a pod
+/// are named from `tables` (the snapshot when the log is read).
+fn reason(verdict: &Verdict, key: &FlowKey, tables: &Tables) -> String {
     match verdict {
-        Verdict::Allowed { egress, ingress } => {
+        Verdict::Allowed {
+            egress,
+            ingress,
+            from_node,
+        } => {
             let rules: Vec<String> = (egress.iter().map(|o| origin("egress", o)))
                 .chain(ingress.iter().map(|o| origin("ingress", o)))
                 .collect();
-            if rules.is_empty() {
-                "from this node: always allowed".into()
-            } else {
-                rules.join(", ")
+            match (rules.is_empty(), from_node) {
+                (false, _) => rules.join(", "),
+                (true, true) => "from this node: always allowed".into(),
+                (true, false) => "no policy isolates either end this way".into(),
             }
         }
         Verdict::Denied {
             direction,
-            isolated_by,
+            isolated,
         } => {
             let (name, ingress) = match direction {
                 Direction::Ingress => ("ingress", true),
                 Direction::Egress => ("egress", false),
             };
-            let policies: Vec<&str> = (isolated_by.iter())
-                .flat_map(|r| r.selected_by.iter())
-                .filter(|(_, i, e)| if ingress { *i } else { *e })
-                .map(|(p, _, _)| &**p)
-                .collect();
-            if policies.is_empty() {
-                format!("{name}: isolated, and no rule allows it")
-            } else {
-                format!("{name}: no rule of {} allows it", policies.join(", "))
+            // The pod's port, if it still holds the pod at either end, and its
+            // rules if they are those of the verdict.
+            let port = isolated.and_then(|(port, generation)| {
+                let p = tables.ports.get(port as usize)?;
+                let ends = [key.src, key.dst].contains(&u32::from(p.ip));
+                ends.then_some((p, generation == tables.policy_generation))
+            });
+            let policies: Vec<&str> = match port {
+                Some((p, true)) => (p.policy.iter())
+                    .flat_map(|r| r.selected_by.iter())
+                    .filter(|(_, i, e)| if ingress { *i } else { *e })
+                    .map(|(p, _, _)| &**p)
+                    .collect(),
+                Some((_, false)) => {
+                    return format!("{name}: no rule allowed it (the policies have changed since)")
+                }
+                None => Vec::new(),
+            };
+            match policies.len() {
+                0 => format!("{name}: isolated, and no rule allows it"),
+                1..=NAMED => format!("{name}: no rule of {} allows it", policies.join(", ")),
+                n => format!(
+                    "{name}: no rule of {} (and {} more) allows it",
+                    policies[..NAMED].join(", "),
+                    n - NAMED
+                ),
             }
         }
     }
 }
 
 /// A record, named.
-fn describe(r: &FlowRecord, unix_ms: u64, names: &HashMap<Ipv4Addr, PodRef>) -> FlowInfo {
+fn describe(
+    r: &FlowRecord,
+    unix_ms: u64,
+    names: &HashMap<Ipv4Addr, PodRef>,
+    tables: &Tables,
+) -> FlowInfo {
     let k = &r.key;
     let ports = matches!(k.proto, 6 | 17 | 132);
     let end = |ip: u32, port: u16| {
@@ -183,16 +258,13 @@ fn describe(r: &FlowRecord, unix_ms: u64, names: &HashMap<Ipv4Addr, PodRef>) -> 
             Verdict::Allowed { .. } => "allowed".into(),
             Verdict::Denied { .. } => "denied".into(),
         },
-        reason: reason(&r.verdict),
+        reason: reason(&r.verdict, k, tables),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::core::conntrack::FlowKey;
     use crate::core::Time;
     use crate::netpol::compile::PodRules;
 
@@ -229,10 +301,11 @@ mod tests {
         assert_eq!(h.flows.len(), HISTORY);
         assert_eq!(h.flows[0].seq, 6);
         assert_eq!(h.last, (HISTORY + 5) as u64);
-        let all = h.select(&FlowsRequest::default());
+        let (all, last) = h.select(&FlowsRequest::default());
+        assert_eq!(last, h.last);
         assert_eq!(all.len(), HISTORY);
         assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "oldest first");
-        let after = h.select(&FlowsRequest {
+        let (after, _) = h.select(&FlowsRequest {
             after: h.last - 3,
             ..FlowsRequest::default()
         });
@@ -240,7 +313,7 @@ mod tests {
             after.iter().map(|f| f.seq).collect::<Vec<_>>(),
             [h.last - 2, h.last - 1, h.last]
         );
-        let denied_web = h.select(&FlowsRequest {
+        let (denied_web, _) = h.select(&FlowsRequest {
             verdict: Some("denied".into()),
             pod: Some(PodRef {
                 namespace: "ns".into(),
@@ -262,20 +335,49 @@ mod tests {
                 .seq
         );
         assert!(check_verdict(&Some("dropped".into())).is_err());
+        // Nothing after the last.
+        let (none, last) = h.select(&FlowsRequest {
+            after: u64::MAX,
+            ..FlowsRequest::default()
+        });
+        assert!(none.is_empty());
+        assert_eq!(last, h.last);
     }
 
-    /// Verdicts name the rule that allowed, or the policies that isolate.
+    /// An answer stops at its byte bound, and the next one goes on from there:
+    /// a follower misses nothing and sees nothing twice.
+    #[test]
+    fn long_histories_are_given_in_pieces() {
+        let mut h = FlowHistory::default();
+        for n in 0..HISTORY {
+            let mut f = flow(n as u8, "denied", Some("web"));
+            f.reason = "x".repeat(1000);
+            h.push(f);
+        }
+        let mut req = FlowsRequest::default();
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let (got, last) = h.select(&req);
+            assert!(got.iter().map(size_of).sum::<usize>() <= REPLY_BYTES);
+            seen.extend(got.iter().map(|f| f.seq));
+            req.after = last;
+            if last == h.last {
+                break;
+            }
+        }
+        assert_eq!(seen, (1..=HISTORY as u64).collect::<Vec<_>>());
+    }
+
+    /// Verdicts name the rule that allowed, or the policies that isolate the pod
+    /// refused at, from the tables when they are those of the verdict.
     #[test]
     fn verdicts_say_what_decided() {
-        let o = Origin {
-            policy: "shop/web".into(),
-            rule: 1,
-        };
-        let allowed = Verdict::Allowed {
-            egress: None,
-            ingress: Some(o),
-        };
-        assert_eq!(reason(&allowed), "ingress: shop/web rule 1");
+        use crate::sim::Sim;
+        use crate::tables::TunnelMode;
+        let pod = Ipv4Addr::new(10, 244, 1, 5);
+        let client = Ipv4Addr::new(10, 244, 2, 5);
+        let mut sim = Sim::new(TunnelMode::Sleeve, &[&[pod], &[client]]);
+        let p = sim.pod(pod);
         let rules = PodRules {
             selected_by: vec![
                 ("shop/web".into(), true, false),
@@ -283,29 +385,67 @@ mod tests {
             ],
             ..PodRules::default()
         };
-        let denied = Verdict::Denied {
-            direction: Direction::Ingress,
-            isolated_by: Some(Arc::new(rules)),
+        sim.set_rules(p, Some(rules));
+        let tables = &sim.nodes[sim.pods[p].node].tables;
+        let port = sim.pods[p].port as u32;
+        let key = FlowKey {
+            src: u32::from(client),
+            dst: u32::from(pod),
+            sport: 1234,
+            dport: 80,
+            proto: 6,
+            icmp: 0,
         };
-        assert_eq!(reason(&denied), "ingress: no rule of shop/web allows it");
+        let o = Origin {
+            policy: "shop/web".into(),
+            rule: 1,
+        };
+        let allowed = Verdict::Allowed {
+            egress: None,
+            ingress: Some(o),
+            from_node: false,
+        };
+        assert_eq!(reason(&allowed, &key, tables), "ingress: shop/web rule 1");
+        let from_node = Verdict::Allowed {
+            egress: None,
+            ingress: None,
+            from_node: true,
+        };
+        assert_eq!(
+            reason(&from_node, &key, tables),
+            "from this node: always allowed"
+        );
+        let denied = |generation| Verdict::Denied {
+            direction: Direction::Ingress,
+            isolated: Some((port, generation)),
+        };
+        let now = denied(tables.policy_generation);
+        assert_eq!(
+            reason(&now, &key, tables),
+            "ingress: no rule of shop/web allows it"
+        );
+        let before = denied(tables.policy_generation.wrapping_sub(1));
+        assert!(reason(&before, &key, tables).contains("changed since"));
+        // A port that holds another pod now names nothing.
+        let other = FlowKey {
+            dst: u32::from(Ipv4Addr::new(10, 244, 1, 9)),
+            ..key
+        };
+        assert_eq!(
+            reason(&now, &other, tables),
+            "ingress: isolated, and no rule allows it"
+        );
         let record = FlowRecord {
             at: Time::from_nanos(5),
-            key: FlowKey {
-                src: u32::from(Ipv4Addr::new(10, 0, 0, 1)),
-                dst: u32::from(Ipv4Addr::new(10, 0, 0, 2)),
-                sport: 1234,
-                dport: 80,
-                proto: 6,
-                icmp: 0,
-            },
-            verdict: denied,
+            key,
+            verdict: now,
         };
         let web = PodRef {
             namespace: "shop".into(),
             name: "web".into(),
         };
-        let names = HashMap::from([(Ipv4Addr::new(10, 0, 0, 2), web.clone())]);
-        let info = describe(&record, 42, &names);
+        let names = HashMap::from([(pod, web.clone())]);
+        let info = describe(&record, 42, &names, tables);
         assert_eq!((info.src.port, info.dst.port), (Some(1234), Some(80)));
         assert_eq!((info.src.pod, info.dst.pod), (None, Some(web)));
         assert_eq!(

@@ -8,10 +8,20 @@
 //! is counted, and policy verdicts go to the flow log.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::EnvFilter;
 
 use crate::control::config::LogFormat;
+
+/// Set once the subscriber is installed.
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`init`] has installed the subscriber: until then, errors are
+/// printed plainly.
+pub fn ready() -> bool {
+    READY.load(Ordering::Acquire)
+}
 
 /// Installs the process's subscriber, once; a second call is refused.
 pub fn init(format: LogFormat) -> Result<(), String> {
@@ -29,5 +39,7 @@ pub fn init(format: LogFormat) -> Result<(), String> {
             .with_span_list(true)
             .try_init(),
     };
-    installed.map_err(|e| format!("setting up the logs: {e}"))
+    installed.map_err(|e| format!("setting up the logs: {e}"))?;
+    READY.store(true, Ordering::Release);
+    Ok(())
 }

@@ -35,11 +35,22 @@ use crate::tables::fib::NextHop;
 use crate::tables::{PortKind, Tables};
 
 /// The rules that allowed a connection: the source's egress rule and the
-/// destination's ingress rule, where each is isolated.
+/// destination's ingress rule, where each is isolated; and whether it came from
+/// this node (which every pod's ingress admits).
 #[derive(Debug, Clone, Copy, Default)]
 struct Allowed<'r> {
     egress: Option<&'r Origin>,
     ingress: Option<&'r Origin>,
+    from_node: bool,
+}
+
+/// A refusal: the check that refused, and whether it is the packet's source's
+/// (else its destination's). A reply that is judged is judged as the first
+/// packet its destination sent: then an egress refusal is the destination's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    direction: Denied,
+    at_src: bool,
 }
 
 /// Whether a connection `key` may be opened, between a source whose rules are
@@ -53,7 +64,10 @@ fn judge<'r>(
     port: Option<u16>,
 ) -> Result<Allowed<'r>, Denied> {
     let (s, d) = (key.src.into(), key.dst.into());
-    let mut allowed = Allowed::default();
+    let mut allowed = Allowed {
+        from_node,
+        ..Allowed::default()
+    };
     if let Some(egress) = src.and_then(|r| r.egress.as_ref()) {
         allowed.egress = Some(egress.allows(d, d, key.proto, port).ok_or(Denied::Egress)?);
     }
@@ -77,19 +91,23 @@ struct Log<'a> {
 }
 
 impl Log<'_> {
-    /// Records `verdict` on `key`, if the flow log is listened to.
-    fn note(&self, ends: &Ends<'_>, key: FlowKey, verdict: Result<Allowed<'_>, Denied>) {
-        self.recorder.record(self.now, key, || match verdict {
-            Ok(a) => Verdict::Allowed {
-                egress: a.egress.cloned(),
-                ingress: a.ingress.cloned(),
-            },
-            Err(direction) => Verdict::Denied {
-                direction,
-                isolated_by: (ends.blame(direction))
-                    .and_then(|(i, _)| self.tables.ports.get(i))
-                    .and_then(|p| p.policy.clone()),
-            },
+    /// Records a new connection `key` allowed, if the flow log is listened to.
+    fn allowed(&self, key: FlowKey, a: Allowed<'_>) {
+        self.recorder.record(self.now, key, || Verdict::Allowed {
+            egress: a.egress.cloned(),
+            ingress: a.ingress.cloned(),
+            from_node: a.from_node,
+        });
+    }
+
+    /// Records a packet of `key` refused, with the port of the pod whose policy
+    /// refused it (its policies are named from the tables when the log is read).
+    fn denied(&self, ends: &Ends<'_>, key: FlowKey, r: Refusal) {
+        self.recorder.record(self.now, key, || Verdict::Denied {
+            direction: r.direction,
+            isolated: ends
+                .blame(r)
+                .map(|(port, _)| (port as u32, self.tables.policy_generation)),
         });
     }
 }
@@ -138,12 +156,14 @@ impl<'t> Ends<'t> {
         }
     }
 
-    /// The port a refusal is counted on.
-    fn blame(&self, denied: Denied) -> Option<(usize, DropReason)> {
-        match denied {
-            Denied::Egress => self.src.map(|(i, _)| (i, DropReason::PolicyEgress)),
-            Denied::Ingress => self.dst.map(|(i, _)| (i, DropReason::PolicyIngress)),
-        }
+    /// The port a refusal is counted on, and why.
+    fn blame(&self, r: Refusal) -> Option<(usize, DropReason)> {
+        let end = if r.at_src { self.src } else { self.dst };
+        let reason = match r.direction {
+            Denied::Egress => DropReason::PolicyEgress,
+            Denied::Ingress => DropReason::PolicyIngress,
+        };
+        end.map(|(i, _)| (i, reason))
     }
 
     /// The verdict on the connection's first direction, `orig`, which this packet
@@ -153,29 +173,39 @@ impl<'t> Ends<'t> {
         orig: FlowKey,
         port: Option<u16>,
         forward: bool,
-    ) -> Result<Allowed<'t>, Denied> {
+    ) -> Result<Allowed<'t>, Refusal> {
         let (src, dst) = (self.src.map(|(_, r)| r), self.dst.map(|(_, r)| r));
-        match forward {
+        let verdict = match forward {
             true => judge(src, dst, self.from_node, orig, port),
             // The reply's destination sent the first packet: its rules are the
             // source's, and it is this node if the reply goes to the node.
             false => judge(dst, src, self.to_node, orig, port),
-        }
+        };
+        verdict.map_err(|direction| Refusal {
+            direction,
+            // The first packet's source is this packet's if it goes that way.
+            at_src: (direction == Denied::Egress) == forward,
+        })
     }
 }
 
-/// The connection a packet belongs to, as (its first direction, whether the packet
-/// goes that way, what is known of it), once the policy in force allows it: a known
+/// A connection as [`connection`] finds it: its first direction, whether the
+/// packet goes that way, what is known of it, and for a new one the rules that
+/// allowed it.
+type Judged<'t> = (FlowKey, bool, Flags, Option<Allowed<'t>>);
+
+/// The connection a packet belongs to, once the policy in force allows it: a known
 /// connection of the current generation as it is, one of an older generation judged
-/// again (and forgotten if refused), a new one judged now.
-fn connection(
-    ends: &Ends<'_>,
+/// again (and forgotten if refused, which is logged), a new one judged now (logged
+/// if refused; the caller logs it allowed once the table keeps it).
+fn connection<'t>(
+    ends: &Ends<'t>,
     ct: &super::conntrack::Conntrack,
     facts: &Flow,
     found: Option<Found>,
     log: &Log<'_>,
-) -> Result<(FlowKey, bool, Flags), (usize, DropReason)> {
-    let refuse = |denied| ends.blame(denied).unwrap_or((0, DropReason::PolicyIngress));
+) -> Result<Judged<'t>, (usize, DropReason)> {
+    let refuse = |r| ends.blame(r).unwrap_or((0, DropReason::PolicyIngress));
     match found {
         Some(Found {
             entry,
@@ -183,22 +213,23 @@ fn connection(
             own_slot,
         }) if entry.generation != log.tables.policy_generation => {
             let port = facts.port.map(|_| entry.orig.dport);
-            if let Err(denied) = ends.judge(entry.orig, port, forward) {
+            if let Err(refusal) = ends.judge(entry.orig, port, forward) {
                 if let Some(at) = own_slot {
                     ct.forget(at);
                 }
-                log.note(ends, facts.key, Err(denied));
-                return Err(refuse(denied));
+                log.denied(ends, facts.key, refusal);
+                return Err(refuse(refusal));
             }
-            Ok((entry.orig, forward, entry.flags))
+            Ok((entry.orig, forward, entry.flags, None))
         }
-        Some(Found { entry, forward, .. }) => Ok((entry.orig, forward, entry.flags)),
-        None => {
-            let verdict = ends.judge(facts.key, facts.port, true);
-            log.note(ends, facts.key, verdict);
-            verdict.map_err(refuse)?;
-            Ok((facts.key, true, Flags::default()))
-        }
+        Some(Found { entry, forward, .. }) => Ok((entry.orig, forward, entry.flags, None)),
+        None => match ends.judge(facts.key, facts.port, true) {
+            Ok(allowed) => Ok((facts.key, true, Flags::default(), Some(allowed))),
+            Err(refusal) => {
+                log.denied(ends, facts.key, refusal);
+                Err(refuse(refusal))
+            }
+        },
     }
 }
 
@@ -220,7 +251,7 @@ impl Core {
             return Ok(());
         }
         let facts = flow.get();
-        let refuse = |denied| ends.blame(denied).unwrap_or((0, DropReason::PolicyIngress));
+        let refuse = |r| ends.blame(r).unwrap_or((0, DropReason::PolicyIngress));
         let log = Log {
             recorder: &self.flows,
             tables: t,
@@ -229,15 +260,9 @@ impl Core {
         let Some(ct) = &self.conntrack else {
             // No table: judge every packet as a new connection (replies then need
             // rules of their own); only refusals are logged, every packet is new.
-            let verdict = judge(
-                ends.src.map(|(_, r)| r),
-                ends.dst.map(|(_, r)| r),
-                ends.from_node,
-                facts.key,
-                facts.port,
-            );
-            if let Err(denied) = verdict {
-                log.note(&ends, facts.key, Err(denied));
+            let verdict = ends.judge(facts.key, facts.port, true);
+            if let Err(refusal) = verdict {
+                log.denied(&ends, facts.key, refusal);
             }
             return verdict.map(|_| ()).map_err(refuse);
         };
@@ -245,16 +270,21 @@ impl Core {
             let current = |f: &Found| f.entry.generation == t.policy_generation;
             return match ct.lookup(inner, cx.now) {
                 Some(f) if current(&f) => Ok(()),
-                _ => Err(refuse(if ends.dst.is_some() {
-                    Denied::Ingress
-                } else {
-                    Denied::Egress
+                _ => Err(refuse(match ends.dst.is_some() {
+                    true => Refusal {
+                        direction: Denied::Ingress,
+                        at_src: false,
+                    },
+                    false => Refusal {
+                        direction: Denied::Egress,
+                        at_src: true,
+                    },
                 })),
             };
         }
         let found = ct.lookup(facts.key, cx.now);
         let generation = t.policy_generation;
-        let (orig, forward, mut flags) = connection(&ends, ct, facts, found, &log)?;
+        let (orig, forward, mut flags, new) = connection(&ends, ct, facts, found, &log)?;
         flags.replied |= !forward;
         flags.closing |= facts.closing;
         // Assured, as Linux's tracker says: answered, and then on the first way again
@@ -262,6 +292,11 @@ impl Core {
         flags.assured |= forward && flags.replied && !facts.closing;
         match ct.keep(orig, found.as_ref(), flags, generation, cx.now) {
             Ok(()) => {
+                // A new connection is logged once it is kept: one the table has
+                // no room for is dropped, and counted as such, not allowed.
+                if let Some(allowed) = new {
+                    log.allowed(orig, allowed);
+                }
                 self.sweep_soon(cx.now);
                 Ok(())
             }

@@ -19,7 +19,7 @@ use crossbeam::queue::ArrayQueue;
 
 use super::conntrack::FlowKey;
 use super::Time;
-use crate::netpol::compile::{Origin, PodRules};
+use crate::netpol::compile::Origin;
 
 /// How many verdicts each worker's ring holds.
 pub const RING_LEN: usize = 1024;
@@ -46,14 +46,18 @@ pub enum Verdict {
         egress: Option<Origin>,
         /// The ingress rule, if the destination is isolated for ingress.
         ingress: Option<Origin>,
+        /// It came from this node, which every pod's ingress admits.
+        from_node: bool,
     },
-    /// A packet refused: no rule of `direction` allows it. `isolated_by` is the
-    /// pod's rules, which name the policies that isolate it.
+    /// A packet refused: no rule of `direction` allows it. `isolated` is the
+    /// port of the pod refused at and the policy generation then: the policies
+    /// that isolate it are named from the tables when the log is read (a record
+    /// holds no reference to compiled rules, so that none is freed on a worker).
     Denied {
         /// The check that refused it.
         direction: Direction,
-        /// The isolated pod's rules.
-        isolated_by: Option<Arc<PodRules>>,
+        /// The isolated pod's port, and the policy generation, if it is local.
+        isolated: Option<(u32, u32)>,
     },
 }
 
@@ -100,13 +104,12 @@ impl FlowLog {
         now.as_nanos() < self.until.load(Relaxed)
     }
 
-    /// Takes every recorded verdict, each worker's oldest first.
+    /// Takes the recorded verdicts, oldest first: at most a ring's worth from
+    /// each worker, whatever the workers push meanwhile.
     pub fn drain(&self) -> Vec<FlowRecord> {
         let mut out = Vec::new();
         for ring in self.rings.iter() {
-            while let Some(r) = ring.pop() {
-                out.push(r);
-            }
+            out.extend(std::iter::from_fn(|| ring.pop()).take(RING_LEN));
         }
         out.sort_by_key(|r| r.at);
         out
@@ -165,6 +168,7 @@ mod tests {
         Verdict::Allowed {
             egress: None,
             ingress: None,
+            from_node: false,
         }
     }
 

@@ -200,12 +200,12 @@ impl Peer {
         self.current.iter().chain(&self.retired)
     }
 
-    /// Counts a completed handshake at `now`: a rekey if a live session is there
-    /// for the new one to replace.
+    /// Counts a completed handshake at `now`: a rekey if a confirmed session
+    /// that sends is alive for the new one to replace (an answered session not
+    /// yet used, as in simultaneous handshakes, replaces nothing).
     fn handshake_done(&mut self, now: Time) {
         self.handshakes += 1;
-        let live = self.current.as_ref().or(self.next.as_ref());
-        if live.is_some_and(|s| s.alive(now)) {
+        if self.current.as_ref().is_some_and(|s| s.alive(now)) {
             self.rekeys += 1;
         }
     }

@@ -303,18 +303,28 @@ fn simultaneous_handshakes_and_rekeys_lose_nothing() {
     // Datagrams every 2 ms over a 5 ms wire: some are always in flight.
     net.delay = Duration::from_millis(5);
     let (mut sent_a, mut sent_b) = (0, 0);
-    for _ in 0..150_000u64 {
+    for i in 0..150_000u64 {
         assert!(net.send(true, sent_a), "A dropped {sent_a}");
         assert!(net.send(false, sent_b), "B dropped {sent_b}");
         sent_a += 1;
         sent_b += 1;
         net.advance(Duration::from_millis(2));
+        if i == 100 {
+            // The handshakes at the start crossed: two each, and neither replaced
+            // a session, so neither is a rekey.
+            for (ep, peer) in [(&net.a, B), (&net.b, A)] {
+                let st = ep.status(net.now, peer).unwrap();
+                assert_eq!((st.handshakes, st.rekeys), (2, 0), "{st:?}");
+            }
+        }
     }
     net.advance(Duration::from_secs(1));
     net.assert_nothing_refused();
     assert_eq!(net.got_b, (0..sent_a).collect::<Vec<_>>(), "A → B");
     assert_eq!(net.got_a, (0..sent_b).collect::<Vec<_>>(), "B → A");
-    assert!(net.a.status(net.now, B).unwrap().handshakes >= 4);
+    let st = net.a.status(net.now, B).unwrap();
+    assert!(st.handshakes >= 4);
+    assert!(st.rekeys >= 1 && st.rekeys < st.handshakes, "{st:?}");
 }
 
 /// A peer's session opens only datagrams that say they are from that peer: one

@@ -10,19 +10,16 @@
 //! Per peer, drops are summed into a few classes ([`DropClass`]), so that a node
 //! with thousands of peers keeps a bounded number of series per peer.
 //!
-//! The endpoint is an input on the node's address, so it is bounded like the
-//! control socket: connections at once, per source address, the time a request's
-//! head may take (an idle keep-alive connection included), its size, and one
-//! scrape rendered at a time.
+//! The endpoint ([`endpoint`]) is an input on the node's address, and bounded.
+//!
+//! Pods' series are labelled `pod_namespace` and `pod_name`, not `namespace` and
+//! `pod`: Kubernetes service discovery gives every target those (weftd's own pod),
+//! and Prometheus would rename weftd's to `exported_*`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode};
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -32,31 +29,15 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::control::daemon::Daemon;
-use crate::control::error::{io_err, DaemonError};
 use crate::control::store::StoreHealth;
 use crate::io::worker::BATCH_BOUNDS;
 use crate::tables::counters::{DropReason, Snapshot};
 use crate::tables::PortKind;
 
-/// Connections to `/metrics` open at once; one more is closed unanswered.
-pub const MAX_CONNECTIONS: usize = 64;
-/// Connections from one source address open at once: a pod that opens many
-/// cannot take the places of the node's Prometheus.
-pub const MAX_PER_SOURCE: usize = 4;
-/// How long a request's head may take to arrive, counted from when the
-/// connection is ready for it: a slow request, or an idle keep-alive connection,
-/// is closed after it.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most a request's head may be: `GET /metrics` and a few headers fit.
-pub const MAX_HEAD: usize = 8 * 1024;
-/// How long a connection lives, whatever it does; Prometheus opens another.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-/// How long a scrape may wait for its turn to be rendered.
-const RENDER_WAIT: Duration = Duration::from_secs(10);
+mod endpoint;
+pub use endpoint::{bind, serve, Places, Refused};
 
 /// The buckets of the CNI requests' latency, in seconds: 1 ms to ~16 s.
 fn cni_buckets() -> Histogram {
@@ -318,7 +299,7 @@ fn node(d: &Daemon, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
     info.push(
         vec![
             ("version", env!("CARGO_PKG_VERSION").to_owned()),
-            ("node", d.node.name.clone()),
+            ("node_name", d.node.name.clone()),
             ("mode", d.settings.tunnel.mode.to_string()),
         ],
         1.0,
@@ -361,8 +342,8 @@ fn ports(d: &Daemon, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         };
         let labels: Labels = vec![
             ("kind", kind.to_owned()),
-            ("namespace", namespace),
-            ("pod", pod),
+            ("pod_namespace", namespace),
+            ("pod_name", pod),
             ("container_id", p.container_id.clone().unwrap_or_default()),
             ("interface", p.name.clone()),
         ];
@@ -636,167 +617,6 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
-/// Binds the metrics endpoint's listener.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(io_err(format!("binding the metrics endpoint {addr}")))
-}
-
-/// The bounds on the endpoint's connections.
-#[derive(Debug)]
-struct Places {
-    all: Arc<Semaphore>,
-    per_source: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// A connection's place: its source's count goes down when it is dropped.
-struct Place {
-    places: Arc<Places>,
-    source: IpAddr,
-    _all: OwnedSemaphorePermit,
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut per = self.places.per_source.lock();
-        if let Some(n) = per.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                per.remove(&self.source);
-            }
-        }
-    }
-}
-
-impl Places {
-    fn new() -> Arc<Places> {
-        Arc::new(Places {
-            all: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-            per_source: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// A place for a connection from `source`, if it is within both bounds.
-    fn take(self: &Arc<Places>, source: IpAddr) -> Option<Place> {
-        let all = self.all.clone().try_acquire_owned().ok()?;
-        let mut per = self.per_source.lock();
-        let n = per.entry(source).or_insert(0);
-        if *n >= MAX_PER_SOURCE {
-            return None;
-        }
-        *n += 1;
-        Some(Place {
-            places: self.clone(),
-            source,
-            _all: all,
-        })
-    }
-}
-
-/// One rendering at a time, off the runtime's threads.
-#[derive(Debug)]
-struct Renderer {
-    registry: Arc<Registry>,
-    turn: Arc<Semaphore>,
-}
-
-impl Renderer {
-    async fn render(&self) -> Result<String, StatusCode> {
-        let turn = tokio::time::timeout(RENDER_WAIT, self.turn.clone().acquire_owned())
-            .await
-            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?
-            .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-        let registry = self.registry.clone();
-        tokio::task::spawn_blocking(move || {
-            let _turn = turn;
-            render(&registry)
-        })
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
-    }
-}
-
-/// Answers one request: `GET /metrics` (or `HEAD`), else an error.
-async fn answer(
-    renderer: Arc<Renderer>,
-    req: Request<hyper::body::Incoming>,
-) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        r
-    };
-    if req.uri().path() != "/metrics" {
-        return reply(StatusCode::NOT_FOUND, "weftd serves /metrics only\n".into());
-    }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n".into());
-    }
-    match renderer.render().await {
-        Ok(text) => {
-            let mut r = reply(StatusCode::OK, text);
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(
-                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                ),
-            );
-            r
-        }
-        Err(status) => reply(status, "the metrics could not be rendered\n".into()),
-    }
-}
-
-/// Serves one connection within its place and lifetime.
-async fn connection(renderer: Arc<Renderer>, stream: tokio::net::TcpStream, place: Place) {
-    let _place = place;
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let service = hyper::service::service_fn(move |req| {
-        let renderer = renderer.clone();
-        async move { Ok::<_, std::convert::Infallible>(answer(renderer, req).await) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .max_buf_size(MAX_HEAD)
-        .serve_connection(io, service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = tokio::time::sleep(CONNECTION_LIFETIME) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(HEAD_TIMEOUT, conn).await;
-        }
-    }
-}
-
-/// Serves `/metrics` on `listener` until the task is aborted.
-pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
-    let renderer = Arc::new(Renderer {
-        registry: Arc::new(registry(&daemon)),
-        turn: Arc::new(Semaphore::new(1)),
-    });
-    let places = Places::new();
-    loop {
-        let (stream, from) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of descriptors, most likely: let some close.
-                log::warn!("metrics endpoint: accepting: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        // Over a bound, the connection is closed unanswered.
-        let Some(place) = places.take(from.ip()) else {
-            continue;
-        };
-        tokio::spawn(connection(renderer.clone(), stream, place));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -825,27 +645,5 @@ mod tests {
         );
         assert_eq!(DropClass::of(DropReason::PolicyIngress), DropClass::Policy);
         assert_eq!(DropClass::of(DropReason::UnknownPeer), DropClass::Refused);
-    }
-
-    /// One source holds at most its share of the places, and a place given back
-    /// is free again; other sources keep theirs.
-    #[test]
-    fn places_are_bounded_per_source_and_in_all() {
-        let places = Places::new();
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let held: Vec<_> = (0..MAX_PER_SOURCE)
-            .map(|_| places.take(a).expect("a place"))
-            .collect();
-        assert!(places.take(a).is_none(), "over its share");
-        let mut others = Vec::new();
-        for i in 0..(MAX_CONNECTIONS - MAX_PER_SOURCE) {
-            let ip = IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8 + 1]);
-            others.push(places.take(ip).expect("a place for another source"));
-        }
-        let b: IpAddr = "10.9.9.9".parse().unwrap();
-        assert!(places.take(b).is_none(), "over the bound in all");
-        drop(held);
-        assert!(places.take(a).is_some());
-        assert!(places.per_source.lock().len() <= MAX_CONNECTIONS);
     }
 }
