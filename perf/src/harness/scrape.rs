@@ -91,13 +91,12 @@ impl Drop for Scraper {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let failed = self.failed.load(Ordering::Relaxed);
-        if failed > 0 {
-            eprintln!(
-                "weft-perf: scraping {}: {} scrapes, {failed} failed",
-                self.addr,
-                self.scraped.load(Ordering::Relaxed)
-            );
-        }
+        // Said every time, so that a run shows the scrapes happened.
+        eprintln!(
+            "weft-perf: scraped {}/metrics {} times, {} failed",
+            self.addr,
+            self.scraped.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed)
+        );
     }
 }
