@@ -118,6 +118,15 @@ fn pod_ref(pod: &str) -> Result<proto::PodRef, String> {
     })
 }
 
+/// Asks weftd `request`: its reply, or what went wrong, in words.
+fn ask(socket: &std::path::Path, request: &Request) -> Result<Reply, String> {
+    match proto::call(socket, request, Duration::from_secs(10)) {
+        Ok(Response::Ok(reply)) => Ok(reply),
+        Ok(Response::Error(e)) => Err(format!("weftd refused: {}", e.message)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// How often `weft flows --follow` asks for new flows.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
@@ -138,18 +147,10 @@ fn flows(socket: &std::path::Path, json: bool, args: FlowsArgs) -> ExitCode {
         limit: args.last,
     };
     loop {
-        let (flows, last) = match proto::call(
-            socket,
-            &Request::Flows(req.clone()),
-            Duration::from_secs(10),
-        ) {
-            Ok(Response::Ok(Reply::Flows { flows, last })) => (flows, last),
-            Ok(Response::Ok(other)) => {
+        let (flows, last) = match ask(socket, &Request::Flows(req.clone())) {
+            Ok(Reply::Flows { flows, last }) => (flows, last),
+            Ok(other) => {
                 eprintln!("weft: unexpected reply {other:?}");
-                return ExitCode::FAILURE;
-            }
-            Ok(Response::Error(e)) => {
-                eprintln!("weft: weftd refused: {}", e.message);
                 return ExitCode::FAILURE;
             }
             Err(e) => {
@@ -213,12 +214,8 @@ fn main() -> ExitCode {
             }
         },
     };
-    let reply = match proto::call(&cli.socket, &request, Duration::from_secs(10)) {
-        Ok(Response::Ok(reply)) => reply,
-        Ok(Response::Error(e)) => {
-            eprintln!("weft: weftd refused: {}", e.message);
-            return ExitCode::FAILURE;
-        }
+    let reply = match ask(&cli.socket, &request) {
+        Ok(reply) => reply,
         Err(e) => {
             eprintln!("weft: {e}");
             return ExitCode::FAILURE;
