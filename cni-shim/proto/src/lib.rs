@@ -80,7 +80,8 @@ pub struct FlowsRequest {
     /// Only flows of this verdict: "allowed" or "denied".
     #[serde(default)]
     pub verdict: Option<String>,
-    /// At most this many, the newest (0: the daemon's bound).
+    /// At most this many, the newest; 0: every one after `after`, from the
+    /// oldest, in pieces of at most about 1 MiB (ask again after `last`).
     #[serde(default)]
     pub limit: usize,
 }
@@ -353,8 +354,8 @@ pub enum Reply {
     Flows {
         /// The flows.
         flows: Vec<FlowInfo>,
-        /// The greatest sequence number recorded so far: ask for flows after it
-        /// next.
+        /// The number to ask for flows after next: the greatest recorded, or, when
+        /// the answer is a piece of a longer one, the last it holds.
         last: u64,
     },
 }

@@ -168,10 +168,14 @@ fn flows(socket: &std::path::Path, json: bool, args: FlowsArgs) -> ExitCode {
         if !args.follow {
             return ExitCode::SUCCESS;
         }
-        // Everything new from now on, however many.
+        // Everything new from now on, however many: at once while the answers
+        // come in pieces (a piece is cut at 1 MiB, a full one holds hundreds).
+        let cut = flows.len() >= 256;
         req.after = last;
         req.limit = 0;
-        std::thread::sleep(FOLLOW_EVERY);
+        if !cut {
+            std::thread::sleep(FOLLOW_EVERY);
+        }
     }
 }
 

@@ -58,7 +58,10 @@ impl FlowHistory {
                 room = left;
                 true
             }
-            None => false,
+            None => {
+                room = 0;
+                false
+            }
         };
         if req.limit > 0 {
             let mut out: Vec<FlowInfo> = (self.flows.iter().rev())

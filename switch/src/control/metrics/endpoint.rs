@@ -1,8 +1,11 @@
 //! The HTTP endpoint of `/metrics` (hyper, HTTP/1.1), an input on the node's
 //! address that pods and the underlay can reach, and so bounded:
 //! - at most [`MAX_CONNECTIONS`] connections; when they are all taken, a new one
-//!   takes the place of the oldest that is not being answered, so that sources
-//!   holding connections open cannot keep a scraper out;
+//!   takes the place of the oldest whose page is not being rendered, so that
+//!   sources holding connections open cannot keep a scraper out (a page being
+//!   sent is not protected: a scraper reads it in milliseconds, and the sources'
+//!   rate bound keeps anyone from cycling 64 connections that fast); when every
+//!   one is being rendered for, a new one is refused;
 //! - per source address (per /64 for IPv6), at most [`MAX_PER_SOURCE`] open and
 //!   [`NEW_PER_SECOND`] new a second (bursts of [`NEW_BURST`]), so that one source
 //!   cannot cycle connections fast enough to push a scrape out before it is
@@ -66,6 +69,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, DaemonError> {
 /// Whom a source's bounds are counted for: its address, or its /64 for IPv6 (a
 /// host holds a whole /64).
 fn source_of(ip: IpAddr) -> IpAddr {
+    // An IPv4 client of a dual-stack listener comes as ::ffff:a.b.c.d.
+    let ip = ip.to_canonical();
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {
@@ -127,6 +132,8 @@ pub enum Refused {
     TooFast,
     /// [`MAX_SOURCES`] sources are remembered.
     TooManySources,
+    /// Every connection is being answered: none can give up its place.
+    Busy,
 }
 
 /// The bounds on the endpoint's connections.
@@ -178,6 +185,10 @@ impl Places {
                 return Err(Refused::TooManySources);
             }
         }
+        let full = book.open.len() >= MAX_CONNECTIONS;
+        if full && book.open.iter().all(|o| o.busy.load(Ordering::Relaxed)) {
+            return Err(Refused::Busy);
+        }
         let source = book.sources.entry(key).or_insert(Source {
             open: 0,
             tokens: NEW_BURST,
@@ -192,9 +203,7 @@ impl Places {
         }
         source.tokens -= 1.0;
         source.open += 1;
-        let evicted = (book.open.len() >= MAX_CONNECTIONS)
-            .then(|| book.evict())
-            .flatten();
+        let evicted = full.then(|| book.evict()).flatten();
         book.next_id += 1;
         let id = book.next_id;
         let busy = Arc::new(AtomicBool::new(false));
@@ -236,12 +245,11 @@ impl Place {
 }
 
 impl Book {
-    /// Takes the oldest connection not being answered (or the oldest, if all
-    /// are) off the book, and gives its task to abort.
+    /// Takes the oldest connection not being answered off the book, and gives
+    /// its task to abort. (One being answered, which may hold the rendering, is
+    /// never aborted: a new connection is refused instead.)
     fn evict(&mut self) -> Option<AbortHandle> {
-        let i = (self.open.iter())
-            .position(|o| !o.busy.load(Ordering::Relaxed))
-            .unwrap_or(0);
+        let i = (self.open.iter()).position(|o| !o.busy.load(Ordering::Relaxed))?;
         let gone = self.open.remove(i)?;
         if let Some(s) = self.sources.get_mut(&gone.source) {
             s.open -= 1;
@@ -420,8 +428,24 @@ mod tests {
         drop(book);
         drop(held.remove(1));
         assert_eq!(places.open(), MAX_CONNECTIONS);
+        // With every one being answered, none gives way: the newcomer is refused.
+        for p in held.iter().chain([&newcomer]) {
+            p.busy.store(true, Ordering::Relaxed);
+        }
+        assert_eq!(places.take(ip("10.9.9.10"), t).unwrap_err(), Refused::Busy);
         drop((held, newcomer));
         assert_eq!(places.open(), 0);
+    }
+
+    /// IPv4 clients of a dual-stack listener are each a source of their own.
+    #[test]
+    fn mapped_ipv4_clients_are_sources_of_their_own() {
+        assert_eq!(source_of(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_ne!(
+            source_of(ip("::ffff:10.0.0.1")),
+            source_of(ip("::ffff:10.0.0.2"))
+        );
+        assert_eq!(source_of(ip("2001:db8::1")), source_of(ip("2001:db8::2")));
     }
 
     /// An IPv6 host's /64 is one source; sources are forgotten once idle, and a
