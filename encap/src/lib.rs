@@ -1,4 +1,5 @@
-//! weft wire formats: VXLAN, the sleeve framing, internet checksums, and the
+//! weft wire formats: Ethernet, ARP, IPv4 and IPv6 with ICMP and Neighbor
+//! Discovery, VXLAN, the sleeve framing, internet checksums, and the
 //! virtio-net header of TAP offloads with segmentation (GSO) and receive
 //! coalescing (GRO) of its super-frames.
 //!
@@ -32,8 +33,10 @@ pub mod flow;
 pub mod gro;
 pub mod gso;
 pub mod icmpv4;
+pub mod icmpv6;
 mod inet;
 pub mod ipv4;
+pub mod ipv6;
 pub mod nat;
 pub mod sleeve;
 pub mod tcp;
@@ -47,6 +50,8 @@ pub mod vxlan;
 pub const ETHERNET_HEADER_LEN: usize = ethernet::HEADER_LEN;
 /// Length of an IPv4 header without options.
 pub const IPV4_HEADER_LEN: usize = ipv4::HEADER_LEN;
+/// Length of the IPv6 fixed header.
+pub const IPV6_HEADER_LEN: usize = ipv6::HEADER_LEN;
 /// Length of a UDP header.
 pub const UDP_HEADER_LEN: usize = udp::HEADER_LEN;
 

@@ -113,3 +113,25 @@ fn nat_corpus() {
         check_verdict(&name, checks::nat_rewrite(&data));
     }
 }
+
+#[test]
+fn ipv6_corpus() {
+    for (name, data) in corpus("ipv6_parse") {
+        checks::ipv6_parse(&data);
+        check_verdict(
+            &name,
+            weft_encap::ipv6::Packet::new_checked(&data[..]).map(drop),
+        );
+    }
+}
+
+#[test]
+fn icmpv6_corpus() {
+    for (name, data) in corpus("icmpv6_parse") {
+        checks::icmpv6_parse(&data);
+        let verdict = weft_encap::icmpv6::Packet::new_checked(&data[..])
+            .and_then(|p| weft_encap::icmpv6::Repr::parse(&p))
+            .map(drop);
+        check_verdict(&name, verdict);
+    }
+}
