@@ -324,9 +324,12 @@ fn watch_store(daemon: &Arc<Daemon>) -> [tokio::task::JoinHandle<()>; 2] {
             }
         }
     });
-    let d = daemon.clone();
+    // Weak: the store holds this callback, and the daemon holds the store.
+    let d = Arc::downgrade(daemon);
     let watch = daemon.store.clone().watch(Box::new(move |view| {
-        d.metrics.store_updated();
+        if let Some(d) = d.upgrade() {
+            d.metrics.store_updated();
+        }
         tx.send_replace(Some(view));
     }));
     [watch, apply]
