@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use weft_perf::harness::scrape;
 use weft_perf::netns::{wait_until, ChildGuard, Netns};
 use weft_perf::topo::Underlay;
 use weft_perf::weft::{in_netns, in_netns_at, write_atomic, Cluster};
@@ -147,41 +148,7 @@ fn encode(s: &str) -> String {
 
 /// An HTTP/1.1 GET of `path` from `addr`, in `ns`, closing after the answer.
 fn http_get(ns: &Path, addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)> {
-    in_netns_at(ns, || -> Result<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = (text.split(' ').nth(1))
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| anyhow!("no status line in {text:?}"))?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        Ok((status, dechunk(body)))
-    })?
-}
-
-/// The body of a chunked answer, or the body as it is.
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let Some((size, after)) = rest.split_once("\r\n") else {
-            return body.to_owned();
-        };
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            return body.to_owned();
-        };
-        if n == 0 || after.len() < n {
-            return if n == 0 { out } else { body.to_owned() };
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
+    Ok(in_netns_at(ns, || scrape::http_get(addr, path, timeout))??)
 }
 
 /// A lab: two nodes serving `/metrics`, node 0 with a client and another pod, node 1

@@ -18,7 +18,7 @@ mod measure;
 pub mod netpol_load;
 pub mod plot;
 pub mod report;
-mod scrape;
+pub mod scrape;
 pub mod svc;
 
 pub use cluster::{Cluster, Plumbing};

@@ -28,20 +28,57 @@ pub struct Scraper {
     thread: Option<JoinHandle<()>>,
 }
 
-/// One scrape: the whole answer, which must be a 200.
-fn scrape(addr: SocketAddr, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+/// An HTTP/1.1 GET of `path` from `addr` over a fresh connection, closed after
+/// the answer: its status and body (de-chunked, if the answer was chunked), or
+/// why not. Bounded by `timeout` for the connection and for each read.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
-    buf.clear();
-    s.read_to_end(buf)?;
-    if buf.starts_with(b"HTTP/1.1 200") {
-        Ok(())
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = (head.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {head:?}")))?;
+    let chunked = (head.lines().skip(1))
+        .filter_map(|l| l.split_once(':'))
+        .any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding")
+                && v.trim().eq_ignore_ascii_case("chunked")
+        });
+    let body = if chunked {
+        dechunk(body)?
     } else {
-        Err(std::io::Error::other("not a 200"))
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// The body of a chunked answer.
+fn dechunk(mut rest: &str) -> std::io::Result<String> {
+    let bad = || std::io::Error::other("a malformed chunked body");
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").ok_or_else(bad)?;
+        let n = usize::from_str_radix(size.trim(), 16).map_err(|_| bad())?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.push_str(after.get(..n).ok_or_else(bad)?);
+        rest = after[n..].strip_prefix("\r\n").ok_or_else(bad)?;
+    }
+}
+
+/// One scrape: the whole answer, which must be a 200.
+fn scrape(addr: SocketAddr) -> std::io::Result<()> {
+    match http_get(addr, "/metrics", Duration::from_secs(5))? {
+        (200, _) => Ok(()),
+        (status, _) => Err(std::io::Error::other(format!("HTTP {status}"))),
     }
 }
 
@@ -59,15 +96,10 @@ impl Scraper {
                 bad.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            let mut buf = Vec::with_capacity(64 * 1024);
             let mut next = Instant::now();
             while !s.load(Ordering::Relaxed) {
                 if Instant::now() >= next {
-                    let counter = if scrape(addr, &mut buf).is_ok() {
-                        &ok
-                    } else {
-                        &bad
-                    };
+                    let counter = if scrape(addr).is_ok() { &ok } else { &bad };
                     counter.fetch_add(1, Ordering::Relaxed);
                     // No catching up after a slow scrape: the next one period on.
                     next = Instant::now() + every;
@@ -98,5 +130,21 @@ impl Drop for Scraper {
             self.scraped.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chunked body is joined; a malformed one is an error, not a guess.
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(
+            dechunk("4\r\nweft\r\n3\r\n ok\r\n0\r\n\r\n").unwrap(),
+            "weft ok"
+        );
+        assert!(dechunk("4\r\nwe").is_err());
+        assert!(dechunk("zz\r\n").is_err());
     }
 }

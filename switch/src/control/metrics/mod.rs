@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeLabelSet, EncodeMetric,
+};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -201,7 +203,7 @@ impl<T> Series<T> {
     }
 }
 
-impl Series<u64> {
+impl<T: EncodeCounterValue + Copy> Series<T> {
     fn counters(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let mut family =
             encoder.encode_descriptor(self.name, self.help, None, MetricType::Counter)?;
@@ -213,15 +215,6 @@ impl Series<u64> {
 }
 
 impl Series<f64> {
-    fn counters(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
-        let mut family =
-            encoder.encode_descriptor(self.name, self.help, None, MetricType::Counter)?;
-        for (labels, v) in &self.rows {
-            ConstCounter::new(*v).encode(family.encode_family(labels)?)?;
-        }
-        Ok(())
-    }
-
     fn gauges(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let mut family =
             encoder.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
