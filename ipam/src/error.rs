@@ -1,9 +1,9 @@
 //! The one error type of the crate.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::Key;
 
@@ -19,7 +19,7 @@ pub enum Error {
     #[error("invalid pod subnet {subnet}: {reason}")]
     InvalidSubnet {
         /// The subnet as given.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// Why it was refused.
         reason: String,
     },
@@ -34,11 +34,22 @@ pub enum Error {
         /// The database file.
         db: PathBuf,
         /// The subnet recorded in the database.
-        stored: Ipv4Net,
+        stored: IpNet,
         /// The subnet the caller asked for.
-        requested: Ipv4Net,
+        requested: IpNet,
         /// How many allocations the database holds.
         live: u64,
+    },
+
+    /// The database holds a pool of the other address family.
+    #[error("IPAM database {} holds an IPv{found} pool, not an IPv{wanted} one", .db.display())]
+    WrongFamily {
+        /// The database file.
+        db: PathBuf,
+        /// The family it records (4 or 6).
+        found: u64,
+        /// The family asked for.
+        wanted: u64,
     },
 
     /// The key cannot be stored (empty, too long, or with forbidden characters).
@@ -66,18 +77,18 @@ pub enum Error {
     #[error("{ip} is outside the pod subnet {subnet}")]
     OutOfRange {
         /// The requested address.
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// The pool's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
     },
 
     /// A requested address is the network, gateway or broadcast address.
     #[error("{ip} is the {what} of pod subnet {subnet} and cannot be allocated")]
     Reserved {
         /// The requested address.
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// The pool's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// Which reserved address it is.
         what: &'static str,
     },
@@ -86,7 +97,7 @@ pub enum Error {
     #[error("{ip} is already allocated to {owner}")]
     AlreadyAllocated {
         /// The requested address.
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// The key holding it.
         owner: Key,
     },
@@ -97,18 +108,18 @@ pub enum Error {
         /// The key.
         key: Key,
         /// The address it holds.
-        existing: Ipv4Addr,
+        existing: IpAddr,
         /// The address requested.
-        requested: Ipv4Addr,
+        requested: IpAddr,
     },
 
     /// Every usable address of the subnet is allocated.
     #[error("pod subnet {subnet} is exhausted: all {capacity} usable addresses are allocated")]
     Exhausted {
         /// The pool's subnet.
-        subnet: Ipv4Net,
+        subnet: IpNet,
         /// How many addresses the subnet can hand out.
-        capacity: u32,
+        capacity: u128,
     },
 
     /// The key has no allocation (from operations that need one).

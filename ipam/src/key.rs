@@ -79,17 +79,19 @@ impl fmt::Display for Key {
     }
 }
 
-/// An address held by a key, with what the pod needs to configure it.
+/// An address held by a key, with what the pod needs to configure it: an IPv4 one
+/// (`Allocation`), or an IPv6 one (`Allocation<Ipv6Addr>`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allocation {
+pub struct Allocation<A = Ipv4Addr> {
     /// Who holds the address.
     pub key: Key,
     /// The pod's address.
-    pub ip: Ipv4Addr,
+    pub ip: A,
     /// The prefix length of the pod subnet.
     pub prefix_len: u8,
-    /// The default gateway for the pod (the subnet's first address).
-    pub gateway: Ipv4Addr,
+    /// The default gateway for the pod (the subnet's first address after the network
+    /// address).
+    pub gateway: A,
     /// Opaque bytes the caller stored with the allocation.
     pub meta: Vec<u8>,
 }

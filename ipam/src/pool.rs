@@ -1,18 +1,16 @@
 //! The pool: allocation, release and queries over the store.
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use redb::backends::InMemoryBackend;
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTableMetadata, WriteTransaction};
 
 use crate::span::Span;
 use crate::store::{
-    self, check, store_err, AllocCol, KeyCol, Tables, BY_IP, BY_KEY, M_CURSOR, M_SCHEMA,
-    SCHEMA_VERSION,
+    self, check, store_err, AllocCol, KeyCol, Tables, M_CURSOR, M_FAMILY, M_SCHEMA, SCHEMA_VERSION,
 };
-use crate::{Allocation, Error, Key, MAX_META_LEN};
+use crate::{Allocation, Error, Family, Key, MAX_META_LEN};
 
 /// The page cache redb may use. The database holds at most a few hundred allocations on a real
 /// node, so redb's 1 GiB default would only ever be a ceiling, but a small one states intent.
@@ -21,7 +19,9 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// What the in-memory pool calls its database in messages.
 const IN_MEMORY: &str = "<in-memory>";
 
-/// The pod addresses of one node's subnet, allocated durably.
+/// The pod addresses of one node's subnet of one address family, allocated durably:
+/// a `Pool` (IPv4, `Pool<Ipv4Net>`) or a [`Pool6`] (IPv6, `Pool<Ipv6Net>`). A
+/// dual-stack node keeps one of each, in two database files.
 ///
 /// Every mutation is one redb write transaction, committed with immediate durability before the
 /// call returns, so a crash at any moment leaves either the old state or the new one. Write
@@ -36,16 +36,22 @@ const IN_MEMORY: &str = "<in-memory>";
 /// If a commit fails with [`Error::Store`], redb may refuse further writes until the database is
 /// reopened: drop the pool and open it again.
 #[derive(Debug)]
-pub struct Pool {
+pub struct Pool<N: Family = Ipv4Net> {
     db: Database,
-    span: Span,
+    span: Span<N>,
     location: PathBuf,
 }
 
-/// Read-only views of the allocation tables, in one read transaction.
-type ReadTables = (ReadOnlyTable<KeyCol, AllocCol>, ReadOnlyTable<u32, KeyCol>);
+/// A pool of IPv6 addresses.
+pub type Pool6 = Pool<Ipv6Net>;
 
-impl Pool {
+/// Read-only views of the allocation tables, in one read transaction.
+type ReadTables<N> = (
+    ReadOnlyTable<KeyCol, AllocCol<N>>,
+    ReadOnlyTable<<N as Family>::Int, KeyCol>,
+);
+
+impl<N: Family> Pool<N> {
     /// Opens, or creates, the database file at `path` for the pod subnet `subnet`.
     ///
     /// Creates the parent directory when missing. The subnet must have a prefix length from
@@ -54,7 +60,7 @@ impl Pool {
     /// allocated; otherwise the open fails with [`Error::SubnetMismatch`]. The whole file is
     /// checked on open: redb's page checksums and this crate's invariants (see
     /// [`Pool::verify`]), so a damaged file is reported, never trusted.
-    pub fn open(path: &Path, subnet: Ipv4Net) -> Result<Pool, Error> {
+    pub fn open(path: &Path, subnet: N) -> Result<Pool<N>, Error> {
         let span = Span::new(subnet)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| Error::Io {
@@ -80,7 +86,7 @@ impl Pool {
     /// file: how a node that leases its subnet from the cluster store remembers which
     /// one it held. `None` if there is no file, or it records no subnet yet. The file is
     /// checked as [`Pool::open`] checks it.
-    pub fn open_recorded(path: &Path) -> Result<Option<Pool>, Error> {
+    pub fn open_recorded(path: &Path) -> Result<Option<Pool<N>>, Error> {
         if !path.exists() {
             return Ok(None);
         }
@@ -88,12 +94,17 @@ impl Pool {
             .create(path)
             .map_err(store_err(path, "open the database"))?;
         // Any span will do to read the meta table; the recorded one replaces it.
+        let any = N::build(0, N::MAX_PREFIX_LEN).expect("the family's narrowest subnet");
         let probe = Pool {
             db,
-            span: Span::new(Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 24).expect("a /24"))?,
+            span: Span::new(any.trunc())?,
             location: path.to_path_buf(),
         };
-        let Some(stored) = probe.write(|t| t.subnet())? else {
+        let Some(stored) = probe.write(|t| {
+            probe.check_family(t)?;
+            t.subnet()
+        })?
+        else {
             return Ok(None);
         };
         let span = Span::new(stored).map_err(|e| Error::Corrupt {
@@ -106,7 +117,7 @@ impl Pool {
     }
 
     /// Creates an empty pool held in memory only, for tests.
-    pub fn in_memory(subnet: Ipv4Net) -> Result<Pool, Error> {
+    pub fn in_memory(subnet: N) -> Result<Pool<N>, Error> {
         let span = Span::new(subnet)?;
         let location = PathBuf::from(IN_MEMORY);
         let db = builder()
@@ -115,14 +126,29 @@ impl Pool {
         Pool::init(db, span, location)
     }
 
-    fn init(db: Database, span: Span, location: PathBuf) -> Result<Pool, Error> {
+    fn init(db: Database, span: Span<N>, location: PathBuf) -> Result<Pool<N>, Error> {
         let pool = Pool { db, span, location };
         pool.write(|t| pool.prepare(t))?;
         Ok(pool)
     }
 
+    /// Refuses a database of the other family.
+    fn check_family(&self, t: &Tables<'_, N>) -> Result<(), Error> {
+        match t.family()? {
+            found if found == N::NUMBER => Ok(()),
+            found => Err(Error::WrongFamily {
+                db: self.location.clone(),
+                found,
+                wanted: N::NUMBER,
+            }),
+        }
+    }
+
     /// Initializes a new database, or checks (and later: migrates) an existing one.
-    fn prepare(&self, t: &mut Tables<'_>) -> Result<(), Error> {
+    fn prepare(&self, t: &mut Tables<'_, N>) -> Result<(), Error> {
+        if t.meta(M_SCHEMA)?.is_some() {
+            self.check_family(t)?;
+        }
         match t.meta(M_SCHEMA)? {
             None => {
                 let len = |r: Result<u64, redb::StorageError>| {
@@ -132,6 +158,9 @@ impl Pool {
                     return Err(t.corrupt("tables hold data but no schema version".into()));
                 }
                 t.set_meta(M_SCHEMA, SCHEMA_VERSION)?;
+                if N::NUMBER != 4 {
+                    t.set_meta(M_FAMILY, N::NUMBER)?;
+                }
                 return t.set_subnet(self.span.net());
             }
             Some(found) if found > SCHEMA_VERSION => {
@@ -154,8 +183,8 @@ impl Pool {
             if live > 0 {
                 return Err(Error::SubnetMismatch {
                     db: self.location.clone(),
-                    stored,
-                    requested: self.span.net(),
+                    stored: stored.into(),
+                    requested: self.span.net().into(),
                     live,
                 });
             }
@@ -166,17 +195,18 @@ impl Pool {
     }
 
     /// The pod subnet.
-    pub fn subnet(&self) -> Ipv4Net {
+    pub fn subnet(&self) -> N {
         self.span.net()
     }
 
     /// The pods' default gateway: the subnet's first address, never allocated.
-    pub fn gateway(&self) -> Ipv4Addr {
+    pub fn gateway(&self) -> N::Addr {
         self.span.gateway()
     }
 
-    /// How many addresses the subnet can hand out (all but network, gateway and broadcast).
-    pub fn capacity(&self) -> u32 {
+    /// How many addresses the subnet can hand out (all but network, gateway and, in
+    /// IPv4, broadcast).
+    pub fn capacity(&self) -> u128 {
         self.span.capacity()
     }
 
@@ -192,9 +222,9 @@ impl Pool {
     pub fn allocate(
         &self,
         key: &Key,
-        requested: Option<Ipv4Addr>,
+        requested: Option<N::Addr>,
         meta: &[u8],
-    ) -> Result<Allocation, Error> {
+    ) -> Result<Allocation<N::Addr>, Error> {
         self.reserve(key, requested, meta)?.commit()
     }
 
@@ -206,9 +236,9 @@ impl Pool {
     pub fn reserve(
         &self,
         key: &Key,
-        requested: Option<Ipv4Addr>,
+        requested: Option<N::Addr>,
         meta: &[u8],
-    ) -> Result<Reservation<'_>, Error> {
+    ) -> Result<Reservation<'_, N>, Error> {
         key.validate()?;
         check_meta(key, meta)?;
         if let Some(ip) = requested {
@@ -216,37 +246,39 @@ impl Pool {
         }
         let (allocation, txn) = self.write_open(|t| {
             if let Some((held, stored_meta)) = t.lookup(key)? {
-                let held = Ipv4Addr::from(held);
                 return match requested {
-                    Some(r) if r != held => Err(Error::KeyHoldsOther {
+                    Some(r) if N::int_of(r) != held => Err(Error::KeyHoldsOther {
                         key: key.clone(),
-                        existing: held,
-                        requested: r,
+                        existing: N::addr(held).into(),
+                        requested: r.into(),
                     }),
                     _ => Ok(self.allocation(key.clone(), held, stored_meta)),
                 };
             }
             let ip = match requested {
                 Some(ip) => {
-                    if let Some(owner) = t.owner(u32::from(ip))? {
-                        return Err(Error::AlreadyAllocated { ip, owner });
+                    if let Some(owner) = t.owner(N::int_of(ip))? {
+                        return Err(Error::AlreadyAllocated {
+                            ip: ip.into(),
+                            owner,
+                        });
                     }
-                    u32::from(ip)
+                    N::int_of(ip)
                 }
                 None => {
                     let cursor = t.cursor()?;
                     let ip = store::next_free(&t.by_ip, &self.span, cursor)
                         .map_err(store_err(&self.location, "search a free address"))?
                         .ok_or(Error::Exhausted {
-                            subnet: self.span.net(),
+                            subnet: self.span.net().into(),
                             capacity: self.span.capacity(),
                         })?;
-                    t.set_meta(M_CURSOR, u64::from(ip))?;
+                    t.set_wide(M_CURSOR, ip)?;
                     ip
                 }
             };
             t.insert(key, ip, meta)?;
-            Ok(self.allocation(key.clone(), Ipv4Addr::from(ip), meta.to_vec()))
+            Ok(self.allocation(key.clone(), ip, meta.to_vec()))
         })?;
         Ok(Reservation {
             pool: self,
@@ -256,17 +288,18 @@ impl Pool {
     }
 
     /// Frees `key`'s address and returns what it held; `Ok(None)` when it held none.
-    pub fn release(&self, key: &Key) -> Result<Option<Allocation>, Error> {
+    pub fn release(&self, key: &Key) -> Result<Option<Allocation<N::Addr>>, Error> {
         self.write(|t| {
             Ok(t.remove(key)?
-                .map(|(ip, meta)| self.allocation(key.clone(), Ipv4Addr::from(ip), meta)))
+                .map(|(ip, meta)| self.allocation(key.clone(), ip, meta)))
         })
     }
 
     /// Frees `ip`, whoever holds it, and returns what it held; `Ok(None)` when it was free.
-    pub fn release_ip(&self, ip: Ipv4Addr) -> Result<Option<Allocation>, Error> {
+    pub fn release_ip(&self, ip: N::Addr) -> Result<Option<Allocation<N::Addr>>, Error> {
+        let n = N::int_of(ip);
         self.write(|t| {
-            let Some(key) = t.owner(u32::from(ip))? else {
+            let Some(key) = t.owner(n)? else {
                 return Ok(None);
             };
             let (held, meta) = t.remove(&key)?.ok_or_else(|| {
@@ -274,19 +307,19 @@ impl Pool {
                     "by_ip gives {ip} to {key}, which by_key does not know"
                 ))
             })?;
-            if held != u32::from(ip) {
+            if held != n {
                 return Err(t.corrupt(format!(
                     "by_ip gives {ip} to {key}, but by_key says it holds {}",
-                    Ipv4Addr::from(held)
+                    N::addr(held)
                 )));
             }
-            Ok(Some(self.allocation(key, ip, meta)))
+            Ok(Some(self.allocation(key, n, meta)))
         })
     }
 
     /// Replaces the metadata stored with `key`'s allocation and returns the allocation;
     /// [`Error::NotFound`] when `key` holds no address.
-    pub fn update_meta(&self, key: &Key, meta: &[u8]) -> Result<Allocation, Error> {
+    pub fn update_meta(&self, key: &Key, meta: &[u8]) -> Result<Allocation<N::Addr>, Error> {
         check_meta(key, meta)?;
         self.write(|t| {
             let (ip, old) = t
@@ -295,42 +328,43 @@ impl Pool {
             if old != meta {
                 t.insert(key, ip, meta)?;
             }
-            Ok(self.allocation(key.clone(), Ipv4Addr::from(ip), meta.to_vec()))
+            Ok(self.allocation(key.clone(), ip, meta.to_vec()))
         })
     }
 
     /// Releases, in one transaction, every allocation whose key `keep` rejects, and returns them
     /// (for CNI GC: `keep` says whether the attachment is still valid).
-    pub fn retain(&self, keep: impl Fn(&Key) -> bool) -> Result<Vec<Allocation>, Error> {
+    pub fn retain(&self, keep: impl Fn(&Key) -> bool) -> Result<Vec<Allocation<N::Addr>>, Error> {
         self.write(|t| {
-            let all = store::all(&t.by_key).map_err(store_err(&self.location, "read by_key"))?;
+            let all = store::all::<N>(&t.by_key).map_err(store_err(&self.location, "read by_key"))?;
             let mut released = Vec::new();
             for (key, ip, meta) in all {
                 if keep(&key) {
                     continue;
                 }
                 t.remove(&key)?;
-                released.push(self.allocation(key, Ipv4Addr::from(ip), meta));
+                released.push(self.allocation(key, ip, meta));
             }
             Ok(released)
         })
     }
 
     /// Returns `key`'s allocation, if it holds one.
-    pub fn get(&self, key: &Key) -> Result<Option<Allocation>, Error> {
+    pub fn get(&self, key: &Key) -> Result<Option<Allocation<N::Addr>>, Error> {
         let (by_key, _) = self.read()?;
-        let found = store::lookup(&by_key, key).map_err(self.err("read by_key"))?;
-        Ok(found.map(|(ip, meta)| self.allocation(key.clone(), Ipv4Addr::from(ip), meta)))
+        let found = store::lookup::<N>(&by_key, key).map_err(self.err("read by_key"))?;
+        Ok(found.map(|(ip, meta)| self.allocation(key.clone(), ip, meta)))
     }
 
     /// Returns the allocation holding `ip`, if any.
-    pub fn get_by_ip(&self, ip: Ipv4Addr) -> Result<Option<Allocation>, Error> {
+    pub fn get_by_ip(&self, ip: N::Addr) -> Result<Option<Allocation<N::Addr>>, Error> {
         let (by_key, by_ip) = self.read()?;
-        let Some(key) = store::owner(&by_ip, u32::from(ip)).map_err(self.err("read by_ip"))? else {
+        let n = N::int_of(ip);
+        let Some(key) = store::owner::<N>(&by_ip, n).map_err(self.err("read by_ip"))? else {
             return Ok(None);
         };
-        match store::lookup(&by_key, &key).map_err(self.err("read by_key"))? {
-            Some((held, meta)) if held == u32::from(ip) => Ok(Some(self.allocation(key, ip, meta))),
+        match store::lookup::<N>(&by_key, &key).map_err(self.err("read by_key"))? {
+            Some((held, meta)) if held == n => Ok(Some(self.allocation(key, n, meta))),
             _ => Err(Error::Corrupt {
                 db: self.location.clone(),
                 detail: format!("by_ip gives {ip} to {key}, but by_key disagrees"),
@@ -351,17 +385,17 @@ impl Pool {
     }
 
     /// Returns every allocation, ordered by key.
-    pub fn list(&self) -> Result<Vec<Allocation>, Error> {
+    pub fn list(&self) -> Result<Vec<Allocation<N::Addr>>, Error> {
         let (by_key, _) = self.read()?;
-        let all = store::all(&by_key).map_err(self.err("read by_key"))?;
+        let all = store::all::<N>(&by_key).map_err(self.err("read by_key"))?;
         Ok(all
             .into_iter()
-            .map(|(key, ip, meta)| self.allocation(key, Ipv4Addr::from(ip), meta))
+            .map(|(key, ip, meta)| self.allocation(key, ip, meta))
             .collect())
     }
 
     /// The last address handed out by the round-robin search (the next search starts after it).
-    pub fn last_allocated(&self) -> Result<Option<Ipv4Addr>, Error> {
+    pub fn last_allocated(&self) -> Result<Option<N::Addr>, Error> {
         let txn = self
             .db
             .begin_read()
@@ -369,11 +403,15 @@ impl Pool {
         let meta = txn
             .open_table(store::META)
             .map_err(self.err("open table meta"))?;
-        let cursor = meta
-            .get(M_CURSOR)
-            .map_err(self.err("read meta"))?
-            .and_then(|g| u32::try_from(g.value()).ok());
-        Ok(cursor.map(Ipv4Addr::from))
+        let read = |name: &str| {
+            let value = meta.get(name).map_err(self.err("read meta"))?;
+            Ok::<_, Error>(value.map(|g| u128::from(g.value())))
+        };
+        let hi = read(&format!("{M_CURSOR}{}", store::HI))?.unwrap_or(0);
+        let cursor = read(M_CURSOR)?.map(|lo| lo | hi << 64);
+        Ok(cursor
+            .filter(|&c| N::build(c, N::bits()).is_some())
+            .map(N::addr))
     }
 
     /// Checks the database's invariants: `by_key` and `by_ip` describe the same one-to-one
@@ -384,11 +422,11 @@ impl Pool {
         check(&self.location, &by_key, &by_ip, &self.span)
     }
 
-    fn allocation(&self, key: Key, ip: Ipv4Addr, meta: Vec<u8>) -> Allocation {
+    fn allocation(&self, key: Key, ip: u128, meta: Vec<u8>) -> Allocation<N::Addr> {
         Allocation {
             key,
-            ip,
-            prefix_len: self.span.net().prefix_len(),
+            ip: N::addr(ip),
+            prefix_len: self.span.net().parts().1,
             gateway: self.span.gateway(),
             meta,
         }
@@ -399,22 +437,25 @@ impl Pool {
     }
 
     /// Opens the allocation tables in a new read transaction (a consistent snapshot).
-    fn read(&self) -> Result<ReadTables, Error> {
+    fn read(&self) -> Result<ReadTables<N>, Error> {
         let txn = self
             .db
             .begin_read()
             .map_err(self.err("begin a read transaction"))?;
         Ok((
-            txn.open_table(BY_KEY)
+            txn.open_table(N::BY_KEY)
                 .map_err(self.err("open table by_key"))?,
-            txn.open_table(BY_IP)
+            txn.open_table(N::BY_IP)
                 .map_err(self.err("open table by_ip"))?,
         ))
     }
 
     /// Runs `f` in one write transaction: committed if `f` changed something and succeeded,
     /// rolled back otherwise.
-    fn write<T>(&self, f: impl FnOnce(&mut Tables<'_>) -> Result<T, Error>) -> Result<T, Error> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tables<'_, N>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let (out, txn) = self.write_open(f)?;
         if let Some(txn) = txn {
             txn.commit().map_err(self.err("commit"))?;
@@ -426,7 +467,7 @@ impl Pool {
     /// `f` changed something; rolls it back if `f` changed nothing or failed.
     fn write_open<T>(
         &self,
-        f: impl FnOnce(&mut Tables<'_>) -> Result<T, Error>,
+        f: impl FnOnce(&mut Tables<'_, N>) -> Result<T, Error>,
     ) -> Result<(T, Option<WriteTransaction>), Error> {
         let txn = self
             .db
@@ -448,21 +489,21 @@ impl Pool {
 
 /// An allocation decided but not yet durable; see [`Pool::reserve`].
 #[must_use = "a reservation is rolled back unless committed"]
-pub struct Reservation<'p> {
-    pool: &'p Pool,
+pub struct Reservation<'p, N: Family = Ipv4Net> {
+    pool: &'p Pool<N>,
     /// `None` when the key already held its address: nothing to commit.
     txn: Option<WriteTransaction>,
-    allocation: Allocation,
+    allocation: Allocation<N::Addr>,
 }
 
-impl Reservation<'_> {
+impl<N: Family> Reservation<'_, N> {
     /// The allocation this reservation makes.
-    pub fn allocation(&self) -> &Allocation {
+    pub fn allocation(&self) -> &Allocation<N::Addr> {
         &self.allocation
     }
 
     /// Makes the allocation durable, with the pool's immediate durability.
-    pub fn commit(self) -> Result<Allocation, Error> {
+    pub fn commit(self) -> Result<Allocation<N::Addr>, Error> {
         if let Some(txn) = self.txn {
             txn.commit().map_err(self.pool.err("commit"))?;
         }
@@ -470,7 +511,7 @@ impl Reservation<'_> {
     }
 }
 
-impl std::fmt::Debug for Reservation<'_> {
+impl<N: Family> std::fmt::Debug for Reservation<'_, N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reservation")
             .field("allocation", &self.allocation)

@@ -6,7 +6,8 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use redb::ReadableDatabase;
 
-use crate::store::{BY_IP, BY_KEY, META, M_SCHEMA, SCHEMA_VERSION};
+use crate::store::{META, M_SCHEMA, SCHEMA_VERSION};
+use crate::Family;
 use crate::{Allocation, Error, Key, Pool, MAX_META_LEN};
 
 fn net(s: &str) -> Ipv4Net {
@@ -173,7 +174,7 @@ fn exhaustion_is_reported_and_recovers_after_a_release() {
     }
     let err = p.allocate(&key(99), None, b"").unwrap_err();
     assert!(
-        matches!(err, Error::Exhausted { subnet, capacity: 5 } if subnet == net("10.9.9.0/29")),
+        matches!(err, Error::Exhausted { subnet, capacity: 5 } if subnet == net("10.9.9.0/29").into()),
         "{err:?}"
     );
     assert!(err.to_string().contains("10.9.9.0/29"), "{err}");
@@ -411,11 +412,11 @@ fn subnet_change_is_refused_while_addresses_are_live() {
 fn a_recorded_pool_opens_for_the_subnet_it_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ipam.redb");
-    assert!(Pool::open_recorded(&path).unwrap().is_none(), "no file");
+    assert!(Pool::<Ipv4Net>::open_recorded(&path).unwrap().is_none(), "no file");
     let p = Pool::open(&path, net("10.244.7.0/25")).unwrap();
     let a = p.allocate(&key(1), None, b"m").unwrap();
     drop(p);
-    let p = Pool::open_recorded(&path)
+    let p = Pool::<Ipv4Net>::open_recorded(&path)
         .unwrap()
         .expect("a recorded subnet");
     assert_eq!(p.subnet(), net("10.244.7.0/25"));
@@ -424,7 +425,7 @@ fn a_recorded_pool_opens_for_the_subnet_it_records() {
     assert_eq!(alloc(&p, 2), ip("10.244.7.3"));
     drop(p);
     std::fs::write(&path, b"not a database").unwrap();
-    assert!(Pool::open_recorded(&path).is_err());
+    assert!(Pool::<Ipv4Net>::open_recorded(&path).is_err());
 }
 
 #[test]
@@ -475,7 +476,7 @@ fn open_reports_a_by_key_entry_missing_from_by_ip() {
     let path = dir.path().join("ipam.redb");
     new_db_with_two(&path);
     tamper(&path, |txn| {
-        txn.open_table(BY_IP).unwrap().remove(0x0af4_0203).unwrap();
+        txn.open_table(<Ipv4Net as Family>::BY_IP).unwrap().remove(0x0af4_0203).unwrap();
     });
     let err = Pool::open(&path, net("10.244.2.0/24")).unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
@@ -488,7 +489,7 @@ fn open_reports_a_stray_by_ip_entry() {
     let path = dir.path().join("ipam.redb");
     new_db_with_two(&path);
     tamper(&path, |txn| {
-        txn.open_table(BY_IP)
+        txn.open_table(<Ipv4Net as Family>::BY_IP)
             .unwrap()
             .insert(0x0af4_0209, ("ghost", "eth0"))
             .unwrap();
@@ -504,7 +505,7 @@ fn open_reports_two_keys_on_one_address() {
     let path = dir.path().join("ipam.redb");
     new_db_with_two(&path);
     tamper(&path, |txn| {
-        txn.open_table(BY_KEY)
+        txn.open_table(<Ipv4Net as Family>::BY_KEY)
             .unwrap()
             .insert(("c0002", "eth0"), (0x0af4_0202, &b""[..]))
             .unwrap();
@@ -519,11 +520,11 @@ fn open_reports_a_reserved_address_in_use() {
     let path = dir.path().join("ipam.redb");
     new_db_with_two(&path);
     tamper(&path, |txn| {
-        txn.open_table(BY_KEY)
+        txn.open_table(<Ipv4Net as Family>::BY_KEY)
             .unwrap()
             .insert(("gw", "eth0"), (0x0af4_0201, &b""[..]))
             .unwrap();
-        txn.open_table(BY_IP)
+        txn.open_table(<Ipv4Net as Family>::BY_IP)
             .unwrap()
             .insert(0x0af4_0201, ("gw", "eth0"))
             .unwrap();
@@ -556,7 +557,7 @@ fn open_refuses_tables_without_a_schema() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ipam.redb");
     tamper(&path, |txn| {
-        txn.open_table(BY_IP)
+        txn.open_table(<Ipv4Net as Family>::BY_IP)
             .unwrap()
             .insert(0x0af4_0202, ("c", "eth0"))
             .unwrap();
@@ -581,4 +582,113 @@ fn a_fresh_database_records_schema_and_subnet() {
     assert_eq!(get(M_SCHEMA), Some(SCHEMA_VERSION));
     assert_eq!(get("subnet_addr"), Some(u64::from(0x0af4_0200u32)));
     assert_eq!(get("subnet_prefix"), Some(24));
+}
+
+fn net6(s: &str) -> ipnet::Ipv6Net {
+    s.parse().unwrap()
+}
+
+fn ip6(s: &str) -> std::net::Ipv6Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn an_ipv6_pool_hands_out_round_robin_from_the_third_address() {
+    let p = crate::Pool6::in_memory(net6("fd00:10:244:2::/64")).unwrap();
+    assert_eq!(p.gateway(), ip6("fd00:10:244:2::1"));
+    assert_eq!(p.capacity(), (1u128 << 64) - 2);
+    let a = p.allocate(&key(1), None, b"ns").unwrap();
+    assert_eq!(a.ip, ip6("fd00:10:244:2::2"));
+    assert_eq!((a.prefix_len, a.gateway), (64, ip6("fd00:10:244:2::1")));
+    assert_eq!(p.allocate(&key(1), None, b"").unwrap(), a, "idempotent");
+    assert_eq!(p.allocate(&key(2), None, b"").unwrap().ip, ip6("fd00:10:244:2::3"));
+    p.release(&key(1)).unwrap();
+    assert_eq!(
+        p.allocate(&key(3), None, b"").unwrap().ip,
+        ip6("fd00:10:244:2::4"),
+        "a released address waits its turn"
+    );
+    let r = p.allocate(&key(4), Some(ip6("fd00:10:244:2:ffff:ffff:ffff:ffff")), b"");
+    assert_eq!(r.unwrap().ip, ip6("fd00:10:244:2:ffff:ffff:ffff:ffff"));
+    for (bad, want) in [
+        ("fd00:10:244:2::", "subnet-router anycast"),
+        ("fd00:10:244:2::1", "gateway"),
+        ("fd00:10:244:3::2", "outside"),
+        ("fd00:10:244:2::3", "already allocated"),
+    ] {
+        let err = p.allocate(&key(9), Some(ip6(bad)), b"").unwrap_err();
+        assert!(err.to_string().contains(want), "{bad}: {err}");
+    }
+    assert_eq!(p.verify().unwrap(), 3);
+}
+
+#[test]
+fn an_ipv6_pool_wraps_and_is_exhausted_like_an_ipv4_one() {
+    let p = crate::Pool6::in_memory(net6("fd00::/126")).unwrap();
+    assert_eq!(p.capacity(), 2);
+    assert_eq!(p.allocate(&key(1), None, b"").unwrap().ip, ip6("fd00::2"));
+    assert_eq!(p.allocate(&key(2), None, b"").unwrap().ip, ip6("fd00::3"));
+    let err = p.allocate(&key(3), None, b"").unwrap_err();
+    assert!(matches!(err, Error::Exhausted { capacity: 2, .. }), "{err:?}");
+    p.release(&key(1)).unwrap();
+    assert_eq!(p.allocate(&key(3), None, b"").unwrap().ip, ip6("fd00::2"));
+}
+
+#[test]
+fn an_ipv6_pool_survives_a_reopen_with_its_cursor_and_high_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipam6.redb");
+    let subnet = net6("fd00:10:244:2::/64");
+    let p = crate::Pool6::open(&path, subnet).unwrap();
+    let a = p.allocate(&key(1), None, b"m").unwrap();
+    p.allocate(&key(2), None, b"").unwrap();
+    p.release(&key(2)).unwrap();
+    drop(p);
+    let p = crate::Pool6::open_recorded(&path).unwrap().expect("recorded");
+    assert_eq!(p.subnet(), subnet);
+    assert_eq!(p.list().unwrap(), vec![a]);
+    assert_eq!(p.last_allocated().unwrap(), Some(ip6("fd00:10:244:2::3")));
+    assert_eq!(p.allocate(&key(3), None, b"").unwrap().ip, ip6("fd00:10:244:2::4"));
+    drop(p);
+    let err = crate::Pool6::open(&path, net6("fd00:10:244:3::/64")).unwrap_err();
+    assert!(matches!(err, Error::SubnetMismatch { live: 2, .. }), "{err:?}");
+    assert!(err.to_string().contains("fd00:10:244:3::/64"), "{err}");
+}
+
+#[test]
+fn a_pool_refuses_the_database_of_the_other_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v4, v6) = (dir.path().join("ipam.redb"), dir.path().join("ipam6.redb"));
+    drop(Pool::open(&v4, net("10.244.2.0/24")).unwrap());
+    drop(crate::Pool6::open(&v6, net6("fd00::/64")).unwrap());
+    let err = crate::Pool6::open(&v4, net6("fd00::/64")).unwrap_err();
+    assert!(matches!(err, Error::WrongFamily { found: 4, wanted: 6, .. }), "{err:?}");
+    let err = crate::Pool6::open_recorded(&v4).unwrap_err();
+    assert!(matches!(err, Error::WrongFamily { .. }), "{err:?}");
+    let err = Pool::open(&v6, net("10.244.2.0/24")).unwrap_err();
+    assert!(err.to_string().contains("holds an IPv6 pool, not an IPv4 one"), "{err}");
+    let err = Pool::<Ipv4Net>::open_recorded(&v6).unwrap_err();
+    assert!(matches!(err, Error::WrongFamily { found: 6, .. }), "{err:?}");
+}
+
+#[test]
+fn an_ipv4_database_keeps_its_layout_with_no_family_or_high_halves() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipam.redb");
+    let p = Pool::open(&path, net("10.244.2.0/24")).unwrap();
+    alloc(&p, 1);
+    drop(p);
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let names: Vec<String> = redb::ReadableTable::iter(&meta)
+        .unwrap()
+        .map(|e| e.unwrap().0.value().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["last_allocated", "schema_version", "subnet_addr", "subnet_prefix"]
+    );
+    let by_ip = txn.open_table(<Ipv4Net as Family>::BY_IP).unwrap();
+    assert!(by_ip.get(0x0af4_0202).unwrap().is_some(), "u32 keys, as before");
 }

@@ -2,6 +2,7 @@
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use weft_ipam::{Key, Pool};
 
 fn key(n: u32) -> Key {
@@ -12,7 +13,7 @@ fn key(n: u32) -> Key {
 fn reopen_restores_allocations_meta_and_cursor() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ipam.redb");
-    let subnet = "10.244.7.0/24".parse().unwrap();
+    let subnet: Ipv4Net = "10.244.7.0/24".parse().unwrap();
 
     let p = Pool::open(&path, subnet).unwrap();
     for n in 0..10 {
@@ -52,7 +53,7 @@ fn reopen_restores_allocations_meta_and_cursor() {
 fn an_idempotent_allocate_after_reopen_returns_the_stored_address() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state/ipam.redb");
-    let subnet = "10.244.8.0/28".parse().unwrap();
+    let subnet: Ipv4Net = "10.244.8.0/28".parse().unwrap();
     let first = Pool::open(&path, subnet)
         .unwrap()
         .allocate(&key(1), None, b"a")

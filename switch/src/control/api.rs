@@ -59,7 +59,7 @@ impl Daemon {
         let held = self.pool.len();
         let stalled_workers = self.stalled_workers();
         let ready = !self.stopping()
-            && held.is_ok_and(|n| n < u64::from(self.pool.capacity()))
+            && held.is_ok_and(|n| u128::from(n) < self.pool.capacity())
             && stalled_workers.is_empty();
         let state = self.state.lock();
         proto::Status {
