@@ -1,7 +1,5 @@
 //! Address arithmetic of a pod subnet: which addresses are reserved and which may be handed out.
 
-use std::net::IpAddr;
-
 use crate::{Error, Family};
 
 /// The shortest prefix accepted for an IPv4 pod subnet ([`Family::MIN_PREFIX_LEN`]).
@@ -114,7 +112,7 @@ impl<N: Family> Span<N> {
             return Ok(());
         };
         Err(Error::Reserved {
-            ip: IpAddr::from(ip.into()),
+            ip: ip.into(),
             subnet: self.net.into(),
             what,
         })
