@@ -68,6 +68,7 @@ fn port(slot: u32, kind: PortKind, name: &str, ip: Ipv4Addr) -> PortEntry {
         name: name.into(),
         mac: MacAddr::for_ip(ip),
         ip,
+        ip6: None,
         container_id: (kind == PortKind::Pod).then(|| format!("bench-{ip}")),
         pod: None,
         netns: None,
@@ -94,6 +95,7 @@ pub fn tables(mode: TunnelMode, n: u8, nodes: u8, pods: u8) -> Tables {
         pod_mtu: POD_MTU,
         max_datagram: 1472,
         heartbeat: std::time::Duration::ZERO,
+        v6: None,
     });
     let host = port(0, PortKind::Host, "weft0", gateway(n));
     let pods = (0..pods).map(|i| {

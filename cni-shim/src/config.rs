@@ -12,14 +12,14 @@
 //! | `prevResult` | CHECK compares its address and MAC with weftd's |
 //! | `cni.dev/valid-attachments` (`cni.dev/attachments`) | GC keeps these |
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::env::{parse_ip, parse_one_ipv4};
+use crate::env::{parse_ip, parse_requested, Requested};
 use crate::error::CniError;
 use crate::proto::{AttachmentKey, DEFAULT_SOCKET};
 use crate::version::CniVersion;
@@ -208,9 +208,10 @@ impl NetConf {
         }
     }
 
-    /// The address requested by `runtimeConfig.ips` or `args.cni.ips` (they must agree).
-    pub fn requested_ip(&self) -> Result<Option<Ipv4Addr>, CniError> {
-        let mut found: Option<(Ipv4Addr, &str)> = None;
+    /// The addresses requested by `runtimeConfig.ips` or `args.cni.ips` (they must
+    /// agree): one of each family at most.
+    pub fn requested_ip(&self) -> Result<Option<Requested>, CniError> {
+        let mut found: Option<(Requested, &str)> = None;
         for (outer, inner, key) in [
             ("runtimeConfig", None, "runtimeConfig.ips"),
             ("args", Some("cni"), "args.cni.ips"),
@@ -234,7 +235,7 @@ impl NetConf {
             let list = list.ok_or_else(|| {
                 CniError::config(key, format!("must be a list of address strings, got {ips}"))
             })?;
-            let ip = parse_one_ipv4(&list.join(","))
+            let ip = parse_requested(&list.join(","))
                 .map_err(|why| CniError::config(key, format!("{list:?}: {why}")))?;
             if let Some((other, other_key)) = found {
                 if other != ip {
@@ -356,6 +357,8 @@ fn json_type(v: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use serde_json::json;
 
@@ -493,27 +496,34 @@ mod tests {
     fn requested_ip_from_runtime_config_and_args() {
         let ip = Ipv4Addr::new(10, 244, 1, 9);
         let rc = conf(with("runtimeConfig", json!({"ips": ["10.244.1.9/24"]}))).unwrap();
-        assert_eq!(rc.requested_ip().unwrap(), Some(ip));
+        let v4 = |r: Result<Option<Requested>, CniError>| r.unwrap().and_then(|r| r.v4);
+        assert_eq!(v4(rc.requested_ip()), Some(ip));
         let args = conf(with("args", json!({"cni": {"ips": ["10.244.1.9"]}}))).unwrap();
-        assert_eq!(args.requested_ip().unwrap(), Some(ip));
+        assert_eq!(v4(args.requested_ip()), Some(ip));
         let mut both = with("runtimeConfig", json!({"ips": ["10.244.1.9/24"]}));
         both["args"] = json!({"cni": {"ips": ["10.244.1.9"]}});
-        assert_eq!(
-            conf(both.clone()).unwrap().requested_ip().unwrap(),
-            Some(ip)
-        );
+        assert_eq!(v4(conf(both.clone()).unwrap().requested_ip()), Some(ip));
         both["args"] = json!({"cni": {"ips": ["10.244.1.10"]}});
         let e = conf(both).unwrap().requested_ip().unwrap_err();
         assert!(
             e.to_string().contains("10.244.1.10") && e.to_string().contains("10.244.1.9"),
             "{e}"
         );
+        let dual = conf(with(
+            "runtimeConfig",
+            json!({"ips": ["10.244.1.9/24", "fd00::9/64"]}),
+        ));
+        let dual = dual.unwrap().requested_ip().unwrap().unwrap();
+        assert_eq!(
+            (dual.v4, dual.v6),
+            (Some(ip), Some("fd00::9".parse().unwrap()))
+        );
         let empty = conf(with("runtimeConfig", json!({"ips": []}))).unwrap();
         assert_eq!(empty.requested_ip().unwrap(), None);
         for bad in [
             json!("10.244.1.9"),
             json!([9]),
-            json!(["fd00::9/64"]),
+            json!(["fd00::9/64", "fd00::8/64"]),
             json!(["10.244.1.9/24", "10.244.1.8/24"]),
             json!(["nope"]),
         ] {

@@ -1,7 +1,7 @@
 //! The CNI environment variables: which verb, which container, which netns and
 //! interface, and the `CNI_ARGS` extras.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::error::CniError;
 use crate::version::Command;
@@ -152,11 +152,11 @@ pub fn pod_port(args: &str) -> Result<Option<crate::proto::PortType>, CniError> 
     })
 }
 
-/// The address `CNI_ARGS` requests with `IP=` (a prefix length, if given, is dropped),
-/// or `None` when there is no `IP=` entry.
-pub fn requested_ip(args: &str) -> Result<Option<Ipv4Addr>, CniError> {
+/// The addresses `CNI_ARGS` requests with `IP=` (a prefix length, if given, is
+/// dropped), or `None` when there is no `IP=` entry.
+pub fn requested_ip(args: &str) -> Result<Option<Requested>, CniError> {
     one_cni_arg(args, "IP", "different addresses", |value| {
-        parse_one_ipv4(value).map_err(|why| format!("IP={value}: {why}"))
+        parse_requested(value).map_err(|why| format!("IP={value}: {why}"))
     })
 }
 
@@ -188,19 +188,41 @@ fn one_cni_arg<T: Copy + PartialEq>(
 
 /// Parses a comma-separated list of addresses (each optionally with `/prefix`) that
 /// must name exactly one IPv4 address; weft gives one IPv4 address per interface.
-pub fn parse_one_ipv4(list: &str) -> Result<Ipv4Addr, String> {
-    let mut found = None;
+pub fn parse_requested(list: &str) -> Result<Requested, String> {
+    let mut found = Requested::default();
     for item in list.split(',').map(str::trim) {
-        let ip = parse_ip(item)?;
-        match ip {
-            IpAddr::V4(v4) if found.is_none() => found = Some(v4),
+        match parse_ip(item)? {
+            IpAddr::V4(v4) if found.v4.is_none() => found.v4 = Some(v4),
+            IpAddr::V6(v6) if found.v6.is_none() => found.v6 = Some(v6),
             IpAddr::V4(_) => {
                 return Err("more than one IPv4 address; weft gives one per interface".into())
             }
-            IpAddr::V6(_) => return Err(format!("{item} is IPv6; weft gives IPv4 addresses only")),
+            IpAddr::V6(_) => {
+                return Err("more than one IPv6 address; weft gives one per interface".into())
+            }
         }
     }
-    found.ok_or_else(|| "no address".into())
+    Ok(found)
+}
+
+/// The addresses a runtime asks for: one of each family at most.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requested {
+    /// The IPv4 address.
+    pub v4: Option<Ipv4Addr>,
+    /// The IPv6 address.
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl std::fmt::Display for Requested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.v4, self.v6) {
+            (Some(a), Some(b)) => write!(f, "{a} and {b}"),
+            (Some(a), None) => write!(f, "{a}"),
+            (None, Some(b)) => write!(f, "{b}"),
+            (None, None) => f.write_str("no address"),
+        }
+    }
 }
 
 /// Parses `ip` or `ip/prefix` into the address alone.
@@ -349,7 +371,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            requested_ip(args).unwrap(),
+            requested_ip(args).unwrap().and_then(|r| r.v4),
             Some(Ipv4Addr::new(10, 244, 1, 9))
         );
         // containerd's keys, any order, trailing separator, no IP.
@@ -366,7 +388,8 @@ mod tests {
         // podman with --ip and --mac-address; a prefix is dropped.
         assert_eq!(
             requested_ip("IgnoreUnknown=1;K8S_POD_NAME=c;IP=10.244.1.20/24;MAC=0a:58:00:00:00:01")
-                .unwrap(),
+                .unwrap()
+                .and_then(|r| r.v4),
             Some(Ipv4Addr::new(10, 244, 1, 20))
         );
         // An empty value is fine for other keys.
@@ -377,7 +400,7 @@ mod tests {
         for (bad, needle) in [
             ("IgnoreUnknown=1;oops", "oops"),
             ("IP=10.244.1", "10.244.1"),
-            ("IP=fd00::1", "IPv6"),
+            ("IP=fd00::1,fd00::2", "more than one IPv6"),
             ("IP=10.244.1.2,10.244.1.3", "more than one"),
             ("IP=10.244.1.2/40", "prefix"),
             ("IP=10.244.1.2;IP=10.244.1.3", "twice"),
@@ -395,7 +418,12 @@ mod tests {
             );
             assert!(e.to_string().contains(needle), "{bad}: {e}");
         }
-        // Dual-stack lists are refused rather than half honoured.
-        assert!(parse_one_ipv4("10.244.1.2,fd00::2").is_err());
+        // A dual-stack list asks for one address of each family.
+        let both = requested_ip("IP=10.244.1.2/24,fd00::2/64")
+            .unwrap()
+            .unwrap();
+        assert_eq!(both.v4, Some(Ipv4Addr::new(10, 244, 1, 2)));
+        assert_eq!(both.v6, Some("fd00::2".parse().unwrap()));
+        assert_eq!(both.to_string(), "10.244.1.2 and fd00::2");
     }
 }

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use crate::config::{self, NetConf};
-use crate::env::{self, Env};
+use crate::env::{self, Env, Requested};
 use crate::error::CniError;
 use crate::proto::{
     self, AttachRequest, Attachment, CheckRequest, DetachRequest, GcRequest, Reply, Request,
@@ -101,7 +101,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
             ));
         }
     }
-    let requested = from_conf.or(from_args);
+    let requested = from_conf.or(from_args).unwrap_or_default();
     let dns = conf.dns()?;
     // The pod's own choice (CNI_ARGS) over its network's (the config).
     let port = match &env.args {
@@ -116,7 +116,8 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         container_id: container_id(env),
         netns: env.netns.clone().unwrap_or_default(),
         ifname: ifname(env),
-        requested_ip: requested,
+        requested_ip: requested.v4,
+        requested_ip6: requested.v6,
         pod: match &env.args {
             Some(args) => env::pod_ref(args)?,
             None => None,
@@ -124,16 +125,23 @@ fn add(env: &Env, conf: &NetConf) -> Result<String, CniError> {
         port,
     });
     match ask(conf, &request)? {
-        Reply::Attached(att) => match requested {
+        Reply::Attached(att) => {
             // weftd answers a repeated ADD with the existing attachment, whatever it asks.
-            Some(want) if want != att.ip => Err(CniError::Refused(format!(
-                "{want} was requested, but container {} interface {} already holds {}",
-                container_id(env),
-                att.interface,
-                att.ip
-            ))),
-            _ => Ok(to_json(&AddResult::new(&att, dns, conf.version))),
-        },
+            let held = Requested {
+                v4: requested.v4.map(|_| att.ip),
+                v6: requested.v6.and(att.ipv6.map(|a| a.ip)),
+            };
+            if held != requested {
+                return Err(CniError::Refused(format!(
+                    "{requested} was requested, but container {} interface {} already holds {}{}",
+                    container_id(env),
+                    att.interface,
+                    att.ip,
+                    att.ipv6.map_or(String::new(), |a| format!(" and {}", a.ip)),
+                )));
+            }
+            Ok(to_json(&AddResult::new(&att, dns, conf.version)))
+        }
         other => Err(unexpected(&request, &other)),
     }
 }
@@ -172,13 +180,16 @@ fn check(env: &Env, conf: &NetConf) -> Result<String, CniError> {
     Ok(String::new())
 }
 
-/// Fails unless `prev` (when it lists any) has the attachment's address and MAC.
+/// Fails unless `prev` (when it lists any) has the attachment's addresses and MAC.
 pub fn compare_prev_result(prev: &config::PrevResult, att: &Attachment) -> Result<(), CniError> {
-    if !prev.ips.is_empty() && !prev.ips.contains(&IpAddr::V4(att.ip)) {
-        return Err(CniError::CheckFailed(format!(
-            "{} in {} has address {}, but prevResult lists {:?}",
-            att.interface, att.sandbox, att.ip, prev.ips
-        )));
+    let ours = std::iter::once(IpAddr::V4(att.ip)).chain(att.ipv6.map(|a| IpAddr::V6(a.ip)));
+    for ip in ours {
+        if !prev.ips.is_empty() && !prev.ips.contains(&ip) {
+            return Err(CniError::CheckFailed(format!(
+                "{} in {} has address {ip}, but prevResult lists {:?}",
+                att.interface, att.sandbox, prev.ips
+            )));
+        }
     }
     let ours = prev
         .interfaces
@@ -256,6 +267,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 244, 1, 2),
             prefix_len: 24,
             gateway: Ipv4Addr::new(10, 244, 1, 1),
+            ipv6: None,
             mtu: 1450,
             port: Default::default(),
         }

@@ -1,7 +1,7 @@
 //! What the plugin prints: the ADD result in each spec version's format, the VERSION
 //! answer and the error object.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -44,13 +44,13 @@ pub struct Interface {
 /// An address in a result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IpConfig {
-    /// "4" (up to 0.4.0 only).
+    /// "4" or "6" (up to 0.4.0 only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<&'static str>,
     /// `ip/prefix`.
     pub address: String,
     /// The gateway.
-    pub gateway: Ipv4Addr,
+    pub gateway: IpAddr,
     /// Index into `interfaces`.
     pub interface: usize,
 }
@@ -61,7 +61,7 @@ pub struct Route {
     /// Destination prefix.
     pub dst: String,
     /// Next hop.
-    pub gw: Ipv4Addr,
+    pub gw: IpAddr,
 }
 
 impl AddResult {
@@ -75,16 +75,28 @@ impl AddResult {
                 mtu: version.has_interface_mtu().then_some(att.mtu),
                 sandbox: att.sandbox.clone(),
             }],
-            ips: vec![IpConfig {
+            ips: std::iter::once(IpConfig {
                 version: version.has_ip_version().then_some("4"),
                 address: format!("{}/{}", att.ip, att.prefix_len),
-                gateway: att.gateway,
+                gateway: att.gateway.into(),
                 interface: 0,
-            }],
-            routes: vec![Route {
+            })
+            .chain(att.ipv6.map(|v6| IpConfig {
+                version: version.has_ip_version().then_some("6"),
+                address: format!("{}/{}", v6.ip, v6.prefix_len),
+                gateway: v6.gateway.into(),
+                interface: 0,
+            }))
+            .collect(),
+            routes: std::iter::once(Route {
                 dst: "0.0.0.0/0".into(),
-                gw: att.gateway,
-            }],
+                gw: att.gateway.into(),
+            })
+            .chain(att.ipv6.map(|v6| Route {
+                dst: "::/0".into(),
+                gw: v6.gateway.into(),
+            }))
+            .collect(),
             dns,
         }
     }
@@ -145,6 +157,8 @@ pub fn to_json(value: &impl Serialize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use serde_json::{json, Value};
 
@@ -156,6 +170,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 244, 1, 2),
             prefix_len: 24,
             gateway: Ipv4Addr::new(10, 244, 1, 1),
+            ipv6: None,
             mtu: 1450,
             port: Default::default(),
         }
@@ -179,6 +194,40 @@ mod tests {
                 "{v}"
             );
         }
+    }
+
+    /// A dual-stack pod's result lists both addresses, both gateways and both
+    /// default routes, IPv4 first, as the reference plugins order them.
+    #[test]
+    fn a_dual_stack_result_lists_both_families() {
+        let att = Attachment {
+            ipv6: Some(crate::proto::Address6 {
+                ip: "fd00:10:244:1::2".parse().unwrap(),
+                prefix_len: 64,
+                gateway: "fd00:10:244:1::1".parse().unwrap(),
+            }),
+            ..attachment()
+        };
+        let ips = json!([
+            {"version": "4", "address": "10.244.1.2/24", "gateway": "10.244.1.1", "interface": 0},
+            {"version": "6", "address": "fd00:10:244:1::2/64", "gateway": "fd00:10:244:1::1", "interface": 0}
+        ]);
+        let routes = json!([
+            {"dst": "0.0.0.0/0", "gw": "10.244.1.1"},
+            {"dst": "::/0", "gw": "fd00:10:244:1::1"}
+        ]);
+        let old: Value =
+            serde_json::from_str(&to_json(&AddResult::new(&att, None, CniVersion::V0_4_0)))
+                .unwrap();
+        assert_eq!((&old["ips"], &old["routes"]), (&ips, &routes));
+        let new: Value =
+            serde_json::from_str(&to_json(&AddResult::new(&att, None, CniVersion::V1_1_0)))
+                .unwrap();
+        let mut unversioned = ips.clone();
+        for ip in unversioned.as_array_mut().unwrap() {
+            ip.as_object_mut().unwrap().remove("version");
+        }
+        assert_eq!((&new["ips"], &new["routes"]), (&unversioned, &routes));
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn attachment() -> Attachment {
         ip: Ipv4Addr::new(10, 244, 1, 7),
         prefix_len: 24,
         gateway: Ipv4Addr::new(10, 244, 1, 1),
+        ipv6: None,
         mtu: 1450,
         port: Default::default(),
     }
@@ -79,7 +80,10 @@ fn healthy(dir: &Scratch, name: &str) -> FakeDaemon {
                 ip: a.requested_ip.unwrap_or(attachment().ip),
                 ..attachment()
             }),
-            Request::Detach(_) => Reply::Detached { released_ip: None },
+            Request::Detach(_) => Reply::Detached {
+                released_ip: None,
+                released_ip6: None,
+            },
             Request::Check(_) => Reply::Checked(attachment()),
             Request::Gc(_) => Reply::Collected { released: vec![] },
             Request::Status => Reply::Status(Box::new(status(true))),
@@ -142,7 +146,7 @@ fn bad_environment_is_4() {
         ("CNI_IFNAME", "a-very-long-ifname"),
         ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME"),
         ("CNI_ARGS", "IgnoreUnknown=1;IP=10.244.1.300"),
-        ("CNI_ARGS", "IP=fd00::7"),
+        ("CNI_ARGS", "IP=fd00::7,fd00::8"),
     ] {
         let msg = cni(&with(k, v), &stdin).err(4);
         assert!(msg.contains(k), "{k}={v}: {msg}");
@@ -228,7 +232,7 @@ fn bad_config_is_1_or_7() {
             "runtimeConfig.ips",
         ),
         (
-            with(json!({"runtimeConfig": {"ips": ["fd00::9/64"]}})),
+            with(json!({"runtimeConfig": {"ips": ["fd00::9/64", "fd00::8/64"]}})),
             "runtimeConfig.ips",
         ),
         (
@@ -411,6 +415,7 @@ fn requests_on_the_wire() {
             netns: NETNS.into(),
             ifname: "eth0".into(),
             requested_ip: requested_ip.map(Ipv4Addr::from),
+            requested_ip6: None,
             pod: pod.map(|(namespace, name)| weft_cni::proto::PodRef {
                 namespace: namespace.into(),
                 name: name.into(),
@@ -668,7 +673,10 @@ fn daemon_errors_map_to_codes() {
     let wrong = FakeDaemon::new(
         dir.path(),
         "wrong.sock",
-        Response::Ok(Reply::Detached { released_ip: None }),
+        Response::Ok(Reply::Detached {
+            released_ip: None,
+            released_ip6: None,
+        }),
     );
     cni(&add_env(), &conf("1.0.0", &wrong.socket, json!({}))).err(103);
     // A daemon that answers with another address than the one requested.

@@ -89,8 +89,7 @@ impl Family for Ipv4Net {
     /// are reserved (/31 and /32 leave none).
     const MAX_PREFIX_LEN: u8 = 30;
     const BROADCAST: bool = true;
-    const BY_KEY: TableDefinition<'static, KeyCol, AllocCol<Self>> =
-        TableDefinition::new("by_key");
+    const BY_KEY: TableDefinition<'static, KeyCol, AllocCol<Self>> = TableDefinition::new("by_key");
     const BY_IP: TableDefinition<'static, u32, KeyCol> = TableDefinition::new("by_ip");
 
     fn addr(n: u128) -> Ipv4Addr {

@@ -336,7 +336,8 @@ impl<N: Family> Pool<N> {
     /// (for CNI GC: `keep` says whether the attachment is still valid).
     pub fn retain(&self, keep: impl Fn(&Key) -> bool) -> Result<Vec<Allocation<N::Addr>>, Error> {
         self.write(|t| {
-            let all = store::all::<N>(&t.by_key).map_err(store_err(&self.location, "read by_key"))?;
+            let all =
+                store::all::<N>(&t.by_key).map_err(store_err(&self.location, "read by_key"))?;
             let mut released = Vec::new();
             for (key, ip, meta) in all {
                 if keep(&key) {
@@ -452,10 +453,7 @@ impl<N: Family> Pool<N> {
 
     /// Runs `f` in one write transaction: committed if `f` changed something and succeeded,
     /// rolled back otherwise.
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&mut Tables<'_, N>) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    fn write<T>(&self, f: impl FnOnce(&mut Tables<'_, N>) -> Result<T, Error>) -> Result<T, Error> {
         let (out, txn) = self.write_open(f)?;
         if let Some(txn) = txn {
             txn.commit().map_err(self.err("commit"))?;

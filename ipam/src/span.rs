@@ -211,8 +211,13 @@ mod tests {
     fn ipv6_reserves_the_anycast_and_gateway_addresses_and_has_no_broadcast() {
         let s = span6("fd00:10:244:2::/64").unwrap();
         assert_eq!(s.gateway(), "fd00:10:244:2::1".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(Ipv6Addr::from(s.first()), "fd00:10:244:2::2".parse::<Ipv6Addr>().unwrap());
-        let last = "fd00:10:244:2:ffff:ffff:ffff:ffff".parse::<Ipv6Addr>().unwrap();
+        assert_eq!(
+            Ipv6Addr::from(s.first()),
+            "fd00:10:244:2::2".parse::<Ipv6Addr>().unwrap()
+        );
+        let last = "fd00:10:244:2:ffff:ffff:ffff:ffff"
+            .parse::<Ipv6Addr>()
+            .unwrap();
         assert_eq!(Ipv6Addr::from(s.last()), last);
         assert!(s.check_usable(last).is_ok(), "no broadcast in IPv6");
         assert_eq!(s.capacity(), (1u128 << 64) - 2);
@@ -232,7 +237,11 @@ mod tests {
         let s = span6("fd00::4/126").unwrap();
         assert_eq!(s.capacity(), 2);
         let top = span6("ffff:ffff:ffff:ffff::/64").unwrap();
-        assert_eq!(top.last(), u128::MAX, "the top of the space does not overflow");
+        assert_eq!(
+            top.last(),
+            u128::MAX,
+            "the top of the space does not overflow"
+        );
     }
 
     #[test]
@@ -240,7 +249,10 @@ mod tests {
         for bad in ["fd00::/127", "fd00::/128", "fd00::/47", "::/0"] {
             let err = span6(bad).unwrap_err();
             assert!(matches!(err, Error::InvalidSubnet { .. }), "{bad}");
-            assert!(err.to_string().contains("IPv6") || err.to_string().contains("anycast"), "{err}");
+            assert!(
+                err.to_string().contains("IPv6") || err.to_string().contains("anycast"),
+                "{err}"
+            );
         }
         let err = span6("fd00::1/64").unwrap_err();
         assert!(err.to_string().contains("did you mean fd00::/64"), "{err}");

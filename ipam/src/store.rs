@@ -217,7 +217,9 @@ impl<'txn, N: Family> Tables<'txn, N> {
         let open = |what| store_err(db, what);
         Ok(Tables {
             db,
-            by_key: txn.open_table(N::BY_KEY).map_err(open("open table by_key"))?,
+            by_key: txn
+                .open_table(N::BY_KEY)
+                .map_err(open("open table by_key"))?,
             by_ip: txn.open_table(N::BY_IP).map_err(open("open table by_ip"))?,
             meta: txn.open_table(META).map_err(open("open table meta"))?,
             dirty: false,

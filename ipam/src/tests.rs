@@ -412,7 +412,10 @@ fn subnet_change_is_refused_while_addresses_are_live() {
 fn a_recorded_pool_opens_for_the_subnet_it_records() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ipam.redb");
-    assert!(Pool::<Ipv4Net>::open_recorded(&path).unwrap().is_none(), "no file");
+    assert!(
+        Pool::<Ipv4Net>::open_recorded(&path).unwrap().is_none(),
+        "no file"
+    );
     let p = Pool::open(&path, net("10.244.7.0/25")).unwrap();
     let a = p.allocate(&key(1), None, b"m").unwrap();
     drop(p);
@@ -476,7 +479,10 @@ fn open_reports_a_by_key_entry_missing_from_by_ip() {
     let path = dir.path().join("ipam.redb");
     new_db_with_two(&path);
     tamper(&path, |txn| {
-        txn.open_table(<Ipv4Net as Family>::BY_IP).unwrap().remove(0x0af4_0203).unwrap();
+        txn.open_table(<Ipv4Net as Family>::BY_IP)
+            .unwrap()
+            .remove(0x0af4_0203)
+            .unwrap();
     });
     let err = Pool::open(&path, net("10.244.2.0/24")).unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
@@ -601,7 +607,10 @@ fn an_ipv6_pool_hands_out_round_robin_from_the_third_address() {
     assert_eq!(a.ip, ip6("fd00:10:244:2::2"));
     assert_eq!((a.prefix_len, a.gateway), (64, ip6("fd00:10:244:2::1")));
     assert_eq!(p.allocate(&key(1), None, b"").unwrap(), a, "idempotent");
-    assert_eq!(p.allocate(&key(2), None, b"").unwrap().ip, ip6("fd00:10:244:2::3"));
+    assert_eq!(
+        p.allocate(&key(2), None, b"").unwrap().ip,
+        ip6("fd00:10:244:2::3")
+    );
     p.release(&key(1)).unwrap();
     assert_eq!(
         p.allocate(&key(3), None, b"").unwrap().ip,
@@ -629,7 +638,10 @@ fn an_ipv6_pool_wraps_and_is_exhausted_like_an_ipv4_one() {
     assert_eq!(p.allocate(&key(1), None, b"").unwrap().ip, ip6("fd00::2"));
     assert_eq!(p.allocate(&key(2), None, b"").unwrap().ip, ip6("fd00::3"));
     let err = p.allocate(&key(3), None, b"").unwrap_err();
-    assert!(matches!(err, Error::Exhausted { capacity: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Exhausted { capacity: 2, .. }),
+        "{err:?}"
+    );
     p.release(&key(1)).unwrap();
     assert_eq!(p.allocate(&key(3), None, b"").unwrap().ip, ip6("fd00::2"));
 }
@@ -644,14 +656,22 @@ fn an_ipv6_pool_survives_a_reopen_with_its_cursor_and_high_bits() {
     p.allocate(&key(2), None, b"").unwrap();
     p.release(&key(2)).unwrap();
     drop(p);
-    let p = crate::Pool6::open_recorded(&path).unwrap().expect("recorded");
+    let p = crate::Pool6::open_recorded(&path)
+        .unwrap()
+        .expect("recorded");
     assert_eq!(p.subnet(), subnet);
     assert_eq!(p.list().unwrap(), vec![a]);
     assert_eq!(p.last_allocated().unwrap(), Some(ip6("fd00:10:244:2::3")));
-    assert_eq!(p.allocate(&key(3), None, b"").unwrap().ip, ip6("fd00:10:244:2::4"));
+    assert_eq!(
+        p.allocate(&key(3), None, b"").unwrap().ip,
+        ip6("fd00:10:244:2::4")
+    );
     drop(p);
     let err = crate::Pool6::open(&path, net6("fd00:10:244:3::/64")).unwrap_err();
-    assert!(matches!(err, Error::SubnetMismatch { live: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::SubnetMismatch { live: 2, .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("fd00:10:244:3::/64"), "{err}");
 }
 
@@ -662,13 +682,30 @@ fn a_pool_refuses_the_database_of_the_other_family() {
     drop(Pool::open(&v4, net("10.244.2.0/24")).unwrap());
     drop(crate::Pool6::open(&v6, net6("fd00::/64")).unwrap());
     let err = crate::Pool6::open(&v4, net6("fd00::/64")).unwrap_err();
-    assert!(matches!(err, Error::WrongFamily { found: 4, wanted: 6, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::WrongFamily {
+                found: 4,
+                wanted: 6,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = crate::Pool6::open_recorded(&v4).unwrap_err();
     assert!(matches!(err, Error::WrongFamily { .. }), "{err:?}");
     let err = Pool::open(&v6, net("10.244.2.0/24")).unwrap_err();
-    assert!(err.to_string().contains("holds an IPv6 pool, not an IPv4 one"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("holds an IPv6 pool, not an IPv4 one"),
+        "{err}"
+    );
     let err = Pool::<Ipv4Net>::open_recorded(&v6).unwrap_err();
-    assert!(matches!(err, Error::WrongFamily { found: 6, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::WrongFamily { found: 6, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -687,8 +724,16 @@ fn an_ipv4_database_keeps_its_layout_with_no_family_or_high_halves() {
         .collect();
     assert_eq!(
         names,
-        ["last_allocated", "schema_version", "subnet_addr", "subnet_prefix"]
+        [
+            "last_allocated",
+            "schema_version",
+            "subnet_addr",
+            "subnet_prefix"
+        ]
     );
     let by_ip = txn.open_table(<Ipv4Net as Family>::BY_IP).unwrap();
-    assert!(by_ip.get(0x0af4_0202).unwrap().is_some(), "u32 keys, as before");
+    assert!(
+        by_ip.get(0x0af4_0202).unwrap().is_some(),
+        "u32 keys, as before"
+    );
 }

@@ -437,6 +437,7 @@ impl WeftNode {
             netns: pod.ns.path().display().to_string(),
             ifname: "eth0".into(),
             requested_ip: None,
+            requested_ip6: None,
             pod: k8s,
             port,
         }))? {
@@ -452,7 +453,7 @@ impl WeftNode {
             ifname: "eth0".into(),
             netns: netns.map(|n| n.path().display().to_string()),
         }))? {
-            Reply::Detached { released_ip } => Ok(released_ip),
+            Reply::Detached { released_ip, .. } => Ok(released_ip),
             other => bail!("unexpected reply to detach: {other:?}"),
         }
     }

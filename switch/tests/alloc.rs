@@ -125,6 +125,7 @@ fn tables(mode: TunnelMode) -> Tables {
         pod_mtu: 1450,
         max_datagram: 1472,
         heartbeat: BEAT,
+        v6: None,
     });
     let port = |slot, kind, ip| PortEntry {
         id: PortId {
@@ -135,6 +136,7 @@ fn tables(mode: TunnelMode) -> Tables {
         name: "eth0".into(),
         mac: MacAddr::for_ip(ip),
         ip,
+        ip6: None,
         container_id: None,
         pod: None,
         netns: None,

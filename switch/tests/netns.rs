@@ -726,6 +726,7 @@ fn detach_cleans_up_and_repeats() {
             netns: pod.ns.path().display().to_string(),
             ifname: "eth0".into(),
             requested_ip: Some(other),
+            requested_ip6: None,
             pod: None,
             port: None,
         }))
@@ -773,6 +774,7 @@ fn detach_cleans_up_and_repeats() {
         netns: "/run/netns/does-not-exist".into(),
         ifname: "eth0".into(),
         requested_ip: None,
+        requested_ip6: None,
         pod: None,
         port: None,
     }));
@@ -940,6 +942,7 @@ fn restart_releases_vanished_pods() {
             netns: pod.ns.path().display().to_string(),
             ifname: "eth0".into(),
             requested_ip: Some(gone_ip),
+            requested_ip6: None,
             pod: None,
             port: None,
         }))
@@ -977,6 +980,7 @@ fn crash_during_attach_storm() {
                     netns: pod.ns.path().display().to_string(),
                     ifname: "eth0".into(),
                     requested_ip: None,
+                    requested_ip6: None,
                     pod: None,
                     port: None,
                 });

@@ -83,6 +83,7 @@ fn attach_with_ip(netns: &Path, id: &str, ifname: &str, ip: Option<Ipv4Addr>) ->
         netns: netns.display().to_string(),
         ifname: ifname.into(),
         requested_ip: ip,
+        requested_ip6: None,
         pod: None,
         port: None,
     })
@@ -412,7 +413,7 @@ fn del_in_a_netns_path_bound_to_another_namespace_touches_nothing() {
         netns: Some(again.path().display().to_string()),
     });
     match node.ok(&del).expect("DEL") {
-        Reply::Detached { released_ip } => assert_eq!(released_ip, Some(att.ip)),
+        Reply::Detached { released_ip, .. } => assert_eq!(released_ip, Some(att.ip)),
         other => panic!("{other:?}"),
     }
     assert!(

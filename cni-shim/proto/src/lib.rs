@@ -8,7 +8,7 @@
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -174,6 +174,9 @@ pub struct AttachRequest {
     /// A specific address to give the pod, if the runtime asked for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_ip: Option<Ipv4Addr>,
+    /// A specific IPv6 address to give the pod, on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_ip6: Option<Ipv6Addr>,
     /// The Kubernetes pod, as `K8S_POD_NAMESPACE` and `K8S_POD_NAME` name it: what
     /// its labels and policies are found by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -317,6 +320,9 @@ pub enum Reply {
     Detached {
         /// The address that was released, if one was held.
         released_ip: Option<Ipv4Addr>,
+        /// The IPv6 address that was released, if one was held.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        released_ip6: Option<Ipv6Addr>,
     },
     /// A check found the attachment in place.
     Checked(Attachment),
@@ -549,12 +555,26 @@ pub struct Attachment {
     pub prefix_len: u8,
     /// The pod's default gateway.
     pub gateway: Ipv4Addr,
+    /// The pod's IPv6 address, on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Address6>,
     /// The interface MTU.
     pub mtu: u32,
     /// The kind of port the pod got (TAP when AF_XDP was asked for and the node
     /// fell back).
     #[serde(default)]
     pub port: PortType,
+}
+
+/// A pod's IPv6 address, with what it needs to use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address6 {
+    /// The address.
+    pub ip: Ipv6Addr,
+    /// Prefix length of the node's IPv6 subnet.
+    pub prefix_len: u8,
+    /// The default gateway (the subnet's `::1`).
+    pub gateway: Ipv6Addr,
 }
 
 /// Daemon identity and health.
@@ -1028,6 +1048,7 @@ mod tests {
                 container_id: "abc".into(),
                 netns: "/run/netns/x".into(),
                 ifname: "eth0".into(),
+                requested_ip6: None,
                 requested_ip: Some(Ipv4Addr::new(10, 244, 1, 7)),
                 pod: None,
                 port: None,
@@ -1118,10 +1139,18 @@ mod tests {
                 ip: Ipv4Addr::new(10, 244, 1, 2),
                 prefix_len: 24,
                 gateway: Ipv4Addr::new(10, 244, 1, 1),
+                ipv6: Some(Address6 {
+                    ip: "fd00:10:244:1::2".parse().unwrap(),
+                    prefix_len: 64,
+                    gateway: "fd00:10:244:1::1".parse().unwrap(),
+                }),
                 mtu: 1450,
                 port: Default::default(),
             }),
-            Reply::Detached { released_ip: None },
+            Reply::Detached {
+                released_ip: None,
+                released_ip6: Some("fd00:10:244:1::2".parse().unwrap()),
+            },
             Reply::Collected {
                 released: vec![AttachmentKey {
                     container_id: "c".into(),

@@ -16,9 +16,13 @@ impl Daemon {
     pub fn handle(&self, request: Request) -> Response {
         let result = match request {
             Request::Attach(req) => self.attach(&req).map(Reply::Attached),
-            Request::Detach(req) => self
-                .detach(&req)
-                .map(|released_ip| Reply::Detached { released_ip }),
+            Request::Detach(req) => {
+                self.detach(&req)
+                    .map(|(released_ip, released_ip6)| Reply::Detached {
+                        released_ip,
+                        released_ip6,
+                    })
+            }
             Request::Check(req) => self.check(&req).map(Reply::Checked),
             Request::Gc(req) => self
                 .gc(&req.valid)

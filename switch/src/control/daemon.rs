@@ -14,7 +14,7 @@ use ipnet::Ipv4Net;
 use parking_lot::Mutex;
 use weft_encap::sleeve::seal::Cipher;
 use weft_encap::sleeve::NodeId;
-use weft_ipam::{Key, Pool};
+use weft_ipam::{Key, Pool, Pool6};
 use weft_proto::{Attachment, PodRef};
 
 use crate::control::config::{gateway_of, Encryption, ServicesMode, Settings, StoreSettings};
@@ -24,7 +24,7 @@ use crate::control::host::{Host, Queues, SystemHost};
 use crate::control::keys::{self, PublicKey};
 use crate::control::masquerade::Masquerade;
 use crate::control::metrics::Metrics;
-use crate::control::netlink::{LinkSpec, RouteSpec};
+use crate::control::netlink::{Ipv6Spec, LinkSpec, RouteSpec};
 use crate::control::netns::NsId;
 use crate::control::netpol_source::PolicyState;
 use crate::control::peers::{peer_entries, usable_nodes};
@@ -48,7 +48,7 @@ use crate::services::ServiceTable;
 use crate::tables::counters::Counters;
 use crate::tables::health::feature_names;
 use crate::tables::services::{self, Services};
-use crate::tables::{NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables};
+use crate::tables::{Node6, NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables};
 
 /// How long the control plane waits for workers to take or drop a queue.
 pub const WORKER_ACK: Duration = Duration::from_secs(5);
@@ -134,6 +134,8 @@ pub struct Daemon {
     stopping: AtomicBool,
     pub(crate) state: Mutex<State>,
     pub(crate) pool: Pool,
+    /// The IPv6 pool, on a dual-stack node.
+    pub(crate) pool6: Option<Pool6>,
     pub(crate) host: Arc<dyn Host>,
     pub(crate) store: Arc<dyn ClusterStore>,
     /// The encrypted sleeve, if it is on.
@@ -193,15 +195,16 @@ fn vtep_mac(settings: &Settings, view: &ClusterView) -> MacAddr {
         .unwrap_or_else(|| MacAddr::from_name(&settings.node_name))
 }
 
-/// Settles this node's subnet with `store` and opens the address pool on it. The
-/// pool remembers the subnet it was last opened for: a node that restarts asks the
-/// store for that one back, and insists on it while pods hold addresses of it.
+/// Settles this node's subnet with `store` and opens the address pool on it, and the
+/// IPv6 pool of a dual-stack node. The pool remembers the subnet it was last opened
+/// for: a node that restarts asks the store for that one back, and insists on it
+/// while pods hold addresses of it.
 fn join(
     settings: &Settings,
     store: &dyn ClusterStore,
     router_mac: MacAddr,
     public_key: Option<PublicKey>,
-) -> Result<(Ipv4Net, Pool), DaemonError> {
+) -> Result<(Ipv4Net, Pool, Option<Pool6>), DaemonError> {
     let path = settings.state_dir.join("ipam.redb");
     let recorded = Pool::open_recorded(&path)?;
     let remembered = recorded
@@ -233,7 +236,29 @@ fn join(
             Pool::open(&path, subnet)?
         }
     };
-    Ok((subnet, pool))
+    Ok((subnet, pool, open_pool6(settings)?))
+}
+
+/// Opens the IPv6 pool of a dual-stack node. A node that is not dual-stack (any
+/// more) refuses to start while its IPv6 database holds addresses: their pods
+/// would keep addresses the node no longer routes, and lose them silently.
+fn open_pool6(settings: &Settings) -> Result<Option<Pool6>, DaemonError> {
+    let path = settings.state_dir.join("ipam6.redb");
+    if let Some(v6) = settings.ipv6 {
+        return Ok(Some(Pool6::open(&path, v6.subnet)?));
+    }
+    let held = match Pool6::open_recorded(&path)? {
+        Some(p) => p.len()?,
+        None => 0,
+    };
+    if held > 0 {
+        return Err(DaemonError::Invalid(format!(
+            "{} holds {held} IPv6 pod addresses, but pod-subnet-v6 is not set: set it \
+             again, or delete those pods first",
+            path.display()
+        )));
+    }
+    Ok(None)
 }
 
 /// What a node starts from.
@@ -348,6 +373,11 @@ pub(crate) fn node_config(settings: &Settings, subnet: Ipv4Net, router_mac: MacA
             Some(_) => settings.tunnel.heartbeat,
             None => Duration::ZERO,
         },
+        v6: settings.ipv6.map(|v6| Node6 {
+            subnet: v6.subnet,
+            gateway: v6.gateway(),
+            cluster: v6.cluster,
+        }),
     }
 }
 
@@ -360,6 +390,11 @@ pub(crate) fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, L
         mtu: node.pod_mtu,
         addr: gateway,
         prefix_len: 32,
+        ipv6: node.v6.map(|v6| Ipv6Spec {
+            addr: v6.gateway,
+            prefix_len: 128,
+            gateway: None,
+        }),
         // The cluster's pods, and with Services in the switch its Service range:
         // the node's own connections to ClusterIPs go through the switch too.
         routes: std::iter::once(settings.cluster_cidr)
@@ -368,6 +403,10 @@ pub(crate) fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, L
                     .filter(|_| settings.host.services == ServicesMode::Switch),
             )
             .map(|dst| RouteSpec::OnLink { dst, src: gateway })
+            .chain(node.v6.map(|v6| RouteSpec::OnLink6 {
+                dst: v6.cluster,
+                src: v6.gateway,
+            }))
             .collect(),
         alias: None,
     };
@@ -380,6 +419,7 @@ pub(crate) fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, L
         name: settings.host.port.clone(),
         mac: spec.mac,
         ip: gateway,
+        ip6: None,
         container_id: None,
         pod: None,
         netns: None,
@@ -391,6 +431,18 @@ pub(crate) fn host_port(settings: &Settings, node: &NodeConfig) -> (PortEntry, L
         policy: None,
     };
     (entry, spec)
+}
+
+/// Opens the host port: its entry and its queues.
+fn open_host_port(
+    settings: &Settings,
+    node: &NodeConfig,
+    host: &dyn Host,
+) -> Result<(PortEntry, Queues), DaemonError> {
+    let (mut entry, spec) = host_port(settings, node);
+    let queues = host.open_host_port(&spec, settings.datapath.port_queues)?;
+    entry.uso = queues.first().is_some_and(|q| q.takes_uso());
+    Ok((entry, queues))
 }
 
 /// The encrypted sleeve's endpoint, if encryption is on: the node key from the
@@ -521,7 +573,7 @@ impl Daemon {
     ) -> Result<Ipv4Net, DaemonError> {
         let store = store_of(settings, rt)?;
         let view = store.load()?;
-        join(settings, &*store, vtep_mac(settings, &view), None).map(|(subnet, _)| subnet)
+        join(settings, &*store, vtep_mac(settings, &view), None).map(|(subnet, ..)| subnet)
     }
 
     /// Like [`Daemon::start`], on the host operations `host` and the cluster `store`.
@@ -538,18 +590,16 @@ impl Daemon {
         let router_mac = vtep_mac(&settings, &store.load()?);
         let sealer = sealer_of(&settings, router_mac)?;
         let public_key = sealer.as_ref().map(|s| PublicKey(s.endpoint().public()));
-        let (subnet, pool) = join(&settings, &*store, router_mac, public_key)?;
+        let (subnet, pool, pool6) = join(&settings, &*store, router_mac, public_key)?;
         let boot = boot_view(&settings, &*store)?;
         let nodes = Arc::new(boot.nodes);
         let node = Arc::new(node_config(&settings, subnet, router_mac));
         let tunnel = Arc::new(Counters::new(settings.datapath.workers));
-        let (mut host_entry, host_spec) = host_port(&settings, &node);
-        let host_queues = host.open_host_port(&host_spec, settings.datapath.port_queues)?;
-        host_entry.uso = host_queues.first().is_some_and(|q| q.takes_uso());
+        let (host_entry, host_queues) = open_host_port(&settings, &node, &*host)?;
         prepare_host(&settings, &*host)?;
-        let route_to = |ip| host.route_to(ip).ok().flatten();
         let mut left_out = Said::default();
         let usable = usable_nodes(&node, &nodes, &mut left_out);
+        let route_to = |ip| host.route_to(ip).ok().flatten();
         let peers = peer_entries(&settings, &usable, &[], &route_to);
         let translation = Translation::new(&settings)?;
         let mut first = Tables::build(
@@ -587,6 +637,7 @@ impl Daemon {
                 translation,
             }),
             pool,
+            pool6,
             host,
             store,
             sealer,
@@ -784,6 +835,11 @@ impl Daemon {
             ip: entry.ip,
             prefix_len: self.node.subnet.prefix_len(),
             gateway: self.node.gateway,
+            ipv6: (self.node.v6.zip(entry.ip6)).map(|(v6, ip)| weft_proto::Address6 {
+                ip,
+                prefix_len: v6.subnet.prefix_len(),
+                gateway: v6.gateway,
+            }),
             mtu: self.node.pod_mtu,
             // Only AF_XDP ports take no offloads.
             port: if entry.offloads {

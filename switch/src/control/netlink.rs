@@ -2,11 +2,12 @@
 //! network namespace.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use futures_util::{StreamExt, TryStreamExt};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -134,6 +135,13 @@ pub enum RouteSpec {
         /// Preferred source.
         src: Ipv4Addr,
     },
+    /// The IPv6 prefix `dst` directly on the link, from `src`.
+    OnLink6 {
+        /// Destination prefix.
+        dst: Ipv6Net,
+        /// Preferred source.
+        src: Ipv6Addr,
+    },
 }
 
 /// What an interface should look like.
@@ -149,10 +157,25 @@ pub struct LinkSpec {
     pub addr: Ipv4Addr,
     /// Prefix length of `addr`.
     pub prefix_len: u8,
+    /// Its IPv6 address and prefix length, with the IPv6 default gateway, on a
+    /// dual-stack node. The address is added without duplicate address detection
+    /// (weft's IPAM made it unique), so that it is usable at once.
+    pub ipv6: Option<Ipv6Spec>,
     /// Routes through it.
     pub routes: Vec<RouteSpec>,
     /// The alias that marks it as weft's ([`pod_alias`]), for a pod's interface.
     pub alias: Option<String>,
+}
+
+/// An interface's IPv6 address and default route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Spec {
+    /// The address.
+    pub addr: Ipv6Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// The default gateway, if the interface routes through one.
+    pub gateway: Option<Ipv6Addr>,
 }
 
 /// The prefix of the alias (`IFLA_IFALIAS`) weft gives each pod interface it makes.
@@ -270,35 +293,75 @@ pub fn configure(spec: &LinkSpec) -> Result<(), NetlinkError> {
             .execute()
             .await
             .map_err(err("adding the address"))?;
+        if let Some(v6) = &spec.ipv6 {
+            let mut add = handle
+                .address()
+                .add(index, IpAddr::V6(v6.addr), v6.prefix_len)
+                .replace();
+            add.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            add.execute()
+                .await
+                .map_err(err("adding the IPv6 address"))?;
+        }
         handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
             .map_err(err("bringing the link up"))?;
-        for route in &spec.routes {
-            let msg = match *route {
-                RouteSpec::DefaultVia(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(gw)
-                    .output_interface(index)
-                    .build(),
-                RouteSpec::OnLink { dst, src } => RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(dst.network(), dst.prefix_len())
-                    .output_interface(index)
-                    .pref_source(src)
-                    .scope(RouteScope::Link)
-                    .build(),
-            };
-            handle
-                .route()
-                .add(msg)
-                .replace()
-                .execute()
-                .await
-                .map_err(err("adding a route"))?;
-        }
-        Ok(())
+        add_routes(&handle, index, spec).await
     })
+}
+
+/// Adds the routes of `spec` through interface `index`: the IPv6 default route,
+/// then its route list.
+async fn add_routes(handle: &Handle, index: u32, spec: &LinkSpec) -> Result<(), NetlinkError> {
+    let err = |what| {
+        let link = spec.name.clone();
+        move |source| NetlinkError::Request { what, link, source }
+    };
+    if let Some(gw) = spec.ipv6.and_then(|v6| v6.gateway) {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(gw)
+            .output_interface(index)
+            .build();
+        handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(err("adding the IPv6 default route"))?;
+    }
+    for route in &spec.routes {
+        let msg = match *route {
+            RouteSpec::DefaultVia(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
+                .output_interface(index)
+                .build(),
+            RouteSpec::OnLink6 { dst, src } => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix_len())
+                .output_interface(index)
+                .pref_source(src)
+                .build(),
+            RouteSpec::OnLink { dst, src } => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix_len())
+                .output_interface(index)
+                .pref_source(src)
+                .scope(RouteScope::Link)
+                .build(),
+        };
+        handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(err("adding a route"))?;
+    }
+    Ok(())
 }
 
 /// Makes `noqueue` the root qdisc of interface `index`, before it comes up.

@@ -3,7 +3,8 @@
 //! are rare next to packets, and ordering them keeps slots, snapshots and the pool
 //! consistent.
 
-use std::net::Ipv4Addr;
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use weft_proto::{
 use crate::control::daemon::{Daemon, Pod, State};
 use crate::control::error::{io_err, DaemonError};
 use crate::control::host::{host_end_name, Plug, PodPort, Queues};
-use crate::control::netlink::{self, LinkSpec, LinkState, Mark, NetlinkError, RouteSpec};
+use crate::control::netlink::{self, Ipv6Spec, LinkSpec, LinkState, Mark, NetlinkError, RouteSpec};
 use crate::control::netns::{NetnsError, NsId};
 use crate::mac::MacAddr;
 use crate::tables::counters::Counters;
@@ -67,6 +68,9 @@ impl AttachMeta {
     }
 }
 
+/// The addresses a detach released: IPv4 and IPv6.
+pub type Released = (Option<Ipv4Addr>, Option<Ipv6Addr>);
+
 /// Whether a pod that could not be restored is surely gone, so that its address
 /// may go to another pod.
 fn surely_gone(e: &DaemonError) -> bool {
@@ -102,19 +106,35 @@ impl Daemon {
         };
         let reservation = self.pool.reserve(&key, req.requested_ip, &meta.encode())?;
         let ip = reservation.allocation().ip;
+        // The IPv6 address is the second record, in the IPv6 pool's own database;
+        // the IPv4 one, which holds the pod's details, decides whether a pod is
+        // restored, and an IPv6 record without one is released at restore.
+        let reservation6 = match (&self.pool6, req.requested_ip6) {
+            (Some(pool6), requested) => Some(pool6.reserve(&key, requested, b"")?),
+            (None, Some(ip6)) => {
+                return Err(DaemonError::Invalid(format!(
+                    "{ip6} was requested, but this node has no IPv6 pod subnet"
+                )))
+            }
+            (None, None) => None,
+        };
+        let ip6 = reservation6.as_ref().map(|r| r.allocation().ip);
         // The address is decided; its commit (an fsync) runs while the interface is
         // made, which takes longer. A crash in between leaves either no record (the
         // runtime's DEL then deletes the interface by name, as for any failed ADD) or
         // a record whose interface restore reopens or, if it is missing, releases.
         let (committed, plugged) = std::thread::scope(|s| {
-            let commit = s.spawn(move || reservation.commit());
+            let commit = s.spawn(move || {
+                reservation.commit()?;
+                reservation6.map(|r| r.commit()).transpose()
+            });
             let at = Where {
                 netns: &req.netns,
                 ns,
                 pod: req.pod.clone(),
                 port: wanted,
             };
-            let plugged = self.plug(&mut state, key.clone(), at, ip, Plug::Create);
+            let plugged = self.plug(&mut state, key.clone(), at, (ip, ip6), Plug::Create);
             let committed = match commit.join() {
                 Ok(committed) => committed.map(drop).map_err(DaemonError::from),
                 Err(_) => Err(io_err("committing the allocation")(std::io::Error::other(
@@ -166,6 +186,12 @@ impl Daemon {
                 req.container_id, req.ifname, pod.entry.ip,
             )));
         }
+        if let Some(wanted) = req.requested_ip6.filter(|ip| Some(*ip) != pod.entry.ip6) {
+            return Err(DaemonError::Invalid(format!(
+                "container {} interface {} does not hold the requested {wanted}",
+                req.container_id, req.ifname,
+            )));
+        }
         Ok(self.attachment(&pod.entry))
     }
 
@@ -198,6 +224,7 @@ impl Daemon {
         if let Err(re) = self.pool.release(key) {
             log::error!("releasing {ip} after a failed attach: {re}");
         }
+        self.release6(key);
         result
     }
 
@@ -208,7 +235,7 @@ impl Daemon {
         state: &mut State,
         key: Key,
         at: Where<'_>,
-        ip: Ipv4Addr,
+        (ip, ip6): (Ipv4Addr, Option<Ipv6Addr>),
         how: Plug,
     ) -> Result<PortEntry, DaemonError> {
         let netns = at.netns;
@@ -219,6 +246,11 @@ impl Daemon {
             mtu: self.node.pod_mtu,
             addr: ip,
             prefix_len: self.node.subnet.prefix_len(),
+            ipv6: (self.node.v6.zip(ip6)).map(|(v6, addr)| Ipv6Spec {
+                addr,
+                prefix_len: v6.subnet.prefix_len(),
+                gateway: Some(v6.gateway),
+            }),
             routes: vec![RouteSpec::DefaultVia(self.node.gateway)],
             alias: Some(netlink::pod_alias(&key.container_id)),
         };
@@ -229,6 +261,7 @@ impl Daemon {
             name: key.ifname.clone(),
             mac,
             ip,
+            ip6,
             container_id: Some(key.container_id.clone()),
             pod: at.pod.clone(),
             netns: Some(netns.to_owned()),
@@ -337,14 +370,26 @@ impl Daemon {
     /// may still run, so its address and interface stay.
     pub(crate) fn restore(&self) -> Result<(), DaemonError> {
         let allocations = self.pool.list()?;
+        if let Some(pool6) = &self.pool6 {
+            // An IPv6 record whose IPv4 one is gone (an attach that crashed between
+            // the two commits) belongs to no pod.
+            let keys: HashSet<&Key> = allocations.iter().map(|a| &a.key).collect();
+            for orphan in pool6.retain(|k| keys.contains(k))? {
+                log::warn!("releasing {} of {}: no pod holds it", orphan.ip, orphan.key);
+            }
+        }
         if allocations.is_empty() {
             return Ok(());
         }
         let mut state = self.state.lock();
         let (mut restored, mut released, mut kept) = (0, 0, 0);
         for alloc in allocations {
+            let ip6 = match &self.pool6 {
+                Some(pool6) => pool6.get(&alloc.key)?.map(|a| a.ip),
+                None => None,
+            };
             let outcome = AttachMeta::decode(&alloc.meta)
-                .and_then(|meta| self.reopen(&mut state, &alloc.key, alloc.ip, meta));
+                .and_then(|meta| self.reopen(&mut state, &alloc.key, (alloc.ip, ip6), meta));
             let (who, ip) = (&alloc.key, alloc.ip);
             match outcome {
                 Ok(()) => restored += 1,
@@ -355,6 +400,7 @@ impl Daemon {
                         who.ifname
                     );
                     self.pool.release(who)?;
+                    self.release6(who);
                     released += 1;
                 }
                 // The pod may still be running: its address and interface stay until
@@ -384,7 +430,7 @@ impl Daemon {
         &self,
         state: &mut State,
         key: &Key,
-        ip: Ipv4Addr,
+        (ip, ip6): (Ipv4Addr, Option<Ipv6Addr>),
         meta: AttachMeta,
     ) -> Result<(), DaemonError> {
         let found = self.host.netns_id(Path::new(&meta.netns))?;
@@ -403,7 +449,7 @@ impl Daemon {
             pod: meta.pod.clone(),
             port: meta.port,
         };
-        self.plug(state, key.clone(), at, ip, Plug::Reopen)?;
+        self.plug(state, key.clone(), at, (ip, ip6), Plug::Reopen)?;
         if meta.ns.is_none() {
             let meta = AttachMeta {
                 ns: Some(found),
@@ -418,7 +464,7 @@ impl Daemon {
 
     /// Detaches a pod. Succeeds when it, or any part of it, is already gone; always
     /// releases the address.
-    pub fn detach(&self, req: &DetachRequest) -> Result<Option<Ipv4Addr>, DaemonError> {
+    pub fn detach(&self, req: &DetachRequest) -> Result<Released, DaemonError> {
         let key = Key::new(&req.container_id, &req.ifname);
         let mut state = self.state.lock();
         let known = state.pods.iter().any(|p| p.key == key);
@@ -447,7 +493,7 @@ impl Daemon {
         Ok(released)
     }
 
-    fn detach_locked(&self, state: &mut State, key: &Key) -> Result<Option<Ipv4Addr>, DaemonError> {
+    fn detach_locked(&self, state: &mut State, key: &Key) -> Result<Released, DaemonError> {
         if let Some(i) = state.pods.iter().position(|p| &p.key == key) {
             // Unroute first, then close the queues and delete the device.
             let pod = state.pods.swap_remove(i);
@@ -458,7 +504,20 @@ impl Daemon {
             self.retire(state, pod, Device::Delete);
             log::info!("detached {} {}", key.container_id, key.ifname);
         }
-        Ok(self.pool.release(key)?.map(|a| a.ip))
+        let ip = self.pool.release(key)?.map(|a| a.ip);
+        let ip6 = match &self.pool6 {
+            Some(pool6) => pool6.release(key)?.map(|a| a.ip),
+            None => None,
+        };
+        Ok((ip, ip6))
+    }
+
+    /// Releases `key`'s IPv6 address, if the node has an IPv6 pool, logging a
+    /// failure (the caller is undoing something already).
+    fn release6(&self, key: &Key) {
+        if let Some(Err(e)) = self.pool6.as_ref().map(|p| p.release(key)) {
+            log::error!("releasing the IPv6 address of {key}: {e}");
+        }
     }
 
     /// Verifies that an attachment's interface, address and routes are in place.
@@ -546,10 +605,20 @@ impl Daemon {
                 failed.get_or_insert(e);
             }
         }
-        let orphans = self.pool.retain(|k| keep.contains(k))?;
+        let mut orphans: Vec<Key> = (self.pool.retain(|k| keep.contains(k))?.into_iter())
+            .map(|a| a.key)
+            .collect();
+        if let Some(pool6) = &self.pool6 {
+            orphans.extend(
+                pool6
+                    .retain(|k| keep.contains(k))?
+                    .into_iter()
+                    .map(|a| a.key),
+            );
+        }
         let mut released: Vec<AttachmentKey> = stale
             .into_iter()
-            .chain(orphans.into_iter().map(|a| a.key))
+            .chain(orphans)
             .map(|k| AttachmentKey {
                 container_id: k.container_id,
                 ifname: k.ifname,
@@ -641,6 +710,8 @@ mod tests {
         forwarding: std::sync::atomic::AtomicBool,
         /// weft's nftables table now, if it is installed.
         masquerade: Mutex<Option<crate::control::masquerade::Masquerade>>,
+        /// The last pod interface's specification.
+        last_spec: Mutex<Option<LinkSpec>>,
     }
 
     impl FakeHost {
@@ -702,6 +773,7 @@ mod tests {
             }
             let name = (netns.display().to_string(), spec.name.clone());
             self.interfaces.lock().insert(name);
+            *self.last_spec.lock() = Some(spec.clone());
             Ok(self.queues(queues, next != Next::Unpollable))
         }
 
@@ -816,6 +888,7 @@ mod tests {
             routes: Mutex::new(Vec::new()),
             forwarding: Default::default(),
             masquerade: Default::default(),
+            last_spec: Default::default(),
         })
     }
 
@@ -892,7 +965,7 @@ mod tests {
             netns: Some("/run/netns/fake".into()),
         }));
         assert!(
-            matches!(detached, Response::Ok(Reply::Detached { released_ip: Some(ip) }) if ip == a.ip),
+            matches!(detached, Response::Ok(Reply::Detached { released_ip: Some(ip), .. }) if ip == a.ip),
             "{detached:?}"
         );
         assert_nothing_left(&f);
@@ -904,6 +977,7 @@ mod tests {
             netns: "/run/netns/fake".into(),
             ifname: "eth0".into(),
             requested_ip: None,
+            requested_ip6: None,
             pod: None,
             port,
         }))
@@ -950,6 +1024,7 @@ mod tests {
             netns: netns.into(),
             ifname: "eth0".into(),
             requested_ip: None,
+            requested_ip6: None,
             pod: None,
             port: None,
         })) {
@@ -981,6 +1056,7 @@ mod tests {
             netns: gone.into(),
             ifname: "eth0".into(),
             requested_ip: None,
+            requested_ip6: None,
             pod: None,
             port: None,
         }));
@@ -1051,7 +1127,7 @@ mod tests {
             ifname: "eth0".into(),
             netns: Some(path(0)),
         };
-        assert!(d.detach(&del).expect("detached").is_some());
+        assert!(d.detach(&del).expect("detached").0.is_some());
         assert_eq!(held(&d), ["c1", "c4", "c5"]);
         d.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
@@ -1075,14 +1151,14 @@ mod tests {
             netns: Some(netns.into()),
         };
         let released = f.daemon.detach(&del("c1", "/run/netns/a"));
-        assert!(released.expect("detached").is_some());
+        assert!(released.expect("detached").0.is_some());
         let a = ("/run/netns/a".to_owned(), "eth0".to_owned());
         assert!(
             f.host.interfaces.lock().contains(&a),
             "deleted in another namespace"
         );
         let released = f.daemon.detach(&del("c2", "/run/netns/b"));
-        assert!(released.expect("detached").is_some());
+        assert!(released.expect("detached").0.is_some());
         let b = ("/run/netns/b".to_owned(), "eth0".to_owned());
         assert!(
             !f.host.interfaces.lock().contains(&b),
@@ -1800,5 +1876,118 @@ mod tests {
             panic!("no explanation");
         };
         assert_eq!(e.service, None);
+    }
+
+    fn dual_stack() -> Options {
+        Options {
+            pod_subnet_v6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            cluster_cidr_v6: Some("fd00:10:244::/56".parse().unwrap()),
+            ..Options::default()
+        }
+    }
+
+    /// A dual-stack pod gets an address of each family, its interface both, and a
+    /// detach, a failed attach, GC and a restart keep the two pools in step.
+    #[test]
+    fn a_dual_stack_pod_holds_an_address_of_each_family_and_gives_both_back() {
+        let (settings, dir) = settings_for("dual", dual_stack());
+        let host = fake_host(&dir);
+        let d = Daemon::start_with(settings.clone(), host.clone(), Arc::new(NoStore))
+            .expect("the daemon");
+        let pool6 = || d.pool6.as_ref().expect("an IPv6 pool");
+        let a = attach_in(&d, "c1", "/run/netns/p1");
+        let v6 = a.ipv6.expect("an IPv6 address");
+        assert_eq!(v6.ip, "fd00:10:244:1::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            (v6.prefix_len, v6.gateway.to_string().as_str()),
+            (64, "fd00:10:244:1::1")
+        );
+        let spec = host.last_spec.lock().clone().expect("a spec");
+        let want = Ipv6Spec {
+            addr: v6.ip,
+            prefix_len: 64,
+            gateway: Some(v6.gateway),
+        };
+        assert_eq!(spec.ipv6, Some(want));
+        assert_eq!(d.tables().ports[1].ip6, Some(v6.ip));
+        // A repeated ADD asking for another IPv6 address is refused.
+        let again = d.handle(Request::Attach(AttachRequest {
+            container_id: "c1".into(),
+            netns: "/run/netns/p1".into(),
+            ifname: "eth0".into(),
+            requested_ip: None,
+            requested_ip6: Some("fd00:10:244:1::9".parse().unwrap()),
+            pod: None,
+            port: None,
+        }));
+        assert!(matches!(again, Response::Error(_)), "{again:?}");
+        // A failed attach leaves neither address.
+        *host.next.lock() = Next::Fails;
+        assert!(matches!(attach(&d, "c2"), Response::Error(_)));
+        *host.next.lock() = Next::Works;
+        assert_eq!((d.pool.len().unwrap(), pool6().len().unwrap()), (1, 1));
+        // A requested IPv6 address outside the subnet is refused, and takes no IPv4.
+        let outside = d.handle(Request::Attach(AttachRequest {
+            container_id: "c3".into(),
+            netns: "/run/netns/p3".into(),
+            ifname: "eth0".into(),
+            requested_ip: None,
+            requested_ip6: Some("fd00:10:245::9".parse().unwrap()),
+            pod: None,
+            port: None,
+        }));
+        assert!(matches!(outside, Response::Error(_)), "{outside:?}");
+        assert_eq!((d.pool.len().unwrap(), pool6().len().unwrap()), (1, 1));
+        // A restart restores both addresses.
+        attach_in(&d, "c4", "/run/netns/p4");
+        d.shutdown();
+        drop(d);
+        let d = Daemon::start_with(settings.clone(), host.clone(), Arc::new(NoStore))
+            .expect("the daemon restarts");
+        let ports = d.tables().ports.clone();
+        let mut v6s: Vec<String> = (ports.iter().filter_map(|p| p.ip6))
+            .map(|ip| ip.to_string())
+            .collect();
+        v6s.sort();
+        // c2 held ::3 until its attach failed: round robin moves on.
+        assert_eq!(v6s, ["fd00:10:244:1::2", "fd00:10:244:1::4"]);
+        // DEL gives both back.
+        let released = d
+            .detach(&DetachRequest {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+                netns: None,
+            })
+            .expect("detached");
+        assert_eq!(released.1, Some(v6.ip));
+        // GC collects both of what it does not keep.
+        let gone = d.gc(&[]).expect("collected");
+        assert_eq!(gone.len(), 1);
+        let pool6 = d.pool6.as_ref().expect("an IPv6 pool");
+        assert_eq!((d.pool.len().unwrap(), pool6.len().unwrap()), (0, 0));
+        d.shutdown();
+        drop(d);
+        // A node no longer dual-stack starts, its IPv6 database empty.
+        let (v4_only, _) = (settings.clone(), ());
+        let v4_only = Settings {
+            ipv6: None,
+            ..v4_only
+        };
+        let d = Daemon::start_with(v4_only.clone(), host.clone(), Arc::new(NoStore))
+            .expect("an empty IPv6 database is no obstacle");
+        attach_in(&d, "c5", "/run/netns/p5");
+        d.shutdown();
+        drop(d);
+        // But one that holds addresses stops it.
+        let d = Daemon::start_with(settings.clone(), host.clone(), Arc::new(NoStore))
+            .expect("dual stack again");
+        attach_in(&d, "c6", "/run/netns/p6");
+        d.shutdown();
+        drop(d);
+        let err = Daemon::start_with(v4_only, host, Arc::new(NoStore)).unwrap_err();
+        assert!(
+            err.to_string().contains("pod-subnet-v6 is not set"),
+            "{err}"
+        );
     }
 }

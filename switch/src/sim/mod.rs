@@ -16,10 +16,10 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::{Duration, Instant};
@@ -45,7 +45,7 @@ use crate::tables::counters::{Counters, DropReason, Snapshot};
 use crate::tables::health::{HealthSnapshot, PeerHealth};
 use crate::tables::services::Services;
 use crate::tables::{
-    NodeConfig, PeerEntry, PeerPath, PortEntry, PortId, PortKind, Tables, TunnelMode,
+    Node6, NodeConfig, PeerEntry, PeerPath, PortEntry, PortId, PortKind, Tables, TunnelMode,
     TUNNEL_OVERHEAD,
 };
 
@@ -108,6 +108,28 @@ pub fn subnet(n: usize) -> Ipv4Net {
 /// Node `n`'s gateway address (held by its host port).
 pub fn gateway(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, n as u8 + 1, 1)
+}
+
+/// The cluster's IPv6 pod range.
+pub fn cluster6() -> Ipv6Net {
+    "fd00:10:244::/56".parse().unwrap()
+}
+
+/// Node `n`'s IPv6 pod subnet.
+pub fn subnet6(n: usize) -> Ipv6Net {
+    Ipv6Net::new(ip6_of(subnet(n).network()), 64).unwrap()
+}
+
+/// Node `n`'s IPv6 gateway address.
+pub fn gateway6(n: usize) -> Ipv6Addr {
+    ip6_of(gateway(n))
+}
+
+/// The IPv6 address the simulation gives the pod (or gateway) at IPv4 address `ip`:
+/// `10.244.N.H` is `fd00:10:244:N::H`.
+pub fn ip6_of(ip: Ipv4Addr) -> Ipv6Addr {
+    let [_, _, n, h] = ip.octets();
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(n), 0, 0, 0, u16::from(h))
 }
 
 /// The source port of lane 0 on the simulated wire; lane `k` sends from this + `k`.
@@ -626,6 +648,11 @@ fn node_config(n: usize, mode: TunnelMode, heartbeat: Option<std::time::Duration
         pod_mtu: POD_MTU,
         max_datagram: MAX_DATAGRAM,
         heartbeat: heartbeat.unwrap_or_default(),
+        v6: Some(Node6 {
+            subnet: subnet6(n),
+            gateway: gateway6(n),
+            cluster: cluster6(),
+        }),
     }
 }
 
@@ -645,6 +672,7 @@ fn port_entry(slot: u32, ip: Ipv4Addr) -> PortEntry {
         },
         mac: MacAddr::for_ip(ip),
         ip,
+        ip6: pod.then(|| ip6_of(ip)),
         container_id: pod.then(|| format!("pod-{ip}")),
         pod: None,
         netns: None,

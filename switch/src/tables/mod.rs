@@ -8,11 +8,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasherDefault;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use weft_encap::vxlan::Vni;
 
 pub mod counters;
@@ -79,6 +79,19 @@ pub struct NodeConfig {
     pub max_datagram: usize,
     /// How often worker 0 sends every peer a heartbeat.
     pub heartbeat: Duration,
+    /// The node's IPv6 addressing, on a dual-stack node.
+    pub v6: Option<Node6>,
+}
+
+/// A dual-stack node's IPv6 addressing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node6 {
+    /// The node's IPv6 pod subnet.
+    pub subnet: Ipv6Net,
+    /// Its gateway address (`::1` of the subnet), answered for by the switch.
+    pub gateway: Ipv6Addr,
+    /// The whole cluster's IPv6 pod range.
+    pub cluster: Ipv6Net,
 }
 
 /// A port's identity: a slot that workers index by, and a generation that tells a
@@ -113,6 +126,8 @@ pub struct PortEntry {
     pub mac: MacAddr,
     /// The pod's address (the gateway, for the host port).
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, on a dual-stack node (none for the host port).
+    pub ip6: Option<Ipv6Addr>,
     /// The container id, for pods.
     pub container_id: Option<String>,
     /// The Kubernetes pod, for pods whose CNI args named it: the metrics' labels.

@@ -23,11 +23,11 @@ mod tests;
 mod tunnel;
 
 use std::ffi::OsString;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::FromArgMatches;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 pub use afxdp::*;
@@ -69,6 +69,14 @@ pub struct Options {
     /// The whole cluster's pod range (for example 10.244.0.0/16).
     #[arg(long)]
     pub cluster_cidr: Option<Ipv4Net>,
+    /// This node's IPv6 pod subnet (for example fd00:10:244:1::/64), for a
+    /// dual-stack node: pods get an address of it beside their IPv4 one. Needs
+    /// cluster-cidr-v6. The file store only, so far.
+    #[arg(long)]
+    pub pod_subnet_v6: Option<Ipv6Net>,
+    /// The whole cluster's IPv6 pod range (for example fd00:10:244::/56).
+    #[arg(long)]
+    pub cluster_cidr_v6: Option<Ipv6Net>,
     /// Where the cluster's nodes are learnt: file (the peers file), etcd, or
     /// kubernetes (the API server) [default: file].
     #[arg(long, value_parser = parse_store)]
@@ -256,6 +264,9 @@ pub enum NodeConfigError {
         /// The cluster CIDR.
         cluster: Ipv4Net,
     },
+    /// An IPv6 setting without its pair, or with the other's range.
+    #[error("invalid {0}")]
+    Ipv6(String),
     /// A peers file on the etcd or Kubernetes store.
     #[error("invalid peers: it is the file store's; with {0} the nodes come from {0}")]
     PeersWithStore(&'static str),
@@ -293,7 +304,16 @@ impl Options {
             return Err(NodeConfigError::EmptyName.into());
         }
         let (underlay_ip, pod_subnet, cluster_cidr) = self.addressing()?;
+        let ipv6 = self.addressing_v6()?;
         let kind = self.store.unwrap_or(StoreKind::File);
+        if ipv6.is_some() && kind != StoreKind::File {
+            return Err(NodeConfigError::Ipv6(
+                "pod-subnet-v6: IPv6 pods are served with the file store only, so far (the \
+                 etcd and Kubernetes stores lease IPv4 subnets only)"
+                    .into(),
+            )
+            .into());
+        }
         let store = match kind {
             StoreKind::File => {
                 self.etcd.refuse()?;
@@ -329,6 +349,7 @@ impl Options {
             underlay_ip,
             pod_subnet,
             cluster_cidr,
+            ipv6,
             socket: self
                 .socket
                 .unwrap_or_else(|| weft_proto::DEFAULT_SOCKET.into()),
@@ -366,6 +387,56 @@ impl Options {
         };
         check_pod_subnet(pod_subnet, cluster)?;
         Ok((underlay_ip, Some(pod_subnet), cluster))
+    }
+}
+
+impl Options {
+    /// The IPv6 pod subnet and cluster range, if given, checked together.
+    fn addressing_v6(&self) -> Result<Option<Ipv6Subnets>, NodeConfigError> {
+        let refuse = |why: String| Err(NodeConfigError::Ipv6(why));
+        let (subnet, cluster) = match (self.pod_subnet_v6, self.cluster_cidr_v6) {
+            (None, None) => return Ok(None),
+            (Some(s), Some(c)) => (s, c),
+            (Some(_), None) => return refuse("pod-subnet-v6: it needs cluster-cidr-v6".into()),
+            (None, Some(_)) => return refuse("cluster-cidr-v6: it needs pod-subnet-v6".into()),
+        };
+        if subnet != subnet.trunc() {
+            return refuse(format!(
+                "pod-subnet-v6: {subnet} has host bits set; did you mean {}?",
+                subnet.trunc()
+            ));
+        }
+        let (min, max) = (
+            <Ipv6Net as weft_ipam::Family>::MIN_PREFIX_LEN,
+            <Ipv6Net as weft_ipam::Family>::MAX_PREFIX_LEN,
+        );
+        if !(min..=max).contains(&subnet.prefix_len()) {
+            return refuse(format!(
+                "pod-subnet-v6: {subnet} must be a /{min} to a /{max}"
+            ));
+        }
+        if !cluster.contains(&subnet) || cluster == subnet {
+            return refuse(format!(
+                "pod-subnet-v6: {subnet} must lie inside cluster-cidr-v6 {cluster} and be smaller"
+            ));
+        }
+        Ok(Some(Ipv6Subnets { subnet, cluster }))
+    }
+}
+
+/// A dual-stack node's IPv6 pod subnet and the cluster's IPv6 range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Subnets {
+    /// This node's IPv6 pod subnet.
+    pub subnet: Ipv6Net,
+    /// The cluster's IPv6 pod range.
+    pub cluster: Ipv6Net,
+}
+
+impl Ipv6Subnets {
+    /// The pods' IPv6 gateway: the subnet's first address after the network's.
+    pub fn gateway(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.subnet.network()) + 1)
     }
 }
 
@@ -414,6 +485,8 @@ pub struct Settings {
     pub pod_subnet: Option<Ipv4Net>,
     /// The cluster's pod range.
     pub cluster_cidr: Ipv4Net,
+    /// This node's IPv6 pod subnet and the cluster's, on a dual-stack node.
+    pub ipv6: Option<Ipv6Subnets>,
     /// Control socket path.
     pub socket: PathBuf,
     /// The group (gid) that may query through the control socket, if any.

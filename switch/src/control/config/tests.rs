@@ -157,7 +157,7 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         .get_arguments()
         .filter_map(|a| a.get_long())
         .collect();
-    assert_eq!(flags.len(), 48, "{flags:?}");
+    assert_eq!(flags.len(), 50, "{flags:?}");
     // Keys that came after the sections, and so never had a flat form.
     let sectioned = [
         "tap-uso",
@@ -175,6 +175,8 @@ fn every_flag_is_a_key_and_every_flat_key_a_flag() {
         "underlay-ip",
         "pod-subnet",
         "cluster-cidr",
+        "pod-subnet-v6",
+        "cluster-cidr-v6",
         "store",
         "peers",
         "socket",
@@ -904,4 +906,62 @@ fn the_api_server_address_is_an_https_url_and_needed_in_cluster_with_services_in
         "{HEAD}pod-subnet = \"10.244.1.0/24\"\n[kubernetes]\napi-server = \"https://10.0.0.5:6443\"\n"
     ));
     assert!(file.unwrap_err().contains("store = \"kubernetes\""));
+}
+
+/// A dual-stack node names its IPv6 subnet and the cluster's IPv6 range together,
+/// and each is checked as the IPv4 ones are.
+#[test]
+fn ipv6_subnets_come_in_pairs_and_are_checked() {
+    let with = |extra: &str| {
+        let text = format!("{HEAD}pod-subnet = \"10.244.1.0/24\"\n{extra}");
+        parse(&text)
+            .map_err(|e| e.to_string())?
+            .0
+            .resolve()
+            .map_err(|e| e.to_string())
+    };
+    let s =
+        with("pod-subnet-v6 = \"fd00:10:244:1::/64\"\ncluster-cidr-v6 = \"fd00:10:244::/56\"\n")
+            .unwrap();
+    let v6 = s.ipv6.expect("dual stack");
+    assert_eq!(
+        v6.gateway(),
+        "fd00:10:244:1::1".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    assert_eq!(base().resolve().unwrap().ipv6, None, "IPv4 only by default");
+    for (extra, want) in [
+        (
+            "pod-subnet-v6 = \"fd00:10:244:1::/64\"\n",
+            "needs cluster-cidr-v6",
+        ),
+        (
+            "cluster-cidr-v6 = \"fd00:10:244::/56\"\n",
+            "needs pod-subnet-v6",
+        ),
+        (
+            "pod-subnet-v6 = \"fd00:10:244:1::1/64\"\ncluster-cidr-v6 = \"fd00:10:244::/56\"\n",
+            "did you mean fd00:10:244:1::/64",
+        ),
+        (
+            "pod-subnet-v6 = \"fd00:10:245:1::/64\"\ncluster-cidr-v6 = \"fd00:10:244::/56\"\n",
+            "must lie inside",
+        ),
+        (
+            "pod-subnet-v6 = \"fd00:10:244::/56\"\ncluster-cidr-v6 = \"fd00:10:244::/56\"\n",
+            "must lie inside",
+        ),
+        (
+            "pod-subnet-v6 = \"fd00:10:244:1::/127\"\ncluster-cidr-v6 = \"fd00:10:244::/56\"\n",
+            "/48 to a /126",
+        ),
+        ("pod-subnet-v6 = \"10.0.0.0/24\"\n", "pod-subnet-v6"),
+    ] {
+        let err = with(extra).unwrap_err();
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+    let etcd = format!(
+        "{HEAD}store = \"etcd\"\npod-subnet-v6 = \"fd00:10:244:1::/64\"\ncluster-cidr-v6 = \"fd00:10:244::/56\"\n[etcd]\nendpoints = [\"http://10.0.0.1:2379\"]\n"
+    );
+    let err = parse(&etcd).unwrap().0.resolve().unwrap_err().to_string();
+    assert!(err.contains("file store only"), "{err}");
 }
