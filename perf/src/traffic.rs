@@ -2,7 +2,7 @@
 //! entered a pod's namespace, then used from anywhere. Every call is bounded in time.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -78,12 +78,18 @@ pub enum Amount {
 /// `stall` or differs from the pattern.
 pub fn tcp_transfer(
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     client: &Netns,
     bytes: u64,
     stall: Duration,
 ) -> Result<Transfer> {
-    tcp_send(server, server_ip, client, Amount::Bytes(bytes), stall)
+    tcp_send(
+        server,
+        server_ip.into(),
+        client,
+        Amount::Bytes(bytes),
+        stall,
+    )
 }
 
 /// A TCP connection from a socket in `client` to `server_ip`, an address of `server`:
@@ -92,7 +98,7 @@ pub fn tcp_transfer(
 fn connected_pair(
     client: &Netns,
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: IpAddr,
     stall: Duration,
 ) -> Result<(TcpStream, TcpStream, SocketAddr)> {
     let listener = in_netns(server, || TcpListener::bind((server_ip, 0)))?
@@ -128,7 +134,7 @@ fn connected_pair(
 /// Like [`tcp_transfer`], for a byte count or a duration.
 pub fn tcp_send(
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: IpAddr,
     client: &Netns,
     amount: Amount,
     stall: Duration,
@@ -244,7 +250,7 @@ pub fn tcp_streams(flows: &[Flow<'_>], duration: Duration, stall: Duration) -> R
     );
     let pairs = flows
         .iter()
-        .map(|f| connected_pair(f.client, f.server, f.server_ip, stall))
+        .map(|f| connected_pair(f.client, f.server, f.server_ip.into(), stall))
         .collect::<Result<Vec<_>>>()?;
     let barrier = std::sync::Barrier::new(pairs.len() * 2 + 1);
     std::thread::scope(|s| {
@@ -626,7 +632,7 @@ pub fn tcp_rr(
     max_round_trips: u64,
     stall: Duration,
 ) -> Result<hdrhistogram::Histogram<u64>> {
-    let (mut conn, echo, addr) = connected_pair(client, server, server_ip, stall)?;
+    let (mut conn, echo, addr) = connected_pair(client, server, server_ip.into(), stall)?;
     conn.set_nodelay(true)?;
     let mut hist = latency_histogram()?;
     std::thread::scope(|s| {

@@ -293,7 +293,8 @@ impl WeftNode {
             Store::Given(args) => cmd.args(args),
         };
         // The fixtures' cluster CIDR, unless the caller gives one.
-        if !opts.extra.iter().any(|a| a.starts_with("--cluster-cidr")) {
+        let own_cidr = |a: &String| a == "--cluster-cidr" || a.starts_with("--cluster-cidr=");
+        if !opts.extra.iter().any(own_cidr) {
             cmd.args(["--cluster-cidr", CLUSTER_CIDR]);
         }
         cmd.args(["--mode", &opts.mode])

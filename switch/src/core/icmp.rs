@@ -23,8 +23,9 @@ pub(super) type Limit = TokenBucket<PER_SECOND, BURST>;
 /// Largest IPv4 packet an ICMP error may be (RFC 1812, 4.3.2.3).
 const ICMP_ERROR_MAX: usize = 576;
 
-/// Room for one error: headroom, Ethernet, the largest error packet.
-pub(super) const BUF_LEN: usize = HEADROOM + ethernet::HEADER_LEN + ICMP_ERROR_MAX;
+/// Room for one error: headroom, Ethernet, the largest error packet (an ICMPv6
+/// error may fill IPv6's minimum MTU, 1280 bytes).
+pub(super) const BUF_LEN: usize = HEADROOM + ethernet::HEADER_LEN + 1280;
 
 /// "Internetwork control" precedence, which routers send their errors with.
 const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;

@@ -41,6 +41,7 @@ mod enforce;
 mod flow;
 pub mod flowlog;
 mod forward;
+mod forward6;
 mod heartbeat;
 pub mod host;
 mod icmp;

@@ -79,6 +79,10 @@ drop_reasons! {
     RingFull => "ring_full",
     /// An ARP packet the switch does not answer.
     ArpIgnored => "arp_ignored",
+    /// An IPv6 Neighbour Discovery message the switch does not answer: a
+    /// solicitation for an address on the asker's own side, duplicate address
+    /// detection, a router solicitation (pods' routes are set by netlink).
+    NdpIgnored => "ndp_ignored",
     /// A sleeve super-frame whose chunks did not all arrive, in order (the pod's
     /// transport retransmits it); counted once per frame given up.
     ChunkLost => "chunk_lost",

@@ -265,6 +265,8 @@ pub struct Tables {
     pub services: Option<Arc<services::Services>>,
     by_slot: Vec<Option<(u32, u32)>>,
     peer_by_ip: PeerMap,
+    /// The ports by their IPv6 address.
+    by_ip6: HashMap<Ipv6Addr, usize>,
 }
 
 /// Checks that peer `p`'s subnet lies in the cluster CIDR and overlaps neither this
@@ -363,6 +365,9 @@ impl Tables {
                 routes.push((Ipv4Net::from(port.ip), NextHop::Local(i)));
             }
         }
+        let by_ip6 = (ports.iter().enumerate())
+            .filter_map(|(i, p)| p.ip6.map(|ip| (ip, i)))
+            .collect();
         Ok(Tables {
             node,
             ports,
@@ -373,6 +378,7 @@ impl Tables {
             services: None,
             by_slot,
             peer_by_ip,
+            by_ip6,
         })
     }
 
@@ -389,6 +395,11 @@ impl Tables {
     #[inline]
     pub fn peer_by_ip(&self, ip: Ipv4Addr) -> Option<usize> {
         self.peer_by_ip.get(&u32::from(ip)).copied()
+    }
+
+    /// The port whose pod holds the IPv6 address `ip`.
+    pub fn port_by_ip6(&self, ip: Ipv6Addr) -> Option<usize> {
+        self.by_ip6.get(&ip).copied()
     }
 
     /// How long a round of heartbeats to this snapshot's peers takes (see

@@ -147,6 +147,7 @@ impl DropClass {
             | R::SealRefused
             | R::HandshakeRefused
             | R::ArpIgnored
+            | R::NdpIgnored
             | R::Multicast => DropClass::Refused,
             R::PolicyIngress | R::PolicyEgress | R::ConntrackFull | R::ConntrackShare => {
                 DropClass::Policy

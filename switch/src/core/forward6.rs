@@ -1,0 +1,434 @@
+//! IPv6 on a dual-stack node: Neighbour Discovery answered by the switch, and IPv6
+//! packets routed between the node's pods and its host port.
+//!
+//! As with ARP, the switch answers a Neighbour Solicitation for every address it
+//! routes with its router MAC, so nothing is flooded and a pod's neighbours are all
+//! the switch. Pods get their address and default route by netlink, so the switch
+//! sends no Router Advertisement and ignores Router Solicitations. A pod may send
+//! only from its own address; Neighbour and Router Advertisements and Redirects
+//! from a pod are dropped as spoofed, and the unspecified source is admitted only
+//! for a Neighbour Solicitation (duplicate address detection), which is not
+//! answered.
+//!
+//! What is not here yet, and is dropped rather than half done: IPv6 to and from
+//! peer nodes, IPv6 to or from a pod that NetworkPolicy isolates (no IPv6 rule is
+//! enforced yet, so such a pod's IPv6 fails closed), and IPv6 offloads towards an
+//! AF_XDP port.
+
+use std::net::Ipv6Addr;
+
+use weft_encap::icmpv6::{self, kind};
+use weft_encap::ipv6::{self, next_header};
+use weft_encap::{ethernet, tcp, udp};
+
+use super::{Core, Ctx, Frame, Ingress, Offload, Sink, HEADROOM};
+use crate::tables::counters::DropReason;
+use crate::tables::{Node6, PortKind, Tables};
+
+/// The smallest MTU of an IPv6 link (RFC 8200 §5): an ICMPv6 error is at most this.
+const MIN_MTU: usize = 1280;
+
+/// The facts of a validated IPv6 packet that routing needs.
+#[derive(Debug, Clone, Copy)]
+struct Facts6 {
+    total_len: usize,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    /// The upper layer's protocol and its offset in the packet.
+    protocol: u8,
+    l4: usize,
+    /// Not the first fragment, or an ICMPv6 error: no error may answer it.
+    error_exempt: bool,
+    /// The IPv6 header, extension headers and TCP (with options) or UDP header: what
+    /// every segment of a super-frame repeats.
+    headers_len: usize,
+}
+
+impl Facts6 {
+    fn of(ip: &ipv6::Packet<&[u8]>) -> Result<Facts6, DropReason> {
+        let payload = ip.payload();
+        let upper =
+            ipv6::upper_layer(ip.next_header(), payload).map_err(|_| DropReason::Malformed)?;
+        let rest = &payload[upper.offset..];
+        let first = upper.fragment.is_none_or(|f| f.offset == 0);
+        let is_error = upper.protocol == next_header::ICMPV6
+            && first
+            && rest.first().is_some_and(|&t| icmpv6::is_error(t));
+        let l4 = match upper.protocol {
+            next_header::UDP => udp::HEADER_LEN,
+            _ => tcp::Packet::new_checked(rest).map_or(0, |t| t.header_len()),
+        };
+        Ok(Facts6 {
+            total_len: ip.total_len(),
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+            hop_limit: ip.hop_limit(),
+            protocol: upper.protocol,
+            l4: ipv6::HEADER_LEN + upper.offset,
+            error_exempt: !first || is_error,
+            headers_len: (ipv6::HEADER_LEN + upper.offset + l4)
+                .max(ipv6::HEADER_LEN + tcp::HEADER_LEN),
+        })
+    }
+}
+
+/// Where an IPv6 packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop6 {
+    /// Out of port `k` (0: the host port).
+    Port(usize),
+    /// Nowhere: answered with a destination unreachable of this code.
+    Unreachable(u8),
+}
+
+/// Destination unreachable codes (RFC 4443 §3.1).
+const NO_ROUTE: u8 = 0;
+const ADDRESS_UNREACHABLE: u8 = 3;
+
+/// Whether a partial checksum the port left for the switch (NEEDS_CSUM) is where
+/// the packet's own TCP or UDP header puts it; see the IPv4 twin in `ingress`.
+pub(super) fn partial_checksum_in_place6(ip: &[u8], offload: &Offload) -> bool {
+    let Ok(p) = ipv6::Packet::new_checked(ip) else {
+        return false;
+    };
+    let Ok(upper) = ipv6::upper_layer(p.next_header(), p.payload()) else {
+        return false;
+    };
+    let l4 = ethernet::HEADER_LEN + ipv6::HEADER_LEN + upper.offset;
+    let (start, at) = (usize::from(offload.csum_start), offload.csum_offset);
+    match upper.protocol {
+        _ if upper.fragment.is_some() => false,
+        next_header::TCP => start == l4 && at == 16,
+        next_header::UDP => start == l4 && at == 6,
+        _ => start >= l4,
+    }
+}
+
+/// The route of `dst` for a packet from port `from` of `t`, on node `v6`.
+fn route6(t: &Tables, v6: &Node6, from: usize, dst: Ipv6Addr) -> Hop6 {
+    if dst == v6.gateway {
+        return Hop6::Port(0);
+    }
+    if let Some(k) = t.port_by_ip6(dst) {
+        return Hop6::Port(k);
+    }
+    if v6.subnet.contains(&dst) {
+        return Hop6::Unreachable(ADDRESS_UNREACHABLE);
+    }
+    if v6.cluster.contains(&dst) {
+        // Another node's pods: not carried between nodes yet.
+        return Hop6::Unreachable(NO_ROUTE);
+    }
+    match t.ports[from].kind {
+        PortKind::Pod => Hop6::Port(0),
+        PortKind::Host => Hop6::Unreachable(NO_ROUTE),
+    }
+}
+
+/// Why an IPv6 packet from port `i` may not enter, if it may not.
+fn inadmissible6(t: &Tables, v6: &Node6, i: usize, f: &Facts6) -> Option<DropReason> {
+    let port = &t.ports[i];
+    let spoofed = match port.kind {
+        PortKind::Pod => port.ip6 != Some(f.src),
+        // The node sends to pods from its gateway address; what it forwards comes
+        // from outside the cluster.
+        PortKind::Host => f.src != v6.gateway && v6.cluster.contains(&f.src),
+    };
+    if spoofed || f.src.is_unspecified() || f.src.is_multicast() || is_link_local(f.src) {
+        return Some(DropReason::Spoofed);
+    }
+    if f.dst.is_multicast() || is_link_local(f.dst) || f.dst.is_unspecified() {
+        return Some(DropReason::Multicast);
+    }
+    None
+}
+
+/// Whether `ip` is link-local (fe80::/10), never routed.
+fn is_link_local(ip: Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// Whether an ICMPv6 message of type `t` is Neighbour Discovery or multicast
+/// listener signalling: link-local, for the switch, never forwarded.
+fn is_link_signalling(t: u8) -> bool {
+    matches!(
+        t,
+        kind::ROUTER_SOLICIT
+            | kind::ROUTER_ADVERT
+            | kind::NEIGHBOR_SOLICIT
+            | kind::NEIGHBOR_ADVERT
+            | kind::REDIRECT
+            | MLD_QUERY
+            | MLD_REPORT
+            | MLD_DONE
+            | MLD2_REPORT
+    )
+}
+
+/// Multicast Listener Discovery (RFC 2710, RFC 3810).
+const MLD_QUERY: u8 = 130;
+const MLD_REPORT: u8 = 131;
+const MLD_DONE: u8 = 132;
+const MLD2_REPORT: u8 = 143;
+
+impl Core {
+    /// An IPv6 frame from port `i`.
+    pub(super) fn forward6<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        i: usize,
+        offload: &Offload,
+        frame: Frame<'_>,
+    ) {
+        let t = cx.tables;
+        let from = Ingress::Port(i);
+        let Some(v6) = t.node.v6 else {
+            return self.drop_at(cx, from, DropReason::Unsupported);
+        };
+        let ip_start = frame.start + ethernet::HEADER_LEN;
+        let parsed = (frame.bytes())
+            .and_then(|b| ipv6::Packet::new_checked(&b[ethernet::HEADER_LEN..]).ok())
+            .ok_or(DropReason::Malformed)
+            .and_then(|ip| Facts6::of(&ip));
+        let f = match parsed {
+            Ok(f) => f,
+            Err(reason) => return self.drop_at(cx, from, reason),
+        };
+        let packet = &frame.buf[ip_start..ip_start + f.total_len];
+        if f.protocol == next_header::ICMPV6 && !f.error_exempt {
+            let t = packet.get(f.l4).copied().unwrap_or(0);
+            if is_link_signalling(t) {
+                return self.ndp(cx, i, &v6, &f, packet);
+            }
+        }
+        if let Some(reason) = inadmissible6(t, &v6, i, &f) {
+            return self.drop_at(cx, from, reason);
+        }
+        let k = match route6(t, &v6, i, f.dst) {
+            Hop6::Port(k) if k == i => return self.drop_at(cx, from, DropReason::HostLoop),
+            Hop6::Port(k) => k,
+            Hop6::Unreachable(code) => {
+                self.drop_at(cx, from, DropReason::NoRoute);
+                let error = icmpv6::Repr::DestUnreachable { code };
+                return self.icmp6_error(cx, i, &v6, &f, packet, error);
+            }
+        };
+        self.pass6(cx, i, k, &v6, offload, frame, &f);
+    }
+
+    /// Takes an admitted, routed IPv6 packet from port `i` to port `k`: policy,
+    /// hop limit, MTU, offloads, and out.
+    #[allow(clippy::too_many_arguments)]
+    fn pass6<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        i: usize,
+        k: usize,
+        v6: &Node6,
+        offload: &Offload,
+        frame: Frame<'_>,
+        f: &Facts6,
+    ) {
+        let t = cx.tables;
+        let (src, dst) = (&t.ports[i], &t.ports[k]);
+        // No IPv6 rule is enforced yet: a pod that policy isolates takes no IPv6.
+        if src.policy.is_some() {
+            return src.counters.discard(self.worker, DropReason::PolicyEgress);
+        }
+        if dst.policy.is_some() {
+            return dst.counters.discard(self.worker, DropReason::PolicyIngress);
+        }
+        let ip_start = frame.start + ethernet::HEADER_LEN;
+        let routed = f.dst != v6.gateway;
+        if routed && f.hop_limit <= 1 {
+            self.drop_at(cx, Ingress::Port(i), DropReason::TtlExceeded);
+            let packet = &frame.buf[ip_start..ip_start + f.total_len];
+            let error = icmpv6::Repr::TimeExceeded { code: 0 };
+            return self.icmp6_error(cx, i, v6, f, packet, error);
+        }
+        let mtu = t.node.pod_mtu as usize;
+        if offload.is_gso() && usize::from(offload.gso_size) + f.headers_len > mtu {
+            return self.drop_at(cx, Ingress::Port(i), DropReason::TooBig);
+        }
+        if !offload.is_gso() && f.total_len > mtu {
+            self.drop_at(cx, Ingress::Port(i), DropReason::TooBig);
+            let packet = &frame.buf[ip_start..ip_start + f.total_len];
+            let error = icmpv6::Repr::PacketTooBig { mtu: mtu as u32 };
+            return self.icmp6_error(cx, i, v6, f, packet, error);
+        }
+        // An AF_XDP port takes whole frames, and the IPv6 path does not complete
+        // checksums or cut super-frames yet.
+        if !dst.offloads && (offload.is_gso() || offload.needs_csum) {
+            return self.drop_at(cx, Ingress::Port(i), DropReason::Unsupported);
+        }
+        if routed {
+            let packet = &mut frame.buf[ip_start..ip_start + f.total_len];
+            let mut ip = ipv6::Packet::new_unchecked(packet);
+            let hops = ip.hop_limit() - 1;
+            ip.set_hop_limit(hops);
+        }
+        let start = frame.start;
+        let out = &mut frame.buf[start..ip_start + f.total_len];
+        let router = t.node.router_mac.0;
+        ethernet::emit_header(out, dst.mac.0, router, ethernet::ethertype::IPV6);
+        cx.sink.to_port(dst, offload, out);
+    }
+
+    /// Neighbour Discovery and multicast listener messages from port `i`: a
+    /// solicitation for an address the switch routes is answered; the rest is
+    /// dropped, advertisements and redirects from a pod as spoofed.
+    fn ndp<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        i: usize,
+        v6: &Node6,
+        f: &Facts6,
+        packet: &[u8],
+    ) {
+        let port = &cx.tables.ports[i];
+        let drop = |reason| port.counters.discard(self.worker, reason);
+        let msg = &packet[f.l4..];
+        let Ok(icmp) = icmpv6::Packet::new_checked(msg) else {
+            return drop(DropReason::Malformed);
+        };
+        if !icmp.verify_checksum(&f.src, &f.dst) {
+            return drop(DropReason::BadChecksum);
+        }
+        let t = icmp.msg_type();
+        if matches!(t, MLD_QUERY | MLD_REPORT | MLD_DONE | MLD2_REPORT) {
+            return drop(DropReason::Multicast);
+        }
+        let from_pod = port.kind == PortKind::Pod;
+        if from_pod
+            && matches!(
+                t,
+                kind::NEIGHBOR_ADVERT | kind::ROUTER_ADVERT | kind::REDIRECT
+            )
+        {
+            return drop(DropReason::Spoofed);
+        }
+        // RFC 4861 §7.1.1: only from the link itself.
+        if !icmpv6::ndp_from_link(f.hop_limit) {
+            return drop(DropReason::Malformed);
+        }
+        let target = match icmpv6::Repr::parse(&icmp) {
+            Ok(icmpv6::Repr::NeighborSolicit { target, .. }) => target,
+            Ok(_) => return drop(DropReason::NdpIgnored),
+            Err(_) => return drop(DropReason::Malformed),
+        };
+        // Duplicate address detection: the pod's addresses are unique by IPAM.
+        if f.src.is_unspecified() {
+            return drop(DropReason::NdpIgnored);
+        }
+        // The asker's own addresses, and what is on its own side, are not the
+        // switch's to answer for.
+        let own = target == f.src
+            || (from_pod && port.ip6 == Some(target))
+            || (!from_pod && (target == v6.gateway || !v6.cluster.contains(&target)));
+        if own || target.is_multicast() || is_link_local(target) || target.is_unspecified() {
+            return drop(DropReason::NdpIgnored);
+        }
+        if from_pod && port.ip6 != Some(f.src) && !is_link_local(f.src) {
+            return drop(DropReason::Spoofed);
+        }
+        self.advertise(cx, i, target, f.src);
+    }
+
+    /// Answers a solicitation for `target` from `asker` on port `i` with the router
+    /// MAC, sent to the port's MAC.
+    fn advertise<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        i: usize,
+        target: Ipv6Addr,
+        asker: Ipv6Addr,
+    ) {
+        let t = cx.tables;
+        let port = &t.ports[i];
+        let router = t.node.router_mac;
+        let advert = icmpv6::Repr::NeighborAdvert {
+            router: true,
+            solicited: true,
+            override_: true,
+            target,
+            lladdr: Some(router.0),
+        };
+        let len = advert.buffer_len();
+        let mut buf = std::mem::take(&mut self.icmp);
+        let at = HEADROOM;
+        let ip = at + ethernet::HEADER_LEN;
+        ethernet::emit_header(
+            &mut buf[at..],
+            port.mac.0,
+            router.0,
+            ethernet::ethertype::IPV6,
+        );
+        ipv6::Repr {
+            src: target,
+            dst: asker,
+            next_header: next_header::ICMPV6,
+            payload_len: len as u16,
+            hop_limit: 255,
+            traffic_class: 0,
+        }
+        .emit(&mut buf[ip..]);
+        let msg = &mut buf[ip + ipv6::HEADER_LEN..ip + ipv6::HEADER_LEN + len];
+        advert.emit(msg);
+        icmpv6::Packet::new_unchecked(msg).fill_checksum(&target, &asker);
+        let end = ip + ipv6::HEADER_LEN + len;
+        cx.sink.to_port(port, &Offload::PLAIN, &buf[at..end]);
+        self.icmp = buf;
+    }
+
+    /// Sends the ICMPv6 error `error` about `orig` (from port `i`) back to its
+    /// source, from the gateway address, within the worker's limit. Errors never
+    /// answer errors, later fragments, or sources that cannot be answered.
+    fn icmp6_error<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        i: usize,
+        v6: &Node6,
+        f: &Facts6,
+        orig: &[u8],
+        error: icmpv6::Repr,
+    ) {
+        if f.error_exempt || f.src.is_unspecified() || f.src.is_multicast() || f.src == v6.gateway {
+            return;
+        }
+        if !self.icmp_limit.take(cx.now) {
+            return self.drop_at(cx, Ingress::Port(i), DropReason::IcmpLimited);
+        }
+        let t = cx.tables;
+        let port = &t.ports[i];
+        let fixed = error.buffer_len();
+        let quoted = &orig[..orig.len().min(MIN_MTU - ipv6::HEADER_LEN - fixed)];
+        let len = fixed + quoted.len();
+        let mut buf = std::mem::take(&mut self.icmp);
+        let at = HEADROOM;
+        let ip = at + ethernet::HEADER_LEN;
+        let router = t.node.router_mac.0;
+        ethernet::emit_header(
+            &mut buf[at..],
+            port.mac.0,
+            router,
+            ethernet::ethertype::IPV6,
+        );
+        ipv6::Repr {
+            src: v6.gateway,
+            dst: f.src,
+            next_header: next_header::ICMPV6,
+            payload_len: len as u16,
+            hop_limit: 64,
+            traffic_class: 0,
+        }
+        .emit(&mut buf[ip..]);
+        let msg = &mut buf[ip + ipv6::HEADER_LEN..ip + ipv6::HEADER_LEN + len];
+        error.emit(msg);
+        msg[fixed..].copy_from_slice(quoted);
+        icmpv6::Packet::new_unchecked(msg).fill_checksum(&v6.gateway, &f.src);
+        let end = ip + ipv6::HEADER_LEN + len;
+        cx.sink.to_port(port, &Offload::PLAIN, &buf[at..end]);
+        self.icmp = buf;
+    }
+}

@@ -1,0 +1,186 @@
+//! Dual stack on one node, in network namespaces: pods get an IPv6 address beside
+//! their IPv4 one, the switch answers Neighbour Solicitations and routes IPv6
+//! between pods and the node, and refuses what a pod forges.
+//!
+//! These tests need root (they create namespaces); they fail, never skip, without it.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weft_perf::traffic::tcp_transfer;
+use weft_perf::weft::{in_netns, Cluster, WeftOptions};
+
+const STALL: Duration = Duration::from_secs(30);
+
+fn options(extra: &[&str]) -> WeftOptions {
+    WeftOptions {
+        binary: PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
+        mode: "vxlan".into(),
+        workers: 2,
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Host 0's IPv6 pod subnet and the cluster's.
+const SUBNET6: &str = "fd00:10:244:1::/64";
+const CLUSTER6: &str = "fd00:10:244::/56";
+const GATEWAY6: &str = "fd00:10:244:1::1";
+
+fn dual_stack(tag: &str) -> Cluster {
+    let opts = options(&["--pod-subnet-v6", SUBNET6, "--cluster-cidr-v6", CLUSTER6]);
+    Cluster::new(tag, 1, 2, &opts).expect("the cluster starts")
+}
+
+fn ip6(c: &Cluster, p: usize) -> Ipv6Addr {
+    c.pods[0][p].1.ipv6.expect("an IPv6 address").ip
+}
+
+/// ping6 between pods, to the gateway and from the node; TCP over IPv6 between pods
+/// and from the node, with no NAT; IPv4 still works beside it.
+#[test]
+fn pods_on_one_node_talk_ipv6() {
+    let c = dual_stack("ds1");
+    let (a, b) = (ip6(&c, 0), ip6(&c, 1));
+    assert_eq!(a.to_string(), "fd00:10:244:1::2");
+    assert_eq!(b.to_string(), "fd00:10:244:1::3");
+    let gateway: Ipv6Addr = GATEWAY6.parse().unwrap();
+    let att = &c.pods[0][0].1;
+    assert_eq!(att.ipv6.unwrap().gateway, gateway);
+    let ping = |p: usize, dst: Ipv6Addr| {
+        c.pod(0, p)
+            .ns
+            .ping(dst, 2)
+            .unwrap_or_else(|e| panic!("pod {p} → {dst}: {e:#}\n{}", c.logs()))
+    };
+    ping(0, b);
+    ping(1, a);
+    ping(0, gateway);
+    let h0 = c.underlay.host(0);
+    h0.ns.ping(b, 2).expect("node → pod over IPv6");
+    c.pod(0, 0).ns.ping(c.ip(0, 1), 2).expect("IPv4 still");
+    // A verified transfer, pod → pod and node → pod: the pods' TCP hands the
+    // switch TSO6 super-frames, which go to the other TAP whole.
+    let t = tcp_transfer(&c.pod(0, 1).ns, b, &c.pod(0, 0).ns, 64 << 20, STALL)
+        .unwrap_or_else(|e| panic!("pod → pod over IPv6: {e:#}\n{}", c.logs()));
+    assert_eq!(t.peer.ip(), IpAddr::V6(a), "the pod's own source address");
+    let t = tcp_transfer(&c.pod(0, 0).ns, a, &h0.ns, 8 << 20, STALL).expect("node → pod");
+    assert_eq!(
+        t.peer.ip(),
+        IpAddr::V6(gateway),
+        "the node's own gateway address"
+    );
+    // To an address of the node's subnet that no pod holds: unreachable at once.
+    let out = c
+        .pod(0, 0)
+        .ns
+        .run(&["ping", "-n", "-c", "1", "-W", "2", "fd00:10:244:1::99"]);
+    let text = format!("{out:?}");
+    assert!(text.contains("Unreachable") || out.is_err(), "{text}");
+    assert!(c.nodes[0].drops("no_route").unwrap() >= 1);
+}
+
+/// A pod that sends from an address not its own, or advertises a neighbour it is
+/// not, is dropped and counted; the other pod hears nothing of it.
+#[test]
+fn forged_ipv6_sources_and_advertisements_are_dropped() {
+    let c = dual_stack("ds2");
+    let (a, b) = (ip6(&c, 0), ip6(&c, 1));
+    let pod0 = &c.pod(0, 0).ns;
+    // Warm the neighbour caches so the forged packets go straight out.
+    pod0.ping(b, 1).expect("pod 0 → pod 1");
+    let before = c.nodes[0].drops("spoofed").unwrap();
+    // An unused address of the subnet, and one of another node's, as sources.
+    let receiver = in_netns(&c.pod(0, 1).ns, || UdpSocket::bind((b, 7000)))
+        .unwrap()
+        .expect("a receiver");
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    for forged in ["fd00:10:244:1::99", "fd00:10:244:2::5"] {
+        pod0.run(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{forged}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .ok();
+        let sent = in_netns(pod0, || -> std::io::Result<()> {
+            let s = UdpSocket::bind((forged.parse::<Ipv6Addr>().unwrap(), 0))?;
+            for _ in 0..5 {
+                s.send_to(b"forged", SocketAddr::new(IpAddr::V6(b), 7000))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        sent.unwrap_or_else(|e| panic!("sending from {forged}: {e}"));
+    }
+    let mut buf = [0u8; 64];
+    assert!(
+        receiver.recv_from(&mut buf).is_err(),
+        "a forged datagram arrived"
+    );
+    let spoofed = c.nodes[0].drops("spoofed").unwrap() - before;
+    assert!(spoofed >= 10, "{spoofed} spoofed drops\n{}", c.logs());
+    // An unsolicited Neighbour Advertisement claiming pod 1's address.
+    let before = c.nodes[0].drops("spoofed").unwrap();
+    in_netns(pod0, || advertise(b))
+        .unwrap()
+        .expect("an advertisement sent");
+    let after = c.nodes[0].drops("spoofed").unwrap();
+    assert!(
+        after > before,
+        "the advertisement was not dropped as spoofed"
+    );
+    // Pod 1 still reaches pod 0 over IPv6, and pod 0 its own address.
+    c.pod(0, 1)
+        .ns
+        .ping(a, 2)
+        .expect("pod 1 → pod 0 after the forgeries");
+}
+
+/// Sends, from the calling thread's namespace, an unsolicited Neighbour
+/// Advertisement for `target` to all nodes on `eth0`, with the hop limit 255 that
+/// makes it valid on a link.
+fn advertise(target: Ipv6Addr) -> std::io::Result<()> {
+    // SAFETY: plain socket calls on a descriptor this function owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let hops: libc::c_int = 255;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let p = (&hops as *const libc::c_int).cast();
+        libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, p, len);
+        // Type 136, override flag, the target, and a target link-layer option.
+        let mut msg = [0u8; 32];
+        msg[0] = 136;
+        msg[4] = 0x20;
+        msg[8..24].copy_from_slice(&target.octets());
+        msg[24..26].copy_from_slice(&[2, 1]);
+        msg[26..32].copy_from_slice(&[0x02, 0xba, 0xd0, 0, 0, 1]);
+        let mut to: libc::sockaddr_in6 = std::mem::zeroed();
+        to.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        to.sin6_addr.s6_addr = "ff02::1".parse::<Ipv6Addr>().unwrap().octets();
+        to.sin6_scope_id = libc::if_nametoindex(c"eth0".as_ptr());
+        let sent = libc::sendto(
+            fd,
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&to as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if sent < 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
