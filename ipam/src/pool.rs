@@ -189,7 +189,7 @@ impl<N: Family> Pool<N> {
                 });
             }
             t.set_subnet(self.span.net())?;
-            t.clear_meta(M_CURSOR)?;
+            t.clear_wide(M_CURSOR)?;
         }
         Ok(())
     }

@@ -278,6 +278,12 @@ impl<'txn, N: Family> Tables<'txn, N> {
         }
     }
 
+    /// Removes a 128-bit `meta` value, both halves.
+    pub(crate) fn clear_wide(&mut self, name: &str) -> Result<(), Error> {
+        self.clear_meta(name)?;
+        self.clear_meta(&format!("{name}{HI}"))
+    }
+
     /// Writes a `meta` entry.
     pub(crate) fn set_meta(&mut self, name: &str, value: u64) -> Result<(), Error> {
         self.dirty = true;

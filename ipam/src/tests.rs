@@ -737,3 +737,20 @@ fn an_ipv4_database_keeps_its_layout_with_no_family_or_high_halves() {
         "u32 keys, as before"
     );
 }
+
+/// An IPv6 pool moved to another subnet (nothing allocated) forgets its cursor,
+/// both halves of it, and allocates again.
+#[test]
+fn an_ipv6_pool_moved_to_another_subnet_allocates_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipam6.redb");
+    let p = crate::Pool6::open(&path, net6("fd00:10:244:1::/64")).unwrap();
+    p.allocate(&key(1), None, b"").unwrap();
+    p.release(&key(1)).unwrap();
+    drop(p);
+    let p = crate::Pool6::open(&path, net6("fd00:10:244:2::/64")).unwrap();
+    assert_eq!(p.last_allocated().unwrap(), None);
+    let a = p.allocate(&key(2), None, b"").unwrap();
+    assert_eq!(a.ip, ip6("fd00:10:244:2::2"));
+    assert_eq!(p.verify().unwrap(), 1);
+}

@@ -106,27 +106,19 @@ impl Daemon {
         };
         let reservation = self.pool.reserve(&key, req.requested_ip, &meta.encode())?;
         let ip = reservation.allocation().ip;
-        // The IPv6 address is the second record, in the IPv6 pool's own database;
-        // the IPv4 one, which holds the pod's details, decides whether a pod is
-        // restored, and an IPv6 record without one is released at restore.
-        let reservation6 = match (&self.pool6, req.requested_ip6) {
-            (Some(pool6), requested) => Some(pool6.reserve(&key, requested, b"")?),
-            (None, Some(ip6)) => {
-                return Err(DaemonError::Invalid(format!(
-                    "{ip6} was requested, but this node has no IPv6 pod subnet"
-                )))
-            }
-            (None, None) => None,
-        };
+        let reservation6 = self.reserve6(&key, req)?;
         let ip6 = reservation6.as_ref().map(|r| r.allocation().ip);
         // The address is decided; its commit (an fsync) runs while the interface is
         // made, which takes longer. A crash in between leaves either no record (the
         // runtime's DEL then deletes the interface by name, as for any failed ADD) or
         // a record whose interface restore reopens or, if it is missing, releases.
+        // The IPv6 record is committed first: a crash between the two leaves an IPv6
+        // record without its IPv4 one, which restore releases, never an IPv4 record
+        // whose pod holds an IPv6 address the pool thinks free.
         let (committed, plugged) = std::thread::scope(|s| {
             let commit = s.spawn(move || {
-                reservation.commit()?;
-                reservation6.map(|r| r.commit()).transpose()
+                reservation6.map(|r| r.commit()).transpose()?;
+                reservation.commit()
             });
             let at = Where {
                 netns: &req.netns,
@@ -161,6 +153,24 @@ impl Daemon {
             req.netns,
         );
         Ok(self.attachment(&entry))
+    }
+
+    /// Decides the IPv6 address of an attach, on a dual-stack node. It is a second
+    /// record, in the IPv6 pool's own database; the IPv4 one, which holds the pod's
+    /// details, decides whether a pod is restored, and an IPv6 record without one
+    /// is released at restore.
+    fn reserve6(
+        &self,
+        key: &Key,
+        req: &AttachRequest,
+    ) -> Result<Option<weft_ipam::Reservation<'_, ipnet::Ipv6Net>>, DaemonError> {
+        match (&self.pool6, req.requested_ip6) {
+            (Some(pool6), requested) => Ok(Some(pool6.reserve(key, requested, b"")?)),
+            (None, Some(ip6)) => Err(DaemonError::Invalid(format!(
+                "{ip6} was requested, but this node has no IPv6 pod subnet"
+            ))),
+            (None, None) => Ok(None),
+        }
     }
 
     /// The answer to an attach of a key that is attached already: the same
@@ -214,12 +224,13 @@ impl Daemon {
                 }
             },
             (Ok(()), Err(e)) => Err(e),
+            // The IPv6 record may be written though the IPv4 one is not: both are
+            // released (releasing what was never written does nothing).
             (Err(e), Ok(_)) => {
                 self.unplug(state, key);
-                // Nothing was written, so nothing is released.
-                return Err(e);
+                Err(e)
             }
-            (Err(_), Err(e)) => return Err(e),
+            (Err(_), Err(e)) => Err(e),
         };
         if let Err(re) = self.pool.release(key) {
             log::error!("releasing {ip} after a failed attach: {re}");

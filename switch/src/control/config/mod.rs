@@ -420,6 +420,20 @@ impl Options {
                 "pod-subnet-v6: {subnet} must lie inside cluster-cidr-v6 {cluster} and be smaller"
             ));
         }
+        // Pods' addresses must be routable unicast: not link-local, multicast,
+        // loopback, unspecified or IPv4-mapped.
+        let first = cluster.network().segments()[0];
+        let mapped = "::ffff:0:0/96".parse::<Ipv6Net>().expect("a prefix");
+        if first & 0xffc0 == 0xfe80
+            || first & 0xff00 == 0xff00
+            || cluster.contains(&Ipv6Addr::LOCALHOST)
+            || cluster.contains(&Ipv6Addr::UNSPECIFIED)
+            || mapped.contains(&cluster.network())
+        {
+            return refuse(format!(
+                "cluster-cidr-v6: {cluster} is not a range of routable unicast addresses"
+            ));
+        }
         Ok(Some(Ipv6Subnets { subnet, cluster }))
     }
 }

@@ -955,6 +955,18 @@ fn ipv6_subnets_come_in_pairs_and_are_checked() {
             "/48 to a /126",
         ),
         ("pod-subnet-v6 = \"10.0.0.0/24\"\n", "pod-subnet-v6"),
+        (
+            "pod-subnet-v6 = \"fe80:0:0:1::/64\"\ncluster-cidr-v6 = \"fe80::/56\"\n",
+            "routable unicast",
+        ),
+        (
+            "pod-subnet-v6 = \"ff05:0:0:1::/64\"\ncluster-cidr-v6 = \"ff05::/56\"\n",
+            "routable unicast",
+        ),
+        (
+            "pod-subnet-v6 = \"::ffff:0:0/104\"\ncluster-cidr-v6 = \"::ffff:0:0/96\"\n",
+            "routable unicast",
+        ),
     ] {
         let err = with(extra).unwrap_err();
         assert!(err.contains(want), "{extra}: {err}");
