@@ -322,37 +322,30 @@ async fn add_routes(handle: &Handle, index: u32, spec: &LinkSpec) -> Result<(), 
         let link = spec.name.clone();
         move |source| NetlinkError::Request { what, link, source }
     };
-    if let Some(gw) = spec.ipv6.and_then(|v6| v6.gateway) {
-        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+    let default6 = (spec.ipv6.and_then(|v6| v6.gateway)).map(|gw| {
+        RouteMessageBuilder::<Ipv6Addr>::new()
             .gateway(gw)
             .output_interface(index)
-            .build();
-        handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(err("adding the IPv6 default route"))?;
-    }
-    for route in &spec.routes {
-        let msg = match *route {
-            RouteSpec::DefaultVia(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gw)
-                .output_interface(index)
-                .build(),
-            RouteSpec::OnLink6 { dst, src } => RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(dst.network(), dst.prefix_len())
-                .output_interface(index)
-                .pref_source(src)
-                .build(),
-            RouteSpec::OnLink { dst, src } => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(dst.network(), dst.prefix_len())
-                .output_interface(index)
-                .pref_source(src)
-                .scope(RouteScope::Link)
-                .build(),
-        };
+            .build()
+    });
+    let listed = spec.routes.iter().map(|route| match *route {
+        RouteSpec::DefaultVia(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gw)
+            .output_interface(index)
+            .build(),
+        RouteSpec::OnLink6 { dst, src } => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .output_interface(index)
+            .pref_source(src)
+            .build(),
+        RouteSpec::OnLink { dst, src } => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .output_interface(index)
+            .pref_source(src)
+            .scope(RouteScope::Link)
+            .build(),
+    });
+    for msg in default6.into_iter().chain(listed) {
         handle
             .route()
             .add(msg)
