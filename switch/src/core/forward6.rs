@@ -344,41 +344,15 @@ impl Core {
         target: Ipv6Addr,
         asker: Ipv6Addr,
     ) {
-        let t = cx.tables;
-        let port = &t.ports[i];
-        let router = t.node.router_mac;
         let advert = icmpv6::Repr::NeighborAdvert {
             router: true,
             solicited: true,
             override_: true,
             target,
-            lladdr: Some(router.0),
+            lladdr: Some(cx.tables.node.router_mac.0),
         };
-        let len = advert.buffer_len();
-        let mut buf = std::mem::take(&mut self.icmp);
-        let at = HEADROOM;
-        let ip = at + ethernet::HEADER_LEN;
-        ethernet::emit_header(
-            &mut buf[at..],
-            port.mac.0,
-            router.0,
-            ethernet::ethertype::IPV6,
-        );
-        ipv6::Repr {
-            src: target,
-            dst: asker,
-            next_header: next_header::ICMPV6,
-            payload_len: len as u16,
-            hop_limit: 255,
-            traffic_class: 0,
-        }
-        .emit(&mut buf[ip..]);
-        let msg = &mut buf[ip + ipv6::HEADER_LEN..ip + ipv6::HEADER_LEN + len];
-        advert.emit(msg);
-        icmpv6::Packet::new_unchecked(msg).fill_checksum(&target, &asker);
-        let end = ip + ipv6::HEADER_LEN + len;
-        cx.sink.to_port(port, &Offload::PLAIN, &buf[at..end]);
-        self.icmp = buf;
+        // Hop limit 255: the link's own (RFC 4861 §7.1.2).
+        self.send_icmp6(cx, i, (target, asker, 255), &advert, &[]);
     }
 
     /// Sends the ICMPv6 error `error` about `orig` (from port `i`) back to its
@@ -399,11 +373,27 @@ impl Core {
         if !self.icmp_limit.take(cx.now) {
             return self.drop_at(cx, Ingress::Port(i), DropReason::IcmpLimited);
         }
-        let t = cx.tables;
-        let port = &t.ports[i];
         let fixed = error.buffer_len();
         let quoted = &orig[..orig.len().min(MIN_MTU - ipv6::HEADER_LEN - fixed)];
-        let len = fixed + quoted.len();
+        self.send_icmp6(cx, i, (v6.gateway, f.src, 64), &error, quoted);
+    }
+
+    /// Sends the ICMPv6 message `msg`, followed by `tail` (an error's quoted
+    /// packet), from `src` to `dst` with hop limit `hops`, out of port `i` to its
+    /// MAC from the router MAC. Built in the worker's ICMP buffer, which holds an
+    /// IPv6 packet of the minimum MTU.
+    fn send_icmp6<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        i: usize,
+        (src, dst, hops): (Ipv6Addr, Ipv6Addr, u8),
+        msg: &icmpv6::Repr,
+        tail: &[u8],
+    ) {
+        let t = cx.tables;
+        let port = &t.ports[i];
+        let fixed = msg.buffer_len();
+        let len = fixed + tail.len();
         let mut buf = std::mem::take(&mut self.icmp);
         let at = HEADROOM;
         let ip = at + ethernet::HEADER_LEN;
@@ -415,18 +405,18 @@ impl Core {
             ethernet::ethertype::IPV6,
         );
         ipv6::Repr {
-            src: v6.gateway,
-            dst: f.src,
+            src,
+            dst,
             next_header: next_header::ICMPV6,
             payload_len: len as u16,
-            hop_limit: 64,
+            hop_limit: hops,
             traffic_class: 0,
         }
         .emit(&mut buf[ip..]);
-        let msg = &mut buf[ip + ipv6::HEADER_LEN..ip + ipv6::HEADER_LEN + len];
-        error.emit(msg);
-        msg[fixed..].copy_from_slice(quoted);
-        icmpv6::Packet::new_unchecked(msg).fill_checksum(&v6.gateway, &f.src);
+        let body = &mut buf[ip + ipv6::HEADER_LEN..ip + ipv6::HEADER_LEN + len];
+        msg.emit(body);
+        body[fixed..].copy_from_slice(tail);
+        icmpv6::Packet::new_unchecked(body).fill_checksum(&src, &dst);
         let end = ip + ipv6::HEADER_LEN + len;
         cx.sink.to_port(port, &Offload::PLAIN, &buf[at..end]);
         self.icmp = buf;
