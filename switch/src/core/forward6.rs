@@ -40,6 +40,8 @@ struct Facts6 {
     l4: usize,
     /// Not the first fragment, or an ICMPv6 error: no error may answer it.
     error_exempt: bool,
+    /// It is a fragment.
+    fragment: bool,
     /// The IPv6 header, extension headers and TCP (with options) or UDP header: what
     /// every segment of a super-frame repeats.
     headers_len: usize,
@@ -67,6 +69,7 @@ impl Facts6 {
             protocol: upper.protocol,
             l4: ipv6::HEADER_LEN + upper.offset,
             error_exempt: !first || is_error,
+            fragment: upper.fragment.is_some(),
             headers_len: (ipv6::HEADER_LEN + upper.offset + l4)
                 .max(ipv6::HEADER_LEN + tcp::HEADER_LEN),
         })
@@ -88,17 +91,11 @@ const ADDRESS_UNREACHABLE: u8 = 3;
 
 /// Whether a partial checksum the port left for the switch (NEEDS_CSUM) is where
 /// the packet's own TCP or UDP header puts it; see the IPv4 twin in `ingress`.
-pub(super) fn partial_checksum_in_place6(ip: &[u8], offload: &Offload) -> bool {
-    let Ok(p) = ipv6::Packet::new_checked(ip) else {
-        return false;
-    };
-    let Ok(upper) = ipv6::upper_layer(p.next_header(), p.payload()) else {
-        return false;
-    };
-    let l4 = ethernet::HEADER_LEN + ipv6::HEADER_LEN + upper.offset;
+fn partial_checksum_in_place6(f: &Facts6, offload: &Offload) -> bool {
+    let l4 = ethernet::HEADER_LEN + f.l4;
     let (start, at) = (usize::from(offload.csum_start), offload.csum_offset);
-    match upper.protocol {
-        _ if upper.fragment.is_some() => false,
+    match f.protocol {
+        _ if f.fragment => false,
         next_header::TCP => start == l4 && at == 16,
         next_header::UDP => start == l4 && at == 6,
         _ => start >= l4,
@@ -192,6 +189,9 @@ impl Core {
             .ok_or(DropReason::Malformed)
             .and_then(|ip| Facts6::of(&ip));
         let f = match parsed {
+            Ok(f) if offload.needs_csum && !partial_checksum_in_place6(&f, offload) => {
+                return self.drop_at(cx, from, DropReason::Malformed)
+            }
             Ok(f) => f,
             Err(reason) => return self.drop_at(cx, from, reason),
         };

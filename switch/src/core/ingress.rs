@@ -7,7 +7,7 @@ use weft_encap::ethernet::{self, ethertype};
 use weft_encap::sleeve::{self, Datagram, NodeId};
 use weft_encap::{ipv4, vxlan};
 
-use super::{forward6, Core, Ctx, Frame, Ingress, Offload, Report, Sink};
+use super::{Core, Ctx, Frame, Ingress, Offload, Report, Sink};
 use crate::tables::counters::DropReason;
 use crate::tables::TunnelMode;
 
@@ -62,12 +62,6 @@ impl Core {
                 port.counters.discard(self.worker, DropReason::Malformed);
             }
             ethertype::IPV4 => self.forward(cx, Ingress::Port(i), offload, frame),
-            ethertype::IPV6
-                if offload.needs_csum
-                    && !forward6::partial_checksum_in_place6(eth.payload(), offload) =>
-            {
-                port.counters.discard(self.worker, DropReason::Malformed);
-            }
             ethertype::IPV6 => self.forward6(cx, i, offload, frame),
             ethertype::ARP => {
                 let (start, len) = (frame.start, frame.len);
