@@ -1,5 +1,6 @@
-//! Segmentation of the TCP/IPv4 and UDP/IPv4 super-frames a TAP with TSO and
-//! USO hands out, and checksum completion for the frames it leaves partial.
+//! Segmentation of the TCP and UDP super-frames, over IPv4 and IPv6, that a TAP
+//! with TSO, TSO6 and USO hands out, and checksum completion for the frames it
+//! leaves partial.
 //!
 //! A TAP opened with `IFF_VNET_HDR` and `TUNSETOFFLOAD` gives weft frames of
 //! up to 64 KiB, each described by a [`virtio::Repr`]: [`segment`] cuts one
@@ -10,6 +11,9 @@
 //!   headers, with the IPv4 total length and header checksum fixed and the
 //!   IPv4 identification incremented by one per segment (`inet_gso_segment`
 //!   does this for both TCP and UDP_L4);
+//! - over IPv6 (TCPV6, or UDP_L4 in an IPv6 frame), every segment repeats the
+//!   fixed header and any extension headers with the payload length fixed, as
+//!   `ipv6_gso_segment` does; a packet with a fragment header is refused;
 //! - TCP: the sequence number advances by `gso_size` per segment, FIN and PSH
 //!   stay only on the last segment and CWR only on the first;
 //! - UDP_L4: each segment is its own UDP datagram with its own length;
@@ -28,7 +32,8 @@
 //! header's `gso_type`, `gso_size` and (with [`virtio::Repr::needs_csum`])
 //! `csum_start` / `csum_offset` are used: `hdr_len` is a hint that tun sets
 //! to the length of the packet's linear part, so the header lengths are read
-//! from the IPv4 IHL and the TCP data offset instead. The L4 checksum field
+//! from the IPv4 IHL (or IPv6's extension headers) and the TCP data offset
+//! instead. The L4 checksum field
 //! of the input is ignored, since every segment's checksum is computed anew.
 //! Bytes after the IPv4 total length (Ethernet padding) are dropped.
 //!
@@ -40,14 +45,17 @@
 use core::ops::Range;
 
 use crate::checksum;
-use crate::inet::{self, ipv4, tcp, udp, Ipv4Problem};
+use crate::inet::{self, ipv4, tcp, udp, Ipv4Problem, Ipv6Problem};
 use crate::virtio::{self, GsoType};
 use crate::ETHERNET_HEADER_LEN;
 
-/// The longest frame a TAP hands out or takes: Ethernet header + a 64 KiB IPv4 packet.
+/// The longest frame a TAP hands out or takes: Ethernet header + a 64 KiB IP
+/// packet (the kernel's `GSO_MAX_SIZE` bounds an IPv6 one, header included, too).
 pub const MAX_FRAME_LEN: usize = ETHERNET_HEADER_LEN + 65535;
 
-/// The longest headers a segment can have: Ethernet, IPv4 and TCP, all with the most options.
+/// The longest headers a segment can have over IPv4: Ethernet, IPv4 and TCP, all
+/// with the most options. (IPv6's extension headers may make them longer: sizing
+/// by [`max_out_len`] then falls short and [`segment`] says so.)
 pub const MAX_HEADERS_LEN: usize = ETHERNET_HEADER_LEN + 60 + 60;
 
 /// The shortest headers a segment can have: Ethernet, IPv4 without options, UDP.
@@ -57,7 +65,7 @@ const MIN_HEADERS_LEN: usize = ETHERNET_HEADER_LEN + crate::IPV4_HEADER_LEN + ud
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// The virtio header asks for a segmentation this module does not do.
-    #[error("gso_type {gso_type:#04x} is not segmented here (only TCPV4 and UDP_L4, ECN only with TCPV4)")]
+    #[error("gso_type {gso_type:#04x} is not segmented here (only TCPV4, TCPV6 and UDP_L4, ECN only with TCP)")]
     UnsupportedGsoType {
         /// The raw `gso_type` byte, ECN bit included.
         gso_type: u8,
@@ -76,6 +84,19 @@ pub enum Error {
     NotIpv4 {
         /// The ethertype of the frame.
         ethertype: u16,
+    },
+    /// The ethertype is not IPv6, for a TCPV6 super-frame.
+    #[error("ethertype {ethertype:#06x} is not IPv6 (0x86dd), which TCPV6 segmentation needs")]
+    NotIpv6 {
+        /// The ethertype of the frame.
+        ethertype: u16,
+    },
+    /// The IPv6 header is invalid (version, or a payload length past the frame),
+    /// or its extension headers run past the packet.
+    #[error("IPv6 header or extension headers invalid in a {len}-byte frame")]
+    Ipv6Header {
+        /// Length of the frame.
+        len: usize,
     },
     /// The IP header's version is not 4.
     #[error("IP version {version} in a frame of ethertype IPv4")]
@@ -97,8 +118,9 @@ pub enum Error {
         /// Length of the frame.
         len: usize,
     },
-    /// The IPv4 packet is a fragment, which cannot be segmented.
-    #[error("the IPv4 packet is a fragment (MF or a fragment offset set)")]
+    /// The IP packet is a fragment (or, over IPv6, has a fragment header), which
+    /// cannot be segmented.
+    #[error("the IP packet is a fragment (MF or a fragment offset set, or an IPv6 fragment header)")]
     Fragment,
     /// The IP protocol is not the one the virtio header's `gso_type` names.
     #[error("gso_type {gso_type} does not match IP protocol {protocol}")]
@@ -160,6 +182,14 @@ pub enum Error {
 }
 
 impl Error {
+    fn from_ipv6(problem: Ipv6Problem, len: usize) -> Error {
+        match problem {
+            Ipv6Problem::Truncated => Error::Truncated { len },
+            Ipv6Problem::Ethertype(ethertype) => Error::NotIpv6 { ethertype },
+            Ipv6Problem::Header | Ipv6Problem::Extensions => Error::Ipv6Header { len },
+        }
+    }
+
     fn from_ipv4(problem: Ipv4Problem, len: usize) -> Error {
         match problem {
             Ipv4Problem::Truncated => Error::Truncated { len },
@@ -345,6 +375,8 @@ impl Kind {
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     kind: Kind,
+    /// Its IP layer is IPv6.
+    v6: bool,
     gso_size: usize,
     /// Offset of the L4 header.
     l4_start: usize,
@@ -354,10 +386,49 @@ struct Plan {
     end: usize,
 }
 
+/// The IP layer of a super-frame, either family.
+#[derive(Debug, Clone, Copy)]
+struct IpLayout {
+    v6: bool,
+    l4_start: usize,
+    end: usize,
+    protocol: u8,
+    fragment: bool,
+}
+
+/// The IP layout of `frame`, of the family `gso_type` names: TCPV4 IPv4, TCPV6
+/// IPv6, and UDP_L4 either (the frame's ethertype says which).
+fn ip_layout(frame: &[u8], gso_type: GsoType) -> Result<IpLayout, Error> {
+    let ethertype = frame.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let v6 = match gso_type {
+        GsoType::TcpV6 => true,
+        GsoType::UdpL4 => ethertype == Some(inet::ETHERTYPE_IPV6),
+        _ => false,
+    };
+    if v6 {
+        let l = inet::ipv6_layout(frame).map_err(|p| Error::from_ipv6(p, frame.len()))?;
+        return Ok(IpLayout {
+            v6,
+            l4_start: l.l4_start,
+            end: l.end,
+            protocol: l.protocol,
+            fragment: l.fragment,
+        });
+    }
+    let l = inet::ipv4_layout(frame).map_err(|p| Error::from_ipv4(p, frame.len()))?;
+    Ok(IpLayout {
+        v6,
+        l4_start: l.l4_start,
+        end: l.end,
+        protocol: l.protocol,
+        fragment: l.fragment,
+    })
+}
+
 impl Plan {
     fn new(frame: &[u8], hdr: &virtio::Repr) -> Result<Plan, Error> {
         let kind = match (hdr.gso_type, hdr.gso_ecn) {
-            (GsoType::TcpV4, _) => Kind::Tcp,
+            (GsoType::TcpV4 | GsoType::TcpV6, _) => Kind::Tcp,
             (GsoType::UdpL4, false) => Kind::Udp,
             _ => {
                 let ecn = if hdr.gso_ecn { virtio::GSO_ECN } else { 0 };
@@ -369,8 +440,7 @@ impl Plan {
         if hdr.gso_size == 0 {
             return Err(Error::ZeroGsoSize);
         }
-        let layout =
-            inet::ipv4_layout(frame).map_err(|problem| Error::from_ipv4(problem, frame.len()))?;
+        let layout = ip_layout(frame, hdr.gso_type)?;
         if layout.fragment {
             return Err(Error::Fragment);
         }
@@ -419,6 +489,7 @@ impl Plan {
         }
         Ok(Plan {
             kind,
+            v6: layout.v6,
             gso_size: usize::from(hdr.gso_size),
             l4_start,
             headers_len,
@@ -483,7 +554,10 @@ pub fn segment(
     let (ip_start, l4_start, headers_len) = (ETHERNET_HEADER_LEN, plan.l4_start, plan.headers_len);
     let headers = &frame[..headers_len];
     let payload = &frame[headers_len..plan.end];
-    let addresses = checksum::accumulate(0, &frame[ip_start..][ipv4::ADDRS]);
+    let addresses = match plan.v6 {
+        true => checksum::accumulate(0, &frame[ip_start..][inet::IPV6_ADDRS]),
+        false => checksum::accumulate(0, &frame[ip_start..][ipv4::ADDRS]),
+    };
     let first_id = inet::get_u16(frame, ip_start + ipv4::ID);
     let first_seq = match kind {
         Kind::Tcp => inet::get_u32(frame, l4_start + tcp::SEQ),
@@ -502,10 +576,19 @@ pub fn segment(
         let ip = &mut front[ip_start..];
         let l4_len = l4.len();
 
-        // Both fit in 16 bits: the input's IPv4 total length did.
-        inet::put_u16(ip, ipv4::TOTAL_LEN, (ip.len() + l4_len) as u16);
-        inet::put_u16(ip, ipv4::ID, first_id.wrapping_add(i as u16));
-        inet::fill_ipv4_checksum(ip);
+        // Both fit in 16 bits: the input's IPv4 total length (or IPv6 payload
+        // length) did.
+        match plan.v6 {
+            true => {
+                let payload_len = ip.len() - crate::ipv6::HEADER_LEN + l4_len;
+                inet::put_u16(ip, crate::ipv6::field::PAYLOAD_LEN, payload_len as u16);
+            }
+            false => {
+                inet::put_u16(ip, ipv4::TOTAL_LEN, (ip.len() + l4_len) as u16);
+                inet::put_u16(ip, ipv4::ID, first_id.wrapping_add(i as u16));
+                inet::fill_ipv4_checksum(ip);
+            }
+        }
 
         match kind {
             Kind::Tcp => {
@@ -523,6 +606,8 @@ pub fn segment(
             Kind::Udp => inet::put_u16(l4, udp::LENGTH, l4_len as u16),
         }
         inet::put_u16(l4, csum_at, 0);
+        // IPv6's pseudo-header has a 32-bit length and 24 zero bits before the
+        // protocol: as 16-bit words, the same sum as IPv4's.
         let [len_hi, len_lo] = (l4_len as u16).to_be_bytes();
         let acc = checksum::accumulate(addresses, &[0, kind.protocol(), len_hi, len_lo]);
         let mut csum = !checksum::fold(checksum::accumulate(acc, l4));
@@ -845,7 +930,6 @@ mod tests {
         for (gso_type, ecn, wire) in [
             (GsoType::None, false, 0),
             (GsoType::Udp, false, 3),
-            (GsoType::TcpV6, false, 4),
             (GsoType::UdpL4, true, 0x85),
         ] {
             let bad = virtio::Repr {
@@ -1028,6 +1112,96 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_super_frames_are_refused_where_they_cannot_be_cut() {
+        let spec = testutil::Tcp::default();
+        let (hdr, frame) = spec.build_tso6(500);
+        let mut out = vec![0u8; 8000];
+        // TCPV6 on an IPv4 frame, and TCPV4 on an IPv6 one.
+        let (v4_hdr, v4_frame) = spec.build_tso(500);
+        let asks_v6 = virtio::Repr {
+            gso_type: GsoType::TcpV6,
+            ..v4_hdr
+        };
+        assert_eq!(
+            segment(&v4_frame, &asks_v6, &mut out, 0),
+            Err(Error::NotIpv6 { ethertype: 0x0800 })
+        );
+        let asks_v4 = virtio::Repr {
+            gso_type: GsoType::TcpV4,
+            ..hdr
+        };
+        assert_eq!(
+            segment(&frame, &asks_v4, &mut out, 0),
+            Err(Error::NotIpv4 { ethertype: 0x86dd })
+        );
+        // A payload length past the frame.
+        let mut long = frame.clone();
+        long[18..20].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert_eq!(
+            segment(&long, &hdr, &mut out, 0),
+            Err(Error::Ipv6Header { len: frame.len() })
+        );
+        // A fragment header in front of TCP, even an atomic one.
+        let mut fragment = frame[..54].to_vec();
+        fragment[20] = 44;
+        let len = u16::from_be_bytes([fragment[18], fragment[19]]) + 8;
+        fragment[18..20].copy_from_slice(&len.to_be_bytes());
+        fragment.extend_from_slice(&[6, 0, 0, 0, 0, 0, 0, 1]);
+        fragment.extend_from_slice(&frame[54..]);
+        let moved = virtio::Repr {
+            csum_start: 62,
+            ..hdr
+        };
+        assert_eq!(segment(&fragment, &moved, &mut out, 0), Err(Error::Fragment));
+        // The checksum must be TCP's own field, past the extension headers.
+        let misplaced = virtio::Repr {
+            csum_start: 34,
+            ..hdr
+        };
+        assert!(matches!(
+            segment(&frame, &misplaced, &mut out, 0),
+            Err(Error::ChecksumPlacement {
+                expected_start: 54,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_repeated_in_every_segment() {
+        // A destination options header (8 bytes of padding) before TCP.
+        let spec = testutil::Tcp {
+            payload: vec![7; 3000],
+            ..Default::default()
+        };
+        let (hdr, frame) = spec.build_tso6(1000);
+        let mut ext = frame[..54].to_vec();
+        ext[20] = 60;
+        let len = u16::from_be_bytes([ext[18], ext[19]]) + 8;
+        ext[18..20].copy_from_slice(&len.to_be_bytes());
+        ext.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        ext.extend_from_slice(&frame[54..]);
+        let hdr = virtio::Repr {
+            csum_start: 62,
+            ..hdr
+        };
+        let (segments, out) = segment_vec(&ext, &hdr, 0);
+        assert_eq!(segments.count(), 3);
+        for seg in segments.frames(&out) {
+            assert_eq!(&seg[54..62], &[6, 0, 1, 4, 0, 0, 0, 0]);
+            let payload_len = usize::from(u16::from_be_bytes([seg[18], seg[19]]));
+            assert_eq!(payload_len, seg.len() - 54);
+            // The TCP checksum over the pseudo-header, past the options.
+            let src: [u8; 16] = seg[22..38].try_into().unwrap();
+            let dst: [u8; 16] = seg[38..54].try_into().unwrap();
+            let l4 = &seg[62..];
+            let sum = crate::ipv6::pseudo_header(&src.into(), &dst.into(), 6, l4.len() as u32);
+            let acc = checksum::accumulate(u64::from(sum), l4);
+            assert_eq!(checksum::fold(acc), 0xffff);
+        }
+    }
+
+    #[test]
     fn complete_checksum_of_partial_frames() {
         // A TCP frame as tun gives it without GSO: NEEDS_CSUM, pseudo sum in place.
         let spec = testutil::Tcp {
@@ -1042,6 +1216,10 @@ mod tests {
         let (hdr, mut frame) = testutil::Udp::default().build_uso(1448);
         complete_checksum(&mut frame, hdr.csum_start.into(), hdr.csum_offset.into()).unwrap();
         check_frame(&frame);
+
+        let (hdr, mut frame) = testutil::Udp::default().build_uso6(1448);
+        complete_checksum(&mut frame, hdr.csum_start.into(), hdr.csum_offset.into()).unwrap();
+        testutil::check_frame6(&frame);
     }
 
     #[test]
@@ -1153,6 +1331,47 @@ mod tests {
             let mut payload = Vec::new();
             for seg in segments.frames(&out) {
                 payload.extend_from_slice(&check_frame(seg).payload);
+            }
+            prop_assert_eq!(payload, spec.payload);
+        }
+
+        #[test]
+        fn ipv6_tcp_segments_are_valid_and_carry_the_payload(
+            (spec, gso_size) in tcp_spec(),
+            headroom in 0usize..64,
+        ) {
+            let (hdr, frame) = spec.build_tso6(gso_size);
+            let (segments, out) = segment_vec(&frame, &hdr, headroom);
+            prop_assert_eq!(segments.count(), segment_count(spec.payload.len(), gso_size));
+            let mut payload = Vec::new();
+            for (i, seg) in segments.frames(&out).enumerate() {
+                let (ip, l4, data) = testutil::check_frame6(seg);
+                let L4::Tcp(tcp) = l4 else { panic!("not TCP") };
+                let last = i + 1 == segments.count();
+                prop_assert_eq!(ip.source, testutil::v6(spec.src));
+                prop_assert_eq!(ip.hop_limit, spec.ttl);
+                prop_assert_eq!(tcp.sequence_number, spec.seq.wrapping_add(u32::from(gso_size) * i as u32));
+                prop_assert_eq!(tcp.fin, last && spec.flags & 0x01 != 0);
+                prop_assert_eq!(tcp.psh, last && spec.flags & 0x08 != 0);
+                prop_assert_eq!(tcp.cwr, i == 0 && spec.flags & 0x80 != 0);
+                prop_assert_eq!(tcp.options.as_slice(), &spec.tcp_options[..]);
+                prop_assert!(data.len() <= usize::from(gso_size));
+                payload.extend_from_slice(&data);
+            }
+            prop_assert_eq!(payload, spec.payload);
+        }
+
+        #[test]
+        fn ipv6_udp_segments_are_valid(
+            payload in proptest::collection::vec(any::<u8>(), 0..20_000),
+            gso_size in 1u16..9000,
+        ) {
+            let spec = testutil::Udp { payload, ..Default::default() };
+            let (hdr, frame) = spec.build_uso6(gso_size);
+            let (segments, out) = segment_vec(&frame, &hdr, 8);
+            let mut payload = Vec::new();
+            for seg in segments.frames(&out) {
+                payload.extend_from_slice(&testutil::check_frame6(seg).2);
             }
             prop_assert_eq!(payload, spec.payload);
         }

@@ -128,3 +128,61 @@ pub(crate) fn ipv4_layout(frame: &[u8]) -> Result<Ipv4Layout, Ipv4Problem> {
         fragment: ip.is_fragment(),
     })
 }
+
+/// Ethertype of IPv6.
+pub(crate) const ETHERTYPE_IPV6: u16 = crate::ethernet::ethertype::IPV6;
+
+/// The offsets of the addresses in an IPv6 header: source then destination, what
+/// the pseudo-header sums first.
+pub(crate) const IPV6_ADDRS: core::ops::Range<usize> = 8..40;
+
+/// The layout of an Ethernet + IPv6 frame, as far as segmentation and hashing need
+/// it: where the upper layer starts, past any extension headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ipv6Layout {
+    /// Offset of the upper-layer header in the frame.
+    pub l4_start: usize,
+    /// End of the IP packet in the frame: bytes after it are Ethernet padding.
+    pub end: usize,
+    /// The upper layer's protocol number.
+    pub protocol: u8,
+    /// Whether the packet is a fragment, or carries a fragment header at all.
+    pub fragment: bool,
+}
+
+/// Why a frame is not a well-formed Ethernet + IPv6 frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ipv6Problem {
+    /// Shorter than Ethernet + the fixed IPv6 header.
+    Truncated,
+    /// The ethertype is not IPv6.
+    Ethertype(u16),
+    /// The fixed header is not a valid IPv6 one: its version, or a payload length
+    /// past the frame.
+    Header,
+    /// The extension headers run past the packet, or are too many.
+    Extensions,
+}
+
+/// Reads the layout of an Ethernet + IPv6 frame, validated by the IPv6 view and its
+/// walk over extension headers; never panics.
+pub(crate) fn ipv6_layout(frame: &[u8]) -> Result<Ipv6Layout, Ipv6Problem> {
+    let ip_start = ETHERNET_HEADER_LEN;
+    let eth = crate::ethernet::Frame::new_checked(frame).map_err(|_| Ipv6Problem::Truncated)?;
+    if frame.len() < ip_start + crate::ipv6::HEADER_LEN {
+        return Err(Ipv6Problem::Truncated);
+    }
+    if eth.ethertype() != ETHERTYPE_IPV6 {
+        return Err(Ipv6Problem::Ethertype(eth.ethertype()));
+    }
+    let ip = crate::ipv6::Packet::new_checked(eth.payload()).map_err(|_| Ipv6Problem::Header)?;
+    let payload = ip.payload();
+    let upper = crate::ipv6::upper_layer(ip.next_header(), payload)
+        .map_err(|_| Ipv6Problem::Extensions)?;
+    Ok(Ipv6Layout {
+        l4_start: ip_start + crate::ipv6::HEADER_LEN + upper.offset,
+        end: ip_start + ip.total_len(),
+        protocol: upper.protocol,
+        fragment: upper.fragment.is_some() || upper.atomic_fragment,
+    })
+}

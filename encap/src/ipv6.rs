@@ -68,7 +68,7 @@ pub mod next_header {
     pub const SCTP: u8 = 132;
 }
 
-mod field {
+pub(crate) mod field {
     use crate::field::Field;
 
     pub const VER_TC_FLOW: Field = 0..4;
@@ -233,6 +233,9 @@ pub struct UpperLayer {
     /// The packet is a fragment: a fragment header with a nonzero offset or the
     /// M flag. Only a first fragment (offset 0) holds the upper layer's header.
     pub fragment: Option<Fragment>,
+    /// A fragment header is there though the packet is whole (an atomic fragment,
+    /// RFC 6946): nothing to join, but a header a segment may not repeat.
+    pub atomic_fragment: bool,
 }
 
 /// A fragment header's fields.
@@ -268,11 +271,13 @@ pub fn upper_layer(next: u8, payload: &[u8]) -> Result<UpperLayer, Error> {
                 8
             }
             _ => {
+                let atomic_fragment = fragment.is_some_and(|f| f.offset == 0 && !f.more);
                 let fragment = fragment.filter(|f| f.offset != 0 || f.more);
                 return Ok(UpperLayer {
                     protocol,
                     offset: at,
                     fragment,
+                    atomic_fragment,
                 });
             }
         };
