@@ -112,6 +112,7 @@ pub fn tables(mode: TunnelMode, n: u8, nodes: u8, pods: u8) -> Tables {
             name: format!("node-{m}"),
             addr: underlay(m),
             subnet: subnet(m),
+            subnet6: None,
             vtep_mac: router_mac(m),
             counters: Arc::new(Counters::new(1)),
             health: Arc::new(PeerHealth::new(Time::ZERO)),

@@ -120,7 +120,9 @@ pub enum Error {
     },
     /// The IP packet is a fragment (or, over IPv6, has a fragment header), which
     /// cannot be segmented.
-    #[error("the IP packet is a fragment (MF or a fragment offset set, or an IPv6 fragment header)")]
+    #[error(
+        "the IP packet is a fragment (MF or a fragment offset set, or an IPv6 fragment header)"
+    )]
     Fragment,
     /// The IP protocol is not the one the virtio header's `gso_type` names.
     #[error("gso_type {gso_type} does not match IP protocol {protocol}")]
@@ -1152,7 +1154,10 @@ mod tests {
             csum_start: 62,
             ..hdr
         };
-        assert_eq!(segment(&fragment, &moved, &mut out, 0), Err(Error::Fragment));
+        assert_eq!(
+            segment(&fragment, &moved, &mut out, 0),
+            Err(Error::Fragment)
+        );
         // The checksum must be TCP's own field, past the extension headers.
         let misplaced = virtio::Repr {
             csum_start: 34,

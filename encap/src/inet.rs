@@ -177,8 +177,8 @@ pub(crate) fn ipv6_layout(frame: &[u8]) -> Result<Ipv6Layout, Ipv6Problem> {
     }
     let ip = crate::ipv6::Packet::new_checked(eth.payload()).map_err(|_| Ipv6Problem::Header)?;
     let payload = ip.payload();
-    let upper = crate::ipv6::upper_layer(ip.next_header(), payload)
-        .map_err(|_| Ipv6Problem::Extensions)?;
+    let upper =
+        crate::ipv6::upper_layer(ip.next_header(), payload).map_err(|_| Ipv6Problem::Extensions)?;
     Ok(Ipv6Layout {
         l4_start: ip_start + crate::ipv6::HEADER_LEN + upper.offset,
         end: ip_start + ip.total_len(),

@@ -329,7 +329,11 @@ pub fn check_frame6(frame: &[u8]) -> (Ipv6Header, L4, Vec<u8>) {
     let (eth, rest) = Ethernet2Header::from_slice(frame).expect("Ethernet header");
     assert_eq!(eth.ether_type, EtherType::IPV6);
     let (ip, rest) = Ipv6Header::from_slice(rest).expect("IPv6 header");
-    assert_eq!(usize::from(ip.payload_length), rest.len(), "IPv6 payload length");
+    assert_eq!(
+        usize::from(ip.payload_length),
+        rest.len(),
+        "IPv6 payload length"
+    );
     let (l4, payload) = match ip.next_header {
         IpNumber::TCP => {
             let (tcp, payload) = TcpHeader::from_slice(rest).expect("TCP header");

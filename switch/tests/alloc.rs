@@ -152,6 +152,7 @@ fn tables(mode: TunnelMode) -> Tables {
         name: "n1".into(),
         addr: SocketAddrV4::new(PEER_UNDERLAY, 8472),
         subnet: "10.244.2.0/24".parse().unwrap(),
+        subnet6: None,
         vtep_mac: MacAddr([2, 0, 0, 0, 0, 2]),
         counters: Arc::new(Counters::new(1)),
         health: Arc::new(PeerHealth::new(Time::ZERO)),

@@ -185,7 +185,7 @@ fn send_one(sim: &mut Sim, p: usize, packet: &[u8]) -> (usize, Got) {
 fn transfer(sim: &mut Sim, vip: Ipv4Addr, server: Ipv4Addr, seen_as: Ipv4Addr, seed: u64) {
     let (a, to) = (sim.pod(A), sim.pod(server));
     let data = pseudo_random(seed, 64 << 10);
-    let mut x = Transfer::start_via(sim, a, (vip, 80), to, 8080, data);
+    let mut x = Transfer::start_via(sim, a, (vip.into(), 80), to, 8080, data);
     let steps = sim.run_until(STEP_LIMIT, |sim| x.pump(sim));
     let what = format!("{:?} TCP {A} -> {vip} (endpoint {server})", sim.mode);
     assert!(steps.is_some(), "{what} stalled: {}", sim.drops_report());
@@ -216,7 +216,7 @@ fn a_connection_outlives_its_endpoint(mode: TunnelMode) {
     sim.set_services(&services());
     let (a, b) = (sim.pod(A), sim.pod(B));
     let data = pseudo_random(9, 256 << 10);
-    let mut x = Transfer::start_via(&mut sim, a, (TO_B, 80), b, 8080, data);
+    let mut x = Transfer::start_via(&mut sim, a, (TO_B.into(), 80), b, 8080, data);
     // Established, and part of the way.
     let started = sim.run_until(STEP_LIMIT, |sim| {
         x.pump(sim);

@@ -111,7 +111,7 @@ fn service_transfer(
 ) -> u16 {
     let (a, to) = (sim.pod(A), sim.pod(server));
     let data = pseudo_random(seed, 256 << 10);
-    let mut x = Transfer::start_via(sim, a, (vip, 80), to, 8080, data);
+    let mut x = Transfer::start_via(sim, a, (vip.into(), 80), to, 8080, data);
     let steps = sim.run_until(STEP_LIMIT, |sim| x.pump(sim));
     let (c, s) = x.states(sim);
     let what = format!("{:?} TCP {A} -> {vip} (endpoint {server})", sim.mode);
@@ -243,7 +243,7 @@ fn policy_judges_the_endpoint_of_a_service_connection(mode: TunnelMode) {
         }),
     );
     let a = sim.pod(A);
-    let mut x = Transfer::start_via(&mut sim, a, (TO_A2, 80), a2, 8080, vec![1; 100]);
+    let mut x = Transfer::start_via(&mut sim, a, (TO_A2.into(), 80), a2, 8080, vec![1; 100]);
     assert_eq!(sim.run_until(300, |sim| x.pump(sim)), None, "{mode:?}");
     assert!(
         sim.port_counters(a2).dropped(DropReason::PolicyIngress) > 0,

@@ -1472,9 +1472,14 @@ fn malformed_datagrams_are_counted(mode: TunnelMode) {
                     DropReason::WrongSender,
                 ),
                 (
-                    "IPv6 record",
-                    sleeve_datagram(router_mac(1), &[(ETHERTYPE_IPV6, vec![0x60; 40])], &[]),
+                    "LLDP record",
+                    sleeve_datagram(router_mac(1), &[(0x88cc, vec![0x60; 40])], &[]),
                     DropReason::Unsupported,
+                ),
+                (
+                    "IPv6 record with a payload length past it",
+                    sleeve_datagram(router_mac(1), &[(ETHERTYPE_IPV6, vec![0x60; 40])], &[]),
+                    DropReason::Malformed,
                 ),
                 (
                     "empty IPv4 record",
@@ -1576,10 +1581,10 @@ fn sleeve_records_are_delivered_in_place() {
     let p4 = Ip::udp(B, A).packet(&udp(4, 4, 0));
     let p5 = Ip::udp(B, A2).packet(&udp(5, 5, 1000));
     let mut d = sleeve_datagram(router_mac(1), &[], &[&p1]);
-    // Raw records: empty IPv4, a 3-byte IPv6 one, then the rest.
+    // Raw records: empty IPv4, a 3-byte LLDP one, then the rest.
     let more = sleeve_datagram(
         router_mac(1),
-        &[(ETHERTYPE_IPV4, vec![]), (ETHERTYPE_IPV6, vec![1, 2, 3])],
+        &[(ETHERTYPE_IPV4, vec![]), (0x88cc, vec![1, 2, 3])],
         &[&p2, &p3, &p4, &p5],
     );
     d.extend_from_slice(&more[sleeve::HEADER_LEN..]);

@@ -225,6 +225,7 @@ fn join(
         features: feature_names(core::FEATURES),
         cluster: settings.cluster_cidr,
         wanted: settings.pod_subnet.or(remembered),
+        subnet6: settings.ipv6.map(|v6| v6.subnet),
         strict: settings.pod_subnet.is_some() || (remembered.is_some() && held > 0),
         state_dir: settings.state_dir.clone(),
     };

@@ -11,7 +11,7 @@ use crate::control::config::{Encryption, Mode, ServicesMode, Settings};
 use crate::control::daemon::Daemon;
 use crate::control::error::DaemonError;
 use crate::control::routes::{DirectRoute, RouteTo};
-use crate::control::store::screen::{screen, Own, Said};
+use crate::control::store::screen::{screen, screen6, Own, Said};
 use crate::control::store::{ClusterView, NodeEntry};
 use crate::io::clock;
 use crate::tables::counters::Counters;
@@ -124,6 +124,7 @@ pub(crate) fn peer_entries(
                 name: n.name.clone(),
                 addr,
                 subnet: n.pod_subnet,
+                subnet6: n.pod_subnet_v6,
                 vtep_mac: n.vtep_mac,
                 counters: kept.map_or_else(
                     || Arc::new(Counters::new(settings.datapath.workers)),
@@ -158,7 +159,10 @@ pub(crate) fn usable_nodes(
         underlay: node.underlay,
         vtep_mac: node.router_mac,
     };
-    let (kept, left_out) = screen(nodes.to_vec(), node.cluster, Some(&own));
+    let (mut kept, mut left_out) = screen(nodes.to_vec(), node.cluster, Some(&own));
+    let own6 = node.v6.map(|v6| (v6.subnet, v6.cluster));
+    let peers = kept.iter_mut().filter(|n| n.name != node.name);
+    left_out.extend(screen6(peers, own6));
     for line in said.lines(std::time::Instant::now(), &left_out) {
         log::warn!("cluster store: {line}");
     }
@@ -436,6 +440,7 @@ mod tests {
             name: name.into(),
             underlay_ip: Ipv4Addr::new(10, 250, 0, n),
             pod_subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            pod_subnet_v6: None,
             vtep_mac: MacAddr::from_name(name),
             mode,
             direct_routing: None,
@@ -516,6 +521,7 @@ mod tests {
             let subnet = Ipv4Net::new(Ipv4Addr::from(base + (net << 8)), len).unwrap().trunc();
             NodeEntry {
                 pod_subnet: subnet,
+                pod_subnet_v6: None,
                 underlay_ip: ip,
                 vtep_mac: match mac {
                     0 => MacAddr::from_name("me"),

@@ -503,6 +503,7 @@ mod tests {
             name: name.into(),
             underlay_ip: Ipv4Addr::new(10, 250, 0, n),
             pod_subnet: format!("10.244.{n}.0/24").parse().expect("a subnet"),
+            pod_subnet_v6: None,
             vtep_mac: MacAddr([2, 0, 0, 0, 0, n]),
             mode: Some(Mode::Vxlan),
             direct_routing: Some(false),

@@ -47,7 +47,7 @@ impl Core {
         let port = match hop {
             NextHop::Local(p) => p,
             NextHop::Host => 0,
-            NextHop::Peer(j) => return self.encapsulate(cx, j, offload, frame),
+            NextHop::Peer(j) => return self.encapsulate(cx, j, offload, frame, ethertype::IPV4),
             // `decide` routes nothing here; drop it rather than trust that.
             NextHop::Unreachable => return self.drop_at(cx, from, DropReason::NoRoute),
         };
@@ -112,13 +112,15 @@ impl Core {
         self.segments = out;
     }
 
-    /// Encapsulates `frame` for peer `j`.
-    fn encapsulate<S: Sink + ?Sized>(
+    /// Encapsulates `frame`, an IPv4 or IPv6 packet (by `ethertype`) behind an
+    /// Ethernet header, for peer `j`.
+    pub(super) fn encapsulate<S: Sink + ?Sized>(
         &mut self,
         cx: &mut Ctx<'_, S>,
         j: usize,
         offload: &Offload,
         frame: Frame<'_>,
+        ethertype: u16,
     ) {
         let t = cx.tables;
         let peer = &t.peers[j];
@@ -130,7 +132,7 @@ impl Core {
         let buf = frame.buf;
         // Flannel's addressing: inner frame from our VTEP MAC to theirs.
         let inner = &mut buf[eth..eth + len];
-        ethernet::emit_header(inner, peer.vtep_mac.0, t.node.router_mac.0, ethertype::IPV4);
+        ethernet::emit_header(inner, peer.vtep_mac.0, t.node.router_mac.0, ethertype);
         let lane = lane_of(inner);
         if offload.is_gso() {
             return self.encapsulate_super(cx, j, lane, offload, &buf[eth..eth + len]);
@@ -152,7 +154,8 @@ impl Core {
             }
             TunnelMode::Sleeve => {
                 let payload = &buf[eth + ethernet::HEADER_LEN..eth + len];
-                self.sleeve.push(cx, self.worker, j, lane, payload);
+                self.sleeve
+                    .push(cx, self.worker, j, lane, ethertype, payload);
             }
         }
     }
@@ -169,7 +172,10 @@ impl Core {
     ) {
         let t = cx.tables;
         let peer = &t.peers[j];
+        // Peers join chunks of IPv4 super-frames only.
+        let ipv4 = ethernet::Frame::new_unchecked(frame).ethertype() == ethertype::IPV4;
         let whole = t.node.mode == TunnelMode::Sleeve
+            && ipv4
             && peer.health.joins_chunks()
             && offload.needs_csum
             && !offload.gso_ecn
@@ -198,9 +204,11 @@ impl Core {
                 }
             }
             Ok(segs) => {
+                let ethertype = ethernet::Frame::new_unchecked(frame).ethertype();
                 for r in (0..segs.count()).filter_map(|i| segs.frame_range(i)) {
                     let payload = &out[r.start + ethernet::HEADER_LEN..r.end];
-                    self.sleeve.push(cx, self.worker, j, lane, payload);
+                    self.sleeve
+                        .push(cx, self.worker, j, lane, ethertype, payload);
                 }
             }
         }

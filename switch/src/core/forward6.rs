@@ -1,5 +1,6 @@
 //! IPv6 on a dual-stack node: Neighbour Discovery answered by the switch, and IPv6
-//! packets routed between the node's pods and its host port.
+//! packets routed between the node's pods, its host port, and its peers through
+//! the tunnel.
 //!
 //! As with ARP, the switch answers a Neighbour Solicitation for every address it
 //! routes with its router MAC, so nothing is flooded and a pod's neighbours are all
@@ -10,20 +11,25 @@
 //! for a Neighbour Solicitation (duplicate address detection), which is not
 //! answered.
 //!
-//! What is not here yet, and is dropped rather than half done: IPv6 to and from
-//! peer nodes, IPv6 to or from a pod that NetworkPolicy isolates (no IPv6 rule is
-//! enforced yet, so such a pod's IPv6 fails closed), and IPv6 offloads towards an
-//! AF_XDP port.
+//! A peer's IPv6 subnet is reached through the tunnel (VXLAN or sleeve), whatever
+//! the peer's IPv4 path; a peer may send only from its IPv6 subnet, and only to
+//! this node's pods and gateway.
+//!
+//! What is not here yet, and is dropped rather than half done: IPv6 to a peer that
+//! is reached by direct routing or not at all (answered as unreachable), IPv6 to or
+//! from a pod that NetworkPolicy isolates (no IPv6 rule is enforced yet, so such a
+//! pod's IPv6 fails closed), and IPv6 offloads towards an AF_XDP port.
 
 use std::net::Ipv6Addr;
 
+use weft_encap::ethernet::{self, ethertype};
 use weft_encap::icmpv6::{self, kind};
 use weft_encap::ipv6::{self, next_header};
-use weft_encap::{ethernet, tcp, udp};
+use weft_encap::{tcp, udp};
 
 use super::{Core, Ctx, Frame, Ingress, Offload, Sink, HEADROOM};
 use crate::tables::counters::DropReason;
-use crate::tables::{Node6, PortKind, Tables};
+use crate::tables::{Node6, PeerPath, PortKind, Tables};
 
 /// The smallest MTU of an IPv6 link (RFC 8200 §5): an ICMPv6 error is at most this.
 const MIN_MTU: usize = 1280;
@@ -81,8 +87,12 @@ impl Facts6 {
 enum Hop6 {
     /// Out of port `k` (0: the host port).
     Port(usize),
+    /// Through the tunnel to peer `j`.
+    Peer(usize),
     /// Nowhere: answered with a destination unreachable of this code.
     Unreachable(u8),
+    /// Nowhere, silently: a peer's packet for anything but this node.
+    NoRelay,
 }
 
 /// Destination unreachable codes (RFC 4443 §3.1).
@@ -102,35 +112,51 @@ fn partial_checksum_in_place6(f: &Facts6, offload: &Offload) -> bool {
     }
 }
 
-/// The route of `dst` for a packet from port `from` of `t`, on node `v6`.
-fn route6(t: &Tables, v6: &Node6, from: usize, dst: Ipv6Addr) -> Hop6 {
-    if dst == v6.gateway {
-        return Hop6::Port(0);
-    }
-    if let Some(k) = t.port_by_ip6(dst) {
-        return Hop6::Port(k);
-    }
-    if v6.subnet.contains(&dst) {
-        return Hop6::Unreachable(ADDRESS_UNREACHABLE);
-    }
-    if v6.cluster.contains(&dst) {
-        // Another node's pods: not carried between nodes yet.
-        return Hop6::Unreachable(NO_ROUTE);
-    }
-    match t.ports[from].kind {
-        PortKind::Pod => Hop6::Port(0),
-        PortKind::Host => Hop6::Unreachable(NO_ROUTE),
+/// The route of `dst` for a packet from `from` on node `t` (whose IPv6 is `v6`).
+fn route6(t: &Tables, v6: &Node6, from: Ingress, dst: Ipv6Addr) -> Hop6 {
+    let hop = if dst == v6.gateway {
+        Hop6::Port(0)
+    } else if let Some(k) = t.port_by_ip6(dst) {
+        Hop6::Port(k)
+    } else if v6.subnet.contains(&dst) {
+        Hop6::Unreachable(ADDRESS_UNREACHABLE)
+    } else if let Some(j) = t.peer_by_ip6(dst) {
+        match t.peers[j].path {
+            PeerPath::Tunnel => Hop6::Peer(j),
+            // Direct routing does not carry IPv6 yet.
+            PeerPath::Direct { .. } | PeerPath::Unreachable(_) => Hop6::Unreachable(NO_ROUTE),
+        }
+    } else if v6.cluster.contains(&dst) {
+        Hop6::Unreachable(NO_ROUTE)
+    } else {
+        match from {
+            Ingress::Port(i) if t.ports[i].kind == PortKind::Host => Hop6::Unreachable(NO_ROUTE),
+            // A pod's packet for outside the cluster, or an error to a source there.
+            Ingress::Port(_) | Ingress::Icmp(_) => Hop6::Port(0),
+            Ingress::Peer(_) => Hop6::NoRelay,
+        }
+    };
+    match (from, hop) {
+        (Ingress::Peer(_), Hop6::Peer(_)) => Hop6::NoRelay,
+        _ => hop,
     }
 }
 
-/// Why an IPv6 packet from port `i` may not enter, if it may not.
-fn inadmissible6(t: &Tables, v6: &Node6, i: usize, f: &Facts6) -> Option<DropReason> {
-    let port = &t.ports[i];
-    let spoofed = match port.kind {
-        PortKind::Pod => port.ip6 != Some(f.src),
-        // The node sends to pods from its gateway address; what it forwards comes
-        // from outside the cluster.
-        PortKind::Host => f.src != v6.gateway && v6.cluster.contains(&f.src),
+/// Why an IPv6 packet from `from` may not enter, if it may not.
+fn inadmissible6(t: &Tables, v6: &Node6, from: Ingress, f: &Facts6) -> Option<DropReason> {
+    let spoofed = match from {
+        Ingress::Port(i) => {
+            let port = &t.ports[i];
+            match port.kind {
+                PortKind::Pod => port.ip6 != Some(f.src),
+                // The node sends to pods from its gateway address; what it forwards
+                // comes from outside the cluster.
+                PortKind::Host => f.src != v6.gateway && v6.cluster.contains(&f.src),
+            }
+        }
+        // A peer sends from its own IPv6 subnet (its pods, and its gateway).
+        Ingress::Peer(j) => t.peers[j].subnet6.is_none_or(|s| !s.contains(&f.src)),
+        Ingress::Icmp(_) => false,
     };
     if spoofed || f.src.is_unspecified() || f.src.is_multicast() || is_link_local(f.src) {
         return Some(DropReason::Spoofed);
@@ -170,16 +196,16 @@ const MLD_DONE: u8 = 132;
 const MLD2_REPORT: u8 = 143;
 
 impl Core {
-    /// An IPv6 frame from port `i`.
+    /// An IPv6 frame from `from`: a port, a peer (decapsulated), or an ICMPv6 error
+    /// the switch generated.
     pub(super) fn forward6<S: Sink + ?Sized>(
         &mut self,
         cx: &mut Ctx<'_, S>,
-        i: usize,
+        from: Ingress,
         offload: &Offload,
         frame: Frame<'_>,
     ) {
         let t = cx.tables;
-        let from = Ingress::Port(i);
         let Some(v6) = t.node.v6 else {
             return self.drop_at(cx, from, DropReason::Unsupported);
         };
@@ -198,69 +224,82 @@ impl Core {
         let packet = &frame.buf[ip_start..ip_start + f.total_len];
         if f.protocol == next_header::ICMPV6 && !f.error_exempt {
             let t = packet.get(f.l4).copied().unwrap_or(0);
-            if is_link_signalling(t) {
-                return self.ndp(cx, i, &v6, &f, packet);
+            match from {
+                Ingress::Port(i) if is_link_signalling(t) => {
+                    return self.ndp(cx, i, &v6, &f, packet)
+                }
+                // The link of a peer is the tunnel: nothing on it asks the switch.
+                _ if is_link_signalling(t) => {
+                    return self.drop_at(cx, from, DropReason::NdpIgnored)
+                }
+                _ => {}
             }
         }
-        if let Some(reason) = inadmissible6(t, &v6, i, &f) {
+        if let Some(reason) = inadmissible6(t, &v6, from, &f) {
             return self.drop_at(cx, from, reason);
         }
-        let k = match route6(t, &v6, i, f.dst) {
-            Hop6::Port(k) if k == i => return self.drop_at(cx, from, DropReason::HostLoop),
-            Hop6::Port(k) => k,
+        let hop = match route6(t, &v6, from, f.dst) {
+            Hop6::Port(k) if from == Ingress::Port(k) => {
+                return self.drop_at(cx, from, DropReason::HostLoop)
+            }
+            Hop6::NoRelay => return self.drop_at(cx, from, DropReason::NoRelay),
             Hop6::Unreachable(code) => {
                 self.drop_at(cx, from, DropReason::NoRoute);
                 let error = icmpv6::Repr::DestUnreachable { code };
-                return self.icmp6_error(cx, i, &v6, &f, packet, error);
+                return self.icmp6_error(cx, from, &v6, &f, packet, error);
             }
+            hop => hop,
         };
-        self.pass6(cx, i, k, &v6, offload, frame, &f);
+        self.pass6(cx, from, hop, &v6, offload, frame, &f);
     }
 
-    /// Takes an admitted, routed IPv6 packet from port `i` to port `k`: policy,
-    /// hop limit, MTU, offloads, and out.
+    /// Takes an admitted, routed IPv6 packet from `from` to `hop`: policy, hop
+    /// limit, MTU, offloads, and out.
     #[allow(clippy::too_many_arguments)]
     fn pass6<S: Sink + ?Sized>(
         &mut self,
         cx: &mut Ctx<'_, S>,
-        i: usize,
-        k: usize,
+        from: Ingress,
+        hop: Hop6,
         v6: &Node6,
         offload: &Offload,
-        frame: Frame<'_>,
+        mut frame: Frame<'_>,
         f: &Facts6,
     ) {
         let t = cx.tables;
-        let (src, dst) = (&t.ports[i], &t.ports[k]);
         // No IPv6 rule is enforced yet: a pod that policy isolates takes no IPv6.
-        if src.policy.is_some() {
-            return src.counters.discard(self.worker, DropReason::PolicyEgress);
+        if let Ingress::Port(i) = from {
+            if t.ports[i].policy.is_some() {
+                return t.ports[i]
+                    .counters
+                    .discard(self.worker, DropReason::PolicyEgress);
+            }
         }
-        if dst.policy.is_some() {
-            return dst.counters.discard(self.worker, DropReason::PolicyIngress);
+        if let Hop6::Port(k) = hop {
+            if t.ports[k].policy.is_some() {
+                return t.ports[k]
+                    .counters
+                    .discard(self.worker, DropReason::PolicyIngress);
+            }
         }
         let ip_start = frame.start + ethernet::HEADER_LEN;
-        let routed = f.dst != v6.gateway;
+        // The switch's own errors, and packets for the gateway, are not routed here.
+        let routed = f.dst != v6.gateway && !matches!(from, Ingress::Icmp(_));
         if routed && f.hop_limit <= 1 {
-            self.drop_at(cx, Ingress::Port(i), DropReason::TtlExceeded);
+            self.drop_at(cx, from, DropReason::TtlExceeded);
             let packet = &frame.buf[ip_start..ip_start + f.total_len];
             let error = icmpv6::Repr::TimeExceeded { code: 0 };
-            return self.icmp6_error(cx, i, v6, f, packet, error);
+            return self.icmp6_error(cx, from, v6, f, packet, error);
         }
         let mtu = t.node.pod_mtu as usize;
         if offload.is_gso() && usize::from(offload.gso_size) + f.headers_len > mtu {
-            return self.drop_at(cx, Ingress::Port(i), DropReason::TooBig);
+            return self.drop_at(cx, from, DropReason::TooBig);
         }
         if !offload.is_gso() && f.total_len > mtu {
-            self.drop_at(cx, Ingress::Port(i), DropReason::TooBig);
+            self.drop_at(cx, from, DropReason::TooBig);
             let packet = &frame.buf[ip_start..ip_start + f.total_len];
             let error = icmpv6::Repr::PacketTooBig { mtu: mtu as u32 };
-            return self.icmp6_error(cx, i, v6, f, packet, error);
-        }
-        // An AF_XDP port takes whole frames, and the IPv6 path does not complete
-        // checksums or cut super-frames yet.
-        if !dst.offloads && (offload.is_gso() || offload.needs_csum) {
-            return self.drop_at(cx, Ingress::Port(i), DropReason::Unsupported);
+            return self.icmp6_error(cx, from, v6, f, packet, error);
         }
         if routed {
             let packet = &mut frame.buf[ip_start..ip_start + f.total_len];
@@ -268,10 +307,27 @@ impl Core {
             let hops = ip.hop_limit() - 1;
             ip.set_hop_limit(hops);
         }
-        let start = frame.start;
-        let out = &mut frame.buf[start..ip_start + f.total_len];
+        let (start, len) = (frame.start, ethernet::HEADER_LEN + f.total_len);
+        let k = match hop {
+            Hop6::Port(k) => k,
+            Hop6::Peer(j) => {
+                let frame = frame.reframe(start, len);
+                return self.encapsulate(cx, j, offload, frame, ethertype::IPV6);
+            }
+            // `forward6` sends nothing else here.
+            Hop6::Unreachable(_) | Hop6::NoRelay => {
+                return self.drop_at(cx, from, DropReason::NoRoute)
+            }
+        };
+        let dst = &t.ports[k];
+        // An AF_XDP port takes whole frames, and the IPv6 path does not complete
+        // checksums or cut super-frames for it yet.
+        if !dst.offloads && (offload.is_gso() || offload.needs_csum) {
+            return self.drop_at(cx, from, DropReason::Unsupported);
+        }
+        let out = &mut frame.buf[start..start + len];
         let router = t.node.router_mac.0;
-        ethernet::emit_header(out, dst.mac.0, router, ethernet::ethertype::IPV6);
+        ethernet::emit_header(out, dst.mac.0, router, ethertype::IPV6);
         cx.sink.to_port(dst, offload, out);
     }
 
@@ -352,16 +408,17 @@ impl Core {
             lladdr: Some(cx.tables.node.router_mac.0),
         };
         // Hop limit 255: the link's own (RFC 4861 §7.1.2).
-        self.send_icmp6(cx, i, (target, asker, 255), &advert, &[]);
+        self.send_icmp6(cx, i, (target, asker, 255), &advert);
     }
 
-    /// Sends the ICMPv6 error `error` about `orig` (from port `i`) back to its
-    /// source, from the gateway address, within the worker's limit. Errors never
-    /// answer errors, later fragments, or sources that cannot be answered.
+    /// Sends the ICMPv6 error `error` about `orig` (from `from`) back to its
+    /// source, from the gateway address, routed like any other packet, within the
+    /// worker's limit. Errors never answer errors, later fragments, or sources that
+    /// cannot be answered.
     fn icmp6_error<S: Sink + ?Sized>(
         &mut self,
         cx: &mut Ctx<'_, S>,
-        i: usize,
+        from: Ingress,
         v6: &Node6,
         f: &Facts6,
         orig: &[u8],
@@ -371,54 +428,71 @@ impl Core {
             return;
         }
         if !self.icmp_limit.take(cx.now) {
-            return self.drop_at(cx, Ingress::Port(i), DropReason::IcmpLimited);
+            return self.drop_at(cx, from, DropReason::IcmpLimited);
         }
         let fixed = error.buffer_len();
         let quoted = &orig[..orig.len().min(MIN_MTU - ipv6::HEADER_LEN - fixed)];
-        self.send_icmp6(cx, i, (v6.gateway, f.src, 64), &error, quoted);
+        let mut buf = std::mem::take(&mut self.icmp);
+        let len = emit_icmp6(
+            &mut buf[HEADROOM..],
+            (v6.gateway, f.src, 64),
+            &error,
+            quoted,
+        );
+        // Its drops count on `from`; as an error, it is never answered by another.
+        let frame = Frame::new(&mut buf, HEADROOM, len);
+        self.forward6(cx, Ingress::Icmp(from.cause()), &Offload::PLAIN, frame);
+        self.icmp = buf;
     }
 
-    /// Sends the ICMPv6 message `msg`, followed by `tail` (an error's quoted
-    /// packet), from `src` to `dst` with hop limit `hops`, out of port `i` to its
-    /// MAC from the router MAC. Built in the worker's ICMP buffer, which holds an
-    /// IPv6 packet of the minimum MTU.
+    /// Sends the ICMPv6 message `msg` from `src` to `dst` with hop limit `hops`
+    /// straight out of port `i`, to its MAC from the router MAC: link signalling,
+    /// which is not routed.
     fn send_icmp6<S: Sink + ?Sized>(
         &mut self,
         cx: &mut Ctx<'_, S>,
         i: usize,
-        (src, dst, hops): (Ipv6Addr, Ipv6Addr, u8),
+        addrs: (Ipv6Addr, Ipv6Addr, u8),
         msg: &icmpv6::Repr,
-        tail: &[u8],
     ) {
         let t = cx.tables;
         let port = &t.ports[i];
-        let fixed = msg.buffer_len();
-        let len = fixed + tail.len();
         let mut buf = std::mem::take(&mut self.icmp);
-        let at = HEADROOM;
-        let ip = at + ethernet::HEADER_LEN;
+        let frame = &mut buf[HEADROOM..];
+        let len = emit_icmp6(frame, addrs, msg, &[]);
         let router = t.node.router_mac.0;
-        ethernet::emit_header(
-            &mut buf[at..],
-            port.mac.0,
-            router,
-            ethernet::ethertype::IPV6,
-        );
-        ipv6::Repr {
-            src,
-            dst,
-            next_header: next_header::ICMPV6,
-            payload_len: len as u16,
-            hop_limit: hops,
-            traffic_class: 0,
-        }
-        .emit(&mut buf[ip..]);
-        let body = &mut buf[ip + ipv6::HEADER_LEN..ip + ipv6::HEADER_LEN + len];
-        msg.emit(body);
-        body[fixed..].copy_from_slice(tail);
-        icmpv6::Packet::new_unchecked(body).fill_checksum(&src, &dst);
-        let end = ip + ipv6::HEADER_LEN + len;
-        cx.sink.to_port(port, &Offload::PLAIN, &buf[at..end]);
+        ethernet::emit_header(frame, port.mac.0, router, ethertype::IPV6);
+        cx.sink.to_port(port, &Offload::PLAIN, &frame[..len]);
         self.icmp = buf;
     }
+}
+
+/// Writes an Ethernet frame (its MACs left for the way out) holding the ICMPv6
+/// message `msg`, followed by `tail` (an error's quoted packet), from `src` to
+/// `dst` with hop limit `hops`, at the start of `buf`; returns its length. `buf`
+/// holds an IPv6 packet of the minimum MTU.
+fn emit_icmp6(
+    buf: &mut [u8],
+    (src, dst, hops): (Ipv6Addr, Ipv6Addr, u8),
+    msg: &icmpv6::Repr,
+    tail: &[u8],
+) -> usize {
+    let fixed = msg.buffer_len();
+    let len = fixed + tail.len();
+    ethernet::Frame::new_unchecked(&mut *buf).set_ethertype(ethertype::IPV6);
+    let ip = ethernet::HEADER_LEN;
+    ipv6::Repr {
+        src,
+        dst,
+        next_header: next_header::ICMPV6,
+        payload_len: len as u16,
+        hop_limit: hops,
+        traffic_class: 0,
+    }
+    .emit(&mut buf[ip..]);
+    let body = &mut buf[ip + ipv6::HEADER_LEN..ip + ipv6::HEADER_LEN + len];
+    msg.emit(body);
+    body[fixed..].copy_from_slice(tail);
+    icmpv6::Packet::new_unchecked(body).fill_checksum(&src, &dst);
+    ip + ipv6::HEADER_LEN + len
 }

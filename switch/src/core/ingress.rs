@@ -62,7 +62,7 @@ impl Core {
                 port.counters.discard(self.worker, DropReason::Malformed);
             }
             ethertype::IPV4 => self.forward(cx, Ingress::Port(i), offload, frame),
-            ethertype::IPV6 => self.forward6(cx, i, offload, frame),
+            ethertype::IPV6 => self.forward6(cx, Ingress::Port(i), offload, frame),
             ethertype::ARP => {
                 let (start, len) = (frame.start, frame.len);
                 self.arp(cx, i, &mut frame.buf[start..start + len]);
@@ -98,7 +98,8 @@ impl Core {
         }
     }
 
-    /// A VXLAN datagram from peer `j`: an IPv4 frame to forward, or a heartbeat.
+    /// A VXLAN datagram from peer `j`: an IPv4 or IPv6 frame to forward, or a
+    /// heartbeat.
     fn decap_vxlan<S: Sink + ?Sized>(&mut self, cx: &mut Ctx<'_, S>, j: usize, mut d: Frame<'_>) {
         let counters = &cx.tables.peers[j].counters;
         let bytes = d.bytes().unwrap_or_default();
@@ -114,6 +115,11 @@ impl Core {
                 let start = d.start + vxlan::HEADER_LEN;
                 let len = d.len - vxlan::HEADER_LEN;
                 self.forward(cx, Ingress::Peer(j), &Offload::PLAIN, d.reframe(start, len));
+            }
+            ethertype::IPV6 => {
+                let start = d.start + vxlan::HEADER_LEN;
+                let len = d.len - vxlan::HEADER_LEN;
+                self.forward6(cx, Ingress::Peer(j), &Offload::PLAIN, d.reframe(start, len));
             }
             ethertype::WEFT_CONTROL => match sleeve::parse(inner.payload()) {
                 Ok(control) if control.sender() != NodeId(cx.tables.peers[j].vtep_mac.0) => {
@@ -177,20 +183,16 @@ impl Core {
             let Some(record) = cursor.next(&d.buf[start..start + len]) else {
                 return;
             };
-            if record.ethertype != ethertype::IPV4 {
-                cx.tables.peers[j]
-                    .counters
-                    .discard(self.worker, DropReason::Unsupported);
-                continue;
-            }
             let eth = start + record.payload.start - ethernet::HEADER_LEN;
             let eth_len = record.payload.len() + ethernet::HEADER_LEN;
-            self.forward(
-                cx,
-                Ingress::Peer(j),
-                &Offload::PLAIN,
-                d.reframe(eth, eth_len),
-            );
+            let (from, frame) = (Ingress::Peer(j), d.reframe(eth, eth_len));
+            match record.ethertype {
+                ethertype::IPV4 => self.forward(cx, from, &Offload::PLAIN, frame),
+                ethertype::IPV6 => self.forward6(cx, from, &Offload::PLAIN, frame),
+                _ => cx.tables.peers[j]
+                    .counters
+                    .discard(self.worker, DropReason::Unsupported),
+            }
         }
     }
 }

@@ -1,7 +1,6 @@
 //! Sleeve batching: frames to one peer on one lane share a datagram, up to the
 //! underlay's largest, and leave when it is full or when the batch ends.
 
-use weft_encap::ethernet::ethertype;
 use weft_encap::sleeve::{self, NodeId};
 
 use super::{Ctx, Sink};
@@ -45,14 +44,16 @@ impl Batches {
         }
     }
 
-    /// Appends an IPv4 packet as a record to the datagram for peer `j` on `lane`,
-    /// sending whatever no longer fits.
+    /// Appends an IPv4 or IPv6 packet (by `ethertype`) as a record to the datagram
+    /// for peer `j` on `lane`, sending whatever no longer fits.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn push<S: Sink + ?Sized>(
         &mut self,
         cx: &mut Ctx<'_, S>,
         worker: usize,
         j: usize,
         lane: usize,
+        ethertype: u16,
         payload: &[u8],
     ) {
         let t = cx.tables;
@@ -79,7 +80,7 @@ impl Batches {
             sleeve::emit_header(&mut b.buf[..], sleeve::Kind::Frames, sender, FEATURES);
             b.len = sleeve::HEADER_LEN;
         }
-        b.len += sleeve::emit_record(&mut b.buf[b.len..], ethertype::IPV4, payload);
+        b.len += sleeve::emit_record(&mut b.buf[b.len..], ethertype, payload);
     }
 
     /// A slot for (`j`, `lane`). When all are taken, only the sleeve's datagrams are

@@ -690,6 +690,7 @@ fn peer_entry(m: usize) -> PeerEntry {
         name: format!("node-{m}"),
         addr: underlay(m),
         subnet: subnet(m),
+        subnet6: Some(subnet6(m)),
         vtep_mac: router_mac(m),
         counters: new_counters(),
         health: Arc::new(PeerHealth::new(Time::ZERO)),
@@ -1337,15 +1338,19 @@ impl Pod {
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac.0)));
         config.random_seed = u64::from(u32::from(ip));
         let mut iface = Interface::new(config, &mut dev, Instant::from_millis(0));
+        // Dual stack, as the simulated nodes are: IPv6 by the same host number.
         iface.update_ip_addrs(|addrs| {
             addrs
                 .push(IpCidr::new(IpAddress::Ipv4(ip), 24))
                 .expect("room for one address");
+            addrs
+                .push(IpCidr::new(IpAddress::Ipv6(ip6_of(ip)), 64))
+                .expect("room for two addresses");
         });
-        iface
-            .routes_mut()
-            .add_default_ipv4_route(gateway(node))
-            .expect("room for a default route");
+        let routes = iface.routes_mut();
+        (routes.add_default_ipv4_route(gateway(node)))
+            .and_then(|_| routes.add_default_ipv6_route(gateway6(node)))
+            .expect("room for the default routes");
         Pod {
             node,
             port,

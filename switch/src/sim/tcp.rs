@@ -2,7 +2,7 @@
 //! client sends a pseudo-random stream and closes, the server checks every byte
 //! and closes in turn.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -41,7 +41,13 @@ pub struct Transfer {
 impl Transfer {
     /// Pod `from` connects to pod `to`, which listens on `port`, to send `data`.
     pub fn start(sim: &mut Sim, from: usize, to: usize, port: u16, data: Vec<u8>) -> Transfer {
-        let dst = (sim.pods[to].ip, port);
+        let dst = (sim.pods[to].ip.into(), port);
+        Transfer::start_via(sim, from, dst, to, port, data)
+    }
+
+    /// [`Transfer::start`] over IPv6: to pod `to`'s IPv6 address.
+    pub fn start6(sim: &mut Sim, from: usize, to: usize, port: u16, data: Vec<u8>) -> Transfer {
+        let dst = (super::ip6_of(sim.pods[to].ip).into(), port);
         Transfer::start_via(sim, from, dst, to, port, data)
     }
 
@@ -51,7 +57,7 @@ impl Transfer {
     pub fn start_via(
         sim: &mut Sim,
         from: usize,
-        dst: (Ipv4Addr, u16),
+        dst: (IpAddr, u16),
         to: usize,
         port: u16,
         data: Vec<u8>,
@@ -68,7 +74,7 @@ impl Transfer {
             .get_mut::<tcp::Socket<'_>>(client)
             .connect(
                 pod.iface.context(),
-                (IpAddress::Ipv4(dst.0), dst.1),
+                (IpAddress::from(dst.0), dst.1),
                 40_000 + port,
             )
             .expect("connect");

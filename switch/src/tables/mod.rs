@@ -157,6 +157,9 @@ pub struct PeerEntry {
     pub addr: SocketAddrV4,
     /// The node's pod subnet.
     pub subnet: Ipv4Net,
+    /// Its IPv6 pod subnet, which this node routes to it through the tunnel (on a
+    /// dual-stack node, and a peer that has one).
+    pub subnet6: Option<Ipv6Net>,
     /// Its VTEP MAC (also its sleeve sender id).
     pub vtep_mac: MacAddr,
     /// Traffic counters.
@@ -267,6 +270,11 @@ pub struct Tables {
     peer_by_ip: PeerMap,
     /// The ports by their IPv6 address.
     by_ip6: HashMap<Ipv6Addr, usize>,
+    /// The peers' IPv6 subnets as (first, last address, peer), by first address.
+    /// The control plane keeps them disjoint ([`screen6`]).
+    ///
+    /// [`screen6`]: crate::control::store::screen::screen6
+    subnets6: Vec<(u128, u128, usize)>,
 }
 
 /// Checks that peer `p`'s subnet lies in the cluster CIDR and overlaps neither this
@@ -368,6 +376,11 @@ impl Tables {
         let by_ip6 = (ports.iter().enumerate())
             .filter_map(|(i, p)| p.ip6.map(|ip| (ip, i)))
             .collect();
+        let mut subnets6: Vec<_> = (peers.iter().enumerate())
+            .filter_map(|(j, p)| p.subnet6.map(|s| (s, j)))
+            .map(|(s, j)| (u128::from(s.network()), u128::from(s.broadcast()), j))
+            .collect();
+        subnets6.sort_unstable();
         Ok(Tables {
             node,
             ports,
@@ -379,6 +392,7 @@ impl Tables {
             by_slot,
             peer_by_ip,
             by_ip6,
+            subnets6,
         })
     }
 
@@ -400,6 +414,14 @@ impl Tables {
     /// The port whose pod holds the IPv6 address `ip`.
     pub fn port_by_ip6(&self, ip: Ipv6Addr) -> Option<usize> {
         self.by_ip6.get(&ip).copied()
+    }
+
+    /// The peer whose IPv6 subnet holds `ip`.
+    pub fn peer_by_ip6(&self, ip: Ipv6Addr) -> Option<usize> {
+        let ip = u128::from(ip);
+        let after = self.subnets6.partition_point(|&(first, _, _)| first <= ip);
+        let &(_, last, j) = self.subnets6.get(after.checked_sub(1)?)?;
+        (ip <= last).then_some(j)
     }
 
     /// How long a round of heartbeats to this snapshot's peers takes (see

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use super::{ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError};
@@ -44,6 +44,15 @@ impl ClusterStore for FileStore {
         ))?;
         let nodes = read_peers(&self.path)?;
         if let Some(entry) = nodes.iter().find(|n| n.name == me.name) {
+            if entry.pod_subnet_v6 != me.subnet6 {
+                let said = |s: Option<Ipv6Net>| s.map_or("none".to_string(), |s| s.to_string());
+                return Err(StoreError::Conflict(format!(
+                    "the peers file lists node {} with IPv6 subnet {}, but this daemon has {} (pod-subnet-v6)",
+                    entry.name,
+                    said(entry.pod_subnet_v6),
+                    said(me.subnet6)
+                )));
+            }
             if entry.underlay_ip != me.underlay_ip || entry.pod_subnet != subnet {
                 return Err(StoreError::Conflict(format!(
                     "the peers file lists node {} with underlay {} and subnet {}, but this daemon has {} and {subnet}",
@@ -93,6 +102,8 @@ struct FileEntry {
     name: String,
     underlay_ip: Ipv4Addr,
     pod_subnet: Ipv4Net,
+    #[serde(default)]
+    pod_subnet_v6: Option<Ipv6Net>,
     vtep_mac: MacAddr,
     #[serde(default)]
     mode: Option<Mode>,
@@ -110,8 +121,9 @@ struct PeersFile {
 }
 
 /// Parses a peers file: `[[node]]` tables with name, underlay-ip, pod-subnet and
-/// vtep-mac, and optionally the node's mode and direct-routing where they differ
-/// from this node's. Names, addresses, subnets and MACs must be unique.
+/// vtep-mac, and optionally the node's IPv6 pod subnet (`pod-subnet-v6`), and its
+/// mode and direct-routing where they differ from this node's. Names, addresses,
+/// subnets and MACs must be unique.
 pub fn parse_peers(path: &Path, text: &str) -> Result<Vec<NodeEntry>, ConfigError> {
     let file: PeersFile = toml::from_str(text).map_err(|source| ConfigError::Parse {
         path: path.display().to_string(),
@@ -128,6 +140,7 @@ pub fn parse_peers(path: &Path, text: &str) -> Result<Vec<NodeEntry>, ConfigErro
             name: n.name,
             underlay_ip: n.underlay_ip,
             pod_subnet: n.pod_subnet,
+            pod_subnet_v6: n.pod_subnet_v6,
             vtep_mac: n.vtep_mac,
             mode: n.mode,
             direct_routing: n.direct_routing,
@@ -157,28 +170,48 @@ pub fn parse_peers(path: &Path, text: &str) -> Result<Vec<NodeEntry>, ConfigErro
                 n.vtep_mac, n.name
             )));
         }
-        if n.pod_subnet != n.pod_subnet.trunc() {
-            return Err(bad(format!(
-                "pod-subnet {} of {} has host bits set",
-                n.pod_subnet, n.name
-            )));
-        }
-        if n.mode == Some(Mode::Direct) && n.direct_routing == Some(false) {
-            return Err(bad(format!(
-                "{} has mode direct and direct-routing false",
-                n.name
-            )));
-        }
-        for m in &nodes[..i] {
-            if m.pod_subnet.contains(&n.pod_subnet) || n.pod_subnet.contains(&m.pod_subnet) {
-                return Err(bad(format!(
-                    "pod-subnet {} of {} overlaps {} of {}",
-                    n.pod_subnet, n.name, m.pod_subnet, m.name
-                )));
-            }
-        }
+        check_subnets(n, &nodes[..i]).map_err(bad)?;
     }
     Ok(nodes)
+}
+
+/// Checks node `n`'s settings and subnets, alone and against the `earlier` nodes'.
+fn check_subnets(n: &NodeEntry, earlier: &[NodeEntry]) -> Result<(), String> {
+    if n.pod_subnet != n.pod_subnet.trunc() {
+        return Err(format!(
+            "pod-subnet {} of {} has host bits set",
+            n.pod_subnet, n.name
+        ));
+    }
+    if n.mode == Some(Mode::Direct) && n.direct_routing == Some(false) {
+        return Err(format!(
+            "{} has mode direct and direct-routing false",
+            n.name
+        ));
+    }
+    if let Some(s6) = n.pod_subnet_v6.filter(|s| *s != s.trunc()) {
+        return Err(format!(
+            "pod-subnet-v6 {s6} of {} has host bits set",
+            n.name
+        ));
+    }
+    for m in earlier {
+        if let (Some(a), Some(b)) = (m.pod_subnet_v6, n.pod_subnet_v6) {
+            if a.contains(&b) || b.contains(&a) {
+                return Err(format!(
+                    "pod-subnet-v6 {b} of {} overlaps {a} of {}",
+                    n.name, m.name
+                ));
+            }
+        }
+        if m.pod_subnet.contains(&n.pod_subnet) || n.pod_subnet.contains(&m.pod_subnet) {
+            return Err(format!(
+                "pod-subnet {} of {} overlaps {} of {}",
+                n.pod_subnet, n.name, m.pod_subnet, m.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads and parses a peers file.
@@ -207,6 +240,31 @@ mod tests {
         vtep-mac = "02:00:00:00:00:02"
         mode = "direct"
     "#;
+
+    #[test]
+    fn ipv6_subnets_in_the_peers_file() {
+        let dual = TWO.replace(
+            "pod-subnet = \"10.244.2.0/24\"",
+            "pod-subnet = \"10.244.2.0/24\"\n        pod-subnet-v6 = \"fd00:10:244:2::/64\"",
+        );
+        let nodes = parse_peers(Path::new("p.toml"), &dual).unwrap();
+        assert_eq!(nodes[0].pod_subnet_v6, None);
+        assert_eq!(
+            nodes[1].pod_subnet_v6,
+            Some("fd00:10:244:2::/64".parse().unwrap())
+        );
+        let host_bits = dual.replace("fd00:10:244:2::/64", "fd00:10:244:2::5/64");
+        let err = parse_peers(Path::new("p.toml"), &host_bits).unwrap_err();
+        assert!(err.to_string().contains("has host bits set"), "{err}");
+        let both = dual.replace(
+            "pod-subnet = \"10.244.1.0/24\"",
+            "pod-subnet = \"10.244.1.0/24\"\n        pod-subnet-v6 = \"fd00:10:244:2::/80\"",
+        );
+        let err = parse_peers(Path::new("p.toml"), &both).unwrap_err();
+        assert!(err.to_string().contains("overlaps"), "{err}");
+        let bad = dual.replace("fd00:10:244:2::/64", "10.0.0.0/8");
+        assert!(parse_peers(Path::new("p.toml"), &bad).is_err());
+    }
 
     #[test]
     fn peers_file() {
@@ -259,6 +317,7 @@ mod tests {
             features: Vec::new(),
             cluster: "10.244.0.0/16".parse().unwrap(),
             wanted: Some(subnet.parse().unwrap()),
+            subnet6: None,
             strict: true,
             state_dir: PathBuf::from("/nonexistent"),
         }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::control::config::{ConfigError, Mode, NodeConfigError};
 use crate::control::keys::PublicKey;
@@ -34,6 +34,10 @@ pub struct NodeEntry {
     pub underlay_ip: Ipv4Addr,
     /// Pod subnet.
     pub pod_subnet: Ipv4Net,
+    /// Its IPv6 pod subnet, on a dual-stack node (the peers file's `pod-subnet-v6`;
+    /// the other stores do not carry one yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_subnet_v6: Option<Ipv6Net>,
     /// VTEP MAC.
     pub vtep_mac: MacAddr,
     /// How it reaches its peers; `None` where the store does not say (a peers file
@@ -192,6 +196,8 @@ pub struct Joining {
     pub cluster: Ipv4Net,
     /// The subnet the node wants: its configured one, or the one it held before.
     pub wanted: Option<Ipv4Net>,
+    /// Its IPv6 pod subnet, on a dual-stack node (configured: the file store only).
+    pub subnet6: Option<Ipv6Net>,
     /// Whether only `wanted` will do: it was configured, or addresses of it are
     /// still held by pods here. Otherwise a lost subnet is replaced by a new one.
     pub strict: bool,
@@ -317,6 +323,7 @@ mod tests {
             name: name.into(),
             underlay_ip: Ipv4Addr::new(192, 0, 2, ip),
             pod_subnet: subnet.parse().unwrap(),
+            pod_subnet_v6: None,
             vtep_mac: MacAddr([2, 0, 0, 0, 0, mac]),
             mode: None,
             direct_routing: None,
@@ -407,6 +414,7 @@ mod tests {
                 .trunc();
             NodeEntry {
                 pod_subnet: net,
+                pod_subnet_v6: None,
                 ..entry(&format!("n{n}"), "10.244.0.0/24", ip, mac)
             }
         }

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{check_node, Claims, NodeEntry, MAX_NAME_LEN};
 use crate::mac::MacAddr;
@@ -37,6 +37,7 @@ impl Own {
             name: self.name.clone(),
             underlay_ip: self.underlay,
             pod_subnet: self.subnet,
+            pod_subnet_v6: None,
             vtep_mac: self.vtep_mac,
             mode: None,
             direct_routing: None,
@@ -111,6 +112,65 @@ pub fn screen(
         }
     }
     (kept, left_out)
+}
+
+/// Takes off the nodes of `nodes` the IPv6 subnets this node cannot route: all of
+/// them on a node without IPv6 (`own6` none), else each that is not a subnet of the
+/// cluster's IPv6 range (`own6`'s second) of /48 to /126, or that overlaps this
+/// node's subnet (its first) or one an earlier node keeps. A node whose IPv6
+/// subnet is taken off keeps its IPv4: its pods' IPv6 is then unreachable, not
+/// misrouted. Returns what was taken off, with why.
+pub fn screen6<'a>(
+    nodes: impl IntoIterator<Item = &'a mut NodeEntry>,
+    own6: Option<(Ipv6Net, Ipv6Net)>,
+) -> Vec<LeftOut> {
+    let span = |n: Ipv6Net| (u128::from(n.network()), u128::from(n.broadcast()));
+    // The subnets kept, by first address: disjoint, so an interval overlaps one of
+    // them if and only if it overlaps the one that starts last at or before its end.
+    let mut taken = std::collections::BTreeMap::new();
+    if let Some((own, _)) = own6 {
+        let (a, b) = span(own);
+        taken.insert(a, b);
+    }
+    let mut left_out = Vec::new();
+    for n in nodes {
+        let Some(s6) = n.pod_subnet_v6 else { continue };
+        let (a, b) = span(s6);
+        let why = match own6 {
+            None => Some("this node has no IPv6 (pod-subnet-v6)".to_string()),
+            Some((_, cluster)) if s6 != s6.trunc() || !cluster.contains(&s6) || s6 == cluster => {
+                Some(format!("no subnet of the cluster's IPv6 range {cluster}"))
+            }
+            Some(_) if !(48..=126).contains(&s6.prefix_len()) => {
+                Some("not a /48 to /126".to_string())
+            }
+            Some((own, _)) if own.contains(&s6) || s6.contains(&own) => {
+                Some(format!("it overlaps this node's {own}"))
+            }
+            Some(_)
+                if taken
+                    .range(..=b)
+                    .next_back()
+                    .is_some_and(|(_, &end)| end >= a) =>
+            {
+                Some("it overlaps an earlier node's".to_string())
+            }
+            Some(_) => None,
+        };
+        match why {
+            Some(why) => {
+                left_out.push((
+                    n.name.clone(),
+                    format!("its IPv6 subnet {s6} is not used: {why}"),
+                ));
+                n.pod_subnet_v6 = None;
+            }
+            None => {
+                taken.insert(a, b);
+            }
+        }
+    }
+    left_out
 }
 
 /// A budget of log lines: at most [`Quiet::PER_MINUTE`] a minute, the lines held
@@ -219,6 +279,7 @@ mod tests {
             name: name.into(),
             underlay_ip: Ipv4Addr::from(ip),
             pod_subnet: subnet.parse().unwrap(),
+            pod_subnet_v6: None,
             vtep_mac: MacAddr([2, 0, 0, 0, 0, mac]),
             mode: None,
             direct_routing: None,
@@ -269,6 +330,52 @@ mod tests {
                 ("mac", "its VTEP MAC 02:00:00:00:00:01 is this node's"),
             ]
         );
+    }
+
+    /// A peer's IPv6 subnet that this node cannot route (outside the cluster's
+    /// IPv6 range, too wide, over this node's or an earlier node's) is taken off
+    /// with why, and the node keeps its IPv4; a node without IPv6 takes none.
+    #[test]
+    fn ipv6_subnets_this_node_cannot_route_are_taken_off_and_the_node_stays() {
+        let with6 = |name: &str, n: u8, s6: &str| NodeEntry {
+            pod_subnet_v6: Some(s6.parse().unwrap()),
+            ..entry(name, &format!("10.244.{n}.0/24"), [192, 0, 2, n], n)
+        };
+        let mut nodes = [
+            with6("outside", 2, "fd99:0:0:2::/64"),
+            with6("mine", 3, "fd00:10:244:1::/64"),
+            with6("wide", 4, "fd00:10:244::/56"),
+            with6("good", 5, "fd00:10:244:5::/64"),
+            with6("twin", 6, "fd00:10:244:5::/80"),
+            with6("whole", 7, "fd00:10:244::/48"),
+            with6("host-bits", 8, "fd00:10:244:8::1/64"),
+            entry("v4-only", "10.244.9.0/24", [192, 0, 2, 9], 9),
+        ];
+        let own6 = Some((
+            "fd00:10:244:1::/64".parse().unwrap(),
+            "fd00:10:244::/48".parse().unwrap(),
+        ));
+        let out = screen6(nodes.iter_mut(), own6);
+        let kept: Vec<_> = (nodes.iter())
+            .filter_map(|n| n.pod_subnet_v6.map(|s| (n.name.as_str(), s.to_string())))
+            .collect();
+        assert_eq!(kept, [("good", "fd00:10:244:5::/64".to_string())]);
+        let named: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            named,
+            ["outside", "mine", "wide", "twin", "whole", "host-bits"]
+        );
+        assert!(out[0]
+            .1
+            .contains("no subnet of the cluster's IPv6 range fd00:10:244::/48"));
+        assert!(out[1].1.contains("overlaps this node's"));
+        assert!(out[3].1.contains("overlaps an earlier node's"));
+        assert_eq!(nodes.len(), 8, "every node keeps its IPv4");
+
+        let mut nodes = [with6("good", 5, "fd00:10:244:5::/64")];
+        let out = screen6(nodes.iter_mut(), None);
+        assert_eq!(nodes[0].pod_subnet_v6, None);
+        assert!(out[0].1.contains("this node has no IPv6"), "{out:?}");
     }
 
     /// A peer left out claims nothing: a later node it would have overlapped is

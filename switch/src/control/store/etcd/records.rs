@@ -402,6 +402,7 @@ fn entry_of(r: NodeRecord) -> NodeEntry {
         name: r.name,
         underlay_ip: r.underlay_ip,
         pod_subnet: r.pod_subnet,
+        pod_subnet_v6: None,
         vtep_mac: r.vtep_mac,
         mode: Some(r.mode),
         direct_routing: Some(r.direct_routing),

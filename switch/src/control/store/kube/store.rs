@@ -712,6 +712,7 @@ mod tests {
             features: vec!["echo".into()],
             cluster: "10.244.0.0/16".parse().unwrap(),
             wanted: None,
+            subnet6: None,
             strict: false,
             state_dir: "/nonexistent".into(),
         }

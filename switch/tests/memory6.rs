@@ -1,0 +1,338 @@
+//! IPv6 through the switching core in memory, without root: simulated dual-stack
+//! nodes whose smoltcp pods hold an address of each family (see `weft_switch::sim`).
+//! Real TCP over IPv6 crosses the tunnel in both modes, Neighbour Discovery
+//! included; hand-built datagrams check what a peer may send over IPv6, and that
+//! the errors the switch answers with go back through the tunnel.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use smoltcp::wire::IpAddress;
+use weft_encap::icmpv6;
+use weft_encap::ipv6::{self, next_header};
+use weft_encap::{ethernet, sleeve, vxlan};
+use weft_switch::mac::MacAddr;
+use weft_switch::sim::tcp::Transfer;
+use weft_switch::sim::*;
+use weft_switch::tables::counters::DropReason;
+use weft_switch::tables::TunnelMode;
+
+/// Pod A, on node 0.
+const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+/// Pod A2, also on node 0.
+const A2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 6);
+/// Pod B, on node 1.
+const B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 5);
+/// Pod C, on node 2.
+const C: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 5);
+
+/// Steps after which a TCP transfer counts as stalled (5 simulated seconds).
+const TRANSFER_STEP_LIMIT: u64 = 5_000;
+
+weft_switch::both_modes!(
+    tcp6_across_nodes_both_directions,
+    tcp6_between_pods_of_one_node_stays_off_the_wire,
+    ping6_across_nodes_decrements_the_hop_limit_once,
+    peers_may_send_ipv6_only_from_their_own_subnet,
+    ipv6_from_a_peer_is_for_this_node_only,
+    unroutable_ipv6_from_a_peer_is_answered_through_the_tunnel,
+    neighbour_discovery_from_a_peer_is_not_answered,
+);
+
+fn three_nodes(mode: TunnelMode) -> Sim {
+    Sim::new(mode, &[&[A, A2], &[B], &[C]])
+}
+
+/// Sends `len` pseudo-random bytes over TCP/IPv6 from pod `from` to pod `to`, and
+/// checks that they all arrived intact, from the sender's own IPv6 address, and
+/// that both ends closed cleanly.
+fn transfer6(sim: &mut Sim, from: usize, to: usize, port: u16, len: usize, seed: u64) {
+    let mut x = Transfer::start6(sim, from, to, port, pseudo_random(seed, len));
+    let steps = sim.run_until(TRANSFER_STEP_LIMIT, |sim| x.pump(sim));
+    let what = format!(
+        "{:?} TCP [{}] -> [{}]",
+        sim.mode,
+        ip6_of(sim.pods[from].ip),
+        ip6_of(sim.pods[to].ip)
+    );
+    assert!(
+        steps.is_some(),
+        "{what} stalled: sent {}/{len}, received {}; {}",
+        x.sent,
+        x.received,
+        sim.drops_report()
+    );
+    assert_eq!(x.first_mismatch, None, "{what}: the bytes differ");
+    assert_eq!(x.received, len, "{what}: byte count");
+    assert_eq!(
+        x.server_saw.map(|e| e.addr),
+        Some(IpAddress::Ipv6(ip6_of(sim.pods[from].ip))),
+        "{what}: the server must see the client's own address (no NAT)"
+    );
+    x.remove(sim);
+}
+
+fn tcp6_across_nodes_both_directions(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    transfer6(&mut sim, a, b, 5001, 2 << 20, 1);
+    let crossed = sim.out.stats.datagrams;
+    assert!(
+        crossed > (2 << 20) / 1472,
+        "{mode:?}: 2 MiB cannot cross in {crossed} datagrams"
+    );
+    transfer6(&mut sim, b, a, 5002, 2 << 20, 2);
+    assert_eq!(sim.total_drops(), 0, "{mode:?}: {}", sim.drops_report());
+    let longest = sim.out.stats.longest_datagram;
+    assert!(
+        longest <= MAX_DATAGRAM,
+        "{mode:?}: a {longest}-byte datagram exceeds the underlay's {MAX_DATAGRAM}"
+    );
+}
+
+fn tcp6_between_pods_of_one_node_stays_off_the_wire(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let (a, a2) = (sim.pod(A), sim.pod(A2));
+    transfer6(&mut sim, a, a2, 6001, 256 << 10, 3);
+    // Heartbeats aside (none here), nothing left the node.
+    assert_eq!(sim.out.stats.datagrams, 0, "{mode:?}");
+    assert_eq!(sim.total_drops(), 0, "{mode:?}: {}", sim.drops_report());
+}
+
+/// An IPv6 packet from `src` to `dst` with hop limit `hops` carrying `payload`
+/// under `next`.
+fn packet6(src: Ipv6Addr, dst: Ipv6Addr, hops: u8, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; ipv6::HEADER_LEN + payload.len()];
+    ipv6::Repr {
+        src,
+        dst,
+        next_header: next,
+        payload_len: payload.len() as u16,
+        hop_limit: hops,
+        traffic_class: 0,
+    }
+    .emit(&mut p);
+    p[ipv6::HEADER_LEN..].copy_from_slice(payload);
+    p
+}
+
+/// An ICMPv6 message `msg` followed by `tail`, from `src` to `dst`, checksummed.
+fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, hops: u8, msg: &icmpv6::Repr, tail: &[u8]) -> Vec<u8> {
+    let mut body = vec![0u8; msg.buffer_len() + tail.len()];
+    msg.emit(&mut body);
+    body[msg.buffer_len()..].copy_from_slice(tail);
+    icmpv6::Packet::new_unchecked(&mut body[..]).fill_checksum(&src, &dst);
+    packet6(src, dst, hops, next_header::ICMPV6, &body)
+}
+
+fn echo6(src: Ipv6Addr, dst: Ipv6Addr, hops: u8, seq: u16) -> Vec<u8> {
+    let echo = icmpv6::Repr::EchoRequest { ident: 7, seq };
+    icmp6(src, dst, hops, &echo, b"weft ping6 payload")
+}
+
+/// The tunnel datagram node `from` sends to node `to` carrying the IPv6 packet
+/// `packet`.
+fn datagram6(mode: TunnelMode, from: usize, to: usize, packet: &[u8]) -> Vec<u8> {
+    match mode {
+        TunnelMode::Vxlan => {
+            let mut d = vec![0; vxlan::HEADER_LEN];
+            vxlan::emit_header(&mut d, vxlan::Vni::new(1).unwrap());
+            d.extend(eth(
+                router_mac(to),
+                router_mac(from),
+                ETHERTYPE_IPV6,
+                packet,
+            ));
+            d
+        }
+        TunnelMode::Sleeve => {
+            let mut d = vec![0; 65_536];
+            let sender = sleeve::NodeId(router_mac(from).0);
+            let mut w = sleeve::FramesWriter::new(&mut d, sender, 0).unwrap();
+            assert!(w.try_push(ETHERTYPE_IPV6, packet));
+            let n = w.finish();
+            d.truncate(n);
+            d
+        }
+    }
+}
+
+fn from_node(n: usize) -> SocketAddr {
+    SocketAddr::V4(underlay(n))
+}
+
+/// The IPv6 packets in what node `from` sent node `to` over the wire.
+fn wire6(sim: &mut Sim, mode: TunnelMode, from: usize, to: usize) -> Vec<Vec<u8>> {
+    let sent: Vec<_> = sim.out.wire.drain(..).collect();
+    let mut packets = Vec::new();
+    for d in sent
+        .iter()
+        .filter(|d| d.from.ip() == from_node(from).ip() && d.to.ip() == from_node(to).ip())
+    {
+        match mode {
+            TunnelMode::Vxlan => {
+                let (_, inner) = vxlan::parse(&d.bytes).expect("a VXLAN datagram");
+                let frame = ethernet::Frame::new_checked(inner).expect("a frame");
+                assert_eq!(frame.src(), router_mac(from).0);
+                assert_eq!(frame.dst(), router_mac(to).0);
+                if frame.ethertype() == ETHERTYPE_IPV6 {
+                    packets.push(frame.payload().to_vec());
+                }
+            }
+            TunnelMode::Sleeve => {
+                let mut cursor = sleeve::RecordCursor::new();
+                while let Some(r) = cursor.next(&d.bytes) {
+                    if r.ethertype == ETHERTYPE_IPV6 {
+                        packets.push(d.bytes[r.payload].to_vec());
+                    }
+                }
+            }
+        }
+    }
+    packets
+}
+
+fn ping6_across_nodes_decrements_the_hop_limit_once(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let (a, b) = (sim.pod(A), sim.pod(B));
+    let (mac_a, mac_b) = (sim.pods[a].mac, sim.pods[b].mac);
+    let ping = echo6(ip6_of(A), ip6_of(B), 64, 1);
+    sim.pod_frame(a, &eth(router_mac(0), mac_a, ETHERTYPE_IPV6, &ping));
+    sim.flush();
+    let sent = wire6(&mut sim, mode, 0, 1);
+    assert_eq!(sent.len(), 1, "{mode:?}: one packet through the tunnel");
+    let mut expected = ping.clone();
+    expected[7] = 63;
+    assert_eq!(sent[0], expected, "{mode:?}: only the hop limit changes");
+    sim.tunnel_in(1, from_node(0), &datagram6(mode, 0, 1, &sent[0]));
+    sim.flush();
+    let mut delivered = expected.clone();
+    delivered[7] = 62;
+    assert_eq!(
+        sim.take_rx(b),
+        vec![eth(mac_b, router_mac(1), ETHERTYPE_IPV6, &delivered)],
+        "{mode:?}: delivered to B from the router MAC, one hop per node"
+    );
+    assert_eq!(sim.total_drops(), 0, "{mode:?}: {}", sim.drops_report());
+}
+
+fn peers_may_send_ipv6_only_from_their_own_subnet(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let a = sim.pod(A);
+    let forged = [
+        // Node 2's pod, from node 1.
+        ip6_of(C),
+        // This node's own pod and gateway.
+        ip6_of(A2),
+        gateway6(0),
+        // Outside the cluster, link-local, unspecified.
+        "2001:db8::1".parse().unwrap(),
+        "fe80::1".parse().unwrap(),
+        Ipv6Addr::UNSPECIFIED,
+    ];
+    for src in forged {
+        let d = datagram6(mode, 1, 0, &echo6(src, ip6_of(A), 64, 1));
+        sim.tunnel_in(0, from_node(1), &d);
+    }
+    sim.flush();
+    assert!(
+        sim.take_rx(a).is_empty(),
+        "{mode:?}: a forged source got in"
+    );
+    let c = sim.peer_counters(0, 1);
+    assert_eq!(
+        c.dropped(DropReason::Spoofed),
+        forged.len() as u64,
+        "{mode:?}: {}",
+        sim.drops_report()
+    );
+    assert!(
+        sim.out.wire.is_empty(),
+        "{mode:?}: no error answers a forgery"
+    );
+    // The peer's own pod and gateway get in.
+    for src in [ip6_of(B), gateway6(1)] {
+        let d = datagram6(mode, 1, 0, &echo6(src, ip6_of(A), 64, 2));
+        sim.tunnel_in(0, from_node(1), &d);
+    }
+    sim.flush();
+    assert_eq!(sim.take_rx(a).len(), 2, "{mode:?}: {}", sim.drops_report());
+}
+
+fn ipv6_from_a_peer_is_for_this_node_only(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let c = sim.pod(C);
+    // Through node 0 to node 2's pod, and to outside the cluster: no relaying.
+    for dst in [ip6_of(C), "2001:db8::9".parse().unwrap()] {
+        let d = datagram6(mode, 1, 0, &echo6(ip6_of(B), dst, 64, 1));
+        sim.tunnel_in(0, from_node(1), &d);
+    }
+    sim.flush();
+    assert!(sim.out.wire.is_empty(), "{mode:?}: node 0 relayed");
+    assert!(sim.take_rx(c).is_empty());
+    let counters = sim.peer_counters(0, 1);
+    assert_eq!(
+        counters.dropped(DropReason::NoRelay),
+        2,
+        "{mode:?}: {}",
+        sim.drops_report()
+    );
+}
+
+fn unroutable_ipv6_from_a_peer_is_answered_through_the_tunnel(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let nobody = ip6_of(Ipv4Addr::new(10, 244, 1, 99));
+    let ping = echo6(ip6_of(B), nobody, 64, 5);
+    sim.tunnel_in(0, from_node(1), &datagram6(mode, 1, 0, &ping));
+    sim.flush();
+    let back = wire6(&mut sim, mode, 0, 1);
+    assert_eq!(back.len(), 1, "{mode:?}: {}", sim.drops_report());
+    let ip = ipv6::Packet::new_checked(&back[0][..]).expect("IPv6");
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (gateway6(0), ip6_of(B)));
+    assert_eq!(ip.next_header(), next_header::ICMPV6);
+    let msg = icmpv6::Packet::new_checked(ip.payload()).expect("ICMPv6");
+    assert!(msg.verify_checksum(&gateway6(0), &ip6_of(B)));
+    assert_eq!(
+        icmpv6::Repr::parse(&msg).expect("an error"),
+        icmpv6::Repr::DestUnreachable { code: 3 },
+        "{mode:?}: address unreachable"
+    );
+    assert_eq!(&ip.payload()[8..], &ping[..], "{mode:?}: the packet quoted");
+    // The error that comes back to node 1 reaches its pod.
+    let b = sim.pod(B);
+    sim.tunnel_in(1, from_node(0), &datagram6(mode, 0, 1, &back[0]));
+    sim.flush();
+    assert_eq!(sim.take_rx(b).len(), 1, "{mode:?}: {}", sim.drops_report());
+}
+
+fn neighbour_discovery_from_a_peer_is_not_answered(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let solicit = icmpv6::Repr::NeighborSolicit {
+        target: ip6_of(A),
+        source: Some(router_mac(1).0),
+    };
+    let advert = icmpv6::Repr::NeighborAdvert {
+        router: true,
+        solicited: false,
+        override_: true,
+        target: ip6_of(A),
+        lladdr: Some(MacAddr([2, 0, 0, 0, 0, 0x66]).0),
+    };
+    let group: Ipv6Addr = "ff02::1:ff01:5".parse().unwrap();
+    for (msg, dst) in [(solicit, group), (advert, ip6_of(A))] {
+        let p = icmp6(ip6_of(B), dst, 255, &msg, &[]);
+        sim.tunnel_in(0, from_node(1), &datagram6(mode, 1, 0, &p));
+    }
+    sim.flush();
+    assert!(
+        sim.out.wire.is_empty(),
+        "{mode:?}: answered over the tunnel"
+    );
+    assert!(sim.take_rx(sim.pod(A)).is_empty());
+    let c = sim.peer_counters(0, 1);
+    assert_eq!(
+        c.dropped(DropReason::NdpIgnored),
+        2,
+        "{mode:?}: {}",
+        sim.drops_report()
+    );
+}
