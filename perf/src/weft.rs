@@ -22,6 +22,25 @@ use crate::topo::{kernel_vxlan, Host, Mac, Pod, Underlay};
 /// The cluster CIDR every topology uses.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 
+/// The cluster's IPv6 range the dual-stack topologies use: a cluster whose options
+/// give `--cluster-cidr-v6` gives each node [`pod_subnet6`] of it.
+pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/56";
+
+/// The IPv6 pod subnet the fixtures give `host` in a dual-stack cluster:
+/// `fd00:10:244:<n>::/64` beside its IPv4 `10.244.<n>.0/24`.
+pub fn pod_subnet6(host: &Host) -> ipnet::Ipv6Net {
+    let n = host.pod_subnet.network().octets()[2];
+    let net = std::net::Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(n), 0, 0, 0, 0);
+    ipnet::Ipv6Net::new(net, 64).expect("a /64 is a valid prefix")
+}
+
+/// Whether `opts` ask for a dual-stack cluster (they give `--cluster-cidr-v6`).
+fn dual_stack(opts: &WeftOptions) -> bool {
+    opts.extra
+        .iter()
+        .any(|a| a == "--cluster-cidr-v6" || a.starts_with("--cluster-cidr-v6="))
+}
+
 /// A node in a peers file.
 #[derive(Debug, Clone)]
 pub struct PeerNode {
@@ -31,6 +50,8 @@ pub struct PeerNode {
     pub underlay_ip: Ipv4Addr,
     /// Pod subnet.
     pub pod_subnet: ipnet::Ipv4Net,
+    /// IPv6 pod subnet, on a dual-stack node.
+    pub pod_subnet_v6: Option<ipnet::Ipv6Net>,
     /// VTEP MAC.
     pub vtep_mac: Mac,
     /// Its public key for the encrypted sleeve, if it has one.
@@ -48,6 +69,7 @@ impl PeerNode {
             name: node_name(host),
             underlay_ip: host.underlay_ip,
             pod_subnet: host.pod_subnet,
+            pod_subnet_v6: None,
             vtep_mac: kernel_vxlan::vtep_mac(host.index),
             public_key: None,
             direct_routing: None,
@@ -87,6 +109,9 @@ pub fn peers_toml(nodes: &[PeerNode]) -> String {
             "[[node]]\nname = \"{}\"\nunderlay-ip = \"{}\"\npod-subnet = \"{}\"\nvtep-mac = \"{}\"\n",
             n.name, n.underlay_ip, n.pod_subnet, n.vtep_mac
         );
+        if let Some(s6) = n.pod_subnet_v6 {
+            let _ = writeln!(out, "pod-subnet-v6 = \"{s6}\"");
+        }
         if let Some(key) = &n.public_key {
             let _ = writeln!(out, "public-key = \"{key}\"");
         }
@@ -277,10 +302,17 @@ impl WeftNode {
         cmd.args(["--node-name", &name])
             .args(["--underlay-ip", &host.underlay_ip.to_string()]);
         match store {
-            Store::Peers(peers) => cmd
-                .args(["--pod-subnet", &host.pod_subnet.to_string()])
-                .arg("--peers")
-                .arg(peers),
+            Store::Peers(peers) => {
+                // A dual-stack cluster's node gets its IPv6 subnet unless the caller
+                // gives one.
+                let own6 = |a: &String| a.starts_with("--pod-subnet-v6");
+                if dual_stack(opts) && !opts.extra.iter().any(own6) {
+                    cmd.args(["--pod-subnet-v6", &pod_subnet6(host).to_string()]);
+                }
+                cmd.args(["--pod-subnet", &host.pod_subnet.to_string()])
+                    .arg("--peers")
+                    .arg(peers)
+            }
             Store::Etcd => cmd.args([
                 "--store",
                 "etcd",
@@ -518,6 +550,11 @@ impl Cluster {
         let scratch = Scratch::new(tag)?;
         let peers = scratch.path().join("peers.toml");
         let mut nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+        if dual_stack(opts) {
+            for (n, h) in nodes.iter_mut().zip(underlay.hosts()) {
+                n.pod_subnet_v6 = Some(pod_subnet6(h));
+            }
+        }
         // An encrypted cluster's peers file lists every node's public key.
         if opts.extra.iter().any(|a| a == "--encryption") {
             for (n, h) in nodes.iter_mut().zip(underlay.hosts()) {

@@ -1,6 +1,7 @@
-//! Dual stack on one node, in network namespaces: pods get an IPv6 address beside
-//! their IPv4 one, the switch answers Neighbour Solicitations and routes IPv6
-//! between pods and the node, and refuses what a pod forges.
+//! Dual stack in network namespaces: pods get an IPv6 address beside their IPv4
+//! one, the switch answers Neighbour Solicitations and routes IPv6 between pods,
+//! the node and other nodes (over VXLAN and the sleeve, and to the Linux kernel's
+//! VXLAN), and refuses what a pod forges.
 //!
 //! These tests need root (they create namespaces); they fail, never skip, without it.
 
@@ -8,15 +9,24 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use weft_perf::netns::require_root;
+use weft_perf::topo::{kernel_vxlan, Offload, Underlay};
 use weft_perf::traffic::tcp_transfer;
-use weft_perf::weft::{in_netns, Cluster, WeftOptions};
+use weft_perf::weft::{
+    in_netns, peers_toml, pod_subnet6, write_atomic, Cluster, PeerNode, Scratch, WeftNode,
+    WeftOptions, CLUSTER_CIDR_V6,
+};
 
 const STALL: Duration = Duration::from_secs(30);
 
 fn options(extra: &[&str]) -> WeftOptions {
+    options_in("vxlan", extra)
+}
+
+fn options_in(mode: &str, extra: &[&str]) -> WeftOptions {
     WeftOptions {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
-        mode: "vxlan".into(),
+        mode: mode.into(),
         workers: 2,
         extra: extra.iter().map(|s| s.to_string()).collect(),
     }
@@ -78,6 +88,109 @@ fn pods_on_one_node_talk_ipv6() {
     let text = format!("{out:?}");
     assert!(text.contains("Unreachable") || out.is_err(), "{text}");
     assert!(c.nodes[0].drops("no_route").unwrap() >= 1);
+}
+
+/// ping6 and verified TCP over IPv6 between pods of two nodes, both ways, through
+/// the tunnel in `mode`, and from a node to the other node's pod: no NAT, and the
+/// hop limit taken once per node.
+fn pods_on_two_nodes_talk_ipv6(mode: &str) {
+    let tag = format!("ds{}", &mode[..1]);
+    let opts = options_in(mode, &["--cluster-cidr-v6", CLUSTER_CIDR_V6]);
+    let c = Cluster::new(&tag, 2, 1, &opts).expect("the cluster starts");
+    let ip6 = |h: usize| c.pods[h][0].1.ipv6.expect("an IPv6 address").ip;
+    let (a, b) = (ip6(0), ip6(1));
+    assert!(pod_subnet6(c.underlay.host(1)).contains(&b), "{b}");
+    let logs = || c.logs();
+    c.pod(0, 0)
+        .ns
+        .ping(b, 2)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    c.pod(1, 0).ns.ping(a, 2).expect("pod 1 → pod 0");
+    c.underlay
+        .host(0)
+        .ns
+        .ping(b, 2)
+        .expect("node 0 → pod of node 1");
+    let t = tcp_transfer(&c.pod(1, 0).ns, b, &c.pod(0, 0).ns, 32 << 20, STALL)
+        .unwrap_or_else(|e| panic!("TCP over IPv6 across nodes: {e:#}\n{}", logs()));
+    assert_eq!(t.peer.ip(), IpAddr::V6(a), "the pod's own source address");
+    let t = tcp_transfer(&c.pod(0, 0).ns, a, &c.pod(1, 0).ns, 32 << 20, STALL)
+        .unwrap_or_else(|e| panic!("TCP over IPv6 back: {e:#}\n{}", logs()));
+    assert_eq!(t.peer.ip(), IpAddr::V6(b));
+    // IPv4 beside it.
+    c.pod(0, 0).ns.ping(c.ip(1, 0), 2).expect("IPv4 still");
+}
+
+#[test]
+fn pods_on_two_nodes_talk_ipv6_over_vxlan() {
+    pods_on_two_nodes_talk_ipv6("vxlan");
+}
+
+#[test]
+fn pods_on_two_nodes_talk_ipv6_over_the_sleeve() {
+    pods_on_two_nodes_talk_ipv6("sleeve");
+}
+
+/// weftd on host 0 and the Linux kernel's VXLAN on host 1, as flannel sets it up,
+/// carrying IPv6 pod traffic over the IPv4 underlay both ways: ping6, verified TCP,
+/// and the kernel node itself to the weft pod.
+#[test]
+fn kernel_vxlan_carries_ipv6_pod_traffic() {
+    require_root();
+    let underlay = Underlay::new("ds6k", 2).expect("underlay");
+    let scratch = Scratch::new("ds6k").unwrap();
+    let (h0, h1) = (underlay.host(0), underlay.host(1));
+    // See `kernel_vxlan_interop` in tests/netns.rs: the kernel host's inner
+    // checksums must be filled before they cross the veth to weftd.
+    h1.set_tx_offload(Offload::Off)
+        .expect("kernel host offload off");
+    let (s0, s1) = (pod_subnet6(h0), pod_subnet6(h1));
+    let mut weft = PeerNode::of(h0);
+    let mut kernel = PeerNode::of(h1);
+    weft.pod_subnet_v6 = Some(s0);
+    kernel.pod_subnet_v6 = Some(s1);
+    let peers = scratch.path().join("peers.toml");
+    write_atomic(&peers, &peers_toml(&[weft.clone(), kernel.clone()])).unwrap();
+    kernel_vxlan::setup(
+        h1,
+        kernel.vtep_mac,
+        &[kernel_vxlan::RemoteNode::of(h0, weft.vtep_mac)],
+    )
+    .expect("kernel VXLAN");
+    let remote = kernel_vxlan::RemoteNode6 {
+        subnet: s0,
+        vtep_mac: weft.vtep_mac,
+    };
+    kernel_vxlan::add_ipv6(h1, s1, &[remote]).expect("kernel IPv6");
+    let opts = options(&["--cluster-cidr-v6", CLUSTER_CIDR_V6]);
+    let node = WeftNode::start(h0, &peers, scratch.path(), &opts).expect("weftd");
+    let a = underlay.pod(0, "a").unwrap();
+    let b = underlay.pod(1, "b").unwrap();
+    let att = node.attach(&a, "ds6k-a").expect("attach");
+    let a6 = att.ipv6.expect("an IPv6 address").ip;
+    kernel_vxlan::attach_pod(h1, &b, h1.pod_ip(2)).expect("kernel pod");
+    let b6 = Ipv6Addr::from(u128::from(s1.network()) + 2);
+    kernel_vxlan::attach_pod6(&b, s1, b6).expect("kernel pod's IPv6");
+    let logs = || {
+        let kernel = ["route", "neigh", "addr"].map(|what| h1.ns.ip(&["-6", what]));
+        let pod = b.ns.ip(&["-6", "addr"]);
+        let peers = node.peers();
+        format!(
+            "{}\nkernel: {kernel:#?}\npod: {pod:?}\npeers: {peers:#?}",
+            node.log_text()
+        )
+    };
+    a.ns.ping(b6, 3)
+        .unwrap_or_else(|e| panic!("weft pod → kernel pod: {e:#}\n{}", logs()));
+    b.ns.ping(a6, 3)
+        .unwrap_or_else(|e| panic!("kernel pod → weft pod: {e:#}\n{}", logs()));
+    let t = tcp_transfer(&b.ns, b6, &a.ns, 50_000_000, STALL).expect("TCP weft → kernel");
+    assert_eq!(t.peer.ip(), IpAddr::V6(a6));
+    let t = tcp_transfer(&a.ns, a6, &b.ns, 50_000_000, STALL).expect("TCP kernel → weft");
+    assert_eq!(t.peer.ip(), IpAddr::V6(b6));
+    // The kernel node itself, from its VTEP address in its subnet.
+    h1.ns.ping(a6, 2).expect("kernel node → weft pod");
+    drop(node);
 }
 
 /// A pod that sends from an address not its own, or advertises a neighbour it is

@@ -224,3 +224,103 @@ pub fn teardown(host: &Host) -> Result<()> {
 pub fn unmesh(underlay: &Underlay) -> Result<()> {
     underlay.hosts().iter().try_for_each(teardown)
 }
+
+/// What a host needs to know about another node to reach its pods' IPv6 over VXLAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteNode6 {
+    /// The node's IPv6 pod subnet; its network address stands for the node's VTEP.
+    pub subnet: ipnet::Ipv6Net,
+    /// The node's VTEP MAC.
+    pub vtep_mac: Mac,
+}
+
+/// Adds IPv6 to a host [`setup`] made, over its IPv4 underlay: `flannel.1` carries
+/// the IPv6 frames too (a VXLAN device carries any Ethernet frame), holding the
+/// subnet's network address as a /128, as flannel gives its IPv6 device; `cni0`
+/// holds the subnet's `::1` gateway; and each remote gets an on-link route via its
+/// subnet's network address, with a permanent neighbour entry for its VTEP MAC
+/// (the FDB entry [`add_remote`] made already sends its frames to its underlay).
+///
+/// Flannel itself carries IPv6 on a second device, `flannel-v6.1`, over an IPv6
+/// underlay; with an IPv4 underlay, one device carries both families.
+pub fn add_ipv6(host: &Host, subnet: ipnet::Ipv6Net, remotes: &[RemoteNode6]) -> Result<()> {
+    let ns = &host.ns;
+    let vtep = format!("{}/128", subnet.network());
+    let gateway = format!("{}/{}", gateway6(subnet), subnet.prefix_len());
+    (|| {
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        ns.ip(&["-6", "addr", "add", &vtep, "dev", DEVICE, "nodad"])?;
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &gateway,
+            "dev",
+            super::POD_BRIDGE,
+            "nodad",
+        ])?;
+        for r in remotes {
+            let (net, via, mac) = (
+                r.subnet.to_string(),
+                r.subnet.network().to_string(),
+                r.vtep_mac.to_string(),
+            );
+            ns.ip(&[
+                "-6", "route", "add", &net, "via", &via, "dev", DEVICE, "onlink",
+            ])?;
+            ns.ip(&[
+                "-6",
+                "neigh",
+                "add",
+                &via,
+                "lladdr",
+                &mac,
+                "dev",
+                DEVICE,
+                "nud",
+                "permanent",
+            ])?;
+        }
+        anyhow::Ok(())
+    })()
+    .with_context(|| format!("adding IPv6 to kernel VXLAN host {}", host.index))
+}
+
+/// The gateway of an IPv6 pod subnet: its `::1`.
+pub fn gateway6(subnet: ipnet::Ipv6Net) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::from(u128::from(subnet.network()) + 1)
+}
+
+/// Gives `pod`, attached by [`attach_pod`], the IPv6 address `ip` in `subnet` and a
+/// default route via the subnet's gateway, and waits (up to 5 s) for its link-local
+/// address to pass duplicate address detection: until then the pod sends no
+/// multicast listener report, and `cni0`, which snoops them, does not pass it the
+/// host's Neighbour Solicitations.
+pub fn attach_pod6(pod: &Pod, subnet: ipnet::Ipv6Net, ip: std::net::Ipv6Addr) -> Result<()> {
+    let addr = format!("{ip}/{}", subnet.prefix_len());
+    let gw = gateway6(subnet).to_string();
+    (|| {
+        pod.ns
+            .ip(&["-6", "addr", "add", &addr, "dev", super::POD_IF, "nodad"])?;
+        pod.ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw,
+            "dev",
+            super::POD_IF,
+        ])?;
+        crate::netns::wait_until(
+            std::time::Duration::from_secs(5),
+            "the pod's link-local address to leave duplicate address detection",
+            || {
+                (pod.ns
+                    .ip(&["-6", "addr", "show", "dev", super::POD_IF, "tentative"]))
+                .is_ok_and(|out| out.trim().is_empty())
+            },
+        )
+    })()
+    .with_context(|| format!("giving pod {} the IPv6 address {ip}", pod.name))
+}
