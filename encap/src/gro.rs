@@ -1,15 +1,16 @@
-//! Receive coalescing (GRO) of TCP/IPv4 segments and UDP/IPv4 datagrams into
-//! super-frames for a TAP.
+//! Receive coalescing (GRO) of TCP segments and UDP datagrams, over IPv4 and
+//! IPv6, into super-frames for a TAP.
 //!
 //! The inverse of [`gso`](crate::gso): a [`Coalescer`] gathers consecutive
 //! segments of one TCP flow, as they come out of the tunnel, into one frame
 //! of up to 64 KiB that is written to the pod's TAP with a virtio-net header
-//! saying `TCPV4` and `NEEDS_CSUM`. The pod's kernel then takes one frame
+//! saying `TCPV4` (or `TCPV6`) and `NEEDS_CSUM`. The pod's kernel then takes one frame
 //! instead of dozens, as it would from a NIC with LRO or from its own GRO.
 //! After [`Coalescer::set_udp`], consecutive datagrams of one UDP flow are
 //! gathered the same way, under `UDP_L4` (USO, which a TAP takes from Linux
-//! 6.2 on, when `TUN_F_USO4` was accepted): the pod's kernel cuts the frame
-//! back into the very datagrams that were pushed, one write for dozens.
+//! 6.2 on, when `TUN_F_USO4` and `TUN_F_USO6` were accepted): the pod's kernel
+//! cuts the frame back into the very datagrams that were pushed, one write for
+//! dozens.
 //!
 //! # Protocol
 //!
@@ -44,6 +45,10 @@
 //! - every segment's payload has the first segment's size, but the last
 //!   may be smaller; a smaller segment or one with PSH ends the run;
 //! - the IPv4 total length stays at most 65535;
+//! - over IPv6 (the kernel's `ipv6_gro_receive`), only packets without extension
+//!   headers merge, and the version, traffic class, flow label and hop limit of
+//!   every segment must equal the first's; IPv6 has no identification to follow
+//!   and no header checksum to check;
 //! - a segment with PSH that would start a super-frame is handed back at
 //!   once ([`Push::Deliver`]): nothing can join it, so holding it would only
 //!   delay it.
@@ -66,7 +71,7 @@
 //!
 //! A super-frame [`Coalescer::take`] returns carries the first segment's
 //! headers, with PSH if any segment had it, the IPv4 total length and header
-//! checksum fixed, and in the TCP checksum field the pseudo-header sum that
+//! checksum (or the IPv6 payload length) fixed, and in the TCP checksum field the pseudo-header sum that
 //! `NEEDS_CSUM` calls for. A UDP one carries the whole UDP length in the
 //! first datagram's header and the pseudo-header sum over it, as the
 //! kernel's own UDP GSO sends do. A single segment comes back as it was
@@ -108,6 +113,8 @@ use crate::ETHERNET_HEADER_LEN;
 const IP_HEADER_LEN: usize = crate::IPV4_HEADER_LEN;
 /// Offset of the TCP or UDP header in a frame without IP options.
 const L4_START: usize = ETHERNET_HEADER_LEN + IP_HEADER_LEN;
+/// Offset of the TCP or UDP header in an IPv6 frame without extension headers.
+const L4_START6: usize = ETHERNET_HEADER_LEN + crate::ipv6::HEADER_LEN;
 /// Most datagrams one UDP super-frame holds: the kernel's `UDP_MAX_SEGMENTS`
 /// of the kernels that brought USO to TAP (later ones allow more).
 pub const UDP_MAX_SEGMENTS: usize = 64;
@@ -142,23 +149,26 @@ pub enum Push {
     Merged,
     /// Not taken: take the held super-frame, then push this frame again.
     NotMerged,
-    /// Not taken: a TCP/IPv4 (or, with UDP on, UDP/IPv4) frame that cannot be
-    /// coalesced and need not wait; deliver it as it is.
+    /// Not taken: a TCP (or, with UDP on, UDP) frame over IPv4 or IPv6 that
+    /// cannot be coalesced and need not wait; deliver it as it is.
     Deliver,
-    /// Not taken: not a whole, well-formed TCP/IPv4 frame, nor a UDP/IPv4 one
-    /// with UDP on; deliver it as it is.
+    /// Not taken: not a whole, well-formed TCP frame, nor a UDP one with UDP on;
+    /// deliver it as it is.
     Other,
 }
 
-/// A TCP/IPv4 or UDP/IPv4 flow, one direction: protocol, addresses and ports.
+/// A TCP or UDP flow over IPv4 or IPv6, one direction: protocol, addresses and
+/// ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Flow {
     /// The IP protocol: 6 (TCP) or 17 (UDP).
     pub protocol: u8,
-    /// Source IPv4 address.
-    pub src: [u8; 4],
-    /// Destination IPv4 address.
-    pub dst: [u8; 4],
+    /// Over IPv6.
+    pub v6: bool,
+    /// Source address: IPv6, or IPv4 in the first four bytes and the rest zero.
+    pub src: [u8; 16],
+    /// Destination address, likewise.
+    pub dst: [u8; 16],
     /// Source port.
     pub src_port: u16,
     /// Destination port.
@@ -166,8 +176,8 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// Returns the flow of a whole TCP/IPv4 or UDP/IPv4 frame, or `None` for
-    /// anything else.
+    /// Returns the flow of a whole TCP or UDP frame over IPv4 or IPv6, or `None`
+    /// for anything else.
     ///
     /// For spreading flows over several coalescers. Never panics.
     pub fn of(frame: &[u8]) -> Option<Flow> {
@@ -181,22 +191,35 @@ impl Flow {
 
     /// Reads the flow of a parsed frame.
     fn read(frame: &[u8], segment: &Segment) -> Flow {
-        let ip = crate::ipv4::Packet::new_unchecked(&frame[ETHERNET_HEADER_LEN..]);
+        let ip = &frame[ETHERNET_HEADER_LEN..];
+        let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+        match segment.v6 {
+            true => {
+                src.copy_from_slice(&ip[8..24]);
+                dst.copy_from_slice(&ip[24..40]);
+            }
+            false => {
+                src[..4].copy_from_slice(&ip[ipv4::ADDRS][..4]);
+                dst[..4].copy_from_slice(&ip[ipv4::ADDRS][4..]);
+            }
+        }
         let l4_start = segment.l4_start;
         Flow {
             protocol: segment.protocol,
-            src: ip.src_addr().octets(),
-            dst: ip.dst_addr().octets(),
+            v6: segment.v6,
+            src,
+            dst,
             src_port: inet::get_u16(frame, l4_start),
             dst_port: inet::get_u16(frame, l4_start + 2),
         }
     }
 }
 
-/// A parsed TCP/IPv4 segment or UDP/IPv4 datagram: where its parts are.
+/// A parsed TCP segment or UDP datagram, over IPv4 or IPv6: where its parts are.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
     protocol: u8,
+    v6: bool,
     l4_start: usize,
     headers_len: usize,
     end: usize,
@@ -210,47 +233,55 @@ struct Segment {
 }
 
 impl Segment {
-    /// Parses a whole TCP/IPv4 or UDP/IPv4 frame; `None` if it is anything else.
+    /// Parses a whole TCP or UDP frame over IPv4 or IPv6; `None` if it is
+    /// anything else.
     fn parse(frame: &[u8]) -> Option<Segment> {
-        let layout = inet::ipv4_layout(frame).ok()?;
-        if layout.fragment {
+        let (v6, l4_start, end, protocol, fragment) = match inet::ipv4_layout(frame) {
+            Ok(l) => (false, l.l4_start, l.end, l.protocol, l.fragment),
+            Err(_) => {
+                let l = inet::ipv6_layout(frame).ok()?;
+                (true, l.l4_start, l.end, l.protocol, l.fragment)
+            }
+        };
+        if fragment {
             return None;
         }
-        let l4_start = layout.l4_start;
-        if layout.protocol == inet::PROTO_UDP {
+        if protocol == inet::PROTO_UDP {
             let headers_len = l4_start + udp::LEN;
-            if headers_len > layout.end {
+            if headers_len > end {
                 return None;
             }
-            // A UDP length that disagrees with the IPv4 one (the pod's kernel trims
+            // A UDP length that disagrees with the IP one (the pod's kernel trims
             // to a shorter one, drops a longer one) keeps its place in its flow.
             let udp_len = usize::from(inet::get_u16(frame, l4_start + udp::LENGTH));
             return Some(Segment {
                 protocol: inet::PROTO_UDP,
+                v6,
                 l4_start,
                 headers_len,
-                end: layout.end,
-                odd: udp_len != layout.end - l4_start,
+                end,
+                odd: udp_len != end - l4_start,
                 flags: 0,
                 seq: 0,
             });
         }
-        if layout.protocol != inet::PROTO_TCP {
+        if protocol != inet::PROTO_TCP {
             return None;
         }
-        if l4_start + tcp::MIN_LEN > layout.end {
+        if l4_start + tcp::MIN_LEN > end {
             return None;
         }
         let data_offset = usize::from(frame[l4_start + tcp::DATA_OFFSET] >> 4);
         let headers_len = l4_start + data_offset * 4;
-        if data_offset < 5 || headers_len > layout.end {
+        if data_offset < 5 || headers_len > end {
             return None;
         }
         Some(Segment {
             protocol: inet::PROTO_TCP,
+            v6,
             l4_start,
             headers_len,
-            end: layout.end,
+            end,
             odd: false,
             flags: frame[l4_start + tcp::FLAGS],
             seq: inet::get_u32(frame, l4_start + tcp::SEQ),
@@ -269,9 +300,18 @@ impl Segment {
         self.protocol == inet::PROTO_UDP
     }
 
+    /// Where the L4 header of a segment that merges starts: past an IPv4 header
+    /// without options, or an IPv6 one without extension headers.
+    fn l4_start_merged(&self) -> usize {
+        match self.v6 {
+            true => L4_START6,
+            false => L4_START,
+        }
+    }
+
     /// Whether the segment may start or join a super-frame, checksums aside.
     fn coalescable(&self) -> bool {
-        self.l4_start == L4_START
+        self.l4_start == self.l4_start_merged()
             && self.payload_len() > 0
             && !self.odd
             && (self.is_udp() || self.flags & !tcp::PSH == tcp::ACK_FLAG)
@@ -288,27 +328,39 @@ pub fn may_start(frame: &[u8]) -> bool {
 }
 
 fn startable(frame: &[u8], segment: &Segment) -> bool {
-    segment.coalescable() && !segment.psh() && ip_checksum_ok(frame)
+    segment.coalescable() && !segment.psh() && ip_checksum_ok(frame, segment)
 }
 
-/// Returns whether the IPv4 header checksum of a frame without IP options is right.
-fn ip_checksum_ok(frame: &[u8]) -> bool {
-    checksum::checksum(&frame[ETHERNET_HEADER_LEN..L4_START]) == 0
+/// Returns whether the IPv4 header checksum of a frame without IP options is right
+/// (IPv6 has none).
+fn ip_checksum_ok(frame: &[u8], segment: &Segment) -> bool {
+    segment.v6 || checksum::checksum(&frame[ETHERNET_HEADER_LEN..L4_START]) == 0
+}
+
+/// The pseudo-header accumulator of an L4 header of `len` bytes and `protocol` in
+/// `frame` (over IPv6 if `v6`).
+fn pseudo_of(frame: &[u8], v6: bool, protocol: u8, len: usize) -> u64 {
+    let ip = &frame[ETHERNET_HEADER_LEN..];
+    match v6 {
+        true => {
+            let acc = checksum::accumulate(0, &ip[inet::IPV6_ADDRS]);
+            let [hi, lo] = (len as u16).to_be_bytes();
+            checksum::accumulate(acc, &[0, protocol, hi, lo])
+        }
+        // At most 65535 - 20 bytes: the IPv4 total length bounds it.
+        false => inet::pseudo_header(ip, protocol, len as u16),
+    }
 }
 
 /// Returns whether the TCP or UDP checksum of a parsed segment is right (a UDP
 /// checksum of 0 is none, and passes).
 fn l4_checksum_ok(frame: &[u8], segment: &Segment) -> bool {
     let l4 = &frame[segment.l4_start..segment.end];
-    if segment.is_udp() && inet::get_u16(l4, udp::CHECKSUM) == 0 {
+    // IPv6 makes the UDP checksum mandatory (RFC 8200 §8.1): 0 is no pass there.
+    if segment.is_udp() && !segment.v6 && inet::get_u16(l4, udp::CHECKSUM) == 0 {
         return true;
     }
-    // At most 65535 - 20 bytes: the IPv4 total length bounds it.
-    let pseudo = inet::pseudo_header(
-        &frame[ETHERNET_HEADER_LEN..],
-        segment.protocol,
-        l4.len() as u16,
-    );
+    let pseudo = pseudo_of(frame, segment.v6, segment.protocol, l4.len());
     checksum::fold(checksum::accumulate(pseudo, l4)) == 0xffff
 }
 
@@ -317,6 +369,8 @@ fn l4_checksum_ok(frame: &[u8], segment: &Segment) -> bool {
 struct Held {
     /// Bytes of frame in the buffer after the headroom.
     len: usize,
+    /// Where its L4 header starts.
+    l4_start: usize,
     headers_len: usize,
     /// Payload bytes of the first segment: every segment's but the last.
     gso_size: usize,
@@ -420,7 +474,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         let Some(segment) = Segment::parse(frame).filter(|s| self.udp || !s.is_udp()) else {
             return Push::Other;
         };
-        let coalescable = segment.coalescable() && ip_checksum_ok(frame);
+        let coalescable = segment.coalescable() && ip_checksum_ok(frame, &segment);
         // UDP checksums are always checked: a UDP run saves writes, not bytes.
         let verify = self.verify_checksums || segment.is_udp();
         let Some(held) = self.held else {
@@ -466,21 +520,28 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
             };
             return Some((repr, frame));
         }
-        let ip = &mut frame[ETHERNET_HEADER_LEN..L4_START];
+        let l4_start = held.l4_start;
+        let ip = &mut frame[ETHERNET_HEADER_LEN..l4_start];
         // At most 65535: push never lets the frame grow past MAX_FRAME_LEN.
-        inet::put_u16(ip, ipv4::TOTAL_LEN, (held.len - ETHERNET_HEADER_LEN) as u16);
-        inet::fill_ipv4_checksum(ip);
-        let l4_len = (held.len - L4_START) as u16;
-        let (gso_type, csum_offset) = match held.flow.is_udp() {
-            true => {
-                inet::put_u16(frame, L4_START + udp::LENGTH, l4_len);
+        let ip_len = (held.len - ETHERNET_HEADER_LEN) as u16;
+        match held.flow.v6 {
+            true => inet::put_u16(ip, crate::ipv6::field::PAYLOAD_LEN, ip_len - 40),
+            false => {
+                inet::put_u16(ip, ipv4::TOTAL_LEN, ip_len);
+                inet::fill_ipv4_checksum(ip);
+            }
+        }
+        let l4_len = held.len - l4_start;
+        let (gso_type, csum_offset) = match (held.flow.is_udp(), held.flow.v6) {
+            (true, _) => {
+                inet::put_u16(frame, l4_start + udp::LENGTH, l4_len as u16);
                 (GsoType::UdpL4, udp::CHECKSUM)
             }
-            false => (GsoType::TcpV4, tcp::CHECKSUM),
+            (false, false) => (GsoType::TcpV4, tcp::CHECKSUM),
+            (false, true) => (GsoType::TcpV6, tcp::CHECKSUM),
         };
-        let ip = &frame[ETHERNET_HEADER_LEN..L4_START];
-        let pseudo = inet::pseudo_header(ip, held.flow.protocol, l4_len);
-        inet::put_u16(frame, L4_START + csum_offset, checksum::fold(pseudo));
+        let pseudo = pseudo_of(frame, held.flow.v6, held.flow.protocol, l4_len);
+        inet::put_u16(frame, l4_start + csum_offset, checksum::fold(pseudo));
         let repr = virtio::Repr {
             needs_csum: true,
             data_valid: false,
@@ -488,7 +549,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
             gso_ecn: false,
             hdr_len: held.headers_len as u16,
             gso_size: held.gso_size as u16,
-            csum_start: L4_START as u16,
+            csum_start: l4_start as u16,
             csum_offset: csum_offset as u16,
         };
         Some((repr, frame))
@@ -501,6 +562,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         let payload_len = segment.payload_len();
         self.held = Some(Held {
             len,
+            l4_start: segment.l4_start,
             headers_len: segment.headers_len,
             gso_size: payload_len,
             segments: 1,
@@ -527,6 +589,30 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         let first = &self.buf.as_ref()[self.headroom..self.headroom + held.headers_len];
         let (ip, first_ip) = (&frame[ETHERNET_HEADER_LEN..], &first[ETHERNET_HEADER_LEN..]);
         let same = |range: core::ops::Range<usize>| ip[range.clone()] == first_ip[range];
+        // Version, traffic class and flow label; and the hop limit.
+        if segment.v6 && !(same(0..4) && same(7..8)) {
+            return false;
+        }
+        if !segment.v6 && !self.ipv4_joins(held, ip, first_ip) {
+            return false;
+        }
+        if udp {
+            // Addresses and ports are the flow's; the UDP length was checked.
+            return true;
+        }
+        let l4 = held.l4_start;
+        let (th, first_th) = (&frame[l4..held.headers_len], &first[l4..]);
+        // Acknowledgment number and data offset, flags but PSH, window, options.
+        th[tcp::ACK..tcp::FLAGS] == first_th[tcp::ACK..tcp::FLAGS]
+            && th[tcp::FLAGS] & !tcp::PSH == first_th[tcp::FLAGS] & !tcp::PSH
+            && th[tcp::WINDOW] == first_th[tcp::WINDOW]
+            && th[tcp::MIN_LEN..] == first_th[tcp::MIN_LEN..]
+    }
+
+    /// Whether the IPv4 header `ip` may follow `first_ip`'s in the held run: the
+    /// same TOS, flags and TTL, and without DF the identification that follows.
+    fn ipv4_joins(&self, held: &Held, ip: &[u8], first_ip: &[u8]) -> bool {
+        let same = |range: core::ops::Range<usize>| ip[range.clone()] == first_ip[range];
         if !same(ipv4::TOS..ipv4::TOS + 1)
             || !same(ipv4::FLAGS_FRAG..ipv4::FLAGS_FRAG + 2)
             || !same(ipv4::TTL..ipv4::TTL + 1)
@@ -535,19 +621,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         }
         let df = inet::get_u16(ip, ipv4::FLAGS_FRAG) & ipv4::DF != 0;
         let expected_id = inet::get_u16(first_ip, ipv4::ID).wrapping_add(held.segments as u16);
-        if !df && inet::get_u16(ip, ipv4::ID) != expected_id {
-            return false;
-        }
-        if udp {
-            // Addresses and ports are the flow's; the UDP length was checked.
-            return true;
-        }
-        let (th, first_th) = (&frame[L4_START..held.headers_len], &first[L4_START..]);
-        // Acknowledgment number and data offset, flags but PSH, window, options.
-        th[tcp::ACK..tcp::FLAGS] == first_th[tcp::ACK..tcp::FLAGS]
-            && th[tcp::FLAGS] & !tcp::PSH == first_th[tcp::FLAGS] & !tcp::PSH
-            && th[tcp::WINDOW] == first_th[tcp::WINDOW]
-            && th[tcp::MIN_LEN..] == first_th[tcp::MIN_LEN..]
+        df || inet::get_u16(ip, ipv4::ID) == expected_id
     }
 
     /// Appends a segment that [`Coalescer::joins`] accepted.
@@ -557,7 +631,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Coalescer<B> {
         let buf = self.buf.as_mut();
         buf[at..at + payload.len()].copy_from_slice(payload);
         if segment.psh() {
-            buf[self.headroom + L4_START + tcp::FLAGS] |= tcp::PSH;
+            buf[self.headroom + held.l4_start + tcp::FLAGS] |= tcp::PSH;
         }
         self.held = Some(Held {
             len: held.len + payload.len(),
@@ -849,7 +923,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.push(&reverse.build()), Push::Deliver);
-        assert_eq!(c.flow().unwrap().src, a.src);
+        assert_eq!(c.flow().unwrap().src[..4], a.src);
     }
 
     #[test]
@@ -994,6 +1068,95 @@ mod tests {
         assert_eq!(c.push(&frames[2]), Push::Merged);
         let (repr, _) = c.take().unwrap();
         assert!(repr.needs_csum && !repr.data_valid);
+    }
+
+    /// IPv6 segments of one flow, cut from a TSO6 super-frame.
+    fn run6(spec: &testutil::Tcp, gso_size: u16) -> Vec<Vec<u8>> {
+        let (hdr, super_frame) = spec.build_tso6(gso_size);
+        let mut out = vec![0; gso::required_out_len(&super_frame, &hdr, 0).unwrap()];
+        let segments = gso::segment(&super_frame, &hdr, &mut out, 0).unwrap();
+        segments.frames(&out).map(<[u8]>::to_vec).collect()
+    }
+
+    #[test]
+    fn ipv6_header_differences_do_not_join() {
+        let spec = testutil::Tcp {
+            payload: vec![9; 3000],
+            ..Default::default()
+        };
+        let frames = run6(&spec, 1000);
+        // Hop limit (byte 7 of the IPv6 header), traffic class, flow label.
+        for (at, value) in [(14 + 7, 3u8), (14, 0x61), (14 + 3, 1)] {
+            let mut c = coalescer();
+            assert_eq!(c.push(&frames[0]), Push::Started);
+            let mut other = frames[1].clone();
+            other[at] = value;
+            assert_eq!(c.push(&other), Push::NotMerged, "byte {at}");
+        }
+        // The same frames merge, and come out as TCPV6 at the IPv6 offsets.
+        let mut c = coalescer();
+        assert_eq!(c.push(&frames[0]), Push::Started);
+        assert_eq!(c.push(&frames[1]), Push::Merged);
+        let (repr, frame) = c.take().unwrap();
+        assert_eq!(repr.gso_type, GsoType::TcpV6);
+        assert_eq!((repr.csum_start, repr.gso_size), (54, 1000));
+        let payload_len = u16::from_be_bytes([frame[18], frame[19]]);
+        assert_eq!(usize::from(payload_len), frame.len() - 54);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_and_fragments_are_not_merged() {
+        let spec = testutil::Tcp {
+            payload: vec![9; 1000],
+            ..Default::default()
+        };
+        let plain = run6(&spec, 1000).remove(0);
+        // A destination options header before TCP: delivered, never held.
+        let mut ext = plain[..54].to_vec();
+        ext[20] = 60;
+        let len = u16::from_be_bytes([ext[18], ext[19]]) + 8;
+        ext[18..20].copy_from_slice(&len.to_be_bytes());
+        ext.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        ext.extend_from_slice(&plain[54..]);
+        assert_eq!(coalescer().push(&ext), Push::Deliver);
+        assert!(!may_start(&ext));
+        // A fragment header: not a segment at all.
+        let mut frag = ext.clone();
+        frag[20] = 44;
+        frag[54..62].copy_from_slice(&[6, 0, 0, 1, 0, 0, 0, 7]);
+        assert_eq!(coalescer().push(&frag), Push::Other);
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_flows_never_mix() {
+        let v4 = run(&testutil::Tcp::default(), &[1000, 1000]);
+        let v6 = run6(
+            &testutil::Tcp {
+                payload: vec![1; 2000],
+                ..Default::default()
+            },
+            1000,
+        );
+        let (f4, f6) = (Flow::of(&v4[0]).unwrap(), Flow::of(&v6[0]).unwrap());
+        assert!(!f4.v6 && f6.v6);
+        assert_ne!(f4, f6);
+        let mut c = coalescer();
+        assert_eq!(c.push(&v4[0]), Push::Started);
+        assert_eq!(c.push(&v6[0]), Push::NotMerged);
+    }
+
+    #[test]
+    fn ipv6_udp_without_a_checksum_is_not_merged() {
+        let spec = testutil::Udp {
+            payload: vec![5; 300],
+            ..Default::default()
+        };
+        let (hdr, super_frame) = spec.build_uso6(100);
+        let mut out = vec![0; gso::required_out_len(&super_frame, &hdr, 0).unwrap()];
+        let segments = gso::segment(&super_frame, &hdr, &mut out, 0).unwrap();
+        let mut first = segments.frames(&out).next().unwrap().to_vec();
+        first[54 + 6..54 + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(udp_coalescer().push(&first), Push::Deliver);
     }
 
     #[test]
@@ -1313,6 +1476,59 @@ mod tests {
             let (repr, frame) = c.take().unwrap();
             prop_assert_eq!(repr, hdr);
             prop_assert!(frame == &super_frame[..]);
+        }
+
+        /// The same over IPv6: a TSO6 super-frame cut into segments and
+        /// coalesced again comes back byte for byte, with its header.
+        #[test]
+        fn ipv6_segment_then_coalesce_round_trips((spec, gso_size) in ack_psh_spec(), verify: bool) {
+            let (hdr, super_frame) = spec.build_tso6(gso_size);
+            let len = gso::required_out_len(&super_frame, &hdr, 0).unwrap();
+            let mut out = vec![0; len];
+            let segments = gso::segment(&super_frame, &hdr, &mut out, 0).unwrap();
+            let frames: Vec<&[u8]> = segments.frames(&out).collect();
+            let mut c = coalescer();
+            c.set_verify_checksums(verify);
+            if frames.len() == 1 {
+                let expected = if spec.flags & tcp::PSH != 0 { Push::Deliver } else { Push::Started };
+                prop_assert_eq!(c.push(frames[0]), expected);
+                return Ok(());
+            }
+            for (i, frame) in frames.iter().enumerate() {
+                let expected = if i == 0 { Push::Started } else { Push::Merged };
+                prop_assert_eq!(c.push(frame), expected, "segment {}", i);
+            }
+            let (repr, frame) = c.take().unwrap();
+            prop_assert_eq!(repr, hdr);
+            prop_assert!(frame == &super_frame[..]);
+        }
+
+        /// And for UDP over IPv6.
+        #[test]
+        fn ipv6_udp_segment_then_coalesce_round_trips(
+            gso_size in 1u16..3000,
+            len in 1usize..=20_000,
+        ) {
+            let count = len.div_ceil(usize::from(gso_size)).min(UDP_MAX_SEGMENTS);
+            let len = len.min(count * usize::from(gso_size));
+            let spec = testutil::Udp {
+                payload: (0..len).map(|i| (i * 7 + 3) as u8).collect(),
+                ..Default::default()
+            };
+            let (hdr, super_frame) = spec.build_uso6(gso_size);
+            let mut out = vec![0; gso::required_out_len(&super_frame, &hdr, 0).unwrap()];
+            let segments = gso::segment(&super_frame, &hdr, &mut out, 0).unwrap();
+            let frames: Vec<&[u8]> = segments.frames(&out).collect();
+            let mut c = udp_coalescer();
+            for (i, frame) in frames.iter().enumerate() {
+                let expected = if i == 0 { Push::Started } else { Push::Merged };
+                prop_assert_eq!(c.push(frame), expected, "datagram {}", i);
+            }
+            let (repr, frame) = c.take().unwrap();
+            if frames.len() > 1 {
+                prop_assert_eq!(repr, hdr);
+                prop_assert!(frame == &super_frame[..]);
+            }
         }
 
         /// The same for UDP: a USO super-frame cut into datagrams and

@@ -93,9 +93,12 @@ fn pods_on_one_node_talk_ipv6() {
 /// ping6 and verified TCP over IPv6 between pods of two nodes, both ways, through
 /// the tunnel in `mode`, and from a node to the other node's pod: no NAT, and the
 /// hop limit taken once per node.
-fn pods_on_two_nodes_talk_ipv6(mode: &str) {
-    let tag = format!("ds{}", &mode[..1]);
-    let opts = options_in(mode, &["--cluster-cidr-v6", CLUSTER_CIDR_V6]);
+fn pods_on_two_nodes_talk_ipv6(mode: &str, port: &str) {
+    let tag = format!("ds{}{}", &mode[..1], &port[..1]);
+    let opts = options_in(
+        mode,
+        &["--cluster-cidr-v6", CLUSTER_CIDR_V6, "--pod-port", port],
+    );
     let c = Cluster::new(&tag, 2, 1, &opts).expect("the cluster starts");
     let ip6 = |h: usize| c.pods[h][0].1.ipv6.expect("an IPv6 address").ip;
     let (a, b) = (ip6(0), ip6(1));
@@ -123,12 +126,19 @@ fn pods_on_two_nodes_talk_ipv6(mode: &str) {
 
 #[test]
 fn pods_on_two_nodes_talk_ipv6_over_vxlan() {
-    pods_on_two_nodes_talk_ipv6("vxlan");
+    pods_on_two_nodes_talk_ipv6("vxlan", "tap");
 }
 
 #[test]
 fn pods_on_two_nodes_talk_ipv6_over_the_sleeve() {
-    pods_on_two_nodes_talk_ipv6("sleeve");
+    pods_on_two_nodes_talk_ipv6("sleeve", "tap");
+}
+
+/// The same from pods on AF_XDP ports, which take whole frames: the switch cuts
+/// the other side's super-frames and completes their checksums.
+#[test]
+fn afxdp_pods_on_two_nodes_talk_ipv6() {
+    pods_on_two_nodes_talk_ipv6("vxlan", "afxdp");
 }
 
 /// weftd on host 0 and the Linux kernel's VXLAN on host 1, as flannel sets it up,

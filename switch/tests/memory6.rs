@@ -80,6 +80,11 @@ fn tcp6_across_nodes_both_directions(mode: TunnelMode) {
         crossed > (2 << 20) / 1472,
         "{mode:?}: 2 MiB cannot cross in {crossed} datagrams"
     );
+    // What crossed the tunnel reached the pod merged (GRO over IPv6).
+    assert!(
+        sim.out.stats.super_frames > 0,
+        "{mode:?}: nothing was coalesced"
+    );
     transfer6(&mut sim, b, a, 5002, 2 << 20, 2);
     assert_eq!(sim.total_drops(), 0, "{mode:?}: {}", sim.drops_report());
     let longest = sim.out.stats.longest_datagram;

@@ -28,7 +28,7 @@ fn takes_super_frame(port: &PortEntry, offload: &Offload, frame: &[u8]) -> bool 
     port.uso && payload.div_ceil(usize::from(offload.gso_size).max(1)) <= gro::UDP_MAX_SEGMENTS
 }
 
-/// Whether the Ethernet frame `frame` is a whole UDP/IPv4 datagram.
+/// Whether the Ethernet frame `frame` is a whole UDP datagram (over IPv4 or IPv6).
 fn is_udp(frame: &[u8]) -> bool {
     gro::Flow::of(frame).is_some_and(|f| f.is_udp())
 }
@@ -58,6 +58,21 @@ impl Core {
             t.node.router_mac.0,
             ethertype::IPV4,
         );
+        self.deliver(cx, from, port, offload, bytes);
+    }
+
+    /// Sends `bytes`, a routed frame from `from` with its Ethernet header written,
+    /// out of port `port`: merged with its flow for a pod where that saves writes,
+    /// cut where the port cannot take a super-frame whole.
+    pub(super) fn deliver<S: Sink + ?Sized>(
+        &mut self,
+        cx: &mut Ctx<'_, S>,
+        from: Ingress,
+        port: usize,
+        offload: &Offload,
+        bytes: &mut [u8],
+    ) {
+        let t = cx.tables;
         match from {
             // A super-frame (a pod's or the host's, or a joined sleeve one) goes as it
             // is, after whatever of its flow is being merged, where the port takes it.

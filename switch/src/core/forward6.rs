@@ -18,7 +18,7 @@
 //! What is not here yet, and is dropped rather than half done: IPv6 to a peer that
 //! is reached by direct routing or not at all (answered as unreachable), IPv6 to or
 //! from a pod that NetworkPolicy isolates (no IPv6 rule is enforced yet, so such a
-//! pod's IPv6 fails closed), and IPv6 offloads towards an AF_XDP port.
+//! pod's IPv6 fails closed).
 
 use std::net::Ipv6Addr;
 
@@ -320,15 +320,10 @@ impl Core {
             }
         };
         let dst = &t.ports[k];
-        // An AF_XDP port takes whole frames, and the IPv6 path does not complete
-        // checksums or cut super-frames for it yet.
-        if !dst.offloads && (offload.is_gso() || offload.needs_csum) {
-            return self.drop_at(cx, from, DropReason::Unsupported);
-        }
         let out = &mut frame.buf[start..start + len];
         let router = t.node.router_mac.0;
         ethernet::emit_header(out, dst.mac.0, router, ethertype::IPV6);
-        cx.sink.to_port(dst, offload, out);
+        self.deliver(cx, from, k, offload, out);
     }
 
     /// Neighbour Discovery and multicast listener messages from port `i`: a
