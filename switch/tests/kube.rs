@@ -12,7 +12,7 @@
 //! without it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +24,9 @@ use weft_perf::apiserver::{Kind, KINDS};
 use weft_perf::netns::{require_root, wait_until};
 use weft_perf::probe::{probe, serve, Proto, Receiver, Sender};
 use weft_perf::topo::{Pod, Underlay};
-use weft_perf::weft::{node_name, write_atomic, Scratch, WeftNode, WeftOptions};
+use weft_perf::weft::{
+    node_name, pod_subnet6, write_atomic, Scratch, WeftNode, WeftOptions, CLUSTER_CIDR_V6,
+};
 use weft_proto::{PodRef, Reply, Request};
 
 /// The token weftd presents; the fixture refuses any other.
@@ -46,6 +48,8 @@ struct Member {
     host: usize,
     pod: Pod,
     ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack node.
+    ip6: Option<Ipv6Addr>,
 }
 
 /// weftd nodes on the fixture. Fields drop in order: servers and nodes first,
@@ -152,16 +156,28 @@ impl Kube {
 
     /// Starts weftd on host `i`.
     fn start(&mut self, i: usize) -> &WeftNode {
+        self.start_with(i, &[])
+    }
+
+    /// Starts weftd on host `i` with the further flags `extra`.
+    fn start_with(&mut self, i: usize, extra: &[&str]) -> &WeftNode {
+        let h = self.underlay.host(i);
+        let node = self
+            .try_start(i, extra)
+            .unwrap_or_else(|e| panic!("weftd on host {} ({}): {e:#}", i, h.index));
+        self.nodes[i].insert(node)
+    }
+
+    /// Starts weftd on host `i` with the further flags `extra`, or says why not.
+    fn try_start(&self, i: usize, extra: &[&str]) -> anyhow::Result<WeftNode> {
         let opts = WeftOptions {
             binary: PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
             mode: "vxlan".into(),
             workers: 1,
-            extra: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         let h = self.underlay.host(i);
-        let node = WeftNode::start_kube(h, &self.kubeconfig, self.scratch.path(), &opts)
-            .unwrap_or_else(|e| panic!("weftd on host {i}: {e:#}"));
-        self.nodes[i].insert(node)
+        WeftNode::start_kube(h, &self.kubeconfig, self.scratch.path(), &opts)
     }
 
     fn node(&self, i: usize) -> &WeftNode {
@@ -198,6 +214,7 @@ impl Kube {
             host,
             pod,
             ip: a.ip,
+            ip6: a.ipv6.map(|v6| v6.ip),
         });
         a.ip
     }
@@ -696,6 +713,57 @@ fn an_outage_keeps_traffic_policy_and_add_and_the_relist_drops_what_went_meanwhi
     k.check("after the outage", |f, t| {
         policy(f, t) && f.name != "c" && t.name != "c"
     });
+}
+
+/// A dual-stack cluster on the API server: each node takes the IPv6 range of its
+/// Node's podCIDRs beside the IPv4 one, learns its peers' from their Nodes, and
+/// pods reach each other over IPv6 across nodes. A node told the cluster is
+/// dual-stack whose Node has no IPv6 range refuses to start, and says why.
+#[test]
+fn dual_stack_nodes_take_both_podcidrs_and_carry_ipv6_across() {
+    let mut k = Kube::new("kd6", 3);
+    for i in 0..3 {
+        let h = k.underlay.host(i);
+        let mut n = node_object(&node_name(h), &h.pod_subnet.to_string(), h.underlay_ip);
+        // Host 2's Node is IPv4-only.
+        if i < 2 {
+            let cidrs = [h.pod_subnet.to_string(), pod_subnet6(h).to_string()];
+            n["spec"]["podCIDRs"] = json!(cidrs);
+        }
+        k.api.put(kind("Node"), n);
+    }
+    let dual = ["--cluster-cidr-v6", CLUSTER_CIDR_V6];
+    for i in 0..2 {
+        k.start_with(i, &dual);
+    }
+    let err = k.try_start(2, &dual).expect_err("no IPv6 podCIDR");
+    assert!(format!("{err:#}").contains("no IPv6 range"), "{err:#}");
+    k.on_every_node("one peer each", |n| n.peer_names().unwrap().len() == 1);
+    // Pods the API server lists (a pod it does not is isolated both ways).
+    let mut pods = Vec::new();
+    for i in 0..2 {
+        k.attach(i, "default", &format!("d{i}"), json!({"app": "d"}));
+        let m = k.members.last().expect("a member");
+        let v6 = m.ip6.expect("an IPv6 address");
+        assert!(pod_subnet6(k.underlay.host(i)).contains(&v6), "{v6}");
+        pods.push((i, v6));
+    }
+    let ns = |i: usize| &k.members[i].pod.ns;
+    let why = || {
+        let reasons = ["no_route", "spoofed", "policy_ingress", "policy_egress"];
+        let drops: Vec<_> = (k.running())
+            .map(|n| reasons.map(|r| (r, n.drops(r).unwrap_or(0))))
+            .collect();
+        format!("drops {drops:?}\n{}", k.logs())
+    };
+    // The peer's IPv6 subnet comes from its Node, as it is published.
+    wait_until(SETTLE, "IPv6 across the nodes", || {
+        ns(0).ping(pods[1].1, 1).is_ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", why()));
+    ns(1)
+        .ping(pods[0].1, 2)
+        .unwrap_or_else(|e| panic!("{e}\n{}", why()));
 }
 
 #[test]

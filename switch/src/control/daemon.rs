@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use parking_lot::Mutex;
 use weft_encap::sleeve::seal::Cipher;
 use weft_encap::sleeve::NodeId;
@@ -34,7 +34,9 @@ use crate::control::store::etcd::EtcdStore;
 use crate::control::store::file::FileStore;
 use crate::control::store::kube::KubeStore;
 use crate::control::store::screen::Said;
-use crate::control::store::{ClusterStore, ClusterView, Joining, NoStore, NodeEntry, StorePolicy};
+use crate::control::store::{
+    ClusterStore, ClusterView, Joined, Joining, NoStore, NodeEntry, StorePolicy,
+};
 use crate::core;
 use crate::crypto;
 use crate::crypto::stage::Sealer;
@@ -48,7 +50,9 @@ use crate::services::ServiceTable;
 use crate::tables::counters::Counters;
 use crate::tables::health::feature_names;
 use crate::tables::services::{self, Services};
-use crate::tables::{Node6, NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables};
+use crate::tables::{
+    gateway6_of, Node6, NodeConfig, PeerEntry, PortEntry, PortId, PortKind, Tables,
+};
 
 /// How long the control plane waits for workers to take or drop a queue.
 pub const WORKER_ACK: Duration = Duration::from_secs(5);
@@ -204,7 +208,7 @@ fn join(
     store: &dyn ClusterStore,
     router_mac: MacAddr,
     public_key: Option<PublicKey>,
-) -> Result<(Ipv4Net, Pool, Option<Pool6>), DaemonError> {
+) -> Result<(Joined, Pool, Option<Pool6>), DaemonError> {
     let path = settings.state_dir.join("ipam.redb");
     let recorded = Pool::open_recorded(&path)?;
     let remembered = recorded
@@ -225,28 +229,46 @@ fn join(
         features: feature_names(core::FEATURES),
         cluster: settings.cluster_cidr,
         wanted: settings.pod_subnet.or(remembered),
-        subnet6: settings.ipv6.map(|v6| v6.subnet),
+        cluster6: settings.ipv6.map(|v6| v6.cluster),
+        subnet6: settings
+            .ipv6
+            .and_then(|v6| v6.subnet.or(remembered6(settings, v6.cluster))),
         strict: settings.pod_subnet.is_some() || (remembered.is_some() && held > 0),
         state_dir: settings.state_dir.clone(),
     };
-    let subnet = store.join(&me)?;
+    let joined = store.join(&me)?;
     let pool = match recorded {
-        Some(p) if p.subnet() == subnet => p,
+        Some(p) if p.subnet() == joined.subnet => p,
         other => {
             drop(other);
-            Pool::open(&path, subnet)?
+            Pool::open(&path, joined.subnet)?
         }
     };
-    Ok((subnet, pool, open_pool6(settings)?))
+    let pool6 = open_pool6(settings, joined.subnet6)?;
+    Ok((joined, pool, pool6))
 }
 
-/// Opens the IPv6 pool of a dual-stack node. A node that is not dual-stack (any
-/// more) refuses to start while its IPv6 database holds addresses: their pods
-/// would keep addresses the node no longer routes, and lose them silently.
-fn open_pool6(settings: &Settings) -> Result<Option<Pool6>, DaemonError> {
+/// The IPv6 subnet this node's pods held before, if it lies in `cluster6`: what
+/// a node asks its store for back, and starts on while the store is down.
+fn remembered6(settings: &Settings, cluster6: Ipv6Net) -> Option<Ipv6Net> {
     let path = settings.state_dir.join("ipam6.redb");
-    if let Some(v6) = settings.ipv6 {
-        return Ok(Some(Pool6::open(&path, v6.subnet)?));
+    let recorded = Pool6::open_recorded(&path).ok().flatten()?;
+    Some(recorded.subnet()).filter(|s| cluster6.contains(s) && *s != cluster6)
+}
+
+/// Opens the IPv6 pool of a dual-stack node, on `subnet6`, the IPv6 subnet it
+/// joined with. A node that is not dual-stack (any more) refuses to start while
+/// its IPv6 database holds addresses: their pods would keep addresses the node no
+/// longer routes, and lose them silently.
+fn open_pool6(settings: &Settings, subnet6: Option<Ipv6Net>) -> Result<Option<Pool6>, DaemonError> {
+    let path = settings.state_dir.join("ipam6.redb");
+    if settings.ipv6.is_some() {
+        let subnet = subnet6.ok_or_else(|| {
+            DaemonError::Invalid(
+                "cluster-cidr-v6 is set, but the store gave no IPv6 pod subnet".into(),
+            )
+        })?;
+        return Ok(Some(Pool6::open(&path, subnet)?));
     }
     let held = match Pool6::open_recorded(&path)? {
         Some(p) => p.len()?,
@@ -357,7 +379,8 @@ fn boot_view(settings: &Settings, store: &dyn ClusterStore) -> Result<Boot, Daem
 }
 
 /// This node's identity and addressing.
-pub(crate) fn node_config(settings: &Settings, subnet: Ipv4Net, router_mac: MacAddr) -> NodeConfig {
+pub(crate) fn node_config(settings: &Settings, joined: Joined, router_mac: MacAddr) -> NodeConfig {
+    let subnet = joined.subnet;
     NodeConfig {
         name: settings.node_name.clone(),
         router_mac,
@@ -374,9 +397,9 @@ pub(crate) fn node_config(settings: &Settings, subnet: Ipv4Net, router_mac: MacA
             Some(_) => settings.tunnel.heartbeat,
             None => Duration::ZERO,
         },
-        v6: settings.ipv6.map(|v6| Node6 {
-            subnet: v6.subnet,
-            gateway: v6.gateway(),
+        v6: (settings.ipv6.zip(joined.subnet6)).map(|(v6, subnet)| Node6 {
+            subnet,
+            gateway: gateway6_of(subnet),
             cluster: v6.cluster,
         }),
     }
@@ -574,7 +597,7 @@ impl Daemon {
     ) -> Result<Ipv4Net, DaemonError> {
         let store = store_of(settings, rt)?;
         let view = store.load()?;
-        join(settings, &*store, vtep_mac(settings, &view), None).map(|(subnet, ..)| subnet)
+        join(settings, &*store, vtep_mac(settings, &view), None).map(|(joined, ..)| joined.subnet)
     }
 
     /// Like [`Daemon::start`], on the host operations `host` and the cluster `store`.
@@ -591,10 +614,10 @@ impl Daemon {
         let router_mac = vtep_mac(&settings, &store.load()?);
         let sealer = sealer_of(&settings, router_mac)?;
         let public_key = sealer.as_ref().map(|s| PublicKey(s.endpoint().public()));
-        let (subnet, pool, pool6) = join(&settings, &*store, router_mac, public_key)?;
+        let (joined, pool, pool6) = join(&settings, &*store, router_mac, public_key)?;
         let boot = boot_view(&settings, &*store)?;
         let nodes = Arc::new(boot.nodes);
-        let node = Arc::new(node_config(&settings, subnet, router_mac));
+        let node = Arc::new(node_config(&settings, joined, router_mac));
         let tunnel = Arc::new(Counters::new(settings.datapath.workers));
         let (host_entry, host_queues) = open_host_port(&settings, &node, &*host)?;
         prepare_host(&settings, &*host)?;

@@ -456,8 +456,11 @@ mod tests {
         screened: bool,
     ) -> Result<Tables, crate::tables::TablesError> {
         let mac = MacAddr::from_name(&settings.node_name);
-        let subnet = settings.pod_subnet.expect("a pod subnet");
-        let node = Arc::new(node_config(settings, subnet, mac));
+        let joined = crate::control::store::Joined {
+            subnet: settings.pod_subnet.expect("a pod subnet"),
+            subnet6: settings.ipv6.and_then(|v6| v6.subnet),
+        };
+        let node = Arc::new(node_config(settings, joined, mac));
         let usable = match screened {
             true => usable_nodes(&node, nodes, &mut Said::default()),
             false => nodes.to_vec(),

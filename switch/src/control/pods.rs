@@ -664,7 +664,7 @@ mod tests {
     use crate::control::routes::{DirectRoute, RouteTo};
     use crate::control::saved;
     use crate::control::store::{
-        ClusterStore, ClusterView, Joining, NoStore, NodeEntry, OnChange, StoreError,
+        ClusterStore, ClusterView, Joined, Joining, NoStore, NodeEntry, OnChange, StoreError,
     };
     use crate::io::port::{Offload, PortQueue};
     use crate::mac::MacAddr;
@@ -1394,7 +1394,7 @@ mod tests {
             "late"
         }
 
-        fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
+        fn join(&self, me: &Joining) -> Result<Joined, StoreError> {
             NoStore.join(me)
         }
 

@@ -183,6 +183,12 @@ pub fn gateway_of(subnet: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)
 }
 
+/// The gateway address of an IPv6 pod subnet: its `::1`, held by its node's host
+/// port.
+pub fn gateway6_of(subnet: Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()) + 1)
+}
+
 /// How a peer's pods are reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerPath {

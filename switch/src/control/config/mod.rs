@@ -70,11 +70,13 @@ pub struct Options {
     #[arg(long)]
     pub cluster_cidr: Option<Ipv4Net>,
     /// This node's IPv6 pod subnet (for example fd00:10:244:1::/64), for a
-    /// dual-stack node: pods get an address of it beside their IPv4 one. Needs
-    /// cluster-cidr-v6. The file store only, so far.
+    /// dual-stack node with the file store: pods get an address of it beside
+    /// their IPv4 one. Needs cluster-cidr-v6.
     #[arg(long)]
     pub pod_subnet_v6: Option<Ipv6Net>,
-    /// The whole cluster's IPv6 pod range (for example fd00:10:244::/56).
+    /// The whole cluster's IPv6 pod range (for example fd00:10:244::/56): makes
+    /// the node dual-stack. With the Kubernetes store, the node's IPv6 subnet is
+    /// the IPv6 one of its Node's spec.podCIDRs; the etcd store has no IPv6 yet.
     #[arg(long)]
     pub cluster_cidr_v6: Option<Ipv6Net>,
     /// Where the cluster's nodes are learnt: file (the peers file), etcd, or
@@ -304,16 +306,8 @@ impl Options {
             return Err(NodeConfigError::EmptyName.into());
         }
         let (underlay_ip, pod_subnet, cluster_cidr) = self.addressing()?;
-        let ipv6 = self.addressing_v6()?;
         let kind = self.store.unwrap_or(StoreKind::File);
-        if ipv6.is_some() && kind != StoreKind::File {
-            return Err(NodeConfigError::Ipv6(
-                "pod-subnet-v6: IPv6 pods are served with the file store only, so far (the \
-                 etcd and Kubernetes stores lease IPv4 subnets only)"
-                    .into(),
-            )
-            .into());
-        }
+        let ipv6 = self.addressing_v6(kind)?;
         let store = match kind {
             StoreKind::File => {
                 self.etcd.refuse()?;
@@ -391,67 +385,89 @@ impl Options {
 }
 
 impl Options {
-    /// The IPv6 pod subnet and cluster range, if given, checked together.
-    fn addressing_v6(&self) -> Result<Option<Ipv6Subnets>, NodeConfigError> {
-        let refuse = |why: String| Err(NodeConfigError::Ipv6(why));
-        let (subnet, cluster) = match (self.pod_subnet_v6, self.cluster_cidr_v6) {
-            (None, None) => return Ok(None),
-            (Some(s), Some(c)) => (s, c),
-            (Some(_), None) => return refuse("pod-subnet-v6: it needs cluster-cidr-v6".into()),
-            (None, Some(_)) => return refuse("cluster-cidr-v6: it needs pod-subnet-v6".into()),
+    /// The IPv6 pod subnet and cluster range, if given, checked together. With
+    /// the Kubernetes store the subnet is the Node's, and only the range is given.
+    fn addressing_v6(&self, kind: StoreKind) -> Result<Option<Ipv6Subnets>, NodeConfigError> {
+        let refuse = |why: &str| Err(NodeConfigError::Ipv6(why.into()));
+        let (subnet, cluster) = match (self.pod_subnet_v6, self.cluster_cidr_v6, kind) {
+            (None, None, _) => return Ok(None),
+            (Some(_), None, _) => return refuse("pod-subnet-v6: it needs cluster-cidr-v6"),
+            (Some(_), Some(_), StoreKind::Kubernetes) => {
+                return refuse(
+                    "pod-subnet-v6: with store = \"kubernetes\" the node's IPv6 pod subnet is \
+                     the IPv6 one of its Node's spec.podCIDRs; leave pod-subnet-v6 out",
+                )
+            }
+            (None, Some(c), StoreKind::Kubernetes) => (None, c),
+            (_, Some(_), StoreKind::Etcd) => {
+                return refuse(
+                    "cluster-cidr-v6: IPv6 pods are served with the file and Kubernetes \
+                     stores, so far (the etcd store leases IPv4 subnets only)",
+                )
+            }
+            (None, Some(_), _) => return refuse("cluster-cidr-v6: it needs pod-subnet-v6"),
+            (Some(s), Some(c), _) => (Some(s), c),
         };
-        if subnet != subnet.trunc() {
-            return refuse(format!(
-                "pod-subnet-v6: {subnet} has host bits set; did you mean {}?",
-                subnet.trunc()
-            ));
-        }
-        let (min, max) = (
-            <Ipv6Net as weft_ipam::Family>::MIN_PREFIX_LEN,
-            <Ipv6Net as weft_ipam::Family>::MAX_PREFIX_LEN,
-        );
-        if !(min..=max).contains(&subnet.prefix_len()) {
-            return refuse(format!(
-                "pod-subnet-v6: {subnet} must be a /{min} to a /{max}"
-            ));
-        }
-        if !cluster.contains(&subnet) || cluster == subnet {
-            return refuse(format!(
-                "pod-subnet-v6: {subnet} must lie inside cluster-cidr-v6 {cluster} and be smaller"
-            ));
-        }
-        // Pods' addresses must be routable unicast: not link-local, multicast,
-        // loopback, unspecified or IPv4-mapped.
-        let first = cluster.network().segments()[0];
-        let mapped = "::ffff:0:0/96".parse::<Ipv6Net>().expect("a prefix");
-        if first & 0xffc0 == 0xfe80
-            || first & 0xff00 == 0xff00
-            || cluster.contains(&Ipv6Addr::LOCALHOST)
-            || cluster.contains(&Ipv6Addr::UNSPECIFIED)
-            || mapped.contains(&cluster.network())
-        {
-            return refuse(format!(
-                "cluster-cidr-v6: {cluster} is not a range of routable unicast addresses"
-            ));
+        check_cluster6(cluster).map_err(NodeConfigError::Ipv6)?;
+        if let Some(subnet) = subnet {
+            check_subnet6(subnet, cluster)
+                .map_err(|why| NodeConfigError::Ipv6(format!("pod-subnet-v6: {why}")))?;
         }
         Ok(Some(Ipv6Subnets { subnet, cluster }))
     }
 }
 
+/// Why `cluster` cannot be the cluster's IPv6 pod range, if it cannot: pods'
+/// addresses must be routable unicast, not link-local, multicast, loopback,
+/// unspecified or IPv4-mapped.
+fn check_cluster6(cluster: Ipv6Net) -> Result<(), String> {
+    let first = cluster.network().segments()[0];
+    let mapped = "::ffff:0:0/96".parse::<Ipv6Net>().expect("a prefix");
+    if first & 0xffc0 == 0xfe80
+        || first & 0xff00 == 0xff00
+        || cluster.contains(&Ipv6Addr::LOCALHOST)
+        || cluster.contains(&Ipv6Addr::UNSPECIFIED)
+        || mapped.contains(&cluster.network())
+    {
+        return Err(format!(
+            "cluster-cidr-v6: {cluster} is not a range of routable unicast addresses"
+        ));
+    }
+    Ok(())
+}
+
+/// Why `subnet` cannot be a node's IPv6 pod subnet in `cluster`, if it cannot:
+/// no host bits, a /48 to a /126, inside the range and smaller.
+pub fn check_subnet6(subnet: Ipv6Net, cluster: Ipv6Net) -> Result<(), String> {
+    if subnet != subnet.trunc() {
+        return Err(format!(
+            "{subnet} has host bits set; did you mean {}?",
+            subnet.trunc()
+        ));
+    }
+    let (min, max) = (
+        <Ipv6Net as weft_ipam::Family>::MIN_PREFIX_LEN,
+        <Ipv6Net as weft_ipam::Family>::MAX_PREFIX_LEN,
+    );
+    if !(min..=max).contains(&subnet.prefix_len()) {
+        return Err(format!("{subnet} must be a /{min} to a /{max}"));
+    }
+    if !cluster.contains(&subnet) || cluster == subnet {
+        return Err(format!(
+            "{subnet} must lie inside cluster-cidr-v6 {cluster} and be smaller"
+        ));
+    }
+    Ok(())
+}
+
 /// A dual-stack node's IPv6 pod subnet and the cluster's IPv6 range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv6Subnets {
-    /// This node's IPv6 pod subnet.
-    pub subnet: Ipv6Net,
+    /// This node's IPv6 pod subnet, as configured; none where the store gives it
+    /// (the Kubernetes store: the Node's IPv6 podCIDR).
+    pub subnet: Option<Ipv6Net>,
     /// The cluster's IPv6 pod range.
     pub cluster: Ipv6Net,
-}
-
-impl Ipv6Subnets {
-    /// The pods' IPv6 gateway: the subnet's first address after the network's.
-    pub fn gateway(&self) -> Ipv6Addr {
-        Ipv6Addr::from(u128::from(self.subnet.network()) + 1)
-    }
 }
 
 /// The gid of the group `group` names: a number, or a name in the host's group

@@ -924,10 +924,8 @@ fn ipv6_subnets_come_in_pairs_and_are_checked() {
         with("pod-subnet-v6 = \"fd00:10:244:1::/64\"\ncluster-cidr-v6 = \"fd00:10:244::/56\"\n")
             .unwrap();
     let v6 = s.ipv6.expect("dual stack");
-    assert_eq!(
-        v6.gateway(),
-        "fd00:10:244:1::1".parse::<std::net::Ipv6Addr>().unwrap()
-    );
+    assert_eq!(v6.subnet, Some("fd00:10:244:1::/64".parse().unwrap()));
+    assert_eq!(v6.cluster, "fd00:10:244::/56".parse().unwrap());
     assert_eq!(base().resolve().unwrap().ipv6, None, "IPv4 only by default");
     for (extra, want) in [
         (
@@ -975,5 +973,28 @@ fn ipv6_subnets_come_in_pairs_and_are_checked() {
         "{HEAD}store = \"etcd\"\npod-subnet-v6 = \"fd00:10:244:1::/64\"\ncluster-cidr-v6 = \"fd00:10:244::/56\"\n[etcd]\nendpoints = [\"http://10.0.0.1:2379\"]\n"
     );
     let err = parse(&etcd).unwrap().0.resolve().unwrap_err().to_string();
-    assert!(err.contains("file store only"), "{err}");
+    assert!(err.contains("file and Kubernetes stores"), "{err}");
+}
+
+/// With the Kubernetes store, the node's IPv6 subnet is its Node's: only the
+/// range is given, and a configured subnet is refused.
+#[test]
+fn with_the_api_server_only_the_ipv6_range_is_given() {
+    let kube = |extra: &str| {
+        settings(&format!(
+            "{HEAD}store = \"kubernetes\"\n{extra}[kubernetes]\nkubeconfig = \"/etc/kc\"\n"
+        ))
+    };
+    let s = kube("cluster-cidr-v6 = \"fd00:10:244::/56\"\n").unwrap();
+    let v6 = s.ipv6.expect("dual stack");
+    assert_eq!(
+        (v6.subnet, v6.cluster),
+        (None, "fd00:10:244::/56".parse().unwrap())
+    );
+    let err =
+        kube("pod-subnet-v6 = \"fd00:10:244:1::/64\"\ncluster-cidr-v6 = \"fd00:10:244::/56\"\n")
+            .unwrap_err();
+    assert!(err.contains("spec.podCIDRs"), "{err}");
+    let err = kube("cluster-cidr-v6 = \"fe80::/56\"\n").unwrap_err();
+    assert!(err.contains("routable unicast"), "{err}");
 }

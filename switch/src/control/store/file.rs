@@ -10,7 +10,7 @@ use std::time::Duration;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
-use super::{ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError};
+use super::{ClusterStore, ClusterView, Joined, Joining, NodeEntry, OnChange, StoreError};
 use crate::control::config::{ConfigError, Mode, NodeConfigError};
 use crate::control::keys::PublicKey;
 use crate::mac::MacAddr;
@@ -38,7 +38,7 @@ impl ClusterStore for FileStore {
 
     /// The configured subnet, once the file's entry for this node (if it has one)
     /// agrees with this node's settings.
-    fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
+    fn join(&self, me: &Joining) -> Result<Joined, StoreError> {
         let subnet = me.wanted.ok_or(StoreError::File(
             NodeConfigError::Missing("pod-subnet").into(),
         ))?;
@@ -60,7 +60,10 @@ impl ClusterStore for FileStore {
                 )));
             }
         }
-        Ok(subnet)
+        Ok(Joined {
+            subnet,
+            subnet6: me.subnet6,
+        })
     }
 
     fn load(&self) -> Result<ClusterView, StoreError> {
@@ -317,6 +320,7 @@ mod tests {
             features: Vec::new(),
             cluster: "10.244.0.0/16".parse().unwrap(),
             wanted: Some(subnet.parse().unwrap()),
+            cluster6: None,
             subnet6: None,
             strict: true,
             state_dir: PathBuf::from("/nonexistent"),
@@ -332,8 +336,15 @@ mod tests {
         let store = FileStore::new(path.clone());
         assert_eq!(store.kind(), "file");
         assert_eq!(store.load().unwrap().nodes[0].name, "a");
-        let subnet = store.join(&joining("a", "10.250.0.1", "10.244.1.0/24"));
-        assert_eq!(subnet.unwrap().to_string(), "10.244.1.0/24");
+        let joined = store.join(&joining("a", "10.250.0.1", "10.244.1.0/24"));
+        assert_eq!(joined.unwrap().subnet.to_string(), "10.244.1.0/24");
+        // This node's IPv6 subnet must be the one the file lists for it (none).
+        let dual = Joining {
+            subnet6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            ..joining("a", "10.250.0.1", "10.244.1.0/24")
+        };
+        let err = store.join(&dual).unwrap_err().to_string();
+        assert!(err.contains("IPv6 subnet none"), "{err}");
         // A node the file does not list joins on its own settings.
         assert!(store
             .join(&joining("c", "10.250.0.3", "10.244.3.0/24"))

@@ -25,6 +25,15 @@ pub mod file;
 pub mod kube;
 pub mod screen;
 
+/// What a node settled with its store as it joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    /// Its pod subnet.
+    pub subnet: Ipv4Net,
+    /// Its IPv6 pod subnet, on a dual-stack node.
+    pub subnet6: Option<Ipv6Net>,
+}
+
 /// One node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeEntry {
@@ -196,7 +205,11 @@ pub struct Joining {
     pub cluster: Ipv4Net,
     /// The subnet the node wants: its configured one, or the one it held before.
     pub wanted: Option<Ipv4Net>,
-    /// Its IPv6 pod subnet, on a dual-stack node (configured: the file store only).
+    /// The cluster's IPv6 pod range, on a dual-stack node.
+    pub cluster6: Option<Ipv6Net>,
+    /// Its IPv6 pod subnet on a dual-stack node: the configured one (the file
+    /// store), or the one its pods held before (for a start while the store is
+    /// down).
     pub subnet6: Option<Ipv6Net>,
     /// Whether only `wanted` will do: it was configured, or addresses of it are
     /// still held by pods here. Otherwise a lost subnet is replaced by a new one.
@@ -253,10 +266,10 @@ pub trait ClusterStore: Send + Sync + std::fmt::Debug {
     /// The store's kind, for logs and STATUS.
     fn kind(&self) -> &'static str;
 
-    /// Joins the cluster as `me` and returns this node's pod subnet: settled with
+    /// Joins the cluster as `me` and returns this node's pod subnets: settled with
     /// the store (claimed, or taken back) and registered. Called once, as the daemon
-    /// starts and before its address pool opens; it blocks.
-    fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError>;
+    /// starts and before its address pools open; it blocks.
+    fn join(&self, me: &Joining) -> Result<Joined, StoreError>;
 
     /// The cluster now.
     fn load(&self) -> Result<ClusterView, StoreError>;
@@ -297,10 +310,14 @@ impl ClusterStore for NoStore {
         "none"
     }
 
-    fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
-        me.wanted.ok_or(StoreError::File(
+    fn join(&self, me: &Joining) -> Result<Joined, StoreError> {
+        let subnet = me.wanted.ok_or(StoreError::File(
             NodeConfigError::Missing("pod-subnet").into(),
-        ))
+        ))?;
+        Ok(Joined {
+            subnet,
+            subnet6: me.subnet6,
+        })
     }
 
     fn load(&self) -> Result<ClusterView, StoreError> {

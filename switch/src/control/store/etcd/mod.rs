@@ -17,7 +17,8 @@ use parking_lot::Mutex;
 
 use super::screen::{Own, Quiet};
 use super::{
-    ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError, StoreHealth, StorePolicy,
+    ClusterStore, ClusterView, Joined, Joining, NodeEntry, OnChange, StoreError, StoreHealth,
+    StorePolicy,
 };
 use crate::control::config::EtcdSettings;
 use crate::services::model::ServiceModel;
@@ -294,8 +295,13 @@ impl ClusterStore for EtcdStore {
         "etcd"
     }
 
-    fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
-        self.rt.block_on(self.join_cluster(me))
+    fn join(&self, me: &Joining) -> Result<Joined, StoreError> {
+        // The etcd store leases IPv4 subnets only (settings refuse IPv6 with it).
+        let subnet = self.rt.block_on(self.join_cluster(me))?;
+        Ok(Joined {
+            subnet,
+            subnet6: None,
+        })
     }
 
     fn load(&self) -> Result<ClusterView, StoreError> {

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 
 use crate::control::config::Mode;
@@ -116,6 +116,15 @@ pub fn pod_cidr(node: &Node) -> Option<&str> {
     v4.or(spec.pod_cidr.as_deref())
 }
 
+/// The Node's IPv6 pod range: the IPv6 one of `spec.podCIDRs`, on a dual-stack
+/// cluster.
+pub fn pod_cidr6(node: &Node) -> Option<&str> {
+    let spec = node.spec.as_ref()?;
+    (spec.pod_cidrs.iter().flatten())
+        .find(|c| c.parse::<Ipv6Net>().is_ok())
+        .map(String::as_str)
+}
+
 /// Parses annotation `key` with `parse`, naming it in the error.
 fn parsed<T>(
     node: &Node,
@@ -165,7 +174,8 @@ pub fn node_entry(node: &Node, cluster: Ipv4Net, port: u16) -> Result<NodeEntry,
         name,
         underlay_ip,
         pod_subnet,
-        pod_subnet_v6: None,
+        // Checked against this node's IPv6 range where peers are made (`screen6`).
+        pod_subnet_v6: pod_cidr6(node).and_then(|c| c.parse().ok()),
         vtep_mac,
         mode,
         direct_routing,
@@ -242,6 +252,37 @@ mod tests {
         .unwrap()
     }
 
+    /// A dual-stack Node's podCIDRs list one range of each family, in either order
+    /// (IPv6 first on an IPv6-primary cluster): each family's is found.
+    #[test]
+    fn a_dual_stack_node_gives_a_subnet_of_each_family() {
+        let mut n = node(
+            "n1",
+            "10.244.1.0/24",
+            "192.168.0.1",
+            "02:00:00:00:00:01",
+            "2026-01-01T00:00:00Z",
+        );
+        for order in [
+            ["10.244.1.0/24", "fd00:10:244:1::/64"],
+            ["fd00:10:244:1::/64", "10.244.1.0/24"],
+        ] {
+            let spec = n.spec.as_mut().unwrap();
+            spec.pod_cidrs = Some(order.iter().map(|c| c.to_string()).collect());
+            spec.pod_cidr = Some(order[0].to_string());
+            assert_eq!(pod_cidr(&n), Some("10.244.1.0/24"));
+            assert_eq!(pod_cidr6(&n), Some("fd00:10:244:1::/64"));
+            let e = node_entry(&n, cluster(), PORT).unwrap();
+            assert_eq!(e.pod_subnet, "10.244.1.0/24".parse().unwrap());
+            assert_eq!(e.pod_subnet_v6, Some("fd00:10:244:1::/64".parse().unwrap()));
+        }
+        // An IPv4-only Node has none; a garbage entry is none, not an error.
+        let spec = n.spec.as_mut().unwrap();
+        spec.pod_cidrs = Some(vec!["10.244.1.0/24".into(), "fd00::zz/64".into()]);
+        assert_eq!(pod_cidr6(&n), None);
+        assert_eq!(node_entry(&n, cluster(), PORT).unwrap().pod_subnet_v6, None);
+    }
+
     fn annotate(mut n: Node, key: &str, value: Option<&str>) -> Node {
         let a = n.metadata.annotations.get_or_insert_with(BTreeMap::new);
         match value {
@@ -263,6 +304,7 @@ mod tests {
             features: vec!["chunks".into(), "echo".into()],
             cluster: cluster(),
             wanted: None,
+            cluster6: None,
             subnet6: None,
             strict: false,
             state_dir: "/nonexistent".into(),

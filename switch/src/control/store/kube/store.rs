@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, watcher, Event};
@@ -24,11 +24,13 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::cache::{Cache, Change, KINDS};
-use super::nodes::{annotations, key, pod_cidr};
+use super::nodes::{annotations, key, pod_cidr, pod_cidr6};
 use super::{client, Credentials};
+use crate::control::config::check_subnet6;
 use crate::control::store::screen::Quiet;
 use crate::control::store::{
-    ClusterStore, ClusterView, Joining, NodeEntry, OnChange, StoreError, StoreHealth, StorePolicy,
+    ClusterStore, ClusterView, Joined, Joining, NodeEntry, OnChange, StoreError, StoreHealth,
+    StorePolicy,
 };
 use crate::services::model::ServiceModel;
 
@@ -285,17 +287,22 @@ impl KubeStore {
         }
     }
 
-    /// Waits for this node's Node to have a podCIDR and returns it, checked; or,
-    /// for a node that held a subnet, that one once the API server stayed
-    /// unreachable for [`JOIN_PATIENCE_KNOWN`].
-    async fn pod_cidr(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
+    /// Waits for this node's Node to have a podCIDR and returns it, checked, with
+    /// its IPv6 one on a dual-stack node; or, for a node that held subnets, those
+    /// once the API server stayed unreachable for [`JOIN_PATIENCE_KNOWN`].
+    async fn pod_cidr(&self, me: &Joining) -> Result<Joined, StoreError> {
         let api: Api<Node> = Api::all(self.client.clone());
         let started = Instant::now();
         let mut said: Option<Instant> = None;
         for n in 0u32.. {
             let why = match timed("getting the Node", api.get_opt(&me.name)).await {
                 Ok(Some(node)) => match pod_cidr(&node) {
-                    Some(cidr) => return settle(me, cidr),
+                    Some(cidr) => {
+                        return Ok(Joined {
+                            subnet: settle(me, cidr)?,
+                            subnet6: settle6(me, &node)?,
+                        })
+                    }
                     None => format!(
                         "Node {} has no spec.podCIDR yet (kube-controller-manager gives one with --allocate-node-cidrs)",
                         me.name
@@ -311,7 +318,10 @@ impl KubeStore {
                             "kubernetes: {e}; starting degraded on the subnet held before, {s}"
                         );
                         self.failing("node", e);
-                        return Ok(s);
+                        return Ok(Joined {
+                            subnet: s,
+                            subnet6: me.subnet6,
+                        });
                     }
                     _ => e,
                 },
@@ -472,6 +482,34 @@ fn log_new(
 
 /// This node's subnet from its podCIDR `cidr`: a subnet of the cluster CIDR, and
 /// the one it held before if pods still hold addresses of that.
+/// This node's IPv6 pod subnet on a dual-stack node (`me` has an IPv6 range): the
+/// IPv6 one of its Node's `spec.podCIDRs`, checked against the range. A node
+/// without an IPv6 range takes none, whatever its Node says.
+fn settle6(me: &Joining, node: &Node) -> Result<Option<Ipv6Net>, StoreError> {
+    let Some(cluster6) = me.cluster6 else {
+        return Ok(None);
+    };
+    let refuse = |why: String| Err(StoreError::Conflict(why));
+    let Some(cidr) = pod_cidr6(node) else {
+        return refuse(format!(
+            "cluster-cidr-v6 is {cluster6}, but Node {}'s spec.podCIDRs has no IPv6 range: \
+             the controller manager gives one with an IPv6 --cluster-cidr (dual stack)",
+            me.name
+        ));
+    };
+    // `pod_cidr6` found it by parsing it.
+    let subnet: Ipv6Net = cidr
+        .parse()
+        .map_err(|_| StoreError::Conflict(cidr.into()))?;
+    match check_subnet6(subnet, cluster6) {
+        Ok(()) => Ok(Some(subnet)),
+        Err(why) => refuse(format!(
+            "Node {}'s IPv6 podCIDR: {why}: cluster-cidr-v6 must be the cluster's IPv6 --cluster-cidr",
+            me.name
+        )),
+    }
+}
+
 fn settle(me: &Joining, cidr: &str) -> Result<Ipv4Net, StoreError> {
     let refuse = |why: String| Err(StoreError::Conflict(why));
     let subnet: Ipv4Net = match cidr.parse() {
@@ -601,18 +639,18 @@ impl ClusterStore for KubeStore {
         "kubernetes"
     }
 
-    fn join(&self, me: &Joining) -> Result<Ipv4Net, StoreError> {
+    fn join(&self, me: &Joining) -> Result<Joined, StoreError> {
         self.shared.inner.lock().me = Some(me.clone());
         self.start_watches();
         self.rt.block_on(async {
-            let subnet = self.pod_cidr(me).await?;
-            self.shared.inner.lock().subnet = Some(subnet);
+            let joined = self.pod_cidr(me).await?;
+            self.shared.inner.lock().subnet = Some(joined.subnet);
             if let Err(e) = self.publish(me).await {
                 log::warn!("kubernetes: {e}; tried again while running");
                 self.failing("node", e);
             }
             self.wait_synced().await;
-            Ok(subnet)
+            Ok(joined)
         })
     }
 
@@ -712,10 +750,40 @@ mod tests {
             features: vec!["echo".into()],
             cluster: "10.244.0.0/16".parse().unwrap(),
             wanted: None,
+            cluster6: None,
             subnet6: None,
             strict: false,
             state_dir: "/nonexistent".into(),
         }
+    }
+
+    /// A dual-stack node takes its Node's IPv6 podCIDR, checked against its
+    /// IPv6 range; an IPv4-only node takes none, whatever its Node lists.
+    #[test]
+    fn the_ipv6_subnet_is_the_nodes_ipv6_podcidr() {
+        let node = |cidrs: &[&str]| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n1"},
+                "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs}
+            }))
+            .unwrap()
+        };
+        let dual = node(&["10.244.1.0/24", "fd00:10:244:1::/64"]);
+        assert_eq!(settle6(&joining(), &dual).unwrap(), None, "IPv4-only node");
+        let me = Joining {
+            cluster6: Some("fd00:10:244::/56".parse().unwrap()),
+            ..joining()
+        };
+        assert_eq!(
+            settle6(&me, &dual).unwrap(),
+            Some("fd00:10:244:1::/64".parse().unwrap())
+        );
+        let v4_only = node(&["10.244.1.0/24"]);
+        let err = settle6(&me, &v4_only).unwrap_err().to_string();
+        assert!(err.contains("no IPv6 range"), "{err}");
+        let outside = node(&["10.244.1.0/24", "fd99:0:0:1::/64"]);
+        let err = settle6(&me, &outside).unwrap_err().to_string();
+        assert!(err.contains("must lie inside cluster-cidr-v6"), "{err}");
     }
 
     #[tokio::test]
