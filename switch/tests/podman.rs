@@ -20,8 +20,10 @@
 //! containers, resets the private storage, unmounts what podman left mounted, and
 //! deletes the container namespaces it saw, before the daemons and namespaces go.
 //!
-//! What it covers: two containers reach each other; a container reaches the pod on
-//! host 1 through the tunnel and back; `podman network reload` (DEL, then ADD asking
+//! What it covers, on a dual-stack network (every container gets an IPv6 address
+//! beside its IPv4 one, and podman records both): two containers reach each other,
+//! over IPv4 and IPv6; a container reaches the pod on host 1 through the tunnel and
+//! back, over both; `podman network reload` (DEL, then ADD asking
 //! for the address through the `ips` capability) keeps the address; stop and start
 //! re-attach in a new netns; a refused ADD fails `podman run` with weft's reason and
 //! leaks nothing; `podman rm` releases the address in weftd, and a new container can
@@ -34,7 +36,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -44,7 +46,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use weft_perf::netns::{command_line, require_root, run_cmd, wait_until, ChildGuard};
 use weft_perf::topo::{Host, Underlay};
-use weft_perf::weft::{peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions};
+use weft_perf::weft::{
+    peers_toml, pod_subnet6, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
+    CLUSTER_CIDR_V6,
+};
 use weft_proto::{PortInfo, Reply, Request};
 
 /// The longest one podman (or tar) command may run before it is killed.
@@ -79,7 +84,8 @@ fn weftd_options() -> WeftOptions {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
         mode: "vxlan".into(),
         workers: 2,
-        extra: Vec::new(),
+        // Dual stack: every container gets an IPv6 address beside its IPv4 one.
+        extra: vec!["--cluster-cidr-v6".into(), CLUSTER_CIDR_V6.into()],
     }
 }
 
@@ -181,6 +187,8 @@ struct Container {
     ip: Ipv4Addr,
     prefix_len: u8,
     gateway: Ipv4Addr,
+    /// Its IPv6 address, as podman recorded it from the CNI result.
+    ip6: Ipv6Addr,
 }
 
 /// A podman whose configuration, storage and network config live under one private
@@ -442,11 +450,11 @@ stop_timeout = 1
         let net = format!("(index .NetworkSettings.Networks \"{}\")", self.network);
         let format = format!(
             "{{{{.Id}}}} {{{{.NetworkSettings.SandboxKey}}}} {{{{{net}.IPAddress}}}} \
-             {{{{{net}.IPPrefixLen}}}} {{{{{net}.Gateway}}}}"
+             {{{{{net}.IPPrefixLen}}}} {{{{{net}.Gateway}}}} {{{{{net}.GlobalIPv6Address}}}}"
         );
         let out = self.ok(&["inspect", "--format", &format, name]);
         let f: Vec<&str> = out.split_whitespace().collect();
-        assert_eq!(f.len(), 5, "podman inspect printed {out:?}");
+        assert_eq!(f.len(), 6, "podman inspect printed {out:?}");
         let id = f[0].to_owned();
         assert!(
             id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
@@ -467,6 +475,12 @@ stop_timeout = 1
                 .parse()
                 .unwrap_or_else(|e| panic!("{name}: IPPrefixLen {:?}: {e}", f[3])),
             gateway: parse("Gateway", f[4]),
+            ip6: f[5].parse().unwrap_or_else(|e| {
+                panic!(
+                    "{name}: GlobalIPv6Address {:?} from podman inspect: {e}",
+                    f[5]
+                )
+            }),
         }
     }
 
@@ -478,8 +492,8 @@ stop_timeout = 1
     }
 
     /// Three pings from `c` to `dst`, all of which must come back.
-    fn ping(&self, c: &Container, dst: Ipv4Addr) -> Result<(), String> {
-        let dst = dst.to_string();
+    fn ping(&self, c: &Container, dst: impl Into<IpAddr>) -> Result<(), String> {
+        let dst = dst.into().to_string();
         let ran = self.exec(
             c,
             &["ping", "-c", "3", "-i", "0.2", "-W", "2", "-w", "10", &dst],
@@ -815,6 +829,16 @@ fn check_attached(pm: &Podman, node: &WeftNode, h: &Host, c: &Container) {
         .unwrap_or_else(|| panic!("weftd has no port for {} ({}): {ports:?}", c.name, c.id));
     assert_eq!(port.ip, Some(c.ip), "{port:?}");
     assert_eq!(port.netns.as_deref(), c.sandbox.to_str(), "{port:?}");
+    // The IPv6 address podman recorded is the interface's, of host 0's IPv6 subnet.
+    assert!(pod_subnet6(h).contains(&c.ip6), "{c:?}");
+    let addr6 = exec(&[
+        "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+    ]);
+    assert!(
+        addr6.stdout.contains(&format!(" {}/64 ", c.ip6)),
+        "{}",
+        addr6.report()
+    );
 }
 
 /// Whether weftd has a port for container `id` or at address `ip`.
@@ -853,7 +877,12 @@ fn podman_containers_on_weft() {
     let underlay = Underlay::new("pm", 2).expect("underlay");
     let scratch = Scratch::new("podman").expect("scratch dir");
     let peers = scratch.path().join("peers.toml");
-    let nodes: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+    let nodes: Vec<PeerNode> = (underlay.hosts().iter())
+        .map(|h| PeerNode {
+            pod_subnet_v6: Some(pod_subnet6(h)),
+            ..PeerNode::of(h)
+        })
+        .collect();
     write_atomic(&peers, &peers_toml(&nodes)).expect("peers file");
     let (h0, h1) = (underlay.host(0), underlay.host(1));
     let n0 = WeftNode::start(h0, &peers, scratch.path(), &weftd_options()).expect("weftd 0");
@@ -894,7 +923,9 @@ fn podman_containers_on_weft() {
         .unwrap_or_else(|e| panic!("container a → b: {e}\n{}", diag()));
     pm.ping(&b, a.ip)
         .unwrap_or_else(|e| panic!("container b → a: {e}\n{}", diag()));
-    step("a ↔ b");
+    pm.ping(&a, b.ip6)
+        .unwrap_or_else(|e| panic!("container a → b over IPv6: {e}\n{}", diag()));
+    step("a ↔ b, over IPv4 and IPv6");
 
     // 2. Across the tunnel to the pod on host 1, and back.
     pm.ping(&a, r.ip)
@@ -903,7 +934,14 @@ fn podman_containers_on_weft() {
         .ns
         .ping(b.ip, 3)
         .unwrap_or_else(|e| panic!("pod on host 1 → container b: {e:#}\n{}", diag()));
-    step("containers ↔ pod on host 1");
+    let r6 = r.ipv6.expect("the pod on host 1 has an IPv6 address").ip;
+    pm.ping(&a, r6)
+        .unwrap_or_else(|e| panic!("container a → pod on host 1 over IPv6: {e}\n{}", diag()));
+    remote
+        .ns
+        .ping(b.ip6, 3)
+        .unwrap_or_else(|e| panic!("pod on host 1 → container b over IPv6: {e:#}\n{}", diag()));
+    step("containers ↔ pod on host 1, over IPv4 and IPv6");
     // All of it without a trace in the root namespace; weft0 is in host 0's.
     RootNs::now().assert_untouched(&root_before, "with containers running");
     let weft0 = h0
@@ -917,6 +955,7 @@ fn podman_containers_on_weft() {
     pm.ok(&["network", "reload", "a"]);
     let reloaded = pm.inspect("a");
     assert_eq!(reloaded.ip, a.ip, "reload changed a's address");
+    assert_eq!(reloaded.ip6, a.ip6, "reload changed a's IPv6 address");
     check_attached(&pm, &n0, h0, &reloaded);
     pm.ping(&a, r.ip)
         .unwrap_or_else(|e| panic!("a → host 1 after reload: {e}\n{}", diag()));
