@@ -103,6 +103,12 @@ fn pods_on_two_nodes_talk_ipv6(mode: &str, port: &str) {
     let ip6 = |h: usize| c.pods[h][0].1.ipv6.expect("an IPv6 address").ip;
     let (a, b) = (ip6(0), ip6(1));
     assert!(pod_subnet6(c.underlay.host(1)).contains(&b), "{b}");
+    // `weft peers` and `weft status` show the IPv6 subnets.
+    let peer = &c.peers(0).expect("peers")[0];
+    let s1 = pod_subnet6(c.underlay.host(1)).to_string();
+    assert_eq!(peer.pod_subnet_v6.as_deref(), Some(s1.as_str()), "{peer:?}");
+    let status = c.nodes[1].status().expect("status");
+    assert_eq!(status.pod_subnet_v6.as_deref(), Some(s1.as_str()));
     let logs = || c.logs();
     c.pod(0, 0)
         .ns

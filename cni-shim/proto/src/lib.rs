@@ -588,6 +588,9 @@ pub struct Status {
     pub mode: String,
     /// This node's pod subnet.
     pub pod_subnet: String,
+    /// The node's IPv6 pod subnet, on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_subnet_v6: Option<String>,
     /// The cluster CIDR.
     pub cluster_cidr: String,
     /// The gateway address of the node subnet.
@@ -718,6 +721,9 @@ pub struct PeerInfo {
     pub underlay: Ipv4Addr,
     /// The node's pod subnet.
     pub pod_subnet: String,
+    /// Its IPv6 pod subnet, which this node routes to it, on a dual-stack node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_subnet_v6: Option<String>,
     /// The node's VTEP MAC.
     pub vtep_mac: String,
     /// How its pods are reached: "vxlan" or "sleeve" (the tunnel), "direct via
@@ -1104,6 +1110,7 @@ mod tests {
             daemon_version: "0.1.0".into(),
             mode: "vxlan".into(),
             pod_subnet: "10.244.1.0/24".into(),
+            pod_subnet_v6: Some("fd00:10:244:1::/64".into()),
             cluster_cidr: "10.244.0.0/16".into(),
             gateway: Ipv4Addr::new(10, 244, 1, 1),
             underlay: "10.250.0.1:8472".parse().unwrap(),

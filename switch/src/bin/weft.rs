@@ -260,6 +260,9 @@ fn print_status(s: &proto::Status) {
         "pod subnet  {} (gateway {}, MTU {})",
         s.pod_subnet, s.gateway, s.mtu
     );
+    if let Some(s6) = &s.pod_subnet_v6 {
+        println!("ipv6 subnet {s6}");
+    }
     println!("cluster     {}", s.cluster_cidr);
     println!("workers     {}", s.workers);
     println!("pods        {}", s.pods);
@@ -363,6 +366,9 @@ fn print_peers(peers: &[proto::PeerInfo]) {
             c.tx_bytes,
             drops(c)
         );
+        if let Some(s6) = &p.pod_subnet_v6 {
+            println!("{:<18} ipv6 subnet {s6}", "");
+        }
         if let Some(s) = &p.session {
             println!(
                 "{:<18} session {}, key age {}, {}, {} handshakes, {} failed, {} dropped waiting",

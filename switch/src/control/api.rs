@@ -77,6 +77,7 @@ impl Daemon {
                 (m, true) => format!("{m}, direct routing"),
             },
             pod_subnet: self.node.subnet.to_string(),
+            pod_subnet_v6: self.node.v6.map(|v6| v6.subnet.to_string()),
             cluster_cidr: self.node.cluster.to_string(),
             gateway: self.node.gateway,
             underlay: SocketAddr::V4(SocketAddrV4::new(
