@@ -48,6 +48,7 @@ fn status(ready: bool) -> Status {
         daemon_version: "0.1.0".into(),
         mode: "vxlan".into(),
         pod_subnet: "10.244.1.0/24".into(),
+        pod_subnet_v6: None,
         cluster_cidr: "10.244.0.0/16".into(),
         gateway: Ipv4Addr::new(10, 244, 1, 1),
         underlay: "10.250.0.1:8472".parse().unwrap(),

@@ -578,19 +578,7 @@ pub fn segment(
         let ip = &mut front[ip_start..];
         let l4_len = l4.len();
 
-        // Both fit in 16 bits: the input's IPv4 total length (or IPv6 payload
-        // length) did.
-        match plan.v6 {
-            true => {
-                let payload_len = ip.len() - crate::ipv6::HEADER_LEN + l4_len;
-                inet::put_u16(ip, crate::ipv6::field::PAYLOAD_LEN, payload_len as u16);
-            }
-            false => {
-                inet::put_u16(ip, ipv4::TOTAL_LEN, (ip.len() + l4_len) as u16);
-                inet::put_u16(ip, ipv4::ID, first_id.wrapping_add(i as u16));
-                inet::fill_ipv4_checksum(ip);
-            }
-        }
+        fix_ip_header(ip, plan.v6, l4_len, first_id.wrapping_add(i as u16));
 
         match kind {
             Kind::Tcp => {
@@ -619,6 +607,24 @@ pub fn segment(
         inet::put_u16(l4, csum_at, csum);
     }
     Ok(segments)
+}
+
+/// Fixes the IP header `ip` (options or extension headers included) of a segment
+/// whose L4 header and payload are `l4_len` bytes: the IPv4 total length, `id` and
+/// header checksum, or the IPv6 payload length. Both lengths fit in 16 bits: the
+/// super-frame's did.
+fn fix_ip_header(ip: &mut [u8], v6: bool, l4_len: usize, id: u16) {
+    match v6 {
+        true => {
+            let payload_len = ip.len() - crate::ipv6::HEADER_LEN + l4_len;
+            inet::put_u16(ip, crate::ipv6::field::PAYLOAD_LEN, payload_len as u16);
+        }
+        false => {
+            inet::put_u16(ip, ipv4::TOTAL_LEN, (ip.len() + l4_len) as u16);
+            inet::put_u16(ip, ipv4::ID, id);
+            inet::fill_ipv4_checksum(ip);
+        }
+    }
 }
 
 /// Completes the L4 checksum of a frame tun flagged NEEDS_CSUM but did not segment.

@@ -66,6 +66,33 @@ impl Outcome {
     pub fn first_ip(&self) -> Result<std::net::Ipv4Addr> {
         first_ip(&self.result)
     }
+
+    /// The IPv6 address of an ADD result's `ips`, without its prefix length, if it
+    /// lists one (a dual-stack network).
+    pub fn ipv6(&self) -> Result<Option<std::net::Ipv6Addr>> {
+        ipv6(&self.result)
+    }
+}
+
+/// The first IPv6 address of an ADD result's `ips`, without its prefix length, if
+/// it lists one; fails on an entry that is no address.
+pub fn ipv6(result: &Value) -> Result<Option<std::net::Ipv6Addr>> {
+    let ips = result["ips"]
+        .as_array()
+        .with_context(|| format!("no ips in the result {result}"))?;
+    for entry in ips {
+        let addr = entry["address"]
+            .as_str()
+            .with_context(|| format!("an ips entry without an address: {entry}"))?;
+        let ip = addr.split('/').next().unwrap_or(addr);
+        let ip: std::net::IpAddr = ip
+            .parse()
+            .with_context(|| format!("ips address {addr:?} is not an IP address"))?;
+        if let std::net::IpAddr::V6(v6) = ip {
+            return Ok(Some(v6));
+        }
+    }
+    Ok(None)
 }
 
 /// The first address of an ADD result's `ips`, without its prefix length.
@@ -273,5 +300,28 @@ fn wait_exit(pid: u32, timeout: Duration) -> Result<bool> {
         if Instant::now() >= deadline {
             return Ok(false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_dual_stack_result_gives_both_addresses() {
+        let dual = json!({"ips": [
+            {"address": "10.244.1.2/24", "gateway": "10.244.1.1"},
+            {"address": "fd00:10:244:1::2/64", "gateway": "fd00:10:244:1::1"},
+        ]});
+        assert_eq!(first_ip(&dual).unwrap().to_string(), "10.244.1.2");
+        assert_eq!(
+            ipv6(&dual).unwrap().unwrap().to_string(),
+            "fd00:10:244:1::2"
+        );
+        let v4 = json!({"ips": [{"address": "10.244.1.2/24"}]});
+        assert_eq!(ipv6(&v4).unwrap(), None);
+        assert!(ipv6(&json!({})).is_err());
+        assert!(ipv6(&json!({"ips": [{"address": "nonsense"}]})).is_err());
     }
 }

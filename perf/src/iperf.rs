@@ -9,7 +9,7 @@
 //! [`tcp_streams`]: crate::traffic::tcp_streams
 
 use std::io::Read;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ pub fn check_installed() -> Result<()> {
 pub fn tcp(
     client: &Netns,
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: IpAddr,
     streams: usize,
     duration: Duration,
 ) -> Result<Throughput> {
@@ -60,7 +60,7 @@ pub fn tcp(
     let port = PORT.to_string();
     // `-1`: the server serves one test and exits.
     let _server = spawn(server, &["-s", "-1", "-B", &ip, "-p", &port])?;
-    let listening = format!("{ip}:{port}");
+    let listening = SocketAddr::new(server_ip, PORT).to_string();
     wait_until(START, "the iperf3 server to listen", || {
         server
             .run(&["ss", "-Hltn", "src", &listening])

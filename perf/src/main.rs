@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use weft_perf::cni::REFERENCE_PLUGIN_DIR;
 use weft_perf::harness::{
-    self, plot, Cluster, Event, Plumbing, RrIdle, Settings, System, Test, Tools,
+    self, plot, Cluster, Event, Family, IpFamily, Plumbing, RrIdle, Settings, System, Test, Tools,
 };
 use weft_perf::netns::{cleanup_stale, PREFIX};
 use weft_perf::pidfile::{self, RUN_DIR};
@@ -238,11 +238,21 @@ struct RunArgs {
     #[arg(long)]
     systems: Option<String>,
     /// Tests, comma-separated: tcp1, tcp4, udp64, rr, crr, cni, cpu, mem, the iperf3
-    /// cross-checks tcp1-iperf3, tcp4-iperf3, and svc10, svc1k, svc10k (Services:
-    /// connections and round trips through ClusterIPs with that many defined)
-    /// [default: all but the cross-checks and the svc tests].
+    /// cross-checks tcp1-iperf3, tcp4-iperf3, svc10, svc1k, svc10k (Services:
+    /// connections and round trips through ClusterIPs with that many defined), and
+    /// tcp1-v6, tcp4-v6, udp64-v6, rr-v6 (between the pods' IPv6 addresses; the
+    /// systems that carry IPv6 then run dual stack) [default: by --family; for 4,
+    /// all but the cross-checks, the svc tests and the -v6 tests].
     #[arg(long)]
     tests: Option<String>,
+    /// The address family of the default traffic tests: 4 (IPv4: today's tests), 6
+    /// (only tcp1-v6, tcp4-v6, udp64-v6, rr-v6), or dual (the tests of 4, each
+    /// traffic test followed by its -v6 variant). Systems without IPv6 between hosts
+    /// (direct, weft-direct, AF_XDP, policy and Services systems) skip the -v6 tests:
+    /// their rows say "not measured". With --tests, the tests must be of the family
+    /// [default: 4].
+    #[arg(long, value_name = "4|6|dual")]
+    family: Option<Family>,
     /// Seconds each traffic test runs [default: 2; demo 1].
     #[arg(long)]
     duration: Option<f64>,
@@ -285,6 +295,12 @@ struct RunArgs {
 }
 
 impl RunArgs {
+    /// The tests: `--tests`, checked against `--family` if that is given, or the
+    /// family's default tests.
+    fn tests(&self) -> Result<Vec<Test>> {
+        harness::select_tests(self.tests.as_deref(), self.family)
+    }
+
     /// The settings, with `run`'s defaults or, for `demo`, shorter ones.
     fn settings(&self, demo: bool) -> Result<Settings> {
         let defaults = Settings::default();
@@ -297,10 +313,7 @@ impl RunArgs {
                 Some(list) => harness::parse_list::<System>(list)?,
                 None => defaults.systems,
             },
-            tests: match &self.tests {
-                Some(list) => harness::parse_list::<Test>(list)?,
-                None => defaults.tests,
-            },
+            tests: self.tests()?,
             duration: Duration::from_secs_f64(duration),
             repeat: self
                 .repeat
@@ -527,6 +540,47 @@ fn with_progress<T>(f: impl FnOnce(&mut dyn FnMut(Event<'_>)) -> Result<T>) -> R
     result
 }
 
+/// Prints each host's pods and their addresses (both families on a dual-stack
+/// system).
+fn show_pods(cluster: &Cluster, weft: &Plumbing<'_>) {
+    for (h, host) in cluster.underlay().hosts().iter().enumerate() {
+        let ips: Vec<String> = (0..cluster.pods_per_host())
+            .map(|j| match weft.ip6(h, j) {
+                Some(ip6) => format!("{} {} {ip6}", cluster.pod(h, j).name, weft.ip(h, j)),
+                None => format!("{} {}", cluster.pod(h, j).name, weft.ip(h, j)),
+            })
+            .collect();
+        println!(
+            "  host {h} ({}, subnet {}): {}",
+            host.underlay_ip,
+            host.pod_subnet,
+            ips.join(", ")
+        );
+    }
+}
+
+/// Pings pod `j` of host `h` (`to`) from pod `j` of host 0 over `family`, and prints
+/// ping's summary.
+fn demo_ping(
+    cluster: &Cluster,
+    weft: &Plumbing<'_>,
+    (h, j): (usize, usize),
+    family: IpFamily,
+) -> Result<()> {
+    let from = cluster.pod(0, j);
+    let to = weft.addr(h, j, family)?.to_string();
+    let out = from
+        .ns
+        .run(&["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", &to])
+        .with_context(|| format!("pod {} pinging {to}", from.name))?;
+    let summary: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("packets transmitted") || l.starts_with("rtt"))
+        .collect();
+    println!("  {} -> {to}: {}", from.name, summary.join("; "));
+    Ok(())
+}
+
 fn write_outputs(report: &harness::Report, args: &RunArgs) -> Result<()> {
     if let Some(path) = &args.json {
         report.write_json(path)?;
@@ -543,46 +597,32 @@ fn demo(settings: &Settings, tools: &Tools, args: &RunArgs) -> Result<()> {
     let started = Instant::now();
     println!(
         "Building {} hosts with {} pods each (network namespaces on a veth underlay, MTU {},\n\
-         underlay offload {}), one weftd per host (VXLAN), every pod attached through weft-cni...",
-        settings.hosts, settings.pods, settings.mtu, settings.underlay_offload
+         underlay offload {}), one weftd per host (VXLAN{}), every pod attached through \
+         weft-cni...",
+        settings.hosts,
+        settings.pods,
+        settings.mtu,
+        settings.underlay_offload,
+        if settings.dual_stack() {
+            ", dual stack"
+        } else {
+            ""
+        }
     );
     let cluster = Cluster::build(settings)?;
     let weft = Plumbing::up(&cluster, System::WeftVxlan, tools, settings)?;
-    let hosts = cluster.underlay().hosts();
-    for (h, host) in hosts.iter().enumerate() {
-        let ips: Vec<String> = (0..cluster.pods_per_host())
-            .map(|j| format!("{} {}", cluster.pod(h, j).name, weft.ip(h, j)))
-            .collect();
-        println!(
-            "  host {h} ({}, subnet {}): {}",
-            host.underlay_ip,
-            host.pod_subnet,
-            ips.join(", ")
-        );
-    }
+    show_pods(&cluster, &weft);
     println!("\nPods ping pods on other hosts through weft:");
+    let hosts = cluster.underlay().hosts();
+    let families: &[IpFamily] = match weft.ip6(0, 0) {
+        Some(_) => &[IpFamily::V4, IpFamily::V6],
+        None => &[IpFamily::V4],
+    };
     for h in 1..hosts.len() {
         for j in 0..cluster.pods_per_host() {
-            let (from, to) = (cluster.pod(0, j), weft.ip(h, j));
-            let out = from
-                .ns
-                .run(&[
-                    "ping",
-                    "-n",
-                    "-c",
-                    "3",
-                    "-i",
-                    "0.2",
-                    "-W",
-                    "1",
-                    &to.to_string(),
-                ])
-                .with_context(|| format!("pod {} pinging {to}", from.name))?;
-            let summary: Vec<&str> = out
-                .lines()
-                .filter(|l| l.contains("packets transmitted") || l.starts_with("rtt"))
-                .collect();
-            println!("  {} -> {to}: {}", from.name, summary.join("; "));
+            for &family in families {
+                demo_ping(&cluster, &weft, (h, j), family)?;
+            }
         }
     }
     let to = weft.ip(1, 0);

@@ -214,8 +214,8 @@ pub struct Flow<'a> {
     pub client: &'a Netns,
     /// The receiving namespace.
     pub server: &'a Netns,
-    /// The address the receiver listens on.
-    pub server_ip: Ipv4Addr,
+    /// The address the receiver listens on (IPv4 or IPv6).
+    pub server_ip: IpAddr,
 }
 
 /// What a throughput test carried.
@@ -250,7 +250,7 @@ pub fn tcp_streams(flows: &[Flow<'_>], duration: Duration, stall: Duration) -> R
     );
     let pairs = flows
         .iter()
-        .map(|f| connected_pair(f.client, f.server, f.server_ip.into(), stall))
+        .map(|f| connected_pair(f.client, f.server, f.server_ip, stall))
         .collect::<Result<Vec<_>>>()?;
     let barrier = std::sync::Barrier::new(pairs.len() * 2 + 1);
     std::thread::scope(|s| {
@@ -483,7 +483,7 @@ impl RecvBatch {
 pub fn udp_verified(
     client: &Netns,
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     sizes: &[usize],
     (burst, bursts): (usize, usize),
     stall: Duration,
@@ -491,7 +491,7 @@ pub fn udp_verified(
     if sizes.iter().any(|&n| !(8..=65_507).contains(&n)) || sizes.is_empty() {
         bail!("UDP sizes must be 8 to 65507 bytes: {sizes:?}");
     }
-    let (rx, addr, tx) = udp_pair(client, server, server_ip)?;
+    let (rx, addr, tx) = udp_pair(client, server, server_ip.into())?;
     let datagram = |seq: u64, len: usize| {
         let mut d = vec![0u8; len];
         d[..8].copy_from_slice(&seq.to_le_bytes());
@@ -544,17 +544,22 @@ pub fn udp_verified(
 }
 
 /// A UDP receiver on `server_ip` in `server` (its address, a 20 ms read timeout, a
-/// [`UDP_RCVBUF`] buffer) and a sender in `client` connected to it.
+/// [`UDP_RCVBUF`] buffer) and a sender in `client` connected to it, bound to the
+/// unspecified address of the same family.
 fn udp_pair(
     client: &Netns,
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: IpAddr,
 ) -> Result<(std::net::UdpSocket, SocketAddr, std::net::UdpSocket)> {
-    use std::net::UdpSocket;
+    use std::net::{Ipv6Addr, UdpSocket};
     let rx = in_netns(server, || UdpSocket::bind((server_ip, 0)))?
         .with_context(|| format!("binding UDP on {server_ip} in {}", server.name()))?;
     let addr = rx.local_addr()?;
-    let tx = in_netns(client, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?
+    let any: IpAddr = match server_ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let tx = in_netns(client, || UdpSocket::bind((any, 0)))?
         .with_context(|| format!("binding UDP in {}", client.name()))?;
     tx.connect(addr)?;
     rx.set_read_timeout(Some(Duration::from_millis(20)))?;
@@ -569,14 +574,14 @@ fn udp_pair(
 pub fn udp_blast(
     client: &Netns,
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     payload: usize,
     duration: Duration,
     max_packets: u64,
 ) -> Result<UdpLoad> {
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let (rx, addr, tx) = udp_pair(client, server, server_ip)?;
+    let (rx, addr, tx) = udp_pair(client, server, server_ip.into())?;
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         let receiver = s.spawn(|| count_received(&rx, addr, payload, &done));
@@ -627,7 +632,7 @@ const RR_WARMUP: u32 = 100;
 pub fn tcp_rr(
     client: &Netns,
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     duration: Duration,
     max_round_trips: u64,
     stall: Duration,
@@ -754,11 +759,12 @@ impl ConnectionRate {
 pub fn tcp_crr(
     client: &Netns,
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: impl Into<IpAddr>,
     duration: Duration,
     max_connections: u64,
     stall: Duration,
 ) -> Result<ConnectionRate> {
+    let server_ip: IpAddr = server_ip.into();
     let listener = in_netns(server, || TcpListener::bind((server_ip, 0)))?
         .with_context(|| format!("binding a TCP listener on {server_ip} in {}", server.name()))?;
     let addr = listener.local_addr()?;

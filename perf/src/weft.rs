@@ -34,6 +34,33 @@ pub fn pod_subnet6(host: &Host) -> ipnet::Ipv6Net {
     ipnet::Ipv6Net::new(net, 64).expect("a /64 is a valid prefix")
 }
 
+/// Adds the flags that choose weftd's store (and its pod subnets, if any) to `cmd`.
+fn store_args(cmd: &mut std::process::Command, host: &Host, store: Store<'_>, opts: &WeftOptions) {
+    match store {
+        Store::Peers(peers) => {
+            // A dual-stack cluster's node gets its IPv6 subnet unless the caller
+            // gives one.
+            let own6 = |a: &String| a.starts_with("--pod-subnet-v6");
+            if dual_stack(opts) && !opts.extra.iter().any(own6) {
+                cmd.args(["--pod-subnet-v6", &pod_subnet6(host).to_string()]);
+            }
+            cmd.args(["--pod-subnet", &host.pod_subnet.to_string()])
+                .arg("--peers")
+                .arg(peers)
+        }
+        Store::Etcd => cmd.args([
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &crate::etcd::bridged_endpoint(),
+        ]),
+        Store::Kubernetes(kubeconfig) => cmd
+            .args(["--store", "kubernetes", "--kubeconfig"])
+            .arg(kubeconfig),
+        Store::Given(args) => cmd.args(args),
+    };
+}
+
 /// Whether `opts` ask for a dual-stack cluster (they give `--cluster-cidr-v6`).
 fn dual_stack(opts: &WeftOptions) -> bool {
     opts.extra
@@ -301,29 +328,7 @@ impl WeftNode {
         let mut cmd = host.ns.cmd(&opts.binary);
         cmd.args(["--node-name", &name])
             .args(["--underlay-ip", &host.underlay_ip.to_string()]);
-        match store {
-            Store::Peers(peers) => {
-                // A dual-stack cluster's node gets its IPv6 subnet unless the caller
-                // gives one.
-                let own6 = |a: &String| a.starts_with("--pod-subnet-v6");
-                if dual_stack(opts) && !opts.extra.iter().any(own6) {
-                    cmd.args(["--pod-subnet-v6", &pod_subnet6(host).to_string()]);
-                }
-                cmd.args(["--pod-subnet", &host.pod_subnet.to_string()])
-                    .arg("--peers")
-                    .arg(peers)
-            }
-            Store::Etcd => cmd.args([
-                "--store",
-                "etcd",
-                "--etcd-endpoints",
-                &crate::etcd::bridged_endpoint(),
-            ]),
-            Store::Kubernetes(kubeconfig) => cmd
-                .args(["--store", "kubernetes", "--kubeconfig"])
-                .arg(kubeconfig),
-            Store::Given(args) => cmd.args(args),
-        };
+        store_args(&mut cmd, host, store, opts);
         // The fixtures' cluster CIDR, unless the caller gives one.
         let own_cidr = |a: &String| a == "--cluster-cidr" || a.starts_with("--cluster-cidr=");
         if !opts.extra.iter().any(own_cidr) {

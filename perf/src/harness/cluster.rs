@@ -1,7 +1,7 @@
 //! The cluster every system runs on, and the per-system plumbing put onto it and taken
 //! off again between systems.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -10,12 +10,15 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::scrape::{Scraper, METRICS_PORT};
-use super::{netpol_load, svc, Settings, System, Tools};
+use super::{netpol_load, svc, IpFamily, Settings, System, Tools};
 use crate::cni::{self, Network, Verb};
 use crate::netns::wait_until;
 use crate::pidfile::{PidFile, RUN_DIR};
 use crate::topo::{self, direct, kernel_vxlan, Host, Pod, Underlay};
-use crate::weft::{node_key, peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions};
+use crate::weft::{
+    node_key, peers_toml, pod_subnet6, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
+    CLUSTER_CIDR_V6,
+};
 
 /// The interface name every pod gets.
 pub const POD_IFNAME: &str = "eth0";
@@ -103,6 +106,10 @@ pub struct Plumbing<'c> {
     system: System,
     /// Each pod's address, `[host][pod]`.
     ips: Vec<Vec<Ipv4Addr>>,
+    /// Each pod's IPv6 address, `[host][pod]`, on a dual-stack system (else empty).
+    ips6: Vec<Vec<Ipv6Addr>>,
+    /// Whether the system runs dual stack ([`Settings::dual_stack_on`]).
+    dual: bool,
     /// The CNI network a runtime on each host would use (none for `direct`).
     networks: Vec<Option<Network>>,
     /// Scrapers of the nodes' `/metrics` (`--alt-scrape-ms`), stopped before them.
@@ -152,6 +159,11 @@ impl<'c> Plumbing<'c> {
         let hosts = self.cluster.underlay.hosts();
         let peers = self.scratch.path().join("peers.toml");
         let mut list: Vec<PeerNode> = hosts.iter().map(PeerNode::of).collect();
+        if self.dual {
+            for (n, h) in list.iter_mut().zip(hosts) {
+                n.pod_subnet_v6 = Some(pod_subnet6(h));
+            }
+        }
         if self.system.is_encrypted() {
             for (n, h) in list.iter_mut().zip(hosts) {
                 n.public_key = Some(node_key(binary, h, self.scratch.path())?);
@@ -164,7 +176,9 @@ impl<'c> Plumbing<'c> {
     /// Plumbs `system` onto `cluster`: starts weftd on every host and attaches every pod
     /// through weft-cni, or configures the kernel baseline and attaches every pod with
     /// `ip` (the fixtures' way; the `cni` test times the reference plugins on pods of
-    /// its own); then waits until pods reach each other across hosts.
+    /// its own); then waits until pods reach each other across hosts. A system that
+    /// runs dual stack in this run ([`Settings::dual_stack_on`]) gives every pod an
+    /// IPv6 address too, and pods reach each other over both families.
     pub fn up(
         cluster: &'c Cluster,
         system: System,
@@ -175,6 +189,8 @@ impl<'c> Plumbing<'c> {
             cluster,
             system,
             ips: Vec::new(),
+            ips6: Vec::new(),
+            dual: settings.dual_stack_on(system),
             networks: Vec::new(),
             scrapers: Vec::new(),
             nodes: Vec::new(),
@@ -198,6 +214,10 @@ impl<'c> Plumbing<'c> {
         };
         let peers = self.write_peers(&binary)?;
         let mut extra = self.weftd_flags();
+        if self.dual {
+            // Each node's own --pod-subnet-v6 follows (`WeftNode::launch`).
+            extra.extend(["--cluster-cidr-v6".into(), CLUSTER_CIDR_V6.into()]);
+        }
         let alt = self.system.is_alt();
         if alt {
             extra.extend(tools.alt_flags.iter().cloned());
@@ -230,8 +250,19 @@ impl<'c> Plumbing<'c> {
                     .push(Scraper::start(host.ns.path(), addr, every)?);
             }
         }
+        self.attach_weft_pods()?;
+        if self.system.has_policy() {
+            self.write_policy()?;
+        }
+        Ok(())
+    }
+
+    /// Attaches every pod through weft-cni, and records the addresses it got (the
+    /// IPv6 one too on a dual-stack system).
+    fn attach_weft_pods(&mut self) -> Result<()> {
+        let hosts = self.cluster.underlay.hosts();
         for (h, host) in hosts.iter().enumerate() {
-            let mut ips = Vec::new();
+            let (mut ips, mut ips6) = (Vec::new(), Vec::new());
             for j in 0..self.cluster.pods_per_host() {
                 let pod = self.cluster.pod(h, j);
                 let network = self.networks[h].as_ref().context("weft network")?;
@@ -244,11 +275,17 @@ impl<'c> Plumbing<'c> {
                     Some((netpol_load::NAMESPACE, &pod.name)),
                 )?;
                 ips.push(out.first_ip()?);
+                if self.dual {
+                    let ip6 = out.ipv6()?.with_context(|| {
+                        format!("weft-cni gave pod {} no IPv6 address", pod.name)
+                    })?;
+                    ips6.push(ip6);
+                }
             }
             self.ips.push(ips);
-        }
-        if self.system.has_policy() {
-            self.write_policy()?;
+            if self.dual {
+                self.ips6.push(ips6);
+            }
         }
         Ok(())
     }
@@ -281,9 +318,41 @@ impl<'c> Plumbing<'c> {
                     host,
                     kernel_vxlan::mtu(host),
                     self.scratch.path(),
+                    self.dual,
                 )),
                 _ => None,
             });
+        }
+        if self.dual {
+            self.add_kernel_ipv6()?;
+        }
+        Ok(())
+    }
+
+    /// Gives the kernel's VXLAN hosts IPv6 towards every other host, and each pod
+    /// attached already its IPv6 address, [`static_pod_ip6`]. All pods are attached
+    /// over IPv4 first, so that their link-local addresses pass duplicate address
+    /// detection together rather than one after another.
+    fn add_kernel_ipv6(&mut self) -> Result<()> {
+        let hosts = self.cluster.underlay.hosts();
+        for host in hosts {
+            let remotes: Vec<kernel_vxlan::RemoteNode6> = (hosts.iter())
+                .filter(|h| h.index != host.index)
+                .map(|h| kernel_vxlan::RemoteNode6 {
+                    subnet: pod_subnet6(h),
+                    vtep_mac: kernel_vxlan::vtep_mac(h.index),
+                })
+                .collect();
+            kernel_vxlan::add_ipv6(host, pod_subnet6(host), &remotes)?;
+        }
+        for (h, host) in hosts.iter().enumerate() {
+            let mut ips6 = Vec::new();
+            for j in 0..self.cluster.pods_per_host() {
+                let ip6 = static_pod_ip6(pod_subnet6(host), j)?;
+                kernel_vxlan::attach_pod6(self.cluster.pod(h, j), pod_subnet6(host), ip6)?;
+                ips6.push(ip6);
+            }
+            self.ips6.push(ips6);
         }
         Ok(())
     }
@@ -312,30 +381,44 @@ impl<'c> Plumbing<'c> {
         self.scratch.path().join("policy")
     }
 
-    /// Waits until pod `j` of host 0 reaches pod `j` of every other host.
+    /// Waits until pod `j` of host 0 reaches pod `j` of every other host (over
+    /// IPv6 too on a dual-stack system).
     fn wait_reachable(&self) -> Result<()> {
+        let families: &[IpFamily] = if self.dual {
+            &[IpFamily::V4, IpFamily::V6]
+        } else {
+            &[IpFamily::V4]
+        };
         for h in 1..self.ips.len() {
             for j in 0..self.cluster.pods_per_host() {
-                let from = self.cluster.pod(0, j);
-                let to = self.ips[h][j];
-                let mut last = None;
-                let reached = wait_until(REACH_TIMEOUT, "a pod to reach another host", || {
-                    let r =
-                        from.ns
-                            .run(&["ping", "-n", "-q", "-c", "1", "-W", "1", &to.to_string()]);
-                    let ok = r.is_ok();
-                    last = r.err();
-                    ok
-                });
-                if let Err(e) = reached {
-                    bail!(
-                        "{}: pod {} cannot reach {to} on host {h}: {e}; last ping: {}",
-                        self.system,
-                        from.name,
-                        last.map(|e| format!("{e:#}")).unwrap_or_default()
-                    );
+                for &family in families {
+                    self.wait_reaches(j, (h, j), family)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Waits until pod `from` of host 0 pings pod `j` of host `h` over `family`.
+    fn wait_reaches(&self, from: usize, (h, j): (usize, usize), family: IpFamily) -> Result<()> {
+        let from = self.cluster.pod(0, from);
+        let to = self.addr(h, j, family)?.to_string();
+        let mut last = None;
+        let reached = wait_until(REACH_TIMEOUT, "a pod to reach another host", || {
+            let r = from
+                .ns
+                .run(&["ping", "-n", "-q", "-c", "1", "-W", "1", &to]);
+            let ok = r.is_ok();
+            last = r.err();
+            ok
+        });
+        if let Err(e) = reached {
+            bail!(
+                "{}: pod {} cannot reach {to} on host {h}: {e}; last ping: {}",
+                self.system,
+                from.name,
+                last.map(|e| format!("{e:#}")).unwrap_or_default()
+            );
         }
         Ok(())
     }
@@ -343,6 +426,11 @@ impl<'c> Plumbing<'c> {
     /// The system.
     pub fn system(&self) -> System {
         self.system
+    }
+
+    /// Whether the system runs dual stack in this run: its pods have IPv6 addresses.
+    pub fn dual_stack(&self) -> bool {
+        self.dual
     }
 
     /// The cluster it is plumbed onto.
@@ -353,6 +441,26 @@ impl<'c> Plumbing<'c> {
     /// The address of pod `j` of host `h`.
     pub fn ip(&self, h: usize, j: usize) -> Ipv4Addr {
         self.ips[h][j]
+    }
+
+    /// The IPv6 address of pod `j` of host `h`, on a dual-stack system.
+    pub fn ip6(&self, h: usize, j: usize) -> Option<Ipv6Addr> {
+        self.ips6.get(h).and_then(|ips| ips.get(j)).copied()
+    }
+
+    /// The address of `family` of pod `j` of host `h`; fails for IPv6 on a system
+    /// that does not run dual stack in this run.
+    pub fn addr(&self, h: usize, j: usize, family: IpFamily) -> Result<IpAddr> {
+        match family {
+            IpFamily::V4 => Ok(self.ip(h, j).into()),
+            IpFamily::V6 => self.ip6(h, j).map(IpAddr::from).with_context(|| {
+                format!(
+                    "{}: pod {j} of host {h} has no IPv6 address (the system does not run \
+                     dual stack in this run)",
+                    self.system
+                )
+            }),
+        }
     }
 
     /// The CNI network of host `h`, for systems whose pods a CNI plugin attaches.
@@ -463,6 +571,17 @@ fn static_pod_number(j: usize) -> Result<u8> {
         .with_context(|| format!("pod {j} does not fit below the CNI test's range"))
 }
 
+/// The IPv6 address of static pod `j` in a host's IPv6 subnet `subnet6` on a
+/// dual-stack kernel system: the subnet's network address plus the pod's host number,
+/// as its IPv4 address is ([`static_pod_number`]): `fd00:10:244:<n>::2` beside
+/// `10.244.<n>.2`.
+pub fn static_pod_ip6(subnet6: ipnet::Ipv6Net, j: usize) -> Result<Ipv6Addr> {
+    let n = static_pod_number(j)?;
+    Ok(Ipv6Addr::from(
+        u128::from(subnet6.network()) + u128::from(n),
+    ))
+}
+
 /// The weft network: weft-cni, asking the weftd at `socket`.
 fn weft_network(tools: &Tools, socket: &Path) -> Result<Network> {
     let plugin_type = tools
@@ -488,9 +607,28 @@ fn weft_network(tools: &Tools, socket: &Path) -> Result<Network> {
 
 /// The flannel-style reference network of `host`: the `bridge` plugin on `cni0` as the
 /// gateway, `host-local` addresses from the host's subnet (above the static pods),
-/// pods at `mtu`, no masquerading. Its state lives under `dir`.
-fn reference_network(tools: &Tools, host: &Host, mtu: u32, dir: &Path) -> Network {
+/// pods at `mtu`, no masquerading; with `dual`, an IPv6 address from the host's IPv6
+/// subnet too (above the static pods likewise). Its state lives under `dir`.
+fn reference_network(tools: &Tools, host: &Host, mtu: u32, dir: &Path, dual: bool) -> Network {
     let [a, b, c, _] = host.pod_subnet.network().octets();
+    let mut ranges = vec![json!([{
+        "subnet": host.pod_subnet.to_string(),
+        "rangeStart": Ipv4Addr::new(a, b, c, REFERENCE_RANGE_START).to_string(),
+        "rangeEnd": Ipv4Addr::new(a, b, c, 254).to_string(),
+        "gateway": host.gateway.to_string(),
+    }])];
+    let mut routes = vec![json!({ "dst": "0.0.0.0/0" })];
+    if dual {
+        let subnet6 = pod_subnet6(host);
+        let nth = |n: u128| Ipv6Addr::from(u128::from(subnet6.network()) + n).to_string();
+        ranges.push(json!([{
+            "subnet": subnet6.to_string(),
+            "rangeStart": nth(u128::from(REFERENCE_RANGE_START)),
+            "rangeEnd": nth(0xffff),
+            "gateway": nth(1),
+        }]));
+        routes.push(json!({ "dst": "::/0" }));
+    }
     Network {
         plugin_dir: tools.reference_cni.clone(),
         config: json!({
@@ -505,14 +643,25 @@ fn reference_network(tools: &Tools, host: &Host, mtu: u32, dir: &Path) -> Networ
             "ipam": {
                 "type": "host-local",
                 "dataDir": dir.join(format!("host-local-{}", host.index)),
-                "ranges": [[{
-                    "subnet": host.pod_subnet.to_string(),
-                    "rangeStart": Ipv4Addr::new(a, b, c, REFERENCE_RANGE_START).to_string(),
-                    "rangeEnd": Ipv4Addr::new(a, b, c, 254).to_string(),
-                    "gateway": host.gateway.to_string(),
-                }]],
-                "routes": [{ "dst": "0.0.0.0/0" }],
+                "ranges": ranges,
+                "routes": routes,
             },
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_pods_ipv6_addresses_mirror_their_ipv4_ones() {
+        let subnet6: ipnet::Ipv6Net = "fd00:10:244:1::/64".parse().unwrap();
+        let ip = |j| static_pod_ip6(subnet6, j).unwrap().to_string();
+        assert_eq!(ip(0), "fd00:10:244:1::2");
+        assert_eq!(ip(1), "fd00:10:244:1::3");
+        assert_eq!(ip(99), "fd00:10:244:1::65");
+        // Pods whose IPv4 number would reach the CNI test's range are refused alike.
+        assert!(static_pod_ip6(subnet6, usize::from(REFERENCE_RANGE_START) - 2).is_err());
     }
 }

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use super::cluster::POD_IFNAME;
-use super::{Plumbing, ResultRow, RrIdle, Settings, System, Test};
+use super::{IpFamily, Plumbing, ResultRow, RrIdle, Settings, System, Test};
 use crate::cni::Verb;
 use crate::procfs::{ksoftirqd_pids, process_cpu_seconds, process_cpu_time, process_rss_bytes};
 use crate::topo::Pod;
@@ -77,6 +77,11 @@ impl Data {
                         runs: Vec::new(),
                         note: None,
                     };
+                    if let Some(why) = test.not_measured_on(system) {
+                        row.note = Some(format!("not measured: {why}"));
+                        rows.push(row);
+                        continue;
+                    }
                     if let Some(why) = test.not_applicable(system, metric.name) {
                         row.note = Some(format!("not applicable: {why}"));
                         rows.push(row);
@@ -148,7 +153,8 @@ fn millis(d: Duration) -> f64 {
 }
 
 /// Runs `test` on `plumbing` in round `round`, records its numbers in `data`, and
-/// returns a one-line summary.
+/// returns a one-line summary. An IPv6 test runs its IPv4 twin's traffic between the
+/// pods' IPv6 addresses.
 pub(super) fn run_test(
     data: &mut Data,
     plumbing: &Plumbing<'_>,
@@ -157,80 +163,99 @@ pub(super) fn run_test(
     settings: &Settings,
 ) -> Result<String> {
     let system = plumbing.system();
-    let cluster = plumbing.cluster();
-    let (a, b) = (cluster.pod(0, 0), cluster.pod(1, 0));
-    let b_ip = plumbing.ip(1, 0);
+    let family = test.ip_family();
     let d = settings.duration;
-    match test {
-        Test::Tcp1 | Test::Cpu => {
-            let with_cpu = settings.tests.contains(&Test::Cpu);
-            let pids = plumbing.weftd_pids();
-            let all = all_cpu_pids(plumbing);
-            let weft_before = cpu_seconds(&pids)?;
-            let total_before = cpu_seconds(&all)?;
-            let flow = Flow {
-                client: &a.ns,
-                server: &b.ns,
-                server_ip: b_ip,
-            };
-            let t = tcp_streams(&[flow], d, STALL)?;
-            let total = cpu_seconds(&all)? - total_before;
-            let weft = cpu_seconds(&pids)? - weft_before;
-            let gb = t.bytes as f64 / 1e9;
-            ensure!(gb > 0.0, "the transfer carried nothing");
-            let mut line = String::new();
-            if test == Test::Tcp1 {
-                data.push(system, Test::Tcp1, "throughput", t.gbit_per_s());
-                line = format!("{:7.2} Gbit/s", t.gbit_per_s());
-            }
-            if with_cpu {
-                data.push(system, Test::Cpu, "total", total / gb);
-                line += &format!("  total {:.2} CPU s/GB", total / gb);
-                if !pids.is_empty() {
-                    data.push(system, Test::Cpu, "weftd", weft / gb);
-                    line += &format!("  weftd {:.2} CPU s/GB", weft / gb);
-                }
-            }
-            Ok(line)
-        }
+    match test.v4_twin() {
+        Test::Tcp1 | Test::Cpu => tcp1_round(data, plumbing, test, settings),
         Test::Tcp4 => {
-            let t = tcp_streams(&tcp4_flows(plumbing), d, STALL)?;
+            let t = tcp_streams(&tcp4_flows(plumbing, family)?, d, STALL)?;
             data.push(system, test, "throughput", t.gbit_per_s());
             Ok(format!("{:7.2} Gbit/s", t.gbit_per_s()))
         }
         Test::Tcp1Iperf3 | Test::Tcp4Iperf3 => {
             let flows = match test {
-                Test::Tcp1Iperf3 => vec![Flow {
-                    client: &a.ns,
-                    server: &b.ns,
-                    server_ip: b_ip,
-                }],
-                _ => tcp4_flows(plumbing),
+                Test::Tcp1Iperf3 => vec![first_flow(plumbing, family)?],
+                _ => tcp4_flows(plumbing, family)?,
             };
             let gbit = iperf3_streams(&flows, d)?;
             data.push(system, test, "throughput", gbit);
             Ok(format!("{gbit:7.2} Gbit/s (iperf3)"))
         }
-        Test::Udp64 => udp64_round(data, plumbing, settings),
-        Test::Rr => rr_round(data, plumbing, settings),
+        Test::Udp64 => udp64_round(data, plumbing, test, settings),
+        Test::Rr => rr_round(data, plumbing, test, settings),
         Test::Crr => crr_round(data, plumbing, settings),
         Test::Cni => cni_round(data, plumbing, settings.cni_pods_in_round(round)),
         Test::Mem => mem_round(data, plumbing, settings.mem_pods),
         Test::Svc10 | Test::Svc1k | Test::Svc10k => {
             super::svc::round(data, plumbing, test, settings)
         }
+        v6 => bail!("{v6} has no IPv4 twin to run"),
     }
 }
 
-/// `udp64`: 64-byte UDP datagrams from host 0's first pod to host 1's, as fast as
-/// the sender goes.
-fn udp64_round(data: &mut Data, plumbing: &Plumbing<'_>, settings: &Settings) -> Result<String> {
-    let (system, test) = (plumbing.system(), Test::Udp64);
+/// The flow of `tcp1`: host 0's first pod to host 1's, over `family`.
+fn first_flow<'c>(plumbing: &Plumbing<'c>, family: IpFamily) -> Result<Flow<'c>> {
+    let cluster = plumbing.cluster();
+    Ok(Flow {
+        client: &cluster.pod(0, 0).ns,
+        server: &cluster.pod(1, 0).ns,
+        server_ip: plumbing.addr(1, 0, family)?,
+    })
+}
+
+/// `tcp1` (or `tcp1-v6`): one stream between host 0's and host 1's first pods; with
+/// the `cpu` test in the run (and `test` over IPv4), the CPU time around it too. For
+/// `test` = `cpu` (a run without `tcp1`), only the CPU time is recorded.
+fn tcp1_round(
+    data: &mut Data,
+    plumbing: &Plumbing<'_>,
+    test: Test,
+    settings: &Settings,
+) -> Result<String> {
+    let system = plumbing.system();
+    let family = test.ip_family();
+    let with_cpu = settings.tests.contains(&Test::Cpu) && family == IpFamily::V4;
+    let pids = plumbing.weftd_pids();
+    let all = all_cpu_pids(plumbing);
+    let weft_before = cpu_seconds(&pids)?;
+    let total_before = cpu_seconds(&all)?;
+    let t = tcp_streams(&[first_flow(plumbing, family)?], settings.duration, STALL)?;
+    let total = cpu_seconds(&all)? - total_before;
+    let weft = cpu_seconds(&pids)? - weft_before;
+    let gb = t.bytes as f64 / 1e9;
+    ensure!(gb > 0.0, "the transfer carried nothing");
+    let mut line = String::new();
+    if test != Test::Cpu {
+        data.push(system, test, "throughput", t.gbit_per_s());
+        line = format!("{:7.2} Gbit/s", t.gbit_per_s());
+    }
+    if with_cpu {
+        data.push(system, Test::Cpu, "total", total / gb);
+        line += &format!("  total {:.2} CPU s/GB", total / gb);
+        if !pids.is_empty() {
+            data.push(system, Test::Cpu, "weftd", weft / gb);
+            line += &format!("  weftd {:.2} CPU s/GB", weft / gb);
+        }
+    }
+    Ok(line)
+}
+
+/// `udp64` (or `udp64-v6`): 64-byte UDP datagrams from host 0's first pod to host
+/// 1's, as fast as the sender goes. Over IPv6 the payload stays 64 bytes, so each
+/// packet is 20 bytes longer.
+fn udp64_round(
+    data: &mut Data,
+    plumbing: &Plumbing<'_>,
+    test: Test,
+    settings: &Settings,
+) -> Result<String> {
+    let system = plumbing.system();
     let cluster = plumbing.cluster();
     let (a, b) = (cluster.pod(0, 0), cluster.pod(1, 0));
+    let to = plumbing.addr(1, 0, test.ip_family())?;
     let d = settings.duration;
     let max = UDP_MAX_PER_SECOND.saturating_mul(d.as_secs_f64().ceil().max(1.0) as u64);
-    let u = udp_blast(&a.ns, &b.ns, plumbing.ip(1, 0), UDP_PAYLOAD, d, max)?;
+    let u = udp_blast(&a.ns, &b.ns, to, UDP_PAYLOAD, d, max)?;
     ensure!(u.received > 0, "no datagram arrived (sent {})", u.sent);
     data.push(system, test, "received", u.received_pps() / 1e6);
     data.push(system, test, "loss", u.loss_percent());
@@ -251,16 +276,22 @@ pub(super) fn awake(settings: &Settings) -> Result<Option<CpuLatencyHold>> {
     })
 }
 
-/// `rr`: 1-byte round trips between host 0's and host 1's first pods.
-fn rr_round(data: &mut Data, plumbing: &Plumbing<'_>, settings: &Settings) -> Result<String> {
-    let (system, test) = (plumbing.system(), Test::Rr);
+/// `rr` (or `rr-v6`): 1-byte round trips between host 0's and host 1's first pods.
+fn rr_round(
+    data: &mut Data,
+    plumbing: &Plumbing<'_>,
+    test: Test,
+    settings: &Settings,
+) -> Result<String> {
+    let system = plumbing.system();
     let cluster = plumbing.cluster();
     let (a, b) = (cluster.pod(0, 0), cluster.pod(1, 0));
+    let to = plumbing.addr(1, 0, test.ip_family())?;
     let d = settings.duration;
     let _awake = awake(settings)?;
     let wake = wakeup_cost(WAKE_SAMPLES)?;
     let max = RR_MAX_PER_SECOND.saturating_mul(d.as_secs_f64().ceil().max(1.0) as u64);
-    let h = tcp_rr(&a.ns, &b.ns, plumbing.ip(1, 0), d, max, STALL)?;
+    let h = tcp_rr(&a.ns, &b.ns, to, d, max, STALL)?;
     ensure!(!h.is_empty(), "no round trip completed");
     let us = |q: f64| h.value_at_quantile(q) as f64 / 1e3;
     let wake_us = wake.as_secs_f64() * 1e6;
@@ -302,16 +333,18 @@ fn crr_round(data: &mut Data, plumbing: &Plumbing<'_>, settings: &Settings) -> R
     ))
 }
 
-/// The streams of `tcp4`: [`TCP4_STREAMS`] flows from host 0's pods to host 1's, pod
-/// `i % pods` to pod `i % pods`.
-fn tcp4_flows<'c>(plumbing: &Plumbing<'c>) -> Vec<Flow<'c>> {
+/// The streams of `tcp4` (or `tcp4-v6`): [`TCP4_STREAMS`] flows from host 0's pods
+/// to host 1's over `family`, pod `i % pods` to pod `i % pods`.
+fn tcp4_flows<'c>(plumbing: &Plumbing<'c>, family: IpFamily) -> Result<Vec<Flow<'c>>> {
     let cluster = plumbing.cluster();
     let m = cluster.pods_per_host();
     (0..TCP4_STREAMS)
-        .map(|i| Flow {
-            client: &cluster.pod(0, i % m).ns,
-            server: &cluster.pod(1, i % m).ns,
-            server_ip: plumbing.ip(1, i % m),
+        .map(|i| {
+            Ok(Flow {
+                client: &cluster.pod(0, i % m).ns,
+                server: &cluster.pod(1, i % m).ns,
+                server_ip: plumbing.addr(1, i % m, family)?,
+            })
         })
         .collect()
 }
@@ -383,6 +416,16 @@ fn cni_add<'p>(
         pod.host,
         host.pod_subnet
     );
+    if plumbing.dual_stack() {
+        let subnet6 = crate::weft::pod_subnet6(host);
+        let ip6 = out.ipv6()?;
+        ensure!(
+            ip6.is_some_and(|ip6| subnet6.contains(&ip6)),
+            "ADD of {id} on a dual-stack system gave IPv6 address {ip6:?}, not one in \
+             host {}'s IPv6 subnet {subnet6}",
+            pod.host
+        );
+    }
     Ok(out.elapsed)
 }
 
@@ -596,6 +639,43 @@ mod tests {
         assert_eq!(percent_of_core(s(1), Duration::ZERO), 0.0);
         assert_eq!(mib(21 * 1024 * 1024 + 512 * 1024), 21.5);
         assert_eq!(mib(0), 0.0);
+    }
+
+    #[test]
+    fn v6_rows_say_not_measured_on_systems_without_ipv6() {
+        let settings = Settings {
+            systems: vec![System::KernelVxlan, System::Direct],
+            tests: vec![Test::Udp64, Test::Udp64V6],
+            ..Settings::default()
+        };
+        let mut data = Data::default();
+        for (test, pps) in [(Test::Udp64, 0.08), (Test::Udp64V6, 0.07)] {
+            data.push(System::KernelVxlan, test, "received", pps);
+            data.push(System::KernelVxlan, test, "loss", 0.0);
+        }
+        data.push(System::Direct, Test::Udp64, "received", 0.1);
+        data.push(System::Direct, Test::Udp64, "loss", 0.0);
+        let rows = data.rows(&settings);
+        assert_eq!(rows.len(), 8);
+        let find = |system: &str, test: &str| {
+            rows.iter()
+                .find(|r| r.system == system && r.test == test && r.metric == "received")
+                .unwrap_or_else(|| panic!("no row {system} {test}: {rows:?}"))
+        };
+        assert_eq!(find("kernel-vxlan", "udp64-v6").value, Some(0.07));
+        assert_eq!(find("direct", "udp64").value, Some(0.1));
+        let skipped = find("direct", "udp64-v6");
+        assert_eq!(skipped.value, None);
+        assert!(skipped.runs.is_empty());
+        let note = skipped.note.as_deref().unwrap_or_default();
+        assert!(
+            note.starts_with("not measured: no IPv6 between hosts"),
+            "{note}"
+        );
+        // Rows follow Test::ALL: each IPv6 variant after its IPv4 test.
+        let order: Vec<&str> = rows.iter().map(|r| r.test.as_str()).collect();
+        assert_eq!(order[..4], ["udp64"; 4]);
+        assert_eq!(order[4..], ["udp64-v6"; 4]);
     }
 
     #[test]

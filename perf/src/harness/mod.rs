@@ -218,6 +218,26 @@ impl System {
         matches!(self, System::WeftSleeveEnc | System::WeftSleeveEncAlt)
     }
 
+    /// Whether the system carries IPv6 between pods of different hosts, so that the
+    /// `*-v6` tests can run on it: weft's VXLAN and sleeve (sealed or not, either
+    /// build, TAP or AF_XDP pod ports) and the kernel's VXLAN. Not direct routing
+    /// (weft's or the kernel's), pods under NetworkPolicy, or the Services systems
+    /// (their kube-proxy rules and weft's Services are IPv4 only).
+    pub fn carries_ipv6(self) -> bool {
+        matches!(
+            self,
+            System::WeftVxlan
+                | System::WeftSleeve
+                | System::WeftSleeveEnc
+                | System::WeftVxlanAlt
+                | System::WeftSleeveAlt
+                | System::WeftSleeveEncAlt
+                | System::WeftAfxdpVxlan
+                | System::WeftAfxdpSleeve
+                | System::KernelVxlan
+        )
+    }
+
     /// Whether the system runs the other weftd build (`--weftd-alt`).
     pub fn is_alt(self) -> bool {
         matches!(
@@ -258,17 +278,26 @@ impl FromStr for System {
 pub enum Test {
     /// TCP throughput pod→pod across hosts, one stream.
     Tcp1,
+    /// `tcp1` between the pods' IPv6 addresses (a dual-stack cluster).
+    Tcp1V6,
     /// TCP throughput pod→pod across hosts, four streams.
     Tcp4,
+    /// `tcp4` between the pods' IPv6 addresses.
+    Tcp4V6,
     /// `tcp1` with iperf3 as the generator: a cross-check of weft-perf's own.
     Tcp1Iperf3,
     /// `tcp4` with iperf3 as the generator.
     Tcp4Iperf3,
     /// UDP, 64-byte payloads, as fast as the sender goes: received packets/s and loss.
     Udp64,
+    /// `udp64` between the pods' IPv6 addresses: the same 64-byte payloads, in
+    /// packets 20 bytes longer (IPv6's header is 40 bytes, IPv4's 20).
+    Udp64V6,
     /// 1-byte TCP ping-pong round-trip latency, with the CPUs kept out of idle sleep for
     /// every system ([`RrIdle`]), and the cross-CPU wake-up cost measured beside it.
     Rr,
+    /// `rr` between the pods' IPv6 addresses.
+    RrV6,
     /// TCP connections pod→pod across hosts, one after another, each with one byte
     /// each way (netperf's TCP_CRR): the rate and each connection's time, with the
     /// CPUs kept out of idle sleep as for `rr`. New per-connection state shows here.
@@ -296,14 +325,18 @@ pub enum Test {
 }
 
 impl Test {
-    /// Every test, in report order.
-    pub const ALL: [Test; 13] = [
+    /// Every test, in report order (each IPv6 variant after its IPv4 test).
+    pub const ALL: [Test; 17] = [
         Test::Tcp1,
+        Test::Tcp1V6,
         Test::Tcp4,
+        Test::Tcp4V6,
         Test::Tcp1Iperf3,
         Test::Tcp4Iperf3,
         Test::Udp64,
+        Test::Udp64V6,
         Test::Rr,
+        Test::RrV6,
         Test::Crr,
         Test::Cni,
         Test::Cpu,
@@ -326,15 +359,22 @@ impl Test {
         Test::Mem,
     ];
 
+    /// The IPv6 variants of the traffic tests, the default tests of `--family 6`.
+    pub const V6: [Test; 4] = [Test::Tcp1V6, Test::Tcp4V6, Test::Udp64V6, Test::RrV6];
+
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             Test::Tcp1 => "tcp1",
+            Test::Tcp1V6 => "tcp1-v6",
             Test::Tcp4 => "tcp4",
+            Test::Tcp4V6 => "tcp4-v6",
             Test::Tcp1Iperf3 => "tcp1-iperf3",
             Test::Tcp4Iperf3 => "tcp4-iperf3",
             Test::Udp64 => "udp64",
+            Test::Udp64V6 => "udp64-v6",
             Test::Rr => "rr",
+            Test::RrV6 => "rr-v6",
             Test::Crr => "crr",
             Test::Cni => "cni",
             Test::Cpu => "cpu",
@@ -343,6 +383,40 @@ impl Test {
             Test::Svc1k => "svc1k",
             Test::Svc10k => "svc10k",
         }
+    }
+
+    /// The address family the test's traffic takes between the pods (IPv4 for the
+    /// tests that carry none of their own).
+    pub fn ip_family(self) -> IpFamily {
+        match self {
+            Test::Tcp1V6 | Test::Tcp4V6 | Test::Udp64V6 | Test::RrV6 => IpFamily::V6,
+            _ => IpFamily::V4,
+        }
+    }
+
+    /// The IPv4 test an IPv6 variant repeats over IPv6; any other test itself.
+    pub fn v4_twin(self) -> Test {
+        match self {
+            Test::Tcp1V6 => Test::Tcp1,
+            Test::Tcp4V6 => Test::Tcp4,
+            Test::Udp64V6 => Test::Udp64,
+            Test::RrV6 => Test::Rr,
+            t => t,
+        }
+    }
+
+    /// Whether the test sends traffic of one family between pods (the tests
+    /// `--family` sorts: all but cni, cpu, mem and the Services tests).
+    pub fn is_pod_traffic(self) -> bool {
+        !matches!(self, Test::Cni | Test::Cpu | Test::Mem) && self.services().is_none()
+    }
+
+    /// Why the test is not run on `system` at all, if it is not: an IPv6 test on a
+    /// system that does not carry IPv6 between hosts (see [`System::carries_ipv6`]).
+    /// Its rows then say "not measured" rather than show another family's numbers.
+    pub fn not_measured_on(self, system: System) -> Option<&'static str> {
+        (self.ip_family() == IpFamily::V6 && !system.carries_ipv6())
+            .then_some(NO_IPV6_BETWEEN_HOSTS)
     }
 
     /// For a Services test, how many Services it defines.
@@ -409,9 +483,14 @@ impl Test {
             m("load", "s", Lower),
         ];
         match self {
-            Test::Tcp1 | Test::Tcp4 | Test::Tcp1Iperf3 | Test::Tcp4Iperf3 => TCP,
-            Test::Udp64 => UDP,
-            Test::Rr => RR,
+            Test::Tcp1
+            | Test::Tcp1V6
+            | Test::Tcp4
+            | Test::Tcp4V6
+            | Test::Tcp1Iperf3
+            | Test::Tcp4Iperf3 => TCP,
+            Test::Udp64 | Test::Udp64V6 => UDP,
+            Test::Rr | Test::RrV6 => RR,
             Test::Crr => CRR,
             Test::Cni => CNI,
             Test::Cpu => CPU,
@@ -506,6 +585,105 @@ impl FromStr for RrIdle {
     }
 }
 
+/// Why an IPv6 test is not run on a system: the note its rows carry.
+pub const NO_IPV6_BETWEEN_HOSTS: &str = "no IPv6 between hosts on this system (the *-v6 tests \
+     run on weft-vxlan, weft-sleeve, weft-sleeve-enc, the AF_XDP systems, the -alt builds and \
+     kernel-vxlan)";
+
+/// The address family a test's traffic takes between the pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpFamily {
+    /// The pods' IPv4 addresses.
+    V4,
+    /// The pods' IPv6 addresses (the cluster runs dual stack).
+    V6,
+}
+
+/// `--family`: which family's traffic tests a run does when `--tests` does not name
+/// them, and which of them `--tests` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 only: [`Test::DEFAULT`], exactly the tests of a run before IPv6. The
+    /// default.
+    V4,
+    /// IPv6 only: the IPv6 variants of the traffic tests, [`Test::V6`].
+    V6,
+    /// Both: every default test, each traffic test with an IPv6 variant followed by
+    /// it, so that both families' ratios to their own kernel baseline come from one
+    /// run.
+    Dual,
+}
+
+impl Family {
+    /// `4`, `6` or `dual`, as the command line spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "4",
+            Family::V6 => "6",
+            Family::Dual => "dual",
+        }
+    }
+
+    /// The tests a run does unless `--tests` names them.
+    pub fn default_tests(self) -> Vec<Test> {
+        match self {
+            Family::V4 => Test::DEFAULT.to_vec(),
+            Family::V6 => Test::V6.to_vec(),
+            Family::Dual => Test::DEFAULT
+                .into_iter()
+                .flat_map(|t| std::iter::once(t).chain(v6_variant(t)))
+                .collect(),
+        }
+    }
+
+    /// Fails if `tests` (named by `--tests`) hold pod traffic of a family this one
+    /// leaves out, saying which test and what to do.
+    pub fn check(self, tests: &[Test]) -> Result<()> {
+        for &t in tests.iter().filter(|t| t.is_pod_traffic()) {
+            match (self, t.ip_family()) {
+                (Family::V4, IpFamily::V6) => bail!(
+                    "--family 4 runs IPv4 traffic only, but --tests names the IPv6 test \
+                     {t}: give --family 6 or dual, or leave --family out"
+                ),
+                (Family::V6, IpFamily::V4) => bail!(
+                    "--family 6 runs IPv6 traffic only, but --tests names the IPv4 test \
+                     {t} ({}): give --family dual, or leave --family out",
+                    match v6_variant(t) {
+                        Some(v6) => format!("its IPv6 variant is {v6}"),
+                        None => "it has no IPv6 variant".into(),
+                    }
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Family {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Family> {
+        match s {
+            "4" => Ok(Family::V4),
+            "6" => Ok(Family::V6),
+            "dual" => Ok(Family::Dual),
+            _ => bail!("--family {s:?} is none of 4, 6 and dual"),
+        }
+    }
+}
+
+/// The IPv6 variant of the traffic test `t`, if it has one.
+fn v6_variant(t: Test) -> Option<Test> {
+    Test::V6.into_iter().find(|v| v.v4_twin() == t && *v != t)
+}
+
 /// Which way a metric improves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Better {
@@ -545,6 +723,21 @@ pub fn parse_list<T: FromStr<Err = anyhow::Error> + PartialEq>(list: &str) -> Re
     }
     ensure!(!out.is_empty(), "the list {list:?} names nothing");
     Ok(out)
+}
+
+/// The tests of a run: `list` (`--tests`), checked against `family` if that is
+/// given, or else `family`'s default tests (IPv4's without a family).
+pub fn select_tests(list: Option<&str>, family: Option<Family>) -> Result<Vec<Test>> {
+    match list {
+        Some(list) => {
+            let tests = parse_list::<Test>(list)?;
+            if let Some(family) = family {
+                family.check(&tests)?;
+            }
+            Ok(tests)
+        }
+        None => Ok(family.unwrap_or(Family::V4).default_tests()),
+    }
 }
 
 /// Most pods per host (their addresses must leave room for the CNI test's pods).
@@ -652,7 +845,51 @@ impl Settings {
         if let Some(w) = self.weft_workers {
             ensure!((1..=64).contains(&w), "--weft-workers must be 1 to 64");
         }
-        Ok(())
+        self.validate_ipv6()
+    }
+
+    /// Fails on IPv6 tests that no system of the run could measure.
+    fn validate_ipv6(&self) -> Result<()> {
+        let v6: Vec<Test> = (self.tests.iter().copied())
+            .filter(|t| t.ip_family() == IpFamily::V6)
+            .collect();
+        if v6.is_empty() || self.systems.iter().any(|s| s.carries_ipv6()) {
+            return Ok(());
+        }
+        bail!(
+            "the IPv6 tests ({}) need a system that carries IPv6 between hosts, and none \
+             of {} does: add weft-vxlan, weft-sleeve, weft-sleeve-enc or kernel-vxlan",
+            names(&v6),
+            names(&self.systems)
+        )
+    }
+
+    /// Whether the run has an IPv6 test, and so runs its IPv6-capable systems dual
+    /// stack (every test of the run then sees dual-stack pods on them).
+    pub fn dual_stack(&self) -> bool {
+        self.tests.iter().any(|t| t.ip_family() == IpFamily::V6)
+    }
+
+    /// Whether `system` runs dual stack in this run: it has an IPv6 test and the
+    /// system carries IPv6 between hosts.
+    pub fn dual_stack_on(&self, system: System) -> bool {
+        self.dual_stack() && system.carries_ipv6()
+    }
+
+    /// The tests `system` runs, in order, each round: the traffic tests, then `cpu`
+    /// on its own if `tcp1` does not carry it, `cni` and `mem`; less the tests not
+    /// measured on it ([`Test::not_measured_on`]).
+    pub fn steps(&self, system: System) -> Vec<Test> {
+        let has = |t: Test| self.tests.contains(&t);
+        let mut steps: Vec<Test> = (self.tests.iter().copied())
+            .filter(|t| !matches!(t, Test::Cni | Test::Cpu | Test::Mem))
+            .collect();
+        if has(Test::Cpu) && !has(Test::Tcp1) {
+            steps.push(Test::Cpu);
+        }
+        steps.extend([Test::Cni, Test::Mem].into_iter().filter(|&t| has(t)));
+        steps.retain(|t| t.not_measured_on(system).is_none());
+        steps
     }
 
     /// The number of CNI test pods in round `round` (the total split as evenly as can be).
@@ -768,69 +1005,96 @@ pub fn run(
 }
 
 /// Like [`run`], on a cluster the caller built with [`Cluster::build`].
+///
+/// A system none of whose tests is measured on it ([`Test::not_measured_on`]: only
+/// IPv6 tests, on a system without IPv6 between hosts) is not set up at all.
 pub fn run_on(
     cluster: &Cluster,
     settings: &Settings,
     tools: &Tools,
     progress: &mut dyn FnMut(Event<'_>),
 ) -> Result<Report> {
-    let traffic: Vec<Test> = settings
-        .tests
-        .iter()
-        .copied()
-        .filter(|t| !matches!(t, Test::Cni | Test::Cpu | Test::Mem))
+    let steps: Vec<(System, Vec<Test>)> = (settings.systems.iter())
+        .map(|&s| (s, settings.steps(s)))
         .collect();
-    let cni = settings.tests.contains(&Test::Cni);
-    let mem = settings.tests.contains(&Test::Mem);
-    let cpu_alone = settings.tests.contains(&Test::Cpu) && !traffic.contains(&Test::Tcp1);
-    let per_system =
-        1 + traffic.len() + usize::from(cni) + usize::from(mem) + usize::from(cpu_alone);
-    progress(Event::Steps(
-        (settings.repeat * settings.systems.len() * per_system) as u64,
-    ));
+    let per_round: usize = (steps.iter())
+        .filter(|(_, tests)| !tests.is_empty())
+        .map(|(_, tests)| 1 + tests.len())
+        .sum();
+    progress(Event::Steps((settings.repeat * per_round) as u64));
+    for (system, tests) in &steps {
+        let skipped: Vec<Test> = (settings.tests.iter().copied())
+            .filter(|t| t.not_measured_on(*system).is_some())
+            .collect();
+        if !skipped.is_empty() {
+            progress(Event::Note(format!(
+                "{system}: {} not measured: {NO_IPV6_BETWEEN_HOSTS}{}",
+                names(&skipped),
+                if tests.is_empty() { "; not set up" } else { "" }
+            )));
+        }
+    }
     let mut data = measure::Data::default();
+    let on = On {
+        cluster,
+        settings,
+        tools,
+    };
     for round in 0..settings.repeat {
-        for &system in &settings.systems {
+        for (system, tests) in steps.iter().filter(|(_, t)| !t.is_empty()) {
+            on.run_system(&mut data, *system, tests, round, progress)?;
+        }
+    }
+    Ok(Report::new(settings, data.rows(settings)))
+}
+
+/// What a run runs on: the cluster, the settings and the programs.
+struct On<'a> {
+    cluster: &'a Cluster,
+    settings: &'a Settings,
+    tools: &'a Tools,
+}
+
+impl On<'_> {
+    /// Sets `system` up on the cluster, runs `tests` on it in round `round`, and
+    /// takes it down again.
+    fn run_system(
+        &self,
+        data: &mut measure::Data,
+        system: System,
+        tests: &[Test],
+        round: usize,
+        progress: &mut dyn FnMut(Event<'_>),
+    ) -> Result<()> {
+        let (cluster, settings, tools) = (self.cluster, self.settings, self.tools);
+        crate::stop::check()?;
+        progress(Event::Start {
+            round,
+            system,
+            what: "setting up",
+        });
+        let plumbing = Plumbing::up(cluster, system, tools, settings)
+            .with_context(|| format!("setting up {system} (round {})", round + 1))?;
+        progress(Event::Done);
+        for &test in tests {
             crate::stop::check()?;
             progress(Event::Start {
                 round,
                 system,
-                what: "setting up",
+                what: test.name(),
             });
-            let plumbing = Plumbing::up(cluster, system, tools, settings)
-                .with_context(|| format!("setting up {system} (round {})", round + 1))?;
+            let line = measure::run_test(data, &plumbing, test, round, settings)
+                .with_context(|| format!("{system}: {test} (round {})", round + 1))?;
+            progress(Event::Note(format!(
+                "round {} {system:<13} {test:<6} {line}",
+                round + 1
+            )));
             progress(Event::Done);
-            let mut steps: Vec<Test> = traffic.clone();
-            if cpu_alone {
-                steps.push(Test::Cpu);
-            }
-            if cni {
-                steps.push(Test::Cni);
-            }
-            if mem {
-                steps.push(Test::Mem);
-            }
-            for test in steps {
-                crate::stop::check()?;
-                progress(Event::Start {
-                    round,
-                    system,
-                    what: test.name(),
-                });
-                let line = measure::run_test(&mut data, &plumbing, test, round, settings)
-                    .with_context(|| format!("{system}: {test} (round {})", round + 1))?;
-                progress(Event::Note(format!(
-                    "round {} {system:<13} {test:<6} {line}",
-                    round + 1
-                )));
-                progress(Event::Done);
-            }
-            plumbing
-                .down()
-                .with_context(|| format!("tearing down {system} (round {})", round + 1))?;
         }
+        plumbing
+            .down()
+            .with_context(|| format!("tearing down {system} (round {})", round + 1))
     }
-    Ok(Report::new(settings, data.rows(settings)))
 }
 
 #[cfg(test)]
@@ -916,6 +1180,191 @@ mod tests {
             ..tools
         };
         given.check(&settings).unwrap();
+    }
+
+    #[test]
+    fn families_parse_and_choose_the_default_tests() {
+        assert_eq!("4".parse::<Family>().unwrap(), Family::V4);
+        assert_eq!("6".parse::<Family>().unwrap(), Family::V6);
+        assert_eq!("dual".parse::<Family>().unwrap(), Family::Dual);
+        for bad in ["", "5", "v6", "both"] {
+            let e = bad.parse::<Family>().unwrap_err().to_string();
+            assert!(e.contains("none of 4, 6 and dual"), "{e}");
+        }
+        // 4, and no --family at all, are exactly the tests of a run before IPv6.
+        assert_eq!(Family::V4.default_tests(), Test::DEFAULT);
+        assert_eq!(select_tests(None, None).unwrap(), Test::DEFAULT);
+        assert_eq!(Settings::default().tests, Test::DEFAULT);
+        assert!(!Settings::default().dual_stack());
+        assert_eq!(
+            select_tests(None, Some(Family::V6)).unwrap(),
+            parse_list::<Test>("tcp1-v6,tcp4-v6,udp64-v6,rr-v6").unwrap()
+        );
+        let dual = Family::Dual.default_tests();
+        let names: Vec<&str> = dual.iter().map(|t| t.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "tcp1", "tcp1-v6", "tcp4", "tcp4-v6", "udp64", "udp64-v6", "rr", "rr-v6", "crr",
+                "cni", "cpu", "mem"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_v6_tests_are_named_and_mirror_their_ipv4_twins() {
+        for t in Test::ALL {
+            assert_eq!(t.name().parse::<Test>().unwrap(), t);
+        }
+        assert_eq!(
+            parse_list::<Test>("tcp1-v6, rr-v6,tcp1,rr-v6").unwrap(),
+            [Test::Tcp1V6, Test::RrV6, Test::Tcp1]
+        );
+        for (v6, v4) in [
+            (Test::Tcp1V6, Test::Tcp1),
+            (Test::Tcp4V6, Test::Tcp4),
+            (Test::Udp64V6, Test::Udp64),
+            (Test::RrV6, Test::Rr),
+        ] {
+            assert_eq!(v6.ip_family(), IpFamily::V6);
+            assert_eq!(v6.v4_twin(), v4);
+            assert_eq!(v6.metrics(), v4.metrics());
+            assert_eq!(v6.baseline(), System::KernelVxlan);
+            assert!(v6.is_pod_traffic() && v4.is_pod_traffic());
+            assert_eq!(v6_variant(v4), Some(v6));
+            assert_eq!(v6.name(), format!("{}-v6", v4.name()));
+        }
+        assert_eq!(v6_variant(Test::Crr), None);
+        assert!(Test::ALL
+            .iter()
+            .filter(|t| !Test::V6.contains(t))
+            .all(|t| t.ip_family() == IpFamily::V4 && t.v4_twin() == *t));
+        assert!(!Test::Cni.is_pod_traffic() && !Test::Svc10.is_pod_traffic());
+        let e = "tcp1-v4".parse::<Test>().unwrap_err().to_string();
+        assert!(e.contains("rr-v6"), "the error lists the tests: {e}");
+    }
+
+    #[test]
+    fn tests_named_must_be_of_the_family_given() {
+        let e = select_tests(Some("tcp1,tcp1-v6"), Some(Family::V4))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--family 4") && e.contains("tcp1-v6"), "{e}");
+        let e = select_tests(Some("tcp1-v6,tcp4"), Some(Family::V6))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("IPv4 test tcp4") && e.contains("tcp4-v6"), "{e}");
+        let e = select_tests(Some("crr"), Some(Family::V6))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no IPv6 variant"), "{e}");
+        // Tests of no family go with any; dual takes both; no --family, anything.
+        assert!(select_tests(Some("rr-v6,cni,mem,cpu"), Some(Family::V6)).is_ok());
+        assert!(select_tests(Some("cni,tcp1"), Some(Family::V4)).is_ok());
+        assert!(select_tests(Some("tcp1,tcp1-v6,crr"), Some(Family::Dual)).is_ok());
+        assert_eq!(
+            select_tests(Some("rr,rr-v6"), None).unwrap(),
+            [Test::Rr, Test::RrV6]
+        );
+        assert!(select_tests(Some("tcp1,nope"), None).is_err());
+    }
+
+    #[test]
+    fn systems_without_ipv6_between_hosts_skip_the_v6_tests() {
+        let carry = [
+            System::WeftVxlan,
+            System::WeftSleeve,
+            System::WeftSleeveEnc,
+            System::WeftVxlanAlt,
+            System::WeftSleeveAlt,
+            System::WeftSleeveEncAlt,
+            System::WeftAfxdpVxlan,
+            System::WeftAfxdpSleeve,
+            System::KernelVxlan,
+        ];
+        for system in System::ALL {
+            assert_eq!(system.carries_ipv6(), carry.contains(&system), "{system}");
+            for t in Test::ALL {
+                let skipped = t.not_measured_on(system).is_some();
+                assert_eq!(
+                    skipped,
+                    t.ip_family() == IpFamily::V6 && !carry.contains(&system)
+                );
+            }
+        }
+        for no in [
+            System::Direct,
+            System::WeftDirect,
+            System::WeftVxlanPolicy,
+            System::KernelVxlanIptables,
+            System::WeftSwitch,
+        ] {
+            let why = Test::RrV6.not_measured_on(no).unwrap();
+            assert!(why.starts_with("no IPv6 between hosts"), "{why}");
+        }
+        let settings = Settings {
+            systems: vec![System::WeftVxlan, System::Direct, System::KernelVxlan],
+            tests: Family::Dual.default_tests(),
+            ..Settings::default()
+        };
+        settings.validate().unwrap();
+        assert!(settings.dual_stack());
+        assert!(settings.dual_stack_on(System::WeftVxlan));
+        assert!(settings.dual_stack_on(System::KernelVxlan));
+        assert!(!settings.dual_stack_on(System::Direct));
+        // Direct runs the IPv4 tests, cpu around tcp1, then cni and mem.
+        assert_eq!(
+            settings.steps(System::Direct),
+            parse_list::<Test>("tcp1,tcp4,udp64,rr,crr,cni,mem").unwrap()
+        );
+        assert_eq!(
+            settings.steps(System::WeftVxlan),
+            parse_list::<Test>("tcp1,tcp1-v6,tcp4,tcp4-v6,udp64,udp64-v6,rr,rr-v6,crr,cni,mem")
+                .unwrap()
+        );
+        // Only IPv6 tests: a system without IPv6 has nothing to run (and is not set up).
+        let v6 = Settings {
+            tests: Test::V6.to_vec(),
+            ..settings.clone()
+        };
+        assert!(v6.steps(System::Direct).is_empty());
+        assert_eq!(v6.steps(System::KernelVxlan), Test::V6);
+    }
+
+    #[test]
+    fn ipv4_runs_keep_their_steps_and_ipv6_tests_need_a_system_that_carries_them() {
+        let v4 = Settings::default();
+        assert!(!v4.dual_stack());
+        for system in System::ALL {
+            assert!(!v4.dual_stack_on(system));
+            assert_eq!(
+                v4.steps(system),
+                parse_list::<Test>("tcp1,tcp4,udp64,rr,crr,cni,mem").unwrap()
+            );
+        }
+        let cpu_alone = Settings {
+            tests: parse_list("cpu,rr,cni").unwrap(),
+            ..Settings::default()
+        };
+        assert_eq!(
+            cpu_alone.steps(System::Direct),
+            [Test::Rr, Test::Cpu, Test::Cni]
+        );
+        let only_direct = Settings {
+            systems: vec![System::Direct, System::WeftDirect],
+            tests: vec![Test::Tcp1, Test::Tcp1V6],
+            ..Settings::default()
+        };
+        let e = only_direct.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("tcp1-v6") && e.contains("carries IPv6") && e.contains("weft-direct"),
+            "{e}"
+        );
+        let with_kernel = Settings {
+            systems: vec![System::Direct, System::KernelVxlan],
+            ..only_direct
+        };
+        with_kernel.validate().unwrap();
     }
 
     #[test]

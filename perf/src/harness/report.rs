@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::measure::{MEM_BURST, MEM_IDLE, MEM_SETTLE};
-use super::{Better, RrIdle, Settings, System, Test};
+use super::{Better, IpFamily, RrIdle, Settings, System, Test};
 use crate::procfs::Machine;
 use crate::topo::Offload;
 
@@ -280,6 +280,47 @@ impl Report {
                 "*-iperf3: the same flows with iperf3 as the generator, a check on weft-perf's own"
             );
         }
+        out.push_str(&self.v6_note());
+        out
+    }
+
+    /// What the `*-v6` tests' figures mean, and on which systems they are not
+    /// measured, if the run had any.
+    fn v6_note(&self) -> String {
+        let s = &self.settings;
+        let v6 = |t: &String| {
+            t.parse::<Test>()
+                .is_ok_and(|t| t.ip_family() == IpFamily::V6)
+        };
+        if !s.tests.iter().any(v6) {
+            return String::new();
+        }
+        let systems = || s.systems.iter().filter_map(|x| x.parse::<System>().ok());
+        let dual: Vec<&str> = systems()
+            .filter(|x| x.carries_ipv6())
+            .map(System::name)
+            .collect();
+        let without: Vec<&str> = systems()
+            .filter(|x| !x.carries_ipv6())
+            .map(System::name)
+            .collect();
+        let mut out = format!(
+            "*-v6: the same traffic between the pods' IPv6 addresses (fd00:10:244:<n>::/64 \
+             beside each host's IPv4 /24; the kernel's flannel.1 and weft's tunnels carry it \
+             over the IPv4 underlay); ratios are to {}'s own -v6 figures; udp64-v6 sends the \
+             same 64-byte payloads, in packets 20 bytes longer (112 bytes of IPv6 against 92 \
+             of IPv4); {} ran dual stack for every test of this run",
+            System::BASELINE.name(),
+            dual.join(", ")
+        );
+        if !without.is_empty() {
+            let _ = write!(
+                out,
+                "; n/a on {}: not measured, no IPv6 between hosts",
+                without.join(", ")
+            );
+        }
+        out.push('\n');
         out
     }
 
@@ -487,6 +528,62 @@ mod tests {
         assert!(json["machine"].is_object());
         assert_eq!(json["results"][0]["value"], 5.0);
         assert!(json["results"][3]["value"].is_null());
+    }
+
+    #[test]
+    fn v6_rows_have_their_own_baseline_and_say_where_they_were_not_measured() {
+        let settings = Settings {
+            systems: vec![System::WeftVxlan, System::KernelVxlan, System::Direct],
+            tests: vec![Test::Tcp1, Test::Tcp1V6],
+            ..Settings::default()
+        };
+        let mut skipped = row("direct", "tcp1-v6", "throughput", None);
+        skipped.note = Some("not measured: no IPv6 between hosts".into());
+        let report = Report::new(
+            &settings,
+            vec![
+                row("weft-vxlan", "tcp1", "throughput", Some(8.0)),
+                row("kernel-vxlan", "tcp1", "throughput", Some(10.0)),
+                row("direct", "tcp1", "throughput", Some(20.0)),
+                row("weft-vxlan", "tcp1-v6", "throughput", Some(6.0)),
+                row("kernel-vxlan", "tcp1-v6", "throughput", Some(12.0)),
+                skipped,
+            ],
+        );
+        let t = report.table();
+        let line = |test: &str| {
+            t.lines()
+                .find(|l| l.starts_with(&format!("{test} ")))
+                .unwrap_or_else(|| panic!("no {test} line in {t}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            line("tcp1")[4..],
+            ["8.00", "(0.80x)", "10.0", "(1.00x)", "20.0", "(2.00x)"]
+        );
+        assert_eq!(
+            line("tcp1-v6")[4..],
+            ["6.00", "(0.50x)", "12.0", "(1.00x)", "n/a"]
+        );
+        assert!(t.contains("*-v6: the same traffic"), "{t}");
+        assert!(t.contains("112 bytes of IPv6 against 92"), "{t}");
+        assert!(
+            t.contains("weft-vxlan, kernel-vxlan ran dual stack for every test"),
+            "{t}"
+        );
+        assert!(
+            t.contains("n/a on direct: not measured, no IPv6 between hosts"),
+            "{t}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["results"][5]["note"],
+            "not measured: no IPv6 between hosts"
+        );
+        // An IPv4 run says nothing of IPv6.
+        let v4 = Report::new(&Settings::default(), Vec::new());
+        assert!(!v4.table().contains("-v6"));
     }
 
     #[test]

@@ -316,6 +316,16 @@ fn check_subnet(
     }
 }
 
+/// The IPv6 subnets of `peers` as (first, last address, peer), by first address.
+fn subnets6_of(peers: &[PeerEntry]) -> Vec<(u128, u128, usize)> {
+    let mut subnets6: Vec<_> = (peers.iter().enumerate())
+        .filter_map(|(j, p)| p.subnet6.map(|s| (s, j)))
+        .map(|(s, j)| (u128::from(s.network()), u128::from(s.broadcast()), j))
+        .collect();
+    subnets6.sort_unstable();
+    subnets6
+}
+
 impl Tables {
     /// Builds a snapshot: `host` first, then `pods`, and the routes they imply.
     pub fn build(
@@ -382,11 +392,7 @@ impl Tables {
         let by_ip6 = (ports.iter().enumerate())
             .filter_map(|(i, p)| p.ip6.map(|ip| (ip, i)))
             .collect();
-        let mut subnets6: Vec<_> = (peers.iter().enumerate())
-            .filter_map(|(j, p)| p.subnet6.map(|s| (s, j)))
-            .map(|(s, j)| (u128::from(s.network()), u128::from(s.broadcast()), j))
-            .collect();
-        subnets6.sort_unstable();
+        let subnets6 = subnets6_of(&peers);
         Ok(Tables {
             node,
             ports,
