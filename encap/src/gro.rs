@@ -243,7 +243,9 @@ impl Segment {
                 (true, l.l4_start, l.end, l.protocol, l.fragment)
             }
         };
-        if fragment {
+        // An IPv6 packet may be 40 bytes longer than the longest frame a super-frame
+        // holds: such a one is not taken.
+        if fragment || end > MAX_FRAME_LEN {
             return None;
         }
         if protocol == inet::PROTO_UDP {
@@ -1125,6 +1127,23 @@ mod tests {
         frag[20] = 44;
         frag[54..62].copy_from_slice(&[6, 0, 0, 1, 0, 0, 0, 7]);
         assert_eq!(coalescer().push(&frag), Push::Other);
+    }
+
+    /// An IPv6 packet of the largest payload length is 40 bytes longer than the
+    /// longest super-frame: it is handed back, never copied in.
+    #[test]
+    fn the_longest_ipv6_packets_are_not_taken() {
+        let spec = testutil::Tcp {
+            payload: vec![3; 1000],
+            ..Default::default()
+        };
+        let mut frame = run6(&spec, 1000).remove(0);
+        frame.resize(ETHERNET_HEADER_LEN + 40 + 65535, 0);
+        frame[18..20].copy_from_slice(&u16::MAX.to_be_bytes());
+        let mut c = coalescer();
+        assert_eq!(c.push(&frame), Push::Other);
+        assert!(!may_start(&frame) && c.is_empty());
+        assert_eq!(Flow::of(&frame), None);
     }
 
     #[test]

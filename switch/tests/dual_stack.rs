@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use weft_perf::netns::require_root;
+use weft_perf::netns::{require_root, wait_until};
 use weft_perf::topo::{kernel_vxlan, Offload, Underlay};
 use weft_perf::traffic::tcp_transfer;
 use weft_perf::weft::{
@@ -127,6 +127,23 @@ fn pods_on_two_nodes_talk_ipv6(mode: &str, port: &str) {
         .unwrap_or_else(|e| panic!("TCP over IPv6 back: {e:#}\n{}", logs()));
     assert_eq!(t.peer.ip(), IpAddr::V6(b));
     // IPv4 beside it.
+    c.pod(0, 0).ns.ping(c.ip(1, 0), 2).expect("IPv4 still");
+    // The peers file takes node 1's IPv6 subnet away: node 0 stops routing it
+    // while it runs (and would take its sources as spoofed), IPv4 stays.
+    let mut nodes: Vec<PeerNode> = c.underlay.hosts().iter().map(PeerNode::of).collect();
+    nodes[0].pod_subnet_v6 = Some(pod_subnet6(c.underlay.host(0)));
+    let peers = c.scratch.path().join("peers.toml");
+    write_atomic(&peers, &peers_toml(&nodes)).expect("the peers file");
+    wait_until(
+        Duration::from_secs(10),
+        "node 0 to drop node 1's IPv6 subnet",
+        || c.peers(0).is_ok_and(|p| p[0].pod_subnet_v6.is_none()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    assert!(
+        c.pod(0, 0).ns.ping(b, 1).is_err(),
+        "IPv6 still routed to node 1"
+    );
     c.pod(0, 0).ns.ping(c.ip(1, 0), 2).expect("IPv4 still");
 }
 

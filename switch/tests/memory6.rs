@@ -11,10 +11,11 @@ use weft_encap::icmpv6;
 use weft_encap::ipv6::{self, next_header};
 use weft_encap::{ethernet, sleeve, vxlan};
 use weft_switch::mac::MacAddr;
+use weft_switch::netpol::compile::{PodRules, RuleSet};
 use weft_switch::sim::tcp::Transfer;
 use weft_switch::sim::*;
 use weft_switch::tables::counters::DropReason;
-use weft_switch::tables::TunnelMode;
+use weft_switch::tables::{Tables, TablesError, TunnelMode};
 
 /// Pod A, on node 0.
 const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
@@ -36,6 +37,9 @@ weft_switch::both_modes!(
     ipv6_from_a_peer_is_for_this_node_only,
     unroutable_ipv6_from_a_peer_is_answered_through_the_tunnel,
     neighbour_discovery_from_a_peer_is_not_answered,
+    pods_that_policy_isolates_get_no_ipv6_from_anywhere,
+    hop_limit_exceeded_from_a_peer_is_answered_through_the_tunnel,
+    the_host_reaches_peers_only_from_its_gateway_address,
 );
 
 fn three_nodes(mode: TunnelMode) -> Sim {
@@ -340,4 +344,153 @@ fn neighbour_discovery_from_a_peer_is_not_answered(mode: TunnelMode) {
         "{mode:?}: {}",
         sim.drops_report()
     );
+}
+
+/// Rules isolating a pod both ways, allowing nothing.
+fn isolated() -> PodRules {
+    PodRules {
+        ingress: Some(RuleSet::default()),
+        egress: Some(RuleSet::default()),
+        selected_by: vec![("x/deny".into(), true, true)],
+    }
+}
+
+/// No IPv6 rule is enforced yet, so a pod that policy isolates gets no IPv6 at
+/// all: none from a peer's pod, none from its own node, none out, and no ICMPv6
+/// error about what it sent.
+fn pods_that_policy_isolates_get_no_ipv6_from_anywhere(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let (a, a2, b) = (sim.pod(A), sim.pod(A2), sim.pod(B));
+    sim.set_rules(a, Some(isolated()));
+    let (mac_a, mac_a2) = (sim.pods[a].mac, sim.pods[a2].mac);
+    // In: from the peer's pod, and from the pod beside it.
+    sim.tunnel_in(
+        0,
+        from_node(1),
+        &datagram6(mode, 1, 0, &echo6(ip6_of(B), ip6_of(A), 64, 1)),
+    );
+    let ping = echo6(ip6_of(A2), ip6_of(A), 64, 2);
+    sim.pod_frame(a2, &eth(router_mac(0), mac_a2, ETHERTYPE_IPV6, &ping));
+    sim.flush();
+    assert!(
+        sim.take_rx(a).is_empty(),
+        "{mode:?}: IPv6 reached an isolated pod"
+    );
+    assert_eq!(
+        sim.port_counters(a).dropped(DropReason::PolicyIngress),
+        2,
+        "{mode:?}"
+    );
+    // Out: to the peer's pod, and to an address nobody holds (no error back).
+    for dst in [ip6_of(B), ip6_of(Ipv4Addr::new(10, 244, 1, 99))] {
+        let p = echo6(ip6_of(A), dst, 64, 3);
+        sim.pod_frame(a, &eth(router_mac(0), mac_a, ETHERTYPE_IPV6, &p));
+    }
+    sim.flush();
+    assert!(
+        sim.out.wire.is_empty(),
+        "{mode:?}: an isolated pod's IPv6 left the node"
+    );
+    assert!(
+        sim.take_rx(a).is_empty(),
+        "{mode:?}: an isolated pod was answered"
+    );
+    assert_eq!(
+        sim.port_counters(a).dropped(DropReason::PolicyEgress),
+        2,
+        "{mode:?}"
+    );
+    assert!(sim.take_rx(b).is_empty());
+    // Once no policy selects it, its IPv6 flows again.
+    sim.set_rules(a, None);
+    sim.pod_frame(
+        a,
+        &eth(
+            router_mac(0),
+            mac_a,
+            ETHERTYPE_IPV6,
+            &echo6(ip6_of(A), ip6_of(B), 64, 4),
+        ),
+    );
+    sim.flush();
+    assert_eq!(
+        wire6(&mut sim, mode, 0, 1).len(),
+        1,
+        "{mode:?}: {}",
+        sim.drops_report()
+    );
+}
+
+fn hop_limit_exceeded_from_a_peer_is_answered_through_the_tunnel(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let ping = echo6(ip6_of(B), ip6_of(A), 1, 9);
+    sim.tunnel_in(0, from_node(1), &datagram6(mode, 1, 0, &ping));
+    sim.flush();
+    assert!(sim.take_rx(sim.pod(A)).is_empty());
+    let back = wire6(&mut sim, mode, 0, 1);
+    assert_eq!(back.len(), 1, "{mode:?}: {}", sim.drops_report());
+    let ip = ipv6::Packet::new_checked(&back[0][..]).expect("IPv6");
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (gateway6(0), ip6_of(B)));
+    let msg = icmpv6::Packet::new_checked(ip.payload()).expect("ICMPv6");
+    assert_eq!(
+        icmpv6::Repr::parse(&msg).expect("an error"),
+        icmpv6::Repr::TimeExceeded { code: 0 },
+        "{mode:?}"
+    );
+    assert_eq!(sim.peer_counters(0, 1).dropped(DropReason::TtlExceeded), 1);
+}
+
+/// The host's IPv6 to a peer's pod leaves only from the node's gateway address:
+/// the peer would drop any other source, and nothing masquerades IPv6.
+fn the_host_reaches_peers_only_from_its_gateway_address(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let host_mac = sim.nodes[0].tables.ports[0].mac;
+    let outside: Ipv6Addr = "2001:db8::7".parse().unwrap();
+    for src in [gateway6(0), outside] {
+        let p = echo6(src, ip6_of(B), 64, 1);
+        sim.host_frame(0, &eth(router_mac(0), host_mac, ETHERTYPE_IPV6, &p));
+    }
+    sim.flush();
+    let sent = wire6(&mut sim, mode, 0, 1);
+    assert_eq!(sent.len(), 1, "{mode:?}: {}", sim.drops_report());
+    assert_eq!(
+        ipv6::Packet::new_checked(&sent[0][..]).unwrap().src_addr(),
+        gateway6(0)
+    );
+    // The other is answered: administratively prohibited.
+    let answer = sim.out.host_rx[0].pop().expect("an answer to the host");
+    let ip = ipv6::Packet::new_checked(&answer[14..]).expect("IPv6");
+    assert_eq!(ip.dst_addr(), outside);
+    let msg = icmpv6::Packet::new_checked(ip.payload()).expect("ICMPv6");
+    assert_eq!(
+        icmpv6::Repr::parse(&msg).expect("an error"),
+        icmpv6::Repr::DestUnreachable { code: 1 }
+    );
+}
+
+/// The snapshot's own check of peers' IPv6 subnets (the control plane screens
+/// them first): one over this node's, over another peer's, or outside the
+/// cluster's IPv6 range cannot be built.
+#[test]
+fn a_snapshot_refuses_ipv6_subnets_it_cannot_route() {
+    let sim = three_nodes(TunnelMode::Vxlan);
+    let t = &sim.nodes[0].tables;
+    let outside = "fd99:0:0:1::/64".parse().unwrap();
+    for bad in [subnet6(0), subnet6(2), outside] {
+        let mut peers = t.peers.clone();
+        // Peer 0 is node 1; node 2 is peer 1.
+        peers[0].subnet6 = Some(bad);
+        let ports = t.ports[1..].iter().cloned();
+        let built = Tables::build(
+            t.node.clone(),
+            t.ports[0].clone(),
+            ports,
+            peers,
+            t.tunnel.clone(),
+        );
+        assert!(
+            matches!(built, Err(TablesError::Subnet6 { .. })),
+            "{bad}: {built:?}"
+        );
+    }
 }

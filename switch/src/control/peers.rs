@@ -263,6 +263,7 @@ impl Daemon {
                 a.name == b.name
                     && a.addr == b.addr
                     && a.subnet == b.subnet
+                    && a.subnet6 == b.subnet6
                     && a.vtep_mac == b.vtep_mac
                     && a.path == b.path
                     && a.beats == b.beats

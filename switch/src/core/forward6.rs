@@ -97,6 +97,7 @@ enum Hop6 {
 
 /// Destination unreachable codes (RFC 4443 §3.1).
 const NO_ROUTE: u8 = 0;
+const ADMIN_PROHIBITED: u8 = 1;
 const ADDRESS_UNREACHABLE: u8 = 3;
 
 /// Whether a partial checksum the port left for the switch (NEEDS_CSUM) is where
@@ -112,8 +113,9 @@ fn partial_checksum_in_place6(f: &Facts6, offload: &Offload) -> bool {
     }
 }
 
-/// The route of `dst` for a packet from `from` on node `t` (whose IPv6 is `v6`).
-fn route6(t: &Tables, v6: &Node6, from: Ingress, dst: Ipv6Addr) -> Hop6 {
+/// The route of a packet with `f` from `from` on node `t` (whose IPv6 is `v6`).
+fn route6(t: &Tables, v6: &Node6, from: Ingress, f: &Facts6) -> Hop6 {
+    let dst = f.dst;
     let hop = if dst == v6.gateway {
         Hop6::Port(0)
     } else if let Some(k) = t.port_by_ip6(dst) {
@@ -136,8 +138,15 @@ fn route6(t: &Tables, v6: &Node6, from: Ingress, dst: Ipv6Addr) -> Hop6 {
             Ingress::Peer(_) => Hop6::NoRelay,
         }
     };
+    let from_host = matches!(from, Ingress::Port(i) if t.ports[i].kind == PortKind::Host);
     match (from, hop) {
         (Ingress::Peer(_), Hop6::Peer(_)) => Hop6::NoRelay,
+        // A peer takes from this node only its gateway's and pods' addresses; what
+        // the host forwards from elsewhere would be dropped there, so it is refused
+        // here (there is no IPv6 masquerade).
+        (_, Hop6::Peer(_)) if from_host && f.src != v6.gateway => {
+            Hop6::Unreachable(ADMIN_PROHIBITED)
+        }
         _ => hop,
     }
 }
@@ -238,7 +247,14 @@ impl Core {
         if let Some(reason) = inadmissible6(t, &v6, from, &f) {
             return self.drop_at(cx, from, reason);
         }
-        let hop = match route6(t, &v6, from, f.dst) {
+        // No IPv6 rule is enforced yet: a pod that policy isolates sends no IPv6,
+        // and is answered nothing either.
+        if let Ingress::Port(i) = from {
+            if t.ports[i].policy.is_some() {
+                return (t.ports[i].counters).discard(self.worker, DropReason::PolicyEgress);
+            }
+        }
+        let hop = match route6(t, &v6, from, &f) {
             Hop6::Port(k) if from == Ingress::Port(k) => {
                 return self.drop_at(cx, from, DropReason::HostLoop)
             }
@@ -268,13 +284,6 @@ impl Core {
     ) {
         let t = cx.tables;
         // No IPv6 rule is enforced yet: a pod that policy isolates takes no IPv6.
-        if let Ingress::Port(i) = from {
-            if t.ports[i].policy.is_some() {
-                return t.ports[i]
-                    .counters
-                    .discard(self.worker, DropReason::PolicyEgress);
-            }
-        }
         if let Hop6::Port(k) = hop {
             if t.ports[k].policy.is_some() {
                 return t.ports[k]

@@ -236,6 +236,17 @@ pub enum TablesError {
         /// The cluster CIDR.
         cluster: Ipv4Net,
     },
+    /// A peer's IPv6 subnet is outside this node's IPv6 range (or this node has
+    /// none), or overlaps this node's or another peer's.
+    #[error("IPv6 pod subnet {subnet} of peer {peer} cannot be routed: {why}")]
+    Subnet6 {
+        /// The peer.
+        peer: String,
+        /// Its IPv6 subnet.
+        subnet: Ipv6Net,
+        /// Why.
+        why: String,
+    },
     /// Two peers share an underlay address.
     #[error("peers {a} and {b} share the underlay address {addr}")]
     DuplicateUnderlay {
@@ -316,14 +327,39 @@ fn check_subnet(
     }
 }
 
-/// The IPv6 subnets of `peers` as (first, last address, peer), by first address.
-fn subnets6_of(peers: &[PeerEntry]) -> Vec<(u128, u128, usize)> {
-    let mut subnets6: Vec<_> = (peers.iter().enumerate())
-        .filter_map(|(j, p)| p.subnet6.map(|s| (s, j)))
-        .map(|(s, j)| (u128::from(s.network()), u128::from(s.broadcast()), j))
-        .collect();
+/// The IPv6 subnets of `peers` as (first, last address, peer), by first address,
+/// once each lies in this node's IPv6 range, clear of its subnet and of each
+/// other's (the control plane screens them so: this is the snapshot's own check).
+fn subnets6_of(
+    node: &NodeConfig,
+    peers: &[PeerEntry],
+) -> Result<Vec<(u128, u128, usize)>, TablesError> {
+    let refuse = |j: usize, why: String| TablesError::Subnet6 {
+        peer: peers[j].name.clone(),
+        subnet: peers[j].subnet6.expect("a peer with an IPv6 subnet"),
+        why,
+    };
+    let mut subnets6 = Vec::new();
+    for (j, s) in (peers.iter().enumerate()).filter_map(|(j, p)| p.subnet6.map(|s| (j, s))) {
+        match node.v6 {
+            None => return Err(refuse(j, "this node has no IPv6".into())),
+            Some(v6)
+                if !v6.cluster.contains(&s) || v6.subnet.contains(&s) || s.contains(&v6.subnet) =>
+            {
+                let why = format!("not in {} clear of {}", v6.cluster, v6.subnet);
+                return Err(refuse(j, why));
+            }
+            Some(_) => subnets6.push((u128::from(s.network()), u128::from(s.broadcast()), j)),
+        }
+    }
     subnets6.sort_unstable();
-    subnets6
+    if let Some(w) = subnets6.windows(2).find(|w| w[1].0 <= w[0].1) {
+        return Err(refuse(
+            w[1].2,
+            format!("it overlaps {}'s", peers[w[0].2].name),
+        ));
+    }
+    Ok(subnets6)
 }
 
 impl Tables {
@@ -392,7 +428,7 @@ impl Tables {
         let by_ip6 = (ports.iter().enumerate())
             .filter_map(|(i, p)| p.ip6.map(|ip| (ip, i)))
             .collect();
-        let subnets6 = subnets6_of(&peers);
+        let subnets6 = subnets6_of(&node, &peers)?;
         Ok(Tables {
             node,
             ports,

@@ -338,7 +338,7 @@ impl Options {
         let datapath = self.datapath.resolve()?;
         let encryption = self.encryption.resolve(&tunnel)?;
         let mtu = self.mtu.resolve(tunnel.mode, encryption.mode)?;
-        Ok(Settings {
+        let settings = Settings {
             node_name,
             underlay_ip,
             pod_subnet,
@@ -358,7 +358,18 @@ impl Options {
             policy,
             host: self.host.resolve(cluster_cidr)?,
             observability: self.observability.resolve(),
-        })
+        };
+        // IPv6 needs a link MTU of 1280 (RFC 8200 §5): below it, a pod's kernel
+        // turns IPv6 off on its interface.
+        if settings.ipv6.is_some() && settings.pod_mtu() < IPV6_MIN_MTU {
+            return Err(NodeConfigError::Ipv6(format!(
+                "cluster-cidr-v6: IPv6 needs a pod MTU of at least {IPV6_MIN_MTU}, and pods get {} \
+                 (underlay-mtu less the tunnel's overhead, or pod-mtu)",
+                settings.pod_mtu()
+            ))
+            .into());
+        }
+        Ok(settings)
     }
 
     /// The underlay address, the pod subnet (if given) and the cluster CIDR, checked
@@ -459,6 +470,9 @@ pub fn check_subnet6(subnet: Ipv6Net, cluster: Ipv6Net) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The smallest MTU of an IPv6 link.
+const IPV6_MIN_MTU: u32 = 1280;
 
 /// A dual-stack node's IPv6 pod subnet and the cluster's IPv6 range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -998,3 +998,15 @@ fn with_the_api_server_only_the_ipv6_range_is_given() {
     let err = kube("cluster-cidr-v6 = \"fe80::/56\"\n").unwrap_err();
     assert!(err.contains("routable unicast"), "{err}");
 }
+
+/// IPv6 needs a link MTU of 1280: a dual-stack node whose pods would get less is
+/// refused.
+#[test]
+fn dual_stack_needs_a_pod_mtu_of_1280() {
+    let v6 = "pod-subnet-v6 = \"fd00:10:244:1::/64\"\ncluster-cidr-v6 = \"fd00:10:244::/56\"\n";
+    let with = |mtu: &str| settings(&format!("{HEAD}pod-subnet = \"10.244.1.0/24\"\n{v6}{mtu}"));
+    with("").unwrap();
+    let err = with("[mtu]\nunderlay = 1280\n").unwrap_err();
+    assert!(err.contains("at least 1280, and pods get 1230"), "{err}");
+    with("[mtu]\nunderlay = 1330\n").unwrap();
+}

@@ -43,8 +43,9 @@ pub struct NodeEntry {
     pub underlay_ip: Ipv4Addr,
     /// Pod subnet.
     pub pod_subnet: Ipv4Net,
-    /// Its IPv6 pod subnet, on a dual-stack node (the peers file's `pod-subnet-v6`;
-    /// the other stores do not carry one yet).
+    /// Its IPv6 pod subnet, on a dual-stack node (the peers file's `pod-subnet-v6`,
+    /// or the IPv6 one of its Node's `spec.podCIDRs`; the etcd store carries none
+    /// yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_subnet_v6: Option<Ipv6Net>,
     /// VTEP MAC.

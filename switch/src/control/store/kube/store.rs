@@ -480,8 +480,6 @@ fn log_new(
     *logged = now;
 }
 
-/// This node's subnet from its podCIDR `cidr`: a subnet of the cluster CIDR, and
-/// the one it held before if pods still hold addresses of that.
 /// This node's IPv6 pod subnet on a dual-stack node (`me` has an IPv6 range): the
 /// IPv6 one of its Node's `spec.podCIDRs`, checked against the range. A node
 /// without an IPv6 range takes none, whatever its Node says.
@@ -501,15 +499,19 @@ fn settle6(me: &Joining, node: &Node) -> Result<Option<Ipv6Net>, StoreError> {
     let subnet: Ipv6Net = cidr
         .parse()
         .map_err(|_| StoreError::Conflict(cidr.into()))?;
-    match check_subnet6(subnet, cluster6) {
-        Ok(()) => Ok(Some(subnet)),
-        Err(why) => refuse(format!(
+    if let Err(why) = check_subnet6(subnet, cluster6) {
+        return refuse(format!(
             "Node {}'s IPv6 podCIDR: {why}: cluster-cidr-v6 must be the cluster's IPv6 --cluster-cidr",
             me.name
-        )),
+        ));
     }
+    // Pods that still hold addresses of another one make the IPv6 pool refuse
+    // this one as it opens (`SubnetMismatch`, naming both).
+    Ok(Some(subnet))
 }
 
+/// This node's subnet from its podCIDR `cidr`: a subnet of the cluster CIDR, and
+/// the one it held before if pods still hold addresses of that.
 fn settle(me: &Joining, cidr: &str) -> Result<Ipv4Net, StoreError> {
     let refuse = |why: String| Err(StoreError::Conflict(why));
     let subnet: Ipv4Net = match cidr.parse() {
