@@ -16,6 +16,7 @@ use weft_perf::weft::{
     in_netns, peers_toml, pod_subnet6, write_atomic, Cluster, PeerNode, Scratch, WeftNode,
     WeftOptions, CLUSTER_CIDR_V6,
 };
+use weft_proto::{CheckRequest, ErrorKind, Request, Response};
 
 const STALL: Duration = Duration::from_secs(30);
 
@@ -88,6 +89,29 @@ fn pods_on_one_node_talk_ipv6() {
     let text = format!("{out:?}");
     assert!(text.contains("Unreachable") || out.is_err(), "{text}");
     assert!(c.nodes[0].drops("no_route").unwrap() >= 1);
+    // CHECK looks at both families on the interface: it passes, then fails once
+    // the pod's IPv6 address is gone.
+    let check = || {
+        let req = Request::Check(CheckRequest {
+            container_id: "ds1-0-0".into(),
+            ifname: "eth0".into(),
+            netns: c.pod(0, 0).ns.path().display().to_string(),
+        });
+        c.nodes[0].call(&req).expect("an answer")
+    };
+    assert!(matches!(check(), Response::Ok(_)), "{:?}", check());
+    let addr = format!("{a}/64");
+    c.pod(0, 0)
+        .ns
+        .ip(&["-6", "addr", "del", &addr, "dev", "eth0"])
+        .expect("deleted");
+    match check() {
+        Response::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::CheckFailed, "{e:?}");
+            assert!(e.message.contains(&format!("{a}/64 is missing")), "{e:?}");
+        }
+        ok => panic!("CHECK passed without the IPv6 address: {ok:?}"),
+    }
 }
 
 /// ping6 and verified TCP over IPv6 between pods of two nodes, both ways, through

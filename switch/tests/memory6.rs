@@ -7,6 +7,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::wire::IpAddress;
+use std::sync::Arc;
 use weft_encap::icmpv6;
 use weft_encap::ipv6::{self, next_header};
 use weft_encap::{ethernet, sleeve, vxlan};
@@ -15,7 +16,7 @@ use weft_switch::netpol::compile::{PodRules, RuleSet};
 use weft_switch::sim::tcp::Transfer;
 use weft_switch::sim::*;
 use weft_switch::tables::counters::DropReason;
-use weft_switch::tables::{Tables, TablesError, TunnelMode};
+use weft_switch::tables::{NodeConfig, Tables, TablesError, TunnelMode};
 
 /// Pod A, on node 0.
 const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
@@ -40,6 +41,7 @@ weft_switch::both_modes!(
     pods_that_policy_isolates_get_no_ipv6_from_anywhere,
     hop_limit_exceeded_from_a_peer_is_answered_through_the_tunnel,
     the_host_reaches_peers_only_from_its_gateway_address,
+    an_ipv4_only_node_takes_no_ipv6_from_a_peer,
 );
 
 fn three_nodes(mode: TunnelMode) -> Sim {
@@ -493,4 +495,34 @@ fn a_snapshot_refuses_ipv6_subnets_it_cannot_route() {
             "{bad}: {built:?}"
         );
     }
+}
+
+/// A node without IPv6 drops what a peer sends it over IPv6, counted, and answers
+/// nothing.
+fn an_ipv4_only_node_takes_no_ipv6_from_a_peer(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let t = &sim.nodes[0].tables;
+    let node = Arc::new(NodeConfig {
+        v6: None,
+        ..(*t.node).clone()
+    });
+    let mut peers = t.peers.clone();
+    for p in &mut peers {
+        p.subnet6 = None;
+    }
+    let ports = t.ports[1..].iter().cloned();
+    let v4_only = Tables::build(node, t.ports[0].clone(), ports, peers, t.tunnel.clone());
+    sim.nodes[0].tables = v4_only.expect("an IPv4-only snapshot");
+    let ping = echo6(ip6_of(B), ip6_of(A), 64, 1);
+    sim.tunnel_in(0, from_node(1), &datagram6(mode, 1, 0, &ping));
+    sim.flush();
+    assert!(sim.take_rx(sim.pod(A)).is_empty());
+    assert!(sim.out.wire.is_empty(), "{mode:?}: answered");
+    let c = sim.peer_counters(0, 1);
+    assert_eq!(
+        c.dropped(DropReason::Unsupported),
+        1,
+        "{mode:?}: {}",
+        sim.drops_report()
+    );
 }

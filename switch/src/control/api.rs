@@ -58,12 +58,15 @@ impl Daemon {
     }
 
     pub(crate) fn status(&self) -> proto::Status {
-        // Ready to serve ADD: not shutting down, the pool has a free address, and
-        // every worker goes round its loop.
+        // Ready to serve ADD: not shutting down, the pool (and the IPv6 pool of a
+        // dual-stack node) has a free address, and every worker goes round its loop.
         let held = self.pool.len();
+        let free6 = (self.pool6.as_ref())
+            .is_none_or(|p| p.len().is_ok_and(|n| u128::from(n) < p.capacity()));
         let stalled_workers = self.stalled_workers();
         let ready = !self.stopping()
             && held.is_ok_and(|n| u128::from(n) < self.pool.capacity())
+            && free6
             && stalled_workers.is_empty();
         let state = self.state.lock();
         proto::Status {

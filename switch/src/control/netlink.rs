@@ -612,6 +612,10 @@ pub struct LinkState {
     pub addrs: Vec<(Ipv4Addr, u8)>,
     /// Gateways of IPv4 default routes through it (main table).
     pub default_gateways: Vec<Ipv4Addr>,
+    /// Its IPv6 addresses with prefix lengths (link-local ones included).
+    pub addrs6: Vec<(Ipv6Addr, u8)>,
+    /// Gateways of IPv6 default routes through it (main table).
+    pub default_gateways6: Vec<Ipv6Addr>,
 }
 
 /// Reads the state of interface `name` in the calling thread's namespace; `None` if
@@ -651,27 +655,39 @@ pub fn inspect(name: &str) -> Result<Option<LinkState>, NetlinkError> {
             .execute();
         while let Some(msg) = addrs.try_next().await.map_err(err("listing addresses"))? {
             for attr in &msg.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(a)) = attr {
-                    state.addrs.push((*a, msg.header.prefix_len));
+                match attr {
+                    AddressAttribute::Address(IpAddr::V4(a)) => {
+                        state.addrs.push((*a, msg.header.prefix_len))
+                    }
+                    AddressAttribute::Address(IpAddr::V6(a)) => {
+                        state.addrs6.push((*a, msg.header.prefix_len))
+                    }
+                    _ => {}
                 }
             }
         }
-        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let mut routes = handle.route().get(query).execute();
-        while let Some(msg) = routes.try_next().await.map_err(err("listing routes"))? {
-            if msg.header.destination_prefix_length != 0 {
-                continue;
-            }
-            let through_us = msg
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-            if !through_us {
-                continue;
-            }
-            for attr in &msg.attributes {
-                if let RouteAttribute::Gateway(RouteAddress::Inet(gw)) = attr {
-                    state.default_gateways.push(*gw);
+        let queries = [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ];
+        for query in queries {
+            let mut routes = handle.route().get(query).execute();
+            while let Some(msg) = routes.try_next().await.map_err(err("listing routes"))? {
+                let through_us = (msg.attributes.iter())
+                    .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+                if msg.header.destination_prefix_length != 0 || !through_us {
+                    continue;
+                }
+                for attr in &msg.attributes {
+                    match attr {
+                        RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
+                            state.default_gateways.push(*gw)
+                        }
+                        RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => {
+                            state.default_gateways6.push(*gw)
+                        }
+                        _ => {}
+                    }
                 }
             }
         }

@@ -590,6 +590,18 @@ impl Daemon {
         if !link.default_gateways.contains(&self.node.gateway) {
             return Err(format!("no default route via {}", self.node.gateway));
         }
+        if let Some((v6, ip6)) = self.node.v6.zip(entry.ip6) {
+            let prefix = v6.subnet.prefix_len();
+            if !link.addrs6.contains(&(ip6, prefix)) {
+                return Err(format!(
+                    "address {ip6}/{prefix} is missing (has {:?})",
+                    link.addrs6
+                ));
+            }
+            if !link.default_gateways6.contains(&v6.gateway) {
+                return Err(format!("no IPv6 default route via {}", v6.gateway));
+            }
+        }
         Ok(())
     }
 
@@ -1896,6 +1908,30 @@ mod tests {
             cluster_cidr_v6: Some("fd00:10:244::/56".parse().unwrap()),
             ..Options::default()
         }
+    }
+
+    /// A node whose IPv6 pool is full is not ready, whatever its IPv4 pool holds:
+    /// an ADD would fail.
+    #[test]
+    fn a_full_ipv6_pool_makes_the_node_unready() {
+        let small = Options {
+            // Two pod addresses: ::2 and ::3.
+            pod_subnet_v6: Some("fd00:10:244:1::/126".parse().unwrap()),
+            ..dual_stack()
+        };
+        let (settings, dir) = settings_for("full6", small);
+        let d =
+            Daemon::start_with(settings, fake_host(&dir), Arc::new(NoStore)).expect("the daemon");
+        attach_in(&d, "c1", "/run/netns/p1");
+        assert!(d.status().ready, "one IPv6 address left");
+        attach_in(&d, "c2", "/run/netns/p2");
+        assert!(!d.status().ready, "no IPv6 address left");
+        assert!(matches!(attach(&d, "c3"), Response::Error(_)));
+        assert_eq!(
+            d.pool.len().unwrap(),
+            2,
+            "the failed ADD took no IPv4 address"
+        );
     }
 
     /// A dual-stack pod gets an address of each family, its interface both, and a
