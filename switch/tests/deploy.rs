@@ -358,6 +358,19 @@ fn manifests_hold_together() {
         "the etcd Secret is optional"
     );
     assert!(settings.tunnel.direct_routing);
+    // The commented dual-stack key works as written, uncommented.
+    let dual = text.replace("# cluster-cidr-v6 = ", "cluster-cidr-v6 = ");
+    assert_ne!(&dual, text, "the ConfigMap shows cluster-cidr-v6");
+    let (dual, _) = Options::from_toml("weftd.toml", &dual).expect("dual stack parses");
+    let flags = ["--node-name=node-1", "--underlay-ip=10.0.0.21"].map(String::from);
+    let v6 = (dual.with_flags(flags).expect("flags").resolve())
+        .expect("dual stack resolves")
+        .ipv6
+        .expect("dual stack");
+    assert_eq!(
+        (v6.subnet, v6.cluster.to_string().as_str()),
+        (None, "fd00:10:244::/56")
+    );
     assert_eq!(
         settings.pod_subnet, None,
         "every node claims its own subnet"
