@@ -130,17 +130,7 @@ pub fn add_remote(host: &Host, remote: &RemoteNode) -> Result<()> {
         ns.ip(&[
             "route", "add", &subnet, "via", &vtep_ip, "dev", DEVICE, "onlink",
         ])?;
-        ns.ip(&[
-            "neigh",
-            "add",
-            &vtep_ip,
-            "lladdr",
-            &mac,
-            "dev",
-            DEVICE,
-            "nud",
-            "permanent",
-        ])?;
+        permanent_neighbour(ns, &vtep_ip, &mac)?;
         ns.run(&[
             "bridge",
             "fdb",
@@ -161,6 +151,22 @@ pub fn add_remote(host: &Host, remote: &RemoteNode) -> Result<()> {
             host.index
         )
     })
+}
+
+/// Adds a permanent neighbour entry on [`DEVICE`] in `ns`: `addr` (of either
+/// family) is at `mac`, as flannel programs its peers' VTEPs.
+fn permanent_neighbour(ns: &crate::netns::Netns, addr: &str, mac: &str) -> Result<String> {
+    ns.ip(&[
+        "neigh",
+        "add",
+        addr,
+        "lladdr",
+        mac,
+        "dev",
+        DEVICE,
+        "nud",
+        "permanent",
+    ])
 }
 
 /// Removes what [`add_remote`] programmed for `remote` (a node leaving the cluster).
@@ -268,18 +274,7 @@ pub fn add_ipv6(host: &Host, subnet: ipnet::Ipv6Net, remotes: &[RemoteNode6]) ->
             ns.ip(&[
                 "-6", "route", "add", &net, "via", &via, "dev", DEVICE, "onlink",
             ])?;
-            ns.ip(&[
-                "-6",
-                "neigh",
-                "add",
-                &via,
-                "lladdr",
-                &mac,
-                "dev",
-                DEVICE,
-                "nud",
-                "permanent",
-            ])?;
+            permanent_neighbour(ns, &via, &mac)?;
         }
         anyhow::Ok(())
     })()

@@ -160,6 +160,34 @@ impl Transfer {
         )
     }
 
+    /// Runs the transfer to its end within `limit` steps, checks that all the data
+    /// arrived intact and that the server saw the client at `client` (its own
+    /// address: no NAT), and removes the sockets; panics naming `what` otherwise.
+    pub fn finish(mut self, sim: &mut Sim, limit: u64, client: IpAddress, what: &str) {
+        let steps = sim.run_until(limit, |sim| self.pump(sim));
+        let (client_state, server_state) = self.states(sim);
+        let len = self.data.len();
+        assert!(
+            steps.is_some(),
+            "{what} stalled after {limit} steps: sent {}/{len}, received {}, \
+             client {client_state}, server {server_state}; {}",
+            self.sent,
+            self.received,
+            sim.drops_report()
+        );
+        assert_eq!(
+            self.first_mismatch, None,
+            "{what}: received bytes differ from the sent ones at this offset"
+        );
+        assert_eq!(self.received, len, "{what}: byte count");
+        assert_eq!(
+            self.server_saw.map(|e| e.addr),
+            Some(client),
+            "{what}: the server must see the client's own address (no NAT)"
+        );
+        self.remove(sim);
+    }
+
     /// Removes both sockets from their pods.
     pub fn remove(self, sim: &mut Sim) {
         sim.pods[self.from].sockets.remove(self.client);
