@@ -731,3 +731,33 @@ impl Drop for Capture {
         }
     }
 }
+
+/// Host 0 of `underlay` set up for weftd and host 1 as a node of the Linux
+/// kernel's VXLAN, as flannel configures one, each listed in a peers file under
+/// `dir` (returned): the interop fixture. With `dual`, both get IPv6 subnets
+/// ([`pod_subnet6`]) and the kernel host carries IPv6 on the same device.
+///
+/// The kernel host sends VXLAN to weftd's userspace endpoint over a veth, which
+/// would carry its inner checksums unfilled: only that host gets its transmit
+/// offload off (see [`Host::set_tx_offload`]); weftd's host keeps its offloads.
+pub fn kernel_peer(underlay: &Underlay, dir: &Path, dual: bool) -> Result<(PeerNode, PathBuf)> {
+    let (h0, h1) = (underlay.host(0), underlay.host(1));
+    h1.set_tx_offload(crate::topo::Offload::Off)?;
+    let (mut weft, mut kernel) = (PeerNode::of(h0), PeerNode::of(h1));
+    if dual {
+        weft.pod_subnet_v6 = Some(pod_subnet6(h0));
+        kernel.pod_subnet_v6 = Some(pod_subnet6(h1));
+    }
+    let peers = dir.join("peers.toml");
+    write_atomic(&peers, &peers_toml(&[weft.clone(), kernel.clone()]))?;
+    let to_weft = kernel_vxlan::RemoteNode::of(h0, weft.vtep_mac);
+    kernel_vxlan::setup(h1, kernel.vtep_mac, &[to_weft])?;
+    if dual {
+        let remote = kernel_vxlan::RemoteNode6 {
+            subnet: pod_subnet6(h0),
+            vtep_mac: weft.vtep_mac,
+        };
+        kernel_vxlan::add_ipv6(h1, pod_subnet6(h1), &[remote])?;
+    }
+    Ok((kernel, peers))
+}

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use weft_perf::netns::{require_root, wait_until};
-use weft_perf::topo::{kernel_vxlan, Offload, Underlay};
+use weft_perf::topo::{kernel_vxlan, Underlay};
 use weft_perf::traffic::tcp_transfer;
 use weft_perf::weft::{
-    in_netns, peers_toml, pod_subnet6, write_atomic, Cluster, PeerNode, Scratch, WeftNode,
-    WeftOptions, CLUSTER_CIDR_V6,
+    in_netns, kernel_peer, peers_toml, pod_subnet6, write_atomic, Cluster, PeerNode, Scratch,
+    WeftNode, WeftOptions, CLUSTER_CIDR_V6,
 };
 use weft_proto::{CheckRequest, ErrorKind, Request, Response};
 
@@ -197,28 +197,8 @@ fn kernel_vxlan_carries_ipv6_pod_traffic() {
     let underlay = Underlay::new("ds6k", 2).expect("underlay");
     let scratch = Scratch::new("ds6k").unwrap();
     let (h0, h1) = (underlay.host(0), underlay.host(1));
-    // See `kernel_vxlan_interop` in tests/netns.rs: the kernel host's inner
-    // checksums must be filled before they cross the veth to weftd.
-    h1.set_tx_offload(Offload::Off)
-        .expect("kernel host offload off");
-    let (s0, s1) = (pod_subnet6(h0), pod_subnet6(h1));
-    let mut weft = PeerNode::of(h0);
-    let mut kernel = PeerNode::of(h1);
-    weft.pod_subnet_v6 = Some(s0);
-    kernel.pod_subnet_v6 = Some(s1);
-    let peers = scratch.path().join("peers.toml");
-    write_atomic(&peers, &peers_toml(&[weft.clone(), kernel.clone()])).unwrap();
-    kernel_vxlan::setup(
-        h1,
-        kernel.vtep_mac,
-        &[kernel_vxlan::RemoteNode::of(h0, weft.vtep_mac)],
-    )
-    .expect("kernel VXLAN");
-    let remote = kernel_vxlan::RemoteNode6 {
-        subnet: s0,
-        vtep_mac: weft.vtep_mac,
-    };
-    kernel_vxlan::add_ipv6(h1, s1, &[remote]).expect("kernel IPv6");
+    let (_, peers) = kernel_peer(&underlay, scratch.path(), true).expect("kernel VXLAN");
+    let s1 = pod_subnet6(h1);
     let opts = options(&["--cluster-cidr-v6", CLUSTER_CIDR_V6]);
     let node = WeftNode::start(h0, &peers, scratch.path(), &opts).expect("weftd");
     let a = underlay.pod(0, "a").unwrap();

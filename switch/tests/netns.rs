@@ -13,7 +13,8 @@ use weft_perf::netns::{require_root, wait_until, Netns};
 use weft_perf::topo::{kernel_vxlan, Offload, Pod, Underlay};
 use weft_perf::traffic::{tcp_transfer, udp_verified, Pattern};
 use weft_perf::weft::{
-    in_netns, peers_toml, write_atomic, Cluster, PeerNode, Scratch, WeftNode, WeftOptions,
+    in_netns, kernel_peer, peers_toml, write_atomic, Cluster, PeerNode, Scratch, WeftNode,
+    WeftOptions,
 };
 use weft_proto::{AttachRequest, Attachment, PeerInfo, Reply, Request, Response};
 
@@ -404,22 +405,8 @@ fn kernel_vxlan_interop_with(port: &str) {
     let underlay = Underlay::new(&tag, 2).expect("underlay");
     let scratch = Scratch::new(&tag).unwrap();
     let (h0, h1) = (underlay.host(0), underlay.host(1));
-    // The kernel host sends VXLAN to weftd's userspace endpoint over a veth, which
-    // would carry its inner checksums unfilled: only that host needs its transmit
-    // offload off (see `Host::set_tx_offload`). weftd's host keeps its offloads.
-    h1.set_tx_offload(Offload::Off)
-        .expect("kernel host offload off");
+    let (kernel, peers) = kernel_peer(&underlay, scratch.path(), false).expect("kernel VXLAN");
     assert_eq!(h0.tx_offload().unwrap(), Offload::On);
-    let weft = PeerNode::of(h0);
-    let kernel = PeerNode::of(h1);
-    let peers = scratch.path().join("peers.toml");
-    write_atomic(&peers, &peers_toml(&[weft.clone(), kernel.clone()])).unwrap();
-    kernel_vxlan::setup(
-        h1,
-        kernel.vtep_mac,
-        &[kernel_vxlan::RemoteNode::of(h0, weft.vtep_mac)],
-    )
-    .expect("kernel VXLAN");
     let opts = options("vxlan", &["--pod-port", port]);
     let node = WeftNode::start(h0, &peers, scratch.path(), &opts).expect("weftd");
     let a = underlay.pod(0, "a").unwrap();
