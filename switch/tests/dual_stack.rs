@@ -161,7 +161,13 @@ fn pods_on_two_nodes_talk_ipv6(mode: &str, port: &str) {
     wait_until(
         Duration::from_secs(10),
         "node 0 to drop node 1's IPv6 subnet",
-        || c.peers(0).is_ok_and(|p| p[0].pod_subnet_v6.is_none()),
+        || {
+            let node1 = &c.nodes[1].name;
+            (c.peers(0)).is_ok_and(|p| {
+                p.iter()
+                    .any(|p| &p.name == node1 && p.pod_subnet_v6.is_none())
+            })
+        },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
     assert!(

@@ -378,11 +378,11 @@ fn pods_that_policy_isolates_get_no_ipv6_from_anywhere(mode: TunnelMode) {
         sim.take_rx(a).is_empty(),
         "{mode:?}: an isolated pod was answered"
     );
-    assert_eq!(
-        sim.port_counters(a).dropped(DropReason::PolicyEgress),
-        2,
-        "{mode:?}"
-    );
+    let counters = sim.port_counters(a);
+    assert_eq!(counters.dropped(DropReason::PolicyEgress), 2, "{mode:?}");
+    // Dropped before routing: no error was built for it, so none was dropped.
+    assert_eq!(counters.dropped(DropReason::PolicyIngress), 2, "{mode:?}");
+    assert_eq!(counters.dropped(DropReason::NoRoute), 0, "{mode:?}");
     assert!(sim.take_rx(b).is_empty());
     // Once no policy selects it, its IPv6 flows again.
     sim.set_rules(a, None);
@@ -459,7 +459,10 @@ fn a_snapshot_refuses_ipv6_subnets_it_cannot_route() {
     let sim = three_nodes(TunnelMode::Vxlan);
     let t = &sim.nodes[0].tables;
     let outside = "fd99:0:0:1::/64".parse().unwrap();
-    for bad in [subnet6(0), subnet6(2), outside] {
+    // A range around node 2's subnet (and node 1's own), clear of node 0's.
+    let around: ipnet::Ipv6Net = "fd00:10:244:2::/63".parse().unwrap();
+    assert!(around.contains(&subnet6(2)) && !around.contains(&subnet6(0)));
+    for bad in [subnet6(0), subnet6(2), outside, around] {
         let mut peers = t.peers.clone();
         // Peer 0 is node 1; node 2 is peer 1.
         peers[0].subnet6 = Some(bad);
@@ -476,6 +479,23 @@ fn a_snapshot_refuses_ipv6_subnets_it_cannot_route() {
             "{bad}: {built:?}"
         );
     }
+    // A node without IPv6 takes no peer IPv6 subnet at all.
+    let node = Arc::new(NodeConfig {
+        v6: None,
+        ..(*t.node).clone()
+    });
+    let ports = t.ports[1..].iter().cloned();
+    let built = Tables::build(
+        node,
+        t.ports[0].clone(),
+        ports,
+        t.peers.clone(),
+        t.tunnel.clone(),
+    );
+    assert!(
+        matches!(built, Err(TablesError::Subnet6 { .. })),
+        "{built:?}"
+    );
 }
 
 /// A node without IPv6 drops what a peer sends it over IPv6, counted, and answers

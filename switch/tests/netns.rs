@@ -438,7 +438,7 @@ fn kernel_vxlan_interop_with(port: &str) {
     // The kernel node itself reaches the weft pod, too.
     h1.ns.ping(att.ip, 2).expect("kernel node → weft pod");
     // A kernel node never answers weft's heartbeats: unknown, not down.
-    let kernel_peer = || match node.ok(&Request::Peers).expect("peers") {
+    let kernel_health = || match node.ok(&Request::Peers).expect("peers") {
         Reply::Peers { peers } => peers
             .into_iter()
             .find(|p| p.name == kernel.name)
@@ -449,10 +449,10 @@ fn kernel_vxlan_interop_with(port: &str) {
     wait_until(
         Duration::from_secs(10),
         "heartbeats to the kernel node",
-        || kernel_peer().heartbeats_sent >= 4,
+        || kernel_health().heartbeats_sent >= 4,
     )
     .unwrap();
-    let h = kernel_peer();
+    let h = kernel_health();
     assert_eq!(
         (h.state.as_str(), h.echoes_received),
         ("unknown", 0),
