@@ -618,12 +618,61 @@ pub struct LinkState {
     pub default_gateways6: Vec<Ipv6Addr>,
 }
 
+/// Adds to `state` the gateways of the default routes (IPv4, then IPv6) through
+/// interface `name` (index `index`), from the main table.
+async fn default_gateways(
+    handle: &rtnetlink::Handle,
+    name: &str,
+    index: u32,
+    state: &mut LinkState,
+) -> Result<(), NetlinkError> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    let queries = [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ];
+    for (v6, query) in [false, true].into_iter().zip(queries) {
+        let mut routes = handle.route().get(query).execute();
+        loop {
+            let msg = match routes.try_next().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                // A kernel without IPv6 may refuse the IPv6 dump: no IPv6 routes.
+                Err(_) if v6 => break,
+                Err(e) => {
+                    return Err(NetlinkError::Request {
+                        what: "listing routes",
+                        link: name.to_owned(),
+                        source: e,
+                    })
+                }
+            };
+            let through_us =
+                (msg.attributes.iter()).any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+            if msg.header.destination_prefix_length != 0 || !through_us {
+                continue;
+            }
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
+                        state.default_gateways.push(*gw)
+                    }
+                    RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => {
+                        state.default_gateways6.push(*gw)
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads the state of interface `name` in the calling thread's namespace; `None` if
 /// there is no such interface.
 pub fn inspect(name: &str) -> Result<Option<LinkState>, NetlinkError> {
     use rtnetlink::packet_route::address::AddressAttribute;
     use rtnetlink::packet_route::link::LinkFlags;
-    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
     with_handle(async |handle| {
         let err = |what| {
             let link = name.to_owned();
@@ -666,38 +715,7 @@ pub fn inspect(name: &str) -> Result<Option<LinkState>, NetlinkError> {
                 }
             }
         }
-        let queries = [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ];
-        for (v6, query) in [false, true].into_iter().zip(queries) {
-            let mut routes = handle.route().get(query).execute();
-            loop {
-                let msg = match routes.try_next().await {
-                    Ok(Some(msg)) => msg,
-                    Ok(None) => break,
-                    // A kernel without IPv6 may refuse the IPv6 dump: no IPv6 routes.
-                    Err(_) if v6 => break,
-                    Err(e) => return Err(err("listing routes")(e)),
-                };
-                let through_us = (msg.attributes.iter())
-                    .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
-                if msg.header.destination_prefix_length != 0 || !through_us {
-                    continue;
-                }
-                for attr in &msg.attributes {
-                    match attr {
-                        RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
-                            state.default_gateways.push(*gw)
-                        }
-                        RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => {
-                            state.default_gateways6.push(*gw)
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
+        default_gateways(&handle, name, index, &mut state).await?;
         Ok(Some(state))
     })
 }
