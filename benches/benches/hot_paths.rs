@@ -371,6 +371,7 @@ fn pod_to_peer(
         worker: 0,
         heartbeat: None,
         conntrack: None,
+        conntrack6: None,
         host: host.worker(0),
         flows: Default::default(),
     });
@@ -432,6 +433,7 @@ fn peer_to_pod(
         worker: 0,
         heartbeat: None,
         conntrack: Some(Conntrack::new(Conntrack::tables(1, 1024, fair(1024)), 0)),
+        conntrack6: None,
         host: HostTables::new(1, 1024).worker(0),
         flows: Default::default(),
     });
@@ -447,6 +449,7 @@ fn hand_back(t: &weft_switch::tables::Tables, host: &HostTables, w: usize, n: u1
         worker: w,
         heartbeat: None,
         conntrack: None,
+        conntrack6: None,
         host: host.worker(w),
         flows: Default::default(),
     });

@@ -63,6 +63,7 @@ fn policy(c: &mut Criterion) {
     let local: Vec<LocalPod> = (0..LOCAL)
         .map(|i| LocalPod {
             ip: pod_ip(i),
+            ip6: None,
             namespace: format!("ns{}", i % NAMESPACES),
             name: format!("pod{i}"),
         })

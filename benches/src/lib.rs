@@ -204,6 +204,7 @@ pub fn new_core() -> Core {
         worker: 0,
         heartbeat: None,
         conntrack: None,
+        conntrack6: None,
         host: HostTables::new(1, 1024).worker(0),
         flows: Default::default(),
     })
@@ -231,7 +232,8 @@ pub fn many_policies(
                 Rule {
                     peers: vec![Peer::Block(IpBlock {
                         cidr: Ipv4Net::new(Ipv4Addr::new(192, 168, i as u8, (k * 16) as u8), 28)
-                            .expect("a /28"),
+                            .expect("a /28")
+                            .into(),
                         except: Vec::new(),
                     })],
                     ports: vec![Port {
@@ -254,6 +256,7 @@ pub fn many_policies(
     }
     let local = [LocalPod {
         ip,
+        ip6: None,
         namespace: "default".into(),
         name: String::new(),
     }];

@@ -140,6 +140,20 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn body(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
+
+    /// For an echo request or reply, its identifier; `None` for a message too
+    /// short to hold one.
+    pub fn echo_ident(&self) -> Option<u16> {
+        let b = self.buffer.as_ref().get(4..6)?;
+        Some(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// For an error message, the start of the packet that invoked it (RFC 4443
+    /// §2.1: after the 32-bit field of its type), cut short as the sender chose;
+    /// empty if the message holds none.
+    pub fn invoking(&self) -> &[u8] {
+        self.buffer.as_ref().get(HEADER_LEN + 4..).unwrap_or(&[])
+    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
@@ -543,6 +557,23 @@ mod tests {
         let other = Ipv6Addr::new(0xfd00, 0x10, 0x244, 9, 0, 0, 0, 9);
         assert!(!p.verify_checksum(&other, &GW));
         Repr::parse(&p).unwrap()
+    }
+
+    /// An echo's identifier and an error's invoking packet are where RFC 4443 puts
+    /// them, and a message too short for them has none, without a panic.
+    #[test]
+    fn echo_identifiers_and_invoking_packets_are_read_in_bounds() {
+        let mut echo = vec![0u8; Repr::EchoRequest { ident: 0x1234, seq: 9 }.buffer_len()];
+        Repr::EchoRequest { ident: 0x1234, seq: 9 }.emit(&mut echo);
+        assert_eq!(Packet::new_checked(&echo[..]).unwrap().echo_ident(), Some(0x1234));
+        let error = [1u8, 4, 0, 0, 0, 0, 0, 0, 0x60, 0, 0, 0];
+        let p = Packet::new_checked(&error[..]).unwrap();
+        assert_eq!(p.invoking(), &[0x60, 0, 0, 0]);
+        for len in 4..8 {
+            let p = Packet::new_checked(&error[..len]).unwrap();
+            assert!(p.invoking().is_empty());
+            assert_eq!(p.echo_ident().is_some(), len >= 6);
+        }
     }
 
     /// Every message weft writes reads back as itself, with a right checksum.

@@ -221,6 +221,7 @@ fn run(mode: TunnelMode) {
             Conntrack::tables(1, 1024, Overflow::Fair { share: 512 }),
             0,
         )),
+        conntrack6: None,
         host: HostTables::new(1, 1024).worker(0),
         flows: flows.recorder(0),
     });
@@ -442,6 +443,7 @@ fn no_allocation_per_translated_packet() {
             Conntrack::tables(1, 1024, Overflow::Fair { share: 512 }),
             0,
         )),
+        conntrack6: None,
         host: HostTables::new(1, 1024).worker(0),
         flows: Default::default(),
     });

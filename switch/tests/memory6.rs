@@ -12,7 +12,9 @@ use weft_encap::icmpv6;
 use weft_encap::ipv6::{self, next_header};
 use weft_encap::{ethernet, sleeve, vxlan};
 use weft_switch::mac::MacAddr;
-use weft_switch::netpol::compile::{PodRules, RuleSet};
+use weft_switch::netpol::compile::{compile, LocalPod, PodRules, RuleSet};
+use weft_switch::netpol::manifest;
+use weft_switch::netpol::model::PolicyModel;
 use weft_switch::sim::tcp::Transfer;
 use weft_switch::sim::*;
 use weft_switch::tables::counters::DropReason;
@@ -38,7 +40,9 @@ weft_switch::both_modes!(
     ipv6_from_a_peer_is_for_this_node_only,
     unroutable_ipv6_from_a_peer_is_answered_through_the_tunnel,
     neighbour_discovery_from_a_peer_is_not_answered,
-    pods_that_policy_isolates_get_no_ipv6_from_anywhere,
+    ipv6_policy_judges_ipv6_addresses_and_lets_replies_back,
+    tcp6_leaves_a_pod_isolated_for_ingress_and_its_replies_return,
+    icmpv6_errors_about_a_tracked_connection_pass,
     hop_limit_exceeded_from_a_peer_is_answered_through_the_tunnel,
     the_host_reaches_peers_only_from_its_gateway_address,
     an_ipv4_only_node_takes_no_ipv6_from_a_peer,
@@ -329,79 +333,163 @@ fn neighbour_discovery_from_a_peer_is_not_answered(mode: TunnelMode) {
     );
 }
 
-/// Rules isolating a pod both ways, allowing nothing.
-fn isolated() -> PodRules {
-    PodRules {
-        ingress: Some(RuleSet::default()),
-        egress: Some(RuleSet::default()),
-        selected_by: vec![("x/deny".into(), true, true)],
-    }
+/// Pod `p`'s rules as NetworkPolicy `spec` (in namespace `default`, selecting pods
+/// labelled `app: a`) compiles them, with pods a, a2, b and c of that namespace
+/// (labelled by name) at their addresses of both families, a and a2 attached here.
+fn compiled_rules(spec: &str, p: Ipv4Addr) -> PodRules {
+    let pod = |name: &str, ip: Ipv4Addr| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, labels: {{app: {name}}}}}\n\
+             status: {{podIPs: [{{ip: '{ip}'}}, {{ip: '{}'}}]}}\n",
+            ip6_of(ip)
+        )
+    };
+    let text = [pod("a", A), pod("a2", A2), pod("b", B), pod("c", C)].concat()
+        + "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+           metadata: {name: p, namespace: default}\nspec:\n  podSelector: {matchLabels: {app: a}}\n"
+        + spec;
+    let mut model = PolicyModel::default();
+    manifest::read("p.yaml", &text, &mut model).unwrap_or_else(|e| panic!("{e:?}"));
+    let local = [("a", A), ("a2", A2)].map(|(name, ip)| LocalPod {
+        ip,
+        ip6: Some(ip6_of(ip)),
+        namespace: "default".into(),
+        name: name.into(),
+    });
+    let compiled = compile(&model, &local);
+    (*compiled.by_ip[&p]).clone()
 }
 
-/// No IPv6 rule is enforced yet, so a pod that policy isolates gets no IPv6 at
-/// all: none from a peer's pod, none from its own node, none out, and no ICMPv6
-/// error about what it sent.
-fn pods_that_policy_isolates_get_no_ipv6_from_anywhere(mode: TunnelMode) {
-    let mut sim = three_nodes(mode);
-    let (a, a2, b) = (sim.pod(A), sim.pod(A2), sim.pod(B));
-    sim.set_rules(a, Some(isolated()));
-    let (mac_a, mac_a2) = (sim.pods[a].mac, sim.pods[a2].mac);
-    // In: from the peer's pod, and from the pod beside it.
-    sim.tunnel_in(
-        0,
-        from_node(1),
-        &datagram6(mode, 1, 0, &echo6(ip6_of(B), ip6_of(A), 64, 1)),
-    );
-    let ping = echo6(ip6_of(A2), ip6_of(A), 64, 2);
-    sim.pod_frame(a2, &eth(router_mac(0), mac_a2, ETHERTYPE_IPV6, &ping));
-    sim.flush();
-    assert!(
-        sim.take_rx(a).is_empty(),
-        "{mode:?}: IPv6 reached an isolated pod"
-    );
-    assert_eq!(
-        sim.port_counters(a).dropped(DropReason::PolicyIngress),
-        2,
-        "{mode:?}"
-    );
-    // Out: to the peer's pod, and to an address nobody holds (no error back).
-    for dst in [ip6_of(B), ip6_of(Ipv4Addr::new(10, 244, 1, 99))] {
-        let p = echo6(ip6_of(A), dst, 64, 3);
-        sim.pod_frame(a, &eth(router_mac(0), mac_a, ETHERTYPE_IPV6, &p));
+/// Sends an echo request with identifier `ident` from pod address `src` to `dst`:
+/// from a pod of node 0 through its port, or from another node's pod through the
+/// tunnel. Returns whether pod `to` received it.
+fn ping6_once(sim: &mut Sim, src: Ipv4Addr, dst: Ipv4Addr, ident: u16, kind: u8) -> bool {
+    let msg = match kind {
+        icmpv6::kind::ECHO_REPLY => icmpv6::Repr::EchoReply { ident, seq: 1 },
+        _ => icmpv6::Repr::EchoRequest { ident, seq: 1 },
+    };
+    let packet = icmp6(ip6_of(src), ip6_of(dst), 64, &msg, b"policy");
+    send6(sim, src, dst, &packet)
+}
+
+/// Sends IPv6 `packet` from pod address `src` (on node 0, or another node) to pod
+/// `dst`, and returns whether `dst`'s pod received it (whatever the wire carried
+/// is dropped, and the pod's queue emptied).
+fn send6(sim: &mut Sim, src: Ipv4Addr, dst: Ipv4Addr, packet: &[u8]) -> bool {
+    let mode = sim.mode;
+    let node = |ip: Ipv4Addr| usize::from(ip.octets()[2]) - 1;
+    let to = sim.pod(dst);
+    sim.take_rx(to);
+    if node(src) == 0 {
+        let from = sim.pod(src);
+        let mac = sim.pods[from].mac;
+        sim.pod_frame(from, &eth(router_mac(0), mac, ETHERTYPE_IPV6, packet));
+    } else {
+        let d = datagram6(mode, node(src), node(dst), packet);
+        sim.tunnel_in(node(dst), from_node(node(src)), &d);
     }
     sim.flush();
-    assert!(
-        sim.out.wire.is_empty(),
-        "{mode:?}: an isolated pod's IPv6 left the node"
+    let got = if node(dst) == 0 {
+        !sim.take_rx(to).is_empty()
+    } else {
+        !wire6(sim, mode, 0, node(dst)).is_empty()
+    };
+    sim.out.wire.clear();
+    got
+}
+
+/// NetworkPolicy judges IPv6 by IPv6 addresses: an IPv6 `ipBlock` admits its
+/// addresses only, a pod selector reaches pods at their IPv6 address, and the
+/// IPv6 connection table lets replies back where ingress is refused.
+fn ipv6_policy_judges_ipv6_addresses_and_lets_replies_back(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let spec = format!(
+        "  ingress:\n  - from: [{{ipBlock: {{cidr: '{}/128'}}}}]\n  \
+         egress:\n  - to: [{{podSelector: {{matchExpressions: [{{key: app, operator: In, values: [b, a2]}}]}}}}]\n",
+        ip6_of(B)
     );
-    assert!(
-        sim.take_rx(a).is_empty(),
-        "{mode:?}: an isolated pod was answered"
-    );
-    let counters = sim.port_counters(a);
-    assert_eq!(counters.dropped(DropReason::PolicyEgress), 2, "{mode:?}");
-    // Dropped before routing: no error was built for it, so none was dropped.
-    assert_eq!(counters.dropped(DropReason::PolicyIngress), 2, "{mode:?}");
-    assert_eq!(counters.dropped(DropReason::NoRoute), 0, "{mode:?}");
-    assert!(sim.take_rx(b).is_empty());
-    // Once no policy selects it, its IPv6 flows again.
+    let (a, echo, reply) = (sim.pod(A), icmpv6::kind::ECHO_REQUEST, icmpv6::kind::ECHO_REPLY);
+    sim.set_rules(a, Some(compiled_rules(&spec, A)));
+    let dropped = |sim: &Sim, r| sim.port_counters(a).dropped(r);
+    // In: from the block's one address only.
+    assert!(ping6_once(&mut sim, B, A, 1, echo), "{mode:?}: B is in the block");
+    assert!(!ping6_once(&mut sim, A2, A, 2, echo), "{mode:?}: A2 is not");
+    assert!(!ping6_once(&mut sim, C, A, 3, echo), "{mode:?}: nor C");
+    assert_eq!(dropped(&sim, DropReason::PolicyIngress), 2, "{mode:?}");
+    // Out: to the pods the selector names, found by their IPv6 addresses.
+    assert!(ping6_once(&mut sim, A, B, 4, echo), "{mode:?}: A may reach B");
+    assert!(!ping6_once(&mut sim, A, C, 5, echo), "{mode:?}: but not C");
+    assert_eq!(dropped(&sim, DropReason::PolicyEgress), 1, "{mode:?}");
+    // A2's answer to A's ping passes, though A2 may not open a connection to A:
+    // the same identifier the other way, and only as an answer.
+    assert!(ping6_once(&mut sim, A, A2, 6, echo), "{mode:?}");
+    assert!(ping6_once(&mut sim, A2, A, 6, reply), "{mode:?}: the answer");
+    assert!(!ping6_once(&mut sim, A2, A, 6, echo), "{mode:?}: a request on it");
+    assert!(!ping6_once(&mut sim, A2, A, 7, reply), "{mode:?}: an answer to nothing");
+    assert_eq!(dropped(&sim, DropReason::PolicyIngress), 4, "{mode:?}");
+    // Once no policy selects it, A takes IPv6 from anyone again.
     sim.set_rules(a, None);
-    sim.pod_frame(
-        a,
-        &eth(
-            router_mac(0),
-            mac_a,
-            ETHERTYPE_IPV6,
-            &echo6(ip6_of(A), ip6_of(B), 64, 4),
-        ),
+    assert!(ping6_once(&mut sim, C, A, 8, echo), "{mode:?}");
+}
+
+/// TCP over IPv6 out of a pod that no one may open a connection to: its
+/// connections' replies come back through the IPv6 connection table, across the
+/// tunnel and on the node, while a connection to it is refused.
+fn tcp6_leaves_a_pod_isolated_for_ingress_and_its_replies_return(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let (a, a2, b) = (sim.pod(A), sim.pod(A2), sim.pod(B));
+    sim.set_rules(a, Some(deny_ingress()));
+    transfer6(&mut sim, a, b, 8080, 60_000, 11);
+    transfer6(&mut sim, a, a2, 8081, 20_000, 12);
+    let refused = sim.port_counters(a).dropped(DropReason::PolicyIngress);
+    assert_eq!(refused, 0, "{mode:?}: a reply was refused");
+    // A SYN from B to A is refused, and counted on A.
+    let syn = tcp_syn6(ip6_of(B), ip6_of(A), 40_000, 22);
+    assert!(!send6(&mut sim, B, A, &syn), "{mode:?}: B opened a connection to A");
+    assert_eq!(sim.port_counters(a).dropped(DropReason::PolicyIngress), 1, "{mode:?}");
+}
+
+/// An ICMPv6 error reaches a pod isolated for ingress when it quotes a packet of
+/// a connection the pod opened, and is refused when it quotes anything else.
+fn icmpv6_errors_about_a_tracked_connection_pass(mode: TunnelMode) {
+    let mut sim = three_nodes(mode);
+    let a = sim.pod(A);
+    sim.set_rules(a, Some(deny_ingress()));
+    let sent = packet6(ip6_of(A), ip6_of(B), 64, next_header::UDP, &udp(5353, 53, 12));
+    assert!(send6(&mut sim, A, B, &sent), "{mode:?}: A's datagram left");
+    let unreachable = icmpv6::Repr::DestUnreachable { code: 4 };
+    let error = icmp6(ip6_of(B), ip6_of(A), 64, &unreachable, &sent);
+    assert!(send6(&mut sim, B, A, &error), "{mode:?}: the error about it was refused");
+    let other = packet6(ip6_of(A), ip6_of(B), 64, next_header::UDP, &udp(5354, 53, 12));
+    let forged = icmp6(ip6_of(B), ip6_of(A), 64, &unreachable, &other);
+    assert!(!send6(&mut sim, B, A, &forged), "{mode:?}: an error about nothing passed");
+    assert_eq!(sim.port_counters(a).dropped(DropReason::PolicyIngress), 1, "{mode:?}");
+}
+
+/// A TCP SYN from `src`:`sport` to `dst`:`dport`, checksummed.
+fn tcp_syn6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let mut seg = vec![0u8; 20];
+    seg[0..2].copy_from_slice(&sport.to_be_bytes());
+    seg[2..4].copy_from_slice(&dport.to_be_bytes());
+    seg[4..8].copy_from_slice(&1u32.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = 0x02;
+    seg[14..16].copy_from_slice(&64_000u16.to_be_bytes());
+    let sum = weft_encap::checksum::combine(
+        ipv6::pseudo_header(&src, &dst, next_header::TCP, 20),
+        weft_encap::checksum::sum(&seg),
     );
-    sim.flush();
-    assert_eq!(
-        wire6(&mut sim, mode, 0, 1).len(),
-        1,
-        "{mode:?}: {}",
-        sim.drops_report()
-    );
+    seg[16..18].copy_from_slice(&(!sum).to_be_bytes());
+    packet6(src, dst, 64, next_header::TCP, &seg)
+}
+
+/// Rules isolating a pod for ingress, allowing nothing in.
+fn deny_ingress() -> PodRules {
+    PodRules {
+        ingress: Some(RuleSet::default()),
+        egress: None,
+        selected_by: vec![("x/deny".into(), true, false)],
+    }
 }
 
 fn hop_limit_exceeded_from_a_peer_is_answered_through_the_tunnel(mode: TunnelMode) {

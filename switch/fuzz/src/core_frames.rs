@@ -224,6 +224,7 @@ fn isolate_b(sim: &mut Sim) {
         .iter()
         .map(|p| compile::LocalPod {
             ip: p.ip.expect("an address"),
+            ip6: None,
             namespace: p.namespace.clone(),
             name: p.name.clone(),
         })

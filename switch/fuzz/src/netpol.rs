@@ -100,6 +100,7 @@ pub(crate) fn local_pods(model: &PolicyModel) -> Vec<LocalPod> {
         .filter(|(_, ip)| seen.insert(*ip))
         .map(|(p, ip)| LocalPod {
             ip,
+            ip6: None,
             namespace: p.namespace.clone(),
             name: p.name.clone(),
         })
@@ -108,6 +109,7 @@ pub(crate) fn local_pods(model: &PolicyModel) -> Vec<LocalPod> {
     if seen.insert(stranger) {
         local.push(LocalPod {
             ip: stranger,
+            ip6: None,
             namespace: "default".into(),
             name: "not-in-the-model".into(),
         });

@@ -79,12 +79,18 @@ fn address(text: &str) -> Result<Option<Ipv4Addr>, DaemonError> {
 /// any address.
 fn end<'m>(c: &Compiler<'m>, text: &str) -> Result<(Ipv4Addr, Option<KnownPod<'m>>), DaemonError> {
     if let Some(ip) = address(text)? {
-        return Ok((ip, c.pod_at(ip)));
+        return Ok((ip, c.pod_at(ip.into())));
     }
     let (ns, name) = text.split_once('/').unwrap_or((DEFAULT_NAMESPACE, text));
-    c.find(ns, name)
-        .map(|p| (p.ip, Some(p)))
-        .ok_or_else(|| DaemonError::Invalid(format!("{text:?} is no known pod and no address")))
+    let pod = c.find(ns, name).ok_or_else(|| {
+        DaemonError::Invalid(format!("{text:?} is no known pod and no address"))
+    })?;
+    let ip = pod.ip.ok_or_else(|| {
+        DaemonError::Invalid(format!(
+            "pod {text} has no IPv4 address, and explain follows IPv4 only"
+        ))
+    })?;
+    Ok((ip, Some(pod)))
 }
 
 /// Policy's verdict on one connection: each side's, whether it allows it and
@@ -201,7 +207,9 @@ impl Daemon {
             )));
         }
         let pods: HashMap<Ipv4Addr, KnownPod<'_>> = c.known().fold(HashMap::new(), |mut m, p| {
-            m.entry(p.ip).or_insert(p);
+            if let Some(ip) = p.ip {
+                m.entry(ip).or_insert(p);
+            }
             m
         });
         let verdict =

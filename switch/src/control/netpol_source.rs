@@ -152,6 +152,7 @@ impl State {
             .iter()
             .map(|p| LocalPod {
                 ip: p.entry.ip,
+                ip6: p.entry.ip6,
                 namespace: p
                     .pod
                     .as_ref()
@@ -321,7 +322,7 @@ impl Daemon {
         let rules = c.rules_for(&known);
         Ok(proto::PodPolicies {
             pod: pod.clone(),
-            ip: Some(known.ip),
+            ip: known.ip,
             ingress_isolated: rules.ingress.is_some(),
             egress_isolated: rules.egress.is_some(),
             selected_by: rules

@@ -23,6 +23,9 @@
 //! another takes its slot where a lookup reaches it (no free slot lies before it),
 //! so that a full table's churn does not fill its probe chains with tombstones.
 //!
+//! The tables are per address family ([`Addr`]): an IPv4 connection's two
+//! addresses fill one word of a slot, an IPv6 one's four; nothing else differs.
+//!
 //! The timeouts are NetworkPolicy's ([`Timeouts::Policy`]), or the host's connection
 //! tracker's ([`Timeouts::Host`]) for connections that must outlive its entries, or
 //! one fixed lifetime.
@@ -46,15 +49,89 @@ const EVICTION_SCAN: usize = 128;
 /// and a flood from one churns the oldest of the bucket's others.
 const SOURCE_BUCKETS: usize = 1 << 16;
 
+/// An address as a connection table keeps it: IPv4's as `u32`, IPv6's as `u128`.
+pub trait Addr:
+    Copy + Eq + Ord + Default + std::fmt::Debug + std::hash::Hash + Send + Sync + 'static
+{
+    /// A key's two addresses, as the words of a slot.
+    type Pair: Copy + Eq + Default + std::fmt::Debug;
+    /// Where a slot keeps a pair, each word an atomic.
+    type Cell: Default + std::fmt::Debug + Send + Sync;
+    /// The pair of `src` and `dst`.
+    fn pair(src: Self, dst: Self) -> Self::Pair;
+    /// The addresses of `pair`, source first.
+    fn unpair(pair: Self::Pair) -> (Self, Self);
+    /// Reads `cell`'s words (relaxed: the slot's seqlock orders them).
+    fn load(cell: &Self::Cell) -> Self::Pair;
+    /// Writes `cell`'s words (relaxed, likewise).
+    fn store(cell: &Self::Cell, pair: Self::Pair);
+    /// The address mixed with `key`: every bit of either reaches every bit of the
+    /// result, so that an address chosen without the key hits no chosen value.
+    fn mix(self, key: u64) -> u64;
+    /// Both addresses mixed with `key`, likewise.
+    fn mix_pair(a: Self, b: Self, key: u64) -> u64;
+}
+
+impl Addr for u32 {
+    type Pair = u64;
+    type Cell = AtomicU64;
+    fn pair(src: u32, dst: u32) -> u64 {
+        u64::from(src) << 32 | u64::from(dst)
+    }
+    fn unpair(pair: u64) -> (u32, u32) {
+        ((pair >> 32) as u32, pair as u32)
+    }
+    fn load(cell: &AtomicU64) -> u64 {
+        cell.load(Relaxed)
+    }
+    fn store(cell: &AtomicU64, pair: u64) {
+        cell.store(pair, Relaxed);
+    }
+    fn mix(self, key: u64) -> u64 {
+        fmix64(u64::from(self) ^ key)
+    }
+    fn mix_pair(a: u32, b: u32, key: u64) -> u64 {
+        fmix64(u32::pair(a, b) ^ key)
+    }
+}
+
+impl Addr for u128 {
+    type Pair = [u64; 4];
+    type Cell = [AtomicU64; 4];
+    fn pair(src: u128, dst: u128) -> [u64; 4] {
+        [(src >> 64) as u64, src as u64, (dst >> 64) as u64, dst as u64]
+    }
+    fn unpair(w: [u64; 4]) -> (u128, u128) {
+        let join = |hi: u64, lo: u64| u128::from(hi) << 64 | u128::from(lo);
+        (join(w[0], w[1]), join(w[2], w[3]))
+    }
+    fn load(cell: &[AtomicU64; 4]) -> [u64; 4] {
+        [0, 1, 2, 3].map(|i| cell[i].load(Relaxed))
+    }
+    fn store(cell: &[AtomicU64; 4], pair: [u64; 4]) {
+        for (c, w) in cell.iter().zip(pair) {
+            c.store(w, Relaxed);
+        }
+    }
+    fn mix(self, key: u64) -> u64 {
+        // Chained: the state before each word is secret, so no two addresses
+        // chosen without the key are known to meet.
+        fmix64(fmix64((self >> 64) as u64 ^ key) ^ self as u64)
+    }
+    fn mix_pair(a: u128, b: u128, key: u64) -> u64 {
+        b.mix(a.mix(key))
+    }
+}
+
 /// A connection's 5-tuple, in the direction of one packet. For ICMP echo, both ports
 /// are the echo identifier, and the key holds the message's type: a reply is the
 /// request's reverse, and a request the other way, on the same identifier, is not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FlowKey {
+pub struct FlowKey<A: Addr = u32> {
     /// Source address.
-    pub src: u32,
+    pub src: A,
     /// Destination address.
-    pub dst: u32,
+    pub dst: A,
     /// Source port.
     pub sport: u16,
     /// Destination port.
@@ -78,9 +155,19 @@ fn icmp_answer(t: u8) -> u8 {
     }
 }
 
-impl FlowKey {
-    /// The other direction: for an ICMP query, its answer.
-    pub fn reverse(self) -> FlowKey {
+/// The ICMPv6 type that answers a query of type `t` (RFC 4443: echo request 128
+/// and reply 129), and the other way round; any other type answers itself.
+fn icmpv6_answer(t: u8) -> u8 {
+    match t {
+        128 => 129,
+        129 => 128,
+        _ => t,
+    }
+}
+
+impl<A: Addr> FlowKey<A> {
+    /// The other direction: for an ICMP or ICMPv6 query, its answer.
+    pub fn reverse(self) -> FlowKey<A> {
         FlowKey {
             src: self.dst,
             dst: self.src,
@@ -89,14 +176,15 @@ impl FlowKey {
             proto: self.proto,
             icmp: match self.proto {
                 weft_encap::ipv4::protocol::ICMP => icmp_answer(self.icmp),
+                weft_encap::ipv6::next_header::ICMPV6 => icmpv6_answer(self.icmp),
                 _ => self.icmp,
             },
         }
     }
 
-    fn words(self) -> (u64, u64) {
+    fn words(self) -> (A::Pair, u64) {
         (
-            u64::from(self.src) << 32 | u64::from(self.dst),
+            A::pair(self.src, self.dst),
             u64::from(self.sport) << 48
                 | u64::from(self.dport) << 32
                 | u64::from(self.proto) << 24
@@ -104,10 +192,11 @@ impl FlowKey {
         )
     }
 
-    fn of_words(a: u64, b: u64) -> FlowKey {
+    fn of_words(a: A::Pair, b: u64) -> FlowKey<A> {
+        let (src, dst) = A::unpair(a);
         FlowKey {
-            src: (a >> 32) as u32,
-            dst: a as u32,
+            src,
+            dst,
             sport: (b >> 48) as u16,
             dport: (b >> 32) as u16,
             proto: (b >> 24) as u8,
@@ -126,9 +215,8 @@ impl FlowKey {
         } else {
             ((self.dst, self.dport), (self.src, self.sport))
         };
-        let addrs = u64::from(lo.0) << 32 | u64::from(hi.0);
         let ports = u64::from(lo.1) << 32 | u64::from(hi.1) << 16 | u64::from(self.proto);
-        fmix64(fmix64(addrs ^ seed) ^ ports)
+        fmix64(A::mix_pair(lo.0, hi.0, seed) ^ ports)
     }
 }
 
@@ -201,6 +289,7 @@ impl Timeouts {
 /// How long an idle connection is kept.
 pub fn timeout(proto: u8, flags: Flags) -> Duration {
     use weft_encap::ipv4::protocol::{ICMP, SCTP, TCP, UDP};
+    use weft_encap::ipv6::next_header::ICMPV6;
     let s = Duration::from_secs;
     match (proto, flags.replied, flags.closing) {
         (TCP | SCTP, _, true) => s(30),
@@ -208,7 +297,7 @@ pub fn timeout(proto: u8, flags: Flags) -> Duration {
         (TCP | SCTP, true, false) => s(24 * 3600),
         (UDP, false, _) => s(30),
         (UDP, true, _) => s(180),
-        (ICMP, _, _) => s(30),
+        (ICMP | ICMPV6, _, _) => s(30),
         _ => s(60),
     }
 }
@@ -244,19 +333,19 @@ const TOMBSTONE: u64 = 2;
 /// `bucket` is its source's bucket in a fair table (in the room the seqlock's word
 /// leaves before the others), which only the owner reads.
 #[derive(Debug, Default)]
-struct Slot {
+struct Slot<A: Addr> {
     seq: AtomicU32,
     bucket: AtomicU32,
-    a: AtomicU64,
+    a: A::Cell,
     b: AtomicU64,
     c: AtomicU64,
 }
 
 /// An entry as a reader saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Entry {
+pub struct Entry<A: Addr = u32> {
     /// The connection in the direction of its first packet.
-    pub orig: FlowKey,
+    pub orig: FlowKey<A>,
     /// What happened on it.
     pub flags: Flags,
     /// The policy generation it was last allowed under (NetworkPolicy's tables), or
@@ -269,9 +358,9 @@ pub struct Entry {
     pub value: u64,
 }
 
-impl Entry {
-    /// The three words a slot holds the entry in.
-    fn words(&self) -> (u64, u64, u64) {
+impl<A: Addr> Entry<A> {
+    /// The words a slot holds the entry in.
+    fn words(&self) -> (A::Pair, u64, u64) {
         let (a, b) = self.orig.words();
         (
             a,
@@ -281,10 +370,10 @@ impl Entry {
     }
 }
 
-impl Slot {
+impl<A: Addr> Slot<A> {
     /// A consistent copy of the slot and of its `value` word, if its table has
     /// values, or `None` while the owner writes it.
-    fn read(&self, value: Option<&AtomicU64>) -> Option<(u64, u64, u64, u64)> {
+    fn read(&self, value: Option<&AtomicU64>) -> Option<(A::Pair, u64, u64, u64)> {
         for _ in 0..64 {
             let s1 = self.seq.load(Acquire);
             if s1 & 1 == 1 {
@@ -292,7 +381,7 @@ impl Slot {
                 continue;
             }
             let (a, b, c, d) = (
-                self.a.load(Relaxed),
+                A::load(&self.a),
                 self.b.load(Relaxed),
                 self.c.load(Relaxed),
                 value.map_or(0, |v| v.load(Relaxed)),
@@ -307,11 +396,11 @@ impl Slot {
 
     /// Writes the slot, and its `value` word if its table has values (the owner
     /// only).
-    fn write(&self, a: u64, b: u64, c: u64, value: Option<(&AtomicU64, u64)>) {
+    fn write(&self, a: A::Pair, b: u64, c: u64, value: Option<(&AtomicU64, u64)>) {
         let s = self.seq.load(Relaxed);
         self.seq.store(s.wrapping_add(1), Relaxed);
         fence(Release);
-        self.a.store(a, Relaxed);
+        A::store(&self.a, a);
         self.b.store(b, Relaxed);
         self.c.store(c, Relaxed);
         if let Some((v, d)) = value {
@@ -346,8 +435,8 @@ pub enum Overflow {
 
 /// One worker's table.
 #[derive(Debug)]
-pub struct Table {
-    slots: Box<[Slot]>,
+pub struct Table<A: Addr = u32> {
+    slots: Box<[Slot<A>]>,
     mask: usize,
     /// Live entries; written by the owner only.
     live: AtomicU64,
@@ -372,9 +461,9 @@ pub struct Table {
 
 /// Where an entry was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Found {
+pub struct Found<A: Addr = u32> {
     /// The entry.
-    pub entry: Entry,
+    pub entry: Entry<A>,
     /// The packet goes the entry's original way.
     pub forward: bool,
     /// In this worker's own table, at this slot.
@@ -414,19 +503,31 @@ pub struct OverflowStats {
     pub over_share: u64,
 }
 
+impl std::ops::Add for OverflowStats {
+    type Output = OverflowStats;
+
+    /// Both counts summed.
+    fn add(self, other: OverflowStats) -> OverflowStats {
+        OverflowStats {
+            evicted: self.evicted + other.evicted,
+            over_share: self.over_share + other.over_share,
+        }
+    }
+}
+
 /// Adds one to a counter only its owner writes.
 fn bump(n: &AtomicU64) {
     n.store(n.load(Relaxed) + 1, Relaxed);
 }
 
-impl Table {
+impl<A: Addr> Table<A> {
     /// A table for at most `max` live connections, which `overflow` says how to keep.
-    pub fn new(max: usize, overflow: Overflow) -> Table {
+    pub fn new(max: usize, overflow: Overflow) -> Table<A> {
         Table::with(max, overflow, false)
     }
 
     /// Like [`Table::new`], with a value kept beside each entry when `values`.
-    fn with(max: usize, overflow: Overflow, values: bool) -> Table {
+    fn with(max: usize, overflow: Overflow, values: bool) -> Table<A> {
         let slots = (max.max(1) * 2).next_power_of_two();
         let buckets = match overflow {
             Overflow::EarlyDrop => 0,
@@ -458,7 +559,7 @@ impl Table {
     }
 
     /// Writes slot `at`, with `value` in a table with values.
-    fn write(&self, at: usize, (a, b, c): (u64, u64, u64), value: u64) {
+    fn write(&self, at: usize, (a, b, c): (A::Pair, u64, u64), value: u64) {
         self.slots[at].write(a, b, c, self.value(at).map(|v| (v, value)));
     }
 
@@ -478,8 +579,8 @@ impl Table {
     /// The bucket that counts the entries of source address `src`, in a fair table.
     /// Keyed by the table's seed, so that a pod cannot pick an address that shares
     /// another's bucket.
-    fn bucket(&self, src: u32) -> Option<usize> {
-        let hash = fmix64(u64::from(src) ^ self.seed.rotate_left(32)) as usize;
+    fn bucket(&self, src: A) -> Option<usize> {
+        let hash = src.mix(self.seed.rotate_left(32)) as usize;
         (!self.sources.is_empty()).then(|| hash & (self.sources.len() - 1))
     }
 
@@ -540,7 +641,7 @@ impl Table {
 
     /// The entry of `key`'s connection, either way, unexpired at `now`. Slots are
     /// compared word by word, with the key's words either way made once.
-    fn find(&self, key: FlowKey, now: u32) -> Option<(usize, Entry, bool)> {
+    fn find(&self, key: FlowKey<A>, now: u32) -> Option<(usize, Entry<A>, bool)> {
         let start = key.symmetric_hash(self.seed) as usize;
         let (forth, back) = (key.words(), key.reverse().words());
         for i in 0..MAX_PROBE {
@@ -576,7 +677,7 @@ impl Table {
     /// owner only). A new connection takes the slot of an expired entry not yet
     /// swept, or, where the table's bound or its source's share leaves no room, that
     /// of an entry which gives up its place ([`Table::victim`]).
-    fn put(&self, entry: &Entry, now: u32) -> Result<usize, Refused> {
+    fn put(&self, entry: &Entry<A>, now: u32) -> Result<usize, Refused> {
         let words = entry.words();
         let value = entry.value;
         let src = entry.orig.src;
@@ -628,7 +729,7 @@ impl Table {
     /// sources of `bucket` may take, given the `room` the table has for it.
     fn chain(
         &self,
-        key: FlowKey,
+        key: FlowKey<A>,
         start: usize,
         now: u32,
         room: Result<(), Refused>,
@@ -645,7 +746,7 @@ impl Table {
             let state = b & 0xff;
             let expired = ((slot.c.load(Relaxed) >> 32) as u32) < now;
             if state == LIVE && !expired && {
-                let words = (slot.a.load(Relaxed), b & KEY_BITS);
+                let words = (A::load(&slot.a), b & KEY_BITS);
                 words == forth || words == back
             } {
                 return Chain::Held(at);
@@ -674,7 +775,7 @@ impl Table {
 
     /// Writes the words of a new entry into slot `at` and counts it in its source's
     /// `bucket` (the owner only).
-    fn fill(&self, at: usize, words: (u64, u64, u64), value: u64, bucket: Option<usize>) {
+    fn fill(&self, at: usize, words: (A::Pair, u64, u64), value: u64, bucket: Option<usize>) {
         self.count(bucket, true);
         self.slots[at]
             .bucket
@@ -692,7 +793,7 @@ impl Table {
     /// a source holding more than that gives way: otherwise a few pods that open
     /// connections to each other and leave them idle (each a day long once
     /// assured) would hold the whole table from every other pod. Counts an eviction.
-    fn victim(&self, start: usize, now: u32, src: u32, short: Refused) -> Option<usize> {
+    fn victim(&self, start: usize, now: u32, src: A, short: Refused) -> Option<usize> {
         let own = self.bucket(src);
         let mine = self.held_in(own);
         let fair = match (self.overflow, short) {
@@ -754,13 +855,13 @@ impl Table {
         let slot = &self.slots[at];
         if slot.b.load(Relaxed) & 0xff == LIVE {
             self.count(self.bucket_of(at), false);
-            self.write(at, (0, TOMBSTONE, 0), 0);
+            self.write(at, (A::Pair::default(), TOMBSTONE, 0), 0);
             self.live.store(self.live().saturating_sub(1), Relaxed);
         }
     }
 
     /// Every live entry, with its slot.
-    fn entries(&self) -> impl Iterator<Item = (usize, Entry)> + '_ {
+    fn entries(&self) -> impl Iterator<Item = (usize, Entry<A>)> + '_ {
         self.slots.iter().enumerate().filter_map(|(at, slot)| {
             let (a, b, c, value) = slot.read(self.value(at))?;
             (b & 0xff == LIVE).then(|| {
@@ -794,7 +895,7 @@ impl Table {
         for i in (0..2 * n).rev() {
             let at = i % n;
             if state(at) == TOMBSTONE && state(at + 1) == EMPTY {
-                self.write(at, (0, EMPTY, 0), 0);
+                self.write(at, (A::Pair::default(), EMPTY, 0), 0);
             }
         }
     }
@@ -802,28 +903,28 @@ impl Table {
 
 /// A worker's view of every worker's table: its own to write, the others to read.
 #[derive(Debug, Clone)]
-pub struct Conntrack {
-    tables: Arc<[Table]>,
+pub struct Conntrack<A: Addr = u32> {
+    tables: Arc<[Table<A>]>,
     me: usize,
     timeouts: Timeouts,
 }
 
-impl Conntrack {
+impl<A: Addr> Conntrack<A> {
     /// The tables of `workers` workers, each holding at most `max` connections, and
     /// making room for more as `overflow` says.
-    pub fn tables(workers: usize, max: usize, overflow: Overflow) -> Arc<[Table]> {
+    pub fn tables(workers: usize, max: usize, overflow: Overflow) -> Arc<[Table<A>]> {
         (0..workers.max(1))
             .map(|_| Table::new(max, overflow))
             .collect()
     }
 
     /// Worker `me`'s view of `tables`, with NetworkPolicy's timeouts.
-    pub fn new(tables: Arc<[Table]>, me: usize) -> Conntrack {
+    pub fn new(tables: Arc<[Table<A>]>, me: usize) -> Conntrack<A> {
         Conntrack::with(tables, me, Timeouts::Policy)
     }
 
     /// Worker `me`'s view of `tables`, whose connections live by `timeouts`.
-    pub fn with(tables: Arc<[Table]>, me: usize, timeouts: Timeouts) -> Conntrack {
+    pub fn with(tables: Arc<[Table<A>]>, me: usize, timeouts: Timeouts) -> Conntrack<A> {
         let me = me % tables.len().max(1);
         Conntrack {
             tables,
@@ -833,17 +934,14 @@ impl Conntrack {
     }
 
     /// What every worker's table has done with connections it could not fit.
-    pub fn overflow_stats(tables: &[Table]) -> OverflowStats {
+    pub fn overflow_stats(tables: &[Table<A>]) -> OverflowStats {
         tables
             .iter()
             .map(Table::overflow_stats)
-            .fold(OverflowStats::default(), |sum, t| OverflowStats {
-                evicted: sum.evicted + t.evicted,
-                over_share: sum.over_share + t.over_share,
-            })
+            .fold(OverflowStats::default(), |sum, t| sum + t)
     }
 
-    fn own(&self) -> &Table {
+    fn own(&self) -> &Table<A> {
         &self.tables[self.me]
     }
 
@@ -859,7 +957,7 @@ impl Conntrack {
 
     /// The connection `key` belongs to, looked up in this worker's table, then in the
     /// others'.
-    pub fn lookup(&self, key: FlowKey, now: Time) -> Option<Found> {
+    pub fn lookup(&self, key: FlowKey<A>, now: Time) -> Option<Found<A>> {
         let now = seconds(now);
         let own = self.own();
         if let Some((at, entry, forward)) = (own.live() > 0).then(|| own.find(key, now)).flatten() {
@@ -885,7 +983,7 @@ impl Conntrack {
     /// The newest entry of `key`'s connection in any worker's table, where each
     /// entry's generation is the second it was last written: when two workers keep
     /// different knowledge of one 5-tuple, the latest wins (this worker's on a tie).
-    pub fn lookup_latest(&self, key: FlowKey, now: Time) -> Option<Found> {
+    pub fn lookup_latest(&self, key: FlowKey<A>, now: Time) -> Option<Found<A>> {
         let secs = seconds(now);
         let mut best = self.lookup(key, now)?;
         for (i, t) in self.tables.iter().enumerate() {
@@ -910,7 +1008,7 @@ impl Conntrack {
     /// reuses a closed one's 5-tuple is written by the worker that saw its first
     /// packet, while the closed one's entry may linger in the table of the worker
     /// that reads its answers, which looks in its own first.
-    pub fn lookup_open(&self, key: FlowKey, now: Time) -> Option<Found> {
+    pub fn lookup_open(&self, key: FlowKey<A>, now: Time) -> Option<Found<A>> {
         let first = self.lookup(key, now)?;
         if !first.entry.flags.closing {
             return Some(first);
@@ -930,7 +1028,7 @@ impl Conntrack {
     /// or keeps one alive: `flags` are what is known of it now.
     pub fn track(
         &self,
-        orig: FlowKey,
+        orig: FlowKey<A>,
         flags: Flags,
         generation: u32,
         now: Time,
@@ -948,7 +1046,7 @@ impl Conntrack {
 
     /// The tables of `workers` workers, like [`Conntrack::tables`], each keeping a
     /// value word with every entry ([`Entry::value`], [`Conntrack::put`]).
-    pub fn value_tables(workers: usize, max: usize, overflow: Overflow) -> Arc<[Table]> {
+    pub fn value_tables(workers: usize, max: usize, overflow: Overflow) -> Arc<[Table<A>]> {
         (0..workers.max(1))
             .map(|_| Table::with(max, overflow, true))
             .collect()
@@ -956,19 +1054,19 @@ impl Conntrack {
 
     /// Writes `entry` (with its value and expiry) into this worker's table: a new
     /// connection, or the update of one in it.
-    pub fn put(&self, entry: &Entry, now: Time) -> Result<(), Refused> {
+    pub fn put(&self, entry: &Entry<A>, now: Time) -> Result<(), Refused> {
         self.own().put(entry, seconds(now)).map(drop)
     }
 
     /// When a connection `orig` with `flags`, written at `now`, expires, by this
     /// view's timeouts, in the seconds [`Entry::expires`] counts.
-    pub fn expiry(&self, orig: FlowKey, flags: Flags, now: Time) -> u32 {
+    pub fn expiry(&self, orig: FlowKey<A>, flags: Flags, now: Time) -> u32 {
         seconds(now + self.timeouts.of(orig.proto, flags))
     }
 
     /// Forgets every entry of this worker's table that `gone` says must go, in one
     /// pass and without allocating (each slot is read before it is removed).
-    pub fn forget_where(&self, mut gone: impl FnMut(&Entry) -> bool) {
+    pub fn forget_where(&self, mut gone: impl FnMut(&Entry<A>) -> bool) {
         let own = self.own();
         for (at, e) in own.entries() {
             if gone(&e) {
@@ -982,8 +1080,8 @@ impl Conntrack {
     /// second: most packets of a connection only read the table.
     pub fn keep(
         &self,
-        orig: FlowKey,
-        found: Option<&Found>,
+        orig: FlowKey<A>,
+        found: Option<&Found<A>>,
         flags: Flags,
         generation: u32,
         now: Time,
@@ -1006,7 +1104,7 @@ impl Conntrack {
 
     /// Whether `entry`, seen at `now`, has lost a second or more of its timeout, so
     /// that keeping the connection alive means writing it again.
-    pub fn needs_refresh(&self, entry: &Entry, now: Time) -> bool {
+    pub fn needs_refresh(&self, entry: &Entry<A>, now: Time) -> bool {
         let full = seconds(now + self.timeouts.of(entry.orig.proto, entry.flags));
         entry.expires < full.saturating_sub(1)
     }
@@ -1026,7 +1124,7 @@ impl Conntrack {
         let own = self.own();
         own.sweep(secs);
         let written = self.timeouts == Timeouts::Host;
-        let closed: Vec<Entry> = own
+        let closed: Vec<Entry<A>> = own
             .entries()
             .filter(|(_, e)| !e.flags.closing)
             .filter(|(_, e)| {

@@ -3,16 +3,17 @@
 //! ICMP error the connection of the packet it quotes. Read once per packet by the
 //! steps that keep state (the host boundary and NetworkPolicy).
 
-use weft_encap::{icmpv4, ipv4, tcp, udp};
+use weft_encap::ipv6::next_header;
+use weft_encap::{icmpv4, icmpv6, ipv4, ipv6, tcp, udp};
 
-use super::conntrack::FlowKey;
+use super::conntrack::{Addr, FlowKey};
 
-/// What the connection tables need of a packet.
+/// What the connection tables need of a packet, of either family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Flow {
+pub(super) struct Flow<A: Addr = u32> {
     /// The 5-tuple (for ICMP echo, both ports are the echo identifier; for ICMP, the
     /// type).
-    pub key: FlowKey,
+    pub key: FlowKey<A>,
     /// The destination port rules match against: TCP, UDP and SCTP only, and not in
     /// a fragment after the first.
     pub port: Option<u16>,
@@ -23,18 +24,18 @@ pub(super) struct Flow {
     pub opening: Option<u32>,
     /// For an ICMP error, the connection of the packet it quotes, when it goes to
     /// that packet's sender.
-    pub error_about: Option<FlowKey>,
+    pub error_about: Option<FlowKey<A>>,
     /// Whether the packet is a fragment, and which.
     pub fragment: Option<Fragment>,
 }
 
-/// A fragment of an IPv4 datagram.
+/// A fragment of a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Fragment {
     /// The first fragment, which carries the ports, or a later one, which does not.
     pub first: bool,
-    /// The datagram's IPv4 identification.
-    pub ident: u16,
+    /// The datagram's identification (16 bits in IPv4, 32 in IPv6).
+    pub ident: u32,
 }
 
 /// The ports of a transport header at the start of `payload` of protocol `proto`:
@@ -112,7 +113,7 @@ impl Flow {
             .map(|t| t.seq());
         let fragment = (ip.frag_offset() != 0 || ip.more_fragments()).then(|| Fragment {
             first: ip.frag_offset() == 0,
-            ident: ip.ident(),
+            ident: u32::from(ip.ident()),
         });
         let error_about = (key.proto == ipv4::protocol::ICMP && ip.frag_offset() == 0)
             .then(|| icmpv4::Packet::new_checked(payload).ok())
@@ -136,11 +137,98 @@ impl Flow {
     /// of 0, which no connection uses (nor an ICMP type: later fragments have none).
     pub fn datagram(&self) -> Option<FlowKey> {
         self.fragment.map(|f| FlowKey {
-            sport: f.ident,
+            // An IPv4 identification: 16 bits.
+            sport: f.ident as u16,
             dport: 0,
             icmp: 0,
             ..self.key
         })
+    }
+}
+
+/// The ports of an ICMPv6 message at the start of `payload`: an echo's
+/// identifier twice.
+fn icmpv6_ports(payload: &[u8]) -> Option<(u16, u16, bool)> {
+    let m = icmpv6::Packet::new_checked(payload).ok()?;
+    let echo = matches!(m.msg_type(), icmpv6::kind::ECHO_REQUEST | icmpv6::kind::ECHO_REPLY);
+    let ident = m.echo_ident().filter(|_| echo)?;
+    Some((ident, ident, false))
+}
+
+/// The key of the IPv6 header `ip` with the upper layer past its extension
+/// headers, whose ports a first fragment (or a whole packet) has; and whether
+/// they are transport ports, and where the upper layer is. A packet whose
+/// extension headers do not read has no ports: its protocol is the first next
+/// header, and only rules without ports can allow it.
+fn key_of6(ip: &ipv6::Packet<&[u8]>) -> (FlowKey<u128>, bool, Option<ipv6::UpperLayer>) {
+    let payload = ip.payload();
+    let upper = ipv6::upper_layer(ip.next_header(), payload).ok();
+    let mut key = FlowKey {
+        src: u128::from(ip.src_addr()),
+        dst: u128::from(ip.dst_addr()),
+        sport: 0,
+        dport: 0,
+        proto: upper.map_or(ip.next_header(), |u| u.protocol),
+        icmp: 0,
+    };
+    let mut transport = false;
+    if let Some(u) = upper.filter(|u| u.fragment.is_none_or(|f| f.offset == 0)) {
+        let rest = &payload[u.offset..];
+        let ports = match u.protocol {
+            next_header::ICMPV6 => icmpv6_ports(rest),
+            p => udp::ports(p, rest).map(|(s, d)| (s, d, true)),
+        };
+        if let Some((s, d, t)) = ports {
+            (key.sport, key.dport, transport) = (s, d, t);
+        }
+        if u.protocol == next_header::ICMPV6 {
+            key.icmp = rest.first().copied().unwrap_or(0);
+        }
+    }
+    (key, transport, upper)
+}
+
+/// The connection of the packet an ICMPv6 error quotes: its IPv6 header and as
+/// much of the rest as fits, cut short by design, so its length is not checked.
+fn quoted_key6(data: &[u8]) -> Option<FlowKey<u128>> {
+    if data.len() < ipv6::HEADER_LEN || data[0] >> 4 != 6 {
+        return None;
+    }
+    let ip = ipv6::Packet::new_unchecked(data);
+    Some(key_of6(&ip).0)
+}
+
+impl Flow<u128> {
+    /// The flow of the validated IPv6 packet `ip`.
+    pub fn of6(ip: &ipv6::Packet<&[u8]>) -> Flow<u128> {
+        let (key, transport, upper) = key_of6(ip);
+        let port = transport.then_some(key.dport);
+        let fragment = upper.and_then(|u| u.fragment).map(|f| Fragment {
+            first: f.offset == 0,
+            ident: f.ident,
+        });
+        let first = fragment.is_none_or(|f| f.first);
+        let rest = upper.map_or(&[][..], |u| &ip.payload()[u.offset..]);
+        let tcp = (key.proto == next_header::TCP && transport)
+            .then(|| tcp::Packet::new_checked(rest).ok())
+            .flatten();
+        let error_about = (key.proto == next_header::ICMPV6 && first)
+            .then(|| icmpv6::Packet::new_checked(rest).ok())
+            .flatten()
+            .filter(|m| icmpv6::is_error(m.msg_type()))
+            .and_then(|m| quoted_key6(m.invoking()))
+            // An error goes to the sender of the packet it quotes.
+            .filter(|inner| inner.src == key.dst);
+        Flow {
+            key,
+            port,
+            closing: tcp.as_ref().is_some_and(|t| t.fin() || t.rst()),
+            opening: (tcp.as_ref())
+                .filter(|t| t.syn() && !t.ack_flag())
+                .map(|t| t.seq()),
+            error_about,
+            fragment,
+        }
     }
 }
 

@@ -15,10 +15,11 @@
 //! the peer's IPv4 path; a peer may send only from its IPv6 subnet, and only to
 //! this node's pods and gateway.
 //!
-//! What is not here yet, and is dropped rather than half done: IPv6 to a peer that
-//! is reached by direct routing or not at all (answered as unreachable), IPv6 to or
-//! from a pod that NetworkPolicy isolates (no IPv6 rule is enforced yet, so such a
-//! pod's IPv6 fails closed).
+//! NetworkPolicy judges IPv6 as it does IPv4 (`super::enforce`), with IPv6
+//! addresses and blocks and a connection table of its own, once a packet is
+//! routed. What is not here yet, and is dropped rather than half done: IPv6 to a
+//! peer that is reached by direct routing or not at all (answered as
+//! unreachable).
 
 use std::net::Ipv6Addr;
 
@@ -27,6 +28,7 @@ use weft_encap::icmpv6::{self, kind};
 use weft_encap::ipv6::{self, next_header};
 use weft_encap::{tcp, udp};
 
+use super::flow::Flow;
 use super::{Core, Ctx, Frame, Ingress, Offload, Sink, HEADROOM};
 use crate::tables::counters::DropReason;
 use crate::tables::{Node6, PeerPath, PortKind, Tables};
@@ -247,13 +249,6 @@ impl Core {
         if let Some(reason) = inadmissible6(t, &v6, from, &f) {
             return self.drop_at(cx, from, reason);
         }
-        // No IPv6 rule is enforced yet: a pod that policy isolates sends no IPv6,
-        // and is answered nothing either.
-        if let Ingress::Port(i) = from {
-            if t.ports[i].policy.is_some() {
-                return (t.ports[i].counters).discard(self.worker, DropReason::PolicyEgress);
-            }
-        }
         let hop = match route6(t, &v6, from, &f) {
             Hop6::Port(k) if from == Ingress::Port(k) => {
                 return self.drop_at(cx, from, DropReason::HostLoop)
@@ -283,15 +278,16 @@ impl Core {
         f: &Facts6,
     ) {
         let t = cx.tables;
-        // No IPv6 rule is enforced yet: a pod that policy isolates takes no IPv6.
-        if let Hop6::Port(k) = hop {
-            if t.ports[k].policy.is_some() {
-                return t.ports[k]
-                    .counters
-                    .discard(self.worker, DropReason::PolicyIngress);
-            }
-        }
         let ip_start = frame.start + ethernet::HEADER_LEN;
+        let out = match hop {
+            Hop6::Port(k) => Some(k),
+            _ => None,
+        };
+        let packet = &frame.buf[ip_start..ip_start + f.total_len];
+        let facts = || Flow::of6(&ipv6::Packet::new_unchecked(packet));
+        if let Err((port, reason)) = self.policy6(cx, from, out, facts) {
+            return t.ports[port].counters.discard(self.worker, reason);
+        }
         // The switch's own errors, and packets for the gateway, are not routed here.
         let routed = f.dst != v6.gateway && !matches!(from, Ingress::Icmp(_));
         if routed && f.hop_limit <= 1 {

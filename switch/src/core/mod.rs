@@ -247,6 +247,9 @@ pub struct Config {
     /// The connection tables, this worker's to write and the others' to read; none
     /// means policy judges every packet as a new connection.
     pub conntrack: Option<conntrack::Conntrack>,
+    /// The IPv6 connection tables, likewise, on a dual-stack node; none there
+    /// means IPv6 is judged packet by packet.
+    pub conntrack6: Option<conntrack::Conntrack<u128>>,
     /// The flows that cross the host port, likewise.
     pub host: host::HostFlows,
     /// The flow log's ring of this worker ([`flowlog::Recorder::default`]: none).
@@ -270,6 +273,7 @@ pub struct Core {
     frames_out: u32,
     beats: heartbeat::Heartbeats,
     conntrack: Option<conntrack::Conntrack>,
+    conntrack6: Option<conntrack::Conntrack<u128>>,
     host: host::HostFlows,
     /// Where policy's verdicts are recorded.
     flows: flowlog::Recorder,
@@ -302,6 +306,7 @@ impl Core {
             frames_out: 0,
             beats: heartbeat::Heartbeats::new(config.heartbeat),
             conntrack: config.conntrack,
+            conntrack6: config.conntrack6,
             host: config.host,
             flows: config.flows,
             next_sweep: None,
@@ -373,6 +378,10 @@ impl Core {
         }
         let mut live = self.host.sweep(now);
         if let Some(ct) = &self.conntrack {
+            ct.sweep(now);
+            live += ct.live();
+        }
+        if let Some(ct) = &self.conntrack6 {
             ct.sweep(now);
             live += ct.live();
         }

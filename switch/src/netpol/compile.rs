@@ -10,11 +10,15 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::BitAnd;
 use std::sync::Arc;
 
+use ipnet::IpNet;
+
 use super::model::{
-    Labels, NamedPort, Peer, PodObject, Policy, PolicyModel, Port, PortSpec, Protocol, Rule,
+    IpBlock, Labels, NamedPort, Peer, PodObject, Policy, PolicyModel, Port, PortSpec, Protocol,
+    Rule,
 };
 
 /// Where a verdict came from: a policy and one of its rules.
@@ -26,49 +30,136 @@ pub struct Origin {
     pub rule: usize,
 }
 
-/// A set of addresses: pods', and blocks.
+/// A set of addresses: pods', and blocks, of both families. An address is looked
+/// up among those of its own family only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AddrSet {
-    /// Pod addresses, sorted.
-    ips: Vec<u32>,
-    /// Blocks with their exceptions.
-    blocks: Vec<Block>,
+    v4: Nets<u32>,
+    v6: Nets<u128>,
 }
 
-/// A network as (address, netmask).
-type Net = (u32, u32);
+/// Addresses of one family as integers: single ones, and blocks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Nets<T> {
+    /// Pod addresses, sorted.
+    ips: Vec<T>,
+    /// Blocks with their exceptions.
+    blocks: Vec<Block<T>>,
+}
 
-/// An IP block: a network, and networks within it left out.
+/// An IP block: a network, as (address, netmask), and networks within it left out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Block {
-    net: Net,
-    except: Vec<Net>,
+struct Block<T> {
+    net: (T, T),
+    except: Vec<(T, T)>,
+}
+
+impl<T: Copy + Ord + BitAnd<Output = T>> Nets<T> {
+    fn contains(&self, ip: T) -> bool {
+        let within = |&(net, mask): &(T, T)| ip & mask == net;
+        self.ips.binary_search(&ip).is_ok()
+            || (self.blocks.iter()).any(|b| within(&b.net) && !b.except.iter().any(within))
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let word = std::mem::size_of::<T>();
+        let blocks = self.blocks.iter().map(|b| 2 * word + b.except.capacity() * 2 * word);
+        self.ips.capacity() * word + blocks.sum::<usize>()
+    }
+
+    fn sort(&mut self) {
+        self.ips.sort_unstable();
+        self.ips.dedup();
+    }
+}
+
+/// An address family as policy keeps it: IPv4 addresses as `u32`, IPv6 ones as
+/// `u128`. The datapath looks an address up with its own type, so an IPv4
+/// packet never meets an IPv6 rule, nor the other way round.
+pub trait Family: Copy + Eq + std::fmt::Debug {
+    /// The address as an integer.
+    type Bits: Copy + Ord + BitAnd<Output = Self::Bits> + std::fmt::Debug;
+    /// The address as an integer.
+    fn bits(self) -> Self::Bits;
+    /// The addresses of this family in `set`.
+    fn nets(set: &AddrSet) -> &Nets<Self::Bits>;
+    /// The named ports of this family's destinations in `ports`.
+    fn named(ports: &PortSet) -> &[(Self::Bits, u8, u16)];
+}
+
+impl Family for Ipv4Addr {
+    type Bits = u32;
+    fn bits(self) -> u32 {
+        u32::from(self)
+    }
+    fn nets(set: &AddrSet) -> &Nets<u32> {
+        &set.v4
+    }
+    fn named(ports: &PortSet) -> &[(u32, u8, u16)] {
+        &ports.named4
+    }
+}
+
+impl Family for Ipv6Addr {
+    type Bits = u128;
+    fn bits(self) -> u128 {
+        u128::from(self)
+    }
+    fn nets(set: &AddrSet) -> &Nets<u128> {
+        &set.v6
+    }
+    fn named(ports: &PortSet) -> &[(u128, u8, u16)] {
+        &ports.named6
+    }
 }
 
 impl AddrSet {
     /// Whether `ip` is in the set.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let ip = u32::from(ip);
-        let within = |&(net, mask): &Net| ip & mask == net;
-        self.ips.binary_search(&ip).is_ok()
-            || self
-                .blocks
-                .iter()
-                .any(|b| within(&b.net) && !b.except.iter().any(within))
+    pub fn contains<A: Family>(&self, ip: A) -> bool {
+        A::nets(self).contains(ip.bits())
     }
 
-    fn net(n: &ipnet::Ipv4Net) -> Net {
-        (u32::from(n.network()), u32::from(n.netmask()))
+    /// Whether `ip`, of either family, is in the set.
+    pub fn contains_ip(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => self.contains(ip),
+            IpAddr::V6(ip) => self.contains(ip),
+        }
+    }
+
+    /// Adds block `b`, in its family.
+    fn push_block(&mut self, b: &IpBlock) {
+        let v4 = |n: &IpNet| match n {
+            IpNet::V4(n) => Some((u32::from(n.network()), u32::from(n.netmask()))),
+            IpNet::V6(_) => None,
+        };
+        let v6 = |n: &IpNet| match n {
+            IpNet::V6(n) => Some((u128::from(n.network()), u128::from(n.netmask()))),
+            IpNet::V4(_) => None,
+        };
+        // An exception of the other family lies outside the block (the model
+        // refuses one): it is left out.
+        match b.cidr {
+            IpNet::V4(_) => self.v4.blocks.extend(v4(&b.cidr).map(|net| Block {
+                net,
+                except: b.except.iter().filter_map(v4).collect(),
+            })),
+            IpNet::V6(_) => self.v6.blocks.extend(v6(&b.cidr).map(|net| Block {
+                net,
+                except: b.except.iter().filter_map(v6).collect(),
+            })),
+        }
+    }
+
+    /// Adds the addresses of `pod`.
+    fn push_pod(&mut self, pod: &KnownPod<'_>) {
+        self.v4.ips.extend(pod.ip.map(u32::from));
+        self.v6.ips.extend(pod.ip6.map(u128::from));
     }
 
     /// Bytes it holds on the heap.
     pub fn heap_bytes(&self) -> usize {
-        self.ips.capacity() * 4
-            + self
-                .blocks
-                .iter()
-                .map(|b| 16 + b.except.capacity() * 8)
-                .sum::<usize>()
+        self.v4.heap_bytes() + self.v6.heap_bytes()
     }
 }
 
@@ -77,22 +168,41 @@ impl AddrSet {
 pub struct PortSet {
     /// (protocol number, first port, last port).
     ranges: Vec<(u8, u16, u16)>,
-    /// Named ports, resolved: (destination address, protocol number, port), sorted.
-    named: Vec<(u32, u8, u16)>,
+    /// Named ports, resolved: (IPv4 destination, protocol number, port), sorted.
+    named4: Vec<(u32, u8, u16)>,
+    /// Named ports, resolved, of IPv6 destinations, likewise.
+    named6: Vec<(u128, u8, u16)>,
 }
 
 impl PortSet {
-    fn allows(&self, dst: Ipv4Addr, proto: u8, port: Option<u16>) -> bool {
+    fn allows<A: Family>(&self, dst: A, proto: u8, port: Option<u16>) -> bool {
         let Some(port) = port else {
             return false;
         };
         self.ranges
             .iter()
             .any(|&(p, lo, hi)| p == proto && (lo..=hi).contains(&port))
-            || self
-                .named
-                .binary_search(&(u32::from(dst), proto, port))
+            || A::named(self)
+                .binary_search(&(dst.bits(), proto, port))
                 .is_ok()
+    }
+
+    /// Whether it names a port of some pod.
+    pub fn has_named(&self) -> bool {
+        !self.named4.is_empty() || !self.named6.is_empty()
+    }
+
+    /// Adds named port `port` of protocol `proto` on every address of `pod`.
+    fn push_named(&mut self, pod: &KnownPod<'_>, proto: u8, port: u16) {
+        self.named4.extend(pod.ip.map(|ip| (u32::from(ip), proto, port)));
+        self.named6.extend(pod.ip6.map(|ip| (u128::from(ip), proto, port)));
+    }
+
+    fn sort(&mut self) {
+        self.named4.sort_unstable();
+        self.named4.dedup();
+        self.named6.sort_unstable();
+        self.named6.dedup();
     }
 }
 
@@ -119,10 +229,10 @@ impl RuleSet {
     /// The first rule that allows a packet with `peer` at the other end (its source
     /// for ingress, its destination for egress), to `dst` on `port` of IP protocol
     /// `proto` (`None` for a protocol without ports, or a fragment).
-    pub fn allows(
+    pub fn allows<A: Family>(
         &self,
-        peer: Ipv4Addr,
-        dst: Ipv4Addr,
+        peer: A,
+        dst: A,
         proto: u8,
         port: Option<u16>,
     ) -> Option<&Origin> {
@@ -166,8 +276,18 @@ pub struct KnownPod<'m> {
     pub labels: &'m Labels,
     /// Its named container ports.
     pub ports: &'m [NamedPort],
-    /// Its address.
-    pub ip: Ipv4Addr,
+    /// Its IPv4 address.
+    pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address.
+    pub ip6: Option<Ipv6Addr>,
+}
+
+impl KnownPod<'_> {
+    /// Its addresses, IPv4 first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
+        let v4 = self.ip.map(IpAddr::V4);
+        v4.into_iter().chain(self.ip6.map(IpAddr::V6))
+    }
 }
 
 /// The labels of a local pod the store does not know.
@@ -176,8 +296,10 @@ static NO_LABELS: Labels = Labels::new();
 /// A pod attached on this node: its address, and what its runtime called it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LocalPod {
-    /// Its address.
+    /// Its IPv4 address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack node.
+    pub ip6: Option<Ipv6Addr>,
     /// Its namespace, from `K8S_POD_NAMESPACE` (`default` if none was given).
     pub namespace: String,
     /// Its name, from `K8S_POD_NAME` (empty if none was given).
@@ -246,12 +368,13 @@ impl PeerCache {
 #[derive(Debug)]
 pub struct Compiler<'m> {
     model: &'m PolicyModel,
-    /// The local pods, in the order given.
+    /// The local pods, in the order given, as attached and as known.
+    attached: &'m [LocalPod],
     local: Vec<KnownPod<'m>>,
     /// The indices in `local` of each namespace's local pods.
     local_by_namespace: BTreeMap<&'m str, Vec<usize>>,
     /// The local pods' addresses, sorted.
-    local_ips: Vec<u32>,
+    local_ips: Vec<IpAddr>,
     /// The peer sets resolved so far, by policy, with what they read.
     peers: RefCell<HashMap<*const Policy, (Arc<Policy>, Resolved)>>,
 }
@@ -271,14 +394,17 @@ impl<'m> Compiler<'m> {
                 name: &l.name,
                 labels: object.map_or(&NO_LABELS, |o| &o.labels),
                 ports: object.map_or(&[], |o| &o.ports),
-                ip: l.ip,
+                ip: Some(l.ip),
+                ip6: l.ip6,
             });
             local_by_namespace.entry(&l.namespace).or_default().push(k);
         }
-        let mut local_ips: Vec<u32> = local.iter().map(|l| u32::from(l.ip)).collect();
+        let addresses = |l: &LocalPod| [Some(IpAddr::V4(l.ip)), l.ip6.map(IpAddr::V6)];
+        let mut local_ips: Vec<IpAddr> = local.iter().flat_map(addresses).flatten().collect();
         local_ips.sort_unstable();
         Compiler {
             model,
+            attached: local,
             local: known,
             local_by_namespace,
             local_ips,
@@ -287,17 +413,20 @@ impl<'m> Compiler<'m> {
     }
 
     /// Store pod `o` as a known pod, unless it has no address or a local pod
-    /// stands for it (`names`: the local pods of its namespace).
+    /// stands for it, at one of its addresses or by name (`names`: the local
+    /// pods of its namespace).
     fn remote(&self, o: &'m PodObject, names: &[usize]) -> Option<KnownPod<'m>> {
-        let ip = o.ip?;
-        let local = self.local_ips.binary_search(&u32::from(ip)).is_ok()
+        let mut addresses = o.addresses().peekable();
+        addresses.peek()?;
+        let local = addresses.any(|ip| self.local_ips.binary_search(&ip).is_ok())
             || names.iter().any(|&k| self.local[k].name == o.name);
         (!local).then_some(KnownPod {
             namespace: &o.namespace,
             name: &o.name,
             labels: &o.labels,
             ports: &o.ports,
-            ip,
+            ip: o.ip,
+            ip6: o.ip6,
         })
     }
 
@@ -335,9 +464,9 @@ impl<'m> Compiler<'m> {
         self.members(namespace).find(|p| p.name == name)
     }
 
-    /// The known pod at `ip` (a walk of every pod, for a query).
-    pub fn pod_at(&self, ip: Ipv4Addr) -> Option<KnownPod<'m>> {
-        self.known().find(|p| p.ip == ip)
+    /// The known pod at `ip`, of either family (a walk of every pod, for a query).
+    pub fn pod_at(&self, ip: IpAddr) -> Option<KnownPod<'m>> {
+        self.known().find(|p| p.addresses().any(|a| a == ip))
     }
 
     /// The peer sets of policy `p`, resolved once.
@@ -395,18 +524,14 @@ impl<'m> Compiler<'m> {
         let mut set = AddrSet::default();
         for peer in peers {
             match peer {
-                Peer::Block(b) => set.blocks.push(Block {
-                    net: AddrSet::net(&b.cidr),
-                    except: b.except.iter().map(AddrSet::net).collect(),
-                }),
+                Peer::Block(b) => set.push_block(b),
                 Peer::Pods { pods, namespaces } => {
                     let selected = |pod: &KnownPod<'_>| {
                         pods.as_ref().is_none_or(|sel| sel.matches(pod.labels))
                     };
                     let Some(sel) = namespaces else {
                         let members = self.read(&p.namespace, reads);
-                        set.ips
-                            .extend(members.filter(selected).map(|pod| u32::from(pod.ip)));
+                        members.filter(selected).for_each(|pod| set.push_pod(&pod));
                         continue;
                     };
                     // The namespaces first, each judged once; then their pods.
@@ -416,15 +541,14 @@ impl<'m> Compiler<'m> {
                     for ns in stored.chain(local_only) {
                         if sel.matches(&self.model.namespace_labels(ns)) {
                             let members = self.read(ns, reads);
-                            set.ips
-                                .extend(members.filter(selected).map(|pod| u32::from(pod.ip)));
+                            members.filter(selected).for_each(|pod| set.push_pod(&pod));
                         }
                     }
                 }
             }
         }
-        set.ips.sort_unstable();
-        set.ips.dedup();
+        set.v4.sort();
+        set.v6.sort();
         Some(set)
     }
 
@@ -468,7 +592,12 @@ impl<'m> Compiler<'m> {
                     let named = (r.ports.iter()).any(|p| matches!(p.port, PortSpec::Named(_)));
                     let targets: Vec<KnownPod<'_>> = match named {
                         true => (self.known())
-                            .filter(|t| peers.as_ref().is_none_or(|s| s.contains(t.ip)))
+                            .filter(|t| {
+                                let reached = |s: &Arc<AddrSet>| {
+                                    t.addresses().any(|a| s.contains_ip(a))
+                                };
+                                peers.as_ref().is_none_or(reached)
+                            })
                             .collect(),
                         false => Vec::new(),
                     };
@@ -504,15 +633,14 @@ impl<'m> Compiler<'m> {
                     for t in targets {
                         for np in t.ports.iter().filter(|np| &np.name == name) {
                             if np.protocol == port.protocol {
-                                set.named.push((u32::from(t.ip), proto, np.port));
+                                set.push_named(t, proto, np.port);
                             }
                         }
                     }
                 }
             }
         }
-        set.named.sort_unstable();
-        set.named.dedup();
+        set.sort();
         Some(set)
     }
 }
@@ -537,7 +665,9 @@ impl CompiledPolicy {
                 bytes += set.rules.capacity() * std::mem::size_of::<CompiledRule>();
                 for r in &set.rules {
                     if let Some(p) = &r.ports {
-                        bytes += p.ranges.capacity() * 6 + p.named.capacity() * 8;
+                        bytes += p.ranges.capacity() * 6
+                            + p.named4.capacity() * 8
+                            + p.named6.capacity() * 24;
                     }
                     if let Some(s) = &r.peers {
                         if seen.insert(Arc::as_ptr(s)) {
@@ -585,19 +715,17 @@ fn compile_with(c: &Compiler<'_>) -> CompiledPolicy {
     let unknown = |pod: &KnownPod<'_>| {
         c.model.lists_every_pod && c.model.pods.get(pod.namespace, pod.name).is_none()
     };
-    let by_ip = c
-        .local()
-        .iter()
-        .map(|pod| match unknown(pod) {
+    let by_ip = (c.attached.iter().zip(c.local()))
+        .map(|(l, pod)| match unknown(pod) {
             true => (
-                pod.ip,
+                l.ip,
                 PodRules {
                     ingress: Some(RuleSet::default()),
                     egress: Some(RuleSet::default()),
                     selected_by: vec![(Arc::from(UNKNOWN_POD), true, true)],
                 },
             ),
-            false => (pod.ip, c.rules_for(pod)),
+            false => (l.ip, c.rules_for(pod)),
         })
         .filter(|(_, r)| r.isolated())
         .map(|(ip, r)| (ip, Arc::new(r)))
@@ -729,10 +857,7 @@ mod tests {
             let mut set = AddrSet::default();
             for peer in peers {
                 match peer {
-                    Peer::Block(b) => set.blocks.push(Block {
-                        net: AddrSet::net(&b.cidr),
-                        except: b.except.iter().map(AddrSet::net).collect(),
-                    }),
+                    Peer::Block(b) => set.push_block(b),
                     Peer::Pods { pods, namespaces } => {
                         // The namespaces first, each judged once; then their pods.
                         for (ns, members) in &self.by_namespace {
@@ -743,7 +868,7 @@ mod tests {
                             if !in_scope {
                                 continue;
                             }
-                            set.ips.extend(
+                            set.v4.ips.extend(
                                 members
                                     .iter()
                                     .map(|&i| &self.pods[i])
@@ -756,8 +881,7 @@ mod tests {
                     }
                 }
             }
-            set.ips.sort_unstable();
-            set.ips.dedup();
+            set.v4.sort();
             Some(set)
         }
 
@@ -827,15 +951,14 @@ mod tests {
                         for t in targets {
                             for np in t.ports.iter().filter(|np| &np.name == name) {
                                 if np.protocol == port.protocol {
-                                    set.named.push((u32::from(t.ip), proto, np.port));
+                                    set.named4.push((u32::from(t.ip), proto, np.port));
                                 }
                             }
                         }
                     }
                 }
             }
-            set.named.sort_unstable();
-            set.named.dedup();
+            set.sort();
             Some(set)
         }
     }
@@ -902,6 +1025,7 @@ mod tests {
                 ]),
                 ports: vec![port],
                 ip,
+                ip6: None,
             }));
         }
         let selector = |next: &mut dyn FnMut(u64) -> u64| match next(4) {
@@ -984,6 +1108,7 @@ mod tests {
                     0 => Ipv4Addr::new(10, 0, 1, next(40) as u8 + 1),
                     _ => Ipv4Addr::new(10, 0, 2, j + 1),
                 },
+                ip6: None,
                 namespace: format!("ns{}", next(5)),
                 name: format!("p{}", next(40)),
             })
@@ -1061,7 +1186,7 @@ mod tests {
             named += (old.by_ip.values())
                 .flat_map(|r| r.ingress.iter().chain(&r.egress))
                 .flat_map(|set| &set.rules)
-                .filter(|r| r.ports.as_ref().is_some_and(|p| !p.named.is_empty()))
+                .filter(|r| r.ports.as_ref().is_some_and(PortSet::has_named))
                 .count();
             let new = compile(&model, &local);
             assert_eq!(new.by_ip, old.by_ip, "seed {seed}");
@@ -1075,7 +1200,7 @@ mod tests {
             assert_eq!(known.len(), o.pods().len(), "seed {seed}");
             for (a, b) in o.pods().iter().zip(&known) {
                 assert_eq!(
-                    (a.namespace.as_str(), a.name.as_str(), a.ip),
+                    (a.namespace.as_str(), a.name.as_str(), Some(a.ip)),
                     (b.namespace, b.name, b.ip)
                 );
                 assert_eq!(
@@ -1086,13 +1211,13 @@ mod tests {
                     a.name
                 );
                 assert_eq!(
-                    n.find(&a.namespace, &a.name).map(|p| p.ip),
+                    n.find(&a.namespace, &a.name).and_then(|p| p.ip),
                     o.pods()
                         .iter()
                         .find(|p| p.namespace == a.namespace && p.name == a.name)
                         .map(|p| p.ip)
                 );
-                assert_eq!(n.pod_at(a.ip).map(|p| p.ip), Some(a.ip));
+                assert_eq!(n.pod_at(a.ip.into()).and_then(|p| p.ip), Some(a.ip));
             }
         }
         // The clusters isolate local pods, with named ports resolved.

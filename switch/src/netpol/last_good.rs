@@ -360,6 +360,7 @@ spec:
             .iter()
             .map(|&(ns, name, n)| LocalPod {
                 ip: Ipv4Addr::new(10, 0, 0, n),
+                ip6: None,
                 namespace: ns.into(),
                 name: name.into(),
             })

@@ -6,10 +6,10 @@
 //! its file, its index in the file (from 0) and why; the API server's validation rules
 //! for these fields are checked here, so a bad policy never half-applies.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::last_good::{Kind, ObjectId, Unread};
@@ -95,6 +95,14 @@ struct PodSpecDoc {
 struct PodStatusDoc {
     #[serde(default, rename = "podIP")]
     pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pod_ips: Vec<PodIpDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PodIpDoc {
+    #[serde(default)]
+    ip: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,36 +250,34 @@ fn selector(doc: SelectorDoc) -> Result<Selector, String> {
     })
 }
 
-/// An IPv4 CIDR, `None` for an IPv6 one (weft routes IPv4 only).
-fn cidr(text: &str) -> Result<Option<Ipv4Net>, String> {
+/// A CIDR of either family, with no host bits set.
+fn cidr(text: &str) -> Result<IpNet, String> {
     match text.parse::<IpNet>() {
-        Ok(IpNet::V4(net)) if net == net.trunc() => Ok(Some(net)),
-        Ok(IpNet::V4(net)) => Err(format!("ipBlock {net} has host bits set")),
-        Ok(IpNet::V6(_)) => Ok(None),
+        Ok(net) if net == net.trunc() => Ok(net),
+        Ok(net) => Err(format!("ipBlock {net} has host bits set")),
         Err(_) => Err(format!("ipBlock {text:?} is not a CIDR")),
     }
 }
 
-/// A peer, `None` for an IPv6 block.
-fn peer(doc: PeerDoc) -> Result<Option<Peer>, String> {
+/// A peer.
+fn peer(doc: PeerDoc) -> Result<Peer, String> {
     match doc {
         PeerDoc {
             ip_block: Some(block),
             pod_selector: None,
             namespace_selector: None,
         } => {
-            let Some(net) = cidr(&block.cidr)? else {
-                return Ok(None);
-            };
+            let net = cidr(&block.cidr)?;
             let mut except = Vec::new();
             for e in &block.except {
+                // Of another family, `contains` is false: an IPv6 exception to an
+                // IPv4 block is refused as outside it, as the API server does.
                 match cidr(e)? {
-                    Some(x) if net.contains(&x) && x != net => except.push(x),
-                    Some(x) => return Err(format!("ipBlock except {x} is not within {net}")),
-                    None => return Err(format!("ipBlock except {e} is IPv6 in an IPv4 block")),
+                    x if net.contains(&x) && x != net => except.push(x),
+                    x => return Err(format!("ipBlock except {x} is not within {net}")),
                 }
             }
-            Ok(Some(Peer::Block(IpBlock { cidr: net, except })))
+            Ok(Peer::Block(IpBlock { cidr: net, except }))
         }
         PeerDoc {
             ip_block: Some(_), ..
@@ -285,10 +291,10 @@ fn peer(doc: PeerDoc) -> Result<Option<Peer>, String> {
             pod_selector,
             namespace_selector,
             ..
-        } => Ok(Some(Peer::Pods {
+        } => Ok(Peer::Pods {
             pods: pod_selector.map(selector).transpose()?,
             namespaces: namespace_selector.map(selector).transpose()?,
-        })),
+        }),
     }
 }
 
@@ -323,24 +329,7 @@ fn port(doc: PortDoc) -> Result<Port, String> {
 }
 
 fn rule(peers: Vec<PeerDoc>, ports: Vec<PortDoc>) -> Result<Rule, String> {
-    let given = !peers.is_empty();
-    let peers: Vec<Peer> = peers
-        .into_iter()
-        .map(peer)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    if given && peers.is_empty() {
-        // Every peer was an IPv6 block: the rule admits no IPv4 address at all.
-        return Ok(Rule {
-            peers: vec![Peer::Block(IpBlock {
-                cidr: Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 32).expect("a /32"),
-                except: Vec::new(),
-            })],
-            ports: Vec::new(),
-        });
-    }
+    let peers = peers.into_iter().map(peer).collect::<Result<_, _>>()?;
     let ports = ports.into_iter().map(port).collect::<Result<_, _>>()?;
     Ok(Rule { peers, ports })
 }
@@ -398,14 +387,7 @@ fn pod(doc: PodDoc) -> Result<PodObject, String> {
             });
         }
     }
-    let ip = match doc.status.pod_ip.as_deref() {
-        None | Some("") => None,
-        Some(text) => match text.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(ip)) => Some(ip),
-            Ok(std::net::IpAddr::V6(_)) => None,
-            Err(_) => return Err(format!("status.podIP {text:?} is not an address")),
-        },
-    };
+    let (ip, ip6) = pod_addresses(&doc.status)?;
     Ok(PodObject {
         namespace: doc
             .metadata
@@ -415,7 +397,27 @@ fn pod(doc: PodDoc) -> Result<PodObject, String> {
         labels: doc.metadata.labels,
         ports,
         ip,
+        ip6,
     })
+}
+
+/// A pod's addresses: the first of each family of `status.podIPs`, or of
+/// `status.podIP` where that is all there is.
+fn pod_addresses(status: &PodStatusDoc) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>), String> {
+    let listed = status.pod_ips.iter().map(|p| p.ip.as_str());
+    let texts: Vec<&str> = match status.pod_ips.is_empty() {
+        true => status.pod_ip.as_deref().into_iter().collect(),
+        false => listed.collect(),
+    };
+    let (mut ip, mut ip6) = (None, None);
+    for text in texts.into_iter().filter(|t| !t.is_empty()) {
+        match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => _ = ip.get_or_insert(a),
+            Ok(IpAddr::V6(a)) => _ = ip6.get_or_insert(a),
+            Err(_) => return Err(format!("status.podIPs {text:?} is not an address")),
+        }
+    }
+    Ok((ip, ip6))
 }
 
 /// A parsed document, YAML's or JSON's, as [`document`] reads it.

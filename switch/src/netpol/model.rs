@@ -8,10 +8,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// Labels: key to value.
@@ -125,18 +125,20 @@ impl Selector {
     }
 }
 
-/// A range of IPv4 addresses with holes (`ipBlock`).
+/// A range of addresses of one family with holes (`ipBlock`). A block holds
+/// addresses of its own family only: `::/0` holds no IPv4 address (not even as
+/// `::ffff:a.b.c.d`), and `0.0.0.0/0` no IPv6 one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct IpBlock {
     /// The range.
-    pub cidr: Ipv4Net,
-    /// Ranges within it that are not in the block.
-    pub except: Vec<Ipv4Net>,
+    pub cidr: IpNet,
+    /// Ranges within it, of its family, that are not in the block.
+    pub except: Vec<IpNet>,
 }
 
 impl IpBlock {
     /// Whether `ip` is in the block.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+    pub fn contains(&self, ip: IpAddr) -> bool {
         self.cidr.contains(&ip) && !self.except.iter().any(|e| e.contains(&ip))
     }
 }
@@ -235,9 +237,12 @@ pub struct PodObject {
     pub labels: Labels,
     /// Its containers' named ports.
     pub ports: Vec<NamedPort>,
-    /// Its address, where the store knows it (`status.podIP`); a pod attached on
-    /// this node has the address of its attachment instead.
+    /// Its IPv4 address, where the store knows it (`status.podIPs`); a pod
+    /// attached on this node has the address of its attachment instead.
     pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address, likewise (absent from views saved before dual stack).
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// An object that lives in a namespace, by name.
@@ -246,6 +251,14 @@ pub trait Namespaced {
     fn namespace(&self) -> &str;
     /// Its name.
     fn name(&self) -> &str;
+}
+
+impl PodObject {
+    /// Its addresses, IPv4 first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> {
+        let v4 = self.ip.map(IpAddr::V4);
+        v4.into_iter().chain(self.ip6.map(IpAddr::V6))
+    }
 }
 
 impl Namespaced for PodObject {
@@ -549,7 +562,7 @@ impl Peer {
         let Peer::Block(b) = self else {
             return Ok(());
         };
-        let inside = |e: &Ipv4Net| *e == e.trunc() && b.cidr.contains(e) && *e != b.cidr;
+        let inside = |e: &IpNet| *e == e.trunc() && b.cidr.contains(e) && *e != b.cidr;
         if b.cidr != b.cidr.trunc() || !b.except.iter().all(inside) {
             return Err(format!("ipBlock {} except {:?}", b.cidr, b.except));
         }
@@ -618,6 +631,7 @@ mod tests {
             labels: Labels::new(),
             ports: Vec::new(),
             ip: None,
+            ip6: None,
         })
     }
 
@@ -659,9 +673,19 @@ mod tests {
             cidr: "172.17.0.0/16".parse().unwrap(),
             except: vec!["172.17.1.0/24".parse().unwrap()],
         };
-        assert!(b.contains(Ipv4Addr::new(172, 17, 0, 9)));
-        assert!(!b.contains(Ipv4Addr::new(172, 17, 1, 9)));
-        assert!(!b.contains(Ipv4Addr::new(172, 18, 0, 1)));
+        let has = |ip: &str| b.contains(ip.parse().unwrap());
+        assert!(has("172.17.0.9"));
+        assert!(!has("172.17.1.9"));
+        assert!(!has("172.18.0.1"));
+        assert!(!has("::ffff:172.17.0.9"), "an IPv4 block holds no IPv6 address");
+        let b6 = IpBlock {
+            cidr: "::/0".parse().unwrap(),
+            except: vec!["fd00:10::/32".parse().unwrap()],
+        };
+        let has = |ip: &str| b6.contains(ip.parse().unwrap());
+        assert!(has("2001:db8::1") && has("::ffff:10.0.0.1"));
+        assert!(!has("fd00:10::1"));
+        assert!(!has("10.0.0.1"), "an IPv6 block holds no IPv4 address");
     }
 
     #[test]
@@ -711,6 +735,9 @@ mod tests {
             rule(vec![block("10.0.0.1/8", &[])], vec![]),
             rule(vec![block("10.0.0.0/8", &["11.0.0.0/16"])], vec![]),
             rule(vec![block("10.0.0.0/8", &["10.0.0.0/8"])], vec![]),
+            rule(vec![block("fd00::1/64", &[])], vec![]),
+            rule(vec![block("fd00::/64", &["10.0.0.0/8"])], vec![]),
+            rule(vec![block("10.0.0.0/8", &["::/0"])], vec![]),
             rule(vec![], vec![port(PortSpec::Range { first: 0, last: 9 })]),
             rule(vec![], vec![port(PortSpec::Range { first: 9, last: 8 })]),
             rule(vec![], vec![port(PortSpec::Named(String::new()))]),

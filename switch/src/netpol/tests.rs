@@ -1,9 +1,11 @@
 //! The compiler against every rule of `networking.k8s.io/v1`, from YAML as a user
-//! writes it.
+//! writes it. Every pod is dual-stack, and every verdict between pods is reached
+//! twice, with their IPv4 and with their IPv6 addresses, which must agree; blocks
+//! are judged in their own family.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::compile::{compile, Compiler, LocalPod, PodRules};
+use super::compile::{compile, Compiler, Family, LocalPod, PodRules};
 use super::manifest;
 use super::model::{PolicyModel, Protocol};
 
@@ -21,8 +23,9 @@ kind: Namespace
 metadata: {name: z, labels: {ns: z}}
 ";
 
-/// Pods a, b, c in each of x, y, z: x/a is 10.0.0.1, x/b 10.0.0.2 ... z/c 10.0.0.9.
-/// Each serves `http` on TCP 80 and `dns` on UDP 53; x/b serves `http` on 8080.
+/// Pods a, b, c in each of x, y, z: x/a is 10.0.0.1 and fd00::1, x/b 10.0.0.2 and
+/// fd00::2 ... z/c 10.0.0.9 and fd00::9. Each serves `http` on TCP 80 and `dns` on
+/// UDP 53; x/b serves `http` on 8080.
 fn pods() -> String {
     let mut out = String::new();
     for (n, ns) in ["x", "y", "z"].iter().enumerate() {
@@ -32,7 +35,7 @@ fn pods() -> String {
             out += &format!(
                 "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}}}}}\n\
                  spec: {{containers: [{{name: c, ports: [{{name: http, containerPort: {http}}}, {{name: dns, containerPort: 53, protocol: UDP}}]}}]}}\n\
-                 status: {{podIP: 10.0.0.{ip}}}\n"
+                 status: {{podIP: 10.0.0.{ip}, podIPs: [{{ip: 10.0.0.{ip}}}, {{ip: 'fd00::{ip}'}}]}}\n"
             );
         }
     }
@@ -43,6 +46,11 @@ fn ip(ns: &str, pod: &str) -> Ipv4Addr {
     let n = ["x", "y", "z"].iter().position(|x| *x == ns).unwrap();
     let k = ["a", "b", "c"].iter().position(|x| *x == pod).unwrap();
     Ipv4Addr::new(10, 0, 0, (n * 3 + k + 1) as u8)
+}
+
+fn ip6(ns: &str, pod: &str) -> Ipv6Addr {
+    let last = ip(ns, pod).octets()[3];
+    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(last))
 }
 
 fn model(policies: &str) -> PolicyModel {
@@ -66,7 +74,8 @@ impl World {
 
     fn rules(&self, ns: &str, pod: &str) -> PodRules {
         let c = Compiler::new(&self.model, &[]);
-        let known = c.pod_at(ip(ns, pod)).expect("a known pod");
+        let known = c.pod_at(ip(ns, pod).into()).expect("a known pod");
+        assert_eq!(known.ip6, Some(ip6(ns, pod)), "{ns}/{pod} is dual-stack");
         c.rules_for(&known)
     }
 
@@ -76,6 +85,8 @@ impl World {
         self.allows_proto(from, to, proto.number(), Some(port))
     }
 
+    /// Whether `from` may open a connection to `to`, with the same verdict over
+    /// IPv4 and over IPv6.
     fn allows_proto(
         &self,
         from: (&str, &str),
@@ -83,7 +94,32 @@ impl World {
         proto: u8,
         port: Option<u16>,
     ) -> bool {
+        let v4 = self.allows4(from, to, proto, port);
+        let v6 = self.allows6(from, to, proto, port);
+        assert_eq!(v4, v6, "{from:?} to {to:?}: IPv4 says {v4}, IPv6 {v6}");
+        v4
+    }
+
+    fn allows4(&self, from: (&str, &str), to: (&str, &str), proto: u8, port: Option<u16>) -> bool {
         let (s, d) = (ip(from.0, from.1), ip(to.0, to.1));
+        self.verdict(from, to, s, d, proto, port)
+    }
+
+    fn allows6(&self, from: (&str, &str), to: (&str, &str), proto: u8, port: Option<u16>) -> bool {
+        let (s, d) = (ip6(from.0, from.1), ip6(to.0, to.1));
+        self.verdict(from, to, s, d, proto, port)
+    }
+
+    /// The source's egress and the destination's ingress, at addresses `s` and `d`.
+    fn verdict<A: Family>(
+        &self,
+        from: (&str, &str),
+        to: (&str, &str),
+        s: A,
+        d: A,
+        proto: u8,
+        port: Option<u16>,
+    ) -> bool {
         let egress = self.rules(from.0, from.1).egress;
         let ingress = self.rules(to.0, to.1).ingress;
         egress.is_none_or(|r| r.allows(d, d, proto, port).is_some())
@@ -223,24 +259,29 @@ fn namespace_and_pod_selectors_in_one_peer_are_and_in_two_peers_or() {
     );
 }
 
+/// `ipBlock` with `except`, of one family: `expect` lists which of x/a..z/c (by
+/// last digit, 1 to 9) z/a admits, at the addresses of the block's family; the
+/// other family's addresses are admitted by nothing.
+fn block_admits(spec: &str, v6: bool, expect: &[u8]) {
+    let w = World::new(&policy("p", "z", spec));
+    let pods = ["x", "y", "z"].iter().flat_map(|ns| ["a", "b", "c"].map(|p| (*ns, p)));
+    for (n, from) in pods.enumerate() {
+        let to = ("z", "a");
+        let (same, other) = match v6 {
+            false => (w.allows4(from, to, 6, Some(80)), w.allows6(from, to, 6, Some(80))),
+            true => (w.allows6(from, to, 6, Some(80)), w.allows4(from, to, 6, Some(80))),
+        };
+        assert_eq!(same, expect.contains(&(n as u8 + 1)), "{spec}: {from:?}");
+        assert!(!other, "{spec}: {from:?} is admitted in the other family");
+    }
+}
+
 #[test]
 fn ip_blocks_with_except() {
     let spec = "  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/29, except: [10.0.0.4/30]}}]";
+    // 10.0.0.4 to 10.0.0.7 are excepted; 10.0.0.8 and .9 lie outside.
+    block_admits(spec, false, &[1, 2, 3]);
     let w = World::new(&policy("p", "z", spec));
-    assert!(w.allows(("x", "a"), ("z", "a"), TCP, 80), "10.0.0.1");
-    assert!(w.allows(("x", "c"), ("z", "a"), TCP, 80), "10.0.0.3");
-    assert!(
-        !w.allows(("y", "a"), ("z", "a"), TCP, 80),
-        "10.0.0.4 is excepted"
-    );
-    assert!(
-        !w.allows(("y", "c"), ("z", "a"), TCP, 80),
-        "10.0.0.6 is excepted"
-    );
-    assert!(
-        !w.allows(("y", "b"), ("z", "a"), TCP, 80),
-        "10.0.0.5 is excepted"
-    );
     let r = w.rules("z", "a").ingress.unwrap();
     let from = |last: u8| r.allows(Ipv4Addr::new(10, 0, 0, last), ip("z", "a"), 6, Some(80));
     assert!(
@@ -249,6 +290,37 @@ fn ip_blocks_with_except() {
     );
     assert!(from(7).is_none(), "the last of the exception");
     assert!(from(8).is_none(), "outside the block");
+}
+
+/// The same truth table with an IPv6 block, and blocks of both families in one
+/// rule: each admits its own family's addresses.
+#[test]
+fn ipv6_blocks_with_except() {
+    let spec = "  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 'fd00::/125', except: ['fd00::4/126']}}]";
+    block_admits(spec, true, &[1, 2, 3]);
+    let w = World::new(&policy("p", "z", spec));
+    let r = w.rules("z", "a").ingress.unwrap();
+    let from = |last: u16| {
+        let src = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last);
+        r.allows(src, ip6("z", "a"), 6, Some(80))
+    };
+    assert!(from(0).is_some() && from(3).is_some());
+    assert!(from(7).is_none(), "the last of the exception");
+    assert!(from(8).is_none(), "outside the block");
+    let mapped = "::ffff:10.0.0.1".parse::<Ipv6Addr>().unwrap();
+    let all6 = World::new(&policy("p", "z", "  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: '::/0'}}]"));
+    let r = all6.rules("z", "a").ingress.unwrap();
+    assert!(r.allows(mapped, ip6("z", "a"), 6, Some(80)).is_some());
+    assert!(
+        r.allows(Ipv4Addr::new(10, 0, 0, 1), ip("z", "a"), 6, Some(80)).is_none(),
+        "::/0 holds no IPv4 address"
+    );
+    let both = "  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/30}}, {ipBlock: {cidr: 'fd00::8/125'}}]";
+    let w = World::new(&policy("p", "z", both));
+    for (from, v4, v6) in [(("x", "a"), true, false), (("z", "b"), false, true), (("y", "a"), false, false)] {
+        assert_eq!(w.allows4(from, ("z", "a"), 6, Some(80)), v4, "{from:?}");
+        assert_eq!(w.allows6(from, ("z", "a"), 6, Some(80)), v6, "{from:?}");
+    }
 }
 
 #[test]
@@ -337,12 +409,14 @@ fn local_pods_take_labels_from_their_object_and_the_address_of_their_attachment(
     let local = [
         LocalPod {
             ip: Ipv4Addr::new(10, 9, 9, 9),
+            ip6: None,
             namespace: "x".into(),
             name: "a".into(),
         },
         // Not in the store: no labels, so not selected.
         LocalPod {
             ip: Ipv4Addr::new(10, 9, 9, 8),
+            ip6: None,
             namespace: "x".into(),
             name: "new".into(),
         },
@@ -375,6 +449,9 @@ fn invalid_manifests_say_which_document_and_why() {
         ("  podSelector: {}\n  ingress:\n  - from: [{}]", "needs a podSelector"),
         ("  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.1/8}}]", "host bits"),
         ("  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/24]}}]", "not within"),
+        ("  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 'fd00::1/64'}}]", "host bits"),
+        ("  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/8, except: ['fd00::/64']}}]", "not within"),
+        ("  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 'fd00::/64', except: ['fd01::/80']}}]", "not within"),
         ("  podSelector: {}\n  policyTypes: [Sideways]", "neither Ingress nor Egress"),
         ("  ingress: []", "podSelector"),
         ("  podSelector: {}\n  ingres: []", "ingres"),
@@ -441,19 +518,19 @@ fn the_classic_test_network_policy_example_compiles_as_documented() {
     let rules = c.rules_for(&db);
     let ingress = rules.ingress.unwrap();
     let egress = rules.egress.unwrap();
-    let frontend = c.known().find(|p| p.name == "frontend").unwrap().ip;
-    let other_ns = c.known().find(|p| p.name == "client").unwrap().ip;
-    assert!(ingress.allows(frontend, db.ip, 6, Some(6379)).is_some());
-    assert!(ingress.allows(frontend, db.ip, 6, Some(6380)).is_none());
+    let v4 = |name: &str| c.known().find(|p| p.name == name).unwrap().ip.unwrap();
+    let (frontend, other_ns, db) = (v4("frontend"), v4("client"), db.ip.unwrap());
+    assert!(ingress.allows(frontend, db, 6, Some(6379)).is_some());
+    assert!(ingress.allows(frontend, db, 6, Some(6380)).is_none());
     assert!(
-        ingress.allows(other_ns, db.ip, 6, Some(6379)).is_some(),
+        ingress.allows(other_ns, db, 6, Some(6379)).is_some(),
         "namespace project=myproject"
     );
     assert!(ingress
-        .allows(Ipv4Addr::new(172, 17, 0, 5), db.ip, 6, Some(6379))
+        .allows(Ipv4Addr::new(172, 17, 0, 5), db, 6, Some(6379))
         .is_some());
     assert!(ingress
-        .allows(Ipv4Addr::new(172, 17, 1, 5), db.ip, 6, Some(6379))
+        .allows(Ipv4Addr::new(172, 17, 1, 5), db, 6, Some(6379))
         .is_none());
     assert!(egress
         .allows(
@@ -522,11 +599,13 @@ fn a_local_pod_the_store_has_not_listed_is_isolated_when_the_store_lists_every_p
     let local = [
         LocalPod {
             ip: Ipv4Addr::new(10, 0, 1, 1),
+            ip6: None,
             namespace: "x".into(),
             name: "new".into(),
         },
         LocalPod {
             ip: ip("x", "a"),
+            ip6: None,
             namespace: "x".into(),
             name: "a".into(),
         },

@@ -30,7 +30,7 @@ pub mod nat;
 pub mod tcp;
 
 use crate::control::config::Encryption;
-use crate::core::conntrack::{Conntrack, Overflow, Table};
+use crate::core::conntrack::{Addr, Conntrack, Overflow, Table};
 use crate::core::flowlog::FlowLog;
 use crate::core::host::HostTables;
 use crate::core::service::Nat;
@@ -65,7 +65,7 @@ pub const TUNNEL_PORT: u16 = 8472;
 pub const CONNTRACK_MAX: usize = 1024;
 /// NetworkPolicy's connection table of a simulated node, holding at most `max`
 /// connections, and each source address the daemon's default share of them.
-fn policy_tables(max: usize) -> Arc<[Table]> {
+fn policy_tables<A: Addr>(max: usize) -> Arc<[Table<A>]> {
     Conntrack::tables(1, max, policy_overflow(max))
 }
 
@@ -725,6 +725,7 @@ impl Sim {
                 worker: 0,
                 heartbeat: None,
                 conntrack: Some(Conntrack::new(policy_tables(max), 0)),
+                conntrack6: Some(Conntrack::new(policy_tables(max), 0)),
                 host: node.host_flows.worker(0),
                 flows: node.flows.recorder(0),
             });
@@ -896,6 +897,7 @@ impl Sim {
                 worker: 0,
                 heartbeat,
                 conntrack: Some(conntrack),
+                conntrack6: Some(Conntrack::new(policy_tables(CONNTRACK_MAX), 0)),
                 host: host_flows.worker(0),
                 flows: flows.recorder(0),
             });

@@ -102,6 +102,8 @@ pub struct Shared {
     pub host_flows: HostTables,
     /// NetworkPolicy's connection tables, every worker's.
     conntrack: Arc<[Table]>,
+    /// Its IPv6 ones, on a dual-stack node.
+    conntrack6: Option<Arc<[Table<u128>]>>,
     /// When each worker last went round its loop, in nanoseconds of
     /// [`clock::now`]; written by that worker only.
     seen: Box<[CachePadded<AtomicU64>]>,
@@ -128,21 +130,31 @@ impl Shared {
 
     /// Each worker's NetworkPolicy table: entries now, and what it did with
     /// connections it could not fit; by worker.
+    /// IPv4's and IPv6's together.
     pub fn conntrack_per_worker(&self) -> Vec<(u64, OverflowStats)> {
-        (self.conntrack.iter())
-            .map(|t| (t.live(), t.overflow_stats()))
+        let v6 = |i: usize| self.conntrack6.as_ref().map(|t| &t[i]);
+        (self.conntrack.iter().enumerate())
+            .map(|(i, t)| {
+                let (live6, over6) = v6(i).map_or((0, OverflowStats::default()), |t| {
+                    (t.live(), t.overflow_stats())
+                });
+                (t.live() + live6, t.overflow_stats() + over6)
+            })
             .collect()
     }
 
-    /// NetworkPolicy's connections tracked now, summed over the workers.
+    /// NetworkPolicy's connections tracked now, of both families, summed over the
+    /// workers.
     pub fn conntrack_live(&self) -> u64 {
-        self.conntrack.iter().map(Table::live).sum()
+        let v6 = self.conntrack6.iter().flat_map(|t| t.iter());
+        self.conntrack.iter().map(Table::live).sum::<u64>() + v6.map(Table::live).sum::<u64>()
     }
 
-    /// What the workers' NetworkPolicy tables did with connections they could not
-    /// fit.
+    /// What the workers' NetworkPolicy tables, of both families, did with
+    /// connections they could not fit.
     pub fn conntrack_overflow(&self) -> OverflowStats {
-        Conntrack::overflow_stats(&self.conntrack)
+        let v6 = self.conntrack6.as_deref().map(Conntrack::overflow_stats);
+        Conntrack::overflow_stats(&self.conntrack) + v6.unwrap_or_default()
     }
 
     /// Records that worker `index` went round its loop at `now`.
@@ -211,6 +223,9 @@ pub struct Tuning {
     /// each then keeps a translation table of `conntrack_max` entries, fair to
     /// sources as NetworkPolicy's is.
     pub services: bool,
+    /// Whether the node is dual-stack: each worker then keeps an IPv6
+    /// NetworkPolicy table of `conntrack_max` entries too.
+    pub ipv6: bool,
     /// Test only: each worker panics once it has read this many frames (weftd's
     /// `WEFT_TEST_PANIC_WORKER_AFTER`).
     pub panic_after: Option<u64>,
@@ -255,6 +270,8 @@ pub fn spawn(
     let (pool, large) = handoff_pools(n);
     let share = tuning.conntrack_share;
     let conntrack = Conntrack::tables(n, tuning.conntrack_max, Overflow::Fair { share });
+    let conntrack6 = (tuning.ipv6)
+        .then(|| Conntrack::tables(n, tuning.conntrack_max, Overflow::Fair { share }));
     let host_flows = HostTables::new(n, tuning.conntrack_max);
     let flows = FlowLog::new(n, tuning.flow_log);
     let nat = (tuning.services)
@@ -269,6 +286,7 @@ pub fn spawn(
         sealer,
         host_flows: host_flows.clone(),
         conntrack: conntrack.clone(),
+        conntrack6: conntrack6.clone(),
         seen: (0..n)
             .map(|_| CachePadded::new(AtomicU64::new(clock::now().as_nanos())))
             .collect(),
@@ -291,6 +309,7 @@ pub fn spawn(
             lanes: lanes.clone(),
             tuning,
             conntrack: Conntrack::new(conntrack.clone(), index),
+            conntrack6: (conntrack6.as_ref()).map(|t| Conntrack::new(t.clone(), index)),
             host: host_flows.worker(index),
             nat: nat.as_ref().map(|t| Conntrack::new(t.clone(), index)),
             flows: flows.recorder(index),
@@ -410,6 +429,7 @@ struct Setup {
     lanes: Arc<Lanes>,
     tuning: Tuning,
     conntrack: Conntrack,
+    conntrack6: Option<Conntrack<u128>>,
     host: HostFlows,
     /// The Services' translation tables, with `services = "switch"`.
     nat: Option<Conntrack>,
@@ -468,6 +488,7 @@ mod tests {
             conntrack_max: 16,
             conntrack_share: 8,
             services: true,
+            ipv6: true,
             panic_after: None,
             flow_log: false,
         };

@@ -55,6 +55,7 @@ impl Worker {
             lanes,
             tuning,
             conntrack,
+            conntrack6,
             host,
             nat,
             flows,
@@ -71,6 +72,7 @@ impl Worker {
             worker: index,
             heartbeat: beats,
             conntrack: Some(conntrack),
+            conntrack6,
             host,
             flows,
         });

@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use kube::runtime::watcher::Event;
 use kube::Resource;
 
-use super::nodes::{nodes_view, pod_cidr, NodesView};
+use super::nodes::{nodes_view, pod_cidr, pod_cidr6, NodesView};
 use super::objects::{RawPolicy, SlimNamespace, SlimNode, SlimPod, SlimService, SlimSlice};
 use crate::netpol::last_good::{Kind, ObjectId, Unread};
 use crate::netpol::manifest::{self, ManifestError};
@@ -224,9 +224,14 @@ pub fn read_pod(p: SlimPod) -> Option<HeldPod> {
     let node = p.spec.node_name.clone();
     let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let deleting = p.metadata.deletion_timestamp.is_some();
-    let ip = p.ips().into_iter().find_map(|ip| match ip.parse() {
-        Ok(IpAddr::V4(v4)) => Some(v4),
-        _ => None,
+    let parsed = || p.ips().into_iter().filter_map(|ip| ip.parse::<IpAddr>().ok());
+    let ip = parsed().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    });
+    let ip6 = parsed().find_map(|ip| match ip {
+        IpAddr::V6(v6) => Some(v6),
+        IpAddr::V4(_) => None,
     });
     let ports = (p.spec.containers.iter())
         .flat_map(|c| &c.ports)
@@ -251,6 +256,7 @@ pub fn read_pod(p: SlimPod) -> Option<HeldPod> {
             labels: p.metadata.labels.unwrap_or_default(),
             ports,
             ip,
+            ip6,
         },
         node,
         created,
@@ -430,36 +436,37 @@ impl Cache {
     /// of two pods that claim one address, one going away loses it to one that
     /// is not, and then the older to the newer.
     fn addressed_pods(&self) -> Vec<PodObject> {
-        let ranges: HashMap<&str, ipnet::Ipv4Net> = (self.nodes.live.iter())
-            .filter_map(|((_, name), n)| Some((name.as_str(), pod_cidr(&n.0)?.parse().ok()?)))
+        let ranges: HashMap<&str, Vec<IpNet>> = (self.nodes.live.iter())
+            .map(|((_, name), n)| {
+                let cidrs = pod_cidr(&n.0).into_iter().chain(pod_cidr6(&n.0));
+                (name.as_str(), cidrs.filter_map(|c| c.parse().ok()).collect())
+            })
             .collect();
-        let mut holder: HashMap<std::net::Ipv4Addr, &HeldPod> = HashMap::new();
+        let rank = |h: &HeldPod| (!h.deleting, h.created, std::cmp::Reverse(h.pod.name.clone()));
+        let mut holder: HashMap<IpAddr, &HeldPod> = HashMap::new();
         for h in self.pods.values() {
-            let Some(ip) = h.pod.ip else { continue };
-            let range = h.node.as_deref().and_then(|n| ranges.get(n));
-            if range.is_some_and(|r| !r.contains(&ip)) {
-                continue;
-            }
-            let rank = |h: &HeldPod| {
-                (
-                    !h.deleting,
-                    h.created,
-                    std::cmp::Reverse(h.pod.name.clone()),
-                )
+            let node = h.node.as_deref().and_then(|n| ranges.get(n));
+            // An address is checked against its node's range of its own family.
+            let outside = |ip: &IpAddr| {
+                let mut family = node.into_iter().flatten();
+                family.find(|r| r.network().is_ipv4() == ip.is_ipv4())
+                    .is_some_and(|r| !r.contains(ip))
             };
-            match holder.get(&ip) {
-                Some(other) if rank(other) >= rank(h) => {}
-                _ => {
-                    holder.insert(ip, h);
+            for ip in h.pod.addresses().filter(|ip| !outside(ip)) {
+                match holder.get(&ip) {
+                    Some(other) if rank(other) >= rank(h) => {}
+                    _ => {
+                        holder.insert(ip, h);
+                    }
                 }
             }
         }
+        let held = |ip: IpAddr, h: &HeldPod| holder.get(&ip).is_some_and(|w| std::ptr::eq(*w, h));
         let mut pods: Vec<PodObject> = (self.pods.values())
             .map(|h| {
                 let mut pod = h.pod.clone();
-                pod.ip = pod
-                    .ip
-                    .filter(|ip| holder.get(ip).is_some_and(|w| std::ptr::eq(*w, h)));
+                pod.ip = pod.ip.filter(|&ip| held(IpAddr::V4(ip), h));
+                pod.ip6 = pod.ip6.filter(|&ip| held(IpAddr::V6(ip), h));
                 pod
             })
             .collect();
