@@ -4,7 +4,7 @@
 //! bounded in time.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -26,9 +26,14 @@ pub enum Proto {
     Udp,
 }
 
-/// Serves TCP and UDP on ports 80 and 81 in `pod`'s namespace at `ip`: a byte in,
-/// the byte back.
-pub fn serve(pod: &Pod, ip: Ipv4Addr, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+/// Serves TCP and UDP on ports 80 and 81 in `pod`'s namespace at `ip` (of either
+/// family): a byte in, the byte back.
+pub fn serve(
+    pod: &Pod,
+    ip: impl Into<IpAddr>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let ip = ip.into();
     let mut threads = Vec::new();
     for port in [80, 81] {
         let tcp = in_netns(&pod.ns, || TcpListener::bind((ip, port)))
@@ -73,9 +78,14 @@ pub fn serve(pod: &Pod, ip: Ipv4Addr, stop: &Arc<AtomicBool>) -> Vec<std::thread
     threads
 }
 
-/// Whether `from` reaches `to` on `proto`/`port` within [`PROBE`].
-pub fn probe(from: &Pod, to: Ipv4Addr, proto: Proto, port: u16) -> bool {
-    let addr = SocketAddr::from((to, port));
+/// Whether `from` reaches `to` (of either family) on `proto`/`port` within
+/// [`PROBE`].
+pub fn probe(from: &Pod, to: impl Into<IpAddr>, proto: Proto, port: u16) -> bool {
+    let addr = SocketAddr::from((to.into(), port));
+    let any = match addr {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
     match proto {
         Proto::Tcp => {
             let Ok(Ok(mut s)) = in_netns(&from.ns, || TcpStream::connect_timeout(&addr, PROBE))
@@ -87,7 +97,7 @@ pub fn probe(from: &Pod, to: Ipv4Addr, proto: Proto, port: u16) -> bool {
             s.write_all(b"?").is_ok() && matches!(s.read(&mut b), Ok(1))
         }
         Proto::Udp => {
-            let Ok(Ok(s)) = in_netns(&from.ns, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+            let Ok(Ok(s)) = in_netns(&from.ns, || UdpSocket::bind((any, 0)))
             else {
                 return false;
             };

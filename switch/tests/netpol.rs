@@ -1,15 +1,16 @@
 //! NetworkPolicy end to end, in the layout of the upstream Kubernetes netpol e2e
 //! suite: namespaces x, y and z, pods a, b and c in each, spread over two hosts
-//! running weftd, each pod serving TCP and UDP on ports 80 and 81. Each scenario
-//! writes manifests into the policy directory both nodes watch, waits until both have
-//! them in force, probes every pair of pods, and compares with the expected truth
-//! table, which a failure prints as a grid.
+//! running weftd, each pod serving TCP and UDP on ports 80 and 81. The cluster is
+//! dual-stack: each scenario writes manifests into the policy directory both nodes
+//! watch, waits until both have them in force, probes every pair of pods over IPv4
+//! and over IPv6, and compares each family with the expected truth table, which a
+//! failure prints as a grid.
 //!
 //! These tests need root (they create namespaces); they fail, never skip, without it.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,8 @@ use weft_perf::netns::{require_root, wait_until};
 use weft_perf::probe::{probe, serve, Proto, Receiver, Sender, PROBE};
 use weft_perf::topo::{Pod, Underlay};
 use weft_perf::weft::{
-    in_netns, peers_toml, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
+    in_netns, peers_toml, pod_subnet6, write_atomic, PeerNode, Scratch, WeftNode, WeftOptions,
+    CLUSTER_CIDR_V6,
 };
 use weft_proto::{PodRef, Reply, Request};
 
@@ -29,16 +31,35 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
 
-/// A pod of the layout: its namespace, name, host and address.
+/// A pod of the layout: its namespace, name, host and addresses.
 struct Member {
     ns: &'static str,
     name: &'static str,
     host: usize,
     pod: Pod,
     ip: Ipv4Addr,
+    ip6: Ipv6Addr,
 }
 
-/// The cluster: two weftd on VXLAN, nine pods, their servers, the policy directory.
+/// An address family the probes go over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Member {
+    /// Its address of `family`.
+    fn addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ip.into(),
+            Family::V6 => self.ip6.into(),
+        }
+    }
+}
+
+/// The cluster: two dual-stack weftd on VXLAN, nine pods, their servers, the policy
+/// directory.
 struct Netpol {
     members: Vec<Member>,
     nodes: Vec<WeftNode>,
@@ -71,13 +92,23 @@ impl Netpol {
         let policy_dir = scratch.path().join("policy");
         std::fs::create_dir_all(&policy_dir).unwrap();
         let peers = scratch.path().join("peers.toml");
-        let list: Vec<PeerNode> = underlay.hosts().iter().map(PeerNode::of).collect();
+        let list: Vec<PeerNode> = (underlay.hosts().iter())
+            .map(|h| PeerNode {
+                pod_subnet_v6: Some(pod_subnet6(h)),
+                ..PeerNode::of(h)
+            })
+            .collect();
         write_atomic(&peers, &peers_toml(&list)).unwrap();
         let opts = WeftOptions {
             binary: PathBuf::from(env!("CARGO_BIN_EXE_weftd")),
             mode: "vxlan".into(),
             workers: 2,
-            extra: vec!["--policy-dir".into(), policy_dir.display().to_string()],
+            extra: vec![
+                "--policy-dir".into(),
+                policy_dir.display().to_string(),
+                "--cluster-cidr-v6".into(),
+                CLUSTER_CIDR_V6.into(),
+            ],
         };
         let nodes: Vec<WeftNode> = underlay
             .hosts()
@@ -100,13 +131,16 @@ impl Netpol {
                 let att = nodes[host]
                     .attach_as(&pod, &format!("{tag}-{ns}-{name}"), Some(k8s))
                     .expect("attach");
+                let ip6 = att.ipv6.expect("a dual-stack pod").ip;
                 servers.extend(serve(&pod, att.ip, &stop));
+                servers.extend(serve(&pod, ip6, &stop));
                 members.push(Member {
                     ns,
                     name,
                     host,
                     pod,
                     ip: att.ip,
+                    ip6,
                 });
             }
         }
@@ -145,11 +179,14 @@ impl Netpol {
                 "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}, labels: {{{}}}}}\n\
                  spec: {{containers: [{{name: c, ports: [{{name: serve-80-tcp, containerPort: 80}}, \
                  {{name: serve-81-tcp, containerPort: 81}}, {{name: serve-80-udp, containerPort: 80, protocol: UDP}}, \
-                 {{name: serve-81-udp, containerPort: 81, protocol: UDP}}]}}]}}\nstatus: {{podIP: {}}}\n",
+                 {{name: serve-81-udp, containerPort: 81, protocol: UDP}}]}}]}}\n\
+                 status: {{podIP: {}, podIPs: [{{ip: {}}}, {{ip: '{}'}}]}}\n",
                 m.name,
                 m.ns,
                 labels.join(", "),
-                m.ip
+                m.ip,
+                m.ip,
+                m.ip6
             );
         }
         write_atomic(&self.policy_dir.join("objects.yaml"), &text).unwrap();
@@ -256,8 +293,8 @@ impl Netpol {
         }
     }
 
-    /// Probes every pair on `proto`/`port` at once and compares with `expect(from,
-    /// to)`; panics with both grids if they differ.
+    /// Probes every pair on `proto`/`port` over both families at once and compares
+    /// each with `expect(from, to)`; panics with both grids if they differ.
     fn check(
         &self,
         what: &str,
@@ -265,30 +302,46 @@ impl Netpol {
         port: u16,
         expect: impl Fn(&Member, &Member) -> bool,
     ) {
-        let pairs: Vec<(&Member, &Member)> = self
-            .members
-            .iter()
-            .flat_map(|f| self.members.iter().map(move |t| (f, t)))
+        self.check_each(what, proto, port, |f, t, _| expect(f, t));
+    }
+
+    /// Like [`Netpol::check`], with a truth table per family, `expect(from, to,
+    /// family)`.
+    fn check_each(
+        &self,
+        what: &str,
+        proto: Proto,
+        port: u16,
+        expect: impl Fn(&Member, &Member, Family) -> bool,
+    ) {
+        let pairs: Vec<(&Member, &Member, Family)> = [Family::V4, Family::V6]
+            .into_iter()
+            .flat_map(|fam| {
+                let all = self.members.iter();
+                all.flat_map(move |f| self.members.iter().map(move |t| (f, t, fam)))
+            })
             .collect();
         let got: Vec<bool> = std::thread::scope(|s| {
-            let probes: Vec<_> = pairs
-                .iter()
-                .map(|(f, t)| s.spawn(move || probe(&f.pod, t.ip, proto, port)))
+            let probes: Vec<_> = (pairs.iter())
+                .map(|(f, t, fam)| s.spawn(move || probe(&f.pod, t.addr(*fam), proto, port)))
                 .collect();
             probes.into_iter().map(|p| p.join().unwrap()).collect()
         });
         // A pod reaches itself over its own loopback, never through the switch: as
         // the upstream suite does, self-connections are allowed whatever the policy.
-        let want: Vec<bool> = pairs
-            .iter()
-            .map(|(f, t)| std::ptr::eq(*f, *t) || expect(f, t))
+        let want: Vec<bool> = (pairs.iter())
+            .map(|(f, t, fam)| std::ptr::eq(*f, *t) || expect(f, t, *fam))
             .collect();
-        if got != want {
-            panic!(
-                "{what} ({proto:?} {port}): the probes differ from the truth table\n{}\n{}",
-                grid("expected", &self.members, &want, &want),
-                grid("got (X marks a wrong cell)", &self.members, &got, &want)
-            );
+        let n = self.members.len() * self.members.len();
+        for (k, fam) in [Family::V4, Family::V6].into_iter().enumerate() {
+            let (got, want) = (&got[k * n..(k + 1) * n], &want[k * n..(k + 1) * n]);
+            if got != want {
+                panic!(
+                    "{what} ({proto:?} {port} over {fam:?}): the probes differ from the truth table\n{}\n{}",
+                    grid("expected", &self.members, want, want),
+                    grid("got (X marks a wrong cell)", &self.members, got, want)
+                );
+            }
         }
     }
 }
@@ -383,18 +436,28 @@ fn isolation_and_selectors() {
         |f, t| !(t.ns == "x" && t.name == "a") || f.ns == "y" || (f.ns == "x" && f.name == "c"),
     );
 
-    // Host 1's pods, but not z/b (which lives on host 1).
+    // Host 1's pods over IPv4, but not z/b (which lives on host 1); host 0's over
+    // IPv6, but not y/b (on host 0). A block holds its own family's addresses only.
     let zb = c.member("z", "b").ip;
+    let yb6 = c.member("y", "b").ip6;
     let cidr = c.underlay.host(1).pod_subnet;
+    let cidr6 = pod_subnet6(c.underlay.host(0));
     let block = format!(
-        "  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: {cidr}, except: [{zb}/32]}}}}]"
+        "  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: {cidr}, except: [{zb}/32]}}}}, \
+         {{ipBlock: {{cidr: '{cidr6}', except: ['{yb6}/128']}}}}]"
     );
     c.apply(&policy("block", "x", &block));
-    c.check(
-        "x/a from host 1's subnet except z/b",
+    c.check_each(
+        "x/a from host 1's IPv4 except z/b, and host 0's IPv6 except y/b",
         Proto::Tcp,
         80,
-        |f, t| !(t.ns == "x" && t.name == "a") || (f.host == 1 && f.ip != zb),
+        |f, t, fam| {
+            !(t.ns == "x" && t.name == "a")
+                || match fam {
+                    Family::V4 => f.host == 1 && f.ip != zb,
+                    Family::V6 => f.host == 0 && f.ip6 != yb6,
+                }
+        },
     );
 }
 
@@ -497,16 +560,16 @@ fn unions_label_changes_running_connections_and_the_node() {
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     eprintln!("cut {:?} after the policy was in force", cut_at.elapsed());
 
-    // Under default deny, each node still reaches its own pods.
-    for m in &c.members {
-        if m.ns == "x" {
+    // Under default deny, each node still reaches its own pods, over both families.
+    for m in c.members.iter().filter(|m| m.ns == "x") {
+        for fam in [Family::V4, Family::V6] {
             let host = c.underlay.host(m.host);
             let reached = in_netns(&host.ns, || {
-                TcpStream::connect_timeout(&SocketAddr::from((m.ip, 80)), PROBE)
+                TcpStream::connect_timeout(&SocketAddr::from((m.addr(fam), 80)), PROBE)
             })
             .unwrap()
             .is_ok();
-            assert!(reached, "node {} → its pod {}/{}", m.host, m.ns, m.name);
+            assert!(reached, "node {} → its pod {}/{} over {fam:?}", m.host, m.ns, m.name);
         }
     }
     // `weft policy` on a node: the pod and an explanation.
