@@ -19,7 +19,7 @@ use weft_benches::{
 };
 use weft_encap::sleeve::{self, NodeId};
 use weft_encap::vxlan::{self, Vni};
-use weft_switch::core::conntrack::{Conntrack, Flags, FlowKey, Overflow};
+use weft_switch::core::conntrack::{Addr, Conntrack, Flags, FlowKey, Overflow};
 use weft_switch::core::host::HostTables;
 use weft_switch::core::{Ctx, Frame, Report, Sink, Time, HEADROOM};
 use weft_switch::io::port::Offload;
@@ -495,19 +495,44 @@ fn connection(i: u32) -> FlowKey {
     }
 }
 
+/// [`connection`] `i` over IPv6: the same hosts, in `fd00:10:244::/48`.
+fn connection6(i: u32) -> FlowKey<u128> {
+    let v4 = connection(i);
+    let six = |a: u32| 0xfd00_0010_0244_u128 << 80 | u128::from(a);
+    FlowKey {
+        src: six(v4.src),
+        dst: six(v4.dst),
+        sport: v4.sport,
+        dport: v4.dport,
+        proto: v4.proto,
+        icmp: 0,
+    }
+}
+
 /// Connection tracking alone, in one worker's table of the default size holding
 /// [`TRACKED`] connections: finding one (either way), missing, and recording a new
-/// one (forgotten again, so the table stays as full).
+/// one (forgotten again, so the table stays as full); in the IPv4 table and in the
+/// IPv6 one, in the same run.
 fn conntrack(c: &mut Criterion) {
     let mut g = c.benchmark_group("conntrack");
     g.throughput(Throughput::Elements(1));
-    let ct = Conntrack::new(Conntrack::tables(1, 16_384, fair(16_384)), 0);
+    conntrack_family(&mut g, "v4", connection);
+    conntrack_family(&mut g, "v6", connection6);
+    g.finish();
+}
+
+fn conntrack_family<A: Addr>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    family: &str,
+    connection: fn(u32) -> FlowKey<A>,
+) {
+    let ct: Conntrack<A> = Conntrack::new(Conntrack::tables(1, 16_384, fair(16_384)), 0);
     for i in 0..TRACKED {
         ct.track(connection(i), Flags::default(), 1, Time::ZERO)
             .expect("room for every connection");
     }
     let mut seed = 0x9e37_79b9;
-    let hits: Vec<FlowKey> = (0..4096)
+    let hits: Vec<FlowKey<A>> = (0..4096)
         .map(|n| {
             let key = connection(xorshift(&mut seed) % TRACKED);
             if n % 2 == 0 {
@@ -517,11 +542,11 @@ fn conntrack(c: &mut Criterion) {
             }
         })
         .collect();
-    let misses: Vec<FlowKey> = (0..4096)
+    let misses: Vec<FlowKey<A>> = (0..4096)
         .map(|_| connection(TRACKED + xorshift(&mut seed) % TRACKED))
         .collect();
     for (name, keys) in [("lookup_hit", &hits), ("lookup_miss", &misses)] {
-        g.bench_function(name, |b| {
+        g.bench_function(BenchmarkId::new(name, family), |b| {
             let mut i = 0usize;
             b.iter(|| {
                 i = (i + 1) & 4095;
@@ -529,7 +554,7 @@ fn conntrack(c: &mut Criterion) {
             })
         });
     }
-    g.bench_function("insert", |b| {
+    g.bench_function(BenchmarkId::new("insert", family), |b| {
         let mut i = 0usize;
         b.iter(|| {
             i = (i + 1) & 4095;
@@ -539,7 +564,6 @@ fn conntrack(c: &mut Criterion) {
             ct.forget(slot.expect("the connection just recorded"));
         })
     });
-    g.finish();
 }
 
 /// The internet checksum over a full segment and over a 64 KiB super-frame, against

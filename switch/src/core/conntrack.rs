@@ -114,9 +114,11 @@ impl Addr for u128 {
         }
     }
     fn mix(self, key: u64) -> u64 {
-        // Chained: the state before each word is secret, so no two addresses
-        // chosen without the key are known to meet.
-        fmix64(fmix64((self >> 64) as u64 ^ key) ^ self as u64)
+        // The prefix's half keyed and multiplied into a secret offset for the
+        // other half: within one prefix the mix is a bijection (no two addresses
+        // of a /64 meet), and across prefixes where two meet depends on the key.
+        let offset = ((self >> 64) as u64 ^ key).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        fmix64(offset ^ self as u64)
     }
     fn mix_pair(a: u128, b: u128, key: u64) -> u64 {
         b.mix(a.mix(key))
