@@ -563,9 +563,23 @@ mod tests {
     /// them, and a message too short for them has none, without a panic.
     #[test]
     fn echo_identifiers_and_invoking_packets_are_read_in_bounds() {
-        let mut echo = vec![0u8; Repr::EchoRequest { ident: 0x1234, seq: 9 }.buffer_len()];
-        Repr::EchoRequest { ident: 0x1234, seq: 9 }.emit(&mut echo);
-        assert_eq!(Packet::new_checked(&echo[..]).unwrap().echo_ident(), Some(0x1234));
+        let mut echo = vec![
+            0u8;
+            Repr::EchoRequest {
+                ident: 0x1234,
+                seq: 9
+            }
+            .buffer_len()
+        ];
+        Repr::EchoRequest {
+            ident: 0x1234,
+            seq: 9,
+        }
+        .emit(&mut echo);
+        assert_eq!(
+            Packet::new_checked(&echo[..]).unwrap().echo_ident(),
+            Some(0x1234)
+        );
         let error = [1u8, 4, 0, 0, 0, 0, 0, 0, 0x60, 0, 0, 0];
         let p = Packet::new_checked(&error[..]).unwrap();
         assert_eq!(p.invoking(), &[0x60, 0, 0, 0]);

@@ -97,8 +97,7 @@ pub fn probe(from: &Pod, to: impl Into<IpAddr>, proto: Proto, port: u16) -> bool
             s.write_all(b"?").is_ok() && matches!(s.read(&mut b), Ok(1))
         }
         Proto::Udp => {
-            let Ok(Ok(s)) = in_netns(&from.ns, || UdpSocket::bind((any, 0)))
-            else {
+            let Ok(Ok(s)) = in_netns(&from.ns, || UdpSocket::bind((any, 0))) else {
                 return false;
             };
             let _ = s.set_read_timeout(Some(PROBE / 3));

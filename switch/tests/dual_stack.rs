@@ -291,9 +291,11 @@ fn forged_ipv6_sources_and_advertisements_are_dropped() {
     in_netns(pod0, || advertise(b))
         .unwrap()
         .expect("an advertisement sent");
-    wait_until(Duration::from_secs(5), "the advertisement dropped as spoofed", || {
-        spoofed() > before
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the advertisement dropped as spoofed",
+        || spoofed() > before,
+    )
     .unwrap();
     // Pod 1 still reaches pod 0 over IPv6, and pod 0 its own address.
     c.pod(0, 1)

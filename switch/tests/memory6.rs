@@ -408,24 +408,43 @@ fn ipv6_policy_judges_ipv6_addresses_and_lets_replies_back(mode: TunnelMode) {
          egress:\n  - to: [{{podSelector: {{matchExpressions: [{{key: app, operator: In, values: [b, a2]}}]}}}}]\n",
         ip6_of(B)
     );
-    let (a, echo, reply) = (sim.pod(A), icmpv6::kind::ECHO_REQUEST, icmpv6::kind::ECHO_REPLY);
+    let (a, echo, reply) = (
+        sim.pod(A),
+        icmpv6::kind::ECHO_REQUEST,
+        icmpv6::kind::ECHO_REPLY,
+    );
     sim.set_rules(a, Some(compiled_rules(&spec, A)));
     let dropped = |sim: &Sim, r| sim.port_counters(a).dropped(r);
     // In: from the block's one address only.
-    assert!(ping6_once(&mut sim, B, A, 1, echo), "{mode:?}: B is in the block");
+    assert!(
+        ping6_once(&mut sim, B, A, 1, echo),
+        "{mode:?}: B is in the block"
+    );
     assert!(!ping6_once(&mut sim, A2, A, 2, echo), "{mode:?}: A2 is not");
     assert!(!ping6_once(&mut sim, C, A, 3, echo), "{mode:?}: nor C");
     assert_eq!(dropped(&sim, DropReason::PolicyIngress), 2, "{mode:?}");
     // Out: to the pods the selector names, found by their IPv6 addresses.
-    assert!(ping6_once(&mut sim, A, B, 4, echo), "{mode:?}: A may reach B");
+    assert!(
+        ping6_once(&mut sim, A, B, 4, echo),
+        "{mode:?}: A may reach B"
+    );
     assert!(!ping6_once(&mut sim, A, C, 5, echo), "{mode:?}: but not C");
     assert_eq!(dropped(&sim, DropReason::PolicyEgress), 1, "{mode:?}");
     // A2's answer to A's ping passes, though A2 may not open a connection to A:
     // the same identifier the other way, and only as an answer.
     assert!(ping6_once(&mut sim, A, A2, 6, echo), "{mode:?}");
-    assert!(ping6_once(&mut sim, A2, A, 6, reply), "{mode:?}: the answer");
-    assert!(!ping6_once(&mut sim, A2, A, 6, echo), "{mode:?}: a request on it");
-    assert!(!ping6_once(&mut sim, A2, A, 7, reply), "{mode:?}: an answer to nothing");
+    assert!(
+        ping6_once(&mut sim, A2, A, 6, reply),
+        "{mode:?}: the answer"
+    );
+    assert!(
+        !ping6_once(&mut sim, A2, A, 6, echo),
+        "{mode:?}: a request on it"
+    );
+    assert!(
+        !ping6_once(&mut sim, A2, A, 7, reply),
+        "{mode:?}: an answer to nothing"
+    );
     assert_eq!(dropped(&sim, DropReason::PolicyIngress), 4, "{mode:?}");
     // Once no policy selects it, A takes IPv6 from anyone again.
     sim.set_rules(a, None);
@@ -445,8 +464,15 @@ fn tcp6_leaves_a_pod_isolated_for_ingress_and_its_replies_return(mode: TunnelMod
     assert_eq!(refused, 0, "{mode:?}: a reply was refused");
     // A SYN from B to A is refused, and counted on A.
     let syn = tcp_syn6(ip6_of(B), ip6_of(A), 40_000, 22);
-    assert!(!send6(&mut sim, B, A, &syn), "{mode:?}: B opened a connection to A");
-    assert_eq!(sim.port_counters(a).dropped(DropReason::PolicyIngress), 1, "{mode:?}");
+    assert!(
+        !send6(&mut sim, B, A, &syn),
+        "{mode:?}: B opened a connection to A"
+    );
+    assert_eq!(
+        sim.port_counters(a).dropped(DropReason::PolicyIngress),
+        1,
+        "{mode:?}"
+    );
 }
 
 /// An ICMPv6 error reaches a pod isolated for ingress when it quotes a packet of
@@ -455,15 +481,37 @@ fn icmpv6_errors_about_a_tracked_connection_pass(mode: TunnelMode) {
     let mut sim = three_nodes(mode);
     let a = sim.pod(A);
     sim.set_rules(a, Some(deny_ingress()));
-    let sent = packet6(ip6_of(A), ip6_of(B), 64, next_header::UDP, &udp(5353, 53, 12));
+    let sent = packet6(
+        ip6_of(A),
+        ip6_of(B),
+        64,
+        next_header::UDP,
+        &udp(5353, 53, 12),
+    );
     assert!(send6(&mut sim, A, B, &sent), "{mode:?}: A's datagram left");
     let unreachable = icmpv6::Repr::DestUnreachable { code: 4 };
     let error = icmp6(ip6_of(B), ip6_of(A), 64, &unreachable, &sent);
-    assert!(send6(&mut sim, B, A, &error), "{mode:?}: the error about it was refused");
-    let other = packet6(ip6_of(A), ip6_of(B), 64, next_header::UDP, &udp(5354, 53, 12));
+    assert!(
+        send6(&mut sim, B, A, &error),
+        "{mode:?}: the error about it was refused"
+    );
+    let other = packet6(
+        ip6_of(A),
+        ip6_of(B),
+        64,
+        next_header::UDP,
+        &udp(5354, 53, 12),
+    );
     let forged = icmp6(ip6_of(B), ip6_of(A), 64, &unreachable, &other);
-    assert!(!send6(&mut sim, B, A, &forged), "{mode:?}: an error about nothing passed");
-    assert_eq!(sim.port_counters(a).dropped(DropReason::PolicyIngress), 1, "{mode:?}");
+    assert!(
+        !send6(&mut sim, B, A, &forged),
+        "{mode:?}: an error about nothing passed"
+    );
+    assert_eq!(
+        sim.port_counters(a).dropped(DropReason::PolicyIngress),
+        1,
+        "{mode:?}"
+    );
 }
 
 /// A TCP SYN from `src`:`sport` to `dst`:`dport`, checksummed.

@@ -569,7 +569,11 @@ fn unions_label_changes_running_connections_and_the_node() {
             })
             .unwrap()
             .is_ok();
-            assert!(reached, "node {} → its pod {}/{} over {fam:?}", m.host, m.ns, m.name);
+            assert!(
+                reached,
+                "node {} → its pod {}/{} over {fam:?}",
+                m.host, m.ns, m.name
+            );
         }
     }
     // `weft policy` on a node: the pod and an explanation.

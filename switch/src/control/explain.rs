@@ -82,9 +82,9 @@ fn end<'m>(c: &Compiler<'m>, text: &str) -> Result<(Ipv4Addr, Option<KnownPod<'m
         return Ok((ip, c.pod_at(ip.into())));
     }
     let (ns, name) = text.split_once('/').unwrap_or((DEFAULT_NAMESPACE, text));
-    let pod = c.find(ns, name).ok_or_else(|| {
-        DaemonError::Invalid(format!("{text:?} is no known pod and no address"))
-    })?;
+    let pod = c
+        .find(ns, name)
+        .ok_or_else(|| DaemonError::Invalid(format!("{text:?} is no known pod and no address")))?;
     let ip = pod.ip.ok_or_else(|| {
         DaemonError::Invalid(format!(
             "pod {text} has no IPv4 address, and explain follows IPv4 only"

@@ -99,7 +99,12 @@ impl Addr for u128 {
     type Pair = [u64; 4];
     type Cell = [AtomicU64; 4];
     fn pair(src: u128, dst: u128) -> [u64; 4] {
-        [(src >> 64) as u64, src as u64, (dst >> 64) as u64, dst as u64]
+        [
+            (src >> 64) as u64,
+            src as u64,
+            (dst >> 64) as u64,
+            dst as u64,
+        ]
     }
     fn unpair(w: [u64; 4]) -> (u128, u128) {
         let join = |hi: u64, lo: u64| u128::from(hi) << 64 | u128::from(lo);
@@ -1227,6 +1232,82 @@ mod tests {
         let r = w1.lookup(key(1000).reverse(), at(11)).unwrap();
         assert!(!r.forward && r.own_slot.is_none(), "{r:?}");
         assert_eq!(w1.lookup(key(1001), at(11)), None);
+    }
+
+    /// An IPv6 key is kept whole: keys that differ in any word of either address
+    /// are different connections, both directions of one find it, an ICMPv6 echo
+    /// is answered only by its reply, and a source's share counts its own.
+    #[test]
+    fn ipv6_tables_keep_whole_addresses() {
+        let tables = Conntrack::<u128>::tables(2, 8, Overflow::Fair { share: 2 });
+        let (w0, w1) = (Conntrack::new(tables.clone(), 0), Conntrack::new(tables, 1));
+        let a: u128 = 0xfd00_0010_0244_0001_0000_0000_0000_0005;
+        let b: u128 = 0xfd00_0010_0244_0002_0000_0000_0000_0005;
+        let k = FlowKey {
+            src: a,
+            dst: b,
+            sport: 4000,
+            dport: 80,
+            proto: 6,
+            icmp: 0,
+        };
+        assert_eq!(u128::unpair(u128::pair(a, b)), (a, b));
+        w0.track(k, ASSURED, 3, at(0)).unwrap();
+        let back = w1
+            .lookup(k.reverse(), at(1))
+            .expect("the reply's direction");
+        assert_eq!((back.entry.orig, back.forward), (k, false));
+        for other in [a ^ 1 << 127, a ^ 1 << 64, a ^ 1 << 63, a ^ 1] {
+            assert!(
+                w0.lookup(FlowKey { src: other, ..k }, at(1)).is_none(),
+                "{other:x}"
+            );
+            assert!(
+                w0.lookup(FlowKey { dst: other, ..k }, at(1)).is_none(),
+                "{other:x}"
+            );
+        }
+        let echo = FlowKey {
+            sport: 7,
+            dport: 7,
+            proto: 58,
+            icmp: 128,
+            ..k
+        };
+        w0.track(echo, ASSURED, 3, at(0)).unwrap();
+        let reply = FlowKey {
+            icmp: 129,
+            ..echo.reverse()
+        };
+        assert_eq!(echo.reverse(), reply);
+        assert!(w0.lookup(reply, at(1)).is_some_and(|f| !f.forward));
+        let request_back = FlowKey {
+            icmp: 128,
+            ..echo.reverse()
+        };
+        assert!(
+            w0.lookup(request_back, at(1)).is_none(),
+            "a request the other way"
+        );
+        // Source a holds its share of 2 now, both assured: a third connection of
+        // its is refused, and one from b is not.
+        let third = FlowKey { sport: 4001, ..k };
+        assert_eq!(
+            w0.track(third, Flags::default(), 3, at(0)),
+            Err(Refused::OverShare)
+        );
+        assert!(w0
+            .track(
+                FlowKey {
+                    src: b,
+                    dst: a,
+                    ..third
+                },
+                Flags::default(),
+                3,
+                at(0)
+            )
+            .is_ok());
     }
 
     /// A table with values keeps each entry's value with it, read by every worker

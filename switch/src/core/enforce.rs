@@ -46,7 +46,12 @@ pub(super) trait Enforced: Addr {
     /// The address as the rules take it.
     type Ip: Family + From<Self>;
     /// Records `verdict()` on `key` at `now` in the flow log.
-    fn record(recorder: &Recorder, now: Time, key: FlowKey<Self>, verdict: impl FnOnce() -> Verdict);
+    fn record(
+        recorder: &Recorder,
+        now: Time,
+        key: FlowKey<Self>,
+        verdict: impl FnOnce() -> Verdict,
+    );
 }
 
 impl Enforced for u32 {
@@ -282,7 +287,12 @@ impl Core {
     ) -> Result<(), (usize, DropReason)> {
         let t = cx.tables;
         let src = flow.src();
-        let ends = Ends::of(t, from, hop, src == t.node.gateway || src == t.node.underlay);
+        let ends = Ends::of(
+            t,
+            from,
+            hop,
+            src == t.node.gateway || src == t.node.underlay,
+        );
         if exempt(&ends, from) {
             return Ok(());
         }

@@ -150,7 +150,10 @@ impl Flow {
 /// identifier twice.
 fn icmpv6_ports(payload: &[u8]) -> Option<(u16, u16, bool)> {
     let m = icmpv6::Packet::new_checked(payload).ok()?;
-    let echo = matches!(m.msg_type(), icmpv6::kind::ECHO_REQUEST | icmpv6::kind::ECHO_REPLY);
+    let echo = matches!(
+        m.msg_type(),
+        icmpv6::kind::ECHO_REQUEST | icmpv6::kind::ECHO_REPLY
+    );
     let ident = m.echo_ident().filter(|_| echo)?;
     Some((ident, ident, false))
 }

@@ -63,7 +63,10 @@ impl<T: Copy + Ord + BitAnd<Output = T>> Nets<T> {
 
     fn heap_bytes(&self) -> usize {
         let word = std::mem::size_of::<T>();
-        let blocks = self.blocks.iter().map(|b| 2 * word + b.except.capacity() * 2 * word);
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| 2 * word + b.except.capacity() * 2 * word);
         self.ips.capacity() * word + blocks.sum::<usize>()
     }
 
@@ -194,8 +197,10 @@ impl PortSet {
 
     /// Adds named port `port` of protocol `proto` on every address of `pod`.
     fn push_named(&mut self, pod: &KnownPod<'_>, proto: u8, port: u16) {
-        self.named4.extend(pod.ip.map(|ip| (u32::from(ip), proto, port)));
-        self.named6.extend(pod.ip6.map(|ip| (u128::from(ip), proto, port)));
+        self.named4
+            .extend(pod.ip.map(|ip| (u32::from(ip), proto, port)));
+        self.named6
+            .extend(pod.ip6.map(|ip| (u128::from(ip), proto, port)));
     }
 
     fn sort(&mut self) {
@@ -593,9 +598,8 @@ impl<'m> Compiler<'m> {
                     let targets: Vec<KnownPod<'_>> = match named {
                         true => (self.known())
                             .filter(|t| {
-                                let reached = |s: &Arc<AddrSet>| {
-                                    t.addresses().any(|a| s.contains_ip(a))
-                                };
+                                let reached =
+                                    |s: &Arc<AddrSet>| t.addresses().any(|a| s.contains_ip(a));
                                 peers.as_ref().is_none_or(reached)
                             })
                             .collect(),

@@ -677,7 +677,10 @@ mod tests {
         assert!(has("172.17.0.9"));
         assert!(!has("172.17.1.9"));
         assert!(!has("172.18.0.1"));
-        assert!(!has("::ffff:172.17.0.9"), "an IPv4 block holds no IPv6 address");
+        assert!(
+            !has("::ffff:172.17.0.9"),
+            "an IPv4 block holds no IPv6 address"
+        );
         let b6 = IpBlock {
             cidr: "::/0".parse().unwrap(),
             except: vec!["fd00:10::/32".parse().unwrap()],

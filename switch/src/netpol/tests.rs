@@ -264,12 +264,20 @@ fn namespace_and_pod_selectors_in_one_peer_are_and_in_two_peers_or() {
 /// other family's addresses are admitted by nothing.
 fn block_admits(spec: &str, v6: bool, expect: &[u8]) {
     let w = World::new(&policy("p", "z", spec));
-    let pods = ["x", "y", "z"].iter().flat_map(|ns| ["a", "b", "c"].map(|p| (*ns, p)));
+    let pods = ["x", "y", "z"]
+        .iter()
+        .flat_map(|ns| ["a", "b", "c"].map(|p| (*ns, p)));
     for (n, from) in pods.enumerate() {
         let to = ("z", "a");
         let (same, other) = match v6 {
-            false => (w.allows4(from, to, 6, Some(80)), w.allows6(from, to, 6, Some(80))),
-            true => (w.allows6(from, to, 6, Some(80)), w.allows4(from, to, 6, Some(80))),
+            false => (
+                w.allows4(from, to, 6, Some(80)),
+                w.allows6(from, to, 6, Some(80)),
+            ),
+            true => (
+                w.allows6(from, to, 6, Some(80)),
+                w.allows4(from, to, 6, Some(80)),
+            ),
         };
         assert_eq!(same, expect.contains(&(n as u8 + 1)), "{spec}: {from:?}");
         assert!(!other, "{spec}: {from:?} is admitted in the other family");
@@ -308,16 +316,25 @@ fn ipv6_blocks_with_except() {
     assert!(from(7).is_none(), "the last of the exception");
     assert!(from(8).is_none(), "outside the block");
     let mapped = "::ffff:10.0.0.1".parse::<Ipv6Addr>().unwrap();
-    let all6 = World::new(&policy("p", "z", "  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: '::/0'}}]"));
+    let all6 = World::new(&policy(
+        "p",
+        "z",
+        "  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: '::/0'}}]",
+    ));
     let r = all6.rules("z", "a").ingress.unwrap();
     assert!(r.allows(mapped, ip6("z", "a"), 6, Some(80)).is_some());
     assert!(
-        r.allows(Ipv4Addr::new(10, 0, 0, 1), ip("z", "a"), 6, Some(80)).is_none(),
+        r.allows(Ipv4Addr::new(10, 0, 0, 1), ip("z", "a"), 6, Some(80))
+            .is_none(),
         "::/0 holds no IPv4 address"
     );
     let both = "  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/30}}, {ipBlock: {cidr: 'fd00::8/125'}}]";
     let w = World::new(&policy("p", "z", both));
-    for (from, v4, v6) in [(("x", "a"), true, false), (("z", "b"), false, true), (("y", "a"), false, false)] {
+    for (from, v4, v6) in [
+        (("x", "a"), true, false),
+        (("z", "b"), false, true),
+        (("y", "a"), false, false),
+    ] {
         assert_eq!(w.allows4(from, ("z", "a"), 6, Some(80)), v4, "{from:?}");
         assert_eq!(w.allows6(from, ("z", "a"), 6, Some(80)), v6, "{from:?}");
     }

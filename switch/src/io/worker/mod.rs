@@ -270,8 +270,8 @@ pub fn spawn(
     let (pool, large) = handoff_pools(n);
     let share = tuning.conntrack_share;
     let conntrack = Conntrack::tables(n, tuning.conntrack_max, Overflow::Fair { share });
-    let conntrack6 = (tuning.ipv6)
-        .then(|| Conntrack::tables(n, tuning.conntrack_max, Overflow::Fair { share }));
+    let conntrack6 =
+        (tuning.ipv6).then(|| Conntrack::tables(n, tuning.conntrack_max, Overflow::Fair { share }));
     let host_flows = HostTables::new(n, tuning.conntrack_max);
     let flows = FlowLog::new(n, tuning.flow_log);
     let nat = (tuning.services)

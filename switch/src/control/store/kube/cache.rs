@@ -224,7 +224,11 @@ pub fn read_pod(p: SlimPod) -> Option<HeldPod> {
     let node = p.spec.node_name.clone();
     let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let deleting = p.metadata.deletion_timestamp.is_some();
-    let parsed = || p.ips().into_iter().filter_map(|ip| ip.parse::<IpAddr>().ok());
+    let parsed = || {
+        p.ips()
+            .into_iter()
+            .filter_map(|ip| ip.parse::<IpAddr>().ok())
+    };
     let ip = parsed().find_map(|ip| match ip {
         IpAddr::V4(v4) => Some(v4),
         IpAddr::V6(_) => None,
@@ -439,17 +443,27 @@ impl Cache {
         let ranges: HashMap<&str, Vec<IpNet>> = (self.nodes.live.iter())
             .map(|((_, name), n)| {
                 let cidrs = pod_cidr(&n.0).into_iter().chain(pod_cidr6(&n.0));
-                (name.as_str(), cidrs.filter_map(|c| c.parse().ok()).collect())
+                (
+                    name.as_str(),
+                    cidrs.filter_map(|c| c.parse().ok()).collect(),
+                )
             })
             .collect();
-        let rank = |h: &HeldPod| (!h.deleting, h.created, std::cmp::Reverse(h.pod.name.clone()));
+        let rank = |h: &HeldPod| {
+            (
+                !h.deleting,
+                h.created,
+                std::cmp::Reverse(h.pod.name.clone()),
+            )
+        };
         let mut holder: HashMap<IpAddr, &HeldPod> = HashMap::new();
         for h in self.pods.values() {
             let node = h.node.as_deref().and_then(|n| ranges.get(n));
             // An address is checked against its node's range of its own family.
             let outside = |ip: &IpAddr| {
                 let mut family = node.into_iter().flatten();
-                family.find(|r| r.network().is_ipv4() == ip.is_ipv4())
+                family
+                    .find(|r| r.network().is_ipv4() == ip.is_ipv4())
                     .is_some_and(|r| !r.contains(ip))
             };
             for ip in h.pod.addresses().filter(|ip| !outside(ip)) {
