@@ -191,7 +191,7 @@ fn a_policy_change_cuts_a_connection_it_no_longer_allows() {
     // isolated by x/deny) and B's new one denied at its egress.
     let node = sim.pods[b].node;
     let verdicts: Vec<(u16, u16, Verdict)> = (sim.nodes[node].flows.drain().into_iter())
-        .map(|r| (r.key.sport, r.key.dport, r.verdict))
+        .map(|r| (r.key.ports().0, r.key.ports().1, r.verdict))
         .collect();
     let [(40_000, 53, allowed), (40_000, 53, cut), (53, 40_000, refused)] = &verdicts[..] else {
         panic!("{verdicts:#?}");

@@ -4,15 +4,16 @@
 //! included; hand-built datagrams check what a peer may send over IPv6, and that
 //! the errors the switch answers with go back through the tunnel.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use smoltcp::wire::IpAddress;
 use std::sync::Arc;
 use weft_encap::icmpv6;
 use weft_encap::ipv6::{self, next_header};
 use weft_encap::{ethernet, sleeve, vxlan};
+use weft_switch::core::flowlog::{Direction, Verdict};
 use weft_switch::mac::MacAddr;
-use weft_switch::netpol::compile::{compile, LocalPod, PodRules, RuleSet};
+use weft_switch::netpol::compile::{compile, LocalPod, Origin, PodRules, RuleSet};
 use weft_switch::netpol::manifest;
 use weft_switch::netpol::model::PolicyModel;
 use weft_switch::sim::tcp::Transfer;
@@ -446,6 +447,28 @@ fn ipv6_policy_judges_ipv6_addresses_and_lets_replies_back(mode: TunnelMode) {
         "{mode:?}: an answer to nothing"
     );
     assert_eq!(dropped(&sim, DropReason::PolicyIngress), 4, "{mode:?}");
+    // The flow log holds each verdict with its IPv6 addresses: B's ping allowed
+    // by the policy's ingress rule 0, A2's refused at A's ingress, A's to C at
+    // its egress.
+    let records = sim.nodes[0].flows.drain();
+    let verdict = |src: Ipv4Addr, dst: Ipv4Addr, ident: u16| {
+        let ends = (IpAddr::from(ip6_of(src)), IpAddr::from(ip6_of(dst)));
+        (records.iter())
+            .find(|r| r.key.addrs() == ends && r.key.ports().0 == ident)
+            .map(|r| r.verdict.clone())
+    };
+    let rule0 = Origin {
+        policy: "default/p".into(),
+        rule: 0,
+    };
+    let by_rule0 = |v| matches!(v, Some(Verdict::Allowed { ingress: Some(o), .. }) if o == rule0);
+    assert!(by_rule0(verdict(B, A, 1)), "{mode:?}: {records:#?}");
+    let denied = |v, d| matches!(v, Some(Verdict::Denied { direction, .. }) if direction == d);
+    assert!(
+        denied(verdict(A2, A, 2), Direction::Ingress),
+        "{records:#?}"
+    );
+    assert!(denied(verdict(A, C, 5), Direction::Egress), "{records:#?}");
     // Once no policy selects it, A takes IPv6 from anyone again.
     sim.set_rules(a, None);
     assert!(ping6_once(&mut sim, C, A, 8, echo), "{mode:?}");

@@ -8,7 +8,7 @@
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -89,8 +89,9 @@ pub struct FlowsRequest {
 /// One end of a flow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowEnd {
-    /// Its address.
-    pub ip: Ipv4Addr,
+    /// Its address, of either family (written as a string either way, so an
+    /// IPv4 end reads as it did before IPv6 flows were logged).
+    pub ip: IpAddr,
     /// Its port, for TCP, UDP and SCTP.
     pub port: Option<u16>,
     /// The pod at that address, where weftd knows it.

@@ -183,9 +183,11 @@ fn flows(socket: &std::path::Path, json: bool, args: FlowsArgs) -> ExitCode {
 fn flow_line(f: &proto::FlowInfo) -> String {
     let end = |e: &proto::FlowEnd| {
         let port = e.port.map_or(String::new(), |p| format!(":{p}"));
-        match &e.pod {
-            Some(p) => format!("{}/{}{port} ({})", p.namespace, p.name, e.ip),
-            None => format!("{}{port}", e.ip),
+        match (&e.pod, e.port) {
+            (Some(p), _) => format!("{}/{}{port} ({})", p.namespace, p.name, e.ip),
+            // An IPv6 address in brackets before its port.
+            (None, Some(port)) => std::net::SocketAddr::new(e.ip, port).to_string(),
+            (None, None) => e.ip.to_string(),
         }
     };
     let secs = f.unix_ms / 1000;

@@ -7,15 +7,14 @@
 //! asks again with the last number it saw.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use weft_proto::{FlowEnd, FlowInfo, FlowsRequest, PodRef};
 
 use crate::control::daemon::Daemon;
 use crate::control::error::DaemonError;
-use crate::core::conntrack::FlowKey;
-use crate::core::flowlog::{Direction, FlowRecord, Verdict};
+use crate::core::flowlog::{Direction, FlowRecord, RecordKey, Verdict};
 use crate::io::clock;
 use crate::netpol::compile::Origin;
 use crate::tables::Tables;
@@ -138,20 +137,23 @@ impl Daemon {
 
     /// The pods by address: this node's, as their CNI args named them, and the
     /// others the policy source lists.
-    fn pod_names(&self) -> HashMap<Ipv4Addr, PodRef> {
+    fn pod_names(&self) -> HashMap<IpAddr, PodRef> {
         let model = self.state.lock().policy.model.clone();
-        let mut names: HashMap<Ipv4Addr, PodRef> = (model.pods.iter())
-            .filter_map(|p| {
+        let mut names: HashMap<IpAddr, PodRef> = (model.pods.iter())
+            .flat_map(|p| {
                 let name = PodRef {
                     namespace: p.namespace.clone(),
                     name: p.name.clone(),
                 };
-                Some((p.ip?, name))
+                p.addresses().map(move |ip| (ip, name.clone()))
             })
             .collect();
         for port in self.tables().ports.iter() {
             if let Some(pod) = &port.pod {
-                names.insert(port.ip, pod.clone());
+                names.insert(port.ip.into(), pod.clone());
+                if let Some(ip6) = port.ip6 {
+                    names.insert(ip6.into(), pod.clone());
+                }
             }
         }
         names
@@ -165,6 +167,7 @@ const NAMED: usize = 8;
 fn proto_name(proto: u8) -> String {
     match proto {
         1 => "icmp".into(),
+        58 => "ipv6-icmp".into(),
         6 => "tcp".into(),
         17 => "udp".into(),
         132 => "sctp".into(),
@@ -179,7 +182,7 @@ fn origin(direction: &str, o: &Origin) -> String {
 
 /// What decided a verdict on `key`, in words; the policies that isolate a pod
 /// are named from `tables` (the snapshot when the log is read).
-fn reason(verdict: &Verdict, key: &FlowKey, tables: &Tables) -> String {
+fn reason(verdict: &Verdict, key: &RecordKey, tables: &Tables) -> String {
     match verdict {
         Verdict::Allowed {
             egress,
@@ -207,7 +210,10 @@ fn reason(verdict: &Verdict, key: &FlowKey, tables: &Tables) -> String {
             // rules if they are those of the verdict.
             let port = isolated.and_then(|(port, generation)| {
                 let p = tables.ports.get(port as usize)?;
-                let ends = [key.src, key.dst].contains(&u32::from(p.ip));
+                let (src, dst) = key.addrs();
+                let own =
+                    |ip: IpAddr| ip == IpAddr::from(p.ip) || Some(ip) == p.ip6.map(IpAddr::from);
+                let ends = own(src) || own(dst);
                 ends.then_some((p, generation == tables.policy_generation))
             });
             let policies: Vec<&str> = match port {
@@ -238,25 +244,23 @@ fn reason(verdict: &Verdict, key: &FlowKey, tables: &Tables) -> String {
 fn describe(
     r: &FlowRecord,
     unix_ms: u64,
-    names: &HashMap<Ipv4Addr, PodRef>,
+    names: &HashMap<IpAddr, PodRef>,
     tables: &Tables,
 ) -> FlowInfo {
     let k = &r.key;
-    let ports = matches!(k.proto, 6 | 17 | 132);
-    let end = |ip: u32, port: u16| {
-        let ip = Ipv4Addr::from(ip);
-        FlowEnd {
-            ip,
-            port: ports.then_some(port),
-            pod: names.get(&ip).cloned(),
-        }
+    let ((src, dst), (sport, dport, proto)) = (k.addrs(), k.ports());
+    let ports = matches!(proto, 6 | 17 | 132);
+    let end = |ip: IpAddr, port: u16| FlowEnd {
+        ip,
+        port: ports.then_some(port),
+        pod: names.get(&ip).cloned(),
     };
     FlowInfo {
         seq: 0,
         unix_ms,
-        src: end(k.src, k.sport),
-        dst: end(k.dst, k.dport),
-        proto: proto_name(k.proto),
+        src: end(src, sport),
+        dst: end(dst, dport),
+        proto: proto_name(proto),
         verdict: match r.verdict {
             Verdict::Allowed { .. } => "allowed".into(),
             Verdict::Denied { .. } => "denied".into(),
@@ -268,12 +272,14 @@ fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::conntrack::FlowKey;
     use crate::core::Time;
     use crate::netpol::compile::PodRules;
+    use std::net::Ipv4Addr;
 
     fn flow(n: u8, verdict: &str, pod: Option<&str>) -> FlowInfo {
         let end = |ip: Ipv4Addr| FlowEnd {
-            ip,
+            ip: ip.into(),
             port: Some(80),
             pod: pod.map(|p| PodRef {
                 namespace: "ns".into(),
@@ -408,6 +414,7 @@ mod tests {
             ingress: Some(o),
             from_node: false,
         };
+        let key = RecordKey::V4(key);
         assert_eq!(reason(&allowed, &key, tables), "ingress: shop/web rule 1");
         let from_node = Verdict::Allowed {
             egress: None,
@@ -430,9 +437,12 @@ mod tests {
         let before = denied(tables.policy_generation.wrapping_sub(1));
         assert!(reason(&before, &key, tables).contains("changed since"));
         // A port that holds another pod now names nothing.
-        let other = FlowKey {
-            dst: u32::from(Ipv4Addr::new(10, 244, 1, 9)),
-            ..key
+        let other = match key {
+            RecordKey::V4(k) => RecordKey::V4(FlowKey {
+                dst: u32::from(Ipv4Addr::new(10, 244, 1, 9)),
+                ..k
+            }),
+            RecordKey::V6(_) => unreachable!("an IPv4 key"),
         };
         assert_eq!(
             reason(&now, &other, tables),
@@ -441,19 +451,43 @@ mod tests {
         let record = FlowRecord {
             at: Time::from_nanos(5),
             key,
-            verdict: now,
+            verdict: now.clone(),
         };
         let web = PodRef {
             namespace: "shop".into(),
             name: "web".into(),
         };
-        let names = HashMap::from([(pod, web.clone())]);
+        let names = HashMap::from([(pod.into(), web.clone())]);
         let info = describe(&record, 42, &names, tables);
         assert_eq!((info.src.port, info.dst.port), (Some(1234), Some(80)));
-        assert_eq!((info.src.pod, info.dst.pod), (None, Some(web)));
+        assert_eq!((info.src.pod, info.dst.pod), (None, Some(web.clone())));
         assert_eq!(
             (info.proto.as_str(), info.verdict.as_str()),
             ("tcp", "denied")
         );
+        // An IPv6 connection is named by the pods' IPv6 addresses, and its
+        // refusal blames the port that holds the pod's IPv6 address.
+        let pod6 = crate::sim::ip6_of(pod);
+        let key6 = RecordKey::V6(FlowKey {
+            src: u128::from(crate::sim::ip6_of(client)),
+            dst: u128::from(pod6),
+            sport: 1234,
+            dport: 80,
+            proto: 6,
+            icmp: 0,
+        });
+        assert_eq!(
+            reason(&now, &key6, tables),
+            "ingress: no rule of shop/web allows it"
+        );
+        let names = HashMap::from([(pod6.into(), web.clone())]);
+        let record6 = FlowRecord {
+            at: Time::from_nanos(6),
+            key: key6,
+            verdict: now,
+        };
+        let info = describe(&record6, 43, &names, tables);
+        assert_eq!(info.dst.ip, IpAddr::from(pod6));
+        assert_eq!((info.src.pod, info.dst.pod), (None, Some(web)));
     }
 }

@@ -26,14 +26,13 @@
 //! quotes and that packet's connection is tracked under the policy in force.
 //!
 //! IPv6 is enforced the same way, with a connection table of its own per worker
-//! ([`Enforced`]); the node's own IPv6 address is its gateway address. IPv6
-//! verdicts are not in the flow log yet: its records are IPv4's.
+//! ([`Enforced`]); the node's own IPv6 address is its gateway address.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::conntrack::{Addr, Conntrack, Flags, FlowKey, Found, Refused};
 use super::flow::{Flow, LazyFlow};
-use super::flowlog::{Direction as Denied, Recorder, Verdict};
+use super::flowlog::{Direction as Denied, RecordKey, Recorder, Verdict};
 use super::{Core, Ctx, Ingress, Time};
 use crate::netpol::compile::{Family, Origin, PodRules};
 use crate::tables::counters::DropReason;
@@ -45,26 +44,22 @@ use crate::tables::{PortKind, Tables};
 pub(super) trait Enforced: Addr {
     /// The address as the rules take it.
     type Ip: Family + From<Self>;
-    /// Records `verdict()` on `key` at `now` in the flow log.
-    fn record(
-        recorder: &Recorder,
-        now: Time,
-        key: FlowKey<Self>,
-        verdict: impl FnOnce() -> Verdict,
-    );
+    /// `key` as the flow log records it.
+    fn record_key(key: FlowKey<Self>) -> RecordKey;
 }
 
 impl Enforced for u32 {
     type Ip = Ipv4Addr;
-    fn record(recorder: &Recorder, now: Time, key: FlowKey, verdict: impl FnOnce() -> Verdict) {
-        recorder.record(now, key, verdict);
+    fn record_key(key: FlowKey) -> RecordKey {
+        RecordKey::V4(key)
     }
 }
 
 impl Enforced for u128 {
     type Ip = Ipv6Addr;
-    /// Not yet: the flow log's records hold IPv4 addresses.
-    fn record(_: &Recorder, _: Time, _: FlowKey<u128>, _: impl FnOnce() -> Verdict) {}
+    fn record_key(key: FlowKey<u128>) -> RecordKey {
+        RecordKey::V6(key)
+    }
 }
 
 /// The rules that allowed a connection: the source's egress rule and the
@@ -126,22 +121,24 @@ struct Log<'a> {
 impl Log<'_> {
     /// Records a new connection `key` allowed, if the flow log is listened to.
     fn allowed<A: Enforced>(&self, key: FlowKey<A>, a: Allowed<'_>) {
-        A::record(self.recorder, self.now, key, || Verdict::Allowed {
-            egress: a.egress.cloned(),
-            ingress: a.ingress.cloned(),
-            from_node: a.from_node,
-        });
+        self.recorder
+            .record(self.now, A::record_key(key), || Verdict::Allowed {
+                egress: a.egress.cloned(),
+                ingress: a.ingress.cloned(),
+                from_node: a.from_node,
+            });
     }
 
     /// Records a packet of `key` refused, with the port of the pod whose policy
     /// refused it (its policies are named from the tables when the log is read).
     fn denied<A: Enforced>(&self, ends: &Ends<'_>, key: FlowKey<A>, r: Refusal) {
-        A::record(self.recorder, self.now, key, || Verdict::Denied {
-            direction: r.direction,
-            isolated: ends
-                .blame(r)
-                .map(|(port, _)| (port as u32, self.tables.policy_generation)),
-        });
+        self.recorder
+            .record(self.now, A::record_key(key), || Verdict::Denied {
+                direction: r.direction,
+                isolated: ends
+                    .blame(r)
+                    .map(|(port, _)| (port as u32, self.tables.policy_generation)),
+            });
     }
 }
 

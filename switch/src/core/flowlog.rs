@@ -61,13 +61,53 @@ pub enum Verdict {
     },
 }
 
+/// A connection of either family, as its packet went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKey {
+    /// An IPv4 connection.
+    V4(FlowKey),
+    /// An IPv6 connection.
+    V6(FlowKey<u128>),
+}
+
+impl From<FlowKey> for RecordKey {
+    fn from(k: FlowKey) -> RecordKey {
+        RecordKey::V4(k)
+    }
+}
+
+impl From<FlowKey<u128>> for RecordKey {
+    fn from(k: FlowKey<u128>) -> RecordKey {
+        RecordKey::V6(k)
+    }
+}
+
+impl RecordKey {
+    /// Source and destination addresses.
+    pub fn addrs(&self) -> (std::net::IpAddr, std::net::IpAddr) {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        match self {
+            RecordKey::V4(k) => (Ipv4Addr::from(k.src).into(), Ipv4Addr::from(k.dst).into()),
+            RecordKey::V6(k) => (Ipv6Addr::from(k.src).into(), Ipv6Addr::from(k.dst).into()),
+        }
+    }
+
+    /// Source port, destination port and protocol (ports as [`FlowKey`] holds them).
+    pub fn ports(&self) -> (u16, u16, u8) {
+        match self {
+            RecordKey::V4(k) => (k.sport, k.dport, k.proto),
+            RecordKey::V6(k) => (k.sport, k.dport, k.proto),
+        }
+    }
+}
+
 /// One verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowRecord {
     /// When, on the workers' clock.
     pub at: Time,
     /// The connection, as its packet went.
-    pub key: FlowKey,
+    pub key: RecordKey,
     /// The verdict.
     pub verdict: Verdict,
 }
@@ -135,12 +175,12 @@ impl Recorder {
     /// Records the verdict `verdict()` on `key` at `now`, if someone listens; the
     /// verdict is only made up then.
     #[inline]
-    pub fn record(&self, now: Time, key: FlowKey, verdict: impl FnOnce() -> Verdict) {
+    pub fn record(&self, now: Time, key: impl Into<RecordKey>, verdict: impl FnOnce() -> Verdict) {
         let Some(log) = &self.log else { return };
         if log.on(now) {
             let record = FlowRecord {
                 at: now,
-                key,
+                key: key.into(),
                 verdict: verdict(),
             };
             // The oldest gives way.
@@ -186,7 +226,7 @@ mod tests {
         r.record(past, key(3), allowed);
         let got = log.drain();
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].key, key(2));
+        assert_eq!(got[0].key, key(2).into());
         assert!(log.drain().is_empty(), "drained");
         Recorder::default().record(t, key(4), || unreachable!("no log"));
     }
@@ -201,7 +241,10 @@ mod tests {
         }
         let got = log.drain();
         assert_eq!(got.len(), RING_LEN);
-        assert_eq!(got[0].key, key(10));
-        assert_eq!(got.last().map(|r| r.key), Some(key(RING_LEN as u16 + 9)));
+        assert_eq!(got[0].key, key(10).into());
+        assert_eq!(
+            got.last().map(|r| r.key),
+            Some(key(RING_LEN as u16 + 9).into())
+        );
     }
 }
