@@ -772,6 +772,46 @@ mod tests {
         assert!(c.counts().iter().all(|(_, n)| *n == 0));
     }
 
+    /// A dual-stack pod is held at both its addresses; an IPv6 address outside
+    /// its node's IPv6 podCIDR is no address of its, and of two pods that claim
+    /// one IPv6 address the newer holds it, each family judged on its own.
+    #[test]
+    fn dual_stack_pods_hold_an_address_of_each_family() {
+        let pod = |name: &str, ips: &[&str], created: &str| {
+            let ips: Vec<_> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+            let p: SlimPod = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "x", "creationTimestamp": created},
+                "spec": {"nodeName": "n1"},
+                "status": {"phase": "Running", "podIP": "", "podIPs": ips}
+            }))
+            .unwrap();
+            Change::Pod(Event::Apply(p))
+        };
+        let node: SlimNode = serde_json::from_value(json!({
+            "metadata": {"name": "n1"},
+            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"]}}))
+        .unwrap();
+        let mut c = Cache::default();
+        c.apply(Change::Node(Event::Apply(node)));
+        c.apply(pod("a", &["10.244.1.5", "fd00:10:244:1::5"], "2026-12-07T00:00:01Z"));
+        // IPv6 first, as an IPv6-primary cluster lists them.
+        c.apply(pod("b", &["fd00:10:244:1::6", "10.244.1.6"], "2026-12-07T00:00:02Z"));
+        // Its IPv6 address is another node's; its IPv4 one is its own.
+        c.apply(pod("c", &["10.244.1.7", "fd00:10:244:9::7"], "2026-12-07T00:00:03Z"));
+        // Newer, and claiming a's IPv6 address only.
+        c.apply(pod("d", &["10.244.1.8", "fd00:10:244:1::5"], "2026-12-07T00:00:04Z"));
+        let (m, _) = c.policy_model();
+        let held = |name: &str| {
+            let p = m.pod("x", name).unwrap();
+            (p.ip.map(|ip| ip.to_string()), p.ip6.map(|ip| ip.to_string()))
+        };
+        let some = |ip: &str| Some(ip.to_string());
+        assert_eq!(held("a"), (some("10.244.1.5"), None));
+        assert_eq!(held("b"), (some("10.244.1.6"), some("fd00:10:244:1::6")));
+        assert_eq!(held("c"), (some("10.244.1.7"), None));
+        assert_eq!(held("d"), (some("10.244.1.8"), some("fd00:10:244:1::5")));
+    }
+
     #[test]
     fn one_pod_holds_an_address_and_only_one_of_its_nodes_range() {
         let held = |name: &str, node: &str, ip: &str, created: &str, deleting: bool| {
