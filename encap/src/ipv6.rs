@@ -263,11 +263,23 @@ pub fn upper_layer(next: u8, payload: &[u8]) -> Result<UpperLayer, Error> {
             FRAGMENT => {
                 let h = payload.get(at..at + 8).ok_or(Error::Extensions)?;
                 let word = get_u16(h, 2);
-                fragment = Some(Fragment {
+                let f = Fragment {
                     offset: usize::from(word & 0xfff8),
                     more: word & 1 != 0,
                     ident: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-                });
+                };
+                // Past the header of a later fragment lies the middle of the
+                // datagram, not headers: its next header names the datagram's
+                // upper layer (or the rest of its headers), read no further.
+                if f.offset != 0 {
+                    return Ok(UpperLayer {
+                        protocol: h[0],
+                        offset: at + 8,
+                        fragment: Some(f),
+                        atomic_fragment: false,
+                    });
+                }
+                fragment = Some(f);
                 8
             }
             _ => {
@@ -445,6 +457,13 @@ mod tests {
         let later = [UDP, 0, 0x04, 0xd0, 0, 0, 0, 7];
         let u = upper_layer(FRAGMENT, &later).unwrap();
         assert_eq!(u.fragment.map(|f| (f.offset, f.more)), Some((1232, false)));
+        // Its data is not read as headers, whatever its first bytes say: a
+        // later fragment naming destination options ends at its own header.
+        let mut later_opts = vec![DEST_OPTIONS, 0, 0x04, 0xd1, 0, 0, 0, 7];
+        later_opts.extend_from_slice(&[TCP, 200, 1, 2]);
+        let u = upper_layer(FRAGMENT, &later_opts).unwrap();
+        assert_eq!((u.protocol, u.offset), (DEST_OPTIONS, 8));
+        assert_eq!(u.fragment.map(|f| (f.offset, f.more)), Some((1232, true)));
         // An atomic fragment (offset 0, no M) is no fragment.
         let atomic = [TCP, 0, 0, 0, 0, 0, 0, 1];
         assert_eq!(upper_layer(FRAGMENT, &atomic).unwrap().fragment, None);

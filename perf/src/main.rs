@@ -248,7 +248,7 @@ struct RunArgs {
     /// The address family of the default traffic tests: 4 (IPv4: today's tests), 6
     /// (only tcp1-v6, tcp4-v6, udp64-v6, rr-v6), or dual (the tests of 4, each
     /// traffic test followed by its -v6 variant). Systems without IPv6 between hosts
-    /// (direct, weft-direct, AF_XDP, policy and Services systems) skip the -v6 tests:
+    /// (direct, weft-direct and the Services systems) skip the -v6 tests:
     /// their rows say "not measured". With --tests, the tests must be of the family
     /// [default: 4].
     #[arg(long, value_name = "4|6|dual")]

@@ -374,6 +374,59 @@ fn the_node_is_its_own_addresses_and_the_switchs_errors_pass() {
     assert_eq!(back[0][14 + 20], 3, "an ICMP destination unreachable");
 }
 
+/// A connection from outside the cluster, through the host port, to a pod that
+/// policy then isolates for ingress: the pod's reply to it goes out of the host
+/// port, but not to the node, so it is judged as the client's connection, and cut.
+#[test]
+fn a_reply_to_an_outside_client_is_not_the_nodes_after_a_change() {
+    let mut sim = pair();
+    let a = sim.pod(A);
+    let open = PodRules {
+        ingress: Some(RuleSet {
+            rules: vec![CompiledRule {
+                origin: Origin {
+                    policy: "x/open".into(),
+                    rule: 0,
+                },
+                peers: None,
+                ports: None,
+            }],
+        }),
+        egress: None,
+        selected_by: vec![("x/open".into(), true, false)],
+    };
+    sim.set_rules(a, Some(open));
+    let client = Ipv4Addr::new(192, 168, 7, 7);
+    let packet = Ip::udp(client, A).packet(&udp(7, 53, 20));
+    let frame = weft_switch::sim::eth(
+        weft_switch::sim::router_mac(0),
+        weft_switch::mac::MacAddr::for_ip(weft_switch::sim::gateway(0)),
+        weft_switch::sim::ETHERTYPE_IPV4,
+        &packet,
+    );
+    sim.host_frame(0, &frame);
+    sim.flush();
+    assert_eq!(sim.take_rx(a).len(), 1, "{}", sim.drops_report());
+    let reply = Ip::udp(A, client).packet(&udp(53, 7, 20));
+    let reply = from_pod(&sim, a, &reply);
+    sim.pod_frame(a, &reply);
+    sim.flush();
+    assert_eq!(
+        sim.out.host_rx[0].len(),
+        1,
+        "the reply under the open policy"
+    );
+    sim.out.host_rx[0].clear();
+    sim.set_rules(a, Some(deny_ingress()));
+    sim.pod_frame(a, &reply);
+    sim.flush();
+    assert!(
+        sim.out.host_rx[0].is_empty(),
+        "the reply to an outside client passed as the node's"
+    );
+    assert_eq!(drops(&sim, a, DropReason::PolicyIngress), 1);
+}
+
 /// An ICMP message of type `kind` (an echo request 8, its reply 0) with echo
 /// identifier `ident`, and a correct checksum.
 fn echo(kind: u8, ident: u16) -> Vec<u8> {

@@ -485,6 +485,25 @@ fn tcp6_leaves_a_pod_isolated_for_ingress_and_its_replies_return(mode: TunnelMod
     transfer6(&mut sim, a, a2, 8081, 20_000, 12);
     let refused = sim.port_counters(a).dropped(DropReason::PolicyIngress);
     assert_eq!(refused, 0, "{mode:?}: a reply was refused");
+    // IPv6 from the node's gateway address through the host port is judged as
+    // any source (Linux forwards IPv6 from its own address, so such a packet may
+    // come from anywhere): refused where ingress is.
+    let host_mac = sim.nodes[0].tables.ports[0].mac;
+    let from_gateway = echo6(gateway6(0), ip6_of(A), 64, 5);
+    sim.host_frame(
+        0,
+        &eth(router_mac(0), host_mac, ETHERTYPE_IPV6, &from_gateway),
+    );
+    sim.flush();
+    assert!(
+        sim.take_rx(a).is_empty(),
+        "{mode:?}: the gateway's ping passed"
+    );
+    assert_eq!(
+        sim.port_counters(a).dropped(DropReason::PolicyIngress),
+        1,
+        "{mode:?}"
+    );
     // A SYN from B to A is refused, and counted on A.
     let syn = tcp_syn6(ip6_of(B), ip6_of(A), 40_000, 22);
     assert!(
@@ -493,7 +512,7 @@ fn tcp6_leaves_a_pod_isolated_for_ingress_and_its_replies_return(mode: TunnelMod
     );
     assert_eq!(
         sim.port_counters(a).dropped(DropReason::PolicyIngress),
-        1,
+        2,
         "{mode:?}"
     );
 }
@@ -530,6 +549,38 @@ fn icmpv6_errors_about_a_tracked_connection_pass(mode: TunnelMode) {
         !send6(&mut sim, B, A, &forged),
         "{mode:?}: an error about nothing passed"
     );
+    // Errors quote as much of a packet as fits, not the whole of a large one:
+    // a quote cut short of its header's length is read as far as it goes.
+    let large = packet6(
+        ip6_of(A),
+        ip6_of(B),
+        64,
+        next_header::UDP,
+        &udp(5355, 53, 1300),
+    );
+    assert!(
+        send6(&mut sim, A, B, &large),
+        "{mode:?}: A's large datagram left"
+    );
+    let too_big = icmpv6::Repr::PacketTooBig { mtu: 1280 };
+    let cut = icmp6(ip6_of(B), ip6_of(A), 64, &too_big, &large[..200]);
+    assert!(
+        send6(&mut sim, B, A, &cut),
+        "{mode:?}: the error quoting part of it was refused"
+    );
+    // The switch's own error about a large packet (its hop limit spent) quotes
+    // 1,232 bytes of it, and goes back to the isolated pod.
+    let spent = packet6(
+        ip6_of(A),
+        ip6_of(B),
+        1,
+        next_header::UDP,
+        &udp(5356, 53, 1300),
+    );
+    sim.take_rx(a);
+    send6(&mut sim, A, B, &spent);
+    let back = sim.take_rx(a);
+    assert_eq!(back.len(), 1, "{mode:?}: no time exceeded came back");
     assert_eq!(
         sim.port_counters(a).dropped(DropReason::PolicyIngress),
         1,

@@ -560,7 +560,10 @@ fn unions_label_changes_running_connections_and_the_node() {
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     eprintln!("cut {:?} after the policy was in force", cut_at.elapsed());
 
-    // Under default deny, each node still reaches its own pods, over both families.
+    // Under default deny, each node still reaches its own pods over IPv4. Over
+    // IPv6 it does not: Linux forwards IPv6 from its own addresses, so weft
+    // cannot tell the node's IPv6 from a forged copy, and judges it as any
+    // source's (fails closed).
     for m in c.members.iter().filter(|m| m.ns == "x") {
         for fam in [Family::V4, Family::V6] {
             let host = c.underlay.host(m.host);
@@ -569,11 +572,8 @@ fn unions_label_changes_running_connections_and_the_node() {
             })
             .unwrap()
             .is_ok();
-            assert!(
-                reached,
-                "node {} → its pod {}/{} over {fam:?}",
-                m.host, m.ns, m.name
-            );
+            let who = format!("node {} → its pod {}/{}", m.host, m.ns, m.name);
+            assert_eq!(reached, fam == Family::V4, "{who} over {fam:?}");
         }
     }
     // `weft policy` on a node: the pod and an explanation.

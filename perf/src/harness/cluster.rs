@@ -366,6 +366,7 @@ impl<'c> Plumbing<'c> {
                 pods.push(netpol_load::PerfPod {
                     name: self.cluster.pod(h, j).name.clone(),
                     ip: *ip,
+                    ip6: self.ip6(h, j),
                     server: h == 1,
                 });
             }

@@ -220,9 +220,9 @@ impl System {
 
     /// Whether the system carries IPv6 between pods of different hosts, so that the
     /// `*-v6` tests can run on it: weft's VXLAN and sleeve (sealed or not, either
-    /// build, TAP or AF_XDP pod ports) and the kernel's VXLAN. Not direct routing
-    /// (weft's or the kernel's), pods under NetworkPolicy, or the Services systems
-    /// (their kube-proxy rules and weft's Services are IPv4 only).
+    /// build, TAP or AF_XDP pod ports, with NetworkPolicy or without) and the
+    /// kernel's VXLAN. Not direct routing (weft's or the kernel's), or the Services
+    /// systems (their kube-proxy rules and weft's Services are IPv4 only).
     pub fn carries_ipv6(self) -> bool {
         matches!(
             self,
@@ -234,6 +234,9 @@ impl System {
                 | System::WeftSleeveEncAlt
                 | System::WeftAfxdpVxlan
                 | System::WeftAfxdpSleeve
+                | System::WeftVxlanPolicy
+                | System::WeftSleevePolicy
+                | System::WeftVxlanPolicyAlt
                 | System::KernelVxlan
         )
     }

@@ -3,9 +3,12 @@
 //! [`RULES_PER_POLICY`] ingress rules each. Only the last rule of the last policy
 //! admits the clients (host 0's pods), so a new connection is judged against every
 //! rule before it passes, and every packet after it meets the connection table.
+//! In a dual-stack run the pods carry their IPv6 addresses too: the clients are
+//! admitted at both (the blocks of the other rules are IPv4's, which IPv6 traffic
+//! is judged against and never matches).
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -30,6 +33,8 @@ pub struct PerfPod {
     pub name: String,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, in a dual-stack run.
+    pub ip6: Option<Ipv6Addr>,
     /// Whether it is on host 1, the servers' side.
     pub server: bool,
 }
@@ -41,8 +46,11 @@ pub fn manifests(pods: &[PerfPod]) -> String {
         let side = if p.server { "server" } else { "client" };
         let _ = write!(
             out,
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {NAMESPACE}, labels: {{side: {side}}}}}\nstatus: {{podIP: {}}}\n",
-            p.name, p.ip
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {NAMESPACE}, labels: {{side: {side}}}}}\nstatus: {{podIP: {}, podIPs: [{{ip: {}}}{}]}}\n",
+            p.name,
+            p.ip,
+            p.ip,
+            p.ip6.map_or(String::new(), |ip6| format!(", {{ip: '{ip6}'}}"))
         );
     }
     for i in 0..POLICIES {
@@ -109,11 +117,13 @@ mod tests {
             PerfPod {
                 name: "c".into(),
                 ip: Ipv4Addr::new(10, 244, 1, 2),
+                ip6: Some("fd00:10:244:1::2".parse().unwrap()),
                 server: false,
             },
             PerfPod {
                 name: "s".into(),
                 ip: Ipv4Addr::new(10, 244, 2, 2),
+                ip6: None,
                 server: true,
             },
         ];
@@ -124,6 +134,7 @@ mod tests {
             POLICIES * RULES_PER_POLICY
         );
         assert_eq!(text.matches("side: client}}}]").count(), 1);
-        assert!(text.contains("podIP: 10.244.2.2"));
+        assert!(text.contains("podIP: 10.244.2.2, podIPs: [{ip: 10.244.2.2}]}"));
+        assert!(text.contains("podIPs: [{ip: 10.244.1.2}, {ip: 'fd00:10:244:1::2'}]"));
     }
 }

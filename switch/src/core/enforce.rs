@@ -26,7 +26,11 @@
 //! quotes and that packet's connection is tracked under the policy in force.
 //!
 //! IPv6 is enforced the same way, with a connection table of its own per worker
-//! ([`Enforced`]); the node's own IPv6 address is its gateway address.
+//! ([`Enforced`]), with one difference: no IPv6 packet is the node's own. Linux
+//! drops a forwarded IPv4 packet whose source is one of its own addresses (a
+//! martian), but forwards such an IPv6 packet, so IPv6 from the node's gateway
+//! address through the host port may come from anywhere that routes to the node;
+//! it is judged by its source like any other.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -156,14 +160,16 @@ struct Ends<'t> {
 }
 
 impl<'t> Ends<'t> {
-    /// The ends of a packet from `from` to `hop`, whose source is one of the
-    /// node's own addresses if `own`.
-    fn of(t: &'t Tables, from: Ingress, hop: NextHop, own: bool) -> Ends<'t> {
+    /// The ends of a packet from `from` to `hop`, whose source (`own.0`) and
+    /// destination (`own.1`) are each one of the node's own addresses or not.
+    fn of(t: &'t Tables, from: Ingress, hop: NextHop, own: (bool, bool)) -> Ends<'t> {
         let to = match hop {
             NextHop::Local(p) => Some(p),
             _ => None,
         };
-        Ends::to(t, from, to, hop == NextHop::Host, own)
+        // What the host port takes to elsewhere (its default route) is not for
+        // the node: a reply to an outside client is judged as the client's.
+        Ends::to(t, from, to, hop == NextHop::Host && own.1, own.0)
     }
 
     /// The ends of a packet from `from` out of local port `to` (or none), to this
@@ -283,13 +289,8 @@ impl Core {
         flow: &mut LazyFlow<'_, '_>,
     ) -> Result<(), (usize, DropReason)> {
         let t = cx.tables;
-        let src = flow.src();
-        let ends = Ends::of(
-            t,
-            from,
-            hop,
-            src == t.node.gateway || src == t.node.underlay,
-        );
+        let own = |ip| ip == t.node.gateway || ip == t.node.underlay;
+        let ends = Ends::of(t, from, hop, (own(flow.src()), own(flow.dst())));
         if exempt(&ends, from) {
             return Ok(());
         }
@@ -302,7 +303,8 @@ impl Core {
     }
 
     /// The policy step for a routed IPv6 packet from `from` out of local port
-    /// `to` (0: the host port), read as `facts`: as [`Core::policy`].
+    /// `to` (0: the host port), read as `facts` once policy needs it: as
+    /// [`Core::policy`].
     pub(super) fn policy6<S: ?Sized>(
         &mut self,
         cx: &Ctx<'_, S>,
@@ -311,16 +313,15 @@ impl Core {
         facts: impl FnOnce() -> Flow<u128>,
     ) -> Result<(), (usize, DropReason)> {
         let t = cx.tables;
-        let to_node = to.is_some_and(|k| t.ports[k].kind == PortKind::Host);
-        let Some(v6) = &t.node.v6 else {
+        if t.node.v6.is_none() {
             return Ok(());
-        };
-        let facts = facts();
-        let own = Ipv6Addr::from(facts.key.src) == v6.gateway;
-        let ends = Ends::to(t, from, to, to_node, own);
+        }
+        // Neither end is ever the node itself (see the module's notes).
+        let ends = Ends::to(t, from, to, false, false);
         if exempt(&ends, from) {
             return Ok(());
         }
+        let facts = facts();
         let ct = self.conntrack6.as_ref();
         let kept = enforce(ct, &ends, &facts, from, &self.log(cx))?;
         if kept {

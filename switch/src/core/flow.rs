@@ -158,13 +158,16 @@ fn icmpv6_ports(payload: &[u8]) -> Option<(u16, u16, bool)> {
     Some((ident, ident, false))
 }
 
-/// The key of the IPv6 header `ip` with the upper layer past its extension
+/// The key of an IPv6 packet from the header `ip` and `payload` (its payload, or
+/// as much of it as a quote holds), with the upper layer past its extension
 /// headers, whose ports a first fragment (or a whole packet) has; and whether
 /// they are transport ports, and where the upper layer is. A packet whose
 /// extension headers do not read has no ports: its protocol is the first next
 /// header, and only rules without ports can allow it.
-fn key_of6(ip: &ipv6::Packet<&[u8]>) -> (FlowKey<u128>, bool, Option<ipv6::UpperLayer>) {
-    let payload = ip.payload();
+fn key_of6(
+    ip: &ipv6::Packet<&[u8]>,
+    payload: &[u8],
+) -> (FlowKey<u128>, bool, Option<ipv6::UpperLayer>) {
     let upper = ipv6::upper_layer(ip.next_header(), payload).ok();
     let mut key = FlowKey {
         src: u128::from(ip.src_addr()),
@@ -192,19 +195,21 @@ fn key_of6(ip: &ipv6::Packet<&[u8]>) -> (FlowKey<u128>, bool, Option<ipv6::Upper
 }
 
 /// The connection of the packet an ICMPv6 error quotes: its IPv6 header and as
-/// much of the rest as fits, cut short by design, so its length is not checked.
+/// much of the rest as fits, cut short by design, so its payload is what the
+/// quote holds of it, whatever its header's length says.
 fn quoted_key6(data: &[u8]) -> Option<FlowKey<u128>> {
     if data.len() < ipv6::HEADER_LEN || data[0] >> 4 != 6 {
         return None;
     }
     let ip = ipv6::Packet::new_unchecked(data);
-    Some(key_of6(&ip).0)
+    let end = (ipv6::HEADER_LEN + ip.payload_len()).min(data.len());
+    Some(key_of6(&ip, &data[ipv6::HEADER_LEN..end]).0)
 }
 
 impl Flow<u128> {
     /// The flow of the validated IPv6 packet `ip`.
     pub fn of6(ip: &ipv6::Packet<&[u8]>) -> Flow<u128> {
-        let (key, transport, upper) = key_of6(ip);
+        let (key, transport, upper) = key_of6(ip, ip.payload());
         let port = transport.then_some(key.dport);
         let fragment = upper.and_then(|u| u.fragment).map(|f| Fragment {
             first: f.offset == 0,

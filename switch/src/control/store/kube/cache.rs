@@ -460,11 +460,14 @@ impl Cache {
         for h in self.pods.values() {
             let node = h.node.as_deref().and_then(|n| ranges.get(n));
             // An address is checked against its node's range of its own family.
+            // An IPv6 one is no address of a pod whose node is known and has no
+            // IPv6 range (IPv4 keeps the older rule: unchecked without a range).
             let outside = |ip: &IpAddr| {
                 let mut family = node.into_iter().flatten();
-                family
-                    .find(|r| r.network().is_ipv4() == ip.is_ipv4())
-                    .is_some_and(|r| !r.contains(ip))
+                match family.find(|r| r.network().is_ipv4() == ip.is_ipv4()) {
+                    Some(r) => !r.contains(ip),
+                    None => ip.is_ipv6() && node.is_some(),
+                }
             };
             for ip in h.pod.addresses().filter(|ip| !outside(ip)) {
                 match holder.get(&ip) {
@@ -793,23 +796,55 @@ mod tests {
         .unwrap();
         let mut c = Cache::default();
         c.apply(Change::Node(Event::Apply(node)));
-        c.apply(pod("a", &["10.244.1.5", "fd00:10:244:1::5"], "2026-12-07T00:00:01Z"));
+        c.apply(pod(
+            "a",
+            &["10.244.1.5", "fd00:10:244:1::5"],
+            "2026-12-07T00:00:01Z",
+        ));
         // IPv6 first, as an IPv6-primary cluster lists them.
-        c.apply(pod("b", &["fd00:10:244:1::6", "10.244.1.6"], "2026-12-07T00:00:02Z"));
+        c.apply(pod(
+            "b",
+            &["fd00:10:244:1::6", "10.244.1.6"],
+            "2026-12-07T00:00:02Z",
+        ));
         // Its IPv6 address is another node's; its IPv4 one is its own.
-        c.apply(pod("c", &["10.244.1.7", "fd00:10:244:9::7"], "2026-12-07T00:00:03Z"));
+        c.apply(pod(
+            "c",
+            &["10.244.1.7", "fd00:10:244:9::7"],
+            "2026-12-07T00:00:03Z",
+        ));
         // Newer, and claiming a's IPv6 address only.
-        c.apply(pod("d", &["10.244.1.8", "fd00:10:244:1::5"], "2026-12-07T00:00:04Z"));
+        c.apply(pod(
+            "d",
+            &["10.244.1.8", "fd00:10:244:1::5"],
+            "2026-12-07T00:00:04Z",
+        ));
+        // On a node with no IPv6 range, an IPv6 address is nobody's.
+        let v4_only: SlimNode = serde_json::from_value(json!({
+            "metadata": {"name": "n2"}, "spec": {"podCIDR": "10.244.2.0/24"}}))
+        .unwrap();
+        c.apply(Change::Node(Event::Apply(v4_only)));
+        let mut e: SlimPod = serde_json::from_value(json!({
+            "metadata": {"name": "e", "namespace": "x"}, "spec": {"nodeName": "n2"},
+            "status": {"phase": "Running", "podIPs": [{"ip": "10.244.2.5"}, {"ip": "2001:db8::5"}]}
+        }))
+        .unwrap();
+        e.metadata.creation_timestamp = None;
+        c.apply(Change::Pod(Event::Apply(e)));
         let (m, _) = c.policy_model();
         let held = |name: &str| {
             let p = m.pod("x", name).unwrap();
-            (p.ip.map(|ip| ip.to_string()), p.ip6.map(|ip| ip.to_string()))
+            (
+                p.ip.map(|ip| ip.to_string()),
+                p.ip6.map(|ip| ip.to_string()),
+            )
         };
         let some = |ip: &str| Some(ip.to_string());
         assert_eq!(held("a"), (some("10.244.1.5"), None));
         assert_eq!(held("b"), (some("10.244.1.6"), some("fd00:10:244:1::6")));
         assert_eq!(held("c"), (some("10.244.1.7"), None));
         assert_eq!(held("d"), (some("10.244.1.8"), some("fd00:10:244:1::5")));
+        assert_eq!(held("e"), (some("10.244.2.5"), None));
     }
 
     #[test]
