@@ -304,6 +304,104 @@ fn forged_ipv6_sources_and_advertisements_are_dropped() {
         .expect("pod 1 → pod 0 after the forgeries");
 }
 
+/// Default deny ingress for the pods of namespace `default` (those the fixture
+/// attaches, which have no names).
+const DENY_INGRESS: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+    metadata: {name: deny, namespace: default}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
+
+/// IPv6 from the node's gateway address is the node's, which policy always
+/// admits, only when the node sent it: Linux forwards IPv6 whose source is one of
+/// its own addresses (unlike IPv4), so weftd's policy-routing rules refuse to
+/// forward a copy forged on the underlay. Without them (removed here) the forgery
+/// passes; a clean stop removes them.
+#[test]
+fn forged_ipv6_from_the_gateway_address_does_not_pass_for_the_node() {
+    let policy = Scratch::new("ds7pol").expect("a policy directory");
+    write_atomic(&policy.path().join("deny.yaml"), DENY_INGRESS).unwrap();
+    let dir = policy.path().display().to_string();
+    let opts = options(&["--cluster-cidr-v6", CLUSTER_CIDR_V6, "--policy-dir", &dir]);
+    let mut c = Cluster::new("ds7", 2, 1, &opts).expect("the cluster starts");
+    let (h0, h1) = (c.underlay.host(0), c.underlay.host(1));
+    let pod6 = c.pods[0][0].1.ipv6.expect("an IPv6 address").ip;
+    let gateway6 = Ipv6Addr::from(u128::from(pod_subnet6(h0).network()) + 1);
+    let rules = || h0.ns.run(&["ip", "-6", "rule", "show"]).expect("ip rule");
+    assert!(
+        rules().contains(&format!("9002:\tfrom {gateway6} lookup main prohibit")),
+        "{}",
+        rules()
+    );
+    // The node reaches its isolated pod from its gateway address.
+    h0.ns
+        .ping(pod6, 2)
+        .unwrap_or_else(|e| panic!("node → pod: {e:#}\n{}", c.logs()));
+    // Host 1, on the underlay, sends to the pod from node 0's gateway address,
+    // through node 0, which forwards IPv6 as a dual-stack node does.
+    h0.ns
+        .run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])
+        .unwrap();
+    let mac0 = h0.ns.run(&["cat", "/sys/class/net/eth0/address"]).unwrap();
+    let (pod, gw) = (pod6.to_string(), format!("{gateway6}/128"));
+    for argv in [
+        vec!["ip", "-6", "addr", "add", &gw, "dev", "eth0", "nodad"],
+        vec!["ip", "-6", "route", "add", &pod, "dev", "eth0"],
+        vec![
+            "ip",
+            "-6",
+            "neigh",
+            "replace",
+            &pod,
+            "lladdr",
+            mac0.trim(),
+            "dev",
+            "eth0",
+        ],
+    ] {
+        h1.ns.run(&argv).expect("the forger's set-up");
+    }
+    let receiver = in_netns(&c.pod(0, 0).ns, || UdpSocket::bind((pod6, 7001)))
+        .unwrap()
+        .expect("a receiver");
+    receiver
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let forge = || {
+        in_netns(&h1.ns, || -> std::io::Result<()> {
+            let s = UdpSocket::bind((gateway6, 0))?;
+            for _ in 0..3 {
+                s.send_to(b"forged", SocketAddr::new(IpAddr::V6(pod6), 7001))?;
+            }
+            Ok(())
+        })
+        .unwrap()
+        .expect("the forged datagrams sent");
+    };
+    let mut buf = [0u8; 16];
+    forge();
+    assert!(
+        receiver.recv_from(&mut buf).is_err(),
+        "a forgery passed for the node"
+    );
+    // The rules are what stops it.
+    for prio in ["9000", "9001", "9002"] {
+        h0.ns
+            .run(&["ip", "-6", "rule", "del", "priority", prio])
+            .unwrap();
+    }
+    forge();
+    let (n, _) = receiver
+        .recv_from(&mut buf)
+        .expect("without the rules, the forgery passes");
+    assert_eq!(&buf[..n], b"forged");
+    // A clean stop removes weft's rules (one put back here).
+    let again = [
+        "ip", "-6", "rule", "add", "from", &gw, "prohibit", "priority", "9002",
+    ];
+    h0.ns.run(&again).unwrap();
+    let node = c.nodes.remove(0);
+    node.stop().expect("weftd stops");
+    assert!(!rules().contains("9002:"), "{}", rules());
+}
+
 /// Sends, from the calling thread's namespace, an unsolicited Neighbour
 /// Advertisement for `target` to all nodes on `eth0`, with the hop limit 255 that
 /// makes it valid on a link.

@@ -1283,6 +1283,9 @@ mod tests {
             System::WeftSleeveEncAlt,
             System::WeftAfxdpVxlan,
             System::WeftAfxdpSleeve,
+            System::WeftVxlanPolicy,
+            System::WeftSleevePolicy,
+            System::WeftVxlanPolicyAlt,
             System::KernelVxlan,
         ];
         for system in System::ALL {
@@ -1298,7 +1301,6 @@ mod tests {
         for no in [
             System::Direct,
             System::WeftDirect,
-            System::WeftVxlanPolicy,
             System::KernelVxlanIptables,
             System::WeftSwitch,
         ] {

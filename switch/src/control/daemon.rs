@@ -880,8 +880,8 @@ impl Daemon {
     /// persistent and stay, with their traffic resuming when a new weftd reopens them.
     ///
     /// The host routes of direct routing go too: with weft0 gone they lead nowhere.
-    /// So does the egress masquerade's table. (A daemon that crashes leaves both,
-    /// and the next one takes them over.)
+    /// So do the egress masquerade's table and the IPv6 source rules. (A daemon
+    /// that crashes leaves them, and the next one takes them over.)
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Release);
         self.saver.stop();
@@ -897,6 +897,12 @@ impl Daemon {
             match self.host.set_masquerade(None) {
                 Ok(()) => log::info!("egress masquerade: removed"),
                 Err(e) => log::error!("egress masquerade: removing it: {e}"),
+            }
+        }
+        if self.settings.ipv6.is_some() {
+            match self.host.close_host_port() {
+                Ok(_) => log::info!("IPv6 source rules: removed"),
+                Err(e) => log::error!("IPv6 source rules: removing them: {e}"),
             }
         }
     }

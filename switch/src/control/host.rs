@@ -57,8 +57,14 @@ pub fn host_end_name(container_id: &str, ifname: &str) -> String {
 /// The host operations of the control plane.
 pub trait Host: Send + Sync + std::fmt::Debug {
     /// Creates (or takes over) the host port `spec.name` in the daemon's own
-    /// namespace, with `queues` queues, and configures it.
+    /// namespace, with `queues` queues, and configures it; with an IPv6 address,
+    /// it also keeps forged IPv6 from that address out
+    /// ([`netlink::guard_gateway6`]).
     fn open_host_port(&self, spec: &LinkSpec, queues: usize) -> Result<Queues, DaemonError>;
+
+    /// Removes what [`Host::open_host_port`] set up that outlives the port: the
+    /// IPv6 source rules. Whether there were any.
+    fn close_host_port(&self) -> Result<bool, NetlinkError>;
 
     /// The identity of the network namespace at `netns`, which must be a pod's
     /// ([`netns::open`] says what is refused).
@@ -135,7 +141,14 @@ impl Host for SystemHost {
     fn open_host_port(&self, spec: &LinkSpec, queues: usize) -> Result<Queues, DaemonError> {
         let queues = tap::open(&spec.name, queues, self.tap_uso)?;
         netlink::configure(spec)?;
+        if let Some(v6) = &spec.ipv6 {
+            netlink::guard_gateway6(v6.addr, &spec.name)?;
+        }
         Ok(boxed(queues))
+    }
+
+    fn close_host_port(&self) -> Result<bool, NetlinkError> {
+        netlink::unguard_gateway6()
     }
 
     fn netns_id(&self, netns: &Path) -> Result<NsId, NetlinkError> {

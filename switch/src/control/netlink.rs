@@ -9,7 +9,8 @@ use futures_util::{StreamExt, TryStreamExt};
 use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::route::{RouteHeader, RouteScope};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use crate::control::netns::{NetnsError, NetnsFile};
@@ -406,6 +407,73 @@ pub fn delete_link(name: &str) -> Result<bool, NetlinkError> {
             }),
         }
     })
+}
+
+/// The first of the priorities of the policy-routing rules that keep forged IPv6
+/// from the node's gateway address out ([`guard_gateway6`]): before the main
+/// table's rule (32766), after the local table's (0).
+pub const GUARD_PRIORITY: u32 = 9_000;
+
+/// Refuses to forward any IPv6 packet whose source is `gateway` (the node's IPv6
+/// gateway address, on host port `port`) unless the node sent it itself or the
+/// switch did (through `port`): three IPv6 rules, `from gateway iif lo lookup
+/// main`, `from gateway iif port lookup main`, `from gateway prohibit`. Linux
+/// forwards an IPv6 packet with one of its own addresses as the source (it drops
+/// such an IPv4 packet as a martian), so without them anything that routes IPv6
+/// to the node could pass for the node, which NetworkPolicy always admits. The
+/// rules of an earlier run at these priorities are replaced.
+pub fn guard_gateway6(gateway: Ipv6Addr, port: &str) -> Result<(), NetlinkError> {
+    with_handle(async |handle| {
+        remove_guard(&handle).await?;
+        let err = |source| NetlinkError::Request {
+            what: "adding an IPv6 source rule",
+            link: port.to_owned(),
+            source,
+        };
+        for (k, iif) in [(0, Some("lo")), (1, Some(port)), (2, None)] {
+            let mut add = (handle.rule().add().v6())
+                .source_prefix(gateway, 128)
+                .priority(GUARD_PRIORITY + k);
+            add = match iif {
+                Some(name) => add
+                    .input_interface(name)
+                    .table_id(u32::from(RouteHeader::RT_TABLE_MAIN))
+                    .action(RuleAction::ToTable),
+                None => add.action(RuleAction::Prohibit),
+            };
+            add.execute().await.map_err(err)?;
+        }
+        Ok(())
+    })
+}
+
+/// Removes the rules of [`guard_gateway6`]; whether there were any.
+pub fn unguard_gateway6() -> Result<bool, NetlinkError> {
+    with_handle(async |handle| remove_guard(&handle).await)
+}
+
+/// Deletes every IPv6 rule at the guard's priorities; whether there was one.
+async fn remove_guard(handle: &Handle) -> Result<bool, NetlinkError> {
+    let err = |source| NetlinkError::Request {
+        what: "removing an IPv6 source rule",
+        link: String::from("(rules)"),
+        source,
+    };
+    let ours = |r: &RuleMessage| {
+        r.attributes.iter().any(|a| {
+            matches!(a, RuleAttribute::Priority(p) if (GUARD_PRIORITY..GUARD_PRIORITY + 3).contains(p))
+        })
+    };
+    let rules: Vec<RuleMessage> = (handle.rule().get(rtnetlink::IpVersion::V6).execute())
+        .try_collect()
+        .await
+        .map_err(err)?;
+    let mut removed = false;
+    for rule in rules.into_iter().filter(ours) {
+        handle.rule().del(rule).execute().await.map_err(err)?;
+        removed = true;
+    }
+    Ok(removed)
 }
 
 /// Sets the alias of interface `name`, in the calling thread's namespace.

@@ -842,6 +842,10 @@ mod tests {
             *self.masquerade.lock() = table.copied();
             Ok(())
         }
+
+        fn close_host_port(&self) -> Result<bool, NetlinkError> {
+            Ok(false)
+        }
     }
 
     struct Fixture {

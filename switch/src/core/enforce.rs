@@ -26,11 +26,13 @@
 //! quotes and that packet's connection is tracked under the policy in force.
 //!
 //! IPv6 is enforced the same way, with a connection table of its own per worker
-//! ([`Enforced`]), with one difference: no IPv6 packet is the node's own. Linux
+//! ([`Enforced`]); the node's own IPv6 address is its gateway address. Linux
 //! drops a forwarded IPv4 packet whose source is one of its own addresses (a
-//! martian), but forwards such an IPv6 packet, so IPv6 from the node's gateway
-//! address through the host port may come from anywhere that routes to the node;
-//! it is judged by its source like any other.
+//! martian), but forwards such an IPv6 packet: weftd installs policy-routing
+//! rules that refuse to forward one from the gateway address
+//! (`control::netlink::guard_gateway6`), and a dual-stack node that cannot
+//! install them does not start, so the host port's IPv6 from that address is the
+//! node's.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -303,21 +305,22 @@ impl Core {
     }
 
     /// The policy step for a routed IPv6 packet from `from` out of local port
-    /// `to` (0: the host port), read as `facts` once policy needs it: as
-    /// [`Core::policy`].
+    /// `to` (0: the host port), from `src` to `dst`, read as `facts` once policy
+    /// needs it: as [`Core::policy`].
     pub(super) fn policy6<S: ?Sized>(
         &mut self,
         cx: &Ctx<'_, S>,
         from: Ingress,
         to: Option<usize>,
+        (src, dst): (Ipv6Addr, Ipv6Addr),
         facts: impl FnOnce() -> Flow<u128>,
     ) -> Result<(), (usize, DropReason)> {
         let t = cx.tables;
-        if t.node.v6.is_none() {
+        let Some(v6) = &t.node.v6 else {
             return Ok(());
-        }
-        // Neither end is ever the node itself (see the module's notes).
-        let ends = Ends::to(t, from, to, false, false);
+        };
+        let to_host = to.is_some_and(|k| t.ports[k].kind == PortKind::Host);
+        let ends = Ends::to(t, from, to, to_host && dst == v6.gateway, src == v6.gateway);
         if exempt(&ends, from) {
             return Ok(());
         }

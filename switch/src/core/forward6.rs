@@ -285,7 +285,7 @@ impl Core {
         };
         let packet = &frame.buf[ip_start..ip_start + f.total_len];
         let facts = || Flow::of6(&ipv6::Packet::new_unchecked(packet));
-        if let Err((port, reason)) = self.policy6(cx, from, out, facts) {
+        if let Err((port, reason)) = self.policy6(cx, from, out, (f.src, f.dst), facts) {
             return t.ports[port].counters.discard(self.worker, reason);
         }
         // The switch's own errors, and packets for the gateway, are not routed here.
