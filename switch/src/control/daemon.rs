@@ -568,7 +568,7 @@ fn start_workers(
         conntrack_max: settings.policy.conntrack_max,
         conntrack_share: settings.policy.conntrack_share,
         services: settings.host.services == ServicesMode::Switch,
-        ipv6: settings.ipv6.is_some(),
+        ipv6: settings.ipv6.map(|v6| v6.cluster),
         panic_after: settings.datapath.test_panic_after,
         flow_log: settings.observability.flow_log,
     };

@@ -70,6 +70,10 @@ pub trait Addr:
     fn mix(self, key: u64) -> u64;
     /// Both addresses mixed with `key`, likewise.
     fn mix_pair(a: Self, b: Self, key: u64) -> u64;
+    /// The source a fair table counts `self` as: itself if it lies in `own` (a
+    /// network as address and mask, the cluster's pods, each of which holds one
+    /// address) or there is no `own`; else whatever one holder is given whole.
+    fn share_unit(self, own: Option<(Self, Self)>) -> Self;
 }
 
 impl Addr for u32 {
@@ -92,6 +96,10 @@ impl Addr for u32 {
     }
     fn mix_pair(a: u32, b: u32, key: u64) -> u64 {
         fmix64(u32::pair(a, b) ^ key)
+    }
+    /// An IPv4 address is scarce: it counts alone.
+    fn share_unit(self, _: Option<(u32, u32)>) -> u32 {
+        self
     }
 }
 
@@ -127,6 +135,15 @@ impl Addr for u128 {
     }
     fn mix_pair(a: u128, b: u128, key: u64) -> u64 {
         b.mix(a.mix(key))
+    }
+    /// An IPv6 address outside the cluster counts as its /64, the least a site
+    /// is given (RFC 7421): otherwise a client with a /64 would be 2^64 sources,
+    /// each with a share of its own.
+    fn share_unit(self, own: Option<(u128, u128)>) -> u128 {
+        match own {
+            Some((net, mask)) if self & mask != net => self & !u128::from(u64::MAX),
+            _ => self,
+        }
     }
 }
 
@@ -464,6 +481,9 @@ pub struct Table<A: Addr = u32> {
     /// A word per slot kept with its entry ([`Entry::value`]), written and read
     /// under the slot's seqlock; empty in a table without values.
     values: Box<[AtomicU64]>,
+    /// The network whose addresses a fair table counts one by one
+    /// ([`Addr::share_unit`]); none: every address.
+    own: Option<(A, A)>,
 }
 
 /// Where an entry was found.
@@ -557,6 +577,7 @@ impl<A: Addr> Table<A> {
             values: (0..if values { slots } else { 0 })
                 .map(|_| AtomicU64::new(0))
                 .collect(),
+            own: None,
         }
     }
 
@@ -587,7 +608,7 @@ impl<A: Addr> Table<A> {
     /// Keyed by the table's seed, so that a pod cannot pick an address that shares
     /// another's bucket.
     fn bucket(&self, src: A) -> Option<usize> {
-        let hash = src.mix(self.seed.rotate_left(32)) as usize;
+        let hash = src.share_unit(self.own).mix(self.seed.rotate_left(32)) as usize;
         (!self.sources.is_empty()).then(|| hash & (self.sources.len() - 1))
     }
 
@@ -922,6 +943,23 @@ impl<A: Addr> Conntrack<A> {
     pub fn tables(workers: usize, max: usize, overflow: Overflow) -> Arc<[Table<A>]> {
         (0..workers.max(1))
             .map(|_| Table::new(max, overflow))
+            .collect()
+    }
+
+    /// Like [`Conntrack::tables`], fair tables that count the sources of `own` (a
+    /// network as address and mask) one address each, and others as
+    /// [`Addr::share_unit`] says.
+    pub fn tables_counting(
+        workers: usize,
+        max: usize,
+        share: usize,
+        own: (A, A),
+    ) -> Arc<[Table<A>]> {
+        (0..workers.max(1))
+            .map(|_| Table {
+                own: Some(own),
+                ..Table::new(max, Overflow::Fair { share })
+            })
             .collect()
     }
 
@@ -1308,6 +1346,56 @@ mod tests {
                 at(0)
             )
             .is_ok());
+    }
+
+    /// A fair IPv6 table counts the cluster's addresses one by one, and an
+    /// outside client as its /64: its many addresses share one share.
+    #[test]
+    fn an_outside_ipv6_client_is_counted_as_its_64() {
+        let cluster: u128 = 0xfd00_0010_0244_0000 << 64;
+        let mask: u128 = !0 << 72;
+        let tables = Conntrack::<u128>::tables_counting(1, 64, 2, (cluster, mask));
+        let t = Conntrack::new(tables, 0);
+        let key = |src: u128, sport| FlowKey {
+            src,
+            dst: cluster | 1 << 64 | 5,
+            sport,
+            dport: 80,
+            proto: 6,
+            icmp: 0,
+        };
+        let outside: u128 = 0x2001_0db8 << 96;
+        // Sources whose units land in buckets of their own (the seed is random):
+        // the outside /64 (one bucket whatever the address), another /64, and
+        // three pods.
+        let mut taken = vec![t.own().bucket(outside | 1)];
+        let mut distinct = |first: u128, step: u128| {
+            let found = (1..1000u128)
+                .map(|k| first + k * step)
+                .find(|&a| !taken.contains(&t.own().bucket(a)))
+                .expect("a free bucket");
+            taken.push(t.own().bucket(found));
+            found
+        };
+        let other64 = distinct(outside, 1 << 64);
+        let pods: Vec<u128> = (0..3).map(|_| distinct(cluster | 1 << 64 | 5, 1)).collect();
+        assert_eq!(
+            t.own().bucket(outside | 1),
+            t.own().bucket(outside | 0xffff_0003)
+        );
+        t.track(key(outside | 1, 1), ASSURED, 1, at(0)).unwrap();
+        t.track(key(outside | 2, 2), ASSURED, 1, at(0)).unwrap();
+        let third = t.track(key(outside | 0xffff_0003, 3), ASSURED, 1, at(0));
+        assert_eq!(third, Err(Refused::OverShare), "one /64, one share");
+        assert!(t.track(key(other64, 4), ASSURED, 1, at(0)).is_ok());
+        // Pods of the cluster's one /64 each have their own.
+        for (n, &pod) in pods.iter().enumerate() {
+            for k in 0..2 {
+                let sport = 10 + 2 * n as u16 + k;
+                t.track(key(pod, sport), ASSURED, 1, at(0))
+                    .expect("its own share");
+            }
+        }
     }
 
     /// A table with values keeps each entry's value with it, read by every worker

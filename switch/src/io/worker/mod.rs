@@ -223,9 +223,10 @@ pub struct Tuning {
     /// each then keeps a translation table of `conntrack_max` entries, fair to
     /// sources as NetworkPolicy's is.
     pub services: bool,
-    /// Whether the node is dual-stack: each worker then keeps an IPv6
-    /// NetworkPolicy table of `conntrack_max` entries too.
-    pub ipv6: bool,
+    /// The cluster's IPv6 range, on a dual-stack node: each worker then keeps an
+    /// IPv6 NetworkPolicy table of `conntrack_max` entries too, which counts a
+    /// source outside that range as its /64.
+    pub ipv6: Option<ipnet::Ipv6Net>,
     /// Test only: each worker panics once it has read this many frames (weftd's
     /// `WEFT_TEST_PANIC_WORKER_AFTER`).
     pub panic_after: Option<u64>,
@@ -270,8 +271,10 @@ pub fn spawn(
     let (pool, large) = handoff_pools(n);
     let share = tuning.conntrack_share;
     let conntrack = Conntrack::tables(n, tuning.conntrack_max, Overflow::Fair { share });
-    let conntrack6 =
-        (tuning.ipv6).then(|| Conntrack::tables(n, tuning.conntrack_max, Overflow::Fair { share }));
+    let conntrack6 = (tuning.ipv6).map(|c| {
+        let own = (u128::from(c.network()), u128::from(c.netmask()));
+        Conntrack::tables_counting(n, tuning.conntrack_max, share, own)
+    });
     let host_flows = HostTables::new(n, tuning.conntrack_max);
     let flows = FlowLog::new(n, tuning.flow_log);
     let nat = (tuning.services)
@@ -488,7 +491,7 @@ mod tests {
             conntrack_max: 16,
             conntrack_share: 8,
             services: true,
-            ipv6: true,
+            ipv6: Some("fd00:10:244::/56".parse().unwrap()),
             panic_after: None,
             flow_log: false,
         };
