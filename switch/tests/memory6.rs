@@ -520,13 +520,12 @@ fn icmpv6_errors_about_a_tracked_connection_pass(mode: TunnelMode) {
     let mut sim = three_nodes(mode);
     let a = sim.pod(A);
     sim.set_rules(a, Some(deny_ingress()));
-    let sent = packet6(
-        ip6_of(A),
-        ip6_of(B),
-        64,
-        next_header::UDP,
-        &udp(5353, 53, 12),
-    );
+    // A UDP datagram from A to B, with hop limit `hops`, from port `sport`.
+    let datagram = |hops, sport, len| {
+        let d = udp(sport, 53, len);
+        packet6(ip6_of(A), ip6_of(B), hops, next_header::UDP, &d)
+    };
+    let sent = datagram(64, 5353, 12);
     assert!(send6(&mut sim, A, B, &sent), "{mode:?}: A's datagram left");
     let unreachable = icmpv6::Repr::DestUnreachable { code: 4 };
     let error = icmp6(ip6_of(B), ip6_of(A), 64, &unreachable, &sent);
@@ -534,13 +533,7 @@ fn icmpv6_errors_about_a_tracked_connection_pass(mode: TunnelMode) {
         send6(&mut sim, B, A, &error),
         "{mode:?}: the error about it was refused"
     );
-    let other = packet6(
-        ip6_of(A),
-        ip6_of(B),
-        64,
-        next_header::UDP,
-        &udp(5354, 53, 12),
-    );
+    let other = datagram(64, 5354, 12);
     let forged = icmp6(ip6_of(B), ip6_of(A), 64, &unreachable, &other);
     assert!(
         !send6(&mut sim, B, A, &forged),
@@ -548,13 +541,7 @@ fn icmpv6_errors_about_a_tracked_connection_pass(mode: TunnelMode) {
     );
     // Errors quote as much of a packet as fits, not the whole of a large one:
     // a quote cut short of its header's length is read as far as it goes.
-    let large = packet6(
-        ip6_of(A),
-        ip6_of(B),
-        64,
-        next_header::UDP,
-        &udp(5355, 53, 1300),
-    );
+    let large = datagram(64, 5355, 1300);
     assert!(
         send6(&mut sim, A, B, &large),
         "{mode:?}: A's large datagram left"
@@ -567,13 +554,7 @@ fn icmpv6_errors_about_a_tracked_connection_pass(mode: TunnelMode) {
     );
     // The switch's own error about a large packet (its hop limit spent) quotes
     // 1,232 bytes of it, and goes back to the isolated pod.
-    let spent = packet6(
-        ip6_of(A),
-        ip6_of(B),
-        1,
-        next_header::UDP,
-        &udp(5356, 53, 1300),
-    );
+    let spent = datagram(1, 5356, 1300);
     sim.take_rx(a);
     send6(&mut sim, A, B, &spent);
     let back = sim.take_rx(a);
