@@ -899,11 +899,10 @@ impl Daemon {
                 Err(e) => log::error!("egress masquerade: removing it: {e}"),
             }
         }
-        if self.settings.ipv6.is_some() {
-            match self.host.close_host_port() {
-                Ok(_) => log::info!("IPv6 source rules: removed"),
-                Err(e) => log::error!("IPv6 source rules: removing them: {e}"),
-            }
+        match self.host.close_host_port() {
+            Ok(true) => log::info!("IPv6 source rules: removed"),
+            Ok(false) => {}
+            Err(e) => log::error!("IPv6 source rules: removing them: {e}"),
         }
     }
 }

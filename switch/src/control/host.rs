@@ -141,8 +141,15 @@ impl Host for SystemHost {
     fn open_host_port(&self, spec: &LinkSpec, queues: usize) -> Result<Queues, DaemonError> {
         let queues = tap::open(&spec.name, queues, self.tap_uso)?;
         netlink::configure(spec)?;
-        if let Some(v6) = &spec.ipv6 {
-            netlink::guard_gateway6(v6.addr, &spec.name)?;
+        match &spec.ipv6 {
+            Some(v6) => netlink::guard_gateway6(v6.addr, &spec.name)?,
+            // Those of an earlier dual-stack run would refuse an address this
+            // node no longer has.
+            None => match netlink::unguard_gateway6() {
+                Ok(true) => log::info!("removed the IPv6 source rules of an earlier run"),
+                Ok(false) => {}
+                Err(e) => log::warn!("removing the IPv6 source rules of an earlier run: {e}"),
+            },
         }
         Ok(boxed(queues))
     }

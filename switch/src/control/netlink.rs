@@ -9,7 +9,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use ipnet::{Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::route::{RouteHeader, RouteScope};
+use rtnetlink::packet_route::route::{RouteHeader, RouteProtocol, RouteScope};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
@@ -421,7 +421,8 @@ pub const GUARD_PRIORITY: u32 = 9_000;
 /// forwards an IPv6 packet with one of its own addresses as the source (it drops
 /// such an IPv4 packet as a martian), so without them anything that routes IPv6
 /// to the node could pass for the node, which NetworkPolicy always admits. The
-/// rules of an earlier run at these priorities are replaced.
+/// rules carry weft's route protocol (`ip -6 rule show proto 119`); an earlier
+/// run's are replaced, and no other rule is touched.
 pub fn guard_gateway6(gateway: Ipv6Addr, port: &str) -> Result<(), NetlinkError> {
     with_handle(async |handle| {
         remove_guard(&handle).await?;
@@ -434,6 +435,7 @@ pub fn guard_gateway6(gateway: Ipv6Addr, port: &str) -> Result<(), NetlinkError>
             let mut add = (handle.rule().add().v6())
                 .source_prefix(gateway, 128)
                 .priority(GUARD_PRIORITY + k);
+            (add.message_mut().attributes).push(RuleAttribute::Protocol(weft_protocol()));
             add = match iif {
                 Some(name) => add
                     .input_interface(name)
@@ -452,7 +454,13 @@ pub fn unguard_gateway6() -> Result<bool, NetlinkError> {
     with_handle(async |handle| remove_guard(&handle).await)
 }
 
-/// Deletes every IPv6 rule at the guard's priorities; whether there was one.
+/// The route protocol weft's routes and rules carry.
+fn weft_protocol() -> RouteProtocol {
+    RouteProtocol::Other(crate::control::routes::WEFT_RTPROT)
+}
+
+/// Deletes every IPv6 rule of weft's at the guard's priorities; whether there
+/// was one.
 async fn remove_guard(handle: &Handle) -> Result<bool, NetlinkError> {
     let err = |source| NetlinkError::Request {
         what: "removing an IPv6 source rule",
@@ -460,9 +468,10 @@ async fn remove_guard(handle: &Handle) -> Result<bool, NetlinkError> {
         source,
     };
     let ours = |r: &RuleMessage| {
-        r.attributes.iter().any(|a| {
-            matches!(a, RuleAttribute::Priority(p) if (GUARD_PRIORITY..GUARD_PRIORITY + 3).contains(p))
-        })
+        let has = |want: &dyn Fn(&RuleAttribute) -> bool| r.attributes.iter().any(want);
+        let guard = GUARD_PRIORITY..GUARD_PRIORITY + 3;
+        has(&|a| matches!(a, RuleAttribute::Priority(p) if guard.contains(p)))
+            && has(&|a| *a == RuleAttribute::Protocol(weft_protocol()))
     };
     let rules: Vec<RuleMessage> = (handle.rule().get(rtnetlink::IpVersion::V6).execute())
         .try_collect()
