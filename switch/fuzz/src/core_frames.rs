@@ -1,8 +1,9 @@
 //! The switch core's input: frames from pods and from the host port, and
-//! datagrams from the tunnel, hostile, on a simulated two-node cluster
-//! (`weft_switch::sim`), with one pod isolated by a NetworkPolicy.
+//! datagrams from the tunnel, hostile, on a simulated two-node dual-stack
+//! cluster (`weft_switch::sim`), with one pod isolated by a NetworkPolicy that
+//! judges both families.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use arbitrary::{Arbitrary, Unstructured};
 use weft_encap::{sleeve, virtio, vxlan};
@@ -25,17 +26,17 @@ const POLICY: &str = "
 kind: Pod
 apiVersion: v1
 metadata: {name: a, namespace: default, labels: {app: a}}
-status: {podIP: 10.244.1.5}
+status: {podIPs: [{ip: 10.244.1.5}, {ip: 'fd00:10:244:1::5'}]}
 ---
 kind: Pod
 apiVersion: v1
 metadata: {name: a2, namespace: default, labels: {app: a2}}
-status: {podIP: 10.244.1.6}
+status: {podIPs: [{ip: 10.244.1.6}, {ip: 'fd00:10:244:1::6'}]}
 ---
 kind: Pod
 apiVersion: v1
 metadata: {name: b, namespace: default, labels: {app: b}}
-status: {podIP: 10.244.2.5}
+status: {podIPs: [{ip: 10.244.2.5}, {ip: 'fd00:10:244:2::5'}]}
 ---
 kind: NetworkPolicy
 apiVersion: networking.k8s.io/v1
@@ -78,6 +79,16 @@ enum Op {
         node: bool,
         from_port: u16,
         packets: Vec<Packet>,
+    },
+    /// An IPv6 packet a pod sends to its gateway's MAC.
+    PodPacket6 { pod: u8, packet: Packet6 },
+    /// An IPv6 packet from a node's host port.
+    HostPacket6 { node: bool, packet: Packet6 },
+    /// A well-framed datagram of IPv6 packets from a node's peer.
+    TunnelPackets6 {
+        node: bool,
+        from_port: u16,
+        packets: Vec<Packet6>,
     },
     /// The batch ends.
     Flush,
@@ -185,6 +196,150 @@ impl Packet {
     }
 }
 
+impl Addr {
+    /// The address as an IPv6 packet carries it: a pod's or a gateway's IPv6
+    /// address, an underlay host as an outside address, or anything, within
+    /// the cluster's range or not.
+    fn ip6(self) -> Ipv6Addr {
+        match self {
+            Addr::A | Addr::A2 | Addr::B | Addr::Nowhere => sim::ip6_of(self.ip()),
+            Addr::Gateway(n) => sim::gateway6(usize::from(n)),
+            Addr::Underlay(n) => Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(n)),
+            Addr::Any(ip) => {
+                let cluster = u128::from(sim::gateway6(0)) & !u128::from(u64::MAX);
+                Ipv6Addr::from(cluster ^ u128::from(ip) << 32 ^ u128::from(ip))
+            }
+        }
+    }
+}
+
+/// An IPv6 packet, from fields: extension headers, then an upper layer.
+#[derive(Debug, Arbitrary)]
+struct Packet6 {
+    src: Addr,
+    dst: Addr,
+    /// Taken as is, or, if set, any address at all.
+    wild_src: Option<u128>,
+    hops: u8,
+    extensions: Vec<Extension>,
+    l4: L46,
+    payload: Vec<u8>,
+}
+
+/// An extension header.
+#[derive(Debug, Arbitrary)]
+enum Extension {
+    /// Hop-by-hop or destination options, of `len` 8-byte units beyond the first.
+    Options { hop_by_hop: bool, len: u8 },
+    /// A fragment header.
+    Fragment { offset: u16, more: bool, ident: u32 },
+}
+
+/// Its upper layer.
+#[derive(Debug, Arbitrary)]
+enum L46 {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Icmp {
+        kind: u8,
+        code: u8,
+        rest: u32,
+    },
+    /// An ICMPv6 error quoting `quoted`, cut to `cut` bytes.
+    Error {
+        kind: u8,
+        quoted: Box<Packet6>,
+        cut: u16,
+    },
+    Other(u8),
+}
+
+impl Packet6 {
+    /// The packet's bytes (upper-layer checksums are not filled: the switch
+    /// does not check them).
+    fn bytes(&self) -> Vec<u8> {
+        let (next, mut upper) = match &self.l4 {
+            L46::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
+                let mut h = vec![0u8; 20];
+                h[..2].copy_from_slice(&sport.to_be_bytes());
+                h[2..4].copy_from_slice(&dport.to_be_bytes());
+                h[12] = 5 << 4;
+                h[13] = *flags;
+                (6, h)
+            }
+            L46::Udp { sport, dport } => (17, sim::udp(*sport, *dport, 0)),
+            L46::Icmp { kind, code, rest } => {
+                let mut h = vec![*kind, *code, 0, 0];
+                h.extend_from_slice(&rest.to_be_bytes());
+                (58, h)
+            }
+            L46::Error { kind, quoted, cut } => {
+                let mut h = vec![kind % 5, 0, 0, 0, 0, 0, 5, 0];
+                let inner = quoted.bytes();
+                h.extend_from_slice(&inner[..inner.len().min(usize::from(*cut))]);
+                (58, h)
+            }
+            L46::Other(next) => (*next, Vec::new()),
+        };
+        upper.extend_from_slice(&self.payload);
+        let mut body = Vec::new();
+        let mut first = next;
+        for (k, ext) in self.extensions.iter().take(4).enumerate().rev() {
+            let follows = first;
+            let header = match *ext {
+                Extension::Options { hop_by_hop, len } => {
+                    first = if hop_by_hop && k == 0 { 0 } else { 60 };
+                    let mut h = vec![0u8; 8 * (1 + usize::from(len % 4))];
+                    h[0] = follows;
+                    h[1] = len % 4;
+                    h
+                }
+                Extension::Fragment {
+                    offset,
+                    more,
+                    ident,
+                } => {
+                    first = 44;
+                    let word = (offset << 3) | u16::from(more);
+                    let mut h = vec![follows, 0];
+                    h.extend_from_slice(&word.to_be_bytes());
+                    h.extend_from_slice(&ident.to_be_bytes());
+                    h
+                }
+            };
+            body.splice(0..0, header);
+        }
+        body.extend_from_slice(&upper);
+        let src = self.wild_src.map_or(self.src.ip6(), Ipv6Addr::from);
+        let mut p = vec![0u8; 40];
+        p[0] = 0x60;
+        let len = u16::try_from(body.len()).unwrap_or(u16::MAX);
+        p[4..6].copy_from_slice(&len.to_be_bytes());
+        p[6] = first;
+        p[7] = self.hops;
+        p[8..24].copy_from_slice(&src.octets());
+        p[24..40].copy_from_slice(&self.dst.ip6().octets());
+        p.extend_from_slice(&body[..body.len().min(usize::from(len))]);
+        p
+    }
+
+    /// The source it carries.
+    fn src(&self) -> Ipv6Addr {
+        self.wild_src.map_or(self.src.ip6(), Ipv6Addr::from)
+    }
+}
+
 /// Runs the operations of `data` on a two-node cluster, checking what each
 /// one makes the switches send.
 ///
@@ -224,7 +379,7 @@ fn isolate_b(sim: &mut Sim) {
         .iter()
         .map(|p| compile::LocalPod {
             ip: p.ip.expect("an address"),
-            ip6: None,
+            ip6: p.ip6,
             namespace: p.namespace.clone(),
             name: p.name.clone(),
         })
@@ -301,6 +456,46 @@ fn run(sim: &mut Sim, op: &Op) {
             sim.tunnel_in(n, from, &datagram[..datagram.len().min(MAX_FRAME)]);
             counted = Some(Where::Tunnel(n));
         }
+        Op::PodPacket6 { pod, packet } => {
+            let p = usize::from(*pod) % sim.pods.len();
+            let bytes = packet.bytes();
+            let mac = sim.pods[p].mac;
+            let frame = sim::eth(
+                sim::router_mac(sim.pods[p].node),
+                mac,
+                sim::ETHERTYPE_IPV6,
+                &bytes,
+            );
+            // Only the pod's own address sends (NDP from the unspecified address
+            // is answered by nothing either).
+            quiet = packet.src() != sim::ip6_of(sim.pods[p].ip);
+            sim.pod_frame(p, &frame[..frame.len().min(MAX_FRAME)]);
+            counted = Some(Where::Port(sim.pods[p].node, sim.pods[p].port));
+        }
+        Op::HostPacket6 { node, packet } => {
+            let n = usize::from(*node);
+            let host = sim.nodes[n].tables.ports[0].mac;
+            let frame = sim::eth(
+                sim::router_mac(n),
+                host,
+                sim::ETHERTYPE_IPV6,
+                &packet.bytes(),
+            );
+            sim.host_frame(n, &frame[..frame.len().min(MAX_FRAME)]);
+            counted = Some(Where::Port(n, 0));
+        }
+        Op::TunnelPackets6 {
+            node,
+            from_port,
+            packets,
+        } => {
+            let n = usize::from(*node);
+            let from = SocketAddr::V4(SocketAddrV4::new(*sim::underlay(1 - n).ip(), *from_port));
+            let packets: Vec<Vec<u8>> = packets.iter().map(Packet6::bytes).collect();
+            let datagram = framed_bytes(sim.mode, 1 - n, n, sim::ETHERTYPE_IPV6, &packets);
+            sim.tunnel_in(n, from, &datagram[..datagram.len().min(MAX_FRAME)]);
+            counted = Some(Where::Tunnel(n));
+        }
         Op::Flush => sim.flush(),
         Op::Deliver => sim.deliver_wire(),
         Op::Advance(ms) => {
@@ -360,13 +555,25 @@ fn check_counted(sim: &Sim, before: &[Vec<u64>], at: Option<Where>) {
 /// The datagram from node `m` to node `n` that carries `packets`: one VXLAN
 /// frame (the first packet), or a sleeve frames datagram of all that fit.
 fn framed(mode: TunnelMode, m: usize, n: usize, packets: &[Packet]) -> Vec<u8> {
+    let packets: Vec<Vec<u8>> = packets.iter().map(Packet::bytes).collect();
+    framed_bytes(mode, m, n, sim::ETHERTYPE_IPV4, &packets)
+}
+
+/// Like [`framed`], for packets of `ethertype` already made.
+fn framed_bytes(
+    mode: TunnelMode,
+    m: usize,
+    n: usize,
+    ethertype: u16,
+    packets: &[Vec<u8>],
+) -> Vec<u8> {
     match mode {
         TunnelMode::Vxlan => {
             let mut d = vec![0; vxlan::HEADER_LEN];
             vxlan::emit_header(&mut d, vxlan::Vni::new(1).expect("a VNI"));
-            let packet = packets.first().map(Packet::bytes).unwrap_or_default();
+            let packet = packets.first().cloned().unwrap_or_default();
             let (to, from) = (sim::router_mac(n), sim::router_mac(m));
-            d.extend(sim::eth(to, from, sim::ETHERTYPE_IPV4, &packet));
+            d.extend(sim::eth(to, from, ethertype, &packet));
             d
         }
         TunnelMode::Sleeve => {
@@ -375,7 +582,7 @@ fn framed(mode: TunnelMode, m: usize, n: usize, packets: &[Packet]) -> Vec<u8> {
             let mut w = sleeve::FramesWriter::new(&mut d, sender, weft_switch::core::FEATURES)
                 .expect("room for a header");
             for p in packets {
-                if !w.try_push(sim::ETHERTYPE_IPV4, &p.bytes()) {
+                if !w.try_push(ethertype, p) {
                     break;
                 }
             }
@@ -449,6 +656,9 @@ fn check_sends(sim: &mut Sim, quiet: bool) {
 /// for pod B, allowed by its policy. (ARP replies go back to whatever MAC
 /// asked, on the asker's own port.)
 fn check_to_pod(ip: Ipv4Addr, mac: [u8; 6], frame: &[u8]) {
+    if frame.get(12..14) == Some(&sim::ETHERTYPE_IPV6.to_be_bytes()) {
+        return check_to_pod6(sim::ip6_of(ip), mac, frame);
+    }
     if frame.get(12..14) != Some(&sim::ETHERTYPE_IPV4.to_be_bytes()) {
         return;
     }
@@ -466,6 +676,69 @@ fn check_to_pod(ip: Ipv4Addr, mac: [u8; 6], frame: &[u8]) {
     if ip == B {
         assert!(allowed_into_b(packet, src), "B's policy let in {packet:?}");
     }
+}
+
+/// An IPv6 frame for the pod at `ip` with MAC `mac` is addressed to it (or, a
+/// Neighbour Advertisement of the switch's, to where the pod asked from) and,
+/// for pod B, allowed by its policy.
+fn check_to_pod6(ip: Ipv6Addr, mac: [u8; 6], frame: &[u8]) {
+    assert_eq!(
+        frame.get(..6),
+        Some(&mac[..]),
+        "a frame for {ip} to another MAC"
+    );
+    let packet = &frame[sim::ETH_HLEN..];
+    let Some(header) = packet.get(..40) else {
+        panic!("a runt IPv6 frame for {ip}");
+    };
+    let addr = |at: usize| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&header[at..at + 16]);
+        Ipv6Addr::from(a)
+    };
+    let (src, dst) = (addr(8), addr(24));
+    let upper = weft_encap::ipv6::upper_layer(header[6], &packet[40..]);
+    let icmp_type = upper
+        .ok()
+        .filter(|u| u.protocol == 58 && u.fragment.is_none_or(|f| f.offset == 0))
+        .and_then(|u| packet.get(40 + u.offset).copied());
+    let advert = icmp_type == Some(136) && src == sim::gateway6(usize::from(ip == b6()));
+    assert!(
+        dst == ip || advert,
+        "a packet for {dst} delivered to pod {ip}"
+    );
+    if ip == b6() {
+        assert!(
+            allowed_into_b6(packet, src, upper.ok(), icmp_type),
+            "B's policy let in {packet:?}"
+        );
+    }
+}
+
+/// Pod B's IPv6 address.
+fn b6() -> Ipv6Addr {
+    sim::ip6_of(B)
+}
+
+/// Whether B's policy lets in IPv6 `packet` from `src` (its upper layer
+/// `upper`, an ICMPv6 message of type `icmp_type`): TCP to port 80 from A's IPv6
+/// address, whole or a first fragment (a later one has no port, and B's only
+/// rule names one); what node 1 sends from its gateway address (or its
+/// Neighbour Advertisements); or an ICMPv6 error, which passes on other grounds.
+fn allowed_into_b6(
+    packet: &[u8],
+    src: Ipv6Addr,
+    upper: Option<weft_encap::ipv6::UpperLayer>,
+    icmp_type: Option<u8>,
+) -> bool {
+    let from_node = src == sim::gateway6(1);
+    let error = icmp_type.is_some_and(|t| t < 128);
+    let to_b_port = upper.is_some_and(|u| {
+        let first = u.fragment.is_none_or(|f| f.offset == 0);
+        let dport = packet.get(40 + u.offset + 2..40 + u.offset + 4);
+        u.protocol == 6 && first && dport == Some(&B_PORT.to_be_bytes()[..])
+    });
+    from_node || error || (src == sim::ip6_of(A) && to_b_port)
 }
 
 fn ip_at(header: &[u8], at: usize) -> Ipv4Addr {
