@@ -158,6 +158,23 @@ enum L4 {
     Other(u8),
 }
 
+/// A TCP header with no options (checksum not filled).
+fn tcp_header(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut h = vec![0u8; 20];
+    h[..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[12] = 5 << 4;
+    h[13] = flags;
+    h
+}
+
+/// An ICMP or ICMPv6 header: type, code, no checksum, then `rest`.
+fn icmp_header(kind: u8, code: u8, rest: u32) -> Vec<u8> {
+    let mut h = vec![kind, code, 0, 0];
+    h.extend_from_slice(&rest.to_be_bytes());
+    h
+}
+
 impl Packet {
     /// The packet's bytes: a header with a right checksum, its layer 4 header,
     /// its payload.
@@ -167,20 +184,9 @@ impl Packet {
                 sport,
                 dport,
                 flags,
-            } => {
-                let mut h = vec![0u8; 20];
-                h[..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[12] = 5 << 4;
-                h[13] = flags;
-                (6, h)
-            }
+            } => (6, tcp_header(sport, dport, flags)),
             L4::Udp { sport, dport } => (17, sim::udp(sport, dport, 0)),
-            L4::Icmp { kind, code, rest } => {
-                let mut h = vec![kind, code, 0, 0];
-                h.extend_from_slice(&rest.to_be_bytes());
-                (1, h)
-            }
+            L4::Icmp { kind, code, rest } => (1, icmp_header(kind, code, rest)),
             L4::Other(proto) => (proto, Vec::new()),
         };
         l4.extend_from_slice(&self.payload);
@@ -270,20 +276,9 @@ impl Packet6 {
                 sport,
                 dport,
                 flags,
-            } => {
-                let mut h = vec![0u8; 20];
-                h[..2].copy_from_slice(&sport.to_be_bytes());
-                h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[12] = 5 << 4;
-                h[13] = *flags;
-                (6, h)
-            }
+            } => (6, tcp_header(*sport, *dport, *flags)),
             L46::Udp { sport, dport } => (17, sim::udp(*sport, *dport, 0)),
-            L46::Icmp { kind, code, rest } => {
-                let mut h = vec![*kind, *code, 0, 0];
-                h.extend_from_slice(&rest.to_be_bytes());
-                (58, h)
-            }
+            L46::Icmp { kind, code, rest } => (58, icmp_header(*kind, *code, *rest)),
             L46::Error { kind, quoted, cut } => {
                 let mut h = vec![kind % 5, 0, 0, 0, 0, 0, 5, 0];
                 let inner = quoted.bytes();
@@ -427,16 +422,13 @@ fn run(sim: &mut Sim, op: &Op) {
             counted = Some(Where::Port(n, 0));
         }
         Op::HostPacket { node, packet } => {
-            let n = usize::from(*node);
-            let host = weft_switch::mac::MacAddr::for_ip(sim::gateway(n));
-            let frame = sim::eth(
-                sim::router_mac(n),
-                host,
-                sim::ETHERTYPE_IPV4,
+            let ethertype = sim::ETHERTYPE_IPV4;
+            counted = Some(host_packet(
+                sim,
+                usize::from(*node),
+                ethertype,
                 &packet.bytes(),
-            );
-            sim.host_frame(n, &frame[..frame.len().min(MAX_FRAME)]);
-            counted = Some(Where::Port(n, 0));
+            ));
         }
         Op::TunnelRaw { node, from, bytes } => {
             let n = usize::from(*node);
@@ -450,11 +442,9 @@ fn run(sim: &mut Sim, op: &Op) {
             from_port,
             packets,
         } => {
-            let n = usize::from(*node);
-            let from = SocketAddr::V4(SocketAddrV4::new(*sim::underlay(1 - n).ip(), *from_port));
-            let datagram = framed(sim.mode, 1 - n, n, packets);
-            sim.tunnel_in(n, from, &datagram[..datagram.len().min(MAX_FRAME)]);
-            counted = Some(Where::Tunnel(n));
+            let packets: Vec<Vec<u8>> = packets.iter().map(Packet::bytes).collect();
+            let (n, ethertype) = (usize::from(*node), sim::ETHERTYPE_IPV4);
+            counted = Some(tunnel_packets(sim, n, *from_port, ethertype, &packets));
         }
         Op::PodPacket6 { pod, packet } => {
             let p = usize::from(*pod) % sim.pods.len();
@@ -473,28 +463,22 @@ fn run(sim: &mut Sim, op: &Op) {
             counted = Some(Where::Port(sim.pods[p].node, sim.pods[p].port));
         }
         Op::HostPacket6 { node, packet } => {
-            let n = usize::from(*node);
-            let host = sim.nodes[n].tables.ports[0].mac;
-            let frame = sim::eth(
-                sim::router_mac(n),
-                host,
-                sim::ETHERTYPE_IPV6,
+            let ethertype = sim::ETHERTYPE_IPV6;
+            counted = Some(host_packet(
+                sim,
+                usize::from(*node),
+                ethertype,
                 &packet.bytes(),
-            );
-            sim.host_frame(n, &frame[..frame.len().min(MAX_FRAME)]);
-            counted = Some(Where::Port(n, 0));
+            ));
         }
         Op::TunnelPackets6 {
             node,
             from_port,
             packets,
         } => {
-            let n = usize::from(*node);
-            let from = SocketAddr::V4(SocketAddrV4::new(*sim::underlay(1 - n).ip(), *from_port));
             let packets: Vec<Vec<u8>> = packets.iter().map(Packet6::bytes).collect();
-            let datagram = framed_bytes(sim.mode, 1 - n, n, sim::ETHERTYPE_IPV6, &packets);
-            sim.tunnel_in(n, from, &datagram[..datagram.len().min(MAX_FRAME)]);
-            counted = Some(Where::Tunnel(n));
+            let (n, ethertype) = (usize::from(*node), sim::ETHERTYPE_IPV6);
+            counted = Some(tunnel_packets(sim, n, *from_port, ethertype, &packets));
         }
         Op::Flush => sim.flush(),
         Op::Deliver => sim.deliver_wire(),
@@ -505,6 +489,30 @@ fn run(sim: &mut Sim, op: &Op) {
     }
     check_counted(sim, &rx_before, counted);
     check_sends(sim, quiet);
+}
+
+/// Sends `packet` of `ethertype` from node `n`'s host port (from the host's
+/// MAC); where it came in.
+fn host_packet(sim: &mut Sim, n: usize, ethertype: u16, packet: &[u8]) -> Where {
+    let host = sim.nodes[n].tables.ports[0].mac;
+    let frame = sim::eth(sim::router_mac(n), host, ethertype, packet);
+    sim.host_frame(n, &frame[..frame.len().min(MAX_FRAME)]);
+    Where::Port(n, 0)
+}
+
+/// Sends `packets` of `ethertype`, framed, from node `n`'s peer (from port
+/// `from_port`) to node `n`; where it came in.
+fn tunnel_packets(
+    sim: &mut Sim,
+    n: usize,
+    from_port: u16,
+    ethertype: u16,
+    packets: &[Vec<u8>],
+) -> Where {
+    let from = SocketAddr::V4(SocketAddrV4::new(*sim::underlay(1 - n).ip(), from_port));
+    let datagram = framed_bytes(sim.mode, 1 - n, n, ethertype, packets);
+    sim.tunnel_in(n, from, &datagram[..datagram.len().min(MAX_FRAME)]);
+    Where::Tunnel(n)
 }
 
 /// Where a frame or datagram came in.
@@ -552,14 +560,8 @@ fn check_counted(sim: &Sim, before: &[Vec<u64>], at: Option<Where>) {
     }
 }
 
-/// The datagram from node `m` to node `n` that carries `packets`: one VXLAN
-/// frame (the first packet), or a sleeve frames datagram of all that fit.
-fn framed(mode: TunnelMode, m: usize, n: usize, packets: &[Packet]) -> Vec<u8> {
-    let packets: Vec<Vec<u8>> = packets.iter().map(Packet::bytes).collect();
-    framed_bytes(mode, m, n, sim::ETHERTYPE_IPV4, &packets)
-}
-
-/// Like [`framed`], for packets of `ethertype` already made.
+/// The datagram from node `m` to node `n` that carries `packets` of `ethertype`:
+/// one VXLAN frame (the first packet), or a sleeve frames datagram of all that fit.
 fn framed_bytes(
     mode: TunnelMode,
     m: usize,
