@@ -1272,6 +1272,13 @@ mod tests {
         assert_eq!(w1.lookup(key(1001), at(11)), None);
     }
 
+    /// The slot sizes the README's memory figures are made of.
+    #[test]
+    fn slots_are_32_bytes_for_ipv4_and_56_for_ipv6() {
+        assert_eq!(std::mem::size_of::<Slot<u32>>(), 32);
+        assert_eq!(std::mem::size_of::<Slot<u128>>(), 56);
+    }
+
     /// An IPv6 key is kept whole: keys that differ in any word of either address
     /// are different connections, both directions of one find it, an ICMPv6 echo
     /// is answered only by its reply, and a source's share counts its own.
